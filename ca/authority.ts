@@ -1,0 +1,464 @@
+/**
+ * The certificate authority: owns the rules (who gets which certificate) and
+ * drives openssl's own CA machinery to carry them out.
+ *
+ * @module
+ */
+import { join } from "node:path";
+import { E2eError } from "../lib/errors.ts";
+import { ensurePrivateDir, exists } from "../lib/fs.ts";
+import { checkName } from "../lib/names.ts";
+import { openssl, OpensslError, PASSPHRASE_ARG } from "../lib/openssl.ts";
+import { type CertificateInfo, parseCertificate, sha256Hex } from "../lib/x509.ts";
+import { parseCsr } from "../lib/csr.ts";
+import { pemDecode } from "../lib/pem.ts";
+import {
+  type CaKeyType,
+  checkDays,
+  checkKey,
+  DEFAULT_CA_DAYS,
+  DEFAULT_CERT_DAYS,
+  leafExtensions,
+  OPENSSL_CNF,
+  type RevokeReason,
+} from "./policy.ts";
+import { CaPaths, type IndexEntry, locked, parseIndex, readIndex, transaction } from "./store.ts";
+
+/** Options of {@linkcode CertificateAuthority.init}. */
+export interface InitOptions {
+  /** Key type of the CA. Default: "rsa-4096", as the original project. */
+  keyType?: CaKeyType;
+  /** Validity of the CA certificate in days. Default: 1826. */
+  days?: number;
+  /** Common name of the CA. Default: "e2e-chat CA". */
+  commonName?: string;
+}
+
+/** Options of {@linkcode CertificateAuthority.sign}. */
+export interface SignOptions {
+  /** Validity in days. Default: 7. */
+  days?: number;
+  /** Revoke a valid certificate of the same name with a different key. Default: false. */
+  replace?: boolean;
+}
+
+/** Options of {@linkcode CertificateAuthority.revoke}. */
+export interface RevokeOptions {
+  /** The reason recorded in the CRL. Default: "unspecified". */
+  reason?: RevokeReason;
+}
+
+/** The result of a signing. */
+export interface Issued {
+  /** The new certificate. */
+  certificate: CertificateInfo;
+  /** Serials revoked (superseded) to keep one valid certificate per name. */
+  superseded: string[];
+}
+
+/** One issued certificate as `list` reports it. */
+export interface ListedCertificate {
+  /** The user name. */
+  name: string;
+  /** Serial number, uppercase hex. */
+  serial: string;
+  /** valid, revoked or expired (as of now). */
+  status: "valid" | "revoked" | "expired";
+  /** End of validity, ISO 8601. */
+  notAfter: string;
+  /** When it was revoked, ISO 8601, for revoked ones. */
+  revokedAt?: string;
+  /** Why it was revoked, for revoked ones. */
+  reason?: string;
+  /** SHA-256 of the certificate DER, 64 lowercase hex characters ("" if the file is missing). */
+  fingerprint: string;
+}
+
+/**
+ * A CA in `HOME/ca`, created by {@linkcode CertificateAuthority.init} or opened
+ * by {@linkcode CertificateAuthority.open}. Operations that use the CA key need
+ * the passphrase given when opening.
+ *
+ * @example Creating a CA and signing a request
+ * ```ts
+ * import { CertificateAuthority } from "./authority.ts";
+ * const ca = await CertificateAuthority.init("/tmp/home", "a long passphrase", { keyType: "ec-p256" });
+ * const { certificate } = await ca.sign(await Deno.readFile("alice.csr"), "alice");
+ * console.log(certificate.pem);
+ * ```
+ */
+export class CertificateAuthority {
+  /** The CA's paths. */
+  readonly paths: CaPaths;
+  /** The CA certificate. */
+  readonly certificate: CertificateInfo;
+  #passphrase?: string;
+
+  private constructor(paths: CaPaths, certificate: CertificateInfo, passphrase?: string) {
+    this.paths = paths;
+    this.certificate = certificate;
+    this.#passphrase = passphrase;
+  }
+
+  /** Creates a new CA under `home`; refuses when one exists. Nothing is left behind on failure. */
+  static async init(
+    home: string,
+    passphrase: string,
+    options: InitOptions = {},
+  ): Promise<CertificateAuthority> {
+    const paths = new CaPaths(home);
+    const keyType = options.keyType ?? "rsa-4096";
+    const days = checkDays(options.days ?? DEFAULT_CA_DAYS);
+    const commonName = checkCommonName(options.commonName ?? "e2e-chat CA");
+    await ensurePrivateDir(home);
+    return await locked(paths, async () => {
+      if (await exists(paths.dir)) {
+        throw new E2eError("ERR_CA_EXISTS", `Cannot create a CA: "${paths.dir}" already exists`, {
+          hint: "use another --home, or remove that folder to start over",
+        });
+      }
+      // Build the whole CA in a sibling folder and rename it into place: all or nothing.
+      const stage = await Deno.makeTempDir({ dir: home, prefix: ".ca-init-" });
+      try {
+        await Deno.chmod(stage, 0o700);
+        await Deno.mkdir(join(stage, "certs"), { mode: 0o700 });
+        await Deno.mkdir(join(stage, "tmp"), { mode: 0o700 });
+        await Deno.writeTextFile(join(stage, "openssl.cnf"), OPENSSL_CNF, { mode: 0o644 });
+        await Deno.writeTextFile(join(stage, "index.txt"), "", { mode: 0o600 });
+        await Deno.writeTextFile(join(stage, "index.txt.attr"), "unique_subject = no\n", {
+          mode: 0o600,
+        });
+        await Deno.writeTextFile(join(stage, "crlnumber"), "01\n", { mode: 0o600 });
+        await openssl([
+          ...keygenArgs(keyType),
+          "-aes-256-cbc",
+          "-pass",
+          PASSPHRASE_ARG,
+          "-out",
+          "ca.key",
+        ], {
+          cwd: stage,
+          passphrase,
+        });
+        await Deno.chmod(join(stage, "ca.key"), 0o600);
+        await openssl([
+          "req",
+          "-x509",
+          "-new",
+          "-key",
+          "ca.key",
+          "-passin",
+          PASSPHRASE_ARG,
+          "-config",
+          "openssl.cnf",
+          "-extensions",
+          "v3_ca",
+          "-utf8",
+          "-subj",
+          `/CN=${escapeDn(commonName)}`,
+          "-days",
+          String(days),
+          ...(keyType === "ed25519" ? [] : ["-sha256"]),
+          "-out",
+          "ca.crt",
+        ], { cwd: stage, passphrase });
+        await openssl(
+          [
+            "ca",
+            "-config",
+            "openssl.cnf",
+            "-keyfile",
+            "ca.key",
+            "-cert",
+            "ca.crt",
+            "-passin",
+            PASSPHRASE_ARG,
+            "-gencrl",
+            "-out",
+            "crl.pem",
+          ],
+          { cwd: stage, passphrase },
+        );
+        for (const leftover of ["crlnumber.old", "index.txt.old", "index.txt.attr.old"]) {
+          await Deno.remove(join(stage, leftover)).catch(() => {});
+        }
+        await Deno.chmod(join(stage, "crlnumber"), 0o600);
+        await Deno.rename(stage, paths.dir);
+      } catch (e) {
+        await Deno.remove(stage, { recursive: true }).catch(() => {});
+        throw e;
+      }
+      return new CertificateAuthority(
+        paths,
+        parseCertificate(await Deno.readTextFile(paths.cert)),
+        passphrase,
+      );
+    });
+  }
+
+  /** Opens the CA under `home`; the passphrase is needed only for sign, revoke and crl. */
+  static async open(
+    home: string,
+    options: { passphrase?: string } = {},
+  ): Promise<CertificateAuthority> {
+    const paths = new CaPaths(home);
+    let pem: string;
+    try {
+      pem = await Deno.readTextFile(paths.cert);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) {
+        throw new E2eError("ERR_CA_MISSING", `No CA in "${paths.dir}"`, {
+          hint: "create one with `deno task ca init`, or pass the right --home",
+        });
+      }
+      throw e;
+    }
+    return new CertificateAuthority(paths, parseCertificate(pem), options.passphrase);
+  }
+
+  /**
+   * Signs a certificate request for `name` under the policy: the request's
+   * signature verifies, its only common name is `name`, its key is allowed; the
+   * CA sets every extension itself. A name keeps one valid certificate: the old
+   * one is revoked as superseded, which needs `replace` when the key changes.
+   */
+  async sign(csr: Uint8Array | string, name: string, options: SignOptions = {}): Promise<Issued> {
+    checkName(name);
+    const request = parseCsr(csr);
+    const cns = request.commonNames;
+    if (cns.length !== 1 || cns[0] !== name) {
+      const found = cns.length === 0
+        ? "no common name"
+        : `common name ${JSON.stringify(cns.join(", "))}`;
+      throw new E2eError(
+        "ERR_CSR_NAME_MISMATCH",
+        `Cannot sign request: it has ${found}, not "${name}"`,
+      );
+    }
+    const kind = checkKey(request.publicKey);
+    const maxDays = Math.floor((this.certificate.notAfter.getTime() - Date.now()) / 86_400_000);
+    const days = checkDays(options.days ?? DEFAULT_CERT_DAYS, Math.max(1, maxDays));
+    const passphrase = this.#requirePassphrase();
+
+    return await transaction(this.paths, async (work) => {
+      const current = this.#valid(await readIndex(this.paths), name);
+      const superseded: string[] = [];
+      for (const entry of current) {
+        const old = parseCertificate(await Deno.readTextFile(this.paths.certFile(entry.serial)));
+        if (old.keyFingerprint !== request.keyFingerprint && !options.replace) {
+          throw new E2eError(
+            "ERR_NAME_TAKEN",
+            `Cannot sign request: name "${name}" already has a valid certificate`,
+            {
+              hint:
+                `pass --replace to revoke it (serial ${entry.serial}) and issue one for the new key`,
+            },
+          );
+        }
+        await this.#revokeIn(work, entry.serial, "superseded", passphrase);
+        superseded.push(entry.serial);
+      }
+      await Deno.writeFile(join(work, "request.der"), request.der);
+      await Deno.writeTextFile(join(work, "leaf.cnf"), leafExtensions(name, kind));
+      await this.#ca(work, passphrase, [
+        "-batch",
+        "-in",
+        "request.der",
+        "-inform",
+        "DER",
+        "-subj",
+        `/CN=${name}`,
+        "-days",
+        String(days),
+        "-startdate",
+        backdated(),
+        "-extfile",
+        "leaf.cnf",
+        "-extensions",
+        "leaf",
+        "-notext",
+        "-out",
+        "issued.pem",
+      ]);
+      const certificate = parseCertificate(await Deno.readTextFile(join(work, "issued.pem")));
+      const entries = await readIndexAt(work);
+      if (
+        !entries.some((e) => e.serial === certificate.serial && e.status === "V" && e.name === name)
+      ) {
+        throw new E2eError("ERR_OPENSSL", "openssl ca did not record the new certificate");
+      }
+      if (superseded.length) await this.#gencrl(work, passphrase);
+      return { certificate, superseded };
+    });
+  }
+
+  /** Revokes the valid certificate of a name, or a certificate by serial. Regenerates the CRL. */
+  async revoke(nameOrSerial: string, options: RevokeOptions = {}): Promise<IndexEntry> {
+    const passphrase = this.#requirePassphrase();
+    return await transaction(this.paths, async (work) => {
+      const entries = await readIndex(this.paths);
+      const serial = normalizeSerial(nameOrSerial);
+      const byName = this.#valid(entries, nameOrSerial);
+      const target = byName[0] ??
+        entries.find((e) => serial !== "" && normalizeSerial(e.serial) === serial);
+      if (!target) {
+        throw new E2eError(
+          "ERR_NOT_FOUND",
+          `Cannot revoke: no valid certificate for ${JSON.stringify(nameOrSerial)}`,
+          {
+            hint: "see `deno task ca list` for names and serials",
+          },
+        );
+      }
+      if (target.status === "R") {
+        throw new E2eError(
+          "ERR_ALREADY_REVOKED",
+          `Cannot revoke: serial ${target.serial} is already revoked`,
+        );
+      }
+      await this.#revokeIn(work, target.serial, options.reason ?? "unspecified", passphrase);
+      const after = (await readIndexAt(work)).find((e) => e.serial === target.serial);
+      if (after?.status !== "R") {
+        throw new E2eError("ERR_OPENSSL", "openssl ca did not record the revocation");
+      }
+      await this.#gencrl(work, passphrase);
+      return after;
+    });
+  }
+
+  /** Generates a fresh CRL (PEM) listing every revoked serial, and stores it as crl.pem. */
+  async crl(): Promise<string> {
+    const passphrase = this.#requirePassphrase();
+    return await transaction(this.paths, async (work) => {
+      await this.#gencrl(work, passphrase);
+      return await Deno.readTextFile(join(work, "crl.pem"));
+    });
+  }
+
+  /** Every certificate ever issued, oldest first, with its status as of now. */
+  async list(): Promise<ListedCertificate[]> {
+    const now = Date.now();
+    const out: ListedCertificate[] = [];
+    for (const entry of await readIndex(this.paths)) {
+      let fingerprint = "";
+      try {
+        const der = pemDecode(
+          await Deno.readTextFile(this.paths.certFile(entry.serial)),
+          "CERTIFICATE",
+        );
+        if (der) fingerprint = sha256Hex(der);
+      } catch { /* a missing file shows as an empty fingerprint */ }
+      out.push({
+        name: entry.name,
+        serial: entry.serial,
+        status: entry.status === "R"
+          ? "revoked"
+          : entry.expires.getTime() <= now
+          ? "expired"
+          : "valid",
+        notAfter: entry.expires.toISOString(),
+        ...(entry.revokedAt
+          ? { revokedAt: entry.revokedAt.toISOString(), reason: entry.reason }
+          : {}),
+        fingerprint,
+      });
+    }
+    return out;
+  }
+
+  #valid(entries: IndexEntry[], name: string): IndexEntry[] {
+    const now = Date.now();
+    return entries.filter((e) => e.name === name && e.status === "V" && e.expires.getTime() > now);
+  }
+
+  #requirePassphrase(): string {
+    if (this.#passphrase === undefined) {
+      throw new E2eError(
+        "ERR_PASSPHRASE_REQUIRED",
+        "The CA passphrase is required for this operation",
+      );
+    }
+    return this.#passphrase;
+  }
+
+  async #revokeIn(work: string, serial: string, reason: string, passphrase: string): Promise<void> {
+    await this.#ca(work, passphrase, [
+      "-revoke",
+      this.paths.certFile(serial),
+      "-crl_reason",
+      reason,
+    ]);
+  }
+
+  async #gencrl(work: string, passphrase: string): Promise<void> {
+    await this.#ca(work, passphrase, ["-gencrl", "-out", "crl.pem"]);
+  }
+
+  async #ca(work: string, passphrase: string, args: string[]): Promise<void> {
+    try {
+      await openssl([
+        "ca",
+        "-config",
+        this.paths.config,
+        "-keyfile",
+        this.paths.key,
+        "-cert",
+        this.paths.cert,
+        "-passin",
+        PASSPHRASE_ARG,
+        ...args,
+      ], {
+        cwd: work,
+        passphrase,
+      });
+    } catch (e) {
+      if (e instanceof OpensslError && e.badPassphrase) {
+        throw new E2eError("ERR_BAD_PASSPHRASE", "Cannot unlock the CA key: wrong passphrase", {
+          cause: e,
+        });
+      }
+      throw e;
+    }
+  }
+}
+
+function keygenArgs(keyType: CaKeyType): string[] {
+  switch (keyType) {
+    case "rsa-4096":
+      return ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096"];
+    case "ec-p256":
+      return ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    case "ed25519":
+      return ["genpkey", "-algorithm", "ED25519"];
+    default:
+      throw new TypeError(`Unknown key type ${keyType}`);
+  }
+}
+
+async function readIndexAt(work: string): Promise<IndexEntry[]> {
+  return parseIndex(await Deno.readTextFile(join(work, "index.txt")));
+}
+
+function checkCommonName(cn: string): string {
+  // deno-lint-ignore no-control-regex
+  if (cn.length < 1 || cn.length > 64 || /[\u0000-\u001f\u007f]/.test(cn)) {
+    throw new E2eError("ERR_USAGE", "Invalid CA common name: use 1 to 64 printable characters");
+  }
+  return cn;
+}
+
+// openssl's -subj syntax: "/" separates RDNs, "+" joins them, "\" escapes.
+function escapeDn(value: string): string {
+  return value.replace(/[\\/+=]/g, (c) => `\\${c}`);
+}
+
+function normalizeSerial(text: string): string {
+  const hex = text.replace(/:/g, "").toUpperCase();
+  return /^[0-9A-F]{1,64}$/.test(hex) ? hex.replace(/^0+(?=.)/, "") : "";
+}
+
+// Clocks drift: a certificate valid from five minutes ago works on a peer whose clock is behind.
+function backdated(): string {
+  const d = new Date(Date.now() - 5 * 60_000);
+  return d.toISOString().replace(/[-:T]/g, "").slice(0, 14) + "Z";
+}

@@ -1,0 +1,246 @@
+/**
+ * `deno task ca`: the CA's command line. It parses flags, wires the pieces
+ * together, prints and exits; the rules live in authority.ts.
+ *
+ * @module
+ */
+import { err, intOption, out, parseCommand, runMain } from "../lib/cli.ts";
+import { E2eError } from "../lib/errors.ts";
+import { writeFileAtomic } from "../lib/fs.ts";
+import { resolveHome, resolveUserPath } from "../lib/home.ts";
+import { readPassphrase } from "../lib/passphrase.ts";
+import { CertificateAuthority } from "./authority.ts";
+import { CA_KEY_TYPES, type CaKeyType, REVOKE_REASONS, type RevokeReason } from "./policy.ts";
+import { MAX_CSR_BYTES } from "../lib/csr.ts";
+
+const USAGE = `Usage: deno task ca <command> [options]
+
+Commands:
+  init    [--key-type rsa-4096|ec-p256|ed25519] [--days N] [--cn NAME]
+          Create the CA: an encrypted key and a self-signed certificate.
+  sign    --name NAME CSR_FILE [--out FILE] [--days N] [--replace]
+          Sign a certificate request (use - for stdin); prints the certificate.
+  revoke  NAME|SERIAL [--reason R]
+          Revoke a certificate and publish a new CRL.
+  crl     Print a fresh CRL (PEM).
+  list    [--json]  Every issued certificate with its status.
+
+Options for every command:
+  --home DIR               State folder (default: $E2E_CHAT_HOME, else ~/.e2e-chat)
+  --passphrase-file FILE   Read the CA passphrase from FILE
+                           (else $E2E_CHAT_CA_PASSPHRASE, else a prompt on a terminal)
+  -h, --help               Show this help
+`;
+
+const COMMON = {
+  home: { type: "string" },
+  "passphrase-file": { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+const PASSPHRASE_ENV = "E2E_CHAT_CA_PASSPHRASE";
+
+async function main(args: string[]): Promise<number> {
+  const [command, ...rest] = args;
+  switch (command) {
+    case "init":
+      return await init(rest);
+    case "sign":
+      return await sign(rest);
+    case "revoke":
+      return await revoke(rest);
+    case "crl":
+      return await crl(rest);
+    case "list":
+      return await list(rest);
+    case undefined:
+    case "help":
+    case "-h":
+    case "--help":
+      await out(USAGE);
+      return 0;
+    default:
+      throw new E2eError("ERR_USAGE", `Unknown command ${JSON.stringify(command)}`, {
+        hint: "run `deno task ca --help`",
+      });
+  }
+}
+
+async function init(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, {
+    ...COMMON,
+    "key-type": { type: "string" },
+    days: { type: "string" },
+    cn: { type: "string" },
+  });
+  if (values.help) return await help();
+  noPositionals(positionals);
+  const keyType = values["key-type"] ?? "rsa-4096";
+  if (!(CA_KEY_TYPES as readonly string[]).includes(keyType)) {
+    throw new E2eError("ERR_USAGE", `Unknown key type ${JSON.stringify(keyType)}`, {
+      hint: `use one of ${CA_KEY_TYPES.join(", ")}`,
+    });
+  }
+  const home = resolveHome(values.home);
+  const passphrase = await readPassphrase({
+    file: values["passphrase-file"],
+    envVar: PASSPHRASE_ENV,
+    label: "New CA passphrase",
+    confirm: true,
+  });
+  if (keyType === "rsa-4096") {
+    await err("e2e-chat: generating an RSA-4096 key (this can take a few seconds)\n");
+  }
+  const ca = await CertificateAuthority.init(home, passphrase, {
+    keyType: keyType as CaKeyType,
+    days: intOption(values.days, "--days"),
+    commonName: values.cn,
+  });
+  await out(
+    `Created the CA in ${ca.paths.dir}\n` +
+      `  subject:     CN=${ca.certificate.commonName}\n` +
+      `  valid until: ${ca.certificate.notAfter.toISOString()}\n` +
+      `  fingerprint: ${ca.certificate.fingerprint} (SHA-256)\n`,
+  );
+  return 0;
+}
+
+async function sign(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, {
+    ...COMMON,
+    name: { type: "string" },
+    out: { type: "string" },
+    days: { type: "string" },
+    replace: { type: "boolean" },
+  });
+  if (values.help) return await help();
+  if (!values.name) throw new E2eError("ERR_USAGE", "sign needs --name NAME");
+  if (positionals.length !== 1) {
+    throw new E2eError("ERR_USAGE", "sign needs exactly one CSR_FILE (or - for stdin)");
+  }
+  const csr = await readInput(positionals[0]);
+  const days = intOption(values.days, "--days");
+  const ca = await openWithPassphrase(values);
+  const { certificate, superseded } = await ca.sign(csr, values.name, {
+    days,
+    replace: values.replace,
+  });
+  for (const serial of superseded) await err(`e2e-chat: revoked serial ${serial} (superseded)\n`);
+  if (values.out) {
+    const path = resolveUserPath(values.out);
+    await writeFileAtomic(path, certificate.pem, { mode: 0o644 }).catch((e) => {
+      throw new E2eError(
+        "ERR_FILE",
+        `Issued serial ${certificate.serial}, but cannot write "${path}"`,
+        {
+          cause: e,
+          hint: `the certificate is kept in ${ca.paths.certFile(certificate.serial)}`,
+        },
+      );
+    });
+    await err(`e2e-chat: issued serial ${certificate.serial} to "${values.name}" → ${path}\n`);
+  } else {
+    await out(certificate.pem);
+  }
+  return 0;
+}
+
+async function revoke(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, { ...COMMON, reason: { type: "string" } });
+  if (values.help) return await help();
+  if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "revoke needs one NAME or SERIAL");
+  const reason = values.reason ?? "unspecified";
+  if (!(REVOKE_REASONS as readonly string[]).includes(reason)) {
+    throw new E2eError(
+      "ERR_REASON_INVALID",
+      `Unknown revocation reason ${JSON.stringify(reason)}`,
+      {
+        hint: `use one of ${REVOKE_REASONS.join(", ")}`,
+      },
+    );
+  }
+  const ca = await openWithPassphrase(values);
+  const entry = await ca.revoke(positionals[0], { reason: reason as RevokeReason });
+  await out(
+    `Revoked serial ${entry.serial} of "${entry.name}" (${entry.reason}); the CRL is updated\n`,
+  );
+  return 0;
+}
+
+async function crl(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, COMMON);
+  if (values.help) return await help();
+  noPositionals(positionals);
+  const ca = await openWithPassphrase(values);
+  await out(await ca.crl());
+  return 0;
+}
+
+async function list(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, { ...COMMON, json: { type: "boolean" } });
+  if (values.help) return await help();
+  noPositionals(positionals);
+  const ca = await CertificateAuthority.open(resolveHome(values.home));
+  const rows = await ca.list();
+  if (values.json) {
+    await out(JSON.stringify(rows) + "\n");
+    return 0;
+  }
+  const table = [["NAME", "SERIAL", "STATUS", "NOT AFTER", "SHA-256 FINGERPRINT"]];
+  for (const r of rows) table.push([r.name, r.serial, r.status, r.notAfter, r.fingerprint]);
+  const widths = table[0].map((_, i) => Math.max(...table.map((row) => row[i].length)));
+  await out(
+    table.map((row) => row.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd()).join("\n") +
+      "\n",
+  );
+  return 0;
+}
+
+async function openWithPassphrase(
+  values: { home?: string; "passphrase-file"?: string },
+): Promise<CertificateAuthority> {
+  const home = resolveHome(values.home);
+  await CertificateAuthority.open(home); // a missing CA is reported before asking for a passphrase
+  const passphrase = await readPassphrase({
+    file: values["passphrase-file"],
+    envVar: PASSPHRASE_ENV,
+    label: "CA passphrase",
+  });
+  return await CertificateAuthority.open(home, { passphrase });
+}
+
+async function readInput(arg: string): Promise<Uint8Array> {
+  const path = arg === "-" ? "/dev/stdin" : resolveUserPath(arg);
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(path);
+  } catch (e) {
+    throw new E2eError("ERR_FILE", `Cannot read ${JSON.stringify(arg)}`, { cause: e });
+  }
+  // Read at most one byte more than allowed, so a huge or endless input is refused cheaply.
+  const buffer = new Uint8Array(MAX_CSR_BYTES + 1);
+  let n = 0;
+  try {
+    while (n < buffer.length) {
+      const read = await file.read(buffer.subarray(n));
+      if (read === null) break;
+      n += read;
+    }
+  } finally {
+    file.close();
+  }
+  return buffer.subarray(0, n);
+}
+
+function noPositionals(positionals: string[]): void {
+  if (positionals.length) {
+    throw new E2eError("ERR_USAGE", `Unexpected argument ${JSON.stringify(positionals[0])}`);
+  }
+}
+
+async function help(): Promise<number> {
+  await out(USAGE);
+  return 0;
+}
+
+if (import.meta.main) await runMain(() => main(Deno.args));

@@ -1,0 +1,157 @@
+/**
+ * The certificate profile and the rules the authority enforces, whatever a
+ * request asks for. Written down in docs/CERTIFICATES.md; tests check both.
+ *
+ * @module
+ */
+import type { KeyObject } from "node:crypto";
+import { E2eError } from "../lib/errors.ts";
+
+/** Validity of a client certificate when `--days` is not given: the original project's choice. */
+export const DEFAULT_CERT_DAYS = 7;
+/** Validity of a new CA certificate when `--days` is not given (five years, as the README). */
+export const DEFAULT_CA_DAYS = 1826;
+/** The longest validity accepted for any certificate. */
+export const MAX_DAYS = 36_500;
+/** Key types a CA can be created with. */
+export const CA_KEY_TYPES = ["rsa-4096", "ec-p256", "ed25519"] as const;
+/** A key type of a CA. */
+export type CaKeyType = typeof CA_KEY_TYPES[number];
+/** Reasons accepted by `revoke` (RFC 5280 §5.3.1, less the certificateHold machinery). */
+export const REVOKE_REASONS = [
+  "unspecified",
+  "keyCompromise",
+  "CACompromise",
+  "affiliationChanged",
+  "superseded",
+  "cessationOfOperation",
+] as const;
+/** A revocation reason. */
+export type RevokeReason = typeof REVOKE_REASONS[number];
+
+/** The kind of key a certificate will carry, which decides its keyUsage. */
+export type KeyKind = "rsa" | "ec" | "ed25519";
+
+/**
+ * Checks a requested public key against the policy: RSA 2048–16384 bits with an
+ * odd exponent ≥ 65537, EC P-256 or P-384, or Ed25519. Returns its kind.
+ *
+ * @example
+ * ```ts
+ * import { generateKeyPairSync } from "node:crypto";
+ * import { checkKey } from "./policy.ts";
+ * console.log(checkKey(generateKeyPairSync("ed25519").publicKey)); // "ed25519"
+ * ```
+ */
+export function checkKey(key: KeyObject): KeyKind {
+  const details = key.asymmetricKeyDetails ?? {};
+  switch (key.asymmetricKeyType) {
+    case "rsa": {
+      const bits = details.modulusLength ?? 0;
+      const e = details.publicExponent ?? 0n;
+      if (bits < 2048) throw rejected(`an RSA key of ${bits} bits is too weak (at least 2048)`);
+      if (bits > 16384) throw rejected(`an RSA key of ${bits} bits is too large (at most 16384)`);
+      if (e < 65537n || e % 2n === 0n) throw rejected("the RSA public exponent is unsafe");
+      return "rsa";
+    }
+    case "ec":
+      if (details.namedCurve === "prime256v1" || details.namedCurve === "secp384r1") return "ec";
+      throw rejected(`the EC curve "${details.namedCurve ?? "unknown"}" is not allowed`);
+    case "ed25519":
+      return "ed25519";
+    default:
+      throw rejected(`keys of type "${key.asymmetricKeyType}" are not allowed`);
+  }
+}
+
+function rejected(why: string): E2eError {
+  return new E2eError("ERR_KEY_REJECTED", `Cannot sign request: ${why}`, {
+    hint: "use RSA (2048 bits or more), EC P-256/P-384 or Ed25519",
+  });
+}
+
+/**
+ * Checks a validity in days: a whole number from 1 to `max`.
+ *
+ * @example
+ * ```ts
+ * import { checkDays } from "./policy.ts";
+ * checkDays(7, 30); // 7
+ * ```
+ */
+export function checkDays(days: number, max: number = MAX_DAYS): number {
+  if (!Number.isInteger(days) || days < 1 || days > max) {
+    throw new E2eError(
+      "ERR_DAYS_INVALID",
+      `Invalid validity "${days}": use whole days from 1 to ${max}`,
+    );
+  }
+  return days;
+}
+
+/**
+ * The openssl configuration of the CA. Paths are relative to openssl's working
+ * directory, so the same file serves our per-operation work copies and a
+ * learner running `openssl ca -config openssl.cnf` by hand inside `HOME/ca`.
+ */
+export const OPENSSL_CNF =
+  `# e2e-chat CA configuration. Written by \`deno task ca init\`; see docs/CERTIFICATES.md.
+# Paths are relative to the working directory: run openssl from inside this folder.
+[ req ]
+distinguished_name = req_dn
+[ req_dn ]
+
+[ v3_ca ]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+
+[ ca ]
+default_ca = e2e_ca
+
+[ e2e_ca ]
+database = index.txt
+new_certs_dir = certs
+crlnumber = crlnumber
+# 159 random bits, never a counter.
+rand_serial = yes
+default_md = default
+policy = policy_cn
+# A name may have many revoked certificates; the authority keeps one valid.
+unique_subject = no
+# Requested extensions are ignored: the CA sets every extension itself.
+copy_extensions = none
+email_in_dn = no
+preserve = no
+default_crl_days = 7
+crl_extensions = crl_ext
+
+[ policy_cn ]
+commonName = supplied
+
+[ crl_ext ]
+authorityKeyIdentifier = keyid:always
+`;
+
+/**
+ * The extensions of a client certificate for `name` (already validated against
+ * the name pattern, so it is safe inside an openssl config).
+ *
+ * @example
+ * ```ts
+ * import { leafExtensions } from "./policy.ts";
+ * console.log(leafExtensions("alice", "ec"));
+ * ```
+ */
+export function leafExtensions(name: string, kind: KeyKind): string {
+  const usage = kind === "rsa" ? "digitalSignature, keyEncipherment" : "digitalSignature";
+  return `[ leaf ]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, ${usage}
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = DNS:${name}
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+`;
+}

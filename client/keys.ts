@@ -1,0 +1,95 @@
+/**
+ * The client's own key and certificate request, made locally by openssl.
+ * The private key never leaves this machine: it is written 0600 inside a 0700
+ * folder and only its request is handed on.
+ *
+ * @module
+ */
+import { join } from "node:path";
+import { E2eError } from "../lib/errors.ts";
+import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
+import { checkName } from "../lib/names.ts";
+import { openssl } from "../lib/openssl.ts";
+
+/** Key types a client can make. */
+export const CLIENT_KEY_TYPES = ["ec-p256", "rsa-2048", "ed25519"] as const;
+/** A key type of a client. */
+export type ClientKeyType = typeof CLIENT_KEY_TYPES[number];
+
+/** Where a client's identity lives under the home directory. */
+export class IdentityPaths {
+  /** HOME/id, mode 0700. */
+  readonly dir: string;
+  /** The identity under `home`. */
+  constructor(home: string) {
+    this.dir = join(home, "id");
+  }
+  /** The private key, 0600. */
+  get key(): string {
+    return join(this.dir, "key.pem");
+  }
+  /** The latest certificate request. */
+  get csr(): string {
+    return join(this.dir, "request.csr");
+  }
+}
+
+/** Options of {@linkcode makeKeyAndCsr}. */
+export interface KeyOptions {
+  /** Key type. Default: "ec-p256". */
+  keyType?: ClientKeyType;
+}
+
+/**
+ * Makes a new private key and a certificate request for `name` under `home`;
+ * refuses to replace an existing key.
+ *
+ * @example
+ * ```ts
+ * import { makeKeyAndCsr } from "./keys.ts";
+ * const { csrPath } = await makeKeyAndCsr("/tmp/alice-home", "alice");
+ * ```
+ */
+export async function makeKeyAndCsr(
+  home: string,
+  name: string,
+  options: KeyOptions = {},
+): Promise<{ keyPath: string; csrPath: string; csr: string }> {
+  checkName(name);
+  const paths = new IdentityPaths(home);
+  await ensurePrivateDir(home);
+  await ensurePrivateDir(paths.dir);
+  if (await exists(paths.key)) {
+    throw new E2eError("ERR_FILE", `A key already exists at "${paths.key}"`, {
+      hint: "use another --home for another identity",
+    });
+  }
+  const tmp = await Deno.makeTempDir({ dir: paths.dir, prefix: ".keygen-" });
+  try {
+    await openssl([...keygenArgs(options.keyType ?? "ec-p256"), "-out", "key.pem"], { cwd: tmp });
+    await Deno.chmod(join(tmp, "key.pem"), 0o600);
+    const { stdout } = await openssl(
+      ["req", "-new", "-key", "key.pem", "-subj", `/CN=${name}`, "-config", "/dev/null"],
+      { cwd: tmp },
+    );
+    const csr = new TextDecoder().decode(stdout);
+    await Deno.link(join(tmp, "key.pem"), paths.key); // fails rather than clobber a key
+    await writeFileAtomic(paths.csr, csr, { mode: 0o644 });
+    return { keyPath: paths.key, csrPath: paths.csr, csr };
+  } finally {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+  }
+}
+
+function keygenArgs(keyType: ClientKeyType): string[] {
+  switch (keyType) {
+    case "ec-p256":
+      return ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    case "rsa-2048":
+      return ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
+    case "ed25519":
+      return ["genpkey", "-algorithm", "ED25519"];
+    default:
+      throw new TypeError(`Unknown key type ${keyType}`);
+  }
+}

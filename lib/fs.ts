@@ -1,0 +1,103 @@
+/**
+ * File helpers that keep state consistent across crashes: atomic replacement
+ * and private directories.
+ *
+ * @module
+ */
+import { dirname, join } from "node:path";
+
+/** Options of {@linkcode writeFileAtomic}. */
+export interface WriteAtomicOptions {
+  /** File mode of the new file. Default: 0o644. */
+  mode?: number;
+  /** Refuse to replace an existing file. Default: false. */
+  createNew?: boolean;
+}
+
+/**
+ * Writes `data` to `path` so that readers see either the old file or the whole
+ * new one, never a part: write a sibling temp file, fsync, rename.
+ *
+ * @example Replacing a file
+ * ```ts
+ * import { writeFileAtomic } from "./fs.ts";
+ * await writeFileAtomic("/tmp/example.txt", "hello\n", { mode: 0o600 });
+ * ```
+ */
+export async function writeFileAtomic(
+  path: string,
+  data: string | Uint8Array,
+  options: WriteAtomicOptions = {},
+): Promise<void> {
+  const tmp = join(dirname(path), `.${crypto.randomUUID()}.tmp`);
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  const file = await Deno.open(tmp, { write: true, createNew: true, mode: options.mode ?? 0o644 });
+  try {
+    await file.write(bytes).then(async (n) => {
+      let written = n;
+      while (written < bytes.length) written += await file.write(bytes.subarray(written));
+    });
+    await file.sync();
+  } catch (e) {
+    file.close();
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
+  file.close();
+  try {
+    if (options.createNew) {
+      // link() fails when the target exists, so this never clobbers.
+      await Deno.link(tmp, path);
+      await Deno.remove(tmp);
+    } else {
+      await Deno.rename(tmp, path);
+    }
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
+}
+
+/**
+ * Creates `path` (and parents) and makes sure it is mode 0700.
+ *
+ * @example A private state directory
+ * ```ts
+ * import { ensurePrivateDir } from "./fs.ts";
+ * await ensurePrivateDir("/tmp/e2e-chat-example");
+ * ```
+ */
+export async function ensurePrivateDir(path: string): Promise<void> {
+  await Deno.mkdir(path, { recursive: true, mode: 0o700 });
+  await Deno.chmod(path, 0o700);
+}
+
+/**
+ * Runs `fn` with a fresh 0700 directory inside `parent`, removed afterwards whatever happens.
+ *
+ * @example Scratch space
+ * ```ts
+ * import { withTempDir } from "./fs.ts";
+ * await withTempDir("/tmp", async (dir) => await Deno.writeTextFile(`${dir}/x`, "1"));
+ * ```
+ */
+export async function withTempDir<T>(parent: string, fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await Deno.makeTempDir({ dir: parent, prefix: ".work-" });
+  await Deno.chmod(dir, 0o700);
+  try {
+    return await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+/** Whether something exists at `path` (without following a final symlink). */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}

@@ -1,0 +1,68 @@
+/**
+ * An exclusive lock that serializes every writer of a state directory: other
+ * processes (through `flock`, released by the kernel if the holder dies) and
+ * other callers in this process (through a promise queue, because a blocked
+ * `flock` would tie up one of Deno's worker threads per waiter).
+ *
+ * @module
+ */
+import { E2eError } from "./errors.ts";
+
+const queues = new Map<string, Promise<unknown>>();
+
+/** Options of {@linkcode withLock}. */
+export interface LockOptions {
+  /** Milliseconds to wait for another process before giving up. Default: 60000. */
+  timeoutMs?: number;
+}
+
+/**
+ * Runs `fn` while holding the exclusive lock on the file at `path` (created 0600 if missing).
+ *
+ * @example Serializing writers
+ * ```ts
+ * import { withLock } from "./lock.ts";
+ * await withLock("/tmp/example.lock", async () => {
+ *   // only one holder at a time, across processes
+ * });
+ * ```
+ */
+export function withLock<T>(
+  path: string,
+  fn: () => Promise<T>,
+  options: LockOptions = {},
+): Promise<T> {
+  const previous = queues.get(path) ?? Promise.resolve();
+  const run = previous.catch(() => {}).then(() => lockFile(path, fn, options.timeoutMs ?? 60_000));
+  const tail = run.catch(() => {});
+  queues.set(path, tail);
+  tail.then(() => {
+    if (queues.get(path) === tail) queues.delete(path);
+  });
+  return run;
+}
+
+async function lockFile<T>(path: string, fn: () => Promise<T>, timeoutMs: number): Promise<T> {
+  const file = await Deno.open(path, { read: true, write: true, create: true, mode: 0o600 });
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const locked = file.lock(true).then(() => true);
+  const timedOut = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), timeoutMs);
+  });
+  try {
+    if (!await Promise.race([locked, timedOut])) {
+      // The pending flock still holds the fd; closing it releases the waiter thread.
+      locked.finally(() => file.close()).catch(() => {});
+      throw new E2eError("ERR_LOCK_TIMEOUT", `Cannot lock "${path}": another process holds it`, {
+        hint: "wait for the other e2e-chat command to finish",
+      });
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+  try {
+    return await fn();
+  } finally {
+    file.close(); // closing releases the flock
+  }
+}

@@ -1,0 +1,93 @@
+/**
+ * Where a passphrase comes from: a file named by a flag, an environment
+ * variable, or a prompt on the terminal that does not echo. Never argv.
+ *
+ * @module
+ */
+import { E2eError } from "./errors.ts";
+import { resolveUserPath } from "./home.ts";
+
+/** The shortest passphrase accepted when a new key is encrypted. */
+export const MIN_PASSPHRASE_LENGTH = 8;
+
+/** Options of {@linkcode readPassphrase}. */
+export interface PassphraseOptions {
+  /** A file whose first line is the passphrase (`--passphrase-file`). Default: none. */
+  file?: string;
+  /** The environment variable to read. Default: none. */
+  envVar?: string;
+  /** What the prompt asks for. Default: "Passphrase". */
+  label?: string;
+  /** Ask twice and check the length, for a new key. Default: false. */
+  confirm?: boolean;
+}
+
+/**
+ * Reads a passphrase from the first source that is there: `file`, then `envVar`,
+ * then a no-echo prompt when stdin is a terminal; else throws `ERR_PASSPHRASE_REQUIRED`.
+ *
+ * @example
+ * ```ts
+ * import { readPassphrase } from "./passphrase.ts";
+ * const passphrase = await readPassphrase({ envVar: "E2E_CHAT_CA_PASSPHRASE" });
+ * ```
+ */
+export async function readPassphrase(options: PassphraseOptions = {}): Promise<string> {
+  const label = options.label ?? "Passphrase";
+  let passphrase: string | undefined;
+  if (options.file !== undefined) {
+    const path = resolveUserPath(options.file);
+    let text: string;
+    try {
+      text = await Deno.readTextFile(path);
+    } catch (e) {
+      throw new E2eError("ERR_FILE", `Cannot read the passphrase file "${path}"`, { cause: e });
+    }
+    passphrase = text.split(/\r?\n/, 1)[0];
+  } else if (options.envVar && Deno.env.get(options.envVar)) {
+    passphrase = Deno.env.get(options.envVar);
+  } else if (Deno.stdin.isTerminal()) {
+    passphrase = await prompt(`${label}: `);
+    if (options.confirm && await prompt(`${label} (again): `) !== passphrase) {
+      throw new E2eError("ERR_PASSPHRASE_MISMATCH", "The two passphrases differ");
+    }
+  } else {
+    throw new E2eError("ERR_PASSPHRASE_REQUIRED", `${label} required and stdin is not a terminal`, {
+      hint: `set ${options.envVar ?? "the passphrase variable"} or pass --passphrase-file FILE`,
+    });
+  }
+  if (!passphrase) throw new E2eError("ERR_PASSPHRASE_REQUIRED", `${label} is empty`);
+  if (options.confirm && passphrase.length < MIN_PASSPHRASE_LENGTH) {
+    throw new E2eError(
+      "ERR_PASSPHRASE_WEAK",
+      `${label} too short: use at least ${MIN_PASSPHRASE_LENGTH} characters`,
+    );
+  }
+  return passphrase;
+}
+
+async function prompt(question: string): Promise<string> {
+  const encoder = new TextEncoder();
+  await Deno.stderr.write(encoder.encode(question));
+  Deno.stdin.setRaw(true);
+  const bytes: number[] = [];
+  const buffer = new Uint8Array(64);
+  try {
+    loop: while (true) {
+      const n = await Deno.stdin.read(buffer);
+      if (n === null) break;
+      for (const byte of buffer.subarray(0, n)) {
+        if (byte === 0x0d || byte === 0x0a) break loop;
+        if (byte === 0x03 || byte === 0x04) {
+          throw new E2eError("ERR_PASSPHRASE_REQUIRED", "Passphrase entry cancelled");
+        }
+        if (byte === 0x7f || byte === 0x08) bytes.pop();
+        else bytes.push(byte);
+      }
+    }
+  } finally {
+    Deno.stdin.setRaw(false);
+    await Deno.stderr.write(encoder.encode("\n"));
+  }
+  return new TextDecoder().decode(new Uint8Array(bytes));
+}
