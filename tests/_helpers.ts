@@ -5,11 +5,12 @@
  *
  * @module
  */
-import { fromFileUrl, join } from "node:path";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { openssl } from "../lib/openssl.ts";
 
 /** The repository root. */
-export const ROOT: string = fromFileUrl(new URL("..", import.meta.url));
+export const ROOT: string = fileURLToPath(new URL("..", import.meta.url));
 
 /** The passphrase every test CA uses. */
 export const PASSPHRASE = "test passphrase 1234";
