@@ -1,0 +1,17 @@
+/**
+ * @module
+ * The shared layer of e2e-chat: errors, the openssl runner, DER/PEM/CSR/X.509
+ * readers, names, files, locks, passphrases and CLI plumbing. It knows nothing
+ * of `ca/` or `client/`.
+ */
+export * from "./errors.ts";
+export * from "./openssl.ts";
+export * from "./der.ts";
+export * from "./pem.ts";
+export * from "./csr.ts";
+export * from "./x509.ts";
+export * from "./names.ts";
+export * from "./fs.ts";
+export * from "./lock.ts";
+export * from "./home.ts";
+export * from "./passphrase.ts";
