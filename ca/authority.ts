@@ -5,13 +5,15 @@
  * @module
  */
 import { join } from "node:path";
+import { parseCsr } from "../lib/csr.ts";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists } from "../lib/fs.ts";
+import { generateKey, makeRequest } from "../lib/keys.ts";
 import { checkName } from "../lib/names.ts";
 import { openssl, OpensslError, PASSPHRASE_ARG } from "../lib/openssl.ts";
-import { type CertificateInfo, parseCertificate, sha256Hex } from "../lib/x509.ts";
-import { parseCsr } from "../lib/csr.ts";
 import { pemDecode } from "../lib/pem.ts";
+import { type Credentials, SERVICE_CN } from "../lib/tls.ts";
+import { type CertificateInfo, parseCertificate, sha256Hex } from "../lib/x509.ts";
 import {
   type CaKeyType,
   checkDays,
@@ -21,8 +23,17 @@ import {
   leafExtensions,
   OPENSSL_CNF,
   type RevokeReason,
+  serviceExtensions,
 } from "./policy.ts";
-import { CaPaths, type IndexEntry, locked, parseIndex, readIndex, transaction } from "./store.ts";
+import {
+  CaPaths,
+  IndexCache,
+  type IndexEntry,
+  locked,
+  parseIndex,
+  readIndex,
+  transaction,
+} from "./store.ts";
 
 /** Options of {@linkcode CertificateAuthority.init}. */
 export interface InitOptions {
@@ -74,6 +85,14 @@ export interface ListedCertificate {
   fingerprint: string;
 }
 
+/** What an issuance writes: the subject, the extensions and who it supersedes. */
+interface IssueSpec {
+  subject: string;
+  extensions: string;
+  days: number;
+  supersede: (current: IndexEntry) => Promise<void>;
+}
+
 /**
  * A CA in `HOME/ca`, created by {@linkcode CertificateAuthority.init} or opened
  * by {@linkcode CertificateAuthority.open}. Operations that use the CA key need
@@ -93,11 +112,13 @@ export class CertificateAuthority {
   /** The CA certificate. */
   readonly certificate: CertificateInfo;
   #passphrase?: string;
+  #index: IndexCache;
 
   private constructor(paths: CaPaths, certificate: CertificateInfo, passphrase?: string) {
     this.paths = paths;
     this.certificate = certificate;
     this.#passphrase = passphrase;
+    this.#index = new IndexCache(paths);
   }
 
   /** Creates a new CA under `home`; refuses when one exists. Nothing is left behind on failure. */
@@ -121,64 +142,27 @@ export class CertificateAuthority {
       const stage = await Deno.makeTempDir({ dir: home, prefix: ".ca-init-" });
       try {
         await Deno.chmod(stage, 0o700);
-        await Deno.mkdir(join(stage, "certs"), { mode: 0o700 });
-        await Deno.mkdir(join(stage, "tmp"), { mode: 0o700 });
-        await Deno.writeTextFile(join(stage, "openssl.cnf"), OPENSSL_CNF, { mode: 0o644 });
-        await Deno.writeTextFile(join(stage, "index.txt"), "", { mode: 0o600 });
-        await Deno.writeTextFile(join(stage, "index.txt.attr"), "unique_subject = no\n", {
-          mode: 0o600,
-        });
-        await Deno.writeTextFile(join(stage, "crlnumber"), "01\n", { mode: 0o600 });
+        for (const dir of ["certs", "tmp"]) await Deno.mkdir(join(stage, dir), { mode: 0o700 });
+        const files: Array<[string, string, number]> = [
+          ["openssl.cnf", OPENSSL_CNF, 0o644],
+          ["index.txt", "", 0o600],
+          ["index.txt.attr", "unique_subject = no\n", 0o600],
+          ["crlnumber", "01\n", 0o600],
+        ];
+        for (const [file, text, mode] of files) {
+          await Deno.writeTextFile(join(stage, file), text, { mode });
+        }
+        await generateKey(join(stage, "ca.key"), keyType, { passphrase });
+        const digest = keyType === "ed25519" ? [] : ["-sha256"];
         await openssl([
-          ...keygenArgs(keyType),
-          "-aes-256-cbc",
-          "-pass",
-          PASSPHRASE_ARG,
-          "-out",
-          "ca.key",
-        ], {
-          cwd: stage,
-          passphrase,
-        });
-        await Deno.chmod(join(stage, "ca.key"), 0o600);
-        await openssl([
-          "req",
-          "-x509",
-          "-new",
-          "-key",
-          "ca.key",
-          "-passin",
-          PASSPHRASE_ARG,
-          "-config",
-          "openssl.cnf",
-          "-extensions",
-          "v3_ca",
-          "-utf8",
-          "-subj",
-          `/CN=${escapeDn(commonName)}`,
-          "-days",
-          String(days),
-          ...(keyType === "ed25519" ? [] : ["-sha256"]),
-          "-out",
-          "ca.crt",
+          ...["req", "-x509", "-new", "-key", "ca.key", "-passin", PASSPHRASE_ARG, "-utf8"],
+          ...["-config", "openssl.cnf", "-extensions", "v3_ca", "-days", String(days)],
+          ...["-subj", `/CN=${escapeDn(commonName)}`, ...digest, "-out", "ca.crt"],
         ], { cwd: stage, passphrase });
-        await openssl(
-          [
-            "ca",
-            "-config",
-            "openssl.cnf",
-            "-keyfile",
-            "ca.key",
-            "-cert",
-            "ca.crt",
-            "-passin",
-            PASSPHRASE_ARG,
-            "-gencrl",
-            "-out",
-            "crl.pem",
-          ],
-          { cwd: stage, passphrase },
-        );
+        await openssl([
+          ...["ca", "-config", "openssl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt"],
+          ...["-passin", PASSPHRASE_ARG, "-gencrl", "-out", "crl.pem"],
+        ], { cwd: stage, passphrase });
         for (const leftover of ["crlnumber.old", "index.txt.old", "index.txt.attr.old"]) {
           await Deno.remove(join(stage, leftover)).catch(() => {});
         }
@@ -188,11 +172,8 @@ export class CertificateAuthority {
         await Deno.remove(stage, { recursive: true }).catch(() => {});
         throw e;
       }
-      return new CertificateAuthority(
-        paths,
-        parseCertificate(await Deno.readTextFile(paths.cert)),
-        passphrase,
-      );
+      const certificate = parseCertificate(await Deno.readTextFile(paths.cert));
+      return new CertificateAuthority(paths, certificate, passphrase);
     });
   }
 
@@ -216,6 +197,14 @@ export class CertificateAuthority {
     return new CertificateAuthority(paths, parseCertificate(pem), options.passphrase);
   }
 
+  /** Checks the passphrase by decrypting the CA key once; throws `ERR_BAD_PASSPHRASE`. */
+  async unlock(): Promise<void> {
+    const passphrase = this.#requirePassphrase();
+    await this.#openssl(["pkey", "-in", this.paths.key, "-passin", PASSPHRASE_ARG, "-noout"], {
+      passphrase,
+    });
+  }
+
   /**
    * Signs a certificate request for `name` under the policy: the request's
    * signature verifies, its only common name is `name`, its key is allowed; the
@@ -236,14 +225,12 @@ export class CertificateAuthority {
       );
     }
     const kind = checkKey(request.publicKey);
-    const maxDays = Math.floor((this.certificate.notAfter.getTime() - Date.now()) / 86_400_000);
-    const days = checkDays(options.days ?? DEFAULT_CERT_DAYS, Math.max(1, maxDays));
-    const passphrase = this.#requirePassphrase();
-
-    return await transaction(this.paths, async (work) => {
-      const current = this.#valid(await readIndex(this.paths), name);
-      const superseded: string[] = [];
-      for (const entry of current) {
+    const days = checkDays(options.days ?? DEFAULT_CERT_DAYS, this.#maxDays());
+    return await this.#issue(request.der, {
+      subject: name,
+      extensions: leafExtensions(name, kind),
+      days,
+      supersede: async (entry) => {
         const old = parseCertificate(await Deno.readTextFile(this.paths.certFile(entry.serial)));
         if (old.keyFingerprint !== request.keyFingerprint && !options.replace) {
           throw new E2eError(
@@ -255,41 +242,42 @@ export class CertificateAuthority {
             },
           );
         }
-        await this.#revokeIn(work, entry.serial, "superseded", passphrase);
-        superseded.push(entry.serial);
-      }
-      await Deno.writeFile(join(work, "request.der"), request.der);
-      await Deno.writeTextFile(join(work, "leaf.cnf"), leafExtensions(name, kind));
-      await this.#ca(work, passphrase, [
-        "-batch",
-        "-in",
-        "request.der",
-        "-inform",
-        "DER",
-        "-subj",
-        `/CN=${name}`,
-        "-days",
-        String(days),
-        "-startdate",
-        backdated(),
-        "-extfile",
-        "leaf.cnf",
-        "-extensions",
-        "leaf",
-        "-notext",
-        "-out",
-        "issued.pem",
-      ]);
-      const certificate = parseCertificate(await Deno.readTextFile(join(work, "issued.pem")));
-      const entries = await readIndexAt(work);
-      if (
-        !entries.some((e) => e.serial === certificate.serial && e.status === "V" && e.name === name)
-      ) {
-        throw new E2eError("ERR_OPENSSL", "openssl ca did not record the new certificate");
-      }
-      if (superseded.length) await this.#gencrl(work, passphrase);
-      return { certificate, superseded };
+      },
     });
+  }
+
+  /**
+   * Issues the CA service its own TLS certificate for `hosts` (DNS names and IP
+   * addresses), with a fresh key kept in `HOME/ca/service/` (0600). Its subject
+   * is {@linkcode SERVICE_CN}, which no user name can be; earlier service
+   * certificates are superseded.
+   */
+  async issueServiceCertificate(hosts: string[], options: { days?: number } = {}): Promise<
+    Credentials & { certificate: CertificateInfo }
+  > {
+    const dir = join(this.paths.dir, "service");
+    await ensurePrivateDir(dir);
+    const keyPath = join(dir, `key-${crypto.randomUUID()}.pem`);
+    await generateKey(keyPath, "ec-p256");
+    try {
+      const csr = await makeRequest(keyPath, SERVICE_CN);
+      const request = parseCsr(csr);
+      const { certificate } = await this.#issue(request.der, {
+        subject: SERVICE_CN,
+        extensions: serviceExtensions(hosts),
+        days: checkDays(options.days ?? 30, this.#maxDays()),
+        supersede: async () => {},
+      });
+      await Deno.rename(keyPath, join(dir, "key.pem"));
+      await Deno.writeTextFile(join(dir, "cert.pem"), certificate.pem);
+      return {
+        key: await Deno.readTextFile(join(dir, "key.pem")),
+        cert: certificate.pem,
+        certificate,
+      };
+    } finally {
+      await Deno.remove(keyPath).catch(() => {});
+    }
   }
 
   /** Revokes the valid certificate of a name, or a certificate by serial. Regenerates the CRL. */
@@ -298,16 +286,13 @@ export class CertificateAuthority {
     return await transaction(this.paths, async (work) => {
       const entries = await readIndex(this.paths);
       const serial = normalizeSerial(nameOrSerial);
-      const byName = this.#valid(entries, nameOrSerial);
-      const target = byName[0] ??
+      const target = validFor(entries, nameOrSerial)[0] ??
         entries.find((e) => serial !== "" && normalizeSerial(e.serial) === serial);
       if (!target) {
         throw new E2eError(
           "ERR_NOT_FOUND",
           `Cannot revoke: no valid certificate for ${JSON.stringify(nameOrSerial)}`,
-          {
-            hint: "see `deno task ca list` for names and serials",
-          },
+          { hint: "see `deno task ca list` for names and serials" },
         );
       }
       if (target.status === "R") {
@@ -342,10 +327,8 @@ export class CertificateAuthority {
     for (const entry of await readIndex(this.paths)) {
       let fingerprint = "";
       try {
-        const der = pemDecode(
-          await Deno.readTextFile(this.paths.certFile(entry.serial)),
-          "CERTIFICATE",
-        );
+        const text = await Deno.readTextFile(this.paths.certFile(entry.serial));
+        const der = pemDecode(text, "CERTIFICATE");
         if (der) fingerprint = sha256Hex(der);
       } catch { /* a missing file shows as an empty fingerprint */ }
       out.push({
@@ -366,9 +349,49 @@ export class CertificateAuthority {
     return out;
   }
 
-  #valid(entries: IndexEntry[], name: string): IndexEntry[] {
-    const now = Date.now();
-    return entries.filter((e) => e.name === name && e.status === "V" && e.expires.getTime() > now);
+  /** The valid certificate of `name`, or undefined. Reads the committed database (cached by mtime). */
+  async current(name: string): Promise<CertificateInfo | undefined> {
+    const entry = validFor(await this.#index.entries(), name).at(-1);
+    if (!entry) return undefined;
+    return parseCertificate(await Deno.readTextFile(this.paths.certFile(entry.serial)));
+  }
+
+  /** Whether `serial` is in the database, valid and not expired (cached by mtime, so cheap per request). */
+  async isCurrent(serial: string): Promise<boolean> {
+    const entry = (await this.#index.entries()).find((e) => e.serial === serial.toUpperCase());
+    return entry?.status === "V" && entry.expires.getTime() > Date.now();
+  }
+
+  async #issue(der: Uint8Array, spec: IssueSpec): Promise<Issued> {
+    const passphrase = this.#requirePassphrase();
+    return await transaction(this.paths, async (work) => {
+      const superseded: string[] = [];
+      for (const entry of validFor(await readIndex(this.paths), spec.subject)) {
+        await spec.supersede(entry);
+        await this.#revokeIn(work, entry.serial, "superseded", passphrase);
+        superseded.push(entry.serial);
+      }
+      await Deno.writeFile(join(work, "request.der"), der);
+      await Deno.writeTextFile(join(work, "extensions.cnf"), spec.extensions);
+      await this.#ca(work, passphrase, [
+        ...["-batch", "-in", "request.der", "-inform", "DER", "-notext", "-out", "issued.pem"],
+        ...["-subj", `/CN=${escapeDn(spec.subject)}`, "-utf8"],
+        ...["-days", String(spec.days), "-startdate", backdated()],
+        ...["-extfile", "extensions.cnf", "-extensions", "leaf"],
+      ]);
+      const certificate = parseCertificate(await Deno.readTextFile(join(work, "issued.pem")));
+      const recorded = (await readIndexAt(work)).some((e) =>
+        e.serial === certificate.serial && e.status === "V" && e.name === spec.subject
+      );
+      if (!recorded) throw new E2eError("ERR_OPENSSL", "openssl ca did not record the certificate");
+      if (superseded.length) await this.#gencrl(work, passphrase);
+      return { certificate, superseded };
+    });
+  }
+
+  #maxDays(): number {
+    const left = (this.certificate.notAfter.getTime() - Date.now()) / 86_400_000;
+    return Math.max(1, Math.floor(left));
   }
 
   #requirePassphrase(): string {
@@ -381,12 +404,9 @@ export class CertificateAuthority {
     return this.#passphrase;
   }
 
-  async #revokeIn(work: string, serial: string, reason: string, passphrase: string): Promise<void> {
+  async #revokeIn(work: string, serial: string, reason: string, passphrase: string) {
     await this.#ca(work, passphrase, [
-      "-revoke",
-      this.paths.certFile(serial),
-      "-crl_reason",
-      reason,
+      ...["-revoke", this.paths.certFile(serial), "-crl_reason", reason],
     ]);
   }
 
@@ -395,22 +415,15 @@ export class CertificateAuthority {
   }
 
   async #ca(work: string, passphrase: string, args: string[]): Promise<void> {
+    await this.#openssl([
+      ...["ca", "-config", this.paths.config, "-keyfile", this.paths.key],
+      ...["-cert", this.paths.cert, "-passin", PASSPHRASE_ARG, ...args],
+    ], { cwd: work, passphrase });
+  }
+
+  async #openssl(args: string[], options: { cwd?: string; passphrase: string }): Promise<void> {
     try {
-      await openssl([
-        "ca",
-        "-config",
-        this.paths.config,
-        "-keyfile",
-        this.paths.key,
-        "-cert",
-        this.paths.cert,
-        "-passin",
-        PASSPHRASE_ARG,
-        ...args,
-      ], {
-        cwd: work,
-        passphrase,
-      });
+      await openssl(args, options);
     } catch (e) {
       if (e instanceof OpensslError && e.badPassphrase) {
         throw new E2eError("ERR_BAD_PASSPHRASE", "Cannot unlock the CA key: wrong passphrase", {
@@ -422,17 +435,9 @@ export class CertificateAuthority {
   }
 }
 
-function keygenArgs(keyType: CaKeyType): string[] {
-  switch (keyType) {
-    case "rsa-4096":
-      return ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:4096"];
-    case "ec-p256":
-      return ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
-    case "ed25519":
-      return ["genpkey", "-algorithm", "ED25519"];
-    default:
-      throw new TypeError(`Unknown key type ${keyType}`);
-  }
+function validFor(entries: IndexEntry[], name: string): IndexEntry[] {
+  const now = Date.now();
+  return entries.filter((e) => e.name === name && e.status === "V" && e.expires.getTime() > now);
 }
 
 async function readIndexAt(work: string): Promise<IndexEntry[]> {

@@ -12,10 +12,21 @@ import { readPassphrase } from "../lib/passphrase.ts";
 import { CertificateAuthority } from "./authority.ts";
 import { CA_KEY_TYPES, type CaKeyType, REVOKE_REASONS, type RevokeReason } from "./policy.ts";
 import { MAX_CSR_BYTES } from "../lib/csr.ts";
+import { exists } from "../lib/fs.ts";
+import { checkName } from "../lib/names.ts";
+import { join } from "node:path";
+import { InviteStore, parseDuration } from "./invites.ts";
+import { CaService, DEFAULT_PORT } from "./service.ts";
+import { CaPaths } from "./store.ts";
 
-const USAGE = `Usage: deno task ca <command> [options]
+const USAGE = `Usage: deno task ca [command] [options]
 
 Commands:
+  serve   [--host 127.0.0.1] [--port 65433] [--name HOST]... [--rendezvous-ttl 5m]
+          Run the CA service (HTTPS). The default command; creates the CA first
+          when there is none.
+  invite  NAME [--ttl 24h] [--url HOST:PORT]
+          Print a single-use invite URL for NAME to enroll with.
   init    [--key-type rsa-4096|ec-p256|ed25519] [--days N] [--cn NAME]
           Create the CA: an encrypted key and a self-signed certificate.
   sign    --name NAME CSR_FILE [--out FILE] [--days N] [--replace]
@@ -45,6 +56,10 @@ async function main(args: string[]): Promise<number> {
   switch (command) {
     case "init":
       return await init(rest);
+    case "serve":
+      return await serve(rest);
+    case "invite":
+      return await invite(rest);
     case "sign":
       return await sign(rest);
     case "revoke":
@@ -54,6 +69,7 @@ async function main(args: string[]): Promise<number> {
     case "list":
       return await list(rest);
     case undefined:
+      return await serve(rest);
     case "help":
     case "-h":
     case "--help":
@@ -63,6 +79,86 @@ async function main(args: string[]): Promise<number> {
       throw new E2eError("ERR_USAGE", `Unknown command ${JSON.stringify(command)}`, {
         hint: "run `deno task ca --help`",
       });
+  }
+}
+
+async function serve(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, {
+    ...COMMON,
+    host: { type: "string" },
+    port: { type: "string" },
+    name: { type: "string", multiple: true },
+    "rendezvous-ttl": { type: "string" },
+    "enroll-rate": { type: "string" },
+  });
+  if (values.help) return await help();
+  noPositionals(positionals);
+  const home = resolveHome(values.home);
+  const port = intOption(values.port, "--port") ?? DEFAULT_PORT;
+  if (port > 65535) throw new E2eError("ERR_USAGE", "--port takes a number from 0 to 65535");
+  let ca: CertificateAuthority;
+  if (!await exists(new CaPaths(home).cert)) {
+    await err(`e2e-chat: no CA in ${home}; creating one\n`);
+    const passphrase = await readPassphrase({
+      file: values["passphrase-file"],
+      envVar: PASSPHRASE_ENV,
+      label: "New CA passphrase",
+      confirm: true,
+    });
+    await err("e2e-chat: generating an RSA-4096 key (this can take a few seconds)\n");
+    ca = await CertificateAuthority.init(home, passphrase);
+  } else {
+    ca = await openWithPassphrase(values);
+    await ca.unlock(); // a wrong passphrase fails now, not at the first enrollment
+  }
+  const service = await CaService.start(ca, {
+    host: values.host,
+    port,
+    names: values.name,
+    rendezvousTtlMs: values["rendezvous-ttl"] ? parseDuration(values["rendezvous-ttl"]) : undefined,
+    enrollPerMinute: intOption(values["enroll-rate"], "--enroll-rate"),
+  });
+  await out(
+    `e2e-chat CA service listening on ${service.url}\n` +
+      `CA fingerprint (SHA-256): ${ca.certificate.fingerprint}\n` +
+      `Invite a user with: deno task ca invite NAME\n`,
+  );
+  await new Promise<void>((resolve) => {
+    const stop = () => resolve();
+    Deno.addSignalListener("SIGINT", stop);
+    Deno.addSignalListener("SIGTERM", stop);
+  });
+  await service.close();
+  await err("e2e-chat: CA service stopped\n");
+  return 0;
+}
+
+async function invite(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, {
+    ...COMMON,
+    ttl: { type: "string" },
+    url: { type: "string" },
+  });
+  if (values.help) return await help();
+  if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "invite needs exactly one NAME");
+  const name = checkName(positionals[0]);
+  const ttl = parseDuration(values.ttl ?? "24h");
+  const ca = await CertificateAuthority.open(resolveHome(values.home));
+  const where = values.url ?? await runningServiceAddress(ca) ?? `127.0.0.1:${DEFAULT_PORT}`;
+  if (!/^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]+):\d{1,5}$/.test(where)) {
+    throw new E2eError("ERR_USAGE", `--url takes HOST:PORT, not ${JSON.stringify(where)}`);
+  }
+  const { token } = await new InviteStore(ca.paths).create(name, ttl);
+  await out(`e2e-chat://${where}/${name}?fp=${ca.certificate.fingerprint}&token=${token}\n`);
+  return 0;
+}
+
+async function runningServiceAddress(ca: CertificateAuthority): Promise<string | undefined> {
+  try {
+    const info = JSON.parse(await Deno.readTextFile(join(ca.paths.dir, "service.json")));
+    return `${info.host}:${info.port}`;
+  } catch {
+    return undefined;
   }
 }
 

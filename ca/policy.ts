@@ -155,3 +155,41 @@ subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid:always
 `;
 }
+
+/**
+ * The extensions of the CA service's own TLS certificate: server authentication
+ * only, for the given DNS names and IP addresses.
+ *
+ * @example
+ * ```ts
+ * import { serviceExtensions } from "./policy.ts";
+ * console.log(serviceExtensions(["localhost", "127.0.0.1"]));
+ * ```
+ */
+export function serviceExtensions(hosts: string[]): string {
+  const san = hosts.map((h) => (isIp(h) ? `IP:${h}` : `DNS:${checkHostname(h)}`)).join(", ");
+  return `[ leaf ]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = ${san}
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+`;
+}
+
+/** Whether `host` is an IPv4 or IPv6 address. */
+export function isIp(host: string): boolean {
+  return /^\d{1,3}(\.\d{1,3}){3}$/.test(host) ||
+    (/^[0-9a-fA-F:]+$/.test(host) && host.includes(":"));
+}
+
+function checkHostname(host: string): string {
+  if (
+    !/^(?=.{1,253}$)[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$/
+      .test(host)
+  ) {
+    throw new E2eError("ERR_USAGE", `Invalid host name ${JSON.stringify(host)}`);
+  }
+  return host;
+}

@@ -191,3 +191,30 @@ function parseTime(text: string): Date {
     Date.UTC(year, Number(m[2]) - 1, Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6])),
   );
 }
+
+/**
+ * The committed index, re-read only when the file changed (index.txt is
+ * replaced by rename, so its inode, size or mtime changes on every commit).
+ * Lets the service check revocation on every request without rereading it.
+ */
+export class IndexCache {
+  #paths: CaPaths;
+  #key = "";
+  #entries: IndexEntry[] = [];
+
+  /** A cache of the index of the CA at `paths`. */
+  constructor(paths: CaPaths) {
+    this.#paths = paths;
+  }
+
+  /** The entries as committed now. */
+  async entries(): Promise<IndexEntry[]> {
+    const info = await Deno.stat(this.#paths.index);
+    const key = `${info.ino}:${info.size}:${info.mtime?.getTime()}`;
+    if (key !== this.#key) {
+      this.#entries = await readIndex(this.#paths);
+      this.#key = key;
+    }
+    return this.#entries;
+  }
+}

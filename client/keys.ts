@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
 import { checkName } from "../lib/names.ts";
-import { openssl } from "../lib/openssl.ts";
+import { generateKey, makeRequest } from "../lib/keys.ts";
 
 /** Key types a client can make. */
 export const CLIENT_KEY_TYPES = ["ec-p256", "rsa-2048", "ed25519"] as const;
@@ -64,32 +64,8 @@ export async function makeKeyAndCsr(
       hint: "use another --home for another identity",
     });
   }
-  const tmp = await Deno.makeTempDir({ dir: paths.dir, prefix: ".keygen-" });
-  try {
-    await openssl([...keygenArgs(options.keyType ?? "ec-p256"), "-out", "key.pem"], { cwd: tmp });
-    await Deno.chmod(join(tmp, "key.pem"), 0o600);
-    const { stdout } = await openssl(
-      ["req", "-new", "-key", "key.pem", "-subj", `/CN=${name}`, "-config", "/dev/null"],
-      { cwd: tmp },
-    );
-    const csr = new TextDecoder().decode(stdout);
-    await Deno.link(join(tmp, "key.pem"), paths.key); // fails rather than clobber a key
-    await writeFileAtomic(paths.csr, csr, { mode: 0o644 });
-    return { keyPath: paths.key, csrPath: paths.csr, csr };
-  } finally {
-    await Deno.remove(tmp, { recursive: true }).catch(() => {});
-  }
-}
-
-function keygenArgs(keyType: ClientKeyType): string[] {
-  switch (keyType) {
-    case "ec-p256":
-      return ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
-    case "rsa-2048":
-      return ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
-    case "ed25519":
-      return ["genpkey", "-algorithm", "ED25519"];
-    default:
-      throw new TypeError(`Unknown key type ${keyType}`);
-  }
+  await generateKey(paths.key, options.keyType ?? "ec-p256");
+  const csr = await makeRequest(paths.key, name);
+  await writeFileAtomic(paths.csr, csr, { mode: 0o644 });
+  return { keyPath: paths.key, csrPath: paths.csr, csr };
 }

@@ -1,20 +1,33 @@
 /**
- * `deno task client`: the client's command line. For now it makes the
- * client's key and certificate request; enrollment and chat follow.
+ * `deno task client`: the client's command line. It parses flags, wires the
+ * pieces together, prints and exits.
  *
  * @module
  */
 import { out, parseCommand, runMain } from "../lib/cli.ts";
 import { E2eError } from "../lib/errors.ts";
 import { resolveHome } from "../lib/home.ts";
+import { checkName } from "../lib/names.ts";
+import { pemDecode } from "../lib/pem.ts";
+import { checkPeer } from "../lib/tls.ts";
+import { enroll, Identity } from "./identity.ts";
+import { parseInvite } from "./invite.ts";
 import { CLIENT_KEY_TYPES, type ClientKeyType, makeKeyAndCsr } from "./keys.ts";
 
 const USAGE = `Usage: deno task client <command> [options]
 
 Commands:
+  join INVITE [--key-type ec-p256|rsa-2048|ed25519]
+        Enroll with the invite line your admin gave you (quote it). Checks the
+        CA's fingerprint first, makes your key here (it never leaves HOME/id).
+  whoami [--json]
+        Your name, certificate fingerprint and validity, and where things are.
+  lookup NAME [--json]
+        NAME's certificate and fingerprint, from the CA's directory.
+  renew
+        A new certificate for your key.
   csr NAME [--key-type ec-p256|rsa-2048|ed25519]
-        Make a private key (kept in HOME/id, mode 0600) and a certificate
-        request for NAME; prints the request's path. Give it to the CA admin:
+        Only make a key and a request, for an admin to sign by hand with
         deno task ca sign --name NAME HOME/id/request.csr
 
 Options:
@@ -22,37 +35,164 @@ Options:
   -h, --help   Show this help
 `;
 
+const COMMON = {
+  home: { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
 async function main(args: string[]): Promise<number> {
   const [command, ...rest] = args;
-  if (command === undefined || command === "help" || command === "-h" || command === "--help") {
-    await out(USAGE);
-    return 0;
+  switch (command) {
+    case "join":
+      return await joinCommand(rest);
+    case "whoami":
+      return await whoami(rest);
+    case "lookup":
+      return await lookup(rest);
+    case "renew":
+      return await renew(rest);
+    case "csr":
+      return await csr(rest);
+    case undefined:
+    case "help":
+    case "-h":
+    case "--help":
+      await out(USAGE);
+      return 0;
+    default:
+      throw new E2eError("ERR_USAGE", `Unknown command ${JSON.stringify(command)}`, {
+        hint: "run `deno task client --help`",
+      });
   }
-  if (command !== "csr") {
-    throw new E2eError("ERR_USAGE", `Unknown command ${JSON.stringify(command)}`, {
-      hint: "run `deno task client --help`",
-    });
-  }
-  const { values, positionals } = parseCommand(rest, {
-    home: { type: "string" },
+}
+
+async function joinCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, {
+    ...COMMON,
     "key-type": { type: "string" },
-    help: { type: "boolean", short: "h" },
   });
-  if (values.help) {
-    await out(USAGE);
+  if (values.help) return await help();
+  if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "join needs exactly one INVITE");
+  const invite = parseInvite(positionals[0]);
+  const identity = await enroll(resolveHome(values.home), invite, {
+    keyType: keyType(values["key-type"]),
+  });
+  await out(
+    `Joined ${identity.caUrl} as "${identity.name}"\n` +
+      `  CA fingerprint:          ${identity.caFingerprint} (matches the invite)\n` +
+      `  certificate fingerprint: ${identity.certificate.fingerprint}\n` +
+      `  valid until:             ${identity.certificate.notAfter.toISOString()}\n` +
+      `  key (never sent):        ${identity.keyPath}\n`,
+  );
+  return 0;
+}
+
+async function whoami(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, { ...COMMON, json: { type: "boolean" } });
+  if (values.help) return await help();
+  noPositionals(positionals);
+  const id = await Identity.load(resolveHome(values.home));
+  const info = {
+    name: id.name,
+    fingerprint: id.certificate.fingerprint,
+    keyFingerprint: id.certificate.keyFingerprint,
+    serial: id.certificate.serial,
+    notBefore: id.certificate.notBefore.toISOString(),
+    notAfter: id.certificate.notAfter.toISOString(),
+    expired: id.certificate.notAfter.getTime() <= Date.now(),
+    certPath: id.certPath,
+    keyPath: id.keyPath,
+    caPath: id.caPath,
+    caUrl: id.caUrl,
+    caFingerprint: id.caFingerprint,
+  };
+  if (values.json) {
+    await out(JSON.stringify(info) + "\n");
     return 0;
   }
+  await out(
+    `${info.name}${info.expired ? " (certificate expired: run `deno task client renew`)" : ""}\n` +
+      `  certificate fingerprint: ${info.fingerprint}\n` +
+      `  key fingerprint:         ${info.keyFingerprint}\n` +
+      `  valid until:             ${info.notAfter}\n` +
+      `  certificate:             ${info.certPath}\n` +
+      `  key:                     ${info.keyPath}\n` +
+      `  CA:                      ${info.caUrl} (${info.caFingerprint})\n`,
+  );
+  return 0;
+}
+
+async function lookup(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, { ...COMMON, json: { type: "boolean" } });
+  if (values.help) return await help();
+  if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "lookup needs exactly one NAME");
+  const name = checkName(positionals[0]);
+  const id = await Identity.load(resolveHome(values.home));
+  const reply = await id.client().lookup(name);
+  // The directory's answer is checked like a peer: our CA, that name, valid now.
+  const cert = checkPeer(pemDecode(reply.certificate, "CERTIFICATE"), id.anchor, { name });
+  if (values.json) {
+    await out(
+      JSON.stringify({
+        name,
+        fingerprint: cert.fingerprint,
+        keyFingerprint: cert.keyFingerprint,
+        serial: cert.serial,
+        notAfter: cert.notAfter.toISOString(),
+        certificate: cert.pem,
+      }) + "\n",
+    );
+    return 0;
+  }
+  await out(
+    `${name}\n  certificate fingerprint: ${cert.fingerprint}\n` +
+      `  key fingerprint:         ${cert.keyFingerprint}\n` +
+      `  valid until:             ${cert.notAfter.toISOString()}\n${cert.pem}`,
+  );
+  return 0;
+}
+
+async function renew(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, COMMON);
+  if (values.help) return await help();
+  noPositionals(positionals);
+  const id = await (await Identity.load(resolveHome(values.home))).renew();
+  await out(
+    `Renewed "${id.name}": valid until ${id.certificate.notAfter.toISOString()}\n` +
+      `  certificate fingerprint: ${id.certificate.fingerprint}\n`,
+  );
+  return 0;
+}
+
+async function csr(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, { ...COMMON, "key-type": { type: "string" } });
+  if (values.help) return await help();
   if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "csr needs exactly one NAME");
-  const keyType = values["key-type"] ?? "ec-p256";
-  if (!(CLIENT_KEY_TYPES as readonly string[]).includes(keyType)) {
-    throw new E2eError("ERR_USAGE", `Unknown key type ${JSON.stringify(keyType)}`, {
+  const { csrPath } = await makeKeyAndCsr(resolveHome(values.home), positionals[0], {
+    keyType: keyType(values["key-type"]),
+  });
+  await out(`${csrPath}\n`);
+  return 0;
+}
+
+function keyType(value: string | undefined): ClientKeyType {
+  const type = value ?? "ec-p256";
+  if (!(CLIENT_KEY_TYPES as readonly string[]).includes(type)) {
+    throw new E2eError("ERR_USAGE", `Unknown key type ${JSON.stringify(type)}`, {
       hint: `use one of ${CLIENT_KEY_TYPES.join(", ")}`,
     });
   }
-  const { csrPath } = await makeKeyAndCsr(resolveHome(values.home), positionals[0], {
-    keyType: keyType as ClientKeyType,
-  });
-  await out(`${csrPath}\n`);
+  return type as ClientKeyType;
+}
+
+function noPositionals(positionals: string[]): void {
+  if (positionals.length) {
+    throw new E2eError("ERR_USAGE", `Unexpected argument ${JSON.stringify(positionals[0])}`);
+  }
+}
+
+async function help(): Promise<number> {
+  await out(USAGE);
   return 0;
 }
 

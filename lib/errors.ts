@@ -33,7 +33,21 @@ export type ErrorCode =
   | "ERR_OPENSSL"
   | "ERR_OPENSSL_MISSING"
   | "ERR_OPENSSL_TIMEOUT"
-  | "ERR_FILE";
+  | "ERR_FILE"
+  | "ERR_PEER_REJECTED"
+  | "ERR_INVITE_INVALID"
+  | "ERR_TOKEN_INVALID"
+  | "ERR_FINGERPRINT_MISMATCH"
+  | "ERR_RATE_LIMITED"
+  | "ERR_TOO_LARGE"
+  | "ERR_BAD_REQUEST"
+  | "ERR_UNAUTHENTICATED"
+  | "ERR_FORBIDDEN"
+  | "ERR_NETWORK"
+  | "ERR_NOT_ENROLLED"
+  | "ERR_METHOD_NOT_ALLOWED"
+  | "ERR_UNSUPPORTED_MEDIA_TYPE"
+  | "ERR_INTERNAL";
 
 /** Options of {@linkcode E2eError}. */
 export interface E2eErrorOptions {

@@ -15,3 +15,5 @@ export * from "./fs.ts";
 export * from "./lock.ts";
 export * from "./home.ts";
 export * from "./passphrase.ts";
+export * from "./tls.ts";
+export * from "./keys.ts";

@@ -1,0 +1,253 @@
+/**
+ * The CA's HTTP API, one thin handler per route: parse → validate →
+ * authorize → act through the authority → reply. docs/API.md is the spec;
+ * tests/ca_service_test.ts checks this code against it.
+ *
+ * @module
+ */
+import { E2eError } from "../lib/errors.ts";
+import { checkName } from "../lib/names.ts";
+import { checkPeer, type TrustAnchor } from "../lib/tls.ts";
+import type { CertificateInfo } from "../lib/x509.ts";
+import type { CertificateAuthority } from "./authority.ts";
+import type { InviteStore } from "./invites.ts";
+import { isIp } from "./policy.ts";
+import type { RateLimiter } from "./rate_limit.ts";
+import type { Rendezvous } from "./rendezvous.ts";
+
+/** What the handlers need. */
+export interface ApiContext {
+  /** The authority, unlocked. */
+  ca: CertificateAuthority;
+  /** Our CA certificate, to check client certificates. */
+  anchor: TrustAnchor;
+  /** Enrollment invites. */
+  invites: InviteStore;
+  /** Pending invitations to talk. */
+  rendezvous: Rendezvous;
+  /** Enrollment attempts per address. */
+  enrollLimiter: RateLimiter;
+}
+
+/** A request, as the handlers see it. */
+export interface ApiRequest {
+  /** HTTP method. */
+  method: string;
+  /** URL path. */
+  path: string;
+  /** Query parameters. */
+  query: URLSearchParams;
+  /** The client's address. */
+  remoteAddress: string;
+  /** The client's certificate, DER, or null. */
+  peerDer: Uint8Array | null;
+  /** Whether the client prefers JSON to PEM on GET routes. */
+  wantsJson: boolean;
+  /** The JSON body (already size-limited). */
+  json(): Promise<unknown>;
+  /** Aborted when the client goes away or the service stops. */
+  signal: AbortSignal;
+}
+
+/** A reply. */
+export interface ApiResponse {
+  /** HTTP status. */
+  status: number;
+  /** Body text. */
+  body: string;
+  /** Content type. */
+  type: "application/json" | "application/x-pem-file";
+  /** Who the caller was (for the log), when known. */
+  user?: string;
+}
+
+/** Longest long poll, in seconds. */
+export const MAX_WAIT_SECONDS = 30;
+
+/** Routes the request to its handler; throws E2eError for every refusal. */
+export async function handle(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
+  const { method, path } = req;
+  if (path === "/v1/ca") return only(method, "GET") ?? pem(ctx.anchor.pem);
+  if (path === "/v1/crl") return only(method, "GET") ?? pem(await crl(ctx));
+  if (path === "/v1/enroll") return only(method, "POST") ?? await enroll(ctx, req);
+  if (path === "/v1/renew") return only(method, "POST") ?? await renew(ctx, req);
+  if (path === "/v1/rendezvous") {
+    if (method === "POST") return await offer(ctx, req);
+    return only(method, "GET") ?? await pending(ctx, req);
+  }
+  const m = /^\/v1\/certs\/([^/]+)$/.exec(path);
+  if (m) return only(method, "GET") ?? await lookup(ctx, req, decodeURIComponent(m[1]));
+  throw new E2eError("ERR_NOT_FOUND", `No route ${JSON.stringify(path)}`);
+}
+
+async function crl(ctx: ApiContext): Promise<string> {
+  // crl.pem is rewritten on every revocation; refresh it when it is a day old.
+  const info = await Deno.stat(ctx.ca.paths.crl);
+  if (Date.now() - (info.mtime?.getTime() ?? 0) > 86_400_000) return await ctx.ca.crl();
+  return await Deno.readTextFile(ctx.ca.paths.crl);
+}
+
+async function enroll(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
+  const wait = ctx.enrollLimiter.hit(req.remoteAddress);
+  if (wait) {
+    throw new E2eError("ERR_RATE_LIMITED", "Too many enrollment attempts from this address", {
+      hint: `retry in ${Math.ceil(wait / 1000)} s`,
+    });
+  }
+  const body = object(await req.json());
+  const csr = text(body.csr, "csr");
+  const issued = await ctx.invites.redeem(body.token, async (name) => {
+    // The admin invited this name: a new key replaces a lost one.
+    return { name, ...(await ctx.ca.sign(csr, name, { replace: true })) };
+  });
+  return { ...json(200, certificateJson(issued.certificate)), user: issued.name };
+}
+
+async function renew(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
+  const user = await authenticate(ctx, req);
+  const body = object(await req.json());
+  const { certificate } = await ctx.ca.sign(text(body.csr, "csr"), user, { replace: true });
+  return { ...json(200, certificateJson(certificate)), user };
+}
+
+async function lookup(ctx: ApiContext, req: ApiRequest, name: string): Promise<ApiResponse> {
+  const user = await authenticate(ctx, req);
+  const certificate = await directory(ctx, name);
+  if (req.wantsJson) return { ...json(200, certificateJson(certificate)), user };
+  return { ...pem(certificate.pem), user };
+}
+
+async function offer(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
+  const user = await authenticate(ctx, req);
+  const body = object(await req.json());
+  const to = text(body.to, "to");
+  if (to === user) throw new E2eError("ERR_BAD_REQUEST", "Cannot rendezvous with yourself");
+  const port = body.port;
+  if (typeof port !== "number" || !Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new E2eError("ERR_BAD_REQUEST", 'Field "port" must be a whole number from 1 to 65535');
+  }
+  const host = body.host === undefined ? req.remoteAddress : text(body.host, "host");
+  if (!isIp(host) && !/^(?=.{1,253}$)[a-zA-Z0-9]([a-zA-Z0-9.-]*[a-zA-Z0-9])?$/.test(host)) {
+    throw new E2eError("ERR_BAD_REQUEST", 'Field "host" must be an IP address or a host name');
+  }
+  const certificate = await directory(ctx, to);
+  const invitation = ctx.rendezvous.offer(user, to, host, port);
+  return {
+    ...json(200, {
+      id: invitation.id,
+      to,
+      expiresAt: invitation.expiresAt.toISOString(),
+      peer: certificateJson(certificate),
+    }),
+    user,
+  };
+}
+
+async function pending(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
+  const user = await authenticate(ctx, req);
+  const after = wholeNumber(req.query.get("after") ?? "0", "after", Number.MAX_SAFE_INTEGER);
+  const wait = wholeNumber(req.query.get("wait") ?? "0", "wait", MAX_WAIT_SECONDS);
+  const found = await ctx.rendezvous.wait(user, after, wait * 1000, req.signal);
+  const invitations = [];
+  for (const i of found) {
+    const certificate = await ctx.ca.current(i.from);
+    if (!certificate) continue; // revoked since it asked
+    invitations.push({
+      id: i.id,
+      from: i.from,
+      host: i.host,
+      port: i.port,
+      expiresAt: i.expiresAt.toISOString(),
+      peer: certificateJson(certificate),
+    });
+  }
+  const cursor = found.reduce((max, i) => Math.max(max, i.id), after);
+  return { ...json(200, { invitations, cursor }), user };
+}
+
+/** The caller's name, from a client certificate issued by us, unexpired and current in our database. */
+async function authenticate(ctx: ApiContext, req: ApiRequest): Promise<string> {
+  if (!req.peerDer) {
+    throw new E2eError("ERR_UNAUTHENTICATED", "This route needs a client certificate", {
+      hint: "enroll first: deno task client join INVITE",
+    });
+  }
+  let info: CertificateInfo;
+  try {
+    info = checkPeer(req.peerDer, ctx.anchor);
+    checkName(info.commonName);
+  } catch (e) {
+    throw new E2eError("ERR_UNAUTHENTICATED", "The client certificate was not accepted", {
+      cause: e,
+    });
+  }
+  if (!await ctx.ca.isCurrent(info.serial)) {
+    throw new E2eError("ERR_FORBIDDEN", "The client certificate is revoked or superseded");
+  }
+  return info.commonName;
+}
+
+async function directory(ctx: ApiContext, name: string): Promise<CertificateInfo> {
+  checkName(name);
+  const certificate = await ctx.ca.current(name);
+  if (!certificate) {
+    throw new E2eError("ERR_NOT_FOUND", `No valid certificate for "${name}" in the directory`);
+  }
+  return certificate;
+}
+
+function certificateJson(c: CertificateInfo) {
+  return {
+    name: c.commonName,
+    certificate: c.pem,
+    fingerprint: c.fingerprint,
+    keyFingerprint: c.keyFingerprint,
+    serial: c.serial,
+    notAfter: c.notAfter.toISOString(),
+  };
+}
+
+function only(method: string, allowed: string): undefined {
+  if (method !== allowed) {
+    throw new E2eError(
+      "ERR_METHOD_NOT_ALLOWED",
+      `Method ${method} is not allowed here; use ${allowed}`,
+    );
+  }
+  return undefined;
+}
+
+function object(value: unknown): Record<string, unknown> {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new E2eError("ERR_BAD_REQUEST", "The body must be a JSON object");
+  }
+  return value as Record<string, unknown>;
+}
+
+function text(value: unknown, field: string): string {
+  if (typeof value !== "string" || value.length === 0) {
+    throw new E2eError(
+      "ERR_BAD_REQUEST",
+      `Field ${JSON.stringify(field)} must be a non-empty string`,
+    );
+  }
+  return value;
+}
+
+function wholeNumber(value: string, field: string, max: number): number {
+  if (!/^\d{1,16}$/.test(value) || Number(value) > max) {
+    throw new E2eError(
+      "ERR_BAD_REQUEST",
+      `Parameter ${JSON.stringify(field)} must be a whole number up to ${max}`,
+    );
+  }
+  return Number(value);
+}
+
+function json(status: number, value: unknown): ApiResponse {
+  return { status, body: JSON.stringify(value) + "\n", type: "application/json" };
+}
+
+function pem(text: string): ApiResponse {
+  return { status: 200, body: text, type: "application/x-pem-file" };
+}

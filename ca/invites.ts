@@ -1,0 +1,126 @@
+/**
+ * Invites: single-use, expiring enrollment tokens bound to one name. Only a
+ * SHA-256 of each token is stored (HOME/ca/invites.json, 0600), so the file
+ * alone enrolls nobody. The CLI writes the file and a running service reads it
+ * on every enrollment, so new invites work without a restart.
+ *
+ * @module
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { join } from "node:path";
+import { E2eError } from "../lib/errors.ts";
+import { writeFileAtomic } from "../lib/fs.ts";
+import { withLock } from "../lib/lock.ts";
+import { checkName } from "../lib/names.ts";
+import type { CaPaths } from "./store.ts";
+
+/** One stored invite. */
+interface InviteRecord {
+  hash: string;
+  name: string;
+  createdAt: string;
+  expiresAt: string;
+  usedAt?: string;
+}
+
+/** A token has 256 random bits, base64url: 43 characters. */
+export const TOKEN_PATTERN: RegExp = /^[A-Za-z0-9_-]{43}$/;
+
+// One message for every bad token, so a caller learns nothing from the difference.
+const INVALID = "Invalid, used or expired invite token";
+
+/** Invites of the CA at `paths`. */
+export class InviteStore {
+  #file: string;
+  #lock: string;
+
+  /** The store of the CA at `paths`. */
+  constructor(paths: CaPaths) {
+    this.#file = join(paths.dir, "invites.json");
+    this.#lock = join(paths.home, ".invites.lock");
+  }
+
+  /** Creates an invite for `name` valid for `ttlMs`; returns the token (shown once, never stored). */
+  async create(name: string, ttlMs: number): Promise<{ token: string; expiresAt: Date }> {
+    checkName(name);
+    const token = randomBytes(32).toString("base64url");
+    const now = Date.now();
+    const expiresAt = new Date(now + ttlMs);
+    await withLock(this.#lock, async () => {
+      // Expired and used invites older than a day are dropped as the file is rewritten.
+      const records = (await this.#read()).filter((r) =>
+        Date.parse(r.usedAt ?? r.expiresAt) > now - 86_400_000
+      );
+      records.push({
+        hash: hashToken(token),
+        name,
+        createdAt: new Date(now).toISOString(),
+        expiresAt: expiresAt.toISOString(),
+      });
+      await this.#write(records);
+    });
+    return { token, expiresAt };
+  }
+
+  /**
+   * Redeems `token`: runs `enroll` with the invite's name while holding the
+   * store's lock, and marks the token used only when `enroll` succeeds (a
+   * request refused by the policy leaves the invite usable).
+   */
+  async redeem<T>(token: unknown, enroll: (name: string) => Promise<T>): Promise<T> {
+    if (typeof token !== "string" || !TOKEN_PATTERN.test(token)) {
+      throw new E2eError("ERR_TOKEN_INVALID", INVALID);
+    }
+    const hash = hashToken(token);
+    return await withLock(this.#lock, async () => {
+      const records = await this.#read();
+      const record = records.find((r) => r.hash === hash);
+      if (!record || record.usedAt || Date.parse(record.expiresAt) <= Date.now()) {
+        throw new E2eError("ERR_TOKEN_INVALID", INVALID);
+      }
+      const result = await enroll(record.name);
+      record.usedAt = new Date().toISOString();
+      await this.#write(records);
+      return result;
+    });
+  }
+
+  async #read(): Promise<InviteRecord[]> {
+    try {
+      const data = JSON.parse(await Deno.readTextFile(this.#file));
+      return Array.isArray(data?.invites) ? data.invites : [];
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return [];
+      throw e;
+    }
+  }
+
+  async #write(records: InviteRecord[]): Promise<void> {
+    await writeFileAtomic(this.#file, JSON.stringify({ invites: records }, null, 1) + "\n", {
+      mode: 0o600,
+    });
+  }
+}
+
+function hashToken(token: string): string {
+  return createHash("sha256").update(token).digest("hex");
+}
+
+/**
+ * Parses a duration like "90s", "30m", "24h" or "7d" into milliseconds.
+ *
+ * @example
+ * ```ts
+ * import { parseDuration } from "./invites.ts";
+ * parseDuration("24h"); // 86400000
+ * ```
+ */
+export function parseDuration(text: string): number {
+  const m = /^(\d{1,6})([smhd])$/.exec(text);
+  if (!m || Number(m[1]) === 0) {
+    throw new E2eError("ERR_USAGE", `Invalid duration ${JSON.stringify(text)}`, {
+      hint: "use a number and a unit: 90s, 30m, 24h, 7d",
+    });
+  }
+  return Number(m[1]) * { s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as "s"];
+}

@@ -1,0 +1,103 @@
+/**
+ * The rendezvous: the original's OP_INIT_COMM / OP_ACC_COMM. "alice wants to
+ * talk to bob and listens on host:port" is kept in memory until it expires,
+ * and bob learns of it at once through a long poll.
+ *
+ * @module
+ */
+
+/** One pending invitation to talk. */
+export interface Invitation {
+  /** Increasing id, the cursor of long polls. */
+  id: number;
+  /** Who wants to talk. */
+  from: string;
+  /** To whom. */
+  to: string;
+  /** Where `from` listens. */
+  host: string;
+  /** Where `from` listens. */
+  port: number;
+  /** When it expires. */
+  expiresAt: Date;
+}
+
+/** Options of {@linkcode Rendezvous}. */
+export interface RendezvousOptions {
+  /** How long an invitation stays, in ms. Default: 300000 (5 minutes). */
+  ttlMs?: number;
+  /** Pending invitations one user may have made at once. Default: 64. */
+  maxPerUser?: number;
+}
+
+/** Pending invitations, with waiters woken when one arrives for them. */
+export class Rendezvous {
+  readonly ttlMs: number;
+  #maxPerUser: number;
+  #nextId = 1;
+  #pending: Invitation[] = [];
+  #waiters = new Map<string, Set<() => void>>();
+
+  /** An empty rendezvous. */
+  constructor(options: RendezvousOptions = {}) {
+    this.ttlMs = options.ttlMs ?? 300_000;
+    this.#maxPerUser = options.maxPerUser ?? 64;
+  }
+
+  /** Records that `from` wants to talk to `to` at host:port, replacing an earlier offer between them. */
+  offer(from: string, to: string, host: string, port: number): Invitation {
+    this.#prune();
+    this.#pending = this.#pending.filter((i) => !(i.from === from && i.to === to));
+    if (this.#pending.filter((i) => i.from === from).length >= this.#maxPerUser) {
+      this.#pending.splice(this.#pending.findIndex((i) => i.from === from), 1);
+    }
+    const invitation = {
+      id: this.#nextId++,
+      from,
+      to,
+      host,
+      port,
+      expiresAt: new Date(Date.now() + this.ttlMs),
+    };
+    this.#pending.push(invitation);
+    for (const wake of this.#waiters.get(to) ?? []) wake();
+    return invitation;
+  }
+
+  /** The unexpired invitations for `to` with an id above `after`. */
+  pending(to: string, after = 0): Invitation[] {
+    this.#prune();
+    return this.#pending.filter((i) => i.to === to && i.id > after);
+  }
+
+  /** Waits up to `ms` (or until `signal` aborts) for an invitation for `to` above `after`. */
+  async wait(to: string, after: number, ms: number, signal?: AbortSignal): Promise<Invitation[]> {
+    const now = this.pending(to, after);
+    if (now.length || ms <= 0) return now;
+    await new Promise<void>((resolve) => {
+      const set = this.#waiters.get(to) ?? new Set();
+      this.#waiters.set(to, set);
+      const done = () => {
+        clearTimeout(timer);
+        set.delete(done);
+        if (!set.size) this.#waiters.delete(to);
+        signal?.removeEventListener("abort", done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      set.add(done);
+      signal?.addEventListener("abort", done, { once: true });
+    });
+    return this.pending(to, after);
+  }
+
+  /** Wakes every waiter (at shutdown). */
+  wakeAll(): void {
+    for (const set of this.#waiters.values()) for (const wake of [...set]) wake();
+  }
+
+  #prune(): void {
+    const now = Date.now();
+    this.#pending = this.#pending.filter((i) => i.expiresAt.getTime() > now);
+  }
+}

@@ -1,0 +1,340 @@
+/**
+ * The CA service: HTTPS (TLS 1.2+, 1.3 preferred) with a certificate the CA
+ * issues to itself, client certificates requested but optional at the TLS
+ * layer (the API decides per route), bounded bodies, timeouts, and a log line
+ * per request that never holds a secret.
+ *
+ * @module
+ */
+import https from "node:https";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Socket } from "node:net";
+import type { TLSSocket } from "node:tls";
+import { join } from "node:path";
+import { E2eError, type ErrorCode } from "../lib/errors.ts";
+import { writeFileAtomic } from "../lib/fs.ts";
+import { type Credentials, peerCertificateDer, serverOptions, trustAnchor } from "../lib/tls.ts";
+import { parseCertificate } from "../lib/x509.ts";
+import { type ApiContext, type ApiRequest, handle, MAX_WAIT_SECONDS } from "./api.ts";
+import type { CertificateAuthority } from "./authority.ts";
+import { InviteStore } from "./invites.ts";
+import { RateLimiter } from "./rate_limit.ts";
+import { Rendezvous } from "./rendezvous.ts";
+
+/** The port the service listens on when none is given. */
+export const DEFAULT_PORT = 65433;
+/** Largest request body, in bytes. */
+export const MAX_BODY_BYTES = 64 * 1024;
+
+const STATUS: Partial<Record<ErrorCode, number>> = {
+  ERR_BAD_REQUEST: 400,
+  ERR_CSR_INVALID: 400,
+  ERR_CSR_SIGNATURE: 400,
+  ERR_CSR_NAME_MISMATCH: 400,
+  ERR_KEY_REJECTED: 400,
+  ERR_NAME_INVALID: 400,
+  ERR_DAYS_INVALID: 400,
+  ERR_UNAUTHENTICATED: 401,
+  ERR_TOKEN_INVALID: 403,
+  ERR_FORBIDDEN: 403,
+  ERR_NOT_FOUND: 404,
+  ERR_METHOD_NOT_ALLOWED: 405,
+  ERR_NAME_TAKEN: 409,
+  ERR_TOO_LARGE: 413,
+  ERR_UNSUPPORTED_MEDIA_TYPE: 415,
+  ERR_RATE_LIMITED: 429,
+};
+
+/** Options of {@linkcode CaService.start}. */
+export interface ServeOptions {
+  /** Address to listen on. Default: "127.0.0.1". */
+  host?: string;
+  /** Port; 0 picks a free one. Default: 65433. */
+  port?: number;
+  /** More DNS names or IPs for the service certificate. Default: none. */
+  names?: string[];
+  /** How long a rendezvous invitation lasts, in ms. Default: 300000. */
+  rendezvousTtlMs?: number;
+  /** Enrollment attempts allowed per address per minute. Default: 10. */
+  enrollPerMinute?: number;
+  /** Where log lines go. Default: stderr. */
+  log?: (line: string) => void;
+  /** Idle time before a connection is closed, in ms. Default: 15000 (long polls excepted). */
+  idleTimeoutMs?: number;
+}
+
+/** A running CA service. */
+export class CaService {
+  /** The URL clients use, e.g. https://127.0.0.1:65433. */
+  readonly url: string;
+  /** The port it listens on. */
+  readonly port: number;
+  #server: https.Server;
+  #ctx: ApiContext;
+  #timer: ReturnType<typeof setInterval>;
+  #stopping: AbortController;
+  #sockets: Set<Socket>;
+
+  private constructor(
+    server: https.Server,
+    ctx: ApiContext,
+    url: string,
+    port: number,
+    timer: ReturnType<typeof setInterval>,
+    stopping: AbortController,
+    sockets: Set<Socket>,
+  ) {
+    this.#stopping = stopping;
+    this.#sockets = sockets;
+    this.#server = server;
+    this.#ctx = ctx;
+    this.url = url;
+    this.port = port;
+    this.#timer = timer;
+  }
+
+  /** Starts the service for an unlocked CA. */
+  static async start(ca: CertificateAuthority, options: ServeOptions = {}): Promise<CaService> {
+    const host = options.host ?? "127.0.0.1";
+    const log = options.log ?? logToStderr;
+    const names = serviceNames(host, options.names ?? []);
+    const anchor = trustAnchor(ca.certificate.pem);
+    const ctx: ApiContext = {
+      ca,
+      anchor,
+      invites: new InviteStore(ca.paths),
+      rendezvous: new Rendezvous({ ttlMs: options.rendezvousTtlMs }),
+      enrollLimiter: new RateLimiter(options.enrollPerMinute ?? 10, 60_000),
+    };
+    let own = await serviceCredentials(ca, names);
+    const idle = options.idleTimeoutMs ?? 15_000;
+    const sockets = new Set<Socket>();
+    const stopping = new AbortController();
+    const server = https.createServer(serverOptions(own, anchor), (req, res) => {
+      serveRequest(ctx, stopping.signal, req, res, log).catch(() => res.destroy());
+    });
+    server.on("secureConnection", (socket: TLSSocket) => {
+      // Slow or idle clients are cut off; a long poll raises the limit while it waits.
+      socket.setTimeout(idle, () => socket.destroy());
+    });
+    server.on("connection", (socket: Socket) => {
+      sockets.add(socket);
+      socket.once("close", () => sockets.delete(socket));
+      socket.setTimeout(idle, () => socket.destroy()); // a TLS handshake that stalls
+    });
+    server.on("tlsClientError", () => {});
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", (e) =>
+        reject(
+          new E2eError("ERR_NETWORK", `Cannot listen on ${host}:${options.port ?? DEFAULT_PORT}`, {
+            cause: e,
+            hint: "is another service using that port? try --port 0",
+          }),
+        ));
+      server.listen(options.port ?? DEFAULT_PORT, host, () => resolve());
+    });
+    const port = (server.address() as { port: number }).port;
+    const urlHost = host.includes(":") ? `[${host}]` : host === "0.0.0.0" ? "127.0.0.1" : host;
+    const url = `https://${urlHost}:${port}`;
+    // Renew the service certificate well before it expires, without a restart.
+    const timer = setInterval(async () => {
+      try {
+        const next = await serviceCredentials(ca, names);
+        if (next.cert !== own.cert) {
+          own = next;
+          server.setSecureContext(serverOptions(own, anchor));
+          log("e2e-chat-ca: renewed the service certificate");
+        }
+      } catch (e) {
+        log(
+          `e2e-chat-ca: cannot renew the service certificate: ${
+            e instanceof Error ? e.message : e
+          }`,
+        );
+      }
+    }, 3_600_000);
+    const service = new CaService(server, ctx, url, port, timer, stopping, sockets);
+    await writeFileAtomic(
+      join(ca.paths.dir, "service.json"),
+      JSON.stringify({ url, host: urlHost, port, fingerprint: ca.certificate.fingerprint }) + "\n",
+    );
+    return service;
+  }
+
+  /** Stops accepting connections, ends long polls and closes every connection. */
+  async close(): Promise<void> {
+    clearInterval(this.#timer);
+    this.#stopping.abort();
+    this.#ctx.rendezvous.wakeAll();
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    for (const socket of this.#sockets) socket.destroy();
+    await closed;
+    await Deno.remove(join(this.#ctx.ca.paths.dir, "service.json")).catch(() => {});
+  }
+}
+
+async function serveRequest(
+  ctx: ApiContext,
+  stopping: AbortSignal,
+  req: IncomingMessage,
+  res: ServerResponse,
+  log: (line: string) => void,
+): Promise<void> {
+  const started = performance.now();
+  const socket = req.socket as TLSSocket;
+  const remoteAddress = (socket.remoteAddress ?? "").replace(/^::ffff:/, "");
+  const url = new URL(req.url ?? "/", "https://ca.invalid");
+  const gone = new AbortController();
+  const onStop = () => gone.abort();
+  stopping.addEventListener("abort", onStop, { once: true });
+  res.once("close", () => {
+    gone.abort();
+    stopping.removeEventListener("abort", onStop);
+  });
+  let status = 500;
+  let user = "-";
+  let code = "";
+  try {
+    if (url.pathname === "/v1/rendezvous") socket.setTimeout((MAX_WAIT_SECONDS + 15) * 1000);
+    const apiRequest: ApiRequest = {
+      method: req.method ?? "GET",
+      path: url.pathname,
+      query: url.searchParams,
+      remoteAddress,
+      peerDer: peerCertificateDer(socket),
+      wantsJson: (req.headers.accept ?? "").includes("application/json"),
+      json: () => readJson(req),
+      signal: gone.signal,
+    };
+    const reply = await handle(ctx, apiRequest);
+    status = reply.status;
+    user = reply.user ?? "-";
+    send(res, status, reply.type, reply.body);
+  } catch (e) {
+    const error = e instanceof E2eError
+      ? e
+      : new E2eError("ERR_INTERNAL", "Internal error", { cause: e });
+    status = STATUS[error.code] ?? 500;
+    code = error.code;
+    const message = status === 500 ? "Internal error" : error.message;
+    const headers: Record<string, string> = {};
+    if (error.code === "ERR_RATE_LIMITED") headers["retry-after"] = "60";
+    if (error.code === "ERR_TOO_LARGE") headers["connection"] = "close";
+    send(
+      res,
+      status,
+      "application/json",
+      JSON.stringify({ error: { code: error.code, message } }) + "\n",
+      headers,
+    );
+    if (status === 500) log(`e2e-chat-ca: internal error: ${e instanceof Error ? e.stack : e}`);
+  } finally {
+    const ms = (performance.now() - started).toFixed(1);
+    // Paths and codes only: bodies (tokens, CSRs) and query strings never reach the log.
+    log(
+      `e2e-chat-ca: ${remoteAddress} ${req.method} ${url.pathname} ${status}${
+        code ? ` ${code}` : ""
+      } ${user} ${ms}ms`,
+    );
+  }
+}
+
+function logToStderr(line: string): void {
+  Deno.stderr.writeSync(new TextEncoder().encode(line + "\n"));
+}
+
+/** The names the service certificate covers: localhost, 127.0.0.1, the listen address and extra names. */
+function serviceNames(host: string, extra: string[]): string[] {
+  const names = ["localhost", "127.0.0.1"];
+  if (host !== "0.0.0.0" && host !== "::") names.push(host);
+  return [...new Set([...names, ...extra])];
+}
+
+/** The service's key and certificate, reissued when missing, for other names, revoked or past two thirds of its life. */
+async function serviceCredentials(ca: CertificateAuthority, names: string[]): Promise<Credentials> {
+  const dir = join(ca.paths.dir, "service");
+  try {
+    const cert = await Deno.readTextFile(join(dir, "cert.pem"));
+    const key = await Deno.readTextFile(join(dir, "key.pem"));
+    const info = parseCertificate(cert);
+    const san = (info.x509.subjectAltName ?? "").split(", ").map((s) =>
+      s.replace(/^(DNS|IP Address):/, "")
+    );
+    const life = info.notAfter.getTime() - info.notBefore.getTime();
+    const fresh = info.notAfter.getTime() - Date.now() > life / 3;
+    const covers = names.every((n) => san.includes(n) || san.includes(n.toUpperCase()));
+    const issuedHere = info.x509.checkIssued(ca.certificate.x509) &&
+      info.x509.verify(ca.certificate.x509.publicKey);
+    if (fresh && covers && issuedHere && await ca.isCurrent(info.serial)) return { key, cert };
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound) && !(e instanceof E2eError)) throw e;
+  }
+  const { key, cert } = await ca.issueServiceCertificate(names);
+  return { key, cert };
+}
+
+function readJson(req: IncomingMessage): Promise<unknown> {
+  const type = (req.headers["content-type"] ?? "").split(";")[0].trim().toLowerCase();
+  if (type !== "application/json") {
+    req.resume();
+    return Promise.reject(
+      new E2eError("ERR_UNSUPPORTED_MEDIA_TYPE", "The body must be application/json"),
+    );
+  }
+  const declared = Number(req.headers["content-length"] ?? "0");
+  if (declared > MAX_BODY_BYTES) {
+    req.resume();
+    return Promise.reject(tooLarge());
+  }
+  return new Promise((resolve, reject) => {
+    const chunks: Uint8Array[] = [];
+    let size = 0;
+    req.on("data", (chunk: Uint8Array) => {
+      size += chunk.length;
+      if (size > MAX_BODY_BYTES) {
+        reject(tooLarge());
+        req.removeAllListeners("data");
+        req.resume();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on("error", reject);
+    req.on("end", () => {
+      const bytes = new Uint8Array(size);
+      let offset = 0;
+      for (const c of chunks) {
+        bytes.set(c, offset);
+        offset += c.length;
+      }
+      try {
+        resolve(JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes)));
+      } catch {
+        reject(new E2eError("ERR_BAD_REQUEST", "The body is not valid JSON"));
+      }
+    });
+  });
+}
+
+function tooLarge(): E2eError {
+  return new E2eError("ERR_TOO_LARGE", `The body is larger than ${MAX_BODY_BYTES} bytes`);
+}
+
+function send(
+  res: ServerResponse,
+  status: number,
+  type: string,
+  body: string,
+  headers: Record<string, string> = {},
+): void {
+  if (res.headersSent || res.destroyed) return;
+  const bytes = new TextEncoder().encode(body);
+  res.writeHead(status, {
+    "content-type": type === "application/json" ? "application/json; charset=utf-8" : type,
+    "content-length": String(bytes.length),
+    "cache-control": "no-store",
+    "x-content-type-options": "nosniff",
+    ...headers,
+  });
+  res.end(bytes);
+}

@@ -1,0 +1,258 @@
+/**
+ * Talking to the CA service. Every call opens TLS pinned to our CA, checks in
+ * our own code that the server is the CA service (before a byte of the request
+ * is sent), then speaks HTTP/1.1 on that connection. Only the first contact of
+ * `join` is unpinned, and it sends nothing secret.
+ *
+ * @module
+ */
+import http from "node:http";
+import tls from "node:tls";
+import { E2eError, type ErrorCode } from "../lib/errors.ts";
+import {
+  checkService,
+  clientOptions,
+  type Credentials,
+  peerCertificateDer,
+  type TrustAnchor,
+} from "../lib/tls.ts";
+import { sha256Hex } from "../lib/x509.ts";
+import { pemDecode } from "../lib/pem.ts";
+
+/** A certificate as the API returns it. */
+export interface CertificateReply {
+  name: string;
+  certificate: string;
+  fingerprint: string;
+  keyFingerprint: string;
+  serial: string;
+  notAfter: string;
+}
+
+/** An invitation to talk, as the API returns it. */
+export interface InvitationReply {
+  id: number;
+  from: string;
+  host: string;
+  port: number;
+  expiresAt: string;
+  peer: CertificateReply;
+}
+
+const TIMEOUT_MS = 15_000;
+const MAX_REPLY_BYTES = 1024 * 1024;
+
+/**
+ * Fetches the CA certificate from `caUrl` without trusting anything yet, and
+ * returns it only if its SHA-256 equals `fingerprint` (from the invite).
+ * Throws `ERR_FINGERPRINT_MISMATCH` otherwise.
+ *
+ * @example
+ * ```ts
+ * import { fetchCaCertificate } from "./ca_client.ts";
+ * const pem = await fetchCaCertificate("https://127.0.0.1:65433", "ab".repeat(32));
+ * ```
+ */
+export async function fetchCaCertificate(caUrl: string, fingerprint: string): Promise<string> {
+  const reply = await call(new URL("/v1/ca", caUrl), { method: "GET" }, undefined);
+  const der = reply.status === 200 ? pemDecode(reply.body, "CERTIFICATE") : null;
+  if (!der) throw new E2eError("ERR_NETWORK", `The CA service at ${caUrl} sent no CA certificate`);
+  const actual = sha256Hex(der);
+  if (actual !== fingerprint) {
+    throw new E2eError(
+      "ERR_FINGERPRINT_MISMATCH",
+      `The CA at ${caUrl} has fingerprint ${actual}, but the invite says ${fingerprint}`,
+      { hint: "someone may be intercepting the connection; nothing was sent. Ask the admin." },
+    );
+  }
+  return reply.body;
+}
+
+/** A client of the CA API, pinned to our CA, optionally with our own certificate. */
+export class CaClient {
+  #base: string;
+  #anchor: TrustAnchor;
+  #own?: Credentials;
+
+  /** A client for the service at `caUrl` that trusts `anchor` only. */
+  constructor(caUrl: string, anchor: TrustAnchor, own?: Credentials) {
+    this.#base = caUrl;
+    this.#anchor = anchor;
+    this.#own = own;
+  }
+
+  /** POST /v1/enroll */
+  async enroll(token: string, csr: string): Promise<CertificateReply> {
+    return await this.#json("POST", "/v1/enroll", { token, csr }) as CertificateReply;
+  }
+
+  /** POST /v1/renew */
+  async renew(csr: string): Promise<CertificateReply> {
+    return await this.#json("POST", "/v1/renew", { csr }) as CertificateReply;
+  }
+
+  /** GET /v1/certs/{name} */
+  async lookup(name: string): Promise<CertificateReply> {
+    return await this.#json("GET", `/v1/certs/${encodeURIComponent(name)}`) as CertificateReply;
+  }
+
+  /** POST /v1/rendezvous */
+  async offer(
+    to: string,
+    port: number,
+    host?: string,
+  ): Promise<{ id: number; to: string; expiresAt: string; peer: CertificateReply }> {
+    return await this.#json("POST", "/v1/rendezvous", { to, port, ...(host ? { host } : {}) }) as {
+      id: number;
+      to: string;
+      expiresAt: string;
+      peer: CertificateReply;
+    };
+  }
+
+  /** GET /v1/rendezvous?after=…&wait=… */
+  async pending(
+    after = 0,
+    waitSeconds = 0,
+  ): Promise<{ invitations: InvitationReply[]; cursor: number }> {
+    const path = `/v1/rendezvous?after=${after}&wait=${waitSeconds}`;
+    return await this.#json("GET", path, undefined, (waitSeconds + 15) * 1000) as {
+      invitations: InvitationReply[];
+      cursor: number;
+    };
+  }
+
+  /** GET /v1/crl (PEM) */
+  async crl(): Promise<string> {
+    const reply = await call(new URL("/v1/crl", this.#base), { method: "GET" }, this.#tls());
+    if (reply.status !== 200) throw apiError(reply);
+    return reply.body;
+  }
+
+  async #json(method: string, path: string, body?: unknown, timeoutMs?: number): Promise<unknown> {
+    const reply = await call(new URL(path, this.#base), {
+      method,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      accept: "application/json",
+      timeoutMs,
+    }, this.#tls());
+    if (reply.status !== 200) throw apiError(reply);
+    try {
+      return JSON.parse(reply.body);
+    } catch {
+      throw new E2eError("ERR_NETWORK", "The CA service sent a reply that is not JSON");
+    }
+  }
+
+  #tls(): { anchor: TrustAnchor; own?: Credentials } {
+    return { anchor: this.#anchor, own: this.#own };
+  }
+}
+
+interface Reply {
+  status: number;
+  body: string;
+}
+
+function apiError(reply: Reply): E2eError {
+  let code: ErrorCode = "ERR_NETWORK";
+  let message = `The CA service answered ${reply.status}`;
+  try {
+    const e = JSON.parse(reply.body).error;
+    if (typeof e?.code === "string" && typeof e?.message === "string") {
+      code = e.code as ErrorCode;
+      message = `The CA refused: ${e.message}`;
+    }
+  } catch { /* not JSON: keep the status */ }
+  return new E2eError(code, message);
+}
+
+async function call(
+  url: URL,
+  request: { method: string; body?: string; accept?: string; timeoutMs?: number },
+  pinned: { anchor: TrustAnchor; own?: Credentials } | undefined,
+): Promise<Reply> {
+  const host = url.hostname.replace(/^\[|\]$/g, "");
+  const port = Number(url.port || 443);
+  const timeoutMs = request.timeoutMs ?? TIMEOUT_MS;
+  const options: tls.ConnectionOptions = pinned
+    ? clientOptions(pinned.anchor, { own: pinned.own, servername: host })
+    : { rejectUnauthorized: false, minVersion: "TLSv1.2" }; // bootstrap: checked by fingerprint
+  const socket = tls.connect({ ...options, host, port });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("timed out")), TIMEOUT_MS);
+      socket.once("secureConnect", () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      socket.once("error", (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+    });
+  } catch (e) {
+    socket.destroy();
+    throw new E2eError("ERR_NETWORK", `Cannot reach the CA service at ${url.origin}`, {
+      cause: e,
+      detail: e instanceof Error ? e.message : String(e),
+      hint: "is `deno task ca serve` running there?",
+    });
+  }
+  if (pinned) {
+    try {
+      checkService(peerCertificateDer(socket), pinned.anchor);
+    } catch (e) {
+      socket.destroy();
+      throw new E2eError("ERR_PEER_REJECTED", `The server at ${url.origin} is not our CA service`, {
+        cause: e,
+      });
+    }
+  }
+  return await new Promise<Reply>((resolve, reject) => {
+    const headers: Record<string, string> = { connection: "close" };
+    if (request.accept) headers.accept = request.accept;
+    const body = request.body === undefined ? undefined : new TextEncoder().encode(request.body);
+    if (body) {
+      headers["content-type"] = "application/json";
+      headers["content-length"] = String(body.length);
+    }
+    const req = http.request({
+      host,
+      port,
+      method: request.method,
+      path: url.pathname + url.search,
+      headers,
+      createConnection: () => socket as never,
+      timeout: timeoutMs,
+    }, (res) => {
+      const chunks: Uint8Array[] = [];
+      let size = 0;
+      res.on("data", (c: Uint8Array) => {
+        size += c.length;
+        if (size > MAX_REPLY_BYTES) {
+          res.destroy();
+          reject(new E2eError("ERR_NETWORK", "The CA service sent too large a reply"));
+        } else chunks.push(c);
+      });
+      res.on("end", () => {
+        const all = new Uint8Array(size);
+        let o = 0;
+        for (const c of chunks) {
+          all.set(c, o);
+          o += c.length;
+        }
+        resolve({ status: res.statusCode ?? 0, body: new TextDecoder().decode(all) });
+      });
+      res.on("error", reject);
+    });
+    req.on("timeout", () => req.destroy(new Error("timed out")));
+    req.on("error", (e) =>
+      reject(
+        new E2eError("ERR_NETWORK", `The CA service at ${url.origin} did not answer`, {
+          cause: e,
+        }),
+      ));
+    req.end(body);
+  });
+}

@@ -1,0 +1,194 @@
+/**
+ * The client's identity under `HOME/id/` (0700): `key.pem` (0600, never sent
+ * anywhere), `cert.pem`, `ca.crt` (the pinned CA) and `identity.json`. Joining
+ * builds it in a private staging folder and renames it into place, so a failed
+ * join leaves nothing behind.
+ *
+ * @module
+ */
+import { createPrivateKey, createPublicKey } from "node:crypto";
+import { join } from "node:path";
+import { E2eError } from "../lib/errors.ts";
+import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
+import { generateKey, makeRequest } from "../lib/keys.ts";
+import { pemDecode } from "../lib/pem.ts";
+import { checkPeer, type Credentials, type TrustAnchor, trustAnchor } from "../lib/tls.ts";
+import { type CertificateInfo, keyFingerprint, parseCertificate } from "../lib/x509.ts";
+import { CaClient, type CertificateReply, fetchCaCertificate } from "./ca_client.ts";
+import type { Invite } from "./invite.ts";
+import type { ClientKeyType } from "./keys.ts";
+
+/** What identity.json holds. */
+interface IdentityRecord {
+  name: string;
+  caUrl: string;
+  caFingerprint: string;
+  keyType: ClientKeyType;
+}
+
+/** An enrolled client. */
+export class Identity {
+  /** HOME/id */
+  readonly dir: string;
+  /** Our user name. */
+  readonly name: string;
+  /** The CA service, https://HOST:PORT. */
+  readonly caUrl: string;
+  /** Our current certificate. */
+  readonly certificate: CertificateInfo;
+  /** The pinned CA. */
+  readonly anchor: TrustAnchor;
+  /** Our key and certificate, PEM, for mutual TLS. */
+  readonly credentials: Credentials;
+  /** SHA-256 of the CA certificate. */
+  readonly caFingerprint: string;
+
+  private constructor(dir: string, record: IdentityRecord, credentials: Credentials, ca: string) {
+    this.dir = dir;
+    this.name = record.name;
+    this.caUrl = record.caUrl;
+    this.caFingerprint = record.caFingerprint;
+    this.credentials = credentials;
+    this.anchor = trustAnchor(ca);
+    // Not checkPeer: an expired certificate must still load, so whoami can say it expired.
+    this.certificate = parseCertificate(credentials.cert);
+  }
+
+  /** The key file. */
+  get keyPath(): string {
+    return join(this.dir, "key.pem");
+  }
+  /** The certificate file. */
+  get certPath(): string {
+    return join(this.dir, "cert.pem");
+  }
+  /** The pinned CA certificate file. */
+  get caPath(): string {
+    return join(this.dir, "ca.crt");
+  }
+
+  /** Loads the identity under `home`; throws `ERR_NOT_ENROLLED` when there is none. */
+  static async load(home: string): Promise<Identity> {
+    const dir = join(home, "id");
+    let record: IdentityRecord;
+    try {
+      record = JSON.parse(await Deno.readTextFile(join(dir, "identity.json")));
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) {
+        throw new E2eError("ERR_NOT_ENROLLED", `No identity in "${dir}"`, {
+          hint: "join first: deno task client join 'e2e-chat://…' (the invite from your admin)",
+        });
+      }
+      throw new E2eError("ERR_FILE", `Cannot read "${join(dir, "identity.json")}"`, { cause: e });
+    }
+    const read = (f: string) => Deno.readTextFile(join(dir, f));
+    return new Identity(
+      dir,
+      record,
+      { key: await read("key.pem"), cert: await read("cert.pem") },
+      await read("ca.crt"),
+    );
+  }
+
+  /** A CA client authenticated as this identity. */
+  client(): CaClient {
+    return new CaClient(this.caUrl, this.anchor, this.credentials);
+  }
+
+  /** Fraction of the certificate's lifetime still ahead (0 when expired). */
+  lifeLeft(now = Date.now()): number {
+    const { notBefore, notAfter } = this.certificate;
+    return Math.max(0, (notAfter.getTime() - now) / (notAfter.getTime() - notBefore.getTime()));
+  }
+
+  /** Gets a new certificate for the same key (so peers' pinned key fingerprints stay valid). */
+  async renew(): Promise<Identity> {
+    const csr = await makeRequest(this.keyPath, this.name);
+    const reply = await this.client().renew(csr);
+    const cert = checkIssued(reply, this.anchor, this.name, this.credentials.key);
+    await writeFileAtomic(this.certPath, cert, { mode: 0o644 });
+    return await Identity.load(join(this.dir, ".."));
+  }
+}
+
+/** Options of {@linkcode enroll}. */
+export interface JoinOptions {
+  /** Key type. Default: "ec-p256". */
+  keyType?: ClientKeyType;
+}
+
+/**
+ * Enrolls with an invite: fetch the CA certificate and refuse it unless its
+ * fingerprint is the invite's (before the token is sent); make the key and
+ * request locally; enroll; check what came back; store it all under `HOME/id`.
+ *
+ * @example
+ * ```ts
+ * import { enroll } from "./identity.ts";
+ * import { parseInvite } from "./invite.ts";
+ * const identity = await enroll("/tmp/alice", parseInvite(Deno.args[0]));
+ * ```
+ */
+export async function enroll(
+  home: string,
+  invite: Invite,
+  options: JoinOptions = {},
+): Promise<Identity> {
+  const dir = join(home, "id");
+  await ensurePrivateDir(home);
+  if (await exists(dir)) {
+    throw new E2eError("ERR_FILE", `"${dir}" already exists: this home has an identity or a key`, {
+      hint: "use another --home (or E2E_CHAT_HOME) for another identity",
+    });
+  }
+  const caPem = await fetchCaCertificate(invite.caUrl, invite.fingerprint);
+  const anchor = trustAnchor(caPem);
+  const keyType = options.keyType ?? "ec-p256";
+  const stage = await Deno.makeTempDir({ dir: home, prefix: ".join-" });
+  try {
+    const keyPath = join(stage, "key.pem");
+    await generateKey(keyPath, keyType);
+    const csr = await makeRequest(keyPath, invite.name);
+    const reply = await new CaClient(invite.caUrl, anchor).enroll(invite.token, csr);
+    const cert = checkIssued(reply, anchor, invite.name, await Deno.readTextFile(keyPath));
+    await Deno.writeTextFile(join(stage, "cert.pem"), cert);
+    await Deno.writeTextFile(join(stage, "ca.crt"), caPem);
+    const record: IdentityRecord = {
+      name: invite.name,
+      caUrl: invite.caUrl,
+      caFingerprint: invite.fingerprint,
+      keyType,
+    };
+    await Deno.writeTextFile(
+      join(stage, "identity.json"),
+      JSON.stringify(record, null, 2) + "\n",
+    );
+    await Deno.chmod(stage, 0o700);
+    await Deno.rename(stage, dir);
+  } catch (e) {
+    await Deno.remove(stage, { recursive: true }).catch(() => {});
+    throw e;
+  }
+  return await Identity.load(home);
+}
+
+// What the CA sent must be ours: issued by the pinned CA, for our name, for our key.
+function checkIssued(
+  reply: CertificateReply,
+  anchor: TrustAnchor,
+  name: string,
+  keyPem: string,
+): string {
+  const ours = keyFingerprint(createPublicKey(createPrivateKey(keyPem)));
+  const der = typeof reply?.certificate === "string"
+    ? pemDecode(reply.certificate, "CERTIFICATE")
+    : null;
+  try {
+    return checkPeer(der, anchor, { name, keyFingerprint: ours }).pem;
+  } catch (e) {
+    throw new E2eError("ERR_PEER_REJECTED", "The CA returned a certificate that is not ours", {
+      cause: e,
+      detail: e instanceof E2eError ? e.detail : undefined,
+    });
+  }
+}

@@ -1,0 +1,229 @@
+/**
+ * The one place that builds TLS: options for servers and clients (CA pinning,
+ * client certificates, TLS 1.2+ with 1.3 preferred, ALPN) and the checks done
+ * in our own code after every handshake — the TLS library's verdict is not
+ * enough, because a `ca` option may add to the system roots instead of
+ * replacing them.
+ *
+ * Every failed check surfaces as one generic `ERR_PEER_REJECTED` whose message
+ * does not say which check failed (the reason is kept in `detail` for logs).
+ *
+ * @module
+ */
+import { X509Certificate } from "node:crypto";
+import type { ConnectionOptions, PeerCertificate, TlsOptions, TLSSocket } from "node:tls";
+import { E2eError } from "./errors.ts";
+import { type CertificateInfo, parseCertificate } from "./x509.ts";
+import { pemEncode } from "./pem.ts";
+
+/** The common name of the CA service's own certificate; it can never be a user name (it has spaces). */
+export const SERVICE_CN = "e2e-chat service";
+
+/** The trust anchor: our CA certificate. */
+export interface TrustAnchor {
+  /** The CA certificate, PEM. */
+  pem: string;
+  /** The parsed CA certificate. */
+  x509: X509Certificate;
+}
+
+/**
+ * Makes a trust anchor from the CA certificate's PEM.
+ *
+ * @example
+ * ```ts
+ * import { trustAnchor } from "./tls.ts";
+ * const anchor = trustAnchor(await Deno.readTextFile("ca.crt"));
+ * ```
+ */
+export function trustAnchor(pem: string): TrustAnchor {
+  const info = parseCertificate(pem);
+  return { pem: info.pem, x509: info.x509 };
+}
+
+/** Our own key and certificate, PEM. */
+export interface Credentials {
+  /** Private key, PEM. */
+  key: string;
+  /** Certificate, PEM. */
+  cert: string;
+}
+
+/** Options of {@linkcode serverOptions}. */
+export interface ServerTlsOptions {
+  /** Ask clients for a certificate. Default: true. */
+  requestCert?: boolean;
+  /** Refuse a handshake without a valid client certificate. Default: false (the application decides). */
+  requireCert?: boolean;
+  /** ALPN protocols offered. Default: none. */
+  alpn?: string[];
+}
+
+/**
+ * TLS options of a server that presents `own` and trusts only `anchor` for client certificates.
+ *
+ * @example
+ * ```ts
+ * import https from "node:https";
+ * import { serverOptions, trustAnchor } from "./tls.ts";
+ * const anchor = trustAnchor(await Deno.readTextFile("ca.crt"));
+ * const own = { key: await Deno.readTextFile("key.pem"), cert: await Deno.readTextFile("cert.pem") };
+ * https.createServer(serverOptions(own, anchor), () => {});
+ * ```
+ */
+export function serverOptions(
+  own: Credentials,
+  anchor: TrustAnchor,
+  options: ServerTlsOptions = {},
+): TlsOptions {
+  return {
+    key: own.key,
+    cert: own.cert,
+    ca: [anchor.pem],
+    requestCert: options.requestCert ?? true,
+    rejectUnauthorized: options.requireCert ?? false,
+    minVersion: "TLSv1.2",
+    ...(options.alpn ? { ALPNProtocols: options.alpn } : {}),
+  };
+}
+
+/** Options of {@linkcode clientOptions}. */
+export interface ClientTlsOptions {
+  /** Our certificate and key, for mutual TLS. Default: none. */
+  own?: Credentials;
+  /** ALPN protocols asked for. Default: none. */
+  alpn?: string[];
+  /** The name for SNI. Default: none. */
+  servername?: string;
+}
+
+/**
+ * TLS options of a client that trusts only `anchor`. The server's identity is
+ * checked after the handshake with {@linkcode checkPeer} or {@linkcode checkService}.
+ *
+ * @example
+ * ```ts
+ * import { clientOptions, trustAnchor } from "./tls.ts";
+ * const options = clientOptions(trustAnchor(await Deno.readTextFile("ca.crt")));
+ * ```
+ */
+export function clientOptions(
+  anchor: TrustAnchor,
+  options: ClientTlsOptions = {},
+): ConnectionOptions {
+  return {
+    ca: [anchor.pem],
+    ...(options.own ? { key: options.own.key, cert: options.own.cert } : {}),
+    minVersion: "TLSv1.2",
+    rejectUnauthorized: true,
+    // The host name is not what we pin: checkService/checkPeer run after the handshake.
+    checkServerIdentity: () => undefined,
+    ...(options.servername && !/^[\d.:]+$/.test(options.servername)
+      ? { servername: options.servername }
+      : {}),
+    ...(options.alpn ? { ALPNProtocols: options.alpn } : {}),
+  };
+}
+
+/** What to expect of a peer's certificate. */
+export interface PeerExpectation {
+  /** The user name the certificate must carry (CN and SAN DNS). Default: any valid user. */
+  name?: string;
+  /** The public key fingerprint the certificate must carry. Default: any. */
+  keyFingerprint?: string;
+  /** Whether a serial is revoked (or otherwise not current). Default: none is. */
+  isRevoked?: (serial: string) => boolean;
+  /** The time of the check. Default: now. */
+  now?: Date;
+}
+
+/**
+ * The peer's certificate as DER, or null when it sent none.
+ *
+ * @example
+ * ```ts
+ * import { peerCertificateDer } from "./tls.ts";
+ * // const der = peerCertificateDer(socket);
+ * ```
+ */
+export function peerCertificateDer(socket: TLSSocket): Uint8Array | null {
+  const cert = socket.getPeerCertificate(false) as PeerCertificate | Record<string, never>;
+  if (!cert || !("raw" in cert) || !cert.raw) return null;
+  return new Uint8Array(cert.raw);
+}
+
+/**
+ * Checks a peer certificate in our own code: issued and signed by our CA, valid
+ * now, an end-entity certificate, not revoked, naming the expected user and
+ * carrying the expected key. Returns it parsed; throws one generic
+ * `ERR_PEER_REJECTED` otherwise.
+ *
+ * @example
+ * ```ts
+ * import { checkPeer, trustAnchor } from "./tls.ts";
+ * const anchor = trustAnchor(await Deno.readTextFile("ca.crt"));
+ * const peer = checkPeer(await Deno.readFile("bob.der"), anchor, { name: "bob" });
+ * ```
+ */
+export function checkPeer(
+  der: Uint8Array | null,
+  anchor: TrustAnchor,
+  expect: PeerExpectation = {},
+): CertificateInfo {
+  const info = verifiedByAnchor(der, anchor, expect.now);
+  if (info.x509.ca) throw rejected("the peer presented a CA certificate");
+  if (info.commonName === SERVICE_CN) throw rejected("the peer presented the service certificate");
+  const san = info.x509.subjectAltName ?? "";
+  if (expect.name !== undefined) {
+    if (info.commonName !== expect.name || !san.split(", ").includes(`DNS:${expect.name}`)) {
+      throw rejected(`the certificate names "${info.commonName}", not "${expect.name}"`);
+    }
+  }
+  if (expect.keyFingerprint !== undefined && info.keyFingerprint !== expect.keyFingerprint) {
+    throw rejected("the certificate's key differs from the expected key");
+  }
+  if (expect.isRevoked?.(info.serial)) throw rejected(`serial ${info.serial} is revoked`);
+  return info;
+}
+
+/**
+ * Checks the CA service's certificate: issued by our CA, valid now, and named
+ * {@linkcode SERVICE_CN} (a name no user can hold). Throws `ERR_PEER_REJECTED`.
+ *
+ * @example
+ * ```ts
+ * import { checkService, trustAnchor } from "./tls.ts";
+ * const anchor = trustAnchor(await Deno.readTextFile("ca.crt"));
+ * checkService(await Deno.readFile("service.der"), anchor);
+ * ```
+ */
+export function checkService(der: Uint8Array | null, anchor: TrustAnchor): CertificateInfo {
+  const info = verifiedByAnchor(der, anchor);
+  if (info.commonName !== SERVICE_CN) throw rejected("the server is not the e2e-chat CA service");
+  return info;
+}
+
+function verifiedByAnchor(
+  der: Uint8Array | null,
+  anchor: TrustAnchor,
+  now = new Date(),
+): CertificateInfo {
+  if (!der) throw rejected("no certificate was presented");
+  let info: CertificateInfo;
+  try {
+    info = parseCertificate(pemEncode(der, "CERTIFICATE"));
+  } catch (e) {
+    throw rejected(`unreadable certificate: ${e instanceof Error ? e.message : e}`);
+  }
+  if (!info.x509.checkIssued(anchor.x509) || !info.x509.verify(anchor.x509.publicKey)) {
+    throw rejected("the certificate was not issued by our CA");
+  }
+  if (now < info.notBefore || now > info.notAfter) {
+    throw rejected("the certificate is not valid now");
+  }
+  return info;
+}
+
+function rejected(detail: string): E2eError {
+  return new E2eError("ERR_PEER_REJECTED", "The peer's certificate was rejected", { detail });
+}
