@@ -20,6 +20,7 @@ import {
   checkKey,
   DEFAULT_CA_DAYS,
   DEFAULT_CERT_DAYS,
+  type KeyKind,
   leafExtensions,
   OPENSSL_CNF,
   type RevokeReason,
@@ -213,18 +214,18 @@ export class CertificateAuthority {
    */
   async sign(csr: Uint8Array | string, name: string, options: SignOptions = {}): Promise<Issued> {
     checkName(name);
-    const request = parseCsr(csr);
+    let kind: KeyKind = "ec";
+    const request = parseCsr(csr, { checkKey: (key) => (kind = checkKey(key)) });
     const cns = request.commonNames;
     if (cns.length !== 1 || cns[0] !== name) {
       const found = cns.length === 0
         ? "no common name"
-        : `common name ${JSON.stringify(cns.join(", "))}`;
+        : `common name${cns.length > 1 ? "s" : ""} ${cns.map((c) => JSON.stringify(c)).join(", ")}`;
       throw new E2eError(
         "ERR_CSR_NAME_MISMATCH",
         `Cannot sign request: it has ${found}, not "${name}"`,
       );
     }
-    const kind = checkKey(request.publicKey);
     const days = checkDays(options.days ?? DEFAULT_CERT_DAYS, this.#maxDays());
     return await this.#issue(request.der, {
       subject: name,
@@ -358,7 +359,8 @@ export class CertificateAuthority {
 
   /** Whether `serial` is in the database, valid and not expired (cached by mtime, so cheap per request). */
   async isCurrent(serial: string): Promise<boolean> {
-    const entry = (await this.#index.entries()).find((e) => e.serial === serial.toUpperCase());
+    const wanted = normalizeSerial(serial);
+    const entry = (await this.#index.entries()).find((e) => normalizeSerial(e.serial) === wanted);
     return entry?.status === "V" && entry.expires.getTime() > Date.now();
   }
 
@@ -381,7 +383,8 @@ export class CertificateAuthority {
       ]);
       const certificate = parseCertificate(await Deno.readTextFile(join(work, "issued.pem")));
       const recorded = (await readIndexAt(work)).some((e) =>
-        e.serial === certificate.serial && e.status === "V" && e.name === spec.subject
+        normalizeSerial(e.serial) === normalizeSerial(certificate.serial) && e.status === "V" &&
+        e.name === spec.subject
       );
       if (!recorded) throw new E2eError("ERR_OPENSSL", "openssl ca did not record the certificate");
       if (superseded.length) await this.#gencrl(work, passphrase);

@@ -306,12 +306,15 @@ async function openWithPassphrase(
 }
 
 async function readInput(arg: string): Promise<Uint8Array> {
-  const path = arg === "-" ? "/dev/stdin" : resolveUserPath(arg);
-  let file: Deno.FsFile;
-  try {
-    file = await Deno.open(path);
-  } catch (e) {
-    throw new E2eError("ERR_FILE", `Cannot read ${JSON.stringify(arg)}`, { cause: e });
+  let file: { read(p: Uint8Array): Promise<number | null>; close(): void };
+  if (arg === "-") {
+    file = Deno.stdin;
+  } else {
+    try {
+      file = await Deno.open(resolveUserPath(arg));
+    } catch (e) {
+      throw new E2eError("ERR_FILE", `Cannot read ${JSON.stringify(arg)}`, { cause: e });
+    }
   }
   // Read at most one byte more than allowed, so a huge or endless input is refused cheaply.
   const buffer = new Uint8Array(MAX_CSR_BYTES + 1);
@@ -323,7 +326,7 @@ async function readInput(arg: string): Promise<Uint8Array> {
       n += read;
     }
   } finally {
-    file.close();
+    if (arg !== "-") file.close();
   }
   return buffer.subarray(0, n);
 }

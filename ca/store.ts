@@ -99,6 +99,7 @@ const DB_FILES = ["index.txt", "index.txt.attr", "crlnumber"] as const;
 export function transaction<T>(paths: CaPaths, fn: (work: string) => Promise<T>): Promise<T> {
   return withLock(paths.lock, async () => {
     await ensurePrivateDir(paths.tmp);
+    await removeLeftovers(paths);
     const work = await Deno.makeTempDir({ dir: paths.tmp, prefix: "tx-" });
     try {
       await Deno.mkdir(join(work, "certs"));
@@ -118,6 +119,22 @@ export function transaction<T>(paths: CaPaths, fn: (work: string) => Promise<T>)
  */
 export function locked<T>(paths: CaPaths, fn: () => Promise<T>): Promise<T> {
   return withLock(paths.lock, fn);
+}
+
+// Work folders and temp files of a process killed mid-transaction; we hold the lock, so none is in use.
+async function removeLeftovers(paths: CaPaths): Promise<void> {
+  for await (const entry of Deno.readDir(paths.tmp)) {
+    await Deno.remove(join(paths.tmp, entry.name), { recursive: true }).catch(() => {});
+  }
+  // Temp files of atomic writes: only old ones, as invites.json is written under another lock.
+  for await (const entry of Deno.readDir(paths.dir)) {
+    if (!/^\.[0-9a-f-]{36}\.tmp$/.test(entry.name)) continue;
+    const path = join(paths.dir, entry.name);
+    const info = await Deno.stat(path).catch(() => null);
+    if (info?.mtime && Date.now() - info.mtime.getTime() > 60_000) {
+      await Deno.remove(path).catch(() => {});
+    }
+  }
 }
 
 async function commit(paths: CaPaths, work: string): Promise<void> {

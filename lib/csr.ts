@@ -8,10 +8,11 @@
  * @module
  */
 import { Buffer } from "node:buffer";
-import { createPublicKey, type KeyObject, verify } from "node:crypto";
+import { createPublicKey, type KeyObject } from "node:crypto";
 import { children, decodeOid, decodeString, DerError, type DerNode, readDer, Tag } from "./der.ts";
 import { E2eError } from "./errors.ts";
 import { pemDecode } from "./pem.ts";
+import { verifySignature } from "./signature.ts";
 import { keyFingerprint } from "./x509.ts";
 
 /** The largest certificate request accepted, in bytes of input. */
@@ -20,16 +21,15 @@ export const MAX_CSR_BYTES = 64 * 1024;
 const OID_CN = "2.5.4.3";
 const OID_EXTENSION_REQUEST = "1.2.840.113549.1.9.14";
 
-// Signature algorithms accepted on a request, and the hash each implies.
-const SIGNATURE_ALGORITHMS: Record<string, string | null> = {
-  "1.2.840.113549.1.1.11": "sha256", // sha256WithRSAEncryption
-  "1.2.840.113549.1.1.12": "sha384",
-  "1.2.840.113549.1.1.13": "sha512",
-  "1.2.840.10045.4.3.2": "sha256", // ecdsa-with-SHA256
-  "1.2.840.10045.4.3.3": "sha384",
-  "1.2.840.10045.4.3.4": "sha512",
-  "1.3.101.112": null, // Ed25519 signs the message itself
-};
+/** Options of {@linkcode parseCsr}. */
+export interface ParseCsrOptions {
+  /**
+   * Checks the public key before the signature is verified, so a key the
+   * policy refuses gets that reason (node:crypto cannot verify every curve).
+   * Default: none.
+   */
+  checkKey?: (key: KeyObject) => unknown;
+}
 
 /** A parsed, signature-checked certificate request. */
 export interface CertificateRequest {
@@ -59,7 +59,10 @@ export interface CertificateRequest {
  * console.log(csr.commonNames); // ["alice"]
  * ```
  */
-export function parseCsr(input: Uint8Array | string): CertificateRequest {
+export function parseCsr(
+  input: Uint8Array | string,
+  options: ParseCsrOptions = {},
+): CertificateRequest {
   const bytes = typeof input === "string" ? new TextEncoder().encode(input) : input;
   if (bytes.length > MAX_CSR_BYTES) {
     throw new E2eError(
@@ -71,14 +74,14 @@ export function parseCsr(input: Uint8Array | string): CertificateRequest {
   const der = text.includes("-----BEGIN")
     ? pemDecode(text, "CERTIFICATE REQUEST") ?? pemDecode(text, "NEW CERTIFICATE REQUEST")
     : bytes;
-  if (!der) {
+  if (!der || (der === bytes && bytes[0] !== 0x30)) {
     throw new E2eError(
       "ERR_CSR_INVALID",
-      "Invalid certificate request: no single PEM CERTIFICATE REQUEST block",
+      "Invalid certificate request: not one PEM CERTIFICATE REQUEST block, nor DER",
     );
   }
   try {
-    return parseDer(der);
+    return parseDer(der, options.checkKey);
   } catch (e) {
     if (e instanceof DerError) {
       throw new E2eError("ERR_CSR_INVALID", `Invalid certificate request: ${e.message}`, {
@@ -89,7 +92,7 @@ export function parseCsr(input: Uint8Array | string): CertificateRequest {
   }
 }
 
-function parseDer(der: Uint8Array): CertificateRequest {
+function parseDer(der: Uint8Array, checkKey?: (key: KeyObject) => unknown): CertificateRequest {
   const [info, algorithm, signature] = exactly(children(readDer(der), Tag.SEQUENCE), 3);
   const infoParts = children(info, Tag.SEQUENCE);
   if (infoParts.length < 3 || infoParts.length > 4) throw new DerError("Malformed request info");
@@ -107,7 +110,8 @@ function parseDer(der: Uint8Array): CertificateRequest {
     });
   }
   const requestedExtensions = attributes ? readRequestedExtensions(attributes) : [];
-  verifySignature(info.raw, algorithm, signature, publicKey);
+  checkKey?.(publicKey);
+  checkSignature(info.raw, algorithm, signature, publicKey);
   return {
     der,
     subject,
@@ -118,27 +122,18 @@ function parseDer(der: Uint8Array): CertificateRequest {
   };
 }
 
-function verifySignature(tbs: Uint8Array, algorithm: DerNode, signature: DerNode, key: KeyObject) {
-  const oid = decodeOid(children(algorithm, Tag.SEQUENCE)[0]);
-  if (!(oid in SIGNATURE_ALGORITHMS)) {
+function checkSignature(tbs: Uint8Array, algorithm: DerNode, signature: DerNode, key: KeyObject) {
+  const verdict = verifySignature(tbs, algorithm, signature, key);
+  if (verdict === "unsupported") {
     throw new E2eError(
       "ERR_CSR_SIGNATURE",
-      `Cannot sign request: unsupported signature algorithm ${oid}`,
+      "Cannot sign request: unsupported signature algorithm",
       {
         hint: "sign the request with SHA-256 (RSA or ECDSA) or Ed25519",
       },
     );
   }
-  if (signature.tag !== Tag.BIT_STRING || signature.value[0] !== 0) {
-    throw new DerError("Malformed signature");
-  }
-  let ok = false;
-  try {
-    ok = verify(SIGNATURE_ALGORITHMS[oid], tbs, key, signature.value.subarray(1));
-  } catch {
-    ok = false;
-  }
-  if (!ok) {
+  if (verdict === "invalid") {
     throw new E2eError("ERR_CSR_SIGNATURE", "Cannot sign request: its signature does not verify");
   }
 }

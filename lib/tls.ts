@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { X509Certificate } from "node:crypto";
+import type { X509Certificate } from "node:crypto";
 import type { ConnectionOptions, PeerCertificate, TlsOptions, TLSSocket } from "node:tls";
 import { E2eError } from "./errors.ts";
 import { type CertificateInfo, parseCertificate } from "./x509.ts";

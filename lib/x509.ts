@@ -80,10 +80,15 @@ export function parseCertificate(pem: string): CertificateInfo {
     pem: x509.toString(),
     fingerprint: sha256Hex(der),
     keyFingerprint: keyFingerprint(x509.publicKey),
-    serial: x509.serialNumber.toUpperCase(),
+    // node drops a leading zero digit; openssl's index and certs/ names keep whole bytes.
+    serial: evenHex(x509.serialNumber.toUpperCase()),
     commonName: cn ? cn[1] : "",
     notBefore: new Date(x509.validFrom),
     notAfter: new Date(x509.validTo),
     x509,
   };
+}
+
+function evenHex(hex: string): string {
+  return hex.length % 2 ? `0${hex}` : hex;
 }
