@@ -6,7 +6,11 @@
  */
 import { out, parseCommand, runMain } from "../lib/cli.ts";
 import { E2eError } from "../lib/errors.ts";
-import { resolveHome } from "../lib/home.ts";
+import { resolveHome, resolveUserPath } from "../lib/home.ts";
+import { exists } from "../lib/fs.ts";
+import { join } from "node:path";
+import { Chat, type ChatEvent } from "./chat.ts";
+import { jsonEvent, runJsonInput, Terminal } from "./ui.ts";
 import { checkName } from "../lib/names.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { checkPeer } from "../lib/tls.ts";
@@ -14,9 +18,11 @@ import { enroll, Identity } from "./identity.ts";
 import { parseInvite } from "./invite.ts";
 import { CLIENT_KEY_TYPES, type ClientKeyType, makeKeyAndCsr } from "./keys.ts";
 
-const USAGE = `Usage: deno task client <command> [options]
+const USAGE = `Usage: deno task client [command] [options]
 
 Commands:
+  chat [--listen HOST:PORT] [--downloads DIR] [--json]
+        Chat peer to peer (the default command once joined). Type /help inside.
   join INVITE [--key-type ec-p256|rsa-2048|ed25519]
         Enroll with the invite line your admin gave you (quote it). Checks the
         CA's fingerprint first, makes your key here (it never leaves HOME/id).
@@ -45,6 +51,8 @@ async function main(args: string[]): Promise<number> {
   switch (command) {
     case "join":
       return await joinCommand(rest);
+    case "chat":
+      return await chat(rest);
     case "whoami":
       return await whoami(rest);
     case "lookup":
@@ -54,6 +62,11 @@ async function main(args: string[]): Promise<number> {
     case "csr":
       return await csr(rest);
     case undefined:
+      if (await exists(join(resolveHome(undefined), "id", "identity.json"))) {
+        return await chat(rest);
+      }
+      await out(USAGE);
+      return 0;
     case "help":
     case "-h":
     case "--help":
@@ -85,6 +98,65 @@ async function joinCommand(args: string[]): Promise<number> {
       `  key (never sent):        ${identity.keyPath}\n`,
   );
   return 0;
+}
+
+async function chat(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, {
+    ...COMMON,
+    listen: { type: "string" },
+    downloads: { type: "string" },
+    json: { type: "boolean" },
+  });
+  if (values.help) return await help();
+  noPositionals(positionals);
+  const home = resolveHome(values.home);
+  const [listenHost, listenPort] = parseListen(values.listen ?? "127.0.0.1:0");
+  let id = await Identity.load(home);
+  const show = values.json ? jsonEvent : undefined;
+  const terminal = show ? undefined : new Terminal(id.name);
+  const emit = show ?? ((e: ChatEvent) => terminal!.show(e));
+  if (id.lifeLeft() < 1 / 3) {
+    // Renew with the same key before the certificate runs out (a third of its life left).
+    try {
+      id = await id.renew();
+      emit({
+        type: "warning",
+        message: `Renewed your certificate: valid until ${id.certificate.notAfter.toISOString()}`,
+      });
+    } catch (e) {
+      if (id.lifeLeft() === 0) throw e;
+      emit({
+        type: "warning",
+        message: `Cannot renew your certificate yet: ${e instanceof Error ? e.message : e}`,
+      });
+    }
+  }
+  const session = await Chat.start(id, {
+    home,
+    listenHost,
+    listenPort,
+    downloads: values.downloads ? resolveUserPath(values.downloads) : join(home, "downloads"),
+    onEvent: emit,
+  });
+  const stop = new Promise<void>((resolve) => {
+    Deno.addSignalListener("SIGINT", resolve);
+    Deno.addSignalListener("SIGTERM", resolve);
+  });
+  await Promise.race([terminal ? terminal.run(session) : runJsonInput(session), stop]);
+  emit({ type: "bye" });
+  await session.close();
+  return 0;
+}
+
+function parseListen(text: string): [string, number] {
+  const m = /^(\[[0-9a-fA-F:]+\]|[0-9.]+|localhost):(\d{1,5})$/.exec(text);
+  if (!m || Number(m[2]) > 65535) {
+    throw new E2eError(
+      "ERR_USAGE",
+      `--listen takes HOST:PORT (an IP address), not ${JSON.stringify(text)}`,
+    );
+  }
+  return [m[1].replace(/^\[|\]$/g, ""), Number(m[2])];
 }
 
 async function whoami(args: string[]): Promise<number> {

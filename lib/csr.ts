@@ -105,8 +105,14 @@ function parseDer(der: Uint8Array, checkKey?: (key: KeyObject) => unknown): Cert
   try {
     publicKey = createPublicKey({ key: Buffer.from(spki.raw), format: "der", type: "spki" });
   } catch (e) {
-    throw new E2eError("ERR_KEY_REJECTED", "Cannot sign request: its public key cannot be read", {
+    // node:crypto in Deno cannot read RSA keys over 4096 bits: say so rather than "unreadable".
+    const bits = rsaModulusBits(spki);
+    const why = bits > 4096
+      ? `an RSA key of ${bits} bits is too large (at most 4096)`
+      : "its public key cannot be read";
+    throw new E2eError("ERR_KEY_REJECTED", `Cannot sign request: ${why}`, {
       cause: e,
+      hint: "use RSA (2048 to 4096 bits), EC P-256/P-384 or Ed25519",
     });
   }
   const requestedExtensions = attributes ? readRequestedExtensions(attributes) : [];
@@ -135,6 +141,20 @@ function checkSignature(tbs: Uint8Array, algorithm: DerNode, signature: DerNode,
   }
   if (verdict === "invalid") {
     throw new E2eError("ERR_CSR_SIGNATURE", "Cannot sign request: its signature does not verify");
+  }
+}
+
+function rsaModulusBits(spki: DerNode): number {
+  try {
+    const [algorithm, key] = children(spki, Tag.SEQUENCE);
+    if (decodeOid(children(algorithm, Tag.SEQUENCE)[0]) !== "1.2.840.113549.1.1.1") return 0;
+    if (key?.tag !== Tag.BIT_STRING) return 0;
+    const [modulus] = children(readDer(key.value.subarray(1)), Tag.SEQUENCE);
+    let bytes = modulus.value;
+    while (bytes.length && bytes[0] === 0) bytes = bytes.subarray(1);
+    return bytes.length ? (bytes.length - 1) * 8 + (32 - Math.clz32(bytes[0])) : 0;
+  } catch {
+    return 0;
   }
 }
 

@@ -98,13 +98,17 @@ export function children(node: DerNode, expectTag?: number): DerNode[] {
  * console.log(decodeOid(readDer(new Uint8Array([0x06, 0x03, 0x55, 0x04, 0x03])))); // "2.5.4.3"
  * ```
  */
-export function decodeOid(node: DerNode): string {
-  if (node.tag !== Tag.OID || node.value.length === 0 || node.value.length > 64) {
+export function decodeOid(node: DerNode | undefined): string {
+  if (!node || node.tag !== Tag.OID || node.value.length === 0 || node.value.length > 64) {
     throw new DerError("Invalid OBJECT IDENTIFIER");
   }
   const arcs: number[] = [];
   let acc = 0;
+  let arcStart = true;
   for (const byte of node.value) {
+    // DER: an arc never starts with a 0x80 padding byte.
+    if (arcStart && byte === 0x80) throw new DerError("Non-minimal OBJECT IDENTIFIER arc");
+    arcStart = (byte & 0x80) === 0;
     acc = acc * 128 + (byte & 0x7f);
     if (acc > Number.MAX_SAFE_INTEGER / 128) throw new DerError("OBJECT IDENTIFIER arc too large");
     if ((byte & 0x80) === 0) {
@@ -127,6 +131,15 @@ export function decodeOid(node: DerNode): string {
  * ```
  */
 export function decodeString(node: DerNode): string {
+  try {
+    return decodeStringUnchecked(node);
+  } catch (e) {
+    if (e instanceof DerError) throw e;
+    throw new DerError(`Invalid string: ${e instanceof Error ? e.message : e}`);
+  }
+}
+
+function decodeStringUnchecked(node: DerNode): string {
   switch (node.tag) {
     case Tag.UTF8_STRING:
       return new TextDecoder("utf-8", { fatal: true }).decode(node.value);

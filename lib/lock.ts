@@ -51,7 +51,7 @@ async function lockFile<T>(path: string, fn: () => Promise<T>, timeoutMs: number
   });
   try {
     if (!await Promise.race([locked, timedOut])) {
-      // The pending flock still holds the fd; closing it releases the waiter thread.
+      // The pending flock keeps the fd and a worker thread until the holder lets go; close then.
       locked.finally(() => file.close()).catch(() => {});
       throw new E2eError("ERR_LOCK_TIMEOUT", `Cannot lock "${path}": another process holds it`, {
         hint: "wait for the other e2e-chat command to finish",

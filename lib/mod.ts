@@ -17,3 +17,6 @@ export * from "./home.ts";
 export * from "./passphrase.ts";
 export * from "./tls.ts";
 export * from "./keys.ts";
+export * from "./frames.ts";
+export * from "./crl.ts";
+export * from "./signature.ts";

@@ -89,7 +89,11 @@ export async function openssl(
   options: OpensslOptions = {},
 ): Promise<OpensslResult> {
   const { passphrase, stdin } = options;
-  if (passphrase !== undefined && args.some((a) => a.includes(passphrase))) {
+  // Exact match for short ones, so an ordinary argument is not mistaken for a leak.
+  const leaks = (a: string) =>
+    a === passphrase ||
+    (passphrase !== undefined && passphrase.length >= 8 && a.includes(passphrase));
+  if (passphrase !== undefined && args.some(leaks)) {
     throw new TypeError("A passphrase must never be passed as an openssl argument");
   }
   const env: Record<string, string> = {

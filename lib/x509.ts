@@ -57,7 +57,7 @@ export interface CertificateInfo {
 }
 
 /**
- * Parses the first certificate of a PEM text.
+ * Parses a PEM text holding exactly one certificate.
  *
  * @example
  * ```ts

@@ -1,0 +1,591 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { parseCsr } from "../lib/csr.ts";
+import { E2eError, type ErrorCode } from "../lib/errors.ts";
+import { openssl } from "../lib/openssl.ts";
+import { pemDecode } from "../lib/pem.ts";
+import { sha256Hex } from "../lib/x509.ts";
+import { makeCsr, PASSPHRASE, snapshot, withTempDir } from "../tests/_helpers.ts";
+import { CertificateAuthority } from "./authority.ts";
+import { readIndex } from "./store.ts";
+
+const DAY_MS = 86_400_000;
+const decoder = new TextDecoder();
+
+/** A fresh EC P-256 CA (the fast kind) in a temporary home. */
+async function withCa(
+  fn: (ca: CertificateAuthority, home: string) => Promise<void>,
+  options: { days?: number; commonName?: string } = {},
+): Promise<void> {
+  await withTempDir(async (home) => {
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, {
+      keyType: "ec-p256",
+      ...options,
+    });
+    await fn(ca, home);
+  });
+}
+
+function e2eError(code: ErrorCode, message: string | RegExp): (e: unknown) => boolean {
+  return (e) => {
+    assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
+    assert.equal(e.code, code);
+    if (typeof message === "string") assert.equal(e.message, message);
+    else assert.match(e.message, message);
+    assert.ok(!e.message.includes(PASSPHRASE), "the message never shows the passphrase");
+    return true;
+  };
+}
+
+function near(actual: Date, expected: number, toleranceMs: number, what: string): void {
+  assert.ok(
+    Math.abs(actual.getTime() - expected) <= toleranceMs,
+    `${what}: ${actual.toISOString()} is not within ${toleranceMs} ms of ${
+      new Date(expected).toISOString()
+    }`,
+  );
+}
+
+/** Extensions as openssl prints them: header line (without ": critical") → value text. */
+async function extensions(pem: string): Promise<Map<string, string>> {
+  const { stdout } = await openssl([
+    ...["x509", "-noout", "-ext"],
+    "basicConstraints,keyUsage,extendedKeyUsage,subjectAltName",
+  ], { stdin: pem });
+  const out = new Map<string, string>();
+  let header = "";
+  for (const line of decoder.decode(stdout).split("\n")) {
+    if (!line.trim()) continue;
+    if (!line.startsWith(" ")) {
+      header = line.trim();
+      out.set(header, "");
+    } else {
+      out.set(header, (out.get(header) ? out.get(header) + " " : "") + line.trim());
+    }
+  }
+  return out;
+}
+
+/** The CRL as openssl prints it, after checking its signature against the CA certificate. */
+async function crlText(ca: CertificateAuthority, crlPem: string): Promise<string> {
+  const { stderr } = await openssl(["crl", "-CAfile", ca.paths.cert, "-noout"], { stdin: crlPem });
+  assert.match(stderr, /verify OK/);
+  const { stdout } = await openssl(["crl", "-noout", "-text"], { stdin: crlPem });
+  return decoder.decode(stdout);
+}
+
+/** A serial as a user might type it: lowercase pairs with colons. */
+function colonLower(serial: string): string {
+  const even = serial.length % 2 ? `0${serial}` : serial;
+  return even.toLowerCase().match(/../g)!.join(":");
+}
+
+// ---------------------------------------------------------------------------
+// init and open
+
+Deno.test("CertificateAuthority.init() creates an EC P-256 CA with private files and a first CRL", async () => {
+  await withCa(async (ca, home) => {
+    const { paths, certificate } = ca;
+    assert.equal(paths.dir, join(home, "ca"));
+    assert.equal((await Deno.stat(home)).mode! & 0o777, 0o700);
+    assert.equal((await Deno.stat(paths.dir)).mode! & 0o777, 0o700);
+    assert.equal((await Deno.stat(paths.key)).mode! & 0o777, 0o600);
+    assert.equal((await Deno.stat(paths.index)).mode! & 0o777, 0o600);
+    const key = await Deno.readTextFile(paths.key);
+    assert.match(key, /^-----BEGIN ENCRYPTED PRIVATE KEY-----/);
+    assert.equal(await Deno.readTextFile(paths.index), "");
+    assert.match(await Deno.readTextFile(paths.crl), /^-----BEGIN X509 CRL-----/);
+    // Nothing of the staging folder is left beside the CA.
+    const inHome = [];
+    for await (const entry of Deno.readDir(home)) inHome.push(entry.name);
+    assert.deepEqual(inHome.filter((n) => n.startsWith(".ca-init-")), []);
+
+    assert.equal(certificate.commonName, "e2e-chat CA");
+    assert.equal(certificate.x509.subject, certificate.x509.issuer);
+    assert.equal(certificate.x509.ca, true);
+    assert.equal(certificate.x509.publicKey.asymmetricKeyDetails?.namedCurve, "prime256v1");
+    assert.ok(certificate.x509.verify(certificate.x509.publicKey), "self-signed");
+    assert.equal(certificate.fingerprint, sha256Hex(pemDecode(certificate.pem, "CERTIFICATE")!));
+    near(certificate.notAfter, Date.now() + 1826 * DAY_MS, 5 * 60_000, "notAfter");
+    const ext = await extensions(certificate.pem);
+    assert.equal(ext.get("X509v3 Basic Constraints: critical"), "CA:TRUE");
+    assert.equal(ext.get("X509v3 Key Usage: critical"), "Certificate Sign, CRL Sign");
+  });
+});
+
+Deno.test("CertificateAuthority.init() uses the given common name verbatim, openssl's special characters included", async () => {
+  const commonName = "Example / Org+CA=1 \\ é";
+  await withCa((ca) => {
+    assert.equal(ca.certificate.commonName, commonName);
+    near(ca.certificate.notAfter, Date.now() + 30 * DAY_MS, 5 * 60_000, "notAfter");
+    return Promise.resolve();
+  }, { commonName, days: 30 });
+});
+
+Deno.test("CertificateAuthority.init() refuses a home that already has a CA and leaves it as it was", async () => {
+  await withCa(async (_ca, home) => {
+    const before = await snapshot(join(home, "ca"));
+    await assert.rejects(
+      () => CertificateAuthority.init(home, "another passphrase", { keyType: "ec-p256" }),
+      e2eError("ERR_CA_EXISTS", `Cannot create a CA: "${join(home, "ca")}" already exists`),
+    );
+    assert.deepEqual(await snapshot(join(home, "ca")), before);
+  });
+});
+
+Deno.test("CertificateAuthority.init() refuses a common name with control characters, empty or too long, before creating anything", async () => {
+  await withTempDir(async (dir) => {
+    const home = join(dir, "home");
+    for (const commonName of ["evil\nCA", "tab\tCA", "bell\u0007", "del\u007f", "x".repeat(65)]) {
+      await assert.rejects(
+        () => CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256", commonName }),
+        e2eError("ERR_USAGE", "Invalid CA common name: use 1 to 64 printable characters"),
+        JSON.stringify(commonName),
+      );
+    }
+    // An empty string is refused too rather than silently replaced by the default.
+    await assert.rejects(
+      () => CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256", commonName: "" }),
+      e2eError("ERR_USAGE", "Invalid CA common name: use 1 to 64 printable characters"),
+    );
+    assert.equal(await Deno.lstat(home).then(() => true, () => false), false);
+  });
+});
+
+Deno.test("CertificateAuthority.init() refuses a validity outside 1 to 36500 days", async () => {
+  await withTempDir(async (home) => {
+    for (const days of [0, 36_501, 1.5]) {
+      await assert.rejects(
+        () => CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256", days }),
+        e2eError("ERR_DAYS_INVALID", `Invalid validity "${days}": use whole days from 1 to 36500`),
+      );
+    }
+  });
+});
+
+Deno.test("CertificateAuthority.open() of a home without a CA fails with ERR_CA_MISSING", async () => {
+  await withTempDir(async (home) => {
+    await assert.rejects(
+      () => CertificateAuthority.open(home, { passphrase: PASSPHRASE }),
+      e2eError("ERR_CA_MISSING", `No CA in "${join(home, "ca")}"`),
+    );
+  });
+});
+
+Deno.test("CertificateAuthority.open() reads the CA certificate without needing the passphrase", async () => {
+  await withCa(async (ca, home) => {
+    const opened = await CertificateAuthority.open(home);
+    assert.equal(opened.certificate.fingerprint, ca.certificate.fingerprint);
+    assert.deepEqual(await opened.list(), []);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// sign
+
+Deno.test("sign() issues a certificate for the name, signed by the CA, with the profile's extensions", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice");
+    const requestKey = parseCsr(csr).keyFingerprint;
+    const before = Date.now();
+    const { certificate, superseded } = await ca.sign(csr, "alice");
+    assert.deepEqual(superseded, []);
+    assert.equal(certificate.commonName, "alice");
+    assert.equal(certificate.x509.subject, "CN=alice");
+    assert.equal(certificate.x509.issuer, ca.certificate.x509.subject);
+    assert.ok(certificate.x509.checkIssued(ca.certificate.x509));
+    assert.ok(certificate.x509.verify(ca.certificate.x509.publicKey));
+    assert.equal(certificate.x509.ca, false);
+    assert.equal(certificate.keyFingerprint, requestKey);
+    assert.match(certificate.serial, /^[0-9A-F]{16,}$/);
+    near(certificate.notBefore, before - 5 * 60_000, 60_000, "notBefore is backdated 5 minutes");
+    near(certificate.notAfter, before + 7 * DAY_MS, 60_000, "notAfter is 7 days away");
+
+    const ext = await extensions(certificate.pem);
+    assert.equal(ext.get("X509v3 Basic Constraints: critical"), "CA:FALSE");
+    assert.equal(ext.get("X509v3 Key Usage: critical"), "Digital Signature");
+    assert.equal(
+      ext.get("X509v3 Extended Key Usage:"),
+      "TLS Web Server Authentication, TLS Web Client Authentication",
+    );
+    assert.equal(ext.get("X509v3 Subject Alternative Name:"), "DNS:alice");
+
+    assert.equal(await Deno.readTextFile(ca.paths.certFile(certificate.serial)), certificate.pem);
+    const index = await readIndex(ca.paths);
+    assert.deepEqual(index.map((e) => [e.status, e.serial, e.name]), [
+      ["V", certificate.serial, "alice"],
+    ]);
+  });
+});
+
+Deno.test("sign() honours days, and gives an RSA key keyEncipherment too", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("bob", { keyType: "rsa-2048" });
+    const { certificate } = await ca.sign(csr, "bob", { days: 3 });
+    near(certificate.notAfter, Date.now() + 3 * DAY_MS, 60_000, "notAfter");
+    const ext = await extensions(certificate.pem);
+    assert.equal(ext.get("X509v3 Key Usage: critical"), "Digital Signature, Key Encipherment");
+  });
+});
+
+Deno.test("sign() issues for an Ed25519 request", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("carol", { keyType: "ed25519" });
+    const { certificate } = await ca.sign(csr, "carol");
+    assert.equal(certificate.x509.publicKey.asymmetricKeyType, "ed25519");
+  });
+});
+
+Deno.test("sign() ignores the extensions and extra subject attributes a request asks for", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice", {
+      subject: "/O=Evil Corp/CN=alice",
+      addext: [
+        "basicConstraints=critical,CA:TRUE",
+        "subjectAltName=DNS:evil.example",
+        "keyUsage=critical,keyCertSign",
+      ],
+    });
+    const { certificate } = await ca.sign(csr, "alice");
+    assert.equal(certificate.x509.subject, "CN=alice");
+    assert.equal(certificate.x509.ca, false);
+    const ext = await extensions(certificate.pem);
+    assert.equal(ext.get("X509v3 Basic Constraints: critical"), "CA:FALSE");
+    assert.equal(ext.get("X509v3 Key Usage: critical"), "Digital Signature");
+    assert.equal(ext.get("X509v3 Subject Alternative Name:"), "DNS:alice");
+  });
+});
+
+Deno.test("sign() refuses a request for a different name than asked", async () => {
+  await withCa(async (ca) => {
+    const cases: Array<[string, string]> = [
+      ["/CN=bob", 'Cannot sign request: it has common name "bob", not "alice"'],
+      ["/O=Example Org", 'Cannot sign request: it has no common name, not "alice"'],
+      ["/CN=alice/CN=bob", 'Cannot sign request: it has common names "alice", "bob", not "alice"'],
+    ];
+    for (const [subject, message] of cases) {
+      const { csr } = await makeCsr("alice", { subject });
+      await assert.rejects(() => ca.sign(csr, "alice"), e2eError("ERR_CSR_NAME_MISMATCH", message));
+    }
+    assert.deepEqual(await ca.list(), []);
+  });
+});
+
+Deno.test("sign() refuses an invalid name before reading the request", async () => {
+  await withCa(async (ca) => {
+    for (const name of ["../evil", "Alice", "-x"]) {
+      await assert.rejects(
+        () => ca.sign("not even a request", name),
+        e2eError("ERR_NAME_INVALID", `Invalid name ${JSON.stringify(name)}`),
+      );
+    }
+  });
+});
+
+Deno.test("sign() refuses a key the policy does not allow", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice", { keyType: "rsa-1024" });
+    await assert.rejects(
+      () => ca.sign(csr, "alice"),
+      e2eError(
+        "ERR_KEY_REJECTED",
+        "Cannot sign request: an RSA key of 1024 bits is too weak (at least 2048)",
+      ),
+    );
+    const ed448 = await makeCsr("alice", { keyType: "ed448" });
+    await assert.rejects(() => ca.sign(ed448.csr, "alice"), (e) => {
+      // Ed448 is refused by the policy or as an unsupported signature: never signed.
+      assert.ok(e instanceof E2eError);
+      assert.ok(["ERR_KEY_REJECTED", "ERR_CSR_SIGNATURE"].includes(e.code), e.code);
+      return true;
+    });
+    assert.deepEqual(await ca.list(), []);
+  });
+});
+
+Deno.test("sign() refuses a P-521 request for its curve, not as a bad signature", async () => {
+  // openssl signs this request correctly; saying "its signature does not verify" would mislead.
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice", { keyType: "ec-p521" });
+    await assert.rejects(
+      () => ca.sign(csr, "alice"),
+      e2eError("ERR_KEY_REJECTED", 'Cannot sign request: the EC curve "secp521r1" is not allowed'),
+    );
+  });
+});
+
+Deno.test("sign() refuses a malformed or tampered request", async () => {
+  await withCa(async (ca) => {
+    await assert.rejects(
+      () => ca.sign("-----BEGIN CERTIFICATE REQUEST-----\n!!\n", "alice"),
+      e2eError("ERR_CSR_INVALID", /^Invalid certificate request: /),
+    );
+    const { csr } = await makeCsr("alice");
+    const der = pemDecode(csr, "CERTIFICATE REQUEST")!;
+    der[der.length - 1] ^= 1;
+    await assert.rejects(
+      () => ca.sign(der, "alice"),
+      e2eError("ERR_CSR_SIGNATURE", "Cannot sign request: its signature does not verify"),
+    );
+  });
+});
+
+Deno.test("sign() refuses a validity longer than the CA has left", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice");
+    await assert.rejects(
+      () => ca.sign(csr, "alice", { days: 31 }),
+      e2eError("ERR_DAYS_INVALID", /^Invalid validity "31": use whole days from 1 to (29|30)$/),
+    );
+    await assert.rejects(
+      () => ca.sign(csr, "alice", { days: 0 }),
+      e2eError("ERR_DAYS_INVALID", /^Invalid validity "0": use whole days from 1 to (29|30)$/),
+    );
+  }, { days: 30 });
+});
+
+Deno.test("sign() with the same key renews: the old certificate is revoked as superseded", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice");
+    const first = await ca.sign(csr, "alice");
+    const second = await ca.sign(csr, "alice");
+    assert.deepEqual(second.superseded, [first.certificate.serial]);
+    assert.notEqual(second.certificate.serial, first.certificate.serial);
+    const listed = await ca.list();
+    assert.deepEqual(listed.map((c) => [c.serial, c.status, c.reason]), [
+      [first.certificate.serial, "revoked", "superseded"],
+      [second.certificate.serial, "valid", undefined],
+    ]);
+    const crl = await crlText(ca, await Deno.readTextFile(ca.paths.crl));
+    assert.match(crl, new RegExp(`Serial Number: ${first.certificate.serial}`));
+    assert.doesNotMatch(crl, new RegExp(`Serial Number: ${second.certificate.serial}`));
+  });
+});
+
+Deno.test("sign() refuses a different key for a name that holds a valid certificate", async () => {
+  await withCa(async (ca) => {
+    const { certificate } = await ca.sign((await makeCsr("alice")).csr, "alice");
+    const before = await snapshot(ca.paths.dir);
+    const other = await makeCsr("alice");
+    await assert.rejects(() => ca.sign(other.csr, "alice"), (e) => {
+      e2eError(
+        "ERR_NAME_TAKEN",
+        'Cannot sign request: name "alice" already has a valid certificate',
+      )(e);
+      assert.match((e as E2eError).hint ?? "", new RegExp(`--replace.*${certificate.serial}`));
+      return true;
+    });
+    assert.deepEqual(await snapshot(ca.paths.dir), before, "nothing was committed");
+  });
+});
+
+Deno.test("sign() with replace revokes the old certificate as superseded and issues for the new key", async () => {
+  await withCa(async (ca) => {
+    const first = await ca.sign((await makeCsr("alice")).csr, "alice");
+    const other = await makeCsr("alice");
+    const second = await ca.sign(other.csr, "alice", { replace: true });
+    assert.deepEqual(second.superseded, [first.certificate.serial]);
+    assert.notEqual(second.certificate.keyFingerprint, first.certificate.keyFingerprint);
+    const statuses = (await ca.list()).map((c) => [c.serial, c.status, c.reason]);
+    assert.deepEqual(statuses, [
+      [first.certificate.serial, "revoked", "superseded"],
+      [second.certificate.serial, "valid", undefined],
+    ]);
+  });
+});
+
+Deno.test("sign() without a passphrase fails with ERR_PASSPHRASE_REQUIRED", async () => {
+  await withCa(async (_ca, home) => {
+    const opened = await CertificateAuthority.open(home);
+    const { csr } = await makeCsr("alice");
+    await assert.rejects(
+      () => opened.sign(csr, "alice"),
+      e2eError("ERR_PASSPHRASE_REQUIRED", "The CA passphrase is required for this operation"),
+    );
+    await assert.rejects(
+      () => opened.revoke("alice"),
+      e2eError("ERR_PASSPHRASE_REQUIRED", "The CA passphrase is required for this operation"),
+    );
+    await assert.rejects(
+      () => opened.crl(),
+      e2eError("ERR_PASSPHRASE_REQUIRED", "The CA passphrase is required for this operation"),
+    );
+  });
+});
+
+Deno.test("sign() with a wrong passphrase fails with ERR_BAD_PASSPHRASE and leaves the CA unchanged", async () => {
+  await withCa(async (ca, home) => {
+    await ca.sign((await makeCsr("alice")).csr, "alice");
+    const before = await snapshot(ca.paths.dir);
+    const wrong = await CertificateAuthority.open(home, { passphrase: "not the passphrase" });
+    const { csr } = await makeCsr("bob");
+    await assert.rejects(
+      () => wrong.sign(csr, "bob"),
+      e2eError("ERR_BAD_PASSPHRASE", "Cannot unlock the CA key: wrong passphrase"),
+    );
+    await assert.rejects(
+      () => wrong.revoke("alice"),
+      e2eError("ERR_BAD_PASSPHRASE", "Cannot unlock the CA key: wrong passphrase"),
+    );
+    assert.deepEqual(await snapshot(ca.paths.dir), before);
+  });
+});
+
+Deno.test("sign() records every certificate, whatever its random serial looks like", async () => {
+  // About one serial in eight starts with a 0 hex digit; sign enough to meet a few.
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice");
+    const serials: string[] = [];
+    for (let i = 0; i < 32; i++) {
+      const { certificate } = await ca.sign(csr, "alice");
+      serials.push(certificate.serial);
+      assert.ok(
+        await Deno.lstat(ca.paths.certFile(certificate.serial)).then(() => true, () => false),
+        `certs/${certificate.serial}.pem exists`,
+      );
+    }
+    assert.deepEqual((await readIndex(ca.paths)).map((e) => e.serial), serials);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// revoke, crl, list
+
+Deno.test("revoke() by name revokes the valid certificate and regenerates the CRL", async () => {
+  await withCa(async (ca) => {
+    const { certificate } = await ca.sign((await makeCsr("alice")).csr, "alice");
+    const before = Date.now();
+    const entry = await ca.revoke("alice");
+    assert.equal(entry.status, "R");
+    assert.equal(entry.serial, certificate.serial);
+    assert.equal(entry.name, "alice");
+    assert.equal(entry.reason, "unspecified");
+    near(entry.revokedAt!, before, 60_000, "revokedAt");
+    const crl = await crlText(ca, await Deno.readTextFile(ca.paths.crl));
+    assert.match(crl, new RegExp(`Serial Number: ${certificate.serial}`));
+  });
+});
+
+Deno.test("revoke() by serial takes lowercase hex with colons, and records the reason", async () => {
+  await withCa(async (ca) => {
+    const { certificate } = await ca.sign((await makeCsr("alice")).csr, "alice");
+    const entry = await ca.revoke(colonLower(certificate.serial), { reason: "keyCompromise" });
+    assert.equal(entry.serial, certificate.serial);
+    assert.equal(entry.reason, "keyCompromise");
+    const [listed] = await ca.list();
+    assert.equal(listed.status, "revoked");
+    assert.equal(listed.reason, "keyCompromise");
+    const crl = await crlText(ca, await Deno.readTextFile(ca.paths.crl));
+    assert.match(crl, /Key Compromise/);
+  });
+});
+
+Deno.test("revoke() refuses a certificate that is already revoked", async () => {
+  await withCa(async (ca) => {
+    const { certificate } = await ca.sign((await makeCsr("alice")).csr, "alice");
+    await ca.revoke(certificate.serial);
+    const before = await snapshot(ca.paths.dir);
+    await assert.rejects(
+      () => ca.revoke(certificate.serial.toLowerCase()),
+      e2eError(
+        "ERR_ALREADY_REVOKED",
+        `Cannot revoke: serial ${certificate.serial} is already revoked`,
+      ),
+    );
+    // By name, a revoked certificate is no longer the name's valid one.
+    await assert.rejects(
+      () => ca.revoke("alice"),
+      e2eError("ERR_NOT_FOUND", 'Cannot revoke: no valid certificate for "alice"'),
+    );
+    assert.deepEqual(await snapshot(ca.paths.dir), before);
+  });
+});
+
+Deno.test("revoke() of an unknown name or serial fails with ERR_NOT_FOUND", async () => {
+  await withCa(async (ca) => {
+    await ca.sign((await makeCsr("alice")).csr, "alice");
+    for (const what of ["bob", "DEADBEEF", "de:ad:be:ef", ""]) {
+      await assert.rejects(
+        () => ca.revoke(what),
+        e2eError(
+          "ERR_NOT_FOUND",
+          `Cannot revoke: no valid certificate for ${JSON.stringify(what)}`,
+        ),
+      );
+    }
+  });
+});
+
+Deno.test("crl() returns a fresh PEM X509 CRL signed by the CA, with an increasing number, and stores it", async () => {
+  await withCa(async (ca) => {
+    const first = await ca.crl();
+    const second = await ca.crl();
+    assert.match(first, /^-----BEGIN X509 CRL-----\n[\s\S]+-----END X509 CRL-----\n$/);
+    assert.equal(await Deno.readTextFile(ca.paths.crl), second);
+    const number = async (pem: string) =>
+      Number.parseInt(/X509v3 CRL Number:\s*\n\s*([0-9A-F]+)/.exec(await crlText(ca, pem))![1], 16);
+    assert.ok((await number(second)) > (await number(first)));
+    const text = await crlText(ca, second);
+    assert.match(text, /Version 2/);
+    assert.match(text, /X509v3 Authority Key Identifier/);
+    const nextUpdate = /Next Update: (.+)/.exec(text)![1];
+    near(new Date(nextUpdate), Date.now() + 7 * DAY_MS, 5 * 60_000, "nextUpdate");
+  });
+});
+
+Deno.test("list() reports every certificate oldest first, with status, dates and fingerprint", async () => {
+  await withCa(async (ca) => {
+    const alice = await ca.sign((await makeCsr("alice")).csr, "alice");
+    const bob = await ca.sign((await makeCsr("bob")).csr, "bob");
+    await ca.revoke("bob", { reason: "cessationOfOperation" });
+    // An entry whose time has passed, as openssl would keep it, with no certificate file.
+    await Deno.writeTextFile(
+      ca.paths.index,
+      "V\t200101000000Z\t\tAB12\tunknown\t/CN=old\n",
+      { append: true },
+    );
+    const listed = await ca.list();
+    assert.deepEqual(listed.map((c) => [c.name, c.status]), [
+      ["alice", "valid"],
+      ["bob", "revoked"],
+      ["old", "expired"],
+    ]);
+    assert.equal(listed[0].serial, alice.certificate.serial);
+    assert.equal(listed[0].fingerprint, alice.certificate.fingerprint);
+    assert.equal(listed[0].notAfter, alice.certificate.notAfter.toISOString());
+    assert.equal(listed[0].revokedAt, undefined);
+    assert.equal(listed[1].serial, bob.certificate.serial);
+    assert.equal(listed[1].reason, "cessationOfOperation");
+    assert.match(listed[1].revokedAt ?? "", /^\d{4}-\d\d-\d\dT/);
+    assert.equal(listed[2].fingerprint, "");
+    assert.equal(listed[2].notAfter, "2020-01-01T00:00:00.000Z");
+  });
+});
+
+// ---------------------------------------------------------------------------
+// lookups used by the service
+
+Deno.test("unlock() accepts the right passphrase and refuses a wrong one", async () => {
+  await withCa(async (ca, home) => {
+    await ca.unlock();
+    const wrong = await CertificateAuthority.open(home, { passphrase: "not the passphrase" });
+    await assert.rejects(
+      () => wrong.unlock(),
+      e2eError("ERR_BAD_PASSPHRASE", "Cannot unlock the CA key: wrong passphrase"),
+    );
+  });
+});
+
+Deno.test("current() and isCurrent() follow signing and revocation", async () => {
+  await withCa(async (ca) => {
+    assert.equal(await ca.current("alice"), undefined);
+    const { certificate } = await ca.sign((await makeCsr("alice")).csr, "alice");
+    assert.equal((await ca.current("alice"))?.fingerprint, certificate.fingerprint);
+    assert.equal(await ca.isCurrent(certificate.serial), true);
+    assert.equal(await ca.isCurrent(certificate.serial.toLowerCase()), true);
+    await ca.revoke("alice");
+    assert.equal(await ca.current("alice"), undefined);
+    assert.equal(await ca.isCurrent(certificate.serial), false);
+    assert.equal(await ca.isCurrent("DEADBEEF"), false);
+  });
+});

@@ -1,0 +1,262 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { CaPaths, locked, parseIndex, readIndex, transaction } from "./store.ts";
+
+const INDEX = "V\t261202204302Z\t\t35BE\tunknown\t/CN=alice\n";
+
+/** A CA folder with openssl's database files but no keys: enough for the store. */
+async function withFakeCa(fn: (paths: CaPaths) => Promise<void>): Promise<void> {
+  const home = await Deno.makeTempDir({ prefix: "e2e-chat-store-test-" });
+  try {
+    const paths = new CaPaths(home);
+    await Deno.mkdir(paths.certs, { recursive: true, mode: 0o700 });
+    await Deno.writeTextFile(paths.index, INDEX, { mode: 0o600 });
+    await Deno.writeTextFile(join(paths.dir, "index.txt.attr"), "unique_subject = no\n");
+    await Deno.writeTextFile(join(paths.dir, "crlnumber"), "01\n", { mode: 0o600 });
+    await fn(paths);
+  } finally {
+    await Deno.remove(home, { recursive: true });
+  }
+}
+
+async function names(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  try {
+    for await (const entry of Deno.readDir(dir)) out.push(entry.name);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  return out.sort();
+}
+
+Deno.test("CaPaths lays the CA out as docs/CA.md says", () => {
+  const paths = new CaPaths("/h");
+  assert.equal(paths.dir, "/h/ca");
+  assert.equal(paths.key, "/h/ca/ca.key");
+  assert.equal(paths.cert, "/h/ca/ca.crt");
+  assert.equal(paths.config, "/h/ca/openssl.cnf");
+  assert.equal(paths.index, "/h/ca/index.txt");
+  assert.equal(paths.certs, "/h/ca/certs");
+  assert.equal(paths.crl, "/h/ca/crl.pem");
+  assert.equal(paths.tmp, "/h/ca/tmp");
+  assert.equal(paths.lock, "/h/.ca.lock");
+  assert.equal(paths.certFile("35BE"), "/h/ca/certs/35BE.pem");
+});
+
+Deno.test("parseIndex() reads a valid entry with a UTCTime expiry", () => {
+  assert.deepEqual(parseIndex(INDEX), [{
+    status: "V",
+    expires: new Date("2026-12-02T20:43:02Z"),
+    revokedAt: undefined,
+    reason: undefined,
+    serial: "35BE",
+    name: "alice",
+  }]);
+});
+
+Deno.test("parseIndex() reads GeneralizedTime, used from 2050 on", () => {
+  const [entry] = parseIndex("V\t20510304050607Z\t\tAB\tunknown\t/CN=alice\n");
+  assert.equal(entry.expires.toISOString(), "2051-03-04T05:06:07.000Z");
+});
+
+Deno.test("parseIndex() maps two-digit years 00-49 to 20xx and 50-99 to 19xx", () => {
+  const [a, b] = parseIndex(
+    "V\t491231235959Z\t\tA1\tunknown\t/CN=a\nV\t500101000000Z\t\tB2\tunknown\t/CN=b\n",
+  );
+  assert.equal(a.expires.toISOString(), "2049-12-31T23:59:59.000Z");
+  assert.equal(b.expires.toISOString(), "1950-01-01T00:00:00.000Z");
+});
+
+Deno.test("parseIndex() reads a revoked entry with its date and reason", () => {
+  const [entry] = parseIndex(
+    "R\t261202204302Z\t251125204302Z,keyCompromise\t0A1B\tunknown\t/CN=bob\n",
+  );
+  assert.equal(entry.status, "R");
+  assert.equal(entry.revokedAt?.toISOString(), "2025-11-25T20:43:02.000Z");
+  assert.equal(entry.reason, "keyCompromise");
+  assert.equal(entry.serial, "0A1B");
+  assert.equal(entry.name, "bob");
+});
+
+Deno.test("parseIndex() reads a revocation without a reason as unspecified", () => {
+  const [entry] = parseIndex("R\t261202204302Z\t251125204302Z\tAB\tunknown\t/CN=bob\n");
+  assert.equal(entry.reason, "unspecified");
+  assert.equal(entry.revokedAt?.toISOString(), "2025-11-25T20:43:02.000Z");
+});
+
+Deno.test("parseIndex() reads expired entries and uppercases serials", () => {
+  const [entry] = parseIndex("E\t240101000000Z\t\tabcdef\tunknown\t/CN=carol\n");
+  assert.equal(entry.status, "E");
+  assert.equal(entry.serial, "ABCDEF");
+  assert.equal(entry.revokedAt, undefined);
+});
+
+Deno.test("parseIndex() keeps entries whose subject is not a single CN, with an empty name", () => {
+  const entries = parseIndex(
+    "V\t261202204302Z\t\tA1\tunknown\t/O=Org/CN=alice\nV\t261202204302Z\t\tA2\tunknown\t/CN=a/CN=b\n",
+  );
+  assert.deepEqual(entries.map((e) => [e.serial, e.name]), [["A1", ""], ["A2", ""]]);
+});
+
+Deno.test("parseIndex() skips empty lines and unknown statuses, keeping order", () => {
+  const text = "\nX\t261202204302Z\t\tFF\tunknown\t/CN=x\n" + INDEX +
+    "R\t261202204302Z\t251125204302Z,superseded\t35BF\tunknown\t/CN=alice\n\n";
+  assert.deepEqual(parseIndex(text).map((e) => e.serial), ["35BE", "35BF"]);
+  assert.deepEqual(parseIndex(""), []);
+});
+
+Deno.test("parseIndex() gives an invalid date for a malformed time", () => {
+  const [entry] = parseIndex("V\tnot-a-time\t\tAB\tunknown\t/CN=alice\n");
+  assert.ok(Number.isNaN(entry.expires.getTime()));
+});
+
+Deno.test("readIndex() parses the committed index.txt", async () => {
+  await withFakeCa(async (paths) => {
+    assert.deepEqual((await readIndex(paths)).map((e) => e.name), ["alice"]);
+  });
+});
+
+Deno.test("transaction() gives the function a private copy of the database", async () => {
+  await withFakeCa(async (paths) => {
+    await transaction(paths, async (work) => {
+      assert.equal(join(work, ".."), paths.tmp);
+      assert.match(work, /\/tx-[^/]+$/);
+      assert.equal((await Deno.stat(paths.tmp)).mode! & 0o777, 0o700);
+      assert.deepEqual(await names(work), ["certs", "crlnumber", "index.txt", "index.txt.attr"]);
+      assert.equal(await Deno.readTextFile(join(work, "index.txt")), INDEX);
+      assert.equal(await Deno.readTextFile(join(work, "crlnumber")), "01\n");
+      assert.deepEqual(await names(join(work, "certs")), []);
+      // Changing the copy changes nothing committed until the function returns.
+      await Deno.writeTextFile(join(work, "index.txt"), "changed\n");
+      assert.equal(await Deno.readTextFile(paths.index), INDEX);
+    });
+  });
+});
+
+Deno.test("transaction() commits certificates, index, crlnumber and CRL when the function succeeds", async () => {
+  await withFakeCa(async (paths) => {
+    const next = INDEX + "V\t261202204302Z\t\t35BF\tunknown\t/CN=bob\n";
+    const result = await transaction(paths, async (work) => {
+      await Deno.writeTextFile(join(work, "certs", "35BF.pem"), "certificate\n");
+      await Deno.writeTextFile(join(work, "index.txt"), next);
+      await Deno.writeTextFile(join(work, "index.txt.old"), INDEX);
+      await Deno.writeTextFile(join(work, "crlnumber"), "02\n");
+      await Deno.writeTextFile(join(work, "crl.pem"), "crl\n");
+      return "done";
+    });
+    assert.equal(result, "done");
+    assert.equal(await Deno.readTextFile(paths.index), next);
+    assert.equal((await Deno.stat(paths.index)).mode! & 0o777, 0o600);
+    assert.equal(await Deno.readTextFile(join(paths.dir, "crlnumber")), "02\n");
+    assert.equal(await Deno.readTextFile(paths.certFile("35BF")), "certificate\n");
+    assert.equal(await Deno.readTextFile(paths.crl), "crl\n");
+    assert.deepEqual(await names(paths.dir), [
+      "certs",
+      "crl.pem",
+      "crlnumber",
+      "index.txt",
+      "index.txt.attr",
+      "tmp",
+    ]);
+    assert.deepEqual(await names(paths.tmp), [], "the work folder is removed");
+  });
+});
+
+Deno.test("transaction() leaves index.txt untouched and removes its work folder when the function throws", async () => {
+  await withFakeCa(async (paths) => {
+    const before = await Deno.stat(paths.index);
+    await assert.rejects(
+      () =>
+        transaction(paths, async (work) => {
+          await Deno.writeTextFile(join(work, "certs", "35BF.pem"), "certificate\n");
+          await Deno.writeTextFile(join(work, "index.txt"), "half-written\n");
+          await Deno.writeTextFile(join(work, "crlnumber"), "02\n");
+          await Deno.writeTextFile(join(work, "crl.pem"), "crl\n");
+          throw new Error("openssl failed");
+        }),
+      /^Error: openssl failed$/,
+    );
+    assert.equal(await Deno.readTextFile(paths.index), INDEX);
+    assert.equal((await Deno.stat(paths.index)).ino, before.ino);
+    assert.equal(await Deno.readTextFile(join(paths.dir, "crlnumber")), "01\n");
+    assert.deepEqual(await names(paths.certs), []);
+    assert.deepEqual(await names(paths.tmp), []);
+    assert.equal(await names(paths.dir).then((n) => n.includes("crl.pem")), false);
+  });
+});
+
+Deno.test("transaction() removes work folders and old temp files left by a killed process", async () => {
+  await withFakeCa(async (paths) => {
+    await Deno.mkdir(join(paths.tmp, "tx-killed", "certs"), { recursive: true });
+    await Deno.writeTextFile(join(paths.tmp, "tx-killed", "index.txt"), "stale\n");
+    const old = join(paths.dir, `.${crypto.randomUUID()}.tmp`);
+    const fresh = join(paths.dir, `.${crypto.randomUUID()}.tmp`);
+    await Deno.writeTextFile(old, "half-written\n");
+    await Deno.utime(old, new Date(Date.now() - 3_600_000), new Date(Date.now() - 3_600_000));
+    await Deno.writeTextFile(fresh, "being written by another writer\n");
+    await transaction(paths, () => Promise.resolve());
+    assert.deepEqual(await names(paths.tmp), []);
+    const left = await names(paths.dir);
+    assert.equal(left.includes(old.split("/").at(-1)!), false, "the old temp file is removed");
+    assert.equal(left.includes(fresh.split("/").at(-1)!), true, "a recent temp file is kept");
+  });
+});
+
+Deno.test("transaction() does not rewrite files the function left unchanged", async () => {
+  await withFakeCa(async (paths) => {
+    const before = await Deno.stat(paths.index);
+    await transaction(paths, () => Promise.resolve());
+    assert.equal((await Deno.stat(paths.index)).ino, before.ino);
+    assert.deepEqual(await names(paths.tmp), []);
+  });
+});
+
+Deno.test("transaction() never replaces a certificate file that is already committed", async () => {
+  await withFakeCa(async (paths) => {
+    await Deno.writeTextFile(paths.certFile("35BE"), "original\n");
+    await transaction(paths, async (work) => {
+      await Deno.writeTextFile(join(work, "certs", "35BE.pem"), "impostor\n");
+    });
+    assert.equal(await Deno.readTextFile(paths.certFile("35BE")), "original\n");
+  });
+});
+
+Deno.test("transaction() runs one at a time, so concurrent changes are never lost", async () => {
+  await withFakeCa(async (paths) => {
+    const add = (serial: string) =>
+      transaction(paths, async (work) => {
+        const index = await Deno.readTextFile(join(work, "index.txt"));
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        await Deno.writeTextFile(
+          join(work, "index.txt"),
+          index + `V\t261202204302Z\t\t${serial}\tunknown\t/CN=u${serial}\n`,
+        );
+      });
+    await Promise.all(["A1", "A2", "A3", "A4"].map(add));
+    assert.deepEqual((await readIndex(paths)).map((e) => e.serial), [
+      "35BE",
+      "A1",
+      "A2",
+      "A3",
+      "A4",
+    ]);
+    assert.deepEqual(await names(paths.tmp), []);
+  });
+});
+
+Deno.test("locked() runs the function under the CA lock and passes its result on", async () => {
+  await withFakeCa(async (paths) => {
+    let inside = 0;
+    let most = 0;
+    const run = () =>
+      locked(paths, async () => {
+        most = Math.max(most, ++inside);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        inside--;
+        return "ok";
+      });
+    assert.deepEqual(await Promise.all([run(), run(), run()]), ["ok", "ok", "ok"]);
+    assert.equal(most, 1);
+    assert.equal((await Deno.stat(paths.lock)).isFile, true);
+  });
+});

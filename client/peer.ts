@@ -1,0 +1,295 @@
+/**
+ * One peer connection after its checks passed: protocol v1 framing, hello,
+ * messages, acks and files, with back-pressure both ways so neither side ever
+ * holds more than a few frames (or a whole file) in memory.
+ *
+ * @module
+ */
+import { Buffer } from "node:buffer";
+import type { TLSSocket } from "node:tls";
+import { E2eError } from "../lib/errors.ts";
+import {
+  decodeFrame,
+  encodeFrame,
+  type Frame,
+  LineSplitter,
+  MAX_CHUNK_BYTES,
+} from "../lib/frames.ts";
+import type { CertificateInfo } from "../lib/x509.ts";
+import { announcedName, hashFile, IncomingFile } from "./files.ts";
+
+/** What a connection reports to its owner. */
+export interface PeerEvents {
+  /** A message arrived. */
+  message(peer: PeerConnection, id: string, text: string): void;
+  /** A message or file we sent was acknowledged. */
+  delivered(peer: PeerConnection, id: string): void;
+  /** A file arrived and matched its SHA-256. */
+  file(
+    peer: PeerConnection,
+    info: { name: string; path: string; bytes: number; sha256: string },
+  ): void;
+  /** Progress of a file transfer. */
+  progress(
+    peer: PeerConnection,
+    info: { id: string; bytes: number; total: number; direction: "in" | "out" },
+  ): void;
+  /** A file transfer failed. */
+  fileFailed(
+    peer: PeerConnection,
+    info: { id: string; reason: string; direction: "in" | "out" },
+  ): void;
+  /** The connection closed. */
+  closed(peer: PeerConnection, reason: string): void;
+}
+
+/** Options of {@linkcode PeerConnection}. */
+export interface PeerOptions {
+  /** Where received files go. */
+  downloads: string;
+  /** Event sink. */
+  events: PeerEvents;
+}
+
+const MAX_QUEUED = 32; // frames parsed but not handled before we stop reading
+const MAX_INCOMING_FILES = 8;
+const CHUNK_BYTES = 512 * 1024;
+
+/** A checked, connected peer. */
+export class PeerConnection {
+  /** The peer's user name (from its certificate). */
+  readonly name: string;
+  /** The peer's certificate. */
+  readonly certificate: CertificateInfo;
+  #socket: TLSSocket;
+  #options: PeerOptions;
+  #lines = new LineSplitter();
+  #queue: Promise<void> = Promise.resolve();
+  #queued = 0;
+  #helloSeen = false;
+  #closed = false;
+  #failed = false;
+  #closeReason = "closed";
+  #incoming = new Map<string, IncomingFile>();
+  #nextId = 1;
+  #lastProgress = 0;
+
+  /** Wraps a socket whose peer was checked as `name` with `certificate`. */
+  constructor(socket: TLSSocket, name: string, certificate: CertificateInfo, options: PeerOptions) {
+    this.#socket = socket;
+    this.name = name;
+    this.certificate = certificate;
+    this.#options = options;
+  }
+
+  /** Whether the connection is still open. */
+  get open(): boolean {
+    return !this.#closed;
+  }
+
+  /** Sends hello and starts reading. */
+  start(): void {
+    this.#socket.setNoDelay(true);
+    this.#socket.on("data", (bytes: Uint8Array) => this.#onData(bytes));
+    this.#socket.on("error", (e: Error) => {
+      this.#closeReason = e.message;
+    });
+    this.#socket.on("close", () => this.#onClose());
+    this.#write({ type: "hello", v: 1 });
+  }
+
+  /** Sends a message; returns its id. */
+  sendMessage(text: string): string {
+    const id = this.#id();
+    this.#write({ type: "msg", id, text });
+    return id;
+  }
+
+  /** Streams a file in chunks; resolves with its id when the last chunk is written. */
+  async sendFile(path: string): Promise<string> {
+    const id = this.#id();
+    const { sha256, size } = await hashFile(path);
+    await this.#writeAsync({ type: "file", id, name: announcedName(path), size, sha256 });
+    using file = await Deno.open(path);
+    const buffer = new Uint8Array(Math.min(CHUNK_BYTES, MAX_CHUNK_BYTES));
+    let sent = 0;
+    while (sent < size) {
+      if (this.#closed) {
+        throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
+      }
+      const n = await file.read(buffer);
+      if (n === null) break;
+      sent += n;
+      await this.#writeAsync({
+        type: "chunk",
+        id,
+        data: Buffer.from(buffer.buffer, 0, n).toString("base64"),
+      });
+      this.#progress(id, sent, size, "out");
+    }
+    if (sent !== size) throw new E2eError("ERR_FILE", "The file changed while it was being sent");
+    await this.#writeAsync({ type: "end", id });
+    return id;
+  }
+
+  /** Says bye and closes. */
+  close(reason = "closed"): void {
+    if (this.#closed) return;
+    this.#closeReason = reason;
+    this.#write({ type: "bye" });
+    this.#socket.end();
+  }
+
+  #id(): string {
+    return `${Date.now().toString(36)}-${this.#nextId++}`;
+  }
+
+  #write(frame: Frame): boolean {
+    if (this.#closed || this.#socket.destroyed) return false;
+    return this.#socket.write(encodeFrame(frame));
+  }
+
+  // Waits for the socket to drain, so a large file never piles up in memory.
+  async #writeAsync(frame: Frame): Promise<void> {
+    if (this.#closed) throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
+    if (this.#write(frame)) return;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        this.#socket.off("drain", done);
+        this.#socket.off("close", done);
+        resolve();
+      };
+      this.#socket.on("drain", done);
+      this.#socket.on("close", done);
+    });
+  }
+
+  #onData(bytes: Uint8Array): void {
+    let lines: string[];
+    try {
+      lines = this.#lines.push(bytes);
+    } catch (e) {
+      this.#fail(e);
+      return;
+    }
+    for (const line of lines) {
+      this.#queued++;
+      if (this.#queued >= MAX_QUEUED) this.#socket.pause();
+      this.#queue = this.#queue.then(async () => {
+        if (this.#closed || this.#failed) return;
+        try {
+          await this.#handle(decodeFrame(line));
+        } catch (e) {
+          this.#fail(e);
+        } finally {
+          this.#queued--;
+          if (this.#queued < MAX_QUEUED / 2 && !this.#closed) this.#socket.resume();
+        }
+      });
+    }
+  }
+
+  async #handle(frame: Frame): Promise<void> {
+    if (!this.#helloSeen) {
+      if (frame.type !== "hello") throw malformed("the first frame must be hello");
+      this.#helloSeen = true;
+      return;
+    }
+    const events = this.#options.events;
+    switch (frame.type) {
+      case "hello":
+        throw malformed("a second hello");
+      case "msg":
+        events.message(this, frame.id, frame.text);
+        this.#write({ type: "ack", id: frame.id });
+        return;
+      case "ack":
+        events.delivered(this, frame.id);
+        return;
+      case "file": {
+        if (this.#incoming.has(frame.id)) throw malformed("a file id used twice");
+        if (this.#incoming.size >= MAX_INCOMING_FILES) throw malformed("too many files at once");
+        const file = await IncomingFile.start(
+          this.#options.downloads,
+          frame.name,
+          frame.size,
+          frame.sha256,
+        );
+        this.#incoming.set(frame.id, file);
+        return;
+      }
+      case "chunk": {
+        const file = this.#incoming.get(frame.id);
+        if (!file) throw malformed("a chunk for a file never announced");
+        await file.write(Buffer.from(frame.data, "base64"));
+        this.#progress(frame.id, file.received, file.size, "in");
+        return;
+      }
+      case "end": {
+        const file = this.#incoming.get(frame.id);
+        if (!file) throw malformed("an end for a file never announced");
+        this.#incoming.delete(frame.id);
+        try {
+          const path = await file.finish();
+          events.file(this, { name: file.announced, path, bytes: file.size, sha256: file.sha256 });
+          this.#write({ type: "ack", id: frame.id });
+        } catch (e) {
+          events.fileFailed(this, {
+            id: frame.id,
+            reason: e instanceof Error ? e.message : String(e),
+            direction: "in",
+          });
+          throw e;
+        }
+        return;
+      }
+      case "bye":
+        this.#closeReason = "the peer said bye";
+        this.#socket.end();
+        return;
+      case "error":
+        this.#closeReason = `the peer reported an error: ${frame.message}`;
+        this.#socket.end();
+        return;
+    }
+  }
+
+  #progress(id: string, bytes: number, total: number, direction: "in" | "out"): void {
+    const now = Date.now();
+    if (bytes < total && now - this.#lastProgress < 250) return;
+    this.#lastProgress = now;
+    this.#options.events.progress(this, { id, bytes, total, direction });
+  }
+
+  // Malformed input: one error frame, then the connection closes. The client goes on.
+  #fail(e: unknown): void {
+    if (this.#closed || this.#failed) return;
+    this.#failed = true;
+    const message = e instanceof E2eError ? e.message : "Internal error";
+    this.#closeReason = `closed after bad input: ${message}`;
+    this.#write({ type: "error", message });
+    this.#socket.end();
+    this.#socket.pause();
+    setTimeout(() => this.#socket.destroy(), 2_000).unref?.();
+  }
+
+  async #onClose(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#queue.catch(() => {});
+    for (const [id, file] of this.#incoming) {
+      await file.abort();
+      this.#options.events.fileFailed(this, {
+        id,
+        reason: "the connection closed",
+        direction: "in",
+      });
+    }
+    this.#incoming.clear();
+    this.#options.events.closed(this, this.#closeReason);
+  }
+}
+
+function malformed(why: string): E2eError {
+  return new E2eError("ERR_BAD_REQUEST", `Malformed frame: ${why}`);
+}

@@ -1,0 +1,152 @@
+/**
+ * The two faces of the chat core: `--json` (one JSON event per stdout line,
+ * commands on stdin, for scripts and tests) and the terminal (a prompt that
+ * incoming messages never garble, colour, timestamps).
+ *
+ * @module
+ */
+import readline from "node:readline";
+import { styleText } from "node:util";
+import type { ChatEvent } from "./chat.ts";
+
+/** Something that takes input lines; false from `input` means quit. */
+export interface InputSink {
+  /** Runs one line; resolves false to quit. */
+  input(line: string): Promise<boolean>;
+}
+
+const encoder = new TextEncoder();
+
+/** Writes one event as a JSON line on stdout. */
+export function jsonEvent(event: ChatEvent): void {
+  writeAllSync(encoder.encode(JSON.stringify(event) + "\n"));
+}
+
+/** Reads stdin line by line into `sink` until EOF or /quit. */
+export async function runJsonInput(sink: InputSink): Promise<void> {
+  const decoder = new TextDecoder();
+  let pending = "";
+  for await (const chunk of Deno.stdin.readable) {
+    pending += decoder.decode(chunk, { stream: true });
+    let nl: number;
+    while ((nl = pending.indexOf("\n")) >= 0) {
+      const line = pending.slice(0, nl);
+      pending = pending.slice(nl + 1);
+      if (!await sink.input(line)) return;
+    }
+  }
+  if (pending) await sink.input(pending);
+}
+
+/** A terminal interface: prompt, colour, timestamps. */
+export class Terminal {
+  #rl: readline.Interface;
+  #name: string;
+
+  /** A terminal for user `name`. */
+  constructor(name: string) {
+    this.#name = name;
+    this.#rl = readline.createInterface({
+      input: process.stdin,
+      output: process.stdout,
+      terminal: true,
+    });
+    this.#rl.setPrompt(styleText("bold", `${name}> `));
+  }
+
+  /** Prints an event above the prompt, then redraws the prompt with what was typed. */
+  show(event: ChatEvent): void {
+    const text = format(event);
+    if (text === undefined) return;
+    const out = process.stdout;
+    readline.clearLine(out, 0);
+    readline.cursorTo(out, 0);
+    out.write(`${styleText("gray", time())} ${text}\n`);
+    this.#rl.prompt(true);
+  }
+
+  /** Reads lines into `sink` until /quit or end of input. */
+  async run(sink: InputSink): Promise<void> {
+    this.#rl.prompt();
+    for await (const line of this.#rl) {
+      if (!await sink.input(line)) break;
+      this.#rl.prompt();
+    }
+    this.#rl.close();
+  }
+
+  /** The user's name. */
+  get name(): string {
+    return this.#name;
+  }
+}
+
+function format(e: ChatEvent): string | undefined {
+  switch (e.type) {
+    case "ready":
+      return `listening on ${e.listen} as ${styleText("bold", e.name)} — /help for commands`;
+    case "invite":
+      return styleText("yellow", `${clean(e.from)} wants to chat — /accept ${clean(e.from)}`);
+    case "invited":
+      return `invited ${e.to} (certificate ${
+        e.fingerprint.slice(0, 16)
+      }…); waiting for them to /accept`;
+    case "connected":
+      return styleText(
+        "green",
+        `connected to ${e.peer} [${e.trust}] certificate ${e.fingerprint.slice(0, 16)}…`,
+      );
+    case "message":
+      return `${styleText("cyan", `<${e.from}>`)} ${clean(e.text)}`;
+    case "sent":
+      return undefined;
+    case "delivered":
+      return styleText("gray", `✓ delivered to ${e.to}`);
+    case "file":
+      return styleText(
+        "green",
+        `file from ${e.from}: ${clean(e.name)} (${e.bytes} bytes, SHA-256 ok) → ${clean(e.path)}`,
+      );
+    case "progress": {
+      const pct = e.total ? Math.floor((e.bytes / e.total) * 100) : 100;
+      const bar = "#".repeat(Math.floor(pct / 5)).padEnd(20, ".");
+      return styleText("gray", `${e.direction === "out" ? "→" : "←"} ${e.peer} [${bar}] ${pct}%`);
+    }
+    case "safety":
+      return `safety number with ${e.peer}: ${
+        styleText("bold", e.number)
+      }\ncompare it with ${e.peer} out of band, then /verify ${e.peer}`;
+    case "peers":
+      return e.peers.length
+        ? e.peers.map((p) => `${p.current ? "*" : " "} ${p.name} [${p.trust}]`).join("\n")
+        : "no peers connected";
+    case "disconnected":
+      return styleText("yellow", `${e.peer} disconnected (${clean(e.reason)})`);
+    case "warning":
+      return styleText("yellow", clean(e.message));
+    case "error":
+      return styleText("red", `error: ${clean(e.message)}`);
+    case "help":
+      return e.text;
+    case "bye":
+      return "bye";
+  }
+}
+
+// A peer's text must not drive our terminal: control characters are shown, not obeyed.
+function clean(text: string): string {
+  return text.replace(
+    // deno-lint-ignore no-control-regex
+    /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
+  );
+}
+
+function time(): string {
+  return new Date().toTimeString().slice(0, 5);
+}
+
+function writeAllSync(bytes: Uint8Array): void {
+  let n = 0;
+  while (n < bytes.length) n += Deno.stdout.writeSync(bytes.subarray(n));
+}

@@ -1,0 +1,100 @@
+/**
+ * Certificate revocation lists (RFC 5280 §5), read and verified in-process:
+ * clients check a peer against the CA's CRL, verified with the CA's key.
+ *
+ * @module
+ */
+import type { X509Certificate } from "node:crypto";
+import { children, DerError, type DerNode, readDer, Tag } from "./der.ts";
+import { E2eError } from "./errors.ts";
+import { pemDecode } from "./pem.ts";
+import { verifySignature } from "./signature.ts";
+
+/** A verified CRL. */
+export interface RevocationList {
+  /** Revoked serials, uppercase hex without leading zeros. */
+  revoked: Set<string>;
+  /** When it was issued. */
+  thisUpdate: Date;
+  /** When the next one is due (undefined if the CRL does not say). */
+  nextUpdate?: Date;
+}
+
+/**
+ * Parses a PEM CRL and verifies it was signed by `issuer`; throws `ERR_PEER_REJECTED` otherwise.
+ *
+ * @example
+ * ```ts
+ * import { X509Certificate } from "node:crypto";
+ * import { parseCrl } from "./crl.ts";
+ * const ca = new X509Certificate(await Deno.readTextFile("ca.crt"));
+ * const crl = parseCrl(await Deno.readTextFile("crl.pem"), ca);
+ * console.log(crl.revoked.size);
+ * ```
+ */
+export function parseCrl(pem: string, issuer: X509Certificate): RevocationList {
+  const der = pemDecode(pem, "X509 CRL");
+  if (!der) throw rejected("not a PEM X509 CRL");
+  try {
+    const [tbs, algorithm, signature] = children(readDer(der), Tag.SEQUENCE);
+    if (!signature) throw new DerError("Missing signature");
+    if (verifySignature(tbs.raw, algorithm, signature, issuer.publicKey) !== "ok") {
+      throw rejected("the CRL's signature does not verify with the CA key");
+    }
+    const fields = children(tbs, Tag.SEQUENCE);
+    let i = fields[0]?.tag === Tag.INTEGER ? 1 : 0; // optional version
+    i += 2; // signature algorithm, issuer
+    const thisUpdate = readTime(fields[i++]);
+    let nextUpdate: Date | undefined;
+    if (fields[i] && (fields[i].tag === 0x17 || fields[i].tag === 0x18)) {
+      nextUpdate = readTime(fields[i++]);
+    }
+    const revoked = new Set<string>();
+    if (fields[i]?.tag === Tag.SEQUENCE) {
+      for (const entry of children(fields[i], Tag.SEQUENCE)) {
+        const serial = children(entry, Tag.SEQUENCE)[0];
+        if (serial?.tag !== Tag.INTEGER) throw new DerError("Bad serial");
+        revoked.add(serialHex(serial));
+      }
+    }
+    return { revoked, thisUpdate, nextUpdate };
+  } catch (e) {
+    if (e instanceof DerError) throw rejected(`malformed CRL: ${e.message}`);
+    throw e;
+  }
+}
+
+/**
+ * A serial number as uppercase hex without leading zeros, the form {@linkcode RevocationList.revoked} uses.
+ *
+ * @example
+ * ```ts
+ * import { normalizeSerialHex } from "./crl.ts";
+ * normalizeSerialHex("00ab:cd"); // "ABCD"
+ * ```
+ */
+export function normalizeSerialHex(hex: string): string {
+  return hex.replace(/:/g, "").toUpperCase().replace(/^0+(?=.)/, "");
+}
+
+function serialHex(node: DerNode): string {
+  return normalizeSerialHex([...node.value].map((b) => b.toString(16).padStart(2, "0")).join(""));
+}
+
+function readTime(node: DerNode | undefined): Date {
+  if (!node) throw new DerError("Missing time");
+  const text = String.fromCharCode(...node.value);
+  const m = node.tag === 0x17
+    ? /^(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})Z$/.exec(text)
+    : /^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})Z$/.exec(text);
+  if (!m) throw new DerError("Bad time");
+  let year = Number(m[1]);
+  if (node.tag === 0x17) year += year < 50 ? 2000 : 1900;
+  return new Date(
+    Date.UTC(year, Number(m[2]) - 1, Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6])),
+  );
+}
+
+function rejected(detail: string): E2eError {
+  return new E2eError("ERR_PEER_REJECTED", "The CRL was rejected", { detail });
+}

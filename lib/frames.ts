@@ -1,0 +1,171 @@
+/**
+ * Peer protocol v1 (docs/PROTOCOL.md): one JSON object per line, at most
+ * 1 MiB. Splitting lines and validating frames live here; what a frame does
+ * is the client's business.
+ *
+ * @module
+ */
+import { E2eError } from "./errors.ts";
+
+/** The protocol version of `hello`. */
+export const PROTOCOL_VERSION = 1;
+/** The ALPN protocol name peers negotiate. */
+export const ALPN = "e2e-chat/1";
+/** Longest line, `\n` included. */
+export const MAX_LINE_BYTES = 1024 * 1024;
+/** Longest message text, in characters. */
+export const MAX_TEXT_CHARS = 65_536;
+/** Largest decoded chunk of a file. */
+export const MAX_CHUNK_BYTES = 768 * 1024;
+
+/** Every frame of protocol v1. */
+export type Frame =
+  | { type: "hello"; v: number }
+  | { type: "msg"; id: string; text: string }
+  | { type: "ack"; id: string }
+  | { type: "file"; id: string; name: string; size: number; sha256: string }
+  | { type: "chunk"; id: string; data: string }
+  | { type: "end"; id: string }
+  | { type: "bye" }
+  | { type: "error"; message: string };
+
+const ID = /^[A-Za-z0-9_.-]{1,64}$/;
+
+/**
+ * Encodes a frame as one line.
+ *
+ * @example
+ * ```ts
+ * import { encodeFrame } from "./frames.ts";
+ * encodeFrame({ type: "msg", id: "1", text: "hi" }); // '{"type":"msg","id":"1","text":"hi"}\n'
+ * ```
+ */
+export function encodeFrame(frame: Frame): string {
+  return JSON.stringify(frame) + "\n";
+}
+
+/**
+ * Parses and validates one line (without its `\n`); throws `ERR_BAD_REQUEST` for anything malformed.
+ *
+ * @example
+ * ```ts
+ * import { decodeFrame } from "./frames.ts";
+ * decodeFrame('{"type":"ack","id":"7"}'); // { type: "ack", id: "7" }
+ * ```
+ */
+export function decodeFrame(line: string): Frame {
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch {
+    throw malformed("not JSON");
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw malformed("not a JSON object");
+  }
+  const f = value as Record<string, unknown>;
+  switch (f.type) {
+    case "hello":
+      if (f.v !== PROTOCOL_VERSION) throw malformed(`unsupported version ${JSON.stringify(f.v)}`);
+      return { type: "hello", v: PROTOCOL_VERSION };
+    case "msg":
+      if (typeof f.text !== "string" || f.text.length > MAX_TEXT_CHARS) {
+        throw malformed("msg needs a text of at most 65536 characters");
+      }
+      return { type: "msg", id: id(f.id), text: f.text };
+    case "ack":
+      return { type: "ack", id: id(f.id) };
+    case "end":
+      return { type: "end", id: id(f.id) };
+    case "file": {
+      if (typeof f.name !== "string" || f.name.length === 0 || f.name.length > 1024) {
+        throw malformed("file needs a name");
+      }
+      if (typeof f.size !== "number" || !Number.isSafeInteger(f.size) || f.size < 0) {
+        throw malformed("file needs a whole size");
+      }
+      if (typeof f.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(f.sha256)) {
+        throw malformed("file needs a sha256 of 64 lowercase hex characters");
+      }
+      return { type: "file", id: id(f.id), name: f.name, size: f.size, sha256: f.sha256 };
+    }
+    case "chunk":
+      if (
+        typeof f.data !== "string" || f.data.length > Math.ceil(MAX_CHUNK_BYTES / 3) * 4 ||
+        !/^[A-Za-z0-9+/]*={0,2}$/.test(f.data) || f.data.length % 4 !== 0
+      ) {
+        throw malformed("chunk needs base64 data of at most 768 KiB");
+      }
+      return { type: "chunk", id: id(f.id), data: f.data };
+    case "bye":
+      return { type: "bye" };
+    case "error":
+      return {
+        type: "error",
+        message: typeof f.message === "string" ? f.message.slice(0, 500) : "",
+      };
+    default:
+      throw malformed(`unknown frame type ${JSON.stringify(String(f.type).slice(0, 32))}`);
+  }
+}
+
+function id(value: unknown): string {
+  if (typeof value !== "string" || !ID.test(value)) throw malformed("bad id");
+  return value;
+}
+
+function malformed(why: string): E2eError {
+  return new E2eError("ERR_BAD_REQUEST", `Malformed frame: ${why}`);
+}
+
+/**
+ * Splits a byte stream into lines of at most {@linkcode MAX_LINE_BYTES}; throws
+ * `ERR_TOO_LARGE` as soon as a line is longer, without buffering the rest.
+ *
+ * @example
+ * ```ts
+ * import { LineSplitter } from "./frames.ts";
+ * const lines = new LineSplitter();
+ * lines.push(new TextEncoder().encode('{"type":"bye"}\n')); // ['{"type":"bye"}']
+ * ```
+ */
+export class LineSplitter {
+  #parts: Uint8Array[] = [];
+  #size = 0;
+  #decoder = new TextDecoder("utf-8", { fatal: true });
+
+  /** Feeds bytes; returns the complete lines they finish. */
+  push(bytes: Uint8Array): string[] {
+    const lines: string[] = [];
+    let start = 0;
+    while (start < bytes.length) {
+      const nl = bytes.indexOf(0x0a, start);
+      const end = nl < 0 ? bytes.length : nl;
+      if (this.#size + (end - start) + 1 > MAX_LINE_BYTES) {
+        throw new E2eError("ERR_TOO_LARGE", "Malformed frame: line longer than 1 MiB");
+      }
+      this.#parts.push(bytes.subarray(start, end));
+      this.#size += end - start;
+      if (nl < 0) break;
+      lines.push(this.#take());
+      start = nl + 1;
+    }
+    return lines;
+  }
+
+  #take(): string {
+    const line = new Uint8Array(this.#size);
+    let offset = 0;
+    for (const p of this.#parts) {
+      line.set(p, offset);
+      offset += p.length;
+    }
+    this.#parts = [];
+    this.#size = 0;
+    try {
+      return this.#decoder.decode(line);
+    } catch {
+      throw new E2eError("ERR_BAD_REQUEST", "Malformed frame: not UTF-8");
+    }
+  }
+}

@@ -1,0 +1,170 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { ensurePrivateDir, exists, withTempDir, writeFileAtomic } from "./fs.ts";
+
+async function withScratch(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "e2e-chat-fs-test-" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function names(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const entry of Deno.readDir(dir)) out.push(entry.name);
+  return out.sort();
+}
+
+function mode(info: Deno.FileInfo): number {
+  return (info.mode ?? 0) & 0o777;
+}
+
+Deno.test("writeFileAtomic() writes text with the requested mode and no temp file left", async () => {
+  await withScratch(async (dir) => {
+    const path = join(dir, "secret.txt");
+    await writeFileAtomic(path, "hello\n", { mode: 0o600 });
+    assert.equal(await Deno.readTextFile(path), "hello\n");
+    assert.equal(mode(await Deno.stat(path)), 0o600);
+    assert.deepEqual(await names(dir), ["secret.txt"]);
+  });
+});
+
+Deno.test("writeFileAtomic() writes bytes with mode 0644 by default", async () => {
+  await withScratch(async (dir) => {
+    const path = join(dir, "data.bin");
+    const data = new Uint8Array(200_000).map((_, i) => i & 0xff);
+    await writeFileAtomic(path, data);
+    assert.deepEqual(await Deno.readFile(path), data);
+    // 0644 less whatever the umask takes away.
+    const m = mode(await Deno.stat(path));
+    assert.equal(m & ~0o644, 0, m.toString(8));
+    assert.equal(m & 0o600, 0o600, m.toString(8));
+  });
+});
+
+Deno.test("writeFileAtomic() replaces an existing file, taking the new mode", async () => {
+  await withScratch(async (dir) => {
+    const path = join(dir, "index.txt");
+    await Deno.writeTextFile(path, "old contents that are longer\n", { mode: 0o644 });
+    await writeFileAtomic(path, "new\n", { mode: 0o600 });
+    assert.equal(await Deno.readTextFile(path), "new\n");
+    assert.equal(mode(await Deno.stat(path)), 0o600);
+    assert.deepEqual(await names(dir), ["index.txt"]);
+  });
+});
+
+Deno.test("writeFileAtomic() replaces a file by rename, so an open reader keeps the old contents", async () => {
+  await withScratch(async (dir) => {
+    const path = join(dir, "index.txt");
+    await Deno.writeTextFile(path, "old\n");
+    const reader = await Deno.open(path);
+    try {
+      await writeFileAtomic(path, "new\n");
+      const buffer = new Uint8Array(16);
+      const n = await reader.read(buffer);
+      assert.equal(new TextDecoder().decode(buffer.subarray(0, n ?? 0)), "old\n");
+    } finally {
+      reader.close();
+    }
+    assert.equal(await Deno.readTextFile(path), "new\n");
+  });
+});
+
+Deno.test("writeFileAtomic() with createNew writes a file that does not exist yet", async () => {
+  await withScratch(async (dir) => {
+    const path = join(dir, "key.pem");
+    await writeFileAtomic(path, "key\n", { mode: 0o600, createNew: true });
+    assert.equal(await Deno.readTextFile(path), "key\n");
+    assert.equal(mode(await Deno.stat(path)), 0o600);
+    assert.deepEqual(await names(dir), ["key.pem"]);
+  });
+});
+
+Deno.test("writeFileAtomic() with createNew refuses an existing file and leaves it alone", async () => {
+  await withScratch(async (dir) => {
+    const path = join(dir, "key.pem");
+    await Deno.writeTextFile(path, "precious\n");
+    await assert.rejects(
+      () => writeFileAtomic(path, "clobbered\n", { createNew: true }),
+      Deno.errors.AlreadyExists,
+    );
+    assert.equal(await Deno.readTextFile(path), "precious\n");
+    assert.deepEqual(await names(dir), ["key.pem"]);
+  });
+});
+
+Deno.test("writeFileAtomic() fails in a missing folder without leaving anything", async () => {
+  await withScratch(async (dir) => {
+    await assert.rejects(
+      () => writeFileAtomic(join(dir, "missing", "x"), "x"),
+      Deno.errors.NotFound,
+    );
+    assert.deepEqual(await names(dir), []);
+  });
+});
+
+Deno.test("ensurePrivateDir() creates nested folders with mode 0700", async () => {
+  await withScratch(async (dir) => {
+    const path = join(dir, "a", "b");
+    await ensurePrivateDir(path);
+    assert.equal(mode(await Deno.stat(path)), 0o700);
+  });
+});
+
+Deno.test("ensurePrivateDir() tightens an existing folder to 0700", async () => {
+  await withScratch(async (dir) => {
+    const path = join(dir, "open");
+    await Deno.mkdir(path, { mode: 0o755 });
+    await Deno.chmod(path, 0o755);
+    await ensurePrivateDir(path);
+    assert.equal(mode(await Deno.stat(path)), 0o700);
+  });
+});
+
+Deno.test("withTempDir() gives a private folder inside the parent and removes it afterwards", async () => {
+  await withScratch(async (parent) => {
+    let seen = "";
+    const result = await withTempDir(parent, async (dir) => {
+      seen = dir;
+      assert.equal(join(dir, ".."), parent);
+      assert.equal(mode(await Deno.stat(dir)), 0o700);
+      await Deno.mkdir(join(dir, "sub"));
+      await Deno.writeTextFile(join(dir, "sub", "file"), "x");
+      return 42;
+    });
+    assert.equal(result, 42);
+    assert.equal(await exists(seen), false);
+    assert.deepEqual(await names(parent), []);
+  });
+});
+
+Deno.test("withTempDir() removes the folder when the function throws, and rethrows", async () => {
+  await withScratch(async (parent) => {
+    let seen = "";
+    await assert.rejects(
+      () =>
+        withTempDir(parent, async (dir) => {
+          seen = dir;
+          await Deno.writeTextFile(join(dir, "file"), "x");
+          throw new Error("boom");
+        }),
+      /^Error: boom$/,
+    );
+    assert.notEqual(seen, "");
+    assert.equal(await exists(seen), false);
+    assert.deepEqual(await names(parent), []);
+  });
+});
+
+Deno.test("exists() tells files, folders and dangling symlinks from missing paths", async () => {
+  await withScratch(async (dir) => {
+    await Deno.writeTextFile(join(dir, "file"), "x");
+    await Deno.symlink(join(dir, "nowhere"), join(dir, "link"));
+    assert.equal(await exists(join(dir, "file")), true);
+    assert.equal(await exists(dir), true);
+    assert.equal(await exists(join(dir, "link")), true);
+    assert.equal(await exists(join(dir, "nowhere")), false);
+  });
+});

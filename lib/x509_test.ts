@@ -1,0 +1,116 @@
+import assert from "node:assert/strict";
+import { createHash, generateKeyPairSync } from "node:crypto";
+import { join } from "node:path";
+import { E2eError } from "./errors.ts";
+import { openssl } from "./openssl.ts";
+import { pemEncode } from "./pem.ts";
+import { keyFingerprint, parseCertificate, sha256Hex } from "./x509.ts";
+
+const decoder = new TextDecoder();
+
+/** A self-signed EC certificate made by the real openssl, with its key. */
+async function selfSigned(subject: string, serial = "0x0123456789abcdef") {
+  const dir = await Deno.makeTempDir({ prefix: "e2e-chat-x509-test-" });
+  try {
+    await openssl(
+      ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "key.pem"],
+      { cwd: dir },
+    );
+    await openssl([
+      ...["req", "-x509", "-new", "-key", "key.pem", "-config", "/dev/null", "-utf8"],
+      ...["-subj", subject, "-days", "3", "-set_serial", serial, "-out", "cert.pem"],
+    ], { cwd: dir });
+    return {
+      cert: await Deno.readTextFile(join(dir, "cert.pem")),
+      key: await Deno.readTextFile(join(dir, "key.pem")),
+    };
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function x509Field(cert: string, ...flags: string[]): Promise<string> {
+  const { stdout } = await openssl(["x509", "-noout", ...flags], { stdin: cert });
+  return decoder.decode(stdout).trim();
+}
+
+Deno.test("sha256Hex() is 64 lowercase hex characters of SHA-256", () => {
+  assert.equal(
+    sha256Hex(new Uint8Array()),
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+  );
+  assert.equal(
+    sha256Hex(new TextEncoder().encode("abc")),
+    "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+  );
+});
+
+Deno.test("keyFingerprint() is the SHA-256 of the key's SubjectPublicKeyInfo DER", () => {
+  const { publicKey } = generateKeyPairSync("ed25519");
+  const spki = publicKey.export({ type: "spki", format: "der" });
+  assert.equal(keyFingerprint(publicKey), createHash("sha256").update(spki).digest("hex"));
+});
+
+Deno.test("parseCertificate() fingerprint equals openssl's SHA-256 fingerprint, lowercased without colons", async () => {
+  const { cert } = await selfSigned("/CN=alice");
+  const info = parseCertificate(cert);
+  const printed = await x509Field(cert, "-fingerprint", "-sha256");
+  const sha256 = /^sha256 Fingerprint=([0-9A-F:]+)$/i.exec(printed);
+  assert.ok(sha256, printed);
+  assert.equal(info.fingerprint, sha256[1].replaceAll(":", "").toLowerCase());
+  assert.match(info.fingerprint, /^[0-9a-f]{64}$/);
+});
+
+Deno.test("parseCertificate() key fingerprint equals the SHA-256 of openssl's public key DER", async () => {
+  const { cert, key } = await selfSigned("/CN=alice");
+  const { stdout } = await openssl(["pkey", "-pubout", "-outform", "DER"], { stdin: key });
+  assert.equal(parseCertificate(cert).keyFingerprint, sha256Hex(stdout));
+});
+
+Deno.test("parseCertificate() reads serial (uppercase hex, as openssl prints it), name and validity", async () => {
+  const { cert } = await selfSigned("/O=Example Org/CN=alice");
+  const info = parseCertificate(cert);
+  assert.equal(info.serial, "0123456789ABCDEF");
+  assert.equal(`serial=${info.serial}`, await x509Field(cert, "-serial"));
+  assert.equal(info.commonName, "alice");
+  const notBefore = (await x509Field(cert, "-startdate")).replace("notBefore=", "");
+  const notAfter = (await x509Field(cert, "-enddate")).replace("notAfter=", "");
+  assert.equal(info.notBefore.getTime(), new Date(notBefore).getTime());
+  assert.equal(info.notAfter.getTime(), new Date(notAfter).getTime());
+  assert.equal(info.notAfter.getTime() - info.notBefore.getTime(), 3 * 86_400_000);
+  assert.match(info.pem, /^-----BEGIN CERTIFICATE-----\n/);
+  assert.equal(parseCertificate(info.pem).fingerprint, info.fingerprint);
+});
+
+Deno.test("parseCertificate() reports an empty common name for a subject without one", async () => {
+  const { cert } = await selfSigned("/O=Example Org");
+  assert.equal(parseCertificate(cert).commonName, "");
+});
+
+Deno.test("parseCertificate() ignores text around the PEM block", async () => {
+  const { cert } = await selfSigned("/CN=alice");
+  assert.equal(parseCertificate(`subject=CN=alice\n${cert}\n`).commonName, "alice");
+});
+
+Deno.test("parseCertificate() refuses text without a PEM certificate with ERR_FILE", () => {
+  for (const text of ["", "hello", pemEncode(Uint8Array.of(0x30, 0x00), "CERTIFICATE REQUEST")]) {
+    assert.throws(() => parseCertificate(text), (e) => {
+      assert.ok(e instanceof E2eError);
+      assert.equal(e.code, "ERR_FILE");
+      assert.equal(e.message, "Not a PEM certificate");
+      return true;
+    });
+  }
+});
+
+Deno.test("parseCertificate() refuses a PEM block that is not a certificate with ERR_FILE", () => {
+  assert.throws(
+    () => parseCertificate(pemEncode(Uint8Array.of(0x30, 0x03, 2, 1, 0), "CERTIFICATE")),
+    (e) => {
+      assert.ok(e instanceof E2eError);
+      assert.equal(e.code, "ERR_FILE");
+      assert.equal(e.message, "Cannot parse the certificate");
+      return true;
+    },
+  );
+});
