@@ -52,7 +52,10 @@ const COMMON = {
 const PASSPHRASE_ENV = "E2E_CHAT_CA_PASSPHRASE";
 
 async function main(args: string[]): Promise<number> {
-  const [command, ...rest] = args;
+  // Options without a command belong to the default command.
+  const defaulted = args.length > 0 && args[0].startsWith("-") && !["-h", "--help"].includes(args[0]);
+  const command = defaulted ? undefined : args[0];
+  const rest = defaulted ? args : args.slice(1);
   switch (command) {
     case "init":
       return await init(rest);

@@ -47,7 +47,11 @@ const COMMON = {
 } as const;
 
 async function main(args: string[]): Promise<number> {
-  const [command, ...rest] = args;
+  // Options without a command belong to the default command.
+  const defaulted = args.length > 0 && args[0].startsWith("-") &&
+    !["-h", "--help"].includes(args[0]);
+  const command = defaulted ? undefined : args[0];
+  const rest = defaulted ? args : args.slice(1);
   switch (command) {
     case "join":
       return await joinCommand(rest);
@@ -62,7 +66,7 @@ async function main(args: string[]): Promise<number> {
     case "csr":
       return await csr(rest);
     case undefined:
-      if (await exists(join(resolveHome(undefined), "id", "identity.json"))) {
+      if (rest.length || await exists(join(resolveHome(undefined), "id", "identity.json"))) {
         return await chat(rest);
       }
       await out(USAGE);
