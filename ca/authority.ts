@@ -94,6 +94,18 @@ interface IssueSpec {
   supersede: (current: IndexEntry) => Promise<void>;
 }
 
+/** A signing waiting in the queue. */
+interface SignJob {
+  der: Uint8Array;
+  spec: IssueSpec;
+  passphrase: string;
+  resolve(issued: Issued): void;
+  reject(error: unknown): void;
+}
+
+/** At most this many signings run together. */
+const MAX_BATCH = 16;
+
 /**
  * A CA in `HOME/ca`, created by {@linkcode CertificateAuthority.init} or opened
  * by {@linkcode CertificateAuthority.open}. Operations that use the CA key need
@@ -114,6 +126,8 @@ export class CertificateAuthority {
   readonly certificate: CertificateInfo;
   #passphrase?: string;
   #index: IndexCache;
+  #queue: SignJob[] = [];
+  #draining = false;
 
   private constructor(paths: CaPaths, certificate: CertificateInfo, passphrase?: string) {
     this.paths = paths;
@@ -284,8 +298,8 @@ export class CertificateAuthority {
   /** Revokes the valid certificate of a name, or a certificate by serial. Regenerates the CRL. */
   async revoke(nameOrSerial: string, options: RevokeOptions = {}): Promise<IndexEntry> {
     const passphrase = this.#requirePassphrase();
-    return await transaction(this.paths, async (work) => {
-      const entries = await readIndex(this.paths);
+    return await transaction(this.paths, async (tx) => {
+      const entries = await this.#index.entries();
       const serial = normalizeSerial(nameOrSerial);
       const target = validFor(entries, nameOrSerial)[0] ??
         entries.find((e) => serial !== "" && normalizeSerial(e.serial) === serial);
@@ -302,6 +316,7 @@ export class CertificateAuthority {
           `Cannot revoke: serial ${target.serial} is already revoked`,
         );
       }
+      const work = await tx.fullCopy();
       await this.#revokeIn(work, target.serial, options.reason ?? "unspecified", passphrase);
       const after = (await readIndexAt(work)).find((e) => e.serial === target.serial);
       if (after?.status !== "R") {
@@ -315,7 +330,8 @@ export class CertificateAuthority {
   /** Generates a fresh CRL (PEM) listing every revoked serial, and stores it as crl.pem. */
   async crl(): Promise<string> {
     const passphrase = this.#requirePassphrase();
-    return await transaction(this.paths, async (work) => {
+    return await transaction(this.paths, async (tx) => {
+      const work = await tx.fullCopy();
       await this.#gencrl(work, passphrase);
       return await Deno.readTextFile(join(work, "crl.pem"));
     });
@@ -364,32 +380,105 @@ export class CertificateAuthority {
     return entry?.status === "V" && entry.expires.getTime() > Date.now();
   }
 
-  async #issue(der: Uint8Array, spec: IssueSpec): Promise<Issued> {
+  // Signings queue here. A lone request is signed at once; requests that arrive
+  // while a batch runs form the next batch, whose openssl runs go in parallel
+  // and whose results are committed together.
+  #issue(der: Uint8Array, spec: IssueSpec): Promise<Issued> {
     const passphrase = this.#requirePassphrase();
-    return await transaction(this.paths, async (work) => {
-      const superseded: string[] = [];
-      for (const entry of validFor(await readIndex(this.paths), spec.subject)) {
-        await spec.supersede(entry);
-        await this.#revokeIn(work, entry.serial, "superseded", passphrase);
-        superseded.push(entry.serial);
-      }
-      await Deno.writeFile(join(work, "request.der"), der);
-      await Deno.writeTextFile(join(work, "extensions.cnf"), spec.extensions);
-      await this.#ca(work, passphrase, [
-        ...["-batch", "-in", "request.der", "-inform", "DER", "-notext", "-out", "issued.pem"],
-        ...["-subj", `/CN=${escapeDn(spec.subject)}`, "-utf8"],
-        ...["-days", String(spec.days), "-startdate", backdated()],
-        ...["-extfile", "extensions.cnf", "-extensions", "leaf"],
-      ]);
-      const certificate = parseCertificate(await Deno.readTextFile(join(work, "issued.pem")));
-      const recorded = (await readIndexAt(work)).some((e) =>
-        normalizeSerial(e.serial) === normalizeSerial(certificate.serial) && e.status === "V" &&
-        e.name === spec.subject
-      );
-      if (!recorded) throw new E2eError("ERR_OPENSSL", "openssl ca did not record the certificate");
-      if (superseded.length) await this.#gencrl(work, passphrase);
-      return { certificate, superseded };
+    return new Promise<Issued>((resolve, reject) => {
+      this.#queue.push({ der, spec, passphrase, resolve, reject });
+      this.#drain();
     });
+  }
+
+  async #drain(): Promise<void> {
+    if (this.#draining) return;
+    this.#draining = true;
+    try {
+      while (this.#queue.length) {
+        // One job per subject in a batch: a second signing for a name waits for the first.
+        const batch: SignJob[] = [];
+        const names = new Set<string>();
+        for (const job of [...this.#queue]) {
+          if (batch.length >= MAX_BATCH || names.has(job.spec.subject)) continue;
+          names.add(job.spec.subject);
+          batch.push(job);
+          this.#queue.splice(this.#queue.indexOf(job), 1);
+        }
+        await this.#runBatch(batch);
+      }
+    } finally {
+      this.#draining = false;
+    }
+  }
+
+  async #runBatch(batch: SignJob[]): Promise<void> {
+    const done: Array<{ job: SignJob; issued: Issued }> = [];
+    const failed: Array<{ job: SignJob; error: unknown }> = [];
+    try {
+      await transaction(this.paths, async (tx) => {
+        const entries = await this.#index.entries();
+        const signed = await Promise.all(batch.map(async (job) => {
+          const folder = await tx.signFolder();
+          try {
+            const current = validFor(entries, job.spec.subject);
+            for (const entry of current) await job.spec.supersede(entry);
+            const certificate = await this.#signIn(folder.dir, job);
+            return { job, current, certificate };
+          } catch (error) {
+            folder.discard();
+            failed.push({ job, error });
+            return undefined;
+          }
+        }));
+        // Only a successful signing supersedes: revoke the old certificates, then one CRL.
+        const superseding = signed.filter((r) => r && r.current.length);
+        for (const r of superseding) {
+          for (const entry of r!.current) {
+            await this.#revokeIn(
+              await tx.fullCopy(),
+              entry.serial,
+              "superseded",
+              r!.job.passphrase,
+            );
+          }
+        }
+        if (superseding.length) await this.#gencrl(await tx.fullCopy(), batch[0].passphrase);
+        for (const r of signed) {
+          if (r) {
+            done.push({
+              job: r.job,
+              issued: { certificate: r.certificate, superseded: r.current.map((e) => e.serial) },
+            });
+          }
+        }
+      });
+    } catch (error) {
+      for (const { job } of done) job.reject(error);
+      for (const { job } of failed) job.reject(error);
+      return;
+    }
+    for (const { job, issued } of done) job.resolve(issued);
+    for (const { job, error } of failed) job.reject(error);
+  }
+
+  async #signIn(dir: string, job: SignJob): Promise<CertificateInfo> {
+    const { spec, der, passphrase } = job;
+    await Deno.writeFile(join(dir, "request.der"), der);
+    await Deno.writeTextFile(join(dir, "extensions.cnf"), spec.extensions);
+    await this.#ca(dir, passphrase, [
+      ...["-batch", "-in", "request.der", "-inform", "DER", "-notext", "-out", "issued.pem"],
+      ...["-subj", `/CN=${escapeDn(spec.subject)}`, "-utf8"],
+      ...["-days", String(spec.days), "-startdate", backdated()],
+      ...["-extfile", "extensions.cnf", "-extensions", "leaf"],
+    ]);
+    const certificate = parseCertificate(await Deno.readTextFile(join(dir, "issued.pem")));
+    const recorded = (await readIndexAt(dir)).some((e) =>
+      normalizeSerial(e.serial) === normalizeSerial(certificate.serial) && e.status === "V" &&
+      e.name === spec.subject
+    );
+    if (!recorded) throw new E2eError("ERR_OPENSSL", "openssl ca did not record the certificate");
+    return certificate;
   }
 
   #maxDays(): number {

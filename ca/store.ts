@@ -79,36 +79,131 @@ export class CaPaths {
   }
 }
 
-/** The files a transaction works on, as copies; openssl runs with `dir` as its cwd. */
+/** The database files a full copy holds; openssl runs with the copy's folder as its cwd. */
 const DB_FILES = ["index.txt", "index.txt.attr", "crlnumber"] as const;
 
+/** A folder where one `openssl ca` signing runs, against an empty index of its own. */
+export interface SignFolder {
+  /** The folder (openssl's cwd). */
+  dir: string;
+  /** Leaves this signing out of the commit (its certificate is never recorded). */
+  discard(): void;
+}
+
 /**
- * Runs `fn` with exclusive access to the CA database and a private work
- * directory holding copies of it. When `fn` returns, the copies it changed are
- * committed: new certificates first, then index.txt (the commit point), then
- * crlnumber and crl.pem. When it throws, nothing is committed.
+ * The private work space of one transaction.
+ *
+ * Signing does not need openssl to read the whole index (it only appends a
+ * line), so each signing runs in a {@linkcode SignFolder} with an empty index,
+ * several at once if wanted, and the commit appends their lines to the real
+ * index: the cost of a signing does not grow with the number of certificates
+ * issued. Revocation and CRLs need openssl to see every entry: they run in
+ * {@linkcode Transaction.fullCopy}, which the commit renames into place.
+ */
+export class Transaction {
+  /** The work folder. */
+  readonly dir: string;
+  #paths: CaPaths;
+  #full = false;
+  #signs: Array<{ dir: string; keep: boolean }> = [];
+
+  /** A transaction of the CA at `paths` working in `dir`. */
+  constructor(paths: CaPaths, dir: string) {
+    this.#paths = paths;
+    this.dir = dir;
+  }
+
+  /** Copies the whole database into {@linkcode Transaction.dir} (once) and returns that folder. */
+  async fullCopy(): Promise<string> {
+    if (!this.#full) {
+      await Deno.mkdir(join(this.dir, "certs"), { recursive: true });
+      for (const file of DB_FILES) {
+        await Deno.copyFile(join(this.#paths.dir, file), join(this.dir, file));
+      }
+      this.#full = true;
+    }
+    return this.dir;
+  }
+
+  /** A new folder for one signing, with an empty index. */
+  async signFolder(): Promise<SignFolder> {
+    // Reserve the slot before any await: several signings prepare their folders at once.
+    const entry = { dir: join(this.dir, `sign-${this.#signs.length}`), keep: true };
+    this.#signs.push(entry);
+    await Deno.mkdir(join(entry.dir, "certs"), { recursive: true });
+    await Deno.writeTextFile(join(entry.dir, "index.txt"), "");
+    await Deno.copyFile(join(this.#paths.dir, "index.txt.attr"), join(entry.dir, "index.txt.attr"));
+    return { dir: entry.dir, discard: () => (entry.keep = false) };
+  }
+
+  /** Commits: new certificates first, then the index (the commit point), then crlnumber and crl.pem. */
+  async commit(): Promise<void> {
+    const paths = this.#paths;
+    const folders = this.#signs.filter((s) => s.keep).map((s) => s.dir);
+    if (this.#full) folders.push(this.dir);
+    for (const folder of folders) {
+      for await (const entry of Deno.readDir(join(folder, "certs"))) {
+        const target = join(paths.certs, entry.name);
+        if (!await exists(target)) await Deno.rename(join(folder, "certs", entry.name), target);
+      }
+    }
+    let lines = "";
+    for (const s of this.#signs) {
+      if (s.keep) lines += await Deno.readTextFile(join(s.dir, "index.txt"));
+    }
+    if (this.#full) {
+      const index = join(this.dir, "index.txt");
+      if (lines) await Deno.writeTextFile(index, lines, { append: true });
+      const next = await Deno.readTextFile(index);
+      if (next !== await Deno.readTextFile(paths.index)) {
+        await writeFileAtomic(paths.index, next, { mode: 0o600 });
+      }
+      const crlnumber = await Deno.readTextFile(join(this.dir, "crlnumber"));
+      if (crlnumber !== await Deno.readTextFile(join(paths.dir, "crlnumber"))) {
+        await writeFileAtomic(join(paths.dir, "crlnumber"), crlnumber, { mode: 0o600 });
+      }
+    } else if (lines) {
+      // Appending is the commit point; a crash mid-write leaves a partial last line,
+      // which readers ignore and the next transaction cuts off (repairIndex).
+      using file = await Deno.open(paths.index, { append: true });
+      const bytes = new TextEncoder().encode(lines);
+      let n = 0;
+      while (n < bytes.length) n += await file.write(bytes.subarray(n));
+      await file.sync();
+    }
+    if (await exists(join(this.dir, "crl.pem"))) {
+      await writeFileAtomic(paths.crl, await Deno.readFile(join(this.dir, "crl.pem")), {
+        mode: 0o644,
+      });
+    }
+  }
+}
+
+/**
+ * Runs `fn` with exclusive access to the CA database and a private
+ * {@linkcode Transaction}. When `fn` returns, what it did is committed; when
+ * it throws, nothing is.
  *
  * @example
  * ```ts
  * import { CaPaths, transaction } from "./store.ts";
- * await transaction(new CaPaths("/tmp/home"), async (work) => {
- *   // run openssl ca with cwd = work
+ * await transaction(new CaPaths("/tmp/home"), async (tx) => {
+ *   const cwd = await tx.fullCopy(); // then run openssl ca -revoke … with that cwd
  * });
  * ```
  */
-export function transaction<T>(paths: CaPaths, fn: (work: string) => Promise<T>): Promise<T> {
+export function transaction<T>(paths: CaPaths, fn: (tx: Transaction) => Promise<T>): Promise<T> {
   return withLock(paths.lock, async () => {
     await ensurePrivateDir(paths.tmp);
     await removeLeftovers(paths);
-    const work = await Deno.makeTempDir({ dir: paths.tmp, prefix: "tx-" });
+    await repairIndex(paths);
+    const tx = new Transaction(paths, await Deno.makeTempDir({ dir: paths.tmp, prefix: "tx-" }));
     try {
-      await Deno.mkdir(join(work, "certs"));
-      for (const file of DB_FILES) await Deno.copyFile(join(paths.dir, file), join(work, file));
-      const result = await fn(work);
-      await commit(paths, work);
+      const result = await fn(tx);
+      await tx.commit();
       return result;
     } finally {
-      await Deno.remove(work, { recursive: true }).catch(() => {});
+      await Deno.remove(tx.dir, { recursive: true }).catch(() => {});
     }
   });
 }
@@ -137,29 +232,25 @@ async function removeLeftovers(paths: CaPaths): Promise<void> {
   }
 }
 
-async function commit(paths: CaPaths, work: string): Promise<void> {
-  for await (const entry of Deno.readDir(join(work, "certs"))) {
-    const target = join(paths.certs, entry.name);
-    await syncFile(join(work, "certs", entry.name));
-    if (!await exists(target)) await Deno.rename(join(work, "certs", entry.name), target);
+// An append cut short by a crash leaves a last line without "\n": cut it off.
+async function repairIndex(paths: CaPaths): Promise<void> {
+  using file = await Deno.open(paths.index, { read: true, write: true });
+  const size = (await file.stat()).size;
+  if (size === 0) return;
+  const tail = new Uint8Array(Math.min(size, 4096));
+  await file.seek(size - tail.length, Deno.SeekMode.Start);
+  let got = 0;
+  while (got < tail.length) {
+    const n = await file.read(tail.subarray(got));
+    if (n === null) break;
+    got += n;
   }
-  for (const file of ["index.txt", "crlnumber"]) {
-    const next = await Deno.readTextFile(join(work, file));
-    if (next === await Deno.readTextFile(join(paths.dir, file))) continue;
-    await writeFileAtomic(join(paths.dir, file), next, { mode: 0o600 });
-  }
-  if (await exists(join(work, "crl.pem"))) {
-    await writeFileAtomic(paths.crl, await Deno.readFile(join(work, "crl.pem")), { mode: 0o644 });
-  }
-}
-
-async function syncFile(path: string): Promise<void> {
-  const file = await Deno.open(path, { read: true, write: true });
-  try {
-    await file.sync();
-  } finally {
-    file.close();
-  }
+  if (tail[tail.length - 1] === 0x0a) return;
+  const nl = tail.lastIndexOf(0x0a);
+  // A partial line longer than 4 KiB cannot be ours; leave the file for a human.
+  if (nl < 0 && size > tail.length) return;
+  await file.truncate(size - tail.length + nl + 1);
+  await file.sync();
 }
 
 /**
@@ -175,7 +266,9 @@ async function syncFile(path: string): Promise<void> {
  */
 export function parseIndex(text: string): IndexEntry[] {
   const entries: IndexEntry[] = [];
-  for (const line of text.split("\n")) {
+  // A last line without "\n" is an append still under way (or cut short): not committed.
+  const complete = text.slice(0, text.lastIndexOf("\n") + 1);
+  for (const line of complete.split("\n")) {
     if (!line) continue;
     const [status, expires, revoked, serial, _file, subject] = line.split("\t");
     if (status !== "V" && status !== "R" && status !== "E") continue;
@@ -210,13 +303,15 @@ function parseTime(text: string): Date {
 }
 
 /**
- * The committed index, re-read only when the file changed (index.txt is
- * replaced by rename, so its inode, size or mtime changes on every commit).
- * Lets the service check revocation on every request without rereading it.
+ * The committed index, kept in memory and brought up to date cheaply: when the
+ * file only grew (a signing appended lines) just the new bytes are parsed;
+ * when it was replaced (a revocation renamed a new one into place: new inode)
+ * it is read again. Lets the service check revocation on every request.
  */
 export class IndexCache {
   #paths: CaPaths;
-  #key = "";
+  #ino: number | null = -1;
+  #offset = 0;
   #entries: IndexEntry[] = [];
 
   /** A cache of the index of the CA at `paths`. */
@@ -226,12 +321,25 @@ export class IndexCache {
 
   /** The entries as committed now. */
   async entries(): Promise<IndexEntry[]> {
-    const info = await Deno.stat(this.#paths.index);
-    const key = `${info.ino}:${info.size}:${info.mtime?.getTime()}`;
-    if (key !== this.#key) {
-      this.#entries = await readIndex(this.#paths);
-      this.#key = key;
+    using file = await Deno.open(this.#paths.index);
+    const info = await file.stat();
+    if (info.ino !== this.#ino || info.size < this.#offset) {
+      this.#ino = info.ino;
+      this.#offset = 0;
+      this.#entries = [];
     }
+    if (info.size === this.#offset) return this.#entries;
+    await file.seek(this.#offset, Deno.SeekMode.Start);
+    const bytes = new Uint8Array(info.size - this.#offset);
+    let got = 0;
+    while (got < bytes.length) {
+      const n = await file.read(bytes.subarray(got));
+      if (n === null) break;
+      got += n;
+    }
+    const complete = bytes.subarray(0, bytes.subarray(0, got).lastIndexOf(0x0a) + 1);
+    for (const entry of parseIndex(new TextDecoder().decode(complete))) this.#entries.push(entry);
+    this.#offset += complete.length;
     return this.#entries;
   }
 }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { CaPaths, locked, parseIndex, readIndex, transaction } from "./store.ts";
+import { CaPaths, IndexCache, locked, parseIndex, readIndex, transaction } from "./store.ts";
 
 const INDEX = "V\t261202204302Z\t\t35BE\tunknown\t/CN=alice\n";
 
@@ -118,7 +118,8 @@ Deno.test("readIndex() parses the committed index.txt", async () => {
 
 Deno.test("transaction() gives the function a private copy of the database", async () => {
   await withFakeCa(async (paths) => {
-    await transaction(paths, async (work) => {
+    await transaction(paths, async (tx) => {
+      const work = await tx.fullCopy();
       assert.equal(join(work, ".."), paths.tmp);
       assert.match(work, /\/tx-[^/]+$/);
       assert.equal((await Deno.stat(paths.tmp)).mode! & 0o777, 0o700);
@@ -136,7 +137,8 @@ Deno.test("transaction() gives the function a private copy of the database", asy
 Deno.test("transaction() commits certificates, index, crlnumber and CRL when the function succeeds", async () => {
   await withFakeCa(async (paths) => {
     const next = INDEX + "V\t261202204302Z\t\t35BF\tunknown\t/CN=bob\n";
-    const result = await transaction(paths, async (work) => {
+    const result = await transaction(paths, async (tx) => {
+      const work = await tx.fullCopy();
       await Deno.writeTextFile(join(work, "certs", "35BF.pem"), "certificate\n");
       await Deno.writeTextFile(join(work, "index.txt"), next);
       await Deno.writeTextFile(join(work, "index.txt.old"), INDEX);
@@ -167,7 +169,8 @@ Deno.test("transaction() leaves index.txt untouched and removes its work folder 
     const before = await Deno.stat(paths.index);
     await assert.rejects(
       () =>
-        transaction(paths, async (work) => {
+        transaction(paths, async (tx) => {
+          const work = await tx.fullCopy();
           await Deno.writeTextFile(join(work, "certs", "35BF.pem"), "certificate\n");
           await Deno.writeTextFile(join(work, "index.txt"), "half-written\n");
           await Deno.writeTextFile(join(work, "crlnumber"), "02\n");
@@ -214,7 +217,8 @@ Deno.test("transaction() does not rewrite files the function left unchanged", as
 Deno.test("transaction() never replaces a certificate file that is already committed", async () => {
   await withFakeCa(async (paths) => {
     await Deno.writeTextFile(paths.certFile("35BE"), "original\n");
-    await transaction(paths, async (work) => {
+    await transaction(paths, async (tx) => {
+      const work = await tx.fullCopy();
       await Deno.writeTextFile(join(work, "certs", "35BE.pem"), "impostor\n");
     });
     assert.equal(await Deno.readTextFile(paths.certFile("35BE")), "original\n");
@@ -224,7 +228,8 @@ Deno.test("transaction() never replaces a certificate file that is already commi
 Deno.test("transaction() runs one at a time, so concurrent changes are never lost", async () => {
   await withFakeCa(async (paths) => {
     const add = (serial: string) =>
-      transaction(paths, async (work) => {
+      transaction(paths, async (tx) => {
+        const work = await tx.fullCopy();
         const index = await Deno.readTextFile(join(work, "index.txt"));
         await new Promise((resolve) => setTimeout(resolve, 5));
         await Deno.writeTextFile(
@@ -258,5 +263,73 @@ Deno.test("locked() runs the function under the CA lock and passes its result on
     assert.deepEqual(await Promise.all([run(), run(), run()]), ["ok", "ok", "ok"]);
     assert.equal(most, 1);
     assert.equal((await Deno.stat(paths.lock)).isFile, true);
+  });
+});
+
+const BOB = "V\t261202204302Z\t\t4A01\tunknown\t/CN=bob\n";
+
+Deno.test("transaction() appends a signing folder's index lines without copying the index", async () => {
+  await withFakeCa(async (paths) => {
+    const before = (await Deno.stat(paths.index)).ino;
+    await transaction(paths, async (tx) => {
+      const folder = await tx.signFolder();
+      assert.equal(await Deno.readTextFile(join(folder.dir, "index.txt")), "", "an empty index");
+      await Deno.writeTextFile(join(folder.dir, "index.txt"), BOB);
+      await Deno.writeTextFile(join(folder.dir, "certs", "4A01.pem"), "bob\n");
+      assert.deepEqual(await names(tx.dir), [folder.dir.split("/").pop()], "no full copy made");
+    });
+    assert.equal(await Deno.readTextFile(paths.index), INDEX + BOB);
+    assert.equal((await Deno.stat(paths.index)).ino, before, "appended in place");
+    assert.equal(await Deno.readTextFile(paths.certFile("4A01")), "bob\n");
+  });
+});
+
+Deno.test("transaction() leaves out a discarded signing", async () => {
+  await withFakeCa(async (paths) => {
+    await transaction(paths, async (tx) => {
+      const folder = await tx.signFolder();
+      await Deno.writeTextFile(join(folder.dir, "index.txt"), BOB);
+      await Deno.writeTextFile(join(folder.dir, "certs", "4A01.pem"), "bob\n");
+      folder.discard();
+    });
+    assert.equal(await Deno.readTextFile(paths.index), INDEX);
+    assert.deepEqual(await names(paths.certs), []);
+  });
+});
+
+Deno.test("transaction() adds signings to a full copy and commits both at once", async () => {
+  await withFakeCa(async (paths) => {
+    await transaction(paths, async (tx) => {
+      const work = await tx.fullCopy();
+      await Deno.writeTextFile(join(work, "index.txt"), INDEX.replace("V\t", "R\t"));
+      const folder = await tx.signFolder();
+      await Deno.writeTextFile(join(folder.dir, "index.txt"), BOB);
+    });
+    assert.equal(await Deno.readTextFile(paths.index), INDEX.replace("V\t", "R\t") + BOB);
+  });
+});
+
+Deno.test("transaction() cuts off a partial last line that a killed append left", async () => {
+  await withFakeCa(async (paths) => {
+    await Deno.writeTextFile(paths.index, "V\t2612022043", { append: true });
+    assert.deepEqual(parseIndex(await Deno.readTextFile(paths.index)).length, 1, "readers skip it");
+    await transaction(paths, () => Promise.resolve());
+    assert.equal(await Deno.readTextFile(paths.index), INDEX);
+  });
+});
+
+Deno.test("IndexCache parses only what was appended, and rereads a replaced index", async () => {
+  await withFakeCa(async (paths) => {
+    const cache = new IndexCache(paths);
+    assert.deepEqual((await cache.entries()).map((e) => e.name), ["alice"]);
+    await Deno.writeTextFile(paths.index, BOB, { append: true });
+    await Deno.writeTextFile(paths.index, "V\t26120220", { append: true }); // still being written
+    assert.deepEqual((await cache.entries()).map((e) => e.name), ["alice", "bob"]);
+    await Deno.writeTextFile(paths.index, "4302Z\t\t4A02\tunknown\t/CN=carol\n", { append: true });
+    assert.deepEqual((await cache.entries()).map((e) => e.name), ["alice", "bob", "carol"]);
+    const replacement = join(paths.dir, "index.new");
+    await Deno.writeTextFile(replacement, BOB);
+    await Deno.rename(replacement, paths.index);
+    assert.deepEqual((await cache.entries()).map((e) => e.name), ["bob"]);
   });
 });
