@@ -76,8 +76,16 @@ export async function handle(ctx: ApiContext, req: ApiRequest): Promise<ApiRespo
     return only(method, "GET") ?? await pending(ctx, req);
   }
   const m = /^\/v1\/certs\/([^/]+)$/.exec(path);
-  if (m) return only(method, "GET") ?? await lookup(ctx, req, decodeURIComponent(m[1]));
+  if (m) return only(method, "GET") ?? await lookup(ctx, req, decodePathName(m[1]));
   throw new E2eError("ERR_NOT_FOUND", `No route ${JSON.stringify(path)}`);
+}
+
+function decodePathName(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw new E2eError("ERR_NAME_INVALID", "Invalid name: not valid percent-encoding");
+  }
 }
 
 async function crl(ctx: ApiContext): Promise<string> {

@@ -116,6 +116,9 @@ export class CaService {
     server.on("secureConnection", (socket: TLSSocket) => {
       // Slow or idle clients are cut off; a long poll raises the limit while it waits.
       socket.setTimeout(idle, () => socket.destroy());
+      // From here the TLS socket's timer governs: stop the handshake timer on the TCP socket
+      // beneath it (Deno's node:tls keeps it as _parent), or it would cut long polls at 15 s.
+      (socket as unknown as { _parent?: Socket })._parent?.setTimeout(0);
     });
     server.on("connection", (socket: Socket) => {
       sockets.add(socket);
