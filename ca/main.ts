@@ -53,7 +53,8 @@ const PASSPHRASE_ENV = "E2E_CHAT_CA_PASSPHRASE";
 
 async function main(args: string[]): Promise<number> {
   // Options without a command belong to the default command.
-  const defaulted = args.length > 0 && args[0].startsWith("-") && !["-h", "--help"].includes(args[0]);
+  const defaulted = args.length > 0 && args[0].startsWith("-") &&
+    !["-h", "--help"].includes(args[0]);
   const command = defaulted ? undefined : args[0];
   const rest = defaulted ? args : args.slice(1);
   switch (command) {
