@@ -79,6 +79,8 @@ export class CaPaths {
   }
 }
 
+const prepared = new Set<string>();
+
 /** The database files a full copy holds; openssl runs with the copy's folder as its cwd. */
 const DB_FILES = ["index.txt", "index.txt.attr", "crlnumber"] as const;
 
@@ -131,8 +133,8 @@ export class Transaction {
     const entry = { dir: join(this.dir, `sign-${this.#signs.length}`), keep: true };
     this.#signs.push(entry);
     await Deno.mkdir(join(entry.dir, "certs"), { recursive: true });
+    // No index.txt.attr: with an empty index, openssl's uniqueness check has nothing to compare.
     await Deno.writeTextFile(join(entry.dir, "index.txt"), "");
-    await Deno.copyFile(join(this.#paths.dir, "index.txt.attr"), join(entry.dir, "index.txt.attr"));
     return { dir: entry.dir, discard: () => (entry.keep = false) };
   }
 
@@ -171,7 +173,7 @@ export class Transaction {
       while (n < bytes.length) n += await file.write(bytes.subarray(n));
       await file.sync();
     }
-    if (await exists(join(this.dir, "crl.pem"))) {
+    if (this.#full && await exists(join(this.dir, "crl.pem"))) {
       await writeFileAtomic(paths.crl, await Deno.readFile(join(this.dir, "crl.pem")), {
         mode: 0o644,
       });
@@ -194,8 +196,12 @@ export class Transaction {
  */
 export function transaction<T>(paths: CaPaths, fn: (tx: Transaction) => Promise<T>): Promise<T> {
   return withLock(paths.lock, async () => {
-    await ensurePrivateDir(paths.tmp);
-    await removeLeftovers(paths);
+    // Once per process: a long-running service leaves a crashed CLI's leftovers to the next start.
+    if (!prepared.has(paths.dir)) {
+      await ensurePrivateDir(paths.tmp);
+      await removeLeftovers(paths);
+      prepared.add(paths.dir);
+    }
     await repairIndex(paths);
     const tx = new Transaction(paths, await Deno.makeTempDir({ dir: paths.tmp, prefix: "tx-" }));
     try {
