@@ -11,9 +11,9 @@ import { E2eError } from "../lib/errors.ts";
 import {
   decodeFrame,
   encodeFrame,
+  FEATURE_BINARY,
   type Frame,
   LineSplitter,
-  MAX_CHUNK_BYTES,
 } from "../lib/frames.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
 import { announcedName, hashFile, IncomingFile } from "./files.ts";
@@ -53,7 +53,14 @@ export interface PeerOptions {
 
 const MAX_QUEUED = 32; // frames parsed but not handled before we stop reading
 const MAX_INCOMING_FILES = 8;
-const CHUNK_BYTES = 512 * 1024;
+const CHUNK_BYTES = 512 * 1024; // within MAX_CHUNK_BYTES (base64) and MAX_BINARY_BYTES (bin)
+
+/** Part of the raw payload of a `bin` frame. */
+interface RawPiece {
+  type: "raw";
+  id: string;
+  bytes: Uint8Array;
+}
 
 /** A checked, connected peer. */
 export class PeerConnection {
@@ -67,6 +74,8 @@ export class PeerConnection {
   #queue: Promise<void> = Promise.resolve();
   #queued = 0;
   #helloSeen = false;
+  #peerFeatures = new Set<string>();
+  #raw?: { id: string; size: number; remaining: number; pieces: Uint8Array[] };
   #closed = false;
   #failed = false;
   #closeReason = "closed";
@@ -95,7 +104,7 @@ export class PeerConnection {
       this.#closeReason = e.message;
     });
     this.#socket.on("close", () => this.#onClose());
-    this.#write({ type: "hello", v: 1 });
+    this.#write({ type: "hello", v: 1, features: [FEATURE_BINARY] });
   }
 
   /** Sends a message; returns its id. */
@@ -111,20 +120,27 @@ export class PeerConnection {
     const { sha256, size } = await hashFile(path);
     await this.#writeAsync({ type: "file", id, name: announcedName(path), size, sha256 });
     using file = await Deno.open(path);
-    const buffer = new Uint8Array(Math.min(CHUNK_BYTES, MAX_CHUNK_BYTES));
+    // Raw bytes after a "bin" frame when the peer said it takes them; else base64 in JSON.
+    const binary = this.#peerFeatures.has(FEATURE_BINARY);
     let sent = 0;
     while (sent < size) {
       if (this.#closed) {
         throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
       }
+      const buffer = new Uint8Array(Math.min(CHUNK_BYTES, size - sent));
       const n = await file.read(buffer);
       if (n === null) break;
       sent += n;
-      await this.#writeAsync({
-        type: "chunk",
-        id,
-        data: Buffer.from(buffer.buffer, 0, n).toString("base64"),
-      });
+      if (binary) {
+        this.#write({ type: "bin", id, size: n });
+        await this.#writeRawAsync(buffer.subarray(0, n));
+      } else {
+        await this.#writeAsync({
+          type: "chunk",
+          id,
+          data: Buffer.from(buffer.buffer, 0, n).toString("base64"),
+        });
+      }
       this.#progress(id, sent, size, "out");
     }
     if (sent !== size) throw new E2eError("ERR_FILE", "The file changed while it was being sent");
@@ -151,8 +167,14 @@ export class PeerConnection {
 
   // Waits for the socket to drain, so a large file never piles up in memory.
   async #writeAsync(frame: Frame): Promise<void> {
-    if (this.#closed) throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
-    if (this.#write(frame)) return;
+    await this.#writeRawAsync(encodeFrame(frame));
+  }
+
+  async #writeRawAsync(data: string | Uint8Array): Promise<void> {
+    if (this.#closed || this.#socket.destroyed) {
+      throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
+    }
+    if (this.#socket.write(data)) return;
     await new Promise<void>((resolve) => {
       const done = () => {
         this.#socket.off("drain", done);
@@ -165,34 +187,67 @@ export class PeerConnection {
   }
 
   #onData(bytes: Uint8Array): void {
-    let lines: string[];
+    let offset = 0;
     try {
-      lines = this.#lines.push(bytes);
+      while (offset < bytes.length && !this.#failed) {
+        if (this.#raw) {
+          // The payload of a "bin" frame: bytes, not lines. Gathered whole (at most 1 MiB),
+          // so the file gets one write per frame rather than one per TLS record.
+          const raw = this.#raw;
+          const take = Math.min(raw.remaining, bytes.length - offset);
+          raw.pieces.push(bytes.subarray(offset, offset + take));
+          offset += take;
+          raw.remaining -= take;
+          if (raw.remaining === 0) {
+            this.#raw = undefined;
+            this.#enqueue({ type: "raw", id: raw.id, bytes: concat(raw.pieces, raw.size) });
+          }
+          continue;
+        }
+        const { line, used } = this.#lines.pushLine(bytes.subarray(offset));
+        offset += used;
+        if (line === null) continue;
+        const frame = decodeFrame(line);
+        // Decided here, not in the queue: the bytes that follow are the payload.
+        if (frame.type === "bin") {
+          this.#raw = { id: frame.id, size: frame.size, remaining: frame.size, pieces: [] };
+        }
+        this.#enqueue(frame);
+      }
     } catch (e) {
       this.#fail(e);
-      return;
     }
-    for (const line of lines) {
-      this.#queued++;
-      if (this.#queued >= MAX_QUEUED) this.#socket.pause();
-      this.#queue = this.#queue.then(async () => {
-        if (this.#closed || this.#failed) return;
-        try {
-          await this.#handle(decodeFrame(line));
-        } catch (e) {
-          this.#fail(e);
-        } finally {
-          this.#queued--;
-          if (this.#queued < MAX_QUEUED / 2 && !this.#closed) this.#socket.resume();
-        }
-      });
-    }
+  }
+
+  #enqueue(item: Frame | RawPiece): void {
+    this.#queued++;
+    if (this.#queued >= MAX_QUEUED) this.#socket.pause();
+    this.#queue = this.#queue.then(async () => {
+      if (this.#closed || this.#failed) return;
+      try {
+        if (item.type === "raw") await this.#handleRaw(item);
+        else await this.#handle(item);
+      } catch (e) {
+        this.#fail(e);
+      } finally {
+        this.#queued--;
+        if (this.#queued < MAX_QUEUED / 2 && !this.#closed) this.#socket.resume();
+      }
+    });
+  }
+
+  async #handleRaw(piece: RawPiece): Promise<void> {
+    const file = this.#incoming.get(piece.id);
+    if (!file) throw malformed("binary data for a file never announced");
+    await file.write(piece.bytes);
+    this.#progress(piece.id, file.received, file.size, "in");
   }
 
   async #handle(frame: Frame): Promise<void> {
     if (!this.#helloSeen) {
       if (frame.type !== "hello") throw malformed("the first frame must be hello");
       this.#helloSeen = true;
+      this.#peerFeatures = new Set(frame.features ?? []);
       return;
     }
     const events = this.#options.events;
@@ -218,6 +273,12 @@ export class PeerConnection {
         this.#incoming.set(frame.id, file);
         return;
       }
+      case "bin":
+        // Its payload follows as "raw" pieces (see #onData); the file must be announced.
+        if (!this.#incoming.has(frame.id)) {
+          throw malformed("binary data for a file never announced");
+        }
+        return;
       case "chunk": {
         const file = this.#incoming.get(frame.id);
         if (!file) throw malformed("a chunk for a file never announced");
@@ -288,6 +349,17 @@ export class PeerConnection {
     this.#incoming.clear();
     this.#options.events.closed(this, this.#closeReason);
   }
+}
+
+function concat(pieces: Uint8Array[], size: number): Uint8Array {
+  if (pieces.length === 1) return pieces[0];
+  const out = new Uint8Array(size);
+  let offset = 0;
+  for (const p of pieces) {
+    out.set(p, offset);
+    offset += p.length;
+  }
+  return out;
 }
 
 function malformed(why: string): E2eError {

@@ -17,14 +17,19 @@ export const MAX_LINE_BYTES = 1024 * 1024;
 export const MAX_TEXT_CHARS = 65_536;
 /** Largest decoded chunk of a file. */
 export const MAX_CHUNK_BYTES = 768 * 1024;
+/** Largest raw payload after a `bin` frame. */
+export const MAX_BINARY_BYTES = 1024 * 1024;
+/** The feature a peer lists in its hello when it accepts `bin` frames. */
+export const FEATURE_BINARY = "bin";
 
 /** Every frame of protocol v1. */
 export type Frame =
-  | { type: "hello"; v: number }
+  | { type: "hello"; v: number; features?: string[] }
   | { type: "msg"; id: string; text: string }
   | { type: "ack"; id: string }
   | { type: "file"; id: string; name: string; size: number; sha256: string }
   | { type: "chunk"; id: string; data: string }
+  | { type: "bin"; id: string; size: number }
   | { type: "end"; id: string }
   | { type: "bye" }
   | { type: "error"; message: string };
@@ -67,7 +72,13 @@ export function decodeFrame(line: string): Frame {
   switch (f.type) {
     case "hello":
       if (f.v !== PROTOCOL_VERSION) throw malformed(`unsupported version ${JSON.stringify(f.v)}`);
-      return { type: "hello", v: PROTOCOL_VERSION };
+      return {
+        type: "hello",
+        v: PROTOCOL_VERSION,
+        features: Array.isArray(f.features)
+          ? f.features.filter((x): x is string => typeof x === "string").slice(0, 16)
+          : [],
+      };
     case "msg":
       if (typeof f.text !== "string" || f.text.length > MAX_TEXT_CHARS) {
         throw malformed("msg needs a text of at most 65536 characters");
@@ -97,6 +108,14 @@ export function decodeFrame(line: string): Frame {
         throw malformed("chunk needs base64 data of at most 768 KiB");
       }
       return { type: "chunk", id: id(f.id), data: f.data };
+    case "bin":
+      if (
+        typeof f.size !== "number" || !Number.isInteger(f.size) || f.size < 1 ||
+        f.size > MAX_BINARY_BYTES
+      ) {
+        throw malformed("bin needs a size from 1 to 1048576");
+      }
+      return { type: "bin", id: id(f.id), size: f.size };
     case "bye":
       return { type: "bye" };
     case "error":
@@ -133,6 +152,23 @@ export class LineSplitter {
   #parts: Uint8Array[] = [];
   #size = 0;
   #decoder = new TextDecoder("utf-8", { fatal: true });
+
+  /**
+   * Feeds bytes up to the end of the first line they finish: returns that line
+   * (or null) and how many bytes were used, so the caller can treat what
+   * follows differently (the raw payload of a `bin` frame).
+   */
+  pushLine(bytes: Uint8Array): { line: string | null; used: number } {
+    const nl = bytes.indexOf(0x0a);
+    const end = nl < 0 ? bytes.length : nl;
+    if (this.#size + end + 1 > MAX_LINE_BYTES) {
+      throw new E2eError("ERR_TOO_LARGE", "Malformed frame: line longer than 1 MiB");
+    }
+    this.#parts.push(bytes.subarray(0, end));
+    this.#size += end;
+    if (nl < 0) return { line: null, used: bytes.length };
+    return { line: this.#take(), used: nl + 1 };
+  }
 
   /** Feeds bytes; returns the complete lines they finish. */
   push(bytes: Uint8Array): string[] {
