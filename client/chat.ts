@@ -35,7 +35,7 @@ export type ChatEvent =
   }
   | { type: "message"; from: string; text: string; id: string }
   | { type: "sent"; to: string; id: string }
-  | { type: "delivered"; to: string; id: string }
+  | { type: "delivered"; to: string; id: string; ms?: number }
   | { type: "file"; from: string; name: string; path: string; bytes: number; sha256: string }
   | {
     type: "progress";
@@ -415,7 +415,13 @@ export class Chat {
   #peerEvents(): PeerEvents {
     return {
       message: (p, id, text) => this.#emit({ type: "message", from: p.name, text, id }),
-      delivered: (p, id) => this.#emit({ type: "delivered", to: p.name, id }),
+      delivered: (p, id, ms) =>
+        this.#emit({
+          type: "delivered",
+          to: p.name,
+          id,
+          ...(ms === undefined ? {} : { ms: Math.round(ms * 1000) / 1000 }),
+        }),
       file: (p, f) => this.#emit({ type: "file", from: p.name, ...f }),
       progress: (p, info) => this.#emit({ type: "progress", peer: p.name, ...info }),
       fileFailed: (p, info) =>

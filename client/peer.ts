@@ -23,7 +23,7 @@ export interface PeerEvents {
   /** A message arrived. */
   message(peer: PeerConnection, id: string, text: string): void;
   /** A message or file we sent was acknowledged. */
-  delivered(peer: PeerConnection, id: string): void;
+  delivered(peer: PeerConnection, id: string, ms?: number): void;
   /** A file arrived and matched its SHA-256. */
   file(
     peer: PeerConnection,
@@ -75,6 +75,7 @@ export class PeerConnection {
   #queued = 0;
   #helloSeen = false;
   #peerFeatures = new Set<string>();
+  #sentAt = new Map<string, number>();
   #raw?: { id: string; size: number; remaining: number; pieces: Uint8Array[] };
   #closed = false;
   #failed = false;
@@ -110,6 +111,8 @@ export class PeerConnection {
   /** Sends a message; returns its id. */
   sendMessage(text: string): string {
     const id = this.#id();
+    this.#sentAt.set(id, performance.now());
+    if (this.#sentAt.size > 10_000) this.#sentAt.delete(this.#sentAt.keys().next().value!);
     this.#write({ type: "msg", id, text });
     return id;
   }
@@ -255,11 +258,16 @@ export class PeerConnection {
       case "hello":
         throw malformed("a second hello");
       case "msg":
-        events.message(this, frame.id, frame.text);
+        // Acknowledge first: showing the message may block on a slow terminal or pipe.
         this.#write({ type: "ack", id: frame.id });
+        events.message(this, frame.id, frame.text);
         return;
       case "ack":
-        events.delivered(this, frame.id);
+        {
+          const at = this.#sentAt.get(frame.id);
+          this.#sentAt.delete(frame.id);
+          events.delivered(this, frame.id, at === undefined ? undefined : performance.now() - at);
+        }
         return;
       case "file": {
         if (this.#incoming.has(frame.id)) throw malformed("a file id used twice");
