@@ -73,7 +73,7 @@ export class Rendezvous {
   /** Waits up to `ms` (or until `signal` aborts) for an invitation for `to` above `after`. */
   async wait(to: string, after: number, ms: number, signal?: AbortSignal): Promise<Invitation[]> {
     const now = this.pending(to, after);
-    if (now.length || ms <= 0) return now;
+    if (now.length || ms <= 0 || signal?.aborted) return now;
     await new Promise<void>((resolve) => {
       const set = this.#waiters.get(to) ?? new Set();
       this.#waiters.set(to, set);

@@ -112,10 +112,13 @@ export class Chat {
     this.#ca = id.client();
     this.#options = options;
     this.#trust = trust;
-    this.#server = tls.createServer({
-      ...serverOptions(id.credentials, id.anchor, { requireCert: true, alpn: [ALPN] }),
-      minVersion: "TLSv1.3",
-    });
+    this.#server = tls.createServer(
+      serverOptions(id.credentials, id.anchor, {
+        requireCert: true,
+        alpn: [ALPN],
+        tls13Only: true,
+      }),
+    );
   }
 
   /** Starts listening and polling the CA; emits `ready`. */
@@ -288,8 +291,11 @@ export class Chat {
     const expected = this.#checkDirectory(invitation.peer, name);
     if (Date.now() - this.#crlAt > CRL_MAX_AGE_MS) await this.#refreshCrl();
     const socket = tls.connect({
-      ...clientOptions(this.#id.anchor, { own: this.#id.credentials, alpn: [ALPN] }),
-      minVersion: "TLSv1.3",
+      ...clientOptions(this.#id.anchor, {
+        own: this.#id.credentials,
+        alpn: [ALPN],
+        tls13Only: true,
+      }),
       host: invitation.host,
       port: invitation.port,
     });

@@ -23,7 +23,10 @@ export function safeFileName(name: string): string {
   let safe = name.replace(/[\u0000-\u001f\u007f-\u009f]/g, "").replace(/\\/g, "/");
   safe = safe.split("/").filter((p) => p && p !== "." && p !== "..").pop() ?? "";
   safe = safe.replace(/^[.\s]+/, "").replace(/[\s.]+$/, "");
-  while (new TextEncoder().encode(safe).length > 200) safe = safe.slice(0, -1);
+  // Cut whole characters, never half a surrogate pair.
+  const chars = [...safe];
+  while (new TextEncoder().encode(chars.join("")).length > 200) chars.pop();
+  safe = chars.join("");
   return safe || "file";
 }
 

@@ -24,7 +24,8 @@ export type KeyState = "new" | "known" | "verified" | "changed";
 /** The peers.json file. */
 export class TrustStore {
   #file: string;
-  #peers: Record<string, PeerRecord> = {};
+  // No prototype: a peer may be called "constructor" or "__proto__".
+  #peers: Record<string, PeerRecord> = Object.create(null);
 
   private constructor(file: string) {
     this.#file = file;
@@ -35,7 +36,11 @@ export class TrustStore {
     const store = new TrustStore(join(home, "peers.json"));
     try {
       const data = JSON.parse(await Deno.readTextFile(store.#file));
-      if (data && typeof data.peers === "object") store.#peers = data.peers;
+      if (data && typeof data.peers === "object" && data.peers !== null) {
+        for (const [name, record] of Object.entries(data.peers)) {
+          store.#peers[name] = record as PeerRecord;
+        }
+      }
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }

@@ -71,7 +71,9 @@ export function decodeFrame(line: string): Frame {
   const f = value as Record<string, unknown>;
   switch (f.type) {
     case "hello":
-      if (f.v !== PROTOCOL_VERSION) throw malformed(`unsupported version ${JSON.stringify(f.v)}`);
+      if (f.v !== PROTOCOL_VERSION) {
+        throw malformed(`unsupported version ${String(JSON.stringify(f.v)).slice(0, 32)}`);
+      }
       return {
         type: "hello",
         v: PROTOCOL_VERSION,
@@ -124,8 +126,15 @@ export function decodeFrame(line: string): Frame {
         message: typeof f.message === "string" ? f.message.slice(0, 500) : "",
       };
     default:
-      throw malformed(`unknown frame type ${JSON.stringify(String(f.type).slice(0, 32))}`);
+      throw malformed(`unknown frame type ${JSON.stringify(shown(f.type).slice(0, 32))}`);
   }
+}
+
+// Text for an error message from any JSON value, without calling a peer-supplied toString.
+function shown(value: unknown): string {
+  if (typeof value === "string") return value;
+  if (value === null || typeof value === "object") return typeof value;
+  return String(value);
 }
 
 function id(value: unknown): string {

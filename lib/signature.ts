@@ -7,15 +7,15 @@
 import { type KeyObject, verify } from "node:crypto";
 import { children, decodeOid, DerError, type DerNode, Tag } from "./der.ts";
 
-// Signature algorithms accepted, and the hash each implies.
-const ALGORITHMS: Record<string, string | null> = {
-  "1.2.840.113549.1.1.11": "sha256", // sha256WithRSAEncryption
-  "1.2.840.113549.1.1.12": "sha384",
-  "1.2.840.113549.1.1.13": "sha512",
-  "1.2.840.10045.4.3.2": "sha256", // ecdsa-with-SHA256
-  "1.2.840.10045.4.3.3": "sha384",
-  "1.2.840.10045.4.3.4": "sha512",
-  "1.3.101.112": null, // Ed25519 signs the message itself
+// Signature algorithms accepted: the hash each implies, and the key type it needs.
+const ALGORITHMS: Record<string, { hash: string | null; key: string }> = {
+  "1.2.840.113549.1.1.11": { hash: "sha256", key: "rsa" }, // sha256WithRSAEncryption
+  "1.2.840.113549.1.1.12": { hash: "sha384", key: "rsa" },
+  "1.2.840.113549.1.1.13": { hash: "sha512", key: "rsa" },
+  "1.2.840.10045.4.3.2": { hash: "sha256", key: "ec" }, // ecdsa-with-SHA256
+  "1.2.840.10045.4.3.3": { hash: "sha384", key: "ec" },
+  "1.2.840.10045.4.3.4": { hash: "sha512", key: "ec" },
+  "1.3.101.112": { hash: null, key: "ed25519" }, // Ed25519 signs the message itself
 };
 
 /**
@@ -41,8 +41,11 @@ export function verifySignature(
   if (signature.tag !== Tag.BIT_STRING || signature.value[0] !== 0) {
     throw new DerError("Malformed signature");
   }
+  const { hash, key: keyType } = ALGORITHMS[oid];
+  // The algorithm named must fit the key (RFC 5280 §4.1.1.2), not merely verify with it.
+  if (key.asymmetricKeyType !== keyType) return "invalid";
   try {
-    return verify(ALGORITHMS[oid], tbs, key, signature.value.subarray(1)) ? "ok" : "invalid";
+    return verify(hash, tbs, key, signature.value.subarray(1)) ? "ok" : "invalid";
   } catch {
     return "invalid";
   }

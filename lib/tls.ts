@@ -11,6 +11,7 @@
  * @module
  */
 import type { X509Certificate } from "node:crypto";
+import { isIP } from "node:net";
 import type { ConnectionOptions, PeerCertificate, TlsOptions, TLSSocket } from "node:tls";
 import { E2eError } from "./errors.ts";
 import { type CertificateInfo, parseCertificate } from "./x509.ts";
@@ -57,6 +58,8 @@ export interface ServerTlsOptions {
   requireCert?: boolean;
   /** ALPN protocols offered. Default: none. */
   alpn?: string[];
+  /** Accept TLS 1.3 only (between peers). Default: false (TLS 1.2 and 1.3, for curl and older clients). */
+  tls13Only?: boolean;
 }
 
 /**
@@ -82,7 +85,7 @@ export function serverOptions(
     ca: [anchor.pem],
     requestCert: options.requestCert ?? true,
     rejectUnauthorized: options.requireCert ?? false,
-    minVersion: "TLSv1.2",
+    minVersion: options.tls13Only ? "TLSv1.3" : "TLSv1.2",
     ...(options.alpn ? { ALPNProtocols: options.alpn } : {}),
   };
 }
@@ -95,6 +98,8 @@ export interface ClientTlsOptions {
   alpn?: string[];
   /** The name for SNI. Default: none. */
   servername?: string;
+  /** Accept TLS 1.3 only (between peers). Default: false. */
+  tls13Only?: boolean;
 }
 
 /**
@@ -114,13 +119,12 @@ export function clientOptions(
   return {
     ca: [anchor.pem],
     ...(options.own ? { key: options.own.key, cert: options.own.cert } : {}),
-    minVersion: "TLSv1.2",
+    minVersion: options.tls13Only ? "TLSv1.3" : "TLSv1.2",
     rejectUnauthorized: true,
     // The host name is not what we pin: checkService/checkPeer run after the handshake.
     checkServerIdentity: () => undefined,
-    ...(options.servername && !/^[\d.:]+$/.test(options.servername)
-      ? { servername: options.servername }
-      : {}),
+    // SNI carries host names only, never an IP address (RFC 6066).
+    ...(options.servername && !isIP(options.servername) ? { servername: options.servername } : {}),
     ...(options.alpn ? { ALPNProtocols: options.alpn } : {}),
   };
 }
@@ -199,7 +203,9 @@ export function checkPeer(
  */
 export function checkService(der: Uint8Array | null, anchor: TrustAnchor): CertificateInfo {
   const info = verifiedByAnchor(der, anchor);
-  if (info.commonName !== SERVICE_CN) throw rejected("the server is not the e2e-chat CA service");
+  if (info.commonName !== SERVICE_CN || info.x509.ca) {
+    throw rejected("the server is not the e2e-chat CA service");
+  }
   return info;
 }
 

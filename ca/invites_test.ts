@@ -1,0 +1,318 @@
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import { createHash } from "node:crypto";
+import { join } from "node:path";
+import { E2eError, type ErrorCode } from "../lib/errors.ts";
+import { withTempDir } from "../tests/_helpers.ts";
+import { InviteStore, parseDuration, TOKEN_PATTERN } from "./invites.ts";
+import { CaPaths } from "./store.ts";
+
+const HOUR_MS = 3_600_000;
+const INVALID = "Invalid, used or expired invite token";
+
+function e2eError(code: ErrorCode, message: string | RegExp): (e: unknown) => boolean {
+  return (e) => {
+    assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
+    assert.equal(e.code, code);
+    if (typeof message === "string") assert.equal(e.message, message);
+    else assert.match(e.message, message);
+    return true;
+  };
+}
+
+const tokenInvalid = e2eError("ERR_TOKEN_INVALID", INVALID);
+
+/** An invite store in a fresh home with its HOME/ca folder. */
+async function withStore(fn: (store: InviteStore, paths: CaPaths) => Promise<void>): Promise<void> {
+  await withTempDir(async (home) => {
+    const paths = new CaPaths(home);
+    await Deno.mkdir(paths.dir, { mode: 0o700 });
+    await fn(new InviteStore(paths), paths);
+  });
+}
+
+function invitesFile(paths: CaPaths): string {
+  return join(paths.dir, "invites.json");
+}
+
+async function records(paths: CaPaths): Promise<Array<Record<string, string>>> {
+  return JSON.parse(await Deno.readTextFile(invitesFile(paths))).invites;
+}
+
+function sha256(text: string): string {
+  return createHash("sha256").update(text).digest("hex");
+}
+
+/** An enroll callback that records the names it was called with. */
+function recorder<T>(result: T): { calls: string[]; enroll: (name: string) => Promise<T> } {
+  const calls: string[] = [];
+  return {
+    calls,
+    enroll: (name) => {
+      calls.push(name);
+      return Promise.resolve(result);
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// create
+
+Deno.test("InviteStore.create() returns a fresh 43-character base64url token and its expiry", async () => {
+  await withStore(async (store) => {
+    const before = Date.now();
+    const { token, expiresAt } = await store.create("alice", 24 * HOUR_MS);
+    assert.match(token, /^[A-Za-z0-9_-]{43}$/);
+    assert.match(token, TOKEN_PATTERN);
+    assert.equal(Buffer.from(token, "base64url").length, 32, "256 random bits");
+    assert.ok(expiresAt.getTime() >= before + 24 * HOUR_MS);
+    assert.ok(expiresAt.getTime() <= Date.now() + 24 * HOUR_MS);
+    const second = await store.create("alice", HOUR_MS);
+    assert.notEqual(second.token, token);
+  });
+});
+
+Deno.test("InviteStore.create() stores only the token's SHA-256, in a 0600 invites.json", async () => {
+  await withStore(async (store, paths) => {
+    const { token, expiresAt } = await store.create("alice", HOUR_MS);
+    const text = await Deno.readTextFile(invitesFile(paths));
+    assert.equal((await Deno.stat(invitesFile(paths))).mode! & 0o777, 0o600);
+    assert.ok(!text.includes(token), "the token is never stored");
+    assert.ok(!text.includes(token.slice(0, 16)), "nor a part of it");
+    const [record] = await records(paths);
+    assert.equal(record.hash, sha256(token));
+    assert.equal(record.name, "alice");
+    assert.equal(record.expiresAt, expiresAt.toISOString());
+    assert.equal(record.usedAt, undefined);
+    // Nothing else is left in the folder (no temp file).
+    const names = [];
+    for await (const entry of Deno.readDir(paths.dir)) names.push(entry.name);
+    assert.deepEqual(names, ["invites.json"]);
+  });
+});
+
+Deno.test("InviteStore.create() refuses an invalid name and writes nothing", async () => {
+  await withStore(async (store, paths) => {
+    for (const name of ["Alice", "", "a b", "../x", "e2e-chat service"]) {
+      await assert.rejects(store.create(name, HOUR_MS), e2eError("ERR_NAME_INVALID", /./), name);
+    }
+    await assert.rejects(Deno.stat(invitesFile(paths)), Deno.errors.NotFound);
+  });
+});
+
+Deno.test("InviteStore.create() drops invites used or expired over a day ago, and keeps the rest", async () => {
+  await withStore(async (store, paths) => {
+    const day = 86_400_000;
+    const iso = (ms: number) => new Date(Date.now() + ms).toISOString();
+    const old = [
+      { hash: "1".repeat(64), name: "a", createdAt: iso(-3 * day), expiresAt: iso(-2 * day) },
+      {
+        hash: "2".repeat(64),
+        name: "b",
+        createdAt: iso(-3 * day),
+        expiresAt: iso(day),
+        usedAt: iso(-2 * day),
+      },
+      { hash: "3".repeat(64), name: "c", createdAt: iso(-2 * day), expiresAt: iso(-HOUR_MS) },
+      { hash: "4".repeat(64), name: "d", createdAt: iso(-HOUR_MS), expiresAt: iso(HOUR_MS) },
+    ];
+    await Deno.writeTextFile(invitesFile(paths), JSON.stringify({ invites: old }), { mode: 0o600 });
+    await store.create("e", HOUR_MS);
+    assert.deepEqual((await records(paths)).map((r) => r.name), ["c", "d", "e"]);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// redeem
+
+Deno.test("InviteStore.redeem() runs enroll with the invite's name, returns its result and marks the token used", async () => {
+  await withStore(async (store, paths) => {
+    const { token } = await store.create("alice", HOUR_MS);
+    const { calls, enroll } = recorder({ serial: "01" });
+    const before = Date.now();
+    assert.deepEqual(await store.redeem(token, enroll), { serial: "01" });
+    assert.deepEqual(calls, ["alice"]);
+    const [record] = await records(paths);
+    assert.ok(record.usedAt, "usedAt is recorded");
+    assert.ok(Date.parse(record.usedAt) >= before - 1000);
+    assert.equal((await Deno.stat(invitesFile(paths))).mode! & 0o777, 0o600);
+    assert.ok(!(await Deno.readTextFile(invitesFile(paths))).includes(token));
+  });
+});
+
+Deno.test("InviteStore.redeem() refuses a used token with the one generic message", async () => {
+  await withStore(async (store) => {
+    const { token } = await store.create("alice", HOUR_MS);
+    const { calls, enroll } = recorder(true);
+    await store.redeem(token, enroll);
+    await assert.rejects(store.redeem(token, enroll), tokenInvalid);
+    assert.deepEqual(calls, ["alice"], "enroll ran once");
+  });
+});
+
+Deno.test("InviteStore.redeem() refuses an expired token with the same message", async () => {
+  await withStore(async (store) => {
+    const { token } = await store.create("alice", 1);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    const { calls, enroll } = recorder(true);
+    await assert.rejects(store.redeem(token, enroll), tokenInvalid);
+    assert.deepEqual(calls, []);
+  });
+});
+
+Deno.test("InviteStore.redeem() refuses an unknown well-formed token with the same message", async () => {
+  await withStore(async (store) => {
+    await store.create("alice", HOUR_MS);
+    const { calls, enroll } = recorder(true);
+    await assert.rejects(store.redeem("A".repeat(43), enroll), tokenInvalid);
+    assert.deepEqual(calls, []);
+  });
+});
+
+Deno.test("InviteStore.redeem() refuses a token when no invite was ever made", async () => {
+  await withStore(async (store) => {
+    await assert.rejects(store.redeem("A".repeat(43), () => Promise.resolve(1)), tokenInvalid);
+  });
+});
+
+Deno.test("InviteStore.redeem() refuses a malformed token with the same message, and never calls enroll", async () => {
+  await withStore(async (store) => {
+    const { token } = await store.create("alice", HOUR_MS);
+    const { calls, enroll } = recorder(true);
+    const malformed: unknown[] = [
+      undefined,
+      null,
+      42,
+      { token },
+      [token],
+      "",
+      token.slice(1),
+      token + "A",
+      ` ${token}`,
+      `${token.slice(0, 42)}+`,
+      `${token.slice(0, 42)}=`,
+      `${token.slice(0, 42)}\n`,
+    ];
+    for (const bad of malformed) {
+      await assert.rejects(store.redeem(bad, enroll), tokenInvalid, JSON.stringify(bad));
+    }
+    assert.deepEqual(calls, []);
+    // The real token is untouched by all that.
+    await store.redeem(token, enroll);
+    assert.deepEqual(calls, ["alice"]);
+  });
+});
+
+Deno.test("InviteStore.redeem() leaves the token usable when enroll throws, and passes the error on", async () => {
+  await withStore(async (store, paths) => {
+    const { token } = await store.create("alice", HOUR_MS);
+    const refusal = new E2eError("ERR_CSR_NAME_MISMATCH", "Cannot sign request: it is not alice");
+    await assert.rejects(
+      store.redeem(token, () => Promise.reject(refusal)),
+      (e) => e === refusal,
+    );
+    assert.equal((await records(paths))[0].usedAt, undefined);
+    const { calls, enroll } = recorder("issued");
+    assert.equal(await store.redeem(token, enroll), "issued");
+    assert.deepEqual(calls, ["alice"]);
+  });
+});
+
+Deno.test("InviteStore.redeem() lets exactly one of many concurrent redeems of one token succeed", async () => {
+  await withStore(async (store, paths) => {
+    const { token } = await store.create("alice", HOUR_MS);
+    // A second store on the same CA, as the CLI and the service are.
+    const other = new InviteStore(paths);
+    let running = 0;
+    let calls = 0;
+    const enroll = async (name: string) => {
+      assert.equal(name, "alice");
+      calls++;
+      running++;
+      assert.equal(running, 1, "enrollments never overlap");
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      running--;
+      return "issued";
+    };
+    const results = await Promise.allSettled(
+      Array.from({ length: 6 }, (_, i) => (i % 2 ? other : store).redeem(token, enroll)),
+    );
+    const fulfilled = results.filter((r) => r.status === "fulfilled");
+    const rejected = results.filter((r) => r.status === "rejected");
+    assert.equal(fulfilled.length, 1);
+    assert.equal(calls, 1);
+    for (const r of rejected) assert.ok(tokenInvalid((r as PromiseRejectedResult).reason));
+  });
+});
+
+Deno.test("InviteStore.redeem() sees an invite another store instance created after it was made", async () => {
+  await withStore(async (service, paths) => {
+    const cli = new InviteStore(paths);
+    const { token } = await cli.create("bob", HOUR_MS);
+    const { calls, enroll } = recorder(1);
+    await service.redeem(token, enroll);
+    assert.deepEqual(calls, ["bob"]);
+  });
+});
+
+Deno.test("InviteStore.redeem() keeps invites of one name apart: each token enrolls once", async () => {
+  await withStore(async (store) => {
+    const first = await store.create("alice", HOUR_MS);
+    const second = await store.create("alice", HOUR_MS);
+    const { calls, enroll } = recorder(1);
+    await store.redeem(second.token, enroll);
+    await store.redeem(first.token, enroll);
+    await assert.rejects(store.redeem(first.token, enroll), tokenInvalid);
+    assert.deepEqual(calls, ["alice", "alice"]);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// parseDuration
+
+Deno.test("parseDuration() reads seconds, minutes, hours and days", () => {
+  const cases: Array<[string, number]> = [
+    ["1s", 1_000],
+    ["90s", 90_000],
+    ["30m", 1_800_000],
+    ["24h", 86_400_000],
+    ["7d", 604_800_000],
+    ["999999d", 999_999 * 86_400_000],
+    ["007m", 420_000],
+  ];
+  for (const [text, ms] of cases) assert.equal(parseDuration(text), ms, text);
+});
+
+Deno.test("parseDuration() refuses anything else with ERR_USAGE and a hint", () => {
+  const bad = [
+    "",
+    "0s",
+    "00h",
+    "1",
+    "h",
+    "1.5h",
+    "-1h",
+    "+1h",
+    "1w",
+    "1ms",
+    " 1h",
+    "1h ",
+    "1 h",
+    "1H",
+    "1000000s",
+    "1e3s",
+    "１h",
+    "24h\n",
+  ];
+  for (const text of bad) {
+    assert.throws(
+      () => parseDuration(text),
+      (e) => {
+        assert.ok(e2eError("ERR_USAGE", `Invalid duration ${JSON.stringify(text)}`)(e));
+        assert.match((e as E2eError).hint ?? "", /90s, 30m, 24h, 7d/);
+        return true;
+      },
+      JSON.stringify(text),
+    );
+  }
+});

@@ -1,0 +1,340 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { join } from "node:path";
+import { E2eError, type ErrorCode } from "../lib/errors.ts";
+import { withTempDir } from "../tests/_helpers.ts";
+import {
+  announcedName,
+  hashFile,
+  IncomingFile,
+  removeStalePartials,
+  safeFileName,
+} from "./files.ts";
+
+const encoder = new TextEncoder();
+
+function e2eError(code: ErrorCode, message: string | RegExp): (e: unknown) => boolean {
+  return (e) => {
+    assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
+    assert.equal(e.code, code);
+    if (typeof message === "string") assert.equal(e.message, message);
+    else assert.match(e.message, message);
+    return true;
+  };
+}
+
+function sha256(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+async function names(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const entry of Deno.readDir(dir)) out.push(entry.name);
+  return out.sort();
+}
+
+function byteLength(text: string): number {
+  return encoder.encode(text).length;
+}
+
+/** Receives `bytes` announced as `name` into `dir`, in chunks; returns the final path. */
+async function receive(dir: string, name: string, bytes: Uint8Array): Promise<string> {
+  const file = await IncomingFile.start(dir, name, bytes.length, sha256(bytes));
+  for (let i = 0; i < bytes.length; i += 1000) await file.write(bytes.subarray(i, i + 1000));
+  return await file.finish();
+}
+
+// ---------------------------------------------------------------------------
+// safeFileName
+
+Deno.test("safeFileName() keeps only the last path component", () => {
+  const cases: Array<[string, string]> = [
+    ["../../etc/passwd", "passwd"],
+    ["/etc/passwd", "passwd"],
+    ["a/b\\c", "c"],
+    ["..\\..\\windows\\system.ini", "system.ini"],
+    ["dir/", "dir"],
+    ["a/..", "a"],
+    ["a/./b/.", "b"],
+    ["a/../..", "a"],
+    ["report.pdf", "report.pdf"],
+    ["my report (final).pdf", "my report (final).pdf"],
+    ["é🙂.txt", "é🙂.txt"],
+  ];
+  for (const [announced, safe] of cases) assert.equal(safeFileName(announced), safe, announced);
+});
+
+Deno.test("safeFileName() removes NUL and control characters", () => {
+  const cases: Array<[string, string]> = [
+    ["a\u0000b.txt", "ab.txt"],
+    ["evil\u0000/../../x", "x"],
+    ["line\nbreak\r.txt", "linebreak.txt"],
+    ["tab\there", "tabhere"],
+    ["esc\u001b[31mred", "esc[31mred"],
+    ["del\u007f", "del"],
+    ["c1\u0085\u009bcontrol", "c1control"],
+  ];
+  for (const [announced, safe] of cases) {
+    assert.equal(safeFileName(announced), safe, JSON.stringify(announced));
+  }
+});
+
+Deno.test("safeFileName() removes leading dots, so a file is never hidden", () => {
+  assert.equal(safeFileName(".hidden"), "hidden");
+  assert.equal(safeFileName("..hidden"), "hidden");
+  assert.equal(safeFileName(".bashrc"), "bashrc");
+  assert.equal(safeFileName("x/.ssh"), "ssh");
+  assert.equal(safeFileName(" .profile"), "profile");
+  assert.equal(safeFileName(".partial-1234"), "partial-1234");
+});
+
+Deno.test('safeFileName() gives "file" when nothing usable is left', () => {
+  for (
+    const name of [
+      "",
+      "   ",
+      ".",
+      "..",
+      "...",
+      "/",
+      "../..",
+      "\\",
+      "\u0000",
+      "\n\t",
+      ". .",
+    ]
+  ) {
+    assert.equal(safeFileName(name), "file", JSON.stringify(name));
+  }
+});
+
+Deno.test("safeFileName() truncates a 300-byte ASCII name to 200 bytes", () => {
+  const safe = safeFileName("x".repeat(300));
+  assert.equal(safe, "x".repeat(200));
+});
+
+Deno.test("safeFileName() truncates multi-byte names to at most 200 bytes of whole characters", () => {
+  const cases = [
+    "é".repeat(150), // 2 bytes each
+    "€".repeat(100), // 3 bytes each
+    "🙂".repeat(75), // 4 bytes each, two UTF-16 units
+    "a" + "€".repeat(100),
+    "a".repeat(197) + "🙂".repeat(10), // the cut falls inside a surrogate pair
+    "a".repeat(199) + "é".repeat(50),
+    "ab".repeat(98) + "🙂🙂🙂",
+  ];
+  for (const name of cases) {
+    assert.ok(byteLength(name) > 200);
+    const safe = safeFileName(name);
+    assert.ok(byteLength(safe) <= 200, `${byteLength(safe)} bytes`);
+    assert.ok(safe.isWellFormed(), `no lone surrogate: ${JSON.stringify(safe.slice(-4))}`);
+    assert.ok(name.startsWith(safe), "a prefix of the announced name");
+    // As long as possible: one more character would not fit.
+    const next = [...name.slice(safe.length)][0];
+    assert.ok(byteLength(safe + next) > 200, `could keep ${JSON.stringify(next)}`);
+  }
+});
+
+// ---------------------------------------------------------------------------
+// IncomingFile
+
+Deno.test("IncomingFile writes into a 0600 partial file, then finish() moves it to its name", async () => {
+  await withTempDir(async (dir) => {
+    const bytes = encoder.encode("hello, bob\n");
+    const file = await IncomingFile.start(dir, "a.txt", bytes.length, sha256(bytes));
+    assert.equal(file.announced, "a.txt");
+    assert.equal(file.size, bytes.length);
+    assert.equal(file.sha256, sha256(bytes));
+    const [partial] = await names(dir);
+    assert.match(partial, /^\.partial-/);
+    assert.equal((await Deno.stat(join(dir, partial))).mode! & 0o777, 0o600);
+
+    await file.write(bytes.subarray(0, 5));
+    assert.equal(file.received, 5);
+    await file.write(bytes.subarray(5));
+    assert.equal(file.received, bytes.length);
+    const path = await file.finish();
+    assert.equal(path, join(dir, "a.txt"));
+    assert.deepEqual(await Deno.readFile(path), bytes);
+    assert.deepEqual(await names(dir), ["a.txt"], "no partial file is left");
+    assert.equal((await Deno.stat(path)).mode! & 0o777, 0o600);
+  });
+});
+
+Deno.test("IncomingFile creates a missing downloads folder with mode 0700", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "downloads", "deeper");
+    const path = await receive(dir, "x.bin", Uint8Array.of(1, 2, 3));
+    assert.equal(path, join(dir, "x.bin"));
+    assert.equal((await Deno.stat(dir)).mode! & 0o777, 0o700);
+  });
+});
+
+Deno.test("IncomingFile receives an empty file and a file of several hundred KiB", async () => {
+  await withTempDir(async (dir) => {
+    const empty = await receive(dir, "empty", new Uint8Array());
+    assert.equal((await Deno.stat(empty)).size, 0);
+    const big = new Uint8Array(600_000).map((_, i) => (i * 31) & 0xff);
+    const path = await receive(dir, "big.bin", big);
+    assert.deepEqual(await Deno.readFile(path), big);
+  });
+});
+
+Deno.test("IncomingFile saves under the safe name, inside the folder", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "downloads");
+    const path = await receive(dir, "../../escape.txt", encoder.encode("x"));
+    assert.equal(path, join(dir, "escape.txt"));
+    assert.deepEqual(await names(home), ["downloads"]);
+    assert.equal(await receive(dir, ".hidden", encoder.encode("y")), join(dir, "hidden"));
+  });
+});
+
+Deno.test("IncomingFile never overwrites: a.txt, then a (1).txt, then a (2).txt", async () => {
+  await withTempDir(async (dir) => {
+    const first = await receive(dir, "a.txt", encoder.encode("first"));
+    const second = await receive(dir, "a.txt", encoder.encode("second"));
+    const third = await receive(dir, "dir/a.txt", encoder.encode("third"));
+    assert.equal(first, join(dir, "a.txt"));
+    assert.equal(second, join(dir, "a (1).txt"));
+    assert.equal(third, join(dir, "a (2).txt"));
+    assert.equal(await Deno.readTextFile(first), "first");
+    assert.equal(await Deno.readTextFile(second), "second");
+    assert.equal(await Deno.readTextFile(third), "third");
+  });
+});
+
+Deno.test("IncomingFile never overwrites a name without extension, nor a file that was there before", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(join(dir, "README"), "mine");
+    assert.equal(await receive(dir, "README", encoder.encode("theirs")), join(dir, "README (1)"));
+    assert.equal(await Deno.readTextFile(join(dir, "README")), "mine");
+  });
+});
+
+Deno.test("IncomingFile.finish() refuses fewer bytes than announced and deletes the partial", async () => {
+  await withTempDir(async (dir) => {
+    const bytes = encoder.encode("hello");
+    const file = await IncomingFile.start(dir, "short.txt", 10, sha256(bytes));
+    await file.write(bytes);
+    await assert.rejects(
+      file.finish(),
+      e2eError("ERR_BAD_REQUEST", "File ended after 5 of 10 bytes"),
+    );
+    assert.deepEqual(await names(dir), []);
+  });
+});
+
+Deno.test("IncomingFile.finish() refuses a SHA-256 mismatch and deletes the partial", async () => {
+  await withTempDir(async (dir) => {
+    const bytes = encoder.encode("hello");
+    const file = await IncomingFile.start(
+      dir,
+      "bad.txt",
+      bytes.length,
+      sha256(encoder.encode("hellO")),
+    );
+    await file.write(bytes);
+    await assert.rejects(
+      file.finish(),
+      e2eError("ERR_BAD_REQUEST", "File's SHA-256 does not match what was announced"),
+    );
+    assert.deepEqual(await names(dir), []);
+  });
+});
+
+Deno.test("IncomingFile.write() refuses more bytes than announced, and abort() then removes the partial", async () => {
+  await withTempDir(async (dir) => {
+    const file = await IncomingFile.start(dir, "x.bin", 4, sha256(Uint8Array.of(1, 2, 3, 4)));
+    await file.write(Uint8Array.of(1, 2, 3));
+    await assert.rejects(
+      file.write(Uint8Array.of(4, 5)),
+      e2eError("ERR_BAD_REQUEST", "Malformed frame: more file data than announced"),
+    );
+    assert.equal(file.received, 3, "the refused bytes are not counted");
+    await file.abort();
+    assert.deepEqual(await names(dir), []);
+  });
+});
+
+Deno.test("IncomingFile.abort() removes the partial file and may be called twice", async () => {
+  await withTempDir(async (dir) => {
+    const file = await IncomingFile.start(dir, "x.bin", 100, sha256(new Uint8Array(100)));
+    await file.write(new Uint8Array(50));
+    assert.equal((await names(dir)).length, 1);
+    await file.abort();
+    await file.abort();
+    assert.deepEqual(await names(dir), []);
+  });
+});
+
+Deno.test("IncomingFile keeps two transfers of one name apart while they run", async () => {
+  await withTempDir(async (dir) => {
+    const a = encoder.encode("from a");
+    const b = encoder.encode("from b");
+    const fa = await IncomingFile.start(dir, "same.txt", a.length, sha256(a));
+    const fb = await IncomingFile.start(dir, "same.txt", b.length, sha256(b));
+    await fb.write(b);
+    await fa.write(a);
+    const pb = await fb.finish();
+    const pa = await fa.finish();
+    assert.equal(await Deno.readTextFile(pb), "from b");
+    assert.equal(await Deno.readTextFile(pa), "from a");
+    assert.deepEqual(await names(dir), ["same (1).txt", "same.txt"]);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// removeStalePartials, hashFile, announcedName
+
+Deno.test("removeStalePartials() deletes .partial-* files and nothing else", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(join(dir, ".partial-1"), "x");
+    await Deno.writeTextFile(join(dir, ".partial-abc"), "y");
+    await Deno.writeTextFile(join(dir, "partial-1"), "kept");
+    await Deno.writeTextFile(join(dir, "report.pdf"), "kept");
+    await Deno.writeTextFile(join(dir, ".partial"), "kept: no dash");
+    await Deno.mkdir(join(dir, ".partial-dir"));
+    await removeStalePartials(dir);
+    assert.deepEqual(await names(dir), [".partial", ".partial-dir", "partial-1", "report.pdf"]);
+  });
+});
+
+Deno.test("removeStalePartials() does nothing for a folder that does not exist", async () => {
+  await withTempDir(async (dir) => {
+    await removeStalePartials(join(dir, "missing"));
+    assert.deepEqual(await names(dir), []);
+  });
+});
+
+Deno.test("hashFile() gives the SHA-256 and size of a file, empty or larger than its buffer", async () => {
+  await withTempDir(async (dir) => {
+    const empty = join(dir, "empty");
+    await Deno.writeFile(empty, new Uint8Array());
+    assert.deepEqual(await hashFile(empty), {
+      sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+      size: 0,
+    });
+    const abc = join(dir, "abc");
+    await Deno.writeTextFile(abc, "abc");
+    assert.deepEqual(await hashFile(abc), {
+      sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+      size: 3,
+    });
+    const big = new Uint8Array(700_001).map((_, i) => (i * 7) & 0xff);
+    const path = join(dir, "big");
+    await Deno.writeFile(path, big);
+    assert.deepEqual(await hashFile(path), { sha256: sha256(big), size: big.length });
+  });
+});
+
+Deno.test("hashFile() throws NotFound for a missing file", async () => {
+  await withTempDir(async (dir) => {
+    await assert.rejects(hashFile(join(dir, "missing")), Deno.errors.NotFound);
+  });
+});
+
+Deno.test("announcedName() announces only the file's own name, not its folders", () => {
+  assert.equal(announcedName("/home/alice/secret/plans.pdf"), "plans.pdf");
+  assert.equal(announcedName("plans.pdf"), "plans.pdf");
+});

@@ -1,0 +1,266 @@
+import assert from "node:assert/strict";
+import { generateKeyPairSync, type KeyObject, sign } from "node:crypto";
+import { DerError, type DerNode, readDer } from "./der.ts";
+import { verifySignature } from "./signature.ts";
+
+function concat(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}
+
+/** A DER element: definite, minimal length. */
+function tlv(tag: number, ...parts: Uint8Array[]): Uint8Array {
+  const body = concat(...parts);
+  const length: number[] = [];
+  if (body.length < 0x80) {
+    length.push(body.length);
+  } else {
+    for (let n = body.length; n > 0; n >>= 8) length.unshift(n & 0xff);
+    length.unshift(0x80 | length.length);
+  }
+  return concat(Uint8Array.of(tag, ...length), body);
+}
+
+/** An OBJECT IDENTIFIER element from its dotted form. */
+function oid(dotted: string): Uint8Array {
+  const [a, b, ...rest] = dotted.split(".").map(Number);
+  const bytes = [a * 40 + b];
+  for (const arc of rest) {
+    const base128 = [arc & 0x7f];
+    for (let n = arc >>> 7; n > 0; n >>>= 7) base128.unshift(0x80 | (n & 0x7f));
+    bytes.push(...base128);
+  }
+  return tlv(0x06, Uint8Array.from(bytes));
+}
+
+/** An AlgorithmIdentifier node; RSA ones carry a NULL parameter, as openssl writes them. */
+function algorithm(dotted: string, nullParameter = dotted.startsWith("1.2.840.113549")): DerNode {
+  return readDer(tlv(0x30, oid(dotted), ...(nullParameter ? [Uint8Array.of(0x05, 0x00)] : [])));
+}
+
+function bitString(bytes: Uint8Array, unusedBits = 0): DerNode {
+  return readDer(tlv(0x03, Uint8Array.of(unusedBits), bytes));
+}
+
+const OID = {
+  sha256WithRSA: "1.2.840.113549.1.1.11",
+  sha384WithRSA: "1.2.840.113549.1.1.12",
+  sha512WithRSA: "1.2.840.113549.1.1.13",
+  ecdsaSha256: "1.2.840.10045.4.3.2",
+  ecdsaSha384: "1.2.840.10045.4.3.3",
+  ecdsaSha512: "1.2.840.10045.4.3.4",
+  ed25519: "1.3.101.112",
+  // Not accepted:
+  md5WithRSA: "1.2.840.113549.1.1.4",
+  sha1WithRSA: "1.2.840.113549.1.1.5",
+  rsassaPss: "1.2.840.113549.1.1.10",
+  ecdsaSha1: "1.2.840.10045.4.1",
+  ed448: "1.3.101.113",
+  dsaSha256: "2.16.840.1.101.3.4.3.2",
+} as const;
+
+const rsa = generateKeyPairSync("rsa", { modulusLength: 2048 });
+const ec = generateKeyPairSync("ec", { namedCurve: "P-256" });
+const ec384 = generateKeyPairSync("ec", { namedCurve: "P-384" });
+const ed = generateKeyPairSync("ed25519");
+const otherEc = generateKeyPairSync("ec", { namedCurve: "P-256" });
+const otherEd = generateKeyPairSync("ed25519");
+const ed448 = generateKeyPairSync("ed448");
+
+const TBS = new TextEncoder().encode("the to-be-signed bytes of a request or CRL");
+
+function signed(hash: string | null, privateKey: KeyObject, data = TBS): DerNode {
+  return bitString(new Uint8Array(sign(hash, data, privateKey)));
+}
+
+Deno.test("verifySignature() says ok for every accepted algorithm with the signer's key", () => {
+  const cases: Array<[string, string | null, { privateKey: KeyObject; publicKey: KeyObject }]> = [
+    [OID.sha256WithRSA, "sha256", rsa],
+    [OID.sha384WithRSA, "sha384", rsa],
+    [OID.sha512WithRSA, "sha512", rsa],
+    [OID.ecdsaSha256, "sha256", ec],
+    [OID.ecdsaSha384, "sha384", ec384],
+    [OID.ecdsaSha512, "sha512", ec],
+    [OID.ed25519, null, ed],
+  ];
+  for (const [dotted, hash, pair] of cases) {
+    assert.equal(
+      verifySignature(TBS, algorithm(dotted), signed(hash, pair.privateKey), pair.publicKey),
+      "ok",
+      dotted,
+    );
+  }
+});
+
+Deno.test("verifySignature() says invalid when one bit of the signed bytes changed", () => {
+  const changed = TBS.slice();
+  changed[0] ^= 0x01;
+  for (
+    const [dotted, hash, pair] of [
+      [OID.sha256WithRSA, "sha256", rsa],
+      [OID.ecdsaSha256, "sha256", ec],
+      [OID.ed25519, null, ed],
+    ] as const
+  ) {
+    const signature = signed(hash, pair.privateKey);
+    assert.equal(verifySignature(changed, algorithm(dotted), signature, pair.publicKey), "invalid");
+  }
+});
+
+Deno.test("verifySignature() says invalid when the signature itself changed", () => {
+  for (
+    const [dotted, hash, pair] of [
+      [OID.sha256WithRSA, "sha256", rsa],
+      [OID.ecdsaSha256, "sha256", ec],
+      [OID.ed25519, null, ed],
+    ] as const
+  ) {
+    const bytes = new Uint8Array(sign(hash, TBS, pair.privateKey));
+    bytes[bytes.length - 1] ^= 0x01;
+    assert.equal(
+      verifySignature(TBS, algorithm(dotted), bitString(bytes), pair.publicKey),
+      "invalid",
+      dotted,
+    );
+    assert.equal(
+      verifySignature(TBS, algorithm(dotted), bitString(new Uint8Array()), pair.publicKey),
+      "invalid",
+      `${dotted}, empty`,
+    );
+  }
+});
+
+Deno.test("verifySignature() says invalid for another key of the same type", () => {
+  assert.equal(
+    verifySignature(
+      TBS,
+      algorithm(OID.ecdsaSha256),
+      signed("sha256", ec.privateKey),
+      otherEc.publicKey,
+    ),
+    "invalid",
+  );
+  assert.equal(
+    verifySignature(TBS, algorithm(OID.ed25519), signed(null, ed.privateKey), otherEd.publicKey),
+    "invalid",
+  );
+});
+
+Deno.test("verifySignature() says invalid when the algorithm names another hash than the one signed with", () => {
+  assert.equal(
+    verifySignature(TBS, algorithm(OID.ecdsaSha384), signed("sha256", ec.privateKey), ec.publicKey),
+    "invalid",
+  );
+  assert.equal(
+    verifySignature(
+      TBS,
+      algorithm(OID.sha512WithRSA),
+      signed("sha256", rsa.privateKey),
+      rsa.publicKey,
+    ),
+    "invalid",
+  );
+});
+
+Deno.test("verifySignature() says invalid, without throwing, when the algorithm cannot apply to the key", () => {
+  // Ed25519 named for an EC key, ECDSA named for an Ed25519 key: node:crypto throws, we do not.
+  assert.equal(
+    verifySignature(TBS, algorithm(OID.ed25519), signed("sha256", ec.privateKey), ec.publicKey),
+    "invalid",
+  );
+  assert.equal(
+    verifySignature(TBS, algorithm(OID.ecdsaSha256), signed(null, ed.privateKey), ed.publicKey),
+    "invalid",
+  );
+  assert.equal(
+    verifySignature(TBS, algorithm(OID.ed25519), signed("sha256", rsa.privateKey), rsa.publicKey),
+    "invalid",
+  );
+});
+
+Deno.test("verifySignature() says invalid when an RSA signature is labelled ECDSA, or an ECDSA one RSA", () => {
+  // The algorithm identifier must be the one the key signs with (RFC 5280 §4.1.1.2):
+  // a signature under the wrong label is not a valid signature of that algorithm.
+  assert.equal(
+    verifySignature(
+      TBS,
+      algorithm(OID.ecdsaSha256),
+      signed("sha256", rsa.privateKey),
+      rsa.publicKey,
+    ),
+    "invalid",
+  );
+  assert.equal(
+    verifySignature(
+      TBS,
+      algorithm(OID.sha256WithRSA),
+      signed("sha256", ec.privateKey),
+      ec.publicKey,
+    ),
+    "invalid",
+  );
+});
+
+Deno.test("verifySignature() says unsupported for algorithms e2e-chat does not accept, even with a good signature", () => {
+  const cases: Array<[string, string | null, KeyObject, KeyObject]> = [
+    [OID.md5WithRSA, "md5", rsa.privateKey, rsa.publicKey],
+    [OID.sha1WithRSA, "sha1", rsa.privateKey, rsa.publicKey],
+    [OID.rsassaPss, "sha256", rsa.privateKey, rsa.publicKey],
+    [OID.ecdsaSha1, "sha1", ec.privateKey, ec.publicKey],
+    [OID.ed448, null, ed448.privateKey, ed448.publicKey],
+    [OID.dsaSha256, "sha256", ec.privateKey, ec.publicKey],
+    ["1.2.3.4", "sha256", ec.privateKey, ec.publicKey],
+  ];
+  for (const [dotted, hash, privateKey, publicKey] of cases) {
+    assert.equal(
+      verifySignature(TBS, algorithm(dotted), signed(hash, privateKey), publicKey),
+      "unsupported",
+      dotted,
+    );
+  }
+});
+
+Deno.test("verifySignature() accepts an algorithm identifier with or without a NULL parameter", () => {
+  const signature = signed("sha256", rsa.privateKey);
+  assert.equal(
+    verifySignature(TBS, algorithm(OID.sha256WithRSA, false), signature, rsa.publicKey),
+    "ok",
+  );
+  assert.equal(
+    verifySignature(TBS, algorithm(OID.sha256WithRSA, true), signature, rsa.publicKey),
+    "ok",
+  );
+});
+
+Deno.test("verifySignature() throws DerError for a missing or malformed signature", () => {
+  const good = new Uint8Array(sign("sha256", TBS, ec.privateKey));
+  const alg = algorithm(OID.ecdsaSha256);
+  assert.throws(() => verifySignature(TBS, alg, undefined, ec.publicKey), DerError);
+  // An OCTET STRING instead of a BIT STRING.
+  assert.throws(() => verifySignature(TBS, alg, readDer(tlv(0x04, good)), ec.publicKey), DerError);
+  // A BIT STRING with unused bits: a signature is whole bytes.
+  assert.throws(() => verifySignature(TBS, alg, bitString(good, 1), ec.publicKey), DerError);
+  // A BIT STRING with no content at all (not even the unused-bits byte).
+  assert.throws(
+    () => verifySignature(TBS, alg, readDer(Uint8Array.of(0x03, 0x00)), ec.publicKey),
+    DerError,
+  );
+});
+
+Deno.test("verifySignature() throws DerError for a malformed algorithm identifier", () => {
+  const signature = signed("sha256", ec.privateKey);
+  for (
+    const node of [
+      readDer(oid(OID.ecdsaSha256)), // not in a SEQUENCE
+      readDer(tlv(0x30)), // an empty SEQUENCE
+      readDer(tlv(0x30, Uint8Array.of(0x05, 0x00))), // a NULL where the OID goes
+    ]
+  ) {
+    assert.throws(() => verifySignature(TBS, node, signature, ec.publicKey), DerError);
+  }
+});

@@ -1,0 +1,416 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import tls from "node:tls";
+import { CertificateAuthority } from "../ca/authority.ts";
+import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
+import { E2eError } from "./errors.ts";
+import { ALPN } from "./frames.ts";
+import { pemDecode } from "./pem.ts";
+import {
+  checkPeer,
+  checkService,
+  clientOptions,
+  type Credentials,
+  peerCertificateDer,
+  serverOptions,
+  SERVICE_CN,
+  trustAnchor,
+} from "./tls.ts";
+import { parseCertificate } from "./x509.ts";
+
+// ---------------------------------------------------------------------------
+// Fixtures: two real CAs (the same name, different keys) and what they issued.
+
+interface Leaf extends Credentials {
+  der: Uint8Array;
+}
+
+function der(pem: string): Uint8Array {
+  const out = pemDecode(pem, "CERTIFICATE");
+  assert.ok(out, "a PEM certificate");
+  return out;
+}
+
+async function leaf(ca: CertificateAuthority, name: string): Promise<Leaf> {
+  const { csr, key } = await makeCsr(name);
+  const { certificate } = await ca.sign(csr, name);
+  return { key, cert: certificate.pem, der: der(certificate.pem) };
+}
+
+const fixtures = await withTempDir(async (dir) => {
+  const ca = await CertificateAuthority.init(join(dir, "ours"), PASSPHRASE, { keyType: "ec-p256" });
+  const other = await CertificateAuthority.init(join(dir, "theirs"), PASSPHRASE, {
+    keyType: "ec-p256",
+  });
+  const service = await ca.issueServiceCertificate(["127.0.0.1", "localhost"]);
+  const otherService = await other.issueServiceCertificate(["127.0.0.1"]);
+  return {
+    caPem: ca.certificate.pem,
+    alice: await leaf(ca, "alice"),
+    bob: await leaf(ca, "bob"),
+    service: { key: service.key, cert: service.cert, der: der(service.cert) },
+    otherCaPem: other.certificate.pem,
+    otherAlice: await leaf(other, "alice"),
+    otherService: { key: otherService.key, cert: otherService.cert, der: der(otherService.cert) },
+  };
+});
+
+const anchor = trustAnchor(fixtures.caPem);
+const alice = parseCertificate(fixtures.alice.cert);
+
+function rejected(detail: RegExp = /./): (e: unknown) => boolean {
+  return (e) => {
+    assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
+    assert.equal(e.code, "ERR_PEER_REJECTED");
+    // One message for every reason: the difference stays in `detail`.
+    assert.equal(e.message, "The peer's certificate was rejected");
+    assert.ok(e.detail, "a detail for the logs");
+    assert.match(e.detail, detail);
+    return true;
+  };
+}
+
+// ---------------------------------------------------------------------------
+// trustAnchor
+
+Deno.test("trustAnchor() keeps the CA certificate as PEM and parsed", () => {
+  assert.equal(anchor.pem, parseCertificate(fixtures.caPem).pem);
+  assert.equal(anchor.x509.ca, true);
+  assert.equal(anchor.x509.subject, "CN=e2e-chat CA");
+});
+
+// ---------------------------------------------------------------------------
+// checkPeer
+
+Deno.test("checkPeer() accepts a valid leaf of our CA, with or without expectations", () => {
+  const info = checkPeer(fixtures.alice.der, anchor);
+  assert.equal(info.commonName, "alice");
+  assert.equal(info.fingerprint, alice.fingerprint);
+
+  const seen: string[] = [];
+  const full = checkPeer(fixtures.alice.der, anchor, {
+    name: "alice",
+    keyFingerprint: alice.keyFingerprint,
+    isRevoked: (serial) => {
+      seen.push(serial);
+      return false;
+    },
+    now: new Date(),
+  });
+  assert.equal(full.serial, alice.serial);
+  assert.deepEqual(seen, [alice.serial], "isRevoked is asked about the certificate's serial");
+});
+
+Deno.test("checkPeer() accepts a leaf at the first and the last second of its validity", () => {
+  for (const now of [alice.notBefore, alice.notAfter]) {
+    assert.equal(checkPeer(fixtures.alice.der, anchor, { name: "alice", now }).commonName, "alice");
+  }
+});
+
+Deno.test("checkPeer() rejects no certificate", () => {
+  assert.throws(() => checkPeer(null, anchor), rejected(/no certificate/));
+  assert.throws(() => checkPeer(null, anchor, { name: "alice" }), rejected(/no certificate/));
+});
+
+Deno.test("checkPeer() rejects bytes that are not a certificate", () => {
+  for (const bytes of [new Uint8Array(), Uint8Array.of(0x30, 0x00), new Uint8Array(64).fill(7)]) {
+    assert.throws(() => checkPeer(bytes, anchor), rejected());
+  }
+});
+
+Deno.test("checkPeer() rejects a certificate of another CA, even one of the same name for the same user", () => {
+  assert.throws(() => checkPeer(fixtures.otherAlice.der, anchor), rejected(/not issued by our CA/));
+  assert.throws(
+    () => checkPeer(fixtures.otherAlice.der, anchor, { name: "alice" }),
+    rejected(/not issued by our CA/),
+  );
+});
+
+Deno.test("checkPeer() rejects our CA's own certificate", () => {
+  assert.throws(() => checkPeer(der(fixtures.caPem), anchor), rejected(/CA certificate/));
+});
+
+Deno.test("checkPeer() rejects the CA service's certificate", () => {
+  assert.throws(() => checkPeer(fixtures.service.der, anchor), rejected(/service/));
+  assert.throws(
+    () => checkPeer(fixtures.service.der, anchor, { name: SERVICE_CN }),
+    rejected(/service/),
+  );
+});
+
+Deno.test("checkPeer() rejects a certificate that names someone else", () => {
+  assert.throws(
+    () => checkPeer(fixtures.bob.der, anchor, { name: "alice" }),
+    rejected(/"bob", not "alice"/),
+  );
+  for (const name of ["Alice", "alice ", "alic", "alice2", ""]) {
+    assert.throws(() => checkPeer(fixtures.alice.der, anchor, { name }), rejected(), name);
+  }
+});
+
+Deno.test("checkPeer() rejects a certificate whose key differs from the expected key", () => {
+  const bob = parseCertificate(fixtures.bob.cert);
+  assert.throws(
+    () => checkPeer(fixtures.alice.der, anchor, { keyFingerprint: bob.keyFingerprint }),
+    rejected(/key/),
+  );
+  assert.throws(
+    () =>
+      checkPeer(fixtures.alice.der, anchor, {
+        name: "alice",
+        keyFingerprint: alice.keyFingerprint.toUpperCase(),
+      }),
+    rejected(/key/),
+  );
+  // The certificate's own fingerprint is not its key's.
+  assert.throws(
+    () => checkPeer(fixtures.alice.der, anchor, { keyFingerprint: alice.fingerprint }),
+    rejected(/key/),
+  );
+});
+
+Deno.test("checkPeer() rejects a revoked certificate", () => {
+  assert.throws(
+    () => checkPeer(fixtures.alice.der, anchor, { name: "alice", isRevoked: () => true }),
+    rejected(/revoked/),
+  );
+});
+
+Deno.test("checkPeer() rejects a certificate not yet valid or expired at `now`", () => {
+  const before = new Date(alice.notBefore.getTime() - 1000);
+  const after = new Date(alice.notAfter.getTime() + 1000);
+  for (const now of [before, after, new Date(0), new Date("2999-01-01T00:00:00Z")]) {
+    assert.throws(
+      () => checkPeer(fixtures.alice.der, anchor, { name: "alice", now }),
+      rejected(/not valid now/),
+      now.toISOString(),
+    );
+  }
+});
+
+Deno.test("checkPeer() gives the same message for every reason, so a peer learns nothing from it", () => {
+  const bob = parseCertificate(fixtures.bob.cert);
+  const attempts: Array<() => unknown> = [
+    () => checkPeer(null, anchor),
+    () => checkPeer(fixtures.otherAlice.der, anchor),
+    () => checkPeer(der(fixtures.caPem), anchor),
+    () => checkPeer(fixtures.bob.der, anchor, { name: "alice" }),
+    () => checkPeer(fixtures.alice.der, anchor, { keyFingerprint: bob.keyFingerprint }),
+    () => checkPeer(fixtures.alice.der, anchor, { isRevoked: () => true }),
+    () => checkPeer(fixtures.alice.der, anchor, { now: new Date(0) }),
+  ];
+  const details = new Set<string>();
+  for (const attempt of attempts) {
+    assert.throws(attempt, (e) => {
+      assert.ok(rejected()(e));
+      details.add((e as E2eError).detail!);
+      return true;
+    });
+  }
+  assert.equal(details.size, attempts.length, "each reason has its own detail");
+});
+
+// ---------------------------------------------------------------------------
+// checkService
+
+Deno.test("checkService() accepts our CA's service certificate", () => {
+  const info = checkService(fixtures.service.der, anchor);
+  assert.equal(info.commonName, SERVICE_CN);
+  assert.equal(SERVICE_CN, "e2e-chat service");
+});
+
+Deno.test("checkService() rejects a member's certificate, the CA's, another CA's service, and none", () => {
+  assert.throws(
+    () => checkService(fixtures.alice.der, anchor),
+    rejected(/not the e2e-chat CA service/),
+  );
+  assert.throws(() => checkService(der(fixtures.caPem), anchor), rejected());
+  assert.throws(
+    () => checkService(fixtures.otherService.der, anchor),
+    rejected(/not issued by our CA/),
+  );
+  assert.throws(() => checkService(null, anchor), rejected(/no certificate/));
+});
+
+// ---------------------------------------------------------------------------
+// serverOptions and clientOptions
+
+Deno.test("serverOptions() pins the CA, asks for client certificates and requires TLS 1.2 or later", () => {
+  const options = serverOptions(fixtures.service, anchor);
+  assert.equal(options.key, fixtures.service.key);
+  assert.equal(options.cert, fixtures.service.cert);
+  assert.deepEqual(options.ca, [anchor.pem]);
+  assert.equal(options.minVersion, "TLSv1.2");
+  assert.equal(options.requestCert, true);
+  assert.equal(options.rejectUnauthorized, false, "by default the application decides");
+  assert.equal("ALPNProtocols" in options, false);
+});
+
+Deno.test("serverOptions() can require a client certificate, skip asking for one, and offer ALPN", () => {
+  const required = serverOptions(fixtures.alice, anchor, { requireCert: true, alpn: [ALPN] });
+  assert.equal(required.requestCert, true);
+  assert.equal(required.rejectUnauthorized, true);
+  assert.deepEqual(required.ALPNProtocols, ["e2e-chat/1"]);
+  const none = serverOptions(fixtures.alice, anchor, { requestCert: false });
+  assert.equal(none.requestCert, false);
+  assert.equal(none.rejectUnauthorized, false);
+});
+
+Deno.test("clientOptions() trusts only the CA, verifies the server, and leaves naming to checkService/checkPeer", () => {
+  const options = clientOptions(anchor);
+  assert.deepEqual(options.ca, [anchor.pem]);
+  assert.equal(options.minVersion, "TLSv1.2");
+  assert.equal(options.rejectUnauthorized, true);
+  assert.equal(typeof options.checkServerIdentity, "function");
+  assert.equal(
+    options.checkServerIdentity!("somewhere.else", {} as tls.PeerCertificate),
+    undefined,
+  );
+  assert.equal("key" in options, false);
+  assert.equal("cert" in options, false);
+  assert.equal("servername" in options, false);
+  assert.equal("ALPNProtocols" in options, false);
+});
+
+Deno.test("clientOptions() presents our certificate, asks for ALPN, and sends SNI only for host names", () => {
+  const options = clientOptions(anchor, {
+    own: fixtures.bob,
+    alpn: [ALPN],
+    servername: "ca.example.org",
+  });
+  assert.equal(options.key, fixtures.bob.key);
+  assert.equal(options.cert, fixtures.bob.cert);
+  assert.deepEqual(options.ALPNProtocols, ["e2e-chat/1"]);
+  assert.equal(options.servername, "ca.example.org");
+  // SNI must not carry an IP address (RFC 6066 §3).
+  for (const ip of ["127.0.0.1", "::1", "2001:db8::1"]) {
+    assert.equal("servername" in clientOptions(anchor, { servername: ip }), false, ip);
+  }
+});
+
+// ---------------------------------------------------------------------------
+// A real handshake on 127.0.0.1 with these options
+
+interface Listening {
+  server: tls.Server;
+  port: number;
+  /** Peer certificates (DER or null) of every connection the server accepted. */
+  accepted: Array<Uint8Array | null>;
+  close(): Promise<void>;
+}
+
+async function listen(options: tls.TlsOptions): Promise<Listening> {
+  const accepted: Array<Uint8Array | null> = [];
+  const sockets = new Set<tls.TLSSocket>();
+  const server = tls.createServer(options, (socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+    socket.on("error", () => {});
+    accepted.push(peerCertificateDer(socket));
+    socket.end("welcome\n");
+  });
+  server.on("tlsClientError", () => {});
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as { port: number }).port;
+  return {
+    server,
+    port,
+    accepted,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+interface Outcome {
+  /** Whether the client finished its side of the handshake. */
+  connected: boolean;
+  /** What it read before the connection ended. */
+  received: string;
+  /** The server's certificate, when connected. */
+  serverCert: Uint8Array | null;
+  alpn: string | false | null;
+  error?: Error;
+}
+
+function connect(port: number, options: tls.ConnectionOptions): Promise<Outcome> {
+  return new Promise((resolve) => {
+    const outcome: Outcome = { connected: false, received: "", serverCert: null, alpn: null };
+    const socket = tls.connect({ ...options, host: "127.0.0.1", port });
+    const timer = setTimeout(() => socket.destroy(new Error("timed out")), 5_000);
+    socket.on("secureConnect", () => {
+      outcome.connected = true;
+      outcome.serverCert = peerCertificateDer(socket);
+      outcome.alpn = socket.alpnProtocol;
+    });
+    socket.on("data", (chunk: Uint8Array) => (outcome.received += new TextDecoder().decode(chunk)));
+    socket.on("error", (e: Error) => (outcome.error = e));
+    socket.on("close", () => {
+      clearTimeout(timer);
+      resolve(outcome);
+    });
+  });
+}
+
+Deno.test("a mutual TLS handshake with these options: both sides pass checkPeer, a client without a certificate is refused", async () => {
+  const listening = await listen(
+    serverOptions(fixtures.alice, anchor, { requireCert: true, alpn: [ALPN] }),
+  );
+  try {
+    // bob, with his certificate: both sides see each other and both checks pass.
+    const ok = await connect(
+      listening.port,
+      clientOptions(anchor, { own: fixtures.bob, alpn: [ALPN] }),
+    );
+    assert.equal(ok.connected, true, `${ok.error}`);
+    assert.equal(ok.received, "welcome\n");
+    assert.equal(ok.alpn, ALPN);
+    assert.equal(checkPeer(ok.serverCert, anchor, { name: "alice" }).commonName, "alice");
+    assert.equal(listening.accepted.length, 1);
+    assert.equal(checkPeer(listening.accepted[0], anchor, { name: "bob" }).commonName, "bob");
+
+    // Without a certificate: the server never accepts the connection, and nothing is read.
+    const anonymous = await connect(listening.port, clientOptions(anchor, { alpn: [ALPN] }));
+    assert.equal(anonymous.received, "");
+    assert.equal(listening.accepted.length, 1, "the server accepted no second connection");
+
+    // With a certificate of another CA: refused the same way.
+    const stranger = await connect(
+      listening.port,
+      clientOptions(anchor, { own: fixtures.otherAlice, alpn: [ALPN] }),
+    );
+    assert.equal(stranger.received, "");
+    assert.equal(listening.accepted.length, 1);
+  } finally {
+    await listening.close();
+  }
+});
+
+Deno.test("a client of these options refuses a server whose certificate another CA issued", async () => {
+  const listening = await listen(
+    serverOptions(fixtures.otherService, trustAnchor(fixtures.otherCaPem)),
+  );
+  try {
+    const outcome = await connect(listening.port, clientOptions(anchor, { own: fixtures.bob }));
+    assert.equal(outcome.connected, false);
+    assert.equal(outcome.received, "");
+    assert.ok(outcome.error, "the handshake failed");
+  } finally {
+    await listening.close();
+  }
+});
+
+Deno.test("without requireCert a certificate-less client connects, and checkPeer then refuses it", async () => {
+  const listening = await listen(serverOptions(fixtures.service, anchor));
+  try {
+    const outcome = await connect(listening.port, clientOptions(anchor));
+    assert.equal(outcome.connected, true, `${outcome.error}`);
+    assert.equal(checkService(outcome.serverCert, anchor).commonName, SERVICE_CN);
+    assert.deepEqual(listening.accepted, [null]);
+    assert.throws(() => checkPeer(listening.accepted[0], anchor), rejected(/no certificate/));
+  } finally {
+    await listening.close();
+  }
+});
