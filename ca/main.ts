@@ -4,7 +4,15 @@
  *
  * @module
  */
-import { err, intOption, out, parseCommand, runMain } from "../lib/cli.ts";
+import {
+  err,
+  intOption,
+  noPositionals,
+  out,
+  parseCommand,
+  runMain,
+  splitCommand,
+} from "../lib/cli.ts";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 import { resolveHome, resolveUserPath } from "../lib/home.ts";
@@ -52,11 +60,7 @@ const COMMON = {
 const PASSPHRASE_ENV = "E2E_CHAT_CA_PASSPHRASE";
 
 async function main(args: string[]): Promise<number> {
-  // Options without a command belong to the default command.
-  const defaulted = args.length > 0 && args[0].startsWith("-") &&
-    !["-h", "--help"].includes(args[0]);
-  const command = defaulted ? undefined : args[0];
-  const rest = defaulted ? args : args.slice(1);
+  const { command, rest } = splitCommand(args);
   switch (command) {
     case "init":
       return await init(rest);
@@ -333,12 +337,6 @@ async function readInput(arg: string): Promise<Uint8Array> {
     if (arg !== "-") file.close();
   }
   return buffer.subarray(0, n);
-}
-
-function noPositionals(positionals: string[]): void {
-  if (positionals.length) {
-    throw new E2eError("ERR_USAGE", `Unexpected argument ${JSON.stringify(positionals[0])}`);
-  }
 }
 
 async function help(): Promise<number> {

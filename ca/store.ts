@@ -319,14 +319,21 @@ export class IndexCache {
   #ino: number | null = -1;
   #offset = 0;
   #entries: IndexEntry[] = [];
+  #last: Promise<unknown> = Promise.resolve();
 
   /** A cache of the index of the CA at `paths`. */
   constructor(paths: CaPaths) {
     this.#paths = paths;
   }
 
-  /** The entries as committed now. */
-  async entries(): Promise<IndexEntry[]> {
+  /** The entries as committed now. Calls are serialized: each update reads on from the last. */
+  entries(): Promise<IndexEntry[]> {
+    const next = this.#last.catch(() => {}).then(() => this.#update());
+    this.#last = next;
+    return next;
+  }
+
+  async #update(): Promise<IndexEntry[]> {
     using file = await Deno.open(this.#paths.index);
     const info = await file.stat();
     if (info.ino !== this.#ino || info.size < this.#offset) {

@@ -7,11 +7,13 @@
  * @module
  */
 import http from "node:http";
-import tls from "node:tls";
+import type tls from "node:tls";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import {
+  bootstrapOptions,
   checkService,
   clientOptions,
+  connectTls,
   type Credentials,
   peerCertificateDer,
   type TrustAnchor,
@@ -175,24 +177,13 @@ async function call(
   const host = url.hostname.replace(/^\[|\]$/g, "");
   const port = Number(url.port || 443);
   const timeoutMs = request.timeoutMs ?? TIMEOUT_MS;
-  const options: tls.ConnectionOptions = pinned
+  const options = pinned
     ? clientOptions(pinned.anchor, { own: pinned.own, servername: host })
-    : { rejectUnauthorized: false, minVersion: "TLSv1.2" }; // bootstrap: checked by fingerprint
-  const socket = tls.connect({ ...options, host, port });
+    : bootstrapOptions(); // checked by fingerprint afterwards
+  let socket: tls.TLSSocket;
   try {
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error("timed out")), TIMEOUT_MS);
-      socket.once("secureConnect", () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      socket.once("error", (e) => {
-        clearTimeout(timer);
-        reject(e);
-      });
-    });
+    socket = await connectTls({ ...options, host, port }, TIMEOUT_MS);
   } catch (e) {
-    socket.destroy();
     throw new E2eError("ERR_NETWORK", `Cannot reach the CA service at ${url.origin}`, {
       cause: e,
       detail: e instanceof Error ? e.message : String(e),

@@ -8,12 +8,18 @@
  */
 import tls from "node:tls";
 import { E2eError } from "../lib/errors.ts";
-import { ALPN } from "../lib/frames.ts";
+import { ALPN, MAX_TEXT_CHARS } from "../lib/frames.ts";
 import { resolveUserPath } from "../lib/home.ts";
 import { checkName } from "../lib/names.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { normalizeSerialHex, parseCrl } from "../lib/crl.ts";
-import { checkPeer, clientOptions, peerCertificateDer, serverOptions } from "../lib/tls.ts";
+import {
+  checkPeer,
+  clientOptions,
+  connectTls,
+  peerCertificateDer,
+  serverOptions,
+} from "../lib/tls.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
 import type { CaClient, CertificateReply, InvitationReply } from "./ca_client.ts";
 import { removeStalePartials } from "./files.ts";
@@ -104,6 +110,8 @@ export class Chat {
   #current?: string;
   #revoked = new Set<string>();
   #crlAt = 0;
+  #crlFailedAt = 0;
+  #crlFetch?: Promise<void>;
   #stopped = new AbortController();
   #timers: Array<ReturnType<typeof setInterval>> = [];
 
@@ -187,9 +195,12 @@ export class Chat {
         this.#send(checkName(args[0]), args.slice(1).join(" "));
         return true;
       case "/file": {
-        const [name, path] = args.length >= 2
-          ? [checkName(args[0]), args.slice(1).join(" ")]
-          : [this.#current, arg(0, "PATH")];
+        arg(0, "PATH");
+        // "/file NAME PATH" when the first word is a connected peer; else all of it is the path.
+        const named = args.length >= 2 && this.#peers.has(args[0]);
+        const [name, path] = named
+          ? [args[0], args.slice(1).join(" ")]
+          : [this.#current, args.join(" ")];
         if (!name) throw new E2eError("ERR_USAGE", "No current peer: /file NAME PATH");
         await this.#sendFile(name, resolveUserPath(path));
         return true;
@@ -290,32 +301,25 @@ export class Chat {
     }
     const expected = this.#checkDirectory(invitation.peer, name);
     if (Date.now() - this.#crlAt > CRL_MAX_AGE_MS) await this.#refreshCrl();
-    const socket = tls.connect({
-      ...clientOptions(this.#id.anchor, {
-        own: this.#id.credentials,
-        alpn: [ALPN],
-        tls13Only: true,
-      }),
-      host: invitation.host,
-      port: invitation.port,
+    const options = clientOptions(this.#id.anchor, {
+      own: this.#id.credentials,
+      alpn: [ALPN],
+      tls13Only: true,
     });
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error("timed out")), HANDSHAKE_TIMEOUT_MS);
-      socket.once("secureConnect", () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      socket.once("error", (e) => {
-        clearTimeout(timer);
-        reject(e);
-      });
-    }).catch((e) => {
-      socket.destroy();
+    let socket: tls.TLSSocket;
+    try {
+      socket = await connectTls(
+        { ...options, host: invitation.host, port: invitation.port },
+        HANDSHAKE_TIMEOUT_MS,
+      );
+    } catch (e) {
       throw new E2eError(
         "ERR_NETWORK",
-        `Cannot connect to "${name}" at ${invitation.host}:${invitation.port}: ${e.message}`,
+        `Cannot connect to "${name}" at ${invitation.host}:${invitation.port}: ${
+          e instanceof Error ? e.message : e
+        }`,
       );
-    });
+    }
     let cert: CertificateInfo;
     try {
       if (socket.alpnProtocol !== ALPN) {
@@ -352,6 +356,8 @@ export class Chat {
     socket.setTimeout(HANDSHAKE_TIMEOUT_MS, () => socket.destroy());
     let cert: CertificateInfo;
     let name: string;
+    // As before an outgoing connection: a CRL over a minute old is fetched again first.
+    if (Date.now() - this.#crlAt > CRL_MAX_AGE_MS) await this.#refreshCrl();
     try {
       if (socket.alpnProtocol !== ALPN) {
         throw new E2eError("ERR_PEER_REJECTED", "no ALPN e2e-chat/1");
@@ -465,6 +471,12 @@ export class Chat {
   }
 
   #send(name: string, text: string): void {
+    if (text.length > MAX_TEXT_CHARS) {
+      throw new E2eError(
+        "ERR_USAGE",
+        `Message too long: ${text.length} characters, at most ${MAX_TEXT_CHARS}; send it as a /file`,
+      );
+    }
     const conn = this.#connected(name);
     const id = conn.sendMessage(text);
     this.#current = name;
@@ -488,11 +500,21 @@ export class Chat {
   }
 
   async #refreshCrl(): Promise<void> {
+    // One fetch at a time, and not again within 5 s of a failure: connection attempts
+    // (even a flood of refused ones) cannot turn into a flood of CRL requests.
+    if (this.#crlFetch) return await this.#crlFetch;
+    if (Date.now() - this.#crlFailedAt < 5_000) return;
+    this.#crlFetch = this.#fetchCrl().finally(() => (this.#crlFetch = undefined));
+    return await this.#crlFetch;
+  }
+
+  async #fetchCrl(): Promise<void> {
     try {
       const crl = parseCrl(await this.#ca.crl(), this.#id.anchor.x509);
       this.#revoked = crl.revoked;
       this.#crlAt = Date.now();
     } catch (e) {
+      this.#crlFailedAt = Date.now();
       this.#emit({
         type: "warning",
         message: `Cannot refresh the CRL: ${e instanceof Error ? e.message : e}`,

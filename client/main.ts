@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { out, parseCommand, runMain } from "../lib/cli.ts";
+import { noPositionals, out, parseCommand, runMain, splitCommand } from "../lib/cli.ts";
 import { E2eError } from "../lib/errors.ts";
 import { resolveHome, resolveUserPath } from "../lib/home.ts";
 import { exists } from "../lib/fs.ts";
@@ -47,11 +47,7 @@ const COMMON = {
 } as const;
 
 async function main(args: string[]): Promise<number> {
-  // Options without a command belong to the default command.
-  const defaulted = args.length > 0 && args[0].startsWith("-") &&
-    !["-h", "--help"].includes(args[0]);
-  const command = defaulted ? undefined : args[0];
-  const rest = defaulted ? args : args.slice(1);
+  const { command, rest } = splitCommand(args);
   switch (command) {
     case "join":
       return await joinCommand(rest);
@@ -259,12 +255,6 @@ function keyType(value: string | undefined): ClientKeyType {
     });
   }
   return type as ClientKeyType;
-}
-
-function noPositionals(positionals: string[]): void {
-  if (positionals.length) {
-    throw new E2eError("ERR_USAGE", `Unexpected argument ${JSON.stringify(positionals[0])}`);
-  }
 }
 
 async function help(): Promise<number> {

@@ -53,6 +53,7 @@ export interface PeerOptions {
 
 const MAX_QUEUED = 32; // frames parsed but not handled before we stop reading
 const MAX_INCOMING_FILES = 8;
+const STALL_MS = 5_000;
 const CHUNK_BYTES = 512 * 1024; // within MAX_CHUNK_BYTES (base64) and MAX_BINARY_BYTES (bin)
 
 /** Part of the raw payload of a `bin` frame. */
@@ -60,6 +61,12 @@ interface RawPiece {
   type: "raw";
   id: string;
   bytes: Uint8Array;
+}
+
+/** Bad input, failing the connection once the frames before it are handled. */
+interface Failure {
+  type: "fail";
+  error: unknown;
 }
 
 /** A checked, connected peer. */
@@ -79,6 +86,7 @@ export class PeerConnection {
   #raw?: { id: string; size: number; remaining: number; pieces: Uint8Array[] };
   #closed = false;
   #failed = false;
+  #broken = false; // no more input is parsed
   #closeReason = "closed";
   #incoming = new Map<string, IncomingFile>();
   #nextId = 1;
@@ -192,7 +200,7 @@ export class PeerConnection {
   #onData(bytes: Uint8Array): void {
     let offset = 0;
     try {
-      while (offset < bytes.length && !this.#failed) {
+      while (offset < bytes.length && !this.#broken) {
         if (this.#raw) {
           // The payload of a "bin" frame: bytes, not lines. Gathered whole (at most 1 MiB),
           // so the file gets one write per frame rather than one per TLS record.
@@ -218,23 +226,31 @@ export class PeerConnection {
         this.#enqueue(frame);
       }
     } catch (e) {
-      this.#fail(e);
+      // Bad input fails the connection in order: frames before it are still handled.
+      this.#broken = true;
+      this.#enqueue({ type: "fail", error: e });
     }
   }
 
-  #enqueue(item: Frame | RawPiece): void {
+  #enqueue(item: Frame | RawPiece | Failure): void {
     this.#queued++;
-    if (this.#queued >= MAX_QUEUED) this.#socket.pause();
+    if (this.#queued >= MAX_QUEUED) {
+      this.#socket.pause();
+      this.#watch();
+    }
     this.#queue = this.#queue.then(async () => {
       if (this.#closed || this.#failed) return;
       try {
+        if (item.type === "fail") throw item.error;
         if (item.type === "raw") await this.#handleRaw(item);
         else await this.#handle(item);
       } catch (e) {
         this.#fail(e);
       } finally {
         this.#queued--;
-        if (this.#queued < MAX_QUEUED / 2 && !this.#closed) this.#socket.resume();
+        if (this.#queued < MAX_QUEUED / 2 && !this.#closed && !this.#broken) {
+          this.#socket.resume();
+        }
       }
     });
   }
@@ -279,6 +295,7 @@ export class PeerConnection {
           frame.sha256,
         );
         this.#incoming.set(frame.id, file);
+        this.#watch();
         return;
       }
       case "bin":
@@ -321,6 +338,22 @@ export class PeerConnection {
         this.#socket.end();
         return;
     }
+  }
+
+  // A peer that goes silent in the middle of a file, or while we hold its data back,
+  // is given up on. (Deno's node:tls can miss the close of a socket paused for
+  // back-pressure; without this such a transfer would hang for ever.)
+  #watch(): void {
+    this.#socket.setTimeout(STALL_MS, () => {
+      if (this.#incoming.size > 0 || this.#socket.isPaused()) {
+        this.#closeReason = `the peer sent nothing for ${
+          STALL_MS / 1000
+        } s in the middle of a transfer`;
+        this.#socket.destroy();
+      } else {
+        this.#socket.setTimeout(0);
+      }
+    });
   }
 
   #progress(id: string, bytes: number, total: number, direction: "in" | "out"): void {

@@ -54,6 +54,37 @@ export function parseCommand<O extends Options>(
 }
 
 /**
+ * Splits `args` into a command and its arguments. Options without a command
+ * (`--home DIR`) belong to the default command, which is `command: undefined`.
+ *
+ * @example
+ * ```ts
+ * import { splitCommand } from "./cli.ts";
+ * splitCommand(["--port", "0"]); // { command: undefined, rest: ["--port", "0"] }
+ * ```
+ */
+export function splitCommand(args: string[]): { command?: string; rest: string[] } {
+  const defaulted = args.length > 0 && args[0].startsWith("-") &&
+    !["-h", "--help"].includes(args[0]);
+  return defaulted ? { rest: args } : { command: args[0], rest: args.slice(1) };
+}
+
+/**
+ * Refuses positional arguments a command does not take.
+ *
+ * @example
+ * ```ts
+ * import { noPositionals } from "./cli.ts";
+ * noPositionals([]);
+ * ```
+ */
+export function noPositionals(positionals: string[]): void {
+  if (positionals.length) {
+    throw new E2eError("ERR_USAGE", `Unexpected argument ${JSON.stringify(positionals[0])}`);
+  }
+}
+
+/**
  * Parses a whole number option, or returns undefined when absent.
  *
  * @example

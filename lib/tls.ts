@@ -12,7 +12,12 @@
  */
 import type { X509Certificate } from "node:crypto";
 import { isIP } from "node:net";
-import type { ConnectionOptions, PeerCertificate, TlsOptions, TLSSocket } from "node:tls";
+import tls, {
+  type ConnectionOptions,
+  type PeerCertificate,
+  type TlsOptions,
+  type TLSSocket,
+} from "node:tls";
 import { E2eError } from "./errors.ts";
 import { type CertificateInfo, parseCertificate } from "./x509.ts";
 import { pemEncode } from "./pem.ts";
@@ -232,4 +237,48 @@ function verifiedByAnchor(
 
 function rejected(detail: string): E2eError {
   return new E2eError("ERR_PEER_REJECTED", "The peer's certificate was rejected", { detail });
+}
+
+/**
+ * TLS options for the one unauthenticated contact: `join` fetching the CA
+ * certificate, which it then accepts only by the invite's fingerprint. Nothing
+ * secret is sent on such a connection.
+ *
+ * @example
+ * ```ts
+ * import { bootstrapOptions } from "./tls.ts";
+ * const options = bootstrapOptions();
+ * ```
+ */
+export function bootstrapOptions(): ConnectionOptions {
+  return { rejectUnauthorized: false, minVersion: "TLSv1.2" };
+}
+
+/**
+ * Connects and resolves once the TLS handshake is done; rejects on an error or
+ * after `timeoutMs`, and destroys the socket then.
+ *
+ * @example
+ * ```ts
+ * import { clientOptions, connectTls, trustAnchor } from "./tls.ts";
+ * const anchor = trustAnchor(await Deno.readTextFile("ca.crt"));
+ * const socket = await connectTls({ ...clientOptions(anchor), host: "127.0.0.1", port: 65433 }, 10_000);
+ * ```
+ */
+export function connectTls(options: ConnectionOptions, timeoutMs: number): Promise<TLSSocket> {
+  const socket = tls.connect(options);
+  return new Promise<TLSSocket>((resolve, reject) => {
+    const timer = setTimeout(() => fail(new Error("timed out")), timeoutMs);
+    function fail(e: Error) {
+      clearTimeout(timer);
+      socket.destroy();
+      reject(e);
+    }
+    socket.once("secureConnect", () => {
+      clearTimeout(timer);
+      socket.off("error", fail);
+      resolve(socket);
+    });
+    socket.once("error", fail);
+  });
 }
