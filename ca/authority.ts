@@ -472,7 +472,14 @@ export class CertificateAuthority {
       ...["-days", String(spec.days), "-startdate", backdated()],
       ...["-extfile", "extensions.cnf", "-extensions", "leaf"],
     ]);
-    const certificate = parseCertificate(await Deno.readTextFile(join(dir, "issued.pem")));
+    let certificate: CertificateInfo;
+    try {
+      certificate = parseCertificate(await Deno.readTextFile(join(dir, "issued.pem")));
+    } catch (e) {
+      // openssl exits 0 even when it could not write the whole file: find out why.
+      throw await diskFull(dir) ??
+        new E2eError("ERR_OPENSSL", "openssl ca wrote no complete certificate", { cause: e });
+    }
     const recorded = (await readIndexAt(dir)).some((e) =>
       normalizeSerial(e.serial) === normalizeSerial(certificate.serial) && e.status === "V" &&
       e.name === spec.subject
@@ -524,6 +531,19 @@ export class CertificateAuthority {
       }
       throw e;
     }
+  }
+}
+
+// A probe write tells a full disk apart from other failures.
+async function diskFull(dir: string): Promise<E2eError | undefined> {
+  try {
+    await Deno.writeFile(join(dir, ".space-probe"), new Uint8Array(64 * 1024));
+    return undefined;
+  } catch (e) {
+    if (!(e instanceof Error) || !/os error 28/.test(e.message)) return undefined;
+    return new E2eError("ERR_FILE", `Cannot sign: no space left on the device holding "${dir}"`, {
+      cause: e,
+    });
   }
 }
 

@@ -13,7 +13,13 @@ import type { TLSSocket } from "node:tls";
 import { join } from "node:path";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
-import { type Credentials, peerCertificateDer, serverOptions, trustAnchor } from "../lib/tls.ts";
+import {
+  type Credentials,
+  guardConnections,
+  peerCertificateDer,
+  serverOptions,
+  trustAnchor,
+} from "../lib/tls.ts";
 import { parseCertificate } from "../lib/x509.ts";
 import { type ApiContext, type ApiRequest, handle, MAX_WAIT_SECONDS } from "./api.ts";
 import type { CertificateAuthority } from "./authority.ts";
@@ -113,19 +119,12 @@ export class CaService {
     const server = https.createServer(serverOptions(own, anchor), (req, res) => {
       serveRequest(ctx, stopping.signal, req, res, log).catch(() => res.destroy());
     });
-    server.on("secureConnection", (socket: TLSSocket) => {
-      // Slow or idle clients are cut off; a long poll raises the limit while it waits.
-      socket.setTimeout(idle, () => socket.destroy());
-      // From here the TLS socket's timer governs: stop the handshake timer on the TCP socket
-      // beneath it (Deno's node:tls keeps it as _parent), or it would cut long polls at 15 s.
-      (socket as unknown as { _parent?: Socket })._parent?.setTimeout(0);
-    });
+    // Slow or idle clients are cut off; a long poll raises the limit while it waits.
+    guardConnections(server, { handshakeMs: idle, idleMs: idle });
     server.on("connection", (socket: Socket) => {
       sockets.add(socket);
       socket.once("close", () => sockets.delete(socket));
-      socket.setTimeout(idle, () => socket.destroy()); // a TLS handshake that stalls
     });
-    server.on("tlsClientError", () => {});
     await new Promise<void>((resolve, reject) => {
       server.once("error", (e) =>
         reject(
@@ -302,7 +301,10 @@ function readJson(req: IncomingMessage): Promise<unknown> {
       }
       chunks.push(chunk);
     });
-    req.on("error", reject);
+    // A client that hangs up mid-body is its own problem, not an internal error.
+    const ended = () => reject(new E2eError("ERR_BAD_REQUEST", "The request body ended early"));
+    req.on("error", ended);
+    req.on("aborted", ended);
     req.on("end", () => {
       const bytes = new Uint8Array(size);
       let offset = 0;

@@ -17,6 +17,7 @@ import {
   checkPeer,
   clientOptions,
   connectTls,
+  guardConnections,
   peerCertificateDer,
   serverOptions,
 } from "../lib/tls.ts";
@@ -335,10 +336,10 @@ export class Chat {
   }
 
   async #listenOn(host: string, port: number): Promise<void> {
+    guardConnections(this.#server, { handshakeMs: HANDSHAKE_TIMEOUT_MS, idleMs: 0 });
     this.#server.on("secureConnection", (socket: tls.TLSSocket) => {
       this.#admit(socket).catch(() => socket.destroy());
     });
-    this.#server.on("tlsClientError", () => {});
     await new Promise<void>((resolve, reject) => {
       this.#server.once(
         "error",

@@ -48,7 +48,8 @@ export function parseCommand<O extends Options>(
     const parsed = parseArgs({ args, options, allowPositionals: true, strict: true });
     return { values: parsed.values, positionals: parsed.positionals };
   } catch (e) {
-    const message = e instanceof Error ? e.message.split(". ")[0].replace(/\.$/, "") : String(e);
+    // node's parseArgs explains in several sentences and lines; the first says it.
+    const message = e instanceof Error ? e.message.split(/\.(?:\s|$)/)[0] : String(e);
     throw new E2eError("ERR_USAGE", message, { hint: "see --help" });
   }
 }
@@ -121,6 +122,12 @@ export async function runMain(main: () => Promise<number>): Promise<never> {
   Deno.exit(code);
 }
 
+function isDenoError(e: unknown): e is Error {
+  return e instanceof Error &&
+    (Object.values(Deno.errors).some((kind) => e instanceof (kind as typeof Error)) ||
+      /\(os error \d+\)/.test(e.message)); // e.g. ENOSPC, which has no class of its own
+}
+
 async function report(e: unknown): Promise<number> {
   if (e instanceof E2eError) {
     await err(`e2e-chat: error: ${e.message}\n`);
@@ -132,7 +139,9 @@ async function report(e: unknown): Promise<number> {
     await err(`e2e-chat: error: ${e.message}\n`);
     return 1;
   }
-  if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.AlreadyExists) {
+  // File system and network failures (a folder given as a file, a full disk…) say what
+  // happened in one line; a stack trace would only hide it.
+  if (isDenoError(e)) {
     await err(`e2e-chat: error: ${e.message}\n`);
     return 1;
   }

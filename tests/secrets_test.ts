@@ -1,0 +1,163 @@
+/**
+ * Secrets stay secret (docs/SECURITY.md "Secrets", STYLE.md habit 6), checked
+ * on a whole run: a CA created and served, two invites, two `client join`s, a
+ * short chat with a file — every process with a wrapper `openssl` first on
+ * PATH that logs its arguments. Then the CA passphrase, the invite tokens, the
+ * message texts and the file's content are searched for in openssl's argv,
+ * the service log, every process's output and every file the run left; and
+ * the modes of the private files are checked.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { PASSPHRASE, snapshot } from "./_helpers.ts";
+import { inviteToken } from "./_service_helpers.ts";
+import { modeOf, realOpenssl, runTask, ServiceProcess, TaskProcess } from "./_hostile_helpers.ts";
+
+Deno.test("no passphrase, token or message text reaches openssl's argv, a log, any output it should not or any file; private files are 0600 in 0700 folders", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "e2e-chat-secrets-" });
+  const procs: TaskProcess[] = [];
+  let service: ServiceProcess | undefined;
+  try {
+    // The real openssl, found before the wrapper is on PATH.
+    const real = await realOpenssl();
+    const bin = join(dir, "bin");
+    const argvLog = join(dir, "openssl-argv.log");
+    await Deno.mkdir(bin);
+    await Deno.writeTextFile(
+      join(bin, "openssl"),
+      `#!/bin/sh\nprintf '%s\\n' "$*" >> '${argvLog}'\nexec '${real}' "$@"\n`,
+      { mode: 0o755 },
+    );
+    const env = { PATH: `${bin}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}` };
+    const caHome = join(dir, "ca-home");
+    const caEnv = { ...env, E2E_CHAT_HOME: caHome, E2E_CHAT_CA_PASSPHRASE: PASSPHRASE };
+    const outputs: Array<[string, string]> = [];
+    const run = async (what: string, task: "ca" | "client", args: string[], e = env) => {
+      const result = await runTask(task, args, { env: e });
+      assert.equal(result.code, 0, `${what}: ${result.stderr}`);
+      outputs.push([`${what} stderr`, result.stderr]);
+      return result;
+    };
+
+    await run("ca init", "ca", ["init", "--key-type", "ec-p256"], caEnv);
+    service = await ServiceProcess.start(caHome, PASSPHRASE, { env });
+    const invites = await Promise.all(
+      ["alice", "bob"].map(async (n) =>
+        (await run(`ca invite ${n}`, "ca", ["invite", n], caEnv)).stdout.trim()
+      ),
+    );
+    const tokens = invites.map(inviteToken);
+    const homes = [join(dir, "alice"), join(dir, "bob")];
+    for (const [i, invite] of invites.entries()) {
+      const joined = await run(`join ${i}`, "client", ["join", invite, "--home", homes[i]]);
+      outputs.push([`join ${i} stdout`, joined.stdout]);
+    }
+
+    const [alice, bob] = await Promise.all(
+      homes.map((home) =>
+        TaskProcess.start("client", ["chat", "--json", "--home", home], { env, stdin: true })
+      ),
+    );
+    procs.push(alice, bob);
+    await Promise.all([alice.expect({ type: "ready" }), bob.expect({ type: "ready" })]);
+    await alice.send("/chat bob");
+    await alice.expect({ type: "invited", to: "bob" });
+    await bob.expect({ type: "invite", from: "alice" });
+    await bob.send("/accept alice");
+    await Promise.all([
+      alice.expect({ type: "connected", peer: "bob" }),
+      bob.expect({ type: "connected", peer: "alice" }),
+    ]);
+    const toBob = "meet at the old mill, 0600, bring the ledger";
+    const toAlice = "understood: the ledger, the mill, six sharp";
+    const fileText = "account 4471-2290-1187, pin in the other envelope\n";
+    const filePath = join(dir, "ledger.txt");
+    await Deno.writeTextFile(filePath, fileText);
+    await alice.send(toBob);
+    await bob.expect({ type: "message", from: "alice", text: toBob });
+    await bob.send(toAlice);
+    await alice.expect({ type: "message", from: "bob", text: toAlice });
+    await alice.send(`/file ${filePath}`);
+    const file = await bob.expect({ type: "file", from: "alice" });
+    await alice.expect({ type: "delivered", to: "bob" });
+    await Promise.all([alice.stop(), bob.stop()]);
+    await service.proc.stop();
+
+    // --- where secrets must not be
+    const secrets: Array<[string, string]> = [
+      ["the CA passphrase", PASSPHRASE],
+      ["alice's token", tokens[0]],
+      ["bob's token", tokens[1]],
+      ["the message to bob", toBob],
+      ["the message to alice", toAlice],
+      ["the file's content", fileText.trim()],
+    ];
+    const argv = await Deno.readTextFile(argvLog);
+    assert.match(argv, /-passin env:E2E_CHAT_PASSIN/, "the service did not run the wrapper");
+    assert.match(argv, /^genpkey /m, "the clients did not run the wrapper");
+    const places: Array<[string, string]> = [
+      ["openssl's argv", argv],
+      ["the service log", service.log],
+      ["the service's stdout", service.proc.stdout],
+      ["alice's stderr", alice.stderr],
+      ["bob's stderr", bob.stderr],
+      ...outputs,
+    ];
+    const found: string[] = [];
+    for (const [where, text] of places) {
+      for (const [what, secret] of secrets) {
+        if (text.includes(secret)) found.push(`${what} in ${where}`);
+      }
+    }
+    // stdout of a chat: a message shows only in the receiver's "message" event.
+    for (const [who, proc, received] of [["alice", alice, toAlice], ["bob", bob, toBob]] as const) {
+      for (const line of proc.stdout.split("\n")) {
+        for (const [what, secret] of secrets) {
+          if (!line.includes(secret)) continue;
+          const event = JSON.parse(line);
+          if (secret === received && event.type === "message" && event.text === secret) continue;
+          found.push(`${what} in ${who}'s stdout: ${line.slice(0, 120)}`);
+        }
+      }
+    }
+    // Files: the CA's, both users', everything the run left; the received file holds its content.
+    for (const [path, content] of await snapshot(dir)) {
+      for (const [what, secret] of secrets) {
+        if (!content.includes(secret)) continue;
+        if (path === filePath || path === file.path) continue;
+        found.push(`${what} in ${path}`);
+      }
+    }
+    assert.deepEqual(found, [], "secrets where they must not be");
+
+    // --- modes
+    const modes: Array<[string, number]> = [
+      [caHome, 0o700],
+      [join(caHome, "ca"), 0o700],
+      [join(caHome, "ca", "ca.key"), 0o600],
+      [join(caHome, "ca", "invites.json"), 0o600],
+      [join(caHome, "ca", "index.txt"), 0o600],
+      [join(caHome, "ca", "service", "key.pem"), 0o600],
+      ...homes.flatMap((h): Array<[string, number]> => [
+        [h, 0o700],
+        [join(h, "id"), 0o700],
+        [join(h, "id", "key.pem"), 0o600],
+        [join(h, "peers.json"), 0o600],
+      ]),
+      [join(homes[1], "downloads"), 0o700],
+      [String(file.path), 0o600],
+    ];
+    const wrong: string[] = [];
+    for (const [path, mode] of modes) {
+      const actual = await modeOf(path);
+      if (actual !== mode) wrong.push(`${path}: ${actual.toString(8)}, not ${mode.toString(8)}`);
+    }
+    assert.deepEqual(wrong, [], "files with the wrong mode");
+  } finally {
+    await Promise.all(procs.map((p) => p.stop()));
+    await service?.proc.stop();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
