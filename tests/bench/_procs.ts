@@ -1,0 +1,265 @@
+/**
+ * The one place the benchmarks start processes: the real CLI (`ca/main.ts`,
+ * `client/main.ts`) with the permissions of its `deno task`, the raw-TLS peer,
+ * openssl and bash. Every child is registered, so {@linkcode stopAll} ends
+ * whatever is still running, even after a failure.
+ *
+ * @module
+ */
+import { join } from "node:path";
+
+/** The repository root. */
+export const ROOT: string = new URL("../../", import.meta.url).pathname;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const live = new Set<Proc>();
+
+/** The `--allow-*` flags of a task in deno.json, so our children get exactly those. */
+export async function taskFlags(task: "ca" | "client"): Promise<string[]> {
+  const config = JSON.parse(await Deno.readTextFile(join(ROOT, "deno.json")));
+  return String(config.tasks[task]).split(/\s+/).filter((w) => w.startsWith("--allow-"));
+}
+
+/** Rejects with "timed out waiting for `what`" after `ms`; the timer never outlives the race. */
+export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A line a child printed and when it arrived (performance.now(), ms). */
+export interface TimedLine {
+  /** The line, without its newline. */
+  text: string;
+  /** When the chunk that finished it was read. */
+  t: number;
+}
+
+/** Options of {@linkcode spawn}. */
+export interface SpawnOptions {
+  /** Extra environment. Default: none. */
+  env?: Record<string, string>;
+  /** Working directory. Default: the repository root. */
+  cwd?: string;
+  /** Called for every stderr line (e.g. the CA service's request log). Default: keep the tail. */
+  onStderrLine?: (line: string) => void;
+}
+
+/** A running child with piped stdin/stdout/stderr and a line reader on stdout. */
+export class Proc {
+  /** What it is, for messages. */
+  readonly label: string;
+  /** The child. */
+  readonly child: Deno.ChildProcess;
+  /** Resolves with the exit status. */
+  readonly status: Promise<Deno.CommandStatus>;
+  /** The last stderr lines, for error messages. */
+  readonly stderrTail: string[] = [];
+  /** Called for every stdout line; when unset, lines queue for {@linkcode Proc.nextLine}. */
+  onLine?: (line: TimedLine) => void;
+  #queue: TimedLine[] = [];
+  #wake?: () => void;
+  #ended = false;
+  #writer: WritableStreamDefaultWriter<Uint8Array>;
+
+  /** Wraps a spawned child. */
+  constructor(label: string, child: Deno.ChildProcess, onStderrLine?: (line: string) => void) {
+    this.label = label;
+    this.child = child;
+    this.status = child.status;
+    this.#writer = child.stdin.getWriter();
+    this.#writer.closed.catch(() => {});
+    this.#readLines(child.stdout, (line) => {
+      if (this.onLine) this.onLine(line);
+      else {
+        this.#queue.push(line);
+        this.#wake?.();
+      }
+    }).finally(() => {
+      this.#ended = true;
+      this.#wake?.();
+    });
+    this.#readLines(child.stderr, ({ text }) => {
+      onStderrLine?.(text);
+      this.stderrTail.push(text);
+      if (this.stderrTail.length > 40) this.stderrTail.shift();
+    });
+  }
+
+  /** The process id. */
+  get pid(): number {
+    return this.child.pid;
+  }
+
+  /** The next stdout line (when no `onLine` is set), or an error after `ms`. */
+  async nextLine(ms: number): Promise<TimedLine> {
+    const deadline = performance.now() + ms;
+    while (!this.#queue.length) {
+      if (this.#ended) throw new Error(`${this.label} exited\n${this.stderrTail.join("\n")}`);
+      const left = deadline - performance.now();
+      if (left <= 0) {
+        throw new Error(`${this.label} printed nothing in time\n${this.stderrTail.join("\n")}`);
+      }
+      await within(new Promise<void>((r) => (this.#wake = r)), left, this.label).catch(() => {});
+      this.#wake = undefined;
+    }
+    return this.#queue.shift()!;
+  }
+
+  /** Writes text to the child's stdin. */
+  async write(text: string | Uint8Array): Promise<void> {
+    await this.#writer.write(typeof text === "string" ? encoder.encode(text) : text);
+  }
+
+  /** Closes stdin, waits up to `ms` for the exit, then SIGTERM, then SIGKILL. */
+  async stop(ms = 3_000): Promise<void> {
+    await this.#writer.close().catch(() => {});
+    let exited = await within(this.status, ms, this.label).then(() => true, () => false);
+    for (const signal of ["SIGTERM", "SIGKILL"] as const) {
+      if (exited) break;
+      try {
+        this.child.kill(signal);
+      } catch { /* already gone */ }
+      exited = await within(this.status, 2_000, this.label).then(() => true, () => false);
+    }
+    live.delete(this);
+  }
+
+  async #readLines(
+    stream: ReadableStream<Uint8Array>,
+    each: (line: TimedLine) => void,
+  ): Promise<void> {
+    const text = new TextDecoder();
+    let pending = "";
+    try {
+      for await (const chunk of stream) {
+        const t = performance.now();
+        pending += text.decode(chunk, { stream: true });
+        let start = 0;
+        let nl: number;
+        while ((nl = pending.indexOf("\n", start)) >= 0) {
+          each({ text: pending.slice(start, nl), t });
+          start = nl + 1;
+        }
+        pending = pending.slice(start);
+      }
+    } catch { /* the child went away */ }
+    if (pending) each({ text: pending, t: performance.now() });
+  }
+}
+
+/** Starts `deno run --quiet FLAGS script ARGS` with piped stdio. */
+export function spawnDeno(
+  label: string,
+  script: string,
+  flags: string[],
+  args: string[],
+  options: SpawnOptions = {},
+): Proc {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--quiet", ...flags, entry(script), ...args],
+    cwd: options.cwd ?? ROOT,
+    env: { NO_COLOR: "1", ...options.env },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const proc = new Proc(label, child, options.onStderrLine);
+  live.add(proc);
+  return proc;
+}
+
+/** What a finished command printed, and how long it ran (ms, wall clock). */
+export interface RunResult {
+  /** Standard output. */
+  stdout: string;
+  /** Standard error. */
+  stderr: string;
+  /** Wall time from spawn to exit, ms. */
+  ms: number;
+}
+
+/** Options of {@linkcode run}. */
+export interface RunOptions {
+  /** Extra environment. Default: none. */
+  env?: Record<string, string>;
+  /** Working directory. Default: the repository root. */
+  cwd?: string;
+  /** Kill the child after this many ms. Default: 120000. */
+  timeoutMs?: number;
+}
+
+/** Runs `program ARGS` to completion; throws with its stderr when it fails. */
+export async function run(
+  program: string,
+  args: string[],
+  options: RunOptions = {},
+): Promise<RunResult> {
+  const started = performance.now();
+  const out = await new Deno.Command(program, {
+    args,
+    cwd: options.cwd ?? ROOT,
+    env: { NO_COLOR: "1", ...options.env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(options.timeoutMs ?? 120_000),
+  }).output();
+  const ms = performance.now() - started;
+  const result = { stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr), ms };
+  if (!out.success) {
+    const script = args.findIndex((a) => a.endsWith(".ts"));
+    const shown = program === Deno.execPath() && script > 0
+      ? `deno run ${args.slice(script, script + 2).join(" ").replace(ROOT, "")}`
+      : program;
+    throw new Error(`${shown} failed (exit ${out.code}):\n${result.stderr.slice(-2000)}`);
+  }
+  return result;
+}
+
+/** Runs `deno run --quiet FLAGS script ARGS` to completion (see {@linkcode run}). */
+export function runDeno(
+  script: string,
+  flags: string[],
+  args: string[],
+  options: RunOptions = {},
+): Promise<RunResult> {
+  return run(Deno.execPath(), ["run", "--quiet", ...flags, entry(script), ...args], options);
+}
+
+/** Runs a bash script (`bash -c SCRIPT bash ARGS…`) to completion (see {@linkcode run}). */
+export function bash(script: string, args: string[], options: RunOptions = {}): Promise<RunResult> {
+  return run("bash", ["-c", script, "bash", ...args], options);
+}
+
+/**
+ * Reads a file under /proc. Deno lets only --allow-all read /proc, and the
+ * benchmark runs with narrower permissions, so `cat` reads it for us.
+ */
+export async function readProc(path: string): Promise<string> {
+  return (await run("cat", [path], { timeoutMs: 10_000 })).stdout;
+}
+
+/** Writes a file under /proc (see {@linkcode readProc}); the path comes as an argument, not code. */
+export async function writeProc(path: string, text: string): Promise<void> {
+  await bash('printf %s "$2" > "$1"', [path, text], { timeoutMs: 10_000 });
+}
+
+/** A script path: relative to the repository root unless absolute. */
+function entry(script: string): string {
+  return script.startsWith("/") ? script : join(ROOT, script);
+}
+
+/** Stops every child still running (stdin closed, then SIGTERM, then SIGKILL). */
+export async function stopAll(): Promise<void> {
+  await Promise.all([...live].map((p) => p.stop(1_000)));
+}
