@@ -375,8 +375,7 @@ export class CertificateAuthority {
 
   /** Whether `serial` is in the database, valid and not expired (cached by mtime, so cheap per request). */
   async isCurrent(serial: string): Promise<boolean> {
-    const wanted = normalizeSerial(serial);
-    const entry = (await this.#index.entries()).find((e) => normalizeSerial(e.serial) === wanted);
+    const entry = await this.#index.find(serial);
     return entry?.status === "V" && entry.expires.getTime() > Date.now();
   }
 

@@ -21,10 +21,14 @@ interface InviteRecord {
   createdAt: string;
   expiresAt: string;
   usedAt?: string;
+  /** Set while an enrollment with this token is under way. */
+  reservedUntil?: string;
 }
 
 /** A token has 256 random bits, base64url: 43 characters. */
 export const TOKEN_PATTERN: RegExp = /^[A-Za-z0-9_-]{43}$/;
+
+const RESERVATION_MS = 60_000;
 
 // One message for every bad token, so a caller learns nothing from the difference.
 const INVALID = "Invalid, used or expired invite token";
@@ -63,25 +67,66 @@ export class InviteStore {
   }
 
   /**
-   * Redeems `token`: runs `enroll` with the invite's name while holding the
-   * store's lock, and marks the token used only when `enroll` succeeds (a
-   * request refused by the policy leaves the invite usable).
+   * Redeems `token`: runs `enroll` with the invite's name, and marks the token
+   * used only when `enroll` succeeds (a request refused by the policy leaves the
+   * invite usable). The file lock is held only to reserve and to mark, not while
+   * `enroll` signs, so enrollments with different tokens run side by side. A
+   * reservation is written to the file, so another process cannot redeem the
+   * same token meanwhile; one left by a crash lapses after a minute.
    */
   async redeem<T>(token: unknown, enroll: (name: string) => Promise<T>): Promise<T> {
     if (typeof token !== "string" || !TOKEN_PATTERN.test(token)) {
       throw new E2eError("ERR_TOKEN_INVALID", INVALID);
     }
     const hash = hashToken(token);
+    const name = await this.#update(hash, (record, now) => {
+      if (
+        record.usedAt || Date.parse(record.expiresAt) <= now ||
+        Date.parse(record.reservedUntil ?? "") > now
+      ) {
+        throw new E2eError("ERR_TOKEN_INVALID", INVALID);
+      }
+      record.reservedUntil = new Date(now + RESERVATION_MS).toISOString();
+    });
+    let result: T;
+    try {
+      result = await enroll(name);
+    } catch (e) {
+      await this.#update(hash, (record) => delete record.reservedUntil).catch(() => {});
+      throw e;
+    }
+    await this.#update(hash, (record, now) => {
+      delete record.reservedUntil;
+      record.usedAt = new Date(now).toISOString();
+    });
+    return result;
+  }
+
+  /**
+   * Drops every reservation: the service calls this when it starts, since one
+   * left behind can only come from a service that died mid-enrollment.
+   */
+  async clearReservations(): Promise<void> {
+    await withLock(this.#lock, async () => {
+      const records = await this.#read();
+      if (!records.some((r) => r.reservedUntil)) return;
+      for (const r of records) delete r.reservedUntil;
+      await this.#write(records);
+    });
+  }
+
+  // Changes the record of `hash` under the lock; returns its name.
+  async #update(
+    hash: string,
+    change: (record: InviteRecord, now: number) => void,
+  ): Promise<string> {
     return await withLock(this.#lock, async () => {
       const records = await this.#read();
       const record = records.find((r) => r.hash === hash);
-      if (!record || record.usedAt || Date.parse(record.expiresAt) <= Date.now()) {
-        throw new E2eError("ERR_TOKEN_INVALID", INVALID);
-      }
-      const result = await enroll(record.name);
-      record.usedAt = new Date().toISOString();
+      if (!record) throw new E2eError("ERR_TOKEN_INVALID", INVALID);
+      change(record, Date.now());
       await this.#write(records);
-      return result;
+      return record.name;
     });
   }
 

@@ -105,10 +105,12 @@ export class CaService {
     const log = options.log ?? logToStderr;
     const names = serviceNames(host, options.names ?? []);
     const anchor = trustAnchor(ca.certificate.pem);
+    const invites = new InviteStore(ca.paths);
+    await invites.clearReservations();
     const ctx: ApiContext = {
       ca,
       anchor,
-      invites: new InviteStore(ca.paths),
+      invites,
       rendezvous: new Rendezvous({ ttlMs: options.rendezvousTtlMs }),
       enrollLimiter: new RateLimiter(options.enrollPerMinute ?? 10, 60_000),
     };

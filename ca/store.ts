@@ -319,11 +319,18 @@ export class IndexCache {
   #ino: number | null = -1;
   #offset = 0;
   #entries: IndexEntry[] = [];
+  #bySerial = new Map<string, IndexEntry>();
   #last: Promise<unknown> = Promise.resolve();
 
   /** A cache of the index of the CA at `paths`. */
   constructor(paths: CaPaths) {
     this.#paths = paths;
+  }
+
+  /** The entry of `serial` (hex, any case, leading zeros or not) as committed now. */
+  async find(serial: string): Promise<IndexEntry | undefined> {
+    await this.entries();
+    return this.#bySerial.get(serialKey(serial));
   }
 
   /** The entries as committed now. Calls are serialized: each update reads on from the last. */
@@ -340,6 +347,7 @@ export class IndexCache {
       this.#ino = info.ino;
       this.#offset = 0;
       this.#entries = [];
+      this.#bySerial = new Map();
     }
     if (info.size === this.#offset) return this.#entries;
     await file.seek(this.#offset, Deno.SeekMode.Start);
@@ -351,8 +359,15 @@ export class IndexCache {
       got += n;
     }
     const complete = bytes.subarray(0, bytes.subarray(0, got).lastIndexOf(0x0a) + 1);
-    for (const entry of parseIndex(new TextDecoder().decode(complete))) this.#entries.push(entry);
+    for (const entry of parseIndex(new TextDecoder().decode(complete))) {
+      this.#entries.push(entry);
+      this.#bySerial.set(serialKey(entry.serial), entry);
+    }
     this.#offset += complete.length;
     return this.#entries;
   }
+}
+
+function serialKey(hex: string): string {
+  return hex.toUpperCase().replace(/^0+(?=.)/, "");
 }

@@ -10,7 +10,7 @@ import { resolveHome, resolveUserPath } from "../lib/home.ts";
 import { exists } from "../lib/fs.ts";
 import { join } from "node:path";
 import { Chat, type ChatEvent } from "./chat.ts";
-import { jsonEvent, runJsonInput, Terminal } from "./ui.ts";
+import { flushEvents, jsonEvent, runJsonInput, Terminal } from "./ui.ts";
 import { checkName } from "../lib/names.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { checkPeer } from "../lib/tls.ts";
@@ -145,6 +145,7 @@ async function chat(args: string[]): Promise<number> {
   await Promise.race([terminal ? terminal.run(session) : runJsonInput(session), stop]);
   emit({ type: "bye" });
   await session.close();
+  flushEvents();
   return 0;
 }
 

@@ -233,6 +233,13 @@ export class PeerConnection {
   }
 
   #enqueue(item: Frame | RawPiece | Failure): void {
+    // Messages and acks need no await: with nothing queued before them they are
+    // handled at once, without a promise per frame (most of a chat's traffic).
+    if (this.#queued === 0 && (item.type === "msg" || item.type === "ack") && this.#helloSeen) {
+      if (this.#closed || this.#failed) return;
+      this.#handle(item).catch((e) => this.#fail(e));
+      return;
+    }
     this.#queued++;
     if (this.#queued >= MAX_QUEUED) {
       this.#socket.pause();

@@ -17,9 +17,22 @@ export interface InputSink {
 
 const encoder = new TextEncoder();
 
-/** Writes one event as a JSON line on stdout. */
+let pending = "";
+
+/**
+ * Writes one event as a JSON line on stdout. Events of one turn of the event
+ * loop leave in one write (a burst of messages is one syscall, not one each).
+ */
 export function jsonEvent(event: ChatEvent): void {
-  writeAllSync(encoder.encode(JSON.stringify(event) + "\n"));
+  if (!pending) queueMicrotask(flushEvents);
+  pending += JSON.stringify(event) + "\n";
+}
+
+/** Writes out events still waiting (before the process exits). */
+export function flushEvents(): void {
+  const text = pending;
+  pending = "";
+  if (text) writeAllSync(encoder.encode(text));
 }
 
 /** Reads stdin line by line into `sink` until EOF or /quit. */
