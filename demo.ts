@@ -77,14 +77,21 @@ async function run(
   flags: string[],
   args: string[],
   env: Record<string, string>,
+  stdin?: string,
 ): Promise<string> {
-  const out = await new Deno.Command(Deno.execPath(), {
+  const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--quiet", ...flags, join(ROOT, task, "main.ts"), ...args],
     env: { ...env, NO_COLOR: "1" },
-    stdin: "null",
+    stdin: stdin === undefined ? "null" : "piped",
     stdout: "piped",
     stderr: "piped",
-  }).output();
+  }).spawn();
+  if (stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(encoder.encode(stdin));
+    await w.close();
+  }
+  const out = await child.output();
   if (!out.success) {
     throw new Error(`deno task ${task} ${args[0]} failed:\n${decoder.decode(out.stderr)}`);
   }
@@ -178,9 +185,10 @@ async function main(): Promise<void> {
       say(`     ${invite.replace(/token=.*/, "token=…")}`);
       homes[name] = join(dir, name);
       say(
-        `   $ deno task client join '…'   (as ${name}: checks the CA fingerprint, makes a key locally, enrolls)`,
+        `   $ deno task client join   (as ${name}, pasting the invite at the prompt: checks the CA fingerprint, makes a key locally, enrolls)`,
       );
-      await run("client", clientFlags, ["join", invite, "--home", homes[name]], {});
+      // The invite goes in on stdin: on the command line, other users could read its token.
+      await run("client", clientFlags, ["join", "-", "--home", homes[name]], {}, invite + "\n");
     }
 
     say("4. alice and bob start their chat clients (each listens for mutual TLS on 127.0.0.1)");

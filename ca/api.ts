@@ -88,11 +88,21 @@ function decodePathName(segment: string): string {
   }
 }
 
+const refreshing = new WeakMap<ApiContext, Promise<string>>();
+
 async function crl(ctx: ApiContext): Promise<string> {
-  // crl.pem is rewritten on every revocation; refresh it when it is a day old.
+  // crl.pem is rewritten on every revocation; refresh it when it is a day old, once for
+  // all the requests that ask meanwhile (anyone may ask; each refresh uses the CA key).
   const info = await Deno.stat(ctx.ca.paths.crl);
-  if (Date.now() - (info.mtime?.getTime() ?? 0) > 86_400_000) return await ctx.ca.crl();
-  return await Deno.readTextFile(ctx.ca.paths.crl);
+  if (Date.now() - (info.mtime?.getTime() ?? 0) <= 86_400_000) {
+    return await Deno.readTextFile(ctx.ca.paths.crl);
+  }
+  let pending = refreshing.get(ctx);
+  if (!pending) {
+    pending = ctx.ca.crl().finally(() => refreshing.delete(ctx));
+    refreshing.set(ctx, pending);
+  }
+  return await pending;
 }
 
 async function enroll(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
@@ -114,7 +124,9 @@ async function enroll(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
 async function renew(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   const user = await authenticate(ctx, req);
   const body = object(await req.json());
-  const { certificate } = await ctx.ca.sign(text(body.csr, "csr"), user, { replace: true });
+  // Renewal keeps the key: a stolen certificate must not be able to swap in the thief's key.
+  // (A new key needs the admin: a new invite, or ca sign --replace.)
+  const { certificate } = await ctx.ca.sign(text(body.csr, "csr"), user, { replace: false });
   return { ...json(200, certificateJson(certificate)), user };
 }
 

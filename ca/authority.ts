@@ -366,14 +366,14 @@ export class CertificateAuthority {
     return out;
   }
 
-  /** The valid certificate of `name`, or undefined. Reads the committed database (cached by mtime). */
+  /** The valid certificate of `name`, or undefined. Reads the committed database (cached; see IndexCache). */
   async current(name: string): Promise<CertificateInfo | undefined> {
     const entry = validFor(await this.#index.entries(), name).at(-1);
     if (!entry) return undefined;
     return parseCertificate(await Deno.readTextFile(this.paths.certFile(entry.serial)));
   }
 
-  /** Whether `serial` is in the database, valid and not expired (cached by mtime, so cheap per request). */
+  /** Whether `serial` is in the database, valid and not expired (cached, so cheap per request). */
   async isCurrent(serial: string): Promise<boolean> {
     const entry = await this.#index.find(serial);
     return entry?.status === "V" && entry.expires.getTime() > Date.now();
@@ -412,53 +412,63 @@ export class CertificateAuthority {
   }
 
   async #runBatch(batch: SignJob[]): Promise<void> {
-    const done: Array<{ job: SignJob; issued: Issued }> = [];
-    const failed: Array<{ job: SignJob; error: unknown }> = [];
+    // Every job is settled exactly once, whatever fails and wherever.
+    const outcome = new Map<SignJob, { issued?: Issued; error?: unknown }>();
     try {
       await transaction(this.paths, async (tx) => {
         const entries = await this.#index.entries();
         const signed = await Promise.all(batch.map(async (job) => {
-          const folder = await tx.signFolder();
           try {
-            const current = validFor(entries, job.spec.subject);
-            for (const entry of current) await job.spec.supersede(entry);
-            const certificate = await this.#signIn(folder.dir, job);
-            return { job, current, certificate };
+            const folder = await tx.signFolder();
+            try {
+              const current = validFor(entries, job.spec.subject);
+              for (const entry of current) await job.spec.supersede(entry);
+              return { job, folder, current, certificate: await this.#signIn(folder.dir, job) };
+            } catch (error) {
+              folder.discard();
+              throw error;
+            }
           } catch (error) {
-            folder.discard();
-            failed.push({ job, error });
+            outcome.set(job, { error });
             return undefined;
           }
         }));
         // Only a successful signing supersedes: revoke the old certificates, then one CRL.
-        const superseding = signed.filter((r) => r && r.current.length);
-        for (const r of superseding) {
-          for (const entry of r!.current) {
-            await this.#revokeIn(
-              await tx.fullCopy(),
-              entry.serial,
-              "superseded",
-              r!.job.passphrase,
-            );
-          }
-        }
-        if (superseding.length) await this.#gencrl(await tx.fullCopy(), batch[0].passphrase);
+        // A revocation that fails costs only its own job.
+        let revoked = false;
         for (const r of signed) {
-          if (r) {
-            done.push({
-              job: r.job,
+          if (!r) continue;
+          try {
+            for (const entry of r.current) {
+              await this.#revokeIn(
+                await tx.fullCopy(),
+                entry.serial,
+                "superseded",
+                r.job.passphrase,
+              );
+              revoked = true;
+            }
+            outcome.set(r.job, {
               issued: { certificate: r.certificate, superseded: r.current.map((e) => e.serial) },
             });
+          } catch (error) {
+            r.folder.discard();
+            outcome.set(r.job, { error });
           }
         }
+        if (revoked) await this.#gencrl(await tx.fullCopy(), batch[0].passphrase);
       });
     } catch (error) {
-      for (const { job } of done) job.reject(error);
-      for (const { job } of failed) job.reject(error);
-      return;
+      // Nothing was committed: a job that had succeeded fails with the transaction.
+      for (const job of batch) {
+        if (!outcome.get(job)?.error) outcome.set(job, { error });
+      }
     }
-    for (const { job, issued } of done) job.resolve(issued);
-    for (const { job, error } of failed) job.reject(error);
+    for (const job of batch) {
+      const o = outcome.get(job);
+      if (o?.issued) job.resolve(o.issued);
+      else job.reject(o?.error ?? new E2eError("ERR_INTERNAL", "Signing was not carried out"));
+    }
   }
 
   async #signIn(dir: string, job: SignJob): Promise<CertificateInfo> {

@@ -69,6 +69,10 @@ export class CaPaths {
   get tmp(): string {
     return join(this.dir, "tmp");
   }
+  /** Changes whenever index.txt is replaced (not when lines are appended). */
+  get generation(): string {
+    return join(this.dir, "index.gen");
+  }
   /** The lock every writer takes; beside the CA dir so that init can take it too. */
   get lock(): string {
     return join(this.home, ".ca.lock");
@@ -158,7 +162,11 @@ export class Transaction {
       if (lines) await Deno.writeTextFile(index, lines, { append: true });
       const next = await Deno.readTextFile(index);
       if (next !== await Deno.readTextFile(paths.index)) {
+        // A new generation before and after the swap: readers that cached the old index
+        // notice even when the new file gets the old one's inode number back.
+        await bumpGeneration(paths);
         await writeFileAtomic(paths.index, next, { mode: 0o600 });
+        await bumpGeneration(paths);
       }
       const crlnumber = await Deno.readTextFile(join(this.dir, "crlnumber"));
       if (crlnumber !== await Deno.readTextFile(join(paths.dir, "crlnumber"))) {
@@ -238,6 +246,20 @@ async function removeLeftovers(paths: CaPaths): Promise<void> {
   }
 }
 
+async function bumpGeneration(paths: CaPaths): Promise<void> {
+  await writeFileAtomic(paths.generation, crypto.randomUUID() + "\n", { mode: 0o600 });
+}
+
+/** The current generation of the index ("" before the first replacement). */
+async function readGeneration(paths: CaPaths): Promise<string> {
+  try {
+    return await Deno.readTextFile(paths.generation);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return "";
+    throw e;
+  }
+}
+
 // An append cut short by a crash leaves a last line without "\n": cut it off.
 async function repairIndex(paths: CaPaths): Promise<void> {
   using file = await Deno.open(paths.index, { read: true, write: true });
@@ -311,12 +333,14 @@ function parseTime(text: string): Date {
 /**
  * The committed index, kept in memory and brought up to date cheaply: when the
  * file only grew (a signing appended lines) just the new bytes are parsed;
- * when it was replaced (a revocation renamed a new one into place: new inode)
- * it is read again. Lets the service check revocation on every request.
+ * when it was replaced (a revocation renamed a new one into place) it is read
+ * again. A replacement is told by index.gen, which every replacement changes,
+ * and not by the inode alone: a new file may get the old one's number back. Lets the service check revocation on every request.
  */
 export class IndexCache {
   #paths: CaPaths;
   #ino: number | null = -1;
+  #generation = "";
   #offset = 0;
   #entries: IndexEntry[] = [];
   #bySerial = new Map<string, IndexEntry>();
@@ -341,9 +365,12 @@ export class IndexCache {
   }
 
   async #update(): Promise<IndexEntry[]> {
+    // The generation is read before the index, so a swap in between is seen next time.
+    const generation = await readGeneration(this.#paths);
     using file = await Deno.open(this.#paths.index);
     const info = await file.stat();
-    if (info.ino !== this.#ino || info.size < this.#offset) {
+    if (info.ino !== this.#ino || info.size < this.#offset || generation !== this.#generation) {
+      this.#generation = generation;
       this.#ino = info.ino;
       this.#offset = 0;
       this.#entries = [];

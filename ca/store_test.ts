@@ -156,6 +156,7 @@ Deno.test("transaction() commits certificates, index, crlnumber and CRL when the
       "certs",
       "crl.pem",
       "crlnumber",
+      "index.gen",
       "index.txt",
       "index.txt.attr",
       "tmp",
@@ -331,5 +332,37 @@ Deno.test("IndexCache parses only what was appended, and rereads a replaced inde
     await Deno.writeTextFile(replacement, BOB);
     await Deno.rename(replacement, paths.index);
     assert.deepEqual((await cache.entries()).map((e) => e.name), ["bob"]);
+  });
+});
+
+Deno.test("IndexCache rereads an index replaced under the same inode number when the generation changed", async () => {
+  await withFakeCa(async (paths) => {
+    const cache = new IndexCache(paths);
+    assert.deepEqual((await cache.entries()).map((e) => e.status), ["V"]);
+    // What a reused inode looks like to stat: same number, larger size. Only index.gen tells.
+    await Deno.writeTextFile(
+      paths.index,
+      INDEX.replace("V\t", "R\t").replace("\t\t", "\t261126000000Z\t") + BOB,
+    );
+    await Deno.writeTextFile(paths.generation, "next\n");
+    assert.deepEqual((await cache.entries()).map((e) => `${e.name}:${e.status}`), [
+      "alice:R",
+      "bob:V",
+    ]);
+  });
+});
+
+Deno.test("a transaction that replaces the index changes its generation", async () => {
+  await withFakeCa(async (paths) => {
+    await transaction(paths, async (tx) => {
+      const work = await tx.fullCopy();
+      await Deno.writeTextFile(join(work, "index.txt"), INDEX.replace("V\t", "R\t"));
+    });
+    const first = await Deno.readTextFile(paths.generation);
+    await transaction(paths, async (tx) => {
+      const work = await tx.fullCopy();
+      await Deno.writeTextFile(join(work, "index.txt"), INDEX);
+    });
+    assert.notEqual(await Deno.readTextFile(paths.generation), first);
   });
 });

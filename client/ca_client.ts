@@ -42,7 +42,7 @@ export interface InvitationReply {
 }
 
 const TIMEOUT_MS = 15_000;
-const MAX_REPLY_BYTES = 1024 * 1024;
+const MAX_REPLY_BYTES = 64 * 1024 * 1024; // a CRL of a long-lived CA can be large
 
 /**
  * Fetches the CA certificate from `caUrl` without trusting anything yet, and

@@ -111,6 +111,7 @@ export class Chat {
   #current?: string;
   #revoked = new Set<string>();
   #crlAt = 0;
+  #crlValidUntil = 0;
   #crlFailedAt = 0;
   #crlFetch?: Promise<void>;
   #stopped = new AbortController();
@@ -247,6 +248,7 @@ export class Chat {
         if (!p) throw new E2eError("ERR_NOT_FOUND", `Not connected to "${name}"`);
         await this.#trust.trust(name, p.conn.certificate.keyFingerprint);
         p.blocked = false;
+        p.conn.quarantined = false;
         p.trust = "known";
         this.#emit({ type: "warning", message: `Now trusting the new key of "${name}"` });
         return true;
@@ -289,6 +291,10 @@ export class Chat {
   // /accept: connect to the address from the invitation with our certificate.
   async #accept(name: string): Promise<void> {
     let invitation = this.#invitations.get(name);
+    if (invitation && Date.parse(invitation.expiresAt) <= Date.now()) {
+      this.#invitations.delete(name);
+      invitation = undefined;
+    }
     if (!invitation) {
       const { invitations } = await this.#ca.pending(0, 0);
       for (const i of invitations) this.#invitations.set(i.from, i);
@@ -302,6 +308,7 @@ export class Chat {
     }
     const expected = this.#checkDirectory(invitation.peer, name);
     if (Date.now() - this.#crlAt > CRL_MAX_AGE_MS) await this.#refreshCrl();
+    this.#requireCurrentCrl();
     const options = clientOptions(this.#id.anchor, {
       own: this.#id.credentials,
       alpn: [ALPN],
@@ -360,6 +367,7 @@ export class Chat {
     // As before an outgoing connection: a CRL over a minute old is fetched again first.
     if (Date.now() - this.#crlAt > CRL_MAX_AGE_MS) await this.#refreshCrl();
     try {
+      this.#requireCurrentCrl();
       if (socket.alpnProtocol !== ALPN) {
         throw new E2eError("ERR_PEER_REJECTED", "no ALPN e2e-chat/1");
       }
@@ -405,6 +413,7 @@ export class Chat {
       events: this.#peerEvents(),
     });
     const blocked = trust === "changed";
+    conn.quarantined = blocked;
     this.#peers.set(name, { conn, trust, blocked });
     this.#current = name;
     conn.start();
@@ -420,7 +429,7 @@ export class Chat {
         type: "warning",
         message:
           `WARNING: the key of "${name}" CHANGED since you last talked. It may be someone else. ` +
-          `Nothing will be sent to "${name}" until you compare /fingerprint ${name} out of band and type /trust ${name}.`,
+          `Nothing will be sent to or accepted from "${name}" until you compare /fingerprint ${name} out of band and type /trust ${name}.`,
       });
     }
   }
@@ -443,6 +452,12 @@ export class Chat {
           message: `File ${info.id} ${
             info.direction === "in" ? "from" : "to"
           } "${p.name}" failed: ${info.reason}`,
+        }),
+      held: (p) =>
+        this.#emit({
+          type: "warning",
+          message: `Held back a message from "${p.name}": its key changed. ` +
+            `Compare /fingerprint ${p.name}, then /trust ${p.name} to hear from them.`,
         }),
       closed: (p, reason) => {
         if (this.#peers.get(p.name)?.conn === p) {
@@ -496,6 +511,19 @@ export class Chat {
     this.#emit({ type: "sent", to: name, id });
   }
 
+  // Fail closed: without a CRL that is still current, revocation cannot be checked.
+  #requireCurrentCrl(): void {
+    if (Date.now() >= this.#crlValidUntil) {
+      throw new E2eError(
+        "ERR_PEER_REJECTED",
+        "Cannot check revocation: no current CRL from the CA",
+        {
+          hint: "is the CA service reachable?",
+        },
+      );
+    }
+  }
+
   #isRevoked(serial: string): boolean {
     return this.#revoked.has(normalizeSerialHex(serial));
   }
@@ -514,6 +542,14 @@ export class Chat {
       const crl = parseCrl(await this.#ca.crl(), this.#id.anchor.x509);
       this.#revoked = crl.revoked;
       this.#crlAt = Date.now();
+      this.#crlValidUntil = crl.nextUpdate?.getTime() ?? crl.thisUpdate.getTime() + 7 * 86_400_000;
+      // A peer revoked while connected is dropped now, not at its next connection.
+      for (const [name, p] of this.#peers) {
+        if (this.#isRevoked(p.conn.certificate.serial)) {
+          p.conn.close("its certificate was revoked");
+          this.#emit({ type: "warning", message: `"${name}" was revoked by the CA: disconnected` });
+        }
+      }
     } catch (e) {
       this.#crlFailedAt = Date.now();
       this.#emit({

@@ -20,7 +20,9 @@ import { E2eError } from "../lib/errors.ts";
  */
 export function safeFileName(name: string): string {
   // deno-lint-ignore no-control-regex
-  let safe = name.replace(/[\u0000-\u001f\u007f-\u009f]/g, "").replace(/\\/g, "/");
+  let safe = name.replace(/[\u0000-\u001f\u007f-\u009f]/g, "")
+    .replace(/[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]/g, "") // bidi: "exe.txt" shown as "txt.exe"
+    .replace(/\\/g, "/");
   safe = safe.split("/").filter((p) => p && p !== "." && p !== "..").pop() ?? "";
   safe = safe.replace(/^[.\s]+/, "").replace(/[\s.]+$/, "");
   // Cut whole characters, never half a surrogate pair.

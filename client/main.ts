@@ -7,6 +7,7 @@
 import { noPositionals, out, parseCommand, runMain, splitCommand } from "../lib/cli.ts";
 import { E2eError } from "../lib/errors.ts";
 import { resolveHome, resolveUserPath } from "../lib/home.ts";
+import { readPassphrase } from "../lib/passphrase.ts";
 import { exists } from "../lib/fs.ts";
 import { join } from "node:path";
 import { Chat, type ChatEvent } from "./chat.ts";
@@ -23,9 +24,12 @@ const USAGE = `Usage: deno task client [command] [options]
 Commands:
   chat [--listen HOST:PORT] [--downloads DIR] [--json]
         Chat peer to peer (the default command once joined). Type /help inside.
-  join INVITE [--key-type ec-p256|rsa-2048|ed25519]
-        Enroll with the invite line your admin gave you (quote it). Checks the
-        CA's fingerprint first, makes your key here (it never leaves HOME/id).
+  join [INVITE | - | --invite-file FILE] [--key-type ec-p256|rsa-2048|ed25519]
+        Enroll with the invite line your admin gave you. Without INVITE it is
+        asked for (not echoed); "-" reads it from stdin. (On the command line it
+        works too, but other local users can see it in the process list.)
+        Checks the CA's fingerprint first, makes your key here (it never
+        leaves HOME/id).
   whoami [--json]
         Your name, certificate fingerprint and validity, and where things are.
   lookup NAME [--json]
@@ -83,10 +87,20 @@ async function joinCommand(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, {
     ...COMMON,
     "key-type": { type: "string" },
+    "invite-file": { type: "string" },
   });
   if (values.help) return await help();
-  if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "join needs exactly one INVITE");
-  const invite = parseInvite(positionals[0]);
+  if (positionals.length > 1) throw new E2eError("ERR_USAGE", "join takes one INVITE");
+  // The invite holds a secret: from a prompt (no echo), stdin ("-") or --invite-file it
+  // stays out of the process list; on the command line it works but is visible there.
+  const given = positionals[0];
+  const invite = parseInvite(
+    given === "-" ? await readStdinLine() : given ?? await readPassphrase({
+      file: values["invite-file"],
+      label: "Invite (the e2e-chat://… line)",
+      hint: 'give the invite, "-" to read it from stdin, or --invite-file FILE',
+    }),
+  );
   const identity = await enroll(resolveHome(values.home), invite, {
     keyType: keyType(values["key-type"]),
   });
@@ -246,6 +260,19 @@ async function csr(args: string[]): Promise<number> {
   });
   await out(`${csrPath}\n`);
   return 0;
+}
+
+// The first line of stdin, at most 4 KiB (an invite is about 150 bytes).
+async function readStdinLine(): Promise<string> {
+  const buffer = new Uint8Array(4096);
+  let n = 0;
+  while (n < buffer.length) {
+    const read = await Deno.stdin.read(buffer.subarray(n));
+    if (read === null) break;
+    n += read;
+    if (buffer.subarray(0, n).includes(0x0a)) break;
+  }
+  return new TextDecoder().decode(buffer.subarray(0, n)).split(/\r?\n/, 1)[0];
 }
 
 function keyType(value: string | undefined): ClientKeyType {

@@ -41,6 +41,8 @@ export interface PeerEvents {
   ): void;
   /** The connection closed. */
   closed(peer: PeerConnection, reason: string): void;
+  /** A message from a quarantined peer was held back (not shown, not acknowledged). */
+  held(peer: PeerConnection, what: "message"): void;
 }
 
 /** Options of {@linkcode PeerConnection}. */
@@ -54,6 +56,7 @@ export interface PeerOptions {
 const MAX_QUEUED = 32; // frames parsed but not handled before we stop reading
 const MAX_INCOMING_FILES = 8;
 const STALL_MS = 5_000;
+const MAX_UNSENT = 1024 * 1024; // bytes we let wait for a peer that does not read
 const CHUNK_BYTES = 512 * 1024; // within MAX_CHUNK_BYTES (base64) and MAX_BINARY_BYTES (bin)
 
 /** Part of the raw payload of a `bin` frame. */
@@ -75,6 +78,11 @@ export class PeerConnection {
   readonly name: string;
   /** The peer's certificate. */
   readonly certificate: CertificateInfo;
+  /**
+   * While true (the peer's key changed and the user has not said /trust), its
+   * messages are neither shown nor acknowledged and its files are refused.
+   */
+  quarantined = false;
   #socket: TLSSocket;
   #options: PeerOptions;
   #lines = new LineSplitter();
@@ -255,9 +263,7 @@ export class PeerConnection {
         this.#fail(e);
       } finally {
         this.#queued--;
-        if (this.#queued < MAX_QUEUED / 2 && !this.#closed && !this.#broken) {
-          this.#socket.resume();
-        }
+        this.#maybeResume();
       }
     });
   }
@@ -281,8 +287,18 @@ export class PeerConnection {
       case "hello":
         throw malformed("a second hello");
       case "msg":
+        if (this.quarantined) {
+          events.held(this, "message");
+          return;
+        }
         // Acknowledge first: showing the message may block on a slow terminal or pipe.
         this.#write({ type: "ack", id: frame.id });
+        // A peer that sends but never reads would grow our unsent acks without end.
+        if (this.#socket.writableLength > MAX_UNSENT) {
+          this.#socket.pause();
+          this.#watch();
+          this.#socket.once("drain", () => this.#maybeResume());
+        }
         events.message(this, frame.id, frame.text);
         return;
       case "ack":
@@ -293,6 +309,12 @@ export class PeerConnection {
         }
         return;
       case "file": {
+        if (this.quarantined) {
+          throw new E2eError(
+            "ERR_FORBIDDEN",
+            "Files are refused until your changed key is trusted",
+          );
+        }
         if (this.#incoming.has(frame.id)) throw malformed("a file id used twice");
         if (this.#incoming.size >= MAX_INCOMING_FILES) throw malformed("too many files at once");
         const file = await IncomingFile.start(
@@ -344,6 +366,15 @@ export class PeerConnection {
         this.#closeReason = `the peer reported an error: ${frame.message}`;
         this.#socket.end();
         return;
+    }
+  }
+
+  #maybeResume(): void {
+    if (
+      this.#queued < MAX_QUEUED / 2 && this.#socket.writableLength <= MAX_UNSENT &&
+      !this.#closed && !this.#broken
+    ) {
+      this.#socket.resume();
     }
   }
 

@@ -146,13 +146,22 @@ function format(e: ChatEvent): string | undefined {
   }
 }
 
-// A peer's text must not drive our terminal: control characters are shown, not obeyed.
+// A peer's text must not drive our terminal or fake a line of ours: control characters
+// (newlines included) are shown escaped, and bidi overrides that could reorder what is
+// shown are dropped.
 function clean(text: string): string {
-  return text.replace(
-    // deno-lint-ignore no-control-regex
-    /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g,
-    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
-  );
+  return text
+    .replace(/[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]/g, "")
+    .replace(
+      // deno-lint-ignore no-control-regex
+      /[\u0000-\u001f\u007f-\u009f]/g,
+      (c) =>
+        c === "\n"
+          ? "\\n"
+          : c === "\t"
+          ? "\\t"
+          : `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
+    );
 }
 
 function time(): string {

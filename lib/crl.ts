@@ -51,7 +51,8 @@ export function parseCrl(pem: string, issuer: X509Certificate): RevocationList {
     }
     const revoked = new Set<string>();
     if (fields[i]?.tag === Tag.SEQUENCE) {
-      for (const entry of children(fields[i], Tag.SEQUENCE)) {
+      // A long-lived CA's CRL grows with every revocation and renewal: allow a million.
+      for (const entry of children(fields[i], Tag.SEQUENCE, 1_000_000)) {
         const serial = children(entry, Tag.SEQUENCE)[0];
         if (serial?.tag !== Tag.INTEGER) throw new DerError("Bad serial");
         revoked.add(serialHex(serial));

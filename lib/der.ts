@@ -71,7 +71,7 @@ export function readDer(bytes: Uint8Array): DerNode {
  * console.log(children(seq, 0x30).length); // 1
  * ```
  */
-export function children(node: DerNode, expectTag?: number): DerNode[] {
+export function children(node: DerNode, expectTag?: number, max = 10_000): DerNode[] {
   if (expectTag !== undefined && node.tag !== expectTag) {
     throw new DerError(
       `Expected tag 0x${expectTag.toString(16)}, found 0x${node.tag.toString(16)}`,
@@ -84,7 +84,7 @@ export function children(node: DerNode, expectTag?: number): DerNode[] {
     const [child, next] = readAt(node.value, offset);
     out.push(child);
     offset = next;
-    if (out.length > 10_000) throw new DerError("Too many elements");
+    if (out.length > max) throw new DerError("Too many elements");
   }
   return out;
 }

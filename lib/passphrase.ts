@@ -20,6 +20,8 @@ export interface PassphraseOptions {
   label?: string;
   /** Ask twice and check the length, for a new key. Default: false. */
   confirm?: boolean;
+  /** The hint when there is no source. Default: how to give a passphrase. */
+  hint?: string;
 }
 
 /**
@@ -53,7 +55,8 @@ export async function readPassphrase(options: PassphraseOptions = {}): Promise<s
     }
   } else {
     throw new E2eError("ERR_PASSPHRASE_REQUIRED", `${label} required and stdin is not a terminal`, {
-      hint: `set ${options.envVar ?? "the passphrase variable"} or pass --passphrase-file FILE`,
+      hint: options.hint ??
+        `set ${options.envVar ?? "the passphrase variable"} or pass --passphrase-file FILE`,
     });
   }
   if (!passphrase) throw new E2eError("ERR_PASSPHRASE_REQUIRED", `${label} is empty`);

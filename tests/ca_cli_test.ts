@@ -1117,6 +1117,7 @@ const CA_FILES = [
   "certs",
   "crl.pem",
   "crlnumber",
+  "index.gen",
   "index.txt",
   "index.txt.attr",
   "openssl.cnf",
