@@ -61,6 +61,7 @@ async function main(args: string[]): Promise<void> {
       file: () => {},
       progress: () => {},
       fileFailed: () => {},
+      held: () => {},
       closed: () => Deno.exit(0),
     },
   });

@@ -127,6 +127,7 @@ function peer(socket: tls.TLSSocket, downloads: string): void {
       },
       progress: () => {},
       fileFailed: () => {},
+      held: () => {},
       closed: () => {},
     },
   });
