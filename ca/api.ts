@@ -114,6 +114,8 @@ async function enroll(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   }
   const body = object(await req.json());
   const csr = text(body.csr, "csr");
+  // A request the policy refuses is refused before the token is reserved.
+  ctx.ca.checkRequest(csr, await ctx.invites.nameOf(body.token));
   const issued = await ctx.invites.redeem(body.token, async (name) => {
     // The admin invited this name: a new key replaces a lost one.
     return { name, ...(await ctx.ca.sign(csr, name, { replace: true })) };

@@ -5,7 +5,7 @@
  * @module
  */
 import { join } from "node:path";
-import { parseCsr } from "../lib/csr.ts";
+import { type CertificateRequest, parseCsr } from "../lib/csr.ts";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists } from "../lib/fs.ts";
 import { generateKey, makeRequest } from "../lib/keys.ts";
@@ -227,19 +227,7 @@ export class CertificateAuthority {
    * one is revoked as superseded, which needs `replace` when the key changes.
    */
   async sign(csr: Uint8Array | string, name: string, options: SignOptions = {}): Promise<Issued> {
-    checkName(name);
-    let kind: KeyKind = "ec";
-    const request = parseCsr(csr, { checkKey: (key) => (kind = checkKey(key)) });
-    const cns = request.commonNames;
-    if (cns.length !== 1 || cns[0] !== name) {
-      const found = cns.length === 0
-        ? "no common name"
-        : `common name${cns.length > 1 ? "s" : ""} ${cns.map((c) => JSON.stringify(c)).join(", ")}`;
-      throw new E2eError(
-        "ERR_CSR_NAME_MISMATCH",
-        `Cannot sign request: it has ${found}, not "${name}"`,
-      );
-    }
+    const { request, kind } = this.checkRequest(csr, name);
     const days = checkDays(options.days ?? DEFAULT_CERT_DAYS, this.#maxDays());
     return await this.#issue(request.der, {
       subject: name,
@@ -259,6 +247,30 @@ export class CertificateAuthority {
         }
       },
     });
+  }
+
+  /**
+   * Checks a request against the policy for `name` without signing it: what
+   * {@linkcode CertificateAuthority.sign} refuses, this refuses the same way.
+   */
+  checkRequest(
+    csr: Uint8Array | string,
+    name: string,
+  ): { request: CertificateRequest; kind: KeyKind } {
+    checkName(name);
+    let kind: KeyKind = "ec";
+    const request = parseCsr(csr, { checkKey: (key) => (kind = checkKey(key)) });
+    const cns = request.commonNames;
+    if (cns.length !== 1 || cns[0] !== name) {
+      const found = cns.length === 0
+        ? "no common name"
+        : `common name${cns.length > 1 ? "s" : ""} ${cns.map((c) => JSON.stringify(c)).join(", ")}`;
+      throw new E2eError(
+        "ERR_CSR_NAME_MISMATCH",
+        `Cannot sign request: it has ${found}, not "${name}"`,
+      );
+    }
+    return { request, kind };
   }
 
   /**

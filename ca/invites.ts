@@ -103,6 +103,22 @@ export class InviteStore {
   }
 
   /**
+   * The name an unused, unexpired `token` enrolls; `ERR_TOKEN_INVALID` otherwise.
+   * Reads only: lets a request be checked before the token is reserved.
+   */
+  async nameOf(token: unknown): Promise<string> {
+    if (typeof token !== "string" || !TOKEN_PATTERN.test(token)) {
+      throw new E2eError("ERR_TOKEN_INVALID", INVALID);
+    }
+    const hash = hashToken(token);
+    const record = (await this.#read()).find((r) => r.hash === hash);
+    if (!record || record.usedAt || Date.parse(record.expiresAt) <= Date.now()) {
+      throw new E2eError("ERR_TOKEN_INVALID", INVALID);
+    }
+    return record.name;
+  }
+
+  /**
    * Drops every reservation: the service calls this when it starts, since one
    * left behind can only come from a service that died mid-enrollment.
    */
