@@ -28,7 +28,8 @@ interface InviteRecord {
 /** A token has 256 random bits, base64url: 43 characters. */
 export const TOKEN_PATTERN: RegExp = /^[A-Za-z0-9_-]{43}$/;
 
-const RESERVATION_MS = 60_000;
+// Longer than the worst wait of an enrollment (60 s for the lock, 120 s for openssl).
+const RESERVATION_MS = 10 * 60_000;
 
 // One message for every bad token, so a caller learns nothing from the difference.
 const INVALID = "Invalid, used or expired invite token";
@@ -72,7 +73,7 @@ export class InviteStore {
    * invite usable). The file lock is held only to reserve and to mark, not while
    * `enroll` signs, so enrollments with different tokens run side by side. A
    * reservation is written to the file, so another process cannot redeem the
-   * same token meanwhile; one left by a crash lapses after a minute.
+   * same token meanwhile; one left by a crash is dropped when the service starts again (and lapses after ten minutes).
    */
   async redeem<T>(token: unknown, enroll: (name: string) => Promise<T>): Promise<T> {
     if (typeof token !== "string" || !TOKEN_PATTERN.test(token)) {

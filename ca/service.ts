@@ -119,7 +119,7 @@ export class CaService {
     const sockets = new Set<Socket>();
     const stopping = new AbortController();
     const server = https.createServer(serverOptions(own, anchor), (req, res) => {
-      serveRequest(ctx, stopping.signal, req, res, log).catch(() => res.destroy());
+      serveRequest(ctx, stopping.signal, req, res, log, idle).catch(() => res.destroy());
     });
     // Slow or idle clients are cut off; a long poll raises the limit while it waits.
     guardConnections(server, { handshakeMs: idle, idleMs: idle });
@@ -183,6 +183,7 @@ async function serveRequest(
   req: IncomingMessage,
   res: ServerResponse,
   log: (line: string) => void,
+  idleMs: number,
 ): Promise<void> {
   const started = performance.now();
   const socket = req.socket as TLSSocket;
@@ -199,7 +200,12 @@ async function serveRequest(
   let user = "-";
   let code = "";
   try {
-    if (url.pathname === "/v1/rendezvous") socket.setTimeout((MAX_WAIT_SECONDS + 15) * 1000);
+    const longPoll = url.pathname === "/v1/rendezvous";
+    if (longPoll) {
+      socket.setTimeout((MAX_WAIT_SECONDS + 15) * 1000);
+      // Back to the idle limit for whatever the kept-alive connection carries next.
+      res.once("finish", () => socket.setTimeout(idleMs));
+    }
     const apiRequest: ApiRequest = {
       method: req.method ?? "GET",
       path: url.pathname,

@@ -150,7 +150,10 @@ export class Transaction {
     for (const folder of folders) {
       for await (const entry of Deno.readDir(join(folder, "certs"))) {
         const target = join(paths.certs, entry.name);
-        if (!await exists(target)) await Deno.rename(join(folder, "certs", entry.name), target);
+        if (await exists(target)) continue;
+        // On disk before the index names it: after a power cut no line points at nothing.
+        await syncFile(join(folder, "certs", entry.name));
+        await Deno.rename(join(folder, "certs", entry.name), target);
       }
     }
     let lines = "";
@@ -244,6 +247,11 @@ async function removeLeftovers(paths: CaPaths): Promise<void> {
       await Deno.remove(path).catch(() => {});
     }
   }
+}
+
+async function syncFile(path: string): Promise<void> {
+  using file = await Deno.open(path, { read: true, write: true });
+  await file.sync();
 }
 
 async function bumpGeneration(paths: CaPaths): Promise<void> {

@@ -106,6 +106,7 @@ export class Chat {
   #server: tls.Server;
   #listen = "";
   #invited = new Map<string, { keyFingerprint: string; expires: number }>();
+  #inviting = new Map<string, Promise<void>>();
   #invitations = new Map<string, InvitationReply>();
   #peers = new Map<string, Connected>();
   #current?: string;
@@ -275,17 +276,27 @@ export class Chat {
     if (name === this.#id.name) throw new E2eError("ERR_USAGE", "You cannot chat with yourself");
     const host = this.#listen.slice(0, this.#listen.lastIndexOf(":"));
     const port = Number(this.#listen.slice(this.#listen.lastIndexOf(":") + 1));
-    const reply = await this.#ca.offer(
+    // A fast peer may connect before the CA's reply reaches us: the listener waits for it.
+    const offered = this.#ca.offer(
       name,
       port,
       host === "0.0.0.0" || host === "::" ? undefined : host,
-    );
-    const cert = this.#checkDirectory(reply.peer, name);
-    this.#invited.set(name, {
-      keyFingerprint: cert.keyFingerprint,
-      expires: Date.parse(reply.expiresAt),
-    });
-    this.#emit({ type: "invited", to: name, fingerprint: cert.fingerprint });
+    )
+      .then((reply) => {
+        const cert = this.#checkDirectory(reply.peer, name);
+        this.#invited.set(name, {
+          keyFingerprint: cert.keyFingerprint,
+          expires: Date.parse(reply.expiresAt),
+        });
+        return cert;
+      });
+    this.#inviting.set(name, offered.then(() => {}, () => {}));
+    try {
+      const cert = await offered;
+      this.#emit({ type: "invited", to: name, fingerprint: cert.fingerprint });
+    } finally {
+      this.#inviting.delete(name);
+    }
   }
 
   // /accept: connect to the address from the invitation with our certificate.
@@ -375,6 +386,7 @@ export class Chat {
         isRevoked: (s) => this.#isRevoked(s),
       });
       name = presented.commonName;
+      await this.#inviting.get(name);
       const invited = this.#invited.get(name);
       if (!invited || invited.expires < Date.now()) {
         throw new E2eError("ERR_PEER_REJECTED", `not invited: ${name}`);
