@@ -1006,8 +1006,12 @@ async function killedMidTransfer(scene: Scene): Promise<void> {
   const again = await connect(alice, bob);
   assert.equal(again.atFrom.trust, "known");
   await alice.send(`/file ${bigPath}`);
-  await bob.expect({ type: "progress", direction: "in" });
-  const partials = (await listDir(downloads(bobUser))).filter((n) => n.startsWith(".partial-"));
+  // Wait for this transfer's partial file itself: a progress event could be the first one's.
+  let partials: string[] = [];
+  for (let i = 0; i < 200 && partials.length === 0; i++) {
+    partials = (await listDir(downloads(bobUser))).filter((n) => n.startsWith(".partial-"));
+    if (partials.length === 0) await new Promise((resolve) => setTimeout(resolve, 25));
+  }
   await bob.kill("SIGKILL");
   assert.equal(partials.length, 1, "no partial file while receiving");
   const partial = await Deno.stat(join(downloads(bobUser), partials[0]));
