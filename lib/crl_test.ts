@@ -6,6 +6,7 @@ import { normalizeSerialHex, parseCrl } from "./crl.ts";
 import { E2eError } from "./errors.ts";
 import { openssl } from "./openssl.ts";
 import { pemDecode, pemEncode } from "./pem.ts";
+import { concat, tlv } from "./_der_builder.ts";
 
 const decoder = new TextDecoder();
 
@@ -229,29 +230,6 @@ Deno.test("normalizeSerialHex() gives one form for the serial of a certificate, 
 
 // ---------------------------------------------------------------------------
 // Hand-made CRLs signed with the real CA key: the fields openssl does not vary
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
-}
-
-/** A DER element: definite, minimal length. */
-function tlv(tag: number, ...parts: Uint8Array[]): Uint8Array {
-  const body = concat(...parts);
-  const length: number[] = [];
-  if (body.length < 0x80) {
-    length.push(body.length);
-  } else {
-    for (let n = body.length; n > 0; n >>= 8) length.unshift(n & 0xff);
-    length.unshift(0x80 | length.length);
-  }
-  return concat(Uint8Array.of(tag, ...length), body);
-}
 
 const ascii = (text: string) => new TextEncoder().encode(text);
 const utcTime = (text: string) => tlv(0x17, ascii(text));

@@ -6,32 +6,10 @@ import { children, readDer } from "./der.ts";
 import { E2eError, type ErrorCode } from "./errors.ts";
 import { pemDecode, pemEncode } from "./pem.ts";
 import { keyFingerprint } from "./x509.ts";
+import { concat, tlv } from "./_der_builder.ts";
 
 const OID_CN = "2.5.4.3";
 const OID_O = "2.5.4.10";
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
-}
-
-/** A DER element: definite, minimal length. */
-function tlv(tag: number, ...parts: Uint8Array[]): Uint8Array {
-  const body = concat(...parts);
-  const length: number[] = [];
-  if (body.length < 0x80) {
-    length.push(body.length);
-  } else {
-    for (let n = body.length; n > 0; n >>= 8) length.unshift(n & 0xff);
-    length.unshift(0x80 | length.length);
-  }
-  return concat(Uint8Array.of(tag, ...length), body);
-}
 
 function der(pem: string): Uint8Array {
   const out = pemDecode(pem, "CERTIFICATE REQUEST");

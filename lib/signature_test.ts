@@ -2,29 +2,7 @@ import assert from "node:assert/strict";
 import { generateKeyPairSync, type KeyObject, sign } from "node:crypto";
 import { DerError, type DerNode, readDer } from "./der.ts";
 import { verifySignature } from "./signature.ts";
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
-}
-
-/** A DER element: definite, minimal length. */
-function tlv(tag: number, ...parts: Uint8Array[]): Uint8Array {
-  const body = concat(...parts);
-  const length: number[] = [];
-  if (body.length < 0x80) {
-    length.push(body.length);
-  } else {
-    for (let n = body.length; n > 0; n >>= 8) length.unshift(n & 0xff);
-    length.unshift(0x80 | length.length);
-  }
-  return concat(Uint8Array.of(tag, ...length), body);
-}
+import { concat, tlv } from "./_der_builder.ts";
 
 /** An OBJECT IDENTIFIER element from its dotted form. */
 function oid(dotted: string): Uint8Array {
