@@ -55,6 +55,7 @@ export async function runJsonInput(sink: InputSink): Promise<void> {
 export class Terminal {
   #rl: readline.Interface;
   #name: string;
+  #progressLine = false;
 
   /** A terminal for user `name`. */
   constructor(name: string) {
@@ -74,7 +75,13 @@ export class Terminal {
     const out = process.stdout;
     readline.clearLine(out, 0);
     readline.cursorTo(out, 0);
+    // A transfer's progress bar is one line, redrawn in place until it is done.
+    if (this.#progressLine) {
+      readline.moveCursor(out, 0, -1);
+      readline.clearLine(out, 0);
+    }
     out.write(`${styleText("gray", time())} ${text}\n`);
+    this.#progressLine = event.type === "progress" && event.bytes < event.total;
     this.#rl.prompt(true);
   }
 

@@ -6,7 +6,7 @@ import { normalizeSerialHex, parseCrl } from "./crl.ts";
 import { E2eError } from "./errors.ts";
 import { openssl } from "./openssl.ts";
 import { pemDecode, pemEncode } from "./pem.ts";
-import { concat, tlv } from "./_der_builder.ts";
+import { tlv } from "./_der_builder.ts";
 
 const decoder = new TextDecoder();
 

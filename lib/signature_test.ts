@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { generateKeyPairSync, type KeyObject, sign } from "node:crypto";
 import { DerError, type DerNode, readDer } from "./der.ts";
 import { verifySignature } from "./signature.ts";
-import { concat, tlv } from "./_der_builder.ts";
+import { tlv } from "./_der_builder.ts";
 
 /** An OBJECT IDENTIFIER element from its dotted form. */
 function oid(dotted: string): Uint8Array {
