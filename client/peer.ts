@@ -121,6 +121,7 @@ export class PeerConnection {
       this.#closeReason = e.message;
     });
     this.#socket.on("close", () => this.#onClose());
+    this.#socket.on("timeout", () => this.#onStall());
     this.#write({ type: "hello", v: 1, features: [FEATURE_BINARY] });
   }
 
@@ -382,16 +383,18 @@ export class PeerConnection {
   // is given up on. (Deno's node:tls can miss the close of a socket paused for
   // back-pressure; without this such a transfer would hang for ever.)
   #watch(): void {
-    this.#socket.setTimeout(STALL_MS, () => {
-      if (this.#incoming.size > 0 || this.#socket.isPaused()) {
-        this.#closeReason = `the peer sent nothing for ${
-          STALL_MS / 1000
-        } s in the middle of a transfer`;
-        this.#socket.destroy();
-      } else {
-        this.#socket.setTimeout(0);
-      }
-    });
+    this.#socket.setTimeout(STALL_MS); // the one "timeout" listener is #onStall
+  }
+
+  #onStall(): void {
+    if (this.#incoming.size > 0 || this.#socket.isPaused()) {
+      this.#closeReason = `the peer sent nothing for ${
+        STALL_MS / 1000
+      } s in the middle of a transfer`;
+      this.#socket.destroy();
+    } else {
+      this.#socket.setTimeout(0);
+    }
   }
 
   #progress(id: string, bytes: number, total: number, direction: "in" | "out"): void {
