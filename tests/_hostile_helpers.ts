@@ -13,7 +13,12 @@ import net from "node:net";
 import tls from "node:tls";
 import { join } from "node:path";
 import { ROOT, type RunResult } from "./_helpers.ts";
-import { type HttpsReply, httpsRequest, type HttpsRequestOptions } from "./_service_helpers.ts";
+import {
+  baseEnv,
+  type HttpsReply,
+  httpsRequest,
+  type HttpsRequestOptions,
+} from "./_service_helpers.ts";
 
 const encoder = new TextEncoder();
 
@@ -81,18 +86,8 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** `promise`, or `fallback` after `ms`; the timer never outlives the race. */
-export async function within<T, F>(promise: Promise<T>, ms: number, fallback: F): Promise<T | F> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<F>((resolve) => timer = setTimeout(() => resolve(fallback), ms)),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+import { within } from "./_chat_helpers.ts";
+export { within };
 
 // ---------------------------------------------------------------------------
 // Files
@@ -254,15 +249,7 @@ export async function taskFlags(task: "ca" | "client"): Promise<string[]> {
 
 /** The environment of a child: PATH, HOME (for Deno's cache), NO_COLOR, then `extra`. */
 export function childEnv(extra: Record<string, string> = {}): Record<string, string> {
-  const env: Record<string, string> = {
-    PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
-    HOME: Deno.env.get("HOME") ?? "/root",
-    INIT_CWD: ROOT,
-    NO_COLOR: "1",
-  };
-  const denoDir = Deno.env.get("DENO_DIR");
-  if (denoDir) env.DENO_DIR = denoDir;
-  return { ...env, ...extra };
+  return baseEnv(extra);
 }
 
 /** Options of {@linkcode TaskProcess.start}. */

@@ -31,7 +31,7 @@ async function taskFlags(task: "ca" | "client"): Promise<string[]> {
 }
 
 /** The environment every child gets: nothing of ours beyond what `deno` itself needs. */
-function baseEnv(extra: Record<string, string>): Record<string, string> {
+export function baseEnv(extra: Record<string, string>): Record<string, string> {
   const env: Record<string, string> = {
     PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
     // The real HOME keeps Deno's cache warm; E2E_CHAT_HOME keeps e2e-chat out of it.
