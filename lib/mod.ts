@@ -20,3 +20,4 @@ export * from "./keys.ts";
 export * from "./frames.ts";
 export * from "./crl.ts";
 export * from "./signature.ts";
+export * from "./lines.ts";

@@ -1,0 +1,23 @@
+import assert from "node:assert/strict";
+import { readLines } from "./lines.ts";
+
+function streamOf(...chunks: string[]): ReadableStream<Uint8Array> {
+  const encoder = new TextEncoder();
+  return ReadableStream.from(chunks.map((c) => encoder.encode(c)));
+}
+
+async function collect(stream: ReadableStream<Uint8Array>): Promise<string[]> {
+  const lines: string[] = [];
+  for await (const line of readLines(stream)) lines.push(line);
+  return lines;
+}
+
+Deno.test("readLines() splits lines across chunk boundaries and keeps the unterminated tail", async () => {
+  assert.deepEqual(await collect(streamOf("a\nb", "c\n\nd")), ["a", "bc", "", "d"]);
+});
+
+Deno.test("readLines() decodes a character split between chunks", async () => {
+  const bytes = new TextEncoder().encode("é\n");
+  const stream = ReadableStream.from([bytes.subarray(0, 1), bytes.subarray(1)]);
+  assert.deepEqual(await collect(stream), ["é"]);
+});
