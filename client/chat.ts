@@ -1,18 +1,18 @@
 /**
- * The chat core, shared by the terminal and the JSON interfaces: a mutual-TLS
- * listener that admits only the peers we invited, the rendezvous with the CA
- * (the original's OP_INIT_COMM / OP_ACC_COMM), our own checks of every peer
- * after the handshake, trust on first use, messages and files.
+ * The chat core: a typed API over a mutual-TLS listener that admits only the
+ * peers we invited, the rendezvous with the CA (the original's OP_INIT_COMM /
+ * OP_ACC_COMM), our own checks of every peer after the handshake, trust on
+ * first use, messages and files. Methods take values and return values or
+ * throw {@linkcode E2eError}; what happens meanwhile goes out as events. The
+ * faces (terminal, JSON, web) turn people's input into these calls.
  *
  * @module
  */
 import tls from "node:tls";
 import { E2eError } from "../lib/errors.ts";
 import { ALPN, MAX_TEXT_CHARS } from "../lib/frames.ts";
-import { resolveUserPath } from "../lib/home.ts";
 import { checkName } from "../lib/names.ts";
 import { pemDecode } from "../lib/pem.ts";
-import { normalizeSerialHex, parseCrl } from "../lib/crl.ts";
 import {
   checkPeer,
   clientOptions,
@@ -22,73 +22,30 @@ import {
   serverOptions,
 } from "../lib/tls.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
-import type { CaClient, CertificateReply, InvitationReply } from "./ca_client.ts";
+import type { CaClient, CertificateReply } from "./ca_client.ts";
+import type { CoreEvent, PeerSummary } from "./events.ts";
 import { removeStalePartials } from "./files.ts";
 import type { Identity } from "./identity.ts";
+import { Invitations } from "./invitations.ts";
 import { PeerConnection, type PeerEvents } from "./peer.ts";
+import { Revocation } from "./revocation.ts";
 import { type KeyState, safetyNumber, TrustStore } from "./trust.ts";
-
-/** Every event the core reports (docs/PROTOCOL.md §6). */
-export type ChatEvent =
-  | { type: "ready"; name: string; listen: string; fingerprint: string }
-  | { type: "invite"; from: string }
-  | { type: "invited"; to: string; fingerprint: string }
-  | {
-    type: "connected";
-    peer: string;
-    fingerprint: string;
-    keyFingerprint: string;
-    trust: KeyState;
-  }
-  | { type: "message"; from: string; text: string; id: string }
-  | { type: "sent"; to: string; id: string }
-  | { type: "delivered"; to: string; id: string; ms?: number }
-  | { type: "file"; from: string; name: string; path: string; bytes: number; sha256: string }
-  | {
-    type: "progress";
-    peer: string;
-    id: string;
-    bytes: number;
-    total: number;
-    direction: "in" | "out";
-  }
-  | { type: "safety"; peer: string; number: string }
-  | { type: "peers"; peers: Array<{ name: string; trust: KeyState; current: boolean }> }
-  | { type: "disconnected"; peer: string; reason: string }
-  | { type: "warning"; message: string }
-  | { type: "error"; message: string }
-  | { type: "help"; text: string }
-  | { type: "bye" };
 
 /** Options of {@linkcode Chat.start}. */
 export interface ChatOptions {
-  /** Where to listen. Default: 127.0.0.1, a free port. */
+  /** Where to listen. Default: 127.0.0.1. */
   listenHost?: string;
   /** Port to listen on; 0 picks one. Default: 0. */
   listenPort?: number;
-  /** Where received files go. */
-  downloads: string;
-  /** The home folder (peers.json lives there). */
-  home: string;
-  /** Event sink. */
-  onEvent: (event: ChatEvent) => void;
+  /** Where received files go. Default: HOME/downloads. */
+  downloads?: string;
+  /** A first event listener (more with {@linkcode Chat.on}). Default: none. */
+  onEvent?: (event: CoreEvent) => void;
 }
 
-/** The commands, for /help. */
-export const HELP = `/chat NAME          invite NAME (through the CA) and wait for them
-/accept NAME        connect to NAME, who invited you
-TEXT                send to the current peer
-/msg NAME TEXT      send to NAME
-/file [NAME] PATH   send a file
-/peers              connected peers
-/fingerprint NAME   the safety number to compare with NAME out of band
-/verify NAME        mark NAME's key as verified (after comparing)
-/trust NAME         accept NAME's new key after a key change warning
-/close NAME         close the connection to NAME
-/quit               leave`;
+/** A listener of core events. */
+export type ChatListener = (event: CoreEvent) => void;
 
-const CRL_MAX_AGE_MS = 60_000;
-const CRL_REFRESH_MS = 5 * 60_000;
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 interface Connected {
@@ -101,28 +58,23 @@ interface Connected {
 export class Chat {
   #id: Identity;
   #ca: CaClient;
-  #options: ChatOptions;
+  #downloads: string;
   #trust: TrustStore;
   #server: tls.Server;
   #listen = "";
+  #listeners = new Set<ChatListener>();
   #invited = new Map<string, { keyFingerprint: string; expires: number }>();
   #inviting = new Map<string, Promise<void>>();
-  #invitations = new Map<string, InvitationReply>();
+  #invitations: Invitations;
+  #revocation: Revocation;
   #peers = new Map<string, Connected>();
-  #current?: string;
-  #revoked = new Set<string>();
-  #crlAt = 0;
-  #crlValidUntil = 0;
-  #crlFailedAt = 0;
-  #crlFetch?: Promise<void>;
-  #stopped = new AbortController();
-  #timers: Array<ReturnType<typeof setInterval>> = [];
 
   private constructor(id: Identity, options: ChatOptions, trust: TrustStore) {
     this.#id = id;
     this.#ca = id.client();
-    this.#options = options;
+    this.#downloads = options.downloads ?? id.home.downloads;
     this.#trust = trust;
+    if (options.onEvent) this.#listeners.add(options.onEvent);
     this.#server = tls.createServer(
       serverOptions(id.credentials, id.anchor, {
         requireCert: true,
@@ -130,16 +82,42 @@ export class Chat {
         tls13Only: true,
       }),
     );
+    const warn = (message: string) => this.#emit({ type: "warning", message });
+    this.#revocation = new Revocation({
+      fetch: () => this.#ca.crl(),
+      issuer: id.anchor.x509,
+      onUpdate: () => this.#dropRevoked(),
+      onWarning: warn,
+    });
+    this.#invitations = new Invitations(this.#ca, {
+      onInvite: (i) => this.#emit({ type: "invite", from: i.from }),
+      onWarning: warn,
+    });
   }
 
-  /** Starts listening and polling the CA; emits `ready`. */
-  static async start(id: Identity, options: ChatOptions): Promise<Chat> {
-    await removeStalePartials(options.downloads);
-    const chat = new Chat(id, options, await TrustStore.load(options.home));
-    await chat.#refreshCrl();
+  /**
+   * Fetches the CRL, starts listening and polling the CA for invitations; emits `ready`.
+   *
+   * @example Two lines of a chat
+   * ```ts
+   * import { Chat } from "./chat.ts";
+   * import { Identity } from "./identity.ts";
+   * const chat = await Chat.start(await Identity.load("/tmp/alice"), {
+   *   onEvent: (e) => e.type === "message" && console.log(`${e.from}: ${e.text}`),
+   * });
+   * await chat.invite("bob");
+   * // … once bob has accepted:
+   * chat.send("bob", "hello bob");
+   * await chat.stop();
+   * ```
+   */
+  static async start(id: Identity, options: ChatOptions = {}): Promise<Chat> {
+    const chat = new Chat(id, options, await TrustStore.load(id.home.root));
+    await removeStalePartials(chat.#downloads);
+    await chat.#revocation.refresh();
     await chat.#listenOn(options.listenHost ?? "127.0.0.1", options.listenPort ?? 0);
-    chat.#timers.push(setInterval(() => chat.#refreshCrl().catch(() => {}), CRL_REFRESH_MS));
-    chat.#poll();
+    chat.#revocation.start();
+    chat.#invitations.start();
     chat.#emit({
       type: "ready",
       name: id.name,
@@ -149,130 +127,39 @@ export class Chat {
     return chat;
   }
 
-  /** Runs one line of input: a command or a message. Errors become `error` events. */
-  async input(line: string): Promise<boolean> {
-    try {
-      return await this.#input(line);
-    } catch (e) {
-      this.#emit({ type: "error", message: e instanceof Error ? e.message : String(e) });
-      return true;
-    }
+  /** Our user name. */
+  get name(): string {
+    return this.#id.name;
   }
 
-  /** Closes every connection, the listener and the CA poll. */
-  async close(): Promise<void> {
-    this.#stopped.abort();
-    for (const t of this.#timers) clearInterval(t);
-    for (const { conn } of this.#peers.values()) conn.close("we quit");
-    // Give peers a moment to read our bye; then stop waiting for them.
-    await Promise.race([
-      new Promise<void>((resolve) => this.#server.close(() => resolve())),
-      new Promise<void>((resolve) => setTimeout(resolve, 1_000)),
-    ]);
+  /** Our identity (certificate, CA). */
+  get identity(): Identity {
+    return this.#id;
   }
 
-  async #input(line: string): Promise<boolean> {
-    const text = line.replace(/\r$/, "");
-    if (!text.startsWith("/")) {
-      if (!text.trim()) return true;
-      if (!this.#current) {
-        throw new E2eError("ERR_USAGE", "No current peer: /chat NAME or /accept NAME first");
-      }
-      this.#send(this.#current, text);
-      return true;
-    }
-    const [command, ...args] = text.split(" ");
-    const arg = (i: number, what = "NAME") => {
-      if (!args[i]) throw new E2eError("ERR_USAGE", `${command} needs ${what}`);
-      return args[i];
-    };
-    switch (command) {
-      case "/chat":
-        await this.#invite(checkName(arg(0)));
-        return true;
-      case "/accept":
-        await this.#accept(checkName(arg(0)));
-        return true;
-      case "/msg":
-        arg(1, "NAME TEXT");
-        this.#send(checkName(args[0]), args.slice(1).join(" "));
-        return true;
-      case "/file": {
-        arg(0, "PATH");
-        // "/file NAME PATH" when the first word is a connected peer; else all of it is the path.
-        const named = args.length >= 2 && this.#peers.has(args[0]);
-        const [name, path] = named
-          ? [args[0], args.slice(1).join(" ")]
-          : [this.#current, args.join(" ")];
-        if (!name) throw new E2eError("ERR_USAGE", "No current peer: /file NAME PATH");
-        await this.#sendFile(name, resolveUserPath(path));
-        return true;
-      }
-      case "/peers":
-        this.#emit({
-          type: "peers",
-          peers: [...this.#peers].map(([name, p]) => ({
-            name,
-            trust: p.blocked ? "changed" : p.trust,
-            current: name === this.#current,
-          })),
-        });
-        return true;
-      case "/fingerprint": {
-        const name = checkName(arg(0));
-        const key = this.#peers.get(name)?.conn.certificate.keyFingerprint ??
-          this.#trust.get(name)?.keyFingerprint;
-        if (!key) throw new E2eError("ERR_NOT_FOUND", `No key known for "${name}": connect first`);
-        const number = safetyNumber({
-          name: this.#id.name,
-          key: this.#id.certificate.keyFingerprint,
-        }, { name, key });
-        this.#emit({ type: "safety", peer: name, number });
-        return true;
-      }
-      case "/verify": {
-        const name = checkName(arg(0));
-        const p = this.#peers.get(name);
-        if (p?.blocked) {
-          throw new E2eError("ERR_USAGE", `"${name}" has a changed key: /trust ${name} first`);
-        }
-        if (!await this.#trust.verify(name)) {
-          throw new E2eError("ERR_NOT_FOUND", `No key known for "${name}"`);
-        }
-        if (p) p.trust = "verified";
-        this.#emit({ type: "warning", message: `"${name}" is now verified` });
-        return true;
-      }
-      case "/trust": {
-        const name = checkName(arg(0));
-        const p = this.#peers.get(name);
-        if (!p) throw new E2eError("ERR_NOT_FOUND", `Not connected to "${name}"`);
-        await this.#trust.trust(name, p.conn.certificate.keyFingerprint);
-        p.blocked = false;
-        p.conn.quarantined = false;
-        p.trust = "known";
-        this.#emit({ type: "warning", message: `Now trusting the new key of "${name}"` });
-        return true;
-      }
-      case "/close": {
-        const name = checkName(arg(0));
-        const p = this.#peers.get(name);
-        if (!p) throw new E2eError("ERR_NOT_FOUND", `Not connected to "${name}"`);
-        p.conn.close("closed by you");
-        return true;
-      }
-      case "/help":
-        this.#emit({ type: "help", text: HELP });
-        return true;
-      case "/quit":
-        return false;
-      default:
-        throw new E2eError("ERR_USAGE", `Unknown command ${JSON.stringify(command)}: see /help`);
-    }
+  /** Where we listen, HOST:PORT. */
+  get listen(): string {
+    return this.#listen;
   }
 
-  // /chat: announce our listener to the CA and admit exactly that peer's key.
-  async #invite(name: string): Promise<void> {
+  /** Where received files go. */
+  get downloads(): string {
+    return this.#downloads;
+  }
+
+  /** Adds an event listener; returns a function that removes it. */
+  on(listener: ChatListener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /**
+   * Invites `name` through the CA (our listener's address goes to them) and admits
+   * exactly the key the directory names. Resolves with that certificate's fingerprint
+   * once the CA recorded the invitation; emits `invited`.
+   */
+  async invite(name: string): Promise<{ fingerprint: string }> {
+    checkName(name);
     if (name === this.#id.name) throw new E2eError("ERR_USAGE", "You cannot chat with yourself");
     const host = this.#listen.slice(0, this.#listen.lastIndexOf(":"));
     const port = Number(this.#listen.slice(this.#listen.lastIndexOf(":") + 1));
@@ -294,32 +181,27 @@ export class Chat {
     try {
       const cert = await offered;
       this.#emit({ type: "invited", to: name, fingerprint: cert.fingerprint });
+      return { fingerprint: cert.fingerprint };
     } finally {
       this.#inviting.delete(name);
     }
   }
 
-  // /accept: connect to the address from the invitation with our certificate.
-  async #accept(name: string): Promise<void> {
-    let invitation = this.#invitations.get(name);
-    if (invitation && Date.parse(invitation.expiresAt) <= Date.now()) {
-      this.#invitations.delete(name);
-      invitation = undefined;
-    }
+  /**
+   * Accepts `name`'s invitation: connects to the address it names with our
+   * certificate and checks the peer (our CA, the name, the directory's key, not
+   * revoked). Resolves once connected (after the `connected` event).
+   */
+  async accept(name: string): Promise<PeerSummary> {
+    checkName(name);
+    const invitation = await this.#invitations.find(name);
     if (!invitation) {
-      const { invitations } = await this.#ca.pending(0, 0);
-      for (const i of invitations) this.#invitations.set(i.from, i);
-      invitation = this.#invitations.get(name);
-    }
-    if (!invitation) {
-      throw new E2eError(
-        "ERR_NOT_FOUND",
-        `No invitation from "${name}": ask them to /chat ${this.#id.name}`,
-      );
+      throw new E2eError("ERR_NOT_FOUND", `No invitation from "${name}"`, {
+        hint: `ask them to invite "${this.#id.name}"`,
+      });
     }
     const expected = this.#checkDirectory(invitation.peer, name);
-    if (Date.now() - this.#crlAt > CRL_MAX_AGE_MS) await this.#refreshCrl();
-    this.#requireCurrentCrl();
+    await this.#revocation.ensureFresh();
     const options = clientOptions(this.#id.anchor, {
       own: this.#id.credentials,
       alpn: [ALPN],
@@ -350,7 +232,123 @@ export class Chat {
       throw e;
     }
     this.#invitations.delete(name);
-    await this.#attach(socket, name, cert);
+    return await this.#attach(socket, name, cert);
+  }
+
+  /**
+   * Sends `text` to the connected peer `name`; returns the message id (`sent`
+   * now, `delivered` when acknowledged).
+   */
+  send(name: string, text: string): string {
+    checkName(name);
+    if (text.length > MAX_TEXT_CHARS) {
+      throw new E2eError(
+        "ERR_USAGE",
+        `Message too long: ${text.length} characters, at most ${MAX_TEXT_CHARS}`,
+        { hint: "send it as a file" },
+      );
+    }
+    const id = this.#connected(name).sendMessage(text);
+    this.#emit({ type: "sent", to: name, id });
+    return id;
+  }
+
+  /**
+   * Sends the file at `path` to the connected peer `name`; resolves with its id
+   * once the whole file was handed to the connection (`progress` meanwhile).
+   */
+  async sendFile(name: string, path: string): Promise<string> {
+    checkName(name);
+    const conn = this.#connected(name);
+    try {
+      const info = await Deno.stat(path);
+      if (!info.isFile) throw new Error("not a file");
+    } catch {
+      throw new E2eError("ERR_FILE", `Cannot read ${JSON.stringify(path)}`);
+    }
+    const id = await conn.sendFile(path);
+    this.#emit({ type: "sent", to: name, id });
+    return id;
+  }
+
+  /** Marks `name`'s key as verified (after comparing the safety number out of band). */
+  async verify(name: string): Promise<void> {
+    checkName(name);
+    const p = this.#peers.get(name);
+    if (p?.blocked) {
+      throw new E2eError("ERR_USAGE", `"${name}" has a changed key`, {
+        hint: `trust the new key of "${name}" first`,
+      });
+    }
+    if (!await this.#trust.verify(name)) {
+      throw new E2eError("ERR_NOT_FOUND", `No key known for "${name}"`);
+    }
+    if (p) p.trust = "verified";
+  }
+
+  /** Accepts the new key of the connected peer `name` after a key change. */
+  async trust(name: string): Promise<void> {
+    checkName(name);
+    const p = this.#peers.get(name);
+    if (!p) throw new E2eError("ERR_NOT_FOUND", `Not connected to "${name}"`);
+    await this.#trust.trust(name, p.conn.certificate.keyFingerprint);
+    p.blocked = false;
+    p.conn.quarantined = false;
+    p.trust = "known";
+  }
+
+  /** Closes the connection to `name`. */
+  close(name: string): void {
+    checkName(name);
+    const p = this.#peers.get(name);
+    if (!p) throw new E2eError("ERR_NOT_FOUND", `Not connected to "${name}"`);
+    p.conn.close("closed by you");
+  }
+
+  /** The connected peers, oldest connection first. */
+  peers(): PeerSummary[] {
+    return [...this.#peers].map(([name, p]) => ({
+      name,
+      trust: p.blocked ? "changed" : p.trust,
+      fingerprint: p.conn.certificate.fingerprint,
+      keyFingerprint: p.conn.certificate.keyFingerprint,
+    }));
+  }
+
+  /** Whether `name` is connected. */
+  isConnected(name: string): boolean {
+    return this.#peers.has(name);
+  }
+
+  /** Names of those whose invitation waits for us to accept. */
+  invitations(): string[] {
+    return this.#invitations.names();
+  }
+
+  /** The safety number to compare with `name` out of band (their key: connected, or pinned). */
+  safetyNumber(name: string): string {
+    checkName(name);
+    const key = this.#peers.get(name)?.conn.certificate.keyFingerprint ??
+      this.#trust.get(name)?.keyFingerprint;
+    if (!key) {
+      throw new E2eError("ERR_NOT_FOUND", `No key known for "${name}"`, { hint: "connect first" });
+    }
+    return safetyNumber({ name: this.#id.name, key: this.#id.certificate.keyFingerprint }, {
+      name,
+      key,
+    });
+  }
+
+  /** Closes every connection, the listener, the CRL refresh and the CA poll. */
+  async stop(): Promise<void> {
+    this.#invitations.stop();
+    this.#revocation.stop();
+    for (const { conn } of this.#peers.values()) conn.close("we quit");
+    // Give peers a moment to read our bye; then stop waiting for them.
+    await Promise.race([
+      new Promise<void>((resolve) => this.#server.close(() => resolve())),
+      new Promise<void>((resolve) => setTimeout(resolve, 1_000)),
+    ]);
   }
 
   async #listenOn(host: string, port: number): Promise<void> {
@@ -375,15 +373,14 @@ export class Chat {
     socket.setTimeout(HANDSHAKE_TIMEOUT_MS, () => socket.destroy());
     let cert: CertificateInfo;
     let name: string;
-    // As before an outgoing connection: a CRL over a minute old is fetched again first.
-    if (Date.now() - this.#crlAt > CRL_MAX_AGE_MS) await this.#refreshCrl();
     try {
-      this.#requireCurrentCrl();
+      // As before an outgoing connection: a CRL over a minute old is fetched again first.
+      await this.#revocation.ensureFresh();
       if (socket.alpnProtocol !== ALPN) {
         throw new E2eError("ERR_PEER_REJECTED", "no ALPN e2e-chat/1");
       }
       const presented = checkPeer(peerCertificateDer(socket), this.#id.anchor, {
-        isRevoked: (s) => this.#isRevoked(s),
+        isRevoked: (s) => this.#revocation.isRevoked(s),
       });
       name = presented.commonName;
       await this.#inviting.get(name);
@@ -406,7 +403,7 @@ export class Chat {
     return checkPeer(peerCertificateDer(socket), this.#id.anchor, {
       name,
       keyFingerprint,
-      isRevoked: (s) => this.#isRevoked(s),
+      isRevoked: (s) => this.#revocation.isRevoked(s),
     });
   }
 
@@ -414,20 +411,22 @@ export class Chat {
     const der = typeof reply?.certificate === "string"
       ? pemDecode(reply.certificate, "CERTIFICATE")
       : null;
-    return checkPeer(der, this.#id.anchor, { name, isRevoked: (s) => this.#isRevoked(s) });
+    return checkPeer(der, this.#id.anchor, {
+      name,
+      isRevoked: (s) => this.#revocation.isRevoked(s),
+    });
   }
 
-  async #attach(socket: tls.TLSSocket, name: string, cert: CertificateInfo): Promise<void> {
+  async #attach(socket: tls.TLSSocket, name: string, cert: CertificateInfo): Promise<PeerSummary> {
     const trust = await this.#trust.observe(name, cert.keyFingerprint);
     this.#peers.get(name)?.conn.close("replaced by a new connection");
     const conn = new PeerConnection(socket, name, cert, {
-      downloads: this.#options.downloads,
+      downloads: this.#downloads,
       events: this.#peerEvents(),
     });
     const blocked = trust === "changed";
     conn.quarantined = blocked;
     this.#peers.set(name, { conn, trust, blocked });
-    this.#current = name;
     conn.start();
     this.#emit({
       type: "connected",
@@ -441,9 +440,11 @@ export class Chat {
         type: "warning",
         message:
           `WARNING: the key of "${name}" CHANGED since you last talked. It may be someone else. ` +
-          `Nothing will be sent to or accepted from "${name}" until you compare /fingerprint ${name} out of band and type /trust ${name}.`,
+          `Nothing will be sent to or accepted from "${name}" until you compare the safety number ` +
+          `out of band and trust the new key.`,
       });
     }
+    return { name, trust, fingerprint: cert.fingerprint, keyFingerprint: cert.keyFingerprint };
   }
 
   #peerEvents(): PeerEvents {
@@ -469,13 +470,10 @@ export class Chat {
         this.#emit({
           type: "warning",
           message: `Held back a message from "${p.name}": its key changed. ` +
-            `Compare /fingerprint ${p.name}, then /trust ${p.name} to hear from them.`,
+            `Compare the safety number, then trust the new key to hear from them.`,
         }),
       closed: (p, reason) => {
-        if (this.#peers.get(p.name)?.conn === p) {
-          this.#peers.delete(p.name);
-          if (this.#current === p.name) this.#current = [...this.#peers.keys()].at(-1);
-        }
+        if (this.#peers.get(p.name)?.conn === p) this.#peers.delete(p.name);
         this.#emit({ type: "disconnected", peer: p.name, reason });
       },
     };
@@ -484,123 +482,29 @@ export class Chat {
   #connected(name: string): PeerConnection {
     const p = this.#peers.get(name);
     if (!p || !p.conn.open) {
-      throw new E2eError(
-        "ERR_NOT_FOUND",
-        `Not connected to "${name}": /chat ${name} or /accept ${name}`,
-      );
+      throw new E2eError("ERR_NOT_FOUND", `Not connected to "${name}"`, {
+        hint: `invite "${name}", or accept their invitation`,
+      });
     }
     if (p.blocked) {
-      throw new E2eError(
-        "ERR_FORBIDDEN",
-        `Not sent: the key of "${name}" changed. Compare /fingerprint ${name}, then /trust ${name}`,
-      );
+      throw new E2eError("ERR_FORBIDDEN", `Not sent: the key of "${name}" changed`, {
+        hint: "compare the safety number, then trust the new key",
+      });
     }
     return p.conn;
   }
 
-  #send(name: string, text: string): void {
-    if (text.length > MAX_TEXT_CHARS) {
-      throw new E2eError(
-        "ERR_USAGE",
-        `Message too long: ${text.length} characters, at most ${MAX_TEXT_CHARS}; send it as a /file`,
-      );
-    }
-    const conn = this.#connected(name);
-    const id = conn.sendMessage(text);
-    this.#current = name;
-    this.#emit({ type: "sent", to: name, id });
-  }
-
-  async #sendFile(name: string, path: string): Promise<void> {
-    const conn = this.#connected(name);
-    try {
-      const info = await Deno.stat(path);
-      if (!info.isFile) throw new Error("not a file");
-    } catch {
-      throw new E2eError("ERR_FILE", `Cannot read ${JSON.stringify(path)}`);
-    }
-    const id = await conn.sendFile(path);
-    this.#emit({ type: "sent", to: name, id });
-  }
-
-  // Fail closed: without a CRL that is still current, revocation cannot be checked.
-  #requireCurrentCrl(): void {
-    if (Date.now() >= this.#crlValidUntil) {
-      throw new E2eError(
-        "ERR_PEER_REJECTED",
-        "Cannot check revocation: no current CRL from the CA",
-        {
-          hint: "is the CA service reachable?",
-        },
-      );
-    }
-  }
-
-  #isRevoked(serial: string): boolean {
-    return this.#revoked.has(normalizeSerialHex(serial));
-  }
-
-  async #refreshCrl(): Promise<void> {
-    // One fetch at a time, and not again within 5 s of a failure: connection attempts
-    // (even a flood of refused ones) cannot turn into a flood of CRL requests.
-    if (this.#crlFetch) return await this.#crlFetch;
-    if (Date.now() - this.#crlFailedAt < 5_000) return;
-    this.#crlFetch = this.#fetchCrl().finally(() => (this.#crlFetch = undefined));
-    return await this.#crlFetch;
-  }
-
-  async #fetchCrl(): Promise<void> {
-    try {
-      const crl = parseCrl(await this.#ca.crl(), this.#id.anchor.x509);
-      this.#revoked = crl.revoked;
-      this.#crlAt = Date.now();
-      this.#crlValidUntil = crl.nextUpdate?.getTime() ?? crl.thisUpdate.getTime() + 7 * 86_400_000;
-      // A peer revoked while connected is dropped now, not at its next connection.
-      for (const [name, p] of this.#peers) {
-        if (this.#isRevoked(p.conn.certificate.serial)) {
-          p.conn.close("its certificate was revoked");
-          this.#emit({ type: "warning", message: `"${name}" was revoked by the CA: disconnected` });
-        }
-      }
-    } catch (e) {
-      this.#crlFailedAt = Date.now();
-      this.#emit({
-        type: "warning",
-        message: `Cannot refresh the CRL: ${e instanceof Error ? e.message : e}`,
-      });
-    }
-  }
-
-  // The original's OP_ACC_COMM, as a long poll: learn of invitations at once.
-  async #poll(): Promise<void> {
-    let cursor = 0;
-    let failures = 0;
-    while (!this.#stopped.signal.aborted) {
-      try {
-        const { invitations, cursor: next } = await this.#ca.pending(cursor, 25);
-        cursor = next;
-        failures = 0;
-        for (const i of invitations) {
-          if (this.#stopped.signal.aborted) return;
-          this.#invitations.set(i.from, i);
-          this.#emit({ type: "invite", from: i.from });
-        }
-      } catch (e) {
-        if (this.#stopped.signal.aborted) return;
-        if (failures++ === 0) {
-          this.#emit({
-            type: "warning",
-            message: `Cannot reach the CA for invitations: ${e instanceof Error ? e.message : e}`,
-          });
-        }
-        await new Promise((r) =>
-          setTimeout(r, Math.min(30_000, 1000 * 2 ** Math.min(failures, 5)))
-        );
+  // A peer revoked while connected is dropped now, not at its next connection.
+  #dropRevoked(): void {
+    for (const [name, p] of this.#peers) {
+      if (this.#revocation.isRevoked(p.conn.certificate.serial)) {
+        p.conn.close("its certificate was revoked");
+        this.#emit({ type: "warning", message: `"${name}" was revoked by the CA: disconnected` });
       }
     }
   }
 
-  #emit(event: ChatEvent): void {
-    this.#options.onEvent(event);
+  #emit(event: CoreEvent): void {
+    for (const listener of this.#listeners) listener(event);
   }
 }

@@ -7,7 +7,7 @@
  * @module
  */
 import { createPrivateKey, createPublicKey } from "node:crypto";
-import { join } from "node:path";
+import { dirname } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
 import { generateKey, makeRequest } from "../lib/keys.ts";
@@ -17,6 +17,7 @@ import { type CertificateInfo, keyFingerprint, parseCertificate } from "../lib/x
 import { CaClient, type CertificateReply, fetchCaCertificate } from "./ca_client.ts";
 import type { Invite } from "./invite.ts";
 import type { ClientKeyType } from "./keys.ts";
+import { ClientHome, IdFolder } from "./home.ts";
 
 /** What identity.json holds. */
 interface IdentityRecord {
@@ -56,37 +57,37 @@ export class Identity {
 
   /** The key file. */
   get keyPath(): string {
-    return join(this.dir, "key.pem");
+    return new IdFolder(this.dir).key;
   }
   /** The certificate file. */
   get certPath(): string {
-    return join(this.dir, "cert.pem");
+    return new IdFolder(this.dir).cert;
   }
   /** The pinned CA certificate file. */
   get caPath(): string {
-    return join(this.dir, "ca.crt");
+    return new IdFolder(this.dir).caCert;
   }
 
   /** Loads the identity under `home`; throws `ERR_NOT_ENROLLED` when there is none. */
   static async load(home: string): Promise<Identity> {
-    const dir = join(home, "id");
+    const { id } = new ClientHome(home);
+    const dir = id.dir;
     let record: IdentityRecord;
     try {
-      record = JSON.parse(await Deno.readTextFile(join(dir, "identity.json")));
+      record = JSON.parse(await Deno.readTextFile(id.record));
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) {
         throw new E2eError("ERR_NOT_ENROLLED", `No identity in "${dir}"`, {
           hint: "join first: deno task client join 'e2e-chat://…' (the invite from your admin)",
         });
       }
-      throw new E2eError("ERR_FILE", `Cannot read "${join(dir, "identity.json")}"`, { cause: e });
+      throw new E2eError("ERR_FILE", `Cannot read "${id.record}"`, { cause: e });
     }
-    const read = (f: string) => Deno.readTextFile(join(dir, f));
     return new Identity(
       dir,
       record,
-      { key: await read("key.pem"), cert: await read("cert.pem") },
-      await read("ca.crt"),
+      { key: await Deno.readTextFile(id.key), cert: await Deno.readTextFile(id.cert) },
+      await Deno.readTextFile(id.caCert),
     );
   }
 
@@ -101,13 +102,18 @@ export class Identity {
     return Math.max(0, (notAfter.getTime() - now) / (notAfter.getTime() - notBefore.getTime()));
   }
 
+  /** The home this identity lives in. */
+  get home(): ClientHome {
+    return new ClientHome(dirname(this.dir));
+  }
+
   /** Gets a new certificate for the same key (so peers' pinned key fingerprints stay valid). */
   async renew(): Promise<Identity> {
     const csr = await makeRequest(this.keyPath, this.name);
     const reply = await this.client().renew(csr);
     const cert = checkIssued(reply, this.anchor, this.name, this.credentials.key);
     await writeFileAtomic(this.certPath, cert, { mode: 0o644 });
-    return await Identity.load(join(this.dir, ".."));
+    return await Identity.load(dirname(this.dir));
   }
 }
 
@@ -134,7 +140,7 @@ export async function enroll(
   invite: Invite,
   options: JoinOptions = {},
 ): Promise<Identity> {
-  const dir = join(home, "id");
+  const dir = new ClientHome(home).id.dir;
   await ensurePrivateDir(home);
   if (await exists(dir)) {
     throw new E2eError("ERR_FILE", `"${dir}" already exists: this home has an identity or a key`, {
@@ -146,13 +152,14 @@ export async function enroll(
   const keyType = options.keyType ?? "ec-p256";
   const stage = await Deno.makeTempDir({ dir: home, prefix: ".join-" });
   try {
-    const keyPath = join(stage, "key.pem");
+    const staged = new IdFolder(stage);
+    const keyPath = staged.key;
     await generateKey(keyPath, keyType);
     const csr = await makeRequest(keyPath, invite.name);
     const reply = await new CaClient(invite.caUrl, anchor).enroll(invite.token, csr);
     const cert = checkIssued(reply, anchor, invite.name, await Deno.readTextFile(keyPath));
-    await Deno.writeTextFile(join(stage, "cert.pem"), cert);
-    await Deno.writeTextFile(join(stage, "ca.crt"), caPem);
+    await Deno.writeTextFile(staged.cert, cert);
+    await Deno.writeTextFile(staged.caCert, caPem);
     const record: IdentityRecord = {
       name: invite.name,
       caUrl: invite.caUrl,
@@ -160,7 +167,7 @@ export async function enroll(
       keyType,
     };
     await Deno.writeTextFile(
-      join(stage, "identity.json"),
+      staged.record,
       JSON.stringify(record, null, 2) + "\n",
     );
     await Deno.chmod(stage, 0o700);

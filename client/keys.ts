@@ -5,34 +5,16 @@
  *
  * @module
  */
-import { join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
 import { checkName } from "../lib/names.ts";
 import { generateKey, makeRequest } from "../lib/keys.ts";
+import { ClientHome } from "./home.ts";
 
 /** Key types a client can make. */
 export const CLIENT_KEY_TYPES = ["ec-p256", "rsa-2048", "ed25519"] as const;
 /** A key type of a client. */
 export type ClientKeyType = typeof CLIENT_KEY_TYPES[number];
-
-/** Where a client's identity lives under the home directory. */
-export class IdentityPaths {
-  /** HOME/id, mode 0700. */
-  readonly dir: string;
-  /** The identity under `home`. */
-  constructor(home: string) {
-    this.dir = join(home, "id");
-  }
-  /** The private key, 0600. */
-  get key(): string {
-    return join(this.dir, "key.pem");
-  }
-  /** The latest certificate request. */
-  get csr(): string {
-    return join(this.dir, "request.csr");
-  }
-}
 
 /** Options of {@linkcode makeKeyAndCsr}. */
 export interface KeyOptions {
@@ -56,7 +38,7 @@ export async function makeKeyAndCsr(
   options: KeyOptions = {},
 ): Promise<{ keyPath: string; csrPath: string; csr: string }> {
   checkName(name);
-  const paths = new IdentityPaths(home);
+  const paths = new ClientHome(home).id;
   await ensurePrivateDir(home);
   await ensurePrivateDir(paths.dir);
   if (await exists(paths.key)) {

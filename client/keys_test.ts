@@ -5,7 +5,8 @@ import { parseCsr } from "../lib/csr.ts";
 import { E2eError } from "../lib/errors.ts";
 import { keyFingerprint } from "../lib/x509.ts";
 import { withTempDir } from "../tests/_helpers.ts";
-import { IdentityPaths, makeKeyAndCsr } from "./keys.ts";
+import { makeKeyAndCsr } from "./keys.ts";
+import { ClientHome } from "./home.ts";
 
 function mode(info: Deno.FileInfo): number {
   return (info.mode ?? 0) & 0o777;
@@ -17,8 +18,8 @@ async function names(dir: string): Promise<string[]> {
   return out.sort();
 }
 
-Deno.test("IdentityPaths keeps the identity in HOME/id", () => {
-  const paths = new IdentityPaths("/h");
+Deno.test("ClientHome keeps the identity in HOME/id", () => {
+  const paths = new ClientHome("/h").id;
   assert.equal(paths.dir, "/h/id");
   assert.equal(paths.key, "/h/id/key.pem");
   assert.equal(paths.csr, "/h/id/request.csr");
@@ -28,7 +29,7 @@ Deno.test("makeKeyAndCsr() writes a 0600 key in a 0700 folder and a request nami
   await withTempDir(async (dir) => {
     const home = join(dir, "alice-home");
     const { keyPath, csrPath, csr } = await makeKeyAndCsr(home, "alice");
-    const paths = new IdentityPaths(home);
+    const paths = new ClientHome(home).id;
     assert.equal(keyPath, paths.key);
     assert.equal(csrPath, paths.csr);
     assert.equal(mode(await Deno.stat(home)), 0o700);
@@ -83,7 +84,7 @@ Deno.test("makeKeyAndCsr() refuses to replace an existing key", async () => {
     });
     assert.equal(await Deno.readTextFile(first.keyPath), key);
     assert.equal(await Deno.readTextFile(first.csrPath), first.csr);
-    assert.deepEqual(await names(new IdentityPaths(home).dir), ["key.pem", "request.csr"]);
+    assert.deepEqual(await names(new ClientHome(home).id.dir), ["key.pem", "request.csr"]);
   });
 });
 

@@ -9,9 +9,12 @@ import { E2eError } from "../lib/errors.ts";
 import { resolveHome, resolveUserPath } from "../lib/home.ts";
 import { readPassphrase } from "../lib/passphrase.ts";
 import { exists } from "../lib/fs.ts";
-import { join } from "node:path";
-import { Chat, type ChatEvent } from "./chat.ts";
-import { flushEvents, jsonEvent, runJsonInput, Terminal } from "./ui.ts";
+import { Chat } from "./chat.ts";
+import type { ChatEvent } from "./events.ts";
+import { CommandRunner } from "./faces/commands.ts";
+import { flushEvents, jsonEvent, runJsonInput } from "./faces/json.ts";
+import { Terminal } from "./faces/terminal.ts";
+import { ClientHome } from "./home.ts";
 import { checkName } from "../lib/names.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { checkPeer } from "../lib/tls.ts";
@@ -66,7 +69,7 @@ async function main(args: string[]): Promise<number> {
     case "csr":
       return await csr(rest);
     case undefined:
-      if (rest.length || await exists(join(resolveHome(undefined), "id", "identity.json"))) {
+      if (rest.length || await exists(new ClientHome(resolveHome(undefined)).id.record)) {
         return await chat(rest);
       }
       await out(USAGE);
@@ -146,19 +149,19 @@ async function chat(args: string[]): Promise<number> {
     }
   }
   const session = await Chat.start(id, {
-    home,
     listenHost,
     listenPort,
-    downloads: values.downloads ? resolveUserPath(values.downloads) : join(home, "downloads"),
+    downloads: values.downloads ? resolveUserPath(values.downloads) : undefined,
     onEvent: emit,
   });
+  const commands = new CommandRunner(session, emit);
   const stop = new Promise<void>((resolve) => {
     Deno.addSignalListener("SIGINT", resolve);
     Deno.addSignalListener("SIGTERM", resolve);
   });
-  await Promise.race([terminal ? terminal.run(session) : runJsonInput(session), stop]);
+  await Promise.race([terminal ? terminal.run(commands) : runJsonInput(commands), stop]);
   emit({ type: "bye" });
-  await session.close();
+  await session.stop();
   flushEvents();
   return 0;
 }

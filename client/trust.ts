@@ -5,8 +5,8 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import { join } from "node:path";
 import { writeFileAtomic } from "../lib/fs.ts";
+import { ClientHome } from "./home.ts";
 
 /** What we know of a peer's key. */
 export interface PeerRecord {
@@ -33,7 +33,7 @@ export class TrustStore {
 
   /** Loads (or starts) the store under `home`. */
   static async load(home: string): Promise<TrustStore> {
-    const store = new TrustStore(join(home, "peers.json"));
+    const store = new TrustStore(new ClientHome(home).peers);
     try {
       const data = JSON.parse(await Deno.readTextFile(store.#file));
       if (data && typeof data.peers === "object" && data.peers !== null) {

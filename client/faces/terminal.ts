@@ -1,55 +1,13 @@
 /**
- * The two faces of the chat core: `--json` (one JSON event per stdout line,
- * commands on stdin, for scripts and tests) and the terminal (a prompt that
- * incoming messages never garble, colour, timestamps).
+ * The terminal face: a prompt that incoming messages never garble, colour,
+ * timestamps, a progress bar redrawn in place, peer text escaped.
  *
  * @module
  */
 import readline from "node:readline";
 import { styleText } from "node:util";
-import type { ChatEvent } from "./chat.ts";
-
-/** Something that takes input lines; false from `input` means quit. */
-export interface InputSink {
-  /** Runs one line; resolves false to quit. */
-  input(line: string): Promise<boolean>;
-}
-
-const encoder = new TextEncoder();
-
-let pending = "";
-
-/**
- * Writes one event as a JSON line on stdout. Events of one turn of the event
- * loop leave in one write (a burst of messages is one syscall, not one each).
- */
-export function jsonEvent(event: ChatEvent): void {
-  if (!pending) queueMicrotask(flushEvents);
-  pending += JSON.stringify(event) + "\n";
-}
-
-/** Writes out events still waiting (before the process exits). */
-export function flushEvents(): void {
-  const text = pending;
-  pending = "";
-  if (text) writeAllSync(encoder.encode(text));
-}
-
-/** Reads stdin line by line into `sink` until EOF or /quit. */
-export async function runJsonInput(sink: InputSink): Promise<void> {
-  const decoder = new TextDecoder();
-  let pending = "";
-  for await (const chunk of Deno.stdin.readable) {
-    pending += decoder.decode(chunk, { stream: true });
-    let nl: number;
-    while ((nl = pending.indexOf("\n")) >= 0) {
-      const line = pending.slice(0, nl);
-      pending = pending.slice(nl + 1);
-      if (!await sink.input(line)) return;
-    }
-  }
-  if (pending) await sink.input(pending);
-}
+import type { ChatEvent } from "../events.ts";
+import type { InputSink } from "./json.ts";
 
 /** A terminal interface: prompt, colour, timestamps. */
 export class Terminal {
@@ -173,9 +131,4 @@ function clean(text: string): string {
 
 function time(): string {
   return new Date().toTimeString().slice(0, 5);
-}
-
-function writeAllSync(bytes: Uint8Array): void {
-  let n = 0;
-  while (n < bytes.length) n += Deno.stdout.writeSync(bytes.subarray(n));
 }

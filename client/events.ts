@@ -1,0 +1,59 @@
+/**
+ * The events of the chat, one JSON object each: what the core reports and what
+ * the faces add in answer to a command. The JSON face writes them as they are,
+ * one per line (docs/PROTOCOL.md §6 is their spec); the terminal and the web
+ * page render them.
+ *
+ * @module
+ */
+import type { KeyState } from "./trust.ts";
+
+/** A peer as the core reports it. */
+export interface PeerSummary {
+  /** The peer's user name. */
+  name: string;
+  /** What we know of its key; "changed" while a key change is not trusted yet. */
+  trust: KeyState;
+  /** SHA-256 of its certificate. */
+  fingerprint: string;
+  /** SHA-256 of its public key. */
+  keyFingerprint: string;
+}
+
+/** What the core reports, as it happens. */
+export type CoreEvent =
+  | { type: "ready"; name: string; listen: string; fingerprint: string }
+  | { type: "invite"; from: string }
+  | { type: "invited"; to: string; fingerprint: string }
+  | {
+    type: "connected";
+    peer: string;
+    fingerprint: string;
+    keyFingerprint: string;
+    trust: KeyState;
+  }
+  | { type: "message"; from: string; text: string; id: string }
+  | { type: "sent"; to: string; id: string }
+  | { type: "delivered"; to: string; id: string; ms?: number }
+  | { type: "file"; from: string; name: string; path: string; bytes: number; sha256: string }
+  | {
+    type: "progress";
+    peer: string;
+    id: string;
+    bytes: number;
+    total: number;
+    direction: "in" | "out";
+  }
+  | { type: "disconnected"; peer: string; reason: string }
+  | { type: "warning"; message: string };
+
+/** What a face adds: answers to commands, errors, and leaving. */
+export type FaceEvent =
+  | { type: "safety"; peer: string; number: string }
+  | { type: "peers"; peers: Array<{ name: string; trust: KeyState; current: boolean }> }
+  | { type: "error"; message: string }
+  | { type: "help"; text: string }
+  | { type: "bye" };
+
+/** Every event of the JSON face (docs/PROTOCOL.md §6). */
+export type ChatEvent = CoreEvent | FaceEvent;

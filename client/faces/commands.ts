@@ -1,0 +1,218 @@
+/**
+ * Slash commands: the one parser of command lines, shared by the terminal and
+ * the JSON face (and the web page's command box), and the one runner that turns
+ * them into calls on the typed chat core. It also keeps the "current peer" that
+ * plain text goes to, which is a notion of a line-based interface, not of the core.
+ *
+ * @module
+ */
+import { E2eError } from "../../lib/errors.ts";
+import { resolveUserPath } from "../../lib/home.ts";
+import { checkName } from "../../lib/names.ts";
+import type { Chat } from "../chat.ts";
+import type { ChatEvent } from "../events.ts";
+
+/** The commands, for /help. */
+export const HELP = `/chat NAME          invite NAME (through the CA) and wait for them
+/accept NAME        connect to NAME, who invited you
+TEXT                send to the current peer
+/msg NAME TEXT      send to NAME
+/file [NAME] PATH   send a file
+/peers              connected peers
+/fingerprint NAME   the safety number to compare with NAME out of band
+/verify NAME        mark NAME's key as verified (after comparing)
+/trust NAME         accept NAME's new key after a key change warning
+/close NAME         close the connection to NAME
+/quit               leave`;
+
+/** One parsed line of input. */
+export type Command =
+  | { op: "none" }
+  | { op: "invite"; name: string }
+  | { op: "accept"; name: string }
+  | { op: "send"; name?: string; text: string }
+  | { op: "file"; name?: string; path: string }
+  | { op: "peers" }
+  | { op: "fingerprint"; name: string }
+  | { op: "verify"; name: string }
+  | { op: "trust"; name: string }
+  | { op: "close"; name: string }
+  | { op: "help" }
+  | { op: "quit" };
+
+/** Options of {@linkcode parseCommand}. */
+export interface ParseOptions {
+  /** Whether `name` is a connected peer (for `/file NAME PATH` against `/file PATH`). Default: no one. */
+  isPeer?: (name: string) => boolean;
+}
+
+/**
+ * Parses one line: a slash command, or text for the current peer (`name` left out).
+ * Throws `ERR_USAGE` (or `ERR_NAME_INVALID`) for a line that is not a command.
+ *
+ * @example
+ * ```ts
+ * import { parseCommand } from "./commands.ts";
+ * console.log(parseCommand("/msg bob hi there")); // { op: "send", name: "bob", text: "hi there" }
+ * console.log(parseCommand("hello")); // { op: "send", text: "hello" }
+ * ```
+ */
+export function parseCommand(line: string, options: ParseOptions = {}): Command {
+  const text = line.replace(/\r$/, "");
+  if (!text.startsWith("/")) return text.trim() ? { op: "send", text } : { op: "none" };
+  const [command, ...args] = text.split(" ");
+  const arg = (i: number, what = "NAME") => {
+    if (!args[i]) throw new E2eError("ERR_USAGE", `${command} needs ${what}`);
+    return args[i];
+  };
+  const name = () => checkName(arg(0));
+  switch (command) {
+    case "/chat":
+      return { op: "invite", name: name() };
+    case "/accept":
+      return { op: "accept", name: name() };
+    case "/msg":
+      arg(1, "NAME TEXT");
+      return { op: "send", name: checkName(args[0]), text: args.slice(1).join(" ") };
+    case "/file": {
+      arg(0, "PATH");
+      // "/file NAME PATH" when the first word is a connected peer; else all of it is the path.
+      if (args.length >= 2 && options.isPeer?.(args[0])) {
+        return { op: "file", name: args[0], path: args.slice(1).join(" ") };
+      }
+      return { op: "file", path: args.join(" ") };
+    }
+    case "/peers":
+      return { op: "peers" };
+    case "/fingerprint":
+      return { op: "fingerprint", name: name() };
+    case "/verify":
+      return { op: "verify", name: name() };
+    case "/trust":
+      return { op: "trust", name: name() };
+    case "/close":
+      return { op: "close", name: name() };
+    case "/help":
+      return { op: "help" };
+    case "/quit":
+      return { op: "quit" };
+    default:
+      throw new E2eError("ERR_USAGE", `Unknown command ${JSON.stringify(command)}: see /help`);
+  }
+}
+
+/** Runs command lines against a chat, reporting answers and errors as events. */
+export class CommandRunner {
+  #chat: Chat;
+  #emit: (event: ChatEvent) => void;
+  #current?: string;
+
+  /**
+   * A runner over `chat` whose answers (and errors) go to `emit`.
+   *
+   * @example
+   * ```ts
+   * import { Chat } from "../chat.ts";
+   * import { Identity } from "../identity.ts";
+   * import { CommandRunner } from "./commands.ts";
+   * const chat = await Chat.start(await Identity.load("/tmp/alice"));
+   * const runner = new CommandRunner(chat, (e) => console.log(JSON.stringify(e)));
+   * await runner.input("/chat bob");
+   * ```
+   */
+  constructor(chat: Chat, emit: (event: ChatEvent) => void) {
+    this.#chat = chat;
+    this.#emit = emit;
+    chat.on((e) => {
+      if (e.type === "connected") this.#current = e.peer;
+      if (e.type === "disconnected" && this.#current === e.peer && !chat.isConnected(e.peer)) {
+        this.#current = chat.peers().at(-1)?.name;
+      }
+    });
+  }
+
+  /** The peer plain text goes to. */
+  get current(): string | undefined {
+    return this.#current;
+  }
+
+  /** Runs one line; resolves false for /quit. Errors become `error` events. */
+  async input(line: string): Promise<boolean> {
+    try {
+      const command = parseCommand(line, { isPeer: (n) => this.#chat.isConnected(n) });
+      return await this.run(command);
+    } catch (e) {
+      this.#emit({ type: "error", message: describeError(e) });
+      return true;
+    }
+  }
+
+  /** Runs one parsed command; resolves false for quit. Throws what the core throws. */
+  async run(command: Command): Promise<boolean> {
+    const chat = this.#chat;
+    switch (command.op) {
+      case "none":
+        return true;
+      case "invite":
+        await chat.invite(command.name);
+        return true;
+      case "accept":
+        await chat.accept(command.name);
+        return true;
+      case "send": {
+        const name = command.name ?? this.#current;
+        if (!name) {
+          throw new E2eError("ERR_USAGE", "No current peer: /chat NAME or /accept NAME first");
+        }
+        chat.send(name, command.text);
+        this.#current = name;
+        return true;
+      }
+      case "file": {
+        const name = command.name ?? this.#current;
+        if (!name) throw new E2eError("ERR_USAGE", "No current peer: /file NAME PATH");
+        await chat.sendFile(name, resolveUserPath(command.path));
+        return true;
+      }
+      case "peers":
+        this.#emit({
+          type: "peers",
+          peers: chat.peers().map((p) => ({
+            name: p.name,
+            trust: p.trust,
+            current: p.name === this.#current,
+          })),
+        });
+        return true;
+      case "fingerprint":
+        this.#emit({
+          type: "safety",
+          peer: command.name,
+          number: chat.safetyNumber(command.name),
+        });
+        return true;
+      case "verify":
+        await chat.verify(command.name);
+        this.#emit({ type: "warning", message: `"${command.name}" is now verified` });
+        return true;
+      case "trust":
+        await chat.trust(command.name);
+        this.#emit({ type: "warning", message: `Now trusting the new key of "${command.name}"` });
+        return true;
+      case "close":
+        chat.close(command.name);
+        return true;
+      case "help":
+        this.#emit({ type: "help", text: HELP });
+        return true;
+      case "quit":
+        return false;
+    }
+  }
+}
+
+/** An error as one line for the user: the message, then the hint if there is one. */
+export function describeError(e: unknown): string {
+  if (e instanceof E2eError && e.hint) return `${e.message}: ${e.hint}`;
+  return e instanceof Error ? e.message : String(e);
+}

@@ -1,0 +1,85 @@
+/**
+ * Every path of a client's home folder, in one place. Nothing else in the
+ * client joins a file name onto the home.
+ *
+ * ```
+ * HOME/                 0700
+ *   id/                 0700  the identity (client/identity.ts, client/keys.ts)
+ *     key.pem           0600  our private key; never sent anywhere
+ *     request.csr             the latest certificate request
+ *     cert.pem                our certificate
+ *     ca.crt                  the pinned CA certificate
+ *     identity.json           name, CA URL, CA fingerprint, key type
+ *   peers.json          0600  trust on first use (client/trust.ts)
+ *   downloads/          0700  received files (client/files.ts)
+ *   history/            0700  conversations (client/history.ts)
+ * ```
+ *
+ * @module
+ */
+import { join } from "node:path";
+
+/** The files of an identity folder (HOME/id, or the staging folder a join builds it in). */
+export class IdFolder {
+  /** The folder, 0700. */
+  readonly dir: string;
+  /** The files under `dir`. */
+  constructor(dir: string) {
+    this.dir = dir;
+  }
+  /** The private key, 0600. */
+  get key(): string {
+    return join(this.dir, "key.pem");
+  }
+  /** The latest certificate request. */
+  get csr(): string {
+    return join(this.dir, "request.csr");
+  }
+  /** Our certificate. */
+  get cert(): string {
+    return join(this.dir, "cert.pem");
+  }
+  /** The pinned CA certificate. */
+  get caCert(): string {
+    return join(this.dir, "ca.crt");
+  }
+  /** Name, CA URL and fingerprint, key type. */
+  get record(): string {
+    return join(this.dir, "identity.json");
+  }
+}
+
+/** The layout of a client home. */
+export class ClientHome {
+  /** The home folder itself. */
+  readonly root: string;
+  /** HOME/id. */
+  readonly id: IdFolder;
+
+  /**
+   * The layout under `root`.
+   *
+   * @example
+   * ```ts
+   * import { ClientHome } from "./home.ts";
+   * const home = new ClientHome("/tmp/alice");
+   * console.log(home.id.key); // /tmp/alice/id/key.pem
+   * ```
+   */
+  constructor(root: string) {
+    this.root = root;
+    this.id = new IdFolder(join(root, "id"));
+  }
+  /** The trust store (TOFU pins and verified marks), 0600. */
+  get peers(): string {
+    return join(this.root, "peers.json");
+  }
+  /** Where received files go unless `--downloads` says otherwise. */
+  get downloads(): string {
+    return join(this.root, "downloads");
+  }
+  /** Conversation history, one file per conversation. */
+  get history(): string {
+    return join(this.root, "history");
+  }
+}

@@ -1,0 +1,124 @@
+/**
+ * Revocation state of a chat client: the CA's CRL, verified with the pinned CA
+ * key, fetched at start, refreshed every few minutes and before any connection
+ * when it is over a minute old. It fails closed: without a CRL that is still
+ * current, no peer is accepted.
+ *
+ * @module
+ */
+import type { X509Certificate } from "node:crypto";
+import { normalizeSerialHex, parseCrl } from "../lib/crl.ts";
+import { E2eError } from "../lib/errors.ts";
+
+/** How old a CRL may be before a new connection fetches it again. */
+export const CRL_MAX_AGE_MS = 60_000;
+/** How often the CRL is fetched in the background. */
+export const CRL_REFRESH_MS = 5 * 60_000;
+// After a failed fetch, none for this long: a flood of (refused) connection attempts cannot
+// turn into a flood of CRL requests.
+const RETRY_AFTER_FAILURE_MS = 5_000;
+// A CRL without nextUpdate is taken as current for a week.
+const DEFAULT_VALIDITY_MS = 7 * 86_400_000;
+
+/** Options of {@linkcode Revocation}. */
+export interface RevocationOptions {
+  /** Fetches the CRL, PEM (from the CA service). */
+  fetch: () => Promise<string>;
+  /** The CA certificate the CRL must be signed by. */
+  issuer: X509Certificate;
+  /** Called after every successful refresh (to drop peers revoked meanwhile). */
+  onUpdate?: () => void;
+  /** Called with a message when a refresh fails. */
+  onWarning?: (message: string) => void;
+}
+
+/** The CRL a client holds, and whether it is current. */
+export class Revocation {
+  #options: RevocationOptions;
+  #revoked = new Set<string>();
+  #fetchedAt = 0;
+  #validUntil = 0;
+  #failedAt = 0;
+  #fetching?: Promise<void>;
+  #timer?: ReturnType<typeof setInterval>;
+
+  /**
+   * Revocation state fed by `options.fetch`; nothing is fetched until {@linkcode refresh}.
+   *
+   * @example
+   * ```ts
+   * import { X509Certificate } from "node:crypto";
+   * import { Revocation } from "./revocation.ts";
+   * const issuer = new X509Certificate(await Deno.readTextFile("ca.crt"));
+   * const revocation = new Revocation({
+   *   fetch: () => Deno.readTextFile("crl.pem"),
+   *   issuer,
+   * });
+   * await revocation.refresh();
+   * revocation.requireCurrent();
+   * console.log(revocation.isRevoked("1A2B"));
+   * ```
+   */
+  constructor(options: RevocationOptions) {
+    this.#options = options;
+  }
+
+  /** Whether `serial` (hex, any case, leading zeros or not) is on the CRL. */
+  isRevoked(serial: string): boolean {
+    return this.#revoked.has(normalizeSerialHex(serial));
+  }
+
+  /** Throws `ERR_PEER_REJECTED` unless the CRL held is still current (fail closed). */
+  requireCurrent(now: number = Date.now()): void {
+    if (now >= this.#validUntil) {
+      throw new E2eError(
+        "ERR_PEER_REJECTED",
+        "Cannot check revocation: no current CRL from the CA",
+        { hint: "is the CA service reachable?" },
+      );
+    }
+  }
+
+  /** Fetches the CRL again when the one held is over a minute old; then requires it current. */
+  async ensureFresh(): Promise<void> {
+    if (Date.now() - this.#fetchedAt > CRL_MAX_AGE_MS) await this.refresh();
+    this.requireCurrent();
+  }
+
+  /**
+   * Fetches and verifies the CRL. One fetch at a time; none within 5 s of a failure.
+   * A failure is reported through `onWarning`, never thrown.
+   */
+  async refresh(): Promise<void> {
+    if (this.#fetching) return await this.#fetching;
+    if (Date.now() - this.#failedAt < RETRY_AFTER_FAILURE_MS) return;
+    this.#fetching = this.#fetch().finally(() => (this.#fetching = undefined));
+    return await this.#fetching;
+  }
+
+  /** Refreshes every {@linkcode CRL_REFRESH_MS} until {@linkcode stop}. */
+  start(): void {
+    this.#timer ??= setInterval(() => this.refresh().catch(() => {}), CRL_REFRESH_MS);
+  }
+
+  /** Stops the background refresh. */
+  stop(): void {
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  async #fetch(): Promise<void> {
+    try {
+      const crl = parseCrl(await this.#options.fetch(), this.#options.issuer);
+      this.#revoked = crl.revoked;
+      this.#fetchedAt = Date.now();
+      this.#validUntil = crl.nextUpdate?.getTime() ??
+        crl.thisUpdate.getTime() + DEFAULT_VALIDITY_MS;
+    } catch (e) {
+      this.#failedAt = Date.now();
+      this.#options.onWarning?.(`Cannot refresh the CRL: ${e instanceof Error ? e.message : e}`);
+      return;
+    }
+    this.#options.onUpdate?.();
+  }
+}
