@@ -24,7 +24,8 @@ import {
 import type { CertificateInfo } from "../lib/x509.ts";
 import type { CaClient, CertificateReply } from "./ca_client.ts";
 import type { CoreEvent, PeerSummary } from "./events.ts";
-import { removeStalePartials } from "./files.ts";
+import { announcedName, removeStalePartials } from "./files.ts";
+import { History, type HistoryEntry } from "./history.ts";
 import type { Identity } from "./identity.ts";
 import { Invitations } from "./invitations.ts";
 import { PeerConnection, type PeerEvents } from "./peer.ts";
@@ -68,6 +69,7 @@ export class Chat {
   #invitations: Invitations;
   #revocation: Revocation;
   #peers = new Map<string, Connected>();
+  #history: History;
 
   private constructor(id: Identity, options: ChatOptions, trust: TrustStore) {
     this.#id = id;
@@ -89,6 +91,7 @@ export class Chat {
       onUpdate: () => this.#dropRevoked(),
       onWarning: warn,
     });
+    this.#history = new History(id.home.history, { self: id.name, onWarning: warn });
     this.#invitations = new Invitations(this.#ca, {
       onInvite: (i) => this.#emit({ type: "invite", from: i.from }),
       onWarning: warn,
@@ -249,7 +252,8 @@ export class Chat {
       );
     }
     const id = this.#connected(name).sendMessage(text);
-    this.#emit({ type: "sent", to: name, id });
+    this.#history.message({ id, from: this.#id.name, to: name, text });
+    this.#emit({ type: "sent", to: name, id, text });
     return id;
   }
 
@@ -260,14 +264,18 @@ export class Chat {
   async sendFile(name: string, path: string): Promise<string> {
     checkName(name);
     const conn = this.#connected(name);
+    let bytes: number;
     try {
       const info = await Deno.stat(path);
       if (!info.isFile) throw new Error("not a file");
+      bytes = info.size;
     } catch {
       throw new E2eError("ERR_FILE", `Cannot read ${JSON.stringify(path)}`);
     }
     const id = await conn.sendFile(path);
-    this.#emit({ type: "sent", to: name, id });
+    const file = announcedName(path);
+    this.#history.file({ id, from: this.#id.name, to: name, name: file, path, bytes });
+    this.#emit({ type: "sent", to: name, id, file });
     return id;
   }
 
@@ -339,6 +347,23 @@ export class Chat {
     });
   }
 
+  /** The last `limit` messages and files of the conversation with `name`, oldest first. */
+  async history(name: string, limit = 50): Promise<HistoryEntry[]> {
+    checkName(name);
+    if (!Number.isSafeInteger(limit) || limit < 1) {
+      throw new E2eError(
+        "ERR_USAGE",
+        `History length must be a positive whole number, not ${limit}`,
+      );
+    }
+    return await this.#history.read(name, limit);
+  }
+
+  /** The conversations kept in the history, the most recent first. */
+  async conversations(): Promise<Array<{ name: string; last: string }>> {
+    return await this.#history.conversations();
+  }
+
   /** Closes every connection, the listener, the CRL refresh and the CA poll. */
   async stop(): Promise<void> {
     this.#invitations.stop();
@@ -349,6 +374,7 @@ export class Chat {
       new Promise<void>((resolve) => this.#server.close(() => resolve())),
       new Promise<void>((resolve) => setTimeout(resolve, 1_000)),
     ]);
+    await this.#history.flush();
   }
 
   async #listenOn(host: string, port: number): Promise<void> {
@@ -449,15 +475,24 @@ export class Chat {
 
   #peerEvents(): PeerEvents {
     return {
-      message: (p, id, text) => this.#emit({ type: "message", from: p.name, text, id }),
-      delivered: (p, id, ms) =>
+      message: (p, id, text) => {
+        this.#history.message({ id, from: p.name, to: this.#id.name, text });
+        this.#emit({ type: "message", from: p.name, text, id });
+      },
+      delivered: (p, id, ms) => {
+        const rounded = ms === undefined ? undefined : Math.round(ms * 1000) / 1000;
+        this.#history.delivered(p.name, id, rounded);
         this.#emit({
           type: "delivered",
           to: p.name,
           id,
-          ...(ms === undefined ? {} : { ms: Math.round(ms * 1000) / 1000 }),
-        }),
-      file: (p, f) => this.#emit({ type: "file", from: p.name, ...f }),
+          ...(rounded === undefined ? {} : { ms: rounded }),
+        });
+      },
+      file: (p, f) => {
+        this.#history.file({ from: p.name, to: this.#id.name, ...f });
+        this.#emit({ type: "file", from: p.name, ...f });
+      },
       progress: (p, info) => this.#emit({ type: "progress", peer: p.name, ...info }),
       fileFailed: (p, info) =>
         this.#emit({

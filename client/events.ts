@@ -6,6 +6,7 @@
  *
  * @module
  */
+import type { HistoryEntry } from "./history.ts";
 import type { KeyState } from "./trust.ts";
 
 /** A peer as the core reports it. */
@@ -33,9 +34,17 @@ export type CoreEvent =
     trust: KeyState;
   }
   | { type: "message"; from: string; text: string; id: string }
-  | { type: "sent"; to: string; id: string }
+  | { type: "sent"; to: string; id: string; text?: string; file?: string }
   | { type: "delivered"; to: string; id: string; ms?: number }
-  | { type: "file"; from: string; name: string; path: string; bytes: number; sha256: string }
+  | {
+    type: "file";
+    from: string;
+    id: string;
+    name: string;
+    path: string;
+    bytes: number;
+    sha256: string;
+  }
   | {
     type: "progress";
     peer: string;
@@ -52,6 +61,7 @@ export type FaceEvent =
   | { type: "safety"; peer: string; number: string }
   | { type: "peers"; peers: Array<{ name: string; trust: KeyState; current: boolean }> }
   | { type: "error"; message: string }
+  | { type: "history"; peer: string; entries: HistoryEntry[] }
   | { type: "help"; text: string }
   | { type: "bye" };
 

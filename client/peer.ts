@@ -27,7 +27,7 @@ export interface PeerEvents {
   /** A file arrived and matched its SHA-256. */
   file(
     peer: PeerConnection,
-    info: { name: string; path: string; bytes: number; sha256: string },
+    info: { id: string; name: string; path: string; bytes: number; sha256: string },
   ): void;
   /** Progress of a file transfer. */
   progress(
@@ -347,7 +347,13 @@ export class PeerConnection {
         this.#incoming.delete(frame.id);
         try {
           const path = await file.finish();
-          events.file(this, { name: file.announced, path, bytes: file.size, sha256: file.sha256 });
+          events.file(this, {
+            id: frame.id,
+            name: file.announced,
+            path,
+            bytes: file.size,
+            sha256: file.sha256,
+          });
           this.#write({ type: "ack", id: frame.id });
         } catch (e) {
           events.fileFailed(this, {

@@ -23,6 +23,7 @@ TEXT                send to the current peer
 /verify NAME        mark NAME's key as verified (after comparing)
 /trust NAME         accept NAME's new key after a key change warning
 /close NAME         close the connection to NAME
+/history NAME [N]   the last N (default 20) messages and files of the conversation with NAME
 /quit               leave`;
 
 /** One parsed line of input. */
@@ -37,6 +38,7 @@ export type Command =
   | { op: "verify"; name: string }
   | { op: "trust"; name: string }
   | { op: "close"; name: string }
+  | { op: "history"; name: string; limit: number }
   | { op: "help" }
   | { op: "quit" };
 
@@ -92,6 +94,16 @@ export function parseCommand(line: string, options: ParseOptions = {}): Command 
       return { op: "trust", name: name() };
     case "/close":
       return { op: "close", name: name() };
+    case "/history": {
+      const limit = args[1] === undefined ? 20 : Number(args[1]);
+      if (!/^\d{1,6}$/.test(args[1] ?? "20") || limit < 1) {
+        throw new E2eError(
+          "ERR_USAGE",
+          `/history NAME [N]: N is a number from 1, not ${JSON.stringify(args[1])}`,
+        );
+      }
+      return { op: "history", name: name(), limit };
+    }
     case "/help":
       return { op: "help" };
     case "/quit":
@@ -201,6 +213,13 @@ export class CommandRunner {
         return true;
       case "close":
         chat.close(command.name);
+        return true;
+      case "history":
+        this.#emit({
+          type: "history",
+          peer: command.name,
+          entries: await chat.history(command.name, command.limit),
+        });
         return true;
       case "help":
         this.#emit({ type: "help", text: HELP });

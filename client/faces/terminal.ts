@@ -104,6 +104,19 @@ function format(e: ChatEvent): string | undefined {
       return styleText("yellow", clean(e.message));
     case "error":
       return styleText("red", `error: ${clean(e.message)}`);
+    case "history":
+      return e.entries.length
+        ? e.entries.map((h) => {
+          const when = styleText("gray", h.at.slice(0, 16).replace("T", " "));
+          const what = h.kind === "message"
+            ? clean(h.text ?? "")
+            : `file ${clean(h.file?.name ?? "")} (${h.file?.bytes} bytes)${
+              h.file?.path ? ` → ${clean(h.file.path)}` : ""
+            }`;
+          const mark = h.state === "delivered" ? styleText("gray", " ✓") : "";
+          return `${when} ${styleText("cyan", `<${h.from}>`)} ${what}${mark}`;
+        }).join("\n")
+        : `no history with ${e.peer}`;
     case "help":
       return e.text;
     case "bye":

@@ -1,0 +1,187 @@
+/**
+ * The typed chat core, in-process: two Chat objects (alice and bob) enrolled with
+ * a real CA service process, talking over real mutual TLS on 127.0.0.1.
+ */
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { join } from "node:path";
+import { E2eError, type ErrorCode } from "../lib/errors.ts";
+import { makeInvite, type Service, withService } from "../tests/_service_helpers.ts";
+import { Chat } from "./chat.ts";
+import type { CoreEvent } from "./events.ts";
+import { enroll } from "./identity.ts";
+import { parseInvite } from "./invite.ts";
+
+const WAIT_MS = 15_000;
+
+/** A chat and every event it emitted, with a way to wait for one. */
+class Recorded {
+  readonly events: CoreEvent[] = [];
+  #waiters: Array<() => void> = [];
+  chat!: Chat;
+
+  listener = (e: CoreEvent): void => {
+    this.events.push(e);
+    for (const w of this.#waiters.splice(0)) w();
+  };
+
+  async next<T extends CoreEvent["type"]>(
+    type: T,
+    match: (e: Extract<CoreEvent, { type: T }>) => boolean = () => true,
+  ): Promise<Extract<CoreEvent, { type: T }>> {
+    const until = Date.now() + WAIT_MS;
+    while (true) {
+      const found = this.events.find((e) =>
+        e.type === type && match(e as Extract<CoreEvent, { type: T }>)
+      );
+      if (found) return found as Extract<CoreEvent, { type: T }>;
+      if (Date.now() > until) {
+        throw new Error(`no ${type} event within ${WAIT_MS} ms: ${JSON.stringify(this.events)}`);
+      }
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, 200);
+        this.#waiters.push(() => (clearTimeout(t), r()));
+      });
+    }
+  }
+}
+
+async function startMember(service: Service, dir: string, name: string): Promise<Recorded> {
+  const home = join(dir, name);
+  const id = await enroll(home, parseInvite(await makeInvite(service.home, name)));
+  const recorded = new Recorded();
+  recorded.chat = await Chat.start(id, { onEvent: recorded.listener });
+  return recorded;
+}
+
+function assertCode(code: ErrorCode, message?: RegExp): (e: unknown) => boolean {
+  return (e) => {
+    assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
+    assert.equal(e.code, code);
+    if (message) assert.match(e.message, message);
+    return true;
+  };
+}
+
+Deno.test("the chat core, in-process, over real mutual TLS with a real CA service", async (t) => {
+  await withService(async (service, dir) => {
+    const alice = await startMember(service, dir, "alice");
+    const bob = await startMember(service, dir, "bob");
+    try {
+      await t.step("start() reports ready with our name, listener and fingerprint", async () => {
+        const ready = await alice.next("ready");
+        assert.equal(ready.name, "alice");
+        assert.equal(ready.listen, alice.chat.listen);
+        assert.equal(ready.fingerprint, alice.chat.identity.certificate.fingerprint);
+      });
+
+      await t.step("calls before a connection throw E2eError with stable codes", async () => {
+        assert.throws(() => alice.chat.send("bob", "hi"), assertCode("ERR_NOT_FOUND", /"bob"/));
+        await assert.rejects(
+          alice.chat.accept("bob"),
+          assertCode("ERR_NOT_FOUND", /No invitation/),
+        );
+        await assert.rejects(alice.chat.invite("alice"), assertCode("ERR_USAGE", /yourself/));
+        await assert.rejects(alice.chat.invite("Not A Name"), assertCode("ERR_NAME_INVALID"));
+        assert.throws(() => alice.chat.safetyNumber("bob"), assertCode("ERR_NOT_FOUND"));
+        assert.throws(() => alice.chat.close("bob"), assertCode("ERR_NOT_FOUND"));
+        await assert.rejects(alice.chat.trust("bob"), assertCode("ERR_NOT_FOUND"));
+        await assert.rejects(alice.chat.verify("bob"), assertCode("ERR_NOT_FOUND"));
+        assert.deepEqual(alice.chat.peers(), []);
+      });
+
+      await t.step(
+        "invite() returns bob's certificate fingerprint and bob hears of it",
+        async () => {
+          const { fingerprint } = await alice.chat.invite("bob");
+          assert.equal(fingerprint, bob.chat.identity.certificate.fingerprint);
+          await bob.next("invite", (e) => e.from === "alice");
+          assert.deepEqual(bob.chat.invitations(), ["alice"]);
+        },
+      );
+
+      await t.step("accept() connects both sides, each with the other's checked key", async () => {
+        const peer = await bob.chat.accept("alice");
+        assert.equal(peer.name, "alice");
+        assert.equal(peer.trust, "new");
+        assert.equal(peer.fingerprint, alice.chat.identity.certificate.fingerprint);
+        const connected = await alice.next("connected", (e) => e.peer === "bob");
+        assert.equal(connected.keyFingerprint, bob.chat.identity.certificate.keyFingerprint);
+        assert.deepEqual(alice.chat.peers().map((p) => p.name), ["bob"]);
+        assert.equal(alice.chat.isConnected("bob"), true);
+        assert.deepEqual(bob.chat.invitations(), []);
+      });
+
+      await t.step("send() returns an id that is delivered, and bob gets the text", async () => {
+        const id = alice.chat.send("bob", "hello bob");
+        const sent = await alice.next("sent", (e) => e.id === id);
+        assert.equal(sent.text, "hello bob");
+        const got = await bob.next("message", (e) => e.text === "hello bob");
+        assert.equal(got.from, "alice");
+        const delivered = await alice.next("delivered", (e) => e.id === id);
+        assert.equal(typeof delivered.ms, "number");
+      });
+
+      await t.step("send() refuses a text over the limit with ERR_USAGE and sends nothing", () => {
+        assert.throws(() => alice.chat.send("bob", "x".repeat(70_000)), assertCode("ERR_USAGE"));
+      });
+
+      await t.step("sendFile() sends a file that arrives with its SHA-256", async () => {
+        const path = join(dir, "notes.txt");
+        await Deno.writeTextFile(path, "file body\n".repeat(1000));
+        const id = await bob.chat.sendFile("alice", path);
+        const file = await alice.next("file", (e) => e.name === "notes.txt");
+        assert.equal(file.bytes, 10_000);
+        assert.equal(
+          file.sha256,
+          createHash("sha256").update("file body\n".repeat(1000)).digest("hex"),
+        );
+        assert.equal(await Deno.readTextFile(file.path), "file body\n".repeat(1000));
+        await bob.next("delivered", (e) => e.id === id);
+        await assert.rejects(
+          bob.chat.sendFile("alice", join(dir, "missing")),
+          assertCode("ERR_FILE"),
+        );
+      });
+
+      await t.step("safetyNumber() is the same 60 digits on both sides", () => {
+        const number = alice.chat.safetyNumber("bob");
+        assert.match(number, /^(\d{5} ){11}\d{5}$/);
+        assert.equal(bob.chat.safetyNumber("alice"), number);
+      });
+
+      await t.step("verify() marks the peer verified", async () => {
+        await alice.chat.verify("bob");
+        assert.equal(alice.chat.peers()[0].trust, "verified");
+      });
+
+      await t.step(
+        "history() keeps both sides of the conversation with delivery state",
+        async () => {
+          const entries = await alice.chat.history("bob");
+          assert.deepEqual(
+            entries.map((e) => [e.from, e.kind, e.text ?? e.file?.name, e.state]),
+            [["alice", "message", "hello bob", "delivered"], [
+              "bob",
+              "file",
+              "notes.txt",
+              undefined,
+            ]],
+          );
+          assert.deepEqual((await alice.chat.conversations()).map((c) => c.name), ["bob"]);
+          await assert.rejects(alice.chat.history("bob", 0), assertCode("ERR_USAGE"));
+        },
+      );
+
+      await t.step("close() disconnects both sides", async () => {
+        alice.chat.close("bob");
+        await alice.next("disconnected", (e) => e.peer === "bob");
+        await bob.next("disconnected", (e) => e.peer === "alice");
+        assert.deepEqual(alice.chat.peers(), []);
+        assert.throws(() => alice.chat.send("bob", "gone"), assertCode("ERR_NOT_FOUND"));
+      });
+    } finally {
+      await Promise.all([alice.chat.stop(), bob.chat.stop()]);
+    }
+  });
+});

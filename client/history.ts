@@ -1,0 +1,321 @@
+/**
+ * Conversation history: one append-only file of JSON lines per conversation
+ * under HOME/history/ (0700 folder, 0600 files), so a restarted client (terminal
+ * or page) shows the last messages. Files are rotated at a bounded size (one
+ * older file is kept); a torn last line (a crash in the middle of a write) is
+ * skipped with a warning, never fatal. docs/PROTOCOL.md §7 is the format.
+ *
+ * @module
+ */
+import { join } from "node:path";
+import { ensurePrivateDir } from "../lib/fs.ts";
+
+/** One message or file of a conversation, as the faces show it. */
+export interface HistoryEntry {
+  /** The id the sender gave it (ids are unique per sender, not across senders). */
+  id: string;
+  /** When it was sent or received, ISO 8601. */
+  at: string;
+  /** Who wrote it. */
+  from: string;
+  /** Who it went to. */
+  to: string;
+  /** A text message or a file. */
+  kind: "message" | "file";
+  /** The text of a message. */
+  text?: string;
+  /** A file: its name, where it is stored (received) or was read from (sent), size, digest. */
+  file?: { name: string; path?: string; bytes: number; sha256?: string };
+  /** For what we sent: "sent", then "delivered" once acknowledged. */
+  state?: "sent" | "delivered";
+  /** The round trip of a delivered message, in milliseconds. */
+  ms?: number;
+}
+
+/** A line of a history file. */
+type HistoryRecord =
+  | { t: "msg"; id: string; at: string; from: string; to: string; text: string }
+  | {
+    t: "file";
+    id: string;
+    at: string;
+    from: string;
+    to: string;
+    name: string;
+    path?: string;
+    bytes: number;
+    sha256?: string;
+  }
+  | { t: "ack"; id: string; at: string; ms?: number };
+
+/** Options of {@linkcode History}. */
+export interface HistoryOptions {
+  /** Our own name (to tell sent from received). */
+  self: string;
+  /** A file is rotated once it grows past this many bytes. Default: 4 MiB. */
+  maxBytes?: number;
+  /** Called with a message when a file had a torn or unreadable line. Default: none. */
+  onWarning?: (message: string) => void;
+}
+
+const DEFAULT_MAX_BYTES = 4 * 1024 * 1024;
+const encoder = new TextEncoder();
+
+/** The history folder of one client. */
+export class History {
+  #dir: string;
+  #options: HistoryOptions;
+  #queue: Promise<void> = Promise.resolve();
+  #pending = new Map<string, string>();
+  #scheduled = false;
+  #sizes = new Map<string, number>();
+
+  /**
+   * The history under `dir` (created 0700 on the first write).
+   *
+   * @example
+   * ```ts
+   * import { History } from "./history.ts";
+   * const history = new History("/tmp/alice/history", { self: "alice" });
+   * history.message({ id: "1", from: "alice", to: "bob", text: "hi" });
+   * await history.flush();
+   * console.log(await history.read("bob", 10));
+   * ```
+   */
+  constructor(dir: string, options: HistoryOptions) {
+    this.#dir = dir;
+    this.#options = options;
+  }
+
+  /** Records a text message we sent or received (written soon, in order). */
+  message(m: { id: string; from: string; to: string; text: string; at?: Date }): void {
+    this.#append(this.#peerOf(m), {
+      t: "msg",
+      id: m.id,
+      at: (m.at ?? new Date()).toISOString(),
+      from: m.from,
+      to: m.to,
+      text: m.text,
+    });
+  }
+
+  /** Records a file we sent or received. */
+  file(f: {
+    id: string;
+    from: string;
+    to: string;
+    name: string;
+    path?: string;
+    bytes: number;
+    sha256?: string;
+    at?: Date;
+  }): void {
+    this.#append(this.#peerOf(f), {
+      t: "file",
+      id: f.id,
+      at: (f.at ?? new Date()).toISOString(),
+      from: f.from,
+      to: f.to,
+      name: f.name,
+      ...(f.path === undefined ? {} : { path: f.path }),
+      bytes: f.bytes,
+      ...(f.sha256 === undefined ? {} : { sha256: f.sha256 }),
+    });
+  }
+
+  /** Records that `peer` acknowledged what we sent as `id`. */
+  delivered(peer: string, id: string, ms?: number): void {
+    this.#append(peer, {
+      t: "ack",
+      id,
+      at: new Date().toISOString(),
+      ...(ms === undefined ? {} : { ms }),
+    });
+  }
+
+  /** The last `limit` entries of the conversation with `peer`, oldest first. */
+  async read(peer: string, limit = 50): Promise<HistoryEntry[]> {
+    await this.flush();
+    const entries: HistoryEntry[] = [];
+    const ours = new Map<string, HistoryEntry>(); // our latest entry of each id, for acks
+    for (const file of [this.#file(peer, 1), this.#file(peer, 0)]) {
+      for (const record of await this.#records(file)) {
+        if (record.t === "ack") {
+          const entry = ours.get(record.id);
+          if (entry) {
+            entry.state = "delivered";
+            if (record.ms !== undefined) entry.ms = record.ms;
+          }
+          continue;
+        }
+        const entry: HistoryEntry = record.t === "msg"
+          ? {
+            id: record.id,
+            at: record.at,
+            from: record.from,
+            to: record.to,
+            kind: "message",
+            text: record.text,
+          }
+          : {
+            id: record.id,
+            at: record.at,
+            from: record.from,
+            to: record.to,
+            kind: "file",
+            file: {
+              name: record.name,
+              path: record.path,
+              bytes: record.bytes,
+              sha256: record.sha256,
+            },
+          };
+        if (record.from === this.#options.self) {
+          entry.state = "sent";
+          ours.set(record.id, entry);
+        }
+        entries.push(entry);
+      }
+    }
+    return entries.slice(Math.max(0, entries.length - limit));
+  }
+
+  /** The conversations on disk, the most recent first, with the time of their last write. */
+  async conversations(): Promise<Array<{ name: string; last: string }>> {
+    await this.flush();
+    const out: Array<{ name: string; last: string }> = [];
+    try {
+      for await (const entry of Deno.readDir(this.#dir)) {
+        const m = /^(.+)\.jsonl$/.exec(entry.name);
+        if (!entry.isFile || !m) continue;
+        const info = await Deno.stat(join(this.#dir, entry.name));
+        out.push({
+          name: decodeURIComponent(m[1]),
+          last: (info.mtime ?? new Date(0)).toISOString(),
+        });
+      }
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    return out.sort((a, b) => b.last.localeCompare(a.last));
+  }
+
+  /** Resolves once everything recorded so far is written. */
+  async flush(): Promise<void> {
+    if (this.#pending.size) this.#schedule(true);
+    await this.#queue;
+  }
+
+  #peerOf(m: { from: string; to: string }): string {
+    return m.from === this.#options.self ? m.to : m.from;
+  }
+
+  #file(peer: string, generation: 0 | 1): string {
+    // Names are [a-z0-9._-] (and '#' for rooms); encoding keeps any name inside the folder.
+    const base = encodeURIComponent(peer).replace(/^\./, "%2E");
+    return join(this.#dir, generation === 0 ? `${base}.jsonl` : `${base}.jsonl.1`);
+  }
+
+  // Lines of one turn of the event loop leave in one write per conversation.
+  #append(peer: string, record: HistoryRecord): void {
+    this.#pending.set(peer, (this.#pending.get(peer) ?? "") + JSON.stringify(record) + "\n");
+    this.#schedule(false);
+  }
+
+  #schedule(now: boolean): void {
+    if (this.#scheduled && !now) return;
+    this.#scheduled = true;
+    const write = async () => {
+      this.#scheduled = false;
+      const batch = [...this.#pending];
+      this.#pending.clear();
+      for (const [peer, text] of batch) await this.#write(peer, text);
+    };
+    this.#queue = this.#queue.then(
+      now ? write : () => new Promise<void>((r) => setTimeout(r, 0)).then(write),
+    )
+      .catch((e) =>
+        this.#options.onWarning?.(`Cannot write history: ${e instanceof Error ? e.message : e}`)
+      );
+  }
+
+  async #write(peer: string, text: string): Promise<void> {
+    if (!text) return;
+    await ensurePrivateDir(this.#dir);
+    const file = this.#file(peer, 0);
+    const bytes = encoder.encode(text);
+    let size = this.#sizes.get(peer);
+    let out = bytes;
+    if (size === undefined) {
+      size = await Deno.stat(file).then((i) => i.size, () => 0);
+      // After a crash mid-write the file may end in a torn line: start on a line of our own.
+      if (size > 0 && !(await endsWithNewline(file, size))) out = encoder.encode("\n" + text);
+    }
+    if (size > 0 && size + out.length > (this.#options.maxBytes ?? DEFAULT_MAX_BYTES)) {
+      await Deno.rename(file, this.#file(peer, 1));
+      size = 0;
+      out = bytes;
+    }
+    const handle = await Deno.open(file, { append: true, create: true, mode: 0o600 });
+    try {
+      let n = 0;
+      while (n < out.length) n += await handle.write(out.subarray(n));
+    } finally {
+      handle.close();
+    }
+    this.#sizes.set(peer, size + out.length);
+  }
+
+  async #records(file: string): Promise<HistoryRecord[]> {
+    let text: string;
+    try {
+      text = await Deno.readTextFile(file);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return [];
+      throw e;
+    }
+    const lines = text.split("\n");
+    const out: HistoryRecord[] = [];
+    let bad = 0;
+    for (const [i, line] of lines.entries()) {
+      if (!line) continue;
+      const record = parseRecord(line);
+      if (record) out.push(record);
+      else if (i === lines.length - 1) {
+        this.#options.onWarning?.(`Skipped a torn last line in "${file}" (a write cut short)`);
+      } else bad++;
+    }
+    if (bad) this.#options.onWarning?.(`Skipped ${bad} unreadable line(s) in "${file}"`);
+    return out;
+  }
+}
+
+async function endsWithNewline(file: string, size: number): Promise<boolean> {
+  const handle = await Deno.open(file, { read: true });
+  try {
+    await handle.seek(size - 1, Deno.SeekMode.Start);
+    const last = new Uint8Array(1);
+    return (await handle.read(last)) === 1 && last[0] === 0x0a;
+  } finally {
+    handle.close();
+  }
+}
+
+function parseRecord(line: string): HistoryRecord | undefined {
+  let r: Record<string, unknown>;
+  try {
+    r = JSON.parse(line);
+  } catch {
+    return undefined;
+  }
+  if (!r || typeof r !== "object" || typeof r.id !== "string" || typeof r.at !== "string") {
+    return undefined;
+  }
+  const str = (k: string) => typeof r[k] === "string";
+  if (r.t === "msg" && str("from") && str("to") && str("text")) return r as HistoryRecord;
+  if (r.t === "file" && str("from") && str("to") && str("name") && typeof r.bytes === "number") {
+    return r as HistoryRecord;
+  }
+  if (r.t === "ack") return r as HistoryRecord;
+  return undefined;
+}
