@@ -113,10 +113,21 @@ export class Invitations {
             `Cannot reach the CA for invitations: ${e instanceof Error ? e.message : e}`,
           );
         }
-        await new Promise((r) =>
-          setTimeout(r, Math.min(MAX_BACKOFF_MS, 1000 * 2 ** Math.min(failures, 5)))
-        );
+        await pause(Math.min(MAX_BACKOFF_MS, 1000 * 2 ** Math.min(failures, 5)), stopped);
       }
     }
   }
+}
+
+// A pause that ends early (and leaves no timer behind) when `signal` aborts.
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done);
+  });
 }

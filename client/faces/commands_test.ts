@@ -1,0 +1,56 @@
+import assert from "node:assert/strict";
+import { E2eError } from "../../lib/errors.ts";
+import { type Command, HELP, parseCommand } from "./commands.ts";
+
+const connected = { isPeer: (name: string) => name === "bob" };
+
+Deno.test("parseCommand() turns every command of /help into a typed command", () => {
+  const cases: Array<[string, Command]> = [
+    ["/chat bob", { op: "invite", name: "bob" }],
+    ["/accept alice", { op: "accept", name: "alice" }],
+    ["hello there", { op: "send", text: "hello there" }],
+    ["/msg bob hi  there", { op: "send", name: "bob", text: "hi  there" }],
+    ["/file notes.pdf", { op: "file", path: "notes.pdf" }],
+    ["/file bob my notes.pdf", { op: "file", name: "bob", path: "my notes.pdf" }],
+    ["/file my notes.pdf", { op: "file", path: "my notes.pdf" }],
+    ["/peers", { op: "peers" }],
+    ["/fingerprint bob", { op: "fingerprint", name: "bob" }],
+    ["/verify bob", { op: "verify", name: "bob" }],
+    ["/trust bob", { op: "trust", name: "bob" }],
+    ["/close bob", { op: "close", name: "bob" }],
+    ["/history bob", { op: "history", name: "bob", limit: 20 }],
+    ["/history bob 5", { op: "history", name: "bob", limit: 5 }],
+    ["/help", { op: "help" }],
+    ["/quit", { op: "quit" }],
+    ["", { op: "none" }],
+    ["   ", { op: "none" }],
+    ["/quit\r", { op: "quit" }],
+  ];
+  for (const [line, command] of cases) {
+    assert.deepEqual(parseCommand(line, connected), command, line);
+  }
+  for (const command of HELP.split("\n").map((l) => l.split(" ")[0]).filter((c) => c[0] === "/")) {
+    assert.doesNotThrow(() => parseCommand(`${command} bob 3`, connected), command);
+  }
+});
+
+Deno.test("parseCommand() refuses what is not a command with ERR_USAGE or ERR_NAME_INVALID", () => {
+  const cases: Array<[string, string, RegExp]> = [
+    ["/chat", "ERR_USAGE", /\/chat needs NAME/],
+    ["/msg bob", "ERR_USAGE", /\/msg needs NAME TEXT/],
+    ["/file", "ERR_USAGE", /\/file needs PATH/],
+    ["/chat Bob!", "ERR_NAME_INVALID", /Bob!/],
+    ["/msg ../x hi", "ERR_NAME_INVALID", /\.\.\/x/],
+    ["/history bob 0", "ERR_USAGE", /N is a number/],
+    ["/history bob many", "ERR_USAGE", /N is a number/],
+    ["/nope", "ERR_USAGE", /Unknown command "\/nope": see \/help/],
+  ];
+  for (const [line, code, message] of cases) {
+    assert.throws(() => parseCommand(line, connected), (e) => {
+      assert.ok(e instanceof E2eError, line);
+      assert.equal(e.code, code, line);
+      assert.match(e.message, message, line);
+      return true;
+    });
+  }
+});

@@ -1,0 +1,87 @@
+import assert from "node:assert/strict";
+import { X509Certificate } from "node:crypto";
+import { CertificateAuthority } from "../ca/authority.ts";
+import { E2eError } from "../lib/errors.ts";
+import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
+import { Revocation } from "./revocation.ts";
+
+async function withCa(fn: (ca: CertificateAuthority) => Promise<void>): Promise<void> {
+  await withTempDir(async (home) => {
+    await fn(await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" }));
+  });
+}
+
+function issuer(ca: CertificateAuthority): X509Certificate {
+  return new X509Certificate(ca.certificate.pem);
+}
+
+function failsClosed(e: unknown): boolean {
+  assert.ok(e instanceof E2eError);
+  assert.equal(e.code, "ERR_PEER_REJECTED");
+  assert.match(e.message, /no current CRL/);
+  return true;
+}
+
+Deno.test("Revocation fails closed until a CRL has been fetched", () => {
+  const revocation = new Revocation({ fetch: () => Promise.resolve(""), issuer: undefined! });
+  assert.throws(() => revocation.requireCurrent(), failsClosed);
+});
+
+Deno.test("Revocation knows the revoked serials of a real CRL, in any spelling, and calls onUpdate", async () => {
+  await withCa(async (ca) => {
+    const revokedSerial = (await ca.sign((await makeCsr("bob")).csr, "bob")).certificate.serial;
+    const keptSerial = (await ca.sign((await makeCsr("carol")).csr, "carol")).certificate.serial;
+    await ca.revoke("bob");
+    let updates = 0;
+    const revocation = new Revocation({
+      fetch: () => ca.crl(),
+      issuer: issuer(ca),
+      onUpdate: () => updates++,
+    });
+    await revocation.refresh();
+    revocation.requireCurrent();
+    assert.equal(updates, 1);
+    assert.equal(revocation.isRevoked(revokedSerial), true);
+    assert.equal(revocation.isRevoked(revokedSerial.toLowerCase()), true);
+    assert.equal(revocation.isRevoked(`00${revokedSerial}`), true);
+    assert.equal(revocation.isRevoked(keptSerial), false);
+    // Past the CRL's nextUpdate it is no longer current.
+    assert.throws(() => revocation.requireCurrent(Date.now() + 400 * 86_400_000), failsClosed);
+  });
+});
+
+Deno.test("Revocation refuses a CRL signed by another CA, warns, and stays closed", async () => {
+  await withCa(async (ours) => {
+    await withCa(async (theirs) => {
+      const warnings: string[] = [];
+      const revocation = new Revocation({
+        fetch: () => theirs.crl(),
+        issuer: issuer(ours),
+        onWarning: (m) => warnings.push(m),
+      });
+      await revocation.refresh();
+      assert.match(warnings.join("\n"), /Cannot refresh the CRL/);
+      assert.throws(() => revocation.requireCurrent(), failsClosed);
+    });
+  });
+});
+
+Deno.test("Revocation fetches once for concurrent refreshes and not again soon after a failure", async () => {
+  let fetches = 0;
+  const warnings: string[] = [];
+  const revocation = new Revocation({
+    fetch: async () => {
+      fetches++;
+      await new Promise((r) => setTimeout(r, 20));
+      throw new Error("CA unreachable");
+    },
+    issuer: undefined!,
+    onWarning: (m) => warnings.push(m),
+  });
+  await Promise.all([revocation.refresh(), revocation.refresh(), revocation.refresh()]);
+  assert.equal(fetches, 1);
+  await revocation.refresh();
+  await assert.rejects(revocation.ensureFresh(), failsClosed);
+  assert.equal(fetches, 1);
+  assert.deepEqual(warnings, ["Cannot refresh the CRL: CA unreachable"]);
+});
