@@ -47,6 +47,7 @@ export type ErrorCode =
   | "ERR_NOT_ENROLLED"
   | "ERR_METHOD_NOT_ALLOWED"
   | "ERR_UNSUPPORTED_MEDIA_TYPE"
+  | "ERR_LOG_INVALID"
   | "ERR_INTERNAL";
 
 /** Options of {@linkcode E2eError}. */

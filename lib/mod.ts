@@ -21,3 +21,5 @@ export * from "./frames.ts";
 export * from "./crl.ts";
 export * from "./signature.ts";
 export * from "./lines.ts";
+export * from "./merkle.ts";
+export * from "./checkpoint.ts";
