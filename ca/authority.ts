@@ -26,8 +26,8 @@ import {
   type RevokeReason,
   serviceExtensions,
 } from "./policy.ts";
+import { CaPaths } from "./home.ts";
 import {
-  CaPaths,
   IndexCache,
   type IndexEntry,
   locked,
@@ -282,9 +282,9 @@ export class CertificateAuthority {
   async issueServiceCertificate(hosts: string[], options: { days?: number } = {}): Promise<
     Credentials & { certificate: CertificateInfo }
   > {
-    const dir = join(this.paths.dir, "service");
-    await ensurePrivateDir(dir);
-    const keyPath = join(dir, `key-${crypto.randomUUID()}.pem`);
+    const paths = this.paths;
+    await ensurePrivateDir(paths.serviceDir);
+    const keyPath = join(paths.serviceDir, `key-${crypto.randomUUID()}.pem`);
     await generateKey(keyPath, "ec-p256");
     try {
       const csr = await makeRequest(keyPath, SERVICE_CN);
@@ -295,10 +295,10 @@ export class CertificateAuthority {
         days: checkDays(options.days ?? 30, this.#maxDays()),
         supersede: async () => {},
       });
-      await Deno.rename(keyPath, join(dir, "key.pem"));
-      await Deno.writeTextFile(join(dir, "cert.pem"), certificate.pem);
+      await Deno.rename(keyPath, paths.serviceKey);
+      await Deno.writeTextFile(paths.serviceCert, certificate.pem);
       return {
-        key: await Deno.readTextFile(join(dir, "key.pem")),
+        key: await Deno.readTextFile(paths.serviceKey),
         cert: certificate.pem,
         certificate,
       };

@@ -7,12 +7,11 @@
  * @module
  */
 import { createHash, randomBytes } from "node:crypto";
-import { join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 import { withLock } from "../lib/lock.ts";
 import { checkName } from "../lib/names.ts";
-import type { CaPaths } from "./store.ts";
+import type { CaPaths } from "./home.ts";
 
 /** One stored invite. */
 interface InviteRecord {
@@ -41,8 +40,8 @@ export class InviteStore {
 
   /** The store of the CA at `paths`. */
   constructor(paths: CaPaths) {
-    this.#file = join(paths.dir, "invites.json");
-    this.#lock = join(paths.home, ".invites.lock");
+    this.#file = paths.invites;
+    this.#lock = paths.invitesLock;
   }
 
   /** Creates an invite for `name` valid for `ttlMs`; returns the token (shown once, never stored). */

@@ -22,10 +22,9 @@ import { CA_KEY_TYPES, type CaKeyType, REVOKE_REASONS, type RevokeReason } from 
 import { MAX_CSR_BYTES } from "../lib/csr.ts";
 import { exists } from "../lib/fs.ts";
 import { checkName } from "../lib/names.ts";
-import { join } from "node:path";
 import { InviteStore, parseDuration } from "./invites.ts";
 import { CaService, DEFAULT_PORT } from "./service.ts";
-import { CaPaths } from "./store.ts";
+import { CaPaths } from "./home.ts";
 
 const USAGE = `Usage: deno task ca [command] [options]
 
@@ -163,7 +162,7 @@ async function invite(args: string[]): Promise<number> {
 
 async function runningServiceAddress(ca: CertificateAuthority): Promise<string | undefined> {
   try {
-    const info = JSON.parse(await Deno.readTextFile(join(ca.paths.dir, "service.json")));
+    const info = JSON.parse(await Deno.readTextFile(ca.paths.serviceInfo));
     return `${info.host}:${info.port}`;
   } catch {
     return undefined;

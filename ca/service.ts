@@ -10,7 +10,6 @@ import https from "node:https";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
-import { join } from "node:path";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 import {
@@ -159,7 +158,7 @@ export class CaService {
     }, 3_600_000);
     const service = new CaService(server, ctx, url, port, timer, stopping, sockets);
     await writeFileAtomic(
-      join(ca.paths.dir, "service.json"),
+      ca.paths.serviceInfo,
       JSON.stringify({ url, host: urlHost, port, fingerprint: ca.certificate.fingerprint }) + "\n",
     );
     return service;
@@ -173,7 +172,7 @@ export class CaService {
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     for (const socket of this.#sockets) socket.destroy();
     await closed;
-    await Deno.remove(join(this.#ctx.ca.paths.dir, "service.json")).catch(() => {});
+    await Deno.remove(this.#ctx.ca.paths.serviceInfo).catch(() => {});
   }
 }
 
@@ -262,10 +261,9 @@ function serviceNames(host: string, extra: string[]): string[] {
 
 /** The service's key and certificate, reissued when missing, for other names, revoked or past two thirds of its life. */
 async function serviceCredentials(ca: CertificateAuthority, names: string[]): Promise<Credentials> {
-  const dir = join(ca.paths.dir, "service");
   try {
-    const cert = await Deno.readTextFile(join(dir, "cert.pem"));
-    const key = await Deno.readTextFile(join(dir, "key.pem"));
+    const cert = await Deno.readTextFile(ca.paths.serviceCert);
+    const key = await Deno.readTextFile(ca.paths.serviceKey);
     const info = parseCertificate(cert);
     const san = (info.x509.subjectAltName ?? "").split(", ").map((s) =>
       s.replace(/^(DNS|IP Address):/, "")
