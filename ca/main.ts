@@ -21,6 +21,7 @@ import { CertificateAuthority } from "./authority.ts";
 import { CA_KEY_TYPES, type CaKeyType, REVOKE_REASONS, type RevokeReason } from "./policy.ts";
 import { MAX_CSR_BYTES } from "../lib/csr.ts";
 import { exists } from "../lib/fs.ts";
+import { formatInvite } from "../lib/invite.ts";
 import { checkName } from "../lib/names.ts";
 import { InviteStore, parseDuration } from "./invites.ts";
 import { CaService, DEFAULT_PORT } from "./service.ts";
@@ -152,11 +153,19 @@ async function invite(args: string[]): Promise<number> {
   const ttl = parseDuration(values.ttl ?? "24h");
   const ca = await CertificateAuthority.open(resolveHome(values.home));
   const where = values.url ?? await runningServiceAddress(ca) ?? `127.0.0.1:${DEFAULT_PORT}`;
-  if (!/^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]+):\d{1,5}$/.test(where)) {
+  const m = /^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]{1,253}):(\d{1,5})$/.exec(where);
+  if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) {
     throw new E2eError("ERR_USAGE", `--url takes HOST:PORT, not ${JSON.stringify(where)}`);
   }
   const { token } = await new InviteStore(ca.paths).create(name, ttl);
-  await out(`e2e-chat://${where}/${name}?fp=${ca.certificate.fingerprint}&token=${token}\n`);
+  const url = formatInvite({
+    host: m[1],
+    port: Number(m[2]),
+    name,
+    fingerprint: ca.certificate.fingerprint,
+    token,
+  });
+  await out(`${url}\n`);
   return 0;
 }
 

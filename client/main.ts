@@ -16,7 +16,7 @@ import { checkName } from "../lib/names.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { checkPeer } from "../lib/tls.ts";
 import { enroll, Identity } from "./identity.ts";
-import { parseInvite } from "./invite.ts";
+import { parseInvite } from "../lib/invite.ts";
 import { CLIENT_KEY_TYPES, type ClientKeyType, makeKeyAndCsr } from "./keys.ts";
 
 const USAGE = `Usage: deno task client [command] [options]

@@ -21,3 +21,4 @@ export * from "./frames.ts";
 export * from "./crl.ts";
 export * from "./signature.ts";
 export * from "./lines.ts";
+export * from "./invite.ts";
