@@ -13,7 +13,12 @@ import { checkName } from "../lib/names.ts";
 import { openssl, OpensslError, PASSPHRASE_ARG } from "../lib/openssl.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { type Credentials, SERVICE_CN } from "../lib/tls.ts";
-import { type CertificateInfo, parseCertificate, sha256Hex } from "../lib/x509.ts";
+import {
+  type CertificateInfo,
+  normalizeSerialHex,
+  parseCertificate,
+  sha256Hex,
+} from "../lib/x509.ts";
 import {
   type CaKeyType,
   checkDays,
@@ -312,9 +317,9 @@ export class CertificateAuthority {
     const passphrase = this.#requirePassphrase();
     return await transaction(this.paths, async (tx) => {
       const entries = await this.#index.entries();
-      const serial = normalizeSerial(nameOrSerial);
+      const serial = serialOf(nameOrSerial);
       const target = validFor(entries, nameOrSerial)[0] ??
-        entries.find((e) => serial !== "" && normalizeSerial(e.serial) === serial);
+        entries.find((e) => serial !== "" && normalizeSerialHex(e.serial) === serial);
       if (!target) {
         throw new E2eError(
           "ERR_NOT_FOUND",
@@ -502,7 +507,7 @@ export class CertificateAuthority {
         new E2eError("ERR_OPENSSL", "openssl ca wrote no complete certificate", { cause: e });
     }
     const recorded = (await readIndexAt(dir)).some((e) =>
-      normalizeSerial(e.serial) === normalizeSerial(certificate.serial) && e.status === "V" &&
+      normalizeSerialHex(e.serial) === normalizeSerialHex(certificate.serial) && e.status === "V" &&
       e.name === spec.subject
     );
     if (!recorded) throw new E2eError("ERR_OPENSSL", "openssl ca did not record the certificate");
@@ -590,9 +595,9 @@ function escapeDn(value: string): string {
   return value.replace(/[\\/+=]/g, (c) => `\\${c}`);
 }
 
-function normalizeSerial(text: string): string {
-  const hex = text.replace(/:/g, "").toUpperCase();
-  return /^[0-9A-F]{1,64}$/.test(hex) ? hex.replace(/^0+(?=.)/, "") : "";
+// A serial as given on the command line (hex, colons allowed), or "" when it is not one.
+function serialOf(text: string): string {
+  return /^[0-9A-Fa-f]{1,64}$/.test(text.replace(/:/g, "")) ? normalizeSerialHex(text) : "";
 }
 
 // Clocks drift: a certificate valid from five minutes ago works on a peer whose clock is behind.

@@ -33,6 +33,7 @@ export const MAX_BODY_BYTES = 64 * 1024;
 
 const STATUS: Partial<Record<ErrorCode, number>> = {
   ERR_BAD_REQUEST: 400,
+  ERR_DER_INVALID: 400,
   ERR_CSR_INVALID: 400,
   ERR_CSR_SIGNATURE: 400,
   ERR_CSR_NAME_MISMATCH: 400,

@@ -12,6 +12,7 @@
 import { join } from "node:path";
 import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
 import { withLock } from "../lib/lock.ts";
+import { normalizeSerialHex } from "../lib/x509.ts";
 import type { CaPaths } from "./home.ts";
 
 // Kept for callers that import it from here (tests/faults_test.ts, tests/bench/_probe.ts).
@@ -313,7 +314,7 @@ export class IndexCache {
   /** The entry of `serial` (hex, any case, leading zeros or not) as committed now. */
   async find(serial: string): Promise<IndexEntry | undefined> {
     await this.entries();
-    return this.#bySerial.get(serialKey(serial));
+    return this.#bySerial.get(normalizeSerialHex(serial));
   }
 
   /** The entries as committed now. Calls are serialized: each update reads on from the last. */
@@ -347,13 +348,9 @@ export class IndexCache {
     const complete = bytes.subarray(0, bytes.subarray(0, got).lastIndexOf(0x0a) + 1);
     for (const entry of parseIndex(new TextDecoder().decode(complete))) {
       this.#entries.push(entry);
-      this.#bySerial.set(serialKey(entry.serial), entry);
+      this.#bySerial.set(normalizeSerialHex(entry.serial), entry);
     }
     this.#offset += complete.length;
     return this.#entries;
   }
-}
-
-function serialKey(hex: string): string {
-  return hex.toUpperCase().replace(/^0+(?=.)/, "");
 }
