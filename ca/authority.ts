@@ -160,33 +160,34 @@ export class CertificateAuthority {
       }
       // Build the whole CA in a sibling folder and rename it into place: all or nothing.
       const stage = await Deno.makeTempDir({ dir: home, prefix: ".ca-init-" });
+      const staged = new CaPaths(home, stage);
       try {
         await Deno.chmod(stage, 0o700);
-        for (const dir of ["certs", "tmp"]) await Deno.mkdir(join(stage, dir), { mode: 0o700 });
+        for (const dir of [staged.certs, staged.tmp]) await Deno.mkdir(dir, { mode: 0o700 });
         const files: Array<[string, string, number]> = [
-          ["openssl.cnf", OPENSSL_CNF, 0o644],
-          ["index.txt", "", 0o600],
-          ["index.txt.attr", "unique_subject = no\n", 0o600],
-          ["crlnumber", "01\n", 0o600],
+          [staged.config, OPENSSL_CNF, 0o644],
+          [staged.index, "", 0o600],
+          [staged.indexAttr, "unique_subject = no\n", 0o600],
+          [staged.crlnumber, "01\n", 0o600],
         ];
-        for (const [file, text, mode] of files) {
-          await Deno.writeTextFile(join(stage, file), text, { mode });
-        }
-        await generateKey(join(stage, "ca.key"), keyType, { passphrase });
+        for (const [file, text, mode] of files) await Deno.writeTextFile(file, text, { mode });
+        await generateKey(staged.key, keyType, { passphrase });
         const digest = keyType === "ed25519" ? [] : ["-sha256"];
+        // openssl.cnf names the database relative to the CA folder: openssl runs inside it.
         await openssl([
-          ...["req", "-x509", "-new", "-key", "ca.key", "-passin", PASSPHRASE_ARG, "-utf8"],
-          ...["-config", "openssl.cnf", "-extensions", "v3_ca", "-days", String(days)],
-          ...["-subj", `/CN=${escapeDn(commonName)}`, ...digest, "-out", "ca.crt"],
+          ...["req", "-x509", "-new", "-key", staged.key, "-passin", PASSPHRASE_ARG, "-utf8"],
+          ...["-config", staged.config, "-extensions", "v3_ca", "-days", String(days)],
+          ...["-subj", `/CN=${escapeDn(commonName)}`, ...digest, "-out", staged.cert],
         ], { cwd: stage, passphrase });
         await openssl([
-          ...["ca", "-config", "openssl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt"],
-          ...["-passin", PASSPHRASE_ARG, "-gencrl", "-out", "crl.pem"],
+          ...["ca", "-config", staged.config, "-keyfile", staged.key, "-cert", staged.cert],
+          ...["-passin", PASSPHRASE_ARG, "-gencrl", "-out", staged.crl],
         ], { cwd: stage, passphrase });
-        for (const leftover of ["crlnumber.old", "index.txt.old", "index.txt.attr.old"]) {
-          await Deno.remove(join(stage, leftover)).catch(() => {});
+        // openssl's backups of the files it rewrote.
+        for (const leftover of [staged.crlnumber, staged.index, staged.indexAttr]) {
+          await Deno.remove(`${leftover}.old`).catch(() => {});
         }
-        await Deno.chmod(join(stage, "crlnumber"), 0o600);
+        await Deno.chmod(staged.crlnumber, 0o600);
         await Deno.rename(stage, paths.dir);
       } catch (e) {
         await Deno.remove(stage, { recursive: true }).catch(() => {});

@@ -24,10 +24,13 @@ export class CaPaths {
   /** HOME/ca, mode 0700. */
   readonly dir: string;
 
-  /** The paths of the CA under `home`. */
-  constructor(home: string) {
+  /**
+   * The paths of the CA under `home`. `dir` is where the CA folder is: HOME/ca,
+   * except while `init` builds a new CA in a staging folder it then renames there.
+   */
+  constructor(home: string, dir: string = join(home, "ca")) {
     this.home = home;
-    this.dir = join(home, "ca");
+    this.dir = dir;
   }
   /** The encrypted CA key (0600). */
   get key(): string {
@@ -44,6 +47,10 @@ export class CaPaths {
   /** openssl's index of issued certificates. */
   get index(): string {
     return join(this.dir, "index.txt");
+  }
+  /** openssl's index attributes (`unique_subject = no`). */
+  get indexAttr(): string {
+    return join(this.dir, "index.txt.attr");
   }
   /** The next CRL number (openssl's). */
   get crlnumber(): string {

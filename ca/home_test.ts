@@ -9,6 +9,7 @@ Deno.test("CaPaths lays the CA out as docs/CA.md says", () => {
     [paths.cert, "/h/ca/ca.crt"],
     [paths.config, "/h/ca/openssl.cnf"],
     [paths.index, "/h/ca/index.txt"],
+    [paths.indexAttr, "/h/ca/index.txt.attr"],
     [paths.crlnumber, "/h/ca/crlnumber"],
     [paths.generation, "/h/ca/index.gen"],
     [paths.certs, "/h/ca/certs"],
@@ -24,4 +25,12 @@ Deno.test("CaPaths lays the CA out as docs/CA.md says", () => {
     [paths.certFile("35BE"), "/h/ca/certs/35BE.pem"],
   ];
   for (const [actual, want] of expected) assert.equal(actual, want);
+});
+
+Deno.test("CaPaths can name a CA folder other than HOME/ca, keeping the home's locks", () => {
+  const staged = new CaPaths("/h", "/h/.ca-init-x");
+  assert.equal(staged.cert, "/h/.ca-init-x/ca.crt");
+  assert.equal(staged.serviceKey, "/h/.ca-init-x/service/key.pem");
+  assert.equal(staged.lock, "/h/.ca.lock");
+  assert.equal(staged.invitesLock, "/h/.invites.lock");
 });
