@@ -38,9 +38,6 @@ import { Rendezvous } from "./rendezvous.ts";
 
 /** The port the service listens on when none is given. */
 export const DEFAULT_PORT = 65433;
-/** Largest request body, in bytes. */
-export { MAX_BODY_BYTES } from "./api.ts";
-
 /** Options of {@linkcode CaService.start}. */
 export interface ServeOptions {
   /** Address to listen on. Default: "127.0.0.1". */
