@@ -1,11 +1,12 @@
 /**
  * The CA's HTTP API, one thin handler per route: parse → validate →
- * authorize → act through the authority → reply. docs/API.md is the spec;
- * tests/ca_service_test.ts checks this code against it.
+ * authorize → act through the authority → reply — plus the body decoding and
+ * error replies the service puts on the wire. docs/API.md is the spec;
+ * ca/api_test.ts and tests/ca_service_test.ts check this code against it.
  *
  * @module
  */
-import { E2eError } from "../lib/errors.ts";
+import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { checkName } from "../lib/names.ts";
 import { checkPeer, type TrustAnchor } from "../lib/tls.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
@@ -63,6 +64,116 @@ export interface ApiResponse {
 
 /** Longest long poll, in seconds. */
 export const MAX_WAIT_SECONDS = 30;
+
+/** Largest request body, in bytes. */
+export const MAX_BODY_BYTES = 64 * 1024;
+
+/** The HTTP status of each code a refusal can carry; any other is a 500. */
+const STATUS: Partial<Record<ErrorCode, number>> = {
+  ERR_BAD_REQUEST: 400,
+  ERR_DER_INVALID: 400,
+  ERR_CSR_INVALID: 400,
+  ERR_CSR_SIGNATURE: 400,
+  ERR_CSR_NAME_MISMATCH: 400,
+  ERR_KEY_REJECTED: 400,
+  ERR_NAME_INVALID: 400,
+  ERR_DAYS_INVALID: 400,
+  ERR_UNAUTHENTICATED: 401,
+  ERR_TOKEN_INVALID: 403,
+  ERR_FORBIDDEN: 403,
+  ERR_NOT_FOUND: 404,
+  ERR_METHOD_NOT_ALLOWED: 405,
+  ERR_NAME_TAKEN: 409,
+  ERR_TOO_LARGE: 413,
+  ERR_UNSUPPORTED_MEDIA_TYPE: 415,
+  ERR_RATE_LIMITED: 429,
+};
+
+/** A refusal as it goes on the wire. */
+export interface ErrorReply extends ApiResponse {
+  /** The error code (ERR_INTERNAL for anything that is not an E2eError). */
+  code: ErrorCode;
+  /** Extra headers: retry-after for 429, connection: close for 413. */
+  headers: Record<string, string>;
+}
+
+/**
+ * The reply for a failure, as docs/API.md specifies: a status from the code and
+ * `{"error": {"code", "message"}}`; a 500 says only "Internal error".
+ *
+ * @example
+ * ```ts
+ * import { E2eError } from "../lib/errors.ts";
+ * import { errorReply } from "./api.ts";
+ * const reply = errorReply(new E2eError("ERR_NOT_FOUND", 'No route "/x"'));
+ * console.log(reply.status, reply.body); // 404 {"error":{"code":"ERR_NOT_FOUND","message":"No route \"/x\""}}
+ * ```
+ */
+export function errorReply(e: unknown): ErrorReply {
+  const error = e instanceof E2eError
+    ? e
+    : new E2eError("ERR_INTERNAL", "Internal error", { cause: e });
+  const status = STATUS[error.code] ?? 500;
+  const message = status === 500 ? "Internal error" : error.message;
+  const headers: Record<string, string> = {};
+  if (error.code === "ERR_RATE_LIMITED") headers["retry-after"] = "60";
+  if (error.code === "ERR_TOO_LARGE") headers["connection"] = "close";
+  return {
+    ...json(status, { error: { code: error.code, message } }),
+    code: error.code,
+    headers,
+  };
+}
+
+/**
+ * Refuses a body before it is read: a content type other than
+ * `application/json` (415) or a declared length over {@linkcode MAX_BODY_BYTES} (413).
+ *
+ * @example
+ * ```ts
+ * import { checkBodyHeaders } from "./api.ts";
+ * checkBodyHeaders("application/json; charset=utf-8", 120);
+ * ```
+ */
+export function checkBodyHeaders(contentType: string | undefined, length: number): void {
+  const type = (contentType ?? "").split(";")[0].trim().toLowerCase();
+  if (type !== "application/json") {
+    throw new E2eError("ERR_UNSUPPORTED_MEDIA_TYPE", "The body must be application/json");
+  }
+  if (length > MAX_BODY_BYTES) throw tooLarge();
+}
+
+/**
+ * Decodes a whole request body: the checks of {@linkcode checkBodyHeaders} on
+ * its real length, then strict UTF-8 JSON (400 otherwise).
+ *
+ * @example
+ * ```ts
+ * import { parseJsonBody } from "./api.ts";
+ * parseJsonBody("application/json", new TextEncoder().encode('{"to":"bob"}')); // { to: "bob" }
+ * ```
+ */
+export function parseJsonBody(contentType: string | undefined, bytes: Uint8Array): unknown {
+  checkBodyHeaders(contentType, bytes.length);
+  try {
+    return JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch {
+    throw new E2eError("ERR_BAD_REQUEST", "The body is not valid JSON");
+  }
+}
+
+/**
+ * The error for a body over {@linkcode MAX_BODY_BYTES}.
+ *
+ * @example
+ * ```ts
+ * import { tooLarge } from "./api.ts";
+ * console.log(tooLarge().code); // ERR_TOO_LARGE
+ * ```
+ */
+export function tooLarge(): E2eError {
+  return new E2eError("ERR_TOO_LARGE", `The body is larger than ${MAX_BODY_BYTES} bytes`);
+}
 
 /** Routes the request to its handler; throws E2eError for every refusal. */
 export async function handle(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {

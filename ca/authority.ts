@@ -13,7 +13,12 @@ import { checkName } from "../lib/names.ts";
 import { openssl, OpensslError, PASSPHRASE_ARG } from "../lib/openssl.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { type Credentials, SERVICE_CN } from "../lib/tls.ts";
-import { type CertificateInfo, parseCertificate, sha256Hex } from "../lib/x509.ts";
+import {
+  type CertificateInfo,
+  normalizeSerialHex,
+  parseCertificate,
+  sha256Hex,
+} from "../lib/x509.ts";
 import {
   type CaKeyType,
   checkDays,
@@ -26,8 +31,8 @@ import {
   type RevokeReason,
   serviceExtensions,
 } from "./policy.ts";
+import { CaPaths } from "./home.ts";
 import {
-  CaPaths,
   IndexCache,
   type IndexEntry,
   locked,
@@ -155,33 +160,34 @@ export class CertificateAuthority {
       }
       // Build the whole CA in a sibling folder and rename it into place: all or nothing.
       const stage = await Deno.makeTempDir({ dir: home, prefix: ".ca-init-" });
+      const staged = new CaPaths(home, stage);
       try {
         await Deno.chmod(stage, 0o700);
-        for (const dir of ["certs", "tmp"]) await Deno.mkdir(join(stage, dir), { mode: 0o700 });
+        for (const dir of [staged.certs, staged.tmp]) await Deno.mkdir(dir, { mode: 0o700 });
         const files: Array<[string, string, number]> = [
-          ["openssl.cnf", OPENSSL_CNF, 0o644],
-          ["index.txt", "", 0o600],
-          ["index.txt.attr", "unique_subject = no\n", 0o600],
-          ["crlnumber", "01\n", 0o600],
+          [staged.config, OPENSSL_CNF, 0o644],
+          [staged.index, "", 0o600],
+          [staged.indexAttr, "unique_subject = no\n", 0o600],
+          [staged.crlnumber, "01\n", 0o600],
         ];
-        for (const [file, text, mode] of files) {
-          await Deno.writeTextFile(join(stage, file), text, { mode });
-        }
-        await generateKey(join(stage, "ca.key"), keyType, { passphrase });
+        for (const [file, text, mode] of files) await Deno.writeTextFile(file, text, { mode });
+        await generateKey(staged.key, keyType, { passphrase });
         const digest = keyType === "ed25519" ? [] : ["-sha256"];
+        // openssl.cnf names the database relative to the CA folder: openssl runs inside it.
         await openssl([
-          ...["req", "-x509", "-new", "-key", "ca.key", "-passin", PASSPHRASE_ARG, "-utf8"],
-          ...["-config", "openssl.cnf", "-extensions", "v3_ca", "-days", String(days)],
-          ...["-subj", `/CN=${escapeDn(commonName)}`, ...digest, "-out", "ca.crt"],
+          ...["req", "-x509", "-new", "-key", staged.key, "-passin", PASSPHRASE_ARG, "-utf8"],
+          ...["-config", staged.config, "-extensions", "v3_ca", "-days", String(days)],
+          ...["-subj", `/CN=${escapeDn(commonName)}`, ...digest, "-out", staged.cert],
         ], { cwd: stage, passphrase });
         await openssl([
-          ...["ca", "-config", "openssl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt"],
-          ...["-passin", PASSPHRASE_ARG, "-gencrl", "-out", "crl.pem"],
+          ...["ca", "-config", staged.config, "-keyfile", staged.key, "-cert", staged.cert],
+          ...["-passin", PASSPHRASE_ARG, "-gencrl", "-out", staged.crl],
         ], { cwd: stage, passphrase });
-        for (const leftover of ["crlnumber.old", "index.txt.old", "index.txt.attr.old"]) {
-          await Deno.remove(join(stage, leftover)).catch(() => {});
+        // openssl's backups of the files it rewrote.
+        for (const leftover of [staged.crlnumber, staged.index, staged.indexAttr]) {
+          await Deno.remove(`${leftover}.old`).catch(() => {});
         }
-        await Deno.chmod(join(stage, "crlnumber"), 0o600);
+        await Deno.chmod(staged.crlnumber, 0o600);
         await Deno.rename(stage, paths.dir);
       } catch (e) {
         await Deno.remove(stage, { recursive: true }).catch(() => {});
@@ -282,9 +288,9 @@ export class CertificateAuthority {
   async issueServiceCertificate(hosts: string[], options: { days?: number } = {}): Promise<
     Credentials & { certificate: CertificateInfo }
   > {
-    const dir = join(this.paths.dir, "service");
-    await ensurePrivateDir(dir);
-    const keyPath = join(dir, `key-${crypto.randomUUID()}.pem`);
+    const paths = this.paths;
+    await ensurePrivateDir(paths.serviceDir);
+    const keyPath = join(paths.serviceDir, `key-${crypto.randomUUID()}.pem`);
     await generateKey(keyPath, "ec-p256");
     try {
       const csr = await makeRequest(keyPath, SERVICE_CN);
@@ -295,10 +301,10 @@ export class CertificateAuthority {
         days: checkDays(options.days ?? 30, this.#maxDays()),
         supersede: async () => {},
       });
-      await Deno.rename(keyPath, join(dir, "key.pem"));
-      await Deno.writeTextFile(join(dir, "cert.pem"), certificate.pem);
+      await Deno.rename(keyPath, paths.serviceKey);
+      await Deno.writeTextFile(paths.serviceCert, certificate.pem);
       return {
-        key: await Deno.readTextFile(join(dir, "key.pem")),
+        key: await Deno.readTextFile(paths.serviceKey),
         cert: certificate.pem,
         certificate,
       };
@@ -312,9 +318,9 @@ export class CertificateAuthority {
     const passphrase = this.#requirePassphrase();
     return await transaction(this.paths, async (tx) => {
       const entries = await this.#index.entries();
-      const serial = normalizeSerial(nameOrSerial);
+      const serial = serialOf(nameOrSerial);
       const target = validFor(entries, nameOrSerial)[0] ??
-        entries.find((e) => serial !== "" && normalizeSerial(e.serial) === serial);
+        entries.find((e) => serial !== "" && normalizeSerialHex(e.serial) === serial);
       if (!target) {
         throw new E2eError(
           "ERR_NOT_FOUND",
@@ -502,7 +508,7 @@ export class CertificateAuthority {
         new E2eError("ERR_OPENSSL", "openssl ca wrote no complete certificate", { cause: e });
     }
     const recorded = (await readIndexAt(dir)).some((e) =>
-      normalizeSerial(e.serial) === normalizeSerial(certificate.serial) && e.status === "V" &&
+      normalizeSerialHex(e.serial) === normalizeSerialHex(certificate.serial) && e.status === "V" &&
       e.name === spec.subject
     );
     if (!recorded) throw new E2eError("ERR_OPENSSL", "openssl ca did not record the certificate");
@@ -590,9 +596,9 @@ function escapeDn(value: string): string {
   return value.replace(/[\\/+=]/g, (c) => `\\${c}`);
 }
 
-function normalizeSerial(text: string): string {
-  const hex = text.replace(/:/g, "").toUpperCase();
-  return /^[0-9A-F]{1,64}$/.test(hex) ? hex.replace(/^0+(?=.)/, "") : "";
+// A serial as given on the command line (hex, colons allowed), or "" when it is not one.
+function serialOf(text: string): string {
+  return /^[0-9A-Fa-f]{1,64}$/.test(text.replace(/:/g, "")) ? normalizeSerialHex(text) : "";
 }
 
 // Clocks drift: a certificate valid from five minutes ago works on a peer whose clock is behind.

@@ -7,12 +7,12 @@
  * @module
  */
 import { createHash, randomBytes } from "node:crypto";
-import { join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 import { withLock } from "../lib/lock.ts";
+import { TOKEN_PATTERN } from "../lib/invite.ts";
 import { checkName } from "../lib/names.ts";
-import type { CaPaths } from "./store.ts";
+import type { CaPaths } from "./home.ts";
 
 /** One stored invite. */
 interface InviteRecord {
@@ -25,8 +25,8 @@ interface InviteRecord {
   reservedUntil?: string;
 }
 
-/** A token has 256 random bits, base64url: 43 characters. */
-export const TOKEN_PATTERN: RegExp = /^[A-Za-z0-9_-]{43}$/;
+// The token's shape belongs to the invite format.
+export { TOKEN_PATTERN } from "../lib/invite.ts";
 
 // Longer than the worst wait of an enrollment (60 s for the lock, 120 s for openssl).
 const RESERVATION_MS = 10 * 60_000;
@@ -41,8 +41,8 @@ export class InviteStore {
 
   /** The store of the CA at `paths`. */
   constructor(paths: CaPaths) {
-    this.#file = join(paths.dir, "invites.json");
-    this.#lock = join(paths.home, ".invites.lock");
+    this.#file = paths.invites;
+    this.#lock = paths.invitesLock;
   }
 
   /** Creates an invite for `name` valid for `ttlMs`; returns the token (shown once, never stored). */

@@ -5,27 +5,29 @@
  * @module
  */
 import {
+  dispatch,
   err,
   intOption,
   noPositionals,
+  oneOf,
   out,
   parseCommand,
+  readBounded,
   runMain,
-  splitCommand,
 } from "../lib/cli.ts";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 import { resolveHome, resolveUserPath } from "../lib/home.ts";
 import { readPassphrase } from "../lib/passphrase.ts";
 import { CertificateAuthority } from "./authority.ts";
-import { CA_KEY_TYPES, type CaKeyType, REVOKE_REASONS, type RevokeReason } from "./policy.ts";
+import { CA_KEY_TYPES, REVOKE_REASONS } from "./policy.ts";
 import { MAX_CSR_BYTES } from "../lib/csr.ts";
 import { exists } from "../lib/fs.ts";
+import { formatInvite } from "../lib/invite.ts";
 import { checkName } from "../lib/names.ts";
-import { join } from "node:path";
 import { InviteStore, parseDuration } from "./invites.ts";
 import { CaService, DEFAULT_PORT } from "./service.ts";
-import { CaPaths } from "./store.ts";
+import { CaPaths } from "./home.ts";
 
 const USAGE = `Usage: deno task ca [command] [options]
 
@@ -59,35 +61,13 @@ const COMMON = {
 
 const PASSPHRASE_ENV = "E2E_CHAT_CA_PASSPHRASE";
 
-async function main(args: string[]): Promise<number> {
-  const { command, rest } = splitCommand(args);
-  switch (command) {
-    case "init":
-      return await init(rest);
-    case "serve":
-      return await serve(rest);
-    case "invite":
-      return await invite(rest);
-    case "sign":
-      return await sign(rest);
-    case "revoke":
-      return await revoke(rest);
-    case "crl":
-      return await crl(rest);
-    case "list":
-      return await list(rest);
-    case undefined:
-      return await serve(rest);
-    case "help":
-    case "-h":
-    case "--help":
-      await out(USAGE);
-      return 0;
-    default:
-      throw new E2eError("ERR_USAGE", `Unknown command ${JSON.stringify(command)}`, {
-        hint: "run `deno task ca --help`",
-      });
-  }
+function main(args: string[]): Promise<number> {
+  return dispatch(args, {
+    program: "ca",
+    usage: USAGE,
+    commands: { init, serve, invite, sign, revoke, crl, list },
+    fallback: serve,
+  });
 }
 
 async function serve(args: string[]): Promise<number> {
@@ -153,17 +133,25 @@ async function invite(args: string[]): Promise<number> {
   const ttl = parseDuration(values.ttl ?? "24h");
   const ca = await CertificateAuthority.open(resolveHome(values.home));
   const where = values.url ?? await runningServiceAddress(ca) ?? `127.0.0.1:${DEFAULT_PORT}`;
-  if (!/^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]+):\d{1,5}$/.test(where)) {
+  const m = /^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]{1,253}):(\d{1,5})$/.exec(where);
+  if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) {
     throw new E2eError("ERR_USAGE", `--url takes HOST:PORT, not ${JSON.stringify(where)}`);
   }
   const { token } = await new InviteStore(ca.paths).create(name, ttl);
-  await out(`e2e-chat://${where}/${name}?fp=${ca.certificate.fingerprint}&token=${token}\n`);
+  const url = formatInvite({
+    host: m[1],
+    port: Number(m[2]),
+    name,
+    fingerprint: ca.certificate.fingerprint,
+    token,
+  });
+  await out(`${url}\n`);
   return 0;
 }
 
 async function runningServiceAddress(ca: CertificateAuthority): Promise<string | undefined> {
   try {
-    const info = JSON.parse(await Deno.readTextFile(join(ca.paths.dir, "service.json")));
+    const info = JSON.parse(await Deno.readTextFile(ca.paths.serviceInfo));
     return `${info.host}:${info.port}`;
   } catch {
     return undefined;
@@ -179,12 +167,7 @@ async function init(args: string[]): Promise<number> {
   });
   if (values.help) return await help();
   noPositionals(positionals);
-  const keyType = values["key-type"] ?? "rsa-4096";
-  if (!(CA_KEY_TYPES as readonly string[]).includes(keyType)) {
-    throw new E2eError("ERR_USAGE", `Unknown key type ${JSON.stringify(keyType)}`, {
-      hint: `use one of ${CA_KEY_TYPES.join(", ")}`,
-    });
-  }
+  const keyType = oneOf(values["key-type"] ?? "rsa-4096", CA_KEY_TYPES, { what: "key type" });
   const home = resolveHome(values.home);
   const passphrase = await readPassphrase({
     file: values["passphrase-file"],
@@ -196,7 +179,7 @@ async function init(args: string[]): Promise<number> {
     await err("e2e-chat: generating an RSA-4096 key (this can take a few seconds)\n");
   }
   const ca = await CertificateAuthority.init(home, passphrase, {
-    keyType: keyType as CaKeyType,
+    keyType,
     days: intOption(values.days, "--days"),
     commonName: values.cn,
   });
@@ -253,18 +236,12 @@ async function revoke(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, { ...COMMON, reason: { type: "string" } });
   if (values.help) return await help();
   if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "revoke needs one NAME or SERIAL");
-  const reason = values.reason ?? "unspecified";
-  if (!(REVOKE_REASONS as readonly string[]).includes(reason)) {
-    throw new E2eError(
-      "ERR_REASON_INVALID",
-      `Unknown revocation reason ${JSON.stringify(reason)}`,
-      {
-        hint: `use one of ${REVOKE_REASONS.join(", ")}`,
-      },
-    );
-  }
+  const reason = oneOf(values.reason ?? "unspecified", REVOKE_REASONS, {
+    what: "revocation reason",
+    code: "ERR_REASON_INVALID",
+  });
   const ca = await openWithPassphrase(values);
-  const entry = await ca.revoke(positionals[0], { reason: reason as RevokeReason });
+  const entry = await ca.revoke(positionals[0], { reason });
   await out(
     `Revoked serial ${entry.serial} of "${entry.name}" (${entry.reason}); the CRL is updated\n`,
   );
@@ -325,18 +302,11 @@ async function readInput(arg: string): Promise<Uint8Array> {
     }
   }
   // Read at most one byte more than allowed, so a huge or endless input is refused cheaply.
-  const buffer = new Uint8Array(MAX_CSR_BYTES + 1);
-  let n = 0;
   try {
-    while (n < buffer.length) {
-      const read = await file.read(buffer.subarray(n));
-      if (read === null) break;
-      n += read;
-    }
+    return await readBounded(file, MAX_CSR_BYTES + 1);
   } finally {
     if (arg !== "-") file.close();
   }
-  return buffer.subarray(0, n);
 }
 
 async function help(): Promise<number> {

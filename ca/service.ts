@@ -10,8 +10,7 @@ import https from "node:https";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
-import { join } from "node:path";
-import { E2eError, type ErrorCode } from "../lib/errors.ts";
+import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 import {
   type Credentials,
@@ -21,7 +20,17 @@ import {
   trustAnchor,
 } from "../lib/tls.ts";
 import { parseCertificate } from "../lib/x509.ts";
-import { type ApiContext, type ApiRequest, handle, MAX_WAIT_SECONDS } from "./api.ts";
+import {
+  type ApiContext,
+  type ApiRequest,
+  checkBodyHeaders,
+  errorReply,
+  handle,
+  MAX_BODY_BYTES,
+  MAX_WAIT_SECONDS,
+  parseJsonBody,
+  tooLarge,
+} from "./api.ts";
 import type { CertificateAuthority } from "./authority.ts";
 import { InviteStore } from "./invites.ts";
 import { RateLimiter } from "./rate_limit.ts";
@@ -29,28 +38,6 @@ import { Rendezvous } from "./rendezvous.ts";
 
 /** The port the service listens on when none is given. */
 export const DEFAULT_PORT = 65433;
-/** Largest request body, in bytes. */
-export const MAX_BODY_BYTES = 64 * 1024;
-
-const STATUS: Partial<Record<ErrorCode, number>> = {
-  ERR_BAD_REQUEST: 400,
-  ERR_CSR_INVALID: 400,
-  ERR_CSR_SIGNATURE: 400,
-  ERR_CSR_NAME_MISMATCH: 400,
-  ERR_KEY_REJECTED: 400,
-  ERR_NAME_INVALID: 400,
-  ERR_DAYS_INVALID: 400,
-  ERR_UNAUTHENTICATED: 401,
-  ERR_TOKEN_INVALID: 403,
-  ERR_FORBIDDEN: 403,
-  ERR_NOT_FOUND: 404,
-  ERR_METHOD_NOT_ALLOWED: 405,
-  ERR_NAME_TAKEN: 409,
-  ERR_TOO_LARGE: 413,
-  ERR_UNSUPPORTED_MEDIA_TYPE: 415,
-  ERR_RATE_LIMITED: 429,
-};
-
 /** Options of {@linkcode CaService.start}. */
 export interface ServeOptions {
   /** Address to listen on. Default: "127.0.0.1". */
@@ -67,6 +54,8 @@ export interface ServeOptions {
   log?: (line: string) => void;
   /** Idle time before a connection is closed, in ms. Default: 15000 (long polls excepted). */
   idleTimeoutMs?: number;
+  /** How often the service certificate is checked and reissued when due, in ms. Default: 3600000. */
+  renewCheckMs?: number;
 }
 
 /** A running CA service. */
@@ -156,10 +145,10 @@ export class CaService {
           }`,
         );
       }
-    }, 3_600_000);
+    }, options.renewCheckMs ?? 3_600_000);
     const service = new CaService(server, ctx, url, port, timer, stopping, sockets);
     await writeFileAtomic(
-      join(ca.paths.dir, "service.json"),
+      ca.paths.serviceInfo,
       JSON.stringify({ url, host: urlHost, port, fingerprint: ca.certificate.fingerprint }) + "\n",
     );
     return service;
@@ -173,7 +162,7 @@ export class CaService {
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     for (const socket of this.#sockets) socket.destroy();
     await closed;
-    await Deno.remove(join(this.#ctx.ca.paths.dir, "service.json")).catch(() => {});
+    await Deno.remove(this.#ctx.ca.paths.serviceInfo).catch(() => {});
   }
 }
 
@@ -221,22 +210,10 @@ async function serveRequest(
     user = reply.user ?? "-";
     send(res, status, reply.type, reply.body);
   } catch (e) {
-    const error = e instanceof E2eError
-      ? e
-      : new E2eError("ERR_INTERNAL", "Internal error", { cause: e });
-    status = STATUS[error.code] ?? 500;
-    code = error.code;
-    const message = status === 500 ? "Internal error" : error.message;
-    const headers: Record<string, string> = {};
-    if (error.code === "ERR_RATE_LIMITED") headers["retry-after"] = "60";
-    if (error.code === "ERR_TOO_LARGE") headers["connection"] = "close";
-    send(
-      res,
-      status,
-      "application/json",
-      JSON.stringify({ error: { code: error.code, message } }) + "\n",
-      headers,
-    );
+    const reply = errorReply(e);
+    status = reply.status;
+    code = reply.code;
+    send(res, status, reply.type, reply.body, reply.headers);
     if (status === 500) log(`e2e-chat-ca: internal error: ${e instanceof Error ? e.stack : e}`);
   } finally {
     const ms = (performance.now() - started).toFixed(1);
@@ -262,10 +239,9 @@ function serviceNames(host: string, extra: string[]): string[] {
 
 /** The service's key and certificate, reissued when missing, for other names, revoked or past two thirds of its life. */
 async function serviceCredentials(ca: CertificateAuthority, names: string[]): Promise<Credentials> {
-  const dir = join(ca.paths.dir, "service");
   try {
-    const cert = await Deno.readTextFile(join(dir, "cert.pem"));
-    const key = await Deno.readTextFile(join(dir, "key.pem"));
+    const cert = await Deno.readTextFile(ca.paths.serviceCert);
+    const key = await Deno.readTextFile(ca.paths.serviceKey);
     const info = parseCertificate(cert);
     const san = (info.x509.subjectAltName ?? "").split(", ").map((s) =>
       s.replace(/^(DNS|IP Address):/, "")
@@ -284,17 +260,13 @@ async function serviceCredentials(ca: CertificateAuthority, names: string[]): Pr
 }
 
 function readJson(req: IncomingMessage): Promise<unknown> {
-  const type = (req.headers["content-type"] ?? "").split(";")[0].trim().toLowerCase();
-  if (type !== "application/json") {
+  const type = req.headers["content-type"];
+  try {
+    // Refused before reading: a wrong type, or a declared length over the limit.
+    checkBodyHeaders(type, Number(req.headers["content-length"] ?? "0"));
+  } catch (e) {
     req.resume();
-    return Promise.reject(
-      new E2eError("ERR_UNSUPPORTED_MEDIA_TYPE", "The body must be application/json"),
-    );
-  }
-  const declared = Number(req.headers["content-length"] ?? "0");
-  if (declared > MAX_BODY_BYTES) {
-    req.resume();
-    return Promise.reject(tooLarge());
+    return Promise.reject(e);
   }
   return new Promise((resolve, reject) => {
     const chunks: Uint8Array[] = [];
@@ -321,16 +293,12 @@ function readJson(req: IncomingMessage): Promise<unknown> {
         offset += c.length;
       }
       try {
-        resolve(JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes)));
-      } catch {
-        reject(new E2eError("ERR_BAD_REQUEST", "The body is not valid JSON"));
+        resolve(parseJsonBody(type, bytes));
+      } catch (e) {
+        reject(e);
       }
     });
   });
-}
-
-function tooLarge(): E2eError {
-  return new E2eError("ERR_TOO_LARGE", `The body is larger than ${MAX_BODY_BYTES} bytes`);
 }
 
 function send(

@@ -12,6 +12,11 @@
 import { join } from "node:path";
 import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
 import { withLock } from "../lib/lock.ts";
+import { normalizeSerialHex } from "../lib/x509.ts";
+import type { CaPaths } from "./home.ts";
+
+// Kept for callers that import it from here (tests/faults_test.ts, tests/bench/_probe.ts).
+export { CaPaths } from "./home.ts";
 
 /** One line of openssl's index.txt. */
 export interface IndexEntry {
@@ -27,60 +32,6 @@ export interface IndexEntry {
   serial: string;
   /** The subject's common name (the user name). */
   name: string;
-}
-
-/** Paths of the CA directory. */
-export class CaPaths {
-  /** The home directory. */
-  readonly home: string;
-  /** HOME/ca, mode 0700. */
-  readonly dir: string;
-
-  /** The paths of the CA under `home`. */
-  constructor(home: string) {
-    this.home = home;
-    this.dir = join(home, "ca");
-  }
-  /** The encrypted CA key (0600). */
-  get key(): string {
-    return join(this.dir, "ca.key");
-  }
-  /** The self-signed CA certificate. */
-  get cert(): string {
-    return join(this.dir, "ca.crt");
-  }
-  /** The openssl configuration. */
-  get config(): string {
-    return join(this.dir, "openssl.cnf");
-  }
-  /** openssl's index of issued certificates. */
-  get index(): string {
-    return join(this.dir, "index.txt");
-  }
-  /** Issued certificates, one SERIAL.pem each. */
-  get certs(): string {
-    return join(this.dir, "certs");
-  }
-  /** The latest CRL, PEM. */
-  get crl(): string {
-    return join(this.dir, "crl.pem");
-  }
-  /** Scratch space for transactions. */
-  get tmp(): string {
-    return join(this.dir, "tmp");
-  }
-  /** Changes whenever index.txt is replaced (not when lines are appended). */
-  get generation(): string {
-    return join(this.dir, "index.gen");
-  }
-  /** The lock every writer takes; beside the CA dir so that init can take it too. */
-  get lock(): string {
-    return join(this.home, ".ca.lock");
-  }
-  /** The file of an issued certificate. */
-  certFile(serial: string): string {
-    return join(this.certs, `${serial}.pem`);
-  }
 }
 
 const prepared = new Set<string>();
@@ -172,8 +123,8 @@ export class Transaction {
         await bumpGeneration(paths);
       }
       const crlnumber = await Deno.readTextFile(join(this.dir, "crlnumber"));
-      if (crlnumber !== await Deno.readTextFile(join(paths.dir, "crlnumber"))) {
-        await writeFileAtomic(join(paths.dir, "crlnumber"), crlnumber, { mode: 0o600 });
+      if (crlnumber !== await Deno.readTextFile(paths.crlnumber)) {
+        await writeFileAtomic(paths.crlnumber, crlnumber, { mode: 0o600 });
       }
     } else if (lines) {
       // Appending is the commit point; a crash mid-write leaves a partial last line,
@@ -199,7 +150,8 @@ export class Transaction {
  *
  * @example
  * ```ts
- * import { CaPaths, transaction } from "./store.ts";
+ * import { CaPaths } from "./home.ts";
+ * import { transaction } from "./store.ts";
  * await transaction(new CaPaths("/tmp/home"), async (tx) => {
  *   const cwd = await tx.fullCopy(); // then run openssl ca -revoke … with that cwd
  * });
@@ -362,7 +314,7 @@ export class IndexCache {
   /** The entry of `serial` (hex, any case, leading zeros or not) as committed now. */
   async find(serial: string): Promise<IndexEntry | undefined> {
     await this.entries();
-    return this.#bySerial.get(serialKey(serial));
+    return this.#bySerial.get(normalizeSerialHex(serial));
   }
 
   /** The entries as committed now. Calls are serialized: each update reads on from the last. */
@@ -396,13 +348,9 @@ export class IndexCache {
     const complete = bytes.subarray(0, bytes.subarray(0, got).lastIndexOf(0x0a) + 1);
     for (const entry of parseIndex(new TextDecoder().decode(complete))) {
       this.#entries.push(entry);
-      this.#bySerial.set(serialKey(entry.serial), entry);
+      this.#bySerial.set(normalizeSerialHex(entry.serial), entry);
     }
     this.#offset += complete.length;
     return this.#entries;
   }
-}
-
-function serialKey(hex: string): string {
-  return hex.toUpperCase().replace(/^0+(?=.)/, "");
 }

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { CaPaths, IndexCache, locked, parseIndex, readIndex, transaction } from "./store.ts";
+import { CaPaths } from "./home.ts";
+import { IndexCache, locked, parseIndex, readIndex, transaction } from "./store.ts";
 
 const INDEX = "V\t261202204302Z\t\t35BE\tunknown\t/CN=alice\n";
 
@@ -28,20 +29,6 @@ async function names(dir: string): Promise<string[]> {
   }
   return out.sort();
 }
-
-Deno.test("CaPaths lays the CA out as docs/CA.md says", () => {
-  const paths = new CaPaths("/h");
-  assert.equal(paths.dir, "/h/ca");
-  assert.equal(paths.key, "/h/ca/ca.key");
-  assert.equal(paths.cert, "/h/ca/ca.crt");
-  assert.equal(paths.config, "/h/ca/openssl.cnf");
-  assert.equal(paths.index, "/h/ca/index.txt");
-  assert.equal(paths.certs, "/h/ca/certs");
-  assert.equal(paths.crl, "/h/ca/crl.pem");
-  assert.equal(paths.tmp, "/h/ca/tmp");
-  assert.equal(paths.lock, "/h/.ca.lock");
-  assert.equal(paths.certFile("35BE"), "/h/ca/certs/35BE.pem");
-});
 
 Deno.test("parseIndex() reads a valid entry with a UTCTime expiry", () => {
   assert.deepEqual(parseIndex(INDEX), [{

@@ -10,7 +10,7 @@ import { makeInvite, type Service, withService } from "../tests/_service_helpers
 import { Chat } from "./chat.ts";
 import type { CoreEvent } from "./events.ts";
 import { enroll } from "./identity.ts";
-import { parseInvite } from "./invite.ts";
+import { parseInvite } from "../lib/invite.ts";
 
 const WAIT_MS = 15_000;
 

@@ -15,7 +15,7 @@ import { pemDecode } from "../lib/pem.ts";
 import { checkPeer, type Credentials, type TrustAnchor, trustAnchor } from "../lib/tls.ts";
 import { type CertificateInfo, keyFingerprint, parseCertificate } from "../lib/x509.ts";
 import { CaClient, type CertificateReply, fetchCaCertificate } from "./ca_client.ts";
-import type { Invite } from "./invite.ts";
+import type { Invite } from "../lib/invite.ts";
 import type { ClientKeyType } from "./keys.ts";
 import { ClientHome, IdFolder } from "./home.ts";
 
@@ -131,7 +131,7 @@ export interface JoinOptions {
  * @example
  * ```ts
  * import { enroll } from "./identity.ts";
- * import { parseInvite } from "./invite.ts";
+ * import { parseInvite } from "../lib/invite.ts";
  * const identity = await enroll("/tmp/alice", parseInvite(Deno.args[0]));
  * ```
  */

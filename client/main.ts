@@ -4,7 +4,15 @@
  *
  * @module
  */
-import { noPositionals, out, parseCommand, runMain, splitCommand } from "../lib/cli.ts";
+import {
+  dispatch,
+  noPositionals,
+  oneOf,
+  out,
+  parseCommand,
+  readStdinLine,
+  runMain,
+} from "../lib/cli.ts";
 import { E2eError } from "../lib/errors.ts";
 import { resolveHome, resolveUserPath } from "../lib/home.ts";
 import { readPassphrase } from "../lib/passphrase.ts";
@@ -19,7 +27,7 @@ import { checkName } from "../lib/names.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { checkPeer } from "../lib/tls.ts";
 import { enroll, Identity } from "./identity.ts";
-import { parseInvite } from "./invite.ts";
+import { parseInvite } from "../lib/invite.ts";
 import { CLIENT_KEY_TYPES, type ClientKeyType, makeKeyAndCsr } from "./keys.ts";
 
 const USAGE = `Usage: deno task client [command] [options]
@@ -53,37 +61,19 @@ const COMMON = {
   help: { type: "boolean", short: "h" },
 } as const;
 
-async function main(args: string[]): Promise<number> {
-  const { command, rest } = splitCommand(args);
-  switch (command) {
-    case "join":
-      return await joinCommand(rest);
-    case "chat":
-      return await chat(rest);
-    case "whoami":
-      return await whoami(rest);
-    case "lookup":
-      return await lookup(rest);
-    case "renew":
-      return await renew(rest);
-    case "csr":
-      return await csr(rest);
-    case undefined:
+function main(args: string[]): Promise<number> {
+  return dispatch(args, {
+    program: "client",
+    usage: USAGE,
+    commands: { join: joinCommand, chat, whoami, lookup, renew, csr },
+    fallback: async (rest) => {
       if (rest.length || await exists(new ClientHome(resolveHome(undefined)).id.record)) {
         return await chat(rest);
       }
       await out(USAGE);
       return 0;
-    case "help":
-    case "-h":
-    case "--help":
-      await out(USAGE);
-      return 0;
-    default:
-      throw new E2eError("ERR_USAGE", `Unknown command ${JSON.stringify(command)}`, {
-        hint: "run `deno task client --help`",
-      });
-  }
+    },
+  });
 }
 
 async function joinCommand(args: string[]): Promise<number> {
@@ -265,27 +255,8 @@ async function csr(args: string[]): Promise<number> {
   return 0;
 }
 
-// The first line of stdin, at most 4 KiB (an invite is about 150 bytes).
-async function readStdinLine(): Promise<string> {
-  const buffer = new Uint8Array(4096);
-  let n = 0;
-  while (n < buffer.length) {
-    const read = await Deno.stdin.read(buffer.subarray(n));
-    if (read === null) break;
-    n += read;
-    if (buffer.subarray(0, n).includes(0x0a)) break;
-  }
-  return new TextDecoder().decode(buffer.subarray(0, n)).split(/\r?\n/, 1)[0];
-}
-
 function keyType(value: string | undefined): ClientKeyType {
-  const type = value ?? "ec-p256";
-  if (!(CLIENT_KEY_TYPES as readonly string[]).includes(type)) {
-    throw new E2eError("ERR_USAGE", `Unknown key type ${JSON.stringify(type)}`, {
-      hint: `use one of ${CLIENT_KEY_TYPES.join(", ")}`,
-    });
-  }
-  return type as ClientKeyType;
+  return oneOf(value ?? "ec-p256", CLIENT_KEY_TYPES, { what: "key type" });
 }
 
 async function help(): Promise<number> {

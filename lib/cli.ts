@@ -6,7 +6,7 @@
  * @module
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { E2eError } from "./errors.ts";
+import { E2eError, type ErrorCode } from "./errors.ts";
 
 const encoder = new TextEncoder();
 
@@ -100,6 +100,129 @@ export function intOption(value: string | undefined, flag: string): number | und
     throw new E2eError("ERR_USAGE", `${flag} takes a whole number, not ${JSON.stringify(value)}`);
   }
   return Number(value);
+}
+
+/** Options of {@linkcode oneOf}. */
+export interface OneOfOptions {
+  /** What the value is, for the message: `Unknown key type "x"`. */
+  what: string;
+  /** The code to throw. Default: "ERR_USAGE". */
+  code?: ErrorCode;
+}
+
+/**
+ * Returns `value` if it is one of `allowed`; otherwise throws
+ * `Unknown WHAT "value"` with the hint `use one of A, B, C`.
+ *
+ * @example
+ * ```ts
+ * import { oneOf } from "./cli.ts";
+ * const type = oneOf("ed25519", ["ec-p256", "ed25519"] as const, { what: "key type" });
+ * ```
+ */
+export function oneOf<T extends string>(
+  value: string,
+  allowed: readonly T[],
+  options: OneOfOptions,
+): T {
+  if ((allowed as readonly string[]).includes(value)) return value as T;
+  throw new E2eError(
+    options.code ?? "ERR_USAGE",
+    `Unknown ${options.what} ${JSON.stringify(value)}`,
+    { hint: `use one of ${allowed.join(", ")}` },
+  );
+}
+
+/** Something to read bytes from, like `Deno.stdin` or a `Deno.FsFile`. */
+export interface ByteReader {
+  /** Reads into `p`; null at the end. */
+  read(p: Uint8Array): Promise<number | null>;
+}
+
+/**
+ * Reads from `reader` until its end or `maxBytes`, whichever comes first, so a
+ * huge or endless input costs at most `maxBytes`. With `untilNewline` it also
+ * stops once a newline has been read.
+ *
+ * @example
+ * ```ts
+ * import { readBounded } from "./cli.ts";
+ * const bytes = await readBounded(Deno.stdin, 64 * 1024 + 1); // one byte more tells "too large"
+ * ```
+ */
+export async function readBounded(
+  reader: ByteReader,
+  maxBytes: number,
+  options: { untilNewline?: boolean } = {},
+): Promise<Uint8Array> {
+  const buffer = new Uint8Array(maxBytes);
+  let n = 0;
+  while (n < buffer.length) {
+    const read = await reader.read(buffer.subarray(n));
+    if (read === null) break;
+    n += read;
+    if (options.untilNewline && buffer.subarray(n - read, n).includes(0x0a)) break;
+  }
+  return buffer.subarray(0, n);
+}
+
+/**
+ * The first line of stdin (without `\n` or `\r\n`), reading at most 4 KiB: enough for
+ * an invite (about 150 bytes) or a passphrase, and bounded for anything else.
+ *
+ * @example
+ * ```ts
+ * import { readStdinLine } from "./cli.ts";
+ * const line = await readStdinLine();
+ * ```
+ */
+export async function readStdinLine(): Promise<string> {
+  const bytes = await readBounded(Deno.stdin, 4096, { untilNewline: true });
+  return new TextDecoder().decode(bytes).split(/\r?\n/, 1)[0];
+}
+
+/** A command of an entry point: takes the arguments after its name, returns the exit status. */
+export type CommandHandler = (args: string[]) => Promise<number>;
+
+/** Options of {@linkcode dispatch}. */
+export interface DispatchOptions {
+  /** The program's name in hints: `run \`deno task PROGRAM --help\``. */
+  program: string;
+  /** The help text printed by `help`, `-h` and `--help`. */
+  usage: string;
+  /** The command table; names are matched exactly (own properties only). */
+  commands: Record<string, CommandHandler>;
+  /** Runs when there is no command (no arguments, or options only). */
+  fallback: CommandHandler;
+}
+
+/**
+ * Runs the command `args` names: the handler from the table, the help text for
+ * `help`, `-h` or `--help`, the fallback when there is no command, and
+ * `ERR_USAGE` (exit status 2) for an unknown one.
+ *
+ * @example
+ * ```ts
+ * import { dispatch, out } from "./cli.ts";
+ * const status = await dispatch(["hello"], {
+ *   program: "demo",
+ *   usage: "Usage: demo hello\n",
+ *   commands: { hello: async () => (await out("hello\n"), 0) },
+ *   fallback: async () => 0,
+ * });
+ * ```
+ */
+export async function dispatch(args: string[], options: DispatchOptions): Promise<number> {
+  const { command, rest } = splitCommand(args);
+  if (command === undefined) return await options.fallback(rest);
+  if (command === "help" || command === "-h" || command === "--help") {
+    await out(options.usage);
+    return 0;
+  }
+  if (Object.hasOwn(options.commands, command)) return await options.commands[command](rest);
+  throw new E2eError("ERR_USAGE", `Unknown command ${JSON.stringify(command)}`, {
+    hint: `run \`deno task ${options.program} --help\``,
+  });
 }
 
 /**

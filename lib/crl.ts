@@ -9,6 +9,10 @@ import { children, DerError, type DerNode, readDer, Tag } from "./der.ts";
 import { E2eError } from "./errors.ts";
 import { pemDecode } from "./pem.ts";
 import { verifySignature } from "./signature.ts";
+import { normalizeSerialHex } from "./x509.ts";
+
+// Kept here too: client code reads revoked serials and normalizes them with the same import.
+export { normalizeSerialHex } from "./x509.ts";
 
 /** A verified CRL. */
 export interface RevocationList {
@@ -63,19 +67,6 @@ export function parseCrl(pem: string, issuer: X509Certificate): RevocationList {
     if (e instanceof DerError) throw rejected(`malformed CRL: ${e.message}`);
     throw e;
   }
-}
-
-/**
- * A serial number as uppercase hex without leading zeros, the form {@linkcode RevocationList.revoked} uses.
- *
- * @example
- * ```ts
- * import { normalizeSerialHex } from "./crl.ts";
- * normalizeSerialHex("00ab:cd"); // "ABCD"
- * ```
- */
-export function normalizeSerialHex(hex: string): string {
-  return hex.replace(/:/g, "").toUpperCase().replace(/^0+(?=.)/, "");
 }
 
 function serialHex(node: DerNode): string {

@@ -163,13 +163,7 @@ function readName(node: DerNode): Array<[string, string]> {
   for (const rdn of children(node, Tag.SEQUENCE)) {
     for (const atv of children(rdn, Tag.SET)) {
       const [type, value] = exactly(children(atv, Tag.SEQUENCE), 2);
-      let text: string;
-      try {
-        text = decodeString(value);
-      } catch (e) {
-        throw new DerError(e instanceof Error ? e.message : "Invalid string");
-      }
-      out.push([decodeOid(type), text]);
+      out.push([decodeOid(type), decodeString(value)]);
     }
   }
   return out;

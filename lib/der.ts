@@ -7,12 +7,27 @@
  *
  * @module
  */
+import { E2eError } from "./errors.ts";
 
-/** A malformed DER encoding. */
-export class DerError extends Error {
+/**
+ * A malformed DER encoding: an {@linkcode E2eError} with code `ERR_DER_INVALID`,
+ * so one that escapes is reported like any other domain failure. Readers of a
+ * particular structure (CSR, CRL) turn it into their own code.
+ *
+ * @example
+ * ```ts
+ * import { DerError, readDer } from "./der.ts";
+ * try {
+ *   readDer(new Uint8Array([0x30]));
+ * } catch (e) {
+ *   if (e instanceof DerError) console.log(e.code, e.message); // ERR_DER_INVALID Truncated DER element
+ * }
+ * ```
+ */
+export class DerError extends E2eError {
   /** Makes the error. */
   constructor(message: string) {
-    super(message);
+    super("ERR_DER_INVALID", message);
     this.name = "DerError";
   }
 }

@@ -23,3 +23,4 @@ export * from "./signature.ts";
 export * from "./lines.ts";
 export * from "./merkle.ts";
 export * from "./checkpoint.ts";
+export * from "./invite.ts";

@@ -113,75 +113,45 @@ Deno.test("verifySignature() says invalid when the signature itself changed", ()
   }
 });
 
+/** One signing and one check: the algorithm named, the hash signed with, the signer's key and the key checked with. */
+type Case = [what: string, dotted: string, hash: string | null, signer: KeyObject, key: KeyObject];
+
+function assertVerdict(verdict: "ok" | "invalid" | "unsupported", cases: Case[]): void {
+  for (const [what, dotted, hash, signer, key] of cases) {
+    assert.equal(verifySignature(TBS, algorithm(dotted), signed(hash, signer), key), verdict, what);
+  }
+}
+
 Deno.test("verifySignature() says invalid for another key of the same type", () => {
-  assert.equal(
-    verifySignature(
-      TBS,
-      algorithm(OID.ecdsaSha256),
-      signed("sha256", ec.privateKey),
-      otherEc.publicKey,
-    ),
-    "invalid",
-  );
-  assert.equal(
-    verifySignature(TBS, algorithm(OID.ed25519), signed(null, ed.privateKey), otherEd.publicKey),
-    "invalid",
-  );
+  assertVerdict("invalid", [
+    ["EC", OID.ecdsaSha256, "sha256", ec.privateKey, otherEc.publicKey],
+    ["Ed25519", OID.ed25519, null, ed.privateKey, otherEd.publicKey],
+  ]);
 });
 
 Deno.test("verifySignature() says invalid when the algorithm names another hash than the one signed with", () => {
-  assert.equal(
-    verifySignature(TBS, algorithm(OID.ecdsaSha384), signed("sha256", ec.privateKey), ec.publicKey),
-    "invalid",
-  );
-  assert.equal(
-    verifySignature(
-      TBS,
-      algorithm(OID.sha512WithRSA),
-      signed("sha256", rsa.privateKey),
-      rsa.publicKey,
-    ),
-    "invalid",
-  );
+  assertVerdict("invalid", [
+    ["ECDSA", OID.ecdsaSha384, "sha256", ec.privateKey, ec.publicKey],
+    ["RSA", OID.sha512WithRSA, "sha256", rsa.privateKey, rsa.publicKey],
+  ]);
 });
 
 Deno.test("verifySignature() says invalid, without throwing, when the algorithm cannot apply to the key", () => {
   // Ed25519 named for an EC key, ECDSA named for an Ed25519 key: node:crypto throws, we do not.
-  assert.equal(
-    verifySignature(TBS, algorithm(OID.ed25519), signed("sha256", ec.privateKey), ec.publicKey),
-    "invalid",
-  );
-  assert.equal(
-    verifySignature(TBS, algorithm(OID.ecdsaSha256), signed(null, ed.privateKey), ed.publicKey),
-    "invalid",
-  );
-  assert.equal(
-    verifySignature(TBS, algorithm(OID.ed25519), signed("sha256", rsa.privateKey), rsa.publicKey),
-    "invalid",
-  );
+  assertVerdict("invalid", [
+    ["Ed25519 for EC", OID.ed25519, "sha256", ec.privateKey, ec.publicKey],
+    ["ECDSA for Ed25519", OID.ecdsaSha256, null, ed.privateKey, ed.publicKey],
+    ["Ed25519 for RSA", OID.ed25519, "sha256", rsa.privateKey, rsa.publicKey],
+  ]);
 });
 
 Deno.test("verifySignature() says invalid when an RSA signature is labelled ECDSA, or an ECDSA one RSA", () => {
   // The algorithm identifier must be the one the key signs with (RFC 5280 §4.1.1.2):
   // a signature under the wrong label is not a valid signature of that algorithm.
-  assert.equal(
-    verifySignature(
-      TBS,
-      algorithm(OID.ecdsaSha256),
-      signed("sha256", rsa.privateKey),
-      rsa.publicKey,
-    ),
-    "invalid",
-  );
-  assert.equal(
-    verifySignature(
-      TBS,
-      algorithm(OID.sha256WithRSA),
-      signed("sha256", ec.privateKey),
-      ec.publicKey,
-    ),
-    "invalid",
-  );
+  assertVerdict("invalid", [
+    ["RSA as ECDSA", OID.ecdsaSha256, "sha256", rsa.privateKey, rsa.publicKey],
+    ["ECDSA as RSA", OID.sha256WithRSA, "sha256", ec.privateKey, ec.publicKey],
+  ]);
 });
 
 Deno.test("verifySignature() says unsupported for algorithms e2e-chat does not accept, even with a good signature", () => {

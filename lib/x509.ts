@@ -92,3 +92,17 @@ export function parseCertificate(pem: string): CertificateInfo {
 function evenHex(hex: string): string {
   return hex.length % 2 ? `0${hex}` : hex;
 }
+
+/**
+ * A serial number as uppercase hex without leading zeros, the one form of a serial
+ * everywhere: CRLs (`RevocationList.revoked`), openssl's index and lookups by serial.
+ *
+ * @example
+ * ```ts
+ * import { normalizeSerialHex } from "./x509.ts";
+ * normalizeSerialHex("00ab:cd"); // "ABCD"
+ * ```
+ */
+export function normalizeSerialHex(hex: string): string {
+  return hex.replace(/:/g, "").toUpperCase().replace(/^0+(?=.)/, "");
+}

@@ -37,7 +37,7 @@ import { parseCsr } from "../../lib/csr.ts";
 import { openssl, PASSPHRASE_ARG } from "../../lib/openssl.ts";
 import { parseCertificate } from "../../lib/x509.ts";
 import { enroll } from "../../client/identity.ts";
-import { parseInvite } from "../../client/invite.ts";
+import { parseInvite } from "../../lib/invite.ts";
 import type { ClientKeyType } from "../../client/keys.ts";
 
 const CONCURRENCY = 8;

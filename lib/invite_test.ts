@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { E2eError } from "../lib/errors.ts";
-import { parseInvite } from "./invite.ts";
+import { E2eError } from "./errors.ts";
+import { formatInvite, parseInvite, TOKEN_PATTERN } from "./invite.ts";
 
 const FP = "0123456789abcdef".repeat(4);
 const TOKEN = "Zm9vYmFyX-_0123456789abcdefghijklmnopqrstuv";
@@ -178,3 +178,52 @@ for (const [what, text, why] of BAD) {
     });
   });
 }
+
+// ---------------------------------------------------------------------------
+// formatInvite(): the writing half, checked against parseInvite()
+
+Deno.test("formatInvite() writes what parseInvite() reads back, for names, IPv4 and IPv6 hosts", () => {
+  const cases: Array<{ host: string; port: number; urlHost: string; name: string }> = [
+    { host: "127.0.0.1", port: 65433, urlHost: "127.0.0.1", name: "alice" },
+    { host: "ca.example-team.org", port: 443, urlHost: "ca.example-team.org", name: "bob.smith_2" },
+    { host: "::1", port: 1, urlHost: "[::1]", name: "carol" },
+    { host: "[2001:db8::a:1]", port: 65535, urlHost: "[2001:db8::a:1]", name: "d-9" },
+  ];
+  for (const { host, port, urlHost, name } of cases) {
+    const url = formatInvite({ host, port, name, fingerprint: FP, token: TOKEN });
+    assert.equal(url, `e2e-chat://${urlHost}:${port}/${name}?fp=${FP}&token=${TOKEN}`);
+    assert.deepEqual(parseInvite(url), {
+      host: urlHost.replace(/^\[|\]$/g, ""),
+      port,
+      name,
+      fingerprint: FP,
+      token: TOKEN,
+      caUrl: `https://${urlHost}:${port}`,
+    });
+  }
+});
+
+Deno.test("formatInvite() refuses fields that parseInvite() would refuse, without showing the token", () => {
+  const good = { host: "127.0.0.1", port: 65433, name: "alice", fingerprint: FP, token: TOKEN };
+  const bad: Array<[string, Partial<typeof good>, RegExp]> = [
+    ["a host with a space", { host: "ca example" }, /Invalid invite host "ca example"/],
+    ["port 0", { port: 0 }, /Invalid invite port 0/],
+    ["port 65536", { port: 65536 }, /Invalid invite port 65536/],
+    ["an uppercase name", { name: "Alice" }, /Invalid invite name "Alice"/],
+    ["an uppercase fingerprint", { fingerprint: FP.toUpperCase() }, /fingerprint/],
+    ["a short token", { token: TOKEN.slice(1) }, /^Invalid invite token$/],
+  ];
+  for (const [what, change, message] of bad) {
+    assert.throws(() => formatInvite({ ...good, ...change }), (e) => {
+      assert.ok(e instanceof RangeError, what);
+      assert.match(e.message, message, what);
+      assert.ok(!e.message.includes(TOKEN.slice(1, 21)), what);
+      return true;
+    });
+  }
+});
+
+Deno.test("TOKEN_PATTERN is the shape parseInvite() checks", () => {
+  assert.match(TOKEN, TOKEN_PATTERN);
+  assert.doesNotMatch(TOKEN + "A", TOKEN_PATTERN);
+});

@@ -1,0 +1,818 @@
+import assert from "node:assert/strict";
+import { E2eError, type ErrorCode } from "../lib/errors.ts";
+import { pemDecode } from "../lib/pem.ts";
+import { trustAnchor } from "../lib/tls.ts";
+import { sha256Hex } from "../lib/x509.ts";
+import { makeCsr, PASSPHRASE, snapshot, withTempDir } from "../tests/_helpers.ts";
+import {
+  type ApiContext,
+  checkBodyHeaders,
+  errorReply,
+  handle,
+  MAX_BODY_BYTES,
+  MAX_WAIT_SECONDS,
+  parseJsonBody,
+} from "./api.ts";
+import { CertificateAuthority } from "./authority.ts";
+import { InviteStore } from "./invites.ts";
+import { RateLimiter } from "./rate_limit.ts";
+import { Rendezvous } from "./rendezvous.ts";
+
+// The handler in process, with a real CA made by the real openssl in a temp home.
+// Each reply goes through errorReply(), so statuses and bodies are the ones on the wire.
+
+const encoder = new TextEncoder();
+
+interface World {
+  ctx: ApiContext;
+  ca: CertificateAuthority;
+  home: string;
+  /** A member: an enrolled name with its certificate (DER) and key (PEM). */
+  member(name: string): Promise<{ der: Uint8Array; key: string; serial: string }>;
+  /** A fresh invite token for `name`. */
+  invite(name: string): Promise<string>;
+}
+
+async function withWorld(fn: (world: World) => Promise<void>): Promise<void> {
+  await withTempDir(async (home) => {
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+    const ctx: ApiContext = {
+      ca,
+      anchor: trustAnchor(ca.certificate.pem),
+      invites: new InviteStore(ca.paths),
+      rendezvous: new Rendezvous({ ttlMs: 60_000 }),
+      enrollLimiter: new RateLimiter(10, 60_000),
+    };
+    await fn({
+      ctx,
+      ca,
+      home,
+      async member(name) {
+        const { csr, key } = await makeCsr(name);
+        const { certificate } = await ca.sign(csr, name);
+        return { der: pemDecode(certificate.pem, "CERTIFICATE")!, key, serial: certificate.serial };
+      },
+      async invite(name) {
+        return (await ctx.invites.create(name, 60_000)).token;
+      },
+    });
+  });
+}
+
+interface CallOptions {
+  /** A JSON value to send as the body. */
+  json?: unknown;
+  /** A raw body instead (text). */
+  raw?: string | Uint8Array;
+  /** Default: application/json. */
+  contentType?: string;
+  /** The client certificate, DER. Default: none. */
+  peer?: Uint8Array | null;
+  /** Accept: application/json. Default: false. */
+  wantsJson?: boolean;
+  /** Default: 127.0.0.1. */
+  remoteAddress?: string;
+}
+
+interface Reply {
+  status: number;
+  type: string;
+  body: string;
+  user?: string;
+  headers: Record<string, string>;
+  // deno-lint-ignore no-explicit-any
+  json: any;
+}
+
+/** One request through handle(), and a refusal through errorReply(), as the service does. */
+async function call(
+  ctx: ApiContext,
+  method: string,
+  target: string,
+  options: CallOptions = {},
+): Promise<Reply> {
+  const url = new URL(target, "https://ca.invalid");
+  const bytes = options.raw === undefined
+    ? encoder.encode(options.json === undefined ? "" : JSON.stringify(options.json))
+    : typeof options.raw === "string"
+    ? encoder.encode(options.raw)
+    : options.raw;
+  const contentType = options.contentType ?? "application/json";
+  try {
+    const reply = await handle(ctx, {
+      method,
+      path: url.pathname,
+      query: url.searchParams,
+      remoteAddress: options.remoteAddress ?? "127.0.0.1",
+      peerDer: options.peer ?? null,
+      wantsJson: options.wantsJson ?? false,
+      json: () => Promise.resolve().then(() => parseJsonBody(contentType, bytes)),
+      signal: new AbortController().signal,
+    });
+    return {
+      ...reply,
+      headers: {},
+      json: reply.type === "application/json" ? JSON.parse(reply.body) : undefined,
+    };
+  } catch (e) {
+    assert.ok(e instanceof E2eError, `a refusal is an E2eError, not ${e}`);
+    const reply = errorReply(e);
+    return { ...reply, json: JSON.parse(reply.body) };
+  }
+}
+
+function assertError(
+  reply: Reply,
+  status: number,
+  code: ErrorCode,
+  message: string | RegExp,
+  what = "",
+): void {
+  assert.equal(reply.status, status, `${what}: ${reply.body}`);
+  assert.equal(reply.type, "application/json", what);
+  assert.deepEqual(Object.keys(reply.json), ["error"], what);
+  assert.deepEqual(Object.keys(reply.json.error), ["code", "message"], what);
+  assert.equal(reply.json.error.code, code, what);
+  if (typeof message === "string") assert.equal(reply.json.error.message, message, what);
+  else assert.match(reply.json.error.message, message, what);
+}
+
+function assertCertificateJson(value: Record<string, string>, name: string): void {
+  assert.deepEqual(Object.keys(value), [
+    "name",
+    "certificate",
+    "fingerprint",
+    "keyFingerprint",
+    "serial",
+    "notAfter",
+  ]);
+  assert.equal(value.name, name);
+  assert.equal(value.fingerprint, sha256Hex(pemDecode(value.certificate, "CERTIFICATE")!));
+  assert.match(value.keyFingerprint, /^[0-9a-f]{64}$/);
+  assert.match(value.serial, /^[0-9A-F]+$/);
+  assert.ok(Date.parse(value.notAfter) > Date.now());
+}
+
+// ---------------------------------------------------------------------------
+// Routes, methods and the error table
+
+Deno.test("handle() serves the CA certificate and the current CRL as PEM to anyone", async () => {
+  await withWorld(async ({ ctx, ca }) => {
+    const caReply = await call(ctx, "GET", "/v1/ca");
+    assert.equal(caReply.status, 200);
+    assert.equal(caReply.type, "application/x-pem-file");
+    assert.equal(caReply.body, ca.certificate.pem);
+    const crl = await call(ctx, "GET", "/v1/crl");
+    assert.equal(crl.status, 200);
+    assert.equal(crl.type, "application/x-pem-file");
+    assert.equal(crl.body, await Deno.readTextFile(ca.paths.crl));
+    assert.match(crl.body, /^-----BEGIN X509 CRL-----\n/);
+  });
+});
+
+Deno.test("handle() refuses a wrong method with 405 naming the allowed one, and an unknown route with 404", async () => {
+  await withWorld(async ({ ctx }) => {
+    const cases: Array<[string, string, number, ErrorCode, string]> = [
+      ["POST", "/v1/ca", 405, "ERR_METHOD_NOT_ALLOWED", "Method POST is not allowed here; use GET"],
+      ["PUT", "/v1/crl", 405, "ERR_METHOD_NOT_ALLOWED", "Method PUT is not allowed here; use GET"],
+      [
+        "GET",
+        "/v1/enroll",
+        405,
+        "ERR_METHOD_NOT_ALLOWED",
+        "Method GET is not allowed here; use POST",
+      ],
+      [
+        "GET",
+        "/v1/renew",
+        405,
+        "ERR_METHOD_NOT_ALLOWED",
+        "Method GET is not allowed here; use POST",
+      ],
+      [
+        "DELETE",
+        "/v1/rendezvous",
+        405,
+        "ERR_METHOD_NOT_ALLOWED",
+        "Method DELETE is not allowed here; use GET",
+      ],
+      [
+        "POST",
+        "/v1/certs/alice",
+        405,
+        "ERR_METHOD_NOT_ALLOWED",
+        "Method POST is not allowed here; use GET",
+      ],
+      ["GET", "/", 404, "ERR_NOT_FOUND", 'No route "/"'],
+      ["GET", "/v1/nope", 404, "ERR_NOT_FOUND", 'No route "/v1/nope"'],
+      ["GET", "/v1/certs/", 404, "ERR_NOT_FOUND", 'No route "/v1/certs/"'],
+      ["GET", "/v1/certs/alice/extra", 404, "ERR_NOT_FOUND", 'No route "/v1/certs/alice/extra"'],
+      ["GET", "/v1/ca/", 404, "ERR_NOT_FOUND", 'No route "/v1/ca/"'],
+      ["GET", "/V1/CA", 404, "ERR_NOT_FOUND", 'No route "/V1/CA"'],
+    ];
+    for (const [method, path, status, code, message] of cases) {
+      assertError(await call(ctx, method, path), status, code, message, `${method} ${path}`);
+    }
+  });
+});
+
+Deno.test("errorReply() gives every code the status of the docs/API.md error table", async () => {
+  const doc = await Deno.readTextFile(new URL("../docs/API.md", import.meta.url));
+  const rows = [...doc.matchAll(/^\|\s*(\d{3})\s*\|(.*)\|\s*$/gm)];
+  assert.ok(rows.length >= 10, "the error table is in docs/API.md");
+  let seen = 0;
+  for (const [, status, codes] of rows) {
+    for (const [code] of codes.matchAll(/ERR_[A-Z_]+/g)) {
+      const reply = errorReply(new E2eError(code as ErrorCode, "A message"));
+      assert.equal(reply.status, Number(status), code);
+      assert.equal(reply.code, code);
+      seen++;
+    }
+  }
+  assert.ok(seen >= 17, `only ${seen} codes in the table`);
+});
+
+Deno.test("errorReply() hides the message of a 500 and of anything that is not an E2eError", () => {
+  const cases: unknown[] = [
+    new Error("secret detail /home/x"),
+    "a string",
+    new E2eError("ERR_LOCK_TIMEOUT", "Timed out waiting for /home/x/.ca.lock"),
+    new E2eError("ERR_OPENSSL", "openssl failed", { detail: "stderr text" }),
+  ];
+  for (const e of cases) {
+    const reply = errorReply(e);
+    assert.equal(reply.status, 500);
+    assert.equal(
+      JSON.parse(reply.body).error.message,
+      "Internal error",
+    );
+    assert.ok(!reply.body.includes("/home/x") && !reply.body.includes("stderr"), reply.body);
+  }
+  assert.equal(JSON.parse(errorReply(new Error("x")).body).error.code, "ERR_INTERNAL");
+});
+
+Deno.test("errorReply() adds retry-after to a 429 and connection: close to a 413, and nothing else", () => {
+  assert.deepEqual(errorReply(new E2eError("ERR_RATE_LIMITED", "x")).headers, {
+    "retry-after": "60",
+  });
+  assert.deepEqual(errorReply(new E2eError("ERR_TOO_LARGE", "x")).headers, {
+    connection: "close",
+  });
+  assert.deepEqual(errorReply(new E2eError("ERR_NOT_FOUND", "x")).headers, {});
+});
+
+// ---------------------------------------------------------------------------
+// Bodies
+
+Deno.test("parseJsonBody() takes application/json up to 64 KiB, with parameters and in any case", () => {
+  const atLimit = `{"a":"${"x".repeat(MAX_BODY_BYTES - 8)}"}`;
+  assert.equal(encoder.encode(atLimit).length, MAX_BODY_BYTES);
+  for (const type of ["application/json", "application/json; charset=utf-8", "Application/JSON"]) {
+    assert.deepEqual(parseJsonBody(type, encoder.encode('{"to":"bob"}')), { to: "bob" }, type);
+  }
+  assert.equal(
+    (parseJsonBody("application/json", encoder.encode(atLimit)) as { a: string }).a.length,
+    MAX_BODY_BYTES - 8,
+  );
+});
+
+Deno.test("parseJsonBody() refuses another type (415), a body over 64 KiB (413) and text that is not UTF-8 JSON (400)", () => {
+  const refuse = (type: string | undefined, bytes: Uint8Array, code: ErrorCode, message: string) =>
+    assert.throws(() => parseJsonBody(type, bytes), (e) => {
+      assert.ok(e instanceof E2eError);
+      assert.equal(e.code, code);
+      assert.equal(e.message, message);
+      return true;
+    });
+  const json = encoder.encode("{}");
+  for (const type of [undefined, "", "text/plain", "application/x-www-form-urlencoded", "json"]) {
+    refuse(type, json, "ERR_UNSUPPORTED_MEDIA_TYPE", "The body must be application/json");
+  }
+  refuse(
+    "application/json",
+    new Uint8Array(MAX_BODY_BYTES + 1).fill(0x20),
+    "ERR_TOO_LARGE",
+    "The body is larger than 65536 bytes",
+  );
+  for (const bad of ["", "{", "{'a':1}", "nul", "[1,]"]) {
+    refuse(
+      "application/json",
+      encoder.encode(bad),
+      "ERR_BAD_REQUEST",
+      "The body is not valid JSON",
+    );
+  }
+  // A lone continuation byte inside a string: not UTF-8, so not JSON.
+  refuse(
+    "application/json",
+    Uint8Array.of(0x22, 0x80, 0x22),
+    "ERR_BAD_REQUEST",
+    "The body is not valid JSON",
+  );
+});
+
+Deno.test("checkBodyHeaders() refuses a declared length over 64 KiB before any byte is read", () => {
+  checkBodyHeaders("application/json", MAX_BODY_BYTES);
+  assert.throws(
+    () => checkBodyHeaders("application/json", MAX_BODY_BYTES + 1),
+    /larger than 65536/,
+  );
+  assert.throws(() => checkBodyHeaders("text/plain", 0), /must be application\/json/);
+});
+
+// ---------------------------------------------------------------------------
+// POST /v1/enroll
+
+Deno.test("POST /v1/enroll issues a certificate for the invited name and uses the token up", async () => {
+  await withWorld(async ({ ctx, invite }) => {
+    const token = await invite("alice");
+    const { csr } = await makeCsr("alice");
+    const reply = await call(ctx, "POST", "/v1/enroll", { json: { token, csr } });
+    assert.equal(reply.status, 200, reply.body);
+    assert.equal(reply.user, "alice");
+    assertCertificateJson(reply.json, "alice");
+    assert.ok(await ctx.ca.isCurrent(reply.json.serial));
+    const again = await call(ctx, "POST", "/v1/enroll", { json: { token, csr } });
+    assertError(again, 403, "ERR_TOKEN_INVALID", "Invalid, used or expired invite token");
+  });
+});
+
+Deno.test("POST /v1/enroll with a new invite replaces the name's certificate, revoking the old one", async () => {
+  await withWorld(async ({ ctx, invite, member }) => {
+    const old = await member("alice");
+    const { csr } = await makeCsr("alice");
+    const reply = await call(ctx, "POST", "/v1/enroll", {
+      json: { token: await invite("alice"), csr },
+    });
+    assert.equal(reply.status, 200, reply.body);
+    assert.notEqual(reply.json.serial, old.serial);
+    assert.equal(await ctx.ca.isCurrent(old.serial), false);
+  });
+});
+
+Deno.test("POST /v1/enroll refuses bad bodies, tokens and requests with a 4xx JSON error, changes nothing and keeps the token", async () => {
+  await withWorld(async ({ ctx, invite, home }) => {
+    const token = await invite("alice");
+    const [good, bob, weak] = await Promise.all([
+      makeCsr("alice"),
+      makeCsr("bob"),
+      makeCsr("alice", { keyType: "rsa-1024" }),
+    ]);
+    const before = await snapshot(`${home}/ca`);
+    const cases: Array<[string, CallOptions, number, ErrorCode, string | RegExp]> = [
+      ["no body", {}, 400, "ERR_BAD_REQUEST", "The body is not valid JSON"],
+      [
+        "cut JSON",
+        { raw: JSON.stringify({ token }).slice(0, -1) },
+        400,
+        "ERR_BAD_REQUEST",
+        "The body is not valid JSON",
+      ],
+      [
+        "an array",
+        { json: [token, good.csr] },
+        400,
+        "ERR_BAD_REQUEST",
+        "The body must be a JSON object",
+      ],
+      ["null", { json: null }, 400, "ERR_BAD_REQUEST", "The body must be a JSON object"],
+      ["a string", { json: "x" }, 400, "ERR_BAD_REQUEST", "The body must be a JSON object"],
+      [
+        "no csr",
+        { json: { token } },
+        400,
+        "ERR_BAD_REQUEST",
+        'Field "csr" must be a non-empty string',
+      ],
+      [
+        "an empty csr",
+        { json: { token, csr: "" } },
+        400,
+        "ERR_BAD_REQUEST",
+        'Field "csr" must be a non-empty string',
+      ],
+      [
+        "a numeric csr",
+        { json: { token, csr: 1 } },
+        400,
+        "ERR_BAD_REQUEST",
+        'Field "csr" must be a non-empty string',
+      ],
+      [
+        "text for a csr",
+        { json: { token, csr: "not a request" } },
+        400,
+        "ERR_CSR_INVALID",
+        /^Invalid certificate request: /,
+      ],
+      [
+        "a truncated DER request",
+        {
+          json: {
+            token,
+            csr: "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n",
+          },
+        },
+        400,
+        "ERR_CSR_INVALID",
+        /^Invalid certificate request: /,
+      ],
+      [
+        "no token",
+        { json: { csr: good.csr } },
+        403,
+        "ERR_TOKEN_INVALID",
+        "Invalid, used or expired invite token",
+      ],
+      [
+        "a numeric token",
+        { json: { token: 7, csr: good.csr } },
+        403,
+        "ERR_TOKEN_INVALID",
+        "Invalid, used or expired invite token",
+      ],
+      [
+        "a malformed token",
+        { json: { token: "abc", csr: good.csr } },
+        403,
+        "ERR_TOKEN_INVALID",
+        "Invalid, used or expired invite token",
+      ],
+      [
+        "an unknown token",
+        { json: { token: "A".repeat(43), csr: good.csr } },
+        403,
+        "ERR_TOKEN_INVALID",
+        "Invalid, used or expired invite token",
+      ],
+      [
+        "another name's request",
+        { json: { token, csr: bob.csr } },
+        400,
+        "ERR_CSR_NAME_MISMATCH",
+        /alice/,
+      ],
+      [
+        "a weak key",
+        { json: { token, csr: weak.csr } },
+        400,
+        "ERR_KEY_REJECTED",
+        /^Cannot sign request: an RSA key of 1024 bits is too weak/,
+      ],
+      [
+        "text/plain",
+        { json: { token, csr: good.csr }, contentType: "text/plain" },
+        415,
+        "ERR_UNSUPPORTED_MEDIA_TYPE",
+        "The body must be application/json",
+      ],
+      [
+        "a body over 64 KiB",
+        { json: { token, csr: good.csr, pad: "x".repeat(MAX_BODY_BYTES) } },
+        413,
+        "ERR_TOO_LARGE",
+        "The body is larger than 65536 bytes",
+      ],
+    ];
+    for (const [what, options, status, code, message] of cases) {
+      // Distinct addresses: these are not what the rate limit is about.
+      const reply = await call(ctx, "POST", "/v1/enroll", { ...options, remoteAddress: what });
+      assertError(reply, status, code, message, what);
+      assert.ok(!reply.body.includes(token), `${what}: the reply shows the token`);
+    }
+    assert.deepEqual(await snapshot(`${home}/ca`), before, "a refused request changed HOME/ca");
+    const accepted = await call(ctx, "POST", "/v1/enroll", { json: { token, csr: good.csr } });
+    assert.equal(accepted.status, 200, accepted.body);
+  });
+});
+
+Deno.test("POST /v1/enroll allows 10 attempts a minute from one address, then 429 with retry-after, before reading the body", async () => {
+  await withWorld(async ({ ctx }) => {
+    for (let i = 0; i < 10; i++) {
+      assertError(
+        await call(ctx, "POST", "/v1/enroll"),
+        400,
+        "ERR_BAD_REQUEST",
+        "The body is not valid JSON",
+      );
+    }
+    const limited = await call(ctx, "POST", "/v1/enroll", { raw: "x".repeat(MAX_BODY_BYTES + 1) });
+    assertError(limited, 429, "ERR_RATE_LIMITED", "Too many enrollment attempts from this address");
+    assert.equal(limited.headers["retry-after"], "60");
+    const other = await call(ctx, "POST", "/v1/enroll", { remoteAddress: "10.0.0.2" });
+    assertError(other, 400, "ERR_BAD_REQUEST", "The body is not valid JSON", "another address");
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Authentication (every auth route)
+
+const AUTH_ROUTES: Array<[string, string, unknown]> = [
+  ["GET", "/v1/certs/alice", undefined],
+  ["POST", "/v1/renew", { csr: "x" }],
+  ["POST", "/v1/rendezvous", { to: "alice", port: 4000 }],
+  ["GET", "/v1/rendezvous", undefined],
+];
+
+Deno.test("auth routes refuse no certificate, garbage and another CA's certificate with 401", async () => {
+  await withWorld(async ({ ctx, member }) => {
+    await member("alice");
+    const foreign = await withTempDir(async (other) => {
+      const ca2 = await CertificateAuthority.init(other, PASSPHRASE, { keyType: "ec-p256" });
+      const { certificate } = await ca2.sign((await makeCsr("alice")).csr, "alice");
+      return pemDecode(certificate.pem, "CERTIFICATE")!;
+    });
+    for (const [method, path, json] of AUTH_ROUTES) {
+      const what = `${method} ${path}`;
+      assertError(
+        await call(ctx, method, path, { json }),
+        401,
+        "ERR_UNAUTHENTICATED",
+        "This route needs a client certificate",
+        `${what}, no certificate`,
+      );
+      for (
+        const [kind, peer] of [["garbage", Uint8Array.of(0x30, 0x03, 1, 2, 3)], [
+          "another CA's",
+          foreign,
+        ]] as const
+      ) {
+        assertError(
+          await call(ctx, method, path, { json, peer }),
+          401,
+          "ERR_UNAUTHENTICATED",
+          "The client certificate was not accepted",
+          `${what}, ${kind}`,
+        );
+      }
+    }
+  });
+});
+
+Deno.test("auth routes refuse a revoked or superseded certificate with 403 at once", async () => {
+  await withWorld(async ({ ctx, ca, member }) => {
+    const alice = await member("alice");
+    const bob = await member("bob");
+    // Before: both are members.
+    assert.equal((await call(ctx, "GET", "/v1/certs/bob", { peer: alice.der })).status, 200);
+    await ca.revoke("alice");
+    const carolOld = await member("carol");
+    await ca.sign((await makeCsr("carol")).csr, "carol", { replace: true });
+    for (const [method, path, json] of AUTH_ROUTES) {
+      for (const [who, peer] of [["revoked", alice.der], ["superseded", carolOld.der]] as const) {
+        assertError(
+          await call(ctx, method, path, { json, peer }),
+          403,
+          "ERR_FORBIDDEN",
+          "The client certificate is revoked or superseded",
+          `${method} ${path}, ${who}`,
+        );
+      }
+    }
+    assert.equal((await call(ctx, "GET", "/v1/certs/carol", { peer: bob.der })).status, 200);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// GET /v1/certs/{name}
+
+Deno.test("GET /v1/certs/{name} returns the current certificate as PEM, or as JSON when asked", async () => {
+  await withWorld(async ({ ctx, ca, member }) => {
+    const alice = await member("alice");
+    await member("bob.smith_2");
+    const pemReply = await call(ctx, "GET", "/v1/certs/bob.smith_2", { peer: alice.der });
+    assert.equal(pemReply.status, 200);
+    assert.equal(pemReply.type, "application/x-pem-file");
+    assert.equal(pemReply.user, "alice");
+    assert.equal(pemReply.body, (await ca.current("bob.smith_2"))!.pem);
+    const jsonReply = await call(ctx, "GET", "/v1/certs/bob.smith_2", {
+      peer: alice.der,
+      wantsJson: true,
+    });
+    assert.equal(jsonReply.status, 200);
+    assertCertificateJson(jsonReply.json, "bob.smith_2");
+    // A percent-encoded name is decoded before it is checked.
+    const encoded = await call(ctx, "GET", "/v1/certs/%62ob.smith_2", { peer: alice.der });
+    assert.equal(encoded.body, pemReply.body);
+  });
+});
+
+Deno.test("GET /v1/certs/{name} refuses a name without a certificate (404), a revoked one (404) and a bad name (400)", async () => {
+  await withWorld(async ({ ctx, ca, member }) => {
+    const alice = await member("alice");
+    await member("bob");
+    await ca.revoke("bob");
+    const cases: Array<[string, number, ErrorCode, string | RegExp]> = [
+      ["carol", 404, "ERR_NOT_FOUND", 'No valid certificate for "carol" in the directory'],
+      ["bob", 404, "ERR_NOT_FOUND", 'No valid certificate for "bob" in the directory'],
+      ["Bob", 400, "ERR_NAME_INVALID", /Bob/],
+      ["a%20b", 400, "ERR_NAME_INVALID", /a b/],
+      ["a%2Fb", 400, "ERR_NAME_INVALID", /a\/b/],
+      ["%", 400, "ERR_NAME_INVALID", "Invalid name: not valid percent-encoding"],
+      ["%E0%A4%A", 400, "ERR_NAME_INVALID", "Invalid name: not valid percent-encoding"],
+      ["e2e-chat%20service", 400, "ERR_NAME_INVALID", /e2e-chat service/],
+    ];
+    for (const [segment, status, code, message] of cases) {
+      assertError(
+        await call(ctx, "GET", `/v1/certs/${segment}`, { peer: alice.der }),
+        status,
+        code,
+        message,
+        segment,
+      );
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------
+// POST /v1/renew
+
+Deno.test("POST /v1/renew issues a new certificate for the caller's key and supersedes the old one", async () => {
+  await withWorld(async ({ ctx, ca, member }) => {
+    const alice = await member("alice");
+    const { csr } = await makeCsr("alice", { keyPem: alice.key });
+    const reply = await call(ctx, "POST", "/v1/renew", { json: { csr }, peer: alice.der });
+    assert.equal(reply.status, 200, reply.body);
+    assert.equal(reply.user, "alice");
+    assertCertificateJson(reply.json, "alice");
+    assert.notEqual(reply.json.serial, alice.serial);
+    assert.equal((await ca.current("alice"))!.serial, reply.json.serial);
+    assert.equal(await ca.isCurrent(alice.serial), false);
+  });
+});
+
+Deno.test("POST /v1/renew refuses another key (409), another name (400) and a bad body (400)", async () => {
+  await withWorld(async ({ ctx, member }) => {
+    const alice = await member("alice");
+    const [otherKey, bob] = await Promise.all([makeCsr("alice"), makeCsr("bob")]);
+    const cases: Array<[string, CallOptions, number, ErrorCode, string | RegExp]> = [
+      ["another key", { json: { csr: otherKey.csr } }, 409, "ERR_NAME_TAKEN", /alice/],
+      ["another name", { json: { csr: bob.csr } }, 400, "ERR_CSR_NAME_MISMATCH", /bob|alice/],
+      ["no csr", { json: {} }, 400, "ERR_BAD_REQUEST", 'Field "csr" must be a non-empty string'],
+      ["bad JSON", { raw: "{" }, 400, "ERR_BAD_REQUEST", "The body is not valid JSON"],
+      [
+        "a form",
+        { raw: "csr=x", contentType: "application/x-www-form-urlencoded" },
+        415,
+        "ERR_UNSUPPORTED_MEDIA_TYPE",
+        "The body must be application/json",
+      ],
+    ];
+    for (const [what, options, status, code, message] of cases) {
+      assertError(
+        await call(ctx, "POST", "/v1/renew", { ...options, peer: alice.der }),
+        status,
+        code,
+        message,
+        what,
+      );
+    }
+    assert.ok(await ctx.ca.isCurrent(alice.serial), "a refused renewal kept the certificate");
+  });
+});
+
+// ---------------------------------------------------------------------------
+// /v1/rendezvous
+
+Deno.test("POST then GET /v1/rendezvous hands bob alice's offer with her certificate, and the cursor skips it after", async () => {
+  await withWorld(async ({ ctx, member }) => {
+    const alice = await member("alice");
+    const bob = await member("bob");
+    const offer = await call(ctx, "POST", "/v1/rendezvous", {
+      json: { to: "bob", port: 40123 },
+      peer: alice.der,
+      remoteAddress: "192.0.2.7",
+    });
+    assert.equal(offer.status, 200, offer.body);
+    assert.equal(offer.user, "alice");
+    assert.deepEqual(Object.keys(offer.json), ["id", "to", "expiresAt", "peer"]);
+    assert.equal(offer.json.to, "bob");
+    assertCertificateJson(offer.json.peer, "bob");
+
+    const got = await call(ctx, "GET", "/v1/rendezvous", { peer: bob.der });
+    assert.equal(got.status, 200, got.body);
+    assert.equal(got.user, "bob");
+    assert.equal(got.json.invitations.length, 1);
+    const [invitation] = got.json.invitations;
+    assert.deepEqual(
+      { id: invitation.id, from: invitation.from, host: invitation.host, port: invitation.port },
+      { id: offer.json.id, from: "alice", host: "192.0.2.7", port: 40123 },
+    );
+    assertCertificateJson(invitation.peer, "alice");
+    assert.equal(got.json.cursor, offer.json.id);
+
+    const later = await call(ctx, "GET", `/v1/rendezvous?after=${got.json.cursor}`, {
+      peer: bob.der,
+    });
+    assert.deepEqual(later.json, { invitations: [], cursor: got.json.cursor });
+    // Alice's own list is empty: the offer was to bob.
+    const own = await call(ctx, "GET", "/v1/rendezvous", { peer: alice.der });
+    assert.deepEqual(own.json, { invitations: [], cursor: 0 });
+  });
+});
+
+Deno.test("POST /v1/rendezvous takes an explicit host, and GET leaves out an offer from a user revoked since", async () => {
+  await withWorld(async ({ ctx, ca, member }) => {
+    const alice = await member("alice");
+    const bob = await member("bob");
+    const offer = await call(ctx, "POST", "/v1/rendezvous", {
+      json: { to: "bob", port: 1, host: "chat.example.org" },
+      peer: alice.der,
+    });
+    assert.equal(offer.status, 200, offer.body);
+    const got = await call(ctx, "GET", "/v1/rendezvous", { peer: bob.der });
+    assert.equal(got.json.invitations[0].host, "chat.example.org");
+    await ca.revoke("alice");
+    const after = await call(ctx, "GET", "/v1/rendezvous", { peer: bob.der });
+    assert.deepEqual(after.json.invitations, []);
+  });
+});
+
+Deno.test("POST /v1/rendezvous refuses a bad port, a bad host, oneself (400) and a name without a certificate (404)", async () => {
+  await withWorld(async ({ ctx, member }) => {
+    const alice = await member("alice");
+    await member("bob");
+    const port = 'Field "port" must be a whole number from 1 to 65535';
+    const host = 'Field "host" must be an IP address or a host name';
+    const cases: Array<[string, unknown, number, ErrorCode, string]> = [
+      ["no to", { port: 4000 }, 400, "ERR_BAD_REQUEST", 'Field "to" must be a non-empty string'],
+      [
+        "a numeric to",
+        { to: 5, port: 4000 },
+        400,
+        "ERR_BAD_REQUEST",
+        'Field "to" must be a non-empty string',
+      ],
+      [
+        "oneself",
+        { to: "alice", port: 4000 },
+        400,
+        "ERR_BAD_REQUEST",
+        "Cannot rendezvous with yourself",
+      ],
+      ["no port", { to: "bob" }, 400, "ERR_BAD_REQUEST", port],
+      ["port 0", { to: "bob", port: 0 }, 400, "ERR_BAD_REQUEST", port],
+      ["port 65536", { to: "bob", port: 65536 }, 400, "ERR_BAD_REQUEST", port],
+      ["port 1.5", { to: "bob", port: 1.5 }, 400, "ERR_BAD_REQUEST", port],
+      ['port "80"', { to: "bob", port: "80" }, 400, "ERR_BAD_REQUEST", port],
+      [
+        "an empty host",
+        { to: "bob", port: 80, host: "" },
+        400,
+        "ERR_BAD_REQUEST",
+        'Field "host" must be a non-empty string',
+      ],
+      ["a host with a space", { to: "bob", port: 80, host: "a b" }, 400, "ERR_BAD_REQUEST", host],
+      ["a host with a path", { to: "bob", port: 80, host: "a/b" }, 400, "ERR_BAD_REQUEST", host],
+      ["a host starting with -", { to: "bob", port: 80, host: "-a" }, 400, "ERR_BAD_REQUEST", host],
+      [
+        "a host of 254 characters",
+        { to: "bob", port: 80, host: "a".repeat(254) },
+        400,
+        "ERR_BAD_REQUEST",
+        host,
+      ],
+      ["a bad name", { to: "Bob", port: 80 }, 400, "ERR_NAME_INVALID", 'Invalid name "Bob"'],
+      [
+        "no certificate",
+        { to: "carol", port: 80 },
+        404,
+        "ERR_NOT_FOUND",
+        'No valid certificate for "carol" in the directory',
+      ],
+    ];
+    for (const [what, json, status, code, message] of cases) {
+      const reply = await call(ctx, "POST", "/v1/rendezvous", { json, peer: alice.der });
+      assertError(reply, status, code, message, what);
+    }
+    assert.deepEqual(ctx.rendezvous.pending("bob"), [], "a refused offer was recorded");
+  });
+});
+
+Deno.test("GET /v1/rendezvous refuses after and wait that are not whole numbers in range", async () => {
+  await withWorld(async ({ ctx, member }) => {
+    const alice = await member("alice");
+    const cases: Array<[string, string]> = [
+      ["wait=31", `Parameter "wait" must be a whole number up to ${MAX_WAIT_SECONDS}`],
+      ["wait=-1", `Parameter "wait" must be a whole number up to ${MAX_WAIT_SECONDS}`],
+      ["wait=1.5", `Parameter "wait" must be a whole number up to ${MAX_WAIT_SECONDS}`],
+      ["wait=", `Parameter "wait" must be a whole number up to ${MAX_WAIT_SECONDS}`],
+      ["after=x", `Parameter "after" must be a whole number up to ${Number.MAX_SAFE_INTEGER}`],
+      [
+        "after=99999999999999999",
+        `Parameter "after" must be a whole number up to ${Number.MAX_SAFE_INTEGER}`,
+      ],
+    ];
+    for (const [query, message] of cases) {
+      assertError(
+        await call(ctx, "GET", `/v1/rendezvous?${query}`, { peer: alice.der }),
+        400,
+        "ERR_BAD_REQUEST",
+        message,
+        query,
+      );
+    }
+    const ok = await call(ctx, "GET", `/v1/rendezvous?after=0&wait=0`, { peer: alice.der });
+    assert.equal(ok.status, 200);
+  });
+});

@@ -1,0 +1,107 @@
+/**
+ * The layout of a CA home: every path the CA's modules read or write, in one
+ * place (docs/CA.md describes the same tree). Nothing else joins file names
+ * onto the home.
+ *
+ * @module
+ */
+import { join } from "node:path";
+
+/**
+ * Paths of the CA under a home directory.
+ *
+ * @example
+ * ```ts
+ * import { CaPaths } from "./home.ts";
+ * const paths = new CaPaths("/tmp/home");
+ * console.log(paths.cert); // "/tmp/home/ca/ca.crt"
+ * console.log(paths.serviceInfo); // "/tmp/home/ca/service.json"
+ * ```
+ */
+export class CaPaths {
+  /** The home directory. */
+  readonly home: string;
+  /** HOME/ca, mode 0700. */
+  readonly dir: string;
+
+  /**
+   * The paths of the CA under `home`. `dir` is where the CA folder is: HOME/ca,
+   * except while `init` builds a new CA in a staging folder it then renames there.
+   */
+  constructor(home: string, dir: string = join(home, "ca")) {
+    this.home = home;
+    this.dir = dir;
+  }
+  /** The encrypted CA key (0600). */
+  get key(): string {
+    return join(this.dir, "ca.key");
+  }
+  /** The self-signed CA certificate. */
+  get cert(): string {
+    return join(this.dir, "ca.crt");
+  }
+  /** The openssl configuration. */
+  get config(): string {
+    return join(this.dir, "openssl.cnf");
+  }
+  /** openssl's index of issued certificates. */
+  get index(): string {
+    return join(this.dir, "index.txt");
+  }
+  /** openssl's index attributes (`unique_subject = no`). */
+  get indexAttr(): string {
+    return join(this.dir, "index.txt.attr");
+  }
+  /** The next CRL number (openssl's). */
+  get crlnumber(): string {
+    return join(this.dir, "crlnumber");
+  }
+  /** Issued certificates, one SERIAL.pem each. */
+  get certs(): string {
+    return join(this.dir, "certs");
+  }
+  /** The latest CRL, PEM. */
+  get crl(): string {
+    return join(this.dir, "crl.pem");
+  }
+  /** Scratch space for transactions. */
+  get tmp(): string {
+    return join(this.dir, "tmp");
+  }
+  /** Changes whenever index.txt is replaced (not when lines are appended). */
+  get generation(): string {
+    return join(this.dir, "index.gen");
+  }
+  /** The lock every writer takes; beside the CA dir so that init can take it too. */
+  get lock(): string {
+    return join(this.home, ".ca.lock");
+  }
+  /** Invites, as SHA-256 of each token (0600). */
+  get invites(): string {
+    return join(this.dir, "invites.json");
+  }
+  /** The lock of invites.json, apart from the CA lock so that invites never wait for openssl. */
+  get invitesLock(): string {
+    return join(this.home, ".invites.lock");
+  }
+  /** Where the running service listens (for `ca invite`); removed when it stops. */
+  get serviceInfo(): string {
+    return join(this.dir, "service.json");
+  }
+  /** The service's own key and certificate (0700). */
+  get serviceDir(): string {
+    return join(this.dir, "service");
+  }
+  /** The service's TLS key (0600). */
+  get serviceKey(): string {
+    return join(this.serviceDir, "key.pem");
+  }
+  /** The service's TLS certificate. */
+  get serviceCert(): string {
+    return join(this.serviceDir, "cert.pem");
+  }
+  /** The file of an issued certificate. */
+  certFile(serial: string): string {
+    return join(this.certs, `${serial}.pem`);
+  }
+}

@@ -1,0 +1,134 @@
+import assert from "node:assert/strict";
+import { E2eError } from "../lib/errors.ts";
+import {
+  checkService,
+  clientOptions,
+  connectTls,
+  peerCertificateDer,
+  trustAnchor,
+} from "../lib/tls.ts";
+import type { CertificateInfo } from "../lib/x509.ts";
+import { PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
+import { CertificateAuthority } from "./authority.ts";
+import { CaService, type ServeOptions } from "./service.ts";
+
+// The service in process, with real TLS on 127.0.0.1 and a port the kernel picks.
+// tests/ca_service_test.ts covers the `serve` process (signals, restarts, names, the API over TLS).
+
+async function withService(
+  fn: (service: CaService, ca: CertificateAuthority, logs: string[]) => Promise<void>,
+  options: ServeOptions = {},
+): Promise<void> {
+  await withTempDir(async (home) => {
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+    const logs: string[] = [];
+    const service = await CaService.start(ca, { port: 0, log: (l) => logs.push(l), ...options });
+    try {
+      await fn(service, ca, logs);
+    } finally {
+      await service.close();
+    }
+  });
+}
+
+/** The certificate the service presents to a client pinned to the CA, checked as clients check it. */
+async function presented(service: CaService, ca: CertificateAuthority): Promise<CertificateInfo> {
+  const anchor = trustAnchor(ca.certificate.pem);
+  const socket = await connectTls(
+    { ...clientOptions(anchor), host: "127.0.0.1", port: service.port },
+    10_000,
+  );
+  try {
+    return checkService(peerCertificateDer(socket), anchor);
+  } finally {
+    socket.destroy();
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  return await Deno.stat(path).then(() => true, () => false);
+}
+
+Deno.test("CaService.start() writes service.json with its URL, host, port and the CA fingerprint; close() removes it", async () => {
+  await withTempDir(async (home) => {
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+    const service = await CaService.start(ca, { port: 0, log: () => {} });
+    try {
+      assert.ok(service.port > 0);
+      assert.equal(service.url, `https://127.0.0.1:${service.port}`);
+      const info = JSON.parse(await Deno.readTextFile(ca.paths.serviceInfo));
+      assert.deepEqual(info, {
+        url: service.url,
+        host: "127.0.0.1",
+        port: service.port,
+        fingerprint: ca.certificate.fingerprint,
+      });
+    } finally {
+      await service.close();
+    }
+    assert.equal(await exists(ca.paths.serviceInfo), false, "service.json outlived the service");
+    // Closing twice is harmless, and leaves no file behind.
+    await service.close().catch((e) => assert.fail(`a second close() threw ${e}`));
+    assert.equal(await exists(ca.paths.serviceInfo), false);
+  });
+});
+
+Deno.test("CaService.start() presents a service certificate issued by the CA, kept in HOME/ca/service/ with a 0600 key", async () => {
+  await withService(async (service, ca) => {
+    const cert = await presented(service, ca);
+    assert.equal(cert.pem, await Deno.readTextFile(ca.paths.serviceCert));
+    assert.equal((await Deno.stat(ca.paths.serviceKey)).mode! & 0o777, 0o600);
+    assert.equal((await Deno.stat(ca.paths.serviceDir)).mode! & 0o777, 0o700);
+    assert.ok(await ca.isCurrent(cert.serial));
+    const san = cert.x509.subjectAltName ?? "";
+    assert.match(san, /DNS:localhost/);
+    assert.match(san, /IP Address:127\.0\.0\.1/);
+  });
+});
+
+Deno.test("the service renews a revoked service certificate in place: same port, new certificate for new connections, a log line", async () => {
+  await withService(async (service, ca, logs) => {
+    const first = await presented(service, ca);
+    await ca.revoke(first.serial, { reason: "superseded" });
+    const deadline = Date.now() + 20_000;
+    let next = first;
+    while (next.serial === first.serial) {
+      assert.ok(Date.now() < deadline, "the service certificate was not renewed within 20 s");
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      next = await presented(service, ca);
+    }
+    assert.ok(await ca.isCurrent(next.serial));
+    assert.equal(next.pem, await Deno.readTextFile(ca.paths.serviceCert));
+    assert.ok(logs.includes("e2e-chat-ca: renewed the service certificate"), logs.join("\n"));
+    // service.json still names the same running service.
+    const info = JSON.parse(await Deno.readTextFile(ca.paths.serviceInfo));
+    assert.equal(info.port, service.port);
+  }, { renewCheckMs: 200 });
+});
+
+Deno.test("the service keeps a current certificate between checks and logs nothing about it", async () => {
+  await withService(async (service, ca, logs) => {
+    const first = await presented(service, ca);
+    await new Promise((resolve) => setTimeout(resolve, 700));
+    assert.equal((await presented(service, ca)).serial, first.serial);
+    assert.ok(!logs.some((l) => l.includes("service certificate")), logs.join("\n"));
+  }, { renewCheckMs: 200 });
+});
+
+Deno.test("CaService.start() on a port in use fails with ERR_NETWORK and a hint, and leaves the running service's service.json alone", async () => {
+  await withService(async (service, ca) => {
+    await assert.rejects(
+      () => CaService.start(ca, { port: service.port, log: () => {} }),
+      (e) => {
+        assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
+        assert.equal(e.code, "ERR_NETWORK");
+        assert.equal(e.message, `Cannot listen on 127.0.0.1:${service.port}`);
+        assert.equal(e.hint, "is another service using that port? try --port 0");
+        return true;
+      },
+    );
+    // The running service's service.json is still there and still its own.
+    const info = JSON.parse(await Deno.readTextFile(ca.paths.serviceInfo));
+    assert.equal(info.port, service.port);
+  });
+});
