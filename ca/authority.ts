@@ -4,15 +4,17 @@
  *
  * @module
  */
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import { join } from "node:path";
+import type { NoteKey } from "../lib/checkpoint.ts";
 import { type CertificateRequest, parseCsr } from "../lib/csr.ts";
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDir, exists } from "../lib/fs.ts";
+import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
 import { generateKey, makeRequest } from "../lib/keys.ts";
 import { checkName } from "../lib/names.ts";
 import { openssl, OpensslError, PASSPHRASE_ARG } from "../lib/openssl.ts";
 import { pemDecode } from "../lib/pem.ts";
-import { type Credentials, SERVICE_CN } from "../lib/tls.ts";
+import { type Credentials, LOG_CN, SERVICE_CN } from "../lib/tls.ts";
 import {
   type CertificateInfo,
   normalizeSerialHex,
@@ -27,17 +29,20 @@ import {
   DEFAULT_CERT_DAYS,
   type KeyKind,
   leafExtensions,
+  logExtensions,
   OPENSSL_CNF,
   type RevokeReason,
   serviceExtensions,
 } from "./policy.ts";
 import { CaPaths } from "./home.ts";
+import { IssuanceLog, logOrigin } from "./log.ts";
 import {
   IndexCache,
   type IndexEntry,
   locked,
   parseIndex,
   readIndex,
+  type Transaction,
   transaction,
 } from "./store.ts";
 
@@ -133,6 +138,8 @@ export class CertificateAuthority {
   #index: IndexCache;
   #queue: SignJob[] = [];
   #draining = false;
+  #log?: IssuanceLog;
+  #logSigner?: NoteKey;
 
   private constructor(paths: CaPaths, certificate: CertificateInfo, passphrase?: string) {
     this.paths = paths;
@@ -316,7 +323,7 @@ export class CertificateAuthority {
   /** Revokes the valid certificate of a name, or a certificate by serial. Regenerates the CRL. */
   async revoke(nameOrSerial: string, options: RevokeOptions = {}): Promise<IndexEntry> {
     const passphrase = this.#requirePassphrase();
-    return await transaction(this.paths, async (tx) => {
+    return await this.#transaction(async (tx) => {
       const entries = await this.#index.entries();
       const serial = serialOf(nameOrSerial);
       const target = validFor(entries, nameOrSerial)[0] ??
@@ -348,7 +355,7 @@ export class CertificateAuthority {
   /** Generates a fresh CRL (PEM) listing every revoked serial, and stores it as crl.pem. */
   async crl(): Promise<string> {
     const passphrase = this.#requirePassphrase();
-    return await transaction(this.paths, async (tx) => {
+    return await this.#transaction(async (tx) => {
       const work = await tx.fullCopy();
       await this.#gencrl(work, passphrase);
       return await Deno.readTextFile(join(work, "crl.pem"));
@@ -397,6 +404,74 @@ export class CertificateAuthority {
     return entry?.status === "V" && entry.expires.getTime() > Date.now();
   }
 
+  /**
+   * The issuance log (ca/log.ts), made on first use: an Ed25519 key encrypted
+   * under the CA passphrase like ca.key, certified by the CA as "e2e-chat log",
+   * then every certificate of the database appended and a checkpoint signed.
+   * From then on every commit that issues appends to it (in any process).
+   */
+  async openLog(): Promise<IssuanceLog> {
+    const passphrase = this.#requirePassphrase();
+    if (!await exists(this.paths.logCert)) {
+      await ensurePrivateDir(this.paths.logDir);
+      if (!await exists(this.paths.logKey)) {
+        await generateKey(this.paths.logKey, "ed25519", { passphrase });
+      }
+      const csr = await makeRequest(this.paths.logKey, LOG_CN, { passphrase });
+      const { certificate } = await this.#issue(parseCsr(csr).der, {
+        subject: LOG_CN,
+        extensions: logExtensions(),
+        days: this.#maxDays(),
+        supersede: async () => {},
+      });
+      await writeFileAtomic(this.paths.logCert, certificate.pem, { mode: 0o644 });
+    }
+    await locked(this.paths, () => this.#syncLog());
+    return this.#log!;
+  }
+
+  /** The issuance log when it exists (read-only: no passphrase needed), else undefined. */
+  async readLog(): Promise<IssuanceLog | undefined> {
+    if (this.#log) {
+      await this.#log.refresh();
+      return this.#log;
+    }
+    if (!await exists(this.paths.logCert)) return undefined;
+    const key = new X509Certificate(await Deno.readTextFile(this.paths.logCert)).publicKey;
+    this.#log = await IssuanceLog.open(this.paths, {
+      name: logOrigin(this.certificate.fingerprint),
+      key,
+    });
+    return this.#log;
+  }
+
+  /** The committed database, oldest line first. */
+  async database(): Promise<IndexEntry[]> {
+    return await this.#index.entries();
+  }
+
+  // Every transaction that commits brings the log (where there is one) level with the database.
+  #transaction<T>(fn: (tx: Transaction) => Promise<T>): Promise<T> {
+    return transaction(this.paths, async (tx) => {
+      tx.afterCommit(() => this.#syncLog());
+      return await fn(tx);
+    });
+  }
+
+  async #syncLog(): Promise<void> {
+    const log = await this.readLog();
+    if (!log) return;
+    this.#logSigner ??= {
+      name: log.origin,
+      key: createPrivateKey({
+        key: await Deno.readTextFile(this.paths.logKey),
+        format: "pem",
+        passphrase: this.#requirePassphrase(),
+      }),
+    };
+    await log.sync(await this.#index.entries(), this.#logSigner);
+  }
+
   // Signings queue here. A lone request is signed at once; requests that arrive
   // while a batch runs form the next batch, whose openssl runs go in parallel
   // and whose results are committed together.
@@ -433,7 +508,7 @@ export class CertificateAuthority {
     // Every job is settled exactly once, whatever fails and wherever.
     const outcome = new Map<SignJob, { issued?: Issued; error?: unknown }>();
     try {
-      await transaction(this.paths, async (tx) => {
+      await this.#transaction(async (tx) => {
         const entries = await this.#index.entries();
         const signed = await Promise.all(batch.map(async (job) => {
           try {

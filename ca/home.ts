@@ -85,6 +85,26 @@ export class CaPaths {
     return join(this.home, ".invites.lock");
   }
   /** Where the running service listens (for `ca invite`); removed when it stops. */
+  /** The issuance log's folder (ca/log.ts), 0700. */
+  get logDir(): string {
+    return join(this.dir, "log");
+  }
+  /** The log's entries: each a 4-byte big-endian length and a certificate's DER. */
+  get logEntries(): string {
+    return join(this.logDir, "entries");
+  }
+  /** The latest signed checkpoint (C2SP signed note). */
+  get logCheckpoint(): string {
+    return join(this.logDir, "checkpoint");
+  }
+  /** The log's Ed25519 key, encrypted under the CA passphrase like ca.key, 0600. */
+  get logKey(): string {
+    return join(this.logDir, "log.key");
+  }
+  /** The log key's certificate, issued by the CA to "e2e-chat log". */
+  get logCert(): string {
+    return join(this.logDir, "log.crt");
+  }
   get serviceInfo(): string {
     return join(this.dir, "service.json");
   }

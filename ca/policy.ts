@@ -179,6 +179,24 @@ authorityKeyIdentifier = keyid:always
 `;
 }
 
+/**
+ * The extensions of the issuance log's key certificate: signs checkpoints only.
+ *
+ * @example
+ * ```ts
+ * import { logExtensions } from "./policy.ts";
+ * console.log(logExtensions());
+ * ```
+ */
+export function logExtensions(): string {
+  return `[ leaf ]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+`;
+}
+
 /** Whether `host` is an IPv4 or IPv6 address. */
 export function isIp(host: string): boolean {
   return /^\d{1,3}(\.\d{1,3}){3}$/.test(host) ||

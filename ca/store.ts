@@ -63,6 +63,7 @@ export class Transaction {
   #paths: CaPaths;
   #full = false;
   #signs: Array<{ dir: string; keep: boolean }> = [];
+  #afterCommit: Array<() => Promise<void>> = [];
 
   /** A transaction of the CA at `paths` working in `dir`. */
   constructor(paths: CaPaths, dir: string) {
@@ -80,6 +81,19 @@ export class Transaction {
       this.#full = true;
     }
     return this.dir;
+  }
+
+  /**
+   * Runs `fn` after the commit, still under the lock (the issuance log appends
+   * what the commit added there). Not run when the transaction fails.
+   */
+  afterCommit(fn: () => Promise<void>): void {
+    this.#afterCommit.push(fn);
+  }
+
+  /** The functions given to {@linkcode Transaction.afterCommit}. */
+  get committed(): ReadonlyArray<() => Promise<void>> {
+    return this.#afterCommit;
   }
 
   /** A new folder for one signing, with an empty index. */
@@ -170,6 +184,7 @@ export function transaction<T>(paths: CaPaths, fn: (tx: Transaction) => Promise<
     try {
       const result = await fn(tx);
       await tx.commit();
+      for (const after of tx.committed) await after();
       return result;
     } finally {
       await Deno.remove(tx.dir, { recursive: true }).catch(() => {});

@@ -46,7 +46,8 @@ export async function generateKey(
 }
 
 /**
- * Makes a certificate request (PEM) for `commonName` signed by the key at `keyPath`.
+ * Makes a certificate request (PEM) for `commonName` signed by the key at `keyPath`
+ * (encrypted under `options.passphrase`, if given; default: an unencrypted key).
  *
  * @example
  * ```ts
@@ -54,17 +55,22 @@ export async function generateKey(
  * const csr = await makeRequest("/tmp/key.pem", "alice");
  * ```
  */
-export async function makeRequest(keyPath: string, commonName: string): Promise<string> {
+export async function makeRequest(
+  keyPath: string,
+  commonName: string,
+  options: { passphrase?: string } = {},
+): Promise<string> {
   const { stdout } = await openssl([
     "req",
     "-new",
     "-key",
     keyPath,
+    ...(options.passphrase === undefined ? [] : ["-passin", PASSPHRASE_ARG]),
     "-subj",
     `/CN=${commonName.replace(/[\\/+=]/g, (c) => `\\${c}`)}`,
     "-config",
     "/dev/null",
-  ]);
+  ], { passphrase: options.passphrase });
   return new TextDecoder().decode(stdout);
 }
 

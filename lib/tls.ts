@@ -25,6 +25,9 @@ import { pemEncode } from "./pem.ts";
 /** The common name of the CA service's own certificate; it can never be a user name (it has spaces). */
 export const SERVICE_CN = "e2e-chat service";
 
+/** The subject of the issuance log's key certificate: a name no user can hold (a space). */
+export const LOG_CN = "e2e-chat log";
+
 /** The trust anchor: our CA certificate. */
 export interface TrustAnchor {
   /** The CA certificate, PEM. */
@@ -181,7 +184,9 @@ export function checkPeer(
 ): CertificateInfo {
   const info = verifiedByAnchor(der, anchor, expect.now);
   if (info.x509.ca) throw rejected("the peer presented a CA certificate");
-  if (info.commonName === SERVICE_CN) throw rejected("the peer presented the service certificate");
+  if (info.commonName === SERVICE_CN || info.commonName === LOG_CN) {
+    throw rejected("the peer presented a certificate of the CA service");
+  }
   const san = info.x509.subjectAltName ?? "";
   if (expect.name !== undefined) {
     if (info.commonName !== expect.name || !san.split(", ").includes(`DNS:${expect.name}`)) {
@@ -210,6 +215,40 @@ export function checkService(der: Uint8Array | null, anchor: TrustAnchor): Certi
   const info = verifiedByAnchor(der, anchor);
   if (info.commonName !== SERVICE_CN || info.x509.ca) {
     throw rejected("the server is not the e2e-chat CA service");
+  }
+  return info;
+}
+
+/**
+ * Checks the issuance log's key certificate: issued by our CA, valid now, named
+ * {@linkcode LOG_CN}, an Ed25519 key. Returns it parsed (its `x509.publicKey`
+ * verifies checkpoints); throws `ERR_LOG_INVALID`.
+ *
+ * @example
+ * ```ts
+ * import { checkLogKey, trustAnchor } from "./tls.ts";
+ * const anchor = trustAnchor(await Deno.readTextFile("ca.crt"));
+ * const log = checkLogKey(await Deno.readFile("log.der"), anchor);
+ * console.log(log.x509.publicKey.asymmetricKeyType); // "ed25519"
+ * ```
+ */
+export function checkLogKey(der: Uint8Array | null, anchor: TrustAnchor): CertificateInfo {
+  let info: CertificateInfo;
+  try {
+    info = verifiedByAnchor(der, anchor);
+  } catch (e) {
+    throw new E2eError("ERR_LOG_INVALID", "The log key certificate was rejected", {
+      cause: e,
+      detail: e instanceof E2eError ? e.detail : undefined,
+    });
+  }
+  if (
+    info.commonName !== LOG_CN || info.x509.ca ||
+    info.x509.publicKey.asymmetricKeyType !== "ed25519"
+  ) {
+    throw new E2eError("ERR_LOG_INVALID", "The log key certificate was rejected", {
+      detail: "not the CA's Ed25519 log key",
+    });
   }
   return info;
 }

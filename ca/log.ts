@@ -1,0 +1,368 @@
+/**
+ * The issuance log: every certificate in the CA's openssl database, in the
+ * order the database committed them, as the leaves of an RFC 6962 Merkle tree
+ * whose heads are C2SP checkpoints signed with the log's Ed25519 key. Clients
+ * accept a certificate only with a proof that it is in the tree, and check that
+ * the tree only grows — so a CA that issues a certificate it does not show
+ * everybody is caught by software (docs/TRANSPARENCY.md).
+ *
+ * Files (ca/home.ts): `log/entries` holds the leaves, each a 4-byte big-endian
+ * length and the certificate's DER, appended and never rewritten; `log/checkpoint`
+ * the latest signed tree head. The database is the source of truth: after every
+ * commit, still under the CA lock, {@linkcode IssuanceLog.sync} appends what the
+ * database has and the log lacks, then signs a checkpoint. A crash anywhere
+ * leaves at most a torn last record (cut off at the next sync, never published)
+ * or a checkpoint behind the entries (signed again at the next sync); neither
+ * can put a certificate in the log that the database does not hold.
+ *
+ * @module
+ */
+import { Buffer } from "node:buffer";
+import {
+  type Checkpoint,
+  type NoteKey,
+  openCheckpoint,
+  signCheckpoint,
+} from "../lib/checkpoint.ts";
+import { children, readDer, Tag } from "../lib/der.ts";
+import { E2eError } from "../lib/errors.ts";
+import { ensurePrivateDir, writeFileAtomic } from "../lib/fs.ts";
+import { type LogProofJson, logProofJson } from "../lib/log_proof.ts";
+import { type Hash, leafHash, MerkleTree } from "../lib/merkle.ts";
+import { pemDecode } from "../lib/pem.ts";
+import { normalizeSerialHex } from "../lib/x509.ts";
+import type { CaPaths } from "./home.ts";
+import type { IndexEntry } from "./store.ts";
+
+/** Most entries one `GET /v1/log/entries` returns. */
+export const MAX_ENTRIES_PAGE = 256;
+/** Largest certificate a log record may hold. */
+const MAX_RECORD_BYTES = 64 * 1024;
+
+/** The origin (and note key name) of the log of the CA whose certificate has this SHA-256. */
+export function logOrigin(caFingerprint: string): string {
+  return `e2e-chat/${caFingerprint}`;
+}
+
+/** What {@linkcode IssuanceLog.verify} found. */
+export interface LogReport {
+  /** Entries in the log. */
+  size: number;
+  /** Entries in the database. */
+  database: number;
+  /** The root recomputed from every entry, hex. */
+  root: string;
+  /** The size of the signed checkpoint. */
+  checkpointSize: number;
+  /** Every problem found; empty when the log is sound. */
+  problems: string[];
+}
+
+/** The issuance log of one CA, as read from its files. */
+export class IssuanceLog {
+  /** The log's origin line (also its note key name). */
+  readonly origin: string;
+  #paths: CaPaths;
+  #verifier: NoteKey;
+  #tree = new MerkleTree();
+  #offsets: number[] = [];
+  #serials: string[] = [];
+  #byLeaf = new Map<string, number>();
+  #loaded = 0; // bytes of whole records read so far
+  #reading?: Promise<void>;
+
+  private constructor(paths: CaPaths, origin: string, verifier: NoteKey) {
+    this.#paths = paths;
+    this.origin = origin;
+    this.#verifier = verifier;
+  }
+
+  /**
+   * Reads the log under `paths` (its entries, and its key from log.crt).
+   * Checkpoints are verified with `verifier` (the log key's public half).
+   *
+   * @example
+   * ```ts
+   * import { X509Certificate } from "node:crypto";
+   * import { CaPaths } from "./home.ts";
+   * import { IssuanceLog, logOrigin } from "./log.ts";
+   * const paths = new CaPaths("/tmp/home");
+   * const origin = logOrigin("4f…");
+   * const key = new X509Certificate(await Deno.readTextFile(paths.logCert)).publicKey;
+   * const log = await IssuanceLog.open(paths, { name: origin, key });
+   * console.log(log.size);
+   * ```
+   */
+  static async open(paths: CaPaths, verifier: NoteKey): Promise<IssuanceLog> {
+    const log = new IssuanceLog(paths, verifier.name, verifier);
+    await log.refresh();
+    return log;
+  }
+
+  /** Entries read so far. */
+  get size(): number {
+    return this.#tree.size;
+  }
+
+  /** Reads the records appended since the last read (by this process or another). */
+  refresh(): Promise<void> {
+    // One read at a time: two would append the same records twice.
+    this.#reading ??= this.#read().finally(() => (this.#reading = undefined));
+    return this.#reading;
+  }
+
+  /** The root of the first `size` entries. */
+  root(size: number = this.size): Hash {
+    return this.#tree.root(size);
+  }
+
+  /** The serial (normalized hex) of entry `index`. */
+  serial(index: number): string {
+    return this.#serials[index];
+  }
+
+  /** The latest signed checkpoint, as written, and read (after reading entries it covers). */
+  async checkpoint(): Promise<{ text: string; checkpoint: Checkpoint }> {
+    const text = await Deno.readTextFile(this.#paths.logCheckpoint);
+    const checkpoint = openCheckpoint(text, this.#verifier);
+    if (checkpoint.size > this.size) await this.refresh();
+    if (checkpoint.size > this.size) {
+      throw new E2eError("ERR_LOG_INVALID", "The checkpoint covers entries the log does not have");
+    }
+    return { text, checkpoint };
+  }
+
+  /** The inclusion proof of the certificate `der` against the latest checkpoint. */
+  async proofOf(der: Uint8Array): Promise<LogProofJson> {
+    const { text, checkpoint } = await this.checkpoint();
+    let index = this.#byLeaf.get(hex(leafHash(der)));
+    if (index === undefined || index >= checkpoint.size) {
+      await this.refresh();
+      index = this.#byLeaf.get(hex(leafHash(der)));
+    }
+    if (index === undefined || index >= checkpoint.size) {
+      throw new E2eError("ERR_NOT_FOUND", "That certificate is not in the issuance log yet");
+    }
+    return logProofJson(index, this.#tree.inclusionProof(index, checkpoint.size), text);
+  }
+
+  /** Inclusion path of entry `index` in the tree of `size` entries. */
+  inclusionProof(index: number, size: number): Hash[] {
+    return this.#tree.inclusionProof(index, size);
+  }
+
+  /** Consistency path from size `first` to size `second`. */
+  consistencyProof(first: number, second: number): Hash[] {
+    return this.#tree.consistencyProof(first, second);
+  }
+
+  /** The DER of entries `start` ≤ i < `end` (at most {@linkcode MAX_ENTRIES_PAGE}). */
+  async entries(start: number, end: number): Promise<Uint8Array[]> {
+    if (end - start > MAX_ENTRIES_PAGE) throw new RangeError("Too many entries at once");
+    if (start >= end) return [];
+    const from = this.#offsets[start];
+    const to = end < this.size ? this.#offsets[end] : this.#loaded;
+    using file = await Deno.open(this.#paths.logEntries, { read: true });
+    await file.seek(from, Deno.SeekMode.Start);
+    const bytes = await readExactly(file, to - from);
+    return splitRecords(bytes).records;
+  }
+
+  /**
+   * Brings the log level with the database — appends, in database order, every
+   * certificate it lacks — and signs a checkpoint of the result. Call it only
+   * under the CA lock. Throws `ERR_LOG_INVALID`, appending nothing, when the log
+   * holds what the database does not.
+   */
+  async sync(database: IndexEntry[], signer: NoteKey): Promise<void> {
+    await this.refresh();
+    await this.#cutTornTail();
+    for (let i = 0; i < this.size; i++) {
+      if (i >= database.length || normalizeSerialHex(database[i].serial) !== this.#serials[i]) {
+        throw new E2eError(
+          "ERR_LOG_INVALID",
+          `The issuance log and the database differ at entry ${i}`,
+          {
+            hint: "run `deno task ca log verify`",
+          },
+        );
+      }
+    }
+    const current = await Deno.readTextFile(this.#paths.logCheckpoint).then(
+      (text) => openCheckpoint(text, this.#verifier),
+      () => undefined,
+    );
+    // Never sign on top of entries that no longer hash to what was published.
+    if (
+      current && (current.size > this.size || hex(this.root(current.size)) !== hex(current.root))
+    ) {
+      throw new E2eError("ERR_LOG_INVALID", "The issuance log no longer matches its checkpoint", {
+        hint: "run `deno task ca log verify`",
+      });
+    }
+    const added: Uint8Array[] = [];
+    for (const entry of database.slice(this.size)) {
+      const der = pemDecode(
+        await Deno.readTextFile(this.#paths.certFile(entry.serial)),
+        "CERTIFICATE",
+      );
+      if (!der) throw new E2eError("ERR_LOG_INVALID", `Cannot read certificate ${entry.serial}`);
+      added.push(der);
+    }
+    if (added.length) {
+      await ensurePrivateDir(this.#paths.logDir);
+      using file = await Deno.open(this.#paths.logEntries, {
+        append: true,
+        create: true,
+        mode: 0o600,
+      });
+      const bytes = Buffer.concat(added.flatMap((der) => [lengthOf(der.length), der]));
+      let n = 0;
+      while (n < bytes.length) n += await file.write(bytes.subarray(n));
+      await file.sync();
+      await this.refresh();
+    }
+    if (current?.size !== this.size) {
+      const text = signCheckpoint(
+        { origin: this.origin, size: this.size, root: this.root() },
+        signer,
+      );
+      await writeFileAtomic(this.#paths.logCheckpoint, text, { mode: 0o644 });
+    }
+  }
+
+  /**
+   * Recomputes everything: every record reads, the tree of all entries has the
+   * signed checkpoint's root (at its size), and entry i is the certificate of
+   * the database's line i, byte for byte.
+   */
+  async verify(database: IndexEntry[]): Promise<LogReport> {
+    const problems: string[] = [];
+    const bytes = await Deno.readFile(this.#paths.logEntries).catch(() => new Uint8Array());
+    const { records, rest } = splitRecords(bytes);
+    if (rest) problems.push(`${rest} bytes of a torn last record (an append cut short)`);
+    const tree = new MerkleTree(records.map(leafHash));
+    let checkpointSize = 0;
+    try {
+      const checkpoint = openCheckpoint(
+        await Deno.readTextFile(this.#paths.logCheckpoint),
+        this.#verifier,
+      );
+      checkpointSize = checkpoint.size;
+      if (checkpoint.size > tree.size) {
+        problems.push(`the checkpoint has ${checkpoint.size} entries, the log only ${tree.size}`);
+      } else if (hex(tree.root(checkpoint.size)) !== hex(checkpoint.root)) {
+        problems.push(
+          `the entries do not hash to the checkpoint's root at size ${checkpoint.size}`,
+        );
+      }
+    } catch (e) {
+      problems.push(`the checkpoint: ${e instanceof Error ? e.message : e}`);
+    }
+    for (let i = 0; i < Math.max(records.length, database.length); i++) {
+      const entry = database[i];
+      if (i >= records.length) {
+        problems.push(`database entry ${i} (serial ${entry.serial}) is not in the log yet`);
+        continue;
+      }
+      if (!entry) {
+        problems.push(`log entry ${i} is not in the database`);
+        continue;
+      }
+      const der = await Deno.readTextFile(this.#paths.certFile(entry.serial)).then(
+        (pem) => pemDecode(pem, "CERTIFICATE"),
+        () => null,
+      );
+      if (!der || hex(der) !== hex(records[i])) {
+        problems.push(`log entry ${i} is not the database's certificate ${entry.serial}`);
+      }
+    }
+    return {
+      size: records.length,
+      database: database.length,
+      root: hex(tree.root()),
+      checkpointSize,
+      problems,
+    };
+  }
+
+  async #read(): Promise<void> {
+    let file: Deno.FsFile;
+    try {
+      file = await Deno.open(this.#paths.logEntries, { read: true });
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return;
+      throw e;
+    }
+    try {
+      const size = (await file.stat()).size;
+      if (size <= this.#loaded) return;
+      await file.seek(this.#loaded, Deno.SeekMode.Start);
+      const bytes = await readExactly(file, size - this.#loaded);
+      let offset = 0;
+      for (const der of splitRecords(bytes).records) {
+        const index = this.#tree.append(leafHash(der));
+        this.#offsets.push(this.#loaded + offset);
+        this.#serials.push(serialOf(der));
+        this.#byLeaf.set(hex(this.#tree.leaf(index)), index);
+        offset += 4 + der.length;
+      }
+      this.#loaded += offset;
+    } finally {
+      file.close();
+    }
+  }
+
+  // An append cut short by a crash: never covered by a checkpoint, so cut it off.
+  async #cutTornTail(): Promise<void> {
+    const size = await Deno.stat(this.#paths.logEntries).then((i) => i.size, () => 0);
+    if (size > this.#loaded) {
+      using file = await Deno.open(this.#paths.logEntries, { write: true });
+      await file.truncate(this.#loaded);
+      await file.sync();
+    }
+  }
+}
+
+function lengthOf(n: number): Uint8Array {
+  const out = new Uint8Array(4);
+  new DataView(out.buffer).setUint32(0, n);
+  return out;
+}
+
+/** The whole records in `bytes`, and how many bytes of a torn one follow them. */
+function splitRecords(bytes: Uint8Array): { records: Uint8Array[]; rest: number } {
+  const records: Uint8Array[] = [];
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let offset = 0;
+  while (offset + 4 <= bytes.length) {
+    const length = view.getUint32(offset);
+    if (length === 0 || length > MAX_RECORD_BYTES || offset + 4 + length > bytes.length) break;
+    records.push(bytes.slice(offset + 4, offset + 4 + length));
+    offset += 4 + length;
+  }
+  return { records, rest: bytes.length - offset };
+}
+
+// The serial of a certificate's DER: TBSCertificate's first INTEGER (after [0] version).
+function serialOf(der: Uint8Array): string {
+  const [tbs] = children(readDer(der), Tag.SEQUENCE);
+  const fields = children(tbs, Tag.SEQUENCE);
+  const serial = fields[0].tag === Tag.CONTEXT_0 ? fields[1] : fields[0];
+  return normalizeSerialHex(Buffer.from(serial.value).toString("hex"));
+}
+
+async function readExactly(file: Deno.FsFile, n: number): Promise<Uint8Array> {
+  const out = new Uint8Array(n);
+  let got = 0;
+  while (got < n) {
+    const read = await file.read(out.subarray(got));
+    if (read === null) break;
+    got += read;
+  }
+  return out.subarray(0, got);
+}
+
+function hex(bytes: Uint8Array): string {
+  return Buffer.from(bytes).toString("hex");
+}

@@ -1,0 +1,113 @@
+import assert from "node:assert/strict";
+import { X509Certificate } from "node:crypto";
+import { openCheckpoint } from "../lib/checkpoint.ts";
+import { E2eError } from "../lib/errors.ts";
+import { verifyLogProof } from "../lib/log_proof.ts";
+import { verifyConsistency } from "../lib/merkle.ts";
+import { pemDecode } from "../lib/pem.ts";
+import { checkLogKey, trustAnchor } from "../lib/tls.ts";
+import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
+import { CertificateAuthority } from "./authority.ts";
+import { logOrigin } from "./log.ts";
+
+async function withCa(fn: (ca: CertificateAuthority) => Promise<void>): Promise<void> {
+  await withTempDir(async (home) => {
+    await fn(await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" }));
+  });
+}
+
+async function issue(ca: CertificateAuthority, name: string): Promise<Uint8Array> {
+  const { certificate } = await ca.sign((await makeCsr(name)).csr, name);
+  return pemDecode(certificate.pem, "CERTIFICATE")!;
+}
+
+function logKeyOf(ca: CertificateAuthority) {
+  const pem = Deno.readTextFileSync(ca.paths.logCert);
+  const info = checkLogKey(pemDecode(pem, "CERTIFICATE"), trustAnchor(ca.certificate.pem));
+  return { name: logOrigin(ca.certificate.fingerprint), key: info.x509.publicKey };
+}
+
+Deno.test("openLog() back-fills every certificate of the database, then logs each new one", async () => {
+  await withCa(async (ca) => {
+    const alice = await issue(ca, "alice");
+    assert.equal(await ca.readLog(), undefined);
+    const log = await ca.openLog();
+    // alice, then the log key's own certificate.
+    assert.equal(log.size, 2);
+    const key = logKeyOf(ca);
+    const first = verifyLogProof(alice, await log.proofOf(alice), key);
+    assert.equal(first.size, 2);
+    const bob = await issue(ca, "bob");
+    const second = verifyLogProof(bob, await log.proofOf(bob), key);
+    assert.equal(second.size, 3);
+    assert.ok(verifyConsistency(2, 3, first.root, second.root, log.consistencyProof(2, 3)));
+    assert.deepEqual(
+      (await log.entries(0, 3)).map((der) => new X509Certificate(der).subject),
+      ["CN=alice", "CN=e2e-chat log", "CN=bob"],
+    );
+    const report = await log.verify(await ca.database());
+    assert.deepEqual(report.problems, []);
+    assert.equal(report.size, 3);
+  });
+});
+
+Deno.test("a second process (another CertificateAuthority) appends to the same log", async () => {
+  await withCa(async (ca) => {
+    const log = await ca.openLog();
+    const other = await CertificateAuthority.open(ca.paths.home, { passphrase: PASSPHRASE });
+    const carol = await issue(other, "carol");
+    await log.refresh();
+    verifyLogProof(carol, await log.proofOf(carol), logKeyOf(ca));
+    assert.equal(log.size, 2);
+  });
+});
+
+Deno.test("a torn last record is cut off at the next sync and was never in a checkpoint", async () => {
+  await withCa(async (ca) => {
+    const log = await ca.openLog();
+    await Deno.writeFile(ca.paths.logEntries, new Uint8Array([0, 0, 4, 0, 0x30, 0x82]), {
+      append: true,
+    });
+    const report = await log.verify(await ca.database());
+    assert.match(report.problems.join("\n"), /torn last record/);
+    const dave = await issue(ca, "dave");
+    verifyLogProof(dave, await log.proofOf(dave), logKeyOf(ca));
+    assert.deepEqual((await log.verify(await ca.database())).problems, []);
+  });
+});
+
+Deno.test("an edited log is found by verify(), and no process logs on top of it", async () => {
+  await withCa(async (ca) => {
+    await ca.openLog();
+    await issue(ca, "erin");
+    const bytes = await Deno.readFile(ca.paths.logEntries);
+    bytes[bytes.length - 10] ^= 1; // inside erin's signature
+    await Deno.writeFile(ca.paths.logEntries, bytes);
+    const fresh = await CertificateAuthority.open(ca.paths.home, { passphrase: PASSPHRASE });
+    const problems = (await (await fresh.readLog())!.verify(await ca.database())).problems;
+    assert.match(problems.join("\n"), /do not hash to the checkpoint's root/);
+    assert.match(problems.join("\n"), /log entry 1 is not the database's certificate/);
+    await assert.rejects(
+      issue(fresh, "frank"),
+      (e) => e instanceof E2eError && e.code === "ERR_LOG_INVALID",
+    );
+  });
+});
+
+Deno.test("the checkpoint is a C2SP signed note by the CA-certified log key", async () => {
+  await withCa(async (ca) => {
+    await ca.openLog();
+    const text = await Deno.readTextFile(ca.paths.logCheckpoint);
+    const checkpoint = openCheckpoint(text, logKeyOf(ca));
+    assert.equal(checkpoint.origin, `e2e-chat/${ca.certificate.fingerprint}`);
+    assert.equal(checkpoint.size, 1);
+    assert.throws(
+      () =>
+        checkLogKey(pemDecode(ca.certificate.pem, "CERTIFICATE"), trustAnchor(ca.certificate.pem)),
+      (e) => e instanceof E2eError && e.code === "ERR_LOG_INVALID",
+    );
+    const mode = (await Deno.stat(ca.paths.logKey)).mode! & 0o777;
+    assert.equal(mode, 0o600);
+    assert.match(await Deno.readTextFile(ca.paths.logKey), /BEGIN ENCRYPTED PRIVATE KEY/);
+  });
+});
