@@ -6,12 +6,15 @@
  *
  * @module
  */
+import { Buffer } from "node:buffer";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
+import { pemDecode } from "../lib/pem.ts";
 import { checkName } from "../lib/names.ts";
 import { checkPeer, type TrustAnchor } from "../lib/tls.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
 import type { CertificateAuthority } from "./authority.ts";
 import type { InviteStore } from "./invites.ts";
+import { type IssuanceLog, MAX_ENTRIES_PAGE } from "./log.ts";
 import { isIp } from "./policy.ts";
 import type { RateLimiter } from "./rate_limit.ts";
 import type { Rendezvous } from "./rendezvous.ts";
@@ -28,6 +31,8 @@ export interface ApiContext {
   rendezvous: Rendezvous;
   /** Enrollment attempts per address. */
   enrollLimiter: RateLimiter;
+  /** The issuance log. */
+  log: IssuanceLog;
 }
 
 /** A request, as the handlers see it. */
@@ -57,7 +62,7 @@ export interface ApiResponse {
   /** Body text. */
   body: string;
   /** Content type. */
-  type: "application/json" | "application/x-pem-file";
+  type: "application/json" | "application/x-pem-file" | "text/plain; charset=utf-8";
   /** Who the caller was (for the log), when known. */
   user?: string;
 }
@@ -186,6 +191,7 @@ export async function handle(ctx: ApiContext, req: ApiRequest): Promise<ApiRespo
     if (method === "POST") return await offer(ctx, req);
     return only(method, "GET") ?? await pending(ctx, req);
   }
+  if (path.startsWith("/v1/log/")) return only(method, "GET") ?? await logRoute(ctx, req);
   const m = /^\/v1\/certs\/([^/]+)$/.exec(path);
   if (m) return only(method, "GET") ?? await lookup(ctx, req, decodePathName(m[1]));
   throw new E2eError("ERR_NOT_FOUND", `No route ${JSON.stringify(path)}`);
@@ -231,7 +237,7 @@ async function enroll(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
     // The admin invited this name: a new key replaces a lost one.
     return { name, ...(await ctx.ca.sign(csr, name, { replace: true })) };
   });
-  return { ...json(200, certificateJson(issued.certificate)), user: issued.name };
+  return { ...json(200, await logged(ctx, issued.certificate)), user: issued.name };
 }
 
 async function renew(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
@@ -240,13 +246,13 @@ async function renew(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   // Renewal keeps the key: a stolen certificate must not be able to swap in the thief's key.
   // (A new key needs the admin: a new invite, or ca sign --replace.)
   const { certificate } = await ctx.ca.sign(text(body.csr, "csr"), user, { replace: false });
-  return { ...json(200, certificateJson(certificate)), user };
+  return { ...json(200, await logged(ctx, certificate)), user };
 }
 
 async function lookup(ctx: ApiContext, req: ApiRequest, name: string): Promise<ApiResponse> {
   const user = await authenticate(ctx, req);
   const certificate = await directory(ctx, name);
-  if (req.wantsJson) return { ...json(200, certificateJson(certificate)), user };
+  if (req.wantsJson) return { ...json(200, await logged(ctx, certificate)), user };
   return { ...pem(certificate.pem), user };
 }
 
@@ -270,7 +276,7 @@ async function offer(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
       id: invitation.id,
       to,
       expiresAt: invitation.expiresAt.toISOString(),
-      peer: certificateJson(certificate),
+      peer: await logged(ctx, certificate),
     }),
     user,
   };
@@ -291,7 +297,7 @@ async function pending(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
       host: i.host,
       port: i.port,
       expiresAt: i.expiresAt.toISOString(),
-      peer: certificateJson(certificate),
+      peer: await logged(ctx, certificate),
     });
   }
   const cursor = found.reduce((max, i) => Math.max(max, i.id), after);
@@ -327,6 +333,62 @@ async function directory(ctx: ApiContext, name: string): Promise<CertificateInfo
     throw new E2eError("ERR_NOT_FOUND", `No valid certificate for "${name}" in the directory`);
   }
   return certificate;
+}
+
+// GET /v1/log/…: the issuance log, for members (docs/API.md §log).
+async function logRoute(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
+  const user = await authenticate(ctx, req);
+  const q = (name: string) => wholeNumber(req.query.get(name) ?? "", name, Number.MAX_SAFE_INTEGER);
+  const { text: checkpointText, checkpoint } = await ctx.log.checkpoint();
+  const size = checkpoint.size;
+  const within = (value: number, field: string, min: number, max: number) => {
+    if (value < min || value > max) {
+      throw new E2eError(
+        "ERR_BAD_REQUEST",
+        `Parameter ${
+          JSON.stringify(field)
+        } must be from ${min} to ${max} (the log has ${size} entries)`,
+      );
+    }
+    return value;
+  };
+  switch (req.path) {
+    case "/v1/log/checkpoint":
+      return { status: 200, body: checkpointText, type: "text/plain; charset=utf-8", user };
+    case "/v1/log/key":
+      return { ...pem(await Deno.readTextFile(ctx.ca.paths.logCert)), user };
+    case "/v1/log/entries": {
+      const start = within(q("start"), "start", 0, size);
+      const end = Math.min(within(q("end"), "end", start, size), start + MAX_ENTRIES_PAGE);
+      const entries = (await ctx.log.entries(start, end)).map((der) =>
+        Buffer.from(der).toString("base64")
+      );
+      return { ...json(200, { entries }), user };
+    }
+    case "/v1/log/proof": {
+      const treeSize = within(q("size"), "size", 1, size);
+      const index = within(q("index"), "index", 0, treeSize - 1);
+      const hashes = ctx.log.inclusionProof(index, treeSize).map((h) =>
+        Buffer.from(h).toString("base64")
+      );
+      return { ...json(200, { index, size: treeSize, hashes }), user };
+    }
+    case "/v1/log/consistency": {
+      const second = within(q("second"), "second", 0, size);
+      const first = within(q("first"), "first", 0, second);
+      const hashes = ctx.log.consistencyProof(first, second).map((h) =>
+        Buffer.from(h).toString("base64")
+      );
+      return { ...json(200, { hashes }), user };
+    }
+  }
+  throw new E2eError("ERR_NOT_FOUND", `No route ${JSON.stringify(req.path)}`);
+}
+
+// A certificate as the API sends it, with its proof of being in the issuance log.
+async function logged(ctx: ApiContext, c: CertificateInfo) {
+  const der = pemDecode(c.pem, "CERTIFICATE")!;
+  return { ...certificateJson(c), log: await ctx.log.proofOf(der) };
 }
 
 function certificateJson(c: CertificateInfo) {

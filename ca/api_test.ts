@@ -1,4 +1,9 @@
 import assert from "node:assert/strict";
+import { X509Certificate } from "node:crypto";
+import { Buffer } from "node:buffer";
+import { openCheckpoint } from "../lib/checkpoint.ts";
+import { decodeHashes, verifyLogProof } from "../lib/log_proof.ts";
+import { leafHash, MerkleTree, verifyConsistency, verifyInclusion } from "../lib/merkle.ts";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { trustAnchor } from "../lib/tls.ts";
@@ -33,6 +38,8 @@ interface World {
   invite(name: string): Promise<string>;
 }
 
+let logKeyPem = "";
+
 async function withWorld(fn: (world: World) => Promise<void>): Promise<void> {
   await withTempDir(async (home) => {
     const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
@@ -42,7 +49,9 @@ async function withWorld(fn: (world: World) => Promise<void>): Promise<void> {
       invites: new InviteStore(ca.paths),
       rendezvous: new Rendezvous({ ttlMs: 60_000 }),
       enrollLimiter: new RateLimiter(10, 60_000),
+      log: await ca.openLog(),
     };
+    logKeyPem = await Deno.readTextFile(ca.paths.logCert);
     await fn({
       ctx,
       ca,
@@ -145,7 +154,14 @@ function assertCertificateJson(value: Record<string, string>, name: string): voi
     "keyFingerprint",
     "serial",
     "notAfter",
+    "log",
   ]);
+  // Proved in the issuance log: the proof verifies against the checkpoint it names.
+  const log = value.log as unknown as { index: number; hashes: string[]; checkpoint: string };
+  const origin = log.checkpoint.split("\n")[0];
+  const key = new X509Certificate(logKeyPem).publicKey;
+  const der = pemDecode(value.certificate, "CERTIFICATE")!;
+  verifyLogProof(der, log, { name: origin, key });
   assert.equal(value.name, name);
   assert.equal(value.fingerprint, sha256Hex(pemDecode(value.certificate, "CERTIFICATE")!));
   assert.match(value.keyFingerprint, /^[0-9a-f]{64}$/);
@@ -814,5 +830,97 @@ Deno.test("GET /v1/rendezvous refuses after and wait that are not whole numbers 
     }
     const ok = await call(ctx, "GET", `/v1/rendezvous?after=0&wait=0`, { peer: alice.der });
     assert.equal(ok.status, 200);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// The issuance log
+
+Deno.test("GET /v1/log/… serves the checkpoint, entries, inclusion and consistency proofs to members only", async () => {
+  await withWorld(async ({ ctx, member }) => {
+    const alice = await member("alice");
+    await member("bob");
+    const key = new X509Certificate(logKeyPem).publicKey;
+    for (const path of ["checkpoint", "key", "entries?start=0&end=1", "proof?index=0&size=1"]) {
+      assertError(
+        await call(ctx, "GET", `/v1/log/${path}`),
+        401,
+        "ERR_UNAUTHENTICATED",
+        /client certificate/,
+      );
+    }
+    const cp = await call(ctx, "GET", "/v1/log/checkpoint", { peer: alice.der });
+    assert.equal(cp.type, "text/plain; charset=utf-8");
+    const checkpoint = openCheckpoint(cp.body, { name: cp.body.split("\n")[0], key });
+    // The log key's certificate, alice and bob.
+    assert.equal(checkpoint.size, 3);
+    const keyReply = await call(ctx, "GET", "/v1/log/key", { peer: alice.der });
+    assert.equal(keyReply.body, logKeyPem);
+
+    const entries = await call(ctx, "GET", "/v1/log/entries?start=0&end=3", { peer: alice.der });
+    const ders = entries.json.entries.map((b: string) => new Uint8Array(Buffer.from(b, "base64")));
+    const tree = new MerkleTree(ders.map(leafHash));
+    assert.deepEqual(tree.root(), checkpoint.root);
+    assert.deepEqual(ders[1], alice.der);
+
+    const proof = await call(ctx, "GET", "/v1/log/proof?index=1&size=3", { peer: alice.der });
+    assert.deepEqual(Object.keys(proof.json), ["index", "size", "hashes"]);
+    assert.ok(
+      verifyInclusion(1, 3, leafHash(alice.der), decodeHashes(proof.json.hashes), checkpoint.root),
+    );
+    const cons = await call(ctx, "GET", "/v1/log/consistency?first=2&second=3", {
+      peer: alice.der,
+    });
+    assert.ok(verifyConsistency(2, 3, tree.root(2), tree.root(3), decodeHashes(cons.json.hashes)));
+
+    const bad: Array<[string, RegExp]> = [
+      ["entries?start=2&end=1", /"end" must be from 2 to 3/],
+      ["entries?start=4&end=5", /"start" must be from 0 to 3/],
+      ["entries?start=x&end=1", /"start" must be a whole number/],
+      ["proof?index=3&size=3", /"index" must be from 0 to 2/],
+      ["proof?index=0&size=4", /"size" must be from 1 to 3/],
+      ["consistency?first=3&second=2", /"first" must be from 0 to 2/],
+    ];
+    for (const [path, message] of bad) {
+      assertError(
+        await call(ctx, "GET", `/v1/log/${path}`, { peer: alice.der }),
+        400,
+        "ERR_BAD_REQUEST",
+        message,
+        path,
+      );
+    }
+    assertError(
+      await call(ctx, "GET", "/v1/log/nope", { peer: alice.der }),
+      404,
+      "ERR_NOT_FOUND",
+      /No route/,
+    );
+    assertError(
+      await call(ctx, "POST", "/v1/log/checkpoint"),
+      405,
+      "ERR_METHOD_NOT_ALLOWED",
+      /use GET/,
+    );
+  });
+});
+
+Deno.test("GET /v1/log/entries returns at most 256 entries at once", async () => {
+  await withWorld(async ({ ctx, member, ca }) => {
+    const alice = await member("alice");
+    // 260 more certificates (one key, many names), signed in batches as concurrent enrollments are.
+    const { key } = await makeCsr("many");
+    const names = Array.from({ length: 260 }, (_, i) => `many-${i}`);
+    for (let i = 0; i < names.length; i += 26) {
+      await Promise.all(
+        names.slice(i, i + 26).map(async (name) => {
+          await ca.sign((await makeCsr(name, { keyPem: key })).csr, name);
+        }),
+      );
+    }
+    const reply = await call(ctx, "GET", "/v1/log/entries?start=0&end=262", { peer: alice.der });
+    assert.equal(reply.json.entries.length, 256);
+    const rest = await call(ctx, "GET", "/v1/log/entries?start=256&end=262", { peer: alice.der });
+    assert.equal(rest.json.entries.length, 6);
   });
 });

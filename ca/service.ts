@@ -102,6 +102,8 @@ export class CaService {
       invites,
       rendezvous: new Rendezvous({ ttlMs: options.rendezvousTtlMs }),
       enrollLimiter: new RateLimiter(options.enrollPerMinute ?? 10, 60_000),
+      // Made on the first start (an existing CA's certificates are back-filled), then appended to.
+      log: await ca.openLog(),
     };
     let own = await serviceCredentials(ca, names);
     const idle = options.idleTimeoutMs ?? 15_000;
