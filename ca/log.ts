@@ -39,10 +39,8 @@ export const MAX_ENTRIES_PAGE = 256;
 /** Largest certificate a log record may hold. */
 const MAX_RECORD_BYTES = 64 * 1024;
 
-/** The origin (and note key name) of the log of the CA whose certificate has this SHA-256. */
-export function logOrigin(caFingerprint: string): string {
-  return `e2e-chat/${caFingerprint}`;
-}
+// The origin line is the CA's fingerprint: one module owns that, lib/log_proof.ts.
+export { logOrigin } from "../lib/log_proof.ts";
 
 /** What {@linkcode IssuanceLog.verify} found. */
 export interface LogReport {

@@ -28,6 +28,9 @@ import { checkName } from "../lib/names.ts";
 import { InviteStore, parseDuration } from "./invites.ts";
 import { CaService, DEFAULT_PORT } from "./service.ts";
 import { CaPaths } from "./home.ts";
+import { Buffer } from "node:buffer";
+import { pemEncode } from "../lib/pem.ts";
+import { parseCertificate } from "../lib/x509.ts";
 
 const USAGE = `Usage: deno task ca [command] [options]
 
@@ -45,6 +48,10 @@ Commands:
           Revoke a certificate and publish a new CRL.
   crl     Print a fresh CRL (PEM).
   list    [--json]  Every issued certificate with its status.
+  log     [verify] [--entries N] [--json]
+          The issuance log: its size, root and latest entries; "verify"
+          recomputes the tree, checks the signed checkpoint and cross-checks
+          every entry with the openssl database (exit 1 on any problem).
 
 Options for every command:
   --home DIR               State folder (default: $E2E_CHAT_HOME, else ~/.e2e-chat)
@@ -65,7 +72,7 @@ function main(args: string[]): Promise<number> {
   return dispatch(args, {
     program: "ca",
     usage: USAGE,
-    commands: { init, serve, invite, sign, revoke, crl, list },
+    commands: { init, serve, invite, sign, revoke, crl, list, log },
     fallback: serve,
   });
 }
@@ -273,6 +280,68 @@ async function list(args: string[]): Promise<number> {
   await out(
     table.map((row) => row.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd()).join("\n") +
       "\n",
+  );
+  return 0;
+}
+
+async function log(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, {
+    ...COMMON,
+    json: { type: "boolean" },
+    entries: { type: "string" },
+  });
+  if (values.help) return await help();
+  if (positionals.length > 1 || (positionals[0] ?? "verify") !== "verify") {
+    throw new E2eError("ERR_USAGE", "log takes no argument, or verify");
+  }
+  // Reading the log needs no passphrase: it never touches a key.
+  const ca = await CertificateAuthority.open(resolveHome(values.home));
+  const issuance = await ca.readLog();
+  if (!issuance) {
+    throw new E2eError("ERR_NOT_FOUND", "This CA has no issuance log yet", {
+      hint: "the CA service makes it when it first starts: deno task ca serve",
+    });
+  }
+  if (positionals[0] === "verify") {
+    const report = await issuance.verify(await ca.database());
+    if (values.json) await out(JSON.stringify(report) + "\n");
+    else {
+      await out(
+        `${report.size} entries, ${report.database} certificates in the database, ` +
+          `checkpoint at ${report.checkpointSize}\nroot ${report.root}\n` +
+          (report.problems.length
+            ? report.problems.map((p) => `PROBLEM: ${p}\n`).join("")
+            : "OK: every entry is the database's certificate and the checkpoint matches\n"),
+      );
+    }
+    return report.problems.length ? 1 : 0;
+  }
+  const { checkpoint } = await issuance.checkpoint();
+  const count = Math.min(intOption(values.entries, "--entries") ?? 10, checkpoint.size);
+  const latest = await issuance.entries(checkpoint.size - count, checkpoint.size);
+  const rows = latest.map((der, i) => {
+    const info = parseCertificate(pemEncode(der, "CERTIFICATE"));
+    return {
+      index: checkpoint.size - count + i,
+      name: info.commonName,
+      serial: info.serial,
+      fingerprint: info.fingerprint,
+    };
+  });
+  const root = Buffer.from(checkpoint.root).toString("hex");
+  if (values.json) {
+    await out(
+      JSON.stringify({ origin: issuance.origin, size: checkpoint.size, root, latest: rows }) + "\n",
+    );
+    return 0;
+  }
+  await out(
+    `${issuance.origin}\n${checkpoint.size} entries, root ${root}\n` +
+      rows.map((r) =>
+        `${String(r.index).padStart(6)}  ${r.name.padEnd(20)} ${r.serial}  ${r.fingerprint}`
+      )
+        .join("\n") +
+      (rows.length ? "\n" : ""),
   );
   return 0;
 }

@@ -20,6 +20,7 @@ import {
 } from "../lib/tls.ts";
 import { sha256Hex } from "../lib/x509.ts";
 import { pemDecode } from "../lib/pem.ts";
+import type { LogProofJson } from "../lib/log_proof.ts";
 
 /** A certificate as the API returns it. */
 export interface CertificateReply {
@@ -29,6 +30,8 @@ export interface CertificateReply {
   keyFingerprint: string;
   serial: string;
   notAfter: string;
+  /** Its inclusion proof in the CA's issuance log (lib/log_proof.ts). */
+  log?: LogProofJson;
 }
 
 /** An invitation to talk, as the API returns it. */
@@ -126,7 +129,38 @@ export class CaClient {
 
   /** GET /v1/crl (PEM) */
   async crl(): Promise<string> {
-    const reply = await call(new URL("/v1/crl", this.#base), { method: "GET" }, this.#tls());
+    return await this.#text("/v1/crl");
+  }
+
+  /** GET /v1/log/key: the log key's certificate (PEM) */
+  async logKey(): Promise<string> {
+    return await this.#text("/v1/log/key");
+  }
+
+  /** GET /v1/log/checkpoint: the latest signed checkpoint */
+  async checkpoint(): Promise<string> {
+    return await this.#text("/v1/log/checkpoint");
+  }
+
+  /** GET /v1/log/entries: certificates (base64 DER) start ≤ i < end, possibly fewer */
+  async logEntries(start: number, end: number): Promise<string[]> {
+    const reply = await this.#json("GET", `/v1/log/entries?start=${start}&end=${end}`) as {
+      entries?: unknown;
+    };
+    if (!Array.isArray(reply?.entries) || !reply.entries.every((e) => typeof e === "string")) {
+      throw new E2eError("ERR_LOG_INVALID", "The CA sent log entries that are not a list");
+    }
+    return reply.entries;
+  }
+
+  /** GET /v1/log/consistency: the proof (base64 hashes) from size first to second */
+  async consistency(first: number, second: number): Promise<unknown> {
+    const reply = await this.#json("GET", `/v1/log/consistency?first=${first}&second=${second}`);
+    return (reply as { hashes?: unknown })?.hashes;
+  }
+
+  async #text(path: string): Promise<string> {
+    const reply = await call(new URL(path, this.#base), { method: "GET" }, this.#tls());
     if (reply.status !== 200) throw apiError(reply);
     return reply.body;
   }

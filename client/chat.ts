@@ -30,6 +30,7 @@ import type { Identity } from "./identity.ts";
 import { Invitations } from "./invitations.ts";
 import { PeerConnection, type PeerEvents } from "./peer.ts";
 import { Revocation } from "./revocation.ts";
+import { LogMonitor } from "./transparency.ts";
 import { type KeyState, safetyNumber, TrustStore } from "./trust.ts";
 
 /** Options of {@linkcode Chat.start}. */
@@ -48,6 +49,8 @@ export interface ChatOptions {
 export type ChatListener = (event: CoreEvent) => void;
 
 const HANDSHAKE_TIMEOUT_MS = 10_000;
+/** How often the chat reads new entries of the CA's issuance log, looking for our name. */
+export const LOG_WATCH_MS = 5 * 60_000;
 
 interface Connected {
   conn: PeerConnection;
@@ -64,18 +67,21 @@ export class Chat {
   #server: tls.Server;
   #listen = "";
   #listeners = new Set<ChatListener>();
-  #invited = new Map<string, { keyFingerprint: string; expires: number }>();
+  #invited = new Map<string, { keyFingerprint: string; fingerprint: string; expires: number }>();
   #inviting = new Map<string, Promise<void>>();
   #invitations: Invitations;
   #revocation: Revocation;
   #peers = new Map<string, Connected>();
   #history: History;
+  #log: LogMonitor;
+  #watchTimer?: ReturnType<typeof setInterval>;
 
-  private constructor(id: Identity, options: ChatOptions, trust: TrustStore) {
+  private constructor(id: Identity, options: ChatOptions, trust: TrustStore, log: LogMonitor) {
     this.#id = id;
     this.#ca = id.client();
     this.#downloads = options.downloads ?? id.home.downloads;
     this.#trust = trust;
+    this.#log = log;
     if (options.onEvent) this.#listeners.add(options.onEvent);
     this.#server = tls.createServer(
       serverOptions(id.credentials, id.anchor, {
@@ -115,7 +121,13 @@ export class Chat {
    * ```
    */
   static async start(id: Identity, options: ChatOptions = {}): Promise<Chat> {
-    const chat = new Chat(id, options, await TrustStore.load(id.home.root));
+    let emit: (alarm: { message: string; serial?: string; fingerprint?: string }) => void =
+      () => {};
+    const log = await LogMonitor.open(id.home.logState, id.anchor, id.client(), {
+      onAlarm: (alarm) => emit(alarm),
+    });
+    const chat = new Chat(id, options, await TrustStore.load(id.home.root), log);
+    emit = (alarm) => chat.#emit({ type: "log_alarm", ...alarm });
     await removeStalePartials(chat.#downloads);
     await chat.#revocation.refresh();
     await chat.#listenOn(options.listenHost ?? "127.0.0.1", options.listenPort ?? 0);
@@ -127,6 +139,10 @@ export class Chat {
       listen: chat.#listen,
       fingerprint: id.certificate.fingerprint,
     });
+    // Standing alarms are shown again at every start: nobody can miss them.
+    for (const alarm of log.alarms) emit(alarm);
+    chat.#watchLog();
+    chat.#watchTimer = setInterval(() => chat.#watchLog(), LOG_WATCH_MS);
     return chat;
   }
 
@@ -164,6 +180,7 @@ export class Chat {
   async invite(name: string): Promise<{ fingerprint: string }> {
     checkName(name);
     if (name === this.#id.name) throw new E2eError("ERR_USAGE", "You cannot chat with yourself");
+    this.#log.requireNoAlarm();
     const host = this.#listen.slice(0, this.#listen.lastIndexOf(":"));
     const port = Number(this.#listen.slice(this.#listen.lastIndexOf(":") + 1));
     // A fast peer may connect before the CA's reply reaches us: the listener waits for it.
@@ -172,10 +189,11 @@ export class Chat {
       port,
       host === "0.0.0.0" || host === "::" ? undefined : host,
     )
-      .then((reply) => {
-        const cert = this.#checkDirectory(reply.peer, name);
+      .then(async (reply) => {
+        const cert = await this.#checkDirectory(reply.peer, name);
         this.#invited.set(name, {
           keyFingerprint: cert.keyFingerprint,
+          fingerprint: cert.fingerprint,
           expires: Date.parse(reply.expiresAt),
         });
         return cert;
@@ -197,13 +215,14 @@ export class Chat {
    */
   async accept(name: string): Promise<PeerSummary> {
     checkName(name);
+    this.#log.requireNoAlarm();
     const invitation = await this.#invitations.find(name);
     if (!invitation) {
       throw new E2eError("ERR_NOT_FOUND", `No invitation from "${name}"`, {
         hint: `ask them to invite "${this.#id.name}"`,
       });
     }
-    const expected = this.#checkDirectory(invitation.peer, name);
+    const expected = await this.#checkDirectory(invitation.peer, name);
     await this.#revocation.ensureFresh();
     const options = clientOptions(this.#id.anchor, {
       own: this.#id.credentials,
@@ -230,6 +249,7 @@ export class Chat {
         throw new E2eError("ERR_PEER_REJECTED", "The peer does not speak e2e-chat/1");
       }
       cert = this.#checkPeerSocket(socket, name, expected.keyFingerprint);
+      await this.#requireLogged(cert, expected.fingerprint);
     } catch (e) {
       socket.destroy();
       throw e;
@@ -366,6 +386,7 @@ export class Chat {
 
   /** Closes every connection, the listener, the CRL refresh and the CA poll. */
   async stop(): Promise<void> {
+    clearInterval(this.#watchTimer);
     this.#invitations.stop();
     this.#revocation.stop();
     for (const { conn } of this.#peers.values()) conn.close("we quit");
@@ -402,6 +423,7 @@ export class Chat {
     try {
       // As before an outgoing connection: a CRL over a minute old is fetched again first.
       await this.#revocation.ensureFresh();
+      this.#log.requireNoAlarm();
       if (socket.alpnProtocol !== ALPN) {
         throw new E2eError("ERR_PEER_REJECTED", "no ALPN e2e-chat/1");
       }
@@ -415,6 +437,7 @@ export class Chat {
         throw new E2eError("ERR_PEER_REJECTED", `not invited: ${name}`);
       }
       cert = this.#checkPeerSocket(socket, name, invited.keyFingerprint);
+      await this.#requireLogged(cert, invited.fingerprint);
     } catch {
       // Refused: nothing they sent is read or shown.
       socket.destroy();
@@ -433,13 +456,43 @@ export class Chat {
     });
   }
 
-  #checkDirectory(reply: CertificateReply, name: string): CertificateInfo {
+  // The directory's certificate for `name`: ours, that name, not revoked, and in the issuance log.
+  async #checkDirectory(reply: CertificateReply, name: string): Promise<CertificateInfo> {
     const der = typeof reply?.certificate === "string"
       ? pemDecode(reply.certificate, "CERTIFICATE")
       : null;
-    return checkPeer(der, this.#id.anchor, {
+    const cert = checkPeer(der, this.#id.anchor, {
       name,
       isRevoked: (s) => this.#revocation.isRevoked(s),
+    });
+    await this.#log.checkCertificate(der!, reply.log);
+    return cert;
+  }
+
+  // The certificate a peer presents must be in the log too: the one the directory proved, or
+  // (after a renewal) the directory's current one, proved again.
+  async #requireLogged(cert: CertificateInfo, proved: string): Promise<void> {
+    if (cert.fingerprint === proved) return;
+    const current = await this.#checkDirectory(
+      await this.#ca.lookup(cert.commonName),
+      cert.commonName,
+    );
+    if (current.fingerprint !== cert.fingerprint) {
+      throw new E2eError(
+        "ERR_PEER_REJECTED",
+        "The peer's certificate is not in the CA's issuance log",
+      );
+    }
+  }
+
+  // New entries of the log, looking for certificates for our name that are not ours.
+  #watchLog(): void {
+    this.#log.watch(this.#id.name, this.#id.certificate.keyFingerprint).catch((e) => {
+      if (e instanceof E2eError && e.code === "ERR_LOG_ALARM") return; // reported as log_alarm
+      this.#emit({
+        type: "warning",
+        message: `Cannot check the CA's issuance log: ${e instanceof Error ? e.message : e}`,
+      });
     });
   }
 
@@ -449,6 +502,7 @@ export class Chat {
     const conn = new PeerConnection(socket, name, cert, {
       downloads: this.#downloads,
       events: this.#peerEvents(),
+      checkpoint: this.#log.latest,
     });
     const blocked = trust === "changed";
     conn.quarantined = blocked;
@@ -507,6 +561,18 @@ export class Chat {
           message: `Held back a message from "${p.name}": its key changed. ` +
             `Compare the safety number, then trust the new key to hear from them.`,
         }),
+      // A CA showing this peer another log than ours is caught here (log_alarm).
+      checkpoint: (p, text) => {
+        this.#log.observe(text, undefined, `"${p.name}"`).catch((e) => {
+          if (e instanceof E2eError && e.code === "ERR_LOG_ALARM") return;
+          this.#emit({
+            type: "warning",
+            message: `"${p.name}" sent a checkpoint that was not checked: ${
+              e instanceof Error ? e.message : e
+            }`,
+          });
+        });
+      },
       closed: (p, reason) => {
         if (this.#peers.get(p.name)?.conn === p) this.#peers.delete(p.name);
         this.#emit({ type: "disconnected", peer: p.name, reason });

@@ -54,7 +54,8 @@ export type CoreEvent =
     direction: "in" | "out";
   }
   | { type: "disconnected"; peer: string; reason: string }
-  | { type: "warning"; message: string };
+  | { type: "warning"; message: string }
+  | { type: "log_alarm"; message: string; serial?: string; fingerprint?: string };
 
 /** What a face adds: answers to commands, errors, and leaving. */
 export type FaceEvent =

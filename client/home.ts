@@ -11,6 +11,7 @@
  *     ca.crt                  the pinned CA certificate
  *     identity.json           name, CA URL, CA fingerprint, key type
  *   peers.json          0600  trust on first use (client/trust.ts)
+ *   log.json            0600  the issuance log as we last saw it (client/transparency.ts)
  *   downloads/          0700  received files (client/files.ts)
  *   history/            0700  conversations (client/history.ts)
  * ```
@@ -77,6 +78,10 @@ export class ClientHome {
   /** Where received files go unless `--downloads` says otherwise. */
   get downloads(): string {
     return join(this.root, "downloads");
+  }
+  /** What we know of the CA's issuance log: the latest checkpoint and how far we audited. */
+  get logState(): string {
+    return join(this.root, "log.json");
   }
   /** Conversation history, one file per conversation. */
   get history(): string {

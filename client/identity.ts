@@ -18,6 +18,7 @@ import { CaClient, type CertificateReply, fetchCaCertificate } from "./ca_client
 import type { Invite } from "../lib/invite.ts";
 import type { ClientKeyType } from "./keys.ts";
 import { ClientHome, IdFolder } from "./home.ts";
+import { LogMonitor } from "./transparency.ts";
 
 /** What identity.json holds. */
 interface IdentityRecord {
@@ -112,6 +113,8 @@ export class Identity {
     const csr = await makeRequest(this.keyPath, this.name);
     const reply = await this.client().renew(csr);
     const cert = checkIssued(reply, this.anchor, this.name, this.credentials.key);
+    // Our own certificate too is accepted only once it is in the CA's issuance log.
+    await checkLogged(this.home, this.anchor, this.client(), cert, reply);
     await writeFileAtomic(this.certPath, cert, { mode: 0o644 });
     return await Identity.load(dirname(this.dir));
   }
@@ -157,7 +160,15 @@ export async function enroll(
     await generateKey(keyPath, keyType);
     const csr = await makeRequest(keyPath, invite.name);
     const reply = await new CaClient(invite.caUrl, anchor).enroll(invite.token, csr);
-    const cert = checkIssued(reply, anchor, invite.name, await Deno.readTextFile(keyPath));
+    const key = await Deno.readTextFile(keyPath);
+    const cert = checkIssued(reply, anchor, invite.name, key);
+    await checkLogged(
+      new ClientHome(home),
+      anchor,
+      new CaClient(invite.caUrl, anchor, { key, cert }),
+      cert,
+      reply,
+    );
     await Deno.writeTextFile(staged.cert, cert);
     await Deno.writeTextFile(staged.caCert, caPem);
     const record: IdentityRecord = {
@@ -177,6 +188,17 @@ export async function enroll(
     throw e;
   }
   return await Identity.load(home);
+}
+
+async function checkLogged(
+  home: ClientHome,
+  anchor: TrustAnchor,
+  ca: CaClient,
+  cert: string,
+  reply: CertificateReply,
+): Promise<void> {
+  const monitor = await LogMonitor.open(home.logState, anchor, ca);
+  await monitor.checkCertificate(pemDecode(cert, "CERTIFICATE")!, reply.log);
 }
 
 // What the CA sent must be ours: issued by the pinned CA, for our name, for our key.

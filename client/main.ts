@@ -23,6 +23,7 @@ import { CommandRunner } from "./faces/commands.ts";
 import { flushEvents, jsonEvent, runJsonInput } from "./faces/json.ts";
 import { Terminal } from "./faces/terminal.ts";
 import { ClientHome } from "./home.ts";
+import { LogMonitor } from "./transparency.ts";
 import { checkName } from "../lib/names.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { checkPeer } from "../lib/tls.ts";
@@ -47,6 +48,10 @@ Commands:
         NAME's certificate and fingerprint, from the CA's directory.
   renew
         A new certificate for your key.
+  audit [--json]
+        Read the CA's whole issuance log, rebuild its tree and check it against
+        the signed checkpoint; exit 1 if the CA issued a certificate for your
+        name with a key that is not yours, or showed an inconsistent log.
   csr NAME [--key-type ec-p256|rsa-2048|ed25519]
         Only make a key and a request, for an admin to sign by hand with
         deno task ca sign --name NAME HOME/id/request.csr
@@ -65,7 +70,7 @@ function main(args: string[]): Promise<number> {
   return dispatch(args, {
     program: "client",
     usage: USAGE,
-    commands: { join: joinCommand, chat, whoami, lookup, renew, csr },
+    commands: { join: joinCommand, chat, whoami, lookup, renew, csr, audit },
     fallback: async (rest) => {
       if (rest.length || await exists(new ClientHome(resolveHome(undefined)).id.record)) {
         return await chat(rest);
@@ -230,6 +235,34 @@ async function lookup(args: string[]): Promise<number> {
       `  valid until:             ${cert.notAfter.toISOString()}\n${cert.pem}`,
   );
   return 0;
+}
+
+async function audit(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, { ...COMMON, json: { type: "boolean" } });
+  if (values.help) return await help();
+  noPositionals(positionals);
+  const id = await Identity.load(resolveHome(values.home));
+  const monitor = await LogMonitor.open(id.home.logState, id.anchor, id.client());
+  let result;
+  try {
+    result = await monitor.audit(id.name, id.certificate.keyFingerprint);
+  } catch (e) {
+    if (!(e instanceof E2eError && e.code === "ERR_LOG_ALARM")) throw e;
+  }
+  const alarms = monitor.alarms;
+  if (values.json) {
+    await out(JSON.stringify({ ...result, alarms }) + "\n");
+  } else {
+    await out(
+      (result
+        ? `Read all ${result.entries} entries of the CA's issuance log: they make its signed ` +
+          `checkpoint, which is consistent with every one this client saw before.\n`
+        : "") +
+        alarms.map((a) => `ALARM: ${a.message}\n`).join("") +
+        (alarms.length ? "" : `No certificate for "${id.name}" but yours.\n`),
+    );
+  }
+  return alarms.length ? 1 : 0;
 }
 
 async function renew(args: string[]): Promise<number> {

@@ -43,6 +43,8 @@ export interface PeerEvents {
   closed(peer: PeerConnection, reason: string): void;
   /** A message from a quarantined peer was held back (not shown, not acknowledged). */
   held(peer: PeerConnection, what: "message"): void;
+  /** The peer's hello carried its latest checkpoint of the CA's issuance log. */
+  checkpoint?(peer: PeerConnection, text: string): void;
 }
 
 /** Options of {@linkcode PeerConnection}. */
@@ -51,6 +53,8 @@ export interface PeerOptions {
   downloads: string;
   /** Event sink. */
   events: PeerEvents;
+  /** Our latest checkpoint of the issuance log, sent in our hello. Default: none. */
+  checkpoint?: string;
 }
 
 const MAX_QUEUED = 32; // frames parsed but not handled before we stop reading
@@ -122,7 +126,13 @@ export class PeerConnection {
     });
     this.#socket.on("close", () => this.#onClose());
     this.#socket.on("timeout", () => this.#onStall());
-    this.#write({ type: "hello", v: 1, features: [FEATURE_BINARY] });
+    const checkpoint = this.#options.checkpoint;
+    this.#write({
+      type: "hello",
+      v: 1,
+      features: [FEATURE_BINARY],
+      ...(checkpoint === undefined ? {} : { checkpoint }),
+    });
   }
 
   /** Sends a message; returns its id. */
@@ -281,6 +291,7 @@ export class PeerConnection {
       if (frame.type !== "hello") throw malformed("the first frame must be hello");
       this.#helloSeen = true;
       this.#peerFeatures = new Set(frame.features ?? []);
+      if (frame.checkpoint !== undefined) this.#options.events.checkpoint?.(this, frame.checkpoint);
       return;
     }
     const events = this.#options.events;

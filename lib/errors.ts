@@ -49,6 +49,7 @@ export type ErrorCode =
   | "ERR_METHOD_NOT_ALLOWED"
   | "ERR_UNSUPPORTED_MEDIA_TYPE"
   | "ERR_LOG_INVALID"
+  | "ERR_LOG_ALARM"
   | "ERR_INTERNAL";
 
 /** Options of {@linkcode E2eError}. */

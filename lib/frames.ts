@@ -19,12 +19,15 @@ export const MAX_TEXT_CHARS = 65_536;
 export const MAX_CHUNK_BYTES = 768 * 1024;
 /** Largest raw payload after a `bin` frame. */
 export const MAX_BINARY_BYTES = 1024 * 1024;
+/** The longest checkpoint a hello may carry. */
+export const MAX_CHECKPOINT_CHARS = 4096;
+
 /** The feature a peer lists in its hello when it accepts `bin` frames. */
 export const FEATURE_BINARY = "bin";
 
 /** Every frame of protocol v1. */
 export type Frame =
-  | { type: "hello"; v: number; features?: string[] }
+  | { type: "hello"; v: number; features?: string[]; checkpoint?: string }
   | { type: "msg"; id: string; text: string }
   | { type: "ack"; id: string }
   | { type: "file"; id: string; name: string; size: number; sha256: string }
@@ -80,6 +83,10 @@ export function decodeFrame(line: string): Frame {
         features: Array.isArray(f.features)
           ? f.features.filter((x): x is string => typeof x === "string").slice(0, 16)
           : [],
+        // The sender's latest signed checkpoint of the CA's issuance log (docs/TRANSPARENCY.md).
+        ...(typeof f.checkpoint === "string" && f.checkpoint.length <= MAX_CHECKPOINT_CHARS
+          ? { checkpoint: f.checkpoint }
+          : {}),
       };
     case "msg":
       if (typeof f.text !== "string" || f.text.length > MAX_TEXT_CHARS) {

@@ -26,6 +26,20 @@ export interface LogProofJson {
   checkpoint: string;
 }
 
+/**
+ * The origin line of the issuance log of the CA whose certificate has SHA-256
+ * `caFingerprint` (hex); it is also the name of the log's note key.
+ *
+ * @example
+ * ```ts
+ * import { logOrigin } from "./log_proof.ts";
+ * logOrigin("ab".repeat(32)); // "e2e-chat/abab…"
+ * ```
+ */
+export function logOrigin(caFingerprint: string): string {
+  return `e2e-chat/${caFingerprint}`;
+}
+
 /** Most hashes an inclusion path can have (a log of 2^64 entries). */
 const MAX_HASHES = 64;
 

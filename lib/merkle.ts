@@ -177,6 +177,67 @@ export class MerkleTree {
   }
 }
 
+/**
+ * The right edge of a tree: the roots of its complete subtrees, largest first —
+ * at most log₂(n) hashes, enough to append leaves and compute the root. A client
+ * keeps one to check, entry by entry, that the log's entries make its checkpoint.
+ */
+export class TreeFrontier {
+  #size: number;
+  #hashes: Hash[];
+
+  /**
+   * A frontier of a tree of `size` leaves with those subtree roots (default: the empty tree).
+   *
+   * @example
+   * ```ts
+   * import { leafHash, TreeFrontier } from "./merkle.ts";
+   * const frontier = new TreeFrontier();
+   * frontier.append(leafHash(new Uint8Array([1])));
+   * frontier.root(); // the root of the one-leaf tree
+   * ```
+   */
+  constructor(size = 0, hashes: Hash[] = []) {
+    let bits = 0;
+    for (let n = size; n > 0; n = Math.floor(n / 2)) bits += n % 2;
+    if (
+      !Number.isSafeInteger(size) || size < 0 || bits !== hashes.length || !hashes.every(isHash)
+    ) {
+      throw new RangeError("A frontier has one hash per 1 bit of its size");
+    }
+    this.#size = size;
+    this.#hashes = hashes.map((h) => new Uint8Array(h));
+  }
+
+  /** How many leaves. */
+  get size(): number {
+    return this.#size;
+  }
+
+  /** The subtree roots, largest first (copies). */
+  get hashes(): Hash[] {
+    return this.#hashes.map((h) => h.slice());
+  }
+
+  /** Adds a leaf hash. */
+  append(hash: Hash): void {
+    if (!isHash(hash)) throw new TypeError("A leaf hash is 32 bytes");
+    let h: Hash = new Uint8Array(hash);
+    // Each trailing 1 bit of the size is a complete subtree the new leaf's side now matches.
+    for (let n = this.#size; n % 2 === 1; n = (n - 1) / 2) h = nodeHash(this.#hashes.pop()!, h);
+    this.#hashes.push(h);
+    this.#size++;
+  }
+
+  /** The root of the tree so far. */
+  root(): Hash {
+    if (this.#hashes.length === 0) return emptyRoot();
+    let r = this.#hashes[this.#hashes.length - 1];
+    for (let i = this.#hashes.length - 2; i >= 0; i--) r = nodeHash(this.#hashes[i], r);
+    return r.slice();
+  }
+}
+
 function equal(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }

@@ -11,6 +11,7 @@ import {
   type Hash,
   leafHash,
   MerkleTree,
+  TreeFrontier,
   verifyConsistency,
   verifyInclusion,
 } from "./merkle.ts";
@@ -198,4 +199,24 @@ Deno.test("MerkleTree refuses sizes and indexes it never had", () => {
   assert.throws(() => tree.inclusionProof(0, 0), RangeError);
   assert.throws(() => tree.consistencyProof(5, 4), RangeError);
   assert.throws(() => tree.leaf(-1), RangeError);
+});
+
+Deno.test("TreeFrontier gives the same root as the whole tree at every size, and survives a round trip", () => {
+  const frontier = new TreeFrontier();
+  assert.equal(hex(frontier.root()), ROOTS[0]);
+  const big = new MerkleTree();
+  for (let i = 0; i < 100; i++) {
+    const leaf = leafHash(new Uint8Array([i]));
+    frontier.append(leaf);
+    big.append(leaf);
+    assert.equal(hex(frontier.root()), hex(big.root()), `size ${i + 1}`);
+    const copy = new TreeFrontier(frontier.size, frontier.hashes);
+    assert.equal(hex(copy.root()), hex(big.root()));
+  }
+  for (let n = 0; n <= 8; n++) {
+    const f = new TreeFrontier();
+    for (const leaf of LEAVES.slice(0, n)) f.append(leafHash(leaf));
+    assert.equal(hex(f.root()), ROOTS[n]);
+  }
+  assert.throws(() => new TreeFrontier(3, [emptyRoot()]), RangeError);
 });

@@ -100,6 +100,12 @@ function format(e: ChatEvent): string | undefined {
         : "no peers connected";
     case "disconnected":
       return styleText("yellow", `${e.peer} disconnected (${clean(e.reason)})`);
+    case "log_alarm":
+      return styleText(
+        ["bold", "red"],
+        `LOG ALARM: ${clean(e.message)} — no new connections until this is resolved; ` +
+          `tell your admin and run \`deno task client audit\``,
+      );
     case "warning":
       return styleText("yellow", clean(e.message));
     case "error":

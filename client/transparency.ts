@@ -1,0 +1,311 @@
+/**
+ * What a client checks of the CA's issuance log (docs/TRANSPARENCY.md):
+ *
+ * - every certificate it accepts — a peer's, and its own after join or renew —
+ *   comes with a proof that it is in the log, against a checkpoint signed by
+ *   the CA-certified log key (fail closed);
+ * - every checkpoint it sees (from the CA, or in a peer's hello) is consistent
+ *   with the largest one it stored, so the log only grows and everybody sees
+ *   the same log;
+ * - the log's entries, read as they come, make the checkpoint's root, and none
+ *   is a certificate for our name with a key that is not ours.
+ *
+ * Cryptographic evidence against the CA is an alarm: kept in HOME/log.json so
+ * it survives a restart, reported as `log_alarm`, and no new connection is made
+ * while it stands. A CA that cannot be reached is not evidence: checks fail
+ * closed but raise no alarm.
+ *
+ * @module
+ */
+import { Buffer } from "node:buffer";
+import { type Checkpoint, type NoteKey, openCheckpoint } from "../lib/checkpoint.ts";
+import { E2eError } from "../lib/errors.ts";
+import { writeFileAtomic } from "../lib/fs.ts";
+import { decodeHashes, logOrigin, verifyLogProof } from "../lib/log_proof.ts";
+import { leafHash, TreeFrontier, verifyConsistency } from "../lib/merkle.ts";
+import { pemDecode, pemEncode } from "../lib/pem.ts";
+import { checkLogKey, type TrustAnchor } from "../lib/tls.ts";
+import { parseCertificate, sha256Hex } from "../lib/x509.ts";
+import type { CaClient } from "./ca_client.ts";
+
+/** Evidence that the CA misbehaved. */
+export interface LogAlarm {
+  /** What was found, for people. */
+  message: string;
+  /** The serial of the certificate concerned, if one is. */
+  serial?: string;
+  /** The SHA-256 of that certificate. */
+  fingerprint?: string;
+}
+
+/** What a look through the log's entries found. */
+export interface AuditResult {
+  /** Entries read. */
+  entries: number;
+  /** The checkpoint's size. */
+  size: number;
+  /** Certificates for our name with a key that is not ours. */
+  foreign: Array<{ index: number; serial: string; fingerprint: string }>;
+}
+
+/** What HOME/log.json holds. */
+interface LogState {
+  /** The largest checkpoint seen, as signed. */
+  checkpoint?: string;
+  /** The frontier of the entries read so far (their tree's right edge). */
+  audited: { size: number; hashes: string[] };
+  /** Standing alarms. */
+  alarms: LogAlarm[];
+}
+
+/** Entries asked for at once (the CA answers at most 256). */
+const PAGE = 256;
+
+/** Options of {@linkcode LogMonitor.open}. */
+export interface LogMonitorOptions {
+  /** Called once for each new alarm. Default: none. */
+  onAlarm?: (alarm: LogAlarm) => void;
+}
+
+/** One client's view of the CA's issuance log. */
+export class LogMonitor {
+  #file: string;
+  #anchor: TrustAnchor;
+  #ca: CaClient;
+  #options: LogMonitorOptions;
+  #state: LogState;
+  #key?: NoteKey;
+  #queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(
+    file: string,
+    anchor: TrustAnchor,
+    ca: CaClient,
+    state: LogState,
+    options: LogMonitorOptions,
+  ) {
+    this.#file = file;
+    this.#anchor = anchor;
+    this.#ca = ca;
+    this.#state = state;
+    this.#options = options;
+  }
+
+  /**
+   * The monitor whose state is kept in `file` (HOME/log.json), for the CA behind
+   * `ca` and `anchor`. Nothing is fetched yet.
+   *
+   * @example
+   * ```ts
+   * import { Identity } from "./identity.ts";
+   * import { LogMonitor } from "./transparency.ts";
+   * const id = await Identity.load("/tmp/alice");
+   * const monitor = await LogMonitor.open(id.home.logState, id.anchor, id.client());
+   * const found = await monitor.watch("alice", id.certificate.keyFingerprint);
+   * console.log(found.foreign); // [] unless the CA issued "alice" to someone else
+   * ```
+   */
+  static async open(
+    file: string,
+    anchor: TrustAnchor,
+    ca: CaClient,
+    options: LogMonitorOptions = {},
+  ): Promise<LogMonitor> {
+    let state: LogState = { audited: { size: 0, hashes: [] }, alarms: [] };
+    try {
+      const read = JSON.parse(await Deno.readTextFile(file));
+      state = {
+        checkpoint: typeof read.checkpoint === "string" ? read.checkpoint : undefined,
+        audited: read.audited && Number.isSafeInteger(read.audited.size) &&
+            Array.isArray(read.audited.hashes)
+          ? read.audited
+          : state.audited,
+        alarms: Array.isArray(read.alarms) ? read.alarms : [],
+      };
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) {
+        throw new E2eError("ERR_FILE", `Cannot read "${file}"`, { cause: e });
+      }
+    }
+    return new LogMonitor(file, anchor, ca, state, options);
+  }
+
+  /** The largest checkpoint seen (sent to peers in our hello), if any. */
+  get latest(): string | undefined {
+    return this.#state.checkpoint;
+  }
+
+  /** The alarms raised so far (and not cleared by hand). */
+  get alarms(): LogAlarm[] {
+    return [...this.#state.alarms];
+  }
+
+  /** Throws `ERR_LOG_ALARM` while an alarm stands: no new connections then. */
+  requireNoAlarm(): void {
+    const alarm = this.#state.alarms[0];
+    if (alarm) {
+      throw new E2eError("ERR_LOG_ALARM", `Refused: the CA's issuance log raised an alarm`, {
+        hint: alarm.message,
+      });
+    }
+  }
+
+  /**
+   * Accepts the certificate `der` only with a valid proof that it is in the log
+   * (and a checkpoint consistent with ours). Throws `ERR_LOG_INVALID` otherwise.
+   */
+  async checkCertificate(der: Uint8Array, proof: unknown): Promise<void> {
+    const key = await this.#logKey();
+    let checkpoint: Checkpoint;
+    try {
+      checkpoint = verifyLogProof(der, proof, key);
+    } catch (e) {
+      if (e instanceof E2eError && e.code === "ERR_LOG_INVALID" && e.detail?.startsWith("index ")) {
+        // A checkpoint signed by the log key with a path that leads elsewhere: the CA lies.
+        await this.#raise({
+          message: "the CA sent a certificate with a log proof that does not verify",
+          fingerprint: sha256Hex(der),
+        }).catch(() => {});
+      }
+      throw e;
+    }
+    await this.observe((proof as { checkpoint: string }).checkpoint, checkpoint);
+  }
+
+  /**
+   * Takes a checkpoint seen somewhere (the CA, a peer's hello): it must be signed
+   * by the log key and consistent with the largest one stored, which it replaces
+   * when larger. Inconsistency raises an alarm and throws `ERR_LOG_ALARM`.
+   */
+  observe(text: string, opened?: Checkpoint, from = "the CA"): Promise<void> {
+    return this.#serial(async () => {
+      const key = await this.#logKey();
+      const next = opened ?? openCheckpoint(text, key);
+      const stored = this.#state.checkpoint
+        ? openCheckpoint(this.#state.checkpoint, key)
+        : undefined;
+      if (stored) {
+        const [small, big] = next.size < stored.size ? [next, stored] : [stored, next];
+        let consistent: boolean;
+        if (small.size === big.size) {
+          consistent = Buffer.from(small.root).equals(Buffer.from(big.root));
+        } else {
+          const hashes = decodeHashes(await this.#ca.consistency(small.size, big.size));
+          consistent = verifyConsistency(small.size, big.size, small.root, big.root, hashes);
+        }
+        if (!consistent) {
+          await this.#raise({
+            message:
+              `${from} showed a log of ${next.size} entries that is not consistent with the ` +
+              `${stored.size} entries seen before: the CA shows different logs to different people, ` +
+              `or rewrote its log`,
+          });
+          this.requireNoAlarm();
+        }
+        if (next.size <= stored.size) return;
+      }
+      this.#state.checkpoint = text;
+      await this.#save();
+    });
+  }
+
+  /**
+   * Reads the log's entries since the last look, checks that they make the
+   * CA's latest checkpoint, and looks for certificates for `name` with a key
+   * other than `keyFingerprint` (raising an alarm for each).
+   */
+  watch(name: string, keyFingerprint: string): Promise<AuditResult> {
+    return this.#look(name, keyFingerprint, false);
+  }
+
+  /** Like {@linkcode watch}, but reads the whole log from its first entry and rebuilds the tree. */
+  audit(name: string, keyFingerprint: string): Promise<AuditResult> {
+    return this.#look(name, keyFingerprint, true);
+  }
+
+  async #look(name: string, keyFingerprint: string, whole: boolean): Promise<AuditResult> {
+    const text = await this.#ca.checkpoint();
+    const key = await this.#logKey();
+    const checkpoint = openCheckpoint(text, key);
+    await this.observe(text, checkpoint);
+    return await this.#serial(async () => {
+      const start = whole ? new TreeFrontier() : new TreeFrontier(
+        this.#state.audited.size,
+        this.#state.audited.hashes.map((h) => new Uint8Array(Buffer.from(h, "base64"))),
+      );
+      if (start.size > checkpoint.size) {
+        return { entries: 0, size: checkpoint.size, foreign: [] };
+      }
+      const frontier = start;
+      const foreign: AuditResult["foreign"] = [];
+      let read = 0;
+      while (frontier.size < checkpoint.size) {
+        const end = Math.min(frontier.size + PAGE, checkpoint.size);
+        const page = await this.#ca.logEntries(frontier.size, end);
+        if (page.length === 0) throw new E2eError("ERR_LOG_INVALID", "The CA sent no log entries");
+        for (const b64 of page.slice(0, end - frontier.size)) {
+          const der = new Uint8Array(Buffer.from(b64, "base64"));
+          const index = frontier.size;
+          frontier.append(leafHash(der));
+          read++;
+          let info;
+          try {
+            info = parseCertificate(pemEncode(der, "CERTIFICATE"));
+          } catch {
+            continue; // not a certificate: still a leaf, and it must still hash to the root
+          }
+          if (info.commonName === name && info.keyFingerprint !== keyFingerprint) {
+            foreign.push({ index, serial: info.serial, fingerprint: info.fingerprint });
+          }
+        }
+      }
+      if (!Buffer.from(frontier.root()).equals(Buffer.from(checkpoint.root))) {
+        await this.#raise({
+          message: `the log's entries do not make its checkpoint of ${checkpoint.size} entries: ` +
+            `the CA serves entries other than those it signed`,
+        });
+        this.requireNoAlarm();
+      }
+      for (const f of foreign) {
+        await this.#raise({
+          message: `the CA issued a certificate for your name that you did not request ` +
+            `(serial ${f.serial}, fingerprint ${f.fingerprint})`,
+          serial: f.serial,
+          fingerprint: f.fingerprint,
+        });
+      }
+      this.#state.audited = {
+        size: frontier.size,
+        hashes: frontier.hashes.map((h) => Buffer.from(h).toString("base64")),
+      };
+      await this.#save();
+      return { entries: read, size: checkpoint.size, foreign };
+    });
+  }
+
+  async #logKey(): Promise<NoteKey> {
+    if (!this.#key) {
+      const pem = await this.#ca.logKey();
+      const info = checkLogKey(pemDecode(pem, "CERTIFICATE"), this.#anchor);
+      this.#key = { name: logOrigin(sha256Hex(this.#anchor.x509.raw)), key: info.x509.publicKey };
+    }
+    return this.#key;
+  }
+
+  async #raise(alarm: LogAlarm): Promise<void> {
+    if (this.#state.alarms.some((a) => a.message === alarm.message)) return;
+    this.#state.alarms.push(alarm);
+    await this.#save();
+    this.#options.onAlarm?.(alarm);
+  }
+
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#queue.then(fn, fn);
+    this.#queue = run.catch(() => {});
+    return run;
+  }
+
+  async #save(): Promise<void> {
+    await writeFileAtomic(this.#file, JSON.stringify(this.#state, null, 2) + "\n", { mode: 0o600 });
+  }
+}
