@@ -114,7 +114,9 @@ export class Identity {
     const reply = await this.client().renew(csr);
     const cert = checkIssued(reply, this.anchor, this.name, this.credentials.key);
     // Our own certificate too is accepted only once it is in the CA's issuance log.
-    await checkLogged(this.home, this.anchor, this.client(), cert, reply);
+    // (asked with the new certificate: the old one was just superseded)
+    const ca = new CaClient(this.caUrl, this.anchor, { key: this.credentials.key, cert });
+    await checkLogged(this.home, this.anchor, ca, cert, reply);
     await writeFileAtomic(this.certPath, cert, { mode: 0o644 });
     return await Identity.load(dirname(this.dir));
   }
