@@ -12,16 +12,9 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { openssl, OpensslError, PASSPHRASE_ARG } from "../lib/openssl.ts";
 import { pemDecode } from "../lib/pem.ts";
-import {
-  makeCsr,
-  PASSPHRASE,
-  ROOT,
-  runCa,
-  runCli,
-  type RunResult,
-  snapshot,
-  withTempDir,
-} from "./_helpers.ts";
+import { type RunResult, sleep, TaskProcess } from "./_harness.ts";
+import { argvRecordingOpenssl } from "./_hostile_helpers.ts";
+import { makeCsr, PASSPHRASE, ROOT, runCa, runCli, snapshot, withTempDir } from "./_helpers.ts";
 
 const DAY_MS = 86_400_000;
 const FIXTURES = join(ROOT, "fixtures");
@@ -1083,32 +1076,11 @@ Deno.test("ca sign run by 12 processes at once issues 12 distinct certificates",
   });
 });
 
-/** Permissions of `deno task ca`, as tests/_helpers.ts runCli passes them. */
-const TASK_FLAGS = [
-  "--allow-run=openssl",
-  "--allow-env=E2E_CHAT_HOME,E2E_CHAT_CA_PASSPHRASE,E2E_CHAT_OPENSSL,E2E_CHAT_DEBUG,HOME,INIT_CWD,PATH",
-  "--allow-read",
-  "--allow-write",
-];
-
 /** Starts the CA CLI without waiting for it, so that a test can kill it. */
-function spawnCa(home: string, args: string[]): Deno.ChildProcess {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "--quiet", ...TASK_FLAGS, join(ROOT, "ca/main.ts"), ...args],
-    cwd: ROOT,
-    clearEnv: true,
-    env: {
-      PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
-      HOME: Deno.env.get("HOME") ?? "/root",
-      INIT_CWD: ROOT,
-      NO_COLOR: "1",
-      E2E_CHAT_HOME: home,
-      E2E_CHAT_CA_PASSPHRASE: PASSPHRASE,
-    },
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
+function spawnCa(home: string, args: string[]): Promise<TaskProcess> {
+  return TaskProcess.start("ca", args, {
+    env: { E2E_CHAT_HOME: home, E2E_CHAT_CA_PASSPHRASE: PASSPHRASE },
+  });
 }
 
 const CA_FILES = [
@@ -1161,21 +1133,19 @@ Deno.test("ca sign killed at any moment leaves a consistent database", async () 
     const outcomes = { killed: 0, killedInTransaction: 0, finished: 0 };
     const failures: string[] = [];
     for (const delay of delays) {
-      const child = spawnCa(home, ["sign", "--name", "victim", victim]);
-      await new Promise((resolve) => setTimeout(resolve, delay));
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // It had already exited.
-      }
-      const { code, signal, stderr } = await child.output();
+      const child = await spawnCa(home, ["sign", "--name", "victim", victim]);
+      await sleep(delay);
+      child.kill("SIGKILL"); // unless it had already exited
+      const { code, signal } = await child.status;
+      await child.drained;
+      const stderr = child.stderr;
       if (signal === "SIGKILL") {
         outcomes.killed++;
         if ((await names(join(caDir(home), "tmp"))).length) outcomes.killedInTransaction++;
       } else if (code === 0) {
         outcomes.finished++;
       } else {
-        failures.push(`after ${delay} ms: ${new TextDecoder().decode(stderr).trim()}`);
+        failures.push(`after ${delay} ms: ${stderr.trim()}`);
       }
       await assertConsistent(home);
     }
@@ -1197,31 +1167,11 @@ Deno.test("ca sign killed at any moment leaves a consistent database", async () 
 // ---------------------------------------------------------------------------
 // secrets
 
-function findOpenssl(): string {
-  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
-    if (!dir) continue;
-    try {
-      const info = Deno.statSync(join(dir, "openssl"));
-      if (info.isFile && (info.mode ?? 0) & 0o111) return join(dir, "openssl");
-    } catch {
-      // not in this folder
-    }
-  }
-  throw new Error("openssl is not on PATH");
-}
-
 Deno.test("ca never puts the passphrase in openssl's argv or in its output", async () => {
   await withTempDir(async (dir) => {
     const home = join(dir, "home");
-    const bin = join(dir, "bin");
-    const log = join(dir, "argv.log");
-    await Deno.mkdir(bin);
     // A stand-in openssl that records its arguments, then runs the real one.
-    await Deno.writeTextFile(
-      join(bin, "openssl"),
-      `#!/bin/sh\nprintf '%s\\n' "$*" >> '${log}'\nexec '${findOpenssl()}' "$@"\n`,
-      { mode: 0o755 },
-    );
+    const { path: bin, argvLog: log } = await argvRecordingOpenssl(dir);
     const fileSecret = "file secret 24680";
     await Deno.writeTextFile(join(dir, "pass.txt"), `${fileSecret}\n`);
     const wrong = "wrong passphrase 13579";

@@ -18,6 +18,7 @@ import { basename, dirname, join } from "node:path";
 import tls from "node:tls";
 import { safetyNumber } from "../client/trust.ts";
 import { openssl } from "../lib/openssl.ts";
+import { ChatClient, connect, sleep, stopAll, waitUntil } from "./_harness.ts";
 import { makeCsr, runCa } from "./_helpers.ts";
 import {
   assertSuccess,
@@ -27,18 +28,13 @@ import {
   startService,
 } from "./_service_helpers.ts";
 import {
-  ChatClient,
-  connect,
   joinUser,
   RawPeer,
   type RawPeerOptions,
   revoke,
   sClient,
   selfSigned,
-  sleep,
-  stopAll,
   type User,
-  waitUntil,
   whoami,
 } from "./_chat_helpers.ts";
 

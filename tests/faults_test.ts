@@ -18,9 +18,10 @@ import { join } from "node:path";
 import { InviteStore } from "../ca/invites.ts";
 import { CaPaths } from "../ca/store.ts";
 import { openssl } from "../lib/openssl.ts";
+import { sleep } from "./_harness.ts";
 import { makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
-import { assertSuccess, type HttpsReply, initCa } from "./_service_helpers.ts";
-import { assertCliError, pool, ServiceProcess, sleep } from "./_hostile_helpers.ts";
+import { assertSuccess, type HttpsReply, initCa, Service } from "./_service_helpers.ts";
+import { assertCliError, pool } from "./_hostile_helpers.ts";
 
 /** One complete line of index.txt. */
 interface IndexLine {
@@ -73,7 +74,7 @@ async function assertCrlBuilds(home: string): Promise<void> {
 
 Deno.test("a CA service killed with SIGKILL in the middle of 16 parallel enrollments loses no issued certificate, and works after a restart", async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "e2e-chat-faults-" });
-  let service: ServiceProcess | undefined;
+  let service: Service | undefined;
   try {
     const home = join(dir, "home");
     const caDir = join(home, "ca");
@@ -90,7 +91,7 @@ Deno.test("a CA service killed with SIGKILL in the middle of 16 parallel enrollm
     const invites = new InviteStore(new CaPaths(home));
     const tokens = new Map<string, string>();
     for (const n of names) tokens.set(n, (await invites.create(n, 3_600_000)).token);
-    const enroll = (s: ServiceProcess, name: string) =>
+    const enroll = (s: Service, name: string) =>
       s.request("/v1/enroll", {
         method: "POST",
         json: { token: tokens.get(name), csr: csrs.get(name) },
@@ -101,7 +102,7 @@ Deno.test("a CA service killed with SIGKILL in the middle of 16 parallel enrollm
     let unanswered = 0;
     for (const [round, delay] of delays.entries()) {
       await t.step(`killed ${delay} ms into the burst`, async () => {
-        service = await ServiceProcess.start(home, PASSPHRASE, {
+        service = await Service.start(home, PASSPHRASE, {
           args: ["--enroll-rate", "100000"],
         });
         const burst = names.filter((n) => n.startsWith(`r${round}-`));
@@ -140,7 +141,7 @@ Deno.test("a CA service killed with SIGKILL in the middle of 16 parallel enrollm
         }
 
         // Restarted on the same home: the lock is free, the CRL builds, enrollments work.
-        service = await ServiceProcess.start(home, PASSPHRASE, {
+        service = await Service.start(home, PASSPHRASE, {
           args: ["--enroll-rate", "100000"],
         });
         await assertCrlBuilds(home);
@@ -163,7 +164,7 @@ Deno.test("a CA service killed with SIGKILL in the middle of 16 parallel enrollm
     }
 
     await t.step("every later enrollment works", async () => {
-      service = await ServiceProcess.start(home, PASSPHRASE, {
+      service = await Service.start(home, PASSPHRASE, {
         args: ["--enroll-rate", "100000"],
       });
       const later = names.filter((n) => n.startsWith("later-"));

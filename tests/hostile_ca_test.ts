@@ -21,6 +21,7 @@ import { join } from "node:path";
 import tls from "node:tls";
 import { openssl } from "../lib/openssl.ts";
 import { pemDecode, pemEncode } from "../lib/pem.ts";
+import { sleep, within } from "./_harness.ts";
 import { makeCsr, runCa, snapshot } from "./_helpers.ts";
 import {
   assertApiError,
@@ -40,9 +41,7 @@ import {
   holdTcp,
   pool,
   SeededRandom,
-  sleep,
   tree,
-  within,
 } from "./_hostile_helpers.ts";
 
 /** The seed of the random bodies: change it to explore, keep it to reproduce. */

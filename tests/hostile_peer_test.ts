@@ -20,18 +20,10 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import { basename, dirname, join } from "node:path";
+import { ChatClient, connect, sleep, stopAll, within } from "./_harness.ts";
 import { snapshot } from "./_helpers.ts";
 import { initCa, type Service, startService } from "./_service_helpers.ts";
-import {
-  ChatClient,
-  connect,
-  joinUser,
-  RawPeer,
-  type RawPeerOptions,
-  selfSigned,
-  stopAll,
-  type User,
-} from "./_chat_helpers.ts";
+import { joinUser, RawPeer, type RawPeerOptions, selfSigned, type User } from "./_chat_helpers.ts";
 import {
   assertSameFiles,
   captureClientHello,
@@ -39,9 +31,7 @@ import {
   holdTcp,
   pool,
   SeededRandom,
-  sleep,
   tree,
-  within,
 } from "./_hostile_helpers.ts";
 
 const MiB = 1024 * 1024;
