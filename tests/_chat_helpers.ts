@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import tls from "node:tls";
 import { openssl } from "../lib/openssl.ts";
-import { EVENT_TIMEOUT_MS, sleep, within } from "./_harness.ts";
+import { EVENT_TIMEOUT_MS, sleep, Wakeup, within } from "./_harness.ts";
 import { runCa } from "./_helpers.ts";
 import { assertSuccess, makeInvite, runClient, type Service } from "./_service_helpers.ts";
 
@@ -101,7 +101,7 @@ export class RawPeer {
   readonly closed: Promise<void>;
   #socket: tls.TLSSocket;
   #pending = "";
-  #wake: Array<() => void> = [];
+  #wake = new Wakeup();
   #isClosed = false;
 
   private constructor(socket: tls.TLSSocket) {
@@ -116,13 +116,13 @@ export class RawPeer {
         this.lines.push(this.#pending.slice(0, nl));
         this.#pending = this.#pending.slice(nl + 1);
       }
-      this.#notify();
+      this.#wake.notify();
     });
     socket.on("error", (e: Error) => this.error ??= e);
     this.closed = new Promise((resolve) =>
       socket.on("close", () => {
         this.#isClosed = true;
-        this.#notify();
+        this.#wake.notify();
         resolve();
       })
     );
@@ -193,7 +193,7 @@ export class RawPeer {
           } (error: ${this.error?.message})`,
         });
       }
-      await within(new Promise<void>((resolve) => this.#wake.push(resolve)), left, undefined);
+      await this.#wake.wait(left);
     }
   }
 
@@ -206,12 +206,6 @@ export class RawPeer {
   /** Closes our side at once. */
   destroy(): void {
     this.#socket.destroy();
-  }
-
-  #notify(): void {
-    const wake = this.#wake;
-    this.#wake = [];
-    for (const w of wake) w();
   }
 }
 

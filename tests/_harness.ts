@@ -6,7 +6,7 @@
  *
  * @module
  */
-export { deadline, DeadlineError, sleep, waitUntil, within } from "./_harness/deadlines.ts";
+export { deadline, DeadlineError, sleep, waitUntil, Wakeup, within } from "./_harness/deadlines.ts";
 export {
   childEnv,
   ROOT,
@@ -28,4 +28,5 @@ export {
   type EventMatch,
   stopAll,
 } from "./_harness/chat.ts";
+export { concurrentSteps } from "./_harness/steps.ts";
 export { e2eError, type E2eErrorOptions, withTempDir } from "../lib/_test_util.ts";

@@ -23,7 +23,8 @@ export type TestKeyType =
   | "rsa-1024"
   | "rsa-2048";
 
-const KEYGEN: Record<TestKeyType, string[]> = {
+/** The `openssl genpkey` arguments of each key type. */
+export const KEYGEN: Record<TestKeyType, string[]> = {
   "ec-p256": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
   "ec-p384": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
   "ec-p521": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-521"],

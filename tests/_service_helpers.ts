@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import https from "node:https";
 import type { TLSSocket } from "node:tls";
 import { join } from "node:path";
+import { Buffer } from "node:buffer";
 import { type RunResult, runTask, TaskProcess } from "./_harness.ts";
 import { makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
 
@@ -273,7 +274,7 @@ export function httpsRequest(url: string, options: HttpsRequestOptions = {}): Pr
       res.on("data", (chunk: Uint8Array) => chunks.push(chunk));
       res.on("error", reject);
       res.on("end", () => {
-        const text = new TextDecoder().decode(concat(chunks));
+        const text = new TextDecoder().decode(Buffer.concat(chunks));
         resolve({
           status: res.statusCode ?? 0,
           headers: res.headers,
@@ -321,14 +322,4 @@ export function assertSuccess(result: RunResult, what: string): void {
     0,
     `${what}: exit ${result.code}\nstdout: ${result.stdout}\nstderr: ${result.stderr}`,
   );
-}
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let offset = 0;
-  for (const c of chunks) {
-    all.set(c, offset);
-    offset += c.length;
-  }
-  return all;
 }

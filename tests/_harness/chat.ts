@@ -7,7 +7,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { sleep, within } from "./deadlines.ts";
+import { sleep, Wakeup } from "./deadlines.ts";
 import { TaskProcess } from "./processes.ts";
 
 /** How long a test waits for an event it expects. */
@@ -71,7 +71,7 @@ export class ChatClient<U extends ChatUser = ChatUser> {
   #failOnError = false;
   #failed?: ChatEvent;
   #counts = new Map<string, number>();
-  #wake: Array<() => void> = [];
+  #wake = new Wakeup();
   #ended = false;
 
   private constructor(user: U) {
@@ -92,7 +92,7 @@ export class ChatClient<U extends ChatUser = ChatUser> {
     );
     client.#proc.drained.then(() => {
       client.#ended = true;
-      client.#notify();
+      client.#wake.notify();
     });
     try {
       client.ready = await client.expect({ type: "ready" }, options.readyMs);
@@ -204,7 +204,7 @@ export class ChatClient<U extends ChatUser = ChatUser> {
           }\n${this.describe()}`,
         });
       }
-      await within(new Promise<void>((resolve) => this.#wake.push(resolve)), left, undefined);
+      await this.#wake.wait(left);
     }
   }
 
@@ -224,7 +224,7 @@ export class ChatClient<U extends ChatUser = ChatUser> {
           }\nstderr of ${this.name}:\n${this.stderr.slice(-4000)}`,
         });
       }
-      await within(new Promise<void>((resolve) => this.#wake.push(resolve)), left, undefined);
+      await this.#wake.wait(left);
     }
     let seen = 0;
     for (let i = 0; i < this.events.length; i++) {
@@ -279,13 +279,7 @@ export class ChatClient<U extends ChatUser = ChatUser> {
     } catch {
       this.junk.push(line);
     }
-    this.#notify();
-  }
-
-  #notify(): void {
-    const wake = this.#wake;
-    this.#wake = [];
-    for (const w of wake) w();
+    this.#wake.notify();
   }
 }
 

@@ -87,3 +87,31 @@ export async function waitUntil(
     await sleep(20);
   }
 }
+
+/**
+ * Wakes whoever waits for "something new" (a line, an event, an exit): a
+ * waiter re-checks its condition after each {@linkcode Wakeup.notify}.
+ *
+ * @example
+ * ```ts
+ * import { Wakeup } from "./deadlines.ts";
+ * const news = new Wakeup();
+ * setTimeout(() => news.notify(), 1);
+ * await news.wait(1_000);
+ * ```
+ */
+export class Wakeup {
+  #waiters: Array<() => void> = [];
+
+  /** Resolves at the next {@linkcode notify}, or after `ms`. */
+  wait(ms: number): Promise<void> {
+    return within(new Promise<void>((resolve) => this.#waiters.push(resolve)), ms, undefined);
+  }
+
+  /** Wakes every waiter. */
+  notify(): void {
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const w of waiters) w();
+  }
+}

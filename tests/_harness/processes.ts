@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { readLines } from "../../lib/lines.ts";
-import { within } from "./deadlines.ts";
+import { Wakeup, within } from "./deadlines.ts";
 
 /** The repository root. */
 export const ROOT: string = fileURLToPath(new URL("../..", import.meta.url));
@@ -71,7 +71,7 @@ export class TaskProcess {
   #stdout = "";
   #stderr = "";
   #claimed = new Set<Record<string, unknown>>();
-  #wake: Array<() => void> = [];
+  #wake = new Wakeup();
   #readers: Promise<void>;
   #status: Promise<Deno.CommandStatus>;
   #exited = false;
@@ -82,7 +82,7 @@ export class TaskProcess {
     if (options.stdin) this.#stdin = child.stdin.getWriter();
     this.#status = child.status.then((s) => {
       this.#exited = true;
-      this.#notify();
+      this.#wake.notify();
       return s;
     });
     this.#readers = Promise.all([
@@ -138,7 +138,7 @@ export class TaskProcess {
 
   /** Resolves at the next output or exit (or after `ms`, default 20). */
   changed(ms = 20): Promise<void> {
-    return within(new Promise<void>((resolve) => this.#wake.push(resolve)), ms, undefined);
+    return this.#wake.wait(ms);
   }
 
   /**
@@ -255,11 +255,11 @@ export class TaskProcess {
           } catch { /* not an event */ }
         }
         onLine?.(line);
-        this.#notify();
+        this.#wake.notify();
       }
     } catch { /* killed */ }
     await raw;
-    this.#notify();
+    this.#wake.notify();
   }
 
   async #readStderr(stream: ReadableStream<Uint8Array>): Promise<void> {
@@ -267,16 +267,10 @@ export class TaskProcess {
     try {
       for await (const chunk of stream) {
         this.#stderr += decoder.decode(chunk, { stream: true });
-        this.#notify();
+        this.#wake.notify();
       }
       this.#stderr += decoder.decode();
     } catch { /* killed */ }
-  }
-
-  #notify(): void {
-    const wake = this.#wake;
-    this.#wake = [];
-    for (const w of wake) w();
   }
 }
 
