@@ -160,11 +160,11 @@ export async function realOpenssl(): Promise<string> {
 /**
  * A stand-in openssl in `dir/bin` that appends its arguments to
  * `dir/openssl-argv.log`, then runs the real one (found before the wrapper is
- * on PATH); put `path` first on PATH.
+ * on PATH); `env` puts it first on PATH for a child.
  */
 export async function argvRecordingOpenssl(
   dir: string,
-): Promise<{ path: string; argvLog: string }> {
+): Promise<{ argvLog: string; env: { PATH: string } }> {
   const real = await realOpenssl();
   const path = join(dir, "bin");
   const argvLog = join(dir, "openssl-argv.log");
@@ -174,5 +174,5 @@ export async function argvRecordingOpenssl(
     `#!/bin/sh\nprintf '%s\\n' "$*" >> '${argvLog}'\nexec '${real}' "$@"\n`,
     { mode: 0o755 },
   );
-  return { path, argvLog };
+  return { argvLog, env: { PATH: `${path}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}` } };
 }

@@ -999,11 +999,10 @@ Deno.test("ca never puts the passphrase in openssl's argv or in its output", asy
   await withTempDir(async (dir) => {
     const home = join(dir, "home");
     // A stand-in openssl that records its arguments, then runs the real one.
-    const { path: bin, argvLog: log } = await argvRecordingOpenssl(dir);
+    const { argvLog: log, env } = await argvRecordingOpenssl(dir);
     const fileSecret = "file secret 24680";
     await Deno.writeTextFile(join(dir, "pass.txt"), `${fileSecret}\n`);
     const wrong = "wrong passphrase 13579";
-    const env = { PATH: `${bin}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}` };
     const other = await writeCsr(dir, "alice2.csr", "alice");
 
     const results: RunResult[] = [];

@@ -1025,7 +1025,7 @@ async function killedMidTransfer(scene: Scene): Promise<void> {
   let partials: string[] = [];
   for (let i = 0; i < 200 && partials.length === 0; i++) {
     partials = (await listDir(downloads(bobUser))).filter((n) => n.startsWith(".partial-"));
-    if (partials.length === 0) await new Promise((resolve) => setTimeout(resolve, 25));
+    if (partials.length === 0) await sleep(25);
   }
   await bob.kill("SIGKILL");
   assert.equal(partials.length, 1, "no partial file while receiving");

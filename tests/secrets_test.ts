@@ -21,8 +21,7 @@ Deno.test("no passphrase, token or message text reaches openssl's argv, a log, a
   const procs: ChatClient[] = [];
   let service: Service | undefined;
   try {
-    const { path: bin, argvLog } = await argvRecordingOpenssl(dir);
-    const env = { PATH: `${bin}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}` };
+    const { argvLog, env } = await argvRecordingOpenssl(dir);
     const caHome = join(dir, "ca-home");
     const caEnv = { ...env, E2E_CHAT_HOME: caHome, E2E_CHAT_CA_PASSPHRASE: PASSPHRASE };
     const outputs: Array<[string, string]> = [];
