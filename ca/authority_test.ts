@@ -5,7 +5,8 @@ import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { openssl } from "../lib/openssl.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { sha256Hex } from "../lib/x509.ts";
-import { makeCsr, PASSPHRASE, snapshot, withTempDir } from "../tests/_helpers.ts";
+import { e2eError as sharedE2eError, withTempDir } from "../lib/_test_util.ts";
+import { makeCsr, PASSPHRASE, snapshot } from "../tests/_helpers.ts";
 import { CertificateAuthority } from "./authority.ts";
 import { readIndex } from "./store.ts";
 
@@ -26,15 +27,9 @@ async function withCa(
   });
 }
 
+/** An E2eError with `code` and `message`, which never shows the passphrase. */
 function e2eError(code: ErrorCode, message: string | RegExp): (e: unknown) => boolean {
-  return (e) => {
-    assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
-    assert.equal(e.code, code);
-    if (typeof message === "string") assert.equal(e.message, message);
-    else assert.match(e.message, message);
-    assert.ok(!e.message.includes(PASSPHRASE), "the message never shows the passphrase");
-    return true;
-  };
+  return sharedE2eError(code, message, { never: [PASSPHRASE] });
 }
 
 function near(actual: Date, expected: number, toleranceMs: number, what: string): void {

@@ -2,23 +2,13 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { E2eError, type ErrorCode } from "../lib/errors.ts";
-import { withTempDir } from "../tests/_helpers.ts";
+import { E2eError } from "../lib/errors.ts";
+import { e2eError, withTempDir } from "../lib/_test_util.ts";
 import { InviteStore, parseDuration, TOKEN_PATTERN } from "./invites.ts";
 import { CaPaths } from "./store.ts";
 
 const HOUR_MS = 3_600_000;
 const INVALID = "Invalid, used or expired invite token";
-
-function e2eError(code: ErrorCode, message: string | RegExp): (e: unknown) => boolean {
-  return (e) => {
-    assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
-    assert.equal(e.code, code);
-    if (typeof message === "string") assert.equal(e.message, message);
-    else assert.match(e.message, message);
-    return true;
-  };
-}
 
 const tokenInvalid = e2eError("ERR_TOKEN_INVALID", INVALID);
 

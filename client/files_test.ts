@@ -1,8 +1,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { E2eError, type ErrorCode } from "../lib/errors.ts";
-import { withTempDir } from "../tests/_helpers.ts";
+import { e2eError, withTempDir } from "../lib/_test_util.ts";
 import {
   announcedName,
   hashFile,
@@ -12,16 +11,6 @@ import {
 } from "./files.ts";
 
 const encoder = new TextEncoder();
-
-function e2eError(code: ErrorCode, message: string | RegExp): (e: unknown) => boolean {
-  return (e) => {
-    assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
-    assert.equal(e.code, code);
-    if (typeof message === "string") assert.equal(e.message, message);
-    else assert.match(e.message, message);
-    return true;
-  };
-}
 
 function sha256(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");

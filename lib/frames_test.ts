@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { E2eError, type ErrorCode } from "./errors.ts";
+import { e2eError } from "./_test_util.ts";
 import {
   ALPN,
   decodeFrame,
@@ -16,16 +16,6 @@ import {
 
 const encoder = new TextEncoder();
 const SHA = "0123456789abcdef".repeat(4);
-
-function e2eError(code: ErrorCode, message: string | RegExp): (e: unknown) => boolean {
-  return (e) => {
-    assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
-    assert.equal(e.code, code);
-    if (typeof message === "string") assert.equal(e.message, message);
-    else assert.match(e.message, message);
-    return true;
-  };
-}
 
 function malformed(why: string): (e: unknown) => boolean {
   return e2eError("ERR_BAD_REQUEST", `Malformed frame: ${why}`);

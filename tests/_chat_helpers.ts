@@ -1,8 +1,7 @@
 /**
- * Helpers for end-to-end tests of the chat: users joined with real invites
- * through the real client, chat clients run as `client/main.ts chat --json`
- * processes with the `client` task's permissions and read as JSON events, and
- * raw mutual-TLS peers (node:tls) and `openssl s_client` to speak the wire
+ * Chat fixtures on tests/_harness.ts (whose ChatClient drives `client chat
+ * --json`): users joined with real invites through the real client, and raw
+ * mutual-TLS peers (node:tls) and `openssl s_client` to speak the wire
  * protocol by hand.
  *
  * @module
@@ -11,34 +10,11 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import tls from "node:tls";
 import { openssl } from "../lib/openssl.ts";
-import { ROOT, runCa } from "./_helpers.ts";
+import { EVENT_TIMEOUT_MS, sleep, Wakeup, within } from "./_harness.ts";
+import { runCa } from "./_helpers.ts";
 import { assertSuccess, makeInvite, runClient, type Service } from "./_service_helpers.ts";
 
-/** How long a test waits for an event it expects. */
-export const EVENT_TIMEOUT_MS = 15_000;
-const STOP_TIMEOUT_MS = 5_000;
-
 const encoder = new TextEncoder();
-
-/** One JSON event of `client chat --json` (docs/PROTOCOL.md §6). */
-export type ChatEvent = Record<string, unknown> & { type: string };
-
-/** A predicate on events, or the fields an event must have. */
-export type EventMatch = ((e: ChatEvent) => boolean) | Record<string, unknown>;
-
-function matcher(match: EventMatch): (e: ChatEvent) => boolean {
-  if (typeof match === "function") return match;
-  return (e) => Object.entries(match).every(([k, v]) => e[k] === v);
-}
-
-/** The `deno run` flags of the `client` task in deno.json. */
-export async function clientTaskFlags(): Promise<string[]> {
-  const config = JSON.parse(await Deno.readTextFile(join(ROOT, "deno.json")));
-  const words = String(config.tasks.client).trim().split(/\s+/);
-  assert.deepEqual(words.slice(0, 2), ["deno", "run"]);
-  assert.equal(words.at(-1), "client/main.ts");
-  return words.slice(2, -1);
-}
 
 /** The files of a joined user. */
 export interface User {
@@ -93,269 +69,6 @@ export async function revoke(service: Service, nameOrSerial: string): Promise<vo
   assertSuccess(await runCa(service.home, ["revoke", nameOrSerial]), `ca revoke ${nameOrSerial}`);
 }
 
-/** `promise`, or `fallback` after `ms`; the timer never outlives the race. */
-export async function within<T, F>(promise: Promise<T>, ms: number, fallback: F): Promise<T | F> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<F>((resolve) => timer = setTimeout(() => resolve(fallback), ms)),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** Resolves after `ms`. */
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Calls `check` every 20 ms until it returns true; throws after `ms`. */
-export async function waitUntil(
-  check: () => boolean | Promise<boolean>,
-  what: string,
-  ms = EVENT_TIMEOUT_MS,
-): Promise<void> {
-  const until = Date.now() + ms;
-  while (!await check()) {
-    if (Date.now() > until) throw new assert.AssertionError({ message: `timed out: ${what}` });
-    await sleep(20);
-  }
-}
-
-/** Options of {@linkcode ChatClient.start}. */
-export interface ChatStartOptions {
-  /** More arguments after `chat --json --home H`. Default: none. */
-  args?: string[];
-}
-
-/**
- * `client/main.ts chat --json --home H` as its own process: lines go to its
- * stdin, and every JSON line of its stdout is kept as an event.
- */
-export class ChatClient {
-  /** The user it runs as. */
-  readonly user: User;
-  /** Every event so far, in order. */
-  readonly events: ChatEvent[] = [];
-  /** Lines of stdout that were not JSON (there should be none). */
-  readonly junk: string[] = [];
-  /** The `ready` event. */
-  ready!: ChatEvent;
-  #child: Deno.ChildProcess;
-  #stdin: WritableStreamDefaultWriter<Uint8Array>;
-  #claimed = new Set<ChatEvent>();
-  #wake: Array<() => void> = [];
-  #stderr = "";
-  #ended = false;
-  #readers: Promise<void>;
-  #status: Promise<Deno.CommandStatus>;
-
-  private constructor(user: User, child: Deno.ChildProcess) {
-    this.user = user;
-    this.#child = child;
-    this.#stdin = child.stdin.getWriter();
-    this.#status = child.status;
-    this.#readers = Promise.all([this.#readStdout(), this.#readStderr()]).then(() => {});
-  }
-
-  /** Starts the chat client of `user` and waits for its `ready` event. */
-  static async start(user: User, options: ChatStartOptions = {}): Promise<ChatClient> {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--quiet",
-        ...await clientTaskFlags(),
-        join(ROOT, "client/main.ts"),
-        "chat",
-        "--json",
-        "--home",
-        user.home,
-        ...options.args ?? [],
-      ],
-      cwd: ROOT,
-      clearEnv: true,
-      env: {
-        PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
-        HOME: Deno.env.get("HOME") ?? "/root",
-        INIT_CWD: ROOT,
-        NO_COLOR: "1",
-        ...(Deno.env.get("DENO_DIR") ? { DENO_DIR: Deno.env.get("DENO_DIR")! } : {}),
-      },
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const client = new ChatClient(user, child);
-    try {
-      client.ready = await client.expect({ type: "ready" });
-    } catch (e) {
-      await client.stop();
-      throw e;
-    }
-    return client;
-  }
-
-  /** The user name. */
-  get name(): string {
-    return this.user.name;
-  }
-
-  /** The listening port from `ready`. */
-  get port(): number {
-    return Number(String(this.ready.listen).split(":").at(-1));
-  }
-
-  /** What the process wrote on stderr so far. */
-  get stderr(): string {
-    return this.#stderr;
-  }
-
-  /** Its exit status, when it exits. */
-  get status(): Promise<Deno.CommandStatus> {
-    return this.#status;
-  }
-
-  /** Writes one line to its stdin. */
-  async send(line: string): Promise<void> {
-    await this.#stdin.write(encoder.encode(line + "\n"));
-  }
-
-  /** The index the next event will have: pass it to {@linkcode since}. */
-  mark(): number {
-    return this.events.length;
-  }
-
-  /** The events from index `mark` on that match. */
-  since(mark: number, match: EventMatch = () => true): ChatEvent[] {
-    return this.events.slice(mark).filter(matcher(match));
-  }
-
-  /**
-   * Waits for the first event that matches and was not returned before, and
-   * returns it; fails with everything seen after `ms`.
-   */
-  async expect(match: EventMatch, ms = EVENT_TIMEOUT_MS): Promise<ChatEvent> {
-    const test = matcher(match);
-    const until = Date.now() + ms;
-    while (true) {
-      const found = this.events.find((e) => !this.#claimed.has(e) && test(e));
-      if (found) {
-        this.#claimed.add(found);
-        return found;
-      }
-      const left = until - Date.now();
-      if (left <= 0 || this.#ended) {
-        throw new assert.AssertionError({
-          message: `${this.name} did not see ${
-            typeof match === "function" ? match.toString() : JSON.stringify(match)
-          }${this.#ended ? " (its output ended)" : ""}\n${this.describe()}`,
-        });
-      }
-      await within(new Promise<void>((resolve) => this.#wake.push(resolve)), left, undefined);
-    }
-  }
-
-  /** Asserts that no event from `mark` on matches, after waiting `ms` for one. */
-  async expectNone(mark: number, match: EventMatch, ms = 500): Promise<void> {
-    await sleep(ms);
-    const found = this.since(mark, match);
-    assert.deepEqual(found, [], `${this.name} showed what it should not\n${this.describe()}`);
-  }
-
-  /** Events and stderr, for failure messages. */
-  describe(): string {
-    return `events of ${this.name}:\n${
-      this.events.map((e) => "  " + JSON.stringify(e).slice(0, 400)).join("\n")
-    }\nstderr of ${this.name}:\n${this.#stderr}`;
-  }
-
-  /** Sends a signal (SIGKILL to simulate a crash) and waits for the exit. */
-  async kill(signal: Deno.Signal = "SIGKILL"): Promise<Deno.CommandStatus> {
-    try {
-      this.#child.kill(signal);
-    } catch { /* already gone */ }
-    return await this.#status;
-  }
-
-  /** Says /quit, waits for the exit (SIGKILL after 5 s) and its output; safe to call twice. */
-  async stop(): Promise<void> {
-    await within(this.send("/quit").catch(() => {}), 1_000, undefined);
-    await this.#stdin.close().catch(() => {});
-    const status = await within(this.#status, STOP_TIMEOUT_MS, null);
-    if (!status) await this.kill("SIGKILL");
-    await within(this.#readers, STOP_TIMEOUT_MS, undefined);
-  }
-
-  async #readStdout(): Promise<void> {
-    const decoder = new TextDecoder();
-    let pending = "";
-    const take = (line: string) => {
-      if (!line) return;
-      try {
-        const event = JSON.parse(line);
-        if (event && typeof event.type === "string") this.events.push(event as ChatEvent);
-        else this.junk.push(line);
-      } catch {
-        this.junk.push(line);
-      }
-    };
-    try {
-      for await (const chunk of this.#child.stdout) {
-        pending += decoder.decode(chunk, { stream: true });
-        let nl: number;
-        while ((nl = pending.indexOf("\n")) >= 0) {
-          take(pending.slice(0, nl));
-          pending = pending.slice(nl + 1);
-        }
-        this.#notify();
-      }
-      take(pending + decoder.decode());
-    } catch { /* killed */ }
-    this.#ended = true;
-    this.#notify();
-  }
-
-  async #readStderr(): Promise<void> {
-    const decoder = new TextDecoder();
-    try {
-      for await (const chunk of this.#child.stderr) {
-        this.#stderr += decoder.decode(chunk, { stream: true });
-      }
-    } catch { /* killed */ }
-  }
-
-  #notify(): void {
-    const wake = this.#wake;
-    this.#wake = [];
-    for (const w of wake) w();
-  }
-}
-
-/** Stops every client, whatever state it is in. */
-export async function stopAll(clients: Array<ChatClient | undefined>): Promise<void> {
-  await Promise.all(clients.map((c) => c?.stop()));
-}
-
-/**
- * The original's flow between two running clients: `from` says `/chat TO`, `to`
- * sees the invitation and says `/accept FROM`; resolves with both `connected`
- * events once each side has one.
- */
-export async function connect(
-  from: ChatClient,
-  to: ChatClient,
-): Promise<{ atFrom: ChatEvent; atTo: ChatEvent }> {
-  await from.send(`/chat ${to.name}`);
-  await from.expect({ type: "invited", to: to.name });
-  await to.expect({ type: "invite", from: from.name });
-  await to.send(`/accept ${from.name}`);
-  const atTo = await to.expect({ type: "connected", peer: from.name });
-  const atFrom = await from.expect({ type: "connected", peer: to.name });
-  return { atFrom, atTo };
-}
-
 /** Options of {@linkcode RawPeer.connect}. */
 export interface RawPeerOptions {
   /** Client certificate, PEM. Default: none. */
@@ -388,7 +101,7 @@ export class RawPeer {
   readonly closed: Promise<void>;
   #socket: tls.TLSSocket;
   #pending = "";
-  #wake: Array<() => void> = [];
+  #wake = new Wakeup();
   #isClosed = false;
 
   private constructor(socket: tls.TLSSocket) {
@@ -403,13 +116,13 @@ export class RawPeer {
         this.lines.push(this.#pending.slice(0, nl));
         this.#pending = this.#pending.slice(nl + 1);
       }
-      this.#notify();
+      this.#wake.notify();
     });
     socket.on("error", (e: Error) => this.error ??= e);
     this.closed = new Promise((resolve) =>
       socket.on("close", () => {
         this.#isClosed = true;
-        this.#notify();
+        this.#wake.notify();
         resolve();
       })
     );
@@ -480,7 +193,7 @@ export class RawPeer {
           } (error: ${this.error?.message})`,
         });
       }
-      await within(new Promise<void>((resolve) => this.#wake.push(resolve)), left, undefined);
+      await this.#wake.wait(left);
     }
   }
 
@@ -493,12 +206,6 @@ export class RawPeer {
   /** Closes our side at once. */
   destroy(): void {
     this.#socket.destroy();
-  }
-
-  #notify(): void {
-    const wake = this.#wake;
-    this.#wake = [];
-    for (const w of wake) w();
   }
 }
 

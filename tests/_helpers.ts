@@ -1,37 +1,17 @@
 /**
- * Shared test helpers: temporary homes, real certificate requests made by the
- * real openssl, and the real CLI run as a separate process with the same
- * permissions `deno task` gives it.
+ * Fixtures on top of tests/_harness.ts: real certificate requests made by the
+ * real openssl, the CLI run to the end, and snapshots of a folder.
  *
  * @module
  */
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { openssl } from "../lib/openssl.ts";
+import { ROOT, type RunResult, runTask, withTempDir } from "./_harness.ts";
 
-/** The repository root. */
-export const ROOT: string = fileURLToPath(new URL("..", import.meta.url));
+export { ROOT, type RunResult, withTempDir };
 
 /** The passphrase every test CA uses. */
 export const PASSPHRASE = "test passphrase 1234";
-
-/** Permissions of `deno task ca` / `deno task client` (see deno.json). */
-const TASK_FLAGS = [
-  "--allow-run=openssl",
-  "--allow-env=E2E_CHAT_HOME,E2E_CHAT_CA_PASSPHRASE,E2E_CHAT_OPENSSL,E2E_CHAT_DEBUG,HOME,INIT_CWD,PATH",
-  "--allow-read",
-  "--allow-write",
-];
-
-/** Runs `fn` with a fresh temporary folder, removed afterwards. */
-export async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await Deno.makeTempDir({ prefix: "e2e-chat-test-" });
-  try {
-    return await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-  }
-}
 
 /** Key types a test request can have. */
 export type TestKeyType =
@@ -43,7 +23,8 @@ export type TestKeyType =
   | "rsa-1024"
   | "rsa-2048";
 
-const KEYGEN: Record<TestKeyType, string[]> = {
+/** The `openssl genpkey` arguments of each key type. */
+export const KEYGEN: Record<TestKeyType, string[]> = {
   "ec-p256": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
   "ec-p384": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
   "ec-p521": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-521"],
@@ -89,13 +70,6 @@ export async function makeCsr(
   });
 }
 
-/** What a CLI run produced. */
-export interface RunResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
 /** Options of {@linkcode runCli}. */
 export interface RunOptions {
   /** Environment variables added to a minimal environment. Default: none. */
@@ -107,35 +81,12 @@ export interface RunOptions {
 }
 
 /** Runs `deno run <task permissions> <entry> ...args` as a real process. */
-export async function runCli(
+export function runCli(
   entry: "ca/main.ts" | "client/main.ts",
   args: string[],
   options: RunOptions = {},
 ): Promise<RunResult> {
-  const cwd = options.cwd ?? ROOT;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--quiet", ...TASK_FLAGS, join(ROOT, entry), ...args],
-    cwd,
-    clearEnv: true,
-    env: {
-      PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
-      HOME: Deno.env.get("HOME") ?? "/root",
-      INIT_CWD: cwd,
-      NO_COLOR: "1",
-      ...options.env,
-    },
-    stdin: options.stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (options.stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(options.stdin)).catch(() => {});
-    await w.close().catch(() => {});
-  }
-  const out = await child.output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+  return runTask(entry === "ca/main.ts" ? "ca" : "client", args, options);
 }
 
 /** Runs the CA CLI against `home` with the test passphrase in its environment. */

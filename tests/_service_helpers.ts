@@ -1,8 +1,8 @@
 /**
- * Helpers for end-to-end tests of the CA service: the real service
- * (`ca/main.ts serve`) started as its own process with the permissions of
- * `deno task ca`, the client CLI run with those of `deno task client`, and
- * HTTPS requests made with node:https (mutual TLS, raw bodies).
+ * The CA service fixture, on tests/_harness.ts: the real service
+ * (`ca/main.ts serve`) started as the `ca` task, invites, users enrolled over
+ * HTTP, the client CLI, and HTTPS requests made with node:https (mutual TLS,
+ * raw bodies) with the API's error contract.
  *
  * @module
  */
@@ -10,62 +10,29 @@ import assert from "node:assert/strict";
 import https from "node:https";
 import type { TLSSocket } from "node:tls";
 import { join } from "node:path";
-import { makeCsr, PASSPHRASE, ROOT, runCa, type RunResult } from "./_helpers.ts";
+import { Buffer } from "node:buffer";
+import { type RunResult, runTask, TaskProcess } from "./_harness.ts";
+import { makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
+
+const CLIENT_TIMEOUT_MS = 60_000;
 
 const SERVICE_LINE = /^e2e-chat CA service listening on (https:\/\/127\.0\.0\.1:(\d+))$/m;
 const FINGERPRINT_LINE = /^CA fingerprint \(SHA-256\): ([0-9a-f]{64})$/m;
 const START_TIMEOUT_MS = 30_000;
 const STOP_TIMEOUT_MS = 10_000;
-const CLIENT_TIMEOUT_MS = 60_000;
-
-/**
- * The `deno run` flags of a task in deno.json, so the processes started here
- * get exactly the permissions `deno task ca` / `deno task client` give.
- */
-async function taskFlags(task: "ca" | "client"): Promise<string[]> {
-  const config = JSON.parse(await Deno.readTextFile(join(ROOT, "deno.json")));
-  const words = String(config.tasks[task]).trim().split(/\s+/);
-  assert.deepEqual(words.slice(0, 2), ["deno", "run"], `task ${task} is not "deno run …"`);
-  assert.equal(words.at(-1), `${task}/main.ts`, `task ${task} does not end with its entry point`);
-  return words.slice(2, -1);
-}
-
-/** The environment every child gets: nothing of ours beyond what `deno` itself needs. */
-export function baseEnv(extra: Record<string, string>): Record<string, string> {
-  const env: Record<string, string> = {
-    PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
-    // The real HOME keeps Deno's cache warm; E2E_CHAT_HOME keeps e2e-chat out of it.
-    HOME: Deno.env.get("HOME") ?? "/root",
-    INIT_CWD: ROOT,
-    NO_COLOR: "1",
-  };
-  const denoDir = Deno.env.get("DENO_DIR");
-  if (denoDir) env.DENO_DIR = denoDir;
-  return { ...env, ...extra };
-}
-
-/** Text read from a child's stream as it arrives. */
-class TextSink {
-  text = "";
-  readonly done: Promise<void>;
-
-  constructor(stream: ReadableStream<Uint8Array>) {
-    this.done = (async () => {
-      const decoder = new TextDecoder();
-      for await (const chunk of stream) this.text += decoder.decode(chunk, { stream: true });
-      this.text += decoder.decode();
-    })().catch(() => {});
-  }
-}
 
 /** Options of {@linkcode startService}. */
 export interface StartOptions {
   /** Arguments after `serve --port 0`, e.g. `["--rendezvous-ttl", "2s"]`. Default: none. */
   args?: string[];
+  /** Variables added to the child environment (e.g. a PATH with a wrapper openssl). Default: none. */
+  env?: Record<string, string>;
 }
 
-/** A CA service running as a separate process. */
+/** A CA service (`ca serve --port 0`) running as its own process. */
 export class Service {
+  /** The process, to kill with any signal. */
+  readonly proc: TaskProcess;
   /** The CA home (E2E_CHAT_HOME of the service). */
   readonly home: string;
   /** The URL it printed, https://127.0.0.1:PORT. */
@@ -76,26 +43,49 @@ export class Service {
   readonly fingerprint: string;
   /** The CA certificate, PEM (HOME/ca/ca.crt). */
   readonly caPem: string;
-  #child: Deno.ChildProcess;
-  #stdout: TextSink;
-  #stderr: TextSink;
-  #stopped?: Promise<Deno.CommandStatus>;
 
-  /** Wraps a started child whose startup lines have been read. */
-  constructor(
+  private constructor(
+    proc: TaskProcess,
     home: string,
-    child: Deno.ChildProcess,
-    sinks: { stdout: TextSink; stderr: TextSink },
-    started: { url: string; port: number; fingerprint: string; caPem: string },
+    started: { url: string; fingerprint: string; caPem: string },
   ) {
+    this.proc = proc;
     this.home = home;
-    this.#child = child;
-    this.#stdout = sinks.stdout;
-    this.#stderr = sinks.stderr;
     this.url = started.url;
-    this.port = started.port;
+    this.port = Number(new URL(started.url).port);
     this.fingerprint = started.fingerprint;
     this.caPem = started.caPem;
+  }
+
+  /**
+   * Starts `ca/main.ts serve --port 0 ...args` on `home` with `passphrase`, as
+   * the `ca` task, and waits for it to print its URL and fingerprint. The
+   * caller must {@linkcode Service.stop} it; if startup fails it is stopped here.
+   */
+  static async start(
+    home: string,
+    passphrase: string,
+    options: StartOptions = {},
+  ): Promise<Service> {
+    const proc = await TaskProcess.start("ca", ["serve", "--port", "0", ...options.args ?? []], {
+      env: { E2E_CHAT_HOME: home, E2E_CHAT_CA_PASSPHRASE: passphrase, ...options.env },
+    });
+    try {
+      const [url, fingerprint] = await proc.waitFor(
+        () => {
+          const service = SERVICE_LINE.exec(proc.stdout);
+          const fingerprint = FINGERPRINT_LINE.exec(proc.stdout);
+          return service && fingerprint ? [service[1], fingerprint[1]] : undefined;
+        },
+        "the service did not start",
+        START_TIMEOUT_MS,
+      );
+      const caPem = await Deno.readTextFile(join(home, "ca", "ca.crt"));
+      return new Service(proc, home, { url, fingerprint, caPem });
+    } catch (e) {
+      await proc.stop(1_000);
+      throw e;
+    }
   }
 
   /** HOME/ca */
@@ -105,25 +95,21 @@ export class Service {
 
   /** Everything the service printed on stdout so far. */
   get stdout(): string {
-    return this.#stdout.text;
+    return this.proc.stdout;
   }
 
   /** Everything the service logged on stderr so far. */
   get log(): string {
-    return this.#stderr.text;
+    return this.proc.stderr;
   }
 
   /** Waits until the log matches `pattern` (log lines are written just after the reply is sent). */
-  async waitForLog(pattern: RegExp, timeoutMs = 5_000): Promise<RegExpMatchArray> {
-    const until = Date.now() + timeoutMs;
-    while (true) {
-      const m = pattern.exec(this.log);
-      if (m) return m;
-      if (Date.now() > until) {
-        throw new assert.AssertionError({ message: `log never matched ${pattern}:\n${this.log}` });
-      }
-      await delay(20);
-    }
+  waitForLog(pattern: RegExp, timeoutMs = 5_000): Promise<RegExpMatchArray> {
+    return this.proc.waitFor(
+      () => pattern.exec(this.log) ?? undefined,
+      `log never matched ${pattern}`,
+      timeoutMs,
+    );
   }
 
   /** An HTTPS request to this service, trusting its CA unless `options.ca` says otherwise. */
@@ -133,29 +119,8 @@ export class Service {
 
   /** Sends SIGTERM and waits for the exit (SIGKILL after 10 s); safe to call twice. */
   stop(): Promise<Deno.CommandStatus> {
-    this.#stopped ??= stopChild(this.#child, [this.#stdout, this.#stderr]);
-    return this.#stopped;
+    return this.proc.stop(STOP_TIMEOUT_MS);
   }
-}
-
-async function stopChild(child: Deno.ChildProcess, sinks: TextSink[]): Promise<Deno.CommandStatus> {
-  try {
-    child.kill("SIGTERM");
-  } catch { /* it has exited already */ }
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timedOut = new Promise<null>((resolve) => {
-    timer = setTimeout(() => resolve(null), STOP_TIMEOUT_MS);
-  });
-  let status = await Promise.race([child.status, timedOut]);
-  clearTimeout(timer);
-  if (status === null) {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* gone in the meantime */ }
-    status = await child.status;
-  }
-  await Promise.all(sinks.map((s) => s.done));
-  return status;
 }
 
 /** Creates an EC P-256 CA in `home` with `ca init` (fast, unlike the default RSA-4096). */
@@ -163,53 +128,9 @@ export async function initCa(home: string): Promise<void> {
   assertSuccess(await runCa(home, ["init", "--key-type", "ec-p256"]), "ca init");
 }
 
-/**
- * Starts `ca/main.ts serve --port 0` on `home` as a process with the `ca`
- * task's permissions and waits for it to print its URL and fingerprint. The
- * caller must {@linkcode Service.stop} it; if startup fails it is killed here.
- */
-export async function startService(home: string, options: StartOptions = {}): Promise<Service> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--quiet",
-      ...await taskFlags("ca"),
-      join(ROOT, "ca/main.ts"),
-      "serve",
-      "--port",
-      "0",
-      ...options.args ?? [],
-    ],
-    cwd: ROOT,
-    clearEnv: true,
-    env: baseEnv({ E2E_CHAT_HOME: home, E2E_CHAT_CA_PASSPHRASE: PASSPHRASE }),
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const sinks = { stdout: new TextSink(child.stdout), stderr: new TextSink(child.stderr) };
-  try {
-    const until = Date.now() + START_TIMEOUT_MS;
-    let exited = false;
-    child.status.then(() => exited = true);
-    while (!(SERVICE_LINE.test(sinks.stdout.text) && FINGERPRINT_LINE.test(sinks.stdout.text))) {
-      if (exited || Date.now() > until) {
-        await Promise.all([sinks.stdout.done, sinks.stderr.done].map((p) => timeout(p, 1_000)));
-        throw new assert.AssertionError({
-          message:
-            `the service did not start\nstdout: ${sinks.stdout.text}\nstderr: ${sinks.stderr.text}`,
-        });
-      }
-      await delay(20);
-    }
-    const [, url, port] = SERVICE_LINE.exec(sinks.stdout.text)!;
-    const [, fingerprint] = FINGERPRINT_LINE.exec(sinks.stdout.text)!;
-    const caPem = await Deno.readTextFile(join(home, "ca", "ca.crt"));
-    return new Service(home, child, sinks, { url, port: Number(port), fingerprint, caPem });
-  } catch (e) {
-    await stopChild(child, [sinks.stdout, sinks.stderr]);
-    throw e;
-  }
+/** Starts the service of the CA in `home` with the test passphrase (see {@linkcode Service.start}). */
+export function startService(home: string, options: StartOptions = {}): Promise<Service> {
+  return Service.start(home, PASSPHRASE, options);
 }
 
 /**
@@ -249,20 +170,8 @@ export function inviteToken(invite: string): string {
 }
 
 /** Runs `client/main.ts ...args` with the `client` task's permissions and E2E_CHAT_HOME=`home`. */
-export async function runClient(home: string, args: string[]): Promise<RunResult> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--quiet", ...await taskFlags("client"), join(ROOT, "client/main.ts"), ...args],
-    cwd: ROOT,
-    clearEnv: true,
-    env: baseEnv({ E2E_CHAT_HOME: home }),
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(CLIENT_TIMEOUT_MS),
-  }).spawn();
-  const out = await child.output();
-  const decoder = new TextDecoder();
-  return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
+export function runClient(home: string, args: string[]): Promise<RunResult> {
+  return runTask("client", args, { env: { E2E_CHAT_HOME: home }, timeoutMs: CLIENT_TIMEOUT_MS });
 }
 
 /** A user enrolled over HTTP: its key and certificate, PEM, for mutual TLS. */
@@ -365,7 +274,7 @@ export function httpsRequest(url: string, options: HttpsRequestOptions = {}): Pr
       res.on("data", (chunk: Uint8Array) => chunks.push(chunk));
       res.on("error", reject);
       res.on("end", () => {
-        const text = new TextDecoder().decode(concat(chunks));
+        const text = new TextDecoder().decode(Buffer.concat(chunks));
         resolve({
           status: res.statusCode ?? 0,
           headers: res.headers,
@@ -413,32 +322,4 @@ export function assertSuccess(result: RunResult, what: string): void {
     0,
     `${what}: exit ${result.code}\nstdout: ${result.stdout}\nstderr: ${result.stderr}`,
   );
-}
-
-/** Resolves after `ms`. */
-export function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** `promise`, or undefined when it takes longer than `ms`. */
-export async function timeout<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<undefined>((resolve) => timer = setTimeout(() => resolve(undefined), ms)),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let offset = 0;
-  for (const c of chunks) {
-    all.set(c, offset);
-    offset += c.length;
-  }
-  return all;
 }

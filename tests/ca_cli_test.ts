@@ -12,16 +12,11 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { openssl, OpensslError, PASSPHRASE_ARG } from "../lib/openssl.ts";
 import { pemDecode } from "../lib/pem.ts";
-import {
-  makeCsr,
-  PASSPHRASE,
-  ROOT,
-  runCa,
-  runCli,
-  type RunResult,
-  snapshot,
-  withTempDir,
-} from "./_helpers.ts";
+import { type RunResult, sleep, TaskProcess } from "./_harness.ts";
+import { argvRecordingOpenssl } from "./_hostile_helpers.ts";
+import { caFileNames, readIndexChecked } from "./_ca_files.ts";
+import { assertLeafProfile, inspect, KEY_ID, text, verify } from "./_openssl_view.ts";
+import { makeCsr, PASSPHRASE, ROOT, runCa, runCli, snapshot, withTempDir } from "./_helpers.ts";
 
 const DAY_MS = 86_400_000;
 const FIXTURES = join(ROOT, "fixtures");
@@ -115,139 +110,6 @@ async function assertRefused(
   return result;
 }
 
-async function text(args: string[], stdin?: string): Promise<string> {
-  const { stdout } = await openssl(args, { stdin });
-  return new TextDecoder().decode(stdout);
-}
-
-/** One extension as `openssl x509 -text` shows it. */
-interface Extension {
-  critical: boolean;
-  value: string;
-}
-
-/** A certificate as openssl sees it. */
-interface CertView {
-  serial: string;
-  subject: string;
-  issuer: string;
-  notBefore: Date;
-  notAfter: Date;
-  signatureAlgorithm: string;
-  publicKey: string;
-  extensions: Map<string, Extension>;
-}
-
-async function inspect(pem: string): Promise<CertView> {
-  const [fields, full] = await Promise.all([
-    text([
-      "x509",
-      "-noout",
-      "-serial",
-      "-subject",
-      "-issuer",
-      "-startdate",
-      "-enddate",
-      "-nameopt",
-      "utf8,sep_comma_plus",
-    ], pem),
-    text(["x509", "-noout", "-text"], pem),
-  ]);
-  const field = (key: string) => {
-    const m = new RegExp(`^${key}=(.*)$`, "m").exec(fields);
-    assert.ok(m, `openssl prints ${key}`);
-    return m[1];
-  };
-  return {
-    serial: field("serial"),
-    subject: field("subject"),
-    issuer: field("issuer"),
-    notBefore: new Date(field("notBefore")),
-    notAfter: new Date(field("notAfter")),
-    signatureAlgorithm: /Signature Algorithm: (\S+)/.exec(full)?.[1] ?? "",
-    publicKey: /Public-Key: \((\d+ bit)\)/.exec(full)?.[1] ??
-      /Public Key Algorithm: (\S+)/.exec(full)?.[1] ?? "",
-    extensions: parseExtensions(full),
-  };
-}
-
-function parseExtensions(full: string): Map<string, Extension> {
-  const extensions = new Map<string, Extension>();
-  const lines = full.split("\n");
-  let i = lines.findIndex((l) => l.trim() === "X509v3 extensions:");
-  if (i < 0) return extensions;
-  let current: Extension | undefined;
-  for (i++; i < lines.length; i++) {
-    const header = /^ {12}(\S[^:]*):( critical)?\s*$/.exec(lines[i]);
-    if (header) {
-      current = { critical: header[2] !== undefined, value: "" };
-      extensions.set(header[1], current);
-    } else if (current && lines[i].startsWith(" ".repeat(16))) {
-      current.value += (current.value ? "\n" : "") + lines[i].trim();
-    } else {
-      break;
-    }
-  }
-  return extensions;
-}
-
-const KEY_ID = /^([0-9A-F]{2}:){19}[0-9A-F]{2}$/;
-
-/** Checks the leaf profile: exactly these six extensions, whatever the request asked. */
-function assertLeafProfile(cert: CertView, ca: CertView, name: string, usage: string): void {
-  const ext = Object.fromEntries(cert.extensions);
-  assert.deepEqual(Object.keys(ext).sort(), [
-    "X509v3 Authority Key Identifier",
-    "X509v3 Basic Constraints",
-    "X509v3 Extended Key Usage",
-    "X509v3 Key Usage",
-    "X509v3 Subject Alternative Name",
-    "X509v3 Subject Key Identifier",
-  ]);
-  assert.deepEqual(ext["X509v3 Basic Constraints"], { critical: true, value: "CA:FALSE" });
-  assert.deepEqual(ext["X509v3 Key Usage"], { critical: true, value: usage });
-  assert.deepEqual(ext["X509v3 Extended Key Usage"], {
-    critical: false,
-    value: "TLS Web Server Authentication, TLS Web Client Authentication",
-  });
-  assert.deepEqual(ext["X509v3 Subject Alternative Name"], {
-    critical: false,
-    value: `DNS:${name}`,
-  });
-  assert.match(ext["X509v3 Subject Key Identifier"].value, KEY_ID);
-  assert.equal(
-    ext["X509v3 Authority Key Identifier"].value,
-    ca.extensions.get("X509v3 Subject Key Identifier")?.value,
-    "AKI names the CA's key",
-  );
-  assert.equal(cert.subject, `CN=${name}`);
-  assert.equal(cert.issuer, ca.subject);
-}
-
-/** Runs `openssl verify` and returns whether it succeeded and what it said. */
-async function verify(
-  caFile: string,
-  certPem: string,
-  crlPem?: string,
-): Promise<{ ok: boolean; output: string }> {
-  return await withTempDir(async (dir) => {
-    await Deno.writeTextFile(join(dir, "cert.pem"), certPem);
-    const args = ["verify", "-CAfile", caFile];
-    if (crlPem !== undefined) {
-      await Deno.writeTextFile(join(dir, "crl.pem"), crlPem);
-      args.push("-crl_check", "-CRLfile", join(dir, "crl.pem"));
-    }
-    args.push(join(dir, "cert.pem"));
-    try {
-      const { stdout, stderr } = await openssl(args);
-      return { ok: true, output: new TextDecoder().decode(stdout) + stderr };
-    } catch (e) {
-      if (e instanceof OpensslError) return { ok: false, output: e.stderr };
-      throw e;
-    }
-  });
-}
-
 /** One row of `ca list --json`. */
 interface Listed {
   name: string;
@@ -274,37 +136,6 @@ function fingerprint(pem: string): string {
 // Serials compare as numbers: openssl's index writes whole bytes ("0A…").
 function sameSerial(a: string, b: string): boolean {
   return BigInt(`0x${a.replace(/:/g, "")}`) === BigInt(`0x${b.replace(/:/g, "")}`);
-}
-
-/** One line of openssl's index.txt, checked field by field. */
-interface IndexLine {
-  status: string;
-  serial: string;
-  name: string;
-  revoked: string;
-}
-
-function parseIndexStrictly(content: string): IndexLine[] {
-  if (content === "") return [];
-  assert.ok(content.endsWith("\n"), "index.txt ends with a newline");
-  return content.slice(0, -1).split("\n").map((line) => {
-    const fields = line.split("\t");
-    assert.equal(fields.length, 6, `six fields in ${JSON.stringify(line)}`);
-    const [status, expires, revoked, serial, file, subject] = fields;
-    assert.match(status, /^[VR]$/);
-    assert.match(expires, /^\d{12}Z$/);
-    if (status === "V") assert.equal(revoked, "");
-    else assert.match(revoked, /^\d{12}Z(,[A-Za-z]+)?$/);
-    assert.match(serial, /^([0-9A-F]{2})+$/);
-    assert.equal(file, "unknown");
-    const cn = /^\/CN=([a-z0-9._-]+)$/.exec(subject);
-    assert.ok(cn, `a single CN in ${JSON.stringify(subject)}`);
-    return { status, serial, name: cn[1], revoked };
-  });
-}
-
-async function readIndexLines(home: string): Promise<IndexLine[]> {
-  return parseIndexStrictly(await Deno.readTextFile(join(caDir(home), "index.txt")));
 }
 
 /** Lists `dir` (not recursive), sorted. */
@@ -569,7 +400,7 @@ Deno.test("ca sign prints a certificate that openssl verifies against ca.crt", a
     // Random serials of at least 64 bits (CA/B Forum baseline), never a counter.
     assert.ok(BigInt(`0x${cert.serial}`) >= 2n ** 63n, `serial ${cert.serial} has 64 bits`);
 
-    const index = await readIndexLines(home);
+    const index = await readIndexChecked(home);
     assert.equal(index.length, 1);
     assert.equal(index[0].status, "V");
     assert.equal(index[0].name, "alice");
@@ -677,7 +508,7 @@ Deno.test("ca sign --out writes the certificate to a file relative to the workin
     const path = join(dir, "alice.pem");
     const pem = await Deno.readTextFile(path);
     assert.equal(await mode(path), 0o644);
-    const [entry] = await readIndexLines(home);
+    const [entry] = await readIndexChecked(home);
     assert.equal(
       pem,
       await Deno.readTextFile(join(caDir(home), "certs", `${entry.serial}.pem`)),
@@ -720,7 +551,7 @@ Deno.test("ca sign issues certificates whatever the first digit of the random se
       for (const r of results) if (r.code !== 0) failures.push(r.stderr.trim());
     }
     assert.deepEqual(failures, [], `${failures.length} of ${count} signings failed`);
-    const index = await readIndexLines(home);
+    const index = await readIndexChecked(home);
     assert.equal(index.filter((e) => e.status === "V").length, count);
   });
 });
@@ -872,7 +703,7 @@ Deno.test("ca sign refuses a new key for a name that has a valid certificate", a
   await withTempDir(async (home) => {
     await initCa(home);
     await sign(home, "alice", fixture("alice-ec.csr"));
-    const [first] = await readIndexLines(home);
+    const [first] = await readIndexChecked(home);
     const other = await writeCsr(home, "alice2.csr", "alice");
     await assertRefused(home, () => runCa(home, ["sign", "--name", "alice", other]), {
       code: 1,
@@ -886,7 +717,7 @@ Deno.test("ca sign --replace revokes the old certificate as superseded", async (
   await withTempDir(async (home) => {
     await initCa(home);
     const oldPem = await sign(home, "alice", fixture("alice-ec.csr"));
-    const [old] = await readIndexLines(home);
+    const [old] = await readIndexChecked(home);
     const other = await writeCsr(home, "alice2.csr", "alice");
     const result = await runCa(home, ["sign", "--name", "alice", other, "--replace"]);
     assertSuccess(result);
@@ -913,13 +744,13 @@ Deno.test("ca sign with the same key supersedes the old certificate without --re
   await withTempDir(async (home) => {
     await initCa(home);
     await sign(home, "alice", fixture("alice-ec.csr"));
-    const [old] = await readIndexLines(home);
+    const [old] = await readIndexChecked(home);
     const result = await runCa(home, ["sign", "--name", "alice", fixture("alice-ec.csr")]);
     assertSuccess(result);
     assert.equal(result.stderr, `e2e-chat: revoked serial ${old.serial} (superseded)\n`);
-    const index = await readIndexLines(home);
+    const index = await readIndexChecked(home);
     assert.deepEqual(index.map((e) => e.status), ["R", "V"]);
-    assert.match(index[0].revoked, /,superseded$/);
+    assert.equal(index[0].reason, "superseded");
   });
 });
 
@@ -934,7 +765,7 @@ Deno.test("ca revoke by name records the reason and ca crl lists the serial", as
       sign(home, "bob", fixture("bob-rsa2048.csr")),
       sign(home, "alice", fixture("alice-ec.csr")),
     ]);
-    const serial = (await readIndexLines(home)).find((e) => e.name === "bob")!.serial;
+    const serial = (await readIndexChecked(home)).find((e) => e.name === "bob")!.serial;
     const result = await runCa(home, ["revoke", "bob", "--reason", "keyCompromise"]);
     assertSuccess(result);
     assert.equal(
@@ -970,14 +801,14 @@ Deno.test("ca revoke by serial revokes that certificate", async () => {
   await withTempDir(async (home) => {
     await initCa(home);
     await sign(home, "alice", fixture("alice-ec.csr"));
-    const [entry] = await readIndexLines(home);
+    const [entry] = await readIndexChecked(home);
     const result = await runCa(home, ["revoke", entry.serial.toLowerCase()]);
     assertSuccess(result);
     assert.equal(
       result.stdout,
       `Revoked serial ${entry.serial} of "alice" (unspecified); the CRL is updated\n`,
     );
-    const [after] = await readIndexLines(home);
+    const [after] = await readIndexChecked(home);
     assert.equal(after.status, "R");
     const crlText = await text(["crl", "-noout", "-text", "-in", join(caDir(home), "crl.pem")]);
     const listed = [...crlText.matchAll(/Serial Number: ([0-9A-F]+)/g)].map((m) => m[1]);
@@ -989,7 +820,7 @@ Deno.test("ca revoke refuses an unknown name, a second revocation and an unknown
   await withTempDir(async (home) => {
     await initCa(home);
     await sign(home, "bob", fixture("bob-rsa2048.csr"));
-    const [entry] = await readIndexLines(home);
+    const [entry] = await readIndexChecked(home);
     const notFound = (what: string) => ({
       code: 1,
       error: `Cannot revoke: no valid certificate for ${JSON.stringify(what)}`,
@@ -1066,7 +897,7 @@ Deno.test("ca sign run by 12 processes at once issues 12 distinct certificates",
     const certs = await Promise.all(results.map((r) => inspect(r.stdout)));
     assert.equal(new Set(certs.map((c) => c.serial)).size, 12, "serials are distinct");
 
-    const index = await readIndexLines(home);
+    const index = await readIndexChecked(home);
     assert.equal(index.length, 12);
     assert.ok(index.every((e) => e.status === "V"));
     assert.deepEqual(index.map((e) => e.name).sort(), [...names12].sort());
@@ -1083,46 +914,12 @@ Deno.test("ca sign run by 12 processes at once issues 12 distinct certificates",
   });
 });
 
-/** Permissions of `deno task ca`, as tests/_helpers.ts runCli passes them. */
-const TASK_FLAGS = [
-  "--allow-run=openssl",
-  "--allow-env=E2E_CHAT_HOME,E2E_CHAT_CA_PASSPHRASE,E2E_CHAT_OPENSSL,E2E_CHAT_DEBUG,HOME,INIT_CWD,PATH",
-  "--allow-read",
-  "--allow-write",
-];
-
 /** Starts the CA CLI without waiting for it, so that a test can kill it. */
-function spawnCa(home: string, args: string[]): Deno.ChildProcess {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "--quiet", ...TASK_FLAGS, join(ROOT, "ca/main.ts"), ...args],
-    cwd: ROOT,
-    clearEnv: true,
-    env: {
-      PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
-      HOME: Deno.env.get("HOME") ?? "/root",
-      INIT_CWD: ROOT,
-      NO_COLOR: "1",
-      E2E_CHAT_HOME: home,
-      E2E_CHAT_CA_PASSPHRASE: PASSPHRASE,
-    },
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
+function spawnCa(home: string, args: string[]): Promise<TaskProcess> {
+  return TaskProcess.start("ca", args, {
+    env: { E2E_CHAT_HOME: home, E2E_CHAT_CA_PASSPHRASE: PASSPHRASE },
+  });
 }
-
-const CA_FILES = [
-  "ca.crt",
-  "ca.key",
-  "certs",
-  "crl.pem",
-  "crlnumber",
-  "index.gen",
-  "index.txt",
-  "index.txt.attr",
-  "openssl.cnf",
-  "tmp",
-];
 
 /** The committed database is whole: every file parses, every entry's certificate verifies. */
 async function assertConsistent(home: string): Promise<void> {
@@ -1130,9 +927,12 @@ async function assertConsistent(home: string): Promise<void> {
   const caFile = join(dir, "ca.crt");
   // Outside tmp/ only the final files exist; an atomic write's temp file is never a final name.
   for (const name of await names(dir)) {
-    assert.ok(CA_FILES.includes(name) || /^\.[0-9a-f-]{36}\.tmp$/.test(name), `stray ${name}`);
+    assert.ok(
+      caFileNames(home).includes(name) || /^\.[0-9a-f-]{36}\.tmp$/.test(name),
+      `stray ${name}`,
+    );
   }
-  const index = await readIndexLines(home);
+  const index = await readIndexChecked(home);
   assert.equal(new Set(index.map((e) => e.serial)).size, index.length, "serials are unique");
   for (const name of new Set(index.map((e) => e.name))) {
     const valid = index.filter((e) => e.name === name && e.status === "V");
@@ -1161,21 +961,19 @@ Deno.test("ca sign killed at any moment leaves a consistent database", async () 
     const outcomes = { killed: 0, killedInTransaction: 0, finished: 0 };
     const failures: string[] = [];
     for (const delay of delays) {
-      const child = spawnCa(home, ["sign", "--name", "victim", victim]);
-      await new Promise((resolve) => setTimeout(resolve, delay));
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // It had already exited.
-      }
-      const { code, signal, stderr } = await child.output();
+      const child = await spawnCa(home, ["sign", "--name", "victim", victim]);
+      await sleep(delay);
+      child.kill("SIGKILL"); // unless it had already exited
+      const { code, signal } = await child.status;
+      await child.drained;
+      const stderr = child.stderr;
       if (signal === "SIGKILL") {
         outcomes.killed++;
         if ((await names(join(caDir(home), "tmp"))).length) outcomes.killedInTransaction++;
       } else if (code === 0) {
         outcomes.finished++;
       } else {
-        failures.push(`after ${delay} ms: ${new TextDecoder().decode(stderr).trim()}`);
+        failures.push(`after ${delay} ms: ${stderr.trim()}`);
       }
       await assertConsistent(home);
     }
@@ -1186,7 +984,7 @@ Deno.test("ca sign killed at any moment leaves a consistent database", async () 
     assertSuccess(await runCa(home, ["sign", "--name", "victim", victim]));
     assertSuccess(await runCa(home, ["sign", "--name", "bob", fixture("bob-rsa2048.csr")]));
     await assertConsistent(home);
-    const index = await readIndexLines(home);
+    const index = await readIndexChecked(home);
     const listed = await listJson(home);
     assert.deepEqual(listed.map((r) => r.serial), index.map((e) => e.serial));
     const valid = listed.filter((r) => r.status === "valid").map((r) => r.name).sort();
@@ -1197,35 +995,14 @@ Deno.test("ca sign killed at any moment leaves a consistent database", async () 
 // ---------------------------------------------------------------------------
 // secrets
 
-function findOpenssl(): string {
-  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
-    if (!dir) continue;
-    try {
-      const info = Deno.statSync(join(dir, "openssl"));
-      if (info.isFile && (info.mode ?? 0) & 0o111) return join(dir, "openssl");
-    } catch {
-      // not in this folder
-    }
-  }
-  throw new Error("openssl is not on PATH");
-}
-
 Deno.test("ca never puts the passphrase in openssl's argv or in its output", async () => {
   await withTempDir(async (dir) => {
     const home = join(dir, "home");
-    const bin = join(dir, "bin");
-    const log = join(dir, "argv.log");
-    await Deno.mkdir(bin);
     // A stand-in openssl that records its arguments, then runs the real one.
-    await Deno.writeTextFile(
-      join(bin, "openssl"),
-      `#!/bin/sh\nprintf '%s\\n' "$*" >> '${log}'\nexec '${findOpenssl()}' "$@"\n`,
-      { mode: 0o755 },
-    );
+    const { argvLog: log, env } = await argvRecordingOpenssl(dir);
     const fileSecret = "file secret 24680";
     await Deno.writeTextFile(join(dir, "pass.txt"), `${fileSecret}\n`);
     const wrong = "wrong passphrase 13579";
-    const env = { PATH: `${bin}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}` };
     const other = await writeCsr(dir, "alice2.csr", "alice");
 
     const results: RunResult[] = [];

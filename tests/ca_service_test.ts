@@ -16,11 +16,11 @@ import tls from "node:tls";
 import { leafExtensions } from "../ca/policy.ts";
 import { openssl, OpensslError, PASSPHRASE_ARG } from "../lib/openssl.ts";
 import { pemDecode } from "../lib/pem.ts";
+import { sleep, within } from "./_harness.ts";
 import { makeCsr, PASSPHRASE, runCa, snapshot, withTempDir } from "./_helpers.ts";
 import {
   assertApiError,
   assertSuccess,
-  delay,
   type EnrolledUser,
   enrollUser,
   initCa,
@@ -29,7 +29,6 @@ import {
   runClient,
   type Service,
   startService,
-  timeout,
   withService,
 } from "./_service_helpers.ts";
 
@@ -210,13 +209,13 @@ Deno.test("SIGTERM ends a pending long poll and stops the service at once with e
     const bob = await enrollUser(service, "bob");
     const poll = service.request("/v1/rendezvous?wait=30", { ...auth(bob), timeoutMs: 40_000 })
       .then((reply) => reply.status, () => "closed");
-    await delay(300);
+    await sleep(300);
     const t0 = Date.now();
     const status = await service.stop();
     const ms = Date.now() - t0;
     assert.equal(status.code, 0, service.log);
     assert.ok(ms < 5_000, `the service took ${ms} ms to stop`);
-    assert.ok(await timeout(poll, 5_000), "the long poll was left hanging");
+    assert.ok(await within(poll, 5_000, undefined), "the long poll was left hanging");
   });
 });
 
@@ -505,7 +504,7 @@ Deno.test("the client refuses a server holding a member's certificate instead of
         ),
         lookup.stderr,
       );
-      await delay(100);
+      await sleep(100);
       assert.equal(connections, 1, "the client never completed a handshake");
       assert.equal(received, 0, "the client sent request bytes to an impostor");
     } finally {
@@ -538,7 +537,7 @@ Deno.test("enroll refuses a used, an expired, an unknown or a malformed token wi
       enroll("not a token", csrs[3].csr),
       enroll(42, csrs[3].csr),
     ]);
-    await delay(Math.max(0, madeAt + 1_500 - Date.now()));
+    await sleep(Math.max(0, madeAt + 1_500 - Date.now()));
     const expired = await enroll(inviteToken(expiring), csrs[2].csr);
 
     for (const reply of [again, unknown, malformed, notText, expired]) {
@@ -933,7 +932,7 @@ Deno.test("a long poll on GET /v1/rendezvous returns as soon as an offer arrives
 
     const started = Date.now();
     const polling = service.request("/v1/rendezvous?wait=10", auth(bob));
-    await delay(300);
+    await sleep(300);
     const first = await offer(alice, 40001);
     assert.equal(first.status, 200, first.body);
     const woken = await polling;
@@ -1011,7 +1010,7 @@ Deno.test("rendezvous offers expire after --rendezvous-ttl, and offers from a re
     };
     assert.deepEqual(withoutCarol.invitations.map((i) => i.from), ["alice"]);
 
-    await delay(ttl + 300);
+    await sleep(ttl + 300);
     const expired = await service.request("/v1/rendezvous", auth(bob));
     assert.equal(expired.status, 200, expired.body);
     assert.deepEqual((expired.json() as { invitations: unknown[] }).invitations, []);
@@ -1197,7 +1196,7 @@ Deno.test("idle connections are closed within 25 s, a 20 s long poll is not, and
         const ms = Date.now() - t0;
         assert.deepEqual(replies.map((r) => r.status), [200, 200, 200, 404]);
         assert.ok(ms < 2_000, `round ${round} took ${ms} ms`);
-        await delay(1_000);
+        await sleep(1_000);
       }
       closedAt = [await tcpClosed, await tlsClosed];
       // "Connections idle for 15 s are closed" — not much earlier either.
@@ -1205,7 +1204,7 @@ Deno.test("idle connections are closed within 25 s, a 20 s long poll is not, and
         assert.ok(at && at - started >= 14_000, `the idle ${what} connection closed too soon`);
       }
 
-      const poll = await timeout(longPoll, Math.max(0, started + 30_000 - Date.now()));
+      const poll = await within(longPoll, Math.max(0, started + 30_000 - Date.now()), undefined);
       assert.ok(poll, "the long poll never ended");
       assert.ok(
         "reply" in poll,

@@ -17,7 +17,16 @@ import { createHash, randomBytes } from "node:crypto";
 import { basename, dirname, join } from "node:path";
 import tls from "node:tls";
 import { safetyNumber } from "../client/trust.ts";
+import {
+  decodeFrame,
+  encodeFrame,
+  type Frame,
+  LineSplitter,
+  MAX_LINE_BYTES,
+  PROTOCOL_VERSION,
+} from "../lib/frames.ts";
 import { openssl } from "../lib/openssl.ts";
+import { ChatClient, concurrentSteps, connect, sleep, stopAll, waitUntil } from "./_harness.ts";
 import { makeCsr, runCa } from "./_helpers.ts";
 import {
   assertSuccess,
@@ -27,18 +36,13 @@ import {
   startService,
 } from "./_service_helpers.ts";
 import {
-  ChatClient,
-  connect,
   joinUser,
   RawPeer,
   type RawPeerOptions,
   revoke,
   sClient,
   selfSigned,
-  sleep,
-  stopAll,
   type User,
-  waitUntil,
   whoami,
 } from "./_chat_helpers.ts";
 
@@ -108,41 +112,41 @@ function sha256(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
 }
 
-function frame(value: Record<string, unknown>): string {
+/** A line no encoder of ours would write (unknown types, wrong fields): hostile input. */
+function rawFrame(value: Record<string, unknown>): string {
   return JSON.stringify(value) + "\n";
 }
 
-const HELLO = frame({ type: "hello", v: 1 });
-const MAX_LINE = 1024 * 1024;
+const HELLO = encodeFrame({ type: "hello", v: PROTOCOL_VERSION });
 
 /** A msg frame padded with an extra field to exactly `bytes` bytes, its "\n" included. */
 function paddedMsg(id: string, bytes: number): string {
-  const base = frame({ type: "msg", id, text: "padded", pad: "" });
-  const line = frame({ type: "msg", id, text: "padded", pad: "p".repeat(bytes - base.length) });
+  const base = rawFrame({ type: "msg", id, text: "padded", pad: "" });
+  const line = rawFrame({ type: "msg", id, text: "padded", pad: "p".repeat(bytes - base.length) });
   assert.equal(new TextEncoder().encode(line).length, bytes);
   return line;
 }
 
 /** The frames that send `bytes` as file `id` named `name` (announcing `announced` as its SHA-256). */
 function fileFrames(id: string, name: string, bytes: Uint8Array, announced = sha256(bytes)) {
-  return frame({ type: "file", id, name, size: bytes.length, sha256: announced }) +
+  return encodeFrame({ type: "file", id, name, size: bytes.length, sha256: announced }) +
     (bytes.length
-      ? frame({ type: "chunk", id, data: Buffer.from(bytes).toString("base64") })
+      ? encodeFrame({ type: "chunk", id, data: Buffer.from(bytes).toString("base64") })
       : "") +
-    frame({ type: "end", id });
+    encodeFrame({ type: "end", id });
 }
 
 /** The frames that send `bytes` as file `id` in raw `bin` frames of at most `piece` bytes. */
 function binFileFrames(id: string, name: string, bytes: Uint8Array, piece: number): Uint8Array {
   const parts: Uint8Array[] = [];
   const text = (t: string) => parts.push(new TextEncoder().encode(t));
-  text(frame({ type: "file", id, name, size: bytes.length, sha256: sha256(bytes) }));
+  text(encodeFrame({ type: "file", id, name, size: bytes.length, sha256: sha256(bytes) }));
   for (let at = 0; at < bytes.length; at += piece) {
     const payload = bytes.subarray(at, at + piece);
-    text(frame({ type: "bin", id, size: payload.length }));
+    text(encodeFrame({ type: "bin", id, size: payload.length }));
     parts.push(payload);
   }
-  text(frame({ type: "end", id }));
+  text(encodeFrame({ type: "end", id }));
   return Buffer.concat(parts);
 }
 
@@ -152,15 +156,16 @@ interface WireItem {
   payload?: Uint8Array;
 }
 
-/** Splits received bytes into frames and `bin` payloads; stops at an incomplete one. */
+/** Splits received bytes into frames (lib/frames.ts decodes them) and `bin` payloads; stops at an incomplete one. */
 function parseWire(bytes: Uint8Array): WireItem[] {
   const items: WireItem[] = [];
+  const lines = new LineSplitter();
   let at = 0;
   while (at < bytes.length) {
-    const nl = bytes.indexOf(0x0a, at);
-    if (nl < 0) break;
-    const value = JSON.parse(new TextDecoder().decode(bytes.subarray(at, nl)));
-    at = nl + 1;
+    const { line, used } = lines.pushLine(bytes.subarray(at));
+    at += used;
+    if (line === null) break;
+    const value = decodeFrame(line);
     if (value.type === "bin") {
       if (at + value.size > bytes.length) break;
       items.push({ frame: value, payload: bytes.subarray(at, at + value.size) });
@@ -224,7 +229,7 @@ async function assertRefused(
   mark: number,
   what: string,
 ): Promise<void> {
-  peer.write(HELLO + frame({ type: "msg", id: "1", text: `let me in (${what})` }));
+  peer.write(HELLO + encodeFrame({ type: "msg", id: "1", text: `let me in (${what})` }));
   const closed = await Promise.race([peer.closed.then(() => true), sleep(5_000).then(() => false)]);
   assert.ok(closed, `${what}: the listener admitted it and sent ${JSON.stringify(peer.lines)}`);
   assert.equal(peer.received, 0, `${what}: the listener sent ${JSON.stringify(peer.lines)}`);
@@ -454,7 +459,7 @@ async function framesBeforeMalformed(scene: Scene): Promise<void> {
   const peer = scene.raw(alice.port, bob);
   await peer.expectFrame({ type: "hello", v: 1 });
   // One write: a good message, then a line that is not JSON.
-  peer.write(HELLO + frame({ type: "msg", id: "before", text: "first" }) + "{not json\n");
+  peer.write(HELLO + encodeFrame({ type: "msg", id: "before", text: "first" }) + "{not json\n");
   await peer.expectFrame({ type: "error" });
   await peer.expectClosed(10_000);
   await alice.expect({ type: "disconnected", peer: "bob-order" });
@@ -480,9 +485,9 @@ async function wireFiles(scene: Scene): Promise<void> {
     const peer = scene.raw(alice.port, bob);
     await peer.expectFrame({ type: "hello", v: 1 });
     await alice.expect({ type: "connected", peer: "bob-bin" });
-    peer.write(frame({ type: "hello", v: 1, ...(features ? { features } : {}) }));
+    peer.write(encodeFrame({ type: "hello", v: 1, ...(features ? { features } : {}) }));
     // Once alice acknowledged a message, she has read our hello.
-    peer.write(frame({ type: "msg", id: "m", text: "ready" }));
+    peer.write(encodeFrame({ type: "msg", id: "m", text: "ready" }));
     await peer.expectFrame({ type: "ack", id: "m" });
     await alice.send(`/file ${path}`);
     const sent = await alice.expect({ type: "sent", to: "bob-bin" });
@@ -499,7 +504,7 @@ async function wireFiles(scene: Scene): Promise<void> {
       `${what}: ${[...types]}`,
     );
     assert.ok(Buffer.from(content).equals(fileContent(items, sent.id)), what);
-    peer.write(frame({ type: "ack", id: String(sent.id) }));
+    peer.write(encodeFrame({ type: "ack", id: String(sent.id) }));
     await alice.expect({ type: "delivered", to: "bob-bin", id: sent.id });
 
     // bin frames from the peer are stored like chunks, whatever alice listed.
@@ -508,7 +513,7 @@ async function wireFiles(scene: Scene): Promise<void> {
     await peer.expectFrame({ type: "ack", id });
     const got = await alice.expect({ type: "file", from: "bob-bin" });
     assert.ok(Buffer.from(content).equals(await Deno.readFile(String(got.path))), what);
-    peer.write(frame({ type: "bye" }));
+    peer.write(encodeFrame({ type: "bye" }));
     await peer.expectClosed();
     await alice.expect({ type: "disconnected", peer: "bob-bin" });
   }
@@ -642,7 +647,7 @@ async function listenerRefusals(scene: Scene): Promise<void> {
   // The invitation still stands for the real bob: his current certificate gets in.
   const peer = scene.raw(alice.port, bob);
   await peer.expectFrame({ type: "hello", v: 1 });
-  peer.write(HELLO + frame({ type: "msg", id: "m1", text: "it is me" }));
+  peer.write(HELLO + encodeFrame({ type: "msg", id: "m1", text: "it is me" }));
   await peer.expectFrame({ type: "ack", id: "m1" });
   assert.equal((await alice.expect({ type: "connected" })).peer, "bob-door");
   assert.deepEqual(await alice.expect({ type: "message" }), {
@@ -833,47 +838,52 @@ async function malformedInput(scene: Scene): Promise<void> {
 
   const bytes = (s: string) => new TextEncoder().encode(s);
   const announce = (size: number) =>
-    frame({ type: "file", id: "f", name: "a.txt", size, sha256: "0".repeat(64) });
+    encodeFrame({ type: "file", id: "f", name: "a.txt", size, sha256: "0".repeat(64) });
   const cases: Array<[string, Uint8Array]> = [
     ["invalid JSON", bytes(HELLO + "{not json\n")],
     ["invalid UTF-8", new Uint8Array([...bytes(HELLO), 0x7b, 0xff, 0xfe, 0x7d, 0x0a])],
     ["a JSON array", bytes(HELLO + "[1,2]\n")],
-    ["an unknown frame type", bytes(HELLO + frame({ type: "shout", text: "HI" }))],
-    ["a msg whose text is a number", bytes(HELLO + frame({ type: "msg", id: "1", text: 42 }))],
-    ["a msg with a bad id", bytes(HELLO + frame({ type: "msg", id: "../1", text: "x" }))],
+    ["an unknown frame type", bytes(HELLO + rawFrame({ type: "shout", text: "HI" }))],
+    ["a msg whose text is a number", bytes(HELLO + rawFrame({ type: "msg", id: "1", text: 42 }))],
+    ["a msg with a bad id", bytes(HELLO + encodeFrame({ type: "msg", id: "../1", text: "x" }))],
     [
       "a msg of 65,537 characters",
-      bytes(HELLO + frame({ type: "msg", id: "1", text: "x".repeat(65_537) })),
+      bytes(HELLO + encodeFrame({ type: "msg", id: "1", text: "x".repeat(65_537) })),
     ],
     [
       "a chunk for a file never announced",
-      bytes(HELLO + frame({ type: "chunk", id: "f", data: "aGk=" })),
+      bytes(HELLO + encodeFrame({ type: "chunk", id: "f", data: "aGk=" })),
     ],
-    ["an end for a file never announced", bytes(HELLO + frame({ type: "end", id: "f" }))],
+    ["an end for a file never announced", bytes(HELLO + encodeFrame({ type: "end", id: "f" }))],
     [
       "more file bytes than announced",
-      bytes(HELLO + announce(2) + frame({ type: "chunk", id: "f", data: "aGVsbG8=" })),
+      bytes(HELLO + announce(2) + encodeFrame({ type: "chunk", id: "f", data: "aGVsbG8=" })),
     ],
     [
       "a msg with an id of 65 characters",
-      bytes(HELLO + frame({ type: "msg", id: "i".repeat(65), text: "x" })),
+      bytes(HELLO + encodeFrame({ type: "msg", id: "i".repeat(65), text: "x" })),
     ],
-    ["a line of 1 MiB + 1 byte", bytes(HELLO + paddedMsg("over", MAX_LINE + 1))],
+    ["a line of 1 MiB + 1 byte", bytes(HELLO + paddedMsg("over", MAX_LINE_BYTES + 1))],
     [
       "a bin for a file never announced",
-      bytes(HELLO + frame({ type: "bin", id: "f", size: 3 }) + "abc"),
+      bytes(HELLO + encodeFrame({ type: "bin", id: "f", size: 3 }) + "abc"),
     ],
-    ["a bin of size 0", bytes(HELLO + announce(1) + frame({ type: "bin", id: "f", size: 0 }))],
+    [
+      "a bin of size 0",
+      bytes(HELLO + announce(1) + encodeFrame({ type: "bin", id: "f", size: 0 })),
+    ],
     [
       "a bin over 1 MiB",
-      bytes(HELLO + announce(2 * MiB) + frame({ type: "bin", id: "f", size: MAX_LINE + 1 })),
+      bytes(
+        HELLO + announce(2 * MiB) + encodeFrame({ type: "bin", id: "f", size: MAX_LINE_BYTES + 1 }),
+      ),
     ],
     [
       "more bin bytes than announced",
-      bytes(HELLO + announce(2) + frame({ type: "bin", id: "f", size: 5 }) + "hello"),
+      bytes(HELLO + announce(2) + encodeFrame({ type: "bin", id: "f", size: 5 }) + "hello"),
     ],
     ["a second hello", bytes(HELLO + HELLO)],
-    ["a msg before hello", bytes(frame({ type: "msg", id: "1", text: "too early" }))],
+    ["a msg before hello", bytes(encodeFrame({ type: "msg", id: "1", text: "too early" }))],
     ["a line of 2 MiB without a newline", bytes(HELLO + "a".repeat(2 * MiB))],
   ];
   for (const [what, payload] of cases) {
@@ -893,9 +903,14 @@ async function malformedInput(scene: Scene): Promise<void> {
   await assertNoPartials(aliceUser);
 
   // bye and error frames close the connection without a reply.
-  for (const last of [{ type: "bye" }, { type: "error", message: "your input was bad" }]) {
+  for (
+    const last of [
+      { type: "bye" },
+      { type: "error", message: "your input was bad" },
+    ] satisfies Frame[]
+  ) {
     const peer = await invitedBob();
-    peer.write(HELLO + frame(last));
+    peer.write(HELLO + encodeFrame(last));
     await peer.expectClosed();
     const types = peer.frames.map((f) => f.type);
     assert.deepEqual(types, ["hello"], `${last.type}: a reply was sent`);
@@ -919,7 +934,7 @@ async function malformedInput(scene: Scene): Promise<void> {
     const peer = await invitedBob();
     peer.write(HELLO);
     // Extra fields are ignored, and the sender's name comes from its certificate.
-    peer.write(frame({ type: "msg", id: "x1", text: "from whom?", from: "carol-wire", v: 9 }));
+    peer.write(rawFrame({ type: "msg", id: "x1", text: "from whom?", from: "carol-wire", v: 9 }));
     await peer.expectFrame({ type: "ack", id: "x1" });
     assert.deepEqual(await alice.expect({ type: "message", id: "x1" }), {
       type: "message",
@@ -929,12 +944,12 @@ async function malformedInput(scene: Scene): Promise<void> {
     });
     // The longest text, and text with line breaks: one event each, intact.
     for (const [id, text] of [["long", "y".repeat(65_536)], ["lines", "one\ntwo\r\n\u2028three"]]) {
-      peer.write(frame({ type: "msg", id, text }));
+      peer.write(encodeFrame({ type: "msg", id, text }));
       await peer.expectFrame({ type: "ack", id });
       assert.equal((await alice.expect({ type: "message", id })).text, text);
     }
     // A line of exactly 1 MiB, its "\n" included, is still a frame.
-    peer.write(paddedMsg("max", MAX_LINE));
+    peer.write(paddedMsg("max", MAX_LINE_BYTES));
     await peer.expectFrame({ type: "ack", id: "max" });
     await alice.expect({ type: "message", id: "max" });
     const names: Array<[string, string]> = [
@@ -965,7 +980,7 @@ async function malformedInput(scene: Scene): Promise<void> {
     assert.ok(new TextEncoder().encode(basename(String(got.path))).length <= 200);
     assert.deepEqual(await listDir(scene.dir), ["alice-wire", "bob-wire", "carol-wire"]);
     await assertNoPartials(aliceUser);
-    peer.write(frame({ type: "bye" }));
+    peer.write(encodeFrame({ type: "bye" }));
     await peer.expectClosed();
     await alice.expect({ type: "disconnected", peer: "bob-wire" });
   }
@@ -1010,7 +1025,7 @@ async function killedMidTransfer(scene: Scene): Promise<void> {
   let partials: string[] = [];
   for (let i = 0; i < 200 && partials.length === 0; i++) {
     partials = (await listDir(downloads(bobUser))).filter((n) => n.startsWith(".partial-"));
-    if (partials.length === 0) await new Promise((resolve) => setTimeout(resolve, 25));
+    if (partials.length === 0) await sleep(25);
   }
   await bob.kill("SIGKILL");
   assert.equal(partials.length, 1, "no partial file while receiving");
@@ -1037,7 +1052,7 @@ async function vanishingSender(scene: Scene): Promise<void> {
   const bob = await credentials(bobUser);
   const [alice] = await scene.start(aliceUser);
   const payload = new Uint8Array(512 * 1024);
-  const binHeader = frame({ type: "bin", id: "f", size: payload.length });
+  const binHeader = encodeFrame({ type: "bin", id: "f", size: payload.length });
   for (let round = 1; round <= 4; round++) {
     await alice.send("/chat bob-vanish");
     await alice.expect({ type: "invited", to: "bob-vanish" });
@@ -1045,7 +1060,13 @@ async function vanishingSender(scene: Scene): Promise<void> {
     await peer.expectFrame({ type: "hello", v: 1 });
     peer.write(
       HELLO +
-        frame({ type: "file", id: "f", name: "x.bin", size: 2 ** 30, sha256: "0".repeat(64) }),
+        encodeFrame({
+          type: "file",
+          id: "f",
+          name: "x.bin",
+          size: 2 ** 30,
+          sha256: "0".repeat(64),
+        }),
     );
     for (let i = 0; i < 128; i++) {
       peer.write(binHeader);
@@ -1225,25 +1246,21 @@ Deno.test("chat end to end: real CA service, real clients, mutual TLS between pe
     await initCa(home);
     service = await startService(home, { args: ["--enroll-rate", "1000"] });
     const running = service;
-    await Promise.all(
-      SCENARIOS.map(([name, fn], i) =>
-        t.step({
-          name,
-          // Scenarios run at once; each cleans up after itself.
-          sanitizeOps: false,
-          sanitizeResources: false,
-          sanitizeExit: false,
-          fn: async () => {
-            const scene = new Scene(running, join(dir, `scene-${i}`));
-            await Deno.mkdir(scene.dir);
-            try {
-              await fn(scene);
-            } finally {
-              await scene.close();
-            }
-          },
-        })
-      ),
+    // Scenarios run at once; each cleans up after itself.
+    await concurrentSteps(
+      t,
+      SCENARIOS.map(([name, fn], i) => [
+        name,
+        async () => {
+          const scene = new Scene(running, join(dir, `scene-${i}`));
+          await Deno.mkdir(scene.dir);
+          try {
+            await fn(scene);
+          } finally {
+            await scene.close();
+          }
+        },
+      ]),
     );
   } finally {
     await service?.stop();

@@ -11,9 +11,10 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
+import { runTask } from "./_harness.ts";
 import { makeCsr, PASSPHRASE, snapshot } from "./_helpers.ts";
 import { initCa, makeInvite, startService } from "./_service_helpers.ts";
-import { assertCliError, assertSameFiles, pool, runTask, tree } from "./_hostile_helpers.ts";
+import { assertCliError, assertSameFiles, pool, tree } from "./_hostile_helpers.ts";
 
 const FP = "ab".repeat(32);
 

@@ -14,43 +14,19 @@
  */
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { InviteStore } from "../ca/invites.ts";
-import { CaPaths } from "../ca/store.ts";
+import { CaPaths, type IndexEntry } from "../ca/store.ts";
+import { readIndexChecked } from "./_ca_files.ts";
 import { openssl } from "../lib/openssl.ts";
+import { sleep } from "./_harness.ts";
 import { makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
-import { assertSuccess, type HttpsReply, initCa } from "./_service_helpers.ts";
-import { assertCliError, pool, ServiceProcess, sleep } from "./_hostile_helpers.ts";
-
-/** One complete line of index.txt. */
-interface IndexLine {
-  status: string;
-  serial: string;
-  name: string;
-}
-
-/**
- * Reads index.txt as openssl writes it and checks its shape: six tab-separated
- * fields per line, status V, R or E; a last line without "\n" (an append cut
- * short) is allowed and ignored, as docs/CA.md says.
- */
-async function readIndex(caDir: string): Promise<IndexLine[]> {
-  const text = await Deno.readTextFile(join(caDir, "index.txt"));
-  const complete = text.slice(0, text.lastIndexOf("\n") + 1);
-  return complete.split("\n").filter(Boolean).map((line) => {
-    const fields = line.split("\t");
-    assert.equal(fields.length, 6, `index line ${JSON.stringify(line)}`);
-    assert.match(fields[0], /^[VRE]$/, `index line ${JSON.stringify(line)}`);
-    assert.match(fields[3], /^[0-9A-F]+$/, `index line ${JSON.stringify(line)}`);
-    const cn = /^\/CN=([^/]+)$/.exec(fields[5]);
-    assert.ok(cn, `index line ${JSON.stringify(line)}`);
-    return { status: fields[0], serial: fields[3], name: cn[1] };
-  });
-}
+import { assertSuccess, type HttpsReply, initCa, Service } from "./_service_helpers.ts";
+import { assertCliError, pool } from "./_hostile_helpers.ts";
 
 /** The database is consistent: no serial twice, every V entry's certificate file exists and parses. */
-async function assertConsistent(caDir: string): Promise<IndexLine[]> {
-  const index = await readIndex(caDir);
+async function assertConsistent(caDir: string): Promise<IndexEntry[]> {
+  const index = await readIndexChecked(dirname(caDir), { cutShort: true, cn: /./ });
   const serials = index.map((e) => e.serial);
   assert.equal(new Set(serials).size, serials.length, `a serial appears twice: ${serials}`);
   for (const entry of index.filter((e) => e.status === "V")) {
@@ -73,7 +49,7 @@ async function assertCrlBuilds(home: string): Promise<void> {
 
 Deno.test("a CA service killed with SIGKILL in the middle of 16 parallel enrollments loses no issued certificate, and works after a restart", async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "e2e-chat-faults-" });
-  let service: ServiceProcess | undefined;
+  let service: Service | undefined;
   try {
     const home = join(dir, "home");
     const caDir = join(home, "ca");
@@ -90,7 +66,7 @@ Deno.test("a CA service killed with SIGKILL in the middle of 16 parallel enrollm
     const invites = new InviteStore(new CaPaths(home));
     const tokens = new Map<string, string>();
     for (const n of names) tokens.set(n, (await invites.create(n, 3_600_000)).token);
-    const enroll = (s: ServiceProcess, name: string) =>
+    const enroll = (s: Service, name: string) =>
       s.request("/v1/enroll", {
         method: "POST",
         json: { token: tokens.get(name), csr: csrs.get(name) },
@@ -101,7 +77,7 @@ Deno.test("a CA service killed with SIGKILL in the middle of 16 parallel enrollm
     let unanswered = 0;
     for (const [round, delay] of delays.entries()) {
       await t.step(`killed ${delay} ms into the burst`, async () => {
-        service = await ServiceProcess.start(home, PASSPHRASE, {
+        service = await Service.start(home, PASSPHRASE, {
           args: ["--enroll-rate", "100000"],
         });
         const burst = names.filter((n) => n.startsWith(`r${round}-`));
@@ -140,7 +116,7 @@ Deno.test("a CA service killed with SIGKILL in the middle of 16 parallel enrollm
         }
 
         // Restarted on the same home: the lock is free, the CRL builds, enrollments work.
-        service = await ServiceProcess.start(home, PASSPHRASE, {
+        service = await Service.start(home, PASSPHRASE, {
           args: ["--enroll-rate", "100000"],
         });
         await assertCrlBuilds(home);
@@ -149,7 +125,9 @@ Deno.test("a CA service killed with SIGKILL in the middle of 16 parallel enrollm
         const retried = await Promise.all(
           burst.filter((n) => !received.has(n)).map(async (n) => [n, await enroll(service!, n)]),
         ) as Array<[string, HttpsReply]>;
-        const committed = new Set((await readIndex(caDir)).map((e) => e.name));
+        const committed = new Set(
+          (await readIndexChecked(dirname(caDir), { cutShort: true, cn: /./ })).map((e) => e.name),
+        );
         for (const [name, reply] of retried) {
           if (reply.status === 200) continue;
           // A used-up token means the certificate was committed before the kill.
@@ -163,7 +141,7 @@ Deno.test("a CA service killed with SIGKILL in the middle of 16 parallel enrollm
     }
 
     await t.step("every later enrollment works", async () => {
-      service = await ServiceProcess.start(home, PASSPHRASE, {
+      service = await Service.start(home, PASSPHRASE, {
         args: ["--enroll-rate", "100000"],
       });
       const later = names.filter((n) => n.startsWith("later-"));

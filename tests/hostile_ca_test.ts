@@ -20,7 +20,9 @@ import { X509Certificate } from "node:crypto";
 import { join } from "node:path";
 import tls from "node:tls";
 import { openssl } from "../lib/openssl.ts";
+import { concat, tlv } from "../lib/_der_builder.ts";
 import { pemDecode, pemEncode } from "../lib/pem.ts";
+import { concurrentSteps, sleep, within } from "./_harness.ts";
 import { makeCsr, runCa, snapshot } from "./_helpers.ts";
 import {
   assertApiError,
@@ -32,18 +34,8 @@ import {
   type Service,
   withService,
 } from "./_service_helpers.ts";
-import {
-  assertCliError,
-  assertSameFiles,
-  captureClientHello,
-  type HeldConnection,
-  holdTcp,
-  pool,
-  SeededRandom,
-  sleep,
-  tree,
-  within,
-} from "./_hostile_helpers.ts";
+import { assertCliError, assertSameFiles, pool, SeededRandom, tree } from "./_hostile_helpers.ts";
+import { captureClientHello, type HeldConnection, holdTcp } from "./_tls_by_hand.ts";
 
 /** The seed of the random bodies: change it to explore, keep it to reproduce. */
 const SEED = 0xe2e0c4a;
@@ -191,41 +183,12 @@ function randomBodies(rand: SeededRandom, base: string, count: number): Uint8Arr
   return bodies;
 }
 
-/** A DER element: tag, definite length, contents. */
-function der(tag: number, ...contents: Uint8Array[]): Uint8Array {
-  const length = contents.reduce((n, c) => n + c.length, 0);
-  const header = length < 0x80
-    ? [tag, length]
-    : length < 0x100
-    ? [tag, 0x81, length]
-    : length < 0x10000
-    ? [tag, 0x82, length >> 8, length & 0xff]
-    : [tag, 0x83, length >> 16, (length >> 8) & 0xff, length & 0xff];
-  const out = new Uint8Array(header.length + length);
-  out.set(header);
-  let offset = header.length;
-  for (const c of contents) {
-    out.set(c, offset);
-    offset += c.length;
-  }
-  return out;
-}
-
 /** Certificate requests that are not well-formed DER, each as the `csr` string. */
 function garbageRequests(rand: SeededRandom, valid: Uint8Array): Array<[string, string]> {
   const pem = (bytes: Uint8Array) => pemEncode(bytes, "CERTIFICATE REQUEST");
-  const concat = (...parts: Uint8Array[]) => {
-    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-    let offset = 0;
-    for (const p of parts) {
-      out.set(p, offset);
-      offset += p.length;
-    }
-    return out;
-  };
-  let nested = der(0x05);
-  for (let i = 0; i < 9_000; i++) nested = der(0x30, nested);
-  const manyChildren = der(0x30, ...Array.from({ length: 10_001 }, () => der(0x05)));
+  let nested = tlv(0x05);
+  for (let i = 0; i < 9_000; i++) nested = tlv(0x30, nested);
+  const manyChildren = tlv(0x30, ...Array.from({ length: 10_001 }, () => tlv(0x05)));
   const signatureCut = valid.slice();
   signatureCut[signatureCut.length - 70] ^= 0x7f; // somewhere in the signature's headers
   const lengthBig = valid.slice();
@@ -684,18 +647,13 @@ Deno.test("the CA service refuses hostile input with 4xx JSON errors, keeps serv
       ],
     ];
 
-    await Promise.all(steps.map(([name, fn]) =>
-      t.step({
-        name,
-        sanitizeOps: false,
-        sanitizeResources: false,
-        sanitizeExit: false,
-        fn: async () => {
-          await fn();
-          await assertServingAndUnchanged(name);
-        },
-      })
-    ));
+    await concurrentSteps(
+      t,
+      steps.map(([name, fn]) => [name, async () => {
+        await fn();
+        await assertServingAndUnchanged(name);
+      }]),
+    );
 
     // Alone: a refused `ca revoke` opens (and drops) a transaction folder that a concurrent
     // snapshot could trip over.

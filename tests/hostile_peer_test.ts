@@ -20,29 +20,12 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import { basename, dirname, join } from "node:path";
+import { ChatClient, concurrentSteps, connect, sleep, stopAll, within } from "./_harness.ts";
 import { snapshot } from "./_helpers.ts";
 import { initCa, type Service, startService } from "./_service_helpers.ts";
-import {
-  ChatClient,
-  connect,
-  joinUser,
-  RawPeer,
-  type RawPeerOptions,
-  selfSigned,
-  stopAll,
-  type User,
-} from "./_chat_helpers.ts";
-import {
-  assertSameFiles,
-  captureClientHello,
-  type HeldConnection,
-  holdTcp,
-  pool,
-  SeededRandom,
-  sleep,
-  tree,
-  within,
-} from "./_hostile_helpers.ts";
+import { joinUser, RawPeer, type RawPeerOptions, selfSigned, type User } from "./_chat_helpers.ts";
+import { assertSameFiles, pool, SeededRandom, tree } from "./_hostile_helpers.ts";
+import { captureClientHello, type HeldConnection, holdTcp } from "./_tls_by_hand.ts";
 
 const MiB = 1024 * 1024;
 /** A listener closes a connection that never finishes its handshake within this (ms). */
@@ -265,11 +248,7 @@ Deno.test("a chat listener under attack keeps serving its invited peer, and writ
       ],
     ];
 
-    await Promise.all(
-      steps.map(([name, fn]) =>
-        t.step({ name, sanitizeOps: false, sanitizeResources: false, sanitizeExit: false, fn })
-      ),
-    );
+    await concurrentSteps(t, steps);
 
     await t.step(
       "as invited bob: hostile file names are stored under safe names inside downloads, and nothing is written elsewhere",

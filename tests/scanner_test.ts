@@ -13,9 +13,9 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { ChatClient, within } from "./_harness.ts";
 import { initCa, type Service, startService } from "./_service_helpers.ts";
-import { ChatClient, joinUser } from "./_chat_helpers.ts";
-import { within } from "./_hostile_helpers.ts";
+import { joinUser } from "./_chat_helpers.ts";
 
 async function commandPath(name: string): Promise<string | undefined> {
   const out = await new Deno.Command("sh", { args: ["-c", `command -v ${name}`] }).output();

@@ -11,26 +11,17 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { ChatClient, runTask } from "./_harness.ts";
 import { PASSPHRASE, snapshot } from "./_helpers.ts";
-import { inviteToken } from "./_service_helpers.ts";
-import { modeOf, realOpenssl, runTask, ServiceProcess, TaskProcess } from "./_hostile_helpers.ts";
+import { inviteToken, Service } from "./_service_helpers.ts";
+import { argvRecordingOpenssl, modeOf } from "./_hostile_helpers.ts";
 
 Deno.test("no passphrase, token or message text reaches openssl's argv, a log, any output it should not or any file; private files are 0600 in 0700 folders", async () => {
   const dir = await Deno.makeTempDir({ prefix: "e2e-chat-secrets-" });
-  const procs: TaskProcess[] = [];
-  let service: ServiceProcess | undefined;
+  const procs: ChatClient[] = [];
+  let service: Service | undefined;
   try {
-    // The real openssl, found before the wrapper is on PATH.
-    const real = await realOpenssl();
-    const bin = join(dir, "bin");
-    const argvLog = join(dir, "openssl-argv.log");
-    await Deno.mkdir(bin);
-    await Deno.writeTextFile(
-      join(bin, "openssl"),
-      `#!/bin/sh\nprintf '%s\\n' "$*" >> '${argvLog}'\nexec '${real}' "$@"\n`,
-      { mode: 0o755 },
-    );
-    const env = { PATH: `${bin}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}` };
+    const { argvLog, env } = await argvRecordingOpenssl(dir);
     const caHome = join(dir, "ca-home");
     const caEnv = { ...env, E2E_CHAT_HOME: caHome, E2E_CHAT_CA_PASSPHRASE: PASSPHRASE };
     const outputs: Array<[string, string]> = [];
@@ -42,7 +33,7 @@ Deno.test("no passphrase, token or message text reaches openssl's argv, a log, a
     };
 
     await run("ca init", "ca", ["init", "--key-type", "ec-p256"], caEnv);
-    service = await ServiceProcess.start(caHome, PASSPHRASE, { env });
+    service = await Service.start(caHome, PASSPHRASE, { env });
     const invites = await Promise.all(
       ["alice", "bob"].map(async (n) =>
         (await run(`ca invite ${n}`, "ca", ["invite", n], caEnv)).stdout.trim()
@@ -56,12 +47,9 @@ Deno.test("no passphrase, token or message text reaches openssl's argv, a log, a
     }
 
     const [alice, bob] = await Promise.all(
-      homes.map((home) =>
-        TaskProcess.start("client", ["chat", "--json", "--home", home], { env, stdin: true })
-      ),
+      ["alice", "bob"].map((name, i) => ChatClient.start({ name, home: homes[i] }, { env })),
     );
     procs.push(alice, bob);
-    await Promise.all([alice.expect({ type: "ready" }), bob.expect({ type: "ready" })]);
     await alice.send("/chat bob");
     await alice.expect({ type: "invited", to: "bob" });
     await bob.expect({ type: "invite", from: "alice" });

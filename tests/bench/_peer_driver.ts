@@ -17,6 +17,7 @@
  */
 import tls from "node:tls";
 import { PeerConnection } from "../../client/peer.ts";
+import { readLines } from "../../lib/lines.ts";
 import { parseCertificate } from "../../lib/x509.ts";
 
 const encoder = new TextEncoder();
@@ -69,36 +70,28 @@ async function main(args: string[]): Promise<void> {
   const ack = (id: string) => new Promise<number>((r) => acks.set(id, r));
   print("ready");
 
-  const decoder = new TextDecoder();
-  let pending = "";
-  for await (const chunk of Deno.stdin.readable) {
-    pending += decoder.decode(chunk, { stream: true });
-    let nl: number;
-    while ((nl = pending.indexOf("\n")) >= 0) {
-      const line = pending.slice(0, nl);
-      pending = pending.slice(nl + 1);
-      const space = line.indexOf(" ");
-      const [command, arg] = [line.slice(0, space), line.slice(space + 1)];
-      if (command === "ping") {
-        const out: number[] = [];
-        for (let i = 0; i < Number(arg); i++) {
-          const t0 = performance.now();
-          const id = conn.sendMessage(`p${i}`);
-          out.push(((await ack(id)) - t0) * 1000);
-        }
-        print(out);
-      } else if (command === "msgs") {
-        const count = Number(arg);
-        const done = new Promise<number>((r) => (synced = r));
+  for await (const line of readLines(Deno.stdin.readable)) {
+    const space = line.indexOf(" ");
+    const [command, arg] = [line.slice(0, space), line.slice(space + 1)];
+    if (command === "ping") {
+      const out: number[] = [];
+      for (let i = 0; i < Number(arg); i++) {
         const t0 = performance.now();
-        for (let i = 0; i < count; i++) conn.sendMessage(`m${i}-`.padEnd(100, "x"));
-        conn.sendMessage("sync");
-        print({ rate: count / ((await done) - t0) * 1000 });
-      } else if (command === "file") {
-        const t0 = performance.now();
-        const id = await conn.sendFile(arg);
-        print({ ms: (await ack(id)) - t0 });
+        const id = conn.sendMessage(`p${i}`);
+        out.push(((await ack(id)) - t0) * 1000);
       }
+      print(out);
+    } else if (command === "msgs") {
+      const count = Number(arg);
+      const done = new Promise<number>((r) => (synced = r));
+      const t0 = performance.now();
+      for (let i = 0; i < count; i++) conn.sendMessage(`m${i}-`.padEnd(100, "x"));
+      conn.sendMessage("sync");
+      print({ rate: count / ((await done) - t0) * 1000 });
+    } else if (command === "file") {
+      const t0 = performance.now();
+      const id = await conn.sendFile(arg);
+      print({ ms: (await ack(id)) - t0 });
     }
   }
   conn.close();

@@ -7,34 +7,14 @@
  * @module
  */
 import { join } from "node:path";
+import { readLines } from "../../lib/lines.ts";
+import { childEnv, deadline, ROOT, taskFlags, within } from "../_harness.ts";
 
-/** The repository root. */
-export const ROOT: string = new URL("../../", import.meta.url).pathname;
+export { deadline, ROOT, taskFlags };
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const live = new Set<Proc>();
-
-/** The `--allow-*` flags of a task in deno.json, so our children get exactly those. */
-export async function taskFlags(task: "ca" | "client"): Promise<string[]> {
-  const config = JSON.parse(await Deno.readTextFile(join(ROOT, "deno.json")));
-  return String(config.tasks[task]).split(/\s+/).filter((w) => w.startsWith("--allow-"));
-}
-
-/** Rejects with "timed out waiting for `what`" after `ms`; the timer never outlives the race. */
-export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** A line a child printed and when it arrived (performance.now(), ms). */
 export interface TimedLine {
@@ -102,14 +82,14 @@ export class Proc {
 
   /** The next stdout line (when no `onLine` is set), or an error after `ms`. */
   async nextLine(ms: number): Promise<TimedLine> {
-    const deadline = performance.now() + ms;
+    const until = performance.now() + ms;
     while (!this.#queue.length) {
       if (this.#ended) throw new Error(`${this.label} exited\n${this.stderrTail.join("\n")}`);
-      const left = deadline - performance.now();
+      const left = until - performance.now();
       if (left <= 0) {
         throw new Error(`${this.label} printed nothing in time\n${this.stderrTail.join("\n")}`);
       }
-      await within(new Promise<void>((r) => (this.#wake = r)), left, this.label).catch(() => {});
+      await within(new Promise<void>((r) => (this.#wake = r)), left, undefined);
       this.#wake = undefined;
     }
     return this.#queue.shift()!;
@@ -123,13 +103,13 @@ export class Proc {
   /** Closes stdin, waits up to `ms` for the exit, then SIGTERM, then SIGKILL. */
   async stop(ms = 3_000): Promise<void> {
     await this.#writer.close().catch(() => {});
-    let exited = await within(this.status, ms, this.label).then(() => true, () => false);
+    let exited = await deadline(this.status, ms, this.label).then(() => true, () => false);
     for (const signal of ["SIGTERM", "SIGKILL"] as const) {
       if (exited) break;
       try {
         this.child.kill(signal);
       } catch { /* already gone */ }
-      exited = await within(this.status, 2_000, this.label).then(() => true, () => false);
+      exited = await deadline(this.status, 2_000, this.label).then(() => true, () => false);
     }
     live.delete(this);
   }
@@ -138,22 +118,9 @@ export class Proc {
     stream: ReadableStream<Uint8Array>,
     each: (line: TimedLine) => void,
   ): Promise<void> {
-    const text = new TextDecoder();
-    let pending = "";
     try {
-      for await (const chunk of stream) {
-        const t = performance.now();
-        pending += text.decode(chunk, { stream: true });
-        let start = 0;
-        let nl: number;
-        while ((nl = pending.indexOf("\n", start)) >= 0) {
-          each({ text: pending.slice(start, nl), t });
-          start = nl + 1;
-        }
-        pending = pending.slice(start);
-      }
+      for await (const text of readLines(stream)) each({ text, t: performance.now() });
     } catch { /* the child went away */ }
-    if (pending) each({ text: pending, t: performance.now() });
   }
 }
 
@@ -168,7 +135,8 @@ export function spawnDeno(
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--quiet", ...flags, entry(script), ...args],
     cwd: options.cwd ?? ROOT,
-    env: { NO_COLOR: "1", ...options.env },
+    clearEnv: true,
+    env: childEnv(options.env),
     stdin: "piped",
     stdout: "piped",
     stderr: "piped",
@@ -208,7 +176,8 @@ export async function run(
   const out = await new Deno.Command(program, {
     args,
     cwd: options.cwd ?? ROOT,
-    env: { NO_COLOR: "1", ...options.env },
+    clearEnv: true,
+    env: childEnv(options.env),
     stdin: "null",
     stdout: "piped",
     stderr: "piped",

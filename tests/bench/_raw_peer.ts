@@ -23,6 +23,7 @@ import tls from "node:tls";
 import type { CertificateInfo } from "../../lib/x509.ts";
 import { parseCertificate } from "../../lib/x509.ts";
 import { PeerConnection } from "../../client/peer.ts";
+import { readLines } from "../../lib/lines.ts";
 import { pemEncode } from "../../lib/pem.ts";
 
 const encoder = new TextEncoder();
@@ -46,20 +47,12 @@ function emit(each: boolean, count: number): void {
 }
 
 async function pipe(): Promise<void> {
-  const decoder = new TextDecoder();
-  let pending = "";
-  for await (const chunk of Deno.stdin.readable) {
-    pending += decoder.decode(chunk, { stream: true });
-    let nl: number;
-    while ((nl = pending.indexOf("\n")) >= 0) {
-      const line = pending.slice(0, nl);
-      pending = pending.slice(nl + 1);
-      const [command, count] = line.split(" ");
-      if (command === "emit" || command === "emitb") emit(command === "emit", Number(count));
-      else {writeAllSync(
-          encoder.encode(JSON.stringify({ type: "delivered", to: "x", id: line }) + "\n"),
-        );}
-    }
+  for await (const line of readLines(Deno.stdin.readable)) {
+    const [command, count] = line.split(" ");
+    if (command === "emit" || command === "emitb") emit(command === "emit", Number(count));
+    else {writeAllSync(
+        encoder.encode(JSON.stringify({ type: "delivered", to: "x", id: line }) + "\n"),
+      );}
   }
 }
 

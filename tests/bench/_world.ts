@@ -216,8 +216,3 @@ export function syntheticIndex(count: number): string {
   }
   return lines.join("\n") + "\n";
 }
-
-/** Waits `ms` (to let a system settle between phases). */
-export function pause(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}

@@ -14,7 +14,8 @@ import { randomFillSync } from "node:crypto";
 import { hashFile } from "../../client/files.ts";
 import { pemDecode } from "../../lib/pem.ts";
 import { checkPeer, trustAnchor } from "../../lib/tls.ts";
-import { type Proc, readProc, runDeno, spawnDeno, type TimedLine, within } from "./_procs.ts";
+import { deadline, type Proc, readProc, runDeno, spawnDeno, type TimedLine } from "./_procs.ts";
+import { ChatClient } from "../_harness.ts";
 import type { Report } from "./_report.ts";
 import { median, percentile, spreadOverRounds } from "./_stats.ts";
 import type { Service, Workspace } from "./_world.ts";
@@ -49,116 +50,6 @@ export interface ChatSizes {
 let WAIT_MS = 60_000;
 const RAW_PEER_FLAGS = ["--allow-net=127.0.0.1", "--allow-read", "--allow-write"];
 const ALPN = "e2e-chat/1";
-
-/** One event line, typed cheaply (the JSON is parsed only when someone waits for it). */
-interface Line {
-  type: string;
-  text: string;
-  t: number;
-}
-
-type Event = Record<string, unknown>;
-
-interface Waiter {
-  type: string;
-  match: (e: Event) => boolean;
-  resolve: (v: { event: Event; t: number }) => void;
-  reject: (e: Error) => void;
-}
-
-/** A `client chat --json` process seen through its stdin and stdout. */
-class ChatClient {
-  readonly name: string;
-  readonly proc: Proc;
-  readonly counts = new Map<string, number>();
-  readonly warnings: string[] = [];
-  #backlog: Line[] = [];
-  #waiters: Waiter[] = [];
-  #counters: Array<{ type: string; n: number; resolve: (t: number) => void }> = [];
-
-  constructor(name: string, proc: Proc) {
-    this.name = name;
-    this.proc = proc;
-    proc.onLine = (line) => this.#onLine(line);
-  }
-
-  #onLine({ text, t }: TimedLine): void {
-    // JSON.stringify puts "type" first: read it without parsing the line.
-    const type = text.startsWith('{"type":"') ? text.slice(9, text.indexOf('"', 9)) : "?";
-    const count = (this.counts.get(type) ?? 0) + 1;
-    this.counts.set(type, count);
-    if (type === "warning" || type === "error") this.warnings.push(text);
-    if (type === "error") {
-      const error = new Error(`${this.name} reported ${text}`);
-      for (const w of this.#waiters.splice(0)) w.reject(error);
-    }
-    for (let i = 0; i < this.#counters.length; i++) {
-      const c = this.#counters[i];
-      if (c.type === type && count >= c.n) {
-        this.#counters.splice(i--, 1);
-        c.resolve(t);
-      }
-    }
-    for (let i = 0; i < this.#waiters.length; i++) {
-      const w = this.#waiters[i];
-      if (w.type !== type) continue;
-      const event = JSON.parse(text) as Event;
-      if (!w.match(event)) continue;
-      this.#waiters.splice(i, 1);
-      w.resolve({ event, t });
-      return;
-    }
-    this.#backlog.push({ type, text, t });
-    if (this.#backlog.length > 1000) this.#backlog.shift();
-  }
-
-  /** Forgets events nobody waited for. */
-  clear(): void {
-    this.#backlog = [];
-  }
-
-  /** Writes one input line; resolves with the time just before the write. */
-  async send(line: string): Promise<number> {
-    const t = performance.now();
-    await this.proc.write(line + "\n");
-    return t;
-  }
-
-  /** The first event of `type` matching `match` (an earlier one nobody took counts). */
-  waitFor(
-    type: string,
-    match: (e: Event) => boolean = () => true,
-    ms = WAIT_MS,
-  ): Promise<{ event: Event; t: number }> {
-    for (let i = 0; i < this.#backlog.length; i++) {
-      const line = this.#backlog[i];
-      if (line.type !== type) continue;
-      const event = JSON.parse(line.text) as Event;
-      if (match(event)) {
-        this.#backlog.splice(i, 1);
-        return Promise.resolve({ event, t: line.t });
-      }
-    }
-    const promise = new Promise<{ event: Event; t: number }>((resolve, reject) => {
-      this.#waiters.push({ type, match, resolve, reject });
-    });
-    return within(promise, ms, `${this.name}: ${type}\n${this.proc.stderrTail.join("\n")}`)
-      .finally(() => {
-        this.#waiters = this.#waiters.filter((w) => w.type !== type || w.match !== match);
-      });
-  }
-
-  /** Resolves with the arrival time of the `n`-th event of `type` since the start. */
-  waitCount(type: string, n: number, ms = WAIT_MS): Promise<number> {
-    if ((this.counts.get(type) ?? 0) >= n) return Promise.resolve(performance.now());
-    const promise = new Promise<number>((resolve) => this.#counters.push({ type, n, resolve }));
-    return within(promise, ms, `${this.name}: ${n} ${type} events`);
-  }
-
-  count(type: string): number {
-    return this.counts.get(type) ?? 0;
-  }
-}
 
 /** Peak RSS (VmHWM) of a process, MiB. */
 async function peakMiB(pid: number): Promise<number> {
@@ -231,7 +122,7 @@ async function rawConnect(port: number, creds: Creds): Promise<tls.TLSSocket> {
     rejectUnauthorized: true,
     checkServerIdentity: () => undefined,
   });
-  await within(
+  await deadline(
     new Promise<void>((resolve, reject) => {
       socket.once("secureConnect", () => resolve());
       socket.once("error", reject);
@@ -276,7 +167,7 @@ class LineSocket {
 
   async next(ms = WAIT_MS): Promise<TimedLine> {
     while (!this.#lines.length) {
-      await within(new Promise<void>((r) => (this.#wake = r)), ms, "a line from the raw peer");
+      await deadline(new Promise<void>((r) => (this.#wake = r)), ms, "a line from the raw peer");
     }
     return this.#lines.shift()!;
   }
@@ -318,6 +209,7 @@ class Rig {
   readonly service: Service;
   readonly homes: { alice: string; bob: string };
   readonly procs: Proc[] = [];
+  readonly clients: ChatClient[] = [];
   creds!: { alice: Creds; bob: Creds };
   alice!: ChatClient;
   bob!: ChatClient;
@@ -353,14 +245,11 @@ class Rig {
       ]);
     }
     rig.creds = { alice: await credsOf(rig.homes.alice), bob: await credsOf(rig.homes.bob) };
-    rig.alice = rig.client("alice");
-    rig.bob = rig.client("bob");
+    [rig.alice, rig.bob] = await Promise.all([rig.client("alice"), rig.client("bob")]);
     await Deno.mkdir(ws.path("raw-downloads"), { recursive: true });
     const raw = rig.rawPeer("raw peer");
     rig.pipe = spawnDeno("pipe echo", "tests/bench/_raw_peer.ts", [], ["--pipe"]);
     rig.procs.push(rig.pipe);
-    await rig.alice.waitFor("ready");
-    await rig.bob.waitFor("ready");
     const [rawPort, peerPort] = (await raw.nextLine(WAIT_MS)).text.split(" ").slice(1)
       .map(Number);
     rig.rawPort = rawPort;
@@ -380,16 +269,14 @@ class Rig {
     return rig;
   }
 
-  /** Starts `client chat --json` for `name`. */
-  client(name: "alice" | "bob"): ChatClient {
-    const proc = spawnDeno(`client chat (${name})`, "client/main.ts", this.ws.clientFlags, [
-      "chat",
-      "--json",
-      "--home",
-      this.homes[name],
-    ]);
-    this.procs.push(proc);
-    return new ChatClient(name, proc);
+  /** Starts `client chat --json` for `name` (the harness's driver) and waits for `ready`. */
+  async client(name: "alice" | "bob"): Promise<ChatClient> {
+    const client = await ChatClient.start({ name, home: this.homes[name] }, {
+      readyMs: WAIT_MS,
+      failOnError: true,
+    });
+    this.clients.push(client);
+    return client;
   }
 
   /** Starts a raw peer process (tests/bench/_raw_peer.ts) with bob's certificate. */
@@ -411,23 +298,21 @@ class Rig {
     alice.clear();
     bob.clear();
     await alice.send("/chat bob");
-    await alice.waitFor("invited");
-    await bob.waitFor("invite", (e) => e.from === "alice");
+    await alice.expectTimed({ type: "invited" }, WAIT_MS);
+    await bob.expectTimed((e) => e.type === "invite" && e.from === "alice", WAIT_MS);
     const t0 = await bob.send("/accept alice");
     const [atBob, atAlice] = await Promise.all([
-      bob.waitFor("connected", (e) => e.peer === "alice"),
-      alice.waitFor("connected", (e) => e.peer === "bob"),
+      bob.expectTimed((e) => e.type === "connected" && e.peer === "alice", WAIT_MS),
+      alice.expectTimed((e) => e.type === "connected" && e.peer === "bob", WAIT_MS),
     ]);
     return { bob: atBob.t - t0, alice: atAlice.t - t0 };
   }
 
   /** A new bob process, connected again (to measure a fresh process). */
   async restartBob(): Promise<void> {
-    await this.bob.send("/quit").catch(() => {});
-    await this.bob.proc.stop(5_000);
-    await this.alice.waitFor("disconnected");
-    this.bob = this.client("bob");
-    await this.bob.waitFor("ready");
+    await this.bob.stop();
+    await this.alice.expectTimed({ type: "disconnected" }, WAIT_MS);
+    this.bob = await this.client("bob");
     await this.connectOnce();
   }
 
@@ -439,6 +324,7 @@ class Rig {
 
   /** Stops every process it started. */
   async stop(): Promise<void> {
+    for (const c of this.clients) await c.stop();
     for (const p of this.procs) await p.stop(3_000);
   }
 }
@@ -477,8 +363,8 @@ async function benchConnect(rig: Rig): Promise<void> {
   for (let r = 0; r < sizes.connectRounds; r++) {
     ws.log(`connect: round ${r + 1}/${sizes.connectRounds}`);
     await rig.alice.send("/close bob");
-    await rig.alice.waitFor("disconnected");
-    await rig.bob.waitFor("disconnected");
+    await rig.alice.expectTimed({ type: "disconnected" }, WAIT_MS);
+    await rig.bob.expectTimed({ type: "disconnected" }, WAIT_MS);
     const c = await rig.connectOnce();
     connect.bob.push(c.bob);
     connect.alice.push(c.alice);
@@ -535,8 +421,8 @@ async function benchRtt(rig: Rig): Promise<void> {
   const echo = await LineSocket.open(rig.rawPort, creds.alice, "echo");
   const pingProduct = async (i: number) => {
     const wait = [
-      alice.waitFor("delivered"),
-      bob.waitFor("message", () => true),
+      alice.expectTimed({ type: "delivered" }, WAIT_MS),
+      bob.expectTimed({ type: "message" }, WAIT_MS),
     ];
     const t0 = await alice.send(`p${i}`);
     const [delivered, message] = await Promise.all(wait);
@@ -682,9 +568,9 @@ async function benchMsgs(rig: Rig): Promise<void> {
     let input = "";
     for (let i = 0; i < n; i++) input += text100(i) + "\n";
     const t0 = performance.now();
-    await alice.proc.write(input);
-    const t1 = await bob.waitCount("message", target, WAIT_MS * 3);
-    await alice.waitCount("delivered", delivered, WAIT_MS * 3);
+    await alice.write(input);
+    const t1 = await bob.expectCount("message", target, WAIT_MS * 3);
+    await alice.expectCount("delivered", delivered, WAIT_MS * 3);
     alice.clear();
     bob.clear();
     return n / (t1 - t0) * 1000;
@@ -730,7 +616,7 @@ async function benchMsgs(rig: Rig): Promise<void> {
     });
     const t0 = performance.now();
     await pipe.write(`${command} ${n}\n`);
-    const t1 = await within(last, WAIT_MS * 3, `${n} lines from the pipe process`);
+    const t1 = await deadline(last, WAIT_MS * 3, `${n} lines from the pipe process`);
     pipe.onLine = undefined;
     return n / (t1 - t0) * 1000;
   };
@@ -789,9 +675,9 @@ async function benchFile(rig: Rig): Promise<void> {
     alice.clear();
     rig.bob.clear();
     const t0 = await alice.send(`/file ${path}`);
-    const got = await rig.bob.waitFor("file", () => true, WAIT_MS * 5);
-    const peak = await peakMiB(rig.bob.proc.pid);
-    await alice.waitFor("delivered", () => true, WAIT_MS * 5);
+    const got = await rig.bob.expectTimed({ type: "file" }, WAIT_MS * 5);
+    const peak = await peakMiB(rig.bob.pid);
+    await alice.expectTimed({ type: "delivered" }, WAIT_MS * 5);
     await Deno.remove(String(got.event.path)).catch(() => {});
     if (got.event.bytes !== bytes) throw new Error("bob received a file of another size");
     return { rate: bytes / (got.t - t0) * 1000 / MB, peak };
@@ -852,7 +738,7 @@ async function benchFile(rig: Rig): Promise<void> {
         `file: peak RSS of a fresh receiver, ${bytes / MiB} MiB (${r + 1}/${sizes.rssRounds})`,
       );
       await rig.restartBob();
-      rss.idle.push(await rssMiB(rig.bob.proc.pid));
+      rss.idle.push(await rssMiB(rig.bob.pid));
       into.push((await fileProduct(path, bytes)).peak);
       const fresh = rig.rawPeer("raw peer (fresh)");
       const port = Number((await fresh.nextLine(WAIT_MS)).text.split(" ")[1]);
