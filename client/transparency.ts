@@ -56,6 +56,12 @@ interface LogState {
   audited: { size: number; hashes: string[] };
   /** Standing alarms. */
   alarms: LogAlarm[];
+  /**
+   * The index of the first entry for our name with our key. Entries for our name
+   * before it are earlier enrollments (a lost key); any after it with another key
+   * is a certificate we did not ask for.
+   */
+  since?: number;
 }
 
 /** Entries asked for at once (the CA answers at most 256). */
@@ -121,6 +127,7 @@ export class LogMonitor {
           ? read.audited
           : state.audited,
         alarms: Array.isArray(read.alarms) ? read.alarms : [],
+        since: Number.isSafeInteger(read.since) ? read.since : undefined,
       };
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) {
@@ -237,7 +244,8 @@ export class LogMonitor {
         return { entries: 0, size: checkpoint.size, foreign: [] };
       }
       const frontier = start;
-      const foreign: AuditResult["foreign"] = [];
+      const candidates: AuditResult["foreign"] = [];
+      let since = whole ? undefined : this.#state.since;
       let read = 0;
       while (frontier.size < checkpoint.size) {
         const end = Math.min(frontier.size + PAGE, checkpoint.size);
@@ -254,11 +262,12 @@ export class LogMonitor {
           } catch {
             continue; // not a certificate: still a leaf, and it must still hash to the root
           }
-          if (info.commonName === name && info.keyFingerprint !== keyFingerprint) {
-            foreign.push({ index, serial: info.serial, fingerprint: info.fingerprint });
-          }
+          if (info.commonName !== name) continue;
+          if (info.keyFingerprint === keyFingerprint) since ??= index;
+          else candidates.push({ index, serial: info.serial, fingerprint: info.fingerprint });
         }
       }
+      const foreign = candidates.filter((c) => since === undefined || c.index > since);
       if (!Buffer.from(frontier.root()).equals(Buffer.from(checkpoint.root))) {
         await this.#raise({
           message: `the log's entries do not make its checkpoint of ${checkpoint.size} entries: ` +
@@ -274,6 +283,7 @@ export class LogMonitor {
           fingerprint: f.fingerprint,
         });
       }
+      this.#state.since = since;
       this.#state.audited = {
         size: frontier.size,
         hashes: frontier.hashes.map((h) => Buffer.from(h).toString("base64")),

@@ -385,6 +385,8 @@ async function files(scene: Scene): Promise<void> {
     const sent = await from.expect({ type: "sent", to: to.name });
     const delivered = await from.expect({ type: "delivered", to: to.name });
     assert.equal(delivered.id, sent.id);
+    // The receiver's file event names the transfer by the sender's id.
+    assert.equal(file.id, sent.id);
     return { file, progress: to.since(mark, { type: "progress" }) };
   };
 
@@ -392,6 +394,7 @@ async function files(scene: Scene): Promise<void> {
   assert.deepEqual(first.file, {
     type: "file",
     from: "alice-files",
+    id: first.file.id,
     name: "report.pdf",
     path: join(downloads(bobUser), "report.pdf"),
     bytes: big.length,
