@@ -20,7 +20,15 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import { basename, dirname, join } from "node:path";
-import { ChatClient, concurrentSteps, connect, sleep, stopAll, within } from "./_harness.ts";
+import {
+  ChatClient,
+  concurrentSteps,
+  connect,
+  sleep,
+  stopAll,
+  waitUntil,
+  within,
+} from "./_harness.ts";
 import { snapshot } from "./_helpers.ts";
 import { initCa, type Service, startService } from "./_service_helpers.ts";
 import { joinUser, RawPeer, type RawPeerOptions, selfSigned, type User } from "./_chat_helpers.ts";
@@ -314,11 +322,27 @@ Deno.test("a chat listener under attack keeps serving its invited peer, and writ
         assert.ok(shown.every((e) => e.peer === "bob" || e.from === "bob"), JSON.stringify(shown));
         assert.deepEqual(alice.since(attackStart, { type: "message" }).map((e) => e.text), ["yes"]);
 
-        assertSameFiles(aliceBefore, await snapshot(aliceUser.home), "alice's home");
+        // Her history holds the legitimate exchange with bob, and nothing the attacks sent.
+        const texts = async () =>
+          (await Deno.readTextFile(join(aliceUser.home, "history", "bob.jsonl")).catch(() => ""))
+            .trim().split("\n").filter(Boolean).map((l) => JSON.parse(l))
+            .filter((r) => r.t === "msg").map((r) => r.text);
+        // (history is written a moment after the event)
+        await waitUntil(async () => (await texts()).length >= 2, "alice's history");
+        assert.deepEqual(await texts(), ["still here?", "yes"]);
+        assertSameFiles(
+          aliceBefore,
+          await snapshot(aliceUser.home),
+          "alice's home",
+          /\/history\/bob\.jsonl$/,
+        );
         assertSameFiles(caBefore, await snapshot(service!.caDir), "the CA");
         const added = (await tree(dir)).filter((p) => !filesBefore.includes(p) && p !== "bob/");
         const unexpected = added.filter((p) =>
-          !/^alice-dl\/inner\/[^/]+$/.test(p) && p !== "bob/peers.json"
+          !/^alice-dl\/inner\/[^/]+$/.test(p) && p !== "bob/peers.json" &&
+          // the two histories of the legitimate conversation (alice's is checked above)
+          !["alice/history/", "alice/history/bob.jsonl", "bob/history/", "bob/history/alice.jsonl"]
+            .includes(p)
         );
         assert.deepEqual(unexpected, [], "files written outside alice's downloads");
         const now = await tree(dir);

@@ -110,11 +110,14 @@ Deno.test("no passphrase, token or message text reaches openssl's argv, a log, a
         }
       }
     }
-    // Files: the CA's, both users', everything the run left; the received file holds its content.
+    // Files: the CA's, both users', everything the run left; the received file holds its content,
+    // and each user's history (0600 in a 0700 folder, checked below) the conversation.
+    const histories = homes.map((h, i) => join(h, "history", `${i === 0 ? "bob" : "alice"}.jsonl`));
     for (const [path, content] of await snapshot(dir)) {
       for (const [what, secret] of secrets) {
         if (!content.includes(secret)) continue;
         if (path === filePath || path === file.path) continue;
+        if (histories.includes(path) && [toAlice, toBob].includes(secret)) continue;
         found.push(`${what} in ${path}`);
       }
     }
@@ -133,7 +136,10 @@ Deno.test("no passphrase, token or message text reaches openssl's argv, a log, a
         [join(h, "id"), 0o700],
         [join(h, "id", "key.pem"), 0o600],
         [join(h, "peers.json"), 0o600],
+        [join(h, "history"), 0o700],
+        [join(h, "log.json"), 0o600],
       ]),
+      ...histories.map((h): [string, number] => [h, 0o600]),
       [join(homes[1], "downloads"), 0o700],
       [String(file.path), 0o600],
     ];

@@ -23,7 +23,11 @@ let pending = "";
  */
 export function jsonEvent(event: ChatEvent): void {
   if (!pending) queueMicrotask(flushEvents);
-  pending += JSON.stringify(event) + "\n";
+  // What we typed is not echoed: a script's stdout holds our text only where it must.
+  const out = event.type === "sent" && event.text !== undefined
+    ? { ...event, text: undefined }
+    : event;
+  pending += JSON.stringify(out) + "\n";
 }
 
 /** Writes out events still waiting (before the process exits). */

@@ -1,0 +1,241 @@
+/**
+ * The dishonest CA, end to end (docs/TRANSPARENCY.md): a real CA service, real
+ * clients and the real openssl. Each test plays a CA that misbehaves the way a
+ * compromised or coerced one would — with its own key and its own database —
+ * and checks that the software, not a person, catches it.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { ChatClient, deadline, runTask } from "./_harness.ts";
+import { makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
+import { joinUser, RawPeer, type User } from "./_chat_helpers.ts";
+import { assertSuccess, type Service, startService, withService } from "./_service_helpers.ts";
+import { openssl, PASSPHRASE_ARG } from "../lib/openssl.ts";
+import { parseCertificate } from "../lib/x509.ts";
+
+const CA_ENV = { E2E_CHAT_CA_PASSPHRASE: PASSPHRASE };
+
+/**
+ * Signs a certificate for `name` with `keyPem`'s key straight through `openssl ca`
+ * in the CA's own folder, with none of e2e-chat's rules: it goes into the
+ * database (and so, at the next commit, into the log) and revokes nothing.
+ */
+async function signBehindTheirBacks(
+  service: Service,
+  name: string,
+  keyPem: string,
+): Promise<string> {
+  const caDir = join(service.home, "ca");
+  const { csr } = await makeCsr(name, { keyPem });
+  await Deno.writeTextFile(join(caDir, "evil.csr"), csr);
+  await Deno.writeTextFile(
+    join(caDir, "evil.cnf"),
+    `[ leaf ]\nbasicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n` +
+      `extendedKeyUsage = clientAuth, serverAuth\nsubjectAltName = DNS:${name}\n`,
+  );
+  await openssl([
+    ...["ca", "-config", "openssl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt", "-batch"],
+    ...["-passin", PASSPHRASE_ARG, "-in", "evil.csr", "-subj", `/CN=${name}`],
+    ...["-extfile", "evil.cnf", "-extensions", "leaf", "-days", "2", "-notext", "-out", "evil.pem"],
+  ], { cwd: caDir, passphrase: PASSPHRASE });
+  const pem = await Deno.readTextFile(join(caDir, "evil.pem"));
+  for (const f of ["evil.csr", "evil.cnf", "evil.pem"]) await Deno.remove(join(caDir, f));
+  return pem;
+}
+
+/** Any commit makes the CA bring its log level with its database. */
+async function commitSomething(service: Service): Promise<void> {
+  assertSuccess(await runCa(service.home, ["crl"], { env: CA_ENV }), "ca crl");
+}
+
+async function audit(user: User): Promise<{ code: number; stdout: string; stderr: string }> {
+  return await runTask("client", ["audit"], { env: { E2E_CHAT_HOME: user.home } });
+}
+
+Deno.test("a certificate for bob with another key, issued and logged, raises log_alarm at bob and client audit fails naming it", async () => {
+  await withService(async (service, dir) => {
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    const before = await audit(bob);
+    assert.equal(before.code, 0, before.stdout + before.stderr);
+    assert.match(before.stdout, /No certificate for "bob" but yours/);
+
+    const { key: mallory } = await makeCsr("bob");
+    const evil = await signBehindTheirBacks(service, "bob", mallory);
+    await commitSomething(service);
+    const evilFingerprint = parseCertificate(evil).fingerprint;
+
+    const client = await ChatClient.start(bob, { failOnError: false });
+    try {
+      const alarm = await client.expect({ type: "log_alarm" });
+      assert.match(
+        String(alarm.message),
+        /issued a certificate for your name that you did not request/,
+      );
+      assert.equal(alarm.fingerprint, evilFingerprint);
+      // No new connections while the alarm stands.
+      await client.send("/chat alice");
+      await client.expect((e) => e.type === "error" && /alarm/.test(String(e.message)));
+    } finally {
+      await client.stop();
+    }
+    const after = await audit(bob);
+    assert.equal(after.code, 1, after.stdout + after.stderr);
+    assert.match(after.stdout, new RegExp(`fingerprint ${evilFingerprint}`));
+    assert.match(after.stdout, /serial [0-9A-F]+/);
+  });
+});
+
+Deno.test("a certificate made with the CA key outside the log is refused by peers, even with the right key", async () => {
+  await withService(async (service, dir) => {
+    const [alice, bob] = await Promise.all([
+      joinUser(service, "alice", join(dir, "alice")),
+      joinUser(service, "bob", join(dir, "bob")),
+    ]);
+    // The CA signs bob's own key again, outside its database and log.
+    const caDir = join(service.home, "ca");
+    const { csr } = await makeCsr("bob", { keyPem: await Deno.readTextFile(bob.keyPath) });
+    const csrPath = join(dir, "bob-again.csr");
+    await Deno.writeTextFile(csrPath, csr);
+    await Deno.writeTextFile(
+      join(dir, "ext.cnf"),
+      "subjectAltName = DNS:bob\nbasicConstraints = critical, CA:FALSE\n",
+    );
+    const { stdout } = await openssl([
+      ...[
+        "x509",
+        "-req",
+        "-in",
+        csrPath,
+        "-CA",
+        join(caDir, "ca.crt"),
+        "-CAkey",
+        join(caDir, "ca.key"),
+      ],
+      ...["-passin", PASSPHRASE_ARG, "-set_serial", "0x1234", "-days", "1"],
+      ...["-extfile", join(dir, "ext.cnf")],
+    ], { passphrase: PASSPHRASE });
+    const unlogged = new TextDecoder().decode(stdout);
+    const key = await Deno.readTextFile(bob.keyPath);
+    const logged = await Deno.readTextFile(bob.certPath);
+
+    const a = await ChatClient.start(alice);
+    try {
+      const mark = a.mark();
+      await a.send("/chat bob");
+      await a.expect({ type: "invited", to: "bob" });
+      // Our CA, bob's name, the very key the directory gave alice — but not in the log.
+      const impostor = RawPeer.connect(a.port, { cert: unlogged, key });
+      await deadline(
+        impostor.closed,
+        10_000,
+        "alice closing the unlogged certificate's connection",
+      );
+      assert.equal(impostor.lines.length, 0, "alice sent nothing to the unlogged certificate");
+      await a.expectNone(mark, { type: "connected" });
+
+      // bob's logged certificate gets in on the same invitation.
+      const real = RawPeer.connect(a.port, { cert: logged, key });
+      try {
+        assert.equal((await a.expect({ type: "connected" })).peer, "bob");
+      } finally {
+        real.destroy();
+      }
+    } finally {
+      await a.stop();
+    }
+  });
+});
+
+Deno.test("a CA that rewrites its history shows alice and bob forked logs, and they find out when they connect", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "e2e-chat-fork-" });
+  let service: Service | undefined;
+  try {
+    const caHome = join(dir, "ca-home");
+    assertSuccess(await runCa(caHome, ["init", "--key-type", "ec-p256"]), "ca init");
+    service = await startService(caHome);
+    const port = service.port;
+    const [alice, bob] = await Promise.all([
+      joinUser(service, "alice", join(dir, "alice")),
+      joinUser(service, "bob", join(dir, "bob")),
+    ]);
+    // The branch point: the CA keeps a copy of its whole state.
+    await service.stop();
+    await copyTree(caHome, join(dir, "branch"));
+
+    // History one: carol joins; alice sees that log.
+    service = await startService(caHome, { args: ["--port", String(port)] });
+    await joinUser(service, "carol", join(dir, "carol"));
+    assert.equal((await audit(alice)).code, 0);
+
+    // History two: the CA rolls back to the copy and issues something else; bob sees that.
+    await service.stop();
+    await Deno.remove(caHome, { recursive: true });
+    await copyTree(join(dir, "branch"), caHome);
+    service = await startService(caHome, { args: ["--port", String(port)] });
+    await joinUser(service, "dave", join(dir, "dave"));
+    assert.equal((await audit(bob)).code, 0, "bob alone cannot tell");
+
+    const [a, b] = await Promise.all([
+      ChatClient.start(alice, { failOnError: false }),
+      ChatClient.start(bob, { failOnError: false }),
+    ]);
+    try {
+      // alice's client reads the CA's log at start: it is not the one she saw.
+      const seen = await Promise.race([
+        a.expect({ type: "log_alarm" }).then(() => "alice"),
+        b.expect({ type: "log_alarm" }).then(() => "bob"),
+      ]);
+      assert.ok(seen === "alice" || seen === "bob");
+      const alarm = a.events.find((e) => e.type === "log_alarm") ??
+        b.events.find((e) => e.type === "log_alarm");
+      assert.match(String(alarm?.message), /not consistent/);
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+    assert.equal((await audit(alice)).code, 1);
+  } finally {
+    await service?.stop();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("a log edited on disk is found by client audit and ca log verify; a truncated one by ca log verify", async () => {
+  await withService(async (service, dir) => {
+    const alice = await joinUser(service, "alice", join(dir, "alice"));
+    await joinUser(service, "bob", join(dir, "bob"));
+    const entries = join(service.home, "ca", "log", "entries");
+    const verify = () => runTask("ca", ["log", "verify"], { env: { E2E_CHAT_HOME: service.home } });
+    const ok = await verify();
+    assert.equal(ok.code, 0, ok.stdout + ok.stderr);
+    assert.match(ok.stdout, /OK: every entry is the database's certificate/);
+
+    const original = await Deno.readFile(entries);
+    const edited = original.slice();
+    edited[edited.length - 20] ^= 0x01;
+    await Deno.writeFile(entries, edited);
+    const bad = await verify();
+    assert.equal(bad.code, 1);
+    assert.match(bad.stdout, /PROBLEM: the entries do not hash to the checkpoint's root/);
+    const audited = await audit(alice);
+    assert.equal(audited.code, 1, audited.stdout + audited.stderr);
+    assert.match(audited.stdout, /entries do not make its checkpoint/);
+
+    await Deno.writeFile(entries, original.subarray(0, original.length - 100));
+    const cut = await verify();
+    assert.equal(cut.code, 1);
+    assert.match(cut.stdout, /PROBLEM: .*torn last record/);
+    assert.match(cut.stdout, /PROBLEM: the checkpoint has \d+ entries, the log only/);
+  });
+});
+
+async function copyTree(from: string, to: string): Promise<void> {
+  await Deno.mkdir(to, { recursive: true, mode: 0o700 });
+  for await (const entry of Deno.readDir(from)) {
+    const [src, dst] = [join(from, entry.name), join(to, entry.name)];
+    if (entry.isDirectory) await copyTree(src, dst);
+    else await Deno.copyFile(src, dst);
+  }
+}
