@@ -8,7 +8,8 @@
  *     deno task bench --only chat,join
  *
  * Sections: enroll (RSA-4096 and EC P-256 CAs), scale (enroll_at_scale),
- * chat (connect, rtt, msgs, file) and join (keygen/join). Everything runs in a
+ * chat (connect, rtt, msgs, file), join (keygen/join) and log (the issuance
+ * log's cost on signing, proof size and checks at 100,000 entries, client audit). Everything runs in a
  * temporary folder with real processes; the folder is removed and every
  * child is stopped at the end, after a failure, on Ctrl-C or on the watchdog.
  * A section that fails is reported and the others still run; the exit code
@@ -21,11 +22,12 @@ import { parseArgs } from "node:util";
 import { benchChat, type ChatSizes } from "./chat.ts";
 import { benchEnroll, benchEnrollAtScale, type EnrollSizes } from "./enroll.ts";
 import { benchJoin } from "./join.ts";
+import { benchLog, type LogSizes } from "./log.ts";
 import { readProc, run, stopAll } from "./_procs.ts";
 import { Report } from "./_report.ts";
 import { type Service, Workspace } from "./_world.ts";
 
-const SECTIONS = ["enroll", "scale", "chat", "join"] as const;
+const SECTIONS = ["enroll", "scale", "chat", "join", "log"] as const;
 type Section = typeof SECTIONS[number];
 
 /** Sizes of one run. */
@@ -35,6 +37,7 @@ interface Settings {
   caTypes: Array<"rsa-4096" | "ec-p256">;
   chat: ChatSizes;
   joinRounds: number;
+  log: LogSizes;
   watchdogMs: number;
 }
 
@@ -69,6 +72,7 @@ function settings(quick: boolean): Settings {
         waitMs: 15_000,
       },
       joinRounds: 1,
+      log: { signs: 5, rounds: 2, size: 1_000 },
       watchdogMs: 5 * 60_000,
     };
   }
@@ -99,6 +103,7 @@ function settings(quick: boolean): Settings {
       waitMs: 60_000,
     },
     joinRounds: 5,
+    log: { signs: 30, rounds: 5, size: 100_000 },
     watchdogMs: 20 * 60_000,
   };
 }
@@ -155,7 +160,7 @@ export async function main(args: string[]): Promise<number> {
     },
   });
   if (values.help) {
-    stdout("Usage: deno task bench [--quick] [--json] [--only enroll,scale,chat,join]\n");
+    stdout("Usage: deno task bench [--quick] [--json] [--only enroll,scale,chat,join,log]\n");
     return 0;
   }
   const only = (values.only ?? SECTIONS.join(",")).split(",").map((s) => s.trim());
@@ -207,6 +212,7 @@ export async function main(args: string[]): Promise<number> {
     scale: () => benchEnrollAtScale(ws, report, set.enroll),
     chat: async () => benchChat(ws, report, set.chat, await mainService()),
     join: async () => benchJoin(ws, report, set.joinRounds, await mainService()),
+    log: () => benchLog(ws, report, set.log),
   };
   try {
     for (const name of SECTIONS) {

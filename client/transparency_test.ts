@@ -1,0 +1,149 @@
+/**
+ * LogMonitor against a CA that shows alice and bob different logs (a split view),
+ * each consistent in itself: only the checkpoints they exchange in the hello can
+ * tell. The CA, its log key and its certificate are real (openssl); the two views
+ * are trees signed with that log key, served to each monitor by a CA stand-in.
+ */
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import { createPrivateKey } from "node:crypto";
+import { join } from "node:path";
+import { CertificateAuthority } from "../ca/authority.ts";
+import { signCheckpoint } from "../lib/checkpoint.ts";
+import { E2eError } from "../lib/errors.ts";
+import { logOrigin, logProofJson } from "../lib/log_proof.ts";
+import { leafHash, MerkleTree } from "../lib/merkle.ts";
+import { trustAnchor } from "../lib/tls.ts";
+import { PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
+import type { CaClient } from "./ca_client.ts";
+import { LogMonitor } from "./transparency.ts";
+
+const encoder = new TextEncoder();
+
+/** A CA whose log holds `leaves`, as far as one client can see. */
+function view(leaves: string[], sign: (t: MerkleTree) => string, logKeyPem: string) {
+  const tree = new MerkleTree(leaves.map((l) => leafHash(encoder.encode(l))));
+  const b64 = (h: Uint8Array) => Buffer.from(h).toString("base64");
+  return {
+    tree,
+    checkpoint: sign(tree),
+    ca: {
+      logKey: () => Promise.resolve(logKeyPem),
+      checkpoint: () => Promise.resolve(sign(tree)),
+      consistency: (m: number, n: number) => Promise.resolve(tree.consistencyProof(m, n).map(b64)),
+      logEntries: (s: number, e: number) =>
+        Promise.resolve(leaves.slice(s, e).map((l) => Buffer.from(l).toString("base64"))),
+    } as unknown as CaClient,
+  };
+}
+
+async function withViews(
+  fn: (v: {
+    dir: string;
+    anchor: ReturnType<typeof trustAnchor>;
+    make: (leaves: string[]) => ReturnType<typeof view>;
+  }) => Promise<void>,
+): Promise<void> {
+  await withTempDir(async (dir) => {
+    const ca = await CertificateAuthority.init(join(dir, "ca"), PASSPHRASE, { keyType: "ec-p256" });
+    await ca.openLog();
+    const key = createPrivateKey({
+      key: await Deno.readTextFile(ca.paths.logKey),
+      passphrase: PASSPHRASE,
+    });
+    const origin = logOrigin(ca.certificate.fingerprint);
+    const sign = (t: MerkleTree) =>
+      signCheckpoint({ origin, size: t.size, root: t.root() }, { name: origin, key });
+    const logKeyPem = await Deno.readTextFile(ca.paths.logCert);
+    await fn({
+      dir,
+      anchor: trustAnchor(ca.certificate.pem),
+      make: (leaves) => view(leaves, sign, logKeyPem),
+    });
+  });
+}
+
+function alarmed(e: unknown): boolean {
+  assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
+  assert.equal(e.code, "ERR_LOG_ALARM");
+  return true;
+}
+
+Deno.test("a split view is caught when alice takes bob's checkpoint from his hello", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const forAlice = make(["a", "b", "c"]);
+    const forBob = make(["a", "b", "d"]);
+    const seen: string[] = [];
+    const alice = await LogMonitor.open(join(dir, "alice.json"), anchor, forAlice.ca, {
+      onAlarm: (a) => seen.push(a.message),
+    });
+    const bob = await LogMonitor.open(join(dir, "bob.json"), anchor, forBob.ca);
+    await alice.observe(forAlice.checkpoint);
+    await bob.observe(forBob.checkpoint);
+    // Each view is consistent in itself: neither can tell alone.
+    assert.deepEqual([alice.alarms, bob.alarms], [[], []]);
+    alice.requireNoAlarm();
+
+    await assert.rejects(alice.observe(bob.latest!, undefined, '"bob"'), alarmed);
+    assert.equal(seen.length, 1);
+    assert.match(seen[0], /"bob" showed a log of 3 entries that is not consistent/);
+    assert.throws(() => alice.requireNoAlarm(), alarmed);
+    // The alarm stands across a restart.
+    const again = await LogMonitor.open(join(dir, "alice.json"), anchor, forAlice.ca);
+    assert.equal(again.alarms.length, 1);
+  });
+});
+
+Deno.test("a larger checkpoint that extends ours is taken; a smaller consistent one is kept out", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const small = make(["a", "b"]);
+    const big = make(["a", "b", "c", "d", "e"]);
+    const monitor = await LogMonitor.open(join(dir, "m.json"), anchor, big.ca);
+    await monitor.observe(small.checkpoint);
+    await monitor.observe(big.checkpoint);
+    assert.equal(monitor.latest, big.checkpoint);
+    await monitor.observe(small.checkpoint);
+    assert.equal(monitor.latest, big.checkpoint, "never smaller");
+    assert.deepEqual(monitor.alarms, []);
+    // The CA rewrote entry 1 and serves proofs from that tree: none leads to what we stored.
+    const forked = make(["a", "x", "c", "d", "e", "f"]);
+    const later = await LogMonitor.open(join(dir, "m.json"), anchor, forked.ca);
+    await assert.rejects(later.observe(forked.checkpoint), alarmed);
+  });
+});
+
+Deno.test("checkCertificate() fails closed without a proof, and alarms on a signed proof that leads elsewhere", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const v = make(["a", "b", "c"]);
+    const monitor = await LogMonitor.open(join(dir, "m.json"), anchor, v.ca);
+    const der = encoder.encode("b");
+    await monitor.checkCertificate(der, logProofJson(1, v.tree.inclusionProof(1, 3), v.checkpoint));
+    for (const proof of [undefined, {}, { checkpoint: v.checkpoint }]) {
+      await assert.rejects(
+        monitor.checkCertificate(der, proof),
+        (e) => e instanceof E2eError && e.code === "ERR_LOG_INVALID",
+      );
+    }
+    assert.deepEqual(monitor.alarms, [], "a missing proof is no evidence against the CA");
+    const elsewhere = logProofJson(2, v.tree.inclusionProof(2, 3), v.checkpoint);
+    await assert.rejects(
+      monitor.checkCertificate(der, elsewhere),
+      (e) => e instanceof E2eError && e.code === "ERR_LOG_INVALID",
+    );
+    assert.equal(monitor.alarms.length, 1);
+  });
+});
+
+Deno.test("watch() alarms on entries that do not make the checkpoint the CA signed", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const honest = make(["a", "b", "c"]);
+    const lying = {
+      ...honest.ca,
+      logEntries: () =>
+        Promise.resolve(["a", "b", "z"].map((l) => Buffer.from(l).toString("base64"))),
+    } as unknown as CaClient;
+    const monitor = await LogMonitor.open(join(dir, "m.json"), anchor, lying);
+    await assert.rejects(monitor.watch("alice", "00"), alarmed);
+    assert.match(monitor.alarms[0].message, /entries do not make its checkpoint/);
+  });
+});
