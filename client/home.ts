@@ -13,6 +13,7 @@
  *   peers.json          0600  trust on first use (client/trust.ts)
  *   downloads/          0700  received files (client/files.ts)
  *   history/            0700  conversations (client/history.ts)
+ *   uploads/            0700  files from the web page, each in a 0700 folder until sent
  * ```
  *
  * @module
@@ -77,6 +78,10 @@ export class ClientHome {
   /** Where received files go unless `--downloads` says otherwise. */
   get downloads(): string {
     return join(this.root, "downloads");
+  }
+  /** Files from the web page wait here (0700), each only until it is sent. */
+  get uploads(): string {
+    return join(this.root, "uploads");
   }
   /** Conversation history, one file per conversation. */
   get history(): string {
