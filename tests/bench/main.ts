@@ -8,7 +8,7 @@
  *     deno task bench --only chat,join
  *
  * Sections: enroll (RSA-4096 and EC P-256 CAs), scale (enroll_at_scale),
- * chat (connect, rtt, msgs, file) and join (keygen/join). Everything runs in a
+ * chat (connect, rtt, msgs, file), web (web_rtt beside the JSON face) and join (keygen/join). Everything runs in a
  * temporary folder with real processes; the folder is removed and every
  * child is stopped at the end, after a failure, on Ctrl-C or on the watchdog.
  * A section that fails is reported and the others still run; the exit code
@@ -21,11 +21,12 @@ import { parseArgs } from "node:util";
 import { benchChat, type ChatSizes } from "./chat.ts";
 import { benchEnroll, benchEnrollAtScale, type EnrollSizes } from "./enroll.ts";
 import { benchJoin } from "./join.ts";
+import { benchWeb, type WebSizes } from "./web.ts";
 import { readProc, run, stopAll } from "./_procs.ts";
 import { Report } from "./_report.ts";
 import { type Service, Workspace } from "./_world.ts";
 
-const SECTIONS = ["enroll", "scale", "chat", "join"] as const;
+const SECTIONS = ["enroll", "scale", "chat", "web", "join"] as const;
 type Section = typeof SECTIONS[number];
 
 /** Sizes of one run. */
@@ -34,6 +35,7 @@ interface Settings {
   enroll: EnrollSizes;
   caTypes: Array<"rsa-4096" | "ec-p256">;
   chat: ChatSizes;
+  web: WebSizes;
   joinRounds: number;
   watchdogMs: number;
 }
@@ -68,6 +70,7 @@ function settings(quick: boolean): Settings {
         rssRounds: 1,
         waitMs: 15_000,
       },
+      web: { warmPings: 5, pingsPerRound: 20, pingRounds: 2, waitMs: 20_000 },
       joinRounds: 1,
       watchdogMs: 5 * 60_000,
     };
@@ -98,6 +101,7 @@ function settings(quick: boolean): Settings {
       rssRounds: 2,
       waitMs: 60_000,
     },
+    web: { warmPings: 50, pingsPerRound: 200, pingRounds: 5, waitMs: 60_000 },
     joinRounds: 5,
     watchdogMs: 20 * 60_000,
   };
@@ -155,7 +159,7 @@ export async function main(args: string[]): Promise<number> {
     },
   });
   if (values.help) {
-    stdout("Usage: deno task bench [--quick] [--json] [--only enroll,scale,chat,join]\n");
+    stdout("Usage: deno task bench [--quick] [--json] [--only enroll,scale,chat,web,join]\n");
     return 0;
   }
   const only = (values.only ?? SECTIONS.join(",")).split(",").map((s) => s.trim());
@@ -206,6 +210,7 @@ export async function main(args: string[]): Promise<number> {
     },
     scale: () => benchEnrollAtScale(ws, report, set.enroll),
     chat: async () => benchChat(ws, report, set.chat, await mainService()),
+    web: async () => benchWeb(ws, report, set.web, await mainService()),
     join: async () => benchJoin(ws, report, set.joinRounds, await mainService()),
   };
   try {
