@@ -651,7 +651,7 @@ function drawItem(item) {
     const fname = document.createElement("span");
     fname.className = "file-name";
     fname.textContent = item.file?.name ?? "file";
-    f.append("📎 ", fname);
+    f.append("File: ", fname);
     if (item.file?.bytes !== undefined) f.append(` (${size(item.file.bytes)})`);
     if (item.download && item.done) {
       const a = document.createElement("a");
