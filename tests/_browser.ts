@@ -18,6 +18,7 @@ import {
   clientTaskFlags,
   connect,
   joinUser,
+  revoke,
   sleep,
   type User,
   waitUntil,
@@ -25,7 +26,8 @@ import {
   within,
 } from "./_chat_helpers.ts";
 
-export { ChatClient, connect, initCa, joinUser, type Service, sleep, startService, waitUntil };
+export { ChatClient, connect, initCa, joinUser, revoke, type Service, sleep, startService };
+export { waitUntil };
 export { type User, whoami, within };
 export type { Browser, BrowserContext, Page };
 

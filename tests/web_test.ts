@@ -21,6 +21,7 @@ import {
   launchBrowser,
   openPage,
   type Page,
+  revoke,
   type Service,
   sleep,
   type User,
@@ -123,8 +124,13 @@ async function messagesBothWays(scene: Scene): Promise<void> {
   await mine.locator(".state", { hasText: "delivered" }).waitFor();
   assert.match(String(await mine.locator(".state").getAttribute("title")), /round trip [\d.]+ ms/);
 
+  // A second tab of the same session sees the conversation too.
+  const tab2 = await page.context().newPage();
+  await tab2.goto(`${web.origin}/`);
   await bobChat.send("hello alice, from the JSON face");
   await timeline(page).getByText("hello alice, from the JSON face").waitFor();
+  await timeline(tab2).getByText("hello alice, from the JSON face").waitFor();
+  await tab2.close();
   await bobChat.expect({ type: "delivered", to: alice.name });
 
   // The safety number, then "Mark verified".
@@ -231,6 +237,88 @@ async function hostileText(scene: Scene): Promise<void> {
   assert.equal(await page.evaluate(() => (globalThis as { __pwned?: number }).__pwned), undefined);
   assert.equal(dialogs, 0);
   assert.equal(await timeline(page).locator("img, script, b").count(), 0);
+}
+
+async function narrowKeyboardDark(scene: Scene): Promise<void> {
+  const [alice, bob, carol] = await scene.join("alice-n", "bob-n", "carol-n");
+  const web = await scene.web(alice);
+  const [b, c] = await Promise.all([scene.json(bob), scene.json(carol)]);
+  const context = await scene.browser.newContext({
+    viewport: { width: 360, height: 740 },
+    colorScheme: "dark",
+  });
+  try {
+    const page = await context.newPage();
+    page.setDefaultTimeout(20_000);
+    await page.goto(web.url);
+    await page.getByRole("heading", { name: alice.name, level: 1 }).waitFor();
+    const background = await page.evaluate<string>(
+      "getComputedStyle(document.body).backgroundColor",
+    );
+    const [r, g, bl] = background.match(/\d+/g)!.map(Number);
+    assert.ok(r + g + bl < 200, `not dark: ${background}`);
+
+    // Keyboard alone: Tab to "Chat with", type, Enter.
+    const tabTo = async (role: "textbox" | "button", name: string) => {
+      const target = page.getByRole(role, { name, exact: true });
+      for (let i = 0; i < 30; i++) {
+        if (
+          await target.evaluate((el) => el === el.ownerDocument.activeElement).catch(() => false)
+        ) {
+          return;
+        }
+        await page.keyboard.press("Tab");
+      }
+      throw new assert.AssertionError({ message: `Tab never reached ${role} "${name}"` });
+    };
+    await tabTo("textbox", "Chat with");
+    await page.keyboard.type(bob.name);
+    await page.keyboard.press("Enter");
+    await b.expect({ type: "invite", from: alice.name });
+    await b.send(`/accept ${alice.name}`);
+    await b.expect({ type: "connected", peer: alice.name });
+    await page.getByRole("button", { name: /bob-n online/ }).waitFor();
+    await tabTo("textbox", "Message");
+    await page.keyboard.type("typed without a mouse");
+    await page.keyboard.press("Enter");
+    await b.expect({ type: "message", text: "typed without a mouse" });
+
+    // An invitation, accepted by keyboard; then bob's message counts as unread.
+    await c.send(`/chat ${alice.name}`);
+    await c.expect({ type: "invited" });
+    await tabTo("button", "Accept");
+    await page.keyboard.press("Enter");
+    await c.expect({ type: "connected", peer: alice.name });
+    await page.getByRole("heading", { name: carol.name, level: 2 }).waitFor();
+    await b.send("are you there?");
+    await page.getByRole("button", { name: /bob-n online 1 unread/ }).waitFor();
+    await page.getByRole("button", { name: /bob-n/ }).click();
+    await timeline(page).getByText("are you there?").waitFor();
+    await page.getByRole("button", { name: /bob-n online$/ }).waitFor();
+
+    const width = await page.evaluate<number>("document.documentElement.scrollWidth");
+    assert.ok(width <= 360, `the page is ${width} px wide at 360 px`);
+  } finally {
+    await context.close();
+  }
+}
+
+async function refusedPeer(scene: Scene): Promise<void> {
+  const [alice, carol] = await scene.join("alice-x", "carol-x");
+  await revoke(scene.service, carol.name);
+  const web = await scene.web(alice);
+  const page = await scene.page(web);
+  await page.getByRole("textbox", { name: "Chat with" }).fill(carol.name);
+  await page.getByRole("button", { name: "Start chat", exact: true }).click();
+  const status = page.locator("#peer-status");
+  await waitUntil(
+    async () => /revoked|rejected|no valid|not found/i.test(await status.textContent() ?? ""),
+    "the reason carol-x is refused",
+  );
+  assert.equal(
+    await page.getByRole("textbox", { name: "Message", exact: true }).isDisabled(),
+    true,
+  );
 }
 
 async function historyAfterRestart(scene: Scene): Promise<void> {
@@ -439,6 +527,11 @@ const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
     hostileText,
   ],
   ["the page says when it lost the client process and recovers when it is back", lostAndBack],
+  [
+    "at 360 px wide, in a dark colour scheme and by keyboard alone: start a chat, send, accept an invitation; unread counts",
+    narrowKeyboardDark,
+  ],
+  ["a revoked peer is refused and the page shows the reason", refusedPeer],
   [
     "requests without the session, with a foreign Host or a cross-origin Origin are refused; the token leaves the address bar",
     refusals,
