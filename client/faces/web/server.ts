@@ -303,7 +303,9 @@ export class WebServer {
   async #snapshot(socket: WebSocket): Promise<void> {
     const chat = this.#chat;
     const id = chat.identity;
-    const conversations = chat.conversations ? await chat.conversations() : [];
+    const conversations = typeof chat.conversations === "function"
+      ? await chat.conversations()
+      : [];
     send(socket, {
       type: "snapshot",
       identity: {
@@ -319,7 +321,7 @@ export class WebServer {
       invitations: chat.invitations(),
       conversations,
       notices: this.#notices,
-      history: Boolean(chat.history),
+      history: typeof chat.history === "function",
     });
   }
 
@@ -353,7 +355,7 @@ export class WebServer {
       case "safety":
         return { number: chat.safetyNumber(op.name) };
       case "history": {
-        if (!chat.history) return { entries: [] };
+        if (typeof chat.history !== "function") return { entries: [] };
         const entries = await chat.history(op.name, op.limit ?? 50);
         return { entries: entries.map((e) => this.#withDownload(e)) };
       }

@@ -185,7 +185,7 @@ function handle(e) {
       // With the text or file name (the history core adds them), another tab's sends show too.
       if (e.text === undefined && e.file === undefined) return;
       const c = conv(e.to);
-      if (c.items.has(e.id)) return;
+      if (c.items.has(e.id) || [...c.items.values()].some((i) => i.transferId === e.id)) return;
       addItem(c, {
         id: e.id,
         from: state.me,
@@ -470,7 +470,12 @@ function upload(name, file) {
       item.done = true;
       c.items.delete(id);
       const existing = c.items.get(body.id);
-      if (existing) existing.node?.remove();
+      if (existing) {
+        existing.node?.remove();
+        if (existing.state === "delivered") {
+          Object.assign(item, { state: "delivered", ms: existing.ms });
+        }
+      }
       item.id = body.id;
       c.items.set(body.id, item);
       earlyDelivered.delete(body.id);
