@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { noPositionals, out, parseCommand, runMain, splitCommand } from "../lib/cli.ts";
+import { err, noPositionals, out, parseCommand, runMain, splitCommand } from "../lib/cli.ts";
 import { E2eError } from "../lib/errors.ts";
 import { resolveHome, resolveUserPath } from "../lib/home.ts";
 import { readPassphrase } from "../lib/passphrase.ts";
@@ -185,7 +185,7 @@ async function web(args: string[]): Promise<number> {
   await out(`e2e-chat: ${id.name}'s chat page (keep this address to yourself):\n${server.url}\n`);
   if (values.open) {
     await openInBrowser(server.url).catch((e) =>
-      out(`e2e-chat: warning: Cannot open a browser: ${e instanceof Error ? e.message : e}\n`)
+      err(`e2e-chat: warning: Cannot open a browser: ${e instanceof Error ? e.message : e}\n`)
     );
   }
   await stop;

@@ -161,7 +161,15 @@ export class WebServer {
    * ```
    */
   static async start(chat: Chat, options: WebServerOptions = {}): Promise<WebServer> {
-    const server = new WebServer(chat, options);
+    let server: WebServer;
+    try {
+      server = new WebServer(chat, options);
+    } catch (e) {
+      throw new E2eError("ERR_NETWORK", `Cannot serve the page on 127.0.0.1:${options.port ?? 0}`, {
+        hint: "choose another --port, or leave it out",
+        cause: e,
+      });
+    }
     for (const [, { file }] of Object.entries(STATIC)) {
       server.#static.set(file, await Deno.readFile(new URL(`./static/${file}`, import.meta.url)));
     }
