@@ -154,6 +154,19 @@ async function messagesBothWays(scene: Scene): Promise<void> {
   const bar = page.getByRole("progressbar", { name: "Sending notes.bin" });
   await waitUntil(async () => await bar.getAttribute("aria-valuenow") === "100", "bar at 100 %");
 
+  // A file dropped on the conversation is sent too.
+  const dropped = await page.evaluateHandle(`(() => {
+    const dt = new DataTransfer();
+    dt.items.add(new File(["dropped by drag and drop"], "dropped.txt", { type: "text/plain" }));
+    return dt;
+  })()`);
+  await page.dispatchEvent("#conversation", "dragover", { dataTransfer: dropped });
+  await page.getByText("Drop files to send them").waitFor();
+  await page.dispatchEvent("#conversation", "drop", { dataTransfer: dropped });
+  const droppedFile = await bobChat.expect({ type: "file", name: "dropped.txt" });
+  assert.equal(droppedFile.sha256, sha256(new TextEncoder().encode("dropped by drag and drop")));
+  await page.getByText("Drop files to send them").waitFor({ state: "hidden" });
+
   // A file from bob: downloadable from the page with identical bytes, as an attachment.
   const theirs = new Uint8Array(randomBytes(200_000));
   const theirPath = join(scene.dir, "from-bob.bin");
@@ -516,7 +529,7 @@ async function refusals(scene: Scene): Promise<void> {
 
 const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
   [
-    "alice in the browser invites bob (JSON face), messages both ways show delivered marks, Mark verified, a file from the page arrives with the same SHA-256 and its bar reaches 100 %, a received file downloads with identical bytes",
+    "alice in the browser invites bob (JSON face), messages both ways show delivered marks, Mark verified, a file from the picker arrives with the same SHA-256 and its bar reaches 100 %, a dropped file is sent, a received file downloads with identical bytes",
     messagesBothWays,
   ],
   [
