@@ -127,15 +127,20 @@ export class WebServer {
   #uploads = 0;
   #uploadDir: string;
   #notices: string[];
-  #static = new Map<string, Uint8Array>();
+  #static: Map<string, Uint8Array>;
   #heartbeat: ReturnType<typeof setInterval>;
   #unsubscribe: () => void;
   #port = 0;
 
-  private constructor(chat: Chat, options: WebServerOptions) {
+  private constructor(
+    chat: Chat,
+    options: WebServerOptions,
+    files: { uploads: string; assets: Map<string, Uint8Array> },
+  ) {
     this.#chat = chat as Chat & HistoryCore;
     this.#token = new Uint8Array(randomBytes(32));
-    this.#uploadDir = options.uploads ?? join(chat.identity.home.root, "uploads");
+    this.#uploadDir = files.uploads;
+    this.#static = files.assets;
     this.#notices = [...options.notices ?? []];
     this.#server = Deno.serve({
       hostname: "127.0.0.1",
@@ -161,21 +166,21 @@ export class WebServer {
    * ```
    */
   static async start(chat: Chat, options: WebServerOptions = {}): Promise<WebServer> {
-    let server: WebServer;
+    const assets = new Map<string, Uint8Array>();
+    for (const { file } of Object.values(STATIC)) {
+      assets.set(file, await Deno.readFile(new URL(`./static/${file}`, import.meta.url)));
+    }
+    const uploads = options.uploads ?? chat.identity.home.uploads;
+    await Deno.mkdir(uploads, { recursive: true, mode: 0o700 });
+    await Deno.chmod(uploads, 0o700);
     try {
-      server = new WebServer(chat, options);
+      return new WebServer(chat, options, { uploads, assets });
     } catch (e) {
       throw new E2eError("ERR_NETWORK", `Cannot serve the page on 127.0.0.1:${options.port ?? 0}`, {
         hint: "choose another --port, or leave it out",
         cause: e,
       });
     }
-    for (const [, { file }] of Object.entries(STATIC)) {
-      server.#static.set(file, await Deno.readFile(new URL(`./static/${file}`, import.meta.url)));
-    }
-    await Deno.mkdir(server.#uploadDir, { recursive: true, mode: 0o700 });
-    await Deno.chmod(server.#uploadDir, 0o700);
-    return server;
   }
 
   /** The port it listens on (127.0.0.1). */

@@ -12,7 +12,7 @@ function fakeChat(root: string, downloads: string) {
     downloads,
     identity: {
       name: "alice",
-      home: { root },
+      home: { root, uploads: join(root, "uploads") },
       certificate: { fingerprint: "aa", keyFingerprint: "bb", notAfter: new Date(0) },
       caUrl: "https://127.0.0.1:2",
       caFingerprint: "cc",
