@@ -534,10 +534,13 @@ function drawInvitations() {
   list.replaceChildren(...[...state.invitations].map((name) => {
     const li = document.createElement("li");
     const who = document.createElement("span");
+    who.id = `invitation-${name}`;
     who.textContent = `${name} wants to chat`;
     const accept = document.createElement("button");
     accept.type = "button";
     accept.textContent = "Accept";
+    // The name stays "Accept"; a screen reader also hears whose invitation it is.
+    accept.setAttribute("aria-describedby", who.id);
     accept.addEventListener("click", () => {
       accept.disabled = true;
       const c = conv(name);
@@ -546,6 +549,7 @@ function drawInvitations() {
       operate("accept", { name }).then(() => {
         state.invitations.delete(name);
         drawInvitations();
+        $("message").focus();
       }, (e) => {
         accept.disabled = false;
         c.status = errorText(e);
