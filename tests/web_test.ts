@@ -128,7 +128,10 @@ async function messagesBothWays(scene: Scene): Promise<void> {
 
   // A second tab of the same session sees the conversation too.
   const tab2 = await page.context().newPage();
+  tab2.setDefaultTimeout(20_000);
   await tab2.goto(`${web.origin}/`);
+  // Its snapshot has come (so its WebSocket hears what follows).
+  await tab2.getByRole("button", { name: new RegExp(`${bob.name} online`) }).waitFor();
   await bobChat.send("hello alice, from the JSON face");
   await timeline(page).getByText("hello alice, from the JSON face").waitFor();
   await timeline(tab2).getByText("hello alice, from the JSON face").waitFor();
@@ -503,6 +506,12 @@ async function refusals(scene: Scene): Promise<void> {
   ) {
     assert.equal((await get(p, [`Host: ${host}`, cookie])).status, 404, p);
   }
+
+  // A second run on the same --port says so and stops (it does not share the port).
+  await assert.rejects(
+    WebClient.start(alice, { args: ["--port", String(web.port)] }),
+    /Cannot serve the page on 127\.0\.0\.1:\d+[\s\S]*hint: choose another --port/,
+  );
 
   // In the browser: a rebinding name gets nothing, and a foreign page's WebSocket is refused.
   const rebinding = await scene.browser.newContext();
