@@ -14,7 +14,7 @@ const OPEN_TIMEOUT_MS = 10_000;
 /**
  * Opens `url` (an http://127.0.0.1 address) in the system browser.
  *
- * @example
+ * @example Open the page in the system browser
  * ```ts
  * import { openInBrowser } from "./open.ts";
  * await openInBrowser("http://127.0.0.1:8080/");

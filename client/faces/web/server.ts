@@ -155,7 +155,7 @@ export class WebServer {
   /**
    * Serves the page for `chat` on 127.0.0.1; print {@linkcode WebServer.url} for the user.
    *
-   * @example
+   * @example Serve the page of a running chat
    * ```ts
    * import { Chat } from "../../chat.ts";
    * import { Identity } from "../../identity.ts";
