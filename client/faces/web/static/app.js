@@ -308,7 +308,8 @@ function addItem(c, item) {
 
 function progress(e) {
   const c = conv(e.peer);
-  let item = c.items.get(e.id);
+  let item = c.items.get(e.id) ??
+    [...c.items.values()].find((i) => i.transferId === e.id);
   if (!item && e.direction === "out") {
     // Our upload, now on its way to the peer: it takes the transfer's id.
     item = [...c.items.values()].find((i) => i.upload && i.uploaded && !i.transferId);
