@@ -211,12 +211,12 @@ function handle(e) {
       return progress(e);
     case "file": {
       const c = conv(e.from);
-      // The transfer's item (from its progress) becomes the file.
-      let item = [...c.items.values()].find((i) =>
-        i.incoming && !i.done && i.progress?.total === e.bytes
-      );
+      // The transfer's item (from its progress) becomes the file: by its id when the event
+      // has one, else the unfinished transfer of that size.
+      let item = c.items.get(e.id) ??
+        [...c.items.values()].find((i) => i.incoming && !i.done && i.progress?.total === e.bytes);
       if (!item) {
-        item = { id: `file-${Date.now()}-${Math.random()}`, from: e.from, kind: "file" };
+        item = { id: e.id ?? `file-${Date.now()}-${Math.random()}`, from: e.from, kind: "file" };
         addItem(c, { ...item, at: new Date().toISOString() });
         item = c.items.get(item.id);
       }
