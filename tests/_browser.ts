@@ -16,7 +16,6 @@ import { baseEnv, initCa, type Service, startService } from "./_service_helpers.
 import {
   ChatClient,
   clientTaskFlags,
-  connect,
   joinUser,
   revoke,
   sleep,
@@ -26,7 +25,7 @@ import {
   within,
 } from "./_chat_helpers.ts";
 
-export { ChatClient, connect, initCa, joinUser, revoke, type Service, sleep, startService };
+export { ChatClient, initCa, joinUser, revoke, type Service, sleep, startService };
 export { waitUntil };
 export { type User, whoami, within };
 export type { Browser, BrowserContext, Page };
