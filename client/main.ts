@@ -6,6 +6,7 @@
  */
 import {
   dispatch,
+  err,
   noPositionals,
   oneOf,
   out,
@@ -22,6 +23,8 @@ import type { ChatEvent } from "./events.ts";
 import { CommandRunner } from "./faces/commands.ts";
 import { flushEvents, jsonEvent, runJsonInput } from "./faces/json.ts";
 import { Terminal } from "./faces/terminal.ts";
+import { openInBrowser } from "./faces/web/open.ts";
+import { WebServer } from "./faces/web/server.ts";
 import { ClientHome } from "./home.ts";
 import { LogMonitor } from "./transparency.ts";
 import { checkName } from "../lib/names.ts";
@@ -36,6 +39,10 @@ const USAGE = `Usage: deno task client [command] [options]
 Commands:
   chat [--listen HOST:PORT] [--downloads DIR] [--json]
         Chat peer to peer (the default command once joined). Type /help inside.
+  web [--port N] [--open] [--listen HOST:PORT] [--downloads DIR]
+        Chat from a web page: serves it on 127.0.0.1 (port 0 picks one) and
+        prints the address to open (it holds this run's secret). --open hands
+        it to the system browser (xdg-open, or open on macOS).
   join [INVITE | - | --invite-file FILE] [--key-type ec-p256|rsa-2048|ed25519]
         Enroll with the invite line your admin gave you. Without INVITE it is
         asked for (not echoed); "-" reads it from stdin. (On the command line it
@@ -70,7 +77,7 @@ function main(args: string[]): Promise<number> {
   return dispatch(args, {
     program: "client",
     usage: USAGE,
-    commands: { join: joinCommand, chat, whoami, lookup, renew, csr, audit },
+    commands: { join: joinCommand, chat, web, whoami, lookup, renew, csr, audit },
     fallback: async (rest) => {
       if (rest.length || await exists(new ClientHome(resolveHome(undefined)).id.record)) {
         return await chat(rest);
@@ -121,12 +128,74 @@ async function chat(args: string[]): Promise<number> {
   });
   if (values.help) return await help();
   noPositionals(positionals);
-  const home = resolveHome(values.home);
-  const [listenHost, listenPort] = parseListen(values.listen ?? "127.0.0.1:0");
-  let id = await Identity.load(home);
+  const id = await Identity.load(resolveHome(values.home));
   const show = values.json ? jsonEvent : undefined;
   const terminal = show ? undefined : new Terminal(id.name);
   const emit = show ?? ((e: ChatEvent) => terminal!.show(e));
+  const session = await startChat(id, values, emit);
+  const commands = new CommandRunner(session, emit);
+  await Promise.race([terminal ? terminal.run(commands) : runJsonInput(commands), stopSignal()]);
+  emit({ type: "bye" });
+  await session.stop();
+  flushEvents();
+  return 0;
+}
+
+async function web(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, {
+    ...COMMON,
+    listen: { type: "string" },
+    downloads: { type: "string" },
+    port: { type: "string" },
+    open: { type: "boolean" },
+  });
+  if (values.help) return await help();
+  noPositionals(positionals);
+  const port = Number(values.port ?? "0");
+  if (!/^\d{1,5}$/.test(values.port ?? "0") || port > 65535) {
+    throw new E2eError(
+      "ERR_USAGE",
+      `--port takes a port number, not ${JSON.stringify(values.port)}`,
+    );
+  }
+  const id = await Identity.load(resolveHome(values.home));
+  // Until the page's server runs, what the core says is kept for the first page.
+  const early: ChatEvent[] = [];
+  let forward = (e: ChatEvent): void => void early.push(e);
+  const session = await startChat(id, values, (e) => forward(e));
+  let server: WebServer;
+  try {
+    server = await WebServer.start(session, {
+      port,
+      uploads: id.home.uploads,
+      notices: early.flatMap((e) => e.type === "warning" ? [e.message] : []),
+    });
+  } catch (e) {
+    await session.stop();
+    throw e;
+  }
+  forward = () => {};
+  const stop = stopSignal();
+  await out(`e2e-chat: ${id.name}'s chat page (keep this address to yourself):\n${server.url}\n`);
+  if (values.open) {
+    await openInBrowser(server.url).catch((e) =>
+      err(`e2e-chat: warning: Cannot open a browser: ${e instanceof Error ? e.message : e}\n`)
+    );
+  }
+  await stop;
+  await server.stop();
+  await session.stop();
+  return 0;
+}
+
+/** Renews the certificate if a third of its life is left, then starts the chat core. */
+async function startChat(
+  identity: Identity,
+  values: { listen?: string; downloads?: string },
+  emit: (e: ChatEvent) => void,
+): Promise<Chat> {
+  const [listenHost, listenPort] = parseListen(values.listen ?? "127.0.0.1:0");
+  let id = identity;
   if (id.lifeLeft() < 1 / 3) {
     // Renew with the same key before the certificate runs out (a third of its life left).
     try {
@@ -143,22 +212,19 @@ async function chat(args: string[]): Promise<number> {
       });
     }
   }
-  const session = await Chat.start(id, {
+  return await Chat.start(id, {
     listenHost,
     listenPort,
     downloads: values.downloads ? resolveUserPath(values.downloads) : undefined,
     onEvent: emit,
   });
-  const commands = new CommandRunner(session, emit);
-  const stop = new Promise<void>((resolve) => {
+}
+
+function stopSignal(): Promise<void> {
+  return new Promise<void>((resolve) => {
     Deno.addSignalListener("SIGINT", resolve);
     Deno.addSignalListener("SIGTERM", resolve);
   });
-  await Promise.race([terminal ? terminal.run(commands) : runJsonInput(commands), stop]);
-  emit({ type: "bye" });
-  await session.stop();
-  flushEvents();
-  return 0;
 }
 
 function parseListen(text: string): [string, number] {

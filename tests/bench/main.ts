@@ -8,8 +8,9 @@
  *     deno task bench --only chat,join
  *
  * Sections: enroll (RSA-4096 and EC P-256 CAs), scale (enroll_at_scale),
- * chat (connect, rtt, msgs, file), join (keygen/join) and log (the issuance
- * log's cost on signing, proof size and checks at 100,000 entries, client audit). Everything runs in a
+ * chat (connect, rtt, msgs, file), web (web_rtt beside the JSON face), join (keygen/join)
+ * and log (the issuance log's cost on signing, proof size and checks at 100,000 entries,
+ * client audit). Everything runs in a
  * temporary folder with real processes; the folder is removed and every
  * child is stopped at the end, after a failure, on Ctrl-C or on the watchdog.
  * A section that fails is reported and the others still run; the exit code
@@ -23,11 +24,12 @@ import { benchChat, type ChatSizes } from "./chat.ts";
 import { benchEnroll, benchEnrollAtScale, type EnrollSizes } from "./enroll.ts";
 import { benchJoin } from "./join.ts";
 import { benchLog, type LogSizes } from "./log.ts";
+import { benchWeb, type WebSizes } from "./web.ts";
 import { readProc, run, stopAll } from "./_procs.ts";
 import { Report } from "./_report.ts";
 import { type Service, Workspace } from "./_world.ts";
 
-const SECTIONS = ["enroll", "scale", "chat", "join", "log"] as const;
+const SECTIONS = ["enroll", "scale", "chat", "web", "join", "log"] as const;
 type Section = typeof SECTIONS[number];
 
 /** Sizes of one run. */
@@ -36,6 +38,7 @@ interface Settings {
   enroll: EnrollSizes;
   caTypes: Array<"rsa-4096" | "ec-p256">;
   chat: ChatSizes;
+  web: WebSizes;
   joinRounds: number;
   log: LogSizes;
   watchdogMs: number;
@@ -71,6 +74,7 @@ function settings(quick: boolean): Settings {
         rssRounds: 1,
         waitMs: 15_000,
       },
+      web: { warmPings: 5, pingsPerRound: 20, pingRounds: 2, waitMs: 20_000 },
       joinRounds: 1,
       log: { signs: 5, rounds: 2, size: 1_000 },
       watchdogMs: 5 * 60_000,
@@ -102,6 +106,7 @@ function settings(quick: boolean): Settings {
       rssRounds: 2,
       waitMs: 60_000,
     },
+    web: { warmPings: 50, pingsPerRound: 200, pingRounds: 5, waitMs: 60_000 },
     joinRounds: 5,
     log: { signs: 30, rounds: 5, size: 100_000 },
     watchdogMs: 20 * 60_000,
@@ -160,7 +165,7 @@ export async function main(args: string[]): Promise<number> {
     },
   });
   if (values.help) {
-    stdout("Usage: deno task bench [--quick] [--json] [--only enroll,scale,chat,join,log]\n");
+    stdout("Usage: deno task bench [--quick] [--json] [--only enroll,scale,chat,web,join,log]\n");
     return 0;
   }
   const only = (values.only ?? SECTIONS.join(",")).split(",").map((s) => s.trim());
@@ -211,6 +216,7 @@ export async function main(args: string[]): Promise<number> {
     },
     scale: () => benchEnrollAtScale(ws, report, set.enroll),
     chat: async () => benchChat(ws, report, set.chat, await mainService()),
+    web: async () => benchWeb(ws, report, set.web, await mainService()),
     join: async () => benchJoin(ws, report, set.joinRounds, await mainService()),
     log: () => benchLog(ws, report, set.log),
   };

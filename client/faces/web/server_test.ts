@@ -1,0 +1,196 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import type { Chat } from "../../chat.ts";
+import { WebServer } from "./server.ts";
+
+/** Just enough of a chat core for the server: sendFile records what it was given. */
+function fakeChat(root: string, downloads: string) {
+  const sent: Array<{ to: string; name: string; bytes: string; dirMode: number }> = [];
+  const chat = {
+    name: "alice",
+    listen: "127.0.0.1:1",
+    downloads,
+    identity: {
+      name: "alice",
+      home: { root, uploads: join(root, "uploads") },
+      certificate: { fingerprint: "aa", keyFingerprint: "bb", notAfter: new Date(0) },
+      caUrl: "https://127.0.0.1:2",
+      caFingerprint: "cc",
+    },
+    on: () => () => {},
+    peers: () => [],
+    invitations: () => [],
+    sendFile: async (to: string, path: string) => {
+      const dir = path.slice(0, path.lastIndexOf("/"));
+      sent.push({
+        to,
+        name: path.slice(path.lastIndexOf("/") + 1),
+        bytes: await Deno.readTextFile(path),
+        dirMode: (await Deno.stat(dir)).mode! & 0o777,
+      });
+      return "f1";
+    },
+  };
+  return { chat: chat as unknown as Chat, sent };
+}
+
+/** One HTTP/1.1 request with exactly these header lines (fetch cannot set Host). */
+async function raw(
+  port: number,
+  head: string[],
+  body = "",
+): Promise<{ status: number; head: string; body: string }> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    const bytes = new TextEncoder().encode(body);
+    const extra = body ? [`Content-Length: ${bytes.length}`] : [];
+    await conn.write(
+      new TextEncoder().encode([...head, ...extra, "Connection: close", "", ""].join("\r\n")),
+    );
+    if (body) await conn.write(bytes);
+    let text = "";
+    const buf = new Uint8Array(65536);
+    while (true) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      text += new TextDecoder().decode(buf.subarray(0, n));
+      if (/^HTTP\/1\.1 101/.test(text) && text.includes("\r\n\r\n")) break;
+    }
+    const at = text.indexOf("\r\n\r\n");
+    return {
+      status: Number(text.split(" ")[1]),
+      head: text.slice(0, at),
+      body: text.slice(at + 4),
+    };
+  } finally {
+    conn.close();
+  }
+}
+
+async function withServer(
+  fn: (
+    web: WebServer,
+    ctx: { root: string; downloads: string; sent: ReturnType<typeof fakeChat>["sent"] },
+  ) => Promise<void>,
+): Promise<void> {
+  const root = await Deno.makeTempDir({ prefix: "e2e-chat-web-unit-" });
+  const downloads = join(root, "downloads");
+  await Deno.mkdir(downloads);
+  const { chat, sent } = fakeChat(root, downloads);
+  const web = await WebServer.start(chat);
+  try {
+    await fn(web, { root, downloads, sent });
+  } finally {
+    await web.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+}
+
+async function session(web: WebServer): Promise<string> {
+  const token = new URL(web.url).searchParams.get("token");
+  const r = await raw(web.port, [
+    `GET /session?token=${token} HTTP/1.1`,
+    `Host: 127.0.0.1:${web.port}`,
+  ]);
+  assert.equal(r.status, 303);
+  const m = /^set-cookie: (e2e_session=[0-9a-f]{64}); HttpOnly; SameSite=Strict; Path=\/$/im
+    .exec(r.head);
+  assert.ok(m, r.head);
+  return `Cookie: ${m[1]}`;
+}
+
+Deno.test("WebServer answers 421 to a foreign Host and 401 without a session, even with the token", async () => {
+  await withServer(async (web) => {
+    const token = new URL(web.url).searchParams.get("token");
+    assert.match(web.url, /^http:\/\/127\.0\.0\.1:\d+\/session\?token=[0-9a-f]{64}$/);
+    for (const host of ["evil.test", `evil.test:${web.port}`, "127.0.0.1", `[::1]:${web.port}`]) {
+      const r = await raw(web.port, [`GET /session?token=${token} HTTP/1.1`, `Host: ${host}`]);
+      assert.equal(r.status, 421, host);
+    }
+    for (const path of ["/", "/app.js", "/download/x", `/session?token=${"1".repeat(64)}`]) {
+      const r = await raw(web.port, [`GET ${path} HTTP/1.1`, `Host: localhost:${web.port}`]);
+      assert.equal(r.status, 401, path);
+      assert.match(r.body, /Open the URL the client printed/);
+      assert.match(r.head, /^content-security-policy: default-src 'none';/im);
+    }
+  });
+});
+
+Deno.test("WebServer refuses a cross-origin POST and WebSocket upgrade, and accepts its own origin", async () => {
+  await withServer(async (web) => {
+    const cookie = await session(web);
+    const host = `Host: 127.0.0.1:${web.port}`;
+    const upgrade = (origin: string[]) =>
+      raw(web.port, [
+        "GET /ws HTTP/1.1",
+        host,
+        cookie,
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        ...origin,
+      ]);
+    assert.equal((await upgrade(["Origin: http://evil.test"])).status, 403);
+    assert.equal((await upgrade([])).status, 403);
+    assert.equal(
+      (await upgrade([`Origin: http://127.0.0.1:${web.port}`, "Sec-Fetch-Site: cross-site"]))
+        .status,
+      403,
+    );
+    assert.equal((await upgrade([`Origin: http://127.0.0.1:${web.port}`])).status, 101);
+    const post = await raw(web.port, [
+      "POST /upload?to=bob&name=a.txt HTTP/1.1",
+      host,
+      cookie,
+      `Origin: http://localhost:${web.port + 1}`,
+    ], "hello");
+    assert.equal(post.status, 403);
+  });
+});
+
+Deno.test("an upload goes to a 0700 folder under its sanitised name, is sent, then removed", async () => {
+  await withServer(async (web, { root, sent }) => {
+    const cookie = await session(web);
+    const name = encodeURIComponent("../../id/\u202eevil\u0007.txt");
+    const r = await raw(web.port, [
+      `POST /upload?to=bob&name=${name} HTTP/1.1`,
+      `Host: 127.0.0.1:${web.port}`,
+      cookie,
+      `Origin: http://127.0.0.1:${web.port}`,
+      "Content-Type: application/octet-stream",
+    ], "file body");
+    assert.equal(r.status, 200, r.body);
+    assert.deepEqual(JSON.parse(r.body), { id: "f1", name: "evil.txt" });
+    assert.deepEqual(sent, [{ to: "bob", name: "evil.txt", bytes: "file body", dirMode: 0o700 }]);
+    assert.equal((await Deno.stat(join(root, "uploads"))).mode! & 0o777, 0o700);
+    assert.deepEqual(await Array.fromAsync(Deno.readDir(join(root, "uploads"))), []);
+  });
+});
+
+Deno.test("downloads serve only regular files directly inside the downloads folder, as attachments", async () => {
+  await withServer(async (web, { root, downloads }) => {
+    const cookie = await session(web);
+    await Deno.writeTextFile(join(downloads, "report <1>.txt"), "<script>alert(1)</script>");
+    await Deno.writeTextFile(join(root, "secret.txt"), "secret");
+    await Deno.symlink(join(root, "secret.txt"), join(downloads, "link.txt"));
+    await Deno.mkdir(join(downloads, "sub"));
+    await Deno.writeTextFile(join(downloads, ".partial-x"), "partial");
+    const get = (path: string) =>
+      raw(web.port, [`GET ${path} HTTP/1.1`, `Host: 127.0.0.1:${web.port}`, cookie]);
+    const ok = await get(`/download/${encodeURIComponent("report <1>.txt")}`);
+    assert.equal(ok.status, 200);
+    assert.equal(ok.body, "<script>alert(1)</script>");
+    assert.match(ok.head, /^content-type: application\/octet-stream$/im);
+    assert.match(
+      ok.head,
+      /^content-disposition: attachment; filename\*=UTF-8''report%20%3C1%3E\.txt$/im,
+    );
+    assert.match(ok.head, /^x-content-type-options: nosniff$/im);
+    for (
+      const path of ["link.txt", "sub", ".partial-x", "..%2Fsecret.txt", "%2E%2E%2Fsecret.txt"]
+    ) {
+      assert.equal((await get(`/download/${path}`)).status, 404, path);
+    }
+  });
+});

@@ -1,0 +1,738 @@
+/**
+ * The chat page: a WebSocket to the client process for events and operations,
+ * uploads by POST, downloads by link. Every string that came from a peer or a
+ * file name reaches the DOM through textContent, never as HTML.
+ *
+ * @module
+ */
+
+const $ = (id) => document.getElementById(id);
+const STALE_MS = 6_000; // no word from the client for this long: it is lost
+const OPEN_TIMEOUT_MS = 5_000;
+
+/** The page's whole state; the DOM is drawn from it. */
+const state = {
+  me: "",
+  peers: new Map(), // name → {trust, fingerprint, keyFingerprint}
+  invitations: new Set(),
+  convs: new Map(), // name → conversation
+  selected: "",
+  history: false,
+};
+
+let ws;
+let nextOp = 1;
+const pending = new Map(); // op id → {resolve, reject}
+let lastHeard = 0;
+let linkUp = false;
+let uploads = 0;
+const earlyDelivered = new Map(); // id → ms, for a delivery that beats the reply
+
+function conv(name) {
+  let c = state.convs.get(name);
+  if (!c) {
+    c = {
+      name,
+      last: "",
+      unread: 0,
+      items: new Map(),
+      status: "",
+      safety: "",
+      loaded: false,
+      node: null,
+    };
+    state.convs.set(name, c);
+  }
+  return c;
+}
+
+// ---------------------------------------------------------------------------
+// The link to the client process
+
+function connect() {
+  const socket = new WebSocket(`ws://${location.host}/ws`);
+  ws = socket;
+  const opening = setTimeout(() => lost(socket), OPEN_TIMEOUT_MS);
+  socket.onopen = () => {
+    clearTimeout(opening);
+    lastHeard = Date.now();
+  };
+  socket.onmessage = (m) => {
+    lastHeard = Date.now();
+    let event;
+    try {
+      event = JSON.parse(m.data);
+    } catch {
+      return;
+    }
+    handle(event);
+  };
+  socket.onclose = () => {
+    clearTimeout(opening);
+    lost(socket);
+  };
+}
+
+function lost(socket) {
+  if (socket !== ws) return;
+  socket.onclose = socket.onmessage = socket.onopen = null;
+  try {
+    socket.close();
+  } catch { /* already closed */ }
+  ws = undefined;
+  for (const { reject } of pending.values()) reject(new Error("Lost the chat client"));
+  pending.clear();
+  setLink(false, "Lost the chat client process. Trying to reach it again…");
+  // A 401 means this run is over (a restarted client has a new secret): say so.
+  fetch("/app.js", { method: "HEAD", cache: "no-store" }).then((r) => {
+    if (r.status === 401) {
+      setLink(false, "The chat client restarted or ended this session: open the URL it printed.");
+    }
+  }, () => {});
+  setTimeout(connect, 1_000);
+}
+
+setInterval(() => {
+  if (ws && ws.readyState === WebSocket.OPEN && Date.now() - lastHeard > STALE_MS) lost(ws);
+}, 1_000);
+
+function setLink(up, message = "") {
+  linkUp = up;
+  const banner = $("link-state");
+  banner.hidden = up;
+  banner.textContent = message;
+  document.body.classList.toggle("offline", !up);
+  drawConversation();
+}
+
+/** Runs one operation in the client; resolves with its result or rejects with its error. */
+function operate(op, fields) {
+  return new Promise((resolve, reject) => {
+    if (!ws || ws.readyState !== WebSocket.OPEN) {
+      reject(new Error("Not connected to the chat client"));
+      return;
+    }
+    const id = nextOp++;
+    pending.set(id, { resolve, reject });
+    ws.send(JSON.stringify({ id, op, ...fields }));
+  });
+}
+
+function errorText(e) {
+  const err = e?.error ?? e;
+  const message = err?.message ?? String(e);
+  return err?.hint ? `${message}: ${err.hint}` : message;
+}
+
+// ---------------------------------------------------------------------------
+// Events from the client
+
+function handle(e) {
+  switch (e.type) {
+    case "reply": {
+      const p = pending.get(e.re);
+      if (!p) return;
+      pending.delete(e.re);
+      if (e.ok) p.resolve(e.result);
+      else p.reject(e);
+      return;
+    }
+    case "alive":
+      return;
+    case "snapshot":
+      return snapshot(e);
+    case "invite":
+      state.invitations.add(e.from);
+      drawInvitations();
+      notice(`${e.from} wants to chat`);
+      return;
+    case "invited":
+      conv(e.to).status = `Invited ${e.to}: waiting for them to accept`;
+      break;
+    case "connected": {
+      state.peers.set(e.peer, {
+        trust: e.trust,
+        fingerprint: e.fingerprint,
+        keyFingerprint: e.keyFingerprint,
+      });
+      state.invitations.delete(e.peer);
+      const c = conv(e.peer);
+      c.status = e.trust === "changed" ? "Key changed: held back" : `Connected`;
+      touch(c);
+      if (!state.selected) select(e.peer);
+      fetchSafety(e.peer);
+      drawInvitations();
+      break;
+    }
+    case "disconnected": {
+      state.peers.delete(e.peer);
+      conv(e.peer).status = `Disconnected: ${e.reason}`;
+      break;
+    }
+    case "message": {
+      const c = conv(e.from);
+      addItem(c, {
+        id: e.id,
+        from: e.from,
+        at: new Date().toISOString(),
+        kind: "message",
+        text: e.text,
+      });
+      arrived(c);
+      break;
+    }
+    case "sent": {
+      // With the text or file name (the history core adds them), another tab's sends show too.
+      if (e.text === undefined && e.file === undefined) return;
+      const c = conv(e.to);
+      if (c.items.has(e.id) || [...c.items.values()].some((i) => i.transferId === e.id)) return;
+      addItem(c, {
+        id: e.id,
+        from: state.me,
+        to: e.to,
+        at: new Date().toISOString(),
+        kind: e.text !== undefined ? "message" : "file",
+        text: e.text,
+        file: e.file !== undefined ? { name: e.file } : undefined,
+        state: "sent",
+      });
+      break;
+    }
+    case "delivered": {
+      const item = conv(e.to).items.get(e.id);
+      if (item) {
+        item.state = "delivered";
+        item.ms = e.ms;
+        drawItem(item);
+      } else earlyDelivered.set(e.id, e.ms ?? null);
+      return;
+    }
+    case "progress":
+      return progress(e);
+    case "file": {
+      const c = conv(e.from);
+      // The transfer's item (from its progress) becomes the file: by its id when the event
+      // has one, else the unfinished transfer of that size.
+      let item = c.items.get(e.id) ??
+        [...c.items.values()].find((i) => i.incoming && !i.done && i.progress?.total === e.bytes);
+      if (!item) {
+        item = { id: e.id ?? `file-${Date.now()}-${Math.random()}`, from: e.from, kind: "file" };
+        addItem(c, { ...item, at: new Date().toISOString() });
+        item = c.items.get(item.id);
+      }
+      Object.assign(item, {
+        done: true,
+        file: { name: e.name, bytes: e.bytes, sha256: e.sha256, path: e.path },
+        download: e.download,
+        progress: { bytes: e.bytes, total: e.bytes },
+      });
+      drawItem(item);
+      arrived(c);
+      break;
+    }
+    case "warning":
+      notice(e.message, "warning");
+      for (const [, name] of e.message.matchAll(/"([^"]+)"/g)) {
+        const c = state.convs.get(name);
+        if (c && /revoked|refused|rejected|failed/i.test(e.message)) c.status = e.message;
+      }
+      break;
+    case "error":
+      notice(e.message, "error");
+      return;
+    default:
+      return;
+  }
+  drawList();
+  drawConversation();
+}
+
+function snapshot(s) {
+  state.me = s.identity.name;
+  state.history = s.history;
+  $("me").textContent = s.identity.name;
+  $("me-fingerprint").textContent = group(s.identity.fingerprint);
+  $("me-valid").textContent = new Date(s.identity.notAfter).toLocaleString();
+  $("me-ca").textContent = `${s.identity.caUrl} (${s.identity.caFingerprint.slice(0, 16)}…)`;
+  document.title = `${s.identity.name} — e2e-chat`;
+  state.peers = new Map(s.peers.map((p) => [p.name, p]));
+  state.invitations = new Set(s.invitations);
+  for (const { name, last } of s.conversations) {
+    const c = conv(name);
+    if (last > c.last) c.last = last;
+  }
+  for (const p of s.peers) touch(conv(p.name));
+  $("notices").replaceChildren();
+  for (const n of s.notices) notice(n, "warning");
+  setLink(true);
+  drawInvitations();
+  drawList();
+  if (!state.selected) {
+    const recent = [...state.convs.values()].sort((a, b) => b.last.localeCompare(a.last))[0];
+    if (recent) select(recent.name);
+  } else {
+    conv(state.selected).loaded = false;
+    select(state.selected);
+  }
+}
+
+function touch(c, at = new Date().toISOString()) {
+  if (at > c.last) c.last = at;
+}
+
+function arrived(c) {
+  touch(c);
+  if (c.name !== state.selected || document.hidden) c.unread++;
+}
+
+function addItem(c, item) {
+  if (item.from === state.me && earlyDelivered.has(item.id)) {
+    item.state = "delivered";
+    item.ms = earlyDelivered.get(item.id) ?? undefined;
+    earlyDelivered.delete(item.id);
+  }
+  const old = c.items.get(item.id);
+  if (old) {
+    Object.assign(old, item, { node: old.node });
+    drawItem(old);
+    return;
+  }
+  item.conv = c.name;
+  c.items.set(item.id, item);
+  touch(c, item.at);
+  if (c.name === state.selected) {
+    $("timeline").append(drawItem(item));
+    scrollDown();
+  }
+}
+
+function progress(e) {
+  const c = conv(e.peer);
+  let item = c.items.get(e.id) ??
+    [...c.items.values()].find((i) => i.transferId === e.id);
+  if (!item && e.direction === "out") {
+    // Our upload, now on its way to the peer: it takes the transfer's id.
+    item = [...c.items.values()].find((i) => i.upload && i.uploaded && !i.transferId);
+    if (item) item.transferId = e.id;
+  }
+  if (!item && e.direction === "in") {
+    addItem(c, {
+      id: e.id,
+      from: e.peer,
+      at: new Date().toISOString(),
+      kind: "file",
+      incoming: true,
+      file: { name: "receiving a file…", bytes: e.total },
+    });
+    item = c.items.get(e.id);
+  }
+  if (!item) return;
+  item.progress = { bytes: e.bytes, total: e.total };
+  drawItem(item);
+}
+
+// ---------------------------------------------------------------------------
+// What the user does
+
+function select(name) {
+  state.selected = name;
+  const c = conv(name);
+  c.unread = 0;
+  const timeline = $("timeline");
+  timeline.replaceChildren(
+    ...[...c.items.values()].sort((a, b) => a.at.localeCompare(b.at)).map(drawItem),
+  );
+  drawList();
+  drawConversation();
+  scrollDown();
+  if (!c.loaded && linkUp) {
+    c.loaded = true;
+    operate("history", { name, limit: 50 }).then((r) => {
+      for (const entry of r?.entries ?? []) {
+        if (!c.items.has(entry.id)) {
+          addItem(c, { ...entry, done: true, incoming: entry.from !== state.me });
+        }
+      }
+      if (state.selected === name) select(name);
+    }, () => c.loaded = false);
+  }
+  if (state.peers.has(name) || !c.safety) fetchSafety(name);
+}
+
+function fetchSafety(name) {
+  operate("safety", { name }).then((r) => {
+    conv(name).safety = r.number;
+    drawConversation();
+  }, () => {});
+}
+
+$("start").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const input = $("chat-with");
+  const name = input.value.trim();
+  if (!name) return;
+  const c = conv(name);
+  c.status = `Inviting ${name}…`;
+  select(name);
+  operate("invite", { name }).then(() => {
+    input.value = "";
+  }, (e) => {
+    c.status = errorText(e);
+    notice(errorText(e), "error");
+    drawConversation();
+  });
+});
+
+$("compose").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const box = $("message");
+  const text = box.value;
+  const name = state.selected;
+  if (!text.trim() || !name) return;
+  operate("send", { name, text }).then((r) => {
+    box.value = "";
+    addItem(conv(name), {
+      id: r.id,
+      from: state.me,
+      to: name,
+      at: new Date().toISOString(),
+      kind: "message",
+      text,
+      state: "sent",
+    });
+    drawList();
+  }, (e) => notice(errorText(e), "error"));
+});
+
+$("message").addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
+    ev.preventDefault();
+    $("compose").requestSubmit();
+  }
+});
+
+$("file").addEventListener("change", () => {
+  const input = $("file");
+  for (const file of input.files) upload(state.selected, file);
+  input.value = "";
+});
+
+// Drag and drop anywhere on the conversation.
+const main = $("conversation");
+main.addEventListener("dragover", (ev) => {
+  if (!canSend()) return;
+  ev.preventDefault();
+  $("drop").hidden = false;
+});
+main.addEventListener("dragleave", (ev) => {
+  if (ev.target === main || ev.target === $("drop")) $("drop").hidden = true;
+});
+main.addEventListener("drop", (ev) => {
+  ev.preventDefault();
+  $("drop").hidden = true;
+  if (!canSend()) return;
+  for (const file of ev.dataTransfer?.files ?? []) upload(state.selected, file);
+});
+
+function upload(name, file) {
+  if (!name) return;
+  const c = conv(name);
+  const id = `upload-${++uploads}`;
+  addItem(c, {
+    id,
+    from: state.me,
+    to: name,
+    at: new Date().toISOString(),
+    kind: "file",
+    upload: true,
+    file: { name: file.name, bytes: file.size },
+    progress: { bytes: 0, total: file.size },
+  });
+  const item = c.items.get(id);
+  const xhr = new XMLHttpRequest();
+  const query = new URLSearchParams({ to: name, name: file.name });
+  xhr.open("POST", `/upload?${query}`);
+  xhr.upload.onprogress = (ev) => {
+    // The first half of the bar is the upload to the client; the rest comes as `progress`.
+    if (!item.transferId) {
+      item.progress = { bytes: ev.loaded, total: ev.total || file.size, phase: "upload" };
+      drawItem(item);
+    }
+  };
+  xhr.upload.onload = () => item.uploaded = true;
+  xhr.onload = () => {
+    let body = {};
+    try {
+      body = JSON.parse(xhr.responseText);
+    } catch { /* not JSON */ }
+    if (xhr.status === 200) {
+      item.progress = { bytes: file.size, total: file.size };
+      item.state = earlyDelivered.has(body.id) ? "delivered" : "sent";
+      item.done = true;
+      c.items.delete(id);
+      const existing = c.items.get(body.id);
+      if (existing) {
+        existing.node?.remove();
+        if (existing.state === "delivered") {
+          Object.assign(item, { state: "delivered", ms: existing.ms });
+        }
+      }
+      item.id = body.id;
+      c.items.set(body.id, item);
+      earlyDelivered.delete(body.id);
+    } else {
+      item.failed = errorText(body);
+      notice(`Cannot send ${file.name}: ${errorText(body)}`, "error");
+    }
+    drawItem(item);
+  };
+  xhr.onerror = () => {
+    item.failed = "the upload failed";
+    drawItem(item);
+  };
+  xhr.send(file);
+}
+
+$("verify").addEventListener("click", () => {
+  const name = state.selected;
+  operate("verify", { name }).then(() => {
+    const p = state.peers.get(name);
+    if (p) p.trust = "verified";
+    conv(name).verified = true;
+    drawConversation();
+  }, (e) => notice(errorText(e), "error"));
+});
+
+$("trust").addEventListener("click", () => {
+  const name = state.selected;
+  operate("trust", { name }).then(() => {
+    const p = state.peers.get(name);
+    if (p) p.trust = "known";
+    conv(name).status = "Connected: new key trusted";
+    fetchSafety(name);
+    drawConversation();
+    $("message").focus();
+  }, (e) => notice(errorText(e), "error"));
+});
+
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden && state.selected) {
+    conv(state.selected).unread = 0;
+    drawList();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Drawing
+
+function canSend() {
+  const p = state.peers.get(state.selected);
+  return linkUp && p && p.trust !== "changed";
+}
+
+function drawInvitations() {
+  const list = $("invitations");
+  list.replaceChildren(...[...state.invitations].map((name) => {
+    const li = document.createElement("li");
+    const who = document.createElement("span");
+    who.id = `invitation-${name}`;
+    who.textContent = `${name} wants to chat`;
+    const accept = document.createElement("button");
+    accept.type = "button";
+    accept.textContent = "Accept";
+    // The name stays "Accept"; a screen reader also hears whose invitation it is.
+    accept.setAttribute("aria-describedby", who.id);
+    accept.addEventListener("click", () => {
+      accept.disabled = true;
+      const c = conv(name);
+      c.status = `Connecting to ${name}…`;
+      select(name);
+      operate("accept", { name }).then(() => {
+        state.invitations.delete(name);
+        drawInvitations();
+        $("message").focus();
+      }, (e) => {
+        accept.disabled = false;
+        c.status = errorText(e);
+        notice(errorText(e), "error");
+        drawConversation();
+      });
+    });
+    li.append(who, " ", accept);
+    return li;
+  }));
+  $("invitations-box").hidden = state.invitations.size === 0;
+}
+
+function drawList() {
+  const list = $("conversations");
+  const convs = [...state.convs.values()].sort((a, b) => b.last.localeCompare(a.last));
+  list.replaceChildren(...convs.map((c) => {
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "conv";
+    if (c.name === state.selected) b.setAttribute("aria-current", "true");
+    const name = document.createElement("span");
+    name.className = "conv-name";
+    name.textContent = c.name;
+    const online = document.createElement("span");
+    const on = state.peers.has(c.name);
+    online.className = on ? "dot on" : "dot";
+    online.textContent = on ? "online" : "offline";
+    b.append(name, " ", online);
+    if (c.unread) {
+      const badge = document.createElement("span");
+      badge.className = "unread";
+      badge.textContent = `${c.unread} unread`;
+      b.append(" ", badge);
+    }
+    b.addEventListener("click", () => {
+      select(c.name);
+      $("message").focus();
+    });
+    li.append(b);
+    return li;
+  }));
+  $("no-conversations").hidden = convs.length > 0;
+}
+
+function drawConversation() {
+  const name = state.selected;
+  const c = name ? conv(name) : undefined;
+  const p = state.peers.get(name);
+  $("peer").textContent = name || "No conversation open";
+  $("peer-state").textContent = !name
+    ? ""
+    : p
+    ? (p.trust === "verified" ? "online, verified" : "online")
+    : "offline";
+  $("peer-status").textContent = c?.status ?? "";
+  const changed = p?.trust === "changed";
+  $("key-change").hidden = !changed;
+  $("key-change-name").textContent = name;
+  $("safety").hidden = !c?.safety;
+  $("safety-number").textContent = c?.safety ?? "";
+  $("safety-name").textContent = name;
+  const verified = p?.trust === "verified";
+  $("verified").hidden = !verified;
+  $("verify").hidden = verified || changed || !p;
+  const can = canSend();
+  $("message").disabled = !can;
+  $("send").disabled = !can;
+  $("file").disabled = !can;
+  $("file-label").classList.toggle("disabled", !can);
+}
+
+function drawItem(item) {
+  const li = item.node ?? document.createElement("li");
+  item.node = li;
+  const mine = item.from === state.me;
+  li.className = `item ${mine ? "mine" : "theirs"}`;
+  li.dataset.id = item.id;
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const who = document.createElement("span");
+  who.className = "who";
+  who.textContent = mine ? "you" : item.from;
+  const time = document.createElement("time");
+  time.dateTime = item.at;
+  time.textContent = new Date(item.at).toLocaleTimeString([], {
+    hour: "2-digit",
+    minute: "2-digit",
+  });
+  meta.append(who, " ", time);
+  if (mine && item.state) {
+    const st = document.createElement("span");
+    st.className = `state ${item.state}`;
+    st.textContent = item.state === "delivered" ? "✓ delivered" : "sent";
+    if (typeof item.ms === "number") st.title = `round trip ${item.ms.toFixed(1)} ms`;
+    meta.append(" ", st);
+  }
+  const parts = [meta];
+  if (item.kind === "message") {
+    const p = document.createElement("p");
+    p.className = "text";
+    p.textContent = item.text ?? "";
+    parts.push(p);
+  } else {
+    const f = document.createElement("p");
+    f.className = "file";
+    const fname = document.createElement("span");
+    fname.className = "file-name";
+    fname.textContent = item.file?.name ?? "file";
+    f.append("File: ", fname);
+    if (item.file?.bytes !== undefined) f.append(` (${size(item.file.bytes)})`);
+    if (item.download && item.done) {
+      const a = document.createElement("a");
+      a.href = item.download;
+      a.download = item.file?.name ?? "";
+      a.textContent = "Download";
+      a.setAttribute("aria-label", `Download ${item.file?.name ?? "file"}`);
+      f.append(" ", a);
+    }
+    if (item.file?.sha256) {
+      const h = document.createElement("span");
+      h.className = "muted fp";
+      h.textContent = ` SHA-256 ${item.file.sha256.slice(0, 16)}…`;
+      f.append(h);
+    }
+    parts.push(f);
+    if (item.progress) {
+      const { bytes, total, phase } = item.progress;
+      let pct = total ? Math.floor((bytes / total) * 100) : 100;
+      if (phase === "upload") pct = Math.min(pct, 99);
+      const bar = document.createElement("progress");
+      bar.max = 100;
+      bar.value = pct;
+      bar.setAttribute("role", "progressbar");
+      bar.setAttribute("aria-valuemin", "0");
+      bar.setAttribute("aria-valuemax", "100");
+      bar.setAttribute("aria-valuenow", String(pct));
+      bar.setAttribute(
+        "aria-label",
+        `${mine ? "Sending" : "Receiving"} ${item.file?.name ?? "a file"}`,
+      );
+      const label = document.createElement("span");
+      label.className = "pct";
+      label.textContent = `${pct} %`;
+      parts.push(bar, label);
+    }
+    if (item.failed) {
+      const err = document.createElement("p");
+      err.className = "error";
+      err.textContent = `Not sent: ${item.failed}`;
+      parts.push(err);
+    }
+  }
+  li.replaceChildren(...parts);
+  return li;
+}
+
+function notice(message, kind = "info") {
+  const li = document.createElement("li");
+  li.className = kind;
+  li.textContent = message;
+  const list = $("notices");
+  list.append(li);
+  while (list.children.length > 5) list.firstElementChild.remove();
+}
+
+function scrollDown() {
+  const t = $("timeline");
+  t.scrollTop = t.scrollHeight;
+}
+
+function group(hex) {
+  return hex.match(/.{1,4}/g).join(" ");
+}
+
+function size(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 ** 2) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
+  return `${(n / 1024 ** 3).toFixed(2)} GiB`;
+}
+
+setLink(false, "Connecting to the chat client…");
+connect();

@@ -1,0 +1,227 @@
+/**
+ * The web face under test: `client/main.ts web` run as its own process with the
+ * `client` task's permissions, and Debian's `chromium` driven by
+ * `npm:playwright-core` (pinned in deno.json). The one place web tests and the
+ * bench take processes, users and the CA service from the shared helpers, so
+ * they are easy to repoint.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import { join } from "node:path";
+import type { Browser, BrowserContext, Page } from "playwright-core";
+import { ChatClient, childEnv, ROOT, sleep, taskFlags, waitUntil, within } from "./_harness.ts";
+import { initCa, type Service, startService } from "./_service_helpers.ts";
+import { joinUser, revoke, type User, whoami } from "./_chat_helpers.ts";
+
+export { ChatClient, initCa, joinUser, revoke, type Service, sleep, startService };
+export { waitUntil };
+export { type User, whoami, within };
+export type { Browser, BrowserContext, Page };
+
+const URL_LINE = /^(http:\/\/127\.0\.0\.1:(\d+)\/session\?token=([0-9a-f]{64}))$/m;
+const START_TIMEOUT_MS = 30_000;
+const STOP_TIMEOUT_MS = 5_000;
+
+/** Where `chromium` is (`command -v chromium`), or undefined. */
+export async function chromiumPath(): Promise<string | undefined> {
+  const out = await new Deno.Command("sh", {
+    args: ["-c", "command -v chromium || command -v chromium-browser"],
+  }).output();
+  const path = new TextDecoder().decode(out.stdout).trim().split("\n")[0];
+  return out.success && path ? path : undefined;
+}
+
+/** Options of {@linkcode launchBrowser}. */
+export interface LaunchOptions {
+  /** More chromium arguments. Default: none. */
+  args?: string[];
+}
+
+/**
+ * Launches chromium (headless, `--no-sandbox`: tests may run as root) through
+ * playwright-core. Playwright probes `/proc/sys/fs/binfmt_misc/WSLInterop` when
+ * it loads, a path Deno lets only `--allow-all` read, and Deno's `existsSync`
+ * then throws instead of answering false as Node's does: for the duration of the
+ * import, `existsSync` gets Node's behaviour back, so the tests keep narrow permissions.
+ */
+export async function launchBrowser(
+  executablePath: string,
+  options: LaunchOptions = {},
+): Promise<Browser> {
+  const existsSync = fs.existsSync;
+  fs.existsSync = ((path: fs.PathLike) => {
+    try {
+      return existsSync(path);
+    } catch {
+      return false;
+    }
+  }) as typeof fs.existsSync;
+  let chromium;
+  try {
+    ({ chromium } = await import("playwright-core"));
+  } finally {
+    fs.existsSync = existsSync;
+  }
+  return await chromium.launch({
+    executablePath,
+    args: ["--no-sandbox", ...options.args ?? []],
+    timeout: 60_000,
+  });
+}
+
+/** Options of {@linkcode WebClient.start}. */
+export interface WebStartOptions {
+  /** More arguments after `web --home H`. Default: `--port 0`. */
+  args?: string[];
+}
+
+/** `client/main.ts web --home H` as its own process; it prints the URL to open. */
+export class WebClient {
+  /** The user it runs as. */
+  readonly user: User;
+  /** The URL it printed (with this run's token). */
+  readonly url: string;
+  /** Its HTTP port on 127.0.0.1. */
+  readonly port: number;
+  /** The token in the URL. */
+  readonly token: string;
+  #child: Deno.ChildProcess;
+  #out: { stdout: string; stderr: string };
+
+  private constructor(
+    user: User,
+    child: Deno.ChildProcess,
+    out: { stdout: string; stderr: string },
+    m: RegExpExecArray,
+  ) {
+    this.user = user;
+    this.#child = child;
+    this.#out = out;
+    this.url = m[1];
+    this.port = Number(m[2]);
+    this.token = m[3];
+  }
+
+  /** Starts the web face of `user` and waits for its URL line. */
+  static async start(user: User, options: WebStartOptions = {}): Promise<WebClient> {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--quiet",
+        ...await taskFlags("client"),
+        join(ROOT, "client/main.ts"),
+        "web",
+        "--home",
+        user.home,
+        ...options.args ?? ["--port", "0"],
+      ],
+      cwd: ROOT,
+      clearEnv: true,
+      env: childEnv({}),
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const out = { stdout: "", stderr: "" };
+    const pump = async (stream: ReadableStream<Uint8Array>, key: "stdout" | "stderr") => {
+      const decoder = new TextDecoder();
+      try {
+        for await (const chunk of stream) out[key] += decoder.decode(chunk, { stream: true });
+      } catch { /* killed */ }
+    };
+    pump(child.stdout, "stdout");
+    pump(child.stderr, "stderr");
+    let exited = false;
+    child.status.then(() => exited = true);
+    const until = Date.now() + START_TIMEOUT_MS;
+    while (!URL_LINE.test(out.stdout)) {
+      if (exited || Date.now() > until) {
+        try {
+          child.kill("SIGKILL");
+        } catch { /* gone */ }
+        await child.status;
+        throw new assert.AssertionError({
+          message: `client web did not start\nstdout: ${out.stdout}\nstderr: ${out.stderr}`,
+        });
+      }
+      await sleep(20);
+    }
+    return new WebClient(user, child, out, URL_LINE.exec(out.stdout)!);
+  }
+
+  /** The user name. */
+  get name(): string {
+    return this.user.name;
+  }
+
+  /** http://127.0.0.1:PORT */
+  get origin(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  /** What it printed so far. */
+  get stdout(): string {
+    return this.#out.stdout;
+  }
+
+  /** What it wrote on stderr so far. */
+  get stderr(): string {
+    return this.#out.stderr;
+  }
+
+  /** The process id (to stop and continue it). */
+  get pid(): number {
+    return this.#child.pid;
+  }
+
+  /** Sends a signal. */
+  signal(signal: Deno.Signal): void {
+    try {
+      this.#child.kill(signal);
+    } catch { /* gone */ }
+  }
+
+  /** SIGTERM, then SIGKILL after 5 s; safe to call twice. */
+  async stop(): Promise<void> {
+    this.signal("SIGCONT");
+    this.signal("SIGTERM");
+    const status = await within(this.#child.status, STOP_TIMEOUT_MS, null);
+    if (!status) {
+      this.signal("SIGKILL");
+      await this.#child.status;
+    }
+  }
+}
+
+/** Opens the page of `web` in a new context (its own cookies): the URL, then the redirect. */
+export async function openPage(
+  browser: Browser,
+  web: WebClient,
+  viewport = { width: 1200, height: 800 },
+): Promise<Page> {
+  const context = await browser.newContext({ viewport, acceptDownloads: true });
+  const page = await context.newPage();
+  page.setDefaultTimeout(20_000);
+  await page.goto(web.url);
+  await page.getByRole("heading", { name: web.name, exact: true, level: 1 }).waitFor();
+  return page;
+}
+
+/** A fresh folder with a CA service on it, stopped and removed afterwards. */
+export async function withWebWorld<T>(
+  fn: (service: Service, dir: string) => Promise<T>,
+): Promise<T> {
+  const dir = await Deno.makeTempDir({ prefix: "e2e-chat-web-test-" });
+  let service: Service | undefined;
+  try {
+    const home = join(dir, "ca-home");
+    await initCa(home);
+    service = await startService(home, { args: ["--enroll-rate", "1000"] });
+    return await fn(service, dir);
+  } finally {
+    await service?.stop();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}

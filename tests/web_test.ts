@@ -1,0 +1,601 @@
+/**
+ * The web face (`client web`, docs/WEB.md) in a real browser: Debian's
+ * `chromium` driven by playwright-core, real client processes (the page's
+ * client and peers on the JSON face) and a real CA service. The page is driven
+ * by its accessible names, as a screen-reader user would.
+ *
+ * Without chromium the tests are skipped with a message, except under CI=true,
+ * where a missing browser fails the run.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
+import { join } from "node:path";
+import { Chat } from "../client/chat.ts";
+import {
+  type Browser,
+  ChatClient,
+  chromiumPath,
+  joinUser,
+  launchBrowser,
+  openPage,
+  type Page,
+  revoke,
+  type Service,
+  sleep,
+  type User,
+  waitUntil,
+  WebClient,
+  whoami,
+  withWebWorld,
+} from "./_browser.ts";
+
+const chromium = await chromiumPath();
+const CI = Deno.env.get("CI") === "true";
+if (!chromium && !CI) {
+  // deno-lint-ignore no-console
+  console.log("web_test.ts: skipping: chromium is not on PATH (apt-get install chromium)");
+}
+
+function sha256(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+/** A scenario's world: the service, its own folder, and everything it started. */
+class Scene {
+  readonly service: Service;
+  readonly dir: string;
+  readonly browser: Browser;
+  #stops: Array<() => Promise<void>> = [];
+
+  constructor(service: Service, dir: string, browser: Browser) {
+    this.service = service;
+    this.dir = dir;
+    this.browser = browser;
+  }
+
+  async join(...names: string[]): Promise<User[]> {
+    return await Promise.all(names.map((n) => joinUser(this.service, n, join(this.dir, n))));
+  }
+
+  async web(user: User, args?: string[]): Promise<WebClient> {
+    const web = await WebClient.start(user, { args });
+    this.#stops.push(() => web.stop());
+    return web;
+  }
+
+  async json(user: User): Promise<ChatClient> {
+    const c = await ChatClient.start(user);
+    this.#stops.push(() => c.stop());
+    return c;
+  }
+
+  async page(web: WebClient, viewport?: { width: number; height: number }): Promise<Page> {
+    const page = await openPage(this.browser, web, viewport);
+    this.#stops.push(() => page.context().close());
+    return page;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.#stops.reverse().map((s) => s().catch(() => {})));
+  }
+}
+
+/** The page invites `peer` with "Chat with" / "Start chat"; the peer accepts on its JSON face. */
+async function startChat(page: Page, alice: User, peer: ChatClient): Promise<void> {
+  await page.getByRole("textbox", { name: "Chat with" }).fill(peer.name);
+  await page.getByRole("button", { name: "Start chat", exact: true }).click();
+  await peer.expect({ type: "invite", from: alice.name });
+  await peer.send(`/accept ${alice.name}`);
+  await peer.expect({ type: "connected", peer: alice.name });
+  await page.getByRole("textbox", { name: "Message", exact: true }).and(
+    page.locator(":enabled"),
+  ).waitFor();
+}
+
+function timeline(page: Page) {
+  return page.getByRole("log", { name: "Messages" });
+}
+
+async function sendFromPage(page: Page, text: string): Promise<void> {
+  const box = page.getByRole("textbox", { name: "Message", exact: true });
+  await box.fill(text);
+  await box.press("Enter");
+  await page.locator(".item.mine", { hasText: text }).waitFor();
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+
+async function messagesBothWays(scene: Scene): Promise<void> {
+  const shot = Deno.env.get("E2E_CHAT_WEB_SCREENSHOT");
+  // For the screenshot in docs/web.png the users get their plain names.
+  const [alice, bob] = await scene.join(shot ? "alice" : "alice-w", shot ? "bob" : "bob-w");
+  const web = await scene.web(alice);
+  const bobChat = await scene.json(bob);
+  const page = await scene.page(web);
+  await page.getByText(await whoami(alice).then((w) => w.fingerprint.slice(0, 4))).first()
+    .waitFor();
+  await startChat(page, alice, bobChat);
+  await page.getByRole("button", { name: new RegExp(`${bob.name} online`) }).waitFor();
+
+  await sendFromPage(page, "hello bob, from the page");
+  const got = await bobChat.expect({ type: "message", text: "hello bob, from the page" });
+  const mine = page.locator(`.item.mine[data-id="${got.id}"]`);
+  await mine.locator(".state", { hasText: "delivered" }).waitFor();
+  assert.match(String(await mine.locator(".state").getAttribute("title")), /round trip [\d.]+ ms/);
+
+  // A second tab of the same session sees the conversation too.
+  const tab2 = await page.context().newPage();
+  tab2.setDefaultTimeout(20_000);
+  await tab2.goto(`${web.origin}/`);
+  // Its snapshot has come (so its WebSocket hears what follows).
+  await tab2.getByRole("button", { name: new RegExp(`${bob.name} online`) }).waitFor();
+  await bobChat.send("hello alice, from the JSON face");
+  await timeline(page).getByText("hello alice, from the JSON face").waitFor();
+  await timeline(tab2).getByText("hello alice, from the JSON face").waitFor();
+  await tab2.close();
+  await bobChat.expect({ type: "delivered", to: alice.name });
+
+  // The safety number, then "Mark verified".
+  const number = page.locator("#safety-number");
+  await number.waitFor();
+  assert.match(await number.textContent() ?? "", /^\d{5}( \d{5}){11}$/);
+  await page.getByRole("button", { name: "Mark verified" }).click();
+  await page.getByText("Verified", { exact: true }).waitFor();
+
+  // A file from the page: same SHA-256 at bob, the bar at 100 %.
+  const bytes = new Uint8Array(randomBytes(3 * 1024 * 1024 + 17));
+  const notes = join(scene.dir, "notes.bin");
+  await Deno.writeFile(notes, bytes);
+  await page.getByLabel("Send file").setInputFiles(notes);
+  const file = await bobChat.expect({ type: "file", from: alice.name }, 30_000);
+  assert.equal(file.name, "notes.bin");
+  assert.equal(file.sha256, sha256(bytes));
+  assert.equal(sha256(await Deno.readFile(String(file.path))), sha256(bytes));
+  const bar = page.getByRole("progressbar", { name: "Sending notes.bin" });
+  await waitUntil(async () => await bar.getAttribute("aria-valuenow") === "100", "bar at 100 %");
+
+  // A file dropped on the conversation is sent too.
+  const dropped = await page.evaluateHandle(`(() => {
+    const dt = new DataTransfer();
+    dt.items.add(new File(["dropped by drag and drop"], "dropped.txt", { type: "text/plain" }));
+    return dt;
+  })()`);
+  await page.dispatchEvent("#conversation", "dragover", { dataTransfer: dropped });
+  await page.getByText("Drop files to send them").waitFor();
+  await page.dispatchEvent("#conversation", "drop", { dataTransfer: dropped });
+  const droppedFile = await bobChat.expect({ type: "file", name: "dropped.txt" });
+  assert.equal(droppedFile.sha256, sha256(new TextEncoder().encode("dropped by drag and drop")));
+  await page.getByText("Drop files to send them").waitFor({ state: "hidden" });
+
+  // A file from bob: downloadable from the page with identical bytes, as an attachment.
+  const theirs = new Uint8Array(randomBytes(200_000));
+  const theirPath = join(scene.dir, "from-bob.bin");
+  await Deno.writeFile(theirPath, theirs);
+  await bobChat.send(`/file ${theirPath}`);
+  const link = page.getByRole("link", { name: "Download from-bob.bin" });
+  await link.waitFor();
+  const incoming = page.getByRole("progressbar", { name: "Receiving from-bob.bin" });
+  assert.equal(await incoming.getAttribute("aria-valuenow"), "100");
+  const [download] = await Promise.all([page.waitForEvent("download"), link.click()]);
+  assert.equal(download.suggestedFilename(), "from-bob.bin");
+  const saved = join(scene.dir, "downloaded.bin");
+  await download.saveAs(saved);
+  assert.equal(sha256(await Deno.readFile(saved)), sha256(theirs));
+
+  if (shot) {
+    await bobChat.send("got your notes, thanks!");
+    await timeline(page).getByText("got your notes, thanks!").waitFor();
+    await page.screenshot({ path: shot });
+  }
+}
+
+async function keyChange(scene: Scene): Promise<void> {
+  const [alice, bobOld] = await scene.join("alice-k", "bob-k");
+  const web = await scene.web(alice);
+  const page = await scene.page(web);
+  const bob1 = await scene.json(bobOld);
+  await startChat(page, alice, bob1);
+  await bob1.stop();
+  await page.getByRole("button", { name: /bob-k offline/ }).waitFor();
+
+  const bobNew = await joinUser(scene.service, "bob-k", join(scene.dir, "bob-k-new"));
+  const bob2 = await scene.json(bobNew);
+  await page.getByRole("textbox", { name: "Chat with" }).fill("bob-k");
+  await page.getByRole("button", { name: "Start chat", exact: true }).click();
+  await bob2.expect({ type: "invite", from: alice.name });
+  await bob2.send(`/accept ${alice.name}`);
+  await bob2.expect({ type: "connected", peer: alice.name });
+
+  const warning = page.getByRole("alert").filter({ hasText: "changed" });
+  await warning.waitFor();
+  assert.ok(await page.getByRole("textbox", { name: "Message", exact: true }).isDisabled());
+  // bob's message is held back: not in the page.
+  await bob2.send("it is really me");
+  await sleep(800);
+  assert.equal(await timeline(page).getByText("it is really me").count(), 0);
+
+  await page.getByRole("button", { name: "Trust new key" }).click();
+  await warning.waitFor({ state: "hidden" });
+  await sendFromPage(page, "now trusted");
+  await bob2.expect({ type: "message", text: "now trusted" });
+  await bob2.send("and now you hear me");
+  await timeline(page).getByText("and now you hear me").waitFor();
+}
+
+async function hostileText(scene: Scene): Promise<void> {
+  const [alice, mallory] = await scene.join("alice-h", "mallory-h");
+  const web = await scene.web(alice);
+  const page = await scene.page(web);
+  const m = await scene.json(mallory);
+  await startChat(page, alice, m);
+  let dialogs = 0;
+  page.on("dialog", (d) => {
+    dialogs++;
+    d.dismiss().catch(() => {});
+  });
+  const payload =
+    `<img src=x onerror="window.__pwned=1;alert(1)"><script>window.__pwned=2</script>` +
+    `<b>bold</b>`;
+  await m.send(payload);
+  await timeline(page).getByText(payload, { exact: true }).waitFor();
+  const name = `<img src=x onerror=window.__pwned=3>.html`;
+  const path = join(scene.dir, "evil.bin");
+  await Deno.writeTextFile(path, "<script>window.__pwned=4</script>");
+  // The JSON face sends the file under its own base name: give it the hostile one.
+  const evil = join(scene.dir, "x", name);
+  await Deno.mkdir(join(scene.dir, "x"), { recursive: true });
+  await Deno.rename(path, evil);
+  await m.send(`/file ${evil}`);
+  await timeline(page).locator(".file-name", { hasText: "<img" }).waitFor();
+  await sleep(300);
+  assert.equal(await page.evaluate(() => (globalThis as { __pwned?: number }).__pwned), undefined);
+  assert.equal(dialogs, 0);
+  assert.equal(await timeline(page).locator("img, script, b").count(), 0);
+}
+
+async function narrowKeyboardDark(scene: Scene): Promise<void> {
+  const [alice, bob, carol] = await scene.join("alice-n", "bob-n", "carol-n");
+  const web = await scene.web(alice);
+  const [b, c] = await Promise.all([scene.json(bob), scene.json(carol)]);
+  const context = await scene.browser.newContext({
+    viewport: { width: 360, height: 740 },
+    colorScheme: "dark",
+  });
+  try {
+    const page = await context.newPage();
+    page.setDefaultTimeout(20_000);
+    await page.goto(web.url);
+    await page.getByRole("heading", { name: alice.name, level: 1 }).waitFor();
+    const background = await page.evaluate<string>(
+      "getComputedStyle(document.body).backgroundColor",
+    );
+    const [r, g, bl] = background.match(/\d+/g)!.map(Number);
+    assert.ok(r + g + bl < 200, `not dark: ${background}`);
+
+    // Keyboard alone: Tab to "Chat with", type, Enter.
+    const tabTo = async (role: "textbox" | "button", name: string) => {
+      const target = page.getByRole(role, { name, exact: true });
+      for (let i = 0; i < 30; i++) {
+        if (
+          await target.evaluate((el) => el === el.ownerDocument.activeElement).catch(() => false)
+        ) {
+          return;
+        }
+        await page.keyboard.press("Tab");
+      }
+      throw new assert.AssertionError({ message: `Tab never reached ${role} "${name}"` });
+    };
+    await tabTo("textbox", "Chat with");
+    await page.keyboard.type(bob.name);
+    await page.keyboard.press("Enter");
+    await b.expect({ type: "invite", from: alice.name });
+    await b.send(`/accept ${alice.name}`);
+    await b.expect({ type: "connected", peer: alice.name });
+    await page.getByRole("button", { name: /bob-n online/ }).waitFor();
+    await tabTo("textbox", "Message");
+    await page.keyboard.type("typed without a mouse");
+    await page.keyboard.press("Enter");
+    await b.expect({ type: "message", text: "typed without a mouse" });
+
+    // An invitation, accepted by keyboard; then bob's message counts as unread.
+    await c.send(`/chat ${alice.name}`);
+    await c.expect({ type: "invited" });
+    await tabTo("button", "Accept");
+    await page.keyboard.press("Enter");
+    await c.expect({ type: "connected", peer: alice.name });
+    await page.getByRole("heading", { name: carol.name, level: 2 }).waitFor();
+    await b.send("are you there?");
+    await page.getByRole("button", { name: /bob-n online 1 unread/ }).waitFor();
+    await page.getByRole("button", { name: /bob-n/ }).click();
+    await timeline(page).getByText("are you there?").waitFor();
+    await page.getByRole("button", { name: /bob-n online$/ }).waitFor();
+
+    const width = await page.evaluate<number>("document.documentElement.scrollWidth");
+    assert.ok(width <= 360, `the page is ${width} px wide at 360 px`);
+  } finally {
+    await context.close();
+  }
+}
+
+async function refusedPeer(scene: Scene): Promise<void> {
+  const [alice, carol] = await scene.join("alice-x", "carol-x");
+  await revoke(scene.service, carol.name);
+  const web = await scene.web(alice);
+  const page = await scene.page(web);
+  await page.getByRole("textbox", { name: "Chat with" }).fill(carol.name);
+  await page.getByRole("button", { name: "Start chat", exact: true }).click();
+  const status = page.locator("#peer-status");
+  await waitUntil(
+    async () => /revoked|rejected|no valid|not found/i.test(await status.textContent() ?? ""),
+    "the reason carol-x is refused",
+  );
+  assert.equal(
+    await page.getByRole("textbox", { name: "Message", exact: true }).isDisabled(),
+    true,
+  );
+}
+
+async function historyAfterRestart(scene: Scene): Promise<void> {
+  if (!("history" in Chat.prototype)) {
+    // deno-lint-ignore no-console
+    console.log("web_test.ts: the core has no history yet (client/history.ts): not checked");
+    return;
+  }
+  const [alice, bob] = await scene.join("alice-r", "bob-r");
+  const web = await scene.web(alice);
+  const page = await scene.page(web);
+  const b = await scene.json(bob);
+  await startChat(page, alice, b);
+  await sendFromPage(page, "remember this after a restart");
+  await b.expect({ type: "message", text: "remember this after a restart" });
+  await b.send("and this reply too");
+  await timeline(page).getByText("and this reply too").waitFor();
+  await web.stop();
+  // The old page notices, and says that this session is over.
+  await page.getByRole("alert").filter({ hasText: /Lost|restarted/ }).waitFor();
+
+  const again = await scene.web(alice);
+  const page2 = await scene.page(again);
+  await page2.getByRole("button", { name: /bob-r/ }).click();
+  await timeline(page2).getByText("remember this after a restart").waitFor();
+  await timeline(page2).getByText("and this reply too").waitFor();
+}
+
+async function lostAndBack(scene: Scene): Promise<void> {
+  const [alice] = await scene.join("alice-l");
+  const web = await scene.web(alice);
+  const page = await scene.page(web);
+  web.signal("SIGSTOP");
+  try {
+    await page.getByRole("alert").filter({ hasText: "Lost the chat client" }).waitFor({
+      timeout: 15_000,
+    });
+  } finally {
+    web.signal("SIGCONT");
+  }
+  await page.getByRole("alert").filter({ hasText: "Lost" }).waitFor({
+    state: "hidden",
+    timeout: 15_000,
+  });
+  await page.getByRole("textbox", { name: "Chat with" }).waitFor();
+}
+
+/** Plain HTTP requests with chosen headers (fetch cannot set Host). */
+function rawRequest(
+  port: number,
+  lines: string[],
+): Promise<{ status: number; head: string; body: string }> {
+  return new Promise((resolve, reject) => {
+    Deno.connect({ hostname: "127.0.0.1", port }).then(async (conn) => {
+      try {
+        await conn.write(new TextEncoder().encode(lines.join("\r\n") + "\r\n\r\n"));
+        let text = "";
+        const buf = new Uint8Array(65536);
+        const until = Date.now() + 10_000;
+        while (Date.now() < until) {
+          const n = await conn.read(buf);
+          if (n === null) break;
+          text += new TextDecoder().decode(buf.subarray(0, n));
+          if (/\r\n\r\n/.test(text) && /content-length: (\d+)/i.test(text)) {
+            const len = Number(/content-length: (\d+)/i.exec(text)![1]);
+            const [head, ...rest] = text.split("\r\n\r\n");
+            if (new TextEncoder().encode(rest.join("\r\n\r\n")).length >= len) {
+              resolve({ status: Number(head.split(" ")[1]), head, body: rest.join("\r\n\r\n") });
+              return;
+            }
+          }
+          if (/^HTTP\/1\.1 101/.test(text) && text.includes("\r\n\r\n")) break;
+        }
+        const [head, ...rest] = text.split("\r\n\r\n");
+        resolve({ status: Number(head.split(" ")[1]), head, body: rest.join("\r\n\r\n") });
+      } catch (e) {
+        reject(e);
+      } finally {
+        conn.close();
+      }
+    }, reject);
+  });
+}
+
+async function refusals(scene: Scene): Promise<void> {
+  const [alice] = await scene.join("alice-s");
+  const web = await scene.web(alice);
+  const host = `127.0.0.1:${web.port}`;
+  const get = (path: string, headers: string[] = []) =>
+    rawRequest(web.port, [`GET ${path} HTTP/1.1`, ...headers, "Connection: close"]);
+
+  // Without a session: only the short page, 401, with the security headers.
+  for (const path of ["/", "/app.js", "/style.css", "/ws", "/download/x", "/nothing"]) {
+    const r = await get(path, [`Host: ${host}`]);
+    assert.equal(r.status, 401, `${path}: ${r.head}`);
+    assert.match(r.body, /Open the URL the client printed/);
+    assert.doesNotMatch(r.body, /<script/);
+  }
+  const wrongToken = await get(`/session?token=${"0".repeat(64)}`, [`Host: ${host}`]);
+  assert.equal(wrongToken.status, 401);
+
+  // A foreign Host (DNS rebinding) gets 421, even with the token.
+  for (const h of ["rebind.test", `rebind.test:${web.port}`, "127.0.0.1", "localhost:1"]) {
+    const r = await get(`/session?token=${web.token}`, [`Host: ${h}`]);
+    assert.equal(r.status, 421, `Host ${h}: ${r.head}`);
+  }
+
+  // The token becomes an HttpOnly, SameSite=Strict cookie, and leaves the address bar.
+  const ex = await get(`/session?token=${web.token}`, [`Host: ${host}`]);
+  assert.equal(ex.status, 303);
+  assert.match(ex.head, /^location: \/$/im);
+  const cookieLine =
+    /^set-cookie: (e2e_session=[0-9a-f]{64}); HttpOnly; SameSite=Strict; Path=\/$/im
+      .exec(ex.head);
+  assert.ok(cookieLine, ex.head);
+  const cookie = `Cookie: ${cookieLine[1]}`;
+  const ok = await get("/", [`Host: ${host}`, cookie]);
+  assert.equal(ok.status, 200);
+  assert.match(
+    ok.head,
+    /^content-security-policy: default-src 'none'; script-src 'self';.*frame-ancestors 'none'/im,
+  );
+  assert.match(ok.head, /^x-content-type-options: nosniff$/im);
+  assert.doesNotMatch(ok.head, /access-control-allow/i);
+  assert.doesNotMatch(ok.body, /<script>|\sstyle=|\son\w+=/i, "inline script or style in the page");
+  const foreignWithCookie = await get("/", [`Host: rebind.test:${web.port}`, cookie]);
+  assert.equal(foreignWithCookie.status, 421);
+
+  // Cross-origin WebSocket and POST are refused, with a valid session.
+  const wsHead = (origin: string) => [
+    `Host: ${host}`,
+    cookie,
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    "Sec-WebSocket-Version: 13",
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    origin,
+  ];
+  const crossWs = await rawRequest(web.port, [
+    "GET /ws HTTP/1.1",
+    ...wsHead("Origin: http://evil.test"),
+  ]);
+  assert.equal(crossWs.status, 403);
+  const noOriginWs = await rawRequest(web.port, ["GET /ws HTTP/1.1", ...wsHead("X-No: origin")]);
+  assert.equal(noOriginWs.status, 403);
+  const sameWs = await rawRequest(web.port, [
+    "GET /ws HTTP/1.1",
+    ...wsHead(`Origin: http://${host}`),
+  ]);
+  assert.equal(sameWs.status, 101);
+  const crossPost = await rawRequest(web.port, [
+    "POST /upload?to=bob&name=x HTTP/1.1",
+    `Host: ${host}`,
+    cookie,
+    "Origin: http://evil.test",
+    "Content-Length: 0",
+    "Connection: close",
+  ]);
+  assert.equal(crossPost.status, 403);
+  // Downloads: nothing outside the downloads folder.
+  for (
+    const p of [
+      "/download/..%2Fid%2Fkey.pem",
+      "/download/%2E%2E%2Fpeers.json",
+      "/download/.hidden",
+      "/download/a%5C..%5Cb",
+    ]
+  ) {
+    assert.equal((await get(p, [`Host: ${host}`, cookie])).status, 404, p);
+  }
+
+  // A second run on the same --port says so and stops (it does not share the port).
+  await assert.rejects(
+    WebClient.start(alice, { args: ["--port", String(web.port)] }),
+    /Cannot serve the page on 127\.0\.0\.1:\d+[\s\S]*hint: choose another --port/,
+  );
+
+  // In the browser: a rebinding name gets nothing, and a foreign page's WebSocket is refused.
+  const rebinding = await scene.browser.newContext();
+  try {
+    const page = await rebinding.newPage();
+    const r = await page.goto(`http://rebind.test:${web.port}/session?token=${web.token}`);
+    assert.equal(r?.status(), 421);
+  } finally {
+    await rebinding.close();
+  }
+  const page = await scene.page(web);
+  assert.equal(page.url(), `${web.origin}/`, "the token stayed in the address bar");
+  const evil = await page.context().newPage();
+  await evil.goto(`http://rebind.test:${web.port}/nothing`).catch(() => {});
+  const opened = await evil.evaluate((port) =>
+    new Promise<string>((resolve) => {
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`);
+      ws.onopen = () => resolve("open");
+      ws.onerror = () => resolve("refused");
+      setTimeout(() => resolve("timeout"), 5_000);
+    }), web.port);
+  assert.equal(opened, "refused");
+}
+
+const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
+  [
+    "alice in the browser invites bob (JSON face), messages both ways show delivered marks, Mark verified, a file from the picker arrives with the same SHA-256 and its bar reaches 100 %, a dropped file is sent, a received file downloads with identical bytes",
+    messagesBothWays,
+  ],
+  [
+    "a key change shows the warning and holds messages back until Trust new key",
+    keyChange,
+  ],
+  [
+    "a peer message and a file name made of HTML and script show as text and run nothing",
+    hostileText,
+  ],
+  ["the page says when it lost the client process and recovers when it is back", lostAndBack],
+  [
+    "at 360 px wide, in a dark colour scheme and by keyboard alone: start a chat, send, accept an invitation; unread counts",
+    narrowKeyboardDark,
+  ],
+  ["a revoked peer is refused and the page shows the reason", refusedPeer],
+  [
+    "requests without the session, with a foreign Host or a cross-origin Origin are refused; the token leaves the address bar",
+    refusals,
+  ],
+];
+
+Deno.test({
+  name: "web face in chromium: real CA service, real clients",
+  ignore: !chromium && !CI,
+  async fn(t) {
+    assert.ok(chromium, "CI=true and chromium is not on PATH: the web tests cannot run");
+    const browser = await launchBrowser(chromium, {
+      args: ["--host-resolver-rules=MAP rebind.test 127.0.0.1"],
+    });
+    try {
+      await withWebWorld(async (service, dir) => {
+        const all: Array<[string, (scene: Scene) => Promise<void>]> = [
+          ...SCENARIOS,
+          ["history is shown after a restart", historyAfterRestart],
+        ];
+        // Every scenario finishes (and cleans up) even when another fails.
+        await Promise.allSettled(all.map(([name, fn], i) =>
+          t.step({
+            name,
+            sanitizeOps: false,
+            sanitizeResources: false,
+            sanitizeExit: false,
+            fn: async () => {
+              const scene = new Scene(service, join(dir, `scene-${i}`), browser);
+              await Deno.mkdir(scene.dir);
+              try {
+                await fn(scene);
+              } finally {
+                await scene.close();
+              }
+            },
+          })
+        ));
+      });
+    } finally {
+      await browser.close();
+    }
+  },
+});
