@@ -348,6 +348,11 @@ export class Chat {
     return this.#peers.has(name);
   }
 
+  /** Standing alarms about the CA's issuance log (docs/TRANSPARENCY.md). */
+  logAlarms(): Array<{ message: string; serial?: string; fingerprint?: string }> {
+    return this.#log.alarms;
+  }
+
   /** Names of those whose invitation waits for us to accept. */
   invitations(): string[] {
     return this.#invitations.names();

@@ -13,42 +13,8 @@ import { makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
 import { joinUser, RawPeer, type User } from "./_chat_helpers.ts";
 import { assertSuccess, type Service, startService, withService } from "./_service_helpers.ts";
 import { openssl, PASSPHRASE_ARG } from "../lib/openssl.ts";
+import { commitSomething, signBehindTheirBacks } from "./_dishonest_ca.ts";
 import { parseCertificate } from "../lib/x509.ts";
-
-const CA_ENV = { E2E_CHAT_CA_PASSPHRASE: PASSPHRASE };
-
-/**
- * Signs a certificate for `name` with `keyPem`'s key straight through `openssl ca`
- * in the CA's own folder, with none of e2e-chat's rules: it goes into the
- * database (and so, at the next commit, into the log) and revokes nothing.
- */
-async function signBehindTheirBacks(
-  service: Service,
-  name: string,
-  keyPem: string,
-): Promise<string> {
-  const caDir = join(service.home, "ca");
-  const { csr } = await makeCsr(name, { keyPem });
-  await Deno.writeTextFile(join(caDir, "evil.csr"), csr);
-  await Deno.writeTextFile(
-    join(caDir, "evil.cnf"),
-    `[ leaf ]\nbasicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n` +
-      `extendedKeyUsage = clientAuth, serverAuth\nsubjectAltName = DNS:${name}\n`,
-  );
-  await openssl([
-    ...["ca", "-config", "openssl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt", "-batch"],
-    ...["-passin", PASSPHRASE_ARG, "-in", "evil.csr", "-subj", `/CN=${name}`],
-    ...["-extfile", "evil.cnf", "-extensions", "leaf", "-days", "2", "-notext", "-out", "evil.pem"],
-  ], { cwd: caDir, passphrase: PASSPHRASE });
-  const pem = await Deno.readTextFile(join(caDir, "evil.pem"));
-  for (const f of ["evil.csr", "evil.cnf", "evil.pem"]) await Deno.remove(join(caDir, f));
-  return pem;
-}
-
-/** Any commit makes the CA bring its log level with its database. */
-async function commitSomething(service: Service): Promise<void> {
-  assertSuccess(await runCa(service.home, ["crl"], { env: CA_ENV }), "ca crl");
-}
 
 async function audit(user: User): Promise<{ code: number; stdout: string; stderr: string }> {
   return await runTask("client", ["audit"], { env: { E2E_CHAT_HOME: user.home } });

@@ -12,7 +12,8 @@
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { join } from "node:path";
-import { Chat } from "../client/chat.ts";
+import { makeCsr } from "./_helpers.ts";
+import { commitSomething, signBehindTheirBacks } from "./_dishonest_ca.ts";
 import {
   type Browser,
   ChatClient,
@@ -320,6 +321,26 @@ async function narrowKeyboardDark(scene: Scene): Promise<void> {
   }
 }
 
+/** The CA issued a certificate for alice's name with another key: a banner says so, and stays. */
+async function logAlarm(scene: Scene): Promise<void> {
+  const [alice] = await scene.join("alice-l");
+  const { key } = await makeCsr("alice-l");
+  await signBehindTheirBacks(scene.service, "alice-l", key);
+  await commitSomething(scene.service);
+  const web = await scene.web(alice);
+  const page = await scene.page(web);
+  await page.getByRole("alert").filter({
+    hasText: /Log alarm: the CA issued a certificate for your name that you did not request/,
+  }).waitFor();
+  // No new connections while it stands.
+  await page.getByRole("textbox", { name: "Chat with" }).fill("bob-l");
+  await page.getByRole("button", { name: "Start chat", exact: true }).click();
+  await page.getByRole("status").getByText(/alarm/).first().waitFor();
+  // A reload (a second tab) shows it too.
+  const again = await scene.page(web);
+  await again.getByRole("alert").filter({ hasText: /Log alarm: .*did not request/ }).waitFor();
+}
+
 async function refusedPeer(scene: Scene): Promise<void> {
   const [alice, carol] = await scene.join("alice-x", "carol-x");
   await revoke(scene.service, carol.name);
@@ -339,11 +360,6 @@ async function refusedPeer(scene: Scene): Promise<void> {
 }
 
 async function historyAfterRestart(scene: Scene): Promise<void> {
-  if (!("history" in Chat.prototype)) {
-    // deno-lint-ignore no-console
-    console.log("web_test.ts: the core has no history yet (client/history.ts): not checked");
-    return;
-  }
   const [alice, bob] = await scene.join("alice-r", "bob-r");
   const web = await scene.web(alice);
   const page = await scene.page(web);
@@ -574,6 +590,7 @@ Deno.test({
         const all: Array<[string, (scene: Scene) => Promise<void>]> = [
           ...SCENARIOS,
           ["history is shown after a restart", historyAfterRestart],
+          ["a log alarm shows as a banner that stays, and no chat starts", logAlarm],
         ];
         // Every scenario finishes (and cleans up) even when another fails.
         await Promise.allSettled(all.map(([name, fn], i) =>

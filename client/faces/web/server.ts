@@ -334,6 +334,7 @@ export class WebServer {
       invitations: chat.invitations(),
       conversations,
       notices: this.#notices,
+      alarms: chat.logAlarms(),
       history: typeof chat.history === "function",
     });
   }

@@ -230,6 +230,9 @@ function handle(e) {
       arrived(c);
       break;
     }
+    case "log_alarm":
+      logAlarm(e);
+      break;
     case "warning":
       notice(e.message, "warning");
       for (const [, name] of e.message.matchAll(/"([^"]+)"/g)) {
@@ -264,6 +267,7 @@ function snapshot(s) {
   for (const p of s.peers) touch(conv(p.name));
   $("notices").replaceChildren();
   for (const n of s.notices) notice(n, "warning");
+  for (const a of s.alarms ?? []) logAlarm(a);
   setLink(true);
   drawInvitations();
   drawList();
@@ -707,6 +711,17 @@ function drawItem(item) {
   }
   li.replaceChildren(...parts);
   return li;
+}
+
+// Evidence that the CA misbehaved: a banner that stays, at the top, not a passing notice.
+function logAlarm(alarm) {
+  const banner = $("log-alarm");
+  const line = document.createElement("p");
+  line.textContent = `Log alarm: ${alarm.message}. No new connections until this is resolved; ` +
+    "tell your admin.";
+  if ([...banner.children].some((p) => p.textContent === line.textContent)) return;
+  banner.append(line);
+  banner.hidden = false;
 }
 
 function notice(message, kind = "info") {

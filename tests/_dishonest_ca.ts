@@ -1,0 +1,45 @@
+/**
+ * A CA that misbehaves, for the tests that must catch it: it uses its own key
+ * and its own database, with none of e2e-chat's rules.
+ *
+ * @module
+ */
+import { join } from "node:path";
+import { openssl, PASSPHRASE_ARG } from "../lib/openssl.ts";
+import { makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
+import { assertSuccess, type Service } from "./_service_helpers.ts";
+
+const CA_ENV = { E2E_CHAT_CA_PASSPHRASE: PASSPHRASE };
+
+/**
+ * Signs a certificate for `name` with `keyPem`'s key straight through `openssl ca`
+ * in the CA's own folder, with none of e2e-chat's rules: it goes into the
+ * database (and so, at the next commit, into the log) and revokes nothing.
+ */
+export async function signBehindTheirBacks(
+  service: Service,
+  name: string,
+  keyPem: string,
+): Promise<string> {
+  const caDir = join(service.home, "ca");
+  const { csr } = await makeCsr(name, { keyPem });
+  await Deno.writeTextFile(join(caDir, "evil.csr"), csr);
+  await Deno.writeTextFile(
+    join(caDir, "evil.cnf"),
+    `[ leaf ]\nbasicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n` +
+      `extendedKeyUsage = clientAuth, serverAuth\nsubjectAltName = DNS:${name}\n`,
+  );
+  await openssl([
+    ...["ca", "-config", "openssl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt", "-batch"],
+    ...["-passin", PASSPHRASE_ARG, "-in", "evil.csr", "-subj", `/CN=${name}`],
+    ...["-extfile", "evil.cnf", "-extensions", "leaf", "-days", "2", "-notext", "-out", "evil.pem"],
+  ], { cwd: caDir, passphrase: PASSPHRASE });
+  const pem = await Deno.readTextFile(join(caDir, "evil.pem"));
+  for (const f of ["evil.csr", "evil.cnf", "evil.pem"]) await Deno.remove(join(caDir, f));
+  return pem;
+}
+
+/** Any commit makes the CA bring its log level with its database. */
+export async function commitSomething(service: Service): Promise<void> {
+  assertSuccess(await runCa(service.home, ["crl"], { env: CA_ENV }), "ca crl");
+}
