@@ -53,113 +53,108 @@ async function tlsPair(dir: string): Promise<[tls.TLSSocket, tls.TLSSocket, () =
   return [await accepted, client, () => server.close()];
 }
 
-Deno.test("PeerConnection carries a message with its ack and a 3 MiB file intact, and a close reaches both ends", async () => {
+/** Runs `fn` with both ends of a fresh mutual-TLS connection; closes everything after. */
+async function withPair(
+  fn: (alice: tls.TLSSocket, bob: tls.TLSSocket, dir: string) => Promise<void>,
+): Promise<void> {
   await withTempDir(async (dir) => {
     const [aliceSocket, bobSocket, stop] = await tlsPair(dir);
     try {
-      const aliceSeen: Seen = [];
-      const bobSeen: Seen = [];
-      const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-        downloads: join(dir, "alice-downloads"),
-        events: recorder(aliceSeen),
-      });
-      const bob = new PeerConnection(bobSocket, "alice", undefined!, {
-        downloads: join(dir, "bob-downloads"),
-        events: recorder(bobSeen),
-      });
-      await Deno.mkdir(join(dir, "alice-downloads"));
-      alice.start();
-      bob.start();
-
-      const id = bob.sendMessage("hi alice");
-      await until("alice's message", aliceSeen, (s) => s.some((e) => e[0] === "message"));
-      assert.deepEqual(aliceSeen[0], ["message", id, "hi alice"]);
-      await until("bob's ack", bobSeen, (s) => s.some((e) => e[0] === "delivered" && e[1] === id));
-
-      const body = new Uint8Array(3 * 1024 * 1024).map((_, i) => i % 251);
-      await Deno.writeFile(join(dir, "data.bin"), body);
-      const fileId = await bob.sendFile(join(dir, "data.bin"));
-      await until("the file", aliceSeen, (s) => s.some((e) => e[0] === "file"));
-      const [, name, bytes, sha256, path] = aliceSeen.find((e) => e[0] === "file")!;
-      assert.equal(name, "data.bin");
-      assert.equal(bytes, body.length);
-      assert.equal(sha256, createHash("sha256").update(body).digest("hex"));
-      assert.deepEqual(await Deno.readFile(path as string), body);
-      await until(
-        "the file's ack",
-        bobSeen,
-        (s) => s.some((e) => e[0] === "delivered" && e[1] === fileId),
-      );
-
-      alice.close("done");
-      await until("both closed", bobSeen, (s) => s.some((e) => e[0] === "closed"));
-      await until("alice closed", aliceSeen, (s) => s.some((e) => e[0] === "closed"));
-      assert.equal(alice.open, false);
-      assert.equal(bob.open, false);
+      await fn(aliceSocket, bobSocket, dir);
     } finally {
       aliceSocket.destroy();
       bobSocket.destroy();
       stop();
     }
+  });
+}
+
+Deno.test("PeerConnection carries a message with its ack and a 3 MiB file intact, and a close reaches both ends", async () => {
+  await withPair(async (aliceSocket, bobSocket, dir) => {
+    const aliceSeen: Seen = [];
+    const bobSeen: Seen = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: join(dir, "alice-downloads"),
+      events: recorder(aliceSeen),
+    });
+    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
+      downloads: join(dir, "bob-downloads"),
+      events: recorder(bobSeen),
+    });
+    await Deno.mkdir(join(dir, "alice-downloads"));
+    alice.start();
+    bob.start();
+
+    const id = bob.sendMessage("hi alice");
+    await until("alice's message", aliceSeen, (s) => s.some((e) => e[0] === "message"));
+    assert.deepEqual(aliceSeen[0], ["message", id, "hi alice"]);
+    await until("bob's ack", bobSeen, (s) => s.some((e) => e[0] === "delivered" && e[1] === id));
+
+    const body = new Uint8Array(3 * 1024 * 1024).map((_, i) => i % 251);
+    await Deno.writeFile(join(dir, "data.bin"), body);
+    const fileId = await bob.sendFile(join(dir, "data.bin"));
+    await until("the file", aliceSeen, (s) => s.some((e) => e[0] === "file"));
+    const [, name, bytes, sha256, path] = aliceSeen.find((e) => e[0] === "file")!;
+    assert.equal(name, "data.bin");
+    assert.equal(bytes, body.length);
+    assert.equal(sha256, createHash("sha256").update(body).digest("hex"));
+    assert.deepEqual(await Deno.readFile(path as string), body);
+    await until(
+      "the file's ack",
+      bobSeen,
+      (s) => s.some((e) => e[0] === "delivered" && e[1] === fileId),
+    );
+
+    alice.close("done");
+    await until("both closed", bobSeen, (s) => s.some((e) => e[0] === "closed"));
+    await until("alice closed", aliceSeen, (s) => s.some((e) => e[0] === "closed"));
+    assert.equal(alice.open, false);
+    assert.equal(bob.open, false);
   });
 });
 
 Deno.test("PeerConnection holds back a quarantined peer's messages: not shown, not acknowledged", async () => {
-  await withTempDir(async (dir) => {
-    const [aliceSocket, bobSocket, stop] = await tlsPair(dir);
-    try {
-      const aliceSeen: Seen = [];
-      const bobSeen: Seen = [];
-      const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-        downloads: dir,
-        events: recorder(aliceSeen),
-      });
-      alice.quarantined = true;
-      const bob = new PeerConnection(bobSocket, "alice", undefined!, {
-        downloads: dir,
-        events: recorder(bobSeen),
-      });
-      alice.start();
-      bob.start();
-      bob.sendMessage("from a changed key");
-      await until("held", aliceSeen, (s) => s.some((e) => e[0] === "held"));
-      await new Promise((r) => setTimeout(r, 100));
-      assert.deepEqual(aliceSeen.filter((e) => e[0] === "message"), []);
-      assert.deepEqual(bobSeen.filter((e) => e[0] === "delivered"), []);
-      alice.close();
-    } finally {
-      aliceSocket.destroy();
-      bobSocket.destroy();
-      stop();
-    }
+  await withPair(async (aliceSocket, bobSocket, dir) => {
+    const aliceSeen: Seen = [];
+    const bobSeen: Seen = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: recorder(aliceSeen),
+    });
+    alice.quarantined = true;
+    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
+      downloads: dir,
+      events: recorder(bobSeen),
+    });
+    alice.start();
+    bob.start();
+    bob.sendMessage("from a changed key");
+    await until("held", aliceSeen, (s) => s.some((e) => e[0] === "held"));
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(aliceSeen.filter((e) => e[0] === "message"), []);
+    assert.deepEqual(bobSeen.filter((e) => e[0] === "delivered"), []);
+    alice.close();
   });
 });
 
 Deno.test("PeerConnection answers a malformed frame after the frames before it, then closes", async () => {
-  await withTempDir(async (dir) => {
-    const [aliceSocket, rawBob, stop] = await tlsPair(dir);
-    try {
-      const aliceSeen: Seen = [];
-      const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-        downloads: dir,
-        events: recorder(aliceSeen),
-      });
-      alice.start();
-      let received = "";
-      rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
-      rawBob.write(
-        encodeFrame({ type: "hello", v: 1, features: [] }) +
-          encodeFrame({ type: "msg", id: "m1", text: "before" }) +
-          '{"type":"msg","id":5}\n',
-      );
-      await until("closed", aliceSeen, (s) => s.some((e) => e[0] === "closed"));
-      assert.deepEqual(aliceSeen[0], ["message", "m1", "before"]);
-      assert.match(received, /"type":"ack","id":"m1"/);
-      assert.match(received, /"type":"error"/);
-    } finally {
-      aliceSocket.destroy();
-      rawBob.destroy();
-      stop();
-    }
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: recorder(aliceSeen),
+    });
+    alice.start();
+    let received = "";
+    rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
+    rawBob.write(
+      encodeFrame({ type: "hello", v: 1, features: [] }) +
+        encodeFrame({ type: "msg", id: "m1", text: "before" }) +
+        '{"type":"msg","id":5}\n',
+    );
+    await until("closed", aliceSeen, (s) => s.some((e) => e[0] === "closed"));
+    assert.deepEqual(aliceSeen[0], ["message", "m1", "before"]);
+    assert.match(received, /"type":"ack","id":"m1"/);
+    assert.match(received, /"type":"error"/);
   });
 });

@@ -5,6 +5,8 @@
  * @module
  */
 import { join } from "node:path";
+import { CaPaths } from "../ca/home.ts";
+import { withLock } from "../lib/lock.ts";
 import { openssl, PASSPHRASE_ARG } from "../lib/openssl.ts";
 import { makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
 import { assertSuccess, type Service } from "./_service_helpers.ts";
@@ -29,11 +31,23 @@ export async function signBehindTheirBacks(
     `[ leaf ]\nbasicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n` +
       `extendedKeyUsage = clientAuth, serverAuth\nsubjectAltName = DNS:${name}\n`,
   );
-  await openssl([
-    ...["ca", "-config", "openssl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt", "-batch"],
-    ...["-passin", PASSPHRASE_ARG, "-in", "evil.csr", "-subj", `/CN=${name}`],
-    ...["-extfile", "evil.cnf", "-extensions", "leaf", "-days", "2", "-notext", "-out", "evil.pem"],
-  ], { cwd: caDir, passphrase: PASSPHRASE });
+  // Under the CA's lock, like any writer of its database: the service may be signing too.
+  await withLock(new CaPaths(service.home).lock, () =>
+    openssl([
+      ...["ca", "-config", "openssl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt", "-batch"],
+      ...["-passin", PASSPHRASE_ARG, "-in", "evil.csr", "-subj", `/CN=${name}`],
+      ...[
+        "-extfile",
+        "evil.cnf",
+        "-extensions",
+        "leaf",
+        "-days",
+        "2",
+        "-notext",
+        "-out",
+        "evil.pem",
+      ],
+    ], { cwd: caDir, passphrase: PASSPHRASE }));
   const pem = await Deno.readTextFile(join(caDir, "evil.pem"));
   for (const f of ["evil.csr", "evil.cnf", "evil.pem"]) await Deno.remove(join(caDir, f));
   return pem;

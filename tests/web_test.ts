@@ -14,6 +14,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { makeCsr } from "./_helpers.ts";
 import { commitSomething, signBehindTheirBacks } from "./_dishonest_ca.ts";
+import { concurrentSteps } from "./_harness.ts";
 import {
   type Browser,
   ChatClient,
@@ -592,24 +593,19 @@ Deno.test({
           ["history is shown after a restart", historyAfterRestart],
           ["a log alarm shows as a banner that stays, and no chat starts", logAlarm],
         ];
-        // Every scenario finishes (and cleans up) even when another fails.
-        await Promise.allSettled(all.map(([name, fn], i) =>
-          t.step({
-            name,
-            sanitizeOps: false,
-            sanitizeResources: false,
-            sanitizeExit: false,
-            fn: async () => {
-              const scene = new Scene(service, join(dir, `scene-${i}`), browser);
-              await Deno.mkdir(scene.dir);
-              try {
-                await fn(scene);
-              } finally {
-                await scene.close();
-              }
-            },
-          })
-        ));
+        // Scenarios run at once; each finishes and cleans up even when another fails.
+        await concurrentSteps(
+          t,
+          all.map(([name, fn], i) => [name, async () => {
+            const scene = new Scene(service, join(dir, `scene-${i}`), browser);
+            await Deno.mkdir(scene.dir);
+            try {
+              await fn(scene);
+            } finally {
+              await scene.close();
+            }
+          }]),
+        );
       });
     } finally {
       await browser.close();

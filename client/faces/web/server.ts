@@ -26,6 +26,7 @@ import { checkName } from "../../../lib/names.ts";
 import type { Chat } from "../../chat.ts";
 import type { ChatEvent, CoreEvent } from "../../events.ts";
 import { safeFileName } from "../../files.ts";
+import type { HistoryEntry } from "../../history.ts";
 
 /** Requests handled at once, WebSockets excluded. */
 export const MAX_IN_FLIGHT = 64;
@@ -81,25 +82,6 @@ const UNAUTHORIZED_PAGE = `<!doctype html>
 <body><h1>e2e-chat</h1><p>Open the URL the client printed (<code>deno task client web</code>).</p></body></html>
 `;
 
-/** The optional history API of the core (client/history.ts), used when present. */
-interface HistoryCore {
-  history?: (name: string, limit?: number) => Promise<HistoryEntry[]>;
-  conversations?: () => Promise<Array<{ name: string; last: string }>>;
-}
-
-/** One entry of a conversation's history, as the core keeps it. */
-interface HistoryEntry {
-  id: string;
-  at: string;
-  from: string;
-  to: string;
-  kind: "message" | "file";
-  text?: string;
-  file?: { name: string; path?: string; bytes: number; sha256?: string };
-  state?: "sent" | "delivered";
-  ms?: number;
-}
-
 /** An operation from the page: `{id, op, …}`; the answer is `{type:"reply", re:id, …}`. */
 type Operation =
   | { op: "invite" | "accept" | "verify" | "trust" | "close" | "safety"; name: string }
@@ -118,7 +100,7 @@ export interface WebServerOptions {
 
 /** The web face's server. */
 export class WebServer {
-  #chat: Chat & HistoryCore;
+  #chat: Chat;
   #server: Deno.HttpServer<Deno.NetAddr>;
   #token: Uint8Array;
   #sessions = new Set<string>();
@@ -137,7 +119,7 @@ export class WebServer {
     options: WebServerOptions,
     files: { uploads: string; assets: Map<string, Uint8Array> },
   ) {
-    this.#chat = chat as Chat & HistoryCore;
+    this.#chat = chat;
     this.#token = new Uint8Array(randomBytes(32));
     this.#uploadDir = files.uploads;
     this.#static = files.assets;
@@ -316,9 +298,7 @@ export class WebServer {
   async #snapshot(socket: WebSocket): Promise<void> {
     const chat = this.#chat;
     const id = chat.identity;
-    const conversations = typeof chat.conversations === "function"
-      ? await chat.conversations()
-      : [];
+    const conversations = await chat.conversations();
     send(socket, {
       type: "snapshot",
       identity: {
@@ -335,7 +315,7 @@ export class WebServer {
       conversations,
       notices: this.#notices,
       alarms: chat.logAlarms(),
-      history: typeof chat.history === "function",
+      history: true,
     });
   }
 
@@ -369,7 +349,6 @@ export class WebServer {
       case "safety":
         return { number: chat.safetyNumber(op.name) };
       case "history": {
-        if (typeof chat.history !== "function") return { entries: [] };
         const entries = await chat.history(op.name, op.limit ?? 50);
         return { entries: entries.map((e) => this.#withDownload(e)) };
       }
