@@ -388,7 +388,8 @@ async function logRoute(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> 
 // A certificate as the API sends it, with its proof of being in the issuance log.
 async function logged(ctx: ApiContext, c: CertificateInfo) {
   const der = pemDecode(c.pem, "CERTIFICATE")!;
-  return { ...certificateJson(c), log: await ctx.log.proofOf(der) };
+  const log = await ctx.log.proofOf(der);
+  return { ...certificateJson(c), logIndex: log.index, log };
 }
 
 function certificateJson(c: CertificateInfo) {

@@ -154,6 +154,7 @@ function assertCertificateJson(value: Record<string, string>, name: string): voi
     "keyFingerprint",
     "serial",
     "notAfter",
+    "logIndex",
     "log",
   ]);
   // Proved in the issuance log: the proof verifies against the checkpoint it names.
@@ -162,6 +163,7 @@ function assertCertificateJson(value: Record<string, string>, name: string): voi
   const key = new X509Certificate(logKeyPem).publicKey;
   const der = pemDecode(value.certificate, "CERTIFICATE")!;
   verifyLogProof(der, log, { name: origin, key });
+  assert.equal(value.logIndex as unknown, log.index);
   assert.equal(value.name, name);
   assert.equal(value.fingerprint, sha256Hex(pemDecode(value.certificate, "CERTIFICATE")!));
   assert.match(value.keyFingerprint, /^[0-9a-f]{64}$/);

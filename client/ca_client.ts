@@ -30,6 +30,8 @@ export interface CertificateReply {
   keyFingerprint: string;
   serial: string;
   notAfter: string;
+  /** Its index in the CA's issuance log. */
+  logIndex?: number;
   /** Its inclusion proof in the CA's issuance log (lib/log_proof.ts). */
   log?: LogProofJson;
 }
