@@ -68,6 +68,8 @@ export class IssuanceLog {
   #byLeaf = new Map<string, number>();
   #loaded = 0; // bytes of whole records read so far
   #reading?: Promise<void>;
+  #agreed = 0; // entries already found equal to the database's lines
+  #signed?: { text: string; checkpoint: Checkpoint }; // the checkpoint file as last read
 
   private constructor(paths: CaPaths, origin: string, verifier: NoteKey) {
     this.#paths = paths;
@@ -121,8 +123,7 @@ export class IssuanceLog {
 
   /** The latest signed checkpoint, as written, and read (after reading entries it covers). */
   async checkpoint(): Promise<{ text: string; checkpoint: Checkpoint }> {
-    const text = await Deno.readTextFile(this.#paths.logCheckpoint);
-    const checkpoint = openCheckpoint(text, this.#verifier);
+    const { text, checkpoint } = await this.#readSigned();
     if (checkpoint.size > this.size) await this.refresh();
     if (checkpoint.size > this.size) {
       throw new E2eError("ERR_LOG_INVALID", "The checkpoint covers entries the log does not have");
@@ -175,7 +176,7 @@ export class IssuanceLog {
   async sync(database: IndexEntry[], signer: NoteKey): Promise<void> {
     await this.refresh();
     await this.#cutTornTail();
-    for (let i = 0; i < this.size; i++) {
+    for (let i = this.#agreed; i < this.size; i++) {
       if (i >= database.length || normalizeSerialHex(database[i].serial) !== this.#serials[i]) {
         throw new E2eError(
           "ERR_LOG_INVALID",
@@ -186,10 +187,8 @@ export class IssuanceLog {
         );
       }
     }
-    const current = await Deno.readTextFile(this.#paths.logCheckpoint).then(
-      (text) => openCheckpoint(text, this.#verifier),
-      () => undefined,
-    );
+    this.#agreed = this.size;
+    const current = await this.#readSigned().then((s) => s.checkpoint, () => undefined);
     // Never sign on top of entries that no longer hash to what was published.
     if (
       current && (current.size > this.size || hex(this.root(current.size)) !== hex(current.root))
@@ -282,6 +281,15 @@ export class IssuanceLog {
       checkpointSize,
       problems,
     };
+  }
+
+  // The checkpoint file, its signature checked again only when its text changed.
+  async #readSigned(): Promise<{ text: string; checkpoint: Checkpoint }> {
+    const text = await Deno.readTextFile(this.#paths.logCheckpoint);
+    if (this.#signed?.text !== text) {
+      this.#signed = { text, checkpoint: openCheckpoint(text, this.#verifier) };
+    }
+    return this.#signed;
   }
 
   async #read(): Promise<void> {

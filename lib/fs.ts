@@ -12,6 +12,12 @@ export interface WriteAtomicOptions {
   mode?: number;
   /** Refuse to replace an existing file. Default: false. */
   createNew?: boolean;
+  /**
+   * fsync the data before the rename. Default: true. Only a file that can be
+   * derived again from durable state may skip it (after a power cut it may be
+   * the old file or empty, never half of the new one).
+   */
+  durable?: boolean;
 }
 
 /**
@@ -37,7 +43,7 @@ export async function writeFileAtomic(
       let written = n;
       while (written < bytes.length) written += await file.write(bytes.subarray(written));
     });
-    await file.sync();
+    if (options.durable ?? true) await file.sync();
   } catch (e) {
     file.close();
     await Deno.remove(tmp).catch(() => {});

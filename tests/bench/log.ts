@@ -83,7 +83,7 @@ export async function benchLog(ws: Workspace, report: Report, sizes: LogSizes): 
     baseline: ["sign_without_log", median(without)],
     target: { op: "<=", ratio: 1.1 },
     rounds: withLog,
-    note: "the same on a CA whose log appends, fsyncs and signs a checkpoint after every commit",
+    note: "the same on a CA whose log appends and signs a checkpoint after every commit",
   });
 
   // A big log: copies of one real certificate (its leaf hash does not matter to the costs).
