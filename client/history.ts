@@ -32,20 +32,21 @@ export interface HistoryEntry {
   ms?: number;
 }
 
+/** A file sent or received, as a history line records it. */
+interface FileFields {
+  id: string;
+  from: string;
+  to: string;
+  name: string;
+  path?: string;
+  bytes: number;
+  sha256?: string;
+}
+
 /** A line of a history file. */
 type HistoryRecord =
   | { t: "msg"; id: string; at: string; from: string; to: string; text: string }
-  | {
-    t: "file";
-    id: string;
-    at: string;
-    from: string;
-    to: string;
-    name: string;
-    path?: string;
-    bytes: number;
-    sha256?: string;
-  }
+  | FileFields & { t: "file"; at: string }
   | { t: "ack"; id: string; at: string; ms?: number };
 
 /** Options of {@linkcode History}. */
@@ -100,16 +101,7 @@ export class History {
   }
 
   /** Records a file we sent or received. */
-  file(f: {
-    id: string;
-    from: string;
-    to: string;
-    name: string;
-    path?: string;
-    bytes: number;
-    sha256?: string;
-    at?: Date;
-  }): void {
+  file(f: FileFields & { at?: Date }): void {
     this.#append(this.#peerOf(f), {
       t: "file",
       id: f.id,

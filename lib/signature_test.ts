@@ -46,6 +46,13 @@ const rsa = generateKeyPairSync("rsa", { modulusLength: 2048 });
 const ec = generateKeyPairSync("ec", { namedCurve: "P-256" });
 const ec384 = generateKeyPairSync("ec", { namedCurve: "P-384" });
 const ed = generateKeyPairSync("ed25519");
+
+/** One key pair of each kind, with its signature algorithm and hash. */
+const EVERY_KEY = [
+  [OID.sha256WithRSA, "sha256", rsa],
+  [OID.ecdsaSha256, "sha256", ec],
+  [OID.ed25519, null, ed],
+] as const;
 const otherEc = generateKeyPairSync("ec", { namedCurve: "P-256" });
 const otherEd = generateKeyPairSync("ed25519");
 const ed448 = generateKeyPairSync("ed448");
@@ -79,11 +86,7 @@ Deno.test("verifySignature() says invalid when one bit of the signed bytes chang
   const changed = TBS.slice();
   changed[0] ^= 0x01;
   for (
-    const [dotted, hash, pair] of [
-      [OID.sha256WithRSA, "sha256", rsa],
-      [OID.ecdsaSha256, "sha256", ec],
-      [OID.ed25519, null, ed],
-    ] as const
+    const [dotted, hash, pair] of EVERY_KEY
   ) {
     const signature = signed(hash, pair.privateKey);
     assert.equal(verifySignature(changed, algorithm(dotted), signature, pair.publicKey), "invalid");
@@ -92,11 +95,7 @@ Deno.test("verifySignature() says invalid when one bit of the signed bytes chang
 
 Deno.test("verifySignature() says invalid when the signature itself changed", () => {
   for (
-    const [dotted, hash, pair] of [
-      [OID.sha256WithRSA, "sha256", rsa],
-      [OID.ecdsaSha256, "sha256", ec],
-      [OID.ed25519, null, ed],
-    ] as const
+    const [dotted, hash, pair] of EVERY_KEY
   ) {
     const bytes = new Uint8Array(sign(hash, TBS, pair.privateKey));
     bytes[bytes.length - 1] ^= 0x01;
