@@ -164,6 +164,17 @@ async function main(): Promise<void> {
 
     await alice.stop();
     await bob.stop();
+
+    say();
+    say("8. Even the CA is checked: every certificate it issued is in its append-only log");
+    say("   $ deno task ca log");
+    const log = await run("ca", ["log", "--home", caHome, "--entries", "4"], baseEnv);
+    for (const line of log.trimEnd().split("\n")) say(`     ${line}`);
+    say(
+      '   $ deno task client audit   (as bob: rebuilds the tree, looks for certificates for "bob")',
+    );
+    const audit = await run("client", ["audit", "--home", homes.bob], {});
+    for (const line of audit.trimEnd().split("\n")) say(`     ${line}`);
     say();
     say('Done. Try it yourself: README.md, "Chat in four commands".');
   } finally {
