@@ -4,6 +4,15 @@
  * layer (the API decides per route), bounded bodies, timeouts, and a log line
  * per request that never holds a secret.
  *
+ * Caps and deadlines (docs/SECURITY.md §1): at most `connectionBudget(descriptor
+ * limit)` connections at once (a quarter of the open-file limit, at most 4096) and
+ * {@linkcode MAX_CONNECTIONS_PER_ADDRESS} from one address; the TLS handshake
+ * within {@linkcode HANDSHAKE_MS} of accept, a request's headers within
+ * {@linkcode HEADERS_MS} of the handshake or of the previous reply, its body
+ * within {@linkcode BODY_MS} of its headers — deadlines, which a client cannot
+ * stretch by trickling bytes — and {@linkcode IDLE_MS} of inactivity while a
+ * request is served (a long poll raises it). A refused connection is logged.
+ *
  * @module
  */
 import https from "node:https";
@@ -12,13 +21,8 @@ import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
-import {
-  type Credentials,
-  guardConnections,
-  peerCertificateDer,
-  serverOptions,
-  trustAnchor,
-} from "../lib/tls.ts";
+import { deadline, guardConnections } from "../lib/connections.ts";
+import { type Credentials, peerCertificateDer, serverOptions, trustAnchor } from "../lib/tls.ts";
 import { parseCertificate } from "../lib/x509.ts";
 import {
   type ApiContext,
@@ -38,6 +42,16 @@ import { Rendezvous } from "./rendezvous.ts";
 
 /** The port the service listens on when none is given. */
 export const DEFAULT_PORT = 65433;
+/** Connections open at once from one address (a team behind one NAT shares it). */
+export const MAX_CONNECTIONS_PER_ADDRESS = 256;
+/** From accept to the end of the TLS handshake, in ms. */
+export const HANDSHAKE_MS = 10_000;
+/** From the handshake, or the end of the previous reply, to the end of a request's headers, in ms. */
+export const HEADERS_MS = 10_000;
+/** From a request's headers to the end of its body (at most 64 KiB), in ms. */
+export const BODY_MS = 10_000;
+/** Inactivity allowed while a request is served, in ms (a long poll raises it). */
+export const IDLE_MS = 15_000;
 /** Options of {@linkcode CaService.start}. */
 export interface ServeOptions {
   /** Address to listen on. Default: "127.0.0.1". */
@@ -52,8 +66,10 @@ export interface ServeOptions {
   enrollPerMinute?: number;
   /** Where log lines go. Default: stderr. */
   log?: (line: string) => void;
-  /** Idle time before a connection is closed, in ms. Default: 15000 (long polls excepted). */
+  /** Inactivity allowed while a request is served, in ms. Default: {@linkcode IDLE_MS} (long polls excepted). */
   idleTimeoutMs?: number;
+  /** Connections open at once. Default: a quarter of the open-file limit, at most 4096. */
+  maxConnections?: number;
   /** How often the service certificate is checked and reissued when due, in ms. Default: 3600000. */
   renewCheckMs?: number;
 }
@@ -104,14 +120,21 @@ export class CaService {
       enrollLimiter: new RateLimiter(options.enrollPerMinute ?? 10, 60_000),
     };
     let own = await serviceCredentials(ca, names);
-    const idle = options.idleTimeoutMs ?? 15_000;
+    const idle = options.idleTimeoutMs ?? IDLE_MS;
     const sockets = new Set<Socket>();
     const stopping = new AbortController();
     const server = https.createServer(serverOptions(own, anchor), (req, res) => {
       serveRequest(ctx, stopping.signal, req, res, log, idle).catch(() => res.destroy());
     });
     // Slow or idle clients are cut off; a long poll raises the limit while it waits.
-    guardConnections(server, { handshakeMs: idle, idleMs: idle });
+    guardConnections(server, {
+      maxConnections: options.maxConnections,
+      maxPerAddress: MAX_CONNECTIONS_PER_ADDRESS,
+      handshakeMs: HANDSHAKE_MS,
+      idleMs: idle,
+      onRefused: (message) => log(`e2e-chat-ca: ${message}`),
+    });
+    server.on("secureConnection", (socket: TLSSocket) => awaitHeaders(socket));
     server.on("connection", (socket: Socket) => {
       sockets.add(socket);
       socket.once("close", () => sockets.delete(socket));
@@ -188,6 +211,15 @@ async function serveRequest(
   let status = 500;
   let user = "-";
   let code = "";
+  // The headers are in: their deadline ends; the body's starts, and the next request's
+  // headers get theirs once this reply is sent.
+  headerDeadlines.get(socket)?.();
+  const bodyDone = req.method === "GET" || req.method === "HEAD"
+    ? () => {}
+    : deadline(socket, BODY_MS);
+  req.once("end", bodyDone);
+  res.once("close", bodyDone);
+  res.once("finish", () => awaitHeaders(socket));
   try {
     const longPoll = url.pathname === "/v1/rendezvous";
     if (longPoll) {
@@ -224,6 +256,14 @@ async function serveRequest(
       } ${user} ${ms}ms`,
     );
   }
+}
+
+const headerDeadlines = new WeakMap<Socket, () => void>();
+
+/** Starts the deadline for the next request's headers on `socket`. */
+function awaitHeaders(socket: Socket): void {
+  headerDeadlines.get(socket)?.();
+  headerDeadlines.set(socket, deadline(socket, HEADERS_MS));
 }
 
 function logToStderr(line: string): void {

@@ -9,6 +9,7 @@
  * @module
  */
 import tls from "node:tls";
+import { deadline, guardConnections } from "../lib/connections.ts";
 import { E2eError } from "../lib/errors.ts";
 import { ALPN, MAX_TEXT_CHARS } from "../lib/frames.ts";
 import { checkName } from "../lib/names.ts";
@@ -17,7 +18,6 @@ import {
   checkPeer,
   clientOptions,
   connectTls,
-  guardConnections,
   peerCertificateDer,
   serverOptions,
 } from "../lib/tls.ts";
@@ -47,7 +47,10 @@ export interface ChatOptions {
 /** A listener of core events. */
 export type ChatListener = (event: CoreEvent) => void;
 
+/** Handshake, and then our checks of the peer, each within this of its start (ms). */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
+/** Connections the listener holds at once from one address (the total: a quarter of the open-file limit). */
+const MAX_CONNECTIONS_PER_ADDRESS = 64;
 
 interface Connected {
   conn: PeerConnection;
@@ -378,7 +381,11 @@ export class Chat {
   }
 
   async #listenOn(host: string, port: number): Promise<void> {
-    guardConnections(this.#server, { handshakeMs: HANDSHAKE_TIMEOUT_MS, idleMs: 0 });
+    guardConnections(this.#server, {
+      maxPerAddress: MAX_CONNECTIONS_PER_ADDRESS,
+      handshakeMs: HANDSHAKE_TIMEOUT_MS,
+      onRefused: (message) => this.#emit({ type: "warning", message: `Listener: ${message}` }),
+    });
     this.#server.on("secureConnection", (socket: tls.TLSSocket) => {
       this.#admit(socket).catch(() => socket.destroy());
     });
@@ -396,7 +403,7 @@ export class Chat {
 
   // The listener admits only a peer we invited, with the key the directory gave us.
   async #admit(socket: tls.TLSSocket): Promise<void> {
-    socket.setTimeout(HANDSHAKE_TIMEOUT_MS, () => socket.destroy());
+    const admitted = deadline(socket, HANDSHAKE_TIMEOUT_MS);
     let cert: CertificateInfo;
     let name: string;
     try {
@@ -420,7 +427,7 @@ export class Chat {
       socket.destroy();
       return;
     }
-    socket.setTimeout(0);
+    admitted();
     this.#invited.delete(name);
     await this.#attach(socket, name, cert);
   }

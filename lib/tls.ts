@@ -11,7 +11,7 @@
  * @module
  */
 import type { X509Certificate } from "node:crypto";
-import { isIP, type Socket } from "node:net";
+import { isIP } from "node:net";
 import tls, {
   type ConnectionOptions,
   type PeerCertificate,
@@ -281,34 +281,4 @@ export function connectTls(options: ConnectionOptions, timeoutMs: number): Promi
     });
     socket.once("error", fail);
   });
-}
-
-/**
- * Cuts off connections whose TLS handshake does not finish within
- * `handshakeMs`, and gives finished ones `idleMs` of idleness (0: none). A
- * stalled handshake would otherwise hold a socket for ever.
- *
- * @example
- * ```ts
- * import tls from "node:tls";
- * import { guardConnections } from "./tls.ts";
- * const server = tls.createServer({});
- * guardConnections(server, { handshakeMs: 10_000, idleMs: 0 });
- * ```
- */
-export function guardConnections(
-  server: tls.Server,
-  limits: { handshakeMs: number; idleMs: number },
-): void {
-  server.on("connection", (socket: Socket) => {
-    socket.setTimeout(limits.handshakeMs, () => socket.destroy());
-  });
-  server.on("secureConnection", (socket: TLSSocket) => {
-    // The handshake timer sits on the TCP socket beneath (Deno's node:tls keeps it as
-    // _parent); from here the TLS socket's own timer governs.
-    (socket as unknown as { _parent?: Socket })._parent?.setTimeout(0);
-    if (limits.idleMs > 0) socket.setTimeout(limits.idleMs, () => socket.destroy());
-  });
-  // A failed handshake is the peer's problem; it must not become ours.
-  server.on("tlsClientError", () => {});
 }

@@ -12,7 +12,13 @@ import { join } from "node:path";
 import tls from "node:tls";
 import { openssl } from "../lib/openssl.ts";
 import { ROOT, runCa } from "./_helpers.ts";
-import { assertSuccess, makeInvite, runClient, type Service } from "./_service_helpers.ts";
+import {
+  assertSuccess,
+  makeInvite,
+  runClient,
+  type Service,
+  underUlimit,
+} from "./_service_helpers.ts";
 
 /** How long a test waits for an event it expects. */
 export const EVENT_TIMEOUT_MS = 15_000;
@@ -128,6 +134,8 @@ export async function waitUntil(
 export interface ChatStartOptions {
   /** More arguments after `chat --json --home H`. Default: none. */
   args?: string[];
+  /** Run it under `ulimit -n` of this many open files (flood tests). Default: the inherited limit. */
+  ulimitFiles?: number;
 }
 
 /**
@@ -162,18 +170,19 @@ export class ChatClient {
 
   /** Starts the chat client of `user` and waits for its `ready` event. */
   static async start(user: User, options: ChatStartOptions = {}): Promise<ChatClient> {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--quiet",
-        ...await clientTaskFlags(),
-        join(ROOT, "client/main.ts"),
-        "chat",
-        "--json",
-        "--home",
-        user.home,
-        ...options.args ?? [],
-      ],
+    const [command, args] = underUlimit(options.ulimitFiles, Deno.execPath(), [
+      "run",
+      "--quiet",
+      ...await clientTaskFlags(),
+      join(ROOT, "client/main.ts"),
+      "chat",
+      "--json",
+      "--home",
+      user.home,
+      ...options.args ?? [],
+    ]);
+    const child = new Deno.Command(command, {
+      args,
       cwd: ROOT,
       clearEnv: true,
       env: {

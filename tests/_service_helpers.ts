@@ -62,6 +62,8 @@ class TextSink {
 export interface StartOptions {
   /** Arguments after `serve --port 0`, e.g. `["--rendezvous-ttl", "2s"]`. Default: none. */
   args?: string[];
+  /** Run it under `ulimit -n` of this many open files (flood tests). Default: the inherited limit. */
+  ulimitFiles?: number;
 }
 
 /** A CA service running as a separate process. */
@@ -158,6 +160,16 @@ async function stopChild(child: Deno.ChildProcess, sinks: TextSink[]): Promise<D
   return status;
 }
 
+/** `command args`, or, with `files`, the same run by sh under `ulimit -n files`. */
+export function underUlimit(
+  files: number | undefined,
+  command: string,
+  args: string[],
+): [string, string[]] {
+  if (files === undefined) return [command, args];
+  return ["sh", ["-c", `ulimit -n ${files} && exec "$0" "$@"`, command, ...args]];
+}
+
 /** Creates an EC P-256 CA in `home` with `ca init` (fast, unlike the default RSA-4096). */
 export async function initCa(home: string): Promise<void> {
   assertSuccess(await runCa(home, ["init", "--key-type", "ec-p256"]), "ca init");
@@ -169,17 +181,18 @@ export async function initCa(home: string): Promise<void> {
  * caller must {@linkcode Service.stop} it; if startup fails it is killed here.
  */
 export async function startService(home: string, options: StartOptions = {}): Promise<Service> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--quiet",
-      ...await taskFlags("ca"),
-      join(ROOT, "ca/main.ts"),
-      "serve",
-      "--port",
-      "0",
-      ...options.args ?? [],
-    ],
+  const [command, args] = underUlimit(options.ulimitFiles, Deno.execPath(), [
+    "run",
+    "--quiet",
+    ...await taskFlags("ca"),
+    join(ROOT, "ca/main.ts"),
+    "serve",
+    "--port",
+    "0",
+    ...options.args ?? [],
+  ]);
+  const child = new Deno.Command(command, {
+    args,
     cwd: ROOT,
     clearEnv: true,
     env: baseEnv({ E2E_CHAT_HOME: home, E2E_CHAT_CA_PASSPHRASE: PASSPHRASE }),
