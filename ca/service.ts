@@ -36,12 +36,16 @@ import {
   tooLarge,
 } from "./api.ts";
 import type { CertificateAuthority } from "./authority.ts";
+import { type CrlListener, startCrlListener } from "./crl_listener.ts";
 import { InviteStore } from "./invites.ts";
+import { CRL_URL_PATH } from "./policy.ts";
 import { RateLimiter } from "./rate_limit.ts";
 import { Rendezvous } from "./rendezvous.ts";
 
 /** The port the service listens on when none is given. */
 export const DEFAULT_PORT = 65433;
+/** The port of the plain-HTTP CRL listener when none is given (0 when the service's port is 0). */
+export const DEFAULT_CRL_PORT = 65434;
 /** Connections open at once from one address (a team behind one NAT shares it). */
 export const MAX_CONNECTIONS_PER_ADDRESS = 256;
 /** From accept to the end of the TLS handshake, in ms. */
@@ -70,6 +74,8 @@ export interface ServeOptions {
   idleTimeoutMs?: number;
   /** Connections open at once. Default: a quarter of the open-file limit, at most 4096. */
   maxConnections?: number;
+  /** Port of the plain-HTTP CRL listener; 0 picks one. Default: {@linkcode DEFAULT_CRL_PORT}, or 0 when `port` is 0. */
+  crlPort?: number;
   /** How often the service certificate is checked and reissued when due, in ms. Default: 3600000. */
   renewCheckMs?: number;
 }
@@ -80,6 +86,9 @@ export class CaService {
   readonly url: string;
   /** The port it listens on. */
   readonly port: number;
+  /** The CRL URL issued certificates carry, e.g. http://127.0.0.1:65434/crl.der. */
+  crlUrl = "";
+  #crl?: CrlListener;
   #server: https.Server;
   #ctx: ApiContext;
   #timer: ReturnType<typeof setInterval>;
@@ -119,7 +128,27 @@ export class CaService {
       rendezvous: new Rendezvous({ ttlMs: options.rendezvousTtlMs }),
       enrollLimiter: new RateLimiter(options.enrollPerMinute ?? 10, 60_000),
     };
-    let own = await serviceCredentials(ca, names);
+    // The CRL listener first: its URL goes into every certificate issued from now on.
+    const crl = await startCrlListener(
+      ctx,
+      host,
+      options.crlPort ?? (options.port === 0 ? 0 : DEFAULT_CRL_PORT),
+      log,
+    );
+    let own: Credentials;
+    let crlUrl: string;
+    try {
+      const crlHost = options.names?.[0] ??
+        (host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host);
+      crlUrl = `http://${
+        crlHost.includes(":") ? `[${crlHost}]` : crlHost
+      }:${crl.port}${CRL_URL_PATH}`;
+      await writeFileAtomic(ca.paths.crlUrl, crlUrl + "\n");
+      own = await serviceCredentials(ca, names);
+    } catch (e) {
+      await crl.close();
+      throw e;
+    }
     const idle = options.idleTimeoutMs ?? IDLE_MS;
     const sockets = new Set<Socket>();
     const stopping = new AbortController();
@@ -148,6 +177,9 @@ export class CaService {
           }),
         ));
       server.listen(options.port ?? DEFAULT_PORT, host, () => resolve());
+    }).catch(async (e) => {
+      await crl.close();
+      throw e;
     });
     const port = (server.address() as { port: number }).port;
     const urlHost = host.includes(":") ? `[${host}]` : host === "0.0.0.0" ? "127.0.0.1" : host;
@@ -170,6 +202,8 @@ export class CaService {
       }
     }, options.renewCheckMs ?? 3_600_000);
     const service = new CaService(server, ctx, url, port, timer, stopping, sockets);
+    service.crlUrl = crlUrl;
+    service.#crl = crl;
     await writeFileAtomic(
       ca.paths.serviceInfo,
       JSON.stringify({ url, host: urlHost, port, fingerprint: ca.certificate.fingerprint }) + "\n",
@@ -185,6 +219,7 @@ export class CaService {
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     for (const socket of this.#sockets) socket.destroy();
     await closed;
+    await this.#crl?.close();
     await Deno.remove(this.#ctx.ca.paths.serviceInfo).catch(() => {});
   }
 }
@@ -289,15 +324,22 @@ async function serviceCredentials(ca: CertificateAuthority, names: string[]): Pr
     const life = info.notAfter.getTime() - info.notBefore.getTime();
     const fresh = info.notAfter.getTime() - Date.now() > life / 3;
     const covers = names.every((n) => san.includes(n) || san.includes(n.toUpperCase()));
+    // A certificate from before the CRL URL (or with another one) is reissued.
+    const url = await ca.crlUrl();
+    if (url && !new TextDecoder().decode(info.x509.raw).includes(url)) throw new NotCurrent();
     const issuedHere = info.x509.checkIssued(ca.certificate.x509) &&
       info.x509.verify(ca.certificate.x509.publicKey);
     if (fresh && covers && issuedHere && await ca.isCurrent(info.serial)) return { key, cert };
   } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound) && !(e instanceof E2eError)) throw e;
+    const stale = e instanceof Deno.errors.NotFound || e instanceof E2eError ||
+      e instanceof NotCurrent;
+    if (!stale) throw e;
   }
   const { key, cert } = await ca.issueServiceCertificate(names);
   return { key, cert };
 }
+
+class NotCurrent extends Error {}
 
 function readJson(req: IncomingMessage): Promise<unknown> {
   const type = req.headers["content-type"];

@@ -178,8 +178,11 @@ Deno.test("serve prints its URL and the CA fingerprint, and SIGTERM stops it wit
       assert.equal(service.fingerprint, fingerprint);
       assert.match(service.url, /^https:\/\/127\.0\.0\.1:\d{1,5}$/);
       assert.ok(service.port > 0 && service.port <= 65535 && service.port !== 65433);
+      const crlUrl = (await Deno.readTextFile(join(home, "ca", "crl-url.txt"))).trim();
+      assert.match(crlUrl, /^http:\/\/127\.0\.0\.1:\d{1,5}\/crl\.der$/);
       assert.deepEqual(service.stdout.trimEnd().split("\n"), [
         `e2e-chat CA service listening on ${service.url}`,
+        `CRL (plain HTTP, named in every certificate): ${crlUrl}`,
         `CA fingerprint (SHA-256): ${fingerprint}`,
         "Invite a user with: deno task ca invite NAME",
       ]);
