@@ -13,10 +13,14 @@
 import { E2eError } from "../lib/errors.ts";
 import { RateLimiter } from "./rate_limit.ts";
 
-/** Offers one sender may make to one recipient per minute (a retry or two after a failed connection). */
-export const OFFERS_PER_PAIR_PER_MINUTE = 10;
+/**
+ * Offers one sender may make to one recipient per minute: generous, since a
+ * client re-invites after every dropped connection; what a flood of them
+ * shows the recipient is one invitation (clients show a repeat once).
+ */
+export const OFFERS_PER_PAIR_PER_MINUTE = 60;
 /** Offers one sender may make per minute, to anyone. */
-export const OFFERS_PER_SENDER_PER_MINUTE = 60;
+export const OFFERS_PER_SENDER_PER_MINUTE = 240;
 
 /** One pending invitation to talk. */
 export interface Invitation {

@@ -15,7 +15,7 @@ function summary(invitations: Invitation[]): string[] {
   return invitations.map((i) => `${i.from}->${i.to}@${i.host}:${i.port}`);
 }
 
-Deno.test("Rendezvous.offer() refuses past 10 offers a minute to one recipient and 60 in all from one sender, with ERR_RATE_LIMITED", () => {
+Deno.test("Rendezvous.offer() refuses past 60 offers a minute to one recipient and 240 in all from one sender, with ERR_RATE_LIMITED", () => {
   const rendezvous = new Rendezvous();
   for (let i = 0; i < OFFERS_PER_PAIR_PER_MINUTE; i++) rendezvous.offer("alice", "bob", "h", 1);
   assert.throws(() => rendezvous.offer("alice", "bob", "h", 1), (e) => {

@@ -50,7 +50,7 @@ export type ChatListener = (event: CoreEvent) => void;
 /** Handshake, and then our checks of the peer, each within this of its start (ms). */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 /** Connections the listener holds at once from one address (the total: a quarter of the open-file limit). */
-const MAX_CONNECTIONS_PER_ADDRESS = 64;
+const MAX_CONNECTIONS_PER_ADDRESS = 128;
 
 interface Connected {
   conn: PeerConnection;
@@ -206,6 +206,8 @@ export class Chat {
         hint: `ask them to invite "${this.#id.name}"`,
       });
     }
+    // Acted upon: a new invitation from them is news again, whatever comes of this one.
+    this.#invitations.delete(name);
     const expected = this.#checkDirectory(invitation.peer, name);
     await this.#revocation.ensureFresh();
     const options = clientOptions(this.#id.anchor, {
@@ -237,7 +239,6 @@ export class Chat {
       socket.destroy();
       throw e;
     }
-    this.#invitations.delete(name);
     return await this.#attach(socket, name, cert);
   }
 

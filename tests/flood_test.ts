@@ -11,7 +11,7 @@
 import assert from "node:assert/strict";
 import tls from "node:tls";
 import { join } from "node:path";
-import { initCa, type Service, startService } from "./_service_helpers.ts";
+import { initCa, type Service, startService, withService } from "./_service_helpers.ts";
 import { ChatClient, connect, joinUser } from "./_chat_helpers.ts";
 import { captureClientHello, holdTcp, pool, sleep, within } from "./_hostile_helpers.ts";
 
@@ -73,13 +73,8 @@ async function trickle(
 Deno.test({
   name:
     "the CA service under ulimit -n 256 survives a flood of 400 connections: it caps them, logs it, and answers again within seconds of the flood ending",
-  fn: async () => {
-    const dir = await Deno.makeTempDir({ prefix: "e2e-chat-flood-ca-" });
-    let service: Service | undefined;
-    try {
-      const home = join(dir, "ca-home");
-      await initCa(home);
-      service = await startService(home, { ulimitFiles: FILES });
+  fn: () =>
+    withService(async (service) => {
       const kept = await flood(service.port, 2_000);
       assert.ok(
         kept <= FILES / 4,
@@ -98,26 +93,17 @@ Deno.test({
         );
         await sleep(250);
       }
-    } finally {
-      await service?.stop();
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
-    }
-  },
+    }, { ulimitFiles: FILES }),
 });
 
 Deno.test({
   name:
     "the CA service cuts off, at their deadlines, a handshake, request headers and a request body each trickled a little every second",
-  fn: async () => {
-    const dir = await Deno.makeTempDir({ prefix: "e2e-chat-trickle-ca-" });
-    let service: Service | undefined;
-    try {
-      const home = join(dir, "ca-home");
-      await initCa(home);
-      service = await startService(home);
+  fn: () =>
+    withService(async (service) => {
       const hello = await captureClientHello();
       const handshake = (async () => {
-        const conn = await holdTcp(service!.port);
+        const conn = await holdTcp(service.port);
         const started = Date.now();
         let i = 0;
         const timer = setInterval(
@@ -155,11 +141,7 @@ Deno.test({
         );
       }
       assert.equal((await service.request("/v1/ca")).status, 200);
-    } finally {
-      await service?.stop();
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
-    }
-  },
+    }),
 });
 
 Deno.test({
