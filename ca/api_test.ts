@@ -597,20 +597,20 @@ Deno.test("auth routes refuse a revoked or superseded certificate with 403 at on
 Deno.test("GET /v1/certs/{name} returns the current certificate as PEM, or as JSON when asked", async () => {
   await withWorld(async ({ ctx, ca, member }) => {
     const alice = await member("alice");
-    await member("bob.smith_2");
-    const pemReply = await call(ctx, "GET", "/v1/certs/bob.smith_2", { peer: alice.der });
+    await member("bob-smith_2");
+    const pemReply = await call(ctx, "GET", "/v1/certs/bob-smith_2", { peer: alice.der });
     assert.equal(pemReply.status, 200);
     assert.equal(pemReply.type, "application/x-pem-file");
     assert.equal(pemReply.user, "alice");
-    assert.equal(pemReply.body, (await ca.current("bob.smith_2"))!.pem);
-    const jsonReply = await call(ctx, "GET", "/v1/certs/bob.smith_2", {
+    assert.equal(pemReply.body, (await ca.current("bob-smith_2"))!.pem);
+    const jsonReply = await call(ctx, "GET", "/v1/certs/bob-smith_2", {
       peer: alice.der,
       wantsJson: true,
     });
     assert.equal(jsonReply.status, 200);
-    assertCertificateJson(jsonReply.json, "bob.smith_2");
+    assertCertificateJson(jsonReply.json, "bob-smith_2");
     // A percent-encoded name is decoded before it is checked.
-    const encoded = await call(ctx, "GET", "/v1/certs/%62ob.smith_2", { peer: alice.der });
+    const encoded = await call(ctx, "GET", "/v1/certs/%62ob-smith_2", { peer: alice.der });
     assert.equal(encoded.body, pemReply.body);
   });
 });

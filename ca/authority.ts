@@ -25,6 +25,7 @@ import {
   type CaKeyType,
   checkDays,
   checkKey,
+  CRL_URL_PATTERN,
   DEFAULT_CA_DAYS,
   DEFAULT_CERT_DAYS,
   type KeyKind,
@@ -244,7 +245,7 @@ export class CertificateAuthority {
     const days = checkDays(options.days ?? DEFAULT_CERT_DAYS, this.#maxDays());
     return await this.#issue(request.der, {
       subject: name,
-      extensions: leafExtensions(name, kind),
+      extensions: leafExtensions(name, kind, await this.crlUrl()),
       days,
       supersede: async (entry) => {
         const old = parseCertificate(await Deno.readTextFile(this.paths.certFile(entry.serial)));
@@ -286,6 +287,12 @@ export class CertificateAuthority {
     return { request, kind };
   }
 
+  /** The CRL URL new certificates carry (`ca serve` records it), or undefined when none is recorded. */
+  async crlUrl(): Promise<string | undefined> {
+    const url = await Deno.readTextFile(this.paths.crlUrl).then((t) => t.trim(), () => "");
+    return CRL_URL_PATTERN.test(url) ? url : undefined;
+  }
+
   /**
    * Issues the CA service its own TLS certificate for `hosts` (DNS names and IP
    * addresses), with a fresh key kept in `HOME/ca/service/` (0600). Its subject
@@ -304,7 +311,7 @@ export class CertificateAuthority {
       const request = parseCsr(csr);
       const { certificate } = await this.#issue(request.der, {
         subject: SERVICE_CN,
-        extensions: serviceExtensions(hosts),
+        extensions: serviceExtensions(hosts, await this.crlUrl()),
         days: checkDays(options.days ?? 30, this.#maxDays()),
         supersede: async () => {},
       });

@@ -108,6 +108,13 @@ export class CaPaths {
   get serviceInfo(): string {
     return join(this.dir, "service.json");
   }
+  /**
+   * The CRL URL that certificates carry as their distribution point, written by
+   * `ca serve`; kept when it stops, since issued certificates keep naming it.
+   */
+  get crlUrl(): string {
+    return join(this.dir, "crl-url.txt");
+  }
   /** The service's own key and certificate (0700). */
   get serviceDir(): string {
     return join(this.dir, "service");

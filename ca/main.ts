@@ -36,8 +36,10 @@ const USAGE = `Usage: deno task ca [command] [options]
 
 Commands:
   serve   [--host 127.0.0.1] [--port 65433] [--name HOST]... [--rendezvous-ttl 5m]
-          Run the CA service (HTTPS). The default command; creates the CA first
-          when there is none.
+          [--crl-port 65434]
+          Run the CA service (HTTPS), and the CRL over plain HTTP on --crl-port
+          (the URL every certificate issued names; the first --name is its host).
+          The default command; creates the CA first when there is none.
   invite  NAME [--ttl 24h] [--url HOST:PORT]
           Print a single-use invite URL for NAME to enroll with.
   init    [--key-type rsa-4096|ec-p256|ed25519] [--days N] [--cn NAME]
@@ -85,12 +87,17 @@ async function serve(args: string[]): Promise<number> {
     name: { type: "string", multiple: true },
     "rendezvous-ttl": { type: "string" },
     "enroll-rate": { type: "string" },
+    "crl-port": { type: "string" },
   });
   if (values.help) return await help();
   noPositionals(positionals);
   const home = resolveHome(values.home);
   const port = intOption(values.port, "--port") ?? DEFAULT_PORT;
   if (port > 65535) throw new E2eError("ERR_USAGE", "--port takes a number from 0 to 65535");
+  const crlPort = intOption(values["crl-port"], "--crl-port");
+  if (crlPort !== undefined && crlPort > 65535) {
+    throw new E2eError("ERR_USAGE", "--crl-port takes a number from 0 to 65535");
+  }
   let ca: CertificateAuthority;
   if (!await exists(new CaPaths(home).cert)) {
     await err(`e2e-chat: no CA in ${home}; creating one\n`);
@@ -112,9 +119,11 @@ async function serve(args: string[]): Promise<number> {
     names: values.name,
     rendezvousTtlMs: values["rendezvous-ttl"] ? parseDuration(values["rendezvous-ttl"]) : undefined,
     enrollPerMinute: intOption(values["enroll-rate"], "--enroll-rate"),
+    crlPort,
   });
   await out(
     `e2e-chat CA service listening on ${service.url}\n` +
+      `CRL (plain HTTP, named in every certificate): ${service.crlUrl}\n` +
       `CA fingerprint (SHA-256): ${ca.certificate.fingerprint}\n` +
       `Invite a user with: deno task ca invite NAME\n`,
   );

@@ -145,7 +145,7 @@ authorityKeyIdentifier = keyid:always
  * console.log(leafExtensions("alice", "ec"));
  * ```
  */
-export function leafExtensions(name: string, kind: KeyKind): string {
+export function leafExtensions(name: string, kind: KeyKind, crlUrl?: string): string {
   const usage = kind === "rsa" ? "digitalSignature, keyEncipherment" : "digitalSignature";
   return `[ leaf ]
 basicConstraints = critical, CA:FALSE
@@ -154,7 +154,32 @@ extendedKeyUsage = serverAuth, clientAuth
 subjectAltName = DNS:${name}
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid:always
-`;
+${crlDistributionPoint(crlUrl)}`;
+}
+
+/** The path of the DER CRL on the CA's plain-HTTP CRL listener (ca/crl_listener.ts). */
+export const CRL_URL_PATH = "/crl.der";
+
+/** What a CRL distribution point may be: plain HTTP to a host (name, IPv4 or [IPv6]) and port, {@linkcode CRL_URL_PATH}. */
+export const CRL_URL_PATTERN: RegExp =
+  /^http:\/\/(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9](?:[a-zA-Z0-9.-]{0,251}[a-zA-Z0-9])?):([1-9]\d{0,4})\/crl\.der$/;
+
+/**
+ * The `crlDistributionPoints` line of an extensions section, or "" without a
+ * URL; a URL of another form is a programming error (it goes into an openssl
+ * config).
+ *
+ * @example
+ * ```ts
+ * import { crlDistributionPoint } from "./policy.ts";
+ * console.log(crlDistributionPoint("http://ca.example:65434/crl.der"));
+ * ```
+ */
+export function crlDistributionPoint(url?: string): string {
+  if (url === undefined) return "";
+  const m = CRL_URL_PATTERN.exec(url);
+  if (!m || Number(m[2]) > 65535) throw new RangeError(`Invalid CRL URL ${JSON.stringify(url)}`);
+  return `crlDistributionPoints = URI:${url}\n`;
 }
 
 /**
@@ -167,7 +192,7 @@ authorityKeyIdentifier = keyid:always
  * console.log(serviceExtensions(["localhost", "127.0.0.1"]));
  * ```
  */
-export function serviceExtensions(hosts: string[]): string {
+export function serviceExtensions(hosts: string[], crlUrl?: string): string {
   const san = hosts.map((h) => (isIp(h) ? `IP:${h}` : `DNS:${checkHostname(h)}`)).join(", ");
   return `[ leaf ]
 basicConstraints = critical, CA:FALSE
@@ -176,7 +201,7 @@ extendedKeyUsage = serverAuth
 subjectAltName = ${san}
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid:always
-`;
+${crlDistributionPoint(crlUrl)}`;
 }
 
 /**

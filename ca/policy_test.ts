@@ -5,12 +5,14 @@ import {
   CA_KEY_TYPES,
   checkDays,
   checkKey,
+  crlDistributionPoint,
   DEFAULT_CA_DAYS,
   DEFAULT_CERT_DAYS,
   leafExtensions,
   MAX_DAYS,
   OPENSSL_CNF,
   REVOKE_REASONS,
+  serviceExtensions,
 } from "./policy.ts";
 
 function base64url(bytes: Uint8Array): string {
@@ -209,4 +211,33 @@ Deno.test("OPENSSL_CNF ignores requested extensions and uses random serials", ()
   const v3ca = section(OPENSSL_CNF, "v3_ca");
   assert.equal(v3ca.get("basicConstraints"), "critical, CA:TRUE");
   assert.equal(v3ca.get("keyUsage"), "critical, keyCertSign, cRLSign");
+});
+
+Deno.test("crlDistributionPoint() writes the extension line for a plain-HTTP CRL URL and refuses any other form", () => {
+  assert.equal(crlDistributionPoint(undefined), "");
+  for (
+    const url of [
+      "http://127.0.0.1:65434/crl.der",
+      "http://ca.example-team.org:80/crl.der",
+      "http://[::1]:1/crl.der",
+    ]
+  ) {
+    assert.equal(crlDistributionPoint(url), `crlDistributionPoints = URI:${url}\n`);
+    assert.ok(leafExtensions("alice", "ec", url).includes(`URI:${url}\n`));
+    assert.ok(serviceExtensions(["localhost"], url).includes(`URI:${url}\n`));
+  }
+  for (
+    const url of [
+      "https://127.0.0.1:65434/crl.der",
+      "http://127.0.0.1/crl.der",
+      "http://127.0.0.1:65536/crl.der",
+      "http://127.0.0.1:0/crl.der",
+      "http://127.0.0.1:1/crl.pem",
+      "http://a b:1/crl.der",
+      "http://x:1/crl.der\nbasicConstraints = CA:TRUE",
+    ]
+  ) {
+    assert.throws(() => crlDistributionPoint(url), RangeError, url);
+  }
+  assert.ok(!leafExtensions("alice", "ec").includes("crlDistributionPoints"));
 });

@@ -54,3 +54,27 @@ Deno.test("RateLimiter keeps limiting a key while it prunes thousands of stale o
   assert.ok(limiter.hit("busy") > 0, "the prune of stale keys keeps the current window");
   assert.equal(limiter.hit("stale-0"), 0, "a pruned key starts afresh");
 });
+
+Deno.test("RateLimiter.hit() costs the same past 10,000 fresh keys: no sweep of the whole table per request", () => {
+  // Before: with more than 10,000 keys every hit walked the whole table (50,000 hits × 10,000+).
+  const limiter = new RateLimiter(10, 60_000);
+  for (let i = 0; i < 10_000; i++) limiter.hit(`10.0.${i >> 8}.${i & 255}`);
+  const started = performance.now();
+  for (let i = 0; i < 50_000; i++) limiter.hit(`fresh-${i}`);
+  const ms = performance.now() - started;
+  assert.ok(ms < 2_000, `50,000 hits past 10,000 keys took ${ms.toFixed(0)} ms`);
+});
+
+Deno.test("RateLimiter forgets the oldest window past its key limit, and expired windows from the front", async () => {
+  const limiter = new RateLimiter(1, 60_000, 3);
+  for (const k of ["a", "b", "c"]) assert.equal(limiter.hit(k), 0);
+  assert.ok(limiter.hit("a") > 0, "a is limited");
+  limiter.hit("d"); // a's window started first: forgotten
+  assert.equal(limiter.size, 3);
+  assert.equal(limiter.hit("a"), 0, "a starts afresh once forgotten");
+  const short = new RateLimiter(1, 30);
+  for (let i = 0; i < 100; i++) short.hit(`k${i}`);
+  await sleep(50);
+  short.hit("new");
+  assert.equal(short.size, 1, "expired windows were not dropped");
+});

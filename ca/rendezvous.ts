@@ -3,8 +3,24 @@
  * talk to bob and listens on host:port" is kept in memory until it expires,
  * and bob learns of it at once through a long poll.
  *
+ * Offers are rate-limited ({@linkcode OFFERS_PER_PAIR_PER_MINUTE} from one
+ * sender to one recipient, {@linkcode OFFERS_PER_SENDER_PER_MINUTE} from one
+ * sender in all), so a member cannot spam another with invitations; a repeated
+ * offer replaces the earlier one, and clients show it once.
+ *
  * @module
  */
+import { E2eError } from "../lib/errors.ts";
+import { RateLimiter } from "./rate_limit.ts";
+
+/**
+ * Offers one sender may make to one recipient per minute: generous, since a
+ * client re-invites after every dropped connection; what a flood of them
+ * shows the recipient is one invitation (clients show a repeat once).
+ */
+export const OFFERS_PER_PAIR_PER_MINUTE = 60;
+/** Offers one sender may make per minute, to anyone. */
+export const OFFERS_PER_SENDER_PER_MINUTE = 240;
 
 /** One pending invitation to talk. */
 export interface Invitation {
@@ -28,6 +44,10 @@ export interface RendezvousOptions {
   ttlMs?: number;
   /** Pending invitations one user may have made at once. Default: 64. */
   maxPerUser?: number;
+  /** Offers per minute from one sender to one recipient. Default: {@linkcode OFFERS_PER_PAIR_PER_MINUTE}. */
+  offersPerPairPerMinute?: number;
+  /** Offers per minute from one sender. Default: {@linkcode OFFERS_PER_SENDER_PER_MINUTE}. */
+  offersPerSenderPerMinute?: number;
 }
 
 /** Pending invitations, with waiters woken when one arrives for them. */
@@ -37,15 +57,35 @@ export class Rendezvous {
   #nextId = 1;
   #pending: Invitation[] = [];
   #waiters = new Map<string, Set<() => void>>();
+  #perPair: RateLimiter;
+  #perSender: RateLimiter;
 
   /** An empty rendezvous. */
   constructor(options: RendezvousOptions = {}) {
     this.ttlMs = options.ttlMs ?? 300_000;
     this.#maxPerUser = options.maxPerUser ?? 64;
+    this.#perPair = new RateLimiter(
+      options.offersPerPairPerMinute ?? OFFERS_PER_PAIR_PER_MINUTE,
+      60_000,
+    );
+    this.#perSender = new RateLimiter(
+      options.offersPerSenderPerMinute ?? OFFERS_PER_SENDER_PER_MINUTE,
+      60_000,
+    );
   }
 
-  /** Records that `from` wants to talk to `to` at host:port, replacing an earlier offer between them. */
+  /**
+   * Records that `from` wants to talk to `to` at host:port, replacing an earlier
+   * offer between them; throws `ERR_RATE_LIMITED` past the per-pair or per-sender limit.
+   */
   offer(from: string, to: string, host: string, port: number): Invitation {
+    // Names cannot hold a space, so "from to" is one pair.
+    const wait = Math.max(this.#perSender.hit(from), this.#perPair.hit(`${from} ${to}`));
+    if (wait) {
+      throw new E2eError("ERR_RATE_LIMITED", `Too many invitations to "${to}"`, {
+        hint: `retry in ${Math.ceil(wait / 1000)} s`,
+      });
+    }
     this.#prune();
     this.#pending = this.#pending.filter((i) => !(i.from === from && i.to === to));
     if (this.#pending.filter((i) => i.from === from).length >= this.#maxPerUser) {

@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { type Invitation, Rendezvous } from "./rendezvous.ts";
+import { E2eError } from "../lib/errors.ts";
+import {
+  type Invitation,
+  OFFERS_PER_PAIR_PER_MINUTE,
+  OFFERS_PER_SENDER_PER_MINUTE,
+  Rendezvous,
+} from "./rendezvous.ts";
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -8,6 +14,26 @@ function sleep(ms: number): Promise<void> {
 function summary(invitations: Invitation[]): string[] {
   return invitations.map((i) => `${i.from}->${i.to}@${i.host}:${i.port}`);
 }
+
+Deno.test("Rendezvous.offer() refuses past 60 offers a minute to one recipient and 240 in all from one sender, with ERR_RATE_LIMITED", () => {
+  const rendezvous = new Rendezvous();
+  for (let i = 0; i < OFFERS_PER_PAIR_PER_MINUTE; i++) rendezvous.offer("alice", "bob", "h", 1);
+  assert.throws(() => rendezvous.offer("alice", "bob", "h", 1), (e) => {
+    assert.ok(e instanceof E2eError);
+    assert.equal(e.code, "ERR_RATE_LIMITED");
+    assert.equal(e.message, 'Too many invitations to "bob"');
+    assert.match(e.hint ?? "", /^retry in \d+ s$/);
+    return true;
+  });
+  assert.equal(rendezvous.pending("bob").length, 1, "the repeats replaced one offer");
+  // Others may still invite bob, and alice may invite others, up to her own limit.
+  rendezvous.offer("carol", "bob", "h", 2);
+  let made = OFFERS_PER_PAIR_PER_MINUTE + 1;
+  for (let i = 0; made < OFFERS_PER_SENDER_PER_MINUTE; i++, made++) {
+    rendezvous.offer("alice", `u${i}`, "h", 1);
+  }
+  assert.throws(() => rendezvous.offer("alice", "dave", "h", 1), /Too many invitations to "dave"/);
+});
 
 // ---------------------------------------------------------------------------
 // offer and pending
@@ -110,7 +136,7 @@ Deno.test("Rendezvous: replacing an offer does not count against maxPerUser, and
 });
 
 Deno.test("Rendezvous keeps 64 pending offers per sender by default", () => {
-  const rendezvous = new Rendezvous();
+  const rendezvous = new Rendezvous({ offersPerSenderPerMinute: 1000 });
   for (let i = 0; i <= 64; i++) rendezvous.offer("alice", `u${i}`, "h", 1);
   assert.deepEqual(rendezvous.pending("u0"), []);
   assert.equal(rendezvous.pending("u1").length, 1);

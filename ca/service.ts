@@ -4,6 +4,15 @@
  * layer (the API decides per route), bounded bodies, timeouts, and a log line
  * per request that never holds a secret.
  *
+ * Caps and deadlines (docs/SECURITY.md §1): at most `connectionBudget(descriptor
+ * limit)` connections at once (a quarter of the open-file limit, at most 4096) and
+ * {@linkcode MAX_CONNECTIONS_PER_ADDRESS} from one address; the TLS handshake
+ * within {@linkcode HANDSHAKE_MS} of accept, a request's headers within
+ * {@linkcode HEADERS_MS} of the handshake or of the previous reply, its body
+ * within {@linkcode BODY_MS} of its headers — deadlines, which a client cannot
+ * stretch by trickling bytes — and {@linkcode IDLE_MS} of inactivity while a
+ * request is served (a long poll raises it). A refused connection is logged.
+ *
  * @module
  */
 import https from "node:https";
@@ -12,13 +21,8 @@ import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
-import {
-  type Credentials,
-  guardConnections,
-  peerCertificateDer,
-  serverOptions,
-  trustAnchor,
-} from "../lib/tls.ts";
+import { deadline, guardConnections } from "../lib/connections.ts";
+import { type Credentials, peerCertificateDer, serverOptions, trustAnchor } from "../lib/tls.ts";
 import { parseCertificate } from "../lib/x509.ts";
 import {
   type ApiContext,
@@ -32,12 +36,26 @@ import {
   tooLarge,
 } from "./api.ts";
 import type { CertificateAuthority } from "./authority.ts";
+import { type CrlListener, startCrlListener } from "./crl_listener.ts";
 import { InviteStore } from "./invites.ts";
+import { CRL_URL_PATH } from "./policy.ts";
 import { RateLimiter } from "./rate_limit.ts";
 import { Rendezvous } from "./rendezvous.ts";
 
 /** The port the service listens on when none is given. */
 export const DEFAULT_PORT = 65433;
+/** The port of the plain-HTTP CRL listener when none is given (0 when the service's port is 0). */
+export const DEFAULT_CRL_PORT = 65434;
+/** Connections open at once from one address (a team behind one NAT shares it). */
+export const MAX_CONNECTIONS_PER_ADDRESS = 256;
+/** From accept to the end of the TLS handshake, in ms. */
+export const HANDSHAKE_MS = 10_000;
+/** From the handshake, or the end of the previous reply, to the end of a request's headers, in ms. */
+export const HEADERS_MS = 10_000;
+/** From a request's headers to the end of its body (at most 64 KiB), in ms. */
+export const BODY_MS = 10_000;
+/** Inactivity allowed while a request is served, in ms (a long poll raises it). */
+export const IDLE_MS = 15_000;
 /** Options of {@linkcode CaService.start}. */
 export interface ServeOptions {
   /** Address to listen on. Default: "127.0.0.1". */
@@ -52,8 +70,12 @@ export interface ServeOptions {
   enrollPerMinute?: number;
   /** Where log lines go. Default: stderr. */
   log?: (line: string) => void;
-  /** Idle time before a connection is closed, in ms. Default: 15000 (long polls excepted). */
+  /** Inactivity allowed while a request is served, in ms. Default: {@linkcode IDLE_MS} (long polls excepted). */
   idleTimeoutMs?: number;
+  /** Connections open at once. Default: a quarter of the open-file limit, at most 4096. */
+  maxConnections?: number;
+  /** Port of the plain-HTTP CRL listener; 0 picks one. Default: {@linkcode DEFAULT_CRL_PORT}, or 0 when `port` is 0. */
+  crlPort?: number;
   /** How often the service certificate is checked and reissued when due, in ms. Default: 3600000. */
   renewCheckMs?: number;
 }
@@ -64,6 +86,9 @@ export class CaService {
   readonly url: string;
   /** The port it listens on. */
   readonly port: number;
+  /** The CRL URL issued certificates carry, e.g. http://127.0.0.1:65434/crl.der. */
+  crlUrl = "";
+  #crl?: CrlListener;
   #server: https.Server;
   #ctx: ApiContext;
   #timer: ReturnType<typeof setInterval>;
@@ -105,15 +130,42 @@ export class CaService {
       // Made on the first start (an existing CA's certificates are back-filled), then appended to.
       log: await ca.openLog(),
     };
-    let own = await serviceCredentials(ca, names);
-    const idle = options.idleTimeoutMs ?? 15_000;
+    // The CRL listener first: its URL goes into every certificate issued from now on.
+    const crl = await startCrlListener(
+      ctx,
+      host,
+      options.crlPort ?? (options.port === 0 ? 0 : DEFAULT_CRL_PORT),
+      log,
+    );
+    let own: Credentials;
+    let crlUrl: string;
+    try {
+      const crlHost = options.names?.[0] ??
+        (host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host);
+      crlUrl = `http://${
+        crlHost.includes(":") ? `[${crlHost}]` : crlHost
+      }:${crl.port}${CRL_URL_PATH}`;
+      await writeFileAtomic(ca.paths.crlUrl, crlUrl + "\n");
+      own = await serviceCredentials(ca, names);
+    } catch (e) {
+      await crl.close();
+      throw e;
+    }
+    const idle = options.idleTimeoutMs ?? IDLE_MS;
     const sockets = new Set<Socket>();
     const stopping = new AbortController();
     const server = https.createServer(serverOptions(own, anchor), (req, res) => {
       serveRequest(ctx, stopping.signal, req, res, log, idle).catch(() => res.destroy());
     });
     // Slow or idle clients are cut off; a long poll raises the limit while it waits.
-    guardConnections(server, { handshakeMs: idle, idleMs: idle });
+    guardConnections(server, {
+      maxConnections: options.maxConnections,
+      maxPerAddress: MAX_CONNECTIONS_PER_ADDRESS,
+      handshakeMs: HANDSHAKE_MS,
+      idleMs: idle,
+      onRefused: (message) => log(`e2e-chat-ca: ${message}`),
+    });
+    server.on("secureConnection", (socket: TLSSocket) => awaitHeaders(socket));
     server.on("connection", (socket: Socket) => {
       sockets.add(socket);
       socket.once("close", () => sockets.delete(socket));
@@ -127,6 +179,9 @@ export class CaService {
           }),
         ));
       server.listen(options.port ?? DEFAULT_PORT, host, () => resolve());
+    }).catch(async (e) => {
+      await crl.close();
+      throw e;
     });
     const port = (server.address() as { port: number }).port;
     const urlHost = host.includes(":") ? `[${host}]` : host === "0.0.0.0" ? "127.0.0.1" : host;
@@ -149,6 +204,8 @@ export class CaService {
       }
     }, options.renewCheckMs ?? 3_600_000);
     const service = new CaService(server, ctx, url, port, timer, stopping, sockets);
+    service.crlUrl = crlUrl;
+    service.#crl = crl;
     await writeFileAtomic(
       ca.paths.serviceInfo,
       JSON.stringify({ url, host: urlHost, port, fingerprint: ca.certificate.fingerprint }) + "\n",
@@ -164,6 +221,7 @@ export class CaService {
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     for (const socket of this.#sockets) socket.destroy();
     await closed;
+    await this.#crl?.close();
     await Deno.remove(this.#ctx.ca.paths.serviceInfo).catch(() => {});
   }
 }
@@ -190,6 +248,15 @@ async function serveRequest(
   let status = 500;
   let user = "-";
   let code = "";
+  // The headers are in: their deadline ends; the body's starts, and the next request's
+  // headers get theirs once this reply is sent.
+  headerDeadlines.get(socket)?.();
+  const bodyDone = req.method === "GET" || req.method === "HEAD"
+    ? () => {}
+    : deadline(socket, BODY_MS);
+  req.once("end", bodyDone);
+  res.once("close", bodyDone);
+  res.once("finish", () => awaitHeaders(socket));
   try {
     const longPoll = url.pathname === "/v1/rendezvous";
     if (longPoll) {
@@ -228,6 +295,14 @@ async function serveRequest(
   }
 }
 
+const headerDeadlines = new WeakMap<Socket, () => void>();
+
+/** Starts the deadline for the next request's headers on `socket`. */
+function awaitHeaders(socket: Socket): void {
+  headerDeadlines.get(socket)?.();
+  headerDeadlines.set(socket, deadline(socket, HEADERS_MS));
+}
+
 function logToStderr(line: string): void {
   Deno.stderr.writeSync(new TextEncoder().encode(line + "\n"));
 }
@@ -251,15 +326,22 @@ async function serviceCredentials(ca: CertificateAuthority, names: string[]): Pr
     const life = info.notAfter.getTime() - info.notBefore.getTime();
     const fresh = info.notAfter.getTime() - Date.now() > life / 3;
     const covers = names.every((n) => san.includes(n) || san.includes(n.toUpperCase()));
+    // A certificate from before the CRL URL (or with another one) is reissued.
+    const url = await ca.crlUrl();
+    if (url && !new TextDecoder().decode(info.x509.raw).includes(url)) throw new NotCurrent();
     const issuedHere = info.x509.checkIssued(ca.certificate.x509) &&
       info.x509.verify(ca.certificate.x509.publicKey);
     if (fresh && covers && issuedHere && await ca.isCurrent(info.serial)) return { key, cert };
   } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound) && !(e instanceof E2eError)) throw e;
+    const stale = e instanceof Deno.errors.NotFound || e instanceof E2eError ||
+      e instanceof NotCurrent;
+    if (!stale) throw e;
   }
   const { key, cert } = await ca.issueServiceCertificate(names);
   return { key, cert };
 }
+
+class NotCurrent extends Error {}
 
 function readJson(req: IncomingMessage): Promise<unknown> {
   const type = req.headers["content-type"];

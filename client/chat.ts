@@ -9,6 +9,7 @@
  * @module
  */
 import tls from "node:tls";
+import { deadline, guardConnections } from "../lib/connections.ts";
 import { E2eError } from "../lib/errors.ts";
 import { ALPN, MAX_TEXT_CHARS } from "../lib/frames.ts";
 import { checkName } from "../lib/names.ts";
@@ -17,7 +18,6 @@ import {
   checkPeer,
   clientOptions,
   connectTls,
-  guardConnections,
   peerCertificateDer,
   serverOptions,
 } from "../lib/tls.ts";
@@ -48,9 +48,12 @@ export interface ChatOptions {
 /** A listener of core events. */
 export type ChatListener = (event: CoreEvent) => void;
 
+/** Handshake, and then our checks of the peer, each within this of its start (ms). */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 /** How often the chat reads new entries of the CA's issuance log, looking for our name. */
 export const LOG_WATCH_MS = 5 * 60_000;
+/** Connections the listener holds at once from one address (the total: a quarter of the open-file limit). */
+const MAX_CONNECTIONS_PER_ADDRESS = 128;
 
 interface Connected {
   conn: PeerConnection;
@@ -222,6 +225,8 @@ export class Chat {
         hint: `ask them to invite "${this.#id.name}"`,
       });
     }
+    // Acted upon: a new invitation from them is news again, whatever comes of this one.
+    this.#invitations.delete(name);
     const expected = await this.#checkDirectory(invitation.peer, name);
     await this.#revocation.ensureFresh();
     const options = clientOptions(this.#id.anchor, {
@@ -254,7 +259,6 @@ export class Chat {
       socket.destroy();
       throw e;
     }
-    this.#invitations.delete(name);
     return await this.#attach(socket, name, cert);
   }
 
@@ -404,7 +408,11 @@ export class Chat {
   }
 
   async #listenOn(host: string, port: number): Promise<void> {
-    guardConnections(this.#server, { handshakeMs: HANDSHAKE_TIMEOUT_MS, idleMs: 0 });
+    guardConnections(this.#server, {
+      maxPerAddress: MAX_CONNECTIONS_PER_ADDRESS,
+      handshakeMs: HANDSHAKE_TIMEOUT_MS,
+      onRefused: (message) => this.#emit({ type: "warning", message: `Listener: ${message}` }),
+    });
     this.#server.on("secureConnection", (socket: tls.TLSSocket) => {
       this.#admit(socket).catch(() => socket.destroy());
     });
@@ -422,7 +430,7 @@ export class Chat {
 
   // The listener admits only a peer we invited, with the key the directory gave us.
   async #admit(socket: tls.TLSSocket): Promise<void> {
-    socket.setTimeout(HANDSHAKE_TIMEOUT_MS, () => socket.destroy());
+    const admitted = deadline(socket, HANDSHAKE_TIMEOUT_MS);
     let cert: CertificateInfo;
     let name: string;
     try {
@@ -448,7 +456,7 @@ export class Chat {
       socket.destroy();
       return;
     }
-    socket.setTimeout(0);
+    admitted();
     this.#invited.delete(name);
     await this.#attach(socket, name, cert);
   }

@@ -13,7 +13,7 @@ const MAX_BACKOFF_MS = 30_000;
 
 /** Options of {@linkcode Invitations}. */
 export interface InvitationsOptions {
-  /** Called once for each new invitation. */
+  /** Called once for each new invitation (a repeated one from someone whose invitation we still hold is not new). */
   onInvite: (invitation: InvitationReply) => void;
   /** Called when the CA cannot be reached (once per run of failures). */
   onWarning: (message: string) => void;
@@ -103,8 +103,10 @@ export class Invitations {
         failures = 0;
         for (const i of invitations) {
           if (stopped.aborted) return;
+          // A repeat (the sender invited again) updates the one we hold without a second notice.
+          const repeat = this.#current(i.from) !== undefined;
           this.#held.set(i.from, i);
-          this.#options.onInvite(i);
+          if (!repeat) this.#options.onInvite(i);
         }
       } catch (e) {
         if (stopped.aborted) return;

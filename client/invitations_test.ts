@@ -72,3 +72,21 @@ Deno.test("Invitations warns once while the CA is unreachable", async () => {
   invitations.stop();
   assert.deepEqual(warnings, ["Cannot reach the CA for invitations: down"]);
 });
+
+Deno.test("Invitations shows a repeated invitation from the same sender once, and keeps the newest address", async () => {
+  const repeat = (port: number) => ({ ...invitation("alice"), port });
+  const ca = rendezvous([[repeat(1)], [repeat(2), repeat(3)], [invitation("bob")]]);
+  const seen: string[] = [];
+  const invitations = new Invitations(ca, {
+    onInvite: (i) => seen.push(i.from),
+    onWarning: () => {},
+  });
+  invitations.start();
+  await new Promise((r) => setTimeout(r, 20));
+  invitations.stop();
+  assert.deepEqual(seen, ["alice", "bob"]);
+  assert.equal((await invitations.find("alice"))?.port, 3);
+  // Once used (or expired), a new invitation from alice is news again.
+  invitations.delete("alice");
+  assert.deepEqual(invitations.names(), ["bob"]);
+});

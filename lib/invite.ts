@@ -9,7 +9,7 @@
  * @module
  */
 import { E2eError } from "./errors.ts";
-import { NAME_PATTERN } from "./names.ts";
+import { isValidName } from "./names.ts";
 
 /** An invite token: 256 random bits, base64url, 43 characters. */
 export const TOKEN_PATTERN: RegExp = /^[A-Za-z0-9_-]{43}$/;
@@ -65,7 +65,7 @@ export function formatInvite(fields: InviteFields): string {
   if (!Number.isInteger(fields.port) || fields.port < 1 || fields.port > 65535) {
     throw new RangeError(`Invalid invite port ${fields.port}`);
   }
-  if (!NAME_PATTERN.test(fields.name)) {
+  if (!isValidName(fields.name)) {
     throw new RangeError(`Invalid invite name ${JSON.stringify(fields.name)}`);
   }
   if (!FINGERPRINT_PATTERN.test(fields.fingerprint)) {
@@ -99,7 +99,7 @@ export function parseInvite(text: string): Invite {
   const port = Number(m[2]);
   if (port < 1 || port > 65535) throw bad("the port is out of range");
   const name = m[3];
-  if (!NAME_PATTERN.test(name)) throw bad("the name is not a valid user name");
+  if (!isValidName(name)) throw bad("the name is not a valid user name");
   const query = new URLSearchParams(m[4]);
   const fingerprint = (query.get("fp") ?? "").replace(/:/g, "").toLowerCase();
   if (!FINGERPRINT_PATTERN.test(fingerprint)) throw bad("fp must be 64 hex characters");

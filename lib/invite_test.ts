@@ -29,11 +29,11 @@ Deno.test("parseInvite() reads an invite with an IPv4 address", () => {
 
 Deno.test("parseInvite() reads an invite with a host name", () => {
   const parsed = parseInvite(
-    invite("ca.example-team.org:443", `bob.smith_2?fp=${FP}&token=${TOKEN}`),
+    invite("ca.example-team.org:443", `bob-smith_2?fp=${FP}&token=${TOKEN}`),
   );
   assert.equal(parsed.host, "ca.example-team.org");
   assert.equal(parsed.port, 443);
-  assert.equal(parsed.name, "bob.smith_2");
+  assert.equal(parsed.name, "bob-smith_2");
   assert.equal(parsed.caUrl, "https://ca.example-team.org:443");
   assert.equal(parseInvite(invite("localhost:1")).host, "localhost");
 });
@@ -185,7 +185,7 @@ for (const [what, text, why] of BAD) {
 Deno.test("formatInvite() writes what parseInvite() reads back, for names, IPv4 and IPv6 hosts", () => {
   const cases: Array<{ host: string; port: number; urlHost: string; name: string }> = [
     { host: "127.0.0.1", port: 65433, urlHost: "127.0.0.1", name: "alice" },
-    { host: "ca.example-team.org", port: 443, urlHost: "ca.example-team.org", name: "bob.smith_2" },
+    { host: "ca.example-team.org", port: 443, urlHost: "ca.example-team.org", name: "bob-smith_2" },
     { host: "::1", port: 1, urlHost: "[::1]", name: "carol" },
     { host: "[2001:db8::a:1]", port: 65535, urlHost: "[2001:db8::a:1]", name: "d-9" },
   ];

@@ -16,6 +16,7 @@ export * from "./lock.ts";
 export * from "./home.ts";
 export * from "./passphrase.ts";
 export * from "./tls.ts";
+export * from "./connections.ts";
 export * from "./keys.ts";
 export * from "./frames.ts";
 export * from "./crl.ts";

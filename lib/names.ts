@@ -1,12 +1,59 @@
 /**
  * User names: the one rule every layer shares.
  *
+ * A user's name is also the DNS name in their certificate's SAN, and the
+ * team CA is trusted by clients that may be pointed at it (README.md's curl
+ * examples). So a name must never be one that a host could be reached by:
+ * no dots (no `example.com`, no `127.0.0.1`), nothing an URL parser reads as an
+ * IPv4 address (`2130706433`, `0x7f000001`), and no reserved or special-use
+ * name (`localhost`, RFC 6761 and friends).
+ *
  * @module
  */
 import { E2eError } from "./errors.ts";
 
-/** A valid user name: lowercase letters, digits, `.`, `_`, `-`; starts with a letter or digit; at most 63 characters. */
-export const NAME_PATTERN: RegExp = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+/** The characters of a user name: lowercase letters, digits, `_`, `-`; starts with a letter or digit; at most 63 characters. */
+export const NAME_PATTERN: RegExp = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+/** Names a host may be reached by, which no user may hold (RFC 6761, 6762, 7686, 8375, 9476; ICANN's "internal"). */
+export const RESERVED_NAMES: ReadonlySet<string> = new Set([
+  "localhost",
+  "localdomain",
+  "localhost-localdomain",
+  "ip6-localhost",
+  "ip6-loopback",
+  "broadcasthost",
+  "local",
+  "test",
+  "invalid",
+  "example",
+  "onion",
+  "alt",
+  "arpa",
+  "internal",
+  "home",
+  "lan",
+  "wpad",
+  "isatap",
+]);
+
+// What WHATWG URL parsing reads as an IPv4 address in a single label: decimal, 0x hex, octal.
+const IPV4_LOOKALIKE = /^(?:\d+|0x[0-9a-f]*)$/;
+
+/**
+ * Whether `name` is a valid user name: {@linkcode NAME_PATTERN}, not a number
+ * or hex number (an IPv4 address to a URL parser), not a reserved name.
+ *
+ * @example
+ * ```ts
+ * import { isValidName } from "./names.ts";
+ * isValidName("alice"); // true
+ * isValidName("localhost"); // false
+ * ```
+ */
+export function isValidName(name: string): boolean {
+  return NAME_PATTERN.test(name) && !IPV4_LOOKALIKE.test(name) && !RESERVED_NAMES.has(name);
+}
 
 /**
  * Returns `name` if it is a valid user name, else throws `ERR_NAME_INVALID`.
@@ -20,7 +67,13 @@ export const NAME_PATTERN: RegExp = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 export function checkName(name: string): string {
   if (!NAME_PATTERN.test(name)) {
     throw new E2eError("ERR_NAME_INVALID", `Invalid name ${JSON.stringify(name)}`, {
-      hint: "use 1-63 characters: a-z, 0-9, '.', '_', '-', starting with a letter or digit",
+      hint: "use 1-63 characters: a-z, 0-9, '_', '-', starting with a letter or digit",
+    });
+  }
+  if (!isValidName(name)) {
+    throw new E2eError("ERR_NAME_INVALID", `Invalid name ${JSON.stringify(name)}`, {
+      hint:
+        "use 1-63 characters: a-z, 0-9, '_', '-', starting with a letter or digit; not a number nor a reserved host name such as localhost",
     });
   }
   return name;

@@ -27,6 +27,8 @@ export interface StartOptions {
   args?: string[];
   /** Variables added to the child environment (e.g. a PATH with a wrapper openssl). Default: none. */
   env?: Record<string, string>;
+  /** Run it under `ulimit -n` of this many open files (flood tests). Default: the inherited limit. */
+  ulimitFiles?: number;
 }
 
 /** A CA service (`ca serve --port 0`) running as its own process. */
@@ -69,6 +71,7 @@ export class Service {
   ): Promise<Service> {
     const proc = await TaskProcess.start("ca", ["serve", "--port", "0", ...options.args ?? []], {
       env: { E2E_CHAT_HOME: home, E2E_CHAT_CA_PASSPHRASE: passphrase, ...options.env },
+      ulimitFiles: options.ulimitFiles,
     });
     try {
       const [url, fingerprint] = await proc.waitFor(

@@ -21,7 +21,7 @@ import { makeCsr, PASSPHRASE, ROOT, runCa, runCli, snapshot, withTempDir } from 
 const DAY_MS = 86_400_000;
 const FIXTURES = join(ROOT, "fixtures");
 const KEY_HINT = "use RSA (2048 to 4096 bits), EC P-256/P-384 or Ed25519";
-const NAME_HINT = "use 1-63 characters: a-z, 0-9, '.', '_', '-', starting with a letter or digit";
+const NAME_HINT = "use 1-63 characters: a-z, 0-9, '_', '-', starting with a letter or digit";
 const PASSPHRASE_HINT = "set E2E_CHAT_CA_PASSPHRASE or pass --passphrase-file FILE";
 
 // ---------------------------------------------------------------------------

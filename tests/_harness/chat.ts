@@ -38,6 +38,8 @@ export interface ChatStartOptions {
   readyMs?: number;
   /** Make every wait fail at once after an `error` event (bench, demo). Default: false. */
   failOnError?: boolean;
+  /** Run it under `ulimit -n` of this many open files (flood tests). Default: the inherited limit. */
+  ulimitFiles?: number;
 }
 
 function matcher(match: EventMatch): (e: ChatEvent) => boolean {
@@ -88,7 +90,12 @@ export class ChatClient<U extends ChatUser = ChatUser> {
     client.#proc = await TaskProcess.start(
       "client",
       ["chat", "--json", "--home", user.home, ...options.args ?? []],
-      { env: options.env, stdin: true, onLine: (line) => client.#take(line) },
+      {
+        env: options.env,
+        stdin: true,
+        onLine: (line) => client.#take(line),
+        ulimitFiles: options.ulimitFiles,
+      },
     );
     client.#proc.drained.then(() => {
       client.#ended = true;

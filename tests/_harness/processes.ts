@@ -60,6 +60,8 @@ export interface TaskOptions {
   stdin?: boolean;
   /** Called with each stdout line as it arrives (besides keeping it). Default: none. */
   onLine?: (line: string) => void;
+  /** Run it under `ulimit -n` of this many open files (flood tests). Default: the inherited limit. */
+  ulimitFiles?: number;
 }
 
 /** `ca/main.ts` or `client/main.ts` run as its own process with its task's permissions. */
@@ -94,8 +96,15 @@ export class TaskProcess {
   /** Starts `task`'s entry point with `args`. */
   static async start(task: Task, args: string[], options: TaskOptions = {}): Promise<TaskProcess> {
     const cwd = options.cwd ?? ROOT;
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--quiet", ...await taskFlags(task), join(ROOT, task, "main.ts"), ...args],
+    const [command, argv] = underUlimit(options.ulimitFiles, Deno.execPath(), [
+      "run",
+      "--quiet",
+      ...await taskFlags(task),
+      join(ROOT, task, "main.ts"),
+      ...args,
+    ]);
+    const child = new Deno.Command(command, {
+      args: argv,
       cwd,
       clearEnv: true,
       env: childEnv({ INIT_CWD: cwd, ...options.env }),
@@ -306,4 +315,14 @@ export async function runTask(
   if (!await within(proc.status, timeoutMs ?? 60_000, undefined)) proc.kill("SIGKILL");
   const status = await proc.stop(1_000);
   return { code: status.code, signal: status.signal, stdout: proc.stdout, stderr: proc.stderr };
+}
+
+/** `command args`, or, with `files`, the same run by sh under `ulimit -n files`. */
+export function underUlimit(
+  files: number | undefined,
+  command: string,
+  args: string[],
+): [string, string[]] {
+  if (files === undefined) return [command, args];
+  return ["sh", ["-c", `ulimit -n ${files} && exec "$0" "$@"`, command, ...args]];
 }

@@ -1,0 +1,249 @@
+import assert from "node:assert/strict";
+import net from "node:net";
+import tls from "node:tls";
+import { join } from "node:path";
+import { withTempDir } from "../tests/_helpers.ts";
+import {
+  connectionBudget,
+  type ConnectionLimits,
+  deadline,
+  freeDescriptors,
+  guardConnections,
+  MAX_CONNECTIONS_CEILING,
+  MIN_CONNECTIONS,
+} from "./connections.ts";
+
+/** A throwaway self-signed P-256 key and certificate made by the real openssl. */
+async function selfSigned(dir: string): Promise<{ key: string; cert: string }> {
+  const out = await new Deno.Command("openssl", {
+    args: [
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:P-256",
+      "-nodes",
+      "-keyout",
+      join(dir, "k.pem"),
+      "-out",
+      join(dir, "c.pem"),
+      "-subj",
+      "/CN=guard",
+      "-days",
+      "1",
+    ],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assert.ok(out.success, new TextDecoder().decode(out.stderr));
+  return {
+    key: await Deno.readTextFile(join(dir, "k.pem")),
+    cert: await Deno.readTextFile(join(dir, "c.pem")),
+  };
+}
+
+/** A TLS server on 127.0.0.1 guarded with `limits`; every finished handshake is held open. */
+async function guarded(
+  own: { key: string; cert: string },
+  limits: ConnectionLimits,
+): Promise<{ server: tls.Server; port: number; close(): Promise<void> }> {
+  const sockets = new Set<net.Socket>();
+  const server = tls.createServer(
+    { ...own, minVersion: "TLSv1.3" },
+    (s) => s.on("error", () => {}),
+  );
+  server.on("connection", (s: net.Socket) => {
+    sockets.add(s);
+    s.once("close", () => sockets.delete(s));
+  });
+  guardConnections(server, limits);
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+  return {
+    server,
+    port: (server.address() as net.AddressInfo).port,
+    close: async () => {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const s of sockets) s.destroy();
+      await closed;
+    },
+  };
+}
+
+/** A raw TCP connection; `closed` resolves with the ms it stayed open. */
+function rawFrom(port: number) {
+  const started = Date.now();
+  const socket = net.connect({ host: "127.0.0.1", port });
+  socket.on("error", () => {});
+  socket.on("data", () => {});
+  const connected = new Promise<void>((resolve) => socket.once("connect", () => resolve()));
+  const closed = new Promise<number>((resolve) =>
+    socket.once("close", () => resolve(Date.now() - started))
+  );
+  let isClosed = false;
+  closed.then(() => isClosed = true);
+  return { socket, connected, closed, isClosed: () => isClosed };
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+Deno.test("freeDescriptors() counts the files this process can still open, and connectionBudget() keeps a quarter of them, within bounds", async () => {
+  const free = freeDescriptors();
+  assert.ok(
+    Number.isSafeInteger(free) && free >= 64 && free <= 4 * MAX_CONNECTIONS_CEILING,
+    `${free}`,
+  );
+  // Under ulimit -n 64, a child counts fewer than 64 (Deno itself holds some).
+  const code =
+    'import { freeDescriptors } from "./lib/connections.ts"; console.log(freeDescriptors());';
+  const out = await new Deno.Command("sh", {
+    args: ["-c", 'ulimit -n 64 && exec "$0" eval "$1"', Deno.execPath(), code],
+    stdout: "piped",
+  }).output();
+  const counted = Number(new TextDecoder().decode(out.stdout).trim());
+  assert.ok(counted > 8 && counted < 64, `counted ${counted} under ulimit -n 64`);
+  assert.equal(connectionBudget(256), 64);
+  assert.equal(connectionBudget(1024), 256);
+  assert.equal(connectionBudget(10), MIN_CONNECTIONS);
+  assert.equal(connectionBudget(4 * 1_048_576), MAX_CONNECTIONS_CEILING);
+  assert.equal(connectionBudget(Number.MAX_SAFE_INTEGER), MAX_CONNECTIONS_CEILING);
+});
+
+Deno.test("guardConnections() closes connections past the total and the per-address cap at once, reports it, and accepts again once one closes", async () => {
+  await withTempDir(async (dir) => {
+    const own = await selfSigned(dir);
+    for (
+      const [limits, report] of [
+        [
+          { maxConnections: 3, maxPerAddress: 100 },
+          /^connection cap reached: 3 connections open, at most 3; refused 1 connection since the last report$/,
+        ],
+        [
+          { maxConnections: 100, maxPerAddress: 3 },
+          /^connection cap reached: 3 connections open from 127\.0\.0\.1, at most 3; refused 1 connection since the last report$/,
+        ],
+      ] as const
+    ) {
+      const reports: string[] = [];
+      const server = await guarded(own, {
+        ...limits,
+        handshakeMs: 30_000,
+        onRefused: (m) => reports.push(m),
+      });
+      const conns: Array<ReturnType<typeof rawFrom>> = [];
+      try {
+        const open = async () => {
+          const c = rawFrom(server.port);
+          conns.push(c);
+          await c.connected;
+          return c;
+        };
+        const kept = [await open(), await open(), await open()];
+        const fourth = await open();
+        assert.ok(
+          await Promise.race([fourth.closed, sleep(2_000).then(() => false)]) !== false,
+          "not refused",
+        );
+        assert.equal(reports.length, 1);
+        assert.match(reports[0], report);
+        // Refused again within 10 s: counted, not reported yet (a flood must not flood the log).
+        const fifth = await open();
+        await fifth.closed;
+        assert.equal(reports.length, 1);
+        await sleep(200);
+        assert.ok(kept.every((c) => !c.isClosed()), "a connection within the caps was closed");
+        kept[0].socket.destroy();
+        await kept[0].closed;
+        await sleep(100);
+        const again = await open();
+        await sleep(500);
+        assert.equal(again.isClosed(), false, "not accepted after a slot was freed");
+      } finally {
+        for (const c of conns) c.socket.destroy();
+        await server.close();
+      }
+    }
+  });
+});
+
+Deno.test("guardConnections() cuts off a TLS handshake trickled a byte at a time at its deadline, and keeps a finished one", async () => {
+  await withTempDir(async (dir) => {
+    const own = await selfSigned(dir);
+    const server = await guarded(own, { maxPerAddress: 8, handshakeMs: 1_500 });
+    try {
+      // A finished handshake outlives the handshake deadline.
+      const done = tls.connect({
+        host: "127.0.0.1",
+        port: server.port,
+        ca: own.cert,
+        checkServerIdentity: () => undefined,
+      });
+      done.on("error", () => {});
+      let doneClosed = false;
+      done.once("close", () => doneClosed = true);
+      await new Promise<void>((resolve, reject) => {
+        done.once("secureConnect", () => resolve());
+        done.once("error", reject);
+      });
+      // A client that sends one byte every 200 ms: an inactivity timer would never fire.
+      const trickle = rawFrom(server.port);
+      await trickle.connected;
+      const hello = new Uint8Array([
+        0x16,
+        0x03,
+        0x01,
+        0x02,
+        0x00,
+        0x01,
+        0x00,
+        0x01,
+        0xfc,
+        0x03,
+        0x03,
+      ]);
+      let i = 0;
+      const drip = setInterval(
+        () => trickle.socket.write(new Uint8Array([hello[i++ % hello.length]])),
+        200,
+      );
+      try {
+        const ms = await Promise.race([trickle.closed, sleep(6_000).then(() => -1)]);
+        assert.ok(ms >= 1_300 && ms < 3_500, `the trickling client was cut off after ${ms} ms`);
+      } finally {
+        clearInterval(drip);
+      }
+      await sleep(500);
+      assert.equal(doneClosed, false, "a finished handshake was cut off");
+      done.destroy();
+    } finally {
+      await server.close();
+    }
+  });
+});
+
+Deno.test("deadline() destroys a socket at its time however busy it is, and not once cancelled", async () => {
+  const server = net.createServer((s) => s.on("data", () => {}).on("error", () => {}));
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+  const port = (server.address() as net.AddressInfo).port;
+  try {
+    const a = rawFrom(port);
+    const b = rawFrom(port);
+    await Promise.all([a.connected, b.connected]);
+    deadline(a.socket, 500);
+    const cancel = deadline(b.socket, 500);
+    cancel();
+    const drip = setInterval(() => {
+      if (!a.isClosed()) a.socket.write("x");
+    }, 50);
+    const ms = await Promise.race([a.closed, sleep(3_000).then(() => -1)]);
+    clearInterval(drip);
+    assert.ok(ms >= 450 && ms < 1_500, `cut after ${ms} ms`);
+    await sleep(300);
+    assert.equal(b.isClosed(), false);
+    b.socket.destroy();
+  } finally {
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+});

@@ -1,0 +1,184 @@
+/**
+ * Connection floods and trickling clients (issue #15, docs/SECURITY.md §1):
+ * the CA service and a chat listener run as real processes under
+ * `ulimit -n 256`, get more connections than they have file descriptors, and
+ * must accept again within seconds of the flood ending; clients that trickle
+ * a TLS handshake, request headers or a body a byte at a time are cut off at
+ * their deadline, not kept alive by their own trickle.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import tls from "node:tls";
+import { join } from "node:path";
+import { initCa, type Service, startService, withService } from "./_service_helpers.ts";
+import { ChatClient, connect, sleep, within } from "./_harness.ts";
+import { joinUser } from "./_chat_helpers.ts";
+import { pool } from "./_hostile_helpers.ts";
+import { captureClientHello, holdTcp } from "./_tls_by_hand.ts";
+
+/** The open-file limit the servers run under. */
+const FILES = 256;
+/** More connections than that. */
+const FLOOD = 400;
+/** The service's deadlines (ca/service.ts HANDSHAKE_MS, HEADERS_MS, BODY_MS), in ms. */
+const DEADLINE_MS = 10_000;
+
+/** Opens `FLOOD` connections, holds them `holdMs`, closes them; returns how many the server kept open. */
+async function flood(port: number, holdMs: number): Promise<number> {
+  const conns = await pool(Array.from({ length: FLOOD }, (_, i) => i), 100, async () => {
+    try {
+      return await holdTcp(port);
+    } catch {
+      return undefined; // the kernel's backlog is full: the flood is working
+    }
+  });
+  await sleep(holdMs);
+  const kept = conns.filter((c) => c && !c.isClosed()).length;
+  for (const c of conns) c?.close();
+  return kept;
+}
+
+/** A TLS connection to the service that sends `lines` one every `everyMs`; resolves with ms from handshake to close. */
+async function trickle(
+  service: Service,
+  first: string,
+  drip: string,
+  everyMs: number,
+): Promise<number> {
+  const socket = tls.connect({
+    host: "127.0.0.1",
+    port: service.port,
+    ca: service.caPem,
+    checkServerIdentity: () => undefined,
+  });
+  socket.on("error", () => {});
+  socket.on("data", () => {});
+  await new Promise<void>((resolve, reject) => {
+    socket.once("secureConnect", () => resolve());
+    socket.once("close", () => reject(new Error("closed before the handshake")));
+  });
+  const started = Date.now();
+  socket.write(first);
+  const timer = setInterval(() => socket.destroyed || socket.write(drip), everyMs);
+  try {
+    const closed = new Promise<number>((resolve) =>
+      socket.once("close", () => resolve(Date.now() - started))
+    );
+    return await within(closed, DEADLINE_MS * 3, -1);
+  } finally {
+    clearInterval(timer);
+    socket.destroy();
+  }
+}
+
+Deno.test({
+  name:
+    "the CA service under ulimit -n 256 survives a flood of 400 connections: it caps them, logs it, and answers again within seconds of the flood ending",
+  fn: () =>
+    withService(async (service) => {
+      const kept = await flood(service.port, 2_000);
+      assert.ok(
+        kept <= FILES / 4,
+        `${kept} flood connections were held open\n${service.log.slice(-3000)}`,
+      );
+      await service.waitForLog(/connection cap reached: \d+ connections open, at most \d+/);
+      const started = Date.now();
+      let last = "";
+      while (true) {
+        const reply = await service.request("/v1/ca").catch((e) => e as Error);
+        if (!(reply instanceof Error) && reply.status === 200) break;
+        last = reply instanceof Error ? reply.message : `${reply.status}`;
+        assert.ok(
+          Date.now() - started < 5_000,
+          `no answer 5 s after the flood: ${last}\n${service.log.slice(-2000)}`,
+        );
+        await sleep(250);
+      }
+    }, { ulimitFiles: FILES }),
+});
+
+Deno.test({
+  name:
+    "the CA service cuts off, at their deadlines, a handshake, request headers and a request body each trickled a little every second",
+  fn: () =>
+    withService(async (service) => {
+      const hello = await captureClientHello();
+      const handshake = (async () => {
+        const conn = await holdTcp(service.port);
+        const started = Date.now();
+        let i = 0;
+        const timer = setInterval(
+          () => conn.conn.write(hello.subarray(i, ++i)).catch(() => {}),
+          1_000,
+        );
+        try {
+          const at = await within(conn.closed, DEADLINE_MS * 3, -1);
+          return at < 0 ? -1 : at - started;
+        } finally {
+          clearInterval(timer);
+          conn.close();
+        }
+      })();
+      const [handshakeMs, headersMs, bodyMs] = await Promise.all([
+        handshake,
+        trickle(service, "GET /v1/ca HTTP/1.1\r\nHost: 127.0.0.1\r\n", "X-Drip: 1\r\n", 1_000),
+        trickle(
+          service,
+          "POST /v1/enroll HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n" +
+            "content-length: 1000\r\n\r\n{",
+          " ",
+          1_000,
+        ),
+      ]);
+      for (
+        const [what, ms] of [["handshake", handshakeMs], ["headers", headersMs], [
+          "body",
+          bodyMs,
+        ]] as const
+      ) {
+        assert.ok(
+          ms >= DEADLINE_MS - 1_500 && ms <= DEADLINE_MS + 3_000,
+          `the trickled ${what} was cut off after ${ms} ms (deadline ${DEADLINE_MS} ms)`,
+        );
+      }
+      assert.equal((await service.request("/v1/ca")).status, 200);
+    }),
+});
+
+Deno.test({
+  name:
+    "a chat listener under ulimit -n 256 survives a flood of 400 connections, warns of it, and bob connects to alice right after",
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "e2e-chat-flood-peer-" });
+    let service: Service | undefined;
+    const clients: ChatClient[] = [];
+    try {
+      const home = join(dir, "ca-home");
+      await initCa(home);
+      service = await startService(home);
+      const [aliceUser, bobUser] = await Promise.all(
+        ["alice", "bob"].map((n) => joinUser(service!, n, join(dir, n))),
+      );
+      const alice = await ChatClient.start(aliceUser, { ulimitFiles: FILES });
+      clients.push(alice);
+      const bob = await ChatClient.start(bobUser);
+      clients.push(bob);
+      const kept = await flood(alice.port, 2_000);
+      assert.ok(kept <= 64, `${kept} flood connections were held open`);
+      const warning = await alice.expect((e) =>
+        e.type === "warning" && /connection cap reached/.test(String(e.message))
+      );
+      assert.match(String(warning.message), /^Listener: connection cap reached: /);
+      await within(connect(alice, bob), 20_000, undefined).then((r) =>
+        assert.ok(r, `bob could not connect to alice after the flood\n${alice.stderr}`)
+      );
+      await alice.send("after the flood");
+      await bob.expect({ type: "message", from: "alice", text: "after the flood" });
+    } finally {
+      for (const c of clients) await c.stop();
+      await service?.stop();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});
