@@ -174,7 +174,7 @@ export class IssuanceLog {
    * holds what the database does not.
    */
   async sync(database: IndexEntry[], signer: NoteKey): Promise<void> {
-    await this.refresh();
+    await this.#freshRead();
     await this.#cutTornTail();
     for (let i = this.#agreed; i < this.size; i++) {
       if (i >= database.length || normalizeSerialHex(database[i].serial) !== this.#serials[i]) {
@@ -319,14 +319,36 @@ export class IssuanceLog {
     }
   }
 
-  // An append cut short by a crash: never covered by a checkpoint, so cut it off.
+  // A read that starts now, after whatever this process appended (a read already under way may
+  // have looked at the file before).
+  async #freshRead(): Promise<void> {
+    while (this.#reading) await this.#reading;
+    await this.refresh();
+  }
+
+  // An append cut short by a crash (a record shorter than its header says) was never covered by
+  // a checkpoint: cut it off. Anything else past the last whole record is damage: keep it as
+  // evidence and refuse.
   async #cutTornTail(): Promise<void> {
     const size = await Deno.stat(this.#paths.logEntries).then((i) => i.size, () => 0);
-    if (size > this.#loaded) {
-      using file = await Deno.open(this.#paths.logEntries, { write: true });
-      await file.truncate(this.#loaded);
-      await file.sync();
+    if (size <= this.#loaded) return;
+    using file = await Deno.open(this.#paths.logEntries, { read: true, write: true });
+    await file.seek(this.#loaded, Deno.SeekMode.Start);
+    const tail = await readExactly(file, Math.min(size - this.#loaded, 4));
+    const length = tail.length === 4 ? new DataView(tail.buffer).getUint32(0) : undefined;
+    const torn = length === undefined ||
+      (length > 0 && length <= MAX_RECORD_BYTES && 4 + length > size - this.#loaded);
+    if (!torn) {
+      throw new E2eError(
+        "ERR_LOG_INVALID",
+        `The issuance log is damaged after entry ${this.size}`,
+        {
+          hint: "run `deno task ca log verify`",
+        },
+      );
     }
+    await file.truncate(this.#loaded);
+    await file.sync();
   }
 }
 

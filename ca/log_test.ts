@@ -111,3 +111,21 @@ Deno.test("the checkpoint is a C2SP signed note by the CA-certified log key", as
     assert.match(await Deno.readTextFile(ca.paths.logKey), /BEGIN ENCRYPTED PRIVATE KEY/);
   });
 });
+
+Deno.test("damage past the last whole record is kept as evidence: the next sync refuses and cuts nothing", async () => {
+  await withCa(async (ca) => {
+    await ca.openLog();
+    await issue(ca, "gina");
+    // A zero length where a record should start: not an append cut short.
+    await Deno.writeFile(ca.paths.logEntries, new Uint8Array([0, 0, 0, 0, 1, 2, 3]), {
+      append: true,
+    });
+    const before = await Deno.readFile(ca.paths.logEntries);
+    const fresh = await CertificateAuthority.open(ca.paths.home, { passphrase: PASSPHRASE });
+    await assert.rejects(
+      issue(fresh, "hal"),
+      (e) => e instanceof E2eError && e.code === "ERR_LOG_INVALID" && /damaged/.test(e.message),
+    );
+    assert.deepEqual(await Deno.readFile(ca.paths.logEntries), before);
+  });
+});

@@ -500,7 +500,9 @@ export class Chat {
 
   // New entries of the log, looking for certificates for our name that are not ours.
   #watchLog(): void {
-    this.#log.watch(this.#id.name, this.#id.certificate.keyFingerprint).catch((e) => {
+    this.#log.watch(this.#id.name, this.#id.certificate.keyFingerprint, {
+      isRevoked: (serial) => this.#revocation.isRevoked(serial),
+    }).catch((e) => {
       if (e instanceof E2eError && e.code === "ERR_LOG_ALARM") return; // reported as log_alarm
       this.#emit({
         type: "warning",
@@ -576,7 +578,7 @@ export class Chat {
         }),
       // A CA showing this peer another log than ours is caught here (log_alarm).
       checkpoint: (p, text) => {
-        this.#log.observe(text, undefined, `"${p.name}"`).catch((e) => {
+        this.#log.observePeer(text, p.name).catch((e) => {
           if (e instanceof E2eError && e.code === "ERR_LOG_ALARM") return;
           this.#emit({
             type: "warning",

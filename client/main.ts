@@ -26,6 +26,7 @@ import { Terminal } from "./faces/terminal.ts";
 import { openInBrowser } from "./faces/web/open.ts";
 import { WebServer } from "./faces/web/server.ts";
 import { ClientHome } from "./home.ts";
+import { Revocation } from "./revocation.ts";
 import { LogMonitor } from "./transparency.ts";
 import { checkName } from "../lib/names.ts";
 import { pemDecode } from "../lib/pem.ts";
@@ -309,9 +310,15 @@ async function audit(args: string[]): Promise<number> {
   noPositionals(positionals);
   const id = await Identity.load(resolveHome(values.home));
   const monitor = await LogMonitor.open(id.home.logState, id.anchor, id.client());
+  // A revoked certificate for our name is harmless (peers refuse it): the CRL is needed.
+  const revocation = new Revocation({ fetch: () => id.client().crl(), issuer: id.anchor.x509 });
+  await revocation.refresh();
+  revocation.requireCurrent();
   let result;
   try {
-    result = await monitor.audit(id.name, id.certificate.keyFingerprint);
+    result = await monitor.audit(id.name, id.certificate.keyFingerprint, {
+      isRevoked: (serial) => revocation.isRevoked(serial),
+    });
   } catch (e) {
     if (!(e instanceof E2eError && e.code === "ERR_LOG_ALARM")) throw e;
   }

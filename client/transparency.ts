@@ -21,6 +21,7 @@ import { Buffer } from "node:buffer";
 import { type Checkpoint, type NoteKey, openCheckpoint } from "../lib/checkpoint.ts";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
+import { MAX_CHECKPOINT_CHARS } from "../lib/frames.ts";
 import { decodeHashes, logOrigin, verifyLogProof } from "../lib/log_proof.ts";
 import { leafHash, TreeFrontier, verifyConsistency } from "../lib/merkle.ts";
 import { pemDecode, pemEncode } from "../lib/pem.ts";
@@ -56,16 +57,22 @@ interface LogState {
   audited: { size: number; hashes: string[] };
   /** Standing alarms. */
   alarms: LogAlarm[];
-  /**
-   * The index of the first entry for our name with our key. Entries for our name
-   * before it are earlier enrollments (a lost key); any after it with another key
-   * is a certificate we did not ask for.
-   */
-  since?: number;
+  /** SHA-256 of the log key first seen (pinned: another one is an alarm). */
+  logKey?: string;
+  /** Peers' checkpoints that could not be checked yet (the CA was away), checked again later. */
+  pending: Array<{ text: string; from: string }>;
 }
 
 /** Entries asked for at once (the CA answers at most 256). */
 const PAGE = 256;
+/** Peers' checkpoints kept for a later check. */
+const MAX_PENDING = 8;
+
+/** Options of {@linkcode LogMonitor.watch} and {@linkcode LogMonitor.audit}. */
+export interface LookOptions {
+  /** Whether the CA's current CRL lists `serial`. Default: nothing is revoked. */
+  isRevoked?: (serial: string) => boolean;
+}
 
 /** Options of {@linkcode LogMonitor.open}. */
 export interface LogMonitorOptions {
@@ -117,7 +124,7 @@ export class LogMonitor {
     ca: CaClient,
     options: LogMonitorOptions = {},
   ): Promise<LogMonitor> {
-    let state: LogState = { audited: { size: 0, hashes: [] }, alarms: [] };
+    let state: LogState = { audited: { size: 0, hashes: [] }, alarms: [], pending: [] };
     try {
       const read = JSON.parse(await Deno.readTextFile(file));
       state = {
@@ -126,8 +133,19 @@ export class LogMonitor {
             Array.isArray(read.audited.hashes)
           ? read.audited
           : state.audited,
-        alarms: Array.isArray(read.alarms) ? read.alarms : [],
-        since: Number.isSafeInteger(read.since) ? read.since : undefined,
+        // Only well-formed alarms: a stray value must not hide the others.
+        alarms: Array.isArray(read.alarms)
+          ? read.alarms.filter((a: unknown) =>
+            typeof a === "object" && a !== null && typeof (a as LogAlarm).message === "string"
+          )
+          : [],
+        logKey: typeof read.logKey === "string" ? read.logKey : undefined,
+        pending: Array.isArray(read.pending)
+          ? read.pending.filter((p: unknown) =>
+            typeof (p as { text?: unknown })?.text === "string" &&
+            typeof (p as { from?: unknown })?.from === "string"
+          ).slice(-MAX_PENDING)
+          : [],
       };
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) {
@@ -188,6 +206,15 @@ export class LogMonitor {
     return this.#serial(async () => {
       const key = await this.#logKey();
       const next = opened ?? openCheckpoint(text, key);
+      // Signed by the log key yet too long for a hello: it could not be gossiped, so gossip
+      // would be off without anyone noticing.
+      if (text.length > MAX_CHECKPOINT_CHARS) {
+        await this.#raise({
+          message: `the CA signed a checkpoint of ${text.length} characters, too long to share ` +
+            `with peers (at most ${MAX_CHECKPOINT_CHARS})`,
+        });
+        this.requireNoAlarm();
+      }
       const stored = this.#state.checkpoint
         ? openCheckpoint(this.#state.checkpoint, key)
         : undefined;
@@ -197,8 +224,17 @@ export class LogMonitor {
         if (small.size === big.size) {
           consistent = Buffer.from(small.root).equals(Buffer.from(big.root));
         } else {
-          const hashes = decodeHashes(await this.#ca.consistency(small.size, big.size));
-          consistent = verifyConsistency(small.size, big.size, small.root, big.root, hashes);
+          let proof: unknown;
+          try {
+            proof = await this.#ca.consistency(small.size, big.size);
+          } catch (e) {
+            // Both sizes are signed by the log key: a CA that says one is out of range (rather
+            // than being away) will not prove what it signed.
+            if (!(e instanceof E2eError && e.code === "ERR_BAD_REQUEST")) throw e;
+            proof = undefined;
+          }
+          consistent = proof !== undefined &&
+            verifyConsistency(small.size, big.size, small.root, big.root, decodeHashes(proof));
         }
         if (!consistent) {
           await this.#raise({
@@ -217,24 +253,53 @@ export class LogMonitor {
   }
 
   /**
+   * Takes a peer's checkpoint (from its hello). One that cannot be checked now
+   * because the CA is away is kept and checked at the next {@linkcode watch}.
+   */
+  async observePeer(text: string, peer: string): Promise<void> {
+    try {
+      await this.observe(text, undefined, `"${peer}"`);
+    } catch (e) {
+      if (e instanceof E2eError && e.code === "ERR_NETWORK") {
+        await this.#serial(async () => {
+          this.#state.pending = [...this.#state.pending, { text, from: `"${peer}"` }]
+            .slice(-MAX_PENDING);
+          await this.#save();
+        });
+      }
+      throw e;
+    }
+  }
+
+  /**
    * Reads the log's entries since the last look, checks that they make the
    * CA's latest checkpoint, and looks for certificates for `name` with a key
    * other than `keyFingerprint` (raising an alarm for each).
    */
-  watch(name: string, keyFingerprint: string): Promise<AuditResult> {
-    return this.#look(name, keyFingerprint, false);
+  watch(name: string, keyFingerprint: string, options: LookOptions = {}): Promise<AuditResult> {
+    return this.#look(name, keyFingerprint, false, options);
   }
 
   /** Like {@linkcode watch}, but reads the whole log from its first entry and rebuilds the tree. */
-  audit(name: string, keyFingerprint: string): Promise<AuditResult> {
-    return this.#look(name, keyFingerprint, true);
+  audit(name: string, keyFingerprint: string, options: LookOptions = {}): Promise<AuditResult> {
+    return this.#look(name, keyFingerprint, true, options);
   }
 
-  async #look(name: string, keyFingerprint: string, whole: boolean): Promise<AuditResult> {
+  async #look(
+    name: string,
+    keyFingerprint: string,
+    whole: boolean,
+    options: LookOptions,
+  ): Promise<AuditResult> {
     const text = await this.#ca.checkpoint();
     const key = await this.#logKey();
     const checkpoint = openCheckpoint(text, key);
     await this.observe(text, checkpoint);
+    for (const p of this.#state.pending.splice(0)) {
+      await this.observe(p.text, undefined, p.from).catch((e) => {
+        if (e instanceof E2eError && e.code === "ERR_LOG_ALARM") throw e;
+      });
+    }
     return await this.#serial(async () => {
       const start = whole ? new TreeFrontier() : new TreeFrontier(
         this.#state.audited.size,
@@ -244,8 +309,8 @@ export class LogMonitor {
         return { entries: 0, size: checkpoint.size, foreign: [] };
       }
       const frontier = start;
-      const candidates: AuditResult["foreign"] = [];
-      let since = whole ? undefined : this.#state.since;
+      const foreign: AuditResult["foreign"] = [];
+      const now = Date.now();
       let read = 0;
       while (frontier.size < checkpoint.size) {
         const end = Math.min(frontier.size + PAGE, checkpoint.size);
@@ -262,12 +327,13 @@ export class LogMonitor {
           } catch {
             continue; // not a certificate: still a leaf, and it must still hash to the root
           }
-          if (info.commonName !== name) continue;
-          if (info.keyFingerprint === keyFingerprint) since ??= index;
-          else candidates.push({ index, serial: info.serial, fingerprint: info.fingerprint });
+          // Another key for our name is harmless only once it expired or was revoked (peers
+          // check the CRL and refuse it): a previous enrollment, such as a lost key replaced.
+          if (info.commonName !== name || info.keyFingerprint === keyFingerprint) continue;
+          if (info.notAfter.getTime() <= now || options.isRevoked?.(info.serial)) continue;
+          foreign.push({ index, serial: info.serial, fingerprint: info.fingerprint });
         }
       }
-      const foreign = candidates.filter((c) => since === undefined || c.index > since);
       if (!Buffer.from(frontier.root()).equals(Buffer.from(checkpoint.root))) {
         await this.#raise({
           message: `the log's entries do not make its checkpoint of ${checkpoint.size} entries: ` +
@@ -283,7 +349,6 @@ export class LogMonitor {
           fingerprint: f.fingerprint,
         });
       }
-      this.#state.since = since;
       this.#state.audited = {
         size: frontier.size,
         hashes: frontier.hashes.map((h) => Buffer.from(h).toString("base64")),
@@ -297,6 +362,20 @@ export class LogMonitor {
     if (!this.#key) {
       const pem = await this.#ca.logKey();
       const info = checkLogKey(pemDecode(pem, "CERTIFICATE"), this.#anchor);
+      // Pinned on first use: a second CA-certified log key could sign a second log.
+      if (this.#state.logKey && this.#state.logKey !== info.keyFingerprint) {
+        await this.#raise({
+          message:
+            `the CA's log key changed (now ${info.keyFingerprint}): a second key can sign a ` +
+            `second log`,
+          fingerprint: info.fingerprint,
+        });
+        this.requireNoAlarm();
+      }
+      if (!this.#state.logKey) {
+        this.#state.logKey = info.keyFingerprint;
+        await this.#save();
+      }
       this.#key = { name: logOrigin(sha256Hex(this.#anchor.x509.raw)), key: info.x509.publicKey };
     }
     return this.#key;

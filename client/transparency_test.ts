@@ -9,7 +9,7 @@ import { Buffer } from "node:buffer";
 import { createPrivateKey } from "node:crypto";
 import { join } from "node:path";
 import { CertificateAuthority } from "../ca/authority.ts";
-import { signCheckpoint } from "../lib/checkpoint.ts";
+import { formatCheckpoint, signCheckpoint, signNote } from "../lib/checkpoint.ts";
 import { E2eError } from "../lib/errors.ts";
 import { logOrigin, logProofJson } from "../lib/log_proof.ts";
 import { leafHash, MerkleTree } from "../lib/merkle.ts";
@@ -30,7 +30,13 @@ function view(leaves: string[], sign: (t: MerkleTree) => string, logKeyPem: stri
     ca: {
       logKey: () => Promise.resolve(logKeyPem),
       checkpoint: () => Promise.resolve(sign(tree)),
-      consistency: (m: number, n: number) => Promise.resolve(tree.consistencyProof(m, n).map(b64)),
+      // As the real API: a size beyond the tree is a 400.
+      consistency: (m: number, n: number) =>
+        n > tree.size
+          ? Promise.reject(
+            new E2eError("ERR_BAD_REQUEST", `"second" must be from 0 to ${tree.size}`),
+          )
+          : Promise.resolve(tree.consistencyProof(m, n).map(b64)),
       logEntries: (s: number, e: number) =>
         Promise.resolve(leaves.slice(s, e).map((l) => Buffer.from(l).toString("base64"))),
     } as unknown as CaClient,
@@ -42,6 +48,7 @@ async function withViews(
     dir: string;
     anchor: ReturnType<typeof trustAnchor>;
     make: (leaves: string[]) => ReturnType<typeof view>;
+    signText: (body: string) => string;
   }) => Promise<void>,
 ): Promise<void> {
   await withTempDir(async (dir) => {
@@ -59,6 +66,7 @@ async function withViews(
       dir,
       anchor: trustAnchor(ca.certificate.pem),
       make: (leaves) => view(leaves, sign, logKeyPem),
+      signText: (body) => signNote(body, { name: origin, key }),
     });
   });
 }
@@ -145,5 +153,65 @@ Deno.test("watch() alarms on entries that do not make the checkpoint the CA sign
     const monitor = await LogMonitor.open(join(dir, "m.json"), anchor, lying);
     await assert.rejects(monitor.watch("alice", "00"), alarmed);
     assert.match(monitor.alarms[0].message, /entries do not make its checkpoint/);
+  });
+});
+
+Deno.test("a CA that says a size its log key signed is out of range is caught (no silent gap in gossip)", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const forAlice = make(["a", "b", "c"]);
+    const forBob = make(["a", "b", "d", "e"]);
+    const refusing = {
+      ...forAlice.ca,
+      consistency: () =>
+        Promise.reject(new E2eError("ERR_BAD_REQUEST", 'Parameter "second" must be from 0 to 3')),
+    } as unknown as CaClient;
+    const alice = await LogMonitor.open(join(dir, "alice.json"), anchor, refusing);
+    await alice.observe(forAlice.checkpoint);
+    await assert.rejects(alice.observePeer(forBob.checkpoint, "bob"), alarmed);
+  });
+});
+
+Deno.test("a peer's checkpoint that cannot be checked while the CA is away is checked at the next look", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const forAlice = make(["a", "b", "c"]);
+    const forBob = make(["a", "x", "c", "d"]);
+    const away = {
+      ...forAlice.ca,
+      consistency: () => Promise.reject(new E2eError("ERR_NETWORK", "Cannot reach the CA service")),
+    } as unknown as CaClient;
+    const file = join(dir, "alice.json");
+    const alice = await LogMonitor.open(file, anchor, away);
+    await alice.observe(forAlice.checkpoint);
+    await assert.rejects(
+      alice.observePeer(forBob.checkpoint, "bob"),
+      (e) => e instanceof E2eError && e.code === "ERR_NETWORK",
+    );
+    assert.deepEqual(alice.alarms, []);
+    // Back, the CA serves proofs of alice's view; bob's checkpoint is not consistent with it.
+    const back = await LogMonitor.open(file, anchor, forAlice.ca);
+    await assert.rejects(back.watch("alice", "00"), alarmed);
+    assert.match(back.alarms[0].message, /"bob" showed a log of 4 entries/);
+  });
+});
+
+Deno.test("a second CA-certified log key, or a checkpoint too long for a hello, raises an alarm", async () => {
+  await withViews(async ({ dir, anchor, make, signText }) => {
+    const v = make(["a", "b"]);
+    const monitor = await LogMonitor.open(join(dir, "m.json"), anchor, v.ca);
+    await monitor.observe(v.checkpoint);
+    // Signed by the log key, with an extension line that makes it too long for any hello.
+    const origin = v.checkpoint.split("\n")[0];
+    const body = formatCheckpoint({ origin, size: 2, root: v.tree.root() }) + "x".repeat(5000) +
+      "\n";
+    const long = await LogMonitor.open(join(dir, "long.json"), anchor, v.ca);
+    await assert.rejects(long.observe(signText(body)), alarmed);
+    assert.match(long.alarms[0].message, /too long to share with peers/);
+    const state = JSON.parse(await Deno.readTextFile(join(dir, "m.json")));
+    assert.match(state.logKey, /^[0-9a-f]{64}$/);
+    state.logKey = "0".repeat(64);
+    await Deno.writeTextFile(join(dir, "m.json"), JSON.stringify(state));
+    const pinned = await LogMonitor.open(join(dir, "m.json"), anchor, v.ca);
+    await assert.rejects(pinned.observe(v.checkpoint), alarmed);
+    assert.match(pinned.alarms[0].message, /log key changed/);
   });
 });
