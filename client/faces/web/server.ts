@@ -410,6 +410,12 @@ export class WebServer {
       const info = await Deno.lstat(path);
       if (!info.isFile) return text(404, "Not found");
       const file = await Deno.open(path);
+      // The file opened must be the one looked at: a symlink swapped in between is not followed.
+      const opened = await file.stat();
+      if (opened.dev !== info.dev || opened.ino !== info.ino || !opened.isFile) {
+        file.close();
+        return text(404, "Not found");
+      }
       return new Response(file.readable, {
         headers: {
           ...SECURITY_HEADERS,
