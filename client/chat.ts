@@ -52,6 +52,9 @@ export type ChatListener = (event: CoreEvent) => void;
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 /** How often the chat reads new entries of the CA's issuance log, looking for our name. */
 export const LOG_WATCH_MS = 5 * 60_000;
+/** After a failed look: tries again after 5, 10, 20 and 40 s. */
+const LOG_RETRY_MS = 5_000;
+const LOG_RETRIES = 4;
 /** Connections the listener holds at once from one address (the total: a quarter of the open-file limit). */
 const MAX_CONNECTIONS_PER_ADDRESS = 128;
 
@@ -78,6 +81,9 @@ export class Chat {
   #history: History;
   #log: LogMonitor;
   #watchTimer?: ReturnType<typeof setInterval>;
+  #retryTimer?: ReturnType<typeof setTimeout>;
+  #watching = false;
+  #stopped = false;
 
   private constructor(id: Identity, options: ChatOptions, trust: TrustStore, log: LogMonitor) {
     this.#id = id;
@@ -395,7 +401,9 @@ export class Chat {
 
   /** Closes every connection, the listener, the CRL refresh and the CA poll. */
   async stop(): Promise<void> {
+    this.#stopped = true;
     clearInterval(this.#watchTimer);
+    clearTimeout(this.#retryTimer);
     this.#invitations.stop();
     this.#revocation.stop();
     for (const { conn } of this.#peers.values()) conn.close("we quit");
@@ -499,16 +507,24 @@ export class Chat {
   }
 
   // New entries of the log, looking for certificates for our name that are not ours.
-  #watchLog(): void {
+  // A look that fails (the CA away or busy) is tried again soon, not only at the next interval.
+  #watchLog(retry = 0): void {
+    if (this.#watching) return;
+    this.#watching = true;
     this.#log.watch(this.#id.name, this.#id.certificate.keyFingerprint, {
       isRevoked: (serial) => this.#revocation.isRevoked(serial),
     }).catch((e) => {
       if (e instanceof E2eError && e.code === "ERR_LOG_ALARM") return; // reported as log_alarm
-      this.#emit({
-        type: "warning",
-        message: `Cannot check the CA's issuance log: ${e instanceof Error ? e.message : e}`,
-      });
-    });
+      if (retry === 0) {
+        this.#emit({
+          type: "warning",
+          message: `Cannot check the CA's issuance log: ${e instanceof Error ? e.message : e}`,
+        });
+      }
+      if (retry < LOG_RETRIES && !this.#stopped) {
+        this.#retryTimer = setTimeout(() => this.#watchLog(retry + 1), LOG_RETRY_MS * 2 ** retry);
+      }
+    }).finally(() => (this.#watching = false));
   }
 
   async #attach(socket: tls.TLSSocket, name: string, cert: CertificateInfo): Promise<PeerSummary> {

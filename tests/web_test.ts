@@ -330,9 +330,16 @@ async function logAlarm(scene: Scene): Promise<void> {
   await commitSomething(scene.service);
   const web = await scene.web(alice);
   const page = await scene.page(web);
-  await page.getByRole("alert").filter({
-    hasText: /Log alarm: the CA issued a certificate for your name that you did not request/,
-  }).waitFor();
+  try {
+    await page.getByRole("alert").filter({
+      hasText: /Log alarm: the CA issued a certificate for your name that you did not request/,
+    }).waitFor();
+  } catch (e) {
+    throw new Error(
+      `no log alarm banner; the page's notices: ${await page.locator("#notices").textContent()}`,
+      { cause: e },
+    );
+  }
   // No new connections while it stands.
   await page.getByRole("textbox", { name: "Chat with" }).fill("bob-l");
   await page.getByRole("button", { name: "Start chat", exact: true }).click();
