@@ -162,21 +162,41 @@ export class Identity {
    * checked to be in the CA's issuance log, and stores it; returns the renewed identity (the
    * key stays unlocked).
    */
-  async renew(): Promise<Identity> {
+  async renew(options: RenewOptions = {}): Promise<Identity> {
     const { key } = this.credentials;
     const csr = await makeRequest(this.keyPath, this.name, { passphrase: this.#passphrase });
-    const reply = await this.client().renew(csr);
+    const reply = await (options.ca ?? this.client()).renew(csr);
     const cert = checkIssued(reply, this.anchor, this.name, key);
     // Our own certificate too is accepted only once it is in the CA's issuance log.
     // (asked with the new certificate: the old one was just superseded)
-    const ca = new CaClient(this.caUrl, this.anchor, { key, cert });
-    await checkLogged(this.home, this.anchor, ca, cert, reply);
+    if (options.ca && options.log) {
+      options.ca.useCredentials({ key, cert });
+      await options.log.checkCertificate(pemDecode(cert, "CERTIFICATE")!, reply.log);
+    } else {
+      const ca = new CaClient(this.caUrl, this.anchor, { key, cert });
+      await checkLogged(this.home, this.anchor, ca, cert, reply);
+    }
     await writeFileAtomic(this.certPath, cert, { mode: 0o644 });
     const passphrase = this.#passphrase;
     return await Identity.load(dirname(this.dir), {
       passphrase: passphrase === undefined ? undefined : () => Promise.resolve(passphrase),
     });
   }
+}
+
+/** Options of {@linkcode Identity.renew}. */
+export interface RenewOptions {
+  /**
+   * A running client's CA client: it asks for the renewal and moves to the new certificate at
+   * once (the CA refuses the old one from then on). Default: a new one.
+   */
+  ca?: CaClient;
+  /**
+   * A running client's view of the issuance log (using `ca`), which checks that the new
+   * certificate is logged; with both, HOME/log.json has one writer. Default: HOME/log.json
+   * opened afresh.
+   */
+  log?: LogMonitor;
 }
 
 /** Options of {@linkcode enroll}. */
