@@ -109,7 +109,13 @@ export class Chat {
       onUpdate: () => this.#dropRevoked(),
       onWarning: warn,
     });
-    this.#history = new History(id.home.history, { self: id.name, onWarning: warn });
+    // Sealed when the key is encrypted; a key decrypted later still reads what was sealed.
+    this.#history = new History(id.home.history, {
+      self: id.name,
+      onWarning: warn,
+      key: id.historyKey(),
+      seal: id.keyEncrypted,
+    });
     this.#invitations = new Invitations(this.#ca, {
       onInvite: (i) => this.#emit({ type: "invite", from: i.from }),
       onWarning: warn,

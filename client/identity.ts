@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { createPrivateKey, createPublicKey } from "node:crypto";
+import { createPrivateKey, createPublicKey, hkdfSync } from "node:crypto";
 import { dirname } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
@@ -94,6 +94,16 @@ export class Identity {
       });
     }
     return { key: this.#key, cert: this.#cert };
+  }
+
+  /**
+   * The 32-byte key that seals the history (client/history.ts): HKDF-SHA256 over our private
+   * key (PKCS#8 DER), so the passphrase that unlocks the key unlocks the history, and changing
+   * the passphrase rewrites nothing else. Throws like {@linkcode credentials} while locked.
+   */
+  historyKey(): Uint8Array {
+    const der = createPrivateKey(this.credentials.key).export({ type: "pkcs8", format: "der" });
+    return new Uint8Array(hkdfSync("sha256", der, new Uint8Array(0), "e2e-chat history v1", 32));
   }
 
   /** The key file. */

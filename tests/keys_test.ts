@@ -173,7 +173,7 @@ Deno.test("csr --encrypt-key with E2E_CHAT_PASSPHRASE writes an encrypted key an
   });
 });
 
-Deno.test("a chat starts with an encrypted key and connects to a peer: the key is decrypted in memory only", async () => {
+Deno.test("a chat starts with an encrypted key and connects to a peer: the key is decrypted in memory only, and the history is sealed", async () => {
   await withService(async (service, dir) => {
     const homes = { alice: join(dir, "alice"), bob: join(dir, "bob") };
     for (const [name, home] of Object.entries(homes)) {
@@ -199,6 +199,21 @@ Deno.test("a chat starts with an encrypted key and connects to a peer: the key i
       await bob.expect({ type: "message", from: "alice", text: "hello" });
     } finally {
       await Promise.all([alice.stop(), bob.stop()]);
+    }
+    // The history is sealed on disk, and a restarted chat (with the passphrase) reads it.
+    const history = await Deno.readTextFile(join(homes.bob, "history", "alice.jsonl"));
+    assert.ok(!history.includes("hello"), "a message in the clear in the history");
+    for (const line of history.trimEnd().split("\n")) assert.match(line, /^\{"e":"[^"]+"\}$/);
+    const again = await ChatClient.start({ name: "bob", home: homes.bob }, { env });
+    try {
+      await again.send("/history alice");
+      const shown = await again.expect({ type: "history", peer: "alice" });
+      assert.deepEqual(
+        (shown.entries as Array<{ text?: string }>).map((e) => e.text),
+        ["hello"],
+      );
+    } finally {
+      await again.stop();
     }
     // No unencrypted key anywhere in the homes.
     for (const home of Object.values(homes)) {
