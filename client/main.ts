@@ -17,7 +17,7 @@ import {
 import { E2eError } from "../lib/errors.ts";
 import { resolveHome, resolveUserPath } from "../lib/home.ts";
 import { readPassphrase } from "../lib/passphrase.ts";
-import { unlockKey } from "../lib/keys.ts";
+import { isEncryptedKey, unlockKey } from "../lib/keys.ts";
 import { exists } from "../lib/fs.ts";
 import { Chat } from "./chat.ts";
 import type { ChatEvent } from "./events.ts";
@@ -425,10 +425,22 @@ async function passwd(args: string[]): Promise<number> {
     throw new E2eError("ERR_USAGE", "passwd takes --remove or --new-passphrase-file, not both");
   }
   const home = resolveHome(values.home);
-  const id = await Identity.load(home); // the key stays locked: only its state is needed here
-  const passphrase = id.keyEncrypted ? await keyPassphrase(values["passphrase-file"])() : undefined;
+  // Only the key: this works in a home that has just made a request (`csr`) too.
+  const keyPath = new ClientHome(home).id.key;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(keyPath);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    throw new E2eError("ERR_NOT_ENROLLED", `No key at "${keyPath}"`, {
+      hint: "join first: deno task client join",
+    });
+  }
+  const passphrase = isEncryptedKey(text)
+    ? await keyPassphrase(values["passphrase-file"])()
+    : undefined;
   // The current passphrase is checked before a new one is asked for.
-  await unlockKey(id.keyPath, { passphrase, what: `your key "${id.keyPath}"` });
+  await unlockKey(keyPath, { passphrase, what: `your key "${keyPath}"` });
   const newPassphrase = values.remove ? undefined : await readPassphrase({
     file: values["new-passphrase-file"],
     envVar: NEW_PASSPHRASE_ENV,
@@ -436,7 +448,7 @@ async function passwd(args: string[]): Promise<number> {
     confirm: true,
     hint: `set ${NEW_PASSPHRASE_ENV}, pass --new-passphrase-file FILE, or --remove`,
   });
-  const { keyPath, encrypted } = await changePassphrase(home, { passphrase, newPassphrase });
+  const { encrypted } = await changePassphrase(home, { passphrase, newPassphrase });
   await out(
     encrypted
       ? `Your key "${keyPath}" is encrypted under the new passphrase\n`

@@ -153,7 +153,7 @@ Deno.test("passwd encrypts a plain key, changes the passphrase and removes it, c
   });
 });
 
-Deno.test("csr --encrypt-key with E2E_CHAT_PASSPHRASE writes an encrypted key and a request openssl verifies", async () => {
+Deno.test("csr --encrypt-key with E2E_CHAT_PASSPHRASE writes an encrypted key and a request openssl verifies; passwd works on that key alone", async () => {
   await withService(async (_service, dir) => {
     const home = join(dir, "dave");
     const result = await client(home, ["csr", "dave", "--encrypt-key"], {
@@ -164,6 +164,13 @@ Deno.test("csr --encrypt-key with E2E_CHAT_PASSPHRASE writes an encrypted key an
     assert.match(await Deno.readTextFile(keyPath), /^-----BEGIN ENCRYPTED PRIVATE KEY-----/);
     assert.ok(await pkeyReads(keyPath, KEY_PASSPHRASE));
     await openssl(["req", "-in", join(home, "id", "request.csr"), "-verify", "-noout"]);
+    // passwd needs only the key, so it works before the request is signed.
+    const off = await client(home, ["passwd", "--remove"], { E2E_CHAT_PASSPHRASE: KEY_PASSPHRASE });
+    assertSuccess(off, "passwd --remove in a csr-only home");
+    assert.ok(await pkeyReads(keyPath));
+    const none = await client(join(dir, "nobody"), ["passwd", "--remove"]);
+    assert.equal(none.code, 1);
+    assert.match(none.stderr, /^e2e-chat: error: No key at ".*nobody\/id\/key\.pem"\n/);
     const noTerminal = await client(join(dir, "erin"), ["csr", "erin", "--encrypt-key"]);
     assert.equal(noTerminal.code, 1);
     assert.match(
