@@ -88,6 +88,11 @@ export class CaClient {
     this.#own = own;
   }
 
+  /** Authenticates later requests with `own` instead (after a renewal). */
+  useCredentials(own: Credentials): void {
+    this.#own = own;
+  }
+
   /** POST /v1/enroll */
   async enroll(token: string, csr: string): Promise<CertificateReply> {
     return await this.#json("POST", "/v1/enroll", { token, csr }) as CertificateReply;

@@ -29,6 +29,7 @@ import { History, type HistoryEntry } from "./history.ts";
 import type { Identity } from "./identity.ts";
 import { Invitations } from "./invitations.ts";
 import { PeerConnection, type PeerEvents } from "./peer.ts";
+import { Renewal, type RenewalOptions } from "./renewal.ts";
 import { Revocation } from "./revocation.ts";
 import { LogMonitor } from "./transparency.ts";
 import { type KeyState, safetyNumber, TrustStore } from "./trust.ts";
@@ -43,6 +44,12 @@ export interface ChatOptions {
   downloads?: string;
   /** A first event listener (more with {@linkcode Chat.on}). Default: none. */
   onEvent?: (event: CoreEvent) => void;
+  /**
+   * The background renewal of our certificate (client/renewal.ts); its `clock` is for tests
+   * only. Default: renew once a third of the life is left, retry with backoff from 30 s to
+   * 30 min, warn after 3 failures in a row or below a tenth of the life.
+   */
+  renewal?: Omit<RenewalOptions, "onWarning">;
 }
 
 /** A listener of core events. */
@@ -84,29 +91,40 @@ export class Chat {
   #retryTimer?: ReturnType<typeof setTimeout>;
   #watching = false;
   #stopped = false;
+  #renewal: Renewal;
 
-  private constructor(id: Identity, options: ChatOptions, trust: TrustStore, log: LogMonitor) {
+  private constructor(
+    id: Identity,
+    options: ChatOptions,
+    state: { trust: TrustStore; log: LogMonitor; ca: CaClient },
+  ) {
+    const { trust, log } = state;
     this.#id = id;
-    this.#ca = id.client();
+    // One CA client for everything (log, CRL, invitations), so a renewal moves them all at once.
+    this.#ca = state.ca;
     this.#downloads = options.downloads ?? id.home.downloads;
     this.#trust = trust;
     this.#log = log;
     if (options.onEvent) this.#listeners.add(options.onEvent);
-    this.#server = tls.createServer(
-      serverOptions(id.credentials, id.anchor, {
-        requireCert: true,
-        alpn: [ALPN],
-        tls13Only: true,
-      }),
-    );
+    this.#server = tls.createServer(this.#serverTls());
     const warn = (message: string) => this.#emit({ type: "warning", message });
+    this.#renewal = new Renewal(() => this.#id.certificate, () => this.#renew(), {
+      ...options.renewal,
+      onWarning: warn,
+    });
     this.#revocation = new Revocation({
       fetch: () => this.#ca.crl(),
       issuer: id.anchor.x509,
       onUpdate: () => this.#dropRevoked(),
       onWarning: warn,
     });
-    this.#history = new History(id.home.history, { self: id.name, onWarning: warn });
+    // Sealed when the key is encrypted; a key decrypted later still reads what was sealed.
+    this.#history = new History(id.home.history, {
+      self: id.name,
+      onWarning: warn,
+      key: id.historyKey(),
+      seal: id.keyEncrypted,
+    });
     this.#invitations = new Invitations(this.#ca, {
       onInvite: (i) => this.#emit({ type: "invite", from: i.from }),
       onWarning: warn,
@@ -132,10 +150,11 @@ export class Chat {
   static async start(id: Identity, options: ChatOptions = {}): Promise<Chat> {
     let emit: (alarm: { message: string; serial?: string; fingerprint?: string }) => void =
       () => {};
-    const log = await LogMonitor.open(id.home.logState, id.anchor, id.client(), {
+    const ca = id.client();
+    const log = await LogMonitor.open(id.home.logState, id.anchor, ca, {
       onAlarm: (alarm) => emit(alarm),
     });
-    const chat = new Chat(id, options, await TrustStore.load(id.home.root), log);
+    const chat = new Chat(id, options, { trust: await TrustStore.load(id.home.root), log, ca });
     emit = (alarm) => chat.#emit({ type: "log_alarm", ...alarm });
     await removeStalePartials(chat.#downloads);
     await chat.#revocation.refresh();
@@ -152,6 +171,7 @@ export class Chat {
     for (const alarm of log.alarms) emit(alarm);
     chat.#watchLog();
     chat.#watchTimer = setInterval(() => chat.#watchLog(), LOG_WATCH_MS);
+    chat.#renewal.start();
     return chat;
   }
 
@@ -404,6 +424,7 @@ export class Chat {
     this.#stopped = true;
     clearInterval(this.#watchTimer);
     clearTimeout(this.#retryTimer);
+    this.#renewal.stop();
     this.#invitations.stop();
     this.#revocation.stop();
     for (const { conn } of this.#peers.values()) conn.close("we quit");
@@ -413,6 +434,23 @@ export class Chat {
       new Promise<void>((resolve) => setTimeout(resolve, 1_000)),
     ]);
     await this.#history.flush();
+  }
+
+  #serverTls(): tls.TlsOptions {
+    return serverOptions(this.#id.credentials, this.#id.anchor, {
+      requireCert: true,
+      alpn: [ALPN],
+      tls13Only: true,
+    });
+  }
+
+  // A new certificate for our key, in the issuance log, presented from now on: by the listener
+  // (new handshakes; connected peers keep their sessions), by new outgoing connections and to
+  // the CA. The key is the same, so peers' pins stay valid.
+  async #renew(): Promise<void> {
+    const id = await this.#id.renew({ ca: this.#ca, log: this.#log });
+    this.#id = id;
+    this.#server.setSecureContext(this.#serverTls());
   }
 
   async #listenOn(host: string, port: number): Promise<void> {

@@ -5,8 +5,17 @@
  * older file is kept); a torn last line (a crash in the middle of a write) is
  * skipped with a warning, never fatal. docs/PROTOCOL.md §7 is the format.
  *
+ * When the client's key is encrypted, each line is sealed on its own with
+ * AES-256-GCM (a fresh 96-bit nonce per line, the conversation's name as
+ * associated data, so a line cannot be moved to another conversation) and
+ * stays one JSON line, `{"e":"<base64 nonce‖ciphertext‖tag>"}`: appending,
+ * rotation and the torn-line rule are unchanged, and plain and sealed lines
+ * can follow each other in a file (a key encrypted later, or decrypted).
+ *
  * @module
  */
+import { Buffer } from "node:buffer";
+import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { ensurePrivateDir } from "../lib/fs.ts";
 
@@ -57,6 +66,14 @@ export interface HistoryOptions {
   maxBytes?: number;
   /** Called with a message when a file had a torn or unreadable line. Default: none. */
   onWarning?: (message: string) => void;
+  /**
+   * The 32-byte key of sealed lines (AES-256-GCM): sealed lines are read with it, and new lines
+   * sealed with it unless `seal` is false. Default: none — lines are written plain, and sealed
+   * ones cannot be read.
+   */
+  key?: Uint8Array;
+  /** Seal new lines with `key`. Default: true (when there is a key). */
+  seal?: boolean;
 }
 
 const DEFAULT_MAX_BYTES = 4 * 1024 * 1024;
@@ -131,7 +148,7 @@ export class History {
     const entries: HistoryEntry[] = [];
     const ours = new Map<string, HistoryEntry>(); // our latest entry of each id, for acks
     for (const file of [this.#file(peer, 1), this.#file(peer, 0)]) {
-      for (const record of await this.#records(file)) {
+      for (const record of await this.#records(file, peer)) {
         if (record.t === "ack") {
           const entry = ours.get(record.id);
           if (entry) {
@@ -210,7 +227,12 @@ export class History {
 
   // Lines of one turn of the event loop leave in one write per conversation.
   #append(peer: string, record: HistoryRecord): void {
-    this.#pending.set(peer, (this.#pending.get(peer) ?? "") + JSON.stringify(record) + "\n");
+    const json = JSON.stringify(record);
+    const { key } = this.#options;
+    const line = key && this.#options.seal !== false
+      ? JSON.stringify({ e: seal(key, peer, json) })
+      : json;
+    this.#pending.set(peer, (this.#pending.get(peer) ?? "") + line + "\n");
     this.#schedule(false);
   }
 
@@ -258,7 +280,7 @@ export class History {
     this.#sizes.set(peer, size + out.length);
   }
 
-  async #records(file: string): Promise<HistoryRecord[]> {
+  async #records(file: string, peer: string): Promise<HistoryRecord[]> {
     let text: string;
     try {
       text = await Deno.readTextFile(file);
@@ -269,17 +291,66 @@ export class History {
     const lines = text.split("\n");
     const out: HistoryRecord[] = [];
     let bad = 0;
+    let sealed = 0;
     for (const [i, line] of lines.entries()) {
       if (!line) continue;
-      const record = parseRecord(line);
+      const opened = this.#open(line, peer);
+      const record = opened === null ? undefined : parseRecord(opened);
       if (record) out.push(record);
+      else if (opened === null) sealed++;
       else if (i === lines.length - 1) {
         this.#options.onWarning?.(`Skipped a torn last line in "${file}" (a write cut short)`);
       } else bad++;
     }
     if (bad) this.#options.onWarning?.(`Skipped ${bad} unreadable line(s) in "${file}"`);
+    if (sealed) {
+      this.#options.onWarning?.(
+        `Skipped ${sealed} encrypted line(s) in "${file}" that this key cannot open`,
+      );
+    }
     return out;
   }
+
+  // The JSON of a line: a plain line as it is, a sealed one opened (null when it cannot be).
+  #open(line: string, peer: string): string | null {
+    if (!line.startsWith('{"e":')) return line;
+    let e: unknown;
+    try {
+      e = JSON.parse(line).e;
+    } catch {
+      return line; // torn: parseRecord refuses it, and the torn-line rule applies
+    }
+    const { key } = this.#options;
+    if (typeof e !== "string" || !key) return null;
+    try {
+      return open(key, peer, e);
+    } catch {
+      return null;
+    }
+  }
+}
+
+const NONCE_BYTES = 12;
+const TAG_BYTES = 16;
+
+function seal(key: Uint8Array, peer: string, text: string): string {
+  const nonce = randomBytes(NONCE_BYTES);
+  const cipher = createCipheriv("aes-256-gcm", key, nonce);
+  cipher.setAAD(Buffer.from(`e2e-chat history v1\n${peer}`));
+  const body = Buffer.concat([cipher.update(text, "utf8"), cipher.final()]);
+  return Buffer.concat([nonce, body, cipher.getAuthTag()]).toString("base64");
+}
+
+function open(key: Uint8Array, peer: string, sealed: string): string {
+  const bytes = Buffer.from(sealed, "base64");
+  if (bytes.length < NONCE_BYTES + TAG_BYTES) throw new RangeError("too short");
+  const decipher = createDecipheriv("aes-256-gcm", key, bytes.subarray(0, NONCE_BYTES));
+  decipher.setAAD(Buffer.from(`e2e-chat history v1\n${peer}`));
+  decipher.setAuthTag(bytes.subarray(bytes.length - TAG_BYTES));
+  return Buffer.concat([
+    decipher.update(bytes.subarray(NONCE_BYTES, bytes.length - TAG_BYTES)),
+    decipher.final(),
+  ]).toString("utf8");
 }
 
 async function endsWithNewline(file: string, size: number): Promise<boolean> {

@@ -108,3 +108,93 @@ Deno.test("History keeps any conversation name inside its folder", async () => {
     assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["history"]);
   });
 });
+
+const KEY = new Uint8Array(32).fill(7);
+
+Deno.test("History with a key seals every line (AES-256-GCM): nothing readable on disk, all of it read back", async () => {
+  await withTempDir(async (dir) => {
+    const folder = join(dir, "history");
+    const history = new History(folder, { self: "alice", key: KEY });
+    history.message({ id: "a-1", from: "alice", to: "bob", text: "the ledger is under the mill" });
+    history.file({ id: "b-1", from: "bob", to: "alice", name: "plan.pdf", path: "/d/p", bytes: 9 });
+    history.delivered("bob", "a-1", 2);
+    await history.flush();
+    const disk = await Deno.readTextFile(join(folder, "bob.jsonl"));
+    const lines = disk.trimEnd().split("\n");
+    assert.equal(lines.length, 3);
+    for (const line of lines) assert.match(line, /^\{"e":"[A-Za-z0-9+/]+=*"\}$/);
+    for (const secret of ["ledger", "plan.pdf", "alice", "a-1"]) assert.ok(!disk.includes(secret));
+    const again = new History(folder, { self: "alice", key: KEY });
+    assert.deepEqual(
+      (await again.read("bob")).map((e) => [e.from, e.text ?? e.file?.name, e.state]),
+      [["alice", "the ledger is under the mill", "delivered"], ["bob", "plan.pdf", undefined]],
+    );
+  });
+});
+
+Deno.test("History opens plain and sealed lines in one file; sealed lines without the right key, or moved to another conversation, are skipped with a warning", async () => {
+  await withTempDir(async (dir) => {
+    const folder = join(dir, "history");
+    const plain = new History(folder, { self: "alice" });
+    plain.message({ id: "1", from: "bob", to: "alice", text: "before the key was encrypted" });
+    await plain.flush();
+    const sealed = new History(folder, { self: "alice", key: KEY });
+    sealed.message({ id: "2", from: "bob", to: "alice", text: "after" });
+    await sealed.flush();
+    // After `passwd --remove` the key still opens the sealed lines; new ones are plain.
+    const unsealed = new History(folder, { self: "alice", key: KEY, seal: false });
+    unsealed.message({ id: "3", from: "bob", to: "alice", text: "plain again" });
+    assert.deepEqual((await unsealed.read("bob")).map((e) => e.text), [
+      "before the key was encrypted",
+      "after",
+      "plain again",
+    ]);
+
+    const warnings: string[] = [];
+    const wrong = new History(folder, {
+      self: "alice",
+      key: new Uint8Array(32).fill(8),
+      onWarning: (m) => warnings.push(m),
+    });
+    assert.deepEqual((await wrong.read("bob")).map((e) => e.text), [
+      "before the key was encrypted",
+      "plain again",
+    ]);
+    assert.match(warnings.join("\n"), /Skipped 1 encrypted line\(s\) in ".*bob\.jsonl" that this/);
+
+    // A sealed line copied into carol's conversation does not open there.
+    const line = (await Deno.readTextFile(join(folder, "bob.jsonl"))).split("\n")[1];
+    await Deno.writeTextFile(join(folder, "carol.jsonl"), line + "\n", { mode: 0o600 });
+    warnings.length = 0;
+    const moved = new History(folder, {
+      self: "alice",
+      key: KEY,
+      onWarning: (m) => warnings.push(m),
+    });
+    assert.deepEqual(await moved.read("carol"), []);
+    assert.match(warnings.join("\n"), /Skipped 1 encrypted line/);
+  });
+});
+
+Deno.test("History skips a torn sealed last line with a warning, and the next sealed line starts on its own line", async () => {
+  await withTempDir(async (dir) => {
+    const folder = join(dir, "history");
+    const first = new History(folder, { self: "alice", key: KEY });
+    first.message({ id: "1", from: "alice", to: "bob", text: "kept" });
+    first.message({ id: "2", from: "alice", to: "bob", text: "torn" });
+    await first.flush();
+    const file = join(folder, "bob.jsonl");
+    const text = await Deno.readTextFile(file);
+    await Deno.writeTextFile(file, text.slice(0, text.length - 20)); // a crash mid-write
+    const warnings: string[] = [];
+    const second = new History(folder, {
+      self: "alice",
+      key: KEY,
+      onWarning: (m) => warnings.push(m),
+    });
+    assert.deepEqual((await second.read("bob")).map((e) => e.text), ["kept"]);
+    assert.match(warnings.join("\n"), /torn last line/);
+    second.message({ id: "3", from: "bob", to: "alice", text: "after the crash" });
+    assert.deepEqual((await second.read("bob")).map((e) => e.text), ["kept", "after the crash"]);
+  });
+});

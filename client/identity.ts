@@ -1,16 +1,17 @@
 /**
  * The client's identity under `HOME/id/` (0700): `key.pem` (0600, never sent
- * anywhere), `cert.pem`, `ca.crt` (the pinned CA) and `identity.json`. Joining
- * builds it in a private staging folder and renames it into place, so a failed
- * join leaves nothing behind.
+ * anywhere; encrypted under a passphrase if the user chose one), `cert.pem`,
+ * `ca.crt` (the pinned CA) and `identity.json`. Joining builds it in a private
+ * staging folder and renames it into place, so a failed join leaves nothing
+ * behind. An encrypted key is decrypted in memory only, for TLS and renewal.
  *
  * @module
  */
-import { createPrivateKey, createPublicKey } from "node:crypto";
+import { createPrivateKey, createPublicKey, hkdfSync } from "node:crypto";
 import { dirname } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
-import { generateKey, makeRequest } from "../lib/keys.ts";
+import { generateKey, isEncryptedKey, makeRequest, unlockKey } from "../lib/keys.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { checkPeer, type Credentials, type TrustAnchor, trustAnchor } from "../lib/tls.ts";
 import { type CertificateInfo, keyFingerprint, parseCertificate } from "../lib/x509.ts";
@@ -28,6 +29,19 @@ interface IdentityRecord {
   keyType: ClientKeyType;
 }
 
+/** Where the passphrase of an encrypted key comes from: asked only when the key is encrypted. */
+export type PassphraseSource = () => Promise<string>;
+
+/** Options of {@linkcode Identity.load}. */
+export interface LoadOptions {
+  /**
+   * Gives the passphrase of an encrypted key; called only when the key is encrypted.
+   * Default: none — an encrypted key then stays locked ({@linkcode Identity.credentials} throws),
+   * which is enough for `whoami`.
+   */
+  passphrase?: PassphraseSource;
+}
+
 /** An enrolled client. */
 export class Identity {
   /** HOME/id */
@@ -40,20 +54,56 @@ export class Identity {
   readonly certificate: CertificateInfo;
   /** The pinned CA. */
   readonly anchor: TrustAnchor;
-  /** Our key and certificate, PEM, for mutual TLS. */
-  readonly credentials: Credentials;
   /** SHA-256 of the CA certificate. */
   readonly caFingerprint: string;
+  /** Whether key.pem is encrypted under a passphrase. */
+  readonly keyEncrypted: boolean;
+  #key?: string;
+  #cert: string;
+  // Kept for renewal only: openssl needs it to sign a request with the encrypted key.
+  #passphrase?: string;
 
-  private constructor(dir: string, record: IdentityRecord, credentials: Credentials, ca: string) {
+  private constructor(
+    dir: string,
+    record: IdentityRecord,
+    key: { pem?: string; encrypted: boolean; passphrase?: string },
+    cert: string,
+    ca: string,
+  ) {
     this.dir = dir;
     this.name = record.name;
     this.caUrl = record.caUrl;
     this.caFingerprint = record.caFingerprint;
-    this.credentials = credentials;
+    this.keyEncrypted = key.encrypted;
+    this.#key = key.pem;
+    this.#passphrase = key.passphrase;
+    this.#cert = cert;
     this.anchor = trustAnchor(ca);
     // Not checkPeer: an expired certificate must still load, so whoami can say it expired.
-    this.certificate = parseCertificate(credentials.cert);
+    this.certificate = parseCertificate(cert);
+  }
+
+  /**
+   * Our key (unencrypted, in memory only) and certificate, PEM, for mutual TLS.
+   * Throws `ERR_PASSPHRASE_REQUIRED` when the key is encrypted and was loaded without a passphrase.
+   */
+  get credentials(): Credentials {
+    if (this.#key === undefined) {
+      throw new E2eError("ERR_PASSPHRASE_REQUIRED", "Your key is encrypted and was not unlocked", {
+        hint: "give its passphrase with --passphrase-file FILE, E2E_CHAT_PASSPHRASE or the prompt",
+      });
+    }
+    return { key: this.#key, cert: this.#cert };
+  }
+
+  /**
+   * The 32-byte key that seals the history (client/history.ts): HKDF-SHA256 over our private
+   * key (PKCS#8 DER), so the passphrase that unlocks the key unlocks the history, and changing
+   * the passphrase rewrites nothing else. Throws like {@linkcode credentials} while locked.
+   */
+  historyKey(): Uint8Array {
+    const der = createPrivateKey(this.credentials.key).export({ type: "pkcs8", format: "der" });
+    return new Uint8Array(hkdfSync("sha256", der, new Uint8Array(0), "e2e-chat history v1", 32));
   }
 
   /** The key file. */
@@ -69,8 +119,11 @@ export class Identity {
     return new IdFolder(this.dir).caCert;
   }
 
-  /** Loads the identity under `home`; throws `ERR_NOT_ENROLLED` when there is none. */
-  static async load(home: string): Promise<Identity> {
+  /**
+   * Loads the identity under `home`; throws `ERR_NOT_ENROLLED` when there is none, and
+   * `ERR_BAD_PASSPHRASE` when the passphrase given does not unlock an encrypted key.
+   */
+  static async load(home: string, options: LoadOptions = {}): Promise<Identity> {
     const { id } = new ClientHome(home);
     const dir = id.dir;
     let record: IdentityRecord;
@@ -84,10 +137,16 @@ export class Identity {
       }
       throw new E2eError("ERR_FILE", `Cannot read "${id.record}"`, { cause: e });
     }
+    const encrypted = isEncryptedKey(await Deno.readTextFile(id.key));
+    const passphrase = encrypted && options.passphrase ? await options.passphrase() : undefined;
+    const pem = !encrypted || passphrase !== undefined
+      ? await unlockKey(id.key, { passphrase, what: `your key "${id.key}"` })
+      : undefined;
     return new Identity(
       dir,
       record,
-      { key: await Deno.readTextFile(id.key), cert: await Deno.readTextFile(id.cert) },
+      { pem, encrypted, passphrase },
+      await Deno.readTextFile(id.cert),
       await Deno.readTextFile(id.caCert),
     );
   }
@@ -108,24 +167,54 @@ export class Identity {
     return new ClientHome(dirname(this.dir));
   }
 
-  /** Gets a new certificate for the same key (so peers' pinned key fingerprints stay valid). */
-  async renew(): Promise<Identity> {
-    const csr = await makeRequest(this.keyPath, this.name);
-    const reply = await this.client().renew(csr);
-    const cert = checkIssued(reply, this.anchor, this.name, this.credentials.key);
+  /**
+   * Gets a new certificate for the same key (so peers' pinned key fingerprints stay valid),
+   * checked to be in the CA's issuance log, and stores it; returns the renewed identity (the
+   * key stays unlocked).
+   */
+  async renew(options: RenewOptions = {}): Promise<Identity> {
+    const { key } = this.credentials;
+    const csr = await makeRequest(this.keyPath, this.name, { passphrase: this.#passphrase });
+    const reply = await (options.ca ?? this.client()).renew(csr);
+    const cert = checkIssued(reply, this.anchor, this.name, key);
     // Our own certificate too is accepted only once it is in the CA's issuance log.
     // (asked with the new certificate: the old one was just superseded)
-    const ca = new CaClient(this.caUrl, this.anchor, { key: this.credentials.key, cert });
-    await checkLogged(this.home, this.anchor, ca, cert, reply);
+    if (options.ca && options.log) {
+      options.ca.useCredentials({ key, cert });
+      await options.log.checkCertificate(pemDecode(cert, "CERTIFICATE")!, reply.log);
+    } else {
+      const ca = new CaClient(this.caUrl, this.anchor, { key, cert });
+      await checkLogged(this.home, this.anchor, ca, cert, reply);
+    }
     await writeFileAtomic(this.certPath, cert, { mode: 0o644 });
-    return await Identity.load(dirname(this.dir));
+    const passphrase = this.#passphrase;
+    return await Identity.load(dirname(this.dir), {
+      passphrase: passphrase === undefined ? undefined : () => Promise.resolve(passphrase),
+    });
   }
+}
+
+/** Options of {@linkcode Identity.renew}. */
+export interface RenewOptions {
+  /**
+   * A running client's CA client: it asks for the renewal and moves to the new certificate at
+   * once (the CA refuses the old one from then on). Default: a new one.
+   */
+  ca?: CaClient;
+  /**
+   * A running client's view of the issuance log (using `ca`), which checks that the new
+   * certificate is logged; with both, HOME/log.json has one writer. Default: HOME/log.json
+   * opened afresh.
+   */
+  log?: LogMonitor;
 }
 
 /** Options of {@linkcode enroll}. */
 export interface JoinOptions {
   /** Key type. Default: "ec-p256". */
   keyType?: ClientKeyType;
+  /** Encrypt the new key under this passphrase (scrypt, AES-256; lib/keys.ts). Default: unencrypted. */
+  passphrase?: string;
 }
 
 /**
@@ -159,10 +248,11 @@ export async function enroll(
   try {
     const staged = new IdFolder(stage);
     const keyPath = staged.key;
-    await generateKey(keyPath, keyType);
-    const csr = await makeRequest(keyPath, invite.name);
+    const { passphrase } = options;
+    await generateKey(keyPath, keyType, { passphrase, kdf: "scrypt" });
+    const csr = await makeRequest(keyPath, invite.name, { passphrase });
     const reply = await new CaClient(invite.caUrl, anchor).enroll(invite.token, csr);
-    const key = await Deno.readTextFile(keyPath);
+    const key = await unlockKey(keyPath, { passphrase });
     const cert = checkIssued(reply, anchor, invite.name, key);
     await checkLogged(
       new ClientHome(home),
@@ -189,7 +279,10 @@ export async function enroll(
     await Deno.remove(stage, { recursive: true }).catch(() => {});
     throw e;
   }
-  return await Identity.load(home);
+  const { passphrase } = options;
+  return await Identity.load(home, {
+    passphrase: passphrase === undefined ? undefined : () => Promise.resolve(passphrase),
+  });
 }
 
 async function checkLogged(

@@ -8,7 +8,7 @@
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
 import { checkName } from "../lib/names.ts";
-import { generateKey, makeRequest } from "../lib/keys.ts";
+import { encryptKey, generateKey, makeRequest, unlockKey } from "../lib/keys.ts";
 import { ClientHome } from "./home.ts";
 
 /** Key types a client can make. */
@@ -20,6 +20,8 @@ export type ClientKeyType = typeof CLIENT_KEY_TYPES[number];
 export interface KeyOptions {
   /** Key type. Default: "ec-p256". */
   keyType?: ClientKeyType;
+  /** Encrypt the key under this passphrase (scrypt, AES-256; lib/keys.ts). Default: unencrypted. */
+  passphrase?: string;
 }
 
 /**
@@ -46,8 +48,47 @@ export async function makeKeyAndCsr(
       hint: "use another --home for another identity",
     });
   }
-  await generateKey(paths.key, options.keyType ?? "ec-p256");
-  const csr = await makeRequest(paths.key, name);
+  const { passphrase } = options;
+  await generateKey(paths.key, options.keyType ?? "ec-p256", { passphrase, kdf: "scrypt" });
+  const csr = await makeRequest(paths.key, name, { passphrase });
   await writeFileAtomic(paths.csr, csr, { mode: 0o644 });
   return { keyPath: paths.key, csrPath: paths.csr, csr };
+}
+
+/** Options of {@linkcode changePassphrase}. */
+export interface ChangePassphraseOptions {
+  /** The current passphrase, when the key is encrypted. Default: none (an unencrypted key). */
+  passphrase?: string;
+  /** The new passphrase. Default: none — the key is stored unencrypted. */
+  newPassphrase?: string;
+}
+
+/**
+ * Re-encrypts `HOME/id/key.pem` under a new passphrase, or stores it unencrypted when none is
+ * given. The new file is written beside the key and renamed over it, so a crash leaves either
+ * the old key or the new one, each readable; the key itself (and so the certificate) is the same.
+ * Throws `ERR_BAD_PASSPHRASE` when `passphrase` does not unlock the key.
+ *
+ * @example
+ * ```ts
+ * import { changePassphrase } from "./keys.ts";
+ * await changePassphrase("/tmp/alice", { passphrase: "old passphrase", newPassphrase: "new one!" });
+ * ```
+ */
+export async function changePassphrase(
+  home: string,
+  options: ChangePassphraseOptions = {},
+): Promise<{ keyPath: string; encrypted: boolean }> {
+  const { key } = new ClientHome(home).id;
+  if (!await exists(key)) {
+    throw new E2eError("ERR_NOT_ENROLLED", `No key at "${key}"`, {
+      hint: "join first: deno task client join",
+    });
+  }
+  const plain = await unlockKey(key, { passphrase: options.passphrase, what: `your key "${key}"` });
+  const next = options.newPassphrase === undefined
+    ? plain
+    : await encryptKey(plain, options.newPassphrase);
+  await writeFileAtomic(key, next, { mode: 0o600 });
+  return { keyPath: key, encrypted: options.newPassphrase !== undefined };
 }

@@ -17,6 +17,7 @@ import {
 import { E2eError } from "../lib/errors.ts";
 import { resolveHome, resolveUserPath } from "../lib/home.ts";
 import { readPassphrase } from "../lib/passphrase.ts";
+import { isEncryptedKey, unlockKey } from "../lib/keys.ts";
 import { exists } from "../lib/fs.ts";
 import { Chat } from "./chat.ts";
 import type { ChatEvent } from "./events.ts";
@@ -31,9 +32,9 @@ import { LogMonitor } from "./transparency.ts";
 import { checkName } from "../lib/names.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { checkPeer } from "../lib/tls.ts";
-import { enroll, Identity } from "./identity.ts";
+import { enroll, Identity, type PassphraseSource } from "./identity.ts";
 import { parseInvite } from "../lib/invite.ts";
-import { CLIENT_KEY_TYPES, type ClientKeyType, makeKeyAndCsr } from "./keys.ts";
+import { changePassphrase, CLIENT_KEY_TYPES, type ClientKeyType, makeKeyAndCsr } from "./keys.ts";
 
 const USAGE = `Usage: deno task client [command] [options]
 
@@ -45,40 +46,88 @@ Commands:
         prints the address to open (it holds this run's secret). --open hands
         it to the system browser (xdg-open, or open on macOS).
   join [INVITE | - | --invite-file FILE] [--key-type ec-p256|rsa-2048|ed25519]
+       [--encrypt-key] [--passphrase-file FILE]
         Enroll with the invite line your admin gave you. Without INVITE it is
         asked for (not echoed); "-" reads it from stdin. (On the command line it
         works too, but other local users can see it in the process list.)
         Checks the CA's fingerprint first, makes your key here (it never
-        leaves HOME/id).
+        leaves HOME/id). The key is encrypted under a passphrase with
+        --encrypt-key (asked for), --passphrase-file FILE or $E2E_CHAT_PASSPHRASE.
   whoami [--json]
         Your name, certificate fingerprint and validity, and where things are.
   lookup NAME [--json]
         NAME's certificate and fingerprint, from the CA's directory.
   renew
         A new certificate for your key.
+  passwd [--new-passphrase-file FILE | --remove]
+        Encrypt your key under a new passphrase (asked for twice, or from FILE or
+        $E2E_CHAT_NEW_PASSPHRASE), or with --remove store it unencrypted.
   audit [--json]
         Read the CA's whole issuance log, rebuild its tree and check it against
         the signed checkpoint; exit 1 if the CA issued a certificate for your
         name with a key that is not yours, or showed an inconsistent log.
-  csr NAME [--key-type ec-p256|rsa-2048|ed25519]
+  csr NAME [--key-type ec-p256|rsa-2048|ed25519] [--encrypt-key] [--passphrase-file FILE]
         Only make a key and a request, for an admin to sign by hand with
         deno task ca sign --name NAME HOME/id/request.csr
 
 Options:
-  --home DIR   State folder (default: $E2E_CHAT_HOME, else ~/.e2e-chat)
-  -h, --help   Show this help
+  --home DIR              State folder (default: $E2E_CHAT_HOME, else ~/.e2e-chat)
+  --passphrase-file FILE  The passphrase of an encrypted key is the first line of FILE
+                          (else $E2E_CHAT_PASSPHRASE, else a prompt); asked only when the key
+                          is encrypted, by every command that uses it
+  -h, --help              Show this help
 `;
 
 const COMMON = {
   home: { type: "string" },
   help: { type: "boolean", short: "h" },
+  "passphrase-file": { type: "string" },
 } as const;
+
+/** The environment variable holding the passphrase of the client's key. */
+const PASSPHRASE_ENV = "E2E_CHAT_PASSPHRASE";
+/** The environment variable holding the new passphrase for `passwd`. */
+const NEW_PASSPHRASE_ENV = "E2E_CHAT_NEW_PASSPHRASE";
+
+// Every command that uses the key asks for its passphrase this one way, and only if it is encrypted.
+function keyPassphrase(file: string | undefined): PassphraseSource {
+  return () =>
+    readPassphrase({
+      file,
+      envVar: PASSPHRASE_ENV,
+      label: "Passphrase of your key",
+      hint: `set ${PASSPHRASE_ENV} or pass --passphrase-file FILE`,
+    });
+}
+
+function loadIdentity(values: { home?: string; "passphrase-file"?: string }): Promise<Identity> {
+  return Identity.load(resolveHome(values.home), {
+    passphrase: keyPassphrase(values["passphrase-file"]),
+  });
+}
+
+// A new key is encrypted when the user asks for it or gives a passphrase; otherwise not, as before.
+async function newKeyPassphrase(
+  values: { "encrypt-key"?: boolean; "passphrase-file"?: string },
+): Promise<string | undefined> {
+  const file = values["passphrase-file"];
+  if (!values["encrypt-key"] && file === undefined && !Deno.env.get(PASSPHRASE_ENV)) {
+    return undefined;
+  }
+  return await readPassphrase({
+    file,
+    envVar: PASSPHRASE_ENV,
+    label: "New passphrase for your key",
+    confirm: true,
+    hint: `set ${PASSPHRASE_ENV} or pass --passphrase-file FILE`,
+  });
+}
 
 function main(args: string[]): Promise<number> {
   return dispatch(args, {
     program: "client",
     usage: USAGE,
-    commands: { join: joinCommand, chat, web, whoami, lookup, renew, csr, audit },
+    commands: { join: joinCommand, chat, web, whoami, lookup, renew, csr, audit, passwd },
     fallback: async (rest) => {
       if (rest.length || await exists(new ClientHome(resolveHome(undefined)).id.record)) {
         return await chat(rest);
@@ -94,6 +143,7 @@ async function joinCommand(args: string[]): Promise<number> {
     ...COMMON,
     "key-type": { type: "string" },
     "invite-file": { type: "string" },
+    "encrypt-key": { type: "boolean" },
   });
   if (values.help) return await help();
   if (positionals.length > 1) throw new E2eError("ERR_USAGE", "join takes one INVITE");
@@ -109,13 +159,16 @@ async function joinCommand(args: string[]): Promise<number> {
   );
   const identity = await enroll(resolveHome(values.home), invite, {
     keyType: keyType(values["key-type"]),
+    passphrase: await newKeyPassphrase(values),
   });
   await out(
     `Joined ${identity.caUrl} as "${identity.name}"\n` +
       `  CA fingerprint:          ${identity.caFingerprint} (matches the invite)\n` +
       `  certificate fingerprint: ${identity.certificate.fingerprint}\n` +
       `  valid until:             ${identity.certificate.notAfter.toISOString()}\n` +
-      `  key (never sent):        ${identity.keyPath}\n`,
+      `  key (never sent):        ${identity.keyPath}${
+        identity.keyEncrypted ? " (encrypted)" : ""
+      }\n`,
   );
   return 0;
 }
@@ -129,7 +182,7 @@ async function chat(args: string[]): Promise<number> {
   });
   if (values.help) return await help();
   noPositionals(positionals);
-  const id = await Identity.load(resolveHome(values.home));
+  const id = await loadIdentity(values);
   const show = values.json ? jsonEvent : undefined;
   const terminal = show ? undefined : new Terminal(id.name);
   const emit = show ?? ((e: ChatEvent) => terminal!.show(e));
@@ -159,7 +212,7 @@ async function web(args: string[]): Promise<number> {
       `--port takes a port number, not ${JSON.stringify(values.port)}`,
     );
   }
-  const id = await Identity.load(resolveHome(values.home));
+  const id = await loadIdentity(values);
   // Until the page's server runs, what the core says is kept for the first page.
   const early: ChatEvent[] = [];
   let forward = (e: ChatEvent): void => void early.push(e);
@@ -254,6 +307,7 @@ async function whoami(args: string[]): Promise<number> {
     expired: id.certificate.notAfter.getTime() <= Date.now(),
     certPath: id.certPath,
     keyPath: id.keyPath,
+    keyEncrypted: id.keyEncrypted,
     caPath: id.caPath,
     caUrl: id.caUrl,
     caFingerprint: id.caFingerprint,
@@ -268,7 +322,7 @@ async function whoami(args: string[]): Promise<number> {
       `  key fingerprint:         ${info.keyFingerprint}\n` +
       `  valid until:             ${info.notAfter}\n` +
       `  certificate:             ${info.certPath}\n` +
-      `  key:                     ${info.keyPath}\n` +
+      `  key:                     ${info.keyPath}${info.keyEncrypted ? " (encrypted)" : ""}\n` +
       `  CA:                      ${info.caUrl} (${info.caFingerprint})\n`,
   );
   return 0;
@@ -279,7 +333,7 @@ async function lookup(args: string[]): Promise<number> {
   if (values.help) return await help();
   if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "lookup needs exactly one NAME");
   const name = checkName(positionals[0]);
-  const id = await Identity.load(resolveHome(values.home));
+  const id = await loadIdentity(values);
   const reply = await id.client().lookup(name);
   // The directory's answer is checked like a peer: our CA, that name, valid now.
   const cert = checkPeer(pemDecode(reply.certificate, "CERTIFICATE"), id.anchor, { name });
@@ -308,7 +362,7 @@ async function audit(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, { ...COMMON, json: { type: "boolean" } });
   if (values.help) return await help();
   noPositionals(positionals);
-  const id = await Identity.load(resolveHome(values.home));
+  const id = await loadIdentity(values);
   const monitor = await LogMonitor.open(id.home.logState, id.anchor, id.client());
   // A revoked certificate for our name is harmless (peers refuse it): the CRL is needed.
   const revocation = new Revocation({ fetch: () => id.client().crl(), issuer: id.anchor.x509 });
@@ -342,7 +396,7 @@ async function renew(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, COMMON);
   if (values.help) return await help();
   noPositionals(positionals);
-  const id = await (await Identity.load(resolveHome(values.home))).renew();
+  const id = await (await loadIdentity(values)).renew();
   await out(
     `Renewed "${id.name}": valid until ${id.certificate.notAfter.toISOString()}\n` +
       `  certificate fingerprint: ${id.certificate.fingerprint}\n`,
@@ -351,13 +405,62 @@ async function renew(args: string[]): Promise<number> {
 }
 
 async function csr(args: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(args, { ...COMMON, "key-type": { type: "string" } });
+  const { values, positionals } = parseCommand(args, {
+    ...COMMON,
+    "key-type": { type: "string" },
+    "encrypt-key": { type: "boolean" },
+  });
   if (values.help) return await help();
   if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "csr needs exactly one NAME");
   const { csrPath } = await makeKeyAndCsr(resolveHome(values.home), positionals[0], {
     keyType: keyType(values["key-type"]),
+    passphrase: await newKeyPassphrase(values),
   });
   await out(`${csrPath}\n`);
+  return 0;
+}
+
+async function passwd(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, {
+    ...COMMON,
+    "new-passphrase-file": { type: "string" },
+    remove: { type: "boolean" },
+  });
+  if (values.help) return await help();
+  noPositionals(positionals);
+  if (values.remove && values["new-passphrase-file"] !== undefined) {
+    throw new E2eError("ERR_USAGE", "passwd takes --remove or --new-passphrase-file, not both");
+  }
+  const home = resolveHome(values.home);
+  // Only the key: this works in a home that has just made a request (`csr`) too.
+  const keyPath = new ClientHome(home).id.key;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(keyPath);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    throw new E2eError("ERR_NOT_ENROLLED", `No key at "${keyPath}"`, {
+      hint: "join first: deno task client join",
+    });
+  }
+  const passphrase = isEncryptedKey(text)
+    ? await keyPassphrase(values["passphrase-file"])()
+    : undefined;
+  // The current passphrase is checked before a new one is asked for.
+  await unlockKey(keyPath, { passphrase, what: `your key "${keyPath}"` });
+  const newPassphrase = values.remove ? undefined : await readPassphrase({
+    file: values["new-passphrase-file"],
+    envVar: NEW_PASSPHRASE_ENV,
+    label: "New passphrase for your key",
+    confirm: true,
+    hint: `set ${NEW_PASSPHRASE_ENV}, pass --new-passphrase-file FILE, or --remove`,
+  });
+  const { encrypted } = await changePassphrase(home, { passphrase, newPassphrase });
+  await out(
+    encrypted
+      ? `Your key "${keyPath}" is encrypted under the new passphrase\n`
+      : `Your key "${keyPath}" is stored unencrypted\n`,
+  );
   return 0;
 }
 

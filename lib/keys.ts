@@ -4,7 +4,9 @@
  *
  * @module
  */
+import { createPrivateKey } from "node:crypto";
 import { dirname, join } from "node:path";
+import { E2eError } from "./errors.ts";
 import { openssl, PASSPHRASE_ARG } from "./openssl.ts";
 
 /** Every key type e2e-chat makes. */
@@ -14,6 +16,12 @@ export type KeyType = "rsa-4096" | "rsa-2048" | "ec-p256" | "ed25519";
 export interface GenerateKeyOptions {
   /** Encrypt the key with AES-256 under this passphrase. Default: unencrypted. */
   passphrase?: string;
+  /**
+   * How the key is encrypted: "genpkey" is openssl genpkey's own `-aes-256-cbc` (PBKDF2 with
+   * openssl's default 2048 iterations, what the CA key has always used); "scrypt" is
+   * {@linkcode encryptKey}'s format. Default: "genpkey".
+   */
+  kdf?: "genpkey" | "scrypt";
 }
 
 /**
@@ -34,10 +42,23 @@ export async function generateKey(
   options: GenerateKeyOptions = {},
 ): Promise<void> {
   const args = ["genpkey", ...ALGORITHMS[type]];
-  if (options.passphrase !== undefined) args.push("-aes-256-cbc", "-pass", PASSPHRASE_ARG);
+  const scrypt = options.passphrase !== undefined && options.kdf === "scrypt";
+  if (options.passphrase !== undefined && !scrypt) {
+    args.push("-aes-256-cbc", "-pass", PASSPHRASE_ARG);
+  }
   const scratch = await Deno.makeTempDir({ dir: dirname(path), prefix: ".keygen-" });
   try {
-    await openssl([...args, "-out", "key.pem"], { cwd: scratch, passphrase: options.passphrase });
+    if (scrypt) {
+      // The plain key goes from one openssl to the other through memory, never a file.
+      const { stdout } = await openssl(args);
+      await Deno.writeTextFile(
+        join(scratch, "key.pem"),
+        await encryptKey(new TextDecoder().decode(stdout), options.passphrase!),
+        { mode: 0o600 },
+      );
+    } else {
+      await openssl([...args, "-out", "key.pem"], { cwd: scratch, passphrase: options.passphrase });
+    }
     await Deno.chmod(join(scratch, "key.pem"), 0o600);
     await Deno.link(join(scratch, "key.pem"), path); // link() fails rather than clobber a key
   } finally {
@@ -72,6 +93,75 @@ export async function makeRequest(
     "/dev/null",
   ], { passphrase: options.passphrase });
   return new TextDecoder().decode(stdout);
+}
+
+/**
+ * The key-derivation parameters of {@linkcode encryptKey}: scrypt with N = 2^14, r = 8, p = 5
+ * (one of OWASP's equivalent scrypt settings). N stays at 2^14 because openssl refuses, when
+ * reading a key, any scrypt setting that needs more than 32 MiB; p = 5 buys the work back.
+ */
+export const KEY_SCRYPT = { N: 16384, r: 8, p: 5 } as const;
+
+/**
+ * Encrypts the private key `pem` under `passphrase`: PKCS#8 (`ENCRYPTED PRIVATE KEY`), PBES2 with
+ * scrypt ({@linkcode KEY_SCRYPT}) and AES-256-CBC, made by `openssl pkcs8 -topk8`. Readable by
+ * `openssl pkey -passin …` and node:crypto's `createPrivateKey({ key, passphrase })`.
+ *
+ * @example
+ * ```ts
+ * import { encryptKey } from "./keys.ts";
+ * const encrypted = await encryptKey(await Deno.readTextFile("/tmp/key.pem"), "a long passphrase");
+ * ```
+ */
+export async function encryptKey(pem: string, passphrase: string): Promise<string> {
+  const { stdout } = await openssl([
+    ...["pkcs8", "-topk8", "-scrypt"],
+    ...["-scrypt_N", String(KEY_SCRYPT.N), "-scrypt_r", String(KEY_SCRYPT.r)],
+    ...["-scrypt_p", String(KEY_SCRYPT.p), "-v2", "aes-256-cbc", "-passout", PASSPHRASE_ARG],
+  ], { stdin: pem, passphrase });
+  return new TextDecoder().decode(stdout);
+}
+
+/** Whether the PEM `text` holds an encrypted private key. */
+export function isEncryptedKey(text: string): boolean {
+  return /-----BEGIN (ENCRYPTED PRIVATE KEY|[A-Z ]*PRIVATE KEY-----\r?\nProc-Type: 4,ENCRYPTED)/
+    .test(text);
+}
+
+/** Options of {@linkcode unlockKey}. */
+export interface UnlockKeyOptions {
+  /** The passphrase of an encrypted key. Default: none (the key must be unencrypted). */
+  passphrase?: string;
+  /** How the key is named in messages. Default: `the key "<path>"`. */
+  what?: string;
+}
+
+/**
+ * Reads the private key at `path` and returns it unencrypted, PEM, in memory only: an
+ * unencrypted key as it is on disk, an encrypted one decrypted with `options.passphrase`
+ * (PKCS#8). Throws `ERR_PASSPHRASE_REQUIRED` for an encrypted key without a passphrase and
+ * `ERR_BAD_PASSPHRASE` for a wrong one.
+ *
+ * @example
+ * ```ts
+ * import { unlockKey } from "./keys.ts";
+ * const pem = await unlockKey("/tmp/key.pem", { passphrase: "a long passphrase" });
+ * ```
+ */
+export async function unlockKey(path: string, options: UnlockKeyOptions = {}): Promise<string> {
+  const text = await Deno.readTextFile(path);
+  if (!isEncryptedKey(text)) return text;
+  const what = options.what ?? `the key "${path}"`;
+  if (options.passphrase === undefined) {
+    throw new E2eError("ERR_PASSPHRASE_REQUIRED", `Cannot unlock ${what}: it is encrypted`);
+  }
+  try {
+    return createPrivateKey({ key: text, format: "pem", passphrase: options.passphrase })
+      .export({ type: "pkcs8", format: "pem" }).toString();
+  } catch {
+    // One error whatever failed (wrong passphrase or a damaged file): nothing to learn from it.
+    throw new E2eError("ERR_BAD_PASSPHRASE", `Cannot unlock ${what}: wrong passphrase`);
+  }
 }
 
 const ALGORITHMS: Record<KeyType, string[]> = {

@@ -2,8 +2,9 @@
  * Secrets stay secret (docs/SECURITY.md "Secrets", STYLE.md habit 6), checked
  * on a whole run: a CA created and served, two invites, two `client join`s, a
  * short chat with a file — every process with a wrapper `openssl` first on
- * PATH that logs its arguments. Then the CA passphrase, the invite tokens, the
- * message texts and the file's content are searched for in openssl's argv,
+ * PATH that logs its arguments; bob's key is encrypted. Then the CA passphrase,
+ * bob's key passphrase, the invite tokens, the message texts and the file's
+ * content are searched for in openssl's argv,
  * the service log, every process's output and every file the run left; and
  * the modes of the private files are checked.
  *
@@ -15,6 +16,8 @@ import { ChatClient, runTask } from "./_harness.ts";
 import { PASSPHRASE, snapshot } from "./_helpers.ts";
 import { inviteToken, Service } from "./_service_helpers.ts";
 import { argvRecordingOpenssl, modeOf } from "./_hostile_helpers.ts";
+
+const KEY_PASSPHRASE = "tulip orbit ledger 5521";
 
 Deno.test("no passphrase, token or message text reaches openssl's argv, a log, any output it should not or any file; private files are 0600 in 0700 folders", async () => {
   const dir = await Deno.makeTempDir({ prefix: "e2e-chat-secrets-" });
@@ -41,13 +44,23 @@ Deno.test("no passphrase, token or message text reaches openssl's argv, a log, a
     );
     const tokens = invites.map(inviteToken);
     const homes = [join(dir, "alice"), join(dir, "bob")];
+    // bob's key is encrypted: its passphrase too must stay out of argv, logs, outputs and files.
+    const bobEnv = { ...env, E2E_CHAT_PASSPHRASE: KEY_PASSPHRASE };
     for (const [i, invite] of invites.entries()) {
-      const joined = await run(`join ${i}`, "client", ["join", invite, "--home", homes[i]]);
+      const joined = await run(
+        `join ${i}`,
+        "client",
+        ["join", invite, "--home", homes[i]],
+        i === 1 ? bobEnv : env,
+      );
       outputs.push([`join ${i} stdout`, joined.stdout]);
     }
 
+    assert.match(await Deno.readTextFile(join(homes[1], "id", "key.pem")), /ENCRYPTED PRIVATE KEY/);
     const [alice, bob] = await Promise.all(
-      ["alice", "bob"].map((name, i) => ChatClient.start({ name, home: homes[i] }, { env })),
+      ["alice", "bob"].map((name, i) =>
+        ChatClient.start({ name, home: homes[i] }, { env: i === 1 ? bobEnv : env })
+      ),
     );
     procs.push(alice, bob);
     await alice.send("/chat bob");
@@ -76,6 +89,7 @@ Deno.test("no passphrase, token or message text reaches openssl's argv, a log, a
     // --- where secrets must not be
     const secrets: Array<[string, string]> = [
       ["the CA passphrase", PASSPHRASE],
+      ["bob's key passphrase", KEY_PASSPHRASE],
       ["alice's token", tokens[0]],
       ["bob's token", tokens[1]],
       ["the message to bob", toBob],
@@ -111,13 +125,14 @@ Deno.test("no passphrase, token or message text reaches openssl's argv, a log, a
       }
     }
     // Files: the CA's, both users', everything the run left; the received file holds its content,
-    // and each user's history (0600 in a 0700 folder, checked below) the conversation.
+    // and alice's history (0600 in a 0700 folder, checked below) the conversation; bob's history is
+    // sealed (his key is encrypted), so it may hold nothing of it.
     const histories = homes.map((h, i) => join(h, "history", `${i === 0 ? "bob" : "alice"}.jsonl`));
     for (const [path, content] of await snapshot(dir)) {
       for (const [what, secret] of secrets) {
         if (!content.includes(secret)) continue;
         if (path === filePath || path === file.path) continue;
-        if (histories.includes(path) && [toAlice, toBob].includes(secret)) continue;
+        if (path === histories[0] && [toAlice, toBob].includes(secret)) continue;
         found.push(`${what} in ${path}`);
       }
     }
