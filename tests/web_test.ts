@@ -335,8 +335,10 @@ async function logAlarm(scene: Scene): Promise<void> {
       hasText: /Log alarm: the CA issued a certificate for your name that you did not request/,
     }).waitFor();
   } catch (e) {
+    const state = await Deno.readTextFile(join(alice.home, "log.json")).catch((e) => String(e));
     throw new Error(
-      `no log alarm banner; the page's notices: ${await page.locator("#notices").textContent()}`,
+      `no log alarm banner; the page's notices: ${await page.locator("#notices").textContent()}; ` +
+        `alice's log.json: ${state}`,
       { cause: e },
     );
   }

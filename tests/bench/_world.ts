@@ -9,6 +9,8 @@
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { leafExtensions } from "../../ca/policy.ts";
+import { tlv } from "../../lib/_der_builder.ts";
+import { pemEncode } from "../../lib/pem.ts";
 import { bash, type Proc, runDeno, spawnDeno, taskFlags } from "./_procs.ts";
 
 /** The environment variable the CA passphrase travels in (never argv). */
@@ -205,14 +207,29 @@ export async function copyDir(from: string, to: string): Promise<void> {
  * `count` synthetic lines of openssl's index.txt (ca/store.ts parseIndex):
  * status V, expiry in a week, a random 160-bit serial, "unknown", /CN=userN.
  */
-export function syntheticIndex(count: number): string {
+export function syntheticIndex(count: number): { index: string; serials: string[] } {
   const expires = new Date(Date.now() + 7 * 86_400_000).toISOString()
     .replace(/[-:T]/g, "").slice(2, 14) + "Z";
   const lines: string[] = [];
+  const serials: string[] = [];
   for (let i = 0; i < count; i++) {
     const serial = randomBytes(20);
     serial[0] &= 0x7f;
-    lines.push(`V\t${expires}\t\t${serial.toString("hex").toUpperCase()}\tunknown\t/CN=user${i}`);
+    const hex = serial.toString("hex").toUpperCase();
+    serials.push(hex);
+    lines.push(`V\t${expires}\t\t${hex}\tunknown\t/CN=user${i}`);
   }
-  return lines.join("\n") + "\n";
+  return { index: lines.join("\n") + "\n", serials };
+}
+
+/**
+ * A stand-in certificate file for each synthetic index line: DER that carries the serial where a
+ * certificate does (all the issuance log reads of it), so the CA's log can take the lines in.
+ */
+export async function syntheticCertificates(certsDir: string, serials: string[]): Promise<void> {
+  for (const hex of serials) {
+    const serial = new Uint8Array(hex.match(/../g)!.map((b) => parseInt(b, 16)));
+    const der = tlv(0x30, tlv(0x30, tlv(0xa0, tlv(0x02, new Uint8Array([2]))), tlv(0x02, serial)));
+    await Deno.writeTextFile(join(certsDir, `${hex}.pem`), pemEncode(der, "CERTIFICATE"));
+  }
 }

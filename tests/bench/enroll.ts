@@ -12,7 +12,14 @@ import { join } from "node:path";
 import { bash, runDeno } from "./_procs.ts";
 import type { Report } from "./_report.ts";
 import { median, percentile, spreadOverRounds } from "./_stats.ts";
-import { copyDir, inviteToken, type Service, syntheticIndex, type Workspace } from "./_world.ts";
+import {
+  copyDir,
+  inviteToken,
+  type Service,
+  syntheticCertificates,
+  syntheticIndex,
+  type Workspace,
+} from "./_world.ts";
 
 /** Sizes of the enrollment benchmarks. */
 export interface EnrollSizes {
@@ -373,8 +380,10 @@ export async function benchEnrollAtScale(
     await copyDir(base, homes[which]);
     await copyDir(join(base, "ca"), copies[which]);
     if (which === "full") {
-      await Deno.writeTextFile(join(homes.full, "ca", "index.txt"), filler, { append: true });
-      await Deno.writeTextFile(join(copies.full, "index.txt"), filler, { append: true });
+      await Deno.writeTextFile(join(homes.full, "ca", "index.txt"), filler.index, { append: true });
+      await Deno.writeTextFile(join(copies.full, "index.txt"), filler.index, { append: true });
+      // (the service's issuance log reads each certificate the index names)
+      await syntheticCertificates(join(homes.full, "ca", "certs"), filler.serials);
     }
   }
   const services = {
@@ -456,7 +465,7 @@ export async function benchEnrollAtScale(
     const serialsFile = ws.path("scale-serials.txt");
     await Deno.writeTextFile(
       serialsFile,
-      filler.split("\n").filter(Boolean).map((l) => l.split("\t")[3]).join("\n") + "\n",
+      filler.serials.join("\n") + "\n",
     );
     const check = async (home: string) => {
       const { stdout } = await runDeno("tests/bench/_probe.ts", PROBE_FLAGS, [
