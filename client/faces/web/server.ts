@@ -130,7 +130,11 @@ export class WebServer {
       onListen: () => {},
     }, (request, info) => this.#handle(request, info));
     this.#port = this.#server.addr.port;
-    this.#unsubscribe = chat.on((e) => this.#broadcast(this.#outgoing(e)));
+    this.#unsubscribe = chat.on((e) => {
+      // A page that connects later still sees the recent warnings (in its snapshot).
+      if (e.type === "warning") this.#keepNotice(e.message);
+      this.#broadcast(this.#outgoing(e));
+    });
     this.#heartbeat = setInterval(() => this.#broadcast({ type: "alive" }), HEARTBEAT_MS);
   }
 
@@ -177,8 +181,7 @@ export class WebServer {
 
   /** A notice for every page, now and on later connections. */
   notice(message: string): void {
-    this.#notices.push(message);
-    if (this.#notices.length > 20) this.#notices.shift();
+    this.#keepNotice(message);
     this.#broadcast({ type: "warning", message });
   }
 
@@ -360,6 +363,11 @@ export class WebServer {
     const path = e.file?.path;
     if (e.kind !== "file" || !path || e.from === this.#chat.name) return e;
     return { ...e, download: downloadHref(path) };
+  }
+
+  #keepNotice(message: string): void {
+    this.#notices.push(message);
+    if (this.#notices.length > 20) this.#notices.shift();
   }
 
   #outgoing(e: CoreEvent): ChatEvent | Record<string, unknown> {
