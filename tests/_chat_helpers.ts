@@ -203,6 +203,12 @@ export class RawPeer {
     assert.ok(closed, `the connection stayed open; got ${JSON.stringify(this.lines)}`);
   }
 
+  /** Stops reading (the other side's writes pile up until it gives up), or starts again. */
+  pause(paused = true): void {
+    if (paused) this.#socket.pause();
+    else this.#socket.resume();
+  }
+
   /** Closes our side at once. */
   destroy(): void {
     this.#socket.destroy();
