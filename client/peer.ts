@@ -241,20 +241,18 @@ export class PeerConnection {
 
   /** Accepts the file `id` this peer offered: counts it, answers `accept`, receives it. */
   async acceptOffer(id: string): Promise<void> {
-    const offer = this.#offers.get(id);
-    if (!offer) {
-      throw new E2eError(
-        "ERR_NOT_FOUND",
-        `No file offer ${JSON.stringify(id)} from "${this.name}"`,
-      );
-    }
-    this.#offers.delete(id);
-    const refused = await this.#take(offer, true);
+    const refused = await this.#take(this.#takeOffer(id), true);
     if (refused) throw new E2eError("ERR_FORBIDDEN", `File refused: ${refused}`);
   }
 
   /** Declines the file `id` this peer offered. */
   declineOffer(id: string): void {
+    this.#takeOffer(id);
+    this.#write({ type: "decline", id, reason: "declined by the user" });
+  }
+
+  // The offer `id` that waits for the user, no longer waiting.
+  #takeOffer(id: string): FileOffer {
     const offer = this.#offers.get(id);
     if (!offer) {
       throw new E2eError(
@@ -263,7 +261,7 @@ export class PeerConnection {
       );
     }
     this.#offers.delete(id);
-    this.#write({ type: "decline", id, reason: "declined by the user" });
+    return offer;
   }
 
   #startSending(id: string, out: Outgoing): void {

@@ -26,20 +26,15 @@ import {
   PROTOCOL_VERSION,
 } from "../lib/frames.ts";
 import { openssl } from "../lib/openssl.ts";
-import { ChatClient, concurrentSteps, connect, sleep, stopAll, waitUntil } from "./_harness.ts";
+import { ChatClient, connect, sleep, stopAll, waitUntil } from "./_harness.ts";
 import { makeCsr, runCa } from "./_helpers.ts";
-import {
-  assertSuccess,
-  initCa,
-  runClient,
-  type Service,
-  startService,
-} from "./_service_helpers.ts";
+import { assertSuccess, initCa, runClient, type Service } from "./_service_helpers.ts";
 import {
   joinUser,
   RawPeer,
   type RawPeerOptions,
   revoke,
+  runScenarios,
   sClient,
   selfSigned,
   type User,
@@ -1270,31 +1265,5 @@ const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
 ];
 
 Deno.test("chat end to end: real CA service, real clients, mutual TLS between peers", async (t) => {
-  const dir = await Deno.makeTempDir({ prefix: "e2e-chat-chat-test-" });
-  let service: Service | undefined;
-  try {
-    const home = join(dir, "ca-home");
-    await initCa(home);
-    service = await startService(home, { args: ["--enroll-rate", "1000"] });
-    const running = service;
-    // Scenarios run at once; each cleans up after itself.
-    await concurrentSteps(
-      t,
-      SCENARIOS.map(([name, fn], i) => [
-        name,
-        async () => {
-          const scene = new Scene(running, join(dir, `scene-${i}`));
-          await Deno.mkdir(scene.dir);
-          try {
-            await fn(scene);
-          } finally {
-            await scene.close();
-          }
-        },
-      ]),
-    );
-  } finally {
-    await service?.stop();
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-  }
+  await runScenarios(t, SCENARIOS, (service, dir) => new Scene(service, dir));
 });

@@ -10,9 +10,9 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { encodeFrame } from "../lib/frames.ts";
-import { ChatClient, concurrentSteps, connect, stopAll, waitUntil, within } from "./_harness.ts";
-import { initCa, type Service, startService } from "./_service_helpers.ts";
-import { joinUser, RawPeer, type User } from "./_chat_helpers.ts";
+import { ChatClient, connect, stopAll, waitUntil, within } from "./_harness.ts";
+import type { Service } from "./_service_helpers.ts";
+import { joinUser, RawPeer, runScenarios, type User } from "./_chat_helpers.ts";
 
 const MiB = 1024 * 1024;
 const EMPTY_SHA = createHash("sha256").update(new Uint8Array()).digest("hex");
@@ -366,30 +366,5 @@ const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
 ];
 
 Deno.test("files need consent and fit quotas, and sends never block the client (issue #15)", async (t) => {
-  const dir = await Deno.makeTempDir({ prefix: "e2e-chat-file-consent-" });
-  let service: Service | undefined;
-  try {
-    const home = join(dir, "ca-home");
-    await initCa(home);
-    service = await startService(home, { args: ["--enroll-rate", "1000"] });
-    const running = service;
-    await concurrentSteps(
-      t,
-      SCENARIOS.map(([name, fn], i) => [
-        name,
-        async () => {
-          const scene = new Scene(running, join(dir, `scene-${i}`));
-          await Deno.mkdir(scene.dir);
-          try {
-            await fn(scene);
-          } finally {
-            await scene.close();
-          }
-        },
-      ]),
-    );
-  } finally {
-    await service?.stop();
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-  }
+  await runScenarios(t, SCENARIOS, (service, dir) => new Scene(service, dir));
 });

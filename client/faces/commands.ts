@@ -202,7 +202,11 @@ export class CommandRunner {
       case "file": {
         const name = command.name ?? this.#current;
         if (!name) throw new E2eError("ERR_USAGE", "No current peer: /file NAME PATH");
-        await chat.sendFile(name, resolveUserPath(command.path));
+        // Not awaited: hashing a large file, or a peer slow to say hello, must not hold up
+        // the next command. Its outcome comes as events (`sent`, `file_failed`, or `error`).
+        chat.sendFile(name, resolveUserPath(command.path)).catch((e) =>
+          this.#emit({ type: "error", message: describeError(e) })
+        );
         return true;
       }
       case "get":
