@@ -286,7 +286,9 @@ export class PeerConnection {
     });
   }
 
-  // Streams an accepted file; every write waits for the socket to drain, at most sendStallMs.
+  // Streams an accepted file. Every write waits for the socket to drain, and to a peer that
+  // offers, at most SEND_WINDOW bytes go unconfirmed by its "got"; each wait lasts at most
+  // sendStallMs, then the send is aborted.
   async #stream(id: string, out: Outgoing): Promise<void> {
     const file = out.file;
     await file.seek(0, Deno.SeekMode.Start);
@@ -552,9 +554,11 @@ export class PeerConnection {
           const why = verdict === "ask"
             ? 'it was not offered (the sender\'s hello does not list "offer")'
             : verdict.refuse;
-          events.fileFailed(this, { id: offer.id, reason: `refused: ${why}`, direction: "in" });
-          if (!offering) throw refusal(why);
-          this.#write({ type: "decline", id: offer.id, reason: `refused: ${why}` });
+          if (offering) this.#refuse(offer, why);
+          else {
+            events.fileFailed(this, { id: offer.id, reason: `refused: ${why}`, direction: "in" });
+            throw refusal(why);
+          }
         }
         return;
       }
