@@ -90,6 +90,19 @@ async function rawBob(
   return peer;
 }
 
+/** Offers three files of 700 MB as PREFIX0…PREFIX2 (the issue's "three 700 MB sends"). */
+function offerHuge(peer: RawPeer, prefix: string): void {
+  for (let i = 0; i < 3; i++) {
+    peer.write(encodeFrame({
+      type: "file",
+      id: `${prefix}${i}`,
+      name: `huge${i}.iso`,
+      size: 700 * 1000 * 1000,
+      sha256: "0".repeat(64),
+    }));
+  }
+}
+
 /** Pins bob's key at alice: one connection that only says hello and bye. */
 async function pin(scene: Scene, alice: ChatClient, bob: User): Promise<void> {
   const peer = await rawBob(scene, alice, bob);
@@ -196,15 +209,7 @@ async function quotasAndConsent(scene: Scene): Promise<void> {
 
   // Three huge files: the file quota is used up, so they are declined at once.
   const mark = alice.mark();
-  for (let i = 0; i < 3; i++) {
-    peer.write(encodeFrame({
-      type: "file",
-      id: `h${i}`,
-      name: `huge${i}.iso`,
-      size: 700 * 1000 * 1000,
-      sha256: "0".repeat(64),
-    }));
-  }
+  offerHuge(peer, "h");
   for (let i = 0; i < 3; i++) {
     const d = await peer.expectFrame({ type: "decline", id: `h${i}` });
     assert.match(String(d.reason), /quota of 5 files from "bob-quota" is used up/);
@@ -221,15 +226,7 @@ async function quotasAndConsent(scene: Scene): Promise<void> {
   await alice.stop();
   const alice2 = await scene.start(aliceUser, ["--peer-quota", "1GiB"]);
   const peer2 = await rawBob(scene, alice2, bobUser);
-  for (let i = 0; i < 3; i++) {
-    peer2.write(encodeFrame({
-      type: "file",
-      id: `g${i}`,
-      name: `huge${i}.iso`,
-      size: 700 * 1000 * 1000,
-      sha256: "0".repeat(64),
-    }));
-  }
+  offerHuge(peer2, "g");
   const offers = [];
   for (let i = 0; i < 3; i++) offers.push(await alice2.expect({ type: "file_offer", id: `g${i}` }));
   assert.deepEqual(offers.map((o) => [o.name, o.bytes]), [
