@@ -230,6 +230,13 @@ export class PeerConnection {
     if (!heard || this.#closed) {
       throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
     }
+    // Each waiting offer holds its file open; the receiver takes no more waiting offers anyway.
+    if (this.#outgoing.size >= MAX_OFFERS) {
+      throw new E2eError(
+        "ERR_USAGE",
+        `${MAX_OFFERS} files already wait for "${this.name}" to accept them`,
+      );
+    }
     const id = this.#id();
     const out: Outgoing = { path, file, name: announcedName(path), size, sha256 };
     // Not awaited: a peer that does not read must never block the one who sends.

@@ -215,6 +215,12 @@ Deno.test("PeerConnection offers a file and streams it only after acceptOffer();
       '"alice" declined it: declined by the user',
     ]);
     assert.throws(() => alice.declineOffer(second.id), /No file offer/);
+    // At most 16 offers wait at once: each holds its file open.
+    for (let i = 0; i < 16; i++) await bob.sendFile(join(dir, "a.txt"));
+    await assert.rejects(
+      () => bob.sendFile(join(dir, "a.txt")),
+      /16 files already wait for "alice" to accept them/,
+    );
     await assert.rejects(() => alice.acceptOffer("nope"), /No file offer "nope" from "bob"/);
     alice.close();
   });
