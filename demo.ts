@@ -148,13 +148,15 @@ async function main(): Promise<void> {
     );
 
     say();
-    say("7. alice sends bob a file; bob stores it only after its SHA-256 matched");
+    say("7. alice offers bob a file; bob accepts it, and stores it only after its SHA-256 matched");
     const file = join(dir, "notes.txt");
     await Deno.writeTextFile(
       file,
       "Meeting at 10. Bring the keys (the public ones).\n".repeat(200),
     );
     await alice.send(`/file ${file}`);
+    const offer = await bob.acceptFile("alice");
+    say(`   bob was offered ${offer.name} (${offer.bytes} bytes) and said /get ${offer.id}`);
     const received = await expect(bob, (e) => e.type === "file", "the file");
     say(
       `   bob received ${received.name} (${received.bytes} bytes, sha256 ${

@@ -24,11 +24,17 @@ import {
 import type { CertificateInfo } from "../lib/x509.ts";
 import type { CaClient, CertificateReply } from "./ca_client.ts";
 import type { CoreEvent, PeerSummary } from "./events.ts";
-import { announcedName, removeStalePartials } from "./files.ts";
+import {
+  DEFAULT_FILE_LIMITS,
+  type FileLimits,
+  FileQuota,
+  formatSize,
+  removeStalePartials,
+} from "./files.ts";
 import { History, type HistoryEntry } from "./history.ts";
 import type { Identity } from "./identity.ts";
 import { Invitations } from "./invitations.ts";
-import { PeerConnection, type PeerEvents } from "./peer.ts";
+import { type FileOffer, type FilePolicy, PeerConnection, type PeerEvents } from "./peer.ts";
 import { Renewal, type RenewalOptions } from "./renewal.ts";
 import { Revocation } from "./revocation.ts";
 import { LogMonitor } from "./transparency.ts";
@@ -50,6 +56,10 @@ export interface ChatOptions {
    * 30 min, warn after 3 failures in a row or below a tenth of the life.
    */
   renewal?: Omit<RenewalOptions, "onWarning">;
+  /** Auto-accept size and quotas of incoming files. Default: {@linkcode DEFAULT_FILE_LIMITS}. */
+  files?: Partial<FileLimits>;
+  /** How long a file we send may make no progress before it is aborted, ms. Default: 30000. */
+  sendStallMs?: number;
 }
 
 /** A listener of core events. */
@@ -92,6 +102,8 @@ export class Chat {
   #watching = false;
   #stopped = false;
   #renewal: Renewal;
+  #quota: FileQuota;
+  #sendStallMs?: number;
 
   private constructor(
     id: Identity,
@@ -105,6 +117,8 @@ export class Chat {
     this.#downloads = options.downloads ?? id.home.downloads;
     this.#trust = trust;
     this.#log = log;
+    this.#quota = new FileQuota(this.#downloads, { ...DEFAULT_FILE_LIMITS, ...options.files });
+    this.#sendStallMs = options.sendStallMs;
     if (options.onEvent) this.#listeners.add(options.onEvent);
     this.#server = tls.createServer(this.#serverTls());
     const warn = (message: string) => this.#emit({ type: "warning", message });
@@ -308,25 +322,51 @@ export class Chat {
   }
 
   /**
-   * Sends the file at `path` to the connected peer `name`; resolves with its id
-   * once the whole file was handed to the connection (`progress` meanwhile).
+   * Offers the file at `path` to the connected peer `name`; resolves with the
+   * transfer id as soon as the offer is written. The file streams in the
+   * background once they accept: `progress`, then `sent` (all of it handed to
+   * the connection) and `delivered` (their SHA-256 matched), or `file_failed`
+   * (declined, refused, or aborted after no progress for a while).
    */
   async sendFile(name: string, path: string): Promise<string> {
     checkName(name);
     const conn = this.#connected(name);
-    let bytes: number;
     try {
       const info = await Deno.stat(path);
       if (!info.isFile) throw new Error("not a file");
-      bytes = info.size;
+      using _file = await Deno.open(path);
     } catch {
       throw new E2eError("ERR_FILE", `Cannot read ${JSON.stringify(path)}`);
     }
-    const id = await conn.sendFile(path);
-    const file = announcedName(path);
-    this.#history.file({ id, from: this.#id.name, to: name, name: file, path, bytes });
-    this.#emit({ type: "sent", to: name, id, file });
-    return id;
+    const offer = await conn.sendFile(path);
+    return offer.id;
+  }
+
+  /** The files connected peers offered that wait for an answer. */
+  offers(): Array<FileOffer & { from: string }> {
+    return [...this.#peers].flatMap(([from, p]) => p.conn.offers.map((o) => ({ from, ...o })));
+  }
+
+  /**
+   * Accepts the file `id` that `name` offered: it is received into the downloads
+   * folder (`file` when it arrived). Throws `ERR_FORBIDDEN` when a quota or the
+   * free-space floor refuses it now (the peer is told too).
+   */
+  async acceptFile(name: string, id: string): Promise<void> {
+    checkName(name);
+    await this.#offerer(name).acceptOffer(id);
+  }
+
+  /** Declines the file `id` that `name` offered (the peer is told). */
+  declineFile(name: string, id: string): void {
+    checkName(name);
+    this.#offerer(name).declineOffer(id);
+  }
+
+  #offerer(name: string): PeerConnection {
+    const p = this.#peers.get(name);
+    if (!p || !p.conn.open) throw new E2eError("ERR_NOT_FOUND", `Not connected to "${name}"`);
+    return p.conn;
   }
 
   /** Marks `name`'s key as verified (after comparing the safety number out of band). */
@@ -572,6 +612,8 @@ export class Chat {
       downloads: this.#downloads,
       events: this.#peerEvents(),
       checkpoint: this.#log.latest,
+      files: this.#filePolicy(),
+      sendStallMs: this.#sendStallMs,
     });
     const blocked = trust === "changed";
     conn.quarantined = blocked;
@@ -594,6 +636,34 @@ export class Chat {
       });
     }
     return { name, trust, fingerprint: cert.fingerprint, keyFingerprint: cert.keyFingerprint };
+  }
+
+  // Consent and quotas: a file is taken without asking only up to the auto-accept size and
+  // from a pinned key (known or verified, not new); quotas and the free-space floor refuse.
+  #filePolicy(): FilePolicy {
+    const limits = this.#quota.limits;
+    return {
+      decide: (peer, offer, canAsk) => {
+        const refused = this.#quota.refusal(peer.name, offer.bytes);
+        if (refused) return { refuse: refused };
+        const p = this.#peers.get(peer.name);
+        const pinned = p?.conn === peer && !p.blocked &&
+          (p.trust === "known" || p.trust === "verified");
+        if (pinned && offer.bytes <= limits.autoAccept) return "accept";
+        if (canAsk) return "ask";
+        return {
+          refuse: `"${peer.name}" sends files without asking (its hello does not list "offer"): ` +
+            `such files are taken only up to ${formatSize(limits.autoAccept)} from a pinned key, ` +
+            `and this one is ${formatSize(offer.bytes)}${
+              pinned ? "" : ` from a key first seen now`
+            }; a peer that lists "offer" waits for the user to accept`,
+        };
+      },
+      take: (peer, offer) => {
+        const refused = this.#quota.refusal(peer.name, offer.bytes);
+        return refused ? { refuse: refused } : this.#quota.take(peer.name, offer.bytes);
+      },
+    };
   }
 
   #peerEvents(): PeerEvents {
@@ -619,11 +689,20 @@ export class Chat {
       progress: (p, info) => this.#emit({ type: "progress", peer: p.name, ...info }),
       fileFailed: (p, info) =>
         this.#emit({
-          type: "warning",
+          type: "file_failed",
+          peer: p.name,
+          id: info.id,
+          direction: info.direction,
+          reason: info.reason,
           message: `File ${info.id} ${
             info.direction === "in" ? "from" : "to"
           } "${p.name}" failed: ${info.reason}`,
         }),
+      offer: (p, offer) => this.#emit({ type: "file_offer", from: p.name, ...offer }),
+      fileSent: (p, info) => {
+        this.#history.file({ from: this.#id.name, to: p.name, ...info });
+        this.#emit({ type: "sent", to: p.name, id: info.id, file: info.name });
+      },
       held: (p) =>
         this.#emit({
           type: "warning",

@@ -126,23 +126,46 @@ Deno.test("the chat core, in-process, over real mutual TLS with a real CA servic
         assert.throws(() => alice.chat.send("bob", "x".repeat(70_000)), assertCode("ERR_USAGE"));
       });
 
-      await t.step("sendFile() sends a file that arrives with its SHA-256", async () => {
-        const path = join(dir, "notes.txt");
-        await Deno.writeTextFile(path, "file body\n".repeat(1000));
-        const id = await bob.chat.sendFile("alice", path);
-        const file = await alice.next("file", (e) => e.name === "notes.txt");
-        assert.equal(file.bytes, 10_000);
-        assert.equal(
-          file.sha256,
-          createHash("sha256").update("file body\n".repeat(1000)).digest("hex"),
-        );
-        assert.equal(await Deno.readTextFile(file.path), "file body\n".repeat(1000));
-        await bob.next("delivered", (e) => e.id === id);
-        await assert.rejects(
-          bob.chat.sendFile("alice", join(dir, "missing")),
-          assertCode("ERR_FILE"),
-        );
-      });
+      await t.step(
+        "sendFile() offers a file; acceptFile() takes it and it arrives with its SHA-256",
+        async () => {
+          const path = join(dir, "notes.txt");
+          await Deno.writeTextFile(path, "file body\n".repeat(1000));
+          const id = await bob.chat.sendFile("alice", path);
+          // bob's key is first seen on this connection: not pinned, so the file waits for alice.
+          const offer = await alice.next("file_offer", (e) => e.id === id);
+          assert.deepEqual(alice.chat.offers(), [{
+            from: "bob",
+            id,
+            name: "notes.txt",
+            bytes: 10_000,
+            sha256: offer.sha256,
+          }]);
+          await alice.chat.acceptFile("bob", id);
+          assert.deepEqual(alice.chat.offers(), []);
+          const file = await alice.next("file", (e) => e.name === "notes.txt");
+          assert.equal(file.bytes, 10_000);
+          assert.equal(
+            file.sha256,
+            createHash("sha256").update("file body\n".repeat(1000)).digest("hex"),
+          );
+          assert.equal(await Deno.readTextFile(file.path), "file body\n".repeat(1000));
+          await bob.next("delivered", (e) => e.id === id);
+          await assert.rejects(
+            bob.chat.sendFile("alice", join(dir, "missing")),
+            assertCode("ERR_FILE"),
+          );
+          // An offer declined: bob hears why; an id never offered: ERR_NOT_FOUND.
+          const second = await bob.chat.sendFile("alice", path);
+          await alice.next("file_offer", (e) => e.id === second);
+          alice.chat.declineFile("bob", second);
+          const failed = await bob.next("file_failed", (e) => e.id === second);
+          assert.equal(failed.direction, "out");
+          assert.match(failed.reason, /"alice" declined it: declined by the user/);
+          await assert.rejects(alice.chat.acceptFile("bob", second), assertCode("ERR_NOT_FOUND"));
+          assert.throws(() => alice.chat.declineFile("carol", "x"), assertCode("ERR_NOT_FOUND"));
+        },
+      );
 
       await t.step("safetyNumber() is the same 60 digits on both sides", () => {
         const number = alice.chat.safetyNumber("bob");

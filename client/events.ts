@@ -53,6 +53,15 @@ export type CoreEvent =
     total: number;
     direction: "in" | "out";
   }
+  | { type: "file_offer"; from: string; id: string; name: string; bytes: number; sha256: string }
+  | {
+    type: "file_failed";
+    peer: string;
+    id: string;
+    direction: "in" | "out";
+    reason: string;
+    message: string;
+  }
   | { type: "disconnected"; peer: string; reason: string }
   | { type: "warning"; message: string }
   | { type: "log_alarm"; message: string; serial?: string; fingerprint?: string };

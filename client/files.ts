@@ -5,6 +5,7 @@
  * @module
  */
 import { createHash, type Hash } from "node:crypto";
+import { statfsSync } from "node:fs";
 import { basename, join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 
@@ -33,7 +34,7 @@ export function safeFileName(name: string): string {
 }
 
 /**
- * The SHA-256 (hex) and size of a file, read in chunks.
+ * The SHA-256 (hex) and size of a file (a path, or an open file read from where it is), in chunks.
  *
  * @example
  * ```ts
@@ -41,10 +42,16 @@ export function safeFileName(name: string): string {
  * const { sha256, size } = await hashFile("README.md");
  * ```
  */
-export async function hashFile(path: string): Promise<{ sha256: string; size: number }> {
+export async function hashFile(
+  from: string | Deno.FsFile,
+): Promise<{ sha256: string; size: number }> {
+  if (typeof from === "string") {
+    using file = await Deno.open(from);
+    return await hashFile(file);
+  }
+  const file = from;
   const hash = createHash("sha256");
   let size = 0;
-  using file = await Deno.open(path);
   const buffer = new Uint8Array(256 * 1024);
   while (true) {
     const n = await file.read(buffer);
@@ -168,4 +175,186 @@ export async function removeStalePartials(dir: string): Promise<void> {
 /** The name announced for a local path. */
 export function announcedName(path: string): string {
   return basename(path);
+}
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+
+/** What a client accepts of incoming files (docs/PROTOCOL.md §3, "Offers, consent and quotas"). */
+export interface FileLimits {
+  /** Largest file taken without asking, from a peer whose key is pinned. Default: 25 MiB. */
+  autoAccept: number;
+  /** Bytes taken from one peer per run of the client. Default: 1 GiB. */
+  peerBytes: number;
+  /** Files taken from one peer per run of the client. Default: 100. */
+  peerFiles: number;
+  /** Bytes taken from all peers per run of the client. Default: 4 GiB. */
+  totalBytes: number;
+  /** Files taken from all peers per run of the client. Default: 1000. */
+  totalFiles: number;
+  /** Free space the downloads folder keeps after a file. Default: 1 GiB. */
+  freeFloor: number;
+}
+
+/** The defaults of {@linkcode FileLimits}. */
+export const DEFAULT_FILE_LIMITS: Readonly<FileLimits> = Object.freeze({
+  autoAccept: 25 * MiB,
+  peerBytes: GiB,
+  peerFiles: 100,
+  totalBytes: 4 * GiB,
+  totalFiles: 1000,
+  freeFloor: GiB,
+});
+
+/**
+ * Parses a size such as `25MiB`, `1.5GiB`, `700MB`, `4096` or `0` into bytes.
+ *
+ * @example
+ * ```ts
+ * import { parseSize } from "./files.ts";
+ * parseSize("25MiB"); // 26214400
+ * ```
+ */
+export function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB|K|M|G|T)?$/i.exec(text.trim());
+  const units: Record<string, number> = {
+    b: 1,
+    kib: 1024,
+    mib: MiB,
+    gib: GiB,
+    tib: 1024 * GiB,
+    kb: 1e3,
+    mb: 1e6,
+    gb: 1e9,
+    tb: 1e12,
+    k: 1024,
+    m: MiB,
+    g: GiB,
+    t: 1024 * GiB,
+  };
+  const bytes = m ? Math.floor(Number(m[1]) * units[(m[2] ?? "b").toLowerCase()]) : NaN;
+  if (!Number.isSafeInteger(bytes)) {
+    throw new E2eError(
+      "ERR_USAGE",
+      `A size is a number with an optional unit (25MiB, 1GiB, 4096), not ${JSON.stringify(text)}`,
+    );
+  }
+  return bytes;
+}
+
+/** A size for people: `25 MiB`, `700 B`. */
+export function formatSize(bytes: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = bytes;
+  let i = 0;
+  while (value >= 1024 && i < units.length - 1) {
+    value /= 1024;
+    i++;
+  }
+  return `${i === 0 ? value : Number(value.toFixed(1))} ${units[i]}`;
+}
+
+/** Free bytes for an unprivileged user on the file system of `dir` (or its nearest parent). */
+export function freeBytes(dir: string): number {
+  let path = dir;
+  while (true) {
+    try {
+      const s = statfsSync(path);
+      return Number(s.bavail) * Number(s.bsize);
+    } catch (e) {
+      // node:fs reports a missing path as an Error with code ENOENT, not Deno.errors.NotFound.
+      const missing = e instanceof Deno.errors.NotFound ||
+        (e as { code?: string }).code === "ENOENT";
+      const parent = join(path, "..");
+      if (!missing || parent === path) throw e;
+      path = parent;
+    }
+  }
+}
+
+/** Options of {@linkcode FileQuota}. */
+export interface FileQuotaOptions {
+  /** Free bytes in the downloads folder. Default: {@linkcode freeBytes}. */
+  free?: (dir: string) => number;
+}
+
+/**
+ * What incoming files may still take, per peer and in all, for one run of the
+ * client: files are counted when accepted and given back if they fail.
+ */
+export class FileQuota {
+  readonly limits: Readonly<FileLimits>;
+  #dir: string;
+  #free: (dir: string) => number;
+  #total = { bytes: 0, files: 0 };
+  #peers = new Map<string, { bytes: number; files: number }>();
+
+  /**
+   * A quota for files received into `dir`.
+   *
+   * @example
+   * ```ts
+   * import { DEFAULT_FILE_LIMITS, FileQuota } from "./files.ts";
+   * const quota = new FileQuota("/tmp", DEFAULT_FILE_LIMITS);
+   * quota.refusal("bob", 1024); // undefined: it fits
+   * ```
+   */
+  constructor(dir: string, limits: Readonly<FileLimits>, options: FileQuotaOptions = {}) {
+    this.#dir = dir;
+    this.limits = limits;
+    this.#free = options.free ?? freeBytes;
+  }
+
+  /** Why a file of `size` bytes from `peer` is refused, or undefined when it fits. */
+  refusal(peer: string, size: number): string | undefined {
+    const l = this.limits;
+    const p = this.#peers.get(peer) ?? { bytes: 0, files: 0 };
+    if (p.files + 1 > l.peerFiles) {
+      return `the quota of ${l.peerFiles} files from "${peer}" is used up`;
+    }
+    if (p.bytes + size > l.peerBytes) {
+      return `it would pass the quota of ${formatSize(l.peerBytes)} from "${peer}" (${
+        formatSize(p.bytes)
+      } taken)`;
+    }
+    if (this.#total.files + 1 > l.totalFiles) {
+      return `the quota of ${l.totalFiles} files in all is used up`;
+    }
+    if (this.#total.bytes + size > l.totalBytes) {
+      return `it would pass the quota of ${formatSize(l.totalBytes)} in all (${
+        formatSize(this.#total.bytes)
+      } taken)`;
+    }
+    let free: number;
+    try {
+      free = this.#free(this.#dir);
+    } catch {
+      return "the free space of the downloads folder cannot be read";
+    }
+    if (free - size < l.freeFloor) {
+      return `it would leave less than ${formatSize(l.freeFloor)} free on the disk (${
+        formatSize(free)
+      } free)`;
+    }
+    return undefined;
+  }
+
+  /** Counts a file of `size` from `peer`; returns the function that gives it back. */
+  take(peer: string, size: number): () => void {
+    const p = this.#peers.get(peer) ?? { bytes: 0, files: 0 };
+    this.#peers.set(peer, p);
+    p.bytes += size;
+    p.files++;
+    this.#total.bytes += size;
+    this.#total.files++;
+    let given = false;
+    return () => {
+      if (given) return;
+      given = true;
+      p.bytes -= size;
+      p.files--;
+      this.#total.bytes -= size;
+      this.#total.files--;
+    };
+  }
 }

@@ -4,8 +4,13 @@ import { join } from "node:path";
 import { e2eError, withTempDir } from "../lib/_test_util.ts";
 import {
   announcedName,
+  DEFAULT_FILE_LIMITS,
+  FileQuota,
+  formatSize,
+  freeBytes,
   hashFile,
   IncomingFile,
+  parseSize,
   removeStalePartials,
   safeFileName,
 } from "./files.ts";
@@ -326,4 +331,81 @@ Deno.test("hashFile() throws NotFound for a missing file", async () => {
 Deno.test("announcedName() announces only the file's own name, not its folders", () => {
   assert.equal(announcedName("/home/alice/secret/plans.pdf"), "plans.pdf");
   assert.equal(announcedName("plans.pdf"), "plans.pdf");
+});
+
+Deno.test("parseSize() reads bytes and binary and decimal units, and refuses anything else with ERR_USAGE", () => {
+  assert.equal(parseSize("0"), 0);
+  assert.equal(parseSize("4096"), 4096);
+  assert.equal(parseSize("25MiB"), 25 * 1024 * 1024);
+  assert.equal(parseSize("1.5GiB"), 1.5 * 1024 ** 3);
+  assert.equal(parseSize("700MB"), 700_000_000);
+  assert.equal(parseSize("2 k"), 2048);
+  for (const bad of ["", "-1", "MiB", "1 furlong", "1e3", "9999999999TiB"]) {
+    assert.throws(() => parseSize(bad), e2eError("ERR_USAGE", /A size is a number/), bad);
+  }
+});
+
+Deno.test("formatSize() writes sizes for people", () => {
+  assert.equal(formatSize(700), "700 B");
+  assert.equal(formatSize(25 * 1024 * 1024), "25 MiB");
+  assert.equal(formatSize(1536), "1.5 KiB");
+});
+
+Deno.test("the default file limits are those of docs/PROTOCOL.md", () => {
+  assert.deepEqual({ ...DEFAULT_FILE_LIMITS }, {
+    autoAccept: 25 * 1024 * 1024,
+    peerBytes: 1024 ** 3,
+    peerFiles: 100,
+    totalBytes: 4 * 1024 ** 3,
+    totalFiles: 1000,
+    freeFloor: 1024 ** 3,
+  });
+});
+
+Deno.test("FileQuota refuses past each per-peer and total limit, gives back what failed, and keeps the free-space floor", () => {
+  let free = 10_000;
+  const quota = new FileQuota("/nowhere", {
+    ...DEFAULT_FILE_LIMITS,
+    peerFiles: 2,
+    peerBytes: 300,
+    totalFiles: 3,
+    totalBytes: 500,
+    freeFloor: 1000,
+  }, { free: () => free });
+  assert.equal(quota.refusal("bob", 100), undefined);
+  const give = quota.take("bob", 100);
+  quota.take("bob", 100);
+  assert.equal(quota.refusal("bob", 1), 'the quota of 2 files from "bob" is used up');
+  give();
+  give(); // twice gives back once
+  assert.match(
+    quota.refusal("bob", 250)!,
+    /would pass the quota of 300 B from "bob" \(100 B taken\)/,
+  );
+  assert.equal(quota.refusal("bob", 200), undefined);
+  quota.take("carol", 300);
+  assert.match(quota.refusal("dave", 101)!, /would pass the quota of 500 B in all \(400 B taken\)/);
+  quota.take("dave", 1);
+  assert.equal(quota.refusal("erin", 0), "the quota of 3 files in all is used up");
+  const roomy = new FileQuota("/nowhere", { ...DEFAULT_FILE_LIMITS, freeFloor: 1000 }, {
+    free: () => free,
+  });
+  assert.equal(roomy.refusal("bob", 9000), undefined);
+  assert.match(roomy.refusal("bob", 9001)!, /would leave less than 1000 B free on the disk/);
+  free = NaN;
+  const broken = new FileQuota("/nowhere", DEFAULT_FILE_LIMITS, {
+    free: () => {
+      throw new Error("no statfs");
+    },
+  });
+  assert.equal(broken.refusal("bob", 1), "the free space of the downloads folder cannot be read");
+});
+
+Deno.test("freeBytes() reads the free space of a folder, or of its nearest parent when it does not exist yet", async () => {
+  await withTempDir((dir) => {
+    const free = freeBytes(dir);
+    assert.ok(Number.isSafeInteger(free) && free > 0, String(free));
+    assert.ok(freeBytes(join(dir, "not", "yet")) > 0);
+    return Promise.resolve();
+  });
 });

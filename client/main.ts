@@ -22,6 +22,7 @@ import { exists } from "../lib/fs.ts";
 import { Chat } from "./chat.ts";
 import type { ChatEvent } from "./events.ts";
 import { CommandRunner } from "./faces/commands.ts";
+import { FILE_FLAGS, FILE_USAGE, type FileFlagValues, fileOptions } from "./faces/file_options.ts";
 import { flushEvents, jsonEvent, runJsonInput } from "./faces/json.ts";
 import { Terminal } from "./faces/terminal.ts";
 import { openInBrowser } from "./faces/web/open.ts";
@@ -39,9 +40,9 @@ import { changePassphrase, CLIENT_KEY_TYPES, type ClientKeyType, makeKeyAndCsr }
 const USAGE = `Usage: deno task client [command] [options]
 
 Commands:
-  chat [--listen HOST:PORT] [--downloads DIR] [--json]
+  chat [--listen HOST:PORT] [--downloads DIR] [--json] [FILE OPTIONS]
         Chat peer to peer (the default command once joined). Type /help inside.
-  web [--port N] [--open] [--listen HOST:PORT] [--downloads DIR]
+  web [--port N] [--open] [--listen HOST:PORT] [--downloads DIR] [FILE OPTIONS]
         Chat from a web page: serves it on 127.0.0.1 (port 0 picks one) and
         prints the address to open (it holds this run's secret). --open hands
         it to the system browser (xdg-open, or open on macOS).
@@ -76,6 +77,8 @@ Options:
                           (else $E2E_CHAT_PASSPHRASE, else a prompt); asked only when the key
                           is encrypted, by every command that uses it
   -h, --help              Show this help
+
+${FILE_USAGE}
 `;
 
 const COMMON = {
@@ -178,6 +181,7 @@ async function chat(args: string[]): Promise<number> {
     ...COMMON,
     listen: { type: "string" },
     downloads: { type: "string" },
+    ...FILE_FLAGS,
     json: { type: "boolean" },
   });
   if (values.help) return await help();
@@ -200,6 +204,7 @@ async function web(args: string[]): Promise<number> {
     ...COMMON,
     listen: { type: "string" },
     downloads: { type: "string" },
+    ...FILE_FLAGS,
     port: { type: "string" },
     open: { type: "boolean" },
   });
@@ -245,7 +250,7 @@ async function web(args: string[]): Promise<number> {
 /** Renews the certificate if a third of its life is left, then starts the chat core. */
 async function startChat(
   identity: Identity,
-  values: { listen?: string; downloads?: string },
+  values: { listen?: string; downloads?: string } & FileFlagValues,
   emit: (e: ChatEvent) => void,
 ): Promise<Chat> {
   const [listenHost, listenPort] = parseListen(values.listen ?? "127.0.0.1:0");
@@ -271,6 +276,7 @@ async function startChat(
     listenPort,
     downloads: values.downloads ? resolveUserPath(values.downloads) : undefined,
     onEvent: emit,
+    ...fileOptions(values),
   });
 }
 

@@ -12,11 +12,38 @@ import {
   decodeFrame,
   encodeFrame,
   FEATURE_BINARY,
+  FEATURE_OFFER,
   type Frame,
   LineSplitter,
 } from "../lib/frames.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
 import { announcedName, hashFile, IncomingFile } from "./files.ts";
+
+/** A file a peer offers (or, from an older peer, announces). */
+export interface FileOffer {
+  /** The transfer id (unique per sender). */
+  id: string;
+  /** The name as announced (unsafe; for display through a sanitizer only). */
+  name: string;
+  /** Size in bytes. */
+  bytes: number;
+  /** SHA-256, 64 lowercase hex. */
+  sha256: string;
+}
+
+/** What to do with a file as it is offered: take it, ask the user, or refuse it (why). */
+export type FileVerdict = "accept" | "ask" | { refuse: string };
+
+/** The receiver's rules for incoming files (consent and quotas live with the owner). */
+export interface FilePolicy {
+  /**
+   * The verdict on an offer as it arrives; `canAsk` is false for a peer whose
+   * hello did not list "offer" (its data follows at once, so it cannot wait).
+   */
+  decide(peer: PeerConnection, offer: FileOffer, canAsk: boolean): FileVerdict;
+  /** Counts an accepted file against the quotas: returns how to give it back, or why not. */
+  take(peer: PeerConnection, offer: FileOffer): (() => void) | { refuse: string };
+}
 
 /** What a connection reports to its owner. */
 export interface PeerEvents {
@@ -45,6 +72,13 @@ export interface PeerEvents {
   held(peer: PeerConnection, what: "message"): void;
   /** The peer's hello carried its latest checkpoint of the CA's issuance log. */
   checkpoint?(peer: PeerConnection, text: string): void;
+  /** The peer offers a file that waits for {@linkcode PeerConnection.acceptOffer}. */
+  offer?(peer: PeerConnection, offer: FileOffer): void;
+  /** The last byte of a file we send was handed to the connection. */
+  fileSent?(
+    peer: PeerConnection,
+    info: { id: string; name: string; path: string; bytes: number },
+  ): void;
 }
 
 /** Options of {@linkcode PeerConnection}. */
@@ -55,11 +89,24 @@ export interface PeerOptions {
   events: PeerEvents;
   /** Our latest checkpoint of the issuance log, sent in our hello. Default: none. */
   checkpoint?: string;
+  /** The rules for incoming files. Default: every file is taken (no offers asked). */
+  files?: FilePolicy;
+  /** How long a send may make no progress before it is aborted, ms. Default: 30000. */
+  sendStallMs?: number;
 }
 
 const MAX_QUEUED = 32; // frames parsed but not handled before we stop reading
 const MAX_INCOMING_FILES = 8;
+const MAX_OFFERS = 16; // offers waiting for the user, per connection
 const STALL_MS = 5_000;
+/** How long a send may make no progress (the peer reads nothing) before it is aborted. */
+export const SEND_STALL_MS = 30_000;
+const HELLO_WAIT_MS = 10_000;
+// A peer that lists "offer" reports the bytes it has written with "got" frames; we keep at most
+// this much unconfirmed. (A socket's drain is no proof the peer reads: Deno's TLS buffers writes
+// without bound, so without this a peer that reads nothing would let us queue a whole file.)
+const SEND_WINDOW = 8 * 1024 * 1024;
+const GOT_EVERY = 1024 * 1024;
 const MAX_UNSENT = 1024 * 1024; // bytes we let wait for a peer that does not read
 const CHUNK_BYTES = 512 * 1024; // within MAX_CHUNK_BYTES (base64) and MAX_BINARY_BYTES (bin)
 
@@ -101,6 +148,13 @@ export class PeerConnection {
   #broken = false; // no more input is parsed
   #closeReason = "closed";
   #incoming = new Map<string, IncomingFile>();
+  #releases = new Map<string, () => void>(); // quota given back if an incoming file fails
+  #offers = new Map<string, FileOffer>(); // offered to us, waiting for the user
+  #outgoing = new Map<string, Outgoing>(); // offered by us, waiting for an accept
+  #sending: Promise<void> = Promise.resolve(); // one file streams at a time
+  #hello = Promise.withResolvers<void>();
+  #confirmed = new Map<string, { bytes: number; wake?: () => void }>(); // "got" of our sends
+  #reported = new Map<string, number>(); // what we last said in "got" of theirs
   #nextId = 1;
   #lastProgress = 0;
 
@@ -130,7 +184,7 @@ export class PeerConnection {
     this.#write({
       type: "hello",
       v: 1,
-      features: [FEATURE_BINARY],
+      features: [FEATURE_BINARY, FEATURE_OFFER],
       ...(checkpoint === undefined ? {} : { checkpoint }),
     });
   }
@@ -144,18 +198,134 @@ export class PeerConnection {
     return id;
   }
 
-  /** Streams a file in chunks; resolves with its id when the last chunk is written. */
-  async sendFile(path: string): Promise<string> {
+  /** The files this peer offered that wait for the user's answer. */
+  get offers(): FileOffer[] {
+    return [...this.#offers.values()];
+  }
+
+  /**
+   * Offers a file; resolves with the offer once its `file` frame is written.
+   * The file streams in the background once the peer accepts (at once to a peer
+   * whose hello did not list "offer"); `fileSent`, `progress` and `fileFailed`
+   * report how it goes.
+   */
+  async sendFile(path: string): Promise<FileOffer> {
+    // Held open from here: what streams is what was hashed, even if the path is removed.
+    const file = await Deno.open(path);
+    try {
+      return await this.#offer(path, file);
+    } catch (e) {
+      file.close();
+      throw e;
+    }
+  }
+
+  async #offer(path: string, file: Deno.FsFile): Promise<FileOffer> {
+    const { sha256, size } = await hashFile(file);
+    // Its features say whether the file frame is an offer or the start of the data.
+    const heard = await Promise.race([
+      this.#hello.promise.then(() => true),
+      new Promise<boolean>((r) => setTimeout(() => r(false), HELLO_WAIT_MS).unref?.()),
+    ]);
+    if (!heard || this.#closed) {
+      throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
+    }
+    // Each waiting offer holds its file open; the receiver takes no more waiting offers anyway.
+    if (this.#outgoing.size >= MAX_OFFERS) {
+      throw new E2eError(
+        "ERR_USAGE",
+        `${MAX_OFFERS} files already wait for "${this.name}" to accept them`,
+      );
+    }
     const id = this.#id();
-    const { sha256, size } = await hashFile(path);
-    await this.#writeAsync({ type: "file", id, name: announcedName(path), size, sha256 });
-    using file = await Deno.open(path);
+    const out: Outgoing = { path, file, name: announcedName(path), size, sha256 };
+    // Not awaited: a peer that does not read must never block the one who sends.
+    this.#write({ type: "file", id, name: out.name, size, sha256 });
+    if (this.#peerFeatures.has(FEATURE_OFFER)) this.#outgoing.set(id, out);
+    else this.#startSending(id, out);
+    return { id, name: out.name, bytes: size, sha256 };
+  }
+
+  /** Accepts the file `id` this peer offered: counts it, answers `accept`, receives it. */
+  async acceptOffer(id: string): Promise<void> {
+    const refused = await this.#take(this.#takeOffer(id), true);
+    if (refused) throw new E2eError("ERR_FORBIDDEN", `File refused: ${refused}`);
+  }
+
+  /** Declines the file `id` this peer offered. */
+  declineOffer(id: string): void {
+    this.#takeOffer(id);
+    this.#write({ type: "decline", id, reason: "declined by the user" });
+  }
+
+  // The offer `id` that waits for the user, no longer waiting.
+  #takeOffer(id: string): FileOffer {
+    const offer = this.#offers.get(id);
+    if (!offer) {
+      throw new E2eError(
+        "ERR_NOT_FOUND",
+        `No file offer ${JSON.stringify(id)} from "${this.name}"`,
+      );
+    }
+    this.#offers.delete(id);
+    return offer;
+  }
+
+  #startSending(id: string, out: Outgoing): void {
+    this.#sending = this.#sending.then(async () => {
+      try {
+        await this.#stream(id, out);
+        this.#options.events.fileSent?.(this, {
+          id,
+          name: out.name,
+          path: out.path,
+          bytes: out.size,
+        });
+      } catch (e) {
+        this.#options.events.fileFailed(this, {
+          id,
+          reason: e instanceof Error ? e.message : String(e),
+          direction: "out",
+        });
+      } finally {
+        out.file.close();
+      }
+    });
+  }
+
+  // Streams an accepted file. Every write waits for the socket to drain, and to a peer that
+  // offers, at most SEND_WINDOW bytes go unconfirmed by its "got"; each wait lasts at most
+  // sendStallMs, then the send is aborted.
+  async #stream(id: string, out: Outgoing): Promise<void> {
+    const file = out.file;
+    await file.seek(0, Deno.SeekMode.Start);
     // Raw bytes after a "bin" frame when the peer said it takes them; else base64 in JSON.
     const binary = this.#peerFeatures.has(FEATURE_BINARY);
+    const windowed = this.#peerFeatures.has(FEATURE_OFFER);
+    const confirmed = { bytes: 0 } as { bytes: number; wake?: () => void };
+    this.#confirmed.set(id, confirmed);
+    try {
+      await this.#streamFrom(id, out, file, binary, windowed ? confirmed : undefined);
+    } finally {
+      this.#confirmed.delete(id);
+    }
+  }
+
+  async #streamFrom(
+    id: string,
+    out: Outgoing,
+    file: Deno.FsFile,
+    binary: boolean,
+    confirmed?: { bytes: number; wake?: () => void },
+  ): Promise<void> {
+    const size = out.size;
     let sent = 0;
     while (sent < size) {
       if (this.#closed) {
         throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
+      }
+      while (confirmed && sent - confirmed.bytes >= SEND_WINDOW) {
+        await this.#waitForGot(confirmed);
       }
       const buffer = new Uint8Array(Math.min(CHUNK_BYTES, size - sent));
       const n = await file.read(buffer);
@@ -175,7 +345,6 @@ export class PeerConnection {
     }
     if (sent !== size) throw new E2eError("ERR_FILE", "The file changed while it was being sent");
     await this.#writeAsync({ type: "end", id });
-    return id;
   }
 
   /** Says bye and closes. */
@@ -205,15 +374,55 @@ export class PeerConnection {
       throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
     }
     if (this.#socket.write(data)) return;
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        this.#socket.off("drain", done);
-        this.#socket.off("close", done);
-        resolve();
-      };
-      this.#socket.on("drain", done);
+    await this.#progressOrAbort(
+      (done) => {
+        this.#socket.on("drain", done);
+        this.#socket.on("close", done);
+        return () => {
+          this.#socket.off("drain", done);
+          this.#socket.off("close", done);
+        };
+      },
+    );
+  }
+
+  // Waits until the peer confirms more of a file, at most sendStallMs.
+  async #waitForGot(confirmed: { bytes: number; wake?: () => void }): Promise<void> {
+    await this.#progressOrAbort((done) => {
+      confirmed.wake = done;
       this.#socket.on("close", done);
+      return () => {
+        confirmed.wake = undefined;
+        this.#socket.off("close", done);
+      };
     });
+    if (this.#closed || this.#socket.destroyed) {
+      throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
+    }
+  }
+
+  // Resolves when `watch` calls done; after sendStallMs without it, aborts the connection.
+  async #progressOrAbort(watch: (done: () => void) => () => void): Promise<void> {
+    const stallMs = this.#options.sendStallMs ?? SEND_STALL_MS;
+    const moved = await new Promise<boolean>((resolve) => {
+      let unwatch = () => {};
+      const timer = setTimeout(() => {
+        unwatch();
+        resolve(false);
+      }, stallMs);
+      unwatch = watch(() => {
+        clearTimeout(timer);
+        unwatch();
+        resolve(true);
+      });
+    });
+    if (moved) return;
+    // The peer read nothing for that long. In the middle of a frame nothing else can be
+    // said on this stream, so the connection goes: both sides see it, and nothing waits.
+    const why = `sending made no progress for ${stallMs / 1000} s: "${this.name}" reads nothing`;
+    this.#closeReason = why;
+    this.#socket.destroy();
+    throw new E2eError("ERR_NETWORK", `Aborted: ${why}`);
   }
 
   #onData(bytes: Uint8Array): void {
@@ -284,6 +493,7 @@ export class PeerConnection {
     if (!file) throw malformed("binary data for a file never announced");
     await file.write(piece.bytes);
     this.#progress(piece.id, file.received, file.size, "in");
+    this.#reportGot(piece.id, file.received);
   }
 
   async #handle(frame: Frame): Promise<void> {
@@ -291,6 +501,7 @@ export class PeerConnection {
       if (frame.type !== "hello") throw malformed("the first frame must be hello");
       this.#helloSeen = true;
       this.#peerFeatures = new Set(frame.features ?? []);
+      this.#hello.resolve();
       if (frame.checkpoint !== undefined) this.#options.events.checkpoint?.(this, frame.checkpoint);
       return;
     }
@@ -327,16 +538,64 @@ export class PeerConnection {
             "Files are refused until your changed key is trusted",
           );
         }
-        if (this.#incoming.has(frame.id)) throw malformed("a file id used twice");
-        if (this.#incoming.size >= MAX_INCOMING_FILES) throw malformed("too many files at once");
-        const file = await IncomingFile.start(
-          this.#options.downloads,
-          frame.name,
-          frame.size,
-          frame.sha256,
-        );
-        this.#incoming.set(frame.id, file);
-        this.#watch();
+        if (this.#incoming.has(frame.id) || this.#offers.has(frame.id)) {
+          throw malformed("a file id used twice");
+        }
+        const offering = this.#peerFeatures.has(FEATURE_OFFER);
+        if (!offering && this.#incoming.size >= MAX_INCOMING_FILES) {
+          throw malformed("too many files at once");
+        }
+        const offer = { id: frame.id, name: frame.name, bytes: frame.size, sha256: frame.sha256 };
+        const verdict = this.#options.files?.decide(this, offer, offering) ?? "accept";
+        if (verdict === "accept") {
+          const refused = await this.#take(offer, offering);
+          if (refused && !offering) throw refusal(refused);
+        } else if (verdict === "ask" && offering) {
+          if (this.#offers.size >= MAX_OFFERS) {
+            this.#refuse(offer, `${MAX_OFFERS} offers already wait for an answer`);
+          } else {
+            this.#offers.set(offer.id, offer);
+            events.offer?.(this, offer);
+          }
+        } else {
+          const why = verdict === "ask"
+            ? 'it was not offered (the sender\'s hello does not list "offer")'
+            : verdict.refuse;
+          if (offering) this.#refuse(offer, why);
+          else {
+            events.fileFailed(this, { id: offer.id, reason: `refused: ${why}`, direction: "in" });
+            throw refusal(why);
+          }
+        }
+        return;
+      }
+      case "accept": {
+        const out = this.#outgoing.get(frame.id);
+        if (!out) throw malformed("an accept for a file never offered");
+        this.#outgoing.delete(frame.id);
+        this.#startSending(frame.id, out);
+        return;
+      }
+      case "got": {
+        // Unknown ids are a file that just finished or failed here: nothing to wake.
+        const confirmed = this.#confirmed.get(frame.id);
+        if (confirmed && frame.bytes > confirmed.bytes) {
+          confirmed.bytes = frame.bytes;
+          confirmed.wake?.();
+        }
+        return;
+      }
+      case "decline": {
+        // One we no longer wait for (it is streaming or done) is not the peer's mistake.
+        const out = this.#outgoing.get(frame.id);
+        if (!out) return;
+        this.#outgoing.delete(frame.id);
+        out.file.close();
+        events.fileFailed(this, {
+          id: frame.id,
+          reason: `"${this.name}" declined it: ${frame.reason || "no reason given"}`,
+          direction: "out",
+        });
         return;
       }
       case "bin":
@@ -350,12 +609,16 @@ export class PeerConnection {
         if (!file) throw malformed("a chunk for a file never announced");
         await file.write(Buffer.from(frame.data, "base64"));
         this.#progress(frame.id, file.received, file.size, "in");
+        this.#reportGot(frame.id, file.received);
         return;
       }
       case "end": {
         const file = this.#incoming.get(frame.id);
         if (!file) throw malformed("an end for a file never announced");
         this.#incoming.delete(frame.id);
+        this.#reported.delete(frame.id);
+        const release = this.#releases.get(frame.id);
+        this.#releases.delete(frame.id);
         try {
           const path = await file.finish();
           events.file(this, {
@@ -367,6 +630,7 @@ export class PeerConnection {
           });
           this.#write({ type: "ack", id: frame.id });
         } catch (e) {
+          release?.();
           events.fileFailed(this, {
             id: frame.id,
             reason: e instanceof Error ? e.message : String(e),
@@ -385,6 +649,64 @@ export class PeerConnection {
         this.#socket.end();
         return;
     }
+  }
+
+  // Tells a sender that waits for it (one that offers) how much of file `id` is written.
+  #reportGot(id: string, bytes: number): void {
+    if (!this.#peerFeatures.has(FEATURE_OFFER)) return;
+    const last = this.#reported.get(id) ?? 0;
+    if (bytes - last < GOT_EVERY) return;
+    this.#reported.set(id, bytes);
+    this.#write({ type: "got", id, bytes });
+  }
+
+  // Counts and starts an accepted file, then (to a peer that offers) answers accept;
+  // returns why it was refused instead, after telling both sides.
+  async #take(offer: FileOffer, offering: boolean): Promise<string | undefined> {
+    const taken = this.#options.files?.take(this, offer) ?? (() => {});
+    let why = typeof taken === "function" ? undefined : taken.refuse;
+    if (!why && this.#incoming.size >= MAX_INCOMING_FILES) {
+      why = `${MAX_INCOMING_FILES} files are already being received from "${this.name}"`;
+    }
+    if (why) {
+      if (typeof taken === "function") taken();
+      if (offering) this.#refuse(offer, why);
+      else {
+        this.#options.events.fileFailed(this, {
+          id: offer.id,
+          reason: `refused: ${why}`,
+          direction: "in",
+        });
+      }
+      return why;
+    }
+    const release = taken as () => void;
+    try {
+      const file = await IncomingFile.start(
+        this.#options.downloads,
+        offer.name,
+        offer.bytes,
+        offer.sha256,
+      );
+      this.#incoming.set(offer.id, file);
+      this.#releases.set(offer.id, release);
+    } catch (e) {
+      release();
+      throw e;
+    }
+    if (offering) this.#write({ type: "accept", id: offer.id });
+    this.#watch();
+    return undefined;
+  }
+
+  // Declines an offer on our side's rules: the peer gets the reason, and so does our user.
+  #refuse(offer: FileOffer, why: string): void {
+    this.#options.events.fileFailed(this, {
+      id: offer.id,
+      reason: `refused: ${why}`,
+      direction: "in",
+    });
+    this.#write({ type: "decline", id: offer.id, reason: `refused: ${why}` });
   }
 
   #maybeResume(): void {
@@ -439,6 +761,7 @@ export class PeerConnection {
     await this.#queue.catch(() => {});
     for (const [id, file] of this.#incoming) {
       await file.abort();
+      this.#releases.get(id)?.();
       this.#options.events.fileFailed(this, {
         id,
         reason: "the connection closed",
@@ -446,8 +769,35 @@ export class PeerConnection {
       });
     }
     this.#incoming.clear();
+    this.#releases.clear();
+    for (const out of this.#outgoing.values()) out.file.close();
+    for (const id of [...this.#offers.keys(), ...this.#outgoing.keys()]) {
+      this.#options.events.fileFailed(this, {
+        id,
+        reason: "the connection closed",
+        direction: this.#offers.has(id) ? "in" : "out",
+      });
+    }
+    this.#offers.clear();
+    this.#outgoing.clear();
+    this.#hello.resolve();
     this.#options.events.closed(this, this.#closeReason);
   }
+}
+
+/** A file we offered, waiting for the peer's accept. */
+interface Outgoing {
+  path: string;
+  file: Deno.FsFile;
+  name: string;
+  size: number;
+  sha256: string;
+}
+
+// A file refused from a peer that streams without asking: its data is already on the way,
+// so the connection ends with an error frame that says why.
+function refusal(why: string): E2eError {
+  return new E2eError("ERR_FORBIDDEN", `File refused: ${why}`);
 }
 
 function concat(pieces: Uint8Array[], size: number): Uint8Array {

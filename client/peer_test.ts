@@ -11,7 +11,7 @@ import { CertificateAuthority } from "../ca/authority.ts";
 import { encodeFrame } from "../lib/frames.ts";
 import { clientOptions, serverOptions, trustAnchor } from "../lib/tls.ts";
 import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
-import { PeerConnection, type PeerEvents } from "./peer.ts";
+import { type FileOffer, type FilePolicy, PeerConnection, type PeerEvents } from "./peer.ts";
 
 type Seen = Array<[string, ...unknown[]]>;
 
@@ -21,7 +21,9 @@ function recorder(seen: Seen): PeerEvents {
     delivered: (_p, id) => seen.push(["delivered", id]),
     file: (_p, info) => seen.push(["file", info.name, info.bytes, info.sha256, info.path]),
     progress: () => {},
-    fileFailed: (_p, info) => seen.push(["fileFailed", info.direction]),
+    fileFailed: (_p, info) => seen.push(["fileFailed", info.direction, info.reason]),
+    offer: (_p, offer) => seen.push(["offer", offer]),
+    fileSent: (_p, info) => seen.push(["fileSent", info.id]),
     held: () => seen.push(["held"]),
     closed: (_p, reason) => seen.push(["closed", reason]),
   };
@@ -92,7 +94,7 @@ Deno.test("PeerConnection carries a message with its ack and a 3 MiB file intact
 
     const body = new Uint8Array(3 * 1024 * 1024).map((_, i) => i % 251);
     await Deno.writeFile(join(dir, "data.bin"), body);
-    const fileId = await bob.sendFile(join(dir, "data.bin"));
+    const { id: fileId } = await bob.sendFile(join(dir, "data.bin"));
     await until("the file", aliceSeen, (s) => s.some((e) => e[0] === "file"));
     const [, name, bytes, sha256, path] = aliceSeen.find((e) => e[0] === "file")!;
     assert.equal(name, "data.bin");
@@ -156,5 +158,143 @@ Deno.test("PeerConnection answers a malformed frame after the frames before it, 
     assert.deepEqual(aliceSeen[0], ["message", "m1", "before"]);
     assert.match(received, /"type":"ack","id":"m1"/);
     assert.match(received, /"type":"error"/);
+  });
+});
+
+/** A policy that asks for every file and counts what it takes. */
+function asking(taken: FileOffer[], refuse?: string): FilePolicy {
+  return {
+    decide: (_p, _offer, canAsk) => canAsk ? "ask" : { refuse: "it cannot be asked" },
+    take: (_p, offer) => {
+      if (refuse) return { refuse };
+      taken.push(offer);
+      return () => taken.splice(taken.indexOf(offer), 1);
+    },
+  };
+}
+
+Deno.test("PeerConnection offers a file and streams it only after acceptOffer(); declineOffer() tells the sender", async () => {
+  await withPair(async (aliceSocket, bobSocket, dir) => {
+    const aliceSeen: Seen = [];
+    const bobSeen: Seen = [];
+    const taken: FileOffer[] = [];
+    const downloads = join(dir, "alice-downloads");
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads,
+      events: recorder(aliceSeen),
+      files: asking(taken),
+    });
+    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
+      downloads: join(dir, "bob-downloads"),
+      events: recorder(bobSeen),
+    });
+    alice.start();
+    bob.start();
+    const body = new TextEncoder().encode("consent first\n");
+    await Deno.writeFile(join(dir, "a.txt"), body);
+    const offer = await bob.sendFile(join(dir, "a.txt"));
+    await until("the offer", aliceSeen, (s) => s.some((e) => e[0] === "offer"));
+    assert.deepEqual(aliceSeen.find((e) => e[0] === "offer")![1], offer);
+    assert.deepEqual(alice.offers, [offer]);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(bobSeen.filter((e) => e[0] === "fileSent"), [], "sent before accept");
+    await assert.rejects(() => Deno.readDir(downloads)[Symbol.asyncIterator]().next());
+    await alice.acceptOffer(offer.id);
+    assert.deepEqual(taken, [offer]);
+    await until("the file", aliceSeen, (s) => s.some((e) => e[0] === "file"));
+    await until("delivered", bobSeen, (s) => s.some((e) => e[0] === "delivered"));
+    assert.deepEqual(bobSeen.filter((e) => e[0] === "fileSent"), [["fileSent", offer.id]]);
+
+    const second = await bob.sendFile(join(dir, "a.txt"));
+    await until("the 2nd offer", aliceSeen, (s) => s.filter((e) => e[0] === "offer").length === 2);
+    alice.declineOffer(second.id);
+    await until("the decline", bobSeen, (s) => s.some((e) => e[0] === "fileFailed"));
+    assert.deepEqual(bobSeen.find((e) => e[0] === "fileFailed"), [
+      "fileFailed",
+      "out",
+      '"alice" declined it: declined by the user',
+    ]);
+    assert.throws(() => alice.declineOffer(second.id), /No file offer/);
+    // At most 16 offers wait at once: each holds its file open.
+    for (let i = 0; i < 16; i++) await bob.sendFile(join(dir, "a.txt"));
+    await assert.rejects(
+      () => bob.sendFile(join(dir, "a.txt")),
+      /16 files already wait for "alice" to accept them/,
+    );
+    await assert.rejects(() => alice.acceptOffer("nope"), /No file offer "nope" from "bob"/);
+    alice.close();
+  });
+});
+
+Deno.test("PeerConnection declines an offer its policy refuses, with the reason on both sides, and writes nothing", async () => {
+  await withPair(async (aliceSocket, bobSocket, dir) => {
+    const aliceSeen: Seen = [];
+    const bobSeen: Seen = [];
+    const downloads = join(dir, "alice-downloads");
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads,
+      events: recorder(aliceSeen),
+      files: {
+        decide: () => ({ refuse: "the quota of 0 files is used up" }),
+        take: () => ({ refuse: "never" }),
+      },
+    });
+    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
+      downloads: join(dir, "bob-downloads"),
+      events: recorder(bobSeen),
+    });
+    alice.start();
+    bob.start();
+    await Deno.writeFile(join(dir, "a.txt"), new Uint8Array(10));
+    await bob.sendFile(join(dir, "a.txt"));
+    await until("bob told", bobSeen, (s) => s.some((e) => e[0] === "fileFailed"));
+    assert.match(String(bobSeen.find((e) => e[0] === "fileFailed")![2]), /the quota of 0 files/);
+    assert.deepEqual(aliceSeen.find((e) => e[0] === "fileFailed"), [
+      "fileFailed",
+      "in",
+      "refused: the quota of 0 files is used up",
+    ]);
+    await assert.rejects(() => Deno.stat(downloads), Deno.errors.NotFound);
+    alice.close();
+  });
+});
+
+Deno.test("PeerConnection aborts a send the peer reads nothing of after sendStallMs, and closes the connection", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: recorder(aliceSeen),
+      sendStallMs: 500,
+    });
+    alice.start();
+    let received = "";
+    const onData = (b: Uint8Array) => {
+      received += new TextDecoder().decode(b.subarray(0, 4096));
+      const m = /"type":"file","id":"([^"]+)"/.exec(received);
+      if (m) {
+        // Accept, then never read again.
+        rawBob.off("data", onData);
+        rawBob.pause();
+        rawBob.write(encodeFrame({ type: "accept", id: m[1] }));
+      }
+    };
+    rawBob.on("data", onData);
+    rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }));
+    const path = join(dir, "big.bin");
+    {
+      using f = await Deno.open(path, { write: true, create: true });
+      await f.truncate(64 * 1024 * 1024);
+    }
+    const started = performance.now();
+    const offer = await alice.sendFile(path);
+    assert.ok(performance.now() - started < 2_000, "sendFile() waited for the transfer");
+    await until("the abort", aliceSeen, (s) => s.some((e) => e[0] === "fileFailed"));
+    const failed = aliceSeen.find((e) => e[0] === "fileFailed")!;
+    assert.equal(failed[1], "out");
+    assert.match(String(failed[2]), /no progress for 0.5 s: "bob" reads nothing/);
+    await until("closed", aliceSeen, (s) => s.some((e) => e[0] === "closed"));
+    assert.match(String(aliceSeen.find((e) => e[0] === "closed")![1]), /reads nothing/);
+    assert.ok(!aliceSeen.some((e) => e[0] === "fileSent" && e[1] === offer.id));
   });
 });

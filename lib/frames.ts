@@ -24,6 +24,13 @@ export const MAX_CHECKPOINT_CHARS = 4096;
 
 /** The feature a peer lists in its hello when it accepts `bin` frames. */
 export const FEATURE_BINARY = "bin";
+/**
+ * The feature a peer lists in its hello when its `file` frames are offers: the
+ * sender streams only after an `accept`, and a `decline` ends the offer.
+ */
+export const FEATURE_OFFER = "offer";
+/** The longest reason a `decline` carries. */
+export const MAX_REASON_CHARS = 500;
 
 /** Every frame of protocol v1. */
 export type Frame =
@@ -34,6 +41,9 @@ export type Frame =
   | { type: "chunk"; id: string; data: string }
   | { type: "bin"; id: string; size: number }
   | { type: "end"; id: string }
+  | { type: "accept"; id: string }
+  | { type: "got"; id: string; bytes: number }
+  | { type: "decline"; id: string; reason: string }
   | { type: "bye" }
   | { type: "error"; message: string };
 
@@ -97,6 +107,19 @@ export function decodeFrame(line: string): Frame {
       return { type: "ack", id: id(f.id) };
     case "end":
       return { type: "end", id: id(f.id) };
+    case "accept":
+      return { type: "accept", id: id(f.id) };
+    case "got":
+      if (typeof f.bytes !== "number" || !Number.isSafeInteger(f.bytes) || f.bytes < 0) {
+        throw malformed("got needs a whole number of bytes");
+      }
+      return { type: "got", id: id(f.id), bytes: f.bytes };
+    case "decline":
+      return {
+        type: "decline",
+        id: id(f.id),
+        reason: typeof f.reason === "string" ? f.reason.slice(0, MAX_REASON_CHARS) : "",
+      };
     case "file": {
       if (typeof f.name !== "string" || f.name.length === 0 || f.name.length > 1024) {
         throw malformed("file needs a name");

@@ -5,11 +5,13 @@ import {
   decodeFrame,
   encodeFrame,
   FEATURE_BINARY,
+  FEATURE_OFFER,
   type Frame,
   LineSplitter,
   MAX_BINARY_BYTES,
   MAX_CHUNK_BYTES,
   MAX_LINE_BYTES,
+  MAX_REASON_CHARS,
   MAX_TEXT_CHARS,
   PROTOCOL_VERSION,
 } from "./frames.ts";
@@ -36,6 +38,17 @@ Deno.test("frames use the constants of docs/PROTOCOL.md", () => {
   assert.equal(MAX_CHUNK_BYTES, 768 * 1024);
   assert.equal(MAX_BINARY_BYTES, 1024 * 1024);
   assert.equal(FEATURE_BINARY, "bin");
+  assert.equal(FEATURE_OFFER, "offer");
+});
+
+Deno.test("decodeFrame() keeps at most 500 characters of a decline's reason, and '' when it is not a string", () => {
+  const long = decodeFrame(JSON.stringify({ type: "decline", id: "f", reason: "r".repeat(900) }));
+  assert.deepEqual(long, { type: "decline", id: "f", reason: "r".repeat(MAX_REASON_CHARS) });
+  assert.deepEqual(decodeFrame('{"type":"decline","id":"f","reason":7}'), {
+    type: "decline",
+    id: "f",
+    reason: "",
+  });
 });
 
 // ---------------------------------------------------------------------------
@@ -49,6 +62,9 @@ const EVERY_FRAME: Frame[] = [
   { type: "chunk", id: "f.1", data: "aGVsbG8=" },
   { type: "bin", id: "f.1", size: 524_288 },
   { type: "end", id: "f.1" },
+  { type: "accept", id: "f.1" },
+  { type: "got", id: "f.1", bytes: 1_048_576 },
+  { type: "decline", id: "f.1", reason: "Declined by the user" },
   { type: "bye" },
   { type: "error", message: "Malformed frame: bad id" },
 ];
@@ -227,6 +243,14 @@ const MALFORMED: Array<[what: string, line: string, why: string]> = [
   ["ack with a newline after the id", '{"type":"ack","id":"a\\n"}', "bad id"],
   ["ack with a non-ASCII id", '{"type":"ack","id":"é"}', "bad id"],
   ["end without id", '{"type":"end"}', "bad id"],
+  ["accept without id", '{"type":"accept"}', "bad id"],
+  ["got without bytes", '{"type":"got","id":"f"}', "got needs a whole number of bytes"],
+  [
+    "got with negative bytes",
+    '{"type":"got","id":"f","bytes":-1}',
+    "got needs a whole number of bytes",
+  ],
+  ["decline with a bad id", '{"type":"decline","id":"../x","reason":"no"}', "bad id"],
   ["chunk without id", '{"type":"chunk","data":""}', "bad id"],
   [
     "file without id",

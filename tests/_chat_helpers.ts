@@ -10,9 +10,16 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import tls from "node:tls";
 import { openssl } from "../lib/openssl.ts";
-import { EVENT_TIMEOUT_MS, sleep, Wakeup, within } from "./_harness.ts";
+import { concurrentSteps, EVENT_TIMEOUT_MS, sleep, Wakeup, within } from "./_harness.ts";
 import { runCa } from "./_helpers.ts";
-import { assertSuccess, makeInvite, runClient, type Service } from "./_service_helpers.ts";
+import {
+  assertSuccess,
+  initCa,
+  makeInvite,
+  runClient,
+  type Service,
+  startService,
+} from "./_service_helpers.ts";
 
 const encoder = new TextEncoder();
 
@@ -203,6 +210,12 @@ export class RawPeer {
     assert.ok(closed, `the connection stayed open; got ${JSON.stringify(this.lines)}`);
   }
 
+  /** Stops reading (the other side's writes pile up until it gives up), or starts again. */
+  pause(paused = true): void {
+    if (paused) this.#socket.pause();
+    else this.#socket.resume();
+  }
+
   /** Closes our side at once. */
   destroy(): void {
     this.#socket.destroy();
@@ -300,4 +313,43 @@ export async function selfSigned(name: string, keyPath: string): Promise<string>
     "1",
   ], { timeoutMs: 10_000 });
   return new TextDecoder().decode(stdout);
+}
+
+/**
+ * Runs `scenarios` at once as steps of `t` against one real CA service (a fresh
+ * EC P-256 CA in a temporary folder): each gets a scene made by `scene` in its
+ * own folder, closed after it, even when another fails.
+ */
+export async function runScenarios<S extends { close(): Promise<void> }>(
+  t: Deno.TestContext,
+  scenarios: ReadonlyArray<readonly [string, (scene: S) => Promise<void>]>,
+  scene: (service: Service, dir: string) => S,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "e2e-chat-scenarios-" });
+  let service: Service | undefined;
+  try {
+    const home = join(dir, "ca-home");
+    await initCa(home);
+    service = await startService(home, { args: ["--enroll-rate", "1000"] });
+    const running = service;
+    await concurrentSteps(
+      t,
+      scenarios.map(([name, fn], i) => [
+        name,
+        async () => {
+          const sceneDir = join(dir, `scene-${i}`);
+          await Deno.mkdir(sceneDir);
+          const s = scene(running, sceneDir);
+          try {
+            await fn(s);
+          } finally {
+            await s.close();
+          }
+        },
+      ]),
+    );
+  } finally {
+    await service?.stop();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
 }

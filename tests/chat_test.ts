@@ -26,20 +26,15 @@ import {
   PROTOCOL_VERSION,
 } from "../lib/frames.ts";
 import { openssl } from "../lib/openssl.ts";
-import { ChatClient, concurrentSteps, connect, sleep, stopAll, waitUntil } from "./_harness.ts";
+import { ChatClient, connect, sleep, stopAll, waitUntil } from "./_harness.ts";
 import { makeCsr, runCa } from "./_helpers.ts";
-import {
-  assertSuccess,
-  initCa,
-  runClient,
-  type Service,
-  startService,
-} from "./_service_helpers.ts";
+import { assertSuccess, initCa, runClient, type Service } from "./_service_helpers.ts";
 import {
   joinUser,
   RawPeer,
   type RawPeerOptions,
   revoke,
+  runScenarios,
   sClient,
   selfSigned,
   type User,
@@ -381,7 +376,17 @@ async function files(scene: Scene): Promise<void> {
   const sendFile = async (from: ChatClient, to: ChatClient, line: string) => {
     const mark = to.mark();
     await from.send(line);
+    // A key first seen on this connection is not pinned: every file waits for consent.
+    const offer = await to.acceptFile(from.name);
     const file = await to.expect({ type: "file", from: from.name });
+    assert.deepEqual(offer, {
+      type: "file_offer",
+      from: from.name,
+      id: file.id,
+      name: file.name,
+      bytes: file.bytes,
+      sha256: file.sha256,
+    });
     const sent = await from.expect({ type: "sent", to: to.name });
     const delivered = await from.expect({ type: "delivered", to: to.name });
     assert.equal(delivered.id, sent.id);
@@ -441,6 +446,7 @@ async function filePathWithSpaces(scene: Scene): Promise<void> {
   await Deno.writeTextFile(path, "notes with a space in their name\n");
   const sent = async (line: string) => {
     await alice.send(line);
+    await bob.acceptFile("alice-space");
     const outcome = await alice.expect((e) => e.type === "sent" || e.type === "error");
     assert.equal(outcome.type, "sent", `${line}: ${outcome.message}`);
     return await bob.expect({ type: "file", from: "alice-space" });
@@ -480,6 +486,17 @@ async function wireFiles(scene: Scene): Promise<void> {
   content.set(new TextEncoder().encode('\n{"type":"bye"}\n'), 1000);
   const path = join(scene.dir, "blob.bin");
   await Deno.writeFile(path, content);
+  // bob talks to alice once first, so that his key is pinned: a peer whose hello does not
+  // list "offer" has its files taken without asking only then (and up to --auto-accept).
+  {
+    await alice.send("/chat bob-bin");
+    await alice.expect({ type: "invited", to: "bob-bin" });
+    const peer = scene.raw(alice.port, bob);
+    await peer.expectFrame({ type: "hello", v: 1 });
+    peer.write(HELLO + encodeFrame({ type: "bye" }));
+    await peer.expectClosed();
+    await alice.expect({ type: "disconnected", peer: "bob-bin" });
+  }
 
   for (const features of [["bin"], [], undefined]) {
     const what = `hello with features ${JSON.stringify(features)}`;
@@ -1012,6 +1029,7 @@ async function killedMidTransfer(scene: Scene): Promise<void> {
   let [alice, bob] = await scene.start(aliceUser, bobUser);
   await connect(alice, bob);
   await alice.send(`/file ${bigPath}`);
+  await bob.acceptFile("alice-kill");
   await bob.expect({ type: "progress", direction: "in" });
   await alice.kill("SIGKILL");
   const gone = await bob.expect({ type: "disconnected", peer: "alice-kill" });
@@ -1024,6 +1042,7 @@ async function killedMidTransfer(scene: Scene): Promise<void> {
   const again = await connect(alice, bob);
   assert.equal(again.atFrom.trust, "known");
   await alice.send(`/file ${bigPath}`);
+  await bob.acceptFile("alice-kill");
   // Wait for this transfer's partial file itself: a progress event could be the first one's.
   let partials: string[] = [];
   for (let i = 0; i < 200 && partials.length === 0; i++) {
@@ -1061,16 +1080,20 @@ async function vanishingSender(scene: Scene): Promise<void> {
     await alice.expect({ type: "invited", to: "bob-vanish" });
     const peer = scene.raw(alice.port, bob);
     await peer.expectFrame({ type: "hello", v: 1 });
+    // An offer, accepted by alice's user: a peer that streams without asking is refused a
+    // file this large (more than --auto-accept).
     peer.write(
-      HELLO +
+      encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }) +
         encodeFrame({
           type: "file",
           id: "f",
           name: "x.bin",
-          size: 2 ** 30,
+          size: 256 * MiB,
           sha256: "0".repeat(64),
         }),
     );
+    await alice.acceptFile("bob-vanish");
+    await peer.expectFrame({ type: "accept", id: "f" });
     for (let i = 0; i < 128; i++) {
       peer.write(binHeader);
       peer.write(payload);
@@ -1242,31 +1265,5 @@ const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
 ];
 
 Deno.test("chat end to end: real CA service, real clients, mutual TLS between peers", async (t) => {
-  const dir = await Deno.makeTempDir({ prefix: "e2e-chat-chat-test-" });
-  let service: Service | undefined;
-  try {
-    const home = join(dir, "ca-home");
-    await initCa(home);
-    service = await startService(home, { args: ["--enroll-rate", "1000"] });
-    const running = service;
-    // Scenarios run at once; each cleans up after itself.
-    await concurrentSteps(
-      t,
-      SCENARIOS.map(([name, fn], i) => [
-        name,
-        async () => {
-          const scene = new Scene(running, join(dir, `scene-${i}`));
-          await Deno.mkdir(scene.dir);
-          try {
-            await fn(scene);
-          } finally {
-            await scene.close();
-          }
-        },
-      ]),
-    );
-  } finally {
-    await service?.stop();
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-  }
+  await runScenarios(t, SCENARIOS, (service, dir) => new Scene(service, dir));
 });

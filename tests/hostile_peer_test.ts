@@ -44,6 +44,8 @@ function frame(value: Record<string, unknown>): string {
 }
 
 const HELLO = frame({ type: "hello", v: 1 });
+const OFFER_HELLO = frame({ type: "hello", v: 1, features: ["bin", "offer"] });
+const EMPTY_SHA = createHash("sha256").update(new Uint8Array()).digest("hex");
 
 function sha256(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
@@ -234,18 +236,47 @@ Deno.test("a chat listener under attack keeps serving its invited peer, and writ
             const gone = await alice.expect({ type: "disconnected", peer: "bob" });
             assert.match(String(gone.reason), /bad input|malformed/i, what);
           }
-          // A file announced as 2^53-1 bytes, then the sender hangs up.
+          // A file announced as 2^53-1 bytes by a peer that streams without asking: refused
+          // before a byte is written (more than --auto-accept, and than every quota).
+          {
+            const peer = await invitedBob();
+            peer.write(
+              HELLO +
+                frame({
+                  type: "file",
+                  id: "huge",
+                  name: "huge.bin",
+                  size: Number.MAX_SAFE_INTEGER,
+                  sha256: "0".repeat(64),
+                }) +
+                frame({
+                  type: "chunk",
+                  id: "huge",
+                  data: Buffer.alloc(MiB / 2).toString("base64"),
+                }),
+            );
+            const refused = await peer.expectFrame({ type: "error" });
+            assert.match(String(refused.message), /^File refused: .*quota/);
+            await peer.expectClosed(10_000);
+            await alice.expect({ type: "disconnected", peer: "bob" });
+          }
+          // A large file offered and accepted, then the sender hangs up in the middle.
           const peer = await invitedBob();
           peer.write(
-            HELLO +
+            OFFER_HELLO +
               frame({
                 type: "file",
-                id: "huge",
-                name: "huge.bin",
-                size: Number.MAX_SAFE_INTEGER,
+                id: "big",
+                name: "big.bin",
+                size: 512 * MiB,
                 sha256: "0".repeat(64),
-              }) +
-              frame({ type: "chunk", id: "huge", data: Buffer.alloc(MiB / 2).toString("base64") }),
+              }),
+          );
+          const offer = await alice.expect({ type: "file_offer", from: "bob", id: "big" });
+          await alice.send(`/get ${offer.id}`);
+          await peer.expectFrame({ type: "accept", id: "big" });
+          peer.write(
+            frame({ type: "chunk", id: "big", data: Buffer.alloc(MiB / 2).toString("base64") }),
           );
           await alice.expect({ type: "progress", direction: "in" });
           peer.destroy();
@@ -257,6 +288,55 @@ Deno.test("a chat listener under attack keeps serving its invited peer, and writ
     ];
 
     await concurrentSteps(t, steps);
+
+    await t.step(
+      "as invited bob: 50 empty files named ../../../etc/passwd and 3 of 700 MB get an answer each, at most 8 are received at once, the large ones wait for consent, and nothing is left on disk",
+      async () => {
+        const mark = alice.mark();
+        const peer = await invitedBob();
+        peer.write(OFFER_HELLO);
+        for (let i = 0; i < 50; i++) {
+          peer.write(frame({
+            type: "file",
+            id: `p${i}`,
+            name: "../../../etc/passwd",
+            size: 0,
+            sha256: EMPTY_SHA,
+          }));
+        }
+        for (let i = 0; i < 3; i++) {
+          peer.write(frame({
+            type: "file",
+            id: `h${i}`,
+            name: `huge${i}.iso`,
+            size: 700_000_000,
+            sha256: "0".repeat(64),
+          }));
+        }
+        await waitUntil(
+          () => alice.since(mark, { type: "file_offer" }).length === 3,
+          "the three offers of 700 MB",
+        );
+        await waitUntil(
+          () =>
+            peer.frames.filter((f) => f.type === "accept" || f.type === "decline").length === 50,
+          "an answer to each small file",
+        );
+        const accepted = peer.frames.filter((f) => f.type === "accept");
+        assert.equal(accepted.length, 8, JSON.stringify(peer.frames.slice(0, 12)));
+        for (const d of peer.frames.filter((f) => f.type === "decline")) {
+          assert.equal(d.reason, 'refused: 8 files are already being received from "bob"');
+        }
+        assert.equal(alice.since(mark, { type: "file_failed", direction: "in" }).length, 42);
+        // Nothing under a real name; the 700 MB offers wrote nothing.
+        assert.deepEqual((await tree(downloads)).filter((n) => !n.startsWith(".partial-")), []);
+        assert.ok(!peer.frames.some((f) => f.type === "accept" && String(f.id).startsWith("h")));
+        peer.destroy();
+        await alice.expect({ type: "disconnected", peer: "bob" });
+        await waitForNoPartials(downloads);
+        assert.deepEqual(await tree(downloads), []);
+      },
+    );
 
     await t.step(
       "as invited bob: hostile file names are stored under safe names inside downloads, and nothing is written elsewhere",

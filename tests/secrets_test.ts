@@ -81,6 +81,7 @@ Deno.test("no passphrase, token or message text reaches openssl's argv, a log, a
     await bob.send(toAlice);
     await alice.expect({ type: "message", from: "bob", text: toAlice });
     await alice.send(`/file ${filePath}`);
+    await bob.acceptFile("alice");
     const file = await bob.expect({ type: "file", from: "alice" });
     await alice.expect({ type: "delivered", to: "bob" });
     await Promise.all([alice.stop(), bob.stop()]);

@@ -107,6 +107,14 @@ async function sendFromPage(page: Page, text: string): Promise<void> {
   await page.locator(".item.mine", { hasText: text }).waitFor();
 }
 
+/** Waits for the card of the file offered as `name` and clicks its "Accept file". */
+async function acceptOnPage(page: Page, name: string): Promise<void> {
+  const card = page.getByRole("listitem").filter({ hasText: `offers ${name} (` });
+  await card.waitFor();
+  await card.getByRole("button", { name: "Accept file" }).click();
+  await card.waitFor({ state: "detached" });
+}
+
 // ---------------------------------------------------------------------------
 // Scenarios
 
@@ -152,6 +160,8 @@ async function messagesBothWays(scene: Scene): Promise<void> {
   const notes = join(scene.dir, "notes.bin");
   await Deno.writeFile(notes, bytes);
   await page.getByLabel("Send file").setInputFiles(notes);
+  // bob's key is first seen on this connection: every file waits for his consent.
+  await bobChat.acceptFile(alice.name);
   const file = await bobChat.expect({ type: "file", from: alice.name }, 30_000);
   assert.equal(file.name, "notes.bin");
   assert.equal(file.sha256, sha256(bytes));
@@ -168,6 +178,7 @@ async function messagesBothWays(scene: Scene): Promise<void> {
   await page.dispatchEvent("#conversation", "dragover", { dataTransfer: dropped });
   await page.getByText("Drop files to send them").waitFor();
   await page.dispatchEvent("#conversation", "drop", { dataTransfer: dropped });
+  await bobChat.acceptFile(alice.name);
   const droppedFile = await bobChat.expect({ type: "file", name: "dropped.txt" });
   assert.equal(droppedFile.sha256, sha256(new TextEncoder().encode("dropped by drag and drop")));
   await page.getByText("Drop files to send them").waitFor({ state: "hidden" });
@@ -176,6 +187,7 @@ async function messagesBothWays(scene: Scene): Promise<void> {
   const theirs = new Uint8Array(randomBytes(200_000));
   const theirPath = join(scene.dir, "from-bob.bin");
   await Deno.writeFile(theirPath, theirs);
+  // bob's key is verified ("Mark verified" above): a file this small comes without asking.
   await bobChat.send(`/file ${theirPath}`);
   const link = page.getByRole("link", { name: "Download from-bob.bin" });
   await link.waitFor();
@@ -192,6 +204,58 @@ async function messagesBothWays(scene: Scene): Promise<void> {
     await timeline(page).getByText("got your notes, thanks!").waitFor();
     await page.screenshot({ path: shot });
   }
+}
+
+/**
+ * A file offered to the page waits on a card (who, name, size, SHA-256) with
+ * "Accept file" and "Decline file"; nothing is written before Accept; Decline
+ * tells the sender; a card survives a reload.
+ */
+async function offerCard(scene: Scene): Promise<void> {
+  const [alice, bob] = await scene.join("alice-o", "bob-o");
+  const web = await scene.web(alice, ["--auto-accept", "0"]);
+  const page = await scene.page(web);
+  const b = await scene.json(bob);
+  await startChat(page, alice, b);
+  const path = join(scene.dir, "report.pdf");
+  const body = new Uint8Array(randomBytes(40_000));
+  await Deno.writeFile(path, body);
+  const downloads = join(alice.home, "downloads");
+  const files = async () => {
+    const names: string[] = [];
+    try {
+      for await (const e of Deno.readDir(downloads)) names.push(e.name);
+    } catch { /* not made yet */ }
+    return names;
+  };
+
+  await b.send(`/file ${path}`);
+  const offers = page.getByRole("region", { name: "Files offered to you" });
+  const card = offers.getByRole("listitem").filter({ hasText: "bob-o offers report.pdf" });
+  await card.waitFor();
+  assert.match(await card.innerText(), /39\.1 KiB, SHA-256 [0-9a-f]{16}…/);
+  const accept = card.getByRole("button", { name: "Accept file" });
+  const decline = card.getByRole("button", { name: "Decline file" });
+  // The buttons say which file they answer.
+  assert.match(String(await accept.getAttribute("aria-describedby")), /^offer-/);
+  await sleep(500);
+  assert.deepEqual(await files(), [], "written before Accept file");
+  // A reload shows the card again.
+  await page.reload();
+  await card.waitFor();
+  await decline.click();
+  await card.waitFor({ state: "detached" });
+  const failed = await b.expect({ type: "file_failed", direction: "out" });
+  assert.match(String(failed.reason), /"alice-o" declined it: declined by the user/);
+  assert.deepEqual(await files(), []);
+
+  await b.send(`/file ${path}`);
+  await card.waitFor();
+  await accept.click();
+  await card.waitFor({ state: "detached" });
+  await b.expect({ type: "delivered", to: alice.name });
+  assert.deepEqual(await files(), ["report.pdf"]);
+  await offers.waitFor({ state: "hidden" });
 }
 
 async function keyChange(scene: Scene): Promise<void> {
@@ -251,6 +315,8 @@ async function hostileText(scene: Scene): Promise<void> {
   await Deno.mkdir(join(scene.dir, "x"), { recursive: true });
   await Deno.rename(path, evil);
   await m.send(`/file ${evil}`);
+  // The offer card shows the name as text too.
+  await acceptOnPage(page, "<img src=x onerror=window.__pwned=3>.html");
   await timeline(page).locator(".file-name", { hasText: "<img" }).waitFor();
   await sleep(300);
   assert.equal(await page.evaluate(() => (globalThis as { __pwned?: number }).__pwned), undefined);
@@ -566,6 +632,10 @@ const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
   [
     "alice in the browser invites bob (JSON face), messages both ways show delivered marks, Mark verified, a file from the picker arrives with the same SHA-256 and its bar reaches 100 %, a dropped file is sent, a received file downloads with identical bytes",
     messagesBothWays,
+  ],
+  [
+    'a file offered to the page waits on a card with "Accept file" and "Decline file"; nothing is written before Accept, Decline tells the sender',
+    offerCard,
   ],
   [
     "a key change shows the warning and holds messages back until Trust new key",

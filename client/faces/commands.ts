@@ -17,7 +17,9 @@ export const HELP = `/chat NAME          invite NAME (through the CA) and wait f
 /accept NAME        connect to NAME, who invited you
 TEXT                send to the current peer
 /msg NAME TEXT      send to NAME
-/file [NAME] PATH   send a file
+/file [NAME] PATH   offer a file (it is sent in the background once accepted)
+/get [NAME] ID      accept the file offered as ID (NAME when two peers used that ID)
+/decline [NAME] ID  decline the file offered as ID
 /peers              connected peers
 /fingerprint NAME   the safety number to compare with NAME out of band
 /verify NAME        mark NAME's key as verified (after comparing)
@@ -33,6 +35,8 @@ export type Command =
   | { op: "accept"; name: string }
   | { op: "send"; name?: string; text: string }
   | { op: "file"; name?: string; path: string }
+  | { op: "get"; name?: string; id: string }
+  | { op: "decline"; name?: string; id: string }
   | { op: "peers" }
   | { op: "fingerprint"; name: string }
   | { op: "verify"; name: string }
@@ -83,6 +87,17 @@ export function parseCommand(line: string, options: ParseOptions = {}): Command 
         return { op: "file", name: args[0], path: args.slice(1).join(" ") };
       }
       return { op: "file", path: args.join(" ") };
+    }
+    case "/get":
+    case "/decline": {
+      const op = command === "/get" ? "get" : "decline";
+      arg(0, "ID");
+      if (args.length > 2) throw new E2eError("ERR_USAGE", `${command} takes [NAME] ID`);
+      const id = args.at(-1)!;
+      if (!/^[A-Za-z0-9_.-]{1,64}$/.test(id)) {
+        throw new E2eError("ERR_USAGE", `${command}: ${JSON.stringify(id)} is not a file id`);
+      }
+      return args.length === 2 ? { op, name: checkName(args[0]), id } : { op, id };
     }
     case "/peers":
       return { op: "peers" };
@@ -143,6 +158,10 @@ export class CommandRunner {
     });
   }
 
+  #offerer(id: string): string {
+    return offererOf(this.#chat, id);
+  }
+
   /** The peer plain text goes to. */
   get current(): string | undefined {
     return this.#current;
@@ -183,7 +202,23 @@ export class CommandRunner {
       case "file": {
         const name = command.name ?? this.#current;
         if (!name) throw new E2eError("ERR_USAGE", "No current peer: /file NAME PATH");
-        await chat.sendFile(name, resolveUserPath(command.path));
+        // Not awaited: hashing a large file, or a peer slow to say hello, must not hold up
+        // the next command. Its outcome comes as events (`sent`, `file_failed`, or `error`).
+        chat.sendFile(name, resolveUserPath(command.path)).catch((e) =>
+          this.#emit({ type: "error", message: describeError(e) })
+        );
+        return true;
+      }
+      case "get":
+      case "decline": {
+        const name = command.name ?? this.#offerer(command.id);
+        if (command.op === "get") {
+          await chat.acceptFile(name, command.id);
+          this.#emit({ type: "warning", message: `Receiving file ${command.id} from "${name}"` });
+        } else {
+          chat.declineFile(name, command.id);
+          this.#emit({ type: "warning", message: `Declined file ${command.id} from "${name}"` });
+        }
         return true;
       }
       case "peers":
@@ -228,6 +263,18 @@ export class CommandRunner {
         return false;
     }
   }
+}
+
+// Who offered the file `id`, when only one peer did.
+function offererOf(chat: Chat, id: string): string {
+  const from = chat.offers().filter((o) => o.id === id).map((o) => o.from);
+  if (from.length === 0) throw new E2eError("ERR_NOT_FOUND", `No file offer ${JSON.stringify(id)}`);
+  if (from.length > 1) {
+    throw new E2eError("ERR_USAGE", `Several peers offered a file ${JSON.stringify(id)}`, {
+      hint: `name the peer: ${from.map((n) => `"${n}"`).join(", ")}`,
+    });
+  }
+  return from[0];
 }
 
 /** An error as one line for the user: the message, then the hint if there is one. */

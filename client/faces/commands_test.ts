@@ -13,6 +13,10 @@ Deno.test("parseCommand() turns every command of /help into a typed command", ()
     ["/file notes.pdf", { op: "file", path: "notes.pdf" }],
     ["/file bob my notes.pdf", { op: "file", name: "bob", path: "my notes.pdf" }],
     ["/file my notes.pdf", { op: "file", path: "my notes.pdf" }],
+    ["/get lz3k-4", { op: "get", id: "lz3k-4" }],
+    ["/get bob lz3k-4", { op: "get", name: "bob", id: "lz3k-4" }],
+    ["/decline 7", { op: "decline", id: "7" }],
+    ["/decline bob 7", { op: "decline", name: "bob", id: "7" }],
     ["/peers", { op: "peers" }],
     ["/fingerprint bob", { op: "fingerprint", name: "bob" }],
     ["/verify bob", { op: "verify", name: "bob" }],
@@ -43,6 +47,11 @@ Deno.test("parseCommand() refuses what is not a command with ERR_USAGE or ERR_NA
     ["/msg ../x hi", "ERR_NAME_INVALID", /\.\.\/x/],
     ["/history bob 0", "ERR_USAGE", /N is a number/],
     ["/history bob many", "ERR_USAGE", /N is a number/],
+    ["/get", "ERR_USAGE", /\/get needs ID/],
+    ["/decline", "ERR_USAGE", /\/decline needs ID/],
+    ["/get bob 1 2", "ERR_USAGE", /\/get takes \[NAME\] ID/],
+    ["/get ../x", "ERR_USAGE", /"\.\.\/x" is not a file id/],
+    ["/decline Bob! 1", "ERR_NAME_INVALID", /Bob!/],
     ["/nope", "ERR_USAGE", /Unknown command "\/nope": see \/help/],
   ];
   for (const [line, code, message] of cases) {

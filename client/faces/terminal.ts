@@ -7,6 +7,7 @@
 import readline from "node:readline";
 import { styleText } from "node:util";
 import type { ChatEvent } from "../events.ts";
+import { formatSize } from "../files.ts";
 import type { InputSink } from "./json.ts";
 
 /** A terminal interface: prompt, colour, timestamps. */
@@ -85,6 +86,15 @@ function format(e: ChatEvent): string | undefined {
         "green",
         `file from ${e.from}: ${clean(e.name)} (${e.bytes} bytes, SHA-256 ok) → ${clean(e.path)}`,
       );
+    case "file_offer":
+      return styleText(
+        "yellow",
+        `${e.from} offers a file: ${clean(e.name)} (${formatSize(e.bytes)}, SHA-256 ${
+          e.sha256.slice(0, 16)
+        }…) — /get ${e.id} to accept, /decline ${e.id} to refuse`,
+      );
+    case "file_failed":
+      return styleText("yellow", clean(e.message));
     case "progress": {
       const pct = e.total ? Math.floor((e.bytes / e.total) * 100) : 100;
       const bar = "#".repeat(Math.floor(pct / 5)).padEnd(20, ".");

@@ -152,6 +152,16 @@ export class ChatClient<U extends ChatUser = ChatUser> {
     return t;
   }
 
+  /**
+   * Waits for the next `file_offer` from `from` and accepts it with `/get FROM ID`
+   * (docs/PROTOCOL.md §3, "Offers, consent and quotas"); returns the offer.
+   */
+  async acceptFile(from: string, ms = EVENT_TIMEOUT_MS): Promise<ChatEvent> {
+    const offer = await this.expect({ type: "file_offer", from }, ms);
+    await this.send(`/get ${from} ${offer.id}`);
+    return offer;
+  }
+
   /** The `warning` and `error` events so far, as JSON. */
   get warnings(): string[] {
     return this.events.filter((e) => e.type === "warning" || e.type === "error")

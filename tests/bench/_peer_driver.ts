@@ -90,7 +90,7 @@ async function main(args: string[]): Promise<void> {
       print({ rate: count / ((await done) - t0) * 1000 });
     } else if (command === "file") {
       const t0 = performance.now();
-      const id = await conn.sendFile(arg);
+      const { id } = await conn.sendFile(arg);
       print({ ms: (await ack(id)) - t0 });
     }
   }

@@ -675,7 +675,16 @@ async function benchFile(rig: Rig): Promise<void> {
     alice.clear();
     rig.bob.clear();
     const t0 = await alice.send(`/file ${path}`);
-    const got = await rig.bob.expectTimed({ type: "file" }, WAIT_MS * 5);
+    // A file above --auto-accept, or from a key not pinned yet, is an offer bob accepts with /get
+    // (docs/PROTOCOL.md §3, "Offers"): that round trip is part of what a user waits for, too.
+    const first = await rig.bob.expectTimed(
+      (e) => e.type === "file" || e.type === "file_offer",
+      WAIT_MS * 5,
+    );
+    if (first.event.type === "file_offer") await rig.bob.send(`/get alice ${first.event.id}`);
+    const got = first.event.type === "file"
+      ? first
+      : await rig.bob.expectTimed({ type: "file" }, WAIT_MS * 5);
     const peak = await peakMiB(rig.bob.pid);
     await alice.expectTimed({ type: "delivered" }, WAIT_MS * 5);
     await Deno.remove(String(got.event.path)).catch(() => {});

@@ -86,7 +86,8 @@ const UNAUTHORIZED_PAGE = `<!doctype html>
 type Operation =
   | { op: "invite" | "accept" | "verify" | "trust" | "close" | "safety"; name: string }
   | { op: "send"; name: string; text: string }
-  | { op: "history"; name: string; limit?: number };
+  | { op: "history"; name: string; limit?: number }
+  | { op: "acceptFile" | "declineFile"; name: string; file: string };
 
 /** Options of {@linkcode WebServer.start}. */
 export interface WebServerOptions {
@@ -315,6 +316,7 @@ export class WebServer {
       listen: chat.listen,
       peers: chat.peers(),
       invitations: chat.invitations(),
+      offers: chat.offers(),
       conversations,
       notices: this.#notices,
       alarms: chat.logAlarms(),
@@ -351,6 +353,10 @@ export class WebServer {
         return chat.close(op.name);
       case "safety":
         return { number: chat.safetyNumber(op.name) };
+      case "acceptFile":
+        return await chat.acceptFile(op.name, op.file);
+      case "declineFile":
+        return chat.declineFile(op.name, op.file);
       case "history": {
         const entries = await chat.history(op.name, op.limit ?? 50);
         return { entries: entries.map((e) => this.#withDownload(e)) };
@@ -461,6 +467,12 @@ function parseOperation(value: unknown): Operation {
         throw new E2eError("ERR_USAGE", "Nothing to send");
       }
       return { op: "send", name, text: v.text };
+    case "acceptFile":
+    case "declineFile":
+      if (typeof v.file !== "string" || !/^[A-Za-z0-9_.-]{1,64}$/.test(v.file)) {
+        throw new E2eError("ERR_BAD_REQUEST", "Not a file id");
+      }
+      return { op: v.op, name, file: v.file };
     case "history": {
       const limit = typeof v.limit === "number" && Number.isInteger(v.limit)
         ? Math.min(Math.max(v.limit, 1), 500)

@@ -15,6 +15,7 @@ const state = {
   me: "",
   peers: new Map(), // name → {trust, fingerprint, keyFingerprint}
   invitations: new Set(),
+  offers: new Map(), // "from id" → a file offered to us, waiting for an answer
   convs: new Map(), // name → conversation
   selected: "",
   history: false,
@@ -210,6 +211,7 @@ function handle(e) {
     case "progress":
       return progress(e);
     case "file": {
+      if (state.offers.delete(`${e.from} ${e.id}`)) drawOffers();
       const c = conv(e.from);
       // The transfer's item (from its progress) becomes the file: by its id when the event
       // has one, else the unfinished transfer of that size.
@@ -230,6 +232,15 @@ function handle(e) {
       arrived(c);
       break;
     }
+    case "file_offer":
+      state.offers.set(`${e.from} ${e.id}`, e);
+      drawOffers();
+      notice(`${e.from} offers a file: ${e.name} (${size(e.bytes)})`);
+      return;
+    case "file_failed":
+      notice(e.message, "warning");
+      if (e.direction === "in" && state.offers.delete(`${e.peer} ${e.id}`)) drawOffers();
+      return;
     case "log_alarm":
       logAlarm(e);
       break;
@@ -260,6 +271,7 @@ function snapshot(s) {
   document.title = `${s.identity.name} — e2e-chat`;
   state.peers = new Map(s.peers.map((p) => [p.name, p]));
   state.invitations = new Set(s.invitations);
+  state.offers = new Map((s.offers ?? []).map((o) => [`${o.from} ${o.id}`, o]));
   for (const { name, last } of s.conversations) {
     const c = conv(name);
     if (last > c.last) c.last = last;
@@ -270,6 +282,7 @@ function snapshot(s) {
   for (const a of s.alarms ?? []) logAlarm(a);
   setLink(true);
   drawInvitations();
+  drawOffers();
   drawList();
   if (!state.selected) {
     const recent = [...state.convs.values()].sort((a, b) => b.last.localeCompare(a.last))[0];
@@ -711,6 +724,46 @@ function drawItem(item) {
   }
   li.replaceChildren(...parts);
   return li;
+}
+
+// Files offered to us wait here for an answer: nothing is written before "Accept file".
+function drawOffers() {
+  const list = $("offers");
+  let n = 0;
+  list.replaceChildren(...[...state.offers.values()].map((o) => {
+    const li = document.createElement("li");
+    const what = document.createElement("p");
+    what.id = `offer-${n++}`;
+    // From a peer: shown as text only.
+    what.textContent = `${o.from} offers ${o.name} (${size(o.bytes)}, SHA-256 ${
+      o.sha256.slice(0, 16)
+    }…)`;
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    const answer = (label, op, kind) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = label;
+      if (kind) b.className = kind;
+      b.setAttribute("aria-describedby", what.id);
+      b.addEventListener("click", () => {
+        for (const x of actions.querySelectorAll("button")) x.disabled = true;
+        operate(op, { name: o.from, file: o.id }).then(() => {
+          state.offers.delete(`${o.from} ${o.id}`);
+          drawOffers();
+        }, (e) => {
+          state.offers.delete(`${o.from} ${o.id}`);
+          drawOffers();
+          notice(errorText(e), "error");
+        });
+      });
+      return b;
+    };
+    actions.append(answer("Accept file", "acceptFile"), answer("Decline file", "declineFile"));
+    li.append(what, actions);
+    return li;
+  }));
+  $("offers-box").hidden = state.offers.size === 0;
 }
 
 // Evidence that the CA misbehaved: a banner that stays, at the top, not a passing notice.
