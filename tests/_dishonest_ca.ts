@@ -32,8 +32,13 @@ export async function signBehindTheirBacks(
       `extendedKeyUsage = clientAuth, serverAuth\nsubjectAltName = DNS:${name}\n`,
   );
   // Under the CA's lock, like any writer of its database: the service may be signing too.
-  await withLock(new CaPaths(service.home).lock, () =>
-    openssl([
+  const paths = new CaPaths(service.home);
+  // openssl ca rewrites index.txt into a new file: like the CA's own commits (ca/store.ts), a new
+  // generation before and after, so that a running service's index cache reads it again.
+  const bump = () => Deno.writeTextFile(paths.generation, crypto.randomUUID() + "\n", { mode: 0o600 });
+  await withLock(paths.lock, async () => {
+    await bump();
+    await openssl([
       ...["ca", "-config", "openssl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt", "-batch"],
       ...["-passin", PASSPHRASE_ARG, "-in", "evil.csr", "-subj", `/CN=${name}`],
       ...[
@@ -47,7 +52,9 @@ export async function signBehindTheirBacks(
         "-out",
         "evil.pem",
       ],
-    ], { cwd: caDir, passphrase: PASSPHRASE }));
+    ], { cwd: caDir, passphrase: PASSPHRASE });
+    await bump();
+  });
   const pem = await Deno.readTextFile(join(caDir, "evil.pem"));
   for (const f of ["evil.csr", "evil.cnf", "evil.pem"]) await Deno.remove(join(caDir, f));
   return pem;
