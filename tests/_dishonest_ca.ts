@@ -35,7 +35,8 @@ export async function signBehindTheirBacks(
   const paths = new CaPaths(service.home);
   // openssl ca rewrites index.txt into a new file: like the CA's own commits (ca/store.ts), a new
   // generation before and after, so that a running service's index cache reads it again.
-  const bump = () => Deno.writeTextFile(paths.generation, crypto.randomUUID() + "\n", { mode: 0o600 });
+  const bump = () =>
+    Deno.writeTextFile(paths.generation, crypto.randomUUID() + "\n", { mode: 0o600 });
   await withLock(paths.lock, async () => {
     await bump();
     await openssl([
