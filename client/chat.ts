@@ -117,7 +117,9 @@ export class Chat {
     this.#downloads = options.downloads ?? id.home.downloads;
     this.#trust = trust;
     this.#log = log;
-    this.#quota = new FileQuota(this.#downloads, { ...DEFAULT_FILE_LIMITS, ...options.files });
+    this.#quota = new FileQuota(this.#downloads, { ...DEFAULT_FILE_LIMITS, ...options.files }, {
+      ledger: id.home.received,
+    });
     this.#sendStallMs = options.sendStallMs;
     if (options.onEvent) this.#listeners.add(options.onEvent);
     this.#server = tls.createServer(this.#serverTls());
@@ -171,6 +173,8 @@ export class Chat {
     const chat = new Chat(id, options, { trust: await TrustStore.load(id.home.root), log, ca });
     emit = (alarm) => chat.#emit({ type: "log_alarm", ...alarm });
     await removeStalePartials(chat.#downloads);
+    const unreadable = await chat.#quota.load();
+    if (unreadable) chat.#emit({ type: "warning", message: unreadable });
     await chat.#revocation.refresh();
     await chat.#listenOn(options.listenHost ?? "127.0.0.1", options.listenPort ?? 0);
     chat.#revocation.start();
@@ -474,6 +478,7 @@ export class Chat {
       new Promise<void>((resolve) => setTimeout(resolve, 1_000)),
     ]);
     await this.#history.flush();
+    await this.#quota.flush();
   }
 
   #serverTls(): tls.TlsOptions {
@@ -683,6 +688,14 @@ export class Chat {
         });
       },
       file: (p, f) => {
+        this.#quota.stored(p.name, f.path, f.bytes).catch((e) =>
+          this.#emit({
+            type: "warning",
+            message: `Cannot record the received file for the quotas: ${
+              e instanceof Error ? e.message : e
+            }`,
+          })
+        );
         this.#history.file({ from: p.name, to: this.#id.name, ...f });
         this.#emit({ type: "file", from: p.name, ...f });
       },

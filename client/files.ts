@@ -8,6 +8,7 @@ import { createHash, type Hash } from "node:crypto";
 import { statfsSync } from "node:fs";
 import { basename, join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
+import { writeFileAtomic } from "../lib/fs.ts";
 
 /**
  * Makes an announced file name safe to create in the downloads folder: no path,
@@ -276,11 +277,25 @@ export function freeBytes(dir: string): number {
 export interface FileQuotaOptions {
   /** Free bytes in the downloads folder. Default: {@linkcode freeBytes}. */
   free?: (dir: string) => number;
+  /**
+   * A JSON file that remembers the files received (who sent them, where they are, their size)
+   * across runs; {@linkcode FileQuota.load} reads it. Default: none (the quotas last one run).
+   */
+  ledger?: string;
+}
+
+/** One received file the quotas count, as the ledger keeps it. */
+interface Received {
+  peer: string;
+  path: string;
+  bytes: number;
 }
 
 /**
- * What incoming files may still take, per peer and in all, for one run of the
- * client: files are counted when accepted and given back if they fail.
+ * What incoming files may still take, per peer and in all: files are counted
+ * when accepted and given back if they fail. With a ledger, the files received
+ * in earlier runs count too, for as long as they are still in their place (a
+ * file the user deleted or moved frees its share).
  */
 export class FileQuota {
   readonly limits: Readonly<FileLimits>;
@@ -288,6 +303,9 @@ export class FileQuota {
   #free: (dir: string) => number;
   #total = { bytes: 0, files: 0 };
   #peers = new Map<string, { bytes: number; files: number }>();
+  #ledger?: string;
+  #received: Received[] = [];
+  #saving: Promise<void> = Promise.resolve();
 
   /**
    * A quota for files received into `dir`.
@@ -303,10 +321,82 @@ export class FileQuota {
     this.#dir = dir;
     this.limits = limits;
     this.#free = options.free ?? freeBytes;
+    this.#ledger = options.ledger;
+  }
+
+  /**
+   * Counts the files of earlier runs that the ledger names and that are still there.
+   * A missing ledger is an empty one; an unreadable one is set aside, with the reason returned
+   * (the quotas then count from zero rather than refuse every file).
+   */
+  async load(): Promise<string | undefined> {
+    if (!this.#ledger) return undefined;
+    let text: string;
+    try {
+      text = await Deno.readTextFile(this.#ledger);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return undefined;
+      throw e;
+    }
+    let entries: unknown;
+    try {
+      entries = JSON.parse(text);
+      if (!Array.isArray(entries)) throw new Error("not a list");
+    } catch {
+      await Deno.rename(this.#ledger, `${this.#ledger}.unreadable`).catch(() => {});
+      return `The record of received files (${this.#ledger}) was unreadable: set aside, ` +
+        `the file quotas count from zero`;
+    }
+    for (const e of entries as Array<Record<string, unknown>>) {
+      if (
+        typeof e?.peer === "string" && typeof e.path === "string" &&
+        Number.isSafeInteger(e.bytes) && (e.bytes as number) >= 0
+      ) {
+        const r = { peer: e.peer, path: e.path, bytes: e.bytes as number };
+        this.#count(r, 1);
+        this.#received.push(r);
+      }
+    }
+    this.#forgetRemoved();
+    return undefined;
+  }
+
+  /**
+   * Records that the file `take` counted arrived at `path`, so it counts in later runs
+   * too. Writes the ledger in the background, in order.
+   */
+  stored(peer: string, path: string, bytes: number): Promise<void> {
+    this.#received.push({ peer, path, bytes });
+    return this.#save();
+  }
+
+  /** Resolves once the ledger writes started so far are done. */
+  async flush(): Promise<void> {
+    await this.#saving.catch(() => {});
   }
 
   /** Why a file of `size` bytes from `peer` is refused, or undefined when it fits. */
   refusal(peer: string, size: number): string | undefined {
+    const over = this.#overQuota(peer, size);
+    // Before refusing, give back what files the user removed since.
+    if (over && this.#forgetRemoved()) return this.refusal(peer, size);
+    if (over) return over;
+    const l = this.limits;
+    let free: number;
+    try {
+      free = this.#free(this.#dir);
+    } catch {
+      return "the free space of the downloads folder cannot be read";
+    }
+    if (free - size < l.freeFloor) {
+      return `it would leave less than ${formatSize(l.freeFloor)} free on the disk (${
+        formatSize(free)
+      } free)`;
+    }
+    return undefined;
+  }
+
+  #overQuota(peer: string, size: number): string | undefined {
     const l = this.limits;
     const p = this.#peers.get(peer) ?? { bytes: 0, files: 0 };
     if (p.files + 1 > l.peerFiles) {
@@ -325,36 +415,53 @@ export class FileQuota {
         formatSize(this.#total.bytes)
       } taken)`;
     }
-    let free: number;
-    try {
-      free = this.#free(this.#dir);
-    } catch {
-      return "the free space of the downloads folder cannot be read";
-    }
-    if (free - size < l.freeFloor) {
-      return `it would leave less than ${formatSize(l.freeFloor)} free on the disk (${
-        formatSize(free)
-      } free)`;
-    }
     return undefined;
+  }
+
+  // Files of the ledger that are gone (deleted or moved by the user) stop counting.
+  // Returns whether any was.
+  #forgetRemoved(): boolean {
+    const kept = this.#received.filter((r) => {
+      try {
+        return Deno.statSync(r.path).isFile;
+      } catch {
+        this.#count(r, -1);
+        return false;
+      }
+    });
+    if (kept.length === this.#received.length) return false;
+    this.#received = kept;
+    this.#save().catch(() => {});
+    return true;
+  }
+
+  #count(r: { peer: string; bytes: number }, sign: 1 | -1): void {
+    const p = this.#peers.get(r.peer) ?? { bytes: 0, files: 0 };
+    this.#peers.set(r.peer, p);
+    p.bytes += sign * r.bytes;
+    p.files += sign;
+    this.#total.bytes += sign * r.bytes;
+    this.#total.files += sign;
+  }
+
+  #save(): Promise<void> {
+    const ledger = this.#ledger;
+    if (!ledger) return Promise.resolve();
+    // In order, and each write has the list as it is when it starts.
+    this.#saving = this.#saving.catch(() => {}).then(() =>
+      writeFileAtomic(ledger, JSON.stringify(this.#received) + "\n", { mode: 0o600 })
+    );
+    return this.#saving;
   }
 
   /** Counts a file of `size` from `peer`; returns the function that gives it back. */
   take(peer: string, size: number): () => void {
-    const p = this.#peers.get(peer) ?? { bytes: 0, files: 0 };
-    this.#peers.set(peer, p);
-    p.bytes += size;
-    p.files++;
-    this.#total.bytes += size;
-    this.#total.files++;
+    this.#count({ peer, bytes: size }, 1);
     let given = false;
     return () => {
       if (given) return;
       given = true;
-      p.bytes -= size;
-      p.files--;
-      this.#total.bytes -= size;
-      this.#total.files--;
+      this.#count({ peer, bytes: size }, -1);
     };
   }
 }

@@ -401,6 +401,43 @@ Deno.test("FileQuota refuses past each per-peer and total limit, gives back what
   assert.equal(broken.refusal("bob", 1), "the free space of the downloads folder cannot be read");
 });
 
+Deno.test("FileQuota with a ledger counts the files of earlier runs that are still there, and frees what the user removed", async () => {
+  await withTempDir(async (dir) => {
+    const ledger = join(dir, "received.json");
+    const limits = { ...DEFAULT_FILE_LIMITS, peerFiles: 2, freeFloor: 0 };
+    const first = new FileQuota(dir, limits, { ledger, free: () => 1e12 });
+    assert.equal(await first.load(), undefined); // no ledger yet: nothing counted
+    for (const name of ["a.bin", "b.bin"]) {
+      await Deno.writeTextFile(join(dir, name), "12345");
+      first.take("bob", 5);
+      await first.stored("bob", join(dir, name), 5);
+    }
+    assert.equal((await Deno.stat(ledger)).mode! & 0o777, 0o600);
+
+    // A new run: both files still count.
+    const second = new FileQuota(dir, limits, { ledger, free: () => 1e12 });
+    await second.load();
+    assert.equal(second.refusal("bob", 1), 'the quota of 2 files from "bob" is used up');
+    assert.equal(second.refusal("carol", 1), undefined);
+    // The user deletes one: its share is given back, at once and in the ledger.
+    await Deno.remove(join(dir, "a.bin"));
+    assert.equal(second.refusal("bob", 1), undefined);
+    await second.flush();
+    const third = new FileQuota(dir, limits, { ledger, free: () => 1e12 });
+    await third.load();
+    second.take("bob", 1);
+    assert.equal(third.refusal("bob", 1), undefined);
+    assert.equal(JSON.parse(await Deno.readTextFile(ledger)).length, 1);
+
+    // An unreadable ledger is set aside with a reason, not a refusal of everything.
+    await Deno.writeTextFile(ledger, "{not json");
+    const fourth = new FileQuota(dir, limits, { ledger, free: () => 1e12 });
+    assert.match((await fourth.load())!, /unreadable: set aside, the file quotas count from zero/);
+    assert.equal(fourth.refusal("bob", 1), undefined);
+    assert.equal(await Deno.readTextFile(`${ledger}.unreadable`), "{not json");
+  });
+});
+
 Deno.test("freeBytes() reads the free space of a folder, or of its nearest parent when it does not exist yet", async () => {
   await withTempDir((dir) => {
     const free = freeBytes(dir);

@@ -14,6 +14,7 @@
  *   log.json            0600  the issuance log as we last saw it (client/transparency.ts)
  *   downloads/          0700  received files (client/files.ts)
  *   history/            0700  conversations (client/history.ts)
+ *   received.json       0600  received files the quotas count across runs (client/files.ts)
  *   uploads/            0700  files from the web page, each in a 0700 folder until sent
  * ```
  *
@@ -83,6 +84,10 @@ export class ClientHome {
   /** What we know of the CA's issuance log: the latest checkpoint and how far we audited. */
   get logState(): string {
     return join(this.root, "log.json");
+  }
+  /** The files received that the quotas count across runs (client/files.ts). */
+  get received(): string {
+    return join(this.root, "received.json");
   }
   /** Files from the web page wait here (0700), each only until it is sent. */
   get uploads(): string {

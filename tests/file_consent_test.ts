@@ -220,10 +220,27 @@ async function quotasAndConsent(scene: Scene): Promise<void> {
   await alice.expect({ type: "disconnected", peer: "bob-quota" });
   assert.equal((await listDir(downloads)).length, 5);
 
-  // A fresh run (the quotas count per run) with 1 GiB from one peer: three files of 700 MB are
+  // A restart does not reset the quotas: the five files still count, until the user deletes one.
+  await alice.stop();
+  const again = await scene.start(aliceUser, ["--peer-files", "5"]);
+  const peerAgain = await rawBob(scene, again, bobUser);
+  const empty = (id: string) =>
+    encodeFrame({ type: "file", id, name: "again.txt", size: 0, sha256: EMPTY_SHA });
+  peerAgain.write(empty("r0"));
+  const stillFull = await peerAgain.expectFrame({ type: "decline", id: "r0" });
+  assert.equal(stillFull.reason, 'refused: the quota of 5 files from "bob-quota" is used up');
+  await Deno.remove(join(downloads, names[0]));
+  peerAgain.write(empty("r1"));
+  await peerAgain.expectFrame({ type: "accept", id: "r1" });
+  peerAgain.write(encodeFrame({ type: "end", id: "r1" }));
+  await again.expect({ type: "file", id: "r1" });
+  peerAgain.destroy();
+  await again.expect({ type: "disconnected", peer: "bob-quota" });
+  await again.stop();
+
+  // A fresh run with 1 GiB from one peer: three files of 700 MB are
   // above --auto-accept, so they wait for the user and nothing is written meanwhile; the first
   // accepted fits, the second would pass the byte quota, the third is declined by hand.
-  await alice.stop();
   const alice2 = await scene.start(aliceUser, ["--peer-quota", "1GiB"]);
   const peer2 = await rawBob(scene, alice2, bobUser);
   offerHuge(peer2, "g");
