@@ -11,7 +11,16 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import { join } from "node:path";
 import type { Browser, BrowserContext, Page } from "playwright-core";
-import { ChatClient, childEnv, ROOT, sleep, taskFlags, waitUntil, within } from "./_harness.ts";
+import {
+  ChatClient,
+  childEnv,
+  ROOT,
+  sleep,
+  taskFlags,
+  underUlimit,
+  waitUntil,
+  within,
+} from "./_harness.ts";
 import { initCa, type Service, startService } from "./_service_helpers.ts";
 import { joinUser, revoke, type User, whoami } from "./_chat_helpers.ts";
 
@@ -75,6 +84,8 @@ export async function launchBrowser(
 export interface WebStartOptions {
   /** More arguments after `web --home H`. Default: `--port 0`. */
   args?: string[];
+  /** Run it under `ulimit -n` of this many open files (flood tests). Default: the inherited limit. */
+  ulimitFiles?: number;
 }
 
 /** `client/main.ts web --home H` as its own process; it prints the URL to open. */
@@ -89,6 +100,7 @@ export class WebClient {
   readonly token: string;
   #child: Deno.ChildProcess;
   #out: { stdout: string; stderr: string };
+  #exited = false;
 
   private constructor(
     user: User,
@@ -99,6 +111,7 @@ export class WebClient {
     this.user = user;
     this.#child = child;
     this.#out = out;
+    child.status.then(() => this.#exited = true);
     this.url = m[1];
     this.port = Number(m[2]);
     this.token = m[3];
@@ -106,17 +119,18 @@ export class WebClient {
 
   /** Starts the web face of `user` and waits for its URL line. */
   static async start(user: User, options: WebStartOptions = {}): Promise<WebClient> {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--quiet",
-        ...await taskFlags("client"),
-        join(ROOT, "client/main.ts"),
-        "web",
-        "--home",
-        user.home,
-        ...options.args ?? ["--port", "0"],
-      ],
+    const [command, args] = underUlimit(options.ulimitFiles, Deno.execPath(), [
+      "run",
+      "--quiet",
+      ...await taskFlags("client"),
+      join(ROOT, "client/main.ts"),
+      "web",
+      "--home",
+      user.home,
+      ...options.args ?? ["--port", "0"],
+    ]);
+    const child = new Deno.Command(command, {
+      args,
       cwd: ROOT,
       clearEnv: true,
       env: childEnv({}),
@@ -149,6 +163,11 @@ export class WebClient {
       await sleep(20);
     }
     return new WebClient(user, child, out, URL_LINE.exec(out.stdout)!);
+  }
+
+  /** Whether the process has ended. */
+  get exited(): boolean {
+    return this.#exited;
   }
 
   /** The user name. */

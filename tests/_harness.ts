@@ -17,6 +17,7 @@ export {
   taskFlags,
   type TaskOptions,
   TaskProcess,
+  underUlimit,
 } from "./_harness/processes.ts";
 export {
   ChatClient,

@@ -16,6 +16,7 @@ import { ChatClient, connect, sleep, within } from "./_harness.ts";
 import { joinUser } from "./_chat_helpers.ts";
 import { pool } from "./_hostile_helpers.ts";
 import { captureClientHello, holdTcp } from "./_tls_by_hand.ts";
+import { WebClient, withWebWorld } from "./_browser.ts";
 
 /** The open-file limit the servers run under. */
 const FILES = 256;
@@ -181,4 +182,32 @@ Deno.test({
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
   },
+});
+
+Deno.test({
+  name:
+    "the web page's server under ulimit -n 256 survives a flood of 400 connections: the client stays up and the page answers again within seconds",
+  fn: () =>
+    withWebWorld(async (service, dir) => {
+      const alice = await joinUser(service, "alice-web", join(dir, "alice-web"));
+      const web = await WebClient.start(alice, { ulimitFiles: FILES });
+      try {
+        const kept = await flood(web.port, 2_000);
+        assert.ok(kept <= FILES / 8, `${kept} flood connections were held open`);
+        const started = Date.now();
+        while (true) {
+          assert.ok(!web.exited, `client web ended under the flood\n${web.stderr}`);
+          const status = await fetch(web.url, { redirect: "manual" })
+            .then(async (r) => (await r.body?.cancel(), r.status), (e) => String(e));
+          if (status === 303) break;
+          assert.ok(
+            Date.now() - started < 5_000,
+            `no answer 5 s after the flood: ${status}\n${web.stderr}`,
+          );
+          await sleep(250);
+        }
+      } finally {
+        await web.stop();
+      }
+    }),
 });

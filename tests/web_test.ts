@@ -395,9 +395,11 @@ async function narrowKeyboardDark(scene: Scene): Promise<void> {
 
 /** The CA issued a certificate for alice's name with another key: a banner says so, and stays. */
 async function logAlarm(scene: Scene): Promise<void> {
-  const [alice] = await scene.join("alice-l");
-  const { key } = await makeCsr("alice-l");
-  await signBehindTheirBacks(scene.service, "alice-l", key);
+  // A name of its own: the scenarios share one CA, and the dishonest certificate must not
+  // meet another scenario's enrollment of the same name.
+  const [alice] = await scene.join("alice-alarm");
+  const { key } = await makeCsr("alice-alarm");
+  await signBehindTheirBacks(scene.service, "alice-alarm", key);
   await commitSomething(scene.service);
   const web = await scene.web(alice);
   const page = await scene.page(web);
@@ -407,14 +409,18 @@ async function logAlarm(scene: Scene): Promise<void> {
     }).waitFor();
   } catch (e) {
     const state = await Deno.readTextFile(join(alice.home, "log.json")).catch((e) => String(e));
+    const index = await Deno.readTextFile(join(scene.service.caDir, "index.txt")).catch(String);
+    const refusals = scene.service.log.split("\n").filter((l) => / 40[13] /.test(l)).slice(-8);
     throw new Error(
       `no log alarm banner; the page's notices: ${await page.locator("#notices").textContent()}; ` +
-        `alice's log.json: ${state}`,
+        `alice's log.json: ${state}; the CA's index: ${index}; its refusals: ${
+          refusals.join("\n")
+        }`,
       { cause: e },
     );
   }
   // No new connections while it stands.
-  await page.getByRole("textbox", { name: "Chat with" }).fill("bob-l");
+  await page.getByRole("textbox", { name: "Chat with" }).fill("bob-alarm");
   await page.getByRole("button", { name: "Start chat", exact: true }).click();
   await page.getByRole("status").getByText(/alarm/).first().waitFor();
   // A reload (a second tab) shows it too.

@@ -5,8 +5,14 @@
  * POST into a private temp folder, download of received files). The security
  * model, each defence and its test are in docs/WEB.md.
  *
- * Caps and deadlines (Deno.serve has no connection cap or header deadline of
- * its own; it is bound to loopback, so only local processes reach it):
+ * Caps and deadlines (it is bound to loopback, so only local processes reach it —
+ * but any local user's process can, so a flood must not take the client down):
+ * - {@linkcode MAX_WEB_CONNECTIONS} connections at once (fewer when few file
+ *   descriptors are free: never more than an eighth of them), refused beyond
+ *   before a byte is read, and {@linkcode WEB_IDLE_MS} of inactivity at most
+ *   (the heartbeat keeps a page's WebSocket busy). node:http, not Deno.serve:
+ *   Deno.serve's accept loop throws an uncaught error when the process runs out
+ *   of descriptors (denoland/deno#10148), which ended the whole client;
  * - {@linkcode MAX_IN_FLIGHT} requests at once (503 beyond), WebSockets excluded;
  * - {@linkcode MAX_SOCKETS} WebSockets at once (503 beyond);
  * - {@linkcode MAX_SESSIONS} sessions; the oldest is dropped beyond;
@@ -20,7 +26,13 @@
  * @module
  */
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import http from "node:http";
+import type { Duplex } from "node:stream";
+import { Readable } from "node:stream";
+import type { Socket } from "node:net";
 import { basename, join } from "node:path";
+import { WebSocketServer } from "ws";
+import { deadline, freeDescriptors, guardConnections } from "../../../lib/connections.ts";
 import { E2eError } from "../../../lib/errors.ts";
 import { checkName } from "../../../lib/names.ts";
 import type { Chat } from "../../chat.ts";
@@ -28,6 +40,12 @@ import type { ChatEvent, CoreEvent } from "../../events.ts";
 import { safeFileName } from "../../files.ts";
 import type { HistoryEntry } from "../../history.ts";
 
+/** Connections open at once, at most (the page needs a few; a flood gets no more). */
+export const MAX_WEB_CONNECTIONS = 64;
+/** Inactivity allowed on a connection, in ms. */
+export const WEB_IDLE_MS = 30_000;
+/** From accept to the end of the first request's headers, in ms, however slowly they trickle. */
+export const WEB_HEADERS_MS = 10_000;
 /** Requests handled at once, WebSockets excluded. */
 export const MAX_IN_FLIGHT = 64;
 /** WebSockets open at once (tabs of the page). */
@@ -111,13 +129,15 @@ export interface WebServerOptions {
 /** The web face's server. */
 export class WebServer {
   #chat: Chat;
-  #server: Deno.HttpServer<Deno.NetAddr>;
+  #server: http.Server;
+  #wss: WebSocketServer;
+  #connections = new Set<Socket>();
   #token: Uint8Array;
   // Session id (the cookie) → page key (from the URL fragment, kept in the tab's sessionStorage).
   #sessions = new Map<string, string>();
   // One-time download tickets → the file name and when they lapse.
   #tickets = new Map<string, { file: string; expires: number }>();
-  #sockets = new Set<WebSocket>();
+  #sockets = new Set<PageSocket>();
   #inFlight = 0;
   #uploads = 0;
   #uploadDir: string;
@@ -137,12 +157,34 @@ export class WebServer {
     this.#uploadDir = files.uploads;
     this.#static = files.assets;
     this.#notices = [...options.notices ?? []];
-    this.#server = Deno.serve({
-      hostname: "127.0.0.1",
-      port: options.port ?? 0,
-      onListen: () => {},
-    }, (request, info) => this.#handle(request, info));
-    this.#port = this.#server.addr.port;
+    this.#wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: MAX_WS_MESSAGE_BYTES,
+      handleProtocols: (offered: Set<string>) => offered.has(WS_PROTOCOL) ? WS_PROTOCOL : false,
+    });
+    this.#wss.on("headers", (headers: string[]) => {
+      for (const [k, v] of Object.entries(SECURITY_HEADERS)) headers.push(`${k}: ${v}`);
+    });
+    this.#server = http.createServer((req, res) => {
+      this.#serveNode(req, res).catch(() => res.destroy());
+    });
+    this.#server.on("upgrade", (req: http.IncomingMessage, socket: Duplex, head: Uint8Array) => {
+      this.#upgrade(req, socket as Socket, head).catch(() => socket.destroy());
+    });
+    guardConnections(this.#server, {
+      // A few for the page; never more than an eighth of the free descriptors, which the chat
+      // listener, openssl and files share.
+      maxConnections: Math.max(8, Math.min(MAX_WEB_CONNECTIONS, Math.floor(freeDescriptors() / 8))),
+      maxPerAddress: MAX_WEB_CONNECTIONS,
+      handshakeMs: 0,
+      onRefused: (message) => this.#keepNotice(`The page's server: ${message}`),
+    });
+    this.#server.on("connection", (socket: Socket) => {
+      this.#connections.add(socket);
+      socket.once("close", () => this.#connections.delete(socket));
+      socket.setTimeout(WEB_IDLE_MS, () => socket.destroy());
+      headerDeadlines.set(socket, deadline(socket, WEB_HEADERS_MS));
+    });
     this.#unsubscribe = chat.on((e) => {
       // A page that connects later still sees the recent warnings (in its snapshot).
       if (e.type === "warning") this.#keepNotice(e.message);
@@ -172,14 +214,21 @@ export class WebServer {
     const uploads = options.uploads ?? chat.identity.home.uploads;
     await Deno.mkdir(uploads, { recursive: true, mode: 0o700 });
     await Deno.chmod(uploads, 0o700);
+    const web = new WebServer(chat, options, { uploads, assets });
     try {
-      return new WebServer(chat, options, { uploads, assets });
+      await new Promise<void>((resolve, reject) => {
+        web.#server.once("error", reject);
+        web.#server.listen(options.port ?? 0, "127.0.0.1", () => resolve());
+      });
     } catch (e) {
+      await web.stop();
       throw new E2eError("ERR_NETWORK", `Cannot serve the page on 127.0.0.1:${options.port ?? 0}`, {
         hint: "choose another --port, or leave it out",
         cause: e,
       });
     }
+    web.#port = (web.#server.address() as { port: number }).port;
+    return web;
   }
 
   /** The port it listens on (127.0.0.1). */
@@ -203,12 +252,70 @@ export class WebServer {
     clearInterval(this.#heartbeat);
     this.#unsubscribe();
     for (const ws of this.#sockets) ws.close(1001, "the client is stopping");
-    await this.#server.shutdown();
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    // Give the close frames a moment to leave; then every connection goes.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    for (const socket of this.#connections) socket.destroy();
+    this.#wss.close();
+    await closed;
   }
 
-  async #handle(request: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>): Promise<Response> {
+  // node:http in, the fetch-style handler, node:http out (the body streams with back-pressure;
+  // a client that goes away cancels it, which closes a download's file).
+  async #serveNode(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    headerDeadlines.get(req.socket)?.();
+    const handled = await this.#handle(toRequest(req), req.socket.remoteAddress ?? "");
+    // An upgrade that node did not see as one (no "Connection: Upgrade").
+    const response = handled === UPGRADE ? text(400, "Bad WebSocket request") : handled;
+    const headers: Record<string, string> = {};
+    response.headers.forEach((v, k) => (headers[k] = v));
+    res.writeHead(response.status, headers);
+    if (!response.body || req.method === "HEAD") {
+      await response.body?.cancel();
+      res.end();
+      return;
+    }
+    const reader = response.body.getReader();
+    res.once("close", () => reader.cancel().catch(() => {}));
+    try {
+      while (true) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        if (res.destroyed) return;
+        if (!res.write(value)) {
+          await new Promise<void>((resolve) => {
+            res.once("drain", resolve);
+            res.once("close", resolve);
+          });
+        }
+      }
+      res.end();
+    } finally {
+      reader.releaseLock();
+    }
+  }
+
+  // The WebSocket: the same checks as any request (address, Host, session, Origin, page key),
+  // then ws takes the socket.
+  async #upgrade(req: http.IncomingMessage, socket: Socket, head: Uint8Array): Promise<void> {
+    headerDeadlines.get(socket)?.();
+    const refusal = await this.#handle(toRequest(req), socket.remoteAddress ?? "");
+    if (refusal !== UPGRADE) {
+      const body = new Uint8Array(await refusal.arrayBuffer());
+      const lines = [`HTTP/1.1 ${refusal.status} ${http.STATUS_CODES[refusal.status] ?? ""}`];
+      refusal.headers.forEach((v, k) => lines.push(`${k}: ${v}`));
+      lines.push(`content-length: ${body.length}`, "connection: close", "", "");
+      socket.end(new Uint8Array([...new TextEncoder().encode(lines.join("\r\n")), ...body]));
+      return;
+    }
+    // The page's heartbeat and the buffered-amount cap watch the WebSocket from now on.
+    socket.setTimeout(0);
+    this.#wss.handleUpgrade(req, socket, head, (ws: PageSocket) => this.#socket(ws));
+  }
+
+  async #handle(request: Request, remoteAddress: string): Promise<Response | typeof UPGRADE> {
     // Defence in depth: the listener is on 127.0.0.1, so the peer is always local.
-    if (info.remoteAddr.hostname !== "127.0.0.1") return text(403, "Forbidden");
+    if (remoteAddress.replace(/^::ffff:/, "") !== "127.0.0.1") return text(403, "Forbidden");
     // DNS rebinding: a page of another site resolved to 127.0.0.1 still says its own Host.
     if (!this.#hostOk(request.headers.get("host"))) return text(421, "Misdirected request");
     const url = new URL(request.url);
@@ -234,7 +341,8 @@ export class WebServer {
       if (!offered.includes(WS_PROTOCOL) || !this.#keyOk(key)) {
         return text(403, "The page key is missing or wrong: open the URL the client printed");
       }
-      return this.#socket(request);
+      if (this.#sockets.size >= MAX_SOCKETS) return text(503, "Too many pages open");
+      return UPGRADE;
     }
     if (this.#inFlight >= MAX_IN_FLIGHT) return text(503, "Busy");
     this.#inFlight++;
@@ -314,16 +422,8 @@ export class WebServer {
     return ok;
   }
 
-  #socket(request: Request): Response {
-    if (this.#sockets.size >= MAX_SOCKETS) return text(503, "Too many pages open");
-    const { socket, response } = Deno.upgradeWebSocket(request, {
-      idleTimeout: 0,
-      protocol: WS_PROTOCOL,
-    });
-    socket.onopen = () => {
-      this.#sockets.add(socket);
-      this.#snapshot(socket).catch(() => socket.close(1011, "snapshot failed"));
-    };
+  #socket(socket: PageSocket): void {
+    this.#sockets.add(socket);
     socket.onclose = () => this.#sockets.delete(socket);
     socket.onerror = () => this.#sockets.delete(socket);
     socket.onmessage = (m) => {
@@ -333,11 +433,10 @@ export class WebServer {
       }
       this.#operate(socket, m.data);
     };
-    for (const [k, v] of Object.entries(SECURITY_HEADERS)) response.headers.set(k, v);
-    return response;
+    this.#snapshot(socket).catch(() => socket.close(1011, "snapshot failed"));
   }
 
-  async #snapshot(socket: WebSocket): Promise<void> {
+  async #snapshot(socket: PageSocket): Promise<void> {
     const chat = this.#chat;
     const id = chat.identity;
     const conversations = await chat.conversations();
@@ -362,7 +461,7 @@ export class WebServer {
     });
   }
 
-  async #operate(socket: WebSocket, data: string): Promise<void> {
+  async #operate(socket: PageSocket, data: string): Promise<void> {
     let re: unknown = null;
     try {
       const parsed = JSON.parse(data);
@@ -557,8 +656,8 @@ function errorReply(e: unknown): { code: string; message: string; hint?: string 
 }
 
 // A slow page cannot make us buffer without end: past the cap its socket is closed.
-function send(ws: WebSocket, event: unknown): void {
-  if (ws.readyState !== WebSocket.OPEN) return;
+function send(ws: PageSocket, event: unknown): void {
+  if (ws.readyState !== OPEN) return;
   if (ws.bufferedAmount > MAX_WS_BUFFERED_BYTES) {
     ws.close(1013, "too far behind");
     return;
@@ -591,6 +690,44 @@ async function receive(body: ReadableStream<Uint8Array>, path: string): Promise<
   } finally {
     reader.releaseLock();
   }
+}
+
+/** What the server uses of a ws WebSocket (npm:ws ships no types of its own). */
+interface PageSocket {
+  readonly readyState: number;
+  readonly bufferedAmount: number;
+  onmessage: ((m: { data: unknown }) => void) | null;
+  onclose: (() => void) | null;
+  onerror: (() => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+/** WebSocket.OPEN. */
+const OPEN = 1;
+
+/** What `#handle` says of a WebSocket request that passed every check. */
+const UPGRADE = Symbol("upgrade");
+
+const headerDeadlines = new WeakMap<Socket, () => void>();
+
+// A node:http request as a fetch Request (the handler is written against the fetch API).
+function toRequest(req: http.IncomingMessage): Request {
+  const headers = new Headers();
+  for (const [k, v] of Object.entries(req.headers)) {
+    if (v !== undefined) headers.set(k, Array.isArray(v) ? v.join(", ") : v);
+  }
+  const method = req.method ?? "GET";
+  const body = method === "GET" || method === "HEAD"
+    ? null
+    : Readable.toWeb(req) as unknown as ReadableStream<Uint8Array>;
+  return new Request(new URL(req.url ?? "/", "http://127.0.0.1"), {
+    method,
+    headers,
+    body,
+    // @ts-ignore: a streamed request body (fetch's "duplex", not in every lib.dom)
+    duplex: "half",
+  });
 }
 
 function downloadHref(path: string): string {
