@@ -170,7 +170,9 @@ export class CommandRunner {
   /** Runs one line; resolves false for /quit. Errors become `error` events. */
   async input(line: string): Promise<boolean> {
     try {
-      const command = parseCommand(line, { isPeer: (n) => this.#chat.isConnected(n) });
+      const command = parseCommand(line, {
+        isPeer: (n) => this.#chat.isConnected(n) || this.#chat.isKnown(n),
+      });
       return await this.run(command);
     } catch (e) {
       this.#emit({ type: "error", message: describeError(e) });
@@ -195,7 +197,9 @@ export class CommandRunner {
         if (!name) {
           throw new E2eError("ERR_USAGE", "No current peer: /chat NAME or /accept NAME first");
         }
-        chat.send(name, command.text);
+        // Someone not connected: through the mailbox, awaited so a refusal is an `error`.
+        if (chat.isConnected(name)) chat.send(name, command.text);
+        else await chat.sendToMailbox(name, command.text);
         this.#current = name;
         return true;
       }
