@@ -48,7 +48,7 @@ export const DEFAULT_MAILBOX_LIMITS: Readonly<MailboxLimits> = {
   ttlMs: 7 * 86_400_000,
 };
 
-/** How often expired items are swept, ms. */
+/** How often expired items are swept at most, ms (half the time to live when that is shorter). */
 const SWEEP_MS = 60_000;
 
 /** What the service knows of an item (all of it). */
@@ -111,7 +111,9 @@ export class Mailbox {
       if (entry.isDirectory) await box.#load(entry.name);
     }
     await box.sweep();
-    box.#timer = setInterval(() => box.sweep().catch(() => {}), SWEEP_MS);
+    // A short time to live (tests, small teams) is swept sooner than every minute.
+    const every = Math.min(SWEEP_MS, Math.max(1_000, box.limits.ttlMs / 2));
+    box.#timer = setInterval(() => box.sweep().catch(() => {}), every);
     Deno.unrefTimer(box.#timer);
     return box;
   }

@@ -106,6 +106,7 @@ export class MailboxClient {
   #busy = new Set<string>();
   #stopped = new AbortController();
   #running = false;
+  #timers = new Set<ReturnType<typeof setTimeout>>();
 
   private constructor(host: MailboxHost, home: ClientHome) {
     this.#host = host;
@@ -140,6 +141,7 @@ export class MailboxClient {
   /** Stops the long poll (a request under way is left to finish). */
   stop(): void {
     this.#stopped.abort();
+    for (const t of this.#timers) clearTimeout(t);
   }
 
   /** Ids of our items that wait for a receipt, with their recipient. */
@@ -192,6 +194,13 @@ export class MailboxClient {
     if (this.#outbox[id]) {
       this.#outbox[id].expiresAt = record.expiresAt;
       await this.#saveOutbox();
+      // Told when it expires unread, not only at the next poll.
+      const timer = setTimeout(() => {
+        this.#timers.delete(timer);
+        this.#reportExpired();
+      }, Math.max(0, Date.parse(record.expiresAt) - Date.now()) + 500);
+      Deno.unrefTimer(timer);
+      this.#timers.add(timer);
     }
     return id;
   }
@@ -219,7 +228,7 @@ export class MailboxClient {
     while (!stopped.aborted) {
       try {
         const items = await this.#host.ca.mailboxList(wait);
-        wait = POLL_WAIT_SECONDS;
+        wait = this.#nextWait();
         failures = 0;
         for (const record of items) {
           if (stopped.aborted) return;
@@ -371,6 +380,17 @@ export class MailboxClient {
     await writeFileAtomic(join(this.#home.mailboxHeld, `${item.from}.${item.id}.cms`), der, {
       mode: 0o600,
     });
+  }
+
+  // The long poll's wait: shorter when one of our items expires sooner, so it is reported then.
+  #nextWait(): number {
+    let wait = POLL_WAIT_SECONDS;
+    for (const e of Object.values(this.#outbox)) {
+      if (!e.expiresAt) continue;
+      const s = Math.ceil((Date.parse(e.expiresAt) - Date.now()) / 1000) + 1;
+      wait = Math.max(1, Math.min(wait, s));
+    }
+    return wait;
   }
 
   #reportExpired(): void {
