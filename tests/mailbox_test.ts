@@ -12,7 +12,13 @@ import { join } from "node:path";
 import { openssl } from "../lib/openssl.ts";
 import { ChatClient, runTask, stopAll, waitUntil } from "./_harness.ts";
 import { joinUser, type User, userAt } from "./_chat_helpers.ts";
-import { assertSuccess, initCa, makeInvite, Service, startService } from "./_service_helpers.ts";
+import {
+  assertSuccess,
+  initCa,
+  makeInvite,
+  type Service,
+  startService,
+} from "./_service_helpers.ts";
 
 const encoder = new TextEncoder();
 const MAILBOX_MS = 30_000;
