@@ -221,20 +221,29 @@ export class MailboxClient {
     }
   }
 
+  /**
+   * Fetches and handles what waits for us now, after at most `waitSeconds` of
+   * long poll (what {@linkcode start} does in a loop). Throws when the CA cannot
+   * be reached or refuses; an item that fails its checks is a warning instead.
+   */
+  async check(waitSeconds = 0): Promise<void> {
+    const items = await this.#host.ca.mailboxList(waitSeconds);
+    for (const record of items) {
+      if (this.#stopped.signal.aborted) return;
+      await this.#fetch(record);
+    }
+    this.#reportExpired();
+  }
+
   async #poll(): Promise<void> {
     const stopped = this.#stopped.signal;
     let failures = 0;
     let wait = 0; // the first look returns at once: what waited while we were away
     while (!stopped.aborted) {
       try {
-        const items = await this.#host.ca.mailboxList(wait);
+        await this.check(wait);
         wait = this.#nextWait();
         failures = 0;
-        for (const record of items) {
-          if (stopped.aborted) return;
-          await this.#fetch(record);
-        }
-        this.#reportExpired();
       } catch (e) {
         if (stopped.aborted) return;
         if (failures++ === 0) {
@@ -276,7 +285,12 @@ export class MailboxClient {
         caCert: host.caCertificate,
       });
       item = decodeItem(opened.content);
-      signer = host.checkSigner(opened.signerCert, item.from);
+      try {
+        signer = host.checkSigner(opened.signerCert, item.from);
+      } catch (e) {
+        const why = e instanceof E2eError && e.detail ? e.detail : String(e);
+        throw new E2eError("ERR_PEER_REJECTED", `its signer's certificate is refused: ${why}`);
+      }
       if (item.to !== host.self) {
         throw new E2eError("ERR_PEER_REJECTED", `it is addressed to "${item.to}"`);
       }
