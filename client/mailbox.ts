@@ -1,5 +1,5 @@
 /**
- * The client's side of the mailbox (docs/PROTOCOL.md §7): messages and files
+ * The client's side of the mailbox (docs/PROTOCOL.md §8): messages and files
  * for members who are not connected, sealed end to end with lib/cms.ts and
  * kept by the CA service until the recipient fetches them.
  *

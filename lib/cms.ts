@@ -1,5 +1,5 @@
 /**
- * Mailbox items: the one owner of their format (docs/PROTOCOL.md §7).
+ * Mailbox items: the one owner of their format (docs/PROTOCOL.md §8).
  *
  * An item is CMS (RFC 5652) that `openssl cms` itself makes and opens, through
  * lib/openssl.ts: an AuthEnvelopedData (RFC 5083, AES-256-GCM) for the
