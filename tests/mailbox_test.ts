@@ -375,3 +375,90 @@ Deno.test("an item from a member whose key changed is held back until the user t
     await alice2.expect({ type: "delivered", to: "bob" }, MAILBOX_MS);
   });
 });
+
+Deno.test("the mailbox routes: members only, application/cms, a member recipient other than oneself, the item cap, and items only for their recipient", async () => {
+  await withWorld(async (world) => {
+    const users = [await world.join("alice"), await world.join("bob"), await world.join("carol")];
+    const [alice, bob, carol] = await Promise.all(users.map(async (u) => ({
+      cert: await Deno.readTextFile(u.certPath),
+      key: await Deno.readTextFile(u.keyPath),
+    })));
+    const item = new Uint8Array([0x30, 0x03, 0x02, 0x01, 0x01]);
+    const post = (to: string, as?: { cert: string; key: string }, headers = {}, body = item) =>
+      world.service.request(`/v1/mailbox/${to}`, {
+        method: "POST",
+        body,
+        headers: { "content-type": "application/cms", ...headers },
+        ...as,
+      });
+    const refused = async (
+      reply: Promise<{ status: number; json(): unknown }>,
+      status: number,
+      code: string,
+      message: string,
+    ) => {
+      const r = await reply;
+      assert.equal(r.status, status);
+      assert.deepEqual((r.json() as { error: unknown }).error, { code, message });
+    };
+    await refused(
+      post("bob"),
+      401,
+      "ERR_UNAUTHENTICATED",
+      "This route needs a client certificate",
+    );
+    await refused(
+      post("bob", alice, { "content-type": "application/json" }),
+      415,
+      "ERR_UNSUPPORTED_MEDIA_TYPE",
+      "The body must be application/cms",
+    );
+    await refused(
+      post("nobody", alice),
+      404,
+      "ERR_NOT_FOUND",
+      'No valid certificate for "nobody" in the directory',
+    );
+    await refused(post("alice", alice), 400, "ERR_BAD_REQUEST", "Cannot post to your own mailbox");
+    await refused(
+      // Refused on the declared length, before a byte of the body is read.
+      post("bob", alice, { "content-length": String(8 * 1024 * 1024 + 64 * 1024 + 1) }),
+      413,
+      "ERR_TOO_LARGE",
+      `The body is larger than ${8 * 1024 * 1024 + 64 * 1024} bytes`,
+    );
+
+    const posted = await post("bob", alice);
+    assert.equal(posted.status, 200, posted.body);
+    const record = posted.json() as Record<string, unknown>;
+    assert.deepEqual(Object.keys(record).sort(), [
+      "expiresAt",
+      "from",
+      "id",
+      "postedAt",
+      "size",
+      "to",
+    ]);
+    assert.deepEqual([record.from, record.to, record.size], ["alice", "bob", item.length]);
+    const path = `/v1/mailbox/items/${record.id}`;
+    const notYours = `No mailbox item "${record.id}" for you`;
+    await refused(world.service.request(path, carol), 404, "ERR_NOT_FOUND", notYours);
+    await refused(
+      world.service.request(path, { method: "DELETE", ...alice }),
+      404,
+      "ERR_NOT_FOUND",
+      notYours,
+    );
+    const list = await world.service.request("/v1/mailbox?wait=0", bob);
+    assert.deepEqual((list.json() as { items: unknown[] }).items, [record]);
+    const fetched = await world.service.request(path, bob);
+    assert.equal(fetched.status, 200);
+    assert.equal(fetched.headers["content-type"], "application/cms");
+    assert.deepEqual(encoder.encode(fetched.body), item);
+    const deleted = await world.service.request(path, { method: "DELETE", ...bob });
+    assert.deepEqual(deleted.json(), { deleted: record.id });
+    await refused(world.service.request(path, bob), 404, "ERR_NOT_FOUND", notYours);
+    // The log names the route, status, names and size, never content.
+    await world.service.waitForLog(/POST \/v1\/mailbox\/bob 200 alice to bob 5 bytes/);
+  });
+});
