@@ -440,9 +440,13 @@ export class Chat {
     checkName(name);
     const p = this.#peers.get(name);
     if (!p) {
-      if (!this.#trust.get(name)) throw new E2eError("ERR_NOT_FOUND", `No key known for "${name}"`);
+      const pinned = this.#trust.get(name);
+      if (!pinned) throw new E2eError("ERR_NOT_FOUND", `No key known for "${name}"`);
       const current = await this.#checkDirectory(await this.#ca.lookup(name), name);
-      await this.#trust.trust(name, current.keyFingerprint);
+      // The same key: nothing to accept (and its verified mark stays).
+      if (current.keyFingerprint !== pinned.keyFingerprint) {
+        await this.#trust.trust(name, current.keyFingerprint);
+      }
       await this.#mailbox.release(name);
       return;
     }
@@ -586,6 +590,7 @@ export class Chat {
       certificate: () => this.#id.certificate.pem,
       caCertificate: this.#id.anchor.pem,
       directory: async (name) => await this.#checkDirectory(await this.#ca.lookup(name), name),
+      fresh: () => this.#revocation.ensureFresh(),
       checkSigner: (pem, name) =>
         checkPeer(pemDecode(pem, "CERTIFICATE"), this.#id.anchor, {
           name,

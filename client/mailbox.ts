@@ -69,6 +69,8 @@ export interface MailboxHost {
   directory: (name: string) => Promise<CertificateInfo>;
   /** Checks a signer's certificate: our CA, names `name`, not revoked; throws otherwise. */
   checkSigner: (pem: string, name: string) => CertificateInfo;
+  /** Makes the revocation list fresh enough to check a certificate (throws when it cannot). */
+  fresh: () => Promise<void>;
   /** Pins `name`'s key on first use; says how it compares (client/trust.ts). */
   observe: (name: string, keyFingerprint: string) => Promise<KeyState>;
   /**
@@ -164,6 +166,7 @@ export class MailboxClient {
   ): Promise<string> {
     const host = this.#host;
     checkCmsKey(host.certificate(), "your key");
+    await host.fresh();
     const cert = await host.directory(to);
     checkCmsKey(cert.pem, `the key of "${to}"`);
     if (await host.observe(to, cert.keyFingerprint) === "changed") {
@@ -277,6 +280,8 @@ export class MailboxClient {
     };
     let item: MailboxItem;
     let signer: CertificateInfo;
+    // Not a refusal when it fails: the item stays at the CA and is tried again.
+    await host.fresh();
     try {
       const key = host.key();
       const opened = await open(der, {
