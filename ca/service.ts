@@ -59,6 +59,8 @@ export const BODY_MS = 10_000;
 export const IDLE_MS = 15_000;
 /** From a mailbox POST's headers to the end of its body (an item up to ~8 MiB), in ms. */
 export const MAILBOX_BODY_MS = 60_000;
+/** Mailbox bodies held in memory at once, all connections together, in bytes (then 429). */
+export const MAILBOX_INFLIGHT_BYTES = 64 * 1024 * 1024;
 /** Options of {@linkcode CaService.start}. */
 export interface ServeOptions {
   /** Address to listen on. Default: "127.0.0.1". */
@@ -395,6 +397,8 @@ function readJson(req: IncomingMessage): Promise<unknown> {
   });
 }
 
+let inFlight = 0;
+
 // A binary body (a mailbox item): its type, and at most `maxBytes`, declared or sent.
 function readBytes(req: IncomingMessage, type: string, maxBytes: number): Promise<Uint8Array> {
   const declared = (req.headers["content-type"] ?? "").split(";")[0].trim().toLowerCase();
@@ -415,17 +419,32 @@ function readBytes(req: IncomingMessage, type: string, maxBytes: number): Promis
   return new Promise((resolve, reject) => {
     const chunks: Uint8Array[] = [];
     let size = 0;
+    // Counted against the service-wide budget while held here (a flood of 8 MiB posts).
+    const release = () => {
+      inFlight -= size;
+      size = 0;
+    };
+    const fail = (e: E2eError) => {
+      release();
+      chunks.length = 0;
+      reject(e);
+      req.removeAllListeners("data");
+      req.resume();
+    };
     req.on("data", (chunk: Uint8Array) => {
       size += chunk.length;
-      if (size > maxBytes) {
-        reject(tooBig());
-        req.removeAllListeners("data");
-        req.resume();
-        return;
+      inFlight += chunk.length;
+      if (size > maxBytes) return fail(tooBig());
+      if (inFlight > MAILBOX_INFLIGHT_BYTES) {
+        return fail(
+          new E2eError("ERR_RATE_LIMITED", "The mailbox is busy with other uploads", {
+            hint: "try again in a minute",
+          }),
+        );
       }
       chunks.push(chunk);
     });
-    const ended = () => reject(new E2eError("ERR_BAD_REQUEST", "The request body ended early"));
+    const ended = () => fail(new E2eError("ERR_BAD_REQUEST", "The request body ended early"));
     req.on("error", ended);
     req.on("aborted", ended);
     req.on("end", () => {
@@ -435,6 +454,7 @@ function readBytes(req: IncomingMessage, type: string, maxBytes: number): Promis
         bytes.set(c, offset);
         offset += c.length;
       }
+      release();
       resolve(bytes);
     });
   });
