@@ -607,7 +607,12 @@ export class Chat {
             this.#emit({ type: "message", from: item.from, text, id: item.id, via: "mailbox" });
         }
         const size = item.payload.length;
-        const refused = this.#quota.refusal(item.from, size);
+        // No one to ask: a file over the auto-accept size is refused, like an unasked offer.
+        const refused = size > this.#quota.limits.autoAccept
+          ? `it is ${formatSize(size)}, over the ${
+            formatSize(this.#quota.limits.autoAccept)
+          } taken without asking (--auto-accept)`
+          : this.#quota.refusal(item.from, size);
         if (refused) throw new E2eError("ERR_FORBIDDEN", `file ${item.id} refused: ${refused}`);
         this.#quota.take(item.from, size);
         const sha256 = createHash("sha256").update(item.payload).digest("hex");

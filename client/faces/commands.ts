@@ -16,8 +16,9 @@ import type { ChatEvent } from "../events.ts";
 export const HELP = `/chat NAME          invite NAME (through the CA) and wait for them
 /accept NAME        connect to NAME, who invited you
 TEXT                send to the current peer
-/msg NAME TEXT      send to NAME
-/file [NAME] PATH   offer a file (it is sent in the background once accepted)
+/msg NAME TEXT      send to NAME (through the CA's mailbox when NAME is not connected)
+/file [NAME] PATH   offer a file (it is sent in the background once accepted; up to 8 MiB
+                    through the mailbox to someone you talked with who is not connected)
 /get [NAME] ID      accept the file offered as ID (NAME when two peers used that ID)
 /decline [NAME] ID  decline the file offered as ID
 /peers              connected peers
