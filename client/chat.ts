@@ -591,11 +591,22 @@ export class Chat {
       caCertificate: this.#id.anchor.pem,
       directory: async (name) => await this.#checkDirectory(await this.#ca.lookup(name), name),
       fresh: () => this.#revocation.ensureFresh(),
-      checkSigner: (pem, name) =>
-        checkPeer(pemDecode(pem, "CERTIFICATE"), this.#id.anchor, {
+      checkSigner: async (pem, name) => {
+        const cert = checkPeer(pemDecode(pem, "CERTIFICATE"), this.#id.anchor, {
           name,
           isRevoked: (s) => this.#revocation.isRevoked(s),
-        }),
+        });
+        // Like a peer's certificate, it must be in the issuance log: the directory's current one
+        // (proved), or an earlier one for the same key (renewed since it was signed).
+        const current = await this.#checkDirectory(await this.#ca.lookup(name), name);
+        if (current.keyFingerprint !== cert.keyFingerprint) {
+          throw new E2eError(
+            "ERR_PEER_REJECTED",
+            `the key is not the one the directory names for "${name}"`,
+          );
+        }
+        return cert;
+      },
       observe: (name, key) => this.#trust.observe(name, key),
       store: async (item) => {
         const at = item.sent;

@@ -67,8 +67,11 @@ export interface MailboxHost {
   caCertificate: string;
   /** `name`'s current certificate from the directory, checked (our CA, name, not revoked, logged). */
   directory: (name: string) => Promise<CertificateInfo>;
-  /** Checks a signer's certificate: our CA, names `name`, not revoked; throws otherwise. */
-  checkSigner: (pem: string, name: string) => CertificateInfo;
+  /**
+   * Checks a signer's certificate: our CA, names `name`, not revoked, and its key the one of
+   * `name`'s current certificate in the directory (which is in the issuance log); throws otherwise.
+   */
+  checkSigner: (pem: string, name: string) => Promise<CertificateInfo>;
   /** Makes the revocation list fresh enough to check a certificate (throws when it cannot). */
   fresh: () => Promise<void>;
   /** Pins `name`'s key on first use; says how it compares (client/trust.ts). */
@@ -291,9 +294,10 @@ export class MailboxClient {
       });
       item = decodeItem(opened.content);
       try {
-        signer = host.checkSigner(opened.signerCert, item.from);
+        signer = await host.checkSigner(opened.signerCert, item.from);
       } catch (e) {
-        const why = e instanceof E2eError && e.detail ? e.detail : String(e);
+        if (e instanceof E2eError && e.code === "ERR_NETWORK") throw e;
+        const why = e instanceof E2eError ? e.detail ?? e.message : String(e);
         throw new E2eError("ERR_PEER_REJECTED", `its signer's certificate is refused: ${why}`);
       }
       if (item.to !== host.self) {
@@ -304,7 +308,10 @@ export class MailboxClient {
         throw new E2eError("ERR_PEER_REJECTED", `it was sent at ${item.sent.toISOString()}`);
       }
     } catch (e) {
-      if (e instanceof E2eError && e.code === "ERR_BAD_PASSPHRASE") throw e;
+      // Not the item's fault: it stays at the CA and is tried again.
+      if (e instanceof E2eError && (e.code === "ERR_BAD_PASSPHRASE" || e.code === "ERR_NETWORK")) {
+        throw e;
+      }
       host.warning(
         `Refused a mailbox item said to be from "${at.from}": ${
           e instanceof Error ? e.message : e

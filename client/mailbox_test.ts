@@ -101,7 +101,8 @@ class Client {
       certificate: () => this.me.cert,
       caCertificate: ca.certificate.pem,
       directory: (name) => Promise.resolve(parseCertificate(members.get(name)!.cert)),
-      checkSigner: (pem, name) => checkPeer(pemDecode(pem, "CERTIFICATE"), anchor, { name }),
+      checkSigner: (pem, name) =>
+        Promise.resolve(checkPeer(pemDecode(pem, "CERTIFICATE"), anchor, { name })),
       fresh: () => Promise.resolve(),
       observe: (name, key): Promise<KeyState> => {
         const pinned = this.pins.get(name);

@@ -9,7 +9,10 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { encodeItem, newItemId, seal } from "../lib/cms.ts";
 import { openssl } from "../lib/openssl.ts";
+import { signBehindTheirBacks } from "./_dishonest_ca.ts";
+import { makeCsr } from "./_helpers.ts";
 import { ChatClient, runTask, stopAll, waitUntil } from "./_harness.ts";
 import { joinUser, type User, userAt } from "./_chat_helpers.ts";
 import {
@@ -460,5 +463,56 @@ Deno.test("the mailbox routes: members only, application/cms, a member recipient
     await refused(world.service.request(path, bob), 404, "ERR_NOT_FOUND", notYours);
     // The log names the route, status, names and size, never content.
     await world.service.waitForLog(/POST \/v1\/mailbox\/bob 200 alice to bob 5 bytes/);
+  });
+});
+
+Deno.test("a dishonest CA cannot forge an item: one signed by a certificate it issued outside its log is refused", async () => {
+  await withWorld(async (world) => {
+    const bobUser = await world.join("bob");
+    await world.join("alice");
+    const bob = await world.chat(bobUser);
+    // The CA signs a second "alice" with a key of its own, behind everyone's back (not logged).
+    const { key } = await makeCsr("alice");
+    const cert = await signBehindTheirBacks(world.service, "alice", key);
+    const keyPath = join(world.dir, "evil.key");
+    await Deno.writeTextFile(keyPath, key, { mode: 0o600 });
+    const der = await seal(
+      encodeItem({
+        id: newItemId(),
+        from: "alice",
+        to: "bob",
+        kind: "message",
+        sent: new Date(),
+        payload: encoder.encode("trust me, I am alice"),
+      }),
+      {
+        key: { path: keyPath },
+        signerCert: cert,
+        recipientCert: await Deno.readTextFile(bobUser.certPath),
+      },
+    );
+    const mark = bob.mark();
+    const posted = await world.service.request("/v1/mailbox/bob", {
+      method: "POST",
+      body: der,
+      headers: { "content-type": "application/cms" },
+      cert,
+      key,
+    });
+    assert.equal(posted.status, 200, posted.body);
+    const warning = await bob.expect(
+      (e) =>
+        e.type === "warning" &&
+        /Refused a mailbox item said to be from "alice": its signer's certificate is refused/.test(
+          String(e.message),
+        ),
+      MAILBOX_MS,
+    );
+    assert.ok(warning);
+    await bob.expectNone(mark, { type: "message" }, 500);
+    await waitUntil(
+      async () => (await world.stored("bob")).length === 0,
+      "the refused item acknowledged",
+    );
   });
 });
