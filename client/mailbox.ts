@@ -430,7 +430,7 @@ export class MailboxClient {
       delete this.#outbox[id];
       changed = true;
       this.#host.warning(
-        `Not delivered: the ${e.kind} ${id} to "${e.to}" expired in the mailbox unread`,
+        `Not delivered: the ${e.kind} ${id} to "${e.to}" expired in the mailbox with no receipt`,
       );
     }
     if (changed) this.#saveOutbox().catch(() => {});
