@@ -10,6 +10,7 @@
  */
 import { createHash } from "node:crypto";
 import tls from "node:tls";
+import { newItemId } from "../lib/cms.ts";
 import { deadline, guardConnections } from "../lib/connections.ts";
 import { E2eError } from "../lib/errors.ts";
 import { ALPN, MAX_TEXT_CHARS } from "../lib/frames.ts";
@@ -38,7 +39,6 @@ import { History, type HistoryEntry } from "./history.ts";
 import type { Identity } from "./identity.ts";
 import { Invitations } from "./invitations.ts";
 import { MailboxClient, type MailboxHost, MAX_MAILBOX_FILE_BYTES } from "./mailbox.ts";
-import { newItemId } from "../lib/cms.ts";
 import { type FileOffer, type FilePolicy, PeerConnection, type PeerEvents } from "./peer.ts";
 import { Renewal, type RenewalOptions } from "./renewal.ts";
 import { Revocation } from "./revocation.ts";
