@@ -18,6 +18,7 @@ import { type IssuanceLog, MAX_ENTRIES_PAGE } from "./log.ts";
 import { isIp } from "./policy.ts";
 import type { RateLimiter } from "./rate_limit.ts";
 import type { Rendezvous } from "./rendezvous.ts";
+import type { Mailbox } from "./mailbox.ts";
 
 /** What the handlers need. */
 export interface ApiContext {
@@ -33,6 +34,8 @@ export interface ApiContext {
   enrollLimiter: RateLimiter;
   /** The issuance log. */
   log: IssuanceLog;
+  /** Items kept for members who are offline (ca/mailbox.ts). Default: none (the routes answer 404). */
+  mailbox?: Mailbox;
 }
 
 /** A request, as the handlers see it. */
@@ -51,6 +54,8 @@ export interface ApiRequest {
   wantsJson: boolean;
   /** The JSON body (already size-limited). */
   json(): Promise<unknown>;
+  /** A binary body of `type` (415 otherwise), at most `maxBytes` (413 otherwise). */
+  bytes?(type: string, maxBytes: number): Promise<Uint8Array>;
   /** Aborted when the client goes away or the service stops. */
   signal: AbortSignal;
 }
@@ -61,10 +66,18 @@ export interface ApiResponse {
   status: number;
   /** Body text. */
   body: string;
+  /** A binary body (application/cms), sent instead of `body`. Default: none. */
+  bytes?: Uint8Array;
   /** Content type. */
-  type: "application/json" | "application/x-pem-file" | "text/plain; charset=utf-8";
+  type:
+    | "application/json"
+    | "application/x-pem-file"
+    | "text/plain; charset=utf-8"
+    | "application/cms";
   /** Who the caller was (for the log), when known. */
   user?: string;
+  /** More for the log line: names and sizes, never content. Default: none. */
+  note?: string;
 }
 
 /** Longest long poll, in seconds. */
@@ -92,6 +105,7 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   ERR_TOO_LARGE: 413,
   ERR_UNSUPPORTED_MEDIA_TYPE: 415,
   ERR_RATE_LIMITED: 429,
+  ERR_QUOTA: 507,
 };
 
 /** A refusal as it goes on the wire. */
@@ -192,6 +206,9 @@ export async function handle(ctx: ApiContext, req: ApiRequest): Promise<ApiRespo
     return only(method, "GET") ?? await pending(ctx, req);
   }
   if (path.startsWith("/v1/log/")) return only(method, "GET") ?? await logRoute(ctx, req);
+  if (path === "/v1/mailbox" || path.startsWith("/v1/mailbox/")) {
+    return await mailboxRoute(ctx, req);
+  }
   const m = /^\/v1\/certs\/([^/]+)$/.exec(path);
   if (m) return only(method, "GET") ?? await lookup(ctx, req, decodePathName(m[1]));
   throw new E2eError("ERR_NOT_FOUND", `No route ${JSON.stringify(path)}`);
@@ -383,6 +400,46 @@ async function logRoute(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> 
     }
   }
   throw new E2eError("ERR_NOT_FOUND", `No route ${JSON.stringify(req.path)}`);
+}
+
+/** Content type of a mailbox item. */
+export const CMS_TYPE = "application/cms";
+
+// The mailbox (docs/API.md §mailbox): members only; an item is read and deleted by its
+// recipient alone. The service never sees inside an item.
+async function mailboxRoute(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
+  const mailbox = ctx.mailbox;
+  if (!mailbox) throw new E2eError("ERR_NOT_FOUND", `No route ${JSON.stringify(req.path)}`);
+  const user = await authenticate(ctx, req);
+  const { method, path } = req;
+  if (path === "/v1/mailbox") {
+    only(method, "GET");
+    const wait = wholeNumber(req.query.get("wait") ?? "0", "wait", MAX_WAIT_SECONDS);
+    const items = await mailbox.wait(user, wait * 1000, req.signal);
+    return { ...json(200, { items }), user, note: `${items.length} items` };
+  }
+  const item = /^\/v1\/mailbox\/items\/([^/]+)$/.exec(path);
+  if (item) {
+    const id = item[1];
+    if (method === "DELETE") {
+      const record = await mailbox.remove(user, id);
+      return { ...json(200, { deleted: record.id }), user, note: `from ${record.from}` };
+    }
+    only(method, "GET");
+    const bytes = await mailbox.read(user, id);
+    return { status: 200, body: "", bytes, type: CMS_TYPE, user, note: `${bytes.length} bytes` };
+  }
+  const to = /^\/v1\/mailbox\/([^/]+)$/.exec(path);
+  if (!to) throw new E2eError("ERR_NOT_FOUND", `No route ${JSON.stringify(path)}`);
+  only(method, "POST");
+  const name = decodePathName(to[1]);
+  if (name === user) throw new E2eError("ERR_BAD_REQUEST", "Cannot post to your own mailbox");
+  // Only members have a mailbox: a name without a valid certificate is refused (404).
+  await directory(ctx, name);
+  if (!req.bytes) throw new E2eError("ERR_UNSUPPORTED_MEDIA_TYPE", `The body must be ${CMS_TYPE}`);
+  const body = await req.bytes(CMS_TYPE, mailbox.limits.maxItemBytes);
+  const record = await mailbox.post(user, name, body);
+  return { ...json(200, record), user, note: `to ${name} ${record.size} bytes` };
 }
 
 // A certificate as the API sends it, with its proof of being in the issuance log.

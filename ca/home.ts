@@ -127,6 +127,14 @@ export class CaPaths {
   get serviceCert(): string {
     return join(this.serviceDir, "cert.pem");
   }
+  /** The mailbox (ca/mailbox.ts), 0700: one 0700 folder per recipient. */
+  get mailbox(): string {
+    return join(this.dir, "mailbox");
+  }
+  /** The items waiting for `name`: ID.cms (the CMS item) and ID.json (its record), 0600. */
+  mailboxOf(name: string): string {
+    return join(this.mailbox, name);
+  }
   /** The file of an issued certificate. */
   certFile(serial: string): string {
     return join(this.certs, `${serial}.pem`);

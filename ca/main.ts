@@ -36,9 +36,12 @@ const USAGE = `Usage: deno task ca [command] [options]
 
 Commands:
   serve   [--host 127.0.0.1] [--port 65433] [--name HOST]... [--rendezvous-ttl 5m]
-          [--crl-port 65434]
+          [--crl-port 65434] [--mailbox-ttl 7d] [--mailbox-items 200]
+          [--mailbox-bytes 67108864]
           Run the CA service (HTTPS), and the CRL over plain HTTP on --crl-port
           (the URL every certificate issued names; the first --name is its host).
+          The mailbox keeps items for offline members for --mailbox-ttl, at most
+          --mailbox-items items and --mailbox-bytes bytes per recipient.
           The default command; creates the CA first when there is none.
   invite  NAME [--ttl 24h] [--url HOST:PORT]
           Print a single-use invite URL for NAME to enroll with.
@@ -88,10 +91,21 @@ async function serve(args: string[]): Promise<number> {
     "rendezvous-ttl": { type: "string" },
     "enroll-rate": { type: "string" },
     "crl-port": { type: "string" },
+    "mailbox-ttl": { type: "string" },
+    "mailbox-items": { type: "string" },
+    "mailbox-bytes": { type: "string" },
   });
   if (values.help) return await help();
   noPositionals(positionals);
   const home = resolveHome(values.home);
+  const mailbox = {
+    ttlMs: values["mailbox-ttl"] ? parseDuration(values["mailbox-ttl"]) : undefined,
+    maxItems: intOption(values["mailbox-items"], "--mailbox-items"),
+    maxBytes: intOption(values["mailbox-bytes"], "--mailbox-bytes"),
+  };
+  if (mailbox.maxItems === 0 || mailbox.maxBytes === 0) {
+    throw new E2eError("ERR_USAGE", "--mailbox-items and --mailbox-bytes take a number from 1");
+  }
   const port = intOption(values.port, "--port") ?? DEFAULT_PORT;
   if (port > 65535) throw new E2eError("ERR_USAGE", "--port takes a number from 0 to 65535");
   const crlPort = intOption(values["crl-port"], "--crl-port");
@@ -120,6 +134,7 @@ async function serve(args: string[]): Promise<number> {
     rendezvousTtlMs: values["rendezvous-ttl"] ? parseDuration(values["rendezvous-ttl"]) : undefined,
     enrollPerMinute: intOption(values["enroll-rate"], "--enroll-rate"),
     crlPort,
+    mailbox: Object.fromEntries(Object.entries(mailbox).filter(([, v]) => v !== undefined)),
   });
   await out(
     `e2e-chat CA service listening on ${service.url}\n` +

@@ -41,6 +41,7 @@ import { InviteStore } from "./invites.ts";
 import { CRL_URL_PATH } from "./policy.ts";
 import { RateLimiter } from "./rate_limit.ts";
 import { Rendezvous } from "./rendezvous.ts";
+import { Mailbox, type MailboxLimits } from "./mailbox.ts";
 
 /** The port the service listens on when none is given. */
 export const DEFAULT_PORT = 65433;
@@ -56,6 +57,10 @@ export const HEADERS_MS = 10_000;
 export const BODY_MS = 10_000;
 /** Inactivity allowed while a request is served, in ms (a long poll raises it). */
 export const IDLE_MS = 15_000;
+/** From a mailbox POST's headers to the end of its body (an item up to ~8 MiB), in ms. */
+export const MAILBOX_BODY_MS = 60_000;
+/** Mailbox bodies held in memory at once, all connections together, in bytes (then 429). */
+export const MAILBOX_INFLIGHT_BYTES = 64 * 1024 * 1024;
 /** Options of {@linkcode CaService.start}. */
 export interface ServeOptions {
   /** Address to listen on. Default: "127.0.0.1". */
@@ -78,6 +83,8 @@ export interface ServeOptions {
   crlPort?: number;
   /** How often the service certificate is checked and reissued when due, in ms. Default: 3600000. */
   renewCheckMs?: number;
+  /** Caps of the mailbox (ca/mailbox.ts). Default: {@linkcode DEFAULT_MAILBOX_LIMITS}. */
+  mailbox?: Partial<MailboxLimits>;
 }
 
 /** A running CA service. */
@@ -129,6 +136,7 @@ export class CaService {
       enrollLimiter: new RateLimiter(options.enrollPerMinute ?? 10, 60_000),
       // Made on the first start (an existing CA's certificates are back-filled), then appended to.
       log: await ca.openLog(),
+      mailbox: await Mailbox.open(ca.paths, options.mailbox),
     };
     // The CRL listener first: its URL goes into every certificate issued from now on.
     const crl = await startCrlListener(
@@ -218,6 +226,7 @@ export class CaService {
     clearInterval(this.#timer);
     this.#stopping.abort();
     this.#ctx.rendezvous.wakeAll();
+    this.#ctx.mailbox?.close();
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     for (const socket of this.#sockets) socket.destroy();
     await closed;
@@ -248,17 +257,18 @@ async function serveRequest(
   let status = 500;
   let user = "-";
   let code = "";
+  let note = "";
   // The headers are in: their deadline ends; the body's starts, and the next request's
   // headers get theirs once this reply is sent.
   headerDeadlines.get(socket)?.();
   const bodyDone = req.method === "GET" || req.method === "HEAD"
     ? () => {}
-    : deadline(socket, BODY_MS);
+    : deadline(socket, url.pathname.startsWith("/v1/mailbox/") ? MAILBOX_BODY_MS : BODY_MS);
   req.once("end", bodyDone);
   res.once("close", bodyDone);
   res.once("finish", () => awaitHeaders(socket));
   try {
-    const longPoll = url.pathname === "/v1/rendezvous";
+    const longPoll = url.pathname === "/v1/rendezvous" || url.pathname === "/v1/mailbox";
     if (longPoll) {
       socket.setTimeout((MAX_WAIT_SECONDS + 15) * 1000);
       // Back to the idle limit for whatever the kept-alive connection carries next.
@@ -272,12 +282,14 @@ async function serveRequest(
       peerDer: peerCertificateDer(socket),
       wantsJson: (req.headers.accept ?? "").includes("application/json"),
       json: () => readJson(req),
+      bytes: (type, maxBytes) => readBytes(req, type, maxBytes),
       signal: gone.signal,
     };
     const reply = await handle(ctx, apiRequest);
     status = reply.status;
     user = reply.user ?? "-";
-    send(res, status, reply.type, reply.body);
+    note = reply.note ?? "";
+    send(res, status, reply.type, reply.bytes ?? reply.body);
   } catch (e) {
     const reply = errorReply(e);
     status = reply.status;
@@ -290,7 +302,7 @@ async function serveRequest(
     log(
       `e2e-chat-ca: ${remoteAddress} ${req.method} ${url.pathname} ${status}${
         code ? ` ${code}` : ""
-      } ${user} ${ms}ms`,
+      } ${user}${note ? ` ${note}` : ""} ${ms}ms`,
     );
   }
 }
@@ -385,15 +397,78 @@ function readJson(req: IncomingMessage): Promise<unknown> {
   });
 }
 
+let inFlight = 0;
+
+// A binary body (a mailbox item): its type, and at most `maxBytes`, declared or sent.
+function readBytes(req: IncomingMessage, type: string, maxBytes: number): Promise<Uint8Array> {
+  const declared = (req.headers["content-type"] ?? "").split(";")[0].trim().toLowerCase();
+  const tooBig = () =>
+    new E2eError("ERR_TOO_LARGE", `The body is larger than ${maxBytes} bytes`, {
+      hint: "the mailbox takes files up to 8 MiB",
+    });
+  if (declared !== type) {
+    req.resume();
+    return Promise.reject(
+      new E2eError("ERR_UNSUPPORTED_MEDIA_TYPE", `The body must be ${type}`),
+    );
+  }
+  if (Number(req.headers["content-length"] ?? "0") > maxBytes) {
+    req.resume();
+    return Promise.reject(tooBig());
+  }
+  return new Promise((resolve, reject) => {
+    const chunks: Uint8Array[] = [];
+    let size = 0;
+    // Counted against the service-wide budget while held here (a flood of 8 MiB posts).
+    const release = () => {
+      inFlight -= size;
+      size = 0;
+    };
+    const fail = (e: E2eError) => {
+      release();
+      chunks.length = 0;
+      reject(e);
+      req.removeAllListeners("data");
+      req.resume();
+    };
+    req.on("data", (chunk: Uint8Array) => {
+      size += chunk.length;
+      inFlight += chunk.length;
+      if (size > maxBytes) return fail(tooBig());
+      if (inFlight > MAILBOX_INFLIGHT_BYTES) {
+        return fail(
+          new E2eError("ERR_RATE_LIMITED", "The mailbox is busy with other uploads", {
+            hint: "try again in a minute",
+          }),
+        );
+      }
+      chunks.push(chunk);
+    });
+    const ended = () => fail(new E2eError("ERR_BAD_REQUEST", "The request body ended early"));
+    req.on("error", ended);
+    req.on("aborted", ended);
+    req.on("end", () => {
+      const bytes = new Uint8Array(size);
+      let offset = 0;
+      for (const c of chunks) {
+        bytes.set(c, offset);
+        offset += c.length;
+      }
+      release();
+      resolve(bytes);
+    });
+  });
+}
+
 function send(
   res: ServerResponse,
   status: number,
   type: string,
-  body: string,
+  body: string | Uint8Array,
   headers: Record<string, string> = {},
 ): void {
   if (res.headersSent || res.destroyed) return;
-  const bytes = new TextEncoder().encode(body);
+  const bytes = typeof body === "string" ? new TextEncoder().encode(body) : body;
   res.writeHead(status, {
     "content-type": type === "application/json" ? "application/json; charset=utf-8" : type,
     "content-length": String(bytes.length),

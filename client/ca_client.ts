@@ -166,6 +166,49 @@ export class CaClient {
     return (reply as { hashes?: unknown })?.hashes;
   }
 
+  /** POST /v1/mailbox/{name}: posts a mailbox item (CMS, DER); the service's record of it. */
+  async mailboxPost(name: string, item: Uint8Array): Promise<MailboxRecord> {
+    const reply = await call(new URL(`/v1/mailbox/${encodeURIComponent(name)}`, this.#base), {
+      method: "POST",
+      body: item,
+      contentType: "application/cms",
+      accept: "application/json",
+      timeoutMs: MAILBOX_TIMEOUT_MS,
+    }, this.#tls());
+    if (reply.status !== 200) throw apiError(reply);
+    return parseJson(reply.body) as MailboxRecord;
+  }
+
+  /** GET /v1/mailbox?wait=…: the items waiting for us (records only). */
+  async mailboxList(waitSeconds = 0): Promise<MailboxRecord[]> {
+    const reply = await this.#json(
+      "GET",
+      `/v1/mailbox?wait=${waitSeconds}`,
+      undefined,
+      (waitSeconds + 15) * 1000,
+    ) as { items?: unknown };
+    if (!Array.isArray(reply?.items)) {
+      throw new E2eError("ERR_NETWORK", "The CA sent a mailbox list that is not a list");
+    }
+    return reply.items as MailboxRecord[];
+  }
+
+  /** GET /v1/mailbox/items/{id}: one item (CMS, DER). */
+  async mailboxFetch(id: string): Promise<Uint8Array> {
+    const reply = await call(
+      new URL(`/v1/mailbox/items/${encodeURIComponent(id)}`, this.#base),
+      { method: "GET", timeoutMs: MAILBOX_TIMEOUT_MS },
+      this.#tls(),
+    );
+    if (reply.status !== 200) throw apiError(reply);
+    return reply.bytes;
+  }
+
+  /** DELETE /v1/mailbox/items/{id}: acknowledges (deletes) an item of ours. */
+  async mailboxDelete(id: string): Promise<void> {
+    await this.#json("DELETE", `/v1/mailbox/items/${encodeURIComponent(id)}`);
+  }
+
   async #text(path: string): Promise<string> {
     const reply = await call(new URL(path, this.#base), { method: "GET" }, this.#tls());
     if (reply.status !== 200) throw apiError(reply);
@@ -180,11 +223,7 @@ export class CaClient {
       timeoutMs,
     }, this.#tls());
     if (reply.status !== 200) throw apiError(reply);
-    try {
-      return JSON.parse(reply.body);
-    } catch {
-      throw new E2eError("ERR_NETWORK", "The CA service sent a reply that is not JSON");
-    }
+    return parseJson(reply.body);
   }
 
   #tls(): { anchor: TrustAnchor; own?: Credentials } {
@@ -192,9 +231,31 @@ export class CaClient {
   }
 }
 
+/** A mailbox item as the service describes it (docs/API.md §mailbox). */
+export interface MailboxRecord {
+  id: string;
+  from: string;
+  to: string;
+  size: number;
+  postedAt: string;
+  expiresAt: string;
+}
+
+/** How long a mailbox upload or download may take (up to ~8 MiB), ms. */
+const MAILBOX_TIMEOUT_MS = 60_000;
+
+function parseJson(body: string): unknown {
+  try {
+    return JSON.parse(body);
+  } catch {
+    throw new E2eError("ERR_NETWORK", "The CA service sent a reply that is not JSON");
+  }
+}
+
 interface Reply {
   status: number;
   body: string;
+  bytes: Uint8Array;
 }
 
 function apiError(reply: Reply): E2eError {
@@ -212,7 +273,13 @@ function apiError(reply: Reply): E2eError {
 
 async function call(
   url: URL,
-  request: { method: string; body?: string; accept?: string; timeoutMs?: number },
+  request: {
+    method: string;
+    body?: string | Uint8Array;
+    contentType?: string;
+    accept?: string;
+    timeoutMs?: number;
+  },
   pinned: { anchor: TrustAnchor; own?: Credentials } | undefined,
 ): Promise<Reply> {
   const host = url.hostname.replace(/^\[|\]$/g, "");
@@ -244,9 +311,11 @@ async function call(
   return await new Promise<Reply>((resolve, reject) => {
     const headers: Record<string, string> = { connection: "close" };
     if (request.accept) headers.accept = request.accept;
-    const body = request.body === undefined ? undefined : new TextEncoder().encode(request.body);
+    const body = typeof request.body === "string"
+      ? new TextEncoder().encode(request.body)
+      : request.body;
     if (body) {
-      headers["content-type"] = "application/json";
+      headers["content-type"] = request.contentType ?? "application/json";
       headers["content-length"] = String(body.length);
     }
     const req = http.request({
@@ -274,7 +343,7 @@ async function call(
           all.set(c, o);
           o += c.length;
         }
-        resolve({ status: res.statusCode ?? 0, body: new TextDecoder().decode(all) });
+        resolve({ status: res.statusCode ?? 0, body: new TextDecoder().decode(all), bytes: all });
       });
       res.on("error", reject);
     });

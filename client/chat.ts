@@ -8,7 +8,9 @@
  *
  * @module
  */
+import { createHash } from "node:crypto";
 import tls from "node:tls";
+import { newItemId } from "../lib/cms.ts";
 import { deadline, guardConnections } from "../lib/connections.ts";
 import { E2eError } from "../lib/errors.ts";
 import { ALPN, MAX_TEXT_CHARS } from "../lib/frames.ts";
@@ -25,15 +27,18 @@ import type { CertificateInfo } from "../lib/x509.ts";
 import type { CaClient, CertificateReply } from "./ca_client.ts";
 import type { CoreEvent, PeerSummary } from "./events.ts";
 import {
+  announcedName,
   DEFAULT_FILE_LIMITS,
   type FileLimits,
   FileQuota,
   formatSize,
+  IncomingFile,
   removeStalePartials,
 } from "./files.ts";
 import { History, type HistoryEntry } from "./history.ts";
 import type { Identity } from "./identity.ts";
 import { Invitations } from "./invitations.ts";
+import { MailboxClient, type MailboxHost, MAX_MAILBOX_FILE_BYTES } from "./mailbox.ts";
 import { type FileOffer, type FilePolicy, PeerConnection, type PeerEvents } from "./peer.ts";
 import { Renewal, type RenewalOptions } from "./renewal.ts";
 import { Revocation } from "./revocation.ts";
@@ -104,6 +109,7 @@ export class Chat {
   #renewal: Renewal;
   #quota: FileQuota;
   #sendStallMs?: number;
+  #mailbox!: MailboxClient;
 
   private constructor(
     id: Identity,
@@ -177,6 +183,7 @@ export class Chat {
     if (unreadable) chat.#emit({ type: "warning", message: unreadable });
     await chat.#revocation.refresh();
     await chat.#listenOn(options.listenHost ?? "127.0.0.1", options.listenPort ?? 0);
+    chat.#mailbox = await MailboxClient.load(chat.#mailboxHost(), id.home);
     chat.#revocation.start();
     chat.#invitations.start();
     chat.#emit({
@@ -190,6 +197,8 @@ export class Chat {
     chat.#watchLog();
     chat.#watchTimer = setInterval(() => chat.#watchLog(), LOG_WATCH_MS);
     chat.#renewal.start();
+    // After `ready`: what waited in the mailbox comes now, then as it arrives.
+    chat.#mailbox.start();
     return chat;
   }
 
@@ -308,7 +317,9 @@ export class Chat {
 
   /**
    * Sends `text` to the connected peer `name`; returns the message id (`sent`
-   * now, `delivered` when acknowledged).
+   * now, `delivered` when acknowledged). To a member who is not connected it
+   * goes through the mailbox in the background ({@linkcode Chat.sendToMailbox}):
+   * `queued` once the CA holds it, or a `warning` naming the id if it was refused.
    */
   send(name: string, text: string): string {
     checkName(name);
@@ -319,9 +330,45 @@ export class Chat {
         { hint: "send it as a file" },
       );
     }
+    if (!this.#peers.get(name)?.conn.open) {
+      const id = newItemId();
+      this.sendToMailbox(name, text, id).catch((e) =>
+        this.#emit({
+          type: "warning",
+          message: `Message ${id} to "${name}" was not queued: ${
+            e instanceof Error ? e.message : e
+          }`,
+        })
+      );
+      return id;
+    }
     const id = this.#connected(name).sendMessage(text);
     this.#history.message({ id, from: this.#id.name, to: name, text });
     this.#emit({ type: "sent", to: name, id, text });
+    return id;
+  }
+
+  /**
+   * Posts `text` for `name` to the CA's mailbox, sealed and signed for them
+   * (client/mailbox.ts); resolves with the id once the CA holds it (`queued`),
+   * and `delivered` follows when their receipt comes back. Throws what the CA or
+   * the checks refuse: `ERR_QUOTA`, `ERR_NOT_FOUND` (not a member),
+   * `ERR_FORBIDDEN` (their key changed), `ERR_KEY_REJECTED` (an Ed25519 key).
+   */
+  async sendToMailbox(name: string, text: string, id: string = newItemId()): Promise<string> {
+    checkName(name);
+    if (name === this.#id.name) throw new E2eError("ERR_USAGE", "You cannot chat with yourself");
+    if (text.length > MAX_TEXT_CHARS) {
+      throw new E2eError(
+        "ERR_USAGE",
+        `Message too long: ${text.length} characters, at most ${MAX_TEXT_CHARS}`,
+        { hint: "send it as a file" },
+      );
+    }
+    this.#log.requireNoAlarm();
+    await this.#mailbox.post(name, "message", new TextEncoder().encode(text), undefined, id);
+    this.#history.message({ id, from: this.#id.name, to: name, text });
+    this.#emit({ type: "queued", to: name, id, text });
     return id;
   }
 
@@ -334,6 +381,7 @@ export class Chat {
    */
   async sendFile(name: string, path: string): Promise<string> {
     checkName(name);
+    if (!this.#peers.get(name)?.conn.open) return await this.#fileToMailbox(name, path);
     const conn = this.#connected(name);
     try {
       const info = await Deno.stat(path);
@@ -388,15 +436,29 @@ export class Chat {
     if (p) p.trust = "verified";
   }
 
-  /** Accepts the new key of the connected peer `name` after a key change. */
+  /**
+   * Accepts the new key of `name` after a key change: the connected peer's key,
+   * else the directory's current one. Mailbox items held back from them are read then.
+   */
   async trust(name: string): Promise<void> {
     checkName(name);
     const p = this.#peers.get(name);
-    if (!p) throw new E2eError("ERR_NOT_FOUND", `Not connected to "${name}"`);
+    if (!p) {
+      const pinned = this.#trust.get(name);
+      if (!pinned) throw new E2eError("ERR_NOT_FOUND", `No key known for "${name}"`);
+      const current = await this.#checkDirectory(await this.#ca.lookup(name), name);
+      // The same key: nothing to accept (and its verified mark stays).
+      if (current.keyFingerprint !== pinned.keyFingerprint) {
+        await this.#trust.trust(name, current.keyFingerprint);
+      }
+      await this.#mailbox.release(name);
+      return;
+    }
     await this.#trust.trust(name, p.conn.certificate.keyFingerprint);
     p.blocked = false;
     p.conn.quarantined = false;
     p.trust = "known";
+    await this.#mailbox.release(name);
   }
 
   /** Closes the connection to `name`. */
@@ -420,6 +482,11 @@ export class Chat {
   /** Whether `name` is connected. */
   isConnected(name: string): boolean {
     return this.#peers.has(name);
+  }
+
+  /** Whether we pinned a key for `name` (talked before; a file to them may go by mailbox). */
+  isKnown(name: string): boolean {
+    return this.#trust.get(name) !== undefined;
   }
 
   /** Standing alarms about the CA's issuance log (docs/TRANSPARENCY.md). */
@@ -470,6 +537,7 @@ export class Chat {
     clearTimeout(this.#retryTimer);
     this.#renewal.stop();
     this.#invitations.stop();
+    this.#mailbox?.stop();
     this.#revocation.stop();
     for (const { conn } of this.#peers.values()) conn.close("we quit");
     // Give peers a moment to read our bye; then stop waiting for them.
@@ -479,6 +547,111 @@ export class Chat {
     ]);
     await this.#history.flush();
     await this.#quota.flush();
+  }
+
+  // A file for a member who is not connected: read whole (up to the mailbox's cap) and posted.
+  async #fileToMailbox(name: string, path: string): Promise<string> {
+    let bytes: Uint8Array;
+    try {
+      const info = await Deno.stat(path);
+      if (!info.isFile) throw new Error("not a file");
+      if (info.size > MAX_MAILBOX_FILE_BYTES) {
+        throw new E2eError(
+          "ERR_TOO_LARGE",
+          `File too large for the mailbox: ${formatSize(info.size)}, at most ${
+            formatSize(MAX_MAILBOX_FILE_BYTES)
+          }`,
+          { hint: `send it while "${name}" is online` },
+        );
+      }
+      bytes = await Deno.readFile(path);
+    } catch (e) {
+      if (e instanceof E2eError) throw e;
+      throw new E2eError("ERR_FILE", `Cannot read ${JSON.stringify(path)}`);
+    }
+    this.#log.requireNoAlarm();
+    const fileName = announcedName(path);
+    const id = await this.#mailbox.post(name, "file", bytes, fileName);
+    const sha256 = createHash("sha256").update(bytes).digest("hex");
+    this.#history.file({
+      id,
+      from: this.#id.name,
+      to: name,
+      name: fileName,
+      path,
+      bytes: bytes.length,
+      sha256,
+    });
+    this.#emit({ type: "queued", to: name, id, file: fileName });
+    return id;
+  }
+
+  // What the mailbox needs of the chat: keys, the directory, our checks, and its news.
+  #mailboxHost(): MailboxHost {
+    return {
+      self: this.#id.name,
+      ca: this.#ca,
+      key: () => this.#id.keyFile(),
+      certificate: () => this.#id.certificate.pem,
+      caCertificate: this.#id.anchor.pem,
+      directory: async (name) => await this.#checkDirectory(await this.#ca.lookup(name), name),
+      fresh: () => this.#revocation.ensureFresh(),
+      checkSigner: async (pem, name) => {
+        const cert = checkPeer(pemDecode(pem, "CERTIFICATE"), this.#id.anchor, {
+          name,
+          isRevoked: (s) => this.#revocation.isRevoked(s),
+        });
+        // Like a peer's certificate, it must be in the issuance log: the directory's current one
+        // (proved), or an earlier one for the same key (renewed since it was signed).
+        const current = await this.#checkDirectory(await this.#ca.lookup(name), name);
+        if (current.keyFingerprint !== cert.keyFingerprint) {
+          throw new E2eError(
+            "ERR_PEER_REJECTED",
+            `the key is not the one the directory names for "${name}"`,
+          );
+        }
+        return cert;
+      },
+      observe: (name, key) => this.#trust.observe(name, key),
+      store: async (item) => {
+        const at = item.sent;
+        if (item.kind === "message") {
+          const text = new TextDecoder().decode(item.payload);
+          this.#history.message({ id: item.id, from: item.from, to: this.#id.name, text, at });
+          await this.#history.flush();
+          return () =>
+            this.#emit({ type: "message", from: item.from, text, id: item.id, via: "mailbox" });
+        }
+        const size = item.payload.length;
+        // No one to ask: a file over the auto-accept size is refused, like an unasked offer.
+        const refused = size > this.#quota.limits.autoAccept
+          ? `it is ${formatSize(size)}, over the ${
+            formatSize(this.#quota.limits.autoAccept)
+          } taken without asking (--auto-accept)`
+          : this.#quota.refusal(item.from, size);
+        if (refused) throw new E2eError("ERR_FORBIDDEN", `file ${item.id} refused: ${refused}`);
+        this.#quota.take(item.from, size);
+        const sha256 = createHash("sha256").update(item.payload).digest("hex");
+        const incoming = await IncomingFile.start(this.#downloads, item.name!, size, sha256);
+        let path: string;
+        try {
+          await incoming.write(item.payload);
+          path = await incoming.finish();
+        } catch (e) {
+          await incoming.abort();
+          throw e;
+        }
+        const file = { id: item.id, name: item.name!, path, bytes: size, sha256 };
+        this.#history.file({ from: item.from, to: this.#id.name, ...file, at });
+        await this.#history.flush();
+        return () => this.#emit({ type: "file", from: item.from, ...file, via: "mailbox" });
+      },
+      delivered: (to, id) => {
+        this.#history.delivered(to, id);
+        this.#emit({ type: "delivered", to, id });
+      },
+      warning: (message) => this.#emit({ type: "warning", message }),
+    };
   }
 
   #serverTls(): tls.TlsOptions {

@@ -76,7 +76,8 @@ Deno.test("the chat core, in-process, over real mutual TLS with a real CA servic
       });
 
       await t.step("calls before a connection throw E2eError with stable codes", async () => {
-        assert.throws(() => alice.chat.send("bob", "hi"), assertCode("ERR_NOT_FOUND", /"bob"/));
+        // (send() to a member who is not connected goes through the mailbox: tests/mailbox_test.ts)
+        assert.throws(() => alice.chat.send("Not A Name", "hi"), assertCode("ERR_NAME_INVALID"));
         await assert.rejects(
           alice.chat.accept("bob"),
           assertCode("ERR_NOT_FOUND", /No invitation/),
@@ -201,7 +202,14 @@ Deno.test("the chat core, in-process, over real mutual TLS with a real CA servic
         await alice.next("disconnected", (e) => e.peer === "bob");
         await bob.next("disconnected", (e) => e.peer === "alice");
         assert.deepEqual(alice.chat.peers(), []);
-        assert.throws(() => alice.chat.send("bob", "gone"), assertCode("ERR_NOT_FOUND"));
+      });
+
+      await t.step("send() to a member who is not connected goes through the mailbox", async () => {
+        const id = alice.chat.send("bob", "gone");
+        assert.equal((await alice.next("queued", (e) => e.id === id)).to, "bob");
+        const got = await bob.next("message", (e) => e.id === id);
+        assert.deepEqual([got.text, got.via], ["gone", "mailbox"]);
+        await alice.next("delivered", (e) => e.id === id);
       });
     } finally {
       await Promise.all([alice.chat.stop(), bob.chat.stop()]);

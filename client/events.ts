@@ -33,8 +33,9 @@ export type CoreEvent =
     keyFingerprint: string;
     trust: KeyState;
   }
-  | { type: "message"; from: string; text: string; id: string }
+  | { type: "message"; from: string; text: string; id: string; via?: "mailbox" }
   | { type: "sent"; to: string; id: string; text?: string; file?: string }
+  | { type: "queued"; to: string; id: string; text?: string; file?: string }
   | { type: "delivered"; to: string; id: string; ms?: number }
   | {
     type: "file";
@@ -44,6 +45,7 @@ export type CoreEvent =
     path: string;
     bytes: number;
     sha256: string;
+    via?: "mailbox";
   }
   | {
     type: "progress";

@@ -16,6 +16,10 @@
  *   history/            0700  conversations (client/history.ts)
  *   received.json       0600  received files the quotas count across runs (client/files.ts)
  *   uploads/            0700  files from the web page, each in a 0700 folder until sent
+ *   mailbox/            0700  the mailbox (client/mailbox.ts)
+ *     outbox.json       0600  what we posted and wait a receipt for
+ *     seen.json         0600  item ids we received (replays are dropped)
+ *     held/             0700  items held back after a key change (CMS, still sealed)
  * ```
  *
  * @module
@@ -96,5 +100,21 @@ export class ClientHome {
   /** Conversation history, one file per conversation. */
   get history(): string {
     return join(this.root, "history");
+  }
+  /** The mailbox's state (client/mailbox.ts), 0700. */
+  get mailbox(): string {
+    return join(this.root, "mailbox");
+  }
+  /** Items we posted and wait a receipt for, 0600. */
+  get mailboxOutbox(): string {
+    return join(this.mailbox, "outbox.json");
+  }
+  /** Ids of items we received, kept past their time to live, 0600. */
+  get mailboxSeen(): string {
+    return join(this.mailbox, "seen.json");
+  }
+  /** Items held back after a key change, still sealed, 0700. */
+  get mailboxHeld(): string {
+    return join(this.mailbox, "held");
   }
 }

@@ -110,6 +110,10 @@ export class Identity {
   get keyPath(): string {
     return new IdFolder(this.dir).key;
   }
+  /** The key file and its passphrase (if encrypted), for openssl runs that sign or decrypt with it (the mailbox). */
+  keyFile(): { path: string; passphrase?: string } {
+    return { path: this.keyPath, passphrase: this.#passphrase };
+  }
   /** The certificate file. */
   get certPath(): string {
     return new IdFolder(this.dir).cert;

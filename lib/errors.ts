@@ -50,6 +50,7 @@ export type ErrorCode =
   | "ERR_UNSUPPORTED_MEDIA_TYPE"
   | "ERR_LOG_INVALID"
   | "ERR_LOG_ALARM"
+  | "ERR_QUOTA"
   | "ERR_INTERNAL";
 
 /** Options of {@linkcode E2eError}. */

@@ -16,8 +16,9 @@ import type { ChatEvent } from "../events.ts";
 export const HELP = `/chat NAME          invite NAME (through the CA) and wait for them
 /accept NAME        connect to NAME, who invited you
 TEXT                send to the current peer
-/msg NAME TEXT      send to NAME
-/file [NAME] PATH   offer a file (it is sent in the background once accepted)
+/msg NAME TEXT      send to NAME (through the CA's mailbox when NAME is not connected)
+/file [NAME] PATH   offer a file (it is sent in the background once accepted; up to 8 MiB
+                    through the mailbox to someone you talked with who is not connected)
 /get [NAME] ID      accept the file offered as ID (NAME when two peers used that ID)
 /decline [NAME] ID  decline the file offered as ID
 /peers              connected peers
@@ -170,7 +171,9 @@ export class CommandRunner {
   /** Runs one line; resolves false for /quit. Errors become `error` events. */
   async input(line: string): Promise<boolean> {
     try {
-      const command = parseCommand(line, { isPeer: (n) => this.#chat.isConnected(n) });
+      const command = parseCommand(line, {
+        isPeer: (n) => this.#chat.isConnected(n) || this.#chat.isKnown(n),
+      });
       return await this.run(command);
     } catch (e) {
       this.#emit({ type: "error", message: describeError(e) });
@@ -195,7 +198,9 @@ export class CommandRunner {
         if (!name) {
           throw new E2eError("ERR_USAGE", "No current peer: /chat NAME or /accept NAME first");
         }
-        chat.send(name, command.text);
+        // Someone not connected: through the mailbox, awaited so a refusal is an `error`.
+        if (chat.isConnected(name)) chat.send(name, command.text);
+        else await chat.sendToMailbox(name, command.text);
         this.#current = name;
         return true;
       }

@@ -24,7 +24,7 @@ let pending = "";
 export function jsonEvent(event: ChatEvent): void {
   if (!pending) queueMicrotask(flushEvents);
   // What we typed is not echoed: a script's stdout holds our text only where it must.
-  const out = event.type === "sent" && event.text !== undefined
+  const out = (event.type === "sent" || event.type === "queued") && event.text !== undefined
     ? { ...event, text: undefined }
     : event;
   pending += JSON.stringify(out) + "\n";

@@ -76,9 +76,13 @@ function format(e: ChatEvent): string | undefined {
         `connected to ${e.peer} [${e.trust}] certificate ${e.fingerprint.slice(0, 16)}…`,
       );
     case "message":
-      return `${styleText("cyan", `<${e.from}>`)} ${clean(e.text)}`;
+      return `${styleText("cyan", `<${e.from}>`)} ${clean(e.text)}${
+        e.via === "mailbox" ? styleText("gray", " (mailbox)") : ""
+      }`;
     case "sent":
       return undefined;
+    case "queued":
+      return styleText("gray", `… queued for ${e.to} in the mailbox (they are offline)`);
     case "delivered":
       return styleText("gray", `✓ delivered to ${e.to}`);
     case "file":

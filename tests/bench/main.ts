@@ -5,12 +5,13 @@
  *     deno task bench                 # the full run (several minutes)
  *     deno task bench --quick         # every benchmark at a tiny size (CI)
  *     deno task bench --json          # one JSON object instead of the table
- *     deno task bench --only chat,join
+ *     deno task bench --only chat,join,mailbox
  *
  * Sections: enroll (RSA-4096 and EC P-256 CAs), scale (enroll_at_scale),
  * chat (connect, rtt, msgs, file), web (web_rtt beside the JSON face), join (keygen/join)
  * and log (the issuance log's cost on signing, proof size and checks at 100,000 entries,
- * client audit). Everything runs in a
+ * client audit), mailbox (post → delivered for a member online but not connected, beside the
+ * direct round trip). Everything runs in a
  * temporary folder with real processes; the folder is removed and every
  * child is stopped at the end, after a failure, on Ctrl-C or on the watchdog.
  * A section that fails is reported and the others still run; the exit code
@@ -24,12 +25,13 @@ import { benchChat, type ChatSizes } from "./chat.ts";
 import { benchEnroll, benchEnrollAtScale, type EnrollSizes } from "./enroll.ts";
 import { benchJoin } from "./join.ts";
 import { benchLog, type LogSizes } from "./log.ts";
+import { benchMailbox, type MailboxSizes } from "./mailbox.ts";
 import { benchWeb, type WebSizes } from "./web.ts";
 import { readProc, run, stopAll } from "./_procs.ts";
 import { Report } from "./_report.ts";
 import { type Service, Workspace } from "./_world.ts";
 
-const SECTIONS = ["enroll", "scale", "chat", "web", "join", "log"] as const;
+const SECTIONS = ["enroll", "scale", "chat", "web", "join", "log", "mailbox"] as const;
 type Section = typeof SECTIONS[number];
 
 /** Sizes of one run. */
@@ -41,6 +43,7 @@ interface Settings {
   web: WebSizes;
   joinRounds: number;
   log: LogSizes;
+  mailbox: MailboxSizes;
   watchdogMs: number;
 }
 
@@ -77,6 +80,7 @@ function settings(quick: boolean): Settings {
       web: { warmPings: 5, pingsPerRound: 20, pingRounds: 2, waitMs: 20_000 },
       joinRounds: 1,
       log: { signs: 5, rounds: 2, size: 1_000 },
+      mailbox: { warm: 2, perRound: 5, rounds: 2, waitMs: 20_000 },
       watchdogMs: 5 * 60_000,
     };
   }
@@ -109,6 +113,7 @@ function settings(quick: boolean): Settings {
     web: { warmPings: 50, pingsPerRound: 200, pingRounds: 5, waitMs: 60_000 },
     joinRounds: 5,
     log: { signs: 30, rounds: 5, size: 100_000 },
+    mailbox: { warm: 5, perRound: 40, rounds: 5, waitMs: 60_000 },
     watchdogMs: 20 * 60_000,
   };
 }
@@ -165,7 +170,9 @@ export async function main(args: string[]): Promise<number> {
     },
   });
   if (values.help) {
-    stdout("Usage: deno task bench [--quick] [--json] [--only enroll,scale,chat,web,join,log]\n");
+    stdout(
+      "Usage: deno task bench [--quick] [--json] [--only enroll,scale,chat,web,join,log,mailbox]\n",
+    );
     return 0;
   }
   const only = (values.only ?? SECTIONS.join(",")).split(",").map((s) => s.trim());
@@ -219,6 +226,7 @@ export async function main(args: string[]): Promise<number> {
     web: async () => benchWeb(ws, report, set.web, await mainService()),
     join: async () => benchJoin(ws, report, set.joinRounds, await mainService()),
     log: () => benchLog(ws, report, set.log),
+    mailbox: async () => benchMailbox(ws, report, set.mailbox, await mainService()),
   };
   try {
     for (const name of SECTIONS) {

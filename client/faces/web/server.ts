@@ -481,6 +481,8 @@ export class WebServer {
       case "accept":
         return await chat.accept(op.name);
       case "send":
+        // Someone not connected: through the mailbox, awaited so a refusal is the reply's error.
+        if (!chat.isConnected(op.name)) return { id: await chat.sendToMailbox(op.name, op.text) };
         return { id: chat.send(op.name, op.text) };
       case "verify":
         return await chat.verify(op.name);

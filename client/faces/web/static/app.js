@@ -199,7 +199,8 @@ function handle(e) {
       arrived(c);
       break;
     }
-    case "sent": {
+    case "sent":
+    case "queued": {
       // With the text or file name (the history core adds them), another tab's sends show too.
       if (e.text === undefined && e.file === undefined) return;
       const c = conv(e.to);

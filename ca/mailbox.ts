@@ -1,0 +1,304 @@
+/**
+ * The mailbox: what the service keeps for members who are not online
+ * (docs/API.md §mailbox, docs/SECURITY.md §mailbox). It stores opaque CMS
+ * items (lib/cms.ts makes them; the service cannot read them) with the little
+ * it must know to deliver them: an id, sender, recipient, size and times.
+ *
+ * Caps (defaults; `ca serve` flags change them): an item at most
+ * {@linkcode DEFAULT_MAILBOX_LIMITS}.maxItemBytes (an 8 MiB file plus CMS
+ * overhead); per recipient at most 200 items and 64 MiB waiting; each item
+ * kept 7 days at most (then deleted, never delivered). An item is on disk,
+ * fsynced, before its POST is answered, so a service killed at any moment
+ * keeps every item it acknowledged; it is deleted when the recipient
+ * acknowledges it.
+ *
+ * Layout (ca/home.ts): HOME/ca/mailbox/RECIPIENT/ID.cms (the item) and
+ * ID.json (its record), 0700 folders and 0600 files. The record is written
+ * after the item, so an item exists exactly when its record does; a lone
+ * `.cms` left by a crash is removed at start.
+ *
+ * @module
+ */
+import { join } from "node:path";
+import { E2eError } from "../lib/errors.ts";
+import { ensurePrivateDir, writeFileAtomic } from "../lib/fs.ts";
+import { checkName } from "../lib/names.ts";
+import type { CaPaths } from "./home.ts";
+
+/** The limits of the mailbox. */
+export interface MailboxLimits {
+  /** Largest item, bytes. */
+  maxItemBytes: number;
+  /** Items waiting for one recipient. */
+  maxItems: number;
+  /** Bytes waiting for one recipient. */
+  maxBytes: number;
+  /** How long an item is kept, ms. */
+  ttlMs: number;
+}
+
+/** Overhead of CMS around the content: certificates, recipient info, signature, header. */
+export const CMS_OVERHEAD_BYTES = 64 * 1024;
+
+/** 8 MiB files (plus overhead), 200 items and 64 MiB per recipient, 7 days. */
+export const DEFAULT_MAILBOX_LIMITS: Readonly<MailboxLimits> = {
+  maxItemBytes: 8 * 1024 * 1024 + CMS_OVERHEAD_BYTES,
+  maxItems: 200,
+  maxBytes: 64 * 1024 * 1024,
+  ttlMs: 7 * 86_400_000,
+};
+
+/** How often expired items are swept at most, ms (half the time to live when that is shorter). */
+const SWEEP_MS = 60_000;
+
+/** What the service knows of an item (all of it). */
+export interface ItemRecord {
+  /** Random 128 bits, hex, chosen by the service. */
+  id: string;
+  /** The sender (the authenticated caller of the POST). */
+  from: string;
+  /** The recipient. */
+  to: string;
+  /** The item's size, bytes. */
+  size: number;
+  /** When it was posted, ISO 8601. */
+  postedAt: string;
+  /** When it is deleted unless fetched, ISO 8601. */
+  expiresAt: string;
+}
+
+const ID = /^[0-9a-f]{32}$/;
+
+/** The mailbox of a CA home. */
+export class Mailbox {
+  #paths: CaPaths;
+  /** The limits in force. */
+  readonly limits: MailboxLimits;
+  #boxes = new Map<string, Map<string, ItemRecord>>();
+  #waiters = new Map<string, Set<() => void>>();
+  #timer?: ReturnType<typeof setInterval>;
+  #now: () => number;
+
+  private constructor(paths: CaPaths, limits: MailboxLimits, now: () => number) {
+    this.#paths = paths;
+    this.limits = limits;
+    this.#now = now;
+  }
+
+  /**
+   * Opens the mailbox under `paths` (made on first use), drops what a crash left
+   * half-written and what expired, and sweeps expired items every minute until
+   * {@linkcode Mailbox.close}.
+   *
+   * @example
+   * ```ts ignore
+   * import { CaPaths } from "./home.ts";
+   * import { Mailbox } from "./mailbox.ts";
+   * const mailbox = await Mailbox.open(new CaPaths("/tmp/ca-home"));
+   * const item = await mailbox.post("alice", "bob", new Uint8Array([0x30, 0x00]));
+   * console.log(mailbox.list("bob")[0].id === item.id); // true
+   * mailbox.close();
+   * ```
+   */
+  static async open(
+    paths: CaPaths,
+    options: Partial<MailboxLimits> & { now?: () => number } = {},
+  ): Promise<Mailbox> {
+    const { now, ...limits } = options;
+    const box = new Mailbox(paths, { ...DEFAULT_MAILBOX_LIMITS, ...limits }, now ?? Date.now);
+    await ensurePrivateDir(paths.mailbox);
+    for await (const entry of Deno.readDir(paths.mailbox)) {
+      if (entry.isDirectory) await box.#load(entry.name);
+    }
+    await box.sweep();
+    // A short time to live (tests, small teams) is swept sooner than every minute.
+    const every = Math.min(SWEEP_MS, Math.max(1_000, box.limits.ttlMs / 2));
+    box.#timer = setInterval(() => box.sweep().catch(() => {}), every);
+    Deno.unrefTimer(box.#timer);
+    return box;
+  }
+
+  /** Stops the sweep and ends every long poll. */
+  close(): void {
+    clearInterval(this.#timer);
+    for (const set of this.#waiters.values()) for (const wake of set) wake();
+  }
+
+  /**
+   * Stores `item` from `from` for `to`, durably, and wakes `to`'s long poll.
+   * Throws `ERR_TOO_LARGE` above the item cap and `ERR_QUOTA` when `to` has too
+   * much waiting.
+   */
+  async post(from: string, to: string, item: Uint8Array): Promise<ItemRecord> {
+    checkName(from);
+    checkName(to);
+    if (item.length === 0) throw new E2eError("ERR_BAD_REQUEST", "The mailbox item is empty");
+    if (item.length > this.limits.maxItemBytes) {
+      throw new E2eError(
+        "ERR_TOO_LARGE",
+        `The mailbox item is ${item.length} bytes; the mailbox takes at most ${this.limits.maxItemBytes}`,
+      );
+    }
+    await this.#expire(to);
+    const box = this.#box(to);
+    const waiting = [...box.values()].reduce((n, r) => n + r.size, 0);
+    if (box.size >= this.limits.maxItems) {
+      throw new E2eError(
+        "ERR_QUOTA",
+        `The mailbox of "${to}" is full: ${box.size} items wait, at most ${this.limits.maxItems}`,
+        { hint: `try again once "${to}" has fetched them` },
+      );
+    }
+    if (waiting + item.length > this.limits.maxBytes) {
+      throw new E2eError(
+        "ERR_QUOTA",
+        `The mailbox of "${to}" is full: ${waiting} bytes wait, and ${item.length} more would exceed ${this.limits.maxBytes}`,
+        { hint: `try again once "${to}" has fetched them` },
+      );
+    }
+    const now = this.#now();
+    const record: ItemRecord = {
+      id: newId(),
+      from,
+      to,
+      size: item.length,
+      postedAt: new Date(now).toISOString(),
+      expiresAt: new Date(now + this.limits.ttlMs).toISOString(),
+    };
+    const dir = this.#paths.mailboxOf(to);
+    await ensurePrivateDir(dir);
+    // The item first, then its record: a crash between them leaves an orphan, not a hole.
+    await writeFileAtomic(join(dir, `${record.id}.cms`), item, { mode: 0o600, durable: true });
+    await writeFileAtomic(
+      join(dir, `${record.id}.json`),
+      JSON.stringify(record) + "\n",
+      { mode: 0o600, durable: true },
+    );
+    box.set(record.id, record);
+    for (const wake of this.#waiters.get(to) ?? []) wake();
+    return record;
+  }
+
+  /** The items waiting for `to`, oldest first (expired ones are gone). */
+  list(to: string): ItemRecord[] {
+    const now = this.#now();
+    return [...this.#box(to).values()]
+      .filter((r) => Date.parse(r.expiresAt) > now)
+      .sort((a, b) => a.postedAt.localeCompare(b.postedAt));
+  }
+
+  /** The items for `to`, once there is one, or after `waitMs`, or when `signal` aborts. */
+  async wait(to: string, waitMs: number, signal?: AbortSignal): Promise<ItemRecord[]> {
+    await this.#expire(to);
+    if (this.list(to).length > 0 || waitMs <= 0 || signal?.aborted) return this.list(to);
+    await new Promise<void>((resolve) => {
+      const set = this.#waiters.get(to) ?? new Set();
+      this.#waiters.set(to, set);
+      const done = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", done);
+        set.delete(done);
+        if (set.size === 0) this.#waiters.delete(to);
+        resolve();
+      };
+      const timer = setTimeout(done, waitMs);
+      signal?.addEventListener("abort", done, { once: true });
+      set.add(done);
+    });
+    return this.list(to);
+  }
+
+  /** The item `id` for `to`; `ERR_NOT_FOUND` when there is none (or it is someone else's). */
+  async read(to: string, id: string): Promise<Uint8Array> {
+    const record = this.#find(to, id);
+    try {
+      return await Deno.readFile(join(this.#paths.mailboxOf(to), `${record.id}.cms`));
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) throw notFound(id);
+      throw e;
+    }
+  }
+
+  /** Deletes the item `id` of `to` (the recipient's acknowledgement); returns its record. */
+  async remove(to: string, id: string): Promise<ItemRecord> {
+    const record = this.#find(to, id);
+    await this.#delete(record);
+    return record;
+  }
+
+  /** Deletes every expired item. */
+  async sweep(): Promise<void> {
+    for (const to of this.#boxes.keys()) await this.#expire(to);
+  }
+
+  #find(to: string, id: string): ItemRecord {
+    const record = ID.test(id) ? this.#boxes.get(to)?.get(id) : undefined;
+    if (!record || Date.parse(record.expiresAt) <= this.#now()) throw notFound(id);
+    return record;
+  }
+
+  #box(to: string): Map<string, ItemRecord> {
+    let box = this.#boxes.get(to);
+    if (!box) {
+      box = new Map();
+      this.#boxes.set(to, box);
+    }
+    return box;
+  }
+
+  async #expire(to: string): Promise<void> {
+    const now = this.#now();
+    for (const record of [...this.#boxes.get(to)?.values() ?? []]) {
+      if (Date.parse(record.expiresAt) <= now) await this.#delete(record);
+    }
+  }
+
+  async #delete(record: ItemRecord): Promise<void> {
+    const dir = this.#paths.mailboxOf(record.to);
+    this.#boxes.get(record.to)?.delete(record.id);
+    // The record first: once it is gone the item no longer exists, even if the next step fails.
+    await Deno.remove(join(dir, `${record.id}.json`)).catch(() => {});
+    await Deno.remove(join(dir, `${record.id}.cms`)).catch(() => {});
+  }
+
+  // One recipient's folder as a crash left it: records with their items; the rest removed.
+  async #load(to: string): Promise<void> {
+    try {
+      checkName(to);
+    } catch {
+      return; // not ours
+    }
+    const dir = this.#paths.mailboxOf(to);
+    const names = new Set<string>();
+    for await (const entry of Deno.readDir(dir)) if (entry.isFile) names.add(entry.name);
+    const box = this.#box(to);
+    for (const name of names) {
+      const m = /^([0-9a-f]{32})\.json$/.exec(name);
+      if (!m) continue;
+      try {
+        const record = JSON.parse(await Deno.readTextFile(join(dir, name))) as ItemRecord;
+        if (record.id === m[1] && record.to === to && names.has(`${m[1]}.cms`)) {
+          box.set(record.id, record);
+          continue;
+        }
+      } catch { /* unreadable: removed below */ }
+      await Deno.remove(join(dir, name)).catch(() => {});
+    }
+    for (const name of names) {
+      const m = /^([0-9a-f]{32})\.cms$/.exec(name);
+      const orphan = m ? !box.has(m[1]) : name.endsWith(".tmp");
+      if (orphan) await Deno.remove(join(dir, name)).catch(() => {});
+    }
+  }
+}
+
+function newId(): string {
+  return Array.from(
+    crypto.getRandomValues(new Uint8Array(16)),
+    (b) => b.toString(16).padStart(2, "0"),
+  ).join("");
+}
+
+function notFound(id: string): E2eError {
+  return new E2eError("ERR_NOT_FOUND", `No mailbox item ${JSON.stringify(id)} for you`);
+}

@@ -1,0 +1,140 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { e2eError, withTempDir } from "../lib/_test_util.ts";
+import { CaPaths } from "./home.ts";
+import { Mailbox } from "./mailbox.ts";
+
+const item = (n: number, fill = 1) => new Uint8Array(n).fill(fill);
+
+Deno.test("Mailbox keeps an item for its recipient only, in 0600 files in 0700 folders, until it is removed", async () => {
+  await withTempDir(async (home) => {
+    const paths = new CaPaths(home);
+    const mailbox = await Mailbox.open(paths);
+    try {
+      const record = await mailbox.post("alice", "bob", item(10));
+      assert.match(record.id, /^[0-9a-f]{32}$/);
+      assert.deepEqual(
+        { from: record.from, to: record.to, size: record.size },
+        { from: "alice", to: "bob", size: 10 },
+      );
+      assert.deepEqual(mailbox.list("bob"), [record]);
+      assert.deepEqual(mailbox.list("carol"), []);
+      assert.deepEqual(await mailbox.read("bob", record.id), item(10));
+      await assert.rejects(
+        mailbox.read("carol", record.id),
+        e2eError("ERR_NOT_FOUND", `No mailbox item "${record.id}" for you`),
+      );
+      assert.equal((await Deno.stat(paths.mailbox)).mode! & 0o777, 0o700);
+      assert.equal((await Deno.stat(paths.mailboxOf("bob"))).mode! & 0o777, 0o700);
+      for (const ext of ["cms", "json"]) {
+        const file = join(paths.mailboxOf("bob"), `${record.id}.${ext}`);
+        assert.equal((await Deno.stat(file)).mode! & 0o777, 0o600);
+      }
+      await mailbox.remove("bob", record.id);
+      assert.deepEqual(mailbox.list("bob"), []);
+      assert.deepEqual([...Deno.readDirSync(paths.mailboxOf("bob"))], []);
+      await assert.rejects(
+        mailbox.remove("bob", record.id),
+        e2eError("ERR_NOT_FOUND", /No mailbox item/),
+      );
+    } finally {
+      mailbox.close();
+    }
+  });
+});
+
+Deno.test("Mailbox reopened finds every posted item and removes what a crash left half-written", async () => {
+  await withTempDir(async (home) => {
+    const paths = new CaPaths(home);
+    const first = await Mailbox.open(paths);
+    const a = await first.post("alice", "bob", item(5));
+    first.close();
+    const dir = paths.mailboxOf("bob");
+    const orphan = join(dir, `${"0".repeat(32)}.cms`);
+    const tmp = join(dir, ".leftover.tmp");
+    await Deno.writeFile(orphan, item(3));
+    await Deno.writeFile(tmp, item(3));
+    const second = await Mailbox.open(paths);
+    try {
+      assert.deepEqual(second.list("bob"), [a]);
+      assert.deepEqual(await second.read("bob", a.id), item(5));
+      const left = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+      assert.deepEqual(left, [`${a.id}.cms`, `${a.id}.json`]);
+    } finally {
+      second.close();
+    }
+  });
+});
+
+Deno.test("Mailbox.post() refuses an item over the cap, and items over the recipient's quota of items or bytes", async () => {
+  await withTempDir(async (home) => {
+    const mailbox = await Mailbox.open(new CaPaths(home), {
+      maxItemBytes: 100,
+      maxItems: 2,
+      maxBytes: 150,
+    });
+    try {
+      await assert.rejects(
+        mailbox.post("alice", "bob", item(101)),
+        e2eError("ERR_TOO_LARGE", "The mailbox item is 101 bytes; the mailbox takes at most 100"),
+      );
+      await mailbox.post("alice", "bob", item(100));
+      await assert.rejects(
+        mailbox.post("alice", "bob", item(51)),
+        e2eError(
+          "ERR_QUOTA",
+          'The mailbox of "bob" is full: 100 bytes wait, and 51 more would exceed 150',
+        ),
+      );
+      await mailbox.post("alice", "bob", item(50));
+      await assert.rejects(
+        mailbox.post("alice", "bob", item(1)),
+        e2eError("ERR_QUOTA", 'The mailbox of "bob" is full: 2 items wait, at most 2'),
+      );
+      // Another recipient has its own quota.
+      await mailbox.post("alice", "carol", item(100));
+    } finally {
+      mailbox.close();
+    }
+  });
+});
+
+Deno.test("Mailbox deletes an item once its time to live has passed, and never hands it out", async () => {
+  await withTempDir(async (home) => {
+    let now = Date.parse("2026-01-01T00:00:00Z");
+    const paths = new CaPaths(home);
+    const mailbox = await Mailbox.open(paths, { ttlMs: 1_000, now: () => now });
+    try {
+      const record = await mailbox.post("alice", "bob", item(4));
+      assert.equal(record.expiresAt, "2026-01-01T00:00:01.000Z");
+      now += 1_000;
+      assert.deepEqual(mailbox.list("bob"), []);
+      await assert.rejects(
+        mailbox.read("bob", record.id),
+        e2eError("ERR_NOT_FOUND", /No mailbox item/),
+      );
+      await mailbox.sweep();
+      assert.deepEqual([...Deno.readDirSync(paths.mailboxOf("bob"))], []);
+    } finally {
+      mailbox.close();
+    }
+  });
+});
+
+Deno.test("Mailbox.wait() returns as soon as an item arrives for that recipient", async () => {
+  await withTempDir(async (home) => {
+    const mailbox = await Mailbox.open(new CaPaths(home));
+    try {
+      const waiting = mailbox.wait("bob", 30_000);
+      await mailbox.post("alice", "carol", item(1));
+      const record = await mailbox.post("alice", "bob", item(2));
+      assert.deepEqual(await waiting, [record]);
+      const stop = new AbortController();
+      const aborted = mailbox.wait("dave", 30_000, stop.signal);
+      stop.abort();
+      assert.deepEqual(await aborted, []);
+    } finally {
+      mailbox.close();
+    }
+  });
+});

@@ -1,0 +1,484 @@
+/**
+ * The client's side of the mailbox (docs/PROTOCOL.md §8): messages and files
+ * for members who are not connected, sealed end to end with lib/cms.ts and
+ * kept by the CA service until the recipient fetches them.
+ *
+ * Sending: the recipient's certificate comes from the directory (checked by
+ * the chat: our CA, the name, not revoked, in the issuance log) and must carry
+ * the key we pinned; the item is sealed to it, signed with our key, recorded in
+ * the outbox (HOME/mailbox/outbox.json) and posted. A receipt from the
+ * recipient (an item of kind "receipt") marks it delivered.
+ *
+ * Receiving: a fetch at start and a long poll while the chat runs. Each item
+ * is opened and checked — decrypts with our key, signature chains to our CA,
+ * the signer's certificate names the sender and is not revoked, the item is
+ * addressed to us, not older than {@linkcode MAX_ITEM_AGE_MS}, its id not seen
+ * before, and the sender's key the one we pinned (a changed key holds the item
+ * back, still sealed, until the user trusts the new key). Then, in this order:
+ * stored (history or downloads) and its id marked seen, durably; shown; a
+ * receipt posted; acknowledged (deleted at the CA). A crash between any two
+ * steps never shows an item twice: an id marked seen is only acknowledged (and
+ * its receipt posted again) when it comes back.
+ *
+ * An item that fails a check is refused with a warning and acknowledged, so it
+ * does not come back; a replay (an id seen before) is dropped.
+ *
+ * @module
+ */
+import { join } from "node:path";
+import {
+  checkCmsKey,
+  decodeItem,
+  encodeItem,
+  type ItemKind,
+  type KeyFile,
+  type MailboxItem,
+  newItemId,
+  open,
+  seal,
+} from "../lib/cms.ts";
+import { E2eError } from "../lib/errors.ts";
+import { ensurePrivateDir, writeFileAtomic } from "../lib/fs.ts";
+import type { CertificateInfo } from "../lib/x509.ts";
+import type { CaClient, MailboxRecord } from "./ca_client.ts";
+import type { ClientHome } from "./home.ts";
+import type { KeyState } from "./trust.ts";
+
+/** Largest file the mailbox carries, bytes (the service adds CMS overhead to its cap). */
+export const MAX_MAILBOX_FILE_BYTES = 8 * 1024 * 1024;
+/** Items older than this (the service's 7-day time to live and a day of clock skew) are refused. */
+export const MAX_ITEM_AGE_MS = 8 * 86_400_000;
+/** How long one long poll waits at the CA, in seconds. */
+const POLL_WAIT_SECONDS = 25;
+/** The longest pause between polls after failures. */
+const MAX_BACKOFF_MS = 30_000;
+
+/** What the mailbox needs of the chat: keys, checks, and where its news goes. */
+export interface MailboxHost {
+  /** Our name. */
+  self: string;
+  /** The CA client (mailbox routes). */
+  ca: Pick<CaClient, "mailboxPost" | "mailboxList" | "mailboxFetch" | "mailboxDelete">;
+  /** Our key file. */
+  key: () => KeyFile;
+  /** Our current certificate, PEM. */
+  certificate: () => string;
+  /** Our CA's certificate, PEM. */
+  caCertificate: string;
+  /** `name`'s current certificate from the directory, checked (our CA, name, not revoked, logged). */
+  directory: (name: string) => Promise<CertificateInfo>;
+  /**
+   * Checks a signer's certificate: our CA, names `name`, not revoked, and its key the one of
+   * `name`'s current certificate in the directory (which is in the issuance log); throws otherwise.
+   */
+  checkSigner: (pem: string, name: string) => Promise<CertificateInfo>;
+  /** Makes the revocation list fresh enough to check a certificate (throws when it cannot). */
+  fresh: () => Promise<void>;
+  /** Pins `name`'s key on first use; says how it compares (client/trust.ts). */
+  observe: (name: string, keyFingerprint: string) => Promise<KeyState>;
+  /**
+   * Stores a message or a file (history, downloads) and returns what shows it, called once
+   * its id is marked seen; throws `ERR_FORBIDDEN` when a quota refuses a file.
+   */
+  store: (item: MailboxItem) => Promise<() => void>;
+  /** Our item `id` to `to` was fetched and stored by them. */
+  delivered: (to: string, id: string) => void;
+  /** Something the user should know. */
+  warning: (message: string) => void;
+}
+
+/** An item we posted and wait a receipt for. */
+interface OutboxEntry {
+  to: string;
+  kind: ItemKind;
+  postedAt: string;
+  expiresAt?: string;
+}
+
+/** An item id we received: when to forget it, and whether the CA was told we have it. */
+interface SeenEntry {
+  from: string;
+  until: number;
+  acked: boolean;
+}
+
+/** The mailbox of a running chat. */
+export class MailboxClient {
+  #host: MailboxHost;
+  #home: ClientHome;
+  #outbox: Record<string, OutboxEntry> = Object.create(null);
+  #seen: Record<string, SeenEntry> = Object.create(null);
+  #busy = new Set<string>();
+  #stopped = new AbortController();
+  #running = false;
+  #timers = new Set<ReturnType<typeof setTimeout>>();
+
+  private constructor(host: MailboxHost, home: ClientHome) {
+    this.#host = host;
+    this.#home = home;
+  }
+
+  /**
+   * Loads the outbox and the seen ids under `home`.
+   *
+   * @example
+   * ```ts ignore
+   * import { MailboxClient } from "./mailbox.ts";
+   * const mailbox = await MailboxClient.load(host, new ClientHome("/tmp/bob"));
+   * mailbox.start(); // fetches what waits, then long-polls
+   * ```
+   */
+  static async load(host: MailboxHost, home: ClientHome): Promise<MailboxClient> {
+    const m = new MailboxClient(host, home);
+    m.#outbox = await readRecord(home.mailboxOutbox, "items");
+    m.#seen = await readRecord(home.mailboxSeen, "seen");
+    return m;
+  }
+
+  /** Fetches what waits now, then long-polls until {@linkcode stop}; reports expired sends. */
+  start(): void {
+    if (this.#running) return;
+    this.#running = true;
+    this.#reportExpired();
+    this.#poll();
+  }
+
+  /** Stops the long poll (a request under way is left to finish). */
+  stop(): void {
+    this.#stopped.abort();
+    for (const t of this.#timers) clearTimeout(t);
+  }
+
+  /** Ids of our items that wait for a receipt, with their recipient. */
+  pending(): Array<{ id: string; to: string }> {
+    return Object.entries(this.#outbox).map(([id, e]) => ({ id, to: e.to }));
+  }
+
+  /**
+   * Seals `payload` for `to` and posts it; resolves with the item id once the CA
+   * stored it. Throws `ERR_FORBIDDEN` when `to`'s key changed, `ERR_KEY_REJECTED`
+   * for an Ed25519 key on either side, and what the CA refuses (`ERR_QUOTA`,
+   * `ERR_TOO_LARGE`, `ERR_NOT_FOUND`).
+   */
+  async post(
+    to: string,
+    kind: "message" | "file",
+    payload: Uint8Array,
+    name?: string,
+    id: string = newItemId(),
+  ): Promise<string> {
+    const host = this.#host;
+    checkCmsKey(host.certificate(), "your key");
+    await host.fresh();
+    const cert = await host.directory(to);
+    checkCmsKey(cert.pem, `the key of "${to}"`);
+    if (await host.observe(to, cert.keyFingerprint) === "changed") {
+      throw new E2eError("ERR_FORBIDDEN", `Not sent: the key of "${to}" changed`, {
+        hint: "compare the safety number, then trust the new key",
+      });
+    }
+    const der = await this.#seal({
+      id,
+      from: host.self,
+      to,
+      kind,
+      sent: new Date(),
+      payload,
+      ...(name === undefined ? {} : { name }),
+    }, cert.pem);
+    // In the outbox before the post: a receipt may come back before the post's reply does.
+    this.#outbox[id] = { to, kind, postedAt: new Date().toISOString() };
+    await this.#saveOutbox();
+    let record: MailboxRecord;
+    try {
+      record = await host.ca.mailboxPost(to, der);
+    } catch (e) {
+      delete this.#outbox[id];
+      await this.#saveOutbox();
+      throw e;
+    }
+    if (this.#outbox[id]) {
+      this.#outbox[id].expiresAt = record.expiresAt;
+      await this.#saveOutbox();
+      // Told when it expires unread, not only at the next poll.
+      const timer = setTimeout(() => {
+        this.#timers.delete(timer);
+        this.#reportExpired();
+      }, Math.max(0, Date.parse(record.expiresAt) - Date.now()) + 500);
+      Deno.unrefTimer(timer);
+      this.#timers.add(timer);
+    }
+    return id;
+  }
+
+  /** Opens the items held back from `name` again (after the user trusted their new key). */
+  async release(name: string): Promise<void> {
+    const dir = this.#home.mailboxHeld;
+    let names: string[] = [];
+    try {
+      names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) =>
+        n.startsWith(`${name}.`) && n.endsWith(".cms")
+      );
+    } catch { /* none held */ }
+    for (const file of names.sort()) {
+      const path = join(dir, file);
+      const der = await Deno.readFile(path);
+      await this.#process(der, { from: name, release: path });
+    }
+  }
+
+  /**
+   * Fetches and handles what waits for us now, after at most `waitSeconds` of
+   * long poll (what {@linkcode start} does in a loop). Throws when the CA cannot
+   * be reached or refuses; an item that fails its checks is a warning instead.
+   */
+  async check(waitSeconds = 0): Promise<void> {
+    const items = await this.#host.ca.mailboxList(waitSeconds);
+    for (const record of items) {
+      if (this.#stopped.signal.aborted) return;
+      await this.#fetch(record);
+    }
+    this.#reportExpired();
+  }
+
+  async #poll(): Promise<void> {
+    const stopped = this.#stopped.signal;
+    let failures = 0;
+    let wait = 0; // the first look returns at once: what waited while we were away
+    while (!stopped.aborted) {
+      try {
+        await this.check(wait);
+        wait = this.#nextWait();
+        failures = 0;
+      } catch (e) {
+        if (stopped.aborted) return;
+        if (failures++ === 0) {
+          this.#host.warning(
+            `Cannot reach the CA for the mailbox: ${e instanceof Error ? e.message : e}`,
+          );
+        }
+        await pause(Math.min(MAX_BACKOFF_MS, 1000 * 2 ** Math.min(failures, 5)), stopped);
+      }
+    }
+  }
+
+  async #fetch(record: MailboxRecord): Promise<void> {
+    if (this.#busy.has(record.id)) return;
+    this.#busy.add(record.id);
+    try {
+      const der = await this.#host.ca.mailboxFetch(record.id);
+      await this.#process(der, { from: record.from, caId: record.id });
+    } finally {
+      this.#busy.delete(record.id);
+    }
+  }
+
+  // One item, fetched (caId) or held back earlier (release): checked, stored, shown,
+  // receipted, acknowledged — in that order.
+  async #process(der: Uint8Array, at: { from: string; caId?: string; release?: string }) {
+    const host = this.#host;
+    const done = async () => {
+      if (at.caId) await host.ca.mailboxDelete(at.caId);
+      if (at.release) await Deno.remove(at.release).catch(() => {});
+    };
+    let item: MailboxItem;
+    let signer: CertificateInfo;
+    // Not a refusal when it fails: the item stays at the CA and is tried again.
+    await host.fresh();
+    try {
+      const key = host.key();
+      const opened = await open(der, {
+        key,
+        recipientCert: host.certificate(),
+        caCert: host.caCertificate,
+      });
+      item = decodeItem(opened.content);
+      try {
+        signer = await host.checkSigner(opened.signerCert, item.from);
+      } catch (e) {
+        if (e instanceof E2eError && e.code === "ERR_NETWORK") throw e;
+        const why = e instanceof E2eError ? e.detail ?? e.message : String(e);
+        throw new E2eError("ERR_PEER_REJECTED", `its signer's certificate is refused: ${why}`);
+      }
+      if (item.to !== host.self) {
+        throw new E2eError("ERR_PEER_REJECTED", `it is addressed to "${item.to}"`);
+      }
+      const age = Date.now() - item.sent.getTime();
+      if (age > MAX_ITEM_AGE_MS || age < -86_400_000) {
+        throw new E2eError("ERR_PEER_REJECTED", `it was sent at ${item.sent.toISOString()}`);
+      }
+    } catch (e) {
+      // Not the item's fault: it stays at the CA and is tried again.
+      if (e instanceof E2eError && (e.code === "ERR_BAD_PASSPHRASE" || e.code === "ERR_NETWORK")) {
+        throw e;
+      }
+      host.warning(
+        `Refused a mailbox item said to be from "${at.from}": ${
+          e instanceof Error ? e.message : e
+        }`,
+      );
+      await done();
+      return;
+    }
+    const seen = this.#seen[item.id];
+    if (seen?.acked) {
+      host.warning(`Dropped a replayed mailbox item from "${item.from}" (${item.id})`);
+      await done();
+      return;
+    }
+    if (!seen) {
+      // The key must be the one we pinned; a changed key holds the item back, still sealed.
+      const state = await host.observe(item.from, signer.keyFingerprint);
+      if (state === "changed") {
+        if (!at.release) await this.#hold(item, der);
+        host.warning(
+          `Held back a mailbox item from "${item.from}": its key changed. ` +
+            `Compare the safety number, then trust the new key to read it.`,
+        );
+        if (at.caId) await host.ca.mailboxDelete(at.caId);
+        return;
+      }
+      let show = () => {};
+      try {
+        if (item.kind !== "receipt") {
+          show = await host.store(item);
+        } else {
+          for (const id of item.acks ?? []) {
+            if (this.#outbox[id]?.to !== item.from) continue;
+            delete this.#outbox[id];
+            host.delivered(item.from, id);
+          }
+          await this.#saveOutbox();
+        }
+      } catch (e) {
+        host.warning(
+          `Refused a mailbox item from "${item.from}": ${e instanceof Error ? e.message : e}`,
+        );
+        await done();
+        return;
+      }
+      this.#seen[item.id] = {
+        from: item.from,
+        until: item.sent.getTime() + MAX_ITEM_AGE_MS,
+        acked: false,
+      };
+      await this.#saveSeen();
+      show();
+    }
+    // Stored (now or before a crash): the receipt, then the acknowledgement.
+    if (item.kind !== "receipt") {
+      await this.#receipt(item.from, item.id).catch((e) =>
+        host.warning(
+          `Cannot send a receipt to "${item.from}": ${e instanceof Error ? e.message : e}`,
+        )
+      );
+    }
+    await done();
+    this.#seen[item.id].acked = true;
+    await this.#saveSeen();
+  }
+
+  async #receipt(to: string, id: string): Promise<void> {
+    const cert = await this.#host.directory(to);
+    const der = await this.#seal({
+      id: newItemId(),
+      from: this.#host.self,
+      to,
+      kind: "receipt",
+      sent: new Date(),
+      payload: new Uint8Array(),
+      acks: [id],
+    }, cert.pem);
+    await this.#host.ca.mailboxPost(to, der);
+  }
+
+  async #seal(item: MailboxItem, recipientCert: string): Promise<Uint8Array> {
+    return await seal(encodeItem(item), {
+      key: this.#host.key(),
+      signerCert: this.#host.certificate(),
+      recipientCert,
+    });
+  }
+
+  async #hold(item: MailboxItem, der: Uint8Array): Promise<void> {
+    await ensurePrivateDir(this.#home.mailbox);
+    await ensurePrivateDir(this.#home.mailboxHeld);
+    await writeFileAtomic(join(this.#home.mailboxHeld, `${item.from}.${item.id}.cms`), der, {
+      mode: 0o600,
+    });
+  }
+
+  // The long poll's wait: shorter when one of our items expires sooner, so it is reported then.
+  #nextWait(): number {
+    let wait = POLL_WAIT_SECONDS;
+    for (const e of Object.values(this.#outbox)) {
+      if (!e.expiresAt) continue;
+      const s = Math.ceil((Date.parse(e.expiresAt) - Date.now()) / 1000) + 1;
+      wait = Math.max(1, Math.min(wait, s));
+    }
+    return wait;
+  }
+
+  #reportExpired(): void {
+    const now = Date.now();
+    let changed = false;
+    for (const [id, e] of Object.entries(this.#outbox)) {
+      const expires = e.expiresAt
+        ? Date.parse(e.expiresAt)
+        : Date.parse(e.postedAt) + MAX_ITEM_AGE_MS;
+      if (expires > now) continue;
+      delete this.#outbox[id];
+      changed = true;
+      this.#host.warning(
+        `Not delivered: the ${e.kind} ${id} to "${e.to}" expired in the mailbox with no receipt`,
+      );
+    }
+    if (changed) this.#saveOutbox().catch(() => {});
+  }
+
+  async #saveOutbox(): Promise<void> {
+    await ensurePrivateDir(this.#home.mailbox);
+    await writeFileAtomic(
+      this.#home.mailboxOutbox,
+      JSON.stringify({ items: this.#outbox }) + "\n",
+      {
+        mode: 0o600,
+      },
+    );
+  }
+
+  async #saveSeen(): Promise<void> {
+    const now = Date.now();
+    for (const [id, e] of Object.entries(this.#seen)) if (e.until < now) delete this.#seen[id];
+    await ensurePrivateDir(this.#home.mailbox);
+    await writeFileAtomic(this.#home.mailboxSeen, JSON.stringify({ seen: this.#seen }) + "\n", {
+      mode: 0o600,
+    });
+  }
+}
+
+async function readRecord<T>(path: string, field: string): Promise<Record<string, T>> {
+  const out: Record<string, T> = Object.create(null);
+  try {
+    const data = JSON.parse(await Deno.readTextFile(path))?.[field];
+    if (data && typeof data === "object") Object.assign(out, data);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) {
+      throw new E2eError("ERR_FILE", `Cannot read "${path}"`, { cause: e });
+    }
+  }
+  return out;
+}
+
+// A pause that ends early (and leaves no timer behind) when `signal` aborts.
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done);
+  });
+}

@@ -1,0 +1,244 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { CertificateAuthority } from "../ca/authority.ts";
+import { makeCsr, PASSPHRASE } from "../tests/_helpers.ts";
+import { encodeItem, type MailboxItem, newItemId, seal } from "../lib/cms.ts";
+import { pemDecode } from "../lib/pem.ts";
+import { checkPeer, trustAnchor } from "../lib/tls.ts";
+import { parseCertificate } from "../lib/x509.ts";
+import type { MailboxRecord } from "./ca_client.ts";
+import { ClientHome } from "./home.ts";
+import { MailboxClient, type MailboxHost, MAX_ITEM_AGE_MS } from "./mailbox.ts";
+import type { KeyState } from "./trust.ts";
+
+// The real openssl and real certificates; only the CA's HTTP transport is kept in memory.
+
+const dir = await Deno.makeTempDir({ prefix: "e2e-chat-client-mailbox-test-" });
+globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+const ca = await CertificateAuthority.init(join(dir, "ca"), PASSPHRASE, { keyType: "ec-p256" });
+const anchor = trustAnchor(ca.certificate.pem);
+
+interface Member {
+  name: string;
+  cert: string;
+  keyPath: string;
+}
+
+async function member(name: string): Promise<Member> {
+  const { csr, key } = await makeCsr(name);
+  const { certificate } = await ca.sign(csr, name);
+  const keyPath = join(dir, `${name}.key`);
+  await Deno.writeTextFile(keyPath, key, { mode: 0o600 });
+  return { name, cert: certificate.pem, keyPath };
+}
+
+const members = new Map<string, Member>();
+for (const name of ["alice", "bob", "carol"]) members.set(name, await member(name));
+
+/** The mailbox routes of the service, in memory: items by id, for their recipient. */
+class MemoryService {
+  items = new Map<string, { record: MailboxRecord; der: Uint8Array }>();
+  failDeletes = 0;
+
+  as(user: string): MailboxHost["ca"] {
+    return {
+      mailboxPost: (to, der) => {
+        const record = {
+          id: newItemId(),
+          from: user,
+          to,
+          size: der.length,
+          postedAt: new Date().toISOString(),
+          expiresAt: new Date(Date.now() + 86_400_000).toISOString(),
+        };
+        this.items.set(record.id, { record, der });
+        return Promise.resolve(record);
+      },
+      mailboxList: () =>
+        Promise.resolve(
+          [...this.items.values()].filter((i) => i.record.to === user).map((i) => i.record),
+        ),
+      mailboxFetch: (id) => Promise.resolve(this.items.get(id)!.der),
+      mailboxDelete: (id) => {
+        if (this.failDeletes > 0) {
+          this.failDeletes--;
+          return Promise.reject(new Error("the service was killed"));
+        }
+        this.items.delete(id);
+        return Promise.resolve();
+      },
+    };
+  }
+}
+
+/** One member's mailbox client and what it reported. */
+class Client {
+  stored: MailboxItem[] = [];
+  shown: MailboxItem[] = [];
+  delivered: string[] = [];
+  warnings: string[] = [];
+  pins = new Map<string, string>();
+  mailbox!: MailboxClient;
+  readonly me: Member;
+  readonly home: ClientHome;
+  readonly service: MemoryService;
+
+  constructor(
+    name: string,
+    service: MemoryService,
+    home = join(dir, `${name}-${crypto.randomUUID()}`),
+  ) {
+    this.me = members.get(name)!;
+    this.home = new ClientHome(home);
+    this.service = service;
+  }
+
+  async load(): Promise<this> {
+    const host: MailboxHost = {
+      self: this.me.name,
+      ca: this.service.as(this.me.name),
+      key: () => ({ path: this.me.keyPath }),
+      certificate: () => this.me.cert,
+      caCertificate: ca.certificate.pem,
+      directory: (name) => Promise.resolve(parseCertificate(members.get(name)!.cert)),
+      checkSigner: (pem, name) =>
+        Promise.resolve(checkPeer(pemDecode(pem, "CERTIFICATE"), anchor, { name })),
+      fresh: () => Promise.resolve(),
+      observe: (name, key): Promise<KeyState> => {
+        const pinned = this.pins.get(name);
+        if (!pinned) this.pins.set(name, key);
+        return Promise.resolve(!pinned ? "new" : pinned === key ? "known" : "changed");
+      },
+      store: (item) => {
+        this.stored.push(item);
+        return Promise.resolve(() => this.shown.push(item));
+      },
+      delivered: (_to, id) => this.delivered.push(id),
+      warning: (message) => this.warnings.push(message),
+    };
+    this.mailbox = await MailboxClient.load(host, this.home);
+    return this;
+  }
+
+  /** The same home, as after a restart. */
+  async restart(): Promise<Client> {
+    const next = new Client(this.me.name, this.service, this.home.root);
+    next.pins = this.pins;
+    return await next.load();
+  }
+}
+
+async function world() {
+  const service = new MemoryService();
+  return {
+    service,
+    alice: await new Client("alice", service).load(),
+    bob: await new Client("bob", service).load(),
+  };
+}
+
+const text = (s: string) => new TextEncoder().encode(s);
+
+Deno.test("MailboxClient: a posted message is stored and shown once, receipted and acknowledged; the sender sees delivered", async () => {
+  const { service, alice, bob } = await world();
+  const id = await alice.mailbox.post("bob", "message", text("hello"));
+  assert.deepEqual(alice.mailbox.pending(), [{ id, to: "bob" }]);
+  await bob.mailbox.check();
+  assert.equal(bob.shown.length, 1);
+  assert.equal(bob.shown[0].id, id);
+  assert.equal(new TextDecoder().decode(bob.shown[0].payload), "hello");
+  // What remains at the service is bob's receipt for alice.
+  assert.deepEqual([...service.items.values()].map((i) => i.record.to), ["alice"]);
+  await alice.mailbox.check();
+  assert.deepEqual(alice.delivered, [id]);
+  assert.deepEqual(alice.mailbox.pending(), []);
+  assert.equal(service.items.size, 0);
+  assert.deepEqual([...bob.warnings, ...alice.warnings], []);
+});
+
+Deno.test("MailboxClient: a crash between storing and acknowledging never shows an item twice, and the receipt still comes", async () => {
+  const { service, alice, bob } = await world();
+  const id = await alice.mailbox.post("bob", "message", text("once only"));
+  service.failDeletes = 1;
+  await assert.rejects(bob.mailbox.check(), /killed/);
+  assert.equal(bob.shown.length, 1);
+  const restarted = await bob.restart();
+  await restarted.mailbox.check();
+  assert.deepEqual(restarted.stored, []);
+  assert.deepEqual(restarted.shown, []);
+  await alice.mailbox.check();
+  assert.deepEqual(alice.delivered, [id]);
+  assert.equal(service.items.size, 0);
+});
+
+Deno.test("MailboxClient: a replayed item (the same item under a new id at the service) is dropped with a warning", async () => {
+  const { service, alice, bob } = await world();
+  await alice.mailbox.post("bob", "message", text("just once"));
+  const [{ der }] = [...service.items.values()];
+  await bob.mailbox.check();
+  await service.as("alice").mailboxPost("bob", der);
+  const restarted = await bob.restart();
+  await restarted.mailbox.check();
+  assert.deepEqual(restarted.shown, []);
+  assert.match(
+    restarted.warnings[0],
+    /^Dropped a replayed mailbox item from "alice" \([0-9a-f]{32}\)$/,
+  );
+  assert.equal(bob.shown.length, 1);
+});
+
+Deno.test("MailboxClient: items addressed to someone else, signed for another name, or too old are refused with a warning and acknowledged", async () => {
+  const { service, alice, bob } = await world();
+  const sealAs = (from: Member, item: Partial<MailboxItem>) =>
+    seal(
+      encodeItem({
+        id: newItemId(),
+        from: from.name,
+        to: "bob",
+        kind: "message",
+        sent: new Date(),
+        payload: text("x"),
+        ...item,
+      }),
+      {
+        key: { path: from.keyPath },
+        signerCert: from.cert,
+        recipientCert: members.get("bob")!.cert,
+      },
+    );
+  const alicePost = service.as("alice");
+  await alicePost.mailboxPost("bob", await sealAs(alice.me, { to: "carol" }));
+  await alicePost.mailboxPost("bob", await sealAs(members.get("carol")!, { from: "alice" }));
+  await alicePost.mailboxPost(
+    "bob",
+    await sealAs(alice.me, { sent: new Date(Date.now() - MAX_ITEM_AGE_MS - 60_000) }),
+  );
+  await bob.mailbox.check();
+  assert.deepEqual(bob.shown, []);
+  assert.equal(service.items.size, 0);
+  const reasons = bob.warnings.map((w) =>
+    w.replace(/^Refused a mailbox item said to be from "alice": /, "")
+  );
+  assert.equal(reasons.length, 3);
+  assert.ok(reasons.includes('it is addressed to "carol"'), reasons.join("\n"));
+  assert.ok(
+    reasons.some((r) => /the certificate names "carol", not "alice"/.test(r)),
+    reasons.join("\n"),
+  );
+  assert.ok(reasons.some((r) => /^it was sent at /.test(r)), reasons.join("\n"));
+});
+
+Deno.test("MailboxClient: an item signed with a key other than the pinned one is held back until released", async () => {
+  const { alice, bob } = await world();
+  bob.pins.set("alice", "0".repeat(64));
+  await alice.mailbox.post("bob", "message", text("after a key change"));
+  await bob.mailbox.check();
+  assert.deepEqual(bob.shown, []);
+  assert.match(bob.warnings[0], /^Held back a mailbox item from "alice": its key changed/);
+  bob.pins.delete("alice"); // the user trusted the new key
+  await bob.mailbox.release("alice");
+  assert.equal(bob.shown.length, 1);
+  assert.deepEqual([...Deno.readDirSync(bob.home.mailboxHeld)], []);
+  await alice.mailbox.check();
+  assert.equal(alice.delivered.length, 1);
+});

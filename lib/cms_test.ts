@@ -1,0 +1,213 @@
+import assert from "node:assert/strict";
+import { X509Certificate } from "node:crypto";
+import { join } from "node:path";
+import { CertificateAuthority } from "../ca/authority.ts";
+import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
+import { e2eError } from "./_test_util.ts";
+import { decodeItem, encodeItem, type MailboxItem, newItemId, open, seal } from "./cms.ts";
+import { encryptKey } from "./keys.ts";
+import { openssl } from "./openssl.ts";
+
+const encoder = new TextEncoder();
+
+interface Member {
+  cert: string;
+  keyPath: string;
+  passphrase?: string;
+}
+
+const dir = await Deno.makeTempDir({ prefix: "e2e-chat-cms-test-" });
+const ca = await CertificateAuthority.init(join(dir, "ca"), PASSPHRASE, { keyType: "ec-p256" });
+const other = await CertificateAuthority.init(join(dir, "other"), PASSPHRASE, {
+  keyType: "ec-p256",
+});
+
+async function member(
+  authority: CertificateAuthority,
+  name: string,
+  keyType: "ec-p256" | "rsa-2048" | "ed25519" = "ec-p256",
+  passphrase?: string,
+): Promise<Member> {
+  const { csr, key } = await makeCsr(name, { keyType });
+  const { certificate } = await authority.sign(csr, name);
+  const keyPath = join(dir, `${name}-${crypto.randomUUID()}.key`);
+  await Deno.writeTextFile(keyPath, passphrase ? await encryptKey(key, passphrase) : key, {
+    mode: 0o600,
+  });
+  return { cert: certificate.pem, keyPath, passphrase };
+}
+
+const alice = await member(ca, "alice");
+const bob = await member(ca, "bob", "ec-p256", "bob's passphrase 42");
+const carol = await member(ca, "carol", "rsa-2048");
+const dave = await member(ca, "dave", "ed25519");
+const mallory = await member(other, "alice");
+
+function item(overrides: Partial<MailboxItem> = {}): MailboxItem {
+  return {
+    id: newItemId(),
+    from: "alice",
+    to: "bob",
+    kind: "message",
+    sent: new Date("2026-01-02T03:04:05.000Z"),
+    payload: encoder.encode("hello bob"),
+    ...overrides,
+  };
+}
+
+function sealFor(from: Member, to: Member, content: Uint8Array): Promise<Uint8Array> {
+  return seal(content, {
+    key: { path: from.keyPath, passphrase: from.passphrase },
+    signerCert: from.cert,
+    recipientCert: to.cert,
+  });
+}
+
+function openAs(to: Member, der: Uint8Array) {
+  return open(der, {
+    key: { path: to.keyPath, passphrase: to.passphrase },
+    recipientCert: to.cert,
+    caCert: ca.certificate.pem,
+  });
+}
+
+globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+
+Deno.test("encodeItem() and decodeItem() round-trip a message, a file with binary bytes and a receipt", () => {
+  const bytes = new Uint8Array(256).map((_, i) => i);
+  for (
+    const original of [
+      item(),
+      item({ kind: "file", name: "photo 1.jpg", payload: bytes }),
+      item({ kind: "receipt", payload: new Uint8Array(), acks: [newItemId(), newItemId()] }),
+    ]
+  ) {
+    const encoded = encodeItem(original);
+    assert.deepEqual(decodeItem(encoded), original);
+    // Canonical: the same item always makes the same bytes.
+    assert.deepEqual(encodeItem(decodeItem(encoded)), encoded);
+  }
+});
+
+Deno.test("decodeItem() refuses a changed length, an unknown field, a bad id and a file name with a slash", () => {
+  const good = new TextDecoder().decode(encodeItem(item()));
+  const cases: Array<[string, RegExp]> = [
+    [good + "x", /payload length/],
+    [good.replace('"kind"', '"extra":1,"kind"'), /unexpected header fields/],
+    [good.replace(/"id":"[0-9a-f]+"/, '"id":"xyz"'), /id is not 32 hex/],
+    [good.replace('"v":1', '"v":2'), /version 2 is not 1/],
+    ["garbage", /no header/],
+  ];
+  for (const [text, message] of cases) {
+    assert.throws(() => decodeItem(encoder.encode(text)), e2eError("ERR_BAD_REQUEST", message));
+  }
+  assert.throws(
+    () => encodeItem(item({ kind: "file", name: "../etc/passwd" })),
+    e2eError("ERR_BAD_REQUEST", "Not a mailbox item: the file name is invalid"),
+  );
+});
+
+Deno.test("seal() and open() round-trip between EC keys (the recipient's key encrypted) and to an RSA key", async () => {
+  const content = encodeItem(item());
+  const opened = await openAs(bob, await sealFor(alice, bob, content));
+  assert.deepEqual(opened.content, content);
+  assert.match(opened.signerCert, /BEGIN CERTIFICATE/);
+  assert.equal(
+    new X509Certificate(opened.signerCert).fingerprint256,
+    new X509Certificate(alice.cert).fingerprint256,
+  );
+  const toCarol = await sealFor(bob, carol, content);
+  assert.deepEqual((await openAs(carol, toCarol)).content, content);
+});
+
+Deno.test("a sealed item is AES-256-GCM AuthEnvelopedData with the SHA-256 KDF (EC) or OAEP-SHA-256 (RSA), and holds no plaintext", async () => {
+  const secret = "the plaintext that must not show";
+  const content = encodeItem(item({ payload: encoder.encode(secret) }));
+  const toBob = await sealFor(alice, bob, content);
+  const toCarol = await sealFor(alice, carol, content);
+  const parse = async (der: Uint8Array) =>
+    new TextDecoder().decode(
+      (await openssl(["asn1parse", "-inform", "DER"], { stdin: der })).stdout,
+    );
+  const bobView = await parse(toBob);
+  assert.match(bobView, /id-smime-ct-authEnvelopedData/);
+  assert.match(bobView, /dhSinglePass-stdDH-sha256kdf-scheme/);
+  assert.match(bobView, /aes-256-gcm/);
+  const carolView = await parse(toCarol);
+  assert.match(carolView, /rsaesOaep/);
+  assert.match(carolView, /sha256/);
+  for (const der of [toBob, toCarol]) {
+    assert.ok(!new TextDecoder("latin1").decode(der).includes(secret));
+  }
+});
+
+Deno.test("the plain openssl cms command line opens a sealed item with the recipient's key", async () => {
+  const content = encodeItem(item({ to: "carol" }));
+  const der = await sealFor(alice, carol, content);
+  await withTempDir(async (tmp) => {
+    await Deno.writeFile(join(tmp, "item.der"), der);
+    await Deno.writeTextFile(join(tmp, "ca.pem"), ca.certificate.pem);
+    const decrypted = await openssl([
+      "cms",
+      "-decrypt",
+      "-inform",
+      "DER",
+      "-in",
+      "item.der",
+      "-inkey",
+      carol.keyPath,
+      "-binary",
+    ], { cwd: tmp });
+    const verified = await openssl(
+      ["cms", "-verify", "-inform", "DER", "-CAfile", "ca.pem", "-purpose", "any", "-binary"],
+      { cwd: tmp, stdin: decrypted.stdout },
+    );
+    assert.deepEqual(verified.stdout, content);
+  });
+});
+
+Deno.test("open() refuses an item altered anywhere, one for someone else, and one signed by another CA", async () => {
+  const content = encodeItem(item());
+  const der = await sealFor(alice, bob, content);
+  for (const at of [der.length - 5, Math.floor(der.length / 2), 300]) {
+    const altered = der.slice();
+    altered[at] ^= 0x01;
+    await assert.rejects(openAs(bob, altered), e2eError("ERR_PEER_REJECTED", /mailbox item/));
+  }
+  await assert.rejects(
+    openAs(carol, der),
+    e2eError(
+      "ERR_PEER_REJECTED",
+      "The mailbox item does not open with your key (altered, or not for you)",
+    ),
+  );
+  await assert.rejects(
+    openAs(bob, await sealFor(mallory, bob, content)),
+    e2eError("ERR_PEER_REJECTED", "The mailbox item's signature does not verify against our CA"),
+  );
+});
+
+Deno.test("seal() refuses Ed25519 keys on either side with what to do, never a weaker fallback", async () => {
+  const content = encodeItem(item());
+  await assert.rejects(
+    sealFor(alice, dave, content),
+    (e) =>
+      e2eError(
+        "ERR_KEY_REJECTED",
+        "The mailbox needs an EC or RSA key, and the recipient's key is ed25519",
+      )(e) && /--key-type ec-p256/.test((e as { hint: string }).hint),
+  );
+  await assert.rejects(
+    sealFor(dave, bob, content),
+    e2eError("ERR_KEY_REJECTED", "The mailbox needs an EC or RSA key, and your key is ed25519"),
+  );
+});
+
+Deno.test("seal() with a wrong passphrase is ERR_BAD_PASSPHRASE and never shows it", async () => {
+  await assert.rejects(
+    sealFor({ ...bob, passphrase: "wrong passphrase 99" }, alice, encodeItem(item())),
+    e2eError("ERR_BAD_PASSPHRASE", "Cannot unlock your key for the mailbox", {
+      never: ["wrong passphrase 99"],
+    }),
+  );
+});

@@ -1,0 +1,518 @@
+/**
+ * The mailbox (issue #12, items 4–6; docs/PROTOCOL.md §7, docs/API.md
+ * §mailbox): messages and files to members who are offline, sealed end to end
+ * as CMS, kept by the CA service and delivered exactly once. Real CA service
+ * processes (killed with SIGKILL and restarted), real `client chat --json`
+ * processes, the real openssl.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { encodeItem, newItemId, seal } from "../lib/cms.ts";
+import { openssl } from "../lib/openssl.ts";
+import { signBehindTheirBacks } from "./_dishonest_ca.ts";
+import { makeCsr } from "./_helpers.ts";
+import { ChatClient, runTask, stopAll, waitUntil } from "./_harness.ts";
+import { joinUser, type User, userAt } from "./_chat_helpers.ts";
+import {
+  assertSuccess,
+  initCa,
+  makeInvite,
+  type Service,
+  startService,
+} from "./_service_helpers.ts";
+
+const encoder = new TextEncoder();
+const MAILBOX_MS = 30_000;
+const BOB_PASSPHRASE = "bob's mailbox passphrase 31";
+
+/** A CA with its service in a temporary folder, the users joined there and the chats started. */
+class World {
+  readonly dir: string;
+  service: Service;
+  #clients: ChatClient[] = [];
+
+  private constructor(dir: string, service: Service) {
+    this.dir = dir;
+    this.service = service;
+  }
+
+  static async start(args: string[] = []): Promise<World> {
+    const dir = await Deno.makeTempDir({ prefix: "e2e-chat-mailbox-test-" });
+    const home = join(dir, "ca-home");
+    await initCa(home);
+    return new World(dir, await startService(home, { args: ["--crl-port", "0", ...args] }));
+  }
+
+  async join(name: string, args: string[] = [], env: Record<string, string> = {}): Promise<User> {
+    if (args.length === 0) return await joinUser(this.service, name, join(this.dir, name));
+    const home = join(this.dir, name);
+    const invite = await makeInvite(this.service.home, name);
+    const result = await runTask("client", ["join", invite, ...args], {
+      env: { E2E_CHAT_HOME: home, ...env },
+    });
+    assertSuccess(result, `client join (${name})`);
+    return userAt(name, home);
+  }
+
+  async chat(user: User, env: Record<string, string> = {}): Promise<ChatClient> {
+    const client = await ChatClient.start(user, { env });
+    this.#clients.push(client);
+    return client;
+  }
+
+  /** The stored items (DER) waiting for `name` in the CA home. */
+  async stored(name: string): Promise<Array<{ path: string; der: Uint8Array }>> {
+    const dir = join(this.service.caDir, "mailbox", name);
+    const out = [];
+    try {
+      for await (const e of Deno.readDir(dir)) {
+        if (e.name.endsWith(".cms")) {
+          out.push({ path: join(dir, e.name), der: await Deno.readFile(join(dir, e.name)) });
+        }
+      }
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    return out;
+  }
+
+  /** SIGKILL, then the same CA home served again on the same port. */
+  async killAndRestart(args: string[] = []): Promise<void> {
+    const port = this.service.port;
+    this.service.proc.kill("SIGKILL");
+    assert.equal((await this.service.proc.status).signal, "SIGKILL");
+    this.service = await startService(this.service.home, {
+      args: ["--crl-port", "0", "--port", String(port), ...args],
+    });
+  }
+
+  async close(): Promise<void> {
+    await stopAll(this.#clients);
+    await this.service.stop();
+    await Deno.remove(this.dir, { recursive: true }).catch(() => {});
+  }
+}
+
+async function withWorld(fn: (world: World) => Promise<void>, args: string[] = []) {
+  const world = await World.start(args);
+  try {
+    await fn(world);
+  } finally {
+    await world.close();
+  }
+}
+
+/** Every file under `dir` that contains `needle`. */
+async function filesContaining(dir: string, needle: Uint8Array): Promise<string[]> {
+  const found: string[] = [];
+  for await (const e of Deno.readDir(dir)) {
+    const path = join(dir, e.name);
+    if (e.isDirectory) found.push(...await filesContaining(path, needle));
+    else if (e.isFile && includes(await Deno.readFile(path), needle)) found.push(path);
+  }
+  return found;
+}
+
+function includes(haystack: Uint8Array, needle: Uint8Array): boolean {
+  outer: for (let i = 0; i + needle.length <= haystack.length; i++) {
+    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
+    return true;
+  }
+  return false;
+}
+
+Deno.test("a message and a file to an offline member arrive exactly once when they start, across a SIGKILL of the service, and the sender sees delivered", async () => {
+  await withWorld(async (world) => {
+    const aliceUser = await world.join("alice");
+    // bob's key is encrypted: openssl reads it with the passphrase through -passin env: only.
+    const bobEnv = { E2E_CHAT_PASSPHRASE: BOB_PASSPHRASE };
+    const bobUser = await world.join("bob", ["--encrypt-key"], bobEnv);
+    const alice = await world.chat(aliceUser);
+
+    const secret = `the plaintext ${crypto.randomUUID()} for bob only`;
+    await alice.send(`/msg bob ${secret}`);
+    const queued = await alice.expect({ type: "queued", to: "bob" });
+    assert.match(String(queued.id), /^[0-9a-f]{32}$/);
+    const marker = crypto.getRandomValues(new Uint8Array(64));
+    const fileBytes = new Uint8Array(300_000);
+    fileBytes.set(marker, 150_000);
+    const filePath = join(world.dir, "report.bin");
+    await Deno.writeFile(filePath, fileBytes);
+    await alice.send(`/file bob ${filePath}`);
+    const fileQueued = await alice.expect({ type: "queued", to: "bob", file: "report.bin" });
+
+    // At rest: ciphertext only, anywhere in the CA home; openssl's own CLI opens an item.
+    const stored = await world.stored("bob");
+    assert.equal(stored.length, 2);
+    assert.deepEqual(await filesContaining(world.service.home, encoder.encode(secret)), []);
+    assert.deepEqual(await filesContaining(world.service.home, marker), []);
+    const opened = await Promise.all(stored.map(async ({ path }) => {
+      const decrypted = await openssl([
+        "cms",
+        "-decrypt",
+        "-binary",
+        "-inform",
+        "DER",
+        "-in",
+        path,
+        "-inkey",
+        bobUser.keyPath,
+        "-passin",
+        "env:E2E_CHAT_PASSIN",
+      ], { passphrase: BOB_PASSPHRASE });
+      const verified = await openssl([
+        "cms",
+        "-verify",
+        "-binary",
+        "-inform",
+        "DER",
+        "-CAfile",
+        bobUser.caPath,
+        "-purpose",
+        "any",
+      ], { stdin: decrypted.stdout });
+      return verified.stdout;
+    }));
+    assert.ok(opened.some((content) => includes(content, encoder.encode(secret))));
+    assert.ok(opened.some((content) => includes(content, marker)));
+
+    // Killed between post and fetch: nothing is lost.
+    await world.killAndRestart();
+    assert.equal((await world.stored("bob")).length, 2);
+
+    const bob = await world.chat(bobUser, bobEnv);
+    const message = await bob.expect({ type: "message", from: "alice" }, MAILBOX_MS);
+    assert.equal(message.text, secret);
+    assert.equal(message.via, "mailbox");
+    assert.equal(message.id, queued.id);
+    const file = await bob.expect({ type: "file", from: "alice" }, MAILBOX_MS);
+    assert.equal(file.via, "mailbox");
+    assert.deepEqual(await Deno.readFile(String(file.path)), fileBytes);
+    await alice.expect({ type: "delivered", to: "bob", id: queued.id }, MAILBOX_MS);
+    await alice.expect({ type: "delivered", to: "bob", id: fileQueued.id }, MAILBOX_MS);
+    await waitUntil(
+      async () => (await world.stored("bob")).length === 0,
+      "the acknowledged items deleted",
+    );
+
+    // Exactly once: not again in this run, nor after a restart of bob.
+    assert.equal(bob.count("message"), 1);
+    assert.equal(bob.count("file"), 1);
+    await bob.stop();
+    const again = await world.chat(bobUser, bobEnv);
+    const mark = again.mark();
+    await again.expectNone(mark, (e) => e.type === "message" || e.type === "file", 2_000);
+    await again.send("/history alice");
+    const history = await again.expect({ type: "history", peer: "alice" });
+    const entries = history.entries as Array<{ text?: string; kind: string }>;
+    assert.equal(entries.filter((e) => e.text === secret).length, 1);
+    assert.equal(entries.filter((e) => e.kind === "file").length, 1);
+  });
+});
+
+Deno.test("an item altered at rest is refused with a warning, and a replayed item is dropped", async () => {
+  await withWorld(async (world) => {
+    const [aliceUser, bobUser] = [await world.join("alice"), await world.join("bob")];
+    const alice = await world.chat(aliceUser);
+    await alice.send("/msg bob this one is altered at rest");
+    await alice.expect({ type: "queued", to: "bob" });
+    const [altered] = await world.stored("bob");
+    const bytes = altered.der.slice();
+    bytes[bytes.length - 20] ^= 0x01;
+    await Deno.writeFile(altered.path, bytes);
+    await alice.send("/msg bob this one is good");
+    const good = await alice.expect({ type: "queued", to: "bob" }, MAILBOX_MS);
+    const goodItem = (await world.stored("bob")).find((s) => s.path !== altered.path)!;
+
+    const bob = await world.chat(bobUser);
+    const warning = await bob.expect(
+      (e) =>
+        e.type === "warning" &&
+        /Refused a mailbox item said to be from "alice"/.test(String(e.message)),
+      MAILBOX_MS,
+    );
+    assert.match(String(warning.message), /does not open with your key/);
+    const message = await bob.expect({ type: "message", from: "alice" }, MAILBOX_MS);
+    assert.equal(message.text, "this one is good");
+    assert.equal(message.id, good.id);
+    await alice.expect({ type: "delivered", to: "bob", id: good.id }, MAILBOX_MS);
+    await waitUntil(
+      async () => (await world.stored("bob")).length === 0,
+      "the acknowledged items deleted",
+    );
+
+    // The same item posted again (a copy under a new id at the service): dropped.
+    const mark = bob.mark();
+    const reply = await world.service.request("/v1/mailbox/bob", {
+      method: "POST",
+      body: goodItem.der,
+      headers: { "content-type": "application/cms" },
+      cert: await Deno.readTextFile(aliceUser.certPath),
+      key: await Deno.readTextFile(aliceUser.keyPath),
+    });
+    assert.equal(reply.status, 200, reply.body);
+    await bob.expect(
+      (e) =>
+        e.type === "warning" &&
+        /Dropped a replayed mailbox item from "alice"/.test(String(e.message)),
+      MAILBOX_MS,
+    );
+    await bob.expectNone(mark, { type: "message" }, 1_000);
+    assert.equal(bob.count("message"), 1);
+    await waitUntil(
+      async () => (await world.stored("bob")).length === 0,
+      "the acknowledged items deleted",
+    );
+  });
+});
+
+Deno.test("the mailbox refuses with clear errors for the sender: a full quota, a file over 8 MiB, a non-member, Ed25519 keys; an expired item is never delivered", async () => {
+  await withWorld(async (world) => {
+    const aliceUser = await world.join("alice");
+    const bobUser = await world.join("bob");
+    const daveUser = await world.join("dave", ["--key-type", "ed25519"]);
+    const alice = await world.chat(aliceUser);
+
+    await alice.send("/msg bob one");
+    await alice.expect({ type: "queued", to: "bob" });
+    await alice.send("/msg bob two");
+    const two = await alice.expect({ type: "queued", to: "bob" });
+    await alice.send("/msg bob three");
+    const full = await alice.expect({ type: "error" });
+    assert.equal(
+      full.message,
+      'The CA refused: The mailbox of "bob" is full: 2 items wait, at most 2',
+    );
+
+    const big = join(world.dir, "big.iso");
+    {
+      using f = await Deno.open(big, { write: true, create: true });
+      await f.truncate(9 * 1024 * 1024);
+    }
+    await alice.send(`/file bob ${big}`);
+    const tooLarge = await alice.expect((e) =>
+      e.type === "error" && /File too large/.test(String(e.message))
+    );
+    assert.equal(
+      tooLarge.message,
+      'File too large for the mailbox: 9 MiB, at most 8 MiB: send it while "bob" is online',
+    );
+
+    await alice.send("/msg nobody hello");
+    const nobody = await alice.expect((e) =>
+      e.type === "error" && /nobody/.test(String(e.message))
+    );
+    assert.equal(
+      nobody.message,
+      'The CA refused: No valid certificate for "nobody" in the directory',
+    );
+
+    await alice.send("/msg dave hello");
+    const toDave = await alice.expect((e) =>
+      e.type === "error" && /ed25519/.test(String(e.message))
+    );
+    assert.match(
+      String(toDave.message),
+      /^The mailbox needs an EC or RSA key, and the key of "dave" is ed25519: .*--key-type ec-p256/,
+    );
+    const dave = await world.chat(daveUser);
+    await dave.send("/msg alice hello");
+    const fromDave = await dave.expect({ type: "error" });
+    assert.match(
+      String(fromDave.message),
+      /^The mailbox needs an EC or RSA key, and your key is ed25519: .*re-enroll with --key-type ec-p256/,
+    );
+
+    // Time to live: both items expire unread; the sender is told, the recipient gets nothing.
+    await alice.expect(
+      (e) =>
+        e.type === "warning" && String(e.message).includes(`message ${two.id} to "bob" expired`),
+      MAILBOX_MS,
+    );
+    await waitUntil(
+      async () => (await world.stored("bob")).length === 0,
+      "the expired items deleted",
+    );
+    const bob = await world.chat(bobUser);
+    await bob.expectNone(bob.mark(), { type: "message" }, 2_000);
+  }, ["--mailbox-items", "2", "--mailbox-ttl", "4s"]);
+});
+
+Deno.test("an item from a member whose key changed is held back until the user trusts the new key", async () => {
+  await withWorld(async (world) => {
+    const aliceUser = await world.join("alice");
+    const bobUser = await world.join("bob");
+    const alice = await world.chat(aliceUser);
+    const bob = await world.chat(bobUser);
+    // bob pins alice's first key by a first item.
+    await alice.send("/msg bob first key");
+    await bob.expect({ type: "message", from: "alice", text: "first key" }, MAILBOX_MS);
+    await alice.stop();
+
+    // alice re-enrolls (a new key, as after a lost laptop) and writes again.
+    const home = join(world.dir, "alice-2");
+    const invite = await makeInvite(world.service.home, "alice");
+    assertSuccess(
+      await runTask("client", ["join", invite], { env: { E2E_CHAT_HOME: home } }),
+      "client join (alice, a new key)",
+    );
+    const newAlice = userAt("alice", home);
+    const alice2 = await world.chat(newAlice);
+    const mark = bob.mark();
+    await alice2.send("/msg bob second key");
+    await bob.expect(
+      (e) =>
+        e.type === "warning" &&
+        /Held back a mailbox item from "alice": its key changed/.test(String(e.message)),
+      MAILBOX_MS,
+    );
+    await bob.expectNone(mark, { type: "message" }, 1_000);
+    await bob.send("/trust alice");
+    const released = await bob.expect(
+      { type: "message", from: "alice", text: "second key" },
+      MAILBOX_MS,
+    );
+    assert.equal(released.via, "mailbox");
+    await alice2.expect({ type: "delivered", to: "bob" }, MAILBOX_MS);
+  });
+});
+
+Deno.test("the mailbox routes: members only, application/cms, a member recipient other than oneself, the item cap, and items only for their recipient", async () => {
+  await withWorld(async (world) => {
+    const users = [await world.join("alice"), await world.join("bob"), await world.join("carol")];
+    const [alice, bob, carol] = await Promise.all(users.map(async (u) => ({
+      cert: await Deno.readTextFile(u.certPath),
+      key: await Deno.readTextFile(u.keyPath),
+    })));
+    const item = new Uint8Array([0x30, 0x03, 0x02, 0x01, 0x01]);
+    const post = (to: string, as?: { cert: string; key: string }, headers = {}, body = item) =>
+      world.service.request(`/v1/mailbox/${to}`, {
+        method: "POST",
+        body,
+        headers: { "content-type": "application/cms", ...headers },
+        ...as,
+      });
+    const refused = async (
+      reply: Promise<{ status: number; json(): unknown }>,
+      status: number,
+      code: string,
+      message: string,
+    ) => {
+      const r = await reply;
+      assert.equal(r.status, status);
+      assert.deepEqual((r.json() as { error: unknown }).error, { code, message });
+    };
+    await refused(
+      post("bob"),
+      401,
+      "ERR_UNAUTHENTICATED",
+      "This route needs a client certificate",
+    );
+    await refused(
+      post("bob", alice, { "content-type": "application/json" }),
+      415,
+      "ERR_UNSUPPORTED_MEDIA_TYPE",
+      "The body must be application/cms",
+    );
+    await refused(
+      post("nobody", alice),
+      404,
+      "ERR_NOT_FOUND",
+      'No valid certificate for "nobody" in the directory',
+    );
+    await refused(post("alice", alice), 400, "ERR_BAD_REQUEST", "Cannot post to your own mailbox");
+    await refused(
+      // Refused on the declared length, before a byte of the body is read.
+      post("bob", alice, { "content-length": String(8 * 1024 * 1024 + 64 * 1024 + 1) }),
+      413,
+      "ERR_TOO_LARGE",
+      `The body is larger than ${8 * 1024 * 1024 + 64 * 1024} bytes`,
+    );
+
+    const posted = await post("bob", alice);
+    assert.equal(posted.status, 200, posted.body);
+    const record = posted.json() as Record<string, unknown>;
+    assert.deepEqual(Object.keys(record).sort(), [
+      "expiresAt",
+      "from",
+      "id",
+      "postedAt",
+      "size",
+      "to",
+    ]);
+    assert.deepEqual([record.from, record.to, record.size], ["alice", "bob", item.length]);
+    const path = `/v1/mailbox/items/${record.id}`;
+    const notYours = `No mailbox item "${record.id}" for you`;
+    await refused(world.service.request(path, carol), 404, "ERR_NOT_FOUND", notYours);
+    await refused(
+      world.service.request(path, { method: "DELETE", ...alice }),
+      404,
+      "ERR_NOT_FOUND",
+      notYours,
+    );
+    const list = await world.service.request("/v1/mailbox?wait=0", bob);
+    assert.deepEqual((list.json() as { items: unknown[] }).items, [record]);
+    const fetched = await world.service.request(path, bob);
+    assert.equal(fetched.status, 200);
+    assert.equal(fetched.headers["content-type"], "application/cms");
+    assert.deepEqual(encoder.encode(fetched.body), item);
+    const deleted = await world.service.request(path, { method: "DELETE", ...bob });
+    assert.deepEqual(deleted.json(), { deleted: record.id });
+    await refused(world.service.request(path, bob), 404, "ERR_NOT_FOUND", notYours);
+    // The log names the route, status, names and size, never content.
+    await world.service.waitForLog(/POST \/v1\/mailbox\/bob 200 alice to bob 5 bytes/);
+  });
+});
+
+Deno.test("a dishonest CA cannot forge an item: one signed by a certificate it issued outside its log is refused", async () => {
+  await withWorld(async (world) => {
+    const bobUser = await world.join("bob");
+    await world.join("alice");
+    const bob = await world.chat(bobUser);
+    // The CA signs a second "alice" with a key of its own, behind everyone's back (not logged).
+    const { key } = await makeCsr("alice");
+    const cert = await signBehindTheirBacks(world.service, "alice", key);
+    const keyPath = join(world.dir, "evil.key");
+    await Deno.writeTextFile(keyPath, key, { mode: 0o600 });
+    const der = await seal(
+      encodeItem({
+        id: newItemId(),
+        from: "alice",
+        to: "bob",
+        kind: "message",
+        sent: new Date(),
+        payload: encoder.encode("trust me, I am alice"),
+      }),
+      {
+        key: { path: keyPath },
+        signerCert: cert,
+        recipientCert: await Deno.readTextFile(bobUser.certPath),
+      },
+    );
+    const mark = bob.mark();
+    const posted = await world.service.request("/v1/mailbox/bob", {
+      method: "POST",
+      body: der,
+      headers: { "content-type": "application/cms" },
+      cert,
+      key,
+    });
+    assert.equal(posted.status, 200, posted.body);
+    const warning = await bob.expect(
+      (e) =>
+        e.type === "warning" &&
+        /Refused a mailbox item said to be from "alice": its signer's certificate is refused/.test(
+          String(e.message),
+        ),
+      MAILBOX_MS,
+    );
+    assert.ok(warning);
+    await bob.expectNone(mark, { type: "message" }, 500);
+    await waitUntil(
+      async () => (await world.stored("bob")).length === 0,
+      "the refused item acknowledged",
+    );
+  });
+});
