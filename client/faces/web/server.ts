@@ -269,6 +269,14 @@ export class WebServer {
     const response = handled === UPGRADE ? text(400, "Bad WebSocket request") : handled;
     const headers: Record<string, string> = {};
     response.headers.forEach((v, k) => (headers[k] = v));
+    if (!headers["content-length"]) {
+      // Our own small answers (page, JSON, text) go whole, with their length; only downloads
+      // (which state theirs) stream.
+      const body = new Uint8Array(await response.arrayBuffer());
+      res.writeHead(response.status, { ...headers, "content-length": String(body.length) });
+      res.end(req.method === "HEAD" ? undefined : body);
+      return;
+    }
     res.writeHead(response.status, headers);
     if (!response.body || req.method === "HEAD") {
       await response.body?.cancel();

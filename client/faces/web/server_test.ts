@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import WsClient from "ws";
 import type { Chat } from "../../chat.ts";
 import { WebServer } from "./server.ts";
 
@@ -20,6 +21,9 @@ function fakeChat(root: string, downloads: string) {
     on: () => () => {},
     peers: () => [],
     invitations: () => [],
+    offers: () => [],
+    logAlarms: () => [],
+    conversations: () => Promise.resolve([]),
     sendFile: async (to: string, path: string) => {
       const dir = path.slice(0, path.lastIndexOf("/"));
       sent.push({
@@ -86,7 +90,8 @@ async function withServer(
   }
 }
 
-async function session(web: WebServer): Promise<string> {
+/** Exchanges the token: the cookie header line and the page key (from the fragment). */
+async function session(web: WebServer): Promise<{ cookie: string; key: string }> {
   const token = new URL(web.url).searchParams.get("token");
   const r = await raw(web.port, [
     `GET /session?token=${token} HTTP/1.1`,
@@ -96,7 +101,31 @@ async function session(web: WebServer): Promise<string> {
   const m = /^set-cookie: (e2e_session=[0-9a-f]{64}); HttpOnly; SameSite=Strict; Path=\/$/im
     .exec(r.head);
   assert.ok(m, r.head);
-  return `Cookie: ${m[1]}`;
+  const key = /^location: \/#key=([0-9a-f]{64})$/im.exec(r.head);
+  assert.ok(key, r.head);
+  return { cookie: `Cookie: ${m[1]}`, key: key[1] };
+}
+
+/** One operation over the page's WebSocket (as the page sends it); resolves with the reply. */
+function operate(
+  web: WebServer,
+  s: { cookie: string; key: string },
+  op: Record<string, unknown>,
+): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const ws = new WsClient(`ws://127.0.0.1:${web.port}/ws`, ["e2e-chat", `key.${s.key}`], {
+      headers: { Cookie: s.cookie.slice("Cookie: ".length) },
+      origin: `http://127.0.0.1:${web.port}`,
+    });
+    ws.on("error", reject);
+    ws.on("open", () => ws.send(JSON.stringify({ id: 1, ...op })));
+    ws.on("message", (data: Uint8Array) => {
+      const m = JSON.parse(new TextDecoder().decode(data));
+      if (m.type !== "reply") return;
+      ws.close();
+      resolve(m);
+    });
+  });
 }
 
 Deno.test("WebServer answers 421 to a foreign Host and 401 without a session, even with the token", async () => {
@@ -118,9 +147,9 @@ Deno.test("WebServer answers 421 to a foreign Host and 401 without a session, ev
 
 Deno.test("WebServer refuses a cross-origin POST and WebSocket upgrade, and accepts its own origin", async () => {
   await withServer(async (web) => {
-    const cookie = await session(web);
+    const { cookie, key } = await session(web);
     const host = `Host: 127.0.0.1:${web.port}`;
-    const upgrade = (origin: string[]) =>
+    const upgrade = (origin: string[], protocols = `e2e-chat, key.${key}`) =>
       raw(web.port, [
         "GET /ws HTTP/1.1",
         host,
@@ -129,6 +158,7 @@ Deno.test("WebServer refuses a cross-origin POST and WebSocket upgrade, and acce
         "Connection: Upgrade",
         "Sec-WebSocket-Version: 13",
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        `Sec-WebSocket-Protocol: ${protocols}`,
         ...origin,
       ]);
     assert.equal((await upgrade(["Origin: http://evil.test"])).status, 403);
@@ -138,7 +168,12 @@ Deno.test("WebServer refuses a cross-origin POST and WebSocket upgrade, and acce
         .status,
       403,
     );
-    assert.equal((await upgrade([`Origin: http://127.0.0.1:${web.port}`])).status, 101);
+    const own = [`Origin: http://127.0.0.1:${web.port}`];
+    assert.equal((await upgrade(own)).status, 101);
+    // The page key is needed too: the cookie also goes to every other port of 127.0.0.1.
+    assert.equal((await upgrade(own, "e2e-chat")).status, 403);
+    assert.equal((await upgrade(own, `e2e-chat, key.${"0".repeat(64)}`)).status, 403);
+    assert.equal((await upgrade(own, `key.${key}`)).status, 403);
     const post = await raw(web.port, [
       "POST /upload?to=bob&name=a.txt HTTP/1.1",
       host,
@@ -151,15 +186,21 @@ Deno.test("WebServer refuses a cross-origin POST and WebSocket upgrade, and acce
 
 Deno.test("an upload goes to a 0700 folder under its sanitised name, is sent, then removed", async () => {
   await withServer(async (web, { root, sent }) => {
-    const cookie = await session(web);
+    const { cookie, key } = await session(web);
     const name = encodeURIComponent("../../id/\u202eevil\u0007.txt");
-    const r = await raw(web.port, [
-      `POST /upload?to=bob&name=${name} HTTP/1.1`,
-      `Host: 127.0.0.1:${web.port}`,
-      cookie,
-      `Origin: http://127.0.0.1:${web.port}`,
-      "Content-Type: application/octet-stream",
-    ], "file body");
+    const upload = (extra: string[]) =>
+      raw(web.port, [
+        `POST /upload?to=bob&name=${name} HTTP/1.1`,
+        `Host: 127.0.0.1:${web.port}`,
+        cookie,
+        `Origin: http://127.0.0.1:${web.port}`,
+        "Content-Type: application/octet-stream",
+        ...extra,
+      ], "file body");
+    assert.equal((await upload([])).status, 403);
+    assert.equal((await upload([`x-e2e-chat-key: ${"0".repeat(64)}`])).status, 403);
+    assert.deepEqual(sent, []);
+    const r = await upload([`x-e2e-chat-key: ${key}`]);
     assert.equal(r.status, 200, r.body);
     assert.deepEqual(JSON.parse(r.body), { id: "f1", name: "evil.txt" });
     assert.deepEqual(sent, [{ to: "bob", name: "evil.txt", bytes: "file body", dirMode: 0o700 }]);
@@ -170,7 +211,8 @@ Deno.test("an upload goes to a 0700 folder under its sanitised name, is sent, th
 
 Deno.test("downloads serve only regular files directly inside the downloads folder, as attachments", async () => {
   await withServer(async (web, { root, downloads }) => {
-    const cookie = await session(web);
+    const s = await session(web);
+    const cookie = s.cookie;
     await Deno.writeTextFile(join(downloads, "report <1>.txt"), "<script>alert(1)</script>");
     await Deno.writeTextFile(join(root, "secret.txt"), "secret");
     await Deno.symlink(join(root, "secret.txt"), join(downloads, "link.txt"));
@@ -178,8 +220,19 @@ Deno.test("downloads serve only regular files directly inside the downloads fold
     await Deno.writeTextFile(join(downloads, ".partial-x"), "partial");
     const get = (path: string) =>
       raw(web.port, [`GET ${path} HTTP/1.1`, `Host: 127.0.0.1:${web.port}`, cookie]);
-    const ok = await get(`/download/${encodeURIComponent("report <1>.txt")}`);
+    // A download needs a one-time ticket the page asked for over its WebSocket.
+    const direct = `/download/${encodeURIComponent("report <1>.txt")}`;
+    assert.equal((await get(direct)).status, 403);
+    const ticket = async (file: string) => {
+      const reply = await operate(web, s, { op: "download", file });
+      assert.equal(reply.ok, true, JSON.stringify(reply));
+      return (reply.result as { href: string }).href;
+    };
+    const href = await ticket("report <1>.txt");
+    assert.match(href, /^\/download\/report%20%3C1%3E\.txt\?ticket=[0-9a-f]{64}$/);
+    const ok = await get(href);
     assert.equal(ok.status, 200);
+    assert.equal((await get(href)).status, 403, "a ticket is used once");
     assert.equal(ok.body, "<script>alert(1)</script>");
     assert.match(ok.head, /^content-type: application\/octet-stream$/im);
     assert.match(
@@ -187,10 +240,17 @@ Deno.test("downloads serve only regular files directly inside the downloads fold
       /^content-disposition: attachment; filename\*=UTF-8''report%20%3C1%3E\.txt$/im,
     );
     assert.match(ok.head, /^x-content-type-options: nosniff$/im);
-    for (
-      const path of ["link.txt", "sub", ".partial-x", "..%2Fsecret.txt", "%2E%2E%2Fsecret.txt"]
-    ) {
-      assert.equal((await get(`/download/${path}`)).status, 404, path);
+    // With a ticket, still nothing but a regular file directly inside the folder.
+    for (const file of ["link.txt", "sub", ".partial-x"]) {
+      assert.equal((await get(await ticket(file))).status, 404, file);
     }
+    // A path is not even given a ticket.
+    for (const file of ["../secret.txt", "a/b"]) {
+      const reply = await operate(web, s, { op: "download", file });
+      assert.equal(reply.ok, false, file);
+    }
+    // A ticket is for its own name only.
+    const other = (await ticket("report <1>.txt")).replace("report%20%3C1%3E.txt", "link.txt");
+    assert.equal((await get(other)).status, 403);
   });
 });
