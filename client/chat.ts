@@ -110,6 +110,7 @@ export class Chat {
   #quota: FileQuota;
   #sendStallMs?: number;
   #mailbox!: MailboxClient;
+  #firstSeen = new Set<string>(); // names whose key the mailbox pinned in this run
 
   private constructor(
     id: Identity,
@@ -396,7 +397,10 @@ export class Chat {
 
   /** The files connected peers offered that wait for an answer. */
   offers(): Array<FileOffer & { from: string }> {
-    return [...this.#peers].flatMap(([from, p]) => p.conn.offers.map((o) => ({ from, ...o })));
+    return [
+      ...[...this.#peers].flatMap(([from, p]) => p.conn.offers.map((o) => ({ from, ...o }))),
+      ...this.#mailbox.offers(),
+    ];
   }
 
   /**
@@ -406,12 +410,14 @@ export class Chat {
    */
   async acceptFile(name: string, id: string): Promise<void> {
     checkName(name);
+    if (this.#mailbox.hasOffer(name, id)) return await this.#mailbox.acceptOffer(id);
     await this.#offerer(name).acceptOffer(id);
   }
 
-  /** Declines the file `id` that `name` offered (the peer is told). */
-  declineFile(name: string, id: string): void {
+  /** Declines the file `id` that `name` offered (a connected peer is told). */
+  async declineFile(name: string, id: string): Promise<void> {
     checkName(name);
+    if (this.#mailbox.hasOffer(name, id)) return await this.#mailbox.declineOffer(id);
     this.#offerer(name).declineOffer(id);
   }
 
@@ -612,7 +618,11 @@ export class Chat {
         }
         return cert;
       },
-      observe: (name, key) => this.#trust.observe(name, key),
+      observe: async (name, key) => {
+        const state = await this.#trust.observe(name, key);
+        if (state === "new") this.#firstSeen.add(name);
+        return state;
+      },
       store: async (item) => {
         const at = item.sent;
         if (item.kind === "message") {
@@ -623,24 +633,26 @@ export class Chat {
             this.#emit({ type: "message", from: item.from, text, id: item.id, via: "mailbox" });
         }
         const size = item.payload.length;
-        // No one to ask: a file over the auto-accept size is refused, like an unasked offer.
-        const refused = size > this.#quota.limits.autoAccept
-          ? `it is ${formatSize(size)}, over the ${
-            formatSize(this.#quota.limits.autoAccept)
-          } taken without asking (--auto-accept)`
-          : this.#quota.refusal(item.from, size);
+        // Files that need consent came as offers first (askFirst); here only the quotas decide.
+        const refused = this.#quota.refusal(item.from, size);
         if (refused) throw new E2eError("ERR_FORBIDDEN", `file ${item.id} refused: ${refused}`);
-        this.#quota.take(item.from, size);
+        const giveBack = this.#quota.take(item.from, size);
         const sha256 = createHash("sha256").update(item.payload).digest("hex");
-        const incoming = await IncomingFile.start(this.#downloads, item.name!, size, sha256);
         let path: string;
         try {
-          await incoming.write(item.payload);
-          path = await incoming.finish();
+          const incoming = await IncomingFile.start(this.#downloads, item.name!, size, sha256);
+          try {
+            await incoming.write(item.payload);
+            path = await incoming.finish();
+          } catch (e) {
+            await incoming.abort();
+            throw e;
+          }
         } catch (e) {
-          await incoming.abort();
+          giveBack();
           throw e;
         }
+        await this.#quota.stored(item.from, path, size);
         const file = { id: item.id, name: item.name!, path, bytes: size, sha256 };
         this.#history.file({ from: item.from, to: this.#id.name, ...file, at });
         await this.#history.flush();
@@ -650,6 +662,12 @@ export class Chat {
         this.#history.delivered(to, id);
         this.#emit({ type: "delivered", to, id });
       },
+      // As for a peer's file: taken without asking only from a pinned key, up to --auto-accept.
+      // A key first seen in this run is "new" for all it sends in this run, as a peer's key is
+      // for the whole of its first connection (a message first must not pin it for the file).
+      askFirst: (from, bytes, state) =>
+        state === "new" || this.#firstSeen.has(from) || bytes > this.#quota.limits.autoAccept,
+      offer: (from, offer) => this.#emit({ type: "file_offer", from, ...offer, via: "mailbox" }),
       warning: (message) => this.#emit({ type: "warning", message }),
     };
   }

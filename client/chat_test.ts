@@ -159,12 +159,12 @@ Deno.test("the chat core, in-process, over real mutual TLS with a real CA servic
           // An offer declined: bob hears why; an id never offered: ERR_NOT_FOUND.
           const second = await bob.chat.sendFile("alice", path);
           await alice.next("file_offer", (e) => e.id === second);
-          alice.chat.declineFile("bob", second);
+          await alice.chat.declineFile("bob", second);
           const failed = await bob.next("file_failed", (e) => e.id === second);
           assert.equal(failed.direction, "out");
           assert.match(failed.reason, /"alice" declined it: declined by the user/);
           await assert.rejects(alice.chat.acceptFile("bob", second), assertCode("ERR_NOT_FOUND"));
-          assert.throws(() => alice.chat.declineFile("carol", "x"), assertCode("ERR_NOT_FOUND"));
+          await assert.rejects(alice.chat.declineFile("carol", "x"), assertCode("ERR_NOT_FOUND"));
         },
       );
 

@@ -55,7 +55,15 @@ export type CoreEvent =
     total: number;
     direction: "in" | "out";
   }
-  | { type: "file_offer"; from: string; id: string; name: string; bytes: number; sha256: string }
+  | {
+    type: "file_offer";
+    from: string;
+    id: string;
+    name: string;
+    bytes: number;
+    sha256: string;
+    via?: "mailbox";
+  }
   | {
     type: "file_failed";
     peer: string;

@@ -25,6 +25,7 @@
  *
  * @module
  */
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 import {
   checkCmsKey,
@@ -48,6 +49,8 @@ import type { KeyState } from "./trust.ts";
 export const MAX_MAILBOX_FILE_BYTES = 8 * 1024 * 1024;
 /** Items older than this (the service's 7-day time to live and a day of clock skew) are refused. */
 export const MAX_ITEM_AGE_MS = 8 * 86_400_000;
+/** How a held file that waits for the user ends its name (HOME/mailbox/held/FROM.ID.offer.cms). */
+const OFFER = ".offer.cms";
 /** How long one long poll waits at the CA, in seconds. */
 const POLL_WAIT_SECONDS = 25;
 /** The longest pause between polls after failures. */
@@ -83,8 +86,24 @@ export interface MailboxHost {
   store: (item: MailboxItem) => Promise<() => void>;
   /** Our item `id` to `to` was fetched and stored by them. */
   delivered: (to: string, id: string) => void;
+  /** Whether a file of `bytes` from `from`, whose key is `state`, waits for the user first. */
+  askFirst: (from: string, bytes: number, state: KeyState) => boolean;
+  /** A file waits for the user (`acceptOffer` or `declineOffer`). */
+  offer: (from: string, offer: MailboxOffer) => void;
   /** Something the user should know. */
   warning: (message: string) => void;
+}
+
+/** A file that waits for the user: it came from a key first seen with it. */
+export interface MailboxOffer {
+  /** The item id (the file's id). */
+  id: string;
+  /** Its (announced) file name. */
+  name: string;
+  /** Its size. */
+  bytes: number;
+  /** Its SHA-256, hex. */
+  sha256: string;
 }
 
 /** An item we posted and wait a receipt for. */
@@ -109,6 +128,8 @@ export class MailboxClient {
   #outbox: Record<string, OutboxEntry> = Object.create(null);
   #seen: Record<string, SeenEntry> = Object.create(null);
   #busy = new Set<string>();
+  // Files that wait for the user, each still sealed in HOME/mailbox/held/FROM.ID.offer.cms.
+  #offers = new Map<string, MailboxOffer & { from: string; path: string }>();
   #stopped = new AbortController();
   #running = false;
   #timers = new Set<ReturnType<typeof setTimeout>>();
@@ -135,12 +156,79 @@ export class MailboxClient {
     return m;
   }
 
-  /** Fetches what waits now, then long-polls until {@linkcode stop}; reports expired sends. */
+  /**
+   * Offers again the files that still wait for the user (from an earlier run), then fetches
+   * what waits now and long-polls until {@linkcode stop}; reports expired sends.
+   */
   start(): void {
     if (this.#running) return;
     this.#running = true;
     this.#reportExpired();
-    this.#poll();
+    this.#offerHeld().catch((e) =>
+      this.#host.warning(
+        `Cannot read the files that wait for you: ${e instanceof Error ? e.message : e}`,
+      )
+    ).finally(() => this.#poll());
+  }
+
+  /** The files that wait for the user. */
+  offers(): Array<MailboxOffer & { from: string }> {
+    return [...this.#offers.values()].map(({ path: _, ...o }) => o);
+  }
+
+  /** Whether `from` offered the file `id` through the mailbox. */
+  hasOffer(from: string, id: string): boolean {
+    return this.#offers.get(id)?.from === from;
+  }
+
+  /**
+   * Takes the file `id` that waits for the user: stored (quotas permitting), shown, and its
+   * receipt sent. Throws `ERR_NOT_FOUND` for no such offer, `ERR_FORBIDDEN` when refused now.
+   */
+  async acceptOffer(id: string): Promise<void> {
+    const offer = this.#offers.get(id);
+    if (!offer) throw new E2eError("ERR_NOT_FOUND", `No file offer ${JSON.stringify(id)}`);
+    this.#offers.delete(id);
+    const der = await Deno.readFile(offer.path);
+    await this.#process(der, { from: offer.from, release: offer.path, accepted: true });
+  }
+
+  /** Declines the file `id` that waits for the user: it is removed, unread. */
+  async declineOffer(id: string): Promise<void> {
+    const offer = this.#offers.get(id);
+    if (!offer) throw new E2eError("ERR_NOT_FOUND", `No file offer ${JSON.stringify(id)}`);
+    this.#offers.delete(id);
+    await Deno.remove(offer.path).catch(() => {});
+  }
+
+  // The offers of an earlier run: opened again (to show what they are) and offered.
+  async #offerHeld(): Promise<void> {
+    const dir = this.#home.mailboxHeld;
+    let names: string[] = [];
+    try {
+      names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(OFFER));
+    } catch { /* none held */ }
+    for (const file of names.sort()) {
+      const path = join(dir, file);
+      const opened = await open(await Deno.readFile(path), {
+        key: this.#host.key(),
+        recipientCert: this.#host.certificate(),
+        caCert: this.#host.caCertificate,
+      }).catch(() => undefined);
+      if (!opened) continue;
+      this.#announce(decodeItem(opened.content), path);
+    }
+  }
+
+  #announce(item: MailboxItem, path: string): void {
+    const offer = {
+      id: item.id,
+      name: item.name!,
+      bytes: item.payload.length,
+      sha256: createHash("sha256").update(item.payload).digest("hex"),
+    };
+    this.#offers.set(item.id, { ...offer, from: item.from, path });
+    this.#host.offer(item.from, offer);
   }
 
   /** Stops the long poll (a request under way is left to finish). */
@@ -217,7 +305,7 @@ export class MailboxClient {
     let names: string[] = [];
     try {
       names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) =>
-        n.startsWith(`${name}.`) && n.endsWith(".cms")
+        n.startsWith(`${name}.`) && n.endsWith(".cms") && !n.endsWith(OFFER)
       );
     } catch { /* none held */ }
     for (const file of names.sort()) {
@@ -275,7 +363,10 @@ export class MailboxClient {
 
   // One item, fetched (caId) or held back earlier (release): checked, stored, shown,
   // receipted, acknowledged — in that order.
-  async #process(der: Uint8Array, at: { from: string; caId?: string; release?: string }) {
+  async #process(
+    der: Uint8Array,
+    at: { from: string; caId?: string; release?: string; accepted?: boolean },
+  ) {
     const host = this.#host;
     const done = async () => {
       if (at.caId) await host.ca.mailboxDelete(at.caId);
@@ -321,7 +412,7 @@ export class MailboxClient {
       return;
     }
     const seen = this.#seen[item.id];
-    if (seen?.acked) {
+    if (seen?.acked || (this.#offers.has(item.id) && !at.accepted)) {
       host.warning(`Dropped a replayed mailbox item from "${item.from}" (${item.id})`);
       await done();
       return;
@@ -338,6 +429,21 @@ export class MailboxClient {
         if (at.caId) await host.ca.mailboxDelete(at.caId);
         return;
       }
+      // Consent: a file from a key first seen with it (or over the auto-accept size) waits for
+      // the user, as a peer's offer does (docs/PROTOCOL.md §3); sealed, in the held folder. The
+      // CA's copy can go.
+      if (
+        item.kind === "file" && !at.accepted &&
+        host.askFirst(item.from, item.payload.length, state)
+      ) {
+        await ensurePrivateDir(this.#home.mailbox);
+        await ensurePrivateDir(this.#home.mailboxHeld);
+        const path = join(this.#home.mailboxHeld, `${item.from}.${item.id}${OFFER}`);
+        await writeFileAtomic(path, der, { mode: 0o600 });
+        this.#announce(item, path);
+        if (at.caId) await host.ca.mailboxDelete(at.caId);
+        return;
+      }
       let show = () => {};
       try {
         if (item.kind !== "receipt") {
@@ -351,10 +457,14 @@ export class MailboxClient {
           await this.#saveOutbox();
         }
       } catch (e) {
+        await done();
+        // The user accepting a file hears why it was refused as the answer.
+        if (at.accepted && e instanceof E2eError) {
+          throw new E2eError(e.code, `File refused: ${e.message}`, { hint: e.hint });
+        }
         host.warning(
           `Refused a mailbox item from "${item.from}": ${e instanceof Error ? e.message : e}`,
         );
-        await done();
         return;
       }
       this.#seen[item.id] = {

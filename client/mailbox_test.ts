@@ -8,6 +8,7 @@ import { checkPeer, trustAnchor } from "../lib/tls.ts";
 import { parseCertificate } from "../lib/x509.ts";
 import type { MailboxRecord } from "./ca_client.ts";
 import { ClientHome } from "./home.ts";
+import { waitUntil } from "../tests/_harness.ts";
 import { MailboxClient, type MailboxHost, MAX_ITEM_AGE_MS } from "./mailbox.ts";
 import type { KeyState } from "./trust.ts";
 
@@ -54,10 +55,13 @@ class MemoryService {
         this.items.set(record.id, { record, der });
         return Promise.resolve(record);
       },
-      mailboxList: () =>
-        Promise.resolve(
-          [...this.items.values()].filter((i) => i.record.to === user).map((i) => i.record),
-        ),
+      mailboxList: async (wait) => {
+        const mine = () =>
+          [...this.items.values()].filter((i) => i.record.to === user).map((i) => i.record);
+        // A long poll with nothing to give waits a little (the real service: up to `wait` s).
+        if ((wait ?? 0) > 0 && mine().length === 0) await new Promise((r) => setTimeout(r, 20));
+        return mine();
+      },
       mailboxFetch: (id) => Promise.resolve(this.items.get(id)!.der),
       mailboxDelete: (id) => {
         if (this.failDeletes > 0) {
@@ -77,6 +81,7 @@ class Client {
   shown: MailboxItem[] = [];
   delivered: string[] = [];
   warnings: string[] = [];
+  offers: Array<{ from: string; id: string; name: string; bytes: number; sha256: string }> = [];
   pins = new Map<string, string>();
   mailbox!: MailboxClient;
   readonly me: Member;
@@ -114,6 +119,8 @@ class Client {
         return Promise.resolve(() => this.shown.push(item));
       },
       delivered: (_to, id) => this.delivered.push(id),
+      askFirst: (_from, _bytes, state) => state === "new",
+      offer: (from, offer) => this.offers.push({ from, ...offer }),
       warning: (message) => this.warnings.push(message),
     };
     this.mailbox = await MailboxClient.load(host, this.home);
@@ -241,4 +248,48 @@ Deno.test("MailboxClient: an item signed with a key other than the pinned one is
   assert.deepEqual([...Deno.readDirSync(bob.home.mailboxHeld)], []);
   await alice.mailbox.check();
   assert.equal(alice.delivered.length, 1);
+});
+
+Deno.test("MailboxClient: a file from a key first seen waits for the user as an offer, sealed, also across a restart; accepted, it is stored and receipted; declined, it is gone", async () => {
+  const { service, alice, bob } = await world();
+  const bytes = text("file body");
+  const first = await alice.mailbox.post("bob", "file", bytes, "a.txt");
+  await bob.mailbox.check();
+  assert.deepEqual(bob.stored, []);
+  assert.deepEqual(bob.offers.map((o) => [o.from, o.id, o.name, o.bytes]), [
+    ["alice", first, "a.txt", bytes.length],
+  ]);
+  // It left the CA; it waits sealed in bob's home.
+  assert.equal(service.items.size, 0);
+  const held = [...Deno.readDirSync(bob.home.mailboxHeld)].map((e) => e.name);
+  assert.deepEqual(held, [`alice.${first}.offer.cms`]);
+  // A replay while it waits is no second offer.
+  await alice.mailbox.post("bob", "file", bytes, "a.txt", first);
+  await bob.mailbox.check();
+  assert.equal(bob.offers.length, 1);
+
+  // After a restart it is offered again, and accepted.
+  const again = await bob.restart();
+  again.mailbox.start();
+  await waitUntil(() => again.offers.length === 1, "the offer again after a restart");
+  again.mailbox.stop();
+  assert.ok(again.mailbox.hasOffer("alice", first));
+  assert.ok(!again.mailbox.hasOffer("carol", first));
+  await again.mailbox.acceptOffer(first);
+  assert.deepEqual(again.shown.map((i) => i.id), [first]);
+  assert.deepEqual(again.mailbox.offers(), []);
+  assert.deepEqual([...Deno.readDirSync(bob.home.mailboxHeld)], []);
+  await alice.mailbox.check();
+  assert.ok(alice.delivered.includes(first));
+  await assert.rejects(again.mailbox.acceptOffer(first), /No file offer/);
+
+  // Declined: gone, unread, no receipt.
+  const carolBob = await new Client("bob", service).load();
+  const second = await alice.mailbox.post("bob", "file", bytes, "b.txt");
+  await carolBob.mailbox.check();
+  assert.ok(carolBob.mailbox.hasOffer("alice", second));
+  await carolBob.mailbox.declineOffer(second);
+  assert.deepEqual(carolBob.shown, []);
+  assert.deepEqual([...Deno.readDirSync(carolBob.home.mailboxHeld)], []);
+  assert.equal(service.items.size, 0);
 });

@@ -187,6 +187,13 @@ Deno.test("a message and a file to an offline member arrive exactly once when th
     assert.equal(message.text, secret);
     assert.equal(message.via, "mailbox");
     assert.equal(message.id, queued.id);
+    // A file from a key first seen in this run waits for consent, as a peer's offer does.
+    const offer = await bob.expect({ type: "file_offer", from: "alice" }, MAILBOX_MS);
+    assert.equal(offer.via, "mailbox");
+    assert.equal(offer.name, "report.bin");
+    assert.equal(offer.bytes, fileBytes.length);
+    assert.equal(offer.id, fileQueued.id);
+    await bob.send(`/get ${offer.id}`);
     const file = await bob.expect({ type: "file", from: "alice" }, MAILBOX_MS);
     assert.equal(file.via, "mailbox");
     assert.deepEqual(await Deno.readFile(String(file.path)), fileBytes);

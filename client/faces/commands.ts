@@ -221,7 +221,7 @@ export class CommandRunner {
           await chat.acceptFile(name, command.id);
           this.#emit({ type: "warning", message: `Receiving file ${command.id} from "${name}"` });
         } else {
-          chat.declineFile(name, command.id);
+          await chat.declineFile(name, command.id);
           this.#emit({ type: "warning", message: `Declined file ${command.id} from "${name}"` });
         }
         return true;
