@@ -51,6 +51,8 @@ export const MAX_MAILBOX_FILE_BYTES = 8 * 1024 * 1024;
 export const MAX_ITEM_AGE_MS = 8 * 86_400_000;
 /** How a held file that waits for the user ends its name (HOME/mailbox/held/FROM.ID.offer.cms). */
 const OFFER = ".offer.cms";
+/** Failures of a receipt's post that are tried again at the next look. */
+const RETRY_RECEIPT = new Set(["ERR_NETWORK", "ERR_QUOTA", "ERR_RATE_LIMITED", "ERR_INTERNAL"]);
 /** How long one long poll waits at the CA, in seconds. */
 const POLL_WAIT_SECONDS = 25;
 /** The longest pause between polls after failures. */
@@ -477,11 +479,16 @@ export class MailboxClient {
     }
     // Stored (now or before a crash): the receipt, then the acknowledgement.
     if (item.kind !== "receipt") {
-      await this.#receipt(item.from, item.id).catch((e) =>
+      try {
+        await this.#receipt(item.from, item.id);
+      } catch (e) {
+        // Passing trouble (the CA away or busy, their mailbox full): the item stays at the CA
+        // unacknowledged, so the next look sends the receipt again (it is seen: shown once).
+        if (e instanceof E2eError && RETRY_RECEIPT.has(e.code)) throw e;
         host.warning(
           `Cannot send a receipt to "${item.from}": ${e instanceof Error ? e.message : e}`,
-        )
-      );
+        );
+      }
     }
     await done();
     this.#seen[item.id].acked = true;

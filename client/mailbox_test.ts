@@ -9,6 +9,7 @@ import { parseCertificate } from "../lib/x509.ts";
 import type { MailboxRecord } from "./ca_client.ts";
 import { ClientHome } from "./home.ts";
 import { waitUntil } from "../tests/_harness.ts";
+import { E2eError } from "../lib/errors.ts";
 import { MailboxClient, type MailboxHost, MAX_ITEM_AGE_MS } from "./mailbox.ts";
 import type { KeyState } from "./trust.ts";
 
@@ -40,10 +41,15 @@ for (const name of ["alice", "bob", "carol"]) members.set(name, await member(nam
 class MemoryService {
   items = new Map<string, { record: MailboxRecord; der: Uint8Array }>();
   failDeletes = 0;
+  failPosts = 0;
 
   as(user: string): MailboxHost["ca"] {
     return {
       mailboxPost: (to, der) => {
+        if (this.failPosts > 0) {
+          this.failPosts--;
+          return Promise.reject(new E2eError("ERR_NETWORK", "Cannot reach the CA service"));
+        }
         const record = {
           id: newItemId(),
           from: user,
@@ -291,5 +297,20 @@ Deno.test("MailboxClient: a file from a key first seen waits for the user as an 
   await carolBob.mailbox.declineOffer(second);
   assert.deepEqual(carolBob.shown, []);
   assert.deepEqual([...Deno.readDirSync(carolBob.home.mailboxHeld)], []);
+  assert.equal(service.items.size, 0);
+});
+
+Deno.test("MailboxClient: a receipt that cannot be posted now is posted at the next look, and the item is still shown once", async () => {
+  const { service, alice, bob } = await world();
+  const id = await alice.mailbox.post("bob", "message", text("receipt later"));
+  service.failPosts = 1; // bob's receipt
+  await assert.rejects(bob.mailbox.check(), /Cannot reach the CA service/);
+  assert.equal(bob.shown.length, 1);
+  // The item waits at the CA, unacknowledged; the next look sends the receipt only.
+  assert.deepEqual([...service.items.values()].map((i) => i.record.to), ["bob"]);
+  await bob.mailbox.check();
+  assert.equal(bob.shown.length, 1);
+  await alice.mailbox.check();
+  assert.deepEqual(alice.delivered, [id]);
   assert.equal(service.items.size, 0);
 });
