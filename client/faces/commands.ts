@@ -134,6 +134,8 @@ export class CommandRunner {
   #chat: Chat;
   #emit: (event: ChatEvent) => void;
   #current?: string;
+  #pending = new Map<string, Promise<unknown>>(); // per peer: the last command queued for it
+  #accepting?: string; // the peer of the last /accept
 
   /**
    * A runner over `chat` whose answers (and errors) go to `emit`.
@@ -168,17 +170,53 @@ export class CommandRunner {
     return this.#current;
   }
 
-  /** Runs one line; resolves false for /quit. Errors become `error` events. */
+  /**
+   * Runs one line; resolves false for /quit. Errors become `error` events.
+   *
+   * `/chat` and `/accept` wait for the CA or a handshake (up to its deadline): they run in the
+   * background, and what comes after them for the same peer (a message, a file, `/close`…)
+   * waits its turn behind them; every other line runs at once, so one slow peer never holds
+   * up the others, `/peers`, `/help` or `/quit`.
+   */
   async input(line: string): Promise<boolean> {
     try {
       const command = parseCommand(line, {
         isPeer: (n) => this.#chat.isConnected(n) || this.#chat.isKnown(n),
       });
+      const peer = this.#peerOf(command);
+      if (peer && (command.op === "invite" || command.op === "accept" || this.#pending.has(peer))) {
+        // Text after "/accept NAME" is for NAME once connected, as it was when /accept blocked.
+        if (command.op === "accept") this.#accepting = peer;
+        const bound = command.op === "send" || command.op === "file" || "name" in command
+          ? { ...command, name: peer } as Command
+          : command;
+        this.#queue(peer, bound);
+        return true;
+      }
       return await this.run(command);
     } catch (e) {
       this.#emit({ type: "error", message: describeError(e) });
       return true;
     }
+  }
+
+  // The peer a command is about: named, or (text, a file) the current one.
+  #peerOf(command: Command): string | undefined {
+    if ("name" in command && command.name) return command.name;
+    if (command.op === "send" || command.op === "file") {
+      return this.#pending.has(this.#accepting ?? "") ? this.#accepting : this.#current;
+    }
+    return undefined;
+  }
+
+  #queue(peer: string, command: Command): void {
+    const next = (this.#pending.get(peer) ?? Promise.resolve())
+      .then(() => this.run(command))
+      .catch((e) => this.#emit({ type: "error", message: describeError(e) }));
+    this.#pending.set(peer, next);
+    next.finally(() => {
+      if (this.#pending.get(peer) === next) this.#pending.delete(peer);
+    });
   }
 
   /** Runs one parsed command; resolves false for quit. Throws what the core throws. */
