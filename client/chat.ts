@@ -13,6 +13,7 @@ import { deadline, guardConnections } from "../lib/connections.ts";
 import { E2eError } from "../lib/errors.ts";
 import { ALPN, MAX_TEXT_CHARS } from "../lib/frames.ts";
 import { checkName } from "../lib/names.ts";
+import { isRoomName } from "../lib/room.ts";
 import { pemDecode } from "../lib/pem.ts";
 import {
   checkPeer,
@@ -37,6 +38,7 @@ import { Invitations } from "./invitations.ts";
 import { type FileOffer, type FilePolicy, PeerConnection, type PeerEvents } from "./peer.ts";
 import { Renewal, type RenewalOptions } from "./renewal.ts";
 import { Revocation } from "./revocation.ts";
+import { Rooms } from "./rooms.ts";
 import { LogMonitor } from "./transparency.ts";
 import { type KeyState, safetyNumber, TrustStore } from "./trust.ts";
 
@@ -104,6 +106,7 @@ export class Chat {
   #renewal: Renewal;
   #quota: FileQuota;
   #sendStallMs?: number;
+  #rooms: Rooms;
 
   private constructor(
     id: Identity,
@@ -139,8 +142,24 @@ export class Chat {
       key: id.historyKey(),
       seal: id.keyEncrypted,
     });
+    // A room member's invitation is accepted by the rooms (the signed list is the consent).
+    this.#rooms = new Rooms({
+      self: id.name,
+      privateKey: () => this.#id.credentials.key,
+      peer: (name) => {
+        const p = this.#peers.get(name);
+        return p && p.conn.open && !p.blocked ? p.conn : undefined;
+      },
+      pinned: (name) => this.#trust.get(name)?.keyFingerprint,
+      invite: (name) => this.invite(name),
+      accept: (name) => this.accept(name),
+      invitations: () => this.#invitations.names(),
+      emit: (event) => this.#emit(event),
+      history: this.#history,
+      dir: id.home.rooms,
+    });
     this.#invitations = new Invitations(this.#ca, {
-      onInvite: (i) => this.#emit({ type: "invite", from: i.from }),
+      onInvite: (i) => this.#rooms.invited(i.from) || this.#emit({ type: "invite", from: i.from }),
       onWarning: warn,
     });
   }
@@ -174,6 +193,7 @@ export class Chat {
     await chat.#revocation.refresh();
     await chat.#listenOn(options.listenHost ?? "127.0.0.1", options.listenPort ?? 0);
     chat.#revocation.start();
+    await chat.#rooms.load();
     chat.#invitations.start();
     chat.#emit({
       type: "ready",
@@ -186,6 +206,7 @@ export class Chat {
     chat.#watchLog();
     chat.#watchTimer = setInterval(() => chat.#watchLog(), LOG_WATCH_MS);
     chat.#renewal.start();
+    chat.#rooms.start();
     return chat;
   }
 
@@ -207,6 +228,11 @@ export class Chat {
   /** Where received files go. */
   get downloads(): string {
     return this.#downloads;
+  }
+
+  /** The rooms we are in (client/rooms.ts): create, invite, join, send… */
+  get rooms(): Rooms {
+    return this.#rooms;
   }
 
   /** Adds an event listener; returns a function that removes it. */
@@ -444,7 +470,7 @@ export class Chat {
 
   /** The last `limit` messages and files of the conversation with `name`, oldest first. */
   async history(name: string, limit = 50): Promise<HistoryEntry[]> {
-    checkName(name);
+    if (!isRoomName(name)) checkName(name);
     if (!Number.isSafeInteger(limit) || limit < 1) {
       throw new E2eError(
         "ERR_USAGE",
@@ -467,6 +493,7 @@ export class Chat {
     this.#renewal.stop();
     this.#invitations.stop();
     this.#revocation.stop();
+    await this.#rooms.stop();
     for (const { conn } of this.#peers.values()) conn.close("we quit");
     // Give peers a moment to read our bye; then stop waiting for them.
     await Promise.race([
@@ -721,9 +748,12 @@ export class Chat {
           });
         });
       },
+      hello: (p) => this.#rooms.hello(p),
+      room: (p, body) => this.#rooms.receive(p, body),
       closed: (p, reason) => {
         if (this.#peers.get(p.name)?.conn === p) this.#peers.delete(p.name);
         this.#emit({ type: "disconnected", peer: p.name, reason });
+        if (!this.#peers.has(p.name)) this.#rooms.disconnected(p.name);
       },
     };
   }

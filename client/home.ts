@@ -15,6 +15,7 @@
  *   downloads/          0700  received files (client/files.ts)
  *   history/            0700  conversations (client/history.ts)
  *   uploads/            0700  files from the web page, each in a 0700 folder until sent
+ *   rooms/              0700  rooms we are in (client/rooms.ts), one ROOMID.json each (0600)
  * ```
  *
  * @module
@@ -87,6 +88,10 @@ export class ClientHome {
   /** Files from the web page wait here (0700), each only until it is sent. */
   get uploads(): string {
     return join(this.root, "uploads");
+  }
+  /** Rooms we are in: member lists and sequence numbers, one file per room (0700). */
+  get rooms(): string {
+    return join(this.root, "rooms");
   }
   /** Conversation history, one file per conversation. */
   get history(): string {
