@@ -560,8 +560,7 @@ export class Rooms {
     }
     if (!verifyMessage(m, this.#memberKey(r, author))) {
       throw refused(
-        `a message in ${r.list.room} claiming to be by "${m.author}" whose signature does not verify` +
-          (conn.name === m.author ? "" : ` (passed on by "${conn.name}")`),
+        `a message in ${r.list.room} claiming to be by "${m.author}" whose signature does not verify`,
       );
     }
     if (m.author === this.#host.self) return; // ours, passed back
