@@ -38,7 +38,6 @@ import { safeFileName } from "../../client/files.ts";
 import {
   decodeList,
   decodeMessage,
-  decodeRoomFrame,
   encodeList,
   encodeMessage,
   type MemberList,
