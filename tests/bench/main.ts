@@ -10,7 +10,7 @@
  * Sections: enroll (RSA-4096 and EC P-256 CAs), scale (enroll_at_scale),
  * chat (connect, rtt, msgs, file), web (web_rtt beside the JSON face), join (keygen/join)
  * and log (the issuance log's cost on signing, proof size and checks at 100,000 entries,
- * client audit). Everything runs in a
+ * client audit), room (a message to a room of 10 beside nine 1:1 sends). Everything runs in a
  * temporary folder with real processes; the folder is removed and every
  * child is stopped at the end, after a failure, on Ctrl-C or on the watchdog.
  * A section that fails is reported and the others still run; the exit code
@@ -24,12 +24,13 @@ import { benchChat, type ChatSizes } from "./chat.ts";
 import { benchEnroll, benchEnrollAtScale, type EnrollSizes } from "./enroll.ts";
 import { benchJoin } from "./join.ts";
 import { benchLog, type LogSizes } from "./log.ts";
+import { benchRoom, type RoomSizes } from "./room.ts";
 import { benchWeb, type WebSizes } from "./web.ts";
 import { readProc, run, stopAll } from "./_procs.ts";
 import { Report } from "./_report.ts";
 import { type Service, Workspace } from "./_world.ts";
 
-const SECTIONS = ["enroll", "scale", "chat", "web", "join", "log"] as const;
+const SECTIONS = ["enroll", "scale", "chat", "web", "join", "log", "room"] as const;
 type Section = typeof SECTIONS[number];
 
 /** Sizes of one run. */
@@ -41,6 +42,7 @@ interface Settings {
   web: WebSizes;
   joinRounds: number;
   log: LogSizes;
+  room: RoomSizes;
   watchdogMs: number;
 }
 
@@ -77,6 +79,7 @@ function settings(quick: boolean): Settings {
       web: { warmPings: 5, pingsPerRound: 20, pingRounds: 2, waitMs: 20_000 },
       joinRounds: 1,
       log: { signs: 5, rounds: 2, size: 1_000 },
+      room: { members: 10, sendsPerRound: 5, rounds: 2, burst: 50, waitMs: 30_000 },
       watchdogMs: 5 * 60_000,
     };
   }
@@ -109,6 +112,7 @@ function settings(quick: boolean): Settings {
     web: { warmPings: 50, pingsPerRound: 200, pingRounds: 5, waitMs: 60_000 },
     joinRounds: 5,
     log: { signs: 30, rounds: 5, size: 100_000 },
+    room: { members: 10, sendsPerRound: 50, rounds: 5, burst: 2_000, waitMs: 60_000 },
     watchdogMs: 20 * 60_000,
   };
 }
@@ -165,7 +169,9 @@ export async function main(args: string[]): Promise<number> {
     },
   });
   if (values.help) {
-    stdout("Usage: deno task bench [--quick] [--json] [--only enroll,scale,chat,web,join,log]\n");
+    stdout(
+      "Usage: deno task bench [--quick] [--json] [--only enroll,scale,chat,web,join,log,room]\n",
+    );
     return 0;
   }
   const only = (values.only ?? SECTIONS.join(",")).split(",").map((s) => s.trim());
@@ -219,6 +225,7 @@ export async function main(args: string[]): Promise<number> {
     web: async () => benchWeb(ws, report, set.web, await mainService()),
     join: async () => benchJoin(ws, report, set.joinRounds, await mainService()),
     log: () => benchLog(ws, report, set.log),
+    room: async () => benchRoom(ws, report, set.room, await mainService()),
   };
   try {
     for (const name of SECTIONS) {
