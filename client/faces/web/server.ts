@@ -23,6 +23,7 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { basename, join } from "node:path";
 import { E2eError } from "../../../lib/errors.ts";
 import { checkName } from "../../../lib/names.ts";
+import { checkRoomName, isRoomName } from "../../../lib/room.ts";
 import type { Chat } from "../../chat.ts";
 import type { ChatEvent, CoreEvent } from "../../events.ts";
 import { safeFileName } from "../../files.ts";
@@ -87,7 +88,12 @@ type Operation =
   | { op: "invite" | "accept" | "verify" | "trust" | "close" | "safety"; name: string }
   | { op: "send"; name: string; text: string }
   | { op: "history"; name: string; limit?: number }
-  | { op: "acceptFile" | "declineFile"; name: string; file: string };
+  | { op: "acceptFile" | "declineFile"; name: string; file: string }
+  | { op: "room"; action: RoomAction; room: string; name?: string };
+
+/** What the page's `room` operation does (client/rooms.ts). */
+type RoomAction = "create" | "invite" | "join" | "leave" | "remove" | "members";
+const ROOM_ACTIONS: readonly string[] = ["create", "invite", "join", "leave", "remove", "members"];
 
 /** Options of {@linkcode WebServer.start}. */
 export interface WebServerOptions {
@@ -316,6 +322,7 @@ export class WebServer {
       listen: chat.listen,
       peers: chat.peers(),
       invitations: chat.invitations(),
+      rooms: chat.rooms.list(),
       offers: chat.offers(),
       conversations,
       notices: this.#notices,
@@ -344,7 +351,11 @@ export class WebServer {
       case "accept":
         return await chat.accept(op.name);
       case "send":
-        return { id: chat.send(op.name, op.text) };
+        return {
+          id: isRoomName(op.name) ? chat.rooms.send(op.name, op.text) : chat.send(op.name, op.text),
+        };
+      case "room":
+        return await this.#room(op);
       case "verify":
         return await chat.verify(op.name);
       case "trust":
@@ -361,6 +372,24 @@ export class WebServer {
         const entries = await chat.history(op.name, op.limit ?? 50);
         return { entries: entries.map((e) => this.#withDownload(e)) };
       }
+    }
+  }
+
+  async #room(op: Extract<Operation, { op: "room" }>): Promise<unknown> {
+    const rooms = this.#chat.rooms;
+    switch (op.action) {
+      case "create":
+        return await rooms.create(op.room);
+      case "invite":
+        return await rooms.invite(op.room, op.name!);
+      case "join":
+        return rooms.join(op.room);
+      case "leave":
+        return await rooms.leave(op.room);
+      case "remove":
+        return await rooms.remove(op.room, op.name!);
+      case "members":
+        return rooms.members(op.room);
     }
   }
 
@@ -453,7 +482,24 @@ function parseOperation(value: unknown): Operation {
   if (!v || typeof v !== "object" || typeof v.op !== "string") {
     throw new E2eError("ERR_BAD_REQUEST", "Not an operation");
   }
-  const name = checkName(typeof v.name === "string" ? v.name : "");
+  if (v.op === "room") {
+    if (typeof v.action !== "string" || !ROOM_ACTIONS.includes(v.action)) {
+      throw new E2eError("ERR_BAD_REQUEST", "Not a room action");
+    }
+    const room = checkRoomName(typeof v.room === "string" ? v.room : "");
+    const needsName = v.action === "invite" || v.action === "remove";
+    return {
+      op: "room",
+      action: v.action as RoomAction,
+      room,
+      ...(needsName ? { name: checkName(typeof v.name === "string" ? v.name : "") } : {}),
+    };
+  }
+  // Messages and history also go to rooms (#name).
+  const raw = typeof v.name === "string" ? v.name : "";
+  const name = (v.op === "send" || v.op === "history") && raw.startsWith("#")
+    ? checkRoomName(raw)
+    : checkName(raw);
   switch (v.op) {
     case "invite":
     case "accept":
