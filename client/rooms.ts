@@ -117,6 +117,8 @@ interface Room {
   buffer: Map<string, SignedMessage>;
   gaps: Map<string, ReturnType<typeof setTimeout>>;
   untrusted: Set<string>;
+  /** Members who went (or went and came back) while we ran: their late messages are dropped. */
+  former: Set<string>;
 }
 
 interface RoomInvite {
@@ -548,6 +550,9 @@ export class Rooms {
     if (!r) return; // a room we left: nothing of it is shown
     if (!this.#member(r, conn.name)) throw refused(`a message of ${r.list.room} from a non-member`);
     const author = r.list.members.find((x) => x.name === m.author);
+    // Passed on before the sender had the list without them: not the sender's fault.
+    const late = r.former.has(m.author) && (!author || m.version < author.since);
+    if (late) return;
     if (!author) throw refused(`a message in ${r.list.room} by "${m.author}", not a member`);
     if (r.untrusted.has(author.name)) {
       throw refused(
@@ -606,8 +611,9 @@ export class Rooms {
   #onState(conn: PeerConnection, f: Extract<RoomFrame, { op: "state" }>): void {
     const r = this.#rooms.get(f.roomId);
     if (!r || !this.#member(r, conn.name) || !this.#allow(conn)) return;
-    if (f.version < r.list.version) conn.sendRoom({ op: "list", list: r.list });
-    else if (f.version > r.list.version) this.#sendState(r, conn);
+    // Lists first: messages are passed on only between members who hold the same list.
+    if (f.version < r.list.version) return void conn.sendRoom({ op: "list", list: r.list });
+    if (f.version > r.list.version) return this.#sendState(r, conn);
     const member = r.list.members.find((x) => x.name === conn.name)!;
     for (const m of r.buffer.values()) {
       if (m.author === conn.name || m.version < member.since) continue;
@@ -689,11 +695,11 @@ export class Rooms {
       members,
       change,
     }, this.#key());
-    const before = r.list.members.map((m) => m.name);
-    this.#apply(r, list);
-    const to = new Set([...before, ...members.map((m) => m.name)]);
+    // Sent before it is applied here: our state frames that follow then meet the new list.
+    const to = new Set([...r.list.members.map((m) => m.name), ...members.map((m) => m.name)]);
     to.delete(this.#host.self);
     for (const name of to) this.#host.peer(name)?.sendRoom({ op: "list", list });
+    this.#apply(r, list);
     await this.#saveNow(r);
   }
 
@@ -719,6 +725,7 @@ export class Rooms {
       r.held.delete(name);
       for (const [k, m] of r.buffer) if (m.author === name) r.buffer.delete(k);
       r.keys.delete(name);
+      r.former.add(name);
       clearTimeout(r.gaps.get(name));
       r.gaps.delete(name);
       if (!now) {
@@ -817,6 +824,7 @@ export class Rooms {
       buffer: new Map(),
       gaps: new Map(),
       untrusted: new Set(),
+      former: new Set(),
     };
   }
 

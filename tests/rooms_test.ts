@@ -109,6 +109,10 @@ async function fiveMembers(s: Scene): Promise<void> {
   await meshed(clients);
   const hashes = await Promise.all(clients.map(listHashOf));
   assert.equal(new Set(hashes).size, 1, `members see different lists: ${hashes}`);
+  // Only the creator changes the list.
+  await bob.send(`/room remove ${ROOM} carol`);
+  const refused = await bob.expect({ type: "error" });
+  assert.equal(refused.message, `Only the creator of ${ROOM}, "alice", removes members`);
 
   // Each member's messages reach all others exactly once, in each author's order.
   const mark = clients.map((c) => c.mark());
@@ -172,6 +176,10 @@ async function fiveMembers(s: Scene): Promise<void> {
     60_000,
   );
   await sleep(500); // late duplicates would show by now
+  // Honest members never refused anything of each other.
+  for (const c of [alice, bob, dave, erin, again]) {
+    assert.deepEqual(c.warnings.filter((w) => w.includes("Refused")), [], c.name);
+  }
   assert.deepEqual(shown(again).sort(), [
     "bob:while carol was away 1",
     "dave:while carol was away 2",
