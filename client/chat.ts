@@ -151,7 +151,7 @@ export class Chat {
         return p && p.conn.open && !p.blocked ? p.conn : undefined;
       },
       pinned: (name) => this.#trust.get(name)?.keyFingerprint,
-      invite: (name) => this.invite(name),
+      invite: (name, quiet) => this.invite(name, { quiet }),
       accept: (name) => this.accept(name),
       invitations: () => this.#invitations.names(),
       emit: (event) => this.#emit(event),
@@ -244,9 +244,10 @@ export class Chat {
   /**
    * Invites `name` through the CA (our listener's address goes to them) and admits
    * exactly the key the directory names. Resolves with that certificate's fingerprint
-   * once the CA recorded the invitation; emits `invited`.
+   * once the CA recorded the invitation; emits `invited` (unless `quiet`: a room's own
+   * invitation of a member, client/rooms.ts, repeated while they are away).
    */
-  async invite(name: string): Promise<{ fingerprint: string }> {
+  async invite(name: string, options: { quiet?: boolean } = {}): Promise<{ fingerprint: string }> {
     checkName(name);
     if (name === this.#id.name) throw new E2eError("ERR_USAGE", "You cannot chat with yourself");
     this.#log.requireNoAlarm();
@@ -270,7 +271,7 @@ export class Chat {
     this.#inviting.set(name, offered.then(() => {}, () => {}));
     try {
       const cert = await offered;
-      this.#emit({ type: "invited", to: name, fingerprint: cert.fingerprint });
+      if (!options.quiet) this.#emit({ type: "invited", to: name, fingerprint: cert.fingerprint });
       return { fingerprint: cert.fingerprint };
     } finally {
       this.#inviting.delete(name);

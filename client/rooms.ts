@@ -74,8 +74,8 @@ export interface RoomHost {
   peer(name: string): PeerConnection | undefined;
   /** The key fingerprint pinned for `name` in peers.json, if any. */
   pinned(name: string): string | undefined;
-  /** Invites `name` through the CA, as `/chat NAME`. */
-  invite(name: string): Promise<unknown>;
+  /** Invites `name` through the CA, as `/chat NAME`; `quiet`: without an `invited` event. */
+  invite(name: string, quiet?: boolean): Promise<unknown>;
   /** Accepts `name`'s invitation, as `/accept NAME`. */
   accept(name: string): Promise<unknown>;
   /** Names whose invitation waits for us. */
@@ -794,7 +794,7 @@ export class Rooms {
         this.#dialing.delete(name);
         return;
       }
-      this.#host.invite(name).catch(() => {/* the CA away: tried again below */});
+      this.#host.invite(name, true).catch(() => {/* the CA away: tried again below */});
       state.timer = setTimeout(attempt, state.delay);
       state.delay = Math.min(state.delay * 2, DIAL_MAX_MS);
     };
