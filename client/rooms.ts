@@ -138,6 +138,7 @@ export class Rooms {
   #requests = new WeakMap<PeerConnection, { second: number; count: number }>();
   #dialing = new Map<string, { timer?: ReturnType<typeof setTimeout>; delay: number }>();
   #dirty = new Set<string>();
+  #unreachable = new Set<string>(); // co-members we failed to connect to (said once)
   #saving: Promise<void> = Promise.resolve();
   #saveScheduled = false;
   #stopped = false;
@@ -382,6 +383,7 @@ export class Rooms {
 
   /** A connection's hello arrived: exchange room state, and send the invitations it waits for. */
   hello(conn: PeerConnection): void {
+    this.#unreachable.delete(conn.name);
     if (!conn.rooms) return;
     for (const r of this.#rooms.values()) {
       if (this.#member(r, conn.name)) this.#sendState(r, conn);
@@ -403,9 +405,11 @@ export class Rooms {
    */
   invited(name: string): boolean {
     if (!this.#coMember(name) || this.#host.peer(name)) return false;
-    this.#host.accept(name).catch((e) =>
-      this.#warn(`Cannot connect to "${name}", a room member`, e)
-    );
+    this.#host.accept(name).catch((e) => {
+      if (this.#unreachable.has(name)) return; // said once until a connection works
+      this.#unreachable.add(name);
+      this.#warn(`Cannot connect to "${name}", a room member`, e);
+    });
     return true;
   }
 
