@@ -446,6 +446,9 @@ export class Rooms {
     if (!verifyList(list, publicKeyOf(key))) {
       throw refused("an invitation whose member list the creator did not sign");
     }
+    if (list.members.find((m) => m.name === conn.name)?.key !== key) {
+      throw refused("an invitation whose member list gives its creator another key");
+    }
     if (list.members.some((m) => m.name === self)) return; // we are in it already
     if (this.#rooms.has(list.roomId)) return;
     if (this.#byName(list.room)) {
