@@ -175,6 +175,7 @@ export class Rooms {
         const list = body.list;
         if (typeof data.creatorKey !== "string") throw new Error("no creator key");
         if (!verifyList(list, publicKeyOf(data.creatorKey))) throw new Error("bad signature");
+        if (!list.members.some((x) => x.name === this.#host.self)) throw new Error("not a member");
         let seq = safeCount(data.seq);
         try {
           seq = Math.max(seq, safeCount(Number(Deno.readTextFileSync(this.#seqFile(list.roomId)))));
@@ -277,10 +278,17 @@ export class Rooms {
     if (r.list.creator === self && r.list.members.length > 1) {
       throw new E2eError("ERR_USAGE", `You created ${room}: remove the others before you leave`);
     }
-    if (r.list.creator !== self) {
+    const told = r.list.creator === self ||
       this.#host.peer(r.list.creator)?.sendRoom({ op: "leave", roomId: r.list.roomId });
-    }
     await this.#forget(r);
+    if (!told) {
+      this.#host.emit({
+        type: "warning",
+        message:
+          `"${r.list.creator}", who created ${room}, is not connected: the others keep you ` +
+          `in its member list until "${r.list.creator}" removes you (you get nothing of it)`,
+      });
+    }
     this.#host.emit({ type: "room_member", room, name: self, change: "left" });
   }
 
