@@ -629,7 +629,7 @@ async function refusals(scene: Scene): Promise<void> {
 }
 
 async function room(scene: Scene): Promise<void> {
-  const [alice, bob, carol] = await scene.join("alice-r", "bob-r", "carol-r");
+  const [alice, bob, carol] = await scene.join("alice-rm", "bob-rm", "carol-rm");
   const web = await scene.web(alice);
   const [bobChat, carolChat] = await Promise.all([scene.json(bob), scene.json(carol)]);
   const page = await scene.page(web);
