@@ -165,6 +165,14 @@ async function fiveMembers(s: Scene): Promise<void> {
 
   // A member killed and restarted catches up on what it missed, from the members that hold it.
   await meshed([alice, bob, carol, dave]);
+  // What carol showed is on her disk (HOME/rooms/ROOMID.json) before she is killed.
+  await carol.expect({ type: "room_message", from: "bob", text: "welcome back" }, ROOM_WAIT_MS);
+  const shownUpTo = (name: string) => {
+    const dir = join(users[2].home, "rooms");
+    const file = [...Deno.readDirSync(dir)].find((e) => e.name.endsWith(".json"))!.name;
+    return JSON.parse(Deno.readTextFileSync(join(dir, file))).next[name] as number;
+  };
+  await waitUntil(() => shownUpTo("bob") === 6, "carol's room state to be saved", ROOM_WAIT_MS);
   await carol.kill();
   await bob.send(`/msg ${ROOM} while carol was away 1`);
   await dave.send(`/msg ${ROOM} while carol was away 2`);
