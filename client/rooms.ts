@@ -48,10 +48,14 @@ import type { PeerConnection } from "./peer.ts";
 
 /** Recent messages of a room kept in memory for other members' gaps. */
 export const ROOM_BUFFER = 512;
+/** …and at most this many characters of text in all (a room of long messages keeps fewer). */
+const ROOM_BUFFER_CHARS = 8 * 1024 * 1024;
 /** How long a gap in an author's sequence waits to be filled before `room_gap`, ms. */
 export const GAP_WAIT_MS = 3_000;
 /** Messages held back per author while an earlier one is missing. */
-const MAX_HELD = 1024;
+const MAX_HELD = 256;
+/** Room invitations one connection may send us (more are refused). */
+const MAX_INVITES_PER_CONNECTION = 16;
 /** `want` and `state` frames taken from one connection per second (more are dropped). */
 const REQUESTS_PER_SECOND = 20;
 /** Refusals reported per connection; after that, one line saying more are not shown. */
@@ -115,6 +119,7 @@ interface Room {
   keys: Map<string, KeyObject>;
   held: Map<string, Map<number, SignedMessage>>;
   buffer: Map<string, SignedMessage>;
+  bufferChars: number;
   gaps: Map<string, ReturnType<typeof setTimeout>>;
   untrusted: Set<string>;
   /** Members who went (or went and came back) while we ran: their late messages are dropped. */
@@ -135,6 +140,7 @@ export class Rooms {
   #signing?: KeyObject;
   #seen = new WeakMap<PeerConnection, Set<string>>();
   #reports = new WeakMap<PeerConnection, number>();
+  #invitesFrom = new WeakMap<PeerConnection, number>();
   #requests = new WeakMap<PeerConnection, { second: number; count: number }>();
   #dialing = new Map<string, { timer?: ReturnType<typeof setTimeout>; delay: number }>();
   #dirty = new Set<string>();
@@ -450,6 +456,11 @@ export class Rooms {
   #onInvite(conn: PeerConnection, list: SignedList): void {
     const self = this.#host.self;
     if (list.creator !== conn.name) throw refused("an invitation not from the room's creator");
+    const sent = (this.#invitesFrom.get(conn) ?? 0) + 1;
+    this.#invitesFrom.set(conn, sent);
+    if (sent > MAX_INVITES_PER_CONNECTION) {
+      throw refused(`more than ${MAX_INVITES_PER_CONNECTION} room invitations on one connection`);
+    }
     const key = spkiOf(conn.certificate.x509.publicKey);
     if (!verifyList(list, publicKeyOf(key))) {
       throw refused("an invitation whose member list the creator did not sign");
@@ -738,7 +749,11 @@ export class Rooms {
       // Gone (or gone and added again): nothing more is taken under the old membership.
       delete r.next[name];
       r.held.delete(name);
-      for (const [k, m] of r.buffer) if (m.author === name) r.buffer.delete(k);
+      for (const [k, m] of r.buffer) {
+        if (m.author !== name) continue;
+        r.buffer.delete(k);
+        r.bufferChars -= m.text.length;
+      }
       r.keys.delete(name);
       r.former.add(name);
       clearTimeout(r.gaps.get(name));
@@ -837,6 +852,7 @@ export class Rooms {
       keys: new Map(),
       held: new Map(),
       buffer: new Map(),
+      bufferChars: 0,
       gaps: new Map(),
       untrusted: new Set(),
       former: new Set(),
@@ -897,8 +913,15 @@ export class Rooms {
   }
 
   #remember(r: Room, m: SignedMessage): void {
-    r.buffer.set(`${m.author}.${m.seq}`, m);
-    if (r.buffer.size > ROOM_BUFFER) r.buffer.delete(r.buffer.keys().next().value!);
+    const key = `${m.author}.${m.seq}`;
+    if (r.buffer.has(key)) return;
+    r.buffer.set(key, m);
+    r.bufferChars += m.text.length;
+    while (r.buffer.size > ROOM_BUFFER || r.bufferChars > ROOM_BUFFER_CHARS) {
+      const [oldest, old] = r.buffer.entries().next().value!;
+      r.buffer.delete(oldest);
+      r.bufferChars -= old.text.length;
+    }
   }
 
   #seenOn(conn: PeerConnection): Set<string> {
