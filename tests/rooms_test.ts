@@ -222,7 +222,7 @@ async function hostileMember(s: Scene): Promise<void> {
 
   // mallory, speaking frames by hand, is invited and joins like anyone.
   const malloryKey: KeyObject = createPrivateKey(Deno.readTextFileSync(malloryUser.keyPath));
-  const connectMallory = async (): Promise<RawPeer> => {
+  const connectMallory = async (features = ["rooms"]): Promise<RawPeer> => {
     // A fresh invitation (ann also invites mallory by herself, as a member who went away).
     const mark = ann.mark();
     await ann.send("/chat mallory");
@@ -231,7 +231,7 @@ async function hostileMember(s: Scene): Promise<void> {
       "ann to invite mallory",
     );
     const peer = s.raw(ann.port, malloryUser);
-    peer.write(encodeFrame({ type: "hello", v: 1, features: ["rooms"] }));
+    peer.write(encodeFrame({ type: "hello", v: 1, features }));
     return peer;
   };
   let mallory = await connectMallory();
@@ -347,8 +347,14 @@ async function hostileMember(s: Scene): Promise<void> {
     (after.members as Array<{ name: string }>).map((m) => m.name),
     ["ann", "ben", "mallory"],
   );
+  // A peer whose hello does not list "rooms" gets no room frame, member or not.
+  mallory.destroy();
+  mallory = await connectMallory(["bin", "offer"]);
+  await mallory.expectFrame({ type: "hello" }); // ann admitted this connection
   await ben.send(`/msg ${ROOM} still here`);
   await ann.expect({ type: "room_message", from: "ben", text: "still here" });
+  await sleep(300); // what ann passes on would have arrived by now
+  assert.deepEqual(mallory.frames.filter((f) => f.type === "room"), []);
 }
 
 async function unreachablePair(s: Scene): Promise<void> {
