@@ -393,7 +393,7 @@ const SCENARIOS: ReadonlyArray<readonly [string, (s: Scene) => Promise<void>]> =
     fiveMembers,
   ],
   [
-    "a member speaking frames by hand is refused and reported when it claims another author, alters a forwarded message, replays one, signs other bytes or forges the list; a gap it leaves is reported; malformed room frames close its connection and change nothing; a hello without "rooms" gets no room frame",
+    "a member speaking frames by hand is refused and reported when it claims another author, alters a forwarded message, replays one, signs other bytes or forges the list; a gap it leaves is reported; malformed room frames close its connection and change nothing; a peer whose hello lists no rooms feature gets no room frame",
     hostileMember,
   ],
   [
