@@ -385,6 +385,10 @@ async function unreachablePair(s: Scene): Promise<void> {
   assert.deepEqual(shown(cy, marks[1]), ["bo:bo 1", "bo:bo 2", "bo:bo 3"]);
   assert.deepEqual(shown(bo, marks[0]), ["cy:cy 1", "cy:cy 2", "cy:cy 3"]);
   assert.ok(!isConnected(bo, "cy"), "bo and cy met directly after all");
+  // The room stays the current conversation while members connect: plain text goes to it.
+  await cy.send("plain text goes to the room");
+  await bo.expect({ type: "room_message", from: "cy", text: "plain text goes to the room" });
+  await amy.expect({ type: "room_message", from: "cy", text: "plain text goes to the room" });
 }
 
 const SCENARIOS: ReadonlyArray<readonly [string, (s: Scene) => Promise<void>]> = [
