@@ -15,6 +15,7 @@ import { deadline, guardConnections } from "../lib/connections.ts";
 import { E2eError } from "../lib/errors.ts";
 import { ALPN, MAX_TEXT_CHARS } from "../lib/frames.ts";
 import { checkName } from "../lib/names.ts";
+import { isRoomName } from "../lib/room.ts";
 import { pemDecode } from "../lib/pem.ts";
 import {
   checkPeer,
@@ -42,6 +43,7 @@ import { MailboxClient, type MailboxHost, MAX_MAILBOX_FILE_BYTES } from "./mailb
 import { type FileOffer, type FilePolicy, PeerConnection, type PeerEvents } from "./peer.ts";
 import { Renewal, type RenewalOptions } from "./renewal.ts";
 import { Revocation } from "./revocation.ts";
+import { Rooms } from "./rooms.ts";
 import { LogMonitor } from "./transparency.ts";
 import { type KeyState, safetyNumber, TrustStore } from "./trust.ts";
 
@@ -111,6 +113,7 @@ export class Chat {
   #sendStallMs?: number;
   #mailbox!: MailboxClient;
   #firstSeen = new Set<string>(); // names whose key the mailbox pinned in this run
+  #rooms: Rooms;
 
   private constructor(
     id: Identity,
@@ -148,8 +151,24 @@ export class Chat {
       key: id.historyKey(),
       seal: id.keyEncrypted,
     });
+    // A room member's invitation is accepted by the rooms (the signed list is the consent).
+    this.#rooms = new Rooms({
+      self: id.name,
+      privateKey: () => this.#id.credentials.key,
+      peer: (name) => {
+        const p = this.#peers.get(name);
+        return p && p.conn.open && !p.blocked ? p.conn : undefined;
+      },
+      pinned: (name) => this.#trust.get(name)?.keyFingerprint,
+      invite: (name, quiet) => this.invite(name, { quiet }),
+      accept: (name) => this.accept(name),
+      invitations: () => this.#invitations.names(),
+      emit: (event) => this.#emit(event),
+      history: this.#history,
+      dir: id.home.rooms,
+    });
     this.#invitations = new Invitations(this.#ca, {
-      onInvite: (i) => this.#emit({ type: "invite", from: i.from }),
+      onInvite: (i) => this.#rooms.invited(i.from) || this.#emit({ type: "invite", from: i.from }),
       onWarning: warn,
     });
   }
@@ -186,6 +205,7 @@ export class Chat {
     await chat.#listenOn(options.listenHost ?? "127.0.0.1", options.listenPort ?? 0);
     chat.#mailbox = await MailboxClient.load(chat.#mailboxHost(), id.home);
     chat.#revocation.start();
+    await chat.#rooms.load();
     chat.#invitations.start();
     chat.#emit({
       type: "ready",
@@ -200,6 +220,7 @@ export class Chat {
     chat.#renewal.start();
     // After `ready`: what waited in the mailbox comes now, then as it arrives.
     chat.#mailbox.start();
+    chat.#rooms.start();
     return chat;
   }
 
@@ -223,6 +244,11 @@ export class Chat {
     return this.#downloads;
   }
 
+  /** The rooms we are in (client/rooms.ts): create, invite, join, send… */
+  get rooms(): Rooms {
+    return this.#rooms;
+  }
+
   /** Adds an event listener; returns a function that removes it. */
   on(listener: ChatListener): () => void {
     this.#listeners.add(listener);
@@ -232,9 +258,10 @@ export class Chat {
   /**
    * Invites `name` through the CA (our listener's address goes to them) and admits
    * exactly the key the directory names. Resolves with that certificate's fingerprint
-   * once the CA recorded the invitation; emits `invited`.
+   * once the CA recorded the invitation; emits `invited` (unless `quiet`: a room's own
+   * invitation of a member, client/rooms.ts, repeated while they are away).
    */
-  async invite(name: string): Promise<{ fingerprint: string }> {
+  async invite(name: string, options: { quiet?: boolean } = {}): Promise<{ fingerprint: string }> {
     checkName(name);
     if (name === this.#id.name) throw new E2eError("ERR_USAGE", "You cannot chat with yourself");
     this.#log.requireNoAlarm();
@@ -258,7 +285,7 @@ export class Chat {
     this.#inviting.set(name, offered.then(() => {}, () => {}));
     try {
       const cert = await offered;
-      this.#emit({ type: "invited", to: name, fingerprint: cert.fingerprint });
+      if (!options.quiet) this.#emit({ type: "invited", to: name, fingerprint: cert.fingerprint });
       return { fingerprint: cert.fingerprint };
     } finally {
       this.#inviting.delete(name);
@@ -521,7 +548,7 @@ export class Chat {
 
   /** The last `limit` messages and files of the conversation with `name`, oldest first. */
   async history(name: string, limit = 50): Promise<HistoryEntry[]> {
-    checkName(name);
+    if (!isRoomName(name)) checkName(name);
     if (!Number.isSafeInteger(limit) || limit < 1) {
       throw new E2eError(
         "ERR_USAGE",
@@ -545,6 +572,7 @@ export class Chat {
     this.#invitations.stop();
     this.#mailbox?.stop();
     this.#revocation.stop();
+    await this.#rooms.stop();
     for (const { conn } of this.#peers.values()) conn.close("we quit");
     // Give peers a moment to read our bye; then stop waiting for them.
     await Promise.race([
@@ -925,9 +953,12 @@ export class Chat {
           });
         });
       },
+      hello: (p) => this.#rooms.hello(p),
+      room: (p, body) => this.#rooms.receive(p, body),
       closed: (p, reason) => {
         if (this.#peers.get(p.name)?.conn === p) this.#peers.delete(p.name);
         this.#emit({ type: "disconnected", peer: p.name, reason });
+        if (!this.#peers.has(p.name)) this.#rooms.disconnected(p.name);
       },
     };
   }

@@ -73,6 +73,12 @@ export type CoreEvent =
     message: string;
   }
   | { type: "disconnected"; peer: string; reason: string }
+  // Rooms (docs/PROTOCOL.md §9).
+  | { type: "room_invite"; room: string; from: string }
+  | { type: "room_joined"; room: string; members: string[] }
+  | { type: "room_message"; room: string; from: string; text: string; id: string }
+  | { type: "room_member"; room: string; name: string; change: "joined" | "left" | "removed" }
+  | { type: "room_gap"; room: string; from: string; missing: number[] }
   | { type: "warning"; message: string }
   | { type: "log_alarm"; message: string; serial?: string; fingerprint?: string };
 
@@ -83,6 +89,19 @@ export type FaceEvent =
   | { type: "error"; message: string }
   | { type: "history"; peer: string; entries: HistoryEntry[] }
   | { type: "help"; text: string }
+  | {
+    type: "room_members";
+    room: string;
+    version: number;
+    hash: string;
+    creator: string;
+    members: Array<{ name: string; keyFingerprint: string }>;
+  }
+  | {
+    type: "rooms";
+    rooms: Array<{ room: string; members: number; version: number }>;
+    invitations: string[];
+  }
   | { type: "bye" };
 
 /** Every event of the JSON face (docs/PROTOCOL.md §6). */

@@ -117,6 +117,18 @@ export class History {
     });
   }
 
+  /** Records a message of a room (conversation `room`, `#name`) we wrote or received. */
+  roomMessage(m: { id: string; room: string; from: string; text: string; at?: Date }): void {
+    this.#append(m.room, {
+      t: "msg",
+      id: m.id,
+      at: (m.at ?? new Date()).toISOString(),
+      from: m.from,
+      to: m.room,
+      text: m.text,
+    });
+  }
+
   /** Records a file we sent or received. */
   file(f: FileFields & { at?: Date }): void {
     this.#append(this.#peerOf(f), {

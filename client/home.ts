@@ -20,6 +20,7 @@
  *     outbox.json       0600  what we posted and wait a receipt for
  *     seen.json         0600  item ids we received (replays are dropped)
  *     held/             0700  items held back after a key change (CMS, still sealed)
+ *   rooms/              0700  rooms we are in (client/rooms.ts), one ROOMID.json each (0600)
  * ```
  *
  * @module
@@ -96,6 +97,10 @@ export class ClientHome {
   /** Files from the web page wait here (0700), each only until it is sent. */
   get uploads(): string {
     return join(this.root, "uploads");
+  }
+  /** Rooms we are in: member lists and sequence numbers, one file per room (0700). */
+  get rooms(): string {
+    return join(this.root, "rooms");
   }
   /** Conversation history, one file per conversation. */
   get history(): string {

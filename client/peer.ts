@@ -16,6 +16,7 @@ import {
   type Frame,
   LineSplitter,
 } from "../lib/frames.ts";
+import { FEATURE_ROOMS, type RoomFrame } from "../lib/room.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
 import { announcedName, hashFile, IncomingFile } from "./files.ts";
 
@@ -74,6 +75,10 @@ export interface PeerEvents {
   checkpoint?(peer: PeerConnection, text: string): void;
   /** The peer offers a file that waits for {@linkcode PeerConnection.acceptOffer}. */
   offer?(peer: PeerConnection, offer: FileOffer): void;
+  /** The peer's hello arrived: frames of the features it lists may be sent now. */
+  hello?(peer: PeerConnection): void;
+  /** A `room` frame arrived (client/rooms.ts checks what it says). */
+  room?(peer: PeerConnection, body: RoomFrame): void;
   /** The last byte of a file we send was handed to the connection. */
   fileSent?(
     peer: PeerConnection,
@@ -184,7 +189,7 @@ export class PeerConnection {
     this.#write({
       type: "hello",
       v: 1,
-      features: [FEATURE_BINARY, FEATURE_OFFER],
+      features: [FEATURE_BINARY, FEATURE_OFFER, FEATURE_ROOMS],
       ...(checkpoint === undefined ? {} : { checkpoint }),
     });
   }
@@ -196,6 +201,18 @@ export class PeerConnection {
     if (this.#sentAt.size > 10_000) this.#sentAt.delete(this.#sentAt.keys().next().value!);
     this.#write({ type: "msg", id, text });
     return id;
+  }
+
+  /** Whether the peer's hello listed "rooms" (it takes `room` frames). */
+  get rooms(): boolean {
+    return this.#peerFeatures.has(FEATURE_ROOMS);
+  }
+
+  /** Sends a `room` frame to a peer that takes them; false when it does not, or is gone. */
+  sendRoom(body: RoomFrame): boolean {
+    if (!this.#peerFeatures.has(FEATURE_ROOMS) || this.#closed) return false;
+    this.#write({ type: "room", body });
+    return true;
   }
 
   /** The files this peer offered that wait for the user's answer. */
@@ -503,6 +520,7 @@ export class PeerConnection {
       this.#peerFeatures = new Set(frame.features ?? []);
       this.#hello.resolve();
       if (frame.checkpoint !== undefined) this.#options.events.checkpoint?.(this, frame.checkpoint);
+      this.#options.events.hello?.(this);
       return;
     }
     const events = this.#options.events;
@@ -640,6 +658,11 @@ export class PeerConnection {
         }
         return;
       }
+      case "room":
+        // A peer whose key changed is not heard in rooms either, until the user trusts it.
+        if (this.quarantined) return;
+        events.room?.(this, frame.body);
+        return;
       case "bye":
         this.#closeReason = "the peer said bye";
         this.#socket.end();

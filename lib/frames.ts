@@ -6,6 +6,7 @@
  * @module
  */
 import { E2eError } from "./errors.ts";
+import { decodeRoomFrame, type RoomFrame } from "./room.ts";
 
 /** The protocol version of `hello`. */
 export const PROTOCOL_VERSION = 1;
@@ -45,7 +46,9 @@ export type Frame =
   | { type: "got"; id: string; bytes: number }
   | { type: "decline"; id: string; reason: string }
   | { type: "bye" }
-  | { type: "error"; message: string };
+  | { type: "error"; message: string }
+  // Rooms (docs/PROTOCOL.md §9); lib/room.ts validates the body.
+  | { type: "room"; body: RoomFrame };
 
 const ID = /^[A-Za-z0-9_.-]{1,64}$/;
 
@@ -150,6 +153,8 @@ export function decodeFrame(line: string): Frame {
       return { type: "bin", id: id(f.id), size: f.size };
     case "bye":
       return { type: "bye" };
+    case "room":
+      return { type: "room", body: decodeRoomFrame(f.body) };
     case "error":
       return {
         type: "error",

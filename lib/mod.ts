@@ -25,3 +25,4 @@ export * from "./lines.ts";
 export * from "./merkle.ts";
 export * from "./checkpoint.ts";
 export * from "./invite.ts";
+export * from "./room.ts";

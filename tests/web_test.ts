@@ -665,6 +665,54 @@ async function refusals(scene: Scene): Promise<void> {
   assert.equal(opened, "refused");
 }
 
+async function room(scene: Scene): Promise<void> {
+  const [alice, bob, carol] = await scene.join("alice-rm", "bob-rm", "carol-rm");
+  const web = await scene.web(alice);
+  const [bobChat, carolChat] = await Promise.all([scene.json(bob), scene.json(carol)]);
+  const page = await scene.page(web);
+  // The page creates #team from "Chat with", and invites bob from the room's message box.
+  await page.getByRole("textbox", { name: "Chat with" }).fill("#team");
+  await page.getByRole("button", { name: "Start chat", exact: true }).click();
+  await page.getByRole("button", { name: /#team room/ }).waitFor();
+  for (const peer of [bobChat, carolChat]) {
+    const box = page.getByRole("textbox", { name: "Message", exact: true });
+    await box.fill(`/invite ${peer.name}`);
+    await box.press("Enter");
+    await peer.expect({ type: "invite", from: alice.name });
+    await peer.send(`/accept ${alice.name}`);
+    await peer.expect({ type: "room_invite", room: "#team", from: alice.name });
+    await peer.send("/room join #team");
+    await peer.expect({ type: "room_joined", room: "#team" });
+  }
+  await carolChat.expect({ type: "connected", peer: bob.name }, 30_000);
+  await sendFromPage(page, "hello room, from the page");
+  await bobChat.expect({
+    type: "room_message",
+    from: alice.name,
+    text: "hello room, from the page",
+  });
+  await carolChat.expect({
+    type: "room_message",
+    from: alice.name,
+    text: "hello room, from the page",
+  });
+  await carolChat.send("/msg #team hi from carol");
+  await timeline(page).getByText("hi from carol").waitFor();
+  await page.locator(".item.theirs", { hasText: "hi from carol" }).getByText(carol.name).waitFor();
+
+  // A room invitation on the page has "Join".
+  await carolChat.send("/room create #side");
+  await carolChat.send(`/room invite #side ${alice.name}`);
+  await page.getByRole("button", { name: "Join" }).click();
+  await carolChat.expect({
+    type: "room_member",
+    room: "#side",
+    name: alice.name,
+    change: "joined",
+  });
+  await page.getByRole("button", { name: /#side room/ }).waitFor();
+}
+
 const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
   [
     "alice in the browser invites bob (JSON face), messages both ways show delivered marks, Mark verified, a file from the picker arrives with the same SHA-256 and its bar reaches 100 %, a dropped file is sent, a received file downloads with identical bytes",
@@ -688,6 +736,10 @@ const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
     narrowKeyboardDark,
   ],
   ["a revoked peer is refused and the page shows the reason", refusedPeer],
+  [
+    "rooms are conversations: the page creates #team, invites two members, sends and shows their messages, and joins a room it is invited to",
+    room,
+  ],
   [
     "requests without the session, with a foreign Host or a cross-origin Origin are refused; the token leaves the address bar",
     refusals,

@@ -9,6 +9,7 @@
 import { E2eError } from "../../lib/errors.ts";
 import { resolveUserPath } from "../../lib/home.ts";
 import { checkName } from "../../lib/names.ts";
+import { checkRoomName, isRoomName } from "../../lib/room.ts";
 import type { Chat } from "../chat.ts";
 import type { ChatEvent } from "../events.ts";
 
@@ -27,6 +28,14 @@ TEXT                send to the current peer
 /trust NAME         accept NAME's new key after a key change warning
 /close NAME         close the connection to NAME
 /history NAME [N]   the last N (default 20) messages and files of the conversation with NAME
+/room create #ROOM        create a room (names start with #)
+/room invite #ROOM NAME   invite NAME to your room
+/room join #ROOM          accept an invitation to a room
+/room leave #ROOM         leave a room
+/room remove #ROOM NAME   remove NAME from your room
+/room members #ROOM       members, key fingerprints and the member-list hash to compare
+/rooms                    your rooms and room invitations
+/msg #ROOM TEXT           send to a room (plain text goes there when it is the current one)
 /quit               leave`;
 
 /** One parsed line of input. */
@@ -44,8 +53,27 @@ export type Command =
   | { op: "trust"; name: string }
   | { op: "close"; name: string }
   | { op: "history"; name: string; limit: number }
+  | { op: "room"; action: RoomAction; room: string; name?: string }
+  | { op: "rooms" }
   | { op: "help" }
   | { op: "quit" };
+
+/** What `/room` does. */
+export type RoomAction = "create" | "invite" | "join" | "leave" | "remove" | "members";
+
+const ROOM_ACTIONS: readonly RoomAction[] = [
+  "create",
+  "invite",
+  "join",
+  "leave",
+  "remove",
+  "members",
+];
+
+/** A user or room name: rooms start with `#`. */
+function target(name: string): string {
+  return name.startsWith("#") ? checkRoomName(name) : checkName(name);
+}
 
 /** Options of {@linkcode parseCommand}. */
 export interface ParseOptions {
@@ -80,7 +108,7 @@ export function parseCommand(line: string, options: ParseOptions = {}): Command 
       return { op: "accept", name: name() };
     case "/msg":
       arg(1, "NAME TEXT");
-      return { op: "send", name: checkName(args[0]), text: args.slice(1).join(" ") };
+      return { op: "send", name: target(args[0]), text: args.slice(1).join(" ") };
     case "/file": {
       arg(0, "PATH");
       // "/file NAME PATH" when the first word is a connected peer; else all of it is the path.
@@ -118,8 +146,23 @@ export function parseCommand(line: string, options: ParseOptions = {}): Command 
           `/history NAME [N]: N is a number from 1, not ${JSON.stringify(args[1])}`,
         );
       }
-      return { op: "history", name: name(), limit };
+      return { op: "history", name: target(arg(0)), limit };
     }
+    case "/room": {
+      const action = arg(0, "create, invite, join, leave, remove or members") as RoomAction;
+      if (!ROOM_ACTIONS.includes(action)) {
+        throw new E2eError("ERR_USAGE", `Unknown /room ${JSON.stringify(action)}: see /help`);
+      }
+      const room = checkRoomName(arg(1, "#ROOM"));
+      if (action === "invite" || action === "remove") {
+        if (args.length !== 3) throw new E2eError("ERR_USAGE", `/room ${action} takes #ROOM NAME`);
+        return { op: "room", action, room, name: checkName(args[2]) };
+      }
+      if (args.length !== 2) throw new E2eError("ERR_USAGE", `/room ${action} takes #ROOM`);
+      return { op: "room", action, room };
+    }
+    case "/rooms":
+      return { op: "rooms" };
     case "/help":
       return { op: "help" };
     case "/quit":
@@ -154,11 +197,21 @@ export class CommandRunner {
     this.#chat = chat;
     this.#emit = emit;
     chat.on((e) => {
-      if (e.type === "connected") this.#current = e.peer;
+      // A room stays the current conversation while its members connect (and go).
+      const inRoom = this.#current !== undefined && isRoomName(this.#current);
+      if (e.type === "connected" && !inRoom) this.#current = e.peer;
       if (e.type === "disconnected" && this.#current === e.peer && !chat.isConnected(e.peer)) {
         this.#current = chat.peers().at(-1)?.name;
       }
+      if (e.type === "room_joined") this.#current = e.room;
+      if (e.type === "room_member" && e.name === chat.name && this.#current === e.room) {
+        this.#current = chat.peers().at(-1)?.name;
+      }
     });
+  }
+
+  async #room(action: RoomAction, room: string, name?: string): Promise<void> {
+    await runRoom(this.#chat, this.#emit, action, room, name);
   }
 
   #offerer(id: string): string {
@@ -236,8 +289,9 @@ export class CommandRunner {
         if (!name) {
           throw new E2eError("ERR_USAGE", "No current peer: /chat NAME or /accept NAME first");
         }
+        if (isRoomName(name)) chat.rooms.send(name, command.text);
         // Someone not connected: through the mailbox, awaited so a refusal is an `error`.
-        if (chat.isConnected(name)) chat.send(name, command.text);
+        else if (chat.isConnected(name)) chat.send(name, command.text);
         else await chat.sendToMailbox(name, command.text);
         this.#current = name;
         return true;
@@ -245,6 +299,12 @@ export class CommandRunner {
       case "file": {
         const name = command.name ?? this.#current;
         if (!name) throw new E2eError("ERR_USAGE", "No current peer: /file NAME PATH");
+        if (isRoomName(name)) {
+          throw new E2eError(
+            "ERR_USAGE",
+            `Files to a room are not supported yet: send to a member`,
+          );
+        }
         // Not awaited: hashing a large file, or a peer slow to say hello, must not hold up
         // the next command. Its outcome comes as events (`sent`, `file_failed`, or `error`).
         chat.sendFile(name, resolveUserPath(command.path)).catch((e) =>
@@ -299,11 +359,58 @@ export class CommandRunner {
           entries: await chat.history(command.name, command.limit),
         });
         return true;
+      case "room":
+        await this.#room(command.action, command.room, command.name);
+        return true;
+      case "rooms":
+        this.#emit({ type: "rooms", ...chat.rooms.list() });
+        return true;
       case "help":
         this.#emit({ type: "help", text: HELP });
         return true;
       case "quit":
         return false;
+    }
+  }
+}
+
+// Runs one /room command against the core.
+async function runRoom(
+  chat: Chat,
+  emit: (event: ChatEvent) => void,
+  action: RoomAction,
+  room: string,
+  name?: string,
+): Promise<void> {
+  const rooms = chat.rooms;
+  switch (action) {
+    case "create":
+      await rooms.create(room);
+      return;
+    case "invite":
+      await rooms.invite(room, name!);
+      emit({ type: "warning", message: `Invited "${name}" to ${room}` });
+      return;
+    case "join":
+      rooms.join(room);
+      return;
+    case "leave":
+      await rooms.leave(room);
+      return;
+    case "remove":
+      await rooms.remove(room, name!);
+      return;
+    case "members": {
+      const info = rooms.members(room);
+      emit({
+        type: "room_members",
+        room,
+        version: info.version,
+        hash: info.hash,
+        creator: info.creator,
+        members: info.members,
+      });
+      return;
     }
   }
 }

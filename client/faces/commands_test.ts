@@ -29,12 +29,22 @@ Deno.test("parseCommand() turns every command of /help into a typed command", ()
     ["", { op: "none" }],
     ["   ", { op: "none" }],
     ["/quit\r", { op: "quit" }],
+    ["/room create #team", { op: "room", action: "create", room: "#team" }],
+    ["/room invite #team bob", { op: "room", action: "invite", room: "#team", name: "bob" }],
+    ["/room join #team", { op: "room", action: "join", room: "#team" }],
+    ["/room leave #team", { op: "room", action: "leave", room: "#team" }],
+    ["/room remove #team bob", { op: "room", action: "remove", room: "#team", name: "bob" }],
+    ["/room members #team", { op: "room", action: "members", room: "#team" }],
+    ["/rooms", { op: "rooms" }],
+    ["/msg #team hi all", { op: "send", name: "#team", text: "hi all" }],
+    ["/history #team 5", { op: "history", name: "#team", limit: 5 }],
   ];
   for (const [line, command] of cases) {
     assert.deepEqual(parseCommand(line, connected), command, line);
   }
   for (const command of HELP.split("\n").map((l) => l.split(" ")[0]).filter((c) => c[0] === "/")) {
-    assert.doesNotThrow(() => parseCommand(`${command} bob 3`, connected), command);
+    const line = command === "/room" ? "/room invite #team bob" : `${command} bob 3`;
+    assert.doesNotThrow(() => parseCommand(line, connected), command);
   }
 });
 
@@ -53,6 +63,12 @@ Deno.test("parseCommand() refuses what is not a command with ERR_USAGE or ERR_NA
     ["/get ../x", "ERR_USAGE", /"\.\.\/x" is not a file id/],
     ["/decline Bob! 1", "ERR_NAME_INVALID", /Bob!/],
     ["/nope", "ERR_USAGE", /Unknown command "\/nope": see \/help/],
+    ["/room", "ERR_USAGE", /\/room needs create, invite, join, leave, remove or members/],
+    ["/room shout #team", "ERR_USAGE", /Unknown \/room "shout": see \/help/],
+    ["/room create team", "ERR_NAME_INVALID", /Invalid room name "team"/],
+    ["/room invite #team", "ERR_USAGE", /\/room invite takes #ROOM NAME/],
+    ["/room join #team bob", "ERR_USAGE", /\/room join takes #ROOM/],
+    ["/msg #Team hi", "ERR_NAME_INVALID", /Invalid room name "#Team"/],
   ];
   for (const [line, code, message] of cases) {
     assert.throws(() => parseCommand(line, connected), (e) => {

@@ -137,6 +137,30 @@ function format(e: ChatEvent): string | undefined {
           return `${when} ${styleText("cyan", `<${h.from}>`)} ${what}${mark}`;
         }).join("\n")
         : `no history with ${e.peer}`;
+    case "room_invite":
+      return styleText(
+        "yellow",
+        `${clean(e.from)} invites you to ${e.room} — /room join ${e.room}`,
+      );
+    case "room_joined":
+      return styleText("green", `you are in ${e.room}: ${e.members.join(", ")}`);
+    case "room_message":
+      return `${styleText("cyan", `<${e.from}@${e.room}>`)} ${clean(e.text)}`;
+    case "room_member":
+      return styleText("yellow", `${e.name} ${e.change} ${e.room}`);
+    case "room_gap":
+      return styleText(
+        "yellow",
+        `${e.room}: ${e.missing.length} message(s) from ${e.from} could not be recovered`,
+      );
+    case "room_members":
+      return `${e.room} (created by ${e.creator}), member list version ${e.version}, hash ${e.hash}\n` +
+        e.members.map((m) => `  ${m.name} key ${m.keyFingerprint}`).join("\n");
+    case "rooms":
+      return [
+        ...e.rooms.map((r) => `  ${r.room} (${r.members} members)`),
+        ...e.invitations.map((r) => `  ${r} (invited — /room join ${r})`),
+      ].join("\n") || "no rooms";
     case "help":
       return e.text;
     case "bye":

@@ -40,6 +40,8 @@ export interface ChatStartOptions {
   failOnError?: boolean;
   /** Run it under `ulimit -n` of this many open files (flood tests). Default: the inherited limit. */
   ulimitFiles?: number;
+  /** `deno run` flags after the client task's own. Default: none. */
+  denoFlags?: string[];
 }
 
 function matcher(match: EventMatch): (e: ChatEvent) => boolean {
@@ -95,6 +97,7 @@ export class ChatClient<U extends ChatUser = ChatUser> {
         stdin: true,
         onLine: (line) => client.#take(line),
         ulimitFiles: options.ulimitFiles,
+        denoFlags: options.denoFlags,
       },
     );
     client.#proc.drained.then(() => {

@@ -62,6 +62,8 @@ export interface TaskOptions {
   onLine?: (line: string) => void;
   /** Run it under `ulimit -n` of this many open files (flood tests). Default: the inherited limit. */
   ulimitFiles?: number;
+  /** `deno run` flags after the task's own (`--deny-net=…` for an unreachable peer). Default: none. */
+  denoFlags?: string[];
 }
 
 /** `ca/main.ts` or `client/main.ts` run as its own process with its task's permissions. */
@@ -100,6 +102,7 @@ export class TaskProcess {
       "run",
       "--quiet",
       ...await taskFlags(task),
+      ...options.denoFlags ?? [],
       join(ROOT, task, "main.ts"),
       ...args,
     ]);

@@ -11,7 +11,7 @@
  * chat (connect, rtt, msgs, file), web (web_rtt beside the JSON face), join (keygen/join)
  * and log (the issuance log's cost on signing, proof size and checks at 100,000 entries,
  * client audit), mailbox (post → delivered for a member online but not connected, beside the
- * direct round trip). Everything runs in a
+ * direct round trip), room (a message to a room of 10 beside nine 1:1 sends). Everything runs in a
  * temporary folder with real processes; the folder is removed and every
  * child is stopped at the end, after a failure, on Ctrl-C or on the watchdog.
  * A section that fails is reported and the others still run; the exit code
@@ -26,12 +26,13 @@ import { benchEnroll, benchEnrollAtScale, type EnrollSizes } from "./enroll.ts";
 import { benchJoin } from "./join.ts";
 import { benchLog, type LogSizes } from "./log.ts";
 import { benchMailbox, type MailboxSizes } from "./mailbox.ts";
+import { benchRoom, type RoomSizes } from "./room.ts";
 import { benchWeb, type WebSizes } from "./web.ts";
 import { readProc, run, stopAll } from "./_procs.ts";
 import { Report } from "./_report.ts";
 import { type Service, Workspace } from "./_world.ts";
 
-const SECTIONS = ["enroll", "scale", "chat", "web", "join", "log", "mailbox"] as const;
+const SECTIONS = ["enroll", "scale", "chat", "web", "join", "log", "mailbox", "room"] as const;
 type Section = typeof SECTIONS[number];
 
 /** Sizes of one run. */
@@ -44,6 +45,7 @@ interface Settings {
   joinRounds: number;
   log: LogSizes;
   mailbox: MailboxSizes;
+  room: RoomSizes;
   watchdogMs: number;
 }
 
@@ -81,6 +83,7 @@ function settings(quick: boolean): Settings {
       joinRounds: 1,
       log: { signs: 5, rounds: 2, size: 1_000 },
       mailbox: { warm: 2, perRound: 5, rounds: 2, waitMs: 20_000 },
+      room: { members: 10, sendsPerRound: 5, rounds: 2, burst: 50, waitMs: 30_000 },
       watchdogMs: 5 * 60_000,
     };
   }
@@ -114,6 +117,7 @@ function settings(quick: boolean): Settings {
     joinRounds: 5,
     log: { signs: 30, rounds: 5, size: 100_000 },
     mailbox: { warm: 5, perRound: 40, rounds: 5, waitMs: 60_000 },
+    room: { members: 10, sendsPerRound: 50, rounds: 5, burst: 2_000, waitMs: 60_000 },
     watchdogMs: 20 * 60_000,
   };
 }
@@ -171,7 +175,7 @@ export async function main(args: string[]): Promise<number> {
   });
   if (values.help) {
     stdout(
-      "Usage: deno task bench [--quick] [--json] [--only enroll,scale,chat,web,join,log,mailbox]\n",
+      "Usage: deno task bench [--quick] [--json] [--only enroll,scale,chat,web,join,log,mailbox,room]\n",
     );
     return 0;
   }
@@ -227,6 +231,7 @@ export async function main(args: string[]): Promise<number> {
     join: async () => benchJoin(ws, report, set.joinRounds, await mainService()),
     log: () => benchLog(ws, report, set.log),
     mailbox: async () => benchMailbox(ws, report, set.mailbox, await mainService()),
+    room: async () => benchRoom(ws, report, set.room, await mainService()),
   };
   try {
     for (const name of SECTIONS) {

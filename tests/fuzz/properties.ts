@@ -35,6 +35,17 @@ import { tlv } from "../../lib/_der_builder.ts";
 import { leafHash, MerkleTree, verifyConsistency, verifyInclusion } from "../../lib/merkle.ts";
 import { checkBodyHeaders, errorReply, MAX_BODY_BYTES, parseJsonBody } from "../../ca/api.ts";
 import { safeFileName } from "../../client/files.ts";
+import {
+  decodeList,
+  decodeMessage,
+  encodeList,
+  encodeMessage,
+  type MemberList,
+  type RoomMessage,
+  signMessage,
+  spkiOf,
+  verifyMessage,
+} from "../../lib/room.ts";
 
 /** One property and how many cases it gets at scale 1. */
 export interface FuzzProperty {
@@ -505,6 +516,118 @@ const otherProperties: FuzzProperty[] = [
   },
 ];
 
+// ---------------------------------------------------------------------------
+// Rooms (lib/room.ts): the canonical encodings and the room frame bodies
+
+const roomKeys = generateKeyPairSync("ed25519");
+const roomMessageArb: fc.Arbitrary<RoomMessage> = fc.record({
+  roomId: fc.stringMatching(/^[0-9a-f]{32}$/),
+  room: nameArb.map((n) => `#${n}`),
+  author: nameArb,
+  seq: fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }),
+  version: fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }),
+  text: fc.string({ unit: "binary", maxLength: 300 }),
+}).map((m) => ({ ...m }));
+const memberListArb: fc.Arbitrary<MemberList> = fc.record({
+  roomId: fc.stringMatching(/^[0-9a-f]{32}$/),
+  room: nameArb.map((n) => `#${n}`),
+  creator: nameArb,
+  version: fc.integer({ min: 1, max: 1000 }),
+  names: fc.uniqueArray(nameArb, { minLength: 1, maxLength: 50 }),
+  change: fc.option(fc.record({
+    name: nameArb,
+    change: fc.constantFrom("joined" as const, "left" as const, "removed" as const),
+  })),
+}).map(({ names, change, ...l }) => ({
+  ...l,
+  members: [...names].sort().map((name) => ({
+    name,
+    key: spkiOf(roomKeys.publicKey),
+    since: 1,
+  })),
+  ...(change ? { change: { ...change } } : {}),
+}));
+
+/** Objects that look like room frame bodies: a known op and fields of any JSON kind. */
+const roomBodyLikeArb = fc.record({
+  op: fc.constantFrom("invite", "join", "leave", "list", "msg", "state", "want", "x"),
+  roomId: fc.oneof(fc.stringMatching(/^[0-9a-f]{32}$/), fc.jsonValue()),
+  author: fc.oneof(nameArb, fc.jsonValue()),
+  seqs: fc.oneof(fc.array(fc.integer({ min: -2, max: 100 }), { maxLength: 70 }), fc.jsonValue()),
+  version: fc.oneof(fc.integer(), fc.jsonValue()),
+  seen: fc.oneof(fc.dictionary(nameArb, fc.integer()), fc.jsonValue()),
+  m: fc.oneof(roomMessageArb.map((m) => ({ ...m, sig: "AAAA" })), fc.jsonValue()),
+  to: fc.oneof(fc.array(nameArb, { maxLength: 60 }), fc.jsonValue()),
+  fill: fc.jsonValue(),
+  list: fc.oneof(memberListArb.map((l) => ({ ...l, sig: "AAAA" })), fc.jsonValue()),
+}, { requiredKeys: ["op"] });
+
+const roomProperties: FuzzProperty[] = [
+  {
+    name:
+      "room: decodeFrame() of a room frame with any body gives one that re-encodes to itself, or refuses with ERR_BAD_REQUEST",
+    runs: 10_000,
+    property: fc.property(fc.oneof(fc.jsonValue(), roomBodyLikeArb), (body) => {
+      const line = JSON.stringify({ type: "room", body });
+      const frame = returnsOrRefuses(() => decodeFrame(line), ["ERR_BAD_REQUEST"]);
+      if (frame) assert.deepEqual(decodeFrame(encodeFrame(frame).slice(0, -1)), frame);
+    }),
+  },
+  {
+    name: "room: encodeMessage() then decodeMessage() gives every field back",
+    runs: 5_000,
+    property: fc.property(roomMessageArb, (m) => {
+      assert.deepEqual(decodeMessage(encodeMessage(m)), m);
+    }),
+  },
+  {
+    name: "room: encodeList() then decodeList() gives every field back",
+    runs: 1_000,
+    property: fc.property(memberListArb, (l) => {
+      assert.deepEqual(decodeList(encodeList(l)), l);
+    }),
+  },
+  {
+    name:
+      "room: decodeMessage() and decodeList() of any bytes give what re-encodes to those bytes, or refuse with ERR_BAD_REQUEST",
+    runs: 5_000,
+    property: fc.property(
+      fc.oneof(
+        fc.uint8Array({ maxLength: 200 }),
+        fc.json().map((t) => new TextEncoder().encode(t)),
+        roomMessageArb.map((m) => encodeMessage(m).map((b, i) => (i === 30 ? b ^ 1 : b))),
+      ),
+      (bytes) => {
+        const m = returnsOrRefuses(() => decodeMessage(bytes), ["ERR_BAD_REQUEST"]);
+        if (m) assert.deepEqual(encodeMessage(m), bytes);
+        const l = returnsOrRefuses(() => decodeList(bytes), ["ERR_BAD_REQUEST"]);
+        if (l) assert.deepEqual(encodeList(l), bytes);
+      },
+    ),
+  },
+  {
+    name:
+      "room: a message's signature verifies for it, and for no message that differs in one field",
+    runs: 500,
+    property: fc.property(
+      roomMessageArb,
+      fc.constantFrom("roomId", "room", "author", "seq", "version", "text"),
+      (m, field) => {
+        const signed = signMessage(m, roomKeys.privateKey);
+        assert.ok(verifyMessage(signed, roomKeys.publicKey));
+        const other = { ...signed } as Record<string, unknown>;
+        const v = other[field];
+        other[field] = typeof v === "number"
+          ? (v === 1 ? 2 : v - 1)
+          : field === "roomId"
+          ? (v === "0".repeat(32) ? "1".repeat(32) : "0".repeat(32))
+          : `${v}x`;
+        assert.ok(!verifyMessage(other as unknown as typeof signed, roomKeys.publicKey));
+      },
+    ),
+  },
+];
+
 /**
  * Every property, in the order `deno task fuzz` runs them.
  *
@@ -515,5 +638,11 @@ const otherProperties: FuzzProperty[] = [
  * ```
  */
 export async function allProperties(): Promise<FuzzProperty[]> {
-  return [...frameProperties, ...inviteProperties, ...await derProperties(), ...otherProperties];
+  return [
+    ...frameProperties,
+    ...inviteProperties,
+    ...await derProperties(),
+    ...otherProperties,
+    ...roomProperties,
+  ];
 }

@@ -35,6 +35,7 @@ import { WebSocketServer } from "ws";
 import { deadline, freeDescriptors, guardConnections } from "../../../lib/connections.ts";
 import { E2eError } from "../../../lib/errors.ts";
 import { checkName } from "../../../lib/names.ts";
+import { checkRoomName, isRoomName } from "../../../lib/room.ts";
 import type { Chat } from "../../chat.ts";
 import type { ChatEvent, CoreEvent } from "../../events.ts";
 import { safeFileName } from "../../files.ts";
@@ -114,7 +115,12 @@ type Operation =
   | { op: "send"; name: string; text: string }
   | { op: "history"; name: string; limit?: number }
   | { op: "acceptFile" | "declineFile"; name: string; file: string }
-  | { op: "download"; file: string };
+  | { op: "download"; file: string }
+  | { op: "room"; action: RoomAction; room: string; name?: string };
+
+/** What the page's `room` operation does (client/rooms.ts). */
+type RoomAction = "create" | "invite" | "join" | "leave" | "remove" | "members";
+const ROOM_ACTIONS: readonly string[] = ["create", "invite", "join", "leave", "remove", "members"];
 
 /** Options of {@linkcode WebServer.start}. */
 export interface WebServerOptions {
@@ -461,6 +467,7 @@ export class WebServer {
       listen: chat.listen,
       peers: chat.peers(),
       invitations: chat.invitations(),
+      rooms: chat.rooms.list(),
       offers: chat.offers(),
       conversations,
       notices: this.#notices,
@@ -489,9 +496,12 @@ export class WebServer {
       case "accept":
         return await chat.accept(op.name);
       case "send":
+        if (isRoomName(op.name)) return { id: chat.rooms.send(op.name, op.text) };
         // Someone not connected: through the mailbox, awaited so a refusal is the reply's error.
         if (!chat.isConnected(op.name)) return { id: await chat.sendToMailbox(op.name, op.text) };
         return { id: chat.send(op.name, op.text) };
+      case "room":
+        return await this.#room(op);
       case "verify":
         return await chat.verify(op.name);
       case "trust":
@@ -524,6 +534,24 @@ export class WebServer {
       this.#tickets.delete(this.#tickets.keys().next().value!);
     }
     return `${downloadHref(file)}?ticket=${ticket}`;
+  }
+
+  async #room(op: Extract<Operation, { op: "room" }>): Promise<unknown> {
+    const rooms = this.#chat.rooms;
+    switch (op.action) {
+      case "create":
+        return await rooms.create(op.room);
+      case "invite":
+        return await rooms.invite(op.room, op.name!);
+      case "join":
+        return rooms.join(op.room);
+      case "leave":
+        return await rooms.leave(op.room);
+      case "remove":
+        return await rooms.remove(op.room, op.name!);
+      case "members":
+        return rooms.members(op.room);
+    }
   }
 
   // A received file gets the address the page downloads it from.
@@ -627,7 +655,24 @@ function parseOperation(value: unknown): Operation {
     }
     return { op: "download", file: v.file };
   }
-  const name = checkName(typeof v.name === "string" ? v.name : "");
+  if (v.op === "room") {
+    if (typeof v.action !== "string" || !ROOM_ACTIONS.includes(v.action)) {
+      throw new E2eError("ERR_BAD_REQUEST", "Not a room action");
+    }
+    const room = checkRoomName(typeof v.room === "string" ? v.room : "");
+    const needsName = v.action === "invite" || v.action === "remove";
+    return {
+      op: "room",
+      action: v.action as RoomAction,
+      room,
+      ...(needsName ? { name: checkName(typeof v.name === "string" ? v.name : "") } : {}),
+    };
+  }
+  // Messages and history also go to rooms (#name).
+  const raw = typeof v.name === "string" ? v.name : "";
+  const name = (v.op === "send" || v.op === "history") && raw.startsWith("#")
+    ? checkRoomName(raw)
+    : checkName(raw);
   switch (v.op) {
     case "invite":
     case "accept":

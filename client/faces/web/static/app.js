@@ -19,7 +19,14 @@ const state = {
   convs: new Map(), // name → conversation
   selected: "",
   history: false,
+  rooms: new Set(), // rooms we are in (#name)
+  roomInvites: new Map(), // #name → who invited us
 };
+
+/** Whether a conversation is a room (room names start with #). */
+function isRoom(name) {
+  return typeof name === "string" && name.startsWith("#");
+}
 
 let ws;
 let nextOp = 1;
@@ -272,6 +279,44 @@ function handle(e) {
     case "error":
       notice(e.message, "error");
       return;
+    case "room_invite":
+      state.roomInvites.set(e.room, e.from);
+      drawInvitations();
+      notice(`${e.from} invites you to ${e.room}`);
+      return;
+    case "room_joined": {
+      state.rooms.add(e.room);
+      state.roomInvites.delete(e.room);
+      const c = conv(e.room);
+      c.status = `Members: ${e.members.join(", ")}`;
+      touch(c);
+      drawInvitations();
+      if (!state.selected || state.selected === e.room) select(e.room);
+      break;
+    }
+    case "room_message": {
+      const c = conv(e.room);
+      addItem(c, {
+        id: e.id,
+        from: e.from,
+        at: new Date().toISOString(),
+        kind: "message",
+        text: e.text,
+      });
+      arrived(c);
+      break;
+    }
+    case "room_member": {
+      const c = conv(e.room);
+      if (e.name === state.me) {
+        state.rooms.delete(e.room);
+        c.status = e.change === "left" ? "You left this room" : "You were removed from this room";
+      } else c.status = `${e.name} ${e.change}`;
+      break;
+    }
+    case "room_gap":
+      notice(`${e.room}: ${e.missing.length} message(s) from ${e.from} could not be recovered`);
+      return;
     default:
       return;
   }
@@ -289,6 +334,11 @@ function snapshot(s) {
   document.title = `${s.identity.name} — e2e-chat`;
   state.peers = new Map(s.peers.map((p) => [p.name, p]));
   state.invitations = new Set(s.invitations);
+  state.rooms = new Set((s.rooms?.rooms ?? []).map((r) => r.room));
+  for (const room of s.rooms?.invitations ?? []) {
+    if (!state.roomInvites.has(room)) state.roomInvites.set(room, "");
+  }
+  for (const room of state.rooms) touch(conv(room));
   state.offers = new Map((s.offers ?? []).map((o) => [`${o.from} ${o.id}`, o]));
   for (const { name, last } of s.conversations) {
     const c = conv(name);
@@ -391,7 +441,7 @@ function select(name) {
       if (state.selected === name) select(name);
     }, () => c.loaded = false);
   }
-  if (state.peers.has(name) || !c.safety) fetchSafety(name);
+  if (!isRoom(name) && (state.peers.has(name) || !c.safety)) fetchSafety(name);
 }
 
 function fetchSafety(name) {
@@ -406,6 +456,14 @@ $("start").addEventListener("submit", (ev) => {
   const input = $("chat-with");
   const name = input.value.trim();
   if (!name) return;
+  if (isRoom(name)) {
+    // A room: join it when invited, else create it.
+    const action = state.roomInvites.has(name) ? "join" : "create";
+    operate("room", { action, room: name }).then(() => {
+      input.value = "";
+    }, (e) => notice(errorText(e), "error"));
+    return;
+  }
   const c = conv(name);
   c.status = `Inviting ${name}…`;
   select(name);
@@ -424,6 +482,23 @@ $("compose").addEventListener("submit", (ev) => {
   const text = box.value;
   const name = state.selected;
   if (!text.trim() || !name) return;
+  // In a room: /invite NAME, /remove NAME, /members, /leave.
+  const command = isRoom(name)
+    ? /^\/(invite|remove|members|leave)(?: ([a-z0-9][a-z0-9_-]*))?$/
+      .exec(text.trim())
+    : null;
+  if (command) {
+    operate("room", { action: command[1], room: name, name: command[2] }).then((r) => {
+      box.value = "";
+      if (command[1] === "members") {
+        conv(name).status = `Members (list version ${r.version}, hash ${r.hash.slice(0, 16)}…): ${
+          r.members.map((m) => `${m.name} ${m.keyFingerprint.slice(0, 8)}`).join(", ")
+        }`;
+        drawConversation();
+      } else if (command[1] === "invite") notice(`Invited ${command[2]} to ${name}`);
+    }, (e) => notice(errorText(e), "error"));
+    return;
+  }
   operate("send", { name, text }).then((r) => {
     box.value = "";
     addItem(conv(name), {
@@ -562,6 +637,7 @@ document.addEventListener("visibilitychange", () => {
 // Drawing
 
 function canSend() {
+  if (isRoom(state.selected)) return linkUp && state.rooms.has(state.selected);
   const p = state.peers.get(state.selected);
   return linkUp && p && p.trust !== "changed";
 }
@@ -597,7 +673,26 @@ function drawInvitations() {
     li.append(who, " ", accept);
     return li;
   }));
-  $("invitations-box").hidden = state.invitations.size === 0;
+  for (const [room, from] of state.roomInvites) {
+    const li = document.createElement("li");
+    const what = document.createElement("span");
+    what.id = `room-invitation-${room.slice(1)}`;
+    what.textContent = from ? `${from} invites you to ${room}` : `Invited to ${room}`;
+    const join = document.createElement("button");
+    join.type = "button";
+    join.textContent = "Join";
+    join.setAttribute("aria-describedby", what.id);
+    join.addEventListener("click", () => {
+      join.disabled = true;
+      operate("room", { action: "join", room }).then(() => {}, (e) => {
+        join.disabled = false;
+        notice(errorText(e), "error");
+      });
+    });
+    li.append(what, " ", join);
+    list.append(li);
+  }
+  $("invitations-box").hidden = state.invitations.size === 0 && state.roomInvites.size === 0;
 }
 
 function drawList() {
@@ -613,9 +708,9 @@ function drawList() {
     name.className = "conv-name";
     name.textContent = c.name;
     const online = document.createElement("span");
-    const on = state.peers.has(c.name);
+    const on = isRoom(c.name) ? state.rooms.has(c.name) : state.peers.has(c.name);
     online.className = on ? "dot on" : "dot";
-    online.textContent = on ? "online" : "offline";
+    online.textContent = isRoom(c.name) ? (on ? "room" : "room, left") : on ? "online" : "offline";
     b.append(name, " ", online);
     if (c.unread) {
       const badge = document.createElement("span");
@@ -640,6 +735,8 @@ function drawConversation() {
   $("peer").textContent = name || "No conversation open";
   $("peer-state").textContent = !name
     ? ""
+    : isRoom(name)
+    ? (state.rooms.has(name) ? "room" : "room, left")
     : p
     ? (p.trust === "verified" ? "online, verified" : "online")
     : "offline";
@@ -656,8 +753,10 @@ function drawConversation() {
   const can = canSend();
   $("message").disabled = !can;
   $("send").disabled = !can;
-  $("file").disabled = !can;
-  $("file-label").classList.toggle("disabled", !can);
+  // Files to a room are not in this version.
+  const files = can && !isRoom(name);
+  $("file").disabled = !files;
+  $("file-label").classList.toggle("disabled", !files);
 }
 
 function drawItem(item) {

@@ -1,0 +1,1054 @@
+/**
+ * Rooms: group chat over the members' pairwise connections (docs/PROTOCOL.md
+ * §9). The creator signs the member list; every message is signed by its
+ * author over its canonical encoding (lib/room.ts), so any member may pass
+ * another's message on, and every receiver checks it against the author's key
+ * in the signed list (itself checked against the key pinned in peers.json).
+ * Per author, messages are shown in sequence order; a gap is asked of the
+ * other members, and reported as `room_gap` when none of them has it.
+ *
+ * The signed list is also the members' consent to be connected to each other:
+ * of two members, the one whose name sorts first invites the other through
+ * the CA, and the other accepts, with every check of a 1:1 chat (client/chat.ts).
+ *
+ * State kept in HOME/rooms/ROOMID.json (0600): the signed list, the creator's
+ * key, our sequence number and how far each author's messages were shown. The
+ * texts of recent messages (for other members' gaps) stay in memory only.
+ *
+ * @module
+ */
+import { createPrivateKey, createPublicKey, type KeyObject, randomBytes } from "node:crypto";
+import { join } from "node:path";
+import { E2eError } from "../lib/errors.ts";
+import { ensurePrivateDir, writeFileAtomic } from "../lib/fs.ts";
+import { checkName } from "../lib/names.ts";
+import {
+  checkRoomName,
+  decodeRoomFrame,
+  keyFingerprintOf,
+  listHash,
+  MAX_MEMBERS,
+  MAX_ROOM_TEXT_CHARS,
+  MAX_WANT,
+  type MemberList,
+  publicKeyOf,
+  type RoomFrame,
+  type RoomMember,
+  type SignedList,
+  type SignedMessage,
+  signList,
+  signMessage,
+  spkiOf,
+  verifyList,
+  verifyMessage,
+} from "../lib/room.ts";
+import type { CoreEvent } from "./events.ts";
+import type { History } from "./history.ts";
+import type { PeerConnection } from "./peer.ts";
+
+/** Recent messages of a room kept in memory for other members' gaps. */
+export const ROOM_BUFFER = 512;
+/** …and at most this many characters of text in all (a room of long messages keeps fewer). */
+const ROOM_BUFFER_CHARS = 8 * 1024 * 1024;
+/** How long a gap in an author's sequence waits to be filled before `room_gap`, ms. */
+export const GAP_WAIT_MS = 3_000;
+/** Messages held back per author while an earlier one is missing. */
+const MAX_HELD = 256;
+/** Room invitations one connection may send us (more are refused). */
+const MAX_INVITES_PER_CONNECTION = 16;
+/** `want` and `state` frames taken from one connection per second (more are dropped). */
+const REQUESTS_PER_SECOND = 20;
+/** Refusals reported per connection; after that, one line saying more are not shown. */
+const MAX_REPORTS = 20;
+/** Room invitations held at once (the oldest goes first). */
+const MAX_ROOM_INVITES = 32;
+/** (room, author, seq) keys remembered per connection, to catch a replay on it. */
+const MAX_SEEN_PER_CONNECTION = 20_000;
+/** Re-invites of an unreachable co-member back off from this to {@linkcode DIAL_MAX_MS}. */
+const DIAL_FIRST_MS = 2_000;
+const DIAL_MAX_MS = 60_000;
+
+/** What rooms need of the chat core. */
+export interface RoomHost {
+  /** Our user name. */
+  readonly self: string;
+  /** Our private key, PEM (the key of our certificate). */
+  privateKey(): string;
+  /** The open connection to `name` (checked, not held back for a changed key), if any. */
+  peer(name: string): PeerConnection | undefined;
+  /** The key fingerprint pinned for `name` in peers.json, if any. */
+  pinned(name: string): string | undefined;
+  /** Invites `name` through the CA, as `/chat NAME`; `quiet`: without an `invited` event. */
+  invite(name: string, quiet?: boolean): Promise<unknown>;
+  /** Accepts `name`'s invitation, as `/accept NAME`. */
+  accept(name: string): Promise<unknown>;
+  /** Names whose invitation waits for us. */
+  invitations(): string[];
+  /** Reports an event. */
+  emit(event: CoreEvent): void;
+  /** Where room messages are recorded (conversation `#name`). */
+  history: History;
+  /** HOME/rooms. */
+  dir: string;
+}
+
+/** A room as `/room members` shows it. */
+export interface RoomInfo {
+  /** `#name`. */
+  room: string;
+  /** The random id the creator chose. */
+  roomId: string;
+  /** The creator. */
+  creator: string;
+  /** The member-list version. */
+  version: number;
+  /** SHA-256 of the list's canonical encoding: every member sees the same. */
+  hash: string;
+  /** Members and the fingerprints of their keys, by name. */
+  members: Array<{ name: string; keyFingerprint: string }>;
+}
+
+interface Room {
+  list: SignedList;
+  creatorKey: string;
+  seq: number;
+  /** Per author: the next sequence number to show (absent: not known yet, we joined later). */
+  next: Record<string, number>;
+  /** The creator's invitations that wait for a join. */
+  invited: Record<string, true>;
+  keys: Map<string, KeyObject>;
+  held: Map<string, Map<number, SignedMessage>>;
+  buffer: Map<string, SignedMessage>;
+  bufferChars: number;
+  gaps: Map<string, ReturnType<typeof setTimeout>>;
+  untrusted: Set<string>;
+  /** Members who went (or went and came back) while we ran: their late messages are dropped. */
+  former: Set<string>;
+}
+
+interface RoomInvite {
+  list: SignedList;
+  from: string;
+  key: string;
+}
+
+/** The rooms of one running chat. */
+export class Rooms {
+  #host: RoomHost;
+  #rooms = new Map<string, Room>(); // by room id
+  #invites = new Map<string, RoomInvite>(); // by room name
+  #signing?: KeyObject;
+  #seen = new WeakMap<PeerConnection, Set<string>>();
+  #reports = new WeakMap<PeerConnection, number>();
+  #invitesFrom = new WeakMap<PeerConnection, number>();
+  #requests = new WeakMap<PeerConnection, { second: number; count: number }>();
+  #dialing = new Map<string, { timer?: ReturnType<typeof setTimeout>; delay: number }>();
+  #dirty = new Set<string>();
+  #unreachable = new Set<string>(); // co-members we failed to connect to (said once)
+  #saving: Promise<void> = Promise.resolve();
+  #saveScheduled = false;
+  #stopped = false;
+
+  /**
+   * Rooms over `host`; {@linkcode load} reads what the home holds.
+   *
+   * @example
+   * ```ts
+   * import { Rooms } from "./rooms.ts";
+   * // Built by client/chat.ts, which is its host: chat.rooms.create("#team").
+   * ```
+   */
+  constructor(host: RoomHost) {
+    this.#host = host;
+  }
+
+  /** Reads the rooms kept in HOME/rooms; a file that does not check out is skipped with a warning. */
+  async load(): Promise<void> {
+    let entries: Deno.DirEntry[] = [];
+    try {
+      entries = await Array.fromAsync(Deno.readDir(this.#host.dir));
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return;
+      throw e;
+    }
+    for (const entry of entries) {
+      const m = /^([0-9a-f]{32})\.json$/.exec(entry.name);
+      if (!entry.isFile || !m) continue;
+      try {
+        const data = JSON.parse(await Deno.readTextFile(join(this.#host.dir, entry.name)));
+        const body = decodeRoomFrame({ op: "list", list: data.list });
+        if (body.op !== "list" || body.list.roomId !== m[1]) throw new Error("not its room");
+        const list = body.list;
+        if (typeof data.creatorKey !== "string") throw new Error("no creator key");
+        if (!verifyList(list, publicKeyOf(data.creatorKey))) throw new Error("bad signature");
+        if (!list.members.some((x) => x.name === this.#host.self)) throw new Error("not a member");
+        let seq = safeCount(data.seq);
+        try {
+          seq = Math.max(seq, safeCount(Number(Deno.readTextFileSync(this.#seqFile(list.roomId)))));
+        } catch { /* no seq file yet */ }
+        const next: Record<string, number> = Object.create(null);
+        for (const [k, v] of Object.entries(data.next ?? {})) {
+          if (list.members.some((x) => x.name === k)) next[k] = Math.max(1, safeCount(v));
+        }
+        const invited: Record<string, true> = Object.create(null);
+        for (const k of Object.keys(data.invited ?? {})) invited[k] = true;
+        this.#rooms.set(list.roomId, this.#newRoom(list, data.creatorKey, { seq, next, invited }));
+      } catch (e) {
+        this.#host.emit({
+          type: "warning",
+          message: `Skipped the room file "${entry.name}": ${e instanceof Error ? e.message : e}`,
+        });
+      }
+    }
+  }
+
+  /** Connects to the members of every room we are in (the name that sorts first invites). */
+  start(): void {
+    for (const r of this.#rooms.values()) this.#connectMembers(r);
+  }
+
+  /** Stops re-invites and gap timers; writes what is unsaved. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    for (const d of this.#dialing.values()) clearTimeout(d.timer);
+    for (const r of this.#rooms.values()) for (const t of r.gaps.values()) clearTimeout(t);
+    await this.#flush();
+  }
+
+  // --- the commands
+
+  /** Creates the room `room` (`#name`) with us as its creator and only member. */
+  async create(room: string): Promise<RoomInfo> {
+    checkRoomName(room);
+    if (this.#byName(room)) throw new E2eError("ERR_USAGE", `You are already in ${room}`);
+    const self = this.#host.self;
+    const list = signList({
+      roomId: randomBytes(16).toString("hex"),
+      room,
+      creator: self,
+      version: 1,
+      members: [{ name: self, key: this.#ownKey(), since: 1 }],
+    }, this.#key());
+    const r = this.#newRoom(list, this.#ownKey());
+    r.next[self] = 1;
+    this.#rooms.set(list.roomId, r);
+    this.#invites.delete(room);
+    await this.#saveNow(r);
+    this.#host.emit({ type: "room_joined", room, members: [self] });
+    return this.members(room);
+  }
+
+  /**
+   * Invites `name` to `room` (creator only). Over an open connection the signed
+   * invitation goes at once; otherwise `name` is invited to connect first (as
+   * `/chat NAME`) and the room invitation follows their accept.
+   */
+  async invite(room: string, name: string): Promise<void> {
+    const r = this.#joined(room);
+    checkName(name);
+    this.#requireCreator(r, "adds members");
+    if (name === this.#host.self) throw new E2eError("ERR_USAGE", `You are in ${room} already`);
+    if (r.list.members.some((m) => m.name === name)) {
+      throw new E2eError("ERR_USAGE", `"${name}" is in ${room} already`);
+    }
+    if (r.list.members.length >= MAX_MEMBERS) {
+      throw new E2eError("ERR_USAGE", `${room} has ${MAX_MEMBERS} members, the most a room has`);
+    }
+    r.invited[name] = true;
+    await this.#saveNow(r);
+    // Connected: it goes now (or with their hello). Else they are invited to connect first,
+    // and the room invitation goes once they have accepted.
+    const conn = this.#host.peer(name);
+    if (conn) conn.sendRoom({ op: "invite", list: r.list });
+    else await this.#host.invite(name);
+  }
+
+  /** Accepts the invitation to `room`: the creator adds us, and `room_joined` follows. */
+  join(room: string): void {
+    checkRoomName(room);
+    if (this.#byName(room)) throw new E2eError("ERR_USAGE", `You are in ${room} already`);
+    const invite = this.#invites.get(room);
+    if (!invite) throw new E2eError("ERR_NOT_FOUND", `No invitation to ${room}`);
+    const conn = this.#host.peer(invite.from);
+    if (!conn?.sendRoom({ op: "join", roomId: invite.list.roomId })) {
+      throw new E2eError("ERR_NOT_FOUND", `Not connected to "${invite.from}", who invited you`, {
+        hint: `accept an invitation from "${invite.from}" first`,
+      });
+    }
+  }
+
+  /** Leaves `room`: the creator is told (and publishes the new list); we keep nothing of it. */
+  async leave(room: string): Promise<void> {
+    const r = this.#joined(room);
+    const self = this.#host.self;
+    if (r.list.creator === self && r.list.members.length > 1) {
+      throw new E2eError("ERR_USAGE", `You created ${room}: remove the others before you leave`);
+    }
+    const told = r.list.creator === self ||
+      this.#host.peer(r.list.creator)?.sendRoom({ op: "leave", roomId: r.list.roomId });
+    await this.#forget(r);
+    if (!told) {
+      this.#host.emit({
+        type: "warning",
+        message:
+          `"${r.list.creator}", who created ${room}, is not connected: the others keep you ` +
+          `in its member list until "${r.list.creator}" removes you (you get nothing of it)`,
+      });
+    }
+    this.#host.emit({ type: "room_member", room, name: self, change: "left" });
+  }
+
+  /** Removes `name` from `room` (creator only): a new list without them goes to every member. */
+  async remove(room: string, name: string): Promise<void> {
+    const r = this.#joined(room);
+    checkName(name);
+    this.#requireCreator(r, "removes members");
+    if (name === this.#host.self) {
+      throw new E2eError("ERR_USAGE", `You cannot remove yourself: /room leave ${room}`);
+    }
+    if (!r.list.members.some((m) => m.name === name)) {
+      if (r.invited[name]) {
+        delete r.invited[name];
+        await this.#saveNow(r);
+        return;
+      }
+      throw new E2eError("ERR_NOT_FOUND", `"${name}" is not in ${room}`);
+    }
+    await this.#publish(r, r.list.members.filter((m) => m.name !== name), {
+      name,
+      change: "removed",
+    });
+  }
+
+  /** The members of `room`, their key fingerprints, and the list's version and hash. */
+  members(room: string): RoomInfo {
+    const r = this.#joined(room);
+    return {
+      room,
+      roomId: r.list.roomId,
+      creator: r.list.creator,
+      version: r.list.version,
+      hash: listHash(r.list),
+      members: r.list.members.map((m) => ({
+        name: m.name,
+        keyFingerprint: keyFingerprintOf(m.key),
+      })),
+    };
+  }
+
+  /** The rooms we are in, and those we are invited to. */
+  list(): {
+    rooms: Array<{ room: string; members: number; version: number }>;
+    invitations: string[];
+  } {
+    return {
+      rooms: [...this.#rooms.values()].map((r) => ({
+        room: r.list.room,
+        members: r.list.members.length,
+        version: r.list.version,
+      })).sort((a, b) => (a.room < b.room ? -1 : 1)),
+      invitations: [...this.#invites.keys()],
+    };
+  }
+
+  /** Whether we are in `room`. */
+  has(room: string): boolean {
+    return this.#byName(room) !== undefined;
+  }
+
+  /**
+   * Sends `text` to `room`, signed, to every member connected now (the others
+   * get it from them); returns its id, `AUTHOR.SEQ`.
+   */
+  send(room: string, text: string): string {
+    const r = this.#joined(room);
+    if (text.length > MAX_ROOM_TEXT_CHARS) {
+      throw new E2eError(
+        "ERR_USAGE",
+        `Message too long: ${text.length} characters, at most ${MAX_ROOM_TEXT_CHARS}`,
+      );
+    }
+    const self = this.#host.self;
+    const seq = r.seq + 1;
+    const m = signMessage({
+      roomId: r.list.roomId,
+      room,
+      author: self,
+      seq,
+      version: r.list.version,
+      text,
+    }, this.#key());
+    // Written before it leaves: a restarted author never reuses a sequence number.
+    r.seq = seq;
+    this.#saveSeq(r);
+    r.next[self] = seq + 1;
+    this.#remember(r, m);
+    const id = `${self}.${seq}`;
+    this.#host.history.roomMessage({ id, room, from: self, text });
+    this.#host.emit({ type: "sent", to: room, id, text });
+    const targets = this.#connectedMembers(r, [self]);
+    const to = [self, ...targets.map((c) => c.name)];
+    for (const conn of targets) conn.sendRoom({ op: "msg", m, to });
+    this.#save(r);
+    return id;
+  }
+
+  // --- what the chat core tells us
+
+  /** A connection's hello arrived: exchange room state, and send the invitations it waits for. */
+  hello(conn: PeerConnection): void {
+    this.#unreachable.delete(conn.name);
+    if (!conn.rooms) return;
+    for (const r of this.#rooms.values()) {
+      if (this.#member(r, conn.name)) this.#sendState(r, conn);
+      else if (r.invited[conn.name] && r.list.creator === this.#host.self) {
+        conn.sendRoom({ op: "invite", list: r.list });
+      }
+    }
+  }
+
+  /** `name` disconnected: the member whose name sorts first invites again. */
+  disconnected(name: string): void {
+    if (this.#stopped) return;
+    if (this.#coMember(name) && this.#host.self < name) this.#dial(name);
+  }
+
+  /**
+   * An invitation from `name` arrived: accepted at once when `name` is a member
+   * of a room we are in (the signed list is our consent). Returns whether it was.
+   */
+  invited(name: string): boolean {
+    if (!this.#coMember(name) || this.#host.peer(name)) return false;
+    this.#host.accept(name).catch((e) => {
+      if (this.#unreachable.has(name)) return; // said once until a connection works
+      this.#unreachable.add(name);
+      this.#warn(`Cannot connect to "${name}", a room member`, e);
+    });
+    return true;
+  }
+
+  /** A `room` frame from a connected peer. Refusals are reported as warnings and change nothing. */
+  receive(conn: PeerConnection, body: RoomFrame): void {
+    try {
+      switch (body.op) {
+        case "invite":
+          return this.#onInvite(conn, body.list);
+        case "join":
+          return void this.#onJoin(conn, body.roomId).catch((e) => this.#refuse(conn, e));
+        case "leave":
+          return void this.#onLeave(conn, body.roomId).catch((e) => this.#refuse(conn, e));
+        case "list":
+          return this.#onList(conn, body.list);
+        case "msg":
+          return this.#onMessage(conn, body.m, body.to ?? [], body.fill === true);
+        case "state":
+          return this.#onState(conn, body);
+        case "want":
+          return this.#onWant(conn, body);
+      }
+    } catch (e) {
+      this.#refuse(conn, e);
+    }
+  }
+
+  // --- frames
+
+  #onInvite(conn: PeerConnection, list: SignedList): void {
+    const self = this.#host.self;
+    if (list.creator !== conn.name) throw refused("an invitation not from the room's creator");
+    const sent = (this.#invitesFrom.get(conn) ?? 0) + 1;
+    this.#invitesFrom.set(conn, sent);
+    if (sent > MAX_INVITES_PER_CONNECTION) {
+      throw refused(`more than ${MAX_INVITES_PER_CONNECTION} room invitations on one connection`);
+    }
+    const key = spkiOf(conn.certificate.x509.publicKey);
+    if (!verifyList(list, publicKeyOf(key))) {
+      throw refused("an invitation whose member list the creator did not sign");
+    }
+    if (list.members.find((m) => m.name === conn.name)?.key !== key) {
+      throw refused("an invitation whose member list gives its creator another key");
+    }
+    if (list.members.some((m) => m.name === self)) return; // we are in it already
+    if (this.#rooms.has(list.roomId)) return;
+    if (this.#byName(list.room)) {
+      throw refused(`an invitation to another room called ${list.room}, which you are in`);
+    }
+    const had = this.#invites.get(list.room);
+    if (had?.list.roomId === list.roomId && had.from === conn.name) {
+      had.list = list;
+      return; // the same invitation again (sent at every hello)
+    }
+    this.#invites.delete(list.room);
+    this.#invites.set(list.room, { list, from: conn.name, key });
+    while (this.#invites.size > MAX_ROOM_INVITES) {
+      this.#invites.delete(this.#invites.keys().next().value!);
+    }
+    this.#host.emit({ type: "room_invite", room: list.room, from: conn.name });
+  }
+
+  async #onJoin(conn: PeerConnection, roomId: string): Promise<void> {
+    const r = this.#rooms.get(roomId);
+    if (!r || r.list.creator !== this.#host.self) {
+      throw refused("a join for a room you did not create");
+    }
+    if (this.#member(r, conn.name)) return;
+    if (!r.invited[conn.name]) throw refused(`a join to ${r.list.room} without an invitation`);
+    if (r.list.members.length >= MAX_MEMBERS) {
+      throw refused(`a join to ${r.list.room}, which has ${MAX_MEMBERS} members`);
+    }
+    delete r.invited[conn.name];
+    const member: RoomMember = {
+      name: conn.name,
+      key: spkiOf(conn.certificate.x509.publicKey),
+      since: r.list.version + 1,
+    };
+    const members = [...r.list.members, member].sort((a, b) => (a.name < b.name ? -1 : 1));
+    await this.#publish(r, members, { name: conn.name, change: "joined" });
+  }
+
+  async #onLeave(conn: PeerConnection, roomId: string): Promise<void> {
+    const r = this.#rooms.get(roomId);
+    if (!r || r.list.creator !== this.#host.self) return; // not ours to change
+    if (!this.#member(r, conn.name) || conn.name === this.#host.self) return;
+    await this.#publish(r, r.list.members.filter((m) => m.name !== conn.name), {
+      name: conn.name,
+      change: "left",
+    });
+  }
+
+  #onList(conn: PeerConnection, list: SignedList): void {
+    const self = this.#host.self;
+    const r = this.#rooms.get(list.roomId);
+    if (!r) {
+      // Our join answered: the invitation named this creator and pinned its key.
+      const invite = this.#invites.get(list.room);
+      if (!invite || invite.list.roomId !== list.roomId) return; // a room we left, or never knew
+      if (list.creator !== invite.list.creator || !verifyList(list, publicKeyOf(invite.key))) {
+        throw refused(`a member list of ${list.room} the creator did not sign`);
+      }
+      const me = list.members.find((m) => m.name === self);
+      if (!me) return;
+      if (me.key !== this.#ownKey()) {
+        throw refused(`a member list of ${list.room} with another key for you`);
+      }
+      const room = this.#newRoom(list, invite.key);
+      this.#checkKeys(list, room);
+      room.next[self] = 1;
+      this.#rooms.set(list.roomId, room);
+      this.#invites.delete(list.room);
+      this.#save(room);
+      this.#host.emit({
+        type: "room_joined",
+        room: list.room,
+        members: list.members.map((m) => m.name),
+      });
+      for (const c of this.#connectedMembers(room, [self])) this.#sendState(room, c);
+      this.#connectMembers(room);
+      return;
+    }
+    if (!this.#member(r, conn.name)) {
+      throw refused(`a member list of ${r.list.room} from a non-member`);
+    }
+    if (list.creator !== r.list.creator || !verifyList(list, publicKeyOf(r.creatorKey))) {
+      throw refused(`a member list of ${r.list.room} the creator did not sign`);
+    }
+    if (list.room !== r.list.room) throw refused("a member list that renames the room");
+    if (list.version <= r.list.version) {
+      if (
+        list.version === r.list.version && list.sig !== r.list.sig &&
+        listHash(list) !== listHash(r.list)
+      ) {
+        throw refused(
+          `two different member lists of ${r.list.room} signed as version ${list.version}`,
+        );
+      }
+      return; // one we have, or older
+    }
+    const me = list.members.find((m) => m.name === self);
+    if (me && me.key !== this.#ownKey()) {
+      throw refused(`a member list of ${list.room} with another key for you`);
+    }
+    this.#apply(r, list);
+  }
+
+  #onMessage(conn: PeerConnection, m: SignedMessage, to: string[], fill: boolean): void {
+    const r = this.#rooms.get(m.roomId);
+    if (!r) return; // a room we left: nothing of it is shown
+    if (!this.#member(r, conn.name)) throw refused(`a message of ${r.list.room} from a non-member`);
+    const author = r.list.members.find((x) => x.name === m.author);
+    // Passed on before the sender had the list without them: not the sender's fault.
+    const late = r.former.has(m.author) && (!author || m.version < author.since);
+    if (late) return;
+    if (!author) throw refused(`a message in ${r.list.room} by "${m.author}", not a member`);
+    if (r.untrusted.has(author.name)) {
+      throw refused(
+        `a message in ${r.list.room} by "${m.author}", whose key is not the one you pinned`,
+      );
+    }
+    if (m.room !== r.list.room) throw refused(`a message of ${r.list.room} under another name`);
+    if (m.version < author.since) {
+      throw refused(`a message in ${r.list.room} by "${m.author}" from before they joined`);
+    }
+    if (!verifyMessage(m, this.#memberKey(r, author))) {
+      throw refused(
+        `a message in ${r.list.room} claiming to be by "${m.author}" whose signature does not verify`,
+      );
+    }
+    if (m.author === this.#host.self) return; // ours, passed back
+    // A member removed and added again starts again at 1: its `since` tells the two apart.
+    const key = `${m.roomId}:${m.author}@${author.since}.${m.seq}`;
+    const seen = this.#seenOn(conn);
+    const next = r.next[m.author];
+    const duplicate = (next !== undefined && m.seq < next) || r.held.get(m.author)?.has(m.seq) ||
+      r.buffer.has(`${m.author}.${m.seq}`);
+    if (duplicate) {
+      // Passed on by several members is normal; the same message twice on one connection is not.
+      if (!fill && seen.has(key)) {
+        throw refused(`a replay of message ${m.seq} by "${m.author}" in ${r.list.room}`);
+      }
+      seen.add(key);
+      return;
+    }
+    if (next !== undefined && m.seq >= next + MAX_HELD) {
+      throw refused(`message ${m.seq} by "${m.author}" in ${r.list.room}, too far ahead`);
+    }
+    seen.add(key);
+    if (seen.size > MAX_SEEN_PER_CONNECTION) seen.delete(seen.values().next().value!);
+    if (m.version > r.list.version) this.#sendState(r, conn); // they have a newer list: ask for it
+    this.#remember(r, m);
+    // Passed on to the members the sender did not reach.
+    const reached = new Set([...to, m.author, conn.name, this.#host.self]);
+    const targets = this.#connectedMembers(r, [...reached]).filter((c) => {
+      const member = r.list.members.find((x) => x.name === c.name)!;
+      return member.since <= m.version;
+    });
+    if (targets.length) {
+      const hint = [...new Set([...to, m.author, this.#host.self, ...targets.map((c) => c.name)])]
+        .slice(0, MAX_MEMBERS);
+      for (const c of targets) c.sendRoom({ op: "msg", m, to: hint });
+    }
+    let held = r.held.get(m.author);
+    if (!held) r.held.set(m.author, held = new Map());
+    held.set(m.seq, m);
+    if (next === undefined) r.next[m.author] = m.seq; // joined after them: start where we came in
+    this.#drain(r, m.author);
+  }
+
+  #onState(conn: PeerConnection, f: Extract<RoomFrame, { op: "state" }>): void {
+    const r = this.#rooms.get(f.roomId);
+    if (!r || !this.#member(r, conn.name) || !this.#allow(conn)) return;
+    // Lists first: messages are passed on only between members who hold the same list.
+    if (f.version < r.list.version) return void conn.sendRoom({ op: "list", list: r.list });
+    if (f.version > r.list.version) return this.#sendState(r, conn);
+    const member = r.list.members.find((x) => x.name === conn.name)!;
+    for (const m of r.buffer.values()) {
+      if (m.author === conn.name || m.version < member.since) continue;
+      if (!this.#member(r, m.author)) continue;
+      if (m.seq > (f.seen[m.author] ?? 0)) conn.sendRoom({ op: "msg", m, fill: true });
+    }
+  }
+
+  #onWant(conn: PeerConnection, f: Extract<RoomFrame, { op: "want" }>): void {
+    const r = this.#rooms.get(f.roomId);
+    if (!r || !this.#member(r, conn.name) || !this.#allow(conn)) return;
+    const member = r.list.members.find((x) => x.name === conn.name)!;
+    for (const seq of f.seqs) {
+      const m = r.buffer.get(`${f.author}.${seq}`);
+      if (m && m.version >= member.since) conn.sendRoom({ op: "msg", m, fill: true });
+    }
+  }
+
+  // --- order and gaps
+
+  // Shows an author's held messages that are next in sequence; asks for a gap, or reports it.
+  #drain(r: Room, author: string): void {
+    const held = r.held.get(author);
+    if (!held) return;
+    let next = r.next[author];
+    while (held.has(next)) {
+      const m = held.get(next)!;
+      held.delete(next);
+      const id = `${author}.${m.seq}`;
+      this.#host.history.roomMessage({ id, room: r.list.room, from: author, text: m.text });
+      this.#host.emit({ type: "room_message", room: r.list.room, from: author, text: m.text, id });
+      next++;
+    }
+    r.next[author] = next;
+    this.#save(r);
+    const timer = r.gaps.get(author);
+    if (held.size === 0) {
+      clearTimeout(timer);
+      r.gaps.delete(author);
+      return;
+    }
+    if (timer !== undefined) return;
+    const first = Math.min(...held.keys());
+    const missing = range(next, Math.min(first, next + MAX_WANT));
+    for (const c of this.#connectedMembers(r, [this.#host.self])) {
+      c.sendRoom({ op: "want", roomId: r.list.roomId, author, seqs: missing });
+    }
+    r.gaps.set(
+      author,
+      setTimeout(() => {
+        r.gaps.delete(author);
+        const h = r.held.get(author);
+        if (!h?.size || this.#rooms.get(r.list.roomId) !== r) return;
+        const lowest = Math.min(...h.keys());
+        if (lowest > r.next[author]) {
+          this.#host.emit({
+            type: "room_gap",
+            room: r.list.room,
+            from: author,
+            missing: range(r.next[author], lowest).slice(0, 1000),
+          });
+          r.next[author] = lowest;
+        }
+        this.#drain(r, author);
+      }, GAP_WAIT_MS),
+    );
+  }
+
+  // --- membership
+
+  // The creator's change: the new list, signed, applied here and sent to every member (and to
+  // the one removed, so it knows).
+  async #publish(r: Room, members: RoomMember[], change: MemberList["change"]): Promise<void> {
+    const list = signList({
+      roomId: r.list.roomId,
+      room: r.list.room,
+      creator: r.list.creator,
+      version: r.list.version + 1,
+      members,
+      change,
+    }, this.#key());
+    // Sent before it is applied here: our state frames that follow then meet the new list.
+    const to = new Set([...r.list.members.map((m) => m.name), ...members.map((m) => m.name)]);
+    to.delete(this.#host.self);
+    for (const name of to) this.#host.peer(name)?.sendRoom({ op: "list", list });
+    this.#apply(r, list);
+    await this.#saveNow(r);
+  }
+
+  // A newer list, checked: who joined and who went, and (when it is us who went) the end.
+  #apply(r: Room, list: SignedList): void {
+    const self = this.#host.self;
+    const before = new Map(r.list.members.map((m) => [m.name, m]));
+    const after = new Map(list.members.map((m) => [m.name, m]));
+    const room = list.room;
+    const changeOf = (name: string, fallback: "joined" | "removed") =>
+      list.change?.name === name ? list.change.change : fallback;
+    if (!after.has(self)) {
+      this.#forget(r).catch((e) => this.#warn(`Cannot forget ${room}`, e));
+      this.#host.emit({ type: "room_member", room, name: self, change: changeOf(self, "removed") });
+      return;
+    }
+    r.list = list;
+    for (const [name, old] of before) {
+      const now = after.get(name);
+      if (now && now.since === old.since && now.key === old.key) continue;
+      // Gone (or gone and added again): nothing more is taken under the old membership.
+      delete r.next[name];
+      r.held.delete(name);
+      for (const [k, m] of r.buffer) {
+        if (m.author !== name) continue;
+        r.buffer.delete(k);
+        r.bufferChars -= m.text.length;
+      }
+      r.keys.delete(name);
+      r.former.add(name);
+      clearTimeout(r.gaps.get(name));
+      r.gaps.delete(name);
+      if (!now) {
+        this.#host.emit({ type: "room_member", room, name, change: changeOf(name, "removed") });
+      }
+    }
+    for (const [name, m] of after) {
+      const old = before.get(name);
+      if (old && old.since === m.since && old.key === m.key) continue;
+      r.next[name] = 1; // we were there before they came: from their first message
+      this.#host.emit({ type: "room_member", room, name, change: "joined" });
+    }
+    this.#checkKeys(list, r);
+    this.#save(r);
+    for (const c of this.#connectedMembers(r, [self])) this.#sendState(r, c);
+    this.#connectMembers(r);
+  }
+
+  // A member whose key in the list is not the key pinned for them is not heard in the room.
+  #checkKeys(list: SignedList, r: Room): void {
+    for (const m of list.members) {
+      if (m.name === this.#host.self) continue;
+      const pinned = this.#host.pinned(m.name);
+      if (pinned && pinned !== keyFingerprintOf(m.key)) {
+        r.untrusted.add(m.name);
+        this.#host.emit({
+          type: "warning",
+          message: `The member list of ${list.room} gives "${m.name}" another key than the one ` +
+            `you pinned: nothing from "${m.name}" is shown in ${list.room}`,
+        });
+      } else r.untrusted.delete(m.name);
+    }
+  }
+
+  async #forget(r: Room): Promise<void> {
+    this.#rooms.delete(r.list.roomId);
+    for (const t of r.gaps.values()) clearTimeout(t);
+    this.#dirty.delete(r.list.roomId);
+    await this.#saving;
+    await Deno.remove(this.#file(r.list.roomId)).catch(() => {});
+    await Deno.remove(this.#seqFile(r.list.roomId)).catch(() => {});
+  }
+
+  // --- connections among members
+
+  #connectMembers(r: Room): void {
+    if (this.#stopped) return;
+    const self = this.#host.self;
+    const waiting = new Set(this.#host.invitations());
+    for (const m of r.list.members) {
+      if (m.name === self || this.#host.peer(m.name)) continue;
+      if (self < m.name) this.#dial(m.name);
+      else if (waiting.has(m.name)) this.invited(m.name);
+    }
+  }
+
+  // Invites a co-member through the CA; again, backing off, while they are not connected.
+  #dial(name: string): void {
+    if (this.#dialing.has(name)) return;
+    const state: { timer?: ReturnType<typeof setTimeout>; delay: number } = {
+      delay: DIAL_FIRST_MS,
+    };
+    this.#dialing.set(name, state);
+    const attempt = () => {
+      if (this.#stopped || this.#host.peer(name) || !this.#coMember(name)) {
+        this.#dialing.delete(name);
+        return;
+      }
+      this.#host.invite(name, true).catch(() => {/* the CA away: tried again below */});
+      state.timer = setTimeout(attempt, state.delay);
+      state.delay = Math.min(state.delay * 2, DIAL_MAX_MS);
+    };
+    attempt();
+  }
+
+  #coMember(name: string): boolean {
+    for (const r of this.#rooms.values()) if (this.#member(r, name)) return true;
+    return false;
+  }
+
+  // --- helpers
+
+  #newRoom(
+    list: SignedList,
+    creatorKey: string,
+    kept: { seq?: number; next?: Record<string, number>; invited?: Record<string, true> } = {},
+  ): Room {
+    return {
+      list,
+      creatorKey,
+      seq: kept.seq ?? 0,
+      next: kept.next ?? Object.create(null),
+      invited: kept.invited ?? Object.create(null),
+      keys: new Map(),
+      held: new Map(),
+      buffer: new Map(),
+      bufferChars: 0,
+      gaps: new Map(),
+      untrusted: new Set(),
+      former: new Set(),
+    };
+  }
+
+  #joined(room: string): Room {
+    checkRoomName(room);
+    const r = this.#byName(room);
+    if (!r) {
+      throw new E2eError("ERR_NOT_FOUND", `You are not in ${room}`, {
+        hint: this.#invites.has(room) ? `/room join ${room}` : `/room create ${room}`,
+      });
+    }
+    return r;
+  }
+
+  #byName(room: string): Room | undefined {
+    for (const r of this.#rooms.values()) if (r.list.room === room) return r;
+    return undefined;
+  }
+
+  #requireCreator(r: Room, what: string): void {
+    if (r.list.creator !== this.#host.self) {
+      throw new E2eError(
+        "ERR_FORBIDDEN",
+        `Only the creator of ${r.list.room}, "${r.list.creator}", ${what}`,
+      );
+    }
+  }
+
+  #member(r: Room, name: string): boolean {
+    return r.list.members.some((m) => m.name === name);
+  }
+
+  #memberKey(r: Room, m: RoomMember): KeyObject {
+    let key = r.keys.get(m.name);
+    if (!key) r.keys.set(m.name, key = publicKeyOf(m.key));
+    return key;
+  }
+
+  // Open connections, taking rooms, to members other than `except`.
+  #connectedMembers(r: Room, except: string[]): PeerConnection[] {
+    const out: PeerConnection[] = [];
+    for (const m of r.list.members) {
+      if (except.includes(m.name)) continue;
+      const c = this.#host.peer(m.name);
+      if (c?.rooms) out.push(c);
+    }
+    return out;
+  }
+
+  #sendState(r: Room, conn: PeerConnection): void {
+    const seen: Record<string, number> = {};
+    for (const [author, next] of Object.entries(r.next)) seen[author] = next - 1;
+    seen[this.#host.self] = r.seq;
+    conn.sendRoom({ op: "state", roomId: r.list.roomId, version: r.list.version, seen });
+  }
+
+  #remember(r: Room, m: SignedMessage): void {
+    const key = `${m.author}.${m.seq}`;
+    if (r.buffer.has(key)) return;
+    r.buffer.set(key, m);
+    r.bufferChars += m.text.length;
+    while (r.buffer.size > ROOM_BUFFER || r.bufferChars > ROOM_BUFFER_CHARS) {
+      const [oldest, old] = r.buffer.entries().next().value!;
+      r.buffer.delete(oldest);
+      r.bufferChars -= old.text.length;
+    }
+  }
+
+  #seenOn(conn: PeerConnection): Set<string> {
+    let seen = this.#seen.get(conn);
+    if (!seen) this.#seen.set(conn, seen = new Set());
+    return seen;
+  }
+
+  // Whether a connection's `want` or `state` is taken now (a bounded rate per connection).
+  #allow(conn: PeerConnection): boolean {
+    const second = Math.floor(Date.now() / 1000);
+    const r = this.#requests.get(conn);
+    if (!r || r.second !== second) {
+      this.#requests.set(conn, { second, count: 1 });
+      return true;
+    }
+    return ++r.count <= REQUESTS_PER_SECOND;
+  }
+
+  #key(): KeyObject {
+    return this.#signing ??= createPrivateKey(this.#host.privateKey());
+  }
+
+  #ownKey(): string {
+    return spkiOf(createPublicKey(this.#key()));
+  }
+
+  #refuse(conn: PeerConnection, e: unknown): void {
+    const n = (this.#reports.get(conn) ?? 0) + 1;
+    this.#reports.set(conn, n);
+    if (n > MAX_REPORTS + 1) return;
+    this.#host.emit({
+      type: "warning",
+      message: n > MAX_REPORTS
+        ? `More room frames from "${conn.name}" were refused; not shown`
+        : `${e instanceof Error ? e.message : e} (from "${conn.name}")`,
+    });
+  }
+
+  #warn(what: string, e: unknown): void {
+    this.#host.emit({ type: "warning", message: `${what}: ${e instanceof Error ? e.message : e}` });
+  }
+
+  // --- state on disk
+
+  #file(roomId: string): string {
+    return join(this.#host.dir, `${roomId}.json`);
+  }
+
+  #seqFile(roomId: string): string {
+    return join(this.#host.dir, `${roomId}.seq`);
+  }
+
+  // Our sequence number, written at once (synchronously: no await between it and the send).
+  #saveSeq(r: Room): void {
+    const file = this.#seqFile(r.list.roomId);
+    const tmp = `${file}.tmp`;
+    try {
+      Deno.writeTextFileSync(tmp, String(r.seq), { mode: 0o600 });
+      Deno.renameSync(tmp, file);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+      Deno.mkdirSync(this.#host.dir, { recursive: true, mode: 0o700 });
+      Deno.writeTextFileSync(tmp, String(r.seq), { mode: 0o600 });
+      Deno.renameSync(tmp, file);
+    }
+  }
+
+  #save(r: Room): void {
+    this.#dirty.add(r.list.roomId);
+    if (this.#saveScheduled) return;
+    this.#saveScheduled = true;
+    this.#saving = this.#saving.then(() => new Promise((resolve) => setTimeout(resolve, 20)))
+      .then(() => this.#writeDirty());
+  }
+
+  async #saveNow(r: Room): Promise<void> {
+    this.#dirty.add(r.list.roomId);
+    await this.#flush();
+  }
+
+  async #flush(): Promise<void> {
+    this.#saving = this.#saving.then(() => this.#writeDirty());
+    await this.#saving;
+  }
+
+  async #writeDirty(): Promise<void> {
+    this.#saveScheduled = false;
+    const ids = [...this.#dirty];
+    this.#dirty.clear();
+    if (!ids.length) return;
+    try {
+      await ensurePrivateDir(this.#host.dir);
+      for (const id of ids) {
+        const r = this.#rooms.get(id);
+        if (!r) continue;
+        const data = {
+          v: 1,
+          list: r.list,
+          creatorKey: r.creatorKey,
+          seq: r.seq,
+          next: r.next,
+          invited: r.invited,
+        };
+        // Not fsynced: the list can be had again from the members, and our sequence number
+        // has its own file.
+        await writeFileAtomic(this.#file(id), JSON.stringify(data) + "\n", {
+          mode: 0o600,
+          durable: false,
+        });
+      }
+    } catch (e) {
+      this.#warn("Cannot save the rooms", e);
+    }
+  }
+}
+
+function refused(why: string): E2eError {
+  return new E2eError("ERR_FORBIDDEN", `Refused ${why}`);
+}
+
+function range(from: number, to: number): number[] {
+  const out: number[] = [];
+  for (let i = from; i < to; i++) out.push(i);
+  return out;
+}
+
+function safeCount(value: unknown): number {
+  return typeof value === "number" && Number.isSafeInteger(value) && value >= 0 ? value : 0;
+}
