@@ -24,6 +24,7 @@ function fakeChat(root: string, downloads: string) {
     offers: () => [],
     logAlarms: () => [],
     conversations: () => Promise.resolve([]),
+    rooms: { list: () => [] },
     sendFile: async (to: string, path: string) => {
       const dir = path.slice(0, path.lastIndexOf("/"));
       sent.push({
@@ -118,6 +119,7 @@ function operate(
       origin: `http://127.0.0.1:${web.port}`,
     });
     ws.on("error", reject);
+    ws.on("close", (code: number) => reject(new Error(`the WebSocket closed (${code})`)));
     ws.on("open", () => ws.send(JSON.stringify({ id: 1, ...op })));
     ws.on("message", (data: Uint8Array) => {
       const m = JSON.parse(new TextDecoder().decode(data));
