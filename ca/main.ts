@@ -26,7 +26,7 @@ import { exists } from "../lib/fs.ts";
 import { formatInvite } from "../lib/invite.ts";
 import { checkName } from "../lib/names.ts";
 import { InviteStore, parseDuration } from "./invites.ts";
-import { CaService, DEFAULT_PORT } from "./service.ts";
+import { CaService, DEFAULT_PORT, type ServeOptions } from "./service.ts";
 import { CaPaths } from "./home.ts";
 import { Buffer } from "node:buffer";
 import { pemEncode } from "../lib/pem.ts";
@@ -36,9 +36,14 @@ const USAGE = `Usage: deno task ca [command] [options]
 
 Commands:
   serve   [--host 127.0.0.1] [--port 65433] [--name HOST]... [--rendezvous-ttl 5m]
-          [--crl-port 65434]
+          [--crl-port 65434] [--relay-pairs 8] [--relay-total N] [--relay-idle 5m]
+          [--relay-day-mib 1024]
           Run the CA service (HTTPS), and the CRL over plain HTTP on --crl-port
           (the URL every certificate issued names; the first --name is its host).
+          The relay joins members who cannot connect directly: at most
+          --relay-pairs sessions per member, --relay-total in all (default a
+          quarter of the connection cap), closed after --relay-idle without a
+          byte, and --relay-day-mib MiB per member per UTC day.
           The default command; creates the CA first when there is none.
   invite  NAME [--ttl 24h] [--url HOST:PORT]
           Print a single-use invite URL for NAME to enroll with.
@@ -79,6 +84,28 @@ function main(args: string[]): Promise<number> {
   });
 }
 
+// The relay's caps from `serve`'s flags; each flag left out keeps its default (ca/relay.ts).
+function relayOptions(values: {
+  "relay-pairs"?: string;
+  "relay-total"?: string;
+  "relay-idle"?: string;
+  "relay-day-mib"?: string;
+}): ServeOptions["relay"] {
+  const positive = (value: string | undefined, flag: string) => {
+    const n = intOption(value, flag);
+    if (n === 0) throw new E2eError("ERR_USAGE", `${flag} takes a whole number above 0`);
+    return n;
+  };
+  const mib = positive(values["relay-day-mib"], "--relay-day-mib");
+  const options = {
+    pairsPerMember: positive(values["relay-pairs"], "--relay-pairs"),
+    maxPairs: positive(values["relay-total"], "--relay-total"),
+    idleMs: values["relay-idle"] ? parseDuration(values["relay-idle"]) : undefined,
+    bytesPerDay: mib === undefined ? undefined : mib * 1024 * 1024,
+  };
+  return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
+}
+
 async function serve(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, {
     ...COMMON,
@@ -88,6 +115,10 @@ async function serve(args: string[]): Promise<number> {
     "rendezvous-ttl": { type: "string" },
     "enroll-rate": { type: "string" },
     "crl-port": { type: "string" },
+    "relay-pairs": { type: "string" },
+    "relay-total": { type: "string" },
+    "relay-idle": { type: "string" },
+    "relay-day-mib": { type: "string" },
   });
   if (values.help) return await help();
   noPositionals(positionals);
@@ -120,6 +151,7 @@ async function serve(args: string[]): Promise<number> {
     rendezvousTtlMs: values["rendezvous-ttl"] ? parseDuration(values["rendezvous-ttl"]) : undefined,
     enrollPerMinute: intOption(values["enroll-rate"], "--enroll-rate"),
     crlPort,
+    relay: relayOptions(values),
   });
   await out(
     `e2e-chat CA service listening on ${service.url}\n` +
