@@ -12,7 +12,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { Buffer } from "node:buffer";
 import { CertificateAuthority } from "../ca/authority.ts";
-import { CaService } from "../ca/service.ts";
+import { CaService, type ServeOptions } from "../ca/service.ts";
 import { CaClient } from "../client/ca_client.ts";
 import { Chat } from "../client/chat.ts";
 import type { CoreEvent } from "../client/events.ts";
@@ -110,11 +110,19 @@ interface Tapped {
 /** A CA and its service in this process, with the relay's test tap. */
 async function withTappedService(
   fn: (
-    ctx: { ca: CertificateAuthority; service: CaService; dir: string; tapped: Tapped[] },
+    ctx: {
+      ca: CertificateAuthority;
+      service: CaService;
+      dir: string;
+      tapped: Tapped[];
+      logs: string[];
+    },
   ) => Promise<void>,
+  options: ServeOptions = {},
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "e2e-chat-relay-test-" });
   const tapped: Tapped[] = [];
+  const logs: string[] = [];
   let service: CaService | undefined;
   try {
     const ca = await CertificateAuthority.init(join(dir, "ca-home"), PASSPHRASE, {
@@ -123,10 +131,14 @@ async function withTappedService(
     service = await CaService.start(ca, {
       port: 0,
       crlPort: 0,
-      log: () => {},
-      relay: { tap: (chunk, from) => tapped.push({ from, chunk: new Uint8Array(chunk) }) },
+      log: (line) => logs.push(line),
+      ...options,
+      relay: {
+        ...options.relay,
+        tap: (chunk, from) => tapped.push({ from, chunk: new Uint8Array(chunk) }),
+      },
     });
-    await fn({ ca, service, dir, tapped });
+    await fn({ ca, service, dir, tapped, logs });
   } finally {
     await service?.close();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
@@ -214,7 +226,7 @@ function tlsRecords(bytes: Uint8Array): Array<{ type: number; length: number }> 
 }
 
 Deno.test("what crosses the relay for a relayed chat is TLS records between the peers, whose contents never hold the messages or the file", async () => {
-  await withTappedService(async ({ ca, dir, tapped }) => {
+  await withTappedService(async ({ ca, dir, tapped, logs }) => {
     const aliceEvents: CoreEvent[] = [];
     const bobEvents: CoreEvent[] = [];
     const alice = await startChat(ca, dir, "alice", aliceEvents, { noListen: true });
@@ -255,8 +267,40 @@ Deno.test("what crosses the relay for a relayed chat is TLS records between the 
       }
       const total = tapped.reduce((n, t) => n + t.chunk.length, 0);
       assert.ok(total > data.length, `only ${total} bytes crossed the relay`);
+      // The service's log names who and when, never what.
+      assert.ok(
+        logs.includes("e2e-chat-ca: relay opened bob<->alice invitation 1"),
+        logs.join("\n"),
+      );
+      assert.ok(!logs.some((l) => l.includes(secret) || l.includes(reply)));
     } finally {
       await Promise.all([alice.stop(), bob.stop()]);
     }
   });
+});
+
+Deno.test("a spliced pair outlives the service's idle limit for requests: the relay's own idle time applies", async () => {
+  await withTappedService(async ({ ca, service }) => {
+    const anchor = trustAnchor(ca.certificate.pem);
+    const [alice, bob] = await Promise.all(["alice", "bob"].map((n) => member(ca, n)));
+    const { id } = await new CaClient(service.url, anchor, alice).offer("bob");
+    const [atBob, atAlice] = await Promise.all([
+      dialRelay(service.url, anchor, id, { own: bob }),
+      dialRelay(service.url, anchor, id, { own: alice }),
+    ]);
+    try {
+      const got = new Promise<string>((resolve) => {
+        atAlice.once("data", (d: Uint8Array) => resolve(new TextDecoder().decode(d)));
+        atAlice.once("close", () => resolve("(alice's connection closed)"));
+      });
+      // Idle for three times the service's request idle limit, then bytes still flow.
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      atAlice.resume();
+      atBob.write("still here");
+      assert.equal(await got, "still here");
+    } finally {
+      atBob.destroy();
+      atAlice.destroy();
+    }
+  }, { idleTimeoutMs: 200 });
 });
