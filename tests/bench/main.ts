@@ -8,7 +8,8 @@
  *     deno task bench --only chat,join
  *
  * Sections: enroll (RSA-4096 and EC P-256 CAs), scale (enroll_at_scale),
- * chat (connect, rtt, msgs, file), web (web_rtt beside the JSON face), join (keygen/join)
+ * chat (connect, rtt, msgs, file), relay (file and rtt through the CA's relay beside direct),
+ * web (web_rtt beside the JSON face), join (keygen/join)
  * and log (the issuance log's cost on signing, proof size and checks at 100,000 entries,
  * client audit). Everything runs in a
  * temporary folder with real processes; the folder is removed and every
@@ -24,12 +25,13 @@ import { benchChat, type ChatSizes } from "./chat.ts";
 import { benchEnroll, benchEnrollAtScale, type EnrollSizes } from "./enroll.ts";
 import { benchJoin } from "./join.ts";
 import { benchLog, type LogSizes } from "./log.ts";
+import { benchRelay } from "./relay.ts";
 import { benchWeb, type WebSizes } from "./web.ts";
 import { readProc, run, stopAll } from "./_procs.ts";
 import { Report } from "./_report.ts";
 import { type Service, Workspace } from "./_world.ts";
 
-const SECTIONS = ["enroll", "scale", "chat", "web", "join", "log"] as const;
+const SECTIONS = ["enroll", "scale", "chat", "relay", "web", "join", "log"] as const;
 type Section = typeof SECTIONS[number];
 
 /** Sizes of one run. */
@@ -165,7 +167,9 @@ export async function main(args: string[]): Promise<number> {
     },
   });
   if (values.help) {
-    stdout("Usage: deno task bench [--quick] [--json] [--only enroll,scale,chat,web,join,log]\n");
+    stdout(
+      "Usage: deno task bench [--quick] [--json] [--only enroll,scale,chat,relay,web,join,log]\n",
+    );
     return 0;
   }
   const only = (values.only ?? SECTIONS.join(",")).split(",").map((s) => s.trim());
@@ -216,6 +220,7 @@ export async function main(args: string[]): Promise<number> {
     },
     scale: () => benchEnrollAtScale(ws, report, set.enroll),
     chat: async () => benchChat(ws, report, set.chat, await mainService()),
+    relay: async () => benchRelay(ws, report, set.chat, await mainService()),
     web: async () => benchWeb(ws, report, set.web, await mainService()),
     join: async () => benchJoin(ws, report, set.joinRounds, await mainService()),
     log: () => benchLog(ws, report, set.log),
