@@ -129,6 +129,7 @@ async function serve(args: string[]): Promise<number> {
   if (crlPort !== undefined && crlPort > 65535) {
     throw new E2eError("ERR_USAGE", "--crl-port takes a number from 0 to 65535");
   }
+  const relay = relayOptions(values);
   let ca: CertificateAuthority;
   if (!await exists(new CaPaths(home).cert)) {
     await err(`e2e-chat: no CA in ${home}; creating one\n`);
@@ -151,7 +152,7 @@ async function serve(args: string[]): Promise<number> {
     rendezvousTtlMs: values["rendezvous-ttl"] ? parseDuration(values["rendezvous-ttl"]) : undefined,
     enrollPerMinute: intOption(values["enroll-rate"], "--enroll-rate"),
     crlPort,
-    relay: relayOptions(values),
+    relay,
   });
   await out(
     `e2e-chat CA service listening on ${service.url}\n` +

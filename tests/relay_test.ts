@@ -22,8 +22,8 @@ import { parseInvite } from "../lib/invite.ts";
 import { type Credentials, trustAnchor } from "../lib/tls.ts";
 import { ChatClient, connect, e2eError, stopAll, waitUntil } from "./_harness.ts";
 import { joinUser, selfSigned } from "./_chat_helpers.ts";
-import { makeCsr, PASSPHRASE } from "./_helpers.ts";
-import { makeInvite, withService } from "./_service_helpers.ts";
+import { makeCsr, PASSPHRASE, runCa, withTempDir } from "./_helpers.ts";
+import { makeInvite, runClient, withService } from "./_service_helpers.ts";
 
 const MiB = 1024 * 1024;
 
@@ -75,12 +75,23 @@ Deno.test("a client started with --no-listen is reached through the relay: messa
   });
 });
 
-Deno.test("--relay never refuses to reach a client that does not listen, with ERR_NETWORK and a hint", async () => {
+Deno.test("--relay never refuses to reach a client that does not listen, and contradictory relay flags are usage errors", async () => {
   await withService(async (service, dir) => {
     const [aliceUser, bobUser] = await Promise.all([
       joinUser(service, "alice", join(dir, "alice")),
       joinUser(service, "bob", join(dir, "bob")),
     ]);
+    // Flags that cannot work together, or a mode that does not exist, are usage errors.
+    const usage: Array<[string[], string]> = [
+      [["--no-listen", "--relay", "never"], "--no-listen needs the relay: not with --relay never"],
+      [["--no-listen", "--listen", "127.0.0.1:0"], "--no-listen and --listen exclude each other"],
+      [["--relay", "sometimes"], 'Unknown relay mode "sometimes"'],
+    ];
+    for (const [flags, message] of usage) {
+      const result = await runClient(aliceUser.home, ["chat", "--json", ...flags]);
+      assert.equal(result.code, 2, result.stderr);
+      assert.ok(result.stderr.includes(`e2e-chat: error: ${message}`), result.stderr);
+    }
     let alice: ChatClient | undefined;
     let bob: ChatClient | undefined;
     try {
@@ -303,4 +314,22 @@ Deno.test("a spliced pair outlives the service's idle limit for requests: the re
       atAlice.destroy();
     }
   }, { idleTimeoutMs: 200 });
+});
+
+Deno.test("ca serve refuses relay caps that are not whole numbers above 0, or a bad idle time, before it opens the CA", async () => {
+  await withTempDir(async (dir) => {
+    const home = join(dir, "no-ca-yet");
+    const cases: Array<[string[], string]> = [
+      [["--relay-pairs", "0"], "--relay-pairs takes a whole number above 0"],
+      [["--relay-total", "x"], '--relay-total takes a whole number, not "x"'],
+      [["--relay-day-mib", "0"], "--relay-day-mib takes a whole number above 0"],
+      [["--relay-idle", "5"], 'Invalid duration "5"'],
+    ];
+    for (const [flags, message] of cases) {
+      const result = await runCa(home, ["serve", "--port", "0", ...flags]);
+      assert.equal(result.code, 2, result.stderr);
+      assert.ok(result.stderr.includes(`e2e-chat: error: ${message}`), result.stderr);
+    }
+    assert.equal(await Deno.stat(home).then(() => true, () => false), false, "no CA was made");
+  });
 });
