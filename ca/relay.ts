@@ -185,7 +185,12 @@ export class Relay {
       ...side,
       timer: setTimeout(() => {
         this.#unwait(waiting);
-        reply(side.socket, 504, "ERR_NETWORK", `"${side.peer}" did not come to the relay in time`);
+        relayError(
+          side.socket,
+          504,
+          "ERR_NETWORK",
+          `"${side.peer}" did not come to the relay in time`,
+        );
       }, this.waitMs),
       onClose: () => this.#unwait(waiting),
     };
@@ -307,12 +312,12 @@ export class Relay {
  * @example
  * ```ts
  * import net from "node:net";
- * import { reply } from "./relay.ts";
+ * import { relayError } from "./relay.ts";
  * const socket = net.connect(65433, "127.0.0.1");
- * reply(socket, 404, "ERR_NOT_FOUND", "No pending invitation 7");
+ * relayError(socket, 404, "ERR_NOT_FOUND", "No pending invitation 7");
  * ```
  */
-export function reply(socket: Socket, status: number, code: string, message: string): void {
+export function relayError(socket: Socket, status: number, code: string, message: string): void {
   if (socket.destroyed) return;
   const body = JSON.stringify({ error: { code, message } }) + "\n";
   const bytes = new TextEncoder().encode(body);

@@ -43,7 +43,7 @@ import { type CrlListener, startCrlListener } from "./crl_listener.ts";
 import { InviteStore } from "./invites.ts";
 import { CRL_URL_PATH } from "./policy.ts";
 import { RateLimiter } from "./rate_limit.ts";
-import { Relay, RELAY_PROTOCOL, type RelayOptions, relayPairBudget, reply } from "./relay.ts";
+import { Relay, RELAY_PROTOCOL, relayError, type RelayOptions, relayPairBudget } from "./relay.ts";
 import { Rendezvous } from "./rendezvous.ts";
 
 /** The port the service listens on when none is given. */
@@ -371,7 +371,7 @@ async function serveRelay(
     if (typeof joined === "object") {
       status = joined.status;
       code = joined.code;
-      reply(socket, joined.status, joined.code, joined.message);
+      relayError(socket, joined.status, joined.code, joined.message);
     } else {
       outcome = ` (${joined})`;
       // The recipient waits: the inviter learns of it in its long poll, and comes.
@@ -383,7 +383,7 @@ async function serveRelay(
     const error = errorReply(e);
     status = error.status;
     code = error.code;
-    reply(socket, error.status, error.code, JSON.parse(error.body).error.message);
+    relayError(socket, error.status, error.code, JSON.parse(error.body).error.message);
     if (status === 500) log(`e2e-chat-ca: internal error: ${e instanceof Error ? e.stack : e}`);
   } finally {
     const ms = (performance.now() - started).toFixed(1);
