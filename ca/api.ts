@@ -313,11 +313,12 @@ async function pending(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
       peer: await logged(ctx, certificate),
     });
   }
-  // Someone waits for us at the relay (docs/API.md "Relay").
+  // Someone waits for us at the relay (docs/API.md "Relay"); listed only when there is one.
   const asked = ctx.rendezvous.relays(user, after);
+  for (const r of asked) r.delivered = true;
   const relays = asked.map((r) => ({ id: r.id, invitation: r.invitation, from: r.from }));
   const cursor = [...found, ...asked].reduce((max, i) => Math.max(max, i.id), after);
-  return { ...json(200, { invitations, relays, cursor }), user };
+  return { ...json(200, { invitations, ...(relays.length ? { relays } : {}), cursor }), user };
 }
 
 /** A caller of `GET /v1/relay`, authorized: a current member and a party of the invitation. */

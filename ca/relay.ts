@@ -28,6 +28,11 @@ export const RELAY_IDLE_MS = 5 * 60_000;
 export const RELAY_BYTES_PER_DAY = 1024 ** 3;
 /** How long the first side waits for the other, in ms. */
 export const RELAY_WAIT_MS = 30_000;
+/**
+ * How long the inviter has to pick up a relay request (in its long poll, which
+ * a running client keeps open) before the waiting side is told it is not online, in ms.
+ */
+export const RELAY_PICKUP_MS = 5_000;
 /** The protocol of the `Upgrade:` header. */
 export const RELAY_PROTOCOL = "e2e-chat-relay/1";
 
@@ -197,6 +202,27 @@ export class Relay {
     side.socket.once("close", waiting.onClose);
     this.#waiting.set(side.invitation, waiting);
     return "waiting";
+  }
+
+  /**
+   * Ends the wait of the side waiting for `invitation` with a 404 after `ms`
+   * unless `came()` says the other side learnt of it by then (a client that is
+   * not running never will: there is no point in waiting the full time).
+   */
+  awaitPickup(invitation: number, came: () => boolean, ms: number = RELAY_PICKUP_MS): void {
+    const waiting = this.#waiting.get(invitation);
+    if (!waiting) return;
+    const timer = setTimeout(() => {
+      if (came() || this.#waiting.get(invitation) !== waiting) return;
+      this.#unwait(waiting);
+      relayError(
+        waiting.socket,
+        404,
+        "ERR_NOT_FOUND",
+        `"${waiting.peer}" is not online to come to the relay`,
+      );
+    }, ms);
+    waiting.socket.once("close", () => clearTimeout(timer));
   }
 
   /** Closes every session (at shutdown). */

@@ -193,3 +193,22 @@ Deno.test("relayPairBudget() is a quarter of the connection cap, at least 1", ()
   assert.equal(relayPairBudget(8), 2);
   assert.equal(relayPairBudget(2), 1);
 });
+
+Deno.test("Relay.awaitPickup() ends a wait with a 404 when the other side did not learn of it in time, and leaves it alone when it did", async () => {
+  await withSockets(async (pair) => {
+    const relay = new Relay();
+    const [b, bob] = await pair();
+    const [c, carol] = await pair();
+    assert.equal(relay.join(side(b, 1, "bob", "alice")), "waiting");
+    assert.equal(relay.join(side(c, 2, "carol", "alice")), "waiting");
+    relay.awaitPickup(1, () => false, 50);
+    relay.awaitPickup(2, () => true, 50);
+    await bob.closed;
+    assert.match(bob.received(), /^HTTP\/1\.1 404 Not Found\r\n/);
+    assert.match(bob.received(), /"alice\\" is not online to come to the relay"/);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(carol.received(), "", "carol still waits");
+    assert.equal(relay.pairs, 1);
+    relay.close();
+  });
+});

@@ -50,6 +50,8 @@ export interface RelayRequest {
   to: string;
   /** When the request lapses. */
   expiresAt: Date;
+  /** Whether the inviter's long poll has returned it (set by the API). */
+  delivered: boolean;
 }
 
 /** Options of {@linkcode Rendezvous}. */
@@ -145,6 +147,7 @@ export class Rendezvous {
       from: invitation.to,
       to: invitation.from,
       expiresAt: new Date(Date.now() + ms),
+      delivered: false,
     };
     this.#relays.push(request);
     for (const wake of this.#waiters.get(request.to) ?? []) wake();

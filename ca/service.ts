@@ -376,7 +376,8 @@ async function serveRelay(
       outcome = ` (${joined})`;
       // The recipient waits: the inviter learns of it in its long poll, and comes.
       if (joined === "waiting" && user === party.invitation.to) {
-        ctx.rendezvous.requestRelay(party.invitation, relay.waitMs);
+        const request = ctx.rendezvous.requestRelay(party.invitation, relay.waitMs);
+        relay.awaitPickup(party.invitation.id, () => request.delivered);
       }
     }
   } catch (e) {

@@ -334,6 +334,7 @@ export class Chat {
       tls13Only: true,
     });
     const { host, port } = invitation;
+    let direct = "";
     if (port !== undefined && host !== undefined && this.#relay !== "always") {
       try {
         const socket = await connectTls(
@@ -342,13 +343,17 @@ export class Chat {
         );
         return { socket, via: "direct" };
       } catch (e) {
+        const why = e instanceof Error ? e.message : String(e);
         if (this.#relay === "never") {
           throw new E2eError(
             "ERR_NETWORK",
-            `Cannot connect to "${name}" at ${host}:${port}: ${e instanceof Error ? e.message : e}`,
-            { hint: "without --relay never, the CA's relay is tried next" },
+            `Cannot connect to "${name}" at ${host}:${port}: ${why}`,
+            {
+              hint: "without --relay never, the CA's relay is tried next",
+            },
           );
         }
+        direct = ` at ${host}:${port} (${why}), nor`;
       }
     } else if (this.#relay === "never") {
       throw new E2eError(
@@ -357,23 +362,19 @@ export class Chat {
         { hint: "leave out --relay never" },
       );
     }
-    let outer: tls.TLSSocket;
+    let outer: tls.TLSSocket | undefined;
     try {
       outer = await this.#ca.relay(invitation.id);
-    } catch (e) {
-      if (!(e instanceof E2eError)) throw e;
-      throw new E2eError("ERR_NETWORK", `Cannot meet "${name}" at the relay: ${e.message}`, {
-        cause: e,
-      });
-    }
-    try {
       const socket = await connectTls({ ...options, socket: outer }, HANDSHAKE_TIMEOUT_MS);
       return { socket, via: "relay" };
     } catch (e) {
-      outer.destroy();
+      outer?.destroy();
       throw new E2eError(
         "ERR_NETWORK",
-        `Cannot connect to "${name}" through the relay: ${e instanceof Error ? e.message : e}`,
+        `Cannot connect to "${name}"${direct} through the relay: ${
+          e instanceof Error ? e.message : e
+        }`,
+        { cause: e },
       );
     }
   }

@@ -118,6 +118,34 @@ interface Tapped {
   chunk: Uint8Array;
 }
 
+Deno.test("bob's /accept of an inviter that is gone fails within seconds: the relay says it is not online", async () => {
+  await withService(async (service, dir) => {
+    const [aliceUser, bobUser] = await Promise.all([
+      joinUser(service, "alice", join(dir, "alice")),
+      joinUser(service, "bob", join(dir, "bob")),
+    ]);
+    let alice: ChatClient | undefined;
+    let bob: ChatClient | undefined;
+    try {
+      alice = await ChatClient.start(aliceUser, { args: ["--no-listen"] });
+      bob = await ChatClient.start(bobUser);
+      await alice.send("/chat bob");
+      await bob.expect({ type: "invite", from: "alice" });
+      await alice.kill("SIGKILL");
+      await bob.send("/accept alice");
+      const error = await bob.expect({ type: "error" });
+      assert.equal(
+        error.message,
+        'Cannot connect to "alice" through the relay: ' +
+          'The relay refused: "alice" is not online to come to the relay',
+      );
+      await bob.expectNone(0, { type: "connected" }, 100);
+    } finally {
+      await stopAll([alice, bob]);
+    }
+  });
+});
+
 /** A CA and its service in this process, with the relay's test tap. */
 async function withTappedService(
   fn: (
