@@ -281,7 +281,11 @@ export class Relay {
     this.#log(
       `e2e-chat-ca: relay opened ${first.name}<->${second.name} invitation ${first.invitation}`,
     );
-    for (const side of [first, second]) side.socket.write(SWITCHING);
+    for (const side of [first, second]) {
+      // Records go on as they come: a chat message is a small write, and Nagle would hold it.
+      side.socket.setNoDelay(true);
+      side.socket.write(SWITCHING);
+    }
     const count = (from: RelaySide, to: RelaySide, key: "a" | "b", chunk: Uint8Array) => {
       s.active = Date.now();
       s.bytes[key] += chunk.length;

@@ -141,6 +141,7 @@ function switched(socket: tls.TLSSocket, timeoutMs: number): Promise<tls.TLSSock
       status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(statusLine)?.[1] ?? 0);
       if (status !== 101) return;
       done();
+      socket.setNoDelay(true); // the peer TLS inside sends small records: none is held back
       socket.pause();
       const rest = buffered.subarray(end);
       if (rest.length) socket.unshift(rest);

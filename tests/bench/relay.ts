@@ -76,11 +76,17 @@ export async function benchRelay(
       }
       return { via, alice, bob, connectMs: atBob.t - t0 };
     };
-    const direct = await connect("direct", await start("rd-alice"), await start("rd-bob"));
+    // The receivers take more than a run's default quota of 1 GiB per peer.
+    const receiver = ["--peer-quota", "1TiB", "--total-quota", "1TiB"];
+    const direct = await connect(
+      "direct",
+      await start("rd-alice"),
+      await start("rd-bob", receiver),
+    );
     const relayed = await connect(
       "relay",
       await start("rr-alice", ["--no-listen"]),
-      await start("rr-bob"),
+      await start("rr-bob", receiver),
     );
 
     const ping = async (p: Pair, i: number) => {
