@@ -114,6 +114,28 @@ Deno.test("accept() with relay auto falls back to the relay when the direct conn
   });
 });
 
+Deno.test("accept() with relay always goes through the relay even when the inviter listens", async () => {
+  await withService(async (service, dir) => {
+    const [aliceId, bobId] = await Promise.all([
+      member(service, dir, "alice"),
+      member(service, dir, "bob"),
+    ]);
+    const aliceEvents: CoreEvent[] = [];
+    const alice = await start(aliceId, aliceEvents);
+    const bob = await start(bobId, [], { relay: "always" });
+    try {
+      assert.notEqual(alice.listen, "");
+      await alice.invite("bob");
+      await until("bob has the invitation", () => bob.invitations().includes("alice"));
+      assert.equal((await bob.accept("alice")).via, "relay");
+      await until("alice connected", () => alice.isConnected("bob"));
+      assert.deepEqual(alice.peers().map((p) => p.via), ["relay"]);
+    } finally {
+      await Promise.all([alice.stop(), bob.stop()]);
+    }
+  });
+});
+
 Deno.test("Chat.start() refuses noListen with relay never: such a client could never be reached", async () => {
   await withService(async (service, dir) => {
     const id = await member(service, dir, "alice");
