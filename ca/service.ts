@@ -330,6 +330,8 @@ async function serveRelay(
   headerDeadlines.get(socket)?.();
   headerDeadlines.delete(socket);
   socket.setTimeout(0);
+  // The HTTP server no longer watches this socket: a reset must not become an uncaught error.
+  socket.on("error", () => {});
   const remoteAddress = (socket.remoteAddress ?? "").replace(/^::ffff:/, "");
   const url = new URL(req.url ?? "/", "https://ca.invalid");
   let status = 101;

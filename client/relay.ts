@@ -141,6 +141,8 @@ function switched(socket: tls.TLSSocket, timeoutMs: number): Promise<tls.TLSSock
       status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(statusLine)?.[1] ?? 0);
       if (status !== 101) return;
       done();
+      // A failure of this connection reaches the chat as the peer TLS inside closing.
+      socket.on("error", () => {});
       socket.setNoDelay(true); // the peer TLS inside sends small records: none is held back
       socket.pause();
       const rest = buffered.subarray(end);
