@@ -17,7 +17,7 @@ import type { InviteStore } from "./invites.ts";
 import { type IssuanceLog, MAX_ENTRIES_PAGE } from "./log.ts";
 import { isIp } from "./policy.ts";
 import type { RateLimiter } from "./rate_limit.ts";
-import type { Rendezvous } from "./rendezvous.ts";
+import type { Invitation, Rendezvous } from "./rendezvous.ts";
 import type { Mailbox } from "./mailbox.ts";
 
 /** What the handlers need. */
@@ -278,12 +278,26 @@ async function offer(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   const body = object(await req.json());
   const to = text(body.to, "to");
   if (to === user) throw new E2eError("ERR_BAD_REQUEST", "Cannot rendezvous with yourself");
+  // No port: the sender does not listen, and is reached through the relay only.
   const port = body.port;
-  if (typeof port !== "number" || !Number.isInteger(port) || port < 1 || port > 65535) {
+  if (
+    port !== undefined &&
+    (typeof port !== "number" || !Number.isInteger(port) || port < 1 || port > 65535)
+  ) {
     throw new E2eError("ERR_BAD_REQUEST", 'Field "port" must be a whole number from 1 to 65535');
   }
-  const host = body.host === undefined ? req.remoteAddress : text(body.host, "host");
-  if (!isIp(host) && !/^(?=.{1,253}$)[a-zA-Z0-9]([a-zA-Z0-9.-]*[a-zA-Z0-9])?$/.test(host)) {
+  if (port === undefined && body.host !== undefined) {
+    throw new E2eError("ERR_BAD_REQUEST", 'Field "host" needs a "port"');
+  }
+  const host = port === undefined
+    ? undefined
+    : body.host === undefined
+    ? req.remoteAddress
+    : text(body.host, "host");
+  if (
+    host !== undefined && !isIp(host) &&
+    !/^(?=.{1,253}$)[a-zA-Z0-9]([a-zA-Z0-9.-]*[a-zA-Z0-9])?$/.test(host)
+  ) {
     throw new E2eError("ERR_BAD_REQUEST", 'Field "host" must be an IP address or a host name');
   }
   const certificate = await directory(ctx, to);
@@ -311,14 +325,49 @@ async function pending(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
     invitations.push({
       id: i.id,
       from: i.from,
-      host: i.host,
-      port: i.port,
+      ...(i.port === undefined ? {} : { host: i.host, port: i.port }),
       expiresAt: i.expiresAt.toISOString(),
       peer: await logged(ctx, certificate),
     });
   }
-  const cursor = found.reduce((max, i) => Math.max(max, i.id), after);
-  return { ...json(200, { invitations, cursor }), user };
+  // Someone waits for us at the relay (docs/API.md "Relay"); listed only when there is one.
+  const asked = ctx.rendezvous.relays(user, after);
+  for (const r of asked) r.delivered = true;
+  const relays = asked.map((r) => ({ id: r.id, invitation: r.invitation, from: r.from }));
+  const cursor = [...found, ...asked].reduce((max, i) => Math.max(max, i.id), after);
+  return { ...json(200, { invitations, ...(relays.length ? { relays } : {}), cursor }), user };
+}
+
+/** A caller of `GET /v1/relay`, authorized: a current member and a party of the invitation. */
+export interface RelayParty {
+  /** The caller's name. */
+  user: string;
+  /** The invitation the relay session is for. */
+  invitation: Invitation;
+  /** The other party's name. */
+  peer: string;
+}
+
+/**
+ * Authorizes a request to be joined at the relay (docs/API.md "Relay"): a
+ * client certificate of a current member (401/403), a pending invitation
+ * (`?invitation=ID`, 404 when there is none) and the caller one of its two
+ * parties (403 otherwise).
+ */
+export async function relayParty(ctx: ApiContext, req: ApiRequest): Promise<RelayParty> {
+  const user = await authenticate(ctx, req);
+  const id = wholeNumber(req.query.get("invitation") ?? "", "invitation", Number.MAX_SAFE_INTEGER);
+  const invitation = ctx.rendezvous.get(id);
+  if (!invitation) throw new E2eError("ERR_NOT_FOUND", `No pending invitation ${id}`);
+  if (user !== invitation.from && user !== invitation.to) {
+    throw new E2eError("ERR_FORBIDDEN", `Invitation ${id} is not yours`);
+  }
+  // The other party must still be a member (revoked since the invitation: no session).
+  const peer = user === invitation.from ? invitation.to : invitation.from;
+  if (!await ctx.ca.current(peer)) {
+    throw new E2eError("ERR_NOT_FOUND", `No valid certificate for "${peer}" in the directory`);
+  }
+  return { user, invitation, peer };
 }
 
 /** The caller's name, from a client certificate issued by us, unexpired and current in our database. */

@@ -9,6 +9,7 @@ import { pemDecode } from "../lib/pem.ts";
 import { trustAnchor } from "../lib/tls.ts";
 import { sha256Hex } from "../lib/x509.ts";
 import { makeCsr, PASSPHRASE, snapshot, withTempDir } from "../tests/_helpers.ts";
+import { e2eError } from "../lib/_test_util.ts";
 import {
   type ApiContext,
   checkBodyHeaders,
@@ -17,6 +18,7 @@ import {
   MAX_BODY_BYTES,
   MAX_WAIT_SECONDS,
   parseJsonBody,
+  relayParty,
 } from "./api.ts";
 import { CertificateAuthority } from "./authority.ts";
 import { InviteStore } from "./invites.ts";
@@ -768,7 +770,14 @@ Deno.test("POST /v1/rendezvous refuses a bad port, a bad host, oneself (400) and
         "ERR_BAD_REQUEST",
         "Cannot rendezvous with yourself",
       ],
-      ["no port", { to: "bob" }, 400, "ERR_BAD_REQUEST", port],
+      [
+        "a host without a port",
+        { to: "bob", host: "h" },
+        400,
+        "ERR_BAD_REQUEST",
+        'Field "host" needs a "port"',
+      ],
+      ["a null port", { to: "bob", port: null }, 400, "ERR_BAD_REQUEST", port],
       ["port 0", { to: "bob", port: 0 }, 400, "ERR_BAD_REQUEST", port],
       ["port 65536", { to: "bob", port: 65536 }, 400, "ERR_BAD_REQUEST", port],
       ["port 1.5", { to: "bob", port: 1.5 }, 400, "ERR_BAD_REQUEST", port],
@@ -924,5 +933,85 @@ Deno.test("GET /v1/log/entries returns at most 256 entries at once", async () =>
     assert.equal(reply.json.entries.length, 256);
     const rest = await call(ctx, "GET", "/v1/log/entries?start=256&end=262", { peer: alice.der });
     assert.equal(rest.json.entries.length, 6);
+  });
+});
+
+Deno.test("POST /v1/rendezvous without a port makes an invitation without an address; a relay request reaches the inviter's GET", async () => {
+  await withWorld(async ({ ctx, member }) => {
+    const alice = await member("alice");
+    const bob = await member("bob");
+    const offer = await call(ctx, "POST", "/v1/rendezvous", {
+      peer: alice.der,
+      json: { to: "bob" },
+    });
+    assert.equal(offer.status, 200, offer.body);
+    const got = await call(ctx, "GET", "/v1/rendezvous", { peer: bob.der });
+    const [invitation] = got.json.invitations;
+    assert.deepEqual(Object.keys(invitation), ["id", "from", "expiresAt", "peer"]);
+    const before = await call(ctx, "GET", "/v1/rendezvous", { peer: alice.der });
+    assert.equal(before.json.relays, undefined, "no relays field without a relay request");
+    const waiting = ctx.rendezvous.requestRelay(ctx.rendezvous.get(offer.json.id)!, 30_000);
+    const asked = await call(ctx, "GET", `/v1/rendezvous?after=${before.json.cursor}&wait=5`, {
+      peer: alice.der,
+    });
+    assert.deepEqual(asked.json, {
+      invitations: [],
+      relays: [{ id: waiting.id, invitation: offer.json.id, from: "bob" }],
+      cursor: waiting.id,
+    });
+  });
+});
+
+Deno.test("relayParty() admits the two parties of a pending invitation and refuses anyone else, an unknown invitation and a revoked member", async () => {
+  await withWorld(async ({ ctx, ca, member }) => {
+    const alice = await member("alice");
+    const bob = await member("bob");
+    const carol = await member("carol");
+    const offer = await call(ctx, "POST", "/v1/rendezvous", {
+      peer: alice.der,
+      json: { to: "bob" },
+    });
+    const id = offer.json.id;
+    const party = (der: Uint8Array | null, invitation: string = String(id)) =>
+      relayParty(ctx, {
+        method: "GET",
+        path: "/v1/relay",
+        query: new URLSearchParams({ invitation }),
+        remoteAddress: "127.0.0.1",
+        peerDer: der,
+        wantsJson: true,
+        json: () => Promise.resolve(undefined),
+        signal: new AbortController().signal,
+      });
+    const atAlice = await party(alice.der);
+    assert.deepEqual([atAlice.user, atAlice.peer, atAlice.invitation.id], ["alice", "bob", id]);
+    const atBob = await party(bob.der);
+    assert.deepEqual([atBob.user, atBob.peer], ["bob", "alice"]);
+    await assert.rejects(
+      party(carol.der),
+      e2eError("ERR_FORBIDDEN", `Invitation ${id} is not yours`),
+    );
+    await assert.rejects(
+      party(null),
+      e2eError("ERR_UNAUTHENTICATED", "This route needs a client certificate"),
+    );
+    await assert.rejects(
+      party(bob.der, String(id + 1)),
+      e2eError("ERR_NOT_FOUND", `No pending invitation ${id + 1}`),
+    );
+    await assert.rejects(
+      party(bob.der, "x"),
+      e2eError("ERR_BAD_REQUEST", /^Parameter "invitation" must be a whole number/),
+    );
+    await ca.revoke("alice");
+    await assert.rejects(
+      party(alice.der),
+      e2eError("ERR_FORBIDDEN", "The client certificate is revoked or superseded"),
+    );
+    // The other party revoked since the invitation: no session for bob either.
+    await assert.rejects(
+      party(bob.der),
+      e2eError("ERR_NOT_FOUND", 'No valid certificate for "alice" in the directory'),
+    );
   });
 });

@@ -26,7 +26,7 @@ import { exists } from "../lib/fs.ts";
 import { formatInvite } from "../lib/invite.ts";
 import { checkName } from "../lib/names.ts";
 import { InviteStore, parseDuration } from "./invites.ts";
-import { CaService, DEFAULT_PORT } from "./service.ts";
+import { CaService, DEFAULT_PORT, type ServeOptions } from "./service.ts";
 import { CaPaths } from "./home.ts";
 import { Buffer } from "node:buffer";
 import { pemEncode } from "../lib/pem.ts";
@@ -37,11 +37,16 @@ const USAGE = `Usage: deno task ca [command] [options]
 Commands:
   serve   [--host 127.0.0.1] [--port 65433] [--name HOST]... [--rendezvous-ttl 5m]
           [--crl-port 65434] [--mailbox-ttl 7d] [--mailbox-items 200]
-          [--mailbox-bytes 67108864]
+          [--mailbox-bytes 67108864] [--relay-pairs 8] [--relay-total N]
+          [--relay-idle 5m] [--relay-day-mib 1024]
           Run the CA service (HTTPS), and the CRL over plain HTTP on --crl-port
           (the URL every certificate issued names; the first --name is its host).
           The mailbox keeps items for offline members for --mailbox-ttl, at most
           --mailbox-items items and --mailbox-bytes bytes per recipient.
+          The relay joins members who cannot connect directly: at most
+          --relay-pairs sessions per member, --relay-total in all (default a
+          quarter of the connection cap), closed after --relay-idle without a
+          byte, and --relay-day-mib MiB per member per UTC day.
           The default command; creates the CA first when there is none.
   invite  NAME [--ttl 24h] [--url HOST:PORT]
           Print a single-use invite URL for NAME to enroll with.
@@ -82,6 +87,28 @@ function main(args: string[]): Promise<number> {
   });
 }
 
+// The relay's caps from `serve`'s flags; each flag left out keeps its default (ca/relay.ts).
+function relayOptions(values: {
+  "relay-pairs"?: string;
+  "relay-total"?: string;
+  "relay-idle"?: string;
+  "relay-day-mib"?: string;
+}): ServeOptions["relay"] {
+  const positive = (value: string | undefined, flag: string) => {
+    const n = intOption(value, flag);
+    if (n === 0) throw new E2eError("ERR_USAGE", `${flag} takes a whole number above 0`);
+    return n;
+  };
+  const mib = positive(values["relay-day-mib"], "--relay-day-mib");
+  const options = {
+    pairsPerMember: positive(values["relay-pairs"], "--relay-pairs"),
+    maxPairs: positive(values["relay-total"], "--relay-total"),
+    idleMs: values["relay-idle"] ? parseDuration(values["relay-idle"]) : undefined,
+    bytesPerDay: mib === undefined ? undefined : mib * 1024 * 1024,
+  };
+  return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
+}
+
 async function serve(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, {
     ...COMMON,
@@ -94,6 +121,10 @@ async function serve(args: string[]): Promise<number> {
     "mailbox-ttl": { type: "string" },
     "mailbox-items": { type: "string" },
     "mailbox-bytes": { type: "string" },
+    "relay-pairs": { type: "string" },
+    "relay-total": { type: "string" },
+    "relay-idle": { type: "string" },
+    "relay-day-mib": { type: "string" },
   });
   if (values.help) return await help();
   noPositionals(positionals);
@@ -112,6 +143,7 @@ async function serve(args: string[]): Promise<number> {
   if (crlPort !== undefined && crlPort > 65535) {
     throw new E2eError("ERR_USAGE", "--crl-port takes a number from 0 to 65535");
   }
+  const relay = relayOptions(values);
   let ca: CertificateAuthority;
   if (!await exists(new CaPaths(home).cert)) {
     await err(`e2e-chat: no CA in ${home}; creating one\n`);
@@ -135,6 +167,7 @@ async function serve(args: string[]): Promise<number> {
     enrollPerMinute: intOption(values["enroll-rate"], "--enroll-rate"),
     crlPort,
     mailbox: Object.fromEntries(Object.entries(mailbox).filter(([, v]) => v !== undefined)),
+    relay,
   });
   await out(
     `e2e-chat CA service listening on ${service.url}\n` +

@@ -30,12 +30,28 @@ export interface Invitation {
   from: string;
   /** To whom. */
   to: string;
-  /** Where `from` listens. */
-  host: string;
-  /** Where `from` listens. */
-  port: number;
+  /** Where `from` listens; absent when it does not listen (reached through the relay only). */
+  host?: string;
+  /** Where `from` listens; absent when it does not listen. */
+  port?: number;
   /** When it expires. */
   expiresAt: Date;
+}
+
+/** A request that `to` (the inviter) come to the relay, where `from` waits for it. */
+export interface RelayRequest {
+  /** Increasing id, from the same sequence as invitations (one cursor for both). */
+  id: number;
+  /** The invitation the relay session is for. */
+  invitation: number;
+  /** Who waits at the relay (the invitation's recipient). */
+  from: string;
+  /** Who is asked to come (the inviter). */
+  to: string;
+  /** When the request lapses. */
+  expiresAt: Date;
+  /** Whether the inviter's long poll has returned it (set by the API). */
+  delivered: boolean;
 }
 
 /** Options of {@linkcode Rendezvous}. */
@@ -56,6 +72,7 @@ export class Rendezvous {
   #maxPerUser: number;
   #nextId = 1;
   #pending: Invitation[] = [];
+  #relays: RelayRequest[] = [];
   #waiters = new Map<string, Set<() => void>>();
   #perPair: RateLimiter;
   #perSender: RateLimiter;
@@ -75,10 +92,11 @@ export class Rendezvous {
   }
 
   /**
-   * Records that `from` wants to talk to `to` at host:port, replacing an earlier
+   * Records that `from` wants to talk to `to` at host:port (both undefined: `from`
+   * does not listen, and is reached through the relay), replacing an earlier
    * offer between them; throws `ERR_RATE_LIMITED` past the per-pair or per-sender limit.
    */
-  offer(from: string, to: string, host: string, port: number): Invitation {
+  offer(from: string, to: string, host?: string, port?: number): Invitation {
     // Names cannot hold a space, so "from to" is one pair.
     const wait = Math.max(this.#perSender.hit(from), this.#perPair.hit(`${from} ${to}`));
     if (wait) {
@@ -91,12 +109,11 @@ export class Rendezvous {
     if (this.#pending.filter((i) => i.from === from).length >= this.#maxPerUser) {
       this.#pending.splice(this.#pending.findIndex((i) => i.from === from), 1);
     }
-    const invitation = {
+    const invitation: Invitation = {
       id: this.#nextId++,
       from,
       to,
-      host,
-      port,
+      ...(host !== undefined && port !== undefined ? { host, port } : {}),
       expiresAt: new Date(Date.now() + this.ttlMs),
     };
     this.#pending.push(invitation);
@@ -110,10 +127,47 @@ export class Rendezvous {
     return this.#pending.filter((i) => i.to === to && i.id > after);
   }
 
-  /** Waits up to `ms` (or until `signal` aborts) for an invitation for `to` above `after`. */
+  /** The unexpired invitation with this id, if any. */
+  get(id: number): Invitation | undefined {
+    this.#prune();
+    return this.#pending.find((i) => i.id === id);
+  }
+
+  /**
+   * Asks the inviter of `invitation` to come to the relay, where its recipient
+   * waits for `ms`; the inviter's long poll wakes with it. A repeated request
+   * for the same invitation replaces the earlier one.
+   */
+  requestRelay(invitation: Invitation, ms: number): RelayRequest {
+    this.#prune();
+    this.#relays = this.#relays.filter((r) => r.invitation !== invitation.id);
+    const request = {
+      id: this.#nextId++,
+      invitation: invitation.id,
+      from: invitation.to,
+      to: invitation.from,
+      expiresAt: new Date(Date.now() + ms),
+      delivered: false,
+    };
+    this.#relays.push(request);
+    for (const wake of this.#waiters.get(request.to) ?? []) wake();
+    return request;
+  }
+
+  /** The unexpired relay requests for `to` with an id above `after`. */
+  relays(to: string, after = 0): RelayRequest[] {
+    this.#prune();
+    return this.#relays.filter((r) => r.to === to && r.id > after);
+  }
+
+  /**
+   * Waits up to `ms` (or until `signal` aborts) for an invitation or a relay
+   * request for `to` above `after`; returns the invitations ({@linkcode relays}
+   * has the relay requests).
+   */
   async wait(to: string, after: number, ms: number, signal?: AbortSignal): Promise<Invitation[]> {
     const now = this.pending(to, after);
-    if (now.length || ms <= 0 || signal?.aborted) return now;
+    if (now.length || this.relays(to, after).length || ms <= 0 || signal?.aborted) return now;
     await new Promise<void>((resolve) => {
       const set = this.#waiters.get(to) ?? new Set();
       this.#waiters.set(to, set);
@@ -139,5 +193,6 @@ export class Rendezvous {
   #prune(): void {
     const now = Date.now();
     this.#pending = this.#pending.filter((i) => i.expiresAt.getTime() > now);
+    this.#relays = this.#relays.filter((r) => r.expiresAt.getTime() > now);
   }
 }

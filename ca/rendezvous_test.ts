@@ -230,3 +230,24 @@ Deno.test("Rendezvous.wakeAll() releases every waiter at once", async () => {
   const offered = rendezvous.offer("alice", "bob", "h", 1);
   assert.deepEqual((await rendezvous.wait("bob", 0, 10_000)).map((i) => i.id), [offered.id]);
 });
+
+Deno.test("Rendezvous.requestRelay() wakes the inviter's long poll with a relay request that shares the invitations' cursor and replaces an earlier one", async () => {
+  const rendezvous = new Rendezvous();
+  const invitation = rendezvous.offer("alice", "bob");
+  assert.equal(invitation.host, undefined);
+  assert.equal(invitation.port, undefined);
+  assert.equal(rendezvous.get(invitation.id), invitation);
+  const waiting = rendezvous.wait("alice", invitation.id, 10_000);
+  const first = rendezvous.requestRelay(invitation, 30_000);
+  assert.deepEqual(await waiting, []);
+  assert.ok(first.id > invitation.id);
+  assert.deepEqual(rendezvous.relays("alice", invitation.id), [first]);
+  assert.deepEqual(
+    [first.invitation, first.from, first.to],
+    [invitation.id, "bob", "alice"],
+  );
+  const again = rendezvous.requestRelay(invitation, 30_000);
+  assert.deepEqual(rendezvous.relays("alice"), [again]);
+  assert.deepEqual(rendezvous.relays("alice", again.id), []);
+  assert.deepEqual(rendezvous.relays("bob"), []);
+});

@@ -12,6 +12,8 @@
  * within {@linkcode BODY_MS} of its headers — deadlines, which a client cannot
  * stretch by trickling bytes — and {@linkcode IDLE_MS} of inactivity while a
  * request is served (a long poll raises it). A refused connection is logged.
+ * A connection upgraded to the relay (`GET /v1/relay`) leaves these for the
+ * relay's own caps and deadlines (ca/relay.ts).
  *
  * @module
  */
@@ -33,6 +35,7 @@ import {
   MAX_BODY_BYTES,
   MAX_WAIT_SECONDS,
   parseJsonBody,
+  relayParty,
   tooLarge,
 } from "./api.ts";
 import type { CertificateAuthority } from "./authority.ts";
@@ -40,6 +43,7 @@ import { type CrlListener, startCrlListener } from "./crl_listener.ts";
 import { InviteStore } from "./invites.ts";
 import { CRL_URL_PATH } from "./policy.ts";
 import { RateLimiter } from "./rate_limit.ts";
+import { Relay, RELAY_PROTOCOL, relayError, type RelayOptions, relayPairBudget } from "./relay.ts";
 import { Rendezvous } from "./rendezvous.ts";
 import { Mailbox, type MailboxLimits } from "./mailbox.ts";
 
@@ -85,6 +89,11 @@ export interface ServeOptions {
   renewCheckMs?: number;
   /** Caps of the mailbox (ca/mailbox.ts). Default: {@linkcode DEFAULT_MAILBOX_LIMITS}. */
   mailbox?: Partial<MailboxLimits>;
+  /**
+   * The relay's caps (ca/relay.ts); its `tap` is for tests only. Default: the
+   * defaults of {@linkcode RelayOptions}, with at most a quarter of `maxConnections` pairs.
+   */
+  relay?: Omit<RelayOptions, "log">;
 }
 
 /** A running CA service. */
@@ -101,6 +110,7 @@ export class CaService {
   #timer: ReturnType<typeof setInterval>;
   #stopping: AbortController;
   #sockets: Set<Socket>;
+  #relay?: Relay;
 
   private constructor(
     server: https.Server,
@@ -166,7 +176,7 @@ export class CaService {
       serveRequest(ctx, stopping.signal, req, res, log, idle).catch(() => res.destroy());
     });
     // Slow or idle clients are cut off; a long poll raises the limit while it waits.
-    guardConnections(server, {
+    const guard = guardConnections(server, {
       maxConnections: options.maxConnections,
       maxPerAddress: MAX_CONNECTIONS_PER_ADDRESS,
       handshakeMs: HANDSHAKE_MS,
@@ -174,6 +184,14 @@ export class CaService {
       onRefused: (message) => log(`e2e-chat-ca: ${message}`),
     });
     server.on("secureConnection", (socket: TLSSocket) => awaitHeaders(socket));
+    const relay = new Relay({
+      maxPairs: relayPairBudget(guard.maxConnections),
+      ...options.relay,
+      log,
+    });
+    server.on("upgrade", (req: IncomingMessage, socket: TLSSocket, head: Uint8Array) => {
+      serveRelay(ctx, relay, req, socket, head, log).catch(() => socket.destroy());
+    });
     server.on("connection", (socket: Socket) => {
       sockets.add(socket);
       socket.once("close", () => sockets.delete(socket));
@@ -212,6 +230,7 @@ export class CaService {
       }
     }, options.renewCheckMs ?? 3_600_000);
     const service = new CaService(server, ctx, url, port, timer, stopping, sockets);
+    service.#relay = relay;
     service.crlUrl = crlUrl;
     service.#crl = crl;
     await writeFileAtomic(
@@ -227,6 +246,7 @@ export class CaService {
     this.#stopping.abort();
     this.#ctx.rendezvous.wakeAll();
     this.#ctx.mailbox?.close();
+    this.#relay?.close();
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     for (const socket of this.#sockets) socket.destroy();
     await closed;
@@ -303,6 +323,89 @@ async function serveRequest(
       `e2e-chat-ca: ${remoteAddress} ${req.method} ${url.pathname} ${status}${
         code ? ` ${code}` : ""
       } ${user}${note ? ` ${note}` : ""} ${ms}ms`,
+    );
+  }
+}
+
+// GET /v1/relay with `Upgrade: e2e-chat-relay/1` (docs/API.md "Relay"): authorized like a
+// route, then the relay holds the connection until the other side comes and splices the two.
+async function serveRelay(
+  ctx: ApiContext,
+  relay: Relay,
+  req: IncomingMessage,
+  socket: TLSSocket,
+  head: Uint8Array,
+  log: (line: string) => void,
+): Promise<void> {
+  const started = performance.now();
+  // The request's headers are in; from now on the relay's deadlines apply, not the API's idle.
+  headerDeadlines.get(socket)?.();
+  headerDeadlines.delete(socket);
+  socket.setTimeout(0);
+  // The HTTP server no longer watches this socket: a reset must not become an uncaught error.
+  socket.on("error", () => {});
+  const remoteAddress = (socket.remoteAddress ?? "").replace(/^::ffff:/, "");
+  const url = new URL(req.url ?? "/", "https://ca.invalid");
+  let status = 101;
+  let user = "-";
+  let code = "";
+  let outcome = "";
+  try {
+    if (url.pathname !== "/v1/relay") {
+      throw new E2eError("ERR_NOT_FOUND", `No route ${JSON.stringify(url.pathname)}`);
+    }
+    if (req.method !== "GET") {
+      throw new E2eError(
+        "ERR_METHOD_NOT_ALLOWED",
+        `Method ${req.method} is not allowed here; use GET`,
+      );
+    }
+    if ((req.headers.upgrade ?? "").toLowerCase() !== RELAY_PROTOCOL) {
+      throw new E2eError("ERR_BAD_REQUEST", `The relay takes "Upgrade: ${RELAY_PROTOCOL}" only`);
+    }
+    const gone = new AbortController();
+    const party = await relayParty(ctx, {
+      method: "GET",
+      path: url.pathname,
+      query: url.searchParams,
+      remoteAddress,
+      peerDer: peerCertificateDer(socket),
+      wantsJson: true,
+      json: () => Promise.resolve(undefined),
+      signal: gone.signal,
+    });
+    user = party.user;
+    const joined = relay.join({
+      invitation: party.invitation.id,
+      name: user,
+      peer: party.peer,
+      socket,
+      head: new Uint8Array(head),
+    });
+    if (typeof joined === "object") {
+      status = joined.status;
+      code = joined.code;
+      relayError(socket, joined.status, joined.code, joined.message);
+    } else {
+      outcome = ` (${joined})`;
+      // The recipient waits: the inviter learns of it in its long poll, and comes.
+      if (joined === "waiting" && user === party.invitation.to) {
+        const request = ctx.rendezvous.requestRelay(party.invitation, relay.waitMs);
+        relay.awaitPickup(party.invitation.id, () => request.delivered);
+      }
+    }
+  } catch (e) {
+    const error = errorReply(e);
+    status = error.status;
+    code = error.code;
+    relayError(socket, error.status, error.code, JSON.parse(error.body).error.message);
+    if (status === 500) log(`e2e-chat-ca: internal error: ${e instanceof Error ? e.stack : e}`);
+  } finally {
+    const ms = (performance.now() - started).toFixed(1);
+    log(
+      `e2e-chat-ca: ${remoteAddress} ${req.method} ${url.pathname} ${status}${
+        code ? ` ${code}` : ""
+      } ${user} ${ms}ms${outcome}`,
     );
   }
 }

@@ -21,6 +21,7 @@ import {
 import { sha256Hex } from "../lib/x509.ts";
 import { pemDecode } from "../lib/pem.ts";
 import type { LogProofJson } from "../lib/log_proof.ts";
+import { dialRelay } from "./relay.ts";
 
 /** A certificate as the API returns it. */
 export interface CertificateReply {
@@ -40,10 +41,20 @@ export interface CertificateReply {
 export interface InvitationReply {
   id: number;
   from: string;
-  host: string;
-  port: number;
+  /** Where `from` listens; absent when it does not (reached through the relay only). */
+  host?: string;
+  /** Where `from` listens; absent when it does not. */
+  port?: number;
   expiresAt: string;
   peer: CertificateReply;
+}
+
+/** A request to come to the relay, where `from` waits for us (docs/API.md "Relay"). */
+export interface RelayRequestReply {
+  id: number;
+  /** The id of our invitation to `from`. */
+  invitation: number;
+  from: string;
 }
 
 const TIMEOUT_MS = 15_000;
@@ -108,13 +119,14 @@ export class CaClient {
     return await this.#json("GET", `/v1/certs/${encodeURIComponent(name)}`) as CertificateReply;
   }
 
-  /** POST /v1/rendezvous */
+  /** POST /v1/rendezvous (no port: we do not listen, and are reached through the relay) */
   async offer(
     to: string,
-    port: number,
+    port?: number,
     host?: string,
   ): Promise<{ id: number; to: string; expiresAt: string; peer: CertificateReply }> {
-    return await this.#json("POST", "/v1/rendezvous", { to, port, ...(host ? { host } : {}) }) as {
+    const where = port === undefined ? {} : { port, ...(host ? { host } : {}) };
+    return await this.#json("POST", "/v1/rendezvous", { to, ...where }) as {
       id: number;
       to: string;
       expiresAt: string;
@@ -126,12 +138,21 @@ export class CaClient {
   async pending(
     after = 0,
     waitSeconds = 0,
-  ): Promise<{ invitations: InvitationReply[]; cursor: number }> {
+  ): Promise<{ invitations: InvitationReply[]; relays?: RelayRequestReply[]; cursor: number }> {
     const path = `/v1/rendezvous?after=${after}&wait=${waitSeconds}`;
     return await this.#json("GET", path, undefined, (waitSeconds + 15) * 1000) as {
       invitations: InvitationReply[];
+      relays?: RelayRequestReply[];
       cursor: number;
     };
+  }
+
+  /** GET /v1/relay?invitation=ID, upgraded: the connection spliced to the other party's. */
+  async relay(invitation: number, timeoutMs?: number): Promise<tls.TLSSocket> {
+    if (!this.#own) {
+      throw new E2eError("ERR_NOT_ENROLLED", "The relay needs our certificate");
+    }
+    return await dialRelay(this.#base, this.#anchor, invitation, { own: this.#own, timeoutMs });
   }
 
   /** GET /v1/crl (PEM) */

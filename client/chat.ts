@@ -25,8 +25,8 @@ import {
   serverOptions,
 } from "../lib/tls.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
-import type { CaClient, CertificateReply } from "./ca_client.ts";
-import type { CoreEvent, PeerSummary } from "./events.ts";
+import type { CaClient, CertificateReply, InvitationReply } from "./ca_client.ts";
+import type { CoreEvent, PeerSummary, Via } from "./events.ts";
 import {
   announcedName,
   DEFAULT_FILE_LIMITS,
@@ -45,6 +45,7 @@ import { Renewal, type RenewalOptions } from "./renewal.ts";
 import { Revocation } from "./revocation.ts";
 import { Rooms } from "./rooms.ts";
 import { LogMonitor } from "./transparency.ts";
+import type { RelayMode } from "./relay.ts";
 import { type KeyState, safetyNumber, TrustStore } from "./trust.ts";
 
 /** Options of {@linkcode Chat.start}. */
@@ -67,6 +68,19 @@ export interface ChatOptions {
   files?: Partial<FileLimits>;
   /** How long a file we send may make no progress before it is aborted, ms. Default: 30000. */
   sendStallMs?: number;
+  /**
+   * How we reach a peer whose invitation we accept: "auto" tries the address it
+   * names for {@linkcode DIRECT_TIMEOUT_MS}, then the CA's relay; "always" goes to
+   * the relay at once; "never" connects directly or fails. Default: "auto".
+   */
+  relay?: RelayMode;
+  /** Do not listen: peers we invite reach us through the CA's relay only. Default: false. */
+  noListen?: boolean;
+  /**
+   * The address our invitations name instead of the listener's (a port forwarded
+   * to it from outside a NAT). Default: the listener's address.
+   */
+  advertise?: { host: string; port: number };
 }
 
 /** A listener of core events. */
@@ -74,6 +88,8 @@ export type ChatListener = (event: CoreEvent) => void;
 
 /** Handshake, and then our checks of the peer, each within this of its start (ms). */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
+/** With `relay: "auto"`, how long a direct connection may take before we go to the relay (ms). */
+export const DIRECT_TIMEOUT_MS = 3_000;
 /** How often the chat reads new entries of the CA's issuance log, looking for our name. */
 export const LOG_WATCH_MS = 5 * 60_000;
 /** After a failed look: tries again after 5, 10, 20 and 40 s. */
@@ -86,6 +102,7 @@ interface Connected {
   conn: PeerConnection;
   trust: KeyState;
   blocked: boolean;
+  via: Via;
 }
 
 /** A running chat client. */
@@ -97,7 +114,10 @@ export class Chat {
   #server: tls.Server;
   #listen = "";
   #listeners = new Set<ChatListener>();
-  #invited = new Map<string, { keyFingerprint: string; fingerprint: string; expires: number }>();
+  #invited = new Map<
+    string,
+    { keyFingerprint: string; fingerprint: string; expires: number; id: number }
+  >();
   #inviting = new Map<string, Promise<void>>();
   #invitations: Invitations;
   #revocation: Revocation;
@@ -114,6 +134,9 @@ export class Chat {
   #mailbox!: MailboxClient;
   #firstSeen = new Set<string>(); // names whose key the mailbox pinned in this run
   #rooms: Rooms;
+  #relay: RelayMode;
+  #noListen: boolean;
+  #advertise?: { host: string; port: number };
 
   private constructor(
     id: Identity,
@@ -131,6 +154,14 @@ export class Chat {
       ledger: id.home.received,
     });
     this.#sendStallMs = options.sendStallMs;
+    this.#relay = options.relay ?? "auto";
+    this.#noListen = options.noListen ?? false;
+    this.#advertise = options.advertise;
+    if (this.#noListen && this.#relay === "never") {
+      throw new E2eError("ERR_USAGE", "A client that does not listen needs the relay", {
+        hint: "leave out --relay never, or --no-listen",
+      });
+    }
     if (options.onEvent) this.#listeners.add(options.onEvent);
     this.#server = tls.createServer(this.#serverTls());
     const warn = (message: string) => this.#emit({ type: "warning", message });
@@ -170,6 +201,7 @@ export class Chat {
     this.#invitations = new Invitations(this.#ca, {
       onInvite: (i) => this.#rooms.invited(i.from) || this.#emit({ type: "invite", from: i.from }),
       onWarning: warn,
+      onRelay: (r) => this.#meetAtRelay(r.invitation, r.from),
     });
   }
 
@@ -202,7 +234,9 @@ export class Chat {
     const unreadable = await chat.#quota.load();
     if (unreadable) chat.#emit({ type: "warning", message: unreadable });
     await chat.#revocation.refresh();
-    await chat.#listenOn(options.listenHost ?? "127.0.0.1", options.listenPort ?? 0);
+    if (!chat.#noListen) {
+      await chat.#listenOn(options.listenHost ?? "127.0.0.1", options.listenPort ?? 0);
+    }
     chat.#mailbox = await MailboxClient.load(chat.#mailboxHost(), id.home);
     chat.#revocation.start();
     await chat.#rooms.load();
@@ -234,7 +268,7 @@ export class Chat {
     return this.#id;
   }
 
-  /** Where we listen, HOST:PORT. */
+  /** Where we listen, HOST:PORT ("" when we do not listen). */
   get listen(): string {
     return this.#listen;
   }
@@ -256,46 +290,52 @@ export class Chat {
   }
 
   /**
-   * Invites `name` through the CA (our listener's address goes to them) and admits
-   * exactly the key the directory names. Resolves with that certificate's fingerprint
-   * once the CA recorded the invitation; emits `invited` (unless `quiet`: a room's own
+   * Invites `name` through the CA (our listener's address goes to them, or none
+   * when we do not listen: they come through the relay) and admits exactly the
+   * key the directory names. Resolves with that certificate's fingerprint once
+   * the CA recorded the invitation; emits `invited` (unless `quiet`: a room's own
    * invitation of a member, client/rooms.ts, repeated while they are away).
    */
   async invite(name: string, options: { quiet?: boolean } = {}): Promise<{ fingerprint: string }> {
     checkName(name);
     if (name === this.#id.name) throw new E2eError("ERR_USAGE", "You cannot chat with yourself");
     this.#log.requireNoAlarm();
-    const host = this.#listen.slice(0, this.#listen.lastIndexOf(":"));
-    const port = Number(this.#listen.slice(this.#listen.lastIndexOf(":") + 1));
+    const host = this.#advertise?.host ?? this.#listen.slice(0, this.#listen.lastIndexOf(":"));
+    const port = this.#advertise?.port ??
+      Number(this.#listen.slice(this.#listen.lastIndexOf(":") + 1));
     // A fast peer may connect before the CA's reply reaches us: the listener waits for it.
-    const offered = this.#ca.offer(
+    const offered = (this.#noListen ? this.#ca.offer(name) : this.#ca.offer(
       name,
       port,
       host === "0.0.0.0" || host === "::" ? undefined : host,
-    )
+    ))
       .then(async (reply) => {
         const cert = await this.#checkDirectory(reply.peer, name);
         this.#invited.set(name, {
           keyFingerprint: cert.keyFingerprint,
           fingerprint: cert.fingerprint,
           expires: Date.parse(reply.expiresAt),
+          id: reply.id,
         });
         return cert;
       });
-    this.#inviting.set(name, offered.then(() => {}, () => {}));
+    const settled = offered.then(() => {}, () => {});
+    this.#inviting.set(name, settled);
     try {
       const cert = await offered;
       if (!options.quiet) this.#emit({ type: "invited", to: name, fingerprint: cert.fingerprint });
       return { fingerprint: cert.fingerprint };
     } finally {
-      this.#inviting.delete(name);
+      // Only our own entry: a second invitation of the same name may have replaced it.
+      if (this.#inviting.get(name) === settled) this.#inviting.delete(name);
     }
   }
 
   /**
-   * Accepts `name`'s invitation: connects to the address it names with our
-   * certificate and checks the peer (our CA, the name, the directory's key, not
-   * revoked). Resolves once connected (after the `connected` event).
+   * Accepts `name`'s invitation: connects to the address it names (or through
+   * the CA's relay, as the `relay` option says) with our certificate and checks
+   * the peer (our CA, the name, the directory's key, not revoked, in the log).
+   * Resolves once connected (after the `connected` event).
    */
   async accept(name: string): Promise<PeerSummary> {
     checkName(name);
@@ -310,25 +350,7 @@ export class Chat {
     this.#invitations.delete(name);
     const expected = await this.#checkDirectory(invitation.peer, name);
     await this.#revocation.ensureFresh();
-    const options = clientOptions(this.#id.anchor, {
-      own: this.#id.credentials,
-      alpn: [ALPN],
-      tls13Only: true,
-    });
-    let socket: tls.TLSSocket;
-    try {
-      socket = await connectTls(
-        { ...options, host: invitation.host, port: invitation.port },
-        HANDSHAKE_TIMEOUT_MS,
-      );
-    } catch (e) {
-      throw new E2eError(
-        "ERR_NETWORK",
-        `Cannot connect to "${name}" at ${invitation.host}:${invitation.port}: ${
-          e instanceof Error ? e.message : e
-        }`,
-      );
-    }
+    const { socket, via } = await this.#reach(name, invitation);
     let cert: CertificateInfo;
     try {
       if (socket.alpnProtocol !== ALPN) {
@@ -340,7 +362,102 @@ export class Chat {
       socket.destroy();
       throw e;
     }
-    return await this.#attach(socket, name, cert);
+    return await this.#attach(socket, name, cert, via);
+  }
+
+  // The peer TLS to the inviter: directly to the address it names, or inside a connection
+  // through the relay — the same TLS options, and the same checks after (in accept()).
+  async #reach(
+    name: string,
+    invitation: InvitationReply,
+  ): Promise<{ socket: tls.TLSSocket; via: Via }> {
+    const options = clientOptions(this.#id.anchor, {
+      own: this.#id.credentials,
+      alpn: [ALPN],
+      tls13Only: true,
+    });
+    const { host, port } = invitation;
+    let direct = "";
+    if (port !== undefined && host !== undefined && this.#relay !== "always") {
+      try {
+        const socket = await connectTls(
+          { ...options, host, port },
+          this.#relay === "never" ? HANDSHAKE_TIMEOUT_MS : DIRECT_TIMEOUT_MS,
+        );
+        return { socket, via: "direct" };
+      } catch (e) {
+        const why = e instanceof Error ? e.message : String(e);
+        if (this.#relay === "never") {
+          throw new E2eError(
+            "ERR_NETWORK",
+            `Cannot connect to "${name}" at ${host}:${port}: ${why}`,
+            {
+              hint: "without --relay never, the CA's relay is tried next",
+            },
+          );
+        }
+        direct = ` at ${host}:${port} (${why}), nor`;
+      }
+    } else if (this.#relay === "never") {
+      throw new E2eError(
+        "ERR_NETWORK",
+        `Cannot connect to "${name}" directly: it does not listen, and is reached through the relay only`,
+        { hint: "leave out --relay never" },
+      );
+    }
+    let outer: tls.TLSSocket | undefined;
+    try {
+      outer = await this.#ca.relay(invitation.id);
+      const socket = await connectTls({ ...options, socket: outer }, HANDSHAKE_TIMEOUT_MS);
+      return { socket, via: "relay" };
+    } catch (e) {
+      outer?.destroy();
+      throw new E2eError(
+        "ERR_NETWORK",
+        `Cannot connect to "${name}"${direct} through the relay: ${
+          e instanceof Error ? e.message : e
+        }`,
+        { cause: e },
+      );
+    }
+  }
+
+  // A peer we invited waits for us at the relay: we go there, and run the peer TLS inside as
+  // its server, admitted by the same #admit as our listener's connections.
+  #meetAtRelay(invitation: number, name: string): void {
+    const invited = this.#invited.get(name);
+    if (!invited || invited.id !== invitation || this.#relay === "never" || this.#stopped) return;
+    let outer: tls.TLSSocket | undefined;
+    this.#ca.relay(invitation).then(async (socket) => {
+      outer = socket;
+      if (this.#stopped) throw new Error("stopped");
+      const inner = new tls.TLSSocket(socket, { isServer: true, ...this.#serverTls() });
+      inner.once("close", () => socket.destroy());
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error("timed out")), HANDSHAKE_TIMEOUT_MS);
+        inner.once("secure", () => {
+          clearTimeout(timer);
+          // Until the peer connection takes it: a reset closes it, and #admit's checks stop.
+          inner.on("error", () => {});
+          resolve();
+        });
+        inner.once("error", (e) => {
+          clearTimeout(timer);
+          reject(e);
+        });
+      }).catch((e) => {
+        inner.destroy();
+        throw e;
+      });
+      await this.#admit(inner, "relay");
+    }).catch((e) => {
+      outer?.destroy();
+      if (this.#stopped) return;
+      this.#emit({
+        type: "warning",
+        message: `Cannot meet "${name}" at the relay: ${e instanceof Error ? e.message : e}`,
+      });
+    });
   }
 
   /**
@@ -509,6 +626,7 @@ export class Chat {
       trust: p.blocked ? "changed" : p.trust,
       fingerprint: p.conn.certificate.fingerprint,
       keyFingerprint: p.conn.certificate.keyFingerprint,
+      via: p.via,
     }));
   }
 
@@ -739,7 +857,7 @@ export class Chat {
   }
 
   // The listener admits only a peer we invited, with the key the directory gave us.
-  async #admit(socket: tls.TLSSocket): Promise<void> {
+  async #admit(socket: tls.TLSSocket, via: Via = "direct"): Promise<void> {
     const admitted = deadline(socket, HANDSHAKE_TIMEOUT_MS);
     let cert: CertificateInfo;
     let name: string;
@@ -768,7 +886,7 @@ export class Chat {
     }
     admitted();
     this.#invited.delete(name);
-    await this.#attach(socket, name, cert);
+    await this.#attach(socket, name, cert, via);
   }
 
   #checkPeerSocket(socket: tls.TLSSocket, name: string, keyFingerprint: string): CertificateInfo {
@@ -829,7 +947,12 @@ export class Chat {
     }).finally(() => (this.#watching = false));
   }
 
-  async #attach(socket: tls.TLSSocket, name: string, cert: CertificateInfo): Promise<PeerSummary> {
+  async #attach(
+    socket: tls.TLSSocket,
+    name: string,
+    cert: CertificateInfo,
+    via: Via,
+  ): Promise<PeerSummary> {
     const trust = await this.#trust.observe(name, cert.keyFingerprint);
     this.#peers.get(name)?.conn.close("replaced by a new connection");
     const conn = new PeerConnection(socket, name, cert, {
@@ -841,7 +964,7 @@ export class Chat {
     });
     const blocked = trust === "changed";
     conn.quarantined = blocked;
-    this.#peers.set(name, { conn, trust, blocked });
+    this.#peers.set(name, { conn, trust, blocked, via });
     conn.start();
     this.#emit({
       type: "connected",
@@ -849,6 +972,7 @@ export class Chat {
       fingerprint: cert.fingerprint,
       keyFingerprint: cert.keyFingerprint,
       trust,
+      via,
     });
     if (blocked) {
       this.#emit({
@@ -859,7 +983,13 @@ export class Chat {
           `out of band and trust the new key.`,
       });
     }
-    return { name, trust, fingerprint: cert.fingerprint, keyFingerprint: cert.keyFingerprint };
+    return {
+      name,
+      trust,
+      fingerprint: cert.fingerprint,
+      keyFingerprint: cert.keyFingerprint,
+      via,
+    };
   }
 
   // Consent and quotas: a file is taken without asking only up to the auto-accept size and

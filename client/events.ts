@@ -19,7 +19,12 @@ export interface PeerSummary {
   fingerprint: string;
   /** SHA-256 of its public key. */
   keyFingerprint: string;
+  /** How the connection runs: straight to the peer, or spliced by the CA's relay. */
+  via?: Via;
 }
+
+/** How a peer connection runs: straight between the peers, or spliced by the CA's relay. */
+export type Via = "direct" | "relay";
 
 /** What the core reports, as it happens. */
 export type CoreEvent =
@@ -32,6 +37,7 @@ export type CoreEvent =
     fingerprint: string;
     keyFingerprint: string;
     trust: KeyState;
+    via: Via;
   }
   | { type: "message"; from: string; text: string; id: string; via?: "mailbox" }
   | { type: "sent"; to: string; id: string; text?: string; file?: string }

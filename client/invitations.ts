@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { CaClient, InvitationReply } from "./ca_client.ts";
+import type { CaClient, InvitationReply, RelayRequestReply } from "./ca_client.ts";
 
 /** How long one long poll waits at the CA, in seconds. */
 const POLL_WAIT_SECONDS = 25;
@@ -17,6 +17,8 @@ export interface InvitationsOptions {
   onInvite: (invitation: InvitationReply) => void;
   /** Called when the CA cannot be reached (once per run of failures). */
   onWarning: (message: string) => void;
+  /** Called for each request to come to the relay, where a peer we invited waits. Default: none. */
+  onRelay?: (request: RelayRequestReply) => void;
 }
 
 /** The invitations we hold, and the poll that brings new ones. */
@@ -98,9 +100,13 @@ export class Invitations {
     let failures = 0;
     while (!stopped.aborted) {
       try {
-        const { invitations, cursor: next } = await this.#ca.pending(cursor, POLL_WAIT_SECONDS);
+        const { invitations, relays, cursor: next } = await this.#ca.pending(
+          cursor,
+          POLL_WAIT_SECONDS,
+        );
         cursor = next;
         failures = 0;
+        for (const r of relays ?? []) if (!stopped.aborted) this.#options.onRelay?.(r);
         for (const i of invitations) {
           if (stopped.aborted) return;
           // A repeat (the sender invited again) updates the one we hold without a second notice.

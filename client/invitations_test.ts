@@ -90,3 +90,32 @@ Deno.test("Invitations shows a repeated invitation from the same sender once, an
   invitations.delete("alice");
   assert.deepEqual(invitations.names(), ["bob"]);
 });
+
+Deno.test("Invitations hands each relay request of the long poll to onRelay, and the cursor moves past it", async () => {
+  const answers = [
+    { invitations: [], relays: [{ id: 4, invitation: 2, from: "bob" }], cursor: 4 },
+    { invitations: [invitation("carol")], cursor: 5 },
+  ];
+  const calls: number[] = [];
+  const ca = {
+    pending(after = 0) {
+      calls.push(after);
+      const next = answers.shift();
+      return next ? Promise.resolve(next) : new Promise<never>(() => {});
+    },
+  };
+  const relays: string[] = [];
+  const invited: string[] = [];
+  const invitations = new Invitations(ca, {
+    onInvite: (i) => invited.push(i.from),
+    onWarning: () => {},
+    onRelay: (r) => relays.push(`${r.from}:${r.invitation}`),
+  });
+  invitations.start();
+  await new Promise((r) => setTimeout(r, 20));
+  invitations.stop();
+  assert.deepEqual(relays, ["bob:2"]);
+  assert.deepEqual(invited, ["carol"]);
+  assert.deepEqual(calls, [0, 4, 5]);
+  assert.deepEqual(invitations.names(), ["carol"], "a relay request is not an invitation");
+});

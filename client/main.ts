@@ -28,6 +28,7 @@ import { Terminal } from "./faces/terminal.ts";
 import { openInBrowser } from "./faces/web/open.ts";
 import { WebServer } from "./faces/web/server.ts";
 import { ClientHome } from "./home.ts";
+import { RELAY_MODES } from "./relay.ts";
 import { Revocation } from "./revocation.ts";
 import { LogMonitor } from "./transparency.ts";
 import { checkName } from "../lib/names.ts";
@@ -40,12 +41,20 @@ import { changePassphrase, CLIENT_KEY_TYPES, type ClientKeyType, makeKeyAndCsr }
 const USAGE = `Usage: deno task client [command] [options]
 
 Commands:
-  chat [--listen HOST:PORT] [--downloads DIR] [--json] [FILE OPTIONS]
+  chat [--listen HOST:PORT | --no-listen] [--relay auto|always|never] [--downloads DIR]
+       [--json] [FILE OPTIONS]
         Chat peer to peer (the default command once joined). Type /help inside.
-  web [--port N] [--open] [--listen HOST:PORT] [--downloads DIR] [FILE OPTIONS]
+  web [--port N] [--open] [--listen HOST:PORT | --no-listen] [--relay auto|always|never]
+      [--downloads DIR] [FILE OPTIONS]
         Chat from a web page: serves it on 127.0.0.1 (port 0 picks one) and
         prints the address to open (it holds this run's secret). --open hands
         it to the system browser (xdg-open, or open on macOS).
+      --relay: how to reach a peer whose invitation you accept: auto (default)
+        connects directly and falls back to the CA's relay after 3 s or a
+        failure; always goes through the relay; never fails instead. The relay
+        carries only the peers' own TLS: the CA cannot read it.
+      --no-listen: do not listen at all; peers you invite reach you through
+        the relay.
   join [INVITE | - | --invite-file FILE] [--key-type ec-p256|rsa-2048|ed25519]
        [--encrypt-key] [--passphrase-file FILE]
         Enroll with the invite line your admin gave you. Without INVITE it is
@@ -180,6 +189,8 @@ async function chat(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, {
     ...COMMON,
     listen: { type: "string" },
+    "no-listen": { type: "boolean" },
+    relay: { type: "string" },
     downloads: { type: "string" },
     ...FILE_FLAGS,
     json: { type: "boolean" },
@@ -203,6 +214,8 @@ async function web(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, {
     ...COMMON,
     listen: { type: "string" },
+    "no-listen": { type: "boolean" },
+    relay: { type: "string" },
     downloads: { type: "string" },
     ...FILE_FLAGS,
     port: { type: "string" },
@@ -250,10 +263,19 @@ async function web(args: string[]): Promise<number> {
 /** Renews the certificate if a third of its life is left, then starts the chat core. */
 async function startChat(
   identity: Identity,
-  values: { listen?: string; downloads?: string } & FileFlagValues,
+  values:
+    & { listen?: string; "no-listen"?: boolean; relay?: string; downloads?: string }
+    & FileFlagValues,
   emit: (e: ChatEvent) => void,
 ): Promise<Chat> {
   const [listenHost, listenPort] = parseListen(values.listen ?? "127.0.0.1:0");
+  if (values["no-listen"] && values.listen !== undefined) {
+    throw new E2eError("ERR_USAGE", "--no-listen and --listen exclude each other");
+  }
+  const relay = oneOf(values.relay ?? "auto", RELAY_MODES, { what: "relay mode" });
+  if (values["no-listen"] && relay === "never") {
+    throw new E2eError("ERR_USAGE", "--no-listen needs the relay: not with --relay never");
+  }
   let id = identity;
   if (id.lifeLeft() < 1 / 3) {
     // Renew with the same key before the certificate runs out (a third of its life left).
@@ -274,6 +296,8 @@ async function startChat(
   return await Chat.start(id, {
     listenHost,
     listenPort,
+    noListen: values["no-listen"] ?? false,
+    relay,
     downloads: values.downloads ? resolveUserPath(values.downloads) : undefined,
     onEvent: emit,
     ...fileOptions(values),

@@ -283,6 +283,7 @@ async function originalFlow(scene: Scene): Promise<void> {
     fingerprint: bobId.fingerprint,
     keyFingerprint: bobId.keyFingerprint,
     trust: "new",
+    via: "direct",
   });
   assert.deepEqual(atBob, {
     type: "connected",
@@ -290,6 +291,7 @@ async function originalFlow(scene: Scene): Promise<void> {
     fingerprint: aliceId.fingerprint,
     keyFingerprint: aliceId.keyFingerprint,
     trust: "new",
+    via: "direct",
   });
 
   // Messages both ways: sent, message (same id), delivered (same id).

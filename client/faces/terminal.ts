@@ -63,7 +63,9 @@ export class Terminal {
 function format(e: ChatEvent): string | undefined {
   switch (e.type) {
     case "ready":
-      return `listening on ${e.listen} as ${styleText("bold", e.name)} — /help for commands`;
+      return `${
+        e.listen ? `listening on ${e.listen}` : "not listening (peers come through the relay)"
+      } as ${styleText("bold", e.name)} — /help for commands`;
     case "invite":
       return styleText("yellow", `${clean(e.from)} wants to chat — /accept ${clean(e.from)}`);
     case "invited":
@@ -73,7 +75,9 @@ function format(e: ChatEvent): string | undefined {
     case "connected":
       return styleText(
         "green",
-        `connected to ${e.peer} [${e.trust}] certificate ${e.fingerprint.slice(0, 16)}…`,
+        `connected to ${e.peer} [${e.trust}] via ${e.via} certificate ${
+          e.fingerprint.slice(0, 16)
+        }…`,
       );
     case "message":
       return `${styleText("cyan", `<${e.from}>`)} ${clean(e.text)}${

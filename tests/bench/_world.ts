@@ -111,14 +111,25 @@ export class Workspace {
     return home;
   }
 
-  /** `ca serve --port 0 --enroll-rate 100000` for `home`; waits for its URL. */
+  /** `ca serve --port 0 --enroll-rate 100000 --relay-day-mib 1048576` for `home`; waits for its URL. */
   async serve(home: string, label: string): Promise<Service> {
     const enrollMs = new Map<string, number>();
     const proc = spawnDeno(
       label,
       "ca/main.ts",
       this.caFlags,
-      ["serve", "--port", "0", "--home", home, "--enroll-rate", "100000"],
+      // The relay section carries more than the default daily budget of 1 GiB per member.
+      [
+        "serve",
+        "--port",
+        "0",
+        "--home",
+        home,
+        "--enroll-rate",
+        "100000",
+        "--relay-day-mib",
+        "1048576",
+      ],
       {
         env: this.caEnv(),
         onStderrLine: (line) => {

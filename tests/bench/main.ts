@@ -8,7 +8,8 @@
  *     deno task bench --only chat,join,mailbox
  *
  * Sections: enroll (RSA-4096 and EC P-256 CAs), scale (enroll_at_scale),
- * chat (connect, rtt, msgs, file), web (web_rtt beside the JSON face), join (keygen/join)
+ * chat (connect, rtt, msgs, file), relay (file and rtt through the CA's relay beside direct),
+ * web (web_rtt beside the JSON face), join (keygen/join)
  * and log (the issuance log's cost on signing, proof size and checks at 100,000 entries,
  * client audit), mailbox (post → delivered for a member online but not connected, beside the
  * direct round trip), room (a message to a room of 10 beside nine 1:1 sends). Everything runs in a
@@ -27,12 +28,23 @@ import { benchJoin } from "./join.ts";
 import { benchLog, type LogSizes } from "./log.ts";
 import { benchMailbox, type MailboxSizes } from "./mailbox.ts";
 import { benchRoom, type RoomSizes } from "./room.ts";
+import { benchRelay } from "./relay.ts";
 import { benchWeb, type WebSizes } from "./web.ts";
 import { readProc, run, stopAll } from "./_procs.ts";
 import { Report } from "./_report.ts";
 import { type Service, Workspace } from "./_world.ts";
 
-const SECTIONS = ["enroll", "scale", "chat", "web", "join", "log", "mailbox", "room"] as const;
+const SECTIONS = [
+  "enroll",
+  "scale",
+  "chat",
+  "relay",
+  "web",
+  "join",
+  "log",
+  "mailbox",
+  "room",
+] as const;
 type Section = typeof SECTIONS[number];
 
 /** Sizes of one run. */
@@ -175,7 +187,7 @@ export async function main(args: string[]): Promise<number> {
   });
   if (values.help) {
     stdout(
-      "Usage: deno task bench [--quick] [--json] [--only enroll,scale,chat,web,join,log,mailbox,room]\n",
+      "Usage: deno task bench [--quick] [--json] [--only enroll,scale,chat,relay,web,join,log,mailbox,room]\n",
     );
     return 0;
   }
@@ -227,6 +239,7 @@ export async function main(args: string[]): Promise<number> {
     },
     scale: () => benchEnrollAtScale(ws, report, set.enroll),
     chat: async () => benchChat(ws, report, set.chat, await mainService()),
+    relay: async () => benchRelay(ws, report, set.chat, await mainService()),
     web: async () => benchWeb(ws, report, set.web, await mainService()),
     join: async () => benchJoin(ws, report, set.joinRounds, await mainService()),
     log: () => benchLog(ws, report, set.log),

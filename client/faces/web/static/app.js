@@ -182,7 +182,11 @@ function handle(e) {
       });
       state.invitations.delete(e.peer);
       const c = conv(e.peer);
-      c.status = e.trust === "changed" ? "Key changed: held back" : `Connected`;
+      c.status = e.trust === "changed"
+        ? "Key changed: held back"
+        : e.via === "relay"
+        ? "Connected through the CA's relay"
+        : "Connected";
       touch(c);
       if (!state.selected) select(e.peer);
       fetchSafety(e.peer);

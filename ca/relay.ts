@@ -1,0 +1,375 @@
+/**
+ * The relay: when two members cannot reach each other directly, each opens a
+ * mutual-TLS connection to the service and asks to be joined to the other for
+ * one invitation; once both are there, the service splices the two byte
+ * streams. Inside them the peers run their own mutual TLS 1.3 (docs/PROTOCOL.md
+ * §2 "Through the relay"), so what passes here is ciphertext the service can
+ * neither read nor alter unnoticed.
+ *
+ * Caps and deadlines (docs/SECURITY.md §1, `ca serve --relay-…` flags): at most
+ * {@linkcode RELAY_PAIRS_PER_MEMBER} sessions (waiting or spliced) that a
+ * member is part of, and a total ({@linkcode relayPairBudget}: a quarter of the
+ * service's connection cap, so relayed pairs can take at most half of its
+ * connections); the first side waits at most {@linkcode RELAY_WAIT_MS} for the
+ * other; a spliced pair idle for {@linkcode RELAY_IDLE_MS} is closed; and every
+ * byte spliced counts against {@linkcode RELAY_BYTES_PER_DAY} of each of the
+ * two members (a UTC day). Opening and closing a pair are log lines with the
+ * names and byte counts, never content.
+ *
+ * @module
+ */
+import type { Socket } from "node:net";
+
+/** Relay sessions (waiting or spliced) one member may be part of at once. */
+export const RELAY_PAIRS_PER_MEMBER = 8;
+/** A spliced pair with no byte either way for this long is closed, in ms. */
+export const RELAY_IDLE_MS = 5 * 60_000;
+/** Bytes the relay carries for one member per UTC day (both directions). */
+export const RELAY_BYTES_PER_DAY = 1024 ** 3;
+/** How long the first side waits for the other, in ms. */
+export const RELAY_WAIT_MS = 30_000;
+/**
+ * How long the inviter has to pick up a relay request (in its long poll, which
+ * a running client keeps open) before the waiting side is told it is not online, in ms.
+ */
+export const RELAY_PICKUP_MS = 5_000;
+/** The protocol of the `Upgrade:` header. */
+export const RELAY_PROTOCOL = "e2e-chat-relay/1";
+
+/**
+ * The most relayed pairs the service holds at once, for a connection cap of
+ * `maxConnections`: a quarter of it (two connections a pair, so half of the
+ * connections at most), at least 1.
+ *
+ * @example
+ * ```ts
+ * import { relayPairBudget } from "./relay.ts";
+ * console.log(relayPairBudget(1024)); // 256
+ * ```
+ */
+export function relayPairBudget(maxConnections: number): number {
+  return Math.max(1, Math.floor(maxConnections / 4));
+}
+
+/** Options of {@linkcode Relay}. */
+export interface RelayOptions {
+  /** Sessions one member may be part of at once. Default: {@linkcode RELAY_PAIRS_PER_MEMBER}. */
+  pairsPerMember?: number;
+  /** Sessions at once in total. Default: 256. */
+  maxPairs?: number;
+  /** Idle time after which a spliced pair is closed, ms. Default: {@linkcode RELAY_IDLE_MS}. */
+  idleMs?: number;
+  /** Bytes per member per UTC day. Default: {@linkcode RELAY_BYTES_PER_DAY}. */
+  bytesPerDay?: number;
+  /** How long the first side waits for the other, ms. Default: {@linkcode RELAY_WAIT_MS}. */
+  waitMs?: number;
+  /** Where log lines go. Default: nowhere. */
+  log?: (line: string) => void;
+  /**
+   * For tests only: sees every byte spliced (after the service's own TLS is
+   * removed), with the name of the member who sent it. Default: none.
+   */
+  tap?: (chunk: Uint8Array, from: string) => void;
+}
+
+/** One side that asks to be joined. */
+export interface RelaySide {
+  /** The invitation the session is for. */
+  invitation: number;
+  /** The member on this side. */
+  name: string;
+  /** The member expected on the other side. */
+  peer: string;
+  /** The connection, its HTTP request read; nothing written to it yet. */
+  socket: Socket;
+  /** Bytes the client sent after its request headers. */
+  head: Uint8Array;
+}
+
+/** Why {@linkcode Relay.join} refused a side. */
+export interface RelayRefusal {
+  /** HTTP status. */
+  status: 429 | 503;
+  /** The error code of the reply. */
+  code: "ERR_RATE_LIMITED";
+  /** The message of the reply. */
+  message: string;
+}
+
+interface Waiting extends RelaySide {
+  timer: ReturnType<typeof setTimeout>;
+  onClose: () => void;
+}
+
+interface Spliced {
+  invitation: number;
+  a: RelaySide;
+  b: RelaySide;
+  bytes: { a: number; b: number };
+  started: number;
+  closed: boolean;
+  active: number;
+  timer?: ReturnType<typeof setTimeout>;
+}
+
+/** The reply that starts the splice. */
+const SWITCHING =
+  `HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${RELAY_PROTOCOL}\r\n\r\n`;
+
+/** Pairs members at the relay and splices their connections, within its caps. */
+export class Relay {
+  readonly pairsPerMember: number;
+  readonly maxPairs: number;
+  readonly idleMs: number;
+  readonly bytesPerDay: number;
+  readonly waitMs: number;
+  #log: (line: string) => void;
+  #tap?: (chunk: Uint8Array, from: string) => void;
+  #waiting = new Map<number, Waiting>();
+  #spliced = new Set<Spliced>();
+  #used = new Map<string, { day: string; bytes: number }>();
+
+  /**
+   * An empty relay with these caps.
+   *
+   * @example
+   * ```ts
+   * import { Relay } from "./relay.ts";
+   * const relay = new Relay({ maxPairs: 64, log: (line) => console.error(line) });
+   * console.log(relay.pairs); // 0
+   * ```
+   */
+  constructor(options: RelayOptions = {}) {
+    this.pairsPerMember = options.pairsPerMember ?? RELAY_PAIRS_PER_MEMBER;
+    this.maxPairs = options.maxPairs ?? 256;
+    this.idleMs = options.idleMs ?? RELAY_IDLE_MS;
+    this.bytesPerDay = options.bytesPerDay ?? RELAY_BYTES_PER_DAY;
+    this.waitMs = options.waitMs ?? RELAY_WAIT_MS;
+    this.#log = options.log ?? (() => {});
+    this.#tap = options.tap;
+  }
+
+  /** Sessions held now: waiting for their second side, or spliced. */
+  get pairs(): number {
+    return this.#waiting.size + this.#spliced.size;
+  }
+
+  /** Bytes spliced for `name` today (UTC). */
+  usedToday(name: string): number {
+    const used = this.#used.get(name);
+    return used?.day === today() ? used.bytes : 0;
+  }
+
+  /**
+   * Joins `side` to the session of its invitation: the first side waits (a
+   * 504 reply after `waitMs`), the second is spliced to it (both get a 101).
+   * Returns "waiting" or "spliced", or a refusal (nothing written: the caller
+   * replies) when a cap or the byte budget says no.
+   */
+  join(side: RelaySide): "waiting" | "spliced" | RelayRefusal {
+    const other = this.#waiting.get(side.invitation);
+    if (other && other.name === side.name) {
+      // The same member again (a retry): the newer connection takes the place.
+      this.#unwait(other);
+      other.socket.destroy();
+    } else if (other && other.name === side.peer && other.peer === side.name) {
+      this.#unwait(other);
+      this.#splice(other, side);
+      return "spliced";
+    }
+    const refused = this.#refusal(side.name) ?? this.#refusal(side.peer);
+    if (refused) return refused;
+    if (this.pairs >= this.maxPairs) {
+      return {
+        status: 503,
+        code: "ERR_RATE_LIMITED",
+        message: `The relay is full: ${this.pairs} sessions, at most ${this.maxPairs}`,
+      };
+    }
+    const waiting: Waiting = {
+      ...side,
+      timer: setTimeout(() => {
+        this.#unwait(waiting);
+        relayError(
+          side.socket,
+          504,
+          "ERR_NETWORK",
+          `"${side.peer}" did not come to the relay in time`,
+        );
+      }, this.waitMs),
+      onClose: () => this.#unwait(waiting),
+    };
+    side.socket.once("close", waiting.onClose);
+    this.#waiting.set(side.invitation, waiting);
+    return "waiting";
+  }
+
+  /**
+   * Ends the wait of the side waiting for `invitation` with a 404 after `ms`
+   * unless `came()` says the other side learnt of it by then (a client that is
+   * not running never will: there is no point in waiting the full time).
+   */
+  awaitPickup(invitation: number, came: () => boolean, ms: number = RELAY_PICKUP_MS): void {
+    const waiting = this.#waiting.get(invitation);
+    if (!waiting) return;
+    const timer = setTimeout(() => {
+      if (came() || this.#waiting.get(invitation) !== waiting) return;
+      this.#unwait(waiting);
+      relayError(
+        waiting.socket,
+        404,
+        "ERR_NOT_FOUND",
+        `"${waiting.peer}" is not online to come to the relay`,
+      );
+    }, ms);
+    waiting.socket.once("close", () => clearTimeout(timer));
+  }
+
+  /** Closes every session (at shutdown). */
+  close(): void {
+    for (const w of [...this.#waiting.values()]) {
+      this.#unwait(w);
+      w.socket.destroy();
+    }
+    for (const s of [...this.#spliced]) this.#end(s, "the service stops");
+  }
+
+  #refusal(name: string): RelayRefusal | undefined {
+    if (this.usedToday(name) >= this.bytesPerDay) {
+      return {
+        status: 429,
+        code: "ERR_RATE_LIMITED",
+        message: `The relay's byte budget of "${name}" for today is spent`,
+      };
+    }
+    let mine = 0;
+    for (const w of this.#waiting.values()) if (w.name === name || w.peer === name) mine++;
+    for (const s of this.#spliced) if (s.a.name === name || s.b.name === name) mine++;
+    if (mine >= this.pairsPerMember) {
+      return {
+        status: 429,
+        code: "ERR_RATE_LIMITED",
+        message: `"${name}" has ${mine} relay sessions, at most ${this.pairsPerMember}`,
+      };
+    }
+    return undefined;
+  }
+
+  #unwait(w: Waiting): void {
+    clearTimeout(w.timer);
+    w.socket.off("close", w.onClose);
+    if (this.#waiting.get(w.invitation) === w) this.#waiting.delete(w.invitation);
+  }
+
+  #splice(first: RelaySide, second: RelaySide): void {
+    const s: Spliced = {
+      invitation: first.invitation,
+      a: first,
+      b: second,
+      bytes: { a: 0, b: 0 },
+      started: Date.now(),
+      closed: false,
+      active: Date.now(),
+    };
+    this.#spliced.add(s);
+    const idle = () => {
+      const left = s.active + this.idleMs - Date.now();
+      if (left <= 0) this.#end(s, "idle");
+      else s.timer = setTimeout(idle, left);
+    };
+    s.timer = setTimeout(idle, this.idleMs);
+    this.#log(
+      `e2e-chat-ca: relay opened ${first.name}<->${second.name} invitation ${first.invitation}`,
+    );
+    for (const side of [first, second]) {
+      // Records go on as they come: a chat message is a small write, and Nagle would hold it.
+      side.socket.setNoDelay(true);
+      side.socket.write(SWITCHING);
+    }
+    const count = (from: RelaySide, to: RelaySide, key: "a" | "b", chunk: Uint8Array) => {
+      s.active = Date.now();
+      s.bytes[key] += chunk.length;
+      this.#tap?.(chunk, from.name);
+      const fromOk = this.#charge(from.name, chunk.length);
+      const toOk = this.#charge(to.name, chunk.length);
+      if (!fromOk || !toOk) this.#end(s, "byte budget spent");
+    };
+    const wire = (from: RelaySide, to: RelaySide, key: "a" | "b") => {
+      // Whatever a side sent right after its request goes first.
+      if (from.head.length) {
+        count(from, to, key, from.head);
+        to.socket.write(from.head);
+      }
+      from.socket.on("data", (chunk: Uint8Array) => count(from, to, key, chunk));
+      from.socket.once("close", () => this.#end(s, `${from.name} left`));
+      from.socket.on("error", () => {});
+      // pipe() keeps back-pressure: a slow reader slows the writer, not our memory.
+      from.socket.pipe(to.socket);
+    };
+    wire(first, second, "a");
+    wire(second, first, "b");
+  }
+
+  // Counts bytes against `name`'s budget of today; false once it is spent.
+  #charge(name: string, bytes: number): boolean {
+    const day = today();
+    const used = this.#used.get(name);
+    const total = (used?.day === day ? used.bytes : 0) + bytes;
+    this.#used.set(name, { day, bytes: total });
+    return total <= this.bytesPerDay;
+  }
+
+  #end(s: Spliced, reason: string): void {
+    if (s.closed) return;
+    s.closed = true;
+    clearTimeout(s.timer);
+    this.#spliced.delete(s);
+    s.a.socket.destroy();
+    s.b.socket.destroy();
+    const seconds = ((Date.now() - s.started) / 1000).toFixed(1);
+    this.#log(
+      `e2e-chat-ca: relay closed ${s.a.name}<->${s.b.name} invitation ${s.invitation}: ` +
+        `${s.bytes.a} bytes ${s.a.name}->${s.b.name}, ${s.bytes.b} bytes ${s.b.name}->${s.a.name}, ` +
+        `${seconds}s (${reason})`,
+    );
+  }
+}
+
+/**
+ * Writes an HTTP error reply (docs/API.md's `{"error": {code, message}}`) on a
+ * connection whose request went to the relay, and ends it.
+ *
+ * @example
+ * ```ts
+ * import net from "node:net";
+ * import { relayError } from "./relay.ts";
+ * const socket = net.connect(65433, "127.0.0.1");
+ * relayError(socket, 404, "ERR_NOT_FOUND", "No pending invitation 7");
+ * ```
+ */
+export function relayError(socket: Socket, status: number, code: string, message: string): void {
+  if (socket.destroyed) return;
+  const body = JSON.stringify({ error: { code, message } }) + "\n";
+  const bytes = new TextEncoder().encode(body);
+  socket.end(
+    `HTTP/1.1 ${status} ${REASONS[status] ?? "Error"}\r\n` +
+      `content-type: application/json; charset=utf-8\r\ncontent-length: ${bytes.length}\r\n` +
+      `cache-control: no-store\r\nconnection: close\r\n\r\n${body}`,
+  );
+}
+
+const REASONS: Record<number, string> = {
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  429: "Too Many Requests",
+  500: "Internal Server Error",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+};
+
+function today(): string {
+  return new Date().toISOString().slice(0, 10);
+}

@@ -1,0 +1,214 @@
+import assert from "node:assert/strict";
+import net from "node:net";
+import { Relay, relayPairBudget, type RelaySide } from "./relay.ts";
+
+// The relay on real loopback TCP sockets: each "side" is the server end of a connection
+// whose client end the test reads and writes, as the service hands the relay an upgraded socket.
+
+interface Client {
+  socket: net.Socket;
+  received: () => string;
+  closed: Promise<void>;
+}
+
+async function withSockets(fn: (pair: () => Promise<[net.Socket, Client]>) => Promise<void>) {
+  const accepted: net.Socket[] = [];
+  const waiting: Array<(s: net.Socket) => void> = [];
+  const server = net.createServer((s) => {
+    const w = waiting.shift();
+    if (w) w(s);
+    else accepted.push(s);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  const open: net.Socket[] = [];
+  const pair = async (): Promise<[net.Socket, Client]> => {
+    const serverSide = new Promise<net.Socket>((resolve) => {
+      const s = accepted.shift();
+      if (s) resolve(s);
+      else waiting.push(resolve);
+    });
+    const socket = net.connect(port, "127.0.0.1");
+    let text = "";
+    socket.on("data", (d: Uint8Array) => text += new TextDecoder().decode(d));
+    socket.on("error", () => {});
+    const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
+    const side = await serverSide;
+    side.on("error", () => {});
+    open.push(socket, side);
+    return [side, { socket, received: () => text, closed }];
+  };
+  try {
+    await fn(pair);
+  } finally {
+    for (const s of open) s.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+}
+
+async function until(what: string, ok: () => boolean, ms = 5_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > end) assert.fail(`not within ${ms} ms: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+function side(socket: net.Socket, invitation: number, name: string, peer: string): RelaySide {
+  return { socket, invitation, name, peer, head: new Uint8Array() };
+}
+
+Deno.test("Relay.join() holds the first side, then answers 101 to both and splices the two streams both ways, with a log line for open and close", async () => {
+  await withSockets(async (pair) => {
+    const logs: string[] = [];
+    const tapped: string[] = [];
+    const relay = new Relay({
+      log: (l) => logs.push(l),
+      tap: (c, from) => tapped.push(`${from}:${new TextDecoder().decode(c)}`),
+    });
+    const [a, alice] = await pair();
+    const [b, bob] = await pair();
+    assert.equal(relay.join(side(b, 7, "bob", "alice")), "waiting");
+    assert.equal(relay.pairs, 1);
+    const head = { ...side(a, 7, "alice", "bob"), head: new TextEncoder().encode("early ") };
+    assert.equal(relay.join(head), "spliced");
+    await until(
+      "both got 101",
+      () =>
+        alice.received().startsWith("HTTP/1.1 101 ") && bob.received().startsWith("HTTP/1.1 101 "),
+    );
+    bob.socket.write("hello alice");
+    alice.socket.write("bytes");
+    await until("bob's bytes at alice", () => alice.received().endsWith("hello alice"));
+    await until("alice's bytes at bob", () => bob.received().endsWith("early bytes"));
+    assert.ok(tapped.includes("alice:early "), tapped.join("|"));
+    assert.equal(relay.usedToday("alice"), "early bytes".length + "hello alice".length);
+    alice.socket.destroy();
+    await bob.closed;
+    await until("the pair is gone", () => relay.pairs === 0);
+    assert.deepEqual(logs[0], "e2e-chat-ca: relay opened bob<->alice invitation 7");
+    assert.match(
+      logs[1],
+      /^e2e-chat-ca: relay closed bob<->alice invitation 7: 11 bytes bob->alice, 11 bytes alice->bob, [\d.]+s \(alice left\)$/,
+    );
+    assert.ok(!logs.join("\n").includes("hello"), "the log holds no content");
+  });
+});
+
+Deno.test("Relay.join() refuses a member past its cap of sessions, and anyone once the total cap is reached, with ERR_RATE_LIMITED", async () => {
+  await withSockets(async (pair) => {
+    const relay = new Relay({ pairsPerMember: 2, maxPairs: 3 });
+    for (const i of [1, 2]) {
+      assert.equal(relay.join(side((await pair())[0], i, "bob", "alice")), "waiting");
+    }
+    assert.deepEqual(relay.join(side((await pair())[0], 3, "bob", "carol")), {
+      status: 429,
+      code: "ERR_RATE_LIMITED",
+      message: '"bob" has 2 relay sessions, at most 2',
+    });
+    // Its peer's sessions count too: alice is part of both.
+    assert.deepEqual(relay.join(side((await pair())[0], 4, "dave", "alice")), {
+      status: 429,
+      code: "ERR_RATE_LIMITED",
+      message: '"alice" has 2 relay sessions, at most 2',
+    });
+    assert.equal(relay.join(side((await pair())[0], 5, "carol", "dave")), "waiting");
+    assert.deepEqual(relay.join(side((await pair())[0], 6, "erin", "frank")), {
+      status: 503,
+      code: "ERR_RATE_LIMITED",
+      message: "The relay is full: 3 sessions, at most 3",
+    });
+    // The second side of a waiting session is always let in: it takes no new place.
+    assert.equal(relay.join(side((await pair())[0], 1, "alice", "bob")), "spliced");
+    relay.close();
+  });
+});
+
+Deno.test("Relay.join() gives up on a side whose peer does not come in time with a 504 and ERR_NETWORK", async () => {
+  await withSockets(async (pair) => {
+    const relay = new Relay({ waitMs: 100 });
+    const [b, bob] = await pair();
+    assert.equal(relay.join(side(b, 1, "bob", "alice")), "waiting");
+    await bob.closed;
+    assert.match(bob.received(), /^HTTP\/1\.1 504 Gateway Timeout\r\n/);
+    assert.match(
+      bob.received(),
+      /\{"error":\{"code":"ERR_NETWORK","message":"\\"alice\\" did not come to the relay in time"\}\}\n$/,
+    );
+    assert.equal(relay.pairs, 0);
+  });
+});
+
+Deno.test("Relay.join() lets a member's newer connection take the place of its waiting one", async () => {
+  await withSockets(async (pair) => {
+    const relay = new Relay();
+    const [b1, first] = await pair();
+    const [b2] = await pair();
+    assert.equal(relay.join(side(b1, 1, "bob", "alice")), "waiting");
+    assert.equal(relay.join(side(b2, 1, "bob", "alice")), "waiting");
+    await first.closed;
+    assert.equal(relay.pairs, 1);
+    relay.close();
+  });
+});
+
+Deno.test("the relay closes a pair once a member's byte budget for the day is spent, and refuses that member afterwards", async () => {
+  await withSockets(async (pair) => {
+    const logs: string[] = [];
+    const relay = new Relay({ bytesPerDay: 1000, log: (l) => logs.push(l) });
+    const [a, alice] = await pair();
+    const [b, bob] = await pair();
+    relay.join(side(b, 1, "bob", "alice"));
+    relay.join(side(a, 1, "alice", "bob"));
+    await until("101", () => bob.received().startsWith("HTTP/1.1 101"));
+    alice.socket.write("x".repeat(1500));
+    await bob.closed;
+    await alice.closed;
+    assert.match(logs.at(-1)!, /\(byte budget spent\)$/);
+    assert.ok(relay.usedToday("bob") > 1000);
+    const [c] = await pair();
+    assert.deepEqual(relay.join(side(c, 2, "carol", "bob")), {
+      status: 429,
+      code: "ERR_RATE_LIMITED",
+      message: `The relay's byte budget of "bob" for today is spent`,
+    });
+  });
+});
+
+Deno.test("the relay closes a pair with no byte either way for its idle time", async () => {
+  await withSockets(async (pair) => {
+    const logs: string[] = [];
+    const relay = new Relay({ idleMs: 150, log: (l) => logs.push(l) });
+    const [a, alice] = await pair();
+    const [b, bob] = await pair();
+    relay.join(side(b, 1, "bob", "alice"));
+    relay.join(side(a, 1, "alice", "bob"));
+    await Promise.all([alice.closed, bob.closed]);
+    assert.match(logs.at(-1)!, /\(idle\)$/);
+  });
+});
+
+Deno.test("relayPairBudget() is a quarter of the connection cap, at least 1", () => {
+  assert.equal(relayPairBudget(1024), 256);
+  assert.equal(relayPairBudget(8), 2);
+  assert.equal(relayPairBudget(2), 1);
+});
+
+Deno.test("Relay.awaitPickup() ends a wait with a 404 when the other side did not learn of it in time, and leaves it alone when it did", async () => {
+  await withSockets(async (pair) => {
+    const relay = new Relay();
+    const [b, bob] = await pair();
+    const [c, carol] = await pair();
+    assert.equal(relay.join(side(b, 1, "bob", "alice")), "waiting");
+    assert.equal(relay.join(side(c, 2, "carol", "alice")), "waiting");
+    relay.awaitPickup(1, () => false, 50);
+    relay.awaitPickup(2, () => true, 50);
+    await bob.closed;
+    assert.match(bob.received(), /^HTTP\/1\.1 404 Not Found\r\n/);
+    assert.match(bob.received(), /"alice\\" is not online to come to the relay"/);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(carol.received(), "", "carol still waits");
+    assert.equal(relay.pairs, 1);
+    relay.close();
+  });
+});
