@@ -3,7 +3,9 @@
  * removed afterwards. A CA is created and served; alice and bob enroll with
  * invites; two client processes run the original's flow (alice asks the CA
  * for bob, bob accepts and connects) and talk over mutual TLS; the transcript
- * is printed with both fingerprints.
+ * is printed with both fingerprints. Then carol, who was offline, finds alice's
+ * message in the CA's mailbox (sealed end to end), and, unreachable herself
+ * (`--no-listen`), talks to alice through the CA's relay.
  *
  * Every step runs the real CLI as its own process, with the permissions its
  * `deno task` has.
@@ -77,9 +79,9 @@ async function main(): Promise<void> {
     say(`   ${url}`);
     say(`   CA fingerprint (SHA-256): ${fp}`);
 
-    say("3. The admin invites alice and bob; each joins with their own invite");
+    say("3. The admin invites alice, bob and carol; each joins with their own invite");
     const homes: Record<string, string> = {};
-    for (const name of ["alice", "bob"]) {
+    for (const name of ["alice", "bob", "carol"]) {
       const invite = (await run("ca", ["invite", name, "--home", caHome], baseEnv)).trim();
       say(`   $ deno task ca invite ${name}`);
       say(`     ${invite.replace(/token=.*/, "token=…")}`);
@@ -164,11 +166,60 @@ async function main(): Promise<void> {
       }…)`,
     );
 
-    await alice.stop();
-    await bob.stop();
+    say();
+    say("8. carol is offline: alice writes to her anyway, through the CA's mailbox");
+    say("   alice> /msg carol Welcome! We talk in the mornings.");
+    await alice.send("/msg carol Welcome! We talk in the mornings.");
+    const queued = await expect(alice, (e) => e.type === "queued", "queued");
+    say(
+      "   queued: sealed for carol's certificate and signed by alice (CMS, openssl cms); the CA holds",
+    );
+    say("   only ciphertext, the two names, its size and the times");
+    say("   carol starts her client, unreachable from outside: --no-listen");
+    const carol = await ChatClient.start({ name: "carol", home: homes.carol }, {
+      args: ["--no-listen"],
+      readyMs: WAIT_MS,
+      failOnError: true,
+    });
+    procs.push(carol);
+    const mail = await expect(carol, (e) => e.type === "message", "the mailbox message");
+    say(`   <${mail.from}> ${mail.text}   (via ${mail.via}: opened and checked by carol alone)`);
+    await expect(
+      alice,
+      (e) => e.type === "delivered" && e.id === queued.id,
+      "the mailbox receipt",
+    );
+    say("   alice sees ✓ delivered: carol's signed receipt came back through the mailbox");
 
     say();
-    say("8. Even the CA is checked: every certificate it issued is in its append-only log");
+    say("9. carol cannot be reached, so the two meet at the CA's relay");
+    say("   carol> /chat alice        alice> /accept carol");
+    await carol.send("/chat alice");
+    await expect(alice, (e) => e.type === "invite" && e.from === "carol", "carol's invitation");
+    await alice.send("/accept carol");
+    const relayed = await expect(
+      alice,
+      (e) => e.type === "connected" && e.peer === "carol",
+      "connected to carol",
+    );
+    say(
+      `   connected via ${relayed.via}: the CA splices the bytes; inside, alice and carol run their own`,
+    );
+    say("   mutual TLS 1.3 with every check, so the CA forwards only their ciphertext");
+    await carol.send("Hello from behind my NAT.");
+    const hello = await expect(
+      alice,
+      (e) => e.type === "message" && e.from === "carol",
+      "carol's message",
+    );
+    say(`   <${hello.from}> ${hello.text}`);
+
+    await alice.stop();
+    await bob.stop();
+    await carol.stop();
+
+    say();
+    say("10. Even the CA is checked: every certificate it issued is in its append-only log");
     say("   $ deno task ca log");
     const log = await run("ca", ["log", "--home", caHome, "--entries", "4"], baseEnv);
     for (const line of log.trimEnd().split("\n")) say(`     ${line}`);

@@ -414,12 +414,23 @@ Deno.test("a chat listener under attack keeps serving its invited peer, and writ
           aliceBefore,
           await snapshot(aliceUser.home),
           "alice's home",
-          /\/history\/bob\.jsonl$/,
+          // The history of bob, and the record of received files the quotas count (the attack's
+          // files, all inside downloads: checked below).
+          /\/history\/bob\.jsonl$|\/received\.json$/,
+        );
+        const received = JSON.parse(
+          await Deno.readTextFile(join(aliceUser.home, "received.json")).catch(() => "[]"),
+        ) as Array<{ path: string }>;
+        assert.ok(
+          received.length > 0 && received.every((r) => dirname(r.path) === downloads),
+          JSON.stringify(received),
         );
         assertSameFiles(caBefore, await snapshot(service!.caDir), "the CA");
         const added = (await tree(dir)).filter((p) => !filesBefore.includes(p) && p !== "bob/");
         const unexpected = added.filter((p) =>
           !/^alice-dl\/inner\/[^/]+$/.test(p) && p !== "bob/peers.json" &&
+          // the record of received files (checked above: it names files in downloads only)
+          p !== "alice/received.json" &&
           // the two histories of the legitimate conversation (alice's is checked above)
           !["alice/history/", "alice/history/bob.jsonl", "bob/history/", "bob/history/alice.jsonl"]
             .includes(p)

@@ -360,9 +360,10 @@ async function hostileMember(s: Scene): Promise<void> {
 async function unreachablePair(s: Scene): Promise<void> {
   const [amyUser, boUser, cyUser] = await s.join("amy", "bo", "cy");
   const amy = await s.start(amyUser);
-  // bo listens where cy may not connect: the two never meet directly.
-  const bo = await s.start(boUser, [], ["--listen", "127.0.0.2:0"]);
-  const cy = await s.start(cyUser, ["--deny-net=127.0.0.2"]);
+  // bo listens where cy may not connect: the two never meet directly. Nor at the CA's relay
+  // (--relay never), which would otherwise join them: the room's forwarding is what is tested.
+  const bo = await s.start(boUser, [], ["--listen", "127.0.0.2:0", "--relay", "never"]);
+  const cy = await s.start(cyUser, ["--deny-net=127.0.0.2"], ["--relay", "never"]);
   await amy.send(`/room create ${ROOM}`);
   await amy.expect({ type: "room_joined", room: ROOM });
   await addMember(amy, bo);
