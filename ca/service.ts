@@ -467,37 +467,7 @@ function readJson(req: IncomingMessage): Promise<unknown> {
     req.resume();
     return Promise.reject(e);
   }
-  return new Promise((resolve, reject) => {
-    const chunks: Uint8Array[] = [];
-    let size = 0;
-    req.on("data", (chunk: Uint8Array) => {
-      size += chunk.length;
-      if (size > MAX_BODY_BYTES) {
-        reject(tooLarge());
-        req.removeAllListeners("data");
-        req.resume();
-        return;
-      }
-      chunks.push(chunk);
-    });
-    // A client that hangs up mid-body is its own problem, not an internal error.
-    const ended = () => reject(new E2eError("ERR_BAD_REQUEST", "The request body ended early"));
-    req.on("error", ended);
-    req.on("aborted", ended);
-    req.on("end", () => {
-      const bytes = new Uint8Array(size);
-      let offset = 0;
-      for (const c of chunks) {
-        bytes.set(c, offset);
-        offset += c.length;
-      }
-      try {
-        resolve(parseJsonBody(type, bytes));
-      } catch (e) {
-        reject(e);
-      }
-    });
-  });
+  return collect(req, MAX_BODY_BYTES, tooLarge).then((bytes) => parseJsonBody(type, bytes));
 }
 
 let inFlight = 0;
@@ -519,12 +489,22 @@ function readBytes(req: IncomingMessage, type: string, maxBytes: number): Promis
     req.resume();
     return Promise.reject(tooBig());
   }
+  return collect(req, maxBytes, tooBig, true);
+}
+
+// A request body of at most `maxBytes` (else `tooBig()`), whole. `counted`: held against the
+// service-wide budget of mailbox uploads while it is read (a flood of 8 MiB posts).
+function collect(
+  req: IncomingMessage,
+  maxBytes: number,
+  tooBig: () => E2eError,
+  counted = false,
+): Promise<Uint8Array> {
   return new Promise((resolve, reject) => {
     const chunks: Uint8Array[] = [];
     let size = 0;
-    // Counted against the service-wide budget while held here (a flood of 8 MiB posts).
     const release = () => {
-      inFlight -= size;
+      if (counted) inFlight -= size;
       size = 0;
     };
     const fail = (e: E2eError) => {
@@ -536,9 +516,9 @@ function readBytes(req: IncomingMessage, type: string, maxBytes: number): Promis
     };
     req.on("data", (chunk: Uint8Array) => {
       size += chunk.length;
-      inFlight += chunk.length;
+      if (counted) inFlight += chunk.length;
       if (size > maxBytes) return fail(tooBig());
-      if (inFlight > MAILBOX_INFLIGHT_BYTES) {
+      if (counted && inFlight > MAILBOX_INFLIGHT_BYTES) {
         return fail(
           new E2eError("ERR_RATE_LIMITED", "The mailbox is busy with other uploads", {
             hint: "try again in a minute",
@@ -547,6 +527,7 @@ function readBytes(req: IncomingMessage, type: string, maxBytes: number): Promis
       }
       chunks.push(chunk);
     });
+    // A client that hangs up mid-body is its own problem, not an internal error.
     const ended = () => fail(new E2eError("ERR_BAD_REQUEST", "The request body ended early"));
     req.on("error", ended);
     req.on("aborted", ended);

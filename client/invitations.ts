@@ -5,11 +5,10 @@
  * @module
  */
 import type { CaClient, InvitationReply, RelayRequestReply } from "./ca_client.ts";
+import { backoffMs, pause } from "./poll.ts";
 
 /** How long one long poll waits at the CA, in seconds. */
 const POLL_WAIT_SECONDS = 25;
-/** The longest pause between polls after failures. */
-const MAX_BACKOFF_MS = 30_000;
 
 /** Options of {@linkcode Invitations}. */
 export interface InvitationsOptions {
@@ -121,21 +120,8 @@ export class Invitations {
             `Cannot reach the CA for invitations: ${e instanceof Error ? e.message : e}`,
           );
         }
-        await pause(Math.min(MAX_BACKOFF_MS, 1000 * 2 ** Math.min(failures, 5)), stopped);
+        await pause(backoffMs(failures), stopped);
       }
     }
   }
-}
-
-// A pause that ends early (and leaves no timer behind) when `signal` aborts.
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done);
-  });
 }

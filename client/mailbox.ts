@@ -44,6 +44,7 @@ import type { CertificateInfo } from "../lib/x509.ts";
 import type { CaClient, MailboxRecord } from "./ca_client.ts";
 import type { ClientHome } from "./home.ts";
 import type { KeyState } from "./trust.ts";
+import { backoffMs, pause } from "./poll.ts";
 
 /** Largest file the mailbox carries, bytes (the service adds CMS overhead to its cap). */
 export const MAX_MAILBOX_FILE_BYTES = 8 * 1024 * 1024;
@@ -55,8 +56,6 @@ const OFFER = ".offer.cms";
 const RETRY_RECEIPT = new Set(["ERR_NETWORK", "ERR_QUOTA", "ERR_RATE_LIMITED", "ERR_INTERNAL"]);
 /** How long one long poll waits at the CA, in seconds. */
 const POLL_WAIT_SECONDS = 25;
-/** The longest pause between polls after failures. */
-const MAX_BACKOFF_MS = 30_000;
 
 /** What the mailbox needs of the chat: keys, checks, and where its news goes. */
 export interface MailboxHost {
@@ -347,7 +346,7 @@ export class MailboxClient {
             `Cannot reach the CA for the mailbox: ${e instanceof Error ? e.message : e}`,
           );
         }
-        await pause(Math.min(MAX_BACKOFF_MS, 1000 * 2 ** Math.min(failures, 5)), stopped);
+        await pause(backoffMs(failures), stopped);
       }
     }
   }
@@ -585,17 +584,4 @@ async function readRecord<T>(path: string, field: string): Promise<Record<string
     }
   }
   return out;
-}
-
-// A pause that ends early (and leaves no timer behind) when `signal` aborts.
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done);
-  });
 }
