@@ -18,7 +18,7 @@ import {
 } from "../lib/frames.ts";
 import { FEATURE_ROOMS, type RoomFrame } from "../lib/room.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
-import { announcedName, hashFile, IncomingFile } from "./files.ts";
+import { announcedName, formatSize, hashFile, IncomingFile } from "./files.ts";
 
 /** A file a peer offers (or, from an older peer, announces). */
 export interface FileOffer {
@@ -252,6 +252,18 @@ export class PeerConnection {
       throw new E2eError(
         "ERR_USAGE",
         `${MAX_OFFERS} files already wait for "${this.name}" to accept them`,
+      );
+    }
+    // A peer that does not list "offer" confirms nothing it receives, so a file to it is only
+    // as large as the window we allow unconfirmed (else it could make us buffer a whole file).
+    if (!this.#peerFeatures.has(FEATURE_OFFER) && size > SEND_WINDOW) {
+      throw new E2eError(
+        "ERR_TOO_LARGE",
+        `"${this.name}" does not confirm what it receives (its hello does not list "offer"): ` +
+          `files to it are limited to ${formatSize(SEND_WINDOW)}, and this one is ${
+            formatSize(size)
+          }`,
+        { hint: "an up-to-date e2e-chat client takes larger files" },
       );
     }
     const id = this.#id();

@@ -4,6 +4,7 @@
  * that writes hostile frames.
  */
 import assert from "node:assert/strict";
+import { E2eError } from "../lib/errors.ts";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import tls from "node:tls";
@@ -296,5 +297,32 @@ Deno.test("PeerConnection aborts a send the peer reads nothing of after sendStal
     await until("closed", aliceSeen, (s) => s.some((e) => e[0] === "closed"));
     assert.match(String(aliceSeen.find((e) => e[0] === "closed")![1]), /reads nothing/);
     assert.ok(!aliceSeen.some((e) => e[0] === "fileSent" && e[1] === offer.id));
+  });
+});
+
+Deno.test('PeerConnection sends a peer that does not list "offer" no file larger than its unconfirmed window', async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: recorder([]),
+    });
+    alice.start();
+    rawBob.on("data", () => {});
+    rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["bin"] }));
+    const path = join(dir, "nine.bin");
+    {
+      using f = await Deno.open(path, { write: true, create: true });
+      await f.truncate(9 * 1024 * 1024);
+    }
+    await assert.rejects(
+      alice.sendFile(path),
+      (e: unknown) =>
+        e instanceof E2eError && e.code === "ERR_TOO_LARGE" &&
+        /"bob" does not confirm what it receives .*limited to 8 MiB, and this one is 9 MiB/
+          .test(e.message),
+    );
+    const small = join(dir, "small.bin");
+    await Deno.writeFile(small, new Uint8Array(1024));
+    assert.equal((await alice.sendFile(small)).bytes, 1024);
   });
 });
