@@ -525,6 +525,7 @@ export class Chat {
    * (declined, refused, or aborted after no progress for a while).
    */
   async sendFile(name: string, path: string): Promise<string> {
+    if (isRoomName(name)) return await this.#fileToRoom(name, path);
     checkName(name);
     if (!this.#peers.get(name)?.conn.open) return await this.#fileToMailbox(name, path);
     const conn = this.#connected(name);
@@ -699,6 +700,60 @@ export class Chat {
     ]);
     await this.#history.flush();
     await this.#quota.flush();
+  }
+
+  // A file to a room: offered to each member over its own connection, as a file to a peer is
+  // (consent, quotas), marked with the room; members not connected now are named in a warning.
+  // Resolves with the first transfer's id (each member's transfer has its own).
+  async #fileToRoom(room: string, path: string): Promise<string> {
+    const members = this.#rooms.members(room).members.map((m) => m.name)
+      .filter((n) => n !== this.#id.name);
+    try {
+      if (!(await Deno.stat(path)).isFile) throw new Error("not a file");
+    } catch {
+      throw new E2eError("ERR_FILE", `Cannot read ${JSON.stringify(path)}`);
+    }
+    const ids: string[] = [];
+    const missed: string[] = [];
+    for (const name of members) {
+      const p = this.#peers.get(name);
+      if (!p?.conn.open || p.blocked || !p.conn.rooms) {
+        missed.push(name);
+        continue;
+      }
+      try {
+        ids.push((await p.conn.sendFile(path, { room })).id);
+      } catch (e) {
+        missed.push(name);
+        this.#emit({
+          type: "warning",
+          message: `${room}: the file was not offered to "${name}": ${
+            e instanceof Error ? e.message : e
+          }`,
+        });
+      }
+    }
+    if (missed.length) {
+      this.#emit({
+        type: "warning",
+        message: `${room}: the file goes only to members connected now; not to ${
+          missed.map((n) => `"${n}"`).join(", ")
+        }`,
+      });
+    }
+    if (!ids.length) {
+      throw new E2eError("ERR_NOT_FOUND", `No member of ${room} is connected to take the file`);
+    }
+    const info = await Deno.stat(path);
+    this.#history.file({
+      id: ids[0],
+      from: this.#id.name,
+      to: room,
+      name: announcedName(path),
+      path,
+      bytes: info.size,
+    });
+    return ids[0];
   }
 
   // A file for a member who is not connected: read whole (up to the mailbox's cap) and posted.
@@ -998,6 +1053,9 @@ export class Chat {
     const limits = this.#quota.limits;
     return {
       decide: (peer, offer, canAsk) => {
+        if (offer.room !== undefined && !this.#rooms.isMember(offer.room, peer.name)) {
+          return { refuse: `"${peer.name}" is not a member of ${offer.room} here` };
+        }
         const refused = this.#quota.refusal(peer.name, offer.bytes);
         if (refused) return { refuse: refused };
         const p = this.#peers.get(peer.name);
@@ -1045,7 +1103,7 @@ export class Chat {
             }`,
           })
         );
-        this.#history.file({ from: p.name, to: this.#id.name, ...f });
+        this.#history.file({ from: p.name, to: f.room ?? this.#id.name, ...f });
         this.#emit({ type: "file", from: p.name, ...f });
       },
       progress: (p, info) => this.#emit({ type: "progress", peer: p.name, ...info }),
@@ -1062,8 +1120,17 @@ export class Chat {
         }),
       offer: (p, offer) => this.#emit({ type: "file_offer", from: p.name, ...offer }),
       fileSent: (p, info) => {
-        this.#history.file({ from: this.#id.name, to: p.name, ...info });
-        this.#emit({ type: "sent", to: p.name, id: info.id, file: info.name });
+        // A room's file went into the room's history once, when it was offered.
+        if (info.room === undefined) {
+          this.#history.file({ from: this.#id.name, to: p.name, ...info });
+        }
+        this.#emit({
+          type: "sent",
+          to: p.name,
+          id: info.id,
+          file: info.name,
+          ...(info.room === undefined ? {} : { room: info.room }),
+        });
       },
       held: (p) =>
         this.#emit({

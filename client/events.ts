@@ -40,7 +40,7 @@ export type CoreEvent =
     via: Via;
   }
   | { type: "message"; from: string; text: string; id: string; via?: "mailbox" }
-  | { type: "sent"; to: string; id: string; text?: string; file?: string }
+  | { type: "sent"; to: string; id: string; text?: string; file?: string; room?: string }
   | { type: "queued"; to: string; id: string; text?: string; file?: string }
   | { type: "delivered"; to: string; id: string; ms?: number }
   | {
@@ -52,6 +52,7 @@ export type CoreEvent =
     bytes: number;
     sha256: string;
     via?: "mailbox";
+    room?: string;
   }
   | {
     type: "progress";
@@ -60,6 +61,7 @@ export type CoreEvent =
     bytes: number;
     total: number;
     direction: "in" | "out";
+    room?: string;
   }
   | {
     type: "file_offer";
@@ -69,6 +71,7 @@ export type CoreEvent =
     bytes: number;
     sha256: string;
     via?: "mailbox";
+    room?: string;
   }
   | {
     type: "file_failed";

@@ -227,7 +227,9 @@ export class History {
     await this.#queue;
   }
 
+  // The conversation: the other party, or the room (its name starts with "#").
   #peerOf(m: { from: string; to: string }): string {
+    if (m.to.startsWith("#")) return m.to;
     return m.from === this.#options.self ? m.to : m.from;
   }
 

@@ -30,6 +30,8 @@ export interface FileOffer {
   bytes: number;
   /** SHA-256, 64 lowercase hex. */
   sha256: string;
+  /** The room it is sent to (a file to a room goes to each member over its own connection). */
+  room?: string;
 }
 
 /** What to do with a file as it is offered: take it, ask the user, or refuse it (why). */
@@ -55,12 +57,12 @@ export interface PeerEvents {
   /** A file arrived and matched its SHA-256. */
   file(
     peer: PeerConnection,
-    info: { id: string; name: string; path: string; bytes: number; sha256: string },
+    info: { id: string; name: string; path: string; bytes: number; sha256: string; room?: string },
   ): void;
   /** Progress of a file transfer. */
   progress(
     peer: PeerConnection,
-    info: { id: string; bytes: number; total: number; direction: "in" | "out" },
+    info: { id: string; bytes: number; total: number; direction: "in" | "out"; room?: string },
   ): void;
   /** A file transfer failed. */
   fileFailed(
@@ -82,7 +84,7 @@ export interface PeerEvents {
   /** The last byte of a file we send was handed to the connection. */
   fileSent?(
     peer: PeerConnection,
-    info: { id: string; name: string; path: string; bytes: number },
+    info: { id: string; name: string; path: string; bytes: number; room?: string },
   ): void;
 }
 
@@ -155,6 +157,8 @@ export class PeerConnection {
   #incoming = new Map<string, IncomingFile>();
   #releases = new Map<string, () => void>(); // quota given back if an incoming file fails
   #offers = new Map<string, FileOffer>(); // offered to us, waiting for the user
+  #incomingRooms = new Map<string, string>(); // the room of a file being received
+  #sendingRoom?: string; // the room of the file being sent (one at a time)
   #outgoing = new Map<string, Outgoing>(); // offered by us, waiting for an accept
   #sending: Promise<void> = Promise.resolve(); // one file streams at a time
   #hello = Promise.withResolvers<void>();
@@ -226,18 +230,18 @@ export class PeerConnection {
    * whose hello did not list "offer"); `fileSent`, `progress` and `fileFailed`
    * report how it goes.
    */
-  async sendFile(path: string): Promise<FileOffer> {
+  async sendFile(path: string, options: { room?: string } = {}): Promise<FileOffer> {
     // Held open from here: what streams is what was hashed, even if the path is removed.
     const file = await Deno.open(path);
     try {
-      return await this.#offer(path, file);
+      return await this.#offer(path, file, options.room);
     } catch (e) {
       file.close();
       throw e;
     }
   }
 
-  async #offer(path: string, file: Deno.FsFile): Promise<FileOffer> {
+  async #offer(path: string, file: Deno.FsFile, room?: string): Promise<FileOffer> {
     const { sha256, size } = await hashFile(file);
     // Its features say whether the file frame is an offer or the start of the data.
     const heard = await Promise.race([
@@ -266,13 +270,17 @@ export class PeerConnection {
         { hint: "an up-to-date e2e-chat client takes larger files" },
       );
     }
+    if (room !== undefined && !this.#peerFeatures.has(FEATURE_ROOMS)) {
+      throw new E2eError("ERR_USAGE", `"${this.name}" does not take room frames nor room files`);
+    }
     const id = this.#id();
-    const out: Outgoing = { path, file, name: announcedName(path), size, sha256 };
+    const out: Outgoing = { path, file, name: announcedName(path), size, sha256, room };
+    const inRoom = room === undefined ? {} : { room };
     // Not awaited: a peer that does not read must never block the one who sends.
-    this.#write({ type: "file", id, name: out.name, size, sha256 });
+    this.#write({ type: "file", id, name: out.name, size, sha256, ...inRoom });
     if (this.#peerFeatures.has(FEATURE_OFFER)) this.#outgoing.set(id, out);
     else this.#startSending(id, out);
-    return { id, name: out.name, bytes: size, sha256 };
+    return { id, name: out.name, bytes: size, sha256, ...inRoom };
   }
 
   /** Accepts the file `id` this peer offered: counts it, answers `accept`, receives it. */
@@ -309,6 +317,7 @@ export class PeerConnection {
           name: out.name,
           path: out.path,
           bytes: out.size,
+          ...(out.room === undefined ? {} : { room: out.room }),
         });
       } catch (e) {
         this.#options.events.fileFailed(this, {
@@ -326,6 +335,7 @@ export class PeerConnection {
   // offers, at most SEND_WINDOW bytes go unconfirmed by its "got"; each wait lasts at most
   // sendStallMs, then the send is aborted.
   async #stream(id: string, out: Outgoing): Promise<void> {
+    this.#sendingRoom = out.room;
     const file = out.file;
     await file.seek(0, Deno.SeekMode.Start);
     // Raw bytes after a "bin" frame when the peer said it takes them; else base64 in JSON.
@@ -575,7 +585,13 @@ export class PeerConnection {
         if (!offering && this.#incoming.size >= MAX_INCOMING_FILES) {
           throw malformed("too many files at once");
         }
-        const offer = { id: frame.id, name: frame.name, bytes: frame.size, sha256: frame.sha256 };
+        const offer: FileOffer = {
+          id: frame.id,
+          name: frame.name,
+          bytes: frame.size,
+          sha256: frame.sha256,
+          ...(frame.room === undefined ? {} : { room: frame.room }),
+        };
         const verdict = this.#options.files?.decide(this, offer, offering) ?? "accept";
         if (verdict === "accept") {
           const refused = await this.#take(offer, offering);
@@ -651,12 +667,15 @@ export class PeerConnection {
         this.#releases.delete(frame.id);
         try {
           const path = await file.finish();
+          const room = this.#incomingRooms.get(frame.id);
+          this.#incomingRooms.delete(frame.id);
           events.file(this, {
             id: frame.id,
             name: file.announced,
             path,
             bytes: file.size,
             sha256: file.sha256,
+            ...(room === undefined ? {} : { room }),
           });
           this.#write({ type: "ack", id: frame.id });
         } catch (e) {
@@ -725,6 +744,7 @@ export class PeerConnection {
       );
       this.#incoming.set(offer.id, file);
       this.#releases.set(offer.id, release);
+      if (offer.room !== undefined) this.#incomingRooms.set(offer.id, offer.room);
     } catch (e) {
       release();
       throw e;
@@ -775,7 +795,14 @@ export class PeerConnection {
     const now = Date.now();
     if (bytes < total && now - this.#lastProgress < 250) return;
     this.#lastProgress = now;
-    this.#options.events.progress(this, { id, bytes, total, direction });
+    const room = direction === "in" ? this.#incomingRooms.get(id) : this.#sendingRoom;
+    this.#options.events.progress(this, {
+      id,
+      bytes,
+      total,
+      direction,
+      ...(room === undefined ? {} : { room }),
+    });
   }
 
   // Malformed input: one error frame, then the connection closes. The client goes on.
@@ -804,6 +831,7 @@ export class PeerConnection {
       });
     }
     this.#incoming.clear();
+    this.#incomingRooms.clear();
     this.#releases.clear();
     for (const out of this.#outgoing.values()) out.file.close();
     for (const id of [...this.#offers.keys(), ...this.#outgoing.keys()]) {
@@ -827,6 +855,7 @@ interface Outgoing {
   name: string;
   size: number;
   sha256: string;
+  room?: string;
 }
 
 // A file refused from a peer that streams without asking: its data is already on the way,

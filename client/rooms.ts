@@ -356,6 +356,12 @@ export class Rooms {
     return this.#byName(room) !== undefined;
   }
 
+  /** Whether `name` is in the member list we hold for `room` (false when we are not in it). */
+  isMember(room: string, name: string): boolean {
+    const r = this.#byName(room);
+    return r !== undefined && this.#member(r, name);
+  }
+
   /**
    * Sends `text` to `room`, signed, to every member connected now (the others
    * get it from them); returns its id, `AUTHOR.SEQ`.

@@ -6,7 +6,7 @@
  * @module
  */
 import { E2eError } from "./errors.ts";
-import { decodeRoomFrame, type RoomFrame } from "./room.ts";
+import { decodeRoomFrame, isRoomName, type RoomFrame } from "./room.ts";
 
 /** The protocol version of `hello`. */
 export const PROTOCOL_VERSION = 1;
@@ -38,7 +38,7 @@ export type Frame =
   | { type: "hello"; v: number; features?: string[]; checkpoint?: string }
   | { type: "msg"; id: string; text: string }
   | { type: "ack"; id: string }
-  | { type: "file"; id: string; name: string; size: number; sha256: string }
+  | { type: "file"; id: string; name: string; size: number; sha256: string; room?: string }
   | { type: "chunk"; id: string; data: string }
   | { type: "bin"; id: string; size: number }
   | { type: "end"; id: string }
@@ -133,7 +133,18 @@ export function decodeFrame(line: string): Frame {
       if (typeof f.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(f.sha256)) {
         throw malformed("file needs a sha256 of 64 lowercase hex characters");
       }
-      return { type: "file", id: id(f.id), name: f.name, size: f.size, sha256: f.sha256 };
+      // A file to a room (docs/PROTOCOL.md §9) names it; the receiver checks the membership.
+      if (f.room !== undefined && (typeof f.room !== "string" || !isRoomName(f.room))) {
+        throw malformed("file's room must be a room name");
+      }
+      return {
+        type: "file",
+        id: id(f.id),
+        name: f.name,
+        size: f.size,
+        sha256: f.sha256,
+        ...(f.room === undefined ? {} : { room: f.room }),
+      };
     }
     case "chunk":
       if (

@@ -59,6 +59,7 @@ const EVERY_FRAME: Frame[] = [
   { type: "msg", id: "m-1", text: "hi ✓ 🙂\nsecond line" },
   { type: "ack", id: "m-1" },
   { type: "file", id: "f.1", name: "report.pdf", size: 12_345, sha256: SHA },
+  { type: "file", id: "f.2", name: "plan.bin", size: 1, sha256: SHA, room: "#team" },
   { type: "chunk", id: "f.1", data: "aGVsbG8=" },
   { type: "bin", id: "f.1", size: 524_288 },
   { type: "end", id: "f.1" },
@@ -581,4 +582,11 @@ Deno.test("LineSplitter.pushLine() refuses invalid UTF-8 with ERR_BAD_REQUEST", 
     () => new LineSplitter().pushLine(Uint8Array.of(0x7b, 0xff, 0x7d, 0x0a)),
     e2eError("ERR_BAD_REQUEST", "Malformed frame: not UTF-8"),
   );
+});
+
+Deno.test("decodeFrame() refuses a file whose room is not a room name", () => {
+  for (const room of ["team", "#Team", "", 7, "#" + "a".repeat(100)]) {
+    const line = JSON.stringify({ type: "file", id: "f", name: "a", size: 1, sha256: SHA, room });
+    assert.throws(() => decodeFrame(line), /file's room must be a room name/, String(room));
+  }
 });

@@ -392,6 +392,68 @@ async function unreachablePair(s: Scene): Promise<void> {
   await amy.expect({ type: "room_message", from: "cy", text: "plain text goes to the room" });
 }
 
+/**
+ * A file to a room goes to each member over its own connection, as a file to a peer does: an
+ * offer marked with the room (consent: the keys are first seen), then the file with the same
+ * SHA-256, kept in the room's history. A file marked with a room its sender is not in is refused.
+ */
+async function roomFile(s: Scene): Promise<void> {
+  const [faUser, fbUser, fcUser, fdUser] = await s.join("fa", "fb", "fc", "fd");
+  const [fa, fb, fc] = await Promise.all([faUser, fbUser, fcUser].map((u) => s.start(u)));
+  await fa.send(`/room create ${ROOM}`);
+  await fa.expect({ type: "room_joined", room: ROOM });
+  await addMember(fa, fb);
+  await addMember(fa, fc);
+  await meshed([fa, fb, fc]);
+  const bytes = new Uint8Array(100_000).map((_, i) => (i * 7919) % 251);
+  const path = join(s.dir, "plan.bin");
+  await Deno.writeFile(path, bytes);
+  const sha256 = Array.from(
+    new Uint8Array(await crypto.subtle.digest("SHA-256", bytes)),
+    (b) => b.toString(16).padStart(2, "0"),
+  ).join("");
+  await fa.send(`/file ${ROOM} ${path}`);
+  for (const member of [fb, fc]) {
+    const offer = await member.expect({ type: "file_offer", from: "fa", room: ROOM });
+    assert.equal(offer.name, "plan.bin");
+    assert.equal(offer.sha256, sha256);
+    await member.send(`/get ${offer.id}`);
+    const file = await member.expect({ type: "file", from: "fa", room: ROOM });
+    assert.deepEqual(await Deno.readFile(String(file.path)), bytes);
+    await member.send(`/history ${ROOM}`);
+    const history = await member.expect({ type: "history", peer: ROOM });
+    const entries = history.entries as Array<{ kind: string; from: string; file?: unknown }>;
+    assert.ok(entries.some((e) => e.kind === "file" && e.from === "fa"), JSON.stringify(entries));
+  }
+  await fa.expect({ type: "sent", to: "fb", room: ROOM, file: "plan.bin" });
+  await fa.expect({ type: "sent", to: "fc", room: ROOM, file: "plan.bin" });
+  await fa.send(`/history ${ROOM}`);
+  const own = await fa.expect({ type: "history", peer: ROOM });
+  assert.equal(
+    (own.entries as Array<{ kind: string }>).filter((e) => e.kind === "file").length,
+    1,
+    "the room's history holds the file once",
+  );
+
+  // fd, connected to fb but no member, marks a file with the room: refused, nothing written.
+  const mark = fb.mark();
+  await fb.send("/chat fd");
+  await waitUntil(() => fb.since(mark, { type: "invited", to: "fd" }).length > 0, "fb invites fd");
+  const fd = s.raw(fb.port, fdUser);
+  fd.write(encodeFrame({ type: "hello", v: 1, features: ["bin", "offer", "rooms"] }));
+  fd.write(encodeFrame({
+    type: "file",
+    id: "x1",
+    name: "intruder.txt",
+    size: 5,
+    sha256: "0".repeat(64),
+    room: ROOM,
+  }));
+  const declined = await fd.expectFrame({ type: "decline", id: "x1" });
+  assert.equal(declined.reason, `refused: "fd" is not a member of ${ROOM} here`);
+  assert.deepEqual(fb.since(mark, { type: "file_offer" }), []);
+}
+
 const SCENARIOS: ReadonlyArray<readonly [string, (s: Scene) => Promise<void>]> = [
   [
     "five members in one room: every message reaches every other member once, in its author's order; who leaves or is removed gets nothing after, a late joiner gets what follows, and a killed member catches up after its restart",
@@ -404,6 +466,10 @@ const SCENARIOS: ReadonlyArray<readonly [string, (s: Scene) => Promise<void>]> =
   [
     "two members who cannot reach each other directly get and send everything through the third, signatures intact",
     unreachablePair,
+  ],
+  [
+    "a file to a room reaches each member as an offer marked with the room and arrives with the same SHA-256, kept in the room's history; a file marked with a room its sender is not in is refused",
+    roomFile,
   ],
 ];
 

@@ -36,6 +36,7 @@ TEXT                send to the current peer
 /room members #ROOM       members, key fingerprints and the member-list hash to compare
 /rooms                    your rooms and room invitations
 /msg #ROOM TEXT           send to a room (plain text goes there when it is the current one)
+/file #ROOM PATH          offer a file to each member of the room connected now
 /quit               leave`;
 
 /** One parsed line of input. */
@@ -111,8 +112,8 @@ export function parseCommand(line: string, options: ParseOptions = {}): Command 
       return { op: "send", name: target(args[0]), text: args.slice(1).join(" ") };
     case "/file": {
       arg(0, "PATH");
-      // "/file NAME PATH" when the first word is a connected peer; else all of it is the path.
-      if (args.length >= 2 && options.isPeer?.(args[0])) {
+      // "/file NAME PATH" when the first word is a room or a known peer; else all of it is the path.
+      if (args.length >= 2 && (isRoomName(args[0]) || options.isPeer?.(args[0]))) {
         return { op: "file", name: args[0], path: args.slice(1).join(" ") };
       }
       return { op: "file", path: args.join(" ") };
@@ -299,12 +300,6 @@ export class CommandRunner {
       case "file": {
         const name = command.name ?? this.#current;
         if (!name) throw new E2eError("ERR_USAGE", "No current peer: /file NAME PATH");
-        if (isRoomName(name)) {
-          throw new E2eError(
-            "ERR_USAGE",
-            `Files to a room are not supported yet: send to a member`,
-          );
-        }
         // Not awaited: hashing a large file, or a peer slow to say hello, must not hold up
         // the next command. Its outcome comes as events (`sent`, `file_failed`, or `error`).
         chat.sendFile(name, resolveUserPath(command.path)).catch((e) =>

@@ -92,14 +92,17 @@ function format(e: ChatEvent): string | undefined {
     case "file":
       return styleText(
         "green",
-        `file from ${e.from}: ${clean(e.name)} (${e.bytes} bytes, SHA-256 ok) → ${clean(e.path)}`,
+        `file from ${e.from}${e.room ? ` in ${e.room}` : ""}: ${
+          clean(e.name)
+        } (${e.bytes} bytes, ` +
+          `SHA-256 ok) → ${clean(e.path)}`,
       );
     case "file_offer":
       return styleText(
         "yellow",
-        `${e.from} offers a file: ${clean(e.name)} (${formatSize(e.bytes)}, SHA-256 ${
-          e.sha256.slice(0, 16)
-        }…) — /get ${e.id} to accept, /decline ${e.id} to refuse`,
+        `${e.from} offers a file${e.room ? ` to ${e.room}` : ""}: ${clean(e.name)} (${
+          formatSize(e.bytes)
+        }, SHA-256 ${e.sha256.slice(0, 16)}…) — /get ${e.id} to accept, /decline ${e.id} to refuse`,
       );
     case "file_failed":
       return styleText("yellow", clean(e.message));

@@ -94,7 +94,11 @@ const frameArb: fc.Arbitrary<Frame> = fc.oneof(
     name: fc.string({ unit: "binary", minLength: 1, maxLength: 64 }),
     size: fc.maxSafeNat(),
     sha256: hexArb,
-  }),
+  }, { requiredKeys: ["type", "id", "name", "size", "sha256"] }).chain((f) =>
+    fc.option(fc.constantFrom("#team", "#a-b_1"), { nil: undefined }).map((room) =>
+      room === undefined ? f : { ...f, room }
+    )
+  ),
   fc.record({ type: fc.constant("chunk" as const), id: idArb, data: base64Arb }),
   fc.record({
     type: fc.constant("bin" as const),

@@ -574,7 +574,8 @@ export class WebServer {
   // POST /upload?to=NAME&name=FILE: the body goes to a private folder under its own
   // (sanitised) name, since the peer sees the name of the file we send; then it is sent and removed.
   async #upload(request: Request, url: URL): Promise<Response> {
-    const to = checkName(url.searchParams.get("to") ?? "");
+    const given = url.searchParams.get("to") ?? "";
+    const to = isRoomName(given) ? given : checkName(given);
     const name = safeFileName(url.searchParams.get("name") ?? "file");
     const length = Number(request.headers.get("content-length") ?? "0");
     if (length > MAX_UPLOAD_BYTES) return json(413, { error: { message: "File too large" } });

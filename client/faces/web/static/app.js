@@ -241,7 +241,7 @@ function handle(e) {
       return progress(e);
     case "file": {
       if (state.offers.delete(`${e.from} ${e.id}`)) drawOffers();
-      const c = conv(e.from);
+      const c = conv(e.room ?? e.from);
       // The transfer's item (from its progress) becomes the file: by its id when the event
       // has one, else the unfinished transfer of that size.
       let item = c.items.get(e.id) ??
@@ -264,7 +264,9 @@ function handle(e) {
     case "file_offer":
       state.offers.set(`${e.from} ${e.id}`, e);
       drawOffers();
-      notice(`${e.from} offers a file: ${e.name} (${size(e.bytes)})`);
+      notice(
+        `${e.from} offers a file${e.room ? ` to ${e.room}` : ""}: ${e.name} (${size(e.bytes)})`,
+      );
       return;
     case "file_failed":
       notice(e.message, "warning");
@@ -396,7 +398,7 @@ function addItem(c, item) {
 }
 
 function progress(e) {
-  const c = conv(e.peer);
+  const c = conv(e.room ?? e.peer);
   let item = c.items.get(e.id) ??
     [...c.items.values()].find((i) => i.transferId === e.id);
   if (!item && e.direction === "out") {
@@ -757,8 +759,7 @@ function drawConversation() {
   const can = canSend();
   $("message").disabled = !can;
   $("send").disabled = !can;
-  // Files to a room are not in this version.
-  const files = can && !isRoom(name);
+  const files = can;
   $("file").disabled = !files;
   $("file-label").classList.toggle("disabled", !files);
 }
