@@ -106,12 +106,6 @@ Deno.test("Relay.join() refuses a member past its cap of sessions, and anyone on
       code: "ERR_RATE_LIMITED",
       message: '"bob" has 2 relay sessions, at most 2',
     });
-    // Its peer's sessions count too: alice is part of both.
-    assert.deepEqual(relay.join(side((await pair())[0], 4, "dave", "alice")), {
-      status: 429,
-      code: "ERR_RATE_LIMITED",
-      message: '"alice" has 2 relay sessions, at most 2',
-    });
     assert.equal(relay.join(side((await pair())[0], 5, "carol", "dave")), "waiting");
     assert.deepEqual(relay.join(side((await pair())[0], 6, "erin", "frank")), {
       status: 503,
@@ -120,6 +114,43 @@ Deno.test("Relay.join() refuses a member past its cap of sessions, and anyone on
     });
     // The second side of a waiting session is always let in: it takes no new place.
     assert.equal(relay.join(side((await pair())[0], 1, "alice", "bob")), "spliced");
+    relay.close();
+  });
+});
+
+Deno.test("Relay.join() counts a waiting session for the member who waits only: waits naming a member do not lock it out, its spliced sessions do", async () => {
+  await withSockets(async (pair) => {
+    const relay = new Relay({ pairsPerMember: 2 });
+    // mallory waits, twice, on invitations to alice that alice never takes up.
+    for (const i of [1, 2]) {
+      assert.equal(relay.join(side((await pair())[0], i, "mallory", "alice")), "waiting");
+    }
+    // alice still waits for carol, and carol for alice.
+    assert.equal(relay.join(side((await pair())[0], 3, "alice", "carol")), "waiting");
+    assert.equal(relay.join(side((await pair())[0], 4, "dave", "alice")), "waiting");
+    assert.equal(relay.join(side((await pair())[0], 3, "carol", "alice")), "spliced");
+    assert.equal(relay.join(side((await pair())[0], 4, "alice", "dave")), "spliced");
+    // Spliced, both sessions are alice's: a third naming her is refused.
+    assert.deepEqual(relay.join(side((await pair())[0], 5, "erin", "alice")), {
+      status: 429,
+      code: "ERR_RATE_LIMITED",
+      message: '"alice" has 2 relay sessions, at most 2',
+    });
+    relay.close();
+  });
+});
+
+Deno.test("Relay.join() holds no connection that closed before it came, and splices none to it", async () => {
+  await withSockets(async (pair) => {
+    const relay = new Relay();
+    const [b, bob] = await pair();
+    b.destroy();
+    await bob.closed;
+    assert.equal(relay.join(side(b, 1, "bob", "alice")), "gone");
+    assert.equal(relay.pairs, 0);
+    const [a, alice] = await pair();
+    assert.equal(relay.join(side(a, 1, "alice", "bob")), "waiting");
+    assert.equal(alice.received(), "");
     relay.close();
   });
 });
