@@ -19,6 +19,7 @@
  * @module
  */
 import type { Socket } from "node:net";
+import { deadline } from "../lib/connections.ts";
 
 /** Relay sessions one member may be part of at once (waiting in them, or spliced). */
 export const RELAY_PAIRS_PER_MEMBER = 8;
@@ -33,6 +34,11 @@ export const RELAY_WAIT_MS = 30_000;
  * a running client keeps open) before the waiting side is told it is not online, in ms.
  */
 export const RELAY_PICKUP_MS = 5_000;
+/**
+ * How long a connection the relay answered with an error may stay open for its reply to be
+ * read, in ms: a client that never closes its side must not keep the connection.
+ */
+export const RELAY_LINGER_MS = 5_000;
 /** The protocol of the `Upgrade:` header. */
 export const RELAY_PROTOCOL = "e2e-chat-relay/1";
 
@@ -361,6 +367,8 @@ export function relayError(socket: Socket, status: number, code: string, message
       `content-type: application/json; charset=utf-8\r\ncontent-length: ${bytes.length}\r\n` +
       `cache-control: no-store\r\nconnection: close\r\n\r\n${body}`,
   );
+  // The service's idle limit no longer watches this socket, and end() alone waits for the client.
+  deadline(socket, RELAY_LINGER_MS);
 }
 
 const REASONS: Record<number, string> = {

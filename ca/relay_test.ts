@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import net from "node:net";
-import { Relay, relayPairBudget, type RelaySide } from "./relay.ts";
+import { Relay, relayError, relayPairBudget, type RelaySide } from "./relay.ts";
 
 // The relay on real loopback TCP sockets: each "side" is the server end of a connection
 // whose client end the test reads and writes, as the service hands the relay an upgraded socket.
@@ -242,4 +242,29 @@ Deno.test("Relay.awaitPickup() ends a wait with a 404 when the other side did no
     assert.equal(relay.pairs, 1);
     relay.close();
   });
+});
+
+Deno.test("relayError() closes the connection even when the client never closes its side", async () => {
+  const server = net.createServer();
+  const accepted = new Promise<net.Socket>((resolve) => server.once("connection", resolve));
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  // Half-open: the client keeps its side open after the reply, as a hostile one may.
+  const client = net.connect({
+    port: (server.address() as net.AddressInfo).port,
+    host: "127.0.0.1",
+    allowHalfOpen: true,
+  });
+  let received = "";
+  client.on("data", (d: Uint8Array) => received += new TextDecoder().decode(d));
+  client.on("error", () => {});
+  const socket = await accepted;
+  try {
+    relayError(socket, 401, "ERR_UNAUTHENTICATED", "This route needs a client certificate");
+    await until("the service's side is closed", () => socket.destroyed, 15_000);
+    assert.match(received, /^HTTP\/1\.1 401 Unauthorized\r\n/);
+  } finally {
+    client.destroy();
+    socket.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
 });
