@@ -76,6 +76,8 @@ export class Mailbox {
   readonly limits: MailboxLimits;
   #boxes = new Map<string, Map<string, ItemRecord>>();
   #waiters = new Map<string, Set<() => void>>();
+  // Posts under way per recipient (checked, not yet stored): they count against the quota.
+  #posting = new Map<string, { items: number; bytes: number }>();
   #timer?: ReturnType<typeof setInterval>;
   #now: () => number;
 
@@ -141,11 +143,13 @@ export class Mailbox {
     }
     await this.#expire(to);
     const box = this.#box(to);
-    const waiting = [...box.values()].reduce((n, r) => n + r.size, 0);
-    if (box.size >= this.limits.maxItems) {
+    const posting = this.#posting.get(to) ?? { items: 0, bytes: 0 };
+    const waiting = [...box.values()].reduce((n, r) => n + r.size, 0) + posting.bytes;
+    const items = box.size + posting.items;
+    if (items >= this.limits.maxItems) {
       throw new E2eError(
         "ERR_QUOTA",
-        `The mailbox of "${to}" is full: ${box.size} items wait, at most ${this.limits.maxItems}`,
+        `The mailbox of "${to}" is full: ${items} items wait, at most ${this.limits.maxItems}`,
         { hint: `try again once "${to}" has fetched them` },
       );
     }
@@ -166,15 +170,25 @@ export class Mailbox {
       expiresAt: new Date(now + this.limits.ttlMs).toISOString(),
     };
     const dir = this.#paths.mailboxOf(to);
-    await ensurePrivateDir(dir);
-    // The item first, then its record: a crash between them leaves an orphan, not a hole.
-    await writeFileAtomic(join(dir, `${record.id}.cms`), item, { mode: 0o600, durable: true });
-    await writeFileAtomic(
-      join(dir, `${record.id}.json`),
-      JSON.stringify(record) + "\n",
-      { mode: 0o600, durable: true },
-    );
-    box.set(record.id, record);
+    // Counted from now on: posts that come at once must not all fit the same room.
+    posting.items++;
+    posting.bytes += item.length;
+    this.#posting.set(to, posting);
+    try {
+      await ensurePrivateDir(dir);
+      // The item first, then its record: a crash between them leaves an orphan, not a hole.
+      await writeFileAtomic(join(dir, `${record.id}.cms`), item, { mode: 0o600, durable: true });
+      await writeFileAtomic(
+        join(dir, `${record.id}.json`),
+        JSON.stringify(record) + "\n",
+        { mode: 0o600, durable: true },
+      );
+      box.set(record.id, record);
+    } finally {
+      posting.items--;
+      posting.bytes -= item.length;
+      if (posting.items === 0) this.#posting.delete(to);
+    }
     for (const wake of this.#waiters.get(to) ?? []) wake();
     return record;
   }

@@ -138,3 +138,28 @@ Deno.test("Mailbox.wait() returns as soon as an item arrives for that recipient"
     }
   });
 });
+
+Deno.test("Mailbox.post() holds to the recipient's quota when posts come at once", async () => {
+  await withTempDir(async (home) => {
+    const mailbox = await Mailbox.open(new CaPaths(home), { maxItems: 3, maxBytes: 1000 });
+    try {
+      const posts = await Promise.allSettled(
+        Array.from({ length: 8 }, () => mailbox.post("alice", "bob", item(100))),
+      );
+      assert.equal(posts.filter((p) => p.status === "fulfilled").length, 3);
+      for (const p of posts) {
+        if (p.status === "rejected") {
+          assert.ok(e2eError("ERR_QUOTA", /^The mailbox of "bob" is full: 3 items wait/)(p.reason));
+        }
+      }
+      assert.equal(mailbox.list("bob").length, 3);
+      const big = await Promise.allSettled(
+        Array.from({ length: 4 }, () => mailbox.post("alice", "carol", item(400))),
+      );
+      assert.equal(big.filter((p) => p.status === "fulfilled").length, 2);
+      assert.equal(mailbox.list("carol").reduce((n, r) => n + r.size, 0), 800);
+    } finally {
+      mailbox.close();
+    }
+  });
+});

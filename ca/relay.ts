@@ -7,8 +7,8 @@
  * neither read nor alter unnoticed.
  *
  * Caps and deadlines (docs/SECURITY.md §1, `ca serve --relay-…` flags): at most
- * {@linkcode RELAY_PAIRS_PER_MEMBER} sessions (waiting or spliced) that a
- * member is part of, and a total ({@linkcode relayPairBudget}: a quarter of the
+ * {@linkcode RELAY_PAIRS_PER_MEMBER} sessions that a member is part of (one it
+ * waits in, or a spliced one), and a total ({@linkcode relayPairBudget}: a quarter of the
  * service's connection cap, so relayed pairs can take at most half of its
  * connections); the first side waits at most {@linkcode RELAY_WAIT_MS} for the
  * other; a spliced pair idle for {@linkcode RELAY_IDLE_MS} is closed; and every
@@ -19,8 +19,9 @@
  * @module
  */
 import type { Socket } from "node:net";
+import { deadline } from "../lib/connections.ts";
 
-/** Relay sessions (waiting or spliced) one member may be part of at once. */
+/** Relay sessions one member may be part of at once (waiting in them, or spliced). */
 export const RELAY_PAIRS_PER_MEMBER = 8;
 /** A spliced pair with no byte either way for this long is closed, in ms. */
 export const RELAY_IDLE_MS = 5 * 60_000;
@@ -33,6 +34,11 @@ export const RELAY_WAIT_MS = 30_000;
  * a running client keeps open) before the waiting side is told it is not online, in ms.
  */
 export const RELAY_PICKUP_MS = 5_000;
+/**
+ * How long a connection the relay answered with an error may stay open for its reply to be
+ * read, in ms: a client that never closes its side must not keep the connection.
+ */
+export const RELAY_LINGER_MS = 5_000;
 /** The protocol of the `Upgrade:` header. */
 export const RELAY_PROTOCOL = "e2e-chat-relay/1";
 
@@ -163,10 +169,13 @@ export class Relay {
   /**
    * Joins `side` to the session of its invitation: the first side waits (a
    * 504 reply after `waitMs`), the second is spliced to it (both get a 101).
-   * Returns "waiting" or "spliced", or a refusal (nothing written: the caller
+   * Returns "waiting" or "spliced", "gone" for a connection that closed before
+   * it came here (it is not held), or a refusal (nothing written: the caller
    * replies) when a cap or the byte budget says no.
    */
-  join(side: RelaySide): "waiting" | "spliced" | RelayRefusal {
+  join(side: RelaySide): "waiting" | "spliced" | "gone" | RelayRefusal {
+    // Closed while the service authorized it: its "close" has passed, and would never end a wait.
+    if (side.socket.destroyed) return "gone";
     const other = this.#waiting.get(side.invitation);
     if (other && other.name === side.name) {
       // The same member again (a retry): the newer connection takes the place.
@@ -243,7 +252,9 @@ export class Relay {
       };
     }
     let mine = 0;
-    for (const w of this.#waiting.values()) if (w.name === name || w.peer === name) mine++;
+    // A wait is the waiter's only: were it also its peer's, any member could lock another out
+    // of the relay by waiting on invitations to them that they never take up.
+    for (const w of this.#waiting.values()) if (w.name === name) mine++;
     for (const s of this.#spliced) if (s.a.name === name || s.b.name === name) mine++;
     if (mine >= this.pairsPerMember) {
       return {
@@ -356,6 +367,8 @@ export function relayError(socket: Socket, status: number, code: string, message
       `content-type: application/json; charset=utf-8\r\ncontent-length: ${bytes.length}\r\n` +
       `cache-control: no-store\r\nconnection: close\r\n\r\n${body}`,
   );
+  // The service's idle limit no longer watches this socket, and end() alone waits for the client.
+  deadline(socket, RELAY_LINGER_MS);
 }
 
 const REASONS: Record<number, string> = {

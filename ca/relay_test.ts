@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import net from "node:net";
-import { Relay, relayPairBudget, type RelaySide } from "./relay.ts";
+import { Relay, relayError, relayPairBudget, type RelaySide } from "./relay.ts";
 
 // The relay on real loopback TCP sockets: each "side" is the server end of a connection
 // whose client end the test reads and writes, as the service hands the relay an upgraded socket.
@@ -106,12 +106,6 @@ Deno.test("Relay.join() refuses a member past its cap of sessions, and anyone on
       code: "ERR_RATE_LIMITED",
       message: '"bob" has 2 relay sessions, at most 2',
     });
-    // Its peer's sessions count too: alice is part of both.
-    assert.deepEqual(relay.join(side((await pair())[0], 4, "dave", "alice")), {
-      status: 429,
-      code: "ERR_RATE_LIMITED",
-      message: '"alice" has 2 relay sessions, at most 2',
-    });
     assert.equal(relay.join(side((await pair())[0], 5, "carol", "dave")), "waiting");
     assert.deepEqual(relay.join(side((await pair())[0], 6, "erin", "frank")), {
       status: 503,
@@ -120,6 +114,43 @@ Deno.test("Relay.join() refuses a member past its cap of sessions, and anyone on
     });
     // The second side of a waiting session is always let in: it takes no new place.
     assert.equal(relay.join(side((await pair())[0], 1, "alice", "bob")), "spliced");
+    relay.close();
+  });
+});
+
+Deno.test("Relay.join() counts a waiting session for the member who waits only: waits naming a member do not lock it out, its spliced sessions do", async () => {
+  await withSockets(async (pair) => {
+    const relay = new Relay({ pairsPerMember: 2 });
+    // mallory waits, twice, on invitations to alice that alice never takes up.
+    for (const i of [1, 2]) {
+      assert.equal(relay.join(side((await pair())[0], i, "mallory", "alice")), "waiting");
+    }
+    // alice still waits for carol, and carol for alice.
+    assert.equal(relay.join(side((await pair())[0], 3, "alice", "carol")), "waiting");
+    assert.equal(relay.join(side((await pair())[0], 4, "dave", "alice")), "waiting");
+    assert.equal(relay.join(side((await pair())[0], 3, "carol", "alice")), "spliced");
+    assert.equal(relay.join(side((await pair())[0], 4, "alice", "dave")), "spliced");
+    // Spliced, both sessions are alice's: a third naming her is refused.
+    assert.deepEqual(relay.join(side((await pair())[0], 5, "erin", "alice")), {
+      status: 429,
+      code: "ERR_RATE_LIMITED",
+      message: '"alice" has 2 relay sessions, at most 2',
+    });
+    relay.close();
+  });
+});
+
+Deno.test("Relay.join() holds no connection that closed before it came, and splices none to it", async () => {
+  await withSockets(async (pair) => {
+    const relay = new Relay();
+    const [b, bob] = await pair();
+    b.destroy();
+    await bob.closed;
+    assert.equal(relay.join(side(b, 1, "bob", "alice")), "gone");
+    assert.equal(relay.pairs, 0);
+    const [a, alice] = await pair();
+    assert.equal(relay.join(side(a, 1, "alice", "bob")), "waiting");
+    assert.equal(alice.received(), "");
     relay.close();
   });
 });
@@ -211,4 +242,29 @@ Deno.test("Relay.awaitPickup() ends a wait with a 404 when the other side did no
     assert.equal(relay.pairs, 1);
     relay.close();
   });
+});
+
+Deno.test("relayError() closes the connection even when the client never closes its side", async () => {
+  const server = net.createServer();
+  const accepted = new Promise<net.Socket>((resolve) => server.once("connection", resolve));
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  // Half-open: the client keeps its side open after the reply, as a hostile one may.
+  const client = net.connect({
+    port: (server.address() as net.AddressInfo).port,
+    host: "127.0.0.1",
+    allowHalfOpen: true,
+  });
+  let received = "";
+  client.on("data", (d: Uint8Array) => received += new TextDecoder().decode(d));
+  client.on("error", () => {});
+  const socket = await accepted;
+  try {
+    relayError(socket, 401, "ERR_UNAUTHENTICATED", "This route needs a client certificate");
+    await until("the service's side is closed", () => socket.destroyed, 15_000);
+    assert.match(received, /^HTTP\/1\.1 401 Unauthorized\r\n/);
+  } finally {
+    client.destroy();
+    socket.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
 });

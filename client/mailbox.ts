@@ -52,6 +52,13 @@ export const MAX_MAILBOX_FILE_BYTES = 8 * 1024 * 1024;
 export const MAX_ITEM_AGE_MS = 8 * 86_400_000;
 /** How a held file that waits for the user ends its name (HOME/mailbox/held/FROM.ID.offer.cms). */
 const OFFER = ".offer.cms";
+/**
+ * Items held back in HOME/mailbox/held/ from one sender (offers and key changes), at most: each
+ * held item has left the CA's quota, so without a cap a sender could fill our disk.
+ */
+export const MAX_HELD_PER_SENDER = 16;
+/** Items held back in HOME/mailbox/held/ in all, at most. */
+export const MAX_HELD = 64;
 /** Failures of a receipt's post that are tried again at the next look. */
 const RETRY_RECEIPT = new Set(["ERR_NETWORK", "ERR_QUOTA", "ERR_RATE_LIMITED", "ERR_INTERNAL"]);
 /** How long one long poll waits at the CA, in seconds. */
@@ -130,7 +137,7 @@ export class MailboxClient {
   #seen: Record<string, SeenEntry> = Object.create(null);
   #busy = new Set<string>();
   // Files that wait for the user, each still sealed in HOME/mailbox/held/FROM.ID.offer.cms.
-  #offers = new Map<string, MailboxOffer & { from: string; path: string }>();
+  #offers = new Map<string, MailboxOffer & { from: string; path: string; until: number }>();
   #stopped = new AbortController();
   #running = false;
   #timers = new Set<ReturnType<typeof setTimeout>>();
@@ -174,7 +181,7 @@ export class MailboxClient {
 
   /** The files that wait for the user. */
   offers(): Array<MailboxOffer & { from: string }> {
-    return [...this.#offers.values()].map(({ path: _, ...o }) => o);
+    return [...this.#offers.values()].map(({ path: _, until: __, ...o }) => o);
   }
 
   /** Whether `from` offered the file `id` through the mailbox. */
@@ -200,6 +207,9 @@ export class MailboxClient {
     if (!offer) throw new E2eError("ERR_NOT_FOUND", `No file offer ${JSON.stringify(id)}`);
     this.#offers.delete(id);
     await Deno.remove(offer.path).catch(() => {});
+    // Seen: the same item posted again (a CA that kept a copy) is a replay, not a new offer.
+    this.#seen[id] = { from: offer.from, until: offer.until, acked: true };
+    await this.#saveSeen();
   }
 
   // The offers of an earlier run: opened again (to show what they are) and offered.
@@ -228,7 +238,12 @@ export class MailboxClient {
       bytes: item.payload.length,
       sha256: createHash("sha256").update(item.payload).digest("hex"),
     };
-    this.#offers.set(item.id, { ...offer, from: item.from, path });
+    this.#offers.set(item.id, {
+      ...offer,
+      from: item.from,
+      path,
+      until: item.sent.getTime() + MAX_ITEM_AGE_MS,
+    });
     this.#host.offer(item.from, offer);
   }
 
@@ -421,6 +436,14 @@ export class MailboxClient {
     if (!seen) {
       // The key must be the one we pinned; a changed key holds the item back, still sealed.
       const state = await host.observe(item.from, signer.keyFingerprint);
+      const asks = item.kind === "file" && !at.accepted &&
+        host.askFirst(item.from, item.payload.length, state);
+      const full = (state === "changed" || asks) && !at.release && this.#heldFull(item.from);
+      if (full) {
+        host.warning(`Refused a mailbox item from "${item.from}": ${full}`);
+        await done();
+        return;
+      }
       if (state === "changed") {
         if (!at.release) await this.#hold(item, der);
         host.warning(
@@ -433,10 +456,7 @@ export class MailboxClient {
       // Consent: a file from a key first seen with it (or over the auto-accept size) waits for
       // the user, as a peer's offer does (docs/PROTOCOL.md §3); sealed, in the held folder. The
       // CA's copy can go.
-      if (
-        item.kind === "file" && !at.accepted &&
-        host.askFirst(item.from, item.payload.length, state)
-      ) {
+      if (asks) {
         await ensurePrivateDir(this.#home.mailbox);
         await ensurePrivateDir(this.#home.mailboxHeld);
         const path = join(this.#home.mailboxHeld, `${item.from}.${item.id}${OFFER}`);
@@ -514,6 +534,22 @@ export class MailboxClient {
       signerCert: this.#host.certificate(),
       recipientCert,
     });
+  }
+
+  // Why one more item from `from` cannot be held back now, if it cannot.
+  #heldFull(from: string): string | undefined {
+    let names: string[] = [];
+    try {
+      names = [...Deno.readDirSync(this.#home.mailboxHeld)].map((e) => e.name);
+    } catch { /* none held */ }
+    const theirs = names.filter((n) => n.startsWith(`${from}.`)).length;
+    if (theirs >= MAX_HELD_PER_SENDER) {
+      return `${theirs} items from them already wait for you, at most ${MAX_HELD_PER_SENDER}`;
+    }
+    if (names.length >= MAX_HELD) {
+      return `${names.length} items already wait for you, at most ${MAX_HELD}`;
+    }
+    return undefined;
   }
 
   async #hold(item: MailboxItem, der: Uint8Array): Promise<void> {

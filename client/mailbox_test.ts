@@ -10,7 +10,12 @@ import type { MailboxRecord } from "./ca_client.ts";
 import { ClientHome } from "./home.ts";
 import { waitUntil } from "../tests/_harness.ts";
 import { E2eError } from "../lib/errors.ts";
-import { MailboxClient, type MailboxHost, MAX_ITEM_AGE_MS } from "./mailbox.ts";
+import {
+  MailboxClient,
+  type MailboxHost,
+  MAX_HELD_PER_SENDER,
+  MAX_ITEM_AGE_MS,
+} from "./mailbox.ts";
 import type { KeyState } from "./trust.ts";
 
 // The real openssl and real certificates; only the CA's HTTP transport is kept in memory.
@@ -89,6 +94,8 @@ class Client {
   warnings: string[] = [];
   offers: Array<{ from: string; id: string; name: string; bytes: number; sha256: string }> = [];
   pins = new Map<string, string>();
+  /** Every file waits for the user (as over `--auto-accept`), not only one from a new key. */
+  askAll = false;
   mailbox!: MailboxClient;
   readonly me: Member;
   readonly home: ClientHome;
@@ -125,7 +132,7 @@ class Client {
         return Promise.resolve(() => this.shown.push(item));
       },
       delivered: (_to, id) => this.delivered.push(id),
-      askFirst: (_from, _bytes, state) => state === "new",
+      askFirst: (_from, _bytes, state) => this.askAll || state === "new",
       offer: (from, offer) => this.offers.push({ from, ...offer }),
       warning: (message) => this.warnings.push(message),
     };
@@ -313,4 +320,41 @@ Deno.test("MailboxClient: a receipt that cannot be posted now is posted at the n
   await alice.mailbox.check();
   assert.deepEqual(alice.delivered, [id]);
   assert.equal(service.items.size, 0);
+});
+
+Deno.test("MailboxClient: a declined file posted again by the CA is dropped as a replay, not offered again", async () => {
+  const { service, alice, bob } = await world();
+  const id = await alice.mailbox.post("bob", "file", text("unwanted"), "x.bin");
+  const [{ der }] = [...service.items.values()];
+  await bob.mailbox.check();
+  await bob.mailbox.declineOffer(id);
+  // The CA kept a copy and posts it again, also after a restart.
+  await service.as("alice").mailboxPost("bob", der);
+  const restarted = await bob.restart();
+  await restarted.mailbox.check();
+  assert.deepEqual(restarted.offers, []);
+  assert.deepEqual(restarted.warnings, [`Dropped a replayed mailbox item from "alice" (${id})`]);
+  assert.equal(bob.offers.length, 1);
+  assert.equal(service.items.size, 0);
+});
+
+Deno.test("MailboxClient: files that wait for the user are capped per sender; one more is refused with a warning and acknowledged, and not written", async () => {
+  const { service, alice, bob } = await world();
+  bob.askAll = true;
+  for (let i = 0; i <= MAX_HELD_PER_SENDER; i++) {
+    await alice.mailbox.post("bob", "file", text(`file ${i}`), `f${i}.txt`);
+  }
+  await bob.mailbox.check();
+  assert.equal(bob.offers.length, MAX_HELD_PER_SENDER);
+  assert.equal([...Deno.readDirSync(bob.home.mailboxHeld)].length, MAX_HELD_PER_SENDER);
+  assert.deepEqual(bob.warnings, [
+    `Refused a mailbox item from "alice": ${MAX_HELD_PER_SENDER} items from them already wait for you, at most ${MAX_HELD_PER_SENDER}`,
+  ]);
+  assert.equal(service.items.size, 0);
+  // Once the user answered one, there is room again.
+  await bob.mailbox.declineOffer(bob.offers[0].id);
+  await alice.mailbox.post("bob", "file", text("later"), "later.txt");
+  await bob.mailbox.check();
+  assert.equal(bob.offers.length, MAX_HELD_PER_SENDER + 1);
+  assert.equal(bob.warnings.length, 1);
 });

@@ -115,6 +115,11 @@ const HELLO_WAIT_MS = 10_000;
 const SEND_WINDOW = 8 * 1024 * 1024;
 const GOT_EVERY = 1024 * 1024;
 const MAX_UNSENT = 1024 * 1024; // bytes we let wait for a peer that does not read
+/**
+ * Bytes unsent to a peer past which room gap fills for it are dropped: a member that asks
+ * (`want`, `state`: a few bytes each) and never reads would otherwise make us hold every answer.
+ */
+export const MAX_UNSENT_FILL = 16 * 1024 * 1024;
 const CHUNK_BYTES = 512 * 1024; // within MAX_CHUNK_BYTES (base64) and MAX_BINARY_BYTES (bin)
 
 /** Part of the raw payload of a `bin` frame. */
@@ -215,6 +220,10 @@ export class PeerConnection {
   /** Sends a `room` frame to a peer that takes them; false when it does not, or is gone. */
   sendRoom(body: RoomFrame): boolean {
     if (!this.#peerFeatures.has(FEATURE_ROOMS) || this.#closed) return false;
+    // Dropped, a fill is asked for again or shown as a gap: nothing is lost that was not already.
+    if (body.op === "msg" && body.fill && this.#socket.writableLength > MAX_UNSENT_FILL) {
+      return false;
+    }
     this.#write({ type: "room", body });
     return true;
   }

@@ -12,7 +12,13 @@ import { CertificateAuthority } from "../ca/authority.ts";
 import { encodeFrame } from "../lib/frames.ts";
 import { clientOptions, serverOptions, trustAnchor } from "../lib/tls.ts";
 import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
-import { type FileOffer, type FilePolicy, PeerConnection, type PeerEvents } from "./peer.ts";
+import {
+  type FileOffer,
+  type FilePolicy,
+  MAX_UNSENT_FILL,
+  PeerConnection,
+  type PeerEvents,
+} from "./peer.ts";
 
 type Seen = Array<[string, ...unknown[]]>;
 
@@ -324,5 +330,46 @@ Deno.test('PeerConnection sends a peer that does not list "offer" no file larger
     const small = join(dir, "small.bin");
     await Deno.writeFile(small, new Uint8Array(1024));
     assert.equal((await alice.sendFile(small)).bytes, 1024);
+  });
+});
+
+Deno.test("PeerConnection drops room gap fills for a peer that reads nothing once MAX_UNSENT_FILL waits unsent", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: recorder([]),
+    });
+    alice.start();
+    let helloSeen = false;
+    rawBob.once("data", () => {
+      helloSeen = true;
+      rawBob.pause(); // asks (want, state) and never reads the answers
+    });
+    rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["rooms"] }));
+    const end = Date.now() + 10_000;
+    while (!alice.rooms || !helloSeen) {
+      if (Date.now() > end) throw new Error("no hello");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const m = {
+      roomId: "0".repeat(32),
+      room: "#team",
+      author: "carol",
+      seq: 1,
+      version: 1,
+      text: "x".repeat(65_536),
+      sig: "AAAA",
+    };
+    const frame = { op: "msg" as const, m, fill: true };
+    let sent = 0;
+    for (let i = 0; i < 2 * MAX_UNSENT_FILL / 65_536; i++) if (alice.sendRoom(frame)) sent++;
+    assert.ok(sent < 2 * MAX_UNSENT_FILL / 65_536, "every fill was taken");
+    assert.ok(
+      aliceSocket.writableLength <= MAX_UNSENT_FILL + 70_000,
+      `${aliceSocket.writableLength} bytes wait unsent`,
+    );
+    // What is not a fill still goes.
+    assert.ok(alice.sendRoom({ op: "msg", m }));
+    alice.close();
   });
 });

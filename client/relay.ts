@@ -31,7 +31,7 @@ export const RELAY_PROTOCOL = "e2e-chat-relay/1";
 /** How long we wait for the other side at the relay (the service gives up after 30 s). */
 export const RELAY_DIAL_TIMEOUT_MS = 40_000;
 
-/** The most bytes of a reply's headers we read. */
+/** The most bytes of a reply's headers we read, and of an error reply's body. */
 const MAX_HEAD_BYTES = 16 * 1024;
 
 /** Options of {@linkcode dialRelay}. */
@@ -128,7 +128,14 @@ function switched(socket: tls.TLSSocket, timeoutMs: number): Promise<tls.TLSSock
       all.set(buffered);
       all.set(chunk, buffered.length);
       buffered = all;
-      if (headEnd >= 0) return; // an error body: read to the end
+      if (headEnd >= 0) {
+        // An error body, read to its end: the service's refusals are small, and one that never
+        // ends must not fill our memory until the timeout.
+        if (buffered.length - headEnd > MAX_HEAD_BYTES) {
+          fail(new E2eError("ERR_NETWORK", "The relay sent too long a reply"));
+        }
+        return;
+      }
       const end = indexOfBlankLine(buffered);
       if (end < 0) {
         if (buffered.length > MAX_HEAD_BYTES) {

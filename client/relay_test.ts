@@ -6,9 +6,11 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { join } from "node:path";
+import tls from "node:tls";
+import { CaPaths } from "../ca/home.ts";
 import { e2eError } from "../lib/_test_util.ts";
 import { parseInvite } from "../lib/invite.ts";
-import { trustAnchor } from "../lib/tls.ts";
+import { serverOptions, trustAnchor } from "../lib/tls.ts";
 import { makeInvite, type Service, withService } from "../tests/_service_helpers.ts";
 import { Chat, type ChatOptions } from "./chat.ts";
 import type { CoreEvent } from "./events.ts";
@@ -165,6 +167,40 @@ Deno.test("dialRelay() refuses a TLS server that is not our CA service with ERR_
       );
     } finally {
       await other.stop();
+    }
+  });
+});
+
+Deno.test("dialRelay() stops reading a refusal whose body does not end, with ERR_NETWORK", async () => {
+  await withService(async (service, dir) => {
+    const id = await member(service, dir, "alice");
+    // The service's own certificate, answering with a body that never ends (a CA gone bad).
+    const paths = new CaPaths(service.home);
+    const own = {
+      cert: await Deno.readTextFile(paths.serviceCert),
+      key: await Deno.readTextFile(paths.serviceKey),
+    };
+    const endless = tls.createServer(serverOptions(own, trustAnchor(service.caPem)), (socket) => {
+      socket.on("error", () => {});
+      socket.write("HTTP/1.1 500 Internal Server Error\r\n\r\n");
+      const more = () => {
+        while (!socket.destroyed && socket.write(new Uint8Array(64 * 1024).fill(0x20)));
+        if (!socket.destroyed) socket.once("drain", more);
+      };
+      more();
+    });
+    await new Promise<void>((resolve) => endless.listen(0, "127.0.0.1", resolve));
+    const port = (endless.address() as net.AddressInfo).port;
+    try {
+      await assert.rejects(
+        dialRelay(`https://127.0.0.1:${port}`, trustAnchor(id.anchor.pem), 1, {
+          own: id.credentials,
+          timeoutMs: 10_000,
+        }),
+        e2eError("ERR_NETWORK", "The relay sent too long a reply"),
+      );
+    } finally {
+      await new Promise<void>((resolve) => endless.close(() => resolve()));
     }
   });
 });
