@@ -195,6 +195,17 @@ export class Chat {
       accept: (name) => this.accept(name),
       invitations: () => this.#invitations.names(),
       emit: (event) => this.#emit(event),
+      // A member not connected gets the room's message through the CA's mailbox, sealed to them.
+      mailbox: (name, body) =>
+        this.#mailbox.post(name, "room", new TextEncoder().encode(JSON.stringify(body)))
+          .catch((e) =>
+            this.#emit({
+              type: "warning",
+              message: `A room message for "${name}" could not be left in the mailbox: ${
+                e instanceof Error ? e.message : e
+              }`,
+            })
+          ),
       history: this.#history,
       dir: id.home.rooms,
     });
@@ -826,6 +837,11 @@ export class Chat {
       },
       store: async (item) => {
         const at = item.sent;
+        // A room's message: the room checks its author's signature and shows it in order.
+        if (item.kind === "room") {
+          this.#rooms.fromMailbox(item.from, new TextDecoder().decode(item.payload));
+          return () => {};
+        }
         if (item.kind === "message") {
           const text = new TextDecoder().decode(item.payload);
           this.#history.message({ id: item.id, from: item.from, to: this.#id.name, text, at });

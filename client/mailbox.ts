@@ -266,7 +266,7 @@ export class MailboxClient {
    */
   async post(
     to: string,
-    kind: "message" | "file",
+    kind: "message" | "file" | "room",
     payload: Uint8Array,
     name?: string,
     id: string = newItemId(),
@@ -290,6 +290,12 @@ export class MailboxClient {
       payload,
       ...(name === undefined ? {} : { name }),
     }, cert.pem);
+    // A room's message needs no receipt: the room shows it, and its sequence number says what
+    // is missing (docs/PROTOCOL.md §9).
+    if (kind === "room") {
+      await host.ca.mailboxPost(to, der);
+      return id;
+    }
     // In the outbox before the post: a receipt may come back before the post's reply does.
     this.#outbox[id] = { to, kind, postedAt: new Date().toISOString() };
     await this.#saveOutbox();
@@ -497,7 +503,7 @@ export class MailboxClient {
       show();
     }
     // Stored (now or before a crash): the receipt, then the acknowledgement.
-    if (item.kind !== "receipt") {
+    if (item.kind !== "receipt" && item.kind !== "room") {
       try {
         await this.#receipt(item.from, item.id);
       } catch (e) {

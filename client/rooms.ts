@@ -86,6 +86,8 @@ export interface RoomHost {
   invitations(): string[];
   /** Reports an event. */
   emit(event: CoreEvent): void;
+  /** Leaves a room frame for `name`, who is not connected, in the CA's mailbox. Default: none. */
+  mailbox?(name: string, body: RoomFrame): void;
   /** Where room messages are recorded (conversation `#name`). */
   history: History;
   /** HOME/rooms. */
@@ -145,6 +147,7 @@ export class Rooms {
   #dialing = new Map<string, { timer?: ReturnType<typeof setTimeout>; delay: number }>();
   #dirty = new Set<string>();
   #unreachable = new Set<string>(); // co-members we failed to connect to (said once)
+  #mailboxSeen = new Set<string>(); // messages that came through the mailbox (bounded like a connection's)
   #saving: Promise<void> = Promise.resolve();
   #saveScheduled = false;
   #stopped = false;
@@ -395,6 +398,10 @@ export class Rooms {
     const targets = this.#connectedMembers(r, [self]);
     const to = [self, ...targets.map((c) => c.name)];
     for (const conn of targets) conn.sendRoom({ op: "msg", m, to });
+    // Members not connected now get it through the mailbox (they drop what also comes otherwise).
+    for (const member of r.list.members) {
+      if (!to.includes(member.name)) this.#host.mailbox?.(member.name, { op: "msg", m, to });
+    }
     this.#save(r);
     return id;
   }
@@ -433,6 +440,21 @@ export class Rooms {
     return true;
   }
 
+  /**
+   * A room message `from` left for us in the CA's mailbox (the mailbox checked that `from`
+   * signed the item; the room checks the author's own signature, the membership and the order).
+   * Anything else, or a refusal, is a warning.
+   */
+  fromMailbox(from: string, payload: string): void {
+    try {
+      const body = decodeRoomFrame(JSON.parse(payload));
+      if (body.op !== "msg") throw refused(`a room frame "${body.op}" through the mailbox`);
+      this.#onMessage({ name: from }, body.m, body.to ?? [], true);
+    } catch (e) {
+      this.#warn(`Refused a room message from "${from}" through the mailbox`, e);
+    }
+  }
+
   /** A `room` frame from a connected peer. Refusals are reported as warnings and change nothing. */
   receive(conn: PeerConnection, body: RoomFrame): void {
     try {
@@ -446,7 +468,12 @@ export class Rooms {
         case "list":
           return this.#onList(conn, body.list);
         case "msg":
-          return this.#onMessage(conn, body.m, body.to ?? [], body.fill === true);
+          return this.#onMessage(
+            { name: conn.name, conn },
+            body.m,
+            body.to ?? [],
+            body.fill === true,
+          );
         case "state":
           return this.#onState(conn, body);
         case "want":
@@ -577,7 +604,14 @@ export class Rooms {
     this.#apply(r, list);
   }
 
-  #onMessage(conn: PeerConnection, m: SignedMessage, to: string[], fill: boolean): void {
+  // A message from a connection, or (no `conn`) from the mailbox.
+  #onMessage(
+    src: { name: string; conn?: PeerConnection },
+    m: SignedMessage,
+    to: string[],
+    fill: boolean,
+  ): void {
+    const conn = src;
     const r = this.#rooms.get(m.roomId);
     if (!r) return; // a room we left: nothing of it is shown
     if (!this.#member(r, conn.name)) throw refused(`a message of ${r.list.room} from a non-member`);
@@ -603,7 +637,7 @@ export class Rooms {
     if (m.author === this.#host.self) return; // ours, passed back
     // A member removed and added again starts again at 1: its `since` tells the two apart.
     const key = `${m.roomId}:${m.author}@${author.since}.${m.seq}`;
-    const seen = this.#seenOn(conn);
+    const seen = src.conn ? this.#seenOn(src.conn) : this.#mailboxSeen;
     const next = r.next[m.author];
     const duplicate = (next !== undefined && m.seq < next) || r.held.get(m.author)?.has(m.seq) ||
       r.buffer.has(`${m.author}.${m.seq}`);
@@ -620,7 +654,8 @@ export class Rooms {
     }
     seen.add(key);
     if (seen.size > MAX_SEEN_PER_CONNECTION) seen.delete(seen.values().next().value!);
-    if (m.version > r.list.version) this.#sendState(r, conn); // they have a newer list: ask for it
+    // They have a newer list: ask for it.
+    if (m.version > r.list.version && src.conn) this.#sendState(r, src.conn);
     this.#remember(r, m);
     // Passed on to the members the sender did not reach.
     const reached = new Set([...to, m.author, conn.name, this.#host.self]);

@@ -37,7 +37,7 @@ const MAX_HEADER_BYTES = 8 * 1024;
 export const MAX_RECEIPT_IDS = 100;
 
 /** What an item carries. */
-export type ItemKind = "message" | "file" | "receipt";
+export type ItemKind = "message" | "file" | "receipt" | "room";
 
 /** The signed content of a mailbox item. */
 export interface MailboxItem {
@@ -181,9 +181,9 @@ function checkItem(item: MailboxItem): void {
   } catch {
     throw bad("a name is invalid");
   }
-  if (!["message", "file", "receipt"].includes(item.kind)) throw bad("unknown kind");
+  if (!["message", "file", "receipt", "room"].includes(item.kind)) throw bad("unknown kind");
   if (Number.isNaN(item.sent.getTime())) throw bad("no valid time");
-  if (item.kind === "message") {
+  if (item.kind === "message" || item.kind === "room") {
     try {
       new TextDecoder("utf-8", { fatal: true }).decode(item.payload);
     } catch {

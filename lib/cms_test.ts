@@ -73,13 +73,14 @@ function openAs(to: Member, der: Uint8Array) {
 
 globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
 
-Deno.test("encodeItem() and decodeItem() round-trip a message, a file with binary bytes and a receipt", () => {
+Deno.test("encodeItem() and decodeItem() round-trip a message, a file with binary bytes, a receipt and a room message", () => {
   const bytes = new Uint8Array(256).map((_, i) => i);
   for (
     const original of [
       item(),
       item({ kind: "file", name: "photo 1.jpg", payload: bytes }),
       item({ kind: "receipt", payload: new Uint8Array(), acks: [newItemId(), newItemId()] }),
+      item({ kind: "room", payload: new TextEncoder().encode('{"op":"msg"}') }),
     ]
   ) {
     const encoded = encodeItem(original);

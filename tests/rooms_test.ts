@@ -454,6 +454,45 @@ async function roomFile(s: Scene): Promise<void> {
   assert.deepEqual(fb.since(mark, { type: "file_offer" }), []);
 }
 
+/**
+ * A member who is offline gets the room's messages through the CA's mailbox when it starts,
+ * even when none of the members that held them runs any more: the author leaves each one,
+ * sealed, for each member it is not connected to.
+ */
+async function offlineMember(s: Scene): Promise<void> {
+  const [oaUser, obUser, ocUser] = await s.join("oa", "ob", "oc");
+  const [oa, ob, oc] = await Promise.all([oaUser, obUser, ocUser].map((u) => s.start(u)));
+  await oa.send(`/room create ${ROOM}`);
+  await oa.expect({ type: "room_joined", room: ROOM });
+  await addMember(oa, ob);
+  await addMember(oa, oc);
+  await meshed([oa, ob, oc]);
+  await oc.stop();
+  await waitUntil(() => !isConnected(oa, "oc") && !isConnected(ob, "oc"), "oc gone");
+  for (let i = 1; i <= 2; i++) await oa.send(`/msg ${ROOM} while oc is away ${i}`);
+  await ob.send(`/msg ${ROOM} ob too`);
+  await waitUntil(() => shown(ob).filter((t) => t.startsWith("oa:while")).length === 2, "ob");
+  await oa.expect({ type: "room_message", from: "ob", text: "ob too" });
+  // Give the posts time to reach the CA, then everyone who held them goes.
+  await sleep(1_500);
+  await oa.stop();
+  await ob.stop();
+  const again = await s.start(ocUser);
+  const mark = 0;
+  await waitUntil(
+    () => shown(again, mark).length >= 3,
+    "oc to get the three messages from the mailbox",
+    ROOM_WAIT_MS,
+  );
+  assert.deepEqual(
+    [...shown(again, mark)].sort(),
+    ["oa:while oc is away 1", "oa:while oc is away 2", "ob:ob too"],
+  );
+  // In each author's order.
+  const fromOa = shown(again, mark).filter((t) => t.startsWith("oa:"));
+  assert.deepEqual(fromOa, ["oa:while oc is away 1", "oa:while oc is away 2"]);
+}
+
 const SCENARIOS: ReadonlyArray<readonly [string, (s: Scene) => Promise<void>]> = [
   [
     "five members in one room: every message reaches every other member once, in its author's order; who leaves or is removed gets nothing after, a late joiner gets what follows, and a killed member catches up after its restart",
@@ -470,6 +509,10 @@ const SCENARIOS: ReadonlyArray<readonly [string, (s: Scene) => Promise<void>]> =
   [
     "a file to a room reaches each member as an offer marked with the room and arrives with the same SHA-256, kept in the room's history; a file marked with a room its sender is not in is refused",
     roomFile,
+  ],
+  [
+    "a member who was offline gets the room's messages through the mailbox when it starts, in each author's order, though no member that held them runs any more",
+    offlineMember,
   ],
 ];
 
