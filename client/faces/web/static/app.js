@@ -198,18 +198,9 @@ function handle(e) {
       conv(e.peer).status = `Disconnected: ${e.reason}`;
       break;
     }
-    case "message": {
-      const c = conv(e.from);
-      addItem(c, {
-        id: e.id,
-        from: e.from,
-        at: new Date().toISOString(),
-        kind: "message",
-        text: e.text,
-      });
-      arrived(c);
+    case "message":
+      received(conv(e.from), e);
       break;
-    }
     case "sent":
     case "queued": {
       // With the text or file name (the history core adds them), another tab's sends show too.
@@ -300,18 +291,9 @@ function handle(e) {
       if (!state.selected || state.selected === e.room) select(e.room);
       break;
     }
-    case "room_message": {
-      const c = conv(e.room);
-      addItem(c, {
-        id: e.id,
-        from: e.from,
-        at: new Date().toISOString(),
-        kind: "message",
-        text: e.text,
-      });
-      arrived(c);
+    case "room_message":
+      received(conv(e.room), e);
       break;
-    }
     case "room_member": {
       const c = conv(e.room);
       if (e.name === state.me) {
@@ -395,6 +377,18 @@ function addItem(c, item) {
     $("timeline").append(drawItem(item));
     scrollDown();
   }
+}
+
+// A message that arrived (from a peer, or in a room) joins its conversation.
+function received(c, e) {
+  addItem(c, {
+    id: e.id,
+    from: e.from,
+    at: new Date().toISOString(),
+    kind: "message",
+    text: e.text,
+  });
+  arrived(c);
 }
 
 function progress(e) {
