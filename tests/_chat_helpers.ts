@@ -52,8 +52,27 @@ export function userAt(name: string, home: string): User {
 /** Invites `name` with `ca invite` and joins into `home` with `client join`, as a user would. */
 export async function joinUser(service: Service, name: string, home: string): Promise<User> {
   const invite = await makeInvite(service.home, name);
-  assertSuccess(await runClient(home, ["join", invite]), `client join (${name})`);
+  const result = await runClient(home, ["join", invite]);
+  // A 500 says only "Internal error" to the client: its stack is in the service's log.
+  const internal = result.code === 0 ? "" : internalErrors(service.log);
+  assertSuccess(
+    result,
+    `client join (${name})${
+      internal
+        ? `
+${internal}`
+        : ""
+    }`,
+  );
   return userAt(name, home);
+}
+
+// The service's "internal error" lines with the stack that follows each (the last three).
+function internalErrors(log: string): string {
+  const parts = log.split(/(?=e2e-chat-ca: internal error)/).filter((p) =>
+    p.startsWith("e2e-chat-ca: internal error")
+  );
+  return parts.slice(-3).map((p) => p.split("\ne2e-chat-ca: ")[0]).join("\n");
 }
 
 /** What `client whoami --json` says. */

@@ -473,8 +473,17 @@ async function offlineMember(s: Scene): Promise<void> {
   await ob.send(`/msg ${ROOM} ob too`);
   await waitUntil(() => shown(ob).filter((t) => t.startsWith("oa:while")).length === 2, "ob");
   await oa.expect({ type: "room_message", from: "ob", text: "ob too" });
-  // Give the posts time to reach the CA, then everyone who held them goes.
-  await sleep(1_500);
+  // Once the CA holds the three (each sealed and posted in the background), everyone who held
+  // them goes.
+  const atCa = async () => {
+    try {
+      return [...Deno.readDirSync(join(s.service.caDir, "mailbox", "oc"))]
+        .filter((e) => e.name.endsWith(".cms")).length;
+    } catch {
+      return 0;
+    }
+  };
+  await waitUntil(async () => await atCa() >= 3, "the three items at the CA", ROOM_WAIT_MS);
   await oa.stop();
   await ob.stop();
   const again = await s.start(ocUser);
