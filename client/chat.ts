@@ -133,6 +133,7 @@ export class Chat {
   #sendStallMs?: number;
   #mailbox!: MailboxClient;
   #firstSeen = new Set<string>(); // names whose key the mailbox pinned in this run
+  #roomOnly = new Set<string>(); // peers connected for a room only (not by the user's own /chat)
   #rooms: Rooms;
   #relay: RelayMode;
   #noListen: boolean;
@@ -191,8 +192,24 @@ export class Chat {
         return p && p.conn.open && !p.blocked ? p.conn : undefined;
       },
       pinned: (name) => this.#trust.get(name)?.keyFingerprint,
-      invite: (name, quiet) => this.invite(name, { quiet }),
-      accept: (name) => this.accept(name),
+      // Connections the rooms make are theirs: they close once no room is shared any more.
+      // (A room's own invitation of someone, `/room invite`, is the user's act: not quiet.)
+      invite: (name, quiet) => {
+        const invited = this.invite(name, { quiet });
+        if (quiet) this.#roomOnly.add(name);
+        return invited;
+      },
+      accept: (name) => {
+        const accepted = this.accept(name);
+        this.#roomOnly.add(name);
+        return accepted;
+      },
+      released: (names) => {
+        for (const name of names) {
+          if (!this.#roomOnly.delete(name)) continue;
+          this.#peers.get(name)?.conn.close("no longer in a room with you");
+        }
+      },
       invitations: () => this.#invitations.names(),
       emit: (event) => this.#emit(event),
       // A member not connected gets the room's message through the CA's mailbox, sealed to them.
@@ -309,6 +326,7 @@ export class Chat {
    */
   async invite(name: string, options: { quiet?: boolean } = {}): Promise<{ fingerprint: string }> {
     checkName(name);
+    this.#roomOnly.delete(name); // the user's own: it stays when rooms no longer need it
     if (name === this.#id.name) throw new E2eError("ERR_USAGE", "You cannot chat with yourself");
     this.#log.requireNoAlarm();
     const host = this.#advertise?.host ?? this.#listen.slice(0, this.#listen.lastIndexOf(":"));
@@ -350,6 +368,7 @@ export class Chat {
    */
   async accept(name: string): Promise<PeerSummary> {
     checkName(name);
+    this.#roomOnly.delete(name); // the user's own: it stays when rooms no longer need it
     this.#log.requireNoAlarm();
     const invitation = await this.#invitations.find(name);
     if (!invitation) {

@@ -88,6 +88,11 @@ export interface RoomHost {
   emit(event: CoreEvent): void;
   /** Leaves a room frame for `name`, who is not connected, in the CA's mailbox. Default: none. */
   mailbox?(name: string, body: RoomFrame): void;
+  /**
+   * `names` share no room with us any more: a connection made for a room only closes.
+   * Default: none.
+   */
+  released?(names: string[]): void;
   /** Where room messages are recorded (conversation `#name`). */
   history: History;
   /** HOME/rooms. */
@@ -289,7 +294,9 @@ export class Rooms {
     }
     const told = r.list.creator === self ||
       this.#host.peer(r.list.creator)?.sendRoom({ op: "leave", roomId: r.list.roomId });
+    const former = r.list.members.map((m) => m.name);
     await this.#forget(r);
+    this.#release(former);
     if (!told) {
       this.#host.emit({
         type: "warning",
@@ -781,6 +788,7 @@ export class Rooms {
     if (!after.has(self)) {
       this.#forget(r).catch((e) => this.#warn(`Cannot forget ${room}`, e));
       this.#host.emit({ type: "room_member", room, name: self, change: changeOf(self, "removed") });
+      this.#release([...before.keys()]);
       return;
     }
     r.list = list;
@@ -813,6 +821,13 @@ export class Rooms {
     this.#save(r);
     for (const c of this.#connectedMembers(r, [self])) this.#sendState(r, c);
     this.#connectMembers(r);
+    this.#release([...before.keys()].filter((n) => !after.has(n)));
+  }
+
+  // Those of `names` who share no room with us any more: their room-only connections may go.
+  #release(names: string[]): void {
+    const gone = names.filter((n) => n !== this.#host.self && !this.#coMember(n));
+    if (gone.length) this.#host.released?.(gone);
   }
 
   // A member whose key in the list is not the key pinned for them is not heard in the room.

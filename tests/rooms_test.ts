@@ -142,10 +142,19 @@ async function fiveMembers(s: Scene): Promise<void> {
   for (const c of [alice, bob, carol, dave]) {
     await c.expect({ type: "room_member", room: ROOM, name: "erin", change: "left" });
   }
+  // Its connections made for the room only close; the one erin made herself (to alice) stays.
+  for (const other of ["bob", "carol", "dave"]) {
+    await erin.expect({ type: "disconnected", peer: other });
+  }
+  assert.ok(isConnected(erin, "alice"), "erin's own connection to alice closed");
   await alice.send(`/room remove ${ROOM} dave`);
   for (const c of [alice, bob, carol, dave]) {
     await c.expect({ type: "room_member", room: ROOM, name: "dave", change: "removed" });
   }
+  for (const other of ["bob", "carol"]) {
+    await dave.expect({ type: "disconnected", peer: other });
+  }
+  assert.ok(isConnected(dave, "alice"), "dave's own connection to alice closed");
   const gone = [dave.mark(), erin.mark()];
   const kept = [alice.mark(), carol.mark()];
   await bob.send(`/msg ${ROOM} after they went`);
@@ -475,7 +484,7 @@ async function offlineMember(s: Scene): Promise<void> {
   await oa.expect({ type: "room_message", from: "ob", text: "ob too" });
   // Once the CA holds the three (each sealed and posted in the background), everyone who held
   // them goes.
-  const atCa = async () => {
+  const atCa = () => {
     try {
       return [...Deno.readDirSync(join(s.service.caDir, "mailbox", "oc"))]
         .filter((e) => e.name.endsWith(".cms")).length;
@@ -483,7 +492,7 @@ async function offlineMember(s: Scene): Promise<void> {
       return 0;
     }
   };
-  await waitUntil(async () => await atCa() >= 3, "the three items at the CA", ROOM_WAIT_MS);
+  await waitUntil(() => atCa() >= 3, "the three items at the CA", ROOM_WAIT_MS);
   await oa.stop();
   await ob.stop();
   const again = await s.start(ocUser);
