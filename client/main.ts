@@ -185,14 +185,19 @@ async function joinCommand(args: string[]): Promise<number> {
   return 0;
 }
 
+/** The flags of `chat` that `web` takes too (startChat() reads them). */
+const CHAT_FLAGS = {
+  ...COMMON,
+  listen: { type: "string" },
+  "no-listen": { type: "boolean" },
+  relay: { type: "string" },
+  downloads: { type: "string" },
+  ...FILE_FLAGS,
+} as const;
+
 async function chat(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, {
-    ...COMMON,
-    listen: { type: "string" },
-    "no-listen": { type: "boolean" },
-    relay: { type: "string" },
-    downloads: { type: "string" },
-    ...FILE_FLAGS,
+    ...CHAT_FLAGS,
     json: { type: "boolean" },
   });
   if (values.help) return await help();
@@ -212,12 +217,7 @@ async function chat(args: string[]): Promise<number> {
 
 async function web(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, {
-    ...COMMON,
-    listen: { type: "string" },
-    "no-listen": { type: "boolean" },
-    relay: { type: "string" },
-    downloads: { type: "string" },
-    ...FILE_FLAGS,
+    ...CHAT_FLAGS,
     port: { type: "string" },
     open: { type: "boolean" },
   });
