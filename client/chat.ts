@@ -729,6 +729,7 @@ export class Chat {
       new Promise<void>((resolve) => setTimeout(resolve, 1_000)),
     ]);
     await this.#history.flush();
+    this.#history.close();
     await this.#quota.flush();
   }
 

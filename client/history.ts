@@ -5,12 +5,14 @@
  * older file is kept); a torn last line (a crash in the middle of a write) is
  * skipped with a warning, never fatal. docs/PROTOCOL.md §7 is the format.
  *
- * When the client's key is encrypted, each line is sealed on its own with
- * AES-256-GCM (a fresh 96-bit nonce per line, the conversation's name as
- * associated data, so a line cannot be moved to another conversation) and
- * stays one JSON line, `{"e":"<base64 nonce‖ciphertext‖tag>"}`: appending,
- * rotation and the torn-line rule are unchanged, and plain and sealed lines
- * can follow each other in a file (a key encrypted later, or decrypted).
+ * When the client's key is encrypted, the lines of each write (everything
+ * recorded in one turn of the event loop) are sealed together with
+ * AES-256-GCM (a fresh 96-bit nonce per write, the conversation's name as
+ * associated data, so a record cannot be moved to another conversation) and
+ * stay one JSON line, `{"e":"<base64 nonce‖ciphertext‖tag>"}` whose plaintext
+ * is one or more records separated by `\n`: appending, rotation and the
+ * torn-line rule are unchanged, and plain and sealed lines can follow each
+ * other in a file (a key encrypted later, or decrypted).
  *
  * @module
  */
@@ -56,7 +58,8 @@ interface FileFields {
 type HistoryRecord =
   | { t: "msg"; id: string; at: string; from: string; to: string; text: string }
   | FileFields & { t: "file"; at: string }
-  | { t: "ack"; id: string; at: string; ms?: number };
+  | { t: "ack"; id: string; at: string; ms?: number }
+  | { t: "acks"; ids: string[]; at: string; ms?: Array<number | null> };
 
 /** Options of {@linkcode History}. */
 export interface HistoryOptions {
@@ -77,6 +80,19 @@ export interface HistoryOptions {
 }
 
 const DEFAULT_MAX_BYTES = 4 * 1024 * 1024;
+
+let isoMs = NaN;
+let iso = "";
+// Now, ISO 8601: a busy conversation records many lines in one millisecond.
+function isoNow(): string {
+  const now = Date.now();
+  if (now !== isoMs) {
+    isoMs = now;
+    iso = new Date(now).toISOString();
+  }
+  return iso;
+}
+const MAX_OPEN_FILES = 8; // conversations whose file stays open for appending
 const encoder = new TextEncoder();
 
 /** The history folder of one client. */
@@ -84,9 +100,12 @@ export class History {
   #dir: string;
   #options: HistoryOptions;
   #queue: Promise<void> = Promise.resolve();
-  #pending = new Map<string, string>();
+  #pending = new Map<string, string[]>();
+  #acks = new Map<string, { ids: string[]; ms: Array<number | null> }>(); // written as one line
   #scheduled = false;
   #sizes = new Map<string, number>();
+  #handles = new Map<string, Deno.FsFile>(); // open for appending, per conversation
+  #dirReady = false;
 
   /**
    * The history under `dir` (created 0700 on the first write).
@@ -110,7 +129,7 @@ export class History {
     this.#append(this.#peerOf(m), {
       t: "msg",
       id: m.id,
-      at: (m.at ?? new Date()).toISOString(),
+      at: m.at ? m.at.toISOString() : isoNow(),
       from: m.from,
       to: m.to,
       text: m.text,
@@ -122,7 +141,7 @@ export class History {
     this.#append(m.room, {
       t: "msg",
       id: m.id,
-      at: (m.at ?? new Date()).toISOString(),
+      at: m.at ? m.at.toISOString() : isoNow(),
       from: m.from,
       to: m.room,
       text: m.text,
@@ -134,7 +153,7 @@ export class History {
     this.#append(this.#peerOf(f), {
       t: "file",
       id: f.id,
-      at: (f.at ?? new Date()).toISOString(),
+      at: f.at ? f.at.toISOString() : isoNow(),
       from: f.from,
       to: f.to,
       name: f.name,
@@ -144,14 +163,17 @@ export class History {
     });
   }
 
-  /** Records that `peer` acknowledged what we sent as `id`. */
+  /**
+   * Records that `peer` acknowledged what we sent as `id`. The acknowledgements of one turn
+   * are one `acks` line, after the other lines of that turn.
+   */
   delivered(peer: string, id: string, ms?: number): void {
-    this.#append(peer, {
-      t: "ack",
-      id,
-      at: new Date().toISOString(),
-      ...(ms === undefined ? {} : { ms }),
-    });
+    const acks = this.#acks.get(peer);
+    if (acks) {
+      acks.ids.push(id);
+      acks.ms.push(ms ?? null);
+    } else this.#acks.set(peer, { ids: [id], ms: [ms ?? null] });
+    this.#schedule(false);
   }
 
   /** The last `limit` entries of the conversation with `peer`, oldest first. */
@@ -161,11 +183,14 @@ export class History {
     const ours = new Map<string, HistoryEntry>(); // our latest entry of each id, for acks
     for (const file of [this.#file(peer, 1), this.#file(peer, 0)]) {
       for (const record of await this.#records(file, peer)) {
-        if (record.t === "ack") {
-          const entry = ours.get(record.id);
-          if (entry) {
+        if (record.t === "ack" || record.t === "acks") {
+          const ids = record.t === "ack" ? [record.id] : record.ids;
+          for (const [i, id] of ids.entries()) {
+            const entry = ours.get(id);
+            if (!entry) continue;
             entry.state = "delivered";
-            if (record.ms !== undefined) entry.ms = record.ms;
+            const ms = record.t === "ack" ? record.ms : record.ms?.[i];
+            if (typeof ms === "number") entry.ms = ms;
           }
           continue;
         }
@@ -223,7 +248,7 @@ export class History {
 
   /** Resolves once everything recorded so far is written. */
   async flush(): Promise<void> {
-    if (this.#pending.size) this.#schedule(true);
+    if (this.#pending.size || this.#acks.size) this.#schedule(true);
     await this.#queue;
   }
 
@@ -239,15 +264,26 @@ export class History {
     return join(this.#dir, generation === 0 ? `${base}.jsonl` : `${base}.jsonl.1`);
   }
 
-  // Lines of one turn of the event loop leave in one write per conversation.
+  // Records of one turn of the event loop leave in one write per conversation (sealed together).
   #append(peer: string, record: HistoryRecord): void {
     const json = JSON.stringify(record);
-    const { key } = this.#options;
-    const line = key && this.#options.seal !== false
-      ? JSON.stringify({ e: seal(key, peer, json) })
-      : json;
-    this.#pending.set(peer, (this.#pending.get(peer) ?? "") + line + "\n");
+    const lines = this.#pending.get(peer);
+    if (lines) lines.push(json);
+    else this.#pending.set(peer, [json]);
     this.#schedule(false);
+  }
+
+  // What one write appends: the records, each a line, or sealed together as one line.
+  #lines(peer: string, records: string[]): string {
+    const { key } = this.#options;
+    if (!key || this.#options.seal === false) return records.join("\n") + "\n";
+    return JSON.stringify({ e: seal(key, peer, records.join("\n")) }) + "\n";
+  }
+
+  /** Closes the files kept open for appending (they are opened again when needed). */
+  close(): void {
+    for (const handle of this.#handles.values()) handle.close();
+    this.#handles.clear();
   }
 
   #schedule(now: boolean): void {
@@ -255,9 +291,19 @@ export class History {
     this.#scheduled = true;
     const write = async () => {
       this.#scheduled = false;
+      // Acknowledgements come after the lines of their turn (a message goes before its ack).
+      for (const [peer, { ids, ms }] of this.#acks) {
+        const acks = ms.some((x) => x !== null)
+          ? { t: "acks", at: isoNow(), ids, ms }
+          : { t: "acks", at: isoNow(), ids };
+        const records = this.#pending.get(peer);
+        if (records) records.push(JSON.stringify(acks));
+        else this.#pending.set(peer, [JSON.stringify(acks)]);
+      }
+      this.#acks.clear();
       const batch = [...this.#pending];
       this.#pending.clear();
-      for (const [peer, text] of batch) await this.#write(peer, text);
+      for (const [peer, records] of batch) await this.#write(peer, this.#lines(peer, records));
     };
     this.#queue = this.#queue.then(
       now ? write : () => new Promise<void>((r) => setTimeout(r, 0)).then(write),
@@ -269,7 +315,10 @@ export class History {
 
   async #write(peer: string, text: string): Promise<void> {
     if (!text) return;
-    await ensurePrivateDir(this.#dir);
+    if (!this.#dirReady) {
+      await ensurePrivateDir(this.#dir);
+      this.#dirReady = true;
+    }
     const file = this.#file(peer, 0);
     const bytes = encoder.encode(text);
     let size = this.#sizes.get(peer);
@@ -280,16 +329,31 @@ export class History {
       if (size > 0 && !(await endsWithNewline(file, size))) out = encoder.encode("\n" + text);
     }
     if (size > 0 && size + out.length > (this.#options.maxBytes ?? DEFAULT_MAX_BYTES)) {
+      this.#handles.get(peer)?.close();
+      this.#handles.delete(peer);
       await Deno.rename(file, this.#file(peer, 1));
       size = 0;
       out = bytes;
     }
-    const handle = await Deno.open(file, { append: true, create: true, mode: 0o600 });
+    // Kept open: a busy conversation costs one write per turn, not an open and a close too.
+    let handle = this.#handles.get(peer);
+    if (!handle) {
+      handle = await Deno.open(file, { append: true, create: true, mode: 0o600 });
+      if (this.#handles.size >= MAX_OPEN_FILES) {
+        const [oldest, old] = this.#handles.entries().next().value!;
+        old.close();
+        this.#handles.delete(oldest);
+      }
+      this.#handles.set(peer, handle);
+    }
     try {
       let n = 0;
       while (n < out.length) n += await handle.write(out.subarray(n));
-    } finally {
+    } catch (e) {
       handle.close();
+      this.#handles.delete(peer);
+      this.#sizes.delete(peer); // measured again: part of the write may have landed
+      throw e;
     }
     this.#sizes.set(peer, size + out.length);
   }
@@ -309,8 +373,13 @@ export class History {
     for (const [i, line] of lines.entries()) {
       if (!line) continue;
       const opened = this.#open(line, peer);
-      const record = opened === null ? undefined : parseRecord(opened);
-      if (record) out.push(record);
+      // A sealed line holds the records of one write, one per line.
+      const records = opened === null
+        ? undefined
+        : opened === line
+        ? [parseRecord(line)]
+        : opened.split("\n").map(parseRecord);
+      if (records?.every((r) => r !== undefined)) out.push(...records as HistoryRecord[]);
       else if (opened === null) sealed++;
       else if (i === lines.length - 1) {
         this.#options.onWarning?.(`Skipped a torn last line in "${file}" (a write cut short)`);
@@ -385,9 +454,13 @@ function parseRecord(line: string): HistoryRecord | undefined {
   } catch {
     return undefined;
   }
-  if (!r || typeof r !== "object" || typeof r.id !== "string" || typeof r.at !== "string") {
-    return undefined;
+  if (!r || typeof r !== "object" || typeof r.at !== "string") return undefined;
+  if (r.t === "acks") {
+    const ok = Array.isArray(r.ids) && r.ids.every((x) => typeof x === "string") &&
+      (r.ms === undefined || (Array.isArray(r.ms) && r.ms.length === r.ids.length));
+    return ok ? r as HistoryRecord : undefined;
   }
+  if (typeof r.id !== "string") return undefined;
   const str = (k: string) => typeof r[k] === "string";
   if (r.t === "msg" && str("from") && str("to") && str("text")) return r as HistoryRecord;
   if (r.t === "file" && str("from") && str("to") && str("name") && typeof r.bytes === "number") {

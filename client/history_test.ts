@@ -109,19 +109,54 @@ Deno.test("History keeps any conversation name inside its folder", async () => {
   });
 });
 
+Deno.test("History writes the acks of one turn as one line and still reads the one-ack lines of older files", async () => {
+  await withTempDir(async (dir) => {
+    const folder = join(dir, "history");
+    await Deno.mkdir(folder, { mode: 0o700 });
+    // Written by an earlier version: one line per ack.
+    await Deno.writeTextFile(
+      join(folder, "bob.jsonl"),
+      '{"t":"msg","id":"a-1","at":"2026-01-01T00:00:00.000Z","from":"alice","to":"bob","text":"old"}\n' +
+        '{"t":"ack","id":"a-1","at":"2026-01-01T00:00:01.000Z","ms":2.5}\n',
+    );
+    const history = new History(folder, { self: "alice" });
+    for (const id of ["a-2", "a-3", "a-4"]) {
+      history.message({ id, from: "alice", to: "bob", text: id });
+    }
+    history.delivered("bob", "a-2", 1.25);
+    history.delivered("bob", "a-3");
+    await history.flush();
+    history.close();
+    const lines = (await Deno.readTextFile(join(folder, "bob.jsonl"))).trimEnd().split("\n");
+    assert.equal(lines.length, 6);
+    assert.deepEqual(JSON.parse(lines[5]).ids, ["a-2", "a-3"]);
+    assert.deepEqual(
+      (await new History(folder, { self: "alice" }).read("bob")).map((e) => [e.id, e.state, e.ms]),
+      [["a-1", "delivered", 2.5], ["a-2", "delivered", 1.25], ["a-3", "delivered", undefined], [
+        "a-4",
+        "sent",
+        undefined,
+      ]],
+    );
+  });
+});
+
 const KEY = new Uint8Array(32).fill(7);
 
-Deno.test("History with a key seals every line (AES-256-GCM): nothing readable on disk, all of it read back", async () => {
+Deno.test("History with a key seals every write (AES-256-GCM): nothing readable on disk, all of it read back", async () => {
   await withTempDir(async (dir) => {
     const folder = join(dir, "history");
     const history = new History(folder, { self: "alice", key: KEY });
+    // Two records in one turn are sealed together as one line; the third is a write of its own.
     history.message({ id: "a-1", from: "alice", to: "bob", text: "the ledger is under the mill" });
     history.file({ id: "b-1", from: "bob", to: "alice", name: "plan.pdf", path: "/d/p", bytes: 9 });
+    await history.flush();
     history.delivered("bob", "a-1", 2);
     await history.flush();
+    history.close();
     const disk = await Deno.readTextFile(join(folder, "bob.jsonl"));
     const lines = disk.trimEnd().split("\n");
-    assert.equal(lines.length, 3);
+    assert.equal(lines.length, 2);
     for (const line of lines) assert.match(line, /^\{"e":"[A-Za-z0-9+/]+=*"\}$/);
     for (const secret of ["ledger", "plan.pdf", "alice", "a-1"]) assert.ok(!disk.includes(secret));
     const again = new History(folder, { self: "alice", key: KEY });
@@ -181,8 +216,10 @@ Deno.test("History skips a torn sealed last line with a warning, and the next se
     const folder = join(dir, "history");
     const first = new History(folder, { self: "alice", key: KEY });
     first.message({ id: "1", from: "alice", to: "bob", text: "kept" });
+    await first.flush();
     first.message({ id: "2", from: "alice", to: "bob", text: "torn" });
     await first.flush();
+    first.close();
     const file = join(folder, "bob.jsonl");
     const text = await Deno.readTextFile(file);
     await Deno.writeTextFile(file, text.slice(0, text.length - 20)); // a crash mid-write

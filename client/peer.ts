@@ -11,10 +11,13 @@ import { E2eError } from "../lib/errors.ts";
 import {
   decodeFrame,
   encodeFrame,
+  FEATURE_ACKS,
   FEATURE_BINARY,
   FEATURE_OFFER,
   type Frame,
   LineSplitter,
+  MAX_ACK_IDS,
+  MAX_LINE_BYTES,
 } from "../lib/frames.ts";
 import { FEATURE_ROOMS, type RoomFrame } from "../lib/room.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
@@ -120,7 +123,19 @@ const MAX_UNSENT = 1024 * 1024; // bytes we let wait for a peer that does not re
  * (`want`, `state`: a few bytes each) and never reads would otherwise make us hold every answer.
  */
 export const MAX_UNSENT_FILL = 16 * 1024 * 1024;
+/** Messages whose round trip we time at most (the oldest beyond are delivered without `ms`). */
+const MAX_TIMED = 10_000;
 const CHUNK_BYTES = 512 * 1024; // within MAX_CHUNK_BYTES (base64) and MAX_BINARY_BYTES (bin)
+
+let lastIdTime = 0;
+// The start of a connection's ids: the time it began, base 36, never the same twice in a process
+// (ids are unique per sender: a new connection to the same peer must not repeat the last one's).
+function idPrefix(): string {
+  lastIdTime = Math.max(Date.now(), lastIdTime + 1);
+  return lastIdTime.toString(36);
+}
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
 
 /** Part of the raw payload of a `bin` frame. */
 interface RawPiece {
@@ -154,6 +169,9 @@ export class PeerConnection {
   #helloSeen = false;
   #peerFeatures = new Set<string>();
   #sentAt = new Map<string, number>();
+  #acks: string[] = []; // messages to acknowledge in one `acks` frame at the end of this turn
+  #out = ""; // frames after the first of this turn, written together as it ends
+  #wroteThisTurn = false;
   #raw?: { id: string; size: number; remaining: number; pieces: Uint8Array[] };
   #closed = false;
   #failed = false;
@@ -170,6 +188,7 @@ export class PeerConnection {
   #confirmed = new Map<string, { bytes: number; wake?: () => void }>(); // "got" of our sends
   #reported = new Map<string, number>(); // what we last said in "got" of theirs
   #nextId = 1;
+  #idPrefix = idPrefix();
   #lastProgress = 0;
 
   /** Wraps a socket whose peer was checked as `name` with `certificate`. */
@@ -198,7 +217,7 @@ export class PeerConnection {
     this.#write({
       type: "hello",
       v: 1,
-      features: [FEATURE_BINARY, FEATURE_OFFER, FEATURE_ROOMS],
+      features: [FEATURE_BINARY, FEATURE_OFFER, FEATURE_ROOMS, FEATURE_ACKS],
       ...(checkpoint === undefined ? {} : { checkpoint }),
     });
   }
@@ -207,7 +226,11 @@ export class PeerConnection {
   sendMessage(text: string): string {
     const id = this.#id();
     this.#sentAt.set(id, performance.now());
-    if (this.#sentAt.size > 10_000) this.#sentAt.delete(this.#sentAt.keys().next().value!);
+    // Halved in one pass, not trimmed one by one: deleting a Map's oldest entry each time costs
+    // a scan over the deleted ones before it.
+    if (this.#sentAt.size > 2 * MAX_TIMED) {
+      this.#sentAt = new Map([...this.#sentAt].slice(-MAX_TIMED));
+    }
     this.#write({ type: "msg", id, text });
     return id;
   }
@@ -221,7 +244,7 @@ export class PeerConnection {
   sendRoom(body: RoomFrame): boolean {
     if (!this.#peerFeatures.has(FEATURE_ROOMS) || this.#closed) return false;
     // Dropped, a fill is asked for again or shown as a gap: nothing is lost that was not already.
-    if (body.op === "msg" && body.fill && this.#socket.writableLength > MAX_UNSENT_FILL) {
+    if (body.op === "msg" && body.fill && this.#unsent > MAX_UNSENT_FILL) {
       return false;
     }
     this.#write({ type: "room", body });
@@ -400,16 +423,39 @@ export class PeerConnection {
     if (this.#closed) return;
     this.#closeReason = reason;
     this.#write({ type: "bye" });
+    this.#flush();
     this.#socket.end();
   }
 
   #id(): string {
-    return `${Date.now().toString(36)}-${this.#nextId++}`;
+    return `${this.#idPrefix}-${this.#nextId++}`;
   }
 
-  #write(frame: Frame): boolean {
-    if (this.#closed || this.#socket.destroyed) return false;
-    return this.#socket.write(encodeFrame(frame));
+  // The first frame of a turn leaves at once (a lone message or ack waits for nothing); those
+  // after it leave together when the turn ends, so a burst of messages or acks is one write.
+  #write(frame: Frame): void {
+    if (this.#closed || this.#socket.destroyed) return;
+    if (this.#wroteThisTurn || this.#out !== "") {
+      if (this.#out === "") queueMicrotask(() => this.#flush());
+      this.#out += encodeFrame(frame);
+      return;
+    }
+    this.#wroteThisTurn = true;
+    queueMicrotask(() => (this.#wroteThisTurn = false));
+    this.#socket.write(encodeFrame(frame));
+  }
+
+  // Hands the frames of this turn to the socket (before anything else is written or it ends).
+  #flush(): void {
+    const out = this.#out;
+    if (out === "") return;
+    this.#out = "";
+    if (!this.#closed && !this.#socket.destroyed) this.#socket.write(out);
+  }
+
+  // Bytes (about) we hold for the peer that it has not read yet.
+  get #unsent(): number {
+    return this.#socket.writableLength + this.#out.length;
   }
 
   // Waits for the socket to drain, so a large file never piles up in memory.
@@ -421,6 +467,7 @@ export class PeerConnection {
     if (this.#closed || this.#socket.destroyed) {
       throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
     }
+    this.#flush();
     if (this.#socket.write(data)) return;
     await this.#progressOrAbort(
       (done) => {
@@ -475,8 +522,16 @@ export class PeerConnection {
 
   #onData(bytes: Uint8Array): void {
     let offset = 0;
+    let text = true; // until the bytes up to a newline fail to decode as text in one go
     try {
       while (offset < bytes.length && !this.#broken) {
+        if (!this.#raw && text && this.#lines.empty) {
+          const used = this.#wholeLines(bytes.subarray(offset));
+          offset += used;
+          if (used > 0) continue;
+          text = false; // the line-by-line path below, for the rest of these bytes
+          if (offset >= bytes.length) break;
+        }
         if (this.#raw) {
           // The payload of a "bin" frame: bytes, not lines. Gathered whole (at most 1 MiB),
           // so the file gets one write per frame rather than one per TLS record.
@@ -508,10 +563,42 @@ export class PeerConnection {
     }
   }
 
+  // The complete lines at the start of `bytes` decoded in one go (the usual case: a burst of
+  // messages or acks); returns how many bytes they took. Stops after a `bin` frame, whose payload
+  // follows as bytes, and leaves everything to the line-by-line path when the bytes up to the
+  // last newline are not all text.
+  #wholeLines(bytes: Uint8Array): number {
+    const last = bytes.lastIndexOf(0x0a);
+    if (last < 0 || last + 1 > MAX_LINE_BYTES) return 0;
+    let text: string;
+    try {
+      text = utf8.decode(bytes.subarray(0, last));
+    } catch {
+      return 0; // a payload after a `bin` frame, or not UTF-8: line by line says which
+    }
+    let start = 0;
+    while (start <= text.length && !this.#broken) {
+      let nl = text.indexOf("\n", start);
+      if (nl < 0) nl = text.length;
+      const frame = decodeFrame(text.slice(start, nl));
+      start = nl + 1;
+      if (frame.type === "bin") {
+        this.#raw = { id: frame.id, size: frame.size, remaining: frame.size, pieces: [] };
+        this.#enqueue(frame);
+        return Buffer.byteLength(text.slice(0, nl)) + 1;
+      }
+      this.#enqueue(frame);
+    }
+    return last + 1;
+  }
+
   #enqueue(item: Frame | RawPiece | Failure): void {
     // Messages and acks need no await: with nothing queued before them they are
     // handled at once, without a promise per frame (most of a chat's traffic).
-    if (this.#queued === 0 && (item.type === "msg" || item.type === "ack") && this.#helloSeen) {
+    if (
+      this.#queued === 0 && this.#helloSeen &&
+      (item.type === "msg" || item.type === "ack" || item.type === "acks")
+    ) {
       if (this.#closed || this.#failed) return;
       this.#handle(item).catch((e) => this.#fail(e));
       return;
@@ -563,22 +650,21 @@ export class PeerConnection {
           events.held(this, "message");
           return;
         }
-        // Acknowledge first: showing the message may block on a slow terminal or pipe.
-        this.#write({ type: "ack", id: frame.id });
-        // A peer that sends but never reads would grow our unsent acks without end.
-        if (this.#socket.writableLength > MAX_UNSENT) {
-          this.#socket.pause();
-          this.#watch();
-          this.#socket.once("drain", () => this.#maybeResume());
+        // Acknowledged before it is shown (showing may block on a slow terminal or pipe): at
+        // once, or to a peer that takes `acks`, with the others of this read in one frame
+        // written before the turn ends.
+        if (this.#peerFeatures.has(FEATURE_ACKS)) this.#ack(frame.id);
+        else {
+          this.#write({ type: "ack", id: frame.id });
+          this.#holdIfUnread();
         }
         events.message(this, frame.id, frame.text);
         return;
       case "ack":
-        {
-          const at = this.#sentAt.get(frame.id);
-          this.#sentAt.delete(frame.id);
-          events.delivered(this, frame.id, at === undefined ? undefined : performance.now() - at);
-        }
+        this.#delivered(frame.id);
+        return;
+      case "acks":
+        for (const id of frame.ids) this.#delivered(id);
         return;
       case "file": {
         if (this.quarantined) {
@@ -705,12 +791,50 @@ export class PeerConnection {
         return;
       case "bye":
         this.#closeReason = "the peer said bye";
+        this.#flush();
         this.#socket.end();
         return;
       case "error":
         this.#closeReason = `the peer reported an error: ${frame.message}`;
+        this.#flush();
         this.#socket.end();
         return;
+    }
+  }
+
+  #delivered(id: string): void {
+    const at = this.#sentAt.get(id);
+    this.#sentAt.delete(id);
+    this.#options.events.delivered(this, id, at === undefined ? undefined : performance.now() - at);
+  }
+
+  // Acknowledges a message in an `acks` frame: a lone message at once, before it is shown; the
+  // messages of one read together as the turn ends; those that waited in the queue (we were
+  // busy) together once this turn of the event loop is over.
+  #ack(id: string): void {
+    const first = this.#acks.push(id) === 1;
+    if (this.#acks.length >= MAX_ACK_IDS) this.#flushAcks();
+    else if (!first) return;
+    else if (this.#queued > 0) setTimeout(() => this.#flushAcks(), 0);
+    else if (this.#wroteThisTurn) queueMicrotask(() => this.#flushAcks());
+    else this.#flushAcks();
+  }
+
+  #flushAcks(): void {
+    if (this.#acks.length === 0) return;
+    const ids = this.#acks;
+    this.#acks = [];
+    this.#write({ type: "acks", ids });
+    this.#flush(); // before the events of this turn reach a (maybe slow) stdout
+    this.#holdIfUnread();
+  }
+
+  // A peer that sends but never reads would grow our unsent acks without end.
+  #holdIfUnread(): void {
+    if (this.#unsent > MAX_UNSENT) {
+      this.#socket.pause();
+      this.#watch();
+      this.#socket.once("drain", () => this.#maybeResume());
     }
   }
 
@@ -775,7 +899,7 @@ export class PeerConnection {
 
   #maybeResume(): void {
     if (
-      this.#queued < MAX_QUEUED / 2 && this.#socket.writableLength <= MAX_UNSENT &&
+      this.#queued < MAX_QUEUED / 2 && this.#unsent <= MAX_UNSENT &&
       !this.#closed && !this.#broken
     ) {
       this.#socket.resume();
@@ -821,6 +945,7 @@ export class PeerConnection {
     const message = e instanceof E2eError ? e.message : "Internal error";
     this.#closeReason = `closed after bad input: ${message}`;
     this.#write({ type: "error", message });
+    this.#flush();
     this.#socket.end();
     this.#socket.pause();
     setTimeout(() => this.#socket.destroy(), 2_000).unref?.();

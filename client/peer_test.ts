@@ -168,6 +168,113 @@ Deno.test("PeerConnection answers a malformed frame after the frames before it, 
   });
 });
 
+/** Frames a raw socket received, parsed (the peer's hello first). */
+function framesOf(text: string): Array<Record<string, unknown>> {
+  return text.split("\n").filter((l) => l).map((l) => JSON.parse(l));
+}
+
+Deno.test('PeerConnection acknowledges a burst with a few "acks" frames to a peer that lists "acks", each message once', async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: recorder(aliceSeen),
+    });
+    alice.start();
+    let received = "";
+    rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
+    let burst = encodeFrame({ type: "hello", v: 1, features: ["acks"] });
+    for (let i = 0; i < 500; i++) burst += encodeFrame({ type: "msg", id: `m${i}`, text: `${i}` });
+    rawBob.write(burst);
+    await until("500 messages", aliceSeen, (s) => s.length === 500);
+    assert.deepEqual(aliceSeen.map((e) => e[1]), Array.from({ length: 500 }, (_, i) => `m${i}`));
+    const end = Date.now() + 10_000;
+    const acked = () =>
+      framesOf(received).flatMap((f) => f.type === "acks" ? f.ids as string[] : []);
+    while (acked().length < 500 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(acked(), Array.from({ length: 500 }, (_, i) => `m${i}`));
+    const frames = framesOf(received);
+    assert.deepEqual(frames.filter((f) => f.type === "ack"), []);
+    const count = frames.filter((f) => f.type === "acks").length;
+    assert.ok(count <= 10, `${count} acks frames for 500 messages`);
+    alice.close();
+  });
+});
+
+Deno.test('PeerConnection acknowledges each message with its own "ack" to a peer whose hello does not list "acks"', async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: recorder(aliceSeen),
+    });
+    alice.start();
+    let received = "";
+    rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
+    let burst = encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] });
+    for (let i = 0; i < 20; i++) burst += encodeFrame({ type: "msg", id: `m${i}`, text: `${i}` });
+    rawBob.write(burst);
+    await until("20 messages", aliceSeen, (s) => s.length === 20);
+    const end = Date.now() + 10_000;
+    const acks = () => framesOf(received).filter((f) => f.type === "ack").map((f) => f.id);
+    while (acks().length < 20 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(acks(), Array.from({ length: 20 }, (_, i) => `m${i}`));
+    assert.deepEqual(framesOf(received).filter((f) => f.type === "acks"), []);
+    // Our hello offered acks all the same; this peer just does not use them.
+    assert.deepEqual(framesOf(received)[0].features, ["bin", "offer", "rooms", "acks"]);
+    alice.close();
+  });
+});
+
+Deno.test('PeerConnection reports each id of an "acks" frame as delivered, with its round trip', async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const delivered: Array<[string, number | undefined]> = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: { ...recorder([]), delivered: (_p, id, ms) => delivered.push([id, ms]) },
+    });
+    alice.start();
+    rawBob.on("data", () => {});
+    rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["acks"] }));
+    const ids = [alice.sendMessage("one"), alice.sendMessage("two"), alice.sendMessage("three")];
+    assert.equal(new Set(ids).size, 3);
+    rawBob.write(encodeFrame({ type: "acks", ids: [ids[0], ids[2]] }));
+    rawBob.write(encodeFrame({ type: "ack", id: ids[1] }));
+    const end = Date.now() + 10_000;
+    while (delivered.length < 3 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(delivered.map(([id]) => id), [ids[0], ids[2], ids[1]]);
+    for (const [, ms] of delivered) assert.ok(typeof ms === "number" && ms >= 0);
+    alice.close();
+  });
+});
+
+Deno.test("PeerConnection reads frames split anywhere across reads, a character split too, in order", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: recorder(aliceSeen),
+    });
+    alice.start();
+    rawBob.on("data", () => {});
+    rawBob.setNoDelay(true);
+    let text = encodeFrame({ type: "hello", v: 1, features: ["acks"] });
+    for (let i = 0; i < 300; i++) text += encodeFrame({ type: "msg", id: `m${i}`, text: `é${i}€` });
+    const bytes = new TextEncoder().encode(text);
+    // Pieces of 1 to 97 bytes, each its own write (and so mostly its own TLS record).
+    for (let at = 0, n = 1; at < bytes.length; at += n, n = n % 97 + 7) {
+      rawBob.write(bytes.subarray(at, at + n));
+      if (at % 5 === 0) await new Promise((r) => setTimeout(r, 0));
+    }
+    await until("300 messages", aliceSeen, (s) => s.length === 300);
+    assert.deepEqual(
+      aliceSeen.map((e) => e[2]),
+      Array.from({ length: 300 }, (_, i) => `é${i}€`),
+    );
+    alice.close();
+  });
+});
+
 /** A policy that asks for every file and counts what it takes. */
 function asking(taken: FileOffer[], refuse?: string): FilePolicy {
   return {
@@ -364,6 +471,7 @@ Deno.test("PeerConnection drops room gap fills for a peer that reads nothing onc
     let sent = 0;
     for (let i = 0; i < 2 * MAX_UNSENT_FILL / 65_536; i++) if (alice.sendRoom(frame)) sent++;
     assert.ok(sent < 2 * MAX_UNSENT_FILL / 65_536, "every fill was taken");
+    await Promise.resolve(); // the frames of this turn reach the socket as it ends
     assert.ok(
       aliceSocket.writableLength <= MAX_UNSENT_FILL + 70_000,
       `${aliceSocket.writableLength} bytes wait unsent`,

@@ -30,6 +30,13 @@ export const FEATURE_BINARY = "bin";
  * sender streams only after an `accept`, and a `decline` ends the offer.
  */
 export const FEATURE_OFFER = "offer";
+/**
+ * The feature a peer lists in its hello when it takes `acks` frames: the
+ * messages of one read are acknowledged together, one frame for many.
+ */
+export const FEATURE_ACKS = "acks";
+/** The most ids one `acks` frame carries. */
+export const MAX_ACK_IDS = 1024;
 /** The longest reason a `decline` carries. */
 export const MAX_REASON_CHARS = 500;
 
@@ -38,6 +45,7 @@ export type Frame =
   | { type: "hello"; v: number; features?: string[]; checkpoint?: string }
   | { type: "msg"; id: string; text: string }
   | { type: "ack"; id: string }
+  | { type: "acks"; ids: string[] }
   | { type: "file"; id: string; name: string; size: number; sha256: string; room?: string }
   | { type: "chunk"; id: string; data: string }
   | { type: "bin"; id: string; size: number }
@@ -108,6 +116,11 @@ export function decodeFrame(line: string): Frame {
       return { type: "msg", id: id(f.id), text: f.text };
     case "ack":
       return { type: "ack", id: id(f.id) };
+    case "acks":
+      if (!Array.isArray(f.ids) || f.ids.length < 1 || f.ids.length > MAX_ACK_IDS) {
+        throw malformed(`acks needs from 1 to ${MAX_ACK_IDS} ids`);
+      }
+      return { type: "acks", ids: f.ids.map(id) };
     case "end":
       return { type: "end", id: id(f.id) };
     case "accept":
@@ -208,6 +221,11 @@ export class LineSplitter {
   #size = 0;
   #decoder = new TextDecoder("utf-8", { fatal: true });
 
+  /** Whether no part of a line is held (the next bytes start a line). */
+  get empty(): boolean {
+    return this.#parts.length === 0;
+  }
+
   /**
    * Feeds bytes up to the end of the first line they finish: returns that line
    * (or null) and how many bytes were used, so the caller can treat what
@@ -218,6 +236,10 @@ export class LineSplitter {
     const end = nl < 0 ? bytes.length : nl;
     if (this.#size + end + 1 > MAX_LINE_BYTES) {
       throw new E2eError("ERR_TOO_LARGE", "Malformed frame: line longer than 1 MiB");
+    }
+    // A whole line in these bytes (the usual case) is decoded where it lies, without a copy.
+    if (nl >= 0 && this.#parts.length === 0) {
+      return { line: this.#decode(bytes.subarray(0, nl)), used: nl + 1 };
     }
     this.#parts.push(bytes.subarray(0, end));
     this.#size += end;
@@ -253,6 +275,10 @@ export class LineSplitter {
     }
     this.#parts = [];
     this.#size = 0;
+    return this.#decode(line);
+  }
+
+  #decode(line: Uint8Array): string {
     try {
       return this.#decoder.decode(line);
     } catch {

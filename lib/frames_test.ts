@@ -4,10 +4,12 @@ import {
   ALPN,
   decodeFrame,
   encodeFrame,
+  FEATURE_ACKS,
   FEATURE_BINARY,
   FEATURE_OFFER,
   type Frame,
   LineSplitter,
+  MAX_ACK_IDS,
   MAX_BINARY_BYTES,
   MAX_CHUNK_BYTES,
   MAX_LINE_BYTES,
@@ -39,6 +41,14 @@ Deno.test("frames use the constants of docs/PROTOCOL.md", () => {
   assert.equal(MAX_BINARY_BYTES, 1024 * 1024);
   assert.equal(FEATURE_BINARY, "bin");
   assert.equal(FEATURE_OFFER, "offer");
+  assert.equal(FEATURE_ACKS, "acks");
+  assert.equal(MAX_ACK_IDS, 1024);
+});
+
+Deno.test("decodeFrame() reads an acks frame of 1 and of 1024 ids", () => {
+  assert.deepEqual(decodeFrame('{"type":"acks","ids":["m1"]}'), { type: "acks", ids: ["m1"] });
+  const ids = Array.from({ length: MAX_ACK_IDS }, (_, i) => `m${i}`);
+  assert.deepEqual(decodeFrame(JSON.stringify({ type: "acks", ids })), { type: "acks", ids });
 });
 
 Deno.test("decodeFrame() keeps at most 500 characters of a decline's reason, and '' when it is not a string", () => {
@@ -232,6 +242,19 @@ const MALFORMED: Array<[what: string, line: string, why: string]> = [
   ],
   ["msg without id", '{"type":"msg","text":"hi"}', "bad id"],
   ["ack without id", '{"type":"ack"}', "bad id"],
+  ["acks without ids", '{"type":"acks"}', "acks needs from 1 to 1024 ids"],
+  ["acks with no ids", '{"type":"acks","ids":[]}', "acks needs from 1 to 1024 ids"],
+  [
+    "acks with ids that are not a list",
+    '{"type":"acks","ids":"a,b"}',
+    "acks needs from 1 to 1024 ids",
+  ],
+  [
+    "acks with 1025 ids",
+    JSON.stringify({ type: "acks", ids: Array.from({ length: 1025 }, (_, i) => `m${i}`) }),
+    "acks needs from 1 to 1024 ids",
+  ],
+  ["acks with a bad id among good ones", '{"type":"acks","ids":["m1",7]}', "bad id"],
   ["ack with an empty id", '{"type":"ack","id":""}', "bad id"],
   ["ack with a numeric id", '{"type":"ack","id":7}', "bad id"],
   [

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { readLines } from "./lines.ts";
+import { readLineBatches, readLines } from "./lines.ts";
 
 function streamOf(...chunks: string[]): ReadableStream<Uint8Array> {
   const encoder = new TextEncoder();
@@ -20,4 +20,10 @@ Deno.test("readLines() decodes a character split between chunks", async () => {
   const bytes = new TextEncoder().encode("é\n");
   const stream = ReadableStream.from([bytes.subarray(0, 1), bytes.subarray(1)]);
   assert.deepEqual(await collect(stream), ["é"]);
+});
+
+Deno.test("readLineBatches() yields the complete lines of each chunk together, then the tail", async () => {
+  const batches: string[][] = [];
+  for await (const lines of readLineBatches(streamOf("a\nb\nc", "d\n", "e"))) batches.push(lines);
+  assert.deepEqual(batches, [["a", "b"], ["cd"], ["e"]]);
 });

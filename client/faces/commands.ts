@@ -232,7 +232,7 @@ export class CommandRunner {
    * waits its turn behind them; every other line runs at once, so one slow peer never holds
    * up the others, `/peers`, `/help` or `/quit`.
    */
-  async input(line: string): Promise<boolean> {
+  input(line: string): boolean | Promise<boolean> {
     try {
       const command = parseCommand(line, {
         isPeer: (n) => this.#chat.isConnected(n) || this.#chat.isKnown(n),
@@ -247,11 +247,27 @@ export class CommandRunner {
         this.#queue(peer, bound);
         return true;
       }
-      return await this.run(command);
+      // A message to a connected peer is done at once, without a promise: most of a chat's
+      // input, and a burst of it then runs in one turn.
+      if (command.op === "send" && this.#sendNow(command.name ?? this.#current, command.text)) {
+        return true;
+      }
+      return this.run(command).catch((e) => {
+        this.#emit({ type: "error", message: describeError(e) });
+        return true;
+      });
     } catch (e) {
       this.#emit({ type: "error", message: describeError(e) });
       return true;
     }
+  }
+
+  // Sends `text` to `name` if it is a connected peer (a room or the mailbox takes longer).
+  #sendNow(name: string | undefined, text: string): boolean {
+    if (name === undefined || isRoomName(name) || !this.#chat.isConnected(name)) return false;
+    this.#chat.send(name, text);
+    this.#current = name;
+    return true;
   }
 
   // The peer a command is about: named, or (text, a file) the current one.
@@ -290,9 +306,9 @@ export class CommandRunner {
         if (!name) {
           throw new E2eError("ERR_USAGE", "No current peer: /chat NAME or /accept NAME first");
         }
+        if (this.#sendNow(name, command.text)) return true;
         if (isRoomName(name)) chat.rooms.send(name, command.text);
         // Someone not connected: through the mailbox, awaited so a refusal is an `error`.
-        else if (chat.isConnected(name)) chat.send(name, command.text);
         else await chat.sendToMailbox(name, command.text);
         this.#current = name;
         return true;

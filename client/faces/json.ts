@@ -4,25 +4,29 @@
  *
  * @module
  */
-import { readLines } from "../../lib/lines.ts";
+import { readLineBatches } from "../../lib/lines.ts";
 import type { ChatEvent } from "../events.ts";
 
 /** Something that takes input lines; false from `input` means quit. */
 export interface InputSink {
-  /** Runs one line; resolves false to quit. */
-  input(line: string): Promise<boolean>;
+  /**
+   * Runs one line; false to quit. A line done at once (a message to a connected peer)
+   * answers without a promise, so a burst of them runs in one turn.
+   */
+  input(line: string): boolean | Promise<boolean>;
 }
 
 const encoder = new TextEncoder();
 
 let pending = "";
+let held = false;
 
 /**
  * Writes one event as a JSON line on stdout. Events of one turn of the event
  * loop leave in one write (a burst of messages is one syscall, not one each).
  */
 export function jsonEvent(event: ChatEvent): void {
-  if (!pending) queueMicrotask(flushEvents);
+  if (!pending && !held) queueMicrotask(flushEvents);
   // What we typed is not echoed: a script's stdout holds our text only where it must.
   const out = (event.type === "sent" || event.type === "queued") && event.text !== undefined
     ? { ...event, text: undefined }
@@ -37,11 +41,33 @@ export function flushEvents(): void {
   if (text) writeAllSync(encoder.encode(text));
 }
 
-/** Reads stdin line by line into `sink` until EOF or /quit. */
+/**
+ * Reads stdin line by line into `sink` until EOF or /quit. The lines of one read that run at
+ * once do so in one turn, and the events they cause leave in one write; a line that has to
+ * wait (a mailbox post, /quit) lets the events so far out first.
+ */
 export async function runJsonInput(sink: InputSink): Promise<void> {
-  for await (const line of readLines(Deno.stdin.readable)) {
-    if (!await sink.input(line)) return;
+  for await (const lines of readLineBatches(Deno.stdin.readable)) {
+    held = true;
+    try {
+      for (const line of lines) {
+        let go = sink.input(line);
+        if (go instanceof Promise) {
+          release();
+          go = await go;
+          held = true;
+        }
+        if (!go) return;
+      }
+    } finally {
+      release();
+    }
   }
+}
+
+function release(): void {
+  held = false;
+  flushEvents();
 }
 
 function writeAllSync(bytes: Uint8Array): void {

@@ -61,11 +61,28 @@ export class ChatClient<U extends ChatUser = ChatUser> {
   /** The user it runs as. */
   readonly user: U;
   /** Every event so far, in order. */
-  readonly events: ChatEvent[] = [];
+  get events(): ChatEvent[] {
+    this.#parse();
+    return this.#events;
+  }
   /** When each event arrived (performance.now(), ms), index for index with `events`. */
-  readonly times: number[] = [];
+  get times(): number[] {
+    this.#parse();
+    return this.#times;
+  }
   /** Lines of stdout that were not JSON events (there should be none). */
-  readonly junk: string[] = [];
+  get junk(): string[] {
+    this.#parse();
+    return this.#junk;
+  }
+  #events: ChatEvent[] = [];
+  #times: number[] = [];
+  #junk: string[] = [];
+  // Lines counted by their type but not parsed yet (a benchmark's burst is parsed when looked
+  // at, so the harness never limits how fast a client can print), with their arrival times.
+  #unparsed: string[] = [];
+  #unparsedTimes: number[] = [];
+  #arrivals = new Map<string, number[]>(); // per type, when each event of it arrived
   /** The `ready` event. */
   ready!: ChatEvent;
   #proc!: TaskProcess;
@@ -208,8 +225,9 @@ export class ChatClient<U extends ChatUser = ChatUser> {
     const test = matcher(match);
     const until = Date.now() + ms;
     while (true) {
-      for (let i = this.#floor; i < this.events.length; i++) {
-        const e = this.events[i];
+      const events = this.events;
+      for (let i = this.#floor; i < events.length; i++) {
+        const e = events[i];
         if (!this.#claimed.has(e) && test(e)) {
           this.#claimed.add(e);
           return { event: e, t: this.times[i] };
@@ -246,11 +264,7 @@ export class ChatClient<U extends ChatUser = ChatUser> {
       }
       await this.#wake.wait(left);
     }
-    let seen = 0;
-    for (let i = 0; i < this.events.length; i++) {
-      if (this.events[i].type === type && ++seen === n) return this.times[i];
-    }
-    return performance.now();
+    return this.#arrivals.get(type)?.[n - 1] ?? performance.now();
   }
 
   /** Asserts that no event from `mark` on matches, after waiting `ms` for one. */
@@ -286,22 +300,58 @@ export class ChatClient<U extends ChatUser = ChatUser> {
 
   #take(line: string): void {
     if (!line) return;
-    try {
-      const event = JSON.parse(line);
-      if (event && typeof event.type === "string") {
-        this.events.push(event as ChatEvent);
-        this.times.push(performance.now());
-        this.#counts.set(event.type, (this.#counts.get(event.type) ?? 0) + 1);
-        if (this.#failOnError && event.type === "error") this.#failed ??= event as ChatEvent;
-      } else {
-        this.junk.push(line);
-      }
-    } catch {
-      this.junk.push(line);
+    const t = performance.now();
+    const type = EVENT_TYPE.exec(line)?.[1];
+    if (type !== undefined && type !== "error") {
+      this.#unparsed.push(line);
+      this.#unparsedTimes.push(t);
+      this.#counted(type, t);
+    } else {
+      this.#parse();
+      this.#parseLine(line, t, true);
     }
     this.#wake.notify();
   }
+
+  #counted(type: string, t: number): void {
+    this.#counts.set(type, (this.#counts.get(type) ?? 0) + 1);
+    const arrivals = this.#arrivals.get(type);
+    if (arrivals) arrivals.push(t);
+    else this.#arrivals.set(type, [t]);
+  }
+
+  #parse(): void {
+    if (this.#unparsed.length === 0) return;
+    const lines = this.#unparsed;
+    const times = this.#unparsedTimes;
+    this.#unparsed = [];
+    this.#unparsedTimes = [];
+    for (let i = 0; i < lines.length; i++) this.#parseLine(lines[i], times[i], false);
+  }
+
+  // `count`: the line was not counted yet (its type is known only once parsed).
+  #parseLine(line: string, t: number, count: boolean): void {
+    try {
+      const event = JSON.parse(line);
+      if (event && typeof event.type === "string") {
+        this.#events.push(event as ChatEvent);
+        this.#times.push(t);
+        if (count) this.#counted(event.type, t);
+        if (this.#failOnError && event.type === "error") this.#failed ??= event as ChatEvent;
+        return;
+      }
+    } catch { /* junk */ }
+    this.#junk.push(line);
+    if (!count) { // counted by a type it does not have after all
+      const type = EVENT_TYPE.exec(line)![1];
+      this.#counts.set(type, this.#counts.get(type)! - 1);
+      this.#arrivals.get(type)!.pop();
+    }
+  }
 }
+
+/** The type of an event line as JSON.stringify writes our events: the first key. */
+const EVENT_TYPE = /^\{"type":"([a-z_]+)"[,}]/;
 
 /** Stops every client, whatever state it is in. */
 export async function stopAll(clients: Array<ChatClient | undefined>): Promise<void> {

@@ -9,7 +9,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { readLines } from "../../lib/lines.ts";
 import { Wakeup, within } from "./deadlines.ts";
 
 /** The repository root. */
@@ -251,27 +250,36 @@ export class TaskProcess {
     stream: ReadableStream<Uint8Array>,
     onLine?: (line: string) => void,
   ): Promise<void> {
-    // One copy for the text as printed, one for lines.
-    const [text, lines] = stream.tee();
-    const raw = (async () => {
-      const decoder = new TextDecoder();
-      for await (const chunk of text) this.#stdout += decoder.decode(chunk, { stream: true });
-      this.#stdout += decoder.decode();
-    })().catch(() => {});
+    // Decoded once: kept as printed, and split into lines a read at a time (a busy client
+    // prints tens of thousands of lines a second; the harness must not be what limits it).
+    const decoder = new TextDecoder();
+    let pending = "";
+    const take = (text: string) => {
+      this.#stdout += text;
+      pending += text;
+      const last = pending.lastIndexOf("\n");
+      if (last < 0) return;
+      const lines = pending.slice(0, last).split("\n");
+      pending = pending.slice(last + 1);
+      for (const line of lines) this.#line(line, onLine);
+      this.#wake.notify();
+    };
     try {
-      for await (const line of readLines(lines)) {
-        if (!onLine && line.startsWith("{")) {
-          try {
-            const value = JSON.parse(line);
-            if (value && typeof value === "object") this.events.push(value);
-          } catch { /* not an event */ }
-        }
-        onLine?.(line);
-        this.#wake.notify();
-      }
+      for await (const chunk of stream) take(decoder.decode(chunk, { stream: true }));
     } catch { /* killed */ }
-    await raw;
+    take(decoder.decode());
+    if (pending) this.#line(pending, onLine); // the last line, without its newline
     this.#wake.notify();
+  }
+
+  #line(line: string, onLine?: (line: string) => void): void {
+    if (!onLine && line.startsWith("{")) {
+      try {
+        const value = JSON.parse(line);
+        if (value && typeof value === "object") this.events.push(value);
+      } catch { /* not an event */ }
+    }
+    onLine?.(line);
   }
 
   async #readStderr(stream: ReadableStream<Uint8Array>): Promise<void> {

@@ -57,6 +57,14 @@ async function peakMiB(pid: number): Promise<number> {
   return Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? NaN) / 1024;
 }
 
+/** CPU time (user + system) a process used so far, ms. */
+async function cpuMs(pid: number): Promise<number> {
+  const stat = await readProc(`/proc/${pid}/stat`);
+  // The fields after the command name, which is in parentheses and may hold spaces.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * 10; // utime, stime in 1/100 s
+}
+
 /** Current RSS (VmRSS) of a process, MiB. */
 async function rssMiB(pid: number): Promise<number> {
   const status = await readProc(`/proc/${pid}/status`);
@@ -274,6 +282,10 @@ class Rig {
     const client = await ChatClient.start({ name, home: this.homes[name] }, {
       readyMs: WAIT_MS,
       failOnError: true,
+      // E2E_BENCH_PROFILE=DIR: each client writes a V8 CPU profile there as it exits.
+      ...(Deno.env.get("E2E_BENCH_PROFILE")
+        ? { denoFlags: ["--cpu-prof", `--cpu-prof-dir=${Deno.env.get("E2E_BENCH_PROFILE")}`] }
+        : {}),
     });
     this.clients.push(client);
     return client;
@@ -339,10 +351,12 @@ export async function benchChat(
   WAIT_MS = sizes.waitMs;
   const rig = await Rig.start(ws, report, sizes, service);
   try {
-    await benchConnect(rig);
-    await benchRtt(rig);
-    await benchMsgs(rig);
-    await benchFile(rig);
+    // E2E_BENCH_CHAT=rtt,msgs runs only those parts (while working on one of them).
+    const parts = (Deno.env.get("E2E_BENCH_CHAT") ?? "connect,rtt,msgs,file").split(",");
+    if (parts.includes("connect")) await benchConnect(rig);
+    if (parts.includes("rtt")) await benchRtt(rig);
+    if (parts.includes("msgs")) await benchMsgs(rig);
+    if (parts.includes("file")) await benchFile(rig);
     const warned = [...rig.alice.warnings, ...rig.bob.warnings];
     if (warned.length) {
       report.notes.push(`chat clients printed ${warned.length} warnings: ${warned.slice(0, 3)}`);
@@ -565,7 +579,9 @@ async function benchMsgs(rig: Rig): Promise<void> {
   const { ws, report, sizes, creds, alice, bob, pipe } = rig;
   report.section("msgs (100-byte messages, one way)");
   const n = sizes.msgsPerRound;
+  const cpu = { alice: [] as number[], bob: [] as number[], bench: [] as number[] };
   const sendProduct = async () => {
+    const c0 = await Promise.all([cpuMs(alice.pid), cpuMs(bob.pid), cpuMs(Deno.pid)]);
     const target = bob.count("message") + n;
     const delivered = alice.count("delivered") + n;
     let input = "";
@@ -574,6 +590,10 @@ async function benchMsgs(rig: Rig): Promise<void> {
     await alice.write(input);
     const t1 = await bob.expectCount("message", target, WAIT_MS * 3);
     await alice.expectCount("delivered", delivered, WAIT_MS * 3);
+    const c1 = await Promise.all([cpuMs(alice.pid), cpuMs(bob.pid), cpuMs(Deno.pid)]);
+    cpu.alice.push((c1[0] - c0[0]) * 1000 / n);
+    cpu.bob.push((c1[1] - c0[1]) * 1000 / n);
+    cpu.bench.push((c1[2] - c0[2]) * 1000 / n);
     alice.clear();
     bob.clear();
     return n / (t1 - t0) * 1000;
@@ -640,6 +660,25 @@ async function benchMsgs(rig: Rig): Promise<void> {
     rounds: rate.product,
     note: `${n} 100-character message lines written to alice's stdin → the ${n}th \`message\` ` +
       "event on bob's stdout",
+  });
+  const rawUs = 1e6 / baseMsgs;
+  report.add("msgs_cpu_sender", median(cpu.alice), "µs/msg", {
+    baseline: ["raw_msgs_us", rawUs],
+    rounds: cpu.alice,
+    note: "breakdown: CPU time (user + system, /proc) alice's process spent per message over " +
+      "a round (reading stdin, sending, its `sent` and `delivered` events, history); baseline: " +
+      "the wall time per message of raw_msgs",
+  });
+  report.add("msgs_cpu_receiver", median(cpu.bob), "µs/msg", {
+    baseline: ["raw_msgs_us", rawUs],
+    rounds: cpu.bob,
+    note: "breakdown: the same for bob (parsing, acknowledging, its `message` events, history)",
+  });
+  report.add("msgs_cpu_bench", median(cpu.bench), "µs/msg", {
+    baseline: ["raw_msgs_us", rawUs],
+    rounds: cpu.bench,
+    note: "breakdown: the same for this benchmark process (writing alice's stdin, reading " +
+      "three events per message); the three processes share the machine's cores",
   });
   report.add("msgs_peer", median(peerRate), "msg/s", {
     baseline: ["raw_msgs", baseMsgs],
