@@ -661,11 +661,13 @@ export class PeerConnection {
         events.message(this, frame.id, frame.text);
         return;
       case "ack":
-        this.#delivered(frame.id);
+        this.#delivered(frame.id, performance.now());
         return;
-      case "acks":
-        for (const id of frame.ids) this.#delivered(id);
+      case "acks": {
+        const now = performance.now();
+        for (const id of frame.ids) this.#delivered(id, now);
         return;
+      }
       case "file": {
         if (this.quarantined) {
           throw new E2eError(
@@ -802,10 +804,10 @@ export class PeerConnection {
     }
   }
 
-  #delivered(id: string): void {
+  #delivered(id: string, now: number): void {
     const at = this.#sentAt.get(id);
     this.#sentAt.delete(id);
-    this.#options.events.delivered(this, id, at === undefined ? undefined : performance.now() - at);
+    this.#options.events.delivered(this, id, at === undefined ? undefined : now - at);
   }
 
   // Acknowledges a message in an `acks` frame: a lone message at once, before it is shown; the

@@ -37,6 +37,8 @@ export interface Figure {
   note?: string;
   /** Per-round values, when there were rounds. */
   rounds?: number[];
+  /** The figures that explain this one (printed under the table when its target is missed). */
+  breakdown?: string[];
 }
 
 /** Options of {@linkcode Report.add}. */
@@ -49,6 +51,8 @@ export interface AddOptions {
   note?: string;
   /** Per-round values. */
   rounds?: number[];
+  /** The figures that explain this one, by name (they may be added later). */
+  breakdown?: string[];
 }
 
 /** The figures of one run, with the machine they ran on. */
@@ -88,6 +92,7 @@ export class Report {
     }
     if (options.note) figure.note = options.note;
     if (options.rounds) figure.rounds = options.rounds.map(round3);
+    if (options.breakdown) figure.breakdown = options.breakdown;
     this.figures.push(figure);
     return figure;
   }
@@ -153,6 +158,18 @@ export class Report {
         missed.length ? ` (${missed.map((f) => f.name).join(", ")})` : ""
       }`,
     );
+    for (const f of missed) {
+      const parts = (f.breakdown ?? []).map((n) => this.figures.find((x) => x.name === n))
+        .filter((x) => x !== undefined);
+      if (!parts.length) continue;
+      out.push(`  ${f.name} (${num(f.ratio!)}×, target ${f.target!.op} ${f.target!.ratio}×):`);
+      for (const x of parts) {
+        const base = x.baseline
+          ? ` vs ${x.baseline} ${num(x.baselineValue!)}: ${num(x.ratio!)}×`
+          : "";
+        out.push(`    ${x.name} ${num(x.value)} ${x.unit}${base}`);
+      }
+    }
     const noted = this.figures.filter((f) => f.note);
     if (noted.length) {
       out.push("", "how each figure is measured:");

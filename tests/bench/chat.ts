@@ -404,6 +404,7 @@ async function benchConnect(rig: Rig): Promise<void> {
   report.add("connect", median(connect.both), "ms", {
     baseline: ["raw_handshake", baseHs],
     target: { op: "<=", ratio: 1.3 },
+    breakdown: ["connect_alice", "connect_bob", "raw_handshake_tls_only", "check_peer_call"],
     rounds: connect.both,
     note: "`/accept alice` written to bob's stdin → `connected` on both stdouts (the later " +
       "of the two), after `/close` and a fresh `/chat bob` each round",
@@ -535,6 +536,7 @@ async function benchRtt(rig: Rig): Promise<void> {
   report.add("rtt_peer_p50", s.peer.p50, "µs", {
     baseline: ["raw_rtt_p50", s.raw.p50],
     target: { op: "<=", ratio: 1.2 },
+    breakdown: ["rtt_peer_p99"],
     note: "breakdown: the product's PeerConnection (client/peer.ts) at both ends, no chat " +
       "process and no pipes: msg → ack, timed in tests/bench/_peer_driver.ts",
   });
@@ -549,12 +551,14 @@ async function benchRtt(rig: Rig): Promise<void> {
     report.add("rtt_in_client_p50", c.p50, "µs", {
       baseline: ["raw_rtt_p50", s.raw.p50],
       target: { op: "<=", ratio: 2 },
+      breakdown: ["rtt_peer_p50", "rtt_p50", "pipe_rtt_p50", "oneway_to_peer_stdout_p50"],
       note: "breakdown: the `ms` field of the same `delivered` events: alice's own time from " +
         "sending the msg to handling bob's ack, without the pipes",
     });
     report.add("rtt_in_client_p99", c.p99, "µs", {
       baseline: ["raw_rtt_p99", s.raw.p99],
       target: { op: "<=", ratio: 3 },
+      breakdown: ["rtt_peer_p99", "rtt_p99", "pipe_rtt_p99"],
     });
   }
   const tail = (label: string, rounds: number[][]) => {
@@ -657,6 +661,14 @@ async function benchMsgs(rig: Rig): Promise<void> {
   report.add("msgs", median(rate.product), "msg/s", {
     baseline: ["raw_msgs", baseMsgs],
     target: { op: ">=", ratio: 0.5 },
+    breakdown: [
+      "msgs_peer",
+      "msgs_cpu_sender",
+      "msgs_cpu_receiver",
+      "msgs_cpu_bench",
+      "stdout_events",
+      "raw_msgs_batched",
+    ],
     rounds: rate.product,
     note: `${n} 100-character message lines written to alice's stdin → the ${n}th \`message\` ` +
       "event on bob's stdout",
@@ -807,6 +819,7 @@ async function benchFile(rig: Rig): Promise<void> {
   report.add("file", median(fr.product), "MB/s", {
     baseline: ["raw_bulk", baseBulk],
     target: { op: ">=", ratio: 0.7 },
+    breakdown: ["file_peer", "file_prehash", "file_write_fsync"],
     rounds: fr.product,
     note: `\`/file PATH\` (${bigName}) written to alice's stdin → bob's \`file\` event ` +
       "(bytes written, SHA-256 checked); MB = 10^6 bytes",
