@@ -600,7 +600,11 @@ export class PeerConnection {
       (item.type === "msg" || item.type === "ack" || item.type === "acks")
     ) {
       if (this.#closed || this.#failed) return;
-      this.#handle(item).catch((e) => this.#fail(e));
+      try {
+        this.#handleNow(item);
+      } catch (e) {
+        this.#fail(e);
+      }
       return;
     }
     this.#queued++;
@@ -646,28 +650,9 @@ export class PeerConnection {
       case "hello":
         throw malformed("a second hello");
       case "msg":
-        if (this.quarantined) {
-          events.held(this, "message");
-          return;
-        }
-        // Acknowledged before it is shown (showing may block on a slow terminal or pipe): at
-        // once, or to a peer that takes `acks`, with the others of this read in one frame
-        // written before the turn ends.
-        if (this.#peerFeatures.has(FEATURE_ACKS)) this.#ack(frame.id);
-        else {
-          this.#write({ type: "ack", id: frame.id });
-          this.#holdIfUnread();
-        }
-        events.message(this, frame.id, frame.text);
-        return;
       case "ack":
-        this.#delivered(frame.id, performance.now());
-        return;
-      case "acks": {
-        const now = performance.now();
-        for (const id of frame.ids) this.#delivered(id, now);
-        return;
-      }
+      case "acks":
+        return this.#handleNow(frame);
       case "file": {
         if (this.quarantined) {
           throw new E2eError(
@@ -808,6 +793,35 @@ export class PeerConnection {
     const at = this.#sentAt.get(id);
     this.#sentAt.delete(id);
     this.#options.events.delivered(this, id, at === undefined ? undefined : now - at);
+  }
+
+  // Messages and acknowledgements: handled without a promise (most of a chat's traffic).
+  #handleNow(frame: Frame & { type: "msg" | "ack" | "acks" }): void {
+    const events = this.#options.events;
+    switch (frame.type) {
+      case "msg":
+        if (this.quarantined) {
+          events.held(this, "message");
+          return;
+        }
+        // Acknowledged before it is shown (showing may block on a slow terminal or pipe): at
+        // once, or to a peer that takes `acks`, with the others of this read in one frame.
+        if (this.#peerFeatures.has(FEATURE_ACKS)) this.#ack(frame.id);
+        else {
+          this.#write({ type: "ack", id: frame.id });
+          this.#holdIfUnread();
+        }
+        events.message(this, frame.id, frame.text);
+        return;
+      case "ack":
+        this.#delivered(frame.id, performance.now());
+        return;
+      case "acks": {
+        const now = performance.now();
+        for (const id of frame.ids) this.#delivered(id, now);
+        return;
+      }
+    }
   }
 
   // Acknowledges a message in an `acks` frame: a lone message at once, before it is shown; the
