@@ -11,7 +11,7 @@ import { createPrivateKey, createPublicKey, hkdfSync } from "node:crypto";
 import { dirname } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
-import { generateKey, isEncryptedKey, makeRequest, unlockKey } from "../lib/keys.ts";
+import { generateKeyAndRequest, isEncryptedKey, makeRequest, unlockKey } from "../lib/keys.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { checkPeer, type Credentials, type TrustAnchor, trustAnchor } from "../lib/tls.ts";
 import { type CertificateInfo, keyFingerprint, parseCertificate } from "../lib/x509.ts";
@@ -224,7 +224,8 @@ export interface JoinOptions {
 /**
  * Enrolls with an invite: fetch the CA certificate and refuse it unless its
  * fingerprint is the invite's (before the token is sent); make the key and
- * request locally; enroll; check what came back; store it all under `HOME/id`.
+ * request locally (meanwhile); enroll; check what came back, and that it is in
+ * the CA's issuance log; store it all under `HOME/id`, durably.
  *
  * @example
  * ```ts
@@ -245,18 +246,19 @@ export async function enroll(
       hint: "use another --home (or E2E_CHAT_HOME) for another identity",
     });
   }
-  const caPem = await fetchCaCertificate(invite.caUrl, invite.fingerprint);
-  const anchor = trustAnchor(caPem);
   const keyType = options.keyType ?? "ec-p256";
+  const { passphrase } = options;
   const stage = await Deno.makeTempDir({ dir: home, prefix: ".join-" });
+  const staged = new IdFolder(stage);
+  // The key and request are made (one openssl process) while the CA is fetched and pinned:
+  // nothing is sent before the fingerprint matched, and the other core is not idle meanwhile.
+  const made = generateKeyAndRequest(staged.key, invite.name, { type: keyType, passphrase });
+  made.catch(() => {}); // awaited below, also on failure (before the stage is removed)
   try {
-    const staged = new IdFolder(stage);
-    const keyPath = staged.key;
-    const { passphrase } = options;
-    await generateKey(keyPath, keyType, { passphrase, kdf: "scrypt" });
-    const csr = await makeRequest(keyPath, invite.name, { passphrase });
+    const caPem = await fetchCaCertificate(invite.caUrl, invite.fingerprint);
+    const anchor = trustAnchor(caPem);
+    const { csr, key } = await made;
     const reply = await new CaClient(invite.caUrl, anchor).enroll(invite.token, csr);
-    const key = await unlockKey(keyPath, { passphrase });
     const cert = checkIssued(reply, anchor, invite.name, key);
     await checkLogged(
       new ClientHome(home),
@@ -265,28 +267,36 @@ export async function enroll(
       cert,
       reply,
     );
-    await Deno.writeTextFile(staged.cert, cert);
-    await Deno.writeTextFile(staged.caCert, caPem);
     const record: IdentityRecord = {
       name: invite.name,
       caUrl: invite.caUrl,
       caFingerprint: invite.fingerprint,
       keyType,
     };
-    await Deno.writeTextFile(
-      staged.record,
-      JSON.stringify(record, null, 2) + "\n",
-    );
+    // Durable before the rename makes them the identity (the key already is).
+    await Promise.all([
+      writeFileAtomic(staged.cert, cert, { createNew: true }),
+      writeFileAtomic(staged.caCert, caPem, { createNew: true }),
+      writeFileAtomic(staged.record, JSON.stringify(record, null, 2) + "\n", { createNew: true }),
+    ]);
     await Deno.chmod(stage, 0o700);
+    await syncDir(stage);
     await Deno.rename(stage, dir);
+    await syncDir(home);
   } catch (e) {
+    await made.catch(() => {});
     await Deno.remove(stage, { recursive: true }).catch(() => {});
     throw e;
   }
-  const { passphrase } = options;
   return await Identity.load(home, {
     passphrase: passphrase === undefined ? undefined : () => Promise.resolve(passphrase),
   });
+}
+
+// fsync of a folder: makes the names in it (a rename into it) durable.
+async function syncDir(path: string): Promise<void> {
+  using dir = await Deno.open(path, { read: true });
+  await dir.sync();
 }
 
 async function checkLogged(

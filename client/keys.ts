@@ -8,7 +8,7 @@
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
 import { checkName } from "../lib/names.ts";
-import { encryptKey, generateKey, makeRequest, unlockKey } from "../lib/keys.ts";
+import { encryptKey, generateKeyAndRequest, unlockKey } from "../lib/keys.ts";
 import { ClientHome } from "./home.ts";
 
 /** Key types a client can make. */
@@ -48,9 +48,10 @@ export async function makeKeyAndCsr(
       hint: "use another --home for another identity",
     });
   }
-  const { passphrase } = options;
-  await generateKey(paths.key, options.keyType ?? "ec-p256", { passphrase, kdf: "scrypt" });
-  const csr = await makeRequest(paths.key, name, { passphrase });
+  const { csr } = await generateKeyAndRequest(paths.key, name, {
+    type: options.keyType ?? "ec-p256",
+    passphrase: options.passphrase,
+  });
   await writeFileAtomic(paths.csr, csr, { mode: 0o644 });
   return { keyPath: paths.key, csrPath: paths.csr, csr };
 }

@@ -13,30 +13,25 @@ import {
   parseCommand,
   readStdinLine,
   runMain,
+  splitCommand,
 } from "../lib/cli.ts";
 import { E2eError } from "../lib/errors.ts";
 import { resolveHome, resolveUserPath } from "../lib/home.ts";
 import { readPassphrase } from "../lib/passphrase.ts";
-import { isEncryptedKey, unlockKey } from "../lib/keys.ts";
 import { exists } from "../lib/fs.ts";
-import { Chat } from "./chat.ts";
+import type { Chat } from "./chat.ts";
 import type { ChatEvent } from "./events.ts";
-import { CommandRunner } from "./faces/commands.ts";
-import { FILE_FLAGS, FILE_USAGE, type FileFlagValues, fileOptions } from "./faces/file_options.ts";
-import { flushEvents, jsonEvent, runJsonInput } from "./faces/json.ts";
-import { Terminal } from "./faces/terminal.ts";
-import { openInBrowser } from "./faces/web/open.ts";
-import { WebServer } from "./faces/web/server.ts";
+import type { FileFlagValues } from "./faces/file_options.ts";
+import type { WebServer } from "./faces/web/server.ts";
 import { ClientHome } from "./home.ts";
-import { RELAY_MODES } from "./relay.ts";
-import { Revocation } from "./revocation.ts";
-import { LogMonitor } from "./transparency.ts";
 import { checkName } from "../lib/names.ts";
 import { pemDecode } from "../lib/pem.ts";
-import { checkPeer } from "../lib/tls.ts";
-import { enroll, Identity, type PassphraseSource } from "./identity.ts";
 import { parseInvite } from "../lib/invite.ts";
-import { changePassphrase, CLIENT_KEY_TYPES, type ClientKeyType, makeKeyAndCsr } from "./keys.ts";
+import type { Identity, PassphraseSource } from "./identity.ts";
+import type { ClientKeyType } from "./keys.ts";
+
+// Each command imports the modules it uses (TLS, keys, the chat core, the faces, the page's
+// server with npm:ws) when it runs: `join` loads none of the chat's.
 
 const USAGE = `Usage: deno task client [command] [options]
 
@@ -86,9 +81,13 @@ Options:
                           (else $E2E_CHAT_PASSPHRASE, else a prompt); asked only when the key
                           is encrypted, by every command that uses it
   -h, --help              Show this help
-
-${FILE_USAGE}
 `;
+
+/** The whole help: the file options' part comes from the chat's modules, loaded for it only. */
+async function usage(): Promise<string> {
+  const { FILE_USAGE } = await import("./faces/file_options.ts");
+  return `${USAGE}\n${FILE_USAGE}\n`;
+}
 
 const COMMON = {
   home: { type: "string" },
@@ -112,8 +111,11 @@ function keyPassphrase(file: string | undefined): PassphraseSource {
     });
 }
 
-function loadIdentity(values: { home?: string; "passphrase-file"?: string }): Promise<Identity> {
-  return Identity.load(resolveHome(values.home), {
+async function loadIdentity(
+  values: { home?: string; "passphrase-file"?: string },
+): Promise<Identity> {
+  const { Identity } = await import("./identity.ts");
+  return await Identity.load(resolveHome(values.home), {
     passphrase: keyPassphrase(values["passphrase-file"]),
   });
 }
@@ -135,16 +137,18 @@ async function newKeyPassphrase(
   });
 }
 
-function main(args: string[]): Promise<number> {
-  return dispatch(args, {
+async function main(args: string[]): Promise<number> {
+  const { command } = splitCommand(args);
+  return await dispatch(args, {
     program: "client",
-    usage: USAGE,
+    // Printed by `help` alone (and the fallback): other commands do not load it.
+    usage: command === "help" || command === "-h" || command === "--help" ? await usage() : "",
     commands: { join: joinCommand, chat, web, whoami, lookup, renew, csr, audit, passwd },
     fallback: async (rest) => {
       if (rest.length || await exists(new ClientHome(resolveHome(undefined)).id.record)) {
         return await chat(rest);
       }
-      await out(USAGE);
+      await out(await usage());
       return 0;
     },
   });
@@ -169,8 +173,9 @@ async function joinCommand(args: string[]): Promise<number> {
       hint: 'give the invite, "-" to read it from stdin, or --invite-file FILE',
     }),
   );
+  const { enroll } = await import("./identity.ts");
   const identity = await enroll(resolveHome(values.home), invite, {
-    keyType: keyType(values["key-type"]),
+    keyType: await keyType(values["key-type"]),
     passphrase: await newKeyPassphrase(values),
   });
   await out(
@@ -186,22 +191,31 @@ async function joinCommand(args: string[]): Promise<number> {
 }
 
 /** The flags of `chat` that `web` takes too (startChat() reads them). */
-const CHAT_FLAGS = {
-  ...COMMON,
-  listen: { type: "string" },
-  "no-listen": { type: "boolean" },
-  relay: { type: "string" },
-  downloads: { type: "string" },
-  ...FILE_FLAGS,
-} as const;
+async function chatFlags() {
+  const { FILE_FLAGS } = await import("./faces/file_options.ts");
+  return {
+    ...COMMON,
+    listen: { type: "string" },
+    "no-listen": { type: "boolean" },
+    relay: { type: "string" },
+    downloads: { type: "string" },
+    ...FILE_FLAGS,
+  } as const;
+}
 
 async function chat(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, {
-    ...CHAT_FLAGS,
+    ...await chatFlags(),
     json: { type: "boolean" },
   });
   if (values.help) return await help();
   noPositionals(positionals);
+  const [{ CommandRunner }, { flushEvents, jsonEvent, runJsonInput }, { Terminal }] = await Promise
+    .all([
+      import("./faces/commands.ts"),
+      import("./faces/json.ts"),
+      import("./faces/terminal.ts"),
+    ]);
   const id = await loadIdentity(values);
   const show = values.json ? jsonEvent : undefined;
   const terminal = show ? undefined : new Terminal(id.name);
@@ -217,7 +231,7 @@ async function chat(args: string[]): Promise<number> {
 
 async function web(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, {
-    ...CHAT_FLAGS,
+    ...await chatFlags(),
     port: { type: "string" },
     open: { type: "boolean" },
   });
@@ -230,6 +244,10 @@ async function web(args: string[]): Promise<number> {
       `--port takes a port number, not ${JSON.stringify(values.port)}`,
     );
   }
+  const [{ openInBrowser }, page] = await Promise.all([
+    import("./faces/web/open.ts"),
+    import("./faces/web/server.ts"),
+  ]);
   const id = await loadIdentity(values);
   // Until the page's server runs, what the core says is kept for the first page.
   const early: ChatEvent[] = [];
@@ -237,7 +255,7 @@ async function web(args: string[]): Promise<number> {
   const session = await startChat(id, values, (e) => forward(e));
   let server: WebServer;
   try {
-    server = await WebServer.start(session, {
+    server = await page.WebServer.start(session, {
       port,
       uploads: id.home.uploads,
       notices: early.flatMap((e) => e.type === "warning" ? [e.message] : []),
@@ -268,6 +286,11 @@ async function startChat(
     & FileFlagValues,
   emit: (e: ChatEvent) => void,
 ): Promise<Chat> {
+  const [{ Chat }, { RELAY_MODES }, { fileOptions }] = await Promise.all([
+    import("./chat.ts"),
+    import("./relay.ts"),
+    import("./faces/file_options.ts"),
+  ]);
   const [listenHost, listenPort] = parseListen(values.listen ?? "127.0.0.1:0");
   if (values["no-listen"] && values.listen !== undefined) {
     throw new E2eError("ERR_USAGE", "--no-listen and --listen exclude each other");
@@ -326,6 +349,7 @@ async function whoami(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, { ...COMMON, json: { type: "boolean" } });
   if (values.help) return await help();
   noPositionals(positionals);
+  const { Identity } = await import("./identity.ts");
   const id = await Identity.load(resolveHome(values.home));
   const info = {
     name: id.name,
@@ -366,6 +390,7 @@ async function lookup(args: string[]): Promise<number> {
   const id = await loadIdentity(values);
   const reply = await id.client().lookup(name);
   // The directory's answer is checked like a peer: our CA, that name, valid now.
+  const { checkPeer } = await import("../lib/tls.ts");
   const cert = checkPeer(pemDecode(reply.certificate, "CERTIFICATE"), id.anchor, { name });
   if (values.json) {
     await out(
@@ -392,6 +417,10 @@ async function audit(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, { ...COMMON, json: { type: "boolean" } });
   if (values.help) return await help();
   noPositionals(positionals);
+  const [{ LogMonitor }, { Revocation }] = await Promise.all([
+    import("./transparency.ts"),
+    import("./revocation.ts"),
+  ]);
   const id = await loadIdentity(values);
   const monitor = await LogMonitor.open(id.home.logState, id.anchor, id.client());
   // A revoked certificate for our name is harmless (peers refuse it): the CRL is needed.
@@ -442,8 +471,9 @@ async function csr(args: string[]): Promise<number> {
   });
   if (values.help) return await help();
   if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "csr needs exactly one NAME");
+  const { makeKeyAndCsr } = await import("./keys.ts");
   const { csrPath } = await makeKeyAndCsr(resolveHome(values.home), positionals[0], {
-    keyType: keyType(values["key-type"]),
+    keyType: await keyType(values["key-type"]),
     passphrase: await newKeyPassphrase(values),
   });
   await out(`${csrPath}\n`);
@@ -461,6 +491,10 @@ async function passwd(args: string[]): Promise<number> {
   if (values.remove && values["new-passphrase-file"] !== undefined) {
     throw new E2eError("ERR_USAGE", "passwd takes --remove or --new-passphrase-file, not both");
   }
+  const [{ isEncryptedKey, unlockKey }, { changePassphrase }] = await Promise.all([
+    import("../lib/keys.ts"),
+    import("./keys.ts"),
+  ]);
   const home = resolveHome(values.home);
   // Only the key: this works in a home that has just made a request (`csr`) too.
   const keyPath = new ClientHome(home).id.key;
@@ -494,12 +528,13 @@ async function passwd(args: string[]): Promise<number> {
   return 0;
 }
 
-function keyType(value: string | undefined): ClientKeyType {
+async function keyType(value: string | undefined): Promise<ClientKeyType> {
+  const { CLIENT_KEY_TYPES } = await import("./keys.ts");
   return oneOf(value ?? "ec-p256", CLIENT_KEY_TYPES, { what: "key type" });
 }
 
 async function help(): Promise<number> {
-  await out(USAGE);
+  await out(await usage());
   return 0;
 }
 

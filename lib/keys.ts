@@ -7,6 +7,7 @@
 import { createPrivateKey } from "node:crypto";
 import { dirname, join } from "node:path";
 import { E2eError } from "./errors.ts";
+import { writeFileAtomic } from "./fs.ts";
 import { openssl, PASSPHRASE_ARG } from "./openssl.ts";
 
 /** Every key type e2e-chat makes. */
@@ -88,11 +89,64 @@ export async function makeRequest(
     keyPath,
     ...(options.passphrase === undefined ? [] : ["-passin", PASSPHRASE_ARG]),
     "-subj",
-    `/CN=${commonName.replace(/[\\/+=]/g, (c) => `\\${c}`)}`,
+    subject(commonName),
     "-config",
     "/dev/null",
   ], { passphrase: options.passphrase });
   return new TextDecoder().decode(stdout);
+}
+
+/** Options of {@linkcode generateKeyAndRequest}. */
+export interface KeyAndRequestOptions {
+  /** Key type. Default: "ec-p256". */
+  type?: KeyType;
+  /** Encrypt the key file under this passphrase ({@linkcode encryptKey}'s format). Default: unencrypted. */
+  passphrase?: string;
+}
+
+/** A new key and its certificate request. */
+export interface KeyAndRequest {
+  /** The certificate request, PEM. */
+  csr: string;
+  /** The private key, unencrypted PEM: in memory only (the file holds it encrypted, if asked). */
+  key: string;
+}
+
+/**
+ * Makes a new private key and a certificate request for `commonName` in one openssl run
+ * (`openssl req -newkey`, where {@linkcode generateKey} and {@linkcode makeRequest} take two),
+ * and writes the key to `path`: mode 0600, fsynced, encrypted under `options.passphrase` by
+ * {@linkcode encryptKey} if one is given. The plain key goes from openssl to us through memory,
+ * never a file. Refuses to replace an existing file.
+ *
+ * @example
+ * ```ts
+ * import { generateKeyAndRequest } from "./keys.ts";
+ * const { csr } = await generateKeyAndRequest("/tmp/key.pem", "alice", { type: "ed25519" });
+ * ```
+ */
+export async function generateKeyAndRequest(
+  path: string,
+  commonName: string,
+  options: KeyAndRequestOptions = {},
+): Promise<KeyAndRequest> {
+  const { stdout } = await openssl([
+    ...["req", "-new", ...NEW_KEY[options.type ?? "ec-p256"], "-noenc", "-keyout", "-"],
+    ...["-subj", subject(commonName), "-config", "/dev/null"],
+  ]);
+  const text = new TextDecoder().decode(stdout);
+  const key = /-----BEGIN PRIVATE KEY-----\r?\n[\s\S]*?-----END PRIVATE KEY-----\r?\n/.exec(text)
+    ?.[0];
+  const csr =
+    /-----BEGIN CERTIFICATE REQUEST-----\r?\n[\s\S]*?-----END CERTIFICATE REQUEST-----\r?\n/
+      .exec(text)?.[0];
+  if (!key || !csr) {
+    throw new E2eError("ERR_OPENSSL", "openssl req printed no key and request");
+  }
+  const file = options.passphrase === undefined ? key : await encryptKey(key, options.passphrase);
+  // The one copy of the key: durable before its request goes anywhere.
+  await writeFileAtomic(path, file, { mode: 0o600, createNew: true });
+  return { csr, key };
 }
 
 /**
@@ -170,3 +224,16 @@ const ALGORITHMS: Record<KeyType, string[]> = {
   "ec-p256": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
   "ed25519": ["-algorithm", "ED25519"],
 };
+
+// `openssl req -newkey` takes the algorithm by its lower-case name.
+const NEW_KEY: Record<KeyType, string[]> = {
+  "rsa-4096": ["-newkey", "rsa", "-pkeyopt", "rsa_keygen_bits:4096"],
+  "rsa-2048": ["-newkey", "rsa", "-pkeyopt", "rsa_keygen_bits:2048"],
+  "ec-p256": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+  "ed25519": ["-newkey", "ed25519"],
+};
+
+// `-subj /CN=…` with openssl's special characters escaped.
+function subject(commonName: string): string {
+  return `/CN=${commonName.replace(/[\\/+=]/g, (c) => `\\${c}`)}`;
+}

@@ -2,7 +2,14 @@ import assert from "node:assert/strict";
 import { createPrivateKey, createPublicKey } from "node:crypto";
 import { join } from "node:path";
 import { e2eError, withTempDir } from "./_test_util.ts";
-import { encryptKey, generateKey, isEncryptedKey, makeRequest, unlockKey } from "./keys.ts";
+import {
+  encryptKey,
+  generateKey,
+  generateKeyAndRequest,
+  isEncryptedKey,
+  makeRequest,
+  unlockKey,
+} from "./keys.ts";
 import { openssl } from "./openssl.ts";
 
 const PASSPHRASE = "a long enough passphrase";
@@ -30,6 +37,57 @@ Deno.test("generateKey() with kdf scrypt writes a PKCS#8 key under scrypt and AE
     const csr = await makeRequest(path, "alice", { passphrase: PASSPHRASE });
     assert.match(csr, /^-----BEGIN CERTIFICATE REQUEST-----/);
     assert.ok([...Deno.readDirSync(dir)].every((e) => e.name === "key.pem"), "scratch left");
+  });
+});
+
+Deno.test("generateKeyAndRequest() makes each key type and a request for it in one openssl run: the request verifies, names the CN and carries the key written 0600", async () => {
+  await withTempDir(async (dir) => {
+    for (const type of ["ec-p256", "ed25519", "rsa-2048"] as const) {
+      const path = join(dir, `${type}.pem`);
+      const { csr, key } = await generateKeyAndRequest(path, "alice", { type });
+      assert.equal(await Deno.readTextFile(path), key);
+      assert.equal((await Deno.stat(path)).mode! & 0o777, 0o600);
+      assert.equal(createPrivateKey(key).asymmetricKeyType, type.split("-")[0]);
+      const shown = new TextDecoder().decode(
+        (await openssl(["req", "-verify", "-noout", "-subject", "-pubkey"], { stdin: csr })).stdout,
+      );
+      assert.match(shown, /^subject=CN ?= ?alice$/m);
+      assert.ok(
+        shown.includes(publicPem(key)),
+        `${type}: the request carries the key's public key`,
+      );
+    }
+    assert.deepEqual(
+      [...Deno.readDirSync(dir)].map((e) => e.name).sort(),
+      ["ec-p256.pem", "ed25519.pem", "rsa-2048.pem"],
+      "nothing else left",
+    );
+  });
+});
+
+Deno.test("generateKeyAndRequest() with a passphrase writes the key under scrypt (openssl pkey opens it) and returns it plain in memory only", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "key.pem");
+    const { csr, key } = await generateKeyAndRequest(path, "alice", { passphrase: PASSPHRASE });
+    const text = await Deno.readTextFile(path);
+    assert.ok(isEncryptedKey(text));
+    assert.ok(!text.includes(key.split("\n")[1]), "the plain key is not in the file");
+    assert.match(
+      new TextDecoder().decode((await openssl(["asn1parse", "-in", path])).stdout),
+      /:scrypt/,
+    );
+    assert.equal(publicPem(await unlockKey(path, { passphrase: PASSPHRASE })), publicPem(key));
+    assert.match(csr, /^-----BEGIN CERTIFICATE REQUEST-----/);
+  });
+});
+
+Deno.test("generateKeyAndRequest() refuses to replace an existing file and leaves it as it was", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "key.pem");
+    await Deno.writeTextFile(path, "an older key");
+    await assert.rejects(generateKeyAndRequest(path, "alice"), Deno.errors.AlreadyExists);
+    assert.equal(await Deno.readTextFile(path), "an older key");
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["key.pem"]);
   });
 });
 

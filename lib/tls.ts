@@ -10,6 +10,7 @@
  *
  * @module
  */
+import { Buffer } from "node:buffer";
 import type { X509Certificate } from "node:crypto";
 import { isIP } from "node:net";
 import tls, {
@@ -276,25 +277,39 @@ export function checkLogKey(der: Uint8Array | null, anchor: TrustAnchor): Certif
   return info;
 }
 
+/** Certificates kept per anchor once their signature checked out ({@linkcode verifiedByAnchor}). */
+const VERIFIED_MAX = 256;
+const verified = new WeakMap<TrustAnchor, Map<string, CertificateInfo>>();
+
 function verifiedByAnchor(
   der: Uint8Array | null,
   anchor: TrustAnchor,
   now = new Date(),
 ): CertificateInfo {
   if (!der) throw rejected("no certificate was presented");
-  let info: CertificateInfo;
-  try {
-    info = parseCertificate(pemEncode(der, "CERTIFICATE"));
-  } catch (e) {
-    throw rejected(`unreadable certificate: ${e instanceof Error ? e.message : e}`);
-  }
-  if (!info.x509.checkIssued(anchor.x509) || !info.x509.verify(anchor.x509.publicKey)) {
-    throw rejected("the certificate was not issued by our CA");
+  // Parsing and the signature check are pure work on the same bytes: a certificate already
+  // verified against this anchor is not verified again. Everything that can change — the
+  // time, and what callers check after this (names, key, revocation, pins) — runs every time.
+  const seen = verified.get(anchor) ?? new Map<string, CertificateInfo>();
+  const id = Buffer.from(der).toString("base64");
+  let info = seen.get(id);
+  if (!info) {
+    try {
+      info = parseCertificate(pemEncode(der, "CERTIFICATE"));
+    } catch (e) {
+      throw rejected(`unreadable certificate: ${e instanceof Error ? e.message : e}`);
+    }
+    if (!info.x509.checkIssued(anchor.x509) || !info.x509.verify(anchor.x509.publicKey)) {
+      throw rejected("the certificate was not issued by our CA");
+    }
+    if (seen.size >= VERIFIED_MAX) seen.delete(seen.keys().next().value!);
+    seen.set(id, info);
+    verified.set(anchor, seen);
   }
   if (now < info.notBefore || now > info.notAfter) {
     throw rejected("the certificate is not valid now");
   }
-  return info;
+  return { ...info };
 }
 
 function rejected(detail: string): E2eError {

@@ -210,6 +210,44 @@ Deno.test("checkPeer() gives the same message for every reason, so a peer learns
   assert.equal(details.size, attempts.length, "each reason has its own detail");
 });
 
+Deno.test("checkPeer() verifies a certificate once per anchor yet checks the time, the name, the key and revocation on every call", () => {
+  const fresh = trustAnchor(fixtures.caPem);
+  const first = checkPeer(fixtures.alice.der, fresh, { name: "alice" });
+  // What a caller does with the answer does not change the next one.
+  (first as { commonName: string }).commonName = "mallory";
+  const again = checkPeer(fixtures.alice.der, fresh, { name: "alice" });
+  assert.equal(again.commonName, "alice");
+  assert.equal(again.fingerprint, alice.fingerprint);
+  assert.throws(
+    () => checkPeer(fixtures.alice.der, fresh, { isRevoked: () => true }),
+    rejected(/revoked/),
+  );
+  assert.throws(
+    () => checkPeer(fixtures.alice.der, fresh, { now: new Date(alice.notAfter.getTime() + 1) }),
+    rejected(/not valid now/),
+  );
+  assert.throws(() => checkPeer(fixtures.alice.der, fresh, { name: "bob" }), rejected(/"alice"/));
+  const bob = parseCertificate(fixtures.bob.cert);
+  assert.throws(
+    () => checkPeer(fixtures.alice.der, fresh, { keyFingerprint: bob.keyFingerprint }),
+    rejected(/key/),
+  );
+  assert.throws(() => checkPeer(fixtures.service.der, fresh), rejected(/service/));
+  assert.throws(() => checkPeer(fixtures.service.der, fresh), rejected(/service/));
+});
+
+Deno.test("checkPeer() trusts a certificate verified under one anchor under that anchor only", () => {
+  const theirs = trustAnchor(fixtures.otherCaPem);
+  assert.equal(checkPeer(fixtures.otherAlice.der, theirs, { name: "alice" }).commonName, "alice");
+  assert.throws(
+    () => checkPeer(fixtures.otherAlice.der, anchor, { name: "alice" }),
+    rejected(/not issued by our CA/),
+  );
+  // A refused certificate is not remembered as good, and a good one stays good.
+  assert.throws(() => checkPeer(fixtures.otherAlice.der, anchor), rejected(/not issued/));
+  assert.equal(checkPeer(fixtures.otherAlice.der, theirs).commonName, "alice");
+});
+
 // ---------------------------------------------------------------------------
 // checkService
 
