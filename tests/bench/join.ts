@@ -156,6 +156,12 @@ export async function benchJoin(
     report.add(`join_process[${type}]`, median(proc), "ms", {
       baseline: [`keygen_plus_enroll[${type}]`, base],
       target: { op: "<=", ratio: 2 },
+      breakdown: [
+        `join_inproc[${type}]`,
+        "client_cli_startup",
+        "deno_empty_script",
+        "tls_connect_first_in_process",
+      ],
       rounds: proc,
       note: "`client join INVITE --key-type …` process wall time (spawn to exit)",
     });
