@@ -6,6 +6,7 @@
  * @module
  */
 import { Buffer } from "node:buffer";
+import { createHash } from "node:crypto";
 import type { TLSSocket } from "node:tls";
 import { E2eError } from "../lib/errors.ts";
 import {
@@ -13,8 +14,10 @@ import {
   encodeFrame,
   FEATURE_BINARY,
   FEATURE_OFFER,
+  FEATURE_SHA256_AT_END,
   type Frame,
   LineSplitter,
+  MAX_BINARY_BYTES,
 } from "../lib/frames.ts";
 import { FEATURE_ROOMS, type RoomFrame } from "../lib/room.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
@@ -28,8 +31,11 @@ export interface FileOffer {
   name: string;
   /** Size in bytes. */
   bytes: number;
-  /** SHA-256, 64 lowercase hex. */
-  sha256: string;
+  /**
+   * SHA-256, 64 lowercase hex, when the offer carries it: a sender whose peer lists
+   * "sha256-at-end" sends it with the `end` frame instead (the `file` event has it).
+   */
+  sha256?: string;
   /** The room it is sent to (a file to a room goes to each member over its own connection). */
   room?: string;
 }
@@ -120,7 +126,8 @@ const MAX_UNSENT = 1024 * 1024; // bytes we let wait for a peer that does not re
  * (`want`, `state`: a few bytes each) and never reads would otherwise make us hold every answer.
  */
 export const MAX_UNSENT_FILL = 16 * 1024 * 1024;
-const CHUNK_BYTES = 512 * 1024; // within MAX_CHUNK_BYTES (base64) and MAX_BINARY_BYTES (bin)
+const CHUNK_BYTES = 512 * 1024; // within MAX_CHUNK_BYTES (base64)
+const BIN_CHUNK_BYTES = MAX_BINARY_BYTES; // fewer, larger frames when raw
 
 /** Part of the raw payload of a `bin` frame. */
 interface RawPiece {
@@ -154,7 +161,7 @@ export class PeerConnection {
   #helloSeen = false;
   #peerFeatures = new Set<string>();
   #sentAt = new Map<string, number>();
-  #raw?: { id: string; size: number; remaining: number; pieces: Uint8Array[] };
+  #raw?: { id: string; remaining: number };
   #closed = false;
   #failed = false;
   #broken = false; // no more input is parsed
@@ -198,7 +205,7 @@ export class PeerConnection {
     this.#write({
       type: "hello",
       v: 1,
-      features: [FEATURE_BINARY, FEATURE_OFFER, FEATURE_ROOMS],
+      features: [FEATURE_BINARY, FEATURE_OFFER, FEATURE_ROOMS, FEATURE_SHA256_AT_END],
       ...(checkpoint === undefined ? {} : { checkpoint }),
     });
   }
@@ -251,8 +258,8 @@ export class PeerConnection {
   }
 
   async #offer(path: string, file: Deno.FsFile, room?: string): Promise<FileOffer> {
-    const { sha256, size } = await hashFile(file);
-    // Its features say whether the file frame is an offer or the start of the data.
+    // Its features say whether the file frame is an offer or the start of the data, and
+    // whether its SHA-256 goes first (a whole pass over the file before the first byte) or last.
     const heard = await Promise.race([
       this.#hello.promise.then(() => true),
       new Promise<boolean>((r) => setTimeout(() => r(false), HELLO_WAIT_MS).unref?.()),
@@ -260,6 +267,10 @@ export class PeerConnection {
     if (!heard || this.#closed) {
       throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
     }
+    const { sha256, size } = this.#peerFeatures.has(FEATURE_SHA256_AT_END)
+      ? { sha256: undefined, size: (await file.stat()).size }
+      : await hashFile(file);
+    if (this.#closed) throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
     // Each waiting offer holds its file open; the receiver takes no more waiting offers anyway.
     if (this.#outgoing.size >= MAX_OFFERS) {
       throw new E2eError(
@@ -285,11 +296,12 @@ export class PeerConnection {
     const id = this.#id();
     const out: Outgoing = { path, file, name: announcedName(path), size, sha256, room };
     const inRoom = room === undefined ? {} : { room };
+    const digest = sha256 === undefined ? {} : { sha256 };
     // Not awaited: a peer that does not read must never block the one who sends.
-    this.#write({ type: "file", id, name: out.name, size, sha256, ...inRoom });
+    this.#write({ type: "file", id, name: out.name, size, ...digest, ...inRoom });
     if (this.#peerFeatures.has(FEATURE_OFFER)) this.#outgoing.set(id, out);
     else this.#startSending(id, out);
-    return { id, name: out.name, bytes: size, sha256, ...inRoom };
+    return { id, name: out.name, bytes: size, ...digest, ...inRoom };
   }
 
   /** Accepts the file `id` this peer offered: counts it, answers `accept`, receives it. */
@@ -367,7 +379,12 @@ export class PeerConnection {
     confirmed?: { bytes: number; wake?: () => void },
   ): Promise<void> {
     const size = out.size;
+    const step = binary ? BIN_CHUNK_BYTES : CHUNK_BYTES;
+    // To a peer that takes the SHA-256 at the end, the file is hashed as it streams.
+    const hash = out.sha256 === undefined ? createHash("sha256") : undefined;
     let sent = 0;
+    // The next chunk is read from disk while the one before goes out.
+    let next = readChunk(file, Math.min(step, size));
     while (sent < size) {
       if (this.#closed) {
         throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
@@ -375,24 +392,26 @@ export class PeerConnection {
       while (confirmed && sent - confirmed.bytes >= SEND_WINDOW) {
         await this.#waitForGot(confirmed);
       }
-      const buffer = new Uint8Array(Math.min(CHUNK_BYTES, size - sent));
-      const n = await file.read(buffer);
-      if (n === null) break;
+      const chunk = await next;
+      if (chunk === null) break;
+      const n = chunk.length;
       sent += n;
+      next = readChunk(file, Math.min(step, size - sent));
+      hash?.update(chunk);
       if (binary) {
         this.#write({ type: "bin", id, size: n });
-        await this.#writeRawAsync(buffer.subarray(0, n));
+        await this.#writeRawAsync(chunk);
       } else {
         await this.#writeAsync({
           type: "chunk",
           id,
-          data: Buffer.from(buffer.buffer, 0, n).toString("base64"),
+          data: Buffer.from(chunk.buffer, chunk.byteOffset, n).toString("base64"),
         });
       }
       this.#progress(id, sent, size, "out");
     }
     if (sent !== size) throw new E2eError("ERR_FILE", "The file changed while it was being sent");
-    await this.#writeAsync({ type: "end", id });
+    await this.#writeAsync({ type: "end", id, ...(hash ? { sha256: hash.digest("hex") } : {}) });
   }
 
   /** Says bye and closes. */
@@ -478,17 +497,14 @@ export class PeerConnection {
     try {
       while (offset < bytes.length && !this.#broken) {
         if (this.#raw) {
-          // The payload of a "bin" frame: bytes, not lines. Gathered whole (at most 1 MiB),
-          // so the file gets one write per frame rather than one per TLS record.
+          // The payload of a "bin" frame: bytes, not lines. Each piece goes to the file as it
+          // came (no copy into one frame-sized buffer), while the rest of the frame arrives.
           const raw = this.#raw;
           const take = Math.min(raw.remaining, bytes.length - offset);
-          raw.pieces.push(bytes.subarray(offset, offset + take));
           offset += take;
           raw.remaining -= take;
-          if (raw.remaining === 0) {
-            this.#raw = undefined;
-            this.#enqueue({ type: "raw", id: raw.id, bytes: concat(raw.pieces, raw.size) });
-          }
+          if (raw.remaining === 0) this.#raw = undefined;
+          this.#enqueue({ type: "raw", id: raw.id, bytes: bytes.subarray(offset - take, offset) });
           continue;
         }
         const { line, used } = this.#lines.pushLine(bytes.subarray(offset));
@@ -497,7 +513,7 @@ export class PeerConnection {
         const frame = decodeFrame(line);
         // Decided here, not in the queue: the bytes that follow are the payload.
         if (frame.type === "bin") {
-          this.#raw = { id: frame.id, size: frame.size, remaining: frame.size, pieces: [] };
+          this.#raw = { id: frame.id, remaining: frame.size };
         }
         this.#enqueue(frame);
       }
@@ -598,7 +614,7 @@ export class PeerConnection {
           id: frame.id,
           name: frame.name,
           bytes: frame.size,
-          sha256: frame.sha256,
+          ...(frame.sha256 === undefined ? {} : { sha256: frame.sha256 }),
           ...(frame.room === undefined ? {} : { room: frame.room }),
         };
         const verdict = this.#options.files?.decide(this, offer, offering) ?? "accept";
@@ -675,7 +691,16 @@ export class PeerConnection {
         const release = this.#releases.get(frame.id);
         this.#releases.delete(frame.id);
         try {
-          const path = await file.finish();
+          // The SHA-256 comes once: with the file frame (as before), or (sha256-at-end) here.
+          if ((file.sha256 === undefined) === (frame.sha256 === undefined)) {
+            await file.abort();
+            throw malformed(
+              file.sha256 === undefined
+                ? "an end without the sha256 its file frame left out"
+                : "an end with a second sha256",
+            );
+          }
+          const path = await file.finish(frame.sha256);
           const room = this.#incomingRooms.get(frame.id);
           this.#incomingRooms.delete(frame.id);
           events.file(this, {
@@ -683,7 +708,7 @@ export class PeerConnection {
             name: file.announced,
             path,
             bytes: file.size,
-            sha256: file.sha256,
+            sha256: file.sha256!,
             ...(room === undefined ? {} : { room }),
           });
           this.#write({ type: "ack", id: frame.id });
@@ -863,7 +888,8 @@ interface Outgoing {
   file: Deno.FsFile;
   name: string;
   size: number;
-  sha256: string;
+  /** Announced up front; undefined when it goes in the `end` frame (hashed as it streams). */
+  sha256?: string;
   room?: string;
 }
 
@@ -873,15 +899,14 @@ function refusal(why: string): E2eError {
   return new E2eError("ERR_FORBIDDEN", `File refused: ${why}`);
 }
 
-function concat(pieces: Uint8Array[], size: number): Uint8Array {
-  if (pieces.length === 1) return pieces[0];
-  const out = new Uint8Array(size);
-  let offset = 0;
-  for (const p of pieces) {
-    out.set(p, offset);
-    offset += p.length;
-  }
-  return out;
+// Up to `want` bytes of `file` from where it is, in a buffer of their own (the socket may still
+// hold the one before); null at its end. A read left pending when a send fails rejects quietly.
+function readChunk(file: Deno.FsFile, want: number): Promise<Uint8Array | null> {
+  if (want === 0) return Promise.resolve(null);
+  const buffer = new Uint8Array(want);
+  const read = file.read(buffer).then((n) => (n === null ? null : buffer.subarray(0, n)));
+  read.catch(() => {});
+  return read;
 }
 
 function malformed(why: string): E2eError {
