@@ -447,6 +447,17 @@ Deno.test('PeerConnection to a peer that lists "sha256-at-end" offers a file wit
       id: offer.id,
       sha256: sha256Hex(body),
     });
+    // An empty file: no bin frame, the SHA-256 of nothing at the end.
+    await Deno.writeFile(path, new Uint8Array());
+    const empty = await alice.sendFile(path);
+    await until("the 2nd offer", [], () => wire.frames.some((f) => f.id === empty.id));
+    rawBob.write(encodeFrame({ type: "accept", id: empty.id }));
+    await until("the 2nd end", [], () => wire.frames.filter((f) => f.type === "end").length === 2);
+    assert.deepEqual(wire.frames.filter((f) => f.id === empty.id).map((f) => f.type), [
+      "file",
+      "end",
+    ]);
+    assert.equal(wire.frames.at(-1)!.sha256, sha256Hex(new Uint8Array()));
     alice.close();
   });
 });
