@@ -162,6 +162,7 @@ export class PeerConnection {
   #peerFeatures = new Set<string>();
   #sentAt = new Map<string, number>();
   #raw?: { id: string; bytes: Uint8Array; at: number };
+  #spare: Uint8Array[] = []; // bin payload buffers written out, for the next payloads
   #closed = false;
   #failed = false;
   #broken = false; // no more input is parsed
@@ -517,7 +518,8 @@ export class PeerConnection {
         const frame = decodeFrame(line);
         // Decided here, not in the queue: the bytes that follow are the payload.
         if (frame.type === "bin") {
-          this.#raw = { id: frame.id, bytes: new Uint8Array(frame.size), at: 0 };
+          const buffer = this.#spare.pop() ?? new Uint8Array(MAX_BINARY_BYTES);
+          this.#raw = { id: frame.id, bytes: buffer.subarray(0, frame.size), at: 0 };
         }
         this.#enqueue(frame);
       }
@@ -560,6 +562,8 @@ export class PeerConnection {
     const file = this.#incoming.get(piece.id);
     if (!file) throw malformed("binary data for a file never announced");
     await file.write(piece.bytes);
+    // Written: its buffer takes the next payload (fewer allocations, less garbage collection).
+    if (this.#spare.length < 4) this.#spare.push(new Uint8Array(piece.bytes.buffer));
     this.#progress(piece.id, file.received, file.size, "in");
     this.#reportGot(piece.id, file.received);
   }
