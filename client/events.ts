@@ -69,7 +69,8 @@ export type CoreEvent =
     id: string;
     name: string;
     bytes: number;
-    sha256: string;
+    /** Only when the offer carried it (an older peer, the mailbox); the `file` event always does. */
+    sha256?: string;
     via?: "mailbox";
     room?: string;
   }

@@ -69,8 +69,11 @@ export class IncomingFile {
   readonly announced: string;
   /** Bytes announced. */
   readonly size: number;
-  /** SHA-256 announced. */
-  readonly sha256: string;
+  /**
+   * SHA-256 announced: up front, or (from a peer that sends it at the end) once
+   * {@linkcode IncomingFile.finish} was given it; after a successful finish, the file's.
+   */
+  sha256: string | undefined;
   /** Bytes received so far. */
   received = 0;
   #dir: string;
@@ -84,7 +87,7 @@ export class IncomingFile {
     file: Deno.FsFile,
     announced: string,
     size: number,
-    sha256: string,
+    sha256: string | undefined,
   ) {
     this.#dir = dir;
     this.#partial = partial;
@@ -95,12 +98,15 @@ export class IncomingFile {
     this.sha256 = sha256;
   }
 
-  /** Starts receiving into `dir` (created 0700 if missing) under a `.partial-*` name, mode 0600. */
+  /**
+   * Starts receiving into `dir` (created 0700 if missing) under a `.partial-*` name, mode 0600.
+   * Without `sha256` (it comes at the end), {@linkcode IncomingFile.finish} must be given it.
+   */
   static async start(
     dir: string,
     announced: string,
     size: number,
-    sha256: string,
+    sha256?: string,
   ): Promise<IncomingFile> {
     await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
     const partial = join(dir, `.partial-${crypto.randomUUID()}`);
@@ -119,8 +125,16 @@ export class IncomingFile {
     this.received += bytes.length;
   }
 
-  /** Checks size and SHA-256, then moves the file to a free final name; returns its path. */
-  async finish(): Promise<string> {
+  /**
+   * Checks size and SHA-256 (the one announced up front, else `sha256`, sent at the end), then
+   * moves the file to a free final name; returns its path. A mismatch deletes the partial file.
+   */
+  async finish(sha256?: string): Promise<string> {
+    if ((this.sha256 === undefined) === (sha256 === undefined)) {
+      await this.abort();
+      throw new TypeError("A file's SHA-256 is given once: up front or at the end");
+    }
+    this.sha256 ??= sha256;
     await this.#file.sync();
     this.#file.close();
     const digest = this.#hash.digest("hex");

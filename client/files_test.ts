@@ -237,6 +237,47 @@ Deno.test("IncomingFile.finish() refuses a SHA-256 mismatch and deletes the part
   });
 });
 
+Deno.test("IncomingFile without a SHA-256 up front checks the one finish() is given at the end, and keeps the file", async () => {
+  await withTempDir(async (dir) => {
+    const bytes = encoder.encode("digest at the end\n");
+    const file = await IncomingFile.start(dir, "late.txt", bytes.length);
+    assert.equal(file.sha256, undefined);
+    await file.write(bytes.subarray(0, 7));
+    await file.write(bytes.subarray(7));
+    const path = await file.finish(sha256(bytes));
+    assert.equal(path, join(dir, "late.txt"));
+    assert.equal(file.sha256, sha256(bytes));
+    assert.deepEqual(await Deno.readFile(path), bytes);
+    assert.deepEqual(await names(dir), ["late.txt"]);
+  });
+});
+
+Deno.test("IncomingFile.finish() refuses a SHA-256 given at the end that does not match, and deletes the partial", async () => {
+  await withTempDir(async (dir) => {
+    const bytes = encoder.encode("hello");
+    const file = await IncomingFile.start(dir, "tampered.txt", bytes.length);
+    await file.write(bytes);
+    await assert.rejects(
+      file.finish(sha256(encoder.encode("hellO"))),
+      e2eError("ERR_BAD_REQUEST", "File's SHA-256 does not match what was announced"),
+    );
+    assert.deepEqual(await names(dir), []);
+  });
+});
+
+Deno.test("IncomingFile.finish() takes a SHA-256 exactly once: none at all, or a second one, is a TypeError and deletes the partial", async () => {
+  await withTempDir(async (dir) => {
+    const bytes = encoder.encode("x");
+    const none = await IncomingFile.start(dir, "none.txt", 1);
+    await none.write(bytes);
+    await assert.rejects(none.finish(), TypeError);
+    const twice = await IncomingFile.start(dir, "twice.txt", 1, sha256(bytes));
+    await twice.write(bytes);
+    await assert.rejects(twice.finish(sha256(bytes)), TypeError);
+    assert.deepEqual(await names(dir), []);
+  });
+});
+
 Deno.test("IncomingFile.write() refuses more bytes than announced, and abort() then removes the partial", async () => {
   await withTempDir(async (dir) => {
     const file = await IncomingFile.start(dir, "x.bin", 4, sha256(Uint8Array.of(1, 2, 3, 4)));

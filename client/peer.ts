@@ -6,6 +6,7 @@
  * @module
  */
 import { Buffer } from "node:buffer";
+import { createHash } from "node:crypto";
 import type { TLSSocket } from "node:tls";
 import { E2eError } from "../lib/errors.ts";
 import {
@@ -14,9 +15,11 @@ import {
   FEATURE_ACKS,
   FEATURE_BINARY,
   FEATURE_OFFER,
+  FEATURE_SHA256_AT_END,
   type Frame,
   LineSplitter,
   MAX_ACK_IDS,
+  MAX_BINARY_BYTES,
   MAX_LINE_BYTES,
 } from "../lib/frames.ts";
 import { FEATURE_ROOMS, type RoomFrame } from "../lib/room.ts";
@@ -31,8 +34,11 @@ export interface FileOffer {
   name: string;
   /** Size in bytes. */
   bytes: number;
-  /** SHA-256, 64 lowercase hex. */
-  sha256: string;
+  /**
+   * SHA-256, 64 lowercase hex, when the offer carries it: a sender whose peer lists
+   * "sha256-at-end" sends it with the `end` frame instead (the `file` event has it).
+   */
+  sha256?: string;
   /** The room it is sent to (a file to a room goes to each member over its own connection). */
   room?: string;
 }
@@ -116,7 +122,7 @@ const HELLO_WAIT_MS = 10_000;
 // this much unconfirmed. (A socket's drain is no proof the peer reads: Deno's TLS buffers writes
 // without bound, so without this a peer that reads nothing would let us queue a whole file.)
 const SEND_WINDOW = 8 * 1024 * 1024;
-const GOT_EVERY = 1024 * 1024;
+const GOT_EVERY = 2 * 1024 * 1024; // each "got" costs the receiver a TLS write
 const MAX_UNSENT = 1024 * 1024; // bytes we let wait for a peer that does not read
 /**
  * Bytes unsent to a peer past which room gap fills for it are dropped: a member that asks
@@ -125,7 +131,8 @@ const MAX_UNSENT = 1024 * 1024; // bytes we let wait for a peer that does not re
 export const MAX_UNSENT_FILL = 16 * 1024 * 1024;
 /** Messages whose round trip we time at most (the oldest beyond are delivered without `ms`). */
 const MAX_TIMED = 10_000;
-const CHUNK_BYTES = 512 * 1024; // within MAX_CHUNK_BYTES (base64) and MAX_BINARY_BYTES (bin)
+const CHUNK_BYTES = 512 * 1024; // within MAX_CHUNK_BYTES (base64)
+const BIN_CHUNK_BYTES = MAX_BINARY_BYTES; // fewer, larger frames when raw
 
 let lastIdTime = 0;
 // The start of a connection's ids: the time it began, base 36, never the same twice in a process
@@ -172,7 +179,8 @@ export class PeerConnection {
   #acks: string[] = []; // messages to acknowledge in one `acks` frame at the end of this turn
   #out = ""; // frames after the first of this turn, written together as it ends
   #wroteThisTurn = false;
-  #raw?: { id: string; size: number; remaining: number; pieces: Uint8Array[] };
+  #raw?: { id: string; bytes: Uint8Array; at: number };
+  #spare: Uint8Array[] = []; // bin payload buffers written out, for the next payloads
   #closed = false;
   #failed = false;
   #broken = false; // no more input is parsed
@@ -217,7 +225,7 @@ export class PeerConnection {
     this.#write({
       type: "hello",
       v: 1,
-      features: [FEATURE_BINARY, FEATURE_OFFER, FEATURE_ROOMS, FEATURE_ACKS],
+      features: [FEATURE_BINARY, FEATURE_OFFER, FEATURE_ROOMS, FEATURE_ACKS, FEATURE_SHA256_AT_END],
       ...(checkpoint === undefined ? {} : { checkpoint }),
     });
   }
@@ -274,8 +282,8 @@ export class PeerConnection {
   }
 
   async #offer(path: string, file: Deno.FsFile, room?: string): Promise<FileOffer> {
-    const { sha256, size } = await hashFile(file);
-    // Its features say whether the file frame is an offer or the start of the data.
+    // Its features say whether the file frame is an offer or the start of the data, and
+    // whether its SHA-256 goes first (a whole pass over the file before the first byte) or last.
     const heard = await Promise.race([
       this.#hello.promise.then(() => true),
       new Promise<boolean>((r) => setTimeout(() => r(false), HELLO_WAIT_MS).unref?.()),
@@ -283,6 +291,10 @@ export class PeerConnection {
     if (!heard || this.#closed) {
       throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
     }
+    const { sha256, size } = this.#peerFeatures.has(FEATURE_SHA256_AT_END)
+      ? { sha256: undefined, size: (await file.stat()).size }
+      : await hashFile(file);
+    if (this.#closed) throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
     // Each waiting offer holds its file open; the receiver takes no more waiting offers anyway.
     if (this.#outgoing.size >= MAX_OFFERS) {
       throw new E2eError(
@@ -308,11 +320,12 @@ export class PeerConnection {
     const id = this.#id();
     const out: Outgoing = { path, file, name: announcedName(path), size, sha256, room };
     const inRoom = room === undefined ? {} : { room };
+    const digest = sha256 === undefined ? {} : { sha256 };
     // Not awaited: a peer that does not read must never block the one who sends.
-    this.#write({ type: "file", id, name: out.name, size, sha256, ...inRoom });
+    this.#write({ type: "file", id, name: out.name, size, ...digest, ...inRoom });
     if (this.#peerFeatures.has(FEATURE_OFFER)) this.#outgoing.set(id, out);
     else this.#startSending(id, out);
-    return { id, name: out.name, bytes: size, sha256, ...inRoom };
+    return { id, name: out.name, bytes: size, ...digest, ...inRoom };
   }
 
   /** Accepts the file `id` this peer offered: counts it, answers `accept`, receives it. */
@@ -390,7 +403,12 @@ export class PeerConnection {
     confirmed?: { bytes: number; wake?: () => void },
   ): Promise<void> {
     const size = out.size;
+    const step = binary ? BIN_CHUNK_BYTES : CHUNK_BYTES;
+    // To a peer that takes the SHA-256 at the end, the file is hashed as it streams.
+    const hash = out.sha256 === undefined ? createHash("sha256") : undefined;
     let sent = 0;
+    // The next chunk is read from disk while the one before goes out.
+    let next = readChunk(file, Math.min(step, size));
     while (sent < size) {
       if (this.#closed) {
         throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
@@ -398,24 +416,26 @@ export class PeerConnection {
       while (confirmed && sent - confirmed.bytes >= SEND_WINDOW) {
         await this.#waitForGot(confirmed);
       }
-      const buffer = new Uint8Array(Math.min(CHUNK_BYTES, size - sent));
-      const n = await file.read(buffer);
-      if (n === null) break;
+      const chunk = await next;
+      if (chunk === null) break;
+      const n = chunk.length;
       sent += n;
+      next = readChunk(file, Math.min(step, size - sent));
+      hash?.update(chunk);
       if (binary) {
         this.#write({ type: "bin", id, size: n });
-        await this.#writeRawAsync(buffer.subarray(0, n));
+        await this.#writeRawAsync(chunk);
       } else {
         await this.#writeAsync({
           type: "chunk",
           id,
-          data: Buffer.from(buffer.buffer, 0, n).toString("base64"),
+          data: Buffer.from(chunk.buffer, chunk.byteOffset, n).toString("base64"),
         });
       }
       this.#progress(id, sent, size, "out");
     }
     if (sent !== size) throw new E2eError("ERR_FILE", "The file changed while it was being sent");
-    await this.#writeAsync({ type: "end", id });
+    await this.#writeAsync({ type: "end", id, ...(hash ? { sha256: hash.digest("hex") } : {}) });
   }
 
   /** Says bye and closes. */
@@ -533,16 +553,17 @@ export class PeerConnection {
           if (offset >= bytes.length) break;
         }
         if (this.#raw) {
-          // The payload of a "bin" frame: bytes, not lines. Gathered whole (at most 1 MiB),
-          // so the file gets one write per frame rather than one per TLS record.
+          // The payload of a "bin" frame: bytes, not lines. Gathered into one buffer (at most
+          // 1 MiB) as the TLS records arrive, so the file gets one write per frame: a write of
+          // 64 KiB costs Deno's file thread several times what its share of 1 MiB does.
           const raw = this.#raw;
-          const take = Math.min(raw.remaining, bytes.length - offset);
-          raw.pieces.push(bytes.subarray(offset, offset + take));
+          const take = Math.min(raw.bytes.length - raw.at, bytes.length - offset);
+          raw.bytes.set(bytes.subarray(offset, offset + take), raw.at);
           offset += take;
-          raw.remaining -= take;
-          if (raw.remaining === 0) {
+          raw.at += take;
+          if (raw.at === raw.bytes.length) {
             this.#raw = undefined;
-            this.#enqueue({ type: "raw", id: raw.id, bytes: concat(raw.pieces, raw.size) });
+            this.#enqueue({ type: "raw", id: raw.id, bytes: raw.bytes });
           }
           continue;
         }
@@ -550,10 +571,7 @@ export class PeerConnection {
         offset += used;
         if (line === null) continue;
         const frame = decodeFrame(line);
-        // Decided here, not in the queue: the bytes that follow are the payload.
-        if (frame.type === "bin") {
-          this.#raw = { id: frame.id, size: frame.size, remaining: frame.size, pieces: [] };
-        }
+        if (frame.type === "bin") this.#startRaw(frame);
         this.#enqueue(frame);
       }
     } catch (e) {
@@ -583,13 +601,19 @@ export class PeerConnection {
       const frame = decodeFrame(text.slice(start, nl));
       start = nl + 1;
       if (frame.type === "bin") {
-        this.#raw = { id: frame.id, size: frame.size, remaining: frame.size, pieces: [] };
+        this.#startRaw(frame);
         this.#enqueue(frame);
         return Buffer.byteLength(text.slice(0, nl)) + 1;
       }
       this.#enqueue(frame);
     }
     return last + 1;
+  }
+
+  // Decided as the line is read, not in the queue: the bytes that follow are the payload.
+  #startRaw(frame: Frame & { type: "bin" }): void {
+    const buffer = this.#spare.pop() ?? new Uint8Array(MAX_BINARY_BYTES);
+    this.#raw = { id: frame.id, bytes: buffer.subarray(0, frame.size), at: 0 };
   }
 
   #enqueue(item: Frame | RawPiece | Failure): void {
@@ -631,6 +655,8 @@ export class PeerConnection {
     const file = this.#incoming.get(piece.id);
     if (!file) throw malformed("binary data for a file never announced");
     await file.write(piece.bytes);
+    // Written: its buffer takes the next payload (fewer allocations, less garbage collection).
+    if (this.#spare.length < 4) this.#spare.push(new Uint8Array(piece.bytes.buffer));
     this.#progress(piece.id, file.received, file.size, "in");
     this.#reportGot(piece.id, file.received);
   }
@@ -671,7 +697,7 @@ export class PeerConnection {
           id: frame.id,
           name: frame.name,
           bytes: frame.size,
-          sha256: frame.sha256,
+          ...(frame.sha256 === undefined ? {} : { sha256: frame.sha256 }),
           ...(frame.room === undefined ? {} : { room: frame.room }),
         };
         const verdict = this.#options.files?.decide(this, offer, offering) ?? "accept";
@@ -748,7 +774,16 @@ export class PeerConnection {
         const release = this.#releases.get(frame.id);
         this.#releases.delete(frame.id);
         try {
-          const path = await file.finish();
+          // The SHA-256 comes once: with the file frame (as before), or (sha256-at-end) here.
+          if ((file.sha256 === undefined) === (frame.sha256 === undefined)) {
+            await file.abort();
+            throw malformed(
+              file.sha256 === undefined
+                ? "an end without the sha256 its file frame left out"
+                : "an end with a second sha256",
+            );
+          }
+          const path = await file.finish(frame.sha256);
           const room = this.#incomingRooms.get(frame.id);
           this.#incomingRooms.delete(frame.id);
           events.file(this, {
@@ -756,7 +791,7 @@ export class PeerConnection {
             name: file.announced,
             path,
             bytes: file.size,
-            sha256: file.sha256,
+            sha256: file.sha256!,
             ...(room === undefined ? {} : { room }),
           });
           this.#write({ type: "ack", id: frame.id });
@@ -1004,7 +1039,8 @@ interface Outgoing {
   file: Deno.FsFile;
   name: string;
   size: number;
-  sha256: string;
+  /** Announced up front; undefined when it goes in the `end` frame (hashed as it streams). */
+  sha256?: string;
   room?: string;
 }
 
@@ -1014,15 +1050,14 @@ function refusal(why: string): E2eError {
   return new E2eError("ERR_FORBIDDEN", `File refused: ${why}`);
 }
 
-function concat(pieces: Uint8Array[], size: number): Uint8Array {
-  if (pieces.length === 1) return pieces[0];
-  const out = new Uint8Array(size);
-  let offset = 0;
-  for (const p of pieces) {
-    out.set(p, offset);
-    offset += p.length;
-  }
-  return out;
+// Up to `want` bytes of `file` from where it is, in a buffer of their own (the socket may still
+// hold the one before); null at its end. A read left pending when a send fails rejects quietly.
+function readChunk(file: Deno.FsFile, want: number): Promise<Uint8Array | null> {
+  if (want === 0) return Promise.resolve(null);
+  const buffer = new Uint8Array(want);
+  const read = file.read(buffer).then((n) => (n === null ? null : buffer.subarray(0, n)));
+  read.catch(() => {});
+  return read;
 }
 
 function malformed(why: string): E2eError {

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { E2eError } from "../lib/errors.ts";
+import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import tls from "node:tls";
@@ -221,7 +222,13 @@ Deno.test('PeerConnection acknowledges each message with its own "ack" to a peer
     assert.deepEqual(acks(), Array.from({ length: 20 }, (_, i) => `m${i}`));
     assert.deepEqual(framesOf(received).filter((f) => f.type === "acks"), []);
     // Our hello offered acks all the same; this peer just does not use them.
-    assert.deepEqual(framesOf(received)[0].features, ["bin", "offer", "rooms", "acks"]);
+    assert.deepEqual(framesOf(received)[0].features, [
+      "bin",
+      "offer",
+      "rooms",
+      "acks",
+      "sha256-at-end",
+    ]);
     alice.close();
   });
 });
@@ -481,3 +488,218 @@ Deno.test("PeerConnection drops room gap fills for a peer that reads nothing onc
     alice.close();
   });
 });
+
+/** The frames a raw socket receives, with each `bin` frame's payload as its `data`. */
+function wireReader(socket: tls.TLSSocket): { frames: Array<Record<string, unknown>> } {
+  const out = { frames: [] as Array<Record<string, unknown>> };
+  let pending = new Uint8Array(0);
+  let payload: { frame: Record<string, unknown>; left: number; parts: Uint8Array[] } | undefined;
+  socket.on("data", (chunk: Uint8Array) => {
+    const all = new Uint8Array(pending.length + chunk.length);
+    all.set(pending);
+    all.set(chunk, pending.length);
+    let at = 0;
+    while (at < all.length) {
+      if (payload) {
+        const take = Math.min(payload.left, all.length - at);
+        payload.parts.push(all.slice(at, at + take));
+        payload.left -= take;
+        at += take;
+        if (payload.left === 0) {
+          payload.frame.data = Buffer.concat(payload.parts);
+          payload = undefined;
+        }
+        continue;
+      }
+      const nl = all.indexOf(0x0a, at);
+      if (nl < 0) break;
+      const frame = JSON.parse(new TextDecoder().decode(all.subarray(at, nl)));
+      out.frames.push(frame);
+      if (frame.type === "bin") payload = { frame, left: frame.size, parts: [] };
+      at = nl + 1;
+    }
+    pending = all.slice(at);
+  });
+  return out;
+}
+
+function sha256Hex(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+async function writeBody(dir: string, size: number): Promise<[string, Uint8Array]> {
+  const body = new Uint8Array(size).map((_, i) => (i * 7) % 253);
+  const path = join(dir, "body.bin");
+  await Deno.writeFile(path, body);
+  return [path, body];
+}
+
+Deno.test('PeerConnection to a peer that lists "sha256-at-end" offers a file without its SHA-256 and sends it in the end frame, hashed as it streamed', async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: recorder(aliceSeen),
+    });
+    alice.start();
+    const wire = wireReader(rawBob);
+    rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["bin", "offer", "sha256-at-end"] }));
+    const [path, body] = await writeBody(dir, 2_500_000);
+    const offer = await alice.sendFile(path);
+    assert.equal(offer.sha256, undefined);
+    const file = () => wire.frames.find((f) => f.type === "file");
+    await until("the offer", [], () => file() !== undefined);
+    assert.deepEqual(file(), { type: "file", id: offer.id, name: "body.bin", size: body.length });
+    rawBob.write(encodeFrame({ type: "accept", id: offer.id }));
+    await until("the end", [], () => wire.frames.some((f) => f.type === "end"));
+    const data = Buffer.concat(
+      wire.frames.filter((f) => f.type === "bin").map((f) => f.data as Uint8Array),
+    );
+    assert.deepEqual(new Uint8Array(data), body);
+    assert.deepEqual(wire.frames.find((f) => f.type === "end"), {
+      type: "end",
+      id: offer.id,
+      sha256: sha256Hex(body),
+    });
+    // An empty file: no bin frame, the SHA-256 of nothing at the end.
+    await Deno.writeFile(path, new Uint8Array());
+    const empty = await alice.sendFile(path);
+    await until("the 2nd offer", [], () => wire.frames.some((f) => f.id === empty.id));
+    rawBob.write(encodeFrame({ type: "accept", id: empty.id }));
+    await until("the 2nd end", [], () => wire.frames.filter((f) => f.type === "end").length === 2);
+    assert.deepEqual(wire.frames.filter((f) => f.id === empty.id).map((f) => f.type), [
+      "file",
+      "end",
+    ]);
+    assert.equal(wire.frames.at(-1)!.sha256, sha256Hex(new Uint8Array()));
+    alice.close();
+  });
+});
+
+Deno.test('PeerConnection to an older peer (no "sha256-at-end") still puts the SHA-256 in the offer and none in the end frame', async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: recorder([]),
+    });
+    alice.start();
+    const wire = wireReader(rawBob);
+    rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }));
+    const [path, body] = await writeBody(dir, 1_500_000);
+    const offer = await alice.sendFile(path);
+    assert.equal(offer.sha256, sha256Hex(body));
+    await until("the offer", [], () => wire.frames.some((f) => f.type === "file"));
+    assert.deepEqual(wire.frames.find((f) => f.type === "file"), {
+      type: "file",
+      id: offer.id,
+      name: "body.bin",
+      size: body.length,
+      sha256: sha256Hex(body),
+    });
+    rawBob.write(encodeFrame({ type: "accept", id: offer.id }));
+    await until("the end", [], () => wire.frames.some((f) => f.type === "end"));
+    assert.deepEqual(wire.frames.find((f) => f.type === "end"), { type: "end", id: offer.id });
+    alice.close();
+  });
+});
+
+/**
+ * A raw peer sends `body` as file "f1" the way `atEnd` says (SHA-256 in the end frame, or up
+ * front as an older peer does) once alice accepts; `endSha` replaces the end frame's digest
+ * (null: none).
+ */
+async function rawSend(
+  rawBob: tls.TLSSocket,
+  body: Uint8Array,
+  options: { atEnd: boolean; endSha?: string | null },
+): Promise<Array<Record<string, unknown>>> {
+  const wire = wireReader(rawBob);
+  const features = options.atEnd ? ["bin", "offer", "sha256-at-end"] : ["bin", "offer"];
+  const upFront = options.atEnd ? undefined : sha256Hex(body);
+  rawBob.write(
+    encodeFrame({ type: "hello", v: 1, features }) +
+      encodeFrame({
+        type: "file",
+        id: "f1",
+        name: "sent.bin",
+        size: body.length,
+        ...(upFront === undefined ? {} : { sha256: upFront }),
+      }),
+  );
+  await until("the accept", [], () => wire.frames.some((f) => f.type === "accept"));
+  for (let at = 0; at < body.length; at += 256 * 1024) {
+    const part = body.subarray(at, at + 256 * 1024);
+    rawBob.write(encodeFrame({ type: "bin", id: "f1", size: part.length }));
+    rawBob.write(part);
+  }
+  const endSha = options.endSha === undefined
+    ? (options.atEnd ? sha256Hex(body) : null)
+    : options.endSha;
+  rawBob.write(
+    encodeFrame({ type: "end", id: "f1", ...(endSha === null ? {} : { sha256: endSha }) }),
+  );
+  return wire.frames;
+}
+
+for (const atEnd of [true, false]) {
+  Deno.test(`PeerConnection receives a file whose SHA-256 comes ${atEnd ? "in the end frame" : "in the offer (an older peer)"}, keeps it and reports that SHA-256`, async () => {
+    await withPair(async (aliceSocket, rawBob, dir) => {
+      const aliceSeen: Seen = [];
+      const downloads = join(dir, "downloads");
+      const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+        downloads,
+        events: recorder(aliceSeen),
+      });
+      alice.start();
+      const body = new Uint8Array(1_000_000).map((_, i) => (i * 13) % 241);
+      const frames = await rawSend(rawBob, body, { atEnd });
+      await until("the file", aliceSeen, (s) => s.some((e) => e[0] === "file"));
+      const [, name, bytes, sha256, path] = aliceSeen.find((e) => e[0] === "file")!;
+      assert.deepEqual([name, bytes, sha256], ["sent.bin", body.length, sha256Hex(body)]);
+      assert.deepEqual(await Deno.readFile(path as string), body);
+      await until("the ack", [], () => frames.some((f) => f.type === "ack" && f.id === "f1"));
+      alice.close();
+    });
+  });
+}
+
+for (
+  const [what, options, reason] of [
+    [
+      "an end frame whose SHA-256 does not match",
+      { atEnd: true, endSha: "0".repeat(64) },
+      "File's SHA-256 does not match what was announced",
+    ],
+    [
+      "an end frame without the SHA-256 the offer left out",
+      { atEnd: true, endSha: null },
+      "Malformed frame: an end without the sha256 its file frame left out",
+    ],
+    [
+      "a second SHA-256 in the end frame",
+      { atEnd: false, endSha: "0".repeat(64) },
+      "Malformed frame: an end with a second sha256",
+    ],
+  ] as const
+) {
+  Deno.test(`PeerConnection keeps nothing of a file with ${what}: file failed, error frame, connection closed`, async () => {
+    await withPair(async (aliceSocket, rawBob, dir) => {
+      const aliceSeen: Seen = [];
+      const downloads = join(dir, "downloads");
+      const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+        downloads,
+        events: recorder(aliceSeen),
+      });
+      alice.start();
+      const body = new Uint8Array(700_000).fill(7);
+      const frames = await rawSend(rawBob, body, options);
+      await until("closed", aliceSeen, (s) => s.some((e) => e[0] === "closed"));
+      assert.deepEqual(aliceSeen.find((e) => e[0] === "fileFailed"), ["fileFailed", "in", reason]);
+      assert.ok(!aliceSeen.some((e) => e[0] === "file"));
+      await until("the error frame", [], () => frames.some((f) => f.type === "error"));
+      assert.equal(frames.find((f) => f.type === "error")!.message, reason);
+      assert.ok(!frames.some((f) => f.type === "ack" && f.id === "f1"));
+      assert.deepEqual([...Deno.readDirSync(downloads)], [], "a file or partial was kept");
+    });
+  });
+}

@@ -37,6 +37,13 @@ export const FEATURE_OFFER = "offer";
 export const FEATURE_ACKS = "acks";
 /** The most ids one `acks` frame carries. */
 export const MAX_ACK_IDS = 1024;
+/**
+ * The feature a peer lists in its hello when it takes a file's SHA-256 at the
+ * end: a `file` frame to it may leave out `sha256`, and then its `end` frame
+ * carries it, so the sender hashes as the data streams instead of reading the
+ * whole file once before the first byte.
+ */
+export const FEATURE_SHA256_AT_END = "sha256-at-end";
 /** The longest reason a `decline` carries. */
 export const MAX_REASON_CHARS = 500;
 
@@ -46,10 +53,11 @@ export type Frame =
   | { type: "msg"; id: string; text: string }
   | { type: "ack"; id: string }
   | { type: "acks"; ids: string[] }
-  | { type: "file"; id: string; name: string; size: number; sha256: string; room?: string }
+  // `sha256` is left out of `file` (and then carried by `end`) to a peer that lists "sha256-at-end".
+  | { type: "file"; id: string; name: string; size: number; sha256?: string; room?: string }
   | { type: "chunk"; id: string; data: string }
   | { type: "bin"; id: string; size: number }
-  | { type: "end"; id: string }
+  | { type: "end"; id: string; sha256?: string }
   | { type: "accept"; id: string }
   | { type: "got"; id: string; bytes: number }
   | { type: "decline"; id: string; reason: string }
@@ -122,7 +130,7 @@ export function decodeFrame(line: string): Frame {
       }
       return { type: "acks", ids: f.ids.map(id) };
     case "end":
-      return { type: "end", id: id(f.id) };
+      return { type: "end", id: id(f.id), ...digest(f.sha256, "end") };
     case "accept":
       return { type: "accept", id: id(f.id) };
     case "got":
@@ -143,9 +151,6 @@ export function decodeFrame(line: string): Frame {
       if (typeof f.size !== "number" || !Number.isSafeInteger(f.size) || f.size < 0) {
         throw malformed("file needs a whole size");
       }
-      if (typeof f.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(f.sha256)) {
-        throw malformed("file needs a sha256 of 64 lowercase hex characters");
-      }
       // A file to a room (docs/PROTOCOL.md §9) names it; the receiver checks the membership.
       if (f.room !== undefined && (typeof f.room !== "string" || !isRoomName(f.room))) {
         throw malformed("file's room must be a room name");
@@ -155,7 +160,7 @@ export function decodeFrame(line: string): Frame {
         id: id(f.id),
         name: f.name,
         size: f.size,
-        sha256: f.sha256,
+        ...digest(f.sha256, "file"),
         ...(f.room === undefined ? {} : { room: f.room }),
       };
     }
@@ -194,6 +199,15 @@ function shown(value: unknown): string {
   if (typeof value === "string") return value;
   if (value === null || typeof value === "object") return typeof value;
   return String(value);
+}
+
+// The optional `sha256` of a `file` or `end` frame: absent, or 64 lowercase hex characters.
+function digest(value: unknown, type: "file" | "end"): { sha256?: string } {
+  if (value === undefined) return {};
+  if (typeof value !== "string" || !/^[0-9a-f]{64}$/.test(value)) {
+    throw malformed(`${type}'s sha256 must be 64 lowercase hex characters`);
+  }
+  return { sha256: value };
 }
 
 function id(value: unknown): string {

@@ -7,6 +7,7 @@ import {
   FEATURE_ACKS,
   FEATURE_BINARY,
   FEATURE_OFFER,
+  FEATURE_SHA256_AT_END,
   type Frame,
   LineSplitter,
   MAX_ACK_IDS,
@@ -43,6 +44,7 @@ Deno.test("frames use the constants of docs/PROTOCOL.md", () => {
   assert.equal(FEATURE_OFFER, "offer");
   assert.equal(FEATURE_ACKS, "acks");
   assert.equal(MAX_ACK_IDS, 1024);
+  assert.equal(FEATURE_SHA256_AT_END, "sha256-at-end");
 });
 
 Deno.test("decodeFrame() reads an acks frame of 1 and of 1024 ids", () => {
@@ -73,6 +75,9 @@ const EVERY_FRAME: Frame[] = [
   { type: "chunk", id: "f.1", data: "aGVsbG8=" },
   { type: "bin", id: "f.1", size: 524_288 },
   { type: "end", id: "f.1" },
+  // sha256-at-end: the offer without the digest, the end with it.
+  { type: "file", id: "f.3", name: "big.iso", size: 4_294_967_296 },
+  { type: "end", id: "f.3", sha256: SHA },
   { type: "accept", id: "f.1" },
   { type: "got", id: "f.1", bytes: 1_048_576 },
   { type: "decline", id: "f.1", reason: "Declined by the user" },
@@ -327,24 +332,34 @@ const MALFORMED: Array<[what: string, line: string, why: string]> = [
     "file needs a whole size",
   ],
   [
-    "file without sha256",
-    JSON.stringify({ type: "file", id: "f", name: "a", size: 1 }),
-    "file needs a sha256 of 64 lowercase hex characters",
-  ],
-  [
     "file with an uppercase sha256",
     JSON.stringify({ type: "file", id: "f", name: "a", size: 1, sha256: SHA.toUpperCase() }),
-    "file needs a sha256 of 64 lowercase hex characters",
+    "file's sha256 must be 64 lowercase hex characters",
   ],
   [
     "file with a sha256 of 63 characters",
     JSON.stringify({ type: "file", id: "f", name: "a", size: 1, sha256: SHA.slice(1) }),
-    "file needs a sha256 of 64 lowercase hex characters",
+    "file's sha256 must be 64 lowercase hex characters",
   ],
   [
     "file with a sha256 of 65 characters",
     JSON.stringify({ type: "file", id: "f", name: "a", size: 1, sha256: SHA + "0" }),
-    "file needs a sha256 of 64 lowercase hex characters",
+    "file's sha256 must be 64 lowercase hex characters",
+  ],
+  [
+    "file with a sha256 of null",
+    JSON.stringify({ type: "file", id: "f", name: "a", size: 1, sha256: null }),
+    "file's sha256 must be 64 lowercase hex characters",
+  ],
+  [
+    "end with an uppercase sha256",
+    JSON.stringify({ type: "end", id: "f", sha256: SHA.toUpperCase() }),
+    "end's sha256 must be 64 lowercase hex characters",
+  ],
+  [
+    "end with a numeric sha256",
+    JSON.stringify({ type: "end", id: "f", sha256: 1 }),
+    "end's sha256 must be 64 lowercase hex characters",
   ],
   [
     "chunk without data",

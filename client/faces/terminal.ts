@@ -102,7 +102,9 @@ function format(e: ChatEvent): string | undefined {
         "yellow",
         `${e.from} offers a file${e.room ? ` to ${e.room}` : ""}: ${clean(e.name)} (${
           formatSize(e.bytes)
-        }, SHA-256 ${e.sha256.slice(0, 16)}…) — /get ${e.id} to accept, /decline ${e.id} to refuse`,
+        }${
+          e.sha256 ? `, SHA-256 ${e.sha256.slice(0, 16)}…` : ""
+        }) — /get ${e.id} to accept, /decline ${e.id} to refuse`,
       );
     case "file_failed":
       return styleText("yellow", clean(e.message));

@@ -789,7 +789,7 @@ async function benchFile(rig: Rig): Promise<void> {
     ];
     for (const step of rotated(steps, r)) await step();
   }
-  // The sender hashes the whole file before its first byte goes out (client/files.ts).
+  // What SHA-256 costs: each side hashes the data as it streams (sha256-at-end, docs/PROTOCOL.md §3).
   const readRate = await timedRead(big, false);
   const hashRate = await timedRead(big, true);
 
@@ -841,8 +841,9 @@ async function benchFile(rig: Rig): Promise<void> {
   });
   report.add("file_prehash", hashRate, "MB/s", {
     baseline: ["file_read", readRate],
-    note: `breakdown: client/files.ts hashFile() over the ${bigName} file (the sender's pass ` +
-      "before sending), vs reading it with the same buffer; both from the page cache",
+    note: `breakdown: client/files.ts hashFile() over the ${bigName} file (what each side's ` +
+      "hashing as the data streams costs; a whole pass before the first byte only to a peer " +
+      "without sha256-at-end), vs reading it with the same buffer; both from the page cache",
   });
   const rssSmall = median(rss.small);
   report.add(`file_rss_${sizes.fileBytes / MiB}MiB`, median(rss.big), "MiB", {

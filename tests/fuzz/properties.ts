@@ -87,14 +87,17 @@ const frameArb: fc.Arbitrary<Frame> = fc.oneof(
   })),
   fc.record({ type: fc.constant("msg" as const), id: idArb, text: textArb }),
   fc.record({ type: fc.constant("ack" as const), id: idArb }),
-  fc.record({ type: fc.constant("end" as const), id: idArb }),
+  // sha256-at-end: an end may carry the digest its file frame left out.
+  fc.record({ type: fc.constant("end" as const), id: idArb, sha256: hexArb }, {
+    requiredKeys: ["type", "id"],
+  }),
   fc.record({
     type: fc.constant("file" as const),
     id: idArb,
     name: fc.string({ unit: "binary", minLength: 1, maxLength: 64 }),
     size: fc.maxSafeNat(),
     sha256: hexArb,
-  }, { requiredKeys: ["type", "id", "name", "size", "sha256"] }).chain((f) =>
+  }, { requiredKeys: ["type", "id", "name", "size"] }).chain((f) =>
     fc.option(fc.constantFrom("#team", "#a-b_1"), { nil: undefined }).map((room) =>
       room === undefined ? f : { ...f, room }
     )

@@ -856,9 +856,10 @@ function drawOffers() {
     const what = document.createElement("p");
     what.id = `offer-${n++}`;
     // From a peer: shown as text only.
-    what.textContent = `${o.from} offers ${o.name} (${size(o.bytes)}, SHA-256 ${
-      o.sha256.slice(0, 16)
-    }…)`;
+    // The SHA-256 only when the offer carried it (from an older peer, or the mailbox).
+    what.textContent = `${o.from} offers ${o.name} (${size(o.bytes)}${
+      o.sha256 ? `, SHA-256 ${o.sha256.slice(0, 16)}…` : ""
+    })`;
     const actions = document.createElement("div");
     actions.className = "actions";
     const answer = (label, op, kind) => {
