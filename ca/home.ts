@@ -76,9 +76,13 @@ export class CaPaths {
   get lock(): string {
     return join(this.home, ".ca.lock");
   }
-  /** Invites, as SHA-256 of each token (0600). */
+  /** Invites, as SHA-256 of each token (0600): the snapshot the journal continues. */
   get invites(): string {
     return join(this.dir, "invites.json");
+  }
+  /** The changes to invites since the snapshot, one JSON line each (0600; ca/invites.ts). */
+  get invitesJournal(): string {
+    return join(this.dir, "invites.journal");
   }
   /** The lock of invites.json, apart from the CA lock so that invites never wait for openssl. */
   get invitesLock(): string {

@@ -64,6 +64,7 @@ export class Transaction {
   #full = false;
   #signs: Array<{ dir: string; keep: boolean }> = [];
   #afterCommit: Array<() => Promise<void>> = [];
+  #beforeIndex: Array<() => Promise<void>> = [];
 
   /** A transaction of the CA at `paths` working in `dir`. */
   constructor(paths: CaPaths, dir: string) {
@@ -91,6 +92,16 @@ export class Transaction {
     this.#afterCommit.push(fn);
   }
 
+  /**
+   * Runs `fn` during the commit, once the new certificates are on their way to
+   * disk and before the index changes (the commit point): what `fn` makes
+   * durable is there whenever the index names the certificates. These run
+   * together, alongside the certificates' fsyncs; a throw fails the commit.
+   */
+  beforeIndex(fn: () => Promise<void>): void {
+    this.#beforeIndex.push(fn);
+  }
+
   /** The functions given to {@linkcode Transaction.afterCommit}. */
   get committed(): ReadonlyArray<() => Promise<void>> {
     return this.#afterCommit;
@@ -112,15 +123,21 @@ export class Transaction {
     const paths = this.#paths;
     const folders = this.#signs.filter((s) => s.keep).map((s) => s.dir);
     if (this.#full) folders.push(this.dir);
+    const moves: Array<[string, string]> = [];
     for (const folder of folders) {
       for await (const entry of Deno.readDir(join(folder, "certs"))) {
         const target = join(paths.certs, entry.name);
         if (await exists(target)) continue;
-        // On disk before the index names it: after a power cut no line points at nothing.
-        await syncFile(join(folder, "certs", entry.name));
-        await Deno.rename(join(folder, "certs", entry.name), target);
+        moves.push([join(folder, "certs", entry.name), target]);
       }
     }
+    // On disk before the index names them: after a power cut no line points at nothing.
+    // The fsyncs of a batch, and what beforeIndex() makes durable, go at once.
+    await Promise.all([
+      ...moves.map(([from]) => syncFile(from)),
+      ...this.#beforeIndex.map((fn) => fn()),
+    ]);
+    for (const [from, to] of moves) await Deno.rename(from, to);
     let lines = "";
     for (const s of this.#signs) {
       if (s.keep) lines += await Deno.readTextFile(join(s.dir, "index.txt"));
