@@ -43,6 +43,7 @@ import {
   locked,
   parseIndex,
   readIndex,
+  signingFolder,
   type Transaction,
   transaction,
 } from "./store.ts";
@@ -121,7 +122,19 @@ interface SignJob {
   reject(error: unknown): void;
 }
 
-/** At most this many signings run together. */
+/** A signing done, waiting for its commit. */
+interface Signed {
+  job: SignJob;
+  /** Its signing folder (see signingFolder in store.ts). */
+  folder: string;
+  /** The valid certificates of the name when it was checked. */
+  current: IndexEntry[];
+  certificate: CertificateInfo;
+}
+
+/** At most this many openssl signings run at once (more would only queue for the CPU). */
+const MAX_SIGNING = 4;
+/** At most this many signings commit together. */
 const MAX_BATCH = 16;
 
 /**
@@ -145,7 +158,10 @@ export class CertificateAuthority {
   #passphrase?: string;
   #index: IndexCache;
   #queue: SignJob[] = [];
-  #draining = false;
+  #busy = new Set<string>();
+  #signing = 0;
+  #signed: Signed[] = [];
+  #committing = false;
   #log?: IssuanceLog;
   #logSigner?: NoteKey;
   #signingKey?: Promise<string>;
@@ -488,67 +504,85 @@ export class CertificateAuthority {
     await log.sync(await this.#index.entries(), this.#logSigner);
   }
 
-  // Signings queue here. A lone request is signed at once; requests that arrive
-  // while a batch runs form the next batch, whose openssl runs go in parallel
-  // and whose results are committed together.
+  // Signings flow through two stages. Signing: each request is checked against the
+  // committed database and signed by openssl in a folder of its own, outside the lock, up to
+  // MAX_SIGNING at once (a second request for a name waits until the first is settled).
+  // Committing: signed certificates queue for one transaction at a time, which takes all that
+  // are waiting, so the commit of one group overlaps the signing of the next (group commit).
   #issue(der: Uint8Array, spec: IssueSpec): Promise<Issued> {
     const passphrase = this.#requirePassphrase();
     return new Promise<Issued>((resolve, reject) => {
       this.#queue.push({ der, spec, passphrase, resolve, reject });
-      this.#drain();
+      this.#pump();
     });
   }
 
-  async #drain(): Promise<void> {
-    if (this.#draining) return;
-    this.#draining = true;
-    try {
-      while (this.#queue.length) {
-        // One job per subject in a batch: a second signing for a name waits for the first.
-        const batch: SignJob[] = [];
-        const names = new Set<string>();
-        for (const job of [...this.#queue]) {
-          if (batch.length >= MAX_BATCH || names.has(job.spec.subject)) continue;
-          names.add(job.spec.subject);
-          batch.push(job);
-          this.#queue.splice(this.#queue.indexOf(job), 1);
-        }
-        await this.#runBatch(batch);
-      }
-    } finally {
-      this.#draining = false;
+  #pump(): void {
+    for (let i = 0; i < this.#queue.length && this.#signing < MAX_SIGNING; i++) {
+      const job = this.#queue[i];
+      if (this.#busy.has(job.spec.subject)) continue;
+      this.#queue.splice(i--, 1);
+      this.#busy.add(job.spec.subject);
+      this.#signing++;
+      this.#sign(job).finally(() => {
+        this.#signing--;
+        this.#pump();
+      });
     }
   }
 
-  async #runBatch(batch: SignJob[]): Promise<void> {
+  // Settles `job` exactly once and lets the next request for its name go.
+  #settle(job: SignJob, outcome: { issued?: Issued; error?: unknown }): void {
+    this.#busy.delete(job.spec.subject);
+    if (outcome.issued) job.resolve(outcome.issued);
+    else job.reject(outcome.error ?? new E2eError("ERR_INTERNAL", "Signing was not carried out"));
+    this.#pump();
+  }
+
+  async #sign(job: SignJob): Promise<void> {
+    let folder: string | undefined;
+    try {
+      // Checked now to refuse early, and again under the lock in case another process changed it.
+      const current = validFor(await this.#index.entries(), job.spec.subject);
+      for (const entry of current) await job.spec.supersede(entry);
+      folder = await signingFolder(this.paths);
+      const certificate = await this.#signIn(folder, job);
+      this.#signed.push({ job, folder, current, certificate });
+      this.#commitAll();
+    } catch (error) {
+      if (folder) await Deno.remove(folder, { recursive: true }).catch(() => {});
+      this.#settle(job, { error });
+    }
+  }
+
+  async #commitAll(): Promise<void> {
+    if (this.#committing) return;
+    this.#committing = true;
+    try {
+      while (this.#signed.length) await this.#commit(this.#signed.splice(0, MAX_BATCH));
+    } finally {
+      this.#committing = false;
+    }
+  }
+
+  async #commit(batch: Signed[]): Promise<void> {
     // Every job is settled exactly once, whatever fails and wherever.
-    const outcome = new Map<SignJob, { issued?: Issued; error?: unknown }>();
+    const outcome = new Map<Signed, { issued?: Issued; error?: unknown }>();
     try {
       await this.#transaction(async (tx) => {
         const entries = await this.#index.entries();
-        const signed = await Promise.all(batch.map(async (job) => {
-          try {
-            const folder = await tx.signFolder();
-            try {
-              const current = validFor(entries, job.spec.subject);
-              for (const entry of current) await job.spec.supersede(entry);
-              return { job, folder, current, certificate: await this.#signIn(folder.dir, job) };
-            } catch (error) {
-              folder.discard();
-              throw error;
-            }
-          } catch (error) {
-            outcome.set(job, { error });
-            return undefined;
-          }
-        }));
         // Only a successful signing supersedes: revoke the old certificates, then one CRL.
         // A revocation that fails costs only its own job.
         let revoked = false;
-        for (const r of signed) {
-          if (!r) continue;
+        for (const r of batch) {
           try {
-            for (const entry of r.current) {
+            const current = validFor(entries, r.job.spec.subject);
+            for (const entry of current) {
+              if (!r.current.some((e) => e.serial === entry.serial)) {
+                await r.job.spec.supersede(entry);
+              }
+            }
+            for (const entry of current) {
               await this.#revokeIn(
                 await tx.fullCopy(),
                 entry.serial,
@@ -557,29 +591,27 @@ export class CertificateAuthority {
               );
               revoked = true;
             }
+            tx.adopt(r.folder);
             const hook = r.job.spec.beforeCommit;
             if (hook) tx.beforeIndex(() => hook(r.certificate));
-            outcome.set(r.job, {
-              issued: { certificate: r.certificate, superseded: r.current.map((e) => e.serial) },
+            outcome.set(r, {
+              issued: { certificate: r.certificate, superseded: current.map((e) => e.serial) },
             });
           } catch (error) {
-            r.folder.discard();
-            outcome.set(r.job, { error });
+            outcome.set(r, { error });
           }
         }
-        if (revoked) await this.#gencrl(await tx.fullCopy(), batch[0].passphrase);
+        if (revoked) await this.#gencrl(await tx.fullCopy(), batch[0].job.passphrase);
       });
     } catch (error) {
       // Nothing was committed: a job that had succeeded fails with the transaction.
-      for (const job of batch) {
-        if (!outcome.get(job)?.error) outcome.set(job, { error });
+      for (const r of batch) {
+        if (!outcome.get(r)?.error) outcome.set(r, { error });
       }
     }
-    for (const job of batch) {
-      const o = outcome.get(job);
-      if (o?.issued) job.resolve(o.issued);
-      else job.reject(o?.error ?? new E2eError("ERR_INTERNAL", "Signing was not carried out"));
-    }
+    // Removed before the callers hear back, so that a settled signing leaves nothing behind.
+    await Promise.all(batch.map((r) => Deno.remove(r.folder, { recursive: true }).catch(() => {})));
+    for (const r of batch) this.#settle(r.job, outcome.get(r) ?? {});
   }
 
   async #signIn(dir: string, job: SignJob): Promise<CertificateInfo> {

@@ -68,6 +68,13 @@ export class CaPaths {
   get tmp(): string {
     return join(this.dir, "tmp");
   }
+  /**
+   * Folders where `openssl ca` signs, one per signing, outside any transaction
+   * (the commit takes the certificate and index line from there).
+   */
+  get signing(): string {
+    return join(this.tmp, "signing");
+  }
   /** Changes whenever index.txt is replaced (not when lines are appended). */
   get generation(): string {
     return join(this.dir, "index.gen");

@@ -85,8 +85,8 @@ export class InviteStore {
   #paths: CaPaths;
   #records = new Map<string, InviteRecord>();
   // What was read: the snapshot's and the journal's inode, and how far into the journal.
-  #snapshotIno: number | null = -1;
-  #journalIno: number | null = -1;
+  #snapshotKey = "";
+  #journalHead: string | null = "";
   #journalId = "";
   #offset = 0;
   // Claims waiting for one shared append and fsync (group commit).
@@ -277,37 +277,48 @@ export class InviteStore {
   }
 
   // Reads what changed on disk since the last look: the journal's new lines, or everything
-  // when a compaction replaced the files. Call only under the lock.
+  // when a compaction replaced the files. A replaced file is told by the snapshot's inode, size
+  // and time and by the journal's first line (its random id), not by inodes alone: a new file
+  // may get an old one's number back. Call only under the lock.
   async #refresh(): Promise<void> {
-    const snapshotIno = await inode(this.#paths.invites);
-    const journal = await Deno.stat(this.#paths.invitesJournal).catch((e) => {
-      if (e instanceof Deno.errors.NotFound) return null;
-      throw e;
-    });
-    const journalIno = journal ? journal.ino : null;
-    const size = journal?.size ?? 0;
-    if (
-      snapshotIno !== this.#snapshotIno || journalIno !== this.#journalIno || size < this.#offset
-    ) {
-      const snapshot = await readSnapshot(this.#paths.invites);
-      this.#records = new Map(snapshot.invites.map((r) => [r.hash, r]));
-      this.#journalId = snapshot.journal ?? "";
-      this.#snapshotIno = snapshotIno;
-      this.#journalIno = journalIno;
-      this.#offset = 0;
+    const snapshot = await Deno.stat(this.#paths.invites).then(
+      (i) => `${i.ino}:${i.size}:${i.mtime?.getTime()}`,
+      (e) => {
+        if (e instanceof Deno.errors.NotFound) return "none";
+        throw e;
+      },
+    );
+    let file: Deno.FsFile | undefined;
+    try {
+      file = await Deno.open(this.#paths.invitesJournal, { read: true, write: true });
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
-    if (!journal || size === this.#offset) return;
-    using file = await Deno.open(this.#paths.invitesJournal, { read: true, write: true });
-    await file.seek(this.#offset, Deno.SeekMode.Start);
-    const bytes = await readExactly(file, size - this.#offset);
-    const complete = bytes.lastIndexOf(0x0a) + 1;
-    for (const line of decoder.decode(bytes.subarray(0, complete)).split("\n")) {
-      if (line) this.#apply(JSON.parse(line) as JournalRecord);
-    }
-    this.#offset += complete;
-    if (complete < bytes.length) {
-      // A line without its newline: an append cut short by a crash (appends hold the lock).
-      await file.truncate(this.#offset);
+    try {
+      const size = file ? (await file.stat()).size : 0;
+      const head = file ? await firstLine(file) : null;
+      if (snapshot !== this.#snapshotKey || head !== this.#journalHead || size < this.#offset) {
+        const state = await readSnapshot(this.#paths.invites);
+        this.#records = new Map(state.invites.map((r) => [r.hash, r]));
+        this.#journalId = state.journal ?? "";
+        this.#snapshotKey = snapshot;
+        this.#journalHead = head;
+        this.#offset = 0;
+      }
+      if (!file || size === this.#offset) return;
+      await file.seek(this.#offset, Deno.SeekMode.Start);
+      const bytes = await readExactly(file, size - this.#offset);
+      const complete = bytes.lastIndexOf(0x0a) + 1;
+      for (const line of decoder.decode(bytes.subarray(0, complete)).split("\n")) {
+        if (line) this.#apply(JSON.parse(line) as JournalRecord);
+      }
+      this.#offset += complete;
+      if (complete < bytes.length) {
+        // A line without its newline: an append cut short by a crash (appends hold the lock).
+        await file.truncate(this.#offset);
+      }
+    } finally {
+      file?.close();
     }
   }
 
@@ -332,7 +343,7 @@ export class InviteStore {
 
   // Appends `records` (applying them to the state); fsyncs when `durable`. Call only under the lock.
   async #append(records: JournalRecord[], options: { durable?: boolean } = {}): Promise<void> {
-    if (this.#journalIno === null || this.#journalId.startsWith("stale:")) {
+    if (this.#journalHead === null || this.#journalId.startsWith("stale:")) {
       // No journal yet (a fresh CA, or a home from before the journal), or one a compaction
       // killed half-way left behind: start one.
       await this.#compact(Date.now());
@@ -367,21 +378,18 @@ export class InviteStore {
       JSON.stringify({ op: "begin", id } satisfies JournalRecord) + "\n",
       { mode: 0o600 },
     );
-    this.#records = new Map(kept.map((r) => [r.hash, r]));
-    this.#journalId = id;
-    this.#snapshotIno = await inode(this.#paths.invites);
-    this.#journalIno = await inode(this.#paths.invitesJournal);
-    this.#offset = (await Deno.stat(this.#paths.invitesJournal)).size;
+    // Read back as any other process would see them.
+    this.#snapshotKey = "";
+    await this.#refresh();
   }
 }
 
-async function inode(path: string): Promise<number | null> {
-  try {
-    return (await Deno.stat(path)).ino;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return null;
-    throw e;
-  }
+// The journal's "begin" line, or "" when it has none whole.
+async function firstLine(file: Deno.FsFile): Promise<string> {
+  await file.seek(0, Deno.SeekMode.Start);
+  const head = await readExactly(file, 128);
+  const nl = head.indexOf(0x0a);
+  return nl < 0 ? "" : decoder.decode(head.subarray(0, nl));
 }
 
 // The snapshot, or the whole state of a home from before the journal (the same format).

@@ -403,6 +403,22 @@ Deno.test("InviteStore ignores a journal left by a compaction killed between its
   });
 });
 
+Deno.test("InviteStore sees every invite of many compactions in a row, even where a new file reuses an old inode", async () => {
+  await withStore(async (service, paths) => {
+    await service.clearReservations();
+    for (let round = 0; round < 10; round++) {
+      // Each `ca invite` is a process of its own: a fresh store, one compaction. Three files
+      // freed and made in turn can come back with the inode numbers the service last saw.
+      const made: Array<[string, string]> = [];
+      for (let i = 0; i < 3; i++) {
+        const name = `user${round}-${i}`;
+        made.push([name, (await new InviteStore(paths).create(name, HOUR_MS)).token]);
+      }
+      for (const [name, token] of made) assert.equal(await service.nameOf(token), name, name);
+    }
+  });
+});
+
 Deno.test("InviteStore opens a home from before the journal: its invites.json keeps working", async () => {
   await withStore(async (_, paths) => {
     const iso = (ms: number) => new Date(Date.now() + ms).toISOString();

@@ -35,6 +35,8 @@ export interface IndexEntry {
 }
 
 const prepared = new Set<string>();
+// Older than any signing can be (openssl's timeout is two minutes, the lock's one).
+const SIGNING_LEFTOVER_MS = 10 * 60_000;
 
 /** The database files a full copy holds; openssl runs with the copy's folder as its cwd. */
 const DB_FILES = ["index.txt", "index.txt.attr", "crlnumber"] as const;
@@ -58,13 +60,14 @@ export interface SignFolder {
  * {@linkcode Transaction.fullCopy}, which the commit renames into place.
  */
 export class Transaction {
-  /** The work folder. */
+  /** The work folder, made on first use (a transaction that only adopts signings needs none). */
   readonly dir: string;
   #paths: CaPaths;
   #full = false;
   #signs: Array<{ dir: string; keep: boolean }> = [];
   #afterCommit: Array<() => Promise<void>> = [];
   #beforeIndex: Array<() => Promise<void>> = [];
+  #made = false;
 
   /** A transaction of the CA at `paths` working in `dir`. */
   constructor(paths: CaPaths, dir: string) {
@@ -75,7 +78,8 @@ export class Transaction {
   /** Copies the whole database into {@linkcode Transaction.dir} (once) and returns that folder. */
   async fullCopy(): Promise<string> {
     if (!this.#full) {
-      await Deno.mkdir(join(this.dir, "certs"), { recursive: true });
+      this.#made = true;
+      await Deno.mkdir(join(this.dir, "certs"), { recursive: true, mode: 0o700 });
       for (const file of DB_FILES) {
         await Deno.copyFile(join(this.#paths.dir, file), join(this.dir, file));
       }
@@ -102,6 +106,11 @@ export class Transaction {
     this.#beforeIndex.push(fn);
   }
 
+  /** Whether {@linkcode Transaction.dir} was made (and needs removing). */
+  get made(): boolean {
+    return this.#made;
+  }
+
   /** The functions given to {@linkcode Transaction.afterCommit}. */
   get committed(): ReadonlyArray<() => Promise<void>> {
     return this.#afterCommit;
@@ -112,10 +121,18 @@ export class Transaction {
     // Reserve the slot before any await: several signings prepare their folders at once.
     const entry = { dir: join(this.dir, `sign-${this.#signs.length}`), keep: true };
     this.#signs.push(entry);
-    await Deno.mkdir(join(entry.dir, "certs"), { recursive: true });
-    // No index.txt.attr: with an empty index, openssl's uniqueness check has nothing to compare.
-    await Deno.writeTextFile(join(entry.dir, "index.txt"), "");
+    this.#made = true;
+    await prepareSignFolder(entry.dir);
     return { dir: entry.dir, discard: () => (entry.keep = false) };
+  }
+
+  /**
+   * Commits the signing done in `dir`, a folder from {@linkcode signingFolder}
+   * (made outside the transaction, so that openssl signs without the lock):
+   * its certificate and index line go in with this transaction's.
+   */
+  adopt(dir: string): void {
+    this.#signs.push({ dir, keep: true });
   }
 
   /** Commits: new certificates first, then the index (the commit point), then crlnumber and crl.pem. */
@@ -175,6 +192,33 @@ export class Transaction {
 }
 
 /**
+ * A new folder for one signing, with an empty index, outside any transaction:
+ * `openssl ca` runs there without the lock, and {@linkcode Transaction.adopt}
+ * commits what it wrote. The caller removes it afterwards; one a killed
+ * process left behind is removed by a later transaction once it is old.
+ *
+ * @example
+ * ```ts
+ * import { CaPaths } from "./home.ts";
+ * import { signingFolder, transaction } from "./store.ts";
+ * const paths = new CaPaths("/tmp/home");
+ * const dir = await signingFolder(paths); // then run openssl ca -batch … with that cwd
+ * await transaction(paths, async (tx) => tx.adopt(dir));
+ * ```
+ */
+export async function signingFolder(paths: CaPaths): Promise<string> {
+  const dir = join(paths.signing, crypto.randomUUID());
+  await prepareSignFolder(dir);
+  return dir;
+}
+
+async function prepareSignFolder(dir: string): Promise<void> {
+  await Deno.mkdir(join(dir, "certs"), { recursive: true, mode: 0o700 });
+  // No index.txt.attr: with an empty index, openssl's uniqueness check has nothing to compare.
+  await Deno.writeTextFile(join(dir, "index.txt"), "", { mode: 0o600 });
+}
+
+/**
  * Runs `fn` with exclusive access to the CA database and a private
  * {@linkcode Transaction}. When `fn` returns, what it did is committed; when
  * it throws, nothing is.
@@ -197,14 +241,14 @@ export function transaction<T>(paths: CaPaths, fn: (tx: Transaction) => Promise<
       prepared.add(paths.dir);
     }
     await repairIndex(paths);
-    const tx = new Transaction(paths, await Deno.makeTempDir({ dir: paths.tmp, prefix: "tx-" }));
+    const tx = new Transaction(paths, join(paths.tmp, `tx-${crypto.randomUUID()}`));
     try {
       const result = await fn(tx);
       await tx.commit();
       for (const after of tx.committed) await after();
       return result;
     } finally {
-      await Deno.remove(tx.dir, { recursive: true }).catch(() => {});
+      if (tx.made) await Deno.remove(tx.dir, { recursive: true }).catch(() => {});
     }
   });
 }
@@ -220,7 +264,21 @@ export function locked<T>(paths: CaPaths, fn: () => Promise<T>): Promise<T> {
 // Work folders and temp files of a process killed mid-transaction; we hold the lock, so none is in use.
 async function removeLeftovers(paths: CaPaths): Promise<void> {
   for await (const entry of Deno.readDir(paths.tmp)) {
-    await Deno.remove(join(paths.tmp, entry.name), { recursive: true }).catch(() => {});
+    const path = join(paths.tmp, entry.name);
+    if (path === paths.signing) continue;
+    await Deno.remove(path, { recursive: true }).catch(() => {});
+  }
+  // Signing folders live outside the lock: only old ones (a signing lasts at most minutes).
+  try {
+    for await (const entry of Deno.readDir(paths.signing)) {
+      const path = join(paths.signing, entry.name);
+      const info = await Deno.stat(path).catch(() => null);
+      if (info?.mtime && Date.now() - info.mtime.getTime() > SIGNING_LEFTOVER_MS) {
+        await Deno.remove(path, { recursive: true }).catch(() => {});
+      }
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
   // Temp files of atomic writes: only old ones, as invites.json is written under another lock.
   for await (const entry of Deno.readDir(paths.dir)) {
