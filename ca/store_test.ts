@@ -280,9 +280,10 @@ Deno.test("signingFolder() prepares a private folder outside the lock, and adopt
     await Deno.writeTextFile(join(dir, "index.txt"), BOB);
     await Deno.writeTextFile(join(dir, "certs", "4A01.pem"), "bob\n");
     let work = "";
-    await transaction(paths, async (tx) => {
+    await transaction(paths, (tx) => {
       tx.adopt(dir);
       work = tx.dir;
+      return Promise.resolve();
     });
     assert.equal(await Deno.readTextFile(paths.index), INDEX + BOB);
     assert.equal(await Deno.readTextFile(paths.certFile("4A01")), "bob\n");
