@@ -90,7 +90,7 @@ export class InviteStore {
   #journalId = "";
   #offset = 0;
   // Claims waiting for one shared append and fsync (group commit).
-  #claims: Array<{ line: string; resolve(): void; reject(e: unknown): void }> = [];
+  #claims: Array<{ record: JournalRecord; resolve(): void; reject(e: unknown): void }> = [];
   #flushing = false;
 
   /** The store of the CA at `paths`. */
@@ -165,8 +165,9 @@ export class InviteStore {
     }
     const at = new Date().toISOString();
     if (claimed) {
-      // Already decided by the index; this line only spares readers a look there.
-      await this.#locked(() => this.#append([{ op: "used", hash, at }]));
+      // Already decided by the index; this line only spares readers a look there, so a
+      // failure to write it fails nothing.
+      await this.#locked(() => this.#append([{ op: "used", hash, at }])).catch(() => {});
     } else {
       await this.#locked(() => this.#append([{ op: "used", hash, at }], { durable: true }));
     }
@@ -241,7 +242,7 @@ export class InviteStore {
   #claim(hash: string, serial: string): Promise<void> {
     const record: JournalRecord = { op: "claim", hash, serial: normalizeSerialHex(serial) };
     return new Promise<void>((resolve, reject) => {
-      this.#claims.push({ line: JSON.stringify(record), resolve, reject });
+      this.#claims.push({ record, resolve, reject });
       // A microtask later, so the claims of one batch (made in one turn) share the fsync.
       if (!this.#flushing) {
         this.#flushing = true;
@@ -255,9 +256,7 @@ export class InviteStore {
       while (this.#claims.length) {
         const batch = this.#claims.splice(0);
         try {
-          await this.#locked(() =>
-            this.#append(batch.map((c) => JSON.parse(c.line)), { durable: true })
-          );
+          await this.#locked(() => this.#append(batch.map((c) => c.record), { durable: true }));
           for (const c of batch) c.resolve();
         } catch (e) {
           for (const c of batch) c.reject(e);
