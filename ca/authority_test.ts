@@ -443,6 +443,28 @@ Deno.test("sign() records every certificate, whatever its random serial looks li
   });
 });
 
+Deno.test("checkRequest() remembers only what it accepted: the same request for another name is still refused", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice");
+    assert.equal(ca.checkRequest(csr, "alice").request.commonNames[0], "alice");
+    assert.equal(ca.checkRequest(csr, "alice").request.commonNames[0], "alice");
+    for (let i = 0; i < 2; i++) {
+      assert.throws(
+        () => ca.checkRequest(csr, "bob"),
+        e2eError(
+          "ERR_CSR_NAME_MISMATCH",
+          'Cannot sign request: it has common name "alice", not "bob"',
+        ),
+      );
+    }
+    const tampered = csr.replace(
+      /[A-Za-z](?=[A-Za-z0-9+/=]*\n-----END)/,
+      (c) => (c === "A" ? "B" : "A"),
+    );
+    assert.throws(() => ca.checkRequest(tampered, "alice"), (e) => e instanceof E2eError);
+  });
+});
+
 Deno.test("sign() runs beforeCommit with the new certificate before the index holds it", async () => {
   await withCa(async (ca) => {
     const { csr } = await makeCsr("alice");
