@@ -638,8 +638,9 @@ export class CertificateAuthority {
 
   async #signIn(dir: string, job: SignJob): Promise<CertificateInfo> {
     const { spec, der, passphrase } = job;
-    await Deno.writeFile(join(dir, "request.der"), der);
-    await Deno.writeTextFile(join(dir, "extensions.cnf"), spec.extensions);
+    // Small local files: synchronous calls cost a fraction of the CPU of asynchronous ones.
+    Deno.writeFileSync(join(dir, "request.der"), der);
+    Deno.writeTextFileSync(join(dir, "extensions.cnf"), spec.extensions);
     const key = await this.#plainKey(passphrase);
     await this.#openssl([
       ...["ca", "-config", this.paths.config, "-keyfile", "/dev/stdin", "-cert", this.paths.cert],
@@ -650,7 +651,7 @@ export class CertificateAuthority {
     ], { cwd: dir, passphrase, stdin: key });
     let certificate: CertificateInfo;
     try {
-      certificate = parseCertificate(await Deno.readTextFile(join(dir, "issued.pem")));
+      certificate = parseCertificate(Deno.readTextFileSync(join(dir, "issued.pem")));
     } catch (e) {
       // openssl exits 0 even when it could not write the whole file: find out why.
       throw await diskFull(dir) ??
