@@ -140,11 +140,13 @@ export class Transaction {
     const paths = this.#paths;
     const folders = this.#signs.filter((s) => s.keep).map((s) => s.dir);
     if (this.#full) folders.push(this.dir);
+    // Small local calls are synchronous (a few µs each instead of tens of µs of CPU); the
+    // fsyncs stay asynchronous.
     const moves: Array<[string, string]> = [];
     for (const folder of folders) {
-      for await (const entry of Deno.readDir(join(folder, "certs"))) {
+      for (const entry of Deno.readDirSync(join(folder, "certs"))) {
         const target = join(paths.certs, entry.name);
-        if (await exists(target)) continue;
+        if (existsSync(target)) continue;
         moves.push([join(folder, "certs", entry.name), target]);
       }
     }
@@ -154,10 +156,10 @@ export class Transaction {
       ...moves.map(([from]) => syncFile(from)),
       ...this.#beforeIndex.map((fn) => fn()),
     ]);
-    for (const [from, to] of moves) await Deno.rename(from, to);
+    for (const [from, to] of moves) Deno.renameSync(from, to);
     let lines = "";
     for (const s of this.#signs) {
-      if (s.keep) lines += await Deno.readTextFile(join(s.dir, "index.txt"));
+      if (s.keep) lines += Deno.readTextFileSync(join(s.dir, "index.txt"));
     }
     if (this.#full) {
       const index = join(this.dir, "index.txt");
@@ -177,10 +179,10 @@ export class Transaction {
     } else if (lines) {
       // Appending is the commit point; a crash mid-write leaves a partial last line,
       // which readers ignore and the next transaction cuts off (repairIndex).
-      using file = await Deno.open(paths.index, { append: true });
+      using file = Deno.openSync(paths.index, { append: true });
       const bytes = new TextEncoder().encode(lines);
       let n = 0;
-      while (n < bytes.length) n += await file.write(bytes.subarray(n));
+      while (n < bytes.length) n += file.writeSync(bytes.subarray(n));
       await file.sync();
     }
     if (this.#full && await exists(join(this.dir, "crl.pem"))) {
@@ -293,8 +295,18 @@ async function removeLeftovers(paths: CaPaths): Promise<void> {
 }
 
 async function syncFile(path: string): Promise<void> {
-  using file = await Deno.open(path, { read: true, write: true });
+  using file = Deno.openSync(path, { read: true, write: true });
   await file.sync();
+}
+
+function existsSync(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
 }
 
 async function bumpGeneration(paths: CaPaths): Promise<void> {
