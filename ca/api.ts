@@ -250,9 +250,11 @@ async function enroll(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   const csr = text(body.csr, "csr");
   // A request the policy refuses is refused before the token is reserved.
   ctx.ca.checkRequest(csr, await ctx.invites.nameOf(body.token));
-  const issued = await ctx.invites.redeem(body.token, async (name) => {
-    // The admin invited this name: a new key replaces a lost one.
-    return { name, ...(await ctx.ca.sign(csr, name, { replace: true })) };
+  const issued = await ctx.invites.redeem(body.token, async (name, claim) => {
+    // The admin invited this name: a new key replaces a lost one. The token is used exactly
+    // when the certificate is committed: its serial is claimed on disk before the index line.
+    const beforeCommit = (c: CertificateInfo) => claim(c.serial);
+    return { name, ...(await ctx.ca.sign(csr, name, { replace: true, beforeCommit })) };
   });
   return { ...json(200, await logged(ctx, issued.certificate)), user: issued.name };
 }

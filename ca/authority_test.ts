@@ -443,6 +443,77 @@ Deno.test("sign() records every certificate, whatever its random serial looks li
   });
 });
 
+Deno.test("checkRequest() remembers only what it accepted: the same request for another name is still refused", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice");
+    assert.equal(ca.checkRequest(csr, "alice").request.commonNames[0], "alice");
+    assert.equal(ca.checkRequest(csr, "alice").request.commonNames[0], "alice");
+    for (let i = 0; i < 2; i++) {
+      assert.throws(
+        () => ca.checkRequest(csr, "bob"),
+        e2eError(
+          "ERR_CSR_NAME_MISMATCH",
+          'Cannot sign request: it has common name "alice", not "bob"',
+        ),
+      );
+    }
+    const tampered = csr.replace(
+      /[A-Za-z](?=[A-Za-z0-9+/=]*\n-----END)/,
+      (c) => (c === "A" ? "B" : "A"),
+    );
+    assert.throws(() => ca.checkRequest(tampered, "alice"), (e) => e instanceof E2eError);
+  });
+});
+
+Deno.test("sign() runs beforeCommit with the new certificate before the index holds it", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice");
+    const seen: Array<{ serial: string; indexed: boolean }> = [];
+    const { certificate } = await ca.sign(csr, "alice", {
+      beforeCommit: async (c) => {
+        const indexed = (await readIndex(ca.paths)).some((e) => e.serial === c.serial);
+        seen.push({ serial: c.serial, indexed });
+      },
+    });
+    assert.deepEqual(seen, [{ serial: certificate.serial, indexed: false }]);
+    assert.ok((await readIndex(ca.paths)).some((e) => e.serial === certificate.serial));
+  });
+});
+
+Deno.test("sign() commits nothing when beforeCommit throws, and passes its error on", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice");
+    const before = await readIndex(ca.paths);
+    const refusal = new E2eError("ERR_FILE", "Cannot write the invites journal");
+    await assert.rejects(
+      ca.sign(csr, "alice", { beforeCommit: () => Promise.reject(refusal) }),
+      (e) => e === refusal,
+    );
+    assert.deepEqual(await readIndex(ca.paths), before);
+    assert.equal(await ca.current("alice"), undefined);
+    // The next signing works.
+    assert.equal((await ca.sign(csr, "alice")).certificate.commonName, "alice");
+  });
+});
+
+Deno.test("sign() batches concurrent signings, each beforeCommit seeing its own certificate", async () => {
+  await withCa(async (ca) => {
+    const names = ["a1", "a2", "a3", "a4"];
+    const csrs = await Promise.all(names.map(async (n) => (await makeCsr(n)).csr));
+    const seen = new Map<string, string>();
+    const issued = await Promise.all(names.map((n, i) =>
+      ca.sign(csrs[i], n, {
+        beforeCommit: (c) => {
+          seen.set(n, c.commonName);
+          return Promise.resolve();
+        },
+      })
+    ));
+    assert.deepEqual([...seen].sort(), names.map((n) => [n, n]));
+    assert.deepEqual(issued.map((i) => i.certificate.commonName), names);
+  });
+});
+
 // ---------------------------------------------------------------------------
 // revoke, crl, list
 

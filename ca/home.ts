@@ -68,6 +68,13 @@ export class CaPaths {
   get tmp(): string {
     return join(this.dir, "tmp");
   }
+  /**
+   * Folders where `openssl ca` signs, one per signing, outside any transaction
+   * (the commit takes the certificate and index line from there).
+   */
+  get signing(): string {
+    return join(this.tmp, "signing");
+  }
   /** Changes whenever index.txt is replaced (not when lines are appended). */
   get generation(): string {
     return join(this.dir, "index.gen");
@@ -76,9 +83,13 @@ export class CaPaths {
   get lock(): string {
     return join(this.home, ".ca.lock");
   }
-  /** Invites, as SHA-256 of each token (0600). */
+  /** Invites, as SHA-256 of each token (0600): the snapshot the journal continues. */
   get invites(): string {
     return join(this.dir, "invites.json");
+  }
+  /** The changes to invites since the snapshot, one JSON line each (0600; ca/invites.ts). */
+  get invitesJournal(): string {
+    return join(this.dir, "invites.journal");
   }
   /** The lock of invites.json, apart from the CA lock so that invites never wait for openssl. */
   get invitesLock(): string {

@@ -17,6 +17,8 @@ Deno.test("CaPaths lays the CA out as docs/CA.md says", () => {
     [paths.tmp, "/h/ca/tmp"],
     [paths.lock, "/h/.ca.lock"],
     [paths.invites, "/h/ca/invites.json"],
+    [paths.invitesJournal, "/h/ca/invites.journal"],
+    [paths.signing, "/h/ca/tmp/signing"],
     [paths.invitesLock, "/h/.invites.lock"],
     [paths.serviceInfo, "/h/ca/service.json"],
     [paths.serviceDir, "/h/ca/service"],

@@ -1,8 +1,19 @@
 /**
  * Invites: single-use, expiring enrollment tokens bound to one name. Only a
- * SHA-256 of each token is stored (HOME/ca/invites.json, 0600), so the file
- * alone enrolls nobody. The CLI writes the file and a running service reads it
- * on every enrollment, so new invites work without a restart.
+ * SHA-256 of each token is stored, so the files alone enroll nobody.
+ *
+ * The state lives in two 0600 files (docs/CA.md, "Invites"): `invites.json`, a
+ * snapshot, and `invites.journal`, one JSON line per change since that
+ * snapshot. A store keeps the state in memory and, under the invites lock,
+ * reads only what other processes appended since it last looked, then appends
+ * its own change: a redemption costs two short appends, not two rewrites of
+ * every invite. The CLI's `create` rewrites the snapshot (compaction), so new
+ * invites work in a running service without a restart.
+ *
+ * A token is used when the CA's index holds the serial of the certificate
+ * issued with it: the redemption's `claim` record, fsynced before the index
+ * line is appended, names that serial, so a crash anywhere never uses up a
+ * token without its certificate and never lets it issue a second one.
  *
  * @module
  */
@@ -12,37 +23,79 @@ import { writeFileAtomic } from "../lib/fs.ts";
 import { withLock } from "../lib/lock.ts";
 import { TOKEN_PATTERN } from "../lib/invite.ts";
 import { checkName } from "../lib/names.ts";
+import { normalizeSerialHex } from "../lib/x509.ts";
 import type { CaPaths } from "./home.ts";
+import { readIndex } from "./store.ts";
 
 /** One stored invite. */
-interface InviteRecord {
+export interface InviteRecord {
+  /** SHA-256 of the token, lowercase hex. */
   hash: string;
+  /** The name the token enrolls. */
   name: string;
+  /** When it was made, ISO 8601. */
   createdAt: string;
+  /** When it stops working, ISO 8601. */
   expiresAt: string;
+  /** When it was used, ISO 8601. */
   usedAt?: string;
   /** Set while an enrollment with this token is under way. */
   reservedUntil?: string;
+  /**
+   * The serial of a certificate being issued with this token: the token is
+   * used once the CA's index holds it, and free again if it never will.
+   */
+  serial?: string;
 }
+
+/** One line of the journal. */
+type JournalRecord =
+  | { op: "begin"; id: string }
+  | { op: "reserve"; hash: string; until: string }
+  | { op: "release"; hash: string }
+  | { op: "claim"; hash: string; serial: string }
+  | { op: "used"; hash: string; at: string };
+
+/** The snapshot file: the old `invites.json` format, plus the id of the journal that follows it. */
+interface Snapshot {
+  invites: InviteRecord[];
+  journal?: string;
+}
+
+/** Records a certificate's serial as the one issued with a token (see {@linkcode InviteStore.redeem}). */
+export type Claim = (serial: string) => Promise<void>;
 
 // The token's shape belongs to the invite format.
 export { TOKEN_PATTERN } from "../lib/invite.ts";
 
 // Longer than the worst wait of an enrollment (60 s for the lock, 120 s for openssl).
 const RESERVATION_MS = 10 * 60_000;
+const DAY_MS = 86_400_000;
+// A journal this long is folded into the snapshot by the next redemption.
+const COMPACT_BYTES = 1 << 20;
 
 // One message for every bad token, so a caller learns nothing from the difference.
 const INVALID = "Invalid, used or expired invite token";
 
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
 /** Invites of the CA at `paths`. */
 export class InviteStore {
-  #file: string;
-  #lock: string;
+  #paths: CaPaths;
+  #records = new Map<string, InviteRecord>();
+  // What was read: the snapshot's and the journal's inode, and how far into the journal.
+  #snapshotKey = "";
+  #journalHead: string | null = "";
+  #journalId = "";
+  #offset = 0;
+  // Claims waiting for one shared append and fsync (group commit).
+  #claims: Array<{ record: JournalRecord; resolve(): void; reject(e: unknown): void }> = [];
+  #flushing = false;
 
   /** The store of the CA at `paths`. */
   constructor(paths: CaPaths) {
-    this.#file = paths.invites;
-    this.#lock = paths.invitesLock;
+    this.#paths = paths;
   }
 
   /** Creates an invite for `name` valid for `ttlMs`; returns the token (shown once, never stored). */
@@ -51,55 +104,73 @@ export class InviteStore {
     const token = randomBytes(32).toString("base64url");
     const now = Date.now();
     const expiresAt = new Date(now + ttlMs);
-    await withLock(this.#lock, async () => {
-      // Expired and used invites older than a day are dropped as the file is rewritten.
-      const records = (await this.#read()).filter((r) =>
-        Date.parse(r.usedAt ?? r.expiresAt) > now - 86_400_000
-      );
-      records.push({
+    await this.#locked(async () => {
+      this.#records.set(hashToken(token), {
         hash: hashToken(token),
         name,
         createdAt: new Date(now).toISOString(),
         expiresAt: expiresAt.toISOString(),
       });
-      await this.#write(records);
+      // A new invite is rare and must survive a crash: fold the journal into a new snapshot.
+      await this.#compact(now);
     });
     return { token, expiresAt };
   }
 
   /**
-   * Redeems `token`: runs `enroll` with the invite's name, and marks the token
-   * used only when `enroll` succeeds (a request refused by the policy leaves the
-   * invite usable). The file lock is held only to reserve and to mark, not while
-   * `enroll` signs, so enrollments with different tokens run side by side. A
-   * reservation is written to the file, so another process cannot redeem the
-   * same token meanwhile; one left by a crash is dropped when the service starts again (and lapses after ten minutes).
+   * Redeems `token`: runs `enroll` with the invite's name and a `claim`
+   * function, and marks the token used only when `enroll` succeeds (a request
+   * refused by the policy leaves the invite usable). The lock is held only to
+   * read and append, not while `enroll` signs, so enrollments with different
+   * tokens run side by side. A reservation in the journal keeps another process
+   * from redeeming the same token meanwhile; one left by a crash is dropped when
+   * the service starts again (and lapses after ten minutes).
+   *
+   * `enroll` passes the new certificate's serial to `claim` before the CA
+   * commits it (the authority's `beforeCommit`): `claim` resolves once that is
+   * on disk, so the token is used exactly when the certificate exists. An
+   * `enroll` that never claims has the token marked used, durably, after it
+   * returns.
    */
-  async redeem<T>(token: unknown, enroll: (name: string) => Promise<T>): Promise<T> {
+  async redeem<T>(
+    token: unknown,
+    enroll: (name: string, claim: Claim) => Promise<T>,
+  ): Promise<T> {
     if (typeof token !== "string" || !TOKEN_PATTERN.test(token)) {
       throw new E2eError("ERR_TOKEN_INVALID", INVALID);
     }
     const hash = hashToken(token);
-    const name = await this.#update(hash, (record, now) => {
-      if (
-        record.usedAt || Date.parse(record.expiresAt) <= now ||
-        Date.parse(record.reservedUntil ?? "") > now
-      ) {
+    const name = await this.#locked(async () => {
+      const now = Date.now();
+      const record = this.#records.get(hash);
+      if (!record || !await this.#usable(record, now)) {
         throw new E2eError("ERR_TOKEN_INVALID", INVALID);
       }
-      record.reservedUntil = new Date(now + RESERVATION_MS).toISOString();
+      const until = new Date(now + RESERVATION_MS).toISOString();
+      await this.#append([{ op: "reserve", hash, until }]);
+      return record.name;
     });
+    let claimed = false;
+    const claim: Claim = (serial) => {
+      claimed = true;
+      return this.#claim(hash, serial);
+    };
     let result: T;
     try {
-      result = await enroll(name);
+      result = await enroll(name, claim);
     } catch (e) {
-      await this.#update(hash, (record) => delete record.reservedUntil).catch(() => {});
+      // The claim stays: if its certificate did reach the index, the token is used after all.
+      await this.#locked(() => this.#append([{ op: "release", hash }])).catch(() => {});
       throw e;
     }
-    await this.#update(hash, (record, now) => {
-      delete record.reservedUntil;
-      record.usedAt = new Date(now).toISOString();
-    });
+    const at = new Date().toISOString();
+    if (claimed) {
+      // Already decided by the index; this line only spares readers a look there, so a
+      // failure to write it fails nothing.
+      await this.#locked(() => this.#append([{ op: "used", hash, at }])).catch(() => {});
+    } else {
+      await this.#locked(() => this.#append([{ op: "used", hash, at }], { durable: true }));
+    }
     return result;
   }
 
@@ -112,56 +183,239 @@ export class InviteStore {
       throw new E2eError("ERR_TOKEN_INVALID", INVALID);
     }
     const hash = hashToken(token);
-    const record = (await this.#read()).find((r) => r.hash === hash);
+    // Known in memory is enough for a first check: redeem() checks again under the lock.
+    const record = this.#records.get(hash) ??
+      await this.#locked(() => Promise.resolve(this.#records.get(hash)));
     if (!record || record.usedAt || Date.parse(record.expiresAt) <= Date.now()) {
       throw new E2eError("ERR_TOKEN_INVALID", INVALID);
     }
     return record.name;
   }
 
+  /** Every stored invite as of now (the snapshot with the journal applied), oldest first. */
+  async records(): Promise<InviteRecord[]> {
+    return await this.#locked(() =>
+      Promise.resolve([...this.#records.values()].map((r) => ({ ...r })))
+    );
+  }
+
   /**
-   * Drops every reservation: the service calls this when it starts, since one
-   * left behind can only come from a service that died mid-enrollment.
+   * Drops every reservation, settles every claim against the index and
+   * compacts: the service calls this when it starts, since a reservation left
+   * behind can only come from a service that died mid-enrollment.
    */
   async clearReservations(): Promise<void> {
-    await withLock(this.#lock, async () => {
-      const records = await this.#read();
-      if (!records.some((r) => r.reservedUntil)) return;
-      for (const r of records) delete r.reservedUntil;
-      await this.#write(records);
+    await this.#locked(async () => {
+      const now = Date.now();
+      const issued = await this.#issuedSerials();
+      for (const record of this.#records.values()) {
+        delete record.reservedUntil;
+        if (record.serial !== undefined && !record.usedAt) {
+          if (issued.has(normalizeSerialHex(record.serial))) {
+            record.usedAt = new Date(now).toISOString();
+          } else delete record.serial;
+        }
+      }
+      await this.#compact(now);
     });
   }
 
-  // Changes the record of `hash` under the lock; returns its name.
-  async #update(
-    hash: string,
-    change: (record: InviteRecord, now: number) => void,
-  ): Promise<string> {
-    return await withLock(this.#lock, async () => {
-      const records = await this.#read();
-      const record = records.find((r) => r.hash === hash);
-      if (!record) throw new E2eError("ERR_TOKEN_INVALID", INVALID);
-      change(record, Date.now());
-      await this.#write(records);
-      return record.name;
-    });
+  // Whether `record` may be redeemed now. A claim not followed by "used" is settled by the index.
+  async #usable(record: InviteRecord, now: number): Promise<boolean> {
+    if (record.usedAt || Date.parse(record.expiresAt) <= now) return false;
+    if (Date.parse(record.reservedUntil ?? "") > now) return false;
+    if (record.serial !== undefined) {
+      if ((await this.#issuedSerials()).has(normalizeSerialHex(record.serial))) return false;
+    }
+    return true;
   }
 
-  async #read(): Promise<InviteRecord[]> {
-    try {
-      const data = JSON.parse(await Deno.readTextFile(this.#file));
-      return Array.isArray(data?.invites) ? data.invites : [];
-    } catch (e) {
+  async #issuedSerials(): Promise<Set<string>> {
+    const entries = await readIndex(this.#paths).catch((e) => {
       if (e instanceof Deno.errors.NotFound) return [];
       throw e;
+    });
+    return new Set(entries.map((e) => normalizeSerialHex(e.serial)));
+  }
+
+  // Claims go in one append and one fsync with every other claim made meanwhile.
+  #claim(hash: string, serial: string): Promise<void> {
+    const record: JournalRecord = { op: "claim", hash, serial: normalizeSerialHex(serial) };
+    return new Promise<void>((resolve, reject) => {
+      this.#claims.push({ record, resolve, reject });
+      // A microtask later, so the claims of one batch (made in one turn) share the fsync.
+      if (!this.#flushing) {
+        this.#flushing = true;
+        queueMicrotask(() => this.#flushClaims());
+      }
+    });
+  }
+
+  async #flushClaims(): Promise<void> {
+    try {
+      while (this.#claims.length) {
+        const batch = this.#claims.splice(0);
+        try {
+          await this.#locked(() => this.#append(batch.map((c) => c.record), { durable: true }));
+          for (const c of batch) c.resolve();
+        } catch (e) {
+          for (const c of batch) c.reject(e);
+        }
+      }
+    } finally {
+      this.#flushing = false;
     }
   }
 
-  async #write(records: InviteRecord[]): Promise<void> {
-    await writeFileAtomic(this.#file, JSON.stringify({ invites: records }, null, 1) + "\n", {
-      mode: 0o600,
+  // Runs `fn` under the invites lock with the state brought up to date.
+  #locked<T>(fn: () => Promise<T>): Promise<T> {
+    return withLock(this.#paths.invitesLock, async () => {
+      await this.#refresh();
+      return await fn();
     });
   }
+
+  // Reads what changed on disk since the last look: the journal's new lines, or everything
+  // when a compaction replaced the files. A replaced file is told by the snapshot's inode, size
+  // and time and by the journal's first line (its random id), not by inodes alone: a new file
+  // may get an old one's number back. Call only under the lock.
+  async #refresh(): Promise<void> {
+    // Synchronous calls on purpose: a handful of small local reads, a few µs each, run three
+    // times per enrollment, where each asynchronous one costs ~40 µs of CPU.
+    let snapshot = "none";
+    try {
+      const i = Deno.statSync(this.#paths.invites);
+      snapshot = `${i.ino}:${i.size}:${i.mtime?.getTime()}`;
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    let file: Deno.FsFile | undefined;
+    try {
+      file = Deno.openSync(this.#paths.invitesJournal, { read: true, write: true });
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    try {
+      const size = file ? file.statSync().size : 0;
+      const head = file ? firstLine(file) : null;
+      if (snapshot !== this.#snapshotKey || head !== this.#journalHead || size < this.#offset) {
+        const state = await readSnapshot(this.#paths.invites);
+        this.#records = new Map(state.invites.map((r) => [r.hash, r]));
+        this.#journalId = state.journal ?? "";
+        this.#snapshotKey = snapshot;
+        this.#journalHead = head;
+        this.#offset = 0;
+      }
+      if (!file || size === this.#offset) return;
+      file.seekSync(this.#offset, Deno.SeekMode.Start);
+      const bytes = readExactly(file, size - this.#offset);
+      const complete = bytes.lastIndexOf(0x0a) + 1;
+      for (const line of decoder.decode(bytes.subarray(0, complete)).split("\n")) {
+        if (line) this.#apply(JSON.parse(line) as JournalRecord);
+      }
+      this.#offset += complete;
+      if (complete < bytes.length) {
+        // A line without its newline: an append cut short by a crash (appends hold the lock).
+        file.truncateSync(this.#offset);
+      }
+    } finally {
+      file?.close();
+    }
+  }
+
+  // The journal's effect on the state. A journal that does not follow this snapshot
+  // (a compaction died between writing the two files) was already folded into it.
+  #apply(r: JournalRecord): void {
+    if (r.op === "begin") {
+      this.#journalId = this.#journalId === r.id ? r.id : `stale:${r.id}`;
+      return;
+    }
+    if (this.#journalId.startsWith("stale:")) return;
+    const record = this.#records.get(r.hash);
+    if (!record) return;
+    if (r.op === "reserve") record.reservedUntil = r.until;
+    else if (r.op === "release") delete record.reservedUntil;
+    else if (r.op === "claim") record.serial = r.serial;
+    else if (r.op === "used") {
+      delete record.reservedUntil;
+      record.usedAt ??= r.at;
+    }
+  }
+
+  // Appends `records` (applying them to the state); fsyncs when `durable`. Call only under the lock.
+  async #append(records: JournalRecord[], options: { durable?: boolean } = {}): Promise<void> {
+    if (this.#journalHead === null || this.#journalId.startsWith("stale:")) {
+      // No journal yet (a fresh CA, or a home from before the journal), or one a compaction
+      // killed half-way left behind: start one.
+      await this.#compact(Date.now());
+    } else if (this.#offset > COMPACT_BYTES) {
+      await this.#compact(Date.now());
+    }
+    const bytes = encoder.encode(records.map((r) => JSON.stringify(r) + "\n").join(""));
+    using file = Deno.openSync(this.#paths.invitesJournal, { append: true });
+    let n = 0;
+    while (n < bytes.length) n += file.writeSync(bytes.subarray(n));
+    if (options.durable) await file.sync();
+    this.#offset += bytes.length;
+    for (const r of records) this.#apply(r);
+  }
+
+  // Writes the whole state as a new snapshot, then an empty journal that names it. Drops invites
+  // used or expired over a day ago. Call only under the lock.
+  async #compact(now: number): Promise<void> {
+    const kept = [...this.#records.values()].filter((r) =>
+      Date.parse(r.usedAt ?? r.expiresAt) > now - DAY_MS || r.reservedUntil ||
+      (r.serial !== undefined && !r.usedAt)
+    );
+    const id = crypto.randomUUID();
+    const snapshot: Snapshot = { invites: kept, journal: id };
+    // Snapshot first: killed before the journal is replaced, the old journal's id no longer
+    // matches, and what it holds is in the snapshot already.
+    await writeFileAtomic(this.#paths.invites, JSON.stringify(snapshot, null, 1) + "\n", {
+      mode: 0o600,
+    });
+    await writeFileAtomic(
+      this.#paths.invitesJournal,
+      JSON.stringify({ op: "begin", id } satisfies JournalRecord) + "\n",
+      { mode: 0o600 },
+    );
+    // Read back as any other process would see them.
+    this.#snapshotKey = "";
+    await this.#refresh();
+  }
+}
+
+// The journal's "begin" line, or "" when it has none whole.
+function firstLine(file: Deno.FsFile): string {
+  file.seekSync(0, Deno.SeekMode.Start);
+  const head = readExactly(file, 128);
+  const nl = head.indexOf(0x0a);
+  return nl < 0 ? "" : decoder.decode(head.subarray(0, nl));
+}
+
+// The snapshot, or the whole state of a home from before the journal (the same format).
+async function readSnapshot(path: string): Promise<Snapshot> {
+  try {
+    const data = JSON.parse(await Deno.readTextFile(path));
+    return {
+      invites: Array.isArray(data?.invites) ? data.invites : [],
+      journal: typeof data?.journal === "string" ? data.journal : undefined,
+    };
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return { invites: [] };
+    throw e;
+  }
+}
+
+function readExactly(file: Deno.FsFile, length: number): Uint8Array {
+  const bytes = new Uint8Array(length);
+  let got = 0;
+  while (got < length) {
+    const n = file.readSync(bytes.subarray(got));
+    if (n === null) break;
+    got += n;
+  }
+  return bytes.subarray(0, got);
 }
 
 function hashToken(token: string): string {

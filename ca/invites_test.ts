@@ -25,8 +25,13 @@ function invitesFile(paths: CaPaths): string {
   return join(paths.dir, "invites.json");
 }
 
+function journalFile(paths: CaPaths): string {
+  return join(paths.dir, "invites.journal");
+}
+
+/** The invites as a fresh store (another process) reads them. */
 async function records(paths: CaPaths): Promise<Array<Record<string, string>>> {
-  return JSON.parse(await Deno.readTextFile(invitesFile(paths))).invites;
+  return (await new InviteStore(paths).records()) as unknown as Array<Record<string, string>>;
 }
 
 function sha256(text: string): string {
@@ -77,7 +82,8 @@ Deno.test("InviteStore.create() stores only the token's SHA-256, in a 0600 invit
     // Nothing else is left in the folder (no temp file).
     const names = [];
     for await (const entry of Deno.readDir(paths.dir)) names.push(entry.name);
-    assert.deepEqual(names, ["invites.json"]);
+    assert.deepEqual(names.sort(), ["invites.journal", "invites.json"]);
+    assert.equal((await Deno.stat(journalFile(paths))).mode! & 0o777, 0o600);
   });
 });
 
@@ -125,8 +131,10 @@ Deno.test("InviteStore.redeem() runs enroll with the invite's name, returns its 
     const [record] = await records(paths);
     assert.ok(record.usedAt, "usedAt is recorded");
     assert.ok(Date.parse(record.usedAt) >= before - 1000);
-    assert.equal((await Deno.stat(invitesFile(paths))).mode! & 0o777, 0o600);
-    assert.ok(!(await Deno.readTextFile(invitesFile(paths))).includes(token));
+    for (const file of [invitesFile(paths), journalFile(paths)]) {
+      assert.equal((await Deno.stat(file)).mode! & 0o777, 0o600);
+      assert.ok(!(await Deno.readTextFile(file)).includes(token));
+    }
   });
 });
 
@@ -254,6 +262,203 @@ Deno.test("InviteStore.redeem() keeps invites of one name apart: each token enro
     await store.redeem(first.token, enroll);
     await assert.rejects(store.redeem(first.token, enroll), tokenInvalid);
     assert.deepEqual(calls, ["alice", "alice"]);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// the journal: claims, crashes, compaction and old homes
+
+/** Writes an index.txt holding `serials` (valid, CN=alice), as the CA would after a commit. */
+async function writeIndex(paths: CaPaths, serials: string[]): Promise<void> {
+  await Deno.writeTextFile(
+    paths.index,
+    serials.map((s) => `V\t261202204302Z\t\t${s}\tunknown\t/CN=alice\n`).join(""),
+  );
+}
+
+/** A promise that never settles: an enrollment the process was killed in. */
+const forever = new Promise<never>(() => {});
+
+Deno.test("InviteStore.redeem() records a claimed serial in the journal, fsynced before claim() resolves", async () => {
+  await withStore(async (store, paths) => {
+    const { token } = await store.create("alice", HOUR_MS);
+    await writeIndex(paths, []);
+    let journalAtClaim = "";
+    await store.redeem(token, async (name, claim) => {
+      await claim("00ab12");
+      journalAtClaim = await Deno.readTextFile(journalFile(paths));
+      await writeIndex(paths, ["AB12"]); // the commit
+      return name;
+    });
+    const lines = journalAtClaim.trim().split("\n").map((l) => JSON.parse(l));
+    assert.deepEqual(lines.map((l) => l.op), ["begin", "reserve", "claim"]);
+    assert.equal(lines[2].serial, "AB12");
+    assert.equal(lines[2].hash, sha256(token));
+    const [record] = await records(paths);
+    assert.ok(record.usedAt);
+    await assert.rejects(store.redeem(token, () => Promise.resolve(1)), tokenInvalid);
+  });
+});
+
+Deno.test("InviteStore: after a crash between claim and commit, a restart frees the token; after the commit, it stays used", async () => {
+  await withStore(async (_, paths) => {
+    const cli = new InviteStore(paths);
+    const lost = await cli.create("alice", HOUR_MS);
+    const committed = await cli.create("alice", HOUR_MS);
+    await writeIndex(paths, []);
+    // The service claims both, commits one of them, and is killed before either returns.
+    const service = new InviteStore(paths);
+    let claims = 0;
+    const claimed = new Promise<void>((resolve) => {
+      const enroll =
+        (serial: string) => async (_name: string, claim: (s: string) => Promise<void>) => {
+          await claim(serial);
+          if (++claims === 2) resolve();
+          return await forever;
+        };
+      service.redeem(lost.token, enroll("0A01"));
+      service.redeem(committed.token, enroll("0B02"));
+    });
+    await claimed;
+    await writeIndex(paths, ["0B02"]);
+    // Meanwhile no other process can redeem either: both are reserved.
+    const other = new InviteStore(paths);
+    await assert.rejects(other.redeem(lost.token, () => Promise.resolve(1)), tokenInvalid);
+    await assert.rejects(other.redeem(committed.token, () => Promise.resolve(1)), tokenInvalid);
+
+    const restarted = new InviteStore(paths);
+    await restarted.clearReservations();
+    const byHash = new Map((await records(paths)).map((r) => [r.hash, r]));
+    assert.equal(byHash.get(sha256(lost.token))?.usedAt, undefined);
+    assert.equal(byHash.get(sha256(lost.token))?.serial, undefined);
+    assert.ok(byHash.get(sha256(committed.token))?.usedAt, "its certificate is in the index");
+    await assert.rejects(restarted.redeem(committed.token, () => Promise.resolve(1)), tokenInvalid);
+    const { calls, enroll } = recorder("issued");
+    assert.equal(await restarted.redeem(lost.token, enroll), "issued");
+    assert.deepEqual(calls, ["alice"]);
+  });
+});
+
+Deno.test("InviteStore.redeem() keeps a failed enrollment's claim: the index decides whether the token is used", async () => {
+  await withStore(async (store, paths) => {
+    const { token } = await store.create("alice", HOUR_MS);
+    await writeIndex(paths, []);
+    const failure = new E2eError(
+      "ERR_LOG_INVALID",
+      "The issuance log no longer matches its checkpoint",
+    );
+    // The commit got as far as the index, then the enrollment failed.
+    await assert.rejects(
+      store.redeem(token, async (_name, claim) => {
+        await claim("C0FFEE");
+        await writeIndex(paths, ["C0FFEE"]);
+        throw failure;
+      }),
+      (e) => e === failure,
+    );
+    await assert.rejects(store.redeem(token, () => Promise.resolve(1)), tokenInvalid);
+    await assert.rejects(
+      new InviteStore(paths).redeem(token, () => Promise.resolve(1)),
+      tokenInvalid,
+    );
+  });
+});
+
+Deno.test("InviteStore cuts off a journal line torn by a crash and keeps everything before it", async () => {
+  await withStore(async (store, paths) => {
+    const first = await store.create("alice", HOUR_MS);
+    const second = await store.create("bob", HOUR_MS);
+    await store.redeem(first.token, () => Promise.resolve(1));
+    const whole = await Deno.readTextFile(journalFile(paths));
+    await Deno.writeTextFile(journalFile(paths), '{"op":"reserve","hash":"', { append: true });
+    const fresh = new InviteStore(paths);
+    await assert.rejects(fresh.redeem(first.token, () => Promise.resolve(1)), tokenInvalid);
+    assert.equal(await Deno.readTextFile(journalFile(paths)), whole, "the torn line is gone");
+    const { calls, enroll } = recorder(2);
+    assert.equal(await fresh.redeem(second.token, enroll), 2);
+    assert.deepEqual(calls, ["bob"]);
+    assert.deepEqual((await records(paths)).map((r) => Boolean(r.usedAt)), [true, true]);
+  });
+});
+
+Deno.test("InviteStore ignores a journal left by a compaction killed between its two files", async () => {
+  await withStore(async (store, paths) => {
+    const first = await store.create("alice", HOUR_MS);
+    await store.redeem(first.token, () => Promise.resolve(1));
+    const old = await Deno.readTextFile(journalFile(paths));
+    // The next compaction wrote its snapshot (with alice used) and died before the new journal.
+    const second = await store.create("bob", HOUR_MS);
+    await Deno.writeTextFile(journalFile(paths), old);
+    const fresh = new InviteStore(paths);
+    const state = await fresh.records();
+    assert.deepEqual(state.map((r) => [r.name, Boolean(r.usedAt)]), [["alice", true], [
+      "bob",
+      false,
+    ]]);
+    await assert.rejects(fresh.redeem(first.token, () => Promise.resolve(1)), tokenInvalid);
+    // A change goes into a new journal, which every store follows.
+    await fresh.redeem(second.token, () => Promise.resolve(2));
+    assert.ok(!(await Deno.readTextFile(journalFile(paths))).startsWith(old.split("\n")[0]));
+    assert.ok((await records(paths)).every((r) => r.usedAt));
+  });
+});
+
+Deno.test("InviteStore sees every invite of many compactions in a row, even where a new file reuses an old inode", async () => {
+  await withStore(async (service, paths) => {
+    await service.clearReservations();
+    for (let round = 0; round < 10; round++) {
+      // Each `ca invite` is a process of its own: a fresh store, one compaction. Three files
+      // freed and made in turn can come back with the inode numbers the service last saw.
+      const made: Array<[string, string]> = [];
+      for (let i = 0; i < 3; i++) {
+        const name = `user${round}-${i}`;
+        made.push([name, (await new InviteStore(paths).create(name, HOUR_MS)).token]);
+      }
+      for (const [name, token] of made) assert.equal(await service.nameOf(token), name, name);
+    }
+  });
+});
+
+Deno.test("InviteStore opens a home from before the journal: its invites.json keeps working", async () => {
+  await withStore(async (_, paths) => {
+    const iso = (ms: number) => new Date(Date.now() + ms).toISOString();
+    const tokens = ["a", "b", "c"].map((c) => c.repeat(43));
+    const old = [
+      { hash: sha256(tokens[0]), name: "alice", createdAt: iso(-HOUR_MS), expiresAt: iso(HOUR_MS) },
+      {
+        hash: sha256(tokens[1]),
+        name: "bob",
+        createdAt: iso(-HOUR_MS),
+        expiresAt: iso(HOUR_MS),
+        usedAt: iso(-60_000),
+      },
+      // A reservation left by an old service killed mid-enrollment.
+      {
+        hash: sha256(tokens[2]),
+        name: "carol",
+        createdAt: iso(-HOUR_MS),
+        expiresAt: iso(HOUR_MS),
+        reservedUntil: iso(60_000),
+      },
+    ];
+    await Deno.writeTextFile(invitesFile(paths), JSON.stringify({ invites: old }, null, 1), {
+      mode: 0o600,
+    });
+    const store = new InviteStore(paths);
+    assert.equal(await store.nameOf(tokens[0]), "alice");
+    await assert.rejects(store.nameOf(tokens[1]), tokenInvalid);
+    await store.clearReservations();
+    const { calls, enroll } = recorder(1);
+    await store.redeem(tokens[0], enroll);
+    await store.redeem(tokens[2], enroll);
+    await assert.rejects(store.redeem(tokens[1], enroll), tokenInvalid);
+    assert.deepEqual(calls, ["alice", "carol"]);
+    assert.deepEqual((await records(paths)).map((r) => [r.name, Boolean(r.usedAt)]), [
+      ["alice", true],
+      ["bob", true],
+      ["carol", true],
+    ]);
+    assert.equal((await Deno.stat(journalFile(paths))).mode! & 0o777, 0o600);
   });
 });
 

@@ -35,6 +35,8 @@ export interface IndexEntry {
 }
 
 const prepared = new Set<string>();
+// Older than any signing can be (openssl's timeout is two minutes, the lock's one).
+const SIGNING_LEFTOVER_MS = 10 * 60_000;
 
 /** The database files a full copy holds; openssl runs with the copy's folder as its cwd. */
 const DB_FILES = ["index.txt", "index.txt.attr", "crlnumber"] as const;
@@ -58,12 +60,14 @@ export interface SignFolder {
  * {@linkcode Transaction.fullCopy}, which the commit renames into place.
  */
 export class Transaction {
-  /** The work folder. */
+  /** The work folder, made on first use (a transaction that only adopts signings needs none). */
   readonly dir: string;
   #paths: CaPaths;
   #full = false;
   #signs: Array<{ dir: string; keep: boolean }> = [];
   #afterCommit: Array<() => Promise<void>> = [];
+  #beforeIndex: Array<() => Promise<void>> = [];
+  #made = false;
 
   /** A transaction of the CA at `paths` working in `dir`. */
   constructor(paths: CaPaths, dir: string) {
@@ -74,7 +78,8 @@ export class Transaction {
   /** Copies the whole database into {@linkcode Transaction.dir} (once) and returns that folder. */
   async fullCopy(): Promise<string> {
     if (!this.#full) {
-      await Deno.mkdir(join(this.dir, "certs"), { recursive: true });
+      this.#made = true;
+      await Deno.mkdir(join(this.dir, "certs"), { recursive: true, mode: 0o700 });
       for (const file of DB_FILES) {
         await Deno.copyFile(join(this.#paths.dir, file), join(this.dir, file));
       }
@@ -91,6 +96,21 @@ export class Transaction {
     this.#afterCommit.push(fn);
   }
 
+  /**
+   * Runs `fn` during the commit, once the new certificates are on their way to
+   * disk and before the index changes (the commit point): what `fn` makes
+   * durable is there whenever the index names the certificates. These run
+   * together, alongside the certificates' fsyncs; a throw fails the commit.
+   */
+  beforeIndex(fn: () => Promise<void>): void {
+    this.#beforeIndex.push(fn);
+  }
+
+  /** Whether {@linkcode Transaction.dir} was made (and needs removing). */
+  get made(): boolean {
+    return this.#made;
+  }
+
   /** The functions given to {@linkcode Transaction.afterCommit}. */
   get committed(): ReadonlyArray<() => Promise<void>> {
     return this.#afterCommit;
@@ -101,10 +121,18 @@ export class Transaction {
     // Reserve the slot before any await: several signings prepare their folders at once.
     const entry = { dir: join(this.dir, `sign-${this.#signs.length}`), keep: true };
     this.#signs.push(entry);
-    await Deno.mkdir(join(entry.dir, "certs"), { recursive: true });
-    // No index.txt.attr: with an empty index, openssl's uniqueness check has nothing to compare.
-    await Deno.writeTextFile(join(entry.dir, "index.txt"), "");
+    this.#made = true;
+    await prepareSignFolder(entry.dir);
     return { dir: entry.dir, discard: () => (entry.keep = false) };
+  }
+
+  /**
+   * Commits the signing done in `dir`, a folder from {@linkcode signingFolder}
+   * (made outside the transaction, so that openssl signs without the lock):
+   * its certificate and index line go in with this transaction's.
+   */
+  adopt(dir: string): void {
+    this.#signs.push({ dir, keep: true });
   }
 
   /** Commits: new certificates first, then the index (the commit point), then crlnumber and crl.pem. */
@@ -112,18 +140,26 @@ export class Transaction {
     const paths = this.#paths;
     const folders = this.#signs.filter((s) => s.keep).map((s) => s.dir);
     if (this.#full) folders.push(this.dir);
+    // Small local calls are synchronous (a few µs each instead of tens of µs of CPU); the
+    // fsyncs stay asynchronous.
+    const moves: Array<[string, string]> = [];
     for (const folder of folders) {
-      for await (const entry of Deno.readDir(join(folder, "certs"))) {
+      for (const entry of Deno.readDirSync(join(folder, "certs"))) {
         const target = join(paths.certs, entry.name);
-        if (await exists(target)) continue;
-        // On disk before the index names it: after a power cut no line points at nothing.
-        await syncFile(join(folder, "certs", entry.name));
-        await Deno.rename(join(folder, "certs", entry.name), target);
+        if (existsSync(target)) continue;
+        moves.push([join(folder, "certs", entry.name), target]);
       }
     }
+    // On disk before the index names them: after a power cut no line points at nothing.
+    // The fsyncs of a batch, and what beforeIndex() makes durable, go at once.
+    await Promise.all([
+      ...moves.map(([from]) => syncFile(from)),
+      ...this.#beforeIndex.map((fn) => fn()),
+    ]);
+    for (const [from, to] of moves) Deno.renameSync(from, to);
     let lines = "";
     for (const s of this.#signs) {
-      if (s.keep) lines += await Deno.readTextFile(join(s.dir, "index.txt"));
+      if (s.keep) lines += Deno.readTextFileSync(join(s.dir, "index.txt"));
     }
     if (this.#full) {
       const index = join(this.dir, "index.txt");
@@ -143,10 +179,10 @@ export class Transaction {
     } else if (lines) {
       // Appending is the commit point; a crash mid-write leaves a partial last line,
       // which readers ignore and the next transaction cuts off (repairIndex).
-      using file = await Deno.open(paths.index, { append: true });
+      using file = Deno.openSync(paths.index, { append: true });
       const bytes = new TextEncoder().encode(lines);
       let n = 0;
-      while (n < bytes.length) n += await file.write(bytes.subarray(n));
+      while (n < bytes.length) n += file.writeSync(bytes.subarray(n));
       await file.sync();
     }
     if (this.#full && await exists(join(this.dir, "crl.pem"))) {
@@ -155,6 +191,34 @@ export class Transaction {
       });
     }
   }
+}
+
+/**
+ * A new folder for one signing, with an empty index, outside any transaction:
+ * `openssl ca` runs there without the lock, and {@linkcode Transaction.adopt}
+ * commits what it wrote. The caller removes it afterwards; one a killed
+ * process left behind is removed by a later transaction once it is old.
+ *
+ * @example
+ * ```ts
+ * import { CaPaths } from "./home.ts";
+ * import { signingFolder, transaction } from "./store.ts";
+ * const paths = new CaPaths("/tmp/home");
+ * const dir = await signingFolder(paths); // then run openssl ca -batch … with that cwd
+ * await transaction(paths, async (tx) => tx.adopt(dir));
+ * ```
+ */
+export async function signingFolder(paths: CaPaths): Promise<string> {
+  const dir = join(paths.signing, crypto.randomUUID());
+  await prepareSignFolder(dir);
+  return dir;
+}
+
+function prepareSignFolder(dir: string): Promise<void> {
+  Deno.mkdirSync(join(dir, "certs"), { recursive: true, mode: 0o700 });
+  // No index.txt.attr: with an empty index, openssl's uniqueness check has nothing to compare.
+  Deno.writeTextFileSync(join(dir, "index.txt"), "", { mode: 0o600 });
+  return Promise.resolve();
 }
 
 /**
@@ -180,14 +244,14 @@ export function transaction<T>(paths: CaPaths, fn: (tx: Transaction) => Promise<
       prepared.add(paths.dir);
     }
     await repairIndex(paths);
-    const tx = new Transaction(paths, await Deno.makeTempDir({ dir: paths.tmp, prefix: "tx-" }));
+    const tx = new Transaction(paths, join(paths.tmp, `tx-${crypto.randomUUID()}`));
     try {
       const result = await fn(tx);
       await tx.commit();
       for (const after of tx.committed) await after();
       return result;
     } finally {
-      await Deno.remove(tx.dir, { recursive: true }).catch(() => {});
+      if (tx.made) await Deno.remove(tx.dir, { recursive: true }).catch(() => {});
     }
   });
 }
@@ -203,7 +267,21 @@ export function locked<T>(paths: CaPaths, fn: () => Promise<T>): Promise<T> {
 // Work folders and temp files of a process killed mid-transaction; we hold the lock, so none is in use.
 async function removeLeftovers(paths: CaPaths): Promise<void> {
   for await (const entry of Deno.readDir(paths.tmp)) {
-    await Deno.remove(join(paths.tmp, entry.name), { recursive: true }).catch(() => {});
+    const path = join(paths.tmp, entry.name);
+    if (path === paths.signing) continue;
+    await Deno.remove(path, { recursive: true }).catch(() => {});
+  }
+  // Signing folders live outside the lock: only old ones (a signing lasts at most minutes).
+  try {
+    for await (const entry of Deno.readDir(paths.signing)) {
+      const path = join(paths.signing, entry.name);
+      const info = await Deno.stat(path).catch(() => null);
+      if (info?.mtime && Date.now() - info.mtime.getTime() > SIGNING_LEFTOVER_MS) {
+        await Deno.remove(path, { recursive: true }).catch(() => {});
+      }
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
   // Temp files of atomic writes: only old ones, as invites.json is written under another lock.
   for await (const entry of Deno.readDir(paths.dir)) {
@@ -217,8 +295,18 @@ async function removeLeftovers(paths: CaPaths): Promise<void> {
 }
 
 async function syncFile(path: string): Promise<void> {
-  using file = await Deno.open(path, { read: true, write: true });
+  using file = Deno.openSync(path, { read: true, write: true });
   await file.sync();
+}
+
+function existsSync(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
 }
 
 async function bumpGeneration(paths: CaPaths): Promise<void> {
@@ -226,9 +314,9 @@ async function bumpGeneration(paths: CaPaths): Promise<void> {
 }
 
 /** The current generation of the index ("" before the first replacement). */
-async function readGeneration(paths: CaPaths): Promise<string> {
+function readGeneration(paths: CaPaths): string {
   try {
-    return await Deno.readTextFile(paths.generation);
+    return Deno.readTextFileSync(paths.generation);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return "";
     throw e;
@@ -237,14 +325,16 @@ async function readGeneration(paths: CaPaths): Promise<string> {
 
 // An append cut short by a crash leaves a last line without "\n": cut it off.
 async function repairIndex(paths: CaPaths): Promise<void> {
-  using file = await Deno.open(paths.index, { read: true, write: true });
-  const size = (await file.stat()).size;
+  // Synchronous reads (here and in IndexCache): small and local, run on every transaction and
+  // request, where each asynchronous call costs tens of µs of CPU.
+  using file = Deno.openSync(paths.index, { read: true, write: true });
+  const size = file.statSync().size;
   if (size === 0) return;
   const tail = new Uint8Array(Math.min(size, 4096));
-  await file.seek(size - tail.length, Deno.SeekMode.Start);
+  file.seekSync(size - tail.length, Deno.SeekMode.Start);
   let got = 0;
   while (got < tail.length) {
-    const n = await file.read(tail.subarray(got));
+    const n = file.readSync(tail.subarray(got));
     if (n === null) break;
     got += n;
   }
@@ -339,11 +429,11 @@ export class IndexCache {
     return next;
   }
 
-  async #update(): Promise<IndexEntry[]> {
+  #update(): IndexEntry[] {
     // The generation is read before the index, so a swap in between is seen next time.
-    const generation = await readGeneration(this.#paths);
-    using file = await Deno.open(this.#paths.index);
-    const info = await file.stat();
+    const generation = readGeneration(this.#paths);
+    using file = Deno.openSync(this.#paths.index);
+    const info = file.statSync();
     if (info.ino !== this.#ino || info.size < this.#offset || generation !== this.#generation) {
       this.#generation = generation;
       this.#ino = info.ino;
@@ -352,11 +442,11 @@ export class IndexCache {
       this.#bySerial = new Map();
     }
     if (info.size === this.#offset) return this.#entries;
-    await file.seek(this.#offset, Deno.SeekMode.Start);
+    file.seekSync(this.#offset, Deno.SeekMode.Start);
     const bytes = new Uint8Array(info.size - this.#offset);
     let got = 0;
     while (got < bytes.length) {
-      const n = await file.read(bytes.subarray(got));
+      const n = file.readSync(bytes.subarray(got));
       if (n === null) break;
       got += n;
     }

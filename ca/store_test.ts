@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { CaPaths } from "./home.ts";
-import { IndexCache, locked, parseIndex, readIndex, transaction } from "./store.ts";
+import { IndexCache, locked, parseIndex, readIndex, signingFolder, transaction } from "./store.ts";
 
 const INDEX = "V\t261202204302Z\t\t35BE\tunknown\t/CN=alice\n";
 
@@ -269,6 +269,65 @@ Deno.test("transaction() appends a signing folder's index lines without copying 
     assert.equal(await Deno.readTextFile(paths.index), INDEX + BOB);
     assert.equal((await Deno.stat(paths.index)).ino, before, "appended in place");
     assert.equal(await Deno.readTextFile(paths.certFile("4A01")), "bob\n");
+  });
+});
+
+Deno.test("signingFolder() prepares a private folder outside the lock, and adopt() commits what was signed there", async () => {
+  await withFakeCa(async (paths) => {
+    const dir = await signingFolder(paths);
+    assert.equal(await Deno.readTextFile(join(dir, "index.txt")), "", "an empty index");
+    assert.equal((await Deno.stat(dir)).mode! & 0o777, 0o700);
+    await Deno.writeTextFile(join(dir, "index.txt"), BOB);
+    await Deno.writeTextFile(join(dir, "certs", "4A01.pem"), "bob\n");
+    let work = "";
+    await transaction(paths, (tx) => {
+      tx.adopt(dir);
+      work = tx.dir;
+      return Promise.resolve();
+    });
+    assert.equal(await Deno.readTextFile(paths.index), INDEX + BOB);
+    assert.equal(await Deno.readTextFile(paths.certFile("4A01")), "bob\n");
+    assert.deepEqual(
+      await names(paths.tmp),
+      ["signing"],
+      "a transaction that only adopts makes no folder",
+    );
+    assert.ok(!work.startsWith(dir));
+  });
+});
+
+Deno.test("transaction() runs beforeIndex() before the index changes, and commits nothing when it throws", async () => {
+  await withFakeCa(async (paths) => {
+    const seen: string[] = [];
+    await transaction(paths, async (tx) => {
+      const folder = await tx.signFolder();
+      await Deno.writeTextFile(join(folder.dir, "index.txt"), BOB);
+      tx.beforeIndex(async () => void seen.push(await Deno.readTextFile(paths.index)));
+    });
+    assert.deepEqual(seen, [INDEX]);
+    const failure = new Error("the journal's disk is gone");
+    await assert.rejects(
+      transaction(paths, async (tx) => {
+        const folder = await tx.signFolder();
+        await Deno.writeTextFile(join(folder.dir, "index.txt"), BOB.replace(/4A01/, "4A02"));
+        await Deno.writeTextFile(join(folder.dir, "certs", "4A02.pem"), "bob2\n");
+        tx.beforeIndex(() => Promise.reject(failure));
+      }),
+      (e) => e === failure,
+    );
+    assert.equal(await Deno.readTextFile(paths.index), INDEX + BOB);
+    assert.ok(!(await names(paths.certs)).includes("4A02.pem"));
+  });
+});
+
+Deno.test("transaction() removes signing folders a killed process left, once they are old, and keeps young ones", async () => {
+  await withFakeCa(async (paths) => {
+    const old = await signingFolder(paths);
+    const young = await signingFolder(paths);
+    const hourAgo = new Date(Date.now() - 3_600_000);
+    await Deno.utime(old, hourAgo, hourAgo);
+    await transaction(paths, () => Promise.resolve());
+    assert.deepEqual(await names(paths.signing), [young.split("/").pop()]);
   });
 });
 

@@ -8,12 +8,14 @@
  * line V, certificate file) and no serial appears twice; a token is never used
  * up without its certificate; `ca crl` still builds a CRL that openssl
  * verifies; later enrollments work; a signing that runs out of disk says so in
- * one line and leaves the database consistent.
+ * one line and leaves the database consistent. A token never issues a second
+ * certificate either, and invites survive an old home's invites.json and a
+ * journal line torn by a crash.
  *
  * @module
  */
 import assert from "node:assert/strict";
-import { X509Certificate } from "node:crypto";
+import { createHash, randomBytes, X509Certificate } from "node:crypto";
 import { dirname, join } from "node:path";
 import { InviteStore } from "../ca/invites.ts";
 import { CaPaths, type IndexEntry } from "../ca/store.ts";
@@ -135,6 +137,9 @@ Deno.test("a CA service killed with SIGKILL in the middle of 16 parallel enrollm
           }
         }
 
+        // What the kill left committed, before the restart settles the invites.
+        const issuedBefore = new Set(index.map((e) => e.name));
+
         // Restarted on the same home: the lock is free, the CRL builds, enrollments work.
         service = await Service.start(home, PASSPHRASE, {
           args: ["--enroll-rate", "100000"],
@@ -149,10 +154,20 @@ Deno.test("a CA service killed with SIGKILL in the middle of 16 parallel enrollm
           (await readIndexChecked(dirname(caDir), { cutShort: true, cn: /./ })).map((e) => e.name),
         );
         for (const [name, reply] of retried) {
-          if (reply.status === 200) continue;
+          if (reply.status === 200) {
+            // A token whose certificate was committed before the kill never issues a second one.
+            assert.ok(!issuedBefore.has(name), `${name}'s token issued a second certificate`);
+            continue;
+          }
           // A used-up token means the certificate was committed before the kill.
           assert.equal(reply.status, 403, `${name}: ${reply.body}`);
           assert.ok(committed.has(name), `${name}'s token was used up without a certificate`);
+        }
+        // Every name of the burst ends with exactly one certificate: none lost, none twice.
+        const after = await readIndexChecked(dirname(caDir), { cutShort: true, cn: /./ });
+        for (const name of burst) {
+          const mine = after.filter((e) => e.name === name);
+          assert.deepEqual(mine.map((e) => e.status), ["V"], `${name}: ${mine.length} issued`);
         }
         await service.proc.stop();
         await assertConsistent(caDir);
@@ -177,6 +192,68 @@ Deno.test("a CA service killed with SIGKILL in the middle of 16 parallel enrollm
       // Otherwise the kills all came after the burst, and nothing was tested.
       assert.ok(unanswered > 0, `no kill caught a request in flight: ${outcomes.join("; ")}`);
     });
+  } finally {
+    await service?.proc.stop();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Invites on disk: a home from before the journal, and a journal torn by a crash
+
+Deno.test("a CA service keeps every invite of an old invites.json and of a journal whose last line a crash tore", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "e2e-chat-faults-" });
+  let service: Service | undefined;
+  try {
+    const home = join(dir, "home");
+    const paths = new CaPaths(home);
+    await initCa(home);
+    const names = ["alice", "bob", "carol", "dave"];
+    const { key } = await makeCsr("keygen");
+    const csrs = new Map(
+      await pool(names, 4, async (n) => [n, (await makeCsr(n, { keyPem: key })).csr] as const),
+    );
+    const enroll = (name: string, token: string) =>
+      service!.request("/v1/enroll", {
+        method: "POST",
+        json: { token, csr: csrs.get(name) },
+        timeoutMs: 20_000,
+      });
+    // The invites.json an older version wrote: alice's invite open, bob's used.
+    const tokens = new Map(names.map((n) => [n, randomBytes(32).toString("base64url")]));
+    const iso = (ms: number) => new Date(Date.now() + ms).toISOString();
+    const hash = (t: string) => createHash("sha256").update(t).digest("hex");
+    const old = ["alice", "bob"].map((n) => ({
+      hash: hash(tokens.get(n)!),
+      name: n,
+      createdAt: iso(-60_000),
+      expiresAt: iso(3_600_000),
+      ...(n === "bob" ? { usedAt: iso(-30_000) } : {}),
+    }));
+    await Deno.writeTextFile(paths.invites, JSON.stringify({ invites: old }, null, 1) + "\n", {
+      mode: 0o600,
+    });
+
+    service = await Service.start(home, PASSPHRASE);
+    assert.equal((await enroll("alice", tokens.get("alice")!)).status, 200);
+    assert.equal((await enroll("bob", tokens.get("bob")!)).status, 403);
+    await service.proc.stop();
+
+    // New invites, then a crash that tore the journal's last line.
+    const store = new InviteStore(paths);
+    for (const n of ["carol", "dave"]) tokens.set(n, (await store.create(n, 3_600_000)).token);
+    await Deno.writeTextFile(paths.invitesJournal, '{"op":"reserve","hash":"0', { append: true });
+    service = await Service.start(home, PASSPHRASE);
+    assert.equal((await enroll("carol", tokens.get("carol")!)).status, 200);
+    assert.equal((await enroll("alice", tokens.get("alice")!)).status, 403);
+    assert.equal((await enroll("dave", tokens.get("dave")!)).status, 200);
+    await service.proc.stop();
+    for (const line of (await Deno.readTextFile(paths.invitesJournal)).split("\n")) {
+      if (line) JSON.parse(line); // every line whole
+    }
+    const index = await assertConsistent(paths.dir);
+    const users = index.map((e) => e.name).filter((n) => names.includes(n));
+    assert.deepEqual(users, ["alice", "carol", "dave"]);
   } finally {
     await service?.proc.stop();
     await Deno.remove(dir, { recursive: true }).catch(() => {});

@@ -329,7 +329,8 @@ export async function benchEnroll(
         "opensslMs",
         "openssl_ca_from_deno",
         "the `openssl ca` run of a signing, spawned " +
-        "through lib/openssl.ts with authority.ts's arguments (vs openssl_sign_p50: from bash)",
+        "through lib/openssl.ts with the encrypted ca.key (authority.ts pipes the key it " +
+        "decrypted once instead, which openssl loads faster) (vs openssl_sign_p50: from bash)",
       ],
       [
         "transactionMs",
@@ -340,14 +341,15 @@ export async function benchEnroll(
       [
         "fsyncMs",
         "fsync_append",
-        "append one index line and fsync (commit does this once; " +
-        "the invite rewrite once more)",
+        "append one index line and fsync (the commit does this for the index, and once " +
+        "more for the invites journal's claims of a whole batch, alongside the certificates')",
       ],
       [
         "redeemMs",
         "invite_redeem",
-        "InviteStore.redeem() with a no-op signing (read, parse, " +
-        "rewrite and fsync invites.json), run under the invites lock that is held while signing",
+        "InviteStore.redeem() with a no-op signing that claims " +
+        "no serial: a reserve line, then a fsynced used line in invites.journal (an enrollment " +
+        "fsyncs its claim in the commit instead)",
       ],
       ["parseMs", "csr_and_cert_parse", "parseCsr() with the key check + parseCertificate()"],
     ];
