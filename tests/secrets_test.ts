@@ -145,6 +145,7 @@ Deno.test("no passphrase, token or message text reaches openssl's argv, a log, a
       [join(caHome, "ca"), 0o700],
       [join(caHome, "ca", "ca.key"), 0o600],
       [join(caHome, "ca", "invites.json"), 0o600],
+      [join(caHome, "ca", "invites.journal"), 0o600],
       [join(caHome, "ca", "index.txt"), 0o600],
       [join(caHome, "ca", "service", "key.pem"), 0o600],
       ...homes.flatMap((h): Array<[string, number]> => [
