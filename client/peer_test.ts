@@ -79,6 +79,26 @@ async function withPair(
   });
 }
 
+/**
+ * Alice's PeerConnection over `aliceSocket`, started, and what the raw peer at the other end
+ * receives (as text).
+ */
+function aliceAndRawBob(
+  aliceSocket: tls.TLSSocket,
+  rawBob: tls.TLSSocket,
+  dir: string,
+): { alice: PeerConnection; aliceSeen: Seen; received: () => string } {
+  const aliceSeen: Seen = [];
+  const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+    downloads: dir,
+    events: recorder(aliceSeen),
+  });
+  alice.start();
+  let received = "";
+  rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
+  return { alice, aliceSeen, received: () => received };
+}
+
 Deno.test("PeerConnection carries a message with its ack and a 3 MiB file intact, and a close reaches both ends", async () => {
   await withPair(async (aliceSocket, bobSocket, dir) => {
     const aliceSeen: Seen = [];
@@ -149,14 +169,7 @@ Deno.test("PeerConnection holds back a quarantined peer's messages: not shown, n
 
 Deno.test("PeerConnection answers a malformed frame after the frames before it, then closes", async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
-    const aliceSeen: Seen = [];
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: dir,
-      events: recorder(aliceSeen),
-    });
-    alice.start();
-    let received = "";
-    rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
+    const { aliceSeen, received } = aliceAndRawBob(aliceSocket, rawBob, dir);
     rawBob.write(
       encodeFrame({ type: "hello", v: 1, features: [] }) +
         encodeFrame({ type: "msg", id: "m1", text: "before" }) +
@@ -164,8 +177,8 @@ Deno.test("PeerConnection answers a malformed frame after the frames before it, 
     );
     await until("closed", aliceSeen, (s) => s.some((e) => e[0] === "closed"));
     assert.deepEqual(aliceSeen[0], ["message", "m1", "before"]);
-    assert.match(received, /"type":"ack","id":"m1"/);
-    assert.match(received, /"type":"error"/);
+    assert.match(received(), /"type":"ack","id":"m1"/);
+    assert.match(received(), /"type":"error"/);
   });
 });
 
@@ -176,14 +189,7 @@ function framesOf(text: string): Array<Record<string, unknown>> {
 
 Deno.test('PeerConnection acknowledges a burst with a few "acks" frames to a peer that lists "acks", each message once', async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
-    const aliceSeen: Seen = [];
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: dir,
-      events: recorder(aliceSeen),
-    });
-    alice.start();
-    let received = "";
-    rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
+    const { alice, aliceSeen, received } = aliceAndRawBob(aliceSocket, rawBob, dir);
     let burst = encodeFrame({ type: "hello", v: 1, features: ["acks"] });
     for (let i = 0; i < 500; i++) burst += encodeFrame({ type: "msg", id: `m${i}`, text: `${i}` });
     rawBob.write(burst);
@@ -191,10 +197,10 @@ Deno.test('PeerConnection acknowledges a burst with a few "acks" frames to a pee
     assert.deepEqual(aliceSeen.map((e) => e[1]), Array.from({ length: 500 }, (_, i) => `m${i}`));
     const end = Date.now() + 10_000;
     const acked = () =>
-      framesOf(received).flatMap((f) => f.type === "acks" ? f.ids as string[] : []);
+      framesOf(received()).flatMap((f) => f.type === "acks" ? f.ids as string[] : []);
     while (acked().length < 500 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
     assert.deepEqual(acked(), Array.from({ length: 500 }, (_, i) => `m${i}`));
-    const frames = framesOf(received);
+    const frames = framesOf(received());
     assert.deepEqual(frames.filter((f) => f.type === "ack"), []);
     const count = frames.filter((f) => f.type === "acks").length;
     assert.ok(count <= 10, `${count} acks frames for 500 messages`);
@@ -204,25 +210,18 @@ Deno.test('PeerConnection acknowledges a burst with a few "acks" frames to a pee
 
 Deno.test('PeerConnection acknowledges each message with its own "ack" to a peer whose hello does not list "acks"', async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
-    const aliceSeen: Seen = [];
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: dir,
-      events: recorder(aliceSeen),
-    });
-    alice.start();
-    let received = "";
-    rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
+    const { alice, aliceSeen, received } = aliceAndRawBob(aliceSocket, rawBob, dir);
     let burst = encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] });
     for (let i = 0; i < 20; i++) burst += encodeFrame({ type: "msg", id: `m${i}`, text: `${i}` });
     rawBob.write(burst);
     await until("20 messages", aliceSeen, (s) => s.length === 20);
     const end = Date.now() + 10_000;
-    const acks = () => framesOf(received).filter((f) => f.type === "ack").map((f) => f.id);
+    const acks = () => framesOf(received()).filter((f) => f.type === "ack").map((f) => f.id);
     while (acks().length < 20 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
     assert.deepEqual(acks(), Array.from({ length: 20 }, (_, i) => `m${i}`));
-    assert.deepEqual(framesOf(received).filter((f) => f.type === "acks"), []);
+    assert.deepEqual(framesOf(received()).filter((f) => f.type === "acks"), []);
     // Our hello offered acks all the same; this peer just does not use them.
-    assert.deepEqual(framesOf(received)[0].features, [
+    assert.deepEqual(framesOf(received())[0].features, [
       "bin",
       "offer",
       "rooms",

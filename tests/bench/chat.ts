@@ -710,9 +710,10 @@ async function benchMsgs(rig: Rig): Promise<void> {
   report.add("stdout_events", median(emitRate.each), "event/s", {
     baseline: ["stdout_events_batched", median(emitRate.batched)],
     rounds: emitRate.each,
-    note: "breakdown: a deno process printing message events one write(2) each, as " +
-      "client/ui.ts jsonEvent() does (per message the client prints `sent` and `delivered` " +
-      "at the sender, `message` at the receiver), read by this process; baseline: one write",
+    note: "breakdown: a deno process printing message events one write(2) each, read by " +
+      "this process (per message a client prints `sent` and `delivered` at the sender, " +
+      "`message` at the receiver); baseline: all in one write, as client/faces/json.ts " +
+      "writes the events of one turn",
   });
   report.add("raw_msgs_batched", median(rate.batched), "msg/s", {
     baseline: ["raw_msgs", baseMsgs],
