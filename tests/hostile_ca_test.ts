@@ -305,7 +305,7 @@ Deno.test("the CA service refuses hostile input with 4xx JSON errors, keeps serv
           before,
           after,
           "signing",
-          /\/(index\.txt|invites\.json|certs\/[0-9A-F]+\.pem|log\/entries|log\/checkpoint)$/,
+          /\/(index\.txt|invites\.(json|journal)|certs\/[0-9A-F]+\.pem|log\/entries|log\/checkpoint)$/,
         );
         const index = (p: Map<string, string>) => p.get(join(service.caDir, "index.txt"))!;
         assert.ok(index(after).startsWith(index(before)));

@@ -502,7 +502,9 @@ async function offlineMember(s: Scene): Promise<void> {
     () => shown(again, mark).length >= 3,
     "oc to get the three messages from the mailbox",
     ROOM_WAIT_MS,
-  );
+  ).catch((e) => {
+    throw new Error(`${e.message}\n${again.describe()}`);
+  });
   assert.deepEqual(
     [...shown(again, mark)].sort(),
     ["oa:while oc is away 1", "oa:while oc is away 2", "ob:ob too"],
