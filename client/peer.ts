@@ -442,6 +442,7 @@ export class PeerConnection {
   close(reason = "closed"): void {
     if (this.#closed) return;
     this.#closeReason = reason;
+    this.#flushAcks(); // messages already shown are acknowledged before the bye
     this.#write({ type: "bye" });
     this.#flush();
     this.#socket.end();
@@ -813,11 +814,13 @@ export class PeerConnection {
         return;
       case "bye":
         this.#closeReason = "the peer said bye";
+        this.#flushAcks();
         this.#flush();
         this.#socket.end();
         return;
       case "error":
         this.#closeReason = `the peer reported an error: ${frame.message}`;
+        this.#flushAcks();
         this.#flush();
         this.#socket.end();
         return;
@@ -995,6 +998,7 @@ export class PeerConnection {
     this.#failed = true;
     const message = e instanceof E2eError ? e.message : "Internal error";
     this.#closeReason = `closed after bad input: ${message}`;
+    this.#flushAcks(); // the frames before the bad one were handled: their messages shown
     this.#write({ type: "error", message });
     this.#flush();
     this.#socket.end();

@@ -703,3 +703,61 @@ for (
     });
   });
 }
+
+Deno.test('PeerConnection acknowledges every message shown before a "bye" in the same read, while frames wait in its queue', async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: recorder(aliceSeen),
+    });
+    alice.start();
+    let received = "";
+    rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
+    const ended = new Promise((r) => rawBob.once("end", r));
+    // The hello waits in the queue, so the messages behind it are handled from the queue too.
+    let burst = encodeFrame({ type: "hello", v: 1, features: ["acks"] });
+    for (let i = 0; i < 5; i++) burst += encodeFrame({ type: "msg", id: `m${i}`, text: `${i}` });
+    rawBob.write(burst + encodeFrame({ type: "bye" }));
+    await ended;
+    assert.deepEqual(aliceSeen.filter((e) => e[0] === "message").map((e) => e[1]), [
+      "m0",
+      "m1",
+      "m2",
+      "m3",
+      "m4",
+    ]);
+    const acked = framesOf(received).flatMap((f) => f.type === "acks" ? f.ids as string[] : []);
+    assert.deepEqual(acked, ["m0", "m1", "m2", "m3", "m4"]);
+  });
+});
+
+Deno.test("PeerConnection acknowledges every message shown before close() is called in the same turn", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    let alice: PeerConnection | undefined = undefined;
+    alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: {
+        ...recorder(aliceSeen),
+        // The user quits on seeing the last message.
+        message: (_p, id, text) => {
+          aliceSeen.push(["message", id, text]);
+          if (id === "m4") alice!.close("quit");
+        },
+      },
+    });
+    alice.start();
+    let received = "";
+    rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
+    const ended = new Promise((r) => rawBob.once("end", r));
+    let burst = encodeFrame({ type: "hello", v: 1, features: ["acks"] });
+    for (let i = 0; i < 5; i++) burst += encodeFrame({ type: "msg", id: `m${i}`, text: `${i}` });
+    rawBob.write(burst);
+    await ended;
+    const frames = framesOf(received);
+    const acked = frames.flatMap((f) => f.type === "acks" ? f.ids as string[] : []);
+    assert.deepEqual(acked, ["m0", "m1", "m2", "m3", "m4"]);
+    assert.equal(frames.at(-1)!.type, "bye");
+  });
+});
