@@ -142,7 +142,9 @@ function idPrefix(): string {
   return lastIdTime.toString(36);
 }
 
-const utf8 = new TextDecoder("utf-8", { fatal: true });
+// A byte order mark is kept (and so refused as not JSON), as LineSplitter does: stripped only at
+// the start of a read, it would make this path and the line-by-line one disagree.
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** Part of the raw payload of a `bin` frame. */
 interface RawPiece {

@@ -761,3 +761,76 @@ Deno.test("PeerConnection acknowledges every message shown before close() is cal
     assert.equal(frames.at(-1)!.type, "bye");
   });
 });
+
+for (
+  const where of [
+    "at the start of a read",
+    "after another line of the same read",
+    "split across two reads",
+  ]
+) {
+  Deno.test(`PeerConnection refuses a frame that starts with a byte order mark ${where}`, async () => {
+    await withPair(async (aliceSocket, rawBob, dir) => {
+      const aliceSeen: Seen = [];
+      const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+        downloads: dir,
+        events: recorder(aliceSeen),
+      });
+      alice.start();
+      const frames = wireReader(rawBob).frames;
+      rawBob.setNoDelay(true);
+      rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["acks"] }));
+      rawBob.write(encodeFrame({ type: "msg", id: "m0", text: "plain" }));
+      await until("the first message", aliceSeen, (s) => s.length === 1);
+      const bom = "\uFEFF" + encodeFrame({ type: "msg", id: "m1", text: "after a BOM" });
+      if (where === "at the start of a read") rawBob.write(bom);
+      else if (where === "after another line of the same read") {
+        rawBob.write(encodeFrame({ type: "msg", id: "m2", text: "before" }) + bom);
+      } else {
+        rawBob.write(bom.slice(0, 5));
+        await new Promise((r) => setTimeout(r, 50));
+        rawBob.write(bom.slice(5));
+      }
+      await until("closed", aliceSeen, (s) => s.some((e) => e[0] === "closed"));
+      assert.ok(!aliceSeen.some((e) => e[0] === "message" && e[1] === "m1"));
+      await until("the error frame", [], () => frames.some((f) => f.type === "error"));
+      assert.equal(frames.find((f) => f.type === "error")!.message, "Malformed frame: not JSON");
+    });
+  });
+}
+
+Deno.test("PeerConnection takes a bin payload that is UTF-8 text with newlines, right after its header in the same read, as bytes", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const downloads = join(dir, "downloads");
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads,
+      events: recorder(aliceSeen),
+    });
+    alice.start();
+    const frames = wireReader(rawBob).frames;
+    // Text that looks like frames, a multi-byte character among it.
+    const body = new TextEncoder().encode(
+      encodeFrame({ type: "msg", id: "x1", text: "not a frame: é" }).repeat(40),
+    );
+    rawBob.write(
+      encodeFrame({ type: "hello", v: 1, features: ["bin", "offer", "sha256-at-end"] }) +
+        encodeFrame({ type: "file", id: "f1", name: "text.txt", size: body.length }),
+    );
+    await until("the accept", [], () => frames.some((f) => f.type === "accept"));
+    const rest = new TextEncoder().encode(
+      encodeFrame({ type: "end", id: "f1", sha256: sha256Hex(body) }) +
+        encodeFrame({ type: "msg", id: "m1", text: "after the file" }),
+    );
+    const head = new TextEncoder().encode(
+      encodeFrame({ type: "msg", id: "m0", text: "before the file" }) +
+        encodeFrame({ type: "bin", id: "f1", size: body.length }),
+    );
+    rawBob.write(Buffer.concat([head, body, rest]));
+    await until("the file and the message after it", aliceSeen, (s) => s.length === 3);
+    assert.deepEqual(aliceSeen.map((e) => e[0] === "file" ? e[1] : e[1]), ["m0", "text.txt", "m1"]);
+    const file = aliceSeen.find((e) => e[0] === "file")!;
+    assert.deepEqual(await Deno.readFile(file[4] as string), body);
+    alice.close();
+  });
+});
