@@ -293,8 +293,9 @@ export class PeerConnection {
     if (!heard || this.#closed) {
       throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
     }
+    const info = await file.stat();
     const { sha256, size } = this.#peerFeatures.has(FEATURE_SHA256_AT_END)
-      ? { sha256: undefined, size: (await file.stat()).size }
+      ? { sha256: undefined, size: info.size }
       : await hashFile(file);
     if (this.#closed) throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
     // Each waiting offer holds its file open; the receiver takes no more waiting offers anyway.
@@ -320,7 +321,15 @@ export class PeerConnection {
       throw new E2eError("ERR_USAGE", `"${this.name}" does not take room frames nor room files`);
     }
     const id = this.#id();
-    const out: Outgoing = { path, file, name: announcedName(path), size, sha256, room };
+    const out: Outgoing = {
+      path,
+      file,
+      name: announcedName(path),
+      size,
+      sha256,
+      modified: info.mtime?.getTime(),
+      room,
+    };
     const inRoom = room === undefined ? {} : { room };
     const digest = sha256 === undefined ? {} : { sha256 };
     // Not awaited: a peer that does not read must never block the one who sends.
@@ -436,7 +445,12 @@ export class PeerConnection {
       }
       this.#progress(id, sent, size, "out");
     }
-    if (sent !== size) throw new E2eError("ERR_FILE", "The file changed while it was being sent");
+    // With the SHA-256 at the end, the digest is of what went out: a file changed meanwhile
+    // would arrive torn yet verified. Its size and modification time since the offer tell.
+    const now = await file.stat();
+    if (sent !== size || now.size !== size || now.mtime?.getTime() !== out.modified) {
+      throw new E2eError("ERR_FILE", "The file changed while it was being sent");
+    }
     await this.#writeAsync({ type: "end", id, ...(hash ? { sha256: hash.digest("hex") } : {}) });
   }
 
@@ -1047,6 +1061,8 @@ interface Outgoing {
   size: number;
   /** Announced up front; undefined when it goes in the `end` frame (hashed as it streams). */
   sha256?: string;
+  /** Its modification time when offered, ms (a change after that fails the send). */
+  modified?: number;
   room?: string;
 }
 

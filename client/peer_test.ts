@@ -834,3 +834,37 @@ Deno.test("PeerConnection takes a bin payload that is UTF-8 text with newlines, 
     alice.close();
   });
 });
+
+Deno.test('PeerConnection to a peer that lists "sha256-at-end" fails a send whose file is changed while it streams, and sends no end frame', async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: recorder(aliceSeen),
+    });
+    alice.start();
+    const wire = wireReader(rawBob);
+    rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["bin", "offer", "sha256-at-end"] }));
+    const [path, body] = await writeBody(dir, 12 * 1024 * 1024);
+    const offer = await alice.sendFile(path);
+    await until("the offer", [], () => wire.frames.some((f) => f.type === "file"));
+    rawBob.write(encodeFrame({ type: "accept", id: offer.id }));
+    // Without a "got", alice stops at its 8 MiB window: the last MiB is not read yet.
+    const received = () =>
+      wire.frames.filter((f) => f.type === "bin").reduce((n, f) => n + (f.size as number), 0);
+    await until("8 MiB", [], () => received() >= 8 * 1024 * 1024);
+    {
+      using file = await Deno.open(path, { write: true });
+      await file.seek(body.length - 10, Deno.SeekMode.Start);
+      await file.write(new Uint8Array(10).fill(0xff));
+    }
+    rawBob.write(encodeFrame({ type: "got", id: offer.id, bytes: body.length }));
+    await until("the send's end", aliceSeen, (s) => s.some((e) => e[0] !== "message"));
+    assert.deepEqual(aliceSeen, [
+      ["fileFailed", "out", "The file changed while it was being sent"],
+    ]);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.ok(!wire.frames.some((f) => f.type === "end"), "an end frame vouched for a torn file");
+    alice.close();
+  });
+});
