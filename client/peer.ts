@@ -628,8 +628,12 @@ export class PeerConnection {
   }
 
   // Decided as the line is read, not in the queue: the bytes that follow are the payload.
+  // A payload under half the maximum gets a buffer of its own size: a peer's burst of tiny
+  // frames must not make us set aside 1 MiB for each (memory far beyond the bytes it sends).
   #startRaw(frame: Frame & { type: "bin" }): void {
-    const buffer = this.#spare.pop() ?? new Uint8Array(MAX_BINARY_BYTES);
+    const buffer = frame.size < MAX_BINARY_BYTES / 2
+      ? new Uint8Array(frame.size)
+      : this.#spare.pop() ?? new Uint8Array(MAX_BINARY_BYTES);
     this.#raw = { id: frame.id, bytes: buffer.subarray(0, frame.size), at: 0 };
   }
 
@@ -673,7 +677,9 @@ export class PeerConnection {
     if (!file) throw malformed("binary data for a file never announced");
     await file.write(piece.bytes);
     // Written: its buffer takes the next payload (fewer allocations, less garbage collection).
-    if (this.#spare.length < 4) this.#spare.push(new Uint8Array(piece.bytes.buffer));
+    if (this.#spare.length < 4 && piece.bytes.buffer.byteLength === MAX_BINARY_BYTES) {
+      this.#spare.push(new Uint8Array(piece.bytes.buffer));
+    }
     this.#progress(piece.id, file.received, file.size, "in");
     this.#reportGot(piece.id, file.received);
   }

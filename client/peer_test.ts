@@ -868,3 +868,39 @@ Deno.test('PeerConnection to a peer that lists "sha256-at-end" fails a send whos
     alice.close();
   });
 });
+
+Deno.test("PeerConnection sets aside no more memory for a burst of tiny bin frames than about their own bytes", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: join(dir, "downloads"),
+      events: recorder(aliceSeen),
+    });
+    alice.start();
+    rawBob.on("data", () => {});
+    const count = 4000;
+    const body = new Uint8Array(count).map((_, i) => i % 251);
+    let burst = encodeFrame({ type: "hello", v: 1, features: ["bin"] }) +
+      encodeFrame({ type: "file", id: "f1", name: "tiny.bin", size: count });
+    for (const byte of body) {
+      burst += encodeFrame({ type: "bin", id: "f1", size: 1 }) + String.fromCharCode(byte);
+    }
+    const before = Deno.memoryUsage().external;
+    let peak = before;
+    const sampler = setInterval(() => (peak = Math.max(peak, Deno.memoryUsage().external)), 1);
+    try {
+      // Bytes 128 to 250 are not one byte each in UTF-8: written as latin1, byte for byte.
+      rawBob.write(Buffer.from(burst, "latin1"));
+      rawBob.write(encodeFrame({ type: "end", id: "f1", sha256: sha256Hex(body) }));
+      await until("the file", aliceSeen, (s) => s.some((e) => e[0] !== "progress"));
+    } finally {
+      clearInterval(sampler);
+    }
+    assert.equal(aliceSeen[0][0], "file");
+    assert.deepEqual(await Deno.readFile(aliceSeen[0][4] as string), body);
+    // 4,000 payloads of one byte each: a buffer of 1 MiB for each would be gigabytes.
+    const grown = (peak - before) / 1024 / 1024;
+    assert.ok(grown < 64, `${grown.toFixed(0)} MiB set aside for ${count} bytes of file data`);
+    alice.close();
+  });
+});
