@@ -447,8 +447,12 @@ export class PeerConnection {
     }
     // With the SHA-256 at the end, the digest is of what went out: a file changed meanwhile
     // would arrive torn yet verified. Its size and modification time since the offer tell.
-    const now = await file.stat();
-    if (sent !== size || now.size !== size || now.mtime?.getTime() !== out.modified) {
+    // (A digest sent up front is checked by the receiver, as before.)
+    const now = hash ? await file.stat() : undefined;
+    if (
+      sent !== size ||
+      (now && (now.size !== size || now.mtime?.getTime() !== out.modified))
+    ) {
       throw new E2eError("ERR_FILE", "The file changed while it was being sent");
     }
     await this.#writeAsync({ type: "end", id, ...(hash ? { sha256: hash.digest("hex") } : {}) });
