@@ -475,7 +475,7 @@ export class PeerConnection {
   // The first frame of a turn leaves at once (a lone message or ack waits for nothing); those
   // after it leave together when the turn ends, so a burst of messages or acks is one write.
   #write(frame: Frame): void {
-    if (this.#closed || this.#socket.destroyed) return;
+    if (this.#closed || this.#ended) return;
     if (this.#wroteThisTurn || this.#out !== "") {
       if (this.#out === "") queueMicrotask(() => this.#flush());
       this.#out += encodeFrame(frame);
@@ -491,7 +491,13 @@ export class PeerConnection {
     const out = this.#out;
     if (out === "") return;
     this.#out = "";
-    if (!this.#closed && !this.#socket.destroyed) this.#socket.write(out);
+    if (!this.#closed && !this.#ended) this.#socket.write(out);
+  }
+
+  // Whether our side is done (we said bye or error, or the socket is gone): nothing more is
+  // written, and what the peer still sends is neither shown nor acknowledged.
+  get #ended(): boolean {
+    return this.#socket.destroyed || this.#socket.writableEnded;
   }
 
   // Bytes (about) we hold for the peer that it has not read yet.
@@ -505,7 +511,7 @@ export class PeerConnection {
   }
 
   async #writeRawAsync(data: string | Uint8Array): Promise<void> {
-    if (this.#closed || this.#socket.destroyed) {
+    if (this.#closed || this.#ended) {
       throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
     }
     this.#flush();
@@ -648,7 +654,7 @@ export class PeerConnection {
       this.#queued === 0 && this.#helloSeen &&
       (item.type === "msg" || item.type === "ack" || item.type === "acks")
     ) {
-      if (this.#closed || this.#failed) return;
+      if (this.#closed || this.#failed || this.#ended) return;
       try {
         this.#handleNow(item);
       } catch (e) {
@@ -662,7 +668,7 @@ export class PeerConnection {
       this.#watch();
     }
     this.#queue = this.#queue.then(async () => {
-      if (this.#closed || this.#failed) return;
+      if (this.#closed || this.#failed || this.#ended) return;
       try {
         if (item.type === "fail") throw item.error;
         if (item.type === "raw") await this.#handleRaw(item);

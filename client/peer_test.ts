@@ -904,3 +904,35 @@ Deno.test("PeerConnection sets aside no more memory for a burst of tiny bin fram
     alice.close();
   });
 });
+
+Deno.test("PeerConnection neither shows nor acknowledges what arrives after close(), and reports the reason it was given", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    let alice: PeerConnection | undefined = undefined;
+    alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: {
+        ...recorder(aliceSeen),
+        message: (_p, id, text) => {
+          aliceSeen.push(["message", id, text]);
+          if (id === "m1") alice!.close("the user quit");
+        },
+      },
+    });
+    alice.start();
+    let received = "";
+    rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
+    let burst = encodeFrame({ type: "hello", v: 1, features: ["acks"] });
+    for (let i = 0; i < 4; i++) burst += encodeFrame({ type: "msg", id: `m${i}`, text: `${i}` });
+    rawBob.write(burst);
+    await until("closed", aliceSeen, (s) => s.some((e) => e[0] === "closed"));
+    rawBob.end();
+    assert.deepEqual(aliceSeen, [
+      ["message", "m0", "0"],
+      ["message", "m1", "1"],
+      ["closed", "the user quit"],
+    ]);
+    const acked = framesOf(received).flatMap((f) => f.type === "acks" ? f.ids as string[] : []);
+    assert.deepEqual(acked, ["m0", "m1"]);
+  });
+});
