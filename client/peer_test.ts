@@ -702,3 +702,238 @@ for (
     });
   });
 }
+
+Deno.test('PeerConnection acknowledges every message shown before a "bye" in the same read, while frames wait in its queue', async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: recorder(aliceSeen),
+    });
+    alice.start();
+    let received = "";
+    rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
+    const ended = new Promise((r) => rawBob.once("end", r));
+    // The hello waits in the queue, so the messages behind it are handled from the queue too.
+    let burst = encodeFrame({ type: "hello", v: 1, features: ["acks"] });
+    for (let i = 0; i < 5; i++) burst += encodeFrame({ type: "msg", id: `m${i}`, text: `${i}` });
+    rawBob.write(burst + encodeFrame({ type: "bye" }));
+    await ended;
+    assert.deepEqual(aliceSeen.filter((e) => e[0] === "message").map((e) => e[1]), [
+      "m0",
+      "m1",
+      "m2",
+      "m3",
+      "m4",
+    ]);
+    const acked = framesOf(received).flatMap((f) => f.type === "acks" ? f.ids as string[] : []);
+    assert.deepEqual(acked, ["m0", "m1", "m2", "m3", "m4"]);
+  });
+});
+
+Deno.test("PeerConnection acknowledges every message shown before close() is called in the same turn", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    let alice: PeerConnection | undefined = undefined;
+    alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: {
+        ...recorder(aliceSeen),
+        // The user quits on seeing the last message.
+        message: (_p, id, text) => {
+          aliceSeen.push(["message", id, text]);
+          if (id === "m4") alice!.close("quit");
+        },
+      },
+    });
+    alice.start();
+    let received = "";
+    rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
+    const ended = new Promise((r) => rawBob.once("end", r));
+    let burst = encodeFrame({ type: "hello", v: 1, features: ["acks"] });
+    for (let i = 0; i < 5; i++) burst += encodeFrame({ type: "msg", id: `m${i}`, text: `${i}` });
+    rawBob.write(burst);
+    await ended;
+    const frames = framesOf(received);
+    const acked = frames.flatMap((f) => f.type === "acks" ? f.ids as string[] : []);
+    assert.deepEqual(acked, ["m0", "m1", "m2", "m3", "m4"]);
+    assert.equal(frames.at(-1)!.type, "bye");
+  });
+});
+
+for (
+  const where of [
+    "at the start of a read",
+    "after another line of the same read",
+    "split across two reads",
+  ]
+) {
+  Deno.test(`PeerConnection refuses a frame that starts with a byte order mark ${where}`, async () => {
+    await withPair(async (aliceSocket, rawBob, dir) => {
+      const aliceSeen: Seen = [];
+      const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+        downloads: dir,
+        events: recorder(aliceSeen),
+      });
+      alice.start();
+      const frames = wireReader(rawBob).frames;
+      rawBob.setNoDelay(true);
+      rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["acks"] }));
+      rawBob.write(encodeFrame({ type: "msg", id: "m0", text: "plain" }));
+      await until("the first message", aliceSeen, (s) => s.length === 1);
+      const bom = "\uFEFF" + encodeFrame({ type: "msg", id: "m1", text: "after a BOM" });
+      if (where === "at the start of a read") rawBob.write(bom);
+      else if (where === "after another line of the same read") {
+        rawBob.write(encodeFrame({ type: "msg", id: "m2", text: "before" }) + bom);
+      } else {
+        rawBob.write(bom.slice(0, 5));
+        await new Promise((r) => setTimeout(r, 50));
+        rawBob.write(bom.slice(5));
+      }
+      await until("closed", aliceSeen, (s) => s.some((e) => e[0] === "closed"));
+      assert.ok(!aliceSeen.some((e) => e[0] === "message" && e[1] === "m1"));
+      await until("the error frame", [], () => frames.some((f) => f.type === "error"));
+      assert.equal(frames.find((f) => f.type === "error")!.message, "Malformed frame: not JSON");
+    });
+  });
+}
+
+Deno.test("PeerConnection takes a bin payload that is UTF-8 text with newlines, right after its header in the same read, as bytes", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const downloads = join(dir, "downloads");
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads,
+      events: recorder(aliceSeen),
+    });
+    alice.start();
+    const frames = wireReader(rawBob).frames;
+    // Text that looks like frames, a multi-byte character among it.
+    const body = new TextEncoder().encode(
+      encodeFrame({ type: "msg", id: "x1", text: "not a frame: é" }).repeat(40),
+    );
+    rawBob.write(
+      encodeFrame({ type: "hello", v: 1, features: ["bin", "offer", "sha256-at-end"] }) +
+        encodeFrame({ type: "file", id: "f1", name: "text.txt", size: body.length }),
+    );
+    await until("the accept", [], () => frames.some((f) => f.type === "accept"));
+    const rest = new TextEncoder().encode(
+      encodeFrame({ type: "end", id: "f1", sha256: sha256Hex(body) }) +
+        encodeFrame({ type: "msg", id: "m1", text: "after the file" }),
+    );
+    const head = new TextEncoder().encode(
+      encodeFrame({ type: "msg", id: "m0", text: "before the file" }) +
+        encodeFrame({ type: "bin", id: "f1", size: body.length }),
+    );
+    rawBob.write(Buffer.concat([head, body, rest]));
+    await until("the file and the message after it", aliceSeen, (s) => s.length === 3);
+    assert.deepEqual(aliceSeen.map((e) => e[0] === "file" ? e[1] : e[1]), ["m0", "text.txt", "m1"]);
+    const file = aliceSeen.find((e) => e[0] === "file")!;
+    assert.deepEqual(await Deno.readFile(file[4] as string), body);
+    alice.close();
+  });
+});
+
+Deno.test('PeerConnection to a peer that lists "sha256-at-end" fails a send whose file is changed while it streams, and sends no end frame', async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: recorder(aliceSeen),
+    });
+    alice.start();
+    const wire = wireReader(rawBob);
+    rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["bin", "offer", "sha256-at-end"] }));
+    const [path, body] = await writeBody(dir, 12 * 1024 * 1024);
+    // Last modified long ago, so the change below moves the time whatever the clock's grain.
+    await Deno.utime(path, 1_000_000, 1_000_000);
+    const offer = await alice.sendFile(path);
+    await until("the offer", [], () => wire.frames.some((f) => f.type === "file"));
+    rawBob.write(encodeFrame({ type: "accept", id: offer.id }));
+    // Without a "got", alice stops at its 8 MiB window: the last MiB is not read yet.
+    const received = () =>
+      wire.frames.filter((f) => f.type === "bin").reduce((n, f) => n + (f.size as number), 0);
+    await until("8 MiB", [], () => received() >= 8 * 1024 * 1024);
+    {
+      using file = await Deno.open(path, { write: true });
+      await file.seek(body.length - 10, Deno.SeekMode.Start);
+      await file.write(new Uint8Array(10).fill(0xff));
+    }
+    rawBob.write(encodeFrame({ type: "got", id: offer.id, bytes: body.length }));
+    await until("the send's end", aliceSeen, (s) => s.some((e) => e[0] !== "message"));
+    assert.deepEqual(aliceSeen, [
+      ["fileFailed", "out", "The file changed while it was being sent"],
+    ]);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.ok(!wire.frames.some((f) => f.type === "end"), "an end frame vouched for a torn file");
+    alice.close();
+  });
+});
+
+Deno.test("PeerConnection sets aside no more memory for a burst of tiny bin frames than about their own bytes", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: join(dir, "downloads"),
+      events: recorder(aliceSeen),
+    });
+    alice.start();
+    rawBob.on("data", () => {});
+    const count = 4000;
+    const body = new Uint8Array(count).map((_, i) => i % 251);
+    let burst = encodeFrame({ type: "hello", v: 1, features: ["bin"] }) +
+      encodeFrame({ type: "file", id: "f1", name: "tiny.bin", size: count });
+    for (const byte of body) {
+      burst += encodeFrame({ type: "bin", id: "f1", size: 1 }) + String.fromCharCode(byte);
+    }
+    const before = Deno.memoryUsage().external;
+    let peak = before;
+    const sampler = setInterval(() => (peak = Math.max(peak, Deno.memoryUsage().external)), 1);
+    try {
+      // Bytes 128 to 250 are not one byte each in UTF-8: written as latin1, byte for byte.
+      rawBob.write(Buffer.from(burst, "latin1"));
+      rawBob.write(encodeFrame({ type: "end", id: "f1", sha256: sha256Hex(body) }));
+      await until("the file", aliceSeen, (s) => s.some((e) => e[0] !== "progress"));
+    } finally {
+      clearInterval(sampler);
+    }
+    assert.equal(aliceSeen[0][0], "file");
+    assert.deepEqual(await Deno.readFile(aliceSeen[0][4] as string), body);
+    // 4,000 payloads of one byte each: a buffer of 1 MiB for each would be gigabytes.
+    const grown = (peak - before) / 1024 / 1024;
+    assert.ok(grown < 64, `${grown.toFixed(0)} MiB set aside for ${count} bytes of file data`);
+    alice.close();
+  });
+});
+
+Deno.test("PeerConnection neither shows nor acknowledges what arrives after close(), and reports the reason it was given", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    let alice: PeerConnection | undefined = undefined;
+    alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: dir,
+      events: {
+        ...recorder(aliceSeen),
+        message: (_p, id, text) => {
+          aliceSeen.push(["message", id, text]);
+          if (id === "m1") alice!.close("the user quit");
+        },
+      },
+    });
+    alice.start();
+    let received = "";
+    rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
+    let burst = encodeFrame({ type: "hello", v: 1, features: ["acks"] });
+    for (let i = 0; i < 4; i++) burst += encodeFrame({ type: "msg", id: `m${i}`, text: `${i}` });
+    rawBob.write(burst);
+    await until("closed", aliceSeen, (s) => s.some((e) => e[0] === "closed"));
+    rawBob.end();
+    assert.deepEqual(aliceSeen, [
+      ["message", "m0", "0"],
+      ["message", "m1", "1"],
+      ["closed", "the user quit"],
+    ]);
+    const acked = framesOf(received).flatMap((f) => f.type === "acks" ? f.ids as string[] : []);
+    assert.deepEqual(acked, ["m0", "m1"]);
+  });
+});

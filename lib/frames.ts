@@ -233,7 +233,8 @@ function malformed(why: string): E2eError {
 export class LineSplitter {
   #parts: Uint8Array[] = [];
   #size = 0;
-  #decoder = new TextDecoder("utf-8", { fatal: true });
+  // A byte order mark is not JSON: kept, so the frame is refused wherever the line starts.
+  #decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
   /** Whether no part of a line is held (the next bytes start a line). */
   get empty(): boolean {
