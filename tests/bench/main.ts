@@ -5,6 +5,7 @@
  *     deno task bench                 # the full run (several minutes)
  *     deno task bench --quick         # every benchmark at a tiny size (CI)
  *     deno task bench --json          # one JSON object instead of the table
+ *     deno task bench --json-file F   # the table, and the JSON object written to F too
  *     deno task bench --only chat,join,mailbox
  *
  * Sections: enroll (RSA-4096 and EC P-256 CAs), scale (enroll_at_scale),
@@ -21,6 +22,7 @@
  *
  * @module
  */
+import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { benchChat, type ChatSizes } from "./chat.ts";
 import { benchEnroll, benchEnrollAtScale, type EnrollSizes } from "./enroll.ts";
@@ -181,13 +183,14 @@ export async function main(args: string[]): Promise<number> {
     options: {
       quick: { type: "boolean" },
       json: { type: "boolean" },
+      "json-file": { type: "string" },
       only: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
   if (values.help) {
     stdout(
-      "Usage: deno task bench [--quick] [--json] [--only enroll,scale,chat,relay,web,join,log,mailbox,room]\n",
+      "Usage: deno task bench [--quick] [--json] [--json-file FILE] [--only enroll,scale,chat,relay,web,join,log,mailbox,room]\n",
     );
     return 0;
   }
@@ -268,7 +271,11 @@ export async function main(args: string[]): Promise<number> {
   }
   report.settings.seconds = Math.round((performance.now() - started) / 1000);
   report.machine.loadavgAtEnd = (await readProc("/proc/loadavg").catch(() => "?")).trim();
-  if (values.json) stdout(JSON.stringify(report.toJSON(), null, 2) + "\n");
+  const json = JSON.stringify(report.toJSON(), null, 2) + "\n";
+  // A path as the user typed it: `deno task` runs in the repository, INIT_CWD is where they were.
+  const file = values["json-file"];
+  if (file) await Deno.writeTextFile(resolve(Deno.env.get("INIT_CWD") ?? Deno.cwd(), file), json);
+  if (values.json) stdout(json);
   else {
     const m = report.machine;
     stdout(
