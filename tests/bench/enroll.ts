@@ -262,6 +262,15 @@ export async function benchEnroll(
     report.add(`enroll_seq${k}`, median(rate.seq), "cert/s", {
       baseline: [`openssl_sign${k}`, base],
       target: { op: ">=", ratio: 0.9 },
+      breakdown: [
+        `sign_probe_seq${k}`,
+        `enroll_seq_server_p50${k}`,
+        `openssl_ca_from_deno${k}`,
+        `invite_redeem${k}`,
+        `transaction_overhead${k}`,
+        `fsync_append${k}`,
+        `csr_and_cert_parse${k}`,
+      ],
       rounds: rate.seq,
       note: `${sizes.seqPerRound} POST /v1/enroll one after another per round (node:https, ` +
         "keep-alive, CA pinned); median of round throughputs",
@@ -269,6 +278,7 @@ export async function benchEnroll(
     report.add(`enroll_conc8${k}`, median(rate.conc), "cert/s", {
       baseline: [`openssl_sign${k}`, base],
       target: { op: ">=", ratio: 1.5 },
+      breakdown: [`sign_probe_conc8${k}`, `enroll_conc8_server_p50${k}`, `enroll_conc8_p50${k}`],
       rounds: rate.conc,
       note: `${sizes.concPerRound} enrollments per round by 8 concurrent enrollers`,
     });
