@@ -87,11 +87,18 @@ function aliceAndRawBob(
   aliceSocket: tls.TLSSocket,
   rawBob: tls.TLSSocket,
   dir: string,
+  closeOn?: { id: string; reason: string }, // the user quits on seeing this message
 ): { alice: PeerConnection; aliceSeen: Seen; received: () => string } {
   const aliceSeen: Seen = [];
-  const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+  const alice: PeerConnection = new PeerConnection(aliceSocket, "bob", undefined!, {
     downloads: dir,
-    events: recorder(aliceSeen),
+    events: {
+      ...recorder(aliceSeen),
+      message: (_p, id, text) => {
+        aliceSeen.push(["message", id, text]);
+        if (id === closeOn?.id) alice.close(closeOn.reason);
+      },
+    },
   });
   alice.start();
   let received = "";
@@ -733,28 +740,16 @@ Deno.test('PeerConnection acknowledges every message shown before a "bye" in the
 
 Deno.test("PeerConnection acknowledges every message shown before close() is called in the same turn", async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
-    const aliceSeen: Seen = [];
-    let alice: PeerConnection | undefined = undefined;
-    alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: dir,
-      events: {
-        ...recorder(aliceSeen),
-        // The user quits on seeing the last message.
-        message: (_p, id, text) => {
-          aliceSeen.push(["message", id, text]);
-          if (id === "m4") alice!.close("quit");
-        },
-      },
+    const { received } = aliceAndRawBob(aliceSocket, rawBob, dir, {
+      id: "m4",
+      reason: "quit",
     });
-    alice.start();
-    let received = "";
-    rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
     const ended = new Promise((r) => rawBob.once("end", r));
     let burst = encodeFrame({ type: "hello", v: 1, features: ["acks"] });
     for (let i = 0; i < 5; i++) burst += encodeFrame({ type: "msg", id: `m${i}`, text: `${i}` });
     rawBob.write(burst);
     await ended;
-    const frames = framesOf(received);
+    const frames = framesOf(received());
     const acked = frames.flatMap((f) => f.type === "acks" ? f.ids as string[] : []);
     assert.deepEqual(acked, ["m0", "m1", "m2", "m3", "m4"]);
     assert.equal(frames.at(-1)!.type, "bye");
@@ -908,21 +903,10 @@ Deno.test("PeerConnection sets aside no more memory for a burst of tiny bin fram
 
 Deno.test("PeerConnection neither shows nor acknowledges what arrives after close(), and reports the reason it was given", async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
-    const aliceSeen: Seen = [];
-    let alice: PeerConnection | undefined = undefined;
-    alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: dir,
-      events: {
-        ...recorder(aliceSeen),
-        message: (_p, id, text) => {
-          aliceSeen.push(["message", id, text]);
-          if (id === "m1") alice!.close("the user quit");
-        },
-      },
+    const { aliceSeen, received } = aliceAndRawBob(aliceSocket, rawBob, dir, {
+      id: "m1",
+      reason: "the user quit",
     });
-    alice.start();
-    let received = "";
-    rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
     let burst = encodeFrame({ type: "hello", v: 1, features: ["acks"] });
     for (let i = 0; i < 4; i++) burst += encodeFrame({ type: "msg", id: `m${i}`, text: `${i}` });
     rawBob.write(burst);
@@ -933,7 +917,7 @@ Deno.test("PeerConnection neither shows nor acknowledges what arrives after clos
       ["message", "m1", "1"],
       ["closed", "the user quit"],
     ]);
-    const acked = framesOf(received).flatMap((f) => f.type === "acks" ? f.ids as string[] : []);
+    const acked = framesOf(received()).flatMap((f) => f.type === "acks" ? f.ids as string[] : []);
     assert.deepEqual(acked, ["m0", "m1"]);
   });
 });
