@@ -123,6 +123,7 @@ export class Chat {
   #revocation: Revocation;
   #peers = new Map<string, Connected>();
   #history: History;
+  #roomPosts = new Map<string, Promise<unknown>>(); // per member: the last room post to the mailbox
   #log: LogMonitor;
   #watchTimer?: ReturnType<typeof setInterval>;
   #retryTimer?: ReturnType<typeof setTimeout>;
@@ -212,9 +213,14 @@ export class Chat {
       },
       invitations: () => this.#invitations.names(),
       emit: (event) => this.#emit(event),
-      // A member not connected gets the room's message through the CA's mailbox, sealed to them.
-      mailbox: (name, body) =>
-        this.#mailbox.post(name, "room", new TextEncoder().encode(JSON.stringify(body)))
+      // A member not connected gets the room's message through the CA's mailbox, sealed to them,
+      // one post after the other: the CA hands items over in the order they came, and a member
+      // who first hears of an author through the mailbox starts at the first it is given.
+      mailbox: (name, body) => {
+        const posted = (this.#roomPosts.get(name) ?? Promise.resolve())
+          .then(() =>
+            this.#mailbox.post(name, "room", new TextEncoder().encode(JSON.stringify(body)))
+          )
           .catch((e) =>
             this.#emit({
               type: "warning",
@@ -222,7 +228,12 @@ export class Chat {
                 e instanceof Error ? e.message : e
               }`,
             })
-          ),
+          );
+        this.#roomPosts.set(name, posted);
+        posted.then(() => {
+          if (this.#roomPosts.get(name) === posted) this.#roomPosts.delete(name);
+        });
+      },
       history: this.#history,
       dir: id.home.rooms,
     });
