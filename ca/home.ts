@@ -91,6 +91,10 @@ export class CaPaths {
   get invitesJournal(): string {
     return join(this.dir, "invites.journal");
   }
+  /** Held by `ca serve` while it runs: one service per CA home. */
+  get serviceLock(): string {
+    return join(this.home, ".service.lock");
+  }
   /** The lock of invites.json, apart from the CA lock so that invites never wait for openssl. */
   get invitesLock(): string {
     return join(this.home, ".invites.lock");

@@ -18,6 +18,7 @@ import {
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 import { resolveHome, resolveUserPath } from "../lib/home.ts";
+import { holdLock } from "../lib/lock.ts";
 import { readPassphrase } from "../lib/passphrase.ts";
 import { CertificateAuthority } from "./authority.ts";
 import { CA_KEY_TYPES, REVOKE_REASONS } from "./policy.ts";
@@ -129,12 +130,12 @@ async function serve(args: string[]): Promise<number> {
   if (values.help) return await help();
   noPositionals(positionals);
   const home = resolveHome(values.home);
-  const mailbox = {
+  const mailboxLimits = {
     ttlMs: values["mailbox-ttl"] ? parseDuration(values["mailbox-ttl"]) : undefined,
     maxItems: intOption(values["mailbox-items"], "--mailbox-items"),
     maxBytes: intOption(values["mailbox-bytes"], "--mailbox-bytes"),
   };
-  if (mailbox.maxItems === 0 || mailbox.maxBytes === 0) {
+  if (mailboxLimits.maxItems === 0 || mailboxLimits.maxBytes === 0) {
     throw new E2eError("ERR_USAGE", "--mailbox-items and --mailbox-bytes take a number from 1");
   }
   const port = intOption(values.port, "--port") ?? DEFAULT_PORT;
@@ -143,7 +144,18 @@ async function serve(args: string[]): Promise<number> {
   if (crlPort !== undefined && crlPort > 65535) {
     throw new E2eError("ERR_USAGE", "--crl-port takes a number from 0 to 65535");
   }
-  const relay = relayOptions(values);
+  const options: ServeOptions = {
+    host: values.host,
+    port,
+    names: values.name,
+    rendezvousTtlMs: values["rendezvous-ttl"] ? parseDuration(values["rendezvous-ttl"]) : undefined,
+    enrollPerMinute: intOption(values["enroll-rate"], "--enroll-rate"),
+    crlPort,
+    mailbox: Object.fromEntries(
+      Object.entries(mailboxLimits).filter(([, v]) => v !== undefined),
+    ),
+    relay: relayOptions(values),
+  };
   let ca: CertificateAuthority;
   if (!await exists(new CaPaths(home).cert)) {
     await err(`e2e-chat: no CA in ${home}; creating one\n`);
@@ -159,16 +171,27 @@ async function serve(args: string[]): Promise<number> {
     ca = await openWithPassphrase(values);
     await ca.unlock(); // a wrong passphrase fails now, not at the first enrollment
   }
-  const service = await CaService.start(ca, {
-    host: values.host,
-    port,
-    names: values.name,
-    rendezvousTtlMs: values["rendezvous-ttl"] ? parseDuration(values["rendezvous-ttl"]) : undefined,
-    enrollPerMinute: intOption(values["enroll-rate"], "--enroll-rate"),
-    crlPort,
-    mailbox: Object.fromEntries(Object.entries(mailbox).filter(([, v]) => v !== undefined)),
-    relay,
-  });
+  // One service per CA home: a second one would take the first's live invite reservations for
+  // ones a crash left behind, and could issue a token twice (docs/CA.md, "Invites").
+  const release = await holdLock(ca.paths.serviceLock, { timeoutMs: SERVICE_LOCK_WAIT_MS })
+    .catch((e) => {
+      if (!(e instanceof E2eError) || e.code !== "ERR_LOCK_TIMEOUT") throw e;
+      throw new E2eError("ERR_LOCK_TIMEOUT", `Another CA service runs on ${home}`, {
+        hint: "stop it first (it holds HOME/.service.lock), or serve another --home",
+      });
+    });
+  try {
+    return await serveUntilStopped(ca, options);
+  } finally {
+    release();
+  }
+}
+
+/** How long `ca serve` waits for another service on the same home to stop, ms. */
+const SERVICE_LOCK_WAIT_MS = 5_000;
+
+async function serveUntilStopped(ca: CertificateAuthority, options: ServeOptions): Promise<number> {
+  const service = await CaService.start(ca, options);
   await out(
     `e2e-chat CA service listening on ${service.url}\n` +
       `CRL (plain HTTP, named in every certificate): ${service.crlUrl}\n` +

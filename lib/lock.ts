@@ -42,7 +42,33 @@ export function withLock<T>(
   return run;
 }
 
+/**
+ * Takes the exclusive lock on the file at `path` (created 0600 if missing) and holds it until the
+ * returned function is called or the process ends: a lock held as long as a service runs. Throws
+ * `ERR_LOCK_TIMEOUT` when another process holds it for `timeoutMs`.
+ *
+ * @example One service per folder
+ * ```ts
+ * import { holdLock } from "./lock.ts";
+ * const release = await holdLock("/tmp/example-service.lock", { timeoutMs: 5_000 });
+ * release();
+ * ```
+ */
+export async function holdLock(path: string, options: LockOptions = {}): Promise<() => void> {
+  const file = await acquire(path, options.timeoutMs ?? 60_000);
+  return () => file.close(); // closing releases the flock
+}
+
 async function lockFile<T>(path: string, fn: () => Promise<T>, timeoutMs: number): Promise<T> {
+  const file = await acquire(path, timeoutMs);
+  try {
+    return await fn();
+  } finally {
+    file.close(); // closing releases the flock
+  }
+}
+
+async function acquire(path: string, timeoutMs: number): Promise<Deno.FsFile> {
   const file = await Deno.open(path, { read: true, write: true, create: true, mode: 0o600 });
   let timer: ReturnType<typeof setTimeout> | undefined;
   const locked = file.lock(true).then(() => true);
@@ -60,9 +86,5 @@ async function lockFile<T>(path: string, fn: () => Promise<T>, timeoutMs: number
   } finally {
     clearTimeout(timer);
   }
-  try {
-    return await fn();
-  } finally {
-    file.close(); // closing releases the flock
-  }
+  return file;
 }

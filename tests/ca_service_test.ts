@@ -207,6 +207,27 @@ Deno.test("serve prints its URL and the CA fingerprint, and SIGTERM stops it wit
   });
 });
 
+Deno.test("a second ca serve on the same home refuses with one error line, and the first goes on serving", async () => {
+  await withService(async (service) => {
+    const second = await runCa(service.home, ["serve", "--port", "0"]);
+    assert.equal(second.code, 1, second.stderr);
+    assert.equal(second.stdout, "");
+    assert.match(
+      second.stderr,
+      /^e2e-chat: error: Another CA service runs on .*ca-home\n.*stop it first/,
+    );
+    assert.equal((await service.request("/v1/ca")).status, 200);
+    // Once the first has stopped, a service starts on that home again.
+    await service.stop();
+    const again = await startService(service.home);
+    try {
+      assert.equal((await again.request("/v1/ca")).status, 200);
+    } finally {
+      await again.stop();
+    }
+  });
+});
+
 Deno.test("SIGTERM ends a pending long poll and stops the service at once with exit 0", async () => {
   await withService(async (service) => {
     const bob = await enrollUser(service, "bob");
