@@ -649,7 +649,7 @@ export class CertificateAuthority {
       ...["-subj", `/CN=${escapeDn(spec.subject)}`, "-utf8"],
       ...["-days", String(spec.days), "-startdate", backdated()],
       ...["-extfile", "extensions.cnf", "-extensions", "leaf"],
-    ], { cwd: dir, passphrase, stdin: key });
+    ], { cwd: dir, stdin: key }); // the key comes unlocked: openssl is not given the passphrase
     let certificate: CertificateInfo;
     try {
       certificate = parseCertificate(Deno.readTextFileSync(join(dir, "issued.pem")));
@@ -722,7 +722,7 @@ export class CertificateAuthority {
 
   async #openssl(
     args: string[],
-    options: { cwd?: string; passphrase: string; stdin?: string },
+    options: { cwd?: string; passphrase?: string; stdin?: string },
   ): Promise<void> {
     try {
       await openssl(args, options);
