@@ -68,7 +68,8 @@ export type Claim = (serial: string) => Promise<void>;
 // The token's shape belongs to the invite format.
 export { TOKEN_PATTERN } from "../lib/invite.ts";
 
-// Longer than the worst wait of an enrollment (60 s for the lock, 120 s for openssl).
+// How long a reservation keeps others away. A live redemption renews its own every third of
+// this, so only one whose process died lapses (and the service drops those when it starts).
 const RESERVATION_MS = 10 * 60_000;
 const DAY_MS = 86_400_000;
 // A journal this long is folded into the snapshot by the next redemption.
@@ -80,9 +81,19 @@ const INVALID = "Invalid, used or expired invite token";
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
+/** Options of an {@linkcode InviteStore}. */
+export interface InviteStoreOptions {
+  /**
+   * How long a reservation holds without renewal, ms (default ten minutes). A
+   * redemption renews its own every third of this while it runs.
+   */
+  reservationMs?: number;
+}
+
 /** Invites of the CA at `paths`. */
 export class InviteStore {
   #paths: CaPaths;
+  #reservationMs: number;
   #records = new Map<string, InviteRecord>();
   // What was read: the snapshot's and the journal's inode, and how far into the journal.
   #snapshotKey = "";
@@ -94,8 +105,9 @@ export class InviteStore {
   #flushing = false;
 
   /** The store of the CA at `paths`. */
-  constructor(paths: CaPaths) {
+  constructor(paths: CaPaths, options: InviteStoreOptions = {}) {
     this.#paths = paths;
+    this.#reservationMs = options.reservationMs ?? RESERVATION_MS;
   }
 
   /** Creates an invite for `name` valid for `ttlMs`; returns the token (shown once, never stored). */
@@ -123,8 +135,10 @@ export class InviteStore {
    * refused by the policy leaves the invite usable). The lock is held only to
    * read and append, not while `enroll` signs, so enrollments with different
    * tokens run side by side. A reservation in the journal keeps another process
-   * from redeeming the same token meanwhile; one left by a crash is dropped when
-   * the service starts again (and lapses after ten minutes).
+   * from redeeming the same token meanwhile. The redemption renews it while
+   * `enroll` runs, however long that takes (a queue, a held CA lock), so it
+   * never lapses under a live enrollment; one left by a crash is dropped when
+   * the service starts again, and lapses after ten minutes.
    *
    * `enroll` passes the new certificate's serial to `claim` before the CA
    * commits it (the authority's `beforeCommit`): `claim` resolves once that is
@@ -146,7 +160,7 @@ export class InviteStore {
       if (!record || !await this.#usable(record, now)) {
         throw new E2eError("ERR_TOKEN_INVALID", INVALID);
       }
-      const until = new Date(now + RESERVATION_MS).toISOString();
+      const until = new Date(now + this.#reservationMs).toISOString();
       await this.#append([{ op: "reserve", hash, until }]);
       return record.name;
     });
@@ -156,13 +170,16 @@ export class InviteStore {
       return this.#claim(hash, serial);
     };
     let result: T;
+    const renewal = this.#renewing(hash);
     try {
       result = await enroll(name, claim);
     } catch (e) {
+      await renewal.stop();
       // The claim stays: if its certificate did reach the index, the token is used after all.
       await this.#locked(() => this.#append([{ op: "release", hash }])).catch(() => {});
       throw e;
     }
+    await renewal.stop();
     const at = new Date().toISOString();
     if (claimed) {
       // Already decided by the index; this line only spares readers a look there, so a
@@ -236,6 +253,26 @@ export class InviteStore {
       throw e;
     });
     return new Set(entries.map((e) => normalizeSerialHex(e.serial)));
+  }
+
+  // Renews the reservation of `hash` every third of its time until stopped. stop() waits for a
+  // renewal under way, so none lands after the redemption's own release or used line.
+  #renewing(hash: string): { stop(): Promise<void> } {
+    let pending: Promise<void> = Promise.resolve();
+    const timer = setInterval(() => {
+      pending = pending.then(() =>
+        this.#locked(() => {
+          const until = new Date(Date.now() + this.#reservationMs).toISOString();
+          return this.#append([{ op: "reserve", hash, until }]);
+        })
+      ).catch(() => {}); // a failed renewal leaves the reservation to lapse, as a crash would
+    }, Math.max(1, Math.floor(this.#reservationMs / 3)));
+    return {
+      stop: async () => {
+        clearInterval(timer);
+        await pending;
+      },
+    };
   }
 
   // Claims go in one append and one fsync with every other claim made meanwhile.

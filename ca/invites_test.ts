@@ -243,6 +243,54 @@ Deno.test("InviteStore.redeem() lets exactly one of many concurrent redeems of o
   });
 });
 
+Deno.test("InviteStore.redeem() renews its reservation while enroll runs: no one else redeems the token, however long it takes", async () => {
+  await withTempDir(async (home) => {
+    const paths = new CaPaths(home);
+    await Deno.mkdir(paths.dir, { mode: 0o700 });
+    // Reservations of 600 ms (renewed every 200): the enrollment below outlasts three of them.
+    const store = new InviteStore(paths, { reservationMs: 600 });
+    const other = new InviteStore(paths, { reservationMs: 600 });
+    const { token } = await store.create("alice", HOUR_MS);
+    let release!: () => void;
+    const slow = store.redeem(token, () => new Promise<string>((r) => release = () => r("first")));
+    const tries: PromiseSettledResult<string>[] = [];
+    for (let i = 0; i < 3; i++) {
+      await new Promise((r) => setTimeout(r, 650));
+      const second = recorder("second");
+      tries.push(...await Promise.allSettled([other.redeem(token, second.enroll)]));
+      assert.deepEqual(second.calls, [], "a second enrollment never starts");
+    }
+    for (const t of tries) assert.ok(tokenInvalid((t as PromiseRejectedResult).reason));
+    release();
+    assert.equal(await slow, "first");
+    const [record] = await records(paths);
+    assert.ok(record.usedAt, "the token is used");
+    // No renewal lands after the used line: the journal ends with it.
+    const lines = (await Deno.readTextFile(journalFile(paths))).trim().split("\n");
+    assert.equal(JSON.parse(lines.at(-1)!).op, "used");
+  });
+});
+
+Deno.test("InviteStore.redeem() takes a token whose reservation a dead process left behind, once it lapsed", async () => {
+  await withStore(async (store, paths) => {
+    const { token } = await store.create("alice", HOUR_MS);
+    // A process that reserved the token and died: nothing renews its reservation.
+    const until = new Date(Date.now() + 300).toISOString();
+    await Deno.writeTextFile(
+      journalFile(paths),
+      JSON.stringify({ op: "reserve", hash: sha256(token), until }) + "\n",
+      { append: true },
+    );
+    const early = recorder("early");
+    await assert.rejects(store.redeem(token, early.enroll), tokenInvalid);
+    assert.deepEqual(early.calls, []);
+    await new Promise((r) => setTimeout(r, 400));
+    const late = recorder("issued");
+    assert.equal(await store.redeem(token, late.enroll), "issued");
+    assert.deepEqual(late.calls, ["alice"]);
+  });
+});
+
 Deno.test("InviteStore.redeem() sees an invite another store instance created after it was made", async () => {
   await withStore(async (service, paths) => {
     const cli = new InviteStore(paths);
