@@ -218,6 +218,18 @@ export async function readProc(path: string): Promise<string> {
   return (await run("cat", [path], { timeoutMs: 10_000 })).stdout;
 }
 
+/**
+ * CPU time (user + system) process `pid` used so far, and the CPU time of the
+ * children it waited for (theirs and their own children's), ms, from
+ * /proc/PID/stat in clock ticks of 10 ms.
+ */
+export async function cpuTimes(pid: number): Promise<{ self: number; children: number }> {
+  const stat = await readProc(`/proc/${pid}/stat`);
+  // The fields after the command name, which is in parentheses and may hold spaces.
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ").map(Number);
+  return { self: (f[11] + f[12]) * 10, children: (f[13] + f[14]) * 10 };
+}
+
 /** Writes a file under /proc (see {@linkcode readProc}); the path comes as an argument, not code. */
 export async function writeProc(path: string, text: string): Promise<void> {
   await bash('printf %s "$2" > "$1"', [path, text], { timeoutMs: 10_000 });

@@ -114,10 +114,12 @@ export class Workspace {
   /** `ca serve --port 0 --enroll-rate 100000 --relay-day-mib 1048576` for `home`; waits for its URL. */
   async serve(home: string, label: string): Promise<Service> {
     const enrollMs = new Map<string, number>();
+    const profile = Deno.env.get("E2E_BENCH_PROFILE");
     const proc = spawnDeno(
       label,
       "ca/main.ts",
-      this.caFlags,
+      // E2E_BENCH_PROFILE=DIR: the service writes a V8 CPU profile there as it exits.
+      profile ? [...this.caFlags, "--cpu-prof", `--cpu-prof-dir=${profile}`] : this.caFlags,
       // The relay section carries more than the default daily budget of 1 GiB per member.
       [
         "serve",

@@ -14,7 +14,15 @@ import { randomFillSync } from "node:crypto";
 import { hashFile } from "../../client/files.ts";
 import { pemDecode } from "../../lib/pem.ts";
 import { checkPeer, trustAnchor } from "../../lib/tls.ts";
-import { deadline, type Proc, readProc, runDeno, spawnDeno, type TimedLine } from "./_procs.ts";
+import {
+  cpuTimes,
+  deadline,
+  type Proc,
+  readProc,
+  runDeno,
+  spawnDeno,
+  type TimedLine,
+} from "./_procs.ts";
 import { ChatClient } from "../_harness.ts";
 import type { Report } from "./_report.ts";
 import { median, percentile, spreadOverRounds } from "./_stats.ts";
@@ -59,10 +67,7 @@ async function peakMiB(pid: number): Promise<number> {
 
 /** CPU time (user + system) a process used so far, ms. */
 async function cpuMs(pid: number): Promise<number> {
-  const stat = await readProc(`/proc/${pid}/stat`);
-  // The fields after the command name, which is in parentheses and may hold spaces.
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) * 10; // utime, stime in 1/100 s
+  return (await cpuTimes(pid)).self;
 }
 
 /** Current RSS (VmRSS) of a process, MiB. */
