@@ -335,9 +335,15 @@ export class CertificateAuthority {
   }
 
   /** The CRL URL new certificates carry (`ca serve` records it), or undefined when none is recorded. */
-  async crlUrl(): Promise<string | undefined> {
-    const url = await Deno.readTextFile(this.paths.crlUrl).then((t) => t.trim(), () => "");
-    return CRL_URL_PATTERN.test(url) ? url : undefined;
+  crlUrl(): Promise<string | undefined> {
+    // Synchronous: one line of a local file, read for every certificate issued.
+    let url = "";
+    try {
+      url = Deno.readTextFileSync(this.paths.crlUrl).trim();
+    } catch {
+      // none recorded
+    }
+    return Promise.resolve(CRL_URL_PATTERN.test(url) ? url : undefined);
   }
 
   /**
@@ -658,7 +664,8 @@ export class CertificateAuthority {
       throw await diskFull(dir) ??
         new E2eError("ERR_OPENSSL", "openssl ca wrote no complete certificate", { cause: e });
     }
-    const recorded = (await readIndexAt(dir)).some((e) =>
+    // Synchronous: the sign folder's index holds one line (an asynchronous read costs more CPU).
+    const recorded = parseIndex(Deno.readTextFileSync(join(dir, "index.txt"))).some((e) =>
       normalizeSerialHex(e.serial) === normalizeSerialHex(certificate.serial) && e.status === "V" &&
       e.name === spec.subject
     );

@@ -69,7 +69,8 @@ async function lockFile<T>(path: string, fn: () => Promise<T>, timeoutMs: number
 }
 
 async function acquire(path: string, timeoutMs: number): Promise<Deno.FsFile> {
-  const file = await Deno.open(path, { read: true, write: true, create: true, mode: 0o600 });
+  // Synchronous open: a local file, opened several times per enrollment.
+  const file = Deno.openSync(path, { read: true, write: true, create: true, mode: 0o600 });
   let timer: ReturnType<typeof setTimeout> | undefined;
   const locked = file.lock(true).then(() => true);
   const timedOut = new Promise<false>((resolve) => {
