@@ -22,6 +22,7 @@
 import { join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, writeFileAtomic } from "../lib/fs.ts";
+import type { MailboxRecord } from "../lib/mailbox_record.ts";
 import { checkName } from "../lib/names.ts";
 import type { CaPaths } from "./home.ts";
 
@@ -51,21 +52,8 @@ export const DEFAULT_MAILBOX_LIMITS: Readonly<MailboxLimits> = {
 /** How often expired items are swept at most, ms (half the time to live when that is shorter). */
 const SWEEP_MS = 60_000;
 
-/** What the service knows of an item (all of it). */
-export interface ItemRecord {
-  /** Random 128 bits, hex, chosen by the service. */
-  id: string;
-  /** The sender (the authenticated caller of the POST). */
-  from: string;
-  /** The recipient. */
-  to: string;
-  /** The item's size, bytes. */
-  size: number;
-  /** When it was posted, ISO 8601. */
-  postedAt: string;
-  /** When it is deleted unless fetched, ISO 8601. */
-  expiresAt: string;
-}
+/** What the service knows of an item (all of it): the record of lib/mailbox_record.ts. */
+export type ItemRecord = MailboxRecord;
 
 const ID = /^[0-9a-f]{32}$/;
 

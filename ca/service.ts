@@ -317,13 +317,7 @@ async function serveRequest(
     send(res, status, reply.type, reply.body, reply.headers);
     if (status === 500) log(`e2e-chat-ca: internal error: ${e instanceof Error ? e.stack : e}`);
   } finally {
-    const ms = (performance.now() - started).toFixed(1);
-    // Paths and codes only: bodies (tokens, CSRs) and query strings never reach the log.
-    log(
-      `e2e-chat-ca: ${remoteAddress} ${req.method} ${url.pathname} ${status}${
-        code ? ` ${code}` : ""
-      } ${user}${note ? ` ${note}` : ""} ${ms}ms`,
-    );
+    log(accessLine(req.method, url.pathname, { remoteAddress, started, status, code, user, note }));
   }
 }
 
@@ -401,13 +395,31 @@ async function serveRelay(
     relayError(socket, error.status, error.code, JSON.parse(error.body).error.message);
     if (status === 500) log(`e2e-chat-ca: internal error: ${e instanceof Error ? e.stack : e}`);
   } finally {
-    const ms = (performance.now() - started).toFixed(1);
     log(
-      `e2e-chat-ca: ${remoteAddress} ${req.method} ${url.pathname} ${status}${
-        code ? ` ${code}` : ""
-      } ${user} ${ms}ms${outcome}`,
+      accessLine(req.method, url.pathname, { remoteAddress, started, status, code, user, outcome }),
     );
   }
+}
+
+// The access-log line of one request (API route or relay), once it is answered. Paths and
+// codes only: bodies (tokens, CSRs) and query strings never reach the log.
+function accessLine(
+  method: string | undefined,
+  path: string,
+  at: {
+    remoteAddress: string;
+    started: number;
+    status: number;
+    code: string;
+    user: string;
+    note?: string;
+    outcome?: string;
+  },
+): string {
+  const ms = (performance.now() - at.started).toFixed(1);
+  return `e2e-chat-ca: ${at.remoteAddress} ${method} ${path} ${at.status}${
+    at.code ? ` ${at.code}` : ""
+  } ${at.user}${at.note ? ` ${at.note}` : ""} ${ms}ms${at.outcome ?? ""}`;
 }
 
 const headerDeadlines = new WeakMap<Socket, () => void>();

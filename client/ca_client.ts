@@ -21,6 +21,7 @@ import {
 import { sha256Hex } from "../lib/x509.ts";
 import { pemDecode } from "../lib/pem.ts";
 import type { LogProofJson } from "../lib/log_proof.ts";
+import type { MailboxRecord } from "../lib/mailbox_record.ts";
 import { dialRelay } from "./relay.ts";
 
 /** A certificate as the API returns it. */
@@ -252,15 +253,8 @@ export class CaClient {
   }
 }
 
-/** A mailbox item as the service describes it (docs/API.md §mailbox). */
-export interface MailboxRecord {
-  id: string;
-  from: string;
-  to: string;
-  size: number;
-  postedAt: string;
-  expiresAt: string;
-}
+/** A mailbox item as the service describes it (docs/API.md §mailbox; lib/mailbox_record.ts). */
+export type { MailboxRecord };
 
 /** How long a mailbox upload or download may take (up to ~8 MiB), ms. */
 const MAILBOX_TIMEOUT_MS = 60_000;

@@ -80,6 +80,33 @@ async function withPair(
 }
 
 /**
+ * Alice's PeerConnection over `aliceSocket`, saving files in `downloads`, started, and the events
+ * it reports. With `closeOn`, the user quits on seeing that message.
+ */
+function startAlice(
+  aliceSocket: tls.TLSSocket,
+  downloads: string,
+  options: { sendStallMs?: number; closeOn?: { id: string; reason: string } } = {},
+): { alice: PeerConnection; aliceSeen: Seen } {
+  const { closeOn, ...rest } = options;
+  const aliceSeen: Seen = [];
+  const events = recorder(aliceSeen);
+  const alice: PeerConnection = new PeerConnection(aliceSocket, "bob", undefined!, {
+    downloads,
+    events: closeOn === undefined ? events : {
+      ...events,
+      message: (_p, id, text) => {
+        aliceSeen.push(["message", id, text]);
+        if (id === closeOn.id) alice.close(closeOn.reason);
+      },
+    },
+    ...rest,
+  });
+  alice.start();
+  return { alice, aliceSeen };
+}
+
+/**
  * Alice's PeerConnection over `aliceSocket`, started, and what the raw peer at the other end
  * receives (as text).
  */
@@ -89,18 +116,7 @@ function aliceAndRawBob(
   dir: string,
   closeOn?: { id: string; reason: string }, // the user quits on seeing this message
 ): { alice: PeerConnection; aliceSeen: Seen; received: () => string } {
-  const aliceSeen: Seen = [];
-  const alice: PeerConnection = new PeerConnection(aliceSocket, "bob", undefined!, {
-    downloads: dir,
-    events: {
-      ...recorder(aliceSeen),
-      message: (_p, id, text) => {
-        aliceSeen.push(["message", id, text]);
-        if (id === closeOn?.id) alice.close(closeOn.reason);
-      },
-    },
-  });
-  alice.start();
+  const { alice, aliceSeen } = startAlice(aliceSocket, dir, { closeOn });
   let received = "";
   rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
   return { alice, aliceSeen, received: () => received };
@@ -263,12 +279,7 @@ Deno.test('PeerConnection reports each id of an "acks" frame as delivered, with 
 
 Deno.test("PeerConnection reads frames split anywhere across reads, a character split too, in order", async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
-    const aliceSeen: Seen = [];
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: dir,
-      events: recorder(aliceSeen),
-    });
-    alice.start();
+    const { alice, aliceSeen } = startAlice(aliceSocket, dir);
     rawBob.on("data", () => {});
     rawBob.setNoDelay(true);
     let text = encodeFrame({ type: "hello", v: 1, features: ["acks"] });
@@ -388,13 +399,7 @@ Deno.test("PeerConnection declines an offer its policy refuses, with the reason 
 
 Deno.test("PeerConnection aborts a send the peer reads nothing of after sendStallMs, and closes the connection", async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
-    const aliceSeen: Seen = [];
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: dir,
-      events: recorder(aliceSeen),
-      sendStallMs: 500,
-    });
-    alice.start();
+    const { alice, aliceSeen } = startAlice(aliceSocket, dir, { sendStallMs: 500 });
     let received = "";
     const onData = (b: Uint8Array) => {
       received += new TextDecoder().decode(b.subarray(0, 4096));
@@ -428,11 +433,7 @@ Deno.test("PeerConnection aborts a send the peer reads nothing of after sendStal
 
 Deno.test('PeerConnection sends a peer that does not list "offer" no file larger than its unconfirmed window', async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: dir,
-      events: recorder([]),
-    });
-    alice.start();
+    const { alice } = startAlice(aliceSocket, dir);
     rawBob.on("data", () => {});
     rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["bin"] }));
     const path = join(dir, "nine.bin");
@@ -455,11 +456,7 @@ Deno.test('PeerConnection sends a peer that does not list "offer" no file larger
 
 Deno.test("PeerConnection drops room gap fills for a peer that reads nothing once MAX_UNSENT_FILL waits unsent", async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: dir,
-      events: recorder([]),
-    });
-    alice.start();
+    const { alice } = startAlice(aliceSocket, dir);
     let helloSeen = false;
     rawBob.once("data", () => {
       helloSeen = true;
@@ -542,12 +539,7 @@ async function writeBody(dir: string, size: number): Promise<[string, Uint8Array
 
 Deno.test('PeerConnection to a peer that lists "sha256-at-end" offers a file without its SHA-256 and sends it in the end frame, hashed as it streamed', async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
-    const aliceSeen: Seen = [];
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: dir,
-      events: recorder(aliceSeen),
-    });
-    alice.start();
+    const { alice } = startAlice(aliceSocket, dir);
     const wire = wireReader(rawBob);
     rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["bin", "offer", "sha256-at-end"] }));
     const [path, body] = await writeBody(dir, 2_500_000);
@@ -584,11 +576,7 @@ Deno.test('PeerConnection to a peer that lists "sha256-at-end" offers a file wit
 
 Deno.test('PeerConnection to an older peer (no "sha256-at-end") still puts the SHA-256 in the offer and none in the end frame', async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: dir,
-      events: recorder([]),
-    });
-    alice.start();
+    const { alice } = startAlice(aliceSocket, dir);
     const wire = wireReader(rawBob);
     rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }));
     const [path, body] = await writeBody(dir, 1_500_000);
@@ -650,13 +638,7 @@ async function rawSend(
 for (const atEnd of [true, false]) {
   Deno.test(`PeerConnection receives a file whose SHA-256 comes ${atEnd ? "in the end frame" : "in the offer (an older peer)"}, keeps it and reports that SHA-256`, async () => {
     await withPair(async (aliceSocket, rawBob, dir) => {
-      const aliceSeen: Seen = [];
-      const downloads = join(dir, "downloads");
-      const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-        downloads,
-        events: recorder(aliceSeen),
-      });
-      alice.start();
+      const { alice, aliceSeen } = startAlice(aliceSocket, join(dir, "downloads"));
       const body = new Uint8Array(1_000_000).map((_, i) => (i * 13) % 241);
       const frames = await rawSend(rawBob, body, { atEnd });
       await until("the file", aliceSeen, (s) => s.some((e) => e[0] === "file"));
@@ -690,13 +672,8 @@ for (
 ) {
   Deno.test(`PeerConnection keeps nothing of a file with ${what}: file failed, error frame, connection closed`, async () => {
     await withPair(async (aliceSocket, rawBob, dir) => {
-      const aliceSeen: Seen = [];
       const downloads = join(dir, "downloads");
-      const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-        downloads,
-        events: recorder(aliceSeen),
-      });
-      alice.start();
+      const { aliceSeen } = startAlice(aliceSocket, downloads);
       const body = new Uint8Array(700_000).fill(7);
       const frames = await rawSend(rawBob, body, options);
       await until("closed", aliceSeen, (s) => s.some((e) => e[0] === "closed"));
@@ -712,14 +689,7 @@ for (
 
 Deno.test('PeerConnection acknowledges every message shown before a "bye" in the same read, while frames wait in its queue', async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
-    const aliceSeen: Seen = [];
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: dir,
-      events: recorder(aliceSeen),
-    });
-    alice.start();
-    let received = "";
-    rawBob.on("data", (b: Uint8Array) => received += new TextDecoder().decode(b));
+    const { aliceSeen, received } = aliceAndRawBob(aliceSocket, rawBob, dir);
     const ended = new Promise((r) => rawBob.once("end", r));
     // The hello waits in the queue, so the messages behind it are handled from the queue too.
     let burst = encodeFrame({ type: "hello", v: 1, features: ["acks"] });
@@ -733,7 +703,7 @@ Deno.test('PeerConnection acknowledges every message shown before a "bye" in the
       "m3",
       "m4",
     ]);
-    const acked = framesOf(received).flatMap((f) => f.type === "acks" ? f.ids as string[] : []);
+    const acked = framesOf(received()).flatMap((f) => f.type === "acks" ? f.ids as string[] : []);
     assert.deepEqual(acked, ["m0", "m1", "m2", "m3", "m4"]);
   });
 });
@@ -765,12 +735,7 @@ for (
 ) {
   Deno.test(`PeerConnection refuses a frame that starts with a byte order mark ${where}`, async () => {
     await withPair(async (aliceSocket, rawBob, dir) => {
-      const aliceSeen: Seen = [];
-      const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-        downloads: dir,
-        events: recorder(aliceSeen),
-      });
-      alice.start();
+      const { aliceSeen } = startAlice(aliceSocket, dir);
       const frames = wireReader(rawBob).frames;
       rawBob.setNoDelay(true);
       rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["acks"] }));
@@ -795,13 +760,7 @@ for (
 
 Deno.test("PeerConnection takes a bin payload that is UTF-8 text with newlines, right after its header in the same read, as bytes", async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
-    const aliceSeen: Seen = [];
-    const downloads = join(dir, "downloads");
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads,
-      events: recorder(aliceSeen),
-    });
-    alice.start();
+    const { alice, aliceSeen } = startAlice(aliceSocket, join(dir, "downloads"));
     const frames = wireReader(rawBob).frames;
     // Text that looks like frames, a multi-byte character among it.
     const body = new TextEncoder().encode(
@@ -831,12 +790,7 @@ Deno.test("PeerConnection takes a bin payload that is UTF-8 text with newlines, 
 
 Deno.test('PeerConnection to a peer that lists "sha256-at-end" fails a send whose file is changed while it streams, and sends no end frame', async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
-    const aliceSeen: Seen = [];
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: dir,
-      events: recorder(aliceSeen),
-    });
-    alice.start();
+    const { alice, aliceSeen } = startAlice(aliceSocket, dir);
     const wire = wireReader(rawBob);
     rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["bin", "offer", "sha256-at-end"] }));
     const [path, body] = await writeBody(dir, 12 * 1024 * 1024);
@@ -867,12 +821,7 @@ Deno.test('PeerConnection to a peer that lists "sha256-at-end" fails a send whos
 
 Deno.test("PeerConnection sets aside no more memory for a burst of tiny bin frames than about their own bytes", async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
-    const aliceSeen: Seen = [];
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: join(dir, "downloads"),
-      events: recorder(aliceSeen),
-    });
-    alice.start();
+    const { alice, aliceSeen } = startAlice(aliceSocket, join(dir, "downloads"));
     rawBob.on("data", () => {});
     const count = 4000;
     const body = new Uint8Array(count).map((_, i) => i % 251);

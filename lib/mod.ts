@@ -26,3 +26,4 @@ export * from "./merkle.ts";
 export * from "./checkpoint.ts";
 export * from "./invite.ts";
 export * from "./room.ts";
+export * from "./mailbox_record.ts";
