@@ -19,7 +19,7 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { E2eError } from "../lib/errors.ts";
-import { writeFileAtomic } from "../lib/fs.ts";
+import { readUpToSync, writeFileAtomic } from "../lib/fs.ts";
 import { withLock } from "../lib/lock.ts";
 import { TOKEN_PATTERN } from "../lib/invite.ts";
 import { checkName } from "../lib/names.ts";
@@ -345,7 +345,7 @@ export class InviteStore {
       }
       if (!file || size === this.#offset) return;
       file.seekSync(this.#offset, Deno.SeekMode.Start);
-      const bytes = readExactly(file, size - this.#offset);
+      const bytes = readUpToSync(file, size - this.#offset);
       const complete = bytes.lastIndexOf(0x0a) + 1;
       for (const line of decoder.decode(bytes.subarray(0, complete)).split("\n")) {
         if (line) this.#apply(JSON.parse(line) as JournalRecord);
@@ -425,7 +425,7 @@ export class InviteStore {
 // The journal's "begin" line, or "" when it has none whole.
 function firstLine(file: Deno.FsFile): string {
   file.seekSync(0, Deno.SeekMode.Start);
-  const head = readExactly(file, 128);
+  const head = readUpToSync(file, 128);
   const nl = head.indexOf(0x0a);
   return nl < 0 ? "" : decoder.decode(head.subarray(0, nl));
 }
@@ -442,17 +442,6 @@ async function readSnapshot(path: string): Promise<Snapshot> {
     if (e instanceof Deno.errors.NotFound) return { invites: [] };
     throw e;
   }
-}
-
-function readExactly(file: Deno.FsFile, length: number): Uint8Array {
-  const bytes = new Uint8Array(length);
-  let got = 0;
-  while (got < length) {
-    const n = file.readSync(bytes.subarray(got));
-    if (n === null) break;
-    got += n;
-  }
-  return bytes.subarray(0, got);
 }
 
 function hashToken(token: string): string {

@@ -26,7 +26,7 @@ import {
 } from "../lib/checkpoint.ts";
 import { children, readDer, Tag } from "../lib/der.ts";
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDir, writeFileAtomic } from "../lib/fs.ts";
+import { ensurePrivateDir, readUpTo, readUpToSync, writeFileAtomic } from "../lib/fs.ts";
 import { type LogProofJson, logProofJson } from "../lib/log_proof.ts";
 import { type Hash, leafHash, MerkleTree } from "../lib/merkle.ts";
 import { pemDecode } from "../lib/pem.ts";
@@ -165,7 +165,7 @@ export class IssuanceLog {
     const to = end < this.size ? this.#offsets[end] : this.#loaded;
     using file = await Deno.open(this.#paths.logEntries, { read: true });
     await file.seek(from, Deno.SeekMode.Start);
-    const bytes = await readExactly(file, to - from);
+    const bytes = await readUpTo(file, to - from);
     return splitRecords(bytes).records;
   }
 
@@ -311,7 +311,7 @@ export class IssuanceLog {
       if (size <= this.#loaded) return;
       file.seekSync(this.#loaded, Deno.SeekMode.Start);
       const n = size - this.#loaded;
-      const bytes = n <= SYNC_READ_BYTES ? readExactlySync(file, n) : await readExactly(file, n);
+      const bytes = n <= SYNC_READ_BYTES ? readUpToSync(file, n) : await readUpTo(file, n);
       let offset = 0;
       for (const der of splitRecords(bytes).records) {
         const index = this.#tree.append(leafHash(der));
@@ -341,7 +341,7 @@ export class IssuanceLog {
     if (size <= this.#loaded) return;
     using file = await Deno.open(this.#paths.logEntries, { read: true, write: true });
     await file.seek(this.#loaded, Deno.SeekMode.Start);
-    const tail = await readExactly(file, Math.min(size - this.#loaded, 4));
+    const tail = await readUpTo(file, Math.min(size - this.#loaded, 4));
     const length = tail.length === 4 ? new DataView(tail.buffer).getUint32(0) : undefined;
     const torn = length === undefined ||
       (length > 0 && length <= MAX_RECORD_BYTES && 4 + length > size - this.#loaded);
@@ -385,28 +385,6 @@ function serialOf(der: Uint8Array): string {
   const fields = children(tbs, Tag.SEQUENCE);
   const serial = fields[0].tag === Tag.CONTEXT_0 ? fields[1] : fields[0];
   return normalizeSerialHex(Buffer.from(serial.value).toString("hex"));
-}
-
-function readExactlySync(file: Deno.FsFile, n: number): Uint8Array {
-  const out = new Uint8Array(n);
-  let got = 0;
-  while (got < n) {
-    const read = file.readSync(out.subarray(got));
-    if (read === null) break;
-    got += read;
-  }
-  return out.subarray(0, got);
-}
-
-async function readExactly(file: Deno.FsFile, n: number): Promise<Uint8Array> {
-  const out = new Uint8Array(n);
-  let got = 0;
-  while (got < n) {
-    const read = await file.read(out.subarray(got));
-    if (read === null) break;
-    got += read;
-  }
-  return out.subarray(0, got);
 }
 
 function hex(bytes: Uint8Array): string {

@@ -10,7 +10,7 @@
  * @module
  */
 import { join } from "node:path";
-import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
+import { ensurePrivateDir, exists, readUpToSync, writeFileAtomic } from "../lib/fs.ts";
 import { withLock } from "../lib/lock.ts";
 import { normalizeSerialHex } from "../lib/x509.ts";
 import type { CaPaths } from "./home.ts";
@@ -443,14 +443,8 @@ export class IndexCache {
     }
     if (info.size === this.#offset) return this.#entries;
     file.seekSync(this.#offset, Deno.SeekMode.Start);
-    const bytes = new Uint8Array(info.size - this.#offset);
-    let got = 0;
-    while (got < bytes.length) {
-      const n = file.readSync(bytes.subarray(got));
-      if (n === null) break;
-      got += n;
-    }
-    const complete = bytes.subarray(0, bytes.subarray(0, got).lastIndexOf(0x0a) + 1);
+    const bytes = readUpToSync(file, info.size - this.#offset);
+    const complete = bytes.subarray(0, bytes.lastIndexOf(0x0a) + 1);
     for (const entry of parseIndex(new TextDecoder().decode(complete))) {
       this.#entries.push(entry);
       this.#bySerial.set(normalizeSerialHex(entry.serial), entry);

@@ -107,3 +107,47 @@ export async function exists(path: string): Promise<boolean> {
     throw e;
   }
 }
+
+/**
+ * Reads from `file`'s position until `length` bytes or the end of the file,
+ * whichever comes first (a short read does not stop it).
+ *
+ * @example The first 128 bytes
+ * ```ts
+ * import { readUpTo } from "./fs.ts";
+ * using file = await Deno.open("README.md");
+ * const head = await readUpTo(file, 128);
+ * ```
+ */
+export async function readUpTo(file: Deno.FsFile, length: number): Promise<Uint8Array> {
+  const out = new Uint8Array(length);
+  let got = 0;
+  while (got < length) {
+    const n = await file.read(out.subarray(got));
+    if (n === null) break;
+    got += n;
+  }
+  return out.subarray(0, got);
+}
+
+/**
+ * {@linkcode readUpTo} with synchronous reads: for a few bytes of a local file
+ * on a hot path, where each asynchronous call costs tens of µs of CPU.
+ *
+ * @example The first 128 bytes
+ * ```ts
+ * import { readUpToSync } from "./fs.ts";
+ * using file = Deno.openSync("README.md");
+ * const head = readUpToSync(file, 128);
+ * ```
+ */
+export function readUpToSync(file: Deno.FsFile, length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  let got = 0;
+  while (got < length) {
+    const n = file.readSync(out.subarray(got));
+    if (n === null) break;
+    got += n;
+  }
+  return out.subarray(0, got);
+}

@@ -1,6 +1,13 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { ensurePrivateDir, exists, withTempDir, writeFileAtomic } from "./fs.ts";
+import {
+  ensurePrivateDir,
+  exists,
+  readUpTo,
+  readUpToSync,
+  withTempDir,
+  writeFileAtomic,
+} from "./fs.ts";
 
 async function withScratch(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "e2e-chat-fs-test-" });
@@ -166,5 +173,25 @@ Deno.test("exists() tells files, folders and dangling symlinks from missing path
     assert.equal(await exists(dir), true);
     assert.equal(await exists(join(dir, "link")), true);
     assert.equal(await exists(join(dir, "nowhere")), false);
+  });
+});
+
+Deno.test("readUpTo() and readUpToSync() read from the position up to the length asked, or to the end", async () => {
+  await withScratch(async (dir) => {
+    const path = join(dir, "data");
+    await Deno.writeTextFile(path, "0123456789");
+    {
+      using file = await Deno.open(path);
+      await file.seek(2, Deno.SeekMode.Start);
+      assert.equal(new TextDecoder().decode(await readUpTo(file, 5)), "23456");
+      assert.equal(new TextDecoder().decode(await readUpTo(file, 100)), "789");
+      assert.equal((await readUpTo(file, 4)).length, 0);
+    }
+    {
+      using file = Deno.openSync(path);
+      file.seekSync(7, Deno.SeekMode.Start);
+      assert.equal(new TextDecoder().decode(readUpToSync(file, 100)), "789");
+      assert.equal(readUpToSync(file, 4).length, 0);
+    }
   });
 });
