@@ -347,8 +347,10 @@ export class History {
       this.#handles.set(peer, handle);
     }
     try {
+      // Synchronous: a turn's records are a small append to a local file, where an asynchronous
+      // write costs a thread hand-off (CPU and a wake-up on another core) per turn.
       let n = 0;
-      while (n < out.length) n += await handle.write(out.subarray(n));
+      while (n < out.length) n += handle.writeSync(out.subarray(n));
     } catch (e) {
       handle.close();
       this.#handles.delete(peer);
