@@ -142,7 +142,9 @@ export class InviteStore {
    *
    * `enroll` passes the new certificate's serial to `claim` before the CA
    * commits it (the authority's `beforeCommit`): `claim` resolves once that is
-   * on disk, so the token is used exactly when the certificate exists. An
+   * on disk, so the token is used exactly when the certificate exists; it
+   * rejects with `ERR_TOKEN_INVALID` when the token was used meanwhile (a
+   * redemption stalled past its reservation). An
    * `enroll` that never claims has the token marked used, durably, after it
    * returns.
    */
@@ -275,6 +277,21 @@ export class InviteStore {
     };
   }
 
+  // Whether a claim may go in: the token is not used, by a "used" line or by another claim
+  // whose certificate the index holds. A reservation keeps others away only while it is renewed:
+  // a redemption stalled past it (a stopped process, a wall clock stepped forward) may find its
+  // token used meanwhile, and then its certificate must not be committed. Called under the
+  // invites lock, from the authority's commit (under the CA lock), so the index cannot change.
+  async #claimable(claim: JournalRecord): Promise<boolean> {
+    if (claim.op !== "claim") return false;
+    const record = this.#records.get(claim.hash);
+    if (!record || record.usedAt) return false;
+    if (record.serial === undefined || normalizeSerialHex(record.serial) === claim.serial) {
+      return true;
+    }
+    return !(await this.#issuedSerials()).has(normalizeSerialHex(record.serial));
+  }
+
   // Claims go in one append and one fsync with every other claim made meanwhile.
   #claim(hash: string, serial: string): Promise<void> {
     const record: JournalRecord = { op: "claim", hash, serial: normalizeSerialHex(serial) };
@@ -293,8 +310,18 @@ export class InviteStore {
       while (this.#claims.length) {
         const batch = this.#claims.splice(0);
         try {
-          await this.#locked(() => this.#append(batch.map((c) => c.record), { durable: true }));
-          for (const c of batch) c.resolve();
+          const taken = await this.#locked(async () => {
+            const taken = [];
+            for (const c of batch) {
+              if (await this.#claimable(c.record)) taken.push(c);
+              else c.reject(new E2eError("ERR_TOKEN_INVALID", INVALID));
+            }
+            if (taken.length) {
+              await this.#append(taken.map((c) => c.record), { durable: true });
+            }
+            return taken;
+          });
+          for (const c of taken) c.resolve();
         } catch (e) {
           for (const c of batch) c.reject(e);
         }

@@ -412,6 +412,49 @@ Deno.test("InviteStore.redeem() keeps a failed enrollment's claim: the index dec
   });
 });
 
+Deno.test("InviteStore.redeem() refuses the claim of a stalled redemption whose token another one used meanwhile", async () => {
+  await withTempDir(async (home) => {
+    const paths = new CaPaths(home);
+    await Deno.mkdir(paths.dir, { mode: 0o700 });
+    await writeIndex(paths, []);
+    // Reservations of 300 ms: a process stalled longer than that (stopped, a suspended VM, a
+    // wall clock stepped forward) renews nothing, and its reservation lapses while it lives.
+    const stalled = new InviteStore(paths, { reservationMs: 300 });
+    const other = new InviteStore(paths, { reservationMs: 300 });
+    const { token } = await stalled.create("alice", HOUR_MS);
+    let started!: () => void;
+    const running = new Promise<void>((r) => started = r);
+    let resume!: () => void;
+    const first = stalled.redeem(token, async (_name, claim) => {
+      started();
+      await new Promise<void>((r) => resume = r);
+      await claim("0A01"); // the authority's beforeCommit: the commit waits for this
+      await writeIndex(paths, ["0B02", "0A01"]); // reached only if the claim was taken
+      return "first";
+    });
+    await running;
+    const stalledUntil = Date.now() + 400;
+    while (Date.now() < stalledUntil) { /* the process does nothing: no renewal runs */ }
+    // Meanwhile another redemption takes the token, and its certificate is committed.
+    assert.equal(
+      await other.redeem(token, async (_name, claim) => {
+        await claim("0B02");
+        await writeIndex(paths, ["0B02"]);
+        return "second";
+      }),
+      "second",
+    );
+    // The stalled one wakes up: its claim is refused, so its certificate is never committed.
+    resume();
+    await assert.rejects(first, tokenInvalid);
+    assert.ok(!(await Deno.readTextFile(paths.index)).includes("0A01"), "one certificate");
+    const [record] = await records(paths);
+    assert.equal(record.serial, "B02", "the claim that counts is the committed one");
+    assert.ok(record.usedAt);
+    await assert.rejects(other.redeem(token, () => Promise.resolve(1)), tokenInvalid);
+  });
+});
+
 Deno.test("InviteStore cuts off a journal line torn by a crash and keeps everything before it", async () => {
   await withStore(async (store, paths) => {
     const first = await store.create("alice", HOUR_MS);

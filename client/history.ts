@@ -234,11 +234,10 @@ export class History {
       for await (const entry of Deno.readDir(this.#dir)) {
         const m = /^(.+)\.jsonl$/.exec(entry.name);
         if (!entry.isFile || !m) continue;
+        const name = decodedName(m[1]);
+        if (name === undefined) continue; // not a name #file() makes
         const info = await Deno.stat(join(this.#dir, entry.name));
-        out.push({
-          name: decodeURIComponent(m[1]),
-          last: (info.mtime ?? new Date(0)).toISOString(),
-        });
+        out.push({ name, last: (info.mtime ?? new Date(0)).toISOString() });
       }
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
@@ -449,6 +448,14 @@ async function endsWithNewline(file: string, size: number): Promise<boolean> {
   }
 }
 
+function decodedName(encoded: string): string | undefined {
+  try {
+    return decodeURIComponent(encoded);
+  } catch {
+    return undefined;
+  }
+}
+
 function parseRecord(line: string): HistoryRecord | undefined {
   let r: Record<string, unknown>;
   try {
@@ -465,7 +472,12 @@ function parseRecord(line: string): HistoryRecord | undefined {
   if (typeof r.id !== "string") return undefined;
   const str = (k: string) => typeof r[k] === "string";
   if (r.t === "msg" && str("from") && str("to") && str("text")) return r as HistoryRecord;
-  if (r.t === "file" && str("from") && str("to") && str("name") && typeof r.bytes === "number") {
+  // Optional fields too: the faces take a path and a digest as strings.
+  const maybe = (k: string) => r[k] === undefined || str(k);
+  if (
+    r.t === "file" && str("from") && str("to") && str("name") && typeof r.bytes === "number" &&
+    maybe("path") && maybe("sha256")
+  ) {
     return r as HistoryRecord;
   }
   if (r.t === "ack") return r as HistoryRecord;

@@ -55,6 +55,18 @@ Deno.test("History files are 0600 in a 0700 folder, one per conversation, listed
   });
 });
 
+Deno.test("History.conversations() leaves out a file whose name is not one History writes, instead of failing", async () => {
+  await withTempDir(async (dir) => {
+    const folder = join(dir, "history");
+    const history = new History(folder, { self: "alice" });
+    history.message({ id: "1", from: "alice", to: "bob", text: "one" });
+    await history.flush();
+    // A name that does not decode (no History wrote it): a copy, a hand-made file.
+    await Deno.writeTextFile(join(folder, "b%zz.jsonl"), "");
+    assert.deepEqual((await history.conversations()).map((c) => c.name), ["bob"]);
+  });
+});
+
 Deno.test("History skips a torn last line with a warning, and the next record starts on its own line", async () => {
   await withTempDir(async (dir) => {
     const folder = join(dir, "history");
@@ -71,6 +83,41 @@ Deno.test("History skips a torn last line with a warning, and the next record st
     assert.match(warnings.join("\n"), /torn last line/);
     second.message({ id: "3", from: "bob", to: "alice", text: "after the crash" });
     assert.deepEqual((await second.read("bob")).map((e) => e.text), ["kept", "after the crash"]);
+  });
+});
+
+Deno.test("History skips a line whose fields have the wrong types with a warning, so no face is handed a non-string path or digest", async () => {
+  await withTempDir(async (dir) => {
+    const folder = join(dir, "history");
+    const warnings: string[] = [];
+    const history = new History(folder, { self: "alice", onWarning: (m) => warnings.push(m) });
+    history.message({ id: "1", from: "bob", to: "alice", text: "kept" });
+    await history.flush();
+    const at = new Date().toISOString();
+    const file = { t: "file", id: "2", at, from: "bob", to: "alice", name: "x.pdf", bytes: 3 };
+    const hostile = [
+      { ...file, path: 1 },
+      { ...file, path: { toString: "x" } },
+      { ...file, sha256: ["ab"] },
+      { ...file, bytes: "3" },
+      { t: "msg", id: "3", at, from: "bob", to: "alice", text: 3 },
+    ];
+    await Deno.writeTextFile(
+      join(folder, "bob.jsonl"),
+      hostile.map((r) => JSON.stringify(r) + "\n").join(""),
+      { append: true },
+    );
+    history.message({ id: "4", from: "bob", to: "alice", text: "after" });
+    await history.flush();
+    const entries = await new History(folder, {
+      self: "alice",
+      onWarning: (m) => warnings.push(m),
+    }).read("bob");
+    assert.deepEqual(entries.map((e) => [e.kind, e.text]), [["message", "kept"], [
+      "message",
+      "after",
+    ]]);
+    assert.match(warnings.join("\n"), /Skipped 5 unreadable line\(s\)/);
   });
 });
 

@@ -178,6 +178,9 @@ export class PeerConnection {
   #helloSeen = false;
   #peerFeatures = new Set<string>();
   #sentAt = new Map<string, number>();
+  // What we sent and the peer has not acknowledged yet: messages, and files whose end went out.
+  // Only these may be acknowledged, each once (no "delivered" for what the peer never got).
+  #unacked = new Set<string>();
   #acks: string[] = []; // messages to acknowledge in one `acks` frame at the end of this turn
   #out = ""; // frames after the first of this turn, written together as it ends
   #wroteThisTurn = false;
@@ -236,6 +239,7 @@ export class PeerConnection {
   sendMessage(text: string): string {
     const id = this.#id();
     this.#sentAt.set(id, performance.now());
+    this.#unacked.add(id);
     // Halved in one pass, not trimmed one by one: deleting a Map's oldest entry each time costs
     // a scan over the deleted ones before it.
     if (this.#sentAt.size > 2 * MAX_TIMED) {
@@ -455,6 +459,7 @@ export class PeerConnection {
     ) {
       throw new E2eError("ERR_FILE", "The file changed while it was being sent");
     }
+    this.#unacked.add(id); // its ack may come once the end is out
     await this.#writeAsync({ type: "end", id, ...(hash ? { sha256: hash.digest("hex") } : {}) });
   }
 
@@ -884,14 +889,25 @@ export class PeerConnection {
         events.message(this, frame.id, frame.text);
         return;
       case "ack":
-        this.#delivered(frame.id, performance.now());
+        this.#acknowledged([frame.id]);
         return;
-      case "acks": {
-        const now = performance.now();
-        for (const id of frame.ids) this.#delivered(id, now);
+      case "acks":
+        this.#acknowledged(frame.ids);
         return;
+    }
+  }
+
+  // Reports `ids` delivered, if each is one we sent that waits for its ack (and is named once):
+  // otherwise the whole frame is refused, and nothing of it reported.
+  #acknowledged(ids: string[]): void {
+    for (let i = 0; i < ids.length; i++) {
+      if (!this.#unacked.delete(ids[i])) {
+        for (let j = 0; j < i; j++) this.#unacked.add(ids[j]);
+        throw malformed("an ack for an id not sent, or acknowledged already");
       }
     }
+    const now = performance.now();
+    for (const id of ids) this.#delivered(id, now);
   }
 
   // Acknowledges a message in an `acks` frame: a lone message at once, before it is shown; the

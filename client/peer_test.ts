@@ -10,7 +10,7 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import tls from "node:tls";
 import { CertificateAuthority } from "../ca/authority.ts";
-import { encodeFrame } from "../lib/frames.ts";
+import { encodeFrame, type Frame } from "../lib/frames.ts";
 import { clientOptions, serverOptions, trustAnchor } from "../lib/tls.ts";
 import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
 import {
@@ -276,6 +276,48 @@ Deno.test('PeerConnection reports each id of an "acks" frame as delivered, with 
     alice.close();
   });
 });
+
+const ACK_UNKNOWN = "Malformed frame: an ack for an id not sent, or acknowledged already";
+
+for (
+  const [what, acks] of [
+    ["an id it never sent", (ids: string[]) => [{ type: "acks", ids: [ids[0], "nope-1"] }]],
+    [
+      "an id it sent on another connection",
+      (ids: string[]) => [{ type: "ack", id: ids[0].replace(/^[^-]+/, "0") }],
+    ],
+    ["an id twice in one frame", (ids: string[]) => [{ type: "acks", ids: [ids[1], ids[1]] }]],
+    [
+      "an id acknowledged already",
+      (ids: string[]) => [{ type: "ack", id: ids[0] }, { type: "acks", ids: [ids[0]] }],
+    ],
+    ["a file id acknowledged before its end", (ids: string[]) => [{ type: "ack", id: ids[2] }]],
+  ] as const
+) {
+  Deno.test(`PeerConnection reports no delivery for an ack of ${what}: error frame, connection closed`, async () => {
+    await withPair(async (aliceSocket, rawBob, dir) => {
+      const { alice, aliceSeen } = startAlice(aliceSocket, dir);
+      const wire = wireReader(rawBob);
+      rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["acks", "offer"] }));
+      await until("bob's hello", [], () => wire.frames.length > 0);
+      const path = join(dir, "offered.txt");
+      await Deno.writeTextFile(path, "offered");
+      const ids = [alice.sendMessage("one"), alice.sendMessage("two")];
+      ids.push((await alice.sendFile(path)).id); // offered, never accepted
+      for (const frame of acks(ids)) rawBob.write(encodeFrame(frame as Frame));
+      await until("closed", aliceSeen, (s) => s.some((e) => e[0] === "closed"));
+      await until("the error frame", [], () => wire.frames.some((f) => f.type === "error"));
+      assert.equal(wire.frames.find((f) => f.type === "error")!.message, ACK_UNKNOWN);
+      // An ack that was right before the bad one counts; nothing of the bad one does.
+      const delivered = aliceSeen.filter((e) => e[0] === "delivered").map((e) => e[1]);
+      assert.deepEqual(delivered, what === "an id acknowledged already" ? [ids[0]] : []);
+      assert.deepEqual(
+        aliceSeen.find((e) => e[0] === "closed"),
+        ["closed", `closed after bad input: ${ACK_UNKNOWN}`],
+      );
+    });
+  });
+}
 
 Deno.test("PeerConnection reads frames split anywhere across reads, a character split too, in order", async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
