@@ -491,6 +491,9 @@ Deno.test("sign() commits nothing when beforeCommit throws, and passes its error
     );
     assert.deepEqual(await readIndex(ca.paths), before);
     assert.equal(await ca.current("alice"), undefined);
+    // Nor is its certificate left in certs/ (the commit moved it there before the fsyncs).
+    const certs = [...Deno.readDirSync(ca.paths.certs)].map((e) => e.name);
+    assert.deepEqual(certs.sort(), before.map((e) => `${e.serial}.pem`).sort());
     // The next signing works.
     assert.equal((await ca.sign(csr, "alice")).certificate.commonName, "alice");
   });

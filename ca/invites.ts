@@ -19,7 +19,7 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { E2eError } from "../lib/errors.ts";
-import { readUpToSync, writeFileAtomic } from "../lib/fs.ts";
+import { readUpToSync, syncDir, writeFileAtomic } from "../lib/fs.ts";
 import { withLock } from "../lib/lock.ts";
 import { TOKEN_PATTERN } from "../lib/invite.ts";
 import { checkName } from "../lib/names.ts";
@@ -435,14 +435,17 @@ export class InviteStore {
     const snapshot: Snapshot = { invites: kept, journal: id };
     // Snapshot first: killed before the journal is replaced, the old journal's id no longer
     // matches, and what it holds is in the snapshot already.
+    // Each name made durable before the next file is written (POSIX does not order renames).
     await writeFileAtomic(this.#paths.invites, JSON.stringify(snapshot, null, 1) + "\n", {
       mode: 0o600,
     });
+    await syncDir(this.#paths.dir);
     await writeFileAtomic(
       this.#paths.invitesJournal,
       JSON.stringify({ op: "begin", id } satisfies JournalRecord) + "\n",
       { mode: 0o600 },
     );
+    await syncDir(this.#paths.dir);
     // Read back as any other process would see them.
     this.#snapshotKey = "";
     await this.#refresh();

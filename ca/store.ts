@@ -10,7 +10,7 @@
  * @module
  */
 import { join } from "node:path";
-import { ensurePrivateDir, exists, readUpToSync, writeFileAtomic } from "../lib/fs.ts";
+import { ensurePrivateDir, exists, readUpToSync, syncDir, writeFileAtomic } from "../lib/fs.ts";
 import { withLock } from "../lib/lock.ts";
 import { normalizeSerialHex } from "../lib/x509.ts";
 import type { CaPaths } from "./home.ts";
@@ -150,13 +150,21 @@ export class Transaction {
         moves.push([join(folder, "certs", entry.name), target]);
       }
     }
-    // On disk before the index names them: after a power cut no line points at nothing.
-    // The fsyncs of a batch, and what beforeIndex() makes durable, go at once.
-    await Promise.all([
-      ...moves.map(([from]) => syncFile(from)),
-      ...this.#beforeIndex.map((fn) => fn()),
-    ]);
+    // On disk before the index names them, their names in certs/ too: after a power cut no line
+    // points at nothing. Moved first, so that the fsyncs of the files and of the folder, and what
+    // beforeIndex() makes durable, go at once; a certificate in certs/ that no index line names
+    // counts for nothing (as one a killed process leaves), and a failed commit takes them back.
     for (const [from, to] of moves) Deno.renameSync(from, to);
+    try {
+      await Promise.all([
+        ...moves.map(([, to]) => syncFile(to)),
+        ...(moves.length ? [syncDir(paths.certs)] : []),
+        ...this.#beforeIndex.map((fn) => fn()),
+      ]);
+    } catch (e) {
+      for (const [, to] of moves) Deno.removeSync(to);
+      throw e;
+    }
     let lines = "";
     for (const s of this.#signs) {
       if (s.keep) lines += Deno.readTextFileSync(join(s.dir, "index.txt"));
@@ -190,6 +198,8 @@ export class Transaction {
         mode: 0o644,
       });
     }
+    // The files a full copy replaced by rename (index, crlnumber, crl.pem): their new names durable.
+    if (this.#full) await syncDir(paths.dir);
   }
 }
 

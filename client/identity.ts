@@ -10,7 +10,7 @@
 import { createPrivateKey, createPublicKey, hkdfSync } from "node:crypto";
 import { dirname } from "node:path";
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
+import { ensurePrivateDir, exists, syncDir, writeFileAtomic } from "../lib/fs.ts";
 import { generateKeyAndRequest, isEncryptedKey, makeRequest, unlockKey } from "../lib/keys.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { checkPeer, type Credentials, type TrustAnchor, trustAnchor } from "../lib/tls.ts";
@@ -291,12 +291,6 @@ export async function enroll(
   return await Identity.load(home, {
     passphrase: passphrase === undefined ? undefined : () => Promise.resolve(passphrase),
   });
-}
-
-// fsync of a folder: makes the names in it (a rename into it) durable.
-async function syncDir(path: string): Promise<void> {
-  using dir = await Deno.open(path, { read: true });
-  await dir.sync();
 }
 
 async function checkLogged(

@@ -109,6 +109,21 @@ export async function exists(path: string): Promise<boolean> {
 }
 
 /**
+ * fsync of a folder: makes the names in it durable (a file created, renamed
+ * into it or removed), which POSIX does not promise after the file's own fsync.
+ *
+ * @example After a rename
+ * ```ts
+ * import { syncDir } from "./fs.ts";
+ * await syncDir("/tmp");
+ * ```
+ */
+export async function syncDir(path: string): Promise<void> {
+  using dir = await Deno.open(path, { read: true });
+  await dir.sync();
+}
+
+/**
  * Reads from `file`'s position until `length` bytes or the end of the file,
  * whichever comes first (a short read does not stop it).
  *
