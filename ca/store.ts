@@ -162,7 +162,11 @@ export class Transaction {
         ...this.#beforeIndex.map((fn) => fn()),
       ]);
     } catch (e) {
-      for (const [, to] of moves) Deno.removeSync(to);
+      for (const [, to] of moves) {
+        try {
+          Deno.removeSync(to);
+        } catch { /* gone already: nothing to take back */ }
+      }
       throw e;
     }
     let lines = "";
