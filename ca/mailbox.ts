@@ -21,7 +21,7 @@
  */
 import { join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDir, writeFileAtomic } from "../lib/fs.ts";
+import { ensurePrivateDir, syncDir, writeFileAtomic } from "../lib/fs.ts";
 import type { MailboxRecord } from "../lib/mailbox_record.ts";
 import { checkName } from "../lib/names.ts";
 import type { CaPaths } from "./home.ts";
@@ -163,7 +163,7 @@ export class Mailbox {
     posting.bytes += item.length;
     this.#posting.set(to, posting);
     try {
-      await ensurePrivateDir(dir);
+      await ensurePrivateDir(dir, { durable: true });
       // The item first, then its record: a crash between them leaves an orphan, not a hole.
       await writeFileAtomic(join(dir, `${record.id}.cms`), item, { mode: 0o600, durable: true });
       await writeFileAtomic(
@@ -171,6 +171,8 @@ export class Mailbox {
         JSON.stringify(record) + "\n",
         { mode: 0o600, durable: true },
       );
+      // Both names durable before the sender hears "queued" (one fsync of the folder).
+      await syncDir(dir);
       box.set(record.id, record);
     } finally {
       posting.items--;

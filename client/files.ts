@@ -8,7 +8,7 @@ import { createHash, type Hash } from "node:crypto";
 import { statfsSync } from "node:fs";
 import { basename, join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
-import { writeFileAtomic } from "../lib/fs.ts";
+import { syncDir, writeFileAtomic } from "../lib/fs.ts";
 
 /**
  * Makes an announced file name safe to create in the downloads folder: no path,
@@ -155,6 +155,9 @@ export class IncomingFile {
       try {
         await Deno.link(this.#partial, target); // link() never overwrites
         await Deno.remove(this.#partial);
+        // The sender hears "delivered" next: the name must survive a power cut too (left
+        // as a partial file, it would be removed as stale at the next start).
+        await syncDir(this.#dir);
         return target;
       } catch (e) {
         if (!(e instanceof Deno.errors.AlreadyExists)) {

@@ -190,7 +190,9 @@ export class Identity {
       const ca = new CaClient(this.caUrl, this.anchor, { key, cert });
       await checkLogged(this.home, this.anchor, ca, cert, reply);
     }
-    await writeFileAtomic(this.certPath, cert, { mode: 0o644 });
+    // The folder too: the CA has revoked the old certificate as superseded, so after a power
+    // cut the file must not still be the old one.
+    await writeFileAtomic(this.certPath, cert, { mode: 0o644, syncDir: true });
     const passphrase = this.#passphrase;
     return await Identity.load(dirname(this.dir), {
       passphrase: passphrase === undefined ? undefined : () => Promise.resolve(passphrase),

@@ -41,8 +41,9 @@ export async function makeKeyAndCsr(
 ): Promise<{ keyPath: string; csrPath: string; csr: string }> {
   checkName(name);
   const paths = new ClientHome(home).id;
-  await ensurePrivateDir(home);
-  await ensurePrivateDir(paths.dir);
+  // Durable folders: the key in them is the only copy.
+  await ensurePrivateDir(home, { durable: true });
+  await ensurePrivateDir(paths.dir, { durable: true });
   if (await exists(paths.key)) {
     throw new E2eError("ERR_FILE", `A key already exists at "${paths.key}"`, {
       hint: "use another --home for another identity",
@@ -90,6 +91,7 @@ export async function changePassphrase(
   const next = options.newPassphrase === undefined
     ? plain
     : await encryptKey(plain, options.newPassphrase);
-  await writeFileAtomic(key, next, { mode: 0o600 });
+  // The folder too: after a power cut the passphrase in force is the one we reported.
+  await writeFileAtomic(key, next, { mode: 0o600, syncDir: true });
   return { keyPath: key, encrypted: options.newPassphrase !== undefined };
 }

@@ -463,10 +463,11 @@ export class MailboxClient {
       // the user, as a peer's offer does (docs/PROTOCOL.md §3); sealed, in the held folder. The
       // CA's copy can go.
       if (asks) {
-        await ensurePrivateDir(this.#home.mailbox);
-        await ensurePrivateDir(this.#home.mailboxHeld);
+        await ensurePrivateDir(this.#home.mailbox, { durable: true });
+        await ensurePrivateDir(this.#home.mailboxHeld, { durable: true });
         const path = join(this.#home.mailboxHeld, `${item.from}.${item.id}${OFFER}`);
-        await writeFileAtomic(path, der, { mode: 0o600 });
+        // The CA's copy goes next: ours must be there after a power cut, name and all.
+        await writeFileAtomic(path, der, { mode: 0o600, syncDir: true });
         this.#announce(item, path);
         if (at.caId) await host.ca.mailboxDelete(at.caId);
         return;
@@ -559,10 +560,12 @@ export class MailboxClient {
   }
 
   async #hold(item: MailboxItem, der: Uint8Array): Promise<void> {
-    await ensurePrivateDir(this.#home.mailbox);
-    await ensurePrivateDir(this.#home.mailboxHeld);
+    await ensurePrivateDir(this.#home.mailbox, { durable: true });
+    await ensurePrivateDir(this.#home.mailboxHeld, { durable: true });
+    // The only copy once the CA's is deleted: durable, name and all.
     await writeFileAtomic(join(this.#home.mailboxHeld, `${item.from}.${item.id}.cms`), der, {
       mode: 0o600,
+      syncDir: true,
     });
   }
 

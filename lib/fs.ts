@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 
 /** Options of {@linkcode writeFileAtomic}. */
 export interface WriteAtomicOptions {
@@ -18,11 +18,20 @@ export interface WriteAtomicOptions {
    * the old file or empty, never half of the new one).
    */
   durable?: boolean;
+  /**
+   * Also fsync the folder after the rename, so that the new name survives a
+   * power cut as well (without it the folder may still show the old file, or
+   * none). Default: false — for a file someone is told about (a key, a
+   * certificate that replaces one the CA revokes, an item that is the only
+   * copy), set it, or sync the folder once after writing several files in it.
+   */
+  syncDir?: boolean;
 }
 
 /**
  * Writes `data` to `path` so that readers see either the old file or the whole
- * new one, never a part: write a sibling temp file, fsync, rename.
+ * new one, never a part: write a sibling temp file, fsync, rename (and, with
+ * `syncDir`, fsync the folder).
  *
  * @example Replacing a file
  * ```ts
@@ -62,6 +71,16 @@ export async function writeFileAtomic(
     await Deno.remove(tmp).catch(() => {});
     throw e;
   }
+  if (options.syncDir) await syncDir(dirname(path));
+}
+
+/** Options of {@linkcode ensurePrivateDir}. */
+export interface PrivateDirOptions {
+  /**
+   * fsync the parent of each folder this call creates, so that the new folders
+   * survive a power cut (for a file in them that must). Default: false.
+   */
+  durable?: boolean;
 }
 
 /**
@@ -73,9 +92,18 @@ export async function writeFileAtomic(
  * await ensurePrivateDir("/tmp/e2e-chat-example");
  * ```
  */
-export async function ensurePrivateDir(path: string): Promise<void> {
+export async function ensurePrivateDir(
+  path: string,
+  options: PrivateDirOptions = {},
+): Promise<void> {
+  // The folders missing now, deepest first: their parents' fsyncs make them durable.
+  const missing: string[] = [];
+  if (options.durable) {
+    for (let dir = resolve(path); !await exists(dir); dir = dirname(dir)) missing.push(dir);
+  }
   await Deno.mkdir(path, { recursive: true, mode: 0o700 });
   await Deno.chmod(path, 0o700);
+  for (const dir of missing.reverse()) await syncDir(dirname(dir));
 }
 
 /**

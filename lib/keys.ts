@@ -144,8 +144,8 @@ export async function generateKeyAndRequest(
     throw new E2eError("ERR_OPENSSL", "openssl req printed no key and request");
   }
   const file = options.passphrase === undefined ? key : await encryptKey(key, options.passphrase);
-  // The one copy of the key: durable before its request goes anywhere.
-  await writeFileAtomic(path, file, { mode: 0o600, createNew: true });
+  // The one copy of the key, and its name: durable before its request goes anywhere.
+  await writeFileAtomic(path, file, { mode: 0o600, createNew: true, syncDir: true });
   return { csr, key };
 }
 
