@@ -605,6 +605,10 @@ export class CertificateAuthority {
         for (const r of batch) {
           try {
             const current = validFor(entries, r.job.spec.subject);
+            // A certificate the check saw valid and that was revoked since, with none in its
+            // place: the request was allowed by a state that no longer holds (a renewal must not
+            // outlive a revocation that was confirmed before its commit).
+            if (!current.length) revokedMeanwhile(entries, r.current, r.job.spec.subject);
             for (const entry of current) {
               if (!r.current.some((e) => e.serial === entry.serial)) {
                 await r.job.spec.supersede(entry);
@@ -767,6 +771,19 @@ async function diskFull(dir: string): Promise<E2eError | undefined> {
 function validFor(entries: IndexEntry[], name: string): IndexEntry[] {
   const now = Date.now();
   return entries.filter((e) => e.name === name && e.status === "V" && e.expires.getTime() > now);
+}
+
+// Throws when one of `checked` (valid when the request was checked) is revoked in `entries`.
+function revokedMeanwhile(entries: IndexEntry[], checked: IndexEntry[], name: string): void {
+  for (const entry of checked) {
+    if (entries.findLast((e) => e.serial === entry.serial)?.status !== "R") continue;
+    throw new E2eError(
+      "ERR_FORBIDDEN",
+      `Cannot sign request: the certificate of ${
+        JSON.stringify(name)
+      } (serial ${entry.serial}) was revoked meanwhile`,
+    );
+  }
 }
 
 async function readIndexAt(work: string): Promise<IndexEntry[]> {

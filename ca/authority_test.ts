@@ -357,6 +357,27 @@ Deno.test("sign() with the same key renews: the old certificate is revoked as su
   });
 });
 
+Deno.test("sign() refuses a renewal whose certificate was revoked while it was being signed", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice");
+    const first = await ca.sign(csr, "alice");
+    // Checked while alice's certificate is valid; the revocation takes the lock before its commit.
+    const renewal = ca.sign(csr, "alice");
+    await ca.revoke("alice", { reason: "keyCompromise" });
+    await assert.rejects(
+      renewal,
+      e2eError(
+        "ERR_FORBIDDEN",
+        `Cannot sign request: the certificate of "alice" (serial ${first.certificate.serial}) was revoked meanwhile`,
+      ),
+    );
+    assert.equal(await ca.current("alice"), undefined, "a confirmed revocation stays in force");
+    assert.deepEqual((await ca.list()).map((c) => [c.serial, c.status]), [
+      [first.certificate.serial, "revoked"],
+    ]);
+  });
+});
+
 Deno.test("sign() refuses a different key for a name that holds a valid certificate", async () => {
   await withCa(async (ca) => {
     const { certificate } = await ca.sign((await makeCsr("alice")).csr, "alice");
