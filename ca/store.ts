@@ -155,6 +155,13 @@ export class Transaction {
     // beforeIndex() makes durable, go at once; a certificate in certs/ that no index line names
     // counts for nothing (as one a killed process leaves), and a failed commit takes them back.
     for (const [from, to] of moves) Deno.renameSync(from, to);
+    const takeBack = () => {
+      for (const [, to] of moves) {
+        try {
+          Deno.removeSync(to);
+        } catch { /* gone already: nothing to take back */ }
+      }
+    };
     try {
       await Promise.all([
         ...moves.map(([, to]) => syncFile(to)),
@@ -162,11 +169,7 @@ export class Transaction {
         ...this.#beforeIndex.map((fn) => fn()),
       ]);
     } catch (e) {
-      for (const [, to] of moves) {
-        try {
-          Deno.removeSync(to);
-        } catch { /* gone already: nothing to take back */ }
-      }
+      takeBack();
       throw e;
     }
     let lines = "";
@@ -193,9 +196,23 @@ export class Transaction {
       // which readers ignore and the next transaction cuts off (repairIndex).
       using file = Deno.openSync(paths.index, { append: true });
       const bytes = new TextEncoder().encode(lines);
-      let n = 0;
-      while (n < bytes.length) n += file.writeSync(bytes.subarray(n));
-      await file.sync();
+      const size = file.statSync().size;
+      try {
+        let n = 0;
+        while (n < bytes.length) n += file.writeSync(bytes.subarray(n));
+        await file.sync();
+      } catch (e) {
+        // A full disk stops the append part-way, maybe after whole lines of the group: cut
+        // them off, since their callers hear that the commit failed. Lines that cannot be cut
+        // off keep their certificates.
+        try {
+          file.truncateSync(size);
+        } catch {
+          throw e;
+        }
+        takeBack();
+        throw e;
+      }
     }
     if (this.#full && await exists(join(this.dir, "crl.pem"))) {
       await writeFileAtomic(paths.crl, await Deno.readFile(join(this.dir, "crl.pem")), {
