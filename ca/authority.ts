@@ -9,7 +9,7 @@ import { join } from "node:path";
 import type { NoteKey } from "../lib/checkpoint.ts";
 import { type CertificateRequest, parseCsr } from "../lib/csr.ts";
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
+import { ensurePrivateDir, exists, syncDir, writeFileAtomic } from "../lib/fs.ts";
 import { generateKey, makeRequest } from "../lib/keys.ts";
 import { checkName } from "../lib/names.ts";
 import { openssl, OpensslError, PASSPHRASE_ARG } from "../lib/openssl.ts";
@@ -223,7 +223,11 @@ export class CertificateAuthority {
           await Deno.remove(`${leftover}.old`).catch(() => {});
         }
         await Deno.chmod(staged.crlnumber, 0o600);
+        // On disk before the CA exists by name, and its name after: openssl and the key's writer
+        // do not fsync, and a CA reported created must not come back from a power cut keyless.
+        await syncTree(stage);
         await Deno.rename(stage, paths.dir);
+        await syncDir(home);
       } catch (e) {
         await Deno.remove(stage, { recursive: true }).catch(() => {});
         throw e;
@@ -477,6 +481,10 @@ export class CertificateAuthority {
       if (!await exists(this.paths.logKey)) {
         await generateKey(this.paths.logKey, "ed25519", { passphrase });
       }
+      // The key on disk before a certificate names it: a log.crt without its key stops every
+      // commit at the log's checkpoint.
+      await syncTree(this.paths.logDir);
+      await syncDir(this.paths.dir); // log/'s own name
       const csr = await makeRequest(this.paths.logKey, LOG_CN, { passphrase });
       const { certificate } = await this.#issue(parseCsr(csr).der, {
         subject: LOG_CN,
@@ -485,6 +493,10 @@ export class CertificateAuthority {
         supersede: async () => {},
       });
       await writeFileAtomic(this.paths.logCert, certificate.pem, { mode: 0o644 });
+      await locked(this.paths, () => this.#syncLog());
+      // The names of log.crt, and of the entries and checkpoint the first sync made.
+      await syncDir(this.paths.logDir);
+      return this.#log!;
     }
     await locked(this.paths, () => this.#syncLog());
     return this.#log!;
@@ -746,6 +758,16 @@ export class CertificateAuthority {
       throw e;
     }
   }
+}
+
+// fsync of every file and folder under `dir`, `dir` itself last.
+async function syncTree(dir: string): Promise<void> {
+  for await (const entry of Deno.readDir(dir)) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory) await syncTree(path);
+    else if (entry.isFile) await syncDir(path); // an fsync of what the path opens, file or folder
+  }
+  await syncDir(dir);
 }
 
 // A signing folder no longer needed; one that cannot be removed is left to the clean-up.

@@ -679,3 +679,77 @@ Deno.test("current() and isCurrent() follow signing and revocation", async () =>
     assert.equal(await ca.isCurrent("DEADBEEF"), false);
   });
 });
+
+// ---------------------------------------------------------------------------
+// Durability of what init() and openLog() create
+
+const hasStrace = await new Deno.Command("strace", { args: ["-V"], stdout: "null", stderr: "null" })
+  .output().then((r) => r.success, () => false);
+
+/**
+ * Runs init() then openLog() in a child process under strace and returns, in order, its
+ * fsyncs (`sync PATH`) and renames (`rename FROM TO`), with paths made relative to `home`.
+ */
+async function traceInitAndLog(home: string): Promise<string[]> {
+  const trace = join(home, "..", "strace.txt");
+  const script = [
+    `import { CertificateAuthority } from ${
+      JSON.stringify(import.meta.resolve("./authority.ts"))
+    };`,
+    `const ca = await CertificateAuthority.init(Deno.env.get("HOME_DIR"), Deno.env.get("PASS"),`,
+    `  { keyType: "ec-p256" });`,
+    `await ca.openLog();`,
+  ].join("\n");
+  const result = await new Deno.Command("strace", {
+    args: [
+      ...["-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o", trace],
+      ...[Deno.execPath(), "eval", "--no-config", script],
+    ],
+    env: { HOME_DIR: home, PASS: PASSPHRASE },
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assert.ok(result.success, decoder.decode(result.stderr));
+  const out: string[] = [];
+  const rel = (p: string) => p === home ? "HOME" : p.replace(home + "/", "");
+  for (const line of (await Deno.readTextFile(trace)).split("\n")) {
+    if (/= -1 /.test(line)) continue;
+    // A call another thread interrupts is printed as "<unfinished ...>", its result later.
+    const sync = /\bf(?:data)?sync\(\d+<([^>]*)>(?:\) = 0| <unfinished)/.exec(line);
+    if (sync) out.push(`sync ${rel(sync[1])}`);
+    const rename = /\brename(?:at2?)?\((?:[^,]*, )?"([^"]*)", (?:[^,]*, )?"([^"]*)"/.exec(line);
+    if (rename) out.push(`rename ${rel(rename[1])} ${rel(rename[2])}`);
+  }
+  return out;
+}
+
+Deno.test({
+  name:
+    "init() makes the CA's files and its folder's name durable before it returns, and openLog() the log key before its certificate",
+  ignore: !hasStrace,
+  fn: async () => {
+    await withTempDir(async (dir) => {
+      const home = join(dir, "home");
+      const events = await traceInitAndLog(home);
+      const into = events.findIndex((e) => /^rename \.ca-init-[^ /]+ ca$/.test(e));
+      assert.ok(into >= 0, `the CA folder is renamed into place:\n${events.join("\n")}`);
+      const stage = events[into].split(" ")[1];
+      const before = events.slice(0, into);
+      for (const file of ["ca.key", "ca.crt", "index.txt", "crlnumber", "crl.pem", "openssl.cnf"]) {
+        assert.ok(
+          before.includes(`sync ${stage}/${file}`),
+          `${file} is on disk before the CA exists:\n${events.join("\n")}`,
+        );
+      }
+      assert.ok(before.includes(`sync ${stage}`), "the folder's own entries are on disk first");
+      const after = events.slice(into + 1);
+      const homeSynced = after.indexOf("sync HOME");
+      assert.ok(homeSynced >= 0, `the CA folder's name is made durable:\n${events.join("\n")}`);
+      // The log key is on disk before its certificate names it, and both names are durable.
+      const keySynced = after.indexOf("sync ca/log/log.key");
+      const certNamed = after.findIndex((e) => / ca\/log\/log\.crt$/.test(e));
+      assert.ok(keySynced >= 0 && certNamed > keySynced, `log.key first:\n${events.join("\n")}`);
+      assert.ok(after.slice(certNamed).includes("sync ca/log"), "log.crt's name is durable");
+    });
+  },
+});
