@@ -200,11 +200,11 @@ export class Transaction {
       try {
         let n = 0;
         while (n < bytes.length) n += file.writeSync(bytes.subarray(n));
-        await file.sync();
       } catch (e) {
         // A full disk stops the append part-way, maybe after whole lines of the group: cut
-        // them off, since their callers hear that the commit failed. Lines that cannot be cut
-        // off keep their certificates.
+        // them off, since their callers hear that the commit failed (synchronously, before
+        // anything in this process reads them). Lines that cannot be cut off keep their
+        // certificates.
         try {
           file.truncateSync(size);
         } catch {
@@ -213,6 +213,7 @@ export class Transaction {
         takeBack();
         throw e;
       }
+      await file.sync();
     }
     if (this.#full && await exists(join(this.dir, "crl.pem"))) {
       await writeFileAtomic(paths.crl, await Deno.readFile(join(this.dir, "crl.pem")), {
