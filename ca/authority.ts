@@ -70,6 +70,13 @@ export interface SignOptions {
    * if it throws. An invite's redemption records the serial here. Default: none.
    */
   beforeCommit?: (certificate: CertificateInfo) => Promise<void>;
+  /**
+   * The serial of the certificate that authorized this request (a renewal by
+   * its holder): the signing is refused with `ERR_FORBIDDEN` unless that is
+   * the name's valid certificate when the request is checked and still when it
+   * commits, so a renewal never outlives a revocation. Default: none.
+   */
+  renews?: string;
 }
 
 /** Options of {@linkcode CertificateAuthority.revoke}. */
@@ -111,6 +118,7 @@ interface IssueSpec {
   days: number;
   supersede: (current: IndexEntry) => Promise<void>;
   beforeCommit?: (certificate: CertificateInfo) => Promise<void>;
+  renews?: string;
 }
 
 /** A signing waiting in the queue. */
@@ -279,6 +287,7 @@ export class CertificateAuthority {
       extensions: leafExtensions(name, kind, await this.crlUrl()),
       days,
       beforeCommit: options.beforeCommit,
+      renews: options.renews,
       supersede: async (entry) => {
         const old = parseCertificate(await Deno.readTextFile(this.paths.certFile(entry.serial)));
         if (old.keyFingerprint !== request.keyFingerprint && !options.replace) {
@@ -584,6 +593,7 @@ export class CertificateAuthority {
     try {
       // Checked now to refuse early, and again under the lock in case another process changed it.
       const current = validFor(await this.#index.entries(), job.spec.subject);
+      checkRenewal(job.spec, current);
       for (const entry of current) await job.spec.supersede(entry);
       folder = await signingFolder(this.paths);
       const certificate = await this.#signIn(folder, job);
@@ -617,10 +627,7 @@ export class CertificateAuthority {
         for (const r of batch) {
           try {
             const current = validFor(entries, r.job.spec.subject);
-            // A certificate the check saw valid and that was revoked since, with none in its
-            // place: the request was allowed by a state that no longer holds (a renewal must not
-            // outlive a revocation that was confirmed before its commit).
-            if (!current.length) revokedMeanwhile(entries, r.current, r.job.spec.subject);
+            checkRenewal(r.job.spec, current);
             for (const entry of current) {
               if (!r.current.some((e) => e.serial === entry.serial)) {
                 await r.job.spec.supersede(entry);
@@ -795,17 +802,17 @@ function validFor(entries: IndexEntry[], name: string): IndexEntry[] {
   return entries.filter((e) => e.name === name && e.status === "V" && e.expires.getTime() > now);
 }
 
-// Throws when one of `checked` (valid when the request was checked) is revoked in `entries`.
-function revokedMeanwhile(entries: IndexEntry[], checked: IndexEntry[], name: string): void {
-  for (const entry of checked) {
-    if (entries.findLast((e) => e.serial === entry.serial)?.status !== "R") continue;
-    throw new E2eError(
-      "ERR_FORBIDDEN",
-      `Cannot sign request: the certificate of ${
-        JSON.stringify(name)
-      } (serial ${entry.serial}) was revoked meanwhile`,
-    );
-  }
+// A renewal goes ahead only while the certificate that authorized it is the name's valid one.
+function checkRenewal(spec: IssueSpec, current: IndexEntry[]): void {
+  if (spec.renews === undefined) return;
+  const serial = normalizeSerialHex(spec.renews);
+  if (current.some((e) => normalizeSerialHex(e.serial) === serial)) return;
+  throw new E2eError(
+    "ERR_FORBIDDEN",
+    `Cannot sign request: serial ${spec.renews} is no longer the valid certificate of ${
+      JSON.stringify(spec.subject)
+    }`,
+  );
 }
 
 async function readIndexAt(work: string): Promise<IndexEntry[]> {

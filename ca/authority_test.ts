@@ -357,20 +357,21 @@ Deno.test("sign() with the same key renews: the old certificate is revoked as su
   });
 });
 
-Deno.test("sign() refuses a renewal whose certificate was revoked while it was being signed", async () => {
+Deno.test("sign() refuses a renewal whose certificate is revoked before its commit, even while it is being signed", async () => {
   await withCa(async (ca) => {
     const { csr } = await makeCsr("alice");
     const first = await ca.sign(csr, "alice");
+    const renews = first.certificate.serial;
     // Checked while alice's certificate is valid; the revocation takes the lock before its commit.
-    const renewal = ca.sign(csr, "alice");
+    const renewal = ca.sign(csr, "alice", { renews });
     await ca.revoke("alice", { reason: "keyCompromise" });
-    await assert.rejects(
-      renewal,
-      e2eError(
-        "ERR_FORBIDDEN",
-        `Cannot sign request: the certificate of "alice" (serial ${first.certificate.serial}) was revoked meanwhile`,
-      ),
+    const refused = e2eError(
+      "ERR_FORBIDDEN",
+      `Cannot sign request: serial ${renews} is no longer the valid certificate of "alice"`,
     );
+    await assert.rejects(renewal, refused);
+    // And one that starts after the revocation is refused when checked.
+    await assert.rejects(ca.sign(csr, "alice", { renews }), refused);
     assert.equal(await ca.current("alice"), undefined, "a confirmed revocation stays in force");
     assert.deepEqual((await ca.list()).map((c) => [c.serial, c.status]), [
       [first.certificate.serial, "revoked"],
