@@ -642,9 +642,21 @@ export class CertificateAuthority {
               );
               revoked = true;
             }
-            tx.adopt(r.folder);
+            const adopted = tx.adopt(r.folder);
             const hook = r.job.spec.beforeCommit;
-            if (hook) tx.beforeIndex(() => hook(r.certificate));
+            // A hook that refuses (an invite's token used meanwhile) fails its own signing
+            // only, not the others of the group; unless that signing revoked a certificate in
+            // the full copy, which then must not commit either.
+            const alone = current.length === 0;
+            if (hook) {
+              tx.beforeIndex(() =>
+                hook(r.certificate).catch((error) => {
+                  if (!alone) throw error;
+                  adopted.discard();
+                  outcome.set(r, { error });
+                })
+              );
+            }
             outcome.set(r, {
               issued: { certificate: r.certificate, superseded: current.map((e) => e.serial) },
             });

@@ -539,6 +539,82 @@ Deno.test("sign() batches concurrent signings, each beforeCommit seeing its own 
   });
 });
 
+Deno.test("sign() fails only the signing whose beforeCommit throws: the others of its group commit", async () => {
+  await withCa(async (ca) => {
+    const names = ["p0", "g1", "g2"];
+    const csrs = await Promise.all(names.map(async (n) => (await makeCsr(n)).csr));
+    // p0's commit holds the CA lock until g1 and g2 are signed, so that those two commit
+    // together after it (a group), which their hooks see: each finds the other under way.
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    let committing!: () => void;
+    const pacing = new Promise<void>((resolve) => (committing = resolve));
+    const pacer = ca.sign(csrs[0], "p0", {
+      beforeCommit: () => {
+        committing();
+        return gate;
+      },
+    });
+    await pacing;
+    const active = new Set<string>();
+    let together = false;
+    const hook = (name: string, error?: Error) => async () => {
+      active.add(name);
+      together ||= active.size === 2;
+      await Promise.resolve();
+      active.delete(name);
+      if (error) throw error;
+    };
+    const refused = new E2eError("ERR_TOKEN_INVALID", "Invalid, used or expired invite token");
+    const g1 = ca.sign(csrs[1], "g1", { beforeCommit: hook("g1", refused) });
+    const g2 = ca.sign(csrs[2], "g2", { beforeCommit: hook("g2") });
+    await waitUntilSigned(ca, 3); // p0's folder too
+    open();
+    await pacer;
+    await assert.rejects(g1, (e) => e === refused);
+    const issued = await g2;
+    assert.ok(together, "g1 and g2 committed in one group");
+    assert.equal(issued.certificate.commonName, "g2");
+    assert.deepEqual((await ca.list()).map((c) => c.name), ["p0", "g2"]);
+    const files = [...Deno.readDirSync(ca.paths.certs)].map((e) => e.name).sort();
+    const listed = (await ca.list()).map((c) => `${c.serial}.pem`).sort();
+    assert.deepEqual(files, listed, "g1's certificate is not left in certs/");
+  });
+});
+
+Deno.test("sign() that supersedes a certificate revokes nothing when its beforeCommit throws", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice");
+    const first = await ca.sign(csr, "alice");
+    const failure = new Error("the journal's disk is gone");
+    await assert.rejects(
+      ca.sign(csr, "alice", { beforeCommit: () => Promise.reject(failure) }),
+      (e) => e === failure,
+    );
+    assert.equal((await ca.current("alice"))?.serial, first.certificate.serial);
+    assert.deepEqual((await ca.list()).map((c) => c.status), ["valid"]);
+  });
+});
+
+/** Waits until `count` signing folders hold what openssl wrote, and a moment more. */
+async function waitUntilSigned(ca: CertificateAuthority, count: number): Promise<void> {
+  for (let i = 0; i < 600; i++) {
+    let done = 0;
+    try {
+      for (const entry of Deno.readDirSync(ca.paths.signing)) {
+        const index = join(ca.paths.signing, entry.name, "index.txt");
+        if ((Deno.statSync(index).size ?? 0) > 0) done++;
+      }
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e; // a folder being made
+    }
+    if (done >= count) break;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  // What follows openssl's exit (reading its output) takes a few ms.
+  await new Promise((resolve) => setTimeout(resolve, 300));
+}
+
 // ---------------------------------------------------------------------------
 // revoke, crl, list
 
