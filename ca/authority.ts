@@ -381,8 +381,12 @@ export class CertificateAuthority {
         days: checkDays(options.days ?? 30, this.#maxDays()),
         supersede: async () => {},
       });
+      // On disk before they take their names, and the names after: a power cut must not leave a
+      // current certificate beside an empty key, which would stop every start of the service.
+      await syncDir(keyPath); // an fsync of what the path opens: here the key file
       await Deno.rename(keyPath, paths.serviceKey);
-      await Deno.writeTextFile(paths.serviceCert, certificate.pem);
+      await writeFileAtomic(paths.serviceCert, certificate.pem);
+      await syncDir(paths.serviceDir);
       return {
         key: await Deno.readTextFile(paths.serviceKey),
         cert: certificate.pem,

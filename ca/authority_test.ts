@@ -776,6 +776,7 @@ async function traceInitAndLog(home: string): Promise<string[]> {
     `const ca = await CertificateAuthority.init(Deno.env.get("HOME_DIR"), Deno.env.get("PASS"),`,
     `  { keyType: "ec-p256" });`,
     `await ca.openLog();`,
+    `await ca.issueServiceCertificate(["127.0.0.1"]);`,
   ].join("\n");
   const result = await new Deno.Command("strace", {
     args: [
@@ -802,7 +803,7 @@ async function traceInitAndLog(home: string): Promise<string[]> {
 
 Deno.test({
   name:
-    "init() makes the CA's files and its folder's name durable before it returns, and openLog() the log key before its certificate",
+    "init() makes the CA's files and its folder's name durable before it returns, openLog() the log key before its certificate, and issueServiceCertificate() the service's key and certificate",
   ignore: !hasStrace,
   fn: async () => {
     await withTempDir(async (dir) => {
@@ -827,6 +828,19 @@ Deno.test({
       const certNamed = after.findIndex((e) => / ca\/log\/log\.crt$/.test(e));
       assert.ok(keySynced >= 0 && certNamed > keySynced, `log.key first:\n${events.join("\n")}`);
       assert.ok(after.slice(certNamed).includes("sync ca/log"), "log.crt's name is durable");
+      // The service's key is on disk before it takes its name, its certificate too, and both names.
+      const keyNamed = after.findIndex((e) => / ca\/service\/key\.pem$/.test(e));
+      const keyFrom = after[keyNamed]?.split(" ")[1];
+      assert.ok(
+        keyNamed >= 0 && after.slice(0, keyNamed).includes(`sync ${keyFrom}`),
+        `the service key is on disk before its rename:\n${events.join("\n")}`,
+      );
+      const serviceCert = after.findIndex((e) => / ca\/service\/cert\.pem$/.test(e));
+      assert.ok(serviceCert > keyNamed, `cert.pem is renamed into place:\n${events.join("\n")}`);
+      assert.ok(
+        after.slice(serviceCert).includes("sync ca/service"),
+        `the service folder's names are durable:\n${events.join("\n")}`,
+      );
     });
   },
 });
