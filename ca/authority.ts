@@ -8,6 +8,7 @@ import { createPrivateKey, X509Certificate } from "node:crypto";
 import { join } from "node:path";
 import type { NoteKey } from "../lib/checkpoint.ts";
 import { type CertificateRequest, parseCsr } from "../lib/csr.ts";
+import { parseCrl } from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, syncDir, writeFileAtomic } from "../lib/fs.ts";
 import { generateKey, makeRequest } from "../lib/keys.ts";
@@ -400,23 +401,29 @@ export class CertificateAuthority {
   /** Revokes the valid certificate of a name, or a certificate by serial. Regenerates the CRL. */
   async revoke(nameOrSerial: string, options: RevokeOptions = {}): Promise<IndexEntry> {
     const passphrase = this.#requirePassphrase();
-    return await this.#transaction(async (tx) => {
+    let refusal: E2eError | undefined;
+    const revoked = await this.#transaction(async (tx) => {
       const entries = await this.#index.entries();
       const serial = serialOf(nameOrSerial);
       const target = validFor(entries, nameOrSerial)[0] ??
         entries.find((e) => serial !== "" && normalizeSerialHex(e.serial) === serial);
       if (!target) {
-        throw new E2eError(
+        refusal = new E2eError(
           "ERR_NOT_FOUND",
           `Cannot revoke: no valid certificate for ${JSON.stringify(nameOrSerial)}`,
           { hint: "see `deno task ca list` for names and serials" },
         );
-      }
-      if (target.status === "R") {
-        throw new E2eError(
+      } else if (target.status === "R") {
+        refusal = new E2eError(
           "ERR_ALREADY_REVOKED",
           `Cannot revoke: serial ${target.serial} is already revoked`,
         );
+      }
+      if (!target || refusal) {
+        // A revocation killed after its index and before its CRL left crl.pem behind, and its
+        // retry lands here: bring the CRL level (committed, though the retry is refused).
+        if (this.#crlBehind(entries)) await this.#gencrl(await tx.fullCopy(), passphrase);
+        return undefined;
       }
       const work = await tx.fullCopy();
       await this.#revokeIn(work, target.serial, options.reason ?? "unspecified", passphrase);
@@ -427,6 +434,20 @@ export class CertificateAuthority {
       await this.#gencrl(work, passphrase);
       return after;
     });
+    if (!revoked) throw refusal;
+    return revoked;
+  }
+
+  // Whether crl.pem misses a revocation the index holds (or cannot be read).
+  #crlBehind(entries: IndexEntry[]): boolean {
+    try {
+      const crl = parseCrl(Deno.readTextFileSync(this.paths.crl), this.certificate.x509);
+      return entries.some((e) =>
+        e.status === "R" && !crl.revoked.has(normalizeSerialHex(e.serial))
+      );
+    } catch {
+      return true;
+    }
   }
 
   /** Generates a fresh CRL (PEM) listing every revoked serial, and stores it as crl.pem. */

@@ -668,6 +668,36 @@ Deno.test("revoke() refuses a certificate that is already revoked", async () => 
   });
 });
 
+Deno.test("revoke() retried after a revocation killed before its CRL was written brings crl.pem level with the index", async () => {
+  await withCa(async (ca) => {
+    const { certificate } = await ca.sign((await makeCsr("alice")).csr, "alice");
+    const crl = await Deno.readTextFile(ca.paths.crl);
+    const crlnumber = await Deno.readTextFile(ca.paths.crlnumber);
+    await ca.revoke("alice", { reason: "keyCompromise" });
+    // What a kill between the index's rename and crlnumber's leaves: revoked, the CRL as before.
+    await Deno.writeTextFile(ca.paths.crl, crl);
+    await Deno.writeTextFile(ca.paths.crlnumber, crlnumber);
+    const listed = new RegExp(`Serial Number: ${certificate.serial}`);
+    assert.doesNotMatch(await crlText(ca, await Deno.readTextFile(ca.paths.crl)), listed);
+    // The admin, who saw no confirmation, tries again.
+    await assert.rejects(
+      () => ca.revoke("alice"),
+      e2eError("ERR_NOT_FOUND", 'Cannot revoke: no valid certificate for "alice"'),
+    );
+    assert.match(await crlText(ca, await Deno.readTextFile(ca.paths.crl)), listed);
+    // With the CRL level, a refusal changes nothing.
+    const before = await snapshot(ca.paths.dir);
+    await assert.rejects(
+      () => ca.revoke(certificate.serial),
+      e2eError(
+        "ERR_ALREADY_REVOKED",
+        `Cannot revoke: serial ${certificate.serial} is already revoked`,
+      ),
+    );
+    assert.deepEqual(await snapshot(ca.paths.dir), before);
+  });
+});
+
 Deno.test("revoke() of an unknown name or serial fails with ERR_NOT_FOUND", async () => {
   await withCa(async (ca) => {
     await ca.sign((await makeCsr("alice")).csr, "alice");
