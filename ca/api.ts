@@ -263,8 +263,14 @@ async function renew(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   const user = await authenticate(ctx, req);
   const body = object(await req.json());
   // Renewal keeps the key: a stolen certificate must not be able to swap in the thief's key.
-  // (A new key needs the admin: a new invite, or ca sign --replace.)
-  const { certificate } = await ctx.ca.sign(text(body.csr, "csr"), user, { replace: false });
+  // (A new key needs the admin: a new invite, or ca sign --replace.) And it is allowed by the
+  // caller's certificate only while that is valid: a revocation confirmed meanwhile (the body
+  // is read after the check) stops it.
+  const renews = checkPeer(req.peerDer!, ctx.anchor).serial;
+  const { certificate } = await ctx.ca.sign(text(body.csr, "csr"), user, {
+    replace: false,
+    renews,
+  });
   return { ...json(200, await logged(ctx, certificate)), user };
 }
 

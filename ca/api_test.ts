@@ -691,6 +691,38 @@ Deno.test("POST /v1/renew refuses another key (409), another name (400) and a ba
   });
 });
 
+Deno.test("POST /v1/renew refuses (403) a caller whose certificate is revoked while its body is still on the way, and issues nothing", async () => {
+  await withWorld(async ({ ctx, ca, member }) => {
+    const alice = await member("alice");
+    const { csr } = await makeCsr("alice", { keyPem: alice.key });
+    // A client that authenticated, then held its upload back until the admin's revocation
+    // was confirmed.
+    const renewal = handle(ctx, {
+      method: "POST",
+      path: "/v1/renew",
+      query: new URLSearchParams(),
+      remoteAddress: "127.0.0.1",
+      peerDer: alice.der,
+      wantsJson: false,
+      json: async () => {
+        await ca.revoke("alice", { reason: "keyCompromise" });
+        return { csr };
+      },
+      signal: new AbortController().signal,
+    });
+    await assert.rejects(
+      renewal,
+      e2eError(
+        "ERR_FORBIDDEN",
+        `Cannot sign request: serial ${alice.serial} is no longer the valid certificate of "alice"`,
+      ),
+    );
+    assert.equal(await ca.current("alice"), undefined, "the revocation stays in force");
+    const alices = (await ca.list()).filter((c) => c.name === "alice");
+    assert.deepEqual(alices.map((c) => [c.serial, c.status]), [[alice.serial, "revoked"]]);
+  });
+});
+
 // ---------------------------------------------------------------------------
 // /v1/rendezvous
 

@@ -8,8 +8,9 @@ import { createPrivateKey, X509Certificate } from "node:crypto";
 import { join } from "node:path";
 import type { NoteKey } from "../lib/checkpoint.ts";
 import { type CertificateRequest, parseCsr } from "../lib/csr.ts";
+import { parseCrl } from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
+import { ensurePrivateDir, exists, syncDir, writeFileAtomic } from "../lib/fs.ts";
 import { generateKey, makeRequest } from "../lib/keys.ts";
 import { checkName } from "../lib/names.ts";
 import { openssl, OpensslError, PASSPHRASE_ARG } from "../lib/openssl.ts";
@@ -70,6 +71,13 @@ export interface SignOptions {
    * if it throws. An invite's redemption records the serial here. Default: none.
    */
   beforeCommit?: (certificate: CertificateInfo) => Promise<void>;
+  /**
+   * The serial of the certificate that authorized this request (a renewal by
+   * its holder): the signing is refused with `ERR_FORBIDDEN` unless that is
+   * the name's valid certificate when the request is checked and still when it
+   * commits, so a renewal never outlives a revocation. Default: none.
+   */
+  renews?: string;
 }
 
 /** Options of {@linkcode CertificateAuthority.revoke}. */
@@ -111,6 +119,7 @@ interface IssueSpec {
   days: number;
   supersede: (current: IndexEntry) => Promise<void>;
   beforeCommit?: (certificate: CertificateInfo) => Promise<void>;
+  renews?: string;
 }
 
 /** A signing waiting in the queue. */
@@ -223,7 +232,11 @@ export class CertificateAuthority {
           await Deno.remove(`${leftover}.old`).catch(() => {});
         }
         await Deno.chmod(staged.crlnumber, 0o600);
+        // On disk before the CA exists by name, and its name after: openssl and the key's writer
+        // do not fsync, and a CA reported created must not come back from a power cut keyless.
+        await syncTree(stage);
         await Deno.rename(stage, paths.dir);
+        await syncDir(home);
       } catch (e) {
         await Deno.remove(stage, { recursive: true }).catch(() => {});
         throw e;
@@ -275,6 +288,7 @@ export class CertificateAuthority {
       extensions: leafExtensions(name, kind, await this.crlUrl()),
       days,
       beforeCommit: options.beforeCommit,
+      renews: options.renews,
       supersede: async (entry) => {
         const old = parseCertificate(await Deno.readTextFile(this.paths.certFile(entry.serial)));
         if (old.keyFingerprint !== request.keyFingerprint && !options.replace) {
@@ -368,8 +382,12 @@ export class CertificateAuthority {
         days: checkDays(options.days ?? 30, this.#maxDays()),
         supersede: async () => {},
       });
+      // On disk before they take their names, and the names after: a power cut must not leave a
+      // current certificate beside an empty key, which would stop every start of the service.
+      await syncDir(keyPath); // an fsync of what the path opens: here the key file
       await Deno.rename(keyPath, paths.serviceKey);
-      await Deno.writeTextFile(paths.serviceCert, certificate.pem);
+      await writeFileAtomic(paths.serviceCert, certificate.pem);
+      await syncDir(paths.serviceDir);
       return {
         key: await Deno.readTextFile(paths.serviceKey),
         cert: certificate.pem,
@@ -383,23 +401,29 @@ export class CertificateAuthority {
   /** Revokes the valid certificate of a name, or a certificate by serial. Regenerates the CRL. */
   async revoke(nameOrSerial: string, options: RevokeOptions = {}): Promise<IndexEntry> {
     const passphrase = this.#requirePassphrase();
-    return await this.#transaction(async (tx) => {
+    let refusal: E2eError | undefined;
+    const revoked = await this.#transaction(async (tx) => {
       const entries = await this.#index.entries();
       const serial = serialOf(nameOrSerial);
       const target = validFor(entries, nameOrSerial)[0] ??
         entries.find((e) => serial !== "" && normalizeSerialHex(e.serial) === serial);
       if (!target) {
-        throw new E2eError(
+        refusal = new E2eError(
           "ERR_NOT_FOUND",
           `Cannot revoke: no valid certificate for ${JSON.stringify(nameOrSerial)}`,
           { hint: "see `deno task ca list` for names and serials" },
         );
-      }
-      if (target.status === "R") {
-        throw new E2eError(
+      } else if (target.status === "R") {
+        refusal = new E2eError(
           "ERR_ALREADY_REVOKED",
           `Cannot revoke: serial ${target.serial} is already revoked`,
         );
+      }
+      if (!target || refusal) {
+        // A revocation killed after its index and before its CRL left crl.pem behind, and its
+        // retry lands here: bring the CRL level (committed, though the retry is refused).
+        if (this.#crlBehind(entries)) await this.#gencrl(await tx.fullCopy(), passphrase);
+        return undefined;
       }
       const work = await tx.fullCopy();
       await this.#revokeIn(work, target.serial, options.reason ?? "unspecified", passphrase);
@@ -410,6 +434,20 @@ export class CertificateAuthority {
       await this.#gencrl(work, passphrase);
       return after;
     });
+    if (!revoked) throw refusal;
+    return revoked;
+  }
+
+  // Whether crl.pem misses a revocation the index holds (or cannot be read).
+  #crlBehind(entries: IndexEntry[]): boolean {
+    try {
+      const crl = parseCrl(Deno.readTextFileSync(this.paths.crl), this.certificate.x509);
+      return entries.some((e) =>
+        e.status === "R" && !crl.revoked.has(normalizeSerialHex(e.serial))
+      );
+    } catch {
+      return true;
+    }
   }
 
   /** Generates a fresh CRL (PEM) listing every revoked serial, and stores it as crl.pem. */
@@ -477,6 +515,10 @@ export class CertificateAuthority {
       if (!await exists(this.paths.logKey)) {
         await generateKey(this.paths.logKey, "ed25519", { passphrase });
       }
+      // The key on disk before a certificate names it: a log.crt without its key stops every
+      // commit at the log's checkpoint.
+      await syncTree(this.paths.logDir);
+      await syncDir(this.paths.dir); // log/'s own name
       const csr = await makeRequest(this.paths.logKey, LOG_CN, { passphrase });
       const { certificate } = await this.#issue(parseCsr(csr).der, {
         subject: LOG_CN,
@@ -485,6 +527,10 @@ export class CertificateAuthority {
         supersede: async () => {},
       });
       await writeFileAtomic(this.paths.logCert, certificate.pem, { mode: 0o644 });
+      await locked(this.paths, () => this.#syncLog());
+      // The names of log.crt, and of the entries and checkpoint the first sync made.
+      await syncDir(this.paths.logDir);
+      return this.#log!;
     }
     await locked(this.paths, () => this.#syncLog());
     return this.#log!;
@@ -572,6 +618,7 @@ export class CertificateAuthority {
     try {
       // Checked now to refuse early, and again under the lock in case another process changed it.
       const current = validFor(await this.#index.entries(), job.spec.subject);
+      checkRenewal(job.spec, current);
       for (const entry of current) await job.spec.supersede(entry);
       folder = await signingFolder(this.paths);
       const certificate = await this.#signIn(folder, job);
@@ -605,6 +652,7 @@ export class CertificateAuthority {
         for (const r of batch) {
           try {
             const current = validFor(entries, r.job.spec.subject);
+            checkRenewal(r.job.spec, current);
             for (const entry of current) {
               if (!r.current.some((e) => e.serial === entry.serial)) {
                 await r.job.spec.supersede(entry);
@@ -619,9 +667,21 @@ export class CertificateAuthority {
               );
               revoked = true;
             }
-            tx.adopt(r.folder);
+            const adopted = tx.adopt(r.folder);
             const hook = r.job.spec.beforeCommit;
-            if (hook) tx.beforeIndex(() => hook(r.certificate));
+            // A hook that refuses (an invite's token used meanwhile) fails its own signing
+            // only, not the others of the group; unless that signing revoked a certificate in
+            // the full copy, which then must not commit either.
+            const alone = current.length === 0;
+            if (hook) {
+              tx.beforeIndex(() =>
+                hook(r.certificate).catch((error) => {
+                  if (!alone) throw error;
+                  adopted.discard();
+                  outcome.set(r, { error });
+                })
+              );
+            }
             outcome.set(r, {
               issued: { certificate: r.certificate, superseded: current.map((e) => e.serial) },
             });
@@ -744,6 +804,16 @@ export class CertificateAuthority {
   }
 }
 
+// fsync of every file and folder under `dir`, `dir` itself last.
+async function syncTree(dir: string): Promise<void> {
+  for await (const entry of Deno.readDir(dir)) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory) await syncTree(path);
+    else if (entry.isFile) await syncDir(path); // an fsync of what the path opens, file or folder
+  }
+  await syncDir(dir);
+}
+
 // A signing folder no longer needed; one that cannot be removed is left to the clean-up.
 function removeFolder(path: string): void {
   try {
@@ -767,6 +837,19 @@ async function diskFull(dir: string): Promise<E2eError | undefined> {
 function validFor(entries: IndexEntry[], name: string): IndexEntry[] {
   const now = Date.now();
   return entries.filter((e) => e.name === name && e.status === "V" && e.expires.getTime() > now);
+}
+
+// A renewal goes ahead only while the certificate that authorized it is the name's valid one.
+function checkRenewal(spec: IssueSpec, current: IndexEntry[]): void {
+  if (spec.renews === undefined) return;
+  const serial = normalizeSerialHex(spec.renews);
+  if (current.some((e) => normalizeSerialHex(e.serial) === serial)) return;
+  throw new E2eError(
+    "ERR_FORBIDDEN",
+    `Cannot sign request: serial ${spec.renews} is no longer the valid certificate of ${
+      JSON.stringify(spec.subject)
+    }`,
+  );
 }
 
 async function readIndexAt(work: string): Promise<IndexEntry[]> {

@@ -357,6 +357,28 @@ Deno.test("sign() with the same key renews: the old certificate is revoked as su
   });
 });
 
+Deno.test("sign() refuses a renewal whose certificate is revoked before its commit, even while it is being signed", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice");
+    const first = await ca.sign(csr, "alice");
+    const renews = first.certificate.serial;
+    // Checked while alice's certificate is valid; the revocation takes the lock before its commit.
+    const renewal = ca.sign(csr, "alice", { renews });
+    await ca.revoke("alice", { reason: "keyCompromise" });
+    const refused = e2eError(
+      "ERR_FORBIDDEN",
+      `Cannot sign request: serial ${renews} is no longer the valid certificate of "alice"`,
+    );
+    await assert.rejects(renewal, refused);
+    // And one that starts after the revocation is refused when checked.
+    await assert.rejects(ca.sign(csr, "alice", { renews }), refused);
+    assert.equal(await ca.current("alice"), undefined, "a confirmed revocation stays in force");
+    assert.deepEqual((await ca.list()).map((c) => [c.serial, c.status]), [
+      [first.certificate.serial, "revoked"],
+    ]);
+  });
+});
+
 Deno.test("sign() refuses a different key for a name that holds a valid certificate", async () => {
   await withCa(async (ca) => {
     const { certificate } = await ca.sign((await makeCsr("alice")).csr, "alice");
@@ -517,6 +539,82 @@ Deno.test("sign() batches concurrent signings, each beforeCommit seeing its own 
   });
 });
 
+Deno.test("sign() fails only the signing whose beforeCommit throws: the others of its group commit", async () => {
+  await withCa(async (ca) => {
+    const names = ["p0", "g1", "g2"];
+    const csrs = await Promise.all(names.map(async (n) => (await makeCsr(n)).csr));
+    // p0's commit holds the CA lock until g1 and g2 are signed, so that those two commit
+    // together after it (a group), which their hooks see: each finds the other under way.
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    let committing!: () => void;
+    const pacing = new Promise<void>((resolve) => (committing = resolve));
+    const pacer = ca.sign(csrs[0], "p0", {
+      beforeCommit: () => {
+        committing();
+        return gate;
+      },
+    });
+    await pacing;
+    const active = new Set<string>();
+    let together = false;
+    const hook = (name: string, error?: Error) => async () => {
+      active.add(name);
+      together ||= active.size === 2;
+      await Promise.resolve();
+      active.delete(name);
+      if (error) throw error;
+    };
+    const refused = new E2eError("ERR_TOKEN_INVALID", "Invalid, used or expired invite token");
+    const g1 = ca.sign(csrs[1], "g1", { beforeCommit: hook("g1", refused) });
+    const g2 = ca.sign(csrs[2], "g2", { beforeCommit: hook("g2") });
+    await waitUntilSigned(ca, 3); // p0's folder too
+    open();
+    await pacer;
+    await assert.rejects(g1, (e) => e === refused);
+    const issued = await g2;
+    assert.ok(together, "g1 and g2 committed in one group");
+    assert.equal(issued.certificate.commonName, "g2");
+    assert.deepEqual((await ca.list()).map((c) => c.name), ["p0", "g2"]);
+    const files = [...Deno.readDirSync(ca.paths.certs)].map((e) => e.name).sort();
+    const listed = (await ca.list()).map((c) => `${c.serial}.pem`).sort();
+    assert.deepEqual(files, listed, "g1's certificate is not left in certs/");
+  });
+});
+
+Deno.test("sign() that supersedes a certificate revokes nothing when its beforeCommit throws", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice");
+    const first = await ca.sign(csr, "alice");
+    const failure = new Error("the journal's disk is gone");
+    await assert.rejects(
+      ca.sign(csr, "alice", { beforeCommit: () => Promise.reject(failure) }),
+      (e) => e === failure,
+    );
+    assert.equal((await ca.current("alice"))?.serial, first.certificate.serial);
+    assert.deepEqual((await ca.list()).map((c) => c.status), ["valid"]);
+  });
+});
+
+/** Waits until `count` signing folders hold what openssl wrote, and a moment more. */
+async function waitUntilSigned(ca: CertificateAuthority, count: number): Promise<void> {
+  for (let i = 0; i < 600; i++) {
+    let done = 0;
+    try {
+      for (const entry of Deno.readDirSync(ca.paths.signing)) {
+        const index = join(ca.paths.signing, entry.name, "index.txt");
+        if ((Deno.statSync(index).size ?? 0) > 0) done++;
+      }
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e; // a folder being made
+    }
+    if (done >= count) break;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  // What follows openssl's exit (reading its output) takes a few ms.
+  await new Promise((resolve) => setTimeout(resolve, 300));
+}
+
 // ---------------------------------------------------------------------------
 // revoke, crl, list
 
@@ -565,6 +663,36 @@ Deno.test("revoke() refuses a certificate that is already revoked", async () => 
     await assert.rejects(
       () => ca.revoke("alice"),
       e2eError("ERR_NOT_FOUND", 'Cannot revoke: no valid certificate for "alice"'),
+    );
+    assert.deepEqual(await snapshot(ca.paths.dir), before);
+  });
+});
+
+Deno.test("revoke() retried after a revocation killed before its CRL was written brings crl.pem level with the index", async () => {
+  await withCa(async (ca) => {
+    const { certificate } = await ca.sign((await makeCsr("alice")).csr, "alice");
+    const crl = await Deno.readTextFile(ca.paths.crl);
+    const crlnumber = await Deno.readTextFile(ca.paths.crlnumber);
+    await ca.revoke("alice", { reason: "keyCompromise" });
+    // What a kill between the index's rename and crlnumber's leaves: revoked, the CRL as before.
+    await Deno.writeTextFile(ca.paths.crl, crl);
+    await Deno.writeTextFile(ca.paths.crlnumber, crlnumber);
+    const listed = new RegExp(`Serial Number: ${certificate.serial}`);
+    assert.doesNotMatch(await crlText(ca, await Deno.readTextFile(ca.paths.crl)), listed);
+    // The admin, who saw no confirmation, tries again.
+    await assert.rejects(
+      () => ca.revoke("alice"),
+      e2eError("ERR_NOT_FOUND", 'Cannot revoke: no valid certificate for "alice"'),
+    );
+    assert.match(await crlText(ca, await Deno.readTextFile(ca.paths.crl)), listed);
+    // With the CRL level, a refusal changes nothing.
+    const before = await snapshot(ca.paths.dir);
+    await assert.rejects(
+      () => ca.revoke(certificate.serial),
+      e2eError(
+        "ERR_ALREADY_REVOKED",
+        `Cannot revoke: serial ${certificate.serial} is already revoked`,
+      ),
     );
     assert.deepEqual(await snapshot(ca.paths.dir), before);
   });
@@ -657,4 +785,92 @@ Deno.test("current() and isCurrent() follow signing and revocation", async () =>
     assert.equal(await ca.isCurrent(certificate.serial), false);
     assert.equal(await ca.isCurrent("DEADBEEF"), false);
   });
+});
+
+// ---------------------------------------------------------------------------
+// Durability of what init() and openLog() create
+
+const hasStrace = await new Deno.Command("strace", { args: ["-V"], stdout: "null", stderr: "null" })
+  .output().then((r) => r.success, () => false);
+
+/**
+ * Runs init() then openLog() in a child process under strace and returns, in order, its
+ * fsyncs (`sync PATH`) and renames (`rename FROM TO`), with paths made relative to `home`.
+ */
+async function traceInitAndLog(home: string): Promise<string[]> {
+  const trace = join(home, "..", "strace.txt");
+  const script = [
+    `import { CertificateAuthority } from ${
+      JSON.stringify(import.meta.resolve("./authority.ts"))
+    };`,
+    `const ca = await CertificateAuthority.init(Deno.env.get("HOME_DIR"), Deno.env.get("PASS"),`,
+    `  { keyType: "ec-p256" });`,
+    `await ca.openLog();`,
+    `await ca.issueServiceCertificate(["127.0.0.1"]);`,
+  ].join("\n");
+  const result = await new Deno.Command("strace", {
+    args: [
+      ...["-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o", trace],
+      ...[Deno.execPath(), "eval", "--no-config", script],
+    ],
+    env: { HOME_DIR: home, PASS: PASSPHRASE },
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assert.ok(result.success, decoder.decode(result.stderr));
+  const out: string[] = [];
+  const rel = (p: string) => p === home ? "HOME" : p.replace(home + "/", "");
+  for (const line of (await Deno.readTextFile(trace)).split("\n")) {
+    if (/= -1 /.test(line)) continue;
+    // A call another thread interrupts is printed as "<unfinished ...>", its result later.
+    const sync = /\bf(?:data)?sync\(\d+<([^>]*)>(?:\) = 0| <unfinished)/.exec(line);
+    if (sync) out.push(`sync ${rel(sync[1])}`);
+    const rename = /\brename(?:at2?)?\((?:[^,]*, )?"([^"]*)", (?:[^,]*, )?"([^"]*)"/.exec(line);
+    if (rename) out.push(`rename ${rel(rename[1])} ${rel(rename[2])}`);
+  }
+  return out;
+}
+
+Deno.test({
+  name:
+    "init() makes the CA's files and its folder's name durable before it returns, openLog() the log key before its certificate, and issueServiceCertificate() the service's key and certificate",
+  ignore: !hasStrace,
+  fn: async () => {
+    await withTempDir(async (dir) => {
+      const home = join(dir, "home");
+      const events = await traceInitAndLog(home);
+      const into = events.findIndex((e) => /^rename \.ca-init-[^ /]+ ca$/.test(e));
+      assert.ok(into >= 0, `the CA folder is renamed into place:\n${events.join("\n")}`);
+      const stage = events[into].split(" ")[1];
+      const before = events.slice(0, into);
+      for (const file of ["ca.key", "ca.crt", "index.txt", "crlnumber", "crl.pem", "openssl.cnf"]) {
+        assert.ok(
+          before.includes(`sync ${stage}/${file}`),
+          `${file} is on disk before the CA exists:\n${events.join("\n")}`,
+        );
+      }
+      assert.ok(before.includes(`sync ${stage}`), "the folder's own entries are on disk first");
+      const after = events.slice(into + 1);
+      const homeSynced = after.indexOf("sync HOME");
+      assert.ok(homeSynced >= 0, `the CA folder's name is made durable:\n${events.join("\n")}`);
+      // The log key is on disk before its certificate names it, and both names are durable.
+      const keySynced = after.indexOf("sync ca/log/log.key");
+      const certNamed = after.findIndex((e) => / ca\/log\/log\.crt$/.test(e));
+      assert.ok(keySynced >= 0 && certNamed > keySynced, `log.key first:\n${events.join("\n")}`);
+      assert.ok(after.slice(certNamed).includes("sync ca/log"), "log.crt's name is durable");
+      // The service's key is on disk before it takes its name, its certificate too, and both names.
+      const keyNamed = after.findIndex((e) => / ca\/service\/key\.pem$/.test(e));
+      const keyFrom = after[keyNamed]?.split(" ")[1];
+      assert.ok(
+        keyNamed >= 0 && after.slice(0, keyNamed).includes(`sync ${keyFrom}`),
+        `the service key is on disk before its rename:\n${events.join("\n")}`,
+      );
+      const serviceCert = after.findIndex((e) => / ca\/service\/cert\.pem$/.test(e));
+      assert.ok(serviceCert > keyNamed, `cert.pem is renamed into place:\n${events.join("\n")}`);
+      assert.ok(
+        after.slice(serviceCert).includes("sync ca/service"),
+        `the service folder's names are durable:\n${events.join("\n")}`,
+      );
+    });
+  },
 });

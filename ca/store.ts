@@ -131,23 +131,26 @@ export class Transaction {
    * (made outside the transaction, so that openssl signs without the lock):
    * its certificate and index line go in with this transaction's.
    */
-  adopt(dir: string): void {
-    this.#signs.push({ dir, keep: true });
+  adopt(dir: string): { discard(): void } {
+    const entry = { dir, keep: true };
+    this.#signs.push(entry);
+    // Also during the commit, from a beforeIndex() function: its certificate is taken back.
+    return { discard: () => (entry.keep = false) };
   }
 
   /** Commits: new certificates first, then the index (the commit point), then crlnumber and crl.pem. */
   async commit(): Promise<void> {
     const paths = this.#paths;
-    const folders = this.#signs.filter((s) => s.keep).map((s) => s.dir);
-    if (this.#full) folders.push(this.dir);
+    const folders = this.#signs.filter((s) => s.keep);
+    if (this.#full) folders.push({ dir: this.dir, keep: true });
     // Small local calls are synchronous (a few µs each instead of tens of µs of CPU); the
     // fsyncs stay asynchronous.
-    const moves: Array<[string, string]> = [];
+    const moves: Array<[string, string, { keep: boolean }]> = [];
     for (const folder of folders) {
-      for (const entry of Deno.readDirSync(join(folder, "certs"))) {
+      for (const entry of Deno.readDirSync(join(folder.dir, "certs"))) {
         const target = join(paths.certs, entry.name);
         if (existsSync(target)) continue;
-        moves.push([join(folder, "certs", entry.name), target]);
+        moves.push([join(folder.dir, "certs", entry.name), target, folder]);
       }
     }
     // On disk before the index names them, their names in certs/ too: after a power cut no line
@@ -155,6 +158,14 @@ export class Transaction {
     // beforeIndex() makes durable, go at once; a certificate in certs/ that no index line names
     // counts for nothing (as one a killed process leaves), and a failed commit takes them back.
     for (const [from, to] of moves) Deno.renameSync(from, to);
+    const takeBack = (all: boolean) => {
+      for (const [, to, folder] of moves) {
+        if (!all && folder.keep) continue;
+        try {
+          Deno.removeSync(to);
+        } catch { /* gone already: nothing to take back */ }
+      }
+    };
     try {
       await Promise.all([
         ...moves.map(([, to]) => syncFile(to)),
@@ -162,13 +173,11 @@ export class Transaction {
         ...this.#beforeIndex.map((fn) => fn()),
       ]);
     } catch (e) {
-      for (const [, to] of moves) {
-        try {
-          Deno.removeSync(to);
-        } catch { /* gone already: nothing to take back */ }
-      }
+      takeBack(true);
       throw e;
     }
+    // Signings a beforeIndex() function left out: their certificates count for nothing.
+    takeBack(false);
     let lines = "";
     for (const s of this.#signs) {
       if (s.keep) lines += Deno.readTextFileSync(join(s.dir, "index.txt"));
@@ -193,8 +202,23 @@ export class Transaction {
       // which readers ignore and the next transaction cuts off (repairIndex).
       using file = Deno.openSync(paths.index, { append: true });
       const bytes = new TextEncoder().encode(lines);
-      let n = 0;
-      while (n < bytes.length) n += file.writeSync(bytes.subarray(n));
+      const size = file.statSync().size;
+      try {
+        let n = 0;
+        while (n < bytes.length) n += file.writeSync(bytes.subarray(n));
+      } catch (e) {
+        // A full disk stops the append part-way, maybe after whole lines of the group: cut
+        // them off, since their callers hear that the commit failed (synchronously, before
+        // anything in this process reads them). Lines that cannot be cut off keep their
+        // certificates.
+        try {
+          file.truncateSync(size);
+        } catch {
+          throw e;
+        }
+        takeBack(true);
+        throw e;
+      }
       await file.sync();
     }
     if (this.#full && await exists(join(this.dir, "crl.pem"))) {

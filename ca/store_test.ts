@@ -412,3 +412,110 @@ Deno.test("a transaction that replaces the index changes its generation", async 
     assert.notEqual(await Deno.readTextFile(paths.generation), first);
   });
 });
+
+// ---------------------------------------------------------------------------
+// A full disk
+
+/** Mounts a tmpfs of `size` on `dir`; false where this machine does not let us (not root, a sandbox). */
+async function mountTmpfs(dir: string, size: string): Promise<boolean> {
+  try {
+    const mount = await new Deno.Command("mount", {
+      args: ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    return mount.success;
+  } catch {
+    return false;
+  }
+}
+
+async function unmount(dir: string): Promise<void> {
+  const umount = await new Deno.Command("umount", { args: [dir], stderr: "null" }).output();
+  if (!umount.success) await new Deno.Command("umount", { args: ["-l", dir] }).output();
+}
+
+const tmpfsProbe = await Deno.makeTempDir({ prefix: "e2e-chat-store-tmpfs-probe-" });
+const canMount = await mountTmpfs(tmpfsProbe, "64k");
+if (canMount) await unmount(tmpfsProbe);
+await Deno.remove(tmpfsProbe);
+
+/** An index line of exactly `length` bytes (a certificate of name "p…p"). */
+function padLine(serial: string, length: number): string {
+  const line = `V\t261202204302Z\t\t${serial}\tunknown\t/CN=\n`;
+  return line.replace("/CN=", "/CN=" + "p".repeat(length - line.length));
+}
+
+/** Fills the file system holding `path` until it has no free byte left. */
+function fillDisk(path: string): void {
+  using file = Deno.openSync(path, { write: true, create: true });
+  const chunk = new Uint8Array(16 * 1024);
+  try {
+    while (true) file.writeSync(chunk);
+  } catch (e) {
+    assert.match(String(e), /No space left|os error 28/, "the filler stopped early");
+  }
+}
+
+Deno.test({
+  name:
+    "transaction() that runs out of disk part-way through appending a group's lines leaves index.txt and certs/ as they were",
+  ignore: !canMount,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "e2e-chat-store-full-" });
+    const mnt = join(dir, "mnt");
+    await Deno.mkdir(mnt);
+    let mounted = false;
+    try {
+      assert.ok(await mountTmpfs(mnt, "64k"), "mount a tmpfs");
+      mounted = true;
+      const paths = new CaPaths(join(mnt, "home"));
+      await Deno.mkdir(paths.certs, { recursive: true, mode: 0o700 });
+      await Deno.writeTextFile(join(paths.dir, "index.txt.attr"), "unique_subject = no\n");
+      await Deno.writeTextFile(join(paths.dir, "crlnumber"), "01\n", { mode: 0o600 });
+      // An index whose last 4 KiB page has room for the group's first line and part of the
+      // second: the append stops part-way when the disk is full (tmpfs allocates by page).
+      let index = INDEX;
+      const target = 4096 - (BOB.length + 8);
+      for (let i = 0; target - index.length > 120; i++) {
+        index += padLine((0x1000 + i).toString(16).toUpperCase(), 60);
+      }
+      index += padLine("0FFF", target - index.length);
+      assert.equal(index.length, target);
+      await Deno.writeTextFile(paths.index, index, { mode: 0o600 });
+      const group = [BOB, BOB.replace("4A01", "4A02"), BOB.replace("4A01", "4A03")];
+      const filler = join(mnt, "filler");
+      await assert.rejects(
+        transaction(paths, async (tx) => {
+          for (const line of group) {
+            const folder = await tx.signFolder();
+            await Deno.writeTextFile(join(folder.dir, "index.txt"), line);
+            const serial = line.split("\t")[3];
+            await Deno.writeTextFile(join(folder.dir, "certs", `${serial}.pem`), "bob\n");
+          }
+          // The disk fills up just before the index is appended to.
+          tx.beforeIndex(() => Promise.resolve(fillDisk(filler)));
+        }),
+        /No space left|os error 28/,
+      );
+      assert.equal(
+        await Deno.readTextFile(paths.index),
+        index,
+        "no line of a failed commit stays in the index",
+      );
+      assert.deepEqual(await names(paths.certs), [], "its certificates are taken back");
+      // With room again, the next commit appends its line once, after the old ones.
+      await Deno.remove(filler);
+      await transaction(paths, async (tx) => {
+        const folder = await tx.signFolder();
+        await Deno.writeTextFile(join(folder.dir, "index.txt"), group[0]);
+        await Deno.writeTextFile(join(folder.dir, "certs", "4A01.pem"), "bob\n");
+      });
+      assert.equal(await Deno.readTextFile(paths.index), index + group[0]);
+      assert.deepEqual(await names(paths.certs), ["4A01.pem"]);
+    } finally {
+      if (mounted) await unmount(mnt);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});
