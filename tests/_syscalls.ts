@@ -2,7 +2,7 @@
  * What a process asks of the file system, seen from outside: the command runs
  * under `strace -f`, and its file calls (open, mkdir, rename, link, unlink,
  * fsync) come back in the order they started. Durability tests read them: a
- * name is durable only if its folder was opened and fsynced after it changed.
+ * name is durable only if its folder was fsynced after it changed.
  *
  * Without strace the tests that use it are skipped with a message, except
  * under CI=true, where they fail (`.ci/run` installs it).
@@ -62,16 +62,8 @@ export async function traceFileCalls(
   try {
     const out = await new Deno.Command(strace, {
       args: [
-        "-f",
-        "-qq",
-        "-s",
-        "4096",
-        "-e",
-        `trace=${Object.keys(CALLS).join(",")}`,
-        "-o",
-        log,
-        program,
-        ...args,
+        ...["-f", "-y", "-qq", "-s", "4096", "-e", `trace=${Object.keys(CALLS).join(",")}`],
+        ...["-o", log, program, ...args],
       ],
       cwd: options.cwd,
       env: options.env,
@@ -89,7 +81,10 @@ export async function traceFileCalls(
   }
 }
 
-/** Parses `strace -f` lines: a call split by another thread's is joined to its result. */
+/**
+ * Parses `strace -f -y` lines: a call split by another thread's is joined to its
+ * result; an fsync names what it syncs (`-y` prints a descriptor's path).
+ */
 export function parseStrace(text: string): FileCall[] {
   const calls: FileCall[] = [];
   const pending = new Map<string, FileCall>();
@@ -103,7 +98,9 @@ export function parseStrace(text: string): FileCall[] {
     }
     const m = /^(\d+)\s+(\w+)\((.*)$/.exec(line);
     if (!m || !Object.hasOwn(CALLS, m[2])) continue;
-    const paths = [...m[3].matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((p) => p[1]);
+    const paths = CALLS[m[2]] === "fsync"
+      ? [/^\d+<([^>]*)>/.exec(m[3])?.[1] ?? ""]
+      : [...m[3].matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((p) => p[1]);
     const result = /\) = (-?\d+)/.exec(m[3]);
     const call: FileCall = { call: CALLS[m[2]], paths, ok: result ? result[1] !== "-1" : true };
     if (!result) pending.set(m[1], call);
@@ -117,15 +114,16 @@ export function indexOfCall(calls: FileCall[], call: string, path: string, posit
   return calls.findIndex((c) => c.ok && c.call === call && c.paths[position] === path);
 }
 
+/** Whether `path` itself was fsynced after call number `after`. */
+export function syncedAfter(calls: FileCall[], after: number, path: string): boolean {
+  return after >= 0 &&
+    calls.some((c, i) => i > after && c.ok && c.call === "fsync" && c.paths[0] === path);
+}
+
 /**
- * Whether `path`'s folder was opened and then fsynced after call number `after`
- * (the rename, link or mkdir that changed the name).
+ * Whether `path`'s folder was fsynced after call number `after` (the rename,
+ * link or mkdir that changed the name): only then is the name durable.
  */
 export function folderSyncedAfter(calls: FileCall[], after: number, path: string): boolean {
-  if (after < 0) return false;
-  const folder = dirname(path);
-  const open = calls.findIndex((c, i) =>
-    i > after && c.ok && c.call === "openat" && c.paths[0] === folder
-  );
-  return open >= 0 && calls.some((c, i) => i > open && c.ok && c.call === "fsync");
+  return syncedAfter(calls, after, dirname(path));
 }
