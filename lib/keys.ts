@@ -7,7 +7,7 @@
 import { createPrivateKey } from "node:crypto";
 import { dirname, join } from "node:path";
 import { E2eError } from "./errors.ts";
-import { writeFileAtomic } from "./fs.ts";
+import { syncDir, writeFileAtomic } from "./fs.ts";
 import { openssl, PASSPHRASE_ARG } from "./openssl.ts";
 
 /** Every key type e2e-chat makes. */
@@ -29,7 +29,8 @@ export interface GenerateKeyOptions {
  * Generates a private key of `type` at `path` (mode 0600) with openssl genpkey;
  * refuses to replace an existing file. The key is made in a private scratch
  * folder beside `path` and linked into place, so it never exists half-written
- * or with a wider mode.
+ * or with a wider mode; the file and then its folder are fsynced, so it
+ * survives a power cut once this returns.
  *
  * @example
  * ```ts
@@ -61,10 +62,16 @@ export async function generateKey(
       await openssl([...args, "-out", "key.pem"], { cwd: scratch, passphrase: options.passphrase });
     }
     await Deno.chmod(join(scratch, "key.pem"), 0o600);
+    {
+      // The key's bytes, then its name, durable: it may be the only copy.
+      using file = await Deno.open(join(scratch, "key.pem"), { read: true });
+      await file.sync();
+    }
     await Deno.link(join(scratch, "key.pem"), path); // link() fails rather than clobber a key
   } finally {
     await Deno.remove(scratch, { recursive: true }).catch(() => {});
   }
+  await syncDir(dirname(path));
 }
 
 /**

@@ -53,6 +53,7 @@ async function traceScript(
     "--allow-read",
     "--allow-write",
     "--allow-env",
+    "--allow-run=openssl",
     script,
     ...args,
   ]);
@@ -160,5 +161,27 @@ test("The CA's mailbox makes an item's two names durable before post() answers",
       folderSyncedAfter(calls.slice(0, answered), indexOfCall(calls, "mkdir", folder), folder),
       "bob's new folder durable",
     );
+  });
+});
+
+test("generateKey(): the key's bytes and then its name are durable before it returns", async (strace) => {
+  await withTempDir(async (dir) => {
+    const calls = await traceScript(
+      strace,
+      dir,
+      `import { generateKey } from "ROOT/lib/keys.ts";
+       await generateKey(Deno.args[0] + "/key.pem", "ec-p256");`,
+      [dir],
+    );
+    const key = join(dir, "key.pem");
+    const linked = calls.findIndex((c) => c.ok && c.call === "link" && c.paths[1] === key);
+    assert.ok(linked >= 0, "linked into place");
+    assert.ok(
+      calls.slice(0, linked).some((c) =>
+        c.ok && c.call === "fsync" && c.paths[0] === calls[linked].paths[0]
+      ),
+      "bytes first",
+    );
+    assert.ok(folderSyncedAfter(calls, linked, key), "then the name");
   });
 });
