@@ -284,6 +284,8 @@ async function lookup(ctx: ApiContext, req: ApiRequest, name: string): Promise<A
 async function offer(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   const user = await authenticate(ctx, req);
   const body = object(await req.json());
+  // The body comes after the check, as slowly as the caller likes: checked again.
+  await authenticate(ctx, req);
   const to = text(body.to, "to");
   if (to === user) throw new E2eError("ERR_BAD_REQUEST", "Cannot rendezvous with yourself");
   // No port: the sender does not listen, and is reached through the relay only.
@@ -495,6 +497,8 @@ async function mailboxRoute(ctx: ApiContext, req: ApiRequest): Promise<ApiRespon
   await directory(ctx, name);
   if (!req.bytes) throw new E2eError("ERR_UNSUPPORTED_MEDIA_TYPE", `The body must be ${CMS_TYPE}`);
   const body = await req.bytes(CMS_TYPE, mailbox.limits.maxItemBytes);
+  // The body comes after the check, as slowly as the caller likes: checked again.
+  await authenticate(ctx, req);
   const record = await mailbox.post(user, name, body);
   return { ...json(200, record), user, note: `to ${name} ${record.size} bytes` };
 }

@@ -12,6 +12,7 @@ import { makeCsr, PASSPHRASE, snapshot, withTempDir } from "../tests/_helpers.ts
 import { e2eError } from "../lib/_test_util.ts";
 import {
   type ApiContext,
+  type ApiRequest,
   checkBodyHeaders,
   errorReply,
   handle,
@@ -21,7 +22,9 @@ import {
   relayParty,
 } from "./api.ts";
 import { CertificateAuthority } from "./authority.ts";
+import { CaPaths } from "./home.ts";
 import { InviteStore } from "./invites.ts";
+import { Mailbox } from "./mailbox.ts";
 import { RateLimiter } from "./rate_limit.ts";
 import { Rendezvous } from "./rendezvous.ts";
 
@@ -777,6 +780,63 @@ Deno.test("POST /v1/rendezvous takes an explicit host, and GET leaves out an off
     await ca.revoke("alice");
     const after = await call(ctx, "GET", "/v1/rendezvous", { peer: bob.der });
     assert.deepEqual(after.json.invitations, []);
+  });
+});
+
+Deno.test("POST /v1/rendezvous and a mailbox post refuse (403) a member revoked while the body was on the way, and keep nothing", async () => {
+  await withWorld(async ({ ctx, ca, home, member }) => {
+    const alice = await member("alice");
+    await member("bob");
+    const mailbox = await Mailbox.open(new CaPaths(home));
+    try {
+      // A client that authenticated, then held its upload back until its revocation was confirmed.
+      const request = (path: string, body: Partial<ApiRequest>): ApiRequest => ({
+        method: "POST",
+        path,
+        query: new URLSearchParams(),
+        remoteAddress: "127.0.0.1",
+        peerDer: alice.der,
+        wantsJson: false,
+        json: () => Promise.reject(new Error("no JSON body")),
+        signal: new AbortController().signal,
+        ...body,
+      });
+      const offer = handle(
+        { ...ctx, mailbox },
+        request("/v1/rendezvous", {
+          json: async () => {
+            await ca.revoke("alice");
+            return { to: "bob", port: 1 };
+          },
+        }),
+      );
+      await assert.rejects(
+        offer,
+        e2eError("ERR_FORBIDDEN", "The client certificate is revoked or superseded"),
+      );
+      assert.equal(await ca.current("alice"), undefined, "the revocation stays in force");
+      assert.deepEqual(await ctx.rendezvous.wait("bob", 0, 0, new AbortController().signal), []);
+      const again = await member("alice");
+      const post = handle(
+        { ...ctx, mailbox },
+        {
+          ...request("/v1/mailbox/bob", {
+            bytes: async () => {
+              await ca.revoke("alice");
+              return new Uint8Array(10);
+            },
+          }),
+          peerDer: again.der,
+        },
+      );
+      await assert.rejects(
+        post,
+        e2eError("ERR_FORBIDDEN", "The client certificate is revoked or superseded"),
+      );
+      assert.deepEqual(mailbox.list("bob"), []);
+    } finally {
+      mailbox.close();
+    }
   });
 });
 
