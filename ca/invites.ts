@@ -226,6 +226,15 @@ export class InviteStore {
   async clearReservations(): Promise<void> {
     await this.#locked(async () => {
       const now = Date.now();
+      // A process killed in a commit may have left an index line that is not on disk yet:
+      // made durable before we settle claims by it (else a power cut could take back the
+      // certificate after we marked its token used).
+      try {
+        using index = await Deno.open(this.#paths.index, { read: true });
+        await index.sync();
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
       const issued = await this.#issuedSerials();
       for (const record of this.#records.values()) {
         delete record.reservedUntil;

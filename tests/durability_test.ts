@@ -185,3 +185,23 @@ test("generateKey(): the key's bytes and then its name are durable before it ret
     assert.ok(folderSyncedAfter(calls, linked, key), "then the name");
   });
 });
+
+test("InviteStore.clearReservations() makes index.txt durable before it settles claims by it", async (strace) => {
+  await withTempDir(async (dir) => {
+    const paths = new CaPaths(dir);
+    await Deno.mkdir(paths.dir, { recursive: true });
+    await Deno.writeTextFile(paths.index, "");
+    const calls = await traceScript(
+      strace,
+      dir,
+      `import { CaPaths } from "ROOT/ca/home.ts";
+       import { InviteStore } from "ROOT/ca/invites.ts";
+       await new InviteStore(new CaPaths(Deno.args[0])).clearReservations();`,
+      [dir],
+    );
+    const synced = indexOfCall(calls, "fsync", paths.index);
+    const settled = indexOfCall(calls, "rename", paths.invites, 1);
+    assert.ok(synced >= 0, "index.txt fsynced");
+    assert.ok(settled > synced, "before the invites are written");
+  });
+});
