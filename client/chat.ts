@@ -950,7 +950,13 @@ export class Chat {
       this.#server.once(
         "error",
         (e) =>
-          reject(new E2eError("ERR_NETWORK", `Cannot listen on ${host}:${port}`, { cause: e })),
+          reject(
+            new E2eError("ERR_NETWORK", `Cannot listen on ${host}:${port}`, {
+              cause: e,
+              hint: "is that port in use, or the address not this machine's? " +
+                "leave --listen out to take a free port on 127.0.0.1",
+            }),
+          ),
       );
       this.#server.listen(port, host, () => resolve());
     });

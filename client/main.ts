@@ -171,12 +171,20 @@ async function joinCommand(args: string[]): Promise<number> {
       file: values["invite-file"],
       label: "Invite (the e2e-chat://… line)",
       hint: 'give the invite, "-" to read it from stdin, or --invite-file FILE',
+      fileLabel: "invite file",
     }),
   );
   const { enroll } = await import("./identity.ts");
   const identity = await enroll(resolveHome(values.home), invite, {
     keyType: await keyType(values["key-type"]),
     passphrase: await newKeyPassphrase(values),
+  }).catch((e) => {
+    if (!(e instanceof E2eError) || e.code !== "ERR_TOKEN_INVALID") throw e;
+    throw new E2eError(e.code, e.message, {
+      cause: e,
+      hint: `ask your admin for a new invite (deno task ca invite ${invite.name}): ` +
+        "each one works once, and only until it expires",
+    });
   });
   await out(
     `Joined ${identity.caUrl} as "${identity.name}"\n` +

@@ -1,0 +1,82 @@
+/**
+ * What a new user meets first, run as they run it (README.md, "Chat in four
+ * commands"): the terminal chat started and left, and the mistakes of a first
+ * `join` and `chat`, each one error line with a hint that says what to do.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { type RunResult, runTask } from "./_harness.ts";
+import { joinUser } from "./_chat_helpers.ts";
+import { makeInvite, withService } from "./_service_helpers.ts";
+
+/** The client run as `deno task client ARGS` in `cwd`, for the user whose home is `home`. */
+function client(home: string, args: string[], options: { stdin?: string; cwd?: string } = {}) {
+  return runTask("client", args, { env: { E2E_CHAT_HOME: home }, timeoutMs: 60_000, ...options });
+}
+
+/** A failure's one error line and its hint (exit 1). */
+function assertFailure(result: RunResult, error: string, hint: string): void {
+  assert.equal(result.code, 1, `exit code; stderr: ${result.stderr}`);
+  assert.equal(result.stderr, `e2e-chat: error: ${error}\ne2e-chat: hint: ${hint}\n`);
+}
+
+Deno.test("the terminal chat says bye and exits 0 after /quit, and at the end of its input", async () => {
+  await withService(async (service, dir) => {
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    for (const stdin of ["/quit\n", ""]) {
+      const result = await client(bob.home, [], { stdin });
+      assert.equal(result.code, 0, `exit code; stderr: ${result.stderr}`);
+      assert.equal(result.stderr, "");
+      assert.match(result.stdout, /listening on 127\.0\.0\.1:\d+ as bob/);
+      assert.match(result.stdout, /\d\d:\d\d bye\n$/);
+    }
+  });
+});
+
+Deno.test("client join names the invite file it cannot read, from the folder it was run in", async () => {
+  await withService(async (_service, dir) => {
+    const result = await client(join(dir, "alice"), ["join", "--invite-file", "invite.txt"], {
+      cwd: dir,
+    });
+    assert.equal(result.code, 1);
+    assert.equal(
+      result.stderr,
+      `e2e-chat: error: Cannot read the invite file "${join(dir, "invite.txt")}"\n`,
+    );
+  });
+});
+
+Deno.test("client join with a used invite says to ask the admin for a new one", async () => {
+  await withService(async (service, dir) => {
+    const invite = await makeInvite(service.home, "alice");
+    assert.equal((await client(join(dir, "alice"), ["join", "-"], { stdin: invite })).code, 0);
+    const again = await client(join(dir, "alice2"), ["join", "-"], { stdin: invite });
+    assertFailure(
+      again,
+      "The CA refused: Invalid, used or expired invite token",
+      "ask your admin for a new invite (deno task ca invite alice): " +
+        "each one works once, and only until it expires",
+    );
+  });
+});
+
+Deno.test("client chat --listen on a port in use says what to do", async () => {
+  await withService(async (service, dir) => {
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    try {
+      const port = (taken.addr as Deno.NetAddr).port;
+      const result = await client(bob.home, ["chat", "--listen", `127.0.0.1:${port}`]);
+      assertFailure(
+        result,
+        `Cannot listen on 127.0.0.1:${port}`,
+        "is that port in use, or the address not this machine's? " +
+          "leave --listen out to take a free port on 127.0.0.1",
+      );
+    } finally {
+      taken.close();
+    }
+  });
+});
