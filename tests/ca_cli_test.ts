@@ -288,6 +288,22 @@ Deno.test("ca init refuses to overwrite an existing CA", async () => {
   });
 });
 
+Deno.test("ca init on an existing CA says so before it asks for a passphrase or makes a key", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home);
+    const result = await assertRefused(
+      home,
+      () => runCa(home, ["init"], { env: { E2E_CHAT_CA_PASSPHRASE: "" } }),
+      {
+        code: 1,
+        error: `Cannot create a CA: "${caDir(home)}" already exists`,
+        hint: "use another --home, or remove that folder to start over",
+      },
+    );
+    assert.ok(!result.stderr.includes("generating"), result.stderr);
+  });
+});
+
 Deno.test("ca init without a passphrase on a non-terminal writes nothing", async () => {
   await withTempDir(async (dir) => {
     const home = join(dir, "home");
@@ -664,10 +680,11 @@ Deno.test("ca sign refuses bad input with one error line and leaves the CA uncha
         error: '--days takes a whole number, not "abc"',
       });
     });
-    await t.step("a missing request file", async () => {
+    await t.step("a missing request file, named as found from the folder it ran in", async () => {
       await refuse(["--name", "alice", "missing.csr"], {
         code: 1,
-        error: 'Cannot read "missing.csr"',
+        error: `Cannot read "${join(dir, "missing.csr")}"`,
+        hint: "no such file (a relative path starts in the folder you ran deno task in)",
       });
     });
     await t.step("a wrong passphrase, without revoking the old certificate", async () => {
@@ -842,6 +859,17 @@ Deno.test("ca revoke refuses an unknown name, a second revocation and an unknown
 
 // ---------------------------------------------------------------------------
 // list
+
+Deno.test("ca invite --url without a port says what it takes", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home);
+    assertFailure(await runCa(home, ["invite", "alice", "--url", "ca.example.org"]), {
+      code: 2,
+      error: '--url takes HOST:PORT, not "ca.example.org"',
+      hint: "the address members reach the CA service at, e.g. --url ca.example.org:65433",
+    });
+  });
+});
 
 Deno.test("ca list shows every certificate as a table and as JSON", async () => {
   await withTempDir(async (home) => {
