@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { type RunResult, runTask } from "./_harness.ts";
 import { joinUser } from "./_chat_helpers.ts";
+import { makeCsr, runCa } from "./_helpers.ts";
 import { makeInvite, withService } from "./_service_helpers.ts";
 
 /** The client run as `deno task client ARGS` in `cwd`, for the user whose home is `home`. */
@@ -77,6 +78,24 @@ Deno.test("client chat --listen on a port in use says what to do", async () => {
       );
     } finally {
       taken.close();
+    }
+  });
+});
+
+Deno.test("a member whose certificate the admin replaced is told what the CA's refusal can mean", async () => {
+  await withService(async (service, dir) => {
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    const csr = join(dir, "other-bob.csr");
+    await Deno.writeTextFile(csr, (await makeCsr("bob")).csr);
+    const replaced = await runCa(service.home, ["sign", "--name", "bob", csr, "--replace"]);
+    assert.equal(replaced.code, 0, replaced.stderr);
+    for (const args of [["renew"], ["lookup", "bob"], ["audit"]]) {
+      assertFailure(
+        await client(bob.home, args),
+        "The CA refused: The client certificate is revoked or superseded",
+        'your certificate was revoked, or replaced by another for "bob"; if you did not ask ' +
+          "for that, tell your admin: someone else may now hold your name",
+      );
     }
   });
 });
