@@ -277,7 +277,10 @@ async function web(args: string[]): Promise<number> {
   await out(`e2e-chat: ${id.name}'s chat page (keep this address to yourself):\n${server.url}\n`);
   if (values.open) {
     await openInBrowser(server.url).catch((e) =>
-      err(`e2e-chat: warning: Cannot open a browser: ${e instanceof Error ? e.message : e}\n`)
+      err(
+        `e2e-chat: warning: Cannot open a browser: ${e instanceof Error ? e.message : e}\n` +
+          "e2e-chat: hint: open the address above in your browser yourself\n",
+      )
     );
   }
   await stop;

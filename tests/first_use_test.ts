@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { type RunResult, runTask } from "./_harness.ts";
+import { type RunResult, runTask, TaskProcess } from "./_harness.ts";
 import { joinUser } from "./_chat_helpers.ts";
 import { makeCsr, runCa } from "./_helpers.ts";
 import { makeInvite, withService } from "./_service_helpers.ts";
@@ -96,6 +96,30 @@ Deno.test("a member whose certificate the admin replaced is told what the CA's r
         'your certificate was revoked, or replaced by another for "bob"; if you did not ask ' +
           "for that, tell your admin: someone else may now hold your name",
       );
+    }
+  });
+});
+
+Deno.test("client web --open without a working browser opener says to open the address by hand", async () => {
+  await withService(async (service, dir) => {
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    const bin = join(dir, "bin");
+    await Deno.mkdir(bin);
+    for (const opener of ["xdg-open", "open"]) {
+      await Deno.writeTextFile(join(bin, opener), "#!/bin/sh\nexit 3\n", { mode: 0o755 });
+    }
+    const web = await TaskProcess.start("client", ["web", "--open"], {
+      env: { E2E_CHAT_HOME: bob.home, PATH: `${bin}:${Deno.env.get("PATH")}` },
+    });
+    try {
+      const warning = await web.waitFor(
+        () => /^e2e-chat: warning: Cannot open a browser: .*\n(.*\n)/m.exec(web.stderr)?.[1],
+        "the warning and the line after it",
+      );
+      assert.equal(warning, "e2e-chat: hint: open the address above in your browser yourself\n");
+      assert.match(web.stdout, /^http:\/\/127\.0\.0\.1:\d+\/session\?token=[0-9a-f]{64}$/m);
+    } finally {
+      await web.stop();
     }
   });
 });
