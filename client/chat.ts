@@ -1188,8 +1188,9 @@ export class Chat {
       held: (p) =>
         this.#emit({
           type: "warning",
-          message: `Held back a message from "${p.name}": its key changed. ` +
-            `Compare the safety number, then trust the new key to hear from them.`,
+          message: `Did not show a message from "${p.name}": its key changed. ` +
+            `Compare the safety number, then trust the new key to hear from them; ` +
+            `that message is not kept (${p.name} can send it again).`,
         }),
       // A CA showing this peer another log than ours is caught here (log_alarm).
       checkpoint: (p, text) => {

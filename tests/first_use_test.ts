@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { type RunResult, runTask, TaskProcess } from "./_harness.ts";
+import { ChatClient, connect, type RunResult, runTask, TaskProcess } from "./_harness.ts";
 import { joinUser } from "./_chat_helpers.ts";
 import { makeCsr, runCa } from "./_helpers.ts";
 import { makeInvite, withService } from "./_service_helpers.ts";
@@ -120,6 +120,38 @@ Deno.test("client web --open without a working browser opener says to open the a
       assert.match(web.stdout, /^http:\/\/127\.0\.0\.1:\d+\/session\?token=[0-9a-f]{64}$/m);
     } finally {
       await web.stop();
+    }
+  });
+});
+
+Deno.test("a message from a peer whose key changed is not shown, and the warning says it is not kept", async () => {
+  await withService(async (service, dir) => {
+    const alice = await ChatClient.start(await joinUser(service, "alice", join(dir, "alice")));
+    let bob: ChatClient | undefined;
+    try {
+      bob = await ChatClient.start(await joinUser(service, "bob", join(dir, "bob")));
+      await connect(alice, bob);
+      await bob.stop();
+      await alice.expect({ type: "disconnected", peer: "bob" });
+      // bob lost his key and joined again with a new invite.
+      bob = await ChatClient.start(await joinUser(service, "bob", join(dir, "bob-new")));
+      const mark = alice.mark();
+      assert.equal((await connect(alice, bob)).atFrom.trust, "changed");
+      await bob.send("sent from the new key");
+      const warning = await alice.expect((e) =>
+        e.type === "warning" && String(e.message).includes("a message from")
+      );
+      assert.equal(
+        warning.message,
+        'Did not show a message from "bob": its key changed. Compare the safety number, then ' +
+          "trust the new key to hear from them; that message is not kept (bob can send it again).",
+      );
+      await alice.send("/trust bob");
+      await alice.expect((e) => e.type === "warning" && /trust/i.test(String(e.message)));
+      await alice.expectNone(mark, { type: "message" }, 700);
+    } finally {
+      await bob?.stop();
+      await alice.stop();
     }
   });
 });
