@@ -155,3 +155,19 @@ Deno.test("a message from a peer whose key changed is not shown, and the warning
     }
   });
 });
+
+Deno.test("/file to a name never talked with says how to start", async () => {
+  await withService(async (service, dir) => {
+    const alice = await ChatClient.start(await joinUser(service, "alice", join(dir, "alice")));
+    try {
+      await alice.send(`/file dave ${join(dir, "notes.txt")}`);
+      assert.equal(
+        (await alice.expect({ type: "error" })).message,
+        "No current peer: /file NAME PATH takes the NAME of someone you have talked with " +
+          "(/chat NAME or /msg NAME first)",
+      );
+    } finally {
+      await alice.stop();
+    }
+  });
+});
