@@ -871,6 +871,19 @@ Deno.test("ca invite --url without a port says what it takes", async () => {
   });
 });
 
+Deno.test("ca serve --host with an address not of this machine says what --host and --name take", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home);
+    // 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of this machine.
+    assertFailure(await runCa(home, ["serve", "--host", "192.0.2.1", "--port", "0"]), {
+      code: 1,
+      error: "Cannot listen on 192.0.2.1:0 for the CRL",
+      hint: "--host takes an address of this machine (0.0.0.0 for all of them); " +
+        "the name members reach it by goes in --name",
+    });
+  });
+});
+
 Deno.test("ca list shows every certificate as a table and as JSON", async () => {
   await withTempDir(async (home) => {
     await initCa(home);
