@@ -21,7 +21,7 @@ import { resolveHome, resolveUserPath } from "../lib/home.ts";
 import { holdLock } from "../lib/lock.ts";
 import { readPassphrase } from "../lib/passphrase.ts";
 import { CertificateAuthority } from "./authority.ts";
-import { CA_KEY_TYPES, REVOKE_REASONS } from "./policy.ts";
+import { CA_KEY_TYPES, checkDays, REVOKE_REASONS } from "./policy.ts";
 import { MAX_CSR_BYTES } from "../lib/csr.ts";
 import { exists } from "../lib/fs.ts";
 import { formatInvite } from "../lib/invite.ts";
@@ -261,6 +261,8 @@ async function init(args: string[]): Promise<number> {
   const keyType = oneOf(values["key-type"] ?? "rsa-4096", CA_KEY_TYPES, { what: "key type" });
   const home = resolveHome(values.home);
   // Said before a passphrase is asked for and a key made; init() checks again under the lock.
+  const days = intOption(values.days, "--days");
+  if (days !== undefined) checkDays(days);
   const dir = new CaPaths(home).dir;
   if (await exists(dir)) {
     throw new E2eError("ERR_CA_EXISTS", `Cannot create a CA: "${dir}" already exists`, {
@@ -278,7 +280,7 @@ async function init(args: string[]): Promise<number> {
   }
   const ca = await CertificateAuthority.init(home, passphrase, {
     keyType,
-    days: intOption(values.days, "--days"),
+    days,
     commonName: values.cn,
   });
   await out(

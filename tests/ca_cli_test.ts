@@ -15,6 +15,7 @@ import { pemDecode } from "../lib/pem.ts";
 import { type RunResult, sleep, TaskProcess } from "./_harness.ts";
 import { argvRecordingOpenssl } from "./_hostile_helpers.ts";
 import { caFileNames, readIndexChecked } from "./_ca_files.ts";
+import { exists } from "../lib/fs.ts";
 import { assertLeafProfile, inspect, KEY_ID, text, verify } from "./_openssl_view.ts";
 import { makeCsr, PASSPHRASE, ROOT, runCa, runCli, snapshot, withTempDir } from "./_helpers.ts";
 
@@ -301,6 +302,20 @@ Deno.test("ca init on an existing CA says so before it asks for a passphrase or 
       },
     );
     assert.ok(!result.stderr.includes("generating"), result.stderr);
+  });
+});
+
+Deno.test("ca init --days 0 says so before it asks for a passphrase", async () => {
+  await withTempDir(async (dir) => {
+    const home = join(dir, "home");
+    assertFailure(
+      await runCa(home, ["init", "--days", "0"], { env: { E2E_CHAT_CA_PASSPHRASE: "" } }),
+      {
+        code: 1,
+        error: 'Invalid validity "0": use whole days from 1 to 36500',
+      },
+    );
+    assert.equal(await exists(home), false, "nothing was made");
   });
 });
 
