@@ -67,15 +67,14 @@ async function main(): Promise<void> {
       env: baseEnv,
     });
     procs.push(ca);
-    const [url, fpLine] = await ca.waitFor(
+    const [url, fp] = await ca.waitFor(
       () => {
-        const lines = ca.stdout.split("\n");
-        return lines.length > 2 ? lines : undefined;
+        const fingerprint = /^CA fingerprint \(SHA-256\): ([0-9a-f]{64})$/m.exec(ca.stdout);
+        return fingerprint ? [ca.stdout.split("\n")[0], fingerprint[1]] : undefined;
       },
-      "the CA service's address",
+      "the CA service's address and fingerprint",
       WAIT_MS,
     );
-    const fp = fpLine.split(": ")[1];
     say(`   ${url}`);
     say(`   CA fingerprint (SHA-256): ${fp}`);
 

@@ -74,7 +74,7 @@ export async function startCrlListener(
       reject(
         new E2eError("ERR_NETWORK", `Cannot listen on ${host}:${port} for the CRL`, {
           cause: e,
-          hint: "is another service using that port? try --crl-port 0",
+          hint: listenHint(e, "--crl-port"),
         }),
       ));
     server.listen(port, host, () => resolve());
@@ -142,4 +142,21 @@ async function serveCrl(
   res.end(req.method === "HEAD" ? undefined : bytes);
   const shown = path === CRL_URL_PATH || path === "/crl.pem" ? path : "(other)";
   log(`e2e-chat-ca: ${remoteAddress} ${req.method} ${shown} ${status} (crl listener)`);
+}
+
+/**
+ * The hint for a listener of `ca serve` that cannot start: its port is taken (`flag` 0 picks a
+ * free one), or `--host` is not an address of this machine (a host name members use, say).
+ *
+ * @example
+ * ```ts
+ * import { listenHint } from "./crl_listener.ts";
+ * listenHint(Object.assign(new Error("in use"), { code: "EADDRINUSE" }), "--port");
+ * ```
+ */
+export function listenHint(e: unknown, flag: string): string {
+  return (e as { code?: unknown })?.code === "EADDRINUSE"
+    ? `is another service using that port? try ${flag} 0`
+    : "--host takes an address of this machine (0.0.0.0 for all of them); " +
+      "the name members reach it by goes in --name";
 }

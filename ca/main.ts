@@ -21,7 +21,7 @@ import { resolveHome, resolveUserPath } from "../lib/home.ts";
 import { holdLock } from "../lib/lock.ts";
 import { readPassphrase } from "../lib/passphrase.ts";
 import { CertificateAuthority } from "./authority.ts";
-import { CA_KEY_TYPES, REVOKE_REASONS } from "./policy.ts";
+import { CA_KEY_TYPES, checkDays, REVOKE_REASONS } from "./policy.ts";
 import { MAX_CSR_BYTES } from "../lib/csr.ts";
 import { exists } from "../lib/fs.ts";
 import { formatInvite } from "../lib/invite.ts";
@@ -37,11 +37,12 @@ const USAGE = `Usage: deno task ca [command] [options]
 
 Commands:
   serve   [--host 127.0.0.1] [--port 65433] [--name HOST]... [--rendezvous-ttl 5m]
-          [--crl-port 65434] [--mailbox-ttl 7d] [--mailbox-items 200]
+          [--enroll-rate 10] [--crl-port 65434] [--mailbox-ttl 7d] [--mailbox-items 200]
           [--mailbox-bytes 67108864] [--relay-pairs 8] [--relay-total N]
           [--relay-idle 5m] [--relay-day-mib 1024]
           Run the CA service (HTTPS), and the CRL over plain HTTP on --crl-port
           (the URL every certificate issued names; the first --name is its host).
+          --enroll-rate: enrollment attempts allowed per address per minute.
           The mailbox keeps items for offline members for --mailbox-ttl, at most
           --mailbox-items items and --mailbox-bytes bytes per recipient.
           The relay joins members who cannot connect directly: at most
@@ -222,7 +223,10 @@ async function invite(args: string[]): Promise<number> {
   const where = values.url ?? await runningServiceAddress(ca) ?? `127.0.0.1:${DEFAULT_PORT}`;
   const m = /^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]{1,253}):(\d{1,5})$/.exec(where);
   if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) {
-    throw new E2eError("ERR_USAGE", `--url takes HOST:PORT, not ${JSON.stringify(where)}`);
+    throw new E2eError("ERR_USAGE", `--url takes HOST:PORT, not ${JSON.stringify(where)}`, {
+      hint:
+        `the address members reach the CA service at, e.g. --url ca.example.org:${DEFAULT_PORT}`,
+    });
   }
   const { token } = await new InviteStore(ca.paths).create(name, ttl);
   const url = formatInvite({
@@ -256,6 +260,15 @@ async function init(args: string[]): Promise<number> {
   noPositionals(positionals);
   const keyType = oneOf(values["key-type"] ?? "rsa-4096", CA_KEY_TYPES, { what: "key type" });
   const home = resolveHome(values.home);
+  // Said before a passphrase is asked for and a key made; init() checks again under the lock.
+  const days = intOption(values.days, "--days");
+  if (days !== undefined) checkDays(days);
+  const dir = new CaPaths(home).dir;
+  if (await exists(dir)) {
+    throw new E2eError("ERR_CA_EXISTS", `Cannot create a CA: "${dir}" already exists`, {
+      hint: "use another --home, or remove that folder to start over",
+    });
+  }
   const passphrase = await readPassphrase({
     file: values["passphrase-file"],
     envVar: PASSPHRASE_ENV,
@@ -267,7 +280,7 @@ async function init(args: string[]): Promise<number> {
   }
   const ca = await CertificateAuthority.init(home, passphrase, {
     keyType,
-    days: intOption(values.days, "--days"),
+    days,
     commonName: values.cn,
   });
   await out(
@@ -444,10 +457,16 @@ async function readInput(arg: string): Promise<Uint8Array> {
   if (arg === "-") {
     file = Deno.stdin;
   } else {
+    const path = resolveUserPath(arg);
     try {
-      file = await Deno.open(resolveUserPath(arg));
+      file = await Deno.open(path);
     } catch (e) {
-      throw new E2eError("ERR_FILE", `Cannot read ${JSON.stringify(arg)}`, { cause: e });
+      throw new E2eError("ERR_FILE", `Cannot read "${path}"`, {
+        cause: e,
+        hint: e instanceof Deno.errors.NotFound
+          ? "no such file (a relative path starts in the folder you ran deno task in)"
+          : undefined,
+      });
     }
   }
   // Read at most one byte more than allowed, so a huge or endless input is refused cheaply.

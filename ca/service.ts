@@ -39,7 +39,7 @@ import {
   tooLarge,
 } from "./api.ts";
 import type { CertificateAuthority } from "./authority.ts";
-import { type CrlListener, startCrlListener } from "./crl_listener.ts";
+import { type CrlListener, listenHint, startCrlListener } from "./crl_listener.ts";
 import { InviteStore } from "./invites.ts";
 import { CRL_URL_PATH } from "./policy.ts";
 import { RateLimiter } from "./rate_limit.ts";
@@ -201,7 +201,7 @@ export class CaService {
         reject(
           new E2eError("ERR_NETWORK", `Cannot listen on ${host}:${options.port ?? DEFAULT_PORT}`, {
             cause: e,
-            hint: "is another service using that port? try --port 0",
+            hint: listenHint(e, "--port"),
           }),
         ));
       server.listen(options.port ?? DEFAULT_PORT, host, () => resolve());

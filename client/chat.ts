@@ -950,7 +950,13 @@ export class Chat {
       this.#server.once(
         "error",
         (e) =>
-          reject(new E2eError("ERR_NETWORK", `Cannot listen on ${host}:${port}`, { cause: e })),
+          reject(
+            new E2eError("ERR_NETWORK", `Cannot listen on ${host}:${port}`, {
+              cause: e,
+              hint: "is that port in use, or the address not this machine's? " +
+                "leave --listen out to take a free port on 127.0.0.1",
+            }),
+          ),
       );
       this.#server.listen(port, host, () => resolve());
     });
@@ -1182,8 +1188,9 @@ export class Chat {
       held: (p) =>
         this.#emit({
           type: "warning",
-          message: `Held back a message from "${p.name}": its key changed. ` +
-            `Compare the safety number, then trust the new key to hear from them.`,
+          message: `Did not show a message from "${p.name}": its key changed. ` +
+            `Compare the safety number, then trust the new key to hear from them; ` +
+            `that message is not kept (${p.name} can send it again).`,
         }),
       // A CA showing this peer another log than ours is caught here (log_alarm).
       checkpoint: (p, text) => {

@@ -171,12 +171,20 @@ async function joinCommand(args: string[]): Promise<number> {
       file: values["invite-file"],
       label: "Invite (the e2e-chat://… line)",
       hint: 'give the invite, "-" to read it from stdin, or --invite-file FILE',
+      fileLabel: "invite file",
     }),
   );
   const { enroll } = await import("./identity.ts");
   const identity = await enroll(resolveHome(values.home), invite, {
     keyType: await keyType(values["key-type"]),
     passphrase: await newKeyPassphrase(values),
+  }).catch((e) => {
+    if (!(e instanceof E2eError) || e.code !== "ERR_TOKEN_INVALID") throw e;
+    throw new E2eError(e.code, e.message, {
+      cause: e,
+      hint: `ask your admin for a new invite (deno task ca invite ${invite.name}): ` +
+        "each one works once, and only until it expires",
+    });
   });
   await out(
     `Joined ${identity.caUrl} as "${identity.name}"\n` +
@@ -269,7 +277,10 @@ async function web(args: string[]): Promise<number> {
   await out(`e2e-chat: ${id.name}'s chat page (keep this address to yourself):\n${server.url}\n`);
   if (values.open) {
     await openInBrowser(server.url).catch((e) =>
-      err(`e2e-chat: warning: Cannot open a browser: ${e instanceof Error ? e.message : e}\n`)
+      err(
+        `e2e-chat: warning: Cannot open a browser: ${e instanceof Error ? e.message : e}\n` +
+          "e2e-chat: hint: open the address above in your browser yourself\n",
+      )
     );
   }
   await stop;
@@ -388,7 +399,7 @@ async function lookup(args: string[]): Promise<number> {
   if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "lookup needs exactly one NAME");
   const name = checkName(positionals[0]);
   const id = await loadIdentity(values);
-  const reply = await id.client().lookup(name);
+  const reply = await id.client().lookup(name).catch(refusedCertificate(id.name));
   // The directory's answer is checked like a peer: our CA, that name, valid now.
   const { checkPeer } = await import("../lib/tls.ts");
   const cert = checkPeer(pemDecode(reply.certificate, "CERTIFICATE"), id.anchor, { name });
@@ -422,7 +433,8 @@ async function audit(args: string[]): Promise<number> {
     import("./revocation.ts"),
   ]);
   const id = await loadIdentity(values);
-  const monitor = await LogMonitor.open(id.home.logState, id.anchor, id.client());
+  const monitor = await LogMonitor.open(id.home.logState, id.anchor, id.client())
+    .catch(refusedCertificate(id.name));
   // A revoked certificate for our name is harmless (peers refuse it): the CRL is needed.
   const revocation = new Revocation({ fetch: () => id.client().crl(), issuer: id.anchor.x509 });
   await revocation.refresh();
@@ -433,7 +445,7 @@ async function audit(args: string[]): Promise<number> {
       isRevoked: (serial) => revocation.isRevoked(serial),
     });
   } catch (e) {
-    if (!(e instanceof E2eError && e.code === "ERR_LOG_ALARM")) throw e;
+    if (!(e instanceof E2eError && e.code === "ERR_LOG_ALARM")) refusedCertificate(id.name)(e);
   }
   const alarms = monitor.alarms;
   if (values.json) {
@@ -455,7 +467,8 @@ async function renew(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, COMMON);
   if (values.help) return await help();
   noPositionals(positionals);
-  const id = await (await loadIdentity(values)).renew();
+  const loaded = await loadIdentity(values);
+  const id = await loaded.renew().catch(refusedCertificate(loaded.name));
   await out(
     `Renewed "${id.name}": valid until ${id.certificate.notAfter.toISOString()}\n` +
       `  certificate fingerprint: ${id.certificate.fingerprint}\n`,
@@ -526,6 +539,21 @@ async function passwd(args: string[]): Promise<number> {
       : `Your key "${keyPath}" is stored unencrypted\n`,
   );
   return 0;
+}
+
+/**
+ * Rethrows an error; the CA's refusal of our own certificate (ERR_FORBIDDEN on a members' route)
+ * gets a hint, since its cause may be a certificate for our name that we did not ask for.
+ */
+function refusedCertificate(name: string): (e: unknown) => never {
+  return (e) => {
+    if (!(e instanceof E2eError) || e.code !== "ERR_FORBIDDEN" || e.hint) throw e;
+    throw new E2eError(e.code, e.message, {
+      cause: e,
+      hint: `your certificate was revoked, or replaced by another for "${name}"; if you did not ` +
+        "ask for that, tell your admin: someone else may now hold your name",
+    });
+  };
 }
 
 async function keyType(value: string | undefined): Promise<ClientKeyType> {

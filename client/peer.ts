@@ -80,7 +80,7 @@ export interface PeerEvents {
   ): void;
   /** The connection closed. */
   closed(peer: PeerConnection, reason: string): void;
-  /** A message from a quarantined peer was held back (not shown, not acknowledged). */
+  /** A message from a quarantined peer was dropped (not shown, not acknowledged, not kept). */
   held(peer: PeerConnection, what: "message"): void;
   /** The peer's hello carried its latest checkpoint of the CA's issuance log. */
   checkpoint?(peer: PeerConnection, text: string): void;

@@ -146,7 +146,8 @@ export async function openssl(
 function spawnError(program: string, e: unknown): E2eError {
   if (e instanceof Deno.errors.NotFound) {
     return new E2eError("ERR_OPENSSL_MISSING", `Cannot find the openssl program "${program}"`, {
-      hint: "install openssl 3 or set E2E_CHAT_OPENSSL to its path",
+      hint: "install openssl 3 and put it on PATH (E2E_CHAT_OPENSSL can name another only " +
+        "where --allow-run allows it; the tasks allow `openssl` from PATH)",
       cause: e,
     });
   }

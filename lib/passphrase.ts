@@ -22,6 +22,8 @@ export interface PassphraseOptions {
   confirm?: boolean;
   /** The hint when there is no source. Default: how to give a passphrase. */
   hint?: string;
+  /** What `file` holds, for the error when it cannot be read. Default: "passphrase file". */
+  fileLabel?: string;
 }
 
 /**
@@ -43,7 +45,8 @@ export async function readPassphrase(options: PassphraseOptions = {}): Promise<s
     try {
       text = await Deno.readTextFile(path);
     } catch (e) {
-      throw new E2eError("ERR_FILE", `Cannot read the passphrase file "${path}"`, { cause: e });
+      const what = options.fileLabel ?? "passphrase file";
+      throw new E2eError("ERR_FILE", `Cannot read the ${what} "${path}"`, { cause: e });
     }
     passphrase = text.split(/\r?\n/, 1)[0];
   } else if (options.envVar && Deno.env.get(options.envVar)) {

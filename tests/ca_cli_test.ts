@@ -15,6 +15,7 @@ import { pemDecode } from "../lib/pem.ts";
 import { type RunResult, sleep, TaskProcess } from "./_harness.ts";
 import { argvRecordingOpenssl } from "./_hostile_helpers.ts";
 import { caFileNames, readIndexChecked } from "./_ca_files.ts";
+import { exists } from "../lib/fs.ts";
 import { assertLeafProfile, inspect, KEY_ID, text, verify } from "./_openssl_view.ts";
 import { makeCsr, PASSPHRASE, ROOT, runCa, runCli, snapshot, withTempDir } from "./_helpers.ts";
 
@@ -285,6 +286,36 @@ Deno.test("ca init refuses to overwrite an existing CA", async () => {
       error: `Cannot create a CA: "${caDir(home)}" already exists`,
       hint: "use another --home, or remove that folder to start over",
     });
+  });
+});
+
+Deno.test("ca init on an existing CA says so before it asks for a passphrase or makes a key", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home);
+    const result = await assertRefused(
+      home,
+      () => runCa(home, ["init"], { env: { E2E_CHAT_CA_PASSPHRASE: "" } }),
+      {
+        code: 1,
+        error: `Cannot create a CA: "${caDir(home)}" already exists`,
+        hint: "use another --home, or remove that folder to start over",
+      },
+    );
+    assert.ok(!result.stderr.includes("generating"), result.stderr);
+  });
+});
+
+Deno.test("ca init --days 0 says so before it asks for a passphrase", async () => {
+  await withTempDir(async (dir) => {
+    const home = join(dir, "home");
+    assertFailure(
+      await runCa(home, ["init", "--days", "0"], { env: { E2E_CHAT_CA_PASSPHRASE: "" } }),
+      {
+        code: 1,
+        error: 'Invalid validity "0": use whole days from 1 to 36500',
+      },
+    );
+    assert.equal(await exists(home), false, "nothing was made");
   });
 });
 
@@ -664,10 +695,11 @@ Deno.test("ca sign refuses bad input with one error line and leaves the CA uncha
         error: '--days takes a whole number, not "abc"',
       });
     });
-    await t.step("a missing request file", async () => {
+    await t.step("a missing request file, named as found from the folder it ran in", async () => {
       await refuse(["--name", "alice", "missing.csr"], {
         code: 1,
-        error: 'Cannot read "missing.csr"',
+        error: `Cannot read "${join(dir, "missing.csr")}"`,
+        hint: "no such file (a relative path starts in the folder you ran deno task in)",
       });
     });
     await t.step("a wrong passphrase, without revoking the old certificate", async () => {
@@ -842,6 +874,30 @@ Deno.test("ca revoke refuses an unknown name, a second revocation and an unknown
 
 // ---------------------------------------------------------------------------
 // list
+
+Deno.test("ca invite --url without a port says what it takes", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home);
+    assertFailure(await runCa(home, ["invite", "alice", "--url", "ca.example.org"]), {
+      code: 2,
+      error: '--url takes HOST:PORT, not "ca.example.org"',
+      hint: "the address members reach the CA service at, e.g. --url ca.example.org:65433",
+    });
+  });
+});
+
+Deno.test("ca serve --host with an address not of this machine says what --host and --name take", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home);
+    // 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of this machine.
+    assertFailure(await runCa(home, ["serve", "--host", "192.0.2.1", "--port", "0"]), {
+      code: 1,
+      error: "Cannot listen on 192.0.2.1:0 for the CRL",
+      hint: "--host takes an address of this machine (0.0.0.0 for all of them); " +
+        "the name members reach it by goes in --name",
+    });
+  });
+});
 
 Deno.test("ca list shows every certificate as a table and as JSON", async () => {
   await withTempDir(async (home) => {

@@ -315,7 +315,13 @@ export class CommandRunner {
       }
       case "file": {
         const name = command.name ?? this.#current;
-        if (!name) throw new E2eError("ERR_USAGE", "No current peer: /file NAME PATH");
+        if (!name) {
+          throw new E2eError(
+            "ERR_USAGE",
+            "No current peer: /file NAME PATH takes the NAME of someone you have talked with " +
+              "(/chat NAME or /msg NAME first)",
+          );
+        }
         // Not awaited: hashing a large file, or a peer slow to say hello, must not hold up
         // the next command. Its outcome comes as events (`sent`, `file_failed`, or `error`).
         chat.sendFile(name, resolveUserPath(command.path)).catch((e) =>

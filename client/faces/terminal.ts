@@ -15,6 +15,7 @@ export class Terminal {
   #rl: readline.Interface;
   #name: string;
   #progressLine = false;
+  #closed = false;
 
   /** A terminal for user `name`. */
   constructor(name: string) {
@@ -25,6 +26,8 @@ export class Terminal {
       terminal: true,
     });
     this.#rl.setPrompt(styleText("bold", `${name}> `));
+    // After /quit, Ctrl-D or Ctrl-C the last lines (bye) still print, with no prompt to redraw.
+    this.#rl.on("close", () => this.#closed = true);
   }
 
   /** Prints an event above the prompt, then redraws the prompt with what was typed. */
@@ -41,14 +44,15 @@ export class Terminal {
     }
     out.write(`${styleText("gray", time())} ${text}\n`);
     this.#progressLine = event.type === "progress" && event.bytes < event.total;
-    this.#rl.prompt(true);
+    if (!this.#closed) this.#rl.prompt(true);
   }
 
   /** Reads lines into `sink` until /quit or end of input. */
   async run(sink: InputSink): Promise<void> {
+    if (this.#closed) return; // the input ended while the chat started
     this.#rl.prompt();
     for await (const line of this.#rl) {
-      if (!await sink.input(line)) break;
+      if (!await sink.input(line) || this.#closed) break;
       this.#rl.prompt();
     }
     this.#rl.close();

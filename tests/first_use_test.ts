@@ -1,0 +1,173 @@
+/**
+ * What a new user meets first, run as they run it (README.md, "Chat in four
+ * commands"): the terminal chat started and left, and the mistakes of a first
+ * `join` and `chat`, each one error line with a hint that says what to do.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { ChatClient, connect, type RunResult, runTask, TaskProcess } from "./_harness.ts";
+import { joinUser } from "./_chat_helpers.ts";
+import { makeCsr, runCa } from "./_helpers.ts";
+import { makeInvite, withService } from "./_service_helpers.ts";
+
+/** The client run as `deno task client ARGS` in `cwd`, for the user whose home is `home`. */
+function client(home: string, args: string[], options: { stdin?: string; cwd?: string } = {}) {
+  return runTask("client", args, { env: { E2E_CHAT_HOME: home }, timeoutMs: 60_000, ...options });
+}
+
+/** A failure's one error line and its hint (exit 1). */
+function assertFailure(result: RunResult, error: string, hint: string): void {
+  assert.equal(result.code, 1, `exit code; stderr: ${result.stderr}`);
+  assert.equal(result.stderr, `e2e-chat: error: ${error}\ne2e-chat: hint: ${hint}\n`);
+}
+
+Deno.test("the terminal chat says bye and exits 0 after /quit, and at the end of its input", async () => {
+  await withService(async (service, dir) => {
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    for (const stdin of ["/quit\n", ""]) {
+      const result = await client(bob.home, [], { stdin });
+      assert.equal(result.code, 0, `exit code; stderr: ${result.stderr}`);
+      assert.equal(result.stderr, "");
+      assert.match(result.stdout, /listening on 127\.0\.0\.1:\d+ as bob/);
+      assert.match(result.stdout, /\d\d:\d\d bye\n$/);
+    }
+  });
+});
+
+Deno.test("client join names the invite file it cannot read, from the folder it was run in", async () => {
+  await withService(async (_service, dir) => {
+    const result = await client(join(dir, "alice"), ["join", "--invite-file", "invite.txt"], {
+      cwd: dir,
+    });
+    assert.equal(result.code, 1);
+    assert.equal(
+      result.stderr,
+      `e2e-chat: error: Cannot read the invite file "${join(dir, "invite.txt")}"\n`,
+    );
+  });
+});
+
+Deno.test("client join with a used invite says to ask the admin for a new one", async () => {
+  await withService(async (service, dir) => {
+    const invite = await makeInvite(service.home, "alice");
+    assert.equal((await client(join(dir, "alice"), ["join", "-"], { stdin: invite })).code, 0);
+    const again = await client(join(dir, "alice2"), ["join", "-"], { stdin: invite });
+    assertFailure(
+      again,
+      "The CA refused: Invalid, used or expired invite token",
+      "ask your admin for a new invite (deno task ca invite alice): " +
+        "each one works once, and only until it expires",
+    );
+  });
+});
+
+Deno.test("client chat --listen on a port in use says what to do", async () => {
+  await withService(async (service, dir) => {
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    try {
+      const port = (taken.addr as Deno.NetAddr).port;
+      const result = await client(bob.home, ["chat", "--listen", `127.0.0.1:${port}`]);
+      assertFailure(
+        result,
+        `Cannot listen on 127.0.0.1:${port}`,
+        "is that port in use, or the address not this machine's? " +
+          "leave --listen out to take a free port on 127.0.0.1",
+      );
+    } finally {
+      taken.close();
+    }
+  });
+});
+
+Deno.test("a member whose certificate the admin replaced is told what the CA's refusal can mean", async () => {
+  await withService(async (service, dir) => {
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    const csr = join(dir, "other-bob.csr");
+    await Deno.writeTextFile(csr, (await makeCsr("bob")).csr);
+    const replaced = await runCa(service.home, ["sign", "--name", "bob", csr, "--replace"]);
+    assert.equal(replaced.code, 0, replaced.stderr);
+    for (const args of [["renew"], ["lookup", "bob"], ["audit"]]) {
+      assertFailure(
+        await client(bob.home, args),
+        "The CA refused: The client certificate is revoked or superseded",
+        'your certificate was revoked, or replaced by another for "bob"; if you did not ask ' +
+          "for that, tell your admin: someone else may now hold your name",
+      );
+    }
+  });
+});
+
+Deno.test("client web --open without a working browser opener says to open the address by hand", async () => {
+  await withService(async (service, dir) => {
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    const bin = join(dir, "bin");
+    await Deno.mkdir(bin);
+    for (const opener of ["xdg-open", "open"]) {
+      await Deno.writeTextFile(join(bin, opener), "#!/bin/sh\nexit 3\n", { mode: 0o755 });
+    }
+    const web = await TaskProcess.start("client", ["web", "--open"], {
+      env: { E2E_CHAT_HOME: bob.home, PATH: `${bin}:${Deno.env.get("PATH")}` },
+    });
+    try {
+      const warning = await web.waitFor(
+        () => /^e2e-chat: warning: Cannot open a browser: .*\n(.*\n)/m.exec(web.stderr)?.[1],
+        "the warning and the line after it",
+      );
+      assert.equal(warning, "e2e-chat: hint: open the address above in your browser yourself\n");
+      assert.match(web.stdout, /^http:\/\/127\.0\.0\.1:\d+\/session\?token=[0-9a-f]{64}$/m);
+    } finally {
+      await web.stop();
+    }
+  });
+});
+
+Deno.test("a message from a peer whose key changed is not shown, and the warning says it is not kept", async () => {
+  await withService(async (service, dir) => {
+    const alice = await ChatClient.start(await joinUser(service, "alice", join(dir, "alice")));
+    let bob: ChatClient | undefined;
+    try {
+      bob = await ChatClient.start(await joinUser(service, "bob", join(dir, "bob")));
+      await connect(alice, bob);
+      await bob.stop();
+      await alice.expect({ type: "disconnected", peer: "bob" });
+      // bob lost his key and joined again with a new invite.
+      bob = await ChatClient.start(await joinUser(service, "bob", join(dir, "bob-new")));
+      const mark = alice.mark();
+      assert.equal((await connect(alice, bob)).atFrom.trust, "changed");
+      await bob.send("sent from the new key");
+      const warning = await alice.expect((e) =>
+        e.type === "warning" && String(e.message).includes("a message from")
+      );
+      assert.equal(
+        warning.message,
+        'Did not show a message from "bob": its key changed. Compare the safety number, then ' +
+          "trust the new key to hear from them; that message is not kept (bob can send it again).",
+      );
+      await alice.send("/trust bob");
+      await alice.expect((e) => e.type === "warning" && /trust/i.test(String(e.message)));
+      await alice.expectNone(mark, { type: "message" }, 700);
+    } finally {
+      await bob?.stop();
+      await alice.stop();
+    }
+  });
+});
+
+Deno.test("/file to a name never talked with says how to start", async () => {
+  await withService(async (service, dir) => {
+    const alice = await ChatClient.start(await joinUser(service, "alice", join(dir, "alice")));
+    try {
+      await alice.send(`/file dave ${join(dir, "notes.txt")}`);
+      assert.equal(
+        (await alice.expect({ type: "error" })).message,
+        "No current peer: /file NAME PATH takes the NAME of someone you have talked with " +
+          "(/chat NAME or /msg NAME first)",
+      );
+    } finally {
+      await alice.stop();
+    }
+  });
+});
