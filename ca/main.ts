@@ -41,7 +41,8 @@ Commands:
           [--mailbox-bytes 67108864] [--relay-pairs 8] [--relay-total N]
           [--relay-idle 5m] [--relay-day-mib 1024]
           Run the CA service (HTTPS), and the CRL over plain HTTP on --crl-port
-          (the URL every certificate issued names; the first --name is its host).
+          (the URL every certificate issued names; the first --name is its host,
+          and the host invites name).
           --enroll-rate: enrollment attempts allowed per address per minute.
           The mailbox keeps items for offline members for --mailbox-ttl, at most
           --mailbox-items items and --mailbox-bytes bytes per recipient.

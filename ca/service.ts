@@ -157,12 +157,13 @@ export class CaService {
     );
     let own: Credentials;
     let crlUrl: string;
+    // The address members are given (in certificates' CRL URL, in invites): the first --name,
+    // else the address we listen on (a wildcard means this machine).
+    const advertised = urlHost(
+      options.names?.[0] ?? (host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host),
+    );
     try {
-      const crlHost = options.names?.[0] ??
-        (host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host);
-      crlUrl = `http://${
-        crlHost.includes(":") ? `[${crlHost}]` : crlHost
-      }:${crl.port}${CRL_URL_PATH}`;
+      crlUrl = `http://${advertised}:${crl.port}${CRL_URL_PATH}`;
       await writeFileAtomic(ca.paths.crlUrl, crlUrl + "\n");
       own = await serviceCredentials(ca, names);
     } catch (e) {
@@ -210,8 +211,7 @@ export class CaService {
       throw e;
     });
     const port = (server.address() as { port: number }).port;
-    const urlHost = host.includes(":") ? `[${host}]` : host === "0.0.0.0" ? "127.0.0.1" : host;
-    const url = `https://${urlHost}:${port}`;
+    const url = `https://${urlHost(host === "0.0.0.0" ? "127.0.0.1" : host)}:${port}`;
     // Renew the service certificate well before it expires, without a restart.
     const timer = setInterval(async () => {
       try {
@@ -235,7 +235,8 @@ export class CaService {
     service.#crl = crl;
     await writeFileAtomic(
       ca.paths.serviceInfo,
-      JSON.stringify({ url, host: urlHost, port, fingerprint: ca.certificate.fingerprint }) + "\n",
+      JSON.stringify({ url, host: advertised, port, fingerprint: ca.certificate.fingerprint }) +
+        "\n",
     );
     return service;
   }
@@ -432,6 +433,11 @@ function awaitHeaders(socket: Socket): void {
 
 function logToStderr(line: string): void {
   Deno.stderr.writeSync(new TextEncoder().encode(line + "\n"));
+}
+
+// A host as it goes in a URL (an IPv6 address in brackets).
+function urlHost(host: string): string {
+  return host.includes(":") ? `[${host}]` : host;
 }
 
 /** The names the service certificate covers: localhost, 127.0.0.1, the listen address and extra names. */

@@ -73,6 +73,26 @@ Deno.test("CaService.start() writes service.json with its URL, host, port and th
   });
 });
 
+Deno.test("CaService.start() with names gives members the first one: in service.json (for invites) and in the CRL URL", async () => {
+  await withTempDir(async (home) => {
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+    const service = await CaService.start(ca, {
+      port: 0,
+      crlPort: 0,
+      names: ["ca.example.org", "10.0.0.7"],
+      log: () => {},
+    });
+    try {
+      assert.equal(service.url, `https://127.0.0.1:${service.port}`, "where it listens");
+      const info = JSON.parse(await Deno.readTextFile(ca.paths.serviceInfo));
+      assert.equal(info.host, "ca.example.org");
+      assert.match(service.crlUrl, /^http:\/\/ca\.example\.org:\d+\/crl\.der$/);
+    } finally {
+      await service.close();
+    }
+  });
+});
+
 Deno.test("CaService.start() presents a service certificate issued by the CA, kept in HOME/ca/service/ with a 0600 key", async () => {
   await withService(async (service, ca) => {
     const cert = await presented(service, ca);
