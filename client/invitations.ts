@@ -117,7 +117,7 @@ export class Invitations {
         if (stopped.aborted) return;
         if (failures++ === 0) {
           this.#options.onWarning(
-            `Cannot reach the CA for invitations: ${e instanceof Error ? e.message : e}`,
+            `Cannot check for invitations: ${e instanceof Error ? e.message : e}`,
           );
         }
         await pause(backoffMs(failures), stopped);

@@ -60,7 +60,7 @@ Deno.test("Invitations.find() asks the CA for one it does not hold, and forgets 
   assert.deepEqual(invitations.names(), []);
 });
 
-Deno.test("Invitations warns once while the CA is unreachable", async () => {
+Deno.test("Invitations warns once while it cannot check the CA, with the reason", async () => {
   const ca = rendezvous([new Error("down"), new Error("down")]);
   const warnings: string[] = [];
   const invitations = new Invitations(ca, {
@@ -70,7 +70,7 @@ Deno.test("Invitations warns once while the CA is unreachable", async () => {
   invitations.start();
   await new Promise((r) => setTimeout(r, 2_500));
   invitations.stop();
-  assert.deepEqual(warnings, ["Cannot reach the CA for invitations: down"]);
+  assert.deepEqual(warnings, ["Cannot check for invitations: down"]);
 });
 
 Deno.test("Invitations shows a repeated invitation from the same sender once, and keeps the newest address", async () => {

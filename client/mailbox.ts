@@ -364,7 +364,7 @@ export class MailboxClient {
         if (stopped.aborted) return;
         if (failures++ === 0) {
           this.#host.warning(
-            `Cannot reach the CA for the mailbox: ${e instanceof Error ? e.message : e}`,
+            `Cannot check the mailbox: ${e instanceof Error ? e.message : e}`,
           );
         }
         await pause(backoffMs(failures), stopped);

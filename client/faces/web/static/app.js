@@ -183,7 +183,7 @@ function handle(e) {
       state.invitations.delete(e.peer);
       const c = conv(e.peer);
       c.status = e.trust === "changed"
-        ? "Key changed: held back"
+        ? "Key changed: nothing is sent or shown until you trust the new key"
         : e.via === "relay"
         ? "Connected through the CA's relay"
         : "Connected";
