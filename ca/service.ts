@@ -17,6 +17,7 @@
  *
  * @module
  */
+import { createPrivateKey } from "node:crypto";
 import https from "node:https";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
@@ -25,7 +26,7 @@ import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 import { deadline, guardConnections } from "../lib/connections.ts";
 import { type Credentials, peerCertificateDer, serverOptions, trustAnchor } from "../lib/tls.ts";
-import { parseCertificate } from "../lib/x509.ts";
+import { type CertificateInfo, parseCertificate } from "../lib/x509.ts";
 import {
   type ApiContext,
   type ApiRequest,
@@ -448,6 +449,15 @@ function serviceNames(host: string, extra: string[]): string[] {
 }
 
 /** The service's key and certificate, reissued when missing, for other names, revoked or past two thirds of its life. */
+// Whether `key` (PEM) is the private key of the certificate `info`.
+function ownKey(info: CertificateInfo, key: string): boolean {
+  try {
+    return info.x509.checkPrivateKey(createPrivateKey(key));
+  } catch {
+    return false;
+  }
+}
+
 async function serviceCredentials(ca: CertificateAuthority, names: string[]): Promise<Credentials> {
   try {
     const cert = await Deno.readTextFile(ca.paths.serviceCert);
@@ -464,6 +474,8 @@ async function serviceCredentials(ca: CertificateAuthority, names: string[]): Pr
     if (url && !new TextDecoder().decode(info.x509.raw).includes(url)) throw new NotCurrent();
     const issuedHere = info.x509.checkIssued(ca.certificate.x509) &&
       info.x509.verify(ca.certificate.x509.publicKey);
+    // A key that is not the certificate's (or not a key at all) would fail every start.
+    if (!ownKey(info, key)) throw new NotCurrent();
     if (fresh && covers && issuedHere && await ca.isCurrent(info.serial)) return { key, cert };
   } catch (e) {
     const stale = e instanceof Deno.errors.NotFound || e instanceof E2eError ||

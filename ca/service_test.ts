@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { generateKeyPairSync } from "node:crypto";
 import { E2eError } from "../lib/errors.ts";
 import {
   checkService,
@@ -124,6 +125,31 @@ Deno.test("the service renews a revoked service certificate in place: same port,
     const info = JSON.parse(await Deno.readTextFile(ca.paths.serviceInfo));
     assert.equal(info.port, service.port);
   }, { renewCheckMs: 200 });
+});
+
+Deno.test("CaService.start() replaces a service key that is not its certificate's (instead of failing every start)", async () => {
+  await withTempDir(async (home) => {
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+    const first = await CaService.start(ca, { port: 0, crlPort: 0, log: () => {} });
+    const old = await presented(first, ca);
+    await first.close();
+    // Another key in the certificate's place (an edit, a restore from two backups).
+    const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    await Deno.writeTextFile(
+      ca.paths.serviceKey,
+      privateKey.export({ type: "pkcs8", format: "pem" }) as string,
+    );
+    // The same CRL port, so that only the key can make it reissue the certificate.
+    const crlPort = Number(new URL(first.crlUrl).port);
+    const service = await CaService.start(ca, { port: 0, crlPort, log: () => {} });
+    try {
+      const now = await presented(service, ca);
+      assert.notEqual(now.serial, old.serial, "a new service certificate");
+      assert.ok(await ca.isCurrent(now.serial));
+    } finally {
+      await service.close();
+    }
+  });
 });
 
 Deno.test("the service keeps a current certificate between checks and logs nothing about it", async () => {
