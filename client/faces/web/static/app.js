@@ -28,6 +28,27 @@ function isRoom(name) {
   return typeof name === "string" && name.startsWith("#");
 }
 
+/**
+ * A peer's file name as shown: it is announced by the sender as is (docs/PROTOCOL.md §3), so
+ * bidi controls, which would reorder it and what follows ("exe.txt" shown as "txt.exe"), and
+ * control characters are dropped, as the terminal does.
+ */
+function shownName(name) {
+  return String(name ?? "").replace(
+    // deno-lint-ignore no-control-regex
+    /[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c\u0000-\u001f\u007f-\u009f]/g,
+    "",
+  );
+}
+
+/**
+ * The key of an item in its conversation: ids are chosen by their sender, so a peer's are
+ * kept apart from ours and from other members' (a reused id must not replace another's item).
+ */
+function itemKey(from, id) {
+  return from === state.me ? id : `${from} ${id}`;
+}
+
 let ws;
 let nextOp = 1;
 const pending = new Map(); // op id → {resolve, reject}
@@ -235,12 +256,14 @@ function handle(e) {
       const c = conv(e.room ?? e.from);
       // The transfer's item (from its progress) becomes the file: by its id when the event
       // has one, else the unfinished transfer of that size.
-      let item = c.items.get(e.id) ??
-        [...c.items.values()].find((i) => i.incoming && !i.done && i.progress?.total === e.bytes);
+      let item = c.items.get(itemKey(e.from, e.id)) ??
+        [...c.items.values()].find((i) =>
+          i.incoming && !i.done && i.from === e.from && i.progress?.total === e.bytes
+        );
       if (!item) {
         item = { id: e.id ?? `file-${Date.now()}-${Math.random()}`, from: e.from, kind: "file" };
         addItem(c, { ...item, at: new Date().toISOString() });
-        item = c.items.get(item.id);
+        item = c.items.get(itemKey(e.from, item.id));
       }
       Object.assign(item, {
         done: true,
@@ -256,7 +279,9 @@ function handle(e) {
       state.offers.set(`${e.from} ${e.id}`, e);
       drawOffers();
       notice(
-        `${e.from} offers a file${e.room ? ` to ${e.room}` : ""}: ${e.name} (${size(e.bytes)})`,
+        `${e.from} offers a file${e.room ? ` to ${e.room}` : ""}: ${shownName(e.name)} (${
+          size(e.bytes)
+        })`,
       );
       return;
     case "file_failed":
@@ -364,14 +389,15 @@ function addItem(c, item) {
     item.ms = earlyDelivered.get(item.id) ?? undefined;
     earlyDelivered.delete(item.id);
   }
-  const old = c.items.get(item.id);
+  const key = itemKey(item.from, item.id);
+  const old = c.items.get(key);
   if (old) {
     Object.assign(old, item, { node: old.node });
     drawItem(old);
     return;
   }
   item.conv = c.name;
-  c.items.set(item.id, item);
+  c.items.set(key, item);
   touch(c, item.at);
   if (c.name === state.selected) {
     $("timeline").append(drawItem(item));
@@ -393,8 +419,10 @@ function received(c, e) {
 
 function progress(e) {
   const c = conv(e.room ?? e.peer);
-  let item = c.items.get(e.id) ??
-    [...c.items.values()].find((i) => i.transferId === e.id);
+  // A transfer of ours by its id; a peer's by its sender and id.
+  let item = e.direction === "in"
+    ? c.items.get(itemKey(e.peer, e.id))
+    : c.items.get(e.id) ?? [...c.items.values()].find((i) => i.transferId === e.id);
   if (!item && e.direction === "out") {
     // Our upload, now on its way to the peer: it takes the transfer's id.
     item = [...c.items.values()].find((i) => i.upload && i.uploaded && !i.transferId);
@@ -409,7 +437,7 @@ function progress(e) {
       incoming: true,
       file: { name: "receiving a file…", bytes: e.total },
     });
-    item = c.items.get(e.id);
+    item = c.items.get(itemKey(e.peer, e.id));
   }
   if (!item) return;
   item.progress = { bytes: e.bytes, total: e.total };
@@ -434,7 +462,7 @@ function select(name) {
     c.loaded = true;
     operate("history", { name, limit: 50 }).then((r) => {
       for (const entry of r?.entries ?? []) {
-        if (!c.items.has(entry.id)) {
+        if (!c.items.has(itemKey(entry.from, entry.id))) {
           addItem(c, { ...entry, done: true, incoming: entry.from !== state.me });
         }
       }
@@ -794,15 +822,16 @@ function drawItem(item) {
     f.className = "file";
     const fname = document.createElement("span");
     fname.className = "file-name";
-    fname.textContent = item.file?.name ?? "file";
+    const shown = shownName(item.file?.name ?? "file");
+    fname.textContent = shown;
     f.append("File: ", fname);
     if (item.file?.bytes !== undefined) f.append(` (${size(item.file.bytes)})`);
     if (item.download && item.done) {
       const a = document.createElement("a");
       a.href = item.download;
-      a.download = item.file?.name ?? "";
+      a.download = shown;
       a.textContent = "Download";
-      a.setAttribute("aria-label", `Download ${item.file?.name ?? "file"}`);
+      a.setAttribute("aria-label", `Download ${shown}`);
       a.addEventListener("click", (ev) => {
         ev.preventDefault();
         download(item.download, a.download);
@@ -829,7 +858,7 @@ function drawItem(item) {
       bar.setAttribute("aria-valuenow", String(pct));
       bar.setAttribute(
         "aria-label",
-        `${mine ? "Sending" : "Receiving"} ${item.file?.name ?? "a file"}`,
+        `${mine ? "Sending" : "Receiving"} ${item.file?.name === undefined ? "a file" : shown}`,
       );
       const label = document.createElement("span");
       label.className = "pct";
@@ -857,7 +886,7 @@ function drawOffers() {
     what.id = `offer-${n++}`;
     // From a peer: shown as text only.
     // The SHA-256 only when the offer carried it (from an older peer, or the mailbox).
-    what.textContent = `${o.from} offers ${o.name} (${size(o.bytes)}${
+    what.textContent = `${o.from} offers ${shownName(o.name)} (${size(o.bytes)}${
       o.sha256 ? `, SHA-256 ${o.sha256.slice(0, 16)}…` : ""
     })`;
     const actions = document.createElement("div");

@@ -1,0 +1,235 @@
+/**
+ * The web face (docs/WEB.md) against a hostile peer, in a real browser: Debian's
+ * `chromium` driven by playwright-core, a real `client web` process, a real CA
+ * service, and peers that are a real JSON face or a raw TLS peer writing frames
+ * by hand (ids and names no honest client would choose).
+ *
+ * Without chromium the test is skipped with a message, except under CI=true,
+ * where a missing browser fails the run.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { encodeFrame, PROTOCOL_VERSION } from "../lib/frames.ts";
+import { concurrentSteps } from "./_harness.ts";
+import { RawPeer } from "./_chat_helpers.ts";
+import {
+  type Browser,
+  ChatClient,
+  chromiumPath,
+  joinUser,
+  launchBrowser,
+  openPage,
+  type Page,
+  type Service,
+  type User,
+  WebClient,
+  withWebWorld,
+} from "./_browser.ts";
+
+const chromium = await chromiumPath();
+const CI = Deno.env.get("CI") === "true";
+if (!chromium && !CI) {
+  // deno-lint-ignore no-console
+  console.log("web_security_test.ts: skipping: chromium is not on PATH (apt-get install chromium)");
+}
+
+/** Bidi controls and C0/C1 controls: none may reach the page from a peer's file name. */
+// deno-lint-ignore no-control-regex
+const HIDDEN = /[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c\u0000-\u001f\u007f-\u009f]/;
+
+/** A scenario's world: its own folder and everything it started. */
+class Scene {
+  readonly service: Service;
+  readonly dir: string;
+  readonly browser: Browser;
+  #stops: Array<() => Promise<void>> = [];
+
+  constructor(service: Service, dir: string, browser: Browser) {
+    this.service = service;
+    this.dir = dir;
+    this.browser = browser;
+  }
+
+  async join(...names: string[]): Promise<User[]> {
+    return await Promise.all(names.map((n) => joinUser(this.service, n, join(this.dir, n))));
+  }
+
+  async web(user: User, args?: string[]): Promise<WebClient> {
+    const web = await WebClient.start(user, { args });
+    this.#stops.push(() => web.stop());
+    return web;
+  }
+
+  async json(user: User): Promise<ChatClient> {
+    const c = await ChatClient.start(user);
+    this.#stops.push(() => c.stop());
+    return c;
+  }
+
+  async page(web: WebClient): Promise<Page> {
+    const page = await openPage(this.browser, web);
+    this.#stops.push(() => page.context().close());
+    return page;
+  }
+
+  raw(port: number, user: User): Promise<RawPeer> {
+    return Promise.all([Deno.readTextFile(user.certPath), Deno.readTextFile(user.keyPath)])
+      .then(([cert, key]) => {
+        const peer = RawPeer.connect(port, { cert, key });
+        this.#stops.push(() => Promise.resolve(peer.destroy()));
+        return peer;
+      });
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.#stops.reverse().map((s) => s().catch(() => {})));
+  }
+}
+
+function timeline(page: Page) {
+  return page.getByRole("log", { name: "Messages" });
+}
+
+/** "Chat with" `name` / "Start chat" on the page. */
+async function invite(page: Page, name: string): Promise<void> {
+  await page.getByRole("textbox", { name: "Chat with" }).fill(name);
+  await page.getByRole("button", { name: "Start chat", exact: true }).click();
+}
+
+async function messageBoxReady(page: Page): Promise<void> {
+  await page.getByRole("textbox", { name: "Message", exact: true }).and(page.locator(":enabled"))
+    .waitFor();
+}
+
+async function sendFromPage(page: Page, text: string): Promise<void> {
+  const box = page.getByRole("textbox", { name: "Message", exact: true });
+  await box.fill(text);
+  await box.press("Enter");
+  await page.locator(".item.mine", { hasText: text }).waitFor();
+}
+
+/** A free port on 127.0.0.1 for a listener (taken back at once; a tiny race, as with any). */
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+
+/**
+ * A file name with a right-to-left override shows "invoice\u202Efdp.exe" as
+ * "invoiceexe.pdf" — and reorders what follows it on the line (the size): the
+ * consent card must show the name in its real order.
+ */
+async function bidiFileName(scene: Scene): Promise<void> {
+  const [alice, mallory] = await scene.join("alice-bidi", "mallory-bidi");
+  const web = await scene.web(alice);
+  const page = await scene.page(web);
+  const m = await scene.json(mallory);
+  await invite(page, mallory.name);
+  await m.expect({ type: "invite", from: alice.name });
+  await m.send(`/accept ${alice.name}`);
+  await m.expect({ type: "connected", peer: alice.name });
+  await messageBoxReady(page);
+
+  const announced = "invoice\u202efdp.exe\u0007";
+  await Deno.mkdir(join(scene.dir, "x"));
+  const path = join(scene.dir, "x", announced);
+  await Deno.writeTextFile(path, "MZ not really a program");
+  await m.send(`/file ${path}`);
+  const card = page.getByRole("listitem").filter({ hasText: "offers invoice" });
+  await card.waitFor();
+  const shown = await card.locator("p").first().textContent() ?? "";
+  assert.doesNotMatch(shown, HIDDEN, `the offer card shows ${JSON.stringify(shown)}`);
+  assert.match(shown, /offers invoicefdp\.exe \(23 B\)/);
+  const notices = await page.getByRole("status").filter({ hasText: "offers a file" })
+    .textContent() ?? "";
+  assert.doesNotMatch(notices, HIDDEN, `the notice shows ${JSON.stringify(notices)}`);
+
+  await card.getByRole("button", { name: "Accept file" }).click();
+  const link = page.getByRole("link", { name: "Download invoicefdp.exe" });
+  await link.waitFor();
+  const item = timeline(page).locator(".item.theirs", { has: link });
+  const itemText = await item.textContent() ?? "";
+  assert.doesNotMatch(itemText, HIDDEN, `the timeline shows ${JSON.stringify(itemText)}`);
+  assert.doesNotMatch(await link.getAttribute("download") ?? "", HIDDEN);
+}
+
+/**
+ * Ids are chosen by the sender (docs/PROTOCOL.md §3), so a peer can reuse the id
+ * of a message of ours it received: the page must not let its message take the
+ * place of ours, in the live view or when the history is loaded again.
+ */
+async function reusedIds(scene: Scene): Promise<void> {
+  const [alice, bob] = await scene.join("alice-ids", "bob-ids");
+  const listen = freePort();
+  const web = await scene.web(alice, ["--port", "0", "--listen", `127.0.0.1:${listen}`]);
+  const page = await scene.page(web);
+  await invite(page, bob.name);
+  await page.getByText(`Invited ${bob.name}`).waitFor();
+  const peer = await scene.raw(listen, bob);
+  await peer.expectFrame({ type: "hello", v: PROTOCOL_VERSION });
+  peer.write(encodeFrame({ type: "hello", v: PROTOCOL_VERSION }));
+  await messageBoxReady(page);
+
+  await sendFromPage(page, "alice wrote this");
+  const mine = await peer.expectFrame({ type: "msg", text: "alice wrote this" });
+  peer.write(encodeFrame({ type: "msg", id: String(mine.id), text: "bob wrote this" }));
+  await timeline(page).locator(".item.theirs", { hasText: "bob wrote this" }).waitFor();
+  await timeline(page).locator(".item.mine", { hasText: "alice wrote this" }).waitFor({
+    timeout: 2_000,
+  });
+
+  // The same after the history is read again (another tab, or a reconnection).
+  const tab2 = await page.context().newPage();
+  await tab2.goto(web.url);
+  await tab2.getByRole("button", { name: new RegExp(`${bob.name} online`) }).click();
+  await timeline(tab2).locator(".item.theirs", { hasText: "bob wrote this" }).waitFor();
+  await timeline(tab2).locator(".item.mine", { hasText: "alice wrote this" }).waitFor({
+    timeout: 2_000,
+  });
+  await tab2.close();
+}
+
+const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
+  [
+    "a peer's file name with bidi overrides and control characters shows in its real order on the offer card, in the notice and in the timeline",
+    bidiFileName,
+  ],
+  [
+    "a peer that reuses the id of one of our messages does not replace ours on the page",
+    reusedIds,
+  ],
+];
+
+Deno.test({
+  name: "web face in chromium against a hostile peer",
+  ignore: !chromium && !CI,
+  async fn(t) {
+    assert.ok(chromium, "CI=true and chromium is not on PATH: the web tests cannot run");
+    const browser = await launchBrowser(chromium);
+    try {
+      await withWebWorld(async (service, dir) => {
+        await concurrentSteps(
+          t,
+          SCENARIOS.map(([name, fn], i) => [name, async () => {
+            const scene = new Scene(service, join(dir, `scene-${i}`), browser);
+            await Deno.mkdir(scene.dir);
+            try {
+              await fn(scene);
+            } finally {
+              await scene.close();
+            }
+          }]),
+        );
+      });
+    } finally {
+      await browser.close();
+    }
+  },
+});
