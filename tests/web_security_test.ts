@@ -196,6 +196,36 @@ async function reusedIds(scene: Scene): Promise<void> {
   await tab2.close();
 }
 
+/**
+ * Cookies are not isolated by port: two `client web` runs (two identities on one machine) open
+ * in one browser must not log each other's pages out, since each page's uploads and downloads
+ * carry its cookie.
+ */
+async function twoClientsOneBrowser(scene: Scene): Promise<void> {
+  const [alice, carol] = await scene.join("alice-two", "carol-two");
+  const [aliceWeb, carolWeb] = await Promise.all([scene.web(alice), scene.web(carol)]);
+  const context = await scene.browser.newContext();
+  try {
+    const alicePage = await context.newPage();
+    await alicePage.goto(aliceWeb.url);
+    await alicePage.getByRole("heading", { name: alice.name, exact: true, level: 1 }).waitFor();
+    const carolPage = await context.newPage();
+    await carolPage.goto(carolWeb.url);
+    await carolPage.getByRole("heading", { name: carol.name, exact: true, level: 1 }).waitFor();
+    const status = (page: Page) =>
+      page.evaluate(() => fetch("/app.js", { method: "HEAD" }).then((r) => r.status));
+    assert.equal(await status(carolPage), 200, "carol's page has its session");
+    assert.equal(await status(alicePage), 200, "alice's page lost its session to carol's");
+    // A reload of alice's tab (its key is in sessionStorage) still reaches alice's client.
+    await alicePage.reload();
+    await alicePage.getByRole("heading", { name: alice.name, exact: true, level: 1 }).waitFor();
+    await alicePage.getByRole("textbox", { name: "Chat with" }).waitFor();
+    assert.equal(await alicePage.getByRole("alert").filter({ hasText: "open the URL" }).count(), 0);
+  } finally {
+    await context.close();
+  }
+}
+
 const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
   [
     "a peer's file name with bidi overrides and control characters shows in its real order on the offer card, in the notice and in the timeline",
@@ -204,6 +234,10 @@ const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
   [
     "a peer that reuses the id of one of our messages does not replace ours on the page",
     reusedIds,
+  ],
+  [
+    "two clients' pages in one browser keep their own sessions (cookies are shared across ports)",
+    twoClientsOneBrowser,
   ],
 ];
 

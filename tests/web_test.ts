@@ -555,7 +555,7 @@ async function refusals(scene: Scene): Promise<void> {
   assert.ok(keyLine, ex.head);
   const pageKey = keyLine[1];
   const cookieLine =
-    /^set-cookie: (e2e_session=[0-9a-f]{64}); HttpOnly; SameSite=Strict; Path=\/$/im
+    /^set-cookie: (e2e_session_\d+=[0-9a-f]{64}); HttpOnly; SameSite=Strict; Path=\/$/im
       .exec(ex.head);
   assert.ok(cookieLine, ex.head);
   const cookie = `Cookie: ${cookieLine[1]}`;

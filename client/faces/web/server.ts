@@ -70,7 +70,12 @@ export const TICKET_MS = 60_000;
 /** Download tickets outstanding at once; the oldest is forgotten beyond. */
 export const MAX_TICKETS = 64;
 
-const SESSION_COOKIE = "e2e_session";
+/**
+ * The session cookie's name is this prefix and the port: browsers keep one cookie per name for
+ * all ports of 127.0.0.1, so two runs (two identities) open in one browser would else replace
+ * each other's, and the first page's uploads and downloads would get 401.
+ */
+const SESSION_COOKIE = "e2e_session_";
 /** The WebSocket subprotocol of the page; the page key travels as a second one, `key.HEX`. */
 const WS_PROTOCOL = "e2e-chat";
 /** The header an upload carries the page key in. */
@@ -415,7 +420,8 @@ export class WebServer {
       headers: {
         ...SECURITY_HEADERS,
         location: `/#key=${key}`,
-        "set-cookie": `${SESSION_COOKIE}=${session}; HttpOnly; SameSite=Strict; Path=/`,
+        "set-cookie":
+          `${SESSION_COOKIE}${this.#port}=${session}; HttpOnly; SameSite=Strict; Path=/`,
       },
     });
   }
@@ -423,7 +429,7 @@ export class WebServer {
   #session(request: Request): string | undefined {
     for (const part of (request.headers.get("cookie") ?? "").split(";")) {
       const [k, v] = part.trim().split("=", 2);
-      if (k === SESSION_COOKIE && v && this.#sessions.has(v)) return v;
+      if (k === `${SESSION_COOKIE}${this.#port}` && v && this.#sessions.has(v)) return v;
     }
     return undefined;
   }

@@ -99,7 +99,7 @@ async function session(web: WebServer): Promise<{ cookie: string; key: string }>
     `Host: 127.0.0.1:${web.port}`,
   ]);
   assert.equal(r.status, 303);
-  const m = /^set-cookie: (e2e_session=[0-9a-f]{64}); HttpOnly; SameSite=Strict; Path=\/$/im
+  const m = /^set-cookie: (e2e_session_\d+=[0-9a-f]{64}); HttpOnly; SameSite=Strict; Path=\/$/im
     .exec(r.head);
   assert.ok(m, r.head);
   const key = /^location: \/#key=([0-9a-f]{64})$/im.exec(r.head);
