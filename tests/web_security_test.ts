@@ -226,6 +226,38 @@ async function twoClientsOneBrowser(scene: Scene): Promise<void> {
   }
 }
 
+/** Malformed requests from the page get an answer that says what is wrong, not a reset. */
+async function malformedUpload(scene: Scene): Promise<void> {
+  const [alice] = await scene.join("alice-bad");
+  const web = await scene.web(alice);
+  const page = await scene.page(web);
+  const answer = await page.evaluate(async () => {
+    const key = sessionStorage.getItem("e2e-chat-key") ?? "";
+    try {
+      const r = await fetch("/upload?to=Not%20A%20Name&name=x.txt", {
+        method: "POST",
+        headers: { "x-e2e-chat-key": key },
+        body: "hello",
+      });
+      return { status: r.status, body: await r.json() };
+    } catch (e) {
+      return { status: 0, body: String(e) };
+    }
+  });
+  assert.deepEqual(answer, {
+    status: 400,
+    body: {
+      error: {
+        code: "ERR_NAME_INVALID",
+        message: 'Invalid name "Not A Name"',
+        hint: "use 1-63 characters: a-z, 0-9, '_', '-', starting with a letter or digit",
+      },
+    },
+  });
+  // Nothing was left in the uploads folder.
+  assert.deepEqual(await Array.fromAsync(Deno.readDir(join(alice.home, "uploads"))), []);
+}
+
 const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
   [
     "a peer's file name with bidi overrides and control characters shows in its real order on the offer card, in the notice and in the timeline",
@@ -239,10 +271,14 @@ const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
     "two clients' pages in one browser keep their own sessions (cookies are shared across ports)",
     twoClientsOneBrowser,
   ],
+  [
+    "an upload to a name that is not one gets 400 with the error, not a reset connection",
+    malformedUpload,
+  ],
 ];
 
 Deno.test({
-  name: "web face in chromium against a hostile peer",
+  name: "web face in chromium against hostile peers, a second client and malformed requests",
   ignore: !chromium && !CI,
   async fn(t) {
     assert.ok(chromium, "CI=true and chromium is not on PATH: the web tests cannot run");

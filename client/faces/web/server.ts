@@ -581,7 +581,13 @@ export class WebServer {
   // (sanitised) name, since the peer sees the name of the file we send; then it is sent and removed.
   async #upload(request: Request, url: URL): Promise<Response> {
     const given = url.searchParams.get("to") ?? "";
-    const to = isRoomName(given) ? given : checkName(given);
+    let to: string;
+    try {
+      to = isRoomName(given) ? given : checkName(given);
+    } catch (e) {
+      // An answer that says why (a throw here used to reset the connection).
+      return json(400, { error: errorReply(e) });
+    }
     const name = safeFileName(url.searchParams.get("name") ?? "file");
     const length = Number(request.headers.get("content-length") ?? "0");
     if (length > MAX_UPLOAD_BYTES) return json(413, { error: { message: "File too large" } });
