@@ -258,6 +258,37 @@ async function malformedUpload(scene: Scene): Promise<void> {
   assert.deepEqual(await Array.fromAsync(Deno.readDir(join(alice.home, "uploads"))), []);
 }
 
+/**
+ * The printed URL followed from a web page (pasted into a web mail or notes, a terminal in the
+ * browser): the navigation is cross-site, and a redirect keeps it so, so a SameSite=Strict
+ * cookie set by the exchange would not come with the redirected request.
+ */
+async function followedFromAWebPage(scene: Scene): Promise<void> {
+  const [alice] = await scene.join("alice-link");
+  const web = await scene.web(alice);
+  const site = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () =>
+      new Response(`<!doctype html><a href="${web.url}">the chat page</a>`, {
+        headers: { "content-type": "text/html; charset=utf-8" },
+      }),
+  );
+  const context = await scene.browser.newContext();
+  try {
+    const page = await context.newPage();
+    page.setDefaultTimeout(20_000);
+    await page.goto(`http://rebind.test:${site.addr.port}/`);
+    await page.getByRole("link", { name: "the chat page" }).click();
+    await page.getByRole("heading", { name: alice.name, exact: true, level: 1 }).waitFor();
+    await page.getByRole("textbox", { name: "Chat with" }).waitFor();
+    assert.equal(page.url(), `${web.origin}/`, "the token or the key stayed in the address bar");
+    assert.equal(await page.getByRole("alert").filter({ hasText: /open the URL/i }).count(), 0);
+  } finally {
+    await context.close();
+    await site.shutdown();
+  }
+}
+
 const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
   [
     "a peer's file name with bidi overrides and control characters shows in its real order on the offer card, in the notice and in the timeline",
@@ -275,6 +306,10 @@ const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
     "an upload to a name that is not one gets 400 with the error, not a reset connection",
     malformedUpload,
   ],
+  [
+    "the printed URL followed from another site's page opens the chat page, and the key leaves the address bar",
+    followedFromAWebPage,
+  ],
 ];
 
 Deno.test({
@@ -282,7 +317,9 @@ Deno.test({
   ignore: !chromium && !CI,
   async fn(t) {
     assert.ok(chromium, "CI=true and chromium is not on PATH: the web tests cannot run");
-    const browser = await launchBrowser(chromium);
+    const browser = await launchBrowser(chromium, {
+      args: ["--host-resolver-rules=MAP rebind.test 127.0.0.1"],
+    });
     try {
       await withWebWorld(async (service, dir) => {
         await concurrentSteps(

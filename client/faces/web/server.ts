@@ -415,14 +415,25 @@ export class WebServer {
     if (this.#sessions.size > MAX_SESSIONS) {
       this.#sessions.delete(this.#sessions.keys().next().value!);
     }
+    const cookie = `${SESSION_COOKIE}${this.#port}=${session}; HttpOnly; SameSite=Strict; Path=/`;
+    if (request.headers.get("sec-fetch-site") === "cross-site") {
+      // The URL followed from another site's page: a redirect keeps the navigation cross-site,
+      // so the SameSite=Strict cookie would not go with it (the 401 page, the key left in the
+      // address bar). A page of ours that moves on starts a navigation of our own instead.
+      const next = `<!doctype html>\n<html lang="en"><head><meta charset="utf-8">` +
+        `<meta http-equiv="refresh" content="0; url=/#key=${key}"><title>e2e-chat</title></head>` +
+        `<body><p>Opening the chat page…</p></body></html>\n`;
+      return new Response(next, {
+        headers: {
+          ...SECURITY_HEADERS,
+          "content-type": "text/html; charset=utf-8",
+          "set-cookie": cookie,
+        },
+      });
+    }
     return new Response(null, {
       status: 303,
-      headers: {
-        ...SECURITY_HEADERS,
-        location: `/#key=${key}`,
-        "set-cookie":
-          `${SESSION_COOKIE}${this.#port}=${session}; HttpOnly; SameSite=Strict; Path=/`,
-      },
+      headers: { ...SECURITY_HEADERS, location: `/#key=${key}`, "set-cookie": cookie },
     });
   }
 
