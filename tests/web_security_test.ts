@@ -289,6 +289,42 @@ async function followedFromAWebPage(scene: Scene): Promise<void> {
   }
 }
 
+/**
+ * A stopped client's port is free for any local user to take. Its session can never come back (a
+ * new run has a new token), so an open tab that kept reconnecting could only reach an impostor —
+ * which would get the page key as the WebSocket's subprotocol, and then drive the tab (fake
+ * peers and messages) and receive what the user types. The tab says the session is over instead.
+ */
+async function noImpostorAfterStop(scene: Scene): Promise<void> {
+  const [alice] = await scene.join("alice-stop");
+  const web = await scene.web(alice);
+  const page = await scene.page(web);
+  await page.getByRole("textbox", { name: "Chat with" }).waitFor();
+  await web.stop();
+  const heard: string[] = [];
+  const impostor = Deno.serve({ hostname: "127.0.0.1", port: web.port, onListen() {} }, (r) => {
+    heard.push(`${r.method} ${new URL(r.url).pathname} ${r.headers.get("sec-websocket-protocol")}`);
+    if (r.headers.get("upgrade") === "websocket") {
+      const { socket, response } = Deno.upgradeWebSocket(r, { protocol: "e2e-chat" });
+      socket.onopen = () => socket.send(JSON.stringify({ type: "alive" }));
+      return response;
+    }
+    return new Response("", { status: 200 });
+  });
+  try {
+    await page.getByRole("alert").filter({ hasText: "open the URL it printed" }).waitFor();
+    // Longer than the page's reconnection delay (1 s) and its stale-socket check.
+    await new Promise((resolve) => setTimeout(resolve, 4_000));
+    assert.deepEqual(heard.filter((h) => h.includes("key.")), [], "the page key reached another");
+    assert.equal(
+      await page.getByRole("alert").filter({ hasText: "open the URL it printed" }).count(),
+      1,
+    );
+  } finally {
+    await impostor.shutdown();
+  }
+}
+
 const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
   [
     "a peer's file name with bidi overrides and control characters shows in its real order on the offer card, in the notice and in the timeline",
@@ -309,6 +345,10 @@ const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
   [
     "the printed URL followed from another site's page opens the chat page, and the key leaves the address bar",
     followedFromAWebPage,
+  ],
+  [
+    "a tab whose client stopped says the session is over and never sends its key to whatever takes the port next",
+    noImpostorAfterStop,
   ],
 ];
 

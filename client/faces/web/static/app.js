@@ -113,10 +113,25 @@ function connect() {
     }
     handle(event);
   };
-  socket.onclose = () => {
+  socket.onclose = (ev) => {
     clearTimeout(opening);
-    lost(socket);
+    // 1001: the client stopped. Its session cannot come back (a new run has a new token), so
+    // whatever answers on this port next is not it: no reconnection, and the key stays here.
+    if (ev.code === 1001) over(socket);
+    else lost(socket);
   };
+}
+
+function over(socket) {
+  if (socket !== ws) return;
+  socket.onclose = socket.onmessage = socket.onopen = null;
+  ws = undefined;
+  for (const { reject } of pending.values()) reject(new Error("The chat client stopped"));
+  pending.clear();
+  setLink(
+    false,
+    "The chat client stopped or restarted, which ends this session: open the URL it printed.",
+  );
 }
 
 function lost(socket) {
