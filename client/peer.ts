@@ -198,7 +198,7 @@ export class PeerConnection {
   #outgoing = new Map<string, Outgoing>(); // offered by us, waiting for an accept
   #sending: Promise<void> = Promise.resolve(); // one file streams at a time
   #hello = Promise.withResolvers<void>();
-  #confirmed = new Map<string, { bytes: number; wake?: () => void }>(); // "got" of our sends
+  #confirmed = new Map<string, Confirmed>(); // "got" of our sends
   #reported = new Map<string, number>(); // what we last said in "got" of theirs
   #nextId = 1;
   #idPrefix = idPrefix();
@@ -401,7 +401,7 @@ export class PeerConnection {
     // Raw bytes after a "bin" frame when the peer said it takes them; else base64 in JSON.
     const binary = this.#peerFeatures.has(FEATURE_BINARY);
     const windowed = this.#peerFeatures.has(FEATURE_OFFER);
-    const confirmed = { bytes: 0 } as { bytes: number; wake?: () => void };
+    const confirmed: Confirmed = { bytes: 0, sent: 0 };
     this.#confirmed.set(id, confirmed);
     try {
       await this.#streamFrom(id, out, file, binary, windowed ? confirmed : undefined);
@@ -415,7 +415,7 @@ export class PeerConnection {
     out: Outgoing,
     file: Deno.FsFile,
     binary: boolean,
-    confirmed?: { bytes: number; wake?: () => void },
+    confirmed?: Confirmed,
   ): Promise<void> {
     const size = out.size;
     const step = binary ? BIN_CHUNK_BYTES : CHUNK_BYTES;
@@ -435,6 +435,7 @@ export class PeerConnection {
       if (chunk === null) break;
       const n = chunk.length;
       sent += n;
+      if (confirmed) confirmed.sent = sent;
       next = readChunk(file, Math.min(step, size - sent));
       hash?.update(chunk);
       if (binary) {
@@ -534,7 +535,7 @@ export class PeerConnection {
   }
 
   // Waits until the peer confirms more of a file, at most sendStallMs.
-  async #waitForGot(confirmed: { bytes: number; wake?: () => void }): Promise<void> {
+  async #waitForGot(confirmed: Confirmed): Promise<void> {
     await this.#progressOrAbort((done) => {
       confirmed.wake = done;
       this.#socket.on("close", done);
@@ -771,8 +772,11 @@ export class PeerConnection {
       case "got": {
         // Unknown ids are a file that just finished or failed here: nothing to wake.
         const confirmed = this.#confirmed.get(frame.id);
-        if (confirmed && frame.bytes > confirmed.bytes) {
-          confirmed.bytes = frame.bytes;
+        // Never more than we sent: a peer confirming bytes it never got (and reading nothing)
+        // would open the window for the whole file, all of it held in memory for it.
+        const bytes = confirmed ? Math.min(frame.bytes, confirmed.sent) : 0;
+        if (confirmed && bytes > confirmed.bytes) {
+          confirmed.bytes = bytes;
           confirmed.wake?.();
         }
         return;
@@ -1083,6 +1087,13 @@ export class PeerConnection {
     this.#hello.resolve();
     this.#options.events.closed(this, this.#closeReason);
   }
+}
+
+/** What the peer confirmed ("got") of a file we stream, and what we sent of it. */
+interface Confirmed {
+  bytes: number;
+  sent: number;
+  wake?: () => void;
 }
 
 /** A file we offered, waiting for the peer's accept. */

@@ -473,6 +473,41 @@ Deno.test("PeerConnection aborts a send the peer reads nothing of after sendStal
   });
 });
 
+Deno.test('PeerConnection counts a peer\'s "got" only up to what it sent: a peer that confirms bytes it never got, and reads nothing, still has the send aborted', async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const { alice, aliceSeen } = startAlice(aliceSocket, dir, { sendStallMs: 500 });
+    let received = "";
+    const onData = (b: Uint8Array) => {
+      received += new TextDecoder().decode(b.subarray(0, 4096));
+      const m = /"type":"file","id":"([^"]+)"/.exec(received);
+      if (m) {
+        // Accept, claim to have written far more than the file holds, then never read again.
+        rawBob.off("data", onData);
+        rawBob.pause();
+        rawBob.write(encodeFrame({ type: "accept", id: m[1] }));
+        // (once the send has begun: a "got" for a file not streaming yet wakes nothing)
+        setTimeout(
+          () => rawBob.write(encodeFrame({ type: "got", id: m[1], bytes: 2 ** 40 })),
+          200,
+        );
+      }
+    };
+    rawBob.on("data", onData);
+    rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }));
+    const path = join(dir, "big.bin");
+    {
+      using f = await Deno.open(path, { write: true, create: true });
+      await f.truncate(64 * 1024 * 1024);
+    }
+    const offer = await alice.sendFile(path);
+    await until("the abort", aliceSeen, (s) => s.some((e) => e[0] === "fileFailed"));
+    const failed = aliceSeen.find((e) => e[0] === "fileFailed")!;
+    assert.equal(failed[1], "out");
+    assert.match(String(failed[2]), /no progress for 0.5 s: "bob" reads nothing/);
+    assert.ok(!aliceSeen.some((e) => e[0] === "fileSent" && e[1] === offer.id));
+  });
+});
+
 Deno.test('PeerConnection sends a peer that does not list "offer" no file larger than its unconfirmed window', async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
     const { alice } = startAlice(aliceSocket, dir);
