@@ -653,7 +653,9 @@ export class Rooms {
       if (!fill && seen.has(key)) {
         throw refused(`a replay of message ${m.seq} by "${m.author}" in ${r.list.room}`);
       }
+      // Bounded here too: a member may sign fills of every number below its own next one.
       seen.add(key);
+      if (seen.size > MAX_SEEN_PER_CONNECTION) seen.delete(seen.values().next().value!);
       return;
     }
     if (next !== undefined && m.seq >= next + MAX_HELD) {
