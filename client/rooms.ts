@@ -200,7 +200,10 @@ export class Rooms {
         }
         const invited: Record<string, true> = Object.create(null);
         for (const k of Object.keys(data.invited ?? {})) invited[k] = true;
-        this.#rooms.set(list.roomId, this.#newRoom(list, data.creatorKey, { seq, next, invited }));
+        const room = this.#newRoom(list, data.creatorKey, { seq, next, invited });
+        // Checked again at each start: which members are silenced is not kept on disk.
+        this.#checkKeys(list, room);
+        this.#rooms.set(list.roomId, room);
       } catch (e) {
         this.#host.emit({
           type: "warning",

@@ -14,7 +14,7 @@ import { encodeFrame } from "../lib/frames.ts";
 import { type SignedList, signList, signMessage, spkiOf } from "../lib/room.ts";
 import { ChatClient, stopAll, waitUntil } from "./_harness.ts";
 import { initCa, type Service, startService } from "./_service_helpers.ts";
-import { joinUser, RawPeer, type User } from "./_chat_helpers.ts";
+import { joinUser, RawPeer, type User, userAt } from "./_chat_helpers.ts";
 
 const ROOM = "#team";
 const ROOM_ID = "0123456789abcdef0123456789abcdef";
@@ -25,17 +25,40 @@ function roomFrame(body: unknown): string {
 
 /** ann, a real client, in the room `ROOM` that the raw mallory created; mallory's connection. */
 interface World {
+  dir: string;
+  service: Service;
   ann: ChatClient;
+  annUser: User;
   mallory: RawPeer;
   malloryKey: KeyObject;
   list: SignedList;
+  /** ann invites `user`, who then connects to her by hand, listing `features`. */
+  connect(user: User, features?: string[]): Promise<RawPeer>;
+  /** Stops ann's client and starts it again (same home); mallory's connection goes with it. */
+  restart(): Promise<void>;
 }
 
-async function withWorld(fn: (w: World) => Promise<void>): Promise<void> {
+/** The public key of `user`'s certificate: SPKI DER, base64. */
+async function keyOf(user: User): Promise<string> {
+  return spkiOf(createPublicKey(await Deno.readTextFile(user.certPath)));
+}
+
+/**
+ * The world of these tests; `before(connect)` runs before mallory creates the room, and what it
+ * returns are members mallory's list adds (with the keys she chooses for them).
+ */
+async function withWorld(
+  fn: (w: World) => Promise<void>,
+  before: (
+    w: Pick<World, "dir" | "service" | "ann" | "connect"> & { malloryUser: User },
+  ) => Promise<
+    Array<{ name: string; key: string }>
+  > = () => Promise.resolve([]),
+): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "e2e-chat-hostile-rooms-" });
   let service: Service | undefined;
   const clients: ChatClient[] = [];
-  let mallory: RawPeer | undefined;
+  const raws: RawPeer[] = [];
   try {
     const home = join(dir, "ca-home");
     await initCa(home);
@@ -43,29 +66,40 @@ async function withWorld(fn: (w: World) => Promise<void>): Promise<void> {
     const [annUser, malloryUser] = await Promise.all(
       ["ann", "mallory"].map((n) => joinUser(service!, n, join(dir, n))),
     ) as [User, User];
-    const ann = await ChatClient.start(annUser);
+    let ann = await ChatClient.start(annUser);
     clients.push(ann);
-    await ann.send("/chat mallory");
-    await ann.expect({ type: "invited", to: "mallory" });
-    mallory = RawPeer.connect(ann.port, {
-      cert: await Deno.readTextFile(malloryUser.certPath),
-      key: await Deno.readTextFile(malloryUser.keyPath),
-    });
-    mallory.write(encodeFrame({ type: "hello", v: 1, features: ["rooms"] }));
-    await ann.expect({ type: "connected", peer: "mallory" });
+    const connect = async (user: User, features = ["rooms"]) => {
+      await ann.send(`/chat ${user.name}`);
+      await ann.expect({ type: "invited", to: user.name });
+      const peer = RawPeer.connect(ann.port, {
+        cert: await Deno.readTextFile(user.certPath),
+        key: await Deno.readTextFile(user.keyPath),
+      });
+      raws.push(peer);
+      peer.write(encodeFrame({ type: "hello", v: 1, features }));
+      await ann.expect({ type: "connected", peer: user.name });
+      return peer;
+    };
+    const others = await before({ dir, service, ann, connect, malloryUser });
+    const mallory = await connect(malloryUser);
 
     // mallory creates the room, invites ann, and answers her join with the list that adds her.
     const malloryKey = createPrivateKey(await Deno.readTextFile(malloryUser.keyPath));
-    const keyOf = async (u: User) => spkiOf(createPublicKey(await Deno.readTextFile(u.certPath)));
     const malloryMember = { name: "mallory", key: await keyOf(malloryUser), since: 1 };
     const base = { roomId: ROOM_ID, room: ROOM, creator: "mallory" };
-    const first = signList({ ...base, version: 1, members: [malloryMember] }, malloryKey);
+    const sorted = <T extends { name: string }>(xs: T[]) =>
+      xs.sort((a, b) => (a.name < b.name ? -1 : 1));
+    const first = signList({
+      ...base,
+      version: 1,
+      members: sorted([malloryMember, ...others.map((o) => ({ ...o, since: 1 }))]),
+    }, malloryKey);
     mallory.write(roomFrame({ op: "invite", list: first }));
     await ann.expect({ type: "room_invite", room: ROOM, from: "mallory" });
     await ann.send(`/room join ${ROOM}`);
     await waitUntil(
       () =>
-        mallory!.frames.some((f) =>
+        mallory.frames.some((f) =>
           f.type === "room" &&
           JSON.stringify(f.body) === JSON.stringify({ op: "join", roomId: ROOM_ID })
         ),
@@ -74,14 +108,30 @@ async function withWorld(fn: (w: World) => Promise<void>): Promise<void> {
     const list = signList({
       ...base,
       version: 2,
-      members: [{ name: "ann", key: await keyOf(annUser), since: 2 }, malloryMember],
+      members: sorted([{ name: "ann", key: await keyOf(annUser), since: 2 }, ...first.members]),
       change: { name: "ann", change: "joined" },
     }, malloryKey);
     mallory.write(roomFrame({ op: "list", list }));
     await ann.expect({ type: "room_joined", room: ROOM });
-    await fn({ ann, mallory, malloryKey, list });
+    const world: World = {
+      dir,
+      service,
+      ann,
+      annUser,
+      mallory,
+      malloryKey,
+      list,
+      connect,
+      restart: async () => {
+        await stopAll([ann]);
+        ann = await ChatClient.start(annUser);
+        clients.push(ann);
+        world.ann = ann;
+      },
+    };
+    await fn(world);
   } finally {
-    mallory?.destroy();
+    for (const r of raws) r.destroy();
     await stopAll(clients);
     await service?.stop();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
@@ -122,3 +172,54 @@ Deno.test("a member who re-sends 20 001 old sequence numbers of its own as fills
     assert.deepEqual(ann.since(mark, { type: "room_message" }), []);
   });
 });
+
+Deno.test("a member whose key in the creator's list is not the one pinned stays silenced in the room after a restart", async () => {
+  await withWorld(
+    async (w) => {
+      const m = (text: string, seq: number) =>
+        signMessage(
+          { roomId: ROOM_ID, room: ROOM, author: "ben", seq, version: w.list.version, text },
+          w.malloryKey,
+        );
+      const refusal = (e: Record<string, unknown>) =>
+        e.type === "warning" &&
+        String(e.message).includes(`by "ben", whose key is not the one you pinned`);
+      // At the join, ann said so, and ben's words (signed by mallory's key) are refused.
+      assert.ok(
+        w.ann.events.some((e) =>
+          e.type === "warning" &&
+          String(e.message).includes(`gives "ben" another key than the one you pinned`)
+        ),
+        w.ann.describe(),
+      );
+      w.mallory.write(roomFrame({ op: "msg", m: m("I am ben", 1) }));
+      await w.ann.expect(refusal);
+
+      // After a restart, the same.
+      await w.restart();
+      const mallory = await w.connect(userOf(w, "mallory"));
+      const mark = w.ann.mark();
+      mallory.write(roomFrame({ op: "msg", m: m("I am ben, really", 2) }));
+      await w.ann.expect(refusal);
+      assert.deepEqual(w.ann.since(mark, { type: "room_message" }), []);
+      // (and said so as it started)
+      await w.ann.expect((e) =>
+        e.type === "warning" &&
+        String(e.message).includes(`gives "ben" another key than the one you pinned`)
+      );
+    },
+    async ({ service, dir, connect, malloryUser }) => {
+      // ann has met ben: her peers.json pins his key.
+      const ben = await joinUser(service, "ben", join(dir, "ben"));
+      const peer = await connect(ben, ["bin", "offer"]);
+      peer.destroy();
+      // mallory's list gives "ben" her own key.
+      return [{ name: "ben", key: await keyOf(malloryUser) }];
+    },
+  );
+});
+
+/** The user `name` of this world (joined already). */
+function userOf(w: Pick<World, "dir">, name: string): User {
+  return userAt(name, join(w.dir, name));
+}
