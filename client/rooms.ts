@@ -124,6 +124,8 @@ interface Room {
   /** The creator's invitations that wait for a join. */
   invited: Record<string, true>;
   keys: Map<string, KeyObject>;
+  /** The fingerprints of the members' keys in the list, by name (for the pin check). */
+  fingerprints: Map<string, string>;
   held: Map<string, Map<number, SignedMessage>>;
   buffer: Map<string, SignedMessage>;
   bufferChars: number;
@@ -630,7 +632,7 @@ export class Rooms {
     const late = r.former.has(m.author) && (!author || m.version < author.since);
     if (late) return;
     if (!author) throw refused(`a message in ${r.list.room} by "${m.author}", not a member`);
-    if (r.untrusted.has(author.name)) {
+    if (r.untrusted.has(author.name) || this.#unpinned(r, author)) {
       throw refused(
         `a message in ${r.list.room} by "${m.author}", whose key is not the one you pinned`,
       );
@@ -809,6 +811,7 @@ export class Rooms {
         r.bufferChars -= m.text.length;
       }
       r.keys.delete(name);
+      r.fingerprints.delete(name);
       r.former.add(name);
       clearTimeout(r.gaps.get(name));
       r.gaps.delete(name);
@@ -911,6 +914,7 @@ export class Rooms {
       next: kept.next ?? Object.create(null),
       invited: kept.invited ?? Object.create(null),
       keys: new Map(),
+      fingerprints: new Map(),
       held: new Map(),
       buffer: new Map(),
       bufferChars: 0,
@@ -953,6 +957,18 @@ export class Rooms {
     let key = r.keys.get(m.name);
     if (!key) r.keys.set(m.name, key = publicKeyOf(m.key));
     return key;
+  }
+
+  // Whether a key is pinned for `m` now, and it is not the one the list gives `m`: pins are made
+  // while we run (a first 1:1 connection, the mailbox, /trust), not only when a list arrives.
+  #unpinned(r: Room, m: RoomMember): boolean {
+    const pinned = this.#host.pinned(m.name);
+    if (pinned === undefined || m.name === this.#host.self) return false;
+    let fingerprint = r.fingerprints.get(m.name);
+    if (fingerprint === undefined) {
+      r.fingerprints.set(m.name, fingerprint = keyFingerprintOf(m.key));
+    }
+    return pinned !== fingerprint;
   }
 
   // Open connections, taking rooms, to members other than `except`.

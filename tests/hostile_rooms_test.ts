@@ -223,3 +223,35 @@ Deno.test("a member whose key in the creator's list is not the one pinned stays 
 function userOf(w: Pick<World, "dir">, name: string): User {
   return userAt(name, join(w.dir, name));
 }
+
+Deno.test("a member whose key in the creator's list is not the one pinned is silenced as soon as the pin is made, not at the next list", async () => {
+  let malloryKeyOfBen = "";
+  await withWorld(
+    async (w) => {
+      const m = (text: string, seq: number) =>
+        signMessage(
+          { roomId: ROOM_ID, room: ROOM, author: "ben", seq, version: w.list.version, text },
+          w.malloryKey,
+        );
+      // ann never met ben: the creator's word for his key is all she has (docs/SECURITY.md).
+      w.mallory.write(roomFrame({ op: "msg", m: m("I am ben", 1) }));
+      await w.ann.expect({ type: "room_message", room: ROOM, from: "ben", text: "I am ben" });
+      // Then she meets the real ben, whose key is not the one in the list.
+      const ben = await joinUser(w.service, "ben", join(w.dir, "ben"));
+      assert.notEqual(await keyOf(ben), malloryKeyOfBen);
+      (await w.connect(ben, ["bin", "offer"])).destroy();
+      await w.ann.expect({ type: "disconnected", peer: "ben" });
+      const mark = w.ann.mark();
+      w.mallory.write(roomFrame({ op: "msg", m: m("I am ben, really", 2) }));
+      await w.ann.expect((e) =>
+        e.type === "warning" &&
+        String(e.message).includes(`by "ben", whose key is not the one you pinned`)
+      );
+      assert.deepEqual(w.ann.since(mark, { type: "room_message" }), []);
+    },
+    async ({ malloryUser }) => {
+      malloryKeyOfBen = await keyOf(malloryUser);
+      return [{ name: "ben", key: malloryKeyOfBen }];
+    },
+  );
+});
