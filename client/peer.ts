@@ -129,6 +129,13 @@ const MAX_UNSENT = 1024 * 1024; // bytes we let wait for a peer that does not re
  * (`want`, `state`: a few bytes each) and never reads would otherwise make us hold every answer.
  */
 export const MAX_UNSENT_FILL = 16 * 1024 * 1024;
+/**
+ * Bytes (about) of answers to a peer's room requests — gap fills, and the list or state a `state`
+ * asks for — sent over one connection in all, past which more are dropped. Deno's TLS takes every
+ * write at once (the socket's writableLength stays 0 from one turn to the next), so
+ * {@linkcode MAX_UNSENT_FILL} alone does not see a peer that asks and never reads.
+ */
+export const MAX_ANSWER_BYTES = 2 * MAX_UNSENT_FILL;
 /** Messages whose round trip we time at most (the oldest beyond are delivered without `ms`). */
 const MAX_TIMED = 10_000;
 const CHUNK_BYTES = 512 * 1024; // within MAX_CHUNK_BYTES (base64)
@@ -203,6 +210,7 @@ export class PeerConnection {
   #nextId = 1;
   #idPrefix = idPrefix();
   #lastProgress = 0;
+  #answered = 0; // bytes (about) of answers to the peer's room requests (see sendRoom)
 
   /** Wraps a socket whose peer was checked as `name` with `certificate`. */
   constructor(socket: TLSSocket, name: string, certificate: CertificateInfo, options: PeerOptions) {
@@ -254,12 +262,27 @@ export class PeerConnection {
     return this.#peerFeatures.has(FEATURE_ROOMS);
   }
 
-  /** Sends a `room` frame to a peer that takes them; false when it does not, or is gone. */
-  sendRoom(body: RoomFrame): boolean {
+  /**
+   * Sends a `room` frame to a peer that takes them; false when it does not, or is gone, or when
+   * it answers the peer's request (a gap fill; `answer`: a list or state a `state` asked for)
+   * past what one connection is answered ({@linkcode MAX_ANSWER_BYTES}).
+   */
+  sendRoom(body: RoomFrame, options: { answer?: boolean } = {}): boolean {
     if (!this.#peerFeatures.has(FEATURE_ROOMS) || this.#closed) return false;
     // Dropped, a fill is asked for again or shown as a gap: nothing is lost that was not already.
-    if (body.op === "msg" && body.fill && this.#unsent > MAX_UNSENT_FILL) {
+    const fill = body.op === "msg" && body.fill === true;
+    if (fill && this.#unsent > MAX_UNSENT_FILL) {
       return false;
+    }
+    if (fill || options.answer) {
+      if (this.#answered > MAX_ANSWER_BYTES) return false;
+      // About its size: the text, or the list's keys, and the rest of the frame.
+      this.#answered += 1024 +
+        (body.op === "msg"
+          ? Buffer.byteLength(body.m.text)
+          : body.op === "list"
+          ? body.list.members.length * 1500
+          : 0);
     }
     this.#write({ type: "room", body });
     return true;

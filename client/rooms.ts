@@ -693,8 +693,10 @@ export class Rooms {
     const r = this.#rooms.get(f.roomId);
     if (!r || !this.#member(r, conn.name) || !this.#allow(conn)) return;
     // Lists first: messages are passed on only between members who hold the same list.
-    if (f.version < r.list.version) return void conn.sendRoom({ op: "list", list: r.list });
-    if (f.version > r.list.version) return this.#sendState(r, conn);
+    if (f.version < r.list.version) {
+      return void conn.sendRoom({ op: "list", list: r.list }, { answer: true });
+    }
+    if (f.version > r.list.version) return this.#sendState(r, conn, true);
     const member = r.list.members.find((x) => x.name === conn.name)!;
     for (const m of r.buffer.values()) {
       if (m.author === conn.name || m.version < member.since) continue;
@@ -982,11 +984,13 @@ export class Rooms {
     return out;
   }
 
-  #sendState(r: Room, conn: PeerConnection): void {
+  #sendState(r: Room, conn: PeerConnection, answer = false): void {
     const seen: Record<string, number> = {};
     for (const [author, next] of Object.entries(r.next)) seen[author] = next - 1;
     seen[this.#host.self] = r.seq;
-    conn.sendRoom({ op: "state", roomId: r.list.roomId, version: r.list.version, seen });
+    conn.sendRoom({ op: "state", roomId: r.list.roomId, version: r.list.version, seen }, {
+      answer,
+    });
   }
 
   #remember(r: Room, m: SignedMessage): void {

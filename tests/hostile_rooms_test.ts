@@ -12,7 +12,8 @@ import { createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
 import { join } from "node:path";
 import { encodeFrame } from "../lib/frames.ts";
 import { type SignedList, signList, signMessage, spkiOf } from "../lib/room.ts";
-import { ChatClient, stopAll, waitUntil } from "./_harness.ts";
+import { ChatClient, sleep, stopAll, waitUntil } from "./_harness.ts";
+import { MAX_ANSWER_BYTES } from "../client/peer.ts";
 import { initCa, type Service, startService } from "./_service_helpers.ts";
 import { joinUser, RawPeer, type User, userAt } from "./_chat_helpers.ts";
 
@@ -254,4 +255,48 @@ Deno.test("a member whose key in the creator's list is not the one pinned is sil
       return [{ name: "ben", key: malloryKeyOfBen }];
     },
   );
+});
+
+Deno.test("a member that asks for gap fills and never reads what it is sent gets a bounded amount of them per connection", async () => {
+  await withWorld(async ({ ann, mallory, malloryKey, list }) => {
+    const text = "x".repeat(60_000);
+    const COUNT = 120; // 7.2 M characters: all of them stay in ann's buffer for gaps
+    const lines: string[] = [];
+    for (let seq = 1; seq <= COUNT; seq++) {
+      const m = signMessage(
+        { roomId: ROOM_ID, room: ROOM, author: "mallory", seq, version: list.version, text },
+        malloryKey,
+      );
+      lines.push(roomFrame({ op: "msg", m }));
+    }
+    mallory.write(lines.join(""));
+    await waitUntil(
+      () => ann.events.some((e) => e.type === "room_message" && e.id === `mallory.${COUNT}`),
+      "ann to show mallory's messages",
+    );
+    // mallory stops reading, then asks for 32 of them again and again, one request at a time
+    // (14 a second, under the 20 a second a connection is answered), and says something at the
+    // end to mark it.
+    mallory.pause();
+    const seqs = Array.from({ length: 32 }, (_, i) => i + 1);
+    const want = roomFrame({ op: "want", roomId: ROOM_ID, author: "mallory", seqs });
+    const WANTS = 30;
+    for (let i = 0; i < WANTS; i++) {
+      mallory.write(want);
+      await sleep(70);
+    }
+    mallory.write(encodeFrame({ type: "msg", id: "sentinel", text: "done asking" }));
+    await ann.expect({ type: "message", from: "mallory", text: "done asking" });
+    mallory.pause(false);
+    await mallory.expectFrame({ type: "ack", id: "sentinel" }, 60_000);
+    const fills = mallory.frames.filter((f) =>
+      f.type === "room" && (f.body as Record<string, unknown>).fill === true
+    ).length;
+    // Without a bound, each of the 30 wants would have been answered with its 32 fills (58 MB).
+    assert.ok(fills < WANTS * seqs.length, `${fills} fills`);
+    assert.ok(
+      fills <= Math.ceil(MAX_ANSWER_BYTES / text.length) + seqs.length,
+      `${fills} fills for at most ${MAX_ANSWER_BYTES} bytes`,
+    );
+  });
 });
