@@ -16,6 +16,7 @@ import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
 import {
   type FileOffer,
   type FilePolicy,
+  MAX_ANSWER_BYTES,
   MAX_UNSENT_FILL,
   PeerConnection,
   type PeerEvents,
@@ -564,6 +565,45 @@ Deno.test("PeerConnection drops room gap fills for a peer that reads nothing onc
       `${aliceSocket.writableLength} bytes wait unsent`,
     );
     // What is not a fill still goes.
+    assert.ok(alice.sendRoom({ op: "msg", m }));
+    alice.close();
+  });
+});
+
+Deno.test("PeerConnection answers a peer that reads nothing at most MAX_ANSWER_BYTES of fills, lists and states in all, however the writes are spread over turns", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const { alice } = startAlice(aliceSocket, dir);
+    let helloSeen = false;
+    rawBob.once("data", () => {
+      helloSeen = true;
+      rawBob.pause(); // asks and never reads the answers
+    });
+    rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["rooms"] }));
+    const end = Date.now() + 10_000;
+    while (!alice.rooms || !helloSeen) {
+      if (Date.now() > end) throw new Error("no hello");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const m = {
+      roomId: "0".repeat(32),
+      room: "#team",
+      author: "carol",
+      seq: 1,
+      version: 1,
+      text: "x".repeat(65_536),
+      sig: "AAAA",
+    };
+    let sent = 0;
+    // One fill a turn: the socket's writableLength stays 0 (Deno's TLS takes every write).
+    for (let i = 0; i < 2 * MAX_ANSWER_BYTES / 65_536; i++) {
+      if (alice.sendRoom({ op: "msg", m, fill: true })) sent++;
+      await new Promise((r) => setTimeout(r, 0));
+    }
+    assert.ok(sent * 65_536 <= MAX_ANSWER_BYTES + 65_536, `${sent} fills of 64 KiB taken`);
+    // Answers to a state are counted too; what is neither a fill nor an answer still goes.
+    const state = { op: "state" as const, roomId: m.roomId, version: 1, seen: {} };
+    assert.equal(alice.sendRoom(state, { answer: true }), false);
+    assert.ok(alice.sendRoom(state));
     assert.ok(alice.sendRoom({ op: "msg", m }));
     alice.close();
   });
