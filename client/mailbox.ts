@@ -39,6 +39,7 @@ import {
   seal,
 } from "../lib/cms.ts";
 import { E2eError } from "../lib/errors.ts";
+import { MAX_TEXT_CHARS } from "../lib/frames.ts";
 import { ensurePrivateDir, writeFileAtomic } from "../lib/fs.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
 import type { CaClient, MailboxRecord } from "./ca_client.ts";
@@ -415,6 +416,16 @@ export class MailboxClient {
       }
       if (item.to !== host.self) {
         throw new E2eError("ERR_PEER_REJECTED", `it is addressed to "${item.to}"`);
+      }
+      // The CA cannot read what it carries: the peer protocol's limit is checked here.
+      if (
+        item.kind === "message" && item.payload.length > MAX_TEXT_CHARS &&
+        new TextDecoder().decode(item.payload).length > MAX_TEXT_CHARS
+      ) {
+        throw new E2eError(
+          "ERR_PEER_REJECTED",
+          `its text is longer than ${MAX_TEXT_CHARS} characters`,
+        );
       }
       const age = Date.now() - item.sent.getTime();
       if (age > MAX_ITEM_AGE_MS || age < -86_400_000) {

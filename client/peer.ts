@@ -129,6 +129,13 @@ const MAX_UNSENT = 1024 * 1024; // bytes we let wait for a peer that does not re
  * (`want`, `state`: a few bytes each) and never reads would otherwise make us hold every answer.
  */
 export const MAX_UNSENT_FILL = 16 * 1024 * 1024;
+/**
+ * Bytes (about) of answers to a peer's room requests — gap fills, and the list or state a `state`
+ * asks for — sent over one connection in all, past which more are dropped. Deno's TLS takes every
+ * write at once (the socket's writableLength stays 0 from one turn to the next), so
+ * {@linkcode MAX_UNSENT_FILL} alone does not see a peer that asks and never reads.
+ */
+export const MAX_ANSWER_BYTES = 2 * MAX_UNSENT_FILL;
 /** Messages whose round trip we time at most (the oldest beyond are delivered without `ms`). */
 const MAX_TIMED = 10_000;
 const CHUNK_BYTES = 512 * 1024; // within MAX_CHUNK_BYTES (base64)
@@ -198,11 +205,12 @@ export class PeerConnection {
   #outgoing = new Map<string, Outgoing>(); // offered by us, waiting for an accept
   #sending: Promise<void> = Promise.resolve(); // one file streams at a time
   #hello = Promise.withResolvers<void>();
-  #confirmed = new Map<string, { bytes: number; wake?: () => void }>(); // "got" of our sends
+  #confirmed = new Map<string, Confirmed>(); // "got" of our sends
   #reported = new Map<string, number>(); // what we last said in "got" of theirs
   #nextId = 1;
   #idPrefix = idPrefix();
   #lastProgress = 0;
+  #answered = 0; // bytes (about) of answers to the peer's room requests (see sendRoom)
 
   /** Wraps a socket whose peer was checked as `name` with `certificate`. */
   constructor(socket: TLSSocket, name: string, certificate: CertificateInfo, options: PeerOptions) {
@@ -254,12 +262,27 @@ export class PeerConnection {
     return this.#peerFeatures.has(FEATURE_ROOMS);
   }
 
-  /** Sends a `room` frame to a peer that takes them; false when it does not, or is gone. */
-  sendRoom(body: RoomFrame): boolean {
+  /**
+   * Sends a `room` frame to a peer that takes them; false when it does not, or is gone, or when
+   * it answers the peer's request (a gap fill; `answer`: a list or state a `state` asked for)
+   * past what one connection is answered ({@linkcode MAX_ANSWER_BYTES}).
+   */
+  sendRoom(body: RoomFrame, options: { answer?: boolean } = {}): boolean {
     if (!this.#peerFeatures.has(FEATURE_ROOMS) || this.#closed) return false;
     // Dropped, a fill is asked for again or shown as a gap: nothing is lost that was not already.
-    if (body.op === "msg" && body.fill && this.#unsent > MAX_UNSENT_FILL) {
+    const fill = body.op === "msg" && body.fill === true;
+    if (fill && this.#unsent > MAX_UNSENT_FILL) {
       return false;
+    }
+    if (fill || options.answer) {
+      if (this.#answered > MAX_ANSWER_BYTES) return false;
+      // About its size: the text, or the list's keys, and the rest of the frame.
+      this.#answered += 1024 +
+        (body.op === "msg"
+          ? Buffer.byteLength(body.m.text)
+          : body.op === "list"
+          ? body.list.members.length * 1500
+          : 0);
     }
     this.#write({ type: "room", body });
     return true;
@@ -401,7 +424,7 @@ export class PeerConnection {
     // Raw bytes after a "bin" frame when the peer said it takes them; else base64 in JSON.
     const binary = this.#peerFeatures.has(FEATURE_BINARY);
     const windowed = this.#peerFeatures.has(FEATURE_OFFER);
-    const confirmed = { bytes: 0 } as { bytes: number; wake?: () => void };
+    const confirmed: Confirmed = { bytes: 0, sent: 0 };
     this.#confirmed.set(id, confirmed);
     try {
       await this.#streamFrom(id, out, file, binary, windowed ? confirmed : undefined);
@@ -415,7 +438,7 @@ export class PeerConnection {
     out: Outgoing,
     file: Deno.FsFile,
     binary: boolean,
-    confirmed?: { bytes: number; wake?: () => void },
+    confirmed?: Confirmed,
   ): Promise<void> {
     const size = out.size;
     const step = binary ? BIN_CHUNK_BYTES : CHUNK_BYTES;
@@ -435,6 +458,7 @@ export class PeerConnection {
       if (chunk === null) break;
       const n = chunk.length;
       sent += n;
+      if (confirmed) confirmed.sent = sent;
       next = readChunk(file, Math.min(step, size - sent));
       hash?.update(chunk);
       if (binary) {
@@ -534,7 +558,7 @@ export class PeerConnection {
   }
 
   // Waits until the peer confirms more of a file, at most sendStallMs.
-  async #waitForGot(confirmed: { bytes: number; wake?: () => void }): Promise<void> {
+  async #waitForGot(confirmed: Confirmed): Promise<void> {
     await this.#progressOrAbort((done) => {
       confirmed.wake = done;
       this.#socket.on("close", done);
@@ -771,8 +795,11 @@ export class PeerConnection {
       case "got": {
         // Unknown ids are a file that just finished or failed here: nothing to wake.
         const confirmed = this.#confirmed.get(frame.id);
-        if (confirmed && frame.bytes > confirmed.bytes) {
-          confirmed.bytes = frame.bytes;
+        // Never more than we sent: a peer confirming bytes it never got (and reading nothing)
+        // would open the window for the whole file, all of it held in memory for it.
+        const bytes = confirmed ? Math.min(frame.bytes, confirmed.sent) : 0;
+        if (confirmed && bytes > confirmed.bytes) {
+          confirmed.bytes = bytes;
           confirmed.wake?.();
         }
         return;
@@ -1083,6 +1110,13 @@ export class PeerConnection {
     this.#hello.resolve();
     this.#options.events.closed(this, this.#closeReason);
   }
+}
+
+/** What the peer confirmed ("got") of a file we stream, and what we sent of it. */
+interface Confirmed {
+  bytes: number;
+  sent: number;
+  wake?: () => void;
 }
 
 /** A file we offered, waiting for the peer's accept. */

@@ -16,6 +16,7 @@ import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
 import {
   type FileOffer,
   type FilePolicy,
+  MAX_ANSWER_BYTES,
   MAX_UNSENT_FILL,
   PeerConnection,
   type PeerEvents,
@@ -473,6 +474,41 @@ Deno.test("PeerConnection aborts a send the peer reads nothing of after sendStal
   });
 });
 
+Deno.test('PeerConnection counts a peer\'s "got" only up to what it sent: a peer that confirms bytes it never got, and reads nothing, still has the send aborted', async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const { alice, aliceSeen } = startAlice(aliceSocket, dir, { sendStallMs: 500 });
+    let received = "";
+    const onData = (b: Uint8Array) => {
+      received += new TextDecoder().decode(b.subarray(0, 4096));
+      const m = /"type":"file","id":"([^"]+)"/.exec(received);
+      if (m) {
+        // Accept, claim to have written far more than the file holds, then never read again.
+        rawBob.off("data", onData);
+        rawBob.pause();
+        rawBob.write(encodeFrame({ type: "accept", id: m[1] }));
+        // (once the send has begun: a "got" for a file not streaming yet wakes nothing)
+        setTimeout(
+          () => rawBob.write(encodeFrame({ type: "got", id: m[1], bytes: 2 ** 40 })),
+          200,
+        );
+      }
+    };
+    rawBob.on("data", onData);
+    rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }));
+    const path = join(dir, "big.bin");
+    {
+      using f = await Deno.open(path, { write: true, create: true });
+      await f.truncate(64 * 1024 * 1024);
+    }
+    const offer = await alice.sendFile(path);
+    await until("the abort", aliceSeen, (s) => s.some((e) => e[0] === "fileFailed"));
+    const failed = aliceSeen.find((e) => e[0] === "fileFailed")!;
+    assert.equal(failed[1], "out");
+    assert.match(String(failed[2]), /no progress for 0.5 s: "bob" reads nothing/);
+    assert.ok(!aliceSeen.some((e) => e[0] === "fileSent" && e[1] === offer.id));
+  });
+});
+
 Deno.test('PeerConnection sends a peer that does not list "offer" no file larger than its unconfirmed window', async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
     const { alice } = startAlice(aliceSocket, dir);
@@ -529,6 +565,45 @@ Deno.test("PeerConnection drops room gap fills for a peer that reads nothing onc
       `${aliceSocket.writableLength} bytes wait unsent`,
     );
     // What is not a fill still goes.
+    assert.ok(alice.sendRoom({ op: "msg", m }));
+    alice.close();
+  });
+});
+
+Deno.test("PeerConnection answers a peer that reads nothing at most MAX_ANSWER_BYTES of fills, lists and states in all, however the writes are spread over turns", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const { alice } = startAlice(aliceSocket, dir);
+    let helloSeen = false;
+    rawBob.once("data", () => {
+      helloSeen = true;
+      rawBob.pause(); // asks and never reads the answers
+    });
+    rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["rooms"] }));
+    const end = Date.now() + 10_000;
+    while (!alice.rooms || !helloSeen) {
+      if (Date.now() > end) throw new Error("no hello");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const m = {
+      roomId: "0".repeat(32),
+      room: "#team",
+      author: "carol",
+      seq: 1,
+      version: 1,
+      text: "x".repeat(65_536),
+      sig: "AAAA",
+    };
+    let sent = 0;
+    // One fill a turn: the socket's writableLength stays 0 (Deno's TLS takes every write).
+    for (let i = 0; i < 2 * MAX_ANSWER_BYTES / 65_536; i++) {
+      if (alice.sendRoom({ op: "msg", m, fill: true })) sent++;
+      await new Promise((r) => setTimeout(r, 0));
+    }
+    assert.ok(sent * 65_536 <= MAX_ANSWER_BYTES + 65_536, `${sent} fills of 64 KiB taken`);
+    // Answers to a state are counted too; what is neither a fill nor an answer still goes.
+    const state = { op: "state" as const, roomId: m.roomId, version: 1, seen: {} };
+    assert.equal(alice.sendRoom(state, { answer: true }), false);
+    assert.ok(alice.sendRoom(state));
     assert.ok(alice.sendRoom({ op: "msg", m }));
     alice.close();
   });

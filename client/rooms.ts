@@ -124,6 +124,8 @@ interface Room {
   /** The creator's invitations that wait for a join. */
   invited: Record<string, true>;
   keys: Map<string, KeyObject>;
+  /** The fingerprints of the members' keys in the list, by name (for the pin check). */
+  fingerprints: Map<string, string>;
   held: Map<string, Map<number, SignedMessage>>;
   buffer: Map<string, SignedMessage>;
   bufferChars: number;
@@ -200,7 +202,10 @@ export class Rooms {
         }
         const invited: Record<string, true> = Object.create(null);
         for (const k of Object.keys(data.invited ?? {})) invited[k] = true;
-        this.#rooms.set(list.roomId, this.#newRoom(list, data.creatorKey, { seq, next, invited }));
+        const room = this.#newRoom(list, data.creatorKey, { seq, next, invited });
+        // Checked again at each start: which members are silenced is not kept on disk.
+        this.#checkKeys(list, room);
+        this.#rooms.set(list.roomId, room);
       } catch (e) {
         this.#host.emit({
           type: "warning",
@@ -627,7 +632,7 @@ export class Rooms {
     const late = r.former.has(m.author) && (!author || m.version < author.since);
     if (late) return;
     if (!author) throw refused(`a message in ${r.list.room} by "${m.author}", not a member`);
-    if (r.untrusted.has(author.name)) {
+    if (r.untrusted.has(author.name) || this.#unpinned(r, author)) {
       throw refused(
         `a message in ${r.list.room} by "${m.author}", whose key is not the one you pinned`,
       );
@@ -653,7 +658,9 @@ export class Rooms {
       if (!fill && seen.has(key)) {
         throw refused(`a replay of message ${m.seq} by "${m.author}" in ${r.list.room}`);
       }
+      // Bounded here too: a member may sign fills of every number below its own next one.
       seen.add(key);
+      if (seen.size > MAX_SEEN_PER_CONNECTION) seen.delete(seen.values().next().value!);
       return;
     }
     if (next !== undefined && m.seq >= next + MAX_HELD) {
@@ -686,8 +693,10 @@ export class Rooms {
     const r = this.#rooms.get(f.roomId);
     if (!r || !this.#member(r, conn.name) || !this.#allow(conn)) return;
     // Lists first: messages are passed on only between members who hold the same list.
-    if (f.version < r.list.version) return void conn.sendRoom({ op: "list", list: r.list });
-    if (f.version > r.list.version) return this.#sendState(r, conn);
+    if (f.version < r.list.version) {
+      return void conn.sendRoom({ op: "list", list: r.list }, { answer: true });
+    }
+    if (f.version > r.list.version) return this.#sendState(r, conn, true);
     const member = r.list.members.find((x) => x.name === conn.name)!;
     for (const m of r.buffer.values()) {
       if (m.author === conn.name || m.version < member.since) continue;
@@ -804,6 +813,7 @@ export class Rooms {
         r.bufferChars -= m.text.length;
       }
       r.keys.delete(name);
+      r.fingerprints.delete(name);
       r.former.add(name);
       clearTimeout(r.gaps.get(name));
       r.gaps.delete(name);
@@ -906,6 +916,7 @@ export class Rooms {
       next: kept.next ?? Object.create(null),
       invited: kept.invited ?? Object.create(null),
       keys: new Map(),
+      fingerprints: new Map(),
       held: new Map(),
       buffer: new Map(),
       bufferChars: 0,
@@ -950,6 +961,18 @@ export class Rooms {
     return key;
   }
 
+  // Whether a key is pinned for `m` now, and it is not the one the list gives `m`: pins are made
+  // while we run (a first 1:1 connection, the mailbox, /trust), not only when a list arrives.
+  #unpinned(r: Room, m: RoomMember): boolean {
+    const pinned = this.#host.pinned(m.name);
+    if (pinned === undefined || m.name === this.#host.self) return false;
+    let fingerprint = r.fingerprints.get(m.name);
+    if (fingerprint === undefined) {
+      r.fingerprints.set(m.name, fingerprint = keyFingerprintOf(m.key));
+    }
+    return pinned !== fingerprint;
+  }
+
   // Open connections, taking rooms, to members other than `except`.
   #connectedMembers(r: Room, except: string[]): PeerConnection[] {
     const out: PeerConnection[] = [];
@@ -961,11 +984,13 @@ export class Rooms {
     return out;
   }
 
-  #sendState(r: Room, conn: PeerConnection): void {
+  #sendState(r: Room, conn: PeerConnection, answer = false): void {
     const seen: Record<string, number> = {};
     for (const [author, next] of Object.entries(r.next)) seen[author] = next - 1;
     seen[this.#host.self] = r.seq;
-    conn.sendRoom({ op: "state", roomId: r.list.roomId, version: r.list.version, seen });
+    conn.sendRoom({ op: "state", roomId: r.list.roomId, version: r.list.version, seen }, {
+      answer,
+    });
   }
 
   #remember(r: Room, m: SignedMessage): void {

@@ -1,0 +1,302 @@
+/**
+ * A hostile member of a room (docs/PROTOCOL.md §9, docs/SECURITY.md): a real
+ * `client chat --json` (ann) and a raw peer (mallory) who speaks room frames
+ * by hand with a valid certificate from the CA, a room she created, and her
+ * own signing key. What tests/rooms_test.ts does not try: the volume of what
+ * a member may send that is well formed and signed.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
+import { join } from "node:path";
+import { encodeFrame } from "../lib/frames.ts";
+import { type SignedList, signList, signMessage, spkiOf } from "../lib/room.ts";
+import { ChatClient, sleep, stopAll, waitUntil } from "./_harness.ts";
+import { MAX_ANSWER_BYTES } from "../client/peer.ts";
+import { initCa, type Service, startService } from "./_service_helpers.ts";
+import { joinUser, RawPeer, type User, userAt } from "./_chat_helpers.ts";
+
+const ROOM = "#team";
+const ROOM_ID = "0123456789abcdef0123456789abcdef";
+
+function roomFrame(body: unknown): string {
+  return JSON.stringify({ type: "room", body }) + "\n";
+}
+
+/** ann, a real client, in the room `ROOM` that the raw mallory created; mallory's connection. */
+interface World {
+  dir: string;
+  service: Service;
+  ann: ChatClient;
+  annUser: User;
+  mallory: RawPeer;
+  malloryKey: KeyObject;
+  list: SignedList;
+  /** ann invites `user`, who then connects to her by hand, listing `features`. */
+  connect(user: User, features?: string[]): Promise<RawPeer>;
+  /** Stops ann's client and starts it again (same home); mallory's connection goes with it. */
+  restart(): Promise<void>;
+}
+
+/** The public key of `user`'s certificate: SPKI DER, base64. */
+async function keyOf(user: User): Promise<string> {
+  return spkiOf(createPublicKey(await Deno.readTextFile(user.certPath)));
+}
+
+/**
+ * The world of these tests; `before(connect)` runs before mallory creates the room, and what it
+ * returns are members mallory's list adds (with the keys she chooses for them).
+ */
+async function withWorld(
+  fn: (w: World) => Promise<void>,
+  before: (
+    w: Pick<World, "dir" | "service" | "ann" | "connect"> & { malloryUser: User },
+  ) => Promise<
+    Array<{ name: string; key: string }>
+  > = () => Promise.resolve([]),
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "e2e-chat-hostile-rooms-" });
+  let service: Service | undefined;
+  const clients: ChatClient[] = [];
+  const raws: RawPeer[] = [];
+  try {
+    const home = join(dir, "ca-home");
+    await initCa(home);
+    service = await startService(home, { args: ["--enroll-rate", "1000"] });
+    const [annUser, malloryUser] = await Promise.all(
+      ["ann", "mallory"].map((n) => joinUser(service!, n, join(dir, n))),
+    ) as [User, User];
+    let ann = await ChatClient.start(annUser);
+    clients.push(ann);
+    const connect = async (user: User, features = ["rooms"]) => {
+      await ann.send(`/chat ${user.name}`);
+      await ann.expect({ type: "invited", to: user.name });
+      const peer = RawPeer.connect(ann.port, {
+        cert: await Deno.readTextFile(user.certPath),
+        key: await Deno.readTextFile(user.keyPath),
+      });
+      raws.push(peer);
+      peer.write(encodeFrame({ type: "hello", v: 1, features }));
+      await ann.expect({ type: "connected", peer: user.name });
+      return peer;
+    };
+    const others = await before({ dir, service, ann, connect, malloryUser });
+    const mallory = await connect(malloryUser);
+
+    // mallory creates the room, invites ann, and answers her join with the list that adds her.
+    const malloryKey = createPrivateKey(await Deno.readTextFile(malloryUser.keyPath));
+    const malloryMember = { name: "mallory", key: await keyOf(malloryUser), since: 1 };
+    const base = { roomId: ROOM_ID, room: ROOM, creator: "mallory" };
+    const sorted = <T extends { name: string }>(xs: T[]) =>
+      xs.sort((a, b) => (a.name < b.name ? -1 : 1));
+    const first = signList({
+      ...base,
+      version: 1,
+      members: sorted([malloryMember, ...others.map((o) => ({ ...o, since: 1 }))]),
+    }, malloryKey);
+    mallory.write(roomFrame({ op: "invite", list: first }));
+    await ann.expect({ type: "room_invite", room: ROOM, from: "mallory" });
+    await ann.send(`/room join ${ROOM}`);
+    await waitUntil(
+      () =>
+        mallory.frames.some((f) =>
+          f.type === "room" &&
+          JSON.stringify(f.body) === JSON.stringify({ op: "join", roomId: ROOM_ID })
+        ),
+      "ann's join",
+    );
+    const list = signList({
+      ...base,
+      version: 2,
+      members: sorted([{ name: "ann", key: await keyOf(annUser), since: 2 }, ...first.members]),
+      change: { name: "ann", change: "joined" },
+    }, malloryKey);
+    mallory.write(roomFrame({ op: "list", list }));
+    await ann.expect({ type: "room_joined", room: ROOM });
+    const world: World = {
+      dir,
+      service,
+      ann,
+      annUser,
+      mallory,
+      malloryKey,
+      list,
+      connect,
+      restart: async () => {
+        await stopAll([ann]);
+        ann = await ChatClient.start(annUser);
+        clients.push(ann);
+        world.ann = ann;
+      },
+    };
+    await fn(world);
+  } finally {
+    for (const r of raws) r.destroy();
+    await stopAll(clients);
+    await service?.stop();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+Deno.test("a member who re-sends 20 001 old sequence numbers of its own as fills does not grow what the client remembers of the connection without bound", async () => {
+  await withWorld(async ({ ann, mallory, malloryKey, list }) => {
+    const m = (seq: number, text = `m${seq}`) =>
+      signMessage(
+        { roomId: ROOM_ID, room: ROOM, author: "mallory", seq, version: list.version, text },
+        malloryKey,
+      );
+    // ann joined after mallory: mallory's first message sets where her sequence starts.
+    mallory.write(roomFrame({ op: "msg", m: m(100_000, "hello") }));
+    await ann.expect({ type: "room_message", room: ROOM, from: "mallory", text: "hello" });
+    // Every number below 100 000 is one ann "has": each comes back as a fill (passed on
+    // again, not a replay), and each used to be remembered for ever.
+    const N = 20_001;
+    const batch: string[] = [];
+    for (let seq = 1; seq <= N; seq++) {
+      batch.push(roomFrame({ op: "msg", m: m(seq), fill: true }));
+      if (batch.length === 1000 || seq === N) {
+        mallory.write(batch.join(""));
+        batch.length = 0;
+      }
+    }
+    const mark = ann.mark();
+    // Then, as replays (not fills): the oldest of them, and the newest.
+    mallory.write(roomFrame({ op: "msg", m: m(1) }) + roomFrame({ op: "msg", m: m(N) }));
+    const replay = (seq: number) => (e: Record<string, unknown>) =>
+      e.type === "warning" &&
+      String(e.message).startsWith(`Refused a replay of message ${seq} by "mallory" in ${ROOM}`);
+    await ann.expect(replay(N), 120_000);
+    // What is remembered per connection is bounded (20 000 keys): the oldest was let go.
+    assert.deepEqual(ann.since(mark, replay(1)), []);
+    await waitUntil(() => !mallory.isClosed, "mallory still connected");
+    assert.deepEqual(ann.since(mark, { type: "room_message" }), []);
+  });
+});
+
+Deno.test("a member whose key in the creator's list is not the one pinned stays silenced in the room after a restart", async () => {
+  await withWorld(
+    async (w) => {
+      const m = (text: string, seq: number) =>
+        signMessage(
+          { roomId: ROOM_ID, room: ROOM, author: "ben", seq, version: w.list.version, text },
+          w.malloryKey,
+        );
+      const refusal = (e: Record<string, unknown>) =>
+        e.type === "warning" &&
+        String(e.message).includes(`by "ben", whose key is not the one you pinned`);
+      // At the join, ann said so, and ben's words (signed by mallory's key) are refused.
+      assert.ok(
+        w.ann.events.some((e) =>
+          e.type === "warning" &&
+          String(e.message).includes(`gives "ben" another key than the one you pinned`)
+        ),
+        w.ann.describe(),
+      );
+      w.mallory.write(roomFrame({ op: "msg", m: m("I am ben", 1) }));
+      await w.ann.expect(refusal);
+
+      // After a restart, the same.
+      await w.restart();
+      const mallory = await w.connect(userOf(w, "mallory"));
+      const mark = w.ann.mark();
+      mallory.write(roomFrame({ op: "msg", m: m("I am ben, really", 2) }));
+      await w.ann.expect(refusal);
+      assert.deepEqual(w.ann.since(mark, { type: "room_message" }), []);
+      // (and said so as it started)
+      await w.ann.expect((e) =>
+        e.type === "warning" &&
+        String(e.message).includes(`gives "ben" another key than the one you pinned`)
+      );
+    },
+    async ({ service, dir, connect, malloryUser }) => {
+      // ann has met ben: her peers.json pins his key.
+      const ben = await joinUser(service, "ben", join(dir, "ben"));
+      const peer = await connect(ben, ["bin", "offer"]);
+      peer.destroy();
+      // mallory's list gives "ben" her own key.
+      return [{ name: "ben", key: await keyOf(malloryUser) }];
+    },
+  );
+});
+
+/** The user `name` of this world (joined already). */
+function userOf(w: Pick<World, "dir">, name: string): User {
+  return userAt(name, join(w.dir, name));
+}
+
+Deno.test("a member whose key in the creator's list is not the one pinned is silenced as soon as the pin is made, not at the next list", async () => {
+  let malloryKeyOfBen = "";
+  await withWorld(
+    async (w) => {
+      const m = (text: string, seq: number) =>
+        signMessage(
+          { roomId: ROOM_ID, room: ROOM, author: "ben", seq, version: w.list.version, text },
+          w.malloryKey,
+        );
+      // ann never met ben: the creator's word for his key is all she has (docs/SECURITY.md).
+      w.mallory.write(roomFrame({ op: "msg", m: m("I am ben", 1) }));
+      await w.ann.expect({ type: "room_message", room: ROOM, from: "ben", text: "I am ben" });
+      // Then she meets the real ben, whose key is not the one in the list.
+      const ben = await joinUser(w.service, "ben", join(w.dir, "ben"));
+      assert.notEqual(await keyOf(ben), malloryKeyOfBen);
+      (await w.connect(ben, ["bin", "offer"])).destroy();
+      await w.ann.expect({ type: "disconnected", peer: "ben" });
+      const mark = w.ann.mark();
+      w.mallory.write(roomFrame({ op: "msg", m: m("I am ben, really", 2) }));
+      await w.ann.expect((e) =>
+        e.type === "warning" &&
+        String(e.message).includes(`by "ben", whose key is not the one you pinned`)
+      );
+      assert.deepEqual(w.ann.since(mark, { type: "room_message" }), []);
+    },
+    async ({ malloryUser }) => {
+      malloryKeyOfBen = await keyOf(malloryUser);
+      return [{ name: "ben", key: malloryKeyOfBen }];
+    },
+  );
+});
+
+Deno.test("a member that asks for gap fills and never reads what it is sent gets a bounded amount of them per connection", async () => {
+  await withWorld(async ({ ann, mallory, malloryKey, list }) => {
+    const text = "x".repeat(60_000);
+    const COUNT = 120; // 7.2 M characters: all of them stay in ann's buffer for gaps
+    const lines: string[] = [];
+    for (let seq = 1; seq <= COUNT; seq++) {
+      const m = signMessage(
+        { roomId: ROOM_ID, room: ROOM, author: "mallory", seq, version: list.version, text },
+        malloryKey,
+      );
+      lines.push(roomFrame({ op: "msg", m }));
+    }
+    mallory.write(lines.join(""));
+    await waitUntil(
+      () => ann.events.some((e) => e.type === "room_message" && e.id === `mallory.${COUNT}`),
+      "ann to show mallory's messages",
+    );
+    // mallory stops reading, then asks for 32 of them again and again, one request at a time
+    // (14 a second, under the 20 a second a connection is answered), and says something at the
+    // end to mark it.
+    mallory.pause();
+    const seqs = Array.from({ length: 32 }, (_, i) => i + 1);
+    const want = roomFrame({ op: "want", roomId: ROOM_ID, author: "mallory", seqs });
+    const WANTS = 30;
+    for (let i = 0; i < WANTS; i++) {
+      mallory.write(want);
+      await sleep(70);
+    }
+    mallory.write(encodeFrame({ type: "msg", id: "sentinel", text: "done asking" }));
+    await ann.expect({ type: "message", from: "mallory", text: "done asking" });
+    mallory.pause(false);
+    await mallory.expectFrame({ type: "ack", id: "sentinel" }, 60_000);
+    const fills = mallory.frames.filter((f) =>
+      f.type === "room" && (f.body as Record<string, unknown>).fill === true
+    ).length;
+    // Without a bound, each of the 30 wants would have been answered with its 32 fills (58 MB).
+    assert.ok(fills < WANTS * seqs.length, `${fills} fills`);
+    assert.ok(
+      fills <= Math.ceil(MAX_ANSWER_BYTES / text.length) + seqs.length,
+      `${fills} fills for at most ${MAX_ANSWER_BYTES} bytes`,
+    );
+  });
+});
