@@ -43,7 +43,8 @@ Commands:
           Run the CA service (HTTPS), and the CRL over plain HTTP on --crl-port
           (the URL every certificate issued names; the first --name is its host,
           and the host invites name).
-          --enroll-rate: enrollment attempts allowed per address per minute.
+          --enroll-rate: enrollment attempts allowed per address per minute
+          (members behind one NAT share an address: raise it for a class).
           The mailbox keeps items for offline members for --mailbox-ttl, at most
           --mailbox-items items and --mailbox-bytes bytes per recipient.
           The relay joins members who cannot connect directly: at most
@@ -51,15 +52,21 @@ Commands:
           quarter of the connection cap), closed after --relay-idle without a
           byte, and --relay-day-mib MiB per member per UTC day.
           The default command; creates the CA first when there is none.
+          Certificates name the CRL URL and invites the address: for a long run,
+          keep --name, --port and --crl-port the same at every start.
   invite  NAME [--ttl 24h] [--url HOST:PORT]
-          Print a single-use invite URL for NAME to enroll with.
+          Print a single-use invite URL for NAME to enroll with. It names the
+          running service's address (else 127.0.0.1:65433, or --url). Enrolling
+          with it replaces the name's certificate, if any (a lost key).
   init    [--key-type rsa-4096|ec-p256|ed25519] [--days N] [--cn NAME]
           Create the CA: an encrypted key and a self-signed certificate.
   sign    --name NAME CSR_FILE [--out FILE] [--days N] [--replace]
           Sign a certificate request (use - for stdin); prints the certificate.
   revoke  NAME|SERIAL [--reason R]
-          Revoke a certificate and publish a new CRL.
-  crl     Print a fresh CRL (PEM).
+          Revoke a certificate and publish a new CRL. R: unspecified (the
+          default), keyCompromise, CACompromise, affiliationChanged,
+          superseded or cessationOfOperation.
+  crl     Print a fresh CRL (PEM); the service serves it from then on.
   list    [--json]  Every issued certificate with its status.
   log     [verify] [--entries N] [--json]
           The issuance log: its size, root and latest entries; "verify"
@@ -221,7 +228,8 @@ async function invite(args: string[]): Promise<number> {
   const name = checkName(positionals[0]);
   const ttl = parseDuration(values.ttl ?? "24h");
   const ca = await CertificateAuthority.open(resolveHome(values.home));
-  const where = values.url ?? await runningServiceAddress(ca) ?? `127.0.0.1:${DEFAULT_PORT}`;
+  const running = values.url ? undefined : await runningServiceAddress(ca);
+  const where = values.url ?? running ?? `127.0.0.1:${DEFAULT_PORT}`;
   const m = /^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]{1,253}):(\d{1,5})$/.exec(where);
   if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) {
     throw new E2eError("ERR_USAGE", `--url takes HOST:PORT, not ${JSON.stringify(where)}`, {
@@ -238,6 +246,14 @@ async function invite(args: string[]): Promise<number> {
     token,
   });
   await out(`${url}\n`);
+  if (!values.url && !running) {
+    // service.json is gone once the service stops: the default may not be where members reach it.
+    await err(
+      `e2e-chat: warning: no CA service runs on this home, so the invite names ${where}; ` +
+        "if members reach the service elsewhere, make it again with --url HOST:PORT " +
+        "(this one stays valid until it expires)\n",
+    );
+  }
   return 0;
 }
 

@@ -266,6 +266,12 @@ async function report(e: unknown): Promise<number> {
   // happened in one line; a stack trace would only hide it.
   if (isDenoError(e)) {
     await err(`e2e-chat: error: ${e.message}\n`);
+    // ENOSPC and EDQUOT name no file of ours: say what to do about them.
+    if (/\(os error (28|122)\)/.test(e.message)) {
+      await err(
+        "e2e-chat: hint: the disk is full: free some space on it, then run the command again\n",
+      );
+    }
     return 1;
   }
   await err(

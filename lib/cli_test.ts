@@ -129,3 +129,26 @@ Deno.test("dispatch() refuses an unknown command, inherited names included, with
     );
   }
 });
+
+Deno.test({
+  name: "runMain() reports a full disk in one line, with a hint to free space and run it again",
+  ignore: Deno.build.os !== "linux", // /dev/full answers every write with ENOSPC
+  async fn() {
+    const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "eval",
+        `import { runMain } from ${JSON.stringify(import.meta.resolve("./cli.ts"))};` +
+        'await runMain(async () => { await Deno.writeFile("/dev/full", new Uint8Array(1)); return 0; });',
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(code, 1);
+    assert.equal(new TextDecoder().decode(stdout), "");
+    assert.equal(
+      new TextDecoder().decode(stderr),
+      "e2e-chat: error: No space left on device (os error 28): writefile '/dev/full'\n" +
+        "e2e-chat: hint: the disk is full: free some space on it, then run the command again\n",
+    );
+  },
+});

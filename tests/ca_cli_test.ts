@@ -886,6 +886,25 @@ Deno.test("ca invite --url without a port says what it takes", async () => {
   });
 });
 
+Deno.test("ca invite with no service running says the invite names the default address", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home);
+    const result = await runCa(home, ["invite", "alice"]);
+    assertSuccess(result);
+    assert.match(result.stdout, /^e2e-chat:\/\/127\.0\.0\.1:65433\/alice\?fp=[0-9a-f]{64}&token=/);
+    assert.equal(
+      result.stderr,
+      "e2e-chat: warning: no CA service runs on this home, so the invite names 127.0.0.1:65433; " +
+        "if members reach the service elsewhere, make it again with --url HOST:PORT " +
+        "(this one stays valid until it expires)\n",
+    );
+    // With --url, or while the service runs, the address is known: nothing to warn about.
+    const given = await runCa(home, ["invite", "bob", "--url", "ca.example.org:443"]);
+    assertSuccess(given);
+    assert.equal(given.stderr, "");
+  });
+});
+
 Deno.test("ca serve --host with an address not of this machine says what --host and --name take", async () => {
   await withTempDir(async (home) => {
     await initCa(home);
