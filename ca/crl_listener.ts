@@ -156,7 +156,8 @@ async function serveCrl(
  */
 export function listenHint(e: unknown, flag: string): string {
   return (e as { code?: unknown })?.code === "EADDRINUSE"
-    ? `is another service using that port? try ${flag} 0`
+    ? `is another service using that port? stop it, or pick a free port with ${flag} PORT ` +
+      "and keep it at every start (members' invites and certificates name it)"
     : "--host takes an address of this machine (0.0.0.0 for all of them); " +
       "the name members reach it by goes in --name";
 }

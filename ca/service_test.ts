@@ -169,7 +169,11 @@ Deno.test("CaService.start() on a port in use fails with ERR_NETWORK and a hint,
         assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
         assert.equal(e.code, "ERR_NETWORK");
         assert.equal(e.message, `Cannot listen on 127.0.0.1:${service.port}`);
-        assert.equal(e.hint, "is another service using that port? try --port 0");
+        assert.equal(
+          e.hint,
+          "is another service using that port? stop it, or pick a free port with --port PORT " +
+            "and keep it at every start (members' invites and certificates name it)",
+        );
         return true;
       },
     );

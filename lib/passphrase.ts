@@ -46,7 +46,12 @@ export async function readPassphrase(options: PassphraseOptions = {}): Promise<s
       text = await Deno.readTextFile(path);
     } catch (e) {
       const what = options.fileLabel ?? "passphrase file";
-      throw new E2eError("ERR_FILE", `Cannot read the ${what} "${path}"`, { cause: e });
+      throw new E2eError("ERR_FILE", `Cannot read the ${what} "${path}"`, {
+        cause: e,
+        hint: e instanceof Deno.errors.NotFound
+          ? "there is no such file: a relative path starts in the folder the command ran in"
+          : undefined,
+      });
     }
     passphrase = text.split(/\r?\n/, 1)[0];
   } else if (options.envVar && Deno.env.get(options.envVar)) {

@@ -44,7 +44,8 @@ Deno.test("client join names the invite file it cannot read, from the folder it 
     assert.equal(result.code, 1);
     assert.equal(
       result.stderr,
-      `e2e-chat: error: Cannot read the invite file "${join(dir, "invite.txt")}"\n`,
+      `e2e-chat: error: Cannot read the invite file "${join(dir, "invite.txt")}"\n` +
+        "e2e-chat: hint: there is no such file: a relative path starts in the folder the command ran in\n",
     );
   });
 });
