@@ -18,6 +18,7 @@ import {
   peerCertificateDer,
   type TrustAnchor,
 } from "../lib/tls.ts";
+import { printable } from "../lib/printable.ts";
 import { sha256Hex } from "../lib/x509.ts";
 import { pemDecode } from "../lib/pem.ts";
 import type { LogProofJson } from "../lib/log_proof.ts";
@@ -280,7 +281,8 @@ function apiError(reply: Reply): E2eError {
     const e = JSON.parse(reply.body).error;
     if (typeof e?.code === "string" && typeof e?.message === "string") {
       code = e.code as ErrorCode;
-      message = `The CA refused: ${e.message}`;
+      // The service's words, shown on our terminal: printable, and not a page of them.
+      message = `The CA refused: ${printable(e.message.slice(0, 500))}`;
     }
   } catch { /* not JSON: keep the status */ }
   return new E2eError(code, message);

@@ -7,6 +7,7 @@
 import readline from "node:readline";
 import { styleText } from "node:util";
 import type { ChatEvent } from "../events.ts";
+import { printable } from "../../lib/printable.ts";
 import { formatSize } from "../files.ts";
 import type { InputSink } from "./json.ts";
 
@@ -71,7 +72,10 @@ function format(e: ChatEvent): string | undefined {
         e.listen ? `listening on ${e.listen}` : "not listening (peers come through the relay)"
       } as ${styleText("bold", e.name)} — /help for commands`;
     case "invite":
-      return styleText("yellow", `${clean(e.from)} wants to chat — /accept ${clean(e.from)}`);
+      return styleText(
+        "yellow",
+        `${printable(e.from)} wants to chat — /accept ${printable(e.from)}`,
+      );
     case "invited":
       return `invited ${e.to} (certificate ${
         e.fingerprint.slice(0, 16)
@@ -84,7 +88,7 @@ function format(e: ChatEvent): string | undefined {
         }…`,
       );
     case "message":
-      return `${styleText("cyan", `<${e.from}>`)} ${clean(e.text)}${
+      return `${styleText("cyan", `<${e.from}>`)} ${printable(e.text)}${
         e.via === "mailbox" ? styleText("gray", " (mailbox)") : ""
       }`;
     case "sent":
@@ -97,21 +101,21 @@ function format(e: ChatEvent): string | undefined {
       return styleText(
         "green",
         `file from ${e.from}${e.room ? ` in ${e.room}` : ""}: ${
-          clean(e.name)
+          printable(e.name)
         } (${e.bytes} bytes, ` +
-          `SHA-256 ok) → ${clean(e.path)}`,
+          `SHA-256 ok) → ${printable(e.path)}`,
       );
     case "file_offer":
       return styleText(
         "yellow",
-        `${e.from} offers a file${e.room ? ` to ${e.room}` : ""}: ${clean(e.name)} (${
+        `${e.from} offers a file${e.room ? ` to ${e.room}` : ""}: ${printable(e.name)} (${
           formatSize(e.bytes)
         }${
           e.sha256 ? `, SHA-256 ${e.sha256.slice(0, 16)}…` : ""
         }) — /get ${e.id} to accept, /decline ${e.id} to refuse`,
       );
     case "file_failed":
-      return styleText("yellow", clean(e.message));
+      return styleText("yellow", printable(e.message));
     case "progress": {
       const pct = e.total ? Math.floor((e.bytes / e.total) * 100) : 100;
       const bar = "#".repeat(Math.floor(pct / 5)).padEnd(20, ".");
@@ -126,25 +130,25 @@ function format(e: ChatEvent): string | undefined {
         ? e.peers.map((p) => `${p.current ? "*" : " "} ${p.name} [${p.trust}]`).join("\n")
         : "no peers connected";
     case "disconnected":
-      return styleText("yellow", `${e.peer} disconnected (${clean(e.reason)})`);
+      return styleText("yellow", `${e.peer} disconnected (${printable(e.reason)})`);
     case "log_alarm":
       return styleText(
         ["bold", "red"],
-        `LOG ALARM: ${clean(e.message)} — no new connections until this is resolved; ` +
+        `LOG ALARM: ${printable(e.message)} — no new connections until this is resolved; ` +
           `tell your admin and run \`deno task client audit\``,
       );
     case "warning":
-      return styleText("yellow", clean(e.message));
+      return styleText("yellow", printable(e.message));
     case "error":
-      return styleText("red", `error: ${clean(e.message)}`);
+      return styleText("red", `error: ${printable(e.message)}`);
     case "history":
       return e.entries.length
         ? e.entries.map((h) => {
           const when = styleText("gray", h.at.slice(0, 16).replace("T", " "));
           const what = h.kind === "message"
-            ? clean(h.text ?? "")
-            : `file ${clean(h.file?.name ?? "")} (${h.file?.bytes} bytes)${
-              h.file?.path ? ` → ${clean(h.file.path)}` : ""
+            ? printable(h.text ?? "")
+            : `file ${printable(h.file?.name ?? "")} (${h.file?.bytes} bytes)${
+              h.file?.path ? ` → ${printable(h.file.path)}` : ""
             }`;
           const mark = h.state === "delivered" ? styleText("gray", " ✓") : "";
           return `${when} ${styleText("cyan", `<${h.from}>`)} ${what}${mark}`;
@@ -153,12 +157,12 @@ function format(e: ChatEvent): string | undefined {
     case "room_invite":
       return styleText(
         "yellow",
-        `${clean(e.from)} invites you to ${e.room} — /room join ${e.room}`,
+        `${printable(e.from)} invites you to ${e.room} — /room join ${e.room}`,
       );
     case "room_joined":
       return styleText("green", `you are in ${e.room}: ${e.members.join(", ")}`);
     case "room_message":
-      return `${styleText("cyan", `<${e.from}@${e.room}>`)} ${clean(e.text)}`;
+      return `${styleText("cyan", `<${e.from}@${e.room}>`)} ${printable(e.text)}`;
     case "room_member":
       return styleText("yellow", `${e.name} ${e.change} ${e.room}`);
     case "room_gap":
@@ -179,24 +183,6 @@ function format(e: ChatEvent): string | undefined {
     case "bye":
       return "bye";
   }
-}
-
-// A peer's text must not drive our terminal or fake a line of ours: control characters
-// (newlines included) are shown escaped, and bidi overrides that could reorder what is
-// shown are dropped.
-function clean(text: string): string {
-  return text
-    .replace(/[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]/g, "")
-    .replace(
-      // deno-lint-ignore no-control-regex
-      /[\u0000-\u001f\u007f-\u009f]/g,
-      (c) =>
-        c === "\n"
-          ? "\\n"
-          : c === "\t"
-          ? "\\t"
-          : `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
-    );
 }
 
 function time(): string {

@@ -1,0 +1,37 @@
+import assert from "node:assert/strict";
+import https from "node:https";
+import { CertificateAuthority } from "../ca/authority.ts";
+import { E2eError } from "../lib/errors.ts";
+import { serverOptions, trustAnchor } from "../lib/tls.ts";
+import { PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
+import { CaClient } from "./ca_client.ts";
+
+Deno.test("CaClient shows a CA service's refusal as printable text, so a hostile service cannot drive our terminal", async () => {
+  await withTempDir(async (home) => {
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+    const own = await ca.issueServiceCertificate(["127.0.0.1"]);
+    const anchor = trustAnchor(ca.certificate.pem);
+    // A service of this CA that answers every request with a refusal full of escapes.
+    const evil = "gone\u001b]0;pwned\u0007\u001b[2J\nCLEAR\u202e" + "x".repeat(2_000);
+    const server = https.createServer(serverOptions(own, anchor), (_req, res) => {
+      res.writeHead(403, { "content-type": "application/json" });
+      res.end(JSON.stringify({ error: { code: "ERR_FORBIDDEN", message: evil } }));
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (server.address() as { port: number }).port;
+      const client = new CaClient(`https://127.0.0.1:${port}`, anchor);
+      await assert.rejects(client.lookup("bob"), (e) => {
+        assert.ok(e instanceof E2eError);
+        assert.equal(e.code, "ERR_FORBIDDEN");
+        assert.equal(
+          e.message,
+          `The CA refused: gone\\x1b]0;pwned\\x07\\x1b[2J\\nCLEAR${"x".repeat(475)}`,
+        );
+        return true;
+      });
+    } finally {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+});
