@@ -532,29 +532,35 @@ Deno.test('PeerConnection sends a peer that does not list "offer" no file larger
   });
 });
 
+/** Alice with a raw bob that sent a hello with rooms and reads nothing after; a big room message. */
+async function aliceWithDeafBob(aliceSocket: tls.TLSSocket, rawBob: tls.TLSSocket, dir: string) {
+  const { alice } = startAlice(aliceSocket, dir);
+  let helloSeen = false;
+  rawBob.once("data", () => {
+    helloSeen = true;
+    rawBob.pause(); // asks and never reads the answers
+  });
+  rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["rooms"] }));
+  const end = Date.now() + 10_000;
+  while (!alice.rooms || !helloSeen) {
+    if (Date.now() > end) throw new Error("no hello");
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  const m = {
+    roomId: "0".repeat(32),
+    room: "#team",
+    author: "carol",
+    seq: 1,
+    version: 1,
+    text: "x".repeat(65_536),
+    sig: "AAAA",
+  };
+  return { alice, m };
+}
+
 Deno.test("PeerConnection drops room gap fills for a peer that reads nothing once MAX_UNSENT_FILL waits unsent", async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
-    const { alice } = startAlice(aliceSocket, dir);
-    let helloSeen = false;
-    rawBob.once("data", () => {
-      helloSeen = true;
-      rawBob.pause(); // asks (want, state) and never reads the answers
-    });
-    rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["rooms"] }));
-    const end = Date.now() + 10_000;
-    while (!alice.rooms || !helloSeen) {
-      if (Date.now() > end) throw new Error("no hello");
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    const m = {
-      roomId: "0".repeat(32),
-      room: "#team",
-      author: "carol",
-      seq: 1,
-      version: 1,
-      text: "x".repeat(65_536),
-      sig: "AAAA",
-    };
+    const { alice, m } = await aliceWithDeafBob(aliceSocket, rawBob, dir);
     const frame = { op: "msg" as const, m, fill: true };
     let sent = 0;
     for (let i = 0; i < 2 * MAX_UNSENT_FILL / 65_536; i++) if (alice.sendRoom(frame)) sent++;
@@ -572,27 +578,7 @@ Deno.test("PeerConnection drops room gap fills for a peer that reads nothing onc
 
 Deno.test("PeerConnection answers a peer that reads nothing at most MAX_ANSWER_BYTES of fills, lists and states in all, however the writes are spread over turns", async () => {
   await withPair(async (aliceSocket, rawBob, dir) => {
-    const { alice } = startAlice(aliceSocket, dir);
-    let helloSeen = false;
-    rawBob.once("data", () => {
-      helloSeen = true;
-      rawBob.pause(); // asks and never reads the answers
-    });
-    rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["rooms"] }));
-    const end = Date.now() + 10_000;
-    while (!alice.rooms || !helloSeen) {
-      if (Date.now() > end) throw new Error("no hello");
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    const m = {
-      roomId: "0".repeat(32),
-      room: "#team",
-      author: "carol",
-      seq: 1,
-      version: 1,
-      text: "x".repeat(65_536),
-      sig: "AAAA",
-    };
+    const { alice, m } = await aliceWithDeafBob(aliceSocket, rawBob, dir);
     let sent = 0;
     // One fill a turn: the socket's writableLength stays 0 (Deno's TLS takes every write).
     for (let i = 0; i < 2 * MAX_ANSWER_BYTES / 65_536; i++) {

@@ -22,7 +22,7 @@ import {
   within,
 } from "./_harness.ts";
 import { initCa, type Service, startService } from "./_service_helpers.ts";
-import { joinUser, revoke, type User, whoami } from "./_chat_helpers.ts";
+import { joinUser, RawPeer, revoke, type User, whoami } from "./_chat_helpers.ts";
 
 export { ChatClient, initCa, joinUser, revoke, type Service, sleep, startService };
 export { waitUntil };
@@ -242,5 +242,54 @@ export async function withWebWorld<T>(
   } finally {
     await service?.stop();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+/** A scenario's world: the service, its own folder, and everything it started (closed in reverse). */
+export class Scene {
+  readonly service: Service;
+  readonly dir: string;
+  readonly browser: Browser;
+  #stops: Array<() => Promise<void>> = [];
+
+  constructor(service: Service, dir: string, browser: Browser) {
+    this.service = service;
+    this.dir = dir;
+    this.browser = browser;
+  }
+
+  async join(...names: string[]): Promise<User[]> {
+    return await Promise.all(names.map((n) => joinUser(this.service, n, join(this.dir, n))));
+  }
+
+  async web(user: User, args?: string[]): Promise<WebClient> {
+    const web = await WebClient.start(user, { args });
+    this.#stops.push(() => web.stop());
+    return web;
+  }
+
+  async json(user: User): Promise<ChatClient> {
+    const c = await ChatClient.start(user);
+    this.#stops.push(() => c.stop());
+    return c;
+  }
+
+  async page(web: WebClient, viewport?: { width: number; height: number }): Promise<Page> {
+    const page = await openPage(this.browser, web, viewport);
+    this.#stops.push(() => page.context().close());
+    return page;
+  }
+
+  raw(port: number, user: User): Promise<RawPeer> {
+    return Promise.all([Deno.readTextFile(user.certPath), Deno.readTextFile(user.keyPath)])
+      .then(([cert, key]) => {
+        const peer = RawPeer.connect(port, { cert, key });
+        this.#stops.push(() => Promise.resolve(peer.destroy()));
+        return peer;
+      });
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.#stops.reverse().map((s) => s().catch(() => {})));
   }
 }

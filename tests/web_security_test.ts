@@ -13,20 +13,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { encodeFrame, PROTOCOL_VERSION } from "../lib/frames.ts";
 import { concurrentSteps } from "./_harness.ts";
-import { RawPeer } from "./_chat_helpers.ts";
-import {
-  type Browser,
-  ChatClient,
-  chromiumPath,
-  joinUser,
-  launchBrowser,
-  openPage,
-  type Page,
-  type Service,
-  type User,
-  WebClient,
-  withWebWorld,
-} from "./_browser.ts";
+import { chromiumPath, launchBrowser, type Page, Scene, withWebWorld } from "./_browser.ts";
 
 const chromium = await chromiumPath();
 const CI = Deno.env.get("CI") === "true";
@@ -38,55 +25,6 @@ if (!chromium && !CI) {
 /** Bidi controls and C0/C1 controls: none may reach the page from a peer's file name. */
 // deno-lint-ignore no-control-regex
 const HIDDEN = /[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c\u0000-\u001f\u007f-\u009f]/;
-
-/** A scenario's world: its own folder and everything it started. */
-class Scene {
-  readonly service: Service;
-  readonly dir: string;
-  readonly browser: Browser;
-  #stops: Array<() => Promise<void>> = [];
-
-  constructor(service: Service, dir: string, browser: Browser) {
-    this.service = service;
-    this.dir = dir;
-    this.browser = browser;
-  }
-
-  async join(...names: string[]): Promise<User[]> {
-    return await Promise.all(names.map((n) => joinUser(this.service, n, join(this.dir, n))));
-  }
-
-  async web(user: User, args?: string[]): Promise<WebClient> {
-    const web = await WebClient.start(user, { args });
-    this.#stops.push(() => web.stop());
-    return web;
-  }
-
-  async json(user: User): Promise<ChatClient> {
-    const c = await ChatClient.start(user);
-    this.#stops.push(() => c.stop());
-    return c;
-  }
-
-  async page(web: WebClient): Promise<Page> {
-    const page = await openPage(this.browser, web);
-    this.#stops.push(() => page.context().close());
-    return page;
-  }
-
-  raw(port: number, user: User): Promise<RawPeer> {
-    return Promise.all([Deno.readTextFile(user.certPath), Deno.readTextFile(user.keyPath)])
-      .then(([cert, key]) => {
-        const peer = RawPeer.connect(port, { cert, key });
-        this.#stops.push(() => Promise.resolve(peer.destroy()));
-        return peer;
-      });
-  }
-
-  async close(): Promise<void> {
-    await Promise.all(this.#stops.reverse().map((s) => s().catch(() => {})));
-  }
-}
 
 function timeline(page: Page) {
   return page.getByRole("log", { name: "Messages" });

@@ -16,15 +16,13 @@ import { makeCsr } from "./_helpers.ts";
 import { commitSomething, signBehindTheirBacks } from "./_dishonest_ca.ts";
 import { concurrentSteps } from "./_harness.ts";
 import {
-  type Browser,
-  ChatClient,
+  type ChatClient,
   chromiumPath,
   joinUser,
   launchBrowser,
-  openPage,
   type Page,
   revoke,
-  type Service,
+  Scene,
   sleep,
   type User,
   waitUntil,
@@ -42,46 +40,6 @@ if (!chromium && !CI) {
 
 function sha256(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
-}
-
-/** A scenario's world: the service, its own folder, and everything it started. */
-class Scene {
-  readonly service: Service;
-  readonly dir: string;
-  readonly browser: Browser;
-  #stops: Array<() => Promise<void>> = [];
-
-  constructor(service: Service, dir: string, browser: Browser) {
-    this.service = service;
-    this.dir = dir;
-    this.browser = browser;
-  }
-
-  async join(...names: string[]): Promise<User[]> {
-    return await Promise.all(names.map((n) => joinUser(this.service, n, join(this.dir, n))));
-  }
-
-  async web(user: User, args?: string[]): Promise<WebClient> {
-    const web = await WebClient.start(user, { args });
-    this.#stops.push(() => web.stop());
-    return web;
-  }
-
-  async json(user: User): Promise<ChatClient> {
-    const c = await ChatClient.start(user);
-    this.#stops.push(() => c.stop());
-    return c;
-  }
-
-  async page(web: WebClient, viewport?: { width: number; height: number }): Promise<Page> {
-    const page = await openPage(this.browser, web, viewport);
-    this.#stops.push(() => page.context().close());
-    return page;
-  }
-
-  async close(): Promise<void> {
-    await Promise.all(this.#stops.reverse().map((s) => s().catch(() => {})));
-  }
 }
 
 /** The page invites `peer` with "Chat with" / "Start chat"; the peer accepts on its JSON face. */
