@@ -14,6 +14,7 @@ import type { Browser, BrowserContext, Page } from "playwright-core";
 import {
   ChatClient,
   childEnv,
+  concurrentSteps,
   ROOT,
   sleep,
   taskFlags,
@@ -292,4 +293,29 @@ export class Scene {
   async close(): Promise<void> {
     await Promise.all(this.#stops.reverse().map((s) => s().catch(() => {})));
   }
+}
+
+/**
+ * Runs each scenario as a test step, all at once, each in a Scene of its own
+ * under `dir`: each finishes and cleans up even when another fails.
+ */
+export async function runScenes(
+  t: Deno.TestContext,
+  service: Service,
+  dir: string,
+  browser: Browser,
+  scenarios: Array<[string, (scene: Scene) => Promise<void>]>,
+): Promise<void> {
+  await concurrentSteps(
+    t,
+    scenarios.map(([name, fn], i) => [name, async () => {
+      const scene = new Scene(service, join(dir, `scene-${i}`), browser);
+      await Deno.mkdir(scene.dir);
+      try {
+        await fn(scene);
+      } finally {
+        await scene.close();
+      }
+    }]),
+  );
 }

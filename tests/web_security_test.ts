@@ -12,8 +12,14 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { encodeFrame, PROTOCOL_VERSION } from "../lib/frames.ts";
-import { concurrentSteps } from "./_harness.ts";
-import { chromiumPath, launchBrowser, type Page, Scene, withWebWorld } from "./_browser.ts";
+import {
+  chromiumPath,
+  launchBrowser,
+  type Page,
+  runScenes,
+  type Scene,
+  withWebWorld,
+} from "./_browser.ts";
 
 const chromium = await chromiumPath();
 const CI = Deno.env.get("CI") === "true";
@@ -300,18 +306,7 @@ Deno.test({
     });
     try {
       await withWebWorld(async (service, dir) => {
-        await concurrentSteps(
-          t,
-          SCENARIOS.map(([name, fn], i) => [name, async () => {
-            const scene = new Scene(service, join(dir, `scene-${i}`), browser);
-            await Deno.mkdir(scene.dir);
-            try {
-              await fn(scene);
-            } finally {
-              await scene.close();
-            }
-          }]),
-        );
+        await runScenes(t, service, dir, browser, SCENARIOS);
       });
     } finally {
       await browser.close();

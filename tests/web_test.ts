@@ -14,7 +14,6 @@ import { createHash, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { makeCsr } from "./_helpers.ts";
 import { commitSomething, signBehindTheirBacks } from "./_dishonest_ca.ts";
-import { concurrentSteps } from "./_harness.ts";
 import {
   type ChatClient,
   chromiumPath,
@@ -22,7 +21,8 @@ import {
   launchBrowser,
   type Page,
   revoke,
-  Scene,
+  runScenes,
+  type Scene,
   sleep,
   type User,
   waitUntil,
@@ -720,19 +720,7 @@ Deno.test({
           ["history is shown after a restart", historyAfterRestart],
           ["a log alarm shows as a banner that stays, and no chat starts", logAlarm],
         ];
-        // Scenarios run at once; each finishes and cleans up even when another fails.
-        await concurrentSteps(
-          t,
-          all.map(([name, fn], i) => [name, async () => {
-            const scene = new Scene(service, join(dir, `scene-${i}`), browser);
-            await Deno.mkdir(scene.dir);
-            try {
-              await fn(scene);
-            } finally {
-              await scene.close();
-            }
-          }]),
-        );
+        await runScenes(t, service, dir, browser, all);
       });
     } finally {
       await browser.close();
