@@ -272,6 +272,8 @@ interface Reply {
   status: number;
   body: string;
   bytes: Uint8Array;
+  /** Seconds, from a 429's retry-after. */
+  retryAfter?: number;
 }
 
 function apiError(reply: Reply): E2eError {
@@ -285,7 +287,12 @@ function apiError(reply: Reply): E2eError {
       message = `The CA refused: ${printable(e.message.slice(0, 500))}`;
     }
   } catch { /* not JSON: keep the status */ }
-  return new E2eError(code, message);
+  const wait = reply.retryAfter;
+  return new E2eError(code, message, {
+    hint: code === "ERR_RATE_LIMITED" && wait !== undefined
+      ? `the CA takes only so many of these a minute: retry in ${wait} s`
+      : undefined,
+  });
 }
 
 async function call(
@@ -312,7 +319,8 @@ async function call(
     throw new E2eError("ERR_NETWORK", `Cannot reach the CA service at ${url.origin}`, {
       cause: e,
       detail: e instanceof Error ? e.message : String(e),
-      hint: "is `deno task ca serve` running there?",
+      hint: "is `deno task ca serve` running there? (a CA that moved: its new address goes in " +
+        "caUrl of HOME/id/identity.json; docs/CA.md)",
     });
   }
   if (pinned) {
@@ -360,7 +368,15 @@ async function call(
           all.set(c, o);
           o += c.length;
         }
-        resolve({ status: res.statusCode ?? 0, body: new TextDecoder().decode(all), bytes: all });
+        const retryAfter = Number(res.headers["retry-after"]);
+        resolve({
+          status: res.statusCode ?? 0,
+          body: new TextDecoder().decode(all),
+          bytes: all,
+          ...(Number.isInteger(retryAfter) && retryAfter > 0 && retryAfter <= 3600
+            ? { retryAfter }
+            : {}),
+        });
       });
       res.on("error", reject);
     });

@@ -35,3 +35,34 @@ Deno.test("CaClient shows a CA service's refusal as printable text, so a hostile
     }
   });
 });
+
+Deno.test("CaClient turns a 429 with retry-after into a hint that says when to retry", async () => {
+  await withTempDir(async (home) => {
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+    const own = await ca.issueServiceCertificate(["127.0.0.1"]);
+    const anchor = trustAnchor(ca.certificate.pem);
+    const server = https.createServer(serverOptions(own, anchor), (_req, res) => {
+      res.writeHead(429, { "content-type": "application/json", "retry-after": "42" });
+      res.end(JSON.stringify({
+        error: {
+          code: "ERR_RATE_LIMITED",
+          message: "Too many enrollment attempts from this address",
+        },
+      }));
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (server.address() as { port: number }).port;
+      const client = new CaClient(`https://127.0.0.1:${port}`, anchor);
+      await assert.rejects(client.enroll("t".repeat(43), "csr"), (e) => {
+        assert.ok(e instanceof E2eError);
+        assert.equal(e.code, "ERR_RATE_LIMITED");
+        assert.equal(e.message, "The CA refused: Too many enrollment attempts from this address");
+        assert.equal(e.hint, "the CA takes only so many of these a minute: retry in 42 s");
+        return true;
+      });
+    } finally {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+});
