@@ -304,7 +304,7 @@ export async function runScenes(
   service: Service,
   dir: string,
   browser: Browser,
-  scenarios: Array<[string, (scene: Scene) => Promise<void>]>,
+  scenarios: Scenario[],
 ): Promise<void> {
   await concurrentSteps(
     t,
@@ -318,4 +318,38 @@ export async function runScenes(
       }
     }]),
   );
+}
+
+/** A scenario of {@linkcode webTest}: a step's name and what it does in its own Scene. */
+export type Scenario = [string, (scene: Scene) => Promise<void>];
+
+/**
+ * Registers one test that runs `scenarios` at once in chromium (resolving rebind.test to
+ * 127.0.0.1, for the DNS-rebinding checks) against a real CA service. Without chromium it is
+ * skipped with a message, except under CI=true, where it fails.
+ */
+export async function webTest(name: string, scenarios: Scenario[]): Promise<void> {
+  const chromium = await chromiumPath();
+  const CI = Deno.env.get("CI") === "true";
+  if (!chromium && !CI) {
+    // deno-lint-ignore no-console
+    console.log(`skipping "${name}": chromium is not on PATH (apt-get install chromium)`);
+  }
+  Deno.test({
+    name,
+    ignore: !chromium && !CI,
+    async fn(t) {
+      assert.ok(chromium, "CI=true and chromium is not on PATH: the web tests cannot run");
+      const browser = await launchBrowser(chromium, {
+        args: ["--host-resolver-rules=MAP rebind.test 127.0.0.1"],
+      });
+      try {
+        await withWebWorld(async (service, dir) => {
+          await runScenes(t, service, dir, browser, scenarios);
+        });
+      } finally {
+        await browser.close();
+      }
+    },
+  });
 }

@@ -12,21 +12,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { encodeFrame, PROTOCOL_VERSION } from "../lib/frames.ts";
-import {
-  chromiumPath,
-  launchBrowser,
-  type Page,
-  runScenes,
-  type Scene,
-  withWebWorld,
-} from "./_browser.ts";
-
-const chromium = await chromiumPath();
-const CI = Deno.env.get("CI") === "true";
-if (!chromium && !CI) {
-  // deno-lint-ignore no-console
-  console.log("web_security_test.ts: skipping: chromium is not on PATH (apt-get install chromium)");
-}
+import { type Page, type Scenario, type Scene, webTest } from "./_browser.ts";
 
 /** Bidi controls and C0/C1 controls: none may reach the page from a peer's file name. */
 // deno-lint-ignore no-control-regex
@@ -269,7 +255,7 @@ async function noImpostorAfterStop(scene: Scene): Promise<void> {
   }
 }
 
-const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
+const SCENARIOS: Scenario[] = [
   [
     "a peer's file name with bidi overrides and control characters shows in its real order on the offer card, in the notice and in the timeline",
     bidiFileName,
@@ -296,20 +282,7 @@ const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
   ],
 ];
 
-Deno.test({
-  name: "web face in chromium against hostile peers, a second client and malformed requests",
-  ignore: !chromium && !CI,
-  async fn(t) {
-    assert.ok(chromium, "CI=true and chromium is not on PATH: the web tests cannot run");
-    const browser = await launchBrowser(chromium, {
-      args: ["--host-resolver-rules=MAP rebind.test 127.0.0.1"],
-    });
-    try {
-      await withWebWorld(async (service, dir) => {
-        await runScenes(t, service, dir, browser, SCENARIOS);
-      });
-    } finally {
-      await browser.close();
-    }
-  },
-});
+await webTest(
+  "web face in chromium against hostile peers, a second client and malformed requests",
+  SCENARIOS,
+);

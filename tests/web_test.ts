@@ -16,27 +16,18 @@ import { makeCsr } from "./_helpers.ts";
 import { commitSomething, signBehindTheirBacks } from "./_dishonest_ca.ts";
 import {
   type ChatClient,
-  chromiumPath,
   joinUser,
-  launchBrowser,
   type Page,
   revoke,
-  runScenes,
+  type Scenario,
   type Scene,
   sleep,
   type User,
   waitUntil,
   WebClient,
+  webTest,
   whoami,
-  withWebWorld,
 } from "./_browser.ts";
-
-const chromium = await chromiumPath();
-const CI = Deno.env.get("CI") === "true";
-if (!chromium && !CI) {
-  // deno-lint-ignore no-console
-  console.log("web_test.ts: skipping: chromium is not on PATH (apt-get install chromium)");
-}
 
 function sha256(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
@@ -672,7 +663,7 @@ async function room(scene: Scene): Promise<void> {
   await page.getByRole("button", { name: /#side room/ }).waitFor();
 }
 
-const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
+const SCENARIOS: Scenario[] = [
   [
     "alice in the browser invites bob (JSON face), messages both ways show delivered marks, Mark verified, a file from the picker arrives with the same SHA-256 and its bar reaches 100 %, a dropped file is sent, a received file downloads with identical bytes",
     messagesBothWays,
@@ -705,25 +696,8 @@ const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
   ],
 ];
 
-Deno.test({
-  name: "web face in chromium: real CA service, real clients",
-  ignore: !chromium && !CI,
-  async fn(t) {
-    assert.ok(chromium, "CI=true and chromium is not on PATH: the web tests cannot run");
-    const browser = await launchBrowser(chromium, {
-      args: ["--host-resolver-rules=MAP rebind.test 127.0.0.1"],
-    });
-    try {
-      await withWebWorld(async (service, dir) => {
-        const all: Array<[string, (scene: Scene) => Promise<void>]> = [
-          ...SCENARIOS,
-          ["history is shown after a restart", historyAfterRestart],
-          ["a log alarm shows as a banner that stays, and no chat starts", logAlarm],
-        ];
-        await runScenes(t, service, dir, browser, all);
-      });
-    } finally {
-      await browser.close();
-    }
-  },
-});
+await webTest("web face in chromium: real CA service, real clients", [
+  ...SCENARIOS,
+  ["history is shown after a restart", historyAfterRestart],
+  ["a log alarm shows as a banner that stays, and no chat starts", logAlarm],
+]);
