@@ -319,8 +319,8 @@ async function call(
     throw new E2eError("ERR_NETWORK", `Cannot reach the CA service at ${url.origin}`, {
       cause: e,
       detail: e instanceof Error ? e.message : String(e),
-      hint: "is `deno task ca serve` running there? (a CA that moved: its new address goes in " +
-        "caUrl of HOME/id/identity.json; docs/CA.md)",
+      hint: "is `deno task ca serve` running there? (if your CA moved: " +
+        "deno task client move-ca NEW_HOST:PORT)",
     });
   }
   if (pinned) {

@@ -160,6 +160,36 @@ export class Identity {
     return new CaClient(this.caUrl, this.anchor, this.credentials);
   }
 
+  /**
+   * Points this identity at the CA service's new address (`https://HOST:PORT`, from
+   * `parseCaAddress()`) once that address has shown that it is our CA's service — its TLS
+   * certificate comes from the pinned CA, as on every call — and that it knows us: its
+   * directory holds our current certificate. Only then is identity.json rewritten, durably;
+   * otherwise it throws and nothing changes. Returns the identity as it now loads.
+   */
+  async moveCa(caUrl: string): Promise<Identity> {
+    const reply = await new CaClient(caUrl, this.anchor, this.credentials).lookup(this.name);
+    let theirs: string | undefined;
+    try {
+      theirs = parseCertificate(reply.certificate).fingerprint;
+    } catch { /* not a certificate: refused below */ }
+    if (theirs !== this.certificate.fingerprint) {
+      throw new E2eError(
+        "ERR_PEER_REJECTED",
+        `The CA service at ${caUrl} does not hold your current certificate: it is not where ` +
+          `your CA moved`,
+        { hint: "check the address with your admin; nothing was changed" },
+      );
+    }
+    const file = new IdFolder(this.dir).record;
+    const record: IdentityRecord = { ...JSON.parse(await Deno.readTextFile(file)), caUrl };
+    await writeFileAtomic(file, JSON.stringify(record, null, 2) + "\n", { syncDir: true });
+    const passphrase = this.#passphrase;
+    return await Identity.load(dirname(this.dir), {
+      passphrase: passphrase === undefined ? undefined : () => Promise.resolve(passphrase),
+    });
+  }
+
   /** Fraction of the certificate's lifetime still ahead (0 when expired). */
   lifeLeft(now = Date.now()): number {
     const { notBefore, notAfter } = this.certificate;

@@ -26,7 +26,7 @@ import type { WebServer } from "./faces/web/server.ts";
 import { ClientHome } from "./home.ts";
 import { checkName } from "../lib/names.ts";
 import { pemDecode } from "../lib/pem.ts";
-import { parseInvite } from "../lib/invite.ts";
+import { parseCaAddress, parseInvite } from "../lib/invite.ts";
 import type { Identity, PassphraseSource } from "./identity.ts";
 import type { ClientKeyType } from "./keys.ts";
 
@@ -71,6 +71,11 @@ Commands:
         Read the CA's whole issuance log, rebuild its tree and check it against
         the signed checkpoint; exit 1 if the CA issued a certificate for your
         name with a key that is not yours, or showed an inconsistent log.
+  move-ca HOST:PORT
+        Your CA's service moved: use its new address from now on (give
+        https://HOST:PORT or HOST:PORT). Changed only once that address proves
+        it is your CA's service (its certificate comes from the CA you pinned)
+        and holds your current certificate.
   csr NAME [--key-type ec-p256|rsa-2048|ed25519] [--encrypt-key] [--passphrase-file FILE]
         Only make a key and a request, for an admin to sign by hand with
         deno task ca sign --name NAME HOME/id/request.csr
@@ -143,7 +148,18 @@ async function main(args: string[]): Promise<number> {
     program: "client",
     // Printed by `help` alone (and the fallback): other commands do not load it.
     usage: command === "help" || command === "-h" || command === "--help" ? await usage() : "",
-    commands: { join: joinCommand, chat, web, whoami, lookup, renew, csr, audit, passwd },
+    commands: {
+      join: joinCommand,
+      chat,
+      web,
+      whoami,
+      lookup,
+      renew,
+      "move-ca": moveCa,
+      csr,
+      audit,
+      passwd,
+    },
     fallback: async (rest) => {
       if (rest.length || await exists(new ClientHome(resolveHome(undefined)).id.record)) {
         return await chat(rest);
@@ -472,6 +488,26 @@ async function renew(args: string[]): Promise<number> {
   await out(
     `Renewed "${id.name}": valid until ${id.certificate.notAfter.toISOString()}\n` +
       `  certificate fingerprint: ${id.certificate.fingerprint}\n`,
+  );
+  return 0;
+}
+
+async function moveCa(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, COMMON);
+  if (values.help) return await help();
+  if (positionals.length !== 1) {
+    throw new E2eError("ERR_USAGE", "move-ca needs the CA service's new address, HOST:PORT");
+  }
+  const caUrl = parseCaAddress(positionals[0]);
+  const loaded = await loadIdentity(values);
+  if (caUrl === loaded.caUrl) {
+    await out(`Your CA is already at ${caUrl}: nothing to change\n`);
+    return 0;
+  }
+  const id = await loaded.moveCa(caUrl).catch(refusedCertificate(loaded.name));
+  await out(
+    `Your CA is now at ${id.caUrl} (was ${loaded.caUrl})\n` +
+      `  CA fingerprint: ${id.caFingerprint} (the same CA: its service proved it)\n`,
   );
   return 0;
 }

@@ -108,3 +108,28 @@ export function parseInvite(text: string): Invite {
   const host = m[1].replace(/^\[|\]$/g, "");
   return { host, port, name, fingerprint, token, caUrl: `https://${m[1]}:${port}` };
 }
+
+/**
+ * Reads a CA service's address as a user types it — `HOST:PORT` or
+ * `https://HOST:PORT` (an IPv6 host in brackets) — and returns the CA URL that
+ * invites name, `https://HOST:PORT`. Throws `ERR_USAGE` for anything else.
+ *
+ * @example
+ * ```ts
+ * import { parseCaAddress } from "./invite.ts";
+ * console.log(parseCaAddress("ca.example.org:65433")); // https://ca.example.org:65433
+ * console.log(parseCaAddress("https://[::1]:8443/")); // https://[::1]:8443
+ * ```
+ */
+export function parseCaAddress(text: string): string {
+  const m = /^(?:https:\/\/)?(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]{1,253}):(\d{1,5})\/?$/
+    .exec(text.trim());
+  const port = Number(m?.[2]);
+  if (!m || port < 1 || port > 65535) {
+    throw new E2eError(
+      "ERR_USAGE",
+      `A CA address is HOST:PORT or https://HOST:PORT, not ${JSON.stringify(text)}`,
+    );
+  }
+  return `https://${m[1]}:${port}`;
+}

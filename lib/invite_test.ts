@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { E2eError } from "./errors.ts";
-import { formatInvite, parseInvite, TOKEN_PATTERN } from "./invite.ts";
+import { formatInvite, parseCaAddress, parseInvite, TOKEN_PATTERN } from "./invite.ts";
+import { e2eError } from "./_test_util.ts";
 
 const FP = "0123456789abcdef".repeat(4);
 const TOKEN = "Zm9vYmFyX-_0123456789abcdefghijklmnopqrstuv";
@@ -226,4 +227,32 @@ Deno.test("formatInvite() refuses fields that parseInvite() would refuse, withou
 Deno.test("TOKEN_PATTERN is the shape parseInvite() checks", () => {
   assert.match(TOKEN, TOKEN_PATTERN);
   assert.doesNotMatch(TOKEN + "A", TOKEN_PATTERN);
+});
+
+Deno.test("parseCaAddress() reads HOST:PORT or https://HOST:PORT as the CA URL invites name", () => {
+  assert.equal(parseCaAddress("ca.example.org:65433"), "https://ca.example.org:65433");
+  assert.equal(parseCaAddress(" https://10.0.0.5:443/ "), "https://10.0.0.5:443");
+  assert.equal(parseCaAddress("[::1]:8443"), "https://[::1]:8443");
+});
+
+Deno.test("parseCaAddress() refuses what is not a CA address with ERR_USAGE", () => {
+  for (
+    const text of [
+      "ca.example.org",
+      "http://ca:1",
+      "https://ca:0",
+      "ca:65536",
+      "ca:1/x",
+      "::1:8443",
+      "",
+    ]
+  ) {
+    assert.throws(
+      () => parseCaAddress(text),
+      e2eError(
+        "ERR_USAGE",
+        `A CA address is HOST:PORT or https://HOST:PORT, not ${JSON.stringify(text)}`,
+      ),
+    );
+  }
 });

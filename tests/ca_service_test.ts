@@ -12,6 +12,7 @@
 import assert from "node:assert/strict";
 import { createHash, randomBytes, X509Certificate } from "node:crypto";
 import { join } from "node:path";
+import net from "node:net";
 import tls from "node:tls";
 import { leafExtensions } from "../ca/policy.ts";
 import { openssl, OpensslError, PASSPHRASE_ARG } from "../lib/openssl.ts";
@@ -538,6 +539,149 @@ Deno.test("the client refuses a server holding a member's certificate instead of
       assert.equal(received, 0, "the client sent request bytes to an impostor");
     } finally {
       await new Promise<void>((resolve) => impostor.close(() => resolve()));
+    }
+  });
+});
+
+/** A plain TCP forwarder to `port`: the CA service seen at another address, as after a move. */
+async function forwarder(
+  port: number,
+): Promise<{ port: number; connections(): number; close(): Promise<void> }> {
+  let connections = 0;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((inbound) => {
+    connections++;
+    const outbound = net.connect(port, "127.0.0.1");
+    for (const s of [inbound, outbound]) {
+      sockets.add(s);
+      s.on("error", () => {});
+      s.on("close", () => sockets.delete(s));
+    }
+    inbound.pipe(outbound).pipe(inbound);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    connections: () => connections,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+Deno.test("a member whose CA moved follows it with client move-ca, and calls the new address from then on", async () => {
+  await withService(async (service, dir) => {
+    const aliceHome = join(dir, "alice");
+    const [invite] = await Promise.all([
+      makeInvite(service.home, "alice"),
+      enrollUser(service, "bob"),
+    ]);
+    assertSuccess(await runClient(aliceHome, ["join", invite]), "client join");
+    const moved = await forwarder(service.port);
+    try {
+      const result = await runClient(aliceHome, ["move-ca", `127.0.0.1:${moved.port}`]);
+      assertSuccess(result, "client move-ca");
+      assert.match(
+        result.stdout,
+        new RegExp(
+          `^Your CA is now at https://127\\.0\\.0\\.1:${moved.port} \\(was https://127\\.0\\.0\\.1:${service.port}\\)\n`,
+        ),
+      );
+      const identity = JSON.parse(await Deno.readTextFile(join(aliceHome, "id", "identity.json")));
+      assert.equal(identity.caUrl, `https://127.0.0.1:${moved.port}`);
+      const before = moved.connections();
+      assertSuccess(await runClient(aliceHome, ["lookup", "bob"]), "client lookup after the move");
+      assert.ok(moved.connections() > before, "lookup did not go to the new address");
+      const again = await runClient(aliceHome, ["move-ca", `https://127.0.0.1:${moved.port}/`]);
+      assertSuccess(again, "client move-ca to the same address");
+      assert.equal(
+        again.stdout,
+        `Your CA is already at https://127.0.0.1:${moved.port}: nothing to change\n`,
+      );
+    } finally {
+      await moved.close();
+    }
+  });
+});
+
+Deno.test("client move-ca refuses an address that is not our CA's service, or cannot be reached, and changes nothing", async () => {
+  await withService(async (service, dir) => {
+    const aliceHome = join(dir, "alice");
+    const [invite, bob] = await Promise.all([
+      makeInvite(service.home, "alice"),
+      enrollUser(service, "bob"),
+    ]);
+    assertSuccess(await runClient(aliceHome, ["join", invite]), "client join");
+    const identityPath = join(aliceHome, "id", "identity.json");
+    const before = await Deno.readFile(identityPath);
+    // From our CA, good for TLS, but a member's certificate: not the service's.
+    const impostor = tls.createServer({ key: bob.key, cert: bob.cert }, (socket) => {
+      socket.on("error", () => {});
+    });
+    await new Promise<void>((resolve) => impostor.listen(0, "127.0.0.1", () => resolve()));
+    const closed = net.createServer();
+    await new Promise<void>((resolve) => closed.listen(0, "127.0.0.1", () => resolve()));
+    const closedPort = (closed.address() as net.AddressInfo).port;
+    await new Promise<void>((resolve) => closed.close(() => resolve()));
+    try {
+      const port = (impostor.address() as { port: number }).port;
+      const refused = await runClient(aliceHome, ["move-ca", `127.0.0.1:${port}`]);
+      assert.equal(refused.code, 1, refused.stderr);
+      assert.ok(
+        refused.stderr.includes(
+          `e2e-chat: error: The server at https://127.0.0.1:${port} is not our CA service\n`,
+        ),
+        refused.stderr,
+      );
+      const unreachable = await runClient(aliceHome, ["move-ca", `127.0.0.1:${closedPort}`]);
+      assert.equal(unreachable.code, 1, unreachable.stderr);
+      assert.ok(
+        unreachable.stderr.includes(
+          `Cannot reach the CA service at https://127.0.0.1:${closedPort}`,
+        ),
+        unreachable.stderr,
+      );
+      const malformed = await runClient(aliceHome, ["move-ca", "http://127.0.0.1:1"]);
+      assert.equal(malformed.code, 2, malformed.stderr);
+      assert.ok(
+        malformed.stderr.includes(
+          'A CA address is HOST:PORT or https://HOST:PORT, not "http://127.0.0.1:1"',
+        ),
+        malformed.stderr,
+      );
+      assert.deepEqual(await Deno.readFile(identityPath), before);
+    } finally {
+      await new Promise<void>((resolve) => impostor.close(() => resolve()));
+    }
+  });
+});
+
+Deno.test("client move-ca refuses a CA service that no longer holds the member's certificate (it was replaced), and changes nothing", async () => {
+  await withService(async (service, dir) => {
+    const aliceHome = join(dir, "alice");
+    assertSuccess(
+      await runClient(aliceHome, ["join", await makeInvite(service.home, "alice")]),
+      "client join",
+    );
+    const identityPath = join(aliceHome, "id", "identity.json");
+    const before = await Deno.readFile(identityPath);
+    // A new certificate for "alice" (a lost key): the CA's directory now holds that one.
+    await enrollUser(service, "alice");
+    const moved = await forwarder(service.port);
+    try {
+      const result = await runClient(aliceHome, ["move-ca", `127.0.0.1:${moved.port}`]);
+      assert.equal(result.code, 1, result.stderr);
+      assert.ok(
+        result.stderr.includes(
+          "e2e-chat: error: The CA refused: The client certificate is revoked or superseded\n",
+        ),
+        result.stderr,
+      );
+      assert.ok(moved.connections() > 0, "the new address was never asked");
+      assert.deepEqual(await Deno.readFile(identityPath), before);
+    } finally {
+      await moved.close();
     }
   });
 });
