@@ -628,7 +628,7 @@ Deno.test("InviteStore.issuedWith() finds a token whose commit is done while its
     await writeIndex(paths, []);
     let committed!: () => void;
     const done = new Promise<void>((resolve) => committed = resolve);
-    store.redeem(token, async (name, claim) => {
+    store.redeem(token, async (_name, claim) => {
       await claim("0B02");
       await writeIndex(paths, ["0B02"]);
       committed();
