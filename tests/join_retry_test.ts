@@ -146,6 +146,16 @@ Deno.test("a join whose reply is lost after the CA committed is retried with the
       const other = await runClient(home, ["join", bob]);
       assertRefused(other, `"${join(home, "joining")}" holds the key of an unfinished join`, "bob");
       assert.deepEqual(await serialsOf(service, "bob"), []);
+      // Nor is it used with an invite for alice that pins another CA (refused before any request).
+      const elsewhere = invite.replace(/fp=[0-9a-f]{64}/, `fp=${"ab".repeat(32)}`);
+      assert.notEqual(elsewhere, invite);
+      const before = service.log.length;
+      assertRefused(
+        await runClient(home, ["join", elsewhere]),
+        `"${join(home, "joining")}" holds the key of an unfinished join`,
+        "another CA",
+      );
+      assert.equal(service.log.slice(before), "", "a request went out");
 
       cutter.mode = "pass";
       const retried = await runClient(home, ["join", invite]);
