@@ -13,6 +13,7 @@ import { checkName } from "../lib/names.ts";
 import { checkPeer, type TrustAnchor } from "../lib/tls.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
 import type { CertificateAuthority } from "./authority.ts";
+import { issuedBefore } from "./enroll_retry.ts";
 import type { InviteStore } from "./invites.ts";
 import { type IssuanceLog, MAX_ENTRIES_PAGE } from "./log.ts";
 import { isIp } from "./policy.ts";
@@ -248,14 +249,24 @@ async function enroll(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   }
   const body = object(await req.json());
   const csr = text(body.csr, "csr");
-  // A request the policy refuses is refused before the token is reserved.
-  ctx.ca.checkRequest(csr, await ctx.invites.nameOf(body.token));
-  const issued = await ctx.invites.redeem(body.token, async (name, claim) => {
-    // The admin invited this name: a new key replaces a lost one. The token is used exactly
-    // when the certificate is committed: its serial is claimed on disk before the index line.
-    const beforeCommit = (c: CertificateInfo) => claim(c.serial);
-    return { name, ...(await ctx.ca.sign(csr, name, { replace: true, beforeCommit })) };
-  });
+  let issued: { name: string; certificate: CertificateInfo };
+  try {
+    // A request the policy refuses is refused before the token is reserved.
+    ctx.ca.checkRequest(csr, await ctx.invites.nameOf(body.token));
+    issued = await ctx.invites.redeem(body.token, async (name, claim) => {
+      // The admin invited this name: a new key replaces a lost one. The token is used exactly
+      // when the certificate is committed: its serial is claimed on disk before the index line.
+      const beforeCommit = (c: CertificateInfo) => claim(c.serial);
+      return { name, ...(await ctx.ca.sign(csr, name, { replace: true, beforeCommit })) };
+    });
+  } catch (e) {
+    // A retry of a join whose reply was lost gets the same certificate again (ca/enroll_retry.ts);
+    // anything else gets the refusal it had.
+    if (!(e instanceof E2eError) || e.code !== "ERR_TOKEN_INVALID") throw e;
+    const again = await issuedBefore(ctx.ca, ctx.invites, body.token, csr);
+    if (!again) throw e;
+    return { ...json(200, await logged(ctx, again.certificate)), user: again.name, note: "again" };
+  }
   return { ...json(200, await logged(ctx, issued.certificate)), user: issued.name };
 }
 

@@ -355,8 +355,79 @@ Deno.test("POST /v1/enroll issues a certificate for the invited name and uses th
     assert.equal(reply.user, "alice");
     assertCertificateJson(reply.json, "alice");
     assert.ok(await ctx.ca.isCurrent(reply.json.serial));
-    const again = await call(ctx, "POST", "/v1/enroll", { json: { token, csr } });
+    // (The same key again is a retry: see the tests below.)
+    const other = await makeCsr("alice");
+    const again = await call(ctx, "POST", "/v1/enroll", { json: { token, csr: other.csr } });
     assertError(again, 403, "ERR_TOKEN_INVALID", "Invalid, used or expired invite token");
+  });
+});
+
+Deno.test("POST /v1/enroll answers a used token with a request for the same key with the same certificate, and signs and writes nothing", async () => {
+  await withWorld(async ({ ctx, invite, home }) => {
+    const token = await invite("alice");
+    const { csr, key } = await makeCsr("alice");
+    const first = await call(ctx, "POST", "/v1/enroll", { json: { token, csr } });
+    assert.equal(first.status, 200, first.body);
+    const before = await snapshot(home);
+    // A new request from the same key, as a retried join makes (and the very same one).
+    const retry = await makeCsr("alice", { keyPem: key });
+    for (const again of [retry.csr, csr]) {
+      const reply = await call(ctx, "POST", "/v1/enroll", { json: { token, csr: again } });
+      assert.equal(reply.status, 200, reply.body);
+      assert.equal(reply.user, "alice");
+      assertCertificateJson(reply.json, "alice");
+      assert.deepEqual(reply.json, first.json);
+    }
+    assert.deepEqual(await snapshot(home), before);
+    const alice = (await ctx.ca.database()).filter((e) => e.name === "alice");
+    assert.deepEqual(alice.map((e) => e.serial), [first.json.serial]);
+  });
+});
+
+Deno.test("POST /v1/enroll refuses a used token as before when the key differs or its certificate was revoked, superseded or renewed", async () => {
+  const INVALID = "Invalid, used or expired invite token";
+  await withWorld(async ({ ctx, invite, home }) => {
+    // From many addresses: more attempts than the rate limit allows one.
+    let n = 0;
+    const enroll = (token: string, csr: string) =>
+      call(ctx, "POST", "/v1/enroll", { json: { token, csr }, remoteAddress: `10.0.0.${++n}` });
+    const tokens = {
+      revoked: await invite("alice"),
+      superseded: await invite("bob"),
+      renewed: await invite("carol"),
+    };
+    const keys: Record<string, { csr: string; key: string }> = {};
+    for (const [which, token] of Object.entries(tokens)) {
+      const name = { revoked: "alice", superseded: "bob", renewed: "carol" }[which]!;
+      keys[which] = await makeCsr(name);
+      const reply = await enroll(token, keys[which].csr);
+      assert.equal(reply.status, 200, reply.body);
+      // Each retry works until its certificate stops being the name's valid one.
+      assert.equal((await enroll(token, keys[which].csr)).status, 200, which);
+    }
+    // Another key, another name's request, no request at all: the refusal of a used token.
+    assertError(
+      await enroll(tokens.revoked, (await makeCsr("alice")).csr),
+      403,
+      "ERR_TOKEN_INVALID",
+      INVALID,
+    );
+    assertError(
+      await enroll(tokens.revoked, (await makeCsr("bob", { keyPem: keys.revoked.key })).csr),
+      403,
+      "ERR_TOKEN_INVALID",
+      INVALID,
+    );
+    assertError(await enroll(tokens.revoked, "garbage"), 403, "ERR_TOKEN_INVALID", INVALID);
+
+    await ctx.ca.revoke("alice", { reason: "keyCompromise" });
+    await ctx.ca.sign((await makeCsr("bob")).csr, "bob", { replace: true });
+    await ctx.ca.sign((await makeCsr("carol", { keyPem: keys.renewed.key })).csr, "carol");
+    const before = await snapshot(home);
+    for (const [which, token] of Object.entries(tokens)) {
+      assertError(await enroll(token, keys[which].csr), 403, "ERR_TOKEN_INVALID", INVALID, which);
+    }
+    assert.deepEqual(await snapshot(home), before);
   });
 });
 

@@ -88,12 +88,19 @@ export interface InviteStoreOptions {
    * redemption renews its own every third of this while it runs.
    */
   reservationMs?: number;
+  /**
+   * How long after its use a token still finds the certificate it issued, for a
+   * retry whose reply was lost ({@linkcode InviteStore.issuedWith}), ms (default
+   * a day, also the most: a compaction forgets an invite a day after its use).
+   */
+  retryMs?: number;
 }
 
 /** Invites of the CA at `paths`. */
 export class InviteStore {
   #paths: CaPaths;
   #reservationMs: number;
+  #retryMs: number;
   #records = new Map<string, InviteRecord>();
   // What was read: the snapshot's and the journal's inode, and how far into the journal.
   #snapshotKey = "";
@@ -108,6 +115,7 @@ export class InviteStore {
   constructor(paths: CaPaths, options: InviteStoreOptions = {}) {
     this.#paths = paths;
     this.#reservationMs = options.reservationMs ?? RESERVATION_MS;
+    this.#retryMs = Math.min(options.retryMs ?? DAY_MS, DAY_MS);
   }
 
   /** Creates an invite for `name` valid for `ttlMs`; returns the token (shown once, never stored). */
@@ -209,6 +217,31 @@ export class InviteStore {
       throw new E2eError("ERR_TOKEN_INVALID", INVALID);
     }
     return record.name;
+  }
+
+  /**
+   * The name and serial of the certificate a used `token` issued, while a retry of
+   * its redemption may still be answered with it: from the moment the CA's index
+   * holds the serial of the token's claim until a day (`retryMs`) after its use.
+   * Undefined for any other token — unknown, unused, reserved by a redemption not
+   * yet committed, or used longer ago — so a caller can tell nothing apart.
+   * Reads only: nothing is appended, nothing is reserved.
+   */
+  async issuedWith(token: unknown): Promise<{ name: string; serial: string } | undefined> {
+    if (typeof token !== "string" || !TOKEN_PATTERN.test(token)) return undefined;
+    const hash = hashToken(token);
+    return await this.#locked(async () => {
+      const record = this.#records.get(hash);
+      if (!record || record.serial === undefined) return undefined;
+      // No "used" line yet: the redemption is committing right now, or was killed after it.
+      if (record.usedAt && Date.parse(record.usedAt) + this.#retryMs <= Date.now()) {
+        return undefined;
+      }
+      // The claim counts only once the index holds its serial (the rule, docs/CA.md "Invites").
+      const serial = normalizeSerialHex(record.serial);
+      if (!(await this.#issuedSerials()).has(serial)) return undefined;
+      return { name: record.name, serial };
+    });
   }
 
   /** Every stored invite as of now (the snapshot with the journal applied), oldest first. */

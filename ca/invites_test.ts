@@ -554,6 +554,96 @@ Deno.test("InviteStore opens a home from before the journal: its invites.json ke
 });
 
 // ---------------------------------------------------------------------------
+// issuedWith: a retry of a redemption whose reply was lost
+
+Deno.test("InviteStore.issuedWith() names the certificate a used token issued, from another store too, and writes nothing", async () => {
+  await withStore(async (store, paths) => {
+    const { token } = await store.create("alice", HOUR_MS);
+    await writeIndex(paths, []);
+    await store.redeem(token, async (name, claim) => {
+      await claim("00c0ffee");
+      await writeIndex(paths, ["C0FFEE"]);
+      return name;
+    });
+    const files = [invitesFile(paths), journalFile(paths)];
+    const before = await Promise.all(files.map((f) => Deno.readTextFile(f)));
+    const found = { name: "alice", serial: "C0FFEE" };
+    assert.deepEqual(await store.issuedWith(token), found);
+    assert.deepEqual(await new InviteStore(paths).issuedWith(token), found);
+    assert.deepEqual(await Promise.all(files.map((f) => Deno.readTextFile(f))), before);
+    // Still used: a retry gets the certificate back, never a second one.
+    await assert.rejects(store.redeem(token, () => Promise.resolve(1)), tokenInvalid);
+  });
+});
+
+Deno.test("InviteStore.issuedWith() finds nothing for a token that is unknown, malformed, unused, expired unused, or claimed without a commit", async () => {
+  await withStore(async (store, paths) => {
+    await writeIndex(paths, []);
+    const unused = await store.create("alice", HOUR_MS);
+    const expired = await store.create("alice", -1);
+    const uncommitted = await store.create("alice", HOUR_MS);
+    await assert.rejects(
+      store.redeem(uncommitted.token, async (_name, claim) => {
+        await claim("0BAD");
+        throw new E2eError("ERR_INTERNAL", "killed before the index line");
+      }),
+      e2eError("ERR_INTERNAL", "killed before the index line"),
+    );
+    assert.ok((await records(paths)).some((r) => r.serial === "BAD"), "the claim is there");
+    for (
+      const token of [
+        unused.token,
+        expired.token,
+        uncommitted.token,
+        "A".repeat(43),
+        "not a token",
+        undefined,
+      ]
+    ) {
+      assert.equal(await store.issuedWith(token), undefined, String(token));
+    }
+  });
+});
+
+Deno.test("InviteStore.issuedWith() finds a token's certificate only for retryMs after its use", async () => {
+  await withStore(async (store, paths) => {
+    const { token } = await store.create("alice", HOUR_MS);
+    await writeIndex(paths, []);
+    await store.redeem(token, async (name, claim) => {
+      await claim("0A01");
+      await writeIndex(paths, ["0A01"]);
+      return name;
+    });
+    const soon = new InviteStore(paths, { retryMs: HOUR_MS });
+    assert.deepEqual(await soon.issuedWith(token), { name: "alice", serial: "A01" });
+    const late = new InviteStore(paths, { retryMs: 1 });
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.equal(await late.issuedWith(token), undefined);
+  });
+});
+
+Deno.test("InviteStore.issuedWith() finds a token whose commit is done while its redemption has not returned yet", async () => {
+  await withStore(async (store, paths) => {
+    const { token } = await store.create("alice", HOUR_MS);
+    await writeIndex(paths, []);
+    let committed!: () => void;
+    const done = new Promise<void>((resolve) => committed = resolve);
+    store.redeem(token, async (_name, claim) => {
+      await claim("0B02");
+      await writeIndex(paths, ["0B02"]);
+      committed();
+      return await forever; // the reply is still being made
+    });
+    await done;
+    assert.equal((await records(paths))[0].usedAt, undefined);
+    assert.deepEqual(await new InviteStore(paths).issuedWith(token), {
+      name: "alice",
+      serial: "B02",
+    });
+  });
+});
+
+// ---------------------------------------------------------------------------
 // parseDuration
 
 Deno.test("parseDuration() reads seconds, minutes, hours and days", () => {

@@ -10,6 +10,8 @@
  *     cert.pem                our certificate
  *     ca.crt                  the pinned CA certificate
  *     identity.json           name, CA URL, CA fingerprint, key type
+ *   joining/            0700  a join not finished yet (client/identity.ts): key.pem and
+ *                             identity.json as in id/, kept for a retry; renamed to id/ when done
  *   peers.json          0600  trust on first use (client/trust.ts)
  *   log.json            0600  the issuance log as we last saw it (client/transparency.ts)
  *   downloads/          0700  received files (client/files.ts)
@@ -63,6 +65,8 @@ export class ClientHome {
   readonly root: string;
   /** HOME/id. */
   readonly id: IdFolder;
+  /** HOME/joining: the identity folder a join builds, kept while the join is unfinished. */
+  readonly joining: IdFolder;
 
   /**
    * The layout under `root`.
@@ -77,6 +81,7 @@ export class ClientHome {
   constructor(root: string) {
     this.root = root;
     this.id = new IdFolder(join(root, "id"));
+    this.joining = new IdFolder(join(root, "joining"));
   }
   /** The trust store (TOFU pins and verified marks), 0600. */
   get peers(): string {

@@ -1,9 +1,13 @@
 /**
  * The client's identity under `HOME/id/` (0700): `key.pem` (0600, never sent
  * anywhere; encrypted under a passphrase if the user chose one), `cert.pem`,
- * `ca.crt` (the pinned CA) and `identity.json`. Joining builds it in a private
- * staging folder and renames it into place, so a failed join leaves nothing
- * behind. An encrypted key is decrypted in memory only, for TLS and renewal.
+ * `ca.crt` (the pinned CA) and `identity.json`. Joining builds it in
+ * `HOME/joining/` and renames it into place. A join refused before its key could
+ * have been certified leaves nothing behind; one cut off after it sent its
+ * request (a lost reply, a killed process) keeps its key there, and the next
+ * join of the same name at the same CA goes on with that key, so a CA that did
+ * commit answers with the same certificate (docs/API.md "POST /v1/enroll"). An
+ * encrypted key is decrypted in memory only, for TLS and renewal.
  *
  * @module
  */
@@ -11,13 +15,19 @@ import { createPrivateKey, createPublicKey, hkdfSync } from "node:crypto";
 import { dirname } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, syncDir, writeFileAtomic } from "../lib/fs.ts";
-import { generateKeyAndRequest, isEncryptedKey, makeRequest, unlockKey } from "../lib/keys.ts";
+import {
+  encryptKey,
+  generateKeyAndRequest,
+  isEncryptedKey,
+  makeRequest,
+  unlockKey,
+} from "../lib/keys.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { checkPeer, type Credentials, type TrustAnchor, trustAnchor } from "../lib/tls.ts";
 import { type CertificateInfo, keyFingerprint, parseCertificate } from "../lib/x509.ts";
 import { CaClient, type CertificateReply, fetchCaCertificate } from "./ca_client.ts";
 import type { Invite } from "../lib/invite.ts";
-import type { ClientKeyType } from "./keys.ts";
+import { CLIENT_KEY_TYPES, type ClientKeyType } from "./keys.ts";
 import { ClientHome, IdFolder } from "./home.ts";
 import { LogMonitor } from "./transparency.ts";
 
@@ -247,9 +257,12 @@ export interface RenewOptions {
 
 /** Options of {@linkcode enroll}. */
 export interface JoinOptions {
-  /** Key type. Default: "ec-p256". */
+  /** Key type. Default: "ec-p256" (an unfinished join's key keeps its own type). */
   keyType?: ClientKeyType;
-  /** Encrypt the new key under this passphrase (scrypt, AES-256; lib/keys.ts). Default: unencrypted. */
+  /**
+   * Encrypt the new key under this passphrase (scrypt, AES-256; lib/keys.ts); it also unlocks
+   * the key of an unfinished join, or encrypts it if it is not. Default: unencrypted.
+   */
   passphrase?: string;
 }
 
@@ -257,7 +270,10 @@ export interface JoinOptions {
  * Enrolls with an invite: fetch the CA certificate and refuse it unless its
  * fingerprint is the invite's (before the token is sent); make the key and
  * request locally (meanwhile); enroll; check what came back, and that it is in
- * the CA's issuance log; store it all under `HOME/id`, durably.
+ * the CA's issuance log; store it all under `HOME/id`, durably. The key of an
+ * unfinished join of the same name at the same CA (`HOME/joining`) is used
+ * instead of a new one: the CA may have issued its certificate already, and
+ * answers a retry with it for that key only.
  *
  * @example
  * ```ts
@@ -271,26 +287,39 @@ export async function enroll(
   invite: Invite,
   options: JoinOptions = {},
 ): Promise<Identity> {
-  const dir = new ClientHome(home).id.dir;
+  const { id, joining: staged } = new ClientHome(home);
+  const dir = id.dir;
   await ensurePrivateDir(home);
   if (await exists(dir)) {
     throw new E2eError("ERR_FILE", `"${dir}" already exists: this home has an identity or a key`, {
       hint: "use another --home (or E2E_CHAT_HOME) for another identity",
     });
   }
-  const keyType = options.keyType ?? "ec-p256";
   const { passphrase } = options;
-  const stage = await Deno.makeTempDir({ dir: home, prefix: ".join-" });
-  const staged = new IdFolder(stage);
+  const pending = await pendingJoin(staged, invite);
+  const record: IdentityRecord = {
+    name: invite.name,
+    caUrl: invite.caUrl,
+    caFingerprint: invite.fingerprint,
+    keyType: pending?.keyType ?? options.keyType ?? "ec-p256",
+  };
   // The key and request are made (one openssl process) while the CA is fetched and pinned:
   // nothing is sent before the fingerprint matched, and the other core is not idle meanwhile.
-  const made = generateKeyAndRequest(staged.key, invite.name, { type: keyType, passphrase });
-  made.catch(() => {}); // awaited below, also on failure (before the stage is removed)
+  const made = pending
+    ? requestAgain(staged, invite.name, passphrase)
+    : newKey(staged, record, passphrase);
+  made.catch(() => {}); // awaited below, also on failure
+  let sent = false;
+  let refused = false;
   try {
     const caPem = await fetchCaCertificate(invite.caUrl, invite.fingerprint);
     const anchor = trustAnchor(caPem);
-    const { csr, key } = await made;
-    const reply = await new CaClient(invite.caUrl, anchor).enroll(invite.token, csr);
+    const { csr, key, encrypted } = await made;
+    sent = true;
+    const reply = await new CaClient(invite.caUrl, anchor).enroll(invite.token, csr).catch((e) => {
+      refused = isRefusal(e);
+      throw e;
+    });
     const cert = checkIssued(reply, anchor, invite.name, key);
     await checkLogged(
       new ClientHome(home),
@@ -299,30 +328,106 @@ export async function enroll(
       cert,
       reply,
     );
-    const record: IdentityRecord = {
-      name: invite.name,
-      caUrl: invite.caUrl,
-      caFingerprint: invite.fingerprint,
-      keyType,
-    };
-    // Durable before the rename makes them the identity (the key already is).
+    // Durable before the rename makes them the identity (the key already is). Replaced, not
+    // created: a join killed after writing them left them for this one.
     await Promise.all([
-      writeFileAtomic(staged.cert, cert, { createNew: true }),
-      writeFileAtomic(staged.caCert, caPem, { createNew: true }),
-      writeFileAtomic(staged.record, JSON.stringify(record, null, 2) + "\n", { createNew: true }),
+      writeFileAtomic(staged.cert, cert),
+      writeFileAtomic(staged.caCert, caPem),
+      writeFileAtomic(staged.record, JSON.stringify(record, null, 2) + "\n"),
+      // An unfinished join's key was not encrypted, this one asks for it to be.
+      encrypted || passphrase === undefined
+        ? undefined
+        : writeFileAtomic(staged.key, await encryptKey(key, passphrase), { mode: 0o600 }),
     ]);
-    await Deno.chmod(stage, 0o700);
-    await syncDir(stage);
-    await Deno.rename(stage, dir);
+    await Deno.chmod(staged.dir, 0o700);
+    await syncDir(staged.dir);
+    await Deno.rename(staged.dir, dir);
     await syncDir(home);
   } catch (e) {
     await made.catch(() => {});
-    await Deno.remove(stage, { recursive: true }).catch(() => {});
+    // A key is kept once a request with it may have been signed: the retry needs the same key.
+    // Only a new key that went nowhere, or whose one request the CA refused, is dropped.
+    if (!pending && (!sent || refused)) {
+      await Deno.remove(staged.dir, { recursive: true }).catch(() => {});
+    }
     throw e;
   }
   return await Identity.load(home, {
     passphrase: passphrase === undefined ? undefined : () => Promise.resolve(passphrase),
   });
+}
+
+// The record of an unfinished join in `folder` that `invite` goes on with: same name, same CA.
+// Any other key there is left alone (it may be all that proves a certificate is ours).
+async function pendingJoin(folder: IdFolder, invite: Invite): Promise<IdentityRecord | undefined> {
+  // The record is written before the key: without a key, no request was ever sent.
+  if (!await exists(folder.key)) return undefined;
+  let record: Partial<IdentityRecord> | undefined;
+  try {
+    record = JSON.parse(await Deno.readTextFile(folder.record));
+  } catch { /* refused below */ }
+  if (
+    record?.name === invite.name && record.caFingerprint === invite.fingerprint &&
+    CLIENT_KEY_TYPES.includes(record.keyType as ClientKeyType)
+  ) {
+    return record as IdentityRecord;
+  }
+  throw new E2eError(
+    "ERR_FILE",
+    `"${folder.dir}" holds the key of an unfinished join for another name or CA`,
+    {
+      hint: `finish that join (run it again), or remove "${folder.dir}" to give it up; ` +
+        "or use another --home (or E2E_CHAT_HOME)",
+    },
+  );
+}
+
+// A new key in `folder`, after the record that binds it to one name at one CA: both durable,
+// and the folder's name in HOME, before a request with the key goes anywhere.
+async function newKey(
+  folder: IdFolder,
+  record: IdentityRecord,
+  passphrase: string | undefined,
+): Promise<{ csr: string; key: string; encrypted: boolean }> {
+  await ensurePrivateDir(folder.dir, { durable: true });
+  await writeFileAtomic(folder.record, JSON.stringify(record, null, 2) + "\n", { syncDir: true });
+  const made = await generateKeyAndRequest(folder.key, record.name, {
+    type: record.keyType,
+    passphrase,
+  });
+  return { ...made, encrypted: passphrase !== undefined };
+}
+
+// A new request from the key an unfinished join left in `folder`.
+async function requestAgain(
+  folder: IdFolder,
+  name: string,
+  passphrase: string | undefined,
+): Promise<{ csr: string; key: string; encrypted: boolean }> {
+  const encrypted = isEncryptedKey(await Deno.readTextFile(folder.key));
+  let key: string;
+  try {
+    key = await unlockKey(folder.key, {
+      passphrase,
+      what: `the key of your unfinished join "${folder.key}"`,
+    });
+  } catch (e) {
+    if (!(e instanceof E2eError) || e.code !== "ERR_PASSPHRASE_REQUIRED") throw e;
+    throw new E2eError(e.code, e.message, {
+      cause: e,
+      hint: "join again with the passphrase you gave the first time (--encrypt-key)",
+    });
+  }
+  const csr = await makeRequest(folder.key, name, {
+    passphrase: encrypted ? passphrase : undefined,
+  });
+  return { csr, key, encrypted };
+}
+
+// Whether the CA answered an enrollment with a refusal (4xx): then it issued nothing for it.
+// A lost or cut-off reply, or an internal error (which may come after the commit), is not one.
+function isRefusal(e: unknown): boolean {
+  return e instanceof E2eError && e.code !== "ERR_NETWORK" && e.code !== "ERR_INTERNAL";
 }
 
 async function checkLogged(

@@ -1,0 +1,266 @@
+/**
+ * A join whose reply is lost after the CA committed (docs/API.md "POST
+ * /v1/enroll"): the real service, the real client processes, and a TCP relay
+ * between them that lets everything through except the CA's reply once the
+ * CA's index holds the new certificate — so the loss happens exactly after the
+ * commit, as a dropped connection or a killed client would leave it.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import net from "node:net";
+import { join } from "node:path";
+import { isEncryptedKey, unlockKey } from "../lib/keys.ts";
+import { parseCertificate } from "../lib/x509.ts";
+import { readIndex } from "../ca/store.ts";
+import { CaPaths } from "../ca/home.ts";
+import { TaskProcess, waitUntil } from "./_harness.ts";
+import { runCa } from "./_helpers.ts";
+import { tree } from "./_hostile_helpers.ts";
+import {
+  assertSuccess,
+  makeInvite,
+  runClient,
+  type Service,
+  withService,
+} from "./_service_helpers.ts";
+
+const INVALID = "The CA refused: Invalid, used or expired invite token";
+const KEY_PASSPHRASE = "a key passphrase for the retry";
+
+/**
+ * A TCP relay to the service. `pass` forwards everything; `drop` cuts a
+ * connection whose reply comes once `committed()` holds (the reply never
+ * arrives); `hold` keeps such a reply and the connection open, so the client
+ * waits until it is killed.
+ */
+class ReplyCutter {
+  mode: "pass" | "drop" | "hold" = "pass";
+  /** Replies kept from their client. */
+  cut = 0;
+  #server: net.Server;
+  #sockets = new Set<net.Socket>();
+
+  private constructor(server: net.Server) {
+    this.#server = server;
+  }
+
+  static async start(target: number, committed: () => boolean): Promise<ReplyCutter> {
+    const server = net.createServer();
+    const relay = new ReplyCutter(server);
+    server.on("connection", (client) => {
+      const upstream = net.connect(target, "127.0.0.1");
+      for (const s of [client, upstream]) {
+        relay.#sockets.add(s);
+        s.on("error", () => {});
+        s.on("close", () => relay.#sockets.delete(s));
+      }
+      let withheld = false;
+      client.on("data", (d: Uint8Array) => upstream.write(d));
+      // Before the commit the service sends only its side of the TLS handshake; the reply
+      // comes after the index line (docs/CA.md "Transactions").
+      upstream.on("data", (d: Uint8Array) => {
+        if (relay.mode !== "pass" && (withheld || committed())) {
+          if (!withheld) relay.cut++;
+          withheld = true;
+          if (relay.mode === "drop") {
+            client.destroy();
+            upstream.destroy();
+          }
+          return;
+        }
+        client.write(d);
+      });
+      client.on("close", () => upstream.destroy());
+      upstream.on("close", () => {
+        if (!withheld || relay.mode !== "hold") client.destroy();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    return relay;
+  }
+
+  get port(): number {
+    return (this.#server.address() as net.AddressInfo).port;
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.#sockets) s.destroy();
+    await new Promise((resolve) => this.#server.close(resolve));
+  }
+}
+
+/** The relay to `service`, cutting replies once the index names `name`, and an invite through it. */
+async function withCutter<T>(
+  service: Service,
+  name: string,
+  fn: (cutter: ReplyCutter, invite: string) => Promise<T>,
+): Promise<T> {
+  const index = new CaPaths(service.home).index;
+  const holds = new RegExp(`^V\t.*\t/CN=${name}$`, "m");
+  const cutter = await ReplyCutter.start(service.port, () => {
+    try {
+      return holds.test(Deno.readTextFileSync(index));
+    } catch {
+      return false;
+    }
+  });
+  try {
+    const invite = await makeInvite(service.home, name, "--url", `127.0.0.1:${cutter.port}`);
+    return await fn(cutter, invite);
+  } finally {
+    await cutter.close();
+  }
+}
+
+/** The serials the CA's index holds for `name` (any status). */
+async function serialsOf(service: Service, name: string): Promise<string[]> {
+  return (await readIndex(new CaPaths(service.home))).filter((e) => e.name === name)
+    .map((e) => e.serial);
+}
+
+function assertRefused(result: { code: number; stderr: string }, message: string, what: string) {
+  assert.notEqual(result.code, 0, `${what}: it succeeded`);
+  assert.ok(
+    result.stderr.includes(`e2e-chat: error: ${message}`),
+    `${what}: ${result.stderr}`,
+  );
+}
+
+Deno.test("a join whose reply is lost after the CA committed is retried with the same key and gets the same certificate; the CA holds one certificate for the name", async () => {
+  await withService(async (service, dir) => {
+    await withCutter(service, "alice", async (cutter, invite) => {
+      const home = join(dir, "alice");
+      cutter.mode = "drop";
+      const lost = await runClient(home, ["join", invite]);
+      assertRefused(lost, "The CA service at", "the join whose reply was cut");
+      assert.match(lost.stderr, /did not answer/);
+      assert.equal(cutter.cut, 1);
+      const [serial] = await serialsOf(service, "alice");
+      assert.ok(serial, "the CA committed before the reply was cut");
+      assert.deepEqual(await tree(home), ["joining/", "joining/identity.json", "joining/key.pem"]);
+      const key = await Deno.readTextFile(join(home, "joining", "key.pem"));
+
+      // That key is for alice at this CA only: an invite for another name leaves it alone.
+      const bob = await makeInvite(service.home, "bob");
+      const other = await runClient(home, ["join", bob]);
+      assertRefused(other, `"${join(home, "joining")}" holds the key of an unfinished join`, "bob");
+      assert.deepEqual(await serialsOf(service, "bob"), []);
+      // Nor is it used with an invite for alice that pins another CA (refused before any request).
+      const elsewhere = invite.replace(/fp=[0-9a-f]{64}/, `fp=${"ab".repeat(32)}`);
+      assert.notEqual(elsewhere, invite);
+      const before = service.log.length;
+      assertRefused(
+        await runClient(home, ["join", elsewhere]),
+        `"${join(home, "joining")}" holds the key of an unfinished join`,
+        "another CA",
+      );
+      assert.equal(service.log.slice(before), "", "a request went out");
+
+      cutter.mode = "pass";
+      const retried = await runClient(home, ["join", invite]);
+      assertSuccess(retried, "the retried join");
+      const cert = parseCertificate(await Deno.readTextFile(join(home, "id", "cert.pem")));
+      assert.equal(cert.serial, serial);
+      assert.equal(await Deno.readTextFile(join(home, "id", "key.pem")), key);
+      assert.ok(retried.stdout.includes(cert.fingerprint), retried.stdout);
+      assert.deepEqual(await serialsOf(service, "alice"), [serial]);
+      await service.waitForLog(/ POST \/v1\/enroll 200 alice again /);
+      assert.equal(service.log.match(/ POST \/v1\/enroll 200 alice /g)?.length, 2, service.log);
+      // The identity works: the service takes its certificate.
+      assertSuccess(await runClient(home, ["lookup", "alice"]), "lookup with the identity");
+      assert.equal((await tree(home)).some((p) => p.startsWith("joining")), false);
+    });
+  });
+});
+
+Deno.test("a join killed after the CA committed, before the reply reached it, is retried with its encrypted key and gets the same certificate", async () => {
+  await withService(async (service, dir) => {
+    await withCutter(service, "alice", async (cutter, invite) => {
+      const home = join(dir, "alice");
+      const passFile = join(dir, "pass.txt");
+      await Deno.writeTextFile(passFile, KEY_PASSPHRASE + "\n", { mode: 0o600 });
+      cutter.mode = "hold";
+      const client = await TaskProcess.start("client", [
+        "join",
+        invite,
+        "--passphrase-file",
+        passFile,
+      ], {
+        env: { E2E_CHAT_HOME: home },
+      });
+      try {
+        await waitUntil(() => cutter.cut > 0, "the CA's reply to reach the relay", 30_000);
+      } finally {
+        client.kill("SIGKILL");
+        await client.stop();
+      }
+      const [serial] = await serialsOf(service, "alice");
+      assert.ok(serial);
+      const key = await Deno.readTextFile(join(home, "joining", "key.pem"));
+      assert.ok(isEncryptedKey(key));
+      cutter.mode = "pass";
+      // Without its passphrase the key stays locked, and nothing is sent.
+      const locked = await runClient(home, ["join", invite]);
+      assertRefused(locked, "Cannot unlock the key of your unfinished join", "no passphrase");
+      assert.match(locked.stderr, /^e2e-chat: hint: join again with the passphrase/m);
+      assert.equal(service.log.match(/ POST \/v1\/enroll /g)?.length, 1, service.log);
+      const retried = await runClient(home, ["join", invite, "--passphrase-file", passFile]);
+      assertSuccess(retried, "the retried join");
+      const cert = parseCertificate(await Deno.readTextFile(join(home, "id", "cert.pem")));
+      assert.equal(cert.serial, serial);
+      assert.equal(await Deno.readTextFile(join(home, "id", "key.pem")), key);
+      assert.deepEqual(await serialsOf(service, "alice"), [serial]);
+    });
+  });
+});
+
+Deno.test("a used invite joined again with another key is refused as before, and nothing is issued or left behind", async () => {
+  await withService(async (service, dir) => {
+    const invite = await makeInvite(service.home, "alice");
+    assertSuccess(await runClient(join(dir, "alice"), ["join", invite]), "the first join");
+    const serials = await serialsOf(service, "alice");
+    const home = join(dir, "thief");
+    const refused = await runClient(home, ["join", invite]);
+    assertRefused(refused, INVALID, "another key");
+    assert.match(refused.stderr, /^e2e-chat: hint: ask your admin for a new invite/m);
+    assert.deepEqual(await serialsOf(service, "alice"), serials);
+    // A new key the CA refused went nowhere: it is not kept.
+    assert.deepEqual(await tree(home), []);
+  });
+});
+
+Deno.test("a retried join whose certificate was revoked meanwhile is refused as before; a new invite goes on with the same key, encrypted when asked", async () => {
+  await withService(async (service, dir) => {
+    const home = join(dir, "alice");
+    const key = await withCutter(service, "alice", async (cutter, invite) => {
+      cutter.mode = "drop";
+      assert.notEqual((await runClient(home, ["join", invite])).code, 0);
+      assert.equal(cutter.cut, 1);
+      assertSuccess(
+        await runCa(service.home, ["revoke", "alice", "--reason", "keyCompromise"]),
+        "ca revoke",
+      );
+      cutter.mode = "pass";
+      assertRefused(await runClient(home, ["join", invite]), INVALID, "the revoked one");
+      return await Deno.readTextFile(join(home, "joining", "key.pem"));
+    });
+    const [revoked] = await serialsOf(service, "alice");
+    const entries = await readIndex(new CaPaths(service.home));
+    assert.equal(entries.find((e) => e.serial === revoked)?.status, "R");
+    const again = await makeInvite(service.home, "alice");
+    // Asked for an encrypted key this time: the same key, encrypted.
+    const passFile = join(dir, "pass.txt");
+    await Deno.writeTextFile(passFile, KEY_PASSPHRASE + "\n", { mode: 0o600 });
+    assertSuccess(
+      await runClient(home, ["join", again, "--passphrase-file", passFile]),
+      "the join with a new invite",
+    );
+    const keyPath = join(home, "id", "key.pem");
+    assert.ok(isEncryptedKey(await Deno.readTextFile(keyPath)));
+    assert.equal(await unlockKey(keyPath, { passphrase: KEY_PASSPHRASE }), key);
+    const cert = parseCertificate(await Deno.readTextFile(join(home, "id", "cert.pem")));
+    assert.notEqual(cert.serial, revoked);
+    assert.deepEqual(await serialsOf(service, "alice"), [revoked, cert.serial]);
+  });
+});
