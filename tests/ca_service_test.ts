@@ -1287,9 +1287,10 @@ Deno.test("the CLI and the service sign on one home at the same time, with disti
 
 Deno.test("the service log names routes and codes but never a token, the CA passphrase or a request body", async () => {
   await withService(async (service) => {
-    const [used, refused, alice, bob] = await Promise.all([
+    const [used, refused, alice, aliceAgain, bob] = await Promise.all([
       makeInvite(service.home, "alice"),
       makeInvite(service.home, "bob"),
+      makeCsr("alice"),
       makeCsr("alice"),
       makeCsr("bob"),
     ]);
@@ -1297,7 +1298,8 @@ Deno.test("the service log names routes and codes but never a token, the CA pass
     const enroll = (token: string, csr: string) =>
       service.request("/v1/enroll", { method: "POST", json: { token, csr } });
     assert.equal((await enroll(secrets[0], alice.csr)).status, 200);
-    assertApiError(await enroll(secrets[0], alice.csr), 403, "ERR_TOKEN_INVALID");
+    // Another key: the same request again would be a retry, answered with the same certificate.
+    assertApiError(await enroll(secrets[0], aliceAgain.csr), 403, "ERR_TOKEN_INVALID");
     assertApiError(await enroll(secrets[1], alice.csr), 400, "ERR_CSR_NAME_MISMATCH");
     const queryToken = randomBytes(32).toString("base64url");
     secrets.push(queryToken);
@@ -1315,6 +1317,7 @@ Deno.test("the service log names routes and codes but never a token, the CA pass
     assertLogKeepsSecrets(service, [
       ...secrets,
       ...csrLines(alice.csr),
+      ...csrLines(aliceAgain.csr),
       ...csrLines(bob.csr),
     ]);
   }, { args: MANY_ENROLLMENTS });
