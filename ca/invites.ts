@@ -243,7 +243,7 @@ export class InviteStore {
   }
 
   /**
-   * The name an unused, unexpired `token` enrolls; `ERR_TOKEN_INVALID` otherwise.
+   * The name an unused, unexpired, uncancelled `token` enrolls; `ERR_TOKEN_INVALID` otherwise.
    * Reads only: lets a request be checked before the token is reserved.
    */
   async nameOf(token: unknown): Promise<string> {
@@ -284,8 +284,9 @@ export class InviteStore {
   }
 
   /**
-   * Cancels the open invites for the name `nameOrId`, or else the one invite
-   * whose short id starts with `nameOrId` (at least four hex characters): each
+   * Cancels the open invites for the name `nameOrId` (when any invite, open or
+   * not, has that name), or else the one invite whose short id starts with
+   * `nameOrId` (at least four hex characters, any case): each
    * gets a `cancel` record, fsynced before this returns, and its token is
    * refused from then on like a used one. Returns the invites cancelled, as
    * {@linkcode InviteStore.list} reports them now.
@@ -307,9 +308,11 @@ export class InviteStore {
         const issued = await this.#issuedByNormalSerial();
         const all = [...this.#records.values()];
         const open = (r: InviteRecord) => listed(r, now, issued).status === "open";
-        let targets = all.filter((r) => r.name === nameOrId && open(r));
+        // A name the store knows is never read as an id: "cafe" must not cancel another's invite.
+        const named = all.filter((r) => r.name === nameOrId);
+        let targets = named.filter(open);
         const prefix = nameOrId.toLowerCase();
-        if (!targets.length && new RegExp(`^[0-9a-f]{${MIN_ID_PREFIX},64}$`).test(prefix)) {
+        if (!named.length && new RegExp(`^[0-9a-f]{${MIN_ID_PREFIX},64}$`).test(prefix)) {
           const matches = all.filter((r) => r.hash.startsWith(prefix));
           if (matches.length > 1) {
             const names = matches.map((r) => `${shortId(r.hash)} (${JSON.stringify(r.name)})`);

@@ -721,6 +721,23 @@ Deno.test("InviteStore.cancel() with nothing open refuses with ERR_INVITE_NOT_OP
   });
 });
 
+Deno.test("InviteStore.cancel() reads the name of any invite it holds as a name, never as another invite's id", async () => {
+  await withStore(async (store, paths) => {
+    await writeInvites(paths, [
+      { hash: "cafe1" + "1".repeat(59), name: "alice" },
+      { hash: "2".repeat(64), name: "cafe", usedAt: new Date().toISOString() },
+    ]);
+    const before = await files(paths);
+    await assert.rejects(store.cancel("cafe"), notOpen('Cannot cancel: no open invite for "cafe"'));
+    assert.deepEqual(await files(paths), before);
+    assert.deepEqual((await store.list()).map((r) => [r.name, r.status]), [
+      ["alice", "open"],
+      ["cafe", "used"],
+    ]);
+    assert.deepEqual((await store.cancel("cafe1")).map((r) => r.name), ["alice"]);
+  });
+});
+
 Deno.test("InviteStore.cancel() during an enrollment makes its claim fail: the token ends cancelled, never used", async () => {
   await withStore(async (store, paths) => {
     await writeIndex(paths, []);
