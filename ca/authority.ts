@@ -12,6 +12,7 @@ import { parseCrl } from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, syncDir, writeFileAtomic } from "../lib/fs.ts";
 import { generateKey, makeRequest } from "../lib/keys.ts";
+import type { LockOptions } from "../lib/lock.ts";
 import { checkName } from "../lib/names.ts";
 import { openssl, OpensslError, PASSPHRASE_ARG } from "../lib/openssl.ts";
 import { pemDecode } from "../lib/pem.ts";
@@ -57,6 +58,16 @@ export interface InitOptions {
   days?: number;
   /** Common name of the CA. Default: "e2e-chat CA". */
   commonName?: string;
+  /** How to wait for the CA lock (say, a notice when it is held). Default: 60 s, silently. */
+  lock?: LockOptions;
+}
+
+/** Options of {@linkcode CertificateAuthority.open}. */
+export interface OpenOptions {
+  /** The CA passphrase, needed only for sign, revoke and crl. Default: none. */
+  passphrase?: string;
+  /** How to wait for the CA lock (say, a notice when it is held). Default: 60 s, silently. */
+  lock?: LockOptions;
 }
 
 /** Options of {@linkcode CertificateAuthority.sign}. */
@@ -177,11 +188,17 @@ export class CertificateAuthority {
   #logSigner?: NoteKey;
   #signingKey?: Promise<string>;
   #checked = new Map<string, { request: CertificateRequest; kind: KeyKind }>();
+  #lock: LockOptions;
 
-  private constructor(paths: CaPaths, certificate: CertificateInfo, passphrase?: string) {
+  private constructor(
+    paths: CaPaths,
+    certificate: CertificateInfo,
+    options: OpenOptions = {},
+  ) {
     this.paths = paths;
     this.certificate = certificate;
-    this.#passphrase = passphrase;
+    this.#passphrase = options.passphrase;
+    this.#lock = options.lock ?? {};
     this.#index = new IndexCache(paths);
   }
 
@@ -242,15 +259,12 @@ export class CertificateAuthority {
         throw e;
       }
       const certificate = parseCertificate(await Deno.readTextFile(paths.cert));
-      return new CertificateAuthority(paths, certificate, passphrase);
-    });
+      return new CertificateAuthority(paths, certificate, { passphrase, lock: options.lock });
+    }, options.lock);
   }
 
   /** Opens the CA under `home`; the passphrase is needed only for sign, revoke and crl. */
-  static async open(
-    home: string,
-    options: { passphrase?: string } = {},
-  ): Promise<CertificateAuthority> {
+  static async open(home: string, options: OpenOptions = {}): Promise<CertificateAuthority> {
     const paths = new CaPaths(home);
     let pem: string;
     try {
@@ -263,7 +277,7 @@ export class CertificateAuthority {
       }
       throw e;
     }
-    return new CertificateAuthority(paths, parseCertificate(pem), options.passphrase);
+    return new CertificateAuthority(paths, parseCertificate(pem), options);
   }
 
   /** Checks the passphrase by decrypting the CA key once; throws `ERR_BAD_PASSPHRASE`. */
@@ -527,12 +541,12 @@ export class CertificateAuthority {
         supersede: async () => {},
       });
       await writeFileAtomic(this.paths.logCert, certificate.pem, { mode: 0o644 });
-      await locked(this.paths, () => this.#syncLog());
+      await locked(this.paths, () => this.#syncLog(), this.#lock);
       // The names of log.crt, and of the entries and checkpoint the first sync made.
       await syncDir(this.paths.logDir);
       return this.#log!;
     }
-    await locked(this.paths, () => this.#syncLog());
+    await locked(this.paths, () => this.#syncLog(), this.#lock);
     return this.#log!;
   }
 
@@ -561,7 +575,7 @@ export class CertificateAuthority {
     return transaction(this.paths, async (tx) => {
       tx.afterCommit(() => this.#syncLog());
       return await fn(tx);
-    });
+    }, this.#lock);
   }
 
   async #syncLog(): Promise<void> {

@@ -15,17 +15,22 @@
  * line is appended, names that serial, so a crash anywhere never uses up a
  * token without its certificate and never lets it issue a second one.
  *
+ * The operator lists invites ({@linkcode InviteStore.list}) by a short id, the
+ * start of the token's hash, and withdraws open ones
+ * ({@linkcode InviteStore.cancel}): a fsynced `cancel` record, after which the
+ * token is refused like a used one.
+ *
  * @module
  */
 import { createHash, randomBytes } from "node:crypto";
 import { E2eError } from "../lib/errors.ts";
 import { readUpToSync, syncDir, writeFileAtomic } from "../lib/fs.ts";
-import { withLock } from "../lib/lock.ts";
+import { type LockOptions, withLock } from "../lib/lock.ts";
 import { TOKEN_PATTERN } from "../lib/invite.ts";
 import { checkName } from "../lib/names.ts";
 import { normalizeSerialHex } from "../lib/x509.ts";
 import type { CaPaths } from "./home.ts";
-import { readIndex } from "./store.ts";
+import { locked, readIndex } from "./store.ts";
 
 /** One stored invite. */
 export interface InviteRecord {
@@ -39,6 +44,8 @@ export interface InviteRecord {
   expiresAt: string;
   /** When it was used, ISO 8601. */
   usedAt?: string;
+  /** When the operator cancelled it, ISO 8601: from then on it enrolls nobody. */
+  cancelledAt?: string;
   /** Set while an enrollment with this token is under way. */
   reservedUntil?: string;
   /**
@@ -54,13 +61,48 @@ type JournalRecord =
   | { op: "reserve"; hash: string; until: string }
   | { op: "release"; hash: string }
   | { op: "claim"; hash: string; serial: string }
-  | { op: "used"; hash: string; at: string };
+  | { op: "used"; hash: string; at: string }
+  | { op: "cancel"; hash: string; at: string };
 
 /** The snapshot file: the old `invites.json` format, plus the id of the journal that follows it. */
 interface Snapshot {
   invites: InviteRecord[];
   journal?: string;
 }
+
+/** What became of an invite, as {@linkcode InviteStore.list} reports it. */
+export type InviteStatus = "open" | "used" | "expired" | "cancelled";
+
+/**
+ * One invite as {@linkcode InviteStore.list} reports it (and `ca invites --json`
+ * prints it): never the token, which is not stored.
+ */
+export interface ListedInvite {
+  /** The short id: the first {@linkcode INVITE_ID_LENGTH} hex characters of the token's SHA-256. */
+  id: string;
+  /** The name the invite enrolls. */
+  name: string;
+  /**
+   * open (usable, or an enrollment with it under way), used, expired or
+   * cancelled; used wins over cancelled and expired, and cancelled over expired.
+   */
+  status: InviteStatus;
+  /** When it was made, ISO 8601. */
+  createdAt: string;
+  /** When it stops (or stopped) working, ISO 8601. */
+  expiresAt: string;
+  /** When it was used, ISO 8601, for used ones. */
+  usedAt?: string;
+  /** The serial of the certificate it got, uppercase hex, for used ones when the journal knows it. */
+  serial?: string;
+  /** When it was cancelled, ISO 8601, for cancelled ones. */
+  cancelledAt?: string;
+}
+
+/** How many hex characters of the token's hash make an invite's short id. */
+export const INVITE_ID_LENGTH = 8;
+// The shortest id prefix `cancel` takes: shorter hex is read as a name only.
+const MIN_ID_PREFIX = 4;
 
 /** Records a certificate's serial as the one issued with a token (see {@linkcode InviteStore.redeem}). */
 export type Claim = (serial: string) => Promise<void>;
@@ -94,6 +136,11 @@ export interface InviteStoreOptions {
    * a day, also the most: a compaction forgets an invite a day after its use).
    */
   retryMs?: number;
+  /**
+   * How to wait for the invites lock and, in {@linkcode InviteStore.cancel},
+   * the CA lock (say, a notice when one is held). Default: 60 s, silently.
+   */
+  lock?: LockOptions;
 }
 
 /** Invites of the CA at `paths`. */
@@ -101,6 +148,7 @@ export class InviteStore {
   #paths: CaPaths;
   #reservationMs: number;
   #retryMs: number;
+  #lock: LockOptions;
   #records = new Map<string, InviteRecord>();
   // What was read: the snapshot's and the journal's inode, and how far into the journal.
   #snapshotKey = "";
@@ -116,6 +164,7 @@ export class InviteStore {
     this.#paths = paths;
     this.#reservationMs = options.reservationMs ?? RESERVATION_MS;
     this.#retryMs = Math.min(options.retryMs ?? DAY_MS, DAY_MS);
+    this.#lock = options.lock ?? {};
   }
 
   /** Creates an invite for `name` valid for `ttlMs`; returns the token (shown once, never stored). */
@@ -202,7 +251,7 @@ export class InviteStore {
   }
 
   /**
-   * The name an unused, unexpired `token` enrolls; `ERR_TOKEN_INVALID` otherwise.
+   * The name an unused, unexpired, uncancelled `token` enrolls; `ERR_TOKEN_INVALID` otherwise.
    * Reads only: lets a request be checked before the token is reserved.
    */
   async nameOf(token: unknown): Promise<string> {
@@ -213,7 +262,9 @@ export class InviteStore {
     // Known in memory is enough for a first check: redeem() checks again under the lock.
     const record = this.#records.get(hash) ??
       await this.#locked(() => Promise.resolve(this.#records.get(hash)));
-    if (!record || record.usedAt || Date.parse(record.expiresAt) <= Date.now()) {
+    if (
+      !record || record.usedAt || record.cancelledAt || Date.parse(record.expiresAt) <= Date.now()
+    ) {
       throw new E2eError("ERR_TOKEN_INVALID", INVALID);
     }
     return record.name;
@@ -252,6 +303,84 @@ export class InviteStore {
   }
 
   /**
+   * Every invite the store holds with what became of it: open ones first, then
+   * the others, each group oldest first. Reads only.
+   */
+  async list(): Promise<ListedInvite[]> {
+    return await this.#locked(async () => {
+      const now = Date.now();
+      const issued = await this.#issuedByNormalSerial();
+      const rows = [...this.#records.values()].map((r) => listed(r, now, issued));
+      // A stable sort keeps the records' order (oldest first) inside each group.
+      return rows.sort((a, b) => (a.status === "open" ? 0 : 1) - (b.status === "open" ? 0 : 1));
+    });
+  }
+
+  /**
+   * Cancels the open invites for the name `nameOrId` (when any invite, open or
+   * not, has that name), or else the one invite whose short id starts with
+   * `nameOrId` (at least four hex characters, any case): each
+   * gets a `cancel` record, fsynced before this returns, and its token is
+   * refused from then on like a used one. Returns the invites cancelled, as
+   * {@linkcode InviteStore.list} reports them now.
+   *
+   * Throws `ERR_INVITE_NOT_OPEN` when nothing open matches (an unknown name or
+   * id, or one used, expired or cancelled already), and
+   * `ERR_INVITE_AMBIGUOUS`, naming the matches, when an id prefix fits more
+   * than one invite; either way nothing changes.
+   *
+   * Holds the CA lock as well as the invites lock: no commit is under way then,
+   * so a claim the index does not hold belongs to an enrollment that failed,
+   * and every later claim sees the cancellation and is refused. A token is thus
+   * either used (its certificate is in the index) or cancelled, never both.
+   */
+  async cancel(nameOrId: string): Promise<ListedInvite[]> {
+    return await locked(this.#paths, () =>
+      this.#locked(async () => {
+        const now = Date.now();
+        const issued = await this.#issuedByNormalSerial();
+        const all = [...this.#records.values()];
+        const open = (r: InviteRecord) => listed(r, now, issued).status === "open";
+        // A name the store knows is never read as an id: "cafe" must not cancel another's invite.
+        const named = all.filter((r) => r.name === nameOrId);
+        let targets = named.filter(open);
+        const prefix = nameOrId.toLowerCase();
+        if (!named.length && new RegExp(`^[0-9a-f]{${MIN_ID_PREFIX},64}$`).test(prefix)) {
+          const matches = all.filter((r) => r.hash.startsWith(prefix));
+          if (matches.length > 1) {
+            const names = matches.map((r) => `${shortId(r.hash)} (${JSON.stringify(r.name)})`);
+            throw new E2eError(
+              "ERR_INVITE_AMBIGUOUS",
+              `Cannot cancel: id ${JSON.stringify(nameOrId)} fits ${matches.length} invites: ` +
+                names.join(", "),
+              { hint: "give more of the id, as `deno task ca invites` shows it" },
+            );
+          }
+          targets = matches.filter(open);
+          if (matches.length === 1 && !targets.length) {
+            const { id, name, status } = listed(matches[0], now, issued);
+            throw new E2eError(
+              "ERR_INVITE_NOT_OPEN",
+              `Cannot cancel: invite ${id} for ${JSON.stringify(name)} is ${status}`,
+            );
+          }
+        }
+        if (!targets.length) {
+          throw new E2eError(
+            "ERR_INVITE_NOT_OPEN",
+            `Cannot cancel: no open invite for ${JSON.stringify(nameOrId)}`,
+            { hint: "`deno task ca invites` lists them; cancel takes a NAME or an invite's ID" },
+          );
+        }
+        const at = new Date(now).toISOString();
+        await this.#append(targets.map((r) => ({ op: "cancel", hash: r.hash, at })), {
+          durable: true,
+        });
+        return targets.map((r) => listed(r, now, issued));
+      }), this.#lock);
+  }
+
+  /**
    * Drops every reservation, settles every claim against the index and
    * compacts: the service calls this when it starts, since a reservation left
    * behind can only come from a service that died mid-enrollment.
@@ -283,7 +412,7 @@ export class InviteStore {
 
   // Whether `record` may be redeemed now. A claim not followed by "used" is settled by the index.
   async #usable(record: InviteRecord, now: number): Promise<boolean> {
-    if (record.usedAt || Date.parse(record.expiresAt) <= now) return false;
+    if (record.usedAt || record.cancelledAt || Date.parse(record.expiresAt) <= now) return false;
     if (Date.parse(record.reservedUntil ?? "") > now) return false;
     if (record.serial !== undefined) {
       if ((await this.#issuedSerials()).has(normalizeSerialHex(record.serial))) return false;
@@ -292,11 +421,16 @@ export class InviteStore {
   }
 
   async #issuedSerials(): Promise<Set<string>> {
+    return new Set((await this.#issuedByNormalSerial()).keys());
+  }
+
+  // The index's serials as written there ("0A…"), by their normalized form.
+  async #issuedByNormalSerial(): Promise<Map<string, string>> {
     const entries = await readIndex(this.#paths).catch((e) => {
       if (e instanceof Deno.errors.NotFound) return [];
       throw e;
     });
-    return new Set(entries.map((e) => normalizeSerialHex(e.serial)));
+    return new Map(entries.map((e) => [normalizeSerialHex(e.serial), e.serial]));
   }
 
   // Renews the reservation of `hash` every third of its time until stopped. stop() waits for a
@@ -327,7 +461,7 @@ export class InviteStore {
   async #claimable(claim: JournalRecord): Promise<boolean> {
     if (claim.op !== "claim") return false;
     const record = this.#records.get(claim.hash);
-    if (!record || record.usedAt) return false;
+    if (!record || record.usedAt || record.cancelledAt) return false;
     if (record.serial === undefined || normalizeSerialHex(record.serial) === claim.serial) {
       return true;
     }
@@ -378,7 +512,7 @@ export class InviteStore {
     return withLock(this.#paths.invitesLock, async () => {
       await this.#refresh();
       return await fn();
-    });
+    }, this.#lock);
   }
 
   // Reads what changed on disk since the last look: the journal's new lines, or everything
@@ -445,7 +579,7 @@ export class InviteStore {
     else if (r.op === "used") {
       delete record.reservedUntil;
       record.usedAt ??= r.at;
-    }
+    } else if (r.op === "cancel") record.cancelledAt ??= r.at;
   }
 
   // Appends `records` (applying them to the state); fsyncs when `durable`. Call only under the lock.
@@ -467,10 +601,11 @@ export class InviteStore {
   }
 
   // Writes the whole state as a new snapshot, then an empty journal that names it. Drops invites
-  // used or expired over a day ago. Call only under the lock.
+  // used, cancelled or expired over a day ago (a token the store no longer knows is refused as
+  // well). Call only under the lock.
   async #compact(now: number): Promise<void> {
     const kept = [...this.#records.values()].filter((r) =>
-      Date.parse(r.usedAt ?? r.expiresAt) > now - DAY_MS || r.reservedUntil ||
+      Date.parse(r.usedAt ?? r.cancelledAt ?? r.expiresAt) > now - DAY_MS || r.reservedUntil ||
       (r.serial !== undefined && !r.usedAt)
     );
     const id = crypto.randomUUID();
@@ -514,6 +649,38 @@ async function readSnapshot(path: string): Promise<Snapshot> {
     if (e instanceof Deno.errors.NotFound) return { invites: [] };
     throw e;
   }
+}
+
+// An invite as list() reports it; `issued` maps the index's serials, normalized, to their form
+// there (the form `ca list` prints).
+function listed(r: InviteRecord, now: number, issued: Map<string, string>): ListedInvite {
+  const claimed = r.serial !== undefined && issued.has(normalizeSerialHex(r.serial));
+  const status: InviteStatus = r.usedAt || claimed
+    ? "used"
+    : r.cancelledAt
+    ? "cancelled"
+    : Date.parse(r.expiresAt) <= now
+    ? "expired"
+    : "open";
+  const row: ListedInvite = {
+    id: shortId(r.hash),
+    name: r.name,
+    status,
+    createdAt: r.createdAt,
+    expiresAt: r.expiresAt,
+  };
+  if (status === "used") {
+    if (r.usedAt) row.usedAt = r.usedAt;
+    if (r.serial !== undefined) {
+      row.serial = issued.get(normalizeSerialHex(r.serial)) ?? normalizeSerialHex(r.serial);
+    }
+  }
+  if (status === "cancelled") row.cancelledAt = r.cancelledAt;
+  return row;
+}
+
+function shortId(hash: string): string {
+  return hash.slice(0, INVITE_ID_LENGTH);
 }
 
 function hashToken(token: string): string {

@@ -643,6 +643,253 @@ Deno.test("InviteStore.issuedWith() finds a token whose commit is done while its
   });
 });
 
+// list and cancel
+
+const notOpen = (message: string) => e2eError("ERR_INVITE_NOT_OPEN", message);
+
+/** The store's two files, to prove a refusal changed nothing. */
+async function files(paths: CaPaths): Promise<Array<string | null>> {
+  const read = (path: string) =>
+    Deno.readTextFile(path).catch((e) => {
+      if (e instanceof Deno.errors.NotFound) return null;
+      throw e;
+    });
+  return [await read(invitesFile(paths)), await read(journalFile(paths))];
+}
+
+/** Writes a snapshot of invites with the given hashes (tokens unknown), as an older store would. */
+async function writeInvites(
+  paths: CaPaths,
+  invites: Array<{ hash: string; name: string } & Record<string, string>>,
+): Promise<void> {
+  const iso = (ms: number) => new Date(Date.now() + ms).toISOString();
+  const full = invites.map((r) => ({ createdAt: iso(-HOUR_MS), expiresAt: iso(HOUR_MS), ...r }));
+  await Deno.writeTextFile(invitesFile(paths), JSON.stringify({ invites: full }), { mode: 0o600 });
+}
+
+Deno.test("InviteStore.list() gives each invite's short id, name, times and status, open ones first, and never the token", async () => {
+  await withStore(async (store, paths) => {
+    await writeIndex(paths, []);
+    const used = await store.create("bob", HOUR_MS);
+    const expired = await store.create("carol", 1);
+    const open = await store.create("alice", HOUR_MS);
+    const cancelled = await store.create("dave", HOUR_MS);
+    const usedNoClaim = await store.create("erin", HOUR_MS);
+    await store.redeem(used.token, async (_name, claim) => {
+      await claim("0AB1");
+      await writeIndex(paths, ["0AB1"]); // the commit: the index writes whole bytes
+    });
+    await store.redeem(usedNoClaim.token, () => Promise.resolve(1));
+    await store.cancel("dave");
+    await new Promise((resolve) => setTimeout(resolve, 10)); // carol's 1 ms are over
+
+    const rows = await new InviteStore(paths).list();
+    assert.deepEqual(rows.map((r) => [r.name, r.status]), [
+      ["alice", "open"],
+      ["bob", "used"],
+      ["carol", "expired"],
+      ["dave", "cancelled"],
+      ["erin", "used"],
+    ]);
+    const byName = new Map(rows.map((r) => [r.name, r]));
+    const tokens = { alice: open, bob: used, carol: expired, dave: cancelled, erin: usedNoClaim };
+    for (const [name, invite] of Object.entries(tokens)) {
+      const row = byName.get(name)!;
+      assert.equal(row.id, sha256(invite.token).slice(0, 8), name);
+      assert.equal(row.expiresAt, invite.expiresAt.toISOString(), name);
+      assert.ok(Date.parse(row.createdAt) <= Date.now(), name);
+    }
+    assert.equal(byName.get("bob")!.serial, "0AB1", "the serial as the index writes it");
+    assert.ok(byName.get("bob")!.usedAt);
+    assert.equal(byName.get("erin")!.serial, undefined, "no claim, no serial");
+    assert.ok(byName.get("dave")!.cancelledAt);
+    for (const name of ["alice", "carol"]) {
+      const row = byName.get(name)!;
+      assert.deepEqual(Object.keys(row).sort(), ["createdAt", "expiresAt", "id", "name", "status"]);
+    }
+    const text = JSON.stringify(rows);
+    for (const invite of Object.values(tokens)) {
+      assert.ok(!text.includes(invite.token), "never a token");
+      assert.ok(!text.includes(sha256(invite.token)), "nor its whole hash");
+    }
+  });
+});
+
+Deno.test("InviteStore.cancel() withdraws every open invite for a name, on disk before it returns, and their tokens are refused like used ones", async () => {
+  await withStore(async (store, paths) => {
+    const first = await store.create("alice", HOUR_MS);
+    const second = await store.create("alice", HOUR_MS);
+    const bob = await store.create("bob", HOUR_MS);
+    const service = new InviteStore(paths);
+    assert.equal(await service.nameOf(first.token), "alice"); // the service has read it
+
+    const cancelled = await new InviteStore(paths).cancel("alice");
+    assert.deepEqual(cancelled.map((r) => [r.id, r.name, r.status]), [
+      [sha256(first.token).slice(0, 8), "alice", "cancelled"],
+      [sha256(second.token).slice(0, 8), "alice", "cancelled"],
+    ]);
+    const lines = (await Deno.readTextFile(journalFile(paths))).trim().split("\n")
+      .map((l) => JSON.parse(l));
+    assert.deepEqual(lines.slice(1).map((l) => [l.op, l.hash]), [
+      ["cancel", sha256(first.token)],
+      ["cancel", sha256(second.token)],
+    ]);
+    assert.equal(lines[1].at, cancelled[0].cancelledAt);
+
+    const { calls, enroll } = recorder("issued");
+    for (const token of [first.token, second.token]) {
+      // (nameOf() may answer from memory: it is a first check, and redeem() decides.)
+      await assert.rejects(service.redeem(token, enroll), tokenInvalid);
+      await assert.rejects(new InviteStore(paths).nameOf(token), tokenInvalid);
+    }
+    assert.deepEqual(calls, []);
+    assert.equal(await service.redeem(bob.token, enroll), "issued", "other names keep theirs");
+    assert.deepEqual(calls, ["bob"]);
+  });
+});
+
+Deno.test("InviteStore.cancel() takes an invite's short id or a prefix of it, in either case, and cancels that one only", async () => {
+  await withStore(async (store) => {
+    const first = await store.create("alice", HOUR_MS);
+    const second = await store.create("alice", HOUR_MS);
+    const id = sha256(first.token).slice(0, 8);
+    const [row] = await store.cancel(id.slice(0, 5).toUpperCase());
+    assert.equal(row.id, id);
+    assert.deepEqual((await store.list()).map((r) => [r.id, r.status]), [
+      [sha256(second.token).slice(0, 8), "open"],
+      [id, "cancelled"],
+    ]);
+    await assert.rejects(store.redeem(first.token, () => Promise.resolve(1)), tokenInvalid);
+    assert.equal(await store.redeem(second.token, () => Promise.resolve(2)), 2);
+  });
+});
+
+Deno.test("InviteStore.cancel() refuses an id prefix that fits several invites with ERR_INVITE_AMBIGUOUS naming them, and changes nothing", async () => {
+  await withStore(async (store, paths) => {
+    await writeInvites(paths, [
+      { hash: "abcd1" + "1".repeat(59), name: "alice" },
+      { hash: "abcd2" + "2".repeat(59), name: "bob", usedAt: new Date().toISOString() },
+    ]);
+    const before = await files(paths);
+    await assert.rejects(
+      store.cancel("abcd"),
+      e2eError(
+        "ERR_INVITE_AMBIGUOUS",
+        'Cannot cancel: id "abcd" fits 2 invites: abcd1111 ("alice"), abcd2222 ("bob")',
+      ),
+    );
+    assert.deepEqual(await files(paths), before);
+    assert.deepEqual((await store.cancel("abcd1")).map((r) => r.name), ["alice"]);
+  });
+});
+
+Deno.test("InviteStore.cancel() with nothing open refuses with ERR_INVITE_NOT_OPEN and changes nothing", async () => {
+  await withStore(async (store, paths) => {
+    const used = await store.create("bob", HOUR_MS);
+    await store.redeem(used.token, () => Promise.resolve(1));
+    const cancelled = await store.create("carol", HOUR_MS);
+    await store.cancel("carol");
+    await store.create("dave", 1);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    const before = await files(paths);
+    const carol = sha256(cancelled.token).slice(0, 8);
+    const bob = sha256(used.token).slice(0, 8);
+    const refusals: Array<[string, string]> = [
+      ["alice", 'Cannot cancel: no open invite for "alice"'], // never invited
+      ["bob", 'Cannot cancel: no open invite for "bob"'], // used
+      ["carol", 'Cannot cancel: no open invite for "carol"'], // cancelled already
+      ["dave", 'Cannot cancel: no open invite for "dave"'], // expired
+      [carol, `Cannot cancel: invite ${carol} for "carol" is cancelled`],
+      [bob, `Cannot cancel: invite ${bob} for "bob" is used`],
+      ["ffff0000", 'Cannot cancel: no open invite for "ffff0000"'],
+    ];
+    for (const [arg, message] of refusals) {
+      await assert.rejects(store.cancel(arg), notOpen(message), arg);
+    }
+    assert.deepEqual(await files(paths), before);
+  });
+});
+
+Deno.test("InviteStore.cancel() reads the name of any invite it holds as a name, never as another invite's id", async () => {
+  await withStore(async (store, paths) => {
+    await writeInvites(paths, [
+      { hash: "cafe1" + "1".repeat(59), name: "alice" },
+      { hash: "2".repeat(64), name: "cafe", usedAt: new Date().toISOString() },
+    ]);
+    const before = await files(paths);
+    await assert.rejects(store.cancel("cafe"), notOpen('Cannot cancel: no open invite for "cafe"'));
+    assert.deepEqual(await files(paths), before);
+    assert.deepEqual((await store.list()).map((r) => [r.name, r.status]), [
+      ["alice", "open"],
+      ["cafe", "used"],
+    ]);
+    assert.deepEqual((await store.cancel("cafe1")).map((r) => r.name), ["alice"]);
+  });
+});
+
+Deno.test("InviteStore.cancel() during an enrollment makes its claim fail: the token ends cancelled, never used", async () => {
+  await withStore(async (store, paths) => {
+    await writeIndex(paths, []);
+    const { token } = await store.create("alice", HOUR_MS);
+    let reserved!: () => void;
+    const inEnroll = new Promise<void>((resolve) => reserved = resolve);
+    let cancelledNow!: () => void;
+    const gate = new Promise<void>((resolve) => cancelledNow = resolve);
+    const redemption = store.redeem(token, async (_name, claim) => {
+      reserved();
+      await gate;
+      await claim("C0FFEE");
+      await writeIndex(paths, ["C0FFEE"]); // never reached: a refused claim stops the commit
+      return "issued";
+    });
+    await inEnroll;
+    // The reservation keeps other enrollments away, not the operator.
+    assert.deepEqual((await new InviteStore(paths).cancel("alice")).map((r) => r.status), [
+      "cancelled",
+    ]);
+    cancelledNow();
+    await assert.rejects(redemption, tokenInvalid);
+    assert.equal(await Deno.readTextFile(paths.index), "");
+    assert.deepEqual((await store.list()).map((r) => r.status), ["cancelled"]);
+  });
+});
+
+Deno.test("InviteStore: a cancelled invite stays refused through compactions and a service start, and goes a day after its cancellation", async () => {
+  await withStore(async (store, paths) => {
+    const { token } = await store.create("alice", HOUR_MS);
+    await store.cancel("alice");
+    await store.create("bob", HOUR_MS); // a compaction: the journal is folded into the snapshot
+    const snapshot = JSON.parse(await Deno.readTextFile(invitesFile(paths)));
+    assert.ok(snapshot.invites.find((r: { name: string }) => r.name === "alice").cancelledAt);
+    await new InviteStore(paths).clearReservations(); // a service starting compacts too
+    for (const fresh of [store, new InviteStore(paths)]) {
+      await assert.rejects(fresh.nameOf(token), tokenInvalid);
+      await assert.rejects(fresh.redeem(token, () => Promise.resolve(1)), tokenInvalid);
+    }
+    assert.deepEqual((await store.list()).map((r) => [r.name, r.status]), [
+      ["bob", "open"],
+      ["alice", "cancelled"],
+    ]);
+
+    // Cancelled over a day ago (its expiry still ahead): dropped like a used one, and a token
+    // the store no longer knows is refused all the same.
+    const old = "o".repeat(43);
+    const iso = (ms: number) => new Date(Date.now() + ms).toISOString();
+    await writeInvites(paths, [
+      {
+        hash: sha256(old),
+        name: "olga",
+        expiresAt: iso(5 * 86_400_000),
+        cancelledAt: iso(-2 * 86_400_000),
+      },
+    ]);
+    await store.create("carol", HOUR_MS);
+    assert.deepEqual((await records(paths)).map((r) => r.name), ["carol"]);
+    await assert.rejects(store.redeem(old, () => Promise.resolve(1)), tokenInvalid);
+  });
+});
+
+// ---------------------------------------------------------------------------
 // ---------------------------------------------------------------------------
 // parseDuration
 

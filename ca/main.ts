@@ -18,7 +18,7 @@ import {
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 import { resolveHome, resolveUserPath } from "../lib/home.ts";
-import { holdLock } from "../lib/lock.ts";
+import { holdLock, type LockOptions } from "../lib/lock.ts";
 import { readPassphrase } from "../lib/passphrase.ts";
 import { CertificateAuthority } from "./authority.ts";
 import { CA_KEY_TYPES, checkDays, REVOKE_REASONS } from "./policy.ts";
@@ -26,7 +26,7 @@ import { MAX_CSR_BYTES } from "../lib/csr.ts";
 import { exists } from "../lib/fs.ts";
 import { formatInvite } from "../lib/invite.ts";
 import { checkName } from "../lib/names.ts";
-import { InviteStore, parseDuration } from "./invites.ts";
+import { InviteStore, type ListedInvite, parseDuration } from "./invites.ts";
 import { CaService, DEFAULT_PORT, type ServeOptions } from "./service.ts";
 import { CaPaths } from "./home.ts";
 import { Buffer } from "node:buffer";
@@ -58,6 +58,14 @@ Commands:
           Print a single-use invite URL for NAME to enroll with. It names the
           running service's address (else 127.0.0.1:65433, or --url). Enrolling
           with it replaces the name's certificate, if any (a lost key).
+  invites [--json]
+          The invites the CA holds: id (the start of the token's hash; the
+          token is never stored), name, status (open, used with the serial it
+          got, expired, cancelled), when made and when it expires; open first.
+  invites cancel NAME|ID [--json]
+          Withdraw the open invites for NAME, or the one whose id starts with
+          ID (4 or more hex characters); its token is refused from then on.
+          Safe while the service runs. Exit 1 when nothing open matches.
   init    [--key-type rsa-4096|ec-p256|ed25519] [--days N] [--cn NAME]
           Create the CA: an encrypted key and a self-signed certificate.
   sign    --name NAME CSR_FILE [--out FILE] [--days N] [--replace]
@@ -88,11 +96,24 @@ const COMMON = {
 
 const PASSPHRASE_ENV = "E2E_CHAT_CA_PASSPHRASE";
 
+// A command that waits for a lock another process holds says so, once (lib/lock.ts never
+// prints): it may wait up to 60 s, and should not look hung meanwhile. Not for `serve`, whose
+// stderr is the service's log.
+let toldWaiting = false;
+const LOCK_NOTICE: LockOptions = {
+  onWait: () => {
+    if (toldWaiting) return;
+    toldWaiting = true;
+    err("e2e-chat: waiting for the CA lock (another e2e-chat command is using this CA)…\n")
+      .catch(() => {});
+  },
+};
+
 function main(args: string[]): Promise<number> {
   return dispatch(args, {
     program: "ca",
     usage: USAGE,
-    commands: { init, serve, invite, sign, revoke, crl, list, log },
+    commands: { init, serve, invite, invites, sign, revoke, crl, list, log },
     fallback: serve,
   });
 }
@@ -177,7 +198,7 @@ async function serve(args: string[]): Promise<number> {
     await err("e2e-chat: generating an RSA-4096 key (this can take a few seconds)\n");
     ca = await CertificateAuthority.init(home, passphrase);
   } else {
-    ca = await openWithPassphrase(values);
+    ca = await openWithPassphrase(values, {});
     await ca.unlock(); // a wrong passphrase fails now, not at the first enrollment
   }
   // One service per CA home: a second one would take the first's live invite reservations for
@@ -237,7 +258,7 @@ async function invite(args: string[]): Promise<number> {
         `the address members reach the CA service at, e.g. --url ca.example.org:${DEFAULT_PORT}`,
     });
   }
-  const { token } = await new InviteStore(ca.paths).create(name, ttl);
+  const { token } = await new InviteStore(ca.paths, { lock: LOCK_NOTICE }).create(name, ttl);
   const url = formatInvite({
     host: m[1],
     port: Number(m[2]),
@@ -255,6 +276,37 @@ async function invite(args: string[]): Promise<number> {
     );
   }
   return 0;
+}
+
+async function invites(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, { ...COMMON, json: { type: "boolean" } });
+  if (values.help) return await help();
+  const cancelling = positionals[0] === "cancel";
+  if (cancelling ? positionals.length !== 2 : positionals.length !== 0) {
+    throw new E2eError("ERR_USAGE", "invites takes no argument, or cancel NAME|ID");
+  }
+  // Needs no passphrase: invites never touch the key.
+  const ca = await CertificateAuthority.open(resolveHome(values.home));
+  const store = new InviteStore(ca.paths, { lock: LOCK_NOTICE });
+  const rows = cancelling ? await store.cancel(positionals[1]) : await store.list();
+  if (values.json) {
+    await out(JSON.stringify(rows) + "\n");
+  } else if (cancelling) {
+    await out(rows.map((r) => `Cancelled invite ${r.id} for "${r.name}"\n`).join(""));
+  } else {
+    await out(inviteTable(rows));
+  }
+  return 0;
+}
+
+function inviteTable(rows: ListedInvite[]): string {
+  const table = [["ID", "NAME", "STATUS", "CREATED", "EXPIRES", "SERIAL"]];
+  for (const r of rows) {
+    table.push([r.id, r.name, r.status, r.createdAt, r.expiresAt, r.serial ?? ""]);
+  }
+  const widths = table[0].map((_, i) => Math.max(...table.map((row) => row[i].length)));
+  return table.map((row) => row.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd())
+    .join("\n") + "\n";
 }
 
 async function runningServiceAddress(ca: CertificateAuthority): Promise<string | undefined> {
@@ -299,6 +351,7 @@ async function init(args: string[]): Promise<number> {
     keyType,
     days,
     commonName: values.cn,
+    lock: LOCK_NOTICE,
   });
   await out(
     `Created the CA in ${ca.paths.dir}\n` +
@@ -458,6 +511,7 @@ async function log(args: string[]): Promise<number> {
 
 async function openWithPassphrase(
   values: { home?: string; "passphrase-file"?: string },
+  lock: LockOptions = LOCK_NOTICE,
 ): Promise<CertificateAuthority> {
   const home = resolveHome(values.home);
   await CertificateAuthority.open(home); // a missing CA is reported before asking for a passphrase
@@ -466,7 +520,7 @@ async function openWithPassphrase(
     envVar: PASSPHRASE_ENV,
     label: "CA passphrase",
   });
-  return await CertificateAuthority.open(home, { passphrase });
+  return await CertificateAuthority.open(home, { passphrase, lock });
 }
 
 async function readInput(arg: string): Promise<Uint8Array> {

@@ -11,7 +11,7 @@
  */
 import { join } from "node:path";
 import { ensurePrivateDir, exists, readUpToSync, syncDir, writeFileAtomic } from "../lib/fs.ts";
-import { withLock } from "../lib/lock.ts";
+import { type LockOptions, withLock } from "../lib/lock.ts";
 import { normalizeSerialHex } from "../lib/x509.ts";
 import type { CaPaths } from "./home.ts";
 
@@ -262,7 +262,7 @@ function prepareSignFolder(dir: string): Promise<void> {
 /**
  * Runs `fn` with exclusive access to the CA database and a private
  * {@linkcode Transaction}. When `fn` returns, what it did is committed; when
- * it throws, nothing is.
+ * it throws, nothing is. `lock` says how to wait for the CA lock (default: 60 s, silently).
  *
  * @example
  * ```ts
@@ -273,7 +273,11 @@ function prepareSignFolder(dir: string): Promise<void> {
  * });
  * ```
  */
-export function transaction<T>(paths: CaPaths, fn: (tx: Transaction) => Promise<T>): Promise<T> {
+export function transaction<T>(
+  paths: CaPaths,
+  fn: (tx: Transaction) => Promise<T>,
+  lock: LockOptions = {},
+): Promise<T> {
   return withLock(paths.lock, async () => {
     // Once per process: a long-running service leaves a crashed CLI's leftovers to the next start.
     if (!prepared.has(paths.dir)) {
@@ -291,15 +295,19 @@ export function transaction<T>(paths: CaPaths, fn: (tx: Transaction) => Promise<
     } finally {
       if (tx.made) await Deno.remove(tx.dir, { recursive: true }).catch(() => {});
     }
-  });
+  }, lock);
 }
 
 /**
  * Runs `fn` under the CA lock without a work copy (for init and reads that must
- * not interleave with a commit).
+ * not interleave with a commit). `lock` says how to wait for it (default: 60 s, silently).
  */
-export function locked<T>(paths: CaPaths, fn: () => Promise<T>): Promise<T> {
-  return withLock(paths.lock, fn);
+export function locked<T>(
+  paths: CaPaths,
+  fn: () => Promise<T>,
+  lock: LockOptions = {},
+): Promise<T> {
+  return withLock(paths.lock, fn, lock);
 }
 
 // Work folders and temp files of a process killed mid-transaction; we hold the lock, so none is in use.

@@ -14,7 +14,16 @@ const queues = new Map<string, Promise<unknown>>();
 export interface LockOptions {
   /** Milliseconds to wait for another process before giving up. Default: 60000. */
   timeoutMs?: number;
+  /**
+   * Called once when another process has held the lock for about a second and
+   * this caller still waits, so a command can say why it is silent (this module
+   * never prints). Not called when the lock is taken sooner. Default: none.
+   */
+  onWait?: () => void;
 }
+
+/** How long a caller waits for another process before {@linkcode LockOptions.onWait} runs, ms. */
+export const LOCK_WAIT_NOTICE_MS = 1_000;
 
 /**
  * Runs `fn` while holding the exclusive lock on the file at `path` (created 0600 if missing).
@@ -33,7 +42,7 @@ export function withLock<T>(
   options: LockOptions = {},
 ): Promise<T> {
   const previous = queues.get(path) ?? Promise.resolve();
-  const run = previous.catch(() => {}).then(() => lockFile(path, fn, options.timeoutMs ?? 60_000));
+  const run = previous.catch(() => {}).then(() => lockFile(path, fn, options));
   const tail = run.catch(() => {});
   queues.set(path, tail);
   tail.then(() => {
@@ -55,12 +64,12 @@ export function withLock<T>(
  * ```
  */
 export async function holdLock(path: string, options: LockOptions = {}): Promise<() => void> {
-  const file = await acquire(path, options.timeoutMs ?? 60_000);
+  const file = await acquire(path, options);
   return () => file.close(); // closing releases the flock
 }
 
-async function lockFile<T>(path: string, fn: () => Promise<T>, timeoutMs: number): Promise<T> {
-  const file = await acquire(path, timeoutMs);
+async function lockFile<T>(path: string, fn: () => Promise<T>, options: LockOptions): Promise<T> {
+  const file = await acquire(path, options);
   try {
     return await fn();
   } finally {
@@ -68,14 +77,18 @@ async function lockFile<T>(path: string, fn: () => Promise<T>, timeoutMs: number
   }
 }
 
-async function acquire(path: string, timeoutMs: number): Promise<Deno.FsFile> {
+async function acquire(path: string, options: LockOptions): Promise<Deno.FsFile> {
+  const timeoutMs = options.timeoutMs ?? 60_000;
   // Synchronous open: a local file, opened several times per enrollment.
   const file = Deno.openSync(path, { read: true, write: true, create: true, mode: 0o600 });
   let timer: ReturnType<typeof setTimeout> | undefined;
+  let notice: ReturnType<typeof setTimeout> | undefined;
   const locked = file.lock(true).then(() => true);
   const timedOut = new Promise<false>((resolve) => {
     timer = setTimeout(() => resolve(false), timeoutMs);
   });
+  const onWait = options.onWait;
+  if (onWait && timeoutMs > LOCK_WAIT_NOTICE_MS) notice = setTimeout(onWait, LOCK_WAIT_NOTICE_MS);
   try {
     if (!await Promise.race([locked, timedOut])) {
       // The pending flock keeps the fd and a worker thread until the holder lets go; close then.
@@ -86,6 +99,7 @@ async function acquire(path: string, timeoutMs: number): Promise<Deno.FsFile> {
     }
   } finally {
     clearTimeout(timer);
+    clearTimeout(notice);
   }
   return file;
 }

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { E2eError } from "./errors.ts";
-import { withLock } from "./lock.ts";
+import { holdLock, LOCK_WAIT_NOTICE_MS, withLock } from "./lock.ts";
 
 const LOCK_MODULE = new URL("./lock.ts", import.meta.url).href;
 
@@ -180,4 +180,54 @@ Deno.test({
       }
     });
   },
+});
+
+Deno.test("withLock() calls onWait once while another process holds the lock past a second, then runs fn once it is free", async () => {
+  await withScratch(async (dir) => {
+    const path = join(dir, ".ca.lock");
+    const holder = await holdLockInChild(path);
+    let released = false;
+    try {
+      let waits = 0;
+      let ran = false;
+      let told!: () => void;
+      const notified = new Promise<void>((resolve) => told = resolve);
+      const waiting = withLock(path, () => {
+        ran = true;
+        return Promise.resolve();
+      }, {
+        timeoutMs: 30_000,
+        onWait: () => {
+          waits++;
+          told();
+        },
+      });
+      // Without a notice, the wait ends in ERR_LOCK_TIMEOUT and fails the test.
+      await Promise.race([notified, waiting]);
+      assert.equal(ran, false, "told while still waiting");
+      await delay(LOCK_WAIT_NOTICE_MS + 200);
+      assert.equal(waits, 1, "told once, however long the wait");
+      released = true;
+      await holder.release();
+      await waiting;
+      assert.equal(ran, true);
+      assert.equal(waits, 1);
+    } finally {
+      if (!released) await holder.release();
+    }
+  });
+});
+
+Deno.test("withLock() and holdLock() never call onWait when the lock is free", async () => {
+  await withScratch(async (dir) => {
+    const path = join(dir, ".ca.lock");
+    let waits = 0;
+    const onWait = () => waits++;
+    assert.equal(await withLock(path, () => Promise.resolve(1), { onWait }), 1);
+    const release = await holdLock(path, { onWait });
+    release();
+    // A notice still pending would fire within a second of the call: wait past that.
+    await delay(LOCK_WAIT_NOTICE_MS + 200);
+    assert.equal(waits, 0);
+  });
 });

@@ -958,6 +958,187 @@ Deno.test("ca list shows every certificate as a table and as JSON", async () => 
 });
 
 // ---------------------------------------------------------------------------
+// invites
+
+/** One row of `ca invites --json` (docs/CA.md, "Invites"). */
+interface ListedInvite {
+  id: string;
+  name: string;
+  status: string;
+  createdAt: string;
+  expiresAt: string;
+  usedAt?: string;
+  serial?: string;
+  cancelledAt?: string;
+}
+
+/** Makes an invite for `name` and returns its token. */
+async function inviteToken(home: string, name: string, ...args: string[]): Promise<string> {
+  const result = await runCa(home, ["invite", name, "--url", "ca.example.org:443", ...args]);
+  assertSuccess(result);
+  const token = /[?&]token=([A-Za-z0-9_-]{43})$/m.exec(result.stdout)?.[1];
+  assert.ok(token, result.stdout);
+  return token;
+}
+
+function shortId(token: string): string {
+  return createHash("sha256").update(token).digest("hex").slice(0, 8);
+}
+
+async function invitesJson(home: string, ...args: string[]): Promise<ListedInvite[]> {
+  const result = await runCa(home, ["invites", ...args, "--json"]);
+  assertSuccess(result);
+  return JSON.parse(result.stdout);
+}
+
+Deno.test("ca invites lists every invite, open ones first, as a table and as JSON, and never a token", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home);
+    const tokens: Record<string, string> = {};
+    for (const name of ["carol", "alice", "bob"]) tokens[name] = await inviteToken(home, name);
+    assertSuccess(await runCa(home, ["invites", "cancel", "carol"]));
+
+    // invites needs no passphrase: it never touches the key.
+    const json = await runCli("ca/main.ts", ["invites", "--json"], {
+      env: { E2E_CHAT_HOME: home },
+    });
+    assertSuccess(json);
+    const rows: ListedInvite[] = JSON.parse(json.stdout);
+    assert.deepEqual(rows.map((r) => [r.id, r.name, r.status]), [
+      [shortId(tokens.alice), "alice", "open"],
+      [shortId(tokens.bob), "bob", "open"],
+      [shortId(tokens.carol), "carol", "cancelled"],
+    ]);
+    for (const r of rows) {
+      assert.ok(Date.parse(r.createdAt) <= Date.now());
+      assert.ok(Math.abs(Date.parse(r.expiresAt) - (Date.parse(r.createdAt) + DAY_MS)) < 1_000);
+    }
+    assert.ok(Date.parse(rows[2].cancelledAt!) >= Date.parse(rows[2].createdAt));
+
+    const table = await runCa(home, ["invites"]);
+    assertSuccess(table);
+    const lines = table.stdout.trimEnd().split("\n").map((l) => l.split(/ {2,}/));
+    assert.deepEqual(lines[0], ["ID", "NAME", "STATUS", "CREATED", "EXPIRES", "SERIAL"]);
+    assert.deepEqual(
+      lines.slice(1),
+      rows.map((r) => [r.id, r.name, r.status, r.createdAt, r.expiresAt]),
+    );
+    for (const token of Object.values(tokens)) {
+      for (const out of [json.stdout, table.stdout]) {
+        assert.ok(!out.includes(token), "never a token");
+        const hash = createHash("sha256").update(token).digest("hex");
+        assert.ok(!out.includes(hash.slice(0, 9)), "no more of its hash than the id");
+      }
+    }
+  });
+});
+
+Deno.test("ca invites cancel withdraws the open invites for a NAME, or the one an ID starts, and says which", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home);
+    const first = await inviteToken(home, "alice");
+    const second = await inviteToken(home, "alice");
+    const bob = await inviteToken(home, "bob");
+
+    const byName = await runCa(home, ["invites", "cancel", "alice"]);
+    assertSuccess(byName);
+    assert.equal(
+      byName.stdout,
+      `Cancelled invite ${shortId(first)} for "alice"\n` +
+        `Cancelled invite ${shortId(second)} for "alice"\n`,
+    );
+    assert.equal(byName.stderr, "");
+    // On disk: a cancel line for each in the journal.
+    const journal = await Deno.readTextFile(join(caDir(home), "invites.journal"));
+    const cancels = journal.trim().split("\n").map((l) => JSON.parse(l)).filter((l) =>
+      l.op === "cancel"
+    );
+    assert.deepEqual(cancels.map((l) => l.hash.slice(0, 8)), [shortId(first), shortId(second)]);
+
+    const byId = await runCa(home, ["invites", "cancel", shortId(bob).slice(0, 6), "--json"]);
+    assertSuccess(byId);
+    const [row]: ListedInvite[] = JSON.parse(byId.stdout);
+    assert.deepEqual([row.id, row.name, row.status], [shortId(bob), "bob", "cancelled"]);
+    assert.deepEqual((await invitesJson(home)).map((r) => r.status), [
+      "cancelled",
+      "cancelled",
+      "cancelled",
+    ]);
+  });
+});
+
+Deno.test("ca invites cancel with nothing open, or an id that fits two invites, exits 1 with its code's message and changes nothing", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home);
+    const token = await inviteToken(home, "alice");
+    assertSuccess(await runCa(home, ["invites", "cancel", "alice"]));
+    await assertRefused(home, () => runCa(home, ["invites", "cancel", "alice"]), {
+      code: 1,
+      error: 'Cannot cancel: no open invite for "alice"',
+      hint: "`deno task ca invites` lists them; cancel takes a NAME or an invite's ID",
+    });
+    await assertRefused(home, () => runCa(home, ["invites", "cancel", shortId(token)]), {
+      code: 1,
+      error: `Cannot cancel: invite ${shortId(token)} for "alice" is cancelled`,
+    });
+    // Two invites whose ids share a prefix (hashes chosen: no token would make them on purpose).
+    const at = (ms: number) => new Date(Date.now() + ms).toISOString();
+    const invites = ["abcd1", "abcd2"].map((start, i) => ({
+      hash: start.padEnd(64, String(i + 1)),
+      name: ["dave", "erin"][i],
+      createdAt: at(0),
+      expiresAt: at(DAY_MS),
+    }));
+    await Deno.writeTextFile(join(caDir(home), "invites.json"), JSON.stringify({ invites }), {
+      mode: 0o600,
+    });
+    await assertRefused(home, () => runCa(home, ["invites", "cancel", "abcd"]), {
+      code: 1,
+      error: 'Cannot cancel: id "abcd" fits 2 invites: abcd1111 ("dave"), abcd2222 ("erin")',
+      hint: "give more of the id, as `deno task ca invites` shows it",
+    });
+    await assertRefused(home, () => runCa(home, ["invites", "cancel"]), {
+      code: 2,
+      error: "invites takes no argument, or cancel NAME|ID",
+    });
+  });
+});
+
+Deno.test("ca invites cancel waits for the CA lock another process holds, says so once on stderr, then cancels", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home);
+    await inviteToken(home, "alice");
+    // A real flock on the CA lock, held by this process as another command would hold it.
+    const lock = await Deno.open(join(home, ".ca.lock"), { read: true, write: true });
+    let held = true;
+    let child: TaskProcess | undefined;
+    try {
+      await lock.lock(true);
+      child = await spawnCa(home, ["invites", "cancel", "alice"]);
+      const notice =
+        "e2e-chat: waiting for the CA lock (another e2e-chat command is using this CA)…\n";
+      await child.waitFor(
+        () => child!.stderr.includes(notice) || undefined,
+        "the waiting notice",
+        30_000,
+      );
+      assert.equal(child.exited, false, "still waiting");
+      assert.equal(child.stdout, "");
+      lock.close();
+      held = false;
+      const { code } = await child.status;
+      await child.drained;
+      assert.equal(code, 0, child.stderr);
+      assert.equal(child.stderr, notice, "told once");
+      assert.match(child.stdout, /^Cancelled invite [0-9a-f]{8} for "alice"\n$/);
+    } finally {
+      if (held) lock.close();
+      await child?.stop();
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------
 // concurrency and crashes
 
 Deno.test("ca sign run by 12 processes at once issues 12 distinct certificates", async () => {

@@ -798,6 +798,42 @@ Deno.test("an invite made by the CLI while the service runs works without a rest
   });
 });
 
+Deno.test("an invite cancelled by the CLI while the service runs is refused with the same 403 ERR_TOKEN_INVALID, and ca invites shows it cancelled beside a used one with its serial", async () => {
+  await withService(async (service) => {
+    const [alice, bob, csrs] = await Promise.all([
+      makeInvite(service.home, "alice"),
+      makeInvite(service.home, "bob"),
+      Promise.all([makeCsr("alice"), makeCsr("bob")]),
+    ]);
+    const enroll = (invite: string, csr: string) =>
+      service.request("/v1/enroll", { method: "POST", json: { token: inviteToken(invite), csr } });
+    // Bob's enrollment makes the service read the store, alice's invite in it, open.
+    const enrolled = await enroll(bob, csrs[1].csr);
+    assert.equal(enrolled.status, 200, enrolled.body);
+    const serial = (enrolled.json() as { serial: string }).serial;
+
+    const cancelled = await runCa(service.home, ["invites", "cancel", "alice"]);
+    assertSuccess(cancelled, "ca invites cancel alice");
+    const before = await snapshot(service.caDir);
+    const refused = await enroll(alice, csrs[0].csr);
+    assertApiError(refused, 403, "ERR_TOKEN_INVALID", TOKEN_INVALID);
+    assert.deepEqual(await snapshot(service.caDir), before, "no certificate, no journal line");
+
+    const listed = await runCa(service.home, ["invites", "--json"]);
+    assertSuccess(listed, "ca invites --json");
+    const rows = JSON.parse(listed.stdout) as Array<Record<string, string>>;
+    // (Neither is open, so they come in the order they were made: here, either.)
+    rows.sort((a, b) => a.name.localeCompare(b.name));
+    assert.deepEqual(rows.map((r) => [r.name, r.status, r.serial]), [
+      ["alice", "cancelled", undefined],
+      ["bob", "used", serial],
+    ]);
+    assert.ok(
+      !listed.stdout.includes(inviteToken(alice)) && !listed.stdout.includes(inviteToken(bob)),
+    );
+  });
+});
+
 // ---------------------------------------------------------------------------
 // Hostile requests
 
