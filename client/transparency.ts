@@ -395,6 +395,11 @@ export class LogMonitor {
   }
 
   async #save(): Promise<void> {
-    await writeFileAtomic(this.#file, JSON.stringify(this.#state, null, 2) + "\n", { mode: 0o600 });
+    // The folder too: a state rolled back by a power cut (a smaller checkpoint, an alarm gone,
+    // no log key pinned) would let the CA show us a fork of the log undetected.
+    await writeFileAtomic(this.#file, JSON.stringify(this.#state, null, 2) + "\n", {
+      mode: 0o600,
+      syncDir: true,
+    });
   }
 }
