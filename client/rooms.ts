@@ -68,6 +68,12 @@ const REQUESTS_PER_SECOND = 20;
 const MAX_REPORTS = 20;
 /** Room invitations held at once (the oldest goes first). */
 const MAX_ROOM_INVITES = 32;
+/**
+ * Members who went while we ran, remembered per room (the oldest forgotten first): a creator's
+ * lists may add and remove names without end. A late message of one forgotten is refused with a
+ * warning instead of dropped without a word.
+ */
+export const MAX_FORMER = 256;
 /** (room, author, seq) keys remembered per connection, to catch a replay on it. */
 const MAX_SEEN_PER_CONNECTION = 20_000;
 /**
@@ -828,7 +834,9 @@ export class Rooms {
       }
       r.keys.delete(name);
       r.fingerprints.delete(name);
+      r.former.delete(name); // to the end: the oldest go first
       r.former.add(name);
+      if (r.former.size > MAX_FORMER) r.former.delete(r.former.values().next().value!);
       clearTimeout(r.gaps.get(name));
       r.gaps.delete(name);
       if (!now) {
