@@ -172,7 +172,7 @@ export class Rooms {
   #requests = new WeakMap<PeerConnection, { second: number; count: number }>();
   #dialing = new Map<string, { timer?: ReturnType<typeof setTimeout>; delay: number }>();
   #dirty = new Set<string>();
-  #unreachable = new Set<string>(); // co-members we failed to connect to (said once)
+  #unreachable = new Set<string>(); // co-members we failed to connect to (said once while they are)
   #mailboxSeen = new Set<string>(); // messages that came through the mailbox (bounded like a connection's)
   #saving: Promise<void> = Promise.resolve();
   #saveScheduled = false;
@@ -465,7 +465,9 @@ export class Rooms {
   invited(name: string): boolean {
     if (!this.#coMember(name) || this.#host.peer(name)) return false;
     this.#host.accept(name).catch((e) => {
-      if (this.#unreachable.has(name)) return; // said once until a connection works
+      // Said once until a connection works, or they share no room with us any more (so this
+      // holds co-members only, however many names a creator's lists bring and take away).
+      if (this.#unreachable.has(name) || !this.#coMember(name)) return;
       this.#unreachable.add(name);
       this.#warn(`Cannot connect to "${name}", a room member`, e);
     });
@@ -859,6 +861,7 @@ export class Rooms {
   // Those of `names` who share no room with us any more: their room-only connections may go.
   #release(names: string[]): void {
     const gone = names.filter((n) => n !== this.#host.self && !this.#coMember(n));
+    for (const n of gone) this.#unreachable.delete(n);
     if (gone.length) this.#host.released?.(gone);
   }
 
