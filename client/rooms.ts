@@ -1097,11 +1097,15 @@ export class Rooms {
   #saveSeq(r: Room): void {
     const file = this.#seqFile(r.list.roomId);
     if (r.seqSlots) {
-      using f = Deno.openSync(file, { write: true });
-      f.seekSync((r.seq % 2) * SEQ_SLOT, Deno.SeekMode.Start);
-      writeAllSync(f, seqSlot(r.seq));
-      f.syncDataSync();
-      return;
+      try {
+        using f = Deno.openSync(file, { write: true });
+        f.seekSync((r.seq % 2) * SEQ_SLOT, Deno.SeekMode.Start);
+        writeAllSync(f, seqSlot(r.seq));
+        f.syncDataSync();
+        return;
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e; // removed under us: written whole
+      }
     }
     // Whole: a temp file with both slots, fsynced, renamed, and its folder fsynced.
     const bytes = new Uint8Array(SEQ_SLOT + seqSlot(r.seq).length);

@@ -437,3 +437,26 @@ Deno.test("Rooms: a sequence-number file from before the two slots is read, then
     assert.match(new TextDecoder().decode(bytes.subarray(512, 533)), /^00000000000000000043 $/);
   });
 });
+
+Deno.test("Rooms: a sequence-number file removed while the client runs is written whole again at the next message", async () => {
+  await withTempDir(async (dir) => {
+    const key = generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" });
+    const rooms = roomsIn(dir, key as string, []);
+    const { roomId } = await rooms.create("#team");
+    assert.equal(rooms.send("#team", "one"), "alice.1");
+    await Deno.remove(join(dir, `${roomId}.seq`));
+    assert.equal(rooms.send("#team", "two"), "alice.2");
+    await rooms.stop();
+    const again = roomsIn(dir, key as string, []);
+    await Deno.writeTextFile(
+      join(dir, `${roomId}.json`),
+      JSON.stringify({
+        ...JSON.parse(await Deno.readTextFile(join(dir, `${roomId}.json`))),
+        seq: 0,
+      }),
+    );
+    await again.load();
+    assert.equal(again.send("#team", "three"), "alice.3");
+    await again.stop();
+  });
+});
