@@ -135,10 +135,9 @@ export class Invitations {
       if (notify && !repeat) this.#options.onInvite(i);
     }
     if (ignored && !this.#warned) {
+      const what = ignored === 1 ? "invitation" : "invitations";
       this.#options.onWarning(
-        `Ignored ${ignored} invitation${
-          ignored === 1 ? "" : "s"
-        } from the CA: malformed, or beyond the ` +
+        `Ignored ${ignored} ${what} from the CA: malformed, or beyond the ` +
           `${MAX_HELD_INVITATIONS} held at once`,
       );
     }
