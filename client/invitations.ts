@@ -4,11 +4,19 @@
  *
  * @module
  */
+import { isValidName } from "../lib/names.ts";
 import type { CaClient, InvitationReply, RelayRequestReply } from "./ca_client.ts";
 import { backoffMs, pause } from "./poll.ts";
 
 /** How long one long poll waits at the CA, in seconds. */
 const POLL_WAIT_SECONDS = 25;
+/**
+ * Invitations held at once. An honest CA holds one per sender (a new one replaces it), so this
+ * is a large team's worth; a hostile CA's answers beyond it are ignored (expired ones go first).
+ */
+export const MAX_HELD_INVITATIONS = 1024;
+/** Relay requests taken from one answer of the CA, one per invitation (more are ignored). */
+export const MAX_RELAYS_PER_ANSWER = 1024;
 
 /** Options of {@linkcode Invitations}. */
 export interface InvitationsOptions {
@@ -27,6 +35,7 @@ export class Invitations {
   #held = new Map<string, InvitationReply>();
   #stopped = new AbortController();
   #running = false;
+  #warned = false; // about ignored invitations, once per run of answers that have some
 
   /**
    * Invitations from the CA behind `ca`; the poll starts with {@linkcode start}.
@@ -61,7 +70,7 @@ export class Invitations {
     let invitation = this.#current(name);
     if (!invitation) {
       const { invitations } = await this.#ca.pending(0, 0);
-      for (const i of invitations) this.#held.set(i.from, i);
+      this.#take(invitations, false);
       invitation = this.#current(name);
     }
     return invitation;
@@ -93,6 +102,48 @@ export class Invitations {
     return invitation;
   }
 
+  // Holds the invitations of one answer of the CA, each replacing an earlier one from the same
+  // sender; with `notify`, a new one (not a repeat of one held) is reported. Whatever the CA
+  // sends, at most MAX_HELD_INVITATIONS are held: malformed ones, and new ones beyond that once
+  // the expired are gone, are ignored with one warning.
+  #take(invitations: unknown, notify: boolean): void {
+    const now = Date.now();
+    let ignored = 0;
+    let swept = false;
+    for (const i of Array.isArray(invitations) ? invitations as unknown[] : []) {
+      if (notify && this.#stopped.signal.aborted) return;
+      if (!isInvitation(i)) {
+        ignored++;
+        continue;
+      }
+      const held = this.#held.get(i.from);
+      if (!held && this.#held.size >= MAX_HELD_INVITATIONS) {
+        if (!swept) {
+          swept = true;
+          for (const [from, h] of this.#held) {
+            if (!(Date.parse(h.expiresAt) > now)) this.#held.delete(from);
+          }
+        }
+        if (this.#held.size >= MAX_HELD_INVITATIONS) {
+          ignored++;
+          continue;
+        }
+      }
+      // A repeat (the sender invited again) updates the one we hold without a second notice.
+      const repeat = held !== undefined && Date.parse(held.expiresAt) > now;
+      this.#held.set(i.from, i);
+      if (notify && !repeat) this.#options.onInvite(i);
+    }
+    if (ignored && !this.#warned) {
+      const what = ignored === 1 ? "invitation" : "invitations";
+      this.#options.onWarning(
+        `Ignored ${ignored} ${what} from the CA: malformed, or beyond the ` +
+          `${MAX_HELD_INVITATIONS} held at once`,
+      );
+    }
+    this.#warned = ignored > 0;
+  }
+
   async #poll(): Promise<void> {
     const stopped = this.#stopped.signal;
     let cursor = 0;
@@ -103,16 +154,18 @@ export class Invitations {
           cursor,
           POLL_WAIT_SECONDS,
         );
-        cursor = next;
+        if (Number.isSafeInteger(next) && next >= 0) cursor = next;
         failures = 0;
-        for (const r of relays ?? []) if (!stopped.aborted) this.#options.onRelay?.(r);
-        for (const i of invitations) {
-          if (stopped.aborted) return;
-          // A repeat (the sender invited again) updates the one we hold without a second notice.
-          const repeat = this.#current(i.from) !== undefined;
-          this.#held.set(i.from, i);
-          if (!repeat) this.#options.onInvite(i);
+        // One request per invitation in an answer, and so many: each opens a connection.
+        const met = new Set<number>();
+        for (const r of Array.isArray(relays) ? relays : []) {
+          if (stopped.aborted || met.size >= MAX_RELAYS_PER_ANSWER) break;
+          if (typeof r !== "object" || r === null || !Number.isSafeInteger(r.invitation)) continue;
+          if (typeof r.from !== "string" || met.has(r.invitation)) continue;
+          met.add(r.invitation);
+          this.#options.onRelay?.(r);
         }
+        this.#take(invitations, true);
       } catch (e) {
         if (stopped.aborted) return;
         if (failures++ === 0) {
@@ -124,4 +177,11 @@ export class Invitations {
       }
     }
   }
+}
+
+// An invitation as the CA's answer must give it: from a valid name, with an expiry.
+function isInvitation(i: unknown): i is InvitationReply {
+  if (typeof i !== "object" || i === null) return false;
+  const { from, expiresAt } = i as Partial<InvitationReply>;
+  return typeof from === "string" && isValidName(from) && typeof expiresAt === "string";
 }

@@ -1,6 +1,10 @@
 import assert from "node:assert/strict";
-import type { InvitationReply } from "./ca_client.ts";
-import { Invitations } from "./invitations.ts";
+import https from "node:https";
+import { CertificateAuthority } from "../ca/authority.ts";
+import { serverOptions, trustAnchor } from "../lib/tls.ts";
+import { PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
+import { CaClient, type InvitationReply } from "./ca_client.ts";
+import { Invitations, MAX_HELD_INVITATIONS, MAX_RELAYS_PER_ANSWER } from "./invitations.ts";
 
 function invitation(from: string, expiresInMs = 60_000): InvitationReply {
   return {
@@ -118,4 +122,118 @@ Deno.test("Invitations hands each relay request of the long poll to onRelay, and
   assert.deepEqual(invited, ["carol"]);
   assert.deepEqual(calls, [0, 4, 5]);
   assert.deepEqual(invitations.names(), ["carol"], "a relay request is not an invitation");
+});
+
+/**
+ * A service of a real CA, over real TLS, that answers the long poll number `n` (0, 1, …) with
+ * `answers[n]`; the one after the last is held until `release()`. A question without waiting
+ * (find()) gets an invitation from "late".
+ */
+async function hostileRendezvous(
+  answers: unknown[],
+  fn: (v: {
+    client: CaClient;
+    lastPolled: Promise<void>;
+    release: () => void;
+  }) => Promise<void>,
+): Promise<void> {
+  await withTempDir(async (home) => {
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+    const own = await ca.issueServiceCertificate(["127.0.0.1"]);
+    const anchor = trustAnchor(ca.certificate.pem);
+    const { promise: lastPolled, resolve: polled } = Promise.withResolvers<void>();
+    let held: (() => void) | undefined;
+    let n = 0;
+    const server = https.createServer(serverOptions(own, anchor), (req, res) => {
+      const answer = (body: unknown) => {
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify(body));
+      };
+      if (!req.url?.startsWith("/v1/rendezvous?")) {
+        res.writeHead(404).end();
+      } else if (req.url.endsWith("&wait=0")) {
+        answer({ invitations: [invitation("late")], cursor: 0 }); // find(): what is pending
+      } else if (n < answers.length) {
+        answer(answers[n++]);
+      } else {
+        held = () => answer({ invitations: [], cursor: n });
+        polled();
+      }
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (server.address() as { port: number }).port;
+      await fn({
+        client: new CaClient(`https://127.0.0.1:${port}`, anchor),
+        lastPolled,
+        release: () => held?.(),
+      });
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+}
+
+Deno.test("Invitations holds at most MAX_HELD_INVITATIONS however many a hostile CA sends, expired ones going first, with one warning", async () => {
+  const from = (prefix: string, count: number, expiresInMs = 600_000) =>
+    Array.from({ length: count }, (_, i) => invitation(`${prefix}${i}`, expiresInMs));
+  const answers = [
+    { invitations: from("old", 1_000, -1), cursor: 1 },
+    // Junk among them: not a valid name, no name, not an object.
+    {
+      invitations: [...from("user", 2_000), { ...invitation("x"), from: "../etc" }, {}, 42],
+      cursor: 2,
+    },
+    { invitations: [invitation("late")], cursor: 3 },
+  ];
+  await hostileRendezvous(answers, async ({ client, lastPolled, release }) => {
+    const seen = new Set<string>();
+    const warnings: string[] = [];
+    const invitations = new Invitations(client, {
+      onInvite: (i) => seen.add(i.from),
+      onWarning: (m) => warnings.push(m),
+    });
+    invitations.start();
+    await lastPolled;
+    // Still full: asked now, the CA's invitation from "late" is not held either.
+    assert.equal(await invitations.find("late"), undefined);
+    invitations.stop();
+    release();
+    const names = invitations.names();
+    assert.equal(names.length, MAX_HELD_INVITATIONS);
+    // The expired ones made room once the map was full: user0 to user1023 are held.
+    assert.ok(names.includes("user0") && names.includes("user1023"), "the first 1024 are held");
+    assert.ok(!names.includes("user1024") && !names.includes("late"), "those beyond are not");
+    assert.ok(seen.has("user1023") && !seen.has("user1024") && !seen.has("late"));
+    assert.deepEqual(warnings, [
+      `Ignored 979 invitations from the CA: malformed, or beyond the ${MAX_HELD_INVITATIONS} ` +
+      `held at once`,
+    ]);
+  });
+});
+
+Deno.test("Invitations hands a hostile CA's repeated relay requests to onRelay once per invitation, and so many", async () => {
+  const relay = (invitation: number) => ({ id: 9, invitation, from: "bob" });
+  const answers = [
+    { invitations: [], relays: Array.from({ length: 5_000 }, () => relay(7)), cursor: 1 },
+    {
+      invitations: [],
+      relays: [{ id: 9, from: "bob" }, ...Array.from({ length: 3_000 }, (_, i) => relay(i))],
+      cursor: 2,
+    },
+  ];
+  await hostileRendezvous(answers, async ({ client, lastPolled, release }) => {
+    let relays = 0;
+    const invitations = new Invitations(client, {
+      onInvite: () => {},
+      onWarning: () => {},
+      onRelay: () => relays++,
+    });
+    invitations.start();
+    await lastPolled;
+    invitations.stop();
+    release();
+    assert.equal(relays, 1 + MAX_RELAYS_PER_ANSWER);
+  });
 });

@@ -45,7 +45,7 @@ export interface AuditResult {
   entries: number;
   /** The checkpoint's size. */
   size: number;
-  /** Certificates for our name with a key that is not ours. */
+  /** Certificates for our name with a key that is not ours (the first {@linkcode MAX_ALARMS}). */
   foreign: Array<{ index: number; serial: string; fingerprint: string }>;
 }
 
@@ -67,6 +67,13 @@ interface LogState {
 const PAGE = 256;
 /** Peers' checkpoints kept for a later check. */
 const MAX_PENDING = 8;
+/**
+ * Alarms kept, and certificates listed in one look's {@linkcode AuditResult.foreign}. One is
+ * enough to stop new connections; past this, one more alarm says that others were not kept, so
+ * a CA that signs a flood of evidence cannot grow HOME/log.json (written, and fsynced, for
+ * each) or the alarms shown at every start without bound.
+ */
+export const MAX_ALARMS = 64;
 
 /** Options of {@linkcode LogMonitor.watch} and {@linkcode LogMonitor.audit}. */
 export interface LookOptions {
@@ -137,7 +144,7 @@ export class LogMonitor {
         alarms: Array.isArray(read.alarms)
           ? read.alarms.filter((a: unknown) =>
             typeof a === "object" && a !== null && typeof (a as LogAlarm).message === "string"
-          )
+          ).slice(0, MAX_ALARMS + 1)
           : [],
         logKey: typeof read.logKey === "string" ? read.logKey : undefined,
         pending: Array.isArray(read.pending)
@@ -331,7 +338,9 @@ export class LogMonitor {
           // check the CRL and refuse it): a previous enrollment, such as a lost key replaced.
           if (info.commonName !== name || info.keyFingerprint === keyFingerprint) continue;
           if (info.notAfter.getTime() <= now || options.isRevoked?.(info.serial)) continue;
-          foreign.push({ index, serial: info.serial, fingerprint: info.fingerprint });
+          if (foreign.length < MAX_ALARMS) {
+            foreign.push({ index, serial: info.serial, fingerprint: info.fingerprint });
+          }
         }
       }
       if (!Buffer.from(frontier.root()).equals(Buffer.from(checkpoint.root))) {
@@ -383,6 +392,12 @@ export class LogMonitor {
 
   async #raise(alarm: LogAlarm): Promise<void> {
     if (this.#state.alarms.some((a) => a.message === alarm.message)) return;
+    if (this.#state.alarms.length > MAX_ALARMS) return; // the last one says so
+    if (this.#state.alarms.length === MAX_ALARMS) {
+      alarm = {
+        message: `more alarms were raised than the ${MAX_ALARMS} kept: the others are not shown`,
+      };
+    }
     this.#state.alarms.push(alarm);
     await this.#save();
     this.#options.onAlarm?.(alarm);
@@ -395,6 +410,11 @@ export class LogMonitor {
   }
 
   async #save(): Promise<void> {
-    await writeFileAtomic(this.#file, JSON.stringify(this.#state, null, 2) + "\n", { mode: 0o600 });
+    // The folder too: a state rolled back by a power cut (a smaller checkpoint, an alarm gone,
+    // no log key pinned) would let the CA show us a fork of the log undetected.
+    await writeFileAtomic(this.#file, JSON.stringify(this.#state, null, 2) + "\n", {
+      mode: 0o600,
+      syncDir: true,
+    });
   }
 }

@@ -16,7 +16,7 @@ import { leafHash, MerkleTree } from "../lib/merkle.ts";
 import { trustAnchor } from "../lib/tls.ts";
 import { PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
 import type { CaClient } from "./ca_client.ts";
-import { LogMonitor } from "./transparency.ts";
+import { LogMonitor, MAX_ALARMS } from "./transparency.ts";
 
 const encoder = new TextEncoder();
 
@@ -213,5 +213,34 @@ Deno.test("a second CA-certified log key, or a checkpoint too long for a hello, 
     const pinned = await LogMonitor.open(join(dir, "m.json"), anchor, v.ca);
     await assert.rejects(pinned.observe(v.checkpoint), alarmed);
     assert.match(pinned.alarms[0].message, /log key changed/);
+  });
+});
+
+Deno.test("a hostile CA's flood of signed evidence keeps MAX_ALARMS alarms and one that says more were not kept", async () => {
+  await withViews(async ({ dir, anchor, make, signText }) => {
+    const v = make(["a"]);
+    const origin = v.checkpoint.split("\n")[0];
+    const seen: string[] = [];
+    const file = join(dir, "alice.json");
+    const monitor = await LogMonitor.open(file, anchor, v.ca, {
+      onAlarm: (a) => seen.push(a.message),
+    });
+    await monitor.observe(v.checkpoint);
+    // Checkpoints of every size, each signed by the log key and none consistent with ours.
+    for (let size = 2; size < 2 + MAX_ALARMS + 20; size++) {
+      const root = new Uint8Array(32).fill(size % 256);
+      const text = signText(formatCheckpoint({ origin, size, root }));
+      await assert.rejects(monitor.observePeer(text, "mallory"), alarmed);
+    }
+    assert.equal(monitor.alarms.length, MAX_ALARMS + 1);
+    assert.deepEqual(seen, monitor.alarms.map((a) => a.message));
+    assert.match(seen[0], /"mallory" showed a log of 2 entries that is not consistent/);
+    assert.equal(
+      seen[MAX_ALARMS],
+      `more alarms were raised than the ${MAX_ALARMS} kept: the others are not shown`,
+    );
+    const again = await LogMonitor.open(file, anchor, v.ca);
+    assert.equal(again.alarms.length, MAX_ALARMS + 1);
+    assert.throws(() => again.requireNoAlarm(), alarmed);
   });
 });

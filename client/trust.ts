@@ -80,8 +80,11 @@ export class TrustStore {
   }
 
   async #save(): Promise<void> {
+    // The folder too: a pin lost to a power cut would be trust on first use again, a silent
+    // downgrade (and a /verify the user made would be forgotten).
     await writeFileAtomic(this.#file, JSON.stringify({ peers: this.#peers }, null, 2) + "\n", {
       mode: 0o600,
+      syncDir: true,
     });
   }
 }

@@ -152,6 +152,21 @@ export async function syncDir(path: string): Promise<void> {
 }
 
 /**
+ * {@linkcode syncDir} with a synchronous call: for a name that must be durable
+ * before the caller goes on, with no await in between.
+ *
+ * @example After a rename
+ * ```ts
+ * import { syncDirSync } from "./fs.ts";
+ * syncDirSync("/tmp");
+ * ```
+ */
+export function syncDirSync(path: string): void {
+  using dir = Deno.openSync(path, { read: true });
+  dir.syncSync();
+}
+
+/**
  * Reads from `file`'s position until `length` bytes or the end of the file,
  * whichever comes first (a short read does not stop it).
  *

@@ -2,16 +2,24 @@
  * Names that must survive a power cut: a file's own fsync keeps its bytes, but
  * the rename or link that gave it its name is durable only once its folder is
  * fsynced. These tests watch the real system calls (strace) of the real code:
- * the new key, a received file, a mailbox item the CA accepted, and the
- * helpers in lib/fs.ts they use.
+ * the new key, a received file, a mailbox item the CA accepted, the client's
+ * trust state (pins, the issuance log's state, rooms and their sequence
+ * numbers), and the helpers in lib/fs.ts they use.
  *
  * Without strace they are skipped with a message, except under CI=true.
  */
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
+import { createHash, createPrivateKey, generateKeyPairSync } from "node:crypto";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
+import { CertificateAuthority } from "../ca/authority.ts";
 import { CaPaths } from "../ca/home.ts";
+import type { History } from "../client/history.ts";
+import { Rooms } from "../client/rooms.ts";
+import { signCheckpoint } from "../lib/checkpoint.ts";
+import { logOrigin } from "../lib/log_proof.ts";
+import { leafHash, MerkleTree } from "../lib/merkle.ts";
+import { PASSPHRASE } from "./_helpers.ts";
 import { ROOT, taskFlags, withTempDir } from "./_harness.ts";
 import {
   type FileCall,
@@ -203,5 +211,252 @@ test("InviteStore.clearReservations() makes index.txt durable before it settles 
     const settled = indexOfCall(calls, "rename", paths.invites, 1);
     assert.ok(synced >= 0, "index.txt fsynced");
     assert.ok(settled > synced, "before the invites are written");
+  });
+});
+
+test("TrustStore: a new pin's name is durable before observe() says the key is new", async (strace) => {
+  await withTempDir(async (dir) => {
+    const calls = await traceScript(
+      strace,
+      dir,
+      `import { TrustStore } from "ROOT/client/trust.ts";
+       const store = await TrustStore.load(Deno.args[0]);
+       const state = await store.observe("bob", "aa".repeat(32));
+       await Deno.writeTextFile(Deno.args[0] + "/answered", state);`,
+      [dir],
+    );
+    const answered = indexOfCall(calls, "openat", join(dir, "answered"));
+    const peers = join(dir, "peers.json");
+    const renamed = indexOfCall(calls, "rename", peers, 1);
+    assert.ok(renamed >= 0, "peers.json renamed into place");
+    assert.ok(folderSyncedAfter(calls.slice(0, answered), renamed, peers), "peers.json durable");
+  });
+});
+
+test("LogMonitor: the pinned log key and the largest checkpoint are durable before observe() returns", async (strace) => {
+  await withTempDir(async (dir) => {
+    const ca = await CertificateAuthority.init(join(dir, "ca"), PASSPHRASE, { keyType: "ec-p256" });
+    await ca.openLog();
+    const origin = logOrigin(ca.certificate.fingerprint);
+    const tree = new MerkleTree([leafHash(new TextEncoder().encode("entry"))]);
+    const key = createPrivateKey({
+      key: await Deno.readTextFile(ca.paths.logKey),
+      passphrase: PASSPHRASE,
+    });
+    await Deno.writeTextFile(
+      join(dir, "checkpoint"),
+      signCheckpoint({ origin, size: tree.size, root: tree.root() }, { name: origin, key }),
+    );
+    await Deno.copyFile(ca.paths.logCert, join(dir, "log.pem"));
+    await Deno.writeTextFile(join(dir, "ca.pem"), ca.certificate.pem);
+    const calls = await traceScript(
+      strace,
+      dir,
+      `import { trustAnchor } from "ROOT/lib/tls.ts";
+       import { LogMonitor } from "ROOT/client/transparency.ts";
+       const [dir] = Deno.args;
+       const logKey = await Deno.readTextFile(dir + "/log.pem");
+       // A CA stand-in that gives the log key: the checkpoint is the first, so nothing else is asked.
+       const ca = { logKey: () => Promise.resolve(logKey) };
+       const anchor = trustAnchor(await Deno.readTextFile(dir + "/ca.pem"));
+       const monitor = await LogMonitor.open(dir + "/log.json", anchor, ca as never);
+       await monitor.observe(await Deno.readTextFile(dir + "/checkpoint"));
+       await Deno.writeTextFile(dir + "/answered", "");`,
+      [dir],
+    );
+    const answered = indexOfCall(calls, "openat", join(dir, "answered"));
+    const state = join(dir, "log.json");
+    const renames = calls.flatMap((c, i) =>
+      c.ok && c.call === "rename" && c.paths[1] === state ? [i] : []
+    );
+    assert.equal(renames.length, 2, "log.json written twice (the log key, then the checkpoint)");
+    for (const renamed of renames) {
+      assert.ok(folderSyncedAfter(calls.slice(0, answered), renamed, state), "log.json durable");
+    }
+    const saved = JSON.parse(await Deno.readTextFile(state));
+    assert.ok(saved.logKey && saved.checkpoint, "both kept");
+  });
+});
+
+/** A script that runs a room of one with a host stand-in, in Deno.args[0]; `body` uses `rooms`. */
+function roomScript(body: string): string {
+  return `import { generateKeyPairSync } from "node:crypto";
+    import { Rooms } from "ROOT/client/rooms.ts";
+    const [dir] = Deno.args;
+    const key = Deno.env.get("ROOM_KEY") ??
+      generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" });
+    await Deno.writeTextFile(dir + "/key.pem", key);
+    const rooms = new Rooms({
+      self: "alice",
+      privateKey: () => key,
+      peer: () => undefined,
+      pinned: () => undefined,
+      invite: () => Promise.resolve(),
+      accept: () => Promise.resolve(),
+      invitations: () => [],
+      // Each message's "sent" leaves a mark in the trace: what came before it was before it left.
+      emit: (e) => {
+        if (e.type === "sent") Deno.writeTextFileSync(dir + "/sent-" + e.id, "");
+        if (e.type === "warning") throw new Error(e.message);
+      },
+      history: { roomMessage() {} },
+      dir: dir + "/home/rooms",
+    } as never);
+    ${body}`;
+}
+
+test("Rooms: a new room's file and folder are durable before create() returns", async (strace) => {
+  await withTempDir(async (dir) => {
+    const calls = await traceScript(
+      strace,
+      dir,
+      roomScript(`await Deno.mkdir(dir + "/home");
+        const info = await rooms.create("#team");
+        await Deno.writeTextFile(dir + "/answered", info.roomId);
+        await rooms.stop();`),
+      [dir],
+    );
+    const answered = indexOfCall(calls, "openat", join(dir, "answered"));
+    const id = (await Deno.readTextFile(join(dir, "answered"))).trim();
+    const folder = join(dir, "home", "rooms");
+    const file = join(folder, `${id}.json`);
+    assert.ok(
+      folderSyncedAfter(calls.slice(0, answered), indexOfCall(calls, "rename", file, 1), file),
+      "ROOMID.json durable",
+    );
+    assert.ok(
+      folderSyncedAfter(calls.slice(0, answered), indexOfCall(calls, "mkdir", folder), folder),
+      "the new rooms folder durable",
+    );
+  });
+});
+
+test("Rooms: our sequence number is durable before each room message leaves", async (strace) => {
+  await withTempDir(async (dir) => {
+    const calls = await traceScript(
+      strace,
+      dir,
+      roomScript(`const info = await rooms.create("#team");
+        await Deno.writeTextFile(dir + "/room", info.roomId);
+        for (let i = 0; i < 3; i++) rooms.send("#team", "hello " + i);
+        await rooms.stop();`),
+      [dir],
+    );
+    const id = (await Deno.readTextFile(join(dir, "room"))).trim();
+    const seq = join(dir, "home", "rooms", `${id}.seq`);
+    const sent = [1, 2, 3].map((n) => indexOfCall(calls, "openat", join(dir, `sent-alice.${n}`)));
+    assert.ok(sent.every((i) => i >= 0), "three messages sent");
+    // The first: the whole file, fsynced, renamed into place, and its folder fsynced.
+    const renamed = indexOfCall(calls, "rename", seq, 1);
+    assert.ok(renamed >= 0 && renamed < sent[0], "ROOMID.seq renamed into place before it left");
+    assert.ok(
+      calls.slice(0, renamed).some((c) =>
+        c.ok && c.call === "fsync" && c.paths[0] === calls[renamed].paths[0]
+      ),
+      "its bytes fsynced before the rename",
+    );
+    assert.ok(folderSyncedAfter(calls.slice(0, sent[0]), renamed, seq), "its name durable");
+    // The next ones: the file itself fsynced after the message before left, before this one.
+    for (const n of [1, 2]) {
+      assert.ok(
+        calls.slice(sent[n - 1], sent[n]).some((c) =>
+          c.ok && c.call === "fsync" && c.paths[0] === seq
+        ),
+        `message ${n + 1}'s number durable before it left`,
+      );
+    }
+  });
+});
+
+/** Rooms of "alice" in `dir` with a host stand-in; `sent` gets the id of each message sent. */
+function roomsIn(dir: string, key: string, sent: string[]): Rooms {
+  return new Rooms({
+    self: "alice",
+    privateKey: () => key,
+    peer: () => undefined,
+    pinned: () => undefined,
+    invite: () => Promise.resolve(),
+    accept: () => Promise.resolve(),
+    invitations: () => [],
+    emit: (e) => {
+      if (e.type === "sent") sent.push(e.id);
+    },
+    history: { roomMessage() {} } as unknown as History,
+    dir,
+  });
+}
+
+Deno.test("Rooms: a sequence-number write torn by a power cut leaves the number before it, which goes on", async () => {
+  await withTempDir(async (dir) => {
+    const key = generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" });
+    const sent: string[] = [];
+    const first = roomsIn(dir, key as string, sent);
+    const { roomId } = await first.create("#team");
+    for (let i = 0; i < 5; i++) first.send("#team", `hello ${i}`);
+    await first.stop();
+    // ROOMID.json is not fsynced for each message: after a power cut its number may be older.
+    const json = join(dir, `${roomId}.json`);
+    const lose = async () =>
+      await Deno.writeTextFile(
+        json,
+        JSON.stringify({ ...JSON.parse(await Deno.readTextFile(json)), seq: 0 }),
+      );
+    await lose();
+    const again = roomsIn(dir, key as string, sent);
+    await again.load();
+    assert.equal(again.send("#team", "after a restart"), "alice.6");
+    assert.equal(again.send("#team", "and another"), "alice.7");
+    await again.stop();
+    // The write of 7 (its slot: the odd one) torn: 7 never left, 6 is what was durable.
+    await lose();
+    using file = await Deno.open(join(dir, `${roomId}.seq`), { write: true });
+    await file.seek(512, Deno.SeekMode.Start);
+    await file.write(new TextEncoder().encode("00000000000000000007 0000"));
+    const torn = roomsIn(dir, key as string, sent);
+    await torn.load();
+    assert.equal(torn.send("#team", "after a power cut"), "alice.7");
+    await torn.stop();
+    assert.deepEqual(sent, [1, 2, 3, 4, 5, 6, 7, 7].map((n) => `alice.${n}`));
+  });
+});
+
+Deno.test("Rooms: a sequence-number file from before the two slots is read, then rewritten with them", async () => {
+  await withTempDir(async (dir) => {
+    const key = generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" });
+    const first = roomsIn(dir, key as string, []);
+    const { roomId } = await first.create("#team");
+    await first.stop();
+    await Deno.writeTextFile(join(dir, `${roomId}.seq`), "41");
+    const again = roomsIn(dir, key as string, []);
+    await again.load();
+    assert.equal(again.send("#team", "hello"), "alice.42");
+    assert.equal(again.send("#team", "hello"), "alice.43");
+    await again.stop();
+    const bytes = await Deno.readFile(join(dir, `${roomId}.seq`));
+    assert.match(new TextDecoder().decode(bytes.subarray(0, 21)), /^00000000000000000042 $/);
+    assert.match(new TextDecoder().decode(bytes.subarray(512, 533)), /^00000000000000000043 $/);
+  });
+});
+
+Deno.test("Rooms: a sequence-number file removed while the client runs is written whole again at the next message", async () => {
+  await withTempDir(async (dir) => {
+    const key = generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" });
+    const rooms = roomsIn(dir, key as string, []);
+    const { roomId } = await rooms.create("#team");
+    assert.equal(rooms.send("#team", "one"), "alice.1");
+    await Deno.remove(join(dir, `${roomId}.seq`));
+    assert.equal(rooms.send("#team", "two"), "alice.2");
+    await rooms.stop();
+    const again = roomsIn(dir, key as string, []);
+    await Deno.writeTextFile(
+      join(dir, `${roomId}.json`),
+      JSON.stringify({
+        ...JSON.parse(await Deno.readTextFile(join(dir, `${roomId}.json`))),
+        seq: 0,
+      }),
+    );
+    await again.load();
+    assert.equal(again.send("#team", "three"), "alice.3");
+    await again.stop();
   });
 });

@@ -1,0 +1,148 @@
+/**
+ * Rooms against a hostile creator, with the chat core and the connection to the creator stood
+ * in for (their own tests cover them): the signatures, lists and files are real.
+ */
+import assert from "node:assert/strict";
+import { generateKeyPairSync, type KeyObject, randomBytes } from "node:crypto";
+import { join } from "node:path";
+import {
+  type RoomMember,
+  type SignedList,
+  type SignedMessage,
+  signList,
+  signMessage,
+  spkiOf,
+} from "../lib/room.ts";
+import { withTempDir } from "../tests/_helpers.ts";
+import type { CoreEvent } from "./events.ts";
+import type { History } from "./history.ts";
+import type { PeerConnection } from "./peer.ts";
+import { MAX_FORMER, Rooms } from "./rooms.ts";
+
+function keyPair(): { privateKey: KeyObject; spki: string; pem: string } {
+  const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+  return {
+    privateKey,
+    spki: spkiOf(publicKey),
+    pem: privateKey.export({ type: "pkcs8", format: "pem" }) as string,
+  };
+}
+
+interface HostileRoom {
+  rooms: Rooms;
+  /** The creator's connection. */
+  carol: PeerConnection;
+  /** Carol's list `version`: alice, carol and the made-up members `extra` (since `version`). */
+  list(version: number, extra: string[]): SignedList;
+  /** A message of the made-up member `author`, signed under list `version`. */
+  message(author: string, version: number): SignedMessage;
+  events: CoreEvent[];
+}
+
+/**
+ * Alice in carol's room #team, loaded from HOME/rooms; every made-up member has one key, and
+ * `options` says what the chat core does when alice accepts an invitation.
+ */
+async function hostileRoom(
+  options: { invitations?: () => string[]; accept?: (name: string) => Promise<unknown> },
+  fn: (v: HostileRoom) => Promise<void> | void,
+): Promise<void> {
+  await withTempDir(async (dir) => {
+    const alice = keyPair();
+    const carol = keyPair();
+    const fake = keyPair();
+    const roomId = randomBytes(16).toString("hex");
+    const list = (version: number, extra: string[]): SignedList => {
+      const members: RoomMember[] = [
+        { name: "alice", key: alice.spki, since: 1 },
+        { name: "carol", key: carol.spki, since: 1 },
+        ...extra.map((name) => ({ name, key: fake.spki, since: version })),
+      ].sort((a, b) => a.name < b.name ? -1 : 1);
+      return signList(
+        { roomId, room: "#team", creator: "carol", version, members },
+        carol.privateKey,
+      );
+    };
+    const message = (author: string, version: number) =>
+      signMessage(
+        { roomId, room: "#team", author, seq: 1, version, text: "late" },
+        fake.privateKey,
+      );
+    await Deno.writeTextFile(
+      join(dir, `${roomId}.json`),
+      JSON.stringify({ v: 1, list: list(1, []), creatorKey: carol.spki, seq: 0, next: {} }),
+    );
+    const events: CoreEvent[] = [];
+    const conn = { name: "carol", rooms: true, sendRoom: () => true } as unknown as PeerConnection;
+    const rooms = new Rooms({
+      self: "alice",
+      privateKey: () => alice.pem,
+      peer: (name) => name === "carol" ? conn : undefined,
+      pinned: () => undefined,
+      invite: () => Promise.resolve(),
+      accept: options.accept ?? (() => Promise.resolve()),
+      invitations: options.invitations ?? (() => []),
+      emit: (e) => events.push(e),
+      history: { roomMessage() {} } as unknown as History,
+      dir,
+    });
+    await rooms.load();
+    try {
+      await fn({ rooms, carol: conn, list, message, events });
+    } finally {
+      await rooms.stop();
+    }
+  });
+}
+
+Deno.test("A room creator that cycles made-up members through its lists is remembered for only MAX_FORMER of them", async () => {
+  await hostileRoom({}, ({ rooms, carol, list, message, events }) => {
+    // Each list adds one made-up member and drops the one before.
+    const name = (i: number) => `made-up-${String(i).padStart(4, "0")}`;
+    const count = MAX_FORMER + 10;
+    for (let i = 1; i <= count; i++) {
+      rooms.receive(carol, { op: "list", list: list(i + 1, [name(i)]) });
+    }
+    assert.ok(rooms.isMember("#team", name(count)));
+    // Late messages (signed under an older list) of members who went: the recent ones are
+    // dropped without a word, the ones forgotten are refused.
+    events.length = 0;
+    rooms.receive(carol, { op: "msg", m: message(name(count - 1), count) });
+    rooms.receive(carol, {
+      op: "msg",
+      m: message(name(count - MAX_FORMER), count - MAX_FORMER + 1),
+    });
+    assert.deepEqual(events, []);
+    rooms.receive(carol, { op: "msg", m: message(name(1), 2) });
+    assert.deepEqual(events, [{
+      type: "warning",
+      message: `Refused a message in #team by "${name(1)}", not a member (from "carol")`,
+    }]);
+  });
+});
+
+Deno.test("A member we cannot reach is forgotten once they share no room with us (said again when back)", async () => {
+  // Sorts before alice: it is for them to invite, and for alice to accept.
+  const ghost = "a-made-up";
+  const options = {
+    invitations: () => [ghost],
+    accept: () => Promise.reject(new Error("no such user")),
+  };
+  await hostileRoom(options, async ({ rooms, carol, list, events }) => {
+    const unreachable = () =>
+      events.filter((e) => e.type === "warning" && e.message.startsWith(`Cannot connect`));
+    const settle = () => new Promise((resolve) => setTimeout(resolve, 0));
+    rooms.receive(carol, { op: "list", list: list(2, [ghost]) });
+    await settle();
+    rooms.receive(carol, { op: "list", list: list(3, [ghost]) }); // still in: said once
+    await settle();
+    assert.equal(unreachable().length, 1);
+    rooms.receive(carol, { op: "list", list: list(4, []) });
+    rooms.receive(carol, { op: "list", list: list(5, [ghost]) });
+    await settle();
+    assert.deepEqual(unreachable().map((e) => e.type === "warning" && e.message), [
+      `Cannot connect to "${ghost}", a room member: no such user`,
+      `Cannot connect to "${ghost}", a room member: no such user`,
+    ]);
+  });
+});
