@@ -172,6 +172,7 @@ export class Rooms {
   #requests = new WeakMap<PeerConnection, { second: number; count: number }>();
   #dialing = new Map<string, { timer?: ReturnType<typeof setTimeout>; delay: number }>();
   #dirty = new Set<string>();
+  #outbox: Array<{ r: Room; id: string; leave(): void }> = []; // room messages of this turn
   #unreachable = new Set<string>(); // co-members we failed to connect to (said once while they are)
   #mailboxSeen = new Set<string>(); // messages that came through the mailbox (bounded like a connection's)
   #saving: Promise<void> = Promise.resolve();
@@ -419,23 +420,60 @@ export class Rooms {
       version: r.list.version,
       text,
     }, this.#key());
-    // Written before it leaves: a restarted author never reuses a sequence number.
     r.seq = seq;
-    this.#saveSeq(r);
     r.next[self] = seq + 1;
     this.#remember(r, m);
     const id = `${self}.${seq}`;
-    this.#host.history.roomMessage({ id, room, from: self, text });
-    this.#host.emit({ type: "sent", to: room, id, text });
     const targets = this.#connectedMembers(r, [self]);
     const to = [self, ...targets.map((c) => c.name)];
-    for (const conn of targets) conn.sendRoom({ op: "msg", m, to });
-    // Members not connected now get it through the mailbox (they drop what also comes otherwise).
-    for (const member of r.list.members) {
-      if (!to.includes(member.name)) this.#host.mailbox?.(member.name, { op: "msg", m, to });
-    }
+    // It leaves at the end of this turn, once the number is durable: a restarted author never
+    // reuses a sequence number.
+    this.#queueSend(r, id, () => {
+      this.#host.history.roomMessage({ id, room, from: self, text });
+      this.#host.emit({ type: "sent", to: room, id, text });
+      for (const conn of targets) conn.sendRoom({ op: "msg", m, to });
+      // Members not connected now get it through the mailbox (they drop what also comes otherwise).
+      for (const member of r.list.members) {
+        if (!to.includes(member.name)) this.#host.mailbox?.(member.name, { op: "msg", m, to });
+      }
+    });
     this.#save(r);
     return id;
+  }
+
+  // Our room messages of one turn leave together at its end, after one fdatasync of each room's
+  // sequence number for all of them (a burst costs one sync, not one a message).
+  #queueSend(r: Room, id: string, leave: () => void): void {
+    if (this.#outbox.length === 0) queueMicrotask(() => this.#sendQueued());
+    this.#outbox.push({ r, id, leave });
+  }
+
+  #sendQueued(): void {
+    const queued = this.#outbox;
+    this.#outbox = [];
+    const failed = new Map<Room, unknown>();
+    for (const r of new Set(queued.map((q) => q.r))) {
+      if (this.#rooms.get(r.list.roomId) !== r) continue; // left in the same turn: nothing leaves
+      try {
+        this.#saveSeq(r);
+      } catch (e) {
+        failed.set(r, e);
+      }
+    }
+    for (const { r, id, leave } of queued) {
+      if (this.#rooms.get(r.list.roomId) !== r) continue;
+      if (!failed.has(r)) {
+        leave();
+        continue;
+      }
+      const e = failed.get(r);
+      this.#host.emit({
+        type: "warning",
+        message: `Not sent to ${r.list.room} (${id}): cannot save the room's sequence number: ${
+          e instanceof Error ? e.message : String(e)
+        }`,
+      });
+    }
   }
 
   // --- what the chat core tells us

@@ -247,8 +247,8 @@ export class CommandRunner {
         this.#queue(peer, bound);
         return true;
       }
-      // A message to a connected peer is done at once, without a promise: most of a chat's
-      // input, and a burst of it then runs in one turn.
+      // A message to a connected peer or a room is done at once, without a promise: most of a
+      // chat's input, and a burst of it then runs in one turn.
       if (command.op === "send" && this.#sendNow(command.name ?? this.#current, command.text)) {
         return true;
       }
@@ -262,10 +262,12 @@ export class CommandRunner {
     }
   }
 
-  // Sends `text` to `name` if it is a connected peer (a room or the mailbox takes longer).
+  // Sends `text` to `name` if it is a connected peer or a room (the mailbox takes longer).
   #sendNow(name: string | undefined, text: string): boolean {
-    if (name === undefined || isRoomName(name) || !this.#chat.isConnected(name)) return false;
-    this.#chat.send(name, text);
+    if (name === undefined) return false;
+    if (isRoomName(name)) this.#chat.rooms.send(name, text);
+    else if (this.#chat.isConnected(name)) this.#chat.send(name, text);
+    else return false;
     this.#current = name;
     return true;
   }
@@ -307,9 +309,8 @@ export class CommandRunner {
           throw new E2eError("ERR_USAGE", "No current peer: /chat NAME or /accept NAME first");
         }
         if (this.#sendNow(name, command.text)) return true;
-        if (isRoomName(name)) chat.rooms.send(name, command.text);
         // Someone not connected: through the mailbox, awaited so a refusal is an `error`.
-        else await chat.sendToMailbox(name, command.text);
+        await chat.sendToMailbox(name, command.text);
         this.#current = name;
         return true;
       }
