@@ -11,7 +11,8 @@
  * {@linkcode HEADERS_MS} of the handshake or of the previous reply, its body
  * within {@linkcode BODY_MS} of its headers — deadlines, which a client cannot
  * stretch by trickling bytes — and {@linkcode IDLE_MS} of inactivity while a
- * request is served (a long poll raises it). A refused connection is logged.
+ * request is served (a long poll raises it); at most {@linkcode MAX_PIPELINED}
+ * requests waiting for their replies on one connection. A refused connection is logged.
  * A connection upgraded to the relay (`GET /v1/relay`) leaves these for the
  * relay's own caps and deadlines (ca/relay.ts).
  *
@@ -66,6 +67,12 @@ export const IDLE_MS = 15_000;
 export const MAILBOX_BODY_MS = 60_000;
 /** Mailbox bodies held in memory at once, all connections together, in bytes (then 429). */
 export const MAILBOX_INFLIGHT_BYTES = 64 * 1024 * 1024;
+/**
+ * Requests one connection may have waiting for their replies at once (HTTP pipelining); one more
+ * closes it. Clients send a request once the previous reply is in; one that sends thousands at
+ * once and reads nothing would have them all served and every reply held in memory.
+ */
+export const MAX_PIPELINED = 8;
 /** Options of {@linkcode CaService.start}. */
 export interface ServeOptions {
   /** Address to listen on. Default: "127.0.0.1". */
@@ -175,6 +182,7 @@ export class CaService {
     const sockets = new Set<Socket>();
     const stopping = new AbortController();
     const server = https.createServer(serverOptions(own, anchor), (req, res) => {
+      if (!admitPipelined(req.socket, res, log)) return;
       serveRequest(ctx, stopping.signal, req, res, log, idle).catch(() => res.destroy());
     });
     // Slow or idle clients are cut off; a long poll raises the limit while it waits.
@@ -425,6 +433,24 @@ function accessLine(
 }
 
 const headerDeadlines = new WeakMap<Socket, () => void>();
+
+const unanswered = new WeakMap<Socket, number>();
+
+// Whether a request on `socket` is served: at most MAX_PIPELINED wait for their replies at once
+// (a reply waits until the client reads the ones before it); past that the connection is closed.
+function admitPipelined(socket: Socket, res: ServerResponse, log: (line: string) => void): boolean {
+  if (socket.destroyed) return false;
+  const waiting = (unanswered.get(socket) ?? 0) + 1;
+  if (waiting > MAX_PIPELINED) {
+    const address = (socket.remoteAddress ?? "").replace(/^::ffff:/, "");
+    socket.destroy();
+    log(`e2e-chat-ca: ${address} closed: more than ${MAX_PIPELINED} requests wait for replies`);
+    return false;
+  }
+  unanswered.set(socket, waiting);
+  res.once("finish", () => unanswered.set(socket, (unanswered.get(socket) ?? 1) - 1));
+  return true;
+}
 
 /** Starts the deadline for the next request's headers on `socket`. */
 function awaitHeaders(socket: Socket): void {

@@ -1,0 +1,158 @@
+/**
+ * The CA service against hostile clients on the network, in process (real
+ * TLS on 127.0.0.1, real sockets, the real openssl): what one connection or one
+ * member can make the service hold. tests/flood_test.ts covers floods of
+ * connections and trickled requests; tests/ca_service_test.ts the API's refusals.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import net from "node:net";
+import tls from "node:tls";
+import { CertificateAuthority } from "../ca/authority.ts";
+import { CaService, MAX_PIPELINED, type ServeOptions } from "../ca/service.ts";
+import { makeCsr, PASSPHRASE } from "./_helpers.ts";
+import { sleep, waitUntil, within, withTempDir } from "./_harness.ts";
+
+/** A member's key and certificate, PEM. */
+interface Member {
+  name: string;
+  key: string;
+  cert: string;
+}
+
+interface World {
+  service: CaService;
+  ca: CertificateAuthority;
+  logs: string[];
+  member(name: string): Promise<Member>;
+}
+
+async function withWorld(fn: (world: World) => Promise<void>, options: ServeOptions = {}) {
+  await withTempDir(async (home) => {
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+    const logs: string[] = [];
+    const service = await CaService.start(ca, { port: 0, log: (l) => logs.push(l), ...options });
+    const member = async (name: string) => {
+      const { csr, key } = await makeCsr(name);
+      return { name, key, cert: (await ca.sign(csr, name)).certificate.pem };
+    };
+    try {
+      await fn({ service, ca, logs, member });
+    } finally {
+      await service.close();
+    }
+  });
+}
+
+/**
+ * A connection that reads nothing until {@linkcode Deaf.listen} is called: then `replies`
+ * counts the replies it was sent, and `closed` resolves once the other side has ended it.
+ */
+interface Deaf {
+  socket: net.Socket;
+  listen(): { closed: Promise<boolean>; replies(): number };
+}
+
+function deaf(socket: net.Socket): Deaf {
+  socket.on("error", () => {});
+  socket.pause();
+  return {
+    socket,
+    listen: () => {
+      let text = "";
+      socket.on("data", (d: Uint8Array) => text += new TextDecoder().decode(d));
+      const closed = new Promise<boolean>((resolve) => socket.once("close", () => resolve(true)));
+      socket.resume();
+      return { closed, replies: () => text.split("HTTP/1.1 200 ").length - 1 };
+    },
+  };
+}
+
+async function connectTls(port: number, ca: string): Promise<Deaf> {
+  const socket = tls.connect({ host: "127.0.0.1", port, ca, rejectUnauthorized: false });
+  await new Promise<void>((resolve, reject) => {
+    socket.once("secureConnect", resolve);
+    socket.once("error", reject);
+  });
+  return deaf(socket);
+}
+
+async function connectTcp(port: number): Promise<Deaf> {
+  const socket = net.connect(port, "127.0.0.1");
+  await new Promise<void>((resolve, reject) => {
+    socket.once("connect", resolve);
+    socket.once("error", reject);
+  });
+  return deaf(socket);
+}
+
+const PIPELINED = 2_000;
+
+Deno.test("a connection that sends 2,000 requests at once and reads no reply gets at most 8 served, then is closed", async () => {
+  await withWorld(async ({ service, ca, logs }) => {
+    const conn = await connectTls(service.port, ca.certificate.pem);
+    try {
+      // 64 KiB of requests, each reply ~12 KiB of the service's memory while it waits to be read.
+      conn.socket.write("GET /v1/ca HTTP/1.1\r\nHost: ca\r\n\r\n".repeat(PIPELINED));
+      await waitUntil(() => logs.some((l) => / GET \/v1\/ca 200 /.test(l)), "no request served");
+      await sleep(1_000);
+      const heard = conn.listen();
+      assert.ok(await within(heard.closed, 10_000, false), "the service kept the connection open");
+      const served = logs.filter((l) => / GET \/v1\/ca 200 /.test(l)).length;
+      assert.ok(served <= MAX_PIPELINED, `${served} of ${PIPELINED} pipelined requests served`);
+      assert.ok(heard.replies() <= MAX_PIPELINED, `${heard.replies()} replies sent`);
+      assert.ok(
+        logs.includes(
+          `e2e-chat-ca: 127.0.0.1 closed: more than ${MAX_PIPELINED} requests wait for replies`,
+        ),
+        logs.join("\n"),
+      );
+    } finally {
+      conn.socket.destroy();
+    }
+    // A kept-alive connection that reads each reply before it asks again is served as long as it likes.
+    const replies = await keptAlive(service.port, ca.certificate.pem, MAX_PIPELINED * 2);
+    assert.equal(replies.filter((r) => r.startsWith("HTTP/1.1 200 ")).length, MAX_PIPELINED * 2);
+  });
+});
+
+Deno.test("the CRL port answers one request per connection: 2,000 sent at once get one served, then the connection is closed", async () => {
+  await withWorld(async ({ service, logs }) => {
+    const conn = await connectTcp(Number(new URL(service.crlUrl).port));
+    try {
+      conn.socket.write("GET /crl.der HTTP/1.1\r\nHost: ca\r\n\r\n".repeat(PIPELINED));
+      const line = / GET \/crl\.der 200 \(crl listener\)$/;
+      await waitUntil(() => logs.some((l) => line.test(l)), "no request served");
+      await sleep(1_000);
+      const heard = conn.listen();
+      assert.ok(
+        await within(heard.closed, 5_000, false),
+        "the CRL listener kept the connection open",
+      );
+      const served = logs.filter((l) => line.test(l)).length;
+      assert.equal(served, 1, `${served} of ${PIPELINED} pipelined CRL requests served`);
+      assert.ok(heard.replies() <= 1, `${heard.replies()} replies sent`);
+    } finally {
+      conn.socket.destroy();
+    }
+  });
+});
+
+// `count` GET /v1/ca on one kept-alive connection, each sent once the previous reply is in.
+async function keptAlive(port: number, ca: string, count: number): Promise<string[]> {
+  const socket = tls.connect({ host: "127.0.0.1", port, ca, rejectUnauthorized: false });
+  socket.on("error", () => {});
+  try {
+    let text = "";
+    socket.on("data", (d: Uint8Array) => text += new TextDecoder().decode(d));
+    const END = "-----END CERTIFICATE-----\n";
+    for (let i = 1; i <= count; i++) {
+      socket.write("GET /v1/ca HTTP/1.1\r\nHost: ca\r\n\r\n");
+      await waitUntil(() => text.split(END).length > i, `reply ${i} of ${count}`, 10_000);
+    }
+    return text.split(END).slice(0, count);
+  } finally {
+    socket.destroy();
+  }
+}
