@@ -18,7 +18,7 @@
  *
  * @module
  */
-import { createPrivateKey } from "node:crypto";
+import { createHash, createPrivateKey } from "node:crypto";
 import https from "node:https";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
@@ -67,6 +67,11 @@ export const IDLE_MS = 15_000;
 export const MAILBOX_BODY_MS = 60_000;
 /** Mailbox bodies held in memory at once, all connections together, in bytes (then 429). */
 export const MAILBOX_INFLIGHT_BYTES = 64 * 1024 * 1024;
+/**
+ * Of those, what one member's uploads may hold at once, in largest items (then 429): one
+ * member with a few stalled uploads must not take the whole budget from every other member.
+ */
+export const MAILBOX_INFLIGHT_ITEMS_PER_MEMBER = 2;
 /**
  * Requests one connection may have waiting for their replies at once (HTTP pipelining); one more
  * closes it. Clients send a request once the previous reply is in; one that sends thousands at
@@ -527,6 +532,8 @@ function readJson(req: IncomingMessage): Promise<unknown> {
 }
 
 let inFlight = 0;
+// The same, per member (the SHA-256 of its certificate: the API checked it is current).
+const inFlightOf = new Map<string, number>();
 
 // A binary body (a mailbox item): its type, and at most `maxBytes`, declared or sent.
 function readBytes(req: IncomingMessage, type: string, maxBytes: number): Promise<Uint8Array> {
@@ -545,22 +552,33 @@ function readBytes(req: IncomingMessage, type: string, maxBytes: number): Promis
     req.resume();
     return Promise.reject(tooBig());
   }
-  return collect(req, maxBytes, tooBig, true);
+  const der = peerCertificateDer(req.socket as TLSSocket);
+  const member = der ? createHash("sha256").update(der).digest("hex") : "";
+  return collect(req, maxBytes, tooBig, {
+    member,
+    maxBytes: MAILBOX_INFLIGHT_ITEMS_PER_MEMBER * maxBytes,
+  });
 }
 
 // A request body of at most `maxBytes` (else `tooBig()`), whole. `counted`: held against the
-// service-wide budget of mailbox uploads while it is read (a flood of 8 MiB posts).
+// service-wide budget of mailbox uploads while it is read (a flood of 8 MiB posts), and
+// against the member's share of it.
 function collect(
   req: IncomingMessage,
   maxBytes: number,
   tooBig: () => E2eError,
-  counted = false,
+  counted?: { member: string; maxBytes: number },
 ): Promise<Uint8Array> {
   return new Promise((resolve, reject) => {
     const chunks: Uint8Array[] = [];
     let size = 0;
     const release = () => {
-      if (counted) inFlight -= size;
+      if (counted) {
+        inFlight -= size;
+        const left = (inFlightOf.get(counted.member) ?? 0) - size;
+        if (left > 0) inFlightOf.set(counted.member, left);
+        else inFlightOf.delete(counted.member);
+      }
       size = 0;
     };
     const fail = (e: E2eError) => {
@@ -572,13 +590,26 @@ function collect(
     };
     req.on("data", (chunk: Uint8Array) => {
       size += chunk.length;
-      if (counted) inFlight += chunk.length;
+      if (counted) {
+        inFlight += chunk.length;
+        inFlightOf.set(counted.member, (inFlightOf.get(counted.member) ?? 0) + chunk.length);
+      }
       if (size > maxBytes) return fail(tooBig());
       if (counted && inFlight > MAILBOX_INFLIGHT_BYTES) {
         return fail(
           new E2eError("ERR_RATE_LIMITED", "The mailbox is busy with other uploads", {
             hint: "try again in a minute",
           }),
+        );
+      }
+      const mine = counted ? inFlightOf.get(counted.member) ?? 0 : 0;
+      if (counted && mine > counted.maxBytes) {
+        return fail(
+          new E2eError(
+            "ERR_RATE_LIMITED",
+            `Your uploads to the mailbox under way hold more than ${counted.maxBytes} bytes`,
+            { hint: "send one file at a time, or try again in a minute" },
+          ),
         );
       }
       chunks.push(chunk);

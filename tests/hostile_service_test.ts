@@ -10,7 +10,14 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import tls from "node:tls";
 import { CertificateAuthority } from "../ca/authority.ts";
-import { CaService, MAX_PIPELINED, type ServeOptions } from "../ca/service.ts";
+import { DEFAULT_MAILBOX_LIMITS } from "../ca/mailbox.ts";
+import {
+  CaService,
+  MAILBOX_INFLIGHT_BYTES,
+  MAILBOX_INFLIGHT_ITEMS_PER_MEMBER,
+  MAX_PIPELINED,
+  type ServeOptions,
+} from "../ca/service.ts";
 import { makeCsr, PASSPHRASE } from "./_helpers.ts";
 import { sleep, waitUntil, within, withTempDir } from "./_harness.ts";
 
@@ -51,7 +58,7 @@ async function withWorld(fn: (world: World) => Promise<void>, options: ServeOpti
  */
 interface Deaf {
   socket: net.Socket;
-  listen(): { closed: Promise<boolean>; replies(): number };
+  listen(): { closed: Promise<boolean>; replies(): number; text(): string };
 }
 
 function deaf(socket: net.Socket): Deaf {
@@ -64,13 +71,20 @@ function deaf(socket: net.Socket): Deaf {
       socket.on("data", (d: Uint8Array) => text += new TextDecoder().decode(d));
       const closed = new Promise<boolean>((resolve) => socket.once("close", () => resolve(true)));
       socket.resume();
-      return { closed, replies: () => text.split("HTTP/1.1 200 ").length - 1 };
+      return { closed, replies: () => text.split("HTTP/1.1 200 ").length - 1, text: () => text };
     },
   };
 }
 
-async function connectTls(port: number, ca: string): Promise<Deaf> {
-  const socket = tls.connect({ host: "127.0.0.1", port, ca, rejectUnauthorized: false });
+async function connectTls(port: number, ca: string, member?: Member): Promise<Deaf> {
+  const socket = tls.connect({
+    host: "127.0.0.1",
+    port,
+    ca,
+    cert: member?.cert,
+    key: member?.key,
+    rejectUnauthorized: false,
+  });
   await new Promise<void>((resolve, reject) => {
     socket.once("secureConnect", resolve);
     socket.once("error", reject);
@@ -138,6 +152,68 @@ Deno.test("the CRL port answers one request per connection: 2,000 sent at once g
     }
   });
 });
+
+Deno.test("one member's stalled uploads cannot take the mailbox's memory for uploads from everyone: the others' posts go on", async () => {
+  await withWorld(async ({ service, ca, logs, member }) => {
+    const [mallory, alice] = await Promise.all([member("mallory"), member("alice")]);
+    await Promise.all(["bob", "carol"].map(member));
+    const anchor = ca.certificate.pem;
+    // Eight uploads of 8 MiB each, all but their last bytes sent, then held: the whole budget.
+    const uploads = MAILBOX_INFLIGHT_BYTES / (8 * 1024 * 1024);
+    const declared = DEFAULT_MAILBOX_LIMITS.maxItemBytes;
+    const held: Deaf[] = [];
+    try {
+      for (let i = 0; i < uploads; i++) {
+        const conn = await connectTls(service.port, anchor, mallory);
+        held.push(conn);
+        conn.socket.write(
+          `POST /v1/mailbox/bob HTTP/1.1\r\nHost: ca\r\ncontent-type: application/cms\r\n` +
+            `content-length: ${declared}\r\n\r\n`,
+        );
+        await new Promise((resolve) => conn.socket.write(new Uint8Array(8 * 1024 * 1024), resolve));
+      }
+      await sleep(1_000);
+      const reply = await post(service.port, anchor, alice, "carol", new Uint8Array(1_000).fill(7));
+      assert.match(reply, /^HTTP\/1\.1 200 /, reply);
+      // Mallory's own uploads past two of the largest items at once are refused.
+      const refused = logs.filter((l) => / POST \/v1\/mailbox\/bob 429 ERR_RATE_LIMITED /.test(l));
+      assert.equal(refused.length, uploads - MAILBOX_INFLIGHT_ITEMS_PER_MEMBER, logs.join("\n"));
+      const third = held[MAILBOX_INFLIGHT_ITEMS_PER_MEMBER].listen();
+      await waitUntil(() => third.text().includes("}}\n"), "no reply to the third upload");
+      assert.match(third.text(), /^HTTP\/1\.1 429 /);
+      assert.deepEqual(JSON.parse(third.text().split("\r\n\r\n")[1]), {
+        error: {
+          code: "ERR_RATE_LIMITED",
+          message: `Your uploads to the mailbox under way hold more than ${
+            MAILBOX_INFLIGHT_ITEMS_PER_MEMBER * declared
+          } bytes`,
+        },
+      });
+    } finally {
+      for (const conn of held) conn.socket.destroy();
+    }
+  });
+});
+
+// POST /v1/mailbox/TO with `item` as `member`, on a connection of its own: the reply's head and body.
+async function post(
+  port: number,
+  ca: string,
+  member: Member,
+  to: string,
+  item: Uint8Array,
+): Promise<string> {
+  const conn = await connectTls(port, ca, member);
+  const heard = conn.listen();
+  conn.socket.write(
+    `POST /v1/mailbox/${to} HTTP/1.1\r\nHost: ca\r\ncontent-type: application/cms\r\n` +
+      `content-length: ${item.length}\r\nconnection: close\r\n\r\n`,
+  );
+  conn.socket.write(item);
+  await within(heard.closed, 10_000, false);
+  conn.socket.destroy();
+  return heard.text();
+}
 
 // `count` GET /v1/ca on one kept-alive connection, each sent once the previous reply is in.
 async function keptAlive(port: number, ca: string, count: number): Promise<string[]> {
