@@ -45,7 +45,14 @@ import { type CrlListener, listenHint, startCrlListener } from "./crl_listener.t
 import { InviteStore } from "./invites.ts";
 import { CRL_URL_PATH } from "./policy.ts";
 import { RateLimiter } from "./rate_limit.ts";
-import { Relay, RELAY_PROTOCOL, relayError, type RelayOptions, relayPairBudget } from "./relay.ts";
+import {
+  readEarly,
+  Relay,
+  RELAY_PROTOCOL,
+  relayError,
+  type RelayOptions,
+  relayPairBudget,
+} from "./relay.ts";
 import { Rendezvous } from "./rendezvous.ts";
 import { Mailbox, type MailboxLimits } from "./mailbox.ts";
 
@@ -353,6 +360,8 @@ async function serveRelay(
   socket.setTimeout(0);
   // The HTTP server no longer watches this socket: a reset must not become an uncaught error.
   socket.on("error", () => {});
+  // Nor reads it: what the client sends before its 101 is read, and bounded, from now on.
+  const early = readEarly(socket);
   const remoteAddress = (socket.remoteAddress ?? "").replace(/^::ffff:/, "");
   const url = new URL(req.url ?? "/", "https://ca.invalid");
   let status = 101;
@@ -390,6 +399,7 @@ async function serveRelay(
       peer: party.peer,
       socket,
       head: new Uint8Array(head),
+      early,
     });
     if (typeof joined === "object") {
       status = joined.status;

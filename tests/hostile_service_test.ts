@@ -195,6 +195,82 @@ Deno.test("one member's stalled uploads cannot take the mailbox's memory for upl
   });
 });
 
+// Deno's TLS sockets read on while paused: a connection the service does not read piles up in
+// its memory whatever the client sends (a member waiting at the relay: 64 MB to 3.9 GB in 10 s).
+const FLOOD_BYTES = 64 * 1024 * 1024;
+
+Deno.test("a connection at the relay that sends bytes before its 101 is closed after 64 KiB: waiting, refused or not a member", async () => {
+  await withWorld(async ({ service, ca, logs, member }) => {
+    const [alice] = await Promise.all([member("alice"), member("bob")]);
+    const anchor = ca.certificate.pem;
+    const offer = await request(service.port, anchor, alice, "POST", "/v1/rendezvous", {
+      to: "bob",
+    });
+    const id = (JSON.parse(offer.split("\r\n\r\n")[1]) as { id: number }).id;
+    const cases: Array<[string, Member | undefined, string, RegExp]> = [
+      ["alice, waiting for bob", alice, `invitation=${id}`, / 101 alice .*\(waiting\)$/],
+      ["alice, refused", alice, "invitation=999", / 404 ERR_NOT_FOUND - /],
+      ["no certificate", undefined, `invitation=${id}`, / 401 ERR_UNAUTHENTICATED - /],
+    ];
+    for (const [who, as, query, answered] of cases) {
+      const conn = await connectTls(service.port, anchor, as);
+      try {
+        conn.socket.write(
+          `GET /v1/relay?${query} HTTP/1.1\r\nHost: ca\r\nConnection: Upgrade\r\n` +
+            `Upgrade: e2e-chat-relay/1\r\n\r\n`,
+        );
+        await waitUntil(() => logs.some((l) => answered.test(l)), `${who}: no answer`);
+        const drained = await flood(conn.socket, FLOOD_BYTES);
+        assert.ok(
+          drained < FLOOD_BYTES / 2,
+          `${who}: the service took ${drained} bytes before a 101 and kept the connection`,
+        );
+      } finally {
+        conn.socket.destroy();
+      }
+    }
+  });
+});
+
+// Writes up to `total` bytes, 1 MiB at a time, each once the last one drained; how many
+// drained before the other side closed the connection (or `total`).
+async function flood(socket: net.Socket, total: number): Promise<number> {
+  const chunk = new Uint8Array(1024 * 1024);
+  let drained = 0;
+  const closed = new Promise<void>((resolve) => {
+    socket.once("close", () => resolve());
+    socket.once("error", () => resolve());
+  });
+  while (drained < total && !socket.destroyed) {
+    const written = new Promise<boolean>((resolve) => socket.write(chunk, (e) => resolve(!e)));
+    const ok = await Promise.race([written, closed.then(() => false)]);
+    if (!ok) break;
+    drained += chunk.length;
+  }
+  return drained;
+}
+
+// One request on a connection of its own, with `json` as its body: the reply's head and body.
+async function request(
+  port: number,
+  ca: string,
+  member: Member,
+  method: string,
+  path: string,
+  json: unknown,
+): Promise<string> {
+  const conn = await connectTls(port, ca, member);
+  const heard = conn.listen();
+  const body = JSON.stringify(json);
+  conn.socket.write(
+    `${method} ${path} HTTP/1.1\r\nHost: ca\r\ncontent-type: application/json\r\n` +
+      `content-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`,
+  );
+  await within(heard.closed, 10_000, false);
+  conn.socket.destroy();
+  return heard.text();
+}
+
 // POST /v1/mailbox/TO with `item` as `member`, on a connection of its own: the reply's head and body.
 async function post(
   port: number,
