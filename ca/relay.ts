@@ -13,8 +13,10 @@
  * connections); the first side waits at most {@linkcode RELAY_WAIT_MS} for the
  * other; a spliced pair idle for {@linkcode RELAY_IDLE_MS} is closed; and every
  * byte spliced counts against {@linkcode RELAY_BYTES_PER_DAY} of each of the
- * two members (a UTC day). Opening and closing a pair are log lines with the
- * names and byte counts, never content.
+ * two members (a UTC day); at most {@linkcode RELAY_BUFFER_BYTES} held for a side
+ * that does not read, and {@linkcode RELAY_EARLY_BYTES} from a side before its 101
+ * (Deno's sockets read on while paused: nothing else would bound them). Opening and
+ * closing a pair are log lines with the names and byte counts, never content.
  *
  * @module
  */
@@ -39,6 +41,12 @@ export const RELAY_PICKUP_MS = 5_000;
  * read, in ms: a client that never closes its side must not keep the connection.
  */
 export const RELAY_LINGER_MS = 5_000;
+/**
+ * Bytes the relay holds for a side that does not read them, then the pair is closed. A chat
+ * keeps at most 8 MiB unconfirmed (docs/PROTOCOL.md "Sending in the background"), so a peer
+ * that reads never comes near it.
+ */
+export const RELAY_BUFFER_BYTES = 16 * 1024 * 1024;
 /** The protocol of the `Upgrade:` header. */
 export const RELAY_PROTOCOL = "e2e-chat-relay/1";
 /**
@@ -322,11 +330,17 @@ export class Relay {
         count(from, to, key, head);
         to.socket.write(head);
       }
-      from.socket.on("data", (chunk: Uint8Array) => count(from, to, key, chunk));
+      // Not pipe(): its back-pressure pauses the reading side, and Deno's sockets read on while
+      // paused, uncounted; what the other side leaves unread is bounded here instead.
+      from.socket.on("data", (chunk: Uint8Array) => {
+        count(from, to, key, chunk);
+        if (s.closed) return;
+        to.socket.write(chunk);
+        if (to.socket.writableLength > RELAY_BUFFER_BYTES) this.#end(s, `${to.name} does not read`);
+      });
+      from.socket.once("end", () => to.socket.end());
       from.socket.once("close", () => this.#end(s, `${from.name} left`));
       from.socket.on("error", () => {});
-      // pipe() keeps back-pressure: a slow reader slows the writer, not our memory.
-      from.socket.pipe(to.socket);
     };
     wire(first, second, "a");
     wire(second, first, "b");

@@ -11,6 +11,7 @@ import net from "node:net";
 import tls from "node:tls";
 import { CertificateAuthority } from "../ca/authority.ts";
 import { DEFAULT_MAILBOX_LIMITS } from "../ca/mailbox.ts";
+import { RELAY_BUFFER_BYTES } from "../ca/relay.ts";
 import {
   CaService,
   MAILBOX_INFLIGHT_BYTES,
@@ -228,6 +229,47 @@ Deno.test("a connection at the relay that sends bytes before its 101 is closed a
       } finally {
         conn.socket.destroy();
       }
+    }
+  });
+});
+
+Deno.test("a spliced pair whose receiver reads nothing is closed once the relay holds 16 MiB for it", async () => {
+  await withWorld(async ({ service, ca, logs, member }) => {
+    const [alice, bob] = await Promise.all([member("alice"), member("bob")]);
+    const anchor = ca.certificate.pem;
+    const offer = await request(service.port, anchor, alice, "POST", "/v1/rendezvous", {
+      to: "bob",
+    });
+    const id = (JSON.parse(offer.split("\r\n\r\n")[1]) as { id: number }).id;
+    const upgrade = `GET /v1/relay?invitation=${id} HTTP/1.1\r\nHost: ca\r\n` +
+      `Connection: Upgrade\r\nUpgrade: e2e-chat-relay/1\r\n\r\n`;
+    const sender = await connectTls(service.port, anchor, alice);
+    // Deno's own TLS connection, which reads only when asked (node:tls reads on while paused).
+    const receiver = await Deno.connectTls({
+      hostname: "127.0.0.1",
+      port: service.port,
+      caCerts: [anchor],
+      cert: bob.cert,
+      key: bob.key,
+    });
+    try {
+      sender.socket.write(upgrade);
+      await waitUntil(() => logs.some((l) => / 101 alice .*\(waiting\)$/.test(l)), "no wait");
+      await receiver.write(new TextEncoder().encode(upgrade));
+      await waitUntil(() => logs.some((l) => / 101 bob .*\(spliced\)$/.test(l)), "no splice");
+      const total = 8 * RELAY_BUFFER_BYTES;
+      const drained = await flood(sender.socket, total);
+      assert.ok(drained < total / 2, `the relay took ${drained} bytes bob never read`);
+      await waitUntil(
+        () =>
+          logs.some((l) =>
+            /^e2e-chat-ca: relay closed alice<->bob .*\(bob does not read\)$/.test(l)
+          ),
+        `no close in the log\n${logs.join("\n")}`,
+      );
+    } finally {
+      sender.socket.destroy();
+      receiver.close();
     }
   });
 });
