@@ -185,7 +185,7 @@ Deno.test("one member's stalled uploads cannot take the mailbox's memory for upl
       assert.deepEqual(JSON.parse(third.text().split("\r\n\r\n")[1]), {
         error: {
           code: "ERR_RATE_LIMITED",
-          message: `Your uploads to the mailbox under way hold more than ${
+          message: `Your transfers with the mailbox under way hold more than ${
             MAILBOX_INFLIGHT_ITEMS_PER_MEMBER * declared
           } bytes`,
         },
@@ -273,6 +273,65 @@ Deno.test("a spliced pair whose receiver reads nothing is closed once the relay 
     }
   });
 });
+
+Deno.test("a member who asks for its mailbox items on many connections and reads no reply has at most two held for it", async () => {
+  await withWorld(async ({ service, ca, logs, member }) => {
+    const [mallory, alice] = await Promise.all([member("mallory"), member("alice")]);
+    const anchor = ca.certificate.pem;
+    const item = new Uint8Array(8 * 1024 * 1024).fill(1);
+    const posted = await post(service.port, anchor, alice, "mallory", item);
+    const id = (JSON.parse(posted.split("\r\n\r\n")[1]) as { id: string }).id;
+    const asks = 6;
+    const conns: Deno.TlsConn[] = [];
+    try {
+      for (let i = 0; i < asks; i++) {
+        // Deno's own TLS connection, which reads only when asked (node:tls reads on while paused).
+        const conn = await Deno.connectTls({
+          hostname: "127.0.0.1",
+          port: service.port,
+          caCerts: [anchor],
+          cert: mallory.cert,
+          key: mallory.key,
+        });
+        conns.push(conn);
+        await conn.write(
+          new TextEncoder().encode(`GET /v1/mailbox/items/${id} HTTP/1.1\r\nHost: ca\r\n\r\n`),
+        );
+      }
+      const path = new RegExp(` GET /v1/mailbox/items/${id} (\\d+)`);
+      const answered = () => logs.filter((l) => path.test(l));
+      await waitUntil(() => answered().length === asks, `${answered().length} answered`);
+      const ok = answered().filter((l) => / 200 mallory /.test(l)).length;
+      assert.ok(ok <= MAILBOX_INFLIGHT_ITEMS_PER_MEMBER, `${ok} of ${asks} items held for mallory`);
+      assert.equal(
+        answered().filter((l) => / 429 ERR_RATE_LIMITED - /.test(l)).length,
+        asks - ok,
+        logs.join("\n"),
+      );
+      const max = MAILBOX_INFLIGHT_ITEMS_PER_MEMBER * DEFAULT_MAILBOX_LIMITS.maxItemBytes;
+      const refusal = await firstReply(conns, /^HTTP\/1\.1 429 /);
+      assert.deepEqual(JSON.parse(refusal.split("\r\n\r\n")[1]), {
+        error: {
+          code: "ERR_RATE_LIMITED",
+          message: `Your transfers with the mailbox under way hold more than ${max} bytes`,
+        },
+      });
+    } finally {
+      for (const conn of conns) conn.close();
+    }
+  });
+});
+
+// The first bytes of the first of `conns` whose reply matches `head`, read whole (a short reply).
+async function firstReply(conns: Deno.TlsConn[], head: RegExp): Promise<string> {
+  const buffer = new Uint8Array(16 * 1024);
+  for (const conn of conns) {
+    const n = await conn.read(buffer);
+    const text = new TextDecoder().decode(buffer.subarray(0, n ?? 0));
+    if (head.test(text)) return text;
+  }
+  throw new assert.AssertionError({ message: `no reply matched ${head}` });
+}
 
 // Writes up to `total` bytes, 1 MiB at a time, each once the last one drained; how many
 // drained before the other side closed the connection (or `total`).
