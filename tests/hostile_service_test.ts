@@ -21,6 +21,7 @@ import {
 } from "../ca/service.ts";
 import { makeCsr, PASSPHRASE } from "./_helpers.ts";
 import { sleep, waitUntil, within, withTempDir } from "./_harness.ts";
+import { requestWithKey } from "./_tls13_by_hand.ts";
 
 /** A member's key and certificate, PEM. */
 interface Member {
@@ -334,6 +335,20 @@ async function firstReply(conns: Deno.TlsConn[], head: RegExp): Promise<string> 
   }
   throw new assert.AssertionError({ message: `no reply matched ${head}` });
 }
+
+Deno.test("a client that presents alice's certificate but signs the handshake with mallory's key is refused in the handshake (decrypt_error)", async () => {
+  await withWorld(async ({ service, logs, member }) => {
+    const [alice, mallory] = await Promise.all([member("alice"), member("mallory")]);
+    await member("bob");
+    // The same hand-written client with alice's own key: served as alice (the client works).
+    const honest = await requestWithKey(service.port, alice.cert, alice.key, "/v1/certs/bob");
+    assert.match(honest.text, /^HTTP\/1\.1 200 /, JSON.stringify(honest));
+    assert.ok(logs.some((l) => / GET \/v1\/certs\/bob 200 alice /.test(l)), logs.join("\n"));
+    const forged = await requestWithKey(service.port, alice.cert, mallory.key, "/v1/certs/bob");
+    assert.deepEqual(forged, { text: "", alert: 51 });
+    assert.equal(logs.filter((l) => / GET \/v1\/certs\/bob /.test(l)).length, 1, logs.join("\n"));
+  });
+});
 
 // Writes up to `total` bytes, 1 MiB at a time, each once the last one drained; how many
 // drained before the other side closed the connection (or `total`).
