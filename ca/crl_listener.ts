@@ -55,7 +55,12 @@ export async function startCrlListener(
 ): Promise<CrlListener> {
   const stopping = new AbortController();
   const sockets = new Set<Socket>();
+  // One request per connection: the reply says "connection: close", but the server would still
+  // answer, and hold in memory, every request sent after it at once.
+  const answered = new WeakSet<Socket>();
   const server = http.createServer((req, res) => {
+    if (answered.has(req.socket) || req.socket.destroyed) return void req.socket.destroy();
+    answered.add(req.socket);
     serveCrl(ctx, stopping.signal, req, res, log).catch(() => res.destroy());
   });
   guardConnections(server, {

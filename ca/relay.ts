@@ -13,8 +13,10 @@
  * connections); the first side waits at most {@linkcode RELAY_WAIT_MS} for the
  * other; a spliced pair idle for {@linkcode RELAY_IDLE_MS} is closed; and every
  * byte spliced counts against {@linkcode RELAY_BYTES_PER_DAY} of each of the
- * two members (a UTC day). Opening and closing a pair are log lines with the
- * names and byte counts, never content.
+ * two members (a UTC day); at most {@linkcode RELAY_BUFFER_BYTES} held for a side
+ * that does not read, and {@linkcode RELAY_EARLY_BYTES} from a side before its 101
+ * (Deno's sockets read on while paused: nothing else would bound them). Opening and
+ * closing a pair are log lines with the names and byte counts, never content.
  *
  * @module
  */
@@ -39,8 +41,19 @@ export const RELAY_PICKUP_MS = 5_000;
  * read, in ms: a client that never closes its side must not keep the connection.
  */
 export const RELAY_LINGER_MS = 5_000;
+/**
+ * Bytes the relay holds for a side that does not read them, then the pair is closed. A chat
+ * keeps at most 8 MiB unconfirmed (docs/PROTOCOL.md "Sending in the background"), so a peer
+ * that reads never comes near it.
+ */
+export const RELAY_BUFFER_BYTES = 16 * 1024 * 1024;
 /** The protocol of the `Upgrade:` header. */
 export const RELAY_PROTOCOL = "e2e-chat-relay/1";
+/**
+ * Bytes a connection may send after its request and before its 101 (clients send none; they
+ * wait for the 101): kept for the other side, and one more closes the connection.
+ */
+export const RELAY_EARLY_BYTES = 64 * 1024;
 
 /**
  * The most relayed pairs the service holds at once, for a connection cap of
@@ -90,6 +103,11 @@ export interface RelaySide {
   socket: Socket;
   /** Bytes the client sent after its request headers. */
   head: Uint8Array;
+  /**
+   * What it sent since, while it was authorized and waited (from {@linkcode readEarly}); taken
+   * at the splice. Default: none.
+   */
+  early?: () => Uint8Array;
 }
 
 /** Why {@linkcode Relay.join} refused a side. */
@@ -307,15 +325,22 @@ export class Relay {
     };
     const wire = (from: RelaySide, to: RelaySide, key: "a" | "b") => {
       // Whatever a side sent right after its request goes first.
-      if (from.head.length) {
-        count(from, to, key, from.head);
-        to.socket.write(from.head);
+      for (const head of [from.head, from.early?.() ?? new Uint8Array()]) {
+        if (!head.length) continue;
+        count(from, to, key, head);
+        to.socket.write(head);
       }
-      from.socket.on("data", (chunk: Uint8Array) => count(from, to, key, chunk));
+      // Not pipe(): its back-pressure pauses the reading side, and Deno's sockets read on while
+      // paused, uncounted; what the other side leaves unread is bounded here instead.
+      from.socket.on("data", (chunk: Uint8Array) => {
+        count(from, to, key, chunk);
+        if (s.closed) return;
+        to.socket.write(chunk);
+        if (to.socket.writableLength > RELAY_BUFFER_BYTES) this.#end(s, `${to.name} does not read`);
+      });
+      from.socket.once("end", () => to.socket.end());
       from.socket.once("close", () => this.#end(s, `${from.name} left`));
       from.socket.on("error", () => {});
-      // pipe() keeps back-pressure: a slow reader slows the writer, not our memory.
-      from.socket.pipe(to.socket);
     };
     wire(first, second, "a");
     wire(second, first, "b");
@@ -344,6 +369,46 @@ export class Relay {
         `${seconds}s (${reason})`,
     );
   }
+}
+
+/**
+ * Reads what `socket` (a relay connection, its request read) sends until the returned function
+ * is called, which stops and returns it: at most {@linkcode RELAY_EARLY_BYTES}, and a connection
+ * that sends more is closed. Why: Deno's sockets read on while paused, so a connection nobody
+ * reads piles up in memory whatever its client sends (one member waiting at the relay took the
+ * service from 64 MB to 3.9 GB in 10 s; a client without a certificate, in the 5 s before its
+ * refusal closes, to 2.3 GB).
+ *
+ * @example
+ * ```ts
+ * import net from "node:net";
+ * import { readEarly } from "./relay.ts";
+ * const socket = net.connect(65433, "127.0.0.1");
+ * const early = readEarly(socket);
+ * console.log(early().length); // 0
+ * ```
+ */
+export function readEarly(socket: Socket, maxBytes: number = RELAY_EARLY_BYTES): () => Uint8Array {
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const onData = (chunk: Uint8Array) => {
+    size += chunk.length;
+    if (size <= maxBytes) return void chunks.push(chunk);
+    chunks.length = 0;
+    socket.destroy();
+  };
+  socket.on("data", onData);
+  socket.resume();
+  return () => {
+    socket.off("data", onData);
+    const bytes = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+    let offset = 0;
+    for (const c of chunks.splice(0)) {
+      bytes.set(c, offset);
+      offset += c.length;
+    }
+    return bytes;
+  };
 }
 
 /**

@@ -11,13 +11,14 @@
  * {@linkcode HEADERS_MS} of the handshake or of the previous reply, its body
  * within {@linkcode BODY_MS} of its headers — deadlines, which a client cannot
  * stretch by trickling bytes — and {@linkcode IDLE_MS} of inactivity while a
- * request is served (a long poll raises it). A refused connection is logged.
+ * request is served (a long poll raises it); at most {@linkcode MAX_PIPELINED}
+ * requests waiting for their replies on one connection. A refused connection is logged.
  * A connection upgraded to the relay (`GET /v1/relay`) leaves these for the
  * relay's own caps and deadlines (ca/relay.ts).
  *
  * @module
  */
-import { createPrivateKey } from "node:crypto";
+import { createHash, createPrivateKey } from "node:crypto";
 import https from "node:https";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
@@ -44,7 +45,14 @@ import { type CrlListener, listenHint, startCrlListener } from "./crl_listener.t
 import { InviteStore } from "./invites.ts";
 import { CRL_URL_PATH } from "./policy.ts";
 import { RateLimiter } from "./rate_limit.ts";
-import { Relay, RELAY_PROTOCOL, relayError, type RelayOptions, relayPairBudget } from "./relay.ts";
+import {
+  readEarly,
+  Relay,
+  RELAY_PROTOCOL,
+  relayError,
+  type RelayOptions,
+  relayPairBudget,
+} from "./relay.ts";
 import { Rendezvous } from "./rendezvous.ts";
 import { Mailbox, type MailboxLimits } from "./mailbox.ts";
 
@@ -66,6 +74,17 @@ export const IDLE_MS = 15_000;
 export const MAILBOX_BODY_MS = 60_000;
 /** Mailbox bodies held in memory at once, all connections together, in bytes (then 429). */
 export const MAILBOX_INFLIGHT_BYTES = 64 * 1024 * 1024;
+/**
+ * Of those, what one member's uploads may hold at once, in largest items (then 429): one
+ * member with a few stalled uploads must not take the whole budget from every other member.
+ */
+export const MAILBOX_INFLIGHT_ITEMS_PER_MEMBER = 2;
+/**
+ * Requests one connection may have waiting for their replies at once (HTTP pipelining); one more
+ * closes it. Clients send a request once the previous reply is in; one that sends thousands at
+ * once and reads nothing would have them all served and every reply held in memory.
+ */
+export const MAX_PIPELINED = 8;
 /** Options of {@linkcode CaService.start}. */
 export interface ServeOptions {
   /** Address to listen on. Default: "127.0.0.1". */
@@ -175,6 +194,7 @@ export class CaService {
     const sockets = new Set<Socket>();
     const stopping = new AbortController();
     const server = https.createServer(serverOptions(own, anchor), (req, res) => {
+      if (!admitPipelined(req.socket, res, log)) return;
       serveRequest(ctx, stopping.signal, req, res, log, idle).catch(() => res.destroy());
     });
     // Slow or idle clients are cut off; a long poll raises the limit while it waits.
@@ -307,7 +327,15 @@ async function serveRequest(
       bytes: (type, maxBytes) => readBytes(req, type, maxBytes),
       signal: gone.signal,
     };
+    // A mailbox item stays in memory until the client has taken it: held against the budget,
+    // for the largest item while it is read, then for its size.
+    const itemGet = req.method === "GET" && url.pathname.startsWith("/v1/mailbox/items/");
+    const hold = itemGet && apiRequest.peerDer && ctx.mailbox
+      ? holdReply(socket, ctx.mailbox.limits.maxItemBytes)
+      : undefined;
+    if (hold) res.once("close", () => hold(0));
     const reply = await handle(ctx, apiRequest);
+    hold?.(reply.bytes?.length ?? 0);
     status = reply.status;
     user = reply.user ?? "-";
     note = reply.note ?? "";
@@ -340,6 +368,8 @@ async function serveRelay(
   socket.setTimeout(0);
   // The HTTP server no longer watches this socket: a reset must not become an uncaught error.
   socket.on("error", () => {});
+  // Nor reads it: what the client sends before its 101 is read, and bounded, from now on.
+  const early = readEarly(socket);
   const remoteAddress = (socket.remoteAddress ?? "").replace(/^::ffff:/, "");
   const url = new URL(req.url ?? "/", "https://ca.invalid");
   let status = 101;
@@ -377,6 +407,7 @@ async function serveRelay(
       peer: party.peer,
       socket,
       head: new Uint8Array(head),
+      early,
     });
     if (typeof joined === "object") {
       status = joined.status;
@@ -425,6 +456,24 @@ function accessLine(
 }
 
 const headerDeadlines = new WeakMap<Socket, () => void>();
+
+const unanswered = new WeakMap<Socket, number>();
+
+// Whether a request on `socket` is served: at most MAX_PIPELINED wait for their replies at once
+// (a reply waits until the client reads the ones before it); past that the connection is closed.
+function admitPipelined(socket: Socket, res: ServerResponse, log: (line: string) => void): boolean {
+  if (socket.destroyed) return false;
+  const waiting = (unanswered.get(socket) ?? 0) + 1;
+  if (waiting > MAX_PIPELINED) {
+    const address = (socket.remoteAddress ?? "").replace(/^::ffff:/, "");
+    socket.destroy();
+    log(`e2e-chat-ca: ${address} closed: more than ${MAX_PIPELINED} requests wait for replies`);
+    return false;
+  }
+  unanswered.set(socket, waiting);
+  res.once("finish", () => unanswered.set(socket, (unanswered.get(socket) ?? 1) - 1));
+  return true;
+}
 
 /** Starts the deadline for the next request's headers on `socket`. */
 function awaitHeaders(socket: Socket): void {
@@ -501,6 +550,50 @@ function readJson(req: IncomingMessage): Promise<unknown> {
 }
 
 let inFlight = 0;
+// The same, per member (the SHA-256 of its certificate: the API checked it is current).
+const inFlightOf = new Map<string, number>();
+
+function memberOf(socket: TLSSocket): string {
+  const der = peerCertificateDer(socket);
+  return der ? createHash("sha256").update(der).digest("hex") : "";
+}
+
+// Holds `maxItemBytes` of the budgets of uploads for a mailbox item about to be read for a
+// reply (a client that reads no reply would have every item it asks for held in memory: 32
+// connections of one member, 8 requests each, took the service from 97 MB to 2.6 GB); returns
+// the function that sets what stays held (the item's size once read, 0 once the reply is gone).
+function holdReply(socket: TLSSocket, maxItemBytes: number): (bytes: number) => void {
+  const member = memberOf(socket);
+  const maxMine = MAILBOX_INFLIGHT_ITEMS_PER_MEMBER * maxItemBytes;
+  if (inFlight + maxItemBytes > MAILBOX_INFLIGHT_BYTES) throw mailboxBusy();
+  if ((inFlightOf.get(member) ?? 0) + maxItemBytes > maxMine) throw mailboxYours(maxMine);
+  inFlight += maxItemBytes;
+  inFlightOf.set(member, (inFlightOf.get(member) ?? 0) + maxItemBytes);
+  let held = maxItemBytes;
+  // It only shrinks: a reply gone before its item was read stays released.
+  return (bytes) => {
+    const next = Math.min(bytes, held);
+    inFlight -= held - next;
+    const left = (inFlightOf.get(member) ?? 0) - (held - next);
+    if (left > 0) inFlightOf.set(member, left);
+    else inFlightOf.delete(member);
+    held = next;
+  };
+}
+
+function mailboxBusy(): E2eError {
+  return new E2eError("ERR_RATE_LIMITED", "The mailbox is busy with other transfers", {
+    hint: "try again in a minute",
+  });
+}
+
+function mailboxYours(maxBytes: number): E2eError {
+  return new E2eError(
+    "ERR_RATE_LIMITED",
+    `Your transfers with the mailbox under way hold more than ${maxBytes} bytes`,
+    { hint: "send or fetch one file at a time, or try again in a minute" },
+  );
+}
 
 // A binary body (a mailbox item): its type, and at most `maxBytes`, declared or sent.
 function readBytes(req: IncomingMessage, type: string, maxBytes: number): Promise<Uint8Array> {
@@ -519,22 +612,31 @@ function readBytes(req: IncomingMessage, type: string, maxBytes: number): Promis
     req.resume();
     return Promise.reject(tooBig());
   }
-  return collect(req, maxBytes, tooBig, true);
+  return collect(req, maxBytes, tooBig, {
+    member: memberOf(req.socket as TLSSocket),
+    maxBytes: MAILBOX_INFLIGHT_ITEMS_PER_MEMBER * maxBytes,
+  });
 }
 
 // A request body of at most `maxBytes` (else `tooBig()`), whole. `counted`: held against the
-// service-wide budget of mailbox uploads while it is read (a flood of 8 MiB posts).
+// service-wide budget of mailbox uploads while it is read (a flood of 8 MiB posts), and
+// against the member's share of it.
 function collect(
   req: IncomingMessage,
   maxBytes: number,
   tooBig: () => E2eError,
-  counted = false,
+  counted?: { member: string; maxBytes: number },
 ): Promise<Uint8Array> {
   return new Promise((resolve, reject) => {
     const chunks: Uint8Array[] = [];
     let size = 0;
     const release = () => {
-      if (counted) inFlight -= size;
+      if (counted) {
+        inFlight -= size;
+        const left = (inFlightOf.get(counted.member) ?? 0) - size;
+        if (left > 0) inFlightOf.set(counted.member, left);
+        else inFlightOf.delete(counted.member);
+      }
       size = 0;
     };
     const fail = (e: E2eError) => {
@@ -546,15 +648,16 @@ function collect(
     };
     req.on("data", (chunk: Uint8Array) => {
       size += chunk.length;
-      if (counted) inFlight += chunk.length;
+      if (counted) {
+        inFlight += chunk.length;
+        inFlightOf.set(counted.member, (inFlightOf.get(counted.member) ?? 0) + chunk.length);
+      }
       if (size > maxBytes) return fail(tooBig());
       if (counted && inFlight > MAILBOX_INFLIGHT_BYTES) {
-        return fail(
-          new E2eError("ERR_RATE_LIMITED", "The mailbox is busy with other uploads", {
-            hint: "try again in a minute",
-          }),
-        );
+        return fail(mailboxBusy());
       }
+      const mine = counted ? inFlightOf.get(counted.member) ?? 0 : 0;
+      if (counted && mine > counted.maxBytes) return fail(mailboxYours(counted.maxBytes));
       chunks.push(chunk);
     });
     // A client that hangs up mid-body is its own problem, not an internal error.

@@ -1,0 +1,428 @@
+/**
+ * The CA service against hostile clients on the network, in process (real
+ * TLS on 127.0.0.1, real sockets, the real openssl): what one connection or one
+ * member can make the service hold. tests/flood_test.ts covers floods of
+ * connections and trickled requests; tests/ca_service_test.ts the API's refusals.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import net from "node:net";
+import tls from "node:tls";
+import { CertificateAuthority } from "../ca/authority.ts";
+import { DEFAULT_MAILBOX_LIMITS } from "../ca/mailbox.ts";
+import { RELAY_BUFFER_BYTES } from "../ca/relay.ts";
+import {
+  CaService,
+  MAILBOX_INFLIGHT_BYTES,
+  MAILBOX_INFLIGHT_ITEMS_PER_MEMBER,
+  MAX_PIPELINED,
+  type ServeOptions,
+} from "../ca/service.ts";
+import { makeCsr, PASSPHRASE } from "./_helpers.ts";
+import { sleep, waitUntil, within, withTempDir } from "./_harness.ts";
+import { requestWithKey } from "./_tls13_by_hand.ts";
+
+/** A member's key and certificate, PEM. */
+interface Member {
+  name: string;
+  key: string;
+  cert: string;
+}
+
+interface World {
+  service: CaService;
+  ca: CertificateAuthority;
+  logs: string[];
+  member(name: string): Promise<Member>;
+}
+
+async function withWorld(fn: (world: World) => Promise<void>, options: ServeOptions = {}) {
+  await withTempDir(async (home) => {
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+    const logs: string[] = [];
+    const service = await CaService.start(ca, { port: 0, log: (l) => logs.push(l), ...options });
+    const member = async (name: string) => {
+      const { csr, key } = await makeCsr(name);
+      return { name, key, cert: (await ca.sign(csr, name)).certificate.pem };
+    };
+    try {
+      await fn({ service, ca, logs, member });
+    } finally {
+      await service.close();
+    }
+  });
+}
+
+/**
+ * A connection whose replies nobody looks at until {@linkcode Deaf.listen} is called (node:tls
+ * still reads them in): then `replies` counts the replies it was sent, and `closed` resolves
+ * once the other side has ended it. For a connection that truly reads nothing, see
+ * `Deno.connectTls` below.
+ */
+interface Deaf {
+  socket: net.Socket;
+  listen(): { closed: Promise<boolean>; replies(): number; text(): string };
+}
+
+function deaf(socket: net.Socket): Deaf {
+  socket.on("error", () => {});
+  socket.pause();
+  return {
+    socket,
+    listen: () => {
+      let text = "";
+      socket.on("data", (d: Uint8Array) => text += new TextDecoder().decode(d));
+      const closed = new Promise<boolean>((resolve) => socket.once("close", () => resolve(true)));
+      socket.resume();
+      return { closed, replies: () => text.split("HTTP/1.1 200 ").length - 1, text: () => text };
+    },
+  };
+}
+
+async function connectTls(port: number, ca: string, member?: Member): Promise<Deaf> {
+  const socket = tls.connect({
+    host: "127.0.0.1",
+    port,
+    ca,
+    cert: member?.cert,
+    key: member?.key,
+    rejectUnauthorized: false,
+  });
+  await new Promise<void>((resolve, reject) => {
+    socket.once("secureConnect", resolve);
+    socket.once("error", reject);
+  });
+  return deaf(socket);
+}
+
+async function connectTcp(port: number): Promise<Deaf> {
+  const socket = net.connect(port, "127.0.0.1");
+  await new Promise<void>((resolve, reject) => {
+    socket.once("connect", resolve);
+    socket.once("error", reject);
+  });
+  return deaf(socket);
+}
+
+const PIPELINED = 2_000;
+
+Deno.test("a connection that sends 2,000 requests at once and reads no reply gets at most 8 served, then is closed", async () => {
+  await withWorld(async ({ service, ca, logs }) => {
+    const conn = await connectTls(service.port, ca.certificate.pem);
+    try {
+      // 64 KiB of requests: before the cap, all 2,000 were served (+230 MB in one process).
+      conn.socket.write("GET /v1/ca HTTP/1.1\r\nHost: ca\r\n\r\n".repeat(PIPELINED));
+      await waitUntil(() => logs.some((l) => / GET \/v1\/ca 200 /.test(l)), "no request served");
+      await sleep(1_000);
+      const heard = conn.listen();
+      assert.ok(await within(heard.closed, 10_000, false), "the service kept the connection open");
+      const served = logs.filter((l) => / GET \/v1\/ca 200 /.test(l)).length;
+      assert.ok(served <= MAX_PIPELINED, `${served} of ${PIPELINED} pipelined requests served`);
+      assert.ok(heard.replies() <= MAX_PIPELINED, `${heard.replies()} replies sent`);
+      assert.ok(
+        logs.includes(
+          `e2e-chat-ca: 127.0.0.1 closed: more than ${MAX_PIPELINED} requests wait for replies`,
+        ),
+        logs.join("\n"),
+      );
+    } finally {
+      conn.socket.destroy();
+    }
+    // A kept-alive connection that reads each reply before it asks again is served as long as it likes.
+    const replies = await keptAlive(service.port, ca.certificate.pem, MAX_PIPELINED * 2);
+    assert.equal(replies.filter((r) => r.startsWith("HTTP/1.1 200 ")).length, MAX_PIPELINED * 2);
+  });
+});
+
+Deno.test("the CRL port answers one request per connection: 2,000 sent at once get one served, then the connection is closed", async () => {
+  await withWorld(async ({ service, logs }) => {
+    const conn = await connectTcp(Number(new URL(service.crlUrl).port));
+    try {
+      conn.socket.write("GET /crl.der HTTP/1.1\r\nHost: ca\r\n\r\n".repeat(PIPELINED));
+      const line = / GET \/crl\.der 200 \(crl listener\)$/;
+      await waitUntil(() => logs.some((l) => line.test(l)), "no request served");
+      await sleep(1_000);
+      const heard = conn.listen();
+      assert.ok(
+        await within(heard.closed, 5_000, false),
+        "the CRL listener kept the connection open",
+      );
+      const served = logs.filter((l) => line.test(l)).length;
+      assert.equal(served, 1, `${served} of ${PIPELINED} pipelined CRL requests served`);
+      assert.ok(heard.replies() <= 1, `${heard.replies()} replies sent`);
+    } finally {
+      conn.socket.destroy();
+    }
+  });
+});
+
+Deno.test("one member's stalled uploads cannot take the mailbox's memory for uploads from everyone: the others' posts go on", async () => {
+  await withWorld(async ({ service, ca, logs, member }) => {
+    const [mallory, alice] = await Promise.all([member("mallory"), member("alice")]);
+    await Promise.all(["bob", "carol"].map(member));
+    const anchor = ca.certificate.pem;
+    // Eight uploads of 8 MiB each, all but their last bytes sent, then held: the whole budget.
+    const uploads = MAILBOX_INFLIGHT_BYTES / (8 * 1024 * 1024);
+    const declared = DEFAULT_MAILBOX_LIMITS.maxItemBytes;
+    const held: Deaf[] = [];
+    try {
+      for (let i = 0; i < uploads; i++) {
+        const conn = await connectTls(service.port, anchor, mallory);
+        held.push(conn);
+        conn.socket.write(
+          `POST /v1/mailbox/bob HTTP/1.1\r\nHost: ca\r\ncontent-type: application/cms\r\n` +
+            `content-length: ${declared}\r\n\r\n`,
+        );
+        await new Promise((resolve) => conn.socket.write(new Uint8Array(8 * 1024 * 1024), resolve));
+      }
+      await sleep(1_000);
+      const reply = await post(service.port, anchor, alice, "carol", new Uint8Array(1_000).fill(7));
+      assert.match(reply, /^HTTP\/1\.1 200 /, reply);
+      // Mallory's own uploads past two of the largest items at once are refused.
+      const refused = logs.filter((l) => / POST \/v1\/mailbox\/bob 429 ERR_RATE_LIMITED /.test(l));
+      assert.equal(refused.length, uploads - MAILBOX_INFLIGHT_ITEMS_PER_MEMBER, logs.join("\n"));
+      const third = held[MAILBOX_INFLIGHT_ITEMS_PER_MEMBER].listen();
+      await waitUntil(() => third.text().includes("}}\n"), "no reply to the third upload");
+      assert.match(third.text(), /^HTTP\/1\.1 429 /);
+      assert.deepEqual(JSON.parse(third.text().split("\r\n\r\n")[1]), {
+        error: {
+          code: "ERR_RATE_LIMITED",
+          message: `Your transfers with the mailbox under way hold more than ${
+            MAILBOX_INFLIGHT_ITEMS_PER_MEMBER * declared
+          } bytes`,
+        },
+      });
+    } finally {
+      for (const conn of held) conn.socket.destroy();
+    }
+  });
+});
+
+// Deno's TLS sockets read on while paused: a connection the service does not read piles up in
+// its memory whatever the client sends (a member waiting at the relay: 64 MB to 3.9 GB in 10 s).
+const FLOOD_BYTES = 64 * 1024 * 1024;
+
+Deno.test("a connection at the relay that sends bytes before its 101 is closed after 64 KiB: waiting, refused or not a member", async () => {
+  await withWorld(async ({ service, ca, logs, member }) => {
+    const [alice] = await Promise.all([member("alice"), member("bob")]);
+    const anchor = ca.certificate.pem;
+    const offer = await request(service.port, anchor, alice, "POST", "/v1/rendezvous", {
+      to: "bob",
+    });
+    const id = (JSON.parse(offer.split("\r\n\r\n")[1]) as { id: number }).id;
+    const cases: Array<[string, Member | undefined, string, RegExp]> = [
+      ["alice, waiting for bob", alice, `invitation=${id}`, / 101 alice .*\(waiting\)$/],
+      ["alice, refused", alice, "invitation=999", / 404 ERR_NOT_FOUND - /],
+      ["no certificate", undefined, `invitation=${id}`, / 401 ERR_UNAUTHENTICATED - /],
+    ];
+    for (const [who, as, query, answered] of cases) {
+      const conn = await connectTls(service.port, anchor, as);
+      try {
+        conn.socket.write(
+          `GET /v1/relay?${query} HTTP/1.1\r\nHost: ca\r\nConnection: Upgrade\r\n` +
+            `Upgrade: e2e-chat-relay/1\r\n\r\n`,
+        );
+        await waitUntil(() => logs.some((l) => answered.test(l)), `${who}: no answer`);
+        const drained = await flood(conn.socket, FLOOD_BYTES);
+        assert.ok(
+          drained < FLOOD_BYTES / 2,
+          `${who}: the service took ${drained} bytes before a 101 and kept the connection`,
+        );
+      } finally {
+        conn.socket.destroy();
+      }
+    }
+  });
+});
+
+Deno.test("a spliced pair whose receiver reads nothing is closed once the relay holds 16 MiB for it", async () => {
+  await withWorld(async ({ service, ca, logs, member }) => {
+    const [alice, bob] = await Promise.all([member("alice"), member("bob")]);
+    const anchor = ca.certificate.pem;
+    const offer = await request(service.port, anchor, alice, "POST", "/v1/rendezvous", {
+      to: "bob",
+    });
+    const id = (JSON.parse(offer.split("\r\n\r\n")[1]) as { id: number }).id;
+    const upgrade = `GET /v1/relay?invitation=${id} HTTP/1.1\r\nHost: ca\r\n` +
+      `Connection: Upgrade\r\nUpgrade: e2e-chat-relay/1\r\n\r\n`;
+    const sender = await connectTls(service.port, anchor, alice);
+    // Deno's own TLS connection, which reads only when asked (node:tls reads on while paused).
+    const receiver = await Deno.connectTls({
+      hostname: "127.0.0.1",
+      port: service.port,
+      caCerts: [anchor],
+      cert: bob.cert,
+      key: bob.key,
+    });
+    try {
+      sender.socket.write(upgrade);
+      await waitUntil(() => logs.some((l) => / 101 alice .*\(waiting\)$/.test(l)), "no wait");
+      await receiver.write(new TextEncoder().encode(upgrade));
+      await waitUntil(() => logs.some((l) => / 101 bob .*\(spliced\)$/.test(l)), "no splice");
+      const total = 8 * RELAY_BUFFER_BYTES;
+      const drained = await flood(sender.socket, total);
+      assert.ok(drained < total / 2, `the relay took ${drained} bytes bob never read`);
+      await waitUntil(
+        () =>
+          logs.some((l) =>
+            /^e2e-chat-ca: relay closed alice<->bob .*\(bob does not read\)$/.test(l)
+          ),
+        `no close in the log\n${logs.join("\n")}`,
+      );
+    } finally {
+      sender.socket.destroy();
+      receiver.close();
+    }
+  });
+});
+
+Deno.test("a member who asks for its mailbox items on many connections and reads no reply has at most two held for it", async () => {
+  await withWorld(async ({ service, ca, logs, member }) => {
+    const [mallory, alice] = await Promise.all([member("mallory"), member("alice")]);
+    const anchor = ca.certificate.pem;
+    const item = new Uint8Array(8 * 1024 * 1024).fill(1);
+    const posted = await post(service.port, anchor, alice, "mallory", item);
+    const id = (JSON.parse(posted.split("\r\n\r\n")[1]) as { id: string }).id;
+    const asks = 6;
+    const conns: Deno.TlsConn[] = [];
+    try {
+      for (let i = 0; i < asks; i++) {
+        // Deno's own TLS connection, which reads only when asked (node:tls reads on while paused).
+        const conn = await Deno.connectTls({
+          hostname: "127.0.0.1",
+          port: service.port,
+          caCerts: [anchor],
+          cert: mallory.cert,
+          key: mallory.key,
+        });
+        conns.push(conn);
+        await conn.write(
+          new TextEncoder().encode(`GET /v1/mailbox/items/${id} HTTP/1.1\r\nHost: ca\r\n\r\n`),
+        );
+      }
+      const path = new RegExp(` GET /v1/mailbox/items/${id} (\\d+)`);
+      const answered = () => logs.filter((l) => path.test(l));
+      await waitUntil(() => answered().length === asks, `${answered().length} answered`);
+      const ok = answered().filter((l) => / 200 mallory /.test(l)).length;
+      assert.ok(ok <= MAILBOX_INFLIGHT_ITEMS_PER_MEMBER, `${ok} of ${asks} items held for mallory`);
+      assert.equal(
+        answered().filter((l) => / 429 ERR_RATE_LIMITED - /.test(l)).length,
+        asks - ok,
+        logs.join("\n"),
+      );
+      const max = MAILBOX_INFLIGHT_ITEMS_PER_MEMBER * DEFAULT_MAILBOX_LIMITS.maxItemBytes;
+      const refusal = await firstReply(conns, /^HTTP\/1\.1 429 /);
+      assert.deepEqual(JSON.parse(refusal.split("\r\n\r\n")[1]), {
+        error: {
+          code: "ERR_RATE_LIMITED",
+          message: `Your transfers with the mailbox under way hold more than ${max} bytes`,
+        },
+      });
+    } finally {
+      for (const conn of conns) conn.close();
+    }
+  });
+});
+
+// The first bytes of the first of `conns` whose reply matches `head`, read whole (a short reply).
+async function firstReply(conns: Deno.TlsConn[], head: RegExp): Promise<string> {
+  const buffer = new Uint8Array(16 * 1024);
+  for (const conn of conns) {
+    const n = await conn.read(buffer);
+    const text = new TextDecoder().decode(buffer.subarray(0, n ?? 0));
+    if (head.test(text)) return text;
+  }
+  throw new assert.AssertionError({ message: `no reply matched ${head}` });
+}
+
+Deno.test("a client that presents alice's certificate but signs the handshake with mallory's key is refused in the handshake (decrypt_error)", async () => {
+  await withWorld(async ({ service, logs, member }) => {
+    const [alice, mallory] = await Promise.all([member("alice"), member("mallory")]);
+    await member("bob");
+    // The same hand-written client with alice's own key: served as alice (the client works).
+    const honest = await requestWithKey(service.port, alice.cert, alice.key, "/v1/certs/bob");
+    assert.match(honest.text, /^HTTP\/1\.1 200 /, JSON.stringify(honest));
+    assert.ok(logs.some((l) => / GET \/v1\/certs\/bob 200 alice /.test(l)), logs.join("\n"));
+    const forged = await requestWithKey(service.port, alice.cert, mallory.key, "/v1/certs/bob");
+    assert.deepEqual(forged, { text: "", alert: 51 });
+    assert.equal(logs.filter((l) => / GET \/v1\/certs\/bob /.test(l)).length, 1, logs.join("\n"));
+  });
+});
+
+// Writes up to `total` bytes, 1 MiB at a time, each once the last one drained; how many
+// drained before the other side closed the connection (or `total`).
+async function flood(socket: net.Socket, total: number): Promise<number> {
+  const chunk = new Uint8Array(1024 * 1024);
+  let drained = 0;
+  const closed = new Promise<void>((resolve) => {
+    socket.once("close", () => resolve());
+    socket.once("error", () => resolve());
+  });
+  while (drained < total && !socket.destroyed) {
+    const written = new Promise<boolean>((resolve) => socket.write(chunk, (e) => resolve(!e)));
+    const ok = await Promise.race([written, closed.then(() => false)]);
+    if (!ok) break;
+    drained += chunk.length;
+  }
+  return drained;
+}
+
+// One request on a connection of its own, with `json` as its body: the reply's head and body.
+async function request(
+  port: number,
+  ca: string,
+  member: Member,
+  method: string,
+  path: string,
+  json: unknown,
+): Promise<string> {
+  const conn = await connectTls(port, ca, member);
+  const heard = conn.listen();
+  const body = JSON.stringify(json);
+  conn.socket.write(
+    `${method} ${path} HTTP/1.1\r\nHost: ca\r\ncontent-type: application/json\r\n` +
+      `content-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`,
+  );
+  await within(heard.closed, 10_000, false);
+  conn.socket.destroy();
+  return heard.text();
+}
+
+// POST /v1/mailbox/TO with `item` as `member`, on a connection of its own: the reply's head and body.
+async function post(
+  port: number,
+  ca: string,
+  member: Member,
+  to: string,
+  item: Uint8Array,
+): Promise<string> {
+  const conn = await connectTls(port, ca, member);
+  const heard = conn.listen();
+  conn.socket.write(
+    `POST /v1/mailbox/${to} HTTP/1.1\r\nHost: ca\r\ncontent-type: application/cms\r\n` +
+      `content-length: ${item.length}\r\nconnection: close\r\n\r\n`,
+  );
+  conn.socket.write(item);
+  await within(heard.closed, 10_000, false);
+  conn.socket.destroy();
+  return heard.text();
+}
+
+// `count` GET /v1/ca on one kept-alive connection, each sent once the previous reply is in.
+async function keptAlive(port: number, ca: string, count: number): Promise<string[]> {
+  const socket = tls.connect({ host: "127.0.0.1", port, ca, rejectUnauthorized: false });
+  socket.on("error", () => {});
+  try {
+    let text = "";
+    socket.on("data", (d: Uint8Array) => text += new TextDecoder().decode(d));
+    const END = "-----END CERTIFICATE-----\n";
+    for (let i = 1; i <= count; i++) {
+      socket.write("GET /v1/ca HTTP/1.1\r\nHost: ca\r\n\r\n");
+      await waitUntil(() => text.split(END).length > i, `reply ${i} of ${count}`, 10_000);
+    }
+    return text.split(END).slice(0, count);
+  } finally {
+    socket.destroy();
+  }
+}
