@@ -379,9 +379,10 @@ export async function relayParty(ctx: ApiContext, req: ApiRequest): Promise<Rela
   const user = await authenticate(ctx, req);
   const id = wholeNumber(req.query.get("invitation") ?? "", "invitation", Number.MAX_SAFE_INTEGER);
   const invitation = ctx.rendezvous.get(id);
-  if (!invitation) throw new E2eError("ERR_NOT_FOUND", `No pending invitation ${id}`);
-  if (user !== invitation.from && user !== invitation.to) {
-    throw new E2eError("ERR_FORBIDDEN", `Invitation ${id} is not yours`);
+  // Someone else's invitation gets the same answer as none: whether another member's invitation
+  // is pending is not the caller's to learn.
+  if (!invitation || (user !== invitation.from && user !== invitation.to)) {
+    throw new E2eError("ERR_NOT_FOUND", `No pending invitation ${id}`);
   }
   // The other party must still be a member (revoked since the invitation: no session).
   const peer = user === invitation.from ? invitation.to : invitation.from;

@@ -1150,9 +1150,10 @@ Deno.test("relayParty() admits the two parties of a pending invitation and refus
     assert.deepEqual([atAlice.user, atAlice.peer, atAlice.invitation.id], ["alice", "bob", id]);
     const atBob = await party(bob.der);
     assert.deepEqual([atBob.user, atBob.peer], ["bob", "alice"]);
+    // Someone else's invitation: the answer of none, so its existence does not show.
     await assert.rejects(
       party(carol.der),
-      e2eError("ERR_FORBIDDEN", `Invitation ${id} is not yours`),
+      e2eError("ERR_NOT_FOUND", `No pending invitation ${id}`),
     );
     await assert.rejects(
       party(null),

@@ -5,7 +5,7 @@
  * per request that never holds a secret.
  *
  * Caps and deadlines (docs/SECURITY.md §1): at most `connectionBudget(descriptor
- * limit)` connections at once (a quarter of the open-file limit, at most 4096) and
+ * limit)` connections at once (a quarter of the open-file limit, at most 1,024) and
  * {@linkcode MAX_CONNECTIONS_PER_ADDRESS} from one address; the TLS handshake
  * within {@linkcode HANDSHAKE_MS} of accept, a request's headers within
  * {@linkcode HEADERS_MS} of the handshake or of the previous reply, its body
@@ -101,7 +101,7 @@ export interface ServeOptions {
   log?: (line: string) => void;
   /** Inactivity allowed while a request is served, in ms. Default: {@linkcode IDLE_MS} (long polls excepted). */
   idleTimeoutMs?: number;
-  /** Connections open at once. Default: a quarter of the open-file limit, at most 4096. */
+  /** Connections open at once. Default: a quarter of the open-file limit, at most 1,024. */
   maxConnections?: number;
   /** Port of the plain-HTTP CRL listener; 0 picks one. Default: {@linkcode DEFAULT_CRL_PORT}, or 0 when `port` is 0. */
   crlPort?: number;

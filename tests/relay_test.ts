@@ -204,7 +204,7 @@ Deno.test("the relay refuses a non-member, a revoked member and a member naming 
     // Someone else's invitation: carol is a member, but not a party of alice's invitation to bob.
     await assert.rejects(
       dial(carol),
-      e2eError("ERR_FORBIDDEN", `The relay refused: Invitation ${id} is not yours`),
+      e2eError("ERR_NOT_FOUND", `The relay refused: No pending invitation ${id}`),
     );
     // A non-member: a certificate our CA did not issue (same name, same key).
     const keyPath = join(dir, "alice.key");
