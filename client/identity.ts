@@ -424,10 +424,27 @@ async function requestAgain(
   return { csr, key, encrypted };
 }
 
-// Whether the CA answered an enrollment with a refusal (4xx): then it issued nothing for it.
-// A lost or cut-off reply, or an internal error (which may come after the commit), is not one.
+// The refusals of POST /v1/enroll (docs/API.md), each sent before anything is signed. Any other
+// answer may come after the commit: a lost or cut-off reply, or a 5xx, whatever its code (a commit
+// whose issuance log append failed answers 500 with the log's code).
+const ENROLL_REFUSALS: ReadonlySet<string> = new Set([
+  "ERR_BAD_REQUEST",
+  "ERR_DER_INVALID",
+  "ERR_CSR_INVALID",
+  "ERR_CSR_SIGNATURE",
+  "ERR_CSR_NAME_MISMATCH",
+  "ERR_KEY_REJECTED",
+  "ERR_NAME_INVALID",
+  "ERR_TOKEN_INVALID",
+  "ERR_METHOD_NOT_ALLOWED",
+  "ERR_TOO_LARGE",
+  "ERR_UNSUPPORTED_MEDIA_TYPE",
+  "ERR_RATE_LIMITED",
+]);
+
+// Whether the CA answered an enrollment with a refusal: then it issued nothing for it.
 function isRefusal(e: unknown): boolean {
-  return e instanceof E2eError && e.code !== "ERR_NETWORK" && e.code !== "ERR_INTERNAL";
+  return e instanceof E2eError && ENROLL_REFUSALS.has(e.code);
 }
 
 async function checkLogged(
