@@ -15,6 +15,7 @@ import { createPrivateKey, createPublicKey, hkdfSync } from "node:crypto";
 import { dirname } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, syncDir, writeFileAtomic } from "../lib/fs.ts";
+import { withLock } from "../lib/lock.ts";
 import {
   encryptKey,
   generateKeyAndRequest,
@@ -273,7 +274,8 @@ export interface JoinOptions {
  * the CA's issuance log; store it all under `HOME/id`, durably. The key of an
  * unfinished join of the same name at the same CA (`HOME/joining`) is used
  * instead of a new one: the CA may have issued its certificate already, and
- * answers a retry with it for that key only.
+ * answers a retry with it for that key only. One join runs at a time in a
+ * home: another one waits a second for it, then throws `ERR_LOCK_TIMEOUT`.
  *
  * @example
  * ```ts
@@ -287,9 +289,31 @@ export async function enroll(
   invite: Invite,
   options: JoinOptions = {},
 ): Promise<Identity> {
+  await ensurePrivateDir(home);
+  // One join at a time in a home (a flock on the folder itself): a second one would take the
+  // first one's unfinished key folder for its own, or remove it while that key's request is signed.
+  let entered = false;
+  await withLock(home, () => {
+    entered = true;
+    return joinLocked(home, invite, options);
+  }, { timeoutMs: JOIN_LOCK_WAIT_MS }).catch((e) => {
+    if (entered || !(e instanceof E2eError) || e.code !== "ERR_LOCK_TIMEOUT") throw e;
+    throw new E2eError(e.code, `Another join runs in "${home}"`, {
+      hint: "wait for it to end, then run this join again if it failed",
+    });
+  });
+  const { passphrase } = options;
+  return await Identity.load(home, {
+    passphrase: passphrase === undefined ? undefined : () => Promise.resolve(passphrase),
+  });
+}
+
+// How long a join waits for another one in the same home before it gives up, ms.
+const JOIN_LOCK_WAIT_MS = 1_000;
+
+async function joinLocked(home: string, invite: Invite, options: JoinOptions): Promise<void> {
   const { id, joining: staged } = new ClientHome(home);
   const dir = id.dir;
-  await ensurePrivateDir(home);
   if (await exists(dir)) {
     throw new E2eError("ERR_FILE", `"${dir}" already exists: this home has an identity or a key`, {
       hint: "use another --home (or E2E_CHAT_HOME) for another identity",
@@ -352,9 +376,6 @@ export async function enroll(
     }
     throw e;
   }
-  return await Identity.load(home, {
-    passphrase: passphrase === undefined ? undefined : () => Promise.resolve(passphrase),
-  });
 }
 
 // The record of an unfinished join in `folder` that `invite` goes on with: same name, same CA.
