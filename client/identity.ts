@@ -5,13 +5,14 @@
  * `HOME/joining/` and renames it into place. A join refused before its key could
  * have been certified leaves nothing behind; one cut off after it sent its
  * request (a lost reply, a killed process) keeps its key there, and the next
- * join of the same name at the same CA goes on with that key, so a CA that did
- * commit answers with the same certificate (docs/API.md "POST /v1/enroll"). An
+ * join with the same invite goes on with that key, so a CA that did commit
+ * answers with the same certificate (docs/API.md "POST /v1/enroll"); a join of
+ * the same name at the same CA with another invite gives that key up. An
  * encrypted key is decrypted in memory only, for TLS and renewal.
  *
  * @module
  */
-import { createPrivateKey, createPublicKey, hkdfSync } from "node:crypto";
+import { createHash, createPrivateKey, createPublicKey, hkdfSync } from "node:crypto";
 import { dirname } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, syncDir, writeFileAtomic } from "../lib/fs.ts";
@@ -38,6 +39,8 @@ interface IdentityRecord {
   caUrl: string;
   caFingerprint: string;
   keyType: ClientKeyType;
+  /** In HOME/joining only: SHA-256 of the invite's token, hex (the key goes on with that invite only). */
+  invite?: string;
 }
 
 /** Where the passphrase of an encrypted key comes from: asked only when the key is encrypted. */
@@ -272,9 +275,10 @@ export interface JoinOptions {
  * fingerprint is the invite's (before the token is sent); make the key and
  * request locally (meanwhile); enroll; check what came back, and that it is in
  * the CA's issuance log; store it all under `HOME/id`, durably. The key of an
- * unfinished join of the same name at the same CA (`HOME/joining`) is used
- * instead of a new one: the CA may have issued its certificate already, and
- * answers a retry with it for that key only. One join runs at a time in a
+ * unfinished join with the same invite (`HOME/joining`) is used instead of a
+ * new one: the CA may have issued its certificate already, and answers a retry
+ * with it for that key only (one for the same name and CA made with another
+ * invite is given up). One join runs at a time in a
  * home: another one waits a second for it, then throws `ERR_LOCK_TIMEOUT`.
  *
  * @example
@@ -331,7 +335,7 @@ async function joinLocked(home: string, invite: Invite, options: JoinOptions): P
   // nothing is sent before the fingerprint matched, and the other core is not idle meanwhile.
   const made = pending
     ? requestAgain(staged, invite.name, passphrase)
-    : newKey(staged, record, passphrase);
+    : newKey(staged, { ...record, invite: inviteHash(invite) }, passphrase);
   made.catch(() => {}); // awaited below, also on failure
   let sent = false;
   let refused = false;
@@ -378,8 +382,11 @@ async function joinLocked(home: string, invite: Invite, options: JoinOptions): P
   }
 }
 
-// The record of an unfinished join in `folder` that `invite` goes on with: same name, same CA.
-// Any other key there is left alone (it may be all that proves a certificate is ours).
+// The record of an unfinished join in `folder` that `invite` goes on with: the same invite. One
+// for the same name at the same CA made with another invite is given up: the new invite replaces
+// what the old one issued, and a key whose certificate the admin revoked (say, as compromised)
+// must not be certified again. A key for another name or CA is left alone (it may be all that
+// proves a certificate is ours).
 async function pendingJoin(folder: IdFolder, invite: Invite): Promise<IdentityRecord | undefined> {
   // The record is written before the key: without a key, no request was ever sent.
   if (!await exists(folder.key)) return undefined;
@@ -391,7 +398,9 @@ async function pendingJoin(folder: IdFolder, invite: Invite): Promise<IdentityRe
     record?.name === invite.name && record.caFingerprint === invite.fingerprint &&
     CLIENT_KEY_TYPES.includes(record.keyType as ClientKeyType)
   ) {
-    return record as IdentityRecord;
+    if (record.invite === inviteHash(invite)) return record as IdentityRecord;
+    await Deno.remove(folder.dir, { recursive: true });
+    return undefined;
   }
   throw new E2eError(
     "ERR_FILE",
@@ -417,6 +426,10 @@ async function newKey(
     passphrase,
   });
   return { ...made, encrypted: passphrase !== undefined };
+}
+
+function inviteHash(invite: Invite): string {
+  return createHash("sha256").update(invite.token).digest("hex");
 }
 
 // A new request from the key an unfinished join left in `folder`.
