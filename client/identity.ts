@@ -398,7 +398,10 @@ async function pendingJoin(folder: IdFolder, invite: Invite): Promise<IdentityRe
     record?.name === invite.name && record.caFingerprint === invite.fingerprint &&
     CLIENT_KEY_TYPES.includes(record.keyType as ClientKeyType)
   ) {
-    if (record.invite === inviteHash(invite)) return record as IdentityRecord;
+    // (A record without one comes from a client before this rule: its invite is not known.)
+    if ((record.invite ?? inviteHash(invite)) === inviteHash(invite)) {
+      return record as IdentityRecord;
+    }
     await Deno.remove(folder.dir, { recursive: true });
     return undefined;
   }
