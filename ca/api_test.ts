@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
-import { X509Certificate } from "node:crypto";
+import { createPrivateKey, createPublicKey, X509Certificate } from "node:crypto";
 import { Buffer } from "node:buffer";
 import { openCheckpoint } from "../lib/checkpoint.ts";
 import { decodeHashes, verifyLogProof } from "../lib/log_proof.ts";
 import { leafHash, MerkleTree, verifyConsistency, verifyInclusion } from "../lib/merkle.ts";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
-import { pemDecode } from "../lib/pem.ts";
+import { pemDecode, pemEncode } from "../lib/pem.ts";
 import { trustAnchor } from "../lib/tls.ts";
 import { sha256Hex } from "../lib/x509.ts";
 import { makeCsr, PASSPHRASE, snapshot, withTempDir } from "../tests/_helpers.ts";
@@ -428,6 +428,39 @@ Deno.test("POST /v1/enroll refuses a used token as before when the key differs o
       assertError(await enroll(token, keys[which].csr), 403, "ERR_TOKEN_INVALID", INVALID, which);
     }
     assert.deepEqual(await snapshot(home), before);
+  });
+});
+
+Deno.test("POST /v1/enroll refuses a used token with a request that carries its certificate's key under a signature that key did not make: the key, not its certificate, gets a retry", async () => {
+  await withWorld(async ({ ctx, invite, home }) => {
+    const token = await invite("alice");
+    const alice = await makeCsr("alice");
+    const first = await call(ctx, "POST", "/v1/enroll", { json: { token, csr: alice.csr } });
+    assert.equal(first.status, 200, first.body);
+    // A thief with the token and alice's certificate (both may leak): a request for CN=alice signed
+    // by the thief's key, with alice's public key put in place of the thief's (same curve, same size).
+    const thief = await makeCsr("alice");
+    const spki = (pem: string) =>
+      Buffer.from(createPublicKey(createPrivateKey(pem)).export({ type: "spki", format: "der" }));
+    const der = Buffer.from(pemDecode(thief.csr, "CERTIFICATE REQUEST")!);
+    const at = der.indexOf(spki(thief.key));
+    assert.ok(at > 0);
+    spki(alice.key).copy(der, at);
+    const forged = pemEncode(new Uint8Array(der), "CERTIFICATE REQUEST");
+    const before = await snapshot(home);
+    const reply = await call(ctx, "POST", "/v1/enroll", { json: { token, csr: forged } });
+    assertError(reply, 403, "ERR_TOKEN_INVALID", "Invalid, used or expired invite token");
+    assert.deepEqual(await snapshot(home), before);
+    // The same bytes as a first enrollment: its signature does not verify.
+    const fresh = await call(ctx, "POST", "/v1/enroll", {
+      json: { token: await invite("alice"), csr: forged },
+    });
+    assertError(
+      fresh,
+      400,
+      "ERR_CSR_SIGNATURE",
+      "Cannot sign request: its signature does not verify",
+    );
   });
 });
 

@@ -223,9 +223,9 @@ export class InviteStore {
       await this.#append([{ op: "reserve", hash, until }]);
       return record.name;
     });
-    let claimed = false;
+    let claimed: string | undefined;
     const claim: Claim = (serial) => {
-      claimed = true;
+      claimed = serial;
       return this.#claim(hash, serial);
     };
     let result: T;
@@ -234,13 +234,19 @@ export class InviteStore {
       result = await enroll(name, claim);
     } catch (e) {
       await renewal.stop();
-      // The claim stays: if its certificate did reach the index, the token is used after all.
-      await this.#locked(() => this.#append([{ op: "release", hash }])).catch(() => {});
+      // The claim stays: if its certificate did reach the index (enroll failed after the commit),
+      // the token is used after all, from now: its retries end a day after, like any use's.
+      await this.#locked(async () => {
+        const used = claimed !== undefined &&
+          (await this.#issuedSerials()).has(normalizeSerialHex(claimed));
+        const at = new Date().toISOString();
+        await this.#append([used ? { op: "used", hash, at } : { op: "release", hash }]);
+      }).catch(() => {});
       throw e;
     }
     await renewal.stop();
     const at = new Date().toISOString();
-    if (claimed) {
+    if (claimed !== undefined) {
       // Already decided by the index; this line only spares readers a look there, so a
       // failure to write it fails nothing.
       await this.#locked(() => this.#append([{ op: "used", hash, at }])).catch(() => {});

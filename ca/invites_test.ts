@@ -622,6 +622,39 @@ Deno.test("InviteStore.issuedWith() finds a token's certificate only for retryMs
   });
 });
 
+Deno.test("InviteStore.redeem() marks a token used when its enroll fails after the commit (the index holds its claim), so its retries end retryMs after that", async () => {
+  await withStore(async (store, paths) => {
+    const { token } = await store.create("alice", HOUR_MS);
+    await writeIndex(paths, []);
+    const failure = e2eError("ERR_LOG_INVALID", "the log append after the index line failed");
+    await assert.rejects(
+      store.redeem(token, async (_name, claim) => {
+        await claim("0C03");
+        await writeIndex(paths, ["0C03"]);
+        throw new E2eError("ERR_LOG_INVALID", "the log append after the index line failed");
+      }),
+      failure,
+    );
+    const [record] = await records(paths);
+    assert.ok(record.usedAt, "no use recorded");
+    assert.equal(record.reservedUntil, undefined);
+    assert.deepEqual(await store.issuedWith(token), { name: "alice", serial: "C03" });
+    const late = new InviteStore(paths, { retryMs: 1 });
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.equal(await late.issuedWith(token), undefined);
+    // An enroll that fails before its commit leaves the token usable, as before.
+    const other = await store.create("bob", HOUR_MS);
+    await assert.rejects(
+      store.redeem(other.token, async (_name, claim) => {
+        await claim("0D04");
+        throw new E2eError("ERR_INTERNAL", "killed before the index line");
+      }),
+      e2eError("ERR_INTERNAL", "killed before the index line"),
+    );
+    assert.equal(await store.nameOf(other.token), "bob");
+  });
+});
+
 Deno.test("InviteStore.issuedWith() finds a token whose commit is done while its redemption has not returned yet", async () => {
   await withStore(async (store, paths) => {
     const { token } = await store.create("alice", HOUR_MS);

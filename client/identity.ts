@@ -5,16 +5,18 @@
  * `HOME/joining/` and renames it into place. A join refused before its key could
  * have been certified leaves nothing behind; one cut off after it sent its
  * request (a lost reply, a killed process) keeps its key there, and the next
- * join of the same name at the same CA goes on with that key, so a CA that did
- * commit answers with the same certificate (docs/API.md "POST /v1/enroll"). An
+ * join with the same invite goes on with that key, so a CA that did commit
+ * answers with the same certificate (docs/API.md "POST /v1/enroll"); a join of
+ * the same name at the same CA with another invite gives that key up. An
  * encrypted key is decrypted in memory only, for TLS and renewal.
  *
  * @module
  */
-import { createPrivateKey, createPublicKey, hkdfSync } from "node:crypto";
+import { createHash, createPrivateKey, createPublicKey, hkdfSync } from "node:crypto";
 import { dirname } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, syncDir, writeFileAtomic } from "../lib/fs.ts";
+import { withLock } from "../lib/lock.ts";
 import {
   encryptKey,
   generateKeyAndRequest,
@@ -37,6 +39,8 @@ interface IdentityRecord {
   caUrl: string;
   caFingerprint: string;
   keyType: ClientKeyType;
+  /** In HOME/joining only: SHA-256 of the invite's token, hex (the key goes on with that invite only). */
+  invite?: string;
 }
 
 /** Where the passphrase of an encrypted key comes from: asked only when the key is encrypted. */
@@ -271,9 +275,11 @@ export interface JoinOptions {
  * fingerprint is the invite's (before the token is sent); make the key and
  * request locally (meanwhile); enroll; check what came back, and that it is in
  * the CA's issuance log; store it all under `HOME/id`, durably. The key of an
- * unfinished join of the same name at the same CA (`HOME/joining`) is used
- * instead of a new one: the CA may have issued its certificate already, and
- * answers a retry with it for that key only.
+ * unfinished join with the same invite (`HOME/joining`) is used instead of a
+ * new one: the CA may have issued its certificate already, and answers a retry
+ * with it for that key only (one for the same name and CA made with another
+ * invite is given up). One join runs at a time in a
+ * home: another one waits a second for it, then throws `ERR_LOCK_TIMEOUT`.
  *
  * @example
  * ```ts
@@ -287,9 +293,31 @@ export async function enroll(
   invite: Invite,
   options: JoinOptions = {},
 ): Promise<Identity> {
+  await ensurePrivateDir(home);
+  // One join at a time in a home (a flock on the folder itself): a second one would take the
+  // first one's unfinished key folder for its own, or remove it while that key's request is signed.
+  let entered = false;
+  await withLock(home, () => {
+    entered = true;
+    return joinLocked(home, invite, options);
+  }, { timeoutMs: JOIN_LOCK_WAIT_MS }).catch((e) => {
+    if (entered || !(e instanceof E2eError) || e.code !== "ERR_LOCK_TIMEOUT") throw e;
+    throw new E2eError(e.code, `Another join runs in "${home}"`, {
+      hint: "wait for it to end, then run this join again if it failed",
+    });
+  });
+  const { passphrase } = options;
+  return await Identity.load(home, {
+    passphrase: passphrase === undefined ? undefined : () => Promise.resolve(passphrase),
+  });
+}
+
+// How long a join waits for another one in the same home before it gives up, ms.
+const JOIN_LOCK_WAIT_MS = 1_000;
+
+async function joinLocked(home: string, invite: Invite, options: JoinOptions): Promise<void> {
   const { id, joining: staged } = new ClientHome(home);
   const dir = id.dir;
-  await ensurePrivateDir(home);
   if (await exists(dir)) {
     throw new E2eError("ERR_FILE", `"${dir}" already exists: this home has an identity or a key`, {
       hint: "use another --home (or E2E_CHAT_HOME) for another identity",
@@ -307,7 +335,7 @@ export async function enroll(
   // nothing is sent before the fingerprint matched, and the other core is not idle meanwhile.
   const made = pending
     ? requestAgain(staged, invite.name, passphrase)
-    : newKey(staged, record, passphrase);
+    : newKey(staged, { ...record, invite: inviteHash(invite) }, passphrase);
   made.catch(() => {}); // awaited below, also on failure
   let sent = false;
   let refused = false;
@@ -352,13 +380,13 @@ export async function enroll(
     }
     throw e;
   }
-  return await Identity.load(home, {
-    passphrase: passphrase === undefined ? undefined : () => Promise.resolve(passphrase),
-  });
 }
 
-// The record of an unfinished join in `folder` that `invite` goes on with: same name, same CA.
-// Any other key there is left alone (it may be all that proves a certificate is ours).
+// The record of an unfinished join in `folder` that `invite` goes on with: the same invite. One
+// for the same name at the same CA made with another invite is given up: the new invite replaces
+// what the old one issued, and a key whose certificate the admin revoked (say, as compromised)
+// must not be certified again. A key for another name or CA is left alone (it may be all that
+// proves a certificate is ours).
 async function pendingJoin(folder: IdFolder, invite: Invite): Promise<IdentityRecord | undefined> {
   // The record is written before the key: without a key, no request was ever sent.
   if (!await exists(folder.key)) return undefined;
@@ -370,7 +398,12 @@ async function pendingJoin(folder: IdFolder, invite: Invite): Promise<IdentityRe
     record?.name === invite.name && record.caFingerprint === invite.fingerprint &&
     CLIENT_KEY_TYPES.includes(record.keyType as ClientKeyType)
   ) {
-    return record as IdentityRecord;
+    // (A record without one comes from a client before this rule: its invite is not known.)
+    if ((record.invite ?? inviteHash(invite)) === inviteHash(invite)) {
+      return record as IdentityRecord;
+    }
+    await Deno.remove(folder.dir, { recursive: true });
+    return undefined;
   }
   throw new E2eError(
     "ERR_FILE",
@@ -396,6 +429,10 @@ async function newKey(
     passphrase,
   });
   return { ...made, encrypted: passphrase !== undefined };
+}
+
+function inviteHash(invite: Invite): string {
+  return createHash("sha256").update(invite.token).digest("hex");
 }
 
 // A new request from the key an unfinished join left in `folder`.
@@ -424,10 +461,27 @@ async function requestAgain(
   return { csr, key, encrypted };
 }
 
-// Whether the CA answered an enrollment with a refusal (4xx): then it issued nothing for it.
-// A lost or cut-off reply, or an internal error (which may come after the commit), is not one.
+// The refusals of POST /v1/enroll (docs/API.md), each sent before anything is signed. Any other
+// answer may come after the commit: a lost or cut-off reply, or a 5xx, whatever its code (a commit
+// whose issuance log append failed answers 500 with the log's code).
+const ENROLL_REFUSALS: ReadonlySet<string> = new Set([
+  "ERR_BAD_REQUEST",
+  "ERR_DER_INVALID",
+  "ERR_CSR_INVALID",
+  "ERR_CSR_SIGNATURE",
+  "ERR_CSR_NAME_MISMATCH",
+  "ERR_KEY_REJECTED",
+  "ERR_NAME_INVALID",
+  "ERR_TOKEN_INVALID",
+  "ERR_METHOD_NOT_ALLOWED",
+  "ERR_TOO_LARGE",
+  "ERR_UNSUPPORTED_MEDIA_TYPE",
+  "ERR_RATE_LIMITED",
+]);
+
+// Whether the CA answered an enrollment with a refusal: then it issued nothing for it.
 function isRefusal(e: unknown): boolean {
-  return e instanceof E2eError && e.code !== "ERR_NETWORK" && e.code !== "ERR_INTERNAL";
+  return e instanceof E2eError && ENROLL_REFUSALS.has(e.code);
 }
 
 async function checkLogged(

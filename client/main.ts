@@ -504,7 +504,15 @@ async function moveCa(args: string[]): Promise<number> {
     await out(`Your CA is already at ${caUrl}: nothing to change\n`);
     return 0;
   }
-  const id = await loaded.moveCa(caUrl).catch(refusedCertificate(loaded.name));
+  const id = await loaded.moveCa(caUrl).catch(refusedCertificate(loaded.name)).catch((e) => {
+    // The usual hint for an unreachable CA says to run move-ca: what was just run.
+    if (!(e instanceof E2eError) || e.code !== "ERR_NETWORK") throw e;
+    throw new E2eError(e.code, e.message, {
+      cause: e,
+      detail: e.detail,
+      hint: "check the new address with your admin; nothing was changed",
+    });
+  });
   await out(
     `Your CA is now at ${id.caUrl} (was ${loaded.caUrl})\n` +
       `  CA fingerprint: ${id.caFingerprint} (the same CA: its service proved it)\n`,

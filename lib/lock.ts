@@ -26,7 +26,8 @@ export interface LockOptions {
 export const LOCK_WAIT_NOTICE_MS = 1_000;
 
 /**
- * Runs `fn` while holding the exclusive lock on the file at `path` (created 0600 if missing).
+ * Runs `fn` while holding the exclusive lock on the file at `path` (created 0600 if missing), or
+ * on the folder at `path` itself (which then gets no lock file).
  *
  * @example Serializing writers
  * ```ts
@@ -80,7 +81,13 @@ async function lockFile<T>(path: string, fn: () => Promise<T>, options: LockOpti
 async function acquire(path: string, options: LockOptions): Promise<Deno.FsFile> {
   const timeoutMs = options.timeoutMs ?? 60_000;
   // Synchronous open: a local file, opened several times per enrollment.
-  const file = Deno.openSync(path, { read: true, write: true, create: true, mode: 0o600 });
+  let file: Deno.FsFile;
+  try {
+    file = Deno.openSync(path, { read: true, write: true, create: true, mode: 0o600 });
+  } catch (e) {
+    if (!(e instanceof Deno.errors.IsADirectory)) throw e;
+    file = Deno.openSync(path, { read: true }); // flock works on a folder's descriptor too
+  }
   let timer: ReturnType<typeof setTimeout> | undefined;
   let notice: ReturnType<typeof setTimeout> | undefined;
   const locked = file.lock(true).then(() => true);

@@ -231,3 +231,21 @@ Deno.test("withLock() and holdLock() never call onWait when the lock is free", a
     assert.equal(waits, 0);
   });
 });
+
+Deno.test("withLock() on a folder locks the folder itself against another process and leaves no file in it", async () => {
+  await withScratch(async (dir) => {
+    const home = join(dir, "home");
+    await Deno.mkdir(home);
+    const holder = await holdLockInChild(home);
+    try {
+      await assert.rejects(
+        withLock(home, () => Promise.resolve(), { timeoutMs: 300 }),
+        (e: unknown) => e instanceof E2eError && e.code === "ERR_LOCK_TIMEOUT",
+      );
+    } finally {
+      await holder.release();
+    }
+    assert.equal(await withLock(home, () => Promise.resolve(7), { timeoutMs: 30_000 }), 7);
+    assert.deepEqual([...Deno.readDirSync(home)], []);
+  });
+});

@@ -642,6 +642,11 @@ Deno.test("client move-ca refuses an address that is not our CA's service, or ca
         ),
         unreachable.stderr,
       );
+      // Not the hint of every other command (run move-ca): that is what was just run.
+      assert.match(
+        unreachable.stderr,
+        /^e2e-chat: hint: check the new address with your admin; nothing was changed$/m,
+      );
       const malformed = await runClient(aliceHome, ["move-ca", "http://127.0.0.1:1"]);
       assert.equal(malformed.code, 2, malformed.stderr);
       assert.ok(

@@ -230,7 +230,7 @@ Deno.test("a used invite joined again with another key is refused as before, and
   });
 });
 
-Deno.test("a retried join whose certificate was revoked meanwhile is refused as before; a new invite goes on with the same key, encrypted when asked", async () => {
+Deno.test("a retried join whose certificate was revoked (as compromised) meanwhile is refused as before; a new invite gives up that key and makes a new one, encrypted when asked", async () => {
   await withService(async (service, dir) => {
     const home = join(dir, "alice");
     const key = await withCutter(service, "alice", async (cutter, invite) => {
@@ -249,7 +249,8 @@ Deno.test("a retried join whose certificate was revoked meanwhile is refused as 
     const entries = await readIndex(new CaPaths(service.home));
     assert.equal(entries.find((e) => e.serial === revoked)?.status, "R");
     const again = await makeInvite(service.home, "alice");
-    // Asked for an encrypted key this time: the same key, encrypted.
+    // The unfinished join's key belongs to its own invite: the admin revoked that key's
+    // certificate as compromised and sent a new invite, which must not certify the key again.
     const passFile = join(dir, "pass.txt");
     await Deno.writeTextFile(passFile, KEY_PASSPHRASE + "\n", { mode: 0o600 });
     assertSuccess(
@@ -258,9 +259,13 @@ Deno.test("a retried join whose certificate was revoked meanwhile is refused as 
     );
     const keyPath = join(home, "id", "key.pem");
     assert.ok(isEncryptedKey(await Deno.readTextFile(keyPath)));
-    assert.equal(await unlockKey(keyPath, { passphrase: KEY_PASSPHRASE }), key);
+    assert.notEqual(await unlockKey(keyPath, { passphrase: KEY_PASSPHRASE }), key);
     const cert = parseCertificate(await Deno.readTextFile(join(home, "id", "cert.pem")));
     assert.notEqual(cert.serial, revoked);
+    const old = parseCertificate(
+      await Deno.readTextFile(new CaPaths(service.home).certFile(revoked)),
+    );
+    assert.notEqual(cert.keyFingerprint, old.keyFingerprint);
     assert.deepEqual(await serialsOf(service, "alice"), [revoked, cert.serial]);
   });
 });

@@ -1,0 +1,187 @@
+/**
+ * Edges of the join retry (docs/API.md "POST /v1/enroll", "A retry") found in
+ * review: the real service, the real client processes, real openssl and TLS.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { createPrivateKey, createPublicKey } from "node:crypto";
+import net from "node:net";
+import { join } from "node:path";
+import { keyFingerprint, parseCertificate } from "../lib/x509.ts";
+import { readIndex } from "../ca/store.ts";
+import { CaPaths } from "../ca/home.ts";
+import { commitSomething } from "./_dishonest_ca.ts";
+import { TaskProcess, waitUntil } from "./_harness.ts";
+import { realOpenssl, tree } from "./_hostile_helpers.ts";
+import {
+  assertSuccess,
+  enrollUser,
+  makeInvite,
+  runClient,
+  type Service,
+  withService,
+} from "./_service_helpers.ts";
+
+/** The serials the CA's index holds for `name` (any status). */
+async function serialsOf(service: Service, name: string): Promise<string[]> {
+  return (await readIndex(new CaPaths(service.home))).filter((e) => e.name === name)
+    .map((e) => e.serial);
+}
+
+Deno.test("a join that the CA committed and then answered with a 500 (its issuance log damaged) keeps its key, and the join run again once the log is repaired gets that certificate", async () => {
+  await withService(async (service, dir) => {
+    const paths = new CaPaths(service.home);
+    await enrollUser(service, "bob"); // the log has entries and a checkpoint
+    const invite = await makeInvite(service.home, "alice");
+    const size = (await Deno.stat(paths.logEntries)).size;
+    // Four bytes that are no record: the commit's log append after the index line refuses them.
+    await Deno.writeFile(paths.logEntries, new Uint8Array(4), { append: true });
+    const home = join(dir, "alice");
+    const failed = await runClient(home, ["join", invite]);
+    assert.notEqual(failed.code, 0, failed.stdout);
+    assert.match(failed.stderr, /^e2e-chat: error: The CA refused: Internal error$/m);
+    await service.waitForLog(/ POST \/v1\/enroll 500 /);
+    const [serial] = await serialsOf(service, "alice");
+    assert.ok(serial, "the CA committed before its log failed");
+    // The CA may have issued (a 5xx is no refusal): the key is all that can claim it.
+    assert.deepEqual(await tree(home), ["joining/", "joining/identity.json", "joining/key.pem"]);
+    const key = await Deno.readTextFile(join(home, "joining", "key.pem"));
+
+    // The operator repairs the log; the next commit brings it level with the database.
+    await Deno.truncate(paths.logEntries, size);
+    await commitSomething(service);
+    const retried = await runClient(home, ["join", invite]);
+    assertSuccess(retried, "the join run again");
+    const cert = parseCertificate(await Deno.readTextFile(join(home, "id", "cert.pem")));
+    assert.equal(cert.serial, serial);
+    assert.equal(await Deno.readTextFile(join(home, "id", "key.pem")), key);
+    assert.deepEqual(await serialsOf(service, "alice"), [serial]);
+  });
+});
+
+/**
+ * A TCP relay to the service that holds back every reply coming once `committed()` holds, with
+ * its connection, until {@linkcode HoldingRelay.release}.
+ */
+class HoldingRelay {
+  /** Replies held back so far. */
+  held = 0;
+  #holding = true;
+  #server: net.Server;
+  #sockets = new Set<net.Socket>();
+  #flushes: Array<() => void> = [];
+
+  private constructor(server: net.Server) {
+    this.#server = server;
+  }
+
+  static async start(target: number, committed: () => boolean): Promise<HoldingRelay> {
+    const server = net.createServer();
+    const relay = new HoldingRelay(server);
+    server.on("connection", (client) => {
+      const upstream = net.connect(target, "127.0.0.1");
+      for (const s of [client, upstream]) {
+        relay.#sockets.add(s);
+        s.on("error", () => {});
+        s.on("close", () => relay.#sockets.delete(s));
+      }
+      const queue: Uint8Array[] = [];
+      let ended = false;
+      const flush = () => {
+        for (const d of queue.splice(0)) client.write(d);
+        if (ended) client.end();
+      };
+      relay.#flushes.push(flush);
+      client.on("data", (d: Uint8Array) => upstream.write(d));
+      upstream.on("data", (d: Uint8Array) => {
+        if (relay.#holding && (queue.length || committed())) {
+          if (!queue.length) relay.held++;
+          queue.push(d);
+        } else client.write(d);
+      });
+      client.on("close", () => upstream.destroy());
+      upstream.on("end", () => {
+        ended = true;
+        if (!relay.#holding || !queue.length) client.end();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    return relay;
+  }
+
+  get port(): number {
+    return (this.#server.address() as net.AddressInfo).port;
+  }
+
+  /** Lets every held reply through, and all later ones. */
+  release(): void {
+    this.#holding = false;
+    for (const flush of this.#flushes) flush();
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.#sockets) s.destroy();
+    await new Promise((resolve) => this.#server.close(resolve));
+  }
+}
+
+/**
+ * An openssl on PATH whose first `req` (the join's key and request) takes a few seconds: a join
+ * started meanwhile runs while the first one makes its key.
+ */
+async function slowFirstKeyOpenssl(dir: string): Promise<{ PATH: string }> {
+  const real = await realOpenssl();
+  const bin = join(dir, "bin");
+  const marker = join(dir, "first-req");
+  await Deno.mkdir(bin);
+  await Deno.writeTextFile(marker, "");
+  await Deno.writeTextFile(
+    join(bin, "openssl"),
+    `#!/bin/sh\nif [ "$1" = req ] && rm '${marker}' 2>/dev/null; then sleep 3; fi\n` +
+      `exec '${real}' "$@"\n`,
+    { mode: 0o755 },
+  );
+  return { PATH: `${bin}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}` };
+}
+
+Deno.test("two joins started at once in one home never take each other's key: the second is refused while the first runs, and the home ends with the certificate the CA issued and its key", async () => {
+  await withService(async (service, dir) => {
+    const index = new CaPaths(service.home).index;
+    const relay = await HoldingRelay.start(service.port, () => {
+      try {
+        return /^V\t.*\t\/CN=alice$/m.test(Deno.readTextFileSync(index));
+      } catch {
+        return false;
+      }
+    });
+    const joins: TaskProcess[] = [];
+    try {
+      const invite = await makeInvite(service.home, "alice", "--url", `127.0.0.1:${relay.port}`);
+      const home = join(dir, "alice");
+      const env = { E2E_CHAT_HOME: home, ...await slowFirstKeyOpenssl(dir) };
+      joins.push(await TaskProcess.start("client", ["join", invite], { env }));
+      // The first join is making its key (its slow openssl) when the second one starts.
+      await waitUntil(() => tree(home).then((t) => t.includes("joining/identity.json")), "join 1");
+      joins.push(await TaskProcess.start("client", ["join", invite], { env }));
+      await waitUntil(() => joins.some((j) => j.exited), "one join to end", 30_000);
+      const [first, second] = joins[0].exited ? joins : [joins[1], joins[0]];
+      assert.notEqual((await first.status).code, 0, first.stdout);
+      assert.match(first.stderr, /^e2e-chat: error: Another join runs in /m, first.stderr);
+      relay.release();
+      assert.equal((await second.status).code, 0, second.stderr);
+      const [serial, ...more] = await serialsOf(service, "alice");
+      assert.deepEqual(more, []);
+      const cert = parseCertificate(await Deno.readTextFile(join(home, "id", "cert.pem")));
+      assert.equal(cert.serial, serial);
+      const key = createPrivateKey(await Deno.readTextFile(join(home, "id", "key.pem")));
+      assert.equal(keyFingerprint(createPublicKey(key)), cert.keyFingerprint);
+    } finally {
+      for (const j of joins) {
+        if (!j.exited) j.kill("SIGKILL");
+        await j.stop();
+      }
+      await relay.close();
+    }
+  });
+});
