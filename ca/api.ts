@@ -134,12 +134,14 @@ export function errorReply(e: unknown): ErrorReply {
     ? e
     : new E2eError("ERR_INTERNAL", "Internal error", { cause: e });
   const status = STATUS[error.code] ?? 500;
+  // A failure of ours says nothing more to the caller (docs/API.md); the service log names its code.
   const message = status === 500 ? "Internal error" : error.message;
+  const code = status === 500 ? "ERR_INTERNAL" : error.code;
   const headers: Record<string, string> = {};
   if (error.code === "ERR_RATE_LIMITED") headers["retry-after"] = "60";
   if (error.code === "ERR_TOO_LARGE") headers["connection"] = "close";
   return {
-    ...json(status, { error: { code: error.code, message } }),
+    ...json(status, { error: { code, message } }),
     code: error.code,
     headers,
   };

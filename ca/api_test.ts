@@ -270,6 +270,9 @@ Deno.test("errorReply() hides the message of a 500 and of anything that is not a
       "Internal error",
     );
     assert.ok(!reply.body.includes("/home/x") && !reply.body.includes("stderr"), reply.body);
+    // The caller is told only that it failed; the service log keeps the code.
+    assert.equal(JSON.parse(reply.body).error.code, "ERR_INTERNAL");
+    assert.equal(reply.code, e instanceof E2eError ? e.code : "ERR_INTERNAL");
   }
   assert.equal(JSON.parse(errorReply(new Error("x")).body).error.code, "ERR_INTERNAL");
 });

@@ -102,7 +102,7 @@ export interface ListedInvite {
 /** How many hex characters of the token's hash make an invite's short id. */
 export const INVITE_ID_LENGTH = 8;
 // The shortest id prefix `cancel` takes: shorter hex is read as a name only.
-const MIN_ID_PREFIX = 4;
+const MIN_ID_PREFIX = 8; // the whole short id: a shorter hex word is a name, never a guess at an id
 
 /** Records a certificate's serial as the one issued with a token (see {@linkcode InviteStore.redeem}). */
 export type Claim = (serial: string) => Promise<void>;
@@ -354,7 +354,8 @@ export class InviteStore {
         if (!named.length && new RegExp(`^[0-9a-f]{${MIN_ID_PREFIX},64}$`).test(prefix)) {
           const matches = all.filter((r) => r.hash.startsWith(prefix));
           if (matches.length > 1) {
-            const names = matches.map((r) => `${shortId(r.hash)} (${JSON.stringify(r.name)})`);
+            // More than the short id, which they share: enough to tell them apart.
+            const names = matches.map((r) => `${r.hash.slice(0, 16)} (${JSON.stringify(r.name)})`);
             throw new E2eError(
               "ERR_INVITE_AMBIGUOUS",
               `Cannot cancel: id ${JSON.stringify(nameOrId)} fits ${matches.length} invites: ` +

@@ -781,12 +781,16 @@ Deno.test("InviteStore.cancel() withdraws every open invite for a name, on disk 
   });
 });
 
-Deno.test("InviteStore.cancel() takes an invite's short id or a prefix of it, in either case, and cancels that one only", async () => {
+Deno.test("InviteStore.cancel() takes an invite's short id, in either case, and cancels that one only; a shorter prefix is read as a name", async () => {
   await withStore(async (store) => {
     const first = await store.create("alice", HOUR_MS);
     const second = await store.create("alice", HOUR_MS);
     const id = sha256(first.token).slice(0, 8);
-    const [row] = await store.cancel(id.slice(0, 5).toUpperCase());
+    await assert.rejects(
+      store.cancel(id.slice(0, 7)),
+      notOpen(`Cannot cancel: no open invite for "${id.slice(0, 7)}"`),
+    );
+    const [row] = await store.cancel(id.toUpperCase());
     assert.equal(row.id, id);
     assert.deepEqual((await store.list()).map((r) => [r.id, r.status]), [
       [sha256(second.token).slice(0, 8), "open"],
@@ -800,19 +804,20 @@ Deno.test("InviteStore.cancel() takes an invite's short id or a prefix of it, in
 Deno.test("InviteStore.cancel() refuses an id prefix that fits several invites with ERR_INVITE_AMBIGUOUS naming them, and changes nothing", async () => {
   await withStore(async (store, paths) => {
     await writeInvites(paths, [
-      { hash: "abcd1" + "1".repeat(59), name: "alice" },
-      { hash: "abcd2" + "2".repeat(59), name: "bob", usedAt: new Date().toISOString() },
+      { hash: "abcdabcd1" + "1".repeat(55), name: "alice" },
+      { hash: "abcdabcd2" + "2".repeat(55), name: "bob", usedAt: new Date().toISOString() },
     ]);
     const before = await files(paths);
     await assert.rejects(
-      store.cancel("abcd"),
+      store.cancel("abcdabcd"),
       e2eError(
         "ERR_INVITE_AMBIGUOUS",
-        'Cannot cancel: id "abcd" fits 2 invites: abcd1111 ("alice"), abcd2222 ("bob")',
+        'Cannot cancel: id "abcdabcd" fits 2 invites: abcdabcd11111111 ("alice"), ' +
+          'abcdabcd22222222 ("bob")',
       ),
     );
     assert.deepEqual(await files(paths), before);
-    assert.deepEqual((await store.cancel("abcd1")).map((r) => r.name), ["alice"]);
+    assert.deepEqual((await store.cancel("abcdabcd1")).map((r) => r.name), ["alice"]);
   });
 });
 
@@ -846,17 +851,20 @@ Deno.test("InviteStore.cancel() with nothing open refuses with ERR_INVITE_NOT_OP
 Deno.test("InviteStore.cancel() reads the name of any invite it holds as a name, never as another invite's id", async () => {
   await withStore(async (store, paths) => {
     await writeInvites(paths, [
-      { hash: "cafe1" + "1".repeat(59), name: "alice" },
-      { hash: "2".repeat(64), name: "cafe", usedAt: new Date().toISOString() },
+      { hash: "cafecafe" + "1".repeat(56), name: "alice" },
+      { hash: "2".repeat(64), name: "cafecafe", usedAt: new Date().toISOString() },
     ]);
     const before = await files(paths);
-    await assert.rejects(store.cancel("cafe"), notOpen('Cannot cancel: no open invite for "cafe"'));
+    await assert.rejects(
+      store.cancel("cafecafe"),
+      notOpen('Cannot cancel: no open invite for "cafecafe"'),
+    );
     assert.deepEqual(await files(paths), before);
     assert.deepEqual((await store.list()).map((r) => [r.name, r.status]), [
       ["alice", "open"],
-      ["cafe", "used"],
+      ["cafecafe", "used"],
     ]);
-    assert.deepEqual((await store.cancel("cafe1")).map((r) => r.name), ["alice"]);
+    assert.deepEqual((await store.cancel("cafecafe1")).map((r) => r.name), ["alice"]);
   });
 });
 

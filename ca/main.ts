@@ -64,7 +64,7 @@ Commands:
           got, expired, cancelled), when made and when it expires; open first.
   invites cancel NAME|ID [--json]
           Withdraw the open invites for NAME, or the one whose id starts with
-          ID (4 or more hex characters); its token is refused from then on.
+          ID (the 8 hex characters "invites" shows); its token is refused from then on.
           Safe while the service runs. Exit 1 when nothing open matches.
   init    [--key-type rsa-4096|ec-p256|ed25519] [--days N] [--cn NAME]
           Create the CA: an encrypted key and a self-signed certificate.
@@ -294,7 +294,9 @@ async function invites(args: string[]): Promise<number> {
   } else if (cancelling) {
     await out(rows.map((r) => `Cancelled invite ${r.id} for "${r.name}"\n`).join(""));
   } else {
-    await out(inviteTable(rows));
+    await out(
+      rows.length ? inviteTable(rows) : "No invites (deno task ca invite NAME makes one)\n",
+    );
   }
   return 0;
 }

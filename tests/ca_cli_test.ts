@@ -994,6 +994,10 @@ async function invitesJson(home: string, ...args: string[]): Promise<ListedInvit
 Deno.test("ca invites lists every invite, open ones first, as a table and as JSON, and never a token", async () => {
   await withTempDir(async (home) => {
     await initCa(home);
+    const none = await runCa(home, ["invites"]);
+    assertSuccess(none);
+    assert.equal(none.stdout, "No invites (deno task ca invite NAME makes one)\n");
+    assert.deepEqual(await invitesJson(home), []);
     const tokens: Record<string, string> = {};
     for (const name of ["carol", "alice", "bob"]) tokens[name] = await inviteToken(home, name);
     assertSuccess(await runCa(home, ["invites", "cancel", "carol"]));
@@ -1055,7 +1059,7 @@ Deno.test("ca invites cancel withdraws the open invites for a NAME, or the one a
     );
     assert.deepEqual(cancels.map((l) => l.hash.slice(0, 8)), [shortId(first), shortId(second)]);
 
-    const byId = await runCa(home, ["invites", "cancel", shortId(bob).slice(0, 6), "--json"]);
+    const byId = await runCa(home, ["invites", "cancel", shortId(bob), "--json"]);
     assertSuccess(byId);
     const [row]: ListedInvite[] = JSON.parse(byId.stdout);
     assert.deepEqual([row.id, row.name, row.status], [shortId(bob), "bob", "cancelled"]);
@@ -1083,7 +1087,7 @@ Deno.test("ca invites cancel with nothing open, or an id that fits two invites, 
     });
     // Two invites whose ids share a prefix (hashes chosen: no token would make them on purpose).
     const at = (ms: number) => new Date(Date.now() + ms).toISOString();
-    const invites = ["abcd1", "abcd2"].map((start, i) => ({
+    const invites = ["abcdabcd1", "abcdabcd2"].map((start, i) => ({
       hash: start.padEnd(64, String(i + 1)),
       name: ["dave", "erin"][i],
       createdAt: at(0),
@@ -1092,9 +1096,10 @@ Deno.test("ca invites cancel with nothing open, or an id that fits two invites, 
     await Deno.writeTextFile(join(caDir(home), "invites.json"), JSON.stringify({ invites }), {
       mode: 0o600,
     });
-    await assertRefused(home, () => runCa(home, ["invites", "cancel", "abcd"]), {
+    await assertRefused(home, () => runCa(home, ["invites", "cancel", "abcdabcd"]), {
       code: 1,
-      error: 'Cannot cancel: id "abcd" fits 2 invites: abcd1111 ("dave"), abcd2222 ("erin")',
+      error: 'Cannot cancel: id "abcdabcd" fits 2 invites: abcdabcd11111111 ("dave"), ' +
+        'abcdabcd22222222 ("erin")',
       hint: "give more of the id, as `deno task ca invites` shows it",
     });
     await assertRefused(home, () => runCa(home, ["invites", "cancel"]), {

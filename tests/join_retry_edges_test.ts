@@ -40,7 +40,14 @@ Deno.test("a join that the CA committed and then answered with a 500 (its issuan
     const home = join(dir, "alice");
     const failed = await runClient(home, ["join", invite]);
     assert.notEqual(failed.code, 0, failed.stdout);
-    assert.match(failed.stderr, /^e2e-chat: error: The CA refused: Internal error$/m);
+    assert.match(
+      failed.stderr,
+      /^e2e-chat: error: The CA service failed \(500\): Internal error$/m,
+    );
+    assert.match(
+      failed.stderr,
+      /^e2e-chat: hint: its log says why; the same command can be run again/m,
+    );
     await service.waitForLog(/ POST \/v1\/enroll 500 /);
     const [serial] = await serialsOf(service, "alice");
     assert.ok(serial, "the CA committed before its log failed");
