@@ -657,6 +657,7 @@ export class CertificateAuthority {
   async #commit(batch: Signed[]): Promise<void> {
     // Every job is settled exactly once, whatever fails and wherever.
     const outcome = new Map<Signed, { issued?: Issued; error?: unknown }>();
+    let culprit: Signed | undefined; // a signing whose refusal failed the whole transaction
     try {
       await this.#transaction(async (tx) => {
         const entries = await this.#index.entries();
@@ -690,7 +691,10 @@ export class CertificateAuthority {
             if (hook) {
               tx.beforeIndex(() =>
                 hook(r.certificate).catch((error) => {
-                  if (!alone) throw error;
+                  if (!alone) {
+                    culprit = r;
+                    throw error;
+                  }
                   adopted.discard();
                   outcome.set(r, { error });
                 })
@@ -706,9 +710,17 @@ export class CertificateAuthority {
         if (revoked) await this.#gencrl(await tx.fullCopy(), batch[0].job.passphrase);
       });
     } catch (error) {
-      // Nothing was committed: a job that had succeeded fails with the transaction.
+      // Nothing was committed: a job that had succeeded fails with the transaction. When one
+      // signing's refusal (its token used or cancelled meanwhile) took the others down, they
+      // are told to try again, not given its refusal: their own requests were fine.
+      const others = culprit === undefined ? error : new E2eError(
+        "ERR_INTERNAL",
+        "Not committed: another signing of the same commit was refused; try again",
+        { cause: error },
+      );
       for (const r of batch) {
-        if (!outcome.get(r)?.error) outcome.set(r, { error });
+        if (r === culprit) outcome.set(r, { error });
+        else if (!outcome.get(r)?.error) outcome.set(r, { error: others });
       }
     }
     // Removed before the callers hear back, so that a settled signing leaves nothing behind

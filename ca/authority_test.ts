@@ -583,6 +583,43 @@ Deno.test("sign() fails only the signing whose beforeCommit throws: the others o
   });
 });
 
+Deno.test("sign() tells the others of a group to try again, not its refusal, when a superseding signing's beforeCommit throws", async () => {
+  await withCa(async (ca) => {
+    const names = ["p0", "g1", "g2"];
+    const csrs = await Promise.all(names.map(async (n) => (await makeCsr(n)).csr));
+    const before = await ca.sign(csrs[1], "g1"); // g1's next signing supersedes this one
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    let committing!: () => void;
+    const pacing = new Promise<void>((resolve) => (committing = resolve));
+    const pacer = ca.sign(csrs[0], "p0", {
+      beforeCommit: () => {
+        committing();
+        return gate;
+      },
+    });
+    await pacing;
+    const refused = new E2eError("ERR_TOKEN_INVALID", "Invalid, used or expired invite token");
+    const g1 = ca.sign(csrs[1], "g1", { beforeCommit: () => Promise.reject(refused) });
+    const g2 = ca.sign(csrs[2], "g2");
+    await waitUntilSigned(ca, 3);
+    open();
+    await pacer;
+    await assert.rejects(g1, (e) => e === refused);
+    await assert.rejects(
+      g2,
+      e2eError(
+        "ERR_INTERNAL",
+        "Not committed: another signing of the same commit was refused; try again",
+      ),
+    );
+    // Nothing of the group was committed, and g2's request goes through when sent again.
+    assert.equal((await ca.current("g1"))?.serial, before.certificate.serial);
+    assert.equal(await ca.current("g2"), undefined);
+    assert.equal((await ca.sign(csrs[2], "g2")).certificate.commonName, "g2");
+  });
+});
+
 Deno.test("sign() that supersedes a certificate revokes nothing when its beforeCommit throws", async () => {
   await withCa(async (ca) => {
     const { csr } = await makeCsr("alice");
