@@ -285,8 +285,8 @@ function apiError(reply: Reply): E2eError {
       code = e.code as ErrorCode;
       // The service's words, shown on our terminal: printable, and not a page of them.
       const words = printable(e.message.slice(0, 500));
-      // A 5xx is the service failing, not refusing: what was asked may have been done.
-      message = reply.status >= 500
+      // A 500 is the service failing, not refusing: what was asked may have been done.
+      message = reply.status === 500
         ? `The CA service failed (${reply.status}): ${words}`
         : `The CA refused: ${words}`;
     }
@@ -295,7 +295,7 @@ function apiError(reply: Reply): E2eError {
   return new E2eError(code, message, {
     hint: code === "ERR_RATE_LIMITED" && wait !== undefined
       ? `the CA takes only so many of these a minute: retry in ${wait} s`
-      : reply.status >= 500
+      : reply.status === 500
       ? "its log says why; the same command can be run again once it is fixed"
       : undefined,
   });
