@@ -388,12 +388,19 @@ async function joinLocked(home: string, invite: Invite, options: JoinOptions): P
 // must not be certified again. A key for another name or CA is left alone (it may be all that
 // proves a certificate is ours).
 async function pendingJoin(folder: IdFolder, invite: Invite): Promise<IdentityRecord | undefined> {
-  // The record is written before the key: without a key, no request was ever sent.
+  // A request goes out only once the key and the record are both durable: without either, no
+  // request was ever sent, and the folder is given up.
   if (!await exists(folder.key)) return undefined;
   let record: Partial<IdentityRecord> | undefined;
   try {
     record = JSON.parse(await Deno.readTextFile(folder.record));
-  } catch { /* refused below */ }
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      await Deno.remove(folder.dir, { recursive: true });
+      return undefined;
+    }
+    /* refused below */
+  }
   if (
     record?.name === invite.name && record.caFingerprint === invite.fingerprint &&
     CLIENT_KEY_TYPES.includes(record.keyType as ClientKeyType)
@@ -415,19 +422,19 @@ async function pendingJoin(folder: IdFolder, invite: Invite): Promise<IdentityRe
   );
 }
 
-// A new key in `folder`, after the record that binds it to one name at one CA: both durable,
-// and the folder's name in HOME, before a request with the key goes anywhere.
+// A new key in `folder`, with the record that binds it to one name at one CA (written at the
+// same time): both durable, and the folder's name in HOME, before a request with the key goes
+// anywhere.
 async function newKey(
   folder: IdFolder,
   record: IdentityRecord,
   passphrase: string | undefined,
 ): Promise<{ csr: string; key: string; encrypted: boolean }> {
   await ensurePrivateDir(folder.dir, { durable: true });
-  await writeFileAtomic(folder.record, JSON.stringify(record, null, 2) + "\n", { syncDir: true });
-  const made = await generateKeyAndRequest(folder.key, record.name, {
-    type: record.keyType,
-    passphrase,
-  });
+  const [, made] = await Promise.all([
+    writeFileAtomic(folder.record, JSON.stringify(record, null, 2) + "\n", { syncDir: true }),
+    generateKeyAndRequest(folder.key, record.name, { type: record.keyType, passphrase }),
+  ]);
   return { ...made, encrypted: passphrase !== undefined };
 }
 

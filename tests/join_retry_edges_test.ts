@@ -5,7 +5,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { createPrivateKey, createPublicKey } from "node:crypto";
+import { createPrivateKey, createPublicKey, generateKeyPairSync } from "node:crypto";
 import net from "node:net";
 import { join } from "node:path";
 import { keyFingerprint, parseCertificate } from "../lib/x509.ts";
@@ -190,5 +190,31 @@ Deno.test("two joins started at once in one home never take each other's key: th
       }
       await relay.close();
     }
+  });
+});
+
+Deno.test("a key an unfinished join left without its record (no request can have gone out) is given up: the join makes a new key and enrolls", async () => {
+  await withService(async (service, dir) => {
+    const home = join(dir, "alice");
+    // A crash between the key's write and the record's: only the key is there.
+    await Deno.mkdir(join(home, "joining"), { recursive: true, mode: 0o700 });
+    const left = generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
+    await Deno.writeTextFile(
+      join(home, "joining", "key.pem"),
+      left.export({ type: "pkcs8", format: "pem" }) as string,
+      { mode: 0o600 },
+    );
+    const joined = await runClient(home, ["join", await makeInvite(service.home, "alice")]);
+    assertSuccess(joined, "client join");
+    const cert = parseCertificate(await Deno.readTextFile(join(home, "id", "cert.pem")));
+    assert.notEqual(cert.keyFingerprint, keyFingerprint(createPublicKey(left)));
+    assert.deepEqual(await tree(home), [
+      "id/",
+      "id/ca.crt",
+      "id/cert.pem",
+      "id/identity.json",
+      "id/key.pem",
+      "log.json",
+    ]);
   });
 });
