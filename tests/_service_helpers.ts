@@ -13,6 +13,8 @@ import { join } from "node:path";
 import { Buffer } from "node:buffer";
 import { type RunResult, runTask, TaskProcess } from "./_harness.ts";
 import { makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
+import { readIndex } from "../ca/store.ts";
+import { CaPaths } from "../ca/home.ts";
 
 const CLIENT_TIMEOUT_MS = 60_000;
 
@@ -325,4 +327,26 @@ export function assertSuccess(result: RunResult, what: string): void {
     0,
     `${what}: exit ${result.code}\nstdout: ${result.stdout}\nstderr: ${result.stderr}`,
   );
+}
+
+/** The serials the CA's index holds for `name` (any status). */
+export async function serialsOf(service: Service, name: string): Promise<string[]> {
+  return (await readIndex(new CaPaths(service.home))).filter((e) => e.name === name)
+    .map((e) => e.serial);
+}
+
+/**
+ * Whether the CA's index holds a valid certificate for `name` now: from then on a reply to its
+ * enrollment is on its way (the commit's last step; a test's relay cuts or holds it).
+ */
+export function committedFor(service: Service, name: string): () => boolean {
+  const index = new CaPaths(service.home).index;
+  const holds = new RegExp(`^V\t.*\t/CN=${name}$`, "m");
+  return () => {
+    try {
+      return holds.test(Deno.readTextFileSync(index));
+    } catch {
+      return false;
+    }
+  };
 }

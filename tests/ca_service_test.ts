@@ -32,6 +32,7 @@ import {
   startService,
   withService,
 } from "./_service_helpers.ts";
+import { TcpRelay } from "./_tcp_relay.ts";
 
 const TOKEN_INVALID = "Invalid, used or expired invite token";
 const HEX64 = /^[0-9a-f]{64}$/;
@@ -543,33 +544,6 @@ Deno.test("the client refuses a server holding a member's certificate instead of
   });
 });
 
-/** A plain TCP forwarder to `port`: the CA service seen at another address, as after a move. */
-async function forwarder(
-  port: number,
-): Promise<{ port: number; connections(): number; close(): Promise<void> }> {
-  let connections = 0;
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((inbound) => {
-    connections++;
-    const outbound = net.connect(port, "127.0.0.1");
-    for (const s of [inbound, outbound]) {
-      sockets.add(s);
-      s.on("error", () => {});
-      s.on("close", () => sockets.delete(s));
-    }
-    inbound.pipe(outbound).pipe(inbound);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    connections: () => connections,
-    close: () => {
-      for (const s of sockets) s.destroy();
-      return new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}
-
 Deno.test("a member whose CA moved follows it with client move-ca, and calls the new address from then on", async () => {
   await withService(async (service, dir) => {
     const aliceHome = join(dir, "alice");
@@ -578,7 +552,7 @@ Deno.test("a member whose CA moved follows it with client move-ca, and calls the
       enrollUser(service, "bob"),
     ]);
     assertSuccess(await runClient(aliceHome, ["join", invite]), "client join");
-    const moved = await forwarder(service.port);
+    const moved = await TcpRelay.start(service.port);
     try {
       const result = await runClient(aliceHome, ["move-ca", `127.0.0.1:${moved.port}`]);
       assertSuccess(result, "client move-ca");
@@ -590,9 +564,9 @@ Deno.test("a member whose CA moved follows it with client move-ca, and calls the
       );
       const identity = JSON.parse(await Deno.readTextFile(join(aliceHome, "id", "identity.json")));
       assert.equal(identity.caUrl, `https://127.0.0.1:${moved.port}`);
-      const before = moved.connections();
+      const before = moved.connections;
       assertSuccess(await runClient(aliceHome, ["lookup", "bob"]), "client lookup after the move");
-      assert.ok(moved.connections() > before, "lookup did not go to the new address");
+      assert.ok(moved.connections > before, "lookup did not go to the new address");
       const again = await runClient(aliceHome, ["move-ca", `https://127.0.0.1:${moved.port}/`]);
       assertSuccess(again, "client move-ca to the same address");
       assert.equal(
@@ -673,7 +647,7 @@ Deno.test("client move-ca refuses a CA service that no longer holds the member's
     const before = await Deno.readFile(identityPath);
     // A new certificate for "alice" (a lost key): the CA's directory now holds that one.
     await enrollUser(service, "alice");
-    const moved = await forwarder(service.port);
+    const moved = await TcpRelay.start(service.port);
     try {
       const result = await runClient(aliceHome, ["move-ca", `127.0.0.1:${moved.port}`]);
       assert.equal(result.code, 1, result.stderr);
@@ -683,7 +657,7 @@ Deno.test("client move-ca refuses a CA service that no longer holds the member's
         ),
         result.stderr,
       );
-      assert.ok(moved.connections() > 0, "the new address was never asked");
+      assert.ok(moved.connections > 0, "the new address was never asked");
       assert.deepEqual(await Deno.readFile(identityPath), before);
     } finally {
       await moved.close();

@@ -6,28 +6,22 @@
  */
 import assert from "node:assert/strict";
 import { createPrivateKey, createPublicKey, generateKeyPairSync } from "node:crypto";
-import net from "node:net";
 import { join } from "node:path";
 import { keyFingerprint, parseCertificate } from "../lib/x509.ts";
-import { readIndex } from "../ca/store.ts";
 import { CaPaths } from "../ca/home.ts";
 import { commitSomething } from "./_dishonest_ca.ts";
 import { TaskProcess, waitUntil } from "./_harness.ts";
 import { realOpenssl, tree } from "./_hostile_helpers.ts";
 import {
   assertSuccess,
+  committedFor,
   enrollUser,
   makeInvite,
   runClient,
-  type Service,
+  serialsOf,
   withService,
 } from "./_service_helpers.ts";
-
-/** The serials the CA's index holds for `name` (any status). */
-async function serialsOf(service: Service, name: string): Promise<string[]> {
-  return (await readIndex(new CaPaths(service.home))).filter((e) => e.name === name)
-    .map((e) => e.serial);
-}
+import { TcpRelay } from "./_tcp_relay.ts";
 
 Deno.test("a join that the CA committed and then answered with a 500 (its issuance log damaged) keeps its key, and the join run again once the log is repaired gets that certificate", async () => {
   await withService(async (service, dir) => {
@@ -68,72 +62,6 @@ Deno.test("a join that the CA committed and then answered with a 500 (its issuan
 });
 
 /**
- * A TCP relay to the service that holds back every reply coming once `committed()` holds, with
- * its connection, until {@linkcode HoldingRelay.release}.
- */
-class HoldingRelay {
-  /** Replies held back so far. */
-  held = 0;
-  #holding = true;
-  #server: net.Server;
-  #sockets = new Set<net.Socket>();
-  #flushes: Array<() => void> = [];
-
-  private constructor(server: net.Server) {
-    this.#server = server;
-  }
-
-  static async start(target: number, committed: () => boolean): Promise<HoldingRelay> {
-    const server = net.createServer();
-    const relay = new HoldingRelay(server);
-    server.on("connection", (client) => {
-      const upstream = net.connect(target, "127.0.0.1");
-      for (const s of [client, upstream]) {
-        relay.#sockets.add(s);
-        s.on("error", () => {});
-        s.on("close", () => relay.#sockets.delete(s));
-      }
-      const queue: Uint8Array[] = [];
-      let ended = false;
-      const flush = () => {
-        for (const d of queue.splice(0)) client.write(d);
-        if (ended) client.end();
-      };
-      relay.#flushes.push(flush);
-      client.on("data", (d: Uint8Array) => upstream.write(d));
-      upstream.on("data", (d: Uint8Array) => {
-        if (relay.#holding && (queue.length || committed())) {
-          if (!queue.length) relay.held++;
-          queue.push(d);
-        } else client.write(d);
-      });
-      client.on("close", () => upstream.destroy());
-      upstream.on("end", () => {
-        ended = true;
-        if (!relay.#holding || !queue.length) client.end();
-      });
-    });
-    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-    return relay;
-  }
-
-  get port(): number {
-    return (this.#server.address() as net.AddressInfo).port;
-  }
-
-  /** Lets every held reply through, and all later ones. */
-  release(): void {
-    this.#holding = false;
-    for (const flush of this.#flushes) flush();
-  }
-
-  async close(): Promise<void> {
-    for (const s of this.#sockets) s.destroy();
-    await new Promise((resolve) => this.#server.close(resolve));
-  }
-}
-
-/**
  * An openssl on PATH whose first `req` (the join's key and request) takes a few seconds: a join
  * started meanwhile runs while the first one makes its key.
  */
@@ -154,13 +82,9 @@ async function slowFirstKeyOpenssl(dir: string): Promise<{ PATH: string }> {
 
 Deno.test("two joins started at once in one home never take each other's key: the second is refused while the first runs, and the home ends with the certificate the CA issued and its key", async () => {
   await withService(async (service, dir) => {
-    const index = new CaPaths(service.home).index;
-    const relay = await HoldingRelay.start(service.port, () => {
-      try {
-        return /^V\t.*\t\/CN=alice$/m.test(Deno.readTextFileSync(index));
-      } catch {
-        return false;
-      }
+    const relay = await TcpRelay.start(service.port, {
+      mode: "queue",
+      after: committedFor(service, "alice"),
     });
     const joins: TaskProcess[] = [];
     try {

@@ -8,7 +8,6 @@
  * @module
  */
 import assert from "node:assert/strict";
-import net from "node:net";
 import { join } from "node:path";
 import { isEncryptedKey, unlockKey } from "../lib/keys.ts";
 import { parseCertificate } from "../lib/x509.ts";
@@ -19,104 +18,31 @@ import { runCa } from "./_helpers.ts";
 import { tree } from "./_hostile_helpers.ts";
 import {
   assertSuccess,
+  committedFor,
   makeInvite,
   runClient,
+  serialsOf,
   type Service,
   withService,
 } from "./_service_helpers.ts";
+import { TcpRelay } from "./_tcp_relay.ts";
 
 const INVALID = "The CA refused: Invalid, used or expired invite token";
 const KEY_PASSPHRASE = "a key passphrase for the retry";
-
-/**
- * A TCP relay to the service. `pass` forwards everything; `drop` cuts a
- * connection whose reply comes once `committed()` holds (the reply never
- * arrives); `hold` keeps such a reply and the connection open, so the client
- * waits until it is killed.
- */
-class ReplyCutter {
-  mode: "pass" | "drop" | "hold" = "pass";
-  /** Replies kept from their client. */
-  cut = 0;
-  #server: net.Server;
-  #sockets = new Set<net.Socket>();
-
-  private constructor(server: net.Server) {
-    this.#server = server;
-  }
-
-  static async start(target: number, committed: () => boolean): Promise<ReplyCutter> {
-    const server = net.createServer();
-    const relay = new ReplyCutter(server);
-    server.on("connection", (client) => {
-      const upstream = net.connect(target, "127.0.0.1");
-      for (const s of [client, upstream]) {
-        relay.#sockets.add(s);
-        s.on("error", () => {});
-        s.on("close", () => relay.#sockets.delete(s));
-      }
-      let withheld = false;
-      client.on("data", (d: Uint8Array) => upstream.write(d));
-      // Before the commit the service sends only its side of the TLS handshake; the reply
-      // comes after the index line (docs/CA.md "Transactions").
-      upstream.on("data", (d: Uint8Array) => {
-        if (relay.mode !== "pass" && (withheld || committed())) {
-          if (!withheld) relay.cut++;
-          withheld = true;
-          if (relay.mode === "drop") {
-            client.destroy();
-            upstream.destroy();
-          }
-          return;
-        }
-        client.write(d);
-      });
-      client.on("close", () => upstream.destroy());
-      upstream.on("close", () => {
-        if (!withheld || relay.mode !== "hold") client.destroy();
-      });
-    });
-    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-    return relay;
-  }
-
-  get port(): number {
-    return (this.#server.address() as net.AddressInfo).port;
-  }
-
-  async close(): Promise<void> {
-    for (const s of this.#sockets) s.destroy();
-    await new Promise((resolve) => this.#server.close(resolve));
-  }
-}
 
 /** The relay to `service`, cutting replies once the index names `name`, and an invite through it. */
 async function withCutter<T>(
   service: Service,
   name: string,
-  fn: (cutter: ReplyCutter, invite: string) => Promise<T>,
+  fn: (cutter: TcpRelay, invite: string) => Promise<T>,
 ): Promise<T> {
-  const index = new CaPaths(service.home).index;
-  const holds = new RegExp(`^V\t.*\t/CN=${name}$`, "m");
-  const cutter = await ReplyCutter.start(service.port, () => {
-    try {
-      return holds.test(Deno.readTextFileSync(index));
-    } catch {
-      return false;
-    }
-  });
+  const cutter = await TcpRelay.start(service.port, { after: committedFor(service, name) });
   try {
     const invite = await makeInvite(service.home, name, "--url", `127.0.0.1:${cutter.port}`);
     return await fn(cutter, invite);
   } finally {
     await cutter.close();
   }
-}
-
-/** The serials the CA's index holds for `name` (any status). */
-async function serialsOf(service: Service, name: string): Promise<string[]> {
-  return (await readIndex(new CaPaths(service.home))).filter((e) => e.name === name)
-    .map((e) => e.serial);
 }
 
 function assertRefused(result: { code: number; stderr: string }, message: string, what: string) {
@@ -135,7 +61,7 @@ Deno.test("a join whose reply is lost after the CA committed is retried with the
       const lost = await runClient(home, ["join", invite]);
       assertRefused(lost, "The CA service at", "the join whose reply was cut");
       assert.match(lost.stderr, /did not answer/);
-      assert.equal(cutter.cut, 1);
+      assert.equal(cutter.withheld, 1);
       const [serial] = await serialsOf(service, "alice");
       assert.ok(serial, "the CA committed before the reply was cut");
       assert.deepEqual(await tree(home), ["joining/", "joining/identity.json", "joining/key.pem"]);
@@ -190,7 +116,7 @@ Deno.test("a join killed after the CA committed, before the reply reached it, is
         env: { E2E_CHAT_HOME: home },
       });
       try {
-        await waitUntil(() => cutter.cut > 0, "the CA's reply to reach the relay", 30_000);
+        await waitUntil(() => cutter.withheld > 0, "the CA's reply to reach the relay", 30_000);
       } finally {
         client.kill("SIGKILL");
         await client.stop();
@@ -236,7 +162,7 @@ Deno.test("a retried join whose certificate was revoked (as compromised) meanwhi
     const key = await withCutter(service, "alice", async (cutter, invite) => {
       cutter.mode = "drop";
       assert.notEqual((await runClient(home, ["join", invite])).code, 0);
-      assert.equal(cutter.cut, 1);
+      assert.equal(cutter.withheld, 1);
       assertSuccess(
         await runCa(service.home, ["revoke", "alice", "--reason", "keyCompromise"]),
         "ca revoke",
