@@ -546,17 +546,7 @@ Deno.test("sign() fails only the signing whose beforeCommit throws: the others o
     const csrs = await Promise.all(names.map(async (n) => (await makeCsr(n)).csr));
     // p0's commit holds the CA lock until g1 and g2 are signed, so that those two commit
     // together after it (a group), which their hooks see: each finds the other under way.
-    let open!: () => void;
-    const gate = new Promise<void>((resolve) => (open = resolve));
-    let committing!: () => void;
-    const pacing = new Promise<void>((resolve) => (committing = resolve));
-    const pacer = ca.sign(csrs[0], "p0", {
-      beforeCommit: () => {
-        committing();
-        return gate;
-      },
-    });
-    await pacing;
+    const { pacer, open } = await holdingCommit(ca, csrs[0], "p0");
     const active = new Set<string>();
     let together = false;
     const hook = (name: string, error?: Error) => async () => {
@@ -588,17 +578,7 @@ Deno.test("sign() tells the others of a group to try again, not its refusal, whe
     const names = ["p0", "g1", "g2"];
     const csrs = await Promise.all(names.map(async (n) => (await makeCsr(n)).csr));
     const before = await ca.sign(csrs[1], "g1"); // g1's next signing supersedes this one
-    let open!: () => void;
-    const gate = new Promise<void>((resolve) => (open = resolve));
-    let committing!: () => void;
-    const pacing = new Promise<void>((resolve) => (committing = resolve));
-    const pacer = ca.sign(csrs[0], "p0", {
-      beforeCommit: () => {
-        committing();
-        return gate;
-      },
-    });
-    await pacing;
+    const { pacer, open } = await holdingCommit(ca, csrs[0], "p0");
     const refused = new E2eError("ERR_TOKEN_INVALID", "Invalid, used or expired invite token");
     const g1 = ca.sign(csrs[1], "g1", { beforeCommit: () => Promise.reject(refused) });
     const g2 = ca.sign(csrs[2], "g2");
@@ -633,6 +613,29 @@ Deno.test("sign() that supersedes a certificate revokes nothing when its beforeC
     assert.deepEqual((await ca.list()).map((c) => c.status), ["valid"]);
   });
 });
+
+/**
+ * Signs `csr` for `name` and holds its commit (and so the CA lock) until `open()`: signings
+ * started meanwhile commit together after it, as one group. Resolves once the commit is held.
+ */
+async function holdingCommit(
+  ca: CertificateAuthority,
+  csr: string,
+  name: string,
+): Promise<{ pacer: Promise<unknown>; open: () => void }> {
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  let committing!: () => void;
+  const pacing = new Promise<void>((resolve) => (committing = resolve));
+  const pacer = ca.sign(csr, name, {
+    beforeCommit: () => {
+      committing();
+      return gate;
+    },
+  });
+  await pacing;
+  return { pacer, open };
+}
 
 /** Waits until `count` signing folders hold what openssl wrote, and a moment more. */
 async function waitUntilSigned(ca: CertificateAuthority, count: number): Promise<void> {
