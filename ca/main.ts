@@ -302,9 +302,10 @@ async function invites(args: string[]): Promise<number> {
 }
 
 function inviteTable(rows: ListedInvite[]): string {
-  const table = [["ID", "NAME", "STATUS", "CREATED", "EXPIRES", "SERIAL"]];
+  const table = [["ID", "NAME", "STATUS", "CREATED", "EXPIRES", "USED/CANCELLED", "SERIAL"]];
   for (const r of rows) {
-    table.push([r.id, r.name, r.status, r.createdAt, r.expiresAt, r.serial ?? ""]);
+    const ended = r.usedAt ?? r.cancelledAt ?? "";
+    table.push([r.id, r.name, r.status, r.createdAt, r.expiresAt, ended, r.serial ?? ""]);
   }
   const widths = table[0].map((_, i) => Math.max(...table.map((row) => row[i].length)));
   return table.map((row) => row.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd())

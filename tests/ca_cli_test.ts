@@ -1022,10 +1022,20 @@ Deno.test("ca invites lists every invite, open ones first, as a table and as JSO
     const table = await runCa(home, ["invites"]);
     assertSuccess(table);
     const lines = table.stdout.trimEnd().split("\n").map((l) => l.split(/ {2,}/));
-    assert.deepEqual(lines[0], ["ID", "NAME", "STATUS", "CREATED", "EXPIRES", "SERIAL"]);
+    assert.deepEqual(lines[0], [
+      "ID",
+      "NAME",
+      "STATUS",
+      "CREATED",
+      "EXPIRES",
+      "USED/CANCELLED",
+      "SERIAL",
+    ]);
     assert.deepEqual(
       lines.slice(1),
-      rows.map((r) => [r.id, r.name, r.status, r.createdAt, r.expiresAt]),
+      rows.map((r) =>
+        [r.id, r.name, r.status, r.createdAt, r.expiresAt, r.cancelledAt].filter(Boolean)
+      ),
     );
     for (const token of Object.values(tokens)) {
       for (const out of [json.stdout, table.stdout]) {
