@@ -61,7 +61,8 @@ Commands:
   invites [--json]
           The invites the CA holds: id (the start of the token's hash; the
           token is never stored), name, status (open, used with the serial it
-          got, expired, cancelled), when made and when it expires; open first.
+          got, expired, cancelled), when made, when it expires and when it was
+          used or cancelled; open first.
   invites cancel NAME|ID [--json]
           Withdraw the open invites for NAME, or the one whose id starts with
           ID (the 8 hex characters "invites" shows); its token is refused from then on.
