@@ -53,6 +53,11 @@ export interface InviteRecord {
    * used once the CA's index holds it, and free again if it never will.
    */
   serial?: string;
+  /**
+   * When that serial was claimed (its commit), ISO 8601: a service that died before it wrote
+   * `used` takes this as the time of use when it starts again.
+   */
+  claimedAt?: string;
 }
 
 /** One line of the journal. */
@@ -60,7 +65,7 @@ type JournalRecord =
   | { op: "begin"; id: string }
   | { op: "reserve"; hash: string; until: string }
   | { op: "release"; hash: string }
-  | { op: "claim"; hash: string; serial: string }
+  | { op: "claim"; hash: string; serial: string; at?: string }
   | { op: "used"; hash: string; at: string }
   | { op: "cancel"; hash: string; at: string };
 
@@ -408,9 +413,14 @@ export class InviteStore {
       for (const record of this.#records.values()) {
         delete record.reservedUntil;
         if (record.serial !== undefined && !record.usedAt) {
+          // Used when it was claimed (the retry window runs from then), not now; a claim
+          // written before claims had a time is taken as used now.
           if (issued.has(normalizeSerialHex(record.serial))) {
-            record.usedAt = new Date(now).toISOString();
-          } else delete record.serial;
+            record.usedAt = record.claimedAt ?? new Date(now).toISOString();
+          } else {
+            delete record.serial;
+            delete record.claimedAt;
+          }
         }
       }
       await this.#compact(now);
@@ -477,7 +487,12 @@ export class InviteStore {
 
   // Claims go in one append and one fsync with every other claim made meanwhile.
   #claim(hash: string, serial: string): Promise<void> {
-    const record: JournalRecord = { op: "claim", hash, serial: normalizeSerialHex(serial) };
+    const record: JournalRecord = {
+      op: "claim",
+      hash,
+      serial: normalizeSerialHex(serial),
+      at: new Date().toISOString(),
+    };
     return new Promise<void>((resolve, reject) => {
       this.#claims.push({ record, resolve, reject });
       // A microtask later, so the claims of one batch (made in one turn) share the fsync.
@@ -582,8 +597,11 @@ export class InviteStore {
     if (!record) return;
     if (r.op === "reserve") record.reservedUntil = r.until;
     else if (r.op === "release") delete record.reservedUntil;
-    else if (r.op === "claim") record.serial = r.serial;
-    else if (r.op === "used") {
+    else if (r.op === "claim") {
+      record.serial = r.serial;
+      if (r.at) record.claimedAt = r.at;
+      else delete record.claimedAt;
+    } else if (r.op === "used") {
       delete record.reservedUntil;
       record.usedAt ??= r.at;
     } else if (r.op === "cancel") record.cancelledAt ??= r.at;

@@ -676,6 +676,36 @@ Deno.test("InviteStore.issuedWith() finds a token whose commit is done while its
   });
 });
 
+Deno.test("InviteStore.clearReservations() dates a use it settles by its claim, so a retry's window runs from the commit, not from the restart", async () => {
+  await withStore(async (store, paths) => {
+    const { token } = await store.create("alice", HOUR_MS);
+    await writeIndex(paths, []);
+    let committed!: () => void;
+    const done = new Promise<void>((resolve) => committed = resolve);
+    // Killed after its commit, before its `used` line: the claim and the index line are on disk.
+    store.redeem(token, async (_name, claim) => {
+      await claim("0B03");
+      await writeIndex(paths, ["0B03"]);
+      committed();
+      return await forever;
+    });
+    await done;
+    const claimedAt = (await Deno.readTextFile(journalFile(paths))).split("\n")
+      .filter(Boolean).map((l) => JSON.parse(l)).find((r) => r.op === "claim").at;
+    assert.ok(Date.parse(claimedAt) <= Date.now(), claimedAt);
+    await new Promise((resolve) => setTimeout(resolve, 60));
+    const restarted = new InviteStore(paths, { retryMs: 40 });
+    await restarted.clearReservations();
+    assert.equal((await records(paths))[0].usedAt, claimedAt);
+    // 60 ms since the commit: past a 40 ms window, though the restart was just now.
+    assert.equal(await restarted.issuedWith(token), undefined);
+    assert.deepEqual(await new InviteStore(paths).issuedWith(token), {
+      name: "alice",
+      serial: "B03",
+    });
+  });
+});
+
 // list and cancel
 
 const notOpen = (message: string) => e2eError("ERR_INVITE_NOT_OPEN", message);
