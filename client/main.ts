@@ -58,6 +58,8 @@ Commands:
         Checks the CA's fingerprint first, makes your key here (it never
         leaves HOME/id). The key is encrypted under a passphrase with
         --encrypt-key (asked for), --passphrase-file FILE or $E2E_CHAT_PASSPHRASE.
+        A join cut off after it sent its request: run it again with the same
+        invite; it goes on with the key it made (kept in HOME/joining).
   whoami [--json]
         Your name, certificate fingerprint and validity, and where things are.
   lookup NAME [--json]
