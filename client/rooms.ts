@@ -152,6 +152,8 @@ interface Room {
   former: Set<string>;
   /** Whether ROOMID.seq has its two slots, durably, since we wrote it whole this run. */
   seqSlots: boolean;
+  /** Which of the two slots holds the last number made durable (the next write takes the other). */
+  seqSlot: 0 | 1;
 }
 
 interface RoomInvite {
@@ -990,6 +992,7 @@ export class Rooms {
       untrusted: new Set(),
       former: new Set(),
       seqSlots: false,
+      seqSlot: 0,
     };
   }
 
@@ -1129,17 +1132,19 @@ export class Rooms {
   // so members would silently hold different histories. So the number's bytes are fdatasynced,
   // and its name too (a folder fsync) when the file is new. Each write after the first of a run
   // overwrites one of two slots in place (one fdatasync, about 0.8 ms here, against 2 ms for a
-  // temp file, its rename and a folder fsync): the slot of SEQ's parity, so a write torn by a
-  // power cut spoils only that slot, and the other still holds SEQ - 1, which was durable before
-  // SEQ was used.
+  // temp file, its rename and a folder fsync): the slot the last write did not take, so a write
+  // torn by a power cut spoils only that slot, and the other still holds the number made durable
+  // before (whatever numbers a turn's burst skipped over: not the slot of SEQ's parity).
   #saveSeq(r: Room): void {
     const file = this.#seqFile(r.list.roomId);
     if (r.seqSlots) {
       try {
         using f = Deno.openSync(file, { write: true });
-        f.seekSync((r.seq % 2) * SEQ_SLOT, Deno.SeekMode.Start);
+        const slot = r.seqSlot === 0 ? 1 : 0;
+        f.seekSync(slot * SEQ_SLOT, Deno.SeekMode.Start);
         writeAllSync(f, seqSlot(r.seq));
         f.syncDataSync();
+        r.seqSlot = slot;
         return;
       } catch (e) {
         if (!(e instanceof Deno.errors.NotFound)) throw e; // removed under us: written whole
@@ -1166,6 +1171,7 @@ export class Rooms {
     Deno.renameSync(tmp, file);
     syncDirSync(this.#host.dir);
     r.seqSlots = true;
+    r.seqSlot = 0; // both hold it: the next write takes slot 1
   }
 
   #save(r: Room): void {
