@@ -655,19 +655,32 @@ Deno.test("InviteStore.redeem() marks a token used when its enroll fails after t
   });
 });
 
+/**
+ * Redeems `token` into a commit of `serial` (its claim, then the index line) and never returns,
+ * as a redemption whose process died after its commit; resolves once the commit is on disk.
+ */
+async function committedThenStalled(
+  store: InviteStore,
+  paths: CaPaths,
+  token: string,
+  serial: string,
+): Promise<void> {
+  let committed!: () => void;
+  const done = new Promise<void>((resolve) => committed = resolve);
+  store.redeem(token, async (_name, claim) => {
+    await claim(serial);
+    await writeIndex(paths, [serial]);
+    committed();
+    return await forever;
+  });
+  await done;
+}
+
 Deno.test("InviteStore.issuedWith() finds a token whose commit is done while its redemption has not returned yet", async () => {
   await withStore(async (store, paths) => {
     const { token } = await store.create("alice", HOUR_MS);
     await writeIndex(paths, []);
-    let committed!: () => void;
-    const done = new Promise<void>((resolve) => committed = resolve);
-    store.redeem(token, async (_name, claim) => {
-      await claim("0B02");
-      await writeIndex(paths, ["0B02"]);
-      committed();
-      return await forever; // the reply is still being made
-    });
-    await done;
+    await committedThenStalled(store, paths, token, "0B02"); // the reply is still being made
     assert.equal((await records(paths))[0].usedAt, undefined);
     assert.deepEqual(await new InviteStore(paths).issuedWith(token), {
       name: "alice",
@@ -680,16 +693,8 @@ Deno.test("InviteStore.clearReservations() dates a use it settles by its claim, 
   await withStore(async (store, paths) => {
     const { token } = await store.create("alice", HOUR_MS);
     await writeIndex(paths, []);
-    let committed!: () => void;
-    const done = new Promise<void>((resolve) => committed = resolve);
     // Killed after its commit, before its `used` line: the claim and the index line are on disk.
-    store.redeem(token, async (_name, claim) => {
-      await claim("0B03");
-      await writeIndex(paths, ["0B03"]);
-      committed();
-      return await forever;
-    });
-    await done;
+    await committedThenStalled(store, paths, token, "0B03");
     const claimedAt = (await Deno.readTextFile(journalFile(paths))).split("\n")
       .filter(Boolean).map((l) => JSON.parse(l)).find((r) => r.op === "claim").at;
     assert.ok(Date.parse(claimedAt) <= Date.now(), claimedAt);
