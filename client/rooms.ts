@@ -150,10 +150,11 @@ interface Room {
   untrusted: Set<string>;
   /** Members who went (or went and came back) while we ran: their late messages are dropped. */
   former: Set<string>;
-  /** Whether ROOMID.seq has its two slots, durably, since we wrote it whole this run. */
-  seqSlots: boolean;
-  /** Which of the two slots holds the last number made durable (the next write takes the other). */
-  seqSlot: 0 | 1;
+  /**
+   * Which of ROOMID.seq's two slots holds the last number made durable (the next write takes
+   * the other); undefined until this run wrote the file whole, with both slots.
+   */
+  seqSlot?: 0 | 1;
 }
 
 interface RoomInvite {
@@ -991,8 +992,6 @@ export class Rooms {
       gaps: new Map(),
       untrusted: new Set(),
       former: new Set(),
-      seqSlots: false,
-      seqSlot: 0,
     };
   }
 
@@ -1137,7 +1136,7 @@ export class Rooms {
   // before (whatever numbers a turn's burst skipped over: not the slot of SEQ's parity).
   #saveSeq(r: Room): void {
     const file = this.#seqFile(r.list.roomId);
-    if (r.seqSlots) {
+    if (r.seqSlot !== undefined) {
       try {
         using f = Deno.openSync(file, { write: true });
         const slot = r.seqSlot === 0 ? 1 : 0;
@@ -1170,7 +1169,6 @@ export class Rooms {
     }
     Deno.renameSync(tmp, file);
     syncDirSync(this.#host.dir);
-    r.seqSlots = true;
     r.seqSlot = 0; // both hold it: the next write takes slot 1
   }
 
