@@ -40,9 +40,15 @@ export const RESERVED_NAMES: ReadonlySet<string> = new Set([
 // What WHATWG URL parsing reads as an IPv4 address in a single label: decimal, 0x hex, octal.
 const IPV4_LOOKALIKE = /^(?:\d+|0x[0-9a-f]*)$/;
 
+// Hyphens as the 3rd and 4th characters: a label IDNA reserves (RFC 5890 §2.3.1), such as an
+// `xn--` A-label, which a URL parser refuses when it is not valid Punycode and a browser shows
+// as other characters when it is.
+const RESERVED_LDH = /^..--/;
+
 /**
  * Whether `name` is a valid user name: {@linkcode NAME_PATTERN}, not a number
- * or hex number (an IPv4 address to a URL parser), not a reserved name.
+ * or hex number (an IPv4 address to a URL parser), not a reserved name, not a
+ * label IDNA reserves (`xn--…`: hyphens 3rd and 4th).
  *
  * @example
  * ```ts
@@ -52,7 +58,8 @@ const IPV4_LOOKALIKE = /^(?:\d+|0x[0-9a-f]*)$/;
  * ```
  */
 export function isValidName(name: string): boolean {
-  return NAME_PATTERN.test(name) && !IPV4_LOOKALIKE.test(name) && !RESERVED_NAMES.has(name);
+  return NAME_PATTERN.test(name) && !IPV4_LOOKALIKE.test(name) && !RESERVED_NAMES.has(name) &&
+    !RESERVED_LDH.test(name);
 }
 
 /**
@@ -73,7 +80,7 @@ export function checkName(name: string): string {
   if (!isValidName(name)) {
     throw new E2eError("ERR_NAME_INVALID", `Invalid name ${JSON.stringify(name)}`, {
       hint:
-        "use 1-63 characters: a-z, 0-9, '_', '-', starting with a letter or digit; not a number nor a reserved host name such as localhost",
+        "use 1-63 characters: a-z, 0-9, '_', '-', starting with a letter or digit; not a number, a reserved host name such as localhost, nor '--' as 3rd and 4th characters (xn--)",
     });
   }
   return name;

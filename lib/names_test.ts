@@ -66,6 +66,9 @@ Deno.test("checkName() refuses names a host could be reached by: dotted names, I
     "0177",
     "0x7f000001", // https://0x7f000001 is 127.0.0.1
     "0x",
+    "xn--", // an IDNA A-label's prefix: a URL parser refuses it bare
+    "xn--pple-43d", // shown by browsers as "аpple", with a Cyrillic а
+    "ab--c", // any label with hyphens 3rd and 4th is reserved by IDNA (RFC 5890)
     ...RESERVED_NAMES,
   ];
   for (const name of hostLike) {
