@@ -4,7 +4,7 @@
  * and, last, `N cases, 0 failures`; exits non-zero on a failure, printing the
  * seed, the counterexample's path and the command that replays it.
  *
- * Flags: `--seed N` (default: random, printed), `--only TEXT` (properties
+ * Flags: `--seed=N` (default: random, printed; with `=`, so a negative N is not read as flags), `--only TEXT` (properties
  * whose name contains TEXT), `--path P` (replay one counterexample, with
  * `--seed` and `--only`), `--scale X` (multiply every property's cases).
  *
@@ -49,7 +49,7 @@ for (const p of await allProperties()) {
     // A generator that throws is a defect of the fuzz itself: reported, and counted.
     failures++;
     write(`fuzz: FAILED ${p.name}: the generator threw: ${e}`);
-    write(`  replay: deno task fuzz --seed ${seed} --only ${JSON.stringify(p.name.slice(0, 40))}`);
+    write(`  replay: deno task fuzz --seed=${seed} --only ${JSON.stringify(p.name.slice(0, 40))}`);
     continue;
   }
   cases += details.numRuns;
@@ -60,7 +60,7 @@ for (const p of await allProperties()) {
     write(`  counterexample: ${fc.stringify(details.counterexample)}`);
     write(`  error: ${String(details.errorInstance).split("\n").slice(0, 6).join("\n  ")}`);
     write(
-      `  replay: deno task fuzz --seed ${details.seed} --only ${
+      `  replay: deno task fuzz --seed=${details.seed} --only ${
         JSON.stringify(p.name.slice(0, 40))
       } --path ${JSON.stringify(details.counterexamplePath)}`,
     );
