@@ -259,6 +259,8 @@ export class CaService {
       JSON.stringify({ url, host: advertised, port, fingerprint: ca.certificate.fingerprint }) +
         "\n",
     );
+    // A running service signs often enough to keep openssl started ahead (CertificateAuthority).
+    ca.keepOpensslWarm();
     return service;
   }
 
@@ -273,6 +275,7 @@ export class CaService {
     for (const socket of this.#sockets) socket.destroy();
     await closed;
     await this.#crl?.close();
+    await this.#ctx.ca.stopWarmOpenssl();
     await Deno.remove(this.#ctx.ca.paths.serviceInfo).catch(() => {});
   }
 }

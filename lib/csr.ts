@@ -92,6 +92,30 @@ export function parseCsr(
   }
 }
 
+/**
+ * Whether the subject of the request `der` (already checked by
+ * {@linkcode parseCsr}) is exactly one commonName, `name`, as a UTF8String:
+ * byte for byte the name `openssl ca -subj /CN=NAME -utf8` writes.
+ *
+ * @example
+ * ```ts
+ * import { subjectIsCommonName } from "./csr.ts";
+ * console.log(subjectIsCommonName(await Deno.readFile("alice.der"), "alice")); // true
+ * ```
+ */
+export function subjectIsCommonName(der: Uint8Array, name: string): boolean {
+  const value = new TextEncoder().encode(name);
+  if (value.length > 100) return false; // every length below stays in one octet
+  const atv = [0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, value.length, ...value];
+  const expected = [0x30, atv.length + 4, 0x31, atv.length + 2, 0x30, atv.length, ...atv];
+  try {
+    const subject = children(children(readDer(der), Tag.SEQUENCE)[0], Tag.SEQUENCE)[1]?.raw;
+    return subject?.length === expected.length && subject.every((b, i) => b === expected[i]);
+  } catch {
+    return false;
+  }
+}
+
 function parseDer(der: Uint8Array, checkKey?: (key: KeyObject) => unknown): CertificateRequest {
   const [info, algorithm, signature] = exactly(children(readDer(der), Tag.SEQUENCE), 3);
   const infoParts = children(info, Tag.SEQUENCE);

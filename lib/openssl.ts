@@ -88,6 +88,42 @@ export async function openssl(
   args: string[],
   options: OpensslOptions = {},
 ): Promise<OpensslResult> {
+  const cwd = options.cwd ?? await Deno.makeTempDir({ prefix: "e2e-chat-openssl-" });
+  try {
+    return await startOpenssl(args, { ...options, cwd }).finish();
+  } finally {
+    if (options.cwd === undefined) await Deno.remove(cwd, { recursive: true }).catch(() => {});
+  }
+}
+
+/** An openssl run started ahead of its last input; see {@linkcode startOpenssl}. */
+export interface OpensslRun {
+  /**
+   * Writes `input` to the child's stdin after what it was started with, closes
+   * stdin and waits for the child, with the result and errors of {@linkcode openssl}.
+   */
+  finish(input?: Uint8Array | string): Promise<OpensslResult>;
+  /** Stops a run that will not be finished, and waits until the child is gone. */
+  cancel(): Promise<void>;
+}
+
+/**
+ * Starts `openssl ...args` in `options.cwd` and leaves its stdin open: the
+ * child does its start-up (loading the configuration, keys and certificates
+ * it was given) while the caller still waits for the input that ends the run.
+ * Throws at once only when the program cannot be started.
+ *
+ * @example Reading the version
+ * ```ts
+ * import { startOpenssl } from "./openssl.ts";
+ * const run = startOpenssl(["version"], { cwd: Deno.cwd() });
+ * console.log(new TextDecoder().decode((await run.finish()).stdout));
+ * ```
+ */
+export function startOpenssl(
+  args: string[],
+  options: OpensslOptions & { cwd: string },
+): OpensslRun {
   const { passphrase, stdin } = options;
   // Exact match for short ones, so an ordinary argument is not mistaken for a leak.
   const leaks = (a: string) =>
@@ -102,45 +138,52 @@ export async function openssl(
     SSL_CERT_FILE: "/dev/null",
   };
   if (passphrase !== undefined) env[PASSPHRASE_ENV] = passphrase;
-
-  const cwd = options.cwd ?? await Deno.makeTempDir({ prefix: "e2e-chat-openssl-" });
   const signal = AbortSignal.timeout(options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
   const program = opensslProgram();
+  let child: Deno.ChildProcess;
   try {
-    let child: Deno.ChildProcess;
-    try {
-      child = new Deno.Command(program, {
-        args,
-        cwd,
-        env,
-        clearEnv: true,
-        stdin: stdin === undefined ? "null" : "piped",
-        stdout: "piped",
-        stderr: "piped",
-        signal,
-      }).spawn();
-    } catch (e) {
-      throw spawnError(program, e);
-    }
-    if (stdin !== undefined) {
-      const writer = child.stdin.getWriter();
-      // A child that exits early closes its stdin; its exit status tells the story.
-      await writer.write(typeof stdin === "string" ? new TextEncoder().encode(stdin) : stdin)
-        .catch(() => {});
-      await writer.close().catch(() => {});
-    }
-    const out = await child.output();
-    const stderr = new TextDecoder().decode(out.stderr);
-    if (signal.aborted) {
-      throw new E2eError("ERR_OPENSSL_TIMEOUT", `openssl ${args[0]} did not finish in time`, {
-        detail: stderr,
-      });
-    }
-    if (!out.success) throw new OpensslError(args[0] ?? "", out.code, stderr);
-    return { stdout: out.stdout, stderr };
-  } finally {
-    if (options.cwd === undefined) await Deno.remove(cwd, { recursive: true }).catch(() => {});
+    child = new Deno.Command(program, {
+      args,
+      cwd: options.cwd,
+      env,
+      clearEnv: true,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+      signal,
+    }).spawn();
+  } catch (e) {
+    throw spawnError(program, e);
   }
+  const writer = child.stdin.getWriter();
+  // A child that exits early closes its stdin; its exit status tells the story.
+  const write = (bytes: Uint8Array | string) =>
+    writer.write(typeof bytes === "string" ? new TextEncoder().encode(bytes) : bytes)
+      .catch(() => {});
+  const started = stdin === undefined ? Promise.resolve() : write(stdin);
+  return {
+    async finish(input) {
+      await started;
+      if (input !== undefined) await write(input);
+      await writer.close().catch(() => {});
+      const out = await child.output();
+      const stderr = new TextDecoder().decode(out.stderr);
+      if (signal.aborted) {
+        throw new E2eError("ERR_OPENSSL_TIMEOUT", `openssl ${args[0]} did not finish in time`, {
+          detail: stderr,
+        });
+      }
+      if (!out.success) throw new OpensslError(args[0] ?? "", out.code, stderr);
+      return { stdout: out.stdout, stderr };
+    },
+    async cancel() {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* already gone */ }
+      await writer.close().catch(() => {});
+      await child.output().catch(() => {});
+    },
+  };
 }
 
 function spawnError(program: string, e: unknown): E2eError {
