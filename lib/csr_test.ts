@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { createPrivateKey, createPublicKey, sign } from "node:crypto";
 import { makeCsr } from "../tests/_helpers.ts";
-import { MAX_CSR_BYTES, parseCsr } from "./csr.ts";
+import { MAX_CSR_BYTES, parseCsr, subjectIsCommonName } from "./csr.ts";
 import { children, readDer } from "./der.ts";
 import { E2eError, type ErrorCode } from "./errors.ts";
 import { pemDecode, pemEncode } from "./pem.ts";
@@ -427,4 +427,36 @@ Deno.test("parseCsr() refuses an RSA key over 4096 bits, saying how large it is"
       /^Cannot sign request: an RSA key of 8192 bits is too large \(at most 4096\)$/,
     ),
   );
+});
+
+Deno.test("subjectIsCommonName() holds for a subject of exactly CN=name as a UTF8String, the form openssl ca -subj -utf8 writes", async () => {
+  const { csr } = await makeCsr("alice");
+  assert.equal(subjectIsCommonName(der(csr), "alice"), true);
+  assert.equal(subjectIsCommonName(der(csr), "bob"), false);
+  assert.equal(subjectIsCommonName(der(csr), "alic"), false);
+  assert.equal(subjectIsCommonName(der(csr), "alice2"), false);
+});
+
+Deno.test("subjectIsCommonName() fails any other subject: more attributes, a multi-valued RDN, two names, another string type", async () => {
+  for (
+    const subject of ["/O=Example Org/CN=alice", "/CN=alice/CN=alice", "/CN=alice+O=x", "/O=alice"]
+  ) {
+    const { csr } = await makeCsr("alice", { subject });
+    assert.equal(subjectIsCommonName(der(csr), "alice"), false, subject);
+  }
+  // The same request with its commonName as a PrintableString (0x13), signed again.
+  const { csr, key } = await makeCsr("alice");
+  const info = new Uint8Array(parts(der(csr)).info.raw);
+  const at = info.findIndex((b, i) => b === 0x0c && info[i + 1] === 5 && info[i + 2] === 0x61);
+  assert.ok(at > 0, "the request holds the UTF8String alice");
+  info[at] = 0x13;
+  const printable = resignEc(info, key);
+  assert.deepEqual(parseCsr(printable).commonNames, ["alice"]);
+  assert.equal(subjectIsCommonName(printable, "alice"), false);
+});
+
+Deno.test("subjectIsCommonName() is false, not an error, for bytes that are no request", () => {
+  assert.equal(subjectIsCommonName(new Uint8Array([0x30, 0x03, 0x02, 0x01]), "alice"), false);
+  assert.equal(subjectIsCommonName(new Uint8Array(), "alice"), false);
+  assert.equal(subjectIsCommonName(new Uint8Array([0x30, 0x00]), "alice"), false);
 });

@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { E2eError } from "./errors.ts";
-import { openssl, OpensslError, opensslProgram, PASSPHRASE_ARG } from "./openssl.ts";
+import { exists } from "./fs.ts";
+import { openssl, OpensslError, opensslProgram, PASSPHRASE_ARG, startOpenssl } from "./openssl.ts";
 
 const decoder = new TextDecoder();
 
@@ -274,4 +275,34 @@ Deno.test("openssl() runs in the given cwd and leaves it in place", async () => 
       assert.equal(await gone(dir), false);
     });
   });
+});
+
+Deno.test("startOpenssl() starts the child at once, and finish() hands it the rest of its stdin", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const run = startOpenssl(["enc", "-base64", "-out", "out.txt"], { cwd: dir, stdin: "abc" });
+    // openssl opens its output before it reads any input: the child runs before finish().
+    for (let i = 0; i < 500 && !(await exists(join(dir, "out.txt"))); i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.ok(await exists(join(dir, "out.txt")), "the child started before finish()");
+    await run.finish("def");
+    assert.equal(await Deno.readTextFile(join(dir, "out.txt")), "YWJjZGVm\n");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("startOpenssl() finish() reports a failed run as openssl() does", async () => {
+  const run = startOpenssl(["pkey", "-in", "/dev/stdin"], { cwd: Deno.cwd(), stdin: "not a " });
+  await assert.rejects(run.finish("key"), (e) => {
+    assert.ok(e instanceof OpensslError);
+    assert.equal(e.message, "openssl pkey failed with exit code 1");
+    return true;
+  });
+});
+
+Deno.test("startOpenssl() cancel() stops a child that still waits for its input", async () => {
+  const run = startOpenssl(["enc", "-base64"], { cwd: Deno.cwd(), stdin: "abc" });
+  await run.cancel(); // returns once the child is gone: the test's sanitizers check no process is left
 });
