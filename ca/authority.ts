@@ -851,7 +851,9 @@ export class CertificateAuthority {
     const i = fits ? this.#warm.findIndex((w) => w.days === job.spec.days) : -1;
     const [warm] = i < 0 ? [] : this.#warm.splice(i, 1);
     if (warm) clearTimeout(warm.timer);
-    // Requests that could not use one (a subject of another form) start none.
+    // The next ones start now, while this run signs (started during the commit instead, they
+    // slowed the commit by more than they saved). A request that could not use one (a subject of
+    // another form) starts none.
     while (fits && this.#warm.length + this.#warmStarts.size < WARM_SIGNERS) {
       const start: Promise<void> = this.#startWarm(job.spec.days, job.passphrase).then(
         async (started) => {
