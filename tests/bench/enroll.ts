@@ -283,6 +283,7 @@ export async function benchEnroll(
         `sign_probe_seq${k}`,
         `enroll_seq_server_p50${k}`,
         `openssl_ca_from_deno${k}`,
+        `openssl_ca_warm_from_deno${k}`,
         `invite_redeem${k}`,
         `transaction_overhead${k}`,
         `fsync_append${k}`,
@@ -397,6 +398,13 @@ export async function benchEnroll(
         "the `openssl ca` run of a signing, spawned " +
         "through lib/openssl.ts with the encrypted ca.key (authority.ts pipes the key it " +
         "decrypted once instead, which openssl loads faster) (vs openssl_sign_p50: from bash)",
+      ],
+      [
+        "opensslWarmMs",
+        "openssl_ca_warm_from_deno",
+        "the same run started ahead, as the service keeps two (authority.ts keepOpensslWarm): " +
+        "from handing it the request's extensions on stdin to its exit; its start-up overlaps " +
+        "the previous request",
       ],
       [
         "transactionMs",
