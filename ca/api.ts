@@ -369,6 +369,8 @@ export interface RelayParty {
   invitation: Invitation;
   /** The other party's name. */
   peer: string;
+  /** The serial of the caller's certificate (hex), to cut the session once it is revoked. */
+  serial: string;
 }
 
 /**
@@ -391,7 +393,7 @@ export async function relayParty(ctx: ApiContext, req: ApiRequest): Promise<Rela
   if (!await ctx.ca.current(peer)) {
     throw new E2eError("ERR_NOT_FOUND", `No valid certificate for "${peer}" in the directory`);
   }
-  return { user, invitation, peer };
+  return { user, invitation, peer, serial: checkPeer(req.peerDer!, ctx.anchor).serial };
 }
 
 /** The caller's name, from a client certificate issued by us, unexpired and current in our database. */

@@ -31,6 +31,8 @@ export const RELAY_IDLE_MS = 5 * 60_000;
 export const RELAY_BYTES_PER_DAY = 1024 ** 3;
 /** How long the first side waits for the other, in ms. */
 export const RELAY_WAIT_MS = 30_000;
+/** How often the service ends relay sessions of members whose certificate was revoked (ms). */
+export const RELAY_REVOCATION_CHECK_MS = 5_000;
 /**
  * How long the inviter has to pick up a relay request (in its long poll, which
  * a running client keeps open) before the waiting side is told it is not online, in ms.
@@ -85,6 +87,14 @@ export interface RelayOptions {
   /** Where log lines go. Default: nowhere. */
   log?: (line: string) => void;
   /**
+   * Whether a certificate serial is still current: given it, the relay runs
+   * {@linkcode Relay.cutRevoked} every `revocationCheckMs` while it holds
+   * sessions. Default: none (the service gives the CA's).
+   */
+  isCurrent?: (serial: string) => Promise<boolean>;
+  /** ms; Default: {@linkcode RELAY_REVOCATION_CHECK_MS}. */
+  revocationCheckMs?: number;
+  /**
    * For tests only: sees every byte spliced (after the service's own TLS is
    * removed), with the name of the member who sent it. Default: none.
    */
@@ -99,6 +109,8 @@ export interface RelaySide {
   name: string;
   /** The member expected on the other side. */
   peer: string;
+  /** The serial of this side's certificate (hex): see {@linkcode Relay.cutRevoked}. Default: none. */
+  serial?: string;
   /** The connection, its HTTP request read; nothing written to it yet. */
   socket: Socket;
   /** Bytes the client sent after its request headers. */
@@ -152,6 +164,7 @@ export class Relay {
   #waiting = new Map<number, Waiting>();
   #spliced = new Set<Spliced>();
   #used = new Map<string, { day: string; bytes: number }>();
+  #revocations?: ReturnType<typeof setInterval>;
 
   /**
    * An empty relay with these caps.
@@ -171,6 +184,16 @@ export class Relay {
     this.waitMs = options.waitMs ?? RELAY_WAIT_MS;
     this.#log = options.log ?? (() => {});
     this.#tap = options.tap;
+    const isCurrent = options.isCurrent;
+    if (isCurrent) {
+      let checking = false;
+      this.#revocations = setInterval(() => {
+        if (checking || this.pairs === 0) return;
+        checking = true;
+        this.cutRevoked(isCurrent).catch(() => {}).finally(() => checking = false);
+      }, options.revocationCheckMs ?? RELAY_REVOCATION_CHECK_MS);
+      Deno.unrefTimer(this.#revocations);
+    }
   }
 
   /** Sessions held now: waiting for their second side, or spliced. */
@@ -253,7 +276,37 @@ export class Relay {
   }
 
   /** Closes every session (at shutdown). */
+  /**
+   * Ends every session, waiting or spliced, with a side whose certificate is
+   * no longer current (revoked, superseded or expired since it joined), as
+   * every other route refuses it from then on; returns how many it ended.
+   * With {@linkcode RelayOptions.isCurrent} the relay runs it by itself.
+   */
+  async cutRevoked(isCurrent: (serial: string) => Promise<boolean>): Promise<number> {
+    const revoked = async (side: RelaySide) =>
+      side.serial !== undefined && !await isCurrent(side.serial);
+    let cut = 0;
+    for (const w of [...this.#waiting.values()]) {
+      if (!await revoked(w) || this.#waiting.get(w.invitation) !== w) continue;
+      this.#unwait(w);
+      w.socket.destroy();
+      this.#log(
+        `e2e-chat-ca: relay wait of ${w.name} ended, invitation ${w.invitation}: ` +
+          "its certificate is no longer valid",
+      );
+      cut++;
+    }
+    for (const s of [...this.#spliced]) {
+      const side = await revoked(s.a) ? s.a : await revoked(s.b) ? s.b : undefined;
+      if (!side || s.closed) continue;
+      this.#end(s, `the certificate of ${side.name} is no longer valid`);
+      cut++;
+    }
+    return cut;
+  }
+
   close(): void {
+    clearInterval(this.#revocations);
     for (const w of [...this.#waiting.values()]) {
       this.#unwait(w);
       w.socket.destroy();

@@ -268,3 +268,65 @@ Deno.test("relayError() closes the connection even when the client never closes 
     await new Promise<void>((resolve) => server.close(() => resolve()));
   }
 });
+
+Deno.test("the relay ends spliced and waiting sessions of a member whose certificate is no longer current, and leaves the others", async () => {
+  await withSockets(async (pair) => {
+    const logs: string[] = [];
+    const current = new Set(["A1", "B1", "C1", "D1"]);
+    const relay = new Relay({
+      log: (l) => logs.push(l),
+      isCurrent: (serial) => Promise.resolve(current.has(serial)),
+      revocationCheckMs: 20,
+    });
+    try {
+      const [a, alice] = await pair();
+      const [b, bob] = await pair();
+      const [c, carol] = await pair();
+      const [d, dave] = await pair();
+      const [e, erin] = await pair();
+      relay.join({ ...side(b, 1, "bob", "alice"), serial: "B1" });
+      relay.join({ ...side(a, 1, "alice", "bob"), serial: "A1" });
+      relay.join({ ...side(d, 2, "dave", "carol"), serial: "D1" });
+      relay.join({ ...side(c, 2, "carol", "dave"), serial: "C1" });
+      relay.join({ ...side(e, 3, "bob", "frank"), serial: "B1" }); // bob waits for frank
+      assert.equal(relay.pairs, 3);
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal(relay.pairs, 3, "nothing is cut while every certificate is current");
+
+      current.delete("B1"); // bob revoked
+      await Promise.all([bob.closed, alice.closed, erin.closed]);
+      assert.equal(relay.pairs, 1);
+      assert.ok(!carol.socket.destroyed && !dave.socket.destroyed, "carol and dave stay joined");
+      assert.ok(
+        logs.some((l) =>
+          /relay closed bob<->alice .*the certificate of bob is no longer valid/.test(l)
+        ),
+        logs.join("\n"),
+      );
+      assert.ok(
+        logs.some((l) =>
+          /relay wait of bob ended, invitation 3: its certificate is no longer valid/.test(l)
+        ),
+        logs.join("\n"),
+      );
+    } finally {
+      relay.close();
+    }
+  });
+});
+
+Deno.test("Relay.cutRevoked() leaves sides without a serial alone, and returns how many sessions it ended", async () => {
+  await withSockets(async (pair) => {
+    const relay = new Relay();
+    try {
+      const [a] = await pair();
+      const [b] = await pair();
+      relay.join(side(b, 1, "bob", "alice"));
+      relay.join(side(a, 1, "alice", "bob"));
+      assert.equal(await relay.cutRevoked(() => Promise.resolve(false)), 0);
+      assert.equal(relay.pairs, 1);
+    } finally {
+      relay.close();
+    }
+  });
+});

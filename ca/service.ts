@@ -208,6 +208,8 @@ export class CaService {
     server.on("secureConnection", (socket: TLSSocket) => awaitHeaders(socket));
     const relay = new Relay({
       maxPairs: relayPairBudget(guard.maxConnections),
+      // A member revoked (by this process or `ca revoke`) loses its relay sessions within seconds.
+      isCurrent: (serial) => ca.isCurrent(serial),
       ...options.relay,
       log,
     });
@@ -411,6 +413,7 @@ async function serveRelay(
       socket,
       head: new Uint8Array(head),
       early,
+      serial: party.serial,
     });
     if (typeof joined === "object") {
       status = joined.status;

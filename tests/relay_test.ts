@@ -20,7 +20,7 @@ import { enroll } from "../client/identity.ts";
 import { dialRelay } from "../client/relay.ts";
 import { parseInvite } from "../lib/invite.ts";
 import { type Credentials, trustAnchor } from "../lib/tls.ts";
-import { ChatClient, connect, e2eError, stopAll, waitUntil } from "./_harness.ts";
+import { ChatClient, connect, deadline, e2eError, stopAll, waitUntil } from "./_harness.ts";
 import { joinUser, selfSigned } from "./_chat_helpers.ts";
 import { makeCsr, PASSPHRASE, runCa, withTempDir } from "./_helpers.ts";
 import { makeInvite, runClient, withService } from "./_service_helpers.ts";
@@ -342,6 +342,46 @@ Deno.test("a spliced pair outlives the service's idle limit for requests: the re
       atAlice.destroy();
     }
   }, { idleTimeoutMs: 200 });
+});
+
+Deno.test("revoking a member with `ca revoke` in another process ends its spliced relay session within seconds; other sessions go on", async () => {
+  await withTappedService(async ({ ca, service, dir, logs }) => {
+    const anchor = trustAnchor(ca.certificate.pem);
+    const [alice, bob, carol] = await Promise.all(
+      ["alice", "bob", "carol"].map((n) => member(ca, n)),
+    );
+    const client = (own: Credentials) => new CaClient(service.url, anchor, own);
+    const { id } = await client(alice).offer("bob");
+    const { id: other } = await client(alice).offer("carol");
+    const sockets = await Promise.all([
+      dialRelay(service.url, anchor, id, { own: bob }),
+      dialRelay(service.url, anchor, id, { own: alice }),
+      dialRelay(service.url, anchor, other, { own: carol }),
+      dialRelay(service.url, anchor, other, { own: alice }),
+    ]);
+    const [atBob, atAlice, atCarol, atAlice2] = sockets;
+    try {
+      const closed = (s: typeof atBob) =>
+        new Promise<void>((resolve) => s.once("close", () => resolve()));
+      const bobGone = Promise.all([closed(atBob), closed(atAlice)]);
+      const revoked = await runCa(join(dir, "ca-home"), ["revoke", "bob"]);
+      assert.equal(revoked.code, 0, revoked.stderr);
+      await deadline(bobGone, 10_000, "the relay to end bob's session");
+      assert.ok(
+        logs.some((l) => /relay closed .*the certificate of bob is no longer valid/.test(l)),
+        logs.join("\n"),
+      );
+      // alice and carol's session still carries bytes.
+      const got = new Promise<string>((resolve) =>
+        atCarol.once("data", (d: Uint8Array) => resolve(new TextDecoder().decode(d)))
+      );
+      atCarol.resume();
+      atAlice2.write("still joined");
+      assert.equal(await deadline(got, 10_000, "alice's bytes at carol"), "still joined");
+    } finally {
+      for (const s of sockets) s.destroy();
+    }
+  }, { relay: { revocationCheckMs: 50 } });
 });
 
 Deno.test("ca serve refuses relay caps that are not whole numbers above 0, or a bad idle time, before it opens the CA", async () => {
