@@ -831,8 +831,12 @@ export class CertificateAuthority {
    * this process's (see #warmKey), and is stopped after `idleMs` unused
    * (default 30 s; its start date was set when it started). A request whose
    * subject is not exactly `CN=name` as a UTF8String is signed the usual way.
+   * The first call removes the key copies that runs of a killed process left.
    */
   keepOpensslWarm(options: { idleMs?: number } = {}): void {
+    if (!this.#keepWarm && !this.#warm.length && !this.#warmStarts.size) {
+      removeKeyCopies(this.paths);
+    }
     this.#keepWarm = true;
     this.#warmIdleMs = options.idleMs ?? WARM_IDLE_MS;
   }
@@ -988,6 +992,21 @@ function removeFolder(path: string): void {
   try {
     Deno.removeSync(path, { recursive: true });
   } catch { /* removed later, once old (store.ts) */ }
+}
+
+// The CA key copies (key.pem) that runs started ahead by a process killed since left in their
+// signing folders, which a later transaction removes only once ten minutes old, and one process
+// only once: a service restarted at once would keep them for good. A run of another process that
+// is still starting fails without its copy, and its signing runs cold (one already started has
+// read it).
+function removeKeyCopies(paths: CaPaths): void {
+  try {
+    for (const entry of Deno.readDirSync(paths.signing)) {
+      try {
+        Deno.removeSync(join(paths.signing, entry.name, "key.pem"));
+      } catch { /* none there */ }
+    }
+  } catch { /* no signing folder yet */ }
 }
 
 // A probe write tells a full disk apart from other failures.

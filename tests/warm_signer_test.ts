@@ -352,3 +352,39 @@ Deno.test("a CA service killed with SIGKILL leaves no openssl run behind: its ru
     );
   });
 });
+
+/** The CA key copies (key.pem) of signing folders. */
+function keyCopies(home: string): string[] {
+  return signingFolders(home).map((f) => join(home, "ca", "tmp", "signing", f, "key.pem"))
+    .filter((p) => {
+      try {
+        return Deno.statSync(p).isFile;
+      } catch {
+        return false;
+      }
+    });
+}
+
+Deno.test("a CA service restarted after a SIGKILL removes the CA key copies its predecessor's runs started ahead left in signing folders", async () => {
+  await withTempDir(async (dir) => {
+    const home = join(dir, "ca-home");
+    const runs = await killedWithRunsAhead(home);
+    await waitUntil(
+      async () => (await runsUnder(home)).length === 0,
+      "the orphans to exit",
+      10_000,
+    );
+    const left = runs.map((r) => join(r.cwd, "key.pem"));
+    assert.deepEqual(keyCopies(home).sort(), left.sort(), "the crash left both copies");
+    const service = await startService(home);
+    try {
+      await enrollUser(service, "bob");
+      for (const copy of left) {
+        assert.equal(await Deno.stat(copy).then(() => true, () => false), false, `${copy} is left`);
+      }
+    } finally {
+      await service.stop();
+    }
+    assert.deepEqual(keyCopies(home), [], "no copy of the CA key outlives the service");
+  });
+});
