@@ -388,3 +388,54 @@ Deno.test("a CA service restarted after a SIGKILL removes the CA key copies its 
     assert.deepEqual(keyCopies(home), [], "no copy of the CA key outlives the service");
   });
 });
+
+// ---------------------------------------------------------------------------
+// failures, concurrency, days
+
+Deno.test("a signing whose run started ahead died is signed again cold: the request gets its certificate, and nothing is left behind", async () => {
+  await withWarmCa(async (ca, home) => {
+    const { csr: first } = await makeCsr("zed");
+    await ca.sign(first, "zed");
+    const runs = await waitForWarm(home, 2);
+    for (const run of runs) Deno.kill(run.pid, "SIGKILL");
+    const { csr } = await makeCsr("alice");
+    const { certificate } = await ca.sign(csr, "alice");
+    assert.equal(certificate.x509.subject, "CN=alice");
+    assert.ok(certificate.x509.verify(ca.certificate.x509.publicKey));
+    const index = await readIndex(ca.paths);
+    assert.deepEqual(index.filter((e) => e.name === "alice").map((e) => [e.status, e.serial]), [
+      ["V", certificate.serial],
+    ]);
+    // A dead run keeps its place until a signing takes it (that one also goes cold).
+    const { csr: bob } = await makeCsr("bob");
+    assert.equal((await ca.sign(bob, "bob")).certificate.x509.subject, "CN=bob");
+    // Only the runs started for the next signings are left.
+    const left = await waitForWarm(home, 2);
+    assert.ok(left.every((r) => !runs.some((old) => old.pid === r.pid)));
+    assert.deepEqual(signingFolders(home).sort(), left.map((r) => r.cwd.split("/").pop()).sort());
+  });
+});
+
+Deno.test("eight signings at once, with runs started ahead, each get their own certificate for their own name and key, all committed", async () => {
+  await withWarmCa(async (ca, home) => {
+    const { csr: first } = await makeCsr("zed");
+    await ca.sign(first, "zed");
+    await waitForWarm(home, 2);
+    const names = Array.from({ length: 8 }, (_, i) => `user${i}`);
+    const csrs = await Promise.all(names.map((n) => makeCsr(n)));
+    const issued = await Promise.all(names.map((n, i) => ca.sign(csrs[i].csr, n)));
+    const serials = new Set<string>();
+    for (const [i, { certificate }] of issued.entries()) {
+      assert.equal(certificate.x509.subject, `CN=${names[i]}`);
+      assert.equal(certificate.x509.subjectAltName, `DNS:${names[i]}`);
+      const key = createPrivateKey(csrs[i].key);
+      assert.ok(certificate.x509.checkPrivateKey(key), `${names[i]} has its own key`);
+      serials.add(certificate.serial);
+    }
+    assert.equal(serials.size, 8);
+    const index = await readIndex(ca.paths);
+    for (const [i, { certificate }] of issued.entries()) {
+      assert.ok(index.some((e) => e.serial === certificate.serial && e.name === names[i]));
+    }
+  });
+});
