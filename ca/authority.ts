@@ -855,6 +855,9 @@ export class CertificateAuthority {
     const i = fits ? this.#warm.findIndex((w) => w.days === job.spec.days) : -1;
     const [warm] = i < 0 ? [] : this.#warm.splice(i, 1);
     if (warm) clearTimeout(warm.timer);
+    // Runs of other days (started by a service certificate's renewal, say) would hold both
+    // places until idle and keep every signing meanwhile cold: they make way for these days.
+    if (fits && !warm) { for (const other of this.#warm.splice(0)) this.#discardWarm(other); }
     // Requests that could not use one (a subject of another form) start none.
     while (fits && this.#warm.length + this.#warmStarts.size < WARM_SIGNERS) {
       const start: Promise<void> = this.#startWarm(job.spec.days, job.passphrase).then(

@@ -439,3 +439,22 @@ Deno.test("eight signings at once, with runs started ahead, each get their own c
     }
   });
 });
+
+Deno.test("a signing of other days than the runs started ahead is signed cold with its own days, and the runs started next are of its days", async () => {
+  await withWarmCa(async (ca, home) => {
+    const { csr: first } = await makeCsr("zed");
+    await ca.sign(first, "zed", { days: 3 });
+    const threeDay = await waitForWarm(home, 2);
+    assert.ok(threeDay.every((r) => r.args.join(" ").includes("-days 3 ")));
+    const { csr } = await makeCsr("alice");
+    const before = Date.now();
+    const { certificate } = await ca.sign(csr, "alice");
+    assert.ok(Math.abs(certificate.notAfter.getTime() - (before + 7 * DAY_MS)) < 60_000);
+    // A service certificate's renewal (30 days) must not keep the members' signings cold.
+    await waitUntil(
+      async () => (await warmRuns(home)).filter((r) => r.args.includes("7")).length === 2,
+      "two runs of 7 days started ahead",
+      10_000,
+    );
+  });
+});
