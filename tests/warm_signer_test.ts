@@ -458,3 +458,56 @@ Deno.test("a signing of other days than the runs started ahead is signed cold wi
     );
   });
 });
+
+/** Signs `csr` for `name` once two runs wait, and checks that one of them signed it. */
+async function signWarm(
+  ca: CertificateAuthority,
+  home: string,
+  csr: string,
+  name: string,
+): Promise<Awaited<ReturnType<CertificateAuthority["sign"]>>> {
+  const runs = await waitForWarm(home, 2);
+  const issued = await ca.sign(csr, name);
+  const left = (await warmRuns(home)).map((r) => r.pid);
+  assert.equal(runs.filter((r) => !left.includes(r.pid)).length, 1, "a run started ahead signed");
+  return issued;
+}
+
+Deno.test("a warm-signed certificate ignores the extensions a request asks for, as a cold-signed one does", async () => {
+  await withWarmCa(async (ca, home) => {
+    const { csr: first, key } = await makeCsr("alice");
+    const cold = (await ca.sign(first, "alice")).certificate;
+    const { csr } = await makeCsr("alice", {
+      keyPem: key,
+      addext: [
+        "basicConstraints=critical,CA:TRUE",
+        "subjectAltName=DNS:evil.example",
+        "keyUsage=critical,keyCertSign",
+        "crlDistributionPoints=URI:http://evil.example/crl.der",
+      ],
+    });
+    const { certificate } = await signWarm(ca, home, csr, "alice");
+    assert.equal(certificate.x509.ca, false);
+    assert.equal(certificate.x509.subjectAltName, "DNS:alice");
+    assert.equal(hex(profile(certificate.pem).extensions), hex(profile(cold.pem).extensions));
+  });
+});
+
+Deno.test("runs started ahead sign for an Ed25519 CA and an RSA-4096 CA as for an EC one", async () => {
+  for (const keyType of ["ed25519", "rsa-4096"] as const) {
+    await withTempDir(async (home) => {
+      const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType });
+      ca.keepOpensslWarm();
+      try {
+        const { csr: first } = await makeCsr("zed");
+        await ca.sign(first, "zed");
+        const { csr } = await makeCsr("alice");
+        const { certificate } = await signWarm(ca, home, csr, "alice");
+        assert.ok(certificate.x509.verify(ca.certificate.x509.publicKey), keyType);
+        assert.equal(certificate.x509.subject, "CN=alice");
+      } finally {
+        await ca.stopWarmOpenssl();
+      }
+    });
+  }
+});
