@@ -214,6 +214,7 @@ export class CertificateAuthority {
   #keepWarm = false;
   #warm: WarmSigner[] = [];
   #warmStarts = new Set<Promise<void>>();
+  #discarding = new Set<Promise<void>>();
   #warmIdleMs = WARM_IDLE_MS;
   #warmKeyPem?: Promise<{ pem: string; secret: string }>;
 
@@ -845,7 +846,9 @@ export class CertificateAuthority {
   async stopWarmOpenssl(): Promise<void> {
     this.#keepWarm = false;
     await Promise.all(this.#warmStarts);
-    await Promise.all(this.#warm.splice(0).map((warm) => this.#discardWarm(warm)));
+    for (const warm of this.#warm.splice(0)) this.#discardWarm(warm);
+    // Also those the idle timer or a signing of other days began to stop.
+    await Promise.all(this.#discarding);
   }
 
   // A run started ahead for this job, if one fits it; either way, the next ones start.
@@ -925,10 +928,12 @@ export class CertificateAuthority {
     return pending;
   }
 
-  async #discardWarm(warm: WarmSigner): Promise<void> {
+  #discardWarm(warm: WarmSigner): Promise<void> {
     clearTimeout(warm.timer);
-    await warm.run.cancel();
-    removeFolder(warm.dir);
+    const done: Promise<void> = warm.run.cancel().then(() => removeFolder(warm.dir))
+      .finally(() => this.#discarding.delete(done));
+    this.#discarding.add(done);
+    return done;
   }
 
   #maxDays(): number {

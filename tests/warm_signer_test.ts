@@ -61,6 +61,7 @@ async function environOf(pid: number): Promise<string[]> {
 /** The runs started ahead: `openssl ca` reading its extensions from stdin. */
 async function warmRuns(home: string): Promise<Run[]> {
   return (await runsUnder(home)).filter((r) =>
+    /openssl$/.test(r.args[0]) &&
     r.args.includes("/dev/stdin") && r.args.includes("ca")
   );
 }
@@ -510,4 +511,39 @@ Deno.test("runs started ahead sign for an Ed25519 CA and an RSA-4096 CA as for a
       }
     });
   }
+});
+
+Deno.test("stopWarmOpenssl() waits for the runs the idle timer is stopping: none of them, nor its folder, outlives it", async () => {
+  await withTempDir(async (dir) => {
+    // An openssl whose runs started ahead have their output pipes outlive them by three seconds
+    // (a child of their own keeps them): stopping one takes that long.
+    const wrapper = join(dir, "openssl");
+    const real = (await new Deno.Command("sh", { args: ["-c", "command -v openssl"] }).output())
+      .stdout;
+    await Deno.writeTextFile(
+      wrapper,
+      `#!/bin/sh\ncase "$*" in *"-extfile /dev/stdin"*) (sleep 3) & ;; esac\nexec '${
+        new TextDecoder().decode(real).trim()
+      }' "$@"\n`,
+      { mode: 0o755 },
+    );
+    const home = join(dir, "home");
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+    const { csr } = await makeCsr("alice");
+    const before = Deno.env.get("E2E_CHAT_OPENSSL");
+    Deno.env.set("E2E_CHAT_OPENSSL", wrapper);
+    ca.keepOpensslWarm({ idleMs: 1_000 });
+    try {
+      await ca.sign(csr, "alice");
+      await waitForWarm(home, 2);
+      // The idle timer has stopped both (killed, their folders not yet removed).
+      await waitUntil(async () => (await warmRuns(home)).length === 0, "the idle stop", 5_000);
+      await ca.stopWarmOpenssl();
+      assert.deepEqual(signingFolders(home), [], "a folder outlived stopWarmOpenssl()");
+    } finally {
+      if (before === undefined) Deno.env.delete("E2E_CHAT_OPENSSL");
+      else Deno.env.set("E2E_CHAT_OPENSSL", before);
+      await ca.stopWarmOpenssl();
+    }
+  });
 });
