@@ -892,6 +892,12 @@ export class CertificateAuthority {
         if (i >= 0) this.#discardWarm(this.#warm.splice(i, 1)[0]);
       }, this.#warmIdleMs);
       Deno.unrefTimer(warm.timer);
+      // One that dies while it waits (killed, out of memory) would hold its place, and fail the
+      // signing that takes it: it makes way at once.
+      run.exited.then(() => {
+        const i = this.#warm.indexOf(warm);
+        if (i >= 0) this.#discardWarm(this.#warm.splice(i, 1)[0]);
+      });
       return warm;
     } catch (e) {
       removeFolder(dir);

@@ -407,7 +407,7 @@ Deno.test("a signing whose run started ahead died is signed again cold: the requ
     assert.deepEqual(index.filter((e) => e.name === "alice").map((e) => [e.status, e.serial]), [
       ["V", certificate.serial],
     ]);
-    // A dead run keeps its place until a signing takes it (that one also goes cold).
+    // And the next one, whichever way it is signed.
     const { csr: bob } = await makeCsr("bob");
     assert.equal((await ca.sign(bob, "bob")).certificate.x509.subject, "CN=bob");
     // Only the runs started for the next signings are left.
@@ -545,5 +545,20 @@ Deno.test("stopWarmOpenssl() waits for the runs the idle timer is stopping: none
       else Deno.env.set("E2E_CHAT_OPENSSL", before);
       await ca.stopWarmOpenssl();
     }
+  });
+});
+
+Deno.test("a run started ahead that dies while it waits makes way: the next signing starts two again, and the one after is signed warm", async () => {
+  await withWarmCa(async (ca, home) => {
+    const { csr: first } = await makeCsr("zed");
+    await ca.sign(first, "zed");
+    const runs = await waitForWarm(home, 2);
+    for (const run of runs) Deno.kill(run.pid, "SIGKILL");
+    await waitUntil(async () => (await warmRuns(home)).length === 0, "the runs to die", 5_000);
+    const { csr: alice } = await makeCsr("alice");
+    await ca.sign(alice, "alice");
+    const { csr: bob } = await makeCsr("bob");
+    const { certificate } = await signWarm(ca, home, bob, "bob");
+    assert.equal(certificate.x509.subject, "CN=bob");
   });
 });
