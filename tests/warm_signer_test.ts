@@ -562,3 +562,21 @@ Deno.test("a run started ahead that dies while it waits makes way: the next sign
     assert.equal(certificate.x509.subject, "CN=bob");
   });
 });
+
+Deno.test("a CA service stopped with SIGTERM right after an enrollment stops its runs started ahead and leaves no folder or key copy behind", async () => {
+  await withTempDir(async (dir) => {
+    const home = join(dir, "ca-home");
+    await initCa(home);
+    const service = await startService(home);
+    try {
+      await enrollUser(service, "alice");
+      // Stopped while the runs it starts are still starting, or just started.
+      service.proc.kill("SIGTERM");
+      assert.equal((await service.proc.status).code, 0);
+    } finally {
+      await service.stop();
+    }
+    assert.deepEqual(await runsUnder(home), []);
+    assert.deepEqual(signingFolders(home), []);
+  });
+});
