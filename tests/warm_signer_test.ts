@@ -580,3 +580,22 @@ Deno.test("a CA service stopped with SIGTERM right after an enrollment stops its
     assert.deepEqual(signingFolders(home), []);
   });
 });
+
+Deno.test("a replacement signed warm revokes the old certificate as superseded and commits the new key's", async () => {
+  await withWarmCa(async (ca, home) => {
+    const { csr: first } = await makeCsr("alice");
+    const old = (await ca.sign(first, "alice")).certificate;
+    const next = await makeCsr("alice");
+    const runs = await waitForWarm(home, 2);
+    const { certificate, superseded } = await ca.sign(next.csr, "alice", { replace: true });
+    const left = (await warmRuns(home)).map((r) => r.pid);
+    assert.equal(runs.filter((r) => !left.includes(r.pid)).length, 1, "a run started ahead signed");
+    assert.deepEqual(superseded, [old.serial]);
+    assert.ok(certificate.x509.checkPrivateKey(createPrivateKey(next.key)));
+    const index = await readIndex(ca.paths);
+    assert.deepEqual(index.map((e) => [e.status, e.serial, e.reason ?? ""]), [
+      ["R", old.serial, "superseded"],
+      ["V", certificate.serial, ""],
+    ]);
+  });
+});
