@@ -30,9 +30,10 @@ interface Run {
 }
 
 // Deno's permissions keep /proc from a test without --allow-all: a shell reads it (--allow-run).
-const PROC_SCRIPT = `for d in /proc/[0-9]*; do
-  c=$(readlink "$d/cwd" 2>/dev/null) || continue
-  case "$c" in "$ROOT"*) printf '%s\\t%s\\t' "\${d#/proc/}" "$c"; tr '\\0' ' ' < "$d/cmdline"; echo;; esac
+const PROC_SCRIPT =
+  `find /proc -mindepth 2 -maxdepth 2 -name cwd -lname "$ROOT*" -printf '%h\\t%l\\n' |
+while IFS="$(printf '\\t')" read -r d c; do
+  printf '%s\\t%s\\t' "\${d#/proc/}" "$c"; tr '\\0' ' ' < "$d/cmdline"; echo
 done`;
 
 /** The live processes working in a folder under `home` (zombies and others' are skipped). */
@@ -232,7 +233,7 @@ Deno.test("runs started ahead and left unused are stopped after idleMs, and thei
       15_000,
     );
     await waitUntil(() => signingFolders(home).length === 0, "their folders to go", 5_000);
-  }, { idleMs: 500 });
+  }, { idleMs: 1_500 });
 });
 
 Deno.test("stopWarmOpenssl() called while a signing starts runs ahead leaves no openssl run and no signing folder once the signing is settled", async () => {
@@ -515,14 +516,14 @@ Deno.test("runs started ahead sign for an Ed25519 CA and an RSA-4096 CA as for a
 
 Deno.test("stopWarmOpenssl() waits for the runs the idle timer is stopping: none of them, nor its folder, outlives it", async () => {
   await withTempDir(async (dir) => {
-    // An openssl whose runs started ahead have their output pipes outlive them by three seconds
+    // An openssl whose runs started ahead have their output pipes outlive them by four seconds
     // (a child of their own keeps them): stopping one takes that long.
     const wrapper = join(dir, "openssl");
     const real = (await new Deno.Command("sh", { args: ["-c", "command -v openssl"] }).output())
       .stdout;
     await Deno.writeTextFile(
       wrapper,
-      `#!/bin/sh\ncase "$*" in *"-extfile /dev/stdin"*) (sleep 3) & ;; esac\nexec '${
+      `#!/bin/sh\ncase "$*" in *"-extfile /dev/stdin"*) (sleep 4) & ;; esac\nexec '${
         new TextDecoder().decode(real).trim()
       }' "$@"\n`,
       { mode: 0o755 },
@@ -532,7 +533,7 @@ Deno.test("stopWarmOpenssl() waits for the runs the idle timer is stopping: none
     const { csr } = await makeCsr("alice");
     const before = Deno.env.get("E2E_CHAT_OPENSSL");
     Deno.env.set("E2E_CHAT_OPENSSL", wrapper);
-    ca.keepOpensslWarm({ idleMs: 1_000 });
+    ca.keepOpensslWarm({ idleMs: 1_500 });
     try {
       await ca.sign(csr, "alice");
       await waitForWarm(home, 2);
