@@ -214,6 +214,7 @@ export class CertificateAuthority {
   #keepWarm = false;
   #warm: WarmSigner[] = [];
   #warmStarts = new Set<Promise<void>>();
+  #discarding = new Set<Promise<void>>();
   #warmIdleMs = WARM_IDLE_MS;
   #warmKeyPem?: Promise<{ pem: string; secret: string }>;
 
@@ -831,8 +832,12 @@ export class CertificateAuthority {
    * this process's (see #warmKey), and is stopped after `idleMs` unused
    * (default 30 s; its start date was set when it started). A request whose
    * subject is not exactly `CN=name` as a UTF8String is signed the usual way.
+   * The first call removes the key copies that runs of a killed process left.
    */
   keepOpensslWarm(options: { idleMs?: number } = {}): void {
+    if (!this.#keepWarm && !this.#warm.length && !this.#warmStarts.size) {
+      removeKeyCopies(this.paths);
+    }
     this.#keepWarm = true;
     this.#warmIdleMs = options.idleMs ?? WARM_IDLE_MS;
   }
@@ -841,7 +846,9 @@ export class CertificateAuthority {
   async stopWarmOpenssl(): Promise<void> {
     this.#keepWarm = false;
     await Promise.all(this.#warmStarts);
-    await Promise.all(this.#warm.splice(0).map((warm) => this.#discardWarm(warm)));
+    for (const warm of this.#warm.splice(0)) this.#discardWarm(warm);
+    // Also those the idle timer or a signing of other days began to stop.
+    await Promise.all(this.#discarding);
   }
 
   // A run started ahead for this job, if one fits it; either way, the next ones start.
@@ -851,6 +858,9 @@ export class CertificateAuthority {
     const i = fits ? this.#warm.findIndex((w) => w.days === job.spec.days) : -1;
     const [warm] = i < 0 ? [] : this.#warm.splice(i, 1);
     if (warm) clearTimeout(warm.timer);
+    // Runs of other days (started by a service certificate's renewal, say) would hold both
+    // places until idle and keep every signing meanwhile cold: they make way for these days.
+    if (fits && !warm) { for (const other of this.#warm.splice(0)) this.#discardWarm(other); }
     // The next ones start now, while this run signs (started during the commit instead, they
     // slowed the commit by more than they saved). A request that could not use one (a subject of
     // another form) starts none.
@@ -884,6 +894,12 @@ export class CertificateAuthority {
         if (i >= 0) this.#discardWarm(this.#warm.splice(i, 1)[0]);
       }, this.#warmIdleMs);
       Deno.unrefTimer(warm.timer);
+      // One that dies while it waits (killed, out of memory) would hold its place, and fail the
+      // signing that takes it: it makes way at once.
+      run.exited.then(() => {
+        const i = this.#warm.indexOf(warm);
+        if (i >= 0) this.#discardWarm(this.#warm.splice(i, 1)[0]);
+      });
       return warm;
     } catch (e) {
       removeFolder(dir);
@@ -920,10 +936,12 @@ export class CertificateAuthority {
     return pending;
   }
 
-  async #discardWarm(warm: WarmSigner): Promise<void> {
+  #discardWarm(warm: WarmSigner): Promise<void> {
     clearTimeout(warm.timer);
-    await warm.run.cancel();
-    removeFolder(warm.dir);
+    const done: Promise<void> = warm.run.cancel().then(() => removeFolder(warm.dir))
+      .finally(() => this.#discarding.delete(done));
+    this.#discarding.add(done);
+    return done;
   }
 
   #maxDays(): number {
@@ -990,6 +1008,21 @@ function removeFolder(path: string): void {
   try {
     Deno.removeSync(path, { recursive: true });
   } catch { /* removed later, once old (store.ts) */ }
+}
+
+// The CA key copies (key.pem) that runs started ahead by a process killed since left in their
+// signing folders, which a later transaction removes only once ten minutes old, and one process
+// only once: a service restarted at once would keep them for good. A run of another process that
+// is still starting fails without its copy, and its signing runs cold (one already started has
+// read it).
+function removeKeyCopies(paths: CaPaths): void {
+  try {
+    for (const entry of Deno.readDirSync(paths.signing)) {
+      try {
+        Deno.removeSync(join(paths.signing, entry.name, "key.pem"));
+      } catch { /* none there */ }
+    }
+  } catch { /* no signing folder yet */ }
 }
 
 // A probe write tells a full disk apart from other failures.

@@ -105,6 +105,8 @@ export interface OpensslRun {
   finish(input?: Uint8Array | string): Promise<OpensslResult>;
   /** Stops a run that will not be finished, and waits until the child is gone. */
   cancel(): Promise<void>;
+  /** Resolves once the child has exited, whatever ended it (never rejects). */
+  readonly exited: Promise<void>;
 }
 
 /**
@@ -183,6 +185,7 @@ export function startOpenssl(
       await writer.close().catch(() => {});
       await child.output().catch(() => {});
     },
+    exited: child.status.then(() => {}, () => {}),
   };
 }
 
