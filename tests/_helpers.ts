@@ -97,12 +97,17 @@ export function runCa(home: string, args: string[], options: RunOptions = {}): P
   });
 }
 
-/** A snapshot of every file under `dir` (path → content), to prove nothing changed. */
+/**
+ * A snapshot of every file under `dir` (path → content), to prove nothing changed. It leaves out
+ * a CA's `tmp/signing/`: the openssl runs a CA service keeps started ahead come and go there on
+ * their own (ca/authority.ts `keepOpensslWarm`).
+ */
 export async function snapshot(dir: string): Promise<Map<string, string>> {
   const files = new Map<string, string>();
   async function walk(d: string) {
     for await (const entry of Deno.readDir(d)) {
       const path = join(d, entry.name);
+      if (entry.isDirectory && path.endsWith(join("tmp", "signing"))) continue;
       if (entry.isDirectory) await walk(path);
       else if (entry.isFile) files.set(path, await Deno.readTextFile(path));
     }

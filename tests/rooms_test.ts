@@ -165,9 +165,16 @@ async function fiveMembers(s: Scene): Promise<void> {
   assert.deepEqual(shown(alice, kept[0]), ["bob:after they went"]);
   assert.deepEqual(shown(carol, kept[1]), ["bob:after they went"]);
 
-  // A member who joins late receives messages from then on (and nothing from before).
+  // A member who joins late receives messages from then on (and nothing from before): from when
+  // each author learns of the join (a message bob sends before that is not for dave).
+  const bobMark = bob.mark();
   await addMember(alice, dave, true);
   const late = dave.mark();
+  await waitUntil(
+    () => bob.since(bobMark, { type: "room_member", room: ROOM, name: "dave" }).length > 0,
+    "bob to learn that dave joined again",
+    ROOM_WAIT_MS,
+  );
   await bob.send(`/msg ${ROOM} welcome back`);
   await dave.expect({ type: "room_message", from: "bob", text: "welcome back" }, ROOM_WAIT_MS);
   await dave.expectNone(late, { type: "room_message", text: "after they went" }, 300);
