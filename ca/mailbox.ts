@@ -34,6 +34,11 @@ export interface MailboxLimits {
   maxItems: number;
   /** Bytes waiting for one recipient. */
   maxBytes: number;
+  /**
+   * Bytes waiting for all recipients together: members cannot fill the disk the CA commits
+   * its certificates on, however many they are.
+   */
+  maxTotalBytes: number;
   /** How long an item is kept, ms. */
   ttlMs: number;
 }
@@ -41,11 +46,12 @@ export interface MailboxLimits {
 /** Overhead of CMS around the content: certificates, recipient info, signature, header. */
 export const CMS_OVERHEAD_BYTES = 64 * 1024;
 
-/** 8 MiB files (plus overhead), 200 items and 64 MiB per recipient, 7 days. */
+/** 8 MiB files (plus overhead), 200 items and 64 MiB per recipient, 1 GiB in all, 7 days. */
 export const DEFAULT_MAILBOX_LIMITS: Readonly<MailboxLimits> = {
   maxItemBytes: 8 * 1024 * 1024 + CMS_OVERHEAD_BYTES,
   maxItems: 200,
   maxBytes: 64 * 1024 * 1024,
+  maxTotalBytes: 1024 * 1024 * 1024,
   ttlMs: 7 * 86_400_000,
 };
 
@@ -66,6 +72,9 @@ export class Mailbox {
   #waiters = new Map<string, Set<() => void>>();
   // Posts under way per recipient (checked, not yet stored): they count against the quota.
   #posting = new Map<string, { items: number; bytes: number }>();
+  // Bytes of the items stored, and of the posts under way, for all recipients.
+  #stored = 0;
+  #postingBytes = 0;
   #timer?: ReturnType<typeof setInterval>;
   #now: () => number;
 
@@ -148,6 +157,14 @@ export class Mailbox {
         { hint: `try again once "${to}" has fetched them` },
       );
     }
+    const total = this.#stored + this.#postingBytes;
+    if (total + item.length > this.limits.maxTotalBytes) {
+      throw new E2eError(
+        "ERR_QUOTA",
+        `The mailbox is full: ${total} bytes wait for all members, and ${item.length} more would exceed ${this.limits.maxTotalBytes}`,
+        { hint: "try again once members have fetched theirs (the CA's --mailbox-total)" },
+      );
+    }
     const now = this.#now();
     const record: ItemRecord = {
       id: newId(),
@@ -162,6 +179,7 @@ export class Mailbox {
     posting.items++;
     posting.bytes += item.length;
     this.#posting.set(to, posting);
+    this.#postingBytes += item.length;
     try {
       await ensurePrivateDir(dir, { durable: true });
       // The item first, then its record: a crash between them leaves an orphan, not a hole.
@@ -173,8 +191,9 @@ export class Mailbox {
       );
       // Both names durable before the sender hears "queued" (one fsync of the folder).
       await syncDir(dir);
-      box.set(record.id, record);
+      this.#keep(box, record);
     } finally {
+      this.#postingBytes -= item.length;
       posting.items--;
       posting.bytes -= item.length;
       if (posting.items === 0) this.#posting.delete(to);
@@ -250,6 +269,11 @@ export class Mailbox {
     return box;
   }
 
+  #keep(box: Map<string, ItemRecord>, record: ItemRecord): void {
+    if (!box.has(record.id)) this.#stored += sizeOf(record);
+    box.set(record.id, record);
+  }
+
   async #expire(to: string): Promise<void> {
     const now = this.#now();
     for (const record of [...this.#boxes.get(to)?.values() ?? []]) {
@@ -259,7 +283,7 @@ export class Mailbox {
 
   async #delete(record: ItemRecord): Promise<void> {
     const dir = this.#paths.mailboxOf(record.to);
-    this.#boxes.get(record.to)?.delete(record.id);
+    if (this.#boxes.get(record.to)?.delete(record.id)) this.#stored -= sizeOf(record);
     // The record first: once it is gone the item no longer exists, even if the next step fails.
     await Deno.remove(join(dir, `${record.id}.json`)).catch(() => {});
     await Deno.remove(join(dir, `${record.id}.cms`)).catch(() => {});
@@ -282,7 +306,7 @@ export class Mailbox {
       try {
         const record = JSON.parse(await Deno.readTextFile(join(dir, name))) as ItemRecord;
         if (record.id === m[1] && record.to === to && names.has(`${m[1]}.cms`)) {
-          box.set(record.id, record);
+          this.#keep(box, record);
           continue;
         }
       } catch { /* unreadable: removed below */ }
@@ -294,6 +318,11 @@ export class Mailbox {
       if (orphan) await Deno.remove(join(dir, name)).catch(() => {});
     }
   }
+}
+
+// A record's size as the total counts it (a record read back from disk is not trusted blindly).
+function sizeOf(record: ItemRecord): number {
+  return Number.isSafeInteger(record.size) && record.size > 0 ? record.size : 0;
 }
 
 function newId(): string {

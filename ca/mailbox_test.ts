@@ -163,3 +163,44 @@ Deno.test("Mailbox.post() holds to the recipient's quota when posts come at once
     }
   });
 });
+
+Deno.test("Mailbox.post() holds to the total for all recipients, posts at once included, counts what it reopens, and frees what is removed", async () => {
+  await withTempDir(async (home) => {
+    const limits = { maxItemBytes: 100, maxItems: 10, maxBytes: 1000, maxTotalBytes: 250 };
+    let mailbox = await Mailbox.open(new CaPaths(home), limits);
+    try {
+      const posts = await Promise.allSettled(
+        ["bob", "carol", "dave", "erin"].map((to) => mailbox.post("alice", to, item(100))),
+      );
+      assert.equal(posts.filter((p) => p.status === "fulfilled").length, 2);
+      await assert.rejects(
+        mailbox.post("alice", "frank", item(51)),
+        e2eError(
+          "ERR_QUOTA",
+          "The mailbox is full: 200 bytes wait for all members, and 51 more would exceed 250",
+        ),
+      );
+      await mailbox.post("alice", "frank", item(50));
+    } finally {
+      mailbox.close();
+    }
+    // Reopened (a restart): what waits on disk counts.
+    mailbox = await Mailbox.open(new CaPaths(home), limits);
+    try {
+      await assert.rejects(
+        mailbox.post("alice", "grace", item(1)),
+        e2eError("ERR_QUOTA", /^The mailbox is full: 250 bytes wait/),
+      );
+      const [first] = mailbox.list("frank");
+      await mailbox.remove("frank", first.id);
+      await mailbox.remove("frank", first.id).catch(() => {}); // twice: counted once
+      await mailbox.post("alice", "grace", item(50));
+      await assert.rejects(
+        mailbox.post("alice", "grace", item(1)),
+        e2eError("ERR_QUOTA", /^The mailbox is full: 250 bytes wait/),
+      );
+    } finally {
+      mailbox.close();
+    }
+  });
+});

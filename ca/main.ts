@@ -38,15 +38,16 @@ const USAGE = `Usage: deno task ca [command] [options]
 Commands:
   serve   [--host 127.0.0.1] [--port 65433] [--name HOST]... [--rendezvous-ttl 5m]
           [--enroll-rate 10] [--crl-port 65434] [--mailbox-ttl 7d] [--mailbox-items 200]
-          [--mailbox-bytes 67108864] [--relay-pairs 8] [--relay-total N]
-          [--relay-idle 5m] [--relay-day-mib 1024]
+          [--mailbox-bytes 67108864] [--mailbox-total 1073741824]
+          [--relay-pairs 8] [--relay-total N] [--relay-idle 5m] [--relay-day-mib 1024]
           Run the CA service (HTTPS), and the CRL over plain HTTP on --crl-port
           (the URL every certificate issued names; the first --name is its host,
           and the host invites name).
           --enroll-rate: enrollment attempts allowed per address per minute
           (members behind one NAT share an address: raise it for a class).
           The mailbox keeps items for offline members for --mailbox-ttl, at most
-          --mailbox-items items and --mailbox-bytes bytes per recipient.
+          --mailbox-items items and --mailbox-bytes bytes per recipient,
+          and --mailbox-total bytes for all recipients together.
           The relay joins members who cannot connect directly: at most
           --relay-pairs sessions per member, --relay-total in all (default a
           quarter of the connection cap), closed after --relay-idle without a
@@ -153,6 +154,7 @@ async function serve(args: string[]): Promise<number> {
     "mailbox-ttl": { type: "string" },
     "mailbox-items": { type: "string" },
     "mailbox-bytes": { type: "string" },
+    "mailbox-total": { type: "string" },
     "relay-pairs": { type: "string" },
     "relay-total": { type: "string" },
     "relay-idle": { type: "string" },
@@ -165,9 +167,16 @@ async function serve(args: string[]): Promise<number> {
     ttlMs: values["mailbox-ttl"] ? parseDuration(values["mailbox-ttl"]) : undefined,
     maxItems: intOption(values["mailbox-items"], "--mailbox-items"),
     maxBytes: intOption(values["mailbox-bytes"], "--mailbox-bytes"),
+    maxTotalBytes: intOption(values["mailbox-total"], "--mailbox-total"),
   };
-  if (mailboxLimits.maxItems === 0 || mailboxLimits.maxBytes === 0) {
-    throw new E2eError("ERR_USAGE", "--mailbox-items and --mailbox-bytes take a number from 1");
+  if (
+    mailboxLimits.maxItems === 0 || mailboxLimits.maxBytes === 0 ||
+    mailboxLimits.maxTotalBytes === 0
+  ) {
+    throw new E2eError(
+      "ERR_USAGE",
+      "--mailbox-items, --mailbox-bytes and --mailbox-total take a number from 1",
+    );
   }
   const port = intOption(values.port, "--port") ?? DEFAULT_PORT;
   if (port > 65535) throw new E2eError("ERR_USAGE", "--port takes a number from 0 to 65535");

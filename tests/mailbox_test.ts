@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { encodeItem, newItemId, seal } from "../lib/cms.ts";
 import { openssl } from "../lib/openssl.ts";
 import { signBehindTheirBacks } from "./_dishonest_ca.ts";
-import { makeCsr } from "./_helpers.ts";
+import { makeCsr, runCa, withTempDir } from "./_helpers.ts";
 import { ChatClient, runTask, stopAll, waitUntil } from "./_harness.ts";
 import { joinUser, type User, userAt } from "./_chat_helpers.ts";
 import {
@@ -521,5 +521,23 @@ Deno.test("a dishonest CA cannot forge an item: one signed by a certificate it i
       async () => (await world.stored("bob")).length === 0,
       "the refused item acknowledged",
     );
+  });
+});
+
+Deno.test("ca serve refuses mailbox caps of 0 or not numbers, --mailbox-total included, before it opens the CA", async () => {
+  await withTempDir(async (dir) => {
+    const home = join(dir, "no-ca-yet");
+    const both = "--mailbox-items, --mailbox-bytes and --mailbox-total take a number from 1";
+    const cases: Array<[string[], string]> = [
+      [["--mailbox-total", "0"], both],
+      [["--mailbox-items", "0"], both],
+      [["--mailbox-total", "1G"], '--mailbox-total takes a whole number, not "1G"'],
+    ];
+    for (const [flags, message] of cases) {
+      const result = await runCa(home, ["serve", "--port", "0", ...flags]);
+      assert.equal(result.code, 2, result.stderr);
+      assert.ok(result.stderr.includes(`e2e-chat: error: ${message}`), result.stderr);
+    }
+    assert.equal(await Deno.stat(home).then(() => true, () => false), false, "no CA was made");
   });
 });
