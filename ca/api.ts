@@ -380,7 +380,7 @@ export interface RelayParty {
  * parties (403 otherwise).
  */
 export async function relayParty(ctx: ApiContext, req: ApiRequest): Promise<RelayParty> {
-  const user = await authenticate(ctx, req);
+  const { commonName: user, serial } = await authenticated(ctx, req);
   const id = wholeNumber(req.query.get("invitation") ?? "", "invitation", Number.MAX_SAFE_INTEGER);
   const invitation = ctx.rendezvous.get(id);
   // Someone else's invitation gets the same answer as none: whether another member's invitation
@@ -393,11 +393,16 @@ export async function relayParty(ctx: ApiContext, req: ApiRequest): Promise<Rela
   if (!await ctx.ca.current(peer)) {
     throw new E2eError("ERR_NOT_FOUND", `No valid certificate for "${peer}" in the directory`);
   }
-  return { user, invitation, peer, serial: checkPeer(req.peerDer!, ctx.anchor).serial };
+  return { user, invitation, peer, serial };
 }
 
 /** The caller's name, from a client certificate issued by us, unexpired and current in our database. */
 async function authenticate(ctx: ApiContext, req: ApiRequest): Promise<string> {
+  return (await authenticated(ctx, req)).commonName;
+}
+
+/** The caller's client certificate, checked as {@linkcode authenticate} says. */
+async function authenticated(ctx: ApiContext, req: ApiRequest): Promise<CertificateInfo> {
   if (!req.peerDer) {
     throw new E2eError("ERR_UNAUTHENTICATED", "This route needs a client certificate", {
       hint: "enroll first: deno task client join INVITE",
@@ -415,7 +420,7 @@ async function authenticate(ctx: ApiContext, req: ApiRequest): Promise<string> {
   if (!await ctx.ca.isCurrent(info.serial)) {
     throw new E2eError("ERR_FORBIDDEN", "The client certificate is revoked or superseded");
   }
-  return info.commonName;
+  return info;
 }
 
 async function directory(ctx: ApiContext, name: string): Promise<CertificateInfo> {
