@@ -112,6 +112,46 @@ Deno.test("the checkpoint is a C2SP signed note by the CA-certified log key", as
   });
 });
 
+Deno.test("a checkpoint a power cut took back or emptied is signed again at the next start, byte for byte", async () => {
+  await withCa(async (ca) => {
+    await ca.openLog();
+    await issue(ca, "alice");
+    const older = await Deno.readTextFile(ca.paths.logCheckpoint);
+    const bob = await issue(ca, "bob");
+    const latest = await Deno.readTextFile(ca.paths.logCheckpoint);
+    assert.notEqual(latest, older);
+    // The checkpoint is not fsynced (the entries are): after a power cut it may be either.
+    for (const left of [older, ""]) {
+      await Deno.writeTextFile(ca.paths.logCheckpoint, left);
+      const restarted = await CertificateAuthority.open(ca.paths.home, { passphrase: PASSPHRASE });
+      const log = await restarted.openLog(); // as the service does when it starts
+      assert.equal(await Deno.readTextFile(ca.paths.logCheckpoint), latest);
+      assert.equal((await log.checkpoint()).text, latest);
+      verifyLogProof(bob, await log.proofOf(bob), logKeyOf(ca));
+    }
+  });
+});
+
+Deno.test("a checkpoint another process put in place is checked again, though this one signed the last", async () => {
+  await withCa(async (ca) => {
+    const log = await ca.openLog();
+    await issue(ca, "alice");
+    const signed = await Deno.readTextFile(ca.paths.logCheckpoint);
+    // Same lines, another signature: the text differs from what this process wrote.
+    const forged = signed.replace(
+      /— (\S+) (\S+)\n$/,
+      (_, name, sig: string) =>
+        `— ${name} ${sig.slice(0, 10)}${sig[10] === "A" ? "B" : "A"}${sig.slice(11)}\n`,
+    );
+    assert.notEqual(forged, signed);
+    await Deno.writeTextFile(ca.paths.logCheckpoint, forged);
+    await assert.rejects(
+      () => log.checkpoint(),
+      (e) => e instanceof E2eError && e.code === "ERR_LOG_INVALID",
+    );
+  });
+});
+
 Deno.test("damage past the last whole record is kept as evidence: the next sync refuses and cuts nothing", async () => {
   await withCa(async (ca) => {
     await ca.openLog();

@@ -6,6 +6,7 @@ import {
   readUpTo,
   readUpToSync,
   withTempDir,
+  writeDerivedFileSync,
   writeFileAtomic,
 } from "./fs.ts";
 
@@ -109,6 +110,38 @@ Deno.test("writeFileAtomic() fails in a missing folder without leaving anything"
       Deno.errors.NotFound,
     );
     assert.deepEqual(await names(dir), []);
+  });
+});
+
+Deno.test("writeDerivedFileSync() replaces a file whole, with its mode, and leaves no temp file", async () => {
+  await withScratch(async (dir) => {
+    const path = join(dir, "checkpoint");
+    await Deno.writeTextFile(path, "old contents that are longer\n");
+    const reader = await Deno.open(path);
+    try {
+      writeDerivedFileSync(path, "new\n", 0o640);
+      const buffer = new Uint8Array(64);
+      const n = await reader.read(buffer);
+      assert.equal(
+        new TextDecoder().decode(buffer.subarray(0, n ?? 0)),
+        "old contents that are longer\n",
+      );
+    } finally {
+      reader.close();
+    }
+    assert.equal(await Deno.readTextFile(path), "new\n");
+    assert.equal(mode(await Deno.stat(path)), 0o640);
+    assert.deepEqual(await names(dir), ["checkpoint"]);
+  });
+});
+
+Deno.test("writeDerivedFileSync() that cannot replace its target throws and leaves no temp file", async () => {
+  await withScratch(async (dir) => {
+    const path = join(dir, "checkpoint");
+    await Deno.mkdir(join(path, "in-the-way"), { recursive: true });
+    assert.throws(() => writeDerivedFileSync(path, "new\n"), Error);
+    assert.deepEqual(await names(dir), ["checkpoint"]);
+    assert.ok((await Deno.stat(path)).isDirectory);
   });
 });
 
