@@ -254,7 +254,7 @@ async function enroll(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   let issued: { name: string; certificate: CertificateInfo };
   try {
     // A request the policy refuses is refused before the token is reserved.
-    ctx.ca.checkRequest(csr, await ctx.invites.nameOf(body.token));
+    await ctx.ca.checkRequest(csr, await ctx.invites.nameOf(body.token));
     issued = await ctx.invites.redeem(body.token, async (name, claim) => {
       // The admin invited this name: a new key replaces a lost one. The token is used exactly
       // when the certificate is committed: its serial is claimed on disk before the index line.

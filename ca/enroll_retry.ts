@@ -52,7 +52,7 @@ export async function issuedBefore(
   if (!issued) return undefined;
   let keyFingerprint: string;
   try {
-    keyFingerprint = ca.checkRequest(csr, issued.name).request.keyFingerprint;
+    keyFingerprint = (await ca.checkRequest(csr, issued.name)).request.keyFingerprint;
   } catch (e) {
     if (e instanceof E2eError) return undefined;
     throw e;

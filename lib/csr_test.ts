@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { createPrivateKey, createPublicKey, sign } from "node:crypto";
 import { makeCsr } from "../tests/_helpers.ts";
-import { MAX_CSR_BYTES, parseCsr, subjectIsCommonName } from "./csr.ts";
+import { MAX_CSR_BYTES, parseCsr, parseCsrAsync, subjectIsCommonName } from "./csr.ts";
 import { children, readDer } from "./der.ts";
 import { E2eError, type ErrorCode } from "./errors.ts";
 import { pemDecode, pemEncode } from "./pem.ts";
@@ -459,4 +459,40 @@ Deno.test("subjectIsCommonName() is false, not an error, for bytes that are no r
   assert.equal(subjectIsCommonName(new Uint8Array([0x30, 0x03, 0x02, 0x01]), "alice"), false);
   assert.equal(subjectIsCommonName(new Uint8Array(), "alice"), false);
   assert.equal(subjectIsCommonName(new Uint8Array([0x30, 0x00]), "alice"), false);
+});
+
+Deno.test("parseCsrAsync() reads what parseCsr() reads and refuses what it refuses, with the same errors", async () => {
+  const requests: Array<[string, Uint8Array | string]> = [];
+  for (const keyType of ["ec-p256", "ec-p384", "rsa-2048", "ed25519"] as const) {
+    const { csr } = await makeCsr("alice", { keyType });
+    requests.push([keyType, csr]);
+    const tampered = der(csr);
+    tampered[tampered.length - 1] ^= 0x01;
+    requests.push([`${keyType}, signature tampered with`, tampered]);
+  }
+  const { csr, key } = await makeCsr("alice");
+  const other = await makeCsr("alice");
+  const { info, algorithm, signature } = parts(der(csr));
+  requests.push(["EC, signed by another key", resignEc(info.raw, other.key)]);
+  requests.push(["EC, signed again by its own key", resignEc(info.raw, key)]);
+  const value = signature.value.slice();
+  value[0] = 1;
+  requests.push(["unused bits", tlv(0x30, info.raw, algorithm.raw, tlv(0x03, value))]);
+  requests.push(["garbage", "not a request"]);
+  const outcome = async (fn: () => unknown) => {
+    try {
+      const csr = await fn() as { commonNames: string[]; keyFingerprint: string };
+      return { names: csr.commonNames, key: csr.keyFingerprint };
+    } catch (e) {
+      return { code: (e as E2eError).code, message: (e as E2eError).message };
+    }
+  };
+  const seen = new Set<string>();
+  for (const [what, request] of requests) {
+    const sync = await outcome(() => parseCsr(request));
+    assert.deepEqual(await outcome(() => parseCsrAsync(request)), sync, what);
+    seen.add("code" in sync ? String(sync.code) : "ok");
+  }
+  // Every kind of outcome was seen, so the comparison covered each.
+  assert.deepEqual([...seen].sort(), ["ERR_CSR_INVALID", "ERR_CSR_SIGNATURE", "ok"]);
 });

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { generateKeyPairSync, type KeyObject, sign } from "node:crypto";
-import { DerError, type DerNode, readDer } from "./der.ts";
-import { verifySignature } from "./signature.ts";
+import { children, DerError, type DerNode, readDer, Tag } from "./der.ts";
+import { verifySignature, verifySignatureAsync } from "./signature.ts";
 import { tlv } from "./_der_builder.ts";
 
 /** An OBJECT IDENTIFIER element from its dotted form. */
@@ -210,4 +210,198 @@ Deno.test("verifySignature() throws DerError for a malformed algorithm identifie
   ) {
     assert.throws(() => verifySignature(TBS, node, signature, ec.publicKey), DerError);
   }
+});
+
+Deno.test("verifySignatureAsync() gives verifySignature()'s verdict in every case", async () => {
+  const changed = TBS.slice();
+  changed[0] ^= 0x01;
+  const flipped = (hash: string | null, key: KeyObject) => {
+    const bytes = new Uint8Array(sign(hash, TBS, key));
+    bytes[bytes.length - 1] ^= 0x01;
+    return bitString(bytes);
+  };
+  const cases: Array<[string, string, DerNode, KeyObject, Uint8Array, string]> = [
+    ["RSA SHA-256", OID.sha256WithRSA, signed("sha256", rsa.privateKey), rsa.publicKey, TBS, "ok"],
+    [
+      "ECDSA P-256 SHA-256",
+      OID.ecdsaSha256,
+      signed("sha256", ec.privateKey),
+      ec.publicKey,
+      TBS,
+      "ok",
+    ],
+    [
+      "ECDSA P-256 SHA-384",
+      OID.ecdsaSha384,
+      signed("sha384", ec.privateKey),
+      ec.publicKey,
+      TBS,
+      "ok",
+    ],
+    [
+      "ECDSA P-256 SHA-512",
+      OID.ecdsaSha512,
+      signed("sha512", ec.privateKey),
+      ec.publicKey,
+      TBS,
+      "ok",
+    ],
+    [
+      "ECDSA P-384 SHA-384",
+      OID.ecdsaSha384,
+      signed("sha384", ec384.privateKey),
+      ec384.publicKey,
+      TBS,
+      "ok",
+    ],
+    [
+      "ECDSA P-384 SHA-256",
+      OID.ecdsaSha256,
+      signed("sha256", ec384.privateKey),
+      ec384.publicKey,
+      TBS,
+      "ok",
+    ],
+    ["Ed25519", OID.ed25519, signed(null, ed.privateKey), ed.publicKey, TBS, "ok"],
+    [
+      "ECDSA, changed bytes",
+      OID.ecdsaSha256,
+      signed("sha256", ec.privateKey),
+      ec.publicKey,
+      changed,
+      "invalid",
+    ],
+    [
+      "ECDSA P-384, changed bytes",
+      OID.ecdsaSha384,
+      signed("sha384", ec384.privateKey),
+      ec384.publicKey,
+      changed,
+      "invalid",
+    ],
+    [
+      "ECDSA, changed signature",
+      OID.ecdsaSha256,
+      flipped("sha256", ec.privateKey),
+      ec.publicKey,
+      TBS,
+      "invalid",
+    ],
+    [
+      "ECDSA, empty signature",
+      OID.ecdsaSha256,
+      bitString(new Uint8Array()),
+      ec.publicKey,
+      TBS,
+      "invalid",
+    ],
+    [
+      "ECDSA, another key",
+      OID.ecdsaSha256,
+      signed("sha256", ec.privateKey),
+      otherEc.publicKey,
+      TBS,
+      "invalid",
+    ],
+    [
+      "ECDSA, another hash named",
+      OID.ecdsaSha384,
+      signed("sha256", ec.privateKey),
+      ec.publicKey,
+      TBS,
+      "invalid",
+    ],
+    [
+      "ECDSA named for Ed25519",
+      OID.ecdsaSha256,
+      signed(null, ed.privateKey),
+      ed.publicKey,
+      TBS,
+      "invalid",
+    ],
+    [
+      "RSA as ECDSA",
+      OID.ecdsaSha256,
+      signed("sha256", rsa.privateKey),
+      rsa.publicKey,
+      TBS,
+      "invalid",
+    ],
+    [
+      "ECDSA as RSA",
+      OID.sha256WithRSA,
+      signed("sha256", ec.privateKey),
+      ec.publicKey,
+      TBS,
+      "invalid",
+    ],
+    [
+      "ECDSA with SHA-1",
+      OID.ecdsaSha1,
+      signed("sha1", ec.privateKey),
+      ec.publicKey,
+      TBS,
+      "unsupported",
+    ],
+    ["Ed448", OID.ed448, signed(null, ed448.privateKey), ed448.publicKey, TBS, "unsupported"],
+  ];
+  for (const [what, dotted, signature, key, tbs, verdict] of cases) {
+    assert.equal(verifySignature(tbs, algorithm(dotted), signature, key), verdict, what);
+    assert.equal(await verifySignatureAsync(tbs, algorithm(dotted), signature, key), verdict, what);
+  }
+});
+
+Deno.test("verifySignatureAsync() throws DerError for a missing or malformed signature, as verifySignature() does", async () => {
+  const good = new Uint8Array(sign("sha256", TBS, ec.privateKey));
+  const alg = algorithm(OID.ecdsaSha256);
+  for (
+    const node of [
+      undefined,
+      readDer(tlv(0x04, good)),
+      bitString(good, 1),
+      readDer(Uint8Array.of(0x03, 0x00)),
+    ]
+  ) {
+    assert.throws(() => verifySignature(TBS, alg, node, ec.publicKey), DerError);
+    await assert.rejects(() => verifySignatureAsync(TBS, alg, node, ec.publicKey), DerError);
+  }
+});
+
+Deno.test("verifySignatureAsync() takes an ECDSA signature only in its one canonical DER form, as openssl does", async () => {
+  // Signatures here are deterministic (RFC 6979): other bytes give other r and s. One whose r
+  // needs the 0x00 that keeps it positive, and one whose r does not.
+  const parts = (der: Uint8Array) => children(readDer(der), Tag.SEQUENCE).map((n) => n.value);
+  const find = (padded: boolean) => {
+    for (let i = 0; i < 200; i++) {
+      const data = new TextEncoder().encode(`request ${i}`);
+      const der = new Uint8Array(sign("sha256", data, ec.privateKey));
+      const [r] = parts(der);
+      if ((r.length === 33) === padded && (padded || r[0] > 0)) return { der, data };
+    }
+    throw new Error("no such signature in 200 tries");
+  };
+  const alg = algorithm(OID.ecdsaSha256);
+  const check = (der: Uint8Array, data: Uint8Array) =>
+    verifySignatureAsync(data, alg, bitString(der), ec.publicKey);
+  const int = (v: Uint8Array) => tlv(0x02, v);
+  const seq = (...items: Uint8Array[]) => tlv(0x30, ...items);
+  const plain = find(false);
+  const padded = find(true);
+  assert.equal(await check(plain.der, plain.data), "ok");
+  assert.equal(await check(padded.der, padded.data), "ok");
+
+  const [r, s] = parts(plain.der);
+  const [pr, ps] = parts(padded.der);
+  const forms: Array<[string, Uint8Array, Uint8Array]> = [
+    ["a 0x00 that is not needed", seq(int(Uint8Array.of(0, ...r)), int(s)), plain.data],
+    ["the needed 0x00 left out (a negative r)", seq(int(pr.subarray(1)), int(ps)), padded.data],
+    ["r longer than the curve", seq(int(Uint8Array.of(1, ...r)), int(s)), plain.data],
+    ["r zero", seq(int(Uint8Array.of(0)), int(s)), plain.data],
+    ["r empty", seq(int(new Uint8Array()), int(s)), plain.data],
+    ["a third number", seq(int(r), int(s), int(Uint8Array.of(1))), plain.data],
+    ["one number", seq(int(r)), plain.data],
+    ["bytes after the sequence", Uint8Array.of(...seq(int(r), int(s)), 0), plain.data],
+    ["r as an OCTET STRING", seq(tlv(0x04, r), int(s)), plain.data],
+  ];
+  for (const [what, der, data] of forms) assert.equal(await check(der, data), "invalid", what);
 });
