@@ -552,6 +552,27 @@ export class CertificateAuthority {
   }
 
   /**
+   * Whether the key of certificate `serial` is still its member's: `serial` is current, or
+   * was superseded (or expired) and the name's current certificate has the same key — a
+   * renewal, which connections made with the old one outlive. A revocation for any other
+   * reason, or a new key for the name, is never outlived.
+   */
+  async keyIsCurrent(serial: string): Promise<boolean> {
+    const entry = await this.#index.find(serial);
+    if (!entry) return false;
+    if (entry.status === "V" && entry.expires.getTime() > Date.now()) return true;
+    if (entry.status === "R" && entry.reason !== "superseded") return false;
+    try {
+      const current = await this.current(entry.name);
+      if (!current) return false;
+      const old = parseCertificate(await Deno.readTextFile(this.paths.certFile(entry.serial)));
+      return old.keyFingerprint === current.keyFingerprint;
+    } catch {
+      return false; // a certificate that cannot be read keeps nothing open
+    }
+  }
+
+  /**
    * The issuance log (ca/log.ts), made on first use: an Ed25519 key encrypted
    * under the CA passphrase like ca.key, certified by the CA as "e2e-chat log",
    * then every certificate of the database appended and a checkpoint signed.

@@ -6,7 +6,8 @@
  *
  * Caps (defaults; `ca serve` flags change them): an item at most
  * {@linkcode DEFAULT_MAILBOX_LIMITS}.maxItemBytes (an 8 MiB file plus CMS
- * overhead); per recipient at most 200 items and 64 MiB waiting; each item
+ * overhead); per recipient at most 200 items and 64 MiB waiting; 1 GiB for all
+ * recipients together, a quarter of it for one sender's items; each item
  * kept 7 days at most (then deleted, never delivered). An item is on disk,
  * fsynced, before its POST is answered, so a service killed at any moment
  * keeps every item it acknowledged; it is deleted when the recipient
@@ -39,6 +40,13 @@ export interface MailboxLimits {
    * its certificates on, however many they are.
    */
   maxTotalBytes: number;
+  /**
+   * Bytes one sender's items take, for all recipients together: without it, one member
+   * posting to offline members one after another filled the total and refused everyone else's
+   * items for up to the time to live. Default: a quarter of `maxTotalBytes`, at least
+   * `maxItemBytes`.
+   */
+  maxSenderBytes?: number;
   /** How long an item is kept, ms. */
   ttlMs: number;
 }
@@ -75,6 +83,8 @@ export class Mailbox {
   // Bytes of the items stored, and of the posts under way, for all recipients.
   #stored = 0;
   #postingBytes = 0;
+  // Bytes of each sender's items, stored or under way.
+  #bySender = new Map<string, number>();
   #timer?: ReturnType<typeof setInterval>;
   #now: () => number;
 
@@ -165,6 +175,17 @@ export class Mailbox {
         { hint: "try again once members have fetched theirs (the CA's --mailbox-total)" },
       );
     }
+    const mine = this.#bySender.get(from) ?? 0;
+    // A quarter of the total, and never less than one largest item (a small --mailbox-total).
+    const maxSender = this.limits.maxSenderBytes ??
+      Math.max(Math.floor(this.limits.maxTotalBytes / 4), this.limits.maxItemBytes);
+    if (mine + item.length > maxSender) {
+      throw new E2eError(
+        "ERR_QUOTA",
+        `Your items waiting in the mailbox take ${mine} bytes, and ${item.length} more would exceed ${maxSender}`,
+        { hint: "try again once your recipients have fetched them" },
+      );
+    }
     const now = this.#now();
     const record: ItemRecord = {
       id: newId(),
@@ -180,6 +201,7 @@ export class Mailbox {
     posting.bytes += item.length;
     this.#posting.set(to, posting);
     this.#postingBytes += item.length;
+    this.#charge(from, item.length);
     try {
       await ensurePrivateDir(dir, { durable: true });
       // The item first, then its record: a crash between them leaves an orphan, not a hole.
@@ -194,6 +216,7 @@ export class Mailbox {
       this.#keep(box, record);
     } finally {
       this.#postingBytes -= item.length;
+      this.#charge(from, -item.length);
       posting.items--;
       posting.bytes -= item.length;
       if (posting.items === 0) this.#posting.delete(to);
@@ -270,8 +293,17 @@ export class Mailbox {
   }
 
   #keep(box: Map<string, ItemRecord>, record: ItemRecord): void {
-    if (!box.has(record.id)) this.#stored += sizeOf(record);
+    if (!box.has(record.id)) {
+      this.#stored += sizeOf(record);
+      this.#charge(record.from, sizeOf(record));
+    }
     box.set(record.id, record);
+  }
+
+  #charge(from: string, bytes: number): void {
+    const left = (this.#bySender.get(from) ?? 0) + bytes;
+    if (left > 0) this.#bySender.set(from, left);
+    else this.#bySender.delete(from);
   }
 
   async #expire(to: string): Promise<void> {
@@ -283,7 +315,10 @@ export class Mailbox {
 
   async #delete(record: ItemRecord): Promise<void> {
     const dir = this.#paths.mailboxOf(record.to);
-    if (this.#boxes.get(record.to)?.delete(record.id)) this.#stored -= sizeOf(record);
+    if (this.#boxes.get(record.to)?.delete(record.id)) {
+      this.#stored -= sizeOf(record);
+      this.#charge(record.from, -sizeOf(record));
+    }
     // The record first: once it is gone the item no longer exists, even if the next step fails.
     await Deno.remove(join(dir, `${record.id}.json`)).catch(() => {});
     await Deno.remove(join(dir, `${record.id}.cms`)).catch(() => {});

@@ -166,7 +166,13 @@ Deno.test("Mailbox.post() holds to the recipient's quota when posts come at once
 
 Deno.test("Mailbox.post() holds to the total for all recipients, posts at once included, counts what it reopens, and frees what is removed", async () => {
   await withTempDir(async (home) => {
-    const limits = { maxItemBytes: 100, maxItems: 10, maxBytes: 1000, maxTotalBytes: 250 };
+    const limits = {
+      maxItemBytes: 100,
+      maxItems: 10,
+      maxBytes: 1000,
+      maxTotalBytes: 250,
+      maxSenderBytes: 250,
+    };
     let mailbox = await Mailbox.open(new CaPaths(home), limits);
     try {
       const posts = await Promise.allSettled(
@@ -199,6 +205,46 @@ Deno.test("Mailbox.post() holds to the total for all recipients, posts at once i
         mailbox.post("alice", "grace", item(1)),
         e2eError("ERR_QUOTA", /^The mailbox is full: 250 bytes wait/),
       );
+    } finally {
+      mailbox.close();
+    }
+  });
+});
+
+Deno.test("Mailbox.post() holds one sender to a quarter of the total, posts at once and what it reopens included, so one member cannot fill the mailbox for everyone", async () => {
+  await withTempDir(async (home) => {
+    const limits = { maxItemBytes: 100, maxItems: 10, maxBytes: 1000, maxTotalBytes: 400 };
+    let mailbox = await Mailbox.open(new CaPaths(home), limits);
+    try {
+      // mallory posts to one offline member after another: a quarter of the total, no more.
+      const posts = await Promise.allSettled(
+        ["bob", "carol", "dave"].map((to) => mailbox.post("mallory", to, item(40))),
+      );
+      assert.equal(posts.filter((p) => p.status === "fulfilled").length, 2);
+      await assert.rejects(
+        mailbox.post("mallory", "erin", item(21)),
+        e2eError(
+          "ERR_QUOTA",
+          "Your items waiting in the mailbox take 80 bytes, and 21 more would exceed 100",
+        ),
+      );
+      await mailbox.post("mallory", "erin", item(20));
+      // Everyone else still has the rest.
+      await mailbox.post("alice", "bob", item(100));
+      await mailbox.post("carol", "bob", item(100));
+    } finally {
+      mailbox.close();
+    }
+    // Reopened (a restart): what waits on disk counts for its sender.
+    mailbox = await Mailbox.open(new CaPaths(home), limits);
+    try {
+      await assert.rejects(
+        mailbox.post("mallory", "frank", item(1)),
+        e2eError("ERR_QUOTA", /^Your items waiting in the mailbox take 100 bytes/),
+      );
+      const [first] = mailbox.list("erin");
+      await mailbox.remove("erin", first.id);
+      await mailbox.post("mallory", "frank", item(20));
     } finally {
       mailbox.close();
     }

@@ -29,6 +29,7 @@ import { checkName } from "../lib/names.ts";
 import { InviteStore, type ListedInvite, parseDuration } from "./invites.ts";
 import { CaService, DEFAULT_PORT, type ServeOptions } from "./service.ts";
 import { CaPaths } from "./home.ts";
+import { DEFAULT_MAILBOX_LIMITS } from "./mailbox.ts";
 import { Buffer } from "node:buffer";
 import { pemEncode } from "../lib/pem.ts";
 import { parseCertificate } from "../lib/x509.ts";
@@ -176,6 +177,15 @@ async function serve(args: string[]): Promise<number> {
     throw new E2eError(
       "ERR_USAGE",
       "--mailbox-items, --mailbox-bytes and --mailbox-total take a number from 1",
+    );
+  }
+  if (
+    mailboxLimits.maxTotalBytes !== undefined &&
+    mailboxLimits.maxTotalBytes < DEFAULT_MAILBOX_LIMITS.maxItemBytes
+  ) {
+    throw new E2eError(
+      "ERR_USAGE",
+      `--mailbox-total takes at least ${DEFAULT_MAILBOX_LIMITS.maxItemBytes} (one largest item)`,
     );
   }
   const port = intOption(values.port, "--port") ?? DEFAULT_PORT;

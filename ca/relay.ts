@@ -87,7 +87,8 @@ export interface RelayOptions {
   /** Where log lines go. Default: nowhere. */
   log?: (line: string) => void;
   /**
-   * Whether a certificate serial is still current: given it, the relay runs
+   * Whether a certificate serial is still current (the service's: or renewed for the same
+   * key, see `CertificateAuthority.keyIsCurrent`): given it, the relay runs
    * {@linkcode Relay.cutRevoked} every `revocationCheckMs` while it holds
    * sessions. Default: none (the service gives the CA's).
    */
@@ -275,7 +276,6 @@ export class Relay {
     waiting.socket.once("close", () => clearTimeout(timer));
   }
 
-  /** Closes every session (at shutdown). */
   /**
    * Ends every session, waiting or spliced, with a side whose certificate is
    * no longer current (revoked, superseded or expired since it joined), as
@@ -305,6 +305,7 @@ export class Relay {
     return cut;
   }
 
+  /** Closes every session (at shutdown). */
   close(): void {
     clearInterval(this.#revocations);
     for (const w of [...this.#waiting.values()]) {

@@ -208,8 +208,9 @@ export class CaService {
     server.on("secureConnection", (socket: TLSSocket) => awaitHeaders(socket));
     const relay = new Relay({
       maxPairs: relayPairBudget(guard.maxConnections),
-      // A member revoked (by this process or `ca revoke`) loses its relay sessions within seconds.
-      isCurrent: (serial) => ca.isCurrent(serial),
+      // A member revoked (by this process or `ca revoke`) loses its relay sessions within seconds;
+      // a renewal (same key) keeps them, as it keeps peer connections.
+      isCurrent: (serial) => ca.keyIsCurrent(serial),
       ...options.relay,
       log,
     });

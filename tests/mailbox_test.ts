@@ -532,6 +532,8 @@ Deno.test("ca serve refuses mailbox caps of 0 or not numbers, --mailbox-total in
       [["--mailbox-total", "0"], both],
       [["--mailbox-items", "0"], both],
       [["--mailbox-total", "1G"], '--mailbox-total takes a whole number, not "1G"'],
+      // Smaller than one item: every full-size file refused as "The mailbox is full", forever.
+      [["--mailbox-total", "1048576"], "--mailbox-total takes at least 8454144 (one largest item)"],
     ];
     for (const [flags, message] of cases) {
       const result = await runCa(home, ["serve", "--port", "0", ...flags]);

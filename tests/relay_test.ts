@@ -20,6 +20,7 @@ import { enroll } from "../client/identity.ts";
 import { dialRelay } from "../client/relay.ts";
 import { parseInvite } from "../lib/invite.ts";
 import { type Credentials, trustAnchor } from "../lib/tls.ts";
+import { parseCertificate } from "../lib/x509.ts";
 import { ChatClient, connect, deadline, e2eError, stopAll, waitUntil } from "./_harness.ts";
 import { joinUser, selfSigned } from "./_chat_helpers.ts";
 import { makeCsr, PASSPHRASE, runCa, withTempDir } from "./_helpers.ts";
@@ -378,6 +379,62 @@ Deno.test("revoking a member with `ca revoke` in another process ends its splice
       atCarol.resume();
       atAlice2.write("still joined");
       assert.equal(await deadline(got, 10_000, "alice's bytes at carol"), "still joined");
+    } finally {
+      for (const s of sockets) s.destroy();
+    }
+  }, { relay: { revocationCheckMs: 50 } });
+});
+
+Deno.test("a member who renews its certificate (same key) keeps its relay session, as it keeps its peer connections; a new key for its name, or a revocation, ends it", async () => {
+  await withTappedService(async ({ ca, service, logs }) => {
+    const anchor = trustAnchor(ca.certificate.pem);
+    const [alice, bob, carol] = await Promise.all(
+      ["alice", "bob", "carol"].map((n) => member(ca, n)),
+    );
+    const client = (own: Credentials) => new CaClient(service.url, anchor, own);
+    const { id } = await client(alice).offer("bob");
+    const { id: other } = await client(alice).offer("carol");
+    const sockets = await Promise.all([
+      dialRelay(service.url, anchor, id, { own: bob }),
+      dialRelay(service.url, anchor, id, { own: alice }),
+      dialRelay(service.url, anchor, other, { own: carol }),
+      dialRelay(service.url, anchor, other, { own: alice }),
+    ]);
+    const [atBob, atAlice, atCarol, atAlice2] = sockets;
+    const closed = (s: typeof atBob) =>
+      new Promise<void>((resolve) => s.once("close", () => resolve()));
+    const carried = async (from: typeof atBob, to: typeof atBob, text: string) => {
+      const got = new Promise<string>((resolve) =>
+        to.once("data", (d: Uint8Array) => resolve(new TextDecoder().decode(d)))
+      );
+      to.resume();
+      from.write(text);
+      return await deadline(got, 10_000, `"${text}" across the relay`);
+    };
+    try {
+      // alice and bob renew as their clients do in the background: the same key, through the API.
+      const renewed = await client(alice).renew(
+        (await makeCsr("alice", { keyPem: alice.key })).csr,
+      );
+      await client(bob).renew((await makeCsr("bob", { keyPem: bob.key })).csr);
+      assert.equal(await ca.isCurrent(parseCertificate(alice.cert).serial), false);
+      // Many revocation checks go by (every 50 ms); the sessions still carry bytes.
+      await new Promise((r) => setTimeout(r, 500));
+      assert.equal(await carried(atAlice, atBob, "after renewal"), "after renewal");
+      assert.equal(await carried(atCarol, atAlice2, "carol too"), "carol too");
+
+      // bob's name is given a new key (a new invite, or ca sign --replace): his session ends.
+      const bobGone = Promise.all([closed(atBob), closed(atAlice)]);
+      await ca.sign((await makeCsr("bob")).csr, "bob", { replace: true });
+      await deadline(bobGone, 10_000, "the relay to end bob's session");
+      assert.ok(
+        logs.some((l) => /relay closed .*the certificate of bob is no longer valid/.test(l)),
+        logs.join("\n"),
+      );
+      // alice's renewed certificate revoked: her session with carol, opened under the old one, ends.
+      const aliceGone = Promise.all([closed(atCarol), closed(atAlice2)]);
+      await ca.revoke(renewed.serial);
+      await deadline(aliceGone, 10_000, "the relay to end alice's session");
     } finally {
       for (const s of sockets) s.destroy();
     }
