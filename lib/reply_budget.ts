@@ -165,7 +165,7 @@ export class ReplyBudget {
     const held = holder?.bytes ?? 0;
     // Released now, not at "close" (a turn later): the loop in admit() counts on it.
     if (holder) this.#release(socket, holder);
+    this.#onClose?.(socket, held); // before the destroy, while the socket still has its address
     socket.destroy();
-    this.#onClose?.(socket, held);
   }
 }
