@@ -20,6 +20,7 @@ import { isIp } from "./policy.ts";
 import type { RateLimiter } from "./rate_limit.ts";
 import type { Invitation, Rendezvous } from "./rendezvous.ts";
 import type { Mailbox } from "./mailbox.ts";
+import { type DiskFloor, SIGNING_BYTES } from "./disk_floor.ts";
 
 /** What the handlers need. */
 export interface ApiContext {
@@ -37,6 +38,8 @@ export interface ApiContext {
   log: IssuanceLog;
   /** Items kept for members who are offline (ca/mailbox.ts). Default: none (the routes answer 404). */
   mailbox?: Mailbox;
+  /** The free-space floor of the CA's disk, for what members make it store. Default: none. */
+  disk?: DiskFloor;
 }
 
 /** A request, as the handlers see it. */
@@ -255,12 +258,14 @@ async function enroll(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   try {
     // A request the policy refuses is refused before the token is reserved.
     await ctx.ca.checkRequest(csr, await ctx.invites.nameOf(body.token));
+    // Below the disk's free-space floor nothing is stored for a member (ca/disk_floor.ts).
+    const written = ctx.disk?.reserve(SIGNING_BYTES);
     issued = await ctx.invites.redeem(body.token, async (name, claim) => {
       // The admin invited this name: a new key replaces a lost one. The token is used exactly
       // when the certificate is committed: its serial is claimed on disk before the index line.
       const beforeCommit = (c: CertificateInfo) => claim(c.serial);
       return { name, ...(await ctx.ca.sign(csr, name, { replace: true, beforeCommit })) };
-    });
+    }).finally(() => written?.());
   } catch (e) {
     // A retry of a join whose reply was lost gets the same certificate again (ca/enroll_retry.ts);
     // anything else gets the refusal it had.
@@ -280,10 +285,12 @@ async function renew(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   // caller's certificate only while that is valid: a revocation confirmed meanwhile (the body
   // is read after the check) stops it.
   const renews = checkPeer(req.peerDer!, ctx.anchor).serial;
-  const { certificate } = await ctx.ca.sign(text(body.csr, "csr"), user, {
+  const csr = text(body.csr, "csr");
+  const written = ctx.disk?.reserve(SIGNING_BYTES);
+  const { certificate } = await ctx.ca.sign(csr, user, {
     replace: false,
     renews,
-  });
+  }).finally(() => written?.());
   return { ...json(200, await logged(ctx, certificate)), user };
 }
 
@@ -520,7 +527,8 @@ async function mailboxRoute(ctx: ApiContext, req: ApiRequest): Promise<ApiRespon
   const body = await req.bytes(CMS_TYPE, mailbox.limits.maxItemBytes);
   // The body comes after the check, as slowly as the caller likes: checked again.
   await authenticate(ctx, req);
-  const record = await mailbox.post(user, name, body);
+  const written = ctx.disk?.reserve(body.length);
+  const record = await mailbox.post(user, name, body).finally(() => written?.());
   return { ...json(200, record), user, note: `to ${name} ${record.size} bytes` };
 }
 

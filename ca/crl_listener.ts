@@ -19,6 +19,7 @@ import type { Socket } from "node:net";
 import { deadline, guardConnections } from "../lib/connections.ts";
 import { E2eError } from "../lib/errors.ts";
 import { pemDecode } from "../lib/pem.ts";
+import type { ReplyBudget } from "../lib/reply_budget.ts";
 import { type ApiContext, handle } from "./api.ts";
 import { CRL_URL_PATH } from "./policy.ts";
 
@@ -39,7 +40,8 @@ export interface CrlListener {
 
 /**
  * Starts the CRL listener on host:port (0 picks a port). The CRL comes from
- * the API's `GET /v1/crl`, which refreshes it when a day old.
+ * the API's `GET /v1/crl`, which refreshes it when a day old. Its replies count
+ * against `replies`, the service's budget for unread replies, when given.
  *
  * @example
  * ```ts
@@ -52,6 +54,7 @@ export async function startCrlListener(
   host: string,
   port: number,
   log: (line: string) => void,
+  replies?: ReplyBudget,
 ): Promise<CrlListener> {
   const stopping = new AbortController();
   const sockets = new Set<Socket>();
@@ -61,7 +64,7 @@ export async function startCrlListener(
   const server = http.createServer((req, res) => {
     if (answered.has(req.socket) || req.socket.destroyed) return void req.socket.destroy();
     answered.add(req.socket);
-    serveCrl(ctx, stopping.signal, req, res, log).catch(() => res.destroy());
+    serveCrl(ctx, stopping.signal, req, res, log, replies).catch(() => res.destroy());
   });
   guardConnections(server, {
     maxConnections: CRL_MAX_CONNECTIONS,
@@ -101,6 +104,7 @@ async function serveCrl(
   req: http.IncomingMessage,
   res: http.ServerResponse,
   log: (line: string) => void,
+  replies?: ReplyBudget,
 ): Promise<void> {
   const remoteAddress = (req.socket.remoteAddress ?? "").replace(/^::ffff:/, "");
   const path = (req.url ?? "/").split("?")[0];
@@ -137,14 +141,18 @@ async function serveCrl(
     }
   }
   const bytes = typeof body === "string" ? new TextEncoder().encode(body) : body;
-  res.writeHead(status, {
-    "content-type": type,
-    "content-length": String(bytes.length),
-    "cache-control": status === 200 ? "max-age=300" : "no-store",
-    "x-content-type-options": "nosniff",
-    "connection": "close",
-  });
-  res.end(req.method === "HEAD" ? undefined : bytes);
+  const sent = req.method === "HEAD" ? 0 : bytes.length;
+  // Counted until the client has taken it; nothing goes out on a connection closed instead.
+  if (!replies || replies.admit(req.socket, res, sent)) {
+    res.writeHead(status, {
+      "content-type": type,
+      "content-length": String(bytes.length),
+      "cache-control": status === 200 ? "max-age=300" : "no-store",
+      "x-content-type-options": "nosniff",
+      "connection": "close",
+    });
+    res.end(req.method === "HEAD" ? undefined : bytes);
+  }
   const shown = path === CRL_URL_PATH || path === "/crl.pem" ? path : "(other)";
   log(`e2e-chat-ca: ${remoteAddress} ${req.method} ${shown} ${status} (crl listener)`);
 }

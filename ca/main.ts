@@ -41,6 +41,7 @@ Commands:
           [--enroll-rate 10] [--crl-port 65434] [--mailbox-ttl 7d] [--mailbox-items 200]
           [--mailbox-bytes 67108864] [--mailbox-total 1073741824]
           [--relay-pairs 8] [--relay-total N] [--relay-idle 5m] [--relay-day-mib 1024]
+          [--unread-mib 128] [--free-floor-mib 64]
           Run the CA service (HTTPS), and the CRL over plain HTTP on --crl-port
           (the URL every certificate issued names; the first --name is its host,
           and the host invites name).
@@ -53,6 +54,11 @@ Commands:
           --relay-pairs sessions per member, --relay-total in all (default a
           quarter of the connection cap), closed after --relay-idle without a
           byte, and --relay-day-mib MiB per member per UTC day.
+          Replies clients have not read hold at most --unread-mib MiB, all
+          connections together (past it the connections holding the most are
+          closed). Members' enrollments, renewals and mailbox posts are refused
+          (507) when the disk of the CA home has less than --free-floor-mib MiB
+          free (0: no floor), so revocation and the CRL always have room.
           The default command; creates the CA first when there is none.
           Certificates name the CRL URL and invites the address: for a long run,
           keep --name, --port and --crl-port the same at every start.
@@ -143,6 +149,18 @@ function relayOptions(values: {
   return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
 }
 
+// The budget of unread replies and the disk's free-space floor from `serve`'s flags, in bytes.
+function bufferOptions(values: { "unread-mib"?: string; "free-floor-mib"?: string }): ServeOptions {
+  const unread = intOption(values["unread-mib"], "--unread-mib");
+  if (unread === 0) throw new E2eError("ERR_USAGE", "--unread-mib takes a whole number above 0");
+  const floor = intOption(values["free-floor-mib"], "--free-floor-mib");
+  const MiB = 1024 * 1024;
+  return {
+    ...(unread === undefined ? {} : { unreadBytes: unread * MiB }),
+    ...(floor === undefined ? {} : { freeFloorBytes: floor * MiB }),
+  };
+}
+
 async function serve(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, {
     ...COMMON,
@@ -160,6 +178,8 @@ async function serve(args: string[]): Promise<number> {
     "relay-total": { type: "string" },
     "relay-idle": { type: "string" },
     "relay-day-mib": { type: "string" },
+    "unread-mib": { type: "string" },
+    "free-floor-mib": { type: "string" },
   });
   if (values.help) return await help();
   noPositionals(positionals);
@@ -205,6 +225,7 @@ async function serve(args: string[]): Promise<number> {
       Object.entries(mailboxLimits).filter(([, v]) => v !== undefined),
     ),
     relay: relayOptions(values),
+    ...bufferOptions(values),
   };
   let ca: CertificateAuthority;
   if (!await exists(new CaPaths(home).cert)) {

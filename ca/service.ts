@@ -12,7 +12,11 @@
  * within {@linkcode BODY_MS} of its headers — deadlines, which a client cannot
  * stretch by trickling bytes — and {@linkcode IDLE_MS} of inactivity while a
  * request is served (a long poll raises it); at most {@linkcode MAX_PIPELINED}
- * requests waiting for their replies on one connection. A refused connection is logged.
+ * requests waiting for their replies on one connection, and at most `unreadBytes`
+ * ({@linkcode DEFAULT_UNREAD_BYTES}) held in replies nobody has read yet, all connections
+ * together (lib/reply_budget.ts: past it, the connections holding the most are closed).
+ * Members' writes keep `freeFloorBytes` free on the CA's disk (ca/disk_floor.ts). A refused
+ * connection is logged.
  * A connection upgraded to the relay (`GET /v1/relay`) leaves these for the
  * relay's own caps and deadlines (ca/relay.ts).
  *
@@ -26,6 +30,7 @@ import type { TLSSocket } from "node:tls";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 import { deadline, guardConnections } from "../lib/connections.ts";
+import { ReplyBudget } from "../lib/reply_budget.ts";
 import { type Credentials, peerCertificateDer, serverOptions, trustAnchor } from "../lib/tls.ts";
 import { type CertificateInfo, parseCertificate } from "../lib/x509.ts";
 import {
@@ -55,6 +60,7 @@ import {
 } from "./relay.ts";
 import { Rendezvous } from "./rendezvous.ts";
 import { Mailbox, type MailboxLimits } from "./mailbox.ts";
+import { DEFAULT_FREE_FLOOR_BYTES, DiskFloor } from "./disk_floor.ts";
 
 /** The port the service listens on when none is given. */
 export const DEFAULT_PORT = 65433;
@@ -85,6 +91,13 @@ export const MAILBOX_INFLIGHT_ITEMS_PER_MEMBER = 2;
  * once and reads nothing would have them all served and every reply held in memory.
  */
 export const MAX_PIPELINED = 8;
+/**
+ * Bytes of replies written and not yet read by their clients, all connections together, past
+ * which the connections holding the most are closed. Twice {@linkcode MAILBOX_INFLIGHT_BYTES}:
+ * mailbox items being sent count here too and may take that much on their own, which leaves
+ * as much again for every other reply (a CRL, a page of the log, certificates).
+ */
+export const DEFAULT_UNREAD_BYTES = 2 * MAILBOX_INFLIGHT_BYTES;
 /** Options of {@linkcode CaService.start}. */
 export interface ServeOptions {
   /** Address to listen on. Default: "127.0.0.1". */
@@ -114,6 +127,13 @@ export interface ServeOptions {
    * defaults of {@linkcode RelayOptions}, with at most a quarter of `maxConnections` pairs.
    */
   relay?: Omit<RelayOptions, "log">;
+  /** Bytes unread replies may hold, all connections together. Default: {@linkcode DEFAULT_UNREAD_BYTES}. */
+  unreadBytes?: number;
+  /**
+   * Free bytes kept on the disk of the CA home: below them members' enrollments, renewals and
+   * mailbox posts get 507 `ERR_QUOTA`; 0 for none. Default: {@linkcode DEFAULT_FREE_FLOOR_BYTES}.
+   */
+  freeFloorBytes?: number;
 }
 
 /** A running CA service. */
@@ -131,6 +151,7 @@ export class CaService {
   #stopping: AbortController;
   #sockets: Set<Socket>;
   #relay?: Relay;
+  #replies?: ReplyBudget;
 
   private constructor(
     server: https.Server,
@@ -156,6 +177,10 @@ export class CaService {
     const log = options.log ?? logToStderr;
     const names = serviceNames(host, options.names ?? []);
     const anchor = trustAnchor(ca.certificate.pem);
+    const disk = new DiskFloor(ca.paths.dir, options.freeFloorBytes ?? DEFAULT_FREE_FLOOR_BYTES, {
+      log,
+    });
+    disk.check(); // a service that cannot read the free space says so now
     const invites = new InviteStore(ca.paths);
     await invites.clearReservations();
     const ctx: ApiContext = {
@@ -167,13 +192,22 @@ export class CaService {
       // Made on the first start (an existing CA's certificates are back-filled), then appended to.
       log: await ca.openLog(),
       mailbox: await Mailbox.open(ca.paths, options.mailbox),
+      disk,
     };
+    const replies = new ReplyBudget(options.unreadBytes ?? DEFAULT_UNREAD_BYTES, {
+      onClose: (socket, held) =>
+        log(
+          `e2e-chat-ca: ${addressOf(socket)} closed: unread replies on all connections reached ` +
+            `${replies.maxBytes} bytes, and it held ${held}`,
+        ),
+    });
     // The CRL listener first: its URL goes into every certificate issued from now on.
     const crl = await startCrlListener(
       ctx,
       host,
       options.crlPort ?? (options.port === 0 ? 0 : DEFAULT_CRL_PORT),
       log,
+      replies,
     );
     let own: Credentials;
     let crlUrl: string;
@@ -195,7 +229,7 @@ export class CaService {
     const stopping = new AbortController();
     const server = https.createServer(serverOptions(own, anchor), (req, res) => {
       if (!admitPipelined(req.socket, res, log)) return;
-      serveRequest(ctx, stopping.signal, req, res, log, idle).catch(() => res.destroy());
+      serveRequest(ctx, stopping.signal, req, res, log, idle, replies).catch(() => res.destroy());
     });
     // Slow or idle clients are cut off; a long poll raises the limit while it waits.
     const guard = guardConnections(server, {
@@ -255,6 +289,7 @@ export class CaService {
     }, options.renewCheckMs ?? 3_600_000);
     const service = new CaService(server, ctx, url, port, timer, stopping, sockets);
     service.#relay = relay;
+    service.#replies = replies;
     service.crlUrl = crlUrl;
     service.#crl = crl;
     await writeFileAtomic(
@@ -265,6 +300,15 @@ export class CaService {
     // A running service signs often enough to keep openssl started ahead (CertificateAuthority).
     ca.keepOpensslWarm();
     return service;
+  }
+
+  /**
+   * What replies not yet read by their clients hold now, the most they ever held at once, and
+   * the budget (lib/reply_budget.ts), in bytes.
+   */
+  get unreadReplies(): { held: number; peak: number; maxBytes: number } {
+    const replies = this.#replies!;
+    return { held: replies.held, peak: replies.peak, maxBytes: replies.maxBytes };
   }
 
   /** Stops accepting connections, ends long polls and closes every connection. */
@@ -290,6 +334,7 @@ async function serveRequest(
   res: ServerResponse,
   log: (line: string) => void,
   idleMs: number,
+  replies: ReplyBudget,
 ): Promise<void> {
   const started = performance.now();
   const socket = req.socket as TLSSocket;
@@ -339,18 +384,26 @@ async function serveRequest(
     const hold = itemGet && apiRequest.peerDer && ctx.mailbox
       ? holdReply(socket, ctx.mailbox.limits.maxItemBytes)
       : undefined;
-    if (hold) res.once("close", () => hold(0));
+    if (hold) {
+      // A reply pipelined behind an unread one gets no "close" when its socket closes.
+      const release = () => {
+        hold(0);
+        socket.off("close", release);
+      };
+      res.once("close", release);
+      socket.once("close", release);
+    }
     const reply = await handle(ctx, apiRequest);
     hold?.(reply.bytes?.length ?? 0);
     status = reply.status;
     user = reply.user ?? "-";
     note = reply.note ?? "";
-    send(res, status, reply.type, reply.bytes ?? reply.body);
+    send(res, status, reply.type, reply.bytes ?? reply.body, {}, { replies, socket });
   } catch (e) {
     const reply = errorReply(e);
     status = reply.status;
     code = reply.code;
-    send(res, status, reply.type, reply.body, reply.headers);
+    send(res, status, reply.type, reply.body, reply.headers, { replies, socket });
     if (status === 500) log(`e2e-chat-ca: internal error: ${e instanceof Error ? e.stack : e}`);
   } finally {
     log(accessLine(req.method, url.pathname, { remoteAddress, started, status, code, user, note }));
@@ -486,6 +539,10 @@ function admitPipelined(socket: Socket, res: ServerResponse, log: (line: string)
 function awaitHeaders(socket: Socket): void {
   headerDeadlines.get(socket)?.();
   headerDeadlines.set(socket, deadline(socket, HEADERS_MS));
+}
+
+function addressOf(socket: Socket): string {
+  return (socket.remoteAddress ?? "").replace(/^::ffff:/, "");
 }
 
 function logToStderr(line: string): void {
@@ -690,9 +747,12 @@ function send(
   type: string,
   body: string | Uint8Array,
   headers: Record<string, string> = {},
+  held?: { replies: ReplyBudget; socket: Socket },
 ): void {
   if (res.headersSent || res.destroyed) return;
   const bytes = typeof body === "string" ? new TextEncoder().encode(body) : body;
+  // Counted until the client has taken it; false: the connection was closed instead.
+  if (held && !held.replies.admit(held.socket, res, bytes.length)) return;
   res.writeHead(status, {
     "content-type": type === "application/json" ? "application/json; charset=utf-8" : type,
     "content-length": String(bytes.length),

@@ -5,10 +5,9 @@
  * @module
  */
 import { createHash, type Hash } from "node:crypto";
-import { statfsSync } from "node:fs";
 import { basename, join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
-import { syncDir, writeFileAtomic } from "../lib/fs.ts";
+import { freeBytes, syncDir, writeFileAtomic } from "../lib/fs.ts";
 
 /**
  * Makes an announced file name safe to create in the downloads folder: no path,
@@ -272,23 +271,8 @@ export function formatSize(bytes: number): string {
   return `${i === 0 ? value : Number(value.toFixed(1))} ${units[i]}`;
 }
 
-/** Free bytes for an unprivileged user on the file system of `dir` (or its nearest parent). */
-export function freeBytes(dir: string): number {
-  let path = dir;
-  while (true) {
-    try {
-      const s = statfsSync(path);
-      return Number(s.bavail) * Number(s.bsize);
-    } catch (e) {
-      // node:fs reports a missing path as an Error with code ENOENT, not Deno.errors.NotFound.
-      const missing = e instanceof Deno.errors.NotFound ||
-        (e as { code?: string }).code === "ENOENT";
-      const parent = join(path, "..");
-      if (!missing || parent === path) throw e;
-      path = parent;
-    }
-  }
-}
+/** Free bytes on the disk of a folder: lib/fs.ts owns it (the CA reads it too). */
+export { freeBytes };
 
 /** Options of {@linkcode FileQuota}. */
 export interface FileQuotaOptions {

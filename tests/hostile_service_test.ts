@@ -426,3 +426,139 @@ async function keptAlive(port: number, ca: string, count: number): Promise<strin
     socket.destroy();
   }
 }
+
+const MiB = 1024 * 1024;
+
+// A connection of Deno's own TLS as `member` (it reads only when asked), with `path` asked
+// `times` times at once.
+async function askUnread(
+  port: number,
+  ca: string,
+  member: Member,
+  path: string,
+  times: number,
+): Promise<Deno.TlsConn> {
+  const conn = await Deno.connectTls({
+    hostname: "127.0.0.1",
+    port,
+    caCerts: [ca],
+    cert: member.cert,
+    key: member.key,
+  });
+  await conn.write(
+    new TextEncoder().encode(`GET ${path} HTTP/1.1\r\nHost: ca\r\n\r\n`.repeat(times)),
+  );
+  return conn;
+}
+
+// GET `path` as `member`, reading the whole reply: its status line and body length.
+async function fetchWhole(
+  port: number,
+  ca: string,
+  member: Member,
+  path: string,
+): Promise<{ status: string; length: number }> {
+  const conn = await askUnread(port, ca, member, path, 1);
+  try {
+    const buffer = new Uint8Array(MiB);
+    let head = "";
+    let body = -1;
+    let length = 0;
+    while (body < 0 || body < length) {
+      const n = await conn.read(buffer);
+      if (n === null) return { status: "(closed)", length: 0 };
+      if (body >= 0) {
+        body += n;
+        continue;
+      }
+      head += new TextDecoder("latin1").decode(buffer.subarray(0, n));
+      const end = head.indexOf("\r\n\r\n");
+      if (end < 0) continue;
+      length = Number(/content-length: (\d+)/i.exec(head)?.[1] ?? "0");
+      body = head.length - end - 4;
+    }
+    return { status: head.slice(0, head.indexOf("\r\n")), length: body };
+  } finally {
+    conn.close();
+  }
+}
+
+Deno.test("members who ask for mailbox items and read nothing cannot make the service hold more than its budget for unread replies: the biggest holders are closed, a reading member is served, and the count returns to zero", async () => {
+  const budget = 20 * MiB;
+  await withWorld(async ({ service, ca, logs, member }) => {
+    const anchor = ca.certificate.pem;
+    const hogs = await Promise.all(["hog1", "hog2", "hog3"].map(member));
+    const [alice, bob] = await Promise.all([member("alice"), member("bob")]);
+    const item = new Uint8Array(8 * MiB).fill(1);
+    const ids = new Map<string, string>();
+    for (const [from, to] of [...hogs.map((h) => [alice, h]), [bob, alice]]) {
+      const posted = await post(service.port, anchor, from, to.name, item);
+      assert.match(posted, /^HTTP\/1\.1 200 /, posted);
+      ids.set(to.name, (JSON.parse(posted.split("\r\n\r\n")[1]) as { id: string }).id);
+    }
+    const conns: Deno.TlsConn[] = [];
+    try {
+      // Each hog asks for its 8 MiB item twice on one connection and reads nothing: the second
+      // reply waits behind the first whatever the kernel took, so each holds 8 MiB at least.
+      for (const hog of hogs) {
+        const path = `/v1/mailbox/items/${ids.get(hog.name)}`;
+        conns.push(await askUnread(service.port, anchor, hog, path, 2));
+        const answered = new RegExp(` GET ${path} 200 ${hog.name} `);
+        await waitUntil(
+          () => logs.filter((l) => answered.test(l)).length === 2,
+          `${hog.name} not answered\n${logs.join("\n")}`,
+        );
+        assert.ok(service.unreadReplies.held <= budget, `${service.unreadReplies.held} held`);
+      }
+      const closed = new RegExp(
+        `^e2e-chat-ca: 127\\.0\\.0\\.1 closed: unread replies on all connections reached ` +
+          `${budget} bytes, and it held (\\d+)$`,
+      );
+      assert.ok(logs.some((l) => closed.test(l)), logs.join("\n"));
+      // A member who reads gets its 8 MiB item meanwhile.
+      const read = await fetchWhole(
+        service.port,
+        anchor,
+        alice,
+        `/v1/mailbox/items/${ids.get("alice")}`,
+      );
+      assert.deepEqual(read, { status: "HTTP/1.1 200 OK", length: 8 * MiB });
+      const { held, peak, maxBytes } = service.unreadReplies;
+      assert.equal(maxBytes, budget);
+      assert.ok(peak <= budget && peak > 8 * MiB, `peak ${peak}, held ${held}`);
+    } finally {
+      for (const conn of conns) conn.close();
+    }
+    await waitUntil(
+      () => service.unreadReplies.held === 0,
+      `${service.unreadReplies.held} bytes still counted`,
+    );
+  }, { unreadBytes: budget });
+});
+
+Deno.test("a member who asks for its item twice on one connection and hangs up unread, again and again, keeps nothing held and can fetch it", async () => {
+  await withWorld(async ({ service, ca, logs, member }) => {
+    const [mallory, alice] = await Promise.all([member("mallory"), member("alice")]);
+    const anchor = ca.certificate.pem;
+    const posted = await post(service.port, anchor, alice, "mallory", new Uint8Array(8 * MiB));
+    const path = `/v1/mailbox/items/${
+      (JSON.parse(posted.split("\r\n\r\n")[1]) as { id: string }).id
+    }`;
+    const answered = new RegExp(` GET ${path} (\\d+ \\S+) `);
+    for (let round = 1; round <= 3; round++) {
+      const conn = await askUnread(service.port, anchor, mallory, path, 2);
+      await waitUntil(
+        () => logs.filter((l) => answered.test(l)).length === 2 * round,
+        `round ${round} not answered`,
+      );
+      conn.close();
+      await waitUntil(() => service.unreadReplies.held === 0, `round ${round}: replies held`);
+    }
+    // Before, the reply waiting behind the first was never released: mallory got 429 from the
+    // third round on, for good.
+    const statuses = logs.filter((l) => answered.test(l)).map((l) => answered.exec(l)![1]);
+    assert.deepEqual(statuses, Array(6).fill("200 mallory"));
+    const read = await fetchWhole(service.port, anchor, mallory, path);
+    assert.deepEqual(read, { status: "HTTP/1.1 200 OK", length: 8 * MiB });
+  });
+});
