@@ -12,8 +12,11 @@
  * the CA, and the other accepts, with every check of a 1:1 chat (client/chat.ts).
  *
  * State kept in HOME/rooms/ROOMID.json (0600): the signed list, the creator's
- * key, our sequence number and how far each author's messages were shown. The
- * texts of recent messages (for other members' gaps) stay in memory only.
+ * key, our sequence number, how far each author's messages were shown and the
+ * creator's pending invitations. A change of membership or invitations is
+ * durable (fsynced, with its folder) before anyone is told of it; how far
+ * messages were shown is written a moment later, not fsynced. The texts of
+ * recent messages (for other members' gaps) stay in memory only.
  *
  * @module
  */
@@ -26,7 +29,7 @@ import {
 } from "node:crypto";
 import { dirname, join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDir, exists, syncDir, syncDirSync, writeFileAtomic } from "../lib/fs.ts";
+import { ensurePrivateDirSync, syncDirSync, writeFileAtomicSync } from "../lib/fs.ts";
 import { checkName } from "../lib/names.ts";
 import {
   checkRoomName,
@@ -178,10 +181,9 @@ export class Rooms {
   #outbox: Array<{ r: Room; id: string; leave(): void }> = []; // room messages of this turn
   #unreachable = new Set<string>(); // co-members we failed to connect to (said once while they are)
   #mailboxSeen = new Set<string>(); // messages that came through the mailbox (bounded like a connection's)
-  #saving: Promise<void> = Promise.resolve();
-  #saveScheduled = false;
+  #saveTimer?: ReturnType<typeof setTimeout>; // writes #dirty a moment later
   #stopped = false;
-  #durableVersion = new Map<string, number>(); // by room id: the list version last written durably
+  #durable = new Map<string, string>(); // by room id: the membership last written durably
 
   /**
    * Rooms over `host`; {@linkcode load} reads what the home holds.
@@ -245,16 +247,19 @@ export class Rooms {
   }
 
   /** Stops re-invites and gap timers; writes what is unsaved. */
+  // deno-lint-ignore require-await
   async stop(): Promise<void> {
     this.#stopped = true;
     for (const d of this.#dialing.values()) clearTimeout(d.timer);
     for (const r of this.#rooms.values()) for (const t of r.gaps.values()) clearTimeout(t);
-    await this.#flush();
+    this.#flush();
   }
 
   // --- the commands
 
   /** Creates the room `room` (`#name`) with us as its creator and only member. */
+  // Async for its callers; its state is written synchronously (see #saveDurable).
+  // deno-lint-ignore require-await
   async create(room: string): Promise<RoomInfo> {
     checkRoomName(room);
     if (this.#byName(room)) throw new E2eError("ERR_USAGE", `You are already in ${room}`);
@@ -269,8 +274,13 @@ export class Rooms {
     const r = this.#newRoom(list, this.#ownKey());
     r.next[self] = 1;
     this.#rooms.set(list.roomId, r);
+    try {
+      this.#saveDurable(r);
+    } catch (e) {
+      this.#rooms.delete(list.roomId);
+      throw e;
+    }
     this.#invites.delete(room);
-    await this.#saveNow(r);
     this.#host.emit({ type: "room_joined", room, members: [self] });
     return this.members(room);
   }
@@ -291,8 +301,16 @@ export class Rooms {
     if (r.list.members.length >= MAX_MEMBERS) {
       throw new E2eError("ERR_USAGE", `${room} has ${MAX_MEMBERS} members, the most a room has`);
     }
+    // Durable before it is made known (the command's answer, `invited`, the invitation itself):
+    // a creator back from a power cut without it would refuse the invitee's join.
+    const had = r.invited[name];
     r.invited[name] = true;
-    await this.#saveNow(r);
+    try {
+      this.#saveDurable(r);
+    } catch (e) {
+      if (!had) delete r.invited[name];
+      throw e;
+    }
     // Connected: it goes now (or with their hello). Else they are invited to connect first,
     // and the room invitation goes once they have accepted.
     const conn = this.#host.peer(name);
@@ -315,16 +333,19 @@ export class Rooms {
   }
 
   /** Leaves `room`: the creator is told (and publishes the new list); we keep nothing of it. */
+  // deno-lint-ignore require-await
   async leave(room: string): Promise<void> {
     const r = this.#joined(room);
     const self = this.#host.self;
     if (r.list.creator === self && r.list.members.length > 1) {
       throw new E2eError("ERR_USAGE", `You created ${room}: remove the others before you leave`);
     }
+    const former = r.list.members.map((m) => m.name);
+    // Forgotten durably before the creator is told: back from a power cut, we would take
+    // ourselves for a member of a room whose creator removed us.
+    this.#forget(r);
     const told = r.list.creator === self ||
       this.#host.peer(r.list.creator)?.sendRoom({ op: "leave", roomId: r.list.roomId });
-    const former = r.list.members.map((m) => m.name);
-    await this.#forget(r);
     this.#release(former);
     if (!told) {
       this.#host.emit({
@@ -338,6 +359,7 @@ export class Rooms {
   }
 
   /** Removes `name` from `room` (creator only): a new list without them goes to every member. */
+  // deno-lint-ignore require-await
   async remove(room: string, name: string): Promise<void> {
     const r = this.#joined(room);
     checkName(name);
@@ -347,13 +369,19 @@ export class Rooms {
     }
     if (!r.list.members.some((m) => m.name === name)) {
       if (r.invited[name]) {
+        // Withdrawn durably: back from a power cut, we would admit them after all.
         delete r.invited[name];
-        await this.#saveNow(r);
+        try {
+          this.#saveDurable(r);
+        } catch (e) {
+          r.invited[name] = true;
+          throw e;
+        }
         return;
       }
       throw new E2eError("ERR_NOT_FOUND", `"${name}" is not in ${room}`);
     }
-    await this.#publish(r, r.list.members.filter((m) => m.name !== name), {
+    this.#publish(r, r.list.members.filter((m) => m.name !== name), {
       name,
       change: "removed",
     });
@@ -537,9 +565,9 @@ export class Rooms {
         case "invite":
           return this.#onInvite(conn, body.list);
         case "join":
-          return void this.#onJoin(conn, body.roomId).catch((e) => this.#refuse(conn, e));
+          return this.#onJoin(conn, body.roomId);
         case "leave":
-          return void this.#onLeave(conn, body.roomId).catch((e) => this.#refuse(conn, e));
+          return this.#onLeave(conn, body.roomId);
         case "list":
           return this.#onList(conn, body.list);
         case "msg":
@@ -594,7 +622,7 @@ export class Rooms {
     this.#host.emit({ type: "room_invite", room: list.room, from: conn.name });
   }
 
-  async #onJoin(conn: PeerConnection, roomId: string): Promise<void> {
+  #onJoin(conn: PeerConnection, roomId: string): void {
     const r = this.#rooms.get(roomId);
     if (!r || r.list.creator !== this.#host.self) {
       throw refused("a join for a room you did not create");
@@ -611,14 +639,14 @@ export class Rooms {
       since: r.list.version + 1,
     };
     const members = [...r.list.members, member].sort((a, b) => (a.name < b.name ? -1 : 1));
-    await this.#publish(r, members, { name: conn.name, change: "joined" });
+    this.#publish(r, members, { name: conn.name, change: "joined" });
   }
 
-  async #onLeave(conn: PeerConnection, roomId: string): Promise<void> {
+  #onLeave(conn: PeerConnection, roomId: string): void {
     const r = this.#rooms.get(roomId);
     if (!r || r.list.creator !== this.#host.self) return; // not ours to change
     if (!this.#member(r, conn.name) || conn.name === this.#host.self) return;
-    await this.#publish(r, r.list.members.filter((m) => m.name !== conn.name), {
+    this.#publish(r, r.list.members.filter((m) => m.name !== conn.name), {
       name: conn.name,
       change: "left",
     });
@@ -644,7 +672,9 @@ export class Rooms {
       room.next[self] = 1;
       this.#rooms.set(list.roomId, room);
       this.#invites.delete(list.room);
-      this.#save(room);
+      // Durable (with the creator's key) before anyone hears we are in: a client killed right
+      // after `room_joined` comes back in the room.
+      this.#saveDurableOrWarn(room);
       this.#host.emit({
         type: "room_joined",
         room: list.room,
@@ -832,7 +862,7 @@ export class Rooms {
 
   // The creator's change: the new list, signed, applied here and sent to every member (and to
   // the one removed, so it knows).
-  async #publish(r: Room, members: RoomMember[], change: MemberList["change"]): Promise<void> {
+  #publish(r: Room, members: RoomMember[], change: MemberList["change"]): void {
     const list = signList({
       roomId: r.list.roomId,
       room: r.list.room,
@@ -841,16 +871,18 @@ export class Rooms {
       members,
       change,
     }, this.#key());
-    // Sent before it is applied here: our state frames that follow then meet the new list.
     const to = new Set([...r.list.members.map((m) => m.name), ...members.map((m) => m.name)]);
     to.delete(this.#host.self);
-    for (const name of to) this.#host.peer(name)?.sendRoom({ op: "list", list });
-    this.#apply(r, list);
-    await this.#saveNow(r);
+    // Sent once durable here (back from a power cut, we would sign another list as this
+    // version, which members refuse), and before our state frames, which then meet it.
+    this.#apply(r, list, () => {
+      for (const name of to) this.#host.peer(name)?.sendRoom({ op: "list", list });
+    });
   }
 
   // A newer list, checked: who joined and who went, and (when it is us who went) the end.
-  #apply(r: Room, list: SignedList): void {
+  // Durable here before anyone is told (`announce`, then events and state frames).
+  #apply(r: Room, list: SignedList, announce?: () => void): void {
     const self = this.#host.self;
     const before = new Map(r.list.members.map((m) => [m.name, m]));
     const after = new Map(list.members.map((m) => [m.name, m]));
@@ -858,12 +890,18 @@ export class Rooms {
     const changeOf = (name: string, fallback: "joined" | "removed") =>
       list.change?.name === name ? list.change.change : fallback;
     if (!after.has(self)) {
-      this.#forget(r).catch((e) => this.#warn(`Cannot forget ${room}`, e));
+      try {
+        this.#forget(r);
+      } catch (e) {
+        this.#warn(`Cannot forget ${room}`, e);
+      }
+      announce?.();
       this.#host.emit({ type: "room_member", room, name: self, change: changeOf(self, "removed") });
       this.#release([...before.keys()]);
       return;
     }
     r.list = list;
+    const events: CoreEvent[] = [];
     for (const [name, old] of before) {
       const now = after.get(name);
       if (now && now.since === old.since && now.key === old.key) continue;
@@ -882,18 +920,18 @@ export class Rooms {
       if (r.former.size > MAX_FORMER) r.former.delete(r.former.values().next().value!);
       clearTimeout(r.gaps.get(name));
       r.gaps.delete(name);
-      if (!now) {
-        this.#host.emit({ type: "room_member", room, name, change: changeOf(name, "removed") });
-      }
+      if (!now) events.push({ type: "room_member", room, name, change: changeOf(name, "removed") });
     }
     for (const [name, m] of after) {
       const old = before.get(name);
       if (old && old.since === m.since && old.key === m.key) continue;
       r.next[name] = 1; // we were there before they came: from their first message
-      this.#host.emit({ type: "room_member", room, name, change: "joined" });
+      events.push({ type: "room_member", room, name, change: "joined" });
     }
+    this.#saveDurableOrWarn(r);
+    announce?.();
+    for (const e of events) this.#host.emit(e);
     this.#checkKeys(list, r);
-    this.#save(r);
     for (const c of this.#connectedMembers(r, [self])) this.#sendState(r, c);
     this.#connectMembers(r);
     this.#release([...before.keys()].filter((n) => !after.has(n)));
@@ -922,16 +960,23 @@ export class Rooms {
     }
   }
 
-  async #forget(r: Room): Promise<void> {
+  // Synchronous, so that nothing tells of it before it is durable.
+  #forget(r: Room): void {
     this.#rooms.delete(r.list.roomId);
     for (const t of r.gaps.values()) clearTimeout(t);
     this.#dirty.delete(r.list.roomId);
-    await this.#saving;
-    await Deno.remove(this.#file(r.list.roomId)).catch(() => {});
-    await Deno.remove(this.#seqFile(r.list.roomId)).catch(() => {});
-    this.#durableVersion.delete(r.list.roomId);
+    for (const file of [this.#file(r.list.roomId), this.#seqFile(r.list.roomId)]) {
+      try {
+        Deno.removeSync(file);
+      } catch { /* never written */ }
+    }
+    this.#durable.delete(r.list.roomId);
     // A room we left that came back after a power cut: we would take ourselves for a member.
-    if (await exists(this.#host.dir)) await syncDir(this.#host.dir);
+    try {
+      syncDirSync(this.#host.dir);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
   }
 
   // --- connections among members
@@ -1172,58 +1217,68 @@ export class Rooms {
     r.seqSlot = 0; // both hold it: the next write takes slot 1
   }
 
+  // How far messages were shown: written a moment later (one write for a burst), not fsynced.
   #save(r: Room): void {
     this.#dirty.add(r.list.roomId);
-    if (this.#saveScheduled) return;
-    this.#saveScheduled = true;
-    this.#saving = this.#saving.then(() => new Promise((resolve) => setTimeout(resolve, 20)))
-      .then(() => this.#writeDirty());
+    this.#saveTimer ??= setTimeout(() => this.#flush(), 20);
   }
 
-  async #saveNow(r: Room): Promise<void> {
-    this.#dirty.add(r.list.roomId);
-    await this.#flush();
+  // Membership and invitations (and whatever else changed): durable before this returns. All
+  // room files are written with synchronous calls, so that no event, frame or answer can tell of
+  // a change in between, and no older write lands after a newer one.
+  #saveDurable(r: Room): void {
+    this.#dirty.delete(r.list.roomId);
+    this.#write(r);
   }
 
-  async #flush(): Promise<void> {
-    this.#saving = this.#saving.then(() => this.#writeDirty());
-    await this.#saving;
+  #saveDurableOrWarn(r: Room): void {
+    try {
+      this.#saveDurable(r);
+    } catch (e) {
+      this.#warn("Cannot save the rooms", e);
+    }
   }
 
-  async #writeDirty(): Promise<void> {
-    this.#saveScheduled = false;
+  #flush(): void {
+    clearTimeout(this.#saveTimer);
+    this.#saveTimer = undefined;
     const ids = [...this.#dirty];
     this.#dirty.clear();
-    if (!ids.length) return;
     try {
-      await ensurePrivateDir(this.#host.dir, { durable: true });
       for (const id of ids) {
         const r = this.#rooms.get(id);
-        if (!r) continue;
-        const data = {
-          v: 1,
-          list: r.list,
-          creatorKey: r.creatorKey,
-          seq: r.seq,
-          next: r.next,
-          invited: r.invited,
-        };
-        // Durable (bytes and name) when the list is new here: one rolled back by a power cut
-        // would have us connect to, and send our messages to, a member the creator removed,
-        // until another member passes the newer list on; and a room we joined would be lost,
-        // with the creator's key we pinned. Not otherwise: how far each author was shown moves
-        // with every message, and our sequence number has its own file.
-        const durable = this.#durableVersion.get(id) !== r.list.version;
-        await writeFileAtomic(this.#file(id), JSON.stringify(data) + "\n", {
-          mode: 0o600,
-          durable,
-          syncDir: durable,
-        });
-        if (durable) this.#durableVersion.set(id, r.list.version);
+        if (r) this.#write(r);
       }
     } catch (e) {
       this.#warn("Cannot save the rooms", e);
     }
+  }
+
+  // Durable (bytes and name) when the list or the pending invitations are not those last
+  // written durably: a list rolled back by a power cut would have us connect to, and send our
+  // messages to, a member the creator removed, until another member passes the newer list on; a
+  // room we joined would be lost, with the creator's key we pinned; an invitation we made would
+  // be refused when taken up, one we withdrew taken up after all. Not otherwise: how far each
+  // author was shown moves with every message, and our sequence number has its own file.
+  #write(r: Room): void {
+    const id = r.list.roomId;
+    const membership = `${r.list.version} ${Object.keys(r.invited).sort().join(",")}`;
+    const durable = this.#durable.get(id) !== membership;
+    ensurePrivateDirSync(this.#host.dir, { durable: true });
+    const data = {
+      v: 1,
+      list: r.list,
+      creatorKey: r.creatorKey,
+      seq: r.seq,
+      next: r.next,
+      invited: r.invited,
+    };
+    writeFileAtomicSync(this.#file(id), JSON.stringify(data) + "\n", {
+      mode: 0o600,
+      durable,
+      syncDir: durable,
+    });
+    if (durable) this.#durable.set(id, membership);
   }
 }
 

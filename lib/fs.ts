@@ -76,6 +76,50 @@ export async function writeFileAtomic(
 }
 
 /**
+ * {@linkcode writeFileAtomic} with synchronous calls: for state that must be
+ * durable before the caller goes on, with no await in between (nothing else
+ * runs while it is written, so no event or frame can tell of it first).
+ *
+ * @example A small state file, durable with its name
+ * ```ts
+ * import { writeFileAtomicSync } from "./fs.ts";
+ * writeFileAtomicSync("/tmp/example.txt", "hello\n", { mode: 0o600, syncDir: true });
+ * ```
+ */
+export function writeFileAtomicSync(
+  path: string,
+  data: string | Uint8Array,
+  options: WriteAtomicOptions = {},
+): void {
+  const tmp = join(dirname(path), `.${crypto.randomUUID()}.tmp`);
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  try {
+    {
+      using file = Deno.openSync(tmp, {
+        write: true,
+        createNew: true,
+        mode: options.mode ?? 0o644,
+      });
+      for (let n = 0; n < bytes.length;) n += file.writeSync(bytes.subarray(n));
+      if (options.durable ?? true) file.syncSync();
+    }
+    if (options.createNew) {
+      // link() fails when the target exists, so this never clobbers.
+      Deno.linkSync(tmp, path);
+      Deno.removeSync(tmp);
+    } else {
+      Deno.renameSync(tmp, path);
+    }
+  } catch (e) {
+    try {
+      Deno.removeSync(tmp);
+    } catch { /* never made, or already renamed */ }
+    throw e;
+  }
+  if (options.syncDir) syncDirSync(dirname(path));
+}
+
+/**
  * Replaces `path` with `data` as {@linkcode writeFileAtomic} does, with
  * synchronous calls and no fsync: only for a small file that is derived again
  * from durable state (after a power cut it may be the old file or empty, never
@@ -134,6 +178,26 @@ export async function ensurePrivateDir(
 }
 
 /**
+ * {@linkcode ensurePrivateDir} with synchronous calls.
+ *
+ * @example A private state directory, durable
+ * ```ts
+ * import { ensurePrivateDirSync } from "./fs.ts";
+ * ensurePrivateDirSync("/tmp/e2e-chat-example", { durable: true });
+ * ```
+ */
+export function ensurePrivateDirSync(path: string, options: PrivateDirOptions = {}): void {
+  // The folders missing now, deepest first: their parents' fsyncs make them durable.
+  const missing: string[] = [];
+  if (options.durable) {
+    for (let dir = resolve(path); !existsSync(dir); dir = dirname(dir)) missing.push(dir);
+  }
+  Deno.mkdirSync(path, { recursive: true, mode: 0o700 });
+  Deno.chmodSync(path, 0o700);
+  for (const dir of missing.reverse()) syncDirSync(dirname(dir));
+}
+
+/**
  * Runs `fn` with a fresh 0700 directory inside `parent`, removed afterwards whatever happens.
  *
  * @example Scratch space
@@ -156,6 +220,25 @@ export async function withTempDir<T>(parent: string, fn: (dir: string) => Promis
 export async function exists(path: string): Promise<boolean> {
   try {
     await Deno.lstat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+/**
+ * {@linkcode exists} with a synchronous call.
+ *
+ * @example A folder that may be gone
+ * ```ts
+ * import { existsSync } from "./fs.ts";
+ * console.log(existsSync("/tmp"));
+ * ```
+ */
+export function existsSync(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
     return true;
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return false;

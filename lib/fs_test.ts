@@ -2,12 +2,15 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import {
   ensurePrivateDir,
+  ensurePrivateDirSync,
   exists,
+  existsSync,
   readUpTo,
   readUpToSync,
   withTempDir,
   writeDerivedFileSync,
   writeFileAtomic,
+  writeFileAtomicSync,
 } from "./fs.ts";
 
 async function withScratch(fn: (dir: string) => Promise<void>): Promise<void> {
@@ -142,6 +145,52 @@ Deno.test("writeDerivedFileSync() that cannot replace its target throws and leav
     assert.throws(() => writeDerivedFileSync(path, "new\n"), Error);
     assert.deepEqual(await names(dir), ["checkpoint"]);
     assert.ok((await Deno.stat(path)).isDirectory);
+  });
+});
+
+Deno.test("writeFileAtomicSync() replaces a file whole, with its mode, and leaves no temp file", async () => {
+  await withScratch(async (dir) => {
+    const path = join(dir, "ROOMID.json");
+    await Deno.writeTextFile(path, "old contents that are longer\n");
+    writeFileAtomicSync(path, "new\n", { mode: 0o600, syncDir: true });
+    assert.equal(await Deno.readTextFile(path), "new\n");
+    assert.equal(mode(await Deno.stat(path)), 0o600);
+    writeFileAtomicSync(path, new TextEncoder().encode("bytes\n"), { durable: false });
+    assert.equal(await Deno.readTextFile(path), "bytes\n");
+    assert.deepEqual(await names(dir), ["ROOMID.json"]);
+  });
+});
+
+Deno.test("writeFileAtomicSync() with createNew refuses an existing file and leaves it and no temp file", async () => {
+  await withScratch(async (dir) => {
+    const path = join(dir, "pin");
+    writeFileAtomicSync(path, "first\n", { createNew: true });
+    assert.throws(
+      () => writeFileAtomicSync(path, "second\n", { createNew: true }),
+      Deno.errors.AlreadyExists,
+    );
+    assert.equal(await Deno.readTextFile(path), "first\n");
+    assert.deepEqual(await names(dir), ["pin"]);
+  });
+});
+
+Deno.test("writeFileAtomicSync() fails in a missing folder without leaving anything", async () => {
+  await withScratch(async (dir) => {
+    assert.throws(() => writeFileAtomicSync(join(dir, "gone", "f"), "x"), Deno.errors.NotFound);
+    assert.deepEqual(await names(dir), []);
+  });
+});
+
+Deno.test("ensurePrivateDirSync() creates nested folders with mode 0700 and tightens an existing one", async () => {
+  await withScratch(async (dir) => {
+    const path = join(dir, "a", "b");
+    assert.equal(existsSync(path), false);
+    ensurePrivateDirSync(path, { durable: true });
+    assert.equal(mode(await Deno.stat(path)), 0o700);
+    await Deno.chmod(path, 0o755);
+    ensurePrivateDirSync(path);
+    assert.equal(mode(await Deno.stat(path)), 0o700);
+    assert.equal(existsSync(path), true);
   });
 });
 
