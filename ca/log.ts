@@ -26,7 +26,7 @@ import {
 } from "../lib/checkpoint.ts";
 import { children, readDer, Tag } from "../lib/der.ts";
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDir, readUpTo, readUpToSync, writeDerivedFileSync } from "../lib/fs.ts";
+import { ensurePrivateDir, readUpTo, readUpToSync, writeFileAtomicSync } from "../lib/fs.ts";
 import { type LogProofJson, logProofJson } from "../lib/log_proof.ts";
 import { type Hash, leafHash, MerkleTree } from "../lib/merkle.ts";
 import { pemDecode } from "../lib/pem.ts";
@@ -212,11 +212,7 @@ export class IssuanceLog {
     }
     if (added.length) {
       if (this.size === 0) await ensurePrivateDir(this.#paths.logDir);
-      using file = Deno.openSync(this.#paths.logEntries, {
-        append: true,
-        create: true,
-        mode: 0o600,
-      });
+      using file = openEntries(this.#paths.logEntries);
       const bytes = Buffer.concat(added.flatMap((der) => [lengthOf(der.length), der]));
       let n = 0;
       while (n < bytes.length) n += file.writeSync(bytes.subarray(n));
@@ -231,7 +227,7 @@ export class IssuanceLog {
       // next sync (the service's start makes one before it answers) signs this one again from
       // the durable entries — byte for byte the same (the tree is the same, and Ed25519
       // signatures are deterministic).
-      writeDerivedFileSync(this.#paths.logCheckpoint, text, 0o644);
+      writeFileAtomicSync(this.#paths.logCheckpoint, text, { mode: 0o644, durable: false });
       this.#signed = { text, checkpoint }; // signed here: no need to check its signature again
     }
   }
@@ -365,6 +361,20 @@ export class IssuanceLog {
     }
     await file.truncate(this.#loaded);
     await file.sync();
+  }
+}
+
+// The entries file, to append to. Its folder is there once the log has entries: a log whose
+// folder went away is not made again behind the tree this process holds.
+function openEntries(path: string): Deno.FsFile {
+  try {
+    return Deno.openSync(path, { append: true, create: true, mode: 0o600 });
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    throw new E2eError("ERR_LOG_INVALID", "The issuance log's folder is gone", {
+      hint: "restore HOME/ca/log from a backup, then run `deno task ca log verify`",
+      cause: e,
+    });
   }
 }
 

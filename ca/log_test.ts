@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import { openCheckpoint } from "../lib/checkpoint.ts";
 import { E2eError } from "../lib/errors.ts";
+import { exists } from "../lib/fs.ts";
 import { verifyLogProof } from "../lib/log_proof.ts";
 import { verifyConsistency } from "../lib/merkle.ts";
 import { pemDecode } from "../lib/pem.ts";
@@ -149,6 +150,21 @@ Deno.test("a checkpoint another process put in place is checked again, though th
       () => log.checkpoint(),
       (e) => e instanceof E2eError && e.code === "ERR_LOG_INVALID",
     );
+  });
+});
+
+Deno.test("a log whose folder is gone is not made again: the next signing is refused with ERR_LOG_INVALID", async () => {
+  await withCa(async (ca) => {
+    await ca.openLog();
+    await issue(ca, "alice");
+    await Deno.remove(ca.paths.logDir, { recursive: true });
+    await assert.rejects(
+      () => issue(ca, "bob"),
+      (e) =>
+        e instanceof E2eError && e.code === "ERR_LOG_INVALID" &&
+        e.message === "The issuance log's folder is gone",
+    );
+    assert.equal(await exists(ca.paths.logDir), false);
   });
 });
 

@@ -96,7 +96,9 @@ export function noPositionals(positionals: string[]): void {
  */
 export function intOption(value: string | undefined, flag: string): number | undefined {
   if (value === undefined) return undefined;
-  if (!/^\d{1,9}$/.test(value)) {
+  // Up to 15 digits: every such number is exact as a JavaScript number (a byte count of a
+  // terabyte fits; `--mailbox-total 1073741824` did not, with 9).
+  if (!/^\d{1,15}$/.test(value)) {
     throw new E2eError("ERR_USAGE", `${flag} takes a whole number, not ${JSON.stringify(value)}`);
   }
   return Number(value);

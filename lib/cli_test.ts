@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { dispatch, oneOf, readBounded } from "./cli.ts";
+import { dispatch, intOption, oneOf, readBounded } from "./cli.ts";
 import { E2eError } from "./errors.ts";
 
 function chunks(
@@ -30,6 +30,22 @@ function usageError(message: string, hint?: string, code = "ERR_USAGE") {
     return true;
   };
 }
+
+Deno.test("intOption() reads whole numbers up to 15 digits, such as a byte count of 1 GiB, and refuses anything else", () => {
+  assert.equal(intOption(undefined, "--n"), undefined);
+  assert.equal(intOption("7", "--n"), 7);
+  assert.equal(intOption("1073741824", "--mailbox-total"), 1073741824);
+  assert.equal(intOption("999999999999999", "--n"), 999999999999999);
+  for (const bad of ["", "-1", "1.5", "1e9", "0x10", " 1", "1 ", "1000000000000000"]) {
+    assert.throws(
+      () => intOption(bad, "--n"),
+      (e) =>
+        e instanceof E2eError && e.code === "ERR_USAGE" &&
+        e.message === `--n takes a whole number, not ${JSON.stringify(bad)}`,
+      bad,
+    );
+  }
+});
 
 Deno.test("oneOf() returns an allowed value with its narrow type", () => {
   const value: "a" | "b" = oneOf("b", ["a", "b"] as const, { what: "letter" });

@@ -119,32 +119,6 @@ export function writeFileAtomicSync(
   if (options.syncDir) syncDirSync(dirname(path));
 }
 
-/**
- * Replaces `path` with `data` as {@linkcode writeFileAtomic} does, with
- * synchronous calls and no fsync: only for a small file that is derived again
- * from durable state (after a power cut it may be the old file or empty, never
- * half of the new one), written on a hot path where each asynchronous call
- * costs tens of µs of CPU.
- *
- * @example A file made again from others
- * ```ts
- * import { writeDerivedFileSync } from "./fs.ts";
- * writeDerivedFileSync("/tmp/example.txt", "hello\n", 0o644);
- * ```
- */
-export function writeDerivedFileSync(path: string, data: string, mode = 0o644): void {
-  const tmp = join(dirname(path), `.${crypto.randomUUID()}.tmp`);
-  try {
-    Deno.writeTextFileSync(tmp, data, { createNew: true, mode });
-    Deno.renameSync(tmp, path);
-  } catch (e) {
-    try {
-      Deno.removeSync(tmp);
-    } catch { /* never made, or already renamed */ }
-    throw e;
-  }
-}
-
 /** Options of {@linkcode ensurePrivateDir}. */
 export interface PrivateDirOptions {
   /**

@@ -8,7 +8,6 @@ import {
   readUpTo,
   readUpToSync,
   withTempDir,
-  writeDerivedFileSync,
   writeFileAtomic,
   writeFileAtomicSync,
 } from "./fs.ts";
@@ -116,13 +115,13 @@ Deno.test("writeFileAtomic() fails in a missing folder without leaving anything"
   });
 });
 
-Deno.test("writeDerivedFileSync() replaces a file whole, with its mode, and leaves no temp file", async () => {
+Deno.test("writeFileAtomicSync() without fsync replaces a file by rename, so an open reader keeps the old contents", async () => {
   await withScratch(async (dir) => {
     const path = join(dir, "checkpoint");
     await Deno.writeTextFile(path, "old contents that are longer\n");
     const reader = await Deno.open(path);
     try {
-      writeDerivedFileSync(path, "new\n", 0o640);
+      writeFileAtomicSync(path, "new\n", { mode: 0o640, durable: false });
       const buffer = new Uint8Array(64);
       const n = await reader.read(buffer);
       assert.equal(
@@ -138,11 +137,11 @@ Deno.test("writeDerivedFileSync() replaces a file whole, with its mode, and leav
   });
 });
 
-Deno.test("writeDerivedFileSync() that cannot replace its target throws and leaves no temp file", async () => {
+Deno.test("writeFileAtomicSync() that cannot replace its target throws and leaves no temp file", async () => {
   await withScratch(async (dir) => {
     const path = join(dir, "checkpoint");
     await Deno.mkdir(join(path, "in-the-way"), { recursive: true });
-    assert.throws(() => writeDerivedFileSync(path, "new\n"), Error);
+    assert.throws(() => writeFileAtomicSync(path, "new\n"), Error);
     assert.deepEqual(await names(dir), ["checkpoint"]);
     assert.ok((await Deno.stat(path)).isDirectory);
   });
