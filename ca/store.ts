@@ -10,7 +10,14 @@
  * @module
  */
 import { join } from "node:path";
-import { ensurePrivateDir, exists, readUpToSync, syncDir, writeFileAtomic } from "../lib/fs.ts";
+import {
+  ensurePrivateDir,
+  exists,
+  existsSync,
+  readUpToSync,
+  syncDir,
+  writeFileAtomic,
+} from "../lib/fs.ts";
 import { type LockOptions, withLock } from "../lib/lock.ts";
 import { normalizeSerialHex } from "../lib/x509.ts";
 import type { CaPaths } from "./home.ts";
@@ -343,16 +350,6 @@ async function removeLeftovers(paths: CaPaths): Promise<void> {
 async function syncFile(path: string): Promise<void> {
   using file = Deno.openSync(path, { read: true, write: true });
   await file.sync();
-}
-
-function existsSync(path: string): boolean {
-  try {
-    Deno.lstatSync(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }
 
 async function bumpGeneration(paths: CaPaths): Promise<void> {

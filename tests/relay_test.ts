@@ -192,6 +192,24 @@ async function member(ca: CertificateAuthority, name: string): Promise<Credentia
   return { key, cert: certificate.pem };
 }
 
+/** alice relayed to bob and, in a second session, to carol: the four spliced sockets. */
+async function twoSessions(ca: CertificateAuthority, url: string) {
+  const anchor = trustAnchor(ca.certificate.pem);
+  const [alice, bob, carol] = await Promise.all(
+    ["alice", "bob", "carol"].map((n) => member(ca, n)),
+  );
+  const client = (own: Credentials) => new CaClient(url, anchor, own);
+  const { id } = await client(alice).offer("bob");
+  const { id: other } = await client(alice).offer("carol");
+  const sockets = await Promise.all([
+    dialRelay(url, anchor, id, { own: bob }),
+    dialRelay(url, anchor, id, { own: alice }),
+    dialRelay(url, anchor, other, { own: carol }),
+    dialRelay(url, anchor, other, { own: alice }),
+  ]);
+  return { alice, bob, client, sockets };
+}
+
 Deno.test("the relay refuses a non-member, a revoked member and a member naming someone else's invitation, and splices nothing", async () => {
   await withTappedService(async ({ ca, service, dir, tapped }) => {
     const anchor = trustAnchor(ca.certificate.pem);
@@ -347,19 +365,7 @@ Deno.test("a spliced pair outlives the service's idle limit for requests: the re
 
 Deno.test("revoking a member with `ca revoke` in another process ends its spliced relay session within seconds; other sessions go on", async () => {
   await withTappedService(async ({ ca, service, dir, logs }) => {
-    const anchor = trustAnchor(ca.certificate.pem);
-    const [alice, bob, carol] = await Promise.all(
-      ["alice", "bob", "carol"].map((n) => member(ca, n)),
-    );
-    const client = (own: Credentials) => new CaClient(service.url, anchor, own);
-    const { id } = await client(alice).offer("bob");
-    const { id: other } = await client(alice).offer("carol");
-    const sockets = await Promise.all([
-      dialRelay(service.url, anchor, id, { own: bob }),
-      dialRelay(service.url, anchor, id, { own: alice }),
-      dialRelay(service.url, anchor, other, { own: carol }),
-      dialRelay(service.url, anchor, other, { own: alice }),
-    ]);
+    const { sockets } = await twoSessions(ca, service.url);
     const [atBob, atAlice, atCarol, atAlice2] = sockets;
     try {
       const closed = (s: typeof atBob) =>
@@ -387,19 +393,7 @@ Deno.test("revoking a member with `ca revoke` in another process ends its splice
 
 Deno.test("a member who renews its certificate (same key) keeps its relay session, as it keeps its peer connections; a new key for its name, or a revocation, ends it", async () => {
   await withTappedService(async ({ ca, service, logs }) => {
-    const anchor = trustAnchor(ca.certificate.pem);
-    const [alice, bob, carol] = await Promise.all(
-      ["alice", "bob", "carol"].map((n) => member(ca, n)),
-    );
-    const client = (own: Credentials) => new CaClient(service.url, anchor, own);
-    const { id } = await client(alice).offer("bob");
-    const { id: other } = await client(alice).offer("carol");
-    const sockets = await Promise.all([
-      dialRelay(service.url, anchor, id, { own: bob }),
-      dialRelay(service.url, anchor, id, { own: alice }),
-      dialRelay(service.url, anchor, other, { own: carol }),
-      dialRelay(service.url, anchor, other, { own: alice }),
-    ]);
+    const { alice, bob, client, sockets } = await twoSessions(ca, service.url);
     const [atBob, atAlice, atCarol, atAlice2] = sockets;
     const closed = (s: typeof atBob) =>
       new Promise<void>((resolve) => s.once("close", () => resolve()));
