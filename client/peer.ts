@@ -131,11 +131,20 @@ const MAX_UNSENT = 1024 * 1024; // bytes we let wait for a peer that does not re
 export const MAX_UNSENT_FILL = 16 * 1024 * 1024;
 /**
  * Bytes (about) of answers to a peer's room requests — gap fills, and the list or state a `state`
- * asks for — sent over one connection in all, past which more are dropped. Deno's TLS takes every
- * write at once (the socket's writableLength stays 0 from one turn to the next), so
- * {@linkcode MAX_UNSENT_FILL} alone does not see a peer that asks and never reads.
+ * asks for — sent over one connection in all, past which more are dropped. (Written as if Deno's
+ * TLS took every write at once; measured on Deno 2.9.6, writableLength does show what a peer that
+ * truly reads nothing leaves — a pause()d node:tls peer in Deno reads on, into its own memory —
+ * and {@linkcode MAX_UNREAD_BYTES} closes the connection past it.)
  */
 export const MAX_ANSWER_BYTES = 2 * MAX_UNSENT_FILL;
+/**
+ * Bytes we hold unsent for one peer (the socket's writableLength, measured on every side a peer
+ * connection runs on) past which the connection is closed: a peer that reads nothing while we
+ * write to it (acks of its messages, declines of its offers, room traffic we forward) would make
+ * us hold every byte. An honest peer stays far below: room fills stop at
+ * {@linkcode MAX_UNSENT_FILL}, and a file keeps at most 8 MiB unconfirmed on top.
+ */
+export const MAX_UNREAD_BYTES = MAX_UNSENT_FILL + SEND_WINDOW;
 /** Messages whose round trip we time at most (the oldest beyond are delivered without `ms`). */
 const MAX_TIMED = 10_000;
 const CHUNK_BYTES = 512 * 1024; // within MAX_CHUNK_BYTES (base64)
@@ -211,6 +220,7 @@ export class PeerConnection {
   #idPrefix = idPrefix();
   #lastProgress = 0;
   #answered = 0; // bytes (about) of answers to the peer's room requests (see sendRoom)
+  #holding = false; // reads paused until what we wrote drains (see #holdIfUnread)
 
   /** Wraps a socket whose peer was checked as `name` with `certificate`. */
   constructor(socket: TLSSocket, name: string, certificate: CertificateInfo, options: PeerOptions) {
@@ -513,6 +523,7 @@ export class PeerConnection {
     this.#wroteThisTurn = true;
     queueMicrotask(() => (this.#wroteThisTurn = false));
     this.#socket.write(encodeFrame(frame));
+    this.#limitUnread();
   }
 
   // Hands the frames of this turn to the socket (before anything else is written or it ends).
@@ -520,7 +531,22 @@ export class PeerConnection {
     const out = this.#out;
     if (out === "") return;
     this.#out = "";
-    if (!this.#closed && !this.#ended) this.#socket.write(out);
+    if (this.#closed || this.#ended) return;
+    this.#socket.write(out);
+    this.#limitUnread();
+  }
+
+  // A peer that reads nothing while we write to it is cut off once we hold MAX_UNREAD_BYTES for
+  // it: nothing more is written, read or handled for it, and both sides see the connection close.
+  #limitUnread(): void {
+    const held = this.#socket.writableLength;
+    if (held <= MAX_UNREAD_BYTES) return;
+    this.#closeReason = this.#unreadReason(held);
+    this.#socket.destroy();
+  }
+
+  #unreadReason(held: number): string {
+    return `"${this.name}" reads nothing: closed with ${formatSize(held)} unsent to it`;
   }
 
   // Whether our side is done (we said bye or error, or the socket is gone): nothing more is
@@ -544,7 +570,9 @@ export class PeerConnection {
       throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
     }
     this.#flush();
-    if (this.#socket.write(data)) return;
+    const more = this.#socket.write(data);
+    this.#limitUnread();
+    if (more) return;
     await this.#progressOrAbort(
       (done) => {
         this.#socket.on("drain", done);
@@ -960,10 +988,14 @@ export class PeerConnection {
 
   // A peer that sends but never reads would grow our unsent acks without end.
   #holdIfUnread(): void {
-    if (this.#unsent > MAX_UNSENT) {
+    if (this.#unsent > MAX_UNSENT && !this.#holding) {
+      this.#holding = true; // one drain listener, however many acks wait
       this.#socket.pause();
       this.#watch();
-      this.#socket.once("drain", () => this.#maybeResume());
+      this.#socket.once("drain", () => {
+        this.#holding = false;
+        this.#maybeResume();
+      });
     }
   }
 
@@ -1027,11 +1059,10 @@ export class PeerConnection {
   }
 
   #maybeResume(): void {
-    if (
-      this.#queued < MAX_QUEUED / 2 && this.#unsent <= MAX_UNSENT &&
-      !this.#closed && !this.#broken
-    ) {
-      this.#socket.resume();
+    if (this.#queued < MAX_QUEUED / 2 && !this.#closed && !this.#broken) {
+      // Held back while what we wrote waits (declines, acks): resumed once it drains.
+      if (this.#unsent > MAX_UNSENT) this.#holdIfUnread();
+      else this.#socket.resume();
     }
   }
 
@@ -1044,9 +1075,10 @@ export class PeerConnection {
 
   #onStall(): void {
     if (this.#incoming.size > 0 || this.#socket.isPaused()) {
-      this.#closeReason = `the peer sent nothing for ${
-        STALL_MS / 1000
-      } s in the middle of a transfer`;
+      // Held back because it reads nothing of what we wrote (acks, declines), it is told so.
+      this.#closeReason = this.#socket.isPaused() && this.#socket.writableNeedDrain
+        ? this.#unreadReason(this.#socket.writableLength)
+        : `the peer sent nothing for ${STALL_MS / 1000} s in the middle of a transfer`;
       this.#socket.destroy();
     } else {
       this.#socket.setTimeout(0);
