@@ -49,7 +49,8 @@ Commands:
           (members behind one NAT share an address: raise it for a class).
           The mailbox keeps items for offline members for --mailbox-ttl, at most
           --mailbox-items items and --mailbox-bytes bytes per recipient,
-          and --mailbox-total bytes for all recipients together.
+          and --mailbox-total bytes for all recipients together (one
+          sender's items at most a quarter of it).
           The relay joins members who cannot connect directly: at most
           --relay-pairs sessions per member, --relay-total in all (default a
           quarter of the connection cap), closed after --relay-idle without a
