@@ -117,6 +117,20 @@ for (const p of parties.values()) await p.rooms.stop();
 `;
 
 /** The index of the mark `name` in the trace; fails when there is none. */
+// The file calls of `script` run with `dir`, traced; it must succeed.
+async function traceScript(script: string, dir: string): Promise<FileCall[]> {
+  const { code, stderr, calls } = await traceFileCalls(strace!, Deno.execPath(), [
+    "run",
+    "--allow-read",
+    "--allow-write",
+    "--allow-env",
+    script,
+    dir,
+  ]);
+  assert.equal(code, 0, stderr);
+  return calls;
+}
+
 function markAt(calls: FileCall[], dir: string, name: string): number {
   const i = indexOfCall(calls, "openat", join(dir, "marks", name));
   assert.ok(i >= 0, `no mark ${name} in the trace`);
@@ -160,15 +174,7 @@ Deno.test({
     await withTempDir(async (dir) => {
       const script = join(dir, "script.ts");
       await Deno.writeTextFile(script, SCRIPT.replaceAll("ROOT/", pathToFileURL(ROOT).href + "/"));
-      const { code, stderr, calls } = await traceFileCalls(strace, Deno.execPath(), [
-        "run",
-        "--allow-read",
-        "--allow-write",
-        "--allow-env",
-        script,
-        dir,
-      ]);
-      assert.equal(code, 0, stderr);
+      const calls = await traceScript(script, dir);
       const id = (await Deno.readTextFile(join(dir, "room"))).trim();
       const file = (who: string) => join(dir, who, "rooms", `${id}.json`);
       const at = (name: string) => markAt(calls, dir, name);
@@ -320,15 +326,7 @@ Deno.test({
          }
          await rooms.stop();`.replaceAll("ROOT/", pathToFileURL(ROOT).href + "/"),
       );
-      const { code, stderr, calls } = await traceFileCalls(strace, Deno.execPath(), [
-        "run",
-        "--allow-read",
-        "--allow-write",
-        "--allow-env",
-        script,
-        dir,
-      ]);
-      assert.equal(code, 0, stderr);
+      const calls = await traceScript(script, dir);
       const id = (await Deno.readTextFile(join(dir, "room"))).trim();
       const started = indexOfCall(calls, "openat", join(dir, "started"));
       const after = calls.slice(started);
