@@ -23,6 +23,7 @@ import {
   MAX_LINE_BYTES,
 } from "../lib/frames.ts";
 import { FEATURE_ROOMS, type RoomFrame } from "../lib/room.ts";
+import { pauseReading, resumeReading } from "../lib/tls.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
 import { announcedName, formatSize, hashFile, IncomingFile } from "./files.ts";
 
@@ -721,7 +722,7 @@ export class PeerConnection {
     }
     this.#queued++;
     if (this.#queued >= MAX_QUEUED) {
-      this.#socket.pause();
+      pauseReading(this.#socket);
       this.#watch();
     }
     this.#queue = this.#queue.then(async () => {
@@ -990,7 +991,7 @@ export class PeerConnection {
   #holdIfUnread(): void {
     if (this.#unsent > MAX_UNSENT && !this.#holding) {
       this.#holding = true; // one drain listener, however many acks wait
-      this.#socket.pause();
+      pauseReading(this.#socket);
       this.#watch();
       this.#socket.once("drain", () => {
         this.#holding = false;
@@ -1062,7 +1063,7 @@ export class PeerConnection {
     if (this.#queued < MAX_QUEUED / 2 && !this.#closed && !this.#broken) {
       // Held back while what we wrote waits (declines, acks): resumed once it drains.
       if (this.#unsent > MAX_UNSENT) this.#holdIfUnread();
-      else this.#socket.resume();
+      else resumeReading(this.#socket);
     }
   }
 
@@ -1109,7 +1110,7 @@ export class PeerConnection {
     this.#write({ type: "error", message });
     this.#flush();
     this.#socket.end();
-    this.#socket.pause();
+    pauseReading(this.#socket);
     setTimeout(() => this.#socket.destroy(), 2_000).unref?.();
   }
 

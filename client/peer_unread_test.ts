@@ -176,7 +176,7 @@ async function againstDeafBob(
     step: () => Promise<boolean>,
   ) => Promise<void>,
   files?: ConstructorParameters<typeof PeerConnection>[3]["files"],
-): Promise<{ held: number; reason: unknown }> {
+): Promise<{ held: number; reason: unknown; read: number }> {
   return await withTempDir(async (dir) => {
     const w = await world(dir);
     const pair = await connectPair(w, side);
@@ -221,7 +221,11 @@ async function againstDeafBob(
       await until("the honest message", () => daveSeen.some((e) => e[2] === "still here"));
       await until("its ack", () => carolSeen.some((e) => e[0] === "delivered" && e[1] === id));
       carol.close();
-      return { held, reason: seen.find((e) => e[0] === "closed")![1] };
+      return {
+        held,
+        reason: seen.find((e) => e[0] === "closed")![1],
+        read: pair.alice.bytesRead,
+      };
     } finally {
       for (const s of [...pair.all, ...honest.all]) s.destroy();
       pair.stop();
@@ -275,16 +279,26 @@ for (const side of ["accepted", "relay-dialed"] as const) {
         features.length ? '"acks"' : "an older peer, one ack a message"
       }) that sends messages and reads nothing, and closes its connection`,
       async () => {
-        const { held, reason } = await againstDeafBob(side, features, async (_alice, bob, step) => {
-          const BATCH = 2_000;
-          for (let i = 0; i < (1.5 * MAX_UNREAD_BYTES) / 72; i += BATCH) {
-            // Bob writes on; what alice does not read piles up in bob's own process.
-            bob.write(messages(i, BATCH));
-            if (!await step()) break;
-          }
-        });
+        let wrote = 0;
+        const { held, reason, read } = await againstDeafBob(
+          side,
+          features,
+          async (_alice, bob, step) => {
+            const BATCH = 2_000;
+            for (let i = 0; i < (1.5 * MAX_UNREAD_BYTES) / 72; i += BATCH) {
+              // Bob writes on; what alice does not read piles up in bob's own process.
+              const batch = messages(i, BATCH);
+              bob.write(batch);
+              wrote += batch.length;
+              if (!await step()) break;
+            }
+          },
+        );
         assert.ok(held <= MAX_UNREAD_BYTES + SLACK, `alice held ${held} bytes`);
         assert.match(String(reason), UNREAD);
+        // Her reading paused at 1 MiB of acks unsent: the rest of what bob wrote stayed out of her
+        // process (a paused node:tls socket in Deno reads on unless its TCP socket is stopped).
+        assert.ok(read < 8 * 1024 * 1024, `alice read ${read} of the ${wrote} bytes bob wrote`);
       },
     );
   }

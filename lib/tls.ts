@@ -359,3 +359,67 @@ export function connectTls(options: ConnectionOptions, timeoutMs: number): Promi
     socket.once("error", fail);
   });
 }
+
+// What Deno 2.9.6's node:tls keeps behind a socket (not public API): a TLS socket's handle holds
+// the TCP handle it runs on, or — TLS inside another TLS connection — a stream wrapper whose
+// `stream` is that outer socket.
+interface HandleChain {
+  _handle?: { _nativeTcpHandle?: NativeReads; _parentWrap?: { stream?: unknown } } | null;
+}
+interface NativeReads {
+  readStop(): number;
+  readStart(): number;
+}
+
+// Sockets whose TCP reads pauseReading() stopped (a second readStart() would start a second read).
+const stopped = new WeakSet<TLSSocket>();
+
+// The TCP handle under `socket`, through any TLS inside TLS; undefined when there is none to find.
+function tcpUnder(socket: TLSSocket): NativeReads | undefined {
+  let at: unknown = socket;
+  for (let depth = 0; depth < 4 && at; depth++) {
+    const handle = (at as HandleChain)._handle;
+    const tcp = handle?._nativeTcpHandle;
+    if (tcp && typeof tcp.readStop === "function" && typeof tcp.readStart === "function") {
+      return tcp;
+    }
+    at = handle?._parentWrap?.stream;
+  }
+  return undefined;
+}
+
+/**
+ * Stops reading from `socket` until {@linkcode resumeReading}: nothing more of what the peer
+ * sends is taken into this process. `pause()` alone does not do that in Deno 2.9.6: a paused
+ * `node:tls` socket reads on into the process's memory, at whatever rate the peer sends (measured:
+ * over 1 GiB in 3 s on loopback), and hands it all over on `resume()`. So this also stops the TCP
+ * socket underneath — for TLS inside another TLS connection, the outer one's. What the peer sends
+ * meanwhile waits in the kernel's buffers and then in the peer's own process. Writing goes on.
+ * Returns false when no TCP socket was found underneath (a Deno whose internals differ): the
+ * socket is then only paused, as before. (Measured by the tests in lib/tls_test.ts.)
+ *
+ * @example
+ * ```ts
+ * import tls from "node:tls";
+ * import { pauseReading, resumeReading } from "./tls.ts";
+ * const socket = tls.connect({ host: "127.0.0.1", port: 65433 });
+ * socket.on("error", () => {});
+ * pauseReading(socket);
+ * resumeReading(socket);
+ * socket.destroy();
+ * ```
+ */
+export function pauseReading(socket: TLSSocket): boolean {
+  socket.pause();
+  const tcp = tcpUnder(socket);
+  if (!tcp) return false;
+  if (!stopped.has(socket)) tcp.readStop();
+  stopped.add(socket);
+  return true;
+}
+
+/** Reads from `socket` again after {@linkcode pauseReading}; what waited arrives in order. */
+export function resumeReading(socket: TLSSocket): void {
+  if (stopped.delete(socket) && !socket.destroyed) tcpUnder(socket)?.readStart();
+  socket.resume();
+}

@@ -11,7 +11,9 @@ import {
   checkService,
   clientOptions,
   type Credentials,
+  pauseReading,
   peerCertificateDer,
+  resumeReading,
   serverOptions,
   SERVICE_CN,
   trustAnchor,
@@ -452,3 +454,114 @@ Deno.test("without requireCert a certificate-less client connects, and checkPeer
     await listening.close();
   }
 });
+
+// ---------------------------------------------------------------------------
+// pauseReading / resumeReading: a paused socket takes nothing more in
+
+/** Which of our sockets is paused: the accepted or dialed end, direct or inside a TLS connection. */
+type End = "accepted" | "dialed" | "inside, accepted" | "inside, dialed";
+
+function ready(socket: tls.TLSSocket, event: "secure" | "secureConnect"): Promise<void> {
+  return new Promise((resolve, reject) => {
+    socket.once(event, () => resolve());
+    socket.once("error", reject);
+  });
+}
+
+/** Our socket (alice) on `end` and the peer's (bob) at the other, mutual TLS over 127.0.0.1. */
+async function socketPair(end: End) {
+  const inside = end.startsWith("inside");
+  const weAccept = end === "accepted" || end === "inside, accepted";
+  const server = tls.createServer(
+    serverOptions(weAccept || inside ? fixtures.alice : fixtures.bob, anchor, {
+      requireCert: true,
+    }),
+  );
+  const accepted = new Promise<tls.TLSSocket>((r) => server.once("secureConnection", r));
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as { port: number }).port;
+  const dialer = tls.connect({
+    ...clientOptions(anchor, { own: weAccept || inside ? fixtures.bob : fixtures.alice }),
+    host: "127.0.0.1",
+    port,
+  });
+  await ready(dialer, "secureConnect");
+  const outer = { accepted: await accepted, dialed: dialer };
+  server.close();
+  const all = [outer.accepted, outer.dialed];
+  if (!inside) {
+    return weAccept
+      ? { ours: outer.accepted, theirs: outer.dialed, all }
+      : { ours: outer.dialed, theirs: outer.accepted, all };
+  }
+  // The outer connection as the relay's splice hands it on: TLS between alice and bob inside.
+  const innerServer = new tls.TLSSocket(weAccept ? outer.accepted : outer.dialed, {
+    isServer: true,
+    ...serverOptions(weAccept ? fixtures.alice : fixtures.bob, anchor, { requireCert: true }),
+  });
+  const innerClient = tls.connect({
+    ...clientOptions(anchor, { own: weAccept ? fixtures.bob : fixtures.alice }),
+    socket: weAccept ? outer.dialed : outer.accepted,
+  });
+  await Promise.all([ready(innerServer, "secure"), ready(innerClient, "secureConnect")]);
+  const [ours, theirs] = weAccept ? [innerServer, innerClient] : [innerClient, innerServer];
+  return { ours, theirs, all: [ours, theirs, ...all] };
+}
+
+/** Waits until `socket` has handed everything it was given to the kernel, or stopped doing so. */
+async function settled(socket: tls.TLSSocket): Promise<void> {
+  let last = -1;
+  for (let i = 0; i < 100 && socket.writableLength !== last; i++) {
+    last = socket.writableLength;
+    if (last === 0) return;
+    await new Promise((r) => setTimeout(r, 150));
+  }
+}
+
+const FLOOD = 64 * 1024 * 1024;
+
+for (const end of ["accepted", "dialed", "inside, accepted", "inside, dialed"] as const) {
+  Deno.test(`pauseReading() stops a socket (${end}) taking in what its peer floods it with, writing goes on, and resumeReading() delivers every byte in order`, async () => {
+    const pair = await socketPair(end);
+    try {
+      let received = 0;
+      let inOrder = true;
+      pair.ours.on("data", (chunk: Uint8Array) => {
+        // Byte i of the flood is i % 251: a lost, doubled or reordered chunk breaks the sequence.
+        for (let i = 0; i < chunk.length; i += 4093) {
+          if (chunk[i] !== (received + i) % 251) inOrder = false;
+        }
+        received += chunk.length;
+      });
+      assert.equal(pauseReading(pair.ours), true, "the TCP socket underneath was found");
+      const before = pair.ours.bytesRead;
+      const flood = new Uint8Array(FLOOD);
+      for (let i = 0; i < FLOOD; i++) flood[i] = i % 251;
+      pair.theirs.write(flood);
+      await settled(pair.theirs);
+      // Stuck in bob's process and the kernel's buffers, not read into ours.
+      assert.ok(
+        pair.theirs.writableLength > FLOOD / 2,
+        `bob still holds ${pair.theirs.writableLength}`,
+      );
+      const taken = pair.ours.bytesRead - before;
+      assert.ok(taken < 4 * 1024 * 1024, `alice read ${taken} bytes while paused`);
+      assert.equal(received, 0);
+      // Writing goes on while reading is paused: bob reads alice's 8 MiB, and alice drains.
+      let heard = 0;
+      pair.theirs.on("data", (chunk: Uint8Array) => (heard += chunk.length));
+      const drained = new Promise<void>((r) => pair.ours.once("drain", () => r()));
+      if (!pair.ours.write(new Uint8Array(8 * 1024 * 1024))) await drained;
+      for (let i = 0; i < 200 && heard < 8 * 1024 * 1024; i++) {
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      assert.equal(heard, 8 * 1024 * 1024);
+      resumeReading(pair.ours);
+      for (let i = 0; i < 400 && received < FLOOD; i++) await new Promise((r) => setTimeout(r, 25));
+      assert.equal(received, FLOOD);
+      assert.ok(inOrder, "every byte arrived, in order");
+    } finally {
+      for (const s of pair.all) s.destroy();
+    }
+  });
+}
