@@ -413,13 +413,22 @@ export function pauseReading(socket: TLSSocket): boolean {
   socket.pause();
   const tcp = tcpUnder(socket);
   if (!tcp) return false;
-  if (!stopped.has(socket)) tcp.readStop();
+  if (stopped.has(socket)) return true;
+  try {
+    tcp.readStop();
+  } catch {
+    return false; // a handle closing under us: nothing more comes from it anyway
+  }
   stopped.add(socket);
   return true;
 }
 
 /** Reads from `socket` again after {@linkcode pauseReading}; what waited arrives in order. */
 export function resumeReading(socket: TLSSocket): void {
-  if (stopped.delete(socket) && !socket.destroyed) tcpUnder(socket)?.readStart();
+  if (stopped.delete(socket) && !socket.destroyed) {
+    try {
+      tcpUnder(socket)?.readStart();
+    } catch { /* closed meanwhile: its close reaches the socket as usual */ }
+  }
   socket.resume();
 }
