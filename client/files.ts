@@ -307,6 +307,10 @@ export class FileQuota {
   #ledger?: string;
   #received: Received[] = [];
   #saving: Promise<void> = Promise.resolve();
+  // Files taken and not arrived yet (nor given back): none of their bytes may be on the disk,
+  // so the free space read for the next file must not be promised to it as well.
+  #receiving: Array<{ peer: string; bytes: number }> = [];
+  #receivingBytes = 0;
 
   /**
    * A quota for files received into `dir`.
@@ -367,6 +371,7 @@ export class FileQuota {
    * too. Writes the ledger in the background, in order.
    */
   stored(peer: string, path: string, bytes: number): Promise<void> {
+    this.#arrived(this.#receiving.find((r) => r.peer === peer && r.bytes === bytes));
     this.#received.push({ peer, path, bytes });
     return this.#save();
   }
@@ -389,10 +394,13 @@ export class FileQuota {
     } catch {
       return "the free space of the downloads folder cannot be read";
     }
-    if (free - size < l.freeFloor) {
+    const receiving = this.#receivingBytes;
+    if (free - receiving - size < l.freeFloor) {
       return `it would leave less than ${formatSize(l.freeFloor)} free on the disk (${
         formatSize(free)
-      } free)`;
+      } free${
+        receiving ? `, ${formatSize(receiving)} of it promised to files being received` : ""
+      })`;
     }
     return undefined;
   }
@@ -458,11 +466,23 @@ export class FileQuota {
   /** Counts a file of `size` from `peer`; returns the function that gives it back. */
   take(peer: string, size: number): () => void {
     this.#count({ peer, bytes: size }, 1);
+    const receiving = { peer, bytes: size };
+    this.#receiving.push(receiving);
+    this.#receivingBytes += size;
     let given = false;
     return () => {
       if (given) return;
       given = true;
       this.#count({ peer, bytes: size }, -1);
+      this.#arrived(receiving);
     };
+  }
+
+  // A file taken is no longer being received: it arrived (its bytes are on the disk) or failed.
+  #arrived(receiving: { peer: string; bytes: number } | undefined): void {
+    const i = receiving ? this.#receiving.indexOf(receiving) : -1;
+    if (i < 0) return;
+    this.#receiving.splice(i, 1);
+    this.#receivingBytes -= receiving!.bytes;
   }
 }

@@ -442,6 +442,30 @@ Deno.test("FileQuota refuses past each per-peer and total limit, gives back what
   assert.equal(broken.refusal("bob", 1), "the free space of the downloads folder cannot be read");
 });
 
+Deno.test("FileQuota counts the files being received against the free-space floor, so files taken together cannot pass one reading of it", () => {
+  // Nothing of an accepted file is on the disk yet: the free space read for the next offer
+  // is the same, and without counting the first the two would go 1,200 B below the floor.
+  const free = 2_000;
+  const quota = new FileQuota("/nowhere", { ...DEFAULT_FILE_LIMITS, freeFloor: 1000 }, {
+    free: () => free,
+  });
+  assert.equal(quota.refusal("bob", 600), undefined);
+  const giveBack = quota.take("bob", 600);
+  assert.equal(
+    quota.refusal("carol", 600),
+    "it would leave less than 1000 B free on the disk (2 KiB free, 600 B of it promised to " +
+      "files being received)",
+  );
+  assert.equal(quota.refusal("carol", 400), undefined);
+  // A file that failed gives its share back; one that arrived is on the disk (the free space
+  // read shows it) and counts no more as being received.
+  giveBack();
+  assert.equal(quota.refusal("carol", 1000), undefined);
+  quota.take("carol", 600);
+  quota.stored("carol", "/nowhere/a.bin", 600);
+  assert.equal(quota.refusal("dave", 1000), undefined);
+});
+
 Deno.test("FileQuota with a ledger counts the files of earlier runs that are still there, and frees what the user removed", async () => {
   await withTempDir(async (dir) => {
     const ledger = join(dir, "received.json");
