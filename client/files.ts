@@ -110,6 +110,14 @@ export class IncomingFile {
     await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
     const partial = join(dir, `.partial-${crypto.randomUUID()}`);
     const file = await Deno.open(partial, { write: true, createNew: true, mode: 0o600 });
+    try {
+      // The partial file is ours: its owner is who we run as (no --allow-sys=uid needed).
+      await checkOwnFolder(dir, (await file.stat()).uid);
+    } catch (e) {
+      file.close();
+      await Deno.remove(partial).catch(() => {});
+      throw e;
+    }
     return new IncomingFile(dir, partial, file, announced, size, sha256);
   }
 
@@ -175,6 +183,26 @@ export class IncomingFile {
       this.#file.close();
     } catch { /* already closed */ }
     await Deno.remove(this.#partial).catch(() => {});
+  }
+}
+
+// A file is checked, then presented (terminal, page, history) by its path: whoever else may
+// rename or replace files in the folder (another user who owns it, or any user when anyone may
+// write in it) could swap in bytes of their own after the check. So a `--downloads` folder
+// must be ours and closed to other users' writes (HOME/downloads, 0700, always is).
+async function checkOwnFolder(dir: string, uid: number | null): Promise<void> {
+  const info = await Deno.stat(dir);
+  if (uid === null || info.uid === null || info.mode === null) return; // no owners here (Windows)
+  const why = info.uid !== uid
+    ? "it belongs to another user"
+    : (info.mode & 0o002) !== 0
+    ? "every user may write in it"
+    : undefined;
+  if (why) {
+    throw new E2eError("ERR_FILE", `Cannot receive files into "${dir}": ${why}`, {
+      hint: "choose a folder of your own that only you can write in (--downloads DIR), " +
+        "or leave --downloads out",
+    });
   }
 }
 

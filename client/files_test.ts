@@ -164,6 +164,39 @@ Deno.test("IncomingFile creates a missing downloads folder with mode 0700", asyn
   });
 });
 
+Deno.test("IncomingFile refuses a downloads folder every user may write in, and leaves nothing there", async () => {
+  // Another user could swap a file there after its SHA-256 was checked: the page and the
+  // terminal would present their bytes as the peer's.
+  await withTempDir(async (home) => {
+    const dir = join(home, "shared");
+    await Deno.mkdir(dir);
+    await Deno.chmod(dir, 0o777);
+    await assert.rejects(
+      IncomingFile.start(dir, "report.pdf", 3),
+      e2eError("ERR_FILE", `Cannot receive files into "${dir}": every user may write in it`),
+    );
+    assert.deepEqual(await names(dir), []);
+  });
+});
+
+Deno.test({
+  name: "IncomingFile refuses a downloads folder that belongs to another user",
+  // Only root can give a folder away.
+  ignore: Deno.uid() !== 0,
+  fn: async () => {
+    await withTempDir(async (home) => {
+      const dir = join(home, "theirs");
+      await Deno.mkdir(dir, { mode: 0o755 });
+      await Deno.chown(dir, 65534, 65534);
+      await assert.rejects(
+        IncomingFile.start(dir, "report.pdf", 3),
+        e2eError("ERR_FILE", `Cannot receive files into "${dir}": it belongs to another user`),
+      );
+      assert.deepEqual(await names(dir), []);
+    });
+  },
+});
+
 Deno.test("IncomingFile receives an empty file and a file of several hundred KiB", async () => {
   await withTempDir(async (dir) => {
     const empty = await receive(dir, "empty", new Uint8Array());
