@@ -734,6 +734,13 @@ export class Rooms {
     if (m.version < author.since) {
       throw refused(`a message in ${r.list.room} by "${m.author}" from before they joined`);
     }
+    // Nor from before we did: no member passes us those (fills start at our `since`), so one is
+    // a member replaying what it kept — shown as new, and setting where we take the author up,
+    // it would have the author's current messages refused as too far ahead, for good.
+    const self = r.list.members.find((x) => x.name === this.#host.self);
+    if (self && m.version < self.since) {
+      throw refused(`a message in ${r.list.room} by "${m.author}" from before you joined`);
+    }
     if (!verifyMessage(m, this.#memberKey(r, author))) {
       throw refused(
         `a message in ${r.list.room} claiming to be by "${m.author}" whose signature does not verify`,

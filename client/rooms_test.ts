@@ -146,3 +146,70 @@ Deno.test("A member we cannot reach is forgotten once they share no room with us
     ]);
   });
 });
+
+Deno.test("A member cannot pass a newcomer another author's messages from before it joined, nor so silence that author for it", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, bob, carol, mallory] = [keyPair(), keyPair(), keyPair(), keyPair()];
+    const roomId = randomBytes(16).toString("hex");
+    // Alice joined carol's room at version 5, after bob had written 399 messages in it.
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 5,
+      members: [
+        { name: "alice", key: alice.spki, since: 5 },
+        { name: "bob", key: bob.spki, since: 1 },
+        { name: "carol", key: carol.spki, since: 1 },
+        { name: "mallory", key: mallory.spki, since: 1 },
+      ],
+    }, carol.privateKey);
+    const byBob = (seq: number, version: number, text: string) =>
+      signMessage({ roomId, room: "#team", author: "bob", seq, version, text }, bob.privateKey);
+    await Deno.writeTextFile(
+      join(dir, `${roomId}.json`),
+      JSON.stringify({ v: 1, list, creatorKey: carol.spki, seq: 0, next: { alice: 1 } }),
+    );
+    const events: CoreEvent[] = [];
+    const conn = (name: string) =>
+      ({ name, rooms: true, sendRoom: () => true }) as unknown as PeerConnection;
+    const connections = new Map(["bob", "carol", "mallory"].map((n) => [n, conn(n)]));
+    const rooms = new Rooms({
+      self: "alice",
+      privateKey: () => alice.pem,
+      peer: (name) => connections.get(name),
+      pinned: () => undefined,
+      invite: () => Promise.resolve(),
+      accept: () => Promise.resolve(),
+      invitations: () => [],
+      emit: (e) => events.push(e),
+      history: { roomMessage() {} } as unknown as History,
+      dir,
+    });
+    await rooms.load();
+    try {
+      // Mallory kept bob's message 3, written under version 2, long before alice was in.
+      rooms.receive(connections.get("mallory")!, {
+        op: "msg",
+        m: byBob(3, 2, "yes, send it"),
+        fill: true,
+      });
+      assert.deepEqual(events, [{
+        type: "warning",
+        message: 'Refused a message in #team by "bob" from before you joined (from "mallory")',
+      }]);
+      // Bob's next message reaches alice, and is shown.
+      events.length = 0;
+      rooms.receive(connections.get("bob")!, { op: "msg", m: byBob(400, 5, "hello, alice") });
+      assert.deepEqual(events, [{
+        type: "room_message",
+        room: "#team",
+        from: "bob",
+        text: "hello, alice",
+        id: "bob.400",
+      }]);
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
