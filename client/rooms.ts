@@ -763,7 +763,11 @@ export class Rooms {
       if (seen.size > MAX_SEEN_PER_CONNECTION) seen.delete(seen.values().next().value!);
       return;
     }
-    if (next !== undefined && m.seq >= next + MAX_HELD) {
+    // At most MAX_HELD wait per author: the lowest, which are shown first. (A bound on the distance
+    // from the next one expected instead left a member who missed more than that many — away while
+    // the room was busy — deaf to the author for good: every later message was too far ahead.)
+    const waiting = r.held.get(m.author);
+    if (waiting && waiting.size >= MAX_HELD && m.seq > Math.max(...waiting.keys())) {
       throw refused(`message ${m.seq} by "${m.author}" in ${r.list.room}, too far ahead`);
     }
     seen.add(key);
@@ -785,6 +789,16 @@ export class Rooms {
     let held = r.held.get(m.author);
     if (!held) r.held.set(m.author, held = new Map());
     held.set(m.seq, m);
+    if (held.size > MAX_HELD) {
+      // The highest makes room; out of the buffer too, so that it is taken when it comes again.
+      const highest = Math.max(...held.keys());
+      held.delete(highest);
+      const dropped = r.buffer.get(`${m.author}.${highest}`);
+      if (dropped) {
+        r.buffer.delete(`${m.author}.${highest}`);
+        r.bufferChars -= dropped.text.length;
+      }
+    }
     if (next === undefined) r.next[m.author] = m.seq; // joined after them: start where we came in
     this.#drain(r, m.author);
   }

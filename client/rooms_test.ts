@@ -17,7 +17,7 @@ import { withTempDir } from "../tests/_helpers.ts";
 import type { CoreEvent } from "./events.ts";
 import type { History } from "./history.ts";
 import type { PeerConnection } from "./peer.ts";
-import { MAX_FORMER, Rooms } from "./rooms.ts";
+import { GAP_WAIT_MS, MAX_FORMER, Rooms } from "./rooms.ts";
 
 function keyPair(): { privateKey: KeyObject; spki: string; pem: string } {
   const { privateKey, publicKey } = generateKeyPairSync("ed25519");
@@ -208,6 +208,88 @@ Deno.test("A member cannot pass a newcomer another author's messages from before
         text: "hello, alice",
         id: "bob.400",
       }]);
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
+
+Deno.test("A member who missed more than 256 of an author's messages reports the gap and hears that author again", async () => {
+  // Away while bob wrote 800 messages: the mailbox held the first 99 of them, and carol's
+  // memory of the room keeps the last ones only, from 489 on.
+  await withTempDir(async (dir) => {
+    const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
+    const roomId = randomBytes(16).toString("hex");
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 1,
+      members: [
+        { name: "alice", key: alice.spki, since: 1 },
+        { name: "bob", key: bob.spki, since: 1 },
+        { name: "carol", key: carol.spki, since: 1 },
+      ],
+    }, carol.privateKey);
+    const byBob = (seq: number) =>
+      signMessage(
+        { roomId, room: "#team", author: "bob", seq, version: 1, text: `bob ${seq}` },
+        bob.privateKey,
+      );
+    await Deno.writeTextFile(
+      join(dir, `${roomId}.json`),
+      JSON.stringify({ v: 1, list, creatorKey: carol.spki, seq: 0, next: { alice: 1, bob: 100 } }),
+    );
+    const events: CoreEvent[] = [];
+    let gap: () => void = () => {};
+    const gapped = new Promise<void>((resolve) => gap = resolve);
+    const conn = (name: string) =>
+      ({ name, rooms: true, sendRoom: () => true }) as unknown as PeerConnection;
+    const connections = new Map(["bob", "carol"].map((n) => [n, conn(n)]));
+    const rooms = new Rooms({
+      self: "alice",
+      privateKey: () => alice.pem,
+      peer: (name) => connections.get(name),
+      pinned: () => undefined,
+      invite: () => Promise.resolve(),
+      accept: () => Promise.resolve(),
+      invitations: () => [],
+      emit: (e) => {
+        events.push(e);
+        if (e.type === "room_gap") gap();
+      },
+      history: { roomMessage() {} } as unknown as History,
+      dir,
+    });
+    await rooms.load();
+    try {
+      // 800 comes first (passed on early), then 489 to 744: the lowest 256 wait, 800 makes room.
+      for (const seq of [800, ...Array.from({ length: 256 }, (_, i) => 489 + i)]) {
+        rooms.receive(connections.get("carol")!, { op: "msg", m: byBob(seq), fill: true });
+      }
+      // No member has 100 to 488: reported once the wait for them is over (or never, as before).
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        gapped,
+        new Promise((resolve) => timer = setTimeout(resolve, GAP_WAIT_MS * 3)),
+      ]);
+      clearTimeout(timer);
+      for (let seq = 745; seq <= 801; seq++) {
+        rooms.receive(connections.get("bob")!, { op: "msg", m: byBob(seq) });
+      }
+      const shown = events.filter((e) => e.type === "room_message").map((e) =>
+        e.type === "room_message" && e.id
+      );
+      assert.deepEqual(
+        events.filter((e) => e.type !== "room_message"),
+        [{
+          type: "room_gap",
+          room: "#team",
+          from: "bob",
+          missing: Array.from({ length: 389 }, (_, i) => 100 + i),
+        }],
+      );
+      assert.deepEqual(shown, Array.from({ length: 313 }, (_, i) => `bob.${489 + i}`));
     } finally {
       await rooms.stop();
     }
