@@ -662,6 +662,11 @@ export class Rooms {
       if (list.creator !== invite.list.creator || !verifyList(list, publicKeyOf(invite.key))) {
         throw refused(`a member list of ${list.room} the creator did not sign`);
       }
+      // The list that adds us follows the invitation's: an older one that had us (a member
+      // removed and invited again) would put us back, unasked, among members since removed.
+      if (list.version <= invite.list.version) {
+        throw refused(`a member list of ${list.room} no newer than the invitation to it`);
+      }
       const me = list.members.find((m) => m.name === self);
       if (!me) return;
       if (me.key !== this.#ownKey()) {

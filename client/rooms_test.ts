@@ -3,7 +3,7 @@
  * in for (their own tests cover them): the signatures, lists and files are real.
  */
 import assert from "node:assert/strict";
-import { generateKeyPairSync, type KeyObject, randomBytes } from "node:crypto";
+import { createPublicKey, generateKeyPairSync, type KeyObject, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import {
   type RoomMember,
@@ -290,6 +290,64 @@ Deno.test("A member who missed more than 256 of an author's messages reports the
         }],
       );
       assert.deepEqual(shown, Array.from({ length: 313 }, (_, i) => `bob.${489 + i}`));
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
+
+Deno.test("A member cannot put a re-invited member back into the room with an old list that had it", async () => {
+  await withTempDir(async (dir) => {
+    const [carol, dave, eve, mallory] = [keyPair(), keyPair(), keyPair(), keyPair()];
+    const roomId = randomBytes(16).toString("hex");
+    const list = (version: number, members: RoomMember[]) =>
+      signList({ roomId, room: "#team", creator: "carol", version, members }, carol.privateKey);
+    const c = { name: "carol", key: carol.spki, since: 1 };
+    // Version 3 had dave and eve; carol removed both since, and now invites dave again.
+    const old = list(3, [c, { name: "dave", key: dave.spki, since: 2 }, {
+      name: "eve",
+      key: eve.spki,
+      since: 3,
+    }]);
+    const current = list(7, [c, { name: "mallory", key: mallory.spki, since: 6 }]);
+    const events: CoreEvent[] = [];
+    const conn = (name: string, publicKey?: KeyObject) =>
+      ({
+        name,
+        rooms: true,
+        sendRoom: () => true,
+        certificate: { x509: { publicKey } },
+      }) as unknown as PeerConnection;
+    const connections = new Map([
+      ["carol", conn("carol", createPublicKey(carol.privateKey))],
+      ["mallory", conn("mallory")],
+    ]);
+    const rooms = new Rooms({
+      self: "dave",
+      privateKey: () => dave.pem,
+      peer: (name) => connections.get(name),
+      pinned: () => undefined,
+      invite: () => Promise.resolve(),
+      accept: () => Promise.resolve(),
+      invitations: () => [],
+      emit: (e) => events.push(e),
+      history: { roomMessage() {} } as unknown as History,
+      dir,
+    });
+    await rooms.load();
+    try {
+      rooms.receive(connections.get("carol")!, { op: "invite", list: current });
+      assert.deepEqual(events, [{ type: "room_invite", room: "#team", from: "carol" }]);
+      events.length = 0;
+      // Before dave says whether he joins, mallory passes on the list of version 3.
+      rooms.receive(connections.get("mallory")!, { op: "list", list: old });
+      assert.deepEqual(events, [{
+        type: "warning",
+        message:
+          'Refused a member list of #team no newer than the invitation to it (from "mallory")',
+      }]);
+      assert.equal(rooms.has("#team"), false);
+      assert.deepEqual(rooms.list().invitations, ["#team"]);
     } finally {
       await rooms.stop();
     }
