@@ -502,7 +502,13 @@ export class FileQuota {
       if (given) return;
       given = true;
       this.#count({ peer, bytes: size }, -1);
-      this.#arrived(receiving);
+      // Files of one peer and size are alike to stored(), which may have taken this one's place
+      // for another that arrived first: then that one's is left, and goes now.
+      this.#arrived(
+        this.#receiving.includes(receiving)
+          ? receiving
+          : this.#receiving.find((r) => r.peer === peer && r.bytes === size),
+      );
     };
   }
 

@@ -497,6 +497,12 @@ Deno.test("FileQuota counts the files being received against the free-space floo
   quota.take("carol", 600);
   quota.stored("carol", "/nowhere/a.bin", 600);
   assert.equal(quota.refusal("dave", 1000), undefined);
+  // Two files of one size from one peer: the second arrives, then the first fails.
+  const first = quota.take("erin", 300);
+  quota.take("erin", 300);
+  quota.stored("erin", "/nowhere/b.bin", 300);
+  first();
+  assert.equal(quota.refusal("dave", 1000), undefined);
 });
 
 Deno.test("FileQuota with a ledger counts the files of earlier runs that are still there, and frees what the user removed", async () => {
