@@ -110,6 +110,14 @@ export class IncomingFile {
     await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
     const partial = join(dir, `.partial-${crypto.randomUUID()}`);
     const file = await Deno.open(partial, { write: true, createNew: true, mode: 0o600 });
+    try {
+      // The partial file is ours: its owner is who we run as (no --allow-sys=uid needed).
+      await checkOwnFolder(dir, (await file.stat()).uid);
+    } catch (e) {
+      file.close();
+      await Deno.remove(partial).catch(() => {});
+      throw e;
+    }
     return new IncomingFile(dir, partial, file, announced, size, sha256);
   }
 
@@ -175,6 +183,26 @@ export class IncomingFile {
       this.#file.close();
     } catch { /* already closed */ }
     await Deno.remove(this.#partial).catch(() => {});
+  }
+}
+
+// A file is checked, then presented (terminal, page, history) by its path: whoever else may
+// rename or replace files in the folder (another user who owns it, or any user when anyone may
+// write in it) could swap in bytes of their own after the check. So a `--downloads` folder
+// must be ours and closed to other users' writes (HOME/downloads, 0700, always is).
+async function checkOwnFolder(dir: string, uid: number | null): Promise<void> {
+  const info = await Deno.stat(dir);
+  if (uid === null || info.uid === null || info.mode === null) return; // no owners here (Windows)
+  const why = info.uid !== uid
+    ? "it belongs to another user"
+    : (info.mode & 0o002) !== 0
+    ? "every user may write in it"
+    : undefined;
+  if (why) {
+    throw new E2eError("ERR_FILE", `Cannot receive files into "${dir}": ${why}`, {
+      hint: "choose a folder of your own that only you can write in (--downloads DIR), " +
+        "or leave --downloads out",
+    });
   }
 }
 
@@ -307,6 +335,10 @@ export class FileQuota {
   #ledger?: string;
   #received: Received[] = [];
   #saving: Promise<void> = Promise.resolve();
+  // Files taken and not arrived yet (nor given back): none of their bytes may be on the disk,
+  // so the free space read for the next file must not be promised to it as well.
+  #receiving: Array<{ peer: string; bytes: number }> = [];
+  #receivingBytes = 0;
 
   /**
    * A quota for files received into `dir`.
@@ -367,6 +399,7 @@ export class FileQuota {
    * too. Writes the ledger in the background, in order.
    */
   stored(peer: string, path: string, bytes: number): Promise<void> {
+    this.#arrived(this.#receiving.find((r) => r.peer === peer && r.bytes === bytes));
     this.#received.push({ peer, path, bytes });
     return this.#save();
   }
@@ -389,10 +422,13 @@ export class FileQuota {
     } catch {
       return "the free space of the downloads folder cannot be read";
     }
-    if (free - size < l.freeFloor) {
+    const receiving = this.#receivingBytes;
+    if (free - receiving - size < l.freeFloor) {
       return `it would leave less than ${formatSize(l.freeFloor)} free on the disk (${
         formatSize(free)
-      } free)`;
+      } free${
+        receiving ? `, ${formatSize(receiving)} of it promised to files being received` : ""
+      })`;
     }
     return undefined;
   }
@@ -458,11 +494,29 @@ export class FileQuota {
   /** Counts a file of `size` from `peer`; returns the function that gives it back. */
   take(peer: string, size: number): () => void {
     this.#count({ peer, bytes: size }, 1);
+    const receiving = { peer, bytes: size };
+    this.#receiving.push(receiving);
+    this.#receivingBytes += size;
     let given = false;
     return () => {
       if (given) return;
       given = true;
       this.#count({ peer, bytes: size }, -1);
+      // Files of one peer and size are alike to stored(), which may have taken this one's place
+      // for another that arrived first: then that one's is left, and goes now.
+      this.#arrived(
+        this.#receiving.includes(receiving)
+          ? receiving
+          : this.#receiving.find((r) => r.peer === peer && r.bytes === size),
+      );
     };
+  }
+
+  // A file taken is no longer being received: it arrived (its bytes are on the disk) or failed.
+  #arrived(receiving: { peer: string; bytes: number } | undefined): void {
+    const i = receiving ? this.#receiving.indexOf(receiving) : -1;
+    if (i < 0) return;
+    this.#receiving.splice(i, 1);
+    this.#receivingBytes -= receiving!.bytes;
   }
 }

@@ -164,6 +164,39 @@ Deno.test("IncomingFile creates a missing downloads folder with mode 0700", asyn
   });
 });
 
+Deno.test("IncomingFile refuses a downloads folder every user may write in, and leaves nothing there", async () => {
+  // Another user could swap a file there after its SHA-256 was checked: the page and the
+  // terminal would present their bytes as the peer's.
+  await withTempDir(async (home) => {
+    const dir = join(home, "shared");
+    await Deno.mkdir(dir);
+    await Deno.chmod(dir, 0o777);
+    await assert.rejects(
+      IncomingFile.start(dir, "report.pdf", 3),
+      e2eError("ERR_FILE", `Cannot receive files into "${dir}": every user may write in it`),
+    );
+    assert.deepEqual(await names(dir), []);
+  });
+});
+
+Deno.test({
+  name: "IncomingFile refuses a downloads folder that belongs to another user",
+  // Only root can give a folder away.
+  ignore: Deno.uid() !== 0,
+  fn: async () => {
+    await withTempDir(async (home) => {
+      const dir = join(home, "theirs");
+      await Deno.mkdir(dir, { mode: 0o755 });
+      await Deno.chown(dir, 65534, 65534);
+      await assert.rejects(
+        IncomingFile.start(dir, "report.pdf", 3),
+        e2eError("ERR_FILE", `Cannot receive files into "${dir}": it belongs to another user`),
+      );
+      assert.deepEqual(await names(dir), []);
+    });
+  },
+});
+
 Deno.test("IncomingFile receives an empty file and a file of several hundred KiB", async () => {
   await withTempDir(async (dir) => {
     const empty = await receive(dir, "empty", new Uint8Array());
@@ -440,6 +473,36 @@ Deno.test("FileQuota refuses past each per-peer and total limit, gives back what
     },
   });
   assert.equal(broken.refusal("bob", 1), "the free space of the downloads folder cannot be read");
+});
+
+Deno.test("FileQuota counts the files being received against the free-space floor, so files taken together cannot pass one reading of it", () => {
+  // Nothing of an accepted file is on the disk yet: the free space read for the next offer
+  // is the same, and without counting the first the two would go 1,200 B below the floor.
+  const free = 2_000;
+  const quota = new FileQuota("/nowhere", { ...DEFAULT_FILE_LIMITS, freeFloor: 1000 }, {
+    free: () => free,
+  });
+  assert.equal(quota.refusal("bob", 600), undefined);
+  const giveBack = quota.take("bob", 600);
+  assert.equal(
+    quota.refusal("carol", 600),
+    "it would leave less than 1000 B free on the disk (2 KiB free, 600 B of it promised to " +
+      "files being received)",
+  );
+  assert.equal(quota.refusal("carol", 400), undefined);
+  // A file that failed gives its share back; one that arrived is on the disk (the free space
+  // read shows it) and counts no more as being received.
+  giveBack();
+  assert.equal(quota.refusal("carol", 1000), undefined);
+  quota.take("carol", 600);
+  quota.stored("carol", "/nowhere/a.bin", 600);
+  assert.equal(quota.refusal("dave", 1000), undefined);
+  // Two files of one size from one peer: the second arrives, then the first fails.
+  const first = quota.take("erin", 300);
+  quota.take("erin", 300);
+  quota.stored("erin", "/nowhere/b.bin", 300);
+  first();
+  assert.equal(quota.refusal("dave", 1000), undefined);
 });
 
 Deno.test("FileQuota with a ledger counts the files of earlier runs that are still there, and frees what the user removed", async () => {

@@ -662,6 +662,11 @@ export class Rooms {
       if (list.creator !== invite.list.creator || !verifyList(list, publicKeyOf(invite.key))) {
         throw refused(`a member list of ${list.room} the creator did not sign`);
       }
+      // The list that adds us follows the invitation's: an older one that had us (a member
+      // removed and invited again) would put us back, unasked, among members since removed.
+      if (list.version <= invite.list.version) {
+        throw refused(`a member list of ${list.room} no newer than the invitation to it`);
+      }
       const me = list.members.find((m) => m.name === self);
       if (!me) return;
       if (me.key !== this.#ownKey()) {
@@ -734,6 +739,13 @@ export class Rooms {
     if (m.version < author.since) {
       throw refused(`a message in ${r.list.room} by "${m.author}" from before they joined`);
     }
+    // Nor from before we did: no member passes us those (fills start at our `since`), so one is
+    // a member replaying what it kept — shown as new, and setting where we take the author up,
+    // it would have the author's current messages refused as too far ahead, for good.
+    const self = r.list.members.find((x) => x.name === this.#host.self);
+    if (self && m.version < self.since) {
+      throw refused(`a message in ${r.list.room} by "${m.author}" from before you joined`);
+    }
     if (!verifyMessage(m, this.#memberKey(r, author))) {
       throw refused(
         `a message in ${r.list.room} claiming to be by "${m.author}" whose signature does not verify`,
@@ -756,7 +768,11 @@ export class Rooms {
       if (seen.size > MAX_SEEN_PER_CONNECTION) seen.delete(seen.values().next().value!);
       return;
     }
-    if (next !== undefined && m.seq >= next + MAX_HELD) {
+    // At most MAX_HELD wait per author: the lowest, which are shown first. (A bound on the distance
+    // from the next one expected instead left a member who missed more than that many — away while
+    // the room was busy — deaf to the author for good: every later message was too far ahead.)
+    const waiting = r.held.get(m.author);
+    if (waiting && waiting.size >= MAX_HELD && m.seq > Math.max(...waiting.keys())) {
       throw refused(`message ${m.seq} by "${m.author}" in ${r.list.room}, too far ahead`);
     }
     seen.add(key);
@@ -778,6 +794,16 @@ export class Rooms {
     let held = r.held.get(m.author);
     if (!held) r.held.set(m.author, held = new Map());
     held.set(m.seq, m);
+    if (held.size > MAX_HELD) {
+      // The highest makes room; out of the buffer too, so that it is taken when it comes again.
+      const highest = Math.max(...held.keys());
+      held.delete(highest);
+      const dropped = r.buffer.get(`${m.author}.${highest}`);
+      if (dropped) {
+        r.buffer.delete(`${m.author}.${highest}`);
+        r.bufferChars -= dropped.text.length;
+      }
+    }
     if (next === undefined) r.next[m.author] = m.seq; // joined after them: start where we came in
     this.#drain(r, m.author);
   }

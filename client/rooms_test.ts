@@ -3,7 +3,7 @@
  * in for (their own tests cover them): the signatures, lists and files are real.
  */
 import assert from "node:assert/strict";
-import { generateKeyPairSync, type KeyObject, randomBytes } from "node:crypto";
+import { createPublicKey, generateKeyPairSync, type KeyObject, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import {
   type RoomMember,
@@ -17,7 +17,7 @@ import { withTempDir } from "../tests/_helpers.ts";
 import type { CoreEvent } from "./events.ts";
 import type { History } from "./history.ts";
 import type { PeerConnection } from "./peer.ts";
-import { MAX_FORMER, Rooms } from "./rooms.ts";
+import { GAP_WAIT_MS, MAX_FORMER, Rooms } from "./rooms.ts";
 
 function keyPair(): { privateKey: KeyObject; spki: string; pem: string } {
   const { privateKey, publicKey } = generateKeyPairSync("ed25519");
@@ -144,5 +144,212 @@ Deno.test("A member we cannot reach is forgotten once they share no room with us
       `Cannot connect to "${ghost}", a room member: no such user`,
       `Cannot connect to "${ghost}", a room member: no such user`,
     ]);
+  });
+});
+
+Deno.test("A member cannot pass a newcomer another author's messages from before it joined, nor so silence that author for it", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, bob, carol, mallory] = [keyPair(), keyPair(), keyPair(), keyPair()];
+    const roomId = randomBytes(16).toString("hex");
+    // Alice joined carol's room at version 5, after bob had written 399 messages in it.
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 5,
+      members: [
+        { name: "alice", key: alice.spki, since: 5 },
+        { name: "bob", key: bob.spki, since: 1 },
+        { name: "carol", key: carol.spki, since: 1 },
+        { name: "mallory", key: mallory.spki, since: 1 },
+      ],
+    }, carol.privateKey);
+    const byBob = (seq: number, version: number, text: string) =>
+      signMessage({ roomId, room: "#team", author: "bob", seq, version, text }, bob.privateKey);
+    await Deno.writeTextFile(
+      join(dir, `${roomId}.json`),
+      JSON.stringify({ v: 1, list, creatorKey: carol.spki, seq: 0, next: { alice: 1 } }),
+    );
+    const events: CoreEvent[] = [];
+    const conn = (name: string) =>
+      ({ name, rooms: true, sendRoom: () => true }) as unknown as PeerConnection;
+    const connections = new Map(["bob", "carol", "mallory"].map((n) => [n, conn(n)]));
+    const rooms = new Rooms({
+      self: "alice",
+      privateKey: () => alice.pem,
+      peer: (name) => connections.get(name),
+      pinned: () => undefined,
+      invite: () => Promise.resolve(),
+      accept: () => Promise.resolve(),
+      invitations: () => [],
+      emit: (e) => events.push(e),
+      history: { roomMessage() {} } as unknown as History,
+      dir,
+    });
+    await rooms.load();
+    try {
+      // Mallory kept bob's message 3, written under version 2, long before alice was in.
+      rooms.receive(connections.get("mallory")!, {
+        op: "msg",
+        m: byBob(3, 2, "yes, send it"),
+        fill: true,
+      });
+      assert.deepEqual(events, [{
+        type: "warning",
+        message: 'Refused a message in #team by "bob" from before you joined (from "mallory")',
+      }]);
+      // Bob's next message reaches alice, and is shown.
+      events.length = 0;
+      rooms.receive(connections.get("bob")!, { op: "msg", m: byBob(400, 5, "hello, alice") });
+      assert.deepEqual(events, [{
+        type: "room_message",
+        room: "#team",
+        from: "bob",
+        text: "hello, alice",
+        id: "bob.400",
+      }]);
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
+
+Deno.test("A member who missed more than 256 of an author's messages reports the gap and hears that author again", async () => {
+  // Away while bob wrote 800 messages: the mailbox held the first 99 of them, and carol's
+  // memory of the room keeps the last ones only, from 489 on.
+  await withTempDir(async (dir) => {
+    const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
+    const roomId = randomBytes(16).toString("hex");
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 1,
+      members: [
+        { name: "alice", key: alice.spki, since: 1 },
+        { name: "bob", key: bob.spki, since: 1 },
+        { name: "carol", key: carol.spki, since: 1 },
+      ],
+    }, carol.privateKey);
+    const byBob = (seq: number) =>
+      signMessage(
+        { roomId, room: "#team", author: "bob", seq, version: 1, text: `bob ${seq}` },
+        bob.privateKey,
+      );
+    await Deno.writeTextFile(
+      join(dir, `${roomId}.json`),
+      JSON.stringify({ v: 1, list, creatorKey: carol.spki, seq: 0, next: { alice: 1, bob: 100 } }),
+    );
+    const events: CoreEvent[] = [];
+    let gap: () => void = () => {};
+    const gapped = new Promise<void>((resolve) => gap = resolve);
+    const conn = (name: string) =>
+      ({ name, rooms: true, sendRoom: () => true }) as unknown as PeerConnection;
+    const connections = new Map(["bob", "carol"].map((n) => [n, conn(n)]));
+    const rooms = new Rooms({
+      self: "alice",
+      privateKey: () => alice.pem,
+      peer: (name) => connections.get(name),
+      pinned: () => undefined,
+      invite: () => Promise.resolve(),
+      accept: () => Promise.resolve(),
+      invitations: () => [],
+      emit: (e) => {
+        events.push(e);
+        if (e.type === "room_gap") gap();
+      },
+      history: { roomMessage() {} } as unknown as History,
+      dir,
+    });
+    await rooms.load();
+    try {
+      // 800 comes first (passed on early), then 489 to 744: the lowest 256 wait, 800 makes room.
+      for (const seq of [800, ...Array.from({ length: 256 }, (_, i) => 489 + i)]) {
+        rooms.receive(connections.get("carol")!, { op: "msg", m: byBob(seq), fill: true });
+      }
+      // No member has 100 to 488: reported once the wait for them is over (or never, as before).
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        gapped,
+        new Promise((resolve) => timer = setTimeout(resolve, GAP_WAIT_MS * 3)),
+      ]);
+      clearTimeout(timer);
+      for (let seq = 745; seq <= 801; seq++) {
+        rooms.receive(connections.get("bob")!, { op: "msg", m: byBob(seq) });
+      }
+      const shown = events.filter((e) => e.type === "room_message").map((e) =>
+        e.type === "room_message" && e.id
+      );
+      assert.deepEqual(
+        events.filter((e) => e.type !== "room_message"),
+        [{
+          type: "room_gap",
+          room: "#team",
+          from: "bob",
+          missing: Array.from({ length: 389 }, (_, i) => 100 + i),
+        }],
+      );
+      assert.deepEqual(shown, Array.from({ length: 313 }, (_, i) => `bob.${489 + i}`));
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
+
+Deno.test("A member cannot put a re-invited member back into the room with an old list that had it", async () => {
+  await withTempDir(async (dir) => {
+    const [carol, dave, eve, mallory] = [keyPair(), keyPair(), keyPair(), keyPair()];
+    const roomId = randomBytes(16).toString("hex");
+    const list = (version: number, members: RoomMember[]) =>
+      signList({ roomId, room: "#team", creator: "carol", version, members }, carol.privateKey);
+    const c = { name: "carol", key: carol.spki, since: 1 };
+    // Version 3 had dave and eve; carol removed both since, and now invites dave again.
+    const old = list(3, [c, { name: "dave", key: dave.spki, since: 2 }, {
+      name: "eve",
+      key: eve.spki,
+      since: 3,
+    }]);
+    const current = list(7, [c, { name: "mallory", key: mallory.spki, since: 6 }]);
+    const events: CoreEvent[] = [];
+    const conn = (name: string, publicKey?: KeyObject) =>
+      ({
+        name,
+        rooms: true,
+        sendRoom: () => true,
+        certificate: { x509: { publicKey } },
+      }) as unknown as PeerConnection;
+    const connections = new Map([
+      ["carol", conn("carol", createPublicKey(carol.privateKey))],
+      ["mallory", conn("mallory")],
+    ]);
+    const rooms = new Rooms({
+      self: "dave",
+      privateKey: () => dave.pem,
+      peer: (name) => connections.get(name),
+      pinned: () => undefined,
+      invite: () => Promise.resolve(),
+      accept: () => Promise.resolve(),
+      invitations: () => [],
+      emit: (e) => events.push(e),
+      history: { roomMessage() {} } as unknown as History,
+      dir,
+    });
+    await rooms.load();
+    try {
+      rooms.receive(connections.get("carol")!, { op: "invite", list: current });
+      assert.deepEqual(events, [{ type: "room_invite", room: "#team", from: "carol" }]);
+      events.length = 0;
+      // Before dave says whether he joins, mallory passes on the list of version 3.
+      rooms.receive(connections.get("mallory")!, { op: "list", list: old });
+      assert.deepEqual(events, [{
+        type: "warning",
+        message:
+          'Refused a member list of #team no newer than the invitation to it (from "mallory")',
+      }]);
+      assert.equal(rooms.has("#team"), false);
+      assert.deepEqual(rooms.list().invitations, ["#team"]);
+    } finally {
+      await rooms.stop();
+    }
   });
 });
