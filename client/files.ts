@@ -189,13 +189,14 @@ export class IncomingFile {
 // A file is checked, then presented (terminal, page, history) by its path: whoever else may
 // rename or replace files in the folder (another user who owns it, or any user when anyone may
 // write in it) could swap in bytes of their own after the check. So a `--downloads` folder
-// must be ours and closed to other users' writes (HOME/downloads, 0700, always is).
+// must be ours and closed to other users' writes (HOME/downloads, 0700, always is), or sticky
+// like /tmp, where only a file's owner may rename or remove it.
 async function checkOwnFolder(dir: string, uid: number | null): Promise<void> {
   const info = await Deno.stat(dir);
   if (uid === null || info.uid === null || info.mode === null) return; // no owners here (Windows)
   const why = info.uid !== uid
     ? "it belongs to another user"
-    : (info.mode & 0o002) !== 0
+    : (info.mode & 0o002) !== 0 && (info.mode & 0o1000) === 0 // sticky (/tmp): only we rename ours
     ? "every user may write in it"
     : undefined;
   if (why) {

@@ -179,6 +179,16 @@ Deno.test("IncomingFile refuses a downloads folder every user may write in, and 
   });
 });
 
+Deno.test("IncomingFile receives into a folder every user may write in when it is sticky, as /tmp is (only a file's owner may rename it there)", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "tmp");
+    await Deno.mkdir(dir);
+    await Deno.chmod(dir, 0o1777);
+    const path = await receive(dir, "x.bin", Uint8Array.of(1, 2, 3));
+    assert.equal(path, join(dir, "x.bin"));
+  });
+});
+
 Deno.test({
   name: "IncomingFile refuses a downloads folder that belongs to another user",
   // Only root can give a folder away.
