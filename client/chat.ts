@@ -672,6 +672,17 @@ export class Chat {
     }));
   }
 
+  /**
+   * Undefined while `name` (a connected peer, or the members of a room) takes more of our input
+   * at once; past 4 MiB unsent, a promise that resolves once it has read most of it, or its
+   * connection closed ({@linkcode PeerConnection.whenWritable}): the faces wait for it before
+   * the next line.
+   */
+  whenWritable(name: string): Promise<void> | undefined {
+    if (isRoomName(name)) return this.rooms.whenWritable(name);
+    return this.#peers.get(name)?.conn.whenWritable();
+  }
+
   /** Whether `name` is connected. */
   isConnected(name: string): boolean {
     return this.#peers.has(name);

@@ -146,6 +146,12 @@ export const MAX_ANSWER_BYTES = 2 * MAX_UNSENT_FILL;
  * {@linkcode MAX_UNSENT_FILL}, and a file keeps at most 8 MiB unconfirmed on top.
  */
 export const MAX_UNREAD_BYTES = MAX_UNSENT_FILL + SEND_WINDOW;
+/**
+ * Bytes unsent to a peer past which the faces take no more of the user's input until it reads
+ * ({@linkcode PeerConnection.whenWritable}): a script that writes faster than the peer reads is
+ * held back, instead of filling memory until {@linkcode MAX_UNREAD_BYTES} cuts the peer off.
+ */
+export const BACKLOG_BYTES = 4 * 1024 * 1024;
 /** Messages whose round trip we time at most (the oldest beyond are delivered without `ms`). */
 const MAX_TIMED = 10_000;
 const CHUNK_BYTES = 512 * 1024; // within MAX_CHUNK_BYTES (base64)
@@ -222,6 +228,7 @@ export class PeerConnection {
   #lastProgress = 0;
   #answered = 0; // bytes (about) of answers to the peer's room requests (see sendRoom)
   #holding = false; // reads paused until what we wrote drains (see #holdIfUnread)
+  #writable?: Promise<void>; // see whenWritable
 
   /** Wraps a socket whose peer was checked as `name` with `certificate`. */
   constructor(socket: TLSSocket, name: string, certificate: CertificateInfo, options: PeerOptions) {
@@ -231,9 +238,9 @@ export class PeerConnection {
     this.#options = options;
   }
 
-  /** Whether the connection is still open. */
+  /** Whether the connection is still open (and ours to write to: not ended or destroyed). */
   get open(): boolean {
-    return !this.#closed;
+    return !this.#closed && !this.#ended;
   }
 
   /** Sends hello and starts reading. */
@@ -266,6 +273,46 @@ export class PeerConnection {
     }
     this.#write({ type: "msg", id, text });
     return id;
+  }
+
+  /**
+   * Undefined while under {@linkcode BACKLOG_BYTES} wait unsent to the peer; past that, a
+   * promise that resolves once a quarter of it is left, or the connection closed. A peer that
+   * reads none of it for `sendStallMs` (30 s) is cut off, as a stalled file send is, with the
+   * reason `"bob" reads nothing: …`. A slow reader is waited for as long as it makes progress.
+   */
+  whenWritable(): Promise<void> | undefined {
+    if (this.#closed || this.#ended || this.#unsent <= BACKLOG_BYTES) return undefined;
+    this.#writable ??= this.#backlogDrained().finally(() => (this.#writable = undefined));
+    return this.#writable;
+  }
+
+  async #backlogDrained(): Promise<void> {
+    const stallMs = this.#options.sendStallMs ?? SEND_STALL_MS;
+    let least = this.#unsent;
+    let moved = Date.now();
+    while (!this.#closed && !this.#ended && this.#unsent > BACKLOG_BYTES / 4) {
+      // Drained, closed, or a look at how far it got every 50 ms.
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          this.#socket.off("drain", done);
+          this.#socket.off("close", done);
+          resolve();
+        };
+        const timer = setTimeout(done, 50);
+        this.#socket.on("drain", done);
+        this.#socket.on("close", done);
+      });
+      const unsent = this.#unsent;
+      if (unsent < least) {
+        least = unsent;
+        moved = Date.now();
+      } else if (Date.now() - moved > stallMs) {
+        this.#closeReason = this.#unreadReason(unsent);
+        this.#socket.destroy();
+      }
+    }
   }
 
   /** Whether the peer's hello listed "rooms" (it takes `room` frames). */

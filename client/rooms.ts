@@ -1066,6 +1066,18 @@ export class Rooms {
     };
   }
 
+  /**
+   * Undefined while every connected member of `room` takes more at once; else a promise that
+   * resolves once they do ({@linkcode PeerConnection.whenWritable}).
+   */
+  whenWritable(room: string): Promise<void> | undefined {
+    const r = this.#byName(room);
+    if (!r) return undefined;
+    const waits = this.#connectedMembers(r, [this.#host.self]).map((c) => c.whenWritable())
+      .filter((w) => w !== undefined);
+    return waits.length ? Promise.all(waits).then(() => {}) : undefined;
+  }
+
   #joined(room: string): Room {
     checkRoomName(room);
     const r = this.#byName(room);

@@ -173,6 +173,13 @@ export function parseCommand(line: string, options: ParseOptions = {}): Command 
   }
 }
 
+/**
+ * Characters of messages that may wait behind peers (one still connecting, one that reads slowly)
+ * before a face takes no more input until they go down to half: the user's lines are kept, and
+ * memory stays bounded.
+ */
+export const MAX_WAITING_CHARS = 32 * 1024 * 1024;
+
 /** Runs command lines against a chat, reporting answers and errors as events. */
 export class CommandRunner {
   #chat: Chat;
@@ -180,6 +187,8 @@ export class CommandRunner {
   #current?: string;
   #pending = new Map<string, Promise<unknown>>(); // per peer: the last command queued for it
   #accepting?: string; // the peer of the last /accept
+  #waiting = 0; // characters of messages queued behind a peer (#queue)
+  #inputRoom?: PromiseWithResolvers<void>; // input waiting for #waiting to go down (#lessWaiting)
 
   /**
    * A runner over `chat` whose answers (and errors) go to `emit`.
@@ -245,11 +254,17 @@ export class CommandRunner {
           ? { ...command, name: peer } as Command
           : command;
         this.#queue(peer, bound);
-        return true;
+        // What waits for slow peers is bounded: past it, no more input is taken until it runs.
+        return this.#waiting > MAX_WAITING_CHARS ? this.#lessWaiting().then(() => true) : true;
       }
       // A message to a connected peer or a room is done at once, without a promise: most of a
       // chat's input, and a burst of it then runs in one turn.
-      if (command.op === "send" && this.#sendNow(command.name ?? this.#current, command.text)) {
+      const to = command.op === "send" ? command.name ?? this.#current : undefined;
+      if (command.op === "send" && this.#sendNow(to, command.text)) {
+        // Past a few MiB unsent to them, what comes next for them waits until they read (a
+        // script that writes faster than a peer reads is held back, not cut off from it).
+        const ready = this.#chat.whenWritable(to!);
+        if (ready) this.#after(to!, ready);
         return true;
       }
       return this.run(command).catch((e) => {
@@ -282,13 +297,37 @@ export class CommandRunner {
   }
 
   #queue(peer: string, command: Command): void {
-    const next = (this.#pending.get(peer) ?? Promise.resolve())
-      .then(() => this.run(command))
-      .catch((e) => this.#emit({ type: "error", message: describeError(e) }));
+    const chars = command.op === "send" ? command.text.length : 0;
+    this.#waiting += chars;
+    this.#after(
+      peer,
+      (this.#pending.get(peer) ?? Promise.resolve()).then(async () => {
+        this.#waiting -= chars;
+        if (this.#waiting <= MAX_WAITING_CHARS / 2) this.#inputRoom?.resolve();
+        await this.run(command);
+        // A message leaves a peer that reads slowly more to read: the next one waits for it.
+        if (command.op === "send") await this.#chat.whenWritable(peer);
+      }).catch((e) => this.#emit({ type: "error", message: describeError(e) })),
+    );
+  }
+
+  // What comes next for `peer` runs after `step` (a queued command, or its backlog draining).
+  #after(peer: string, step: Promise<unknown>): void {
+    const next = step.catch(() => {});
     this.#pending.set(peer, next);
     next.finally(() => {
       if (this.#pending.get(peer) === next) this.#pending.delete(peer);
     });
+  }
+
+  // Resolves once what waits for slow peers is down to half of MAX_WAITING_CHARS.
+  #lessWaiting(): Promise<void> {
+    if (!this.#inputRoom) {
+      const made = Promise.withResolvers<void>();
+      made.promise.finally(() => (this.#inputRoom = undefined));
+      this.#inputRoom = made;
+    }
+    return this.#inputRoom.promise;
   }
 
   /** Runs one parsed command; resolves false for quit. Throws what the core throws. */

@@ -39,9 +39,8 @@ export const FILE_USAGE = `File options (chat, web):
   --free-floor SIZE   free space to keep on the downloads disk (default ${
   formatSize(DEFAULT_FILE_LIMITS.freeFloor)
 })
-  --send-stall SECS   abort a send the peer reads nothing of for SECS (default ${
-  SEND_STALL_MS / 1000
-})`;
+  --send-stall SECS   abort a file, or messages past 4 MiB unsent, the peer reads
+                      nothing of for SECS (default ${SEND_STALL_MS / 1000})`;
 
 /**
  * The chat options the flags ask for (defaults left to the core).
