@@ -125,6 +125,7 @@ const HELLO_WAIT_MS = 10_000;
 const SEND_WINDOW = 8 * 1024 * 1024;
 const GOT_EVERY = 2 * 1024 * 1024; // each "got" costs the receiver a TLS write
 const MAX_UNSENT = 1024 * 1024; // bytes we let wait for a peer that does not read
+
 /**
  * Bytes unsent to a peer past which room gap fills for it are dropped: a member that asks
  * (`want`, `state`: a few bytes each) and never reads would otherwise make us hold every answer.
@@ -146,6 +147,13 @@ export const MAX_ANSWER_BYTES = 2 * MAX_UNSENT_FILL;
  * {@linkcode MAX_UNSENT_FILL}, and a file keeps at most 8 MiB unconfirmed on top.
  */
 export const MAX_UNREAD_BYTES = MAX_UNSENT_FILL + SEND_WINDOW;
+/**
+ * Bytes read (not handled) from a peer we hold because it reads none of our acks, past which its
+ * reading stops: no peer holds more than {@linkcode MAX_UNREAD_BYTES} unsent for us, so reading
+ * that much lets one that holds us for the same reason (both wrote a lot at once) drain and read
+ * us again.
+ */
+export const HOLD_READ_BYTES = MAX_UNREAD_BYTES;
 /**
  * Bytes unsent to a peer past which the faces take no more of the user's input until it reads
  * ({@linkcode PeerConnection.whenWritable}): a script that writes faster than the peer reads is
@@ -227,7 +235,9 @@ export class PeerConnection {
   #idPrefix = idPrefix();
   #lastProgress = 0;
   #answered = 0; // bytes (about) of answers to the peer's room requests (see sendRoom)
-  #holding = false; // reads paused until what we wrote drains (see #holdIfUnread)
+  #holding = false; // what the peer sends is held until what we wrote drains (#holdIfUnread)
+  #held: Uint8Array[] = []; // read while holding, handled once it ends
+  #heldBytes = 0;
   #writable?: Promise<void>; // see whenWritable
 
   /** Wraps a socket whose peer was checked as `name` with `certificate`. */
@@ -673,6 +683,12 @@ export class PeerConnection {
   }
 
   #onData(bytes: Uint8Array): void {
+    if (this.#holding) {
+      this.#held.push(bytes);
+      this.#heldBytes += bytes.length;
+      if (this.#heldBytes > HOLD_READ_BYTES) pauseReading(this.#socket);
+      return;
+    }
     let offset = 0;
     let text = true; // until the bytes up to a newline fail to decode as text in one go
     try {
@@ -1034,17 +1050,28 @@ export class PeerConnection {
     this.#holdIfUnread();
   }
 
-  // A peer that sends but never reads would grow our unsent acks without end.
+  // A peer that sends but never reads would grow our unsent acks without end: what it sends is
+  // held, unhandled (so no more acks), until what we wrote drains. Up to HOLD_READ_BYTES of it is
+  // still read, then reading stops: a peer that holds ours for the same reason (both wrote a lot
+  // at once) drains meanwhile, and reads us again — stopping at once could leave both waiting.
   #holdIfUnread(): void {
     if (this.#unsent > MAX_UNSENT && !this.#holding) {
       this.#holding = true; // one drain listener, however many acks wait
-      pauseReading(this.#socket);
       this.#watch();
       this.#socket.once("drain", () => {
         this.#holding = false;
+        this.#unhold();
         this.#maybeResume();
       });
     }
+  }
+
+  // Handles what was read while held, in order; held again on the way, the rest waits again.
+  #unhold(): void {
+    const held = this.#held;
+    this.#held = [];
+    this.#heldBytes = 0;
+    for (const bytes of held) this.#onData(bytes);
   }
 
   // Tells a sender that waits for it (one that offers) how much of file `id` is written.
@@ -1108,9 +1135,10 @@ export class PeerConnection {
 
   #maybeResume(): void {
     if (this.#queued < MAX_QUEUED / 2 && !this.#closed && !this.#broken) {
-      // Held back while what we wrote waits (declines, acks): resumed once it drains.
+      // While what we wrote waits (declines, acks), what the peer sends is held, not handled;
+      // it is still read up to HOLD_READ_BYTES (see #holdIfUnread).
       if (this.#unsent > MAX_UNSENT) this.#holdIfUnread();
-      else resumeReading(this.#socket);
+      if (!this.#holding || this.#heldBytes <= HOLD_READ_BYTES) resumeReading(this.#socket);
     }
   }
 
@@ -1122,9 +1150,10 @@ export class PeerConnection {
   }
 
   #onStall(): void {
-    if (this.#incoming.size > 0 || this.#socket.isPaused()) {
+    const held = this.#holding || this.#socket.isPaused();
+    if (this.#incoming.size > 0 || held) {
       // Held back because it reads nothing of what we wrote (acks, declines), it is told so.
-      this.#closeReason = this.#socket.isPaused() && this.#socket.writableNeedDrain
+      this.#closeReason = held && this.#socket.writableNeedDrain
         ? this.#unreadReason(this.#socket.writableLength)
         : `the peer sent nothing for ${STALL_MS / 1000} s in the middle of a transfer`;
       this.#socket.destroy();

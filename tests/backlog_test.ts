@@ -93,3 +93,36 @@ Deno.test("a peer that reads none of a backlog for --send-stall seconds is cut o
     }
   });
 });
+
+Deno.test("two scripts that write messages to each other at once, faster than either reads, both get every message in order, and neither connection is cut", async () => {
+  await withService(async (service, dir) => {
+    const users = await Promise.all(
+      ["alice", "bob"].map((n) => joinUser(service, n, join(dir, n))),
+    );
+    const [alice, bob] = await Promise.all(users.map((u) => ChatClient.start(u)));
+    try {
+      await connect(alice, bob);
+      // Each holds the other's messages while its own acks wait unread: neither may wait for good.
+      const count = 200_000;
+      const burst = (tag: string) => {
+        let out = "";
+        for (let i = 0; i < count; i++) out += `${tag}${i}-`.padEnd(200, "x") + "\n";
+        return out;
+      };
+      await Promise.all([alice.write(burst("a")), bob.write(burst("b"))]);
+      await Promise.all([
+        alice.expectCount("delivered", count, 120_000),
+        bob.expectCount("delivered", count, 120_000),
+      ]);
+      for (const [to, tag] of [[bob, "a"], [alice, "b"]] as const) {
+        const got = to.events.filter((e) => e.type === "message").map((e) =>
+          String(e.text).split("-")[0]
+        );
+        assert.deepEqual(got, Array.from({ length: count }, (_, i) => `${tag}${i}`));
+      }
+      assert.equal(alice.count("disconnected") + bob.count("disconnected"), 0);
+    } finally {
+      await stopAll([alice, bob]);
+    }
+  });
+});
