@@ -1,7 +1,14 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import net from "node:net";
-import { Relay, relayError, relayPairBudget, type RelaySide } from "./relay.ts";
+import {
+  Relay,
+  RELAY_HIGH_WATER_BYTES,
+  RELAY_PROTOCOL,
+  relayError,
+  relayPairBudget,
+  type RelaySide,
+} from "./relay.ts";
 
 // The relay on real loopback TCP sockets: each "side" is the server end of a connection
 // whose client end the test reads and writes, as the service hands the relay an upgraded socket.
@@ -418,6 +425,9 @@ function sampleUnsent(sockets: net.Socket[]): { stop(): number } {
 }
 
 const MiB = 1024 * 1024;
+/** The relay's 101 (docs/API.md "Relay"), before what the other side sent. */
+const SWITCHING = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n" +
+  `Upgrade: ${RELAY_PROTOCOL}\r\n\r\n`;
 /** The most one read of a socket gives in Deno 2.9.6 (what a side may add past the bound). */
 const READ_BYTES = 64 * 1024;
 
@@ -512,6 +522,40 @@ Deno.test("a pair whose receiver reads gets every byte, in order, while pairs wh
       const bound = maxBufferedBytes + 2 * 5 * READ_BYTES;
       assert.ok(most <= bound, `${most} bytes unsent at once, bound ${bound}`);
       assert.equal(relay.pairs, 5, "the stalled pairs are still there");
+    } finally {
+      relay.close();
+    }
+  });
+});
+
+Deno.test("a receiver that stops reading for less than the stuck time, again and again, keeps its pair and gets every byte", async () => {
+  await withRawPairs(async (open) => {
+    const logs: string[] = [];
+    const relay = new Relay({ stuckMs: 600, log: (l) => logs.push(l) });
+    try {
+      const p = await open();
+      relay.join(side(p.b, 1, "bob", "alice"));
+      relay.join(side(p.a, 1, "alice", "bob"));
+      const total = 64 * MiB;
+      const writing = flood(p.sender, total);
+      const expected = total + SWITCHING.length;
+      let received = 0;
+      const read = async (bytes: number) => {
+        const n = await p.receiver.read(new Uint8Array(bytes));
+        assert.ok(n !== null, `the relay closed bob: ${logs.join("\n")}`);
+        received += n;
+      };
+      // Four times: bob reads nothing for 400 ms (the relay stops reading alice meanwhile), then
+      // takes 8 MiB at once.
+      for (let round = 0; round < 4; round++) {
+        await new Promise((resolve) => setTimeout(resolve, 400));
+        for (const end = received + 8 * MiB; received < end;) await read(MiB);
+      }
+      while (received < expected) await read(MiB);
+      assert.equal(await writing, total);
+      assert.equal(received, expected);
+      assert.equal(relay.pairs, 1, logs.join("\n"));
+      assert.ok(relay.buffered.peak > RELAY_HIGH_WATER_BYTES, "the relay stopped reading alice");
     } finally {
       relay.close();
     }
