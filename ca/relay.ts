@@ -69,7 +69,11 @@ export const RELAY_HIGH_WATER_BYTES = 1024 * 1024;
 export const RELAY_BUFFERED_BYTES = 64 * 1024 * 1024;
 /**
  * A side that takes none of the bytes held for it for this long, in ms, has its pair closed
- * (a chat's client reads as bytes come; one that stops for this long is gone or hostile).
+ * (a chat's client reads as bytes come; one that stops for this long is gone or hostile). What
+ * counts as taken is what its connection's kernel buffer accepts: after a full buffer the kernel
+ * lets the relay write again only once about half of it is free, so a receiver slower than half
+ * its send buffer (up to 4 MiB on loopback, about a round trip's worth over a network) in this
+ * time looks stuck.
  */
 export const RELAY_STUCK_MS = 10_000;
 /** The protocol of the `Upgrade:` header. */
