@@ -726,6 +726,9 @@ export class CertificateAuthority {
     let culprit: Signed | undefined; // a signing whose refusal failed the whole transaction
     try {
       await this.#transaction(async (tx) => {
+        // A log whose entries changed under this process takes nothing more: refused before the
+        // commit, so no certificate is committed (and no token used) that the log cannot take.
+        this.#log?.checkUnchanged();
         const entries = await this.#index.entries();
         // Only a successful signing supersedes: revoke the old certificates, then one CRL.
         // A revocation that fails costs only its own job.

@@ -15,6 +15,13 @@
  * or a checkpoint behind the entries (signed again at the next sync); neither
  * can put a certificate in the log that the database does not hold.
  *
+ * The entries file must only grow, by appends under the CA lock (this process's
+ * or another's). Before each read, append and commit the log looks at it (one
+ * stat, a few µs): a file shorter than what was read, another file in its place,
+ * one gone, or one rewritten without growing, is an `ERR_LOG_INVALID` that
+ * stays — nothing more is appended or signed over a tree the disk no longer
+ * holds, until the process starts again and checks the log afresh.
+ *
  * @module
  */
 import { Buffer } from "node:buffer";
@@ -26,7 +33,13 @@ import {
 } from "../lib/checkpoint.ts";
 import { children, readDer, Tag } from "../lib/der.ts";
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDir, readUpTo, readUpToSync, writeFileAtomicSync } from "../lib/fs.ts";
+import {
+  ensurePrivateDir,
+  existsSync,
+  readUpTo,
+  readUpToSync,
+  writeFileAtomicSync,
+} from "../lib/fs.ts";
 import { type LogProofJson, logProofJson } from "../lib/log_proof.ts";
 import { type Hash, leafHash, MerkleTree } from "../lib/merkle.ts";
 import { pemDecode } from "../lib/pem.ts";
@@ -72,6 +85,8 @@ export class IssuanceLog {
   #reading?: Promise<void>;
   #agreed = 0; // entries already found equal to the database's lines
   #signed?: { text: string; checkpoint: Checkpoint }; // the checkpoint file as last read
+  #seen?: SeenFile; // the entries file as last read or written
+  #changed?: E2eError; // the entries changed under this process: refused from then on
 
   private constructor(paths: CaPaths, origin: string, verifier: NoteKey) {
     this.#paths = paths;
@@ -163,6 +178,8 @@ export class IssuanceLog {
     if (start >= end) return [];
     const from = this.#offsets[start];
     const to = end < this.size ? this.#offsets[end] : this.#loaded;
+    // What the disk holds, changed or not: clients check it against the signed checkpoint, and
+    // entries changed under the service are evidence for them to find.
     using file = await Deno.open(this.#paths.logEntries, { read: true });
     await file.seek(from, Deno.SeekMode.Start);
     const bytes = await readUpTo(file, to - from);
@@ -170,10 +187,42 @@ export class IssuanceLog {
   }
 
   /**
+   * Throws `ERR_LOG_INVALID` when the entries file is no longer the one this
+   * log read and wrote: shorter than what it read, another file in its place,
+   * gone, or rewritten without growing (growth is another process's append,
+   * read at the next refresh). Once thrown, it is thrown by every later call
+   * here and by {@linkcode IssuanceLog.sync} and `refresh` (`entries` still
+   * serves what the disk holds: clients check it against the checkpoint).
+   * Synchronous and cheap (one stat): the CA calls it before each commit that
+   * issues, so that a signing is refused before its certificate is committed.
+   *
+   * @example
+   * ```ts
+   * import { X509Certificate } from "node:crypto";
+   * import { CaPaths } from "./home.ts";
+   * import { IssuanceLog, logOrigin } from "./log.ts";
+   * const paths = new CaPaths("/tmp/home");
+   * const key = new X509Certificate(await Deno.readTextFile(paths.logCert)).publicKey;
+   * const log = await IssuanceLog.open(paths, { name: logOrigin("4f…"), key });
+   * log.checkUnchanged(); // throws ERR_LOG_INVALID once log/entries changed under it
+   * ```
+   */
+  checkUnchanged(): void {
+    let info: Deno.FileInfo | null = null;
+    try {
+      info = Deno.statSync(this.#paths.logEntries);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    this.#check(info);
+  }
+
+  /**
    * Brings the log level with the database — appends, in database order, every
    * certificate it lacks — and signs a checkpoint of the result. Call it only
    * under the CA lock. Throws `ERR_LOG_INVALID`, appending nothing, when the log
-   * holds what the database does not.
+   * holds what the database does not, or its entries changed under this process
+   * (see {@linkcode IssuanceLog.checkUnchanged}).
    */
   async sync(database: IndexEntry[], signer: NoteKey): Promise<void> {
     await this.#freshRead();
@@ -213,6 +262,8 @@ export class IssuanceLog {
     if (added.length) {
       if (this.size === 0) await ensurePrivateDir(this.#paths.logDir);
       using file = openEntries(this.#paths.logEntries);
+      // The file opened is the one read (a replacement since the read is not appended to).
+      if (this.#seen) this.#check(file.statSync());
       const bytes = Buffer.concat(added.flatMap((der) => [lengthOf(der.length), der]));
       let n = 0;
       while (n < bytes.length) n += file.writeSync(bytes.subarray(n));
@@ -301,15 +352,20 @@ export class IssuanceLog {
   async #read(): Promise<void> {
     // Synchronous calls for what a commit appends (small and local; each asynchronous call costs
     // tens of µs of CPU), an asynchronous read for a large backlog (the first read of a big log).
+    if (this.#changed) throw this.#changed;
     let file: Deno.FsFile;
     try {
       file = Deno.openSync(this.#paths.logEntries, { read: true });
     } catch (e) {
-      if (e instanceof Deno.errors.NotFound) return;
-      throw e;
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+      this.#check(null); // gone: fine only when there were no entries yet
+      return;
     }
     try {
-      const size = file.statSync().size;
+      const info = file.statSync();
+      this.#check(info);
+      const size = info.size;
+      this.#seen = seenFile(info);
       if (size <= this.#loaded) return;
       file.seekSync(this.#loaded, Deno.SeekMode.Start);
       const n = size - this.#loaded;
@@ -361,7 +417,73 @@ export class IssuanceLog {
     }
     await file.truncate(this.#loaded);
     await file.sync();
+    this.#seen = seenFile(file.statSync()); // its new time is our own
   }
+
+  // Whether `info` (a stat of the entries file, null when there is none) is still the file this
+  // log read: the same file, at least as long as what was read, and — if no longer — unchanged
+  // since (a new time with the same size is looked at closely: its records are hashed again).
+  // Growth is an append by another process under the CA lock, read by the next refresh.
+  #check(info: Deno.FileInfo | null): void {
+    if (this.#changed) throw this.#changed;
+    const seen = this.#seen;
+    if (!seen) return; // nothing read yet: nothing to compare with
+    let what: string | undefined;
+    if (!info) {
+      if (!existsSync(this.#paths.logDir)) throw folderGone();
+      what = "the file is gone";
+    } else if (info.dev !== seen.dev || info.ino !== seen.ino) {
+      what = `another file is in its place (inode ${info.ino}, was ${seen.ino})`;
+    } else if (info.size < this.#loaded) {
+      what = `${this.#loaded} bytes expected, ${info.size} found`;
+    } else if (info.size === this.#loaded && info.mtime?.getTime() !== seen.mtime) {
+      if (!this.#sameRecords()) what = `its ${this.#loaded} bytes were rewritten`;
+      else this.#seen = seenFile(info); // touched, or a torn tail cut off by another process
+    }
+    if (what === undefined) return;
+    this.#changed = new E2eError(
+      "ERR_LOG_INVALID",
+      `The issuance log's entries changed under the service: ${what}`,
+      {
+        hint: "nothing more is logged until the service starts again; stop it, run " +
+          "`deno task ca log verify`, and restore HOME/ca/log/entries from a backup if it fails",
+      },
+    );
+    throw this.#changed;
+  }
+
+  // Whether the entries file still holds exactly the records read (a full read: only when its
+  // time changed and its size did not, which no append does).
+  #sameRecords(): boolean {
+    let bytes: Uint8Array;
+    try {
+      bytes = Deno.readFileSync(this.#paths.logEntries);
+    } catch {
+      return false;
+    }
+    if (bytes.length !== this.#loaded) return false;
+    const { records, rest } = splitRecords(bytes);
+    if (rest || records.length !== this.size) return false;
+    return hex(new MerkleTree(records.map(leafHash)).root()) === hex(this.root());
+  }
+}
+
+// What identifies the entries file, and its last modification as this log saw it.
+interface SeenFile {
+  dev: number;
+  ino: number | null;
+  mtime: number | undefined;
+}
+
+function seenFile(info: Deno.FileInfo): SeenFile {
+  return { dev: info.dev, ino: info.ino, mtime: info.mtime?.getTime() };
+}
+
+function folderGone(cause?: unknown): E2eError {
+  return new E2eError("ERR_LOG_INVALID", "The issuance log's folder is gone", {
+    hint: "restore HOME/ca/log from a backup, then run `deno task ca log verify`",
+    cause,
+  });
 }
 
 // The entries file, to append to. Its folder is there once the log has entries: a log whose
@@ -371,10 +493,7 @@ function openEntries(path: string): Deno.FsFile {
     return Deno.openSync(path, { append: true, create: true, mode: 0o600 });
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
-    throw new E2eError("ERR_LOG_INVALID", "The issuance log's folder is gone", {
-      hint: "restore HOME/ca/log from a backup, then run `deno task ca log verify`",
-      cause: e,
-    });
+    throw folderGone(e);
   }
 }
 

@@ -3,13 +3,16 @@ import { X509Certificate } from "node:crypto";
 import { openCheckpoint } from "../lib/checkpoint.ts";
 import { E2eError } from "../lib/errors.ts";
 import { exists } from "../lib/fs.ts";
-import { verifyLogProof } from "../lib/log_proof.ts";
+import { type LogProofJson, verifyLogProof } from "../lib/log_proof.ts";
 import { verifyConsistency } from "../lib/merkle.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { checkLogKey, trustAnchor } from "../lib/tls.ts";
 import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
+import { assertApiError, httpsRequest } from "../tests/_service_helpers.ts";
 import { CertificateAuthority } from "./authority.ts";
+import { InviteStore } from "./invites.ts";
 import { logOrigin } from "./log.ts";
+import { CaService } from "./service.ts";
 
 async function withCa(fn: (ca: CertificateAuthority) => Promise<void>): Promise<void> {
   await withTempDir(async (home) => {
@@ -183,5 +186,221 @@ Deno.test("damage past the last whole record is kept as evidence: the next sync 
       (e) => e instanceof E2eError && e.code === "ERR_LOG_INVALID" && /damaged/.test(e.message),
     );
     assert.deepEqual(await Deno.readFile(ca.paths.logEntries), before);
+  });
+});
+
+// The entries file changed under a running CA (docs/TRANSPARENCY.md "Crash safety"): the next
+// signing is refused before its commit, and nothing is appended or signed over it from then on.
+
+interface Changed {
+  /** The entries' bytes before the change. */
+  before: Uint8Array;
+  /** The checkpoint file before the change. */
+  checkpoint: string;
+}
+
+// A CA with a log of two entries (alice, and the log key's certificate), whose entries file
+// `change` then alters under it; `fn` gets what was there before.
+async function withChangedLog(
+  change: (path: string) => Promise<void>,
+  fn: (ca: CertificateAuthority, was: Changed) => Promise<void>,
+): Promise<void> {
+  await withCa(async (ca) => {
+    await issue(ca, "alice");
+    await ca.openLog();
+    const was = {
+      before: await Deno.readFile(ca.paths.logEntries),
+      checkpoint: await Deno.readTextFile(ca.paths.logCheckpoint),
+    };
+    await change(ca.paths.logEntries);
+    await fn(ca, was);
+  });
+}
+
+function changedUnder(detail: string | RegExp) {
+  return (e: unknown) => {
+    assert.ok(e instanceof E2eError, String(e));
+    assert.equal(e.code, "ERR_LOG_INVALID");
+    const prefix = "The issuance log's entries changed under the service: ";
+    assert.ok(e.message.startsWith(prefix), e.message);
+    const rest = e.message.slice(prefix.length);
+    if (typeof detail === "string") assert.equal(rest, detail);
+    else assert.match(rest, detail);
+    assert.match(e.hint ?? "", /deno task ca log verify/);
+    return true;
+  };
+}
+
+// Nothing was committed for `name`, and the log's files are as `expected` left them.
+async function assertNothingFor(ca: CertificateAuthority, name: string, checkpoint: string) {
+  assert.deepEqual((await ca.database()).filter((e) => e.name === name), []);
+  assert.equal(await Deno.readTextFile(ca.paths.logCheckpoint), checkpoint);
+}
+
+Deno.test("entries cut short under a running CA: the next signing is refused with ERR_LOG_INVALID before its commit, nothing is appended or signed, and a revocation still commits", async () => {
+  await withChangedLog((path) => Deno.truncate(path, 0), async (ca, was) => {
+    await assert.rejects(
+      issue(ca, "bob"),
+      changedUnder(`${was.before.length} bytes expected, 0 found`),
+    );
+    await assertNothingFor(ca, "bob", was.checkpoint);
+    assert.equal((await Deno.stat(ca.paths.logEntries)).size, 0, "nothing appended");
+    // A revocation appends nothing to the log: it commits, and says the log is broken.
+    await assert.rejects(
+      ca.revoke("alice"),
+      changedUnder(`${was.before.length} bytes expected, 0 found`),
+    );
+    const alice = (await ca.database()).find((e) => e.name === "alice");
+    assert.equal(alice?.status, "R");
+    assert.equal(await Deno.readTextFile(ca.paths.logCheckpoint), was.checkpoint);
+  });
+});
+
+Deno.test("entries changed under a running CA stay refused in that process even once the bytes are back; a restart checks them afresh and goes on", async () => {
+  await withChangedLog((path) => Deno.truncate(path, 10), async (ca, was) => {
+    const refused = changedUnder(`${was.before.length} bytes expected, 10 found`);
+    await assert.rejects(issue(ca, "bob"), refused);
+    await Deno.writeFile(ca.paths.logEntries, was.before); // put back, in place
+    await assert.rejects(issue(ca, "carol"), refused);
+    const log = (await ca.readLog().catch((e) => e)) as unknown;
+    assert.ok(refused(log));
+    await assertNothingFor(ca, "carol", was.checkpoint);
+    const restarted = await CertificateAuthority.open(ca.paths.home, { passphrase: PASSPHRASE });
+    const dave = await issue(restarted, "dave");
+    const relog = (await restarted.readLog())!;
+    verifyLogProof(dave, await relog.proofOf(dave), logKeyOf(ca));
+    assert.deepEqual((await relog.verify(await restarted.database())).problems, []);
+  });
+});
+
+Deno.test("entries replaced under a running CA by another file, even one with the same bytes, are refused with ERR_LOG_INVALID", async () => {
+  const replace = async (path: string) => {
+    await Deno.copyFile(path, `${path}.new`);
+    await Deno.rename(`${path}.new`, path);
+  };
+  await withChangedLog(replace, async (ca, was) => {
+    await assert.rejects(
+      issue(ca, "bob"),
+      changedUnder(/^another file is in its place \(inode \d+, was \d+\)$/),
+    );
+    await assertNothingFor(ca, "bob", was.checkpoint);
+    assert.deepEqual(await Deno.readFile(ca.paths.logEntries), was.before, "nothing appended");
+  });
+});
+
+Deno.test("entries rewritten in place at the same size under a running CA are refused with ERR_LOG_INVALID", async () => {
+  const rewrite = async (path: string) => {
+    const bytes = await Deno.readFile(path);
+    bytes[bytes.length - 10] ^= 1; // inside the last certificate's signature
+    await Deno.writeFile(path, bytes);
+    // A later time than the last append's, which the file system's clock tick might not give.
+    await Deno.utime(path, new Date(), new Date(Date.now() + 60_000));
+  };
+  await withChangedLog(rewrite, async (ca, was) => {
+    await assert.rejects(
+      issue(ca, "bob"),
+      changedUnder(`its ${was.before.length} bytes were rewritten`),
+    );
+    await assertNothingFor(ca, "bob", was.checkpoint);
+  });
+});
+
+Deno.test("entries removed under a running CA (their folder still there) are refused with ERR_LOG_INVALID, not made again", async () => {
+  await withChangedLog((path) => Deno.remove(path), async (ca, was) => {
+    await assert.rejects(issue(ca, "bob"), changedUnder("the file is gone"));
+    await assertNothingFor(ca, "bob", was.checkpoint);
+    assert.equal(await exists(ca.paths.logEntries), false);
+  });
+});
+
+Deno.test("a reader of the whole log refuses to read on once the entries changed under it, and entries() serves what the disk holds, for clients to check", async () => {
+  await withChangedLog((path) => Deno.truncate(path, 0), async (ca, was) => {
+    await assert.rejects(
+      ca.readLog(),
+      changedUnder(`${was.before.length} bytes expected, 0 found`),
+    );
+    // Another reader, which read the whole log before it was cut.
+    await Deno.writeFile(ca.paths.logEntries, was.before);
+    const fresh = await CertificateAuthority.open(ca.paths.home, { passphrase: PASSPHRASE });
+    const other = (await fresh.readLog())!;
+    assert.equal(other.size, 2);
+    await Deno.truncate(ca.paths.logEntries, 0);
+    const refused = changedUnder(`${was.before.length} bytes expected, 0 found`);
+    await assert.rejects(other.refresh(), refused);
+    assert.throws(() => other.checkUnchanged(), refused);
+    assert.equal(other.size, 2, "nothing read from the new file");
+    assert.deepEqual(await other.entries(0, 2), []);
+  });
+});
+
+Deno.test("entries only touched, or damage past the last record cut back by hand, are no change: signings go on", async () => {
+  await withCa(async (ca) => {
+    await issue(ca, "alice");
+    const log = await ca.openLog();
+    const key = logKeyOf(ca);
+    await Deno.utime(ca.paths.logEntries, new Date(), new Date(Date.now() + 60_000));
+    const bob = await issue(ca, "bob");
+    verifyLogProof(bob, await log.proofOf(bob), key);
+    // Four bytes that are no record: the append after the next commit refuses them (the
+    // certificate is committed, not logged), until someone cuts them off again.
+    const size = (await Deno.stat(ca.paths.logEntries)).size;
+    await Deno.writeFile(ca.paths.logEntries, new Uint8Array(4), { append: true });
+    await assert.rejects(
+      issue(ca, "carol"),
+      (e) => e instanceof E2eError && e.code === "ERR_LOG_INVALID" && /damaged/.test(e.message),
+    );
+    await Deno.truncate(ca.paths.logEntries, size);
+    await Deno.utime(ca.paths.logEntries, new Date(), new Date(Date.now() + 120_000));
+    const dave = await issue(ca, "dave");
+    verifyLogProof(dave, await log.proofOf(dave), key);
+    assert.deepEqual((await log.verify(await ca.database())).problems, []);
+  });
+});
+
+Deno.test("a join while the log's entries are cut short under the service gets a 500, the service's log names ERR_LOG_INVALID and why, and the token stays unused: the same join succeeds after a restart with the entries put back", async () => {
+  await withCa(async (ca) => {
+    const logs: string[] = [];
+    let service = await CaService.start(ca, { port: 0, log: (l) => logs.push(l) });
+    const { token } = await new InviteStore(ca.paths).create("alice", 60_000);
+    const { csr } = await makeCsr("alice");
+    const enroll = () =>
+      httpsRequest(`${service.url}/v1/enroll`, {
+        method: "POST",
+        json: { token, csr },
+        ca: ca.certificate.pem,
+      });
+    const before = await Deno.readFile(ca.paths.logEntries);
+    try {
+      await Deno.truncate(ca.paths.logEntries, 0);
+      assertApiError(await enroll(), 500, "ERR_INTERNAL", "Internal error");
+      assert.ok(
+        logs.some((l) => / POST \/v1\/enroll 500 ERR_LOG_INVALID /.test(l)),
+        logs.join("\n"),
+      );
+      const why = `The issuance log's entries changed under the service: ${before.length} bytes ` +
+        "expected, 0 found";
+      assert.ok(logs.some((l) => l.includes(why)), logs.join("\n"));
+      assert.deepEqual((await ca.database()).filter((e) => e.name === "alice"), []);
+    } finally {
+      await service.close();
+    }
+    await Deno.writeFile(ca.paths.logEntries, before);
+    const restarted = await CertificateAuthority.open(ca.paths.home, { passphrase: PASSPHRASE });
+    service = await CaService.start(restarted, { port: 0, log: (l) => logs.push(l) });
+    try {
+      const reply = await enroll();
+      assert.equal(reply.status, 200, reply.body);
+      const json = reply.json() as {
+        certificate: string;
+        log: LogProofJson;
+      };
+      const der = pemDecode(json.certificate, "CERTIFICATE")!;
+      // Logged last, after the entries that were put back.
+      const proved = verifyLogProof(der, json.log, logKeyOf(ca));
+      assert.equal(json.log.index, proved.size - 1);
+      assert.ok(proved.size > 2);
+    } finally {
+      await service.close();
+    }
   });
 });

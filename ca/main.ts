@@ -41,7 +41,7 @@ Commands:
           [--enroll-rate 10] [--crl-port 65434] [--mailbox-ttl 7d] [--mailbox-items 200]
           [--mailbox-bytes 67108864] [--mailbox-total 1073741824]
           [--relay-pairs 8] [--relay-total N] [--relay-idle 5m] [--relay-day-mib 1024]
-          [--unread-mib 128] [--free-floor-mib 64]
+          [--relay-buffer-mib 64] [--unread-mib 128] [--free-floor-mib 64]
           Run the CA service (HTTPS), and the CRL over plain HTTP on --crl-port
           (the URL every certificate issued names; the first --name is its host,
           and the host invites name).
@@ -54,7 +54,9 @@ Commands:
           The relay joins members who cannot connect directly: at most
           --relay-pairs sessions per member, --relay-total in all (default a
           quarter of the connection cap), closed after --relay-idle without a
-          byte, and --relay-day-mib MiB per member per UTC day.
+          byte, and --relay-day-mib MiB per member per UTC day; it holds at most
+          --relay-buffer-mib MiB for sides that do not take what it read for
+          them, all pairs together (past it, it reads their senders slower).
           Replies clients have not read hold at most --unread-mib MiB, all
           connections together (past it the connections holding the most are
           closed). Members' enrollments, renewals and mailbox posts are refused
@@ -134,6 +136,7 @@ function relayOptions(values: {
   "relay-total"?: string;
   "relay-idle"?: string;
   "relay-day-mib"?: string;
+  "relay-buffer-mib"?: string;
 }): ServeOptions["relay"] {
   const positive = (value: string | undefined, flag: string) => {
     const n = intOption(value, flag);
@@ -141,11 +144,16 @@ function relayOptions(values: {
     return n;
   };
   const mib = positive(values["relay-day-mib"], "--relay-day-mib");
+  const buffer = positive(values["relay-buffer-mib"], "--relay-buffer-mib");
+  if (buffer !== undefined && !Number.isSafeInteger(buffer * 1024 * 1024)) {
+    throw new E2eError("ERR_USAGE", "--relay-buffer-mib takes at most 8589934591");
+  }
   const options = {
     pairsPerMember: positive(values["relay-pairs"], "--relay-pairs"),
     maxPairs: positive(values["relay-total"], "--relay-total"),
     idleMs: values["relay-idle"] ? parseDuration(values["relay-idle"]) : undefined,
     bytesPerDay: mib === undefined ? undefined : mib * 1024 * 1024,
+    maxBufferedBytes: buffer === undefined ? undefined : buffer * 1024 * 1024,
   };
   return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
 }
@@ -179,6 +187,7 @@ async function serve(args: string[]): Promise<number> {
     "relay-total": { type: "string" },
     "relay-idle": { type: "string" },
     "relay-day-mib": { type: "string" },
+    "relay-buffer-mib": { type: "string" },
     "unread-mib": { type: "string" },
     "free-floor-mib": { type: "string" },
   });

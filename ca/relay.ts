@@ -13,10 +13,21 @@
  * connections); the first side waits at most {@linkcode RELAY_WAIT_MS} for the
  * other; a spliced pair idle for {@linkcode RELAY_IDLE_MS} is closed; and every
  * byte spliced counts against {@linkcode RELAY_BYTES_PER_DAY} of each of the
- * two members (a UTC day); at most {@linkcode RELAY_BUFFER_BYTES} held for a side
- * that does not read, and {@linkcode RELAY_EARLY_BYTES} from a side before its 101
+ * two members (a UTC day); {@linkcode RELAY_EARLY_BYTES} from a side before its 101
  * (Deno's sockets read on while paused: nothing else would bound them). Opening and
  * closing a pair are log lines with the names and byte counts, never content.
+ *
+ * Memory (`ca serve --relay-buffer-mib`): what the relay has read from one side
+ * and the other has not taken yet is held in the service. Each side may have
+ * {@linkcode RELAY_HIGH_WATER_BYTES} held for it, and all pairs together
+ * {@linkcode RELAY_BUFFERED_BYTES}; past either, the relay stops reading the
+ * sending side (back-pressure: TCP then holds the sender) until the receiver
+ * takes what is held — over the total, a side reads one chunk at a time, each
+ * once the last was taken, so pairs whose receivers read go on while others
+ * hold the budget. So the relay holds at most the total plus one read (64 KiB)
+ * per side, whatever the number of pairs. A receiver that takes nothing of what
+ * is held for it for {@linkcode RELAY_STUCK_MS} has its pair closed ("… does
+ * not read"), which frees its share.
  *
  * @module
  */
@@ -44,11 +55,27 @@ export const RELAY_PICKUP_MS = 5_000;
  */
 export const RELAY_LINGER_MS = 5_000;
 /**
- * Bytes the relay holds for a side that does not read them, then the pair is closed. A chat
- * keeps at most 8 MiB unconfirmed (docs/PROTOCOL.md "Sending in the background"), so a peer
- * that reads never comes near it.
+ * Bytes the relay holds for a side that does not read them, then the pair is closed. Reading
+ * stops long before (at {@linkcode RELAY_HIGH_WATER_BYTES}): this is the guard should it not.
  */
 export const RELAY_BUFFER_BYTES = 16 * 1024 * 1024;
+/**
+ * Bytes held for one side (read from the other, not yet taken by it) past which the relay stops
+ * reading the other side; it reads on once a quarter of it is left. A side that reads takes
+ * bytes as fast as they come: only a receiver slower than its sender fills it.
+ */
+export const RELAY_HIGH_WATER_BYTES = 1024 * 1024;
+/** Bytes the relay may hold for all sides together by default (`ca serve --relay-buffer-mib`). */
+export const RELAY_BUFFERED_BYTES = 64 * 1024 * 1024;
+/**
+ * A side that takes none of the bytes held for it for this long, in ms, has its pair closed
+ * (a chat's client reads as bytes come; one that stops for this long is gone or hostile). What
+ * counts as taken is what its connection's kernel buffer accepts: after a full buffer the kernel
+ * lets the relay write again only once about half of it is free, so a receiver slower than half
+ * its send buffer (up to 4 MiB on loopback, about a round trip's worth over a network) in this
+ * time looks stuck.
+ */
+export const RELAY_STUCK_MS = 10_000;
 /** The protocol of the `Upgrade:` header. */
 export const RELAY_PROTOCOL = "e2e-chat-relay/1";
 /**
@@ -84,6 +111,13 @@ export interface RelayOptions {
   bytesPerDay?: number;
   /** How long the first side waits for the other, ms. Default: {@linkcode RELAY_WAIT_MS}. */
   waitMs?: number;
+  /**
+   * Bytes held for all sides together (read from one side, not yet taken by the other), past
+   * which sides are read one chunk at a time. Default: {@linkcode RELAY_BUFFERED_BYTES}.
+   */
+  maxBufferedBytes?: number;
+  /** How long a side may take nothing held for it, ms. Default: {@linkcode RELAY_STUCK_MS}. */
+  stuckMs?: number;
   /** Where log lines go. Default: nowhere. */
   log?: (line: string) => void;
   /**
@@ -147,6 +181,26 @@ interface Spliced {
   closed: boolean;
   active: number;
   timer?: ReturnType<typeof setTimeout>;
+  ways: Way[];
+}
+
+// One direction of a spliced pair: what is held for `to`, and whether `from` is read.
+interface Way {
+  from: RelaySide;
+  to: RelaySide;
+  held: number; // bytes written to `to` that it has not taken yet
+  paused: boolean; // `from` is not read
+  stuck?: ReturnType<typeof setTimeout>;
+}
+
+/** What the relay holds in memory (see {@linkcode Relay.buffered}). */
+export interface RelayBuffered {
+  /** Bytes read from one side and not yet taken by the other, all pairs together. */
+  held: number;
+  /** The most held at once. */
+  peak: number;
+  /** The bound past which sides are read one chunk at a time. */
+  maxBytes: number;
 }
 
 /** The reply that starts the splice. */
@@ -160,6 +214,10 @@ export class Relay {
   readonly idleMs: number;
   readonly bytesPerDay: number;
   readonly waitMs: number;
+  readonly maxBufferedBytes: number;
+  readonly stuckMs: number;
+  #held = 0;
+  #peak = 0;
   #log: (line: string) => void;
   #tap?: (chunk: Uint8Array, from: string) => void;
   #waiting = new Map<number, Waiting>();
@@ -183,6 +241,13 @@ export class Relay {
     this.idleMs = options.idleMs ?? RELAY_IDLE_MS;
     this.bytesPerDay = options.bytesPerDay ?? RELAY_BYTES_PER_DAY;
     this.waitMs = options.waitMs ?? RELAY_WAIT_MS;
+    this.maxBufferedBytes = options.maxBufferedBytes ?? RELAY_BUFFERED_BYTES;
+    if (!Number.isSafeInteger(this.maxBufferedBytes) || this.maxBufferedBytes <= 0) {
+      throw new RangeError(
+        `The relay's buffer is a whole number of bytes above 0, not ${this.maxBufferedBytes}`,
+      );
+    }
+    this.stuckMs = options.stuckMs ?? RELAY_STUCK_MS;
     this.#log = options.log ?? (() => {});
     this.#tap = options.tap;
     const isCurrent = options.isCurrent;
@@ -200,6 +265,11 @@ export class Relay {
   /** Sessions held now: waiting for their second side, or spliced. */
   get pairs(): number {
     return this.#waiting.size + this.#spliced.size;
+  }
+
+  /** Bytes the relay holds now for sides that have not taken them, and the most it held. */
+  get buffered(): RelayBuffered {
+    return { held: this.#held, peak: this.#peak, maxBytes: this.maxBufferedBytes };
   }
 
   /** Bytes spliced for `name` today (UTC). */
@@ -353,6 +423,7 @@ export class Relay {
       started: Date.now(),
       closed: false,
       active: Date.now(),
+      ways: [],
     };
     this.#spliced.add(s);
     const idle = () => {
@@ -378,19 +449,28 @@ export class Relay {
       if (!fromOk || !toOk) this.#end(s, "byte budget spent");
     };
     const wire = (from: RelaySide, to: RelaySide, key: "a" | "b") => {
+      const way: Way = { from, to, held: 0, paused: false };
+      s.ways.push(way);
       // Whatever a side sent right after its request goes first.
       for (const head of [from.head, from.early?.() ?? new Uint8Array()]) {
         if (!head.length) continue;
         count(from, to, key, head);
-        to.socket.write(head);
+        this.#forward(s, way, head);
       }
-      // Not pipe(): its back-pressure pauses the reading side, and Deno's sockets read on while
-      // paused, uncounted; what the other side leaves unread is bounded here instead.
+      // Not pipe(): its back-pressure only pauses the reading side, and Deno's sockets read on
+      // while paused, uncounted; what the other side leaves unread is held and bounded here.
       from.socket.on("data", (chunk: Uint8Array) => {
         count(from, to, key, chunk);
         if (s.closed) return;
-        to.socket.write(chunk);
-        if (to.socket.writableLength > RELAY_BUFFER_BYTES) this.#end(s, `${to.name} does not read`);
+        this.#forward(s, way, chunk);
+        if (way.held > RELAY_BUFFER_BYTES) return this.#end(s, `${to.name} does not read`);
+        if (
+          !way.paused && (way.held > RELAY_HIGH_WATER_BYTES || this.#held > this.maxBufferedBytes)
+        ) {
+          way.paused = true;
+          stopReading(from.socket);
+          this.#watchStuck(s, way);
+        }
       });
       from.socket.once("end", () => to.socket.end());
       from.socket.once("close", () => this.#end(s, `${from.name} left`));
@@ -398,6 +478,34 @@ export class Relay {
     };
     wire(first, second, "a");
     wire(second, first, "b");
+  }
+
+  // Writes `chunk` to the way's receiver, held (against the relay's total) until it takes it.
+  #forward(s: Spliced, way: Way, chunk: Uint8Array): void {
+    const n = chunk.length;
+    way.held += n;
+    this.#held += n;
+    if (this.#held > this.#peak) this.#peak = this.#held;
+    way.to.socket.write(chunk, () => {
+      if (s.closed) return; // released when the pair ended
+      way.held -= n;
+      this.#held -= n;
+      if (!way.paused) return;
+      // Over the total, a side reads on only once all held for its receiver was taken: one
+      // chunk at a time, however many pairs there are.
+      const room = way.held === 0 ||
+        (way.held <= RELAY_HIGH_WATER_BYTES / 4 && this.#held <= this.maxBufferedBytes);
+      if (!room) return this.#watchStuck(s, way); // progress: the receiver reads
+      way.paused = false;
+      clearTimeout(way.stuck);
+      startReading(way.from.socket);
+    });
+  }
+
+  // (Re)starts the time the way's receiver has to take something of what is held for it.
+  #watchStuck(s: Spliced, way: Way): void {
+    clearTimeout(way.stuck);
+    way.stuck = setTimeout(() => this.#end(s, `${way.to.name} does not read`), this.stuckMs);
   }
 
   // Counts bytes against `name`'s budget of today; false once it is spent.
@@ -413,6 +521,11 @@ export class Relay {
     if (s.closed) return;
     s.closed = true;
     clearTimeout(s.timer);
+    for (const way of s.ways) {
+      clearTimeout(way.stuck);
+      this.#held -= way.held; // gone with the sockets
+      way.held = 0;
+    }
     this.#spliced.delete(s);
     s.a.socket.destroy();
     s.b.socket.destroy();
@@ -488,6 +601,32 @@ export function relayError(socket: Socket, status: number, code: string, message
   );
   // The service's idle limit no longer watches this socket, and end() alone waits for the client.
   deadline(socket, RELAY_LINGER_MS);
+}
+
+// Stops reading `socket`, for real. pause() alone does not in Deno 2.9.6: a TLS socket goes on
+// reading its TCP connection into memory the stream does not count (measured: a paused relay
+// side took 1 GB from its sender in 4 s). Stopping the TCP handle under the TLS one does: TCP's
+// flow control then holds the sender (1 MiB taken in 4 s). On a plain TCP socket the handle is
+// the TCP one. Where neither is there, pause() is all there is.
+function stopReading(socket: Socket): void {
+  socket.pause();
+  tcpHandle(socket)?.readStop?.();
+}
+
+function startReading(socket: Socket): void {
+  tcpHandle(socket)?.readStart?.();
+  socket.resume();
+}
+
+interface ReadHandle {
+  readStart?(): unknown;
+  readStop?(): unknown;
+  _parent?: ReadHandle;
+}
+
+function tcpHandle(socket: Socket): ReadHandle | undefined {
+  const handle = (socket as unknown as { _handle?: ReadHandle | null })._handle ?? undefined;
+  return handle?._parent ?? handle;
 }
 
 const REASONS: Record<number, string> = {

@@ -1,6 +1,14 @@
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import net from "node:net";
-import { Relay, relayError, relayPairBudget, type RelaySide } from "./relay.ts";
+import {
+  Relay,
+  RELAY_HIGH_WATER_BYTES,
+  RELAY_PROTOCOL,
+  relayError,
+  relayPairBudget,
+  type RelaySide,
+} from "./relay.ts";
 
 // The relay on real loopback TCP sockets: each "side" is the server end of a connection
 // whose client end the test reads and writes, as the service hands the relay an upgraded socket.
@@ -325,6 +333,229 @@ Deno.test("Relay.cutRevoked() leaves sides without a serial alone, and returns h
       relay.join(side(a, 1, "alice", "bob"));
       assert.equal(await relay.cutRevoked(() => Promise.resolve(false)), 0);
       assert.equal(relay.pairs, 1);
+    } finally {
+      relay.close();
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Memory: what the relay holds for receivers that do not read, all pairs together.
+
+/** A spliced pair's two clients on real loopback TCP, and the relay's sides of them. */
+interface RawPair {
+  /** The sending client (node:net). */
+  sender: net.Socket;
+  /** The receiving client: Deno's own connection, which reads only when asked. */
+  receiver: Deno.Conn;
+  /** The relay's side of the sender. */
+  a: net.Socket;
+  /** The relay's side of the receiver. */
+  b: net.Socket;
+}
+
+// `fn` opens pairs of clients (each is closed at the end), on one listener.
+async function withRawPairs(fn: (open: () => Promise<RawPair>) => Promise<void>): Promise<void> {
+  const accepted: Array<(s: net.Socket) => void> = [];
+  const server = net.createServer((s) => {
+    s.on("error", () => {});
+    accepted.shift()?.(s);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  const pairs: RawPair[] = [];
+  const next = () => new Promise<net.Socket>((resolve) => accepted.push(resolve));
+  const open = async (): Promise<RawPair> => {
+    const serverA = next();
+    const sender = net.connect(port, "127.0.0.1");
+    sender.on("error", () => {});
+    const a = await serverA;
+    const serverB = next();
+    const receiver = await Deno.connect({ hostname: "127.0.0.1", port });
+    const pair = { sender, receiver, a, b: await serverB };
+    pairs.push(pair);
+    return pair;
+  };
+  try {
+    await fn(open);
+  } finally {
+    for (const p of pairs) {
+      p.sender.destroy();
+      p.a.destroy();
+      p.b.destroy();
+      try {
+        p.receiver.close();
+      } catch { /* closed already */ }
+    }
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+}
+
+// Writes `total` bytes in 1 MiB writes, each once the last was taken; stops when the socket
+// closes. Returns how many were taken.
+async function flood(socket: net.Socket, total: number): Promise<number> {
+  const chunk = new Uint8Array(1024 * 1024);
+  const closed = new Promise<false>((resolve) => socket.once("close", () => resolve(false)));
+  let taken = 0;
+  while (taken < total && !socket.destroyed) {
+    const written = new Promise<boolean>((resolve) => socket.write(chunk, (e) => resolve(!e)));
+    if (!await Promise.race([written, closed])) break;
+    taken += chunk.length;
+  }
+  return taken;
+}
+
+// The most the relay's sockets held unsent at once, sampled every few ms until `stop()` (what
+// node:net holds, not the relay's own count: so it shows the old code's growth too).
+function sampleUnsent(sockets: net.Socket[]): { stop(): number } {
+  let most = 0;
+  const sample = () => {
+    let now = 0;
+    for (const s of sockets) now += s.writableLength;
+    most = Math.max(most, now);
+  };
+  const timer = setInterval(sample, 2);
+  return {
+    stop() {
+      clearInterval(timer);
+      sample();
+      return most;
+    },
+  };
+}
+
+const MiB = 1024 * 1024;
+/** The relay's 101 (docs/API.md "Relay"), before what the other side sent. */
+const SWITCHING = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n" +
+  `Upgrade: ${RELAY_PROTOCOL}\r\n\r\n`;
+/** The most one read of a socket gives in Deno 2.9.6 (what a side may add past the bound). */
+const READ_BYTES = 64 * 1024;
+
+Deno.test("spliced pairs whose receivers read nothing make the relay hold at most its buffer bound (plus a read a side): it stops reading their senders, then closes each pair as not reading", async () => {
+  await withRawPairs(async (open) => {
+    const logs: string[] = [];
+    const maxBufferedBytes = 4 * MiB;
+    const relay = new Relay({ maxBufferedBytes, stuckMs: 1_500, log: (l) => logs.push(l) });
+    const pairs: RawPair[] = [];
+    try {
+      for (let i = 0; i < 16; i++) {
+        const p = await open();
+        assert.equal(relay.join(side(p.b, i, `bob${i}`, `alice${i}`)), "waiting");
+        assert.equal(relay.join(side(p.a, i, `alice${i}`, `bob${i}`)), "spliced");
+        pairs.push(p);
+      }
+      const unsent = sampleUnsent(pairs.flatMap((p) => [p.a, p.b]));
+      const total = 64 * MiB;
+      const taken = await Promise.all(pairs.map((p) => flood(p.sender, total)));
+      const most = unsent.stop();
+      const bound = maxBufferedBytes + 2 * pairs.length * READ_BYTES;
+      assert.ok(most <= bound, `the relay's sockets held ${most} bytes unsent, bound ${bound}`);
+      assert.ok(relay.buffered.peak <= bound, `relay.buffered.peak ${relay.buffered.peak}`);
+      assert.ok(relay.buffered.peak >= maxBufferedBytes, "the pairs filled the buffer");
+      // Reading stopped: the senders were held by TCP, not read on into the service's memory.
+      for (const n of taken) assert.ok(n < total / 2, `a sender got ${n} bytes taken`);
+      await until("every pair closed", () => relay.pairs === 0);
+      for (let i = 0; i < pairs.length; i++) {
+        assert.ok(
+          logs.some((l) =>
+            l.startsWith(`e2e-chat-ca: relay closed bob${i}<->alice${i} `) &&
+            l.endsWith(`(bob${i} does not read)`)
+          ),
+          logs.join("\n"),
+        );
+      }
+      assert.equal(relay.buffered.held, 0);
+    } finally {
+      relay.close();
+    }
+  });
+});
+
+Deno.test("a pair whose receiver reads gets every byte, in order, while pairs whose receivers read nothing hold the relay's whole buffer", async () => {
+  await withRawPairs(async (open) => {
+    const maxBufferedBytes = 2 * MiB;
+    const relay = new Relay({ maxBufferedBytes, stuckMs: 60_000 });
+    try {
+      const stalled: RawPair[] = [];
+      for (let i = 0; i < 4; i++) {
+        const p = await open();
+        relay.join(side(p.b, i, `bob${i}`, `alice${i}`));
+        relay.join(side(p.a, i, `alice${i}`, `bob${i}`));
+        stalled.push(p);
+        flood(p.sender, 64 * MiB); // ends when the relay closes
+      }
+      await until("the buffer is full", () => relay.buffered.held >= maxBufferedBytes);
+
+      const p = await open();
+      relay.join(side(p.b, 9, "bob", "alice"));
+      relay.join(side(p.a, 9, "alice", "bob"));
+      const unsent = sampleUnsent([...stalled, p].flatMap((q) => [q.a, q.b]));
+      const total = 32 * MiB;
+      const sent = createHash("sha256");
+      const writing = (async () => {
+        for (let i = 0; i < total / MiB; i++) {
+          const chunk = new Uint8Array(MiB).fill(i & 255);
+          sent.update(chunk);
+          if (!p.sender.write(chunk)) await new Promise((r) => p.sender.once("drain", r));
+        }
+      })();
+      const [head, got] = [[] as number[], createHash("sha256")];
+      let received = 0;
+      const buffer = new Uint8Array(256 * 1024);
+      while (received < total) {
+        const n = await p.receiver.read(buffer);
+        if (n === null) break;
+        let bytes = buffer.subarray(0, n);
+        // The 101's head first, up to its blank line.
+        while (bytes.length && !head.join(",").endsWith("13,10,13,10")) {
+          head.push(bytes[0]);
+          bytes = bytes.subarray(1);
+        }
+        received += bytes.length;
+        got.update(bytes);
+      }
+      await writing;
+      assert.equal(received, total);
+      assert.equal(got.digest("hex"), sent.digest("hex"));
+      assert.match(new TextDecoder().decode(new Uint8Array(head)), /^HTTP\/1\.1 101 /);
+      const most = unsent.stop();
+      const bound = maxBufferedBytes + 2 * 5 * READ_BYTES;
+      assert.ok(most <= bound, `${most} bytes unsent at once, bound ${bound}`);
+      assert.equal(relay.pairs, 5, "the stalled pairs are still there");
+    } finally {
+      relay.close();
+    }
+  });
+});
+
+Deno.test("a receiver that stops reading for less than the stuck time, again and again, keeps its pair and gets every byte", async () => {
+  await withRawPairs(async (open) => {
+    const logs: string[] = [];
+    const relay = new Relay({ stuckMs: 600, log: (l) => logs.push(l) });
+    try {
+      const p = await open();
+      relay.join(side(p.b, 1, "bob", "alice"));
+      relay.join(side(p.a, 1, "alice", "bob"));
+      const total = 64 * MiB;
+      const writing = flood(p.sender, total);
+      const expected = total + SWITCHING.length;
+      let received = 0;
+      const read = async (bytes: number) => {
+        const n = await p.receiver.read(new Uint8Array(bytes));
+        assert.ok(n !== null, `the relay closed bob: ${logs.join("\n")}`);
+        received += n;
+      };
+      // Four times: bob reads nothing for 400 ms (the relay stops reading alice meanwhile), then
+      // takes 8 MiB at once.
+      for (let round = 0; round < 4; round++) {
+        await new Promise((resolve) => setTimeout(resolve, 400));
+        for (const end = received + 8 * MiB; received < end;) await read(MiB);
+      }
+      while (received < expected) await read(MiB);
+      assert.equal(await writing, total);
+      assert.equal(received, expected);
+      assert.equal(relay.pairs, 1, logs.join("\n"));
+      assert.ok(relay.buffered.peak > RELAY_HIGH_WATER_BYTES, "the relay stopped reading alice");
     } finally {
       relay.close();
     }

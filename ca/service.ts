@@ -18,7 +18,8 @@
  * Members' writes keep `freeFloorBytes` free on the CA's disk (ca/disk_floor.ts). A refused
  * connection is logged.
  * A connection upgraded to the relay (`GET /v1/relay`) leaves these for the
- * relay's own caps and deadlines (ca/relay.ts).
+ * relay's own caps and deadlines (ca/relay.ts), and what it holds for its sides
+ * for the relay's own bound (`relay.maxBufferedBytes`, 64 MiB by default).
  *
  * @module
  */
@@ -54,6 +55,7 @@ import {
   readEarly,
   Relay,
   RELAY_PROTOCOL,
+  type RelayBuffered,
   relayError,
   type RelayOptions,
   relayPairBudget,
@@ -309,6 +311,14 @@ export class CaService {
   get unreadReplies(): { held: number; peak: number; maxBytes: number } {
     const replies = this.#replies!;
     return { held: replies.held, peak: replies.peak, maxBytes: replies.maxBytes };
+  }
+
+  /**
+   * What the relay holds now for sides that have not taken it, the most it held at once, and
+   * its bound (ca/relay.ts), in bytes.
+   */
+  get relayBuffered(): RelayBuffered {
+    return this.#relay!.buffered;
   }
 
   /** Stops accepting connections, ends long polls and closes every connection. */

@@ -236,7 +236,7 @@ Deno.test("a connection at the relay that sends bytes before its 101 is closed a
   });
 });
 
-Deno.test("a spliced pair whose receiver reads nothing is closed once the relay holds 16 MiB for it", async () => {
+Deno.test("a spliced pair whose receiver reads nothing is closed once it took nothing held for it for the relay's stuck time, and its sender was not read meanwhile", async () => {
   await withWorld(async ({ service, ca, logs, member }) => {
     const [alice, bob] = await Promise.all([member("alice"), member("bob")]);
     const anchor = ca.certificate.pem;
@@ -274,7 +274,7 @@ Deno.test("a spliced pair whose receiver reads nothing is closed once the relay 
       sender.socket.destroy();
       receiver.close();
     }
-  });
+  }, { relay: { stuckMs: 1_000 } });
 });
 
 Deno.test("a member who asks for its mailbox items on many connections and reads no reply has at most two held for it", async () => {
