@@ -12,7 +12,7 @@ import assert from "node:assert/strict";
 import tls from "node:tls";
 import { CertificateAuthority } from "../ca/authority.ts";
 import { CaService, type ServeOptions } from "../ca/service.ts";
-import { pauseReading } from "../lib/tls.ts";
+import { pauseReading, resumeReading } from "../lib/tls.ts";
 import { makeCsr, PASSPHRASE } from "./_helpers.ts";
 import { waitUntil, within, withTempDir } from "./_harness.ts";
 
@@ -175,15 +175,36 @@ Deno.test("a member who sends requests behind replies it does not read cannot ma
     poster.socket.write(item);
     await poster.closed;
     const id = (JSON.parse(poster.text().split("\r\n\r\n")[1]) as { id: string }).id;
+    const items = `GET /v1/mailbox/items/${id} HTTP/1.1\r\nHost: ca\r\n\r\n`.repeat(2);
+    const served = () => logs.filter((l) => / GET \/v1\/mailbox\/items\/\S+ 200 bob /.test(l));
+    const cas = () => logs.filter((l) => / GET \/v1\/ca 200 - /.test(l));
+    const ok = (conn: Conn) => conn.text().split("HTTP/1.1 200 OK").length - 1;
+    // Bob reads nothing: two replies of 8 MiB back up, and the service pauses the connection.
+    // Once he reads them, it reads his requests again.
+    const reader = await connect(service.port, anchor, bob);
+    try {
+      assert.ok(pauseReading(reader.socket), "no TCP socket under the client's TLS");
+      reader.socket.write(items);
+      await waitUntil(() => served().length === 2, `${served().length} items served`);
+      reader.socket.write("GET /v1/ca HTTP/1.1\r\nHost: ca\r\n\r\n");
+      await waitUntil(() => cas().length === 1, "no third reply");
+      resumeReading(reader.socket);
+      await waitUntil(() => ok(reader) === 3, `${ok(reader)} replies read`);
+      reader.socket.write("GET /v1/ca HTTP/1.1\r\nHost: ca\r\n\r\n");
+      await waitUntil(
+        () => ok(reader) === 4,
+        "the service stopped reading a connection that reads",
+      );
+    } finally {
+      reader.socket.destroy();
+    }
     const conn = await connect(service.port, anchor, bob);
     try {
-      // Bob reads nothing: two replies of 8 MiB back up, and the service pauses the connection.
       assert.ok(pauseReading(conn.socket), "no TCP socket under the client's TLS");
-      conn.socket.write(`GET /v1/mailbox/items/${id} HTTP/1.1\r\nHost: ca\r\n\r\n`.repeat(2));
-      const served = () => logs.filter((l) => / GET \/v1\/mailbox\/items\/\S+ 200 bob /.test(l));
-      await waitUntil(() => served().length === 2, `${served().length} items served`);
+      conn.socket.write(items);
+      await waitUntil(() => served().length === 4, `${served().length} items served`);
       conn.socket.write("GET /v1/ca HTTP/1.1\r\nHost: ca\r\n\r\n");
-      await waitUntil(() => logs.some((l) => / GET \/v1\/ca 200 - /.test(l)), "no third reply");
+      await waitUntil(() => cas().length === 3, "no third reply");
       // Before: 3.5 GB in 11 s, and on for as long as bob sent.
       const drained = await floodUntilStalled(conn.socket, FLOOD_BYTES);
       assert.ok(drained < FLOOD_BYTES / 2, `the service took ${drained} bytes`);
