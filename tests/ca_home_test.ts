@@ -1,14 +1,18 @@
 /**
- * The CA command line refuses a CA home that another user may change: one who may rename in HOME
- * (anyone, when others may write in it; its owner, when that is someone else) could put a CA of
- * their own in place of HOME/ca — with a key they hold, which the passphrase check takes like
- * ours — or swap its index and invites. ca/main.ts run as a process with the task's permissions.
+ * Where the CA command line finds its home, and which homes it refuses. It refuses a CA home that
+ * another user may change: one who may rename in HOME (anyone, when others may write in it; its
+ * owner, when that is someone else) could put a CA of their own in place of HOME/ca — with a key
+ * they hold, which the passphrase check takes like ours — or swap its index and invites. And run
+ * outside the project folder (a compiled binary, `deno run` from elsewhere), it resolves relative
+ * paths from its own folder, not from an INIT_CWD inherited from an outer `npm run`. ca/main.ts
+ * run as a process with the task's permissions.
  *
  * @module
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { runCa, withTempDir } from "./_helpers.ts";
+import { exists } from "../lib/fs.ts";
+import { PASSPHRASE, runCa, runCli, withTempDir } from "./_helpers.ts";
 
 const HINT = "a CA home must be yours alone: check what changed in it, then chown it to yourself " +
   "and chmod 700";
@@ -71,5 +75,22 @@ Deno.test("ca refuses a CA home that belongs to another user, and ca init will n
       );
     }
     assert.deepEqual([...Deno.readDirSync(other)], [], "ca init wrote in a folder not its own");
+  });
+});
+
+Deno.test("ca run from a folder of its own takes a relative --home and --passphrase-file from there, not from an INIT_CWD inherited from an outer npm run", async () => {
+  await withTempDir(async (dir) => {
+    const [here, stale] = [join(dir, "here"), join(dir, "stale")];
+    await Deno.mkdir(here);
+    await Deno.mkdir(stale);
+    await Deno.writeTextFile(join(here, "pp"), PASSPHRASE + "\n", { mode: 0o600 });
+    const result = await runCli(
+      "ca/main.ts",
+      ["init", "--key-type", "ec-p256", "--home", "rel", "--passphrase-file", "pp"],
+      { cwd: here, env: { INIT_CWD: stale } },
+    );
+    assert.equal(result.code, 0, result.stderr);
+    assert.ok(await exists(join(here, "rel", "ca", "ca.crt")), "no CA in the folder it ran in");
+    assert.deepEqual([...Deno.readDirSync(stale)], [], "it wrote in the inherited INIT_CWD");
   });
 });
