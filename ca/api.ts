@@ -90,6 +90,13 @@ export const MAX_WAIT_SECONDS = 30;
 /** Largest request body, in bytes. */
 export const MAX_BODY_BYTES = 64 * 1024;
 
+/**
+ * Renewals issued to one member in a day (the last 24 hours), then 429. A client renews about
+ * every five days; each renewal adds a certificate to the issuance log for good, a superseded
+ * one to every CRL, and a line to the index every revocation copies.
+ */
+export const RENEWALS_PER_DAY = 10;
+
 /** The HTTP status of each code a refusal can carry; any other is a 500. */
 const STATUS: Partial<Record<ErrorCode, number>> = {
   ERR_BAD_REQUEST: 400,
@@ -286,12 +293,35 @@ async function renew(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   // is read after the check) stops it.
   const renews = checkPeer(req.peerDer!, ctx.anchor).serial;
   const csr = text(body.csr, "csr");
+  // Before: one member renewing in a loop got 18 a second, each one a CRL entry and a log entry.
+  const issued = renewalsOf(ctx, user);
+  if (issued.length >= RENEWALS_PER_DAY) {
+    throw new E2eError(
+      "ERR_RATE_LIMITED",
+      `Too many renewals for "${user}": ${RENEWALS_PER_DAY} in a day`,
+      { hint: `retry in ${Math.ceil((issued[0] + DAY_MS - Date.now()) / 60_000)} min` },
+    );
+  }
   const written = ctx.disk?.reserve(SIGNING_BYTES);
   const { certificate } = await ctx.ca.sign(csr, user, {
     replace: false,
     renews,
   }).finally(() => written?.());
+  issued.push(Date.now());
   return { ...json(200, await logged(ctx, certificate)), user };
+}
+
+const DAY_MS = 86_400_000;
+const renewals = new WeakMap<ApiContext, Map<string, number[]>>();
+
+// When `user`'s renewals of the last day were issued, oldest first (the caller adds the next).
+function renewalsOf(ctx: ApiContext, user: string): number[] {
+  const all = renewals.get(ctx) ?? new Map<string, number[]>();
+  renewals.set(ctx, all);
+  const since = Date.now() - DAY_MS;
+  const times = (all.get(user) ?? []).filter((t) => t > since);
+  all.set(user, times);
+  return times;
 }
 
 async function lookup(ctx: ApiContext, req: ApiRequest, name: string): Promise<ApiResponse> {

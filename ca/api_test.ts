@@ -20,6 +20,7 @@ import {
   MAX_WAIT_SECONDS,
   parseJsonBody,
   relayParty,
+  RENEWALS_PER_DAY,
 } from "./api.ts";
 import { CertificateAuthority } from "./authority.ts";
 import { CaPaths } from "./home.ts";
@@ -1213,5 +1214,30 @@ Deno.test("relayParty() admits the two parties of a pending invitation and refus
       party(bob.der),
       e2eError("ERR_NOT_FOUND", 'No valid certificate for "alice" in the directory'),
     );
+  });
+});
+
+Deno.test("POST /v1/renew issues a member at most RENEWALS_PER_DAY certificates a day, then refuses with 429 ERR_RATE_LIMITED and issues nothing, while others still renew", async () => {
+  await withWorld(async ({ ctx, ca, member }) => {
+    const [alice, bob] = await Promise.all([member("alice"), member("bob")]);
+    const { csr } = await makeCsr("alice", { keyPem: alice.key });
+    let peer = alice.der;
+    for (let i = 0; i < RENEWALS_PER_DAY; i++) {
+      const reply = await call(ctx, "POST", "/v1/renew", { json: { csr }, peer });
+      assert.equal(reply.status, 200, `renewal ${i + 1}: ${reply.body}`);
+      peer = pemDecode(reply.json.certificate as string, "CERTIFICATE")!;
+    }
+    const current = (await ca.current("alice"))!.serial;
+    const refused = await call(ctx, "POST", "/v1/renew", { json: { csr }, peer });
+    assertError(
+      refused,
+      429,
+      "ERR_RATE_LIMITED",
+      `Too many renewals for "alice": ${RENEWALS_PER_DAY} in a day`,
+    );
+    assert.equal((await ca.current("alice"))!.serial, current, "a refused renewal issued nothing");
+    const { csr: bobCsr } = await makeCsr("bob", { keyPem: bob.key });
+    const other = await call(ctx, "POST", "/v1/renew", { json: { csr: bobCsr }, peer: bob.der });
+    assert.equal(other.status, 200, other.body);
   });
 });

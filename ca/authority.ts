@@ -163,6 +163,34 @@ interface Signed {
   certificate: CertificateInfo;
 }
 
+// A CA home that someone else may change is not one to trust: whoever may rename in HOME (its
+// owner, or anyone when it is writable by others) can put a CA of their own in place of HOME/ca
+// — with a key they hold, which `unlock()` takes like ours — or swap its index and invites.
+async function checkOwnHome(paths: CaPaths): Promise<void> {
+  for (const dir of [paths.home, paths.dir]) {
+    let info: Deno.FileInfo;
+    try {
+      info = await Deno.stat(dir);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) continue; // reported as a missing CA, or made now
+      throw e;
+    }
+    const uid = Deno.uid();
+    if (uid === null || info.uid === null || info.mode === null) continue; // no owners (Windows)
+    const why = info.uid !== uid
+      ? "it belongs to another user"
+      : (info.mode & 0o022) !== 0
+      ? "other users may write in it"
+      : undefined;
+    if (why) {
+      throw new E2eError("ERR_HOME", `Cannot use the CA in "${dir}": ${why}`, {
+        hint: `a CA home must be yours alone: check what changed in it, then chown it to ` +
+          `yourself and chmod 700 "${dir}"`,
+      });
+    }
+  }
+}
+
 /** How many checked requests checkRequest() remembers (the most recent ones). */
 const CHECKED_KEEP = 64;
 /** At most this many openssl signings run at once (more would only queue for the CPU). */
@@ -246,6 +274,7 @@ export class CertificateAuthority {
     const days = checkDays(options.days ?? DEFAULT_CA_DAYS);
     const commonName = checkCommonName(options.commonName ?? "e2e-chat CA");
     await ensurePrivateDir(home);
+    await checkOwnHome(paths);
     return await locked(paths, async () => {
       if (await exists(paths.dir)) {
         throw new E2eError("ERR_CA_EXISTS", `Cannot create a CA: "${paths.dir}" already exists`, {
@@ -299,6 +328,7 @@ export class CertificateAuthority {
   /** Opens the CA under `home`; the passphrase is needed only for sign, revoke and crl. */
   static async open(home: string, options: OpenOptions = {}): Promise<CertificateAuthority> {
     const paths = new CaPaths(home);
+    await checkOwnHome(paths);
     let pem: string;
     try {
       pem = await Deno.readTextFile(paths.cert);

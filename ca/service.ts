@@ -32,7 +32,14 @@ import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 import { deadline, guardConnections } from "../lib/connections.ts";
 import { ReplyBudget } from "../lib/reply_budget.ts";
-import { type Credentials, peerCertificateDer, serverOptions, trustAnchor } from "../lib/tls.ts";
+import {
+  type Credentials,
+  pauseReading,
+  peerCertificateDer,
+  resumeReading,
+  serverOptions,
+  trustAnchor,
+} from "../lib/tls.ts";
 import { type CertificateInfo, parseCertificate } from "../lib/x509.ts";
 import {
   type ApiContext,
@@ -241,7 +248,10 @@ export class CaService {
       idleMs: idle,
       onRefused: (message) => log(`e2e-chat-ca: ${message}`),
     });
-    server.on("secureConnection", (socket: TLSSocket) => awaitHeaders(socket));
+    server.on("secureConnection", (socket: TLSSocket) => {
+      pausesStopReads(socket);
+      awaitHeaders(socket);
+    });
     const relay = new Relay({
       maxPairs: relayPairBudget(guard.maxConnections),
       // A member revoked (by this process or `ca revoke`) loses its relay sessions within seconds;
@@ -408,12 +418,18 @@ async function serveRequest(
     status = reply.status;
     user = reply.user ?? "-";
     note = reply.note ?? "";
-    send(res, status, reply.type, reply.bytes ?? reply.body, {}, { replies, socket });
+    send(res, status, reply.type, reply.bytes ?? reply.body, closeIfUnread(req), {
+      replies,
+      socket,
+    });
   } catch (e) {
     const reply = errorReply(e);
     status = reply.status;
     code = reply.code;
-    send(res, status, reply.type, reply.body, reply.headers, { replies, socket });
+    send(res, status, reply.type, reply.body, { ...reply.headers, ...closeIfUnread(req) }, {
+      replies,
+      socket,
+    });
     if (status === 500) log(`e2e-chat-ca: internal error: ${e instanceof Error ? e.stack : e}`);
   } finally {
     log(accessLine(req.method, url.pathname, { remoteAddress, started, status, code, user, note }));
@@ -438,7 +454,9 @@ async function serveRelay(
   // The HTTP server no longer watches this socket: a reset must not become an uncaught error.
   socket.on("error", () => {});
   // Nor reads it: what the client sends before its 101 is read, and bounded, from now on.
+  pausesStopping.get(socket)?.();
   const early = readEarly(socket);
+  resumeReading(socket); // its reads, if a pause of the HTTP server stopped them
   const remoteAddress = (socket.remoteAddress ?? "").replace(/^::ffff:/, "");
   const url = new URL(req.url ?? "/", "https://ca.invalid");
   let status = 101;
@@ -527,6 +545,29 @@ function accessLine(
 
 const headerDeadlines = new WeakMap<Socket, () => void>();
 
+// Sockets whose pauses stop their reads (pausesStopReads), with the function that undoes it.
+const pausesStopping = new WeakMap<Socket, () => void>();
+
+/**
+ * Makes node's pauses of `socket` stop its reads, and its resumes start them again. The HTTP
+ * server pauses a connection whose replies back up (a client that sends requests and reads no
+ * reply) or whose request body waits for a handler that has not read it (a body on a GET, a
+ * long poll's, a request refused before its body is read), and counts on that to stop taking
+ * in what the client sends. In Deno 2.9.6 a paused socket reads on into memory (lib/tls.ts
+ * `pauseReading`): one connection with a GET body of 100 GB took the service from 64 MB to
+ * 2.6 GB in 6 s without a certificate, a member's long poll to 4.4 GB in 10 s.
+ */
+function pausesStopReads(socket: TLSSocket): void {
+  const pause = () => void pauseReading(socket);
+  const resume = () => resumeReading(socket);
+  socket.on("pause", pause);
+  socket.on("resume", resume);
+  pausesStopping.set(socket, () => {
+    socket.off("pause", pause);
+    socket.off("resume", resume);
+  });
+}
+
 const unanswered = new WeakMap<Socket, number>();
 
 // Whether a request on `socket` is served: at most MAX_PIPELINED wait for their replies at once
@@ -543,6 +584,14 @@ function admitPipelined(socket: Socket, res: ServerResponse, log: (line: string)
   unanswered.set(socket, waiting);
   res.once("finish", () => unanswered.set(socket, (unanswered.get(socket) ?? 1) - 1));
   return true;
+}
+
+// The header that ends a connection whose request's body is neither read whole nor thrown away
+// (refused before it was read, or sent with a GET): its reads stop (pausesStopReads), so it would
+// only wait for its deadline. A body being thrown away (a refusal while it was read) is not held:
+// the connection stays, and the client reads its reply rather than a reset.
+function closeIfUnread(req: IncomingMessage): Record<string, string> {
+  return req.complete || req.readableFlowing ? {} : { connection: "close" };
 }
 
 /** Starts the deadline for the next request's headers on `socket`. */

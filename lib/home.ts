@@ -4,11 +4,18 @@
  * @module
  */
 import { isAbsolute, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { E2eError } from "./errors.ts";
 
 /**
  * Resolves a path the user typed: `deno task` runs in the project folder, so
- * relative paths are taken from `INIT_CWD` (the user's own folder) when set.
+ * relative paths are taken from `INIT_CWD` (the user's own folder) when set —
+ * but only when the current folder is the project's. Run any other way (a
+ * compiled binary, `deno run` from elsewhere) the current folder is the user's,
+ * and an `INIT_CWD` is one inherited from an outer `npm run` or `deno task`,
+ * which names some other folder. (`deno task` itself keeps an `INIT_CWD` it
+ * inherits, as npm does: run from inside another task or npm script that
+ * changed folder, give absolute paths.)
  *
  * @example
  * ```ts
@@ -18,7 +25,21 @@ import { E2eError } from "./errors.ts";
  */
 export function resolveUserPath(path: string): string {
   if (isAbsolute(path)) return path;
-  return resolve(Deno.env.get("INIT_CWD") || Deno.cwd(), path);
+  const cwd = Deno.cwd();
+  const initCwd = Deno.env.get("INIT_CWD");
+  return resolve(initCwd && sameFolder(cwd, PROJECT) ? initCwd : cwd, path);
+}
+
+// The folder `deno task` runs our tasks in: the one of deno.json, above lib/.
+const PROJECT = new URL("..", import.meta.url);
+
+function sameFolder(path: string, url: URL): boolean {
+  if (url.protocol !== "file:") return false;
+  try {
+    return Deno.realPathSync(path) === Deno.realPathSync(fileURLToPath(url));
+  } catch {
+    return false;
+  }
 }
 
 /**

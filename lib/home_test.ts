@@ -72,3 +72,18 @@ Deno.test("resolveHome() refuses to guess when HOME is not set", () => {
     });
   });
 });
+
+Deno.test("resolveUserPath() ignores an INIT_CWD inherited from an outer run when it runs outside the project folder (a compiled binary, deno run from elsewhere)", async () => {
+  const dir = await Deno.makeTempDir();
+  const before = Deno.cwd();
+  try {
+    Deno.chdir(dir);
+    withEnv({ INIT_CWD: "/home/alice/other-project" }, () => {
+      assert.equal(resolveUserPath("req.csr"), join(Deno.realPathSync(dir), "req.csr"));
+      assert.equal(resolveHome("ca-home"), join(Deno.realPathSync(dir), "ca-home"));
+    });
+  } finally {
+    Deno.chdir(before);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
