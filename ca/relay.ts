@@ -33,6 +33,7 @@
  */
 import type { Socket } from "node:net";
 import { deadline } from "../lib/connections.ts";
+import { pauseReading, resumeReading } from "../lib/tls.ts";
 
 /** Relay sessions one member may be part of at once (waiting in them, or spliced). */
 export const RELAY_PAIRS_PER_MEMBER = 8;
@@ -468,7 +469,7 @@ export class Relay {
           !way.paused && (way.held > RELAY_HIGH_WATER_BYTES || this.#held > this.maxBufferedBytes)
         ) {
           way.paused = true;
-          stopReading(from.socket);
+          pauseReading(from.socket);
           this.#watchStuck(s, way);
         }
       });
@@ -498,7 +499,7 @@ export class Relay {
       if (!room) return this.#watchStuck(s, way); // progress: the receiver reads
       way.paused = false;
       clearTimeout(way.stuck);
-      startReading(way.from.socket);
+      resumeReading(way.from.socket);
     });
   }
 
@@ -601,32 +602,6 @@ export function relayError(socket: Socket, status: number, code: string, message
   );
   // The service's idle limit no longer watches this socket, and end() alone waits for the client.
   deadline(socket, RELAY_LINGER_MS);
-}
-
-// Stops reading `socket`, for real. pause() alone does not in Deno 2.9.6: a TLS socket goes on
-// reading its TCP connection into memory the stream does not count (measured: a paused relay
-// side took 1 GB from its sender in 4 s). Stopping the TCP handle under the TLS one does: TCP's
-// flow control then holds the sender (1 MiB taken in 4 s). On a plain TCP socket the handle is
-// the TCP one. Where neither is there, pause() is all there is.
-function stopReading(socket: Socket): void {
-  socket.pause();
-  tcpHandle(socket)?.readStop?.();
-}
-
-function startReading(socket: Socket): void {
-  tcpHandle(socket)?.readStart?.();
-  socket.resume();
-}
-
-interface ReadHandle {
-  readStart?(): unknown;
-  readStop?(): unknown;
-  _parent?: ReadHandle;
-}
-
-function tcpHandle(socket: Socket): ReadHandle | undefined {
-  const handle = (socket as unknown as { _handle?: ReadHandle | null })._handle ?? undefined;
-  return handle?._parent ?? handle;
 }
 
 const REASONS: Record<number, string> = {

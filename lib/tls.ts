@@ -12,7 +12,7 @@
  */
 import { Buffer } from "node:buffer";
 import type { X509Certificate } from "node:crypto";
-import { isIP } from "node:net";
+import { isIP, type Socket } from "node:net";
 import tls, {
   type ConnectionOptions,
   type PeerCertificate,
@@ -372,10 +372,10 @@ interface NativeReads {
 }
 
 // Sockets whose TCP reads pauseReading() stopped (a second readStart() would start a second read).
-const stopped = new WeakSet<TLSSocket>();
+const stopped = new WeakSet<Socket>();
 
 // The TCP handle under `socket`, through any TLS inside TLS; undefined when there is none to find.
-function tcpUnder(socket: TLSSocket): NativeReads | undefined {
+function tcpUnder(socket: Socket): NativeReads | undefined {
   let at: unknown = socket;
   for (let depth = 0; depth < 4 && at; depth++) {
     const handle = (at as HandleChain)._handle;
@@ -395,8 +395,9 @@ function tcpUnder(socket: TLSSocket): NativeReads | undefined {
  * over 1 GiB in 3 s on loopback), and hands it all over on `resume()`. So this also stops the TCP
  * socket underneath — for TLS inside another TLS connection, the outer one's. What the peer sends
  * meanwhile waits in the kernel's buffers and then in the peer's own process. Writing goes on.
- * Returns false when no TCP socket was found underneath (a Deno whose internals differ): the
- * socket is then only paused, as before. (Measured by the tests in lib/tls_test.ts.)
+ * Returns false when no TCP socket was found underneath — a plain TCP socket, whose `pause()`
+ * does stop its reads, or a Deno whose internals differ: the socket is then only paused. (Measured
+ * by the tests in lib/tls_test.ts; the relay's and the service's tests measure it too.)
  *
  * @example
  * ```ts
@@ -409,7 +410,7 @@ function tcpUnder(socket: TLSSocket): NativeReads | undefined {
  * socket.destroy();
  * ```
  */
-export function pauseReading(socket: TLSSocket): boolean {
+export function pauseReading(socket: Socket): boolean {
   socket.pause();
   const tcp = tcpUnder(socket);
   if (!tcp) return false;
@@ -424,7 +425,7 @@ export function pauseReading(socket: TLSSocket): boolean {
 }
 
 /** Reads from `socket` again after {@linkcode pauseReading}; what waited arrives in order. */
-export function resumeReading(socket: TLSSocket): void {
+export function resumeReading(socket: Socket): void {
   if (stopped.delete(socket) && !socket.destroyed) {
     try {
       tcpUnder(socket)?.readStart();
