@@ -49,6 +49,7 @@ export const PROBE_FLAGS = [
   "--allow-run=openssl",
   "--allow-env",
   "--allow-net=127.0.0.1",
+  "--allow-sys=uid", // a CA home must be the user's own (ca/authority.ts)
 ];
 
 /** A small HTTPS client for POST /v1/enroll, pinned to the CA; connections are kept alive. */
