@@ -8,7 +8,10 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import type { RunResult } from "./_harness.ts";
+import { CertificateAuthority } from "../ca/authority.ts";
+import { CaService, type ServeOptions } from "../ca/service.ts";
+import { makeCsr, PASSPHRASE } from "./_helpers.ts";
+import { type RunResult, withTempDir } from "./_harness.ts";
 
 // ---------------------------------------------------------------------------
 // Randomness that a failure can reproduce
@@ -175,4 +178,42 @@ export async function argvRecordingOpenssl(
     { mode: 0o755 },
   );
   return { argvLog, env: { PATH: `${path}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}` } };
+}
+
+/** A member's key and certificate, issued by a {@linkcode ServiceWorld}'s CA. */
+export interface Member {
+  name: string;
+  key: string;
+  cert: string;
+}
+
+/** A CA service in-process on an EC CA of its own, its log lines, and members to issue. */
+export interface ServiceWorld {
+  service: CaService;
+  ca: CertificateAuthority;
+  /** The CA certificate, PEM. */
+  anchor: string;
+  logs: string[];
+  member(name: string): Promise<Member>;
+}
+
+/** Runs `fn` against a fresh {@linkcode ServiceWorld} (port 0, `options` added); closes it after. */
+export async function withServiceWorld(
+  fn: (world: ServiceWorld) => Promise<void>,
+  options: ServeOptions = {},
+): Promise<void> {
+  await withTempDir(async (home) => {
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+    const logs: string[] = [];
+    const service = await CaService.start(ca, { port: 0, log: (l) => logs.push(l), ...options });
+    const member = async (name: string) => {
+      const { csr, key } = await makeCsr(name);
+      return { name, key, cert: (await ca.sign(csr, name)).certificate.pem };
+    };
+    try {
+      await fn({ service, ca, anchor: ca.certificate.pem, logs, member });
+    } finally {
+      await service.close();
+    }
+  });
 }

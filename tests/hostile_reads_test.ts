@@ -10,41 +10,9 @@
  */
 import assert from "node:assert/strict";
 import tls from "node:tls";
-import { CertificateAuthority } from "../ca/authority.ts";
-import { CaService, type ServeOptions } from "../ca/service.ts";
 import { pauseReading, resumeReading } from "../lib/tls.ts";
-import { makeCsr, PASSPHRASE } from "./_helpers.ts";
-import { waitUntil, within, withTempDir } from "./_harness.ts";
-
-interface Member {
-  name: string;
-  key: string;
-  cert: string;
-}
-
-interface World {
-  service: CaService;
-  anchor: string;
-  logs: string[];
-  member(name: string): Promise<Member>;
-}
-
-async function withWorld(fn: (world: World) => Promise<void>, options: ServeOptions = {}) {
-  await withTempDir(async (home) => {
-    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
-    const logs: string[] = [];
-    const service = await CaService.start(ca, { port: 0, log: (l) => logs.push(l), ...options });
-    const member = async (name: string) => {
-      const { csr, key } = await makeCsr(name);
-      return { name, key, cert: (await ca.sign(csr, name)).certificate.pem };
-    };
-    try {
-      await fn({ service, anchor: ca.certificate.pem, logs, member });
-    } finally {
-      await service.close();
-    }
-  });
-}
+import { waitUntil, within } from "./_harness.ts";
+import { type Member, withServiceWorld } from "./_hostile_helpers.ts";
 
 /** A TLS connection whose replies are collected in `text()`; `closed` resolves when it closes. */
 interface Conn {
@@ -101,7 +69,7 @@ async function floodUntilStalled(
 const ENDLESS = "content-length: 100000000000\r\n";
 
 Deno.test("a request body the service does not read is not taken into its memory, and its connection is closed after the reply: a GET with a body, a refusal before the body, a member's long poll", async () => {
-  await withWorld(async ({ service, anchor, logs, member }) => {
+  await withServiceWorld(async ({ service, anchor, logs, member }) => {
     const alice = await member("alice");
     // [what, as whom, request head, the reply's log line, the reply (null: flood before it)]
     const cases: Array<[string, Member | undefined, string, RegExp, string | null]> = [
@@ -164,7 +132,7 @@ Deno.test("a request body the service does not read is not taken into its memory
 });
 
 Deno.test("a member who sends requests behind replies it does not read cannot make the service take in what it sends next", async () => {
-  await withWorld(async ({ service, anchor, logs, member }) => {
+  await withServiceWorld(async ({ service, anchor, logs, member }) => {
     const [alice, bob] = await Promise.all([member("alice"), member("bob")]);
     const item = new Uint8Array(8 * MiB).fill(1);
     const poster = await connect(service.port, anchor, alice);

@@ -9,50 +9,18 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import tls from "node:tls";
-import { CertificateAuthority } from "../ca/authority.ts";
 import { DEFAULT_MAILBOX_LIMITS } from "../ca/mailbox.ts";
 import { RELAY_BUFFER_BYTES } from "../ca/relay.ts";
 import {
-  CaService,
   MAILBOX_INFLIGHT_BYTES,
   MAILBOX_INFLIGHT_ITEMS_PER_MEMBER,
   MAX_PIPELINED,
-  type ServeOptions,
 } from "../ca/service.ts";
-import { makeCsr, PASSPHRASE } from "./_helpers.ts";
-import { sleep, waitUntil, within, withTempDir } from "./_harness.ts";
+import { sleep, waitUntil, within } from "./_harness.ts";
+import { type Member, withServiceWorld } from "./_hostile_helpers.ts";
 import { requestWithKey } from "./_tls13_by_hand.ts";
 
 /** A member's key and certificate, PEM. */
-interface Member {
-  name: string;
-  key: string;
-  cert: string;
-}
-
-interface World {
-  service: CaService;
-  ca: CertificateAuthority;
-  logs: string[];
-  member(name: string): Promise<Member>;
-}
-
-async function withWorld(fn: (world: World) => Promise<void>, options: ServeOptions = {}) {
-  await withTempDir(async (home) => {
-    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
-    const logs: string[] = [];
-    const service = await CaService.start(ca, { port: 0, log: (l) => logs.push(l), ...options });
-    const member = async (name: string) => {
-      const { csr, key } = await makeCsr(name);
-      return { name, key, cert: (await ca.sign(csr, name)).certificate.pem };
-    };
-    try {
-      await fn({ service, ca, logs, member });
-    } finally {
-      await service.close();
-    }
-  });
-}
 
 /**
  * A connection whose replies nobody looks at until {@linkcode Deaf.listen} is called (node:tls
@@ -108,7 +76,7 @@ async function connectTcp(port: number): Promise<Deaf> {
 const PIPELINED = 2_000;
 
 Deno.test("a connection that sends 2,000 requests at once and reads no reply gets at most 8 served, then is closed", async () => {
-  await withWorld(async ({ service, ca, logs }) => {
+  await withServiceWorld(async ({ service, ca, logs }) => {
     const conn = await connectTls(service.port, ca.certificate.pem);
     try {
       // 64 KiB of requests: before the cap, all 2,000 were served (+230 MB in one process).
@@ -136,7 +104,7 @@ Deno.test("a connection that sends 2,000 requests at once and reads no reply get
 });
 
 Deno.test("the CRL port answers one request per connection: 2,000 sent at once get one served, then the connection is closed", async () => {
-  await withWorld(async ({ service, logs }) => {
+  await withServiceWorld(async ({ service, logs }) => {
     const conn = await connectTcp(Number(new URL(service.crlUrl).port));
     try {
       conn.socket.write("GET /crl.der HTTP/1.1\r\nHost: ca\r\n\r\n".repeat(PIPELINED));
@@ -158,7 +126,7 @@ Deno.test("the CRL port answers one request per connection: 2,000 sent at once g
 });
 
 Deno.test("one member's stalled uploads cannot take the mailbox's memory for uploads from everyone: the others' posts go on", async () => {
-  await withWorld(async ({ service, ca, logs, member }) => {
+  await withServiceWorld(async ({ service, ca, logs, member }) => {
     const [mallory, alice] = await Promise.all([member("mallory"), member("alice")]);
     await Promise.all(["bob", "carol"].map(member));
     const anchor = ca.certificate.pem;
@@ -204,7 +172,7 @@ Deno.test("one member's stalled uploads cannot take the mailbox's memory for upl
 const FLOOD_BYTES = 64 * 1024 * 1024;
 
 Deno.test("a connection at the relay that sends bytes before its 101 is closed after 64 KiB: waiting, refused or not a member", async () => {
-  await withWorld(async ({ service, ca, logs, member }) => {
+  await withServiceWorld(async ({ service, ca, logs, member }) => {
     const [alice] = await Promise.all([member("alice"), member("bob")]);
     const anchor = ca.certificate.pem;
     const offer = await request(service.port, anchor, alice, "POST", "/v1/rendezvous", {
@@ -237,7 +205,7 @@ Deno.test("a connection at the relay that sends bytes before its 101 is closed a
 });
 
 Deno.test("a spliced pair whose receiver reads nothing is closed once it took nothing held for it for the relay's stuck time, and its sender was not read meanwhile", async () => {
-  await withWorld(async ({ service, ca, logs, member }) => {
+  await withServiceWorld(async ({ service, ca, logs, member }) => {
     const [alice, bob] = await Promise.all([member("alice"), member("bob")]);
     const anchor = ca.certificate.pem;
     const offer = await request(service.port, anchor, alice, "POST", "/v1/rendezvous", {
@@ -278,7 +246,7 @@ Deno.test("a spliced pair whose receiver reads nothing is closed once it took no
 });
 
 Deno.test("a member who asks for its mailbox items on many connections and reads no reply has at most two held for it", async () => {
-  await withWorld(async ({ service, ca, logs, member }) => {
+  await withServiceWorld(async ({ service, ca, logs, member }) => {
     const [mallory, alice] = await Promise.all([member("mallory"), member("alice")]);
     const anchor = ca.certificate.pem;
     const item = new Uint8Array(8 * 1024 * 1024).fill(1);
@@ -337,7 +305,7 @@ async function firstReply(conns: Deno.TlsConn[], head: RegExp): Promise<string> 
 }
 
 Deno.test("a client that presents alice's certificate but signs the handshake with mallory's key is refused in the handshake (decrypt_error)", async () => {
-  await withWorld(async ({ service, logs, member }) => {
+  await withServiceWorld(async ({ service, logs, member }) => {
     const [alice, mallory] = await Promise.all([member("alice"), member("mallory")]);
     await member("bob");
     // The same hand-written client with alice's own key: served as alice (the client works).
@@ -485,7 +453,7 @@ async function fetchWhole(
 
 Deno.test("members who ask for mailbox items and read nothing cannot make the service hold more than its budget for unread replies: the biggest holders are closed, a reading member is served, and the count returns to zero", async () => {
   const budget = 20 * MiB;
-  await withWorld(async ({ service, ca, logs, member }) => {
+  await withServiceWorld(async ({ service, ca, logs, member }) => {
     const anchor = ca.certificate.pem;
     const hogs = await Promise.all(["hog1", "hog2", "hog3"].map(member));
     const [alice, bob] = await Promise.all([member("alice"), member("bob")]);
@@ -537,7 +505,7 @@ Deno.test("members who ask for mailbox items and read nothing cannot make the se
 });
 
 Deno.test("a member who asks for its item twice on one connection and hangs up unread, again and again, keeps nothing held and can fetch it", async () => {
-  await withWorld(async ({ service, ca, logs, member }) => {
+  await withServiceWorld(async ({ service, ca, logs, member }) => {
     const [mallory, alice] = await Promise.all([member("mallory"), member("alice")]);
     const anchor = ca.certificate.pem;
     const posted = await post(service.port, anchor, alice, "mallory", new Uint8Array(8 * MiB));
