@@ -125,7 +125,6 @@ const HELLO_WAIT_MS = 10_000;
 const SEND_WINDOW = 8 * 1024 * 1024;
 const GOT_EVERY = 2 * 1024 * 1024; // each "got" costs the receiver a TLS write
 const MAX_UNSENT = 1024 * 1024; // bytes we let wait for a peer that does not read
-
 /**
  * Bytes unsent to a peer past which room gap fills for it are dropped: a member that asks
  * (`want`, `state`: a few bytes each) and never reads would otherwise make us hold every answer.
