@@ -15,7 +15,7 @@ import {
 } from "../lib/csr.ts";
 import { parseCrl } from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDir, exists, syncDir, writeFileAtomic } from "../lib/fs.ts";
+import { ensurePrivateDir, exists, othersMayRename, syncDir, writeFileAtomic } from "../lib/fs.ts";
 import { generateKey, makeRequest } from "../lib/keys.ts";
 import type { LockOptions } from "../lib/lock.ts";
 import { checkName } from "../lib/names.ts";
@@ -175,14 +175,9 @@ async function checkOwnHome(paths: CaPaths): Promise<void> {
       if (e instanceof Deno.errors.NotFound) continue; // reported as a missing CA, or made now
       throw e;
     }
-    const uid = Deno.uid();
-    if (uid === null || info.uid === null || info.mode === null) continue; // no owners (Windows)
-    const why = info.uid !== uid
-      ? "it belongs to another user"
-      : (info.mode & 0o022) !== 0
-      ? "other users may write in it"
-      : undefined;
-    if (why) {
+    const who = othersMayRename(info, Deno.uid(), { group: false, sticky: false });
+    if (who) {
+      const why = who === "owner" ? "it belongs to another user" : "other users may write in it";
       throw new E2eError("ERR_HOME", `Cannot use the CA in "${dir}": ${why}`, {
         hint: `a CA home must be yours alone: check what changed in it, then chown it to ` +
           `yourself and chmod 700 "${dir}"`,

@@ -9,6 +9,7 @@ import {
   relayPairBudget,
   type RelaySide,
 } from "./relay.ts";
+import { flood } from "../tests/_helpers.ts";
 
 // The relay on real loopback TCP sockets: each "side" is the server end of a connection
 // whose client end the test reads and writes, as the service hands the relay an upgraded socket.
@@ -389,20 +390,6 @@ async function withRawPairs(fn: (open: () => Promise<RawPair>) => Promise<void>)
     }
     await new Promise<void>((resolve) => server.close(() => resolve()));
   }
-}
-
-// Writes `total` bytes in 1 MiB writes, each once the last was taken; stops when the socket
-// closes. Returns how many were taken.
-async function flood(socket: net.Socket, total: number): Promise<number> {
-  const chunk = new Uint8Array(1024 * 1024);
-  const closed = new Promise<false>((resolve) => socket.once("close", () => resolve(false)));
-  let taken = 0;
-  while (taken < total && !socket.destroyed) {
-    const written = new Promise<boolean>((resolve) => socket.write(chunk, (e) => resolve(!e)));
-    if (!await Promise.race([written, closed])) break;
-    taken += chunk.length;
-  }
-  return taken;
 }
 
 // The most the relay's sockets held unsent at once, sampled every few ms until `stop()` (what

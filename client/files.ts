@@ -7,7 +7,7 @@
 import { createHash, type Hash } from "node:crypto";
 import { basename, join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
-import { freeBytes, syncDir, writeFileAtomic } from "../lib/fs.ts";
+import { freeBytes, othersMayRename, syncDir, writeFileAtomic } from "../lib/fs.ts";
 
 /**
  * Makes an announced file name safe to create in the downloads folder: no path,
@@ -192,14 +192,9 @@ export class IncomingFile {
 // must be ours and closed to other users' writes (HOME/downloads, 0700, always is), or sticky
 // like /tmp, where only a file's owner may rename or remove it.
 async function checkOwnFolder(dir: string, uid: number | null): Promise<void> {
-  const info = await Deno.stat(dir);
-  if (uid === null || info.uid === null || info.mode === null) return; // no owners here (Windows)
-  const why = info.uid !== uid
-    ? "it belongs to another user"
-    : (info.mode & 0o002) !== 0 && (info.mode & 0o1000) === 0 // sticky (/tmp): only we rename ours
-    ? "every user may write in it"
-    : undefined;
-  if (why) {
+  const who = othersMayRename(await Deno.stat(dir), uid, { group: true, sticky: true });
+  if (who) {
+    const why = who === "owner" ? "it belongs to another user" : "every user may write in it";
     throw new E2eError("ERR_FILE", `Cannot receive files into "${dir}": ${why}`, {
       hint: "choose a folder of your own that only you can write in (--downloads DIR), " +
         "or leave --downloads out",

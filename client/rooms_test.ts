@@ -39,6 +39,29 @@ interface HostileRoom {
   events: CoreEvent[];
 }
 
+/** A Rooms core for `self` (its key `pem`) in `dir`, over the fake connections `peer` finds. */
+function testRooms(
+  self: string,
+  pem: string,
+  dir: string,
+  peer: (name: string) => PeerConnection | undefined,
+  emit: (e: CoreEvent) => void,
+  options: { invitations?: () => string[]; accept?: (name: string) => Promise<unknown> } = {},
+): Rooms {
+  return new Rooms({
+    self,
+    privateKey: () => pem,
+    peer,
+    pinned: () => undefined,
+    invite: () => Promise.resolve(),
+    accept: options.accept ?? (() => Promise.resolve()),
+    invitations: options.invitations ?? (() => []),
+    emit,
+    history: { roomMessage() {} } as unknown as History,
+    dir,
+  });
+}
+
 /**
  * Alice in carol's room #team, loaded from HOME/rooms; every made-up member has one key, and
  * `options` says what the chat core does when alice accepts an invitation.
@@ -74,18 +97,17 @@ async function hostileRoom(
     );
     const events: CoreEvent[] = [];
     const conn = { name: "carol", rooms: true, sendRoom: () => true } as unknown as PeerConnection;
-    const rooms = new Rooms({
-      self: "alice",
-      privateKey: () => alice.pem,
-      peer: (name) => name === "carol" ? conn : undefined,
-      pinned: () => undefined,
-      invite: () => Promise.resolve(),
-      accept: options.accept ?? (() => Promise.resolve()),
-      invitations: options.invitations ?? (() => []),
-      emit: (e) => events.push(e),
-      history: { roomMessage() {} } as unknown as History,
+    const rooms = testRooms(
+      "alice",
+      alice.pem,
       dir,
-    });
+      (name) => name === "carol" ? conn : undefined,
+      (e) => events.push(e),
+      {
+        accept: options.accept ?? (() => Promise.resolve()),
+        invitations: options.invitations ?? (() => []),
+      },
+    );
     await rooms.load();
     try {
       await fn({ rooms, carol: conn, list, message, events });
@@ -174,18 +196,13 @@ Deno.test("A member cannot pass a newcomer another author's messages from before
     const conn = (name: string) =>
       ({ name, rooms: true, sendRoom: () => true }) as unknown as PeerConnection;
     const connections = new Map(["bob", "carol", "mallory"].map((n) => [n, conn(n)]));
-    const rooms = new Rooms({
-      self: "alice",
-      privateKey: () => alice.pem,
-      peer: (name) => connections.get(name),
-      pinned: () => undefined,
-      invite: () => Promise.resolve(),
-      accept: () => Promise.resolve(),
-      invitations: () => [],
-      emit: (e) => events.push(e),
-      history: { roomMessage() {} } as unknown as History,
+    const rooms = testRooms(
+      "alice",
+      alice.pem,
       dir,
-    });
+      (name) => connections.get(name),
+      (e) => events.push(e),
+    );
     await rooms.load();
     try {
       // Mallory kept bob's message 3, written under version 2, long before alice was in.
@@ -246,20 +263,9 @@ Deno.test("A member who missed more than 256 of an author's messages reports the
     const conn = (name: string) =>
       ({ name, rooms: true, sendRoom: () => true }) as unknown as PeerConnection;
     const connections = new Map(["bob", "carol"].map((n) => [n, conn(n)]));
-    const rooms = new Rooms({
-      self: "alice",
-      privateKey: () => alice.pem,
-      peer: (name) => connections.get(name),
-      pinned: () => undefined,
-      invite: () => Promise.resolve(),
-      accept: () => Promise.resolve(),
-      invitations: () => [],
-      emit: (e) => {
-        events.push(e);
-        if (e.type === "room_gap") gap();
-      },
-      history: { roomMessage() {} } as unknown as History,
-      dir,
+    const rooms = testRooms("alice", alice.pem, dir, (name) => connections.get(name), (e) => {
+      events.push(e);
+      if (e.type === "room_gap") gap();
     });
     await rooms.load();
     try {
@@ -322,18 +328,13 @@ Deno.test("A member cannot put a re-invited member back into the room with an ol
       ["carol", conn("carol", createPublicKey(carol.privateKey))],
       ["mallory", conn("mallory")],
     ]);
-    const rooms = new Rooms({
-      self: "dave",
-      privateKey: () => dave.pem,
-      peer: (name) => connections.get(name),
-      pinned: () => undefined,
-      invite: () => Promise.resolve(),
-      accept: () => Promise.resolve(),
-      invitations: () => [],
-      emit: (e) => events.push(e),
-      history: { roomMessage() {} } as unknown as History,
+    const rooms = testRooms(
+      "dave",
+      dave.pem,
       dir,
-    });
+      (name) => connections.get(name),
+      (e) => events.push(e),
+    );
     await rooms.load();
     try {
       rooms.receive(connections.get("carol")!, { op: "invite", list: current });

@@ -320,3 +320,29 @@ export function freeBytes(dir: string): number {
     }
   }
 }
+
+/**
+ * Who besides the user `uid` may rename or replace entries in the folder `info` describes:
+ * `"owner"` when another user owns it, `"others"` when users other than the owner may write in it
+ * (the group too unless `group` allows it; a sticky folder, as `/tmp`, lets a user rename only
+ * their own entries, so it passes when `sticky` allows it), else undefined. Undefined as well where
+ * files have no owners (Windows).
+ *
+ * @example
+ * ```ts
+ * import { othersMayRename } from "./fs.ts";
+ * const info = await Deno.stat("/tmp");
+ * console.log(othersMayRename(info, 0, { group: true, sticky: true })); // undefined for root
+ * ```
+ */
+export function othersMayRename(
+  info: Deno.FileInfo,
+  uid: number | null,
+  allow: { group: boolean; sticky: boolean },
+): "owner" | "others" | undefined {
+  if (uid === null || info.uid === null || info.mode === null) return undefined;
+  if (info.uid !== uid) return "owner";
+  const writers = info.mode & (allow.group ? 0o002 : 0o022);
+  if (writers === 0 || (allow.sticky && (info.mode & 0o1000) !== 0)) return undefined;
+  return "others";
+}

@@ -5,6 +5,7 @@ import {
   ensurePrivateDirSync,
   exists,
   existsSync,
+  othersMayRename,
   readUpTo,
   readUpToSync,
   withTempDir,
@@ -275,4 +276,26 @@ Deno.test("readUpTo() and readUpToSync() read from the position up to the length
       assert.equal(readUpToSync(file, 4).length, 0);
     }
   });
+});
+
+Deno.test("othersMayRename() names another owner, and writers besides the owner unless the group or a sticky folder is allowed", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const uid = (await Deno.stat(dir)).uid;
+    const at = async (mode: number) => {
+      await Deno.chmod(dir, mode);
+      return await Deno.stat(dir);
+    };
+    const strict = { group: false, sticky: false };
+    const lenient = { group: true, sticky: true };
+    assert.equal(othersMayRename(await at(0o700), uid, strict), undefined);
+    assert.equal(othersMayRename(await at(0o700), (uid ?? 0) + 1, lenient), "owner");
+    assert.equal(othersMayRename(await at(0o770), uid, strict), "others");
+    assert.equal(othersMayRename(await at(0o770), uid, lenient), undefined);
+    assert.equal(othersMayRename(await at(0o777), uid, lenient), "others");
+    assert.equal(othersMayRename(await at(0o1777), uid, lenient), undefined);
+    assert.equal(othersMayRename(await at(0o1777), uid, strict), "others");
+  } finally {
+    await Deno.remove(dir);
+  }
 });

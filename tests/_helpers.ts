@@ -4,6 +4,7 @@
  *
  * @module
  */
+import type { Socket } from "node:net";
 import { join } from "node:path";
 import { openssl } from "../lib/openssl.ts";
 import { ROOT, type RunResult, runTask, withTempDir } from "./_harness.ts";
@@ -114,4 +115,20 @@ export async function snapshot(dir: string): Promise<Map<string, string>> {
   }
   await walk(dir);
   return files;
+}
+
+/**
+ * Writes `total` bytes to `socket` in 1 MiB writes, each once the last was taken; stops when the
+ * socket closes. Returns how many were taken.
+ */
+export async function flood(socket: Socket, total: number): Promise<number> {
+  const chunk = new Uint8Array(1024 * 1024);
+  const closed = new Promise<false>((resolve) => socket.once("close", () => resolve(false)));
+  let taken = 0;
+  while (taken < total && !socket.destroyed) {
+    const written = new Promise<boolean>((resolve) => socket.write(chunk, (e) => resolve(!e)));
+    if (!await Promise.race([written, closed])) break;
+    taken += chunk.length;
+  }
+  return taken;
 }

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import tls from "node:tls";
 import { CertificateAuthority } from "../ca/authority.ts";
 import { CaService } from "../ca/service.ts";
-import { makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
+import { flood, makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
 import { waitUntil, withTempDir } from "./_harness.ts";
 import { httpsRequest } from "./_service_helpers.ts";
 
@@ -23,20 +23,6 @@ interface Member {
   name: string;
   key: string;
   cert: string;
-}
-
-// Writes `total` bytes in 1 MiB writes, each once the last was taken; stops when the socket
-// closes. Returns how many were taken.
-async function flood(socket: tls.TLSSocket, total: number): Promise<number> {
-  const chunk = new Uint8Array(MiB);
-  const closed = new Promise<false>((resolve) => socket.once("close", () => resolve(false)));
-  let taken = 0;
-  while (taken < total && !socket.destroyed) {
-    const written = new Promise<boolean>((resolve) => socket.write(chunk, (e) => resolve(!e)));
-    if (!await Promise.race([written, closed])) break;
-    taken += chunk.length;
-  }
-  return taken;
 }
 
 Deno.test("members whose relayed peers read nothing cannot make the service's relay hold more than --relay-buffer-mib (plus a read a side): it stops reading the senders over TLS, and closes the pairs as not reading", async () => {
