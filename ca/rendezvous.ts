@@ -22,9 +22,16 @@ export const OFFERS_PER_PAIR_PER_MINUTE = 60;
 /** Offers one sender may make per minute, to anyone. */
 export const OFFERS_PER_SENDER_PER_MINUTE = 240;
 
+/**
+ * Ids a rendezvous may hand out per millisecond since it started and stay below the first id of
+ * a rendezvous started later (ids are safe integers until the year 2248). Offers are
+ * rate-limited far below it.
+ */
+const ID_SLOTS_PER_MS = 1024;
+
 /** One pending invitation to talk. */
 export interface Invitation {
-  /** Increasing id, the cursor of long polls. */
+  /** Increasing id, the cursor of long polls (still increasing after the service restarts). */
   id: number;
   /** Who wants to talk. */
   from: string;
@@ -70,7 +77,10 @@ export interface RendezvousOptions {
 export class Rendezvous {
   readonly ttlMs: number;
   #maxPerUser: number;
-  #nextId = 1;
+  // Ids go on increasing across restarts of the service: they start from the clock, with room
+  // for ID_SLOTS_PER_MS ids a millisecond. A member's long poll keeps its cursor through a
+  // restart, and an id from 1 would be at or below it (what came next would never be seen).
+  #nextId = Date.now() * ID_SLOTS_PER_MS;
   #pending: Invitation[] = [];
   #relays: RelayRequest[] = [];
   #waiters = new Map<string, Set<() => void>>();

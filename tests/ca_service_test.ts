@@ -245,6 +245,44 @@ Deno.test("SIGTERM ends a pending long poll and stops the service at once with e
   });
 });
 
+Deno.test("a member's rendezvous cursor still sees new invitations after the service restarts", async () => {
+  await withTempDir(async (dir) => {
+    const home = join(dir, "ca-home");
+    await initCa(home);
+    type Pending = { invitations: Array<{ id: number; from: string }>; cursor: number };
+    let service = await startService(home);
+    try {
+      const [alice, bob, carol] = await Promise.all(
+        ["alice", "bob", "carol"].map((name) => enrollUser(service, name)),
+      );
+      const offer = (from: EnrolledUser, port: number) =>
+        service.request("/v1/rendezvous", {
+          method: "POST",
+          json: { to: "bob", port, host: "192.0.2.7" },
+          ...auth(from),
+        });
+      // A few offers move bob's cursor along, as a day of use does.
+      for (let port = 40001; port <= 40005; port++) {
+        assert.equal((await offer(alice, port)).status, 200);
+      }
+      const seen = (await service.request("/v1/rendezvous", auth(bob))).json() as Pending;
+      assert.equal(seen.invitations.length, 1);
+
+      assert.equal((await service.stop()).code, 0, service.log);
+      service = await startService(home);
+      const offered = await offer(carol, 40010);
+      assert.equal(offered.status, 200, offered.body);
+      // Bob's long poll goes on from the cursor it had: carol's invitation must be after it.
+      const after = (await service.request(`/v1/rendezvous?after=${seen.cursor}`, auth(bob)))
+        .json() as Pending;
+      assert.deepEqual(after.invitations.map((i) => i.from), ["carol"]);
+      assert.ok(after.cursor > seen.cursor);
+    } finally {
+      await service.stop();
+    }
+  });
+});
+
 Deno.test("the service certificate covers every --name, survives a restart, and is reissued when the names change", async () => {
   await withTempDir(async (dir) => {
     const home = join(dir, "ca-home");
