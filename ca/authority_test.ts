@@ -104,7 +104,8 @@ Deno.test("CertificateAuthority.init() creates an EC P-256 CA with private files
     assert.equal(certificate.fingerprint, sha256Hex(pemDecode(certificate.pem, "CERTIFICATE")!));
     near(certificate.notAfter, Date.now() + 1826 * DAY_MS, 5 * 60_000, "notAfter");
     const ext = await extensions(certificate.pem);
-    assert.equal(ext.get("X509v3 Basic Constraints: critical"), "CA:TRUE");
+    // pathlen:0: the CA signs members, never another CA (RFC 5280 §4.2.1.9).
+    assert.equal(ext.get("X509v3 Basic Constraints: critical"), "CA:TRUE, pathlen:0");
     assert.equal(ext.get("X509v3 Key Usage: critical"), "Certificate Sign, CRL Sign");
   });
 });
@@ -199,7 +200,7 @@ Deno.test("sign() issues a certificate for the name, signed by the CA, with the 
 
     const ext = await extensions(certificate.pem);
     assert.equal(ext.get("X509v3 Basic Constraints: critical"), "CA:FALSE");
-    assert.equal(ext.get("X509v3 Key Usage: critical"), "Digital Signature");
+    assert.equal(ext.get("X509v3 Key Usage: critical"), "Digital Signature, Key Agreement");
     assert.equal(
       ext.get("X509v3 Extended Key Usage:"),
       "TLS Web Server Authentication, TLS Web Client Authentication",
@@ -224,11 +225,13 @@ Deno.test("sign() honours days, and gives an RSA key keyEncipherment too", async
   });
 });
 
-Deno.test("sign() issues for an Ed25519 request", async () => {
+Deno.test("sign() issues for an Ed25519 request, with digitalSignature only", async () => {
   await withCa(async (ca) => {
     const { csr } = await makeCsr("carol", { keyType: "ed25519" });
     const { certificate } = await ca.sign(csr, "carol");
     assert.equal(certificate.x509.publicKey.asymmetricKeyType, "ed25519");
+    const ext = await extensions(certificate.pem);
+    assert.equal(ext.get("X509v3 Key Usage: critical"), "Digital Signature");
   });
 });
 
@@ -247,7 +250,7 @@ Deno.test("sign() ignores the extensions and extra subject attributes a request 
     assert.equal(certificate.x509.ca, false);
     const ext = await extensions(certificate.pem);
     assert.equal(ext.get("X509v3 Basic Constraints: critical"), "CA:FALSE");
-    assert.equal(ext.get("X509v3 Key Usage: critical"), "Digital Signature");
+    assert.equal(ext.get("X509v3 Key Usage: critical"), "Digital Signature, Key Agreement");
     assert.equal(ext.get("X509v3 Subject Alternative Name:"), "DNS:alice");
   });
 });
