@@ -313,6 +313,23 @@ Deno.test("sign() refuses a P-521 request for its curve, not as a bad signature"
   });
 });
 
+Deno.test("sign() refuses an EC key whose point is compressed, which TLS peers cannot use", async () => {
+  await withCa(async (ca) => {
+    const { key } = await makeCsr("alice");
+    // The same P-256 key, its point in the compressed form (RFC 5480 allows it; rustls does not).
+    const { stdout } = await openssl(["ec", "-conv_form", "compressed"], { stdin: key });
+    const { csr } = await makeCsr("alice", { keyPem: new TextDecoder().decode(stdout) });
+    await assert.rejects(
+      () => ca.sign(csr, "alice"),
+      e2eError(
+        "ERR_KEY_REJECTED",
+        "Cannot sign request: its public key is not in the standard encoding (an EC point must be uncompressed)",
+      ),
+    );
+    assert.deepEqual(await ca.list(), []);
+  });
+});
+
 Deno.test("sign() refuses a malformed or tampered request", async () => {
   await withCa(async (ca) => {
     await assert.rejects(
