@@ -313,6 +313,21 @@ Deno.test("sign() refuses a P-521 request for its curve, not as a bad signature"
   });
 });
 
+Deno.test("sign() refuses an RSA key whose public exponent is over 33 bits, which no peer could read", async () => {
+  await withCa(async (ca) => {
+    const { stdout } = await openssl([
+      ...["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+      ...["-pkeyopt", `rsa_keygen_pubexp:${2 ** 34 + 1}`],
+    ]);
+    const { csr } = await makeCsr("alice", { keyPem: new TextDecoder().decode(stdout) });
+    await assert.rejects(
+      () => ca.sign(csr, "alice"),
+      e2eError("ERR_KEY_REJECTED", "Cannot sign request: its public key cannot be read"),
+    );
+    assert.deepEqual(await ca.list(), []);
+  });
+});
+
 Deno.test("sign() refuses an EC key whose point is compressed, which TLS peers cannot use", async () => {
   await withCa(async (ca) => {
     const { key } = await makeCsr("alice");
