@@ -172,9 +172,13 @@ export function certificateUsage(der: Uint8Array): CertificateUsage {
     if (!wrapped) return usage;
     const [list] = children(wrapped);
     if (!list) throw new DerError("Empty extensions");
+    // Two of one extension would leave which one counts to each reader (node's, ours).
+    const seen = new Set<string>();
     for (const extension of children(list, Tag.SEQUENCE)) {
       const fields = children(extension, Tag.SEQUENCE);
       const oid = decodeOid(fields[0]);
+      if (seen.has(oid)) throw new DerError(`Extension ${oid} appears twice`);
+      seen.add(oid);
       const critical = fields[1]?.tag === 0x01 && fields[1].value[0] !== 0;
       const value = fields[fields.length - 1];
       if (value?.tag !== Tag.OCTET_STRING) throw new DerError("Bad extension");

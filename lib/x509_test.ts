@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { createHash, generateKeyPairSync } from "node:crypto";
 import { join } from "node:path";
+import { tlv } from "./_der_builder.ts";
 import { E2eError } from "./errors.ts";
 import { openssl } from "./openssl.ts";
 import { pemDecode, pemEncode } from "./pem.ts";
@@ -157,4 +158,26 @@ Deno.test("certificateUsage() refuses bytes that are not a certificate with ERR_
       return true;
     });
   }
+});
+
+Deno.test("certificateUsage() refuses a certificate with two instances of one extension (RFC 5280 §4.2)", () => {
+  // Only the extensions matter here: a tbsCertificate holding nothing else, no signature.
+  const eku = (oid: number[]) =>
+    tlv(
+      0x30,
+      tlv(0x06, Uint8Array.of(0x55, 0x1d, 0x25)), // 2.5.29.37 extKeyUsage
+      tlv(
+        0x04,
+        tlv(0x30, tlv(0x06, Uint8Array.of(0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, ...oid))),
+      ),
+    );
+  const cert = (...extensions: Uint8Array[]) =>
+    tlv(0x30, tlv(0x30, tlv(0xa3, tlv(0x30, ...extensions))));
+  assert.deepEqual([...certificateUsage(cert(eku([1]))).extendedKeyUsage!], [EKU.serverAuth]);
+  assert.throws(() => certificateUsage(cert(eku([1]), eku([2]))), (e) => {
+    assert.ok(e instanceof E2eError);
+    assert.equal(e.code, "ERR_FILE");
+    assert.equal(e.message, "Cannot parse the certificate");
+    return true;
+  });
 });
