@@ -213,13 +213,12 @@ export function checkPeer(
   anchor: TrustAnchor,
   expect: PeerExpectation = {},
 ): CertificateInfo {
-  const { info, usage } = verifiedByAnchor(der, anchor, expect.now);
+  const { info, memberProblem } = verifiedByAnchor(der, anchor, expect.now);
   if (info.x509.ca) throw rejected("the peer presented a CA certificate");
   if (info.commonName === SERVICE_CN || info.commonName === LOG_CN) {
     throw rejected("the peer presented a certificate of the CA service");
   }
-  const problem = memberProfileProblem(usage, info.x509.publicKey);
-  if (problem) throw rejected(`not a member's certificate: ${problem}`);
+  if (memberProblem) throw rejected(`not a member's certificate: ${memberProblem}`);
   const san = info.x509.subjectAltName ?? "";
   if (expect.name !== undefined) {
     if (info.commonName !== expect.name || !san.split(", ").includes(`DNS:${expect.name}`)) {
@@ -290,7 +289,8 @@ export function checkLogKey(der: Uint8Array | null, anchor: TrustAnchor): Certif
 const VERIFIED_MAX = 256;
 interface Verified {
   info: CertificateInfo;
-  usage: CertificateUsage;
+  // What keeps it from being a member's certificate, if anything (see memberProfileProblem).
+  memberProblem?: string;
 }
 const verified = new WeakMap<TrustAnchor, Map<string, Verified>>();
 
@@ -322,7 +322,8 @@ function verifiedByAnchor(
     if (usage.unknownCritical.length) {
       throw rejected(`unknown critical extension ${usage.unknownCritical.join(", ")}`);
     }
-    entry = { info, usage };
+    // Pure work on the same bytes too: decided once (a KeyObject costs microseconds to make).
+    entry = { info, memberProblem: memberProfileProblem(usage, info.x509.publicKey) };
     if (seen.size >= VERIFIED_MAX) seen.delete(seen.keys().next().value!);
     seen.set(id, entry);
     verified.set(anchor, seen);
@@ -330,7 +331,7 @@ function verifiedByAnchor(
   if (now < entry.info.notBefore || now > entry.info.notAfter) {
     throw rejected("the certificate is not valid now");
   }
-  return { info: { ...entry.info }, usage: entry.usage };
+  return { info: { ...entry.info }, memberProblem: entry.memberProblem };
 }
 
 // What makes a certificate of our CA other than a member's (docs/CERTIFICATES.md): every member
