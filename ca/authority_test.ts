@@ -104,7 +104,8 @@ Deno.test("CertificateAuthority.init() creates an EC P-256 CA with private files
     assert.equal(certificate.fingerprint, sha256Hex(pemDecode(certificate.pem, "CERTIFICATE")!));
     near(certificate.notAfter, Date.now() + 1826 * DAY_MS, 5 * 60_000, "notAfter");
     const ext = await extensions(certificate.pem);
-    assert.equal(ext.get("X509v3 Basic Constraints: critical"), "CA:TRUE");
+    // pathlen:0: the CA signs members, never another CA (RFC 5280 §4.2.1.9).
+    assert.equal(ext.get("X509v3 Basic Constraints: critical"), "CA:TRUE, pathlen:0");
     assert.equal(ext.get("X509v3 Key Usage: critical"), "Certificate Sign, CRL Sign");
   });
 });
@@ -199,7 +200,7 @@ Deno.test("sign() issues a certificate for the name, signed by the CA, with the 
 
     const ext = await extensions(certificate.pem);
     assert.equal(ext.get("X509v3 Basic Constraints: critical"), "CA:FALSE");
-    assert.equal(ext.get("X509v3 Key Usage: critical"), "Digital Signature");
+    assert.equal(ext.get("X509v3 Key Usage: critical"), "Digital Signature, Key Agreement");
     assert.equal(
       ext.get("X509v3 Extended Key Usage:"),
       "TLS Web Server Authentication, TLS Web Client Authentication",
@@ -224,11 +225,13 @@ Deno.test("sign() honours days, and gives an RSA key keyEncipherment too", async
   });
 });
 
-Deno.test("sign() issues for an Ed25519 request", async () => {
+Deno.test("sign() issues for an Ed25519 request, with digitalSignature only", async () => {
   await withCa(async (ca) => {
     const { csr } = await makeCsr("carol", { keyType: "ed25519" });
     const { certificate } = await ca.sign(csr, "carol");
     assert.equal(certificate.x509.publicKey.asymmetricKeyType, "ed25519");
+    const ext = await extensions(certificate.pem);
+    assert.equal(ext.get("X509v3 Key Usage: critical"), "Digital Signature");
   });
 });
 
@@ -247,7 +250,7 @@ Deno.test("sign() ignores the extensions and extra subject attributes a request 
     assert.equal(certificate.x509.ca, false);
     const ext = await extensions(certificate.pem);
     assert.equal(ext.get("X509v3 Basic Constraints: critical"), "CA:FALSE");
-    assert.equal(ext.get("X509v3 Key Usage: critical"), "Digital Signature");
+    assert.equal(ext.get("X509v3 Key Usage: critical"), "Digital Signature, Key Agreement");
     assert.equal(ext.get("X509v3 Subject Alternative Name:"), "DNS:alice");
   });
 });
@@ -307,6 +310,38 @@ Deno.test("sign() refuses a P-521 request for its curve, not as a bad signature"
       () => ca.sign(csr, "alice"),
       e2eError("ERR_KEY_REJECTED", 'Cannot sign request: the EC curve "secp521r1" is not allowed'),
     );
+  });
+});
+
+Deno.test("sign() refuses an RSA key whose public exponent is over 33 bits, which no peer could read", async () => {
+  await withCa(async (ca) => {
+    const { stdout } = await openssl([
+      ...["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+      ...["-pkeyopt", `rsa_keygen_pubexp:${2 ** 34 + 1}`],
+    ]);
+    const { csr } = await makeCsr("alice", { keyPem: new TextDecoder().decode(stdout) });
+    await assert.rejects(
+      () => ca.sign(csr, "alice"),
+      e2eError("ERR_KEY_REJECTED", "Cannot sign request: its public key cannot be read"),
+    );
+    assert.deepEqual(await ca.list(), []);
+  });
+});
+
+Deno.test("sign() refuses an EC key whose point is compressed, which TLS peers cannot use", async () => {
+  await withCa(async (ca) => {
+    const { key } = await makeCsr("alice");
+    // The same P-256 key, its point in the compressed form (RFC 5480 allows it; rustls does not).
+    const { stdout } = await openssl(["ec", "-conv_form", "compressed"], { stdin: key });
+    const { csr } = await makeCsr("alice", { keyPem: new TextDecoder().decode(stdout) });
+    await assert.rejects(
+      () => ca.sign(csr, "alice"),
+      e2eError(
+        "ERR_KEY_REJECTED",
+        "Cannot sign request: its public key is not in the standard encoding (an EC point must be uncompressed)",
+      ),
+    );
+    assert.deepEqual(await ca.list(), []);
   });
 });
 

@@ -103,7 +103,8 @@ distinguished_name = req_dn
 [ req_dn ]
 
 [ v3_ca ]
-basicConstraints = critical, CA:TRUE
+# pathlen:0: this CA signs members and its own service, never another CA.
+basicConstraints = critical, CA:TRUE, pathlen:0
 keyUsage = critical, keyCertSign, cRLSign
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid:always
@@ -146,7 +147,13 @@ authorityKeyIdentifier = keyid:always
  * ```
  */
 export function leafExtensions(name: string, kind: KeyKind, crlUrl?: string): string {
-  const usage = kind === "rsa" ? "digitalSignature, keyEncipherment" : "digitalSignature";
+  // The mailbox encrypts to a member's key (lib/cms.ts): RSA-OAEP key transport needs
+  // keyEncipherment, ECDH keyAgreement (RFC 5753 §7); Ed25519 only signs.
+  const usage = kind === "rsa"
+    ? "digitalSignature, keyEncipherment"
+    : kind === "ec"
+    ? "digitalSignature, keyAgreement"
+    : "digitalSignature";
   return `[ leaf ]
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, ${usage}

@@ -175,11 +175,14 @@ function section(config: string, name: string): Map<string, string> {
   return out;
 }
 
-Deno.test("leafExtensions() gives an EC or Ed25519 key digitalSignature only", () => {
-  for (const kind of ["ec", "ed25519"] as const) {
-    const leaf = section(leafExtensions("alice", kind), "leaf");
-    assert.equal(leaf.get("keyUsage"), "critical, digitalSignature", kind);
-  }
+Deno.test("leafExtensions() gives an Ed25519 key digitalSignature only", () => {
+  const leaf = section(leafExtensions("alice", "ed25519"), "leaf");
+  assert.equal(leaf.get("keyUsage"), "critical, digitalSignature");
+});
+
+Deno.test("leafExtensions() adds keyAgreement for an EC key (the mailbox's ECDH, RFC 5753)", () => {
+  const leaf = section(leafExtensions("alice", "ec"), "leaf");
+  assert.equal(leaf.get("keyUsage"), "critical, digitalSignature, keyAgreement");
 });
 
 Deno.test("leafExtensions() adds keyEncipherment for an RSA key", () => {
@@ -191,7 +194,7 @@ Deno.test("leafExtensions() makes a non-CA client-and-server certificate naming 
   const leaf = section(leafExtensions("bob-2", "ec"), "leaf");
   assert.deepEqual(Object.fromEntries(leaf), {
     basicConstraints: "critical, CA:FALSE",
-    keyUsage: "critical, digitalSignature",
+    keyUsage: "critical, digitalSignature, keyAgreement",
     extendedKeyUsage: "serverAuth, clientAuth",
     subjectAltName: "DNS:bob-2",
     subjectKeyIdentifier: "hash",
@@ -209,7 +212,7 @@ Deno.test("OPENSSL_CNF ignores requested extensions and uses random serials", ()
   assert.equal(ca.get("default_crl_days"), "7");
   assert.equal(section(OPENSSL_CNF, "policy_cn").get("commonName"), "supplied");
   const v3ca = section(OPENSSL_CNF, "v3_ca");
-  assert.equal(v3ca.get("basicConstraints"), "critical, CA:TRUE");
+  assert.equal(v3ca.get("basicConstraints"), "critical, CA:TRUE, pathlen:0");
   assert.equal(v3ca.get("keyUsage"), "critical, keyCertSign, cRLSign");
 });
 

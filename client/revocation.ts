@@ -38,6 +38,7 @@ export class Revocation {
   #revoked = new Set<string>();
   #fetchedAt = 0;
   #validUntil = 0;
+  #number?: bigint;
   #failedAt = 0;
   #fetching?: Promise<void>;
   #timer?: ReturnType<typeof setInterval>;
@@ -110,6 +111,12 @@ export class Revocation {
   async #fetch(): Promise<void> {
     try {
       const crl = parseCrl(await this.#options.fetch(), this.#options.issuer);
+      // A CRL older than the one held (a replay by whoever holds the service's TLS key) would
+      // un-revoke what was revoked since: it is refused, and the one held stays.
+      if (this.#number !== undefined && (crl.number === undefined || crl.number < this.#number)) {
+        throw new Error(`CRL number ${crl.number ?? "none"} is older than the one held`);
+      }
+      this.#number = crl.number;
       this.#revoked = crl.revoked;
       this.#fetchedAt = Date.now();
       this.#validUntil = crl.nextUpdate?.getTime() ??

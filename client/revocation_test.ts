@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import { CertificateAuthority } from "../ca/authority.ts";
+import { parseCrl } from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
 import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
 import { Revocation } from "./revocation.ts";
@@ -84,4 +85,33 @@ Deno.test("Revocation fetches once for concurrent refreshes and not again soon a
   await assert.rejects(revocation.ensureFresh(), failsClosed);
   assert.equal(fetches, 1);
   assert.deepEqual(warnings, ["Cannot refresh the CRL: CA unreachable"]);
+});
+
+Deno.test("Revocation keeps its CRL when it is fetched an older one (a replay) and warns", async () => {
+  await withCa(async (ca) => {
+    await ca.sign((await makeCsr("bob")).csr, "bob");
+    const before = await ca.crl(); // bob not revoked yet
+    const bobSerial = (await ca.list())[0].serial;
+    await ca.revoke("bob", { reason: "keyCompromise" });
+    const served = [await ca.crl(), before];
+    const warnings: string[] = [];
+    let updates = 0;
+    const revocation = new Revocation({
+      fetch: () => Promise.resolve(served.shift()!),
+      issuer: issuer(ca),
+      onUpdate: () => updates++,
+      onWarning: (m) => warnings.push(m),
+    });
+    await revocation.refresh();
+    assert.equal(revocation.isRevoked(bobSerial), true);
+    await revocation.refresh(); // the older CRL: signed by our CA, but superseded
+    assert.equal(revocation.isRevoked(bobSerial), true, "a replayed CRL does not un-revoke bob");
+    assert.deepEqual(warnings, [
+      `Cannot refresh the CRL: CRL number ${
+        parseCrl(before, issuer(ca)).number
+      } is older than the one held`,
+    ]);
+    assert.equal(updates, 1);
+    revocation.requireCurrent();
+  });
 });

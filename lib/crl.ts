@@ -5,7 +5,7 @@
  * @module
  */
 import type { X509Certificate } from "node:crypto";
-import { children, DerError, type DerNode, readDer, Tag } from "./der.ts";
+import { children, decodeOid, DerError, type DerNode, readDer, Tag } from "./der.ts";
 import { E2eError } from "./errors.ts";
 import { pemDecode } from "./pem.ts";
 import { verifySignature } from "./signature.ts";
@@ -22,6 +22,8 @@ export interface RevocationList {
   thisUpdate: Date;
   /** When the next one is due (undefined if the CRL does not say). */
   nextUpdate?: Date;
+  /** Its CRL number (RFC 5280 §5.2.3), greater in every later CRL; undefined if it has none. */
+  number?: bigint;
 }
 
 /**
@@ -56,17 +58,37 @@ export function parseCrl(pem: string, issuer: X509Certificate): RevocationList {
     const revoked = new Set<string>();
     if (fields[i]?.tag === Tag.SEQUENCE) {
       // A long-lived CA's CRL grows with every revocation and renewal: allow a million.
-      for (const entry of children(fields[i], Tag.SEQUENCE, 1_000_000)) {
+      for (const entry of children(fields[i++], Tag.SEQUENCE, 1_000_000)) {
         const serial = children(entry, Tag.SEQUENCE)[0];
         if (serial?.tag !== Tag.INTEGER) throw new DerError("Bad serial");
         revoked.add(serialHex(serial));
       }
     }
-    return { revoked, thisUpdate, nextUpdate };
+    const number = fields[i]?.tag === 0xa0 ? crlNumber(fields[i]) : undefined;
+    return { revoked, thisUpdate, nextUpdate, number };
   } catch (e) {
     if (e instanceof DerError) throw rejected(`malformed CRL: ${e.message}`);
     throw e;
   }
+}
+
+// The cRLNumber in crlExtensions ([0] EXPLICIT Extensions), if there is one.
+function crlNumber(wrapped: DerNode): bigint | undefined {
+  const [list] = children(wrapped);
+  if (!list) throw new DerError("Empty CRL extensions");
+  for (const extension of children(list, Tag.SEQUENCE)) {
+    const fields = children(extension, Tag.SEQUENCE);
+    if (decodeOid(fields[0]) !== "2.5.29.20") continue;
+    const value = fields[fields.length - 1];
+    if (value?.tag !== Tag.OCTET_STRING) throw new DerError("Bad CRL number");
+    const integer = readDer(value.value);
+    // At most 20 octets (RFC 5280 §5.2.3), and never negative.
+    if (integer.tag !== Tag.INTEGER || integer.value.length > 21 || integer.value[0] & 0x80) {
+      throw new DerError("Bad CRL number");
+    }
+    return integer.value.reduce((n, b) => (n << 8n) | BigInt(b), 0n);
+  }
+  return undefined;
 }
 
 function serialHex(node: DerNode): string {

@@ -39,7 +39,7 @@ function rejectedCrl(detail: RegExp): (e: unknown) => boolean {
 
 /** What `openssl crl -noout -text` says of a CRL: its revoked serials (normalized) and dates. */
 async function opensslView(crlPem: string): Promise<
-  { serials: Set<string>; lastUpdate: Date; nextUpdate: Date }
+  { serials: Set<string>; lastUpdate: Date; nextUpdate: Date; number?: bigint }
 > {
   const { stdout } = await openssl(["crl", "-noout", "-text"], { stdin: crlPem });
   const text = decoder.decode(stdout);
@@ -49,7 +49,13 @@ async function opensslView(crlPem: string): Promise<
   const last = /Last Update: (.+)/.exec(text);
   const next = /Next Update: (.+)/.exec(text);
   assert.ok(last && next, text);
-  return { serials, lastUpdate: new Date(last[1]), nextUpdate: new Date(next[1]) };
+  const number = /CRL Number: *\n\s*(\d+)/.exec(text);
+  return {
+    serials,
+    lastUpdate: new Date(last[1]),
+    nextUpdate: new Date(next[1]),
+    number: number ? BigInt(number[1]) : undefined,
+  };
 }
 
 function crlDer(pem: string): Uint8Array {
@@ -85,6 +91,9 @@ for (const keyType of ["ec-p256", "ed25519"] as const) {
       assert.equal(crl.nextUpdate?.getTime(), view.nextUpdate.getTime());
       assert.ok(crl.thisUpdate.getTime() <= Date.now() + 1000);
       assert.ok(crl.nextUpdate!.getTime() > crl.thisUpdate.getTime());
+      // The CRL number (RFC 5280 §5.2.3), as openssl prints it, one more with each CRL.
+      assert.equal(crl.number, view.number);
+      assert.equal(parseCrl(await ca.crl(), ca.certificate.x509).number, view.number! + 1n);
     });
   });
 

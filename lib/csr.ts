@@ -195,6 +195,15 @@ function parseDer(
   }
   const requestedExtensions = attributes ? readRequestedExtensions(attributes) : [];
   checkKey?.(publicKey);
+  // The certificate carries the request's key bytes as they are: only the encoding the runtime
+  // itself writes (an EC point uncompressed, RSA parameters NULL) is one every peer's TLS reads.
+  if (!Buffer.from(spki.raw).equals(publicKey.export({ type: "spki", format: "der" }))) {
+    throw new E2eError(
+      "ERR_KEY_REJECTED",
+      "Cannot sign request: its public key is not in the standard encoding (an EC point must be uncompressed)",
+      { hint: "use RSA (2048 to 4096 bits), EC P-256/P-384 or Ed25519" },
+    );
+  }
   const request = {
     der,
     subject,

@@ -11,7 +11,7 @@
  * @module
  */
 import { Buffer } from "node:buffer";
-import type { X509Certificate } from "node:crypto";
+import type { KeyObject, X509Certificate } from "node:crypto";
 import { isIP, type Socket } from "node:net";
 import tls, {
   type ConnectionOptions,
@@ -20,7 +20,13 @@ import tls, {
   type TLSSocket,
 } from "node:tls";
 import { E2eError } from "./errors.ts";
-import { type CertificateInfo, parseCertificate } from "./x509.ts";
+import {
+  type CertificateInfo,
+  type CertificateUsage,
+  certificateUsage,
+  EKU,
+  parseCertificate,
+} from "./x509.ts";
 import { pemEncode } from "./pem.ts";
 
 /** The common name of the CA service's own certificate; it can never be a user name (it has spaces). */
@@ -190,9 +196,10 @@ export function peerCertificateDer(socket: TLSSocket): Uint8Array | null {
 
 /**
  * Checks a peer certificate in our own code: issued and signed by our CA, valid
- * now, an end-entity certificate, not revoked, naming the expected user and
- * carrying the expected key. Returns it parsed; throws one generic
- * `ERR_PEER_REJECTED` otherwise.
+ * now, a member's end-entity certificate (not a CA; keyUsage digitalSignature,
+ * extendedKeyUsage serverAuth and clientAuth, a key the CA signs for), not
+ * revoked, naming the expected user and carrying the expected key. Returns it
+ * parsed; throws one generic `ERR_PEER_REJECTED` otherwise.
  *
  * @example
  * ```ts
@@ -206,11 +213,12 @@ export function checkPeer(
   anchor: TrustAnchor,
   expect: PeerExpectation = {},
 ): CertificateInfo {
-  const info = verifiedByAnchor(der, anchor, expect.now);
+  const { info, memberProblem } = verifiedByAnchor(der, anchor, expect.now);
   if (info.x509.ca) throw rejected("the peer presented a CA certificate");
   if (info.commonName === SERVICE_CN || info.commonName === LOG_CN) {
     throw rejected("the peer presented a certificate of the CA service");
   }
+  if (memberProblem) throw rejected(`not a member's certificate: ${memberProblem}`);
   const san = info.x509.subjectAltName ?? "";
   if (expect.name !== undefined) {
     if (info.commonName !== expect.name || !san.split(", ").includes(`DNS:${expect.name}`)) {
@@ -236,7 +244,7 @@ export function checkPeer(
  * ```
  */
 export function checkService(der: Uint8Array | null, anchor: TrustAnchor): CertificateInfo {
-  const info = verifiedByAnchor(der, anchor);
+  const { info } = verifiedByAnchor(der, anchor);
   if (info.commonName !== SERVICE_CN || info.x509.ca) {
     throw rejected("the server is not the e2e-chat CA service");
   }
@@ -259,7 +267,7 @@ export function checkService(der: Uint8Array | null, anchor: TrustAnchor): Certi
 export function checkLogKey(der: Uint8Array | null, anchor: TrustAnchor): CertificateInfo {
   let info: CertificateInfo;
   try {
-    info = verifiedByAnchor(der, anchor);
+    info = verifiedByAnchor(der, anchor).info;
   } catch (e) {
     throw new E2eError("ERR_LOG_INVALID", "The log key certificate was rejected", {
       cause: e,
@@ -279,37 +287,82 @@ export function checkLogKey(der: Uint8Array | null, anchor: TrustAnchor): Certif
 
 /** Certificates kept per anchor once their signature checked out ({@linkcode verifiedByAnchor}). */
 const VERIFIED_MAX = 256;
-const verified = new WeakMap<TrustAnchor, Map<string, CertificateInfo>>();
+interface Verified {
+  info: CertificateInfo;
+  // What keeps it from being a member's certificate, if anything (see memberProfileProblem).
+  memberProblem?: string;
+}
+const verified = new WeakMap<TrustAnchor, Map<string, Verified>>();
 
 function verifiedByAnchor(
   der: Uint8Array | null,
   anchor: TrustAnchor,
   now = new Date(),
-): CertificateInfo {
+): Verified {
   if (!der) throw rejected("no certificate was presented");
   // Parsing and the signature check are pure work on the same bytes: a certificate already
   // verified against this anchor is not verified again. Everything that can change — the
   // time, and what callers check after this (names, key, revocation, pins) — runs every time.
-  const seen = verified.get(anchor) ?? new Map<string, CertificateInfo>();
+  const seen = verified.get(anchor) ?? new Map<string, Verified>();
   const id = Buffer.from(der).toString("base64");
-  let info = seen.get(id);
-  if (!info) {
+  let entry = seen.get(id);
+  if (!entry) {
+    let info: CertificateInfo;
+    let usage: CertificateUsage;
     try {
       info = parseCertificate(pemEncode(der, "CERTIFICATE"));
+      usage = certificateUsage(der);
     } catch (e) {
       throw rejected(`unreadable certificate: ${e instanceof Error ? e.message : e}`);
     }
     if (!info.x509.checkIssued(anchor.x509) || !info.x509.verify(anchor.x509.publicKey)) {
       throw rejected("the certificate was not issued by our CA");
     }
+    // RFC 5280 §4.2: a certificate with a critical extension we do not understand is refused.
+    if (usage.unknownCritical.length) {
+      throw rejected(`unknown critical extension ${usage.unknownCritical.join(", ")}`);
+    }
+    // Pure work on the same bytes too: decided once (a KeyObject costs microseconds to make).
+    entry = { info, memberProblem: memberProfileProblem(usage, info.x509.publicKey) };
     if (seen.size >= VERIFIED_MAX) seen.delete(seen.keys().next().value!);
-    seen.set(id, info);
+    seen.set(id, entry);
     verified.set(anchor, seen);
   }
-  if (now < info.notBefore || now > info.notAfter) {
+  if (now < entry.info.notBefore || now > entry.info.notAfter) {
     throw rejected("the certificate is not valid now");
   }
-  return { ...info };
+  return { info: { ...entry.info }, memberProblem: entry.memberProblem };
+}
+
+// What makes a certificate of our CA other than a member's (docs/CERTIFICATES.md): every member
+// is both a TLS client and a listener and signs its mailbox items, with a key the CA signs for
+// (ca/policy.ts checkKey). Undefined when there is nothing.
+function memberProfileProblem(usage: CertificateUsage, key: KeyObject): string | undefined {
+  const ku = usage.keyUsage;
+  if (!ku?.has("digitalSignature")) return "no keyUsage digitalSignature";
+  if (ku.has("keyCertSign") || ku.has("cRLSign")) return "a keyUsage of a CA";
+  const eku = usage.extendedKeyUsage;
+  if (!eku?.has(EKU.serverAuth) || !eku.has(EKU.clientAuth)) {
+    return "no extendedKeyUsage serverAuth and clientAuth";
+  }
+  const details = key.asymmetricKeyDetails ?? {};
+  switch (key.asymmetricKeyType) {
+    case "rsa": {
+      const bits = details.modulusLength ?? 0;
+      const e = details.publicExponent ?? 0n;
+      if (bits >= 2048 && bits <= 4096 && e >= 65537n && e % 2n === 1n) return undefined;
+      return `an RSA key of ${bits} bits`;
+    }
+    case "ec":
+      if (details.namedCurve === "prime256v1" || details.namedCurve === "secp384r1") {
+        return undefined;
+      }
+      return `an EC key on ${details.namedCurve ?? "an unknown curve"}`;
+    case "ed25519":
+      return undefined;
+    default:
+      return `a key of type ${key.asymmetricKeyType}`;
+  }
 }
 
 function rejected(detail: string): E2eError {

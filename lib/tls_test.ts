@@ -2,9 +2,10 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import tls from "node:tls";
 import { CertificateAuthority } from "../ca/authority.ts";
-import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
+import { makeCsr, PASSPHRASE, type TestKeyType, withTempDir } from "../tests/_helpers.ts";
 import { E2eError } from "./errors.ts";
 import { ALPN } from "./frames.ts";
+import { openssl, PASSPHRASE_ARG } from "./openssl.ts";
 import { pemDecode } from "./pem.ts";
 import {
   checkPeer,
@@ -39,6 +40,37 @@ async function leaf(ca: CertificateAuthority, name: string): Promise<Leaf> {
   return { key, cert: certificate.pem, der: der(certificate.pem) };
 }
 
+// The profile of our leaves (ca/policy.ts leafExtensions), which misissued() changes one line of.
+const PROFILE = {
+  basicConstraints: "critical, CA:FALSE",
+  keyUsage: "critical, digitalSignature",
+  extendedKeyUsage: "serverAuth, clientAuth",
+  subjectAltName: "DNS:alice",
+};
+
+/**
+ * A certificate for `name` signed with our CA's own key, outside its rules: the profile with
+ * `changes` (undefined drops a line; other keys add one), for a key of `keyType`.
+ */
+async function misissued(
+  ca: CertificateAuthority,
+  changes: Record<string, string | undefined>,
+  keyType: TestKeyType = "ec-p256",
+): Promise<Uint8Array> {
+  const { csr } = await makeCsr("alice", { keyType });
+  const lines = Object.entries({ ...PROFILE, ...changes })
+    .filter(([, v]) => v !== undefined).map(([k, v]) => `${k} = ${v}\n`).join("");
+  return await withTempDir(async (dir) => {
+    await Deno.writeTextFile(join(dir, "req.pem"), csr);
+    await Deno.writeTextFile(join(dir, "ext.cnf"), lines);
+    const { stdout } = await openssl([
+      ...["x509", "-req", "-in", "req.pem", "-CA", ca.paths.cert, "-CAkey", ca.paths.key],
+      ...["-passin", PASSPHRASE_ARG, "-days", "1", "-extfile", "ext.cnf", "-outform", "DER"],
+    ], { cwd: dir, passphrase: PASSPHRASE });
+    return stdout;
+  });
+}
+
 const fixtures = await withTempDir(async (dir) => {
   const ca = await CertificateAuthority.init(join(dir, "ours"), PASSPHRASE, { keyType: "ec-p256" });
   const other = await CertificateAuthority.init(join(dir, "theirs"), PASSPHRASE, {
@@ -54,6 +86,48 @@ const fixtures = await withTempDir(async (dir) => {
     otherCaPem: other.certificate.pem,
     otherAlice: await leaf(other, "alice"),
     otherService: { key: otherService.key, cert: otherService.cert, der: der(otherService.cert) },
+    // Signed by our CA's key, each with one thing wrong for a member's certificate.
+    misissued: {
+      "a CA certificate": await misissued(ca, { basicConstraints: "critical, CA:TRUE" }),
+      "no extended key usage": await misissued(ca, { extendedKeyUsage: undefined }),
+      "server authentication only": await misissued(ca, { extendedKeyUsage: "serverAuth" }),
+      "client authentication only": await misissued(ca, { extendedKeyUsage: "clientAuth" }),
+      "email protection only": await misissued(ca, { extendedKeyUsage: "emailProtection" }),
+      "no key usage": await misissued(ca, { keyUsage: undefined }),
+      "no digitalSignature": await misissued(ca, { keyUsage: "critical, keyAgreement" }),
+      "certificate signing": await misissued(ca, {
+        keyUsage: "critical, digitalSignature, keyCertSign",
+      }),
+      "an unknown critical extension": await misissued(ca, {
+        "1.3.6.1.4.1.55555.1": "critical, ASN1:NULL",
+      }),
+      "an RSA key of 1024 bits": await misissued(ca, {}, "rsa-1024"),
+      "an EC P-521 key": await misissued(ca, {}, "ec-p521"),
+      "an Ed448 key": await misissued(ca, {}, "ed448"),
+    } as Record<string, Uint8Array>,
+    // What checkPeer() says of each, in its detail.
+    misissuedDetail: {
+      "a CA certificate": /CA certificate/,
+      "no extended key usage": /no extendedKeyUsage serverAuth and clientAuth/,
+      "server authentication only": /no extendedKeyUsage serverAuth and clientAuth/,
+      "client authentication only": /no extendedKeyUsage serverAuth and clientAuth/,
+      "email protection only": /no extendedKeyUsage serverAuth and clientAuth/,
+      "no key usage": /no keyUsage digitalSignature/,
+      "no digitalSignature": /no keyUsage digitalSignature/,
+      "certificate signing": /a keyUsage of a CA/,
+      "an unknown critical extension": /unknown critical extension 1\.3\.6\.1\.4\.1\.55555\.1/,
+      "an RSA key of 1024 bits": /an RSA key of 1024 bits/,
+      "an EC P-521 key": /an EC key on secp521r1/,
+      "an Ed448 key": /a key of type ed448/,
+    } as Record<string, RegExp>,
+    // Signed the same way with nothing wrong: what our CA issues, and what it issued before.
+    wellIssued: [
+      await misissued(ca, {}),
+      await misissued(ca, { keyUsage: "critical, digitalSignature, keyAgreement" }),
+      await misissued(ca, { keyUsage: "critical, digitalSignature, keyEncipherment" }, "rsa-2048"),
+      await misissued(ca, {}, "ec-p384"),
+      await misissued(ca, {}, "ed25519"),
+    ],
   };
 });
 
@@ -106,6 +180,20 @@ Deno.test("checkPeer() accepts a valid leaf of our CA, with or without expectati
 Deno.test("checkPeer() accepts a leaf at the first and the last second of its validity", () => {
   for (const now of [alice.notBefore, alice.notAfter]) {
     assert.equal(checkPeer(fixtures.alice.der, anchor, { name: "alice", now }).commonName, "alice");
+  }
+});
+
+Deno.test("checkPeer() accepts a certificate of our CA's profile for each key type the CA signs", () => {
+  for (const [i, der] of fixtures.wellIssued.entries()) {
+    assert.equal(checkPeer(der, anchor, { name: "alice" }).commonName, "alice", `#${i}`);
+  }
+});
+
+Deno.test("checkPeer() rejects a certificate signed by our CA that is not a member's end-entity certificate", () => {
+  for (const [what, der] of Object.entries(fixtures.misissued)) {
+    const detail = fixtures.misissuedDetail[what];
+    assert.throws(() => checkPeer(der, anchor, { name: "alice" }), rejected(detail), what);
+    assert.throws(() => checkPeer(der, anchor), rejected(detail), what);
   }
 });
 

@@ -5,6 +5,7 @@
  * @module
  */
 import { createHash, type KeyObject, X509Certificate } from "node:crypto";
+import { children, decodeOid, DerError, readDer, Tag } from "./der.ts";
 import { E2eError } from "./errors.ts";
 import { pemDecode } from "./pem.ts";
 
@@ -105,4 +106,102 @@ function evenHex(hex: string): string {
  */
 export function normalizeSerialHex(hex: string): string {
   return hex.replace(/:/g, "").toUpperCase().replace(/^0+(?=.)/, "");
+}
+
+/** The keyUsage bits (RFC 5280 §4.2.1.3), in the order of their bit numbers. */
+const KEY_USAGES = [
+  "digitalSignature",
+  "nonRepudiation",
+  "keyEncipherment",
+  "dataEncipherment",
+  "keyAgreement",
+  "keyCertSign",
+  "cRLSign",
+  "encipherOnly",
+  "decipherOnly",
+] as const;
+
+/** A keyUsage bit by its RFC 5280 name. */
+export type KeyUsage = typeof KEY_USAGES[number];
+
+/** The extended key usages e2e-chat's certificates carry, by OID (RFC 5280 §4.2.1.12). */
+export const EKU = {
+  serverAuth: "1.3.6.1.5.5.7.3.1",
+  clientAuth: "1.3.6.1.5.5.7.3.2",
+} as const;
+
+// The extensions our certificates carry; any other marked critical is one we do not understand.
+const KNOWN_EXTENSIONS = new Set([
+  "2.5.29.14", // subjectKeyIdentifier
+  "2.5.29.15", // keyUsage
+  "2.5.29.17", // subjectAltName
+  "2.5.29.19", // basicConstraints
+  "2.5.29.31", // cRLDistributionPoints
+  "2.5.29.35", // authorityKeyIdentifier
+  "2.5.29.37", // extKeyUsage
+]);
+
+/** The usage of a certificate's key, as its extensions state it. */
+export interface CertificateUsage {
+  /** The keyUsage bits set, or undefined without a keyUsage extension. */
+  keyUsage?: Set<KeyUsage>;
+  /** The extendedKeyUsage OIDs, or undefined without an extendedKeyUsage extension. */
+  extendedKeyUsage?: Set<string>;
+  /** OIDs of the critical extensions not among those our certificates carry (RFC 5280 §4.2). */
+  unknownCritical: string[];
+}
+
+/**
+ * Reads the keyUsage and extendedKeyUsage of a certificate (DER), and which
+ * critical extensions it has that e2e-chat does not know. Throws `ERR_FILE`
+ * for a malformed certificate.
+ *
+ * @example
+ * ```ts
+ * import { certificateUsage } from "./x509.ts";
+ * const usage = certificateUsage(await Deno.readFile("bob.der"));
+ * console.log(usage.keyUsage?.has("digitalSignature"));
+ * ```
+ */
+export function certificateUsage(der: Uint8Array): CertificateUsage {
+  const usage: CertificateUsage = { unknownCritical: [] };
+  try {
+    const [tbsNode] = children(readDer(der), Tag.SEQUENCE);
+    if (!tbsNode) throw new DerError("Empty certificate");
+    const wrapped = children(tbsNode, Tag.SEQUENCE).find((node) => node.tag === 0xa3); // [3] Extensions
+    if (!wrapped) return usage;
+    const [list] = children(wrapped);
+    if (!list) throw new DerError("Empty extensions");
+    // Two of one extension would leave which one counts to each reader (node's, ours).
+    const seen = new Set<string>();
+    for (const extension of children(list, Tag.SEQUENCE)) {
+      const fields = children(extension, Tag.SEQUENCE);
+      const oid = decodeOid(fields[0]);
+      if (seen.has(oid)) throw new DerError(`Extension ${oid} appears twice`);
+      seen.add(oid);
+      const critical = fields[1]?.tag === 0x01 && fields[1].value[0] !== 0;
+      const value = fields[fields.length - 1];
+      if (value?.tag !== Tag.OCTET_STRING) throw new DerError("Bad extension");
+      if (oid === "2.5.29.15") usage.keyUsage = keyUsageBits(value.value);
+      else if (oid === "2.5.29.37") {
+        usage.extendedKeyUsage = new Set(
+          children(readDer(value.value), Tag.SEQUENCE).map((node) => decodeOid(node)),
+        );
+      } else if (critical && !KNOWN_EXTENSIONS.has(oid)) usage.unknownCritical.push(oid);
+    }
+  } catch (e) {
+    if (e instanceof DerError) throw new E2eError("ERR_FILE", "Cannot parse the certificate");
+    throw e;
+  }
+  return usage;
+}
+
+function keyUsageBits(octets: Uint8Array): Set<KeyUsage> {
+  const bits = readDer(octets);
+  if (bits.tag !== Tag.BIT_STRING || bits.value.length < 1) throw new DerError("Bad keyUsage");
+  const out = new Set<KeyUsage>();
+  KEY_USAGES.forEach((name, i) => {
+    if ((bits.value[1 + (i >> 3)] ?? 0) & (0x80 >> (i & 7))) out.add(name);
+  });
+  return out;
 }

@@ -1,15 +1,16 @@
 import assert from "node:assert/strict";
 import { createHash, generateKeyPairSync } from "node:crypto";
 import { join } from "node:path";
+import { tlv } from "./_der_builder.ts";
 import { E2eError } from "./errors.ts";
 import { openssl } from "./openssl.ts";
-import { pemEncode } from "./pem.ts";
-import { keyFingerprint, parseCertificate, sha256Hex } from "./x509.ts";
+import { pemDecode, pemEncode } from "./pem.ts";
+import { certificateUsage, EKU, keyFingerprint, parseCertificate, sha256Hex } from "./x509.ts";
 
 const decoder = new TextDecoder();
 
 /** A self-signed EC certificate made by the real openssl, with its key. */
-async function selfSigned(subject: string, serial = "0x0123456789abcdef") {
+async function selfSigned(subject: string, serial = "0x0123456789abcdef", addext: string[] = []) {
   const dir = await Deno.makeTempDir({ prefix: "e2e-chat-x509-test-" });
   try {
     await openssl(
@@ -19,6 +20,7 @@ async function selfSigned(subject: string, serial = "0x0123456789abcdef") {
     await openssl([
       ...["req", "-x509", "-new", "-key", "key.pem", "-config", "/dev/null", "-utf8"],
       ...["-subj", subject, "-days", "3", "-set_serial", serial, "-out", "cert.pem"],
+      ...addext.flatMap((ext) => ["-addext", ext]),
     ], { cwd: dir });
     return {
       cert: await Deno.readTextFile(join(dir, "cert.pem")),
@@ -113,4 +115,69 @@ Deno.test("parseCertificate() refuses a PEM block that is not a certificate with
       return true;
     },
   );
+});
+
+Deno.test("certificateUsage() reads keyUsage bits, extendedKeyUsage OIDs and unknown critical extensions", async () => {
+  const { cert } = await selfSigned("/CN=alice", "0x01", [
+    "keyUsage=critical,digitalSignature,keyAgreement,decipherOnly",
+    "extendedKeyUsage=serverAuth,clientAuth",
+    "subjectAltName=DNS:alice",
+    "1.3.6.1.4.1.55555.1=critical,ASN1:NULL",
+    "1.3.6.1.4.1.55555.2=ASN1:NULL",
+  ]);
+  const usage = certificateUsage(pemDecode(cert, "CERTIFICATE")!);
+  assert.deepEqual(
+    [...usage.keyUsage!].sort(),
+    ["decipherOnly", "digitalSignature", "keyAgreement"],
+  );
+  assert.deepEqual([...usage.extendedKeyUsage!].sort(), [EKU.serverAuth, EKU.clientAuth]);
+  // A non-critical unknown extension may be ignored (RFC 5280 §4.2); a critical one may not.
+  assert.deepEqual(usage.unknownCritical, ["1.3.6.1.4.1.55555.1"]);
+});
+
+Deno.test("certificateUsage() tells a missing keyUsage or extendedKeyUsage from an empty one", async () => {
+  const { cert } = await selfSigned("/CN=alice");
+  const usage = certificateUsage(pemDecode(cert, "CERTIFICATE")!);
+  assert.equal(usage.keyUsage, undefined);
+  assert.equal(usage.extendedKeyUsage, undefined);
+  assert.deepEqual(usage.unknownCritical, []);
+});
+
+Deno.test("certificateUsage() refuses bytes that are not a certificate with ERR_FILE", () => {
+  for (
+    const bytes of [
+      new Uint8Array(),
+      Uint8Array.of(0x30, 0x00),
+      Uint8Array.of(0x30, 0x02, 0x05, 0x00),
+    ]
+  ) {
+    assert.throws(() => certificateUsage(bytes), (e) => {
+      assert.ok(e instanceof E2eError);
+      assert.equal(e.code, "ERR_FILE");
+      assert.equal(e.message, "Cannot parse the certificate");
+      return true;
+    });
+  }
+});
+
+Deno.test("certificateUsage() refuses a certificate with two instances of one extension (RFC 5280 §4.2)", () => {
+  // Only the extensions matter here: a tbsCertificate holding nothing else, no signature.
+  const eku = (oid: number[]) =>
+    tlv(
+      0x30,
+      tlv(0x06, Uint8Array.of(0x55, 0x1d, 0x25)), // 2.5.29.37 extKeyUsage
+      tlv(
+        0x04,
+        tlv(0x30, tlv(0x06, Uint8Array.of(0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, ...oid))),
+      ),
+    );
+  const cert = (...extensions: Uint8Array[]) =>
+    tlv(0x30, tlv(0x30, tlv(0xa3, tlv(0x30, ...extensions))));
+  assert.deepEqual([...certificateUsage(cert(eku([1]))).extendedKeyUsage!], [EKU.serverAuth]);
+  assert.throws(() => certificateUsage(cert(eku([1]), eku([2]))), (e) => {
+    assert.ok(e instanceof E2eError);
+    assert.equal(e.code, "ERR_FILE");
+    assert.equal(e.message, "Cannot parse the certificate");
+    return true;
+  });
 });

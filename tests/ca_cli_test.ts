@@ -207,7 +207,10 @@ Deno.test("ca init makes a self-signed CA certificate with the CA profile", asyn
       "X509v3 Key Usage",
       "X509v3 Subject Key Identifier",
     ]);
-    assert.deepEqual(ext["X509v3 Basic Constraints"], { critical: true, value: "CA:TRUE" });
+    assert.deepEqual(ext["X509v3 Basic Constraints"], {
+      critical: true,
+      value: "CA:TRUE, pathlen:0",
+    });
     assert.deepEqual(ext["X509v3 Key Usage"], {
       critical: true,
       value: "Certificate Sign, CRL Sign",
@@ -242,7 +245,7 @@ Deno.test("ca init makes an Ed25519 CA whose certificates verify", async () => {
     const pem = await sign(home, "alice", fixture("alice-ec.csr"));
     const cert = await inspect(pem);
     assert.equal(cert.signatureAlgorithm, "ED25519");
-    assertLeafProfile(cert, ca, "alice", "Digital Signature");
+    assertLeafProfile(cert, ca, "alice", "Digital Signature, Key Agreement");
     const result = await verify(caFile, pem);
     assert.ok(result.ok, result.output);
   });
@@ -421,7 +424,7 @@ Deno.test("ca sign prints a certificate that openssl verifies against ca.crt", a
     assert.ok(checked.ok, checked.output);
 
     const [cert, ca] = await Promise.all([inspect(pem), inspect(await Deno.readTextFile(caFile))]);
-    assertLeafProfile(cert, ca, "alice", "Digital Signature");
+    assertLeafProfile(cert, ca, "alice", "Digital Signature, Key Agreement");
     assert.equal(cert.signatureAlgorithm, "ecdsa-with-SHA256");
     // Seven days from now; notBefore is never in the future (a behind clock still accepts it).
     const start = Math.floor(before / 1000) * 1000;
@@ -451,8 +454,9 @@ Deno.test("ca sign sets every extension itself, whatever the request asks for", 
     const ca = await inspect(await Deno.readTextFile(caFile));
     const mallory = await sign(home, "mallory", fixture("ca-true.csr"));
     const odd = await sign(home, "odd", fixture("odd-ext.csr"));
-    assertLeafProfile(await inspect(mallory), ca, "mallory", "Digital Signature");
-    assertLeafProfile(await inspect(odd), ca, "odd", "Digital Signature");
+    const usage = "Digital Signature, Key Agreement";
+    assertLeafProfile(await inspect(mallory), ca, "mallory", usage);
+    assertLeafProfile(await inspect(odd), ca, "odd", usage);
     assert.doesNotMatch(
       await text(["x509", "-noout", "-text"], odd),
       /10\.0\.0\.1|example\.com|Code Signing/,
@@ -497,7 +501,7 @@ Deno.test("ca sign accepts RSA-2048, Ed25519 and EC P-384 requests", async () =>
     const cases = [
       { name: "bob", file: "bob-rsa2048.csr", usage: "Digital Signature, Key Encipherment" },
       { name: "carol", file: "carol-ed25519.csr", usage: "Digital Signature" },
-      { name: "dave", file: "dave-ec384.csr", usage: "Digital Signature" },
+      { name: "dave", file: "dave-ec384.csr", usage: "Digital Signature, Key Agreement" },
     ];
     const pems = await Promise.all(cases.map((c) => sign(home, c.name, fixture(c.file))));
     for (const [i, c] of cases.entries()) {

@@ -66,7 +66,9 @@ Deno.test("a certificate made with the CA key outside the log is refused by peer
     await Deno.writeTextFile(csrPath, csr);
     await Deno.writeTextFile(
       join(dir, "ext.cnf"),
-      "subjectAltName = DNS:bob\nbasicConstraints = critical, CA:FALSE\n",
+      // The whole member profile: only its absence from the log is wrong.
+      "subjectAltName = DNS:bob\nbasicConstraints = critical, CA:FALSE\n" +
+        "keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth, clientAuth\n",
     );
     const { stdout } = await openssl([
       ...[
