@@ -6,6 +6,7 @@
  */
 import type { KeyObject } from "node:crypto";
 import { E2eError } from "../lib/errors.ts";
+import { memberKeyProblem } from "../lib/x509.ts";
 
 /** Validity of a client certificate when `--days` is not given: the original project's choice. */
 export const DEFAULT_CERT_DAYS = 7;
@@ -44,25 +45,9 @@ export type KeyKind = "rsa" | "ec" | "ed25519";
  * ```
  */
 export function checkKey(key: KeyObject): KeyKind {
-  const details = key.asymmetricKeyDetails ?? {};
-  switch (key.asymmetricKeyType) {
-    case "rsa": {
-      const bits = details.modulusLength ?? 0;
-      const e = details.publicExponent ?? 0n;
-      if (bits < 2048) throw rejected(`an RSA key of ${bits} bits is too weak (at least 2048)`);
-      // node:crypto in Deno cannot read larger RSA keys, so the policy stops at 4096.
-      if (bits > 4096) throw rejected(`an RSA key of ${bits} bits is too large (at most 4096)`);
-      if (e < 65537n || e % 2n === 0n) throw rejected("the RSA public exponent is unsafe");
-      return "rsa";
-    }
-    case "ec":
-      if (details.namedCurve === "prime256v1" || details.namedCurve === "secp384r1") return "ec";
-      throw rejected(`the EC curve "${details.namedCurve ?? "unknown"}" is not allowed`);
-    case "ed25519":
-      return "ed25519";
-    default:
-      throw rejected(`keys of type "${key.asymmetricKeyType}" are not allowed`);
-  }
+  const problem = memberKeyProblem(key);
+  if (problem) throw rejected(problem);
+  return key.asymmetricKeyType as KeyKind;
 }
 
 function rejected(why: string): E2eError {

@@ -25,6 +25,7 @@ import {
   type CertificateUsage,
   certificateUsage,
   EKU,
+  memberKeyProblem,
   parseCertificate,
 } from "./x509.ts";
 import { pemEncode } from "./pem.ts";
@@ -336,7 +337,7 @@ function verifiedByAnchor(
 
 // What makes a certificate of our CA other than a member's (docs/CERTIFICATES.md): every member
 // is both a TLS client and a listener and signs its mailbox items, with a key the CA signs for
-// (ca/policy.ts checkKey). Undefined when there is nothing.
+// (lib/x509.ts memberKeyProblem). Undefined when there is nothing.
 function memberProfileProblem(usage: CertificateUsage, key: KeyObject): string | undefined {
   const ku = usage.keyUsage;
   if (!ku?.has("digitalSignature")) return "no keyUsage digitalSignature";
@@ -345,24 +346,7 @@ function memberProfileProblem(usage: CertificateUsage, key: KeyObject): string |
   if (!eku?.has(EKU.serverAuth) || !eku.has(EKU.clientAuth)) {
     return "no extendedKeyUsage serverAuth and clientAuth";
   }
-  const details = key.asymmetricKeyDetails ?? {};
-  switch (key.asymmetricKeyType) {
-    case "rsa": {
-      const bits = details.modulusLength ?? 0;
-      const e = details.publicExponent ?? 0n;
-      if (bits >= 2048 && bits <= 4096 && e >= 65537n && e % 2n === 1n) return undefined;
-      return `an RSA key of ${bits} bits`;
-    }
-    case "ec":
-      if (details.namedCurve === "prime256v1" || details.namedCurve === "secp384r1") {
-        return undefined;
-      }
-      return `an EC key on ${details.namedCurve ?? "an unknown curve"}`;
-    case "ed25519":
-      return undefined;
-    default:
-      return `a key of type ${key.asymmetricKeyType}`;
-  }
+  return memberKeyProblem(key);
 }
 
 function rejected(detail: string): E2eError {

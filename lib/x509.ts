@@ -124,6 +124,42 @@ const KEY_USAGES = [
 /** A keyUsage bit by its RFC 5280 name. */
 export type KeyUsage = typeof KEY_USAGES[number];
 
+/**
+ * Why a member's key is not one the CA signs for, or undefined when it is: RSA 2048–4096 bits
+ * with an odd exponent ≥ 65537, EC P-256 or P-384, or Ed25519. The CA refuses such a request
+ * (ca/policy.ts `checkKey`) and a member such a certificate (lib/tls.ts `checkPeer`).
+ *
+ * @example
+ * ```ts
+ * import { generateKeyPairSync } from "node:crypto";
+ * import { memberKeyProblem } from "./x509.ts";
+ * console.log(memberKeyProblem(generateKeyPairSync("ed25519").publicKey)); // undefined
+ * ```
+ */
+export function memberKeyProblem(key: KeyObject): string | undefined {
+  const details = key.asymmetricKeyDetails ?? {};
+  switch (key.asymmetricKeyType) {
+    case "rsa": {
+      const bits = details.modulusLength ?? 0;
+      const e = details.publicExponent ?? 0n;
+      if (bits < 2048) return `an RSA key of ${bits} bits is too weak (at least 2048)`;
+      // node:crypto in Deno cannot read larger RSA keys, so the policy stops at 4096.
+      if (bits > 4096) return `an RSA key of ${bits} bits is too large (at most 4096)`;
+      if (e < 65537n || e % 2n === 0n) return "the RSA public exponent is unsafe";
+      return undefined;
+    }
+    case "ec":
+      if (details.namedCurve === "prime256v1" || details.namedCurve === "secp384r1") {
+        return undefined;
+      }
+      return `the EC curve "${details.namedCurve ?? "unknown"}" is not allowed`;
+    case "ed25519":
+      return undefined;
+    default:
+      return `keys of type "${key.asymmetricKeyType}" are not allowed`;
+  }
+}
+
 /** The extended key usages e2e-chat's certificates carry, by OID (RFC 5280 §4.2.1.12). */
 export const EKU = {
   serverAuth: "1.3.6.1.5.5.7.3.1",
