@@ -133,7 +133,7 @@ Deno.test("a CA that rewrites its history shows alice and bob forked logs, and t
     await copyTree(caHome, join(dir, "branch"));
 
     // History one: carol joins; alice sees that log.
-    service = await startService(caHome, { args: ["--port", String(port)] });
+    service = await startService(caHome, { args: ["--port", String(port), "--crl-port", "0"] });
     await joinUser(service, "carol", join(dir, "carol"));
     assert.equal((await audit(alice)).code, 0);
 
@@ -141,7 +141,7 @@ Deno.test("a CA that rewrites its history shows alice and bob forked logs, and t
     await service.stop();
     await Deno.remove(caHome, { recursive: true });
     await copyTree(join(dir, "branch"), caHome);
-    service = await startService(caHome, { args: ["--port", String(port)] });
+    service = await startService(caHome, { args: ["--port", String(port), "--crl-port", "0"] });
     await joinUser(service, "dave", join(dir, "dave"));
     assert.equal((await audit(bob)).code, 0, "bob alone cannot tell");
 
