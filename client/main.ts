@@ -416,11 +416,25 @@ async function lookup(args: string[]): Promise<number> {
   if (values.help) return await help();
   if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "lookup needs exactly one NAME");
   const name = checkName(positionals[0]);
+  const [{ checkPeer }, { LogMonitor }, { Revocation }] = await Promise.all([
+    import("../lib/tls.ts"),
+    import("./transparency.ts"),
+    import("./revocation.ts"),
+  ]);
   const id = await loadIdentity(values);
-  const reply = await id.client().lookup(name).catch(refusedCertificate(id.name));
-  // The directory's answer is checked like a peer: our CA, that name, valid now.
-  const { checkPeer } = await import("../lib/tls.ts");
-  const cert = checkPeer(pemDecode(reply.certificate, "CERTIFICATE"), id.anchor, { name });
+  const client = id.client();
+  const revocation = new Revocation({ fetch: () => client.crl(), issuer: id.anchor.x509 });
+  const [reply, monitor] = await Promise.all([
+    client.lookup(name),
+    LogMonitor.open(id.home.logState, id.anchor, client),
+    revocation.refresh(),
+  ]).catch(refusedCertificate(id.name));
+  // The directory's answer is checked as a chat checks it before connecting: our CA, that name,
+  // valid now, not revoked, and in the CA's issuance log (what is shown can be compared).
+  revocation.requireCurrent();
+  const der = pemDecode(reply.certificate, "CERTIFICATE");
+  const cert = checkPeer(der, id.anchor, { name, isRevoked: (s) => revocation.isRevoked(s) });
+  await monitor.checkCertificate(der!, reply.log); // checkPeer refused a missing one
   if (values.json) {
     await out(
       JSON.stringify({

@@ -7,17 +7,54 @@
  * @module
  */
 import assert from "node:assert/strict";
+import https from "node:https";
 import { join } from "node:path";
+import { CaPaths } from "../ca/home.ts";
 import { ChatClient, deadline, runTask } from "./_harness.ts";
 import { makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
 import { joinUser, RawPeer, type User } from "./_chat_helpers.ts";
-import { assertSuccess, type Service, startService, withService } from "./_service_helpers.ts";
+import {
+  assertSuccess,
+  httpsRequest,
+  type Service,
+  startService,
+  withService,
+} from "./_service_helpers.ts";
 import { openssl, PASSPHRASE_ARG } from "../lib/openssl.ts";
 import { commitSomething, signBehindTheirBacks } from "./_dishonest_ca.ts";
 import { parseCertificate } from "../lib/x509.ts";
 
 async function audit(user: User): Promise<{ code: number; stdout: string; stderr: string }> {
   return await runTask("client", ["audit"], { env: { E2E_CHAT_HOME: user.home } });
+}
+
+// The CA signs `user`'s own key again with the whole member profile, outside its database and
+// log: only its absence from the log is wrong.
+async function signOutsideTheLog(service: Service, dir: string, user: User): Promise<string> {
+  const caDir = join(service.home, "ca");
+  const { csr } = await makeCsr(user.name, { keyPem: await Deno.readTextFile(user.keyPath) });
+  const csrPath = join(dir, `${user.name}-again.csr`);
+  await Deno.writeTextFile(csrPath, csr);
+  await Deno.writeTextFile(
+    join(dir, "ext.cnf"),
+    `subjectAltName = DNS:${user.name}\nbasicConstraints = critical, CA:FALSE\n` +
+      "keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth, clientAuth\n",
+  );
+  const { stdout } = await openssl([
+    ...[
+      "x509",
+      "-req",
+      "-in",
+      csrPath,
+      "-CA",
+      join(caDir, "ca.crt"),
+      "-CAkey",
+      join(caDir, "ca.key"),
+    ],
+    ...["-passin", PASSPHRASE_ARG, "-set_serial", "0x1234", "-days", "1"],
+    ...["-extfile", join(dir, "ext.cnf")],
+  ], { passphrase: PASSPHRASE });
+  return new TextDecoder().decode(stdout);
 }
 
 Deno.test("a certificate for bob with another key, issued and logged, raises log_alarm at bob and client audit fails naming it", async () => {
@@ -59,32 +96,7 @@ Deno.test("a certificate made with the CA key outside the log is refused by peer
       joinUser(service, "alice", join(dir, "alice")),
       joinUser(service, "bob", join(dir, "bob")),
     ]);
-    // The CA signs bob's own key again, outside its database and log.
-    const caDir = join(service.home, "ca");
-    const { csr } = await makeCsr("bob", { keyPem: await Deno.readTextFile(bob.keyPath) });
-    const csrPath = join(dir, "bob-again.csr");
-    await Deno.writeTextFile(csrPath, csr);
-    await Deno.writeTextFile(
-      join(dir, "ext.cnf"),
-      // The whole member profile: only its absence from the log is wrong.
-      "subjectAltName = DNS:bob\nbasicConstraints = critical, CA:FALSE\n" +
-        "keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth, clientAuth\n",
-    );
-    const { stdout } = await openssl([
-      ...[
-        "x509",
-        "-req",
-        "-in",
-        csrPath,
-        "-CA",
-        join(caDir, "ca.crt"),
-        "-CAkey",
-        join(caDir, "ca.key"),
-      ],
-      ...["-passin", PASSPHRASE_ARG, "-set_serial", "0x1234", "-days", "1"],
-      ...["-extfile", join(dir, "ext.cnf")],
-    ], { passphrase: PASSPHRASE });
-    const unlogged = new TextDecoder().decode(stdout);
+    const unlogged = await signOutsideTheLog(service, dir, bob);
     const key = await Deno.readTextFile(bob.keyPath);
     const logged = await Deno.readTextFile(bob.certPath);
 
@@ -112,6 +124,59 @@ Deno.test("a certificate made with the CA key outside the log is refused by peer
       }
     } finally {
       await a.stop();
+    }
+  });
+});
+
+Deno.test("client lookup refuses a directory answer whose certificate is not in the log", async () => {
+  await withService(async (service, dir) => {
+    const [alice, bob] = await Promise.all([
+      joinUser(service, "alice", join(dir, "alice")),
+      joinUser(service, "bob", join(dir, "bob")),
+    ]);
+    const unlogged = await signOutsideTheLog(service, dir, bob);
+    // The dishonest CA answers with the service's own TLS key: everything as the real service
+    // says it (asked with alice's certificate), but bob's entry in the directory swapped.
+    const paths = new CaPaths(service.home);
+    const aliceCreds = {
+      cert: await Deno.readTextFile(alice.certPath),
+      key: await Deno.readTextFile(alice.keyPath),
+    };
+    const server = https.createServer({
+      cert: await Deno.readTextFile(paths.serviceCert),
+      key: await Deno.readTextFile(paths.serviceKey),
+    }, async (req, res) => {
+      const real = await httpsRequest(service.url + req.url, {
+        method: req.method,
+        headers: { accept: req.headers.accept ?? "*/*" },
+        ca: service.caPem,
+        ...aliceCreds,
+      });
+      let body = real.body;
+      if (req.url === "/v1/certs/bob") {
+        body = JSON.stringify({ ...JSON.parse(body), certificate: unlogged });
+      }
+      res.writeHead(real.status, { "content-type": String(real.headers["content-type"]) });
+      res.end(body);
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (server.address() as { port: number }).port;
+      const file = join(alice.home, "id", "identity.json");
+      const identity = JSON.parse(await Deno.readTextFile(file));
+      await Deno.writeTextFile(
+        file,
+        JSON.stringify({ ...identity, caUrl: `https://127.0.0.1:${port}` }),
+      );
+
+      const result = await runTask("client", ["lookup", "bob"], {
+        env: { E2E_CHAT_HOME: alice.home },
+      });
+      assert.notEqual(result.code, 0, result.stdout);
+      assert.ok(!result.stdout.includes(unlogged.trim()), "the unlogged certificate was shown");
+      assert.match(result.stderr, /The certificate is not in the CA's issuance log/, result.stderr);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
     }
   });
 });
