@@ -201,6 +201,17 @@ async function focusKept(scene: Scene): Promise<void> {
   await page.getByRole("main", { name: bob.name }).waitFor();
   assert.equal(await focused(page), "textarea: Message");
 
+  // "Mark verified" goes once pressed: focus moves to the message box, and the status says it.
+  await listen(page);
+  await tabTo(page, "button", "Mark verified");
+  await page.keyboard.press("Enter");
+  await page.getByText("Verified", { exact: true }).waitFor();
+  assert.equal(await focused(page), "textarea: Message");
+  assert.ok(
+    (await said(page)).some((s) => s.region === "peer-status" && /verified/.test(s.text)),
+    JSON.stringify(await said(page)),
+  );
+
   // A conversation whose peer is offline: its message box is disabled, so focus stays on its
   // button rather than falling to the page.
   await c.stop();
@@ -228,6 +239,12 @@ async function focusKept(scene: Scene): Promise<void> {
   await page.keyboard.press("Enter");
   await page.getByRole("region", { name: "Files offered to you" }).waitFor({ state: "hidden" });
   assert.equal(await focused(page), "textarea: Message");
+
+  // Writing to bob when he goes: the box is disabled, and focus moves to the messages.
+  await page.keyboard.type("half a thought");
+  await b.stop();
+  await page.getByRole("button", { name: new RegExp(`${bob.name} offline`) }).waitFor();
+  assert.equal(await focused(page), "ol: Messages");
 }
 
 /** Live regions: said once, not re-read on a tick or a redraw, silent on a switch. */
@@ -524,7 +541,7 @@ await webTest("web face for keyboard and screen-reader users, WCAG 2.2 AA, in ch
     namesAndTitle,
   ],
   [
-    "focus stays on a conversation button while the list redraws, stays on an offline conversation it opened, and moves to the next card or the message box when an offer card goes",
+    "focus stays on a conversation button while the list redraws and on an offline conversation it opened, moves on from Mark verified once done, to the next card or the message box when an offer card goes, and to the messages when the peer leaves",
     focusKept,
   ],
   [

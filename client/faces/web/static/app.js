@@ -678,7 +678,10 @@ $("verify").addEventListener("click", () => {
   operate("verify", { name }).then(() => {
     const p = state.peers.get(name);
     if (p) p.trust = "verified";
-    conv(name).verified = true;
+    const c = conv(name);
+    c.verified = true;
+    // Said by the status; the button goes, and drawConversation() moves focus on.
+    c.status = "Connected: safety number verified";
     drawConversation();
   }, (e) => notice(errorText(e), "error"));
 });
@@ -854,6 +857,7 @@ function focusAfter() {
 }
 
 function drawConversation() {
+  const had = document.activeElement;
   const name = state.selected;
   const c = name ? conv(name) : undefined;
   const p = state.peers.get(name);
@@ -880,11 +884,17 @@ function drawConversation() {
   $("verified").hidden = !verified;
   $("verify").hidden = verified || changed || !p;
   const can = canSend();
-  $("message").disabled = !can;
+  const box = $("message");
+  box.disabled = !can;
   $("send").disabled = !can;
   const files = can;
   $("file").disabled = !files;
   $("file-label").classList.toggle("disabled", !files);
+  // A control that had focus and is now disabled or hidden (the peer left, "Mark verified"
+  // done) would drop it to the page: it goes to the message box, else to the messages.
+  if (had && $("conversation").contains(had) && (had.disabled || had.closest("[hidden]"))) {
+    (box.disabled ? $("timeline") : box).focus();
+  }
 }
 
 function setText(el, text) {
