@@ -113,6 +113,24 @@ async function listen(page: Page): Promise<void> {
 
 type Said = { region: string; text: string };
 
+/** How chromium exposes an element's live region: its role, aria-live and aria-atomic. */
+async function liveness(page: Page, selector: string): Promise<string> {
+  const cdp = await page.context().newCDPSession(page);
+  try {
+    const { root } = await cdp.send("DOM.getDocument", { depth: 0 });
+    const { nodeId } = await cdp.send("DOM.querySelector", { nodeId: root.nodeId, selector });
+    const { nodes } = await cdp.send("Accessibility.getPartialAXTree", {
+      nodeId,
+      fetchRelatives: false,
+    });
+    const node = nodes[0];
+    const prop = (name: string) => node.properties?.find((p) => p.name === name)?.value.value;
+    return `${node.role?.value} live=${prop("live")} atomic=${prop("atomic")}`;
+  } finally {
+    await cdp.detach();
+  }
+}
+
 function said(page: Page): Promise<Said[]> {
   return page.evaluate<Said[]>("globalThis.__said");
 }
@@ -285,6 +303,13 @@ async function liveRegions(scene: Scene): Promise<void> {
   await timeline(page).getByText("first from bob").waitFor();
   await page.getByRole("button", { name: new RegExp(carol.name) }).click();
   await page.getByRole("main", { name: carol.name }).waitFor();
+
+  // The notices are read one by one as they come, not the whole list again with each.
+  assert.equal(await liveness(page, "#notices"), "status live=polite atomic=false");
+  assert.equal(await liveness(page, "#timeline"), "log live=polite atomic=false");
+  assert.equal(await liveness(page, "#peer-status"), "status live=polite atomic=true");
+  assert.equal(await liveness(page, "#chat-with-error"), "alert live=assertive atomic=true");
+  assert.equal(await liveness(page, "#message-error"), "alert live=assertive atomic=true");
 
   const all = await said(page);
   const count = (region: string, re: RegExp) =>
@@ -545,7 +570,7 @@ await webTest("web face for keyboard and screen-reader users, WCAG 2.2 AA, in ch
     focusKept,
   ],
   [
-    "live regions say each message and file once, keystrokes and progress ticks not at all, a delivery mark without the message, nothing old on a switch, and Connected once a peer",
+    "live regions say each message and file once, keystrokes and progress ticks not at all, a delivery mark without the message, nothing old on a switch, Connected once a peer, and each notice alone",
     liveRegions,
   ],
   [
