@@ -181,6 +181,18 @@ async function namesAndTitle(scene: Scene): Promise<void> {
     );
   }
 
+  // With reduced motion asked for, nothing on the page moves (no transition, no animation).
+  await page.emulateMedia({ reducedMotion: "reduce" });
+  const moving = await page.evaluate<string[]>(`[document.documentElement,
+    ...document.querySelectorAll("*")].filter((e) => {
+      const s = getComputedStyle(e);
+      const long = (d) => d.split(",").some((t) => parseFloat(t) > 0);
+      return long(s.transitionDuration) && s.transitionProperty !== "none" ||
+        s.animationName !== "none" || s.scrollBehavior === "smooth";
+    }).map((e) => e.tagName.toLowerCase() + "." + e.className)`);
+  assert.deepEqual(moving, [], "moves under prefers-reduced-motion: reduce");
+  assert.deepEqual(await page.evaluate<number>("document.getAnimations().length"), 0);
+
   // The title names the open conversation, and counts what is unread elsewhere.
   await waitUntil(
     async () => (await page.title()).startsWith(`${carol.name} — `),
@@ -553,6 +565,16 @@ async function reflow(scene: Scene): Promise<void> {
           " in " + e.parentElement.id + " (" + Math.round(e.getBoundingClientRect().right) + ") " +
           (e.textContent ?? "").trim().slice(0, 40))`);
       for (const c of clipped) problems.push(`${label}: ${c} is cut off or sticks out`);
+      // Targets of at least 24 × 24 CSS px (WCAG 2.2, 2.5.8); links inside a sentence are exempt.
+      const small = await page.evaluate<string[]>(`[...document.querySelectorAll(
+        "button, input, textarea, .file-label")]
+        .filter((e) => e.getClientRects().length > 0 && !e.classList.contains("file-input"))
+        .filter((e) => {
+          const r = e.getBoundingClientRect();
+          return r.width < 24 || r.height < 24;
+        })
+        .map((e) => e.tagName.toLowerCase() + " " + (e.textContent ?? "").trim().slice(0, 30))`);
+      for (const c of small) problems.push(`${label}: ${c} is smaller than 24 × 24 px`);
     } finally {
       await context.close();
     }
@@ -562,7 +584,7 @@ async function reflow(scene: Scene): Promise<void> {
 
 await webTest("web face for keyboard and screen-reader users, WCAG 2.2 AA, in chromium", [
   [
-    "every control has its name, the landmarks are there, buttons are buttons, html lang is en, and the title names the conversation and counts unread messages",
+    "every control has its name, the landmarks are there, buttons are buttons, html lang is en, nothing moves under reduced motion, and the title names the conversation and counts unread messages",
     namesAndTitle,
   ],
   [
@@ -582,7 +604,7 @@ await webTest("web face for keyboard and screen-reader users, WCAG 2.2 AA, in ch
     contrastBothSchemes,
   ],
   [
-    "at 360 px and at 200 % zoom, long names and words scroll nothing sideways and cut off no control",
+    "at 360 px and at 200 % zoom, long names and words scroll nothing sideways and cut off no control, and every target is 24 × 24 px at least",
     reflow,
   ],
 ]);
