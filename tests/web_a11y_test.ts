@@ -316,6 +316,17 @@ async function liveRegions(scene: Scene): Promise<void> {
   await page.getByRole("button", { name: new RegExp(carol.name) }).click();
   await page.getByRole("main", { name: carol.name }).waitFor();
 
+  // A message to a conversation that is not open is not in the log: its count is said.
+  await b.send("while carol is open");
+  await page.getByRole("button", { name: new RegExp(`${bob.name} online 1 unread`) }).waitFor();
+  await waitUntil(
+    async () =>
+      (await said(page)).some((s) =>
+        s.region === "announce" && s.text === `New message from ${bob.name}: 1 unread`
+      ),
+    "the unread message is said",
+  );
+
   // The notices are read one by one as they come, not the whole list again with each.
   assert.equal(await liveness(page, "#notices"), "status live=polite atomic=false");
   assert.equal(await liveness(page, "#timeline"), "log live=polite atomic=false");
@@ -592,7 +603,7 @@ await webTest("web face for keyboard and screen-reader users, WCAG 2.2 AA, in ch
     focusKept,
   ],
   [
-    "live regions say each message and file once, keystrokes and progress ticks not at all, a delivery mark without the message, nothing old on a switch, Connected once a peer, and each notice alone",
+    "live regions say each message and file once, keystrokes and progress ticks not at all, a delivery mark without the message, nothing old on a switch, Connected once a peer, each notice alone, and a message to a conversation not open as its unread count",
     liveRegions,
   ],
   [

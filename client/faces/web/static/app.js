@@ -395,6 +395,13 @@ function touch(c, at = new Date().toISOString()) {
 function arrived(c) {
   touch(c);
   if (c.name !== state.selected || document.hidden) c.unread++;
+  // The log says what comes to the open conversation; for another, a screen reader hears
+  // its count (the list's badge is not a live region).
+  if (c.name !== state.selected) {
+    $("announce").textContent = `New message ${
+      isRoom(c.name) ? "in" : "from"
+    } ${c.name}: ${c.unread} unread`;
+  }
 }
 
 function addItem(c, item, show = true) {
