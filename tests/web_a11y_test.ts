@@ -14,6 +14,7 @@ import { join } from "node:path";
 import {
   type BrowserContext,
   type ChatClient,
+  joinUser,
   type Page,
   type Scene,
   type User,
@@ -347,6 +348,52 @@ async function liveRegions(scene: Scene): Promise<void> {
   assert.equal(count("peer-status", /^Connected$/), 2, `"Connected", once a peer: ${dump}`);
 }
 
+/** A reconnection redraws the page from the client's snapshot without reading it all again. */
+async function reconnectQuietly(scene: Scene): Promise<void> {
+  const [alice, bobOld] = await scene.join("alice-q", "bob-q");
+  const web = await scene.web(alice);
+  const page = await scene.page(web);
+  await listen(page);
+  const b1 = await scene.json(bobOld);
+  await startChat(page, alice, b1);
+  await b1.send("said before the client stalled");
+  await timeline(page).getByText("said before the client stalled").waitFor();
+  // bob comes back with another key: a warning the client keeps for its pages (and sends
+  // again in every snapshot).
+  await b1.stop();
+  await page.getByRole("button", { name: /bob-q offline/ }).waitFor();
+  const bobNew = await joinUser(scene.service, "bob-q", join(scene.dir, "bob-q-new"));
+  const b2 = await scene.json(bobNew);
+  await b2.send(`/chat ${alice.name}`);
+  await page.getByRole("button", { name: "Accept", exact: true }).click();
+  await page.getByRole("alert").filter({ hasText: "changed since you last talked" }).waitFor();
+  const text = `the key of "${bobOld.name}" CHANGED`;
+  await page.getByRole("region", { name: "Notices" }).getByText(text).first().waitFor();
+
+  web.signal("SIGSTOP");
+  try {
+    await page.getByRole("alert").filter({ hasText: "Lost the chat client" }).waitFor({
+      timeout: 15_000,
+    });
+  } finally {
+    web.signal("SIGCONT");
+  }
+  await page.getByRole("alert").filter({ hasText: "Lost" }).waitFor({
+    state: "hidden",
+    timeout: 15_000,
+  });
+  await timeline(page).getByText("said before the client stalled").waitFor();
+  await page.getByRole("region", { name: "Notices" }).getByText(text).first().waitFor();
+  const all = await said(page);
+  const dump = JSON.stringify(all, null, 1);
+  assert.equal(all.filter((s) => s.text.includes(text)).length, 1, `the warning: ${dump}`);
+  assert.equal(
+    all.filter((s) => s.text.includes("said before the client stalled")).length,
+    1,
+    `the message: ${dump}`,
+  );
+}
+
 /** A failed action's error is said at once and described by the control that failed. */
 async function errorsTied(scene: Scene): Promise<void> {
   const [alice] = await scene.join("alice-e");
@@ -605,6 +652,10 @@ await webTest("web face for keyboard and screen-reader users, WCAG 2.2 AA, in ch
   [
     "live regions say each message and file once, keystrokes and progress ticks not at all, a delivery mark without the message, nothing old on a switch, Connected once a peer, each notice alone, and a message to a conversation not open as its unread count",
     liveRegions,
+  ],
+  [
+    "a reconnection to a stalled client reads neither the kept key-change warning nor the messages again",
+    reconnectQuietly,
   ],
   [
     'a failed "Chat with" and a failed room command are said as alerts and described by the field that failed',

@@ -372,8 +372,11 @@ function snapshot(s) {
     if (last > c.last) c.last = last;
   }
   for (const p of s.peers) touch(conv(p.name));
-  $("notices").replaceChildren();
-  for (const n of s.notices) notice(n, "warning");
+  // A fresh list in the old one's place, as for the log: the kept warnings, which every
+  // snapshot (every reconnection) brings again, are not read out again.
+  const notices = $("notices").cloneNode(false);
+  for (const n of s.notices) notice(n, "warning", notices);
+  $("notices").replaceWith(notices);
   for (const a of s.alarms ?? []) logAlarm(a);
   setLink(true);
   drawInvitations();
@@ -1083,11 +1086,10 @@ function logAlarm(alarm) {
   banner.hidden = false;
 }
 
-function notice(message, kind = "info") {
+function notice(message, kind = "info", list = $("notices")) {
   const li = document.createElement("li");
   li.className = kind;
   li.textContent = message;
-  const list = $("notices");
   list.append(li);
   while (list.children.length > 5) list.firstElementChild.remove();
 }
