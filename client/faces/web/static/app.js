@@ -471,33 +471,43 @@ function progress(e) {
 // ---------------------------------------------------------------------------
 // What the user does
 
-function select(name) {
+function select(name, { fresh = name !== state.selected } = {}) {
   state.selected = name;
   const c = conv(name);
   c.unread = 0;
-  // A fresh log takes the old one's place: text added to a live region is read out, so
-  // refilling the old one would read the whole conversation again at every switch.
+  const nodes = [...c.items.values()].sort((a, b) => a.at.localeCompare(b.at)).map(drawItem);
   const old = $("timeline");
-  const timeline = old.cloneNode(false);
-  timeline.append(
-    ...[...c.items.values()].sort((a, b) => a.at.localeCompare(b.at)).map(drawItem),
-  );
-  const hadFocus = document.activeElement === old;
-  old.replaceWith(timeline);
-  if (hadFocus) timeline.focus();
+  if (fresh) {
+    // Another conversation (or its history): a fresh log takes the old one's place. Text
+    // added to a live region is read out, so refilling the old one would read the whole
+    // conversation again at every switch.
+    const timeline = old.cloneNode(false);
+    timeline.append(...nodes);
+    const hadFocus = document.activeElement === old;
+    old.replaceWith(timeline);
+    if (hadFocus) timeline.focus();
+  } else {
+    // The same one drawn again (a reconnection): the log stays, and only what moved moves.
+    nodes.forEach((node, i) => {
+      if (old.children[i] !== node) old.insertBefore(node, old.children[i] ?? null);
+    });
+    for (const extra of [...old.children].slice(nodes.length)) extra.remove();
+  }
   drawList();
   drawConversation();
   scrollDown();
   if (!c.loaded && linkUp) {
     c.loaded = true;
     operate("history", { name, limit: 50 }).then((r) => {
+      let added = false;
       for (const entry of r?.entries ?? []) {
         if (!c.items.has(itemKey(entry.from, entry.id))) {
           // Drawn by select() below, with the rest: old messages are not news to announce.
           addItem(c, { ...entry, done: true, incoming: entry.from !== state.me }, false);
+          added = true;
         }
       }
-      if (state.selected === name) select(name);
+      if (state.selected === name) select(name, { fresh: added });
     }, () => c.loaded = false);
   }
   if (!isRoom(name) && (state.peers.has(name) || !c.safety)) fetchSafety(name);
