@@ -367,6 +367,8 @@ async function reconnectQuietly(scene: Scene): Promise<void> {
   await b2.send(`/chat ${alice.name}`);
   await page.getByRole("button", { name: "Accept", exact: true }).click();
   await page.getByRole("alert").filter({ hasText: "changed since you last talked" }).waitFor();
+  // The warning on the conversation is an alert: read at once, interrupting.
+  assert.equal(await liveness(page, "#key-change"), "alert live=assertive atomic=true");
   const text = `the key of "${bobOld.name}" CHANGED`;
   await page.getByRole("region", { name: "Notices" }).getByText(text).first().waitFor();
 
@@ -654,7 +656,7 @@ await webTest("web face for keyboard and screen-reader users, WCAG 2.2 AA, in ch
     liveRegions,
   ],
   [
-    "a reconnection to a stalled client reads neither the kept key-change warning nor the messages again",
+    "the key-change warning is an assertive alert, and a reconnection to a stalled client reads neither the kept warning nor the messages again",
     reconnectQuietly,
   ],
   [
