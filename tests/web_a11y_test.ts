@@ -260,6 +260,11 @@ async function focusKept(scene: Scene): Promise<void> {
     await b.send(`/file ${path}`);
     await page.getByRole("listitem").filter({ hasText: `offers ${name}` }).waitFor();
   }
+  // The notices are no list either (a listitem would need one): their status region holds them.
+  const notices = page.getByRole("region", { name: "Notices" });
+  await notices.getByText(`${bob.name} offers a file: two.txt`).waitFor();
+  assert.equal(await notices.getByRole("listitem").count(), 0);
+
   await tabTo(page, "button", "Decline file");
   await page.keyboard.press("Enter");
   await b.expect({ type: "file_failed", direction: "out" });
@@ -327,6 +332,11 @@ async function liveRegions(scene: Scene): Promise<void> {
       ),
     "the unread message is said",
   );
+
+  // Each message is an article of the log: a listitem would need a list, and the log is not one.
+  await page.getByRole("button", { name: new RegExp(bob.name) }).click();
+  assert.equal(await timeline(page).getByRole("listitem").count(), 0);
+  assert.ok(await timeline(page).getByRole("article").count() >= 6);
 
   // The notices are read one by one as they come, not the whole list again with each.
   assert.equal(await liveness(page, "#notices"), "status live=polite atomic=false");
@@ -652,7 +662,7 @@ await webTest("web face for keyboard and screen-reader users, WCAG 2.2 AA, in ch
     focusKept,
   ],
   [
-    "live regions say each message and file once, keystrokes and progress ticks not at all, a delivery mark without the message, nothing old on a switch, Connected once a peer, each notice alone, and a message to a conversation not open as its unread count",
+    "live regions say each message and file once, keystrokes and progress ticks not at all, a delivery mark without the message, nothing old on a switch, Connected once a peer, each notice alone, and a message to a conversation not open as its unread count; each message is an article of the log",
     liveRegions,
   ],
   [

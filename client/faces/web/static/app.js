@@ -947,6 +947,8 @@ function morph(old, fresh) {
 
 function drawItem(item) {
   const li = document.createElement("li");
+  // An article of the log (role=log on the <ol>): a listitem would need a list around it.
+  li.setAttribute("role", "article");
   const mine = item.from === state.me;
   li.className = `item ${mine ? "mine" : "theirs"}`;
   li.dataset.id = item.id;
@@ -1098,6 +1100,8 @@ function logAlarm(alarm) {
 
 function notice(message, kind = "info", list = $("notices")) {
   const li = document.createElement("li");
+  // A line of a status region (role=status on the <ul>), not an item of a list it is not in.
+  li.setAttribute("role", "none");
   li.className = kind;
   li.textContent = message;
   list.append(li);
