@@ -359,7 +359,6 @@ function snapshot(s) {
   $("me-fingerprint").textContent = group(s.identity.fingerprint);
   $("me-valid").textContent = new Date(s.identity.notAfter).toLocaleString();
   $("me-ca").textContent = `${s.identity.caUrl} (${s.identity.caFingerprint.slice(0, 16)}…)`;
-  document.title = `${s.identity.name} — e2e-chat`;
   state.peers = new Map(s.peers.map((p) => [p.name, p]));
   state.invitations = new Set(s.invitations);
   state.rooms = new Set((s.rooms?.rooms ?? []).map((r) => r.room));
@@ -373,8 +372,11 @@ function snapshot(s) {
     if (last > c.last) c.last = last;
   }
   for (const p of s.peers) touch(conv(p.name));
-  $("notices").replaceChildren();
-  for (const n of s.notices) notice(n, "warning");
+  // A fresh list in the old one's place, as for the log: the kept warnings, which every
+  // snapshot (every reconnection) brings again, are not read out again.
+  const notices = $("notices").cloneNode(false);
+  for (const n of s.notices) notice(n, "warning", notices);
+  $("notices").replaceWith(notices);
   for (const a of s.alarms ?? []) logAlarm(a);
   setLink(true);
   drawInvitations();
@@ -396,9 +398,16 @@ function touch(c, at = new Date().toISOString()) {
 function arrived(c) {
   touch(c);
   if (c.name !== state.selected || document.hidden) c.unread++;
+  // The log says what comes to the open conversation; for another, a screen reader hears
+  // its count (the list's badge is not a live region).
+  if (c.name !== state.selected) {
+    $("announce").textContent = `New message ${
+      isRoom(c.name) ? "in" : "from"
+    } ${c.name}: ${c.unread} unread`;
+  }
 }
 
-function addItem(c, item) {
+function addItem(c, item, show = true) {
   if (item.from === state.me && earlyDelivered.has(item.id)) {
     item.state = "delivered";
     item.ms = earlyDelivered.get(item.id) ?? undefined;
@@ -414,7 +423,7 @@ function addItem(c, item) {
   item.conv = c.name;
   c.items.set(key, item);
   touch(c, item.at);
-  if (c.name === state.selected) {
+  if (show && c.name === state.selected) {
     $("timeline").append(drawItem(item));
     scrollDown();
   }
@@ -462,26 +471,43 @@ function progress(e) {
 // ---------------------------------------------------------------------------
 // What the user does
 
-function select(name) {
+function select(name, { fresh = name !== state.selected } = {}) {
   state.selected = name;
   const c = conv(name);
   c.unread = 0;
-  const timeline = $("timeline");
-  timeline.replaceChildren(
-    ...[...c.items.values()].sort((a, b) => a.at.localeCompare(b.at)).map(drawItem),
-  );
+  const nodes = [...c.items.values()].sort((a, b) => a.at.localeCompare(b.at)).map(drawItem);
+  const old = $("timeline");
+  if (fresh) {
+    // Another conversation (or its history): a fresh log takes the old one's place. Text
+    // added to a live region is read out, so refilling the old one would read the whole
+    // conversation again at every switch.
+    const timeline = old.cloneNode(false);
+    timeline.append(...nodes);
+    const hadFocus = document.activeElement === old;
+    old.replaceWith(timeline);
+    if (hadFocus) timeline.focus();
+  } else {
+    // The same one drawn again (a reconnection): the log stays, and only what moved moves.
+    nodes.forEach((node, i) => {
+      if (old.children[i] !== node) old.insertBefore(node, old.children[i] ?? null);
+    });
+    for (const extra of [...old.children].slice(nodes.length)) extra.remove();
+  }
   drawList();
   drawConversation();
   scrollDown();
   if (!c.loaded && linkUp) {
     c.loaded = true;
     operate("history", { name, limit: 50 }).then((r) => {
+      let added = false;
       for (const entry of r?.entries ?? []) {
         if (!c.items.has(itemKey(entry.from, entry.id))) {
-          addItem(c, { ...entry, done: true, incoming: entry.from !== state.me });
+          // Drawn by select() below, with the rest: old messages are not news to announce.
+          addItem(c, { ...entry, done: true, incoming: entry.from !== state.me }, false);
+          added = true;
         }
       }
-      if (state.selected === name) select(name);
+      if (state.selected === name) select(name, { fresh: added });
     }, () => c.loaded = false);
   }
   if (!isRoom(name) && (state.peers.has(name) || !c.safety)) fetchSafety(name);
@@ -499,12 +525,15 @@ $("start").addEventListener("submit", (ev) => {
   const input = $("chat-with");
   const name = input.value.trim();
   if (!name) return;
+  fieldError(input, "");
   if (isRoom(name)) {
     // A room: join it when invited, else create it.
     const action = state.roomInvites.has(name) ? "join" : "create";
     operate("room", { action, room: name }).then(() => {
       input.value = "";
-    }, (e) => notice(errorText(e), "error"));
+      // Opened, as a chat started here is (its room_joined opens it only when none is open).
+      select(name);
+    }, (e) => fieldError(input, errorText(e)));
     return;
   }
   const c = conv(name);
@@ -514,7 +543,7 @@ $("start").addEventListener("submit", (ev) => {
     input.value = "";
   }, (e) => {
     c.status = errorText(e);
-    notice(errorText(e), "error");
+    fieldError(input, errorText(e));
     drawConversation();
   });
 });
@@ -525,6 +554,7 @@ $("compose").addEventListener("submit", (ev) => {
   const text = box.value;
   const name = state.selected;
   if (!text.trim() || !name) return;
+  fieldError(box, "");
   // In a room: /invite NAME, /remove NAME, /members, /leave.
   const command = isRoom(name)
     ? /^\/(invite|remove|members|leave)(?: ([a-z0-9][a-z0-9_-]*))?$/
@@ -539,7 +569,7 @@ $("compose").addEventListener("submit", (ev) => {
         }`;
         drawConversation();
       } else if (command[1] === "invite") notice(`Invited ${command[2]} to ${name}`);
-    }, (e) => notice(errorText(e), "error"));
+    }, (e) => fieldError(box, errorText(e)));
     return;
   }
   operate("send", { name, text }).then((r) => {
@@ -554,8 +584,24 @@ $("compose").addEventListener("submit", (ev) => {
       state: "sent",
     });
     drawList();
-  }, (e) => notice(errorText(e), "error"));
+  }, (e) => fieldError(box, errorText(e)));
 });
+
+/**
+ * Shows (or, with "", clears) the error of a failed action under its field: the field is
+ * marked invalid and described by it (aria-describedby in the page), and the text, in a
+ * role=alert element that is always there, is read out once.
+ */
+function fieldError(field, text) {
+  const el = $(field.getAttribute("aria-describedby"));
+  if (el.textContent !== text) el.textContent = text;
+  if (text) field.setAttribute("aria-invalid", "true");
+  else field.removeAttribute("aria-invalid");
+}
+
+for (const id of ["chat-with", "message"]) {
+  $(id).addEventListener("input", () => fieldError($(id), ""));
+}
 
 $("message").addEventListener("keydown", (ev) => {
   if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
@@ -652,7 +698,10 @@ $("verify").addEventListener("click", () => {
   operate("verify", { name }).then(() => {
     const p = state.peers.get(name);
     if (p) p.trust = "verified";
-    conv(name).verified = true;
+    const c = conv(name);
+    c.verified = true;
+    // Said by the status; the button goes, and drawConversation() moves focus on.
+    c.status = "Connected: safety number verified";
     drawConversation();
   }, (e) => notice(errorText(e), "error"));
 });
@@ -686,6 +735,13 @@ function canSend() {
 }
 
 function drawInvitations() {
+  const restore = keepFocus($("invitations"));
+  drawInvitationCards();
+  restore();
+  $("invitations-box").hidden = state.invitations.size === 0 && state.roomInvites.size === 0;
+}
+
+function drawInvitationCards() {
   const list = $("invitations");
   list.replaceChildren(...[...state.invitations].map((name) => {
     const li = document.createElement("li");
@@ -697,8 +753,11 @@ function drawInvitations() {
     accept.textContent = "Accept";
     // The name stays "Accept"; a screen reader also hears whose invitation it is.
     accept.setAttribute("aria-describedby", who.id);
+    accept.dataset.key = `invite ${name}`;
     accept.addEventListener("click", () => {
-      accept.disabled = true;
+      // aria-disabled, not disabled: a disabled button would drop the keyboard's focus.
+      if (accept.getAttribute("aria-disabled") === "true") return;
+      accept.setAttribute("aria-disabled", "true");
       const c = conv(name);
       c.status = `Connecting to ${name}…`;
       select(name);
@@ -707,7 +766,7 @@ function drawInvitations() {
         drawInvitations();
         $("message").focus();
       }, (e) => {
-        accept.disabled = false;
+        accept.removeAttribute("aria-disabled");
         c.status = errorText(e);
         notice(errorText(e), "error");
         drawConversation();
@@ -725,27 +784,33 @@ function drawInvitations() {
     join.type = "button";
     join.textContent = "Join";
     join.setAttribute("aria-describedby", what.id);
+    join.dataset.key = `join ${room}`;
     join.addEventListener("click", () => {
-      join.disabled = true;
-      operate("room", { action: "join", room }).then(() => {}, (e) => {
-        join.disabled = false;
+      if (join.getAttribute("aria-disabled") === "true") return;
+      join.setAttribute("aria-disabled", "true");
+      operate("room", { action: "join", room }).then(() => {
+        select(room);
+        focusAfter();
+      }, (e) => {
+        join.removeAttribute("aria-disabled");
         notice(errorText(e), "error");
       });
     });
     li.append(what, " ", join);
     list.append(li);
   }
-  $("invitations-box").hidden = state.invitations.size === 0 && state.roomInvites.size === 0;
 }
 
 function drawList() {
   const list = $("conversations");
   const convs = [...state.convs.values()].sort((a, b) => b.last.localeCompare(a.last));
+  const restore = keepFocus(list);
   list.replaceChildren(...convs.map((c) => {
     const li = document.createElement("li");
     const b = document.createElement("button");
     b.type = "button";
     b.className = "conv";
+    b.dataset.key = `conv ${c.name}`;
     if (c.name === state.selected) b.setAttribute("aria-current", "true");
     const name = document.createElement("span");
     name.className = "conv-name";
@@ -763,47 +828,127 @@ function drawList() {
     }
     b.addEventListener("click", () => {
       select(c.name);
-      $("message").focus();
+      // Where one writes; a disabled box cannot take focus, which then stays on this button.
+      if (!$("message").disabled) $("message").focus();
     });
     li.append(b);
     return li;
   }));
+  restore();
   $("no-conversations").hidden = convs.length > 0;
+  drawTitle(convs);
+}
+
+// The tab's title: unread messages, the open conversation, and who we are.
+function drawTitle(convs) {
+  const unread = convs.reduce((n, c) => n + c.unread, 0);
+  const title = `${unread ? `(${unread}) ` : ""}${state.selected ? `${state.selected} — ` : ""}${
+    state.me || "e2e-chat"
+  } — e2e-chat`;
+  if (document.title !== title) document.title = title;
+}
+
+/**
+ * Call before a list is redrawn, and what it returns after, so the keyboard's focus is not
+ * lost: a control inside it that had focus gets it back in its new drawing (by its data-key),
+ * or, when it is gone (an answered card), the control now in its place, else the message box
+ * or "Chat with".
+ */
+function keepFocus(list) {
+  const had = document.activeElement;
+  if (!had || !list.contains(had)) return () => {};
+  const controls = () => [...list.querySelectorAll("button, a, input")];
+  const index = controls().indexOf(had);
+  return () => {
+    if (list.contains(document.activeElement)) return;
+    const now = controls();
+    const same = now.find((el) => had.dataset.key && el.dataset.key === had.dataset.key);
+    const next = same ?? now[Math.min(index, now.length - 1)];
+    if (next && !list.closest("[hidden]")) next.focus();
+    else focusAfter();
+  };
+}
+
+// Focus when what had it went away: where one writes, else where one starts a chat.
+function focusAfter() {
+  const box = $("message");
+  if (!box.disabled) box.focus();
+  else $("chat-with").focus();
 }
 
 function drawConversation() {
+  const had = document.activeElement;
   const name = state.selected;
   const c = name ? conv(name) : undefined;
   const p = state.peers.get(name);
-  $("peer").textContent = name || "No conversation open";
-  $("peer-state").textContent = !name
-    ? ""
-    : isRoom(name)
-    ? (state.rooms.has(name) ? "room" : "room, left")
-    : p
-    ? (p.trust === "verified" ? "online, verified" : "online")
-    : "offline";
-  $("peer-status").textContent = c?.status ?? "";
+  setText($("peer"), name || "No conversation open");
+  setText(
+    $("peer-state"),
+    !name
+      ? ""
+      : isRoom(name)
+      ? (state.rooms.has(name) ? "room" : "room, left")
+      : p
+      ? (p.trust === "verified" ? "online, verified" : "online")
+      : "offline",
+  );
+  // Set only when it changes: the status and the warning are live regions, read at each change.
+  setText($("peer-status"), c?.status ?? "");
   const changed = p?.trust === "changed";
   $("key-change").hidden = !changed;
-  $("key-change-name").textContent = name;
+  setText($("key-change-name"), name);
   $("safety").hidden = !c?.safety;
-  $("safety-number").textContent = c?.safety ?? "";
-  $("safety-name").textContent = name;
+  setText($("safety-number"), c?.safety ?? "");
+  setText($("safety-name"), name);
   const verified = p?.trust === "verified";
   $("verified").hidden = !verified;
   $("verify").hidden = verified || changed || !p;
   const can = canSend();
-  $("message").disabled = !can;
+  const box = $("message");
+  box.disabled = !can;
   $("send").disabled = !can;
   const files = can;
   $("file").disabled = !files;
   $("file-label").classList.toggle("disabled", !files);
+  // A control that had focus and is now disabled or hidden (the peer left, "Mark verified"
+  // done) would drop it to the page: it goes to the message box, else to the messages.
+  if (had && $("conversation").contains(had) && (had.disabled || had.closest("[hidden]"))) {
+    (box.disabled ? $("timeline") : box).focus();
+  }
+}
+
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
+
+/**
+ * Makes `old` look like `fresh`, touching only what differs: the timeline is a live region,
+ * and a node put back in it is read out again (a whole message at each tick of a file's bar).
+ */
+function morph(old, fresh) {
+  for (const { name } of [...old.attributes]) {
+    if (!fresh.hasAttribute(name)) old.removeAttribute(name);
+  }
+  for (const { name, value } of fresh.attributes) {
+    if (old.getAttribute(name) !== value) old.setAttribute(name, value);
+  }
+  const was = [...old.childNodes];
+  const now = [...fresh.childNodes];
+  now.forEach((node, i) => {
+    const x = was[i];
+    if (!x) old.append(node);
+    else if (x.nodeName !== node.nodeName) x.replaceWith(node);
+    else if (node.nodeType === Node.TEXT_NODE) {
+      if (x.data !== node.data) x.data = node.data;
+    } else morph(x, node);
+  });
+  for (const x of was.slice(now.length)) x.remove();
 }
 
 function drawItem(item) {
-  const li = item.node ?? document.createElement("li");
-  item.node = li;
+  const li = document.createElement("li");
+  // An article of the log (role=log on the <ol>): a listitem would need a list around it.
+  li.setAttribute("role", "article");
   const mine = item.from === state.me;
   li.className = `item ${mine ? "mine" : "theirs"}`;
   li.dataset.id = item.id;
@@ -877,6 +1022,8 @@ function drawItem(item) {
       );
       const label = document.createElement("span");
       label.className = "pct";
+      // The bar says it to assistive technology; this is for the eye (and is not read at each tick).
+      label.setAttribute("aria-hidden", "true");
       label.textContent = `${pct} %`;
       parts.push(bar, label);
     }
@@ -888,13 +1035,17 @@ function drawItem(item) {
     }
   }
   li.replaceChildren(...parts);
-  return li;
+  if (!item.node) item.node = li;
+  else morph(item.node, li);
+  return item.node;
 }
 
 // Files offered to us wait here for an answer: nothing is written before "Accept file".
 function drawOffers() {
   const list = $("offers");
   let n = 0;
+  $("offers-box").hidden = state.offers.size === 0;
+  const restore = keepFocus(list);
   list.replaceChildren(...[...state.offers.values()].map((o) => {
     const li = document.createElement("li");
     const what = document.createElement("p");
@@ -912,8 +1063,12 @@ function drawOffers() {
       b.textContent = label;
       if (kind) b.className = kind;
       b.setAttribute("aria-describedby", what.id);
+      b.dataset.key = `${label} ${o.from} ${o.id}`;
       b.addEventListener("click", () => {
-        for (const x of actions.querySelectorAll("button")) x.disabled = true;
+        if (b.getAttribute("aria-disabled") === "true") return;
+        for (const x of actions.querySelectorAll("button")) {
+          x.setAttribute("aria-disabled", "true");
+        }
         operate(op, { name: o.from, file: o.id }).then(() => {
           state.offers.delete(`${o.from} ${o.id}`);
           drawOffers();
@@ -929,7 +1084,7 @@ function drawOffers() {
     li.append(what, actions);
     return li;
   }));
-  $("offers-box").hidden = state.offers.size === 0;
+  restore();
 }
 
 // Evidence that the CA misbehaved: a banner that stays, at the top, not a passing notice.
@@ -943,11 +1098,12 @@ function logAlarm(alarm) {
   banner.hidden = false;
 }
 
-function notice(message, kind = "info") {
+function notice(message, kind = "info", list = $("notices")) {
   const li = document.createElement("li");
+  // A line of a status region (role=status on the <ul>), not an item of a list it is not in.
+  li.setAttribute("role", "none");
   li.className = kind;
   li.textContent = message;
-  const list = $("notices");
   list.append(li);
   while (list.children.length > 5) list.firstElementChild.remove();
 }

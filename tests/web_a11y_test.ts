@@ -1,0 +1,684 @@
+/**
+ * The web face (`client web`, docs/WEB.md) as a keyboard and screen-reader user
+ * meets it, and as a WCAG 2.2 AA review checks it: accessible names, roles and
+ * landmarks, where focus goes when the page redraws, what its live regions say
+ * (and what they must not repeat), errors tied to their control, contrast in
+ * both colour schemes, and reflow at 360 px and at 200 % zoom. Real chromium,
+ * real client processes, a real CA service, as in tests/web_test.ts.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { join } from "node:path";
+import {
+  type BrowserContext,
+  type ChatClient,
+  joinUser,
+  type Page,
+  type Scene,
+  type User,
+  waitUntil,
+  type WebClient,
+  webTest,
+} from "./_browser.ts";
+
+/** The page invites `peer` with "Chat with" / "Start chat"; the peer accepts on its JSON face. */
+async function startChat(page: Page, alice: User, peer: ChatClient): Promise<void> {
+  await page.getByRole("textbox", { name: "Chat with" }).fill(peer.name);
+  await page.getByRole("button", { name: "Start chat", exact: true }).click();
+  await peer.expect({ type: "invite", from: alice.name });
+  await peer.send(`/accept ${alice.name}`);
+  await peer.expect({ type: "connected", peer: alice.name });
+  await page.getByRole("textbox", { name: "Message", exact: true }).and(
+    page.locator(":enabled"),
+  ).waitFor();
+}
+
+function timeline(page: Page) {
+  return page.getByRole("log", { name: "Messages" });
+}
+
+/** A context of its own (colour scheme, viewport, zoom) with the page of `web` open in it. */
+async function openIn(
+  scene: Scene,
+  web: WebClient,
+  options: {
+    colorScheme?: "light" | "dark";
+    viewport?: { width: number; height: number };
+    deviceScaleFactor?: number;
+  } = {},
+): Promise<{ context: BrowserContext; page: Page }> {
+  const context = await scene.browser.newContext({
+    viewport: options.viewport ?? { width: 1200, height: 800 },
+    colorScheme: options.colorScheme ?? "light",
+    deviceScaleFactor: options.deviceScaleFactor ?? 1,
+  });
+  const page = await context.newPage();
+  page.setDefaultTimeout(20_000);
+  await page.goto(web.url);
+  await page.getByRole("heading", { name: web.name, exact: true, level: 1 }).waitFor();
+  return { context, page };
+}
+
+/** What the focused element is, as "role: name" (tag and text when it has no label). */
+function focused(page: Page): Promise<string> {
+  return page.evaluate<string>(`(() => {
+    const el = document.activeElement;
+    if (!el || el === document.body) return "body";
+    const label = el.labels?.[0]?.textContent ?? el.getAttribute("aria-label") ?? el.textContent;
+    return el.tagName.toLowerCase() + ": " + (label ?? "").trim().replace(/\\s+/g, " ");
+  })()`);
+}
+
+/** Presses Tab until the element of that role and name has focus. */
+async function tabTo(page: Page, role: "textbox" | "button", name: string | RegExp) {
+  const target = page.getByRole(role, { name, exact: typeof name === "string" }).first();
+  for (let i = 0; i < 40; i++) {
+    if (await target.evaluate((el) => el === el.ownerDocument.activeElement).catch(() => false)) {
+      return;
+    }
+    await page.keyboard.press("Tab");
+  }
+  throw new assert.AssertionError({ message: `Tab never reached ${role} "${name}"` });
+}
+
+/**
+ * Records what the page's live regions would say: text added to (or changed in) an element
+ * that already is a live region (aria-live, or role log, status or alert), as assistive
+ * technology hears it — not inside aria-hidden, not while the region is hidden.
+ */
+async function listen(page: Page): Promise<void> {
+  await page.evaluate(`(() => {
+    globalThis.__said = [];
+    const REGION = "[aria-live],[role=log],[role=status],[role=alert]";
+    const heard = (n) => {
+      if (n.nodeType === 3) return n.data;
+      if (n.nodeType !== 1 || n.getAttribute("aria-hidden") === "true") return "";
+      return [...n.childNodes].map(heard).join("");
+    };
+    new MutationObserver((records) => {
+      for (const r of records) {
+        const node = r.type === "characterData" ? r.target.parentElement : r.target;
+        if (!node || !node.isConnected || node.closest("[aria-hidden=true]")) continue;
+        const region = node.closest(REGION);
+        if (!region || region.closest("[hidden]")) continue;
+        const text = r.type === "characterData"
+          ? r.target.data
+          : [...r.addedNodes].map(heard).join("");
+        if (text.trim()) globalThis.__said.push({ region: region.id, text: text.trim() });
+      }
+    }).observe(document.body, { subtree: true, childList: true, characterData: true });
+  })()`);
+}
+
+type Said = { region: string; text: string };
+
+/** How chromium exposes an element's live region: its role, aria-live and aria-atomic. */
+async function liveness(page: Page, selector: string): Promise<string> {
+  const cdp = await page.context().newCDPSession(page);
+  try {
+    const { root } = await cdp.send("DOM.getDocument", { depth: 0 });
+    const { nodeId } = await cdp.send("DOM.querySelector", { nodeId: root.nodeId, selector });
+    const { nodes } = await cdp.send("Accessibility.getPartialAXTree", {
+      nodeId,
+      fetchRelatives: false,
+    });
+    const node = nodes[0];
+    const prop = (name: string) => node.properties?.find((p) => p.name === name)?.value.value;
+    return `${node.role?.value} live=${prop("live")} atomic=${prop("atomic")}`;
+  } finally {
+    await cdp.detach();
+  }
+}
+
+function said(page: Page): Promise<Said[]> {
+  return page.evaluate<Said[]>("globalThis.__said");
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+
+/** Names, roles, landmarks, the language, buttons that are buttons; the title follows. */
+async function namesAndTitle(scene: Scene): Promise<void> {
+  const [alice, bob, carol] = await scene.join("alice-a1", "bob-a1", "carol-a1");
+  const web = await scene.web(alice);
+  const [b, c] = await Promise.all([scene.json(bob), scene.json(carol)]);
+  const page = await scene.page(web);
+  assert.equal(await page.evaluate<string>("document.documentElement.lang"), "en");
+  for (
+    const [role, name] of [
+      ["banner", "Your identity"],
+      ["navigation", "Conversations"],
+      ["main", "No conversation open"],
+      ["region", "Notices"],
+      ["textbox", "Chat with"],
+      ["button", "Start chat"],
+      ["log", "Messages"],
+      ["textbox", "Message"],
+      ["button", "Send"],
+      ["button", "Send file"],
+      ["link", "Skip to the message box"],
+    ] as const
+  ) {
+    assert.equal(
+      await page.getByRole(role, { name, exact: true }).count(),
+      1,
+      `one ${role} named "${name}"`,
+    );
+  }
+  await startChat(page, alice, b);
+  await startChat(page, alice, c);
+  await page.getByRole("main", { name: carol.name }).waitFor();
+  await page.getByRole("button", { name: "Mark verified" }).waitFor();
+  // Everything that acts on a click is a button, a link or a form field.
+  const clickable = await page.evaluate<string[]>(`[...document.querySelectorAll(
+    "[onclick], div[tabindex], span[tabindex], li[tabindex]")].map((e) => e.outerHTML)`);
+  assert.deepEqual(clickable, []);
+  for (const name of [bob.name, carol.name]) {
+    assert.equal(
+      await page.getByRole("navigation").getByRole("button", { name: new RegExp(name) }).count(),
+      1,
+    );
+  }
+
+  // With reduced motion asked for, nothing on the page moves (no transition, no animation).
+  await page.emulateMedia({ reducedMotion: "reduce" });
+  const moving = await page.evaluate<string[]>(`[document.documentElement,
+    ...document.querySelectorAll("*")].filter((e) => {
+      const s = getComputedStyle(e);
+      const long = (d) => d.split(",").some((t) => parseFloat(t) > 0);
+      return long(s.transitionDuration) && s.transitionProperty !== "none" ||
+        s.animationName !== "none" || s.scrollBehavior === "smooth";
+    }).map((e) => e.tagName.toLowerCase() + "." + e.className)`);
+  assert.deepEqual(moving, [], "moves under prefers-reduced-motion: reduce");
+  assert.deepEqual(await page.evaluate<number>("document.getAnimations().length"), 0);
+
+  // The title names the open conversation, and counts what is unread elsewhere.
+  await waitUntil(
+    async () => (await page.title()).startsWith(`${carol.name} — `),
+    `the title names ${carol.name}`,
+  );
+  await b.send("unread one");
+  await b.send("unread two");
+  await page.getByRole("button", { name: new RegExp(`${bob.name} online 2 unread`) }).waitFor();
+  await waitUntil(
+    async () => (await page.title()).startsWith(`(2) ${carol.name} — `),
+    `the title counts 2 unread: "${await page.title()}"`,
+  );
+  await page.getByRole("button", { name: new RegExp(bob.name) }).click();
+  await waitUntil(
+    async () => (await page.title()).startsWith(`${bob.name} — `),
+    `the title names ${bob.name} and counts nothing: "${await page.title()}"`,
+  );
+}
+
+/** Focus stays where the user is when the list redraws, and lands somewhere when a card goes. */
+async function focusKept(scene: Scene): Promise<void> {
+  const [alice, bob, carol] = await scene.join("alice-f", "bob-f", "carol-f");
+  const web = await scene.web(alice, ["--auto-accept", "0"]);
+  const [b, c] = await Promise.all([scene.json(bob), scene.json(carol)]);
+  const page = await scene.page(web);
+  await startChat(page, alice, b);
+  await startChat(page, alice, c);
+
+  // On bob's conversation button (carol's is open), a message from bob redraws the list.
+  await tabTo(page, "button", new RegExp(`^${bob.name} `));
+  await b.send("while you are on the list");
+  await page.getByRole("button", { name: new RegExp(`${bob.name} online 1 unread`) }).waitFor();
+  assert.match(await focused(page), new RegExp(`^button: ${bob.name} online 1 unread`));
+  // Enter opens it: focus goes to its message box.
+  await page.keyboard.press("Enter");
+  await page.getByRole("main", { name: bob.name }).waitFor();
+  assert.equal(await focused(page), "textarea: Message");
+
+  // "Mark verified" goes once pressed: focus moves to the message box, and the status says it.
+  await listen(page);
+  await tabTo(page, "button", "Mark verified");
+  await page.keyboard.press("Enter");
+  await page.getByText("Verified", { exact: true }).waitFor();
+  assert.equal(await focused(page), "textarea: Message");
+  assert.ok(
+    (await said(page)).some((s) => s.region === "peer-status" && /verified/.test(s.text)),
+    JSON.stringify(await said(page)),
+  );
+
+  // A conversation whose peer is offline: its message box is disabled, so focus stays on its
+  // button rather than falling to the page.
+  await c.stop();
+  await page.getByRole("button", { name: new RegExp(`${carol.name} offline`) }).waitFor();
+  await tabTo(page, "button", new RegExp(`^${carol.name} `));
+  await page.keyboard.press("Enter");
+  await page.getByRole("main", { name: carol.name }).waitFor();
+  assert.match(await focused(page), new RegExp(`^button: ${carol.name} offline`));
+
+  // Two files offered: answering the first moves focus to the next card, the last to the box.
+  await page.getByRole("button", { name: new RegExp(bob.name) }).click();
+  for (const name of ["one.txt", "two.txt"]) {
+    const path = join(scene.dir, name);
+    await Deno.writeTextFile(path, `file ${name}`);
+    await b.send(`/file ${path}`);
+    await page.getByRole("listitem").filter({ hasText: `offers ${name}` }).waitFor();
+  }
+  // The notices are no list either (a listitem would need one): their status region holds them.
+  const notices = page.getByRole("region", { name: "Notices" });
+  await notices.getByText(`${bob.name} offers a file: two.txt`).waitFor();
+  assert.equal(await notices.getByRole("listitem").count(), 0);
+
+  await tabTo(page, "button", "Decline file");
+  await page.keyboard.press("Enter");
+  await b.expect({ type: "file_failed", direction: "out" });
+  await page.getByRole("listitem").filter({ hasText: "offers one.txt" }).waitFor({
+    state: "detached",
+  });
+  assert.equal(await focused(page), "button: Decline file");
+  await page.keyboard.press("Enter");
+  await page.getByRole("region", { name: "Files offered to you" }).waitFor({ state: "hidden" });
+  assert.equal(await focused(page), "textarea: Message");
+
+  // Writing to bob when he goes: the box is disabled, and focus moves to the messages.
+  await page.keyboard.type("half a thought");
+  await b.stop();
+  await page.getByRole("button", { name: new RegExp(`${bob.name} offline`) }).waitFor();
+  assert.equal(await focused(page), "ol: Messages");
+}
+
+/** Live regions: said once, not re-read on a tick or a redraw, silent on a switch. */
+async function liveRegions(scene: Scene): Promise<void> {
+  const [alice, bob, carol] = await scene.join("alice-lv", "bob-lv", "carol-lv");
+  const web = await scene.web(alice);
+  const [b, c] = await Promise.all([scene.json(bob), scene.json(carol)]);
+  const page = await scene.page(web);
+  await listen(page);
+  await startChat(page, alice, b);
+
+  // A message of bob's is said once; ours once, and its delivery mark without the text again.
+  await b.send("first from bob");
+  await timeline(page).getByText("first from bob").waitFor();
+  const box = page.getByRole("textbox", { name: "Message", exact: true });
+  await box.focus();
+  const before = (await said(page)).length;
+  await page.keyboard.type("typed slowly");
+  assert.deepEqual((await said(page)).slice(before), [], "keystrokes were announced");
+  await page.keyboard.press("Enter");
+  const got = await b.expect({ type: "message", text: "typed slowly" });
+  await page.locator(`.item.mine[data-id="${got.id}"] .state.delivered`).waitFor();
+  for (let i = 0; i < 3; i++) await b.send(`more from bob ${i}`);
+  await timeline(page).getByText("more from bob 2").waitFor();
+
+  // A file of ours: announced when it starts, not at every tick of its bar.
+  const notes = join(scene.dir, "notes.bin");
+  await Deno.writeFile(notes, new Uint8Array(randomBytes(3 * 1024 * 1024)));
+  await page.getByLabel("Send file").setInputFiles(notes);
+  await b.acceptFile(alice.name);
+  await b.expect({ type: "file", from: alice.name }, 30_000);
+  const bar = page.getByRole("progressbar", { name: "Sending notes.bin" });
+  await waitUntil(async () => await bar.getAttribute("aria-valuenow") === "100", "bar at 100 %");
+
+  // A switch to carol and back reads none of the old messages again.
+  await startChat(page, alice, c);
+  await page.getByRole("button", { name: new RegExp(bob.name) }).click();
+  await timeline(page).getByText("first from bob").waitFor();
+  await page.getByRole("button", { name: new RegExp(carol.name) }).click();
+  await page.getByRole("main", { name: carol.name }).waitFor();
+
+  // A message to a conversation that is not open is not in the log: its count is said.
+  await b.send("while carol is open");
+  await page.getByRole("button", { name: new RegExp(`${bob.name} online 1 unread`) }).waitFor();
+  await waitUntil(
+    async () =>
+      (await said(page)).some((s) =>
+        s.region === "announce" && s.text === `New message from ${bob.name}: 1 unread`
+      ),
+    "the unread message is said",
+  );
+
+  // Each message is an article of the log: a listitem would need a list, and the log is not one.
+  await page.getByRole("button", { name: new RegExp(bob.name) }).click();
+  assert.equal(await timeline(page).getByRole("listitem").count(), 0);
+  assert.ok(await timeline(page).getByRole("article").count() >= 6);
+
+  // The notices are read one by one as they come, not the whole list again with each.
+  assert.equal(await liveness(page, "#notices"), "status live=polite atomic=false");
+  assert.equal(await liveness(page, "#timeline"), "log live=polite atomic=false");
+  assert.equal(await liveness(page, "#peer-status"), "status live=polite atomic=true");
+  assert.equal(await liveness(page, "#chat-with-error"), "alert live=assertive atomic=true");
+  assert.equal(await liveness(page, "#message-error"), "alert live=assertive atomic=true");
+
+  const all = await said(page);
+  const count = (region: string, re: RegExp) =>
+    all.filter((s) => s.region === region && re.test(s.text)).length;
+  const dump = JSON.stringify(all, null, 1);
+  assert.equal(count("timeline", /first from bob/), 1, `bob's first message: ${dump}`);
+  assert.equal(count("timeline", /typed slowly/), 1, `our message: ${dump}`);
+  assert.equal(count("timeline", /more from bob 0/), 1, `bob's later message: ${dump}`);
+  assert.ok(count("timeline", /delivered/) >= 1, `the delivery mark is said: ${dump}`);
+  assert.equal(count("timeline", /notes\.bin/), 1, `the file: ${dump}`);
+  assert.equal(count("timeline", /\d+ %/), 0, `the bar's ticks: ${dump}`);
+  assert.equal(count("peer-status", /^Connected$/), 2, `"Connected", once a peer: ${dump}`);
+}
+
+/** A reconnection redraws the page from the client's snapshot without reading it all again. */
+async function reconnectQuietly(scene: Scene): Promise<void> {
+  const [alice, bobOld] = await scene.join("alice-q", "bob-q");
+  const web = await scene.web(alice);
+  const page = await scene.page(web);
+  await listen(page);
+  const b1 = await scene.json(bobOld);
+  await startChat(page, alice, b1);
+  await b1.send("said before the client stalled");
+  await timeline(page).getByText("said before the client stalled").waitFor();
+  // bob comes back with another key: a warning the client keeps for its pages (and sends
+  // again in every snapshot).
+  await b1.stop();
+  await page.getByRole("button", { name: /bob-q offline/ }).waitFor();
+  const bobNew = await joinUser(scene.service, "bob-q", join(scene.dir, "bob-q-new"));
+  const b2 = await scene.json(bobNew);
+  await b2.send(`/chat ${alice.name}`);
+  await page.getByRole("button", { name: "Accept", exact: true }).click();
+  await page.getByRole("alert").filter({ hasText: "changed since you last talked" }).waitFor();
+  // The warning on the conversation is an alert: read at once, interrupting.
+  assert.equal(await liveness(page, "#key-change"), "alert live=assertive atomic=true");
+  const text = `the key of "${bobOld.name}" CHANGED`;
+  await page.getByRole("region", { name: "Notices" }).getByText(text).first().waitFor();
+
+  web.signal("SIGSTOP");
+  try {
+    await page.getByRole("alert").filter({ hasText: "Lost the chat client" }).waitFor({
+      timeout: 15_000,
+    });
+  } finally {
+    web.signal("SIGCONT");
+  }
+  await page.getByRole("alert").filter({ hasText: "Lost" }).waitFor({
+    state: "hidden",
+    timeout: 15_000,
+  });
+  await timeline(page).getByText("said before the client stalled").waitFor();
+  await page.getByRole("region", { name: "Notices" }).getByText(text).first().waitFor();
+  const all = await said(page);
+  const dump = JSON.stringify(all, null, 1);
+  assert.equal(all.filter((s) => s.text.includes(text)).length, 1, `the warning: ${dump}`);
+  assert.equal(
+    all.filter((s) => s.text.includes("said before the client stalled")).length,
+    1,
+    `the message: ${dump}`,
+  );
+}
+
+/** A failed action's error is said at once and described by the control that failed. */
+async function errorsTied(scene: Scene): Promise<void> {
+  const [alice] = await scene.join("alice-e");
+  const web = await scene.web(alice);
+  const page = await scene.page(web);
+  await listen(page);
+  const field = page.getByRole("textbox", { name: "Chat with" });
+  await field.fill(alice.name);
+  await field.press("Enter");
+  const description = async (locator: ReturnType<Page["getByRole"]>) =>
+    await locator.evaluate((el) =>
+      (el.getAttribute("aria-describedby") ?? "").split(/\s+/).map((id: string) =>
+        el.ownerDocument.getElementById(id)?.textContent ?? ""
+      ).join(" ").trim()
+    );
+  await waitUntil(
+    async () => /You cannot chat with yourself/.test(await description(field)),
+    `"Chat with" is described by its error: "${await description(field)}"`,
+  );
+  assert.equal(await field.getAttribute("aria-invalid"), "true");
+  const alerts = (await said(page)).filter((s) => /cannot chat with yourself/.test(s.text));
+  assert.ok(
+    alerts.some((s) => s.region === "chat-with-error"),
+    `the error is said as an alert: ${JSON.stringify(alerts)}`,
+  );
+  // Said by its alert (and as the conversation's status), not a third time as a notice.
+  assert.equal(alerts.filter((s) => s.region === "notices").length, 0, JSON.stringify(alerts));
+  // Typing again clears it.
+  await field.fill("bob-e");
+  assert.notEqual(await field.getAttribute("aria-invalid"), "true");
+  assert.equal(await description(field), "");
+
+  // In a room's message box: a command that fails is tied to the box.
+  await field.fill("#a11y");
+  await field.press("Enter");
+  await page.getByRole("main", { name: "#a11y" }).waitFor().catch(async (e) => {
+    throw new Error(`no room: "${await description(field)}"`, { cause: e });
+  });
+  const box = page.getByRole("textbox", { name: "Message", exact: true });
+  await box.and(page.locator(":enabled")).waitFor();
+  await box.fill("/remove nobody-e");
+  await box.press("Enter");
+  await waitUntil(
+    async () => (await description(box)).length > 0,
+    "the message box is described by its error",
+  );
+  assert.equal(await box.getAttribute("aria-invalid"), "true");
+  assert.ok(
+    (await said(page)).some((s) => s.region === "message-error"),
+    "the message box's error is said",
+  );
+}
+
+// Relative luminance and contrast ratio (WCAG 2.2, 1.4.3 and 1.4.11).
+function luminance(rgb: number[]): number {
+  const [r, g, b] = rgb.map((v) => {
+    const c = v / 255;
+    return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+  });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+}
+
+function contrast(a: number[], b: number[]): number {
+  const [hi, lo] = [luminance(a), luminance(b)].sort((x, y) => y - x);
+  return (hi + 0.05) / (lo + 0.05);
+}
+
+/**
+ * The colours of what a selector finds: its text colour (or, with `what`, its outline,
+ * border or placeholder colour) and the background behind it (the nearest opaque one).
+ */
+function colours(
+  page: Page,
+  selector: string,
+  what: "color" | "outline" | "border" | "placeholder" = "color",
+): Promise<{ fg: number[]; bg: number[] }> {
+  return page.evaluate<{ fg: number[]; bg: number[] }>(`(() => {
+    const el = document.querySelector(${JSON.stringify(selector)});
+    if (!el) throw new Error("nothing matches " + ${JSON.stringify(selector)});
+    const rgb = (s) => s.match(/[\\d.]+/g).map(Number);
+    const style = ${JSON.stringify(what)} === "placeholder"
+      ? getComputedStyle(el, "::placeholder")
+      : getComputedStyle(el);
+    const fg = ${JSON.stringify(what)} === "outline"
+      ? style.outlineColor
+      : ${JSON.stringify(what)} === "border" ? style.borderTopColor : style.color;
+    // An outline is drawn outside the element: it is seen against its parent.
+    let n = ${JSON.stringify(what)} === "outline" ? el.parentElement : el;
+    for (; n; n = n.parentElement) {
+      const c = rgb(getComputedStyle(n).backgroundColor);
+      if (c.length === 3 || c[3] === 1) return { fg: rgb(fg).slice(0, 3), bg: c.slice(0, 3) };
+    }
+    return { fg: rgb(fg).slice(0, 3), bg: rgb(getComputedStyle(document.documentElement)
+      .backgroundColor).slice(0, 3) };
+  })()`);
+}
+
+/** Text at 4.5:1, focus rings, field borders and the delivered mark's colour at 3:1 at least. */
+async function contrastBothSchemes(scene: Scene): Promise<void> {
+  const [alice, bob, carol] = await scene.join("alice-c", "bob-c", "carol-c");
+  const web = await scene.web(alice, ["--auto-accept", "0"]);
+  const [b, c] = await Promise.all([scene.json(bob), scene.json(carol)]);
+  const first = await scene.page(web);
+  await startChat(first, alice, b);
+  await first.getByRole("textbox", { name: "Message", exact: true }).fill("from alice");
+  await first.getByRole("textbox", { name: "Message", exact: true }).press("Enter");
+  await b.expect({ type: "message", text: "from alice" });
+  await b.send("from bob");
+  const path = join(scene.dir, "report.txt");
+  await Deno.writeTextFile(path, "a report");
+  await b.send(`/file ${path}`);
+  await c.send(`/chat ${alice.name}`);
+  await c.expect({ type: "invited" });
+
+  const failures: string[] = [];
+  for (const scheme of ["light", "dark"] as const) {
+    const { context, page } = await openIn(scene, web, { colorScheme: scheme });
+    try {
+      await page.getByRole("button", { name: new RegExp(bob.name) }).click();
+      await timeline(page).getByText("from bob").waitFor();
+      await page.locator(".item.mine .state.delivered").waitFor();
+      await page.getByRole("button", { name: "Accept file" }).waitFor();
+      const check = async (
+        label: string,
+        selector: string,
+        min: number,
+        what?: "outline" | "border" | "placeholder",
+      ) => {
+        const { fg, bg } = await colours(page, selector, what);
+        const ratio = contrast(fg, bg);
+        if (ratio < min) {
+          failures.push(
+            `${scheme}: ${label} ${ratio.toFixed(2)}:1 < ${min}:1 (rgb ${fg} on rgb ${bg})`,
+          );
+        }
+      };
+      await check("the name", "#me", 4.5);
+      await check("a label of the identity", ".identity dt", 4.5);
+      await check("a peer's message", ".item.theirs .text", 4.5);
+      await check("our message", ".item.mine .text", 4.5);
+      await check("the time on our message", ".item.mine .meta", 4.5);
+      await check("the time on a peer's message", ".item.theirs .meta", 4.5);
+      await check("the delivered mark", ".item.mine .state.delivered", 4.5);
+      await check("online", ".conv .dot.on", 4.5);
+      await check("the status", "#peer-status", 4.5);
+      await check("a button", "#send", 4.5);
+      await check("an offer card", ".offers li p", 4.5);
+      await check("an invitation card", ".invitations li span", 4.5);
+      await check("the placeholder", "#chat-with", 4.5, "placeholder");
+      await check("the border of a text field", "#chat-with", 3, "border");
+      await check("the border of the message box", "#message", 3, "border");
+      // Focus rings, reached by keyboard (:focus-visible).
+      for (
+        const [label, role, name] of [
+          ["Chat with", "textbox", "Chat with"],
+          ["a conversation", "button", new RegExp(`^${bob.name} `)],
+          ["Accept (on a card)", "button", "Accept"],
+          ["Accept file (on a card)", "button", "Accept file"],
+          ["the message box", "textbox", "Message"],
+        ] as const
+      ) {
+        await tabTo(page, role, name);
+        const id = `focus-${label.replace(/\W+/g, "-")}`;
+        await page.evaluate(`document.activeElement.dataset.check = ${JSON.stringify(id)}`);
+        await check(`the focus ring on ${label}`, `[data-check="${id}"]`, 3, "outline");
+      }
+    } finally {
+      await context.close();
+    }
+  }
+  assert.deepEqual(failures, []);
+}
+
+/** At 360 px and at 200 % zoom (1280 × 800 at 2×: 640 CSS px) nothing scrolls sideways. */
+async function reflow(scene: Scene): Promise<void> {
+  // Long names: 40 characters without a place to break.
+  const [alice, bob] = await scene.join(
+    `alice-${"r".repeat(34)}`,
+    `bob-${"w".repeat(36)}`,
+  );
+  const web = await scene.web(alice, ["--auto-accept", "0"]);
+  const b = await scene.json(bob);
+  const first = await scene.page(web);
+  await startChat(first, alice, b);
+  await b.send(`a long word: ${"x".repeat(120)}`);
+  const path = join(scene.dir, `${"f".repeat(80)}.txt`);
+  await Deno.writeTextFile(path, "a file with a long name");
+  await b.send(`/file ${path}`);
+  await first.getByRole("button", { name: "Accept file" }).waitFor();
+
+  const problems: string[] = [];
+  for (
+    const [label, viewport, deviceScaleFactor] of [
+      ["360 px", { width: 360, height: 740 }, 1],
+      ["200 % zoom", { width: 640, height: 400 }, 2],
+    ] as const
+  ) {
+    const { context, page } = await openIn(scene, web, { viewport, deviceScaleFactor });
+    try {
+      await page.getByRole("button", { name: new RegExp(bob.name) }).click();
+      await timeline(page).getByText("a long word").waitFor();
+      await page.getByRole("button", { name: "Accept file" }).waitFor();
+      const wide = await page.evaluate<number>("document.documentElement.scrollWidth");
+      if (wide > viewport.width) {
+        // The innermost element that reaches furthest right is the one to blame.
+        const culprit = await page.evaluate<string>(`(() => {
+          let worst = document.body, right = 0;
+          for (const e of document.body.querySelectorAll("*")) {
+            const r = e.getBoundingClientRect().right;
+            if (r >= right) [worst, right] = [e, r];
+          }
+          return worst.tagName.toLowerCase() + "." + worst.className + " in " +
+            worst.parentElement.tagName.toLowerCase() + "." + worst.parentElement.className;
+        })()`);
+        problems.push(`${label}: the page is ${wide} px wide (${culprit})`);
+      }
+      const clipped = await page.evaluate<string[]>(`[...document.querySelectorAll(
+        "button, a, input, textarea, label, h1, h2, h3, .item, li")]
+        .filter((e) => e.getClientRects().length > 0 && !e.classList.contains("file-input")
+          && !e.classList.contains("skip"))
+        .filter((e) => {
+          const r = e.getBoundingClientRect();
+          return r.left < -1 || r.right > innerWidth + 1 || e.scrollWidth > e.clientWidth + 1
+            && getComputedStyle(e).overflowX === "visible" && e.clientWidth > 0;
+        })
+        .map((e) => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") + "." + e.className +
+          " in " + e.parentElement.id + " (" + Math.round(e.getBoundingClientRect().right) + ") " +
+          (e.textContent ?? "").trim().slice(0, 40))`);
+      for (const c of clipped) problems.push(`${label}: ${c} is cut off or sticks out`);
+      // Targets of at least 24 × 24 CSS px (WCAG 2.2, 2.5.8); links inside a sentence are exempt.
+      const small = await page.evaluate<string[]>(`[...document.querySelectorAll(
+        "button, input, textarea, .file-label")]
+        .filter((e) => e.getClientRects().length > 0 && !e.classList.contains("file-input"))
+        .filter((e) => {
+          const r = e.getBoundingClientRect();
+          return r.width < 24 || r.height < 24;
+        })
+        .map((e) => e.tagName.toLowerCase() + " " + (e.textContent ?? "").trim().slice(0, 30))`);
+      for (const c of small) problems.push(`${label}: ${c} is smaller than 24 × 24 px`);
+    } finally {
+      await context.close();
+    }
+  }
+  assert.deepEqual(problems, []);
+}
+
+await webTest("web face for keyboard and screen-reader users, WCAG 2.2 AA, in chromium", [
+  [
+    "every control has its name, the landmarks are there, buttons are buttons, html lang is en, nothing moves under reduced motion, and the title names the conversation and counts unread messages",
+    namesAndTitle,
+  ],
+  [
+    "focus stays on a conversation button while the list redraws and on an offline conversation it opened, moves on from Mark verified once done, to the next card or the message box when an offer card goes, and to the messages when the peer leaves",
+    focusKept,
+  ],
+  [
+    "live regions say each message and file once, keystrokes and progress ticks not at all, a delivery mark without the message, nothing old on a switch, Connected once a peer, each notice alone, and a message to a conversation not open as its unread count; each message is an article of the log",
+    liveRegions,
+  ],
+  [
+    "the key-change warning is an assertive alert, and a reconnection to a stalled client reads neither the kept warning nor the messages again",
+    reconnectQuietly,
+  ],
+  [
+    'a failed "Chat with" and a failed room command are said as alerts and described by the field that failed',
+    errorsTied,
+  ],
+  [
+    "text, the delivered mark, field borders and focus rings meet WCAG AA contrast in light and dark",
+    contrastBothSchemes,
+  ],
+  [
+    "at 360 px and at 200 % zoom, long names and words scroll nothing sideways and cut off no control, and every target is 24 × 24 px at least",
+    reflow,
+  ],
+]);
