@@ -338,7 +338,7 @@ async function startChat(
         message: `Renewed your certificate: valid until ${id.certificate.notAfter.toISOString()}`,
       });
     } catch (e) {
-      if (id.lifeLeft() === 0) throw e;
+      if (id.lifeLeft() === 0) refusedCertificate(id)(e);
       emit({
         type: "warning",
         message: `Cannot renew your certificate yet: ${e instanceof Error ? e.message : e}`,
@@ -400,7 +400,11 @@ async function whoami(args: string[]): Promise<number> {
     return 0;
   }
   await out(
-    `${info.name}${info.expired ? " (certificate expired: run `deno task client renew`)" : ""}\n` +
+    `${info.name}${
+      info.expired
+        ? " (certificate expired, so it cannot be renewed: ask your admin for a new invite)"
+        : ""
+    }\n` +
       `  certificate fingerprint: ${info.fingerprint}\n` +
       `  key fingerprint:         ${info.keyFingerprint}\n` +
       `  valid until:             ${info.notAfter}\n` +
@@ -417,7 +421,7 @@ async function lookup(args: string[]): Promise<number> {
   if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "lookup needs exactly one NAME");
   const name = checkName(positionals[0]);
   const id = await loadIdentity(values);
-  const reply = await id.client().lookup(name).catch(refusedCertificate(id.name));
+  const reply = await id.client().lookup(name).catch(refusedCertificate(id));
   // The directory's answer is checked like a peer: our CA, that name, valid now.
   const { checkPeer } = await import("../lib/tls.ts");
   const cert = checkPeer(pemDecode(reply.certificate, "CERTIFICATE"), id.anchor, { name });
@@ -452,7 +456,7 @@ async function audit(args: string[]): Promise<number> {
   ]);
   const id = await loadIdentity(values);
   const monitor = await LogMonitor.open(id.home.logState, id.anchor, id.client())
-    .catch(refusedCertificate(id.name));
+    .catch(refusedCertificate(id));
   // A revoked certificate for our name is harmless (peers refuse it): the CRL is needed.
   const revocation = new Revocation({ fetch: () => id.client().crl(), issuer: id.anchor.x509 });
   await revocation.refresh();
@@ -463,7 +467,7 @@ async function audit(args: string[]): Promise<number> {
       isRevoked: (serial) => revocation.isRevoked(serial),
     });
   } catch (e) {
-    if (!(e instanceof E2eError && e.code === "ERR_LOG_ALARM")) refusedCertificate(id.name)(e);
+    if (!(e instanceof E2eError && e.code === "ERR_LOG_ALARM")) refusedCertificate(id)(e);
   }
   const alarms = monitor.alarms;
   if (values.json) {
@@ -486,7 +490,7 @@ async function renew(args: string[]): Promise<number> {
   if (values.help) return await help();
   noPositionals(positionals);
   const loaded = await loadIdentity(values);
-  const id = await loaded.renew().catch(refusedCertificate(loaded.name));
+  const id = await loaded.renew().catch(refusedCertificate(loaded));
   await out(
     `Renewed "${id.name}": valid until ${id.certificate.notAfter.toISOString()}\n` +
       `  certificate fingerprint: ${id.certificate.fingerprint}\n`,
@@ -506,7 +510,7 @@ async function moveCa(args: string[]): Promise<number> {
     await out(`Your CA is already at ${caUrl}: nothing to change\n`);
     return 0;
   }
-  const id = await loaded.moveCa(caUrl).catch(refusedCertificate(loaded.name)).catch((e) => {
+  const id = await loaded.moveCa(caUrl).catch(refusedCertificate(loaded)).catch((e) => {
     // The usual hint for an unreachable CA says to run move-ca: what was just run.
     if (!(e instanceof E2eError) || e.code !== "ERR_NETWORK") throw e;
     throw new E2eError(e.code, e.message, {
@@ -591,15 +595,27 @@ async function passwd(args: string[]): Promise<number> {
  * Rethrows an error; the CA's refusal of our own certificate (ERR_FORBIDDEN on a members' route)
  * gets a hint, since its cause may be a certificate for our name that we did not ask for.
  */
-function refusedCertificate(name: string): (e: unknown) => never {
+function refusedCertificate(id: Identity): (e: unknown) => never {
   return (e) => {
-    if (!(e instanceof E2eError) || e.code !== "ERR_FORBIDDEN" || e.hint) throw e;
+    if (!(e instanceof E2eError) || e.hint) throw e;
+    if (e.code === "ERR_UNAUTHENTICATED" && id.lifeLeft() === 0) {
+      // The service takes no expired certificate, not even to renew it (docs/CA.md).
+      throw new E2eError(e.code, e.message, { cause: e, hint: expiredHint(id) });
+    }
+    if (e.code !== "ERR_FORBIDDEN") throw e;
     throw new E2eError(e.code, e.message, {
       cause: e,
-      hint: `your certificate was revoked, or replaced by another for "${name}"; if you did not ` +
-        "ask for that, tell your admin: someone else may now hold your name",
+      hint: `your certificate was revoked, or replaced by another for "${id.name}"; if you did ` +
+        "not ask for that, tell your admin: someone else may now hold your name",
     });
   };
+}
+
+/** What a member whose certificate expired can do: it cannot renew itself. */
+function expiredHint(id: Identity): string {
+  return `your certificate expired on ${id.certificate.notAfter.toISOString()}, and an expired ` +
+    `one cannot be renewed: ask your admin for a new invite (deno task ca invite ${id.name}) ` +
+    "and join with it in another --home";
 }
 
 async function keyType(value: string | undefined): Promise<ClientKeyType> {

@@ -383,6 +383,34 @@ Deno.test("ca init --home beats E2E_CHAT_HOME", async () => {
     assertFailure(await runCa(fromEnv, ["list"]), {
       code: 1,
       error: `No CA in "${join(fromEnv, "ca")}"`,
+      hint: `E2E_CHAT_HOME names this home ("${fromEnv}"): unset it or pass --home DIR to use ` +
+        "the CA's, or create a CA here with `deno task ca init`",
+    });
+  });
+});
+
+Deno.test("ca commands on a home without a CA say when E2E_CHAT_HOME chose it, and ask no passphrase", async () => {
+  await withTempDir(async (dir) => {
+    // README's terminals export E2E_CHAT_HOME for a member's client; the admin's ca commands
+    // run there must not only suggest making a CA in the member's home.
+    const member = join(dir, "alice");
+    await Deno.mkdir(member, { mode: 0o700 });
+    const fromEnv = `E2E_CHAT_HOME names this home ("${member}"): unset it or pass --home DIR ` +
+      "to use the CA's, or create a CA here with `deno task ca init`";
+    for (const args of [["list"], ["invite", "bob"], ["invites"], ["revoke", "bob"], ["crl"]]) {
+      await assertRefused(
+        member,
+        () => runCa(member, args, { env: { E2E_CHAT_CA_PASSPHRASE: "" } }),
+        {
+          code: 1,
+          error: `No CA in "${join(member, "ca")}"`,
+          hint: fromEnv,
+        },
+      );
+    }
+    assertFailure(await runCa(member, ["list", "--home", member]), {
+      code: 1,
+      error: `No CA in "${join(member, "ca")}"`,
       hint: "create one with `deno task ca init`, or pass the right --home",
     });
   });
