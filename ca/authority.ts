@@ -1116,7 +1116,16 @@ async function readIndexAt(work: string): Promise<IndexEntry[]> {
   return parseIndex(await Deno.readTextFile(join(work, "index.txt")));
 }
 
-function checkCommonName(cn: string): string {
+/**
+ * Checks the CA certificate's common name (`ca init --cn`): 1 to 64 characters, none a control.
+ *
+ * @example
+ * ```ts
+ * import { checkCommonName } from "./authority.ts";
+ * checkCommonName("Our CA"); // "Our CA"
+ * ```
+ */
+export function checkCommonName(cn: string): string {
   // deno-lint-ignore no-control-regex
   if (cn.length < 1 || cn.length > 64 || /[\u0000-\u001f\u007f]/.test(cn)) {
     throw new E2eError("ERR_USAGE", "Invalid CA common name: use 1 to 64 printable characters");

@@ -20,7 +20,7 @@ import { writeFileAtomic } from "../lib/fs.ts";
 import { resolveHome, resolveUserPath } from "../lib/home.ts";
 import { holdLock, type LockOptions } from "../lib/lock.ts";
 import { readPassphrase } from "../lib/passphrase.ts";
-import { CertificateAuthority } from "./authority.ts";
+import { CertificateAuthority, checkCommonName } from "./authority.ts";
 import { CA_KEY_TYPES, checkDays, REVOKE_REASONS } from "./policy.ts";
 import { MAX_CSR_BYTES } from "../lib/csr.ts";
 import { exists } from "../lib/fs.ts";
@@ -386,6 +386,7 @@ async function init(args: string[]): Promise<number> {
   // Said before a passphrase is asked for and a key made; init() checks again under the lock.
   const days = intOption(values.days, "--days");
   if (days !== undefined) checkDays(days);
+  if (values.cn !== undefined) checkCommonName(values.cn);
   const dir = new CaPaths(home).dir;
   if (await exists(dir)) {
     throw new E2eError("ERR_CA_EXISTS", `Cannot create a CA: "${dir}" already exists`, {

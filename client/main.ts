@@ -184,14 +184,14 @@ async function joinCommand(args: string[]): Promise<number> {
   // The invite holds a secret: from a prompt (no echo), stdin ("-") or --invite-file it
   // stays out of the process list; on the command line it works but is visible there.
   const given = positionals[0];
-  const invite = parseInvite(
+  const invite = parseInvite(unquote(
     given === "-" ? await readStdinLine() : given ?? await readPassphrase({
       file: values["invite-file"],
       label: "Invite (the e2e-chat://… line)",
       hint: 'give the invite, "-" to read it from stdin, or --invite-file FILE',
       fileLabel: "invite file",
     }),
-  );
+  ));
   const { enroll } = await import("./identity.ts");
   const identity = await enroll(resolveHome(values.home), invite, {
     keyType: await keyType(values["key-type"]),
@@ -214,6 +214,15 @@ async function joinCommand(args: string[]): Promise<number> {
       }\n`,
   );
   return 0;
+}
+
+/**
+ * The invite without one pair of quotes around it: pasted at the prompt or read from a file as
+ * it is written for a shell (README's `join 'e2e-chat://…'`), the quotes are not the shell's.
+ */
+function unquote(text: string): string {
+  const m = /^\s*(['"])(.*)\1\s*$/s.exec(text);
+  return m ? m[2] : text;
 }
 
 /** The flags of `chat` that `web` takes too (startChat() reads them). */

@@ -319,6 +319,20 @@ Deno.test("ca init --days 0 says so before it asks for a passphrase", async () =
   });
 });
 
+Deno.test("ca init with a --cn of 65 characters says so before it asks for a passphrase or makes a key", async () => {
+  await withTempDir(async (dir) => {
+    const home = join(dir, "home");
+    assertFailure(
+      await runCa(home, ["init", "--cn", "x".repeat(65)], { env: { E2E_CHAT_CA_PASSPHRASE: "" } }),
+      {
+        code: 2,
+        error: "Invalid CA common name: use 1 to 64 printable characters",
+      },
+    );
+    assert.equal(await exists(home), false, "nothing was made");
+  });
+});
+
 Deno.test("ca init without a passphrase on a non-terminal writes nothing", async () => {
   await withTempDir(async (dir) => {
     const home = join(dir, "home");

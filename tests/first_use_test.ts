@@ -84,6 +84,22 @@ Deno.test("client join names the invite file it cannot read, from the folder it 
   });
 });
 
+Deno.test("client join takes an invite pasted or saved with the quotes a shell needs around it", async () => {
+  await withService(async (service, dir) => {
+    const pasted = await client(join(dir, "alice"), ["join", "-"], {
+      stdin: `'${await makeInvite(service.home, "alice")}'\n`,
+    });
+    assert.equal(pasted.code, 0, pasted.stderr);
+    assert.match(pasted.stdout, /^Joined https:\/\/127\.0\.0\.1:\d+ as "alice"\n/);
+    await Deno.writeTextFile(join(dir, "bob.txt"), `"${await makeInvite(service.home, "bob")}"\n`);
+    const saved = await client(join(dir, "bob"), ["join", "--invite-file", "bob.txt"], {
+      cwd: dir,
+    });
+    assert.equal(saved.code, 0, saved.stderr);
+    assert.match(saved.stdout, /^Joined https:\/\/127\.0\.0\.1:\d+ as "bob"\n/);
+  });
+});
+
 Deno.test("client join with a used invite says to ask the admin for a new one", async () => {
   await withService(async (service, dir) => {
     const invite = await makeInvite(service.home, "alice");
