@@ -453,7 +453,8 @@ export class CertificateAuthority {
       const { certificate } = await this.#issue(request.der, {
         subject: SERVICE_CN,
         extensions: serviceExtensions(hosts, await this.crlUrl()),
-        days: checkDays(options.days ?? 30, this.#maxDays()),
+        // A CA with under 30 days left (`ca init --days 20`) gives the service what it has left.
+        days: checkDays(options.days ?? Math.min(30, this.#maxDays()), this.#maxDays()),
         supersede: async () => {},
       });
       // On disk before they take their names, and the names after: a power cut must not leave a

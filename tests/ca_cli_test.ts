@@ -15,6 +15,7 @@ import { pemDecode } from "../lib/pem.ts";
 import { type RunResult, sleep, TaskProcess } from "./_harness.ts";
 import { argvRecordingOpenssl } from "./_hostile_helpers.ts";
 import { caFileNames, readIndexChecked } from "./_ca_files.ts";
+import { startService } from "./_service_helpers.ts";
 import { exists } from "../lib/fs.ts";
 import { assertLeafProfile, inspect, KEY_ID, text, verify } from "./_openssl_view.ts";
 import { makeCsr, PASSPHRASE, ROOT, runCa, runCli, snapshot, withTempDir } from "./_helpers.ts";
@@ -957,6 +958,25 @@ Deno.test("ca serve --host with an address not of this machine says what --host 
       hint: "--host takes an address of this machine (0.0.0.0 for all of them); " +
         "the name members reach it by goes in --name",
     });
+  });
+});
+
+Deno.test("ca serve starts on a CA made with --days 20, and gives its own certificate what the CA has left, to the day", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home, "--days", "20");
+    const service = await startService(home);
+    try {
+      const ca = await inspect(await Deno.readTextFile(join(caDir(home), "ca.crt")));
+      const own = await inspect(await Deno.readTextFile(join(caDir(home), "service", "cert.pem")));
+      assert.equal(own.subject, "CN=e2e-chat service");
+      const left = ca.notAfter.getTime() - own.notAfter.getTime();
+      assert.ok(
+        left >= 0 && left <= DAY_MS,
+        `service until ${own.notAfter.toISOString()}, CA until ${ca.notAfter.toISOString()}`,
+      );
+    } finally {
+      await service.stop();
+    }
   });
 });
 
