@@ -354,7 +354,11 @@ export class CertificateAuthority {
    */
   async sign(csr: Uint8Array | string, name: string, options: SignOptions = {}): Promise<Issued> {
     const { request, kind } = await this.checkRequest(csr, name);
-    const days = checkDays(options.days ?? DEFAULT_CERT_DAYS, this.#maxDays());
+    // Near the CA's own end a certificate gets what the CA has left, not a refusal.
+    const days = checkDays(
+      options.days ?? Math.min(DEFAULT_CERT_DAYS, this.#maxDays()),
+      this.#maxDays(),
+    );
     return await this.#issue(request.der, {
       subject: name,
       extensions: leafExtensions(name, kind, await this.crlUrl()),

@@ -568,6 +568,19 @@ Deno.test("ca sign --days sets the validity", async () => {
   });
 });
 
+Deno.test("ca sign without --days on a CA with 5 days left issues a certificate that ends with the CA, to the day", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home, "--days", "5");
+    const ca = await inspect(await Deno.readTextFile(join(caDir(home), "ca.crt")));
+    const cert = await inspect(await sign(home, "alice", fixture("alice-ec.csr")));
+    const left = ca.notAfter.getTime() - cert.notAfter.getTime();
+    assert.ok(
+      left >= 0 && left <= DAY_MS,
+      `alice until ${cert.notAfter.toISOString()}, CA until ${ca.notAfter.toISOString()}`,
+    );
+  });
+});
+
 Deno.test("ca sign --out writes the certificate to a file relative to the working directory", async () => {
   await withTempDir(async (dir) => {
     const home = join(dir, "home");
