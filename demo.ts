@@ -219,7 +219,7 @@ async function main(): Promise<void> {
 
     say();
     say("10. Even the CA is checked: every certificate it issued is in its append-only log");
-    say("   $ deno task ca log");
+    say("   $ deno task ca log --entries 4");
     const log = await run("ca", ["log", "--home", caHome, "--entries", "4"], baseEnv);
     for (const line of log.trimEnd().split("\n")) say(`     ${line}`);
     say(

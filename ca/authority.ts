@@ -354,7 +354,11 @@ export class CertificateAuthority {
    */
   async sign(csr: Uint8Array | string, name: string, options: SignOptions = {}): Promise<Issued> {
     const { request, kind } = await this.checkRequest(csr, name);
-    const days = checkDays(options.days ?? DEFAULT_CERT_DAYS, this.#maxDays());
+    // Near the CA's own end a certificate gets what the CA has left, not a refusal.
+    const days = checkDays(
+      options.days ?? Math.min(DEFAULT_CERT_DAYS, this.#maxDays()),
+      this.#maxDays(),
+    );
     return await this.#issue(request.der, {
       subject: name,
       extensions: leafExtensions(name, kind, await this.crlUrl()),
@@ -453,7 +457,8 @@ export class CertificateAuthority {
       const { certificate } = await this.#issue(request.der, {
         subject: SERVICE_CN,
         extensions: serviceExtensions(hosts, await this.crlUrl()),
-        days: checkDays(options.days ?? 30, this.#maxDays()),
+        // A CA with under 30 days left (`ca init --days 20`) gives the service what it has left.
+        days: checkDays(options.days ?? Math.min(30, this.#maxDays()), this.#maxDays()),
         supersede: async () => {},
       });
       // On disk before they take their names, and the names after: a power cut must not leave a
@@ -1116,7 +1121,16 @@ async function readIndexAt(work: string): Promise<IndexEntry[]> {
   return parseIndex(await Deno.readTextFile(join(work, "index.txt")));
 }
 
-function checkCommonName(cn: string): string {
+/**
+ * Checks the CA certificate's common name (`ca init --cn`): 1 to 64 characters, none a control.
+ *
+ * @example
+ * ```ts
+ * import { checkCommonName } from "./authority.ts";
+ * checkCommonName("Our CA"); // "Our CA"
+ * ```
+ */
+export function checkCommonName(cn: string): string {
   // deno-lint-ignore no-control-regex
   if (cn.length < 1 || cn.length > 64 || /[\u0000-\u001f\u007f]/.test(cn)) {
     throw new E2eError("ERR_USAGE", "Invalid CA common name: use 1 to 64 printable characters");

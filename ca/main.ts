@@ -20,7 +20,7 @@ import { writeFileAtomic } from "../lib/fs.ts";
 import { resolveHome, resolveUserPath } from "../lib/home.ts";
 import { holdLock, type LockOptions } from "../lib/lock.ts";
 import { readPassphrase } from "../lib/passphrase.ts";
-import { CertificateAuthority } from "./authority.ts";
+import { CertificateAuthority, checkCommonName } from "./authority.ts";
 import { CA_KEY_TYPES, checkDays, REVOKE_REASONS } from "./policy.ts";
 import { MAX_CSR_BYTES } from "../lib/csr.ts";
 import { exists } from "../lib/fs.ts";
@@ -299,7 +299,7 @@ async function invite(args: string[]): Promise<number> {
   if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "invite needs exactly one NAME");
   const name = checkName(positionals[0]);
   const ttl = parseDuration(values.ttl ?? "24h");
-  const ca = await CertificateAuthority.open(resolveHome(values.home));
+  const ca = await openCa(values);
   const running = values.url ? undefined : await runningServiceAddress(ca);
   const where = values.url ?? running ?? `127.0.0.1:${DEFAULT_PORT}`;
   const m = /^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]{1,253}):(\d{1,5})$/.exec(where);
@@ -337,7 +337,7 @@ async function invites(args: string[]): Promise<number> {
     throw new E2eError("ERR_USAGE", "invites takes no argument, or cancel NAME|ID");
   }
   // Needs no passphrase: invites never touch the key.
-  const ca = await CertificateAuthority.open(resolveHome(values.home));
+  const ca = await openCa(values);
   const store = new InviteStore(ca.paths, { lock: LOCK_NOTICE });
   const rows = cancelling ? await store.cancel(positionals[1]) : await store.list();
   if (values.json) {
@@ -386,6 +386,7 @@ async function init(args: string[]): Promise<number> {
   // Said before a passphrase is asked for and a key made; init() checks again under the lock.
   const days = intOption(values.days, "--days");
   if (days !== undefined) checkDays(days);
+  if (values.cn !== undefined) checkCommonName(values.cn);
   const dir = new CaPaths(home).dir;
   if (await exists(dir)) {
     throw new E2eError("ERR_CA_EXISTS", `Cannot create a CA: "${dir}" already exists`, {
@@ -485,7 +486,7 @@ async function list(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, { ...COMMON, json: { type: "boolean" } });
   if (values.help) return await help();
   noPositionals(positionals);
-  const ca = await CertificateAuthority.open(resolveHome(values.home));
+  const ca = await openCa(values);
   const rows = await ca.list();
   if (values.json) {
     await out(JSON.stringify(rows) + "\n");
@@ -512,7 +513,7 @@ async function log(args: string[]): Promise<number> {
     throw new E2eError("ERR_USAGE", "log takes no argument, or verify");
   }
   // Reading the log needs no passphrase: it never touches a key.
-  const ca = await CertificateAuthority.open(resolveHome(values.home));
+  const ca = await openCa(values);
   const issuance = await ca.readLog();
   if (!issuance) {
     throw new E2eError("ERR_NOT_FOUND", "This CA has no issuance log yet", {
@@ -568,13 +569,30 @@ async function openWithPassphrase(
   lock: LockOptions = LOCK_NOTICE,
 ): Promise<CertificateAuthority> {
   const home = resolveHome(values.home);
-  await CertificateAuthority.open(home); // a missing CA is reported before asking for a passphrase
+  await openCa(values); // a missing CA is reported before asking for a passphrase
   const passphrase = await readPassphrase({
     file: values["passphrase-file"],
     envVar: PASSPHRASE_ENV,
     label: "CA passphrase",
   });
   return await CertificateAuthority.open(home, { passphrase, lock });
+}
+
+/**
+ * Opens the CA of `--home`, else of `E2E_CHAT_HOME`, else ~/.e2e-chat. A home from
+ * `E2E_CHAT_HOME` may be a member's (README's terminals export it for the client): the hint then
+ * says where the home came from, rather than only to make a CA there.
+ */
+async function openCa(values: { home?: string }): Promise<CertificateAuthority> {
+  return await CertificateAuthority.open(resolveHome(values.home)).catch((e) => {
+    const env = Deno.env.get("E2E_CHAT_HOME");
+    if (!(e instanceof E2eError) || e.code !== "ERR_CA_MISSING" || values.home || !env) throw e;
+    throw new E2eError(e.code, e.message, {
+      cause: e,
+      hint: `E2E_CHAT_HOME names this home ("${env}"): unset it or pass --home DIR to use the ` +
+        "CA's, or create a CA here with `deno task ca init`",
+    });
+  });
 }
 
 async function readInput(arg: string): Promise<Uint8Array> {

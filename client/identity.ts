@@ -150,7 +150,7 @@ export class Identity {
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) {
         throw new E2eError("ERR_NOT_ENROLLED", `No identity in "${dir}"`, {
-          hint: "join first: deno task client join 'e2e-chat://…' (the invite from your admin)",
+          hint: "join first: deno task client join (it asks for the invite your admin gave you)",
         });
       }
       throw new E2eError("ERR_FILE", `Cannot read "${id.record}"`, { cause: e });

@@ -184,14 +184,14 @@ async function joinCommand(args: string[]): Promise<number> {
   // The invite holds a secret: from a prompt (no echo), stdin ("-") or --invite-file it
   // stays out of the process list; on the command line it works but is visible there.
   const given = positionals[0];
-  const invite = parseInvite(
+  const invite = parseInvite(unquote(
     given === "-" ? await readStdinLine() : given ?? await readPassphrase({
       file: values["invite-file"],
       label: "Invite (the e2e-chat://… line)",
       hint: 'give the invite, "-" to read it from stdin, or --invite-file FILE',
       fileLabel: "invite file",
     }),
-  );
+  ));
   const { enroll } = await import("./identity.ts");
   const identity = await enroll(resolveHome(values.home), invite, {
     keyType: await keyType(values["key-type"]),
@@ -214,6 +214,15 @@ async function joinCommand(args: string[]): Promise<number> {
       }\n`,
   );
   return 0;
+}
+
+/**
+ * The invite without one pair of quotes around it: pasted at the prompt or read from a file as
+ * it is written for a shell (README's `join 'e2e-chat://…'`), the quotes are not the shell's.
+ */
+function unquote(text: string): string {
+  const m = /^\s*(['"])(.*)\1\s*$/s.exec(text);
+  return m ? m[2] : text;
 }
 
 /** The flags of `chat` that `web` takes too (startChat() reads them). */
@@ -338,7 +347,7 @@ async function startChat(
         message: `Renewed your certificate: valid until ${id.certificate.notAfter.toISOString()}`,
       });
     } catch (e) {
-      if (id.lifeLeft() === 0) throw e;
+      if (id.lifeLeft() === 0) refusedCertificate(id)(e);
       emit({
         type: "warning",
         message: `Cannot renew your certificate yet: ${e instanceof Error ? e.message : e}`,
@@ -400,7 +409,11 @@ async function whoami(args: string[]): Promise<number> {
     return 0;
   }
   await out(
-    `${info.name}${info.expired ? " (certificate expired: run `deno task client renew`)" : ""}\n` +
+    `${info.name}${
+      info.expired
+        ? " (certificate expired, so it cannot be renewed: ask your admin for a new invite)"
+        : ""
+    }\n` +
       `  certificate fingerprint: ${info.fingerprint}\n` +
       `  key fingerprint:         ${info.keyFingerprint}\n` +
       `  valid until:             ${info.notAfter}\n` +
@@ -428,7 +441,7 @@ async function lookup(args: string[]): Promise<number> {
     client.lookup(name),
     LogMonitor.open(id.home.logState, id.anchor, client),
     revocation.refresh(),
-  ]).catch(refusedCertificate(id.name));
+  ]).catch(refusedCertificate(id));
   // The directory's answer is checked as a chat checks it before connecting: our CA, that name,
   // valid now, not revoked, and in the CA's issuance log (what is shown can be compared).
   revocation.requireCurrent();
@@ -466,7 +479,7 @@ async function audit(args: string[]): Promise<number> {
   ]);
   const id = await loadIdentity(values);
   const monitor = await LogMonitor.open(id.home.logState, id.anchor, id.client())
-    .catch(refusedCertificate(id.name));
+    .catch(refusedCertificate(id));
   // A revoked certificate for our name is harmless (peers refuse it): the CRL is needed.
   const revocation = new Revocation({ fetch: () => id.client().crl(), issuer: id.anchor.x509 });
   await revocation.refresh();
@@ -477,7 +490,7 @@ async function audit(args: string[]): Promise<number> {
       isRevoked: (serial) => revocation.isRevoked(serial),
     });
   } catch (e) {
-    if (!(e instanceof E2eError && e.code === "ERR_LOG_ALARM")) refusedCertificate(id.name)(e);
+    if (!(e instanceof E2eError && e.code === "ERR_LOG_ALARM")) refusedCertificate(id)(e);
   }
   const alarms = monitor.alarms;
   if (values.json) {
@@ -500,7 +513,7 @@ async function renew(args: string[]): Promise<number> {
   if (values.help) return await help();
   noPositionals(positionals);
   const loaded = await loadIdentity(values);
-  const id = await loaded.renew().catch(refusedCertificate(loaded.name));
+  const id = await loaded.renew().catch(refusedCertificate(loaded));
   await out(
     `Renewed "${id.name}": valid until ${id.certificate.notAfter.toISOString()}\n` +
       `  certificate fingerprint: ${id.certificate.fingerprint}\n`,
@@ -520,7 +533,7 @@ async function moveCa(args: string[]): Promise<number> {
     await out(`Your CA is already at ${caUrl}: nothing to change\n`);
     return 0;
   }
-  const id = await loaded.moveCa(caUrl).catch(refusedCertificate(loaded.name)).catch((e) => {
+  const id = await loaded.moveCa(caUrl).catch(refusedCertificate(loaded)).catch((e) => {
     // The usual hint for an unreachable CA says to run move-ca: what was just run.
     if (!(e instanceof E2eError) || e.code !== "ERR_NETWORK") throw e;
     throw new E2eError(e.code, e.message, {
@@ -605,15 +618,27 @@ async function passwd(args: string[]): Promise<number> {
  * Rethrows an error; the CA's refusal of our own certificate (ERR_FORBIDDEN on a members' route)
  * gets a hint, since its cause may be a certificate for our name that we did not ask for.
  */
-function refusedCertificate(name: string): (e: unknown) => never {
+function refusedCertificate(id: Identity): (e: unknown) => never {
   return (e) => {
-    if (!(e instanceof E2eError) || e.code !== "ERR_FORBIDDEN" || e.hint) throw e;
+    if (!(e instanceof E2eError) || e.hint) throw e;
+    if (e.code === "ERR_UNAUTHENTICATED" && id.lifeLeft() === 0) {
+      // The service takes no expired certificate, not even to renew it (docs/CA.md).
+      throw new E2eError(e.code, e.message, { cause: e, hint: expiredHint(id) });
+    }
+    if (e.code !== "ERR_FORBIDDEN") throw e;
     throw new E2eError(e.code, e.message, {
       cause: e,
-      hint: `your certificate was revoked, or replaced by another for "${name}"; if you did not ` +
-        "ask for that, tell your admin: someone else may now hold your name",
+      hint: `your certificate was revoked, or replaced by another for "${id.name}"; if you did ` +
+        "not ask for that, tell your admin: someone else may now hold your name",
     });
   };
+}
+
+/** What a member whose certificate expired can do: it cannot renew itself. */
+function expiredHint(id: Identity): string {
+  return `your certificate expired on ${id.certificate.notAfter.toISOString()}, and an expired ` +
+    `one cannot be renewed: ask your admin for a new invite (deno task ca invite ${id.name}) ` +
+    "and join with it in another --home";
 }
 
 async function keyType(value: string | undefined): Promise<ClientKeyType> {

@@ -265,8 +265,11 @@ export function checkCmsKey(certPem: string, whose: string): "ec" | "rsa" {
     "ERR_KEY_REJECTED",
     `The mailbox needs an EC or RSA key, and ${whose} is ${type ?? "of an unknown type"}`,
     {
+      // Only the key's owner can change it: a sender is not told to re-enroll for a recipient.
       hint: "OpenSSL 3.0 cannot sign or encrypt CMS with Ed25519; " +
-        "re-enroll with --key-type ec-p256 to use the mailbox",
+        (whose === "your key"
+          ? "re-enroll with --key-type ec-p256 to use the mailbox"
+          : "only a direct chat reaches them until they re-enroll with --key-type ec-p256"),
     },
   );
 }

@@ -190,17 +190,25 @@ Deno.test("open() refuses an item altered anywhere, one for someone else, and on
 
 Deno.test("seal() refuses Ed25519 keys on either side with what to do, never a weaker fallback", async () => {
   const content = encodeItem(item());
+  const hint = (e: unknown) => (e as { hint: string }).hint;
   await assert.rejects(
     sealFor(alice, dave, content),
     (e) =>
       e2eError(
         "ERR_KEY_REJECTED",
         "The mailbox needs an EC or RSA key, and the recipient's key is ed25519",
-      )(e) && /--key-type ec-p256/.test((e as { hint: string }).hint),
+      )(e) &&
+      hint(e) === "OpenSSL 3.0 cannot sign or encrypt CMS with Ed25519; only a direct chat " +
+          "reaches them until they re-enroll with --key-type ec-p256",
   );
   await assert.rejects(
     sealFor(dave, bob, content),
-    e2eError("ERR_KEY_REJECTED", "The mailbox needs an EC or RSA key, and your key is ed25519"),
+    (e) =>
+      e2eError("ERR_KEY_REJECTED", "The mailbox needs an EC or RSA key, and your key is ed25519")(
+        e,
+      ) &&
+      hint(e) === "OpenSSL 3.0 cannot sign or encrypt CMS with Ed25519; re-enroll with " +
+          "--key-type ec-p256 to use the mailbox",
   );
 });
 

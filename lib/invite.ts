@@ -91,7 +91,8 @@ export function formatInvite(fields: InviteFields): string {
 export function parseInvite(text: string): Invite {
   const bad = (why: string) =>
     new E2eError("ERR_INVITE_INVALID", `Invalid invite: ${why}`, {
-      hint: "copy the whole line that `deno task ca invite NAME` printed, in quotes",
+      hint:
+        "copy the whole line that `deno task ca invite NAME` printed (on a command line, in quotes)",
     });
   const m = /^e2e-chat:\/\/(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]{1,253}):(\d{1,5})\/([^?#]*)\?([^#]*)$/
     .exec(text.trim());

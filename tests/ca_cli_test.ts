@@ -15,6 +15,7 @@ import { pemDecode } from "../lib/pem.ts";
 import { type RunResult, sleep, TaskProcess } from "./_harness.ts";
 import { argvRecordingOpenssl } from "./_hostile_helpers.ts";
 import { caFileNames, readIndexChecked } from "./_ca_files.ts";
+import { startService } from "./_service_helpers.ts";
 import { exists } from "../lib/fs.ts";
 import { assertLeafProfile, inspect, KEY_ID, text, verify } from "./_openssl_view.ts";
 import { makeCsr, PASSPHRASE, ROOT, runCa, runCli, snapshot, withTempDir } from "./_helpers.ts";
@@ -322,6 +323,20 @@ Deno.test("ca init --days 0 says so before it asks for a passphrase", async () =
   });
 });
 
+Deno.test("ca init with a --cn of 65 characters says so before it asks for a passphrase or makes a key", async () => {
+  await withTempDir(async (dir) => {
+    const home = join(dir, "home");
+    assertFailure(
+      await runCa(home, ["init", "--cn", "x".repeat(65)], { env: { E2E_CHAT_CA_PASSPHRASE: "" } }),
+      {
+        code: 2,
+        error: "Invalid CA common name: use 1 to 64 printable characters",
+      },
+    );
+    assert.equal(await exists(home), false, "nothing was made");
+  });
+});
+
 Deno.test("ca init without a passphrase on a non-terminal writes nothing", async () => {
   await withTempDir(async (dir) => {
     const home = join(dir, "home");
@@ -386,6 +401,34 @@ Deno.test("ca init --home beats E2E_CHAT_HOME", async () => {
     assertFailure(await runCa(fromEnv, ["list"]), {
       code: 1,
       error: `No CA in "${join(fromEnv, "ca")}"`,
+      hint: `E2E_CHAT_HOME names this home ("${fromEnv}"): unset it or pass --home DIR to use ` +
+        "the CA's, or create a CA here with `deno task ca init`",
+    });
+  });
+});
+
+Deno.test("ca commands on a home without a CA say when E2E_CHAT_HOME chose it, and ask no passphrase", async () => {
+  await withTempDir(async (dir) => {
+    // README's terminals export E2E_CHAT_HOME for a member's client; the admin's ca commands
+    // run there must not only suggest making a CA in the member's home.
+    const member = join(dir, "alice");
+    await Deno.mkdir(member, { mode: 0o700 });
+    const fromEnv = `E2E_CHAT_HOME names this home ("${member}"): unset it or pass --home DIR ` +
+      "to use the CA's, or create a CA here with `deno task ca init`";
+    for (const args of [["list"], ["invite", "bob"], ["invites"], ["revoke", "bob"], ["crl"]]) {
+      await assertRefused(
+        member,
+        () => runCa(member, args, { env: { E2E_CHAT_CA_PASSPHRASE: "" } }),
+        {
+          code: 1,
+          error: `No CA in "${join(member, "ca")}"`,
+          hint: fromEnv,
+        },
+      );
+    }
+    assertFailure(await runCa(member, ["list", "--home", member]), {
+      code: 1,
+      error: `No CA in "${join(member, "ca")}"`,
       hint: "create one with `deno task ca init`, or pass the right --home",
     });
   });
@@ -526,6 +569,19 @@ Deno.test("ca sign --days sets the validity", async () => {
     const after = Date.now();
     assert.ok(cert.notAfter.getTime() >= Math.floor(before / 1000) * 1000 + 30 * DAY_MS);
     assert.ok(cert.notAfter.getTime() <= after + 30 * DAY_MS);
+  });
+});
+
+Deno.test("ca sign without --days on a CA with 5 days left issues a certificate that ends with the CA, to the day", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home, "--days", "5");
+    const ca = await inspect(await Deno.readTextFile(join(caDir(home), "ca.crt")));
+    const cert = await inspect(await sign(home, "alice", fixture("alice-ec.csr")));
+    const left = ca.notAfter.getTime() - cert.notAfter.getTime();
+    assert.ok(
+      left >= 0 && left <= DAY_MS,
+      `alice until ${cert.notAfter.toISOString()}, CA until ${ca.notAfter.toISOString()}`,
+    );
   });
 });
 
@@ -919,6 +975,25 @@ Deno.test("ca serve --host with an address not of this machine says what --host 
       hint: "--host takes an address of this machine (0.0.0.0 for all of them); " +
         "the name members reach it by goes in --name",
     });
+  });
+});
+
+Deno.test("ca serve starts on a CA made with --days 20, and gives its own certificate what the CA has left, to the day", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home, "--days", "20");
+    const service = await startService(home);
+    try {
+      const ca = await inspect(await Deno.readTextFile(join(caDir(home), "ca.crt")));
+      const own = await inspect(await Deno.readTextFile(join(caDir(home), "service", "cert.pem")));
+      assert.equal(own.subject, "CN=e2e-chat service");
+      const left = ca.notAfter.getTime() - own.notAfter.getTime();
+      assert.ok(
+        left >= 0 && left <= DAY_MS,
+        `service until ${own.notAfter.toISOString()}, CA until ${ca.notAfter.toISOString()}`,
+      );
+    } finally {
+      await service.stop();
+    }
   });
 });
 

@@ -7,14 +7,48 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { ChatClient, connect, type RunResult, runTask, TaskProcess } from "./_harness.ts";
-import { joinUser } from "./_chat_helpers.ts";
-import { makeCsr, runCa } from "./_helpers.ts";
-import { makeInvite, withService } from "./_service_helpers.ts";
+import { leafExtensions } from "../ca/policy.ts";
+import { openssl, PASSPHRASE_ARG } from "../lib/openssl.ts";
+import {
+  ChatClient,
+  connect,
+  type RunResult,
+  runTask,
+  TaskProcess,
+  withTempDir,
+} from "./_harness.ts";
+import { joinUser, type User } from "./_chat_helpers.ts";
+import { makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
+import { makeInvite, type Service, withService } from "./_service_helpers.ts";
 
 /** The client run as `deno task client ARGS` in `cwd`, for the user whose home is `home`. */
 function client(home: string, args: string[], options: { stdin?: string; cwd?: string } = {}) {
   return runTask("client", args, { env: { E2E_CHAT_HOME: home }, timeoutMs: 60_000, ...options });
+}
+
+/**
+ * Replaces `user`'s certificate with one for the same key that the service's CA signed but made
+ * valid only in 2020 (in a copy of HOME/ca, so the CA's database never hears of it).
+ */
+async function expire(service: Service, user: User, copy: string): Promise<void> {
+  await Deno.mkdir(join(copy, "certs"), { recursive: true });
+  for (
+    const file of ["ca.key", "ca.crt", "openssl.cnf", "index.txt", "index.txt.attr", "crlnumber"]
+  ) {
+    await Deno.copyFile(join(service.caDir, file), join(copy, file));
+  }
+  await Deno.writeTextFile(join(copy, "leaf.cnf"), leafExtensions(user.name, "ec"));
+  await openssl(
+    ["req", "-new", "-key", user.keyPath, "-subj", `/CN=${user.name}`, "-out", "request.csr"],
+    { cwd: copy, timeoutMs: 10_000 },
+  );
+  await openssl([
+    ...["ca", "-config", "openssl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt"],
+    ...["-passin", PASSPHRASE_ARG, "-batch", "-notext", "-in", "request.csr", "-out", "cert.pem"],
+    ...["-startdate", "20200101000000Z", "-enddate", "20200108000000Z"],
+    ...["-extfile", "leaf.cnf", "-extensions", "leaf"],
+  ], { cwd: copy, passphrase: PASSPHRASE, timeoutMs: 10_000 });
+  await Deno.copyFile(join(copy, "cert.pem"), user.certPath);
 }
 
 /** A failure's one error line and its hint (exit 1). */
@@ -47,6 +81,22 @@ Deno.test("client join names the invite file it cannot read, from the folder it 
       `e2e-chat: error: Cannot read the invite file "${join(dir, "invite.txt")}"\n` +
         "e2e-chat: hint: there is no such file: a relative path starts in the folder the command ran in\n",
     );
+  });
+});
+
+Deno.test("client join takes an invite pasted or saved with the quotes a shell needs around it", async () => {
+  await withService(async (service, dir) => {
+    const pasted = await client(join(dir, "alice"), ["join", "-"], {
+      stdin: `'${await makeInvite(service.home, "alice")}'\n`,
+    });
+    assert.equal(pasted.code, 0, pasted.stderr);
+    assert.match(pasted.stdout, /^Joined https:\/\/127\.0\.0\.1:\d+ as "alice"\n/);
+    await Deno.writeTextFile(join(dir, "bob.txt"), `"${await makeInvite(service.home, "bob")}"\n`);
+    const saved = await client(join(dir, "bob"), ["join", "--invite-file", "bob.txt"], {
+      cwd: dir,
+    });
+    assert.equal(saved.code, 0, saved.stderr);
+    assert.match(saved.stdout, /^Joined https:\/\/127\.0\.0\.1:\d+ as "bob"\n/);
   });
 });
 
@@ -170,5 +220,37 @@ Deno.test("/file to a name never talked with says how to start", async () => {
     } finally {
       await alice.stop();
     }
+  });
+});
+
+Deno.test("a member whose certificate expired is told that it cannot be renewed and to ask for a new invite, not to renew", async () => {
+  await withService(async (service, dir) => {
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    await expire(service, bob, join(dir, "ca-copy"));
+    const whoami = await client(bob.home, ["whoami"]);
+    assert.equal(whoami.code, 0, whoami.stderr);
+    assert.equal(
+      whoami.stdout.split("\n")[0],
+      "bob (certificate expired, so it cannot be renewed: ask your admin for a new invite)",
+    );
+    for (const args of [["renew"], ["lookup", "bob"], ["chat"]]) {
+      assertFailure(
+        await client(bob.home, args),
+        "The CA refused: The client certificate was not accepted",
+        "your certificate expired on 2020-01-08T00:00:00.000Z, and an expired one cannot be " +
+          "renewed: ask your admin for a new invite (deno task ca invite bob) and join with it " +
+          "in another --home",
+      );
+    }
+  });
+});
+
+Deno.test("a command run in a home with no identity says to join, without the invite on the command line", async () => {
+  await withTempDir(async (dir) => {
+    assertFailure(
+      await client(join(dir, "nobody"), ["whoami"]),
+      `No identity in "${join(dir, "nobody", "id")}"`,
+      "join first: deno task client join (it asks for the invite your admin gave you)",
+    );
   });
 });
