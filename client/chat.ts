@@ -273,6 +273,11 @@ export class Chat {
     const unreadable = await chat.#quota.load();
     if (unreadable) chat.#emit({ type: "warning", message: unreadable });
     await chat.#revocation.refresh();
+    // Our own certificate on the CRL (revoked, or replaced by another for our name): the CA
+    // would refuse all we ask of it, so it is said now, not as warnings after `ready`.
+    if (chat.#revocation.isRevoked(id.certificate.serial)) {
+      throw new E2eError("ERR_FORBIDDEN", "Your certificate is on the CA's revocation list");
+    }
     if (!chat.#noListen) {
       await chat.#listenOn(options.listenHost ?? "127.0.0.1", options.listenPort ?? 0);
     }

@@ -362,7 +362,7 @@ async function startChat(
     downloads: values.downloads ? resolveUserPath(values.downloads) : undefined,
     onEvent: emit,
     ...fileOptions(values),
-  });
+  }).catch(refusedCertificate(id));
 }
 
 function stopSignal(): Promise<void> {
