@@ -432,7 +432,10 @@ async function lookup(args: string[]): Promise<number> {
   // The directory's answer is checked as a chat checks it before connecting: our CA, that name,
   // valid now, not revoked, and in the CA's issuance log (what is shown can be compared).
   revocation.requireCurrent();
-  const der = pemDecode(reply.certificate, "CERTIFICATE");
+  // An answer without a certificate is refused by checkPeer, as the chat's (no TypeError).
+  const der = typeof reply?.certificate === "string"
+    ? pemDecode(reply.certificate, "CERTIFICATE")
+    : null;
   const cert = checkPeer(der, id.anchor, { name, isRevoked: (s) => revocation.isRevoked(s) });
   await monitor.checkCertificate(der!, reply.log); // checkPeer refused a missing one
   if (values.json) {
