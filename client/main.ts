@@ -423,7 +423,11 @@ async function lookup(args: string[]): Promise<number> {
   ]);
   const id = await loadIdentity(values);
   const client = id.client();
-  const revocation = new Revocation({ fetch: () => client.crl(), issuer: id.anchor.x509 });
+  const revocation = new Revocation({
+    fetch: () => client.crl(),
+    issuer: id.anchor.x509,
+    numberFile: id.home.crlNumber,
+  });
   const [reply, monitor] = await Promise.all([
     client.lookup(name),
     LogMonitor.open(id.home.logState, id.anchor, client),
@@ -471,7 +475,11 @@ async function audit(args: string[]): Promise<number> {
   const monitor = await LogMonitor.open(id.home.logState, id.anchor, id.client())
     .catch(refusedCertificate(id.name));
   // A revoked certificate for our name is harmless (peers refuse it): the CRL is needed.
-  const revocation = new Revocation({ fetch: () => id.client().crl(), issuer: id.anchor.x509 });
+  const revocation = new Revocation({
+    fetch: () => id.client().crl(),
+    issuer: id.anchor.x509,
+    numberFile: id.home.crlNumber,
+  });
   await revocation.refresh();
   revocation.requireCurrent();
   let result;
