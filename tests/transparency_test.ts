@@ -301,3 +301,30 @@ async function copyTree(from: string, to: string): Promise<void> {
     else await Deno.copyFile(src, dst);
   }
 }
+
+Deno.test("client lookup refuses a CRL older than the newest its home accepted, and says why", async () => {
+  await withService(async (service, dir) => {
+    const [alice] = await Promise.all([
+      joinUser(service, "alice", join(dir, "alice")),
+      joinUser(service, "bob", join(dir, "bob")),
+    ]);
+    assertSuccess(
+      await runTask("client", ["lookup", "bob"], { env: { E2E_CHAT_HOME: alice.home } }),
+      "client lookup",
+    );
+    const kept = BigInt((await Deno.readTextFile(join(alice.home, "crl-number"))).trim());
+    // As if an earlier run had taken a CRL the CA no longer serves: the one served now is a replay.
+    await Deno.writeTextFile(join(alice.home, "crl-number"), `${kept + 1000n}\n`);
+    const result = await runTask("client", ["lookup", "bob"], {
+      env: { E2E_CHAT_HOME: alice.home },
+    });
+    assert.equal(result.code, 1, result.stdout);
+    assert.equal(result.stdout, "");
+    assert.equal(
+      result.stderr,
+      `e2e-chat: warning: Cannot refresh the CRL: CRL number ${kept} is older than the one held\n` +
+        "e2e-chat: error: Cannot check revocation: no current CRL from the CA\n" +
+        "e2e-chat: hint: is the CA service reachable?\n",
+    );
+  });
+});
