@@ -176,6 +176,7 @@ export class Chat {
       issuer: id.anchor.x509,
       onUpdate: () => this.#dropRevoked(),
       onWarning: warn,
+      numberFile: id.home.crlNumber,
     });
     // Sealed when the key is encrypted; a key decrypted later still reads what was sealed.
     this.#history = new History(id.home.history, {

@@ -95,6 +95,10 @@ export class ClientHome {
   get logState(): string {
     return join(this.root, "log.json");
   }
+  /** The newest CRL number accepted (client/revocation.ts): an older CRL is a replay. */
+  get crlNumber(): string {
+    return join(this.root, "crl-number");
+  }
   /** The files received that the quotas count across runs (client/files.ts). */
   get received(): string {
     return join(this.root, "received.json");

@@ -9,6 +9,7 @@
 import type { X509Certificate } from "node:crypto";
 import { normalizeSerialHex, parseCrl } from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
+import { writeFileAtomic } from "../lib/fs.ts";
 
 /** How old a CRL may be before a new connection fetches it again. */
 export const CRL_MAX_AGE_MS = 60_000;
@@ -30,6 +31,11 @@ export interface RevocationOptions {
   onUpdate?: () => void;
   /** Called with a message when a refresh fails. */
   onWarning?: (message: string) => void;
+  /**
+   * Where the newest CRL number accepted is kept across runs (HOME/crl-number), so that a
+   * later run refuses an older CRL too. Default: none (the number is held in memory only).
+   */
+  numberFile?: string;
 }
 
 /** The CRL a client holds, and whether it is current. */
@@ -112,8 +118,14 @@ export class Revocation {
     try {
       const crl = parseCrl(await this.#options.fetch(), this.#options.issuer);
       // A CRL older than the one held (a replay by whoever holds the service's TLS key) would
-      // un-revoke what was revoked since: it is refused, and the one held stays.
-      if (this.#number !== undefined && (crl.number === undefined || crl.number < this.#number)) {
+      // un-revoke what was revoked since: it is refused, and the one held stays. Held here, or
+      // by an earlier run of this home, or another process of it (numberFile): a client that
+      // just started holds nothing yet.
+      const kept = await readNumber(this.#options.numberFile);
+      const held = kept === undefined || (this.#number !== undefined && this.#number > kept)
+        ? this.#number
+        : kept;
+      if (held !== undefined && (crl.number === undefined || crl.number < held)) {
         throw new Error(`CRL number ${crl.number ?? "none"} is older than the one held`);
       }
       this.#number = crl.number;
@@ -121,6 +133,18 @@ export class Revocation {
       this.#fetchedAt = Date.now();
       this.#validUntil = crl.nextUpdate?.getTime() ??
         crl.thisUpdate.getTime() + DEFAULT_VALIDITY_MS;
+      // Kept after it is taken: a number that cannot be written (a full disk) must not keep
+      // an older CRL in force; only a later run's defence is weaker, and it says so.
+      if (this.#options.numberFile && crl.number !== undefined && crl.number !== kept) {
+        await writeFileAtomic(this.#options.numberFile, `${crl.number}\n`, { mode: 0o600 })
+          .catch((e) =>
+            this.#options.onWarning?.(
+              `Cannot keep the CRL number in "${this.#options.numberFile}": ${
+                e instanceof Error ? e.message : e
+              }`,
+            )
+          );
+      }
     } catch (e) {
       this.#failedAt = Date.now();
       this.#options.onWarning?.(`Cannot refresh the CRL: ${e instanceof Error ? e.message : e}`);
@@ -128,4 +152,18 @@ export class Revocation {
     }
     this.#options.onUpdate?.();
   }
+}
+
+// The CRL number kept in `file`; undefined when there is none (or it cannot be read, or is not
+// a number: then the CRL is taken as by a client that just started).
+async function readNumber(file: string | undefined): Promise<bigint | undefined> {
+  if (file === undefined) return undefined;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(file);
+  } catch {
+    return undefined;
+  }
+  // At most 20 octets (lib/crl.ts): 49 decimal digits.
+  return /^\d{1,49}\n?$/.test(text) ? BigInt(text.trim()) : undefined;
 }

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
+import { join } from "node:path";
 import { CertificateAuthority } from "../ca/authority.ts";
 import { parseCrl } from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
@@ -113,5 +114,67 @@ Deno.test("Revocation keeps its CRL when it is fetched an older one (a replay) a
     ]);
     assert.equal(updates, 1);
     revocation.requireCurrent();
+  });
+});
+
+Deno.test("Revocation refuses, in a later run of the home, a CRL older than the newest an earlier run accepted (numberFile), and keeps the newest there", async () => {
+  await withCa(async (ca) => {
+    await ca.sign((await makeCsr("bob")).csr, "bob");
+    const before = await ca.crl(); // bob not revoked yet
+    const bobSerial = (await ca.list())[0].serial;
+    await ca.revoke("bob", { reason: "keyCompromise" });
+    const current = await ca.crl();
+    const numberFile = join(ca.paths.dir, "..", "crl-number");
+    const run = (pem: string, warnings: string[] = []) =>
+      new Revocation({
+        fetch: () => Promise.resolve(pem),
+        issuer: issuer(ca),
+        numberFile,
+        onWarning: (m) => warnings.push(m),
+      });
+
+    const first = run(current);
+    await first.refresh();
+    assert.equal(first.isRevoked(bobSerial), true);
+    const newest = parseCrl(current, issuer(ca)).number!;
+    assert.equal(await Deno.readTextFile(numberFile), `${newest}\n`);
+
+    // The client starts again, and the CRL from before bob's revocation is replayed to it.
+    const warnings: string[] = [];
+    const second = run(before, warnings);
+    await second.refresh();
+    assert.deepEqual(warnings, [
+      `Cannot refresh the CRL: CRL number ${
+        parseCrl(before, issuer(ca)).number
+      } is older than the one held`,
+    ]);
+    assert.equal(second.isRevoked(bobSerial), false, "nothing was taken from the old CRL");
+    assert.throws(() => second.requireCurrent(), failsClosed);
+
+    // The same CRL again, and a newer one, are taken; the newer one's number is kept.
+    const third = run(current);
+    await third.refresh();
+    third.requireCurrent();
+    const newer = run(await ca.crl());
+    await newer.refresh();
+    newer.requireCurrent();
+    assert.equal(await Deno.readTextFile(numberFile), `${newest + 1n}\n`);
+  });
+});
+
+Deno.test("Revocation takes a newer CRL even when its number cannot be kept, and warns", async () => {
+  await withCa(async (ca) => {
+    const warnings: string[] = [];
+    const numberFile = join(ca.paths.dir, "no such folder", "crl-number");
+    const revocation = new Revocation({
+      fetch: () => ca.crl(),
+      issuer: issuer(ca),
+      numberFile,
+      onWarning: (m) => warnings.push(m),
+    });
+    await revocation.refresh();
+    revocation.requireCurrent();
+    assert.equal(warnings.length, 1, warnings.join("\n"));
+    assert.match(warnings[0], /^Cannot keep the CRL number in ".*crl-number": /);
   });
 });

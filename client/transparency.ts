@@ -140,12 +140,7 @@ export class LogMonitor {
             Array.isArray(read.audited.hashes)
           ? read.audited
           : state.audited,
-        // Only well-formed alarms: a stray value must not hide the others.
-        alarms: Array.isArray(read.alarms)
-          ? read.alarms.filter((a: unknown) =>
-            typeof a === "object" && a !== null && typeof (a as LogAlarm).message === "string"
-          ).slice(0, MAX_ALARMS + 1)
-          : [],
+        alarms: alarmsIn(read),
         logKey: typeof read.logKey === "string" ? read.logKey : undefined,
         pending: Array.isArray(read.pending)
           ? read.pending.filter((p: unknown) =>
@@ -410,6 +405,21 @@ export class LogMonitor {
   }
 
   async #save(): Promise<void> {
+    // Another process of this home (a chat, and a lookup or an audit run beside it) may have
+    // raised an alarm since this one read the file: alarms are only ever added (cleared by
+    // hand), so one found there is kept, not written over (it now stands here too).
+    let onDisk: LogAlarm[] = [];
+    try {
+      onDisk = alarmsIn(JSON.parse(await Deno.readTextFile(this.#file)));
+    } catch {
+      // None, or unreadable: open() said so, and what is held is written.
+    }
+    for (const alarm of onDisk) {
+      if (this.#state.alarms.length > MAX_ALARMS) break;
+      if (!this.#state.alarms.some((a) => a.message === alarm.message)) {
+        this.#state.alarms.push(alarm);
+      }
+    }
     // The folder too: a state rolled back by a power cut (a smaller checkpoint, an alarm gone,
     // no log key pinned) would let the CA show us a fork of the log undetected.
     await writeFileAtomic(this.#file, JSON.stringify(this.#state, null, 2) + "\n", {
@@ -417,4 +427,13 @@ export class LogMonitor {
       syncDir: true,
     });
   }
+}
+
+// The well-formed alarms of a parsed HOME/log.json: a stray value must not hide the others.
+function alarmsIn(read: { alarms?: unknown } | null): LogAlarm[] {
+  return Array.isArray(read?.alarms)
+    ? read.alarms.filter((a: unknown) =>
+      typeof a === "object" && a !== null && typeof (a as LogAlarm).message === "string"
+    ).slice(0, MAX_ALARMS + 1)
+    : [];
 }

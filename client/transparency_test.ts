@@ -244,3 +244,39 @@ Deno.test("a hostile CA's flood of signed evidence keeps MAX_ALARMS alarms and o
     assert.throws(() => again.requireNoAlarm(), alarmed);
   });
 });
+
+Deno.test("a LogMonitor writing HOME/log.json keeps an alarm another process of the home raised since it read the file (client lookup beside a chat)", async () => {
+  await withTempDir(async (dir) => {
+    const ca = await CertificateAuthority.init(join(dir, "ca"), PASSPHRASE, { keyType: "ec-p256" });
+    await ca.openLog();
+    const origin = logOrigin(ca.certificate.fingerprint);
+    const key = createPrivateKey({
+      key: await Deno.readTextFile(ca.paths.logKey),
+      passphrase: PASSPHRASE,
+    });
+    const tree = new MerkleTree([leafHash(new TextEncoder().encode("entry"))]);
+    const checkpoint = signCheckpoint({ origin, size: tree.size, root: tree.root() }, {
+      name: origin,
+      key,
+    });
+    const logKey = await Deno.readTextFile(ca.paths.logCert);
+    // A CA stand-in that gives the log key: the checkpoint is the first, so nothing else is asked.
+    const stand = { logKey: () => Promise.resolve(logKey) };
+    const file = join(dir, "log.json");
+    // `client lookup` opens the state while the chat of the same home runs ...
+    const lookup = await LogMonitor.open(file, trustAnchor(ca.certificate.pem), stand as never);
+    // ... and the chat raises an alarm, kept in the file, meanwhile.
+    const alarm = { message: "the CA showed a log that is not consistent with the one seen" };
+    await Deno.writeTextFile(file, JSON.stringify({ alarms: [alarm], pending: [] }));
+    await lookup.observe(checkpoint);
+    const saved = JSON.parse(await Deno.readTextFile(file));
+    assert.deepEqual(saved.alarms, [alarm], "the chat's alarm is still on disk");
+    assert.equal(saved.checkpoint, checkpoint);
+    // And it stands in the monitor that wrote the file: no new connection from it either.
+    assert.throws(() => lookup.requireNoAlarm(), (e) => {
+      assert.equal((e as { code?: string }).code, "ERR_LOG_ALARM");
+      assert.equal((e as Error).message, "Refused: the CA's issuance log raised an alarm");
+      return true;
+    });
+  });
+});

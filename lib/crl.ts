@@ -72,23 +72,46 @@ export function parseCrl(pem: string, issuer: X509Certificate): RevocationList {
   }
 }
 
+// The CRL extensions a client understands; another marked critical makes the CRL unusable.
+const KNOWN_CRL_EXTENSIONS = new Set([
+  "2.5.29.20", // cRLNumber
+  "2.5.29.35", // authorityKeyIdentifier
+]);
+
 // The cRLNumber in crlExtensions ([0] EXPLICIT Extensions), if there is one.
 function crlNumber(wrapped: DerNode): bigint | undefined {
   const [list] = children(wrapped);
   if (!list) throw new DerError("Empty CRL extensions");
+  let number: bigint | undefined;
+  const seen = new Set<string>();
   for (const extension of children(list, Tag.SEQUENCE)) {
     const fields = children(extension, Tag.SEQUENCE);
-    if (decodeOid(fields[0]) !== "2.5.29.20") continue;
+    const oid = decodeOid(fields[0]);
+    // RFC 5280 §5.2: one instance of each (two numbers would leave which one counts open), and
+    // a critical one not understood means the CRL is not used: a delta CRL or a partial one
+    // (deltaCRLIndicator, issuingDistributionPoint) read as complete would un-revoke.
+    if (seen.has(oid)) throw new DerError(`CRL extension ${oid} appears twice`);
+    seen.add(oid);
+    const critical = fields[1]?.tag === 0x01 && fields[1].value[0] !== 0;
+    if (critical && !KNOWN_CRL_EXTENSIONS.has(oid)) {
+      throw new DerError(`unknown critical CRL extension ${oid}`);
+    }
+    if (oid !== "2.5.29.20") continue;
     const value = fields[fields.length - 1];
     if (value?.tag !== Tag.OCTET_STRING) throw new DerError("Bad CRL number");
     const integer = readDer(value.value);
-    // At most 20 octets (RFC 5280 §5.2.3), and never negative.
-    if (integer.tag !== Tag.INTEGER || integer.value.length > 21 || integer.value[0] & 0x80) {
+    // At most 20 octets (RFC 5280 §5.2.3; 21 with the zero that keeps it positive), not
+    // empty, and never negative.
+    const octets = integer.value;
+    if (
+      integer.tag !== Tag.INTEGER || octets.length === 0 || octets[0] & 0x80 ||
+      octets.length > 21 || (octets.length === 21 && octets[0] !== 0)
+    ) {
       throw new DerError("Bad CRL number");
     }
-    return integer.value.reduce((n, b) => (n << 8n) | BigInt(b), 0n);
+    number = octets.reduce((n, b) => (n << 8n) | BigInt(b), 0n);
   }
-  return undefined;
+  return number;
 }
 
 function serialHex(node: DerNode): string {

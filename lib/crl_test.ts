@@ -323,3 +323,72 @@ Deno.test("parseCrl() refuses a CRL signed by the CA whose fields are malformed"
     }
   });
 });
+
+// crlExtensions ([0] EXPLICIT): one extension of `oid` (DER bytes) holding `value`.
+const crlExtension = (oid: number[], value: Uint8Array, critical = false) =>
+  tlv(
+    0x30,
+    tlv(0x06, Uint8Array.from(oid)),
+    ...(critical ? [Uint8Array.of(0x01, 0x01, 0xff)] : []),
+    tlv(0x04, value),
+  );
+const CRL_NUMBER = [0x55, 0x1d, 0x14]; // 2.5.29.20
+const crlExtensions = (...extensions: Uint8Array[]) => tlv(0xa0, tlv(0x30, ...extensions));
+
+Deno.test("parseCrl() reads a CRL number of up to 20 octets, and none in a CRL without one", async () => {
+  await withCa("ec-p256", async (ca) => {
+    const anchor = ca.certificate.x509;
+    const now = utcTime("260101000000Z");
+    const numbered = (...bytes: number[]) =>
+      signedCrl(ca, now, crlExtensions(crlExtension(CRL_NUMBER, integer(...bytes))));
+    assert.equal(parseCrl(await numbered(0x05), anchor).number, 5n);
+    const max = [0x00, ...new Array(20).fill(0xff)]; // 2^160 - 1: 20 octets, a zero to stay positive
+    assert.equal(parseCrl(await numbered(...max), anchor).number, 2n ** 160n - 1n);
+    // An extension the client need not understand, not critical, beside it.
+    const aki = crlExtension([0x55, 0x1d, 0x23], tlv(0x30));
+    assert.equal(
+      parseCrl(
+        await signedCrl(
+          ca,
+          now,
+          crlExtensions(aki, crlExtension(CRL_NUMBER, integer(7)), crlExtension([0x2a, 3], tlv(5))),
+        ),
+        anchor,
+      ).number,
+      7n,
+    );
+    assert.equal(parseCrl(await signedCrl(ca, now), anchor).number, undefined);
+  });
+});
+
+Deno.test("parseCrl() refuses a CRL whose number is empty, negative or longer than 20 octets, given twice, or beside an unknown critical extension", async () => {
+  await withCa("ec-p256", async (ca) => {
+    const anchor = ca.certificate.x509;
+    const now = utcTime("260101000000Z");
+    const number = (...bytes: number[]) => crlExtension(CRL_NUMBER, integer(...bytes));
+    const cases: Array<[string, Uint8Array, RegExp]> = [
+      ["an empty INTEGER", crlExtensions(number()), /Bad CRL number/],
+      ["a negative number", crlExtensions(number(0xff)), /Bad CRL number/],
+      ["21 octets", crlExtensions(number(...new Array(21).fill(0x7f))), /Bad CRL number/],
+      // RFC 5280 §5.2: at most one instance of an extension; which would count?
+      ["two numbers", crlExtensions(number(9), number(1)), /appears twice/],
+      // RFC 5280 §5.2: a CRL with a critical extension not understood is not used: a delta
+      // CRL (deltaCRLIndicator) or a partial one (issuingDistributionPoint) read as complete
+      // would un-revoke what it leaves out.
+      [
+        "a deltaCRLIndicator",
+        crlExtensions(number(9), crlExtension([0x55, 0x1d, 0x1b], integer(8), true)),
+        /unknown critical CRL extension 2\.5\.29\.27/,
+      ],
+      [
+        "an issuingDistributionPoint",
+        crlExtensions(crlExtension([0x55, 0x1d, 0x1c], tlv(0x30), true), number(9)),
+        /unknown critical CRL extension 2\.5\.29\.28/,
+      ],
+    ];
+    for (const [what, extensions, detail] of cases) {
+      const pem = await signedCrl(ca, now, extensions);
+      assert.throws(() => parseCrl(pem, anchor), rejectedCrl(detail), what);
+    }
+  });
+});

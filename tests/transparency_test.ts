@@ -128,6 +128,52 @@ Deno.test("a certificate made with the CA key outside the log is refused by peer
   });
 });
 
+/**
+ * Runs `client lookup bob` as `alice` against a dishonest CA: one that answers with the service's
+ * own TLS key, everything as the real service says it (asked with alice's certificate), but the
+ * directory's answer for bob changed by `swap`.
+ */
+async function lookupThroughDishonestCa(
+  service: Service,
+  alice: User,
+  swap: (reply: Record<string, unknown>) => unknown,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const paths = new CaPaths(service.home);
+  const aliceCreds = {
+    cert: await Deno.readTextFile(alice.certPath),
+    key: await Deno.readTextFile(alice.keyPath),
+  };
+  const server = https.createServer({
+    cert: await Deno.readTextFile(paths.serviceCert),
+    key: await Deno.readTextFile(paths.serviceKey),
+  }, async (req, res) => {
+    const real = await httpsRequest(service.url + req.url, {
+      method: req.method,
+      headers: { accept: req.headers.accept ?? "*/*" },
+      ca: service.caPem,
+      ...aliceCreds,
+    });
+    let body = real.body;
+    if (req.url === "/v1/certs/bob") body = JSON.stringify(swap(JSON.parse(body)));
+    res.writeHead(real.status, { "content-type": String(real.headers["content-type"]) });
+    res.end(body);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const file = join(alice.home, "id", "identity.json");
+  const identity = await Deno.readTextFile(file);
+  try {
+    const port = (server.address() as { port: number }).port;
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify({ ...JSON.parse(identity), caUrl: `https://127.0.0.1:${port}` }),
+    );
+    return await runTask("client", ["lookup", "bob"], { env: { E2E_CHAT_HOME: alice.home } });
+  } finally {
+    await Deno.writeTextFile(file, identity);
+    await new Promise((resolve) => server.close(resolve));
+  }
+}
+
 Deno.test("client lookup refuses a directory answer whose certificate is not in the log", async () => {
   await withService(async (service, dir) => {
     const [alice, bob] = await Promise.all([
@@ -135,48 +181,31 @@ Deno.test("client lookup refuses a directory answer whose certificate is not in 
       joinUser(service, "bob", join(dir, "bob")),
     ]);
     const unlogged = await signOutsideTheLog(service, dir, bob);
-    // The dishonest CA answers with the service's own TLS key: everything as the real service
-    // says it (asked with alice's certificate), but bob's entry in the directory swapped.
-    const paths = new CaPaths(service.home);
-    const aliceCreds = {
-      cert: await Deno.readTextFile(alice.certPath),
-      key: await Deno.readTextFile(alice.keyPath),
-    };
-    const server = https.createServer({
-      cert: await Deno.readTextFile(paths.serviceCert),
-      key: await Deno.readTextFile(paths.serviceKey),
-    }, async (req, res) => {
-      const real = await httpsRequest(service.url + req.url, {
-        method: req.method,
-        headers: { accept: req.headers.accept ?? "*/*" },
-        ca: service.caPem,
-        ...aliceCreds,
-      });
-      let body = real.body;
-      if (req.url === "/v1/certs/bob") {
-        body = JSON.stringify({ ...JSON.parse(body), certificate: unlogged });
-      }
-      res.writeHead(real.status, { "content-type": String(real.headers["content-type"]) });
-      res.end(body);
-    });
-    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-    try {
-      const port = (server.address() as { port: number }).port;
-      const file = join(alice.home, "id", "identity.json");
-      const identity = JSON.parse(await Deno.readTextFile(file));
-      await Deno.writeTextFile(
-        file,
-        JSON.stringify({ ...identity, caUrl: `https://127.0.0.1:${port}` }),
-      );
+    const result = await lookupThroughDishonestCa(service, alice, (reply) => ({
+      ...reply,
+      certificate: unlogged,
+    }));
+    assert.notEqual(result.code, 0, result.stdout);
+    assert.ok(!result.stdout.includes(unlogged.trim()), "the unlogged certificate was shown");
+    assert.match(result.stderr, /The certificate is not in the CA's issuance log/, result.stderr);
+  });
+});
 
-      const result = await runTask("client", ["lookup", "bob"], {
-        env: { E2E_CHAT_HOME: alice.home },
-      });
-      assert.notEqual(result.code, 0, result.stdout);
-      assert.ok(!result.stdout.includes(unlogged.trim()), "the unlogged certificate was shown");
-      assert.match(result.stderr, /The certificate is not in the CA's issuance log/, result.stderr);
-    } finally {
-      await new Promise((resolve) => server.close(resolve));
+Deno.test("client lookup refuses a directory answer without a certificate as the chat does, not as an unexpected failure", async () => {
+  await withService(async (service, dir) => {
+    const [alice] = await Promise.all([
+      joinUser(service, "alice", join(dir, "alice")),
+      joinUser(service, "bob", join(dir, "bob")),
+    ]);
+    for (const swap of [(r: Record<string, unknown>) => ({ ...r, certificate: 5 }), () => null]) {
+      const result = await lookupThroughDishonestCa(service, alice, swap);
+      assert.equal(result.code, 1, result.stdout);
+      assert.equal(result.stdout, "");
+      assert.equal(
+        result.stderr,
+        "e2e-chat: error: The peer's certificate was rejected\n",
+        result.stderr,
+      );
     }
   });
 });
@@ -272,3 +301,30 @@ async function copyTree(from: string, to: string): Promise<void> {
     else await Deno.copyFile(src, dst);
   }
 }
+
+Deno.test("client lookup refuses a CRL older than the newest its home accepted, and says why", async () => {
+  await withService(async (service, dir) => {
+    const [alice] = await Promise.all([
+      joinUser(service, "alice", join(dir, "alice")),
+      joinUser(service, "bob", join(dir, "bob")),
+    ]);
+    assertSuccess(
+      await runTask("client", ["lookup", "bob"], { env: { E2E_CHAT_HOME: alice.home } }),
+      "client lookup",
+    );
+    const kept = BigInt((await Deno.readTextFile(join(alice.home, "crl-number"))).trim());
+    // As if an earlier run had taken a CRL the CA no longer serves: the one served now is a replay.
+    await Deno.writeTextFile(join(alice.home, "crl-number"), `${kept + 1000n}\n`);
+    const result = await runTask("client", ["lookup", "bob"], {
+      env: { E2E_CHAT_HOME: alice.home },
+    });
+    assert.equal(result.code, 1, result.stdout);
+    assert.equal(result.stdout, "");
+    assert.equal(
+      result.stderr,
+      `e2e-chat: warning: Cannot refresh the CRL: CRL number ${kept} is older than the one held\n` +
+        "e2e-chat: error: Cannot check revocation: no current CRL from the CA\n" +
+        "e2e-chat: hint: is the CA service reachable?\n",
+    );
+  });
+});

@@ -29,6 +29,7 @@ import { formatInvite, parseInvite } from "../../lib/invite.ts";
 import { children, readDer } from "../../lib/der.ts";
 import { parseCsr } from "../../lib/csr.ts";
 import { parseCrl } from "../../lib/crl.ts";
+import { certificateUsage } from "../../lib/x509.ts";
 import { pemEncode } from "../../lib/pem.ts";
 import { checkName, isValidName } from "../../lib/names.ts";
 import { tlv } from "../../lib/_der_builder.ts";
@@ -360,8 +361,49 @@ function crlFixture(serials: number[]): { issuer: X509Certificate; crlDer: Uint8
     time(new Date(now - 3_600_000)),
     time(new Date(now + 86_400_000)),
     ...(entries.length ? [tlv(0x30, ...entries)] : []),
+    // crlExtensions: authorityKeyIdentifier (empty, never read) and cRLNumber 0x1234.
+    tlv(
+      0xa0,
+      tlv(
+        0x30,
+        tlv(0x30, Uint8Array.of(0x06, 0x03, 0x55, 0x1d, 0x23), tlv(0x04, tlv(0x30))),
+        tlv(0x30, Uint8Array.of(0x06, 0x03, 0x55, 0x1d, 0x14), tlv(0x04, int(0x1234))),
+      ),
+    ),
   );
   return { issuer, crlDer: signed(crlTbs) };
+}
+
+/**
+ * The tbsCertificate extensions of a member's certificate as the CA writes them (ca/policy.ts),
+ * in a certificate whose signature is never checked: certificateUsage() reads only extensions.
+ */
+function memberCertificateDer(): Uint8Array {
+  const oid = (...bytes: number[]) => tlv(0x06, Uint8Array.from(bytes));
+  const critical = Uint8Array.of(0x01, 0x01, 0xff);
+  const extension = (id: Uint8Array, value: Uint8Array, isCritical = false) =>
+    tlv(0x30, id, ...(isCritical ? [critical] : []), tlv(0x04, value));
+  const extensions = tlv(
+    0x30,
+    extension(oid(0x55, 0x1d, 0x13), tlv(0x30), true), // basicConstraints CA:FALSE
+    extension(oid(0x55, 0x1d, 0x0f), tlv(0x03, Uint8Array.of(0x03, 0x88)), true), // digitalSignature, keyAgreement
+    extension(
+      oid(0x55, 0x1d, 0x25),
+      tlv(
+        0x30,
+        oid(0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01),
+        oid(0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02),
+      ),
+    ),
+    extension(oid(0x55, 0x1d, 0x11), tlv(0x30, tlv(0x82, new TextEncoder().encode("alice")))),
+  );
+  const tbs = tlv(
+    0x30,
+    tlv(0xa0, tlv(0x02, Uint8Array.of(2))),
+    tlv(0x02, Uint8Array.of(1)),
+    tlv(0xa3, extensions),
+  );
+  return tlv(0x30, tbs, tlv(0x30), tlv(0x03, Uint8Array.of(0)));
 }
 
 async function derProperties(): Promise<FuzzProperty[]> {
@@ -373,6 +415,11 @@ async function derProperties(): Promise<FuzzProperty[]> {
   // The seed itself must read right, or every mutation below tests nothing.
   const seedCrl = parseCrl(pemEncode(crlDer, "X509 CRL"), issuer);
   assert.deepEqual([...seedCrl.revoked].sort(), ["1", "1234", "2", "7F00"]);
+  assert.equal(seedCrl.number, 0x1234n);
+  const certDer = memberCertificateDer();
+  const seedUsage = certificateUsage(certDer);
+  assert.deepEqual([...seedUsage.keyUsage!], ["digitalSignature", "keyAgreement"]);
+  assert.equal(seedUsage.extendedKeyUsage?.size, 2);
   for (const csr of csrs) assert.ok(parseCsr(csr).commonNames.length === 1);
   return [
     {
@@ -414,6 +461,19 @@ async function derProperties(): Promise<FuzzProperty[]> {
         );
         // A mutation that leaves the signature valid cannot have changed what is revoked.
         if (crl) assert.deepEqual([...crl.revoked].sort(), ["1", "1234", "2", "7F00"]);
+        // Nor its number (a replay's defence in client/revocation.ts).
+        if (crl) assert.equal(crl.number, 0x1234n);
+      }),
+    },
+    {
+      name:
+        "x509: certificateUsage() of a mutated member certificate reads dotted OIDs or refuses with ERR_FILE",
+      runs: 5_000,
+      property: fc.property(mutated([certDer]), (bytes) => {
+        const usage = returnsOrRefuses(() => certificateUsage(bytes), ["ERR_FILE"]);
+        if (!usage) return;
+        for (const oid of usage.unknownCritical) assert.match(oid, /^\d+(\.\d+)+$/);
+        for (const oid of usage.extendedKeyUsage ?? []) assert.match(oid, /^\d+(\.\d+)+$/);
       }),
     },
   ];
