@@ -286,7 +286,7 @@ export class CertificateAuthority {
           [staged.config, OPENSSL_CNF, 0o644],
           [staged.index, "", 0o600],
           [staged.indexAttr, "unique_subject = no\n", 0o600],
-          [staged.crlnumber, "01\n", 0o600],
+          [staged.crlnumber, crlNumberFrom(""), 0o600],
         ];
         for (const [file, text, mode] of files) await Deno.writeTextFile(file, text, { mode });
         await generateKey(staged.key, keyType, { passphrase });
@@ -1027,6 +1027,10 @@ export class CertificateAuthority {
   }
 
   async #gencrl(work: string, passphrase: string): Promise<void> {
+    const numberFile = join(work, "crlnumber");
+    await Deno.writeTextFile(numberFile, crlNumberFrom(await Deno.readTextFile(numberFile)), {
+      mode: 0o600,
+    });
     await this.#ca(work, passphrase, ["-gencrl", "-out", "crl.pem"]);
   }
 
@@ -1161,4 +1165,18 @@ function signArgs(days: number): string[] {
 function backdated(): string {
   const d = new Date(Date.now() - 5 * 60_000);
   return d.toISOString().replace(/[-:T]/g, "").slice(0, 14) + "Z";
+}
+
+/**
+ * What the `crlnumber` file must hold before a CRL is signed (`text` is what it holds): the clock
+ * in milliseconds, or what it holds when that is larger (more than one CRL in a millisecond, or
+ * the clock set back). Members refuse a CRL numbered below one they accepted
+ * (client/revocation.ts), and a CA restored from an older copy still numbers its next CRL above
+ * every CRL it signed since that copy. Even-length upper-case hex, as openssl writes it.
+ */
+function crlNumberFrom(text: string): string {
+  const held = /^[0-9A-Fa-f]+$/.test(text.trim()) ? BigInt(`0x${text.trim()}`) : 0n;
+  const now = BigInt(Date.now());
+  const hex = (held > now ? held : now).toString(16).toUpperCase();
+  return `${hex.length % 2 ? "0" : ""}${hex}\n`;
 }

@@ -806,6 +806,24 @@ Deno.test("crl() returns a fresh PEM X509 CRL signed by the CA, with an increasi
   });
 });
 
+Deno.test("a CA restored from an older copy numbers its next CRL above every CRL it signed since", async () => {
+  await withCa(async (ca) => {
+    const number = async (pem: string) =>
+      BigInt("0x" + /X509v3 CRL Number:\s*\n\s*([0-9A-F]+)/.exec(await crlText(ca, pem))![1]);
+    const backup = await Deno.readTextFile(ca.paths.crlnumber);
+    let highest = 0n;
+    for (let i = 0; i < 3; i++) {
+      const n = await number(await ca.crl());
+      assert.ok(n > highest, `CRL number ${n} after ${highest}`);
+      highest = n;
+    }
+    // The admin restores the CA's files from the copy: crlnumber goes back.
+    await Deno.writeTextFile(ca.paths.crlnumber, backup);
+    const after = await number(await ca.crl());
+    assert.ok(after > highest, `CRL number ${after} after a restore, ${highest} before it`);
+  });
+});
+
 Deno.test("list() reports every certificate oldest first, with status, dates and fingerprint", async () => {
   await withCa(async (ca) => {
     const alice = await ca.sign((await makeCsr("alice")).csr, "alice");

@@ -91,9 +91,9 @@ for (const keyType of ["ec-p256", "ed25519"] as const) {
       assert.equal(crl.nextUpdate?.getTime(), view.nextUpdate.getTime());
       assert.ok(crl.thisUpdate.getTime() <= Date.now() + 1000);
       assert.ok(crl.nextUpdate!.getTime() > crl.thisUpdate.getTime());
-      // The CRL number (RFC 5280 §5.2.3), as openssl prints it, one more with each CRL.
+      // The CRL number (RFC 5280 §5.2.3), as openssl prints it, larger with each CRL.
       assert.equal(crl.number, view.number);
-      assert.equal(parseCrl(await ca.crl(), ca.certificate.x509).number, view.number! + 1n);
+      assert.ok(parseCrl(await ca.crl(), ca.certificate.x509).number! > view.number!);
     });
   });
 
