@@ -155,6 +155,7 @@ Deno.test("no passphrase, token or message text reaches openssl's argv, a log, a
         [join(h, "peers.json"), 0o600],
         [join(h, "history"), 0o700],
         [join(h, "log.json"), 0o600],
+        [join(h, "crl-number"), 0o600],
       ]),
       ...histories.map((h): [string, number] => [h, 0o600]),
       [join(homes[1], "downloads"), 0o700],
