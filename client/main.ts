@@ -448,6 +448,8 @@ async function lookup(args: string[]): Promise<number> {
     LogMonitor.open(id.home.logState, id.anchor, client),
     revocation.refresh(),
   ]).catch(refusedCertificate(id));
+  // While an alarm of the log stands, nothing the CA says is shown, as the chat connects to none.
+  monitor.requireNoAlarm();
   // The directory's answer is checked as a chat checks it before connecting: our CA, that name,
   // valid now, not revoked, and in the CA's issuance log (what is shown can be compared).
   // Why there is no CRL (one refused as a replay, say) before the error that there is none.

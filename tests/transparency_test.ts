@@ -87,6 +87,13 @@ Deno.test("a certificate for bob with another key, issued and logged, raises log
     assert.equal(after.code, 1, after.stdout + after.stderr);
     assert.match(after.stdout, new RegExp(`fingerprint ${evilFingerprint}`));
     assert.match(after.stdout, /serial [0-9A-F]+/);
+    // Nor does client lookup show a certificate while it stands, as the chat connects to none.
+    const lookup = await runTask("client", ["lookup", "bob"], { env: { E2E_CHAT_HOME: bob.home } });
+    assert.equal(lookup.code, 1, lookup.stdout);
+    assert.match(
+      lookup.stderr,
+      /^e2e-chat: error: Refused: the CA's issuance log raised an alarm\n/,
+    );
   });
 });
 
