@@ -241,6 +241,7 @@ export class Chat {
       onInvite: (i) => this.#rooms.invited(i.from) || this.#emit({ type: "invite", from: i.from }),
       onWarning: warn,
       onRelay: (r) => this.#meetAtRelay(r.invitation, r.from),
+      onBack: () => this.#inviteAgain(),
     });
   }
 
@@ -460,6 +461,35 @@ export class Chat {
         }`,
         { cause: e },
       );
+    }
+  }
+
+  // The CA answers again after failures: it may have restarted, and the invitations it held in
+  // memory are gone (ca/rendezvous.ts); without them, whom we invited would never hear of it, or
+  // reach us through the relay. Ours that are pending are made again (a new expiry): a repeat to
+  // a client that held it is not shown there twice.
+  #inviteAgain(): void {
+    if (this.#stopped) return;
+    const now = Date.now();
+    for (const [name, { expires }] of this.#invited) {
+      if (expires <= now || this.#peers.has(name) || this.#inviting.has(name)) continue;
+      const roomOnly = this.#roomOnly.has(name); // invite() forgets it: a room's stays the room's
+      this.invite(name, { quiet: true }).then(
+        () =>
+          roomOnly || this.#emit({
+            type: "warning",
+            message: `Invited "${name}" again: the CA service did not answer for a while, ` +
+              `and may have lost the invitation`,
+          }),
+        (e) =>
+          this.#emit({
+            type: "warning",
+            message: `Could not invite "${name}" again after the CA service was away: ${
+              e instanceof Error ? e.message : e
+            }`,
+          }),
+      );
+      if (roomOnly) this.#roomOnly.add(name);
     }
   }
 

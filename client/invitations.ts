@@ -26,6 +26,11 @@ export interface InvitationsOptions {
   onWarning: (message: string) => void;
   /** Called for each request to come to the relay, where a peer we invited waits. Default: none. */
   onRelay?: (request: RelayRequestReply) => void;
+  /**
+   * Called when the CA answers again after failures: it may have restarted, and lost the
+   * invitations it held in memory (ca/rendezvous.ts). Default: none.
+   */
+  onBack?: () => void;
 }
 
 /** The invitations we hold, and the poll that brings new ones. */
@@ -150,11 +155,14 @@ export class Invitations {
     let failures = 0;
     while (!stopped.aborted) {
       try {
+        // After failures, a look that returns at once: the CA is known to be back now, not at
+        // the end of a long poll.
         const { invitations, relays, cursor: next } = await this.#ca.pending(
           cursor,
-          POLL_WAIT_SECONDS,
+          failures ? 0 : POLL_WAIT_SECONDS,
         );
         if (Number.isSafeInteger(next) && next >= 0) cursor = next;
+        if (failures) this.#options.onBack?.();
         failures = 0;
         // One request per invitation in an answer, and so many: each opens a connection.
         const met = new Set<number>();
