@@ -85,7 +85,7 @@ Deno.test("Invitations says when the CA answers again after failures, with a loo
   const invitations = new Invitations(ca, {
     onInvite: (i) => events.push(`invite ${i.from}`),
     onWarning: (m) => events.push(m),
-    onBack: () => events.push("back"),
+    onBack: (since) => events.push(since > 0 && since <= Date.now() ? "back" : `back ${since}`),
   });
   invitations.start();
   await new Promise((r) => setTimeout(r, 2_500));
