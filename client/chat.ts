@@ -116,7 +116,7 @@ export class Chat {
   #listeners = new Set<ChatListener>();
   #invited = new Map<
     string,
-    { keyFingerprint: string; fingerprint: string; expires: number; id: number }
+    { keyFingerprint: string; fingerprint: string; expires: number; id: number; at: number }
   >();
   #inviting = new Map<string, Promise<void>>();
   #invitations: Invitations;
@@ -242,6 +242,7 @@ export class Chat {
       onInvite: (i) => this.#rooms.invited(i.from) || this.#emit({ type: "invite", from: i.from }),
       onWarning: warn,
       onRelay: (r) => this.#meetAtRelay(r.invitation, r.from),
+      onBack: (since) => this.#inviteAgain(since),
     });
   }
 
@@ -349,6 +350,7 @@ export class Chat {
     const host = this.#advertise?.host ?? this.#listen.slice(0, this.#listen.lastIndexOf(":"));
     const port = this.#advertise?.port ??
       Number(this.#listen.slice(this.#listen.lastIndexOf(":") + 1));
+    const at = Date.now(); // the CA may have recorded it from now on
     // A fast peer may connect before the CA's reply reaches us: the listener waits for it.
     const offered = (this.#noListen ? this.#ca.offer(name) : this.#ca.offer(
       name,
@@ -362,6 +364,7 @@ export class Chat {
           fingerprint: cert.fingerprint,
           expires: Date.parse(reply.expiresAt),
           id: reply.id,
+          at,
         });
         return cert;
       });
@@ -397,7 +400,14 @@ export class Chat {
     this.#invitations.delete(name);
     const expected = await this.#checkDirectory(invitation.peer, name);
     await this.#revocation.ensureFresh();
-    const { socket, via } = await this.#reach(name, invitation);
+    const { socket, via } = await this.#reach(name, invitation).catch(async (e) => {
+      // The CA restarted since it showed us the invitation, and lost it: the inviter made it
+      // again once the CA answered (#inviteAgain). The one the CA holds now is tried once.
+      const again = await this.#invitations.find(name).catch(() => undefined);
+      if (!again || again.id === invitation.id) throw e;
+      this.#invitations.delete(name);
+      return await this.#reach(name, again);
+    });
     let cert: CertificateInfo;
     try {
       if (socket.alpnProtocol !== ALPN) {
@@ -466,6 +476,37 @@ export class Chat {
         }`,
         { cause: e },
       );
+    }
+  }
+
+  // The CA answers again after failures that began at `since`: it may have restarted, and the
+  // invitations it held in memory are gone (ca/rendezvous.ts); without them, whom we invited
+  // would never hear of it, or reach us through the relay. Ours made before `since` that are
+  // pending are made again (a new expiry); a repeat to a client that held one is not shown there
+  // twice. One made since then was made to the CA that answers now.
+  #inviteAgain(since: number): void {
+    if (this.#stopped) return;
+    const now = Date.now();
+    for (const [name, { expires, at }] of this.#invited) {
+      if (expires <= now || at >= since) continue;
+      if (this.#peers.has(name) || this.#inviting.has(name)) continue;
+      const roomOnly = this.#roomOnly.has(name); // invite() forgets it: a room's stays the room's
+      this.invite(name, { quiet: true }).then(
+        () =>
+          roomOnly || this.#emit({
+            type: "warning",
+            message: `Invited "${name}" again: the CA service did not answer for a while, ` +
+              `and may have lost the invitation`,
+          }),
+        (e) =>
+          this.#emit({
+            type: "warning",
+            message: `Could not invite "${name}" again after the CA service was away: ${
+              e instanceof Error ? e.message : e
+            }`,
+          }),
+      );
+      if (roomOnly) this.#roomOnly.add(name);
     }
   }
 
@@ -1224,7 +1265,13 @@ export class Chat {
       hello: (p) => this.#rooms.hello(p),
       room: (p, body) => this.#rooms.receive(p, body),
       closed: (p, reason) => {
-        if (this.#peers.get(p.name)?.conn === p) this.#peers.delete(p.name);
+        const ours = this.#peers.get(p.name);
+        if (ours?.conn === p) this.#peers.delete(p.name);
+        // Cut with no bye through the relay: the relay is the CA service's (restarted, maybe).
+        if (ours?.conn === p && ours.via === "relay" && reason === "closed") {
+          reason = `the connection through the CA service's relay was cut ` +
+            `(the service or "${p.name}" went away)`;
+        }
         this.#emit({ type: "disconnected", peer: p.name, reason });
         if (!this.#peers.has(p.name)) this.#rooms.disconnected(p.name);
       },

@@ -26,6 +26,12 @@ export interface InvitationsOptions {
   onWarning: (message: string) => void;
   /** Called for each request to come to the relay, where a peer we invited waits. Default: none. */
   onRelay?: (request: RelayRequestReply) => void;
+  /**
+   * Called when the CA answers again after failures, with the time (ms since the epoch) of the
+   * first failure: it may have restarted, and lost the invitations made before then that it held
+   * in memory (ca/rendezvous.ts). Default: none.
+   */
+  onBack?: (since: number) => void;
 }
 
 /** The invitations we hold, and the poll that brings new ones. */
@@ -148,13 +154,17 @@ export class Invitations {
     const stopped = this.#stopped.signal;
     let cursor = 0;
     let failures = 0;
+    let since = 0; // when the first failure of a run was seen
     while (!stopped.aborted) {
       try {
+        // After failures, a look that returns at once: the CA is known to be back now, not at
+        // the end of a long poll.
         const { invitations, relays, cursor: next } = await this.#ca.pending(
           cursor,
-          POLL_WAIT_SECONDS,
+          failures ? 0 : POLL_WAIT_SECONDS,
         );
         if (Number.isSafeInteger(next) && next >= 0) cursor = next;
+        if (failures) this.#options.onBack?.(since);
         failures = 0;
         // One request per invitation in an answer, and so many: each opens a connection.
         const met = new Set<number>();
@@ -169,6 +179,7 @@ export class Invitations {
       } catch (e) {
         if (stopped.aborted) return;
         if (failures++ === 0) {
+          since = Date.now();
           this.#options.onWarning(
             `Cannot check for invitations: ${e instanceof Error ? e.message : e}`,
           );

@@ -24,6 +24,8 @@ function rendezvous(answers: Array<InvitationReply[] | Error>) {
     calls,
     pending(after = 0, wait = 0) {
       calls.push([after, wait]);
+      // A CA that is down answers no look, the long poll's nor find()'s.
+      if (answers[0] instanceof Error) return Promise.reject(answers.shift());
       if (wait === 0) {
         return Promise.resolve({ invitations: [invitation("dave")], cursor: after });
       }
@@ -75,6 +77,28 @@ Deno.test("Invitations warns once while it cannot check the CA, with the reason"
   await new Promise((r) => setTimeout(r, 2_500));
   invitations.stop();
   assert.deepEqual(warnings, ["Cannot check for invitations: down"]);
+});
+
+Deno.test("Invitations says when the CA answers again after failures, with a look that returns at once", async () => {
+  const ca = rendezvous([new Error("down"), [invitation("alice")]]);
+  const events: string[] = [];
+  const invitations = new Invitations(ca, {
+    onInvite: (i) => events.push(`invite ${i.from}`),
+    onWarning: (m) => events.push(m),
+    onBack: (since) => events.push(since > 0 && since <= Date.now() ? "back" : `back ${since}`),
+  });
+  invitations.start();
+  await new Promise((r) => setTimeout(r, 2_500));
+  invitations.stop();
+  // The look after the failure waits for nothing (dave's invitation is what it finds), so the
+  // CA's being back is known at once; then the long poll goes on.
+  assert.deepEqual(events, [
+    "Cannot check for invitations: down",
+    "back",
+    "invite dave",
+    "invite alice",
+  ]);
+  assert.deepEqual(ca.calls.map(([, wait]) => wait), [25, 0, 25, 25]);
 });
 
 Deno.test("Invitations shows a repeated invitation from the same sender once, and keeps the newest address", async () => {

@@ -1,0 +1,256 @@
+/**
+ * The CA service restarted under running clients, as an admin does for an upgrade or a reboot:
+ * `ca serve` stopped with SIGTERM or killed with SIGKILL, then the same home served again on the
+ * same port and --crl-port. What the service held in memory only (the rendezvous, the relay) is
+ * gone; what users expect is that nothing else is, and that their clients recover on their own.
+ * Real service processes, real `client chat --json` processes, the real openssl.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import net from "node:net";
+import { join } from "node:path";
+import { ChatClient, stopAll, withTempDir } from "./_harness.ts";
+import { joinUser, type User } from "./_chat_helpers.ts";
+import { initCa, type Service, startService } from "./_service_helpers.ts";
+
+/** Longer than the poll's pause after its first failures (client/poll.ts), and a restart. */
+const RECOVERY_MS = 30_000;
+
+/** What an inviter says when it invites `name` again after the service was away. */
+const AGAIN = (name: string) =>
+  `Invited "${name}" again: the CA service did not answer for a while, and may have lost the invitation`;
+
+/** A port free now on 127.0.0.1. */
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/** A CA service, its users joined, and their chats; restarted on the same address. */
+class World {
+  readonly dir: string;
+  service: Service;
+  readonly crlPort: number;
+  #clients: ChatClient[] = [];
+
+  private constructor(dir: string, service: Service, crlPort: number) {
+    this.dir = dir;
+    this.service = service;
+    this.crlPort = crlPort;
+  }
+
+  static async start(dir: string): Promise<World> {
+    const home = join(dir, "ca-home");
+    await initCa(home);
+    const crlPort = await freePort();
+    const service = await startService(home, { args: ["--crl-port", String(crlPort)] });
+    return new World(dir, service, crlPort);
+  }
+
+  async join(...names: string[]): Promise<User[]> {
+    return await Promise.all(names.map((n) => joinUser(this.service, n, join(this.dir, n))));
+  }
+
+  async chat(user: User, args: string[] = []): Promise<ChatClient> {
+    const client = await ChatClient.start(user, { args });
+    this.#clients.push(client);
+    return client;
+  }
+
+  /** Ends the service with `signal`, then serves the same home on the same ports again. */
+  async restart(signal: "SIGTERM" | "SIGKILL"): Promise<void> {
+    const { home, port } = this.service;
+    this.service.proc.kill(signal);
+    const status = await this.service.proc.status;
+    assert.ok(signal === "SIGKILL" ? status.signal === "SIGKILL" : status.code === 0);
+    this.service = await startService(home, {
+      args: ["--port", String(port), "--crl-port", String(this.crlPort)],
+    });
+  }
+
+  async close(): Promise<void> {
+    await stopAll(this.#clients);
+    await this.service.stop();
+  }
+}
+
+async function withWorld(fn: (world: World) => Promise<void>): Promise<void> {
+  await withTempDir(async (dir) => {
+    const world = await World.start(dir);
+    try {
+      await fn(world);
+    } finally {
+      await world.close();
+    }
+  });
+}
+
+Deno.test("an invitation pending when the service restarts is made again once it answers, and reaches a client started after the restart", async () => {
+  await withWorld(async (world) => {
+    const [aliceUser, carolUser] = await world.join("alice", "carol");
+    const alice = await world.chat(aliceUser);
+    await alice.send("/chat carol");
+    await alice.expect({ type: "invited", to: "carol" });
+
+    await world.restart("SIGTERM");
+    // The service lost the invitation with its memory; alice's client, once it hears from the
+    // service again, invites carol again and says so.
+    const carol = await world.chat(carolUser);
+    await carol.expect({ type: "invite", from: "alice" }, RECOVERY_MS);
+    await alice.expect({
+      type: "warning",
+      message: AGAIN("carol"),
+    });
+    await carol.send("/accept alice");
+    await carol.expect({ type: "connected", peer: "alice", via: "direct" });
+    await alice.expect({ type: "connected", peer: "carol" });
+    await carol.send("/msg alice after the restart");
+    await alice.expect({ type: "message", from: "carol", text: "after the restart" });
+    assertCalm([alice, carol], [`warning: ${AGAIN("carol")}`]);
+  });
+});
+
+Deno.test("an invitation held when the service is killed and restarted still leads through the relay to an inviter that does not listen", async () => {
+  await withWorld(async (world) => {
+    const [aliceUser, bobUser] = await world.join("alice", "bob");
+    const alice = await world.chat(aliceUser, ["--no-listen"]);
+    const bob = await world.chat(bobUser);
+    await alice.send("/chat bob");
+    await bob.expect({ type: "invite", from: "alice" });
+
+    const mark = bob.mark();
+    await world.restart("SIGKILL");
+    await alice.expect({
+      type: "warning",
+      message: AGAIN("bob"),
+    }, RECOVERY_MS);
+    // Bob holds the invitation he was shown: the one made again replaces it, not shown twice.
+    // His /accept may come before it reaches him: he then asks the service for it.
+    assert.deepEqual(bob.since(mark, { type: "invite" }), []);
+    await bob.send("/accept alice");
+    await bob.expect({ type: "connected", peer: "alice", via: "relay" });
+    await alice.expect({ type: "connected", peer: "bob", via: "relay" });
+    await alice.send("/msg bob through the new relay");
+    await bob.expect({ type: "message", from: "alice", text: "through the new relay" });
+    assertCalm([alice, bob], [`warning: ${AGAIN("bob")}`]);
+  });
+});
+
+Deno.test("peers connected directly keep chatting through a restart of the service, and a relayed chat it cut says so and is made again with /chat", async () => {
+  await withWorld(async (world) => {
+    const [aliceUser, bobUser, carolUser] = await world.join("alice", "bob", "carol");
+    const alice = await world.chat(aliceUser);
+    const bob = await world.chat(bobUser);
+    const carol = await world.chat(carolUser, ["--no-listen"]);
+    await alice.send("/chat bob");
+    await bob.expect({ type: "invite", from: "alice" });
+    await bob.send("/accept alice");
+    await alice.expect({ type: "connected", peer: "bob", via: "direct" });
+    await carol.send("/chat alice");
+    await alice.expect({ type: "invite", from: "carol" });
+    await alice.send("/accept carol");
+    await alice.expect({ type: "connected", peer: "carol", via: "relay" });
+    await carol.expect({ type: "connected", peer: "alice", via: "relay" });
+
+    await world.restart("SIGKILL");
+    const cut = (peer: string) =>
+      `the connection through the CA service's relay was cut (the service or "${peer}" went away)`;
+    await alice.expect({ type: "disconnected", peer: "carol", reason: cut("carol") });
+    await carol.expect({ type: "disconnected", peer: "alice", reason: cut("alice") });
+    // alice and bob talk directly: the service's restart is nothing to them.
+    await alice.send("/msg bob while the CA restarts");
+    await bob.expect({ type: "message", from: "alice", text: "while the CA restarts" });
+    await bob.send("/msg alice still here");
+    await alice.expect({ type: "message", from: "bob", text: "still here" });
+    assert.deepEqual(alice.since(0, { type: "disconnected", peer: "bob" }), []);
+
+    // carol invites alice again, before her own look for invitations has found the service back:
+    // that invitation was made to the service that answers now, and is not made a second time.
+    const mark = carol.mark();
+    await carol.send("/chat alice");
+    await carol.expect({ type: "invited", to: "alice" });
+    await alice.expect({ type: "invite", from: "carol" }, RECOVERY_MS);
+    await alice.send("/accept carol");
+    await alice.expect({ type: "connected", peer: "carol", via: "relay" });
+    await alice.send("/msg carol back again");
+    await carol.expect({ type: "message", from: "alice", text: "back again" });
+    await bob.send("/msg alice and the CA is back");
+    await alice.expect({ type: "message", from: "bob", text: "and the CA is back" });
+    await carol.expectNone(mark, (e) => /again/.test(String(e.message)), 3_000);
+    assertCalm([alice, bob, carol]);
+  });
+});
+
+/**
+ * What each client said of the restart: each failing look once (invitations, mailbox, and the
+ * issuance log if a look at it was under way), what `expected` names, and never a `log_alarm`.
+ */
+function assertCalm(clients: ChatClient[], expected: string[] = []): void {
+  const away = "(The CA service at URL did not answer|Cannot reach the CA service at URL)";
+  const once = [
+    new RegExp(`^warning: Cannot check for invitations: ${away}$`),
+    new RegExp(`^warning: Cannot check the mailbox: ${away}$`),
+    new RegExp(`^warning: Cannot check the CA's issuance log: ${away}$`),
+  ];
+  const url = (line: string) => line.replace(/https:\/\/127\.0\.0\.1:\d+/, "URL");
+  for (const client of clients) {
+    const said = client.events.filter((e) =>
+      e.type === "warning" || e.type === "error" || e.type === "log_alarm"
+    ).map((e) => url(`${e.type}: ${e.message}`));
+    for (const line of said) {
+      assert.ok(
+        once.some((r) => r.test(line)) || expected.map(url).includes(line),
+        `${client.name} said: ${line}\n${client.describe()}`,
+      );
+    }
+    // Once each, not once per retry.
+    const what = said.map((line) => line.split(": ").slice(0, 2).join(": "));
+    assert.equal(new Set(what).size, what.length, `${client.name} said one thing twice:\n${said}`);
+  }
+}
+
+Deno.test("mailbox items posted before, during and after a restart of the service arrive exactly once, and the recipient's long poll recovers", async () => {
+  await withWorld(async (world) => {
+    const [aliceUser, bobUser] = await world.join("alice", "bob");
+    const alice = await world.chat(aliceUser);
+    const bob = await world.chat(bobUser);
+    await alice.send("/msg bob before");
+    const before = await alice.expect({ type: "queued", to: "bob" });
+    // Killed before bob's long poll may have taken it: the service keeps it on disk.
+    const { home, port } = world.service;
+    world.service.proc.kill("SIGKILL");
+    await world.service.proc.status;
+    // While it is down, a message for the mailbox is refused at once, and the user is told.
+    await alice.send("/msg bob during");
+    const refused = await alice.expect({ type: "error" });
+    assert.match(
+      String(refused.message),
+      /^Cannot reach the CA service at https:\/\/127\.0\.0\.1:\d+/,
+    );
+    world.service = await startService(home, {
+      args: ["--port", String(port), "--crl-port", String(world.crlPort)],
+    });
+    await alice.send("/msg bob after");
+    const after = await alice.expect({ type: "queued", to: "bob" });
+    await bob.expect(
+      { type: "message", from: "alice", text: "before", via: "mailbox" },
+      RECOVERY_MS,
+    );
+    await bob.expect(
+      { type: "message", from: "alice", text: "after", via: "mailbox" },
+      RECOVERY_MS,
+    );
+    await alice.expect({ type: "delivered", to: "bob", id: before.id }, RECOVERY_MS);
+    await alice.expect({ type: "delivered", to: "bob", id: after.id }, RECOVERY_MS);
+    // Exactly once: nothing more comes in the next long poll, and no replay was dropped.
+    await bob.expectNone(0, { type: "message", text: "during" }, 2_000);
+    const texts = bob.events.filter((e) => e.type === "message").map((e) => e.text);
+    assert.deepEqual(texts.sort(), ["after", "before"]);
+    assertCalm([bob]);
+    assertCalm([alice], [`error: ${refused.message}`]);
+  });
+});
