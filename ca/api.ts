@@ -375,7 +375,9 @@ async function offer(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
 
 async function pending(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   const user = await authenticate(ctx, req);
-  const after = wholeNumber(req.query.get("after") ?? "0", "after", Number.MAX_SAFE_INTEGER);
+  const after = ctx.rendezvous.cursor(
+    wholeNumber(req.query.get("after") ?? "0", "after", Number.MAX_SAFE_INTEGER),
+  );
   const wait = wholeNumber(req.query.get("wait") ?? "0", "wait", MAX_WAIT_SECONDS);
   const found = await ctx.rendezvous.wait(user, after, wait * 1000, req.signal);
   const invitations = [];

@@ -131,6 +131,15 @@ export class Rendezvous {
     return invitation;
   }
 
+  /**
+   * A client's cursor (`after`) as this rendezvous reads it: one above every id it has handed out
+   * comes from a run of the service whose clock was ahead of this one's (set back since), and
+   * starts over from 0 — else what comes next would be numbered at or below it, and never seen.
+   */
+  cursor(after: number): number {
+    return after >= this.#nextId ? 0 : after;
+  }
+
   /** The unexpired invitations for `to` with an id above `after`. */
   pending(to: string, after = 0): Invitation[] {
     this.#prune();

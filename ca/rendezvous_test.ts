@@ -35,6 +35,17 @@ Deno.test("Rendezvous.offer() refuses past 60 offers a minute to one recipient a
   assert.throws(() => rendezvous.offer("alice", "dave", "h", 1), /Too many invitations to "dave"/);
 });
 
+Deno.test("Rendezvous.cursor() keeps a cursor below the next id and starts over from one at or above it", () => {
+  const rendezvous = new Rendezvous();
+  const { id } = rendezvous.offer("alice", "bob", "h", 1);
+  assert.equal(rendezvous.cursor(0), 0);
+  assert.equal(rendezvous.cursor(id - 1), id - 1);
+  assert.equal(rendezvous.cursor(id), id);
+  // From a run of the service whose clock was ahead of this one's.
+  assert.equal(rendezvous.cursor(id + 1), 0);
+  assert.equal(rendezvous.cursor(Number.MAX_SAFE_INTEGER), 0);
+});
+
 // ---------------------------------------------------------------------------
 // offer and pending
 

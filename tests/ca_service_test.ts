@@ -277,6 +277,13 @@ Deno.test("a member's rendezvous cursor still sees new invitations after the ser
         .json() as Pending;
       assert.deepEqual(after.invitations.map((i) => i.from), ["carol"]);
       assert.ok(after.cursor > seen.cursor);
+      // A cursor above every id this run could give (the service's clock was set back since the
+      // run that gave it) starts over: what waits is listed, and the cursor comes back to it.
+      const ahead = after.cursor + 3_600_000 * 1024;
+      const over = (await service.request(`/v1/rendezvous?after=${ahead}`, auth(bob)))
+        .json() as Pending;
+      assert.deepEqual(over.invitations.map((i) => i.from), ["carol"]);
+      assert.equal(over.cursor, after.cursor);
     } finally {
       await service.stop();
     }
