@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import { join } from "node:path";
-import type { Browser, BrowserContext, Page } from "playwright-core";
+import type { Browser, BrowserContext, Locator, Page } from "playwright-core";
 import {
   ChatClient,
   childEnv,
@@ -352,4 +352,21 @@ export async function webTest(name: string, scenarios: Scenario[]): Promise<void
       }
     },
   });
+}
+
+/** The page invites `peer` with "Chat with" / "Start chat"; the peer accepts on its JSON face. */
+export async function startChat(page: Page, alice: User, peer: ChatClient): Promise<void> {
+  await page.getByRole("textbox", { name: "Chat with" }).fill(peer.name);
+  await page.getByRole("button", { name: "Start chat", exact: true }).click();
+  await peer.expect({ type: "invite", from: alice.name });
+  await peer.send(`/accept ${alice.name}`);
+  await peer.expect({ type: "connected", peer: alice.name });
+  await page.getByRole("textbox", { name: "Message", exact: true }).and(
+    page.locator(":enabled"),
+  ).waitFor();
+}
+
+/** The page's timeline of the open conversation (role `log`, "Messages"). */
+export function timeline(page: Page): Locator {
+  return page.getByRole("log", { name: "Messages" });
 }

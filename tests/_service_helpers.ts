@@ -15,6 +15,9 @@ import { type RunResult, runTask, TaskProcess } from "./_harness.ts";
 import { makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
 import { readIndex } from "../ca/store.ts";
 import { CaPaths } from "../ca/home.ts";
+import { leafExtensions } from "../ca/policy.ts";
+import { openssl, PASSPHRASE_ARG } from "../lib/openssl.ts";
+import { X509Certificate } from "node:crypto";
 
 const CLIENT_TIMEOUT_MS = 60_000;
 
@@ -349,4 +352,35 @@ export function committedFor(service: Service, name: string): () => boolean {
       return false;
     }
   };
+}
+
+/**
+ * A certificate for `name` signed by the service's CA key but valid only in
+ * 2020: issued by `openssl ca` in a copy of HOME/ca at `copy`, so the live
+ * database never hears of it. For `keyPem`'s key when given, else a new one.
+ */
+export async function expiredCertificate(
+  service: Service,
+  copy: string,
+  name: string,
+  keyPem?: string,
+): Promise<{ cert: string; key: string }> {
+  await Deno.mkdir(join(copy, "certs"), { recursive: true });
+  for (
+    const file of ["ca.key", "ca.crt", "openssl.cnf", "index.txt", "index.txt.attr", "crlnumber"]
+  ) {
+    await Deno.copyFile(join(service.caDir, file), join(copy, file));
+  }
+  const { csr, key } = await makeCsr(name, keyPem ? { keyPem } : {});
+  await Deno.writeTextFile(join(copy, "request.csr"), csr);
+  await Deno.writeTextFile(join(copy, "leaf.cnf"), leafExtensions(name, "ec"));
+  await openssl([
+    ...["ca", "-config", "openssl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt"],
+    ...["-passin", PASSPHRASE_ARG, "-batch", "-notext", "-in", "request.csr", "-out", "cert.pem"],
+    ...["-startdate", "20200101000000Z", "-enddate", "20200108000000Z"],
+    ...["-extfile", "leaf.cnf", "-extensions", "leaf"],
+  ], { cwd: copy, passphrase: PASSPHRASE, timeoutMs: 10_000 });
+  const cert = await Deno.readTextFile(join(copy, "cert.pem"));
+  assert.ok(new X509Certificate(cert).validToDate < new Date(), "the certificate is not expired");
+  return { cert, key };
 }

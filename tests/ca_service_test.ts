@@ -14,8 +14,7 @@ import { createHash, randomBytes, X509Certificate } from "node:crypto";
 import { join } from "node:path";
 import net from "node:net";
 import tls from "node:tls";
-import { leafExtensions } from "../ca/policy.ts";
-import { openssl, OpensslError, PASSPHRASE_ARG } from "../lib/openssl.ts";
+import { openssl, OpensslError } from "../lib/openssl.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { sleep, within } from "./_harness.ts";
 import { makeCsr, PASSPHRASE, runCa, snapshot, withTempDir } from "./_helpers.ts";
@@ -24,6 +23,7 @@ import {
   assertSuccess,
   type EnrolledUser,
   enrollUser,
+  expiredCertificate,
   initCa,
   inviteToken,
   makeInvite,
@@ -115,36 +115,6 @@ function assertLogKeepsSecrets(service: Service, secrets: string[]): void {
 /** Lines of a CSR's base64, each long enough to be unmistakable in a log. */
 function csrLines(csr: string): string[] {
   return csr.split("\n").filter((l) => l.length >= 40 && !l.startsWith("-----"));
-}
-
-/**
- * A certificate for `name` signed by the service's CA key but valid only in
- * 2020: issued by `openssl ca` in a copy of HOME/ca at `copy`, so the live
- * database never hears of it.
- */
-async function expiredCertificate(
-  service: Service,
-  copy: string,
-  name: string,
-): Promise<{ cert: string; key: string }> {
-  await Deno.mkdir(join(copy, "certs"), { recursive: true });
-  for (
-    const file of ["ca.key", "ca.crt", "openssl.cnf", "index.txt", "index.txt.attr", "crlnumber"]
-  ) {
-    await Deno.copyFile(join(service.caDir, file), join(copy, file));
-  }
-  const { csr, key } = await makeCsr(name);
-  await Deno.writeTextFile(join(copy, "request.csr"), csr);
-  await Deno.writeTextFile(join(copy, "leaf.cnf"), leafExtensions(name, "ec"));
-  await openssl([
-    ...["ca", "-config", "openssl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt"],
-    ...["-passin", PASSPHRASE_ARG, "-batch", "-notext", "-in", "request.csr", "-out", "cert.pem"],
-    ...["-startdate", "20200101000000Z", "-enddate", "20200108000000Z"],
-    ...["-extfile", "leaf.cnf", "-extensions", "leaf"],
-  ], { cwd: copy, passphrase: PASSPHRASE, timeoutMs: 10_000 });
-  const cert = await Deno.readTextFile(join(copy, "cert.pem"));
-  assert.ok(x509(cert).validToDate < new Date(), "the certificate is not expired");
-  return { cert, key };
 }
 
 /** `fields` as JSON padded with an extra field to exactly `bytes` bytes. */

@@ -7,8 +7,6 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { leafExtensions } from "../ca/policy.ts";
-import { openssl, PASSPHRASE_ARG } from "../lib/openssl.ts";
 import {
   ChatClient,
   connect,
@@ -18,8 +16,8 @@ import {
   withTempDir,
 } from "./_harness.ts";
 import { joinUser, type User } from "./_chat_helpers.ts";
-import { makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
-import { makeInvite, type Service, withService } from "./_service_helpers.ts";
+import { makeCsr, runCa } from "./_helpers.ts";
+import { expiredCertificate, makeInvite, type Service, withService } from "./_service_helpers.ts";
 
 /** The client run as `deno task client ARGS` in `cwd`, for the user whose home is `home`. */
 function client(home: string, args: string[], options: { stdin?: string; cwd?: string } = {}) {
@@ -31,24 +29,13 @@ function client(home: string, args: string[], options: { stdin?: string; cwd?: s
  * valid only in 2020 (in a copy of HOME/ca, so the CA's database never hears of it).
  */
 async function expire(service: Service, user: User, copy: string): Promise<void> {
-  await Deno.mkdir(join(copy, "certs"), { recursive: true });
-  for (
-    const file of ["ca.key", "ca.crt", "openssl.cnf", "index.txt", "index.txt.attr", "crlnumber"]
-  ) {
-    await Deno.copyFile(join(service.caDir, file), join(copy, file));
-  }
-  await Deno.writeTextFile(join(copy, "leaf.cnf"), leafExtensions(user.name, "ec"));
-  await openssl(
-    ["req", "-new", "-key", user.keyPath, "-subj", `/CN=${user.name}`, "-out", "request.csr"],
-    { cwd: copy, timeoutMs: 10_000 },
+  const { cert } = await expiredCertificate(
+    service,
+    copy,
+    user.name,
+    await Deno.readTextFile(user.keyPath),
   );
-  await openssl([
-    ...["ca", "-config", "openssl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt"],
-    ...["-passin", PASSPHRASE_ARG, "-batch", "-notext", "-in", "request.csr", "-out", "cert.pem"],
-    ...["-startdate", "20200101000000Z", "-enddate", "20200108000000Z"],
-    ...["-extfile", "leaf.cnf", "-extensions", "leaf"],
-  ], { cwd: copy, passphrase: PASSPHRASE, timeoutMs: 10_000 });
-  await Deno.copyFile(join(copy, "cert.pem"), user.certPath);
+  await Deno.writeTextFile(user.certPath, cert);
 }
 
 /** A failure's one error line and its hint (exit 1). */

@@ -13,31 +13,15 @@ import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import {
   type BrowserContext,
-  type ChatClient,
   joinUser,
   type Page,
   type Scene,
-  type User,
+  startChat,
+  timeline,
   waitUntil,
   type WebClient,
   webTest,
 } from "./_browser.ts";
-
-/** The page invites `peer` with "Chat with" / "Start chat"; the peer accepts on its JSON face. */
-async function startChat(page: Page, alice: User, peer: ChatClient): Promise<void> {
-  await page.getByRole("textbox", { name: "Chat with" }).fill(peer.name);
-  await page.getByRole("button", { name: "Start chat", exact: true }).click();
-  await peer.expect({ type: "invite", from: alice.name });
-  await peer.send(`/accept ${alice.name}`);
-  await peer.expect({ type: "connected", peer: alice.name });
-  await page.getByRole("textbox", { name: "Message", exact: true }).and(
-    page.locator(":enabled"),
-  ).waitFor();
-}
-
-function timeline(page: Page) {
-  return page.getByRole("log", { name: "Messages" });
-}
 
 /** A context of its own (colour scheme, viewport, zoom) with the page of `web` open in it. */
 async function openIn(

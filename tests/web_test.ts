@@ -15,14 +15,14 @@ import { join } from "node:path";
 import { makeCsr } from "./_helpers.ts";
 import { commitSomething, signBehindTheirBacks } from "./_dishonest_ca.ts";
 import {
-  type ChatClient,
   joinUser,
   type Page,
   revoke,
   type Scenario,
   type Scene,
   sleep,
-  type User,
+  startChat,
+  timeline,
   waitUntil,
   WebClient,
   webTest,
@@ -31,22 +31,6 @@ import {
 
 function sha256(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
-}
-
-/** The page invites `peer` with "Chat with" / "Start chat"; the peer accepts on its JSON face. */
-async function startChat(page: Page, alice: User, peer: ChatClient): Promise<void> {
-  await page.getByRole("textbox", { name: "Chat with" }).fill(peer.name);
-  await page.getByRole("button", { name: "Start chat", exact: true }).click();
-  await peer.expect({ type: "invite", from: alice.name });
-  await peer.send(`/accept ${alice.name}`);
-  await peer.expect({ type: "connected", peer: alice.name });
-  await page.getByRole("textbox", { name: "Message", exact: true }).and(
-    page.locator(":enabled"),
-  ).waitFor();
-}
-
-function timeline(page: Page) {
-  return page.getByRole("log", { name: "Messages" });
 }
 
 async function sendFromPage(page: Page, text: string): Promise<void> {
