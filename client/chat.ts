@@ -404,8 +404,10 @@ export class Chat {
       // The CA restarted since it showed us the invitation, and lost it: the inviter made it
       // again once the CA answered (#inviteAgain). The one the CA holds now is tried once.
       const again = await this.#invitations.find(name).catch(() => undefined);
-      if (!again || again.id === invitation.id) throw e;
+      // Acted upon, whichever it is: find() holds what the CA lists, and a held invitation
+      // would make the next one from them a repeat, never shown.
       this.#invitations.delete(name);
+      if (!again || again.id === invitation.id) throw e;
       return await this.#reach(name, again);
     });
     let cert: CertificateInfo;

@@ -551,7 +551,8 @@ Deno.test("the client refuses a server holding a member's certificate instead of
         lookup.stderr,
       );
       await sleep(100);
-      assert.equal(connections, 1, "the client never completed a handshake");
+      // lookup asks for the directory entry and the CRL at once: one handshake each at most.
+      assert.ok(connections >= 1 && connections <= 2, `${connections} handshakes`);
       assert.equal(received, 0, "the client sent request bytes to an impostor");
     } finally {
       await new Promise<void>((resolve) => impostor.close(() => resolve()));
