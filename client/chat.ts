@@ -514,8 +514,15 @@ export class Chat {
 
   // A peer we invited waits for us at the relay: we go there, and run the peer TLS inside as
   // its server, admitted by the same #admit as our listener's connections.
-  #meetAtRelay(invitation: number, name: string): void {
+  #meetAtRelay(invitation: number, name: string, waited = false): void {
     const invited = this.#invited.get(name);
+    // The CA recorded our invitation before it answered us, and we record it only after the
+    // directory's checks: a quick peer can accept it, and ask us to the relay, in between.
+    const inviting = this.#inviting.get(name);
+    if (inviting && !waited && invited?.id !== invitation) {
+      inviting.then(() => this.#meetAtRelay(invitation, name, true));
+      return;
+    }
     if (!invited || invited.id !== invitation || this.#relay === "never" || this.#stopped) return;
     let outer: tls.TLSSocket | undefined;
     this.#ca.relay(invitation).then(async (socket) => {
