@@ -370,3 +370,20 @@ export async function startChat(page: Page, alice: User, peer: ChatClient): Prom
 export function timeline(page: Page): Locator {
   return page.getByRole("log", { name: "Messages" });
 }
+
+/** Stops the client process (SIGSTOP) until the page says it lost it, then lets it go on and
+ * waits for the page to say nothing of it again. */
+export async function stallClient(page: Page, web: WebClient): Promise<void> {
+  web.signal("SIGSTOP");
+  try {
+    await page.getByRole("alert").filter({ hasText: "Lost the chat client" }).waitFor({
+      timeout: 15_000,
+    });
+  } finally {
+    web.signal("SIGCONT");
+  }
+  await page.getByRole("alert").filter({ hasText: "Lost" }).waitFor({
+    state: "hidden",
+    timeout: 15_000,
+  });
+}

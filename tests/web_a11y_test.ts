@@ -16,6 +16,7 @@ import {
   joinUser,
   type Page,
   type Scene,
+  stallClient,
   startChat,
   timeline,
   waitUntil,
@@ -366,18 +367,7 @@ async function reconnectQuietly(scene: Scene): Promise<void> {
   const text = `the key of "${bobOld.name}" CHANGED`;
   await page.getByRole("region", { name: "Notices" }).getByText(text).first().waitFor();
 
-  web.signal("SIGSTOP");
-  try {
-    await page.getByRole("alert").filter({ hasText: "Lost the chat client" }).waitFor({
-      timeout: 15_000,
-    });
-  } finally {
-    web.signal("SIGCONT");
-  }
-  await page.getByRole("alert").filter({ hasText: "Lost" }).waitFor({
-    state: "hidden",
-    timeout: 15_000,
-  });
+  await stallClient(page, web);
   await timeline(page).getByText("said before the client stalled").waitFor();
   await page.getByRole("region", { name: "Notices" }).getByText(text).first().waitFor();
   const all = await said(page);

@@ -21,6 +21,7 @@ import {
   type Scenario,
   type Scene,
   sleep,
+  stallClient,
   startChat,
   timeline,
   waitUntil,
@@ -405,18 +406,7 @@ async function lostAndBack(scene: Scene): Promise<void> {
   const [alice] = await scene.join("alice-l");
   const web = await scene.web(alice);
   const page = await scene.page(web);
-  web.signal("SIGSTOP");
-  try {
-    await page.getByRole("alert").filter({ hasText: "Lost the chat client" }).waitFor({
-      timeout: 15_000,
-    });
-  } finally {
-    web.signal("SIGCONT");
-  }
-  await page.getByRole("alert").filter({ hasText: "Lost" }).waitFor({
-    state: "hidden",
-    timeout: 15_000,
-  });
+  await stallClient(page, web);
   await page.getByRole("textbox", { name: "Chat with" }).waitFor();
 }
 
