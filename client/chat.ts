@@ -26,6 +26,7 @@ import {
 } from "../lib/tls.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
 import type { CaClient, CertificateReply, InvitationReply } from "./ca_client.ts";
+import { checkDirectoryAnswer } from "./directory.ts";
 import type { CoreEvent, PeerSummary, Via } from "./events.ts";
 import {
   announcedName,
@@ -1074,15 +1075,11 @@ export class Chat {
 
   // The directory's certificate for `name`: ours, that name, not revoked, and in the issuance log.
   async #checkDirectory(reply: CertificateReply, name: string): Promise<CertificateInfo> {
-    const der = typeof reply?.certificate === "string"
-      ? pemDecode(reply.certificate, "CERTIFICATE")
-      : null;
-    const cert = checkPeer(der, this.#id.anchor, {
-      name,
-      isRevoked: (s) => this.#revocation.isRevoked(s),
+    return await checkDirectoryAnswer(reply, name, {
+      anchor: this.#id.anchor,
+      revocation: this.#revocation,
+      log: this.#log,
     });
-    await this.#log.checkCertificate(der!, reply.log);
-    return cert;
   }
 
   // The certificate a peer presents must be in the log too: the one the directory proved, or

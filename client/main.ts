@@ -25,7 +25,6 @@ import type { FileFlagValues } from "./faces/file_options.ts";
 import type { WebServer } from "./faces/web/server.ts";
 import { ClientHome } from "./home.ts";
 import { checkName } from "../lib/names.ts";
-import { pemDecode } from "../lib/pem.ts";
 import { parseCaAddress, parseInvite } from "../lib/invite.ts";
 import type { Identity, PassphraseSource } from "./identity.ts";
 import type { ClientKeyType } from "./keys.ts";
@@ -429,8 +428,8 @@ async function lookup(args: string[]): Promise<number> {
   if (values.help) return await help();
   if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "lookup needs exactly one NAME");
   const name = checkName(positionals[0]);
-  const [{ checkPeer }, { LogMonitor }, { Revocation }] = await Promise.all([
-    import("../lib/tls.ts"),
+  const [{ checkDirectoryAnswer }, { LogMonitor }, { Revocation }] = await Promise.all([
+    import("./directory.ts"),
     import("./transparency.ts"),
     import("./revocation.ts"),
   ]);
@@ -450,17 +449,16 @@ async function lookup(args: string[]): Promise<number> {
   ]).catch(refusedCertificate(id));
   // While an alarm of the log stands, nothing the CA says is shown, as the chat connects to none.
   monitor.requireNoAlarm();
-  // The directory's answer is checked as a chat checks it before connecting: our CA, that name,
-  // valid now, not revoked, and in the CA's issuance log (what is shown can be compared).
   // Why there is no CRL (one refused as a replay, say) before the error that there is none.
   for (const message of warnings) await err(`e2e-chat: warning: ${message}\n`);
-  revocation.requireCurrent();
-  // An answer without a certificate is refused by checkPeer, as the chat's (no TypeError).
-  const der = typeof reply?.certificate === "string"
-    ? pemDecode(reply.certificate, "CERTIFICATE")
-    : null;
-  const cert = checkPeer(der, id.anchor, { name, isRevoked: (s) => revocation.isRevoked(s) });
-  await monitor.checkCertificate(der!, reply.log); // checkPeer refused a missing one
+  // The directory's answer is checked by the function the chat checks it with before
+  // connecting: a current CRL, our CA, that name, valid now, not revoked, and in the CA's
+  // issuance log (what is shown can be compared).
+  const cert = await checkDirectoryAnswer(reply, name, {
+    anchor: id.anchor,
+    revocation,
+    log: monitor,
+  });
   if (values.json) {
     await out(
       JSON.stringify({
