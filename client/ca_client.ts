@@ -16,6 +16,7 @@ import {
   connectTls,
   type Credentials,
   peerCertificateDer,
+  serviceRejected,
   type TrustAnchor,
 } from "../lib/tls.ts";
 import { printable } from "../lib/printable.ts";
@@ -93,12 +94,23 @@ export class CaClient {
   #base: string;
   #anchor: TrustAnchor;
   #own?: Credentials;
+  #isRevoked?: (serial: string) => boolean;
 
   /** A client for the service at `caUrl` that trusts `anchor` only. */
   constructor(caUrl: string, anchor: TrustAnchor, own?: Credentials) {
     this.#base = caUrl;
     this.#anchor = anchor;
     this.#own = own;
+  }
+
+  /**
+   * Refuses from now on a service whose TLS certificate `isRevoked` says is on the CRL
+   * (the client's client/revocation.ts). The CRL itself is still fetched from such a service:
+   * signed by the CA, it needs no trusted channel (as on the plain-HTTP CRL listener), and a
+   * client that could not fetch it would fail closed for good.
+   */
+  checkServiceRevocation(isRevoked: (serial: string) => boolean): void {
+    this.#isRevoked = isRevoked;
   }
 
   /** Authenticates later requests with `own` instead (after a renewal). */
@@ -154,12 +166,21 @@ export class CaClient {
     if (!this.#own) {
       throw new E2eError("ERR_NOT_ENROLLED", "The relay needs our certificate");
     }
-    return await dialRelay(this.#base, this.#anchor, invitation, { own: this.#own, timeoutMs });
+    return await dialRelay(this.#base, this.#anchor, invitation, {
+      own: this.#own,
+      timeoutMs,
+      isRevoked: this.#isRevoked,
+    });
   }
 
   /** GET /v1/crl (PEM) */
   async crl(): Promise<string> {
-    return await this.#text("/v1/crl");
+    const reply = await call(new URL("/v1/crl", this.#base), { method: "GET" }, {
+      anchor: this.#anchor,
+      own: this.#own,
+    });
+    if (reply.status !== 200) throw apiError(reply);
+    return reply.body;
   }
 
   /** GET /v1/log/key: the log key's certificate (PEM) */
@@ -249,8 +270,8 @@ export class CaClient {
     return parseJson(reply.body);
   }
 
-  #tls(): { anchor: TrustAnchor; own?: Credentials } {
-    return { anchor: this.#anchor, own: this.#own };
+  #tls(): Pinned {
+    return { anchor: this.#anchor, own: this.#own, isRevoked: this.#isRevoked };
   }
 }
 
@@ -266,6 +287,14 @@ function parseJson(body: string): unknown {
   } catch {
     throw new E2eError("ERR_NETWORK", "The CA service sent a reply that is not JSON");
   }
+}
+
+// What a call trusts: our CA only, a service certificate not on the CRL held, and our own
+// certificate to show.
+interface Pinned {
+  anchor: TrustAnchor;
+  own?: Credentials;
+  isRevoked?: (serial: string) => boolean;
 }
 
 interface Reply {
@@ -310,7 +339,7 @@ async function call(
     accept?: string;
     timeoutMs?: number;
   },
-  pinned: { anchor: TrustAnchor; own?: Credentials } | undefined,
+  pinned: Pinned | undefined,
 ): Promise<Reply> {
   const host = url.hostname.replace(/^\[|\]$/g, "");
   const port = Number(url.port || 443);
@@ -331,12 +360,10 @@ async function call(
   }
   if (pinned) {
     try {
-      checkService(peerCertificateDer(socket), pinned.anchor);
+      checkService(peerCertificateDer(socket), pinned.anchor, { isRevoked: pinned.isRevoked });
     } catch (e) {
       socket.destroy();
-      throw new E2eError("ERR_PEER_REJECTED", `The server at ${url.origin} is not our CA service`, {
-        cause: e,
-      });
+      throw serviceRejected(url.origin, e);
     }
   }
   return await new Promise<Reply>((resolve, reject) => {

@@ -442,11 +442,13 @@ async function lookup(args: string[]): Promise<number> {
     numberFile: id.home.crlNumber,
     onWarning: (message) => warnings.push(message),
   });
-  const [reply, monitor] = await Promise.all([
-    client.lookup(name),
+  // The CRL first: a CA service whose TLS certificate it lists is not asked for the answer.
+  client.checkServiceRevocation((serial) => revocation.isRevoked(serial));
+  const [monitor] = await Promise.all([
     LogMonitor.open(id.home.logState, id.anchor, client),
     revocation.refresh(),
-  ]).catch(refusedCertificate(id));
+  ]);
+  const reply = await client.lookup(name).catch(refusedCertificate(id));
   // While an alarm of the log stands, nothing the CA says is shown, as the chat connects to none.
   monitor.requireNoAlarm();
   // Why there is no CRL (one refused as a replay, say) before the error that there is none.
@@ -489,16 +491,19 @@ async function audit(args: string[]): Promise<number> {
     import("./revocation.ts"),
   ]);
   const id = await loadIdentity(values);
-  const monitor = await LogMonitor.open(id.home.logState, id.anchor, id.client())
+  const client = id.client();
+  const monitor = await LogMonitor.open(id.home.logState, id.anchor, client)
     .catch(refusedCertificate(id));
   // A revoked certificate for our name is harmless (peers refuse it): the CRL is needed.
   const warnings: string[] = [];
   const revocation = new Revocation({
-    fetch: () => id.client().crl(),
+    fetch: () => client.crl(),
     issuer: id.anchor.x509,
     numberFile: id.home.crlNumber,
     onWarning: (message) => warnings.push(message),
   });
+  // A CA service whose TLS certificate is on the CRL is not asked for the log.
+  client.checkServiceRevocation((serial) => revocation.isRevoked(serial));
   await revocation.refresh();
   for (const message of warnings) await err(`e2e-chat: warning: ${message}\n`);
   revocation.requireCurrent();

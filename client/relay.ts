@@ -16,6 +16,7 @@ import {
   connectTls,
   type Credentials,
   peerCertificateDer,
+  serviceRejected,
   type TrustAnchor,
 } from "../lib/tls.ts";
 
@@ -40,6 +41,8 @@ export interface DialRelayOptions {
   own: Credentials;
   /** Give up after this many ms (the TLS handshake and the wait for the other side). Default: {@linkcode RELAY_DIAL_TIMEOUT_MS}. */
   timeoutMs?: number;
+  /** Whether a serial is on the CRL held: a service whose certificate is, is refused. Default: none is. */
+  isRevoked?: (serial: string) => boolean;
 }
 
 /**
@@ -80,12 +83,10 @@ export async function dialRelay(
     });
   }
   try {
-    checkService(peerCertificateDer(socket), anchor);
+    checkService(peerCertificateDer(socket), anchor, { isRevoked: options.isRevoked });
   } catch (e) {
     socket.destroy();
-    throw new E2eError("ERR_PEER_REJECTED", `The server at ${url.origin} is not our CA service`, {
-      cause: e,
-    });
+    throw serviceRejected(url.origin, e);
   }
   socket.write(
     `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n` +

@@ -233,23 +233,81 @@ export function checkPeer(
   return info;
 }
 
+/** What {@linkcode checkService} expects of the service's certificate beyond its name. */
+export interface ServiceExpectation {
+  /**
+   * Whether a serial is on the newest CRL the client holds. Default: none is (a client that
+   * holds no CRL yet, such as one that is joining, cannot tell).
+   */
+  isRevoked?: (serial: string) => boolean;
+}
+
+// The errors checkService threw for a revoked certificate (serviceRejected words them apart).
+const revokedService = new WeakSet<E2eError>();
+
 /**
- * Checks the CA service's certificate: issued by our CA, valid now, and named
- * {@linkcode SERVICE_CN} (a name no user can hold). Throws `ERR_PEER_REJECTED`.
+ * Checks the CA service's certificate: issued by our CA, valid now, named
+ * {@linkcode SERVICE_CN} (a name no user can hold), and not on the CRL the
+ * client holds (a superseded one included: whoever kept its key could pose as
+ * the service for the rest of its life). Throws `ERR_PEER_REJECTED`; callers
+ * say where with {@linkcode serviceRejected}.
  *
  * @example
  * ```ts
  * import { checkService, trustAnchor } from "./tls.ts";
  * const anchor = trustAnchor(await Deno.readTextFile("ca.crt"));
- * checkService(await Deno.readFile("service.der"), anchor);
+ * checkService(await Deno.readFile("service.der"), anchor, { isRevoked: () => false });
  * ```
  */
-export function checkService(der: Uint8Array | null, anchor: TrustAnchor): CertificateInfo {
+export function checkService(
+  der: Uint8Array | null,
+  anchor: TrustAnchor,
+  expect: ServiceExpectation = {},
+): CertificateInfo {
   const { info } = verifiedByAnchor(der, anchor);
   if (info.commonName !== SERVICE_CN || info.x509.ca) {
     throw rejected("the server is not the e2e-chat CA service");
   }
+  if (expect.isRevoked?.(info.serial)) {
+    const e = rejected(`the service's certificate (serial ${info.serial}) is revoked`);
+    revokedService.add(e);
+    throw e;
+  }
   return info;
+}
+
+/**
+ * The error for a server at `origin` (https://HOST:PORT) that {@linkcode checkService}
+ * refused with `cause`: not our CA service, or our CA service with a revoked certificate.
+ *
+ * @example
+ * ```ts
+ * import { checkService, serviceRejected, trustAnchor } from "./tls.ts";
+ * const anchor = trustAnchor(await Deno.readTextFile("ca.crt"));
+ * try {
+ *   checkService(await Deno.readFile("service.der"), anchor);
+ * } catch (e) {
+ *   throw serviceRejected("https://127.0.0.1:65433", e);
+ * }
+ * ```
+ */
+export function serviceRejected(origin: string, cause: unknown): E2eError {
+  if (cause instanceof E2eError && revokedService.has(cause)) {
+    return new E2eError(
+      "ERR_PEER_REJECTED",
+      `The CA service at ${origin} presents a revoked certificate`,
+      {
+        cause,
+        detail: cause.detail,
+        hint: "the service replaces a revoked certificate within the hour, or at once when " +
+          "restarted: try again later; one that keeps presenting it may be someone who kept " +
+          "the old key (tell the admin)",
+      },
+    );
+  }
+  return new E2eError("ERR_PEER_REJECTED", `The server at ${origin} is not our CA service`, {
+    cause,
+  });
 }
 
 /**

@@ -17,6 +17,7 @@ import {
   resumeReading,
   serverOptions,
   SERVICE_CN,
+  serviceRejected,
   trustAnchor,
 } from "./tls.ts";
 import { parseCertificate } from "./x509.ts";
@@ -358,6 +359,35 @@ Deno.test("checkService() rejects a member's certificate, the CA's, another CA's
     rejected(/not issued by our CA/),
   );
   assert.throws(() => checkService(null, anchor), rejected(/no certificate/));
+});
+
+Deno.test("checkService() refuses our service's certificate once the CRL held lists it, and serviceRejected() says so with a hint", () => {
+  const serial = checkService(fixtures.service.der, anchor, { isRevoked: () => false }).serial;
+  const thrown = (fn: () => unknown): unknown => {
+    try {
+      fn();
+    } catch (e) {
+      return e;
+    }
+    assert.fail("nothing was thrown");
+  };
+  const revoked = thrown(() =>
+    checkService(fixtures.service.der, anchor, { isRevoked: (s) => s === serial })
+  );
+  rejected(new RegExp(`serial ${serial}\\) is revoked`))(revoked);
+  const said = serviceRejected("https://127.0.0.1:65433", revoked);
+  assert.equal(said.code, "ERR_PEER_REJECTED");
+  assert.equal(
+    said.message,
+    "The CA service at https://127.0.0.1:65433 presents a revoked certificate",
+  );
+  assert.match(said.hint ?? "", /replaces a revoked certificate within the hour/);
+  // Any other refusal is a server that is not our CA service.
+  const member = thrown(() => checkService(fixtures.alice.der, anchor, { isRevoked: () => true }));
+  assert.equal(
+    serviceRejected("https://127.0.0.1:65433", member).message,
+    "The server at https://127.0.0.1:65433 is not our CA service",
+  );
 });
 
 // ---------------------------------------------------------------------------

@@ -11,6 +11,11 @@ import net from "node:net";
 import tls from "node:tls";
 import { DEFAULT_MAILBOX_LIMITS } from "../ca/mailbox.ts";
 import { RELAY_BUFFER_BYTES } from "../ca/relay.ts";
+import { CaClient } from "../client/ca_client.ts";
+import { Revocation } from "../client/revocation.ts";
+import { E2eError } from "../lib/errors.ts";
+import { parseCertificate } from "../lib/x509.ts";
+import { trustAnchor } from "../lib/tls.ts";
 import {
   MAILBOX_INFLIGHT_BYTES,
   MAILBOX_INFLIGHT_ITEMS_PER_MEMBER,
@@ -528,5 +533,43 @@ Deno.test("a member who asks for its item twice on one connection and hangs up u
     assert.deepEqual(statuses, Array(6).fill("200 mallory"));
     const read = await fetchWhole(service.port, anchor, mallory, path);
     assert.deepEqual(read, { status: "HTTP/1.1 200 OK", length: 8 * MiB });
+  });
+});
+
+Deno.test("a client holding a CRL that lists the CA service's own TLS certificate refuses that service (directory and relay), yet still fetches the CRL from it; one holding none yet is not stuck", async () => {
+  await withServiceWorld(async ({ service, ca, anchor, member }) => {
+    const alice = await member("alice");
+    // The certificate the running service presents, revoked as its key might be after a theft
+    // (a superseded one is on the CRL the same way): the service keeps it until its next check.
+    const serial = parseCertificate(await Deno.readTextFile(ca.paths.serviceCert)).serial;
+    await ca.revoke(serial);
+    const pinned = trustAnchor(anchor);
+    const client = new CaClient(service.url, pinned, alice);
+    let fetched = 0;
+    const revocation = new Revocation({
+      fetch: () => client.crl(),
+      issuer: pinned.x509,
+      onUpdate: () => fetched++,
+    });
+    client.checkServiceRevocation((s) => revocation.isRevoked(s));
+
+    // A client that holds no CRL yet (a fresh member) cannot tell: it is served.
+    assert.equal((await client.lookup("alice")).name, "alice");
+    // The CRL, signed by the CA, is fetched from that very service: no deadlock.
+    await revocation.refresh();
+    revocation.requireCurrent();
+    assert.equal(revocation.isRevoked(serial), true);
+    const refusedService = (e: unknown) => {
+      assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
+      assert.equal(e.code, "ERR_PEER_REJECTED");
+      assert.equal(e.message, `The CA service at ${service.url} presents a revoked certificate`);
+      assert.match(e.detail ?? "", new RegExp(`serial ${serial}\\) is revoked`));
+      assert.match(e.hint ?? "", /replaces a revoked certificate within the hour/);
+      return true;
+    };
+    await assert.rejects(client.lookup("alice"), refusedService);
+    await assert.rejects(client.relay(1, 5_000), refusedService);
+    await revocation.refresh(); // the CRL still comes, and could be refreshed for good
+    assert.equal(fetched, 2);
   });
 });

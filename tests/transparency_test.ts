@@ -335,3 +335,27 @@ Deno.test("client lookup refuses a CRL older than the newest its home accepted, 
     );
   });
 });
+
+Deno.test("client lookup and client audit refuse a CA service whose own TLS certificate is on the CRL, with a hint; a new member joins it all the same", async () => {
+  await withService(async (service, dir) => {
+    const [alice] = await Promise.all([
+      joinUser(service, "alice", join(dir, "alice")),
+      joinUser(service, "bob", join(dir, "bob")),
+    ]);
+    // The running service keeps presenting it until its next hourly check.
+    const paths = new CaPaths(service.home);
+    const serial = parseCertificate(await Deno.readTextFile(paths.serviceCert)).serial;
+    assertSuccess(await runCa(service.home, ["revoke", serial]), "ca revoke");
+    const said = `e2e-chat: error: The CA service at ${service.url} presents a revoked ` +
+      `certificate\ne2e-chat: hint: the service replaces a revoked certificate within the hour, ` +
+      `or at once when restarted: try again later; one that keeps presenting it may be someone ` +
+      `who kept the old key (tell the admin)\n`;
+    const env = { E2E_CHAT_HOME: alice.home };
+    const lookup = await runTask("client", ["lookup", "bob"], { env });
+    assert.equal([lookup.code, lookup.stdout, lookup.stderr].join("|"), `1||${said}`);
+    const audited = await audit(alice);
+    assert.equal([audited.code, audited.stdout, audited.stderr].join("|"), `1||${said}`);
+    // Holding no CRL yet, a member who joins now cannot tell, and is not stuck.
+    await joinUser(service, "carol", join(dir, "carol"));
+  });
+});
