@@ -14,6 +14,7 @@
  *                             identity.json as in id/, kept for a retry; renamed to id/ when done
  *   peers.json          0600  trust on first use (client/trust.ts)
  *   log.json            0600  the issuance log as we last saw it (client/transparency.ts)
+ *   log.json.lock       0600  held while a process of the home writes log.json (empty)
  *   crl-number          0600  the newest CRL number accepted (client/revocation.ts)
  *   downloads/          0700  received files (client/files.ts)
  *   history/            0700  conversations (client/history.ts)

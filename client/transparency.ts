@@ -21,6 +21,7 @@ import { Buffer } from "node:buffer";
 import { type Checkpoint, type NoteKey, openCheckpoint } from "../lib/checkpoint.ts";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
+import { withLock } from "../lib/lock.ts";
 import { MAX_CHECKPOINT_CHARS } from "../lib/frames.ts";
 import { decodeHashes, logOrigin, verifyLogProof } from "../lib/log_proof.ts";
 import { leafHash, TreeFrontier, verifyConsistency } from "../lib/merkle.ts";
@@ -405,27 +406,67 @@ export class LogMonitor {
   }
 
   async #save(): Promise<void> {
-    // Another process of this home (a chat, and a lookup or an audit run beside it) may have
-    // raised an alarm since this one read the file: alarms are only ever added (cleared by
-    // hand), so one found there is kept, not written over (it now stands here too).
-    let onDisk: LogAlarm[] = [];
-    try {
-      onDisk = alarmsIn(JSON.parse(await Deno.readTextFile(this.#file)));
-    } catch {
-      // None, or unreadable: open() said so, and what is held is written.
-    }
-    for (const alarm of onDisk) {
-      if (this.#state.alarms.length > MAX_ALARMS) break;
-      if (!this.#state.alarms.some((a) => a.message === alarm.message)) {
-        this.#state.alarms.push(alarm);
+    // Other processes of this home (a chat, and a lookup or an audit run beside it) write this
+    // file too: one writer at a time, each merging what the others wrote since it read the file.
+    // (A lock file of its own: a join holds the home folder's lock while it writes this file.)
+    await withLock(`${this.#file}.lock`, async () => {
+      let onDisk: { alarms?: unknown; checkpoint?: unknown; logKey?: unknown } | null = null;
+      try {
+        onDisk = JSON.parse(await Deno.readTextFile(this.#file));
+      } catch {
+        // None, or unreadable: open() said so, and what is held is written.
       }
-    }
-    // The folder too: a state rolled back by a power cut (a smaller checkpoint, an alarm gone,
-    // no log key pinned) would let the CA show us a fork of the log undetected.
-    await writeFileAtomic(this.#file, JSON.stringify(this.#state, null, 2) + "\n", {
-      mode: 0o600,
-      syncDir: true,
+      // Alarms are only ever added (cleared by hand): one found there is kept, not written over
+      // (it now stands here too).
+      for (const alarm of alarmsIn(onDisk)) {
+        if (this.#state.alarms.length > MAX_ALARMS) break;
+        if (!this.#state.alarms.some((a) => a.message === alarm.message)) {
+          this.#state.alarms.push(alarm);
+        }
+      }
+      if (typeof onDisk?.checkpoint === "string") this.#merge(onDisk.checkpoint);
+      if (typeof onDisk?.logKey === "string") this.#state.logKey ??= onDisk.logKey;
+      // The folder too: a state rolled back by a power cut (a smaller checkpoint, an alarm gone,
+      // no log key pinned) would let the CA show us a fork of the log undetected.
+      await writeFileAtomic(this.#file, JSON.stringify(this.#state, null, 2) + "\n", {
+        mode: 0o600,
+        syncDir: true,
+      });
     });
+  }
+
+  // The checkpoint another process of this home stored since we read the file (a lookup that
+  // started before a chat took a larger one, say): the larger of it and ours is kept, so the
+  // stored checkpoint never goes back. The two were each checked against an earlier one, not
+  // against each other: the one not kept waits with the peers' checkpoints, and the next look
+  // checks it against the one kept (an alarm if they fork).
+  #merge(theirs: string): void {
+    const ours = this.#state.checkpoint;
+    if (theirs === ours) return;
+    // No log key yet: nothing was taken since open() read the file, so theirs is only newer.
+    if (!this.#key || ours === undefined) {
+      this.#state.checkpoint = theirs;
+      return;
+    }
+    let size: number;
+    try {
+      size = openCheckpoint(theirs, this.#key).size;
+    } catch {
+      return; // not signed by the log key: not a checkpoint, and ours is written over it
+    }
+    let kept: number;
+    try {
+      kept = openCheckpoint(ours, this.#key).size;
+    } catch {
+      this.#state.checkpoint = theirs; // ours, as open() read it, is no checkpoint
+      return;
+    }
+    const other = size > kept ? ours : theirs;
+    if (size > kept) this.#state.checkpoint = theirs;
+    if (!this.#state.pending.some((p) => p.text === other)) {
+      this.#state.pending = [...this.#state.pending, { text: other, from: "the CA" }]
+        .slice(-MAX_PENDING);
+    }
   }
 }
 

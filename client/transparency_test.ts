@@ -280,3 +280,50 @@ Deno.test("a LogMonitor writing HOME/log.json keeps an alarm another process of 
     });
   });
 });
+
+Deno.test("a LogMonitor saving an older checkpoint after another process of the home saved a newer one keeps the newer (client lookup beside a chat)", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const small = make(["a", "b"]);
+    const mid = make(["a", "b", "c"]);
+    const big = make(["a", "b", "c", "d", "e"]);
+    const file = join(dir, "log.json");
+    await (await LogMonitor.open(file, anchor, small.ca)).observe(small.checkpoint);
+    // `client lookup` reads the state, then the chat of the same home reads it too ...
+    const lookup = await LogMonitor.open(file, anchor, mid.ca);
+    const chat = await LogMonitor.open(file, anchor, big.ca);
+    // ... the chat stores a newer checkpoint, and the lookup its older one after it.
+    await chat.observe(big.checkpoint);
+    await lookup.observe(mid.checkpoint);
+    assert.equal(JSON.parse(await Deno.readTextFile(file)).checkpoint, big.checkpoint);
+    assert.equal(lookup.latest, big.checkpoint, "the lookup's monitor never goes back either");
+    // The lookup's checkpoint was checked against the small one only: the next look checks it
+    // against the one kept, and finds it consistent.
+    await (await LogMonitor.open(file, anchor, big.ca)).watch("alice", "00");
+    const after = JSON.parse(await Deno.readTextFile(file));
+    assert.equal(after.checkpoint, big.checkpoint);
+    assert.deepEqual([after.alarms, after.pending], [[], []]);
+  });
+});
+
+Deno.test("a checkpoint another process of the home stored meanwhile that forks ours is kept and caught at the next look", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const small = make(["a", "b"]);
+    const forked = make(["a", "b", "x"]);
+    const big = make(["a", "b", "c", "d", "e"]);
+    const file = join(dir, "log.json");
+    await (await LogMonitor.open(file, anchor, small.ca)).observe(small.checkpoint);
+    const lookup = await LogMonitor.open(file, anchor, forked.ca);
+    const chat = await LogMonitor.open(file, anchor, big.ca);
+    // Each extends the small checkpoint: neither process alone can tell that they fork.
+    await chat.observe(big.checkpoint);
+    await lookup.observe(forked.checkpoint);
+    assert.deepEqual([chat.alarms, lookup.alarms], [[], []]);
+    await assert.rejects(
+      (await LogMonitor.open(file, anchor, big.ca)).watch("alice", "00"),
+      alarmed,
+    );
+    const after = JSON.parse(await Deno.readTextFile(file));
+    assert.equal(after.checkpoint, big.checkpoint);
+    assert.match(after.alarms[0].message, /a log of 3 entries that is not consistent/);
+  });
+});
