@@ -135,6 +135,7 @@ export class Chat {
   #mailbox!: MailboxClient;
   #firstSeen = new Set<string>(); // names whose key the mailbox pinned in this run
   #roomOnly = new Set<string>(); // peers connected for a room only (not by the user's own /chat)
+  #away?: number; // since when the CA service does not answer our looks (until one does)
   #rooms: Rooms;
   #relay: RelayMode;
   #noListen: boolean;
@@ -242,7 +243,11 @@ export class Chat {
       onInvite: (i) => this.#rooms.invited(i.from) || this.#emit({ type: "invite", from: i.from }),
       onWarning: warn,
       onRelay: (r) => this.#meetAtRelay(r.invitation, r.from),
-      onBack: (since) => this.#inviteAgain(since),
+      onBack: (since) => {
+        this.#caBack();
+        this.#inviteAgain(since);
+      },
+      onAway: (e) => this.#caAway(e),
     });
   }
 
@@ -984,7 +989,28 @@ export class Chat {
         state === "new" || this.#firstSeen.has(from) || bytes > this.#quota.limits.autoAccept,
       offer: (from, offer) => this.#emit({ type: "file_offer", from, ...offer, via: "mailbox" }),
       warning: (message) => this.#emit({ type: "warning", message }),
+      away: (e) => this.#caAway(e),
+      back: () => this.#caBack(),
     };
+  }
+
+  // A look at the CA service (invitations, mailbox) got no answer: the user was warned, and is
+  // told once, by `ca_back`, when one answers again. A refusal is an answer.
+  #caAway(e: unknown): void {
+    if (e instanceof E2eError && e.code === "ERR_NETWORK") this.#away ??= Date.now();
+  }
+
+  #caBack(): void {
+    if (this.#away === undefined || this.#stopped) return;
+    const since = this.#away;
+    this.#away = undefined;
+    const s = Math.round((Date.now() - since) / 1000);
+    const gap = s < 120 ? `${s} s` : `${Math.round(s / 60)} min`;
+    this.#emit({
+      type: "ca_back",
+      since: new Date(since).toISOString(),
+      message: `The CA service answers again (after ${gap} without an answer)`,
+    });
   }
 
   #serverTls(): tls.TlsOptions {

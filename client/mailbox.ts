@@ -101,6 +101,10 @@ export interface MailboxHost {
   offer: (from: string, offer: MailboxOffer) => void;
   /** Something the user should know. */
   warning: (message: string) => void;
+  /** The first failed look of a run of failures failed with `error`. Default: none. */
+  away?: (error: unknown) => void;
+  /** A look succeeded after failures. Default: none. */
+  back?: () => void;
 }
 
 /** A file that waits for the user: it came from a key first seen with it. */
@@ -360,10 +364,14 @@ export class MailboxClient {
       try {
         await this.check(wait);
         wait = this.#nextWait();
+        if (failures) this.#host.back?.();
         failures = 0;
       } catch (e) {
         if (stopped.aborted) return;
+        // The next look returns at once: the CA is known to be back then, not a long poll later.
+        wait = 0;
         if (failures++ === 0) {
+          this.#host.away?.(e);
           this.#host.warning(
             `Cannot check the mailbox: ${e instanceof Error ? e.message : e}`,
           );

@@ -12,7 +12,7 @@ import net from "node:net";
 import { join } from "node:path";
 import { ChatClient, stopAll, withTempDir } from "./_harness.ts";
 import { joinUser, type User } from "./_chat_helpers.ts";
-import { initCa, type Service, startService } from "./_service_helpers.ts";
+import { initCa, runClient, type Service, startService } from "./_service_helpers.ts";
 
 /** Longer than the poll's pause after its first failures (client/poll.ts), and a restart. */
 const RECOVERY_MS = 30_000;
@@ -182,6 +182,49 @@ Deno.test("peers connected directly keep chatting through a restart of the servi
     await alice.expect({ type: "message", from: "bob", text: "and the CA is back" });
     await carol.expectNone(mark, (e) => /again/.test(String(e.message)), 3_000);
     assertCalm([alice, bob, carol]);
+  });
+});
+
+Deno.test("while the service is down a running chat warns once and says when it answers again, and a command run meanwhile is told to wait, not to move the CA", async () => {
+  await withWorld(async (world) => {
+    const [aliceUser, bobUser] = await world.join("alice", "bob");
+    const alice = await world.chat(aliceUser);
+    const { home, port } = world.service;
+    world.service.proc.kill("SIGKILL");
+    await world.service.proc.status;
+    const down = Date.now();
+    await alice.expect(
+      (e) => e.type === "warning" && /^Cannot check for invitations: /.test(String(e.message)),
+      RECOVERY_MS,
+    );
+
+    // A one-shot command: the error, and a hint that says what is most likely and what to do.
+    const lookup = await runClient(bobUser.home, ["lookup", "alice"]);
+    assert.equal(lookup.code, 1, lookup.stderr);
+    assert.match(lookup.stderr, /^e2e-chat: error: Cannot reach the CA service at https:\/\//m);
+    const hint = "the service is most likely restarting or stopped for a while: try again in a " +
+      "moment (a running chat keeps looking, and says when it answers again); if it lasts, ask " +
+      "your admin. Only if they say the CA moved: deno task client move-ca NEW_HOST:PORT";
+    assert.ok(lookup.stderr.includes(`\ne2e-chat: hint: ${hint}\n`), lookup.stderr);
+    // A command in the running chat: the same words, in its error.
+    await alice.send("/chat bob");
+    const refused = await alice.expect({ type: "error" });
+    assert.ok(String(refused.message).endsWith(`: ${hint}`), String(refused.message));
+
+    world.service = await startService(home, {
+      args: ["--port", String(port), "--crl-port", String(world.crlPort)],
+    });
+    const back = await alice.expect({ type: "ca_back" }, RECOVERY_MS);
+    assert.match(
+      String(back.message),
+      /^The CA service answers again \(after \d+ s without an answer\)$/,
+    );
+    const since = Date.parse(String(back.since));
+    assert.ok(since >= down - 1_000 && since <= Date.now(), String(back.since));
+    // Once, though both polls (invitations, mailbox) failed and came back.
+    await alice.expectNone(alice.mark(), { type: "ca_back" }, 3_000);
+    assert.equal(alice.events.filter((e) => e.type === "ca_back").length, 1);
+    assertCalm([alice], [`error: ${refused.message}`]);
   });
 });
 
