@@ -12,7 +12,14 @@ import net from "node:net";
 import { join } from "node:path";
 import { ChatClient, stopAll, withTempDir } from "./_harness.ts";
 import { joinUser, type User } from "./_chat_helpers.ts";
-import { initCa, runClient, type Service, startService } from "./_service_helpers.ts";
+import {
+  assertSuccess,
+  initCa,
+  runClient,
+  type Service,
+  startService,
+} from "./_service_helpers.ts";
+import { TcpRelay } from "./_tcp_relay.ts";
 
 /** Longer than the poll's pause after its first failures (client/poll.ts), and a restart. */
 const RECOVERY_MS = 30_000;
@@ -301,5 +308,60 @@ Deno.test("mailbox items posted before, during and after a restart of the servic
     assert.deepEqual(texts, ["before", "during", "after"]);
     assertCalm([bob]);
     assertCalm([alice], [`warning: ${waits.message}`]);
+  });
+});
+
+Deno.test("a mailbox post stored by the service whose answer was lost waits, is posted again before the next message, and is kept and shown once", async () => {
+  await withWorld(async (world) => {
+    const [aliceUser, bobUser] = await world.join("alice", "bob");
+    const waiting = () => {
+      try {
+        return [...Deno.readDirSync(join(world.service.caDir, "mailbox", "bob"))]
+          .filter((e) => e.name.endsWith(".json")).length;
+      } catch {
+        return 0; // no item for bob yet
+      }
+    };
+    // Alice reaches the service through a relay that, armed, cuts every answer once bob's item
+    // is stored: the post was done, and she never hears so.
+    let armed = false;
+    const cutter = await TcpRelay.start(world.service.port, {
+      after: () => armed && waiting() > 0,
+    });
+    try {
+      assertSuccess(
+        await runClient(aliceUser.home, ["move-ca", `127.0.0.1:${cutter.port}`]),
+        "client move-ca to the relay",
+      );
+      const alice = await world.chat(aliceUser);
+      armed = true;
+      cutter.mode = "drop";
+      await alice.send("/msg bob first");
+      const waits = await alice.expect((e) =>
+        e.type === "warning" && / is not sent yet: /.test(String(e.message))
+      );
+      const first = /^Message ([0-9a-f]{32}) /.exec(String(waits.message))?.[1];
+      assert.equal(waiting(), 1);
+      cutter.mode = "pass";
+      // The next message for bob goes after the held one, which is posted again: the same bytes,
+      // which the service keeps once.
+      await alice.send("/msg bob second");
+      await alice.expect({ type: "queued", to: "bob", id: first });
+      const second = await alice.expect({ type: "queued", to: "bob" });
+      assert.equal(waiting(), 2);
+
+      const bob = await world.chat(bobUser);
+      for (const text of ["first", "second"]) {
+        await bob.expect({ type: "message", from: "alice", text, via: "mailbox" }, RECOVERY_MS);
+      }
+      for (const id of [first, second.id]) {
+        await alice.expect({ type: "delivered", to: "bob", id }, RECOVERY_MS);
+      }
+      await bob.expectNone(bob.mark(), { type: "message" }, 2_000);
+      assert.equal(bob.count("message"), 2);
+      assertCalm([bob]);
+    } finally {
+      await cutter.close();
+    }
   });
 });
