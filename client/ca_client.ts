@@ -265,6 +265,9 @@ const UNREACHABLE_HINT = "the service is most likely restarting or stopped for a
   "try again in a moment (a running chat keeps looking, and says when it answers again); " +
   "if it lasts, ask your admin. Only if they say the CA moved: " +
   "deno task client move-ca NEW_HOST:PORT";
+/** The same, for `join`'s first contact: there is no CA to move yet, only the invite's address. */
+const UNREACHABLE_JOIN_HINT = "the service is most likely restarting or stopped for a while: " +
+  "try again in a moment; if it lasts, check the address in the invite with your admin";
 
 /** How long a mailbox upload or download may take (up to ~8 MiB), ms. */
 const MAILBOX_TIMEOUT_MS = 60_000;
@@ -334,7 +337,7 @@ async function call(
     throw new E2eError("ERR_NETWORK", `Cannot reach the CA service at ${url.origin}`, {
       cause: e,
       detail: e instanceof Error ? e.message : String(e),
-      hint: UNREACHABLE_HINT,
+      hint: pinned ? UNREACHABLE_HINT : UNREACHABLE_JOIN_HINT,
     });
   }
   if (pinned) {

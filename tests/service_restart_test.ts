@@ -15,6 +15,7 @@ import { joinUser, type User } from "./_chat_helpers.ts";
 import {
   assertSuccess,
   initCa,
+  makeInvite,
   runClient,
   type Service,
   startService,
@@ -217,6 +218,16 @@ Deno.test("while the service is down a running chat warns once and says when it 
       "moment (a running chat keeps looking, and says when it answers again); if it lasts, ask " +
       "your admin. Only if they say the CA moved: deno task client move-ca NEW_HOST:PORT";
     assert.ok(lookup.stderr.includes(`\ne2e-chat: hint: ${hint}\n`), lookup.stderr);
+    // A join's first contact: no CA to move yet.
+    const joining = await runClient(join(world.dir, "carol"), [
+      "join",
+      await makeInvite(home, "carol"),
+    ]);
+    assert.equal(joining.code, 1, joining.stderr);
+    assert.match(
+      joining.stderr,
+      /^e2e-chat: hint: the service is most likely restarting or stopped for a while: try again in a moment; if it lasts, check the address in the invite with your admin$/m,
+    );
     // A command in the running chat: the same words, in its error.
     await alice.send("/chat bob");
     const refused = await alice.expect({ type: "error" });
