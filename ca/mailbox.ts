@@ -13,6 +13,11 @@
  * keeps every item it acknowledged; it is deleted when the recipient
  * acknowledges it.
  *
+ * A post is idempotent: the same bytes from the same sender for the same recipient (a post retried
+ * after the service did not answer it: CMS is randomized, so two sends never share their bytes)
+ * get the record of the copy kept, or of the copy fetched less than {@linkcode RECENTLY_MS} ago,
+ * and are not stored twice.
+ *
  * Layout (ca/home.ts): HOME/ca/mailbox/RECIPIENT/ID.cms (the item) and
  * ID.json (its record), 0700 folders and 0600 files. The record is written
  * after the item, so an item exists exactly when its record does; a lone
@@ -20,6 +25,7 @@
  *
  * @module
  */
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, syncDir, writeFileAtomic } from "../lib/fs.ts";
@@ -63,6 +69,15 @@ export const DEFAULT_MAILBOX_LIMITS: Readonly<MailboxLimits> = {
   ttlMs: 7 * 86_400_000,
 };
 
+/**
+ * How long the record of a fetched (deleted) item still answers a post of the same bytes, ms: a
+ * sender retries when the service answers again, and its recipient may have fetched the first
+ * copy in the meantime. In memory only; at most {@linkcode MAX_RECENT} records.
+ */
+export const RECENTLY_MS = 60 * 60_000;
+/** Records of fetched items kept for {@linkcode RECENTLY_MS}, at most (the oldest go first). */
+const MAX_RECENT = 10_000;
+
 /** How often expired items are swept at most, ms (half the time to live when that is shorter). */
 const SWEEP_MS = 60_000;
 
@@ -87,6 +102,9 @@ export class Mailbox {
   #bySender = new Map<string, number>();
   #timer?: ReturnType<typeof setInterval>;
   #now: () => number;
+  // Posts under way, and records of items fetched lately, by sender, recipient and SHA-256.
+  #storing = new Map<string, Promise<ItemRecord>>();
+  #recent = new Map<string, { record: ItemRecord; until: number }>();
 
   private constructor(paths: CaPaths, limits: MailboxLimits, now: () => number) {
     this.#paths = paths;
@@ -142,6 +160,32 @@ export class Mailbox {
     checkName(from);
     checkName(to);
     if (item.length === 0) throw new E2eError("ERR_BAD_REQUEST", "The mailbox item is empty");
+    const sha256 = createHash("sha256").update(item).digest("hex");
+    const key = `${from}/${to}/${sha256}`;
+    const same = this.#storing.get(key) ?? this.#same(key, from, to, sha256);
+    if (same) return await same;
+    const storing = this.#store(from, to, item, sha256);
+    this.#storing.set(key, storing);
+    try {
+      return await storing;
+    } finally {
+      this.#storing.delete(key);
+    }
+  }
+
+  // The record of the same bytes from `from` for `to`, kept or fetched lately, if there is one.
+  #same(key: string, from: string, to: string, sha256: string): Promise<ItemRecord> | undefined {
+    const now = this.#now();
+    for (const r of this.#boxes.get(to)?.values() ?? []) {
+      if (r.sha256 === sha256 && r.from === from && Date.parse(r.expiresAt) > now) {
+        return Promise.resolve(r);
+      }
+    }
+    const recent = this.#recent.get(key);
+    return recent && recent.until > now ? Promise.resolve(recent.record) : undefined;
+  }
+
+  async #store(from: string, to: string, item: Uint8Array, sha256: string): Promise<ItemRecord> {
     if (item.length > this.limits.maxItemBytes) {
       throw new E2eError(
         "ERR_TOO_LARGE",
@@ -194,6 +238,7 @@ export class Mailbox {
       size: item.length,
       postedAt: new Date(now).toISOString(),
       expiresAt: new Date(now + this.limits.ttlMs).toISOString(),
+      sha256,
     };
     const dir = this.#paths.mailboxOf(to);
     // Counted from now on: posts that come at once must not all fit the same room.
@@ -269,12 +314,23 @@ export class Mailbox {
   async remove(to: string, id: string): Promise<ItemRecord> {
     const record = this.#find(to, id);
     await this.#delete(record);
+    if (record.sha256) {
+      const now = this.#now();
+      const until = Math.min(now + RECENTLY_MS, Date.parse(record.expiresAt));
+      this.#recent.set(`${record.from}/${to}/${record.sha256}`, { record, until });
+      for (const [k, r] of this.#recent) {
+        if (this.#recent.size <= MAX_RECENT && r.until > now) break;
+        this.#recent.delete(k);
+      }
+    }
     return record;
   }
 
   /** Deletes every expired item. */
   async sweep(): Promise<void> {
     for (const to of this.#boxes.keys()) await this.#expire(to);
+    const now = this.#now();
+    for (const [k, r] of this.#recent) if (r.until <= now) this.#recent.delete(k);
   }
 
   #find(to: string, id: string): ItemRecord {

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { e2eError, withTempDir } from "../lib/_test_util.ts";
 import { CaPaths } from "./home.ts";
-import { Mailbox } from "./mailbox.ts";
+import { Mailbox, RECENTLY_MS } from "./mailbox.ts";
 
 const item = (n: number, fill = 1) => new Uint8Array(n).fill(fill);
 
@@ -144,7 +144,8 @@ Deno.test("Mailbox.post() holds to the recipient's quota when posts come at once
     const mailbox = await Mailbox.open(new CaPaths(home), { maxItems: 3, maxBytes: 1000 });
     try {
       const posts = await Promise.allSettled(
-        Array.from({ length: 8 }, () => mailbox.post("alice", "bob", item(100))),
+        // Each its own bytes: the same bytes posted again are one item (the next test).
+        Array.from({ length: 8 }, (_, i) => mailbox.post("alice", "bob", item(100, i))),
       );
       assert.equal(posts.filter((p) => p.status === "fulfilled").length, 3);
       for (const p of posts) {
@@ -154,10 +155,47 @@ Deno.test("Mailbox.post() holds to the recipient's quota when posts come at once
       }
       assert.equal(mailbox.list("bob").length, 3);
       const big = await Promise.allSettled(
-        Array.from({ length: 4 }, () => mailbox.post("alice", "carol", item(400))),
+        Array.from({ length: 4 }, (_, i) => mailbox.post("alice", "carol", item(400, i))),
       );
       assert.equal(big.filter((p) => p.status === "fulfilled").length, 2);
       assert.equal(mailbox.list("carol").reduce((n, r) => n + r.size, 0), 800);
+    } finally {
+      mailbox.close();
+    }
+  });
+});
+
+Deno.test("Mailbox.post() of the same bytes again by the same sender (a retry) gets the first record back, not a second item, also at once, after a reopen, and lately after the recipient fetched it", async () => {
+  await withTempDir(async (home) => {
+    const paths = new CaPaths(home);
+    let now = Date.parse("2026-12-01T00:00:00Z");
+    const first = await Mailbox.open(paths, { now: () => now });
+    const record = await first.post("alice", "bob", item(10, 7));
+    assert.match(record.sha256 ?? "", /^[0-9a-f]{64}$/);
+    first.close();
+    const mailbox = await Mailbox.open(paths, { now: () => now });
+    try {
+      // Kept (and reopened): the same record, one item.
+      assert.deepEqual(await mailbox.post("alice", "bob", item(10, 7)), record);
+      // Posts at once: one is stored, and all get its record.
+      const atOnce = await Promise.all(
+        Array.from({ length: 3 }, () => mailbox.post("alice", "carol", item(10, 7))),
+      );
+      assert.equal(new Set(atOnce.map((r) => r.id)).size, 1);
+      assert.equal(mailbox.list("carol").length, 1);
+      // Other bytes, another sender or another recipient: items of their own.
+      assert.notEqual((await mailbox.post("alice", "bob", item(10, 8))).id, record.id);
+      assert.notEqual((await mailbox.post("carol", "bob", item(10, 7))).id, record.id);
+      assert.equal(mailbox.list("bob").length, 3);
+      // Fetched: a retry within RECENTLY_MS still gets its record, and nothing is stored again.
+      await mailbox.remove("bob", record.id);
+      now += RECENTLY_MS - 1_000;
+      assert.deepEqual(await mailbox.post("alice", "bob", item(10, 7)), record);
+      assert.equal(mailbox.list("bob").length, 2);
+      // After it, the bytes are an item again (the recipient drops its id as seen).
+      now += 2_000;
+      assert.notEqual((await mailbox.post("alice", "bob", item(10, 7))).id, record.id);
+      assert.equal(mailbox.list("bob").length, 3);
     } finally {
       mailbox.close();
     }

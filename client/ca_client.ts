@@ -278,6 +278,18 @@ export class CaClient {
 /** A mailbox item as the service describes it (docs/API.md §mailbox; lib/mailbox_record.ts). */
 export type { MailboxRecord };
 
+/**
+ * What to do when the service cannot be reached. Most often it is restarting or stopped for a
+ * while; a CA that moved (the one case for move-ca) is rare, and the admin says so.
+ */
+const UNREACHABLE_HINT = "the service is most likely restarting or stopped for a while: " +
+  "try again in a moment (a running chat keeps looking, and says when it answers again); " +
+  "if it lasts, ask your admin. Only if they say the CA moved: " +
+  "deno task client move-ca NEW_HOST:PORT";
+/** The same, for `join`'s first contact: there is no CA to move yet, only the invite's address. */
+const UNREACHABLE_JOIN_HINT = "the service is most likely restarting or stopped for a while: " +
+  "try again in a moment; if it lasts, check the address in the invite with your admin";
+
 /** How long a mailbox upload or download may take (up to ~8 MiB), ms. */
 const MAILBOX_TIMEOUT_MS = 60_000;
 
@@ -354,8 +366,7 @@ async function call(
     throw new E2eError("ERR_NETWORK", `Cannot reach the CA service at ${url.origin}`, {
       cause: e,
       detail: e instanceof Error ? e.message : String(e),
-      hint: "is `deno task ca serve` running there? (if your CA moved: " +
-        "deno task client move-ca NEW_HOST:PORT)",
+      hint: pinned ? UNREACHABLE_HINT : UNREACHABLE_JOIN_HINT,
     });
   }
   if (pinned) {
@@ -418,6 +429,7 @@ async function call(
       reject(
         new E2eError("ERR_NETWORK", `The CA service at ${url.origin} did not answer`, {
           cause: e,
+          hint: "it may be restarting or busy: try again in a moment; if it lasts, ask your admin",
         }),
       ));
     req.end(body);

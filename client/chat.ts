@@ -136,6 +136,7 @@ export class Chat {
   #mailbox!: MailboxClient;
   #firstSeen = new Set<string>(); // names whose key the mailbox pinned in this run
   #roomOnly = new Set<string>(); // peers connected for a room only (not by the user's own /chat)
+  #away?: number; // since when the CA service does not answer our looks (until one does)
   #rooms: Rooms;
   #relay: RelayMode;
   #noListen: boolean;
@@ -220,17 +221,24 @@ export class Chat {
       // who first hears of an author through the mailbox starts at the first it is given.
       mailbox: (name, body) => {
         const posted = (this.#roomPosts.get(name) ?? Promise.resolve())
-          .then(() =>
-            this.#mailbox.post(name, "room", new TextEncoder().encode(JSON.stringify(body)))
-          )
-          .catch((e) =>
-            this.#emit({
-              type: "warning",
-              message: `A room message for "${name}" could not be left in the mailbox: ${
-                e instanceof Error ? e.message : e
-              }`,
-            })
-          );
+          .then(() => {
+            const left = (e: unknown) =>
+              this.#emit({
+                type: "warning",
+                message: `A room message for "${name}" could not be left in the mailbox: ${
+                  e instanceof Error ? e.message : e
+                }`,
+              });
+            // Held while the CA service does not answer: left when it answers again, in order.
+            return this.#mailbox.send(
+              name,
+              "room",
+              new TextEncoder().encode(JSON.stringify(body)),
+              {
+                later: (e) => e === undefined || left(e),
+              },
+            ).catch(left);
+          });
         this.#roomPosts.set(name, posted);
         posted.then(() => {
           if (this.#roomPosts.get(name) === posted) this.#roomPosts.delete(name);
@@ -243,7 +251,11 @@ export class Chat {
       onInvite: (i) => this.#rooms.invited(i.from) || this.#emit({ type: "invite", from: i.from }),
       onWarning: warn,
       onRelay: (r) => this.#meetAtRelay(r.invitation, r.from),
-      onBack: (since) => this.#inviteAgain(since),
+      onBack: (since) => {
+        this.#caBack();
+        this.#inviteAgain(since);
+      },
+      onAway: (e) => this.#caAway(e),
     });
   }
 
@@ -599,6 +611,9 @@ export class Chat {
    * and `delivered` follows when their receipt comes back. Throws what the CA or
    * the checks refuse: `ERR_QUOTA`, `ERR_NOT_FOUND` (not a member),
    * `ERR_FORBIDDEN` (their key changed), `ERR_KEY_REJECTED` (an Ed25519 key).
+   * While the CA service does not answer, it resolves at once with a `warning`
+   * that the message waits, and `queued` (or a `warning` that it was not sent)
+   * follows when the service answers again.
    */
   async sendToMailbox(name: string, text: string, id: string = newItemId()): Promise<string> {
     checkName(name);
@@ -611,10 +626,36 @@ export class Chat {
       );
     }
     this.#log.requireNoAlarm();
-    await this.#mailbox.post(name, "message", new TextEncoder().encode(text), undefined, id);
-    this.#history.message({ id, from: this.#id.name, to: name, text });
-    this.#emit({ type: "queued", to: name, id, text });
+    const queued = () => {
+      this.#history.message({ id, from: this.#id.name, to: name, text });
+      this.#emit({ type: "queued", to: name, id, text });
+    };
+    const what = `Message ${id} to "${name}"`;
+    const { held } = await this.#mailbox.send(name, "message", new TextEncoder().encode(text), {
+      id,
+      later: (e) => e === undefined ? queued() : this.#notSent(what, e),
+    });
+    if (held) this.#waits(what);
+    else queued();
     return id;
+  }
+
+  // An item for the mailbox waits for the CA service to answer again (client/mailbox.ts send).
+  #waits(what: string): void {
+    this.#emit({
+      type: "warning",
+      message: `${what} is not sent yet: the CA service does not answer. ` +
+        `It is sent when the service answers again`,
+    });
+  }
+
+  // An item held for the mailbox was not sent after all (refused, or the chat stopped first).
+  #notSent(what: string, e: unknown): void {
+    const why = e instanceof E2eError && e.hint ? `${e.message}: ${e.hint}` : e;
+    this.#emit({
+      type: "warning",
+      message: `${what} was not sent: ${why instanceof Error ? why.message : why}`,
+    });
   }
 
   /**
@@ -890,18 +931,28 @@ export class Chat {
     }
     this.#log.requireNoAlarm();
     const fileName = announcedName(path);
-    const id = await this.#mailbox.post(name, "file", bytes, fileName);
-    const sha256 = createHash("sha256").update(bytes).digest("hex");
-    this.#history.file({
-      id,
-      from: this.#id.name,
-      to: name,
+    const id = newItemId();
+    const queued = () => {
+      const sha256 = createHash("sha256").update(bytes).digest("hex");
+      this.#history.file({
+        id,
+        from: this.#id.name,
+        to: name,
+        name: fileName,
+        path,
+        bytes: bytes.length,
+        sha256,
+      });
+      this.#emit({ type: "queued", to: name, id, file: fileName });
+    };
+    const what = `File ${JSON.stringify(fileName)} (${id}) to "${name}"`;
+    const { held } = await this.#mailbox.send(name, "file", bytes, {
       name: fileName,
-      path,
-      bytes: bytes.length,
-      sha256,
+      id,
+      later: (e) => e === undefined ? queued() : this.#notSent(what, e),
     });
-    this.#emit({ type: "queued", to: name, id, file: fileName });
+    if (held) this.#waits(what);
+    else queued();
     return id;
   }
 
@@ -987,7 +1038,28 @@ export class Chat {
         state === "new" || this.#firstSeen.has(from) || bytes > this.#quota.limits.autoAccept,
       offer: (from, offer) => this.#emit({ type: "file_offer", from, ...offer, via: "mailbox" }),
       warning: (message) => this.#emit({ type: "warning", message }),
+      away: (e) => this.#caAway(e),
+      back: () => this.#caBack(),
     };
+  }
+
+  // A look at the CA service (invitations, mailbox) got no answer: the user was warned, and is
+  // told once, by `ca_back`, when one answers again. A refusal is an answer.
+  #caAway(e: unknown): void {
+    if (e instanceof E2eError && e.code === "ERR_NETWORK") this.#away ??= Date.now();
+  }
+
+  #caBack(): void {
+    if (this.#away === undefined || this.#stopped) return;
+    const since = this.#away;
+    this.#away = undefined;
+    const s = Math.round((Date.now() - since) / 1000);
+    const gap = s < 120 ? `${s} s` : `${Math.round(s / 60)} min`;
+    this.#emit({
+      type: "ca_back",
+      since: new Date(since).toISOString(),
+      message: `The CA service answers again (after ${gap} without an answer)`,
+    });
   }
 
   #serverTls(): tls.TlsOptions {

@@ -90,6 +90,8 @@ export type CoreEvent =
   | { type: "room_member"; room: string; name: string; change: "joined" | "left" | "removed" }
   | { type: "room_gap"; room: string; from: string; missing: number[] }
   | { type: "warning"; message: string }
+  // The CA service answers again after looks at it got no answer (warned), since `since` (ISO).
+  | { type: "ca_back"; since: string; message: string }
   | { type: "log_alarm"; message: string; serial?: string; fingerprint?: string };
 
 /** What a face adds: answers to commands, errors, and leaving. */

@@ -32,6 +32,8 @@ export interface InvitationsOptions {
    * in memory (ca/rendezvous.ts). Default: none.
    */
   onBack?: (since: number) => void;
+  /** Called with the error of the first failed look of a run of failures. Default: none. */
+  onAway?: (error: unknown) => void;
 }
 
 /** The invitations we hold, and the poll that brings new ones. */
@@ -180,6 +182,7 @@ export class Invitations {
         if (stopped.aborted) return;
         if (failures++ === 0) {
           since = Date.now();
+          this.#options.onAway?.(e);
           this.#options.onWarning(
             `Cannot check for invitations: ${e instanceof Error ? e.message : e}`,
           );

@@ -101,6 +101,10 @@ export interface MailboxHost {
   offer: (from: string, offer: MailboxOffer) => void;
   /** Something the user should know. */
   warning: (message: string) => void;
+  /** The first failed look of a run of failures failed with `error`. Default: none. */
+  away?: (error: unknown) => void;
+  /** A look succeeded after failures. Default: none. */
+  back?: () => void;
 }
 
 /** A file that waits for the user: it came from a key first seen with it. */
@@ -123,6 +127,30 @@ interface OutboxEntry {
   expiresAt?: string;
 }
 
+/**
+ * An item whose post the CA service did not answer, kept (in memory) to be posted when it answers
+ * again, after any held before it for the same recipient.
+ */
+interface Unsent {
+  to: string;
+  kind: "message" | "file" | "room";
+  payload: Uint8Array;
+  name?: string;
+  id: string;
+  /** The sealed item once its post was tried: posted again as it is, the same bytes. */
+  der?: Uint8Array;
+  /** Hears how it ended: posted (no error), or not (the error). */
+  later: (error?: unknown) => void;
+}
+
+/** How {@linkcode MailboxClient.send} ended: posted, or held until the CA service answers. */
+export interface SendOutcome {
+  /** The item id. */
+  id: string;
+  /** True when it waits for the CA service to answer again (its `later` says how it ends). */
+  held: boolean;
+}
+
 /** An item id we received: when to forget it, and whether the CA was told we have it. */
 interface SeenEntry {
   from: string;
@@ -142,6 +170,8 @@ export class MailboxClient {
   #stopped = new AbortController();
   #running = false;
   #timers = new Set<ReturnType<typeof setTimeout>>();
+  #unsent: Unsent[] = [];
+  #flushing?: Unsent; // the held item being posted now
 
   private constructor(host: MailboxHost, home: ClientHome) {
     this.#host = host;
@@ -248,10 +278,26 @@ export class MailboxClient {
     this.#host.offer(item.from, offer);
   }
 
-  /** Stops the long poll (a request under way is left to finish). */
+  /**
+   * Stops the long poll (a request under way is left to finish). Items still held for the CA
+   * service end with an error: they were not sent.
+   */
   stop(): void {
     this.#stopped.abort();
     for (const t of this.#timers) clearTimeout(t);
+    for (const job of this.#unsent.filter((u) => u !== this.#flushing)) {
+      this.#unsent.splice(this.#unsent.indexOf(job), 1);
+      job.later(
+        new E2eError("ERR_NETWORK", "the chat stopped before the CA service answered again", {
+          hint: "send it again",
+        }),
+      );
+    }
+  }
+
+  /** How many items wait for the CA service to answer again. */
+  get held(): number {
+    return this.#unsent.length;
   }
 
   /** Ids of our items that wait for a receipt, with their recipient. */
@@ -272,40 +318,112 @@ export class MailboxClient {
     name?: string,
     id: string = newItemId(),
   ): Promise<string> {
-    const host = this.#host;
-    checkCmsKey(host.certificate(), "your key");
-    await host.fresh();
-    const cert = await host.directory(to);
-    checkCmsKey(cert.pem, `the key of "${to}"`);
-    if (await host.observe(to, cert.keyFingerprint) === "changed") {
-      throw new E2eError("ERR_FORBIDDEN", `Not sent: the key of "${to}" changed`, {
-        hint: "compare the safety number, then trust the new key",
-      });
+    await this.#post({ to, kind, payload, name, id, later: () => {} }, false);
+    return id;
+  }
+
+  /**
+   * Like {@linkcode post}, but an item the CA service did not answer for (`ERR_NETWORK`) is held,
+   * in memory, and posted when the service answers again, in order with the others for `to`,
+   * and so is one for a recipient that has items held: resolves `held: true` then, and `later`
+   * says how it ends. Arrives once all the same: the same sealed bytes are posted again, which the
+   * service keeps once (ca/mailbox.ts), and the recipient shows an item id once. Throws what
+   * {@linkcode post} throws otherwise.
+   */
+  async send(
+    to: string,
+    kind: "message" | "file" | "room",
+    payload: Uint8Array,
+    options: { name?: string; id?: string; later: (error?: unknown) => void },
+  ): Promise<SendOutcome> {
+    const { name, id = newItemId(), later } = options;
+    const job: Unsent = { to, kind, payload, name, id, later };
+    // Behind items held for `to`, which go first if the service answers now.
+    if (this.#unsent.some((u) => u.to === to)) await this.#flush();
+    if (!this.#unsent.some((u) => u.to === to)) {
+      try {
+        await this.#post(job, true);
+        return { id: job.id, held: false };
+      } catch (e) {
+        if (!away(e) || this.#stopped.signal.aborted) throw e;
+      }
     }
-    const der = await this.#seal({
-      id,
-      from: host.self,
-      to,
-      kind,
-      sent: new Date(),
-      payload,
-      ...(name === undefined ? {} : { name }),
-    }, cert.pem);
+    this.#unsent.push(job);
+    return { id: job.id, held: true };
+  }
+
+  // Posts the held items in order while the CA service answers; one refused for good is reported
+  // to its sender and the next is tried.
+  async #flush(): Promise<void> {
+    if (this.#flushing) return;
+    while (this.#unsent.length && !this.#stopped.signal.aborted) {
+      const job = this.#flushing = this.#unsent[0];
+      let error: unknown;
+      try {
+        await this.#post(job, true);
+      } catch (e) {
+        if (away(e)) break;
+        error = e;
+      } finally {
+        this.#flushing = undefined;
+      }
+      this.#settle(job, error);
+    }
+  }
+
+  // A held item is done: posted (or its receipt came), or refused; said once.
+  #settle(job: Unsent, error?: unknown): void {
+    const i = this.#unsent.indexOf(job);
+    if (i < 0) return;
+    this.#unsent.splice(i, 1);
+    job.later(error);
+  }
+
+  // Seals (once) and posts `job`. With `hold`, a post the CA did not answer keeps its outbox
+  // entry: it may have arrived, and its receipt may come.
+  async #post(job: Unsent, hold: boolean): Promise<void> {
+    const host = this.#host;
+    const { to, kind, id } = job;
+    if (!job.der) {
+      checkCmsKey(host.certificate(), "your key");
+      await host.fresh();
+      const cert = await host.directory(to);
+      checkCmsKey(cert.pem, `the key of "${to}"`);
+      if (await host.observe(to, cert.keyFingerprint) === "changed") {
+        throw new E2eError("ERR_FORBIDDEN", `Not sent: the key of "${to}" changed`, {
+          hint: "compare the safety number, then trust the new key",
+        });
+      }
+      job.der = await this.#seal({
+        id,
+        from: host.self,
+        to,
+        kind,
+        sent: new Date(),
+        payload: job.payload,
+        ...(job.name === undefined ? {} : { name: job.name }),
+      }, cert.pem);
+    }
+    const der = job.der;
     // A room's message needs no receipt: the room shows it, and its sequence number says what
     // is missing (docs/PROTOCOL.md §9).
     if (kind === "room") {
       await host.ca.mailboxPost(to, der);
-      return id;
+      return;
     }
     // In the outbox before the post: a receipt may come back before the post's reply does.
-    this.#outbox[id] = { to, kind, postedAt: new Date().toISOString() };
-    await this.#saveOutbox();
+    if (!this.#outbox[id]) {
+      this.#outbox[id] = { to, kind, postedAt: new Date().toISOString() };
+      await this.#saveOutbox();
+    }
     let record: MailboxRecord;
     try {
       record = await host.ca.mailboxPost(to, der);
     } catch (e) {
-      delete this.#outbox[id];
-      await this.#saveOutbox();
+      if (!(hold && away(e))) {
+        delete this.#outbox[id];
+        await this.#saveOutbox();
+      }
       throw e;
     }
     if (this.#outbox[id]) {
@@ -319,7 +437,6 @@ export class MailboxClient {
       Deno.unrefTimer(timer);
       this.#timers.add(timer);
     }
-    return id;
   }
 
   /** Opens the items held back from `name` again (after the user trusted their new key). */
@@ -360,10 +477,15 @@ export class MailboxClient {
       try {
         await this.check(wait);
         wait = this.#nextWait();
+        if (failures) this.#host.back?.();
         failures = 0;
+        await this.#flush();
       } catch (e) {
         if (stopped.aborted) return;
+        // The next look returns at once: the CA is known to be back then, not a long poll later.
+        wait = 0;
         if (failures++ === 0) {
+          this.#host.away?.(e);
           this.#host.warning(
             `Cannot check the mailbox: ${e instanceof Error ? e.message : e}`,
           );
@@ -491,6 +613,9 @@ export class MailboxClient {
           for (const id of item.acks ?? []) {
             if (this.#outbox[id]?.to !== item.from) continue;
             delete this.#outbox[id];
+            // Held after a post that got no answer, yet it arrived: it was posted.
+            const held = this.#unsent.find((u) => u.id === id);
+            if (held) this.#settle(held);
             host.delivered(item.from, id);
           }
           await this.#saveOutbox();
@@ -627,6 +752,11 @@ export class MailboxClient {
       mode: 0o600,
     });
   }
+}
+
+// The CA service did not answer (or could not be reached): it may later.
+function away(e: unknown): boolean {
+  return e instanceof E2eError && e.code === "ERR_NETWORK";
 }
 
 async function readRecord<T>(path: string, field: string): Promise<Record<string, T>> {

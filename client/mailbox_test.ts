@@ -10,6 +10,7 @@ import type { MailboxRecord } from "./ca_client.ts";
 import { ClientHome } from "./home.ts";
 import { waitUntil } from "../tests/_harness.ts";
 import { E2eError } from "../lib/errors.ts";
+import { e2eError } from "../lib/_test_util.ts";
 import {
   MailboxClient,
   type MailboxHost,
@@ -47,6 +48,10 @@ class MemoryService {
   items = new Map<string, { record: MailboxRecord; der: Uint8Array }>();
   failDeletes = 0;
   failPosts = 0;
+  /** Posts stored, whose answer is then lost (the service killed before it answered). */
+  loseAnswers = 0;
+  /** Every post that reached the service: sender, recipient and bytes. */
+  posts: Array<{ from: string; to: string; der: Uint8Array }> = [];
 
   as(user: string): MailboxHost["ca"] {
     return {
@@ -55,7 +60,12 @@ class MemoryService {
           this.failPosts--;
           return Promise.reject(new E2eError("ERR_NETWORK", "Cannot reach the CA service"));
         }
-        const record = {
+        this.posts.push({ from: user, to, der });
+        // As the service does (ca/mailbox.ts): the same bytes from the same sender, kept once.
+        const same = [...this.items.values()].find((i) =>
+          i.record.from === user && i.record.to === to && equalBytes(i.der, der)
+        );
+        const record = same?.record ?? {
           id: newItemId(),
           from: user,
           to,
@@ -64,6 +74,10 @@ class MemoryService {
           expiresAt: new Date(Date.now() + 86_400_000).toISOString(),
         };
         this.items.set(record.id, { record, der });
+        if (this.loseAnswers > 0) {
+          this.loseAnswers--;
+          return Promise.reject(new E2eError("ERR_NETWORK", "The CA service did not answer"));
+        }
         return Promise.resolve(record);
       },
       mailboxList: async (wait) => {
@@ -158,6 +172,10 @@ async function world() {
 }
 
 const text = (s: string) => new TextEncoder().encode(s);
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
 
 Deno.test("MailboxClient: a posted message is stored and shown once, receipted and acknowledged; the sender sees delivered", async () => {
   const { service, alice, bob } = await world();
@@ -357,4 +375,69 @@ Deno.test("MailboxClient: files that wait for the user are capped per sender; on
   await bob.mailbox.check();
   assert.equal(bob.offers.length, MAX_HELD_PER_SENDER + 1);
   assert.equal(bob.warnings.length, 1);
+});
+
+Deno.test("MailboxClient.send(): a post the service did not answer is held, and posted again as the same bytes when it answers, before what follows for that recipient; each is shown once", async () => {
+  const { service, alice, bob } = await world();
+  const ended: Array<[string, unknown]> = [];
+  const later = (what: string) => (e?: unknown) => ended.push([what, e]);
+  service.loseAnswers = 1; // stored, but its answer lost
+  const one = await alice.mailbox.send("bob", "message", text("one"), { later: later("one") });
+  assert.equal(one.held, true);
+  service.failPosts = 1; // down now: "one" is tried again and refused, and "two" waits behind it
+  const two = await alice.mailbox.send("bob", "message", text("two"), { later: later("two") });
+  assert.equal(two.held, true);
+  assert.equal(alice.mailbox.held, 2);
+  // It answers again: "one" goes (the same bytes again), then "two", then "three".
+  const three = await alice.mailbox.send("bob", "message", text("three"), {
+    later: later("three"),
+  });
+  assert.equal(three.held, false);
+  assert.deepEqual(ended, [["one", undefined], ["two", undefined]]);
+  assert.equal(alice.mailbox.held, 0);
+  assert.equal(service.posts.length, 4);
+  assert.deepEqual(service.posts[1].der, service.posts[0].der);
+  await bob.mailbox.check();
+  assert.deepEqual(bob.shown.map((i) => new TextDecoder().decode(i.payload)), [
+    "one",
+    "two",
+    "three",
+  ]);
+  assert.deepEqual(bob.warnings, []);
+  await alice.mailbox.check();
+  assert.deepEqual(alice.delivered, [one.id, two.id, three.id]);
+});
+
+Deno.test("MailboxClient.send(): a held item whose post arrived though its answer was lost ends posted when its receipt comes, and is not posted again", async () => {
+  const { service, alice, bob } = await world();
+  const ended: unknown[] = [];
+  service.loseAnswers = 1;
+  const { id, held } = await alice.mailbox.send("bob", "message", text("arrived"), {
+    later: (e) => ended.push(e ?? "posted"),
+  });
+  assert.equal(held, true);
+  await bob.mailbox.check();
+  assert.equal(bob.shown.length, 1);
+  await alice.mailbox.check();
+  assert.deepEqual(ended, ["posted"]);
+  assert.deepEqual(alice.delivered, [id]);
+  assert.equal(alice.mailbox.held, 0);
+  assert.equal(service.posts.filter((p) => p.from === "alice").length, 1);
+});
+
+Deno.test("MailboxClient.send(): an item still held when the mailbox stops ends not sent, with the error", async () => {
+  const { service, alice } = await world();
+  const ended: unknown[] = [];
+  service.failPosts = 1;
+  const { held } = await alice.mailbox.send("bob", "message", text("not sent"), {
+    later: (e) => ended.push(e),
+  });
+  assert.equal(held, true);
+  alice.mailbox.stop();
+  assert.equal(ended.length, 1);
+  assert.ok(
+    e2eError("ERR_NETWORK", "the chat stopped before the CA service answered again")(ended[0]),
+  );
+  assert.equal(alice.mailbox.held, 0);
+  assert.equal(service.posts.length, 0);
 });

@@ -22,4 +22,10 @@ export interface MailboxRecord {
   postedAt: string;
   /** When it is deleted unless fetched, ISO 8601. */
   expiresAt: string;
+  /**
+   * SHA-256 of the item's bytes, hex: the same bytes posted again by the same sender (a post
+   * retried after the service did not answer) get this record back, not a second copy. Absent
+   * from records of services before it.
+   */
+  sha256?: string;
 }

@@ -12,7 +12,15 @@ import net from "node:net";
 import { join } from "node:path";
 import { ChatClient, stopAll, withTempDir } from "./_harness.ts";
 import { joinUser, type User } from "./_chat_helpers.ts";
-import { initCa, type Service, startService } from "./_service_helpers.ts";
+import {
+  assertSuccess,
+  initCa,
+  makeInvite,
+  runClient,
+  type Service,
+  startService,
+} from "./_service_helpers.ts";
+import { TcpRelay } from "./_tcp_relay.ts";
 
 /** Longer than the poll's pause after its first failures (client/poll.ts), and a restart. */
 const RECOVERY_MS = 30_000;
@@ -180,8 +188,65 @@ Deno.test("peers connected directly keep chatting through a restart of the servi
     await carol.expect({ type: "message", from: "alice", text: "back again" });
     await bob.send("/msg alice and the CA is back");
     await alice.expect({ type: "message", from: "bob", text: "and the CA is back" });
-    await carol.expectNone(mark, (e) => /again/.test(String(e.message)), 3_000);
+    await carol.expectNone(
+      mark,
+      (e) => e.type === "warning" && /again/.test(String(e.message)),
+      3_000,
+    );
     assertCalm([alice, bob, carol]);
+  });
+});
+
+Deno.test("while the service is down a running chat warns once and says when it answers again, and a command run meanwhile is told to wait, not to move the CA", async () => {
+  await withWorld(async (world) => {
+    const [aliceUser, bobUser] = await world.join("alice", "bob");
+    const alice = await world.chat(aliceUser);
+    const { home, port } = world.service;
+    world.service.proc.kill("SIGKILL");
+    await world.service.proc.status;
+    const down = Date.now();
+    await alice.expect(
+      (e) => e.type === "warning" && /^Cannot check for invitations: /.test(String(e.message)),
+      RECOVERY_MS,
+    );
+
+    // A one-shot command: the error, and a hint that says what is most likely and what to do.
+    const lookup = await runClient(bobUser.home, ["lookup", "alice"]);
+    assert.equal(lookup.code, 1, lookup.stderr);
+    assert.match(lookup.stderr, /^e2e-chat: error: Cannot reach the CA service at https:\/\//m);
+    const hint = "the service is most likely restarting or stopped for a while: try again in a " +
+      "moment (a running chat keeps looking, and says when it answers again); if it lasts, ask " +
+      "your admin. Only if they say the CA moved: deno task client move-ca NEW_HOST:PORT";
+    assert.ok(lookup.stderr.includes(`\ne2e-chat: hint: ${hint}\n`), lookup.stderr);
+    // A join's first contact: no CA to move yet.
+    const joining = await runClient(join(world.dir, "carol"), [
+      "join",
+      await makeInvite(home, "carol"),
+    ]);
+    assert.equal(joining.code, 1, joining.stderr);
+    assert.match(
+      joining.stderr,
+      /^e2e-chat: hint: the service is most likely restarting or stopped for a while: try again in a moment; if it lasts, check the address in the invite with your admin$/m,
+    );
+    // A command in the running chat: the same words, in its error.
+    await alice.send("/chat bob");
+    const refused = await alice.expect({ type: "error" });
+    assert.ok(String(refused.message).endsWith(`: ${hint}`), String(refused.message));
+
+    world.service = await startService(home, {
+      args: ["--port", String(port), "--crl-port", String(world.crlPort)],
+    });
+    const back = await alice.expect({ type: "ca_back" }, RECOVERY_MS);
+    assert.match(
+      String(back.message),
+      /^The CA service answers again \(after \d+ s without an answer\)$/,
+    );
+    const since = Date.parse(String(back.since));
+    assert.ok(since >= down - 1_000 && since <= Date.now(), String(back.since));
+    // Once, though both polls (invitations, mailbox) failed and came back.
+    await alice.expectNone(alice.mark(), { type: "ca_back" }, 3_000);
+    assert.equal(alice.events.filter((e) => e.type === "ca_back").length, 1);
+    assertCalm([alice], [`error: ${refused.message}`]);
   });
 });
 
@@ -213,7 +278,7 @@ function assertCalm(clients: ChatClient[], expected: string[] = []): void {
   }
 }
 
-Deno.test("mailbox items posted before, during and after a restart of the service arrive exactly once, and the recipient's long poll recovers", async () => {
+Deno.test("mailbox items posted before, during and after a restart of the service arrive exactly once and in order: one posted while it is down waits and goes when it answers, and the recipient's long poll recovers", async () => {
   await withWorld(async (world) => {
     const [aliceUser, bobUser] = await world.join("alice", "bob");
     const alice = await world.chat(aliceUser);
@@ -224,33 +289,90 @@ Deno.test("mailbox items posted before, during and after a restart of the servic
     const { home, port } = world.service;
     world.service.proc.kill("SIGKILL");
     await world.service.proc.status;
-    // While it is down, a message for the mailbox is refused at once, and the user is told.
+    // While it is down, a message for the mailbox waits, and the user is told so.
     await alice.send("/msg bob during");
-    const refused = await alice.expect({ type: "error" });
-    assert.match(
-      String(refused.message),
-      /^Cannot reach the CA service at https:\/\/127\.0\.0\.1:\d+/,
+    const waits = await alice.expect((e) =>
+      e.type === "warning" && / is not sent yet: /.test(String(e.message))
+    );
+    const during = /^Message ([0-9a-f]{32}) to "bob"/.exec(String(waits.message))?.[1];
+    assert.equal(
+      waits.message,
+      `Message ${during} to "bob" is not sent yet: the CA service does not answer. ` +
+        `It is sent when the service answers again`,
     );
     world.service = await startService(home, {
       args: ["--port", String(port), "--crl-port", String(world.crlPort)],
     });
     await alice.send("/msg bob after");
-    const after = await alice.expect({ type: "queued", to: "bob" });
-    await bob.expect(
-      { type: "message", from: "alice", text: "before", via: "mailbox" },
-      RECOVERY_MS,
-    );
-    await bob.expect(
-      { type: "message", from: "alice", text: "after", via: "mailbox" },
-      RECOVERY_MS,
-    );
-    await alice.expect({ type: "delivered", to: "bob", id: before.id }, RECOVERY_MS);
-    await alice.expect({ type: "delivered", to: "bob", id: after.id }, RECOVERY_MS);
-    // Exactly once: nothing more comes in the next long poll, and no replay was dropped.
-    await bob.expectNone(0, { type: "message", text: "during" }, 2_000);
+    await alice.expect({ type: "queued", to: "bob", id: during }, RECOVERY_MS);
+    const after = await alice.expect({ type: "queued", to: "bob" }, RECOVERY_MS);
+    assert.notEqual(after.id, during);
+    for (const text of ["before", "during", "after"]) {
+      await bob.expect({ type: "message", from: "alice", text, via: "mailbox" }, RECOVERY_MS);
+    }
+    for (const id of [before.id, during, after.id]) {
+      await alice.expect({ type: "delivered", to: "bob", id }, RECOVERY_MS);
+    }
+    // Exactly once and in order: nothing more comes in the next long poll, no replay was dropped.
+    await bob.expectNone(bob.mark(), { type: "message" }, 2_000);
     const texts = bob.events.filter((e) => e.type === "message").map((e) => e.text);
-    assert.deepEqual(texts.sort(), ["after", "before"]);
+    assert.deepEqual(texts, ["before", "during", "after"]);
     assertCalm([bob]);
-    assertCalm([alice], [`error: ${refused.message}`]);
+    assertCalm([alice], [`warning: ${waits.message}`]);
+  });
+});
+
+Deno.test("a mailbox post stored by the service whose answer was lost waits, is posted again before the next message, and is kept and shown once", async () => {
+  await withWorld(async (world) => {
+    const [aliceUser, bobUser] = await world.join("alice", "bob");
+    const waiting = () => {
+      try {
+        return [...Deno.readDirSync(join(world.service.caDir, "mailbox", "bob"))]
+          .filter((e) => e.name.endsWith(".json")).length;
+      } catch {
+        return 0; // no item for bob yet
+      }
+    };
+    // Alice reaches the service through a relay that, armed, cuts every answer once bob's item
+    // is stored: the post was done, and she never hears so.
+    let armed = false;
+    const cutter = await TcpRelay.start(world.service.port, {
+      after: () => armed && waiting() > 0,
+    });
+    try {
+      assertSuccess(
+        await runClient(aliceUser.home, ["move-ca", `127.0.0.1:${cutter.port}`]),
+        "client move-ca to the relay",
+      );
+      const alice = await world.chat(aliceUser);
+      armed = true;
+      cutter.mode = "drop";
+      await alice.send("/msg bob first");
+      const waits = await alice.expect((e) =>
+        e.type === "warning" && / is not sent yet: /.test(String(e.message))
+      );
+      const first = /^Message ([0-9a-f]{32}) /.exec(String(waits.message))?.[1];
+      assert.equal(waiting(), 1);
+      cutter.mode = "pass";
+      // The next message for bob goes after the held one, which is posted again: the same bytes,
+      // which the service keeps once.
+      await alice.send("/msg bob second");
+      await alice.expect({ type: "queued", to: "bob", id: first });
+      const second = await alice.expect({ type: "queued", to: "bob" });
+      assert.equal(waiting(), 2);
+
+      const bob = await world.chat(bobUser);
+      for (const text of ["first", "second"]) {
+        await bob.expect({ type: "message", from: "alice", text, via: "mailbox" }, RECOVERY_MS);
+      }
+      for (const id of [first, second.id]) {
+        await alice.expect({ type: "delivered", to: "bob", id }, RECOVERY_MS);
+      }
+      await bob.expectNone(bob.mark(), { type: "message" }, 2_000);
+      assert.equal(bob.count("message"), 2);
+      assertCalm([bob]);
+    } finally {
+      await cutter.close();
+    }
   });
 });

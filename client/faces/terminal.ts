@@ -139,6 +139,8 @@ function format(e: ChatEvent): string | undefined {
       );
     case "warning":
       return styleText("yellow", printable(e.message));
+    case "ca_back":
+      return styleText("green", printable(e.message));
     case "error":
       return styleText("red", `error: ${printable(e.message)}`);
     case "history":

@@ -316,6 +316,9 @@ function handle(e) {
     case "error":
       notice(e.message, "error");
       return;
+    case "ca_back":
+      notice(e.message);
+      return;
     case "room_invite":
       state.roomInvites.set(e.room, e.from);
       drawInvitations();
