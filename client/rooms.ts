@@ -164,6 +164,8 @@ interface RoomInvite {
   list: SignedList;
   from: string;
   key: string;
+  /** Whether we answered it with `join`: only then may a list add us (our consent). */
+  joined?: boolean;
 }
 
 /** The rooms of one running chat. */
@@ -330,6 +332,7 @@ export class Rooms {
         hint: `accept an invitation from "${invite.from}" first`,
       });
     }
+    invite.joined = true;
   }
 
   /** Leaves `room`: the creator is told (and publishes the new list); we keep nothing of it. */
@@ -669,6 +672,11 @@ export class Rooms {
       }
       const me = list.members.find((m) => m.name === self);
       if (!me) return;
+      // Only the answer to our join: a list sent unasked would put us in the room, and connect
+      // us to its members, without our consent.
+      if (!invite.joined) {
+        throw refused(`a member list of ${list.room} that adds you before you joined`);
+      }
       if (me.key !== this.#ownKey()) {
         throw refused(`a member list of ${list.room} with another key for you`);
       }

@@ -55,6 +55,10 @@ async function withWorld(
   ) => Promise<
     Array<{ name: string; key: string }>
   > = () => Promise.resolve([]),
+  options: {
+    /** Whether ann answers the invitation with `/room join` (default true); else `list` waits. */
+    annJoins?: boolean;
+  } = {},
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "e2e-chat-hostile-rooms-" });
   let service: Service | undefined;
@@ -97,23 +101,28 @@ async function withWorld(
     }, malloryKey);
     mallory.write(roomFrame({ op: "invite", list: first }));
     await ann.expect({ type: "room_invite", room: ROOM, from: "mallory" });
-    await ann.send(`/room join ${ROOM}`);
-    await waitUntil(
-      () =>
-        mallory.frames.some((f) =>
-          f.type === "room" &&
-          JSON.stringify(f.body) === JSON.stringify({ op: "join", roomId: ROOM_ID })
-        ),
-      "ann's join",
-    );
+    const annJoins = options.annJoins ?? true;
+    if (annJoins) {
+      await ann.send(`/room join ${ROOM}`);
+      await waitUntil(
+        () =>
+          mallory.frames.some((f) =>
+            f.type === "room" &&
+            JSON.stringify(f.body) === JSON.stringify({ op: "join", roomId: ROOM_ID })
+          ),
+        "ann's join",
+      );
+    }
     const list = signList({
       ...base,
       version: 2,
       members: sorted([{ name: "ann", key: await keyOf(annUser), since: 2 }, ...first.members]),
       change: { name: "ann", change: "joined" },
     }, malloryKey);
-    mallory.write(roomFrame({ op: "list", list }));
-    await ann.expect({ type: "room_joined", room: ROOM });
+    if (annJoins) {
+      mallory.write(roomFrame({ op: "list", list }));
+      await ann.expect({ type: "room_joined", room: ROOM });
+    }
     const world: World = {
       dir,
       service,
@@ -217,6 +226,38 @@ Deno.test("a member whose key in the creator's list is not the one pinned stays 
       // mallory's list gives "ben" her own key.
       return [{ name: "ben", key: await keyOf(malloryUser) }];
     },
+  );
+});
+
+Deno.test("a creator cannot put a member into a room it invited them to before they join", async () => {
+  await withWorld(
+    async ({ ann, annUser, mallory, list }) => {
+      // ann was invited and has not answered: mallory sends the list that adds her all the same.
+      mallory.write(roomFrame({ op: "list", list }));
+      mallory.write(encodeFrame({ type: "msg", id: "after-list", text: "you are in now" }));
+      await ann.expect({ type: "message", from: "mallory", text: "you are in now" });
+      assert.deepEqual(ann.events.filter((e) => e.type === "room_joined"), [], ann.describe());
+      assert.ok(
+        ann.events.some((e) =>
+          e.type === "warning" &&
+          e.message === `Refused a member list of ${ROOM} that adds you before you joined ` +
+              `(from "mallory")`
+        ),
+        ann.describe(),
+      );
+      await ann.send("/rooms");
+      const rooms = await ann.expect({ type: "rooms" });
+      assert.deepEqual([rooms.rooms, rooms.invitations], [[], [ROOM]]);
+      const kept: string[] = [];
+      try {
+        for await (const f of Deno.readDir(join(annUser.home, "rooms"))) kept.push(f.name);
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+      assert.deepEqual(kept, [], "nothing of the room in ann's home");
+    },
+    undefined,
+    { annJoins: false },
   );
 });
 
