@@ -1110,6 +1110,15 @@ export class PeerConnection {
         offer.bytes,
         offer.sha256,
       );
+      // Closed while the partial file was made: #onClose aborted what it found, not this one.
+      if (this.#closed) {
+        await file.abort();
+        throw new E2eError(
+          "ERR_NETWORK",
+          `Cannot receive ${JSON.stringify(announcedName(offer.name))} from "${this.name}": ` +
+            `the connection closed`,
+        );
+      }
       this.#incoming.set(offer.id, file);
       this.#releases.set(offer.id, release);
       if (offer.room !== undefined) this.#incomingRooms.set(offer.id, offer.room);
