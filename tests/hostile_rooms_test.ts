@@ -8,12 +8,18 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
+import {
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  type KeyObject,
+} from "node:crypto";
 import { join } from "node:path";
 import { encodeFrame } from "../lib/frames.ts";
 import { type SignedList, signList, signMessage, spkiOf } from "../lib/room.ts";
 import { ChatClient, sleep, stopAll, waitUntil } from "./_harness.ts";
 import { MAX_ANSWER_BYTES } from "../client/peer.ts";
+import { MAX_HELD_CHARS } from "../client/rooms.ts";
 import { initCa, type Service, startService } from "./_service_helpers.ts";
 import { joinUser, RawPeer, type User, userAt } from "./_chat_helpers.ts";
 
@@ -258,6 +264,60 @@ Deno.test("a creator cannot put a member into a room it invited them to before t
     },
     undefined,
     { annJoins: false },
+  );
+});
+
+Deno.test("a creator whose list adds members of its own making cannot make a member hold their early messages without bound", async () => {
+  // Members ann never met: the creator's word for their keys is all she has (docs/SECURITY.md),
+  // so mallory signs as each of them. 256 messages of each may wait for an earlier one.
+  const fakes = Array.from({ length: 20 }, (_, i) => ({
+    name: `f${String(i).padStart(2, "0")}`,
+    ...generateKeyPairSync("ed25519"),
+  }));
+  await withWorld(
+    async ({ ann, mallory, list }) => {
+      const frame = (f: (typeof fakes)[number], seq: number, text: string) =>
+        roomFrame({
+          op: "msg",
+          m: signMessage(
+            { roomId: ROOM_ID, room: ROOM, author: f.name, seq, version: list.version, text },
+            f.privateKey,
+          ),
+          to: ["ann", "mallory", f.name],
+        });
+      // Each one's first message (ann takes each author up there), then none of their second.
+      mallory.write(fakes.map((f) => frame(f, 1, "hi")).join(""));
+      const text = "x".repeat(60_000);
+      const ROUNDS = 100; // 20 authors × 100 × 60 000 = 120 M characters, all of them early
+      const lines: string[] = [];
+      // Round by round, so that every author's first early message comes at once.
+      for (let seq = 3; seq < 3 + ROUNDS; seq++) {
+        for (const f of fakes) lines.push(frame(f, seq, text));
+        if (lines.length >= 200) mallory.write(lines.splice(0).join(""));
+      }
+      mallory.write(lines.join(""));
+      mallory.write(encodeFrame({ type: "msg", id: "sentinel", text: "all sent" }));
+      await ann.expect({ type: "message", from: "mallory", text: "all sent" }, 120_000);
+      assert.ok(
+        ann.events.some((e) =>
+          e.type === "warning" &&
+          String(e.message).includes("characters of messages there wait for earlier ones")
+        ),
+        "no early message was refused",
+      );
+      // No one has the second messages: each gap is reported and what waited is shown.
+      await waitUntil(
+        () => ann.events.filter((e) => e.type === "room_gap").length === fakes.length,
+        "a room_gap for each author",
+        30_000,
+      );
+      await sleep(500);
+      const shown = ann.events.filter((e) => e.type === "room_message" && e.text === text).length;
+      // What waited was at most MAX_HELD_CHARS characters (plus one message of each author that
+      // made room by letting a higher one go), not all 2000 messages.
+      assert.ok(shown <= MAX_HELD_CHARS / text.length + fakes.length, `${shown} shown`);
+    },
+    () => Promise.resolve(fakes.map((f) => ({ name: f.name, key: spkiOf(f.publicKey) }))),
   );
 });
 
