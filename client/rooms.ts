@@ -118,6 +118,11 @@ export interface RoomHost {
    * Default: none.
    */
   released?(names: string[]): void;
+  /**
+   * `names` are no longer members of `room` as we know it (or we are not): files offered to them
+   * for it and not accepted yet are withdrawn. Default: none.
+   */
+  gone?(room: string, names: string[]): void;
   /** Where room messages are recorded (conversation `#name`). */
   history: History;
   /** HOME/rooms. */
@@ -356,6 +361,7 @@ export class Rooms {
     this.#forget(r);
     const told = r.list.creator === self ||
       this.#host.peer(r.list.creator)?.sendRoom({ op: "leave", roomId: r.list.roomId });
+    this.#host.gone?.(room, former.filter((n) => n !== self));
     this.#release(former);
     if (!told) {
       this.#host.emit({
@@ -978,6 +984,7 @@ export class Rooms {
       }
       announce?.();
       this.#host.emit({ type: "room_member", room, name: self, change: changeOf(self, "removed") });
+      this.#host.gone?.(room, [...before.keys()].filter((n) => n !== self));
       this.#release([...before.keys()]);
       return;
     }
@@ -1013,6 +1020,7 @@ export class Rooms {
     this.#saveDurableOrWarn(r);
     announce?.();
     for (const e of events) this.#host.emit(e);
+    this.#host.gone?.(room, [...before.keys()].filter((n) => !after.has(n)));
     this.#checkKeys(list, r);
     for (const c of this.#connectedMembers(r, [self])) this.#sendState(r, c);
     this.#connectMembers(r);

@@ -321,6 +321,51 @@ Deno.test("a creator whose list adds members of its own making cannot make a mem
   );
 });
 
+Deno.test("a member removed from a room who accepts a file offered to the room before gets a decline, not the file", async () => {
+  let ben: RawPeer | undefined;
+  await withWorld(
+    async ({ dir, ann, mallory, malloryKey, list }) => {
+      const path = join(dir, "plans.txt");
+      await Deno.writeTextFile(path, "for the room only");
+      await ann.send(`/file ${ROOM} ${path}`);
+      const offer = await ben!.expectFrame({ type: "file", room: ROOM });
+      // ben waits to answer until mallory has removed him, and ann knows it.
+      const without = signList({
+        roomId: ROOM_ID,
+        room: ROOM,
+        creator: "mallory",
+        version: list.version + 1,
+        members: list.members.filter((m) => m.name !== "ben"),
+        change: { name: "ben", change: "removed" },
+      }, malloryKey);
+      mallory.write(roomFrame({ op: "list", list: without }));
+      await ann.expect({ type: "room_member", room: ROOM, name: "ben", change: "removed" });
+      ben!.write(encodeFrame({ type: "accept", id: String(offer.id) }));
+      const decline = await ben!.expectFrame({ type: "decline", id: offer.id });
+      assert.equal(decline.reason, `withdrawn: "ben" is not in ${ROOM} any more`);
+      await ann.expect({
+        type: "file_failed",
+        peer: "ben",
+        id: offer.id,
+        reason: `withdrawn: "ben" is not in ${ROOM} any more`,
+      });
+      // The connection stays (it may carry 1:1 chat), and nothing of the file came on it.
+      ben!.write(encodeFrame({ type: "msg", id: "after", text: "still here" }));
+      await ann.expect({ type: "message", from: "ben", text: "still here" });
+      assert.deepEqual(
+        ben!.frames.filter((f) => ["bin", "chunk", "end"].includes(String(f.type))),
+        [],
+      );
+      assert.ok(!new TextDecoder().decode(ben!.bytes()).includes("for the room only"));
+    },
+    async ({ service, dir, connect }) => {
+      const user = await joinUser(service, "ben", join(dir, "ben"));
+      ben = await connect(user, ["rooms", "bin", "offer"]);
+      return [{ name: "ben", key: await keyOf(user) }];
+    },
+  );
+});
+
 /** The user `name` of this world (joined already). */
 function userOf(w: Pick<World, "dir">, name: string): User {
   return userAt(name, join(w.dir, name));
