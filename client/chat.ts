@@ -214,6 +214,12 @@ export class Chat {
           this.#peers.get(name)?.conn.close("no longer in a room with you");
         }
       },
+      // A file offered to a member for a room they are no longer in is not sent if they accept.
+      gone: (room, names) => {
+        for (const name of names) {
+          this.#peers.get(name)?.conn.withdrawOffers(room, `"${name}" is not in ${room} any more`);
+        }
+      },
       invitations: () => this.#invitations.names(),
       emit: (event) => this.#emit(event),
       // A member not connected gets the room's message through the CA's mailbox, sealed to them,

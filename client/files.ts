@@ -5,7 +5,7 @@
  * @module
  */
 import { createHash, type Hash } from "node:crypto";
-import { basename, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { freeBytes, othersMayRename, syncDir, writeFileAtomic } from "../lib/fs.ts";
 
@@ -108,17 +108,20 @@ export class IncomingFile {
     sha256?: string,
   ): Promise<IncomingFile> {
     await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
-    const partial = join(dir, `.partial-${crypto.randomUUID()}`);
+    // The folder a symbolic link points to now, used from here on: whoever may change the link
+    // could otherwise point the path we present elsewhere after the check.
+    const real = await Deno.realPath(dir);
+    const partial = join(real, `.partial-${crypto.randomUUID()}`);
     const file = await Deno.open(partial, { write: true, createNew: true, mode: 0o600 });
     try {
       // The partial file is ours: its owner is who we run as (no --allow-sys=uid needed).
-      await checkOwnFolder(dir, (await file.stat()).uid);
+      await checkOwnFolder(dir, real, (await file.stat()).uid);
     } catch (e) {
       file.close();
       await Deno.remove(partial).catch(() => {});
       throw e;
     }
-    return new IncomingFile(dir, partial, file, announced, size, sha256);
+    return new IncomingFile(real, partial, file, announced, size, sha256);
   }
 
   /** Appends bytes; refuses more than announced. */
@@ -190,17 +193,33 @@ export class IncomingFile {
 // rename or replace files in the folder (another user who owns it, or any user when anyone may
 // write in it) could swap in bytes of their own after the check. So a `--downloads` folder
 // must be ours and closed to other users' writes (HOME/downloads, 0700, always is), or sticky
-// like /tmp, where only a file's owner may rename or remove it.
-async function checkOwnFolder(dir: string, uid: number | null): Promise<void> {
-  const who = othersMayRename(await Deno.stat(dir), uid, { group: true, sticky: true });
+// like /tmp, where only a file's owner may rename or remove it. The same holds for each folder
+// above it (`real`, symbolic links resolved), which could have ours renamed away and another put
+// in its place; those may also be root's.
+async function checkOwnFolder(dir: string, real: string, uid: number | null): Promise<void> {
+  const rules = { group: true, sticky: true };
+  const who = othersMayRename(await Deno.stat(real), uid, rules);
   if (who) {
     const why = who === "owner" ? "it belongs to another user" : "every user may write in it";
-    throw new E2eError("ERR_FILE", `Cannot receive files into "${dir}": ${why}`, {
-      hint: "choose a folder of your own that only you can write in (--downloads DIR), " +
-        "or leave --downloads out",
-    });
+    throw new E2eError("ERR_FILE", `Cannot receive files into "${dir}": ${why}`, { hint: HINT });
+  }
+  for (let above = dirname(real);; above = dirname(above)) {
+    const info = await Deno.stat(above);
+    const whoAbove = othersMayRename(info, info.uid === 0 ? 0 : uid, rules);
+    if (whoAbove) {
+      const why = whoAbove === "owner" ? "belongs to another user" : "every user may write in";
+      throw new E2eError(
+        "ERR_FILE",
+        `Cannot receive files into "${dir}": it is inside "${above}", which ${why}`,
+        { hint: HINT },
+      );
+    }
+    if (dirname(above) === above) return;
   }
 }
+
+const HINT = "choose a folder of your own that only you can write in (--downloads DIR), " +
+  "or leave --downloads out";
 
 /** Deletes partial files a killed client left in `dir`. */
 export async function removeStalePartials(dir: string): Promise<void> {

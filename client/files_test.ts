@@ -189,6 +189,47 @@ Deno.test("IncomingFile receives into a folder every user may write in when it i
   });
 });
 
+Deno.test("IncomingFile refuses a downloads folder inside a folder every user may write in, and leaves nothing there", async () => {
+  // The folder is ours and closed, but another user could rename it away and put one of theirs
+  // in its place after a file's SHA-256 was checked: its path would then show their bytes.
+  await withTempDir(async (home) => {
+    const shared = join(home, "shared");
+    await Deno.mkdir(shared);
+    await Deno.chmod(shared, 0o777);
+    const dir = join(shared, "downloads");
+    await Deno.mkdir(dir, { mode: 0o700 });
+    await assert.rejects(
+      IncomingFile.start(dir, "report.pdf", 3),
+      e2eError(
+        "ERR_FILE",
+        `Cannot receive files into "${dir}": it is inside "${shared}", which every user may write in`,
+      ),
+    );
+    assert.deepEqual(await names(dir), []);
+  });
+});
+
+Deno.test("IncomingFile receives through a symbolic link into the folder it points to, and gives that folder's path, which a changed link does not redirect", async () => {
+  await withTempDir(async (home) => {
+    const own = join(home, "own");
+    const theirs = join(home, "theirs");
+    const shared = join(home, "shared");
+    await Deno.mkdir(own, { mode: 0o700 });
+    await Deno.mkdir(theirs, { mode: 0o700 });
+    await Deno.mkdir(shared);
+    await Deno.chmod(shared, 0o777);
+    const link = join(shared, "downloads");
+    await Deno.symlink(own, link);
+    const path = await receive(link, "report.pdf", encoder.encode("the peer's"));
+    assert.equal(path, join(own, "report.pdf"));
+    // Whoever may write in `shared` points the link elsewhere, at a report.pdf of their own.
+    await Deno.writeTextFile(join(theirs, "report.pdf"), "someone else's");
+    await Deno.remove(link);
+    await Deno.symlink(theirs, link);
+    assert.equal(await Deno.readTextFile(path), "the peer's");
+  });
+});
+
 Deno.test({
   name: "IncomingFile refuses a downloads folder that belongs to another user",
   // Only root can give a folder away.

@@ -226,6 +226,7 @@ export class PeerConnection {
   #incomingRooms = new Map<string, string>(); // the room of a file being received
   #sendingRoom?: string; // the room of the file being sent (one at a time)
   #outgoing = new Map<string, Outgoing>(); // offered by us, waiting for an accept
+  #withdrawn = new Map<string, string>(); // offers we withdrew, and why: an accept gets a decline
   #sending: Promise<void> = Promise.resolve(); // one file streams at a time
   #hello = Promise.withResolvers<void>();
   #confirmed = new Map<string, Confirmed>(); // "got" of our sends
@@ -431,6 +432,29 @@ export class PeerConnection {
     if (this.#peerFeatures.has(FEATURE_OFFER)) this.#outgoing.set(id, out);
     else this.#startSending(id, out);
     return { id, name: out.name, bytes: size, ...digest, ...inRoom };
+  }
+
+  /**
+   * Withdraws the files offered to this peer for `room` that it has not accepted yet (it is no
+   * longer a member): `fileFailed` says why, and an accept that comes for one is answered with
+   * a `decline` that carries `reason`, the data never sent.
+   */
+  withdrawOffers(room: string, reason: string): void {
+    for (const [id, out] of this.#outgoing) {
+      if (out.room !== room) continue;
+      this.#outgoing.delete(id);
+      out.file.close();
+      this.#withdrawn.set(id, reason);
+      // Remembered for the last few only: an accept of an older one is malformed, as before.
+      if (this.#withdrawn.size > MAX_OFFERS) {
+        this.#withdrawn.delete(this.#withdrawn.keys().next().value!);
+      }
+      this.#options.events.fileFailed(this, {
+        id,
+        reason: `withdrawn: ${reason}`,
+        direction: "out",
+      });
+    }
   }
 
   /** Accepts the file `id` this peer offered: counts it, answers `accept`, receives it. */
@@ -877,6 +901,12 @@ export class PeerConnection {
         return;
       }
       case "accept": {
+        const withdrawn = this.#withdrawn.get(frame.id);
+        if (withdrawn !== undefined) {
+          this.#withdrawn.delete(frame.id);
+          this.#write({ type: "decline", id: frame.id, reason: `withdrawn: ${withdrawn}` });
+          return;
+        }
         const out = this.#outgoing.get(frame.id);
         if (!out) throw malformed("an accept for a file never offered");
         this.#outgoing.delete(frame.id);
@@ -897,8 +927,9 @@ export class PeerConnection {
       }
       case "decline": {
         // One we no longer wait for (it is streaming or done) is not the peer's mistake.
+        this.#withdrawn.delete(frame.id);
         const out = this.#outgoing.get(frame.id);
-        if (!out) return;
+        if (!out) return await this.#withdrawnBySender(frame.id, frame.reason);
         this.#outgoing.delete(frame.id);
         out.file.close();
         events.fileFailed(this, {
@@ -1110,6 +1141,15 @@ export class PeerConnection {
         offer.bytes,
         offer.sha256,
       );
+      // Closed while the partial file was made: #onClose aborted what it found, not this one.
+      if (this.#closed) {
+        await file.abort();
+        throw new E2eError(
+          "ERR_NETWORK",
+          `Cannot receive ${JSON.stringify(announcedName(offer.name))} from "${this.name}": ` +
+            `the connection closed`,
+        );
+      }
       this.#incoming.set(offer.id, file);
       this.#releases.set(offer.id, release);
       if (offer.room !== undefined) this.#incomingRooms.set(offer.id, offer.room);
@@ -1120,6 +1160,25 @@ export class PeerConnection {
     if (offering) this.#write({ type: "accept", id: offer.id });
     this.#watch();
     return undefined;
+  }
+
+  // A decline from the sender of a file we accepted and have nothing of yet: it withdrew the
+  // offer (we are no longer in the room it was for), so we stop waiting for the data.
+  async #withdrawnBySender(id: string, reason: string): Promise<void> {
+    const file = this.#incoming.get(id);
+    if (!file || file.received > 0) return;
+    this.#incoming.delete(id);
+    this.#incomingRooms.delete(id);
+    this.#reported.delete(id);
+    const release = this.#releases.get(id);
+    this.#releases.delete(id);
+    await file.abort();
+    release?.();
+    this.#options.events.fileFailed(this, {
+      id,
+      reason: `"${this.name}" withdrew it: ${reason || "no reason given"}`,
+      direction: "in",
+    });
   }
 
   // Declines an offer on our side's rules: the peer gets the reason, and so does our user.

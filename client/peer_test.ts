@@ -973,3 +973,83 @@ Deno.test("PeerConnection neither shows nor acknowledges what arrives after clos
     assert.deepEqual(acked, ["m0", "m1"]);
   });
 });
+
+Deno.test("PeerConnection cut while an accepted offer starts leaves no partial file behind and gives the quota back", async () => {
+  await withPair(async (aliceSocket, bobSocket, dir) => {
+    const aliceSeen: Seen = [];
+    const taken: FileOffer[] = [];
+    const downloads = join(dir, "alice-downloads");
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads,
+      events: recorder(aliceSeen),
+      files: asking(taken),
+    });
+    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
+      downloads: join(dir, "bob-downloads"),
+      events: recorder([]),
+    });
+    alice.start();
+    bob.start();
+    await Deno.writeFile(join(dir, "a.txt"), new Uint8Array(10));
+    const offer = await bob.sendFile(join(dir, "a.txt"));
+    await until("the offer", aliceSeen, (s) => s.some((e) => e[0] === "offer"));
+    // The user accepts as the connection is cut: its close is handled while the partial file
+    // is being created.
+    const accepting = alice.acceptOffer(offer.id);
+    aliceSocket.destroy();
+    const accepted = await accepting.then(() => undefined, (e) => e);
+    await until("closed", aliceSeen, (s) => s.some((e) => e[0] === "closed"));
+    const left: string[] = [];
+    for await (const f of Deno.readDir(downloads)) left.push(f.name);
+    assert.deepEqual(left, [], "a partial file stayed behind");
+    assert.deepEqual(taken, [], "the quota it took was not given back");
+    assert.ok(
+      accepted instanceof E2eError && accepted.code === "ERR_NETWORK" &&
+        accepted.message === 'Cannot receive "a.txt" from "bob": the connection closed',
+      String(accepted),
+    );
+  });
+});
+
+Deno.test("PeerConnection stops waiting for a file its sender withdrew after we accepted it: nothing kept, the quota given back, the connection open", async () => {
+  await withPair(async (aliceSocket, bobSocket, dir) => {
+    const aliceSeen: Seen = [];
+    const bobSeen: Seen = [];
+    const taken: FileOffer[] = [];
+    const downloads = join(dir, "alice-downloads");
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads,
+      events: recorder(aliceSeen),
+      files: asking(taken),
+    });
+    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
+      downloads: join(dir, "bob-downloads"),
+      events: recorder(bobSeen),
+    });
+    alice.start();
+    bob.start();
+    await Deno.writeFile(join(dir, "a.txt"), new Uint8Array(10));
+    const offer = await bob.sendFile(join(dir, "a.txt"), { room: "#team" });
+    await until("the offer", aliceSeen, (s) => s.some((e) => e[0] === "offer"));
+    // alice left #team meanwhile: bob withdraws what he offered her for it, then her accept comes.
+    bob.withdrawOffers("#team", '"alice" is not in #team any more');
+    assert.deepEqual(bobSeen.find((e) => e[0] === "fileFailed"), [
+      "fileFailed",
+      "out",
+      'withdrawn: "alice" is not in #team any more',
+    ]);
+    await alice.acceptOffer(offer.id);
+    await until("alice told", aliceSeen, (s) => s.some((e) => e[0] === "fileFailed"));
+    assert.deepEqual(aliceSeen.find((e) => e[0] === "fileFailed"), [
+      "fileFailed",
+      "in",
+      '"bob" withdrew it: withdrawn: "alice" is not in #team any more',
+    ]);
+    assert.deepEqual(taken, []);
+    assert.deepEqual(await Array.fromAsync(Deno.readDir(downloads)), []);
+    bob.sendMessage("still talking");
+    await until("the message", aliceSeen, (s) => s.some((e) => e[0] === "message"));
+    assert.deepEqual(bobSeen.filter((e) => e[0] === "fileSent"), []);
+    alice.close();
+  });
+});

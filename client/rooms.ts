@@ -63,6 +63,11 @@ const ROOM_BUFFER_CHARS = 8 * 1024 * 1024;
 export const GAP_WAIT_MS = 3_000;
 /** Messages held back per author while an earlier one is missing. */
 const MAX_HELD = 256;
+/**
+ * …and at most this many characters of them per room, all authors together: a creator may list
+ * up to 50 members of its own making and sign as each (256 × 50 texts of 65,536 characters).
+ */
+export const MAX_HELD_CHARS = 8 * 1024 * 1024;
 /** Room invitations one connection may send us (more are refused). */
 const MAX_INVITES_PER_CONNECTION = 16;
 /** `want` and `state` frames taken from one connection per second (more are dropped). */
@@ -113,6 +118,11 @@ export interface RoomHost {
    * Default: none.
    */
   released?(names: string[]): void;
+  /**
+   * `names` are no longer members of `room` as we know it (or we are not): files offered to them
+   * for it and not accepted yet are withdrawn. Default: none.
+   */
+  gone?(room: string, names: string[]): void;
   /** Where room messages are recorded (conversation `#name`). */
   history: History;
   /** HOME/rooms. */
@@ -147,6 +157,8 @@ interface Room {
   /** The fingerprints of the members' keys in the list, by name (for the pin check). */
   fingerprints: Map<string, string>;
   held: Map<string, Map<number, SignedMessage>>;
+  /** Characters of the texts in `held`, all authors together. */
+  heldChars: number;
   buffer: Map<string, SignedMessage>;
   bufferChars: number;
   gaps: Map<string, ReturnType<typeof setTimeout>>;
@@ -164,6 +176,8 @@ interface RoomInvite {
   list: SignedList;
   from: string;
   key: string;
+  /** Whether we answered it with `join`: only then may a list add us (our consent). */
+  joined?: boolean;
 }
 
 /** The rooms of one running chat. */
@@ -330,6 +344,7 @@ export class Rooms {
         hint: `accept an invitation from "${invite.from}" first`,
       });
     }
+    invite.joined = true;
   }
 
   /** Leaves `room`: the creator is told (and publishes the new list); we keep nothing of it. */
@@ -346,6 +361,7 @@ export class Rooms {
     this.#forget(r);
     const told = r.list.creator === self ||
       this.#host.peer(r.list.creator)?.sendRoom({ op: "leave", roomId: r.list.roomId });
+    this.#host.gone?.(room, former.filter((n) => n !== self));
     this.#release(former);
     if (!told) {
       this.#host.emit({
@@ -669,6 +685,11 @@ export class Rooms {
       }
       const me = list.members.find((m) => m.name === self);
       if (!me) return;
+      // Only the answer to our join: a list sent unasked would put us in the room, and connect
+      // us to its members, without our consent.
+      if (!invite.joined) {
+        throw refused(`a member list of ${list.room} that adds you before you joined`);
+      }
       if (me.key !== this.#ownKey()) {
         throw refused(`a member list of ${list.room} with another key for you`);
       }
@@ -775,6 +796,14 @@ export class Rooms {
     if (waiting && waiting.size >= MAX_HELD && m.seq > Math.max(...waiting.keys())) {
       throw refused(`message ${m.seq} by "${m.author}" in ${r.list.room}, too far ahead`);
     }
+    // One that must wait (not the next one) fits in the room's characters held, or the highest of
+    // the author holding most makes room: that may be this one, refused then.
+    if (next !== undefined && m.seq > next && !this.#makeRoomToHold(r, m)) {
+      throw refused(
+        `message ${m.seq} by "${m.author}" in ${r.list.room}: more than ${MAX_HELD_CHARS} ` +
+          `characters of messages there wait for earlier ones, most of them by "${m.author}"`,
+      );
+    }
     seen.add(key);
     if (seen.size > MAX_SEEN_PER_CONNECTION) seen.delete(seen.values().next().value!);
     // They have a newer list: ask for it.
@@ -794,16 +823,8 @@ export class Rooms {
     let held = r.held.get(m.author);
     if (!held) r.held.set(m.author, held = new Map());
     held.set(m.seq, m);
-    if (held.size > MAX_HELD) {
-      // The highest makes room; out of the buffer too, so that it is taken when it comes again.
-      const highest = Math.max(...held.keys());
-      held.delete(highest);
-      const dropped = r.buffer.get(`${m.author}.${highest}`);
-      if (dropped) {
-        r.buffer.delete(`${m.author}.${highest}`);
-        r.bufferChars -= dropped.text.length;
-      }
-    }
+    r.heldChars += m.text.length;
+    if (held.size > MAX_HELD) this.#dropHighest(r, m.author);
     if (next === undefined) r.next[m.author] = m.seq; // joined after them: start where we came in
     this.#drain(r, m.author);
   }
@@ -844,6 +865,7 @@ export class Rooms {
     while (held.has(next)) {
       const m = held.get(next)!;
       held.delete(next);
+      r.heldChars -= m.text.length;
       const id = `${author}.${m.seq}`;
       this.#host.history.roomMessage({ id, room: r.list.room, from: author, text: m.text });
       this.#host.emit({ type: "room_message", room: r.list.room, from: author, text: m.text, id });
@@ -882,6 +904,45 @@ export class Rooms {
         this.#drain(r, author);
       }, GAP_WAIT_MS),
     );
+  }
+
+  // The highest held message of `author` is let go; out of the buffer too, so that it is taken
+  // when it comes again.
+  #dropHighest(r: Room, author: string): void {
+    const held = r.held.get(author);
+    if (!held?.size) return;
+    const highest = Math.max(...held.keys());
+    r.heldChars -= held.get(highest)!.text.length;
+    held.delete(highest);
+    const dropped = r.buffer.get(`${author}.${highest}`);
+    if (dropped) {
+      r.buffer.delete(`${author}.${highest}`);
+      r.bufferChars -= dropped.text.length;
+    }
+  }
+
+  // Makes room for `m` to wait within MAX_HELD_CHARS: the author who holds the most characters
+  // (`m` counted) lets its highest go, until it fits. False when that would be `m` itself.
+  #makeRoomToHold(r: Room, m: SignedMessage): boolean {
+    const charsOf = (author: string) => {
+      let chars = author === m.author ? m.text.length : 0;
+      for (const x of r.held.get(author)?.values() ?? []) chars += x.text.length;
+      return chars;
+    };
+    while (r.heldChars + m.text.length > MAX_HELD_CHARS) {
+      let most = m.author;
+      let mostChars = charsOf(m.author);
+      for (const author of r.held.keys()) {
+        const chars = charsOf(author);
+        if (chars > mostChars) [most, mostChars] = [author, chars];
+      }
+      if (most === m.author) {
+        const theirs = r.held.get(m.author);
+        if (!theirs?.size || m.seq > Math.max(...theirs.keys())) return false;
+      }
+      this.#dropHighest(r, most);
+    }
+    return true;
   }
 
   // --- membership
@@ -923,6 +984,7 @@ export class Rooms {
       }
       announce?.();
       this.#host.emit({ type: "room_member", room, name: self, change: changeOf(self, "removed") });
+      this.#host.gone?.(room, [...before.keys()].filter((n) => n !== self));
       this.#release([...before.keys()]);
       return;
     }
@@ -933,6 +995,7 @@ export class Rooms {
       if (now && now.since === old.since && now.key === old.key) continue;
       // Gone (or gone and added again): nothing more is taken under the old membership.
       delete r.next[name];
+      for (const m of r.held.get(name)?.values() ?? []) r.heldChars -= m.text.length;
       r.held.delete(name);
       for (const [k, m] of r.buffer) {
         if (m.author !== name) continue;
@@ -957,6 +1020,7 @@ export class Rooms {
     this.#saveDurableOrWarn(r);
     announce?.();
     for (const e of events) this.#host.emit(e);
+    this.#host.gone?.(room, [...before.keys()].filter((n) => !after.has(n)));
     this.#checkKeys(list, r);
     for (const c of this.#connectedMembers(r, [self])) this.#sendState(r, c);
     this.#connectMembers(r);
@@ -1058,6 +1122,7 @@ export class Rooms {
       keys: new Map(),
       fingerprints: new Map(),
       held: new Map(),
+      heldChars: 0,
       buffer: new Map(),
       bufferChars: 0,
       gaps: new Map(),

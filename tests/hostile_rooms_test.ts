@@ -8,12 +8,18 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
+import {
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  type KeyObject,
+} from "node:crypto";
 import { join } from "node:path";
 import { encodeFrame } from "../lib/frames.ts";
 import { type SignedList, signList, signMessage, spkiOf } from "../lib/room.ts";
 import { ChatClient, sleep, stopAll, waitUntil } from "./_harness.ts";
 import { MAX_ANSWER_BYTES } from "../client/peer.ts";
+import { MAX_HELD_CHARS } from "../client/rooms.ts";
 import { initCa, type Service, startService } from "./_service_helpers.ts";
 import { joinUser, RawPeer, type User, userAt } from "./_chat_helpers.ts";
 
@@ -55,6 +61,10 @@ async function withWorld(
   ) => Promise<
     Array<{ name: string; key: string }>
   > = () => Promise.resolve([]),
+  options: {
+    /** Whether ann answers the invitation with `/room join` (default true); else `list` waits. */
+    annJoins?: boolean;
+  } = {},
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "e2e-chat-hostile-rooms-" });
   let service: Service | undefined;
@@ -97,23 +107,28 @@ async function withWorld(
     }, malloryKey);
     mallory.write(roomFrame({ op: "invite", list: first }));
     await ann.expect({ type: "room_invite", room: ROOM, from: "mallory" });
-    await ann.send(`/room join ${ROOM}`);
-    await waitUntil(
-      () =>
-        mallory.frames.some((f) =>
-          f.type === "room" &&
-          JSON.stringify(f.body) === JSON.stringify({ op: "join", roomId: ROOM_ID })
-        ),
-      "ann's join",
-    );
+    const annJoins = options.annJoins ?? true;
+    if (annJoins) {
+      await ann.send(`/room join ${ROOM}`);
+      await waitUntil(
+        () =>
+          mallory.frames.some((f) =>
+            f.type === "room" &&
+            JSON.stringify(f.body) === JSON.stringify({ op: "join", roomId: ROOM_ID })
+          ),
+        "ann's join",
+      );
+    }
     const list = signList({
       ...base,
       version: 2,
       members: sorted([{ name: "ann", key: await keyOf(annUser), since: 2 }, ...first.members]),
       change: { name: "ann", change: "joined" },
     }, malloryKey);
-    mallory.write(roomFrame({ op: "list", list }));
-    await ann.expect({ type: "room_joined", room: ROOM });
+    if (annJoins) {
+      mallory.write(roomFrame({ op: "list", list }));
+      await ann.expect({ type: "room_joined", room: ROOM });
+    }
     const world: World = {
       dir,
       service,
@@ -216,6 +231,137 @@ Deno.test("a member whose key in the creator's list is not the one pinned stays 
       peer.destroy();
       // mallory's list gives "ben" her own key.
       return [{ name: "ben", key: await keyOf(malloryUser) }];
+    },
+  );
+});
+
+Deno.test("a creator cannot put a member into a room it invited them to before they join", async () => {
+  await withWorld(
+    async ({ ann, annUser, mallory, list }) => {
+      // ann was invited and has not answered: mallory sends the list that adds her all the same.
+      mallory.write(roomFrame({ op: "list", list }));
+      mallory.write(encodeFrame({ type: "msg", id: "after-list", text: "you are in now" }));
+      await ann.expect({ type: "message", from: "mallory", text: "you are in now" });
+      assert.deepEqual(ann.events.filter((e) => e.type === "room_joined"), [], ann.describe());
+      assert.ok(
+        ann.events.some((e) =>
+          e.type === "warning" &&
+          e.message === `Refused a member list of ${ROOM} that adds you before you joined ` +
+              `(from "mallory")`
+        ),
+        ann.describe(),
+      );
+      await ann.send("/rooms");
+      const rooms = await ann.expect({ type: "rooms" });
+      assert.deepEqual([rooms.rooms, rooms.invitations], [[], [ROOM]]);
+      const kept: string[] = [];
+      try {
+        for await (const f of Deno.readDir(join(annUser.home, "rooms"))) kept.push(f.name);
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+      assert.deepEqual(kept, [], "nothing of the room in ann's home");
+    },
+    undefined,
+    { annJoins: false },
+  );
+});
+
+Deno.test("a creator whose list adds members of its own making cannot make a member hold their early messages without bound", async () => {
+  // Members ann never met: the creator's word for their keys is all she has (docs/SECURITY.md),
+  // so mallory signs as each of them. 256 messages of each may wait for an earlier one.
+  const fakes = Array.from({ length: 20 }, (_, i) => ({
+    name: `f${String(i).padStart(2, "0")}`,
+    ...generateKeyPairSync("ed25519"),
+  }));
+  await withWorld(
+    async ({ ann, mallory, list }) => {
+      const frame = (f: (typeof fakes)[number], seq: number, text: string) =>
+        roomFrame({
+          op: "msg",
+          m: signMessage(
+            { roomId: ROOM_ID, room: ROOM, author: f.name, seq, version: list.version, text },
+            f.privateKey,
+          ),
+          to: ["ann", "mallory", f.name],
+        });
+      // Each one's first message (ann takes each author up there), then none of their second.
+      mallory.write(fakes.map((f) => frame(f, 1, "hi")).join(""));
+      const text = "x".repeat(60_000);
+      const ROUNDS = 100; // 20 authors × 100 × 60 000 = 120 M characters, all of them early
+      const lines: string[] = [];
+      // Round by round, so that every author's first early message comes at once.
+      for (let seq = 3; seq < 3 + ROUNDS; seq++) {
+        for (const f of fakes) lines.push(frame(f, seq, text));
+        if (lines.length >= 200) mallory.write(lines.splice(0).join(""));
+      }
+      mallory.write(lines.join(""));
+      mallory.write(encodeFrame({ type: "msg", id: "sentinel", text: "all sent" }));
+      await ann.expect({ type: "message", from: "mallory", text: "all sent" }, 120_000);
+      assert.ok(
+        ann.events.some((e) =>
+          e.type === "warning" &&
+          String(e.message).includes("characters of messages there wait for earlier ones")
+        ),
+        "no early message was refused",
+      );
+      // No one has the second messages: each gap is reported and what waited is shown.
+      await waitUntil(
+        () => ann.events.filter((e) => e.type === "room_gap").length === fakes.length,
+        "a room_gap for each author",
+        30_000,
+      );
+      await sleep(500);
+      const shown = ann.events.filter((e) => e.type === "room_message" && e.text === text).length;
+      // What waited was at most MAX_HELD_CHARS characters (plus one message of each author that
+      // made room by letting a higher one go), not all 2000 messages.
+      assert.ok(shown <= MAX_HELD_CHARS / text.length + fakes.length, `${shown} shown`);
+    },
+    () => Promise.resolve(fakes.map((f) => ({ name: f.name, key: spkiOf(f.publicKey) }))),
+  );
+});
+
+Deno.test("a member removed from a room who accepts a file offered to the room before gets a decline, not the file", async () => {
+  let ben: RawPeer | undefined;
+  await withWorld(
+    async ({ dir, ann, mallory, malloryKey, list }) => {
+      const path = join(dir, "plans.txt");
+      await Deno.writeTextFile(path, "for the room only");
+      await ann.send(`/file ${ROOM} ${path}`);
+      const offer = await ben!.expectFrame({ type: "file", room: ROOM });
+      // ben waits to answer until mallory has removed him, and ann knows it.
+      const without = signList({
+        roomId: ROOM_ID,
+        room: ROOM,
+        creator: "mallory",
+        version: list.version + 1,
+        members: list.members.filter((m) => m.name !== "ben"),
+        change: { name: "ben", change: "removed" },
+      }, malloryKey);
+      mallory.write(roomFrame({ op: "list", list: without }));
+      await ann.expect({ type: "room_member", room: ROOM, name: "ben", change: "removed" });
+      ben!.write(encodeFrame({ type: "accept", id: String(offer.id) }));
+      const decline = await ben!.expectFrame({ type: "decline", id: offer.id });
+      assert.equal(decline.reason, `withdrawn: "ben" is not in ${ROOM} any more`);
+      await ann.expect({
+        type: "file_failed",
+        peer: "ben",
+        id: offer.id,
+        reason: `withdrawn: "ben" is not in ${ROOM} any more`,
+      });
+      // The connection stays (it may carry 1:1 chat), and nothing of the file came on it.
+      ben!.write(encodeFrame({ type: "msg", id: "after", text: "still here" }));
+      await ann.expect({ type: "message", from: "ben", text: "still here" });
+      assert.deepEqual(
+        ben!.frames.filter((f) => ["bin", "chunk", "end"].includes(String(f.type))),
+        [],
+      );
+      assert.ok(!new TextDecoder().decode(ben!.bytes()).includes("for the room only"));
+    },
+    async ({ service, dir, connect }) => {
+      const user = await joinUser(service, "ben", join(dir, "ben"));
+      ben = await connect(user, ["rooms", "bin", "offer"]);
+      return [{ name: "ben", key: await keyOf(user) }];
     },
   );
 });
