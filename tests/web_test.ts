@@ -13,6 +13,7 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { makeCsr } from "./_helpers.ts";
+import { encodeFrame, PROTOCOL_VERSION } from "../lib/frames.ts";
 import { commitSomething, signBehindTheirBacks } from "./_dishonest_ca.ts";
 import {
   invitePeer,
@@ -636,6 +637,49 @@ async function room(scene: Scene): Promise<void> {
   await page.getByRole("button", { name: /#side room/ }).waitFor();
 }
 
+/**
+ * A peer's words in a notice (the reason it gave for declining our file) are shown as the
+ * terminal shows them (lib/printable.ts): no bidi control to reorder the line, no control
+ * character.
+ */
+async function peerWordsInNotices(scene: Scene): Promise<void> {
+  const [alice, bob] = await scene.join("alice-pw", "bob-pw");
+  const listen = freePort();
+  const web = await scene.web(alice, ["--port", "0", "--listen", `127.0.0.1:${listen}`]);
+  const page = await scene.page(web);
+  await page.getByRole("textbox", { name: "Chat with" }).fill(bob.name);
+  await page.getByRole("button", { name: "Start chat", exact: true }).click();
+  await page.getByRole("status").filter({ hasText: `Invited ${bob.name}:` }).waitFor();
+  const peer = await scene.raw(listen, bob);
+  await peer.expectFrame({ type: "hello", v: PROTOCOL_VERSION });
+  peer.write(encodeFrame({ type: "hello", v: PROTOCOL_VERSION, features: ["offer"] }));
+  await page.getByRole("textbox", { name: "Message", exact: true }).and(page.locator(":enabled"))
+    .waitFor();
+  const path = join(scene.dir, "plan.txt");
+  await Deno.writeTextFile(path, "the plan");
+  await page.getByLabel("Send file").setInputFiles(path);
+  const offer = await peer.expectFrame({ type: "file", name: "plan.txt" });
+  peer.write(encodeFrame({
+    type: "decline",
+    id: String(offer.id),
+    reason: "too big\u202e txt.exe\u2066 \u0007ok",
+  }));
+  const notice = page.getByRole("region", { name: "Notices" }).getByText("declined it");
+  await notice.waitFor();
+  const shown = await notice.textContent() ?? "";
+  // deno-lint-ignore no-control-regex
+  assert.doesNotMatch(shown, /[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c\u0000-\u001f]/);
+  assert.match(shown, /declined it: too big txt\.exe \\x07ok$/);
+}
+
+/** A free port on 127.0.0.1 for a listener (taken back at once; a tiny race, as with any). */
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
 const SCENARIOS: Scenario[] = [
   [
     "alice in the browser invites bob (JSON face), messages both ways show delivered marks, Mark verified, a file from the picker arrives with the same SHA-256 and its bar reaches 100 %, a dropped file is sent, a received file downloads with identical bytes",
@@ -652,6 +696,10 @@ const SCENARIOS: Scenario[] = [
   [
     "a peer message and a file name made of HTML and script show as text and run nothing",
     hostileText,
+  ],
+  [
+    "a peer's words in a notice (its reason to decline our file) lose their bidi and control characters, as on the terminal",
+    peerWordsInNotices,
   ],
   ["the page says when it lost the client process and recovers when it is back", lostAndBack],
   [
