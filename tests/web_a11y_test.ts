@@ -288,6 +288,11 @@ async function liveRegions(scene: Scene): Promise<void> {
   await page.keyboard.press("Enter");
   const got = await b.expect({ type: "message", text: "typed slowly" });
   await page.locator(`.item.mine[data-id="${got.id}"] .state.delivered`).waitFor();
+  // The round trip is text of the message (read with it, seen without a mouse), not a title.
+  const mark = timeline(page).getByRole("article").filter({ hasText: "typed slowly" })
+    .locator(".state");
+  assert.match(await mark.textContent() ?? "", /^✓ delivered, round trip \d+\.\d ms$/);
+  assert.equal(await mark.getAttribute("title"), null);
   for (let i = 0; i < 3; i++) await b.send(`more from bob ${i}`);
   await timeline(page).getByText("more from bob 2").waitFor();
 

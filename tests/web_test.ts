@@ -70,7 +70,7 @@ async function messagesBothWays(scene: Scene): Promise<void> {
   const got = await bobChat.expect({ type: "message", text: "hello bob, from the page" });
   const mine = page.locator(`.item.mine[data-id="${got.id}"]`);
   await mine.locator(".state", { hasText: "delivered" }).waitFor();
-  assert.match(String(await mine.locator(".state").getAttribute("title")), /round trip [\d.]+ ms/);
+  assert.match(await mine.locator(".state").textContent() ?? "", /round trip [\d.]+ ms/);
 
   // A tab without the page key (the address typed by hand) gets nothing but the advice.
   const bare = await page.context().newPage();

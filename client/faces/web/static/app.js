@@ -968,7 +968,8 @@ function drawItem(item) {
     const st = document.createElement("span");
     st.className = `state ${item.state}`;
     st.textContent = item.state === "delivered" ? "✓ delivered" : "sent";
-    if (typeof item.ms === "number") st.title = `round trip ${item.ms.toFixed(1)} ms`;
+    // As text, not a title: a title shows on hover only, to no keyboard or screen reader.
+    if (typeof item.ms === "number") st.append(`, round trip ${item.ms.toFixed(1)} ms`);
     meta.append(" ", st);
   }
   const parts = [meta];
