@@ -143,7 +143,7 @@ async function namesAndTitle(scene: Scene): Promise<void> {
       ["textbox", "Message"],
       ["button", "Send"],
       ["button", "Send file"],
-      ["link", "Skip to the message box"],
+      ["link", "Skip to the messages"],
     ] as const
   ) {
     assert.equal(
@@ -152,10 +152,18 @@ async function namesAndTitle(scene: Scene): Promise<void> {
       `one ${role} named "${name}"`,
     );
   }
+  // The skip link, first on the page, leads to the messages while the box is disabled (a link to
+  // a disabled box moves focus nowhere), and to the box once one can write.
+  await page.keyboard.press("Tab");
+  assert.equal(await focused(page), "a: Skip to the messages");
+  await page.keyboard.press("Enter");
+  assert.equal(await focused(page), "ol: Messages");
   await startChat(page, alice, b);
   await startChat(page, alice, c);
   await page.getByRole("main", { name: carol.name }).waitFor();
   await page.getByRole("button", { name: "Mark verified" }).waitFor();
+  await page.getByRole("link", { name: "Skip to the message box" }).press("Enter");
+  assert.equal(await focused(page), "textarea: Message");
   // Everything that acts on a click is a button, a link or a form field.
   const clickable = await page.evaluate<string[]>(`[...document.querySelectorAll(
     "[onclick], div[tabindex], span[tabindex], li[tabindex]")].map((e) => e.outerHTML)`);

@@ -910,12 +910,28 @@ function drawConversation() {
   const files = can;
   $("file").disabled = !files;
   $("file-label").classList.toggle("disabled", !files);
+  drawSkip(box);
   // A control that had focus and is now disabled or hidden (the peer left, "Mark verified"
   // done) would drop it to the page: it goes to the message box, else to the messages.
   if (had && $("conversation").contains(had) && (had.disabled || had.closest("[hidden]"))) {
     (box.disabled ? $("timeline") : box).focus();
   }
 }
+
+// The skip link leads where one writes, or, while the box is disabled (and cannot take focus),
+// to the messages; its name says which.
+function drawSkip(box) {
+  const skip = $("skip");
+  const href = box.disabled ? "#timeline" : "#message";
+  if (skip.getAttribute("href") !== href) skip.setAttribute("href", href);
+  setText(skip, box.disabled ? "Skip to the messages" : "Skip to the message box");
+}
+
+$("skip").addEventListener("click", (ev) => {
+  // Focus, without the fragment in the address (the page key came in one).
+  ev.preventDefault();
+  $($("skip").getAttribute("href").slice(1)).focus();
+});
 
 function setText(el, text) {
   if (el.textContent !== text) el.textContent = text;
