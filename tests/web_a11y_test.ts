@@ -245,7 +245,8 @@ async function focusKept(scene: Scene): Promise<void> {
   await page.getByRole("main", { name: carol.name }).waitFor();
   assert.match(await focused(page), new RegExp(`^button: ${carol.name} offline`));
 
-  // Two files offered: answering the first moves focus to the next card, the last to the box.
+  // Two files offered: answering the first moves focus to the list's heading (not to the next
+  // card's button, which acts on another file), answering the last to the box.
   await page.getByRole("button", { name: new RegExp(bob.name) }).click();
   for (const name of ["one.txt", "two.txt"]) {
     const path = join(scene.dir, name);
@@ -264,7 +265,8 @@ async function focusKept(scene: Scene): Promise<void> {
   await page.getByRole("listitem").filter({ hasText: "offers one.txt" }).waitFor({
     state: "detached",
   });
-  assert.equal(await focused(page), "button: Decline file");
+  assert.equal(await focused(page), "h2: Files offered to you");
+  await tabTo(page, "button", "Decline file");
   await page.keyboard.press("Enter");
   await page.getByRole("region", { name: "Files offered to you" }).waitFor({ state: "hidden" });
   assert.equal(await focused(page), "textarea: Message");
@@ -444,6 +446,41 @@ async function errorsTied(scene: Scene): Promise<void> {
     (await said(page)).some((s) => s.region === "message-error"),
     "the message box's error is said",
   );
+}
+
+/**
+ * An invitation that goes while its "Accept" has focus (taken in another tab) leaves focus on
+ * the list's heading: the control now in its place is another sender's "Accept", which the next
+ * Enter would press.
+ */
+async function invitationGoes(scene: Scene): Promise<void> {
+  const [alice, bob, carol] = await scene.join("alice-ig", "bob-ig", "carol-ig");
+  const web = await scene.web(alice);
+  const [b, c] = await Promise.all([scene.json(bob), scene.json(carol)]);
+  const page = await scene.page(web);
+  const card = (p: Page, name: string) =>
+    p.getByRole("listitem").filter({ hasText: `${name} wants to chat` });
+  // bob's card after carol's and before it: whichever place it had, another Accept takes it.
+  for (const order of [[c, b], [b, c]]) {
+    for (const peer of order) {
+      await peer.send(`/chat ${alice.name}`);
+      await card(page, peer.name).waitFor();
+    }
+    await card(page, bob.name).getByRole("button", { name: "Accept", exact: true }).focus();
+    const other = await scene.page(web);
+    await card(other, bob.name).getByRole("button", { name: "Accept", exact: true }).click();
+    await card(page, bob.name).waitFor({ state: "detached" });
+    await b.expect({ type: "connected", peer: alice.name });
+    assert.equal(await focused(page), "h2: Invitations");
+    await card(page, carol.name).waitFor();
+    // The next round: both invite again.
+    await other.context().close();
+    await b.send(`/close ${alice.name}`);
+    await card(page, carol.name).getByRole("button", { name: "Accept", exact: true }).click();
+    await c.expect({ type: "connected", peer: alice.name });
+    await c.send(`/close ${alice.name}`);
+    await page.getByRole("region", { name: "Invitations" }).waitFor({ state: "hidden" });
+  }
 }
 
 // Relative luminance and contrast ratio (WCAG 2.2, 1.4.3 and 1.4.11).
@@ -645,7 +682,7 @@ await webTest("web face for keyboard and screen-reader users, WCAG 2.2 AA, in ch
     namesAndTitle,
   ],
   [
-    "focus stays on a conversation button while the list redraws and on an offline conversation it opened, moves on from Mark verified once done, to the next card or the message box when an offer card goes, and to the messages when the peer leaves",
+    "focus stays on a conversation button while the list redraws and on an offline conversation it opened, moves on from Mark verified once done, to the list's heading or the message box when an offer card goes, and to the messages when the peer leaves",
     focusKept,
   ],
   [
@@ -663,6 +700,10 @@ await webTest("web face for keyboard and screen-reader users, WCAG 2.2 AA, in ch
   [
     "text, the delivered mark, field borders and focus rings meet WCAG AA contrast in light and dark",
     contrastBothSchemes,
+  ],
+  [
+    "an invitation taken in another tab while its Accept has focus leaves focus on the Invitations heading, never on another sender's Accept",
+    invitationGoes,
   ],
   [
     "at 360 px and at 200 % zoom, long names and words scroll nothing sideways and cut off no control, and every target is 24 × 24 px at least",

@@ -735,7 +735,7 @@ function canSend() {
 }
 
 function drawInvitations() {
-  const restore = keepFocus($("invitations"));
+  const restore = keepFocus($("invitations"), $("invitations-title"));
   drawInvitationCards();
   restore();
   $("invitations-box").hidden = state.invitations.size === 0 && state.roomInvites.size === 0;
@@ -804,7 +804,7 @@ function drawInvitationCards() {
 function drawList() {
   const list = $("conversations");
   const convs = [...state.convs.values()].sort((a, b) => b.last.localeCompare(a.last));
-  const restore = keepFocus(list);
+  const restore = keepFocus(list, $("conversations-title"));
   list.replaceChildren(...convs.map((c) => {
     const li = document.createElement("li");
     const b = document.createElement("button");
@@ -850,21 +850,22 @@ function drawTitle(convs) {
 
 /**
  * Call before a list is redrawn, and what it returns after, so the keyboard's focus is not
- * lost: a control inside it that had focus gets it back in its new drawing (by its data-key),
- * or, when it is gone (an answered card), the control now in its place, else the message box
- * or "Chat with".
+ * lost: a control inside it that had focus gets it back in its new drawing (by its data-key).
+ * When it is gone (an answered card, an invitation taken in another tab), focus goes to the
+ * list's heading while the list has controls left, else to the message box or "Chat with" —
+ * never to the control now in its place, which may act for someone else (another sender's
+ * "Accept", pressed by the next Enter).
  */
-function keepFocus(list) {
+function keepFocus(list, heading) {
   const had = document.activeElement;
   if (!had || !list.contains(had)) return () => {};
   const controls = () => [...list.querySelectorAll("button, a, input")];
-  const index = controls().indexOf(had);
   return () => {
     if (list.contains(document.activeElement)) return;
     const now = controls();
     const same = now.find((el) => had.dataset.key && el.dataset.key === had.dataset.key);
-    const next = same ?? now[Math.min(index, now.length - 1)];
-    if (next && !list.closest("[hidden]")) next.focus();
+    if (same) same.focus();
+    else if (now.length && !list.closest("[hidden]")) heading.focus();
     else focusAfter();
   };
 }
@@ -1062,7 +1063,7 @@ function drawOffers() {
   const list = $("offers");
   let n = 0;
   $("offers-box").hidden = state.offers.size === 0;
-  const restore = keepFocus(list);
+  const restore = keepFocus(list, $("offers-title"));
   list.replaceChildren(...[...state.offers.values()].map((o) => {
     const li = document.createElement("li");
     const what = document.createElement("p");
