@@ -28,7 +28,7 @@ import { joinUser, RawPeer, revoke, type User, whoami } from "./_chat_helpers.ts
 export { ChatClient, initCa, joinUser, revoke, type Service, sleep, startService };
 export { waitUntil };
 export { type User, whoami, within };
-export type { Browser, BrowserContext, Page };
+export type { Browser, BrowserContext, Locator, Page };
 
 const URL_LINE = /^(http:\/\/127\.0\.0\.1:(\d+)\/session\?token=([0-9a-f]{64}))$/m;
 const START_TIMEOUT_MS = 30_000;

@@ -14,6 +14,7 @@ import { join } from "node:path";
 import {
   type BrowserContext,
   joinUser,
+  type Locator,
   type Page,
   type Scene,
   stallClient,
@@ -395,6 +396,15 @@ async function reconnectQuietly(scene: Scene): Promise<void> {
   );
 }
 
+/** The text of the elements that describe what `locator` finds (aria-describedby). */
+async function description(locator: Locator): Promise<string> {
+  return await locator.evaluate((el) =>
+    (el.getAttribute("aria-describedby") ?? "").split(/\s+/).map((id: string) =>
+      el.ownerDocument.getElementById(id)?.textContent ?? ""
+    ).join(" ").trim()
+  );
+}
+
 /** A failed action's error is said at once and described by the control that failed. */
 async function errorsTied(scene: Scene): Promise<void> {
   const [alice] = await scene.join("alice-e");
@@ -404,12 +414,6 @@ async function errorsTied(scene: Scene): Promise<void> {
   const field = page.getByRole("textbox", { name: "Chat with" });
   await field.fill(alice.name);
   await field.press("Enter");
-  const description = async (locator: ReturnType<Page["getByRole"]>) =>
-    await locator.evaluate((el) =>
-      (el.getAttribute("aria-describedby") ?? "").split(/\s+/).map((id: string) =>
-        el.ownerDocument.getElementById(id)?.textContent ?? ""
-      ).join(" ").trim()
-    );
   await waitUntil(
     async () => /You cannot chat with yourself/.test(await description(field)),
     `"Chat with" is described by its error: "${await description(field)}"`,
@@ -446,6 +450,52 @@ async function errorsTied(scene: Scene): Promise<void> {
     (await said(page)).some((s) => s.region === "message-error"),
     "the message box's error is said",
   );
+}
+
+/**
+ * A card's button that fails ("Accept file" refused by the quota) is described by its error, said
+ * as an alert and not as a notice; the card stays, inert, until "Dismiss".
+ */
+async function cardErrorsTied(scene: Scene): Promise<void> {
+  const [alice, bob] = await scene.join("alice-ce", "bob-ce");
+  const web = await scene.web(alice, ["--auto-accept", "0", "--peer-quota", "100B"]);
+  const b = await scene.json(bob);
+  const page = await scene.page(web);
+  await startChat(page, alice, b);
+  await listen(page);
+  for (const name of ["first.bin", "second.bin"]) {
+    const path = join(scene.dir, name);
+    await Deno.writeFile(path, new Uint8Array(60));
+    await b.send(`/file ${path}`);
+    await page.getByRole("listitem").filter({ hasText: `offers ${name}` }).waitFor();
+  }
+  const card = (name: string) => page.getByRole("listitem").filter({ hasText: `offers ${name}` });
+  await card("first.bin").getByRole("button", { name: "Accept file" }).click();
+  await card("first.bin").waitFor({ state: "detached" });
+  // 60 bytes of bob's 100 are taken: the second file is over the quota once accepted.
+  const accept = card("second.bin").getByRole("button", { name: "Accept file" });
+  await accept.click();
+  await waitUntil(
+    async () => /Cannot accept file second\.bin: File refused/.test(await description(accept)),
+    `"Accept file" is described by its error: "${await description(accept)}"`,
+  );
+  assert.equal(await focused(page), "button: Accept file");
+  const alerts = (await said(page)).filter((s) =>
+    /second\.bin/.test(s.text) && /quota/.test(s.text)
+  );
+  assert.ok(
+    alerts.some((s) => s.region === "offers-error"),
+    `the error is said as an alert: ${JSON.stringify(await said(page))}`,
+  );
+  assert.equal(alerts.filter((s) => s.region === "notices").length, 0, JSON.stringify(alerts));
+  // Described by the button that failed only, not by its neighbour.
+  assert.doesNotMatch(
+    await description(card("second.bin").getByRole("button", { name: "Decline file" })),
+    /Cannot/,
+  );
+  await card("second.bin").getByRole("button", { name: "Dismiss" }).click();
+  await page.getByRole("region", { name: "Files offered to you" }).waitFor({ state: "hidden" });
+  assert.equal(await page.locator("#offers-error").textContent(), "");
 }
 
 /**
@@ -698,12 +748,16 @@ await webTest("web face for keyboard and screen-reader users, WCAG 2.2 AA, in ch
     errorsTied,
   ],
   [
-    "text, the delivered mark, field borders and focus rings meet WCAG AA contrast in light and dark",
-    contrastBothSchemes,
+    '"Accept file" refused by the quota is said as an alert and described by that button, not as a notice; its card stays until Dismiss',
+    cardErrorsTied,
   ],
   [
     "an invitation taken in another tab while its Accept has focus leaves focus on the Invitations heading, never on another sender's Accept",
     invitationGoes,
+  ],
+  [
+    "text, the delivered mark, field borders and focus rings meet WCAG AA contrast in light and dark",
+    contrastBothSchemes,
   ],
   [
     "at 360 px and at 200 % zoom, long names and words scroll nothing sideways and cut off no control, and every target is 24 × 24 px at least",

@@ -361,6 +361,25 @@ async function logAlarm(scene: Scene): Promise<void> {
   // A reload (a second tab) shows it too.
   const again = await scene.page(web);
   await again.getByRole("alert").filter({ hasText: /Log alarm: .*did not request/ }).waitFor();
+
+  // An invitation cannot be accepted either: the error is tied to its "Accept" (an alert that
+  // describes that button), not a passing notice.
+  const [bob] = await scene.join("bob-alarm-inviter");
+  const b = await scene.json(bob);
+  await b.send(`/chat ${alice.name}`);
+  const card = page.getByRole("listitem").filter({ hasText: `${bob.name} wants to chat` });
+  const accept = card.getByRole("button", { name: "Accept", exact: true });
+  await accept.click();
+  const error = page.getByRole("alert").filter({ hasText: `Cannot accept the invitation of` });
+  await error.waitFor();
+  assert.match(await error.textContent() ?? "", /alarm/i);
+  const describedBy = (await accept.getAttribute("aria-describedby") ?? "").split(" ");
+  assert.ok(describedBy.includes(await error.getAttribute("id") ?? "?"), describedBy.join(" "));
+  assert.equal(
+    await page.locator("#notices").getByText("Cannot accept").count(),
+    0,
+    "the error is not a notice",
+  );
 }
 
 async function refusedPeer(scene: Scene): Promise<void> {
@@ -720,5 +739,8 @@ const SCENARIOS: Scenario[] = [
 await webTest("web face in chromium: real CA service, real clients", [
   ...SCENARIOS,
   ["history is shown after a restart", historyAfterRestart],
-  ["a log alarm shows as a banner that stays, and no chat starts", logAlarm],
+  [
+    "a log alarm shows as a banner that stays, and no chat starts: Start chat and an invitation's Accept fail, the latter described by its error",
+    logAlarm,
+  ],
 ]);
