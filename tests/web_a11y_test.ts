@@ -450,6 +450,20 @@ async function errorsTied(scene: Scene): Promise<void> {
     (await said(page)).some((s) => s.region === "message-error"),
     "the message box's error is said",
   );
+
+  // "Send file" in a room with no member connected: the error is tied to the file control.
+  const path = join(scene.dir, "lonely.txt");
+  await Deno.writeTextFile(path, "nobody takes this");
+  const file = page.getByLabel("Send file");
+  await file.setInputFiles(path);
+  await waitUntil(
+    async () => /Cannot send lonely\.txt to #a11y: No member/.test(await description(file)),
+    `"Send file" is described by its error: "${await description(file)}"`,
+  );
+  assert.equal(await file.getAttribute("aria-invalid"), "true");
+  const sent = (await said(page)).filter((s) => /lonely\.txt/.test(s.text));
+  assert.ok(sent.some((s) => s.region === "file-error"), JSON.stringify(sent));
+  assert.equal(sent.filter((s) => s.region === "notices").length, 0, JSON.stringify(sent));
 }
 
 /**
@@ -744,7 +758,7 @@ await webTest("web face for keyboard and screen-reader users, WCAG 2.2 AA, in ch
     reconnectQuietly,
   ],
   [
-    'a failed "Chat with" and a failed room command are said as alerts and described by the field that failed',
+    'a failed "Chat with", a failed room command and a failed "Send file" are said as alerts and described by the control that failed',
     errorsTied,
   ],
   [
