@@ -28,7 +28,7 @@ import { joinUser, RawPeer, revoke, type User, whoami } from "./_chat_helpers.ts
 export { ChatClient, initCa, joinUser, revoke, type Service, sleep, startService };
 export { waitUntil };
 export { type User, whoami, within };
-export type { Browser, BrowserContext, Page };
+export type { Browser, BrowserContext, Locator, Page };
 
 const URL_LINE = /^(http:\/\/127\.0\.0\.1:(\d+)\/session\?token=([0-9a-f]{64}))$/m;
 const START_TIMEOUT_MS = 30_000;
@@ -354,13 +354,25 @@ export async function webTest(name: string, scenarios: Scenario[]): Promise<void
   });
 }
 
-/** The page invites `peer` with "Chat with" / "Start chat"; the peer accepts on its JSON face. */
-export async function startChat(page: Page, alice: User, peer: ChatClient): Promise<void> {
+/**
+ * The page invites `peer` with "Chat with" / "Start chat"; the peer accepts on its JSON face once
+ * the page says it invited them. Not before: the CA keeps an invitation until it expires, used or
+ * not, so a peer client started again (a new key, say) is shown the page's earlier invitation at
+ * once, and accepting that one before the page's client holds the new one gets the connection
+ * refused by it ("not invited", silently) while the peer's side says `connected`.
+ */
+export async function invitePeer(page: Page, alice: User, peer: ChatClient): Promise<void> {
   await page.getByRole("textbox", { name: "Chat with" }).fill(peer.name);
   await page.getByRole("button", { name: "Start chat", exact: true }).click();
+  await page.getByRole("status").filter({ hasText: `Invited ${peer.name}:` }).waitFor();
   await peer.expect({ type: "invite", from: alice.name });
   await peer.send(`/accept ${alice.name}`);
   await peer.expect({ type: "connected", peer: alice.name });
+}
+
+/** {@linkcode invitePeer}, then waits until the page can send to them. */
+export async function startChat(page: Page, alice: User, peer: ChatClient): Promise<void> {
+  await invitePeer(page, alice, peer);
   await page.getByRole("textbox", { name: "Message", exact: true }).and(
     page.locator(":enabled"),
   ).waitFor();

@@ -14,6 +14,7 @@ import { join } from "node:path";
 import {
   type BrowserContext,
   joinUser,
+  type Locator,
   type Page,
   type Scene,
   stallClient,
@@ -143,7 +144,7 @@ async function namesAndTitle(scene: Scene): Promise<void> {
       ["textbox", "Message"],
       ["button", "Send"],
       ["button", "Send file"],
-      ["link", "Skip to the message box"],
+      ["link", "Skip to the messages"],
     ] as const
   ) {
     assert.equal(
@@ -152,10 +153,18 @@ async function namesAndTitle(scene: Scene): Promise<void> {
       `one ${role} named "${name}"`,
     );
   }
+  // The skip link, first on the page, leads to the messages while the box is disabled (a link to
+  // a disabled box moves focus nowhere), and to the box once one can write.
+  await page.keyboard.press("Tab");
+  assert.equal(await focused(page), "a: Skip to the messages");
+  await page.keyboard.press("Enter");
+  assert.equal(await focused(page), "ol: Messages");
   await startChat(page, alice, b);
   await startChat(page, alice, c);
   await page.getByRole("main", { name: carol.name }).waitFor();
   await page.getByRole("button", { name: "Mark verified" }).waitFor();
+  await page.getByRole("link", { name: "Skip to the message box" }).press("Enter");
+  assert.equal(await focused(page), "textarea: Message");
   // Everything that acts on a click is a button, a link or a form field.
   const clickable = await page.evaluate<string[]>(`[...document.querySelectorAll(
     "[onclick], div[tabindex], span[tabindex], li[tabindex]")].map((e) => e.outerHTML)`);
@@ -237,7 +246,8 @@ async function focusKept(scene: Scene): Promise<void> {
   await page.getByRole("main", { name: carol.name }).waitFor();
   assert.match(await focused(page), new RegExp(`^button: ${carol.name} offline`));
 
-  // Two files offered: answering the first moves focus to the next card, the last to the box.
+  // Two files offered: answering the first moves focus to the list's heading (not to the next
+  // card's button, which acts on another file), answering the last to the box.
   await page.getByRole("button", { name: new RegExp(bob.name) }).click();
   for (const name of ["one.txt", "two.txt"]) {
     const path = join(scene.dir, name);
@@ -256,7 +266,8 @@ async function focusKept(scene: Scene): Promise<void> {
   await page.getByRole("listitem").filter({ hasText: "offers one.txt" }).waitFor({
     state: "detached",
   });
-  assert.equal(await focused(page), "button: Decline file");
+  assert.equal(await focused(page), "h2: Files offered to you");
+  await tabTo(page, "button", "Decline file");
   await page.keyboard.press("Enter");
   await page.getByRole("region", { name: "Files offered to you" }).waitFor({ state: "hidden" });
   assert.equal(await focused(page), "textarea: Message");
@@ -288,6 +299,11 @@ async function liveRegions(scene: Scene): Promise<void> {
   await page.keyboard.press("Enter");
   const got = await b.expect({ type: "message", text: "typed slowly" });
   await page.locator(`.item.mine[data-id="${got.id}"] .state.delivered`).waitFor();
+  // The round trip is text of the message (read with it, seen without a mouse), not a title.
+  const mark = timeline(page).getByRole("article").filter({ hasText: "typed slowly" })
+    .locator(".state");
+  assert.match(await mark.textContent() ?? "", /^✓ delivered, round trip \d+\.\d ms$/);
+  assert.equal(await mark.getAttribute("title"), null);
   for (let i = 0; i < 3; i++) await b.send(`more from bob ${i}`);
   await timeline(page).getByText("more from bob 2").waitFor();
 
@@ -380,6 +396,15 @@ async function reconnectQuietly(scene: Scene): Promise<void> {
   );
 }
 
+/** The text of the elements that describe what `locator` finds (aria-describedby). */
+async function description(locator: Locator): Promise<string> {
+  return await locator.evaluate((el) =>
+    (el.getAttribute("aria-describedby") ?? "").split(/\s+/).map((id: string) =>
+      el.ownerDocument.getElementById(id)?.textContent ?? ""
+    ).join(" ").trim()
+  );
+}
+
 /** A failed action's error is said at once and described by the control that failed. */
 async function errorsTied(scene: Scene): Promise<void> {
   const [alice] = await scene.join("alice-e");
@@ -389,12 +414,6 @@ async function errorsTied(scene: Scene): Promise<void> {
   const field = page.getByRole("textbox", { name: "Chat with" });
   await field.fill(alice.name);
   await field.press("Enter");
-  const description = async (locator: ReturnType<Page["getByRole"]>) =>
-    await locator.evaluate((el) =>
-      (el.getAttribute("aria-describedby") ?? "").split(/\s+/).map((id: string) =>
-        el.ownerDocument.getElementById(id)?.textContent ?? ""
-      ).join(" ").trim()
-    );
   await waitUntil(
     async () => /You cannot chat with yourself/.test(await description(field)),
     `"Chat with" is described by its error: "${await description(field)}"`,
@@ -431,6 +450,101 @@ async function errorsTied(scene: Scene): Promise<void> {
     (await said(page)).some((s) => s.region === "message-error"),
     "the message box's error is said",
   );
+
+  // "Send file" in a room with no member connected: the error is tied to the file control.
+  const path = join(scene.dir, "lonely.txt");
+  await Deno.writeTextFile(path, "nobody takes this");
+  const file = page.getByLabel("Send file");
+  await file.setInputFiles(path);
+  await waitUntil(
+    async () => /Cannot send lonely\.txt to #a11y: No member/.test(await description(file)),
+    `"Send file" is described by its error: "${await description(file)}"`,
+  );
+  assert.equal(await file.getAttribute("aria-invalid"), "true");
+  const sent = (await said(page)).filter((s) => /lonely\.txt/.test(s.text));
+  assert.ok(sent.some((s) => s.region === "file-error"), JSON.stringify(sent));
+  assert.equal(sent.filter((s) => s.region === "notices").length, 0, JSON.stringify(sent));
+}
+
+/**
+ * A card's button that fails ("Accept file" refused by the quota) is described by its error, said
+ * as an alert and not as a notice; the card stays, inert, until "Dismiss".
+ */
+async function cardErrorsTied(scene: Scene): Promise<void> {
+  const [alice, bob] = await scene.join("alice-ce", "bob-ce");
+  const web = await scene.web(alice, ["--auto-accept", "0", "--peer-quota", "100B"]);
+  const b = await scene.json(bob);
+  const page = await scene.page(web);
+  await startChat(page, alice, b);
+  await listen(page);
+  for (const name of ["first.bin", "second.bin"]) {
+    const path = join(scene.dir, name);
+    await Deno.writeFile(path, new Uint8Array(60));
+    await b.send(`/file ${path}`);
+    await page.getByRole("listitem").filter({ hasText: `offers ${name}` }).waitFor();
+  }
+  const card = (name: string) => page.getByRole("listitem").filter({ hasText: `offers ${name}` });
+  await card("first.bin").getByRole("button", { name: "Accept file" }).click();
+  await card("first.bin").waitFor({ state: "detached" });
+  // 60 bytes of bob's 100 are taken: the second file is over the quota once accepted.
+  const accept = card("second.bin").getByRole("button", { name: "Accept file" });
+  await accept.click();
+  await waitUntil(
+    async () => /Cannot accept file second\.bin: File refused/.test(await description(accept)),
+    `"Accept file" is described by its error: "${await description(accept)}"`,
+  );
+  assert.equal(await focused(page), "button: Accept file");
+  const alerts = (await said(page)).filter((s) =>
+    /second\.bin/.test(s.text) && /quota/.test(s.text)
+  );
+  assert.ok(
+    alerts.some((s) => s.region === "offers-error"),
+    `the error is said as an alert: ${JSON.stringify(await said(page))}`,
+  );
+  assert.equal(alerts.filter((s) => s.region === "notices").length, 0, JSON.stringify(alerts));
+  // Described by the button that failed only, not by its neighbour.
+  assert.doesNotMatch(
+    await description(card("second.bin").getByRole("button", { name: "Decline file" })),
+    /Cannot/,
+  );
+  await card("second.bin").getByRole("button", { name: "Dismiss" }).click();
+  await page.getByRole("region", { name: "Files offered to you" }).waitFor({ state: "hidden" });
+  assert.equal(await page.locator("#offers-error").textContent(), "");
+}
+
+/**
+ * An invitation that goes while its "Accept" has focus (taken in another tab) leaves focus on
+ * the list's heading: the control now in its place is another sender's "Accept", which the next
+ * Enter would press.
+ */
+async function invitationGoes(scene: Scene): Promise<void> {
+  const [alice, bob, carol] = await scene.join("alice-ig", "bob-ig", "carol-ig");
+  const web = await scene.web(alice);
+  const [b, c] = await Promise.all([scene.json(bob), scene.json(carol)]);
+  const page = await scene.page(web);
+  const card = (p: Page, name: string) =>
+    p.getByRole("listitem").filter({ hasText: `${name} wants to chat` });
+  // bob's card after carol's and before it: whichever place it had, another Accept takes it.
+  for (const order of [[c, b], [b, c]]) {
+    for (const peer of order) {
+      await peer.send(`/chat ${alice.name}`);
+      await card(page, peer.name).waitFor();
+    }
+    await card(page, bob.name).getByRole("button", { name: "Accept", exact: true }).focus();
+    const other = await scene.page(web);
+    await card(other, bob.name).getByRole("button", { name: "Accept", exact: true }).click();
+    await card(page, bob.name).waitFor({ state: "detached" });
+    await b.expect({ type: "connected", peer: alice.name });
+    assert.equal(await focused(page), "h2: Invitations");
+    await card(page, carol.name).waitFor();
+    // The next round: both invite again.
+    await other.context().close();
+    await b.send(`/close ${alice.name}`);
+    await card(page, carol.name).getByRole("button", { name: "Accept", exact: true }).click();
+    await c.expect({ type: "connected", peer: alice.name });
+    await c.send(`/close ${alice.name}`);
+    await page.getByRole("region", { name: "Invitations" }).waitFor({ state: "hidden" });
+  }
 }
 
 // Relative luminance and contrast ratio (WCAG 2.2, 1.4.3 and 1.4.11).
@@ -632,7 +746,7 @@ await webTest("web face for keyboard and screen-reader users, WCAG 2.2 AA, in ch
     namesAndTitle,
   ],
   [
-    "focus stays on a conversation button while the list redraws and on an offline conversation it opened, moves on from Mark verified once done, to the next card or the message box when an offer card goes, and to the messages when the peer leaves",
+    "focus stays on a conversation button while the list redraws and on an offline conversation it opened, moves on from Mark verified once done, to the list's heading or the message box when an offer card goes, and to the messages when the peer leaves",
     focusKept,
   ],
   [
@@ -644,8 +758,16 @@ await webTest("web face for keyboard and screen-reader users, WCAG 2.2 AA, in ch
     reconnectQuietly,
   ],
   [
-    'a failed "Chat with" and a failed room command are said as alerts and described by the field that failed',
+    'a failed "Chat with", a failed room command and a failed "Send file" are said as alerts and described by the control that failed',
     errorsTied,
+  ],
+  [
+    '"Accept file" refused by the quota is said as an alert and described by that button, not as a notice; its card stays until Dismiss',
+    cardErrorsTied,
+  ],
+  [
+    "an invitation taken in another tab while its Accept has focus leaves focus on the Invitations heading, never on another sender's Accept",
+    invitationGoes,
   ],
   [
     "text, the delivered mark, field borders and focus rings meet WCAG AA contrast in light and dark",

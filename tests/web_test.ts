@@ -13,8 +13,10 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { makeCsr } from "./_helpers.ts";
+import { encodeFrame, PROTOCOL_VERSION } from "../lib/frames.ts";
 import { commitSomething, signBehindTheirBacks } from "./_dishonest_ca.ts";
 import {
+  invitePeer,
   joinUser,
   type Page,
   revoke,
@@ -68,7 +70,7 @@ async function messagesBothWays(scene: Scene): Promise<void> {
   const got = await bobChat.expect({ type: "message", text: "hello bob, from the page" });
   const mine = page.locator(`.item.mine[data-id="${got.id}"]`);
   await mine.locator(".state", { hasText: "delivered" }).waitFor();
-  assert.match(String(await mine.locator(".state").getAttribute("title")), /round trip [\d.]+ ms/);
+  assert.match(await mine.locator(".state").textContent() ?? "", /round trip [\d.]+ ms/);
 
   // A tab without the page key (the address typed by hand) gets nothing but the advice.
   const bare = await page.context().newPage();
@@ -209,11 +211,9 @@ async function keyChange(scene: Scene): Promise<void> {
 
   const bobNew = await joinUser(scene.service, "bob-k", join(scene.dir, "bob-k-new"));
   const bob2 = await scene.json(bobNew);
-  await page.getByRole("textbox", { name: "Chat with" }).fill("bob-k");
-  await page.getByRole("button", { name: "Start chat", exact: true }).click();
-  await bob2.expect({ type: "invite", from: alice.name });
-  await bob2.send(`/accept ${alice.name}`);
-  await bob2.expect({ type: "connected", peer: alice.name });
+  // bob's new client is shown alice's first invitation too (the CA keeps it): invitePeer() has
+  // it accept only once alice's client holds the new one.
+  await invitePeer(page, alice, bob2);
 
   const warning = page.getByRole("alert").filter({ hasText: "changed" });
   await warning.waitFor();
@@ -361,6 +361,25 @@ async function logAlarm(scene: Scene): Promise<void> {
   // A reload (a second tab) shows it too.
   const again = await scene.page(web);
   await again.getByRole("alert").filter({ hasText: /Log alarm: .*did not request/ }).waitFor();
+
+  // An invitation cannot be accepted either: the error is tied to its "Accept" (an alert that
+  // describes that button), not a passing notice.
+  const [bob] = await scene.join("bob-alarm-inviter");
+  const b = await scene.json(bob);
+  await b.send(`/chat ${alice.name}`);
+  const card = page.getByRole("listitem").filter({ hasText: `${bob.name} wants to chat` });
+  const accept = card.getByRole("button", { name: "Accept", exact: true });
+  await accept.click();
+  const error = page.getByRole("alert").filter({ hasText: `Cannot accept the invitation of` });
+  await error.waitFor();
+  assert.match(await error.textContent() ?? "", /alarm/i);
+  const describedBy = (await accept.getAttribute("aria-describedby") ?? "").split(" ");
+  assert.ok(describedBy.includes(await error.getAttribute("id") ?? "?"), describedBy.join(" "));
+  assert.equal(
+    await page.locator("#notices").getByText("Cannot accept").count(),
+    0,
+    "the error is not a notice",
+  );
 }
 
 async function refusedPeer(scene: Scene): Promise<void> {
@@ -637,6 +656,49 @@ async function room(scene: Scene): Promise<void> {
   await page.getByRole("button", { name: /#side room/ }).waitFor();
 }
 
+/**
+ * A peer's words in a notice (the reason it gave for declining our file) are shown as the
+ * terminal shows them (lib/printable.ts): no bidi control to reorder the line, no control
+ * character.
+ */
+async function peerWordsInNotices(scene: Scene): Promise<void> {
+  const [alice, bob] = await scene.join("alice-pw", "bob-pw");
+  const listen = freePort();
+  const web = await scene.web(alice, ["--port", "0", "--listen", `127.0.0.1:${listen}`]);
+  const page = await scene.page(web);
+  await page.getByRole("textbox", { name: "Chat with" }).fill(bob.name);
+  await page.getByRole("button", { name: "Start chat", exact: true }).click();
+  await page.getByRole("status").filter({ hasText: `Invited ${bob.name}:` }).waitFor();
+  const peer = await scene.raw(listen, bob);
+  await peer.expectFrame({ type: "hello", v: PROTOCOL_VERSION });
+  peer.write(encodeFrame({ type: "hello", v: PROTOCOL_VERSION, features: ["offer"] }));
+  await page.getByRole("textbox", { name: "Message", exact: true }).and(page.locator(":enabled"))
+    .waitFor();
+  const path = join(scene.dir, "plan.txt");
+  await Deno.writeTextFile(path, "the plan");
+  await page.getByLabel("Send file").setInputFiles(path);
+  const offer = await peer.expectFrame({ type: "file", name: "plan.txt" });
+  peer.write(encodeFrame({
+    type: "decline",
+    id: String(offer.id),
+    reason: "too big\u202e txt.exe\u2066 \u0007ok",
+  }));
+  const notice = page.getByRole("region", { name: "Notices" }).getByText("declined it");
+  await notice.waitFor();
+  const shown = await notice.textContent() ?? "";
+  // deno-lint-ignore no-control-regex
+  assert.doesNotMatch(shown, /[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c\u0000-\u001f]/);
+  assert.match(shown, /declined it: too big txt\.exe \\x07ok$/);
+}
+
+/** A free port on 127.0.0.1 for a listener (taken back at once; a tiny race, as with any). */
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
 const SCENARIOS: Scenario[] = [
   [
     "alice in the browser invites bob (JSON face), messages both ways show delivered marks, Mark verified, a file from the picker arrives with the same SHA-256 and its bar reaches 100 %, a dropped file is sent, a received file downloads with identical bytes",
@@ -653,6 +715,10 @@ const SCENARIOS: Scenario[] = [
   [
     "a peer message and a file name made of HTML and script show as text and run nothing",
     hostileText,
+  ],
+  [
+    "a peer's words in a notice (its reason to decline our file) lose their bidi and control characters, as on the terminal",
+    peerWordsInNotices,
   ],
   ["the page says when it lost the client process and recovers when it is back", lostAndBack],
   [
@@ -673,5 +739,8 @@ const SCENARIOS: Scenario[] = [
 await webTest("web face in chromium: real CA service, real clients", [
   ...SCENARIOS,
   ["history is shown after a restart", historyAfterRestart],
-  ["a log alarm shows as a banner that stays, and no chat starts", logAlarm],
+  [
+    "a log alarm shows as a banner that stays, and no chat starts: Start chat and an invitation's Accept fail, the latter described by its error",
+    logAlarm,
+  ],
 ]);

@@ -35,6 +35,7 @@ import { WebSocketServer } from "ws";
 import { deadline, freeDescriptors, guardConnections } from "../../../lib/connections.ts";
 import { E2eError } from "../../../lib/errors.ts";
 import { checkName } from "../../../lib/names.ts";
+import { printable } from "../../../lib/printable.ts";
 import { checkRoomName, isRoomName } from "../../../lib/room.ts";
 import type { Chat } from "../../chat.ts";
 import type { ChatEvent, CoreEvent } from "../../events.ts";
@@ -167,7 +168,7 @@ export class WebServer {
     this.#token = new Uint8Array(randomBytes(32));
     this.#uploadDir = files.uploads;
     this.#static = files.assets;
-    this.#notices = [...options.notices ?? []];
+    this.#notices = (options.notices ?? []).map(printable);
     this.#wss = new WebSocketServer({
       noServer: true,
       maxPayload: MAX_WS_MESSAGE_BYTES,
@@ -197,9 +198,10 @@ export class WebServer {
       headerDeadlines.set(socket, deadline(socket, WEB_HEADERS_MS));
     });
     this.#unsubscribe = chat.on((e) => {
+      const out = this.#outgoing(e);
       // A page that connects later still sees the recent warnings (in its snapshot).
-      if (e.type === "warning") this.#keepNotice(e.message);
-      this.#broadcast(this.#outgoing(e));
+      if (out.type === "warning") this.#keepNotice(out.message);
+      this.#broadcast(out);
     });
     this.#heartbeat = setInterval(() => this.#broadcast({ type: "alive" }), HEARTBEAT_MS);
   }
@@ -488,7 +490,7 @@ export class WebServer {
       offers: chat.offers(),
       conversations,
       notices: this.#notices,
-      alarms: chat.logAlarms(),
+      alarms: chat.logAlarms().map((a) => ({ ...a, message: printable(a.message) })),
       history: true,
     });
   }
@@ -583,9 +585,22 @@ export class WebServer {
     if (this.#notices.length > 20) this.#notices.shift();
   }
 
-  #outgoing(e: CoreEvent): ChatEvent | Record<string, unknown> {
-    if (e.type === "file") return { ...e, download: downloadHref(e.path) };
-    return e;
+  // The words of a notice, an alarm or a reason, which may quote a peer (a reason it gave, the
+  // name of its file), as the terminal prints them (lib/printable.ts): no bidi control to reorder
+  // the line, no control character. A message's text is the peer's own, drawn as it is.
+  #outgoing(e: CoreEvent): ChatEvent | (ChatEvent & { download: string }) {
+    switch (e.type) {
+      case "file":
+        return { ...e, download: downloadHref(e.path) };
+      case "warning":
+      case "file_failed":
+      case "log_alarm":
+        return { ...e, message: printable(e.message) };
+      case "disconnected":
+        return { ...e, reason: printable(e.reason) };
+      default:
+        return e;
+    }
   }
 
   // POST /upload?to=NAME&name=FILE: the body goes to a private folder under its own

@@ -21,6 +21,7 @@ const state = {
   history: false,
   rooms: new Set(), // rooms we are in (#name)
   roomInvites: new Map(), // #name → who invited us
+  cardErrors: new Map(), // list id → {key, text}: the failed button of a card, and why
 };
 
 /** Whether a conversation is a room (room names start with #). */
@@ -299,10 +300,17 @@ function handle(e) {
         })`,
       );
       return;
-    case "file_failed":
+    case "file_failed": {
+      // An offer being answered: its reply says why, on its card (the refusal comes first).
+      const offer = e.direction === "in" ? state.offers.get(`${e.peer} ${e.id}`) : undefined;
+      if (offer?.answering) return;
       notice(e.message, "warning");
-      if (e.direction === "in" && state.offers.delete(`${e.peer} ${e.id}`)) drawOffers();
+      if (offer) {
+        state.offers.delete(`${e.peer} ${e.id}`);
+        drawOffers();
+      }
       return;
+    }
     case "log_alarm":
       logAlarm(e);
       break;
@@ -475,6 +483,12 @@ function progress(e) {
 // What the user does
 
 function select(name, { fresh = name !== state.selected } = {}) {
+  // The errors of the last conversation's buttons are not this one's.
+  if (name !== state.selected) {
+    for (const id of ["verify", "trust", "file"]) {
+      fieldError($(id), "");
+    }
+  }
   state.selected = name;
   const c = conv(name);
   c.unread = 0;
@@ -591,15 +605,48 @@ $("compose").addEventListener("submit", (ev) => {
 });
 
 /**
- * Shows (or, with "", clears) the error of a failed action under its field: the field is
- * marked invalid and described by it (aria-describedby in the page), and the text, in a
- * role=alert element that is always there, is read out once.
+ * Shows (or, with "", clears) the error of a failed action beside its control: the control is
+ * described by it (aria-describedby in the page names its role=alert element, which is always
+ * there, so the text is read out once) and a field is marked invalid.
  */
 function fieldError(field, text) {
-  const el = $(field.getAttribute("aria-describedby"));
+  const el = alertOf(field);
   if (el.textContent !== text) el.textContent = text;
+  if (field.tagName === "BUTTON") return;
   if (text) field.setAttribute("aria-invalid", "true");
   else field.removeAttribute("aria-invalid");
+}
+
+// The role=alert element among those that describe a control.
+function alertOf(control) {
+  return (control.getAttribute("aria-describedby") ?? "").split(/\s+/).map((id) => $(id))
+    .find((el) => el?.getAttribute("role") === "alert");
+}
+
+/**
+ * The error of a card's button (an invitation's "Accept" or "Join", a file's "Accept file" or
+ * "Decline file"): in the list's alert, which stays in the page (the cards are drawn again at
+ * every change, and an alert drawn again is read again), and described by that button alone.
+ * With "", cleared; it also goes with the card.
+ */
+function cardError(list, key, text) {
+  if (text) state.cardErrors.set(list.id, { key, text });
+  else state.cardErrors.delete(list.id);
+  describeCardError(list);
+}
+
+// After a list of cards is drawn: its failed button, if still there, is described by the error.
+function describeCardError(list) {
+  const error = state.cardErrors.get(list.id);
+  const el = $(`${list.id}-error`);
+  const control = error &&
+    [...list.querySelectorAll("button")].find((b) => b.dataset.key === error.key);
+  if (!control) state.cardErrors.delete(list.id);
+  else {
+    const ids = (control.getAttribute("aria-describedby") ?? "").split(/\s+/);
+    if (!ids.includes(el.id)) control.setAttribute("aria-describedby", [...ids, el.id].join(" "));
+  }
+  setText(el, control ? error.text : "");
 }
 
 for (const id of ["chat-with", "message"]) {
@@ -615,6 +662,7 @@ $("message").addEventListener("keydown", (ev) => {
 
 $("file").addEventListener("change", () => {
   const input = $("file");
+  fieldError(input, "");
   for (const file of input.files) upload(state.selected, file);
   input.value = "";
 });
@@ -685,12 +733,13 @@ function upload(name, file) {
       earlyDelivered.delete(body.id);
     } else {
       item.failed = errorText(body);
-      notice(`Cannot send ${file.name}: ${errorText(body)}`, "error");
+      fieldError($("file"), `Cannot send ${file.name} to ${name}: ${errorText(body)}`);
     }
     drawItem(item);
   };
   xhr.onerror = () => {
     item.failed = "the upload failed";
+    fieldError($("file"), `Cannot send ${file.name} to ${name}: the upload failed`);
     drawItem(item);
   };
   xhr.send(file);
@@ -698,6 +747,7 @@ function upload(name, file) {
 
 $("verify").addEventListener("click", () => {
   const name = state.selected;
+  fieldError($("verify"), "");
   operate("verify", { name }).then(() => {
     const p = state.peers.get(name);
     if (p) p.trust = "verified";
@@ -706,11 +756,12 @@ $("verify").addEventListener("click", () => {
     // Said by the status; the button goes, and drawConversation() moves focus on.
     c.status = "Connected: safety number verified";
     drawConversation();
-  }, (e) => notice(errorText(e), "error"));
+  }, (e) => fieldError($("verify"), errorText(e)));
 });
 
 $("trust").addEventListener("click", () => {
   const name = state.selected;
+  fieldError($("trust"), "");
   operate("trust", { name }).then(() => {
     const p = state.peers.get(name);
     if (p) p.trust = "known";
@@ -718,7 +769,7 @@ $("trust").addEventListener("click", () => {
     fetchSafety(name);
     drawConversation();
     $("message").focus();
-  }, (e) => notice(errorText(e), "error"));
+  }, (e) => fieldError($("trust"), errorText(e)));
 });
 
 document.addEventListener("visibilitychange", () => {
@@ -738,8 +789,9 @@ function canSend() {
 }
 
 function drawInvitations() {
-  const restore = keepFocus($("invitations"));
+  const restore = keepFocus($("invitations"), $("invitations-title"));
   drawInvitationCards();
+  describeCardError($("invitations"));
   restore();
   $("invitations-box").hidden = state.invitations.size === 0 && state.roomInvites.size === 0;
 }
@@ -761,6 +813,7 @@ function drawInvitationCards() {
       // aria-disabled, not disabled: a disabled button would drop the keyboard's focus.
       if (accept.getAttribute("aria-disabled") === "true") return;
       accept.setAttribute("aria-disabled", "true");
+      cardError(list, "", "");
       const c = conv(name);
       c.status = `Connecting to ${name}…`;
       select(name);
@@ -771,7 +824,11 @@ function drawInvitationCards() {
       }, (e) => {
         accept.removeAttribute("aria-disabled");
         c.status = errorText(e);
-        notice(errorText(e), "error");
+        cardError(
+          list,
+          accept.dataset.key,
+          `Cannot accept the invitation of ${name}: ${errorText(e)}`,
+        );
         drawConversation();
       });
     });
@@ -791,12 +848,13 @@ function drawInvitationCards() {
     join.addEventListener("click", () => {
       if (join.getAttribute("aria-disabled") === "true") return;
       join.setAttribute("aria-disabled", "true");
+      cardError(list, "", "");
       operate("room", { action: "join", room }).then(() => {
         select(room);
         focusAfter();
       }, (e) => {
         join.removeAttribute("aria-disabled");
-        notice(errorText(e), "error");
+        cardError(list, join.dataset.key, `Cannot join ${room}: ${errorText(e)}`);
       });
     });
     li.append(what, " ", join);
@@ -807,7 +865,7 @@ function drawInvitationCards() {
 function drawList() {
   const list = $("conversations");
   const convs = [...state.convs.values()].sort((a, b) => b.last.localeCompare(a.last));
-  const restore = keepFocus(list);
+  const restore = keepFocus(list, $("conversations-title"));
   list.replaceChildren(...convs.map((c) => {
     const li = document.createElement("li");
     const b = document.createElement("button");
@@ -853,21 +911,22 @@ function drawTitle(convs) {
 
 /**
  * Call before a list is redrawn, and what it returns after, so the keyboard's focus is not
- * lost: a control inside it that had focus gets it back in its new drawing (by its data-key),
- * or, when it is gone (an answered card), the control now in its place, else the message box
- * or "Chat with".
+ * lost: a control inside it that had focus gets it back in its new drawing (by its data-key).
+ * When it is gone (an answered card, an invitation taken in another tab), focus goes to the
+ * list's heading while the list has controls left, else to the message box or "Chat with" —
+ * never to the control now in its place, which may act for someone else (another sender's
+ * "Accept", pressed by the next Enter).
  */
-function keepFocus(list) {
+function keepFocus(list, heading) {
   const had = document.activeElement;
   if (!had || !list.contains(had)) return () => {};
   const controls = () => [...list.querySelectorAll("button, a, input")];
-  const index = controls().indexOf(had);
   return () => {
     if (list.contains(document.activeElement)) return;
     const now = controls();
     const same = now.find((el) => had.dataset.key && el.dataset.key === had.dataset.key);
-    const next = same ?? now[Math.min(index, now.length - 1)];
-    if (next && !list.closest("[hidden]")) next.focus();
+    if (same) same.focus();
+    else if (now.length && !list.closest("[hidden]")) heading.focus();
     else focusAfter();
   };
 }
@@ -913,12 +972,28 @@ function drawConversation() {
   const files = can;
   $("file").disabled = !files;
   $("file-label").classList.toggle("disabled", !files);
+  drawSkip(box);
   // A control that had focus and is now disabled or hidden (the peer left, "Mark verified"
   // done) would drop it to the page: it goes to the message box, else to the messages.
   if (had && $("conversation").contains(had) && (had.disabled || had.closest("[hidden]"))) {
     (box.disabled ? $("timeline") : box).focus();
   }
 }
+
+// The skip link leads where one writes, or, while the box is disabled (and cannot take focus),
+// to the messages; its name says which.
+function drawSkip(box) {
+  const skip = $("skip");
+  const href = box.disabled ? "#timeline" : "#message";
+  if (skip.getAttribute("href") !== href) skip.setAttribute("href", href);
+  setText(skip, box.disabled ? "Skip to the messages" : "Skip to the message box");
+}
+
+$("skip").addEventListener("click", (ev) => {
+  // Focus, without the fragment in the address (the page key came in one).
+  ev.preventDefault();
+  $($("skip").getAttribute("href").slice(1)).focus();
+});
 
 function setText(el, text) {
   if (el.textContent !== text) el.textContent = text;
@@ -971,7 +1046,8 @@ function drawItem(item) {
     const st = document.createElement("span");
     st.className = `state ${item.state}`;
     st.textContent = item.state === "delivered" ? "✓ delivered" : "sent";
-    if (typeof item.ms === "number") st.title = `round trip ${item.ms.toFixed(1)} ms`;
+    // As text, not a title: a title shows on hover only, to no keyboard or screen reader.
+    if (typeof item.ms === "number") st.append(`, round trip ${item.ms.toFixed(1)} ms`);
     meta.append(" ", st);
   }
   const parts = [meta];
@@ -1048,7 +1124,7 @@ function drawOffers() {
   const list = $("offers");
   let n = 0;
   $("offers-box").hidden = state.offers.size === 0;
-  const restore = keepFocus(list);
+  const restore = keepFocus(list, $("offers-title"));
   list.replaceChildren(...[...state.offers.values()].map((o) => {
     const li = document.createElement("li");
     const what = document.createElement("p");
@@ -1067,26 +1143,49 @@ function drawOffers() {
       if (kind) b.className = kind;
       b.setAttribute("aria-describedby", what.id);
       b.dataset.key = `${label} ${o.from} ${o.id}`;
+      // Answered (or failed): the buttons stay, inert, so focus stays where it was.
+      if (o.answering || o.failed) b.setAttribute("aria-disabled", "true");
       b.addEventListener("click", () => {
         if (b.getAttribute("aria-disabled") === "true") return;
         for (const x of actions.querySelectorAll("button")) {
           x.setAttribute("aria-disabled", "true");
         }
+        o.answering = true;
+        cardError(list, "", "");
         operate(op, { name: o.from, file: o.id }).then(() => {
           state.offers.delete(`${o.from} ${o.id}`);
           drawOffers();
         }, (e) => {
-          state.offers.delete(`${o.from} ${o.id}`);
+          // The client no longer holds the offer: the card stays with the error until dismissed.
+          o.answering = false;
+          o.failed = true;
           drawOffers();
-          notice(errorText(e), "error");
+          cardError(
+            list,
+            b.dataset.key,
+            `Cannot ${label.toLowerCase()} ${shownName(o.name)}: ${errorText(e)}`,
+          );
         });
       });
       return b;
     };
     actions.append(answer("Accept file", "acceptFile"), answer("Decline file", "declineFile"));
+    if (o.failed) {
+      const dismiss = document.createElement("button");
+      dismiss.type = "button";
+      dismiss.textContent = "Dismiss";
+      dismiss.setAttribute("aria-describedby", what.id);
+      dismiss.dataset.key = `Dismiss ${o.from} ${o.id}`;
+      dismiss.addEventListener("click", () => {
+        state.offers.delete(`${o.from} ${o.id}`);
+        drawOffers();
+      });
+      actions.append(dismiss);
+    }
     li.append(what, actions);
     return li;
   }));
+  describeCardError(list);
   restore();
 }
 
