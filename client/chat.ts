@@ -214,10 +214,13 @@ export class Chat {
           this.#peers.get(name)?.conn.close("no longer in a room with you");
         }
       },
-      // A file offered to a member for a room they are no longer in is not sent if they accept.
+      // A file offered to a member for a room they are no longer in is not sent if they accept;
+      // one they offered for it is refused, not left for the user to accept.
       gone: (room, names) => {
         for (const name of names) {
-          this.#peers.get(name)?.conn.withdrawOffers(room, `"${name}" is not in ${room} any more`);
+          const conn = this.#peers.get(name)?.conn;
+          conn?.withdrawOffers(room, `"${name}" is not in ${room} any more`);
+          conn?.refuseOffers(room, `"${name}" is not in ${room} any more`);
         }
       },
       invitations: () => this.#invitations.names(),
@@ -1269,6 +1272,10 @@ export class Chat {
         };
       },
       take: (peer, offer) => {
+        // Asked when it came; the room's list may have changed since.
+        if (offer.room !== undefined && !this.#rooms.isMember(offer.room, peer.name)) {
+          return { refuse: `"${peer.name}" is not a member of ${offer.room} here` };
+        }
         const refused = this.#quota.refusal(peer.name, offer.bytes);
         return refused ? { refuse: refused } : this.#quota.take(peer.name, offer.bytes);
       },

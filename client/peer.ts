@@ -457,6 +457,18 @@ export class PeerConnection {
     }
   }
 
+  /**
+   * Refuses the files this peer offered us for `room` that wait for the user's answer (it is no
+   * longer a member, or we are not): `fileFailed` says why, and the peer gets a `decline`.
+   */
+  refuseOffers(room: string, reason: string): void {
+    for (const offer of [...this.#offers.values()]) {
+      if (offer.room !== room) continue;
+      this.#offers.delete(offer.id);
+      this.#refuse(offer, reason);
+    }
+  }
+
   /** Accepts the file `id` this peer offered: counts it, answers `accept`, receives it. */
   async acceptOffer(id: string): Promise<void> {
     const refused = await this.#take(this.#takeOffer(id), true);

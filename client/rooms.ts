@@ -20,13 +20,7 @@
  *
  * @module
  */
-import {
-  createHash,
-  createPrivateKey,
-  createPublicKey,
-  type KeyObject,
-  randomBytes,
-} from "node:crypto";
+import { createHash, createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
 import { dirname, join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDirSync, syncDirSync, writeFileAtomicSync } from "../lib/fs.ts";
@@ -34,6 +28,7 @@ import { checkName } from "../lib/names.ts";
 import {
   checkRoomName,
   decodeRoomFrame,
+  isRoomIdOf,
   keyFingerprintOf,
   listHash,
   MAX_MEMBERS,
@@ -42,6 +37,7 @@ import {
   type MemberList,
   publicKeyOf,
   type RoomFrame,
+  roomIdFor,
   type RoomMember,
   type SignedList,
   type SignedMessage,
@@ -70,11 +66,19 @@ const MAX_HELD = 256;
 export const MAX_HELD_CHARS = 8 * 1024 * 1024;
 /** Room invitations one connection may send us (more are refused). */
 const MAX_INVITES_PER_CONNECTION = 16;
+/**
+ * Room invitations held from one creator (its own oldest goes first): counted by name, so a
+ * co-member who reconnects (accepted at once) starts no new count.
+ */
+const MAX_INVITES_PER_CREATOR = 16;
 /** `want` and `state` frames taken from one connection per second (more are dropped). */
 const REQUESTS_PER_SECOND = 20;
 /** Refusals reported per connection; after that, one line saying more are not shown. */
 const MAX_REPORTS = 20;
-/** Room invitations held at once (the oldest goes first). */
+/**
+ * Room invitations held at once, all creators together: past it a new one is refused, so no
+ * creator's invitations push out another's.
+ */
 const MAX_ROOM_INVITES = 32;
 /**
  * Members who went while we ran, remembered per room (the oldest forgotten first): a creator's
@@ -184,7 +188,7 @@ interface RoomInvite {
 export class Rooms {
   #host: RoomHost;
   #rooms = new Map<string, Room>(); // by room id
-  #invites = new Map<string, RoomInvite>(); // by room name
+  #invites = new Map<string, RoomInvite>(); // by creator and room id (inviteKey)
   #signing?: KeyObject;
   #seen = new WeakMap<PeerConnection, Set<string>>();
   #reports = new WeakMap<PeerConnection, number>();
@@ -279,7 +283,7 @@ export class Rooms {
     if (this.#byName(room)) throw new E2eError("ERR_USAGE", `You are already in ${room}`);
     const self = this.#host.self;
     const list = signList({
-      roomId: randomBytes(16).toString("hex"),
+      roomId: roomIdFor(self),
       room,
       creator: self,
       version: 1,
@@ -294,7 +298,7 @@ export class Rooms {
       this.#rooms.delete(list.roomId);
       throw e;
     }
-    this.#invites.delete(room);
+    this.#dropInvites(room);
     this.#host.emit({ type: "room_joined", room, members: [self] });
     return this.members(room);
   }
@@ -332,12 +336,31 @@ export class Rooms {
     else await this.#host.invite(name);
   }
 
-  /** Accepts the invitation to `room`: the creator adds us, and `room_joined` follows. */
-  join(room: string): void {
+  /**
+   * Accepts the invitation to `room` (from `creator`, needed when invitations to two rooms of
+   * that name wait): the creator adds us, and `room_joined` follows.
+   */
+  join(room: string, creator?: string): void {
     checkRoomName(room);
+    if (creator !== undefined) checkName(creator);
     if (this.#byName(room)) throw new E2eError("ERR_USAGE", `You are in ${room} already`);
-    const invite = this.#invites.get(room);
-    if (!invite) throw new E2eError("ERR_NOT_FOUND", `No invitation to ${room}`);
+    const all = this.#invitesTo(room);
+    const invites = all.filter((i) => creator === undefined || i.from === creator);
+    if (invites.length === 0) {
+      throw new E2eError(
+        "ERR_NOT_FOUND",
+        `No invitation to ${room}${creator === undefined ? "" : ` from "${creator}"`}`,
+        all.length ? { hint: choices(room, all) } : {},
+      );
+    }
+    // Never guessed: a member could send an invitation to a room of the same name to be the one
+    // joined.
+    if (invites.length > 1) {
+      throw new E2eError("ERR_USAGE", twoInvitations(room, invites), {
+        hint: `name the creator: ${choices(room, invites)}`,
+      });
+    }
+    const invite = invites[0];
     const conn = this.#host.peer(invite.from);
     if (!conn?.sendRoom({ op: "join", roomId: invite.list.roomId })) {
       throw new E2eError("ERR_NOT_FOUND", `Not connected to "${invite.from}", who invited you`, {
@@ -430,7 +453,8 @@ export class Rooms {
         members: r.list.members.length,
         version: r.list.version,
       })).sort((a, b) => (a.room < b.room ? -1 : 1)),
-      invitations: [...this.#invites.keys()],
+      // Each name once: when several share it, /room join says whose they are.
+      invitations: [...new Set([...this.#invites.values()].map((i) => i.list.room))],
     };
   }
 
@@ -613,29 +637,59 @@ export class Rooms {
     if (sent > MAX_INVITES_PER_CONNECTION) {
       throw refused(`more than ${MAX_INVITES_PER_CONNECTION} room invitations on one connection`);
     }
-    const key = spkiOf(conn.certificate.x509.publicKey);
-    if (!verifyList(list, publicKeyOf(key))) {
+    const creatorKey = spkiOf(conn.certificate.x509.publicKey);
+    if (!verifyList(list, publicKeyOf(creatorKey))) {
       throw refused("an invitation whose member list the creator did not sign");
     }
-    if (list.members.find((m) => m.name === conn.name)?.key !== key) {
+    if (list.members.find((m) => m.name === conn.name)?.key !== creatorKey) {
       throw refused("an invitation whose member list gives its creator another key");
     }
+    // Lists and messages name the room by its id alone: one bound to another creator would
+    // stand for (and be refused in favour of) that creator's room.
+    if (!isRoomIdOf(list.roomId, list.creator)) {
+      throw refused(
+        `an invitation to ${list.room} whose room id is not one "${list.creator}" made`,
+      );
+    }
     if (list.members.some((m) => m.name === self)) return; // we are in it already
-    if (this.#rooms.has(list.roomId)) return;
+    const held = this.#rooms.get(list.roomId);
+    if (held?.list.creator === list.creator) return;
+    if (held) {
+      throw refused(
+        `an invitation to ${list.room} with the room id of ${held.list.room}, created by ` +
+          `"${held.list.creator}"`,
+      );
+    }
     if (this.#byName(list.room)) {
       throw refused(`an invitation to another room called ${list.room}, which you are in`);
     }
-    const had = this.#invites.get(list.room);
-    if (had?.list.roomId === list.roomId && had.from === conn.name) {
-      had.list = list;
+    const key = inviteKey(list.creator, list.roomId);
+    const had = this.#invites.get(key);
+    if (had) {
+      if (list.version >= had.list.version) had.list = list;
       return; // the same invitation again (sent at every hello)
     }
-    this.#invites.delete(list.room);
-    this.#invites.set(list.room, { list, from: conn.name, key });
-    while (this.#invites.size > MAX_ROOM_INVITES) {
-      this.#invites.delete(this.#invites.keys().next().value!);
+    // Bounded per creator, by name: its own oldest goes (one of the same name first: it made
+    // another room of that name since). When all are taken, a new one is refused instead.
+    const theirs = [...this.#invites].filter(([, i]) => i.from === conn.name);
+    const replaced = theirs.find(([, i]) => i.list.room === list.room) ??
+      (theirs.length >= MAX_INVITES_PER_CREATOR ? theirs[0] : undefined);
+    if (replaced) this.#invites.delete(replaced[0]);
+    else if (this.#invites.size >= MAX_ROOM_INVITES) {
+      throw refused(
+        `an invitation to ${list.room}: ${MAX_ROOM_INVITES} room invitations wait already ` +
+          `(join some, or restart to forget them)`,
+      );
     }
+    this.#invites.set(key, { list, from: conn.name, key: creatorKey });
     this.#host.emit({ type: "room_invite", room: list.room, from: conn.name });
+    const same = this.#invitesTo(list.room);
+    if (same.length > 1) {
+      this.#host.emit({
+        type: "warning",
+        message: `${twoInvitations(list.room, same)}: ${choices(list.room, same)}`,
+      });
+    }
   }
 
   #onJoin(conn: PeerConnection, roomId: string): void {
@@ -673,8 +727,8 @@ export class Rooms {
     const r = this.#rooms.get(list.roomId);
     if (!r) {
       // Our join answered: the invitation named this creator and pinned its key.
-      const invite = this.#invites.get(list.room);
-      if (!invite || invite.list.roomId !== list.roomId) return; // a room we left, or never knew
+      const invite = this.#invites.get(inviteKey(list.creator, list.roomId));
+      if (!invite) return; // a room we left, or never knew
       if (list.creator !== invite.list.creator || !verifyList(list, publicKeyOf(invite.key))) {
         throw refused(`a member list of ${list.room} the creator did not sign`);
       }
@@ -697,7 +751,7 @@ export class Rooms {
       this.#checkKeys(list, room);
       room.next[self] = 1;
       this.#rooms.set(list.roomId, room);
-      this.#invites.delete(list.room);
+      this.#dropInvites(list.room);
       // Durable (with the creator's key) before anyone hears we are in: a client killed right
       // after `room_joined` comes back in the room.
       this.#saveDurableOrWarn(room);
@@ -1148,10 +1202,20 @@ export class Rooms {
     const r = this.#byName(room);
     if (!r) {
       throw new E2eError("ERR_NOT_FOUND", `You are not in ${room}`, {
-        hint: this.#invites.has(room) ? `/room join ${room}` : `/room create ${room}`,
+        hint: this.#invitesTo(room).length ? `/room join ${room}` : `/room create ${room}`,
       });
     }
     return r;
+  }
+
+  // The invitations that wait to rooms called `room`, oldest first.
+  #invitesTo(room: string): RoomInvite[] {
+    return [...this.#invites.values()].filter((i) => i.list.room === room);
+  }
+
+  // In a room called `room` now: the invitations to others of that name cannot be taken up.
+  #dropInvites(room: string): void {
+    for (const [k, i] of this.#invites) if (i.list.room === room) this.#invites.delete(k);
   }
 
   #byName(room: string): Room | undefined {
@@ -1383,6 +1447,25 @@ export class Rooms {
     });
     if (durable) this.#durable.set(id, membership);
   }
+}
+
+function inviteKey(creator: string, roomId: string): string {
+  return `${creator} ${roomId}`;
+}
+
+// "Two invitations to #team wait, from "ben" and "mallory"" (the creators sorted).
+function twoInvitations(room: string, invites: RoomInvite[]): string {
+  const names = invites.map((i) => `"${i.from}"`).sort();
+  const from = names.length > 1 ? `${names.slice(0, -1).join(", ")} and ${names.at(-1)}` : names[0];
+  return `${names.length === 2 ? "Two" : names.length} invitations to ${room} wait, from ${from}`;
+}
+
+// "/room join #team ben, or /room join #team mallory"
+function choices(room: string, invites: RoomInvite[]): string {
+  const commands = invites.map((i) => i.from).sort().map((n) => `/room join ${room} ${n}`);
+  return commands.length > 1
+    ? `${commands.slice(0, -1).join(", ")}, or ${commands.at(-1)}`
+    : commands[0];
 }
 
 function refused(why: string): E2eError {

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { createPublicKey, generateKeyPairSync, type KeyObject, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import {
+  roomIdFor,
   type RoomMember,
   type SignedList,
   type SignedMessage,
@@ -116,6 +117,20 @@ async function hostileRoom(
     }
   });
 }
+
+Deno.test("A room saved by the version before, its id bound to no creator, still loads and takes its creator's lists and its members' messages", async () => {
+  // hostileRoom writes ROOMID.json as that version did, with 128 random bits for an id.
+  await hostileRoom({}, ({ rooms, carol, list, message, events }) => {
+    assert.equal(rooms.has("#team"), true);
+    assert.deepEqual(events, []);
+    rooms.receive(carol, { op: "list", list: list(2, ["dave"]) });
+    rooms.receive(carol, { op: "msg", m: message("dave", 2) });
+    assert.deepEqual(events, [
+      { type: "room_member", room: "#team", name: "dave", change: "joined" },
+      { type: "room_message", room: "#team", from: "dave", text: "late", id: "dave.1" },
+    ]);
+  });
+});
 
 Deno.test("A room creator that cycles made-up members through its lists is remembered for only MAX_FORMER of them", async () => {
   await hostileRoom({}, ({ rooms, carol, list, message, events }) => {
@@ -305,7 +320,7 @@ Deno.test("A member who missed more than 256 of an author's messages reports the
 Deno.test("A member cannot put a re-invited member back into the room with an old list that had it", async () => {
   await withTempDir(async (dir) => {
     const [carol, dave, eve, mallory] = [keyPair(), keyPair(), keyPair(), keyPair()];
-    const roomId = randomBytes(16).toString("hex");
+    const roomId = roomIdFor("carol");
     const list = (version: number, members: RoomMember[]) =>
       signList({ roomId, room: "#team", creator: "carol", version, members }, carol.privateKey);
     const c = { name: "carol", key: carol.spki, since: 1 };

@@ -12,7 +12,14 @@
  * @module
  */
 import { Buffer } from "node:buffer";
-import { createHash, createPublicKey, type KeyObject, sign, verify } from "node:crypto";
+import {
+  createHash,
+  createPublicKey,
+  type KeyObject,
+  randomBytes,
+  sign,
+  verify,
+} from "node:crypto";
 import { E2eError } from "./errors.ts";
 import { isValidName } from "./names.ts";
 
@@ -24,7 +31,10 @@ export const MAX_MEMBERS = 50;
 export const MAX_ROOM_TEXT_CHARS = 65_536;
 /** A room name: `#`, then the characters of a user name. */
 export const ROOM_NAME_PATTERN: RegExp = /^#[a-z0-9][a-z0-9_-]{0,62}$/;
-/** A room id: 128 random bits, 32 lowercase hex characters, chosen by the creator. */
+/**
+ * A room id: 32 lowercase hex characters, made by the creator with {@linkcode roomIdFor} (64
+ * random bits, then 64 bits that bind them to the creator's name).
+ */
 export const ROOM_ID_PATTERN: RegExp = /^[0-9a-f]{32}$/;
 /** The most sequence numbers one `want` frame asks for. */
 export const MAX_WANT = 64;
@@ -35,6 +45,7 @@ const MAX_SIG_CHARS = 1400;
 const MAX_SEQ = Number.MAX_SAFE_INTEGER;
 
 const MESSAGE_LABEL = "e2e-chat room message v1";
+const ID_LABEL = "e2e-chat room id v1";
 const LIST_LABEL = "e2e-chat room members v1";
 
 /** How a member joined or went, as the creator's signed list says. */
@@ -136,6 +147,44 @@ export function checkRoomName(name: string): string {
     );
   }
   return name;
+}
+
+/**
+ * A new room id for a room `creator` makes: 16 random hex characters, then the first 16 hex of
+ * the SHA-256 of a label, `creator` and those random ones. Messages and lists name the room by
+ * its id alone, so the id is bound to its creator: another member cannot make a room with the id
+ * of someone else's (it would take a name the CA gave someone else, or about 2^64 tries per id).
+ *
+ * @example
+ * ```ts
+ * import { isRoomIdOf, roomIdFor } from "./room.ts";
+ * const id = roomIdFor("alice");
+ * isRoomIdOf(id, "alice"); // true
+ * isRoomIdOf(id, "mallory"); // false
+ * ```
+ */
+export function roomIdFor(creator: string): string {
+  const nonce = randomBytes(8).toString("hex");
+  return nonce + idBinding(nonce, creator);
+}
+
+/**
+ * Whether the room id `id` was made by {@linkcode roomIdFor} for `creator`. Ids made before
+ * (128 random bits) are not: rooms saved with one still load, but no invitation names one.
+ *
+ * @example
+ * ```ts
+ * import { isRoomIdOf } from "./room.ts";
+ * isRoomIdOf("0123456789abcdef0123456789abcdef", "alice"); // false
+ * ```
+ */
+export function isRoomIdOf(id: string, creator: string): boolean {
+  return ROOM_ID_PATTERN.test(id) && idBinding(id.slice(0, 16), creator) === id.slice(16);
+}
+
+function idBinding(nonce: string, creator: string): string {
+  return createHash("sha256").update(JSON.stringify([ID_LABEL, creator, nonce])).digest("hex")
+    .slice(0, 16);
 }
 
 /**

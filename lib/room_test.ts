@@ -9,12 +9,15 @@ import {
   decodeRoomFrame,
   encodeList,
   encodeMessage,
+  isRoomIdOf,
   isRoomName,
   keyFingerprintOf,
   listHash,
   MAX_MEMBERS,
   type MemberList,
   publicKeyOf,
+  ROOM_ID_PATTERN,
+  roomIdFor,
   type RoomMessage,
   signList,
   signMessage,
@@ -70,6 +73,19 @@ Deno.test("room names start with # and follow the user-name rule", () => {
     () => checkRoomName("team"),
     e2eError("ERR_NAME_INVALID", 'Invalid room name "team"'),
   );
+});
+
+Deno.test("roomIdFor() makes a fresh id bound to its creator, which isRoomIdOf() tells from any other creator's", () => {
+  const id = roomIdFor("alice");
+  assert.match(id, ROOM_ID_PATTERN);
+  assert.notEqual(roomIdFor("alice"), id);
+  assert.equal(isRoomIdOf(id, "alice"), true);
+  for (const creator of ["mallory", "alic", "alice2"]) assert.equal(isRoomIdOf(id, creator), false);
+  // The same random half under another creator is another id.
+  assert.equal(isRoomIdOf(id.slice(0, 16) + roomIdFor("mallory").slice(16), "alice"), false);
+  // Ids made before (128 random bits) are bound to no one.
+  assert.equal(isRoomIdOf(ROOM_ID, "alice"), false);
+  assert.equal(isRoomIdOf(id.toUpperCase(), "alice"), false);
 });
 
 Deno.test("encodeMessage() is the canonical JSON array after its label, and decodeMessage() reads it back", () => {

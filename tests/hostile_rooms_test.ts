@@ -16,7 +16,7 @@ import {
 } from "node:crypto";
 import { join } from "node:path";
 import { encodeFrame } from "../lib/frames.ts";
-import { type SignedList, signList, signMessage, spkiOf } from "../lib/room.ts";
+import { roomIdFor, type SignedList, signList, signMessage, spkiOf } from "../lib/room.ts";
 import { ChatClient, sleep, stopAll, waitUntil } from "./_harness.ts";
 import { MAX_ANSWER_BYTES } from "../client/peer.ts";
 import { MAX_HELD_CHARS } from "../client/rooms.ts";
@@ -24,7 +24,7 @@ import { initCa, type Service, startService } from "./_service_helpers.ts";
 import { joinUser, RawPeer, type User, userAt } from "./_chat_helpers.ts";
 
 const ROOM = "#team";
-const ROOM_ID = "0123456789abcdef0123456789abcdef";
+const ROOM_ID = roomIdFor("mallory");
 
 function roomFrame(body: unknown): string {
   return JSON.stringify({ type: "room", body }) + "\n";
@@ -445,4 +445,185 @@ Deno.test("a member that asks for gap fills and never reads what it is sent gets
       `${fills} fills for at most ${MAX_ANSWER_BYTES} bytes`,
     );
   });
+});
+
+/** A signed first list of a room `creator` (a raw peer, `user`) makes, with `creator` alone. */
+async function firstList(user: User, room: string, roomId = roomIdFor(user.name)) {
+  const key = createPrivateKey(await Deno.readTextFile(user.keyPath));
+  return signList({
+    roomId,
+    room,
+    creator: user.name,
+    version: 1,
+    members: [{ name: user.name, key: await keyOf(user), since: 1 }],
+  }, key);
+}
+
+/** Whether `peer` got a `join` for `roomId`. */
+function joined(peer: RawPeer, roomId: string): boolean {
+  return peer.frames.some((f) =>
+    f.type === "room" && JSON.stringify(f.body) === JSON.stringify({ op: "join", roomId })
+  );
+}
+
+Deno.test("an invitation to a room of the same name from another creator does not replace the one waiting, and /room join names the creator", async () => {
+  let ben: RawPeer | undefined;
+  let benUser: User | undefined;
+  await withWorld(
+    async ({ ann, mallory }) => {
+      const bens = await firstList(benUser!, ROOM);
+      ben!.write(roomFrame({ op: "invite", list: bens }));
+      await ann.expect({ type: "room_invite", room: ROOM, from: "ben" });
+      await ann.expect((e) =>
+        e.type === "warning" &&
+        e.message === `Two invitations to ${ROOM} wait, from "ben" and "mallory": ` +
+            `/room join ${ROOM} ben, or /room join ${ROOM} mallory`
+      );
+      // Which one is not guessed: the newer is not taken for the one meant.
+      await ann.send(`/room join ${ROOM}`);
+      const error = await ann.expect({ type: "error" });
+      assert.equal(
+        error.message,
+        `Two invitations to ${ROOM} wait, from "ben" and "mallory": ` +
+          `name the creator: /room join ${ROOM} ben, or /room join ${ROOM} mallory`,
+      );
+      await ann.send("/rooms");
+      const rooms = await ann.expect({ type: "rooms" });
+      assert.deepEqual(rooms.invitations, [ROOM]);
+      await ann.send(`/room join ${ROOM} mallory`);
+      await waitUntil(() => joined(mallory, ROOM_ID), "ann's join, to mallory");
+      assert.equal(joined(ben!, bens.roomId), false, "ann's join went to ben");
+    },
+    async ({ service, dir, connect }) => {
+      benUser = await joinUser(service, "ben", join(dir, "ben"));
+      ben = await connect(benUser);
+      return [];
+    },
+    { annJoins: false },
+  );
+});
+
+Deno.test("a member who reconnects cannot push out another creator's room invitation with its own", async () => {
+  let benUser: User | undefined;
+  await withWorld(
+    async ({ ann, mallory, connect }) => {
+      // mallory's invitation to #team waits. ben sends 16 invitations, reconnects, 16 more.
+      for (let round = 0; round < 2; round++) {
+        const ben = await connect(benUser!);
+        for (let i = 0; i < 16; i++) {
+          ben.write(
+            roomFrame({ op: "invite", list: await firstList(benUser!, `#b${round}-${i}`) }),
+          );
+        }
+        await ann.expect({ type: "room_invite", room: `#b${round}-15`, from: "ben" });
+        ben.destroy();
+        await ann.expect({ type: "disconnected", peer: "ben" });
+      }
+      await ann.send("/rooms");
+      const rooms = await ann.expect({ type: "rooms" });
+      const invitations = rooms.invitations as string[];
+      assert.ok(invitations.includes(ROOM), `mallory's invitation pushed out: ${invitations}`);
+      // ben's own oldest went instead: at most 16 of his wait.
+      assert.equal(invitations.filter((r) => r.startsWith("#b")).length, 16);
+      assert.ok(invitations.includes("#b1-15") && !invitations.includes("#b0-0"));
+      await ann.send(`/room join ${ROOM}`);
+      await waitUntil(() => joined(mallory, ROOM_ID), "ann's join, to mallory");
+    },
+    async ({ service, dir }) => {
+      benUser = await joinUser(service, "ben", join(dir, "ben"));
+      return [];
+    },
+    { annJoins: false },
+  );
+});
+
+Deno.test("a member cannot take the room id of another creator's room: its invitation is refused, and the real creator's is taken", async () => {
+  await withWorld(
+    async ({ ann }) => {
+      // ann is in mallory's room, not in ben's that took its id.
+      await ann.send(`/room members ${ROOM}`);
+      const members = await ann.expect({ type: "room_members", room: ROOM });
+      assert.equal(members.creator, "mallory");
+      assert.ok(
+        ann.events.some((e) =>
+          e.type === "warning" &&
+          e.message === `Refused an invitation to ${ROOM} whose room id is not one "ben" made ` +
+              `(from "ben")`
+        ),
+        ann.describe(),
+      );
+    },
+    async ({ service, dir, ann, connect }) => {
+      // ben learnt the id of mallory's room (he is in it, say) before ann joined it, and makes a
+      // room of his own with that id. Were ann in it, mallory's invitation would go unheard.
+      const benUser = await joinUser(service, "ben", join(dir, "ben"));
+      const ben = await connect(benUser);
+      ben.write(roomFrame({ op: "invite", list: await firstList(benUser, ROOM, ROOM_ID) }));
+      await ann.send(`/room join ${ROOM}`);
+      await waitUntil(
+        () => joined(ben, ROOM_ID) || ann.events.some((e) => e.type === "error"),
+        "ann's join, or an error",
+      );
+      if (joined(ben, ROOM_ID)) {
+        const key = createPrivateKey(await Deno.readTextFile(benUser.keyPath));
+        const list = signList({
+          roomId: ROOM_ID,
+          room: ROOM,
+          creator: "ben",
+          version: 2,
+          members: [
+            { name: "ann", key: await keyOf(userOf({ dir }, "ann")), since: 2 },
+            { name: "ben", key: await keyOf(benUser), since: 1 },
+          ],
+          change: { name: "ann", change: "joined" },
+        }, key);
+        ben.write(roomFrame({ op: "list", list }));
+        await ann.expect({ type: "room_joined", room: ROOM });
+      }
+      return [];
+    },
+  );
+});
+
+Deno.test("a file offered to a room by a member removed before it is accepted is declined, not received", async () => {
+  let ben: RawPeer | undefined;
+  await withWorld(
+    async ({ ann, mallory, malloryKey, list }) => {
+      const size = 30 * 1024 * 1024; // over the auto-accept size: it waits for ann
+      ben!.write(encodeFrame({ type: "file", id: "f1", name: "plans.txt", size, room: ROOM }));
+      await ann.expect({ type: "file_offer", from: "ben", id: "f1", room: ROOM });
+      const without = signList({
+        roomId: ROOM_ID,
+        room: ROOM,
+        creator: "mallory",
+        version: list.version + 1,
+        members: list.members.filter((m) => m.name !== "ben"),
+        change: { name: "ben", change: "removed" },
+      }, malloryKey);
+      mallory.write(roomFrame({ op: "list", list: without }));
+      await ann.expect({ type: "room_member", room: ROOM, name: "ben", change: "removed" });
+      await ann.send("/get ben f1");
+      await waitUntil(
+        () =>
+          ann.events.some((e) => e.type === "error") ||
+          ben!.frames.some((f) => f.type === "accept"),
+        "ann's answer",
+      );
+      assert.deepEqual(ben!.frames.filter((f) => f.type === "accept"), [], "ann accepted the file");
+      const error = ann.events.find((e) => e.type === "error")!;
+      assert.equal(error.message, `No file offer "f1" from "ben"`);
+      // Withdrawn as ben went: ann was told, and so was ben.
+      const reason = `refused: "ben" is not in ${ROOM} any more`;
+      await ann.expect({ type: "file_failed", peer: "ben", id: "f1", reason });
+      await ben!.expectFrame({ type: "decline", id: "f1", reason });
+      await ann.send(`/history ${ROOM}`);
+      const history = await ann.expect({ type: "history" });
+      assert.ok(!JSON.stringify(history).includes("plans.txt"), JSON.stringify(history));
+    },
+    async ({ service, dir, connect }) => {
+      const user = await joinUser(service, "ben", join(dir, "ben"));
+      ben = await connect(user, ["rooms", "bin", "offer"]);
+      return [{ name: "ben", key: await keyOf(user) }];
+    },
+  );
 });

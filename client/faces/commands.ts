@@ -28,15 +28,15 @@ TEXT                send to the current peer
 /trust NAME         accept NAME's new key after a key change warning
 /close NAME         close the connection to NAME
 /history NAME [N]   the last N (default 20) messages and files of the conversation with NAME
-/room create #ROOM        create a room (names start with #)
-/room invite #ROOM NAME   invite NAME to your room
-/room join #ROOM          accept an invitation to a room
-/room leave #ROOM         leave a room
-/room remove #ROOM NAME   remove NAME from your room
-/room members #ROOM       members, key fingerprints and the member-list hash to compare
-/rooms                    your rooms and room invitations
-/msg #ROOM TEXT           send to a room (plain text goes there when it is the current one)
-/file #ROOM PATH          offer a file to each member of the room connected now
+/room create #ROOM         create a room (names start with #)
+/room invite #ROOM NAME    invite NAME to your room
+/room join #ROOM [CREATOR] accept an invitation to a room (CREATOR: when two share its name)
+/room leave #ROOM          leave a room
+/room remove #ROOM NAME    remove NAME from your room
+/room members #ROOM        members, key fingerprints and the member-list hash to compare
+/rooms                     your rooms and room invitations
+/msg #ROOM TEXT            send to a room (plain text goes there when it is the current one)
+/file #ROOM PATH           offer a file to each member of the room connected now
 /quit               leave`;
 
 /** One parsed line of input. */
@@ -159,7 +159,16 @@ export function parseCommand(line: string, options: ParseOptions = {}): Command 
         if (args.length !== 3) throw new E2eError("ERR_USAGE", `/room ${action} takes #ROOM NAME`);
         return { op: "room", action, room, name: checkName(args[2]) };
       }
-      if (args.length !== 2) throw new E2eError("ERR_USAGE", `/room ${action} takes #ROOM`);
+      // Two invitations may name rooms of the same name: the creator says which.
+      if (action === "join" && args.length === 3) {
+        return { op: "room", action, room, name: checkName(args[2]) };
+      }
+      if (args.length !== 2) {
+        throw new E2eError(
+          "ERR_USAGE",
+          `/room ${action} takes #ROOM${action === "join" ? " [CREATOR]" : ""}`,
+        );
+      }
       return { op: "room", action, room };
     }
     case "/rooms":
@@ -449,7 +458,7 @@ async function runRoom(
       emit({ type: "warning", message: `Invited "${name}" to ${room}` });
       return;
     case "join":
-      rooms.join(room);
+      rooms.join(room, name);
       return;
     case "leave":
       await rooms.leave(room);

@@ -32,6 +32,7 @@ Deno.test("parseCommand() turns every command of /help into a typed command", ()
     ["/room create #team", { op: "room", action: "create", room: "#team" }],
     ["/room invite #team bob", { op: "room", action: "invite", room: "#team", name: "bob" }],
     ["/room join #team", { op: "room", action: "join", room: "#team" }],
+    ["/room join #team bob", { op: "room", action: "join", room: "#team", name: "bob" }],
     ["/room leave #team", { op: "room", action: "leave", room: "#team" }],
     ["/room remove #team bob", { op: "room", action: "remove", room: "#team", name: "bob" }],
     ["/room members #team", { op: "room", action: "members", room: "#team" }],
@@ -67,7 +68,8 @@ Deno.test("parseCommand() refuses what is not a command with ERR_USAGE or ERR_NA
     ["/room shout #team", "ERR_USAGE", /Unknown \/room "shout": see \/help/],
     ["/room create team", "ERR_NAME_INVALID", /Invalid room name "team"/],
     ["/room invite #team", "ERR_USAGE", /\/room invite takes #ROOM NAME/],
-    ["/room join #team bob", "ERR_USAGE", /\/room join takes #ROOM/],
+    ["/room join #team bob cy", "ERR_USAGE", /\/room join takes #ROOM \[CREATOR\]/],
+    ["/room leave #team bob", "ERR_USAGE", /\/room leave takes #ROOM$/],
     ["/msg #Team hi", "ERR_NAME_INVALID", /Invalid room name "#Team"/],
   ];
   for (const [line, code, message] of cases) {
