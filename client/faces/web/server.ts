@@ -197,8 +197,9 @@ export class WebServer {
       headerDeadlines.set(socket, deadline(socket, WEB_HEADERS_MS));
     });
     this.#unsubscribe = chat.on((e) => {
-      // A page that connects later still sees the recent warnings (in its snapshot).
-      if (e.type === "warning") this.#keepNotice(e.message);
+      // A page that connects later still sees the recent warnings (in its snapshot), and that
+      // the CA service answers again after them (else a page opened then shows only the outage).
+      if (e.type === "warning" || e.type === "ca_back") this.#keepNotice(e.message);
       this.#broadcast(this.#outgoing(e));
     });
     this.#heartbeat = setInterval(() => this.#broadcast({ type: "alive" }), HEARTBEAT_MS);
