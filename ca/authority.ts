@@ -142,6 +142,8 @@ interface IssueSpec {
   supersede: (current: IndexEntry) => Promise<void>;
   beforeCommit?: (certificate: CertificateInfo) => Promise<void>;
   renews?: string;
+  /** The name's valid certificates stay valid: the caller supersedes them later. */
+  keep?: boolean;
 }
 
 /** A signing waiting in the queue. */
@@ -441,8 +443,10 @@ export class CertificateAuthority {
   /**
    * Issues the CA service its own TLS certificate for `hosts` (DNS names and IP
    * addresses), with a fresh key kept in `HOME/ca/service/` (0600). Its subject
-   * is {@linkcode SERVICE_CN}, which no user name can be; earlier service
-   * certificates are superseded.
+   * is {@linkcode SERVICE_CN}, which no user name can be. Earlier service
+   * certificates stay valid: the service supersedes them with
+   * {@linkcode retireServiceCertificates} once it presents this one, so that no
+   * client holds a CRL that lists the certificate it still presents.
    */
   async issueServiceCertificate(hosts: string[], options: { days?: number } = {}): Promise<
     Credentials & { certificate: CertificateInfo }
@@ -460,6 +464,7 @@ export class CertificateAuthority {
         // A CA with under 30 days left (`ca init --days 20`) gives the service what it has left.
         days: checkDays(options.days ?? Math.min(30, this.#maxDays()), this.#maxDays()),
         supersede: async () => {},
+        keep: true,
       });
       // On disk before they take their names, and the names after: a power cut must not leave a
       // current certificate beside an empty key, which would stop every start of the service.
@@ -475,6 +480,26 @@ export class CertificateAuthority {
     } finally {
       await Deno.remove(keyPath).catch(() => {});
     }
+  }
+
+  /**
+   * Supersedes every valid service certificate but `serial`, the one the service presents now
+   * (revoked `superseded`, one new CRL); nothing when there is none. Returns their serials.
+   */
+  async retireServiceCertificates(serial: string): Promise<string[]> {
+    const keep = normalizeSerialHex(serial);
+    const others = (entries: IndexEntry[]) =>
+      validFor(entries, SERVICE_CN).filter((e) => normalizeSerialHex(e.serial) !== keep);
+    if (!others(await this.#index.entries()).length) return [];
+    const passphrase = this.#requirePassphrase();
+    return await this.#transaction(async (tx) => {
+      const old = others(await this.#index.entries());
+      if (!old.length) return [];
+      const work = await tx.fullCopy();
+      for (const e of old) await this.#revokeIn(work, e.serial, "superseded", passphrase);
+      await this.#gencrl(work, passphrase);
+      return old.map((e) => e.serial);
+    });
   }
 
   /** Revokes the valid certificate of a name, or a certificate by serial. Regenerates the CRL. */
@@ -717,7 +742,7 @@ export class CertificateAuthority {
     let folder: string | undefined;
     try {
       // Checked now to refuse early, and again under the lock in case another process changed it.
-      const current = validFor(await this.#index.entries(), job.spec.subject);
+      const current = job.spec.keep ? [] : validFor(await this.#index.entries(), job.spec.subject);
       checkRenewal(job.spec, current);
       for (const entry of current) await job.spec.supersede(entry);
       const warm = this.#takeWarm(job);
@@ -765,7 +790,7 @@ export class CertificateAuthority {
         let revoked = false;
         for (const r of batch) {
           try {
-            const current = validFor(entries, r.job.spec.subject);
+            const current = r.job.spec.keep ? [] : validFor(entries, r.job.spec.subject);
             checkRenewal(r.job.spec, current);
             for (const entry of current) {
               if (!r.current.some((e) => e.serial === entry.serial)) {

@@ -229,6 +229,14 @@ export class CaService {
       crlUrl = `http://${advertised}:${crl.port}${CRL_URL_PATH}`;
       await writeFileAtomic(ca.paths.crlUrl, crlUrl + "\n");
       own = await serviceCredentials(ca, names);
+      // Before anyone connects: service certificates left valid by a renewal cut short go now.
+      await ca.retireServiceCertificates(parseCertificate(own.cert).serial).catch((e) =>
+        log(
+          `e2e-chat-ca: cannot supersede old service certificates: ${
+            e instanceof Error ? e.message : e
+          }`,
+        )
+      );
     } catch (e) {
       await crl.close();
       throw e;
@@ -291,6 +299,9 @@ export class CaService {
           server.setSecureContext(serverOptions(own, anchor));
           log("e2e-chat-ca: renewed the service certificate");
         }
+        // Only now, the new one presented, does a CRL supersede the old: a client that fetched
+        // that CRL meanwhile would have refused the service (it refuses a listed certificate).
+        await ca.retireServiceCertificates(parseCertificate(own.cert).serial);
       } catch (e) {
         log(
           `e2e-chat-ca: cannot renew the service certificate: ${

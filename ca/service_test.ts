@@ -8,7 +8,8 @@ import {
   peerCertificateDer,
   trustAnchor,
 } from "../lib/tls.ts";
-import type { CertificateInfo } from "../lib/x509.ts";
+import { type CertificateInfo, normalizeSerialHex } from "../lib/x509.ts";
+import { parseCrl } from "../lib/crl.ts";
 import { PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
 import { CertificateAuthority } from "./authority.ts";
 import { CaService, type ServeOptions } from "./service.ts";
@@ -146,6 +147,66 @@ Deno.test("CaService.start() replaces a service key that is not its certificate'
       const now = await presented(service, ca);
       assert.notEqual(now.serial, old.serial, "a new service certificate");
       assert.ok(await ca.isCurrent(now.serial));
+    } finally {
+      await service.close();
+    }
+  });
+});
+
+Deno.test("a service renewing its own certificate presents the new one before a CRL supersedes the old: a client that fetched the CRL at any point meanwhile is not refused", async () => {
+  await withService(async (service, ca, logs) => {
+    const first = await presented(service, ca);
+    const listed = () => parseCrl(Deno.readTextFileSync(ca.paths.crl), ca.certificate.x509).revoked;
+    // What a client would meet right after the renewal's certificate is issued (its CRL on
+    // disk, served from now on) and before the service swaps it in: the old one, still presented.
+    const seen: Array<{ presented: string; listed: boolean }> = [];
+    const issue = ca.issueServiceCertificate.bind(ca);
+    ca.issueServiceCertificate = async (...args) => {
+      const issued = await issue(...args);
+      const now = await presented(service, ca);
+      seen.push({
+        presented: now.serial,
+        listed: listed().has(normalizeSerialHex(now.serial)),
+      });
+      return issued;
+    };
+    // Another key in the certificate's place: the next check reissues it (not revoked first).
+    const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    await Deno.writeTextFile(
+      ca.paths.serviceKey,
+      privateKey.export({ type: "pkcs8", format: "pem" }) as string,
+    );
+    const deadline = Date.now() + 20_000;
+    let next = first;
+    while (next.serial === first.serial || !listed().has(normalizeSerialHex(first.serial))) {
+      assert.ok(Date.now() < deadline, `not renewed within 20 s:\n${logs.join("\n")}`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      next = await presented(service, ca);
+    }
+    assert.deepEqual(seen, [{ presented: first.serial, listed: false }]);
+    // Then superseded all the same, once the new one is presented; the new one is not listed.
+    assert.ok(!listed().has(normalizeSerialHex(next.serial)));
+    assert.ok(!(await ca.isCurrent(first.serial)));
+    assert.ok(await ca.isCurrent(next.serial));
+  }, { renewCheckMs: 200 });
+});
+
+Deno.test("CaService.start() supersedes the service certificates a renewal cut short left valid, and keeps the one it presents", async () => {
+  await withTempDir(async (home) => {
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+    // Two issued, as by a renewal stopped before it superseded the first.
+    const old = (await ca.issueServiceCertificate(["localhost", "127.0.0.1"])).certificate;
+    await ca.issueServiceCertificate(["localhost", "127.0.0.1"]);
+    assert.ok(await ca.isCurrent(old.serial));
+    const service = await CaService.start(ca, { port: 0, log: () => {} });
+    try {
+      const now = await presented(service, ca);
+      assert.notEqual(now.serial, old.serial);
+      assert.ok(await ca.isCurrent(now.serial));
+      assert.ok(!(await ca.isCurrent(old.serial)));
+      const crl = parseCrl(Deno.readTextFileSync(ca.paths.crl), ca.certificate.x509);
+      assert.ok(crl.revoked.has(normalizeSerialHex(old.serial)));
+      assert.ok(!crl.revoked.has(normalizeSerialHex(now.serial)));
     } finally {
       await service.close();
     }

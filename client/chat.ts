@@ -231,22 +231,10 @@ export class Chat {
       mailbox: (name, body) => {
         const posted = (this.#roomPosts.get(name) ?? Promise.resolve())
           .then(() => {
-            const left = (e: unknown) =>
-              this.#emit({
-                type: "warning",
-                message: `A room message for "${name}" could not be left in the mailbox: ${
-                  e instanceof Error ? e.message : e
-                }`,
-              });
             // Held while the CA service does not answer: left when it answers again, in order.
-            return this.#mailbox.send(
-              name,
-              "room",
-              new TextEncoder().encode(JSON.stringify(body)),
-              {
-                later: (e) => e === undefined || left(e),
-              },
-            ).catch(left);
+            const later = this.#mailboxOutcome({ to: name, kind: "room", id: "" });
+            const bytes = new TextEncoder().encode(JSON.stringify(body));
+            return this.#mailbox.send(name, "room", bytes, { later }).catch(later);
           });
         this.#roomPosts.set(name, posted);
         posted.then(() => {
@@ -635,18 +623,51 @@ export class Chat {
       );
     }
     this.#log.requireNoAlarm();
-    const queued = () => {
-      this.#history.message({ id, from: this.#id.name, to: name, text });
-      this.#emit({ type: "queued", to: name, id, text });
-    };
-    const what = `Message ${id} to "${name}"`;
+    const note = { text };
+    const later = this.#mailboxOutcome({ to: name, kind: "message", id, note });
     const { held } = await this.#mailbox.send(name, "message", new TextEncoder().encode(text), {
       id,
-      later: (e) => e === undefined ? queued() : this.#notSent(what, e),
+      later,
+      note,
     });
-    if (held) this.#waits(what);
-    else queued();
+    if (held) this.#waits(`Message ${id} to "${name}"`);
+    else later();
     return id;
+  }
+
+  // How an item for the mailbox ends: `queued` (and history) once the CA holds it, else a
+  // warning. From its `note`, so that an item an earlier run held ends the same way.
+  #mailboxOutcome(
+    item: { to: string; kind: string; id: string; name?: string; note?: Record<string, unknown> },
+  ): (e?: unknown) => void {
+    const { to, id, note = {} } = item;
+    if (item.kind === "message") {
+      const text = String(note.text ?? "");
+      return (e) => {
+        if (e !== undefined) return this.#notSent(`Message ${id} to "${to}"`, e);
+        this.#history.message({ id, from: this.#id.name, to, text });
+        this.#emit({ type: "queued", to, id, text });
+      };
+    }
+    if (item.kind === "file") {
+      const name = item.name ?? "";
+      return (e) => {
+        if (e !== undefined) {
+          return this.#notSent(`File ${JSON.stringify(name)} (${id}) to "${to}"`, e);
+        }
+        const file = { name, bytes: Number(note.bytes), sha256: String(note.sha256) };
+        const path = typeof note.path === "string" ? { path: note.path } : {};
+        this.#history.file({ id, from: this.#id.name, to, ...file, ...path });
+        this.#emit({ type: "queued", to, id, file: name });
+      };
+    }
+    return (e) =>
+      e === undefined || this.#emit({
+        type: "warning",
+        message: `A room message for "${to}" could not be left in the mailbox: ${
+          e instanceof Error ? e.message : e
+        }`,
+      });
   }
 
   // An item for the mailbox waits for the CA service to answer again (client/mailbox.ts send).
@@ -941,27 +962,17 @@ export class Chat {
     this.#log.requireNoAlarm();
     const fileName = announcedName(path);
     const id = newItemId();
-    const queued = () => {
-      const sha256 = createHash("sha256").update(bytes).digest("hex");
-      this.#history.file({
-        id,
-        from: this.#id.name,
-        to: name,
-        name: fileName,
-        path,
-        bytes: bytes.length,
-        sha256,
-      });
-      this.#emit({ type: "queued", to: name, id, file: fileName });
-    };
-    const what = `File ${JSON.stringify(fileName)} (${id}) to "${name}"`;
+    const sha256 = createHash("sha256").update(bytes).digest("hex");
+    const note = { path, bytes: bytes.length, sha256 };
+    const later = this.#mailboxOutcome({ to: name, kind: "file", id, name: fileName, note });
     const { held } = await this.#mailbox.send(name, "file", bytes, {
       name: fileName,
       id,
-      later: (e) => e === undefined ? queued() : this.#notSent(what, e),
+      later,
+      note,
     });
-    if (held) this.#waits(what);
-    else queued();
+    if (held) this.#waits(`File ${JSON.stringify(fileName)} (${id}) to "${name}"`);
+    else later();
     return id;
   }
 
@@ -1049,6 +1060,10 @@ export class Chat {
       warning: (message) => this.#emit({ type: "warning", message }),
       away: (e) => this.#caAway(e),
       back: () => this.#caBack(),
+      // Held items are kept sealed as the history is (an encrypted key); an earlier run's end
+      // as this run's do.
+      unsentKey: { key: this.#id.historyKey(), seal: this.#id.keyEncrypted },
+      resume: (item) => this.#mailboxOutcome(item),
     };
   }
 

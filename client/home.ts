@@ -24,6 +24,8 @@
  *     outbox.json       0600  what we posted and wait a receipt for
  *     seen.json         0600  item ids we received (replays are dropped)
  *     held/             0700  items held back after a key change (CMS, still sealed)
+ *     unsent/           0700  items that wait for the CA service to answer, one 0600 file
+ *                             each, sealed when the key is encrypted (client/mailbox_unsent.ts)
  *   rooms/              0700  rooms we are in (client/rooms.ts), one ROOMID.json each (0600)
  * ```
  *
@@ -132,5 +134,9 @@ export class ClientHome {
   /** Items held back after a key change, still sealed, 0700. */
   get mailboxHeld(): string {
     return join(this.mailbox, "held");
+  }
+  /** Items that wait for the CA service to answer (client/mailbox_unsent.ts), 0700. */
+  get mailboxUnsent(): string {
+    return join(this.mailbox, "unsent");
   }
 }

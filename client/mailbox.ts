@@ -41,6 +41,7 @@ import {
 import { E2eError } from "../lib/errors.ts";
 import { MAX_TEXT_CHARS } from "../lib/frames.ts";
 import { ensurePrivateDir, writeFileAtomic } from "../lib/fs.ts";
+import { type UnsentItem, UnsentStore } from "./mailbox_unsent.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
 import type { CaClient, MailboxRecord } from "./ca_client.ts";
 import type { ClientHome } from "./home.ts";
@@ -105,6 +106,16 @@ export interface MailboxHost {
   away?: (error: unknown) => void;
   /** A look succeeded after failures. Default: none. */
   back?: () => void;
+  /**
+   * How items that wait for the CA service are kept on disk (client/mailbox_unsent.ts):
+   * history's key, and whether new files are sealed with it. Default: plain files.
+   */
+  unsentKey?: { key?: Uint8Array; seal?: boolean };
+  /**
+   * An item an earlier run kept for the CA service (it quit or crashed first): what hears how
+   * it ends, as `later` of {@linkcode MailboxClient.send} did. Default: nothing hears.
+   */
+  resume?: (item: Readonly<UnsentItem>) => (error?: unknown) => void;
 }
 
 /** A file that waits for the user: it came from a key first seen with it. */
@@ -128,17 +139,22 @@ interface OutboxEntry {
 }
 
 /**
- * An item whose post the CA service did not answer, kept (in memory) to be posted when it answers
- * again, after any held before it for the same recipient.
+ * An item whose post the CA service did not answer, kept (in HOME/mailbox/unsent/, durably) to be
+ * posted when it answers again, after any held before it for the same recipient; by this run or
+ * the next.
  */
 interface Unsent {
   to: string;
   kind: "message" | "file" | "room";
-  payload: Uint8Array;
+  payload?: Uint8Array;
   name?: string;
   id: string;
   /** The sealed item once its post was tried: posted again as it is, the same bytes. */
   der?: Uint8Array;
+  /** What the sender reports when it ends, kept with it. */
+  note?: Record<string, unknown>;
+  /** When it was first held, ISO 8601 (set once kept on disk). */
+  at?: string;
   /** Hears how it ended: posted (no error), or not (the error). */
   later: (error?: unknown) => void;
 }
@@ -172,6 +188,8 @@ export class MailboxClient {
   #timers = new Set<ReturnType<typeof setTimeout>>();
   #unsent: Unsent[] = [];
   #flushing?: Unsent; // the held item being posted now
+  #store!: UnsentStore;
+  #unreadable: string[] = []; // files of HOME/mailbox/unsent/ that could not be read
 
   private constructor(host: MailboxHost, home: ClientHome) {
     this.#host = host;
@@ -192,6 +210,17 @@ export class MailboxClient {
     const m = new MailboxClient(host, home);
     m.#outbox = await readRecord(home.mailboxOutbox, "items");
     m.#seen = await readRecord(home.mailboxSeen, "seen");
+    // What an earlier run could not post: it goes first, in order, once the CA service answers.
+    const { store, items, unreadable } = await UnsentStore.open(
+      home.mailboxUnsent,
+      home.mailbox,
+      host.unsentKey,
+    );
+    m.#store = store;
+    m.#unreadable = unreadable;
+    for (const item of items) {
+      m.#unsent.push({ ...item, later: host.resume?.(item) ?? (() => {}) });
+    }
     return m;
   }
 
@@ -203,6 +232,20 @@ export class MailboxClient {
     if (this.#running) return;
     this.#running = true;
     this.#reportExpired();
+    for (const file of this.#unreadable) {
+      this.#host.warning(`Cannot read a mailbox item that waits to be sent: "${file}"`);
+    }
+    // The recipient refuses an item sent more than MAX_ITEM_AGE_MS ago: one that waited a week
+    // ends here, not there.
+    for (const job of [...this.#unsent]) {
+      if (Date.now() - Date.parse(job.at ?? "") < MAX_ITEM_AGE_MS - 86_400_000) continue;
+      this.#settle(
+        job,
+        new E2eError("ERR_NETWORK", "it waited more than 7 days for the CA service to answer", {
+          hint: "send it again",
+        }),
+      ).catch(() => {});
+    }
     this.#offerHeld().catch((e) =>
       this.#host.warning(
         `Cannot read the files that wait for you: ${e instanceof Error ? e.message : e}`,
@@ -280,17 +323,17 @@ export class MailboxClient {
 
   /**
    * Stops the long poll (a request under way is left to finish). Items still held for the CA
-   * service end with an error: they were not sent.
+   * service stay on disk for the next start, which posts them; a warning says how many.
    */
   stop(): void {
+    if (this.#stopped.signal.aborted) return;
     this.#stopped.abort();
     for (const t of this.#timers) clearTimeout(t);
-    for (const job of this.#unsent.filter((u) => u !== this.#flushing)) {
-      this.#unsent.splice(this.#unsent.indexOf(job), 1);
-      job.later(
-        new E2eError("ERR_NETWORK", "the chat stopped before the CA service answered again", {
-          hint: "send it again",
-        }),
+    const n = this.#unsent.length;
+    if (n) {
+      this.#host.warning(
+        `${n === 1 ? "1 mailbox item is" : `${n} mailbox items are`} not sent yet: ` +
+          `the CA service did not answer. They are sent when the chat starts again and it answers`,
       );
     }
   }
@@ -324,20 +367,28 @@ export class MailboxClient {
 
   /**
    * Like {@linkcode post}, but an item the CA service did not answer for (`ERR_NETWORK`) is held,
-   * in memory, and posted when the service answers again, in order with the others for `to`,
-   * and so is one for a recipient that has items held: resolves `held: true` then, and `later`
-   * says how it ends. Arrives once all the same: the same sealed bytes are posted again, which the
-   * service keeps once (ca/mailbox.ts), and the recipient shows an item id once. Throws what
-   * {@linkcode post} throws otherwise.
+   * on disk (HOME/mailbox/unsent/, durably, before this resolves), and posted when the service
+   * answers again, in order with the others for `to`, and so is one for a recipient that has
+   * items held: resolves `held: true` then, and `later` says how it ends. Items still held when
+   * the chat stops are posted by its next start, and end in the `resume` of its host, with their
+   * `note`. Arrives once all the same: the same sealed bytes are posted again, which the service
+   * keeps once (ca/mailbox.ts), and the recipient shows an item id once. Throws what
+   * {@linkcode post} throws otherwise, and `ERR_QUOTA` when no more can be held
+   * (client/mailbox_unsent.ts).
    */
   async send(
     to: string,
     kind: "message" | "file" | "room",
     payload: Uint8Array,
-    options: { name?: string; id?: string; later: (error?: unknown) => void },
+    options: {
+      name?: string;
+      id?: string;
+      later: (error?: unknown) => void;
+      note?: Record<string, unknown>;
+    },
   ): Promise<SendOutcome> {
-    const { name, id = newItemId(), later } = options;
-    const job: Unsent = { to, kind, payload, name, id, later };
+    const { name, id = newItemId(), later, note } = options;
+    const job: Unsent = { to, kind, payload, name, id, later, note };
     // Behind items held for `to`, which go first if the service answers now.
     if (this.#unsent.some((u) => u.to === to)) await this.#flush();
     if (!this.#unsent.some((u) => u.to === to)) {
@@ -348,8 +399,24 @@ export class MailboxClient {
         if (!away(e) || this.#stopped.signal.aborted) throw e;
       }
     }
+    // On disk before the user hears it waits: a quit or a crash now does not lose it.
+    job.at = new Date().toISOString();
+    await this.#keep(job);
     this.#unsent.push(job);
     return { id: job.id, held: true };
+  }
+
+  // Writes `job` to HOME/mailbox/unsent/ (sealed once it is: only the bytes posted again).
+  async #keep(job: Unsent): Promise<void> {
+    await this.#store.keep({
+      to: job.to,
+      kind: job.kind,
+      id: job.id,
+      at: job.at!,
+      ...(job.name === undefined ? {} : { name: job.name }),
+      ...(job.der ? { der: job.der } : { payload: job.payload }),
+      ...(job.note === undefined ? {} : { note: job.note }),
+    });
   }
 
   // Posts the held items in order while the CA service answers; one refused for good is reported
@@ -367,15 +434,17 @@ export class MailboxClient {
       } finally {
         this.#flushing = undefined;
       }
-      this.#settle(job, error);
+      await this.#settle(job, error);
     }
   }
 
-  // A held item is done: posted (or its receipt came), or refused; said once.
-  #settle(job: Unsent, error?: unknown): void {
+  // A held item is done: posted (or its receipt came), or refused; said once, after it left the
+  // disk (a next start must not post it, nor say it again).
+  async #settle(job: Unsent, error?: unknown): Promise<void> {
     const i = this.#unsent.indexOf(job);
     if (i < 0) return;
     this.#unsent.splice(i, 1);
+    await this.#store.drop(job.id);
     job.later(error);
   }
 
@@ -400,9 +469,15 @@ export class MailboxClient {
         to,
         kind,
         sent: new Date(),
-        payload: job.payload,
+        payload: job.payload!,
         ...(job.name === undefined ? {} : { name: job.name }),
       }, cert.pem);
+      // Held on disk: the sealed bytes are kept before they are posted, so that a next start
+      // posts these again (which the service keeps once), not a second sealing of the item.
+      if (job.at) {
+        await this.#keep(job);
+        job.payload = undefined;
+      }
     }
     const der = job.der;
     // A room's message needs no receipt: the room shows it, and its sequence number says what
@@ -615,7 +690,7 @@ export class MailboxClient {
             delete this.#outbox[id];
             // Held after a post that got no answer, yet it arrived: it was posted.
             const held = this.#unsent.find((u) => u.id === id);
-            if (held) this.#settle(held);
+            if (held) await this.#settle(held);
             host.delivered(item.from, id);
           }
           await this.#saveOutbox();

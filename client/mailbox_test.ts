@@ -10,7 +10,6 @@ import type { MailboxRecord } from "./ca_client.ts";
 import { ClientHome } from "./home.ts";
 import { waitUntil } from "../tests/_harness.ts";
 import { E2eError } from "../lib/errors.ts";
-import { e2eError } from "../lib/_test_util.ts";
 import {
   MailboxClient,
   type MailboxHost,
@@ -18,6 +17,7 @@ import {
   MAX_ITEM_AGE_MS,
 } from "./mailbox.ts";
 import type { KeyState } from "./trust.ts";
+import type { UnsentItem } from "./mailbox_unsent.ts";
 
 // The real openssl and real certificates; only the CA's HTTP transport is kept in memory.
 
@@ -110,6 +110,13 @@ class Client {
   pins = new Map<string, string>();
   /** Every file waits for the user (as over `--auto-accept`), not only one from a new key. */
   askAll = false;
+  /** Items an earlier run kept for the service, as the load handed them over; how each ended. */
+  resumed: UnsentItem[] = [];
+  ended: Array<[string, unknown]> = [];
+  /** How held items are kept on disk (sealed when the key is encrypted). */
+  unsentKey?: { key?: Uint8Array; seal?: boolean };
+  /** The directory does not answer (the CA service down before the item could be sealed). */
+  directoryDown = false;
   mailbox!: MailboxClient;
   readonly me: Member;
   readonly home: ClientHome;
@@ -132,7 +139,10 @@ class Client {
       key: () => ({ path: this.me.keyPath }),
       certificate: () => this.me.cert,
       caCertificate: ca.certificate.pem,
-      directory: (name) => Promise.resolve(parseCertificate(members.get(name)!.cert)),
+      directory: (name) =>
+        this.directoryDown
+          ? Promise.reject(new E2eError("ERR_NETWORK", "Cannot reach the CA service"))
+          : Promise.resolve(parseCertificate(members.get(name)!.cert)),
       checkSigner: (pem, name) =>
         Promise.resolve(checkPeer(pemDecode(pem, "CERTIFICATE"), anchor, { name })),
       fresh: () => Promise.resolve(),
@@ -149,6 +159,11 @@ class Client {
       askFirst: (_from, _bytes, state) => this.askAll || state === "new",
       offer: (from, offer) => this.offers.push({ from, ...offer }),
       warning: (message) => this.warnings.push(message),
+      unsentKey: this.unsentKey,
+      resume: (item) => {
+        this.resumed.push(item);
+        return (e) => this.ended.push([item.id, e]);
+      },
     };
     this.mailbox = await MailboxClient.load(host, this.home);
     return this;
@@ -158,6 +173,7 @@ class Client {
   async restart(): Promise<Client> {
     const next = new Client(this.me.name, this.service, this.home.root);
     next.pins = this.pins;
+    next.unsentKey = this.unsentKey;
     return await next.load();
   }
 }
@@ -425,19 +441,85 @@ Deno.test("MailboxClient.send(): a held item whose post arrived though its answe
   assert.equal(service.posts.filter((p) => p.from === "alice").length, 1);
 });
 
-Deno.test("MailboxClient.send(): an item still held when the mailbox stops ends not sent, with the error", async () => {
-  const { service, alice } = await world();
+Deno.test("MailboxClient.send(): an item still held when the mailbox stops stays on disk, and the next start posts it first, once, as the same bytes, and ends it through resume", async () => {
+  const { service, alice, bob } = await world();
   const ended: unknown[] = [];
-  service.failPosts = 1;
-  const { held } = await alice.mailbox.send("bob", "message", text("not sent"), {
+  service.loseAnswers = 1; // stored, but its answer lost: a next start must post the same bytes
+  const { id, held } = await alice.mailbox.send("bob", "message", text("kept"), {
     later: (e) => ended.push(e),
+    note: { text: "kept" },
   });
   assert.equal(held, true);
+  // On disk before send() resolved: one 0600 file in a 0700 folder.
+  const files = [...Deno.readDirSync(alice.home.mailboxUnsent)].map((e) => e.name);
+  assert.deepEqual(files, ["0000000001.json"]);
+  assert.equal(Deno.statSync(alice.home.mailboxUnsent).mode! & 0o777, 0o700);
+  assert.equal(Deno.statSync(join(alice.home.mailboxUnsent, files[0])).mode! & 0o777, 0o600);
   alice.mailbox.stop();
-  assert.equal(ended.length, 1);
-  assert.ok(
-    e2eError("ERR_NETWORK", "the chat stopped before the CA service answered again")(ended[0]),
+  assert.deepEqual(ended, []); // not ended: the next start sends it
+  assert.deepEqual(alice.warnings, [
+    "1 mailbox item is not sent yet: the CA service did not answer. " +
+    "They are sent when the chat starts again and it answers",
+  ]);
+  // The next start holds it, first, before a newer item for bob.
+  const again = await alice.restart();
+  assert.deepEqual(again.resumed.map((i) => [i.id, i.to, i.kind, i.note]), [
+    [id, "bob", "message", { text: "kept" }],
+  ]);
+  assert.equal(again.mailbox.held, 1);
+  const next = await again.mailbox.send("bob", "message", text("newer"), { later: () => {} });
+  assert.equal(next.held, false);
+  assert.deepEqual(again.ended, [[id, undefined]]);
+  assert.equal(again.mailbox.held, 0);
+  assert.deepEqual([...Deno.readDirSync(alice.home.mailboxUnsent)], []);
+  const mine = service.posts.filter((p) => p.from === "alice");
+  assert.equal(mine.length, 3);
+  assert.deepEqual(mine[1].der, mine[0].der);
+  await bob.mailbox.check();
+  assert.deepEqual(bob.shown.map((i) => new TextDecoder().decode(i.payload)), ["kept", "newer"]);
+  // A third start has nothing left to post.
+  const third = await alice.restart();
+  assert.deepEqual(third.resumed, []);
+});
+
+Deno.test("MailboxClient.send(): an item held before it could be sealed is sealed and posted by the next start, and with an encrypted key its file shows neither recipient, id nor text", async () => {
+  const service = new MemoryService();
+  const alice = new Client("alice", service);
+  alice.unsentKey = { key: crypto.getRandomValues(new Uint8Array(32)), seal: true };
+  await alice.load();
+  const bob = await new Client("bob", service).load();
+  alice.directoryDown = true;
+  const { id, held } = await alice.mailbox.send("bob", "message", text("secret words"), {
+    later: () => {},
+    note: { text: "secret words" },
+  });
+  assert.equal(held, true);
+  const [file] = [...Deno.readDirSync(alice.home.mailboxUnsent)].map((e) =>
+    join(alice.home.mailboxUnsent, e.name)
   );
-  assert.equal(alice.mailbox.held, 0);
-  assert.equal(service.posts.length, 0);
+  const disk = Deno.readTextFileSync(file);
+  for (const secret of ["bob", id, "secret", btoa("secret words")]) {
+    assert.ok(!disk.includes(secret), `the file shows ${secret}: ${disk}`);
+  }
+  alice.mailbox.stop();
+  const again = await alice.restart();
+  assert.deepEqual(again.resumed.map((i) => [i.note, Boolean(i.payload), Boolean(i.der)]), [
+    [{ text: "secret words" }, true, false],
+  ]);
+  await again.mailbox.send("bob", "message", text("after"), { later: () => {} });
+  assert.deepEqual(again.ended, [[id, undefined]]);
+  await bob.mailbox.check();
+  assert.deepEqual(bob.shown.map((i) => new TextDecoder().decode(i.payload)), [
+    "secret words",
+    "after",
+  ]);
+  // Without the key, the file cannot be read: it is named, not posted.
+  const keyless = new Client("alice", service, join(dir, `alice-keyless-${crypto.randomUUID()}`));
+  Deno.mkdirSync(keyless.home.mailboxUnsent, { recursive: true });
+  Deno.writeTextFileSync(join(keyless.home.mailboxUnsent, "0000000001.json"), disk);
+  await keyless.load();
+  keyless.mailbox.start();
+  keyless.mailbox.stop();
+  assert.equal(keyless.mailbox.held, 0);
+  assert.ok(keyless.warnings.some((w) => w.startsWith("Cannot read a mailbox item that waits")));
 });

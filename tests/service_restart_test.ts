@@ -376,3 +376,95 @@ Deno.test("a mailbox post stored by the service whose answer was lost waits, is 
     }
   });
 });
+
+Deno.test("a mailbox message posted while the service is down survives the chat's quit: the next start posts it once the service answers, and it arrives exactly once", async () => {
+  await withWorld(async (world) => {
+    const [aliceUser, bobUser] = await world.join("alice", "bob");
+    const alice = await world.chat(aliceUser);
+    const { home, port } = world.service;
+    world.service.proc.kill("SIGKILL");
+    await world.service.proc.status;
+    await alice.send("/msg bob kept across a quit");
+    const waits = await alice.expect((e) =>
+      e.type === "warning" && / is not sent yet: /.test(String(e.message))
+    );
+    const id = /^Message ([0-9a-f]{32}) to "bob"/.exec(String(waits.message))?.[1];
+    await alice.stop();
+    // Not "was not sent … send it again": it waits on disk for the next start.
+    assert.ok(
+      alice.events.some((e) =>
+        e.type === "warning" && /^1 mailbox item is not sent yet: /.test(String(e.message))
+      ),
+      alice.describe(),
+    );
+    assert.equal(alice.events.filter((e) => e.type === "queued").length, 0);
+    assert.equal(
+      [...Deno.readDirSync(join(aliceUser.home, "mailbox", "unsent"))].length,
+      1,
+      "one item waits in alice's home",
+    );
+    world.service = await startService(home, {
+      args: ["--port", String(port), "--crl-port", String(world.crlPort)],
+    });
+    const again = await world.chat(aliceUser);
+    await again.expect({ type: "queued", to: "bob", id }, RECOVERY_MS);
+    const bob = await world.chat(bobUser);
+    await bob.expect({ type: "message", from: "alice", text: "kept across a quit" }, RECOVERY_MS);
+    await again.expect({ type: "delivered", to: "bob", id }, RECOVERY_MS);
+    await bob.expectNone(bob.mark(), { type: "message" }, 2_000);
+    assert.equal(bob.count("message"), 1);
+    assert.equal(again.count("queued"), 1);
+    assert.deepEqual([...Deno.readDirSync(join(aliceUser.home, "mailbox", "unsent"))], []);
+    assertCalm([bob]);
+  });
+});
+
+Deno.test("a mailbox post stored by the service whose answer was lost, then the chat quit, is posted again by the next start and kept and shown once", async () => {
+  await withWorld(async (world) => {
+    const [aliceUser, bobUser] = await world.join("alice", "bob");
+    const stored = () => {
+      try {
+        return [...Deno.readDirSync(join(world.service.caDir, "mailbox", "bob"))]
+          .filter((e) => e.name.endsWith(".json")).length;
+      } catch {
+        return 0; // no item for bob yet
+      }
+    };
+    let armed = false;
+    const cutter = await TcpRelay.start(world.service.port, {
+      after: () => armed && stored() > 0,
+    });
+    try {
+      assertSuccess(
+        await runClient(aliceUser.home, ["move-ca", `127.0.0.1:${cutter.port}`]),
+        "client move-ca to the relay",
+      );
+      const alice = await world.chat(aliceUser);
+      armed = true;
+      cutter.mode = "drop";
+      await alice.send("/msg bob stored, answer lost");
+      const waits = await alice.expect((e) =>
+        e.type === "warning" && / is not sent yet: /.test(String(e.message))
+      );
+      const id = /^Message ([0-9a-f]{32}) /.exec(String(waits.message))?.[1];
+      assert.equal(stored(), 1);
+      await alice.stop();
+      cutter.mode = "pass";
+      const again = await world.chat(aliceUser);
+      await again.expect({ type: "queued", to: "bob", id }, RECOVERY_MS);
+      // The same bytes again: the service kept one copy.
+      assert.equal(stored(), 1);
+      const bob = await world.chat(bobUser);
+      await bob.expect(
+        { type: "message", from: "alice", text: "stored, answer lost" },
+        RECOVERY_MS,
+      );
+      await again.expect({ type: "delivered", to: "bob", id }, RECOVERY_MS);
+      await bob.expectNone(bob.mark(), { type: "message" }, 2_000);
+      assert.equal(bob.count("message"), 1);
+      assertCalm([bob]);
+    } finally {
+      await cutter.close();
+    }
+  });
+});

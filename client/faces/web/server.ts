@@ -199,8 +199,9 @@ export class WebServer {
     });
     this.#unsubscribe = chat.on((e) => {
       const out = this.#outgoing(e);
-      // A page that connects later still sees the recent warnings (in its snapshot).
-      if (out.type === "warning") this.#keepNotice(out.message);
+      // A page that connects later still sees the recent warnings (in its snapshot), and that
+      // the CA service answers again after them (else a page opened then shows only the outage).
+      if (out.type === "warning" || out.type === "ca_back") this.#keepNotice(out.message);
       this.#broadcast(out);
     });
     this.#heartbeat = setInterval(() => this.#broadcast({ type: "alive" }), HEARTBEAT_MS);

@@ -7,6 +7,7 @@ import { WebServer } from "./server.ts";
 /** Just enough of a chat core for the server: sendFile records what it was given. */
 function fakeChat(root: string, downloads: string) {
   const sent: Array<{ to: string; name: string; bytes: string; dirMode: number }> = [];
+  const listeners: Array<(e: unknown) => void> = [];
   const chat = {
     name: "alice",
     listen: "127.0.0.1:1",
@@ -18,7 +19,10 @@ function fakeChat(root: string, downloads: string) {
       caUrl: "https://127.0.0.1:2",
       caFingerprint: "cc",
     },
-    on: () => () => {},
+    on: (listener: (e: unknown) => void) => {
+      listeners.push(listener);
+      return () => {};
+    },
     peers: () => [],
     invitations: () => [],
     offers: () => [],
@@ -36,7 +40,8 @@ function fakeChat(root: string, downloads: string) {
       return "f1";
     },
   };
-  return { chat: chat as unknown as Chat, sent };
+  const emit = (e: Record<string, unknown>) => listeners.forEach((l) => l(e));
+  return { chat: chat as unknown as Chat, sent, emit };
 }
 
 /** One HTTP/1.1 request with exactly these header lines (fetch cannot set Host). */
@@ -75,16 +80,21 @@ async function raw(
 async function withServer(
   fn: (
     web: WebServer,
-    ctx: { root: string; downloads: string; sent: ReturnType<typeof fakeChat>["sent"] },
+    ctx: {
+      root: string;
+      downloads: string;
+      sent: ReturnType<typeof fakeChat>["sent"];
+      emit: ReturnType<typeof fakeChat>["emit"];
+    },
   ) => Promise<void>,
 ): Promise<void> {
   const root = await Deno.makeTempDir({ prefix: "e2e-chat-web-unit-" });
   const downloads = join(root, "downloads");
   await Deno.mkdir(downloads);
-  const { chat, sent } = fakeChat(root, downloads);
+  const { chat, sent, emit } = fakeChat(root, downloads);
   const web = await WebServer.start(chat);
   try {
-    await fn(web, { root, downloads, sent });
+    await fn(web, { root, downloads, sent, emit });
   } finally {
     await web.stop();
     await Deno.remove(root, { recursive: true });
@@ -129,6 +139,37 @@ function operate(
     });
   });
 }
+
+/** The snapshot a page gets when its WebSocket opens. */
+function snapshot(
+  web: WebServer,
+  s: { cookie: string; key: string },
+): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const ws = new WsClient(`ws://127.0.0.1:${web.port}/ws`, ["e2e-chat", `key.${s.key}`], {
+      headers: { Cookie: s.cookie.slice("Cookie: ".length) },
+      origin: `http://127.0.0.1:${web.port}`,
+    });
+    ws.on("error", reject);
+    ws.on("message", (data: Uint8Array) => {
+      const m = JSON.parse(new TextDecoder().decode(data));
+      if (m.type !== "snapshot") return;
+      ws.close();
+      resolve(m);
+    });
+  });
+}
+
+Deno.test("a page opened after an outage of the CA service sees in its snapshot both the warning and that the service answers again", async () => {
+  await withServer(async (web, { emit }) => {
+    const away = "Cannot check the mailbox: The CA service at https://127.0.0.1:2 did not answer";
+    const back = "The CA service answers again (after 12 s without an answer)";
+    emit({ type: "warning", message: away });
+    emit({ type: "ca_back", since: new Date().toISOString(), message: back });
+    const { notices } = await snapshot(web, await session(web));
+    assert.deepEqual(notices, [away, back]);
+  });
+});
 
 Deno.test("WebServer answers 421 to a foreign Host and 401 without a session, even with the token", async () => {
   await withServer(async (web) => {

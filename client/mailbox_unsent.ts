@@ -1,0 +1,250 @@
+/**
+ * Mailbox items that wait for the CA service to answer, on disk: HOME/mailbox/unsent/ (0700),
+ * one 0600 file per item, named by a sequence number (`0000000001.json`), so that they survive
+ * the chat's quit or crash and are posted, in order, by the next start (client/mailbox.ts).
+ *
+ * A file is one JSON object: `{"v":1,"to":…,"kind":…,"id":…,"at":…}` with `der` (the sealed
+ * item, base64: posted again as it is, the same bytes) once it was sealed, else `payload` (what
+ * is to be sealed, base64), and `name` (a file's) and `note` (what the chat reports when it
+ * ends) when given. When the client's key is encrypted, the whole object is sealed as history's
+ * lines are (client/history.ts): `{"v":1,"e":"<base64 nonce‖ciphertext‖tag>"}`, AES-256-GCM
+ * under a key derived from history's, so the recipient's name, the id and the text are no more
+ * readable than the conversation. The file name tells only the order.
+ *
+ * @module
+ */
+import { Buffer } from "node:buffer";
+import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from "node:crypto";
+import { join } from "node:path";
+import { E2eError } from "../lib/errors.ts";
+import { ensurePrivateDir, syncDir, writeFileAtomic } from "../lib/fs.ts";
+
+/** Items that wait for the CA service at most: one more is refused. */
+export const MAX_UNSENT_ITEMS = 100;
+/** Bytes (sealed items, or payloads not sealed yet) that wait for the CA service at most. */
+export const MAX_UNSENT_BYTES = 32 * 1024 * 1024;
+
+/** An item that waits for the CA service, as it is kept. */
+export interface UnsentItem {
+  /** The recipient. */
+  to: string;
+  /** What it is. */
+  kind: "message" | "file" | "room";
+  /** The item id. */
+  id: string;
+  /** When it was first kept, ISO 8601. */
+  at: string;
+  /** A file's name. */
+  name?: string;
+  /** The sealed item, once it was sealed. */
+  der?: Uint8Array;
+  /** What is to be sealed (dropped once `der` is there). */
+  payload?: Uint8Array;
+  /** What the chat reports when it ends (the text of a message, a file's path and digest). */
+  note?: Record<string, unknown>;
+}
+
+/** Options of {@linkcode UnsentStore.open}. */
+export interface UnsentStoreOptions {
+  /**
+   * History's 32-byte key (client/identity.ts historyKey): sealed files are read with a key
+   * derived from it, and new files sealed unless `seal` is false. Default: none (plain files).
+   */
+  key?: Uint8Array;
+  /** Seal new files. Default: true when there is a key. */
+  seal?: boolean;
+  /** Items at most. Default: {@linkcode MAX_UNSENT_ITEMS}. */
+  maxItems?: number;
+  /** Bytes at most. Default: {@linkcode MAX_UNSENT_BYTES}. */
+  maxBytes?: number;
+}
+
+const AAD = Buffer.from("e2e-chat mailbox unsent v1");
+const NONCE_BYTES = 12;
+const TAG_BYTES = 16;
+const NAME = /^\d{10}\.json$/;
+
+/** The unsent items of one home, in the order they were kept. */
+export class UnsentStore {
+  #dir: string;
+  #parent: string;
+  #key?: Uint8Array;
+  #seal: boolean;
+  #maxItems: number;
+  #maxBytes: number;
+  #seq = 0;
+  #files = new Map<string, { file: string; bytes: number }>(); // by item id
+
+  private constructor(dir: string, parent: string, options: UnsentStoreOptions) {
+    this.#dir = dir;
+    this.#parent = parent;
+    // Its own key: history's key never seals anything but history.
+    this.#key = options.key && new Uint8Array(
+      hkdfSync("sha256", options.key, new Uint8Array(0), "e2e-chat mailbox unsent v1", 32),
+    );
+    this.#seal = Boolean(this.#key) && (options.seal ?? true);
+    this.#maxItems = options.maxItems ?? MAX_UNSENT_ITEMS;
+    this.#maxBytes = options.maxBytes ?? MAX_UNSENT_BYTES;
+  }
+
+  /**
+   * Opens the store in `dir` (created, inside `parent`, on the first {@linkcode keep}) and reads
+   * what it holds, oldest first. A file that cannot be read is named in `unreadable` and left.
+   *
+   * @example
+   * ```ts
+   * import { UnsentStore } from "./mailbox_unsent.ts";
+   * const { store, items } = await UnsentStore.open("/tmp/alice/mailbox/unsent", "/tmp/alice/mailbox");
+   * await store.keep({ to: "bob", kind: "message", id: "1", at: new Date().toISOString(), payload: new Uint8Array([104, 105]) });
+   * console.log(items.length, store.size); // 0 1
+   * ```
+   */
+  static async open(
+    dir: string,
+    parent: string,
+    options: UnsentStoreOptions = {},
+  ): Promise<{ store: UnsentStore; items: UnsentItem[]; unreadable: string[] }> {
+    const store = new UnsentStore(dir, parent, options);
+    const items: UnsentItem[] = [];
+    const unreadable: string[] = [];
+    let names: string[] = [];
+    try {
+      names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => NAME.test(n)).sort();
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) {
+        throw new E2eError("ERR_FILE", `Cannot read "${dir}"`, { cause: e });
+      }
+    }
+    for (const name of names) {
+      const file = join(dir, name);
+      store.#seq = Math.max(store.#seq, Number(name.slice(0, 10)));
+      const item = store.#decode(await Deno.readTextFile(file).catch(() => ""));
+      if (!item || store.#files.has(item.id)) {
+        unreadable.push(file);
+        continue;
+      }
+      store.#files.set(item.id, { file, bytes: weight(item) });
+      items.push(item);
+    }
+    return { store, items, unreadable };
+  }
+
+  /** How many items it holds. */
+  get size(): number {
+    return this.#files.size;
+  }
+
+  /**
+   * Keeps `item` (or replaces its earlier copy, in its place), durably: on disk, name and all,
+   * before it resolves. Throws `ERR_QUOTA` when a new item would pass the limits.
+   */
+  async keep(item: UnsentItem): Promise<void> {
+    const before = this.#files.get(item.id);
+    const bytes = weight(item);
+    if (!before) {
+      if (this.#files.size >= this.#maxItems) {
+        throw new E2eError(
+          "ERR_QUOTA",
+          `${this.#files.size} items already wait for the CA service to answer, at most ${this.#maxItems}`,
+          { hint: "send it again when the CA service answers" },
+        );
+      }
+      let total = bytes;
+      for (const f of this.#files.values()) total += f.bytes;
+      if (total > this.#maxBytes) {
+        throw new E2eError(
+          "ERR_QUOTA",
+          `the items that wait for the CA service to answer would take ${total} bytes, at most ${this.#maxBytes}`,
+          { hint: "send it again when the CA service answers" },
+        );
+      }
+    }
+    await ensurePrivateDir(this.#parent, { durable: true });
+    await ensurePrivateDir(this.#dir, { durable: true });
+    const file = before?.file ?? join(this.#dir, `${String(++this.#seq).padStart(10, "0")}.json`);
+    await writeFileAtomic(file, this.#encode(item), { mode: 0o600, syncDir: true });
+    this.#files.set(item.id, { file, bytes });
+  }
+
+  /** Forgets the item `id`, durably (a next start must not post it again). */
+  async drop(id: string): Promise<void> {
+    const f = this.#files.get(id);
+    if (!f) return;
+    this.#files.delete(id);
+    await Deno.remove(f.file).catch(() => {});
+    await syncDir(this.#dir).catch(() => {});
+  }
+
+  #encode(item: UnsentItem): string {
+    const plain = JSON.stringify({
+      v: 1,
+      to: item.to,
+      kind: item.kind,
+      id: item.id,
+      at: item.at,
+      ...(item.name === undefined ? {} : { name: item.name }),
+      ...(item.der ? { der: b64(item.der) } : item.payload ? { payload: b64(item.payload) } : {}),
+      ...(item.note === undefined ? {} : { note: item.note }),
+    });
+    if (!this.#seal || !this.#key) return plain + "\n";
+    const nonce = randomBytes(NONCE_BYTES);
+    const cipher = createCipheriv("aes-256-gcm", this.#key, nonce);
+    cipher.setAAD(AAD);
+    const body = Buffer.concat([cipher.update(plain, "utf8"), cipher.final()]);
+    return JSON.stringify({ v: 1, e: b64(Buffer.concat([nonce, body, cipher.getAuthTag()])) }) +
+      "\n";
+  }
+
+  #decode(text: string): UnsentItem | undefined {
+    try {
+      let o = JSON.parse(text);
+      if (typeof o?.e === "string") {
+        if (!this.#key) return undefined;
+        const bytes = Buffer.from(o.e, "base64");
+        if (bytes.length < NONCE_BYTES + TAG_BYTES) return undefined;
+        const d = createDecipheriv("aes-256-gcm", this.#key, bytes.subarray(0, NONCE_BYTES));
+        d.setAAD(AAD);
+        d.setAuthTag(bytes.subarray(bytes.length - TAG_BYTES));
+        o = JSON.parse(
+          Buffer.concat([
+            d.update(bytes.subarray(NONCE_BYTES, bytes.length - TAG_BYTES)),
+            d.final(),
+          ])
+            .toString("utf8"),
+        );
+      }
+      const kinds = ["message", "file", "room"];
+      if (
+        o?.v !== 1 || typeof o.to !== "string" || !kinds.includes(o.kind) ||
+        typeof o.id !== "string" || typeof o.at !== "string" ||
+        (o.name !== undefined && typeof o.name !== "string") ||
+        (typeof o.der !== "string" && typeof o.payload !== "string") ||
+        (o.note !== undefined && (typeof o.note !== "object" || o.note === null))
+      ) return undefined;
+      return {
+        to: o.to,
+        kind: o.kind,
+        id: o.id,
+        at: o.at,
+        ...(o.name === undefined ? {} : { name: o.name }),
+        ...(typeof o.der === "string" ? { der: unb64(o.der) } : { payload: unb64(o.payload) }),
+        ...(o.note === undefined ? {} : { note: o.note }),
+      };
+    } catch {
+      return undefined;
+    }
+  }
+}
+
+// What an item counts against the byte limit.
+function weight(item: UnsentItem): number {
+  return (item.der ?? item.payload)?.length ?? 0;
+}
+
+function b64(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString("base64");
+}
+
+function unb64(text: string): Uint8Array {
+  return new Uint8Array(Buffer.from(text, "base64"));
+}

@@ -1,0 +1,79 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { e2eError } from "../lib/_test_util.ts";
+import { withTempDir } from "../tests/_helpers.ts";
+import { type UnsentItem, UnsentStore } from "./mailbox_unsent.ts";
+
+const bytes = (n: number, fill = 7) => new Uint8Array(n).fill(fill);
+
+function item(id: string, more: Partial<UnsentItem> = {}): UnsentItem {
+  return { to: "bob", kind: "message", id, at: "2026-01-02T03:04:05.000Z", ...more };
+}
+
+Deno.test("UnsentStore keeps items across an open, in the order kept, each as it was last kept, plain or sealed", async () => {
+  for (const options of [{}, { key: bytes(32, 1) }]) {
+    await withTempDir(async (home) => {
+      const dir = join(home, "mailbox", "unsent");
+      const { store } = await UnsentStore.open(dir, join(home, "mailbox"), options);
+      const one = item("one", { payload: bytes(3), note: { text: "hi" } });
+      const two = item("two", { kind: "file", name: "a.txt", der: bytes(5), note: { bytes: 3 } });
+      const three = item("three", { kind: "room", payload: bytes(2) });
+      for (const i of [one, two, three]) await store.keep(i);
+      // Sealed later: kept in its place, the sealed bytes instead of the payload.
+      const sealed = { ...one, payload: undefined, der: bytes(9, 9) };
+      await store.keep(sealed);
+      await store.drop("three");
+      assert.equal(store.size, 2);
+      const { items, unreadable } = await UnsentStore.open(dir, join(home, "mailbox"), options);
+      assert.deepEqual(unreadable, []);
+      const { payload: _, ...expected } = sealed;
+      assert.deepEqual(items, [expected, two]);
+      assert.equal(Deno.statSync(dir).mode! & 0o777, 0o700);
+      for (const e of Deno.readDirSync(dir)) {
+        assert.match(e.name, /^\d{10}\.json$/);
+        assert.equal(Deno.statSync(join(dir, e.name)).mode! & 0o777, 0o600);
+        const text = Deno.readTextFileSync(join(dir, e.name));
+        assert.equal(text.includes("bob"), !("key" in options), text);
+      }
+    });
+  }
+});
+
+Deno.test("UnsentStore refuses one more item past its count or its bytes with ERR_QUOTA, and takes it again once one went", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "unsent");
+    const { store } = await UnsentStore.open(dir, home, { maxItems: 2, maxBytes: 100 });
+    await store.keep(item("a", { payload: bytes(40) }));
+    await assert.rejects(store.keep(item("b", { payload: bytes(61) })), (e) => {
+      e2eError(
+        "ERR_QUOTA",
+        "the items that wait for the CA service to answer would take 101 bytes, at most 100",
+      )(e);
+      assert.equal((e as { hint?: string }).hint, "send it again when the CA service answers");
+      return true;
+    });
+    await store.keep(item("b", { payload: bytes(60) }));
+    await assert.rejects(
+      store.keep(item("c", { payload: bytes(1) })),
+      e2eError("ERR_QUOTA", "2 items already wait for the CA service to answer, at most 2"),
+    );
+    assert.equal([...Deno.readDirSync(dir)].length, 2);
+    await store.drop("a");
+    await store.keep(item("c", { payload: bytes(1) }));
+    const { items } = await UnsentStore.open(dir, home);
+    assert.deepEqual(items.map((i) => i.id), ["b", "c"]);
+  });
+});
+
+Deno.test("UnsentStore names a file it cannot read (torn, foreign, sealed under another key) and leaves it", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "unsent");
+    const { store } = await UnsentStore.open(dir, home, { key: bytes(32, 1) });
+    await store.keep(item("sealed", { payload: bytes(3) }));
+    Deno.writeTextFileSync(join(dir, "0000000002.json"), '{"v":1,"to":"bob"');
+    const { items, unreadable } = await UnsentStore.open(dir, home, { key: bytes(32, 2) });
+    assert.deepEqual(items, []);
+    assert.deepEqual(unreadable, [join(dir, "0000000001.json"), join(dir, "0000000002.json")]);
+    assert.equal([...Deno.readDirSync(dir)].length, 2);
+  });
+});
