@@ -223,6 +223,7 @@ export class PeerConnection {
   #incoming = new Map<string, IncomingFile>();
   #releases = new Map<string, () => void>(); // quota given back if an incoming file fails
   #offers = new Map<string, FileOffer>(); // offered to us, waiting for the user
+  #starting = new Set<string>(); // accepted, its partial file being made (not in #incoming yet)
   #incomingRooms = new Map<string, string>(); // the room of a file being received
   #sendingRoom?: string; // the room of the file being sent (one at a time)
   #outgoing = new Map<string, Outgoing>(); // offered by us, waiting for an accept
@@ -863,7 +864,12 @@ export class PeerConnection {
             "Files are refused until your changed key is trusted",
           );
         }
-        if (this.#incoming.has(frame.id) || this.#offers.has(frame.id)) {
+        // Accepted and still opening its partial file counts too: a second offer taken then
+        // would take the id's place, its first partial file and quota never given back.
+        if (
+          this.#incoming.has(frame.id) || this.#offers.has(frame.id) ||
+          this.#starting.has(frame.id)
+        ) {
           throw malformed("a file id used twice");
         }
         const offering = this.#peerFeatures.has(FEATURE_OFFER);
@@ -1134,6 +1140,7 @@ export class PeerConnection {
       return why;
     }
     const release = taken as () => void;
+    this.#starting.add(offer.id);
     try {
       const file = await IncomingFile.start(
         this.#options.downloads,
@@ -1156,6 +1163,8 @@ export class PeerConnection {
     } catch (e) {
       release();
       throw e;
+    } finally {
+      this.#starting.delete(offer.id);
     }
     if (offering) this.#write({ type: "accept", id: offer.id });
     this.#watch();

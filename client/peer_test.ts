@@ -1053,3 +1053,44 @@ Deno.test("PeerConnection stops waiting for a file its sender withdrew after we 
     alice.close();
   });
 });
+
+Deno.test("PeerConnection refuses a second offer with the id of one being accepted (its partial file still opening): error frame, nothing left behind, the quota given back", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const taken: FileOffer[] = [];
+    const downloads = join(dir, "alice-downloads");
+    const accepting: Array<Promise<unknown>> = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads,
+      // The user accepts every offer the moment it is shown.
+      events: {
+        ...recorder(aliceSeen),
+        offer: (peer, offer) => {
+          aliceSeen.push(["offer", offer.id]);
+          accepting.push(peer.acceptOffer(offer.id).catch((e) => e));
+        },
+      },
+      files: asking(taken),
+    });
+    alice.start();
+    const wire = wireReader(rawBob);
+    // Both offers in one read: the second is handled while the accept of the first waits for
+    // its partial file to be made.
+    const offer = { type: "file", id: "f1", name: "a.bin", size: 10, sha256: "0".repeat(64) };
+    rawBob.write(
+      encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }) +
+        encodeFrame(offer as Frame) + encodeFrame(offer as Frame),
+    );
+    await until("closed", aliceSeen, (s) => s.some((e) => e[0] === "closed"));
+    await Promise.all(accepting);
+    assert.deepEqual(await Array.fromAsync(Deno.readDir(downloads)), [], "a partial file was left");
+    assert.deepEqual(taken, [], "the quota it took was not given back");
+    assert.deepEqual(aliceSeen.filter((e) => e[0] === "offer"), [["offer", "f1"]]);
+    assert.ok(
+      wire.frames.some((f) =>
+        f.type === "error" && f.message === "Malformed frame: a file id used twice"
+      ),
+      JSON.stringify(wire.frames),
+    );
+  });
+});
