@@ -995,6 +995,10 @@ export class PeerConnection {
             reason: e instanceof Error ? e.message : String(e),
             direction: "in",
           });
+          // Our disk's trouble (it names our folder) is for our user; the peer hears less.
+          if (e instanceof E2eError && e.code === "ERR_FILE") {
+            throw new E2eError("ERR_FILE", "The receiver could not keep the file");
+          }
           throw e;
         }
         return;
