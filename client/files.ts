@@ -192,7 +192,7 @@ export class IncomingFile {
         await Deno.remove(this.#partial).catch(() => {});
         throw new E2eError(
           "ERR_FILE",
-          `Cannot keep "${name}" in "${this.#dir}": ${e instanceof Error ? e.message : e}`,
+          `Cannot keep "${name}" in "${this.#dir}": ${systemReason(e)}`,
           { hint: KEEP_HINT, cause: e },
         );
       }
@@ -271,6 +271,12 @@ async function placeNew(from: string, to: string, link: Link): Promise<boolean> 
     throw e;
   }
   return true;
+}
+
+// The system's words for `e`, without the call and paths Deno adds ("No such file or directory").
+function systemReason(e: unknown): string {
+  if (!(e instanceof Error)) return String(e);
+  return e.message.replace(/ \(os error \d+\)/, "").replace(/: \w+ '.*$/s, "");
 }
 
 const KEEP_HINT = "check that the downloads folder is still there, can be written to and has " +

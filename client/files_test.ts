@@ -323,7 +323,10 @@ Deno.test("IncomingFile.finish() that cannot put the file in place fails with ER
     await assert.rejects(
       () => file.finish(),
       (e) =>
-        e2eError("ERR_FILE", new RegExp(`^Cannot keep "a\\.txt" in "${dir}": No such file`))(e) &&
+        e2eError(
+          "ERR_FILE",
+          new RegExp(`^Cannot keep "a\\.txt" in "${dir}": No such file or directory$`),
+        )(e) &&
         /--downloads DIR/.test((e as E2eError).hint ?? ""),
     );
     assert.deepEqual(await names(home), []);

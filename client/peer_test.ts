@@ -1234,3 +1234,31 @@ Deno.test("PeerConnection does not give up a file while it has itself stopped re
     alice.close();
   });
 });
+
+Deno.test("PeerConnection whose downloads folder is gone when a file ends tells its user ERR_FILE's reason, and the peer only that the file could not be kept", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const downloads = join(dir, "alice-downloads");
+    const { aliceSeen } = startAlice(aliceSocket, downloads);
+    const wire = wireReader(rawBob);
+    const body = new Uint8Array(100).fill(7);
+    rawBob.write(
+      encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }) +
+        encodeFrame({ type: "file", id: "f1", name: "a.bin", size: 100, sha256: sha256Hex(body) }),
+    );
+    await until("the accept", [], () => wire.frames.some((f) => f.type === "accept"));
+    await Deno.remove(downloads, { recursive: true });
+    rawBob.write(encodeFrame({ type: "bin", id: "f1", size: 100 }));
+    rawBob.write(body);
+    rawBob.write(encodeFrame({ type: "end", id: "f1" }));
+    await until("the error", [], () => wire.frames.some((f) => f.type === "error"));
+    const failed = aliceSeen.find((e) => e[0] === "fileFailed")!;
+    assert.match(
+      failed[2] as string,
+      new RegExp(`^Cannot keep "a\\.bin" in "${downloads}": No such file or directory$`),
+    );
+    assert.deepEqual(wire.frames.find((f) => f.type === "error"), {
+      type: "error",
+      message: "The receiver could not keep the file",
+    });
+  });
+});
