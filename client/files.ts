@@ -62,6 +62,14 @@ export async function hashFile(
   return { sha256: hash.digest("hex"), size };
 }
 
+type Link = (from: string, to: string) => Promise<void>;
+
+/** Options of {@linkcode IncomingFile.start}. */
+export interface IncomingFileOptions {
+  /** Makes a hard link (tests stand in a folder without them). Default: `Deno.link`. */
+  link?: Link;
+}
+
 /** A file being received into `dir`. */
 export class IncomingFile {
   /** The name as announced (unsafe; for display through a sanitizer only). */
@@ -79,6 +87,7 @@ export class IncomingFile {
   #partial: string;
   #file: Deno.FsFile;
   #hash: Hash;
+  #link: Link;
 
   private constructor(
     dir: string,
@@ -87,7 +96,9 @@ export class IncomingFile {
     announced: string,
     size: number,
     sha256: string | undefined,
+    link: Link,
   ) {
+    this.#link = link;
     this.#dir = dir;
     this.#partial = partial;
     this.#file = file;
@@ -106,6 +117,7 @@ export class IncomingFile {
     announced: string,
     size: number,
     sha256?: string,
+    options: IncomingFileOptions = {},
   ): Promise<IncomingFile> {
     await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
     // The folder a symbolic link points to now, used from here on: whoever may change the link
@@ -121,7 +133,15 @@ export class IncomingFile {
       await Deno.remove(partial).catch(() => {});
       throw e;
     }
-    return new IncomingFile(real, partial, file, announced, size, sha256);
+    return new IncomingFile(
+      real,
+      partial,
+      file,
+      announced,
+      size,
+      sha256,
+      options.link ?? Deno.link,
+    );
   }
 
   /** Appends bytes; refuses more than announced. */
@@ -163,17 +183,18 @@ export class IncomingFile {
     for (let i = 0; i < 10_000; i++) {
       const target = join(this.#dir, i === 0 ? name : `${stem} (${i})${ext}`);
       try {
-        await Deno.link(this.#partial, target); // link() never overwrites
-        await Deno.remove(this.#partial);
+        if (!await placeNew(this.#partial, target, this.#link)) continue;
         // The sender hears "delivered" next: the name must survive a power cut too (left
         // as a partial file, it would be removed as stale at the next start).
         await syncDir(this.#dir);
         return target;
       } catch (e) {
-        if (!(e instanceof Deno.errors.AlreadyExists)) {
-          await Deno.remove(this.#partial).catch(() => {});
-          throw e;
-        }
+        await Deno.remove(this.#partial).catch(() => {});
+        throw new E2eError(
+          "ERR_FILE",
+          `Cannot keep "${name}" in "${this.#dir}": ${systemReason(e)}`,
+          { hint: KEEP_HINT, cause: e },
+        );
       }
     }
     await Deno.remove(this.#partial).catch(() => {});
@@ -217,6 +238,49 @@ async function checkOwnFolder(dir: string, real: string, uid: number | null): Pr
     if (dirname(above) === above) return;
   }
 }
+
+// Moves the checked file `from` to the name `to` unless something has that name (then false).
+// link() never overwrites. A file system without hard links (vfat, exFAT, some network shares)
+// says EPERM or "not supported": there the name is first claimed with O_EXCL, so nothing there
+// is replaced, and the file renamed over its own empty placeholder.
+async function placeNew(from: string, to: string, link: Link): Promise<boolean> {
+  let linked = true;
+  try {
+    await link(from, to);
+  } catch (e) {
+    if (e instanceof Deno.errors.AlreadyExists) return false;
+    if (!(e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotSupported)) {
+      throw e;
+    }
+    linked = false;
+  }
+  if (linked) {
+    await Deno.remove(from);
+    return true;
+  }
+  try {
+    (await Deno.open(to, { write: true, createNew: true, mode: 0o600 })).close();
+  } catch (e) {
+    if (e instanceof Deno.errors.AlreadyExists) return false;
+    throw e;
+  }
+  try {
+    await Deno.rename(from, to);
+  } catch (e) {
+    await Deno.remove(to).catch(() => {});
+    throw e;
+  }
+  return true;
+}
+
+// The system's words for `e`, without the call and paths Deno adds ("No such file or directory").
+function systemReason(e: unknown): string {
+  if (!(e instanceof Error)) return String(e);
+  return e.message.replace(/ \(os error \d+\)/, "").replace(/: \w+ '.*$/s, "");
+}
+
+const KEEP_HINT = "check that the downloads folder is still there, can be written to and has " +
+  "room, or choose another (--downloads DIR)";
 
 const HINT = "choose a folder of your own that only you can write in (--downloads DIR), " +
   "or leave --downloads out";

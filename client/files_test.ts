@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { e2eError, withTempDir } from "../lib/_test_util.ts";
+import type { E2eError } from "../lib/errors.ts";
 import {
   announcedName,
   DEFAULT_FILE_LIMITS,
@@ -287,6 +288,48 @@ Deno.test("IncomingFile never overwrites a name without extension, nor a file th
     await Deno.writeTextFile(join(dir, "README"), "mine");
     assert.equal(await receive(dir, "README", encoder.encode("theirs")), join(dir, "README (1)"));
     assert.equal(await Deno.readTextFile(join(dir, "README")), "mine");
+  });
+});
+
+// What link(2) says on vfat or exFAT (EPERM, the error class Deno gives it), for a folder here.
+function noHardLinks(): Promise<void> {
+  return Promise.reject(new Deno.errors.PermissionDenied("Operation not permitted (os error 1)"));
+}
+
+Deno.test("IncomingFile on a file system without hard links keeps the file under a free name, never over a file that was there", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(join(dir, "a.txt"), "mine");
+    const bytes = encoder.encode("theirs");
+    const file = await IncomingFile.start(dir, "a.txt", bytes.length, sha256(bytes), {
+      link: noHardLinks,
+    });
+    await file.write(bytes);
+    assert.equal(await file.finish(), join(dir, "a (1).txt"));
+    assert.equal(await Deno.readTextFile(join(dir, "a.txt")), "mine");
+    assert.equal(await Deno.readTextFile(join(dir, "a (1).txt")), "theirs");
+    assert.equal((await Deno.stat(join(dir, "a (1).txt"))).mode! & 0o777, 0o600);
+    assert.deepEqual(await names(dir), ["a (1).txt", "a.txt"], "no partial file is left");
+  });
+});
+
+Deno.test("IncomingFile.finish() that cannot put the file in place fails with ERR_FILE and a hint, not a system error, and leaves nothing", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "downloads");
+    const bytes = encoder.encode("theirs");
+    const file = await IncomingFile.start(dir, "a.txt", bytes.length, sha256(bytes));
+    await file.write(bytes);
+    // The folder goes while the file arrives (a USB stick pulled, the user tidying up).
+    await Deno.remove(dir, { recursive: true });
+    await assert.rejects(
+      () => file.finish(),
+      (e) =>
+        e2eError(
+          "ERR_FILE",
+          new RegExp(`^Cannot keep "a\\.txt" in "${dir}": No such file or directory$`),
+        )(e) &&
+        /--downloads DIR/.test((e as E2eError).hint ?? ""),
+    );
+    assert.deepEqual(await names(home), []);
   });
 });
 

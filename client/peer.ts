@@ -110,12 +110,18 @@ export interface PeerOptions {
   files?: FilePolicy;
   /** How long a send may make no progress before it is aborted, ms. Default: 30000. */
   sendStallMs?: number;
+  /**
+   * How long an accepted file may get no data while we read before it is given up, ms.
+   * Default: 5000.
+   */
+  receiveStallMs?: number;
 }
 
 const MAX_QUEUED = 32; // frames parsed but not handled before we stop reading
 const MAX_INCOMING_FILES = 8;
 const MAX_OFFERS = 16; // offers waiting for the user, per connection
 const STALL_MS = 5_000;
+const MAX_DROPPED = 2 * MAX_INCOMING_FILES; // files given up whose data may still be on the way
 /** How long a send may make no progress (the peer reads nothing) before it is aborted. */
 export const SEND_STALL_MS = 30_000;
 const HELLO_WAIT_MS = 10_000;
@@ -223,6 +229,14 @@ export class PeerConnection {
   #incoming = new Map<string, IncomingFile>();
   #releases = new Map<string, () => void>(); // quota given back if an incoming file fails
   #offers = new Map<string, FileOffer>(); // offered to us, waiting for the user
+  #starting = new Set<string>(); // accepted, its partial file being made (not in #incoming yet)
+  // When data of an incoming file last moved (read, or written out), the file data read and not
+  // written yet, and the check that gives up files that get none (#fileTick).
+  #fileDataAt = 0;
+  #filePieces = 0;
+  #fileTimer?: ReturnType<typeof setInterval>;
+  #lastUnsent = 0;
+  #dropped = new Map<string, number>(); // files given up: the bytes of each that may still come
   #incomingRooms = new Map<string, string>(); // the room of a file being received
   #sendingRoom?: string; // the room of the file being sent (one at a time)
   #outgoing = new Map<string, Outgoing>(); // offered by us, waiting for an accept
@@ -550,12 +564,20 @@ export class PeerConnection {
     let sent = 0;
     // The next chunk is read from disk while the one before goes out.
     let next = readChunk(file, Math.min(step, size));
+    const declined = () => {
+      const why = this.#confirmed.get(id)?.declined;
+      if (why !== undefined) {
+        throw new E2eError("ERR_FORBIDDEN", `"${this.name}" declined it: ${why}`);
+      }
+    };
     while (sent < size) {
       if (this.#closed) {
         throw new E2eError("ERR_NETWORK", `The connection to "${this.name}" closed`);
       }
+      declined();
       while (confirmed && sent - confirmed.bytes >= SEND_WINDOW) {
         await this.#waitForGot(confirmed);
+        declined();
       }
       const chunk = await next;
       if (chunk === null) break;
@@ -586,6 +608,7 @@ export class PeerConnection {
     ) {
       throw new E2eError("ERR_FILE", "The file changed while it was being sent");
     }
+    declined();
     this.#unacked.add(id); // its ack may come once the end is out
     await this.#writeAsync({ type: "end", id, ...(hash ? { sha256: hash.digest("hex") } : {}) });
   }
@@ -740,6 +763,7 @@ export class PeerConnection {
           // 1 MiB) as the TLS records arrive, so the file gets one write per frame: a write of
           // 64 KiB costs Deno's file thread several times what its share of 1 MiB does.
           const raw = this.#raw;
+          this.#fileDataAt = Date.now();
           const take = Math.min(raw.bytes.length - raw.at, bytes.length - offset);
           raw.bytes.set(bytes.subarray(offset, offset + take), raw.at);
           offset += take;
@@ -804,6 +828,11 @@ export class PeerConnection {
   }
 
   #enqueue(item: Frame | RawPiece | Failure): void {
+    const piece = item.type === "raw" || item.type === "chunk";
+    if (piece) {
+      this.#filePieces++;
+      this.#fileDataAt = Date.now();
+    }
     // Messages and acks need no await: with nothing queued before them they are
     // handled at once, without a promise per frame (most of a chat's traffic).
     if (
@@ -832,6 +861,10 @@ export class PeerConnection {
       } catch (e) {
         this.#fail(e);
       } finally {
+        if (piece) {
+          this.#filePieces--;
+          this.#fileDataAt = Date.now();
+        }
         this.#queued--;
         this.#maybeResume();
       }
@@ -840,6 +873,7 @@ export class PeerConnection {
 
   async #handleRaw(piece: RawPiece): Promise<void> {
     const file = this.#incoming.get(piece.id);
+    if (!file && this.#dropped.has(piece.id)) return; // counted at its bin frame
     if (!file) throw malformed("binary data for a file never announced");
     await file.write(piece.bytes);
     // Written: its buffer takes the next payload (fewer allocations, less garbage collection).
@@ -875,7 +909,12 @@ export class PeerConnection {
             "Files are refused until your changed key is trusted",
           );
         }
-        if (this.#incoming.has(frame.id) || this.#offers.has(frame.id)) {
+        // Accepted and still opening its partial file counts too: a second offer taken then
+        // would take the id's place, its first partial file and quota never given back.
+        if (
+          this.#incoming.has(frame.id) || this.#offers.has(frame.id) ||
+          this.#starting.has(frame.id)
+        ) {
           throw malformed("a file id used twice");
         }
         const offering = this.#peerFeatures.has(FEATURE_OFFER);
@@ -938,7 +977,14 @@ export class PeerConnection {
         return;
       }
       case "decline": {
-        // One we no longer wait for (it is streaming or done) is not the peer's mistake.
+        // One we stream: the receiver gave up on it (it got no data for a while), we stop.
+        const streaming = this.#confirmed.get(frame.id);
+        if (streaming) {
+          streaming.declined = frame.reason || "no reason given";
+          streaming.wake?.();
+          return;
+        }
+        // One we no longer wait for (it is done) is not the peer's mistake.
         this.#withdrawn.delete(frame.id);
         const out = this.#outgoing.get(frame.id);
         if (!out) return await this.#withdrawnBySender(frame.id, frame.reason);
@@ -954,11 +1000,15 @@ export class PeerConnection {
       case "bin":
         // Its payload follows as "raw" pieces (see #onData); the file must be announced.
         if (!this.#incoming.has(frame.id)) {
+          if (this.#dropped.has(frame.id)) return this.#skip(frame.id, frame.size);
           throw malformed("binary data for a file never announced");
         }
         return;
       case "chunk": {
         const file = this.#incoming.get(frame.id);
+        if (!file && this.#dropped.has(frame.id)) {
+          return this.#skip(frame.id, Buffer.byteLength(frame.data, "base64"));
+        }
         if (!file) throw malformed("a chunk for a file never announced");
         await file.write(Buffer.from(frame.data, "base64"));
         this.#progress(frame.id, file.received, file.size, "in");
@@ -967,6 +1017,8 @@ export class PeerConnection {
       }
       case "end": {
         const file = this.#incoming.get(frame.id);
+        // Given up (it stalled): the sender had sent it all meanwhile. Nothing is kept, no ack.
+        if (!file && this.#dropped.delete(frame.id)) return;
         if (!file) throw malformed("an end for a file never announced");
         this.#incoming.delete(frame.id);
         this.#reported.delete(frame.id);
@@ -1001,6 +1053,10 @@ export class PeerConnection {
             reason: e instanceof Error ? e.message : String(e),
             direction: "in",
           });
+          // Our disk's trouble (it names our folder) is for our user; the peer hears less.
+          if (e instanceof E2eError && e.code === "ERR_FILE") {
+            throw new E2eError("ERR_FILE", "The receiver could not keep the file");
+          }
           throw e;
         }
         return;
@@ -1146,6 +1202,7 @@ export class PeerConnection {
       return why;
     }
     const release = taken as () => void;
+    this.#starting.add(offer.id);
     try {
       const file = await IncomingFile.start(
         this.#options.downloads,
@@ -1168,9 +1225,17 @@ export class PeerConnection {
     } catch (e) {
       release();
       throw e;
+    } finally {
+      this.#starting.delete(offer.id);
     }
     if (offering) this.#write({ type: "accept", id: offer.id });
     this.#watch();
+    // The first file's clock starts now; one more accepted does not restart the others'.
+    if (this.#incoming.size === 1) this.#fileDataAt = Date.now();
+    if (this.#fileTimer === undefined) {
+      const every = Math.min(1_000, this.#receiveStallMs / 5);
+      this.#fileTimer = setInterval(() => this.#fileTick(), every);
+    }
     return undefined;
   }
 
@@ -1205,11 +1270,77 @@ export class PeerConnection {
 
   #maybeResume(): void {
     if (this.#queued < MAX_QUEUED / 2 && !this.#closed && !this.#broken) {
+      if (this.#socket.isPaused()) this.#fileDataAt = Date.now(); // our pause: not the sender's
       // While what we wrote waits (declines, acks), what the peer sends is held, not handled;
       // it is still read up to HOLD_READ_BYTES (see #holdIfUnread).
       if (this.#unsent > MAX_UNSENT) this.#holdIfUnread();
       if (!this.#holding || this.#heldBytes <= HOLD_READ_BYTES) resumeReading(this.#socket);
     }
+  }
+
+  get #receiveStallMs(): number {
+    return this.#options.receiveStallMs ?? STALL_MS;
+  }
+
+  // Any frame, ours or the peer's, keeps the socket's own timeout (#watch) from firing: a sender
+  // could keep an accepted file half-written for ever with a frame now and then. So an incoming
+  // file that gets no data for receiveStallMs is given up — counted only while the wait is the
+  // sender's: not while we stopped reading (our queue is full, or we hold what it sends because it
+  // reads nothing of ours), nor while what it sent waits to be written, nor while what we wrote
+  // (a "got" it may wait for) is still being read by it.
+  #fileTick(): void {
+    if (this.#closed || this.#incoming.size === 0) {
+      clearInterval(this.#fileTimer);
+      this.#fileTimer = undefined;
+      return;
+    }
+    const now = Date.now();
+    const unsent = this.#socket.writableLength;
+    const reading = unsent > 0 && unsent !== this.#lastUnsent;
+    this.#lastUnsent = unsent;
+    if (this.#holding || this.#socket.isPaused() || this.#filePieces > 0 || reading) {
+      this.#fileDataAt = now;
+    } else if (now - this.#fileDataAt >= this.#receiveStallMs) {
+      this.#giveUpFiles().catch(() => {});
+    }
+  }
+
+  // Gives up the incoming files (none got data for receiveStallMs): nothing kept, the quota
+  // given back, our user told, and the sender told with a decline so that it stops. What it
+  // already sent of them is skipped; the connection stays.
+  async #giveUpFiles(): Promise<void> {
+    const seconds = this.#receiveStallMs / 1000;
+    const files = [...this.#incoming];
+    this.#incoming.clear();
+    // All at once, before the first await: data of any of them handled meanwhile is skipped.
+    const releases = files.map(([id, file]) => {
+      this.#dropped.set(id, file.size - file.received);
+      if (this.#dropped.size > MAX_DROPPED) {
+        this.#dropped.delete(this.#dropped.keys().next().value!);
+      }
+      this.#incomingRooms.delete(id);
+      this.#reported.delete(id);
+      const release = this.#releases.get(id);
+      this.#releases.delete(id);
+      this.#write({ type: "decline", id, reason: `stalled: no data for ${seconds} s` });
+      return release;
+    });
+    for (const [i, [id, file]] of files.entries()) {
+      await file.abort();
+      releases[i]?.();
+      this.#options.events.fileFailed(this, {
+        id,
+        reason: `no data from "${this.name}" for ${seconds} s: given up`,
+        direction: "in",
+      });
+    }
+  }
+
+  // Data of a file given up: read and dropped, up to the bytes it had left.
+  #skip(id: string, bytes: number): void {
+    const left = this.#dropped.get(id)! - bytes;
+    if (left < 0) throw malformed("more file data than announced");
+    this.#dropped.set(id, left);
   }
 
   // A peer that goes silent in the middle of a file, or while we hold its data back,
@@ -1263,6 +1394,8 @@ export class PeerConnection {
   async #onClose(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearInterval(this.#fileTimer);
+    this.#fileTimer = undefined;
     await this.#queue.catch(() => {});
     for (const [id, file] of this.#incoming) {
       await file.abort();
@@ -1296,6 +1429,8 @@ interface Confirmed {
   bytes: number;
   sent: number;
   wake?: () => void;
+  /** Why the receiver declined it while it streamed: the send stops. */
+  declined?: string;
 }
 
 /** A file we offered, waiting for the peer's accept. */

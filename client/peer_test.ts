@@ -11,7 +11,13 @@ import { join } from "node:path";
 import tls from "node:tls";
 import { CertificateAuthority } from "../ca/authority.ts";
 import { encodeFrame, type Frame } from "../lib/frames.ts";
-import { clientOptions, serverOptions, trustAnchor } from "../lib/tls.ts";
+import {
+  clientOptions,
+  pauseReading,
+  resumeReading,
+  serverOptions,
+  trustAnchor,
+} from "../lib/tls.ts";
 import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
 import {
   type FileOffer,
@@ -1051,5 +1057,208 @@ Deno.test("PeerConnection stops waiting for a file its sender withdrew after we 
     await until("the message", aliceSeen, (s) => s.some((e) => e[0] === "message"));
     assert.deepEqual(bobSeen.filter((e) => e[0] === "fileSent"), []);
     alice.close();
+  });
+});
+
+Deno.test("PeerConnection refuses a second offer with the id of one being accepted (its partial file still opening): error frame, nothing left behind, the quota given back", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const taken: FileOffer[] = [];
+    const downloads = join(dir, "alice-downloads");
+    const accepting: Array<Promise<unknown>> = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads,
+      // The user accepts every offer the moment it is shown.
+      events: {
+        ...recorder(aliceSeen),
+        offer: (peer, offer) => {
+          aliceSeen.push(["offer", offer.id]);
+          accepting.push(peer.acceptOffer(offer.id).catch((e) => e));
+        },
+      },
+      files: asking(taken),
+    });
+    alice.start();
+    const wire = wireReader(rawBob);
+    // Both offers in one read: the second is handled while the accept of the first waits for
+    // its partial file to be made.
+    const offer = { type: "file", id: "f1", name: "a.bin", size: 10, sha256: "0".repeat(64) };
+    rawBob.write(
+      encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }) +
+        encodeFrame(offer as Frame) + encodeFrame(offer as Frame),
+    );
+    await until("closed", aliceSeen, (s) => s.some((e) => e[0] === "closed"));
+    await Promise.all(accepting);
+    assert.deepEqual(await Array.fromAsync(Deno.readDir(downloads)), [], "a partial file was left");
+    assert.deepEqual(taken, [], "the quota it took was not given back");
+    assert.deepEqual(aliceSeen.filter((e) => e[0] === "offer"), [["offer", "f1"]]);
+    assert.ok(
+      wire.frames.some((f) =>
+        f.type === "error" && f.message === "Malformed frame: a file id used twice"
+      ),
+      JSON.stringify(wire.frames),
+    );
+  });
+});
+
+/** A policy that takes every file at once and counts what it takes. */
+function taking(taken: FileOffer[]): FilePolicy {
+  return {
+    decide: () => "accept",
+    take: (_p, offer) => {
+      taken.push(offer);
+      return () => taken.splice(taken.indexOf(offer), 1);
+    },
+  };
+}
+
+Deno.test("PeerConnection gives up an accepted file that gets no data while other frames flow: nothing kept, the quota given back, the sender told, the connection open", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const taken: FileOffer[] = [];
+    const downloads = join(dir, "alice-downloads");
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads,
+      events: recorder(aliceSeen),
+      files: taking(taken),
+      receiveStallMs: 1_000,
+    });
+    alice.start();
+    const wire = wireReader(rawBob);
+    const body = new Uint8Array(100).fill(7);
+    rawBob.write(
+      encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }) +
+        encodeFrame({ type: "file", id: "f1", name: "a.bin", size: 100, sha256: sha256Hex(body) }),
+    );
+    await until("the accept", [], () => wire.frames.some((f) => f.type === "accept"));
+    rawBob.write(encodeFrame({ type: "bin", id: "f1", size: 10 }));
+    rawBob.write(body.subarray(0, 10));
+    // Then anything but the file's data, often: "got" for ids never sent, and messages.
+    let n = 0;
+    const chatter = setInterval(() => {
+      rawBob.write(encodeFrame({ type: "got", id: `x${n}`, bytes: 1 }));
+      rawBob.write(encodeFrame({ type: "msg", id: `m${n++}`, text: "still here" }));
+    }, 200);
+    try {
+      await until("the file given up", aliceSeen, (s) => s.some((e) => e[0] === "fileFailed"));
+    } finally {
+      clearInterval(chatter);
+    }
+    assert.deepEqual(aliceSeen.find((e) => e[0] === "fileFailed"), [
+      "fileFailed",
+      "in",
+      'no data from "bob" for 1 s: given up',
+    ]);
+    assert.deepEqual(await Array.fromAsync(Deno.readDir(downloads)), [], "a partial file was left");
+    assert.deepEqual(taken, [], "the quota it took was not given back");
+    await until("the decline", [], () => wire.frames.some((f) => f.type === "decline"));
+    assert.deepEqual(wire.frames.find((f) => f.type === "decline"), {
+      type: "decline",
+      id: "f1",
+      reason: "stalled: no data for 1 s",
+    });
+    // The rest of it, already on the way when the decline came, is skipped; talk goes on.
+    rawBob.write(encodeFrame({ type: "bin", id: "f1", size: 90 }));
+    rawBob.write(body.subarray(10));
+    rawBob.write(
+      encodeFrame({ type: "end", id: "f1" }) +
+        encodeFrame({ type: "msg", id: "last", text: "bye now" }),
+    );
+    await until("the last message", aliceSeen, (s) => s.some((e) => e[1] === "last"));
+    assert.ok(alice.open);
+    assert.ok(!wire.frames.some((f) => f.type === "error"), JSON.stringify(wire.frames));
+    assert.equal(aliceSeen.filter((e) => e[0] === "file").length, 0);
+    alice.close();
+  });
+});
+
+Deno.test("PeerConnection stops streaming a file its receiver declines midway (it gave up on it), without waiting for the send stall, and keeps the connection", async () => {
+  await withPair(async (rawAlice, bobSocket, dir) => {
+    const bobSeen: Seen = [];
+    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
+      downloads: join(dir, "bob-downloads"),
+      events: recorder(bobSeen),
+    });
+    const wire = wireReader(rawAlice);
+    rawAlice.write(encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }));
+    bob.start();
+    await until("bob's hello", [], () => wire.frames.some((f) => f.type === "hello"));
+    await Deno.writeFile(join(dir, "big.bin"), new Uint8Array(20 * 1024 * 1024));
+    const offer = await bob.sendFile(join(dir, "big.bin"));
+    rawAlice.write(encodeFrame({ type: "accept", id: offer.id }));
+    // Alice confirms nothing: bob stops at 8 MiB unconfirmed, and then she gives up on it.
+    await until("8 MiB", [], () => wire.frames.filter((f) => f.type === "bin").length >= 8);
+    rawAlice.write(encodeFrame({ type: "decline", id: offer.id, reason: "stalled: no data" }));
+    await until("bob told", bobSeen, (s) => s.some((e) => e[0] === "fileFailed"));
+    assert.deepEqual(bobSeen.find((e) => e[0] === "fileFailed"), [
+      "fileFailed",
+      "out",
+      '"alice" declined it: stalled: no data',
+    ]);
+    const id = bob.sendMessage("still talking");
+    await until("the message", [], () => wire.frames.some((f) => f.id === id));
+    assert.ok(!wire.frames.some((f) => f.type === "end"), "the file was finished anyway");
+    assert.ok(bob.open);
+    bob.close();
+  });
+});
+
+Deno.test("PeerConnection does not give up a file while it has itself stopped reading (back-pressure): the file arrives once it reads again", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const taken: FileOffer[] = [];
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads: join(dir, "alice-downloads"),
+      events: recorder(aliceSeen),
+      files: taking(taken),
+      receiveStallMs: 500,
+    });
+    alice.start();
+    const wire = wireReader(rawBob);
+    const body = new Uint8Array(100).fill(7);
+    rawBob.write(
+      encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }) +
+        encodeFrame({ type: "file", id: "f1", name: "a.bin", size: 100, sha256: sha256Hex(body) }),
+    );
+    await until("the accept", [], () => wire.frames.some((f) => f.type === "accept"));
+    // Alice stops reading, as when her queue is full (a slow disk): bob's data waits for her.
+    pauseReading(aliceSocket);
+    rawBob.write(encodeFrame({ type: "bin", id: "f1", size: 100 }));
+    rawBob.write(body);
+    rawBob.write(encodeFrame({ type: "end", id: "f1" }));
+    await new Promise((r) => setTimeout(r, 2_000));
+    assert.deepEqual(aliceSeen.filter((e) => e[0] === "fileFailed"), [], "bob was blamed");
+    resumeReading(aliceSocket);
+    await until("the file", aliceSeen, (s) => s.some((e) => e[0] === "file"));
+    assert.deepEqual(aliceSeen.filter((e) => e[0] === "fileFailed"), []);
+    alice.close();
+  });
+});
+
+Deno.test("PeerConnection whose downloads folder is gone when a file ends tells its user ERR_FILE's reason, and the peer only that the file could not be kept", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const downloads = join(dir, "alice-downloads");
+    const { aliceSeen } = startAlice(aliceSocket, downloads);
+    const wire = wireReader(rawBob);
+    const body = new Uint8Array(100).fill(7);
+    rawBob.write(
+      encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }) +
+        encodeFrame({ type: "file", id: "f1", name: "a.bin", size: 100, sha256: sha256Hex(body) }),
+    );
+    await until("the accept", [], () => wire.frames.some((f) => f.type === "accept"));
+    await Deno.remove(downloads, { recursive: true });
+    rawBob.write(encodeFrame({ type: "bin", id: "f1", size: 100 }));
+    rawBob.write(body);
+    rawBob.write(encodeFrame({ type: "end", id: "f1" }));
+    await until("the error", [], () => wire.frames.some((f) => f.type === "error"));
+    const failed = aliceSeen.find((e) => e[0] === "fileFailed")!;
+    assert.match(
+      failed[2] as string,
+      new RegExp(`^Cannot keep "a\\.bin" in "${downloads}": No such file or directory$`),
+    );
+    assert.deepEqual(wire.frames.find((f) => f.type === "error"), {
+      type: "error",
+      message: "The receiver could not keep the file",
+    });
   });
 });
