@@ -139,6 +139,7 @@ Deno.test("a key an unfinished join left without its record (no request can have
       "id/identity.json",
       "id/key.pem",
       "log.json",
+      "log.json.lock", // empty: what writers of log.json lock (client/home.ts)
     ]);
   });
 });
