@@ -417,10 +417,12 @@ export class Chat {
         hint: `ask them to invite "${this.#id.name}"`,
       });
     }
-    // Acted upon: a new invitation from them is news again, whatever comes of this one.
-    this.#invitations.delete(name);
+    // Acted upon: a new invitation from them is news again, whatever comes of this one, and
+    // this one is not shown again.
+    this.#invitations.used(invitation);
     const expected = await this.#checkDirectory(invitation.peer, name);
     await this.#revocation.ensureFresh();
+    let reached = invitation;
     const { socket, via } = await this.#reach(name, invitation).catch(async (e) => {
       // The CA restarted since it showed us the invitation, and lost it: the inviter made it
       // again once the CA answered (#inviteAgain). The one the CA holds now is tried once.
@@ -429,8 +431,13 @@ export class Chat {
       // would make the next one from them a repeat, never shown.
       this.#invitations.delete(name);
       if (!again || again.id === invitation.id) throw e;
+      this.#invitations.used(again);
+      reached = again;
       return await this.#reach(name, again);
     });
+    // It reached its inviter: the CA lists it to none of our clients again (told after the
+    // connection is made, so it costs the connection no time).
+    this.#invitations.tell(reached);
     let cert: CertificateInfo;
     try {
       if (socket.alpnProtocol !== ALPN) {
@@ -851,9 +858,13 @@ export class Chat {
     this.#revocation.stop();
     await this.#rooms.stop();
     for (const { conn } of this.#peers.values()) conn.close("we quit");
-    // Give peers a moment to read our bye; then stop waiting for them.
+    // Give peers a moment to read our bye, and the CA to hear of invitations we took up; then
+    // stop waiting for them.
     await Promise.race([
-      new Promise<void>((resolve) => this.#server.close(() => resolve())),
+      Promise.all([
+        new Promise<void>((resolve) => this.#server.close(() => resolve())),
+        this.#invitations.told(),
+      ]),
       new Promise<void>((resolve) => setTimeout(resolve, 1_000)),
     ]);
     await this.#history.flush();
