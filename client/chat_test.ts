@@ -259,3 +259,59 @@ Deno.test("an invitation bob accepted is not shown to a client he starts later, 
     }
   });
 });
+
+Deno.test("connections: a replaced one closes without a word, a refused accept is never connected", async (t) => {
+  await withService(async (service, dir) => {
+    let alice = await startMember(service, dir, "alice");
+    const bob = await startMember(service, dir, "bob");
+    try {
+      await t.step(
+        "a connection replaced by a new one says nothing when it closes: both sides stay connected",
+        async () => {
+          await alice.chat.invite("bob");
+          await bob.next("invite", (e) => e.from === "alice");
+          await bob.chat.accept("alice");
+          await alice.next("connected", (e) => e.peer === "bob");
+          const [atAlice, atBob] = [alice.events.length, bob.events.length];
+          await alice.chat.invite("bob");
+          await bob.next("invite", (e) => e.from === "alice", atBob);
+          await bob.chat.accept("alice");
+          await alice.next("connected", (e) => e.peer === "bob", atAlice);
+          // The old connection's bye and close come after the new one's connected.
+          await new Promise((r) => setTimeout(r, 1_500));
+          const gone = (e: CoreEvent) => e.type === "disconnected";
+          assert.deepEqual(eventsSince(alice, atAlice, gone), []);
+          assert.deepEqual(eventsSince(bob, atBob, gone), []);
+          assert.equal(alice.chat.isConnected("bob"), true);
+          assert.equal(bob.chat.isConnected("alice"), true);
+          const id = bob.chat.send("alice", "still here");
+          await alice.next("message", (e) => e.id === id);
+        },
+      );
+
+      await t.step(
+        "an accept the listener refuses (alice restarted, and no longer holds the invitation) fails at once, never connected",
+        async () => {
+          const mark = bob.events.length;
+          await alice.chat.invite("bob");
+          await bob.next("invite", (e) => e.from === "alice", mark);
+          const port = Number(alice.chat.listen.split(":")[1]);
+          await alice.chat.stop();
+          alice = await startAgain(alice.chat.identity, { listenPort: port });
+          const started = Date.now();
+          await assert.rejects(
+            bob.chat.accept("alice"),
+            assertCode("ERR_PEER_REJECTED", /"alice" did not admit us/),
+          );
+          const ms = Date.now() - started;
+          assert.ok(ms < 5_000, `the refusal took ${ms} ms`);
+          assert.deepEqual(eventsSince(bob, mark, (e) => e.type === "connected"), []);
+          assert.equal(bob.chat.isConnected("alice"), false);
+          assert.deepEqual(eventsSince(alice, 0, (e) => e.type === "connected"), []);
+        },
+      );
+    } finally {
+      await Promise.all([alice.chat.stop(), bob.chat.stop()]);
+    }
+  });
+});
