@@ -218,6 +218,8 @@ export async function handle(ctx: ApiContext, req: ApiRequest): Promise<ApiRespo
     if (method === "POST") return await offer(ctx, req);
     return only(method, "GET") ?? await pending(ctx, req);
   }
+  const taken = /^\/v1\/rendezvous\/(\d{1,16})$/.exec(path);
+  if (taken) return only(method, "DELETE") ?? await takeUp(ctx, req, Number(taken[1]));
   if (path.startsWith("/v1/log/")) return only(method, "GET") ?? await logRoute(ctx, req);
   if (path === "/v1/mailbox" || path.startsWith("/v1/mailbox/")) {
     return await mailboxRoute(ctx, req);
@@ -398,6 +400,16 @@ async function pending(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   const relays = asked.map((r) => ({ id: r.id, invitation: r.invitation, from: r.from }));
   const cursor = [...found, ...asked].reduce((max, i) => Math.max(max, i.id), after);
   return { ...json(200, { invitations, ...(relays.length ? { relays } : {}), cursor }), user };
+}
+
+// The recipient of invitation `id` took it up: it is not listed to them again (docs/API.md).
+async function takeUp(ctx: ApiContext, req: ApiRequest, id: number): Promise<ApiResponse> {
+  const user = await authenticate(ctx, req);
+  // Someone else's invitation gets the same answer as none (as at the relay).
+  if (!ctx.rendezvous.taken(id, user)) {
+    throw new E2eError("ERR_NOT_FOUND", `No pending invitation ${id}`);
+  }
+  return { ...json(200, { taken: id }), user };
 }
 
 /** A caller of `GET /v1/relay`, authorized: a current member and a party of the invitation. */

@@ -643,6 +643,7 @@ const AUTH_ROUTES: Array<[string, string, unknown]> = [
   ["POST", "/v1/renew", { csr: "x" }],
   ["POST", "/v1/rendezvous", { to: "alice", port: 4000 }],
   ["GET", "/v1/rendezvous", undefined],
+  ["DELETE", "/v1/rendezvous/1", undefined],
 ];
 
 Deno.test("auth routes refuse no certificate, garbage and another CA's certificate with 401", async () => {
@@ -871,6 +872,53 @@ Deno.test("POST then GET /v1/rendezvous hands bob alice's offer with her certifi
     // Alice's own list is empty: the offer was to bob.
     const own = await call(ctx, "GET", "/v1/rendezvous", { peer: alice.der });
     assert.deepEqual(own.json, { invitations: [], cursor: 0 });
+  });
+});
+
+Deno.test("DELETE /v1/rendezvous/ID by its recipient takes the invitation up: no GET lists it again, the relay still finds it; anyone else gets 404, as for none", async () => {
+  await withWorld(async ({ ctx, member }) => {
+    const alice = await member("alice");
+    const bob = await member("bob");
+    const carol = await member("carol");
+    const offer = await call(ctx, "POST", "/v1/rendezvous", {
+      json: { to: "bob", port: 40123 },
+      peer: alice.der,
+    });
+    const id = offer.json.id;
+    for (const [who, peer] of [["the inviter", alice.der], ["a stranger", carol.der]] as const) {
+      assertError(
+        await call(ctx, "DELETE", `/v1/rendezvous/${id}`, { peer }),
+        404,
+        "ERR_NOT_FOUND",
+        `No pending invitation ${id}`,
+        who,
+      );
+    }
+    assertError(
+      await call(ctx, "DELETE", `/v1/rendezvous/${id + 1}`, { peer: bob.der }),
+      404,
+      "ERR_NOT_FOUND",
+      `No pending invitation ${id + 1}`,
+      "no such invitation",
+    );
+    assertError(
+      await call(ctx, "GET", `/v1/rendezvous/${id}`, { peer: bob.der }),
+      405,
+      "ERR_METHOD_NOT_ALLOWED",
+      "Method GET is not allowed here; use DELETE",
+    );
+    assert.equal(
+      (await call(ctx, "GET", "/v1/rendezvous", { peer: bob.der })).json.invitations.length,
+      1,
+    );
+    const taken = await call(ctx, "DELETE", `/v1/rendezvous/${id}`, { peer: bob.der });
+    assert.equal(taken.status, 200, taken.body);
+    assert.deepEqual(taken.json, { taken: id });
+    assert.equal(taken.user, "bob");
+    // A client started later (after=0) is not shown it; the relay still joins its parties.
+    const listed = await call(ctx, "GET", "/v1/rendezvous", { peer: bob.der });
+    assert.deepEqual(listed.json, { invitations: [], cursor: 0 });
+    assert.equal(ctx.rendezvous.get(id)?.from, "alice");
   });
 });
 

@@ -6,7 +6,8 @@
  * Offers are rate-limited ({@linkcode OFFERS_PER_PAIR_PER_MINUTE} from one
  * sender to one recipient, {@linkcode OFFERS_PER_SENDER_PER_MINUTE} from one
  * sender in all), so a member cannot spam another with invitations; a repeated
- * offer replaces the earlier one, and clients show it once.
+ * offer replaces the earlier one, and clients show it once. An invitation its
+ * recipient took up is not listed again (to another of its clients, or its next start).
  *
  * @module
  */
@@ -43,6 +44,11 @@ export interface Invitation {
   port?: number;
   /** When it expires. */
   expiresAt: Date;
+  /**
+   * Whether `to` took it up ({@linkcode Rendezvous.taken}): no longer listed to `to`, whose
+   * other clients (or its next start) would show it as new; the relay still joins its parties.
+   */
+  taken?: boolean;
 }
 
 /** A request that `to` (the inviter) come to the relay, where `from` waits for it. */
@@ -140,10 +146,22 @@ export class Rendezvous {
     return after >= this.#nextId ? 0 : after;
   }
 
-  /** The unexpired invitations for `to` with an id above `after`. */
+  /** The unexpired invitations for `to` with an id above `after` that `to` did not take up. */
   pending(to: string, after = 0): Invitation[] {
     this.#prune();
-    return this.#pending.filter((i) => i.to === to && i.id > after);
+    return this.#pending.filter((i) => i.to === to && i.id > after && !i.taken);
+  }
+
+  /**
+   * Records that `to` took up its invitation `id` (accepted it): it is not listed again, while
+   * the relay may still join its parties until it expires. False when `to` has no such
+   * invitation (expired, replaced by a newer offer, lost in a restart, or someone else's).
+   */
+  taken(id: number, to: string): boolean {
+    const invitation = this.get(id);
+    if (!invitation || invitation.to !== to) return false;
+    invitation.taken = true;
+    return true;
   }
 
   /** The unexpired invitation with this id, if any. */

@@ -262,3 +262,21 @@ Deno.test("Rendezvous.requestRelay() wakes the inviter's long poll with a relay 
   assert.deepEqual(rendezvous.relays("alice", again.id), []);
   assert.deepEqual(rendezvous.relays("bob"), []);
 });
+
+Deno.test("Rendezvous.taken() by its recipient stops listing an invitation, which the relay still finds until it expires; anyone else's taken() is refused", () => {
+  const rendezvous = new Rendezvous();
+  const invitation = rendezvous.offer("alice", "bob", "127.0.0.1", 1000);
+  const other = rendezvous.offer("carol", "bob", "127.0.0.1", 3000);
+  assert.equal(rendezvous.taken(invitation.id, "alice"), false); // the inviter is not its recipient
+  assert.equal(rendezvous.taken(invitation.id, "carol"), false);
+  assert.equal(rendezvous.taken(invitation.id + 1000, "bob"), false);
+  assert.deepEqual(rendezvous.pending("bob").map((i) => i.id), [invitation.id, other.id]);
+  assert.equal(rendezvous.taken(invitation.id, "bob"), true);
+  // Not listed again: to a client that starts later (after=0) nor to a long poll's cursor.
+  assert.deepEqual(rendezvous.pending("bob").map((i) => i.id), [other.id]);
+  assert.equal(rendezvous.get(invitation.id)?.id, invitation.id);
+  // A new offer from alice is a new invitation, listed again.
+  const again = rendezvous.offer("alice", "bob", "127.0.0.1", 1000);
+  assert.deepEqual(rendezvous.pending("bob").map((i) => i.id), [other.id, again.id]);
+  assert.equal(rendezvous.get(invitation.id), undefined);
+});

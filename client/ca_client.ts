@@ -161,6 +161,11 @@ export class CaClient {
     };
   }
 
+  /** DELETE /v1/rendezvous/{id}: we took up that invitation to us (not listed to us again). */
+  async taken(invitation: number): Promise<void> {
+    await this.#json("DELETE", `/v1/rendezvous/${invitation}`);
+  }
+
   /** GET /v1/relay?invitation=ID, upgraded: the connection spliced to the other party's. */
   async relay(invitation: number, timeoutMs?: number): Promise<tls.TLSSocket> {
     if (!this.#own) {

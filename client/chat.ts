@@ -123,6 +123,8 @@ export class Chat {
   #invitations: Invitations;
   #revocation: Revocation;
   #peers = new Map<string, Connected>();
+  // Connections we dialled whose peer has not said hello yet (not connected: #attach).
+  #admitting = new Map<PeerConnection, { hello(): void; closed(reason: string): void }>();
   #history: History;
   #roomPosts = new Map<string, Promise<unknown>>(); // per member: the last room post to the mailbox
   #log: LogMonitor;
@@ -408,10 +410,12 @@ export class Chat {
         hint: `ask them to invite "${this.#id.name}"`,
       });
     }
-    // Acted upon: a new invitation from them is news again, whatever comes of this one.
-    this.#invitations.delete(name);
+    // Acted upon: a new invitation from them is news again, whatever comes of this one, and
+    // this one is not shown again.
+    this.#invitations.used(invitation);
     const expected = await this.#checkDirectory(invitation.peer, name);
     await this.#revocation.ensureFresh();
+    let reached = invitation;
     const { socket, via } = await this.#reach(name, invitation).catch(async (e) => {
       // The CA restarted since it showed us the invitation, and lost it: the inviter made it
       // again once the CA answered (#inviteAgain). The one the CA holds now is tried once.
@@ -420,8 +424,13 @@ export class Chat {
       // would make the next one from them a repeat, never shown.
       this.#invitations.delete(name);
       if (!again || again.id === invitation.id) throw e;
+      this.#invitations.used(again);
+      reached = again;
       return await this.#reach(name, again);
     });
+    // It reached its inviter: the CA lists it to none of our clients again (told after the
+    // connection is made, so it costs the connection no time).
+    this.#invitations.tell(reached);
     let cert: CertificateInfo;
     try {
       if (socket.alpnProtocol !== ALPN) {
@@ -433,7 +442,7 @@ export class Chat {
       socket.destroy();
       throw e;
     }
-    return await this.#attach(socket, name, cert, via);
+    return await this.#attach(socket, name, cert, via, true);
   }
 
   // The peer TLS to the inviter: directly to the address it names, or inside a connection
@@ -874,10 +883,15 @@ export class Chat {
     this.#mailbox?.stop();
     this.#revocation.stop();
     await this.#rooms.stop();
-    for (const { conn } of this.#peers.values()) conn.close("we quit");
-    // Give peers a moment to read our bye; then stop waiting for them.
+    const open = [...this.#admitting.keys(), ...[...this.#peers.values()].map((p) => p.conn)];
+    for (const conn of open) conn.close("we quit");
+    // Give peers a moment to read our bye, and the CA to hear of invitations we took up; then
+    // stop waiting for them.
     await Promise.race([
-      new Promise<void>((resolve) => this.#server.close(() => resolve())),
+      Promise.all([
+        new Promise<void>((resolve) => this.#server.close(() => resolve())),
+        this.#invitations.told(),
+      ]),
       new Promise<void>((resolve) => setTimeout(resolve, 1_000)),
     ]);
     await this.#history.flush();
@@ -1217,14 +1231,18 @@ export class Chat {
     }).finally(() => (this.#watching = false));
   }
 
+  // A checked connection becomes the current one for `name`: at once when we admitted the peer
+  // (our listener, or the relay as its server), or — when we dialled (`dialled`) — once the
+  // peer's hello shows that it admitted us: its listener checks us after the TLS handshake our
+  // side already calls complete, and refuses by closing, with nothing sent.
   async #attach(
     socket: tls.TLSSocket,
     name: string,
     cert: CertificateInfo,
     via: Via,
+    dialled = false,
   ): Promise<PeerSummary> {
     const trust = await this.#trust.observe(name, cert.keyFingerprint);
-    this.#peers.get(name)?.conn.close("replaced by a new connection");
     const conn = new PeerConnection(socket, name, cert, {
       downloads: this.#downloads,
       events: this.#peerEvents(),
@@ -1234,8 +1252,46 @@ export class Chat {
     });
     const blocked = trust === "changed";
     conn.quarantined = blocked;
-    this.#peers.set(name, { conn, trust, blocked, via });
+    if (!dialled) {
+      conn.start();
+      return this.#current(conn, trust, via);
+    }
+    const admitted = Promise.withResolvers<PeerSummary>();
+    const refused = (why: string) =>
+      admitted.reject(
+        new E2eError("ERR_PEER_REJECTED", `"${name}" did not admit us: ${why}`, {
+          hint: `the invitation may be one "${name}" no longer holds: ask for a new one`,
+        }),
+      );
+    // A close we are not told of (the socket gone silent) ends the wait as well.
+    const timer = setTimeout(() => {
+      refused(`no hello within ${HANDSHAKE_TIMEOUT_MS / 1000} s`);
+      conn.close("no hello");
+    }, HANDSHAKE_TIMEOUT_MS);
+    this.#admitting.set(conn, {
+      hello: () => admitted.resolve(this.#current(conn, trust, via)),
+      closed: (reason) =>
+        refused(
+          "it closed the connection before its hello" +
+            (reason === "closed" ? "" : ` (${reason})`),
+        ),
+    });
     conn.start();
+    try {
+      return await admitted.promise;
+    } finally {
+      clearTimeout(timer);
+      this.#admitting.delete(conn);
+    }
+  }
+
+  // `conn` is the connection to its peer from now on (one it replaces closes, and says nothing).
+  #current(conn: PeerConnection, trust: KeyState, via: Via): PeerSummary {
+    const { name, certificate: cert } = conn;
+    const blocked = conn.quarantined;
+    const old = this.#peers.get(name)?.conn;
+    this.#peers.set(name, { conn, trust, blocked, via });
+    old?.close("replaced by a new connection");
     this.#emit({
       type: "connected",
       peer: name,
@@ -1370,13 +1426,21 @@ export class Chat {
           });
         });
       },
-      hello: (p) => this.#rooms.hello(p),
+      hello: (p) => {
+        this.#admitting.get(p)?.hello(); // a connection we dialled: `connected` now
+        this.#rooms.hello(p);
+      },
       room: (p, body) => this.#rooms.receive(p, body),
       closed: (p, reason) => {
+        const admitting = this.#admitting.get(p);
+        if (admitting) return admitting.closed(reason); // never connected: accept() says why
         const ours = this.#peers.get(p.name);
-        if (ours?.conn === p) this.#peers.delete(p.name);
+        // A connection replaced by a newer one: the newer one's state is the peer's, and a
+        // `disconnected` now (maybe after the newer one's `connected`) would show it offline.
+        if (ours?.conn !== p) return;
+        this.#peers.delete(p.name);
         // Cut with no bye through the relay: the relay is the CA service's (restarted, maybe).
-        if (ours?.conn === p && ours.via === "relay" && reason === "closed") {
+        if (ours.via === "relay" && reason === "closed") {
           reason = `the connection through the CA service's relay was cut ` +
             `(the service or "${p.name}" went away)`;
         }

@@ -7,9 +7,9 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { makeInvite, type Service, withService } from "../tests/_service_helpers.ts";
-import { Chat } from "./chat.ts";
+import { Chat, type ChatOptions } from "./chat.ts";
 import type { CoreEvent } from "./events.ts";
-import { enroll } from "./identity.ts";
+import { enroll, type Identity } from "./identity.ts";
 import { parseInvite } from "../lib/invite.ts";
 
 const WAIT_MS = 15_000;
@@ -28,10 +28,11 @@ class Recorded {
   async next<T extends CoreEvent["type"]>(
     type: T,
     match: (e: Extract<CoreEvent, { type: T }>) => boolean = () => true,
+    since = 0,
   ): Promise<Extract<CoreEvent, { type: T }>> {
     const until = Date.now() + WAIT_MS;
     while (true) {
-      const found = this.events.find((e) =>
+      const found = this.events.slice(since).find((e) =>
         e.type === type && match(e as Extract<CoreEvent, { type: T }>)
       );
       if (found) return found as Extract<CoreEvent, { type: T }>;
@@ -49,9 +50,19 @@ class Recorded {
 async function startMember(service: Service, dir: string, name: string): Promise<Recorded> {
   const home = join(dir, name);
   const id = await enroll(home, parseInvite(await makeInvite(service.home, name)));
+  return await startAgain(id);
+}
+
+// A chat of an enrolled identity (its first start, or the next one after a stop).
+async function startAgain(id: Identity, options: ChatOptions = {}): Promise<Recorded> {
   const recorded = new Recorded();
-  recorded.chat = await Chat.start(id, { onEvent: recorded.listener });
+  recorded.chat = await Chat.start(id, { ...options, onEvent: recorded.listener });
   return recorded;
+}
+
+// The events of `r` from index `since` on that match.
+function eventsSince(r: Recorded, since: number, match: (e: CoreEvent) => boolean): CoreEvent[] {
+  return r.events.slice(since).filter(match);
 }
 
 function assertCode(code: ErrorCode, message?: RegExp): (e: unknown) => boolean {
@@ -212,6 +223,93 @@ Deno.test("the chat core, in-process, over real mutual TLS with a real CA servic
         assert.deepEqual([got.text, got.via], ["gone", "mailbox"]);
         await alice.next("delivered", (e) => e.id === id);
       });
+    } finally {
+      await Promise.all([alice.chat.stop(), bob.chat.stop()]);
+    }
+  });
+});
+
+Deno.test("an invitation bob accepted is not shown to a client he starts later, nor accepted again; a new one is", async () => {
+  await withService(async (service, dir) => {
+    const alice = await startMember(service, dir, "alice");
+    let bob = await startMember(service, dir, "bob");
+    try {
+      await alice.chat.invite("bob");
+      await bob.next("invite", (e) => e.from === "alice");
+      await bob.chat.accept("alice");
+      await alice.next("connected", (e) => e.peer === "bob");
+      await bob.chat.stop();
+      await alice.next("disconnected", (e) => e.peer === "bob");
+      bob = await startAgain(bob.chat.identity);
+      // find() asks the CA at once: the invitation taken up is not its to list any more.
+      await assert.rejects(
+        bob.chat.accept("alice"),
+        assertCode("ERR_NOT_FOUND", /No invitation from "alice"/),
+      );
+      await new Promise((r) => setTimeout(r, 1_000));
+      assert.deepEqual(eventsSince(bob, 0, (e) => e.type === "invite"), []);
+      assert.deepEqual(bob.chat.invitations(), []);
+      // A new invitation from alice is news.
+      await alice.chat.invite("bob");
+      await bob.next("invite", (e) => e.from === "alice");
+      await bob.chat.accept("alice");
+      assert.equal(bob.chat.isConnected("alice"), true);
+    } finally {
+      await Promise.all([alice.chat.stop(), bob.chat.stop()]);
+    }
+  });
+});
+
+Deno.test("connections: a replaced one closes without a word, a refused accept is never connected", async (t) => {
+  await withService(async (service, dir) => {
+    let alice = await startMember(service, dir, "alice");
+    const bob = await startMember(service, dir, "bob");
+    try {
+      await t.step(
+        "a connection replaced by a new one says nothing when it closes: both sides stay connected",
+        async () => {
+          await alice.chat.invite("bob");
+          await bob.next("invite", (e) => e.from === "alice");
+          await bob.chat.accept("alice");
+          await alice.next("connected", (e) => e.peer === "bob");
+          const [atAlice, atBob] = [alice.events.length, bob.events.length];
+          await alice.chat.invite("bob");
+          await bob.next("invite", (e) => e.from === "alice", atBob);
+          await bob.chat.accept("alice");
+          await alice.next("connected", (e) => e.peer === "bob", atAlice);
+          // The old connection's bye and close come after the new one's connected.
+          await new Promise((r) => setTimeout(r, 1_500));
+          const gone = (e: CoreEvent) => e.type === "disconnected";
+          assert.deepEqual(eventsSince(alice, atAlice, gone), []);
+          assert.deepEqual(eventsSince(bob, atBob, gone), []);
+          assert.equal(alice.chat.isConnected("bob"), true);
+          assert.equal(bob.chat.isConnected("alice"), true);
+          const id = bob.chat.send("alice", "still here");
+          await alice.next("message", (e) => e.id === id);
+        },
+      );
+
+      await t.step(
+        "an accept the listener refuses (alice restarted, and no longer holds the invitation) fails at once, never connected",
+        async () => {
+          const mark = bob.events.length;
+          await alice.chat.invite("bob");
+          await bob.next("invite", (e) => e.from === "alice", mark);
+          const port = Number(alice.chat.listen.split(":")[1]);
+          await alice.chat.stop();
+          alice = await startAgain(alice.chat.identity, { listenPort: port });
+          const started = Date.now();
+          await assert.rejects(
+            bob.chat.accept("alice"),
+            assertCode("ERR_PEER_REJECTED", /"alice" did not admit us/),
+          );
+          const ms = Date.now() - started;
+          assert.ok(ms < 5_000, `the refusal took ${ms} ms`);
+          assert.deepEqual(eventsSince(bob, mark, (e) => e.type === "connected"), []);
+          assert.equal(bob.chat.isConnected("alice"), false);
+          assert.deepEqual(eventsSince(alice, 0, (e) => e.type === "connected"), []);
+        },
+      );
     } finally {
       await Promise.all([alice.chat.stop(), bob.chat.stop()]);
     }

@@ -18,6 +18,9 @@ export const MAX_HELD_INVITATIONS = 1024;
 /** Relay requests taken from one answer of the CA, one per invitation (more are ignored). */
 export const MAX_RELAYS_PER_ANSWER = 1024;
 
+/** Ids of invitations we took up remembered in one run (past it, the oldest are forgotten). */
+const MAX_USED_REMEMBERED = 4096;
+
 /** Options of {@linkcode Invitations}. */
 export interface InvitationsOptions {
   /** Called once for each new invitation (a repeated one from someone whose invitation we still hold is not new). */
@@ -38,9 +41,13 @@ export interface InvitationsOptions {
 
 /** The invitations we hold, and the poll that brings new ones. */
 export class Invitations {
-  #ca: Pick<CaClient, "pending">;
+  #ca: Pick<CaClient, "pending"> & Partial<Pick<CaClient, "taken">>;
   #options: InvitationsOptions;
   #held = new Map<string, InvitationReply>();
+  // Taken up in this run: never held or shown again, whatever the CA still lists (it may not
+  // have heard of it yet, or a cursor that starts over lists all it holds again).
+  #used = new Set<number>();
+  #telling = new Set<Promise<void>>(); // the CA being told of invitations we took up
   #stopped = new AbortController();
   #running = false;
   #warned = false; // about ignored invitations, once per run of answers that have some
@@ -60,7 +67,10 @@ export class Invitations {
    * invitations.start();
    * ```
    */
-  constructor(ca: Pick<CaClient, "pending">, options: InvitationsOptions) {
+  constructor(
+    ca: Pick<CaClient, "pending"> & Partial<Pick<CaClient, "taken">>,
+    options: InvitationsOptions,
+  ) {
     this.#ca = ca;
     this.#options = options;
   }
@@ -87,6 +97,33 @@ export class Invitations {
   /** Forgets the invitation from `name` (it was used). */
   delete(name: string): void {
     this.#held.delete(name);
+  }
+
+  /**
+   * Forgets `invitation`, which we took up (accepted): it is not held or shown again in this
+   * run, and a newer one from the same sender is news again.
+   */
+  used(invitation: InvitationReply): void {
+    if (this.#held.get(invitation.from)?.id === invitation.id) this.#held.delete(invitation.from);
+    if (this.#used.size >= MAX_USED_REMEMBERED) this.#used.clear();
+    this.#used.add(invitation.id);
+  }
+
+  /**
+   * Tells the CA, in the background, that we took up `invitation` (`DELETE /v1/rendezvous/ID`):
+   * it lists it to none of our clients again, so a client started later does not show it as
+   * new. A failure is ignored (the invitation expired, or the CA lost it in a restart).
+   */
+  tell(invitation: InvitationReply): void {
+    if (!this.#ca.taken) return;
+    const told = this.#ca.taken(invitation.id).catch(() => {});
+    this.#telling.add(told);
+    told.then(() => this.#telling.delete(told));
+  }
+
+  /** Resolves once the CA was told (or failed to be) of every invitation we took up. */
+  async told(): Promise<void> {
+    await Promise.all([...this.#telling]);
   }
 
   /** Starts the long poll (once). */
@@ -124,6 +161,7 @@ export class Invitations {
         ignored++;
         continue;
       }
+      if (this.#used.has(i.id)) continue; // taken up already: not new, nor current
       const held = this.#held.get(i.from);
       if (!held && this.#held.size >= MAX_HELD_INVITATIONS) {
         if (!swept) {

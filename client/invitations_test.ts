@@ -261,3 +261,37 @@ Deno.test("Invitations hands a hostile CA's repeated relay requests to onRelay o
     assert.equal(relays, 1 + MAX_RELAYS_PER_ANSWER);
   });
 });
+
+Deno.test("Invitations.used() forgets an invitation taken up: the CA's listing it again neither holds nor shows it, a newer one from the same sender is new", async () => {
+  const used = { ...invitation("alice"), id: 7 };
+  const newer = { ...invitation("alice"), id: 9 };
+  const told: number[] = [];
+  const answers = [[used], [used], [newer]];
+  const ca = {
+    pending(after = 0, wait = 0) {
+      if (wait === 0) return Promise.resolve({ invitations: [used], cursor: after });
+      const next = answers.shift();
+      if (!next) return new Promise<never>(() => {});
+      return Promise.resolve({ invitations: next, cursor: 0 }); // a cursor that starts over
+    },
+    taken(id: number) {
+      told.push(id);
+      return Promise.resolve();
+    },
+  };
+  const seen: number[] = [];
+  const invitations = new Invitations(ca, {
+    onInvite: (i) => seen.push(i.id),
+    onWarning: () => {},
+  });
+  invitations.used(used);
+  invitations.tell(used);
+  await invitations.told();
+  assert.deepEqual(told, [7]);
+  assert.equal(await invitations.find("alice"), undefined);
+  invitations.start();
+  await new Promise((r) => setTimeout(r, 20));
+  invitations.stop();
+  assert.deepEqual(seen, [9]);
+  assert.equal((await invitations.find("alice"))?.id, 9);
+});
