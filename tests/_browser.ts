@@ -356,10 +356,9 @@ export async function webTest(name: string, scenarios: Scenario[]): Promise<void
 
 /**
  * The page invites `peer` with "Chat with" / "Start chat"; the peer accepts on its JSON face once
- * the page says it invited them. Not before: the CA keeps an invitation until it expires, used or
- * not, so a peer client started again (a new key, say) is shown the page's earlier invitation at
- * once, and accepting that one before the page's client holds the new one gets the connection
- * refused by it ("not invited", silently) while the peer's side says `connected`.
+ * the page says it invited them. Not before: an earlier invitation from the page that the peer
+ * never took up is still listed until it expires, and accepting that one before the page's client
+ * holds the new one gets the connection refused by it ("not invited": the accept fails).
  */
 export async function invitePeer(page: Page, alice: User, peer: ChatClient): Promise<void> {
   await page.getByRole("textbox", { name: "Chat with" }).fill(peer.name);
