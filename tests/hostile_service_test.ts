@@ -7,11 +7,18 @@
  * @module
  */
 import assert from "node:assert/strict";
+import https from "node:https";
 import net from "node:net";
+import { join } from "node:path";
 import tls from "node:tls";
+import { CaPaths } from "../ca/home.ts";
 import { DEFAULT_MAILBOX_LIMITS } from "../ca/mailbox.ts";
 import { RELAY_BUFFER_BYTES } from "../ca/relay.ts";
 import { CaClient } from "../client/ca_client.ts";
+import { Chat } from "../client/chat.ts";
+import type { CoreEvent } from "../client/events.ts";
+import { enroll } from "../client/identity.ts";
+import { parseInvite } from "../lib/invite.ts";
 import { Revocation } from "../client/revocation.ts";
 import { E2eError } from "../lib/errors.ts";
 import { parseCertificate } from "../lib/x509.ts";
@@ -24,6 +31,8 @@ import {
 import { sleep, waitUntil, within } from "./_harness.ts";
 import { type Member, withServiceWorld } from "./_hostile_helpers.ts";
 import { requestWithKey } from "./_tls13_by_hand.ts";
+import { runCa } from "./_helpers.ts";
+import { assertSuccess, makeInvite, withService } from "./_service_helpers.ts";
 
 /** A member's key and certificate, PEM. */
 
@@ -536,7 +545,7 @@ Deno.test("a member who asks for its item twice on one connection and hangs up u
   });
 });
 
-Deno.test("a client holding a CRL that lists the CA service's own TLS certificate refuses that service (directory and relay), yet still fetches the CRL from it; one holding none yet is not stuck", async () => {
+Deno.test("a client holding a CRL that lists the CA service's own TLS certificate refuses that service (directory and relay), yet still fetches the CRL from it; one holding none yet fetches it first", async () => {
   await withServiceWorld(async ({ service, ca, anchor, member }) => {
     const alice = await member("alice");
     // The certificate the running service presents, revoked as its key might be after a theft
@@ -551,14 +560,7 @@ Deno.test("a client holding a CRL that lists the CA service's own TLS certificat
       issuer: pinned.x509,
       onUpdate: () => fetched++,
     });
-    client.checkServiceRevocation((s) => revocation.isRevoked(s));
-
-    // A client that holds no CRL yet (a fresh member) cannot tell: it is served.
-    assert.equal((await client.lookup("alice")).name, "alice");
-    // The CRL, signed by the CA, is fetched from that very service: no deadlock.
-    await revocation.refresh();
-    revocation.requireCurrent();
-    assert.equal(revocation.isRevoked(serial), true);
+    client.checkServiceRevocation(revocation);
     const refusedService = (e: unknown) => {
       assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
       assert.equal(e.code, "ERR_PEER_REJECTED");
@@ -567,9 +569,57 @@ Deno.test("a client holding a CRL that lists the CA service's own TLS certificat
       assert.match(e.hint ?? "", /replaces a revoked certificate within the hour/);
       return true;
     };
+
+    // A client that holds no CRL yet fetches it before it asks anything else: no deadlock, as
+    // the CRL, signed by the CA, is fetched from that very service.
+    await assert.rejects(client.lookup("alice"), refusedService);
+    assert.equal(fetched, 1);
+    revocation.requireCurrent();
+    assert.equal(revocation.isRevoked(serial), true);
     await assert.rejects(client.lookup("alice"), refusedService);
     await assert.rejects(client.relay(1, 5_000), refusedService);
     await revocation.refresh(); // the CRL still comes, and could be refreshed for good
     assert.equal(fetched, 2);
+  });
+});
+
+Deno.test("a chat that starts while someone holding the CA service's revoked key poses as the service and withholds the CRL sends that impostor nothing but requests for the CRL", async () => {
+  await withService(async (service, dir) => {
+    const id = await enroll(
+      join(dir, "alice"),
+      parseInvite(await makeInvite(service.home, "alice")),
+    );
+    // The key of the service's certificate, kept by someone after the certificate was revoked
+    // (as when it was stolen, or superseded): the service replaces it within the hour.
+    const paths = new CaPaths(service.home);
+    const key = await Deno.readTextFile(paths.serviceKey);
+    const cert = await Deno.readTextFile(paths.serviceCert);
+    assertSuccess(await runCa(service.home, ["revoke", parseCertificate(cert).serial]), "revoke");
+    await service.stop();
+    // The impostor takes the service's address, and withholds the CRL that would name it.
+    const asked: string[] = [];
+    const impostor = https.createServer({ key, cert }, (req, res) => {
+      asked.push(`${req.method} ${req.url?.replace(/\?.*/, "")}`);
+      req.resume();
+      res.writeHead(503, { "content-type": "application/json" });
+      res.end(JSON.stringify({ error: { code: "ERR_INTERNAL", message: "Busy" } }));
+    });
+    await new Promise<void>((r) => impostor.listen(service.port, "127.0.0.1", r));
+    const events: CoreEvent[] = [];
+    let chat: Chat | undefined;
+    try {
+      chat = await Chat.start(id, { onEvent: (e) => events.push(e), noListen: true });
+      await sleep(3_000); // the first looks at invitations and at the mailbox
+      assert.ok(asked.length > 0, "the impostor was never asked");
+      assert.deepEqual(
+        asked.filter((a) => a !== "GET /v1/crl"),
+        [],
+        `the chat asked the impostor: ${asked.join(", ")}`,
+      );
+    } finally {
+      await chat?.stop();
+      await new Promise((r) => impostor.close(r));
+      impostor.closeAllConnections();
+    }
   });
 });
