@@ -361,6 +361,8 @@ function apiError(reply: Reply): E2eError {
   });
 }
 
+function ignore(): void {}
+
 async function call(
   url: URL,
   request: {
@@ -390,21 +392,28 @@ async function call(
   }
   if (pinned) {
     const revocation = pinned.revocation;
+    const check = () => {
+      try {
+        checkService(peerCertificateDer(socket), pinned.anchor, {
+          isRevoked: revocation && ((serial) => revocation.isRevoked(serial)),
+        });
+      } catch (e) {
+        throw serviceRejected(url.origin, e);
+      }
+    };
     try {
-      // A current CRL first (see relay()); after the connection, so that a service that cannot
-      // be reached is said so (ERR_NETWORK).
-      await revocation?.ensureCurrent();
+      check();
+      // Then a current CRL (see relay()), and the certificate checked against it; after the
+      // connection, so that a service that cannot be reached is said so (ERR_NETWORK).
+      if (revocation) {
+        // A reset meanwhile must not go unheard (the request then fails as not answered).
+        socket.on("error", ignore);
+        await revocation.ensureCurrent().finally(() => socket.off("error", ignore));
+        check();
+      }
     } catch (e) {
       socket.destroy();
       throw e;
-    }
-    try {
-      checkService(peerCertificateDer(socket), pinned.anchor, {
-        isRevoked: revocation && ((serial) => revocation.isRevoked(serial)),
-      });
-    } catch (e) {
-      socket.destroy();
-      throw serviceRejected(url.origin, e);
     }
   }
   return await new Promise<Reply>((resolve, reject) => {
