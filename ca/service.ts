@@ -73,6 +73,9 @@ import { DEFAULT_FREE_FLOOR_BYTES, DiskFloor } from "./disk_floor.ts";
 
 /** The port the service listens on when none is given. */
 export const DEFAULT_PORT = 65433;
+/** How often the service looks whether its own certificate was revoked (then replaced at once), ms. */
+const SERVICE_REVOCATION_CHECK_MS = 5_000;
+
 /** The port of the plain-HTTP CRL listener when none is given (0 when the service's port is 0). */
 export const DEFAULT_CRL_PORT = 65434;
 /** Connections open at once from one address (a team behind one NAT shares it). */
@@ -156,7 +159,7 @@ export class CaService {
   #crl?: CrlListener;
   #server: https.Server;
   #ctx: ApiContext;
-  #timer: ReturnType<typeof setInterval>;
+  #timer: { stop(): Promise<void> };
   #stopping: AbortController;
   #sockets: Set<Socket>;
   #relay?: Relay;
@@ -167,7 +170,7 @@ export class CaService {
     ctx: ApiContext,
     url: string,
     port: number,
-    timer: ReturnType<typeof setInterval>,
+    timer: { stop(): Promise<void> },
     stopping: AbortController,
     sockets: Set<Socket>,
   ) {
@@ -291,25 +294,51 @@ export class CaService {
     const port = (server.address() as { port: number }).port;
     const url = `https://${urlHost(host === "0.0.0.0" ? "127.0.0.1" : host)}:${port}`;
     // Renew the service certificate well before it expires, without a restart.
-    const timer = setInterval(async () => {
-      try {
-        const next = await serviceCredentials(ca, names);
-        if (next.cert !== own.cert) {
-          own = next;
-          server.setSecureContext(serverOptions(own, anchor));
-          log("e2e-chat-ca: renewed the service certificate");
+    let renewing: Promise<void> | undefined;
+    const renew = () =>
+      renewing ??= (async () => {
+        try {
+          const next = await serviceCredentials(ca, names);
+          if (next.cert !== own.cert) {
+            own = next;
+            server.setSecureContext(serverOptions(own, anchor));
+            log("e2e-chat-ca: renewed the service certificate");
+          }
+          // Only now, the new one presented, does a CRL supersede the old: a client that fetched
+          // that CRL meanwhile would have refused the service (it refuses a listed certificate).
+          await ca.retireServiceCertificates(parseCertificate(own.cert).serial);
+        } catch (e) {
+          log(
+            `e2e-chat-ca: cannot renew the service certificate: ${
+              e instanceof Error ? e.message : e
+            }`,
+          );
+        } finally {
+          renewing = undefined;
         }
-        // Only now, the new one presented, does a CRL supersede the old: a client that fetched
-        // that CRL meanwhile would have refused the service (it refuses a listed certificate).
-        await ca.retireServiceCertificates(parseCertificate(own.cert).serial);
-      } catch (e) {
-        log(
-          `e2e-chat-ca: cannot renew the service certificate: ${
-            e instanceof Error ? e.message : e
-          }`,
-        );
-      }
-    }, options.renewCheckMs ?? 3_600_000);
+      })();
+    const renewal = setInterval(renew, options.renewCheckMs ?? 3_600_000);
+    // One revoked (`ca revoke SERIAL`, its key stolen, say) is replaced within seconds, not at the
+    // hourly check: clients holding the CRL refuse it (lib/tls.ts checkService), so until then
+    // the service would answer nobody.
+    let checking: Promise<void> | undefined;
+    const revoked = setInterval(() => {
+      if (renewing || checking) return;
+      checking = (async () => {
+        if (!await ca.isCurrent(parseCertificate(own.cert).serial).catch(() => true)) {
+          await renew();
+        }
+      })().finally(() => (checking = undefined));
+    }, SERVICE_REVOCATION_CHECK_MS);
+    // Stopped with the service, after what they started has ended.
+    const timer = {
+      stop: async () => {
+        clearInterval(renewal);
+        clearInterval(revoked);
+        await checking;
+        await renewing;
+      },
+    };
     const service = new CaService(server, ctx, url, port, timer, stopping, sockets);
     service.#relay = relay;
     service.#replies = replies;
@@ -344,7 +373,7 @@ export class CaService {
 
   /** Stops accepting connections, ends long polls and closes every connection. */
   async close(): Promise<void> {
-    clearInterval(this.#timer);
+    await this.#timer.stop();
     this.#stopping.abort();
     this.#ctx.rendezvous.wakeAll();
     this.#ctx.mailbox?.close();

@@ -128,6 +128,21 @@ Deno.test("the service renews a revoked service certificate in place: same port,
   }, { renewCheckMs: 200 });
 });
 
+Deno.test("the service replaces a service certificate revoked with ca revoke within seconds, not at its hourly check: clients holding the CRL refuse a revoked one", async () => {
+  await withService(async (service, ca) => {
+    const first = await presented(service, ca);
+    await ca.revoke(first.serial, { reason: "keyCompromise" });
+    const deadline = Date.now() + 15_000;
+    let next = first;
+    while (next.serial === first.serial) {
+      assert.ok(Date.now() < deadline, "the revoked service certificate was still presented");
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      next = await presented(service, ca);
+    }
+    assert.ok(await ca.isCurrent(next.serial));
+  });
+});
+
 Deno.test("CaService.start() replaces a service key that is not its certificate's (instead of failing every start)", async () => {
   await withTempDir(async (home) => {
     const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });

@@ -94,7 +94,7 @@ export class CaClient {
   #base: string;
   #anchor: TrustAnchor;
   #own?: Credentials;
-  #isRevoked?: (serial: string) => boolean;
+  #revocation?: ServiceRevocation;
 
   /** A client for the service at `caUrl` that trusts `anchor` only. */
   constructor(caUrl: string, anchor: TrustAnchor, own?: Credentials) {
@@ -104,13 +104,15 @@ export class CaClient {
   }
 
   /**
-   * Refuses from now on a service whose TLS certificate `isRevoked` says is on the CRL
-   * (the client's client/revocation.ts). The CRL itself is still fetched from such a service:
-   * signed by the CA, it needs no trusted channel (as on the plain-HTTP CRL listener), and a
-   * client that could not fetch it would fail closed for good.
+   * Refuses from now on a service whose TLS certificate is on `revocation`'s CRL (the client's
+   * client/revocation.ts), and asks nothing but the CRL of a service before a current CRL is
+   * held: one that withheld it could otherwise pose as the service with a revoked key. The CRL
+   * itself is still fetched from such a service: signed by the CA, it needs no trusted channel
+   * (as on the plain-HTTP CRL listener), and a client that could not fetch it would fail closed
+   * for good.
    */
-  checkServiceRevocation(isRevoked: (serial: string) => boolean): void {
-    this.#isRevoked = isRevoked;
+  checkServiceRevocation(revocation: ServiceRevocation): void {
+    this.#revocation = revocation;
   }
 
   /** Authenticates later requests with `own` instead (after a renewal). */
@@ -171,10 +173,14 @@ export class CaClient {
     if (!this.#own) {
       throw new E2eError("ERR_NOT_ENROLLED", "The relay needs our certificate");
     }
+    const revocation = this.#revocation;
+    // A current CRL first: without one, "not on the CRL" means nothing, and whoever holds a
+    // revoked service key need only withhold it.
+    await revocation?.ensureCurrent();
     return await dialRelay(this.#base, this.#anchor, invitation, {
       own: this.#own,
       timeoutMs,
-      isRevoked: this.#isRevoked,
+      isRevoked: revocation && ((serial) => revocation.isRevoked(serial)),
     });
   }
 
@@ -276,7 +282,7 @@ export class CaClient {
   }
 
   #tls(): Pinned {
-    return { anchor: this.#anchor, own: this.#own, isRevoked: this.#isRevoked };
+    return { anchor: this.#anchor, own: this.#own, revocation: this.#revocation };
   }
 }
 
@@ -306,12 +312,25 @@ function parseJson(body: string): unknown {
   }
 }
 
-// What a call trusts: our CA only, a service certificate not on the CRL held, and our own
-// certificate to show.
+/**
+ * The CRL a {@linkcode CaClient} checks the service's own certificate against
+ * (client/revocation.ts `Revocation`).
+ */
+export interface ServiceRevocation {
+  /** Whether `serial` is on the CRL held. */
+  isRevoked(serial: string): boolean;
+  /**
+   * Fetches the CRL unless a current one is held; throws `ERR_PEER_REJECTED` unless one is then.
+   */
+  ensureCurrent(): Promise<void>;
+}
+
+// What a call trusts: our CA only, a service certificate not on the CRL held (a current one),
+// and our own certificate to show.
 interface Pinned {
   anchor: TrustAnchor;
   own?: Credentials;
-  isRevoked?: (serial: string) => boolean;
+  revocation?: ServiceRevocation;
 }
 
 interface Reply {
@@ -347,6 +366,8 @@ function apiError(reply: Reply): E2eError {
   });
 }
 
+function ignore(): void {}
+
 async function call(
   url: URL,
   request: {
@@ -375,11 +396,29 @@ async function call(
     });
   }
   if (pinned) {
+    const revocation = pinned.revocation;
+    const check = () => {
+      try {
+        checkService(peerCertificateDer(socket), pinned.anchor, {
+          isRevoked: revocation && ((serial) => revocation.isRevoked(serial)),
+        });
+      } catch (e) {
+        throw serviceRejected(url.origin, e);
+      }
+    };
     try {
-      checkService(peerCertificateDer(socket), pinned.anchor, { isRevoked: pinned.isRevoked });
+      check();
+      // Then a current CRL (see relay()), and the certificate checked against it; after the
+      // connection, so that a service that cannot be reached is said so (ERR_NETWORK).
+      if (revocation) {
+        // A reset meanwhile must not go unheard (the request then fails as not answered).
+        socket.on("error", ignore);
+        await revocation.ensureCurrent().finally(() => socket.off("error", ignore));
+        check();
+      }
     } catch (e) {
       socket.destroy();
-      throw serviceRejected(url.origin, e);
+      throw e;
     }
   }
   return await new Promise<Reply>((resolve, reject) => {

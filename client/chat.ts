@@ -284,7 +284,7 @@ export class Chat {
     const chat = new Chat(id, options, { trust: await TrustStore.load(id.home.root), log, ca });
     emit = (alarm) => chat.#emit({ type: "log_alarm", ...alarm });
     // A CA service whose TLS certificate is on the CRL we hold is refused (lib/tls.ts).
-    ca.checkServiceRevocation((serial) => chat.#revocation.isRevoked(serial));
+    ca.checkServiceRevocation(chat.#revocation);
     await removeStalePartials(chat.#downloads);
     const unreadable = await chat.#quota.load();
     if (unreadable) chat.#emit({ type: "warning", message: unreadable });

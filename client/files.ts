@@ -5,7 +5,7 @@
  * @module
  */
 import { createHash, type Hash } from "node:crypto";
-import { basename, dirname, join } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { freeBytes, othersMayRename, syncDir, writeFileAtomic } from "../lib/fs.ts";
 
@@ -216,7 +216,9 @@ export class IncomingFile {
 // must be ours and closed to other users' writes (HOME/downloads, 0700, always is), or sticky
 // like /tmp, where only a file's owner may rename or remove it. The same holds for each folder
 // above it (`real`, symbolic links resolved), which could have ours renamed away and another put
-// in its place; those may also be root's.
+// in its place; those may also be root's. And for each folder above it on the path as given
+// (`dir`): one that others may write in lets them replace a symbolic link in it, and so send the
+// next files into any folder of ours (~/.ssh, say), which the checks above would all pass.
 async function checkOwnFolder(dir: string, real: string, uid: number | null): Promise<void> {
   const rules = { group: true, sticky: true };
   const who = othersMayRename(await Deno.stat(real), uid, rules);
@@ -224,18 +226,22 @@ async function checkOwnFolder(dir: string, real: string, uid: number | null): Pr
     const why = who === "owner" ? "it belongs to another user" : "every user may write in it";
     throw new E2eError("ERR_FILE", `Cannot receive files into "${dir}": ${why}`, { hint: HINT });
   }
-  for (let above = dirname(real);; above = dirname(above)) {
-    const info = await Deno.stat(above);
-    const whoAbove = othersMayRename(info, info.uid === 0 ? 0 : uid, rules);
-    if (whoAbove) {
-      const why = whoAbove === "owner" ? "belongs to another user" : "every user may write in";
-      throw new E2eError(
-        "ERR_FILE",
-        `Cannot receive files into "${dir}": it is inside "${above}", which ${why}`,
-        { hint: HINT },
-      );
+  const checked = new Set<string>();
+  for (const start of [real, resolve(dir)]) {
+    for (let above = dirname(start); !checked.has(above); above = dirname(above)) {
+      checked.add(above);
+      const info = await Deno.stat(above);
+      const whoAbove = othersMayRename(info, info.uid === 0 ? 0 : uid, rules);
+      if (whoAbove) {
+        const why = whoAbove === "owner" ? "belongs to another user" : "every user may write in";
+        throw new E2eError(
+          "ERR_FILE",
+          `Cannot receive files into "${dir}": it is inside "${above}", which ${why}`,
+          { hint: HINT },
+        );
+      }
+      if (dirname(above) === above) break;
     }
-    if (dirname(above) === above) return;
   }
 }
 

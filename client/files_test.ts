@@ -213,21 +213,44 @@ Deno.test("IncomingFile refuses a downloads folder inside a folder every user ma
 Deno.test("IncomingFile receives through a symbolic link into the folder it points to, and gives that folder's path, which a changed link does not redirect", async () => {
   await withTempDir(async (home) => {
     const own = join(home, "own");
-    const theirs = join(home, "theirs");
+    const other = join(home, "other");
+    const links = join(home, "links");
+    await Deno.mkdir(own, { mode: 0o700 });
+    await Deno.mkdir(other, { mode: 0o700 });
+    await Deno.mkdir(links, { mode: 0o700 });
+    const link = join(links, "downloads");
+    await Deno.symlink(own, link);
+    const path = await receive(link, "report.pdf", encoder.encode("the peer's"));
+    assert.equal(path, join(own, "report.pdf"));
+    // The link pointed elsewhere, at another report.pdf: the path given still has the peer's.
+    await Deno.writeTextFile(join(other, "report.pdf"), "another");
+    await Deno.remove(link);
+    await Deno.symlink(other, link);
+    assert.equal(await Deno.readTextFile(path), "the peer's");
+  });
+});
+
+Deno.test("IncomingFile refuses a downloads path through a symbolic link that other users may replace: they could send the next files into any folder of ours", async () => {
+  await withTempDir(async (home) => {
+    const own = join(home, "own");
+    const ssh = join(home, ".ssh"); // a folder of ours where a new file does harm
     const shared = join(home, "shared");
     await Deno.mkdir(own, { mode: 0o700 });
-    await Deno.mkdir(theirs, { mode: 0o700 });
+    await Deno.mkdir(ssh, { mode: 0o700 });
     await Deno.mkdir(shared);
     await Deno.chmod(shared, 0o777);
     const link = join(shared, "downloads");
     await Deno.symlink(own, link);
-    const path = await receive(link, "report.pdf", encoder.encode("the peer's"));
-    assert.equal(path, join(own, "report.pdf"));
-    // Whoever may write in `shared` points the link elsewhere, at a report.pdf of their own.
-    await Deno.writeTextFile(join(theirs, "report.pdf"), "someone else's");
+    const refused = e2eError(
+      "ERR_FILE",
+      `Cannot receive files into "${link}": it is inside "${shared}", which every user may write in`,
+    );
+    await assert.rejects(IncomingFile.start(link, "report.pdf", 3), refused);
+    // Whoever may write in `shared` points the link at .ssh, for the next file the peer sends.
     await Deno.remove(link);
-    await Deno.symlink(theirs, link);
-    assert.equal(await Deno.readTextFile(path), "the peer's");
+    await Deno.symlink(ssh, link);
+    await assert.rejects(IncomingFile.start(link, "authorized_keys", 3), refused);
+    assert.deepEqual(await names(ssh), []);
   });
 });
 

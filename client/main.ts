@@ -443,16 +443,17 @@ async function lookup(args: string[]): Promise<number> {
     onWarning: (message) => warnings.push(message),
   });
   // The CRL first: a CA service whose TLS certificate it lists is not asked for the answer.
-  client.checkServiceRevocation((serial) => revocation.isRevoked(serial));
+  client.checkServiceRevocation(revocation);
   const [monitor] = await Promise.all([
     LogMonitor.open(id.home.logState, id.anchor, client),
     revocation.refresh(),
   ]);
+  // Why there is no CRL (one refused as a replay, say) before the error that there is none;
+  // without one, the service is not asked (client/ca_client.ts checkServiceRevocation).
+  for (const message of warnings) await err(`e2e-chat: warning: ${message}\n`);
   const reply = await client.lookup(name).catch(refusedCertificate(id));
   // While an alarm of the log stands, nothing the CA says is shown, as the chat connects to none.
   monitor.requireNoAlarm();
-  // Why there is no CRL (one refused as a replay, say) before the error that there is none.
-  for (const message of warnings) await err(`e2e-chat: warning: ${message}\n`);
   // The directory's answer is checked by the function the chat checks it with before
   // connecting: a current CRL, our CA, that name, valid now, not revoked, and in the CA's
   // issuance log (what is shown can be compared).
@@ -503,7 +504,7 @@ async function audit(args: string[]): Promise<number> {
     onWarning: (message) => warnings.push(message),
   });
   // A CA service whose TLS certificate is on the CRL is not asked for the log.
-  client.checkServiceRevocation((serial) => revocation.isRevoked(serial));
+  client.checkServiceRevocation(revocation);
   await revocation.refresh();
   for (const message of warnings) await err(`e2e-chat: warning: ${message}\n`);
   revocation.requireCurrent();

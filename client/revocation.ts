@@ -86,6 +86,15 @@ export class Revocation {
     }
   }
 
+  /**
+   * Fetches the CRL when none is held or the one held is no longer current (a failure within
+   * 5 s of the last is not tried again); then requires it current.
+   */
+  async ensureCurrent(): Promise<void> {
+    if (Date.now() >= this.#validUntil) await this.refresh();
+    this.requireCurrent();
+  }
+
   /** Fetches the CRL again when the one held is over a minute old; then requires it current. */
   async ensureFresh(): Promise<void> {
     if (Date.now() - this.#fetchedAt > CRL_MAX_AGE_MS) await this.refresh();

@@ -299,9 +299,9 @@ export function serviceRejected(origin: string, cause: unknown): E2eError {
       {
         cause,
         detail: cause.detail,
-        hint: "the service replaces a revoked certificate within the hour, or at once when " +
-          "restarted: try again later; one that keeps presenting it may be someone who kept " +
-          "the old key (tell the admin)",
+        hint: "the service replaces a revoked certificate within seconds: try again in a " +
+          "moment; one that keeps presenting it may be someone who kept the old key (tell " +
+          "the admin)",
       },
     );
   }

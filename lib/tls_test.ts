@@ -381,7 +381,7 @@ Deno.test("checkService() refuses our service's certificate once the CRL held li
     said.message,
     "The CA service at https://127.0.0.1:65433 presents a revoked certificate",
   );
-  assert.match(said.hint ?? "", /replaces a revoked certificate within the hour/);
+  assert.match(said.hint ?? "", /replaces a revoked certificate within seconds/);
   // Any other refusal is a server that is not our CA service.
   const member = thrown(() => checkService(fixtures.alice.der, anchor, { isRevoked: () => true }));
   assert.equal(

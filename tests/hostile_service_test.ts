@@ -7,11 +7,18 @@
  * @module
  */
 import assert from "node:assert/strict";
+import https from "node:https";
 import net from "node:net";
+import { join } from "node:path";
 import tls from "node:tls";
+import { CaPaths } from "../ca/home.ts";
 import { DEFAULT_MAILBOX_LIMITS } from "../ca/mailbox.ts";
 import { RELAY_BUFFER_BYTES } from "../ca/relay.ts";
 import { CaClient } from "../client/ca_client.ts";
+import { Chat } from "../client/chat.ts";
+import type { CoreEvent } from "../client/events.ts";
+import { enroll } from "../client/identity.ts";
+import { parseInvite } from "../lib/invite.ts";
 import { Revocation } from "../client/revocation.ts";
 import { E2eError } from "../lib/errors.ts";
 import { parseCertificate } from "../lib/x509.ts";
@@ -24,6 +31,8 @@ import {
 import { sleep, waitUntil, within } from "./_harness.ts";
 import { type Member, withServiceWorld } from "./_hostile_helpers.ts";
 import { requestWithKey } from "./_tls13_by_hand.ts";
+import { runCa } from "./_helpers.ts";
+import { assertSuccess, makeInvite, withService } from "./_service_helpers.ts";
 
 /** A member's key and certificate, PEM. */
 
@@ -536,40 +545,94 @@ Deno.test("a member who asks for its item twice on one connection and hangs up u
   });
 });
 
-Deno.test("a client holding a CRL that lists the CA service's own TLS certificate refuses that service (directory and relay), yet still fetches the CRL from it; one holding none yet is not stuck", async () => {
-  await withServiceWorld(async ({ service, ca, anchor, member }) => {
+Deno.test("a client holding a CRL that lists the CA service's own TLS certificate refuses that service (directory and relay), yet still fetches the CRL from it; one holding none yet fetches it first", async () => {
+  await withServiceWorld(async ({ ca, anchor, member }) => {
     const alice = await member("alice");
-    // The certificate the running service presents, revoked as its key might be after a theft
-    // (a superseded one is on the CRL the same way): the service keeps it until its next check.
-    const serial = parseCertificate(await Deno.readTextFile(ca.paths.serviceCert)).serial;
+    // The service's certificate and key, kept by someone after the certificate was revoked (a
+    // superseded one is on the CRL the same way); the service replaces it within seconds.
+    const cert = await Deno.readTextFile(ca.paths.serviceCert);
+    const key = await Deno.readTextFile(ca.paths.serviceKey);
+    const serial = parseCertificate(cert).serial;
     await ca.revoke(serial);
+    // That someone serves the CA's CRL (it is public), and refuses the rest.
+    const impostor = https.createServer({ key, cert }, async (req, res) => {
+      req.resume();
+      if (req.url !== "/v1/crl") return res.writeHead(404).end();
+      res.writeHead(200, { "content-type": "application/x-pem-file" });
+      res.end(await Deno.readTextFile(ca.paths.crl));
+    });
+    await new Promise<void>((r) => impostor.listen(0, "127.0.0.1", r));
+    const url = `https://127.0.0.1:${(impostor.address() as { port: number }).port}`;
     const pinned = trustAnchor(anchor);
-    const client = new CaClient(service.url, pinned, alice);
+    const client = new CaClient(url, pinned, alice);
     let fetched = 0;
     const revocation = new Revocation({
       fetch: () => client.crl(),
       issuer: pinned.x509,
       onUpdate: () => fetched++,
     });
-    client.checkServiceRevocation((s) => revocation.isRevoked(s));
-
-    // A client that holds no CRL yet (a fresh member) cannot tell: it is served.
-    assert.equal((await client.lookup("alice")).name, "alice");
-    // The CRL, signed by the CA, is fetched from that very service: no deadlock.
-    await revocation.refresh();
-    revocation.requireCurrent();
-    assert.equal(revocation.isRevoked(serial), true);
+    client.checkServiceRevocation(revocation);
     const refusedService = (e: unknown) => {
       assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
       assert.equal(e.code, "ERR_PEER_REJECTED");
-      assert.equal(e.message, `The CA service at ${service.url} presents a revoked certificate`);
+      assert.equal(e.message, `The CA service at ${url} presents a revoked certificate`);
       assert.match(e.detail ?? "", new RegExp(`serial ${serial}\\) is revoked`));
-      assert.match(e.hint ?? "", /replaces a revoked certificate within the hour/);
+      assert.match(e.hint ?? "", /replaces a revoked certificate within seconds/);
       return true;
     };
+
+    // A client that holds no CRL yet fetches it before it asks anything else: no deadlock, as
+    // the CRL, signed by the CA, is fetched from that very service.
+    await assert.rejects(client.lookup("alice"), refusedService);
+    assert.equal(fetched, 1);
+    revocation.requireCurrent();
+    assert.equal(revocation.isRevoked(serial), true);
     await assert.rejects(client.lookup("alice"), refusedService);
     await assert.rejects(client.relay(1, 5_000), refusedService);
     await revocation.refresh(); // the CRL still comes, and could be refreshed for good
     assert.equal(fetched, 2);
+    impostor.closeAllConnections();
+    await new Promise((r) => impostor.close(r));
+  });
+});
+
+Deno.test("a chat that starts while someone holding the CA service's revoked key poses as the service and withholds the CRL sends that impostor nothing but requests for the CRL", async () => {
+  await withService(async (service, dir) => {
+    const id = await enroll(
+      join(dir, "alice"),
+      parseInvite(await makeInvite(service.home, "alice")),
+    );
+    // The key of the service's certificate, kept by someone after the certificate was revoked
+    // (as when it was stolen, or superseded): the service replaces it within seconds.
+    const paths = new CaPaths(service.home);
+    const key = await Deno.readTextFile(paths.serviceKey);
+    const cert = await Deno.readTextFile(paths.serviceCert);
+    assertSuccess(await runCa(service.home, ["revoke", parseCertificate(cert).serial]), "revoke");
+    await service.stop();
+    // The impostor takes the service's address, and withholds the CRL that would name it.
+    const asked: string[] = [];
+    const impostor = https.createServer({ key, cert }, (req, res) => {
+      asked.push(`${req.method} ${req.url?.replace(/\?.*/, "")}`);
+      req.resume();
+      res.writeHead(503, { "content-type": "application/json" });
+      res.end(JSON.stringify({ error: { code: "ERR_INTERNAL", message: "Busy" } }));
+    });
+    await new Promise<void>((r) => impostor.listen(service.port, "127.0.0.1", r));
+    const events: CoreEvent[] = [];
+    let chat: Chat | undefined;
+    try {
+      chat = await Chat.start(id, { onEvent: (e) => events.push(e), noListen: true });
+      await sleep(3_000); // the first looks at invitations and at the mailbox
+      assert.ok(asked.length > 0, "the impostor was never asked");
+      assert.deepEqual(
+        asked.filter((a) => a !== "GET /v1/crl"),
+        [],
+        `the chat asked the impostor: ${asked.join(", ")}`,
+      );
+    } finally {
+      await chat?.stop();
+      await new Promise((r) => impostor.close(r));
+      impostor.closeAllConnections();
+    }
   });
 });
