@@ -151,6 +151,8 @@ interface Unsent {
   id: string;
   /** The sealed item once its post was tried: posted again as it is, the same bytes. */
   der?: Uint8Array;
+  /** With `der`: the fingerprint of the recipient's key it was sealed to. */
+  sealedTo?: string;
   /** What the sender reports when it ends, kept with it. */
   note?: Record<string, unknown>;
   /** When it was first held, ISO 8601 (set once kept on disk). */
@@ -414,7 +416,7 @@ export class MailboxClient {
       id: job.id,
       at: job.at!,
       ...(job.name === undefined ? {} : { name: job.name }),
-      ...(job.der ? { der: job.der } : { payload: job.payload }),
+      ...(job.der ? { der: job.der, sealedTo: job.sealedTo } : { payload: job.payload }),
       ...(job.note === undefined ? {} : { note: job.note }),
     });
   }
@@ -453,16 +455,21 @@ export class MailboxClient {
   async #post(job: Unsent, hold: boolean): Promise<void> {
     const host = this.#host;
     const { to, kind, id } = job;
+    // The recipient is checked at every try, not only when sealing: while an item waited, their
+    // key may have been replaced (lost, or stolen) or their certificate revoked, and what was
+    // sealed to the old key must not go out as if nothing happened.
+    checkCmsKey(host.certificate(), "your key");
+    await host.fresh();
+    const cert = await host.directory(to);
+    checkCmsKey(cert.pem, `the key of "${to}"`);
+    const changed = () =>
+      new E2eError("ERR_FORBIDDEN", `Not sent: the key of "${to}" changed`, {
+        hint: "compare the safety number, then trust the new key",
+      });
+    if (await host.observe(to, cert.keyFingerprint) === "changed") throw changed();
+    if (job.der && job.sealedTo !== cert.keyFingerprint) throw changed();
     if (!job.der) {
-      checkCmsKey(host.certificate(), "your key");
-      await host.fresh();
-      const cert = await host.directory(to);
-      checkCmsKey(cert.pem, `the key of "${to}"`);
-      if (await host.observe(to, cert.keyFingerprint) === "changed") {
-        throw new E2eError("ERR_FORBIDDEN", `Not sent: the key of "${to}" changed`, {
-          hint: "compare the safety number, then trust the new key",
-        });
-      }
+      job.sealedTo = cert.keyFingerprint;
       job.der = await this.#seal({
         id,
         from: host.self,

@@ -523,3 +523,29 @@ Deno.test("MailboxClient.send(): an item held before it could be sealed is seale
   assert.equal(keyless.mailbox.held, 0);
   assert.ok(keyless.warnings.some((w) => w.startsWith("Cannot read a mailbox item that waits")));
 });
+
+Deno.test("MailboxClient.send(): a held item is not posted sealed to a key its recipient no longer has: the directory's new key is checked first", async () => {
+  const { service, alice } = await world();
+  members.set("dave", await member("dave"));
+  const ended: unknown[] = [];
+  service.failPosts = 1; // sealed to dave's key, then the service did not answer
+  const { held } = await alice.mailbox.send("dave", "message", text("one"), {
+    later: (e) => ended.push(e ?? "posted"),
+  });
+  assert.equal(held, true);
+  // Meanwhile dave's key is lost (or stolen) and replaced: the directory gives another one.
+  const { csr, key } = await makeCsr("dave");
+  const { certificate } = await ca.sign(csr, "dave", { replace: true });
+  const keyPath = join(dir, "dave-new.key");
+  await Deno.writeTextFile(keyPath, key, { mode: 0o600 });
+  members.set("dave", { name: "dave", cert: certificate.pem, keyPath });
+  // The service answers again; the next send to dave posts what was held first.
+  await alice.mailbox.send("dave", "message", text("two"), { later: () => {} }).catch(() => {});
+  const dave = await new Client("dave", service).load();
+  await dave.mailbox.check();
+  // alice is told it was not sent, as a new send is (the key changed); nothing reaches dave.
+  assert.ok(ended[0] instanceof E2eError, `held item ended ${String(ended[0])}`);
+  assert.equal(ended[0].code, "ERR_FORBIDDEN");
+  assert.equal(ended[0].message, 'Not sent: the key of "dave" changed');
+  assert.equal(dave.shown.length, 0, dave.warnings.join(" | "));
+});

@@ -38,6 +38,8 @@ export interface UnsentItem {
   name?: string;
   /** The sealed item, once it was sealed. */
   der?: Uint8Array;
+  /** With `der`: the SHA-256 fingerprint of the recipient's key it was sealed to. */
+  sealedTo?: string;
   /** What is to be sealed (dropped once `der` is there). */
   payload?: Uint8Array;
   /** What the chat reports when it ends (the text of a message, a file's path and digest). */
@@ -183,7 +185,11 @@ export class UnsentStore {
       id: item.id,
       at: item.at,
       ...(item.name === undefined ? {} : { name: item.name }),
-      ...(item.der ? { der: b64(item.der) } : item.payload ? { payload: b64(item.payload) } : {}),
+      ...(item.der
+        ? { der: b64(item.der), sealedTo: item.sealedTo }
+        : item.payload
+        ? { payload: b64(item.payload) }
+        : {}),
       ...(item.note === undefined ? {} : { note: item.note }),
     });
     if (!this.#seal || !this.#key) return plain + "\n";
@@ -219,6 +225,7 @@ export class UnsentStore {
         typeof o.id !== "string" || typeof o.at !== "string" ||
         (o.name !== undefined && typeof o.name !== "string") ||
         (typeof o.der !== "string" && typeof o.payload !== "string") ||
+        (typeof o.der === "string" && typeof o.sealedTo !== "string") ||
         (o.note !== undefined && (typeof o.note !== "object" || o.note === null))
       ) return undefined;
       return {
@@ -227,7 +234,9 @@ export class UnsentStore {
         id: o.id,
         at: o.at,
         ...(o.name === undefined ? {} : { name: o.name }),
-        ...(typeof o.der === "string" ? { der: unb64(o.der) } : { payload: unb64(o.payload) }),
+        ...(typeof o.der === "string"
+          ? { der: unb64(o.der), sealedTo: o.sealedTo }
+          : { payload: unb64(o.payload) }),
         ...(o.note === undefined ? {} : { note: o.note }),
       };
     } catch {

@@ -16,11 +16,17 @@ Deno.test("UnsentStore keeps items across an open, in the order kept, each as it
       const dir = join(home, "mailbox", "unsent");
       const { store } = await UnsentStore.open(dir, join(home, "mailbox"), options);
       const one = item("one", { payload: bytes(3), note: { text: "hi" } });
-      const two = item("two", { kind: "file", name: "a.txt", der: bytes(5), note: { bytes: 3 } });
+      const two = item("two", {
+        kind: "file",
+        name: "a.txt",
+        der: bytes(5),
+        sealedTo: "ab".repeat(32),
+        note: { bytes: 3 },
+      });
       const three = item("three", { kind: "room", payload: bytes(2) });
       for (const i of [one, two, three]) await store.keep(i);
       // Sealed later: kept in its place, the sealed bytes instead of the payload.
-      const sealed = { ...one, payload: undefined, der: bytes(9, 9) };
+      const sealed = { ...one, payload: undefined, der: bytes(9, 9), sealedTo: "cd".repeat(32) };
       await store.keep(sealed);
       await store.drop("three");
       assert.equal(store.size, 2);
