@@ -173,7 +173,7 @@ async function main(): Promise<void> {
     say(
       "   queued: sealed for carol's certificate and signed by alice (CMS, openssl cms); the CA holds",
     );
-    say("   only ciphertext, the two names, its size and the times");
+    say("   only ciphertext, the two names, its size, its SHA-256 and the times");
     say("   carol starts her client, unreachable from outside: --no-listen");
     const carol = await ChatClient.start({ name: "carol", home: homes.carol }, {
       args: ["--no-listen"],

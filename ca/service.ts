@@ -660,7 +660,6 @@ function serviceNames(host: string, extra: string[]): string[] {
   return [...new Set([...names, ...extra])];
 }
 
-/** The service's key and certificate, reissued when missing, for other names, revoked or past two thirds of its life. */
 // Whether `key` (PEM) is the private key of the certificate `info`.
 function ownKey(info: CertificateInfo, key: string): boolean {
   try {
@@ -670,6 +669,10 @@ function ownKey(info: CertificateInfo, key: string): boolean {
   }
 }
 
+/**
+ * The service's key and certificate, reissued when missing, for other names, revoked or past two
+ * thirds of its life.
+ */
 async function serviceCredentials(ca: CertificateAuthority, names: string[]): Promise<Credentials> {
   try {
     const cert = await Deno.readTextFile(ca.paths.serviceCert);
