@@ -80,6 +80,8 @@ const MAX_REPORTS = 20;
  * creator's invitations push out another's.
  */
 const MAX_ROOM_INVITES = 32;
+/** Invitations declined while their creator was not connected, remembered to tell it (oldest go). */
+const MAX_DECLINED = 64;
 /**
  * Members who went while we ran, remembered per room (the oldest forgotten first): a creator's
  * lists may add and remove names without end. A late message of one forgotten is refused with a
@@ -189,6 +191,7 @@ export class Rooms {
   #host: RoomHost;
   #rooms = new Map<string, Room>(); // by room id
   #invites = new Map<string, RoomInvite>(); // by creator and room id (inviteKey)
+  #declined = new Set<string>(); // invitations declined while their creator was away (inviteKey)
   #signing?: KeyObject;
   #seen = new WeakMap<PeerConnection, Set<string>>();
   #reports = new WeakMap<PeerConnection, number>();
@@ -344,23 +347,7 @@ export class Rooms {
     checkRoomName(room);
     if (creator !== undefined) checkName(creator);
     if (this.#byName(room)) throw new E2eError("ERR_USAGE", `You are in ${room} already`);
-    const all = this.#invitesTo(room);
-    const invites = all.filter((i) => creator === undefined || i.from === creator);
-    if (invites.length === 0) {
-      throw new E2eError(
-        "ERR_NOT_FOUND",
-        `No invitation to ${room}${creator === undefined ? "" : ` from "${creator}"`}`,
-        all.length ? { hint: choices(room, all) } : {},
-      );
-    }
-    // Never guessed: a member could send an invitation to a room of the same name to be the one
-    // joined.
-    if (invites.length > 1) {
-      throw new E2eError("ERR_USAGE", twoInvitations(room, invites), {
-        hint: `name the creator: ${choices(room, invites)}`,
-      });
-    }
-    const invite = invites[0];
+    const invite = this.#pick(room, creator, "join");
     const conn = this.#host.peer(invite.from);
     if (!conn?.sendRoom({ op: "join", roomId: invite.list.roomId })) {
       throw new E2eError("ERR_NOT_FOUND", `Not connected to "${invite.from}", who invited you`, {
@@ -368,6 +355,65 @@ export class Rooms {
       });
     }
     invite.joined = true;
+  }
+
+  /**
+   * Declines the invitation to `room` (from `creator`, needed when invitations to two rooms of
+   * that name wait): it is dropped, and its creator is told with a `leave` for the room, on which
+   * it stops offering it (until it invites us again). A creator not connected now is told when
+   * it next offers it, which is then not shown. `told`: whether the creator was told now.
+   *
+   * @example
+   * ```ts ignore
+   * const { from, told } = chat.rooms.decline("#team", "ben");
+   * ```
+   */
+  decline(room: string, creator?: string): { from: string; told: boolean } {
+    checkRoomName(room);
+    if (creator !== undefined) checkName(creator);
+    const invite = this.#pick(room, creator, "decline");
+    const key = inviteKey(invite.list.creator, invite.list.roomId);
+    this.#invites.delete(key);
+    const told = this.#host.peer(invite.from)?.sendRoom({
+      op: "leave",
+      roomId: invite.list.roomId,
+    }) === true;
+    if (!told) {
+      this.#declined.delete(key);
+      this.#declined.add(key);
+      if (this.#declined.size > MAX_DECLINED) {
+        this.#declined.delete(this.#declined.values().next().value!);
+      }
+    }
+    return { from: invite.from, told };
+  }
+
+  /** The room invitations that wait, each with its creator, by room name and then creator. */
+  invitations(): Array<{ room: string; from: string }> {
+    return [...this.#invites.values()]
+      .map((i) => ({ room: i.list.room, from: i.from }))
+      .sort((a, b) => a.room < b.room ? -1 : a.room > b.room ? 1 : a.from < b.from ? -1 : 1);
+  }
+
+  // The one invitation to `room` (from `creator`) that `/room ACTION` is about.
+  #pick(room: string, creator: string | undefined, action: "join" | "decline"): RoomInvite {
+    const all = this.#invitesTo(room);
+    const invites = all.filter((i) => creator === undefined || i.from === creator);
+    if (invites.length === 0) {
+      throw new E2eError(
+        "ERR_NOT_FOUND",
+        `No invitation to ${room}${creator === undefined ? "" : ` from "${creator}"`}`,
+        all.length ? { hint: choices(room, all, action) } : {},
+      );
+    }
+    // Never guessed: a member could send an invitation to a room of the same name to be the one
+    // joined.
+    if (invites.length > 1) {
+      throw new E2eError("ERR_USAGE", twoInvitations(room, invites), {
+        hint: `name the creator: ${choices(room, invites, action)}`,
+      });
+    }
+    return invites[0];
   }
 
   /** Leaves `room`: the creator is told (and publishes the new list); we keep nothing of it. */
@@ -664,6 +710,11 @@ export class Rooms {
       throw refused(`an invitation to another room called ${list.room}, which you are in`);
     }
     const key = inviteKey(list.creator, list.roomId);
+    // Declined while its creator was away: it is told now, and the offer is not shown again.
+    if (this.#declined.has(key) && conn.sendRoom({ op: "leave", roomId: list.roomId })) {
+      this.#declined.delete(key);
+      return;
+    }
     const had = this.#invites.get(key);
     if (had) {
       if (list.version >= had.list.version) had.list = list;
@@ -715,7 +766,18 @@ export class Rooms {
   #onLeave(conn: PeerConnection, roomId: string): void {
     const r = this.#rooms.get(roomId);
     if (!r || r.list.creator !== this.#host.self) return; // not ours to change
-    if (!this.#member(r, conn.name) || conn.name === this.#host.self) return;
+    if (conn.name === this.#host.self) return;
+    if (!this.#member(r, conn.name)) {
+      // From one we invited: the invitation is declined, and not offered again at each hello.
+      if (!r.invited[conn.name]) return;
+      delete r.invited[conn.name];
+      this.#saveDurableOrWarn(r);
+      this.#host.emit({
+        type: "warning",
+        message: `"${conn.name}" declined the invitation to ${r.list.room}`,
+      });
+      return;
+    }
     this.#publish(r, r.list.members.filter((m) => m.name !== conn.name), {
       name: conn.name,
       change: "left",
@@ -1461,8 +1523,8 @@ function twoInvitations(room: string, invites: RoomInvite[]): string {
 }
 
 // "/room join #team ben, or /room join #team mallory"
-function choices(room: string, invites: RoomInvite[]): string {
-  const commands = invites.map((i) => i.from).sort().map((n) => `/room join ${room} ${n}`);
+function choices(room: string, invites: RoomInvite[], action: "join" | "decline" = "join"): string {
+  const commands = invites.map((i) => i.from).sort().map((n) => `/room ${action} ${room} ${n}`);
   return commands.length > 1
     ? `${commands.slice(0, -1).join(", ")}, or ${commands.at(-1)}`
     : commands[0];

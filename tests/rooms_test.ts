@@ -521,6 +521,65 @@ async function offlineMember(s: Scene): Promise<void> {
   assert.deepEqual(fromOa, ["oa:while oc is away 1", "oa:while oc is away 2"]);
 }
 
+/**
+ * bob is invited to two rooms called #team (alice's and carol's) and to carol's #side; he
+ * declines carol's #team (named: two wait), and #side while carol is away.
+ */
+async function declineInvitation(s: Scene): Promise<void> {
+  const [alice, bob, carol] = await Promise.all(
+    (await s.join("alice", "bob", "carol")).map((u) => s.start(u)),
+  );
+  for (const creator of [alice, carol]) {
+    await creator.send(`/room create ${ROOM}`);
+    await creator.expect({ type: "room_joined", room: ROOM });
+    await creator.send(`/room invite ${ROOM} bob`);
+    await bob.expect({ type: "invite", from: creator.name });
+    await bob.send(`/accept ${creator.name}`);
+    await bob.expect({ type: "room_invite", room: ROOM, from: creator.name });
+  }
+  // Which one is not guessed.
+  await bob.send(`/room decline ${ROOM}`);
+  const error = await bob.expect({ type: "error" });
+  assert.equal(
+    error.message,
+    `Two invitations to ${ROOM} wait, from "alice" and "carol": name the creator: ` +
+      `/room decline ${ROOM} alice, or /room decline ${ROOM} carol`,
+  );
+  // Declined: dropped here, and carol is told (she stops offering it).
+  await bob.send(`/room decline ${ROOM} carol`);
+  await bob.expect({ type: "warning", message: `Declined the invitation to ${ROOM} from "carol"` });
+  await carol.expect({ type: "warning", message: `"bob" declined the invitation to ${ROOM}` });
+
+  // Declined while its creator is away: she is told when she offers it again, and bob is not
+  // shown it; an invitation she sends after that is shown.
+  await carol.send("/room create #side");
+  await carol.expect({ type: "room_joined", room: "#side" });
+  await carol.send("/room invite #side bob");
+  await bob.expect({ type: "room_invite", room: "#side", from: "carol" });
+  await bob.send("/close carol");
+  await carol.expect({ type: "disconnected", peer: "bob" });
+  await bob.send("/room decline #side");
+  await bob.expect({
+    type: "warning",
+    message: `Declined the invitation to #side from "carol" ("carol" is not connected: told ` +
+      `when it offers it again)`,
+  });
+  const mark = bob.mark();
+  await carol.send("/chat bob");
+  await bob.expect({ type: "invite", from: "carol" });
+  await bob.send("/accept carol");
+  await carol.expect({ type: "warning", message: `"bob" declined the invitation to #side` });
+  // Neither #side (answered) nor #team (declined before: carol sends it no more) is shown.
+  await bob.expectNone(mark, { type: "room_invite" }, 1_000);
+  await carol.send("/room invite #side bob");
+  await bob.expect({ type: "room_invite", room: "#side", from: "carol" });
+
+  // alice's invitation to #team still waits, the only one: /room join takes it.
+  await bob.send(`/room join ${ROOM}`);
+  await bob.expect({ type: "room_joined", room: ROOM }, ROOM_WAIT_MS);
+  await alice.expect({ type: "room_member", room: ROOM, name: "bob", change: "joined" });
+}
+
 const SCENARIOS: ReadonlyArray<readonly [string, (s: Scene) => Promise<void>]> = [
   [
     "five members in one room: every message reaches every other member once, in its author's order; who leaves or is removed gets nothing after, a late joiner gets what follows, and a killed member catches up after its restart",
@@ -546,4 +605,13 @@ const SCENARIOS: ReadonlyArray<readonly [string, (s: Scene) => Promise<void>]> =
 
 Deno.test("rooms end to end: real CA service, real clients, signed messages over pairwise connections", async (t) => {
   await runScenarios(t, SCENARIOS, (service, dir) => new Scene(service, dir));
+});
+
+Deno.test("rooms end to end: a room invitation is declined", async (t) => {
+  await runScenarios(t, [
+    [
+      "/room decline drops a room invitation and its creator is told; with two of the same name it names the creator; one declined while its creator is away is answered when offered again and not shown; an invitation sent after is shown",
+      declineInvitation,
+    ],
+  ], (service, dir) => new Scene(service, dir));
 });

@@ -16,6 +16,7 @@ import { makeCsr } from "./_helpers.ts";
 import { encodeFrame, PROTOCOL_VERSION } from "../lib/frames.ts";
 import { commitSomething, signBehindTheirBacks } from "./_dishonest_ca.ts";
 import {
+  type ChatClient,
   invitePeer,
   joinUser,
   type Page,
@@ -657,6 +658,61 @@ async function room(scene: Scene): Promise<void> {
 }
 
 /**
+ * Invitations to two rooms called #team (ben's and mallory's) and to ben's #side: each card
+ * names its creator, Join takes the one clicked, Decline drops its own and tells its creator.
+ */
+async function roomInvitationCards(scene: Scene): Promise<void> {
+  const [alice, ben, mallory] = await scene.join("alice-ri", "ben-ri", "mallory-ri");
+  const web = await scene.web(alice);
+  const [benChat, malloryChat] = await Promise.all([scene.json(ben), scene.json(mallory)]);
+  const page = await scene.page(web);
+  const cards = page.getByRole("region", { name: "Invitations" }).getByRole("listitem");
+  const card = (from: string, room: string) =>
+    cards.filter({ hasText: `${from} invites you to ${room}` });
+  const invitations: Array<[ChatClient, string[]]> = [
+    [benChat, ["#team", "#side"]],
+    [malloryChat, ["#team"]],
+  ];
+  for (const [creator, rooms] of invitations) {
+    for (const room of rooms) {
+      await creator.send(`/room create ${room}`);
+      await creator.expect({ type: "room_joined", room });
+      await creator.send(`/room invite ${room} ${alice.name}`);
+      if (room === rooms[0]) {
+        await cards.filter({ hasText: `${creator.name} wants to chat` })
+          .getByRole("button", { name: "Accept", exact: true }).click();
+      }
+      await card(creator.name, room).waitFor();
+    }
+  }
+  for (const [from, room] of [[ben.name, "#team"], [ben.name, "#side"], [mallory.name, "#team"]]) {
+    for (const name of ["Join", "Decline"]) {
+      assert.equal(await card(from, room).getByRole("button", { name, exact: true }).count(), 1);
+    }
+  }
+  // Decline: the card goes, and its creator is told.
+  await card(ben.name, "#side").getByRole("button", { name: "Decline", exact: true }).click();
+  await benChat.expect({
+    type: "warning",
+    message: `"${alice.name}" declined the invitation to #side`,
+  });
+  await card(ben.name, "#side").waitFor({ state: "detached" });
+  // Join on mallory's #team card joins hers, not ben's (the first card of that name).
+  const benMark = benChat.mark();
+  await card(mallory.name, "#team").getByRole("button", { name: "Join", exact: true }).click();
+  await malloryChat.expect({
+    type: "room_member",
+    room: "#team",
+    name: alice.name,
+    change: "joined",
+  });
+  await page.getByRole("button", { name: /#team room/ }).waitFor();
+  // In a #team now: ben's invitation to his goes too, and he never got a join.
+  await card(ben.name, "#team").waitFor({ state: "detached" });
+  await benChat.expectNone(benMark, { type: "room_member" });
+}
+
+/**
  * A peer's words in a notice (the reason it gave for declining our file) are shown as the
  * terminal shows them (lib/printable.ts): no bidi control to reorder the line, no control
  * character.
@@ -729,6 +785,10 @@ const SCENARIOS: Scenario[] = [
   [
     "rooms are conversations: the page creates #team, invites two members, sends and shows their messages, and joins a room it is invited to",
     room,
+  ],
+  [
+    "two invitations to #team from two creators: each card names its creator, Join joins the one clicked; Decline drops an invitation and tells its creator",
+    roomInvitationCards,
   ],
   [
     "requests without the session, with a foreign Host or a cross-origin Origin are refused; the token leaves the address bar",

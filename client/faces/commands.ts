@@ -28,15 +28,16 @@ TEXT                send to the current peer
 /trust NAME         accept NAME's new key after a key change warning
 /close NAME         close the connection to NAME
 /history NAME [N]   the last N (default 20) messages and files of the conversation with NAME
-/room create #ROOM         create a room (names start with #)
-/room invite #ROOM NAME    invite NAME to your room
-/room join #ROOM [CREATOR] accept an invitation to a room (CREATOR: when two share its name)
-/room leave #ROOM          leave a room
-/room remove #ROOM NAME    remove NAME from your room
-/room members #ROOM        members, key fingerprints and the member-list hash to compare
-/rooms                     your rooms and room invitations
-/msg #ROOM TEXT            send to a room (plain text goes there when it is the current one)
-/file #ROOM PATH           offer a file to each member of the room connected now
+/room create #ROOM            create a room (names start with #)
+/room invite #ROOM NAME       invite NAME to your room
+/room join #ROOM [CREATOR]    accept an invitation to a room (CREATOR: when two share its name)
+/room decline #ROOM [CREATOR] decline an invitation to a room (its creator is told)
+/room leave #ROOM             leave a room
+/room remove #ROOM NAME       remove NAME from your room
+/room members #ROOM           members, key fingerprints and the member-list hash to compare
+/rooms                        your rooms and room invitations
+/msg #ROOM TEXT               send to a room (plain text goes there when it is the current one)
+/file #ROOM PATH              offer a file to each member of the room connected now
 /quit               leave`;
 
 /** One parsed line of input. */
@@ -60,12 +61,20 @@ export type Command =
   | { op: "quit" };
 
 /** What `/room` does. */
-export type RoomAction = "create" | "invite" | "join" | "leave" | "remove" | "members";
+export type RoomAction =
+  | "create"
+  | "invite"
+  | "join"
+  | "decline"
+  | "leave"
+  | "remove"
+  | "members";
 
 const ROOM_ACTIONS: readonly RoomAction[] = [
   "create",
   "invite",
   "join",
+  "decline",
   "leave",
   "remove",
   "members",
@@ -150,7 +159,10 @@ export function parseCommand(line: string, options: ParseOptions = {}): Command 
       return { op: "history", name: target(arg(0)), limit };
     }
     case "/room": {
-      const action = arg(0, "create, invite, join, leave, remove or members") as RoomAction;
+      const action = arg(
+        0,
+        "create, invite, join, decline, leave, remove or members",
+      ) as RoomAction;
       if (!ROOM_ACTIONS.includes(action)) {
         throw new E2eError("ERR_USAGE", `Unknown /room ${JSON.stringify(action)}: see /help`);
       }
@@ -160,13 +172,14 @@ export function parseCommand(line: string, options: ParseOptions = {}): Command 
         return { op: "room", action, room, name: checkName(args[2]) };
       }
       // Two invitations may name rooms of the same name: the creator says which.
-      if (action === "join" && args.length === 3) {
+      const invitation = action === "join" || action === "decline";
+      if (invitation && args.length === 3) {
         return { op: "room", action, room, name: checkName(args[2]) };
       }
       if (args.length !== 2) {
         throw new E2eError(
           "ERR_USAGE",
-          `/room ${action} takes #ROOM${action === "join" ? " [CREATOR]" : ""}`,
+          `/room ${action} takes #ROOM${invitation ? " [CREATOR]" : ""}`,
         );
       }
       return { op: "room", action, room };
@@ -460,6 +473,16 @@ async function runRoom(
     case "join":
       rooms.join(room, name);
       return;
+    case "decline": {
+      const { from, told } = rooms.decline(room, name);
+      emit({
+        type: "warning",
+        message: `Declined the invitation to ${room} from "${from}"${
+          told ? "" : ` ("${from}" is not connected: told when it offers it again)`
+        }`,
+      });
+      return;
+    }
     case "leave":
       await rooms.leave(room);
       return;

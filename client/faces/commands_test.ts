@@ -33,6 +33,8 @@ Deno.test("parseCommand() turns every command of /help into a typed command", ()
     ["/room invite #team bob", { op: "room", action: "invite", room: "#team", name: "bob" }],
     ["/room join #team", { op: "room", action: "join", room: "#team" }],
     ["/room join #team bob", { op: "room", action: "join", room: "#team", name: "bob" }],
+    ["/room decline #team", { op: "room", action: "decline", room: "#team" }],
+    ["/room decline #team bob", { op: "room", action: "decline", room: "#team", name: "bob" }],
     ["/room leave #team", { op: "room", action: "leave", room: "#team" }],
     ["/room remove #team bob", { op: "room", action: "remove", room: "#team", name: "bob" }],
     ["/room members #team", { op: "room", action: "members", room: "#team" }],
@@ -64,12 +66,13 @@ Deno.test("parseCommand() refuses what is not a command with ERR_USAGE or ERR_NA
     ["/get ../x", "ERR_USAGE", /"\.\.\/x" is not a file id/],
     ["/decline Bob! 1", "ERR_NAME_INVALID", /Bob!/],
     ["/nope", "ERR_USAGE", /Unknown command "\/nope": see \/help/],
-    ["/room", "ERR_USAGE", /\/room needs create, invite, join, leave, remove or members/],
+    ["/room", "ERR_USAGE", /\/room needs create, invite, join, decline, leave, remove or members/],
     ["/room shout #team", "ERR_USAGE", /Unknown \/room "shout": see \/help/],
     ["/room create team", "ERR_NAME_INVALID", /Invalid room name "team"/],
     ["/room invite #team", "ERR_USAGE", /\/room invite takes #ROOM NAME/],
     ["/room join #team bob cy", "ERR_USAGE", /\/room join takes #ROOM \[CREATOR\]/],
     ["/room leave #team bob", "ERR_USAGE", /\/room leave takes #ROOM$/],
+    ["/room decline #team bob cy", "ERR_USAGE", /\/room decline takes #ROOM \[CREATOR\]/],
     ["/msg #Team hi", "ERR_NAME_INVALID", /Invalid room name "#Team"/],
   ];
   for (const [line, code, message] of cases) {

@@ -125,8 +125,16 @@ type Operation =
   | { op: "room"; action: RoomAction; room: string; name?: string };
 
 /** What the page's `room` operation does (client/rooms.ts). */
-type RoomAction = "create" | "invite" | "join" | "leave" | "remove" | "members";
-const ROOM_ACTIONS: readonly string[] = ["create", "invite", "join", "leave", "remove", "members"];
+type RoomAction = "create" | "invite" | "join" | "decline" | "leave" | "remove" | "members";
+const ROOM_ACTIONS: readonly string[] = [
+  "create",
+  "invite",
+  "join",
+  "decline",
+  "leave",
+  "remove",
+  "members",
+];
 
 /** Options of {@linkcode WebServer.start}. */
 export interface WebServerOptions {
@@ -488,6 +496,8 @@ export class WebServer {
       peers: chat.peers(),
       invitations: chat.invitations(),
       rooms: chat.rooms.list(),
+      // Each with its creator: two may name rooms of the same name, and a card joins one.
+      roomInvitations: chat.rooms.invitations(),
       offers: chat.offers(),
       conversations,
       notices: this.#notices,
@@ -564,7 +574,9 @@ export class WebServer {
       case "invite":
         return await rooms.invite(op.room, op.name!);
       case "join":
-        return rooms.join(op.room);
+        return rooms.join(op.room, op.name);
+      case "decline":
+        return rooms.decline(op.room, op.name);
       case "leave":
         return await rooms.leave(op.room);
       case "remove":
@@ -701,11 +713,15 @@ function parseOperation(value: unknown): Operation {
     }
     const room = checkRoomName(typeof v.room === "string" ? v.room : "");
     const needsName = v.action === "invite" || v.action === "remove";
+    // join and decline: the invitation's creator, when given (two may share the room's name).
+    const mayName = (v.action === "join" || v.action === "decline") && v.name !== undefined;
     return {
       op: "room",
       action: v.action as RoomAction,
       room,
-      ...(needsName ? { name: checkName(typeof v.name === "string" ? v.name : "") } : {}),
+      ...(needsName || mayName
+        ? { name: checkName(typeof v.name === "string" ? v.name : "") }
+        : {}),
     };
   }
   // Messages and history also go to rooms (#name).

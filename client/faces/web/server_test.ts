@@ -28,7 +28,7 @@ function fakeChat(root: string, downloads: string) {
     offers: () => [],
     logAlarms: () => [],
     conversations: () => Promise.resolve([]),
-    rooms: { list: () => [] },
+    rooms: { list: () => [], invitations: () => [] },
     sendFile: async (to: string, path: string) => {
       const dir = path.slice(0, path.lastIndexOf("/"));
       sent.push({

@@ -20,7 +20,7 @@ const state = {
   selected: "",
   history: false,
   rooms: new Set(), // rooms we are in (#name)
-  roomInvites: new Map(), // #name → who invited us
+  roomInvites: new Map(), // "creator #name" → {room, from}: two creators may name rooms alike
   cardErrors: new Map(), // list id → {key, text}: the failed button of a card, and why
 };
 
@@ -328,13 +328,14 @@ function handle(e) {
       notice(e.message);
       return;
     case "room_invite":
-      state.roomInvites.set(e.room, e.from);
+      state.roomInvites.set(`${e.from} ${e.room}`, { room: e.room, from: e.from });
       drawInvitations();
       notice(`${e.from} invites you to ${e.room}`);
       return;
     case "room_joined": {
       state.rooms.add(e.room);
-      state.roomInvites.delete(e.room);
+      // In a room of that name now: the client dropped every invitation to one.
+      for (const [k, i] of state.roomInvites) if (i.room === e.room) state.roomInvites.delete(k);
       const c = conv(e.room);
       c.status = `Members: ${e.members.join(", ")}`;
       touch(c);
@@ -373,9 +374,9 @@ function snapshot(s) {
   state.peers = new Map(s.peers.map((p) => [p.name, p]));
   state.invitations = new Set(s.invitations);
   state.rooms = new Set((s.rooms?.rooms ?? []).map((r) => r.room));
-  for (const room of s.rooms?.invitations ?? []) {
-    if (!state.roomInvites.has(room)) state.roomInvites.set(room, "");
-  }
+  state.roomInvites = new Map(
+    (s.roomInvitations ?? []).map((i) => [`${i.from} ${i.room}`, { room: i.room, from: i.from }]),
+  );
   for (const room of state.rooms) touch(conv(room));
   state.offers = new Map((s.offers ?? []).map((o) => [`${o.from} ${o.id}`, o]));
   for (const { name, last } of s.conversations) {
@@ -545,7 +546,7 @@ $("start").addEventListener("submit", (ev) => {
   fieldError(input, "");
   if (isRoom(name)) {
     // A room: join it when invited, else create it.
-    const action = state.roomInvites.has(name) ? "join" : "create";
+    const action = [...state.roomInvites.values()].some((i) => i.room === name) ? "join" : "create";
     operate("room", { action, room: name }).then(() => {
       input.value = "";
       // Opened, as a chat started here is (its room_joined opens it only when none is open).
@@ -835,29 +836,48 @@ function drawInvitationCards() {
     li.append(who, " ", accept);
     return li;
   }));
-  for (const [room, from] of state.roomInvites) {
+  for (const [key, { room, from }] of state.roomInvites) {
     const li = document.createElement("li");
     const what = document.createElement("span");
-    what.id = `room-invitation-${room.slice(1)}`;
-    what.textContent = from ? `${from} invites you to ${room}` : `Invited to ${room}`;
-    const join = document.createElement("button");
-    join.type = "button";
-    join.textContent = "Join";
-    join.setAttribute("aria-describedby", what.id);
-    join.dataset.key = `join ${room}`;
-    join.addEventListener("click", () => {
-      if (join.getAttribute("aria-disabled") === "true") return;
-      join.setAttribute("aria-disabled", "true");
-      cardError(list, "", "");
-      operate("room", { action: "join", room }).then(() => {
-        select(room);
-        focusAfter();
-      }, (e) => {
-        join.removeAttribute("aria-disabled");
-        cardError(list, join.dataset.key, `Cannot join ${room}: ${errorText(e)}`);
+    // "#" is in no user name: one id per creator and room.
+    what.id = `room-invitation-${from}${room}`;
+    what.textContent = `${from} invites you to ${room}`;
+    // Named "Join" and "Decline"; a screen reader also hears whose invitation, to which room.
+    const button = (label, action, done) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = label;
+      b.setAttribute("aria-describedby", what.id);
+      b.dataset.key = `${action} ${key}`;
+      b.addEventListener("click", () => {
+        if (b.getAttribute("aria-disabled") === "true") return;
+        b.setAttribute("aria-disabled", "true");
+        cardError(list, "", "");
+        // The creator is named: with two invitations to rooms of that name, this card's is meant.
+        operate("room", { action, room, name: from }).then(done, (e) => {
+          b.removeAttribute("aria-disabled");
+          cardError(list, b.dataset.key, `Cannot ${action} ${room}: ${errorText(e)}`);
+        });
       });
+      return b;
+    };
+    const join = button("Join", "join", () => {
+      select(room);
+      focusAfter();
     });
-    li.append(what, " ", join);
+    const decline = button("Decline", "decline", (r) => {
+      state.roomInvites.delete(key);
+      drawInvitations();
+      notice(
+        r?.told === false
+          ? `Declined the invitation to ${room} from ${from} (told when ${from} connects)`
+          : `Declined the invitation to ${room} from ${from}`,
+      );
+    });
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    actions.append(join, " ", decline);
+    li.append(what, " ", actions);
     list.append(li);
   }
 }
