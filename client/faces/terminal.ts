@@ -159,7 +159,10 @@ function format(e: ChatEvent): string | undefined {
     case "room_invite":
       return styleText(
         "yellow",
-        `${printable(e.from)} invites you to ${e.room} — /room join ${e.room}`,
+        // Naming the creator picks this invitation even when another to the same name waits.
+        `${printable(e.from)} invites you to ${e.room} — /room join ${e.room} ${
+          printable(e.from)
+        } (or /room decline ${e.room} ${printable(e.from)})`,
       );
     case "room_joined":
       return styleText("green", `you are in ${e.room}: ${e.members.join(", ")}`);
