@@ -70,7 +70,8 @@ export type RoomAction =
   | "remove"
   | "members";
 
-const ROOM_ACTIONS: readonly RoomAction[] = [
+/** Every {@linkcode RoomAction}, for the faces that parse one (the terminal and JSON, the page). */
+export const ROOM_ACTIONS: readonly RoomAction[] = [
   "create",
   "invite",
   "join",

@@ -41,6 +41,7 @@ import type { Chat } from "../../chat.ts";
 import type { ChatEvent, CoreEvent } from "../../events.ts";
 import { safeFileName } from "../../files.ts";
 import type { HistoryEntry } from "../../history.ts";
+import { ROOM_ACTIONS, type RoomAction } from "../commands.ts";
 
 /** Connections open at once, at most (the page needs a few; a flood gets no more). */
 export const MAX_WEB_CONNECTIONS = 64;
@@ -123,18 +124,6 @@ type Operation =
   | { op: "acceptFile" | "declineFile"; name: string; file: string }
   | { op: "download"; file: string }
   | { op: "room"; action: RoomAction; room: string; name?: string };
-
-/** What the page's `room` operation does (client/rooms.ts). */
-type RoomAction = "create" | "invite" | "join" | "decline" | "leave" | "remove" | "members";
-const ROOM_ACTIONS: readonly string[] = [
-  "create",
-  "invite",
-  "join",
-  "decline",
-  "leave",
-  "remove",
-  "members",
-];
 
 /** Options of {@linkcode WebServer.start}. */
 export interface WebServerOptions {
@@ -708,7 +697,7 @@ function parseOperation(value: unknown): Operation {
     return { op: "download", file: v.file };
   }
   if (v.op === "room") {
-    if (typeof v.action !== "string" || !ROOM_ACTIONS.includes(v.action)) {
+    if (typeof v.action !== "string" || !(ROOM_ACTIONS as readonly string[]).includes(v.action)) {
       throw new E2eError("ERR_BAD_REQUEST", "Not a room action");
     }
     const room = checkRoomName(typeof v.room === "string" ? v.room : "");
