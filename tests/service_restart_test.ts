@@ -44,6 +44,7 @@ class World {
   service: Service;
   readonly crlPort: number;
   #clients: ChatClient[] = [];
+  #relays: TcpRelay[] = [];
 
   private constructor(dir: string, service: Service, crlPort: number) {
     this.dir = dir;
@@ -69,6 +70,48 @@ class World {
     return client;
   }
 
+  /** How many mailbox items for `name` the service holds. */
+  stored(name: string): number {
+    try {
+      return [...Deno.readDirSync(join(this.service.caDir, "mailbox", name))]
+        .filter((e) => e.name.endsWith(".json")).length;
+    } catch {
+      return 0; // no item for them yet
+    }
+  }
+
+  /**
+   * `user` chats through a relay to the service that cuts every answer once an item for `to` is
+   * stored, and posts `text` to `to`'s mailbox: the post is done, and they never hear so. Returns
+   * their chat, held item's id, and the relay (`mode = "pass"` lets answers through again).
+   */
+  async postAnswerLost(
+    user: User,
+    to: string,
+    text: string,
+  ): Promise<{ chat: ChatClient; id: string; cutter: TcpRelay }> {
+    let armed = false;
+    const cutter = await TcpRelay.start(this.service.port, {
+      after: () => armed && this.stored(to) > 0,
+    });
+    this.#relays.push(cutter);
+    assertSuccess(
+      await runClient(user.home, ["move-ca", `127.0.0.1:${cutter.port}`]),
+      "client move-ca to the relay",
+    );
+    const chat = await this.chat(user);
+    armed = true;
+    cutter.mode = "drop";
+    await chat.send(`/msg ${to} ${text}`);
+    const waits = await chat.expect((e) =>
+      e.type === "warning" && / is not sent yet: /.test(String(e.message))
+    );
+    const id = /^Message ([0-9a-f]{32}) /.exec(String(waits.message))?.[1];
+    assert.ok(id, String(waits.message));
+    assert.equal(this.stored(to), 1);
+    return { chat, id, cutter };
+  }
+
   /** Ends the service with `signal`, then serves the same home on the same ports again. */
   async restart(signal: "SIGTERM" | "SIGKILL"): Promise<void> {
     const { home, port } = this.service;
@@ -82,6 +125,7 @@ class World {
 
   async close(): Promise<void> {
     await stopAll(this.#clients);
+    for (const relay of this.#relays) await relay.close();
     await this.service.stop();
   }
 }
@@ -325,55 +369,29 @@ Deno.test("mailbox items posted before, during and after a restart of the servic
 Deno.test("a mailbox post stored by the service whose answer was lost waits, is posted again before the next message, and is kept and shown once", async () => {
   await withWorld(async (world) => {
     const [aliceUser, bobUser] = await world.join("alice", "bob");
-    const waiting = () => {
-      try {
-        return [...Deno.readDirSync(join(world.service.caDir, "mailbox", "bob"))]
-          .filter((e) => e.name.endsWith(".json")).length;
-      } catch {
-        return 0; // no item for bob yet
-      }
-    };
-    // Alice reaches the service through a relay that, armed, cuts every answer once bob's item
-    // is stored: the post was done, and she never hears so.
-    let armed = false;
-    const cutter = await TcpRelay.start(world.service.port, {
-      after: () => armed && waiting() > 0,
-    });
-    try {
-      assertSuccess(
-        await runClient(aliceUser.home, ["move-ca", `127.0.0.1:${cutter.port}`]),
-        "client move-ca to the relay",
-      );
-      const alice = await world.chat(aliceUser);
-      armed = true;
-      cutter.mode = "drop";
-      await alice.send("/msg bob first");
-      const waits = await alice.expect((e) =>
-        e.type === "warning" && / is not sent yet: /.test(String(e.message))
-      );
-      const first = /^Message ([0-9a-f]{32}) /.exec(String(waits.message))?.[1];
-      assert.equal(waiting(), 1);
-      cutter.mode = "pass";
-      // The next message for bob goes after the held one, which is posted again: the same bytes,
-      // which the service keeps once.
-      await alice.send("/msg bob second");
-      await alice.expect({ type: "queued", to: "bob", id: first });
-      const second = await alice.expect({ type: "queued", to: "bob" });
-      assert.equal(waiting(), 2);
+    const { chat: alice, id: first, cutter } = await world.postAnswerLost(
+      aliceUser,
+      "bob",
+      "first",
+    );
+    cutter.mode = "pass";
+    // The next message for bob goes after the held one, which is posted again: the same bytes,
+    // which the service keeps once.
+    await alice.send("/msg bob second");
+    await alice.expect({ type: "queued", to: "bob", id: first });
+    const second = await alice.expect({ type: "queued", to: "bob" });
+    assert.equal(world.stored("bob"), 2);
 
-      const bob = await world.chat(bobUser);
-      for (const text of ["first", "second"]) {
-        await bob.expect({ type: "message", from: "alice", text, via: "mailbox" }, RECOVERY_MS);
-      }
-      for (const id of [first, second.id]) {
-        await alice.expect({ type: "delivered", to: "bob", id }, RECOVERY_MS);
-      }
-      await bob.expectNone(bob.mark(), { type: "message" }, 2_000);
-      assert.equal(bob.count("message"), 2);
-      assertCalm([bob]);
-    } finally {
-      await cutter.close();
+    const bob = await world.chat(bobUser);
+    for (const text of ["first", "second"]) {
+      await bob.expect({ type: "message", from: "alice", text, via: "mailbox" }, RECOVERY_MS);
     }
+    for (const id of [first, second.id]) {
+      await alice.expect({ type: "delivered", to: "bob", id }, RECOVERY_MS);
+    }
+    await bob.expectNone(bob.mark(), { type: "message" }, 2_000);
+    assert.equal(bob.count("message"), 2);
+    assertCalm([bob]);
   });
 });
 
@@ -422,49 +440,25 @@ Deno.test("a mailbox message posted while the service is down survives the chat'
 Deno.test("a mailbox post stored by the service whose answer was lost, then the chat quit, is posted again by the next start and kept and shown once", async () => {
   await withWorld(async (world) => {
     const [aliceUser, bobUser] = await world.join("alice", "bob");
-    const stored = () => {
-      try {
-        return [...Deno.readDirSync(join(world.service.caDir, "mailbox", "bob"))]
-          .filter((e) => e.name.endsWith(".json")).length;
-      } catch {
-        return 0; // no item for bob yet
-      }
-    };
-    let armed = false;
-    const cutter = await TcpRelay.start(world.service.port, {
-      after: () => armed && stored() > 0,
-    });
-    try {
-      assertSuccess(
-        await runClient(aliceUser.home, ["move-ca", `127.0.0.1:${cutter.port}`]),
-        "client move-ca to the relay",
-      );
-      const alice = await world.chat(aliceUser);
-      armed = true;
-      cutter.mode = "drop";
-      await alice.send("/msg bob stored, answer lost");
-      const waits = await alice.expect((e) =>
-        e.type === "warning" && / is not sent yet: /.test(String(e.message))
-      );
-      const id = /^Message ([0-9a-f]{32}) /.exec(String(waits.message))?.[1];
-      assert.equal(stored(), 1);
-      await alice.stop();
-      cutter.mode = "pass";
-      const again = await world.chat(aliceUser);
-      await again.expect({ type: "queued", to: "bob", id }, RECOVERY_MS);
-      // The same bytes again: the service kept one copy.
-      assert.equal(stored(), 1);
-      const bob = await world.chat(bobUser);
-      await bob.expect(
-        { type: "message", from: "alice", text: "stored, answer lost" },
-        RECOVERY_MS,
-      );
-      await again.expect({ type: "delivered", to: "bob", id }, RECOVERY_MS);
-      await bob.expectNone(bob.mark(), { type: "message" }, 2_000);
-      assert.equal(bob.count("message"), 1);
-      assertCalm([bob]);
-    } finally {
-      await cutter.close();
-    }
+    const { chat: alice, id, cutter } = await world.postAnswerLost(
+      aliceUser,
+      "bob",
+      "stored, answer lost",
+    );
+    await alice.stop();
+    cutter.mode = "pass";
+    const again = await world.chat(aliceUser);
+    await again.expect({ type: "queued", to: "bob", id }, RECOVERY_MS);
+    // The same bytes again: the service kept one copy.
+    assert.equal(world.stored("bob"), 1);
+    const bob = await world.chat(bobUser);
+    await bob.expect(
+      { type: "message", from: "alice", text: "stored, answer lost" },
+      RECOVERY_MS,
+    );
+    await again.expect({ type: "delivered", to: "bob", id }, RECOVERY_MS);
+    await bob.expectNone(bob.mark(), { type: "message" }, 2_000);
+    assert.equal(bob.count("message"), 1);
+    assertCalm([bob]);
   });
 });
