@@ -45,6 +45,23 @@ interface World {
   restart(): Promise<void>;
 }
 
+/** mallory, the creator, removes `name` from `ROOM` with a signed list; ann shows it. */
+async function removeFromRoom(
+  w: Pick<World, "ann" | "mallory" | "malloryKey" | "list">,
+  name: string,
+): Promise<void> {
+  const without = signList({
+    roomId: ROOM_ID,
+    room: ROOM,
+    creator: "mallory",
+    version: w.list.version + 1,
+    members: w.list.members.filter((m) => m.name !== name),
+    change: { name, change: "removed" },
+  }, w.malloryKey);
+  w.mallory.write(roomFrame({ op: "list", list: without }));
+  await w.ann.expect({ type: "room_member", room: ROOM, name, change: "removed" });
+}
+
 /** The public key of `user`'s certificate: SPKI DER, base64. */
 async function keyOf(user: User): Promise<string> {
   return spkiOf(createPublicKey(await Deno.readTextFile(user.certPath)));
@@ -330,16 +347,7 @@ Deno.test("a member removed from a room who accepts a file offered to the room b
       await ann.send(`/file ${ROOM} ${path}`);
       const offer = await ben!.expectFrame({ type: "file", room: ROOM });
       // ben waits to answer until mallory has removed him, and ann knows it.
-      const without = signList({
-        roomId: ROOM_ID,
-        room: ROOM,
-        creator: "mallory",
-        version: list.version + 1,
-        members: list.members.filter((m) => m.name !== "ben"),
-        change: { name: "ben", change: "removed" },
-      }, malloryKey);
-      mallory.write(roomFrame({ op: "list", list: without }));
-      await ann.expect({ type: "room_member", room: ROOM, name: "ben", change: "removed" });
+      await removeFromRoom({ ann, mallory, malloryKey, list }, "ben");
       ben!.write(encodeFrame({ type: "accept", id: String(offer.id) }));
       const decline = await ben!.expectFrame({ type: "decline", id: offer.id });
       assert.equal(decline.reason, `withdrawn: "ben" is not in ${ROOM} any more`);
@@ -592,16 +600,7 @@ Deno.test("a file offered to a room by a member removed before it is accepted is
       const size = 30 * 1024 * 1024; // over the auto-accept size: it waits for ann
       ben!.write(encodeFrame({ type: "file", id: "f1", name: "plans.txt", size, room: ROOM }));
       await ann.expect({ type: "file_offer", from: "ben", id: "f1", room: ROOM });
-      const without = signList({
-        roomId: ROOM_ID,
-        room: ROOM,
-        creator: "mallory",
-        version: list.version + 1,
-        members: list.members.filter((m) => m.name !== "ben"),
-        change: { name: "ben", change: "removed" },
-      }, malloryKey);
-      mallory.write(roomFrame({ op: "list", list: without }));
-      await ann.expect({ type: "room_member", room: ROOM, name: "ben", change: "removed" });
+      await removeFromRoom({ ann, mallory, malloryKey, list }, "ben");
       await ann.send("/get ben f1");
       await waitUntil(
         () =>
