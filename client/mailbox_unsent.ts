@@ -65,6 +65,7 @@ const AAD = Buffer.from("e2e-chat mailbox unsent v1");
 const NONCE_BYTES = 12;
 const TAG_BYTES = 16;
 const NAME = /^\d{10}\.json$/;
+const MAX_SEQ = 9_999_999_999;
 
 /** The unsent items of one home, in the order they were kept. */
 export class UnsentStore {
@@ -166,6 +167,15 @@ export class UnsentStore {
           { hint: "send it again when the CA service answers" },
         );
       }
+    }
+    // An eleventh digit would name a file no start reads (a file restored or put there with the
+    // last number): the item would be lost, silently, having been said to wait.
+    if (!before && this.#seq >= MAX_SEQ) {
+      throw new E2eError(
+        "ERR_FILE",
+        `Cannot keep a mailbox item in "${this.#dir}": its files are numbered up to ${MAX_SEQ}`,
+        { hint: `move the files of "${this.#dir}" that are not sent away` },
+      );
     }
     await ensurePrivateDir(this.#parent, { durable: true });
     await ensurePrivateDir(this.#dir, { durable: true });

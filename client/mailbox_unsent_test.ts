@@ -122,3 +122,21 @@ Deno.test("UnsentStore.open() neither hangs nor reads without bound on a planted
     assert.deepEqual(unreadable, [4, 5, 6, 7].map((n) => join(dir, `000000000${n}.json`)));
   });
 });
+
+Deno.test("UnsentStore refuses to keep an item it could not read again, after a file named with the last sequence number, instead of losing it", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "unsent");
+    Deno.mkdirSync(dir, { mode: 0o700 });
+    Deno.writeTextFileSync(join(dir, "9999999999.json"), "restored");
+    const { store } = await UnsentStore.open(dir, home);
+    await assert.rejects(
+      store.keep(item("a", { payload: bytes(3) })),
+      e2eError(
+        "ERR_FILE",
+        `Cannot keep a mailbox item in "${dir}": its files are numbered up to 9999999999`,
+      ),
+    );
+    const { items } = await UnsentStore.open(dir, home);
+    assert.deepEqual(items, []);
+  });
+});
