@@ -75,6 +75,8 @@ import { DEFAULT_FREE_FLOOR_BYTES, DiskFloor } from "./disk_floor.ts";
 export const DEFAULT_PORT = 65433;
 /** How often the service looks whether its own certificate was revoked (then replaced at once), ms. */
 const SERVICE_REVOCATION_CHECK_MS = 5_000;
+// The longest wait between two tries to replace a revoked service certificate that failed.
+const SERVICE_REPLACE_MAX_WAIT_MS = 300_000;
 
 /** The port of the plain-HTTP CRL listener when none is given (0 when the service's port is 0). */
 export const DEFAULT_CRL_PORT = 65434;
@@ -294,7 +296,7 @@ export class CaService {
     const port = (server.address() as { port: number }).port;
     const url = `https://${urlHost(host === "0.0.0.0" ? "127.0.0.1" : host)}:${port}`;
     // Renew the service certificate well before it expires, without a restart.
-    let renewing: Promise<void> | undefined;
+    let renewing: Promise<boolean> | undefined;
     const renew = () =>
       renewing ??= (async () => {
         try {
@@ -307,12 +309,14 @@ export class CaService {
           // Only now, the new one presented, does a CRL supersede the old: a client that fetched
           // that CRL meanwhile would have refused the service (it refuses a listed certificate).
           await ca.retireServiceCertificates(parseCertificate(own.cert).serial);
+          return true;
         } catch (e) {
           log(
             `e2e-chat-ca: cannot renew the service certificate: ${
               e instanceof Error ? e.message : e
             }`,
           );
+          return false;
         } finally {
           renewing = undefined;
         }
@@ -321,12 +325,23 @@ export class CaService {
     // One revoked (`ca revoke SERIAL`, its key stolen, say) is replaced within seconds, not at the
     // hourly check: clients holding the CRL refuse it (lib/tls.ts checkService), so until then
     // the service would answer nobody.
+    // A replacement that keeps failing (a full disk, a broken CA folder) is tried again after 10,
+    // 20, 40 … s, at most every 5 min: not openssl runs and a log line every 5 s for as long.
     let checking: Promise<void> | undefined;
+    let failures = 0;
+    let notBefore = 0;
     const revoked = setInterval(() => {
-      if (renewing || checking) return;
+      if (renewing || checking || Date.now() < notBefore) return;
       checking = (async () => {
         if (!await ca.isCurrent(parseCertificate(own.cert).serial).catch(() => true)) {
-          await renew();
+          if (await renew()) failures = 0;
+          else {
+            const wait = Math.min(
+              SERVICE_REVOCATION_CHECK_MS * 2 ** ++failures,
+              SERVICE_REPLACE_MAX_WAIT_MS,
+            );
+            notBefore = Date.now() + wait - SERVICE_REVOCATION_CHECK_MS / 2;
+          }
         }
       })().finally(() => (checking = undefined));
     }, SERVICE_REVOCATION_CHECK_MS);

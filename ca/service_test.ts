@@ -143,6 +143,20 @@ Deno.test("the service replaces a service certificate revoked with ca revoke wit
   });
 });
 
+Deno.test("a service whose revoked certificate cannot be replaced (its key file broken) tries again after longer and longer waits, not every 5 s", async () => {
+  await withService(async (service, ca, logs) => {
+    const first = await presented(service, ca);
+    // Each try now fails (as on a full disk): the key file is a folder.
+    await Deno.remove(ca.paths.serviceKey);
+    await Deno.mkdir(ca.paths.serviceKey);
+    await ca.revoke(first.serial, { reason: "keyCompromise" });
+    await new Promise((resolve) => setTimeout(resolve, 13_000));
+    const tries = logs.filter((l) => l.includes("cannot renew the service certificate"));
+    // Tries at about 5 s, then 15 s: one within 13 s (it was one every 5 s: 2).
+    assert.equal(tries.length, 1, tries.join("\n"));
+  });
+});
+
 Deno.test("CaService.start() replaces a service key that is not its certificate's (instead of failing every start)", async () => {
   await withTempDir(async (home) => {
     const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });

@@ -17,7 +17,7 @@ import { Buffer } from "node:buffer";
 import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDir, syncDir, writeFileAtomic } from "../lib/fs.ts";
+import { ensurePrivateDir, readUpTo, syncDir, writeFileAtomic } from "../lib/fs.ts";
 
 /** Items that wait for the CA service at most: one more is refused. */
 export const MAX_UNSENT_ITEMS = 100;
@@ -65,6 +65,7 @@ const AAD = Buffer.from("e2e-chat mailbox unsent v1");
 const NONCE_BYTES = 12;
 const TAG_BYTES = 16;
 const NAME = /^\d{10}\.json$/;
+const MAX_SEQ = 9_999_999_999;
 
 /** The unsent items of one home, in the order they were kept. */
 export class UnsentStore {
@@ -91,7 +92,8 @@ export class UnsentStore {
 
   /**
    * Opens the store in `dir` (created, inside `parent`, on the first {@linkcode keep}) and reads
-   * what it holds, oldest first. A file that cannot be read is named in `unreadable` and left.
+   * what it holds, oldest first. A file that cannot be read (torn, foreign, no regular file, larger
+   * than any item) or past the limits is named in `unreadable` and left.
    *
    * @example
    * ```ts
@@ -117,14 +119,19 @@ export class UnsentStore {
         throw new E2eError("ERR_FILE", `Cannot read "${dir}"`, { cause: e });
       }
     }
+    let total = 0;
     for (const name of names) {
       const file = join(dir, name);
       store.#seq = Math.max(store.#seq, Number(name.slice(0, 10)));
-      const item = store.#decode(await Deno.readTextFile(file).catch(() => ""));
-      if (!item || store.#files.has(item.id)) {
+      const item = store.#decode(await readItemFile(file, store.#maxBytes));
+      if (
+        !item || store.#files.has(item.id) || store.#files.size >= store.#maxItems ||
+        total + weight(item) > store.#maxBytes
+      ) {
         unreadable.push(file);
         continue;
       }
+      total += weight(item);
       store.#files.set(item.id, { file, bytes: weight(item) });
       items.push(item);
     }
@@ -160,6 +167,15 @@ export class UnsentStore {
           { hint: "send it again when the CA service answers" },
         );
       }
+    }
+    // An eleventh digit would name a file no start reads (a file restored or put there with the
+    // last number): the item would be lost, silently, having been said to wait.
+    if (!before && this.#seq >= MAX_SEQ) {
+      throw new E2eError(
+        "ERR_FILE",
+        `Cannot keep a mailbox item in "${this.#dir}": its files are numbered up to ${MAX_SEQ}`,
+        { hint: `move the files of "${this.#dir}" that are not sent away` },
+      );
     }
     await ensurePrivateDir(this.#parent, { durable: true });
     await ensurePrivateDir(this.#dir, { durable: true });
@@ -242,6 +258,24 @@ export class UnsentStore {
     } catch {
       return undefined;
     }
+  }
+}
+
+// The text of an item's file, or "" for one that is no regular file (a symbolic link, a FIFO that
+// would block the start, a device that never ends) or is larger than any item we write: a file
+// restored or planted there must neither hang nor exhaust the start. Base64 twice (sealed) is
+// 16/9 of the bytes; the rest is the item's fields and note.
+async function readItemFile(path: string, maxBytes: number): Promise<string> {
+  const cap = maxBytes * 2 + 1024 * 1024;
+  try {
+    if (!(await Deno.lstat(path)).isFile) return "";
+    using file = await Deno.open(path);
+    const info = await file.stat();
+    if (!info.isFile || info.size > cap) return "";
+    const bytes = await readUpTo(file, info.size + 1);
+    return bytes.length > info.size ? "" : new TextDecoder().decode(bytes); // it grew meanwhile
+  } catch {
+    return "";
   }
 }
 

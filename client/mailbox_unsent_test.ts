@@ -83,3 +83,60 @@ Deno.test("UnsentStore names a file it cannot read (torn, foreign, sealed under 
     assert.equal([...Deno.readDirSync(dir)].length, 2);
   });
 });
+
+Deno.test("UnsentStore.open() neither hangs nor reads without bound on a planted FIFO, link to a device or huge file, and loads no more than its limits", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "unsent");
+    const { store } = await UnsentStore.open(dir, home, { maxItems: 3, maxBytes: 1024 });
+    for (const id of ["a", "b", "c"]) await store.keep(item(id, { payload: bytes(10) }));
+    // Restored from a backup, or planted: past the count limit, a FIFO with no writer, a link to
+    // an endless device, a sparse file far larger than any item.
+    Deno.writeTextFileSync(
+      join(dir, "0000000004.json"),
+      JSON.stringify({ v: 1, to: "mallory", kind: "message", id: "d", at: "x", payload: "AA==" }),
+    );
+    const fifo = join(dir, "0000000005.json");
+    assert.ok((await new Deno.Command("mkfifo", { args: [fifo] }).output()).success);
+    Deno.symlinkSync("/dev/zero", join(dir, "0000000006.json"));
+    using huge = Deno.openSync(join(dir, "0000000007.json"), { write: true, create: true });
+    huge.truncateSync(1024 ** 3);
+
+    let done = false;
+    const opened = UnsentStore.open(dir, home, { maxItems: 3, maxBytes: 1024 }).finally(() =>
+      done = true
+    );
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([opened, new Promise((r) => timer = setTimeout(r, 3000))]);
+    clearTimeout(timer);
+    const hung = !done;
+    // Frees a reader blocked on the FIFO, and takes the endless files away, so that the test ends
+    // either way.
+    if (hung) {
+      Deno.removeSync(join(dir, "0000000006.json"));
+      Deno.removeSync(join(dir, "0000000007.json"));
+      (await Deno.open(fifo, { write: true })).close();
+    }
+    const { items, unreadable } = await opened;
+    assert.ok(!hung, "UnsentStore.open() still waited after 3 s");
+    assert.deepEqual(items.map((i) => i.id), ["a", "b", "c"]);
+    assert.deepEqual(unreadable, [4, 5, 6, 7].map((n) => join(dir, `000000000${n}.json`)));
+  });
+});
+
+Deno.test("UnsentStore refuses to keep an item it could not read again, after a file named with the last sequence number, instead of losing it", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "unsent");
+    Deno.mkdirSync(dir, { mode: 0o700 });
+    Deno.writeTextFileSync(join(dir, "9999999999.json"), "restored");
+    const { store } = await UnsentStore.open(dir, home);
+    await assert.rejects(
+      store.keep(item("a", { payload: bytes(3) })),
+      e2eError(
+        "ERR_FILE",
+        `Cannot keep a mailbox item in "${dir}": its files are numbered up to 9999999999`,
+      ),
+    );
+    const { items } = await UnsentStore.open(dir, home);
+    assert.deepEqual(items, []);
+  });
+});
