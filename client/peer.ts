@@ -244,6 +244,9 @@ export class PeerConnection {
   #sending: Promise<void> = Promise.resolve(); // one file streams at a time
   #hello = Promise.withResolvers<void>();
   #confirmed = new Map<string, Confirmed>(); // "got" of our sends
+  // Accepted sends waiting for the one streaming (one at a time), and why the receiver declined
+  // one meanwhile ("" until it does): a declined one is not streamed when its turn comes.
+  #waitingSends = new Map<string, string>();
   #reported = new Map<string, number>(); // what we last said in "got" of theirs
   #nextId = 1;
   #idPrefix = idPrefix();
@@ -509,8 +512,14 @@ export class PeerConnection {
   }
 
   #startSending(id: string, out: Outgoing): void {
+    this.#waitingSends.set(id, "");
     this.#sending = this.#sending.then(async () => {
+      const declined = this.#waitingSends.get(id);
+      this.#waitingSends.delete(id);
       try {
+        if (declined) {
+          throw new E2eError("ERR_FORBIDDEN", `"${this.name}" declined it: ${declined}`);
+        }
         await this.#stream(id, out);
         this.#options.events.fileSent?.(this, {
           id,
@@ -537,13 +546,14 @@ export class PeerConnection {
   async #stream(id: string, out: Outgoing): Promise<void> {
     this.#sendingRoom = out.room;
     const file = out.file;
-    await file.seek(0, Deno.SeekMode.Start);
     // Raw bytes after a "bin" frame when the peer said it takes them; else base64 in JSON.
     const binary = this.#peerFeatures.has(FEATURE_BINARY);
     const windowed = this.#peerFeatures.has(FEATURE_OFFER);
     const confirmed: Confirmed = { bytes: 0, sent: 0 };
+    // Before any await: a decline from here on is this send's (#waitingSends let it go).
     this.#confirmed.set(id, confirmed);
     try {
+      await file.seek(0, Deno.SeekMode.Start);
       await this.#streamFrom(id, out, file, binary, windowed ? confirmed : undefined);
     } finally {
       this.#confirmed.delete(id);
@@ -982,6 +992,12 @@ export class PeerConnection {
         if (streaming) {
           streaming.declined = frame.reason || "no reason given";
           streaming.wake?.();
+          return;
+        }
+        // One waiting its turn behind the one streaming (the receiver gave up on both): it is
+        // not streamed when its turn comes.
+        if (this.#waitingSends.has(frame.id)) {
+          this.#waitingSends.set(frame.id, frame.reason || "no reason given");
           return;
         }
         // One we no longer wait for (it is done) is not the peer's mistake.

@@ -1262,3 +1262,50 @@ Deno.test("PeerConnection whose downloads folder is gone when a file ends tells 
     });
   });
 });
+
+Deno.test("PeerConnection does not stream a file its receiver declined while it waited behind another (the receiver gave up on both): it fails, and none of its data goes", async () => {
+  await withPair(async (rawAlice, bobSocket, dir) => {
+    const bobSeen: Seen = [];
+    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
+      downloads: join(dir, "bob-downloads"),
+      events: recorder(bobSeen),
+    });
+    const wire = wireReader(rawAlice);
+    rawAlice.write(encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }));
+    bob.start();
+    await until("bob's hello", [], () => wire.frames.some((f) => f.type === "hello"));
+    await Deno.writeFile(join(dir, "big.bin"), new Uint8Array(20 * 1024 * 1024));
+    await Deno.writeFile(join(dir, "next.bin"), new Uint8Array(4 * 1024 * 1024).fill(1));
+    const big = await bob.sendFile(join(dir, "big.bin"));
+    const next = await bob.sendFile(join(dir, "next.bin"));
+    rawAlice.write(encodeFrame({ type: "accept", id: big.id }));
+    rawAlice.write(encodeFrame({ type: "accept", id: next.id }));
+    // Alice confirms nothing: bob stops at 8 MiB of the first, the second waits its turn. She
+    // gives up on both at once, as a receiver that got no data for 5 s does.
+    await until("8 MiB", [], () => wire.frames.filter((f) => f.type === "bin").length >= 8);
+    rawAlice.write(
+      encodeFrame({ type: "decline", id: big.id, reason: "stalled: no data for 5 s" }) +
+        encodeFrame({ type: "decline", id: next.id, reason: "stalled: no data for 5 s" }),
+    );
+    await until(
+      "bob told of both (or the second sent)",
+      bobSeen,
+      (s) =>
+        s.filter((e) => e[0] === "fileFailed").length >= 2 || s.some((e) => e[0] === "fileSent"),
+    );
+    assert.ok(
+      !bobSeen.some((e) => e[0] === "fileSent"),
+      "a declined file was streamed and said sent",
+    );
+    assert.deepEqual(bobSeen.filter((e) => e[0] === "fileFailed"), [
+      ["fileFailed", "out", '"alice" declined it: stalled: no data for 5 s'],
+      ["fileFailed", "out", '"alice" declined it: stalled: no data for 5 s'],
+    ]);
+    const id = bob.sendMessage("still talking");
+    await until("the message", [], () => wire.frames.some((f) => f.id === id));
+    assert.ok(!wire.frames.some((f) => f.id === next.id && f.type !== "file"), "the second went");
+    assert.ok(!bobSeen.some((e) => e[0] === "fileSent"), "a declined file said sent");
+    assert.ok(bob.open);
+    bob.close();
+  });
+});

@@ -76,8 +76,9 @@ const REQUESTS_PER_SECOND = 20;
 /** Refusals reported per connection; after that, one line saying more are not shown. */
 const MAX_REPORTS = 20;
 /**
- * Room invitations held at once, all creators together: past it a new one is refused, so no
- * creator's invitations push out another's.
+ * Room invitations held at once, all creators together: past it the creator holding the most
+ * gives up its oldest to one holding at least two fewer, else a new one is refused — so neither
+ * one creator nor a few together keep the others' out, and none pushes out a fair share.
  */
 const MAX_ROOM_INVITES = 32;
 /** Invitations declined while their creator was not connected, remembered to tell it (oldest go). */
@@ -721,15 +722,21 @@ export class Rooms {
       return; // the same invitation again (sent at every hello)
     }
     // Bounded per creator, by name: its own oldest goes (one of the same name first: it made
-    // another room of that name since). When all are taken, a new one is refused instead.
+    // another room of that name since). When all are taken, the creator holding the most gives
+    // up its oldest if it holds at least two more than this one (two members together could
+    // otherwise hold all 32 and keep every other creator's out); else a new one is refused.
     const theirs = [...this.#invites].filter(([, i]) => i.from === conn.name);
     const replaced = theirs.find(([, i]) => i.list.room === list.room) ??
       (theirs.length >= MAX_INVITES_PER_CREATOR ? theirs[0] : undefined);
+    const most = replaced || this.#invites.size < MAX_ROOM_INVITES
+      ? undefined
+      : this.#oldestOfMost(theirs.length + 2);
     if (replaced) this.#invites.delete(replaced[0]);
+    else if (most !== undefined) this.#invites.delete(most);
     else if (this.#invites.size >= MAX_ROOM_INVITES) {
       throw refused(
         `an invitation to ${list.room}: ${MAX_ROOM_INVITES} room invitations wait already ` +
-          `(join some, or restart to forget them)`,
+          `(join or decline some: /room join, /room decline)`,
       );
     }
     this.#invites.set(key, { list, from: conn.name, key: creatorKey });
@@ -1268,6 +1275,18 @@ export class Rooms {
       });
     }
     return r;
+  }
+
+  // The key of the oldest invitation of the creator holding the most (the first to reach that
+  // count on ties), when it holds at least `atLeast`.
+  #oldestOfMost(atLeast: number): string | undefined {
+    const count = new Map<string, number>();
+    for (const i of this.#invites.values()) count.set(i.from, (count.get(i.from) ?? 0) + 1);
+    let from: string | undefined;
+    for (const [name, n] of count) if (n >= atLeast && n > (count.get(from!) ?? 0)) from = name;
+    if (from === undefined) return undefined;
+    for (const [key, i] of this.#invites) if (i.from === from) return key;
+    return undefined;
   }
 
   // The invitations that wait to rooms called `room`, oldest first.

@@ -626,3 +626,40 @@ Deno.test("a file offered to a room by a member removed before it is accepted is
     },
   );
 });
+
+Deno.test("two members together cannot keep every other creator's room invitations out: when 32 wait, the creator holding the most gives up its oldest for a new creator's", async () => {
+  const users: Record<string, User> = {};
+  await withWorld(
+    async ({ ann, connect }) => {
+      // mallory's invitation to #team waits; ben sends 16 and carl 15: 32 wait, two members'.
+      for (const [name, count] of [["ben", 16], ["carl", 15]] as const) {
+        const peer = await connect(users[name]);
+        for (let i = 0; i < count; i++) {
+          peer.write(
+            roomFrame({ op: "invite", list: await firstList(users[name], `#${name}-${i}`) }),
+          );
+        }
+        await ann.expect({ type: "room_invite", room: `#${name}-${count - 1}`, from: name });
+      }
+      // Declined, they would come back with new rooms at the next connection: only a bound
+      // that leaves others room keeps dora's invitation from being refused.
+      const dora = await connect(users.dora);
+      dora.write(roomFrame({ op: "invite", list: await firstList(users.dora, "#plans") }));
+      await ann.expect({ type: "room_invite", room: "#plans", from: "dora" });
+      await ann.send("/rooms");
+      const invitations = (await ann.expect({ type: "rooms" })).invitations as string[];
+      assert.equal(invitations.length, 32, `${invitations}`);
+      assert.ok(invitations.includes(ROOM), `mallory's invitation pushed out: ${invitations}`);
+      assert.ok(!invitations.includes("#ben-0"), "ben, holding the most, kept his oldest");
+      assert.equal(invitations.filter((r) => r.startsWith("#ben-")).length, 15);
+      assert.equal(invitations.filter((r) => r.startsWith("#carl-")).length, 15);
+    },
+    async ({ service, dir }) => {
+      for (const name of ["ben", "carl", "dora"]) {
+        users[name] = await joinUser(service, name, join(dir, name));
+      }
+      return [];
+    },
+    { annJoins: false },
+  );
+});
