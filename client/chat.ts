@@ -428,9 +428,6 @@ export class Chat {
       reached = again;
       return await this.#reach(name, again);
     });
-    // It reached its inviter: the CA lists it to none of our clients again (told after the
-    // connection is made, so it costs the connection no time).
-    this.#invitations.tell(reached);
     let cert: CertificateInfo;
     try {
       if (socket.alpnProtocol !== ALPN) {
@@ -442,7 +439,11 @@ export class Chat {
       socket.destroy();
       throw e;
     }
-    return await this.#attach(socket, name, cert, via, true);
+    const attached = await this.#attach(socket, name, cert, via, true);
+    // Its inviter admitted us: the CA lists it to none of our clients again (told in the
+    // background, so it costs the connection no time; an accept that failed leaves it listed).
+    this.#invitations.tell(reached);
+    return attached;
   }
 
   // The peer TLS to the inviter: directly to the address it names, or inside a connection

@@ -308,6 +308,11 @@ Deno.test("connections: a replaced one closes without a word, a refused accept i
           assert.deepEqual(eventsSince(bob, mark, (e) => e.type === "connected"), []);
           assert.equal(bob.chat.isConnected("alice"), false);
           assert.deepEqual(eventsSince(alice, 0, (e) => e.type === "connected"), []);
+          // Not admitted, so not taken up: the CA still lists the invitation to bob's clients
+          // (a client tells it in the background once admitted; give a wrong one time to).
+          await new Promise((r) => setTimeout(r, 1_000));
+          const { invitations } = await bob.chat.identity.client().pending();
+          assert.deepEqual(invitations.map((i) => i.from), ["alice"]);
         },
       );
     } finally {
