@@ -18,6 +18,7 @@ import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from "node:cr
 import { join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, readUpTo, syncDir, writeFileAtomic } from "../lib/fs.ts";
+import { checkName } from "../lib/names.ts";
 
 /** Items that wait for the CA service at most: one more is refused. */
 export const MAX_UNSENT_ITEMS = 100;
@@ -244,6 +245,7 @@ export class UnsentStore {
         (typeof o.der === "string" && typeof o.sealedTo !== "string") ||
         (o.note !== undefined && (typeof o.note !== "object" || o.note === null))
       ) return undefined;
+      checkName(o.to); // a member's name, or unreadable (posted to nobody else)
       return {
         to: o.to,
         kind: o.kind,

@@ -71,16 +71,32 @@ Deno.test("UnsentStore refuses one more item past its count or its bytes with ER
   });
 });
 
-Deno.test("UnsentStore names a file it cannot read (torn, foreign, sealed under another key) and leaves it", async () => {
+Deno.test("UnsentStore names a file it cannot read (torn, foreign, sealed under another key, for no member name) and leaves it", async () => {
   await withTempDir(async (home) => {
     const dir = join(home, "unsent");
     const { store } = await UnsentStore.open(dir, home, { key: bytes(32, 1) });
     await store.keep(item("sealed", { payload: bytes(3) }));
     Deno.writeTextFileSync(join(dir, "0000000002.json"), '{"v":1,"to":"bob"');
+    // Well-formed, but for no member name: never posted, whatever the rest says.
+    const stranger = {
+      v: 1,
+      kind: "message",
+      id: "x",
+      at: "2026-01-02T03:04:05.000Z",
+      payload: "aGk=",
+    };
+    Deno.writeTextFileSync(
+      join(dir, "0000000003.json"),
+      JSON.stringify({ ...stranger, to: "../bob" }),
+    );
+    Deno.writeTextFileSync(
+      join(dir, "0000000004.json"),
+      JSON.stringify({ ...stranger, to: "Bob" }),
+    );
     const { items, unreadable } = await UnsentStore.open(dir, home, { key: bytes(32, 2) });
     assert.deepEqual(items, []);
-    assert.deepEqual(unreadable, [join(dir, "0000000001.json"), join(dir, "0000000002.json")]);
-    assert.equal([...Deno.readDirSync(dir)].length, 2);
+    assert.deepEqual(unreadable, [1, 2, 3, 4].map((n) => join(dir, `000000000${n}.json`)));
+    assert.equal([...Deno.readDirSync(dir)].length, 4);
   });
 });
 
