@@ -13,10 +13,12 @@ import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import {
   type BrowserContext,
+  invitePeer,
   joinUser,
   type Locator,
   type Page,
   type Scene,
+  sleep,
   stallClient,
   startChat,
   timeline,
@@ -547,6 +549,135 @@ async function invitationGoes(scene: Scene): Promise<void> {
   }
 }
 
+/**
+ * Room invitations follow the client in every tab: one declined in another tab while this tab's
+ * "Decline" of it has focus goes here too (said in a notice; focus on the list's heading, not on
+ * the next card's button), and one joined there goes here, focus then on the message box.
+ */
+async function roomInvitationGoes(scene: Scene): Promise<void> {
+  const [alice, ben] = await scene.join("alice-rg", "ben-rg");
+  const web = await scene.web(alice);
+  const benChat = await scene.json(ben);
+  const [page, other] = [await scene.page(web), await scene.page(web)];
+  const card = (p: Page, room: string) =>
+    p.getByRole("region", { name: "Invitations" }).getByRole("listitem")
+      .filter({ hasText: `${ben.name} invites you to ${room}` });
+  for (const room of ["#side", "#team"]) {
+    await benChat.send(`/room create ${room}`);
+    await benChat.expect({ type: "room_joined", room });
+    await benChat.send(`/room invite ${room} ${alice.name}`);
+    if (room === "#side") {
+      await page.getByRole("listitem").filter({ hasText: `${ben.name} wants to chat` })
+        .getByRole("button", { name: "Accept", exact: true }).click();
+    }
+    for (const p of [page, other]) await card(p, room).waitFor();
+  }
+  await card(page, "#side").getByRole("button", { name: "Decline", exact: true }).focus();
+  await card(other, "#side").getByRole("button", { name: "Decline", exact: true }).click();
+  await benChat.expect({
+    type: "warning",
+    message: `"${alice.name}" declined the invitation to #side`,
+  });
+  await card(page, "#side").waitFor({ state: "detached" });
+  assert.equal(await focused(page), "h2: Invitations");
+  await page.locator("#notices")
+    .getByText(`Declined the invitation to #side from ${ben.name}`, { exact: true }).waitFor();
+  // Said once in the tab that declined (its reply, then the server's word to every tab).
+  await sleep(300);
+  assert.equal(
+    await other.locator("#notices").getByText(/Declined the invitation to #side/).count(),
+    1,
+  );
+
+  await card(page, "#team").getByRole("button", { name: "Join", exact: true }).focus();
+  await card(other, "#team").getByRole("button", { name: "Join", exact: true }).click();
+  await benChat.expect({ type: "room_member", room: "#team", name: alice.name, change: "joined" });
+  await card(page, "#team").waitFor({ state: "detached" });
+  await page.getByRole("region", { name: "Invitations" }).waitFor({ state: "hidden" });
+  assert.equal(await focused(page), "textarea: Message");
+}
+
+/**
+ * File offers follow the client in every tab: one declined in another tab while this tab's
+ * "Accept file" of it has focus goes here too (focus on the list's heading), and so does one
+ * accepted there.
+ */
+async function offerGoes(scene: Scene): Promise<void> {
+  const [alice, bob] = await scene.join("alice-og", "bob-og");
+  const web = await scene.web(alice, ["--auto-accept", "0"]);
+  const b = await scene.json(bob);
+  const page = await scene.page(web);
+  await startChat(page, alice, b);
+  const other = await scene.page(web);
+  const card = (p: Page, name: string) =>
+    p.getByRole("region", { name: "Files offered to you" }).getByRole("listitem")
+      .filter({ hasText: `offers ${name} (` });
+  for (const name of ["first.bin", "second.bin"]) {
+    const path = join(scene.dir, name);
+    await Deno.writeFile(path, new Uint8Array(60));
+    await b.send(`/file ${path}`);
+    for (const p of [page, other]) await card(p, name).waitFor();
+  }
+  await card(page, "first.bin").getByRole("button", { name: "Accept file" }).focus();
+  await card(other, "first.bin").getByRole("button", { name: "Decline file" }).click();
+  const failed = await b.expect({ type: "file_failed", direction: "out" });
+  assert.match(String(failed.reason), /declined by the user/);
+  await card(page, "first.bin").waitFor({ state: "detached" });
+  assert.equal(await focused(page), "h2: Files offered to you");
+
+  await card(other, "second.bin").getByRole("button", { name: "Accept file" }).click();
+  await card(page, "second.bin").waitFor({ state: "detached" });
+  await page.getByRole("region", { name: "Files offered to you" }).waitFor({ state: "hidden" });
+  await timeline(page).getByText("second.bin").waitFor();
+}
+
+/**
+ * A key trusted or verified in another tab: this tab's warning and "Trust new key" go and its
+ * message box opens, then its "Mark verified" goes and the peer shows verified; a button that
+ * had focus hands it to the message box.
+ */
+async function keyTrustedElsewhere(scene: Scene): Promise<void> {
+  const [alice, bobOld] = await scene.join("alice-kt", "bob-kt");
+  const web = await scene.web(alice);
+  const page = await scene.page(web);
+  const bob1 = await scene.json(bobOld);
+  await startChat(page, alice, bob1);
+  await bob1.stop();
+  await page.getByRole("button", { name: /bob-kt offline/ }).waitFor();
+  const bobNew = await joinUser(scene.service, "bob-kt", join(scene.dir, "bob-kt-new"));
+  const bob2 = await scene.json(bobNew);
+  await invitePeer(page, alice, bob2);
+  const other = await scene.page(web);
+  const box = (p: Page) => p.getByRole("textbox", { name: "Message", exact: true });
+  for (const p of [page, other]) {
+    await p.getByRole("button", { name: "Trust new key" }).waitFor();
+    assert.ok(await box(p).isDisabled());
+  }
+
+  await page.getByRole("button", { name: "Trust new key" }).focus();
+  await other.getByRole("button", { name: "Trust new key" }).click();
+  await page.getByRole("alert").filter({ hasText: "changed" }).waitFor({ state: "hidden" });
+  await box(page).and(page.locator(":enabled")).waitFor();
+  assert.equal(await focused(page), "textarea: Message");
+
+  const verify = (p: Page) => p.getByRole("button", { name: "Mark verified" });
+  await verify(page).waitFor();
+  await verify(page).focus();
+  await verify(other).click();
+  await verify(page).waitFor({ state: "hidden" });
+  await page.locator("#peer-state").getByText("online, verified").waitFor();
+  assert.equal(await focused(page), "textarea: Message");
+  await sendFromPage(page, "trusted in the other tab");
+  await bob2.expect({ type: "message", text: "trusted in the other tab" });
+}
+
+async function sendFromPage(page: Page, text: string): Promise<void> {
+  const box = page.getByRole("textbox", { name: "Message", exact: true });
+  await box.fill(text);
+  await box.press("Enter");
+  await page.locator(".item.mine", { hasText: text }).waitFor();
+}
+
 // Relative luminance and contrast ratio (WCAG 2.2, 1.4.3 and 1.4.11).
 function luminance(rgb: number[]): number {
   const [r, g, b] = rgb.map((v) => {
@@ -776,5 +907,20 @@ await webTest("web face for keyboard and screen-reader users, WCAG 2.2 AA, in ch
   [
     "at 360 px and at 200 % zoom, long names and words scroll nothing sideways and cut off no control, and every target is 24 × 24 px at least",
     reflow,
+  ],
+]);
+
+await webTest("web face in chromium: every tab of the page follows the client", [
+  [
+    "a room invitation declined or joined in another tab goes from this tab too, its focused Decline or Join handing focus to the Invitations heading or the message box",
+    roomInvitationGoes,
+  ],
+  [
+    "a file offer declined or accepted in another tab goes from this tab too, its focused Accept file handing focus to the list's heading",
+    offerGoes,
+  ],
+  [
+    "Trust new key and Mark verified done in another tab update this tab: the warning goes, the message box opens, the peer shows verified, focus on the message box",
+    keyTrustedElsewhere,
   ],
 ]);

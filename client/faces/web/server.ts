@@ -500,8 +500,11 @@ export class WebServer {
     try {
       const parsed = JSON.parse(data);
       re = typeof parsed?.id === "number" || typeof parsed?.id === "string" ? parsed.id : null;
-      const result = await this.#run(parseOperation(parsed));
+      const op = parseOperation(parsed);
+      const result = await this.#run(op);
+      const done = answered(op, result);
       send(socket, { type: "reply", re, ok: true, ...(result === undefined ? {} : { result }) });
+      if (done) this.#broadcast(done);
     } catch (e) {
       send(socket, { type: "reply", re, ok: false, error: errorReply(e) });
     }
@@ -747,6 +750,41 @@ function parseOperation(value: unknown): Operation {
       throw new E2eError("ERR_BAD_REQUEST", `Unknown operation ${JSON.stringify(v.op)}`);
   }
 }
+
+/**
+ * What an operation changed that every tab shows and the core has no event for (a card answered,
+ * a key verified or trusted): said to every tab, the one that asked included, after its reply,
+ * so the other tabs drop the card or the warning instead of keeping it until they reload.
+ */
+function answered(op: Operation, result: unknown): Answered | undefined {
+  switch (op.op) {
+    case "acceptFile":
+    case "declineFile":
+      return {
+        type: "offer_answered",
+        from: op.name,
+        id: op.file,
+        accepted: op.op === "acceptFile",
+      };
+    case "verify":
+      return { type: "trusted", peer: op.name, trust: "verified" };
+    case "trust":
+      return { type: "trusted", peer: op.name, trust: "known" };
+    case "room": {
+      if (op.action !== "decline") return undefined;
+      const { from, told } = result as { from: string; told: boolean };
+      return { type: "room_declined", room: op.room, from, told };
+    }
+    default:
+      return undefined;
+  }
+}
+
+/** The page's own events, from {@linkcode answered} (docs/WEB.md, "WebSocket messages"). */
+type Answered =
+  | { type: "offer_answered"; from: string; id: string; accepted: boolean }
+  | { type: "trusted"; peer: string; trust: "verified" | "known" }
+  | { type: "room_declined"; room: string; from: string; told: boolean };
 
 function errorReply(e: unknown): { code: string; message: string; hint?: string } {
   if (e instanceof E2eError) {

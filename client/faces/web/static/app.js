@@ -311,6 +311,14 @@ function handle(e) {
       }
       return;
     }
+    case "offer_answered":
+      // Answered here (whose reply came first and took the card) or in another tab: it goes.
+      if (state.offers.delete(`${e.from} ${e.id}`)) drawOffers();
+      return;
+    case "trusted":
+      // Mark verified or Trust new key, here or in another tab.
+      keyTrusted(e.peer, e.trust);
+      return;
     case "log_alarm":
       logAlarm(e);
       break;
@@ -331,6 +339,13 @@ function handle(e) {
       state.roomInvites.set(`${e.from} ${e.room}`, { room: e.room, from: e.from });
       drawInvitations();
       notice(`${e.from} invites you to ${e.room}`);
+      return;
+    case "room_declined":
+      // Declined in another tab (this tab's own decline took its card with the reply).
+      if (state.roomInvites.delete(`${e.from} ${e.room}`)) {
+        drawInvitations();
+        notice(declined(e));
+      }
       return;
     case "room_joined": {
       state.rooms.add(e.room);
@@ -749,29 +764,41 @@ function upload(name, file) {
 $("verify").addEventListener("click", () => {
   const name = state.selected;
   fieldError($("verify"), "");
-  operate("verify", { name }).then(() => {
-    const p = state.peers.get(name);
-    if (p) p.trust = "verified";
-    const c = conv(name);
-    c.verified = true;
-    // Said by the status; the button goes, and drawConversation() moves focus on.
-    c.status = "Connected: safety number verified";
-    drawConversation();
-  }, (e) => fieldError($("verify"), errorText(e)));
+  // Said by the status; the button goes, and drawConversation() moves focus on.
+  operate("verify", { name }).then(
+    () => keyTrusted(name, "verified"),
+    (e) => fieldError($("verify"), errorText(e)),
+  );
 });
 
 $("trust").addEventListener("click", () => {
   const name = state.selected;
   fieldError($("trust"), "");
   operate("trust", { name }).then(() => {
-    const p = state.peers.get(name);
-    if (p) p.trust = "known";
-    conv(name).status = "Connected: new key trusted";
-    fetchSafety(name);
-    drawConversation();
-    $("message").focus();
+    keyTrusted(name, "known");
+    if (state.selected === name) $("message").focus();
   }, (e) => fieldError($("trust"), errorText(e)));
 });
+
+/**
+ * A key marked verified or trusted (after a key change), in this tab or another (the server
+ * tells every tab): the peer's state, its status and the buttons follow. A button that had focus
+ * and goes hands it to the message box (drawConversation), never to another's action.
+ */
+function keyTrusted(name, trust) {
+  const p = state.peers.get(name);
+  const was = p?.trust;
+  if (p) p.trust = trust;
+  const c = conv(name);
+  const status = trust === "verified"
+    ? "Connected: safety number verified"
+    : "Connected: new key trusted";
+  // Once: the acting tab hears its reply, then the same news from the server.
+  if (was === trust && c.status === status) return;
+  c.status = status;
+  if (trust === "known") fetchSafety(name);
+  drawConversation();
+}
 
 document.addEventListener("visibilitychange", () => {
   if (!document.hidden && state.selected) {
@@ -868,11 +895,7 @@ function drawInvitationCards() {
     const decline = button("Decline", "decline", (r) => {
       state.roomInvites.delete(key);
       drawInvitations();
-      notice(
-        r?.told === false
-          ? `Declined the invitation to ${room} from ${from} (told when ${from} connects)`
-          : `Declined the invitation to ${room} from ${from}`,
-      );
+      notice(declined({ room, from, told: r?.told }));
     });
     const actions = document.createElement("div");
     actions.className = "actions";
@@ -880,6 +903,12 @@ function drawInvitationCards() {
     li.append(what, " ", actions);
     list.append(li);
   }
+}
+
+function declined({ room, from, told }) {
+  return told === false
+    ? `Declined the invitation to ${room} from ${from} (told when ${from} connects)`
+    : `Declined the invitation to ${room} from ${from}`;
 }
 
 function drawList() {
@@ -932,7 +961,7 @@ function drawTitle(convs) {
 /**
  * Call before a list is redrawn, and what it returns after, so the keyboard's focus is not
  * lost: a control inside it that had focus gets it back in its new drawing (by its data-key).
- * When it is gone (an answered card, an invitation taken in another tab), focus goes to the
+ * When it is gone (an answered card, one answered in another tab), focus goes to the
  * list's heading while the list has controls left, else to the message box or "Chat with" —
  * never to the control now in its place, which may act for someone else (another sender's
  * "Accept", pressed by the next Enter).
