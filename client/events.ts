@@ -85,6 +85,8 @@ export type CoreEvent =
   | { type: "disconnected"; peer: string; reason: string }
   // Rooms (docs/PROTOCOL.md §9).
   | { type: "room_invite"; room: string; from: string }
+  // A waiting invitation given up to bound them (docs/PROTOCOL.md §9): it cannot be joined now.
+  | { type: "room_invite_dropped"; room: string; from: string; reason: string }
   | { type: "room_joined"; room: string; members: string[] }
   | { type: "room_message"; room: string; from: string; text: string; id: string }
   | { type: "room_member"; room: string; name: string; change: "joined" | "left" | "removed" }

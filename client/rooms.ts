@@ -731,9 +731,21 @@ export class Rooms {
     const most = replaced || this.#invites.size < MAX_ROOM_INVITES
       ? undefined
       : this.#oldestOfMost(theirs.length + 2);
-    if (replaced) this.#invites.delete(replaced[0]);
-    else if (most !== undefined) this.#invites.delete(most);
-    else if (this.#invites.size >= MAX_ROOM_INVITES) {
+    const gone = replaced?.[0] ?? most;
+    if (gone !== undefined) {
+      const { list: old, from } = this.#invites.get(gone)!;
+      this.#invites.delete(gone);
+      this.#host.emit({
+        type: "room_invite_dropped",
+        room: old.room,
+        from,
+        reason: replaced
+          ? (replaced[1].list.room === list.room
+            ? `"${from}" invites you to another room called ${list.room}`
+            : `"${from}" has ${MAX_INVITES_PER_CREATOR} invitations waiting, the most one creator may`)
+          : `${MAX_ROOM_INVITES} room invitations wait, and "${from}" holds the most`,
+      });
+    } else if (this.#invites.size >= MAX_ROOM_INVITES) {
       throw refused(
         `an invitation to ${list.room}: ${MAX_ROOM_INVITES} room invitations wait already ` +
           `(join or decline some: /room join, /room decline)`,

@@ -527,6 +527,13 @@ Deno.test("a member who reconnects cannot push out another creator's room invita
         ben.destroy();
         await ann.expect({ type: "disconnected", peer: "ben" });
       }
+      // Each of ben's second round pushed out one of his own, said so.
+      await ann.expect({
+        type: "room_invite_dropped",
+        room: "#b0-15",
+        from: "ben",
+        reason: '"ben" has 16 invitations waiting, the most one creator may',
+      });
       await ann.send("/rooms");
       const rooms = await ann.expect({ type: "rooms" });
       const invitations = rooms.invitations as string[];
@@ -645,6 +652,13 @@ Deno.test("two members together cannot keep every other creator's room invitatio
       // that leaves others room keeps dora's invitation from being refused.
       const dora = await connect(users.dora);
       dora.write(roomFrame({ op: "invite", list: await firstList(users.dora, "#plans") }));
+      // ann is told which one went (a card for it would otherwise stay on her page).
+      await ann.expect({
+        type: "room_invite_dropped",
+        room: "#ben-0",
+        from: "ben",
+        reason: '32 room invitations wait, and "ben" holds the most',
+      });
       await ann.expect({ type: "room_invite", room: "#plans", from: "dora" });
       await ann.send("/rooms");
       const invitations = (await ann.expect({ type: "rooms" })).invitations as string[];

@@ -164,6 +164,11 @@ function format(e: ChatEvent): string | undefined {
           printable(e.from)
         } (or /room decline ${e.room} ${printable(e.from)})`,
       );
+    case "room_invite_dropped":
+      return styleText(
+        "yellow",
+        `${printable(e.from)}'s invitation to ${e.room} is dropped: ${printable(e.reason)}`,
+      );
     case "room_joined":
       return styleText("green", `you are in ${e.room}: ${e.members.join(", ")}`);
     case "room_message":

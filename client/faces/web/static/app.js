@@ -340,6 +340,11 @@ function handle(e) {
       drawInvitations();
       notice(`${e.from} invites you to ${e.room}`);
       return;
+    case "room_invite_dropped":
+      // Given up by the client to bound the invitations that wait: its card goes, in every tab.
+      if (state.roomInvites.delete(`${e.from} ${e.room}`)) drawInvitations();
+      notice(`${e.from}'s invitation to ${e.room} is dropped: ${e.reason}`);
+      return;
     case "room_declined":
       // Declined in another tab (this tab's own decline took its card with the reply).
       if (state.roomInvites.delete(`${e.from} ${e.room}`)) {
