@@ -91,7 +91,10 @@ export class CaPaths {
   get invitesJournal(): string {
     return join(this.dir, "invites.journal");
   }
-  /** Held by `ca serve` while it runs: one service per CA home. */
+  /**
+   * Held (flock) by the CA service while it runs, with its pid in it: one service per CA home
+   * (ca/service.ts `claimServiceHome`).
+   */
   get serviceLock(): string {
     return join(this.home, ".service.lock");
   }
@@ -99,7 +102,6 @@ export class CaPaths {
   get invitesLock(): string {
     return join(this.home, ".invites.lock");
   }
-  /** Where the running service listens (for `ca invite`); removed when it stops. */
   /** The issuance log's folder (ca/log.ts), 0700. */
   get logDir(): string {
     return join(this.dir, "log");
@@ -120,6 +122,7 @@ export class CaPaths {
   get logCert(): string {
     return join(this.logDir, "log.crt");
   }
+  /** Where the running service listens, and its pid (for `ca invite`); removed when it stops. */
   get serviceInfo(): string {
     return join(this.dir, "service.json");
   }

@@ -18,7 +18,7 @@ import {
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 import { resolveHome, resolveUserPath } from "../lib/home.ts";
-import { holdLock, type LockOptions } from "../lib/lock.ts";
+import type { LockOptions } from "../lib/lock.ts";
 import { readPassphrase } from "../lib/passphrase.ts";
 import { CertificateAuthority, checkCommonName } from "./authority.ts";
 import { CA_KEY_TYPES, checkDays, REVOKE_REASONS } from "./policy.ts";
@@ -27,7 +27,13 @@ import { exists } from "../lib/fs.ts";
 import { formatInvite } from "../lib/invite.ts";
 import { checkName } from "../lib/names.ts";
 import { InviteStore, type ListedInvite, parseDuration } from "./invites.ts";
-import { CaService, DEFAULT_PORT, type ServeOptions } from "./service.ts";
+import {
+  CaService,
+  claimServiceHome,
+  DEFAULT_PORT,
+  type ServeOptions,
+  type ServiceClaim,
+} from "./service.ts";
 import { CaPaths } from "./home.ts";
 import { DEFAULT_MAILBOX_LIMITS } from "./mailbox.ts";
 import { Buffer } from "node:buffer";
@@ -238,6 +244,7 @@ async function serve(args: string[]): Promise<number> {
     ...bufferOptions(values),
   };
   let ca: CertificateAuthority;
+  let claim: ServiceClaim;
   if (!await exists(new CaPaths(home).cert)) {
     await err(`e2e-chat: no CA in ${home}; creating one\n`);
     const passphrase = await readPassphrase({
@@ -248,28 +255,21 @@ async function serve(args: string[]): Promise<number> {
     });
     await err("e2e-chat: generating an RSA-4096 key (this can take a few seconds)\n");
     ca = await CertificateAuthority.init(home, passphrase);
+    claim = await claimServiceHome(ca.paths);
   } else {
-    ca = await openWithPassphrase(values, {});
-    await ca.unlock(); // a wrong passphrase fails now, not at the first enrollment
+    // One service per CA home (CaService.start), and a second one is told so before it asks
+    // for the passphrase or changes anything.
+    claim = await claimServiceHome((await openCa(values)).paths);
+    try {
+      ca = await openWithPassphrase(values, {});
+      await ca.unlock(); // a wrong passphrase fails now, not at the first enrollment
+    } catch (e) {
+      claim.release();
+      throw e;
+    }
   }
-  // One service per CA home: a second one would take the first's live invite reservations for
-  // ones a crash left behind, and could issue a token twice (docs/CA.md, "Invites").
-  const release = await holdLock(ca.paths.serviceLock, { timeoutMs: SERVICE_LOCK_WAIT_MS })
-    .catch((e) => {
-      if (!(e instanceof E2eError) || e.code !== "ERR_LOCK_TIMEOUT") throw e;
-      throw new E2eError("ERR_LOCK_TIMEOUT", `Another CA service runs on ${home}`, {
-        hint: "stop it first (it holds HOME/.service.lock), or serve another --home",
-      });
-    });
-  try {
-    return await serveUntilStopped(ca, options);
-  } finally {
-    release();
-  }
+  return await serveUntilStopped(ca, { ...options, claim });
 }
-
-/** How long `ca serve` waits for another service on the same home to stop, ms. */
-const SERVICE_LOCK_WAIT_MS = 5_000;
 
 async function serveUntilStopped(ca: CertificateAuthority, options: ServeOptions): Promise<number> {
   const service = await CaService.start(ca, options);

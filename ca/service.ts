@@ -30,6 +30,7 @@ import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
+import { holdLock } from "../lib/lock.ts";
 import { deadline, guardConnections } from "../lib/connections.ts";
 import { ReplyBudget } from "../lib/reply_budget.ts";
 import {
@@ -54,6 +55,7 @@ import {
   tooLarge,
 } from "./api.ts";
 import type { CertificateAuthority } from "./authority.ts";
+import type { CaPaths } from "./home.ts";
 import { type CrlListener, listenHint, startCrlListener } from "./crl_listener.ts";
 import { InviteStore } from "./invites.ts";
 import { CRL_URL_PATH } from "./policy.ts";
@@ -148,6 +150,95 @@ export interface ServeOptions {
    * mailbox posts get 507 `ERR_QUOTA`; 0 for none. Default: {@linkcode DEFAULT_FREE_FLOOR_BYTES}.
    */
   freeFloorBytes?: number;
+  /**
+   * The home's claim, taken beforehand with {@linkcode claimServiceHome} (`ca serve` takes it
+   * before it asks for the passphrase); start() takes one itself when none is given. Either
+   * way the service owns it from then on: close(), or a failed start, lets go of it.
+   * Default: none.
+   */
+  claim?: ServiceClaim;
+  /**
+   * How long start() waits for another service on the same home to stop (a restart), ms, when
+   * it takes the claim itself. Default: {@linkcode SERVICE_BUSY_WAIT_MS}.
+   */
+  busyWaitMs?: number;
+}
+
+/** How long a service starting waits for another one on the same CA home to stop, ms. */
+export const SERVICE_BUSY_WAIT_MS = 5_000;
+
+/**
+ * One service's hold on a CA home: `HOME/.service.lock` held (flock, so the kernel lets go when
+ * the process dies, SIGKILL included) with the holder's pid written in it.
+ */
+export interface ServiceClaim {
+  /** The CA home claimed. */
+  readonly home: string;
+  /** Lets go of the claim; safe to call twice. */
+  release(): void;
+}
+
+/**
+ * Claims `paths`' home for one CA service, waiting up to `timeoutMs`
+ * ({@linkcode SERVICE_BUSY_WAIT_MS}) for another service there to stop. Two services on one
+ * home would each supersede the other's service certificate at start, overwrite each other's
+ * `service.json`, and keep invites, rendezvous, relay and mailbox state the other never sees.
+ * Throws `ERR_LOCK_TIMEOUT` naming the running service (its pid, and its URL once it listens).
+ *
+ * @example One service per CA home
+ * ```ts
+ * import { CaPaths } from "./home.ts";
+ * import { claimServiceHome } from "./service.ts";
+ * await Deno.mkdir("/tmp/example-ca-home", { recursive: true });
+ * const claim = await claimServiceHome(new CaPaths("/tmp/example-ca-home"));
+ * claim.release();
+ * ```
+ */
+export async function claimServiceHome(
+  paths: CaPaths,
+  options: { timeoutMs?: number } = {},
+): Promise<ServiceClaim> {
+  let release: () => void;
+  try {
+    release = await holdLock(paths.serviceLock, {
+      timeoutMs: options.timeoutMs ?? SERVICE_BUSY_WAIT_MS,
+    });
+  } catch (e) {
+    if (!(e instanceof E2eError) || e.code !== "ERR_LOCK_TIMEOUT") throw e;
+    const holder = await serviceHolder(paths);
+    const which = holder ? `: pid ${holder.pid}, ${holder.url ?? "still starting"}` : "";
+    throw new E2eError("ERR_LOCK_TIMEOUT", `Another CA service runs on ${paths.home}${which}`, {
+      cause: e,
+      hint: `stop it first${holder ? ` (kill -TERM ${holder.pid})` : ""}, or serve another --home`,
+    });
+  }
+  try {
+    // Read by the next one refused; the flock, not this text, says whether a service runs.
+    await Deno.writeTextFile(paths.serviceLock, `${Deno.pid}\n`);
+  } catch (e) {
+    release();
+    throw e;
+  }
+  let held = true;
+  return {
+    home: paths.home,
+    release() {
+      if (held) release();
+      held = false;
+    },
+  };
+}
+
+/** The pid in the service lock, and the URL from service.json when that file is the same pid's. */
+async function serviceHolder(paths: CaPaths): Promise<{ pid: number; url?: string } | undefined> {
+  const pid = Number((await Deno.readTextFile(paths.serviceLock).catch(() => "")).trim());
+  if (!Number.isSafeInteger(pid) || pid <= 0) return undefined; // a service from before pids
+  try {
+    // A service killed leaves its service.json behind: only the holder's own names it.
+    const info = JSON.parse(await Deno.readTextFile(paths.serviceInfo));
+    if (info?.pid === pid && typeof info.url === "string") return { pid, url: info.url };
+  } catch { /* not written yet, or gone */ }
+  return { pid };
 }
 
 /** A running CA service. */
@@ -166,6 +257,7 @@ export class CaService {
   #sockets: Set<Socket>;
   #relay?: Relay;
   #replies?: ReplyBudget;
+  #claim?: ServiceClaim;
 
   private constructor(
     server: https.Server,
@@ -185,8 +277,28 @@ export class CaService {
     this.#timer = timer;
   }
 
-  /** Starts the service for an unlocked CA. */
+  /**
+   * Starts the service for an unlocked CA, holding its home's claim ({@linkcode ServiceClaim})
+   * until close(): on a home whose service runs it throws `ERR_LOCK_TIMEOUT` before it issues,
+   * supersedes or writes anything.
+   */
   static async start(ca: CertificateAuthority, options: ServeOptions = {}): Promise<CaService> {
+    const claim = options.claim ??
+      await claimServiceHome(ca.paths, { timeoutMs: options.busyWaitMs });
+    try {
+      if (claim.home !== ca.paths.home) {
+        throw new TypeError(`The claim is on "${claim.home}", not on "${ca.paths.home}"`);
+      }
+      const service = await CaService.#start(ca, options);
+      service.#claim = claim;
+      return service;
+    } catch (e) {
+      claim.release();
+      throw e;
+    }
+  }
+
+  static async #start(ca: CertificateAuthority, options: ServeOptions): Promise<CaService> {
     const host = options.host ?? "127.0.0.1";
     const log = options.log ?? logToStderr;
     const names = serviceNames(host, options.names ?? []);
@@ -361,8 +473,13 @@ export class CaService {
     service.#crl = crl;
     await writeFileAtomic(
       ca.paths.serviceInfo,
-      JSON.stringify({ url, host: advertised, port, fingerprint: ca.certificate.fingerprint }) +
-        "\n",
+      JSON.stringify({
+        url,
+        host: advertised,
+        port,
+        fingerprint: ca.certificate.fingerprint,
+        pid: Deno.pid,
+      }) + "\n",
     );
     // A running service signs often enough to keep openssl started ahead (CertificateAuthority).
     ca.keepOpensslWarm();
@@ -388,17 +505,22 @@ export class CaService {
 
   /** Stops accepting connections, ends long polls and closes every connection. */
   async close(): Promise<void> {
-    await this.#timer.stop();
-    this.#stopping.abort();
-    this.#ctx.rendezvous.wakeAll();
-    this.#ctx.mailbox?.close();
-    this.#relay?.close();
-    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
-    for (const socket of this.#sockets) socket.destroy();
-    await closed;
-    await this.#crl?.close();
-    await this.#ctx.ca.stopWarmOpenssl();
-    await Deno.remove(this.#ctx.ca.paths.serviceInfo).catch(() => {});
+    try {
+      await this.#timer.stop();
+      this.#stopping.abort();
+      this.#ctx.rendezvous.wakeAll();
+      this.#ctx.mailbox?.close();
+      this.#relay?.close();
+      const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+      for (const socket of this.#sockets) socket.destroy();
+      await closed;
+      await this.#crl?.close();
+      await this.#ctx.ca.stopWarmOpenssl();
+      await Deno.remove(this.#ctx.ca.paths.serviceInfo).catch(() => {});
+    } finally {
+      // Last: the next service on this home writes a service.json this one must not remove.
+      this.#claim?.release();
+    }
   }
 }
 

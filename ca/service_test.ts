@@ -51,7 +51,7 @@ async function exists(path: string): Promise<boolean> {
   return await Deno.stat(path).then(() => true, () => false);
 }
 
-Deno.test("CaService.start() writes service.json with its URL, host, port and the CA fingerprint; close() removes it", async () => {
+Deno.test("CaService.start() writes service.json with its URL, host, port, the CA fingerprint and its pid; close() removes it", async () => {
   await withTempDir(async (home) => {
     const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
     const service = await CaService.start(ca, { port: 0, log: () => {} });
@@ -64,6 +64,7 @@ Deno.test("CaService.start() writes service.json with its URL, host, port and th
         host: "127.0.0.1",
         port: service.port,
         fingerprint: ca.certificate.fingerprint,
+        pid: Deno.pid,
       });
     } finally {
       await service.close();
@@ -253,23 +254,63 @@ Deno.test("the service keeps a current certificate between checks and logs nothi
 
 Deno.test("CaService.start() on a port in use fails with ERR_NETWORK and a hint, and leaves the running service's service.json alone", async () => {
   await withService(async (service, ca) => {
-    await assert.rejects(
-      // crlPort 0: the default CRL port may be taken by a CA service running on this machine.
-      () => CaService.start(ca, { port: service.port, crlPort: 0, log: () => {} }),
-      (e) => {
-        assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
-        assert.equal(e.code, "ERR_NETWORK");
-        assert.equal(e.message, `Cannot listen on 127.0.0.1:${service.port}`);
-        assert.equal(
-          e.hint,
-          "is another service using that port? stop it, or pick a free port with --port PORT " +
-            "and keep it at every start (members' invites and certificates name it)",
-        );
-        return true;
-      },
-    );
+    await withTempDir(async (home) => {
+      // Another CA: on the same home the second start is refused before it listens (below).
+      const other = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+      await assert.rejects(
+        // crlPort 0: the default CRL port may be taken by a CA service running on this machine.
+        () => CaService.start(other, { port: service.port, crlPort: 0, log: () => {} }),
+        (e) => {
+          assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
+          assert.equal(e.code, "ERR_NETWORK");
+          assert.equal(e.message, `Cannot listen on 127.0.0.1:${service.port}`);
+          assert.equal(
+            e.hint,
+            "is another service using that port? stop it, or pick a free port with --port PORT " +
+              "and keep it at every start (members' invites and certificates name it)",
+          );
+          return true;
+        },
+      );
+      assert.ok(!await exists(other.paths.serviceInfo));
+    });
     // The running service's service.json is still there and still its own.
     const info = JSON.parse(await Deno.readTextFile(ca.paths.serviceInfo));
     assert.equal(info.port, service.port);
+  });
+});
+
+Deno.test("CaService.start() on a home whose service runs refuses with ERR_LOCK_TIMEOUT naming it, before it issues, supersedes or writes anything", async () => {
+  await withService(async (service, ca) => {
+    const own = await presented(service, ca);
+    const files = async () => {
+      const names = ["service.json", "crl.pem", "index.txt", "crl-url.txt"];
+      return await Promise.all(names.map((n) => Deno.readTextFile(`${ca.paths.dir}/${n}`)));
+    };
+    const before = await files();
+    const again = await CertificateAuthority.open(ca.paths.home, { passphrase: PASSPHRASE });
+    await assert.rejects(
+      () => CaService.start(again, { port: 0, crlPort: 0, busyWaitMs: 200, log: () => {} }),
+      (e) => {
+        assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
+        assert.equal(e.code, "ERR_LOCK_TIMEOUT");
+        assert.equal(
+          e.message,
+          `Another CA service runs on ${ca.paths.home}: pid ${Deno.pid}, ${service.url}`,
+        );
+        assert.equal(e.hint, `stop it first (kill -TERM ${Deno.pid}), or serve another --home`);
+        return true;
+      },
+    );
+    assert.deepEqual(await files(), before);
+    assert.ok(await ca.isCurrent(own.serial), "the running service's certificate was superseded");
+    assert.equal((await presented(service, ca)).serial, own.serial);
+  });
+  // close() lets go: the next start on that home needs no wait.
+  await withTempDir(async (home) => {
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+    await (await CaService.start(ca, { port: 0, log: () => {} })).close();
+    const next = await CaService.start(ca, { port: 0, busyWaitMs: 1_000, log: () => {} });
+    await next.close();
   });
 });

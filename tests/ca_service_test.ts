@@ -162,6 +162,7 @@ Deno.test("serve prints its URL and the CA fingerprint, and SIGTERM stops it wit
         host: "127.0.0.1",
         port: service.port,
         fingerprint,
+        pid: service.proc.pid,
       });
       assert.equal((await service.request("/v1/ca")).status, 200);
       status = await service.stop();
@@ -179,15 +180,31 @@ Deno.test("serve prints its URL and the CA fingerprint, and SIGTERM stops it wit
   });
 });
 
-Deno.test("a second ca serve on the same home refuses with one error line, and the first goes on serving", async () => {
+Deno.test("a second ca serve on a home whose service runs refuses before it asks for the passphrase, names the running one and changes nothing, while invite, list, log and revoke work beside it", async () => {
   await withService(async (service) => {
-    const second = await runCa(service.home, ["serve", "--port", "0"]);
+    const before = await snapshot(service.home);
+    // No passphrase: the refusal comes first, and an admin is not asked for one in vain.
+    const second = await runCa(service.home, ["serve", "--port", "0"], {
+      env: { E2E_CHAT_CA_PASSPHRASE: "" },
+    });
     assert.equal(second.code, 1, second.stderr);
     assert.equal(second.stdout, "");
-    assert.match(
+    assert.equal(
       second.stderr,
-      /^e2e-chat: error: Another CA service runs on .*ca-home\n.*stop it first/,
+      `e2e-chat: error: Another CA service runs on ${service.home}: pid ${service.proc.pid}, ` +
+        `${service.url}\n` +
+        `e2e-chat: hint: stop it first (kill -TERM ${service.proc.pid}), or serve another --home\n`,
     );
+    // No certificate issued or superseded, no service.json or CRL URL written.
+    assert.deepEqual(await snapshot(service.home), before);
+    assert.equal((await service.request("/v1/ca")).status, 200);
+    // The other commands take the CA's locks only briefly: they work beside the service.
+    await enrollUser(service, "bob");
+    for (const args of [["invite", "alice"], ["list"], ["log"], ["revoke", "bob"]]) {
+      assertSuccess(await runCa(service.home, args), `ca ${args.join(" ")}`);
+    }
+    const invite = await runCa(service.home, ["invite", "carol"]);
+    assert.match(invite.stdout, new RegExp(`127\\.0\\.0\\.1:${service.port}`));
     assert.equal((await service.request("/v1/ca")).status, 200);
     // Once the first has stopped, a service starts on that home again.
     await service.stop();
@@ -196,6 +213,34 @@ Deno.test("a second ca serve on the same home refuses with one error line, and t
       assert.equal((await again.request("/v1/ca")).status, 200);
     } finally {
       await again.stop();
+    }
+  });
+});
+
+Deno.test("a CA service killed with SIGKILL does not block the next start, which replaces its service.json", async () => {
+  await withTempDir(async (dir) => {
+    const home = join(dir, "ca-home");
+    await initCa(home);
+    const killed = await startService(home);
+    killed.proc.kill("SIGKILL");
+    await killed.stop();
+    const serviceJson = join(home, "ca", "service.json");
+    // What a kill leaves: the dead service's address, and its pid in the lock file.
+    assert.equal(JSON.parse(await Deno.readTextFile(serviceJson)).port, killed.port);
+    const next = await startService(home);
+    try {
+      assert.equal((await next.request("/v1/ca")).status, 200);
+      const info = JSON.parse(await Deno.readTextFile(serviceJson));
+      assert.deepEqual([info.url, info.pid], [next.url, next.proc.pid]);
+      // A third start is told about the live one, not the dead one.
+      const third = await runCa(home, ["serve", "--port", "0"]);
+      assert.equal(third.code, 1, third.stderr);
+      assert.match(
+        third.stderr,
+        new RegExp(`^e2e-chat: error: Another CA service runs on .*: pid ${next.proc.pid}, `),
+      );
+    } finally {
+      await next.stop();
     }
   });
 });
