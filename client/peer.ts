@@ -1069,10 +1069,6 @@ export class PeerConnection {
             reason: e instanceof Error ? e.message : String(e),
             direction: "in",
           });
-          // Our disk's trouble (it names our folder) is for our user; the peer hears less.
-          if (e instanceof E2eError && e.code === "ERR_FILE") {
-            throw new E2eError("ERR_FILE", "The receiver could not keep the file");
-          }
           throw e;
         }
         return;
@@ -1400,7 +1396,12 @@ export class PeerConnection {
     const message = e instanceof E2eError ? e.message : "Internal error";
     this.#closeReason = `closed after bad input: ${message}`;
     this.#flushAcks(); // the frames before the bad one were handled: their messages shown
-    this.#write({ type: "error", message });
+    // Our disk's trouble (it names our folders: the downloads folder, those above it) is for our
+    // user, whether a file failed to start or to end; the peer hears less.
+    const told = e instanceof E2eError && e.code === "ERR_FILE"
+      ? "The receiver could not keep the file"
+      : message;
+    this.#write({ type: "error", message: told });
     this.#flush();
     this.#socket.end();
     pauseReading(this.#socket);

@@ -1263,6 +1263,27 @@ Deno.test("PeerConnection whose downloads folder is gone when a file ends tells 
   });
 });
 
+Deno.test("PeerConnection whose downloads folder is refused when a file starts tells the peer only that the file could not be kept, never our folders", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    // A folder above the downloads folder that every user may write in: receiving is refused.
+    const open = join(dir, "open");
+    await Deno.mkdir(open);
+    await Deno.chmod(open, 0o777);
+    const downloads = join(open, "alice-downloads");
+    startAlice(aliceSocket, downloads);
+    const wire = wireReader(rawBob);
+    rawBob.write(
+      encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }) +
+        encodeFrame({ type: "file", id: "f1", name: "a.bin", size: 100 }),
+    );
+    await until("the error", [], () => wire.frames.some((f) => f.type === "error"));
+    assert.deepEqual(wire.frames.find((f) => f.type === "error"), {
+      type: "error",
+      message: "The receiver could not keep the file",
+    });
+  });
+});
+
 Deno.test("PeerConnection does not stream a file its receiver declined while it waited behind another (the receiver gave up on both): it fails, and none of its data goes", async () => {
   await withPair(async (rawAlice, bobSocket, dir) => {
     const bobSeen: Seen = [];
