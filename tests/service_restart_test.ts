@@ -103,21 +103,27 @@ class World {
     armed = true;
     cutter.mode = "drop";
     await chat.send(`/msg ${to} ${text}`);
-    const waits = await chat.expect((e) =>
-      e.type === "warning" && / is not sent yet: /.test(String(e.message))
-    );
-    const id = /^Message ([0-9a-f]{32}) /.exec(String(waits.message))?.[1];
-    assert.ok(id, String(waits.message));
+    const { id } = await heldMessage(chat, to);
     assert.equal(this.stored(to), 1);
     return { chat, id, cutter };
   }
 
   /** Ends the service with `signal`, then serves the same home on the same ports again. */
   async restart(signal: "SIGTERM" | "SIGKILL"): Promise<void> {
-    const { home, port } = this.service;
+    await this.stop(signal);
+    await this.serveAgain();
+  }
+
+  /** Ends the service with `signal` (it stays down until {@linkcode serveAgain}). */
+  async stop(signal: "SIGTERM" | "SIGKILL" = "SIGKILL"): Promise<void> {
     this.service.proc.kill(signal);
     const status = await this.service.proc.status;
     assert.ok(signal === "SIGKILL" ? status.signal === "SIGKILL" : status.code === 0);
+  }
+
+  /** Serves the stopped service's home on the same ports again. */
+  async serveAgain(): Promise<void> {
+    const { home, port } = this.service;
     this.service = await startService(home, {
       args: ["--port", String(port), "--crl-port", String(this.crlPort)],
     });
@@ -128,6 +134,17 @@ class World {
     for (const relay of this.#relays) await relay.close();
     await this.service.stop();
   }
+}
+
+/** The warning that a message of `chat`'s for `to` waits for the CA service; its id and text. */
+async function heldMessage(chat: ChatClient, to: string): Promise<{ id: string; message: string }> {
+  const waits = await chat.expect((e) =>
+    e.type === "warning" && / is not sent yet: /.test(String(e.message))
+  );
+  const message = String(waits.message);
+  const id = new RegExp(`^Message ([0-9a-f]{32}) to "${to}"`).exec(message)?.[1];
+  assert.ok(id, message);
+  return { id, message };
 }
 
 async function withWorld(fn: (world: World) => Promise<void>): Promise<void> {
@@ -245,9 +262,7 @@ Deno.test("while the service is down a running chat warns once and says when it 
   await withWorld(async (world) => {
     const [aliceUser, bobUser] = await world.join("alice", "bob");
     const alice = await world.chat(aliceUser);
-    const { home, port } = world.service;
-    world.service.proc.kill("SIGKILL");
-    await world.service.proc.status;
+    await world.stop();
     const down = Date.now();
     await alice.expect(
       (e) => e.type === "warning" && /^Cannot check for invitations: /.test(String(e.message)),
@@ -265,7 +280,7 @@ Deno.test("while the service is down a running chat warns once and says when it 
     // A join's first contact: no CA to move yet.
     const joining = await runClient(join(world.dir, "carol"), [
       "join",
-      await makeInvite(home, "carol"),
+      await makeInvite(world.service.home, "carol"),
     ]);
     assert.equal(joining.code, 1, joining.stderr);
     assert.match(
@@ -277,9 +292,7 @@ Deno.test("while the service is down a running chat warns once and says when it 
     const refused = await alice.expect({ type: "error" });
     assert.ok(String(refused.message).endsWith(`: ${hint}`), String(refused.message));
 
-    world.service = await startService(home, {
-      args: ["--port", String(port), "--crl-port", String(world.crlPort)],
-    });
+    await world.serveAgain();
     const back = await alice.expect({ type: "ca_back" }, RECOVERY_MS);
     assert.match(
       String(back.message),
@@ -330,23 +343,16 @@ Deno.test("mailbox items posted before, during and after a restart of the servic
     await alice.send("/msg bob before");
     const before = await alice.expect({ type: "queued", to: "bob" });
     // Killed before bob's long poll may have taken it: the service keeps it on disk.
-    const { home, port } = world.service;
-    world.service.proc.kill("SIGKILL");
-    await world.service.proc.status;
+    await world.stop();
     // While it is down, a message for the mailbox waits, and the user is told so.
     await alice.send("/msg bob during");
-    const waits = await alice.expect((e) =>
-      e.type === "warning" && / is not sent yet: /.test(String(e.message))
-    );
-    const during = /^Message ([0-9a-f]{32}) to "bob"/.exec(String(waits.message))?.[1];
+    const { id: during, message } = await heldMessage(alice, "bob");
     assert.equal(
-      waits.message,
+      message,
       `Message ${during} to "bob" is not sent yet: the CA service does not answer. ` +
         `It is sent when the service answers again`,
     );
-    world.service = await startService(home, {
-      args: ["--port", String(port), "--crl-port", String(world.crlPort)],
-    });
+    await world.serveAgain();
     await alice.send("/msg bob after");
     await alice.expect({ type: "queued", to: "bob", id: during }, RECOVERY_MS);
     const after = await alice.expect({ type: "queued", to: "bob" }, RECOVERY_MS);
@@ -362,7 +368,7 @@ Deno.test("mailbox items posted before, during and after a restart of the servic
     const texts = bob.events.filter((e) => e.type === "message").map((e) => e.text);
     assert.deepEqual(texts, ["before", "during", "after"]);
     assertCalm([bob]);
-    assertCalm([alice], [`warning: ${waits.message}`]);
+    assertCalm([alice], [`warning: ${message}`]);
   });
 });
 
@@ -399,14 +405,9 @@ Deno.test("a mailbox message posted while the service is down survives the chat'
   await withWorld(async (world) => {
     const [aliceUser, bobUser] = await world.join("alice", "bob");
     const alice = await world.chat(aliceUser);
-    const { home, port } = world.service;
-    world.service.proc.kill("SIGKILL");
-    await world.service.proc.status;
+    await world.stop();
     await alice.send("/msg bob kept across a quit");
-    const waits = await alice.expect((e) =>
-      e.type === "warning" && / is not sent yet: /.test(String(e.message))
-    );
-    const id = /^Message ([0-9a-f]{32}) to "bob"/.exec(String(waits.message))?.[1];
+    const { id } = await heldMessage(alice, "bob");
     await alice.stop();
     // Not "was not sent … send it again": it waits on disk for the next start.
     assert.ok(
@@ -421,9 +422,7 @@ Deno.test("a mailbox message posted while the service is down survives the chat'
       1,
       "one item waits in alice's home",
     );
-    world.service = await startService(home, {
-      args: ["--port", String(port), "--crl-port", String(world.crlPort)],
-    });
+    await world.serveAgain();
     const again = await world.chat(aliceUser);
     await again.expect({ type: "queued", to: "bob", id }, RECOVERY_MS);
     const bob = await world.chat(bobUser);

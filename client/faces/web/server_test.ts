@@ -117,11 +117,12 @@ async function session(web: WebServer): Promise<{ cookie: string; key: string }>
   return { cookie: `Cookie: ${m[1]}`, key: key[1] };
 }
 
-/** One operation over the page's WebSocket (as the page sends it); resolves with the reply. */
-function operate(
+/** A page's WebSocket, opened as the page opens it; resolves with the first message of `type`. */
+function firstOfType(
   web: WebServer,
   s: { cookie: string; key: string },
-  op: Record<string, unknown>,
+  type: string,
+  send?: Record<string, unknown>,
 ): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
     const ws = new WsClient(`ws://127.0.0.1:${web.port}/ws`, ["e2e-chat", `key.${s.key}`], {
@@ -130,14 +131,23 @@ function operate(
     });
     ws.on("error", reject);
     ws.on("close", (code: number) => reject(new Error(`the WebSocket closed (${code})`)));
-    ws.on("open", () => ws.send(JSON.stringify({ id: 1, ...op })));
+    if (send) ws.on("open", () => ws.send(JSON.stringify(send)));
     ws.on("message", (data: Uint8Array) => {
       const m = JSON.parse(new TextDecoder().decode(data));
-      if (m.type !== "reply") return;
+      if (m.type !== type) return;
       ws.close();
       resolve(m);
     });
   });
+}
+
+/** One operation over the page's WebSocket (as the page sends it); resolves with the reply. */
+function operate(
+  web: WebServer,
+  s: { cookie: string; key: string },
+  op: Record<string, unknown>,
+): Promise<Record<string, unknown>> {
+  return firstOfType(web, s, "reply", { id: 1, ...op });
 }
 
 /** The snapshot a page gets when its WebSocket opens. */
@@ -145,19 +155,7 @@ function snapshot(
   web: WebServer,
   s: { cookie: string; key: string },
 ): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    const ws = new WsClient(`ws://127.0.0.1:${web.port}/ws`, ["e2e-chat", `key.${s.key}`], {
-      headers: { Cookie: s.cookie.slice("Cookie: ".length) },
-      origin: `http://127.0.0.1:${web.port}`,
-    });
-    ws.on("error", reject);
-    ws.on("message", (data: Uint8Array) => {
-      const m = JSON.parse(new TextDecoder().decode(data));
-      if (m.type !== "snapshot") return;
-      ws.close();
-      resolve(m);
-    });
-  });
+  return firstOfType(web, s, "snapshot");
 }
 
 Deno.test("a page opened after an outage of the CA service sees in its snapshot both the warning and that the service answers again", async () => {
