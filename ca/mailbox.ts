@@ -25,12 +25,12 @@
  *
  * @module
  */
-import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, syncDir, writeFileAtomic } from "../lib/fs.ts";
 import type { MailboxRecord } from "../lib/mailbox_record.ts";
 import { checkName } from "../lib/names.ts";
+import { sha256Hex } from "../lib/x509.ts";
 import type { CaPaths } from "./home.ts";
 
 /** The limits of the mailbox. */
@@ -160,7 +160,13 @@ export class Mailbox {
     checkName(from);
     checkName(to);
     if (item.length === 0) throw new E2eError("ERR_BAD_REQUEST", "The mailbox item is empty");
-    const sha256 = createHash("sha256").update(item).digest("hex");
+    if (item.length > this.limits.maxItemBytes) {
+      throw new E2eError(
+        "ERR_TOO_LARGE",
+        `The mailbox item is ${item.length} bytes; the mailbox takes at most ${this.limits.maxItemBytes}`,
+      );
+    }
+    const sha256 = sha256Hex(item);
     const key = `${from}/${to}/${sha256}`;
     const same = this.#storing.get(key) ?? this.#same(key, from, to, sha256);
     if (same) return await same;
@@ -186,12 +192,6 @@ export class Mailbox {
   }
 
   async #store(from: string, to: string, item: Uint8Array, sha256: string): Promise<ItemRecord> {
-    if (item.length > this.limits.maxItemBytes) {
-      throw new E2eError(
-        "ERR_TOO_LARGE",
-        `The mailbox item is ${item.length} bytes; the mailbox takes at most ${this.limits.maxItemBytes}`,
-      );
-    }
     await this.#expire(to);
     const box = this.#box(to);
     const posting = this.#posting.get(to) ?? { items: 0, bytes: 0 };

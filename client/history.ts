@@ -418,18 +418,32 @@ const NONCE_BYTES = 12;
 const TAG_BYTES = 16;
 
 function seal(key: Uint8Array, peer: string, text: string): string {
+  return sealText(key, `e2e-chat history v1\n${peer}`, text);
+}
+
+function open(key: Uint8Array, peer: string, sealed: string): string {
+  return openText(key, `e2e-chat history v1\n${peer}`, sealed);
+}
+
+/**
+ * `text` sealed with AES-256-GCM under `key`, with `aad` as associated data: base64 of a fresh
+ * 96-bit nonce, the ciphertext and the tag. The client's one sealing of what it keeps on disk
+ * (history's lines, mailbox items that wait: client/mailbox_unsent.ts).
+ */
+export function sealText(key: Uint8Array, aad: string, text: string): string {
   const nonce = randomBytes(NONCE_BYTES);
   const cipher = createCipheriv("aes-256-gcm", key, nonce);
-  cipher.setAAD(Buffer.from(`e2e-chat history v1\n${peer}`));
+  cipher.setAAD(Buffer.from(aad));
   const body = Buffer.concat([cipher.update(text, "utf8"), cipher.final()]);
   return Buffer.concat([nonce, body, cipher.getAuthTag()]).toString("base64");
 }
 
-function open(key: Uint8Array, peer: string, sealed: string): string {
+/** What {@linkcode sealText} sealed with `key` and `aad`; throws if anything differs. */
+export function openText(key: Uint8Array, aad: string, sealed: string): string {
   const bytes = Buffer.from(sealed, "base64");
   if (bytes.length < NONCE_BYTES + TAG_BYTES) throw new RangeError("too short");
   const decipher = createDecipheriv("aes-256-gcm", key, bytes.subarray(0, NONCE_BYTES));
-  decipher.setAAD(Buffer.from(`e2e-chat history v1\n${peer}`));
+  decipher.setAAD(Buffer.from(aad));
   decipher.setAuthTag(bytes.subarray(bytes.length - TAG_BYTES));
   return Buffer.concat([
     decipher.update(bytes.subarray(NONCE_BYTES, bytes.length - TAG_BYTES)),

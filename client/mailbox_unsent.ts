@@ -14,11 +14,12 @@
  * @module
  */
 import { Buffer } from "node:buffer";
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from "node:crypto";
+import { hkdfSync } from "node:crypto";
 import { join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, readUpTo, syncDir, writeFileAtomic } from "../lib/fs.ts";
 import { checkName } from "../lib/names.ts";
+import { openText, sealText } from "./history.ts";
 
 /** Items that wait for the CA service at most: one more is refused. */
 export const MAX_UNSENT_ITEMS = 100;
@@ -62,9 +63,7 @@ export interface UnsentStoreOptions {
   maxBytes?: number;
 }
 
-const AAD = Buffer.from("e2e-chat mailbox unsent v1");
-const NONCE_BYTES = 12;
-const TAG_BYTES = 16;
+const AAD = "e2e-chat mailbox unsent v1";
 const NAME = /^\d{10}\.json$/;
 const MAX_SEQ = 9_999_999_999;
 
@@ -72,6 +71,7 @@ const MAX_SEQ = 9_999_999_999;
 export class UnsentStore {
   #dir: string;
   #parent: string;
+  #made = false; // the folders exist: made by this store
   #key?: Uint8Array;
   #seal: boolean;
   #maxItems: number;
@@ -178,8 +178,12 @@ export class UnsentStore {
         { hint: `move the files of "${this.#dir}" that are not sent away` },
       );
     }
-    await ensurePrivateDir(this.#parent, { durable: true });
-    await ensurePrivateDir(this.#dir, { durable: true });
+    if (!this.#made) {
+      // Made, durably and private, the first time an item is kept (not at every keep).
+      await ensurePrivateDir(this.#parent, { durable: true });
+      await ensurePrivateDir(this.#dir, { durable: true });
+      this.#made = true;
+    }
     const file = before?.file ?? join(this.#dir, `${String(++this.#seq).padStart(10, "0")}.json`);
     await writeFileAtomic(file, this.#encode(item), { mode: 0o600, syncDir: true });
     this.#files.set(item.id, { file, bytes });
@@ -210,12 +214,7 @@ export class UnsentStore {
       ...(item.note === undefined ? {} : { note: item.note }),
     });
     if (!this.#seal || !this.#key) return plain + "\n";
-    const nonce = randomBytes(NONCE_BYTES);
-    const cipher = createCipheriv("aes-256-gcm", this.#key, nonce);
-    cipher.setAAD(AAD);
-    const body = Buffer.concat([cipher.update(plain, "utf8"), cipher.final()]);
-    return JSON.stringify({ v: 1, e: b64(Buffer.concat([nonce, body, cipher.getAuthTag()])) }) +
-      "\n";
+    return JSON.stringify({ v: 1, e: sealText(this.#key, AAD, plain) }) + "\n";
   }
 
   #decode(text: string): UnsentItem | undefined {
@@ -223,18 +222,7 @@ export class UnsentStore {
       let o = JSON.parse(text);
       if (typeof o?.e === "string") {
         if (!this.#key) return undefined;
-        const bytes = Buffer.from(o.e, "base64");
-        if (bytes.length < NONCE_BYTES + TAG_BYTES) return undefined;
-        const d = createDecipheriv("aes-256-gcm", this.#key, bytes.subarray(0, NONCE_BYTES));
-        d.setAAD(AAD);
-        d.setAuthTag(bytes.subarray(bytes.length - TAG_BYTES));
-        o = JSON.parse(
-          Buffer.concat([
-            d.update(bytes.subarray(NONCE_BYTES, bytes.length - TAG_BYTES)),
-            d.final(),
-          ])
-            .toString("utf8"),
-        );
+        o = JSON.parse(openText(this.#key, AAD, o.e)); // throws if not ours: unreadable
       }
       const kinds = ["message", "file", "room"];
       if (
