@@ -335,7 +335,7 @@ export class CaService {
       log,
       replies,
     );
-    let own: Credentials;
+    let own: Credentials & { serial: string };
     let crlUrl: string;
     // The address members are given (in certificates' CRL URL, in invites): the first --name,
     // else the address we listen on (a wildcard means this machine).
@@ -347,7 +347,7 @@ export class CaService {
       await writeFileAtomic(ca.paths.crlUrl, crlUrl + "\n");
       own = await serviceCredentials(ca, names);
       // Before anyone connects: service certificates left valid by a renewal cut short go now.
-      await ca.retireServiceCertificates(parseCertificate(own.cert).serial).catch((e) =>
+      await ca.retireServiceCertificates(own.serial).catch((e) =>
         log(
           `e2e-chat-ca: cannot supersede old service certificates: ${
             e instanceof Error ? e.message : e
@@ -420,7 +420,7 @@ export class CaService {
           }
           // Only now, the new one presented, does a CRL supersede the old: a client that fetched
           // that CRL meanwhile would have refused the service (it refuses a listed certificate).
-          await ca.retireServiceCertificates(parseCertificate(own.cert).serial);
+          await ca.retireServiceCertificates(own.serial);
           return true;
         } catch (e) {
           log(
@@ -445,7 +445,7 @@ export class CaService {
     const revoked = setInterval(() => {
       if (renewing || checking || Date.now() < notBefore) return;
       checking = (async () => {
-        if (!await ca.isCurrent(parseCertificate(own.cert).serial).catch(() => true)) {
+        if (!await ca.isCurrent(own.serial).catch(() => true)) {
           if (await renew()) failures = 0;
           else {
             const wait = Math.min(
@@ -810,7 +810,10 @@ function ownKey(info: CertificateInfo, key: string): boolean {
  * The service's key and certificate, reissued when missing, for other names, revoked or past two
  * thirds of its life.
  */
-async function serviceCredentials(ca: CertificateAuthority, names: string[]): Promise<Credentials> {
+async function serviceCredentials(
+  ca: CertificateAuthority,
+  names: string[],
+): Promise<Credentials & { serial: string }> {
   try {
     const cert = await Deno.readTextFile(ca.paths.serviceCert);
     const key = await Deno.readTextFile(ca.paths.serviceKey);
@@ -828,14 +831,16 @@ async function serviceCredentials(ca: CertificateAuthority, names: string[]): Pr
       info.x509.verify(ca.certificate.x509.publicKey);
     // A key that is not the certificate's (or not a key at all) would fail every start.
     if (!ownKey(info, key)) throw new NotCurrent();
-    if (fresh && covers && issuedHere && await ca.isCurrent(info.serial)) return { key, cert };
+    if (fresh && covers && issuedHere && await ca.isCurrent(info.serial)) {
+      return { key, cert, serial: info.serial };
+    }
   } catch (e) {
     const stale = e instanceof Deno.errors.NotFound || e instanceof E2eError ||
       e instanceof NotCurrent;
     if (!stale) throw e;
   }
-  const { key, cert } = await ca.issueServiceCertificate(names);
-  return { key, cert };
+  const { key, cert, certificate } = await ca.issueServiceCertificate(names);
+  return { key, cert, serial: certificate.serial };
 }
 
 class NotCurrent extends Error {}

@@ -354,6 +354,14 @@ export async function webTest(name: string, scenarios: Scenario[]): Promise<void
   });
 }
 
+/** Types `text` into the page's message box, sends it, and waits until the page shows it. */
+export async function sendFromPage(page: Page, text: string): Promise<void> {
+  const box = page.getByRole("textbox", { name: "Message", exact: true });
+  await box.fill(text);
+  await box.press("Enter");
+  await page.locator(".item.mine", { hasText: text }).waitFor();
+}
+
 /**
  * The page invites `peer` with "Chat with" / "Start chat"; the peer accepts on its JSON face once
  * the page says it invited them. Not before: an earlier invitation from the page that the peer

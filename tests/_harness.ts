@@ -9,6 +9,7 @@
 export { deadline, DeadlineError, sleep, waitUntil, Wakeup, within } from "./_harness/deadlines.ts";
 export {
   childEnv,
+  freePort,
   ROOT,
   type RunResult,
   runTask,

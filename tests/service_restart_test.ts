@@ -8,9 +8,8 @@
  * @module
  */
 import assert from "node:assert/strict";
-import net from "node:net";
 import { join } from "node:path";
-import { ChatClient, stopAll, withTempDir } from "./_harness.ts";
+import { ChatClient, freePort, stopAll, withTempDir } from "./_harness.ts";
 import { joinUser, type User } from "./_chat_helpers.ts";
 import {
   assertSuccess,
@@ -30,13 +29,6 @@ const AGAIN = (name: string) =>
   `Invited "${name}" again: the CA service did not answer for a while, and may have lost the invitation`;
 
 /** A port free now on 127.0.0.1. */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 /** A CA service, its users joined, and their chats; restarted on the same address. */
 class World {
@@ -55,7 +47,7 @@ class World {
   static async start(dir: string): Promise<World> {
     const home = join(dir, "ca-home");
     await initCa(home);
-    const crlPort = await freePort();
+    const crlPort = freePort();
     const service = await startService(home, { args: ["--crl-port", String(crlPort)] });
     return new World(dir, service, crlPort);
   }

@@ -18,6 +18,7 @@ import {
   type Locator,
   type Page,
   type Scene,
+  sendFromPage,
   sleep,
   stallClient,
   startChat,
@@ -669,13 +670,6 @@ async function keyTrustedElsewhere(scene: Scene): Promise<void> {
   assert.equal(await focused(page), "textarea: Message");
   await sendFromPage(page, "trusted in the other tab");
   await bob2.expect({ type: "message", text: "trusted in the other tab" });
-}
-
-async function sendFromPage(page: Page, text: string): Promise<void> {
-  const box = page.getByRole("textbox", { name: "Message", exact: true });
-  await box.fill(text);
-  await box.press("Enter");
-  await page.locator(".item.mine", { hasText: text }).waitFor();
 }
 
 // Relative luminance and contrast ratio (WCAG 2.2, 1.4.3 and 1.4.11).

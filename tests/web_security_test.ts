@@ -12,7 +12,8 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { encodeFrame, PROTOCOL_VERSION } from "../lib/frames.ts";
-import { type Page, type Scenario, type Scene, webTest } from "./_browser.ts";
+import { type Page, type Scenario, type Scene, sendFromPage, webTest } from "./_browser.ts";
+import { freePort } from "./_harness.ts";
 
 /** Bidi controls and C0/C1 controls: none may reach the page from a peer's file name. */
 // deno-lint-ignore no-control-regex
@@ -31,21 +32,6 @@ async function invite(page: Page, name: string): Promise<void> {
 async function messageBoxReady(page: Page): Promise<void> {
   await page.getByRole("textbox", { name: "Message", exact: true }).and(page.locator(":enabled"))
     .waitFor();
-}
-
-async function sendFromPage(page: Page, text: string): Promise<void> {
-  const box = page.getByRole("textbox", { name: "Message", exact: true });
-  await box.fill(text);
-  await box.press("Enter");
-  await page.locator(".item.mine", { hasText: text }).waitFor();
-}
-
-/** A free port on 127.0.0.1 for a listener (taken back at once; a tiny race, as with any). */
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 // ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import {
   revoke,
   type Scenario,
   type Scene,
+  sendFromPage,
   sleep,
   stallClient,
   startChat,
@@ -32,16 +33,10 @@ import {
   webTest,
   whoami,
 } from "./_browser.ts";
+import { freePort } from "./_harness.ts";
 
 function sha256(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
-}
-
-async function sendFromPage(page: Page, text: string): Promise<void> {
-  const box = page.getByRole("textbox", { name: "Message", exact: true });
-  await box.fill(text);
-  await box.press("Enter");
-  await page.locator(".item.mine", { hasText: text }).waitFor();
 }
 
 /** Waits for the card of the file offered as `name` and clicks its "Accept file". */
@@ -745,14 +740,6 @@ async function peerWordsInNotices(scene: Scene): Promise<void> {
   // deno-lint-ignore no-control-regex
   assert.doesNotMatch(shown, /[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c\u0000-\u001f]/);
   assert.match(shown, /declined it: too big txt\.exe \\x07ok$/);
-}
-
-/** A free port on 127.0.0.1 for a listener (taken back at once; a tiny race, as with any). */
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 const SCENARIOS: Scenario[] = [

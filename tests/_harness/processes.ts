@@ -337,3 +337,11 @@ export function underUlimit(
   if (files === undefined) return [command, args];
   return ["sh", ["-c", `ulimit -n ${files} && exec "$0" "$@"`, command, ...args]];
 }
+
+/** A free port on 127.0.0.1 for a listener (taken back at once: a tiny race, as with any). */
+export function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
