@@ -622,7 +622,12 @@ Deno.test("a chat that starts while someone holding the CA service's revoked key
     let chat: Chat | undefined;
     try {
       chat = await Chat.start(id, { onEvent: (e) => events.push(e), noListen: true });
-      await sleep(3_000); // the first looks at invitations and at the mailbox
+      // The first looks at invitations and at the mailbox: each fails, and says so.
+      const warned = (re: RegExp) => events.some((e) => e.type === "warning" && re.test(e.message));
+      await waitUntil(
+        () => warned(/^Cannot check for invitations: /) && warned(/^Cannot check the mailbox: /),
+        "both polls' warnings",
+      );
       assert.ok(asked.length > 0, "the impostor was never asked");
       assert.deepEqual(
         asked.filter((a) => a !== "GET /v1/crl"),
@@ -631,8 +636,8 @@ Deno.test("a chat that starts while someone holding the CA service's revoked key
       );
     } finally {
       await chat?.stop();
-      await new Promise((r) => impostor.close(r));
       impostor.closeAllConnections();
+      await new Promise((r) => impostor.close(r));
     }
   });
 });
