@@ -16,7 +16,6 @@ import {
   connectTls,
   type Credentials,
   peerCertificateDer,
-  serviceRejected,
   type TrustAnchor,
 } from "../lib/tls.ts";
 import { printable } from "../lib/printable.ts";
@@ -398,13 +397,10 @@ async function call(
   if (pinned) {
     const revocation = pinned.revocation;
     const check = () => {
-      try {
-        checkService(peerCertificateDer(socket), pinned.anchor, {
-          isRevoked: revocation && ((serial) => revocation.isRevoked(serial)),
-        });
-      } catch (e) {
-        throw serviceRejected(url.origin, e);
-      }
+      checkService(peerCertificateDer(socket), pinned.anchor, {
+        isRevoked: revocation && ((serial) => revocation.isRevoked(serial)),
+        origin: url.origin,
+      });
     };
     try {
       check();

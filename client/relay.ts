@@ -16,7 +16,6 @@ import {
   connectTls,
   type Credentials,
   peerCertificateDer,
-  serviceRejected,
   type TrustAnchor,
 } from "../lib/tls.ts";
 
@@ -83,10 +82,13 @@ export async function dialRelay(
     });
   }
   try {
-    checkService(peerCertificateDer(socket), anchor, { isRevoked: options.isRevoked });
+    checkService(peerCertificateDer(socket), anchor, {
+      isRevoked: options.isRevoked,
+      origin: url.origin,
+    });
   } catch (e) {
     socket.destroy();
-    throw serviceRejected(url.origin, e);
+    throw e;
   }
   socket.write(
     `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n` +

@@ -234,29 +234,29 @@ export function checkPeer(
 }
 
 /** What {@linkcode checkService} expects of the service's certificate beyond its name. */
-export interface ServiceExpectation {
+export interface ServiceExpectation extends Pick<PeerExpectation, "isRevoked"> {
   /**
-   * Whether a serial is on the newest CRL the client holds. Default: none is (a client that
-   * holds no CRL yet, such as one that is joining, cannot tell).
+   * Where the server was reached (https://HOST:PORT): the error then says so, in the words a user
+   * needs ("…is not our CA service", "…presents a revoked certificate"). Default: none.
    */
-  isRevoked?: (serial: string) => boolean;
+  origin?: string;
 }
-
-// The errors checkService threw for a revoked certificate (serviceRejected words them apart).
-const revokedService = new WeakSet<E2eError>();
 
 /**
  * Checks the CA service's certificate: issued by our CA, valid now, named
  * {@linkcode SERVICE_CN} (a name no user can hold), and not on the CRL the
- * client holds (a superseded one included: whoever kept its key could pose as
- * the service for the rest of its life). Throws `ERR_PEER_REJECTED`; callers
- * say where with {@linkcode serviceRejected}.
+ * client holds (`isRevoked`; a superseded one included: whoever kept its key
+ * could pose as the service for the rest of its life; a client that holds no
+ * CRL yet, such as one joining, cannot tell). Throws `ERR_PEER_REJECTED`.
  *
  * @example
  * ```ts
  * import { checkService, trustAnchor } from "./tls.ts";
  * const anchor = trustAnchor(await Deno.readTextFile("ca.crt"));
- * checkService(await Deno.readFile("service.der"), anchor, { isRevoked: () => false });
+ * checkService(await Deno.readFile("service.der"), anchor, {
+ *   isRevoked: () => false,
+ *   origin: "https://127.0.0.1:65433",
+ * });
  * ```
  */
 export function checkService(
@@ -264,38 +264,26 @@ export function checkService(
   anchor: TrustAnchor,
   expect: ServiceExpectation = {},
 ): CertificateInfo {
-  const { info } = verifiedByAnchor(der, anchor);
-  if (info.commonName !== SERVICE_CN || info.x509.ca) {
-    throw rejected("the server is not the e2e-chat CA service");
+  let info: CertificateInfo;
+  try {
+    info = verifiedByAnchor(der, anchor).info;
+    if (info.commonName !== SERVICE_CN || info.x509.ca) {
+      throw rejected("the server is not the e2e-chat CA service");
+    }
+  } catch (e) {
+    if (expect.origin === undefined) throw e;
+    throw new E2eError(
+      "ERR_PEER_REJECTED",
+      `The server at ${expect.origin} is not our CA service`,
+      { cause: e },
+    );
   }
   if (expect.isRevoked?.(info.serial)) {
-    const e = rejected(`the service's certificate (serial ${info.serial}) is revoked`);
-    revokedService.add(e);
-    throw e;
-  }
-  return info;
-}
-
-/**
- * The error for a server at `origin` (https://HOST:PORT) that {@linkcode checkService}
- * refused with `cause`: not our CA service, or our CA service with a revoked certificate.
- *
- * @example
- * ```ts
- * import { checkService, serviceRejected, trustAnchor } from "./tls.ts";
- * const anchor = trustAnchor(await Deno.readTextFile("ca.crt"));
- * try {
- *   checkService(await Deno.readFile("service.der"), anchor);
- * } catch (e) {
- *   throw serviceRejected("https://127.0.0.1:65433", e);
- * }
- * ```
- */
-export function serviceRejected(origin: string, cause: unknown): E2eError {
-  if (cause instanceof E2eError && revokedService.has(cause)) {
-    return new E2eError(
+    const cause = rejected(`the service's certificate (serial ${info.serial}) is revoked`);
+    if (expect.origin === undefined) throw cause;
+    throw new E2eError(
       "ERR_PEER_REJECTED",
-      `The CA service at ${origin} presents a revoked certificate`,
+      `The CA service at ${expect.origin} presents a revoked certificate`,
       {
         cause,
         detail: cause.detail,
@@ -305,9 +293,7 @@ export function serviceRejected(origin: string, cause: unknown): E2eError {
       },
     );
   }
-  return new E2eError("ERR_PEER_REJECTED", `The server at ${origin} is not our CA service`, {
-    cause,
-  });
+  return info;
 }
 
 /**

@@ -17,7 +17,6 @@ import {
   resumeReading,
   serverOptions,
   SERVICE_CN,
-  serviceRejected,
   trustAnchor,
 } from "./tls.ts";
 import { parseCertificate } from "./x509.ts";
@@ -361,7 +360,7 @@ Deno.test("checkService() rejects a member's certificate, the CA's, another CA's
   assert.throws(() => checkService(null, anchor), rejected(/no certificate/));
 });
 
-Deno.test("checkService() refuses our service's certificate once the CRL held lists it, and serviceRejected() says so with a hint", () => {
+Deno.test("checkService() refuses our service's certificate once the CRL held lists it, and says so with a hint where it knows the server's origin", () => {
   const serial = checkService(fixtures.service.der, anchor, { isRevoked: () => false }).serial;
   const thrown = (fn: () => unknown): unknown => {
     try {
@@ -371,11 +370,12 @@ Deno.test("checkService() refuses our service's certificate once the CRL held li
     }
     assert.fail("nothing was thrown");
   };
-  const revoked = thrown(() =>
-    checkService(fixtures.service.der, anchor, { isRevoked: (s) => s === serial })
-  );
+  const isRevoked = (s: string) => s === serial;
+  const revoked = thrown(() => checkService(fixtures.service.der, anchor, { isRevoked }));
   rejected(new RegExp(`serial ${serial}\\) is revoked`))(revoked);
-  const said = serviceRejected("https://127.0.0.1:65433", revoked);
+  const origin = "https://127.0.0.1:65433";
+  const said = thrown(() => checkService(fixtures.service.der, anchor, { isRevoked, origin }));
+  assert.ok(said instanceof E2eError);
   assert.equal(said.code, "ERR_PEER_REJECTED");
   assert.equal(
     said.message,
@@ -383,9 +383,11 @@ Deno.test("checkService() refuses our service's certificate once the CRL held li
   );
   assert.match(said.hint ?? "", /replaces a revoked certificate within seconds/);
   // Any other refusal is a server that is not our CA service.
-  const member = thrown(() => checkService(fixtures.alice.der, anchor, { isRevoked: () => true }));
+  const member = thrown(() =>
+    checkService(fixtures.alice.der, anchor, { isRevoked: () => true, origin })
+  );
   assert.equal(
-    serviceRejected("https://127.0.0.1:65433", member).message,
+    (member as E2eError).message,
     "The server at https://127.0.0.1:65433 is not our CA service",
   );
 });
