@@ -1036,10 +1036,8 @@ export class PeerConnection {
         // Given up (it stalled): the sender had sent it all meanwhile. Nothing is kept, no ack.
         if (!file && this.#dropped.delete(frame.id)) return;
         if (!file) throw malformed("an end for a file never announced");
-        this.#incoming.delete(frame.id);
-        this.#reported.delete(frame.id);
-        const release = this.#releases.get(frame.id);
-        this.#releases.delete(frame.id);
+        const room = this.#incomingRooms.get(frame.id);
+        const release = this.#takeIncoming(frame.id);
         try {
           // The SHA-256 comes once: with the file frame (as before), or (sha256-at-end) here.
           if ((file.sha256 === undefined) === (frame.sha256 === undefined)) {
@@ -1051,8 +1049,6 @@ export class PeerConnection {
             );
           }
           const path = await file.finish(frame.sha256);
-          const room = this.#incomingRooms.get(frame.id);
-          this.#incomingRooms.delete(frame.id);
           events.file(this, {
             id: frame.id,
             name: file.announced,
@@ -1253,14 +1249,20 @@ export class PeerConnection {
 
   // A decline from the sender of a file we accepted and have nothing of yet: it withdrew the
   // offer (we are no longer in the room it was for), so we stop waiting for the data.
-  async #withdrawnBySender(id: string, reason: string): Promise<void> {
-    const file = this.#incoming.get(id);
-    if (!file || file.received > 0) return;
+  // Takes the incoming file `id` out of every table that holds it; returns its quota's release.
+  #takeIncoming(id: string): (() => void) | undefined {
     this.#incoming.delete(id);
     this.#incomingRooms.delete(id);
     this.#reported.delete(id);
     const release = this.#releases.get(id);
     this.#releases.delete(id);
+    return release;
+  }
+
+  async #withdrawnBySender(id: string, reason: string): Promise<void> {
+    const file = this.#incoming.get(id);
+    if (!file || file.received > 0) return;
+    const release = this.#takeIncoming(id);
     await file.abort();
     release?.();
     this.#options.events.fileFailed(this, {
@@ -1323,17 +1325,13 @@ export class PeerConnection {
   async #giveUpFiles(): Promise<void> {
     const seconds = this.#receiveStallMs / 1000;
     const files = [...this.#incoming];
-    this.#incoming.clear();
     // All at once, before the first await: data of any of them handled meanwhile is skipped.
     const releases = files.map(([id, file]) => {
       this.#dropped.set(id, file.size - file.received);
       if (this.#dropped.size > MAX_DROPPED) {
         this.#dropped.delete(this.#dropped.keys().next().value!);
       }
-      this.#incomingRooms.delete(id);
-      this.#reported.delete(id);
-      const release = this.#releases.get(id);
-      this.#releases.delete(id);
+      const release = this.#takeIncoming(id);
       this.#write({ type: "decline", id, reason: `stalled: no data for ${seconds} s` });
       return release;
     });
