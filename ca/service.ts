@@ -337,6 +337,25 @@ export class CaService {
     );
     let own: Credentials & { serial: string };
     let crlUrl: string;
+    // Whether service certificates but `own` may still be valid: a supersede that failed (a full
+    // disk, a CA folder being restored) is tried again within seconds (below), not at the
+    // hourly check: one left valid may be the one whose key an attacker holds.
+    let unretired = false;
+    const retire = async (): Promise<boolean> => {
+      try {
+        await ca.retireServiceCertificates(own.serial);
+        unretired = false;
+        return true;
+      } catch (e) {
+        unretired = true;
+        log(
+          `e2e-chat-ca: cannot supersede old service certificates: ${
+            e instanceof Error ? e.message : e
+          }`,
+        );
+        return false;
+      }
+    };
     // The address members are given (in certificates' CRL URL, in invites): the first --name,
     // else the address we listen on (a wildcard means this machine).
     const advertised = urlHost(
@@ -347,13 +366,7 @@ export class CaService {
       await writeFileAtomic(ca.paths.crlUrl, crlUrl + "\n");
       own = await serviceCredentials(ca, names);
       // Before anyone connects: service certificates left valid by a renewal cut short go now.
-      await ca.retireServiceCertificates(own.serial).catch((e) =>
-        log(
-          `e2e-chat-ca: cannot supersede old service certificates: ${
-            e instanceof Error ? e.message : e
-          }`,
-        )
-      );
+      await retire();
     } catch (e) {
       await crl.close();
       throw e;
@@ -418,10 +431,6 @@ export class CaService {
             server.setSecureContext(serverOptions(own, anchor));
             log("e2e-chat-ca: renewed the service certificate");
           }
-          // Only now, the new one presented, does a CRL supersede the old: a client that fetched
-          // that CRL meanwhile would have refused the service (it refuses a listed certificate).
-          await ca.retireServiceCertificates(own.serial);
-          return true;
         } catch (e) {
           log(
             `e2e-chat-ca: cannot renew the service certificate: ${
@@ -429,23 +438,25 @@ export class CaService {
             }`,
           );
           return false;
-        } finally {
-          renewing = undefined;
         }
-      })();
+        // Only now, the new one presented, does a CRL supersede the old: a client that fetched
+        // that CRL meanwhile would have refused the service (it refuses a listed certificate).
+        return await retire();
+      })().finally(() => (renewing = undefined));
     const renewal = setInterval(renew, options.renewCheckMs ?? 3_600_000);
     // One revoked (`ca revoke SERIAL`, its key stolen, say) is replaced within seconds, not at the
     // hourly check: clients holding the CRL refuse it (lib/tls.ts checkService), so until then
-    // the service would answer nobody.
-    // A replacement that keeps failing (a full disk, a broken CA folder) is tried again after 10,
-    // 20, 40 … s, at most every 5 min: not openssl runs and a log line every 5 s for as long.
+    // the service would answer nobody. So are old ones that a renewal could not supersede.
+    // A replacement or supersede that keeps failing (a full disk, a broken CA folder) is tried
+    // again after 10, 20, 40 … s, at most every 5 min: not openssl runs and a log line every 5 s
+    // for as long.
     let checking: Promise<void> | undefined;
     let failures = 0;
     let notBefore = 0;
     const revoked = setInterval(() => {
       if (renewing || checking || Date.now() < notBefore) return;
       checking = (async () => {
-        if (!await ca.isCurrent(own.serial).catch(() => true)) {
+        if (unretired || !await ca.isCurrent(own.serial).catch(() => true)) {
           if (await renew()) failures = 0;
           else {
             const wait = Math.min(

@@ -243,6 +243,76 @@ Deno.test("CaService.start() supersedes the service certificates a renewal cut s
   });
 });
 
+/** Makes the next `times` calls of `ca.retireServiceCertificates()` fail, as on a full disk. */
+function failRetires(ca: CertificateAuthority, times: number): void {
+  const retire = ca.retireServiceCertificates.bind(ca);
+  ca.retireServiceCertificates = (serial) =>
+    times-- > 0
+      ? Promise.reject(new E2eError("ERR_FILE", "No space left on device (os error 28)"))
+      : retire(serial);
+}
+
+Deno.test("a service whose renewal could not supersede the old service certificate tries again within seconds, not at its hourly check", async () => {
+  await withService(async (service, ca, logs) => {
+    const first = await presented(service, ca);
+    // An old certificate still valid beside the presented one (its renewal's supersede to come);
+    // the service's files keep the presented one.
+    const files = [ca.paths.serviceKey, ca.paths.serviceCert];
+    const kept = await Promise.all(files.map((f) => Deno.readTextFile(f)));
+    const old = (await ca.issueServiceCertificate(["localhost", "127.0.0.1"])).certificate;
+    for (const [i, f] of files.entries()) await Deno.writeTextFile(f, kept[i]);
+    failRetires(ca, 1);
+    // Revoked: the service renews within seconds, presents the new one, then fails to supersede.
+    await ca.revoke(first.serial, { reason: "keyCompromise" });
+    const deadline = Date.now() + 25_000;
+    let now = first;
+    while (now.serial === first.serial) {
+      assert.ok(Date.now() < deadline, `no renewal within 25 s:\n${logs.join("\n")}`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      now = await presented(service, ca);
+    }
+    // Tried again after 10 s (the waits of a failed replacement), not in an hour.
+    while (await ca.isCurrent(old.serial)) {
+      assert.ok(Date.now() < deadline, `the old certificate still valid:\n${logs.join("\n")}`);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    assert.equal(
+      logs.filter((l) => l.includes("cannot supersede old service certificates")).length,
+      1,
+      logs.join("\n"),
+    );
+    assert.notEqual(now.serial, old.serial);
+    assert.equal((await presented(service, ca)).serial, now.serial);
+    assert.ok(await ca.isCurrent(now.serial));
+    const crl = parseCrl(Deno.readTextFileSync(ca.paths.crl), ca.certificate.x509);
+    assert.ok(crl.revoked.has(normalizeSerialHex(old.serial)));
+  });
+});
+
+Deno.test("CaService.start() that cannot supersede the service certificates a renewal cut short left valid tries again within seconds", async () => {
+  await withTempDir(async (home) => {
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+    const old = (await ca.issueServiceCertificate(["localhost", "127.0.0.1"])).certificate;
+    failRetires(ca, 1);
+    const logs: string[] = [];
+    const service = await CaService.start(ca, { port: 0, log: (l) => logs.push(l) });
+    try {
+      assert.ok(await ca.isCurrent(old.serial), "the first try was to fail");
+      const deadline = Date.now() + 15_000;
+      while (await ca.isCurrent(old.serial)) {
+        assert.ok(Date.now() < deadline, `the old certificate still valid:\n${logs.join("\n")}`);
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      assert.deepEqual(logs.filter((l) => l.includes("service certificate")), [
+        "e2e-chat-ca: cannot supersede old service certificates: No space left on device (os error 28)",
+      ]);
+      assert.ok(await ca.isCurrent((await presented(service, ca)).serial));
+    } finally {
+      await service.close();
+    }
+  });
+});
+
 Deno.test("the service keeps a current certificate between checks and logs nothing about it", async () => {
   await withService(async (service, ca, logs) => {
     const first = await presented(service, ca);
