@@ -122,7 +122,10 @@ export class CaPaths {
   get logCert(): string {
     return join(this.logDir, "log.crt");
   }
-  /** Where the running service listens, and its pid (for `ca invite`); removed when it stops. */
+  /**
+   * Where the running service listens, and its pid (for `ca invite`); removed when it stops, left
+   * behind when it is killed (ca/service.ts `serviceStatus` asks the service lock whether it runs).
+   */
   get serviceInfo(): string {
     return join(this.dir, "service.json");
   }

@@ -33,6 +33,8 @@ import {
   DEFAULT_PORT,
   type ServeOptions,
   type ServiceClaim,
+  type ServiceStatus,
+  serviceStatus,
 } from "./service.ts";
 import { CaPaths } from "./home.ts";
 import { DEFAULT_MAILBOX_LIMITS } from "./mailbox.ts";
@@ -300,8 +302,9 @@ async function invite(args: string[]): Promise<number> {
   const name = checkName(positionals[0]);
   const ttl = parseDuration(values.ttl ?? "24h");
   const ca = await openCa(values);
-  const running = values.url ? undefined : await runningServiceAddress(ca);
-  const where = values.url ?? running ?? `127.0.0.1:${DEFAULT_PORT}`;
+  // The lock says whether the service runs; a service.json a killed one left is not where it is.
+  const service = values.url ? undefined : await serviceStatus(ca.paths);
+  const where = values.url ?? service?.address ?? `127.0.0.1:${DEFAULT_PORT}`;
   const m = /^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]{1,253}):(\d{1,5})$/.exec(where);
   if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) {
     throw new E2eError("ERR_USAGE", `--url takes HOST:PORT, not ${JSON.stringify(where)}`, {
@@ -318,15 +321,28 @@ async function invite(args: string[]): Promise<number> {
     token,
   });
   await out(`${url}\n`);
-  if (!values.url && !running) {
-    // service.json is gone once the service stops: the default may not be where members reach it.
-    await err(
-      `e2e-chat: warning: no CA service runs on this home, so the invite names ${where}; ` +
-        "if members reach the service elsewhere, make it again with --url HOST:PORT " +
-        "(this one stays valid until it expires)\n",
-    );
-  }
+  if (service && !service.address) await err(unknownAddress(service, where));
   return 0;
+}
+
+// Why an invite made without --url names the default address: no service runs (stopped, or
+// killed and gone), or it has not written where it listens yet. The invite is made all the same:
+// it is kept by the CA and works once the service runs, at the address it names.
+function unknownAddress(service: ServiceStatus, where: string): string {
+  const elsewhere = "if members reach the service elsewhere, make it again with --url HOST:PORT " +
+    "(this one stays valid until it expires)";
+  if (service.running) {
+    const pid = service.pid ? ` (pid ${service.pid})` : "";
+    return `e2e-chat: warning: the CA service on this home${pid} is still starting, so the ` +
+      `invite names ${where}; ${elsewhere}\n`;
+  }
+  const pid = service.pid ? `, pid ${service.pid},` : "";
+  const gone = service.lastAddress
+    ? ` (the last one${pid} listened at ${service.lastAddress} and is gone)`
+    : "";
+  return `e2e-chat: warning: no CA service runs on this home${gone}, so the invite names ` +
+    `${where}; ${elsewhere}\n` +
+    "e2e-chat: hint: members can enroll only while it runs: deno task ca serve\n";
 }
 
 async function invites(args: string[]): Promise<number> {
@@ -361,15 +377,6 @@ function inviteTable(rows: ListedInvite[]): string {
   const widths = table[0].map((_, i) => Math.max(...table.map((row) => row[i].length)));
   return table.map((row) => row.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd())
     .join("\n") + "\n";
-}
-
-async function runningServiceAddress(ca: CertificateAuthority): Promise<string | undefined> {
-  try {
-    const info = JSON.parse(await Deno.readTextFile(ca.paths.serviceInfo));
-    return `${info.host}:${info.port}`;
-  } catch {
-    return undefined;
-  }
 }
 
 async function init(args: string[]): Promise<number> {

@@ -30,7 +30,7 @@ import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
-import { holdLock } from "../lib/lock.ts";
+import { holdLock, isLocked } from "../lib/lock.ts";
 import { deadline, guardConnections } from "../lib/connections.ts";
 import { ReplyBudget } from "../lib/reply_budget.ts";
 import {
@@ -231,14 +231,71 @@ export async function claimServiceHome(
 
 /** The pid in the service lock, and the URL from service.json when that file is the same pid's. */
 async function serviceHolder(paths: CaPaths): Promise<{ pid: number; url?: string } | undefined> {
+  const pid = await lockPid(paths);
+  if (pid === undefined) return undefined;
+  // A service killed leaves its service.json behind: only the holder's own names it.
+  const info = await readServiceInfo(paths);
+  return info?.pid === pid ? { pid, url: info.url } : { pid };
+}
+
+// The pid a service wrote in the lock: the running one's, else the last one's.
+async function lockPid(paths: CaPaths): Promise<number | undefined> {
   const pid = Number((await Deno.readTextFile(paths.serviceLock).catch(() => "")).trim());
-  if (!Number.isSafeInteger(pid) || pid <= 0) return undefined; // a service from before pids
+  return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined; // else a service from before pids
+}
+
+// service.json (written by CaService.#start): the URL, and the HOST:PORT members are given.
+async function readServiceInfo(
+  paths: CaPaths,
+): Promise<{ pid?: number; url: string; address: string } | undefined> {
   try {
-    // A service killed leaves its service.json behind: only the holder's own names it.
     const info = JSON.parse(await Deno.readTextFile(paths.serviceInfo));
-    if (info?.pid === pid && typeof info.url === "string") return { pid, url: info.url };
-  } catch { /* not written yet, or gone */ }
-  return { pid };
+    if (typeof info?.url !== "string" || typeof info.host !== "string") return undefined;
+    if (!Number.isSafeInteger(info.port)) return undefined;
+    return { pid: info.pid, url: info.url, address: `${info.host}:${info.port}` };
+  } catch {
+    return undefined; // not written yet, gone, or cut short
+  }
+}
+
+/** What {@linkcode serviceStatus} finds of the service of a CA home. */
+export interface ServiceStatus {
+  /** Whether a service holds the home's claim now (one killed does not: the kernel let go). */
+  running: boolean;
+  /** The pid in `HOME/.service.lock`: the running service's, else the last one's. */
+  pid?: number;
+  /** HOST:PORT members reach the running service at (its service.json), once it listens. */
+  address?: string;
+  /**
+   * HOST:PORT of a service.json left behind by a service that no longer runs (killed: a service
+   * stopped removes it), for a message only: nothing listens there now.
+   */
+  lastAddress?: string;
+}
+
+/**
+ * Whether a CA service runs on `paths`' home, and where members reach it: what `ca invite`
+ * names. The lock says whether one runs, not service.json, which a service killed (SIGKILL, a
+ * power cut) leaves behind; a running service's own service.json names its pid.
+ *
+ * @example The address of the running service, if any
+ * ```ts
+ * import { CaPaths } from "./home.ts";
+ * import { serviceStatus } from "./service.ts";
+ * const status = await serviceStatus(new CaPaths("/tmp/example-ca-home"));
+ * console.log(status.running ? status.address ?? "still starting" : "not running");
+ * ```
+ */
+export async function serviceStatus(paths: CaPaths): Promise<ServiceStatus> {
+  const running = await isLocked(paths.serviceLock);
+  const pid = await lockPid(paths);
+  const info = await readServiceInfo(paths);
+  const status: ServiceStatus = { running };
+  if (pid !== undefined) status.pid = pid;
+  // Until a starting service writes its own, service.json may be a killed one's.
+  if (running && pid !== undefined && info?.pid === pid) status.address = info.address;
+  if (!running && info) status.lastAddress = info.address;
+  return status;
 }
 
 /** A running CA service. */

@@ -12,7 +12,7 @@ import { type CertificateInfo, normalizeSerialHex } from "../lib/x509.ts";
 import { parseCrl } from "../lib/crl.ts";
 import { PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
 import { CertificateAuthority } from "./authority.ts";
-import { CaService, type ServeOptions } from "./service.ts";
+import { CaService, claimServiceHome, type ServeOptions, serviceStatus } from "./service.ts";
 
 // The service in process, with real TLS on 127.0.0.1 and a port the kernel picks.
 // tests/ca_service_test.ts covers the `serve` process (signals, restarts, names, the API over TLS).
@@ -382,5 +382,35 @@ Deno.test("CaService.start() on a home whose service runs refuses with ERR_LOCK_
     await (await CaService.start(ca, { port: 0, log: () => {} })).close();
     const next = await CaService.start(ca, { port: 0, busyWaitMs: 1_000, log: () => {} });
     await next.close();
+  });
+});
+
+Deno.test("serviceStatus() tells a running service from the service.json a killed one left: running with its address, starting without one, gone with the last one", async () => {
+  await withTempDir(async (home) => {
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+    // What a service killed with SIGKILL leaves: its service.json, and its pid in the lock.
+    const dead = { url: "https://127.0.0.1:4000", host: "127.0.0.1", port: 4000, pid: 99999999 };
+    await Deno.writeTextFile(ca.paths.serviceInfo, JSON.stringify(dead) + "\n");
+    await Deno.writeTextFile(ca.paths.serviceLock, "99999999\n");
+    assert.deepEqual(await serviceStatus(ca.paths), {
+      running: false,
+      pid: 99999999,
+      lastAddress: "127.0.0.1:4000",
+    });
+    // A service starting (its claim taken, its service.json not yet written) is running, nowhere yet.
+    const claim = await claimServiceHome(ca.paths);
+    assert.deepEqual(await serviceStatus(ca.paths), { running: true, pid: Deno.pid });
+    const service = await CaService.start(ca, { port: 0, claim, log: () => {} });
+    try {
+      assert.deepEqual(await serviceStatus(ca.paths), {
+        running: true,
+        pid: Deno.pid,
+        address: `127.0.0.1:${service.port}`,
+      });
+    } finally {
+      await service.close();
+    }
+    // Stopped: its service.json is gone, and the lock is no longer held.
+    assert.deepEqual(await serviceStatus(ca.paths), { running: false, pid: Deno.pid });
   });
 });

@@ -110,3 +110,32 @@ async function acquire(path: string, options: LockOptions): Promise<Deno.FsFile>
   }
   return file;
 }
+
+/**
+ * Whether another holder has the lock on the file at `path` now (a missing file: no), without
+ * waiting and without keeping it: a shared try-lock, let go at once. What `ca invite` asks of a
+ * service's lock (ca/service.ts `serviceStatus`): a holder killed, SIGKILL included, holds it no
+ * longer, whatever files it left.
+ *
+ * @example Is a service running?
+ * ```ts
+ * import { holdLock, isLocked } from "./lock.ts";
+ * const release = await holdLock("/tmp/example-held.lock");
+ * console.log(await isLocked("/tmp/example-held.lock")); // true
+ * release();
+ * ```
+ */
+export async function isLocked(path: string): Promise<boolean> {
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(path, { read: true });
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+  try {
+    return !await file.tryLock(false);
+  } finally {
+    file.close(); // closing lets go of the shared lock, if taken
+  }
+}

@@ -956,7 +956,8 @@ Deno.test("ca invite with no service running says the invite names the default a
       result.stderr,
       "e2e-chat: warning: no CA service runs on this home, so the invite names 127.0.0.1:65433; " +
         "if members reach the service elsewhere, make it again with --url HOST:PORT " +
-        "(this one stays valid until it expires)\n",
+        "(this one stays valid until it expires)\n" +
+        "e2e-chat: hint: members can enroll only while it runs: deno task ca serve\n",
     );
     // With --url, or while the service runs, the address is known: nothing to warn about.
     const given = await runCa(home, ["invite", "bob", "--url", "ca.example.org:443"]);

@@ -217,7 +217,7 @@ Deno.test("a second ca serve on a home whose service runs refuses before it asks
   });
 });
 
-Deno.test("a CA service killed with SIGKILL does not block the next start, which replaces its service.json", async () => {
+Deno.test("a CA service killed with SIGKILL does not block the next start, which replaces its service.json, and ca invite meanwhile says it is not running instead of naming the dead one", async () => {
   await withTempDir(async (dir) => {
     const home = join(dir, "ca-home");
     await initCa(home);
@@ -227,11 +227,26 @@ Deno.test("a CA service killed with SIGKILL does not block the next start, which
     const serviceJson = join(home, "ca", "service.json");
     // What a kill leaves: the dead service's address, and its pid in the lock file.
     assert.equal(JSON.parse(await Deno.readTextFile(serviceJson)).port, killed.port);
+    const invite = await runCa(home, ["invite", "alice"]);
+    assertSuccess(invite, "ca invite alice");
+    assert.match(invite.stdout, /^e2e-chat:\/\/127\.0\.0\.1:65433\/alice\?fp=[0-9a-f]{64}&token=/);
+    assert.equal(
+      invite.stderr,
+      `e2e-chat: warning: no CA service runs on this home (the last one, pid ${killed.proc.pid}, ` +
+        `listened at 127.0.0.1:${killed.port} and is gone), so the invite names 127.0.0.1:65433; ` +
+        "if members reach the service elsewhere, make it again with --url HOST:PORT " +
+        "(this one stays valid until it expires)\n" +
+        "e2e-chat: hint: members can enroll only while it runs: deno task ca serve\n",
+    );
     const next = await startService(home);
     try {
       assert.equal((await next.request("/v1/ca")).status, 200);
       const info = JSON.parse(await Deno.readTextFile(serviceJson));
       assert.deepEqual([info.url, info.pid], [next.url, next.proc.pid]);
+      // The invite names the live one, and says nothing more.
+      const live = await runCa(home, ["invite", "bob"]);
+      assert.match(live.stdout, new RegExp(`^e2e-chat://127\\.0\\.0\\.1:${next.port}/bob\\?`));
+      assert.equal(live.stderr, "");
       // A third start is told about the live one, not the dead one.
       const third = await runCa(home, ["serve", "--port", "0"]);
       assert.equal(third.code, 1, third.stderr);
