@@ -340,12 +340,18 @@ export class CertificateAuthority {
     return new CertificateAuthority(paths, parseCertificate(pem), options);
   }
 
-  /** Checks the passphrase by decrypting the CA key once; throws `ERR_BAD_PASSPHRASE`. */
-  async unlock(): Promise<void> {
-    const passphrase = this.#requirePassphrase();
+  /**
+   * Checks the passphrase by decrypting the CA key once; throws `ERR_BAD_PASSPHRASE`. Given
+   * `passphrase`, checks that one and keeps it for what needs it (sign, revoke, crl): for a CA
+   * opened before the passphrase was asked for (`ca serve` claims its home first). Default: the
+   * one given to open().
+   */
+  async unlock(passphrase?: string): Promise<void> {
+    const checked = passphrase ?? this.#requirePassphrase();
     await this.#openssl(["pkey", "-in", this.paths.key, "-passin", PASSPHRASE_ARG, "-noout"], {
-      passphrase,
+      passphrase: checked,
     });
+    this.#passphrase = checked;
   }
 
   /**

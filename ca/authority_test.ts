@@ -867,6 +867,23 @@ Deno.test("unlock() accepts the right passphrase and refuses a wrong one", async
   });
 });
 
+Deno.test("unlock(passphrase) on a CA opened without one checks it and keeps it for signing; a wrong one is refused and not kept", async () => {
+  await withCa(async (_, home) => {
+    const ca = await CertificateAuthority.open(home);
+    await assert.rejects(
+      () => ca.unlock("not the passphrase"),
+      e2eError("ERR_BAD_PASSPHRASE", "Cannot unlock the CA key: wrong passphrase"),
+    );
+    await assert.rejects(
+      () => ca.crl(),
+      e2eError("ERR_PASSPHRASE_REQUIRED", "The CA passphrase is required for this operation"),
+    );
+    await ca.unlock(PASSPHRASE);
+    const { certificate } = await ca.sign((await makeCsr("alice")).csr, "alice");
+    assert.ok(await ca.isCurrent(certificate.serial));
+  });
+});
+
 Deno.test("current() and isCurrent() follow signing and revocation", async () => {
   await withCa(async (ca) => {
     assert.equal(await ca.current("alice"), undefined);

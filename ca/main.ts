@@ -16,7 +16,7 @@ import {
   runMain,
 } from "../lib/cli.ts";
 import { E2eError } from "../lib/errors.ts";
-import { writeFileAtomic } from "../lib/fs.ts";
+import { ensurePrivateDir, writeFileAtomic } from "../lib/fs.ts";
 import { resolveHome, resolveUserPath } from "../lib/home.ts";
 import type { LockOptions } from "../lib/lock.ts";
 import { readPassphrase } from "../lib/passphrase.ts";
@@ -32,7 +32,6 @@ import {
   claimServiceHome,
   DEFAULT_PORT,
   type ServeOptions,
-  type ServiceClaim,
   type ServiceStatus,
   serviceStatus,
 } from "./service.ts";
@@ -245,30 +244,35 @@ async function serve(args: string[]): Promise<number> {
     relay: relayOptions(values),
     ...bufferOptions(values),
   };
-  let ca: CertificateAuthority;
-  let claim: ServiceClaim;
-  if (!await exists(new CaPaths(home).cert)) {
-    await err(`e2e-chat: no CA in ${home}; creating one\n`);
-    const passphrase = await readPassphrase({
-      file: values["passphrase-file"],
-      envVar: PASSPHRASE_ENV,
-      label: "New CA passphrase",
-      confirm: true,
-    });
-    await err("e2e-chat: generating an RSA-4096 key (this can take a few seconds)\n");
-    ca = await CertificateAuthority.init(home, passphrase);
-    claim = await claimServiceHome(ca.paths);
-  } else {
-    // One service per CA home (CaService.start), and a second one is told so before it asks
-    // for the passphrase or changes anything.
-    claim = await claimServiceHome((await openCa(values)).paths);
-    try {
-      ca = await openWithPassphrase(values, {});
-      await ca.unlock(); // a wrong passphrase fails now, not at the first enrollment
-    } catch (e) {
-      claim.release();
-      throw e;
+  // The CA, opened once (its passphrase comes later), or none: serve makes one.
+  let ca = await openIfAny(home);
+  if (!ca) await ensurePrivateDir(home); // where the claim's lock file goes
+  // One service per CA home (CaService.start): a second one, or one started at the same moment on
+  // an empty home, is told so before it asks for a passphrase, creates or changes anything.
+  const claim = await claimServiceHome(new CaPaths(home));
+  try {
+    ca ??= await openIfAny(home); // made while this one waited for the claim
+    if (ca) {
+      const passphrase = await readPassphrase({
+        file: values["passphrase-file"],
+        envVar: PASSPHRASE_ENV,
+        label: "CA passphrase",
+      });
+      await ca.unlock(passphrase); // a wrong passphrase fails now, not at the first enrollment
+    } else {
+      await err(`e2e-chat: no CA in ${home}; creating one\n`);
+      const passphrase = await readPassphrase({
+        file: values["passphrase-file"],
+        envVar: PASSPHRASE_ENV,
+        label: "New CA passphrase",
+        confirm: true,
+      });
+      await err("e2e-chat: generating an RSA-4096 key (this can take a few seconds)\n");
+      ca = await CertificateAuthority.init(home, passphrase);
     }
+  } catch (e) {
+    claim.release();
+    throw e;
   }
   return await serveUntilStopped(ca, { ...options, claim });
 }
@@ -573,7 +577,6 @@ async function log(args: string[]): Promise<number> {
 
 async function openWithPassphrase(
   values: { home?: string; "passphrase-file"?: string },
-  lock: LockOptions = LOCK_NOTICE,
 ): Promise<CertificateAuthority> {
   const home = resolveHome(values.home);
   await openCa(values); // a missing CA is reported before asking for a passphrase
@@ -582,7 +585,15 @@ async function openWithPassphrase(
     envVar: PASSPHRASE_ENV,
     label: "CA passphrase",
   });
-  return await CertificateAuthority.open(home, { passphrase, lock });
+  return await CertificateAuthority.open(home, { passphrase, lock: LOCK_NOTICE });
+}
+
+// The CA of `home`, or none there yet (a home that is not the user's alone is refused all the same).
+async function openIfAny(home: string): Promise<CertificateAuthority | undefined> {
+  return await CertificateAuthority.open(home).catch((e) => {
+    if (e instanceof E2eError && e.code === "ERR_CA_MISSING") return undefined;
+    throw e;
+  });
 }
 
 /**

@@ -16,7 +16,7 @@ import net from "node:net";
 import tls from "node:tls";
 import { openssl, OpensslError } from "../lib/openssl.ts";
 import { pemDecode } from "../lib/pem.ts";
-import { sleep, within } from "./_harness.ts";
+import { sleep, TaskProcess, within } from "./_harness.ts";
 import { makeCsr, PASSPHRASE, runCa, snapshot, withTempDir } from "./_helpers.ts";
 import {
   assertApiError,
@@ -256,6 +256,53 @@ Deno.test("a CA service killed with SIGKILL does not block the next start, which
       );
     } finally {
       await next.stop();
+    }
+  });
+});
+
+Deno.test("two ca serve started at once on an empty home make one CA: the other is refused as beside a running service, having made or overwritten nothing", async () => {
+  await withTempDir(async (dir) => {
+    const home = join(dir, "ca-home");
+    const env = { E2E_CHAT_HOME: home, E2E_CHAT_CA_PASSPHRASE: PASSPHRASE };
+    const both = await Promise.all(
+      [0, 1].map(() => TaskProcess.start("ca", ["serve", "--port", "0"], { env })),
+    );
+    try {
+      // The one refused stops (after the 5 s a restart is given); the other serves on.
+      const refused = await within(
+        Promise.race(both.map((p) => p.status.then(() => p))),
+        60_000,
+        undefined,
+      );
+      assert.ok(refused, `neither stopped:\n${both.map((p) => p.stderr).join("\n")}`);
+      const serving = both.find((p) => p !== refused)!;
+      assert.equal((await refused.status).code, 1);
+      await refused.drained;
+      assert.equal(refused.stdout, "");
+      const pid = serving.pid;
+      // Its URL once it listens, else "still starting" (it may still be making its key).
+      const where = /, (https:\/\/127\.0\.0\.1:\d+|still starting)\n/.exec(refused.stderr)?.[1];
+      assert.equal(
+        refused.stderr,
+        `e2e-chat: error: Another CA service runs on ${home}: pid ${pid}, ${where}\n` +
+          `e2e-chat: hint: stop it first (kill -TERM ${pid}), or serve another --home\n`,
+      );
+      // The CA is the one the service made and announces, whole, with nothing staged left beside it.
+      const [fingerprint] = await serving.waitFor(
+        () => /^CA fingerprint \(SHA-256\): ([0-9a-f]{64})$/m.exec(serving.stdout)?.slice(1),
+        "the service did not start",
+        60_000,
+      );
+      assert.equal(
+        pemFingerprint(await Deno.readTextFile(join(home, "ca", "ca.crt"))),
+        fingerprint,
+      );
+      const entries = [];
+      for await (const entry of Deno.readDir(home)) entries.push(entry.name);
+      assert.deepEqual(entries.sort(), [".ca.lock", ".invites.lock", ".service.lock", "ca"]);
+      assertSuccess(await runCa(home, ["log", "verify"]), "ca log verify");
+    } finally {
+      await Promise.all(both.map((p) => p.stop()));
     }
   });
 });
