@@ -101,6 +101,24 @@ const DIAL_FIRST_MS = 2_000;
 const DIAL_MAX_MS = 60_000;
 
 /** What rooms need of the chat core. */
+/**
+ * What a face says when the user declined an invitation (`told` false: its creator was not
+ * connected, and is told when it offers the room again): the terminal, the JSON face and the page
+ * say it alike.
+ *
+ * @example Worded for a creator not connected
+ * ```ts
+ * import { declinedText } from "./rooms.ts";
+ * declinedText("#team", "ben", false);
+ * // 'Declined the invitation to #team from "ben" ("ben" is not connected: told when it offers it again)'
+ * ```
+ */
+export function declinedText(room: string, from: string, told: boolean): string {
+  return `Declined the invitation to ${room} from "${from}"${
+    told ? "" : ` ("${from}" is not connected: told when it offers it again)`
+  }`;
+}
+
 export interface RoomHost {
   /** Our user name. */
   readonly self: string;
