@@ -101,6 +101,24 @@ const DIAL_FIRST_MS = 2_000;
 const DIAL_MAX_MS = 60_000;
 
 /** What rooms need of the chat core. */
+/**
+ * What a face says when the user declined an invitation (`told` false: its creator was not
+ * connected, and is told when it offers the room again): the terminal, the JSON face and the page
+ * say it alike.
+ *
+ * @example Worded for a creator not connected
+ * ```ts
+ * import { declinedText } from "./rooms.ts";
+ * declinedText("#team", "ben", false);
+ * // 'Declined the invitation to #team from "ben" ("ben" is not connected: told when it offers it again)'
+ * ```
+ */
+export function declinedText(room: string, from: string, told: boolean): string {
+  return `Declined the invitation to ${room} from "${from}"${
+    told ? "" : ` ("${from}" is not connected: told when it offers it again)`
+  }`;
+}
+
 export interface RoomHost {
   /** Our user name. */
   readonly self: string;
@@ -164,8 +182,10 @@ interface Room {
   /** The fingerprints of the members' keys in the list, by name (for the pin check). */
   fingerprints: Map<string, string>;
   held: Map<string, Map<number, SignedMessage>>;
-  /** Characters of the texts in `held`, all authors together. */
+  /** Characters of the texts in `held`, all authors together… */
   heldChars: number;
+  /** …and per author (kept with `held` by hold() and unhold(), never counted again). */
+  heldCharsBy: Map<string, number>;
   buffer: Map<string, SignedMessage>;
   bufferChars: number;
   gaps: Map<string, ReturnType<typeof setTimeout>>;
@@ -955,11 +975,7 @@ export class Rooms {
         .slice(0, MAX_MEMBERS);
       for (const c of targets) c.sendRoom({ op: "msg", m, to: hint });
     }
-    let held = r.held.get(m.author);
-    if (!held) r.held.set(m.author, held = new Map());
-    held.set(m.seq, m);
-    r.heldChars += m.text.length;
-    if (held.size > MAX_HELD) this.#dropHighest(r, m.author);
+    if (hold(r, m) > MAX_HELD) this.#dropHighest(r, m.author);
     if (next === undefined) r.next[m.author] = m.seq; // joined after them: start where we came in
     this.#drain(r, m.author);
   }
@@ -998,9 +1014,7 @@ export class Rooms {
     if (!held) return;
     let next = r.next[author];
     while (held.has(next)) {
-      const m = held.get(next)!;
-      held.delete(next);
-      r.heldChars -= m.text.length;
+      const m = unhold(r, author, next)!;
       const id = `${author}.${m.seq}`;
       this.#host.history.roomMessage({ id, room: r.list.room, from: author, text: m.text });
       this.#host.emit({ type: "room_message", room: r.list.room, from: author, text: m.text, id });
@@ -1047,8 +1061,7 @@ export class Rooms {
     const held = r.held.get(author);
     if (!held?.size) return;
     const highest = Math.max(...held.keys());
-    r.heldChars -= held.get(highest)!.text.length;
-    held.delete(highest);
+    unhold(r, author, highest);
     const dropped = r.buffer.get(`${author}.${highest}`);
     if (dropped) {
       r.buffer.delete(`${author}.${highest}`);
@@ -1058,17 +1071,13 @@ export class Rooms {
 
   // Makes room for `m` to wait within MAX_HELD_CHARS: the author who holds the most characters
   // (`m` counted) lets its highest go, until it fits. False when that would be `m` itself.
+  // The authors' counts are kept as messages come and go: an attacker past the bound would
+  // otherwise have each new message recount every held text (50 authors × 256).
   #makeRoomToHold(r: Room, m: SignedMessage): boolean {
-    const charsOf = (author: string) => {
-      let chars = author === m.author ? m.text.length : 0;
-      for (const x of r.held.get(author)?.values() ?? []) chars += x.text.length;
-      return chars;
-    };
     while (r.heldChars + m.text.length > MAX_HELD_CHARS) {
       let most = m.author;
-      let mostChars = charsOf(m.author);
-      for (const author of r.held.keys()) {
-        const chars = charsOf(author);
+      let mostChars = (r.heldCharsBy.get(m.author) ?? 0) + m.text.length;
+      for (const [author, chars] of r.heldCharsBy) {
         if (chars > mostChars) [most, mostChars] = [author, chars];
       }
       if (most === m.author) {
@@ -1130,8 +1139,9 @@ export class Rooms {
       if (now && now.since === old.since && now.key === old.key) continue;
       // Gone (or gone and added again): nothing more is taken under the old membership.
       delete r.next[name];
-      for (const m of r.held.get(name)?.values() ?? []) r.heldChars -= m.text.length;
+      r.heldChars -= r.heldCharsBy.get(name) ?? 0;
       r.held.delete(name);
+      r.heldCharsBy.delete(name);
       for (const [k, m] of r.buffer) {
         if (m.author !== name) continue;
         r.buffer.delete(k);
@@ -1258,6 +1268,7 @@ export class Rooms {
       fingerprints: new Map(),
       held: new Map(),
       heldChars: 0,
+      heldCharsBy: new Map(),
       buffer: new Map(),
       bufferChars: 0,
       gaps: new Map(),
@@ -1559,6 +1570,30 @@ function choices(room: string, invites: RoomInvite[], action: "join" | "decline"
   return commands.length > 1
     ? `${commands.slice(0, -1).join(", ")}, or ${commands.at(-1)}`
     : commands[0];
+}
+
+// `m` held back until the messages before it come, counted in its room's and author's characters;
+// how many of its author's wait now.
+function hold(r: Room, m: SignedMessage): number {
+  let held = r.held.get(m.author);
+  if (!held) r.held.set(m.author, held = new Map());
+  held.set(m.seq, m);
+  r.heldChars += m.text.length;
+  r.heldCharsBy.set(m.author, (r.heldCharsBy.get(m.author) ?? 0) + m.text.length);
+  return held.size;
+}
+
+// The held message `seq` of `author`, no longer held (and no longer counted).
+function unhold(r: Room, author: string, seq: number): SignedMessage | undefined {
+  const held = r.held.get(author);
+  const m = held?.get(seq);
+  if (!held || !m) return undefined;
+  held.delete(seq);
+  r.heldChars -= m.text.length;
+  const left = r.heldCharsBy.get(author)! - m.text.length;
+  if (held.size) r.heldCharsBy.set(author, left);
+  else r.heldCharsBy.delete(author);
+  return m;
 }
 
 function refused(why: string): E2eError {

@@ -18,7 +18,7 @@ import { withTempDir } from "../tests/_helpers.ts";
 import type { CoreEvent } from "./events.ts";
 import type { History } from "./history.ts";
 import type { PeerConnection } from "./peer.ts";
-import { GAP_WAIT_MS, MAX_FORMER, Rooms } from "./rooms.ts";
+import { GAP_WAIT_MS, MAX_FORMER, MAX_HELD_CHARS, Rooms } from "./rooms.ts";
 
 function keyPair(): { privateKey: KeyObject; spki: string; pem: string } {
   const { privateKey, publicKey } = generateKeyPairSync("ed25519");
@@ -311,6 +311,78 @@ Deno.test("A member who missed more than 256 of an author's messages reports the
         }],
       );
       assert.deepEqual(shown, Array.from({ length: 313 }, (_, i) => `bob.${489 + i}`));
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
+
+Deno.test("A room whose held messages are at their bound does not count every held text again for each new message", async () => {
+  // 16 authors each hold 64 messages of 8 KiB after a gap (8 MiB, the bound): a 17th author's
+  // message makes room by letting the highest of the author holding most go. Each held text
+  // records when its length is read: the counts are kept as messages come and go, not redone.
+  await withTempDir(async (dir) => {
+    const [alice, carol, fake] = [keyPair(), keyPair(), keyPair()];
+    const roomId = randomBytes(16).toString("hex");
+    const authors = Array.from({ length: 17 }, (_, i) => `author-${String(i).padStart(2, "0")}`);
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 1,
+      members: [
+        { name: "alice", key: alice.spki, since: 1 },
+        { name: "carol", key: carol.spki, since: 1 },
+        ...authors.map((name) => ({ name, key: fake.spki, since: 1 })),
+      ].sort((a, b) => a.name < b.name ? -1 : 1),
+    }, carol.privateKey);
+    const chars = 8192;
+    let reads = 0;
+    const signed = (author: string, seq: number) => {
+      const m = signMessage(
+        { roomId, room: "#team", author, seq, version: 1, text: `${author} ${seq} `.padEnd(chars) },
+        fake.privateKey,
+      );
+      const text = m.text;
+      Object.defineProperty(m, "text", {
+        enumerable: true,
+        get: () => (reads++, text),
+      });
+      return m;
+    };
+    const next = Object.fromEntries(authors.map((a) => [a, 1]));
+    await Deno.writeTextFile(
+      join(dir, `${roomId}.json`),
+      JSON.stringify({ v: 1, list, creatorKey: carol.spki, seq: 0, next: { alice: 1, ...next } }),
+    );
+    const held = MAX_HELD_CHARS / chars / 16;
+    // Signed first: the gaps' wait (GAP_WAIT_MS) starts at the first message held.
+    const filling = authors.slice(0, 16).flatMap((a) =>
+      Array.from({ length: held }, (_, i) => signed(a, 2 + i))
+    );
+    const newcomer = signed(authors[16], 2);
+    const events: CoreEvent[] = [];
+    const conn = { name: "carol", rooms: true, sendRoom: () => true } as unknown as PeerConnection;
+    const rooms = testRooms(
+      "alice",
+      alice.pem,
+      dir,
+      (n) => n === "carol" ? conn : undefined,
+      (e) => events.push(e),
+    );
+    await rooms.load();
+    try {
+      for (const m of filling) rooms.receive(conn, { op: "msg", m, fill: true });
+      reads = 0;
+      rooms.receive(conn, { op: "msg", m: newcomer, fill: true });
+      assert.ok(reads < 64, `${reads} reads of held texts for one message`);
+      // Held, and room made: the first author's highest went, the others of theirs stay.
+      assert.deepEqual(events.filter((e) => e.type !== "room_message"), []);
+      rooms.receive(conn, { op: "msg", m: signed(authors[0], 1), fill: true });
+      const shown = events.filter((e) => e.type === "room_message").map((e) =>
+        e.type === "room_message" && e.id
+      );
+      assert.deepEqual(shown, Array.from({ length: held }, (_, i) => `${authors[0]}.${1 + i}`));
     } finally {
       await rooms.stop();
     }

@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import { join } from "node:path";
-import type { Browser, BrowserContext, Locator, Page } from "playwright-core";
+import type { Browser, BrowserContext, Locator, Page, WebSocketRoute } from "playwright-core";
 import {
   ChatClient,
   childEnv,
@@ -229,6 +229,51 @@ export async function openPage(
   return page;
 }
 
+/** A page whose link to its client can be held: {@linkcode openGatedPage}. */
+export interface GatedPage {
+  page: Page;
+  /**
+   * From now on what the client sends the page waits, its heartbeat apart (a page that hears
+   * nothing for 6 s starts afresh): the page goes stale, as behind a slow link, while what it
+   * sends goes on at once.
+   */
+  hold(): void;
+  /** What waited reaches the page, in order, and what follows goes straight on. */
+  release(): void;
+}
+
+/**
+ * {@linkcode openPage}, its WebSocket passed through playwright's route so that the test can
+ * hold what the client says: the page acts on what it last heard while the client has moved on
+ * (a key changed again, a card answered in another tab), as when two things happen at once.
+ */
+export async function openGatedPage(browser: Browser, web: WebClient): Promise<GatedPage> {
+  const context = await browser.newContext({ viewport: { width: 1200, height: 800 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(20_000);
+  let held: Array<Parameters<WebSocketRoute["send"]>[0]> | undefined;
+  let route: WebSocketRoute | undefined;
+  await page.routeWebSocket(/\/ws$/, (ws) => {
+    route = ws;
+    const server = ws.connectToServer();
+    server.onMessage((m) => {
+      if (held && m !== JSON.stringify({ type: "alive" })) held.push(m);
+      else ws.send(m);
+    });
+  });
+  await page.goto(web.url);
+  await page.getByRole("heading", { name: web.name, exact: true, level: 1 }).waitFor();
+  return {
+    page,
+    hold: () => held ??= [],
+    release: () => {
+      const waiting = held ?? [];
+      held = undefined;
+      for (const m of waiting) route?.send(m);
+    },
+  };
+}
+
 /** A fresh folder with a CA service on it, stopped and removed afterwards. */
 export async function withWebWorld<T>(
   fn: (service: Service, dir: string) => Promise<T>,
@@ -279,6 +324,13 @@ export class Scene {
     const page = await openPage(this.browser, web, viewport);
     this.#stops.push(() => page.context().close());
     return page;
+  }
+
+  /** {@linkcode openGatedPage}, closed with the scene. */
+  async gatedPage(web: WebClient): Promise<GatedPage> {
+    const gated = await openGatedPage(this.browser, web);
+    this.#stops.push(() => gated.page.context().close());
+    return gated;
   }
 
   raw(port: number, user: User): Promise<RawPeer> {

@@ -581,7 +581,7 @@ async function roomInvitationGoes(scene: Scene): Promise<void> {
   await card(page, "#side").waitFor({ state: "detached" });
   assert.equal(await focused(page), "h2: Invitations");
   await page.locator("#notices")
-    .getByText(`Declined the invitation to #side from ${ben.name}`, { exact: true }).waitFor();
+    .getByText(`Declined the invitation to #side from "${ben.name}"`, { exact: true }).waitFor();
 
   await card(page, "#team").getByRole("button", { name: "Join", exact: true }).focus();
   await card(other, "#team").getByRole("button", { name: "Join", exact: true }).click();
@@ -670,6 +670,262 @@ async function keyTrustedElsewhere(scene: Scene): Promise<void> {
   assert.equal(await focused(page), "textarea: Message");
   await sendFromPage(page, "trusted in the other tab");
   await bob2.expect({ type: "message", text: "trusted in the other tab" });
+}
+
+/** Waits until `control` is described by an error matching `error`, said by the alert `region`. */
+async function failsBeside(
+  page: Page,
+  control: Locator,
+  error: RegExp,
+  region: string,
+): Promise<void> {
+  await waitUntil(
+    async () => error.test(await description(control)),
+    `described by its error: "${await description(control)}"`,
+  );
+  const alerts = (await said(page)).filter((s) => error.test(s.text));
+  assert.ok(alerts.some((s) => s.region === region), JSON.stringify(await said(page)));
+  assert.equal(alerts.filter((s) => s.region === "notices").length, 0, JSON.stringify(alerts));
+}
+
+/** The safety number the page shows once it is not `before`. */
+async function safetyNumberOtherThan(page: Page, before: string): Promise<string> {
+  const shown = page.locator("#safety-number");
+  await waitUntil(async () => {
+    const now = await shown.textContent() ?? "";
+    return now !== "" && now !== before;
+  }, "the safety number is fetched again");
+  return await shown.textContent() ?? "";
+}
+
+/**
+ * "Mark verified" pressed in a tab that has not heard yet that bob's key changed and was trusted
+ * in another tab: it was about the safety number of bob's first key, so the client refuses it,
+ * the error is said beside the button, and the new key is not marked verified until pressed
+ * again with its own number shown.
+ */
+async function verifyRefused(scene: Scene): Promise<void> {
+  const [alice, bobOld] = await scene.join("alice-vr", "bob-vr");
+  const web = await scene.web(alice);
+  const bob1 = await scene.json(bobOld);
+  const { page, hold, release } = await scene.gatedPage(web);
+  await startChat(page, alice, bob1);
+  const verify = page.getByRole("button", { name: "Mark verified" });
+  await verify.waitFor();
+  const first = await safetyNumberOtherThan(page, "");
+  const bobNew = await joinUser(scene.service, "bob-vr", join(scene.dir, "bob-vr-new"));
+  await listen(page);
+  hold();
+  await bob1.stop();
+  const bob2 = await scene.json(bobNew);
+  const other = await scene.page(web);
+  await invitePeer(other, alice, bob2);
+  await other.getByRole("button", { name: "Trust new key" }).click();
+  await other.getByRole("textbox", { name: "Message", exact: true }).and(
+    other.locator(":enabled"),
+  ).waitFor();
+  assert.equal(await page.locator("#safety-number").textContent(), first);
+  await verify.click();
+  release();
+  await failsBeside(
+    page,
+    verify,
+    /The key of "bob-vr" changed since its safety number was shown/,
+    "verify-error",
+  );
+  for (const p of [page, other]) {
+    assert.equal(await p.locator("#peer-state").textContent(), "online");
+  }
+  await safetyNumberOtherThan(page, first);
+  await verify.click();
+  await page.locator("#peer-state").getByText("online, verified").waitFor();
+  await other.locator("#peer-state").getByText("online, verified").waitFor();
+}
+
+/**
+ * "Trust new key" pressed for bob's second key while bob's third has just connected (the tab
+ * has not heard yet): the client refuses it instead of trusting a key nobody compared; the error
+ * is said beside the button, the warning stays, and the third key is trusted only once its own
+ * safety number was shown and the button pressed again.
+ */
+async function trustRefused(scene: Scene): Promise<void> {
+  const [alice, bobFirst] = await scene.join("alice-tr", "bob-tr");
+  const web = await scene.web(alice);
+  const bob1 = await scene.json(bobFirst);
+  const { page, hold, release } = await scene.gatedPage(web);
+  await startChat(page, alice, bob1);
+  const first = await safetyNumberOtherThan(page, "");
+  await bob1.stop();
+  await page.getByRole("button", { name: /bob-tr offline/ }).waitFor();
+  const bobSecond = await joinUser(scene.service, "bob-tr", join(scene.dir, "bob-tr-2"));
+  const bob2 = await scene.json(bobSecond);
+  await invitePeer(page, alice, bob2);
+  const trust = page.getByRole("button", { name: "Trust new key" });
+  await trust.waitFor();
+  const second = await safetyNumberOtherThan(page, first);
+  const bobThird = await joinUser(scene.service, "bob-tr", join(scene.dir, "bob-tr-3"));
+  await listen(page);
+  hold();
+  await bob2.stop();
+  const bob3 = await scene.json(bobThird);
+  // The page invites bob again (its answer held back): bob's third key connects.
+  await page.getByRole("textbox", { name: "Chat with" }).fill(bob3.name);
+  await page.getByRole("button", { name: "Start chat", exact: true }).click();
+  await bob3.expect({ type: "invite", from: alice.name });
+  await bob3.send(`/accept ${alice.name}`);
+  await bob3.expect({ type: "connected", peer: alice.name });
+  assert.equal(await page.locator("#safety-number").textContent(), second);
+  await trust.click();
+  release();
+  await failsBeside(
+    page,
+    trust,
+    /The key of "bob-tr" changed since its safety number was shown/,
+    "trust-error",
+  );
+  const box = page.getByRole("textbox", { name: "Message", exact: true });
+  assert.ok(await box.isDisabled(), "nothing goes to a key not trusted");
+  await safetyNumberOtherThan(page, second);
+  await trust.click();
+  await box.and(page.locator(":enabled")).waitFor();
+  // The warning went with its button; its error does not wait for the next key change.
+  assert.equal(await page.locator("#trust-error").textContent(), "");
+  await sendFromPage(page, "to the third key, compared");
+  await bob3.expect({ type: "message", text: "to the third key, compared" });
+}
+
+/**
+ * "Join" pressed on an invitation declined meanwhile in another tab (this tab had not heard):
+ * the error is said beside it and its card stays, inert, until "Dismiss". "Join" while the
+ * creator is away fails beside it too, and the card can be answered again.
+ */
+async function joinRefused(scene: Scene): Promise<void> {
+  const [alice, ben] = await scene.join("alice-jr", "ben-jr");
+  const web = await scene.web(alice);
+  const benChat = await scene.json(ben);
+  const { page, hold, release } = await scene.gatedPage(web);
+  const card = (p: Page, room: string) =>
+    p.getByRole("region", { name: "Invitations" }).getByRole("listitem")
+      .filter({ hasText: `${ben.name} invites you to ${room}` });
+  for (const room of ["#team", "#side"]) {
+    await benChat.send(`/room create ${room}`);
+    await benChat.expect({ type: "room_joined", room });
+    await benChat.send(`/room invite ${room} ${alice.name}`);
+    if (room === "#team") {
+      await page.getByRole("listitem").filter({ hasText: `${ben.name} wants to chat` })
+        .getByRole("button", { name: "Accept", exact: true }).click();
+    }
+    await card(page, room).waitFor();
+  }
+  const other = await scene.page(web);
+  await card(other, "#team").waitFor();
+  await listen(page);
+  hold();
+  await card(other, "#team").getByRole("button", { name: "Decline", exact: true }).click();
+  await benChat.expect({
+    type: "warning",
+    message: `"${alice.name}" declined the invitation to #team`,
+  });
+  const joinTeam = card(page, "#team").getByRole("button", { name: "Join", exact: true });
+  await joinTeam.click();
+  release();
+  await failsBeside(
+    page,
+    joinTeam,
+    /Cannot join #team: No invitation to #team from "ben-jr"/,
+    "invitations-error",
+  );
+  await page.locator("#notices")
+    .getByText(`Declined the invitation to #team from "${ben.name}"`, { exact: true }).waitFor();
+  for (const name of ["Join", "Decline"]) {
+    assert.equal(
+      await card(page, "#team").getByRole("button", { name, exact: true })
+        .getAttribute("aria-disabled"),
+      "true",
+      name,
+    );
+  }
+  await card(page, "#team").getByRole("button", { name: "Dismiss" }).click();
+  await card(page, "#team").waitFor({ state: "detached" });
+  assert.equal(await page.locator("#invitations-error").textContent(), "");
+
+  await benChat.stop();
+  await page.getByRole("button", { name: /ben-jr offline/ }).waitFor();
+  const side = card(page, "#side").getByRole("button", { name: "Join", exact: true });
+  await side.click();
+  await failsBeside(
+    page,
+    side,
+    /Cannot join #side: Not connected to "ben-jr", who invited you/,
+    "invitations-error",
+  );
+  assert.equal(await side.getAttribute("aria-disabled"), null);
+  assert.equal(await card(page, "#side").getByRole("button", { name: "Dismiss" }).count(), 0);
+}
+
+/**
+ * Two tabs answer one file offer at once: the tab that lost says why beside its "Accept file"
+ * (its card stays, inert, until "Dismiss"), whether it heard the other's answer before its own
+ * refusal (a tab that had not heard) or after (both sent while the client was stopped).
+ */
+async function offerRace(scene: Scene): Promise<void> {
+  const [alice, bob] = await scene.join("alice-or", "bob-or");
+  const web = await scene.web(alice, ["--auto-accept", "0"]);
+  const b = await scene.json(bob);
+  const { page, hold, release } = await scene.gatedPage(web);
+  await startChat(page, alice, b);
+  const other = await scene.page(web);
+  const card = (p: Page, name: string) =>
+    p.getByRole("region", { name: "Files offered to you" }).getByRole("listitem")
+      .filter({ hasText: `offers ${name} (` });
+  for (const name of ["first.bin", "second.bin"]) {
+    const path = join(scene.dir, name);
+    await Deno.writeFile(path, new Uint8Array(60));
+    await b.send(`/file ${path}`);
+    for (const p of [page, other]) await card(p, name).waitFor();
+  }
+  await listen(page);
+  await listen(other);
+  const lost = (name: string) => new RegExp(`Cannot accept file ${name}: No file offer`);
+
+  hold();
+  await card(other, "first.bin").getByRole("button", { name: "Accept file" }).click();
+  await card(other, "first.bin").waitFor({ state: "detached" });
+  const accept = card(page, "first.bin").getByRole("button", { name: "Accept file" });
+  await accept.click();
+  release();
+  await failsBeside(page, accept, lost("first\\.bin"), "offers-error");
+  await timeline(page).getByText("first.bin").waitFor();
+  await card(page, "first.bin").getByRole("button", { name: "Dismiss" }).click();
+  await card(page, "first.bin").waitFor({ state: "detached" });
+
+  web.signal("SIGSTOP");
+  try {
+    for (const p of [page, other]) {
+      await card(p, "second.bin").getByRole("button", { name: "Accept file" }).click();
+    }
+  } finally {
+    web.signal("SIGCONT");
+  }
+  await timeline(page).getByText("second.bin").waitFor();
+  const failed = async (p: Page) => {
+    const button = card(p, "second.bin").getByRole("button", { name: "Accept file" });
+    return await button.count() > 0 &&
+      lost("second\\.bin").test(await description(button).catch(() => ""));
+  };
+  await waitUntil(
+    async () => (await failed(page)) || (await failed(other)),
+    "the tab that lost says why",
+  );
+  const [loser, winner] = await failed(page) ? [page, other] : [other, page];
+  await failsBeside(
+    loser,
+    card(loser, "second.bin").getByRole("button", { name: "Accept file" }),
+    lost("second\\.bin"),
+    "offers-error",
+  );
+  await card(winner, "second.bin").waitFor({ state: "detached" });
+  await card(loser, "second.bin").getByRole("button", { name: "Dismiss" }).waitFor();
 }
 
 // Relative luminance and contrast ratio (WCAG 2.2, 1.4.3 and 1.4.11).
@@ -903,6 +1159,28 @@ await webTest("web face for keyboard and screen-reader users, WCAG 2.2 AA, in ch
     reflow,
   ],
 ]);
+
+await webTest(
+  "web face in chromium: a button pressed on what the client changed meanwhile says why beside it",
+  [
+    [
+      "Mark verified pressed in a tab that has not heard of a new key, trusted in another tab, is refused beside the button and verifies nothing",
+      verifyRefused,
+    ],
+    [
+      "Trust new key pressed for a key that changed again is refused beside the button and trusts nothing until pressed again",
+      trustRefused,
+    ],
+    [
+      "Join on an invitation declined in another tab fails beside the button and its card stays until Dismiss; Join with the creator away fails beside it too",
+      joinRefused,
+    ],
+    [
+      "two tabs answering one file offer at once: the tab that lost says why beside its Accept file, in either order of the news",
+      offerRace,
+    ],
+  ],
+);
 
 await webTest("web face in chromium: every tab of the page follows the client", [
   [

@@ -12,6 +12,7 @@ import { checkName } from "../../lib/names.ts";
 import { checkRoomName, isRoomName } from "../../lib/room.ts";
 import type { Chat } from "../chat.ts";
 import type { ChatEvent } from "../events.ts";
+import { declinedText } from "../rooms.ts";
 
 /** The commands, for /help. */
 export const HELP = `/chat NAME          invite NAME (through the CA) and wait for them
@@ -476,12 +477,7 @@ async function runRoom(
       return;
     case "decline": {
       const { from, told } = rooms.decline(room, name);
-      emit({
-        type: "warning",
-        message: `Declined the invitation to ${room} from "${from}"${
-          told ? "" : ` ("${from}" is not connected: told when it offers it again)`
-        }`,
-      });
+      emit({ type: "warning", message: declinedText(room, from, told) });
       return;
     }
     case "leave":

@@ -41,6 +41,7 @@ import type { Chat } from "../../chat.ts";
 import type { ChatEvent, CoreEvent } from "../../events.ts";
 import { safeFileName } from "../../files.ts";
 import type { HistoryEntry } from "../../history.ts";
+import { declinedText } from "../../rooms.ts";
 import { ROOM_ACTIONS, type RoomAction } from "../commands.ts";
 
 /** Connections open at once, at most (the page needs a few; a flood gets no more). */
@@ -118,7 +119,9 @@ const UNAUTHORIZED_PAGE = `<!doctype html>
 
 /** An operation from the page: `{id, op, …}`; the answer is `{type:"reply", re:id, …}`. */
 type Operation =
-  | { op: "invite" | "accept" | "verify" | "trust" | "close" | "safety"; name: string }
+  | { op: "invite" | "accept" | "close" | "safety"; name: string }
+  // `number`: the safety number the page showed, which the key must still have.
+  | { op: "verify" | "trust"; name: string; number?: string }
   | { op: "send"; name: string; text: string }
   | { op: "history"; name: string; limit?: number }
   | { op: "acceptFile" | "declineFile"; name: string; file: string }
@@ -484,8 +487,8 @@ export class WebServer {
       listen: chat.listen,
       peers: chat.peers(),
       invitations: chat.invitations(),
-      rooms: chat.rooms.list(),
-      // Each with its creator: two may name rooms of the same name, and a card joins one.
+      rooms: chat.rooms.list().rooms,
+      // Each with its creator (and only here): two may name rooms alike, and a card joins one.
       roomInvitations: chat.rooms.invitations(),
       offers: chat.offers(),
       conversations,
@@ -525,8 +528,11 @@ export class WebServer {
       case "room":
         return await this.#room(op);
       case "verify":
+        this.#sameKey(op);
         return await chat.verify(op.name);
       case "trust":
+        // Checked in the same turn as trust() takes the connection's key: nothing comes between.
+        this.#sameKey(op);
         return await chat.trust(op.name);
       case "close":
         return chat.close(op.name);
@@ -543,6 +549,17 @@ export class WebServer {
         return { entries: entries.map((e) => this.#withDownload(e)) };
       }
     }
+  }
+
+  // "Mark verified" and "Trust new key" are about the safety number the page showed: a key that
+  // changed since (again, or trusted in another tab) would be taken unseen.
+  #sameKey(op: { name: string; number?: string }): void {
+    if (op.number === undefined || this.#chat.safetyNumber(op.name) === op.number) return;
+    throw new E2eError(
+      "ERR_FINGERPRINT_MISMATCH",
+      `The key of "${op.name}" changed since its safety number was shown`,
+      { hint: `compare the safety number shown now with "${op.name}"` },
+    );
   }
 
   // A download link for the page: the file's route with a one-time ticket (a link cannot carry
@@ -724,11 +741,15 @@ function parseOperation(value: unknown): Operation {
   switch (v.op) {
     case "invite":
     case "accept":
-    case "verify":
-    case "trust":
     case "close":
     case "safety":
       return { op: v.op, name };
+    case "verify":
+    case "trust":
+      if (v.number !== undefined && typeof v.number !== "string") {
+        throw new E2eError("ERR_BAD_REQUEST", "Not a safety number");
+      }
+      return { op: v.op, name, ...(v.number === undefined ? {} : { number: v.number }) };
     case "send":
       if (typeof v.text !== "string" || !v.text.trim()) {
         throw new E2eError("ERR_USAGE", "Nothing to send");
@@ -773,7 +794,14 @@ function answered(op: Operation, result: unknown): Answered | undefined {
     case "room": {
       if (op.action !== "decline") return undefined;
       const { from, told } = result as { from: string; told: boolean };
-      return { type: "room_declined", room: op.room, from, told };
+      // Worded as the terminal words it.
+      return {
+        type: "room_declined",
+        room: op.room,
+        from,
+        told,
+        message: declinedText(op.room, from, told),
+      };
     }
     default:
       return undefined;
@@ -784,7 +812,7 @@ function answered(op: Operation, result: unknown): Answered | undefined {
 type Answered =
   | { type: "offer_answered"; from: string; id: string; accepted: boolean }
   | { type: "trusted"; peer: string; trust: "verified" | "known" }
-  | { type: "room_declined"; room: string; from: string; told: boolean };
+  | { type: "room_declined"; room: string; from: string; told: boolean; message: string };
 
 function errorReply(e: unknown): { code: string; message: string; hint?: string } {
   if (e instanceof E2eError) {

@@ -8,6 +8,7 @@ import { WebServer } from "./server.ts";
 function fakeChat(root: string, downloads: string) {
   const sent: Array<{ to: string; name: string; bytes: string; dirMode: number }> = [];
   const listeners: Array<(e: unknown) => void> = [];
+  const verified: string[] = [];
   const chat = {
     name: "alice",
     listen: "127.0.0.1:1",
@@ -25,10 +26,18 @@ function fakeChat(root: string, downloads: string) {
     },
     peers: () => [],
     invitations: () => [],
+    // bob's key, as the core has it now.
+    safetyNumber: (name: string) => name === "bob" ? "11111 22222" : "",
+    verify: (name: string) => Promise.resolve(verified.push(name)),
+    trust: (name: string) => Promise.resolve(verified.push(`trust ${name}`)),
     offers: () => [],
     logAlarms: () => [],
     conversations: () => Promise.resolve([]),
-    rooms: { list: () => [], invitations: () => [] },
+    rooms: {
+      list: () => ({ rooms: [{ room: "#side", members: 2, version: 3 }], invitations: ["#team"] }),
+      invitations: () => [{ room: "#team", from: "ben" }, { room: "#team", from: "mallory" }],
+      decline: (_room: string, creator: string) => ({ from: creator, told: false }),
+    },
     sendFile: async (to: string, path: string) => {
       const dir = path.slice(0, path.lastIndexOf("/"));
       sent.push({
@@ -41,7 +50,7 @@ function fakeChat(root: string, downloads: string) {
     },
   };
   const emit = (e: Record<string, unknown>) => listeners.forEach((l) => l(e));
-  return { chat: chat as unknown as Chat, sent, emit };
+  return { chat: chat as unknown as Chat, sent, emit, verified };
 }
 
 /** One HTTP/1.1 request with exactly these header lines (fetch cannot set Host). */
@@ -85,16 +94,17 @@ async function withServer(
       downloads: string;
       sent: ReturnType<typeof fakeChat>["sent"];
       emit: ReturnType<typeof fakeChat>["emit"];
+      verified: ReturnType<typeof fakeChat>["verified"];
     },
   ) => Promise<void>,
 ): Promise<void> {
   const root = await Deno.makeTempDir({ prefix: "e2e-chat-web-unit-" });
   const downloads = join(root, "downloads");
   await Deno.mkdir(downloads);
-  const { chat, sent, emit } = fakeChat(root, downloads);
+  const { chat, sent, emit, verified } = fakeChat(root, downloads);
   const web = await WebServer.start(chat);
   try {
-    await fn(web, { root, downloads, sent, emit });
+    await fn(web, { root, downloads, sent, emit, verified });
   } finally {
     await web.stop();
     await Deno.remove(root, { recursive: true });
@@ -166,6 +176,56 @@ Deno.test("a page opened after an outage of the CA service sees in its snapshot 
     emit({ type: "ca_back", since: new Date().toISOString(), message: back });
     const { notices } = await snapshot(web, await session(web));
     assert.deepEqual(notices, [away, back]);
+  });
+});
+
+Deno.test("the snapshot names each room invitation once, with its creator, beside the rooms we are in", async () => {
+  await withServer(async (web) => {
+    const snap = await snapshot(web, await session(web));
+    assert.deepEqual(snap.rooms, [{ room: "#side", members: 2, version: 3 }]);
+    assert.deepEqual(snap.roomInvitations, [
+      { room: "#team", from: "ben" },
+      { room: "#team", from: "mallory" },
+    ]);
+    // Nowhere else: a page that read another list of them would see one card too many.
+    assert.equal(JSON.stringify(snap).split('"#team"').length - 1, 2, JSON.stringify(snap));
+  });
+});
+
+Deno.test("a room invitation declined from the page is said to every tab in the words the terminal uses", async () => {
+  await withServer(async (web) => {
+    const s = await session(web);
+    const declined = await firstOfType(web, s, "room_declined", {
+      id: 1,
+      op: "room",
+      action: "decline",
+      room: "#team",
+      name: "ben",
+    });
+    assert.deepEqual(declined, {
+      type: "room_declined",
+      room: "#team",
+      from: "ben",
+      told: false,
+      message: 'Declined the invitation to #team from "ben" ("ben" is not connected: told when ' +
+        "it offers it again)",
+    });
+  });
+});
+
+Deno.test("Mark verified and Trust new key are refused when the key's safety number is no longer the one the page showed", async () => {
+  await withServer(async (web, { verified }) => {
+    const s = await session(web);
+    for (const op of ["verify", "trust"]) {
+      const stale = await operate(web, s, { op, name: "bob", number: "11111 33333" });
+      assert.deepEqual(stale.error, {
+        code: "ERR_FINGERPRINT_MISMATCH",
+        message: 'The key of "bob" changed since its safety number was shown',
+        hint: 'compare the safety number shown now with "bob"',
+      });
+      assert.equal((await operate(web, s, { op, name: "bob", number: "11111 22222" })).ok, true);
+    }
+    assert.deepEqual(verified, ["bob", "trust bob"]);
   });
 });
 

@@ -268,7 +268,7 @@ function handle(e) {
     case "progress":
       return progress(e);
     case "file": {
-      if (state.offers.delete(`${e.from} ${e.id}`)) drawOffers();
+      offerGone(e.from, e.id);
       const c = conv(e.room ?? e.from);
       // The transfer's item (from its progress) becomes the file: by its id when the event
       // has one, else the unfinished transfer of that size.
@@ -305,15 +305,12 @@ function handle(e) {
       const offer = e.direction === "in" ? state.offers.get(`${e.peer} ${e.id}`) : undefined;
       if (offer?.answering) return;
       notice(e.message, "warning");
-      if (offer) {
-        state.offers.delete(`${e.peer} ${e.id}`);
-        drawOffers();
-      }
+      offerGone(e.peer, e.id);
       return;
     }
     case "offer_answered":
       // Answered here (whose reply came first and took the card) or in another tab: it goes.
-      if (state.offers.delete(`${e.from} ${e.id}`)) drawOffers();
+      offerGone(e.from, e.id);
       return;
     case "trusted":
       // Mark verified or Trust new key, here or in another tab.
@@ -342,20 +339,19 @@ function handle(e) {
       return;
     case "room_invite_dropped":
       // Given up by the client to bound the invitations that wait: its card goes, in every tab.
-      if (state.roomInvites.delete(`${e.from} ${e.room}`)) drawInvitations();
+      invitationGone(`${e.from} ${e.room}`);
       notice(`${e.from}'s invitation to ${e.room} is dropped: ${e.reason}`);
       return;
     case "room_declined":
-      // Declined in another tab (this tab's own decline took its card with the reply).
-      if (state.roomInvites.delete(`${e.from} ${e.room}`)) {
-        drawInvitations();
-        notice(declined(e));
-      }
+      // Declined here (whose reply took the card) or in another tab: said once in each tab, in
+      // the terminal's words (the server words it).
+      invitationGone(`${e.from} ${e.room}`);
+      notice(e.message);
       return;
     case "room_joined": {
       state.rooms.add(e.room);
       // In a room of that name now: the client dropped every invitation to one.
-      for (const [k, i] of state.roomInvites) if (i.room === e.room) state.roomInvites.delete(k);
+      for (const [k, i] of state.roomInvites) if (i.room === e.room) invitationGone(k);
       const c = conv(e.room);
       c.status = `Members: ${e.members.join(", ")}`;
       touch(c);
@@ -393,7 +389,7 @@ function snapshot(s) {
   $("me-ca").textContent = `${s.identity.caUrl} (${s.identity.caFingerprint.slice(0, 16)}…)`;
   state.peers = new Map(s.peers.map((p) => [p.name, p]));
   state.invitations = new Set(s.invitations);
-  state.rooms = new Set((s.rooms?.rooms ?? []).map((r) => r.room));
+  state.rooms = new Set((s.rooms ?? []).map((r) => r.room));
   state.roomInvites = new Map(
     (s.roomInvitations ?? []).map((i) => [`${i.from} ${i.room}`, { room: i.room, from: i.from }]),
   );
@@ -766,23 +762,31 @@ function upload(name, file) {
   xhr.send(file);
 }
 
+// Both are about the safety number shown: the client refuses them when the key changed since (the
+// page had not heard yet), and the number shown is then fetched again.
 $("verify").addEventListener("click", () => {
   const name = state.selected;
   fieldError($("verify"), "");
   // Said by the status; the button goes, and drawConversation() moves focus on.
-  operate("verify", { name }).then(
+  operate("verify", { name, number: conv(name).safety }).then(
     () => keyTrusted(name, "verified"),
-    (e) => fieldError($("verify"), errorText(e)),
+    (e) => {
+      fieldError($("verify"), errorText(e));
+      fetchSafety(name);
+    },
   );
 });
 
 $("trust").addEventListener("click", () => {
   const name = state.selected;
   fieldError($("trust"), "");
-  operate("trust", { name }).then(() => {
+  operate("trust", { name, number: conv(name).safety }).then(() => {
     keyTrusted(name, "known");
     if (state.selected === name) $("message").focus();
-  }, (e) => fieldError($("trust"), errorText(e)));
+  }, (e) => {
+    fieldError($("trust"), errorText(e));
+    fetchSafety(name);
+  });
 });
 
 /**
@@ -801,6 +805,11 @@ function keyTrusted(name, trust) {
   // Once: the acting tab hears its reply, then the same news from the server.
   if (was === trust && c.status === status) return;
   c.status = status;
+  // What the buttons said of the key before (it had changed: trust it first) is past.
+  if (name === state.selected) {
+    fieldError($("verify"), "");
+    fieldError($("trust"), "");
+  }
   if (trust === "known") fetchSafety(name);
   drawConversation();
 }
@@ -868,7 +877,8 @@ function drawInvitationCards() {
     li.append(who, " ", accept);
     return li;
   }));
-  for (const [key, { room, from }] of state.roomInvites) {
+  for (const [key, invite] of state.roomInvites) {
+    const { room, from } = invite;
     const li = document.createElement("li");
     const what = document.createElement("span");
     // "#" is in no user name: one id per creator and room.
@@ -881,13 +891,28 @@ function drawInvitationCards() {
       b.textContent = label;
       b.setAttribute("aria-describedby", what.id);
       b.dataset.key = `${action} ${key}`;
+      // While answered, and once gone (the answer failed): inert, so focus stays where it was.
+      if (invite.answering || invite.gone) b.setAttribute("aria-disabled", "true");
       b.addEventListener("click", () => {
         if (b.getAttribute("aria-disabled") === "true") return;
-        b.setAttribute("aria-disabled", "true");
+        invite.answering = true;
+        for (const x of actions.querySelectorAll("button")) {
+          x.setAttribute("aria-disabled", "true");
+        }
         cardError(list, "", "");
         // The creator is named: with two invitations to rooms of that name, this card's is meant.
-        operate("room", { action, room, name: from }).then(done, (e) => {
-          b.removeAttribute("aria-disabled");
+        operate("room", { action, room, name: from }).then((r) => {
+          invite.answering = false;
+          if (invite.gone) {
+            state.roomInvites.delete(key);
+            drawInvitations();
+          }
+          done(r);
+        }, (e) => {
+          // Gone meanwhile (declined in another tab, dropped): the card stays with the error
+          // until dismissed. Else (its creator away) it can be answered again.
+          invite.answering = false;
+          drawInvitations();
           cardError(list, b.dataset.key, `Cannot ${action} ${room}: ${errorText(e)}`);
         });
       });
@@ -897,23 +922,55 @@ function drawInvitationCards() {
       select(room);
       focusAfter();
     });
-    const decline = button("Decline", "decline", (r) => {
+    const decline = button("Decline", "decline", () => {
+      // Said by the notice of its room_declined, which every tab gets.
       state.roomInvites.delete(key);
       drawInvitations();
-      notice(declined({ room, from, told: r?.told }));
     });
     const actions = document.createElement("div");
     actions.className = "actions";
     actions.append(join, " ", decline);
+    if (invite.gone) {
+      const dismiss = document.createElement("button");
+      dismiss.type = "button";
+      dismiss.textContent = "Dismiss";
+      dismiss.setAttribute("aria-describedby", what.id);
+      dismiss.dataset.key = `dismiss ${key}`;
+      dismiss.addEventListener("click", () => {
+        state.roomInvites.delete(key);
+        drawInvitations();
+      });
+      actions.append(" ", dismiss);
+    }
     li.append(what, " ", actions);
     list.append(li);
   }
 }
 
-function declined({ room, from, told }) {
-  return told === false
-    ? `Declined the invitation to ${room} from ${from} (told when ${from} connects)`
-    : `Declined the invitation to ${room} from ${from}`;
+/**
+ * An invitation the client no longer holds (declined or joined, here or in another tab; dropped):
+ * its card goes, unless this tab's Join or Decline of it is on its way. That answer then fails,
+ * and its card stays, inert, with the error beside the button pressed, until "Dismiss".
+ */
+function invitationGone(key) {
+  const invite = state.roomInvites.get(key);
+  if (!invite) return;
+  if (invite.answering) invite.gone = true;
+  if (invite.gone) return;
+  state.roomInvites.delete(key);
+  drawInvitations();
+}
+
+/**
+ * An offer the client no longer holds (answered, here or in another tab; arrived; failed): its
+ * card goes, unless this tab's own answer to it is on its way or failed. Its reply says why beside
+ * its button, and the card stays, inert, until "Dismiss" (the loser of two tabs answering at once).
+ */
+function offerGone(from, id) {
+  const offer = state.offers.get(`${from} ${id}`);
+  if (!offer || offer.answering || offer.failed) return;
+  state.offers.delete(`${from} ${id}`);
+  drawOffers();
 }
 
 function drawList() {
