@@ -75,8 +75,12 @@ export const DEFAULT_MAILBOX_LIMITS: Readonly<MailboxLimits> = {
  * copy in the meantime. In memory only; at most {@linkcode MAX_RECENT} records.
  */
 export const RECENTLY_MS = 60 * 60_000;
-/** Records of fetched items kept for {@linkcode RECENTLY_MS}, at most (the oldest go first). */
-const MAX_RECENT = 10_000;
+/**
+ * Records of fetched items kept for {@linkcode RECENTLY_MS}, at most. Past it, the oldest of the
+ * sender who has most go first: members posting to each other and fetching cannot push out
+ * another sender's records (whose retry would then be stored twice, and shown as a replay).
+ */
+export const MAX_RECENT = 10_000;
 
 /** How often expired items are swept at most, ms (half the time to live when that is shorter). */
 const SWEEP_MS = 60_000;
@@ -102,14 +106,23 @@ export class Mailbox {
   #bySender = new Map<string, number>();
   #timer?: ReturnType<typeof setInterval>;
   #now: () => number;
-  // Posts under way, and records of items fetched lately, by sender, recipient and SHA-256.
+  // Posts under way, by sender, recipient and SHA-256.
   #storing = new Map<string, Promise<ItemRecord>>();
-  #recent = new Map<string, { record: ItemRecord; until: number }>();
+  // Records of items fetched lately: by sender, then by recipient and SHA-256, oldest first.
+  #recent = new Map<string, Map<string, { record: ItemRecord; until: number }>>();
+  #recentCount = 0;
+  #maxRecent: number;
 
-  private constructor(paths: CaPaths, limits: MailboxLimits, now: () => number) {
+  private constructor(
+    paths: CaPaths,
+    limits: MailboxLimits,
+    now: () => number,
+    maxRecent: number,
+  ) {
     this.#paths = paths;
     this.limits = limits;
     this.#now = now;
+    this.#maxRecent = maxRecent;
   }
 
   /**
@@ -129,10 +142,15 @@ export class Mailbox {
    */
   static async open(
     paths: CaPaths,
-    options: Partial<MailboxLimits> & { now?: () => number } = {},
+    options: Partial<MailboxLimits> & { now?: () => number; maxRecent?: number } = {},
   ): Promise<Mailbox> {
-    const { now, ...limits } = options;
-    const box = new Mailbox(paths, { ...DEFAULT_MAILBOX_LIMITS, ...limits }, now ?? Date.now);
+    const { now, maxRecent, ...limits } = options;
+    const box = new Mailbox(
+      paths,
+      { ...DEFAULT_MAILBOX_LIMITS, ...limits },
+      now ?? Date.now,
+      maxRecent ?? MAX_RECENT,
+    );
     await ensurePrivateDir(paths.mailbox);
     for await (const entry of Deno.readDir(paths.mailbox)) {
       if (entry.isDirectory) await box.#load(entry.name);
@@ -168,7 +186,7 @@ export class Mailbox {
     }
     const sha256 = sha256Hex(item);
     const key = `${from}/${to}/${sha256}`;
-    const same = this.#storing.get(key) ?? this.#same(key, from, to, sha256);
+    const same = this.#storing.get(key) ?? this.#same(from, to, sha256);
     if (same) return await same;
     const storing = this.#store(from, to, item, sha256);
     this.#storing.set(key, storing);
@@ -180,14 +198,14 @@ export class Mailbox {
   }
 
   // The record of the same bytes from `from` for `to`, kept or fetched lately, if there is one.
-  #same(key: string, from: string, to: string, sha256: string): Promise<ItemRecord> | undefined {
+  #same(from: string, to: string, sha256: string): Promise<ItemRecord> | undefined {
     const now = this.#now();
     for (const r of this.#boxes.get(to)?.values() ?? []) {
       if (r.sha256 === sha256 && r.from === from && Date.parse(r.expiresAt) > now) {
         return Promise.resolve(r);
       }
     }
-    const recent = this.#recent.get(key);
+    const recent = this.#recent.get(from)?.get(`${to}/${sha256}`);
     return recent && recent.until > now ? Promise.resolve(recent.record) : undefined;
   }
 
@@ -314,23 +332,42 @@ export class Mailbox {
   async remove(to: string, id: string): Promise<ItemRecord> {
     const record = this.#find(to, id);
     await this.#delete(record);
-    if (record.sha256) {
-      const now = this.#now();
-      const until = Math.min(now + RECENTLY_MS, Date.parse(record.expiresAt));
-      this.#recent.set(`${record.from}/${to}/${record.sha256}`, { record, until });
-      for (const [k, r] of this.#recent) {
-        if (this.#recent.size <= MAX_RECENT && r.until > now) break;
-        this.#recent.delete(k);
-      }
-    }
+    if (record.sha256) this.#remember(record);
     return record;
+  }
+
+  // Remembers the record of a fetched item for a retry of its post; past the bound, the oldest
+  // record of the sender who has most goes (on a tie, this sender's): only a sender's own records
+  // push its records out, or another's while that one has more.
+  #remember(record: ItemRecord): void {
+    const until = Math.min(this.#now() + RECENTLY_MS, Date.parse(record.expiresAt));
+    const key = `${record.to}/${record.sha256}`;
+    let mine = this.#recent.get(record.from);
+    if (!mine) this.#recent.set(record.from, mine = new Map());
+    if (!mine.delete(key)) this.#recentCount++;
+    mine.set(key, { record, until });
+    while (this.#recentCount > this.#maxRecent) {
+      let most: [string, Map<string, unknown>] = [record.from, mine];
+      for (const entry of this.#recent) if (entry[1].size > most[1].size) most = entry;
+      const [sender, records] = most;
+      records.delete(records.keys().next().value!);
+      this.#recentCount--;
+      if (records.size === 0) this.#recent.delete(sender);
+    }
   }
 
   /** Deletes every expired item. */
   async sweep(): Promise<void> {
     for (const to of this.#boxes.keys()) await this.#expire(to);
     const now = this.#now();
-    for (const [k, r] of this.#recent) if (r.until <= now) this.#recent.delete(k);
+    for (const [sender, records] of this.#recent) {
+      for (const [k, r] of records) {
+        if (r.until > now) continue;
+        records.delete(k);
+        this.#recentCount--;
+      }
+      if (records.size === 0) this.#recent.delete(sender);
+    }
   }
 
   #find(to: string, id: string): ItemRecord {

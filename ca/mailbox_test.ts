@@ -202,6 +202,31 @@ Deno.test("Mailbox.post() of the same bytes again by the same sender (a retry) g
   });
 });
 
+Deno.test("Mailbox.post() of a retry still gets its record after two colluding members (one posts, the other fetches) go past the bound of what the service remembers: they push out only their own", async () => {
+  await withTempDir(async (home) => {
+    const mailbox = await Mailbox.open(new CaPaths(home), { maxRecent: 4 });
+    try {
+      const record = await mailbox.post("alice", "bob", item(10, 7));
+      await mailbox.remove("bob", record.id); // bob fetched it; alice's answer was lost
+      // mallory and eve: ten items fetched at once, more than the service remembers.
+      const flood = [];
+      for (let i = 0; i < 10; i++) {
+        const r = await mailbox.post("mallory", "eve", item(10, 100 + i));
+        await mailbox.remove("eve", r.id);
+        flood.push(r);
+      }
+      // alice's retry: the same record, nothing stored twice.
+      assert.deepEqual(await mailbox.post("alice", "bob", item(10, 7)), record);
+      assert.deepEqual(mailbox.list("bob"), []);
+      // The bound held: mallory's oldest went, the newest are remembered.
+      assert.notEqual((await mailbox.post("mallory", "eve", item(10, 100))).id, flood[0].id);
+      assert.deepEqual(await mailbox.post("mallory", "eve", item(10, 109)), flood[9]);
+    } finally {
+      mailbox.close();
+    }
+  });
+});
+
 Deno.test("Mailbox.post() holds to the total for all recipients, posts at once included, counts what it reopens, and frees what is removed", async () => {
   await withTempDir(async (home) => {
     const limits = {

@@ -41,7 +41,7 @@ import {
 import { E2eError } from "../lib/errors.ts";
 import { MAX_TEXT_CHARS } from "../lib/frames.ts";
 import { ensurePrivateDir, writeFileAtomic } from "../lib/fs.ts";
-import { type UnsentItem, UnsentStore } from "./mailbox_unsent.ts";
+import { type OverLimit, type UnsentItem, UnsentStore } from "./mailbox_unsent.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
 import type { CaClient, MailboxRecord } from "./ca_client.ts";
 import type { ClientHome } from "./home.ts";
@@ -139,9 +139,10 @@ interface OutboxEntry {
 }
 
 /**
- * An item whose post the CA service did not answer, kept (in HOME/mailbox/unsent/, durably) to be
- * posted when it answers again, after any held before it for the same recipient; by this run or
- * the next.
+ * An item of {@linkcode MailboxClient.send} until the CA service confirmed it: kept (in
+ * HOME/mailbox/unsent/, durably) before its first post, so that a crash whose post's answer was
+ * lost still posts it again; held when the service did not answer, and posted when it answers
+ * again, after any before it for the same recipient; by this run or the next.
  */
 interface Unsent {
   to: string;
@@ -155,10 +156,16 @@ interface Unsent {
   sealedTo?: string;
   /** What the sender reports when it ends, kept with it. */
   note?: Record<string, unknown>;
-  /** When it was first held, ISO 8601 (set once kept on disk). */
-  at?: string;
-  /** Hears how it ended: posted (no error), or not (the error). */
+  /** When it was first kept, ISO 8601. */
+  at: string;
+  /** It is on disk. */
+  kept?: boolean;
+  /** Its sender was told it waits (or an earlier run was): `later` says how it ends. */
+  told?: boolean;
+  /** Hears how it ended, once told: posted (no error), or not (the error). */
   later: (error?: unknown) => void;
+  /** How it ended before its sender was told it waits: the error that refused it. */
+  failed?: { error: unknown };
 }
 
 /** How {@linkcode MailboxClient.send} ended: posted, or held until the CA service answers. */
@@ -188,10 +195,15 @@ export class MailboxClient {
   #stopped = new AbortController();
   #running = false;
   #timers = new Set<ReturnType<typeof setTimeout>>();
+  // The items of send() not confirmed yet, in the order they were made; each recipient's go out
+  // in this order, one at a time (#lane).
   #unsent: Unsent[] = [];
-  #flushing?: Unsent; // the held item being posted now
+  #lanes = new Map<string, Promise<unknown>>(); // by recipient: the last of its posts queued
+  #aways = 0; // posts the service did not answer, so far
+  #flushing = false;
   #store!: UnsentStore;
   #unreadable: string[] = []; // files of HOME/mailbox/unsent/ that could not be read
+  #overLimit: OverLimit[] = []; // files of HOME/mailbox/unsent/ past its limits
 
   private constructor(host: MailboxHost, home: ClientHome) {
     this.#host = host;
@@ -213,15 +225,21 @@ export class MailboxClient {
     m.#outbox = await readRecord(home.mailboxOutbox, "items");
     m.#seen = await readRecord(home.mailboxSeen, "seen");
     // What an earlier run could not post: it goes first, in order, once the CA service answers.
-    const { store, items, unreadable } = await UnsentStore.open(
+    const { store, items, unreadable, overLimit } = await UnsentStore.open(
       home.mailboxUnsent,
       home.mailbox,
       host.unsentKey,
     );
     m.#store = store;
     m.#unreadable = unreadable;
+    m.#overLimit = overLimit;
     for (const item of items) {
-      m.#unsent.push({ ...item, later: host.resume?.(item) ?? (() => {}) });
+      m.#unsent.push({
+        ...item,
+        kept: true,
+        told: true,
+        later: host.resume?.(item) ?? (() => {}),
+      });
     }
     return m;
   }
@@ -237,10 +255,20 @@ export class MailboxClient {
     for (const file of this.#unreadable) {
       this.#host.warning(`Cannot read a mailbox item that waits to be sent: "${file}"`);
     }
+    const { maxItems, maxBytes } = this.#store.limits;
+    for (const { file, limit } of this.#overLimit) {
+      this.#host.warning(
+        limit === "items"
+          ? `Not kept: too many unsent mailbox items (limit ${maxItems}), left in "${file}"`
+          : `Not kept: the unsent mailbox items take too many bytes (limit ${
+            mib(maxBytes)
+          }), left in "${file}"`,
+      );
+    }
     // The recipient refuses an item sent more than MAX_ITEM_AGE_MS ago: one that waited a week
     // ends here, not there.
     for (const job of [...this.#unsent]) {
-      if (Date.now() - Date.parse(job.at ?? "") < MAX_ITEM_AGE_MS - 86_400_000) continue;
+      if (Date.now() - Date.parse(job.at) < MAX_ITEM_AGE_MS - 86_400_000) continue;
       this.#settle(
         job,
         new E2eError("ERR_NETWORK", "it waited more than 7 days for the CA service to answer", {
@@ -331,7 +359,7 @@ export class MailboxClient {
     if (this.#stopped.signal.aborted) return;
     this.#stopped.abort();
     for (const t of this.#timers) clearTimeout(t);
-    const n = this.#unsent.length;
+    const n = this.held;
     if (n) {
       this.#host.warning(
         `${n === 1 ? "1 mailbox item is" : `${n} mailbox items are`} not sent yet: ` +
@@ -342,7 +370,7 @@ export class MailboxClient {
 
   /** How many items wait for the CA service to answer again. */
   get held(): number {
-    return this.#unsent.length;
+    return this.#unsent.filter((u) => u.told).length;
   }
 
   /** Ids of our items that wait for a receipt, with their recipient. */
@@ -363,15 +391,17 @@ export class MailboxClient {
     name?: string,
     id: string = newItemId(),
   ): Promise<string> {
-    await this.#post({ to, kind, payload, name, id, later: () => {} }, false);
+    await this.#post({ to, kind, payload, name, id, at: "", later: () => {} }, false);
     return id;
   }
 
   /**
-   * Like {@linkcode post}, but an item the CA service did not answer for (`ERR_NETWORK`) is held,
-   * on disk (HOME/mailbox/unsent/, durably, before this resolves), and posted when the service
-   * answers again, in order with the others for `to`, and so is one for a recipient that has
-   * items held: resolves `held: true` then, and `later` says how it ends. Items still held when
+   * Like {@linkcode post}, but the item is on disk (HOME/mailbox/unsent/, durably) before its
+   * first post and until the service confirmed it (a chat that dies meanwhile posts it again at
+   * its next start), and one the CA service did not answer for (`ERR_NETWORK`) is held and posted
+   * when the service answers again. A recipient's items go out in the order their sends were
+   * made: one made while earlier ones to `to` are held or under way waits behind them. Resolves
+   * `held: true` when it waits, and `later` says how it ends. Items still held when
    * the chat stops are posted by its next start, and end in the `resume` of its host, with their
    * `note`. Arrives once all the same: the same sealed bytes are posted again, which the service
    * keeps once (ca/mailbox.ts), and the recipient shows an item id once. Throws what
@@ -390,22 +420,74 @@ export class MailboxClient {
     },
   ): Promise<SendOutcome> {
     const { name, id = newItemId(), later, note } = options;
-    const job: Unsent = { to, kind, payload, name, id, later, note };
-    // Behind items held for `to`, which go first if the service answers now.
-    if (this.#unsent.some((u) => u.to === to)) await this.#flush();
-    if (!this.#unsent.some((u) => u.to === to)) {
+    const at = new Date().toISOString();
+    const job: Unsent = { to, kind, payload, name, id, later, note, at };
+    // Its place in line, now: a send made later to `to` goes after it, whatever answers first.
+    this.#unsent.push(job);
+    const aways = this.#aways;
+    return await this.#lane(to, async () => {
+      const stopped = this.#stopped.signal.aborted;
+      let away: unknown;
+      // Posted behind the items before it for `to`, unless a post got no answer while it queued:
+      // the service is away, and it waits with them (once stopped, it is tried: nothing waits).
+      if (this.#unsent.includes(job) && (this.#aways === aways || stopped)) {
+        away = await this.#drain(to, job);
+      }
+      if (!this.#unsent.includes(job)) {
+        if (job.failed) throw job.failed.error;
+        return { id, held: false };
+      }
+      if (stopped) {
+        await this.#settle(job, away);
+        throw away;
+      }
+      // On disk before the user hears it waits: a quit or a crash now does not lose it.
+      if (!job.kept) {
+        try {
+          await this.#keep(job);
+        } catch (e) {
+          await this.#settle(job, e);
+          throw e;
+        }
+      }
+      job.told = true;
+      return { id, held: true };
+    });
+  }
+
+  // Runs `fn` after what was queued for `to` before it: the posts to one recipient, one at a time.
+  async #lane<T>(to: string, fn: () => Promise<T>): Promise<T> {
+    const run = (this.#lanes.get(to) ?? Promise.resolve()).then(fn);
+    const last = run.catch(() => {});
+    this.#lanes.set(to, last);
+    try {
+      return await run;
+    } finally {
+      if (this.#lanes.get(to) === last) this.#lanes.delete(to);
+    }
+  }
+
+  // In `to`'s lane: posts its items in order, up to `last` (else all of them), while the CA
+  // service answers; one refused for good ends with its error and the next is tried. Returns the
+  // error of the post that got no answer, if one did not.
+  async #drain(to: string, last?: Unsent): Promise<unknown> {
+    for (;;) {
+      // `last` may have ended meanwhile (its receipt came): what follows it is not ours to post.
+      if (last ? !this.#unsent.includes(last) : this.#stopped.signal.aborted) return undefined;
+      const job = this.#unsent.find((u) => u.to === to);
+      if (!job) return undefined;
+      let error: unknown;
       try {
         await this.#post(job, true);
-        return { id: job.id, held: false };
       } catch (e) {
-        if (!away(e) || this.#stopped.signal.aborted) throw e;
+        if (away(e)) {
+          this.#aways++;
+          return e;
+        }
+        error = e;
       }
+      await this.#settle(job, error);
     }
-    // On disk before the user hears it waits: a quit or a crash now does not lose it.
-    job.at = new Date().toISOString();
-    await this.#keep(job);
-    this.#unsent.push(job);
-    return { id: job.id, held: true };
   }
 
   // Writes `job` to HOME/mailbox/unsent/ (sealed once it is: only the bytes posted again).
@@ -414,40 +496,39 @@ export class MailboxClient {
       to: job.to,
       kind: job.kind,
       id: job.id,
-      at: job.at!,
+      at: job.at,
       ...(job.name === undefined ? {} : { name: job.name }),
       ...(job.der ? { der: job.der, sealedTo: job.sealedTo } : { payload: job.payload }),
       ...(job.note === undefined ? {} : { note: job.note }),
     });
+    job.kept = true;
   }
 
-  // Posts the held items in order while the CA service answers; one refused for good is reported
-  // to its sender and the next is tried.
+  // Posts the held items, each recipient's in order, while the CA service answers.
   async #flush(): Promise<void> {
     if (this.#flushing) return;
-    while (this.#unsent.length && !this.#stopped.signal.aborted) {
-      const job = this.#flushing = this.#unsent[0];
-      let error: unknown;
-      try {
-        await this.#post(job, true);
-      } catch (e) {
-        if (away(e)) break;
-        error = e;
-      } finally {
-        this.#flushing = undefined;
+    this.#flushing = true;
+    try {
+      while (!this.#stopped.signal.aborted) {
+        const next = this.#unsent.find((u) => u.told);
+        if (!next) return;
+        if (await this.#lane(next.to, () => this.#drain(next.to))) return;
       }
-      await this.#settle(job, error);
+    } finally {
+      this.#flushing = false;
     }
   }
 
-  // A held item is done: posted (or its receipt came), or refused; said once, after it left the
-  // disk (a next start must not post it, nor say it again).
+  // An item is done: posted (or its receipt came), or refused; said once, after it left the disk
+  // (a next start must not post it, nor say it again): through `later` once its sender was told
+  // it waits, else through send().
   async #settle(job: Unsent, error?: unknown): Promise<void> {
     const i = this.#unsent.indexOf(job);
     if (i < 0) return;
     this.#unsent.splice(i, 1);
     await this.#store.drop(job.id);
-    job.later(error);
+    if (job.told) job.later(error);
+    else if (error !== undefined) job.failed = { error };
   }
 
   // Seals (once) and posts `job`. With `hold`, a post the CA did not answer keeps its outbox
@@ -479,12 +560,18 @@ export class MailboxClient {
         payload: job.payload!,
         ...(job.name === undefined ? {} : { name: job.name }),
       }, cert.pem);
-      // Held on disk: the sealed bytes are kept before they are posted, so that a next start
-      // posts these again (which the service keeps once), not a second sealing of the item.
+      // On disk before the first post (write-ahead): should the chat die before the service's
+      // answer, a next start posts these bytes again (which the service keeps once), not a second
+      // sealing of the item. Past the unsent limits, or with a disk refusing it, a send the
+      // service answers still goes: it is kept, or refused, only when it must wait.
       if (job.at) {
-        await this.#keep(job);
-        job.payload = undefined;
+        try {
+          await this.#keep(job);
+        } catch (e) {
+          if (job.told) throw e;
+        }
       }
+      job.payload = undefined;
     }
     const der = job.der;
     // A room's message needs no receipt: the room shows it, and its sequence number says what
@@ -834,6 +921,11 @@ export class MailboxClient {
       mode: 0o600,
     });
   }
+}
+
+// A limit in bytes as the user reads it: "32 MiB".
+function mib(bytes: number): string {
+  return bytes % 1_048_576 === 0 ? `${bytes / 1_048_576} MiB` : `${bytes} bytes`;
 }
 
 // The CA service did not answer (or could not be reached): it may later.

@@ -17,7 +17,7 @@ import {
   MAX_ITEM_AGE_MS,
 } from "./mailbox.ts";
 import type { KeyState } from "./trust.ts";
-import type { UnsentItem } from "./mailbox_unsent.ts";
+import { MAX_UNSENT_ITEMS, type UnsentItem, UnsentStore } from "./mailbox_unsent.ts";
 
 // The real openssl and real certificates; only the CA's HTTP transport is kept in memory.
 
@@ -50,15 +50,25 @@ class MemoryService {
   failPosts = 0;
   /** Posts stored, whose answer is then lost (the service killed before it answered). */
   loseAnswers = 0;
+  /** Posts stored, whose answer never comes (the chat is killed while it waits for it). */
+  hangAnswers = 0;
+  /** The next post waits for this, then is refused as not answered (the service comes back after). */
+  stall?: Promise<void>;
   /** Every post that reached the service: sender, recipient and bytes. */
   posts: Array<{ from: string; to: string; der: Uint8Array }> = [];
 
   as(user: string): MailboxHost["ca"] {
     return {
-      mailboxPost: (to, der) => {
+      mailboxPost: async (to, der) => {
+        const stall = this.stall;
+        if (stall) {
+          this.stall = undefined;
+          await stall;
+          throw new E2eError("ERR_NETWORK", "The CA service did not answer");
+        }
         if (this.failPosts > 0) {
           this.failPosts--;
-          return Promise.reject(new E2eError("ERR_NETWORK", "Cannot reach the CA service"));
+          throw new E2eError("ERR_NETWORK", "Cannot reach the CA service");
         }
         this.posts.push({ from: user, to, der });
         // As the service does (ca/mailbox.ts): the same bytes from the same sender, kept once.
@@ -76,9 +86,13 @@ class MemoryService {
         this.items.set(record.id, { record, der });
         if (this.loseAnswers > 0) {
           this.loseAnswers--;
-          return Promise.reject(new E2eError("ERR_NETWORK", "The CA service did not answer"));
+          throw new E2eError("ERR_NETWORK", "The CA service did not answer");
         }
-        return Promise.resolve(record);
+        if (this.hangAnswers > 0) {
+          this.hangAnswers--;
+          return await new Promise<never>(() => {});
+        }
+        return record;
       },
       mailboxList: async (wait) => {
         const mine = () =>
@@ -188,6 +202,27 @@ async function world() {
 }
 
 const text = (s: string) => new TextEncoder().encode(s);
+
+/** The files of `client`'s HOME/mailbox/unsent/ (none when it was never made). */
+function unsentFiles(client: Client): string[] {
+  try {
+    return [...Deno.readDirSync(client.home.mailboxUnsent)].map((e) => e.name);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return [];
+    throw e;
+  }
+}
+
+/** A send of the message `body` from `client` to bob, not awaited; its id. */
+function newSend(client: Client, body: string, options: { note?: Record<string, unknown> } = {}) {
+  const id = newItemId();
+  const sent = client.mailbox.send("bob", "message", text(body), {
+    id,
+    later: () => {},
+    ...options,
+  });
+  return { id, sent };
+}
 
 function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
@@ -480,6 +515,87 @@ Deno.test("MailboxClient.send(): an item still held when the mailbox stops stays
   // A third start has nothing left to post.
   const third = await alice.restart();
   assert.deepEqual(third.resumed, []);
+});
+
+Deno.test("MailboxClient.send(): an item is on disk before its first post, so a chat killed while the service's answer is lost posts it again at the next start, once; a posted one leaves nothing behind", async () => {
+  const { service, alice, bob } = await world();
+  // The normal path: kept before the post, removed once the service answered.
+  const first = await alice.mailbox.send("bob", "message", text("first"), { later: () => {} });
+  assert.equal(first.held, false);
+  assert.deepEqual(unsentFiles(alice), []);
+  // Stored by the service, but its answer never comes: the chat is killed while it waits.
+  service.hangAnswers = 1;
+  const { id } = newSend(alice, "lost", { note: { text: "lost" } });
+  await waitUntil(() => service.posts.length === 2, "the post reached the service");
+  const again = await alice.restart();
+  assert.deepEqual(again.resumed.map((i) => [i.id, i.to, i.note]), [
+    [id, "bob", { text: "lost" }],
+  ]);
+  assert.deepEqual(again.resumed[0].der, service.posts[1].der); // the bytes posted, not resealed
+  await again.mailbox.send("bob", "message", text("after"), { later: () => {} });
+  assert.deepEqual(again.ended, [[id, undefined]]);
+  assert.deepEqual(service.posts[2].der, service.posts[1].der);
+  assert.deepEqual(unsentFiles(alice), []);
+  await bob.mailbox.check();
+  assert.deepEqual(bob.shown.map((i) => new TextDecoder().decode(i.payload)), [
+    "first",
+    "lost",
+    "after",
+  ]);
+  assert.deepEqual(bob.warnings, []);
+});
+
+Deno.test("MailboxClient.send(): two sends to one recipient racing as the service comes back go out in the order they were made", async () => {
+  const { service, alice, bob } = await world();
+  const ended: Array<[string, unknown]> = [];
+  let back!: () => void;
+  // The first post waits, then gets no answer; the service answers the second at once.
+  service.stall = new Promise<void>((r) => back = r);
+  const one = alice.mailbox.send("bob", "message", text("one"), {
+    later: (e) => ended.push(["one", e]),
+  });
+  await waitUntil(() => service.stall === undefined, "the first post is under way");
+  const two = alice.mailbox.send("bob", "message", text("two"), {
+    later: (e) => ended.push(["two", e]),
+  });
+  await new Promise((r) => setTimeout(r, 50));
+  back();
+  assert.equal((await one).held, true);
+  assert.equal((await two).held, true); // behind "one", which waits
+  assert.equal(alice.mailbox.held, 2);
+  alice.mailbox.start(); // its poll finds the service back: the held items go, in order
+  await waitUntil(() => alice.mailbox.held === 0, "the held items were posted");
+  alice.mailbox.stop();
+  assert.deepEqual(ended, [["one", undefined], ["two", undefined]]);
+  await bob.mailbox.check();
+  assert.deepEqual(bob.shown.map((i) => new TextDecoder().decode(i.payload)), ["one", "two"]);
+});
+
+Deno.test("MailboxClient names the items a start leaves past the unsent limits with their own wording, not as unreadable", async () => {
+  const { alice } = await world();
+  const { store } = await UnsentStore.open(alice.home.mailboxUnsent, alice.home.mailbox, {
+    maxItems: MAX_UNSENT_ITEMS + 1,
+  });
+  for (let i = 0; i <= MAX_UNSENT_ITEMS; i++) {
+    await store.keep({
+      to: "bob",
+      kind: "message",
+      id: `id${i}`,
+      at: new Date().toISOString(),
+      payload: text(`m${i}`),
+    });
+  }
+  const again = await alice.restart();
+  again.mailbox.start();
+  again.mailbox.stop();
+  assert.equal(again.resumed.length, MAX_UNSENT_ITEMS);
+  const last = join(
+    alice.home.mailboxUnsent,
+    `${String(MAX_UNSENT_ITEMS + 1).padStart(10, "0")}.json`,
+  );
+  assert.deepEqual(again.warnings.filter((w) => !w.includes("not sent yet")), [
+    `Not kept: too many unsent mailbox items (limit ${MAX_UNSENT_ITEMS}), left in "${last}"`,
+  ]);
 });
 
 Deno.test("MailboxClient.send(): an item held before it could be sealed is sealed and posted by the next start, and with an encrypted key its file shows neither recipient, id nor text", async () => {

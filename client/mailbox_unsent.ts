@@ -48,6 +48,14 @@ export interface UnsentItem {
   note?: Record<string, unknown>;
 }
 
+/** A file {@linkcode UnsentStore.open} left in place, not loaded, past one of the store's limits. */
+export interface OverLimit {
+  /** The file. */
+  file: string;
+  /** Which limit it is past: the count of items, or their bytes. */
+  limit: "items" | "bytes";
+}
+
 /** Options of {@linkcode UnsentStore.open}. */
 export interface UnsentStoreOptions {
   /**
@@ -94,7 +102,7 @@ export class UnsentStore {
   /**
    * Opens the store in `dir` (created, inside `parent`, on the first {@linkcode keep}) and reads
    * what it holds, oldest first. A file that cannot be read (torn, foreign, no regular file, larger
-   * than any item) or past the limits is named in `unreadable` and left.
+   * than any item) is named in `unreadable`, one past the limits in `overLimit`; both are left.
    *
    * @example
    * ```ts
@@ -108,10 +116,13 @@ export class UnsentStore {
     dir: string,
     parent: string,
     options: UnsentStoreOptions = {},
-  ): Promise<{ store: UnsentStore; items: UnsentItem[]; unreadable: string[] }> {
+  ): Promise<
+    { store: UnsentStore; items: UnsentItem[]; unreadable: string[]; overLimit: OverLimit[] }
+  > {
     const store = new UnsentStore(dir, parent, options);
     const items: UnsentItem[] = [];
     const unreadable: string[] = [];
+    const overLimit: OverLimit[] = [];
     let names: string[] = [];
     try {
       names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => NAME.test(n)).sort();
@@ -125,23 +136,33 @@ export class UnsentStore {
       const file = join(dir, name);
       store.#seq = Math.max(store.#seq, Number(name.slice(0, 10)));
       const item = store.#decode(await readItemFile(file, store.#maxBytes));
-      if (
-        !item || store.#files.has(item.id) || store.#files.size >= store.#maxItems ||
-        total + weight(item) > store.#maxBytes
-      ) {
+      if (!item || store.#files.has(item.id)) {
         unreadable.push(file);
+        continue;
+      }
+      if (store.#files.size >= store.#maxItems) {
+        overLimit.push({ file, limit: "items" });
+        continue;
+      }
+      if (total + weight(item) > store.#maxBytes) {
+        overLimit.push({ file, limit: "bytes" });
         continue;
       }
       total += weight(item);
       store.#files.set(item.id, { file, bytes: weight(item) });
       items.push(item);
     }
-    return { store, items, unreadable };
+    return { store, items, unreadable, overLimit };
   }
 
   /** How many items it holds. */
   get size(): number {
     return this.#files.size;
+  }
+
+  /** Its limits: items and bytes at most. */
+  get limits(): { maxItems: number; maxBytes: number } {
+    return { maxItems: this.#maxItems, maxBytes: this.#maxBytes };
   }
 
   /**

@@ -132,10 +132,11 @@ Deno.test("UnsentStore.open() neither hangs nor reads without bound on a planted
       Deno.removeSync(join(dir, "0000000007.json"));
       (await Deno.open(fifo, { write: true })).close();
     }
-    const { items, unreadable } = await opened;
+    const { items, unreadable, overLimit } = await opened;
     assert.ok(!hung, "UnsentStore.open() still waited after 3 s");
     assert.deepEqual(items.map((i) => i.id), ["a", "b", "c"]);
-    assert.deepEqual(unreadable, [4, 5, 6, 7].map((n) => join(dir, `000000000${n}.json`)));
+    assert.deepEqual(unreadable, [5, 6, 7].map((n) => join(dir, `000000000${n}.json`)));
+    assert.deepEqual(overLimit, [{ file: join(dir, "0000000004.json"), limit: "items" }]);
   });
 });
 
@@ -154,5 +155,29 @@ Deno.test("UnsentStore refuses to keep an item it could not read again, after a 
     );
     const { items } = await UnsentStore.open(dir, home);
     assert.deepEqual(items, []);
+  });
+});
+
+Deno.test("UnsentStore.open() tells the files past its count or its bytes from those it cannot read, and leaves them", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "unsent");
+    const { store } = await UnsentStore.open(dir, home, { maxItems: 4, maxBytes: 2000 });
+    await store.keep(item("a", { payload: bytes(600) }));
+    await store.keep(item("b", { payload: bytes(500) }));
+    await store.keep(item("c", { payload: bytes(10) }));
+    await store.keep(item("d", { payload: bytes(10) }));
+    Deno.writeTextFileSync(join(dir, "0000000005.json"), "torn");
+    const { items, unreadable, overLimit } = await UnsentStore.open(dir, home, {
+      maxItems: 2,
+      maxBytes: 1000,
+    });
+    const file = (n: number) => join(dir, `000000000${n}.json`);
+    assert.deepEqual(items.map((i) => i.id), ["a", "c"]);
+    assert.deepEqual(overLimit, [
+      { file: file(2), limit: "bytes" },
+      { file: file(4), limit: "items" },
+    ]);
+    assert.deepEqual(unreadable, [file(5)]);
+    assert.equal([...Deno.readDirSync(dir)].length, 5);
   });
 });
