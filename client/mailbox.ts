@@ -158,8 +158,8 @@ interface Unsent {
   note?: Record<string, unknown>;
   /** When it was first kept, ISO 8601. */
   at: string;
-  /** It is on disk. */
-  kept?: boolean;
+  /** It is on disk: durably, or (`"ahead"`) as a write-ahead copy, not synced. */
+  kept?: boolean | "ahead";
   /** Its sender was told it waits (or an earlier run was): `later` says how it ends. */
   told?: boolean;
   /** Hears how it ended, once told: posted (no error), or not (the error). */
@@ -442,7 +442,7 @@ export class MailboxClient {
         throw away;
       }
       // On disk before the user hears it waits: a quit or a crash now does not lose it.
-      if (!job.kept) {
+      if (job.kept !== true) {
         try {
           await this.#keep(job);
         } catch (e) {
@@ -491,7 +491,7 @@ export class MailboxClient {
   }
 
   // Writes `job` to HOME/mailbox/unsent/ (sealed once it is: only the bytes posted again).
-  async #keep(job: Unsent): Promise<void> {
+  async #keep(job: Unsent, durable = true): Promise<void> {
     await this.#store.keep({
       to: job.to,
       kind: job.kind,
@@ -500,8 +500,8 @@ export class MailboxClient {
       ...(job.name === undefined ? {} : { name: job.name }),
       ...(job.der ? { der: job.der, sealedTo: job.sealedTo } : { payload: job.payload }),
       ...(job.note === undefined ? {} : { note: job.note }),
-    });
-    job.kept = true;
+    }, { durable });
+    job.kept = durable || "ahead";
   }
 
   // Posts the held items, each recipient's in order, while the CA service answers.
@@ -562,11 +562,13 @@ export class MailboxClient {
       }, cert.pem);
       // On disk before the first post (write-ahead): should the chat die before the service's
       // answer, a next start posts these bytes again (which the service keeps once), not a second
-      // sealing of the item. Past the unsent limits, or with a disk refusing it, a send the
-      // service answers still goes: it is kept, or refused, only when it must wait.
+      // sealing of the item. Not synced (no fsync on a send's path): it outlives a crash, not a
+      // power cut; once the item must wait, it is kept durably. Past the unsent limits, or with a
+      // disk refusing it, a send the service answers still goes: it is kept, or refused, only
+      // when it must wait.
       if (job.at) {
         try {
-          await this.#keep(job);
+          await this.#keep(job, job.told === true);
         } catch (e) {
           if (job.told) throw e;
         }

@@ -85,7 +85,8 @@ export class UnsentStore {
   #maxItems: number;
   #maxBytes: number;
   #seq = 0;
-  #files = new Map<string, { file: string; bytes: number }>(); // by item id
+  // By item id; `durable` once it was synced with its name (a write-ahead copy is not).
+  #files = new Map<string, { file: string; bytes: number; durable: boolean }>();
 
   private constructor(dir: string, parent: string, options: UnsentStoreOptions) {
     this.#dir = dir;
@@ -149,7 +150,7 @@ export class UnsentStore {
         continue;
       }
       total += weight(item);
-      store.#files.set(item.id, { file, bytes: weight(item) });
+      store.#files.set(item.id, { file, bytes: weight(item), durable: true });
       items.push(item);
     }
     return { store, items, unreadable, overLimit };
@@ -167,9 +168,12 @@ export class UnsentStore {
 
   /**
    * Keeps `item` (or replaces its earlier copy, in its place), durably: on disk, name and all,
-   * before it resolves. Throws `ERR_QUOTA` when a new item would pass the limits.
+   * before it resolves. Throws `ERR_QUOTA` when a new item would pass the limits. With
+   * `durable: false` (a write-ahead copy, kept only while its post is on the way) it is written
+   * and named without fsync: it outlives a crash of this process, not a power cut.
    */
-  async keep(item: UnsentItem): Promise<void> {
+  async keep(item: UnsentItem, options: { durable?: boolean } = {}): Promise<void> {
+    const durable = options.durable ?? true;
     const before = this.#files.get(item.id);
     const bytes = weight(item);
     if (!before) {
@@ -206,8 +210,8 @@ export class UnsentStore {
       this.#made = true;
     }
     const file = before?.file ?? join(this.#dir, `${String(++this.#seq).padStart(10, "0")}.json`);
-    await writeFileAtomic(file, this.#encode(item), { mode: 0o600, syncDir: true });
-    this.#files.set(item.id, { file, bytes });
+    await writeFileAtomic(file, this.#encode(item), { mode: 0o600, durable, syncDir: durable });
+    this.#files.set(item.id, { file, bytes, durable });
   }
 
   /** Forgets the item `id`, durably (a next start must not post it again). */
@@ -216,7 +220,9 @@ export class UnsentStore {
     if (!f) return;
     this.#files.delete(id);
     await Deno.remove(f.file).catch(() => {});
-    await syncDir(this.#dir).catch(() => {});
+    // A copy that was never synced needs no synced removal: should it come back after a power
+    // cut, its post is made again, and the service keeps one.
+    if (f.durable) await syncDir(this.#dir).catch(() => {});
   }
 
   #encode(item: UnsentItem): string {
