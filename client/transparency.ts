@@ -8,7 +8,9 @@
  *   with the largest one it stored, so the log only grows and everybody sees
  *   the same log;
  * - the log's entries, read as they come, make the checkpoint's root, and none
- *   is a certificate for our name with a key that is not ours.
+ *   is a certificate for our name with a key that is not ours (logged after the
+ *   first of our key's, whatever the CRL says; before it, a previous enrollment
+ *   is harmless once expired or revoked).
  *
  * Cryptographic evidence against the CA is an alarm: kept in HOME/log.json so
  * it survives a restart, reported as `log_alarm`, and no new connection is made
@@ -56,6 +58,12 @@ interface LogState {
   checkpoint?: string;
   /** The frontier of the entries read so far (their tree's right edge). */
   audited: { size: number; hashes: string[] };
+  /**
+   * Where among those entries the first certificate for our name with our key is (`index`
+   * absent: not among them yet). Without it (a state an earlier version wrote, or one for
+   * another key), the next look reads the log again from its first entry.
+   */
+  own?: { name: string; key: string; index?: number };
   /** Standing alarms. */
   alarms: LogAlarm[];
   /** SHA-256 of the log key first seen (pinned: another one is an alarm). */
@@ -135,12 +143,14 @@ export class LogMonitor {
     let state: LogState = { audited: { size: 0, hashes: [] }, alarms: [], pending: [] };
     try {
       const read = JSON.parse(await Deno.readTextFile(file));
+      const audited = read.audited && Number.isSafeInteger(read.audited.size) &&
+          Array.isArray(read.audited.hashes)
+        ? read.audited
+        : state.audited;
       state = {
         checkpoint: typeof read.checkpoint === "string" ? read.checkpoint : undefined,
-        audited: read.audited && Number.isSafeInteger(read.audited.size) &&
-            Array.isArray(read.audited.hashes)
-          ? read.audited
-          : state.audited,
+        audited,
+        own: ownIn(read.own, audited.size),
         alarms: alarmsIn(read),
         logKey: typeof read.logKey === "string" ? read.logKey : undefined,
         pending: Array.isArray(read.pending)
@@ -277,7 +287,9 @@ export class LogMonitor {
   /**
    * Reads the log's entries since the last look, checks that they make the
    * CA's latest checkpoint, and looks for certificates for `name` with a key
-   * other than `keyFingerprint` (raising an alarm for each).
+   * other than `keyFingerprint`, raising an alarm for each: for every one
+   * logged after the first certificate of `keyFingerprint`, and for an earlier
+   * one (a previous enrollment) unless it expired or `isRevoked` says so.
    */
   watch(name: string, keyFingerprint: string, options: LookOptions = {}): Promise<AuditResult> {
     return this.#look(name, keyFingerprint, false, options);
@@ -304,10 +316,15 @@ export class LogMonitor {
       });
     }
     return await this.#serial(async () => {
-      const start = whole ? new TreeFrontier() : new TreeFrontier(
+      const own = this.#state.own;
+      // Where our key's first certificate is must be known for the entries read before: else
+      // (a state an earlier version wrote, another key) they are read again.
+      const fromStart = whole || own?.name !== name || own.key !== keyFingerprint;
+      const start = fromStart ? new TreeFrontier() : new TreeFrontier(
         this.#state.audited.size,
         this.#state.audited.hashes.map((h) => new Uint8Array(Buffer.from(h, "base64"))),
       );
+      let ownFirst = fromStart ? undefined : own?.index;
       if (start.size > checkpoint.size) {
         return { entries: 0, size: checkpoint.size, foreign: [] };
       }
@@ -330,10 +347,20 @@ export class LogMonitor {
           } catch {
             continue; // not a certificate: still a leaf, and it must still hash to the root
           }
-          // Another key for our name is harmless only once it expired or was revoked (peers
-          // check the CRL and refuse it): a previous enrollment, such as a lost key replaced.
-          if (info.commonName !== name || info.keyFingerprint === keyFingerprint) continue;
-          if (info.notAfter.getTime() <= now || options.isRevoked?.(info.serial)) continue;
+          if (info.commonName !== name) continue;
+          if (info.keyFingerprint === keyFingerprint) {
+            ownFirst ??= index;
+            continue;
+          }
+          // Another key for our name, logged before our key's first certificate, is a previous
+          // enrollment (a lost key replaced by a new invite): harmless once it expired, or was
+          // revoked, as peers then refuse it. One logged after it is a misissuance whatever the
+          // CRL says: the CRL is the CA's word, not in the log, and a CA can list a certificate
+          // on the CRL it serves us alone while showing it to our peers as ours.
+          if (
+            ownFirst === undefined &&
+            (info.notAfter.getTime() <= now || options.isRevoked?.(info.serial))
+          ) continue;
           if (foreign.length < MAX_ALARMS) {
             foreign.push({ index, serial: info.serial, fingerprint: info.fingerprint });
           }
@@ -358,6 +385,7 @@ export class LogMonitor {
         size: frontier.size,
         hashes: frontier.hashes.map((h) => Buffer.from(h).toString("base64")),
       };
+      this.#state.own = { name, key: keyFingerprint, index: ownFirst };
       await this.#save();
       return { entries: read, size: checkpoint.size, foreign };
     });
@@ -468,6 +496,17 @@ export class LogMonitor {
         .slice(-MAX_PENDING);
     }
   }
+}
+
+// Where a parsed HOME/log.json says our key's first certificate is among the `size` entries read,
+// if it says so soundly.
+function ownIn(own: unknown, size: number): LogState["own"] {
+  const { name, key, index } = (own ?? {}) as { name?: unknown; key?: unknown; index?: unknown };
+  if (typeof name !== "string" || typeof key !== "string") return undefined;
+  if (index === undefined) return { name, key };
+  return Number.isSafeInteger(index) && (index as number) >= 0 && (index as number) < size
+    ? { name, key, index: index as number }
+    : undefined;
 }
 
 // The well-formed alarms of a parsed HOME/log.json: a stray value must not hide the others.

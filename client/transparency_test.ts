@@ -13,16 +13,24 @@ import { formatCheckpoint, signCheckpoint, signNote } from "../lib/checkpoint.ts
 import { E2eError } from "../lib/errors.ts";
 import { logOrigin, logProofJson } from "../lib/log_proof.ts";
 import { leafHash, MerkleTree } from "../lib/merkle.ts";
+import { openssl, PASSPHRASE_ARG } from "../lib/openssl.ts";
+import { pemDecode } from "../lib/pem.ts";
 import { trustAnchor } from "../lib/tls.ts";
-import { PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
+import { parseCertificate } from "../lib/x509.ts";
+import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
 import type { CaClient } from "./ca_client.ts";
 import { LogMonitor, MAX_ALARMS } from "./transparency.ts";
 
 const encoder = new TextEncoder();
 
-/** A CA whose log holds `leaves`, as far as one client can see. */
-function view(leaves: string[], sign: (t: MerkleTree) => string, logKeyPem: string) {
-  const tree = new MerkleTree(leaves.map((l) => leafHash(encoder.encode(l))));
+/** A CA whose log holds `leaves` (text, or a certificate's DER), as far as one client can see. */
+function view(
+  leaves: Array<string | Uint8Array>,
+  sign: (t: MerkleTree) => string,
+  logKeyPem: string,
+) {
+  const bytes = leaves.map((l) => typeof l === "string" ? encoder.encode(l) : l);
+  const tree = new MerkleTree(bytes.map((l) => leafHash(l)));
   const b64 = (h: Uint8Array) => Buffer.from(h).toString("base64");
   return {
     tree,
@@ -38,7 +46,7 @@ function view(leaves: string[], sign: (t: MerkleTree) => string, logKeyPem: stri
           )
           : Promise.resolve(tree.consistencyProof(m, n).map(b64)),
       logEntries: (s: number, e: number) =>
-        Promise.resolve(leaves.slice(s, e).map((l) => Buffer.from(l).toString("base64"))),
+        Promise.resolve(bytes.slice(s, e).map((l) => Buffer.from(l).toString("base64"))),
     } as unknown as CaClient,
   };
 }
@@ -47,8 +55,9 @@ async function withViews(
   fn: (v: {
     dir: string;
     anchor: ReturnType<typeof trustAnchor>;
-    make: (leaves: string[]) => ReturnType<typeof view>;
+    make: (leaves: Array<string | Uint8Array>) => ReturnType<typeof view>;
     signText: (body: string) => string;
+    issue: (name: string, keyPem: string, options?: { expired?: boolean }) => Promise<Issued>;
   }) => Promise<void>,
 ): Promise<void> {
   await withTempDir(async (dir) => {
@@ -67,8 +76,46 @@ async function withViews(
       anchor: trustAnchor(ca.certificate.pem),
       make: (leaves) => view(leaves, sign, logKeyPem),
       signText: (body) => signNote(body, { name: origin, key }),
+      issue: (name, keyPem, options) => issue(ca.paths.dir, name, keyPem, options),
     });
   });
+}
+
+/** A certificate the CA issued, as the log holds it and as the watcher sees it. */
+interface Issued {
+  der: Uint8Array;
+  serial: string;
+  fingerprint: string;
+  /** The SHA-256 of its key, as the watcher is given our own. */
+  key: string;
+}
+
+// The CA signs a certificate for `name` with `keyPem`'s key straight through `openssl ca` (valid
+// for a day, or one that expired in 2020), as a dishonest CA would.
+async function issue(
+  caDir: string,
+  name: string,
+  keyPem: string,
+  options: { expired?: boolean } = {},
+): Promise<Issued> {
+  const { csr } = await makeCsr(name, { keyPem });
+  await Deno.writeTextFile(join(caDir, "t.csr"), csr);
+  const dates = options.expired
+    ? ["-startdate", "20200101000000Z", "-enddate", "20200102000000Z"]
+    : ["-days", "1"];
+  await openssl([
+    ...["ca", "-config", "openssl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt", "-batch"],
+    ...["-passin", PASSPHRASE_ARG, "-in", "t.csr", "-subj", `/CN=${name}`, ...dates],
+    ...["-notext", "-out", "t.pem"],
+  ], { cwd: caDir, passphrase: PASSPHRASE });
+  const pem = await Deno.readTextFile(join(caDir, "t.pem"));
+  const info = parseCertificate(pem);
+  return {
+    der: pemDecode(pem, "CERTIFICATE")!,
+    serial: info.serial,
+    fingerprint: info.fingerprint,
+    key: info.keyFingerprint,
+  };
 }
 
 function alarmed(e: unknown): boolean {
@@ -325,5 +372,85 @@ Deno.test("a checkpoint another process of the home stored meanwhile that forks 
     const after = JSON.parse(await Deno.readTextFile(file));
     assert.equal(after.checkpoint, big.checkpoint);
     assert.match(after.alarms[0].message, /a log of 3 entries that is not consistent/);
+  });
+});
+
+Deno.test("watch() alarms on a certificate for our name with another key logged after our own first, even one the CA's CRL lists or that expired since", async () => {
+  await withViews(async ({ dir, anchor, make, issue }) => {
+    const { key: ours } = await makeCsr("bob");
+    const own = await issue("bob", ours);
+    // The CA lists `hidden` on the CRL it serves bob only (nothing ties it to alice's CRL).
+    const hidden = await issue("bob", (await makeCsr("bob")).key);
+    const expired = await issue("bob", (await makeCsr("bob")).key, { expired: true });
+    const v = make(["a", own.der, hidden.der, expired.der]);
+    const monitor = await LogMonitor.open(join(dir, "bob.json"), anchor, v.ca);
+    const found = await monitor.watch("bob", own.key, {
+      isRevoked: (serial) => serial === hidden.serial,
+    });
+    assert.deepEqual(found.foreign.map((f) => [f.index, f.fingerprint]), [
+      [2, hidden.fingerprint],
+      [3, expired.fingerprint],
+    ]);
+    assert.deepEqual(monitor.alarms.map((a) => a.fingerprint), [
+      hidden.fingerprint,
+      expired.fingerprint,
+    ]);
+    assert.throws(() => monitor.requireNoAlarm(), alarmed);
+  });
+});
+
+Deno.test("a certificate for our name with another key logged before our own first (a lost key replaced) is excused once revoked or expired, not while it is neither", async () => {
+  await withViews(async ({ dir, anchor, make, issue }) => {
+    const lost = await issue("bob", (await makeCsr("bob")).key);
+    const older = await issue("bob", (await makeCsr("bob")).key, { expired: true });
+    const { key: ours } = await makeCsr("bob");
+    const own = await issue("bob", ours);
+    const renewed = await issue("bob", ours);
+    const v = make([older.der, lost.der, "a", own.der, renewed.der]);
+    const bob = await LogMonitor.open(join(dir, "bob.json"), anchor, v.ca);
+    const found = await bob.audit("bob", own.key, { isRevoked: (s) => s === lost.serial });
+    assert.deepEqual([found.entries, found.foreign, bob.alarms], [5, [], []]);
+    // Not revoked, it could still be shown to peers as bob's: an alarm.
+    const other = await LogMonitor.open(join(dir, "other.json"), anchor, v.ca);
+    const seen = await other.audit("bob", own.key);
+    assert.deepEqual(seen.foreign.map((f) => f.serial), [lost.serial]);
+  });
+});
+
+Deno.test("watch() keeps where our key's first certificate is: a later look reading only new entries alarms on one the CRL lists, and a state written before it was kept reads the log again from the start", async () => {
+  await withViews(async ({ dir, anchor, make, issue }) => {
+    const { key: ours } = await makeCsr("bob");
+    const own = await issue("bob", ours);
+    const hidden = await issue("bob", (await makeCsr("bob")).key);
+    const revoked = { isRevoked: (serial: string) => serial === hidden.serial };
+    const before = make(["a", own.der, "b"]);
+    const after = make(["a", own.der, "b", "c", hidden.der]);
+    const file = join(dir, "bob.json");
+    assert.equal(
+      (await (await LogMonitor.open(file, anchor, before.ca)).watch("bob", own.key)).entries,
+      3,
+    );
+    const later = await LogMonitor.open(file, anchor, after.ca);
+    const found = await later.watch("bob", own.key, revoked);
+    assert.equal(found.entries, 2, "only the new entries are read");
+    assert.deepEqual(found.foreign.map((f) => f.fingerprint), [hidden.fingerprint]);
+
+    // HOME/log.json as an earlier version wrote it: entries read, nothing of our own key's.
+    const old = join(dir, "old.json");
+    await (await LogMonitor.open(old, anchor, before.ca)).watch("bob", own.key);
+    const state = JSON.parse(await Deno.readTextFile(old));
+    await Deno.writeTextFile(
+      old,
+      JSON.stringify({
+        checkpoint: state.checkpoint,
+        audited: state.audited,
+        alarms: [],
+        pending: [],
+      }),
+    );
+    const upgraded = await LogMonitor.open(old, anchor, after.ca);
+    const again = await upgraded.watch("bob", own.key, revoked);
+    assert.equal(again.entries, 5, "read again from the first entry");
+    assert.deepEqual(again.foreign.map((f) => f.fingerprint), [hidden.fingerprint]);
   });
 });

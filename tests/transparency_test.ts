@@ -97,6 +97,53 @@ Deno.test("a certificate for bob with another key, issued and logged, raises log
   });
 });
 
+Deno.test("a certificate for bob with another key logged after his own raises log_alarm at bob and fails client audit even when the CRL bob is served lists it", async () => {
+  await withService(async (service, dir) => {
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    const before = await audit(bob);
+    assert.equal(before.code, 0, before.stdout + before.stderr);
+
+    const { key: mallory } = await makeCsr("bob");
+    const evil = parseCertificate(await signBehindTheirBacks(service, "bob", mallory));
+    await commitSomething(service);
+    // The CA puts it on the CRL it serves bob (here the only CRL; a dishonest CA keeps serving
+    // alice the one before, without it: CRLs are not in the log, nothing ties the two together)
+    // and shows it to alice as bob's, with its proof of being in the one log everybody sees.
+    assertSuccess(
+      await runCa(service.home, ["revoke", evil.serial], {
+        env: { E2E_CHAT_CA_PASSPHRASE: PASSPHRASE },
+      }),
+      "ca revoke",
+    );
+    // The chat's watcher reads only the entries since the audit ...
+    const client = await ChatClient.start(bob, { failOnError: false });
+    try {
+      const alarm = await client.expect({ type: "log_alarm" });
+      assert.equal(alarm.fingerprint, evil.fingerprint);
+    } finally {
+      await client.stop();
+    }
+    // ... and client audit reads the whole log, with its state cleared by hand, to the same end.
+    await Deno.remove(join(bob.home, "log.json"));
+    const after = await audit(bob);
+    assert.equal(after.code, 1, after.stdout + after.stderr);
+    assert.match(
+      after.stdout,
+      new RegExp(`serial ${evil.serial}, fingerprint ${evil.fingerprint}`),
+    );
+  });
+});
+
+Deno.test("a member who lost his key and joined again with a new invite audits clean: the old certificate, superseded, was logged before the new key's first", async () => {
+  await withService(async (service, dir) => {
+    await joinUser(service, "bob", join(dir, "bob"));
+    const again = await joinUser(service, "bob", join(dir, "bob-again"));
+    const result = await audit(again);
+    assert.equal(result.code, 0, result.stdout + result.stderr);
+    assert.match(result.stdout, /No certificate for "bob" but yours/);
+  });
+});
+
 Deno.test("a certificate made with the CA key outside the log is refused by peers, even with the right key", async () => {
   await withService(async (service, dir) => {
     const [alice, bob] = await Promise.all([
