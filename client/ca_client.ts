@@ -88,6 +88,23 @@ export async function fetchCaCertificate(caUrl: string, fingerprint: string): Pr
   return reply.body;
 }
 
+/**
+ * Fetches the CRL (PEM) from `caUrl` without trusting anything yet, for a join: signed by the
+ * CA, it needs no trusted channel, and is checked against the CA certificate once that is pinned
+ * (client/revocation.ts). Throws `ERR_NETWORK` when it cannot be had.
+ *
+ * @example
+ * ```ts
+ * import { fetchCrl } from "./ca_client.ts";
+ * const pem = await fetchCrl("https://127.0.0.1:65433");
+ * ```
+ */
+export async function fetchCrl(caUrl: string): Promise<string> {
+  const reply = await call(new URL("/v1/crl", caUrl), { method: "GET" }, undefined);
+  if (reply.status !== 200) throw apiError(reply);
+  return reply.body;
+}
+
 /** A client of the CA API, pinned to our CA, optionally with our own certificate. */
 export class CaClient {
   #base: string;

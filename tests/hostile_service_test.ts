@@ -692,3 +692,50 @@ for (
     });
   });
 }
+
+Deno.test("a member joining through someone on the path who holds the CA service's revoked key refuses it before the token goes, whether it serves the CA's current CRL (which lists it) or replays the last one from before, signed days ago; the same invite then joins through the honest service", async () => {
+  await withService(async (service, dir) => {
+    const paths = new CaPaths(service.home);
+    const kept = await keepServiceKey(paths);
+    const old = await crlSignedAt(paths, new Date(Date.now() - 2 * 86_400_000));
+    assertSuccess(await runCa(service.home, ["revoke", kept.serial]), "revoke");
+    const current = await Deno.readTextFile(paths.crl);
+    const home = join(dir, "alice");
+    const invite = await makeInvite(service.home, "alice");
+    const cases = [
+      [current, new RegExp(`^The CA service at \\S+ presents a revoked certificate$`)],
+      [old, /^Cannot check the CA service's certificate: the newest CRL it sent was signed at /],
+    ] as const;
+    for (const [crl, refusal] of cases) {
+      // It passes on what anyone may have (the CA certificate, a CRL), and keeps what else comes.
+      let heard = "";
+      const impostor = await poseAsService(kept, (req, res) => {
+        req.on("data", (d: Uint8Array) => heard += new TextDecoder().decode(d));
+        if (req.url === "/v1/ca") return pem(res, service.caPem);
+        if (req.url === "/v1/crl") return pem(res, crl);
+        res.writeHead(503, { "content-type": "application/json" });
+        res.end(JSON.stringify({ error: { code: "ERR_INTERNAL", message: "Busy" } }));
+      });
+      const through = { ...parseInvite(invite), port: impostor.port, caUrl: impostor.url };
+      try {
+        await assert.rejects(enroll(home, through), (e) => {
+          assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
+          assert.equal(e.code, "ERR_PEER_REJECTED");
+          assert.match(e.message, refusal);
+          return true;
+        });
+        assert.deepEqual(impostor.asked.toSorted(), ["GET /v1/ca", "GET /v1/crl"]);
+        assert.ok(!heard.includes(through.token), "the impostor got the token");
+      } finally {
+        await impostor.close();
+      }
+    }
+    // Once the honest service presents its new certificate (within seconds of the revocation).
+    await waitUntil(
+      async () => (await keepServiceKey(paths)).serial !== kept.serial,
+      "the service kept its revoked certificate",
+    );
+    const id = await enroll(home, parseInvite(invite));
+    assert.equal(id.name, "alice");
+  });
+});
