@@ -7,6 +7,7 @@
  * @module
  */
 import { Buffer } from "node:buffer";
+import { CRL_REPUBLISH_MS } from "../lib/crl.ts";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { checkName } from "../lib/names.ts";
@@ -240,10 +241,11 @@ function decodePathName(segment: string): string {
 const refreshing = new WeakMap<ApiContext, Promise<string>>();
 
 async function crl(ctx: ApiContext): Promise<string> {
-  // crl.pem is rewritten on every revocation; refresh it when it is a day old, once for
-  // all the requests that ask meanwhile (anyone may ask; each refresh uses the CA key).
+  // crl.pem is rewritten on every revocation; signed again when an hour old, once for all the
+  // requests that ask meanwhile (anyone may ask; each signing uses the CA key): clients trust the
+  // service's own certificate only on a CRL a few hours old at most (client/revocation.ts).
   const info = await Deno.stat(ctx.ca.paths.crl);
-  if (Date.now() - (info.mtime?.getTime() ?? 0) <= 86_400_000) {
+  if (Date.now() - (info.mtime?.getTime() ?? 0) <= CRL_REPUBLISH_MS) {
     return await Deno.readTextFile(ctx.ca.paths.crl);
   }
   let pending = refreshing.get(ctx);

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { createPrivateKey, createPublicKey, X509Certificate } from "node:crypto";
 import { Buffer } from "node:buffer";
 import { openCheckpoint } from "../lib/checkpoint.ts";
+import { CRL_REPUBLISH_MS, parseCrl } from "../lib/crl.ts";
 import { decodeHashes, verifyLogProof } from "../lib/log_proof.ts";
 import { leafHash, MerkleTree, verifyConsistency, verifyInclusion } from "../lib/merkle.ts";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
@@ -191,6 +192,21 @@ Deno.test("handle() serves the CA certificate and the current CRL as PEM to anyo
     assert.equal(crl.type, "application/x-pem-file");
     assert.equal(crl.body, await Deno.readTextFile(ca.paths.crl));
     assert.match(crl.body, /^-----BEGIN X509 CRL-----\n/);
+  });
+});
+
+Deno.test("handle() signs a new CRL once the one it hands out is over an hour old (CRL_REPUBLISH_MS), not before", async () => {
+  await withWorld(async ({ ctx, ca }) => {
+    const first = await call(ctx, "GET", "/v1/crl");
+    const ago = (ms: number) => new Date(Date.now() - ms);
+    await Deno.utime(ca.paths.crl, ago(CRL_REPUBLISH_MS - 60_000), ago(CRL_REPUBLISH_MS - 60_000));
+    assert.equal((await call(ctx, "GET", "/v1/crl")).body, first.body);
+    await Deno.utime(ca.paths.crl, ago(CRL_REPUBLISH_MS + 60_000), ago(CRL_REPUBLISH_MS + 60_000));
+    const next = await call(ctx, "GET", "/v1/crl");
+    const [before, after] = [first, next].map((r) => parseCrl(r.body, ca.certificate.x509));
+    assert.ok(after.number! > before.number!, `CRL number ${after.number} after ${before.number}`);
+    assert.ok(Date.now() - after.thisUpdate.getTime() < 60_000, `${after.thisUpdate}`);
+    assert.equal(next.body, await Deno.readTextFile(ca.paths.crl));
   });
 });
 

@@ -40,7 +40,7 @@ export interface CrlListener {
 
 /**
  * Starts the CRL listener on host:port (0 picks a port). The CRL comes from
- * the API's `GET /v1/crl`, which refreshes it when a day old. Its replies count
+ * the API's `GET /v1/crl`, which signs it again when an hour old. Its replies count
  * against `replies`, the service's budget for unread replies, when given.
  *
  * @example

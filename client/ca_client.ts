@@ -88,6 +88,23 @@ export async function fetchCaCertificate(caUrl: string, fingerprint: string): Pr
   return reply.body;
 }
 
+/**
+ * Fetches the CRL (PEM) from `caUrl` without trusting anything yet, for a join: signed by the
+ * CA, it needs no trusted channel, and is checked against the CA certificate once that is pinned
+ * (client/revocation.ts). Throws `ERR_NETWORK` when it cannot be had.
+ *
+ * @example
+ * ```ts
+ * import { fetchCrl } from "./ca_client.ts";
+ * const pem = await fetchCrl("https://127.0.0.1:65433");
+ * ```
+ */
+export async function fetchCrl(caUrl: string): Promise<string> {
+  const reply = await call(new URL("/v1/crl", caUrl), { method: "GET" }, undefined);
+  if (reply.status !== 200) throw apiError(reply);
+  return reply.body;
+}
+
 /** A client of the CA API, pinned to our CA, optionally with our own certificate. */
 export class CaClient {
   #base: string;
@@ -104,7 +121,7 @@ export class CaClient {
 
   /**
    * Refuses from now on a service whose TLS certificate is on `revocation`'s CRL (the client's
-   * client/revocation.ts), and asks nothing but the CRL of a service before a current CRL is
+   * client/revocation.ts), and asks nothing but the CRL of a service before a recent CRL is
    * held: one that withheld it could otherwise pose as the service with a revoked key. The CRL
    * itself is still fetched from such a service: signed by the CA, it needs no trusted channel
    * (as on the plain-HTTP CRL listener), and a client that could not fetch it would fail closed
@@ -173,9 +190,9 @@ export class CaClient {
       throw new E2eError("ERR_NOT_ENROLLED", "The relay needs our certificate");
     }
     const revocation = this.#revocation;
-    // A current CRL first: without one, "not on the CRL" means nothing, and whoever holds a
-    // revoked service key need only withhold it.
-    await revocation?.ensureCurrent();
+    // A recent CRL first: without one, "not on the CRL" means nothing, and whoever holds a
+    // revoked service key need only withhold it (or replay one from before the revocation).
+    await revocation?.ensureRecent();
     return await dialRelay(this.#base, this.#anchor, invitation, {
       own: this.#own,
       timeoutMs,
@@ -319,9 +336,11 @@ export interface ServiceRevocation {
   /** Whether `serial` is on the CRL held. */
   isRevoked(serial: string): boolean;
   /**
-   * Fetches the CRL unless a current one is held; throws `ERR_PEER_REJECTED` unless one is then.
+   * Fetches the CRL unless a recent one is held (signed within a few of the service's republishing
+   * intervals); throws `ERR_PEER_REJECTED` unless one is then. An older CRL, though current for
+   * peers, could be one whoever kept a revoked service key replays from before the revocation.
    */
-  ensureCurrent(): Promise<void>;
+  ensureRecent(): Promise<void>;
 }
 
 // What a call trusts: our CA only, a service certificate not on the CRL held (a current one),
@@ -404,12 +423,12 @@ async function call(
     };
     try {
       check();
-      // Then a current CRL (see relay()), and the certificate checked against it; after the
+      // Then a recent CRL (see relay()), and the certificate checked against it; after the
       // connection, so that a service that cannot be reached is said so (ERR_NETWORK).
       if (revocation) {
         // A reset meanwhile must not go unheard (the request then fails as not answered).
         socket.on("error", ignore);
-        await revocation.ensureCurrent().finally(() => socket.off("error", ignore));
+        await revocation.ensureRecent().finally(() => socket.off("error", ignore));
         check();
       }
     } catch (e) {

@@ -27,10 +27,11 @@ import {
 import { pemDecode } from "../lib/pem.ts";
 import { checkPeer, type Credentials, type TrustAnchor, trustAnchor } from "../lib/tls.ts";
 import { type CertificateInfo, keyFingerprint, parseCertificate } from "../lib/x509.ts";
-import { CaClient, type CertificateReply, fetchCaCertificate } from "./ca_client.ts";
+import { CaClient, type CertificateReply, fetchCaCertificate, fetchCrl } from "./ca_client.ts";
 import type { Invite } from "../lib/invite.ts";
 import { CLIENT_KEY_TYPES, type ClientKeyType } from "./keys.ts";
 import { ClientHome, IdFolder } from "./home.ts";
+import { Revocation } from "./revocation.ts";
 import { LogMonitor } from "./transparency.ts";
 
 /** What identity.json holds. */
@@ -272,7 +273,9 @@ export interface JoinOptions {
 
 /**
  * Enrolls with an invite: fetch the CA certificate and refuse it unless its
- * fingerprint is the invite's (before the token is sent); make the key and
+ * fingerprint is the invite's, and the CRL, and refuse a service whose
+ * certificate it lists or that sends none signed within the last 3 h (all
+ * before the token is sent: client/revocation.ts); make the key and
  * request locally (meanwhile); enroll; check what came back, and that it is in
  * the CA's issuance log; store it all under `HOME/id`, durably. The key of an
  * unfinished join with the same invite (`HOME/joining`) is used instead of a
@@ -337,25 +340,36 @@ async function joinLocked(home: string, invite: Invite, options: JoinOptions): P
     ? requestAgain(staged, invite.name, passphrase)
     : newKey(staged, { ...record, invite: inviteHash(invite) }, passphrase);
   made.catch(() => {}); // awaited below, also on failure
+  // The CRL too, meanwhile: signed by the CA, it is checked once the CA is pinned. A service
+  // certificate it lists (a superseded or revoked service key someone kept, on the path to the
+  // service) is refused before the token goes, and so is an old CRL (one from before that key's
+  // revocation, replayed), as by every later call (client/ca_client.ts checkServiceRevocation).
+  const crl = fetchCrl(invite.caUrl);
+  crl.catch(() => {}); // awaited below, also on failure
   let sent = false;
   let refused = false;
   try {
     const caPem = await fetchCaCertificate(invite.caUrl, invite.fingerprint);
     const anchor = trustAnchor(caPem);
+    const crlPem = await crl;
+    const revocation = new Revocation({
+      fetch: () => Promise.resolve(crlPem),
+      issuer: anchor.x509,
+    });
+    await revocation.ensureRecent();
+    const service = (own?: Credentials) => {
+      const ca = new CaClient(invite.caUrl, anchor, own);
+      ca.checkServiceRevocation(revocation);
+      return ca;
+    };
     const { csr, key, encrypted } = await made;
     sent = true;
-    const reply = await new CaClient(invite.caUrl, anchor).enroll(invite.token, csr).catch((e) => {
+    const reply = await service().enroll(invite.token, csr).catch((e) => {
       refused = isRefusal(e);
       throw e;
     });
     const cert = checkIssued(reply, anchor, invite.name, key);
-    await checkLogged(
-      new ClientHome(home),
-      anchor,
-      new CaClient(invite.caUrl, anchor, { key, cert }),
-      cert,
-      reply,
-    );
+    await checkLogged(new ClientHome(home), anchor, service({ key, cert }), cert, reply);
     // Durable before the rename makes them the identity (the key already is). Replaced, not
     // created: a join killed after writing them left them for this one.
     await Promise.all([

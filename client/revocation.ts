@@ -2,12 +2,13 @@
  * Revocation state of a chat client: the CA's CRL, verified with the pinned CA
  * key, fetched at start, refreshed every few minutes and before any connection
  * when it is over a minute old. It fails closed: without a CRL that is still
- * current, no peer is accepted.
+ * current, no peer is accepted. The CA service's own certificate asks more: a
+ * CRL signed within {@linkcode SERVICE_CRL_WINDOW_MS} ({@linkcode Revocation.ensureRecent}).
  *
  * @module
  */
 import type { X509Certificate } from "node:crypto";
-import { normalizeSerialHex, parseCrl } from "../lib/crl.ts";
+import { CRL_REPUBLISH_MS, normalizeSerialHex, parseCrl } from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 
@@ -18,6 +19,15 @@ export const CRL_REFRESH_MS = 5 * 60_000;
 // After a failed fetch, none for this long: a flood of (refused) connection attempts cannot
 // turn into a flood of CRL requests.
 const RETRY_AFTER_FAILURE_MS = 5_000;
+/**
+ * How old a CRL (its thisUpdate) may be and still clear the CA service's own TLS certificate:
+ * three times the service's republishing ({@linkcode CRL_REPUBLISH_MS}), so a clock off by up to
+ * two hours, or a lost refresh, does not refuse an honest service. Whoever kept a revoked service
+ * key can replay the last CRL from before the revocation, which does not list it, for this long
+ * at most, not until that CRL's nextUpdate (7 days). Peers are checked against any current CRL:
+ * a service that is down keeps no one from direct chats.
+ */
+export const SERVICE_CRL_WINDOW_MS = 3 * CRL_REPUBLISH_MS;
 // A CRL without nextUpdate is taken as current for a week.
 const DEFAULT_VALIDITY_MS = 7 * 86_400_000;
 
@@ -44,6 +54,7 @@ export class Revocation {
   #revoked = new Set<string>();
   #fetchedAt = 0;
   #validUntil = 0;
+  #signedAt = 0;
   #number?: bigint;
   #failedAt = 0;
   #fetching?: Promise<void>;
@@ -87,12 +98,39 @@ export class Revocation {
   }
 
   /**
-   * Fetches the CRL when none is held or the one held is no longer current (a failure within
-   * 5 s of the last is not tried again); then requires it current.
+   * Throws `ERR_PEER_REJECTED` unless the CRL held is current and signed within
+   * {@linkcode SERVICE_CRL_WINDOW_MS}: what the CA service's own certificate is checked against.
    */
-  async ensureCurrent(): Promise<void> {
-    if (Date.now() >= this.#validUntil) await this.refresh();
-    this.requireCurrent();
+  requireRecent(now: number = Date.now()): void {
+    this.requireCurrent(now);
+    if (now - this.#signedAt > SERVICE_CRL_WINDOW_MS) {
+      throw new E2eError(
+        "ERR_PEER_REJECTED",
+        `Cannot check the CA service's certificate: the newest CRL it sent was signed at ${
+          new Date(this.#signedAt).toISOString()
+        }, over ${SERVICE_CRL_WINDOW_MS / 3_600_000} h ago`,
+        {
+          hint:
+            `the service signs a new CRL every ${
+              CRL_REPUBLISH_MS / 60_000
+            } minutes: try again in a moment; one that keeps sending an old CRL may be someone ` +
+            "who kept an old service key (tell the admin), or this machine's clock is wrong",
+        },
+      );
+    }
+  }
+
+  /**
+   * For a call to the CA service: fetches the CRL unless one signed within
+   * {@linkcode SERVICE_CRL_WINDOW_MS} is held (not again within 5 s of the last fetch, whatever it
+   * brought); then requires one ({@linkcode requireRecent}).
+   */
+  async ensureRecent(): Promise<void> {
+    const now = Date.now();
+    if (now - this.#signedAt > SERVICE_CRL_WINDOW_MS || now >= this.#validUntil) {
+      if (now - this.#fetchedAt >= RETRY_AFTER_FAILURE_MS) await this.refresh();
+    }
+    this.requireRecent();
   }
 
   /** Fetches the CRL again when the one held is over a minute old; then requires it current. */
@@ -140,6 +178,7 @@ export class Revocation {
       this.#number = crl.number;
       this.#revoked = crl.revoked;
       this.#fetchedAt = Date.now();
+      this.#signedAt = crl.thisUpdate.getTime();
       this.#validUntil = crl.nextUpdate?.getTime() ??
         crl.thisUpdate.getTime() + DEFAULT_VALIDITY_MS;
       // Kept after it is taken: a number that cannot be written (a full disk) must not keep

@@ -5,7 +5,8 @@ import { CertificateAuthority } from "../ca/authority.ts";
 import { parseCrl } from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
 import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
-import { Revocation } from "./revocation.ts";
+import { crlSignedAt } from "../tests/_impostor.ts";
+import { Revocation, SERVICE_CRL_WINDOW_MS } from "./revocation.ts";
 
 async function withCa(fn: (ca: CertificateAuthority) => Promise<void>): Promise<void> {
   await withTempDir(async (home) => {
@@ -177,5 +178,40 @@ Deno.test("Revocation takes a newer CRL even when its number cannot be kept, and
     revocation.requireCurrent();
     assert.equal(warnings.length, 1, warnings.join("\n"));
     assert.match(warnings[0], /^Cannot keep the CRL number in ".*crl-number": /);
+  });
+});
+
+Deno.test("Revocation clears the CA service only on a CRL signed within SERVICE_CRL_WINDOW_MS: an older one, still current for peers, is refused for the service and fetched again, at most every 5 s", async () => {
+  await withCa(async (ca) => {
+    // The last CRL from before a revocation, replayed days later by whoever kept the revoked
+    // service key: signed by the CA, current until its nextUpdate, and listing nothing since.
+    const signedAt = new Date(Date.now() - SERVICE_CRL_WINDOW_MS - 60_000);
+    const served = [await crlSignedAt(ca.paths, signedAt)];
+    let fetches = 0;
+    const revocation = new Revocation({
+      fetch: () => Promise.resolve(served[fetches++] ?? ca.crl()),
+      issuer: issuer(ca),
+    });
+    const stale = (e: unknown) => {
+      assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
+      assert.equal(e.code, "ERR_PEER_REJECTED");
+      assert.equal(
+        e.message,
+        "Cannot check the CA service's certificate: the newest CRL it sent was signed at " +
+          `${new Date(Math.floor(signedAt.getTime() / 1000) * 1000).toISOString()}, over 3 h ago`,
+      );
+      assert.match(e.hint ?? "", /signs a new CRL every 60 minutes/);
+      return true;
+    };
+    await assert.rejects(revocation.ensureRecent(), stale);
+    assert.equal(fetches, 1);
+    revocation.requireCurrent(); // peers are still checked against it
+    await assert.rejects(revocation.ensureRecent(), stale);
+    assert.equal(fetches, 1, "fetched again within 5 s");
+    await new Promise((r) => setTimeout(r, 5_000));
+    await revocation.ensureRecent(); // the honest service's newest CRL
+    assert.equal(fetches, 2);
+    // A recent CRL grows old too: past the window it clears the service no more.
+    assert.throws(() => revocation.requireRecent(Date.now() + SERVICE_CRL_WINDOW_MS + 60_000));
   });
 });

@@ -14,6 +14,14 @@ import { normalizeSerialHex } from "./x509.ts";
 // Kept here too: client code reads revoked serials and normalizes them with the same import.
 export { normalizeSerialHex } from "./x509.ts";
 
+/**
+ * How old the CRL the CA service hands out may be before it signs a new one (ca/api.ts), ms:
+ * a client trusts the service's own certificate only on a CRL a few of these old at most
+ * (client/revocation.ts `SERVICE_CRL_WINDOW_MS`), which bounds how long whoever kept a revoked
+ * service key can replay the last CRL from before its revocation.
+ */
+export const CRL_REPUBLISH_MS = 3_600_000;
+
 /** A verified CRL. */
 export interface RevocationList {
   /** Revoked serials, uppercase hex without leading zeros. */

@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { createPrivateKey, sign } from "node:crypto";
 import { CertificateAuthority } from "../ca/authority.ts";
 import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
 import { normalizeSerialHex, parseCrl } from "./crl.ts";
@@ -7,6 +6,7 @@ import { E2eError } from "./errors.ts";
 import { openssl } from "./openssl.ts";
 import { pemDecode, pemEncode } from "./pem.ts";
 import { tlv } from "./_der_builder.ts";
+import { signCrl } from "../tests/_impostor.ts";
 
 const decoder = new TextDecoder();
 
@@ -244,29 +244,6 @@ const ascii = (text: string) => new TextEncoder().encode(text);
 const utcTime = (text: string) => tlv(0x17, ascii(text));
 const generalizedTime = (text: string) => tlv(0x18, ascii(text));
 const integer = (...bytes: number[]) => tlv(0x02, Uint8Array.from(bytes));
-// ecdsa-with-SHA256
-const ECDSA_SHA256 = tlv(0x30, Uint8Array.of(0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 4, 3, 2));
-const ISSUER = tlv(
-  0x30,
-  tlv(
-    0x31,
-    tlv(0x30, Uint8Array.of(0x06, 0x03, 0x55, 0x04, 0x03), tlv(0x0c, ascii("e2e-chat CA"))),
-  ),
-);
-
-/** A CRL around `fields` (after version, algorithm and issuer), signed with the CA's own key. */
-async function signedCrl(ca: CertificateAuthority, ...fields: Uint8Array[]): Promise<string> {
-  const key = createPrivateKey({
-    key: await Deno.readTextFile(ca.paths.key),
-    passphrase: PASSPHRASE,
-  });
-  const tbs = tlv(0x30, integer(1), ECDSA_SHA256, ISSUER, ...fields);
-  const signature = new Uint8Array(sign("sha256", tbs, key));
-  return pemEncode(
-    tlv(0x30, tbs, ECDSA_SHA256, tlv(0x03, Uint8Array.of(0), signature)),
-    "X509 CRL",
-  );
-}
 
 const entry = (serial: Uint8Array) => tlv(0x30, serial, utcTime("260101000000Z"));
 
@@ -274,14 +251,14 @@ Deno.test("parseCrl() reads UTCTime with the RFC 5280 century rule, GeneralizedT
   await withCa("ec-p256", async (ca) => {
     const anchor = ca.certificate.x509;
     const a = parseCrl(
-      await signedCrl(ca, utcTime("491231235959Z"), utcTime("500101000000Z")),
+      await signCrl(ca.paths, utcTime("491231235959Z"), utcTime("500101000000Z")),
       anchor,
     );
     assert.equal(a.thisUpdate.toISOString(), "2049-12-31T23:59:59.000Z");
     assert.equal(a.nextUpdate?.toISOString(), "1950-01-01T00:00:00.000Z");
     assert.equal(a.revoked.size, 0);
 
-    const b = parseCrl(await signedCrl(ca, generalizedTime("20510203040506Z")), anchor);
+    const b = parseCrl(await signCrl(ca.paths, generalizedTime("20510203040506Z")), anchor);
     assert.equal(b.thisUpdate.toISOString(), "2051-02-03T04:05:06.000Z");
     assert.equal(b.nextUpdate, undefined);
   });
@@ -289,8 +266,8 @@ Deno.test("parseCrl() reads UTCTime with the RFC 5280 century rule, GeneralizedT
 
 Deno.test("parseCrl() reads serials with a leading zero byte, and a revoked list right after thisUpdate", async () => {
   await withCa("ec-p256", async (ca) => {
-    const pem = await signedCrl(
-      ca,
+    const pem = await signCrl(
+      ca.paths,
       utcTime("260101000000Z"),
       tlv(0x30, entry(integer(0x00, 0x80, 0x01)), entry(integer(0x0a, 0xbc)), entry(integer(0))),
     );
@@ -318,7 +295,7 @@ Deno.test("parseCrl() refuses a CRL signed by the CA whose fields are malformed"
       ["an empty revoked entry", [now, tlv(0x30, tlv(0x30))]],
     ];
     for (const [what, fields] of cases) {
-      const pem = await signedCrl(ca, ...fields);
+      const pem = await signCrl(ca.paths, ...fields);
       assert.throws(() => parseCrl(pem, anchor), rejectedCrl(/malformed CRL/), what);
     }
   });
@@ -340,7 +317,7 @@ Deno.test("parseCrl() reads a CRL number of up to 20 octets, and none in a CRL w
     const anchor = ca.certificate.x509;
     const now = utcTime("260101000000Z");
     const numbered = (...bytes: number[]) =>
-      signedCrl(ca, now, crlExtensions(crlExtension(CRL_NUMBER, integer(...bytes))));
+      signCrl(ca.paths, now, crlExtensions(crlExtension(CRL_NUMBER, integer(...bytes))));
     assert.equal(parseCrl(await numbered(0x05), anchor).number, 5n);
     const max = [0x00, ...new Array(20).fill(0xff)]; // 2^160 - 1: 20 octets, a zero to stay positive
     assert.equal(parseCrl(await numbered(...max), anchor).number, 2n ** 160n - 1n);
@@ -348,8 +325,8 @@ Deno.test("parseCrl() reads a CRL number of up to 20 octets, and none in a CRL w
     const aki = crlExtension([0x55, 0x1d, 0x23], tlv(0x30));
     assert.equal(
       parseCrl(
-        await signedCrl(
-          ca,
+        await signCrl(
+          ca.paths,
           now,
           crlExtensions(aki, crlExtension(CRL_NUMBER, integer(7)), crlExtension([0x2a, 3], tlv(5))),
         ),
@@ -357,7 +334,7 @@ Deno.test("parseCrl() reads a CRL number of up to 20 octets, and none in a CRL w
       ).number,
       7n,
     );
-    assert.equal(parseCrl(await signedCrl(ca, now), anchor).number, undefined);
+    assert.equal(parseCrl(await signCrl(ca.paths, now), anchor).number, undefined);
   });
 });
 
@@ -387,7 +364,7 @@ Deno.test("parseCrl() refuses a CRL whose number is empty, negative or longer th
       ],
     ];
     for (const [what, extensions, detail] of cases) {
-      const pem = await signedCrl(ca, now, extensions);
+      const pem = await signCrl(ca.paths, now, extensions);
       assert.throws(() => parseCrl(pem, anchor), rejectedCrl(detail), what);
     }
   });

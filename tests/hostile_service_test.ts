@@ -7,7 +7,6 @@
  * @module
  */
 import assert from "node:assert/strict";
-import https from "node:https";
 import net from "node:net";
 import { join } from "node:path";
 import tls from "node:tls";
@@ -21,7 +20,6 @@ import { enroll } from "../client/identity.ts";
 import { parseInvite } from "../lib/invite.ts";
 import { Revocation } from "../client/revocation.ts";
 import { E2eError } from "../lib/errors.ts";
-import { parseCertificate } from "../lib/x509.ts";
 import { trustAnchor } from "../lib/tls.ts";
 import {
   MAILBOX_INFLIGHT_BYTES,
@@ -33,6 +31,7 @@ import { type Member, withServiceWorld } from "./_hostile_helpers.ts";
 import { requestWithKey } from "./_tls13_by_hand.ts";
 import { runCa } from "./_helpers.ts";
 import { assertSuccess, makeInvite, withService } from "./_service_helpers.ts";
+import { crlSignedAt, keepServiceKey, pem, poseAsService } from "./_impostor.ts";
 
 /** A member's key and certificate, PEM. */
 
@@ -550,19 +549,15 @@ Deno.test("a client holding a CRL that lists the CA service's own TLS certificat
     const alice = await member("alice");
     // The service's certificate and key, kept by someone after the certificate was revoked (a
     // superseded one is on the CRL the same way); the service replaces it within seconds.
-    const cert = await Deno.readTextFile(ca.paths.serviceCert);
-    const key = await Deno.readTextFile(ca.paths.serviceKey);
-    const serial = parseCertificate(cert).serial;
-    await ca.revoke(serial);
+    const kept = await keepServiceKey(ca.paths);
+    await ca.revoke(kept.serial);
     // That someone serves the CA's CRL (it is public), and refuses the rest.
-    const impostor = https.createServer({ key, cert }, async (req, res) => {
+    const impostor = await poseAsService(kept, async (req, res) => {
       req.resume();
-      if (req.url !== "/v1/crl") return res.writeHead(404).end();
-      res.writeHead(200, { "content-type": "application/x-pem-file" });
-      res.end(await Deno.readTextFile(ca.paths.crl));
+      if (req.url !== "/v1/crl") return void res.writeHead(404).end();
+      pem(res, await Deno.readTextFile(ca.paths.crl));
     });
-    await new Promise<void>((r) => impostor.listen(0, "127.0.0.1", r));
-    const url = `https://127.0.0.1:${(impostor.address() as { port: number }).port}`;
+    const url = impostor.url;
     const pinned = trustAnchor(anchor);
     const client = new CaClient(url, pinned, alice);
     let fetched = 0;
@@ -576,68 +571,171 @@ Deno.test("a client holding a CRL that lists the CA service's own TLS certificat
       assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
       assert.equal(e.code, "ERR_PEER_REJECTED");
       assert.equal(e.message, `The CA service at ${url} presents a revoked certificate`);
-      assert.match(e.detail ?? "", new RegExp(`serial ${serial}\\) is revoked`));
+      assert.match(e.detail ?? "", new RegExp(`serial ${kept.serial}\\) is revoked`));
       assert.match(e.hint ?? "", /replaces a revoked certificate within seconds/);
       return true;
     };
 
-    // A client that holds no CRL yet fetches it before it asks anything else: no deadlock, as
-    // the CRL, signed by the CA, is fetched from that very service.
-    await assert.rejects(client.lookup("alice"), refusedService);
-    assert.equal(fetched, 1);
-    revocation.requireCurrent();
-    assert.equal(revocation.isRevoked(serial), true);
-    await assert.rejects(client.lookup("alice"), refusedService);
-    await assert.rejects(client.relay(1, 5_000), refusedService);
-    await revocation.refresh(); // the CRL still comes, and could be refreshed for good
-    assert.equal(fetched, 2);
-    impostor.closeAllConnections();
-    await new Promise((r) => impostor.close(r));
+    try {
+      // A client that holds no CRL yet fetches it before it asks anything else: no deadlock, as
+      // the CRL, signed by the CA, is fetched from that very service.
+      await assert.rejects(client.lookup("alice"), refusedService);
+      assert.equal(fetched, 1);
+      revocation.requireCurrent();
+      assert.equal(revocation.isRevoked(kept.serial), true);
+      await assert.rejects(client.lookup("alice"), refusedService);
+      await assert.rejects(client.relay(1, 5_000), refusedService);
+      await revocation.refresh(); // the CRL still comes, and could be refreshed for good
+      assert.equal(fetched, 2);
+      assert.deepEqual(impostor.asked, ["GET /v1/crl", "GET /v1/crl"]);
+    } finally {
+      await impostor.close();
+    }
   });
 });
 
-Deno.test("a chat that starts while someone holding the CA service's revoked key poses as the service and withholds the CRL sends that impostor nothing but requests for the CRL", async () => {
-  await withService(async (service, dir) => {
-    const id = await enroll(
-      join(dir, "alice"),
-      parseInvite(await makeInvite(service.home, "alice")),
-    );
-    // The key of the service's certificate, kept by someone after the certificate was revoked
-    // (as when it was stolen, or superseded): the service replaces it within seconds.
-    const paths = new CaPaths(service.home);
-    const key = await Deno.readTextFile(paths.serviceKey);
-    const cert = await Deno.readTextFile(paths.serviceCert);
-    assertSuccess(await runCa(service.home, ["revoke", parseCertificate(cert).serial]), "revoke");
-    await service.stop();
-    // The impostor takes the service's address, and withholds the CRL that would name it.
-    const asked: string[] = [];
-    const impostor = https.createServer({ key, cert }, (req, res) => {
-      asked.push(`${req.method} ${req.url?.replace(/\?.*/, "")}`);
+Deno.test("a client offline since before the CA service's key was revoked refuses an impostor holding that key who replays the last CRL from before (still current, signed days ago), asks it nothing but the CRL, and still checks peers against that CRL", async () => {
+  await withServiceWorld(async ({ ca, anchor, member }) => {
+    const alice = await member("alice");
+    const kept = await keepServiceKey(ca.paths);
+    await ca.revoke(kept.serial);
+    // The last CRL the CA signed before the revocation, two days ago: it lists nothing, and is
+    // current for five days more (nextUpdate); the impostor replays it and answers the rest.
+    const signedAt = new Date(Date.now() - 2 * 86_400_000);
+    const replayed = await crlSignedAt(ca.paths, signedAt);
+    const impostor = await poseAsService(kept, (req, res) => {
       req.resume();
-      res.writeHead(503, { "content-type": "application/json" });
-      res.end(JSON.stringify({ error: { code: "ERR_INTERNAL", message: "Busy" } }));
+      if (req.url === "/v1/crl") return pem(res, replayed);
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ invitations: [], cursor: 0 }));
     });
-    await new Promise<void>((r) => impostor.listen(service.port, "127.0.0.1", r));
-    const events: CoreEvent[] = [];
-    let chat: Chat | undefined;
+    const pinned = trustAnchor(anchor);
+    const client = new CaClient(impostor.url, pinned, alice);
+    const revocation = new Revocation({ fetch: () => client.crl(), issuer: pinned.x509 });
+    client.checkServiceRevocation(revocation);
+    const stale = (e: unknown) => {
+      assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
+      assert.equal(e.code, "ERR_PEER_REJECTED");
+      assert.match(
+        e.message,
+        /^Cannot check the CA service's certificate: the newest CRL it sent was signed at .*, over 3 h ago$/,
+      );
+      assert.match(e.hint ?? "", /may be someone who kept an old service key/);
+      return true;
+    };
     try {
-      chat = await Chat.start(id, { onEvent: (e) => events.push(e), noListen: true });
-      // The first looks at invitations and at the mailbox: each fails, and says so.
-      const warned = (re: RegExp) => events.some((e) => e.type === "warning" && re.test(e.message));
-      await waitUntil(
-        () => warned(/^Cannot check for invitations: /) && warned(/^Cannot check the mailbox: /),
-        "both polls' warnings",
-      );
-      assert.ok(asked.length > 0, "the impostor was never asked");
-      assert.deepEqual(
-        asked.filter((a) => a !== "GET /v1/crl"),
-        [],
-        `the chat asked the impostor: ${asked.join(", ")}`,
-      );
+      await assert.rejects(client.lookup("bob"), stale);
+      await assert.rejects(client.pending(), stale);
+      await assert.rejects(client.relay(1, 5_000), stale);
+      assert.deepEqual(impostor.asked, ["GET /v1/crl"]);
+      // For peers it is a CRL like any other until its nextUpdate: direct chats need no service.
+      revocation.requireCurrent();
     } finally {
-      await chat?.stop();
-      impostor.closeAllConnections();
-      await new Promise((r) => impostor.close(r));
+      await impostor.close();
     }
+  });
+});
+
+for (
+  const [how, crl] of [
+    ["withholds the CRL", undefined],
+    ["replays the last CRL from before the revocation, signed days ago", 2 * 86_400_000],
+  ] as const
+) {
+  Deno.test(`a chat that starts while someone holding the CA service's revoked key poses as the service and ${how} sends that impostor nothing but requests for the CRL, and warns`, async () => {
+    await withService(async (service, dir) => {
+      const id = await enroll(
+        join(dir, "alice"),
+        parseInvite(await makeInvite(service.home, "alice")),
+      );
+      // The key of the service's certificate, kept by someone after the certificate was revoked
+      // (as when it was stolen, or superseded): the service replaces it within seconds.
+      const paths = new CaPaths(service.home);
+      const kept = await keepServiceKey(paths);
+      const replayed = crl && await crlSignedAt(paths, new Date(Date.now() - crl));
+      assertSuccess(await runCa(service.home, ["revoke", kept.serial]), "revoke");
+      await service.stop();
+      // The impostor takes the service's address.
+      const impostor = await poseAsService(kept, (req, res) => {
+        req.resume();
+        if (replayed && req.url === "/v1/crl") return pem(res, replayed);
+        res.writeHead(503, { "content-type": "application/json" });
+        res.end(JSON.stringify({ error: { code: "ERR_INTERNAL", message: "Busy" } }));
+      }, { port: service.port });
+      const events: CoreEvent[] = [];
+      let chat: Chat | undefined;
+      try {
+        chat = await Chat.start(id, { onEvent: (e) => events.push(e), noListen: true });
+        // The first looks at invitations and at the mailbox: each fails, and says so.
+        const warned = (re: RegExp) =>
+          events.some((e) => e.type === "warning" && re.test(e.message));
+        await waitUntil(
+          () => warned(/^Cannot check for invitations: /) && warned(/^Cannot check the mailbox: /),
+          "both polls' warnings",
+        );
+        if (replayed) {
+          assert.ok(
+            warned(/^Cannot check for invitations: Cannot check the CA service's certificate: /),
+            JSON.stringify(events),
+          );
+        }
+        assert.ok(impostor.asked.length > 0, "the impostor was never asked");
+        assert.deepEqual(
+          impostor.asked.filter((a) => a !== "GET /v1/crl"),
+          [],
+          `the chat asked the impostor: ${impostor.asked.join(", ")}`,
+        );
+      } finally {
+        await chat?.stop();
+        await impostor.close();
+      }
+    });
+  });
+}
+
+Deno.test("a member joining through someone on the path who holds the CA service's revoked key refuses it before the token goes, whether it serves the CA's current CRL (which lists it) or replays the last one from before, signed days ago; the same invite then joins through the honest service", async () => {
+  await withService(async (service, dir) => {
+    const paths = new CaPaths(service.home);
+    const kept = await keepServiceKey(paths);
+    const old = await crlSignedAt(paths, new Date(Date.now() - 2 * 86_400_000));
+    assertSuccess(await runCa(service.home, ["revoke", kept.serial]), "revoke");
+    const current = await Deno.readTextFile(paths.crl);
+    const home = join(dir, "alice");
+    const invite = await makeInvite(service.home, "alice");
+    const cases = [
+      [current, new RegExp(`^The CA service at \\S+ presents a revoked certificate$`)],
+      [old, /^Cannot check the CA service's certificate: the newest CRL it sent was signed at /],
+    ] as const;
+    for (const [crl, refusal] of cases) {
+      // It passes on what anyone may have (the CA certificate, a CRL), and keeps what else comes.
+      let heard = "";
+      const impostor = await poseAsService(kept, (req, res) => {
+        req.on("data", (d: Uint8Array) => heard += new TextDecoder().decode(d));
+        if (req.url === "/v1/ca") return pem(res, service.caPem);
+        if (req.url === "/v1/crl") return pem(res, crl);
+        res.writeHead(503, { "content-type": "application/json" });
+        res.end(JSON.stringify({ error: { code: "ERR_INTERNAL", message: "Busy" } }));
+      });
+      const through = { ...parseInvite(invite), port: impostor.port, caUrl: impostor.url };
+      try {
+        await assert.rejects(enroll(home, through), (e) => {
+          assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
+          assert.equal(e.code, "ERR_PEER_REJECTED");
+          assert.match(e.message, refusal);
+          return true;
+        });
+        assert.deepEqual(impostor.asked.toSorted(), ["GET /v1/ca", "GET /v1/crl"]);
+        assert.ok(!heard.includes(through.token), "the impostor got the token");
+      } finally {
+        await impostor.close();
+      }
+    }
+    // Once the honest service presents its new certificate (within seconds of the revocation).
+    await waitUntil(
+      async () => (await keepServiceKey(paths)).serial !== kept.serial,
+      "the service kept its revoked certificate",
+    );
+    const id = await enroll(home, parseInvite(invite));
+    assert.equal(id.name, "alice");
   });
 });

@@ -7,7 +7,6 @@
  * @module
  */
 import assert from "node:assert/strict";
-import https from "node:https";
 import { join } from "node:path";
 import { CaPaths } from "../ca/home.ts";
 import { ChatClient, deadline, runTask } from "./_harness.ts";
@@ -22,6 +21,7 @@ import {
 } from "./_service_helpers.ts";
 import { openssl, PASSPHRASE_ARG } from "../lib/openssl.ts";
 import { commitSomething, signBehindTheirBacks } from "./_dishonest_ca.ts";
+import { keepServiceKey, poseAsService } from "./_impostor.ts";
 import { parseCertificate } from "../lib/x509.ts";
 
 async function audit(user: User): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -192,39 +192,33 @@ async function lookupThroughDishonestCa(
   alice: User,
   swap: (reply: Record<string, unknown>) => unknown,
 ): Promise<{ code: number; stdout: string; stderr: string }> {
-  const paths = new CaPaths(service.home);
   const aliceCreds = {
     cert: await Deno.readTextFile(alice.certPath),
     key: await Deno.readTextFile(alice.keyPath),
   };
-  const server = https.createServer({
-    cert: await Deno.readTextFile(paths.serviceCert),
-    key: await Deno.readTextFile(paths.serviceKey),
-  }, async (req, res) => {
-    const real = await httpsRequest(service.url + req.url, {
-      method: req.method,
-      headers: { accept: req.headers.accept ?? "*/*" },
-      ca: service.caPem,
-      ...aliceCreds,
-    });
-    let body = real.body;
-    if (req.url === "/v1/certs/bob") body = JSON.stringify(swap(JSON.parse(body)));
-    res.writeHead(real.status, { "content-type": String(real.headers["content-type"]) });
-    res.end(body);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const server = await poseAsService(
+    await keepServiceKey(new CaPaths(service.home)),
+    async (req, res) => {
+      const real = await httpsRequest(service.url + req.url, {
+        method: req.method,
+        headers: { accept: req.headers.accept ?? "*/*" },
+        ca: service.caPem,
+        ...aliceCreds,
+      });
+      let body = real.body;
+      if (req.url === "/v1/certs/bob") body = JSON.stringify(swap(JSON.parse(body)));
+      res.writeHead(real.status, { "content-type": String(real.headers["content-type"]) });
+      res.end(body);
+    },
+  );
   const file = join(alice.home, "id", "identity.json");
   const identity = await Deno.readTextFile(file);
   try {
-    const port = (server.address() as { port: number }).port;
-    await Deno.writeTextFile(
-      file,
-      JSON.stringify({ ...JSON.parse(identity), caUrl: `https://127.0.0.1:${port}` }),
-    );
+    await Deno.writeTextFile(file, JSON.stringify({ ...JSON.parse(identity), caUrl: server.url }));
     return await runTask("client", ["lookup", "bob"], { env: { E2E_CHAT_HOME: alice.home } });
   } finally {
     await Deno.writeTextFile(file, identity);
-    await new Promise((resolve) => server.close(resolve));
+    await server.close();
   }
 }
 
@@ -392,17 +386,14 @@ Deno.test("client lookup and client audit refuse a CA service whose own TLS cert
     // The service's key, kept by someone after its certificate was revoked, who passes on what
     // the service says (asked with alice's certificate).
     const paths = new CaPaths(service.home);
-    const old = {
-      cert: await Deno.readTextFile(paths.serviceCert),
-      key: await Deno.readTextFile(paths.serviceKey),
-    };
-    const serial = parseCertificate(old.cert).serial;
+    const kept = await keepServiceKey(paths);
+    const serial = kept.serial;
     assertSuccess(await runCa(service.home, ["revoke", serial]), "ca revoke");
     const aliceCreds = {
       cert: await Deno.readTextFile(alice.certPath),
       key: await Deno.readTextFile(alice.keyPath),
     };
-    const impostor = https.createServer(old, async (req, res) => {
+    const impostor = await poseAsService(kept, async (req, res) => {
       const real = await httpsRequest(service.url + req.url, {
         method: req.method,
         headers: { accept: req.headers.accept ?? "*/*" },
@@ -412,8 +403,7 @@ Deno.test("client lookup and client audit refuse a CA service whose own TLS cert
       res.writeHead(real.status, { "content-type": String(real.headers["content-type"]) });
       res.end(real.body);
     });
-    await new Promise<void>((resolve) => impostor.listen(0, "127.0.0.1", resolve));
-    const url = `https://127.0.0.1:${(impostor.address() as { port: number }).port}`;
+    const url = impostor.url;
     const file = join(alice.home, "id", "identity.json");
     const identity = await Deno.readTextFile(file);
     const env = { E2E_CHAT_HOME: alice.home };
@@ -429,8 +419,7 @@ Deno.test("client lookup and client audit refuse a CA service whose own TLS cert
       assert.equal([audited.code, audited.stdout, audited.stderr].join("|"), `1||${said}`);
     } finally {
       await Deno.writeTextFile(file, identity);
-      impostor.closeAllConnections();
-      await new Promise((resolve) => impostor.close(resolve));
+      await impostor.close();
     }
     // The honest service presents a new certificate within seconds: it answers alice again.
     const until = Date.now() + 15_000;
