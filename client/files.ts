@@ -88,6 +88,12 @@ export class IncomingFile {
   #file: Deno.FsFile;
   #hash: Hash;
   #link: Link;
+  // A second handle on the partial file, for syncing what was written while more is written
+  // (Deno runs the calls on one handle one at a time; the kernel syncs the file, not the handle).
+  #syncer: Deno.FsFile | undefined;
+  #unsynced = 0;
+  #syncing: Promise<void> | undefined;
+  #syncError: unknown;
 
   private constructor(
     dir: string,
@@ -97,7 +103,9 @@ export class IncomingFile {
     size: number,
     sha256: string | undefined,
     link: Link,
+    syncer: Deno.FsFile | undefined,
   ) {
+    this.#syncer = syncer;
     this.#link = link;
     this.#dir = dir;
     this.#partial = partial;
@@ -125,9 +133,12 @@ export class IncomingFile {
     const real = await Deno.realPath(dir);
     const partial = join(real, `.partial-${crypto.randomUUID()}`);
     const file = await Deno.open(partial, { write: true, createNew: true, mode: 0o600 });
+    let syncer: Deno.FsFile | undefined;
     try {
+      const info = await file.stat();
       // The partial file is ours: its owner is who we run as (no --allow-sys=uid needed).
-      await checkOwnFolder(dir, real, (await file.stat()).uid);
+      await checkOwnFolder(dir, real, info.uid);
+      syncer = await openSyncer(partial, info);
     } catch (e) {
       file.close();
       await Deno.remove(partial).catch(() => {});
@@ -141,6 +152,7 @@ export class IncomingFile {
       size,
       sha256,
       options.link ?? Deno.link,
+      syncer,
     );
   }
 
@@ -153,6 +165,23 @@ export class IncomingFile {
     let n = 0;
     while (n < bytes.length) n += await this.#file.write(bytes.subarray(n));
     this.received += bytes.length;
+    // The disk takes what was written while the rest comes, instead of all of it at the end.
+    this.#unsynced += bytes.length;
+    if (this.#unsynced >= SYNC_EVERY_BYTES && this.#syncer && !this.#syncing) {
+      this.#unsynced = 0;
+      this.#syncing = this.#syncer.syncData()
+        .catch((e) => void (this.#syncError ??= e))
+        .finally(() => this.#syncing = undefined);
+    }
+  }
+
+  // Waits for a sync in progress, then closes the second handle.
+  async #stopSyncing(): Promise<void> {
+    await this.#syncing;
+    try {
+      this.#syncer?.close();
+    } catch { /* already closed */ }
+    this.#syncer = undefined;
   }
 
   /**
@@ -165,7 +194,18 @@ export class IncomingFile {
       throw new TypeError("A file's SHA-256 is given once: up front or at the end");
     }
     this.sha256 ??= sha256;
-    await this.#file.sync();
+    await this.#stopSyncing();
+    try {
+      if (this.#syncError) throw this.#syncError;
+      await this.#file.sync();
+    } catch (e) {
+      await this.abort();
+      throw new E2eError(
+        "ERR_FILE",
+        `Cannot keep "${safeFileName(this.announced)}" in "${this.#dir}": ${systemReason(e)}`,
+        { hint: KEEP_HINT, cause: e },
+      );
+    }
     this.#file.close();
     const digest = this.#hash.digest("hex");
     if (this.received !== this.size || digest !== this.sha256) {
@@ -203,6 +243,7 @@ export class IncomingFile {
 
   /** Gives up: closes and deletes the partial file. */
   async abort(): Promise<void> {
+    await this.#stopSyncing();
     try {
       this.#file.close();
     } catch { /* already closed */ }
@@ -243,6 +284,19 @@ async function checkOwnFolder(dir: string, real: string, uid: number | null): Pr
       if (dirname(above) === above) break;
     }
   }
+}
+
+// Opens the partial file again, read-only, to sync it beside the writes; undefined if it cannot
+// (then all is synced at the end, as before). It must be the file we made: same device, same inode.
+async function openSyncer(partial: string, made: Deno.FileInfo): Promise<Deno.FsFile | undefined> {
+  let syncer: Deno.FsFile | undefined;
+  try {
+    syncer = await Deno.open(partial, { read: true });
+    const info = await syncer.stat();
+    if (info.dev === made.dev && info.ino !== null && info.ino === made.ino) return syncer;
+  } catch { /* synced at the end */ }
+  syncer?.close();
+  return undefined;
 }
 
 // Moves the checked file `from` to the name `to` unless something has that name (then false).
@@ -309,6 +363,8 @@ export function announcedName(path: string): string {
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
+/** A received file is synced to disk every this many bytes as it comes, not all at its end. */
+const SYNC_EVERY_BYTES = 16 * MiB;
 
 /** What a client accepts of incoming files (docs/PROTOCOL.md §3, "Offers, consent and quotas"). */
 export interface FileLimits {

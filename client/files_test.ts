@@ -453,6 +453,33 @@ Deno.test("IncomingFile.abort() removes the partial file and may be called twice
   });
 });
 
+Deno.test("IncomingFile keeps a file of 40 MiB whole while it syncs what came before the rest, and leaves no handle open after finish() or abort()", async () => {
+  await withTempDir(async (dir) => {
+    // What this process holds open in `dir`, as the kernel lists it.
+    const held = async () => {
+      const ls = await new Deno.Command("ls", { args: ["-l", `/proc/${Deno.pid}/fd`] }).output();
+      return new TextDecoder().decode(ls.stdout).split("\n").filter((l) => l.includes(dir));
+    };
+    const bytes = new Uint8Array(40 * 1024 * 1024);
+    for (let i = 0; i < bytes.length; i += 65536) {
+      crypto.getRandomValues(bytes.subarray(i, i + 65536));
+    }
+    const file = await IncomingFile.start(dir, "big.bin", bytes.length, sha256(bytes));
+    for (let i = 0; i < bytes.length; i += 1024 * 1024) {
+      await file.write(bytes.subarray(i, i + 1024 * 1024));
+    }
+    assert.equal((await held()).length, 2); // the file, and the handle that syncs it
+    const path = await file.finish();
+    assert.equal(sha256(await Deno.readFile(path)), sha256(bytes));
+    assert.deepEqual(await held(), []);
+    const cut = await IncomingFile.start(dir, "cut.bin", bytes.length, sha256(bytes));
+    await cut.write(bytes.subarray(0, 20 * 1024 * 1024)); // a sync starts here
+    await cut.abort();
+    assert.deepEqual(await held(), []);
+    assert.deepEqual(await names(dir), ["big.bin"]);
+  });
+});
+
 Deno.test("IncomingFile keeps two transfers of one name apart while they run", async () => {
   await withTempDir(async (dir) => {
     const a = encoder.encode("from a");
