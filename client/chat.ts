@@ -252,6 +252,7 @@ export class Chat {
       onInvite: (i) => this.#rooms.invited(i.from) || this.#emit({ type: "invite", from: i.from }),
       onWarning: warn,
       onRelay: (r) => this.#meetAtRelay(r.invitation, r.from),
+      onLapsed: (l) => this.#lapsed(l.invitation, l.to),
       onBack: (since) => {
         this.#caBack();
         this.#inviteAgain(since);
@@ -537,6 +538,32 @@ export class Chat {
       );
       if (roomOnly) this.#roomOnly.add(name);
     }
+  }
+
+  // Our invitation `invitation` of `name` lapsed at the CA: `name` joined again with a new key
+  // since, which our listener would not admit, and the CA shows it to none of their clients. So
+  // the one we hold is made again, for the key the directory gives now (it is a change: its
+  // connection says so, §4) — quietly for a room's, and with a warning for the user's own.
+  #lapsed(invitation: number, name: string): void {
+    if (this.#stopped || this.#invited.get(name)?.id !== invitation) return;
+    this.#invited.delete(name);
+    if (this.#inviting.has(name)) return; // a newer invitation is being made
+    const roomOnly = this.#roomOnly.has(name); // invite() forgets it: a room's stays the room's
+    this.invite(name, { quiet: true }).then(
+      () =>
+        roomOnly || this.#emit({
+          type: "warning",
+          message: `Invited "${name}" again: "${name}" joined again with a new key since your ` +
+            `invitation; compare the safety number once you are connected`,
+        }),
+      (e) =>
+        this.#emit({
+          type: "warning",
+          message: `Your invitation of "${name}" lapsed ("${name}" joined again with a new key), ` +
+            `and inviting again failed: ${e instanceof Error ? e.message : e}`,
+        }),
+    );
+    if (roomOnly) this.#roomOnly.add(name);
   }
 
   // A peer we invited waits for us at the relay: we go there, and run the peer TLS inside as

@@ -418,6 +418,38 @@ Deno.test("an accept that reaches someone else at the invitation's address refus
   });
 });
 
+Deno.test("an invitation made for bob's old key is not shown to the client he joined again with: alice's client invites his new key at once, and says why", async () => {
+  await withService(async (service, dir) => {
+    const alice = await startMember(service, dir, "alice");
+    const bob = await startMember(service, dir, "bob");
+    let again: Recorded | undefined;
+    try {
+      await alice.chat.invite("bob");
+      await bob.next("invite", (e) => e.from === "alice");
+      await bob.chat.accept("alice");
+      await alice.next("connected", (e) => e.peer === "bob");
+      await bob.chat.stop();
+      await alice.chat.invite("bob");
+      const [stale] = (await bob.chat.identity.client().pending()).invitations;
+      assert.equal(stale.from, "alice");
+      // bob lost his key, and joins again with a new one (his new invite replaces his certificate).
+      const mark = alice.events.length;
+      again = await startMember(service, join(dir, "again"), "bob");
+      await alice.next("warning", (e) => /^Invited "bob" again: .*new key/.test(e.message), mark);
+      await again.next("invite", (e) => e.from === "alice");
+      const listed = (await again.chat.identity.client().pending()).invitations;
+      assert.deepEqual(listed.map((i) => i.from), ["alice"]);
+      assert.notEqual(listed[0].id, stale.id);
+      await again.chat.accept("alice");
+      // alice's client pinned bob's old key: the new one is a change, to compare out of band.
+      const connected = await alice.next("connected", (e) => e.peer === "bob", mark);
+      assert.equal(connected.trust, "changed");
+    } finally {
+      await Promise.all([alice.chat.stop(), bob.chat.stop(), again?.chat.stop()]);
+    }
+  });
+});
+
 // A TLS connection to `listen` (HOST:PORT) as `id`, saying nothing: a peer by hand.
 async function dialAs(id: Identity, listen: string, alpn = [ALPN]): Promise<TLSSocket> {
   const at = listen.lastIndexOf(":");
