@@ -365,7 +365,10 @@ async function offer(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
     throw new E2eError("ERR_BAD_REQUEST", 'Field "host" must be an IP address or a host name');
   }
   const certificate = await directory(ctx, to);
-  const invitation = ctx.rendezvous.offer(user, to, host, port);
+  // Made for the key the directory gives now: it lapses if `to` joins again with another.
+  const invitation = ctx.rendezvous.offer(user, to, host, port, {
+    key: certificate.keyFingerprint,
+  });
   return {
     ...json(200, {
       id: invitation.id,
@@ -378,12 +381,16 @@ async function offer(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
 }
 
 async function pending(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
-  const user = await authenticate(ctx, req);
+  const { commonName: user, keyFingerprint: key } = await authenticated(ctx, req);
   const after = ctx.rendezvous.cursor(
     wholeNumber(req.query.get("after") ?? "0", "after", Number.MAX_SAFE_INTEGER),
   );
   const wait = wholeNumber(req.query.get("wait") ?? "0", "wait", MAX_WAIT_SECONDS);
-  const found = await ctx.rendezvous.wait(user, after, wait * 1000, req.signal);
+  // Invitations made for a key the caller no longer holds (it joined again) are none of its
+  // clients' to use: they lapse, and their inviters are told (below, in their own polls).
+  ctx.rendezvous.dropStale(user, key);
+  const found = (await ctx.rendezvous.wait(user, after, wait * 1000, req.signal))
+    .filter((i) => i.key === undefined || i.key === key);
   const invitations = [];
   for (const i of found) {
     const certificate = await ctx.ca.current(i.from);
@@ -400,8 +407,24 @@ async function pending(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   const asked = ctx.rendezvous.relays(user, after);
   for (const r of asked) r.delivered = true;
   const relays = asked.map((r) => ({ id: r.id, invitation: r.invitation, from: r.from }));
-  const cursor = [...found, ...asked].reduce((max, i) => Math.max(max, i.id), after);
-  return { ...json(200, { invitations, ...(relays.length ? { relays } : {}), cursor }), user };
+  // Our invitations that lapsed (docs/API.md); listed only when there is one.
+  const gone = ctx.rendezvous.lapses(user, after);
+  const lapsed = gone.map((l) => ({
+    id: l.id,
+    invitation: l.invitation,
+    to: l.invitee,
+    reason: l.reason,
+  }));
+  const cursor = [...found, ...asked, ...gone].reduce((max, i) => Math.max(max, i.id), after);
+  return {
+    ...json(200, {
+      invitations,
+      ...(relays.length ? { relays } : {}),
+      ...(lapsed.length ? { lapsed } : {}),
+      cursor,
+    }),
+    user,
+  };
 }
 
 // The recipient of invitation `id` took it up: it is not listed to them again (docs/API.md).

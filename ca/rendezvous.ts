@@ -8,6 +8,8 @@
  * sender in all), so a member cannot spam another with invitations; a repeated
  * offer replaces the earlier one, and clients show it once. An invitation its
  * recipient took up is not listed again (to another of its clients, or its next start).
+ * An invitation made for a key its recipient no longer holds (it joined again with a
+ * new one) lapses: it is not listed, and its inviter is told ({@linkcode Lapse}).
  *
  * @module
  */
@@ -45,6 +47,11 @@ export interface Invitation {
   /** When it expires. */
   expiresAt: Date;
   /**
+   * The key fingerprint of `to`'s certificate that `from` was given, the only key its client
+   * admits; absent: not known (any).
+   */
+  key?: string;
+  /**
    * Whether `to` took it up ({@linkcode Rendezvous.taken}): no longer listed to `to`, whose
    * other clients (or its next start) would show it as new; the relay still joins its parties.
    */
@@ -65,6 +72,35 @@ export interface RelayRequest {
   expiresAt: Date;
   /** Whether the inviter's long poll has returned it (set by the API). */
   delivered: boolean;
+}
+
+/**
+ * An invitation that lapsed before its recipient took it up: it was made for a key the recipient
+ * no longer holds. Its inviter is told, through its long poll, so that it can invite the new key.
+ */
+export interface Lapse {
+  /** Increasing id, from the same sequence as invitations (one cursor for all). */
+  id: number;
+  /** The invitation that lapsed. */
+  invitation: number;
+  /** Who made it (and is told). */
+  inviter: string;
+  /** To whom it was made. */
+  invitee: string;
+  /** Why: the recipient's certificate now carries another key. */
+  reason: "key-changed";
+  /** When the invitation would have expired (the notice goes then). */
+  expiresAt: Date;
+}
+
+/** Options of {@linkcode Rendezvous.offer}. */
+export interface OfferOptions {
+  /**
+   * The key fingerprint of the recipient's certificate that the inviter was given: once the
+   * recipient holds another key, the invitation lapses ({@linkcode Rendezvous.dropStale}).
+   * Default: none (it never lapses so).
+   */
+  key?: string;
 }
 
 /** Options of {@linkcode Rendezvous}. */
@@ -89,6 +125,7 @@ export class Rendezvous {
   #nextId = Date.now() * ID_SLOTS_PER_MS;
   #pending: Invitation[] = [];
   #relays: RelayRequest[] = [];
+  #lapses: Lapse[] = [];
   #waiters = new Map<string, Set<() => void>>();
   #perPair: RateLimiter;
   #perSender: RateLimiter;
@@ -112,7 +149,13 @@ export class Rendezvous {
    * does not listen, and is reached through the relay), replacing an earlier
    * offer between them; throws `ERR_RATE_LIMITED` past the per-pair or per-sender limit.
    */
-  offer(from: string, to: string, host?: string, port?: number): Invitation {
+  offer(
+    from: string,
+    to: string,
+    host?: string,
+    port?: number,
+    options: OfferOptions = {},
+  ): Invitation {
     // Names cannot hold a space, so "from to" is one pair.
     const wait = Math.max(this.#perSender.hit(from), this.#perPair.hit(`${from} ${to}`));
     if (wait) {
@@ -131,6 +174,7 @@ export class Rendezvous {
       to,
       ...(host !== undefined && port !== undefined ? { host, port } : {}),
       expiresAt: new Date(Date.now() + this.ttlMs),
+      ...(options.key === undefined ? {} : { key: options.key }),
     };
     this.#pending.push(invitation);
     for (const wake of this.#waiters.get(to) ?? []) wake();
@@ -162,6 +206,36 @@ export class Rendezvous {
     if (!invitation || invitation.to !== to) return false;
     invitation.taken = true;
     return true;
+  }
+
+  /**
+   * Drops the invitations for `to` made for a key other than `key`, its current one (it joined
+   * again with a new key since), whether it took them up or not: none of its clients can use
+   * them, and the relay no longer joins their parties. Each inviter is told once ({@linkcode
+   * lapses}), and its long poll wakes.
+   */
+  dropStale(to: string, key: string): void {
+    this.#prune();
+    const stale = this.#pending.filter((i) => i.to === to && i.key !== undefined && i.key !== key);
+    if (!stale.length) return;
+    this.#pending = this.#pending.filter((i) => !stale.includes(i));
+    for (const i of stale) {
+      this.#lapses.push({
+        id: this.#nextId++,
+        invitation: i.id,
+        inviter: i.from,
+        invitee: to,
+        reason: "key-changed",
+        expiresAt: i.expiresAt,
+      });
+      for (const wake of this.#waiters.get(i.from) ?? []) wake();
+    }
+  }
+
+  /** The unexpired lapses of invitations `inviter` made, with an id above `after`. */
+  lapses(inviter: string, after = 0): Lapse[] {
+    this.#prune();
+    return this.#lapses.filter((l) => l.inviter === inviter && l.id > after);
   }
 
   /** The unexpired invitation with this id, if any. */
@@ -198,13 +272,14 @@ export class Rendezvous {
   }
 
   /**
-   * Waits up to `ms` (or until `signal` aborts) for an invitation or a relay
-   * request for `to` above `after`; returns the invitations ({@linkcode relays}
-   * has the relay requests).
+   * Waits up to `ms` (or until `signal` aborts) for an invitation, a relay
+   * request or a lapse for `to` above `after`; returns the invitations
+   * ({@linkcode relays} has the relay requests, {@linkcode lapses} the lapses).
    */
   async wait(to: string, after: number, ms: number, signal?: AbortSignal): Promise<Invitation[]> {
     const now = this.pending(to, after);
-    if (now.length || this.relays(to, after).length || ms <= 0 || signal?.aborted) return now;
+    const news = now.length || this.relays(to, after).length || this.lapses(to, after).length;
+    if (news || ms <= 0 || signal?.aborted) return now;
     await new Promise<void>((resolve) => {
       const set = this.#waiters.get(to) ?? new Set();
       this.#waiters.set(to, set);
@@ -231,5 +306,6 @@ export class Rendezvous {
     const now = Date.now();
     this.#pending = this.#pending.filter((i) => i.expiresAt.getTime() > now);
     this.#relays = this.#relays.filter((r) => r.expiresAt.getTime() > now);
+    this.#lapses = this.#lapses.filter((l) => l.expiresAt.getTime() > now);
   }
 }

@@ -280,3 +280,43 @@ Deno.test("Rendezvous.taken() by its recipient stops listing an invitation, whic
   assert.deepEqual(rendezvous.pending("bob").map((i) => i.id), [other.id, again.id]);
   assert.equal(rendezvous.get(invitation.id), undefined);
 });
+
+Deno.test("Rendezvous.dropStale() drops the invitations made for another key of their recipient and tells each inviter once, on the invitations' cursor", async () => {
+  const rendezvous = new Rendezvous();
+  const old = rendezvous.offer("alice", "bob", "h", 1, { key: "k1" });
+  const current = rendezvous.offer("carol", "bob", "h", 2, { key: "k2" });
+  rendezvous.offer("dave", "bob", "h", 3); // made without a key: any
+  const started = Date.now();
+  const woken = rendezvous.wait("alice", current.id, 5_000);
+  rendezvous.dropStale("bob", "k2");
+  assert.deepEqual(summary(rendezvous.pending("bob")), ["carol->bob@h:2", "dave->bob@h:3"]);
+  assert.equal(rendezvous.get(old.id), undefined, "nor found by the relay");
+  assert.deepEqual(await woken, []);
+  assert.ok(Date.now() - started < 1_000, "alice's long poll woke");
+  const lapses = rendezvous.lapses("alice", current.id);
+  assert.equal(lapses.length, 1);
+  const [lapse] = lapses;
+  assert.ok(lapse.id > current.id, "above every id before it");
+  assert.equal(lapse.invitation, old.id);
+  assert.equal(lapse.invitee, "bob");
+  assert.equal(lapse.reason, "key-changed");
+  assert.deepEqual(rendezvous.lapses("alice", lapse.id), []);
+  assert.deepEqual(rendezvous.lapses("carol"), []);
+  assert.deepEqual(rendezvous.lapses("bob"), []);
+  // Once: a second look with the same key finds nothing more.
+  rendezvous.dropStale("bob", "k2");
+  assert.equal(rendezvous.lapses("alice").length, 1);
+  // A wait from below the lapse returns at once (nothing pending for alice, but a lapse).
+  const at = Date.now();
+  await rendezvous.wait("alice", current.id, 5_000);
+  assert.ok(Date.now() - at < 1_000);
+});
+
+Deno.test("Rendezvous lapses expire with the invitation they tell of", async () => {
+  const rendezvous = new Rendezvous({ ttlMs: 100 });
+  rendezvous.offer("alice", "bob", "h", 1, { key: "k1" });
+  rendezvous.dropStale("bob", "k2");
+  assert.equal(rendezvous.lapses("alice").length, 1);
+  await sleep(150);
+  assert.deepEqual(rendezvous.lapses("alice"), []);
+});

@@ -51,6 +51,17 @@ export interface InvitationReply {
   peer: CertificateReply;
 }
 
+/**
+ * Our invitation `invitation` to `to` lapsed before `to` took it up: `to` joined again with a new
+ * key since (`reason` "key-changed"; docs/API.md).
+ */
+export interface LapseReply {
+  id: number;
+  invitation: number;
+  to: string;
+  reason: string;
+}
+
 /** A request to come to the relay, where `from` waits for us (docs/API.md "Relay"). */
 export interface RelayRequestReply {
   id: number;
@@ -170,11 +181,19 @@ export class CaClient {
   async pending(
     after = 0,
     waitSeconds = 0,
-  ): Promise<{ invitations: InvitationReply[]; relays?: RelayRequestReply[]; cursor: number }> {
+  ): Promise<
+    {
+      invitations: InvitationReply[];
+      relays?: RelayRequestReply[];
+      lapsed?: LapseReply[];
+      cursor: number;
+    }
+  > {
     const path = `/v1/rendezvous?after=${after}&wait=${waitSeconds}`;
     return await this.#json("GET", path, undefined, (waitSeconds + 15) * 1000) as {
       invitations: InvitationReply[];
       relays?: RelayRequestReply[];
+      lapsed?: LapseReply[];
       cursor: number;
     };
   }

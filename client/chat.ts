@@ -13,7 +13,7 @@ import tls from "node:tls";
 import { newItemId } from "../lib/cms.ts";
 import { deadline, guardConnections } from "../lib/connections.ts";
 import { E2eError } from "../lib/errors.ts";
-import { ALPN, MAX_TEXT_CHARS } from "../lib/frames.ts";
+import { ALPN_OFFERED, ALPN_REFUSALS, encodeFrame, MAX_TEXT_CHARS } from "../lib/frames.ts";
 import { checkName } from "../lib/names.ts";
 import { isRoomName } from "../lib/room.ts";
 import { pemDecode } from "../lib/pem.ts";
@@ -89,6 +89,8 @@ export type ChatListener = (event: CoreEvent) => void;
 
 /** Handshake, and then our checks of the peer, each within this of its start (ms). */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
+/** How long a refused peer has to read our `refused` frame before its socket is destroyed. */
+const REFUSAL_LINGER_MS = 2_000;
 /** With `relay: "auto"`, how long a direct connection may take before we go to the relay (ms). */
 export const DIRECT_TIMEOUT_MS = 3_000;
 /** How often the chat reads new entries of the CA's issuance log, looking for our name. */
@@ -250,6 +252,7 @@ export class Chat {
       onInvite: (i) => this.#rooms.invited(i.from) || this.#emit({ type: "invite", from: i.from }),
       onWarning: warn,
       onRelay: (r) => this.#meetAtRelay(r.invitation, r.from),
+      onLapsed: (l) => this.#lapsed(l.invitation, l.to),
       onBack: (since) => {
         this.#caBack();
         this.#inviteAgain(since);
@@ -429,14 +432,17 @@ export class Chat {
       return await this.#reach(name, again);
     });
     let cert: CertificateInfo;
+    let reason: Refusal | undefined; // what the listener is told if we refuse it
     try {
-      if (socket.alpnProtocol !== ALPN) {
+      if (!ALPN_OFFERED.includes(socket.alpnProtocol || "")) {
         throw new E2eError("ERR_PEER_REJECTED", "The peer does not speak e2e-chat/1");
       }
+      reason = this.#refusal(socket, name, expected.keyFingerprint);
       cert = this.#checkPeerSocket(socket, name, expected.keyFingerprint);
+      reason = "not-logged";
       await this.#requireLogged(cert, expected.fingerprint);
     } catch (e) {
-      socket.destroy();
+      refuse(socket, reason);
       throw e;
     }
     const attached = await this.#attach(socket, name, cert, via, true);
@@ -454,7 +460,7 @@ export class Chat {
   ): Promise<{ socket: tls.TLSSocket; via: Via }> {
     const options = clientOptions(this.#id.anchor, {
       own: this.#id.credentials,
-      alpn: [ALPN],
+      alpn: [...ALPN_OFFERED],
       tls13Only: true,
     });
     const { host, port } = invitation;
@@ -532,6 +538,32 @@ export class Chat {
       );
       if (roomOnly) this.#roomOnly.add(name);
     }
+  }
+
+  // Our invitation `invitation` of `name` lapsed at the CA: `name` joined again with a new key
+  // since, which our listener would not admit, and the CA shows it to none of their clients. So
+  // the one we hold is made again, for the key the directory gives now (it is a change: its
+  // connection says so, §4) — quietly for a room's, and with a warning for the user's own.
+  #lapsed(invitation: number, name: string): void {
+    if (this.#stopped || this.#invited.get(name)?.id !== invitation) return;
+    this.#invited.delete(name);
+    if (this.#inviting.has(name)) return; // a newer invitation is being made
+    const roomOnly = this.#roomOnly.has(name); // invite() forgets it: a room's stays the room's
+    this.invite(name, { quiet: true }).then(
+      () =>
+        roomOnly || this.#emit({
+          type: "warning",
+          message: `Invited "${name}" again: "${name}" joined again with a new key since your ` +
+            `invitation; compare the safety number once you are connected`,
+        }),
+      (e) =>
+        this.#emit({
+          type: "warning",
+          message: `Your invitation of "${name}" lapsed ("${name}" joined again with a new key), ` +
+            `and inviting again failed: ${e instanceof Error ? e.message : e}`,
+        }),
+    );
+    if (roomOnly) this.#roomOnly.add(name);
   }
 
   // A peer we invited waits for us at the relay: we go there, and run the peer TLS inside as
@@ -1104,7 +1136,7 @@ export class Chat {
   #serverTls(): tls.TlsOptions {
     return serverOptions(this.#id.credentials, this.#id.anchor, {
       requireCert: true,
-      alpn: [ALPN],
+      alpn: [...ALPN_OFFERED],
       tls13Only: true,
     });
   }
@@ -1125,7 +1157,13 @@ export class Chat {
       onRefused: (message) => this.#emit({ type: "warning", message: `Listener: ${message}` }),
     });
     this.#server.on("secureConnection", (socket: tls.TLSSocket) => {
-      this.#admit(socket).catch(() => socket.destroy());
+      this.#admit(socket).catch((e) => {
+        socket.destroy();
+        // An admitted peer that left before its hello (#attach): said once, never connected.
+        if (e instanceof E2eError && !this.#stopped) {
+          this.#emit({ type: "warning", message: e.message });
+        }
+      });
     });
     await new Promise<void>((resolve, reject) => {
       this.#server.once(
@@ -1150,32 +1188,51 @@ export class Chat {
     const admitted = deadline(socket, HANDSHAKE_TIMEOUT_MS);
     let cert: CertificateInfo;
     let name: string;
+    let reason: Refusal | undefined; // what a member is told if we refuse it
     try {
       // As before an outgoing connection: a CRL over a minute old is fetched again first.
       await this.#revocation.ensureFresh();
       this.#log.requireNoAlarm();
-      if (socket.alpnProtocol !== ALPN) {
+      if (!ALPN_OFFERED.includes(socket.alpnProtocol || "")) {
         throw new E2eError("ERR_PEER_REJECTED", "no ALPN e2e-chat/1");
       }
-      const presented = checkPeer(peerCertificateDer(socket), this.#id.anchor, {
-        isRevoked: (s) => this.#revocation.isRevoked(s),
-      });
-      name = presented.commonName;
+      // A member's certificate of our CA, valid now (else it is told nothing).
+      name = checkPeer(peerCertificateDer(socket), this.#id.anchor).commonName;
       await this.#inviting.get(name);
       const invited = this.#invited.get(name);
-      if (!invited || invited.expires < Date.now()) {
-        throw new E2eError("ERR_PEER_REJECTED", `not invited: ${name}`);
-      }
+      reason = invited && invited.expires >= Date.now()
+        ? this.#refusal(socket, name, invited.keyFingerprint)
+        : this.#refusal(socket, name) ?? "not-invited";
+      if (!invited || reason) throw new E2eError("ERR_PEER_REJECTED", `not admitted: ${name}`);
       cert = this.#checkPeerSocket(socket, name, invited.keyFingerprint);
+      reason = "not-logged";
       await this.#requireLogged(cert, invited.fingerprint);
     } catch {
       // Refused: nothing they sent is read or shown.
-      socket.destroy();
+      refuse(socket, reason);
       return;
     }
     admitted();
     this.#invited.delete(name);
     await this.#attach(socket, name, cert, via);
+  }
+
+  // Why the member's certificate on `socket` would be refused as `name` with `keyFingerprint` (any
+  // key when undefined), as a `refused` frame says it; undefined when it would not be (or for a
+  // reason that is not said: then #checkPeerSocket refuses it, and the peer is told nothing).
+  #refusal(socket: tls.TLSSocket, name: string, keyFingerprint?: string): Refusal | undefined {
+    let presented: CertificateInfo;
+    try {
+      presented = checkPeer(peerCertificateDer(socket), this.#id.anchor);
+    } catch {
+      return undefined;
+    }
+    if (presented.commonName !== name) return "name-mismatch";
+    if (this.#revocation.isRevoked(presented.serial)) return "revoked";
+    if (keyFingerprint !== undefined && presented.keyFingerprint !== keyFingerprint) {
+      return "key-changed";
+    }
+    return undefined;
   }
 
   #checkPeerSocket(socket: tls.TLSSocket, name: string, keyFingerprint: string): CertificateInfo {
@@ -1232,10 +1289,12 @@ export class Chat {
     }).finally(() => (this.#watching = false));
   }
 
-  // A checked connection becomes the current one for `name`: at once when we admitted the peer
-  // (our listener, or the relay as its server), or — when we dialled (`dialled`) — once the
-  // peer's hello shows that it admitted us: its listener checks us after the TLS handshake our
-  // side already calls complete, and refuses by closing, with nothing sent.
+  // A checked connection becomes the current one for `name` once the peer's hello arrives, on
+  // either side. When we dialled (`dialled`), the hello shows that the peer admitted us: its
+  // listener checks us after the TLS handshake our side already calls complete, and refuses by
+  // closing. When we admitted the peer (our listener, or the relay as its server), it checks us
+  // as we check it, and its hello says it is content. A close or a silence before it: never
+  // connected (no `connected`, no `disconnected`), and the returned promise rejects saying why.
   async #attach(
     socket: tls.TLSSocket,
     name: string,
@@ -1251,18 +1310,15 @@ export class Chat {
       files: this.#filePolicy(),
       sendStallMs: this.#sendStallMs,
     });
-    const blocked = trust === "changed";
-    conn.quarantined = blocked;
-    if (!dialled) {
-      conn.start();
-      return this.#current(conn, trust, via);
-    }
+    conn.quarantined = trust === "changed";
     const admitted = Promise.withResolvers<PeerSummary>();
     const refused = (why: string) =>
       admitted.reject(
-        new E2eError("ERR_PEER_REJECTED", `"${name}" did not admit us: ${why}`, {
-          hint: `the invitation may be one "${name}" no longer holds: ask for a new one`,
-        }),
+        dialled
+          ? new E2eError("ERR_PEER_REJECTED", `"${name}" did not admit us: ${why}`, {
+            hint: `the invitation may be one "${name}" no longer holds: ask for a new one`,
+          })
+          : new E2eError("ERR_NETWORK", `Not connected to "${name}": ${why}`),
       );
     // A close we are not told of (the socket gone silent) ends the wait as well.
     const timer = setTimeout(() => {
@@ -1273,8 +1329,10 @@ export class Chat {
       hello: () => admitted.resolve(this.#current(conn, trust, via)),
       closed: (reason) =>
         refused(
-          "it closed the connection before its hello" +
-            (reason === "closed" ? "" : ` (${reason})`),
+          conn.refusal !== undefined
+            ? (dialled ? "" : "it refused us: ") + refusalWords(conn.refusal)
+            : (dialled ? "it closed the connection" : "the connection closed") +
+              " before its hello" + (reason === "closed" ? "" : ` (${reason})`),
         ),
     });
     conn.start();
@@ -1479,4 +1537,37 @@ export class Chat {
   #emit(event: CoreEvent): void {
     for (const listener of this.#listeners) listener(event);
   }
+}
+
+/** Why one side refuses the other, as its `refused` frame says it (docs/PROTOCOL.md §1). */
+type Refusal = "not-invited" | "revoked" | "key-changed" | "name-mismatch" | "not-logged";
+
+const REFUSALS: Record<Refusal, string> = {
+  "not-invited": "it holds no current invitation of ours",
+  "revoked": "it finds our certificate revoked",
+  "key-changed": "our key is not the one it expected of us",
+  "name-mismatch": "it expected someone else at this address",
+  "not-logged": "it does not find our certificate in the CA's issuance log",
+};
+
+// A refusal's code with what it means (a code we do not know, from a newer peer, as it is: the
+// frame allows only a-z, 0-9 and -).
+function refusalWords(code: string): string {
+  const words = Object.hasOwn(REFUSALS, code) ? REFUSALS[code as Refusal] : undefined;
+  return words ? `${code} (${words})` : code;
+}
+
+// Refuses the peer on `socket` after the handshake: nothing it sent is read. A member refused for
+// a `reason` hears it in one `refused` frame in place of our hello, if its ALPN says it reads one
+// (an older peer is told nothing, as before, and the socket goes at once); the socket then stays
+// REFUSAL_LINGER_MS, unread: destroyed with its input unread at once, it would reset the
+// connection, which can lose the frame before the peer reads it.
+function refuse(socket: tls.TLSSocket, reason: Refusal | undefined): void {
+  if (reason === undefined || socket.alpnProtocol !== ALPN_REFUSALS || socket.destroyed) {
+    socket.destroy();
+    return;
+  }
+  socket.on("error", () => {});
+  socket.end(encodeFrame({ type: "refused", reason }));
+  setTimeout(() => socket.destroy(), REFUSAL_LINGER_MS).unref?.();
 }

@@ -11,6 +11,9 @@ import { Chat, type ChatOptions } from "./chat.ts";
 import type { CoreEvent } from "./events.ts";
 import { enroll, type Identity } from "./identity.ts";
 import { parseInvite } from "../lib/invite.ts";
+import { ALPN, ALPN_OFFERED, ALPN_REFUSALS } from "../lib/frames.ts";
+import { clientOptions, connectTls, serverOptions } from "../lib/tls.ts";
+import tls, { type TLSSocket } from "node:tls";
 
 const WAIT_MS = 15_000;
 
@@ -47,10 +50,15 @@ class Recorded {
   }
 }
 
-async function startMember(service: Service, dir: string, name: string): Promise<Recorded> {
+async function startMember(
+  service: Service,
+  dir: string,
+  name: string,
+  options: ChatOptions = {},
+): Promise<Recorded> {
   const home = join(dir, name);
   const id = await enroll(home, parseInvite(await makeInvite(service.home, name)));
-  return await startAgain(id);
+  return await startAgain(id, options);
 }
 
 // A chat of an enrolled identity (its first start, or the next one after a stop).
@@ -301,7 +309,7 @@ Deno.test("connections: a replaced one closes without a word, a refused accept i
           const started = Date.now();
           await assert.rejects(
             bob.chat.accept("alice"),
-            assertCode("ERR_PEER_REJECTED", /"alice" did not admit us/),
+            assertCode("ERR_PEER_REJECTED", /^"alice" did not admit us: not-invited \(/),
           );
           const ms = Date.now() - started;
           assert.ok(ms < 5_000, `the refusal took ${ms} ms`);
@@ -315,8 +323,148 @@ Deno.test("connections: a replaced one closes without a word, a refused accept i
           assert.deepEqual(invitations.map((i) => i.from), ["alice"]);
         },
       );
+
+      await t.step(
+        "a listener that refuses says why only to a peer that negotiated e2e-chat/1.1: an older one gets nothing, as before",
+        async () => {
+          const mark = alice.events.length;
+          // alice holds no invitation of bob now.
+          const told = await dialAs(bob.chat.identity, alice.chat.listen, [ALPN_REFUSALS, ALPN]);
+          assert.equal(told.alpnProtocol, ALPN_REFUSALS);
+          assert.equal(await readToClose(told), '{"type":"refused","reason":"not-invited"}\n');
+          const older = await dialAs(bob.chat.identity, alice.chat.listen, [ALPN]);
+          assert.equal(older.alpnProtocol, ALPN);
+          assert.equal(await readToClose(older), "");
+          const said = (e: CoreEvent) => e.type === "connected" || e.type === "warning";
+          assert.deepEqual(eventsSince(alice, mark, said), []);
+        },
+      );
+
+      await t.step(
+        "an admitted peer that refuses us is never connected, and the warning says why",
+        async () => {
+          const mark = alice.events.length;
+          await alice.chat.invite("bob");
+          const socket = await dialAs(bob.chat.identity, alice.chat.listen, [ALPN_REFUSALS, ALPN]);
+          socket.end('{"type":"refused","reason":"key-changed"}\n');
+          await alice.next(
+            "warning",
+            (e) => /^Not connected to "bob": it refused us: key-changed \(/.test(e.message),
+            mark,
+          );
+          const said = (e: CoreEvent) => e.type === "connected" || e.type === "disconnected";
+          assert.deepEqual(eventsSince(alice, mark, said), []);
+        },
+      );
+
+      await t.step(
+        "the inviter is connected only once the peer's hello arrives: a peer that closes before it is never connected nor disconnected",
+        async () => {
+          const mark = alice.events.length;
+          await alice.chat.invite("bob");
+          const socket = await dialAs(bob.chat.identity, alice.chat.listen);
+          // Admitted by alice's listener (bob's key, invited), but bob's side says no hello.
+          await new Promise((r) => setTimeout(r, 1_000));
+          assert.equal(alice.chat.isConnected("bob"), false);
+          socket.destroy();
+          await alice.next(
+            "warning",
+            (e) => /Not connected to "bob": the connection closed before its hello/.test(e.message),
+            mark,
+          );
+          const said = (e: CoreEvent) => e.type === "connected" || e.type === "disconnected";
+          assert.deepEqual(eventsSince(alice, mark, said), []);
+          // And one that says hello is connected.
+          await alice.chat.invite("bob");
+          const hello = await dialAs(bob.chat.identity, alice.chat.listen);
+          hello.write('{"type":"hello","v":1}\n');
+          await alice.next("connected", (e) => e.peer === "bob", mark);
+          hello.destroy();
+          await alice.next("disconnected", (e) => e.peer === "bob", mark);
+        },
+      );
     } finally {
       await Promise.all([alice.chat.stop(), bob.chat.stop()]);
     }
   });
 });
+
+Deno.test("an accept that reaches someone else at the invitation's address refuses it, and tells it why", async () => {
+  await withService(async (service, dir) => {
+    const carol = await startMember(service, dir, "carol");
+    // A listener with carol's certificate where alice's invitation says she listens.
+    const heard = Promise.withResolvers<string>();
+    const { credentials, anchor } = carol.chat.identity;
+    const server = tls.createServer(
+      serverOptions(credentials, anchor, { alpn: [...ALPN_OFFERED], tls13Only: true }),
+      (socket) => readToClose(socket).then(heard.resolve),
+    );
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const port = (server.address() as { port: number }).port;
+    const alice = await startMember(service, dir, "alice", {
+      advertise: { host: "127.0.0.1", port },
+    });
+    const bob = await startMember(service, dir, "bob");
+    try {
+      await alice.chat.invite("bob");
+      await bob.next("invite", (e) => e.from === "alice");
+      await assert.rejects(bob.chat.accept("alice"), assertCode("ERR_PEER_REJECTED"));
+      assert.equal(await heard.promise, '{"type":"refused","reason":"name-mismatch"}\n');
+      assert.deepEqual(eventsSince(bob, 0, (e) => e.type === "connected"), []);
+    } finally {
+      server.close();
+      await Promise.all([alice.chat.stop(), bob.chat.stop(), carol.chat.stop()]);
+    }
+  });
+});
+
+Deno.test("an invitation made for bob's old key is not shown to the client he joined again with: alice's client invites his new key at once, and says why", async () => {
+  await withService(async (service, dir) => {
+    const alice = await startMember(service, dir, "alice");
+    const bob = await startMember(service, dir, "bob");
+    let again: Recorded | undefined;
+    try {
+      await alice.chat.invite("bob");
+      await bob.next("invite", (e) => e.from === "alice");
+      await bob.chat.accept("alice");
+      await alice.next("connected", (e) => e.peer === "bob");
+      await bob.chat.stop();
+      await alice.chat.invite("bob");
+      const [stale] = (await bob.chat.identity.client().pending()).invitations;
+      assert.equal(stale.from, "alice");
+      // bob lost his key, and joins again with a new one (his new invite replaces his certificate).
+      const mark = alice.events.length;
+      again = await startMember(service, join(dir, "again"), "bob");
+      await alice.next("warning", (e) => /^Invited "bob" again: .*new key/.test(e.message), mark);
+      await again.next("invite", (e) => e.from === "alice");
+      const listed = (await again.chat.identity.client().pending()).invitations;
+      assert.deepEqual(listed.map((i) => i.from), ["alice"]);
+      assert.notEqual(listed[0].id, stale.id);
+      await again.chat.accept("alice");
+      // alice's client pinned bob's old key: the new one is a change, to compare out of band.
+      const connected = await alice.next("connected", (e) => e.peer === "bob", mark);
+      assert.equal(connected.trust, "changed");
+    } finally {
+      await Promise.all([alice.chat.stop(), bob.chat.stop(), again?.chat.stop()]);
+    }
+  });
+});
+
+// A TLS connection to `listen` (HOST:PORT) as `id`, saying nothing: a peer by hand.
+async function dialAs(id: Identity, listen: string, alpn = [ALPN]): Promise<TLSSocket> {
+  const at = listen.lastIndexOf(":");
+  return await connectTls({
+    ...clientOptions(id.anchor, { own: id.credentials, alpn, tls13Only: true }),
+    host: listen.slice(0, at),
+    port: Number(listen.slice(at + 1)),
+  }, WAIT_MS);
+}
+
+// Everything `socket` receives until it closes, as text.
+async function readToClose(socket: TLSSocket): Promise<string> {
+  let text = "";
+  socket.on("data", (bytes: Uint8Array) => (text += new TextDecoder().decode(bytes)));
+  socket.on("error", () => {});
+  await new Promise((resolve) => socket.once("close", resolve));
+  return text;
+}

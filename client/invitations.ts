@@ -5,7 +5,7 @@
  * @module
  */
 import { isValidName } from "../lib/names.ts";
-import type { CaClient, InvitationReply, RelayRequestReply } from "./ca_client.ts";
+import type { CaClient, InvitationReply, LapseReply, RelayRequestReply } from "./ca_client.ts";
 import { backoffMs, pause } from "./poll.ts";
 
 /** How long one long poll waits at the CA, in seconds. */
@@ -29,6 +29,11 @@ export interface InvitationsOptions {
   onWarning: (message: string) => void;
   /** Called for each request to come to the relay, where a peer we invited waits. Default: none. */
   onRelay?: (request: RelayRequestReply) => void;
+  /**
+   * Called for each invitation of ours that lapsed at the CA before its recipient took it up (it
+   * joined again with a new key). Default: none.
+   */
+  onLapsed?: (lapse: LapseReply) => void;
   /**
    * Called when the CA answers again after failures, with the time (ms since the epoch) of the
    * first failure: it may have restarted, and lost the invitations made before then that it held
@@ -199,7 +204,7 @@ export class Invitations {
       try {
         // After failures, a look that returns at once: the CA is known to be back now, not at
         // the end of a long poll.
-        const { invitations, relays, cursor: next } = await this.#ca.pending(
+        const { invitations, relays, lapsed, cursor: next } = await this.#ca.pending(
           cursor,
           failures ? 0 : POLL_WAIT_SECONDS,
         );
@@ -214,6 +219,15 @@ export class Invitations {
           if (typeof r.from !== "string" || met.has(r.invitation)) continue;
           met.add(r.invitation);
           this.#options.onRelay?.(r);
+        }
+        // As many as relay requests: one per invitation we made.
+        let told = 0;
+        for (const l of Array.isArray(lapsed) ? lapsed : []) {
+          if (stopped.aborted || told >= MAX_RELAYS_PER_ANSWER) break;
+          if (typeof l !== "object" || l === null || !Number.isSafeInteger(l.invitation)) continue;
+          if (typeof l.to !== "string" || !isValidName(l.to)) continue;
+          told++;
+          this.#options.onLapsed?.(l);
         }
         this.#take(invitations, true);
       } catch (e) {

@@ -295,3 +295,39 @@ Deno.test("Invitations.used() forgets an invitation taken up: the CA's listing i
   assert.deepEqual(seen, [9]);
   assert.equal((await invitations.find("alice"))?.id, 9);
 });
+
+Deno.test("Invitations hands each lapse of our invitations to onLapsed, skipping malformed ones, and the cursor moves past it", async () => {
+  const answers = [
+    {
+      invitations: [],
+      lapsed: [
+        { id: 4, invitation: 2, to: "bob", reason: "key-changed" },
+        { id: 5, invitation: "3", to: "carol", reason: "key-changed" },
+        { id: 6, invitation: 4, to: "../x", reason: "key-changed" },
+        null,
+      ],
+      cursor: 6,
+    },
+  ];
+  const calls: number[] = [];
+  const ca = {
+    pending(after = 0) {
+      calls.push(after);
+      const next = answers.shift();
+      return next
+        ? Promise.resolve(next as unknown as { invitations: InvitationReply[]; cursor: number })
+        : new Promise<never>(() => {});
+    },
+  };
+  const lapsed: string[] = [];
+  const invitations = new Invitations(ca, {
+    onInvite: () => {},
+    onWarning: () => {},
+    onLapsed: (l) => lapsed.push(`${l.to}:${l.invitation}`),
+  });
+  invitations.start();
+  await new Promise((r) => setTimeout(r, 20));
+  invitations.stop();
+  assert.deepEqual(lapsed, ["bob:2"]);
+  assert.deepEqual(calls, [0, 6]);
+});

@@ -10,6 +10,7 @@ import { createHash } from "node:crypto";
 import type { TLSSocket } from "node:tls";
 import { E2eError } from "../lib/errors.ts";
 import {
+  ALPN_REFUSALS,
   decodeFrame,
   encodeFrame,
   FEATURE_ACKS,
@@ -226,6 +227,7 @@ export class PeerConnection {
   #failed = false;
   #broken = false; // no more input is parsed
   #closeReason = "closed";
+  #refusal?: string; // the other side refused us, in place of its hello
   #incoming = new Map<string, IncomingFile>();
   #releases = new Map<string, () => void>(); // quota given back if an incoming file fails
   #offers = new Map<string, FileOffer>(); // offered to us, waiting for the user
@@ -263,6 +265,14 @@ export class PeerConnection {
     this.name = name;
     this.certificate = certificate;
     this.#options = options;
+  }
+
+  /**
+   * The other side's reason code when it refused us in place of its hello (a `refused` frame,
+   * docs/PROTOCOL.md §1); undefined otherwise.
+   */
+  get refusal(): string | undefined {
+    return this.#refusal;
   }
 
   /** Whether the connection is still open (and ours to write to: not ended or destroyed). */
@@ -843,6 +853,19 @@ export class PeerConnection {
       this.#filePieces++;
       this.#fileDataAt = Date.now();
     }
+    // The other side's refusal in place of its hello (docs/PROTOCOL.md §1), where it negotiated
+    // one: taken at once, as its close follows at once, and what is queued is not handled after
+    // a close. Nothing after it is read; we close too.
+    if (
+      item.type === "refused" && this.#queued === 0 && !this.#helloSeen &&
+      this.#socket.alpnProtocol === ALPN_REFUSALS
+    ) {
+      this.#refusal = item.reason;
+      this.#closeReason = `it refused us: ${item.reason}`;
+      this.#broken = true;
+      this.#socket.end();
+      return;
+    }
     // Messages and acks need no await: with nothing queued before them they are
     // handled at once, without a promise per frame (most of a chat's traffic).
     if (
@@ -895,6 +918,7 @@ export class PeerConnection {
   }
 
   async #handle(frame: Frame): Promise<void> {
+    if (this.#refusal !== undefined) return; // what came after a refusal is not read
     if (!this.#helloSeen) {
       if (frame.type !== "hello") throw malformed("the first frame must be hello");
       this.#helloSeen = true;
@@ -908,6 +932,8 @@ export class PeerConnection {
     switch (frame.type) {
       case "hello":
         throw malformed("a second hello");
+      case "refused":
+        throw malformed("a refusal after the hello");
       case "msg":
       case "ack":
       case "acks":

@@ -12,6 +12,14 @@ import { decodeRoomFrame, isRoomName, type RoomFrame } from "./room.ts";
 export const PROTOCOL_VERSION = 1;
 /** The ALPN protocol name peers negotiate. */
 export const ALPN = "e2e-chat/1";
+/**
+ * The ALPN name of protocol v1 with refusals that say why (docs/PROTOCOL.md §1): on a connection
+ * that negotiated it, a side that refuses the other may send one `refused` frame in place of its
+ * hello. Offered before {@linkcode ALPN}, which an older peer picks: it is told nothing, as before.
+ */
+export const ALPN_REFUSALS = "e2e-chat/1.1";
+/** The ALPN names e2e-chat offers, preferred first. */
+export const ALPN_OFFERED: readonly string[] = [ALPN_REFUSALS, ALPN];
 /** Longest line, `\n` included. */
 export const MAX_LINE_BYTES = 1024 * 1024;
 /** Longest message text, in characters. */
@@ -63,10 +71,13 @@ export type Frame =
   | { type: "decline"; id: string; reason: string }
   | { type: "bye" }
   | { type: "error"; message: string }
+  // In place of the hello, on a connection that negotiated ALPN_REFUSALS: a code, never detail.
+  | { type: "refused"; reason: string }
   // Rooms (docs/PROTOCOL.md §9); lib/room.ts validates the body.
   | { type: "room"; body: RoomFrame };
 
 const ID = /^[A-Za-z0-9_.-]{1,64}$/;
+const REFUSAL_REASON = /^[a-z0-9-]{1,32}$/;
 
 /**
  * Encodes a frame as one line.
@@ -189,6 +200,12 @@ export function decodeFrame(line: string): Frame {
         type: "error",
         message: typeof f.message === "string" ? f.message.slice(0, 500) : "",
       };
+    case "refused":
+      // A code, so what a peer makes us show is short and printable.
+      if (typeof f.reason !== "string" || !REFUSAL_REASON.test(f.reason)) {
+        throw malformed("refused needs a reason code of 1 to 32 characters from a-z, 0-9 and -");
+      }
+      return { type: "refused", reason: f.reason };
     default:
       throw malformed(`unknown frame type ${JSON.stringify(shown(f.type).slice(0, 32))}`);
   }

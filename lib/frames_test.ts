@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { e2eError } from "./_test_util.ts";
 import {
   ALPN,
+  ALPN_REFUSALS,
   decodeFrame,
   encodeFrame,
   FEATURE_ACKS,
@@ -36,6 +37,7 @@ function bytes(text: string): Uint8Array {
 Deno.test("frames use the constants of docs/PROTOCOL.md", () => {
   assert.equal(PROTOCOL_VERSION, 1);
   assert.equal(ALPN, "e2e-chat/1");
+  assert.equal(ALPN_REFUSALS, "e2e-chat/1.1");
   assert.equal(MAX_LINE_BYTES, 1_048_576);
   assert.equal(MAX_TEXT_CHARS, 65_536);
   assert.equal(MAX_CHUNK_BYTES, 768 * 1024);
@@ -83,6 +85,7 @@ const EVERY_FRAME: Frame[] = [
   { type: "decline", id: "f.1", reason: "Declined by the user" },
   { type: "bye" },
   { type: "error", message: "Malformed frame: bad id" },
+  { type: "refused", reason: "not-invited" },
 ];
 
 for (const frame of EVERY_FRAME) {
@@ -99,6 +102,20 @@ Deno.test("encodeFrame() escapes newlines inside a text, so a message is still o
   const line = encodeFrame({ type: "msg", id: "1", text: "a\nb\r\nc\u2028" });
   assert.equal(line.split("\n").length, 2);
   assert.equal(line, '{"type":"msg","id":"1","text":"a\\nb\\r\\nc\u2028"}\n');
+});
+
+Deno.test("decodeFrame() reads a refusal's reason only as a short lowercase code", () => {
+  assert.deepEqual(decodeFrame('{"type":"refused","reason":"some-future-code2"}'), {
+    type: "refused",
+    reason: "some-future-code2",
+  });
+  for (const reason of ["", "Not-Invited", "not invited", "x".repeat(33), "\u001b[2J", 7, null]) {
+    assert.throws(
+      () => decodeFrame(JSON.stringify({ type: "refused", reason })),
+      malformed("refused needs a reason code of 1 to 32 characters from a-z, 0-9 and -"),
+      String(reason),
+    );
+  }
 });
 
 /** A hello without features: `features` is absent or empty. */

@@ -506,8 +506,8 @@ async function wireFiles(scene: Scene): Promise<void> {
     await alice.expect({ type: "invited", to: "bob-bin" });
     const peer = scene.raw(alice.port, bob);
     await peer.expectFrame({ type: "hello", v: 1 });
-    await alice.expect({ type: "connected", peer: "bob-bin" });
     peer.write(encodeFrame({ type: "hello", v: 1, ...(features ? { features } : {}) }));
+    await alice.expect({ type: "connected", peer: "bob-bin" });
     // Once alice acknowledged a message, she has read our hello.
     peer.write(encodeFrame({ type: "msg", id: "m", text: "ready" }));
     await peer.expectFrame({ type: "ack", id: "m" });
@@ -848,13 +848,17 @@ async function malformedInput(scene: Scene): Promise<void> {
   const [alice, carol] = await scene.start(aliceUser, carolUser);
   await connect(alice, carol);
 
-  /** alice invites bob; bob connects by hand and gets alice's hello. */
-  const invitedBob = async () => {
+  /**
+   * alice invites bob; bob connects by hand, gets alice's hello and writes `first` (his hello
+   * first: alice says connected once it arrives).
+   */
+  const invitedBob = async (first: string | Uint8Array, hello = true) => {
     await alice.send("/chat bob-wire");
     await alice.expect({ type: "invited", to: "bob-wire" });
     const peer = scene.raw(alice.port, bob);
     await peer.expectFrame({ type: "hello", v: 1 });
-    await alice.expect({ type: "connected", peer: "bob-wire" });
+    peer.write(first);
+    if (hello) await alice.expect({ type: "connected", peer: "bob-wire" });
     return peer;
   };
 
@@ -910,15 +914,22 @@ async function malformedInput(scene: Scene): Promise<void> {
   ];
   for (const [what, payload] of cases) {
     const mark = alice.mark();
-    const peer = await invitedBob();
-    peer.write(payload);
+    // Without a hello first, bob is never connected: alice says why in a warning instead.
+    const hello = new TextDecoder().decode(payload.subarray(0, HELLO.length)) === HELLO;
+    const peer = await invitedBob(payload, hello);
     await peer.expectFrame({ type: "error" });
     await peer.expectClosed(10_000);
     const types = peer.frames.map((f) => f.type);
     assert.deepEqual(types, ["hello", "error"], `${what}: ${JSON.stringify(peer.lines)}`);
     assert.equal(typeof peer.frames[1].message, "string", what);
-    const gone = await alice.expect({ type: "disconnected", peer: "bob-wire" });
-    assert.match(String(gone.reason), /bad input|malformed/i, what);
+    const gone = hello
+      ? String((await alice.expect({ type: "disconnected", peer: "bob-wire" })).reason)
+      : String(
+        (await alice.expect((e) =>
+          e.type === "warning" && String(e.message).startsWith('Not connected to "bob-wire"')
+        )).message,
+      );
+    assert.match(gone, /bad input|malformed/i, what);
     assert.deepEqual(alice.since(mark, { type: "message", from: "bob-wire" }), [], what);
     assert.deepEqual(alice.since(mark, { type: "file" }), [], what);
   }
@@ -931,8 +942,7 @@ async function malformedInput(scene: Scene): Promise<void> {
       { type: "error", message: "your input was bad" },
     ] satisfies Frame[]
   ) {
-    const peer = await invitedBob();
-    peer.write(HELLO + encodeFrame(last));
+    const peer = await invitedBob(HELLO + encodeFrame(last));
     await peer.expectClosed();
     const types = peer.frames.map((f) => f.type);
     assert.deepEqual(types, ["hello"], `${last.type}: a reply was sent`);
@@ -941,9 +951,10 @@ async function malformedInput(scene: Scene): Promise<void> {
 
   // A file whose SHA-256 does not match is not kept.
   {
-    const peer = await invitedBob();
     const data = new TextEncoder().encode("this is not what was announced");
-    peer.write(HELLO + fileFrames("f1", "bad.bin", data, sha256(new TextEncoder().encode("x"))));
+    const peer = await invitedBob(
+      HELLO + fileFrames("f1", "bad.bin", data, sha256(new TextEncoder().encode("x"))),
+    );
     await peer.expectFrame({ type: "error" });
     await peer.expectClosed(10_000);
     assert.ok(!peer.frames.some((f) => f.type === "ack"), "a bad file was acknowledged");
@@ -953,8 +964,7 @@ async function malformedInput(scene: Scene): Promise<void> {
 
   // Hostile names land inside downloads, made safe.
   {
-    const peer = await invitedBob();
-    peer.write(HELLO);
+    const peer = await invitedBob(HELLO);
     // Extra fields are ignored, and the sender's name comes from its certificate.
     peer.write(rawFrame({ type: "msg", id: "x1", text: "from whom?", from: "carol-wire", v: 9 }));
     await peer.expectFrame({ type: "ack", id: "x1" });

@@ -85,8 +85,8 @@ async function rawBob(
   await alice.expect({ type: "invited", to: bob.name });
   const peer = scene.raw(alice.port, await credentials(bob));
   await peer.expectFrame({ type: "hello", v: 1 });
+  peer.write(hello); // alice says connected once it arrives
   await alice.expect({ type: "connected", peer: bob.name });
-  peer.write(hello);
   return peer;
 }
 

@@ -93,20 +93,23 @@ Deno.test("a chat listener under attack keeps serving its invited peer, and writ
       return peer;
     };
 
-    /** alice invites bob; bob connects by hand and gets her hello. */
-    const invitedBob = async (): Promise<RawPeer> => {
+    /**
+     * alice invites bob; bob connects by hand, gets her hello and writes `first` (his hello
+     * first: alice says connected once it arrives).
+     */
+    const invitedBob = async (first: string, hello = true): Promise<RawPeer> => {
       await alice.send("/chat bob");
       await alice.expect({ type: "invited", to: "bob" });
       const peer = raw(bob);
       await peer.expectFrame({ type: "hello", v: 1 });
-      await alice.expect({ type: "connected", peer: "bob" });
+      peer.write(first);
+      if (hello) await alice.expect({ type: "connected", peer: "bob" });
       return peer;
     };
 
     // bob has talked to alice once, so her peers.json knows his key before the attack.
     {
-      const peer = await invitedBob();
-      peer.write(HELLO + frame({ type: "bye" }));
+      const peer = await invitedBob(HELLO + frame({ type: "bye" }));
       await peer.expectClosed();
       await alice.expect({ type: "disconnected", peer: "bob" });
     }
@@ -228,19 +231,25 @@ Deno.test("a chat listener under attack keeps serving its invited peer, and writ
             ],
           ];
           for (const [what, payload] of payloads) {
-            const peer = await invitedBob();
-            peer.write(payload);
+            // Without a hello of version 1 first, bob is never connected: alice says why.
+            const hello = payload.startsWith(HELLO);
+            const peer = await invitedBob(payload, hello);
             await peer.expectFrame({ type: "error" });
             await peer.expectClosed(10_000);
             assert.deepEqual(peer.frames.map((f) => f.type), ["hello", "error"], what);
-            const gone = await alice.expect({ type: "disconnected", peer: "bob" });
-            assert.match(String(gone.reason), /bad input|malformed/i, what);
+            const gone = hello
+              ? String((await alice.expect({ type: "disconnected", peer: "bob" })).reason)
+              : String(
+                (await alice.expect((e) =>
+                  e.type === "warning" && String(e.message).startsWith('Not connected to "bob"')
+                )).message,
+              );
+            assert.match(gone, /bad input|malformed/i, what);
           }
           // A file announced as 2^53-1 bytes by a peer that streams without asking: refused
           // before a byte is written (more than --auto-accept, and than every quota).
           {
-            const peer = await invitedBob();
-            peer.write(
+            const peer = await invitedBob(
               HELLO +
                 frame({
                   type: "file",
@@ -261,8 +270,7 @@ Deno.test("a chat listener under attack keeps serving its invited peer, and writ
             await alice.expect({ type: "disconnected", peer: "bob" });
           }
           // A large file offered and accepted, then the sender hangs up in the middle.
-          const peer = await invitedBob();
-          peer.write(
+          const peer = await invitedBob(
             OFFER_HELLO +
               frame({
                 type: "file",
@@ -293,8 +301,7 @@ Deno.test("a chat listener under attack keeps serving its invited peer, and writ
       "as invited bob: 50 empty files named ../../../etc/passwd and 3 of 700 MB get an answer each, at most 8 are received at once, the large ones wait for consent, and nothing is left on disk",
       async () => {
         const mark = alice.mark();
-        const peer = await invitedBob();
-        peer.write(OFFER_HELLO);
+        const peer = await invitedBob(OFFER_HELLO);
         for (let i = 0; i < 50; i++) {
           peer.write(frame({
             type: "file",
@@ -358,8 +365,7 @@ Deno.test("a chat listener under attack keeps serving its invited peer, and writ
           "CON",
           "\u202etxt.exe",
         ];
-        const peer = await invitedBob();
-        peer.write(HELLO);
+        const peer = await invitedBob(HELLO);
         const received: string[] = [];
         for (const [i, name] of names.entries()) {
           const data = new TextEncoder().encode(`file ${i}: ${JSON.stringify(name)}`);
