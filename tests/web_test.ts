@@ -328,7 +328,11 @@ async function narrowKeyboardDark(scene: Scene): Promise<void> {
 async function logAlarm(scene: Scene): Promise<void> {
   // A name of its own: the scenarios share one CA, and the dishonest certificate must not
   // meet another scenario's enrollment of the same name.
-  const [alice] = await scene.join("alice-alarm");
+  const [alice, bob] = await scene.join("alice-alarm", "bob-alarm-inviter");
+  // Bob invites alice before the CA signs behind her back: an invitation is made for the key the
+  // directory names, and the CA lists to alice only those made for hers.
+  const b = await scene.json(bob);
+  await b.send(`/chat ${alice.name}`);
   const { key } = await makeCsr("alice-alarm");
   await signBehindTheirBacks(scene.service, "alice-alarm", key);
   await commitSomething(scene.service);
@@ -360,9 +364,6 @@ async function logAlarm(scene: Scene): Promise<void> {
 
   // An invitation cannot be accepted either: the error is tied to its "Accept" (an alert that
   // describes that button), not a passing notice.
-  const [bob] = await scene.join("bob-alarm-inviter");
-  const b = await scene.json(bob);
-  await b.send(`/chat ${alice.name}`);
   const card = page.getByRole("listitem").filter({ hasText: `${bob.name} wants to chat` });
   const accept = card.getByRole("button", { name: "Accept", exact: true });
   await accept.click();

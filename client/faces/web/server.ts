@@ -121,7 +121,7 @@ const UNAUTHORIZED_PAGE = `<!doctype html>
 type Operation =
   | { op: "invite" | "accept" | "close" | "safety"; name: string }
   // `number`: the safety number the page showed, which the key must still have.
-  | { op: "verify" | "trust"; name: string; number?: string }
+  | { op: "verify" | "trust"; name: string; number: string }
   | { op: "send"; name: string; text: string }
   | { op: "history"; name: string; limit?: number }
   | { op: "acceptFile" | "declineFile"; name: string; file: string }
@@ -553,8 +553,8 @@ export class WebServer {
 
   // "Mark verified" and "Trust new key" are about the safety number the page showed: a key that
   // changed since (again, or trusted in another tab) would be taken unseen.
-  #sameKey(op: { name: string; number?: string }): void {
-    if (op.number === undefined || this.#chat.safetyNumber(op.name) === op.number) return;
+  #sameKey(op: { name: string; number: string }): void {
+    if (this.#chat.safetyNumber(op.name) === op.number) return;
     throw new E2eError(
       "ERR_FINGERPRINT_MISMATCH",
       `The key of "${op.name}" changed since its safety number was shown`,
@@ -746,10 +746,13 @@ function parseOperation(value: unknown): Operation {
       return { op: v.op, name };
     case "verify":
     case "trust":
-      if (v.number !== undefined && typeof v.number !== "string") {
-        throw new E2eError("ERR_BAD_REQUEST", "Not a safety number");
+      // Without the number the user compared, the core would take whatever key it holds now.
+      if (typeof v.number !== "string") {
+        throw new E2eError("ERR_BAD_REQUEST", "Not a safety number", {
+          hint: "compare the safety number shown, then press the button again",
+        });
       }
-      return { op: v.op, name, ...(v.number === undefined ? {} : { number: v.number }) };
+      return { op: v.op, name, number: v.number };
     case "send":
       if (typeof v.text !== "string" || !v.text.trim()) {
         throw new E2eError("ERR_USAGE", "Nothing to send");

@@ -213,7 +213,7 @@ Deno.test("a room invitation declined from the page is said to every tab in the 
   });
 });
 
-Deno.test("Mark verified and Trust new key are refused when the key's safety number is no longer the one the page showed", async () => {
+Deno.test("Mark verified and Trust new key are refused when the key's safety number is no longer the one the page showed, or when no number is given", async () => {
   await withServer(async (web, { verified }) => {
     const s = await session(web);
     for (const op of ["verify", "trust"]) {
@@ -223,6 +223,11 @@ Deno.test("Mark verified and Trust new key are refused when the key's safety num
         message: 'The key of "bob" changed since its safety number was shown',
         hint: 'compare the safety number shown now with "bob"',
       });
+      // A page (or anything else holding the page key) that names no number takes no key unseen.
+      for (const number of [undefined, 12345]) {
+        const refused = await operate(web, s, { op, name: "bob", number });
+        assert.equal((refused.error as { code: string }).code, "ERR_BAD_REQUEST");
+      }
       assert.equal((await operate(web, s, { op, name: "bob", number: "11111 22222" })).ok, true);
     }
     assert.deepEqual(verified, ["bob", "trust bob"]);

@@ -1075,7 +1075,8 @@ function drawConversation() {
   setText($("safety-name"), name);
   const verified = p?.trust === "verified";
   $("verified").hidden = !verified;
-  $("verify").hidden = verified || changed || !p;
+  // Shown once there is a safety number to compare: the button names the one it was about.
+  $("verify").hidden = verified || changed || !p || !c?.safety;
   const can = canSend();
   const box = $("message");
   box.disabled = !can;
