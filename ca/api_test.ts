@@ -868,6 +868,22 @@ Deno.test("POST /v1/renew retried after a lost reply gets the current certificat
   });
 });
 
+Deno.test("POST /v1/renew sent twice at once issues one certificate and answers both with it", async () => {
+  await withWorld(async ({ ctx, ca, member }) => {
+    const alice = await member("alice");
+    const { csr } = await makeCsr("alice", { keyPem: alice.key });
+    const issued = (await ca.list()).length;
+    const [a, b] = await Promise.all([
+      call(ctx, "POST", "/v1/renew", { json: { csr }, peer: alice.der }),
+      call(ctx, "POST", "/v1/renew", { json: { csr }, peer: alice.der }),
+    ]);
+    assert.equal(a.status, 200, a.body);
+    assert.equal(b.status, 200, b.body);
+    assert.equal(a.json.serial, b.json.serial);
+    assert.equal((await ca.list()).length, issued + 1);
+  });
+});
+
 Deno.test("POST /v1/renew retried after a lost reply for another key is still refused", async () => {
   await withWorld(async ({ ctx, ca, member }) => {
     const alice = await member("alice");
