@@ -289,14 +289,19 @@ async function enroll(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
 }
 
 async function renew(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
-  const user = await authenticate(ctx, req);
+  // A caller whose certificate a renewal for its own key superseded may ask again: a renewal
+  // whose reply was lost (below). Any other one is refused as on every route.
+  const caller = clientCertificate(req, ctx.anchor);
+  const current = await ctx.ca.isCurrent(caller.serial);
+  if (!current && !await ctx.ca.keyIsCurrent(caller.serial)) throw notCurrent();
+  const user = caller.commonName;
   const body = object(await req.json());
+  const csr = text(body.csr, "csr");
+  if (!current) return await renewedBefore(ctx, caller, csr, notCurrent());
   // Renewal keeps the key: a stolen certificate must not be able to swap in the thief's key.
   // (A new key needs the admin: a new invite, or ca sign --replace.) And it is allowed by the
   // caller's certificate only while that is valid: a revocation confirmed meanwhile (the body
   // is read after the check) stops it.
-  const renews = checkPeer(req.peerDer!, ctx.anchor).serial;
-  const csr = text(body.csr, "csr");
   // Before: one member renewing in a loop got 18 a second, each one a CRL entry and a log entry.
   const issued = renewalsOf(ctx, user);
   if (issued.length >= RENEWALS_PER_DAY) {
@@ -307,12 +312,40 @@ async function renew(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
     );
   }
   const written = ctx.disk?.reserve(SIGNING_BYTES);
-  const { certificate } = await ctx.ca.sign(csr, user, {
-    replace: false,
-    renews,
-  }).finally(() => written?.());
+  let certificate: CertificateInfo;
+  try {
+    ({ certificate } = await ctx.ca.sign(csr, user, {
+      replace: false,
+      renews: caller.serial,
+    }).finally(() => written?.()));
+  } catch (e) {
+    // Superseded meanwhile: by the same request sent twice at once, which gets what the first got.
+    if (!(e instanceof E2eError) || e.code !== "ERR_FORBIDDEN") throw e;
+    return await renewedBefore(ctx, caller, csr, e);
+  }
   issued.push(Date.now());
   return { ...json(200, await logged(ctx, certificate)), user };
+}
+
+// A retry of a renewal whose reply was lost, as enrollment has one (docs/API.md "POST
+// /v1/renew"): the caller's certificate was superseded by one for the same key, and it asks for
+// that key again — the TLS handshake and the request's signature prove it holds that key. It
+// gets the name's current certificate again; nothing is signed, nor counted against the cap.
+// Anything else gets `refusal`.
+async function renewedBefore(
+  ctx: ApiContext,
+  caller: CertificateInfo,
+  csr: string,
+  refusal: E2eError,
+): Promise<ApiResponse> {
+  const user = caller.commonName;
+  // Checked again: the body came after the first check, as slowly as the caller liked.
+  if (!await ctx.ca.keyIsCurrent(caller.serial)) throw refusal;
+  const current = await ctx.ca.current(user);
+  if (!current || current.keyFingerprint !== caller.keyFingerprint) throw refusal;
+  const { request } = await ctx.ca.checkRequest(csr, user);
+  if (request.keyFingerprint !== current.keyFingerprint) throw refusal;
+  return { ...json(200, await logged(ctx, current)), user, note: "again" };
 }
 
 const DAY_MS = 86_400_000;
@@ -479,24 +512,31 @@ async function authenticate(ctx: ApiContext, req: ApiRequest): Promise<string> {
 
 /** The caller's client certificate, checked as {@linkcode authenticate} says. */
 async function authenticated(ctx: ApiContext, req: ApiRequest): Promise<CertificateInfo> {
+  const info = clientCertificate(req, ctx.anchor);
+  if (!await ctx.ca.isCurrent(info.serial)) throw notCurrent();
+  return info;
+}
+
+function notCurrent(): E2eError {
+  return new E2eError("ERR_FORBIDDEN", "The client certificate is revoked or superseded");
+}
+
+/** The caller's client certificate: issued by us, unexpired, for a valid name (401 otherwise). */
+function clientCertificate(req: ApiRequest, anchor: TrustAnchor): CertificateInfo {
   if (!req.peerDer) {
     throw new E2eError("ERR_UNAUTHENTICATED", "This route needs a client certificate", {
       hint: "enroll first: deno task client join INVITE",
     });
   }
-  let info: CertificateInfo;
   try {
-    info = checkPeer(req.peerDer, ctx.anchor);
+    const info = checkPeer(req.peerDer, anchor);
     checkName(info.commonName);
+    return info;
   } catch (e) {
     throw new E2eError("ERR_UNAUTHENTICATED", "The client certificate was not accepted", {
       cause: e,
     });
   }
-  if (!await ctx.ca.isCurrent(info.serial)) {
-    throw new E2eError("ERR_FORBIDDEN", "The client certificate is revoked or superseded");
-  }
-  return info;
 }
 
 async function directory(ctx: ApiContext, name: string): Promise<CertificateInfo> {

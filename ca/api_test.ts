@@ -851,6 +851,89 @@ Deno.test("POST /v1/renew refuses (403) a caller whose certificate is revoked wh
   });
 });
 
+Deno.test("POST /v1/renew retried after a lost reply gets the current certificate again", async () => {
+  await withWorld(async ({ ctx, ca, member }) => {
+    const alice = await member("alice");
+    const { csr } = await makeCsr("alice", { keyPem: alice.key });
+    const first = await call(ctx, "POST", "/v1/renew", { json: { csr }, peer: alice.der });
+    assert.equal(first.status, 200, first.body);
+    // The reply never reached alice: she still has only her old (now superseded) certificate.
+    const issued = (await ca.list()).length;
+    for (let i = 0; i < RENEWALS_PER_DAY + 1; i++) {
+      const again = await call(ctx, "POST", "/v1/renew", { json: { csr }, peer: alice.der });
+      assert.equal(again.status, 200, again.body);
+      assertCertificateJson(again.json, "alice");
+      assert.equal(again.json.serial, first.json.serial);
+      assert.equal(again.json.certificate, first.json.certificate);
+    }
+    assert.equal((await ca.list()).length, issued, "a retry signs nothing");
+    // Nor does it count against the daily cap: the new certificate still renews.
+    const next = await call(ctx, "POST", "/v1/renew", {
+      json: { csr },
+      peer: pemDecode(first.json.certificate, "CERTIFICATE")!,
+    });
+    assert.equal(next.status, 200, next.body);
+    assert.notEqual(next.json.serial, first.json.serial);
+    // The old certificate is still refused everywhere else.
+    assertError(
+      await call(ctx, "GET", "/v1/certs/alice", { peer: alice.der }),
+      403,
+      "ERR_FORBIDDEN",
+      "The client certificate is revoked or superseded",
+    );
+  });
+});
+
+Deno.test("POST /v1/renew sent twice at once issues one certificate and answers both with it", async () => {
+  await withWorld(async ({ ctx, ca, member }) => {
+    const alice = await member("alice");
+    const { csr } = await makeCsr("alice", { keyPem: alice.key });
+    const issued = (await ca.list()).length;
+    const [a, b] = await Promise.all([
+      call(ctx, "POST", "/v1/renew", { json: { csr }, peer: alice.der }),
+      call(ctx, "POST", "/v1/renew", { json: { csr }, peer: alice.der }),
+    ]);
+    assert.equal(a.status, 200, a.body);
+    assert.equal(b.status, 200, b.body);
+    assert.equal(a.json.serial, b.json.serial);
+    assert.equal((await ca.list()).length, issued + 1);
+  });
+});
+
+Deno.test("POST /v1/renew retried after a lost reply for another key is still refused", async () => {
+  await withWorld(async ({ ctx, ca, member }) => {
+    const alice = await member("alice");
+    const { csr } = await makeCsr("alice", { keyPem: alice.key });
+    const first = await call(ctx, "POST", "/v1/renew", { json: { csr }, peer: alice.der });
+    assert.equal(first.status, 200, first.body);
+    const other = await makeCsr("alice");
+    assertError(
+      await call(ctx, "POST", "/v1/renew", { json: { csr: other.csr }, peer: alice.der }),
+      403,
+      "ERR_FORBIDDEN",
+      "The client certificate is revoked or superseded",
+    );
+    // Nor when the admin gave the name a new key, or revoked it for another reason.
+    const replaced = await makeCsr("alice");
+    await ca.sign(replaced.csr, "alice", { replace: true });
+    assertError(
+      await call(ctx, "POST", "/v1/renew", { json: { csr }, peer: alice.der }),
+      403,
+      "ERR_FORBIDDEN",
+      "The client certificate is revoked or superseded",
+    );
+    const bob = await member("bob");
+    const bobCsr = (await makeCsr("bob", { keyPem: bob.key })).csr;
+    await ca.revoke("bob", { reason: "keyCompromise" });
+    assertError(
+      await call(ctx, "POST", "/v1/renew", { json: { csr: bobCsr }, peer: bob.der }),
+      403,
+      "ERR_FORBIDDEN",
+      "The client certificate is revoked or superseded",
+    );
+  });
+});
+
 // ---------------------------------------------------------------------------
 // /v1/rendezvous
 

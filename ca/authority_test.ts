@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { parseCsr } from "../lib/csr.ts";
+import { tlv } from "../lib/_der_builder.ts";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { openssl } from "../lib/openssl.ts";
-import { pemDecode } from "../lib/pem.ts";
+import { pemDecode, pemEncode } from "../lib/pem.ts";
 import { sha256Hex } from "../lib/x509.ts";
 import { e2eError as sharedE2eError, withTempDir } from "../lib/_test_util.ts";
 import { makeCsr, PASSPHRASE, snapshot } from "../tests/_helpers.ts";
@@ -520,6 +521,38 @@ Deno.test("checkRequest() remembers only what it accepted: the same request for 
       (c) => (c === "A" ? "B" : "A"),
     );
     await assert.rejects(() => ca.checkRequest(tampered, "alice"), (e) => e instanceof E2eError);
+  });
+});
+
+// A request for the Ed25519 identity point, "signed" with R = identity, S = 0: a signature that
+// node:crypto and WebCrypto accept on any message for that key, so anyone can make it.
+function smallOrderEd25519Csr(name: string): string {
+  const b = (...x: number[]) => Uint8Array.from(x);
+  const ed25519 = tlv(0x30, b(0x06, 0x03, 0x2b, 0x65, 0x70));
+  const point = new Uint8Array(32);
+  point[0] = 1;
+  const spki = tlv(0x30, ed25519, tlv(0x03, b(0), point));
+  const cn = tlv(0x06, b(0x55, 0x04, 0x03));
+  const subject = tlv(0x30, tlv(0x31, tlv(0x30, cn, tlv(0x0c, new TextEncoder().encode(name)))));
+  const info = tlv(0x30, b(0x02, 0x01, 0x00), subject, spki, tlv(0xa0));
+  const signature = new Uint8Array(64);
+  signature[0] = 1;
+  return pemEncode(
+    tlv(0x30, info, ed25519, tlv(0x03, b(0), signature)),
+    "CERTIFICATE REQUEST",
+  );
+}
+
+Deno.test("checkRequest refuses a request for a small-order Ed25519 key", async () => {
+  await withCa(async (ca) => {
+    const csr = smallOrderEd25519Csr("alice");
+    const refused = e2eError(
+      "ERR_KEY_REJECTED",
+      "Cannot sign request: the Ed25519 key is a point of small order",
+    );
+    await assert.rejects(() => ca.checkRequest(csr, "alice"), refused);
+    await assert.rejects(() => ca.sign(csr, "alice"), refused);
+    assert.equal(await ca.current("alice"), undefined);
   });
 });
 

@@ -78,3 +78,31 @@ Deno.test("RateLimiter forgets the oldest window past its key limit, and expired
   short.hit("new");
   assert.equal(short.size, 1, "expired windows were not dropped");
 });
+
+Deno.test("RateLimiter counts the addresses of one IPv6 /64 as one: 11 attempts from addresses within one /64 get a 429", () => {
+  const limiter = new RateLimiter(10, 60_000);
+  // A host that takes a fresh address for each attempt (privacy addresses, or any it likes).
+  for (let i = 1; i <= 10; i++) {
+    assert.equal(limiter.hit(`2001:db8:1:2:${i.toString(16)}::${i}`), 0, `attempt ${i}`);
+  }
+  assert.ok(limiter.hit("2001:db8:1:2:ffff:ffff:ffff:fffe") > 0, "the 11th attempt waits");
+  // However the address is written.
+  assert.ok(limiter.hit("2001:0DB8:0001:0002:0:0:0:1") > 0, "uncompressed, upper case");
+  assert.ok(limiter.hit("fe80::1%eth0") === 0, "another /64 (with a zone) is not limited");
+  assert.ok(limiter.hit("2001:db8:1:3::1") === 0, "the next /64 is not limited");
+  assert.equal(limiter.size, 3);
+});
+
+Deno.test("RateLimiter counts an IPv4-mapped IPv6 address as its IPv4 address, and keys that are no address as they are", () => {
+  const limiter = new RateLimiter(2, 60_000);
+  assert.equal(limiter.hit("192.0.2.7"), 0);
+  assert.equal(limiter.hit("::ffff:192.0.2.7"), 0);
+  assert.ok(limiter.hit("::FFFF:c000:0207") > 0, "the same IPv4 address, in hex");
+  assert.equal(limiter.hit("192.0.2.8"), 0, "the next IPv4 address is not limited");
+  // Names and pairs of names (ca/rendezvous.ts) are keys of their own, as is anything malformed.
+  for (const key of ["alice", "alice bob", "1:2:3", "1::2::3", "::1:2:3:4:5:6:7:8"]) {
+    assert.equal(limiter.hit(key), 0, key);
+    assert.equal(limiter.hit(key), 0, key);
+    assert.ok(limiter.hit(key) > 0, key);
+  }
+});

@@ -42,6 +42,17 @@ export interface IndexEntry {
 }
 
 const prepared = new Set<string>();
+
+/** What identifies the content of index.txt, for telling whether it changed. */
+interface IndexState {
+  ino: number | null;
+  generation: string;
+  size: number;
+}
+
+// Of each CA folder: the index as this process last made it durable, itself and its name. Another
+// state is another process's doing, maybe of one killed before its fsync.
+const durableIndex = new Map<string, IndexState>();
 // Older than any signing can be (openssl's timeout is two minutes, the lock's one).
 const SIGNING_LEFTOVER_MS = 10 * 60_000;
 
@@ -186,6 +197,7 @@ export class Transaction {
     // Signings a beforeIndex() function left out: their certificates count for nothing.
     takeBack(false);
     let lines = "";
+    let replaced = false;
     for (const s of this.#signs) {
       if (s.keep) lines += Deno.readTextFileSync(join(s.dir, "index.txt"));
     }
@@ -199,6 +211,7 @@ export class Transaction {
         await bumpGeneration(paths);
         await writeFileAtomic(paths.index, next, { mode: 0o600 });
         await bumpGeneration(paths);
+        replaced = true;
       }
       const crlnumber = await Deno.readTextFile(join(this.dir, "crlnumber"));
       if (crlnumber !== await Deno.readTextFile(paths.crlnumber)) {
@@ -226,7 +239,13 @@ export class Transaction {
         takeBack(true);
         throw e;
       }
+      const before = durableIndex.get(paths.dir);
       await file.sync();
+      // What was durable before, and our lines: durable now (when the file is the same one).
+      const after = indexState(paths, file);
+      if (before?.ino === after.ino && before.generation === after.generation) {
+        durableIndex.set(paths.dir, after);
+      }
     }
     if (this.#full && await exists(join(this.dir, "crl.pem"))) {
       await writeFileAtomic(paths.crl, await Deno.readFile(join(this.dir, "crl.pem")), {
@@ -234,7 +253,11 @@ export class Transaction {
       });
     }
     // The files a full copy replaced by rename (index, crlnumber, crl.pem): their new names durable.
-    if (this.#full) await syncDir(paths.dir);
+    if (this.#full) {
+      await syncDir(paths.dir);
+      // A new index we wrote (fsynced, then named): all of it durable now.
+      if (replaced) durableIndex.set(paths.dir, indexState(paths));
+    }
   }
 }
 
@@ -297,6 +320,8 @@ export function transaction<T>(
     try {
       const result = await fn(tx);
       await tx.commit();
+      // The issuance log takes up what the index holds: only what a power cut cannot take back.
+      if (tx.committed.length) await makeIndexDurable(paths);
       for (const after of tx.committed) await after();
       return result;
     } finally {
@@ -345,6 +370,29 @@ async function removeLeftovers(paths: CaPaths): Promise<void> {
       await Deno.remove(path).catch(() => {});
     }
   }
+}
+
+function indexState(paths: CaPaths, file?: Deno.FsFile): IndexState {
+  const generation = readGeneration(paths);
+  const info = file ? file.statSync() : Deno.statSync(paths.index);
+  return { ino: info.ino, generation, size: info.size };
+}
+
+// Before: a transaction that committed nothing let the log take up a line another process had
+// written and was killed before fsyncing; after a power cut the log held a certificate the index
+// did not (ERR_LOG_INVALID for good). No fsync when the index is as this process left it durable
+// (every commit that appended or replaced it), so a running service's enrollments gain none.
+async function makeIndexDurable(paths: CaPaths): Promise<void> {
+  const known = durableIndex.get(paths.dir);
+  using file = Deno.openSync(paths.index, { read: true });
+  const now = indexState(paths, file);
+  if (known?.ino === now.ino && known.generation === now.generation && known.size === now.size) {
+    return;
+  }
+  await file.sync();
+  // Replaced by a process that may have died before it synced the folder: its name too.
+  if (known?.ino !== now.ino || known.generation !== now.generation) await syncDir(paths.dir);
+  durableIndex.set(paths.dir, now);
 }
 
 async function syncFile(path: string): Promise<void> {

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { CaPaths } from "./home.ts";
 import { IndexCache, locked, parseIndex, readIndex, signingFolder, transaction } from "./store.ts";
+import { stracePath, traceFileCalls } from "../tests/_syscalls.ts";
 
 const INDEX = "V\t261202204302Z\t\t35BE\tunknown\t/CN=alice\n";
 
@@ -517,5 +518,90 @@ Deno.test({
       if (mounted) await unmount(mnt);
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
+  },
+});
+
+// ---------------------------------------------------------------------------
+// The index durable before the after-commit functions (the issuance log) read it
+
+const strace = await stracePath();
+const CI = Deno.env.get("CI") === "true";
+
+/**
+ * Runs `transactions` in a child process under strace, each a transaction whose after-commit
+ * function renames `mark-N` (so the trace shows where it ran), and that appends the index
+ * line given, or nothing for "". Returns its fsyncs and renames, paths relative to the CA folder.
+ */
+async function traceTransactions(paths: CaPaths, transactions: string[]): Promise<string[]> {
+  const script = [
+    `import { join } from "node:path";`,
+    `import { CaPaths } from ${JSON.stringify(import.meta.resolve("./home.ts"))};`,
+    `import { transaction } from ${JSON.stringify(import.meta.resolve("./store.ts"))};`,
+    `const paths = new CaPaths(Deno.env.get("HOME_DIR"));`,
+    `const lines = JSON.parse(Deno.env.get("LINES"));`,
+    `for (const [i, line] of lines.entries()) {`,
+    `  Deno.writeTextFileSync(join(paths.dir, "mark-" + i), "");`,
+    `  await transaction(paths, async (tx) => {`,
+    `    if (line) {`,
+    `      const folder = await tx.signFolder();`,
+    `      Deno.writeTextFileSync(join(folder.dir, "index.txt"), line);`,
+    `      Deno.writeTextFileSync(join(folder.dir, "certs", line.split("\\t")[3] + ".pem"), "x\\n");`,
+    `    }`,
+    `    tx.afterCommit(async () => Deno.renameSync(join(paths.dir, "mark-" + i), join(paths.dir, "after-" + i)));`,
+    `  });`,
+    `}`,
+  ].join("\n");
+  const { code, stderr, calls } = await traceFileCalls(
+    strace!,
+    Deno.execPath(),
+    ["eval", "--no-config", script],
+    { env: { HOME_DIR: paths.home, LINES: JSON.stringify(transactions) } },
+  );
+  assert.equal(code, 0, stderr);
+  const rel = (p: string) => p === paths.dir ? "ca" : p.replace(paths.dir + "/", "");
+  return calls.filter((c) => c.ok && (c.call === "fsync" || c.call === "rename"))
+    .map((c) => `${c.call === "fsync" ? "sync" : "rename"} ${c.paths.map(rel).join(" ")}`);
+}
+
+// The events from the after-commit function of transaction `from` (or the start) to that of `to`.
+function between(events: string[], from: number, to: number): string[] {
+  const at = (i: number) => events.findIndex((e) => e === `rename mark-${i} after-${i}`);
+  assert.ok(at(to) >= 0, `transaction ${to} ran its after-commit function:\n${events.join("\n")}`);
+  return events.slice(from < 0 ? 0 : at(from) + 1, at(to));
+}
+
+Deno.test({
+  name:
+    "transaction() makes index lines another process left unsynced durable before its after-commit functions run, even when it commits nothing",
+  ignore: !strace && !CI,
+  fn: async () => {
+    assert.ok(strace, "CI=true and strace is not on PATH: this test cannot run");
+    await withFakeCa(async (paths) => {
+      // A process killed between its append's write and its fsync leaves a line that readers
+      // see (the issuance log would take it up) but a power cut can take away.
+      await Deno.writeTextFile(paths.index, BOB, { append: true });
+      const events = await traceTransactions(paths, [""]);
+      const before = between(events, -1, 0);
+      assert.ok(before.includes("sync index.txt"), `index.txt first:\n${events.join("\n")}`);
+      assert.ok(before.includes("sync ca"), `and its name:\n${events.join("\n")}`);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "transaction() adds no fsync to a commit whose index it appended and synced itself, nor to a later one that commits nothing",
+  ignore: !strace && !CI,
+  fn: async () => {
+    assert.ok(strace, "CI=true and strace is not on PATH: this test cannot run");
+    await withFakeCa(async (paths) => {
+      const carol = BOB.replace("4A01", "4A02").replace("bob", "carol");
+      const events = await traceTransactions(paths, [BOB, carol, ""]);
+      // The first transaction of a process does not know what is durable; from then on it does.
+      const syncs = (from: number, to: number) =>
+        between(events, from, to).filter((e) => e.startsWith("sync index.txt") || e === "sync ca");
+      assert.deepEqual(syncs(0, 1), ["sync index.txt"], `an append:\n${events.join("\n")}`);
+      assert.deepEqual(syncs(1, 2), [], `nothing committed:\n${events.join("\n")}`);
+    });
   },
 });

@@ -8,6 +8,8 @@
  *     key.pem           0600  our private key; never sent anywhere
  *     request.csr             the latest certificate request
  *     cert.pem                our certificate
+ *     renewal.json      0600  a renewal's reply (certificate, log proof) kept until its log
+ *                             check passes (client/identity.ts); then it replaces cert.pem
  *     ca.crt                  the pinned CA certificate
  *     identity.json           name, CA URL, CA fingerprint, key type
  *   joining/            0700  a join not finished yet (client/identity.ts): key.pem and
@@ -52,6 +54,10 @@ export class IdFolder {
   /** Our certificate. */
   get cert(): string {
     return join(this.dir, "cert.pem");
+  }
+  /** A renewed certificate and its log proof, as the CA sent them, until the log check passes. */
+  get renewal(): string {
+    return join(this.dir, "renewal.json");
   }
   /** The pinned CA certificate. */
   get caCert(): string {

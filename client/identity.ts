@@ -220,12 +220,26 @@ export class Identity {
    * Gets a new certificate for the same key (so peers' pinned key fingerprints stay valid),
    * checked to be in the CA's issuance log, and stores it; returns the renewed identity (the
    * key stays unlocked).
+   *
+   * The CA's reply is kept in `id/renewal.json` (durably) before the log check: the CA
+   * superseded the old certificate when it answered, so a failed check or a kill must not lose
+   * the new one. Until the check passes it is not used: not in cert.pem, not presented to
+   * peers, only to the CA for the check itself. The next renewal finishes it (checks it again)
+   * before it asks the CA for another.
    */
   async renew(options: RenewOptions = {}): Promise<Identity> {
     const { key } = this.credentials;
-    const csr = await makeRequest(this.keyPath, this.name, { passphrase: this.#passphrase });
-    const reply = await (options.ca ?? this.client()).renew(csr);
+    const kept = new IdFolder(this.dir).renewal;
+    let reply = await this.#keptRenewal(kept, key);
+    const fresh = !reply;
+    if (!reply) {
+      const csr = await makeRequest(this.keyPath, this.name, { passphrase: this.#passphrase });
+      reply = await (options.ca ?? this.client()).renew(csr);
+    }
     const cert = checkIssued(reply, this.anchor, this.name, key);
+    if (fresh) {
+      await writeFileAtomic(kept, JSON.stringify(reply) + "\n", { mode: 0o600, syncDir: true });
+    }
     // Our own certificate too is accepted only once it is in the CA's issuance log.
     // (asked with the new certificate: the old one was just superseded)
     if (options.ca && options.log) {
@@ -238,10 +252,27 @@ export class Identity {
     // The folder too: the CA has revoked the old certificate as superseded, so after a power
     // cut the file must not still be the old one.
     await writeFileAtomic(this.certPath, cert, { mode: 0o644, syncDir: true });
+    await Deno.remove(kept);
     const passphrase = this.#passphrase;
     return await Identity.load(dirname(this.dir), {
       passphrase: passphrase === undefined ? undefined : () => Promise.resolve(passphrase),
     });
+  }
+
+  // The reply of a renewal whose log check failed or was cut off, when it is still one to
+  // finish: a valid certificate from our CA for our name and key, newer than ours (the CA may
+  // not give it again: our old certificate may have expired meanwhile). Anything else is
+  // dropped (cert.pem took it up already before a kill, or it is of no use).
+  async #keptRenewal(path: string, key: string): Promise<CertificateReply | undefined> {
+    try {
+      const reply: CertificateReply = JSON.parse(await Deno.readTextFile(path));
+      const cert = parseCertificate(checkIssued(reply, this.anchor, this.name, key));
+      if (cert.notAfter > this.certificate.notAfter) return reply;
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return undefined;
+    }
+    await Deno.remove(path).catch(() => {});
+    return undefined;
   }
 }
 

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { Buffer } from "node:buffer";
 import { createHash, type KeyObject, X509Certificate } from "node:crypto";
 import { children, decodeOid, DerError, readDer, Tag } from "./der.ts";
 import { E2eError } from "./errors.ts";
@@ -126,7 +127,8 @@ export type KeyUsage = typeof KEY_USAGES[number];
 
 /**
  * Why a member's key is not one the CA signs for, or undefined when it is: RSA 2048–4096 bits
- * with an odd exponent ≥ 65537, EC P-256 or P-384, or Ed25519. The CA refuses such a request
+ * with an odd exponent ≥ 65537, EC P-256 or P-384, or Ed25519 (not a point of small order, nor
+ * y ≥ p: for such a key anyone can make a signature that verifies). The CA refuses such a request
  * (ca/policy.ts `checkKey`) and a member such a certificate (lib/tls.ts `checkPeer`).
  *
  * @example
@@ -154,10 +156,35 @@ export function memberKeyProblem(key: KeyObject): string | undefined {
       }
       return `the EC curve "${details.namedCurve ?? "unknown"}" is not allowed`;
     case "ed25519":
-      return undefined;
+      return ed25519Problem(key);
     default:
       return `keys of type "${key.asymmetricKeyType}" are not allowed`;
   }
+}
+
+const ED25519_P = 2n ** 255n - 19n;
+// The y coordinates of the 8 points of small order (two x each, or x = 0): for such a key the
+// signature R = identity, S = 0 verifies on every message in node:crypto and WebCrypto, so anyone
+// could make a request's self-signature, or a handshake's, for it.
+const ED25519_SMALL_ORDER_Y = new Set([
+  0n,
+  1n,
+  ED25519_P - 1n,
+  0x05fc536d880238b13933c6d305acdfd5f098eff289f4c345b027b2c28f95e826n,
+  0x7a03ac9277fdc74ec6cc392cfa53202a0f67100d760b3cba4fd84d3d706a17c7n,
+]);
+
+// A small-order point, or an encoding of y ≥ p (which no honest key has; some verifiers reduce it,
+// some refuse it): refused.
+function ed25519Problem(key: KeyObject): string | undefined {
+  const x = key.export({ format: "jwk" }).x ?? "";
+  const bytes = Buffer.from(x, "base64url");
+  if (bytes.length !== 32) return "the Ed25519 key cannot be read";
+  let y = 0n;
+  for (let i = 31; i >= 0; i--) y = (y << 8n) | BigInt(i === 31 ? bytes[i] & 0x7f : bytes[i]);
+  if (y >= ED25519_P) return "the Ed25519 key is not canonical";
+  if (ED25519_SMALL_ORDER_Y.has(y)) return "the Ed25519 key is a point of small order";
+  return undefined;
 }
 
 /** The extended key usages e2e-chat's certificates carry, by OID (RFC 5280 §4.2.1.12). */

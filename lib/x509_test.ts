@@ -1,11 +1,19 @@
 import assert from "node:assert/strict";
-import { createHash, generateKeyPairSync } from "node:crypto";
+import { createHash, createPublicKey, generateKeyPairSync } from "node:crypto";
+import { Buffer } from "node:buffer";
 import { join } from "node:path";
 import { tlv } from "./_der_builder.ts";
 import { E2eError } from "./errors.ts";
 import { openssl } from "./openssl.ts";
 import { pemDecode, pemEncode } from "./pem.ts";
-import { certificateUsage, EKU, keyFingerprint, parseCertificate, sha256Hex } from "./x509.ts";
+import {
+  certificateUsage,
+  EKU,
+  keyFingerprint,
+  memberKeyProblem,
+  parseCertificate,
+  sha256Hex,
+} from "./x509.ts";
 
 const decoder = new TextDecoder();
 
@@ -180,4 +188,50 @@ Deno.test("certificateUsage() refuses a certificate with two instances of one ex
     assert.equal(e.message, "Cannot parse the certificate");
     return true;
   });
+});
+
+// The Ed25519 points of small order (RFC 8032 §5.1.3 leaves them to the verifier): for them
+// "R = identity, S = 0" verifies on every message, in node:crypto and WebCrypto alike.
+const SMALL_ORDER_ED25519 = [
+  "0100000000000000000000000000000000000000000000000000000000000000", // identity
+  "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f", // order 2 (y = p − 1)
+  "0000000000000000000000000000000000000000000000000000000000000000", // order 4
+  "0000000000000000000000000000000000000000000000000000000000000080", // order 4
+  "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05", // order 8
+  "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85", // order 8
+  "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a", // order 8
+  "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa", // order 8
+];
+
+function ed25519Key(hex: string) {
+  const spki = tlv(
+    0x30,
+    tlv(0x30, Uint8Array.of(0x06, 0x03, 0x2b, 0x65, 0x70)),
+    tlv(0x03, Uint8Array.of(0), Uint8Array.from(hex.match(/../g)!.map((b) => parseInt(b, 16)))),
+  );
+  return createPublicKey({ key: Buffer.from(spki), format: "der", type: "spki" });
+}
+
+Deno.test("memberKeyProblem() refuses the 8 small-order Ed25519 keys and non-canonical ones (y ≥ p), and accepts real ones", () => {
+  for (const hex of SMALL_ORDER_ED25519) {
+    assert.equal(
+      memberKeyProblem(ed25519Key(hex)),
+      "the Ed25519 key is a point of small order",
+      hex,
+    );
+  }
+  // y = p, p + 1 and 2^255 − 1: encodings of y ≥ p (node:crypto reads them), which no honest
+  // key has.
+  for (
+    const hex of [
+      "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+      "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+      "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    ]
+  ) {
+    assert.equal(memberKeyProblem(ed25519Key(hex)), "the Ed25519 key is not canonical", hex);
+  }
+  for (let i = 0; i < 20; i++) {
+    assert.equal(memberKeyProblem(generateKeyPairSync("ed25519").publicKey), undefined);
+  }
 });
