@@ -115,12 +115,28 @@ export interface PeerOptions {
    * Default: 5000.
    */
   receiveStallMs?: number;
+  /**
+   * The window of the rate floor on incoming files, ms: in each, counted as `receiveStallMs` is
+   * (only while the wait is the sender's), the accepted files must get `receiveMinBytes` of data
+   * in all, or they are given up as too slow. Default: 30000.
+   */
+  receiveWindowMs?: number;
+  /**
+   * The bytes of file data each `receiveWindowMs` must bring (see there). Default: 16384 (about
+   * 4.4 kbit/s: an 8 kbit/s link passes with room to spare, a byte every few seconds does not).
+   */
+  receiveMinBytes?: number;
 }
 
 const MAX_QUEUED = 32; // frames parsed but not handled before we stop reading
 const MAX_INCOMING_FILES = 8;
 const MAX_OFFERS = 16; // offers waiting for the user, per connection
 const STALL_MS = 5_000;
+// A file data trickle (a byte every few seconds passes the stall rule) would hold its quota for
+// ever; a rate floor far under any real link's stops it. Counted over a long window, so a slow
+// link's bursts and pauses even out.
+const RATE_WINDOW_MS = 30_000;
+const RATE_MIN_BYTES = 16 * 1024;
 const MAX_DROPPED = 2 * MAX_INCOMING_FILES; // files given up whose data may still be on the way
 /** How long a send may make no progress (the peer reads nothing) before it is aborted. */
 export const SEND_STALL_MS = 30_000;
@@ -231,9 +247,15 @@ export class PeerConnection {
   #offers = new Map<string, FileOffer>(); // offered to us, waiting for the user
   #starting = new Set<string>(); // accepted, its partial file being made (not in #incoming yet)
   // When data of an incoming file last moved (read, or written out), the file data read and not
-  // written yet, and the check that gives up files that get none (#fileTick).
+  // written yet, and the check that gives up files that get none, or too little (#fileTick).
   #fileDataAt = 0;
   #filePieces = 0;
+  // The rate floor's window: file data read in it, and the time in it that was the sender's; when
+  // the check last ran, and when the wait was last seen to be ours.
+  #windowBytes = 0;
+  #windowMs = 0;
+  #tickAt = 0;
+  #oursAt = 0;
   #fileTimer?: ReturnType<typeof setInterval>;
   #lastUnsent = 0;
   #dropped = new Map<string, number>(); // files given up: the bytes of each that may still come
@@ -775,6 +797,7 @@ export class PeerConnection {
           const raw = this.#raw;
           this.#fileDataAt = Date.now();
           const take = Math.min(raw.bytes.length - raw.at, bytes.length - offset);
+          this.#windowBytes += take;
           raw.bytes.set(bytes.subarray(offset, offset + take), raw.at);
           offset += take;
           raw.at += take;
@@ -842,6 +865,8 @@ export class PeerConnection {
     if (piece) {
       this.#filePieces++;
       this.#fileDataAt = Date.now();
+      // A raw piece's bytes were counted as they were read; a chunk's count once it is whole.
+      if (item.type === "chunk") this.#windowBytes += Math.floor(item.data.length * 3 / 4);
     }
     // Messages and acks need no await: with nothing queued before them they are
     // handled at once, without a promise per frame (most of a chat's traffic).
@@ -1238,10 +1263,13 @@ export class PeerConnection {
     }
     if (offering) this.#write({ type: "accept", id: offer.id });
     this.#watch();
-    // The first file's clock starts now; one more accepted does not restart the others'.
-    if (this.#incoming.size === 1) this.#fileDataAt = Date.now();
+    // The first file's clocks start now; one more accepted does not restart the others'.
+    if (this.#incoming.size === 1) {
+      this.#fileDataAt = this.#tickAt = Date.now();
+      this.#windowBytes = this.#windowMs = 0;
+    }
     if (this.#fileTimer === undefined) {
-      const every = Math.min(1_000, this.#receiveStallMs / 5);
+      const every = Math.min(1_000, this.#receiveStallMs / 5, this.#receiveWindowMs / 5);
       this.#fileTimer = setInterval(() => this.#fileTick(), every);
     }
     return undefined;
@@ -1284,7 +1312,8 @@ export class PeerConnection {
 
   #maybeResume(): void {
     if (this.#queued < MAX_QUEUED / 2 && !this.#closed && !this.#broken) {
-      if (this.#socket.isPaused()) this.#fileDataAt = Date.now(); // our pause: not the sender's
+      // Our pause: not the sender's time.
+      if (this.#socket.isPaused()) this.#fileDataAt = this.#oursAt = Date.now();
       // While what we wrote waits (declines, acks), what the peer sends is held, not handled;
       // it is still read up to HOLD_READ_BYTES (see #holdIfUnread).
       if (this.#unsent > MAX_UNSENT) this.#holdIfUnread();
@@ -1296,12 +1325,17 @@ export class PeerConnection {
     return this.#options.receiveStallMs ?? STALL_MS;
   }
 
+  get #receiveWindowMs(): number {
+    return this.#options.receiveWindowMs ?? RATE_WINDOW_MS;
+  }
+
   // Any frame, ours or the peer's, keeps the socket's own timeout (#watch) from firing: a sender
-  // could keep an accepted file half-written for ever with a frame now and then. So an incoming
-  // file that gets no data for receiveStallMs is given up — counted only while the wait is the
-  // sender's: not while we stopped reading (our queue is full, or we hold what it sends because it
-  // reads nothing of ours), nor while what it sent waits to be written, nor while what we wrote
-  // (a "got" it may wait for) is still being read by it.
+  // could keep an accepted file half-written for ever with a frame now and then. So incoming
+  // files that get no data for receiveStallMs, or less than receiveMinBytes in a receiveWindowMs
+  // (a trickle), are given up — counted only while the wait is the sender's: not while we stopped
+  // reading (our queue is full, or we hold what it sends because it reads nothing of ours), nor
+  // while what it sent waits to be written, nor while what we wrote (a "got" it may wait for) is
+  // still being read by it.
   #fileTick(): void {
     if (this.#closed || this.#incoming.size === 0) {
       clearInterval(this.#fileTimer);
@@ -1309,21 +1343,36 @@ export class PeerConnection {
       return;
     }
     const now = Date.now();
+    const since = Math.max(this.#tickAt, this.#oursAt); // the sender's time runs from there
+    this.#tickAt = now;
     const unsent = this.#socket.writableLength;
     const reading = unsent > 0 && unsent !== this.#lastUnsent;
     this.#lastUnsent = unsent;
+    const minBytes = this.#options.receiveMinBytes ?? RATE_MIN_BYTES;
     if (this.#holding || this.#socket.isPaused() || this.#filePieces > 0 || reading) {
-      this.#fileDataAt = now;
+      this.#fileDataAt = this.#oursAt = now;
     } else if (now - this.#fileDataAt >= this.#receiveStallMs) {
-      this.#giveUpFiles().catch(() => {});
+      const seconds = this.#receiveStallMs / 1000;
+      this.#giveUpFiles(
+        `stalled: no data for ${seconds} s`,
+        `no data from "${this.name}" for ${seconds} s: given up`,
+      ).catch(() => {});
+    } else if ((this.#windowMs += now - since) >= this.#receiveWindowMs) {
+      const least = `${formatSize(minBytes)} in ${this.#receiveWindowMs / 1000} s`;
+      if (this.#windowBytes < minBytes) {
+        this.#giveUpFiles(
+          `too slow: under ${least}`,
+          `too slow: "${this.name}" sent under ${least}: given up`,
+        ).catch(() => {});
+      }
+      this.#windowBytes = this.#windowMs = 0;
     }
   }
 
-  // Gives up the incoming files (none got data for receiveStallMs): nothing kept, the quota
-  // given back, our user told, and the sender told with a decline so that it stops. What it
-  // already sent of them is skipped; the connection stays.
-  async #giveUpFiles(): Promise<void> {
-    const seconds = this.#receiveStallMs / 1000;
+  // Gives up the incoming files (they stalled, or trickled): nothing kept, the quota given back,
+  // our user told (`why`), and the sender told with a decline (`reason`) so that it stops. What
+  // it already sent of them is skipped; the connection stays.
+  async #giveUpFiles(reason: string, why: string): Promise<void> {
     const files = [...this.#incoming];
     // All at once, before the first await: data of any of them handled meanwhile is skipped.
     const releases = files.map(([id, file]) => {
@@ -1332,17 +1381,13 @@ export class PeerConnection {
         this.#dropped.delete(this.#dropped.keys().next().value!);
       }
       const release = this.#takeIncoming(id);
-      this.#write({ type: "decline", id, reason: `stalled: no data for ${seconds} s` });
+      this.#write({ type: "decline", id, reason });
       return release;
     });
     for (const [i, [id, file]] of files.entries()) {
       await file.abort();
       releases[i]?.();
-      this.#options.events.fileFailed(this, {
-        id,
-        reason: `no data from "${this.name}" for ${seconds} s: given up`,
-        direction: "in",
-      });
+      this.#options.events.fileFailed(this, { id, reason: why, direction: "in" });
     }
   }
 

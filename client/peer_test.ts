@@ -1172,6 +1172,133 @@ Deno.test("PeerConnection gives up an accepted file that gets no data while othe
   });
 });
 
+/**
+ * Alice's PeerConnection that takes every file at once, with a rate floor of `minBytes` per
+ * `windowMs`, and a raw bob that offers a file of `size` bytes and, once she accepts it, writes
+ * its one `bin` frame's payload `step` bytes every `everyMs`. Stops writing at `stop()`.
+ */
+async function trickledFile(
+  aliceSocket: tls.TLSSocket,
+  rawBob: tls.TLSSocket,
+  dir: string,
+  rate: { windowMs: number; minBytes: number; step: number; everyMs: number; size: number },
+) {
+  const aliceSeen: Seen = [];
+  const taken: FileOffer[] = [];
+  const downloads = join(dir, "alice-downloads");
+  const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+    downloads,
+    events: recorder(aliceSeen),
+    files: taking(taken),
+    receiveWindowMs: rate.windowMs,
+    receiveMinBytes: rate.minBytes,
+  });
+  alice.start();
+  const wire = wireReader(rawBob);
+  const body = new Uint8Array(rate.size).map((_, i) => i % 251);
+  rawBob.write(
+    encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }) +
+      encodeFrame({ type: "file", id: "f1", name: "a.bin", size: body.length }),
+  );
+  await until("the accept", [], () => wire.frames.some((f) => f.type === "accept"));
+  rawBob.write(encodeFrame({ type: "bin", id: "f1", size: body.length }));
+  let sent = 0;
+  const writer = setInterval(() => {
+    rawBob.write(body.subarray(sent, sent + rate.step));
+    sent = Math.min(sent + rate.step, body.length);
+    if (sent === body.length) {
+      clearInterval(writer);
+      rawBob.write(encodeFrame({ type: "end", id: "f1", sha256: sha256Hex(body) }));
+    }
+  }, rate.everyMs);
+  return {
+    alice,
+    aliceSeen,
+    taken,
+    downloads,
+    wire,
+    body,
+    sent: () => sent,
+    stop: () => clearInterval(writer),
+  };
+}
+
+Deno.test("PeerConnection gives up an accepted file its sender trickles a byte at a time (under receiveMinBytes in each receiveWindowMs): nothing kept, the quota given back, the sender told, the connection open", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    // A byte every 100 ms: never 5 s without data, so the stall rule alone never ends it.
+    const t = await trickledFile(aliceSocket, rawBob, dir, {
+      windowMs: 1_000,
+      minBytes: 512,
+      step: 1,
+      everyMs: 100,
+      size: 100_000,
+    });
+    try {
+      await until("the file given up", t.aliceSeen, (s) => s.some((e) => e[0] === "fileFailed"));
+    } finally {
+      t.stop();
+    }
+    assert.deepEqual(t.aliceSeen.find((e) => e[0] === "fileFailed"), [
+      "fileFailed",
+      "in",
+      'too slow: "bob" sent under 512 B in 1 s: given up',
+    ]);
+    assert.ok(t.sent() < 100, `given up only after ${t.sent()} bytes`);
+    assert.deepEqual(
+      await Array.fromAsync(Deno.readDir(t.downloads)),
+      [],
+      "a partial file was left",
+    );
+    assert.deepEqual(t.taken, [], "the quota it took was not given back");
+    await until("the decline", [], () => t.wire.frames.some((f) => f.type === "decline"));
+    assert.deepEqual(t.wire.frames.find((f) => f.type === "decline"), {
+      type: "decline",
+      id: "f1",
+      reason: "too slow: under 512 B in 1 s",
+    });
+    // The rest of it, on the way when the decline came, is skipped; talk goes on.
+    rawBob.write(t.body.subarray(t.sent()));
+    rawBob.write(
+      encodeFrame({ type: "end", id: "f1", sha256: sha256Hex(t.body) }) +
+        encodeFrame({ type: "msg", id: "last", text: "bye now" }),
+    );
+    await until("the last message", t.aliceSeen, (s) => s.some((e) => e[1] === "last"));
+    assert.ok(t.alice.open);
+    assert.ok(!t.wire.frames.some((f) => f.type === "error"), JSON.stringify(t.wire.frames));
+    assert.equal(t.aliceSeen.filter((e) => e[0] === "file").length, 0);
+    t.alice.close();
+  });
+});
+
+Deno.test("PeerConnection keeps a file whose sender is slow but above receiveMinBytes in each receiveWindowMs, however many windows it takes", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    // 256 B every 50 ms: about 2.5 KiB a window, five times the floor, over some 6 windows.
+    const t = await trickledFile(aliceSocket, rawBob, dir, {
+      windowMs: 500,
+      minBytes: 512,
+      step: 256,
+      everyMs: 50,
+      size: 16 * 1024,
+    });
+    try {
+      await until(
+        "the file",
+        t.aliceSeen,
+        (s) => s.some((e) => e[0] === "file" || e[0] === "fileFailed"),
+      );
+    } finally {
+      t.stop();
+    }
+    assert.deepEqual(t.aliceSeen.filter((e) => e[0] === "fileFailed"), [], "a slow link was cut");
+    const [, , bytes, , path] = t.aliceSeen.find((e) => e[0] === "file")!;
+    assert.equal(bytes, t.body.length);
+    assert.deepEqual(await Deno.readFile(path as string), t.body);
+    await until("the ack", [], () => t.wire.frames.some((f) => f.type === "ack"));
+    assert.ok(!t.wire.frames.some((f) => f.type === "decline"), JSON.stringify(t.wire.frames));
+    t.alice.close();
+  });
+});
+
 Deno.test("PeerConnection stops streaming a file its receiver declines midway (it gave up on it), without waiting for the send stall, and keeps the connection", async () => {
   await withPair(async (rawAlice, bobSocket, dir) => {
     const bobSeen: Seen = [];
@@ -1212,6 +1339,7 @@ Deno.test("PeerConnection does not give up a file while it has itself stopped re
       events: recorder(aliceSeen),
       files: taking(taken),
       receiveStallMs: 500,
+      receiveWindowMs: 500, // the rate floor too: no bytes at all while she does not read
     });
     alice.start();
     const wire = wireReader(rawBob);
