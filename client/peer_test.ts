@@ -26,6 +26,7 @@ import {
   MAX_UNSENT_FILL,
   PeerConnection,
   type PeerEvents,
+  type PeerOptions,
 } from "./peer.ts";
 
 type Seen = Array<[string, ...unknown[]]>;
@@ -114,6 +115,33 @@ function startAlice(
 }
 
 /**
+ * PeerConnections at both ends, started: alice's saves in `dir`/alice-downloads (with
+ * `aliceOptions`), bob's in `dir`/bob-downloads; and the events each reports.
+ */
+function startBoth(
+  aliceSocket: tls.TLSSocket,
+  bobSocket: tls.TLSSocket,
+  dir: string,
+  aliceOptions: Partial<PeerOptions> = {},
+) {
+  const aliceSeen: Seen = [];
+  const bobSeen: Seen = [];
+  const downloads = join(dir, "alice-downloads");
+  const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+    downloads,
+    events: recorder(aliceSeen),
+    ...aliceOptions,
+  });
+  const bob = new PeerConnection(bobSocket, "alice", undefined!, {
+    downloads: join(dir, "bob-downloads"),
+    events: recorder(bobSeen),
+  });
+  alice.start();
+  bob.start();
+  return { alice, bob, aliceSeen, bobSeen, downloads };
+}
+
+/**
  * Alice's PeerConnection over `aliceSocket`, started, and what the raw peer at the other end
  * receives (as text).
  */
@@ -131,19 +159,8 @@ function aliceAndRawBob(
 
 Deno.test("PeerConnection carries a message with its ack and a 3 MiB file intact, and a close reaches both ends", async () => {
   await withPair(async (aliceSocket, bobSocket, dir) => {
-    const aliceSeen: Seen = [];
-    const bobSeen: Seen = [];
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: join(dir, "alice-downloads"),
-      events: recorder(aliceSeen),
-    });
-    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
-      downloads: join(dir, "bob-downloads"),
-      events: recorder(bobSeen),
-    });
     await Deno.mkdir(join(dir, "alice-downloads"));
-    alice.start();
-    bob.start();
+    const { alice, bob, aliceSeen, bobSeen } = startBoth(aliceSocket, bobSocket, dir);
 
     const id = bob.sendMessage("hi alice");
     await until("alice's message", aliceSeen, (s) => s.some((e) => e[0] === "message"));
@@ -175,19 +192,8 @@ Deno.test("PeerConnection carries a message with its ack and a 3 MiB file intact
 
 Deno.test("PeerConnection holds back a quarantined peer's messages: not shown, not acknowledged", async () => {
   await withPair(async (aliceSocket, bobSocket, dir) => {
-    const aliceSeen: Seen = [];
-    const bobSeen: Seen = [];
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: dir,
-      events: recorder(aliceSeen),
-    });
-    alice.quarantined = true;
-    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
-      downloads: dir,
-      events: recorder(bobSeen),
-    });
-    alice.start();
-    bob.start();
+    const { alice, bob, aliceSeen, bobSeen } = startBoth(aliceSocket, bobSocket, dir);
+    alice.quarantined = true; // before anything arrives
     bob.sendMessage("from a changed key");
     await until("held", aliceSeen, (s) => s.some((e) => e[0] === "held"));
     await new Promise((r) => setTimeout(r, 100));
@@ -362,21 +368,10 @@ function asking(taken: FileOffer[], refuse?: string): FilePolicy {
 
 Deno.test("PeerConnection offers a file and streams it only after acceptOffer(); declineOffer() tells the sender", async () => {
   await withPair(async (aliceSocket, bobSocket, dir) => {
-    const aliceSeen: Seen = [];
-    const bobSeen: Seen = [];
     const taken: FileOffer[] = [];
-    const downloads = join(dir, "alice-downloads");
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads,
-      events: recorder(aliceSeen),
+    const { alice, bob, aliceSeen, bobSeen, downloads } = startBoth(aliceSocket, bobSocket, dir, {
       files: asking(taken),
     });
-    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
-      downloads: join(dir, "bob-downloads"),
-      events: recorder(bobSeen),
-    });
-    alice.start();
-    bob.start();
     const body = new TextEncoder().encode("consent first\n");
     await Deno.writeFile(join(dir, "a.txt"), body);
     const offer = await bob.sendFile(join(dir, "a.txt"));
@@ -415,23 +410,12 @@ Deno.test("PeerConnection offers a file and streams it only after acceptOffer();
 
 Deno.test("PeerConnection declines an offer its policy refuses, with the reason on both sides, and writes nothing", async () => {
   await withPair(async (aliceSocket, bobSocket, dir) => {
-    const aliceSeen: Seen = [];
-    const bobSeen: Seen = [];
-    const downloads = join(dir, "alice-downloads");
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads,
-      events: recorder(aliceSeen),
+    const { alice, bob, aliceSeen, bobSeen, downloads } = startBoth(aliceSocket, bobSocket, dir, {
       files: {
         decide: () => ({ refuse: "the quota of 0 files is used up" }),
         take: () => ({ refuse: "never" }),
       },
     });
-    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
-      downloads: join(dir, "bob-downloads"),
-      events: recorder(bobSeen),
-    });
-    alice.start();
-    bob.start();
     await Deno.writeFile(join(dir, "a.txt"), new Uint8Array(10));
     await bob.sendFile(join(dir, "a.txt"));
     await until("bob told", bobSeen, (s) => s.some((e) => e[0] === "fileFailed"));
@@ -982,20 +966,10 @@ Deno.test("PeerConnection neither shows nor acknowledges what arrives after clos
 
 Deno.test("PeerConnection cut while an accepted offer starts leaves no partial file behind and gives the quota back", async () => {
   await withPair(async (aliceSocket, bobSocket, dir) => {
-    const aliceSeen: Seen = [];
     const taken: FileOffer[] = [];
-    const downloads = join(dir, "alice-downloads");
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads,
-      events: recorder(aliceSeen),
+    const { alice, bob, aliceSeen, downloads } = startBoth(aliceSocket, bobSocket, dir, {
       files: asking(taken),
     });
-    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
-      downloads: join(dir, "bob-downloads"),
-      events: recorder([]),
-    });
-    alice.start();
-    bob.start();
     await Deno.writeFile(join(dir, "a.txt"), new Uint8Array(10));
     const offer = await bob.sendFile(join(dir, "a.txt"));
     await until("the offer", aliceSeen, (s) => s.some((e) => e[0] === "offer"));
@@ -1019,21 +993,10 @@ Deno.test("PeerConnection cut while an accepted offer starts leaves no partial f
 
 Deno.test("PeerConnection stops waiting for a file its sender withdrew after we accepted it: nothing kept, the quota given back, the connection open", async () => {
   await withPair(async (aliceSocket, bobSocket, dir) => {
-    const aliceSeen: Seen = [];
-    const bobSeen: Seen = [];
     const taken: FileOffer[] = [];
-    const downloads = join(dir, "alice-downloads");
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads,
-      events: recorder(aliceSeen),
+    const { alice, bob, aliceSeen, bobSeen, downloads } = startBoth(aliceSocket, bobSocket, dir, {
       files: asking(taken),
     });
-    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
-      downloads: join(dir, "bob-downloads"),
-      events: recorder(bobSeen),
-    });
-    alice.start();
-    bob.start();
     await Deno.writeFile(join(dir, "a.txt"), new Uint8Array(10));
     const offer = await bob.sendFile(join(dir, "a.txt"), { room: "#team" });
     await until("the offer", aliceSeen, (s) => s.some((e) => e[0] === "offer"));
