@@ -256,6 +256,8 @@ export class PeerConnection {
   #windowMs = 0;
   #tickAt = 0;
   #oursAt = 0;
+  #heldPaused = false; // reading stopped because the peer reads nothing of ours: its wait
+  #unholding = false; // what was held is handled now: counted for the window as it was read
   #fileTimer?: ReturnType<typeof setInterval>;
   #lastUnsent = 0;
   #dropped = new Map<string, number>(); // files given up: the bytes of each that may still come
@@ -776,7 +778,12 @@ export class PeerConnection {
     if (this.#holding) {
       this.#held.push(bytes);
       this.#heldBytes += bytes.length;
-      if (this.#heldBytes > HOLD_READ_BYTES) pauseReading(this.#socket);
+      // Not parsed yet, so all of it counts as the file's (a slow link sending both ways holds).
+      if (!this.#unholding) this.#windowBytes += bytes.length;
+      if (this.#heldBytes > HOLD_READ_BYTES) {
+        pauseReading(this.#socket);
+        this.#heldPaused = true;
+      }
       return;
     }
     let offset = 0;
@@ -797,7 +804,7 @@ export class PeerConnection {
           const raw = this.#raw;
           this.#fileDataAt = Date.now();
           const take = Math.min(raw.bytes.length - raw.at, bytes.length - offset);
-          this.#windowBytes += take;
+          if (!this.#unholding) this.#windowBytes += take;
           raw.bytes.set(bytes.subarray(offset, offset + take), raw.at);
           offset += take;
           raw.at += take;
@@ -866,7 +873,9 @@ export class PeerConnection {
       this.#filePieces++;
       this.#fileDataAt = Date.now();
       // A raw piece's bytes were counted as they were read; a chunk's count once it is whole.
-      if (item.type === "chunk") this.#windowBytes += Math.floor(item.data.length * 3 / 4);
+      if (item.type === "chunk" && !this.#unholding) {
+        this.#windowBytes += Math.floor(item.data.length * 3 / 4);
+      }
     }
     // Messages and acks need no await: with nothing queued before them they are
     // handled at once, without a promise per frame (most of a chat's traffic).
@@ -1202,7 +1211,12 @@ export class PeerConnection {
     const held = this.#held;
     this.#held = [];
     this.#heldBytes = 0;
-    for (const bytes of held) this.#onData(bytes);
+    this.#unholding = true;
+    try {
+      for (const bytes of held) this.#onData(bytes);
+    } finally {
+      this.#unholding = false;
+    }
   }
 
   // Tells a sender that waits for it (one that offers) how much of file `id` is written.
@@ -1312,12 +1326,19 @@ export class PeerConnection {
 
   #maybeResume(): void {
     if (this.#queued < MAX_QUEUED / 2 && !this.#closed && !this.#broken) {
-      // Our pause: not the sender's time.
-      if (this.#socket.isPaused()) this.#fileDataAt = this.#oursAt = Date.now();
+      // Our pause: not the sender's time for the stall rule, nor for the rate floor unless it was
+      // the peer's doing (it reads nothing of ours).
+      if (this.#socket.isPaused()) {
+        this.#fileDataAt = Date.now();
+        if (!this.#heldPaused) this.#oursAt = this.#fileDataAt;
+      }
       // While what we wrote waits (declines, acks), what the peer sends is held, not handled;
       // it is still read up to HOLD_READ_BYTES (see #holdIfUnread).
       if (this.#unsent > MAX_UNSENT) this.#holdIfUnread();
-      if (!this.#holding || this.#heldBytes <= HOLD_READ_BYTES) resumeReading(this.#socket);
+      if (!this.#holding || this.#heldBytes <= HOLD_READ_BYTES) {
+        resumeReading(this.#socket);
+        this.#heldPaused = false;
+      }
     }
   }
 
@@ -1331,11 +1352,14 @@ export class PeerConnection {
 
   // Any frame, ours or the peer's, keeps the socket's own timeout (#watch) from firing: a sender
   // could keep an accepted file half-written for ever with a frame now and then. So incoming
-  // files that get no data for receiveStallMs, or less than receiveMinBytes in a receiveWindowMs
-  // (a trickle), are given up — counted only while the wait is the sender's: not while we stopped
-  // reading (our queue is full, or we hold what it sends because it reads nothing of ours), nor
-  // while what it sent waits to be written, nor while what we wrote (a "got" it may wait for) is
-  // still being read by it.
+  // files that get no data for receiveStallMs are given up — counted only while the wait is the
+  // sender's: not while we stopped reading (our queue is full, or we hold what it sends because it
+  // reads nothing of ours), nor while what it sent waits to be written, nor while what we wrote
+  // (a "got" it may wait for) is still being read by it. So are files that get less than
+  // receiveMinBytes in a receiveWindowMs (a trickle, which the stall rule never sees), counted
+  // only while we do not wait for ourselves (a full queue, a slow disk): a peer that reads nothing
+  // of ours, or reads it slowly, would otherwise be spared for as long as it likes. (A sender that
+  // waits that long for a "got" aborts its send itself, after its own 30 s.)
   #fileTick(): void {
     if (this.#closed || this.#incoming.size === 0) {
       clearInterval(this.#fileTimer);
@@ -1349,15 +1373,18 @@ export class PeerConnection {
     const reading = unsent > 0 && unsent !== this.#lastUnsent;
     this.#lastUnsent = unsent;
     const minBytes = this.#options.receiveMinBytes ?? RATE_MIN_BYTES;
+    const ours = (this.#socket.isPaused() && !this.#heldPaused) || this.#filePieces > 0;
+    if (ours) this.#oursAt = now;
     if (this.#holding || this.#socket.isPaused() || this.#filePieces > 0 || reading) {
-      this.#fileDataAt = this.#oursAt = now;
-    } else if (now - this.#fileDataAt >= this.#receiveStallMs) {
+      this.#fileDataAt = now;
+    }
+    if (now - this.#fileDataAt >= this.#receiveStallMs) {
       const seconds = this.#receiveStallMs / 1000;
       this.#giveUpFiles(
         `stalled: no data for ${seconds} s`,
         `no data from "${this.name}" for ${seconds} s: given up`,
       ).catch(() => {});
-    } else if ((this.#windowMs += now - since) >= this.#receiveWindowMs) {
+    } else if (!ours && (this.#windowMs += now - since) >= this.#receiveWindowMs) {
       const least = `${formatSize(minBytes)} in ${this.#receiveWindowMs / 1000} s`;
       if (this.#windowBytes < minBytes) {
         this.#giveUpFiles(

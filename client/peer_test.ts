@@ -94,7 +94,7 @@ async function withPair(
 function startAlice(
   aliceSocket: tls.TLSSocket,
   downloads: string,
-  options: { sendStallMs?: number; closeOn?: { id: string; reason: string } } = {},
+  options: Partial<PeerOptions> & { closeOn?: { id: string; reason: string } } = {},
 ): { alice: PeerConnection; aliceSeen: Seen } {
   const { closeOn, ...rest } = options;
   const aliceSeen: Seen = [];
@@ -1261,6 +1261,59 @@ Deno.test("PeerConnection keeps a file whose sender is slow but above receiveMin
     t.alice.close();
   });
 });
+
+// A sender that reads nothing of what alice writes back (acks of its messages) has her wait on it,
+// not on her own disk: that must not pass for her own back-pressure and spare its trickle.
+for (const holds of [false, true]) {
+  const what = holds
+    ? "over 1 MiB of acks waits unsent, so she holds what it sends"
+    : "its acks wait unsent, more each turn";
+  Deno.test(`PeerConnection gives up a trickled file whose sender reads nothing of what it writes back (${what})`, async () => {
+    await withPair(async (aliceSocket, rawBob, dir) => {
+      const { alice, aliceSeen } = startAlice(aliceSocket, join(dir, "alice-downloads"), {
+        files: taking([]),
+        receiveWindowMs: 2_000,
+        receiveMinBytes: 8 * 1024, // what she holds unread counts whole: the messages too
+      });
+      rawBob.on("error", () => {});
+      // Bob does not list "offer": his data follows the file frame without waiting for an accept,
+      // so he need not read anything of alice's.
+      rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["bin"] }));
+      pauseReading(rawBob);
+      let n = 0;
+      const message = () =>
+        encodeFrame({ type: "msg", id: String(n++).padStart(64, "0"), text: "x" });
+      // Messages until their acks fill what the kernel takes and wait in alice's process.
+      const flood = async (unsent: number, settleMs: number) => {
+        for (let i = 0; aliceSocket.writableLength < unsent; i++) {
+          assert.ok(i < 300, `${aliceSocket.writableLength} bytes unsent after ${n} messages`);
+          rawBob.write(Array.from({ length: 2_000 }, message).join(""));
+          await new Promise((r) => setTimeout(r, settleMs));
+        }
+      };
+      await flood(64 * 1024, 100);
+      rawBob.write(encodeFrame({ type: "file", id: "f1", name: "a.bin", size: 100_000 }));
+      if (holds) await flood(1024 * 1024 + 1, 10);
+      // A byte of the file and a message (one more ack to wait) every 100 ms: about 2.7 KiB in 2 s.
+      const trickle = setInterval(() => {
+        rawBob.write(encodeFrame({ type: "bin", id: "f1", size: 1 }));
+        rawBob.write(new Uint8Array(1));
+        rawBob.write(message());
+      }, 100);
+      try {
+        await until("the file given up", aliceSeen, (s) => s.some((e) => e[0] === "fileFailed"));
+      } finally {
+        clearInterval(trickle);
+      }
+      assert.deepEqual(aliceSeen.find((e) => e[0] === "fileFailed"), [
+        "fileFailed",
+        "in",
+        'too slow: "bob" sent under 8 KiB in 2 s: given up',
+      ]);
+      alice.close();
+    });
+  });
+}
 
 Deno.test("PeerConnection stops streaming a file its receiver declines midway (it gave up on it), without waiting for the send stall, and keeps the connection", async () => {
   await withPair(async (rawAlice, bobSocket, dir) => {
