@@ -116,12 +116,28 @@ export interface PeerOptions {
    * Default: 5000.
    */
   receiveStallMs?: number;
+  /**
+   * The window of the rate floor on incoming files, ms: in each, counted as `receiveStallMs` is
+   * (only while the wait is the sender's), the accepted files must get `receiveMinBytes` of data
+   * in all, or they are given up as too slow. Default: 30000.
+   */
+  receiveWindowMs?: number;
+  /**
+   * The bytes of file data each `receiveWindowMs` must bring (see there). Default: 16384 (about
+   * 4.4 kbit/s: an 8 kbit/s link passes with room to spare, a byte every few seconds does not).
+   */
+  receiveMinBytes?: number;
 }
 
 const MAX_QUEUED = 32; // frames parsed but not handled before we stop reading
 const MAX_INCOMING_FILES = 8;
 const MAX_OFFERS = 16; // offers waiting for the user, per connection
 const STALL_MS = 5_000;
+// A file data trickle (a byte every few seconds passes the stall rule) would hold its quota for
+// ever; a rate floor far under any real link's stops it. Counted over a long window, so a slow
+// link's bursts and pauses even out.
+const RATE_WINDOW_MS = 30_000;
+const RATE_MIN_BYTES = 16 * 1024;
 const MAX_DROPPED = 2 * MAX_INCOMING_FILES; // files given up whose data may still be on the way
 /** How long a send may make no progress (the peer reads nothing) before it is aborted. */
 export const SEND_STALL_MS = 30_000;
@@ -233,9 +249,17 @@ export class PeerConnection {
   #offers = new Map<string, FileOffer>(); // offered to us, waiting for the user
   #starting = new Set<string>(); // accepted, its partial file being made (not in #incoming yet)
   // When data of an incoming file last moved (read, or written out), the file data read and not
-  // written yet, and the check that gives up files that get none (#fileTick).
+  // written yet, and the check that gives up files that get none, or too little (#fileTick).
   #fileDataAt = 0;
   #filePieces = 0;
+  // The rate floor's window: file data read in it, and the time in it that was the sender's; when
+  // the check last ran, and when the wait was last seen to be ours.
+  #windowBytes = 0;
+  #windowMs = 0;
+  #tickAt = 0;
+  #oursAt = 0;
+  #heldPaused = false; // reading stopped because the peer reads nothing of ours: its wait
+  #unholding = false; // what was held is handled now: counted for the window as it was read
   #fileTimer?: ReturnType<typeof setInterval>;
   #lastUnsent = 0;
   #dropped = new Map<string, number>(); // files given up: the bytes of each that may still come
@@ -764,7 +788,12 @@ export class PeerConnection {
     if (this.#holding) {
       this.#held.push(bytes);
       this.#heldBytes += bytes.length;
-      if (this.#heldBytes > HOLD_READ_BYTES) pauseReading(this.#socket);
+      // Not parsed yet, so all of it counts as the file's (a slow link sending both ways holds).
+      if (!this.#unholding) this.#windowBytes += bytes.length;
+      if (this.#heldBytes > HOLD_READ_BYTES) {
+        pauseReading(this.#socket);
+        this.#heldPaused = true;
+      }
       return;
     }
     let offset = 0;
@@ -785,6 +814,7 @@ export class PeerConnection {
           const raw = this.#raw;
           this.#fileDataAt = Date.now();
           const take = Math.min(raw.bytes.length - raw.at, bytes.length - offset);
+          if (!this.#unholding) this.#windowBytes += take;
           raw.bytes.set(bytes.subarray(offset, offset + take), raw.at);
           offset += take;
           raw.at += take;
@@ -852,6 +882,10 @@ export class PeerConnection {
     if (piece) {
       this.#filePieces++;
       this.#fileDataAt = Date.now();
+      // A raw piece's bytes were counted as they were read; a chunk's count once it is whole.
+      if (item.type === "chunk" && !this.#unholding) {
+        this.#windowBytes += Math.floor(item.data.length * 3 / 4);
+      }
     }
     // The other side's refusal in place of its hello (docs/PROTOCOL.md §1), where it negotiated
     // one: taken at once, as its close follows at once, and what is queued is not handled after
@@ -1203,7 +1237,12 @@ export class PeerConnection {
     const held = this.#held;
     this.#held = [];
     this.#heldBytes = 0;
-    for (const bytes of held) this.#onData(bytes);
+    this.#unholding = true;
+    try {
+      for (const bytes of held) this.#onData(bytes);
+    } finally {
+      this.#unholding = false;
+    }
   }
 
   // Tells a sender that waits for it (one that offers) how much of file `id` is written.
@@ -1264,10 +1303,13 @@ export class PeerConnection {
     }
     if (offering) this.#write({ type: "accept", id: offer.id });
     this.#watch();
-    // The first file's clock starts now; one more accepted does not restart the others'.
-    if (this.#incoming.size === 1) this.#fileDataAt = Date.now();
+    // The first file's clocks start now; one more accepted does not restart the others'.
+    if (this.#incoming.size === 1) {
+      this.#fileDataAt = this.#tickAt = Date.now();
+      this.#windowBytes = this.#windowMs = 0;
+    }
     if (this.#fileTimer === undefined) {
-      const every = Math.min(1_000, this.#receiveStallMs / 5);
+      const every = Math.min(1_000, this.#receiveStallMs / 5, this.#receiveWindowMs / 5);
       this.#fileTimer = setInterval(() => this.#fileTick(), every);
     }
     return undefined;
@@ -1310,11 +1352,19 @@ export class PeerConnection {
 
   #maybeResume(): void {
     if (this.#queued < MAX_QUEUED / 2 && !this.#closed && !this.#broken) {
-      if (this.#socket.isPaused()) this.#fileDataAt = Date.now(); // our pause: not the sender's
+      // Our pause: not the sender's time for the stall rule, nor for the rate floor unless it was
+      // the peer's doing (it reads nothing of ours).
+      if (this.#socket.isPaused()) {
+        this.#fileDataAt = Date.now();
+        if (!this.#heldPaused) this.#oursAt = this.#fileDataAt;
+      }
       // While what we wrote waits (declines, acks), what the peer sends is held, not handled;
       // it is still read up to HOLD_READ_BYTES (see #holdIfUnread).
       if (this.#unsent > MAX_UNSENT) this.#holdIfUnread();
-      if (!this.#holding || this.#heldBytes <= HOLD_READ_BYTES) resumeReading(this.#socket);
+      if (!this.#holding || this.#heldBytes <= HOLD_READ_BYTES) {
+        resumeReading(this.#socket);
+        this.#heldPaused = false;
+      }
     }
   }
 
@@ -1322,12 +1372,20 @@ export class PeerConnection {
     return this.#options.receiveStallMs ?? STALL_MS;
   }
 
+  get #receiveWindowMs(): number {
+    return this.#options.receiveWindowMs ?? RATE_WINDOW_MS;
+  }
+
   // Any frame, ours or the peer's, keeps the socket's own timeout (#watch) from firing: a sender
-  // could keep an accepted file half-written for ever with a frame now and then. So an incoming
-  // file that gets no data for receiveStallMs is given up — counted only while the wait is the
+  // could keep an accepted file half-written for ever with a frame now and then. So incoming
+  // files that get no data for receiveStallMs are given up — counted only while the wait is the
   // sender's: not while we stopped reading (our queue is full, or we hold what it sends because it
   // reads nothing of ours), nor while what it sent waits to be written, nor while what we wrote
-  // (a "got" it may wait for) is still being read by it.
+  // (a "got" it may wait for) is still being read by it. So are files that get less than
+  // receiveMinBytes in a receiveWindowMs (a trickle, which the stall rule never sees), counted
+  // only while we do not wait for ourselves (a full queue, a slow disk): a peer that reads nothing
+  // of ours, or reads it slowly, would otherwise be spared for as long as it likes. (A sender that
+  // waits that long for a "got" aborts its send itself, after its own 30 s.)
   #fileTick(): void {
     if (this.#closed || this.#incoming.size === 0) {
       clearInterval(this.#fileTimer);
@@ -1335,21 +1393,39 @@ export class PeerConnection {
       return;
     }
     const now = Date.now();
+    const since = Math.max(this.#tickAt, this.#oursAt); // the sender's time runs from there
+    this.#tickAt = now;
     const unsent = this.#socket.writableLength;
     const reading = unsent > 0 && unsent !== this.#lastUnsent;
     this.#lastUnsent = unsent;
+    const minBytes = this.#options.receiveMinBytes ?? RATE_MIN_BYTES;
+    const ours = (this.#socket.isPaused() && !this.#heldPaused) || this.#filePieces > 0;
+    if (ours) this.#oursAt = now;
     if (this.#holding || this.#socket.isPaused() || this.#filePieces > 0 || reading) {
       this.#fileDataAt = now;
-    } else if (now - this.#fileDataAt >= this.#receiveStallMs) {
-      this.#giveUpFiles().catch(() => {});
+    }
+    if (now - this.#fileDataAt >= this.#receiveStallMs) {
+      const seconds = this.#receiveStallMs / 1000;
+      this.#giveUpFiles(
+        `stalled: no data for ${seconds} s`,
+        `no data from "${this.name}" for ${seconds} s: given up`,
+      ).catch(() => {});
+    } else if (!ours && (this.#windowMs += now - since) >= this.#receiveWindowMs) {
+      const least = `${formatSize(minBytes)} in ${this.#receiveWindowMs / 1000} s`;
+      if (this.#windowBytes < minBytes) {
+        this.#giveUpFiles(
+          `too slow: under ${least}`,
+          `too slow: "${this.name}" sent under ${least}: given up`,
+        ).catch(() => {});
+      }
+      this.#windowBytes = this.#windowMs = 0;
     }
   }
 
-  // Gives up the incoming files (none got data for receiveStallMs): nothing kept, the quota
-  // given back, our user told, and the sender told with a decline so that it stops. What it
-  // already sent of them is skipped; the connection stays.
-  async #giveUpFiles(): Promise<void> {
-    const seconds = this.#receiveStallMs / 1000;
+  // Gives up the incoming files (they stalled, or trickled): nothing kept, the quota given back,
+  // our user told (`why`), and the sender told with a decline (`reason`) so that it stops. What
+  // it already sent of them is skipped; the connection stays.
+  async #giveUpFiles(reason: string, why: string): Promise<void> {
     const files = [...this.#incoming];
     // All at once, before the first await: data of any of them handled meanwhile is skipped.
     const releases = files.map(([id, file]) => {
@@ -1358,17 +1434,13 @@ export class PeerConnection {
         this.#dropped.delete(this.#dropped.keys().next().value!);
       }
       const release = this.#takeIncoming(id);
-      this.#write({ type: "decline", id, reason: `stalled: no data for ${seconds} s` });
+      this.#write({ type: "decline", id, reason });
       return release;
     });
     for (const [i, [id, file]] of files.entries()) {
       await file.abort();
       releases[i]?.();
-      this.#options.events.fileFailed(this, {
-        id,
-        reason: `no data from "${this.name}" for ${seconds} s: given up`,
-        direction: "in",
-      });
+      this.#options.events.fileFailed(this, { id, reason: why, direction: "in" });
     }
   }
 

@@ -26,6 +26,7 @@ import {
   MAX_UNSENT_FILL,
   PeerConnection,
   type PeerEvents,
+  type PeerOptions,
 } from "./peer.ts";
 
 type Seen = Array<[string, ...unknown[]]>;
@@ -93,7 +94,7 @@ async function withPair(
 function startAlice(
   aliceSocket: tls.TLSSocket,
   downloads: string,
-  options: { sendStallMs?: number; closeOn?: { id: string; reason: string } } = {},
+  options: Partial<PeerOptions> & { closeOn?: { id: string; reason: string } } = {},
 ): { alice: PeerConnection; aliceSeen: Seen } {
   const { closeOn, ...rest } = options;
   const aliceSeen: Seen = [];
@@ -114,6 +115,33 @@ function startAlice(
 }
 
 /**
+ * PeerConnections at both ends, started: alice's saves in `dir`/alice-downloads (with
+ * `aliceOptions`), bob's in `dir`/bob-downloads; and the events each reports.
+ */
+function startBoth(
+  aliceSocket: tls.TLSSocket,
+  bobSocket: tls.TLSSocket,
+  dir: string,
+  aliceOptions: Partial<PeerOptions> = {},
+) {
+  const aliceSeen: Seen = [];
+  const bobSeen: Seen = [];
+  const downloads = join(dir, "alice-downloads");
+  const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+    downloads,
+    events: recorder(aliceSeen),
+    ...aliceOptions,
+  });
+  const bob = new PeerConnection(bobSocket, "alice", undefined!, {
+    downloads: join(dir, "bob-downloads"),
+    events: recorder(bobSeen),
+  });
+  alice.start();
+  bob.start();
+  return { alice, bob, aliceSeen, bobSeen, downloads };
+}
+
+/**
  * Alice's PeerConnection over `aliceSocket`, started, and what the raw peer at the other end
  * receives (as text).
  */
@@ -131,19 +159,8 @@ function aliceAndRawBob(
 
 Deno.test("PeerConnection carries a message with its ack and a 3 MiB file intact, and a close reaches both ends", async () => {
   await withPair(async (aliceSocket, bobSocket, dir) => {
-    const aliceSeen: Seen = [];
-    const bobSeen: Seen = [];
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: join(dir, "alice-downloads"),
-      events: recorder(aliceSeen),
-    });
-    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
-      downloads: join(dir, "bob-downloads"),
-      events: recorder(bobSeen),
-    });
     await Deno.mkdir(join(dir, "alice-downloads"));
-    alice.start();
-    bob.start();
+    const { alice, bob, aliceSeen, bobSeen } = startBoth(aliceSocket, bobSocket, dir);
 
     const id = bob.sendMessage("hi alice");
     await until("alice's message", aliceSeen, (s) => s.some((e) => e[0] === "message"));
@@ -175,19 +192,8 @@ Deno.test("PeerConnection carries a message with its ack and a 3 MiB file intact
 
 Deno.test("PeerConnection holds back a quarantined peer's messages: not shown, not acknowledged", async () => {
   await withPair(async (aliceSocket, bobSocket, dir) => {
-    const aliceSeen: Seen = [];
-    const bobSeen: Seen = [];
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads: dir,
-      events: recorder(aliceSeen),
-    });
-    alice.quarantined = true;
-    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
-      downloads: dir,
-      events: recorder(bobSeen),
-    });
-    alice.start();
-    bob.start();
+    const { alice, bob, aliceSeen, bobSeen } = startBoth(aliceSocket, bobSocket, dir);
+    alice.quarantined = true; // before anything arrives
     bob.sendMessage("from a changed key");
     await until("held", aliceSeen, (s) => s.some((e) => e[0] === "held"));
     await new Promise((r) => setTimeout(r, 100));
@@ -362,21 +368,10 @@ function asking(taken: FileOffer[], refuse?: string): FilePolicy {
 
 Deno.test("PeerConnection offers a file and streams it only after acceptOffer(); declineOffer() tells the sender", async () => {
   await withPair(async (aliceSocket, bobSocket, dir) => {
-    const aliceSeen: Seen = [];
-    const bobSeen: Seen = [];
     const taken: FileOffer[] = [];
-    const downloads = join(dir, "alice-downloads");
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads,
-      events: recorder(aliceSeen),
+    const { alice, bob, aliceSeen, bobSeen, downloads } = startBoth(aliceSocket, bobSocket, dir, {
       files: asking(taken),
     });
-    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
-      downloads: join(dir, "bob-downloads"),
-      events: recorder(bobSeen),
-    });
-    alice.start();
-    bob.start();
     const body = new TextEncoder().encode("consent first\n");
     await Deno.writeFile(join(dir, "a.txt"), body);
     const offer = await bob.sendFile(join(dir, "a.txt"));
@@ -415,23 +410,12 @@ Deno.test("PeerConnection offers a file and streams it only after acceptOffer();
 
 Deno.test("PeerConnection declines an offer its policy refuses, with the reason on both sides, and writes nothing", async () => {
   await withPair(async (aliceSocket, bobSocket, dir) => {
-    const aliceSeen: Seen = [];
-    const bobSeen: Seen = [];
-    const downloads = join(dir, "alice-downloads");
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads,
-      events: recorder(aliceSeen),
+    const { alice, bob, aliceSeen, bobSeen, downloads } = startBoth(aliceSocket, bobSocket, dir, {
       files: {
         decide: () => ({ refuse: "the quota of 0 files is used up" }),
         take: () => ({ refuse: "never" }),
       },
     });
-    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
-      downloads: join(dir, "bob-downloads"),
-      events: recorder(bobSeen),
-    });
-    alice.start();
-    bob.start();
     await Deno.writeFile(join(dir, "a.txt"), new Uint8Array(10));
     await bob.sendFile(join(dir, "a.txt"));
     await until("bob told", bobSeen, (s) => s.some((e) => e[0] === "fileFailed"));
@@ -982,20 +966,10 @@ Deno.test("PeerConnection neither shows nor acknowledges what arrives after clos
 
 Deno.test("PeerConnection cut while an accepted offer starts leaves no partial file behind and gives the quota back", async () => {
   await withPair(async (aliceSocket, bobSocket, dir) => {
-    const aliceSeen: Seen = [];
     const taken: FileOffer[] = [];
-    const downloads = join(dir, "alice-downloads");
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads,
-      events: recorder(aliceSeen),
+    const { alice, bob, aliceSeen, downloads } = startBoth(aliceSocket, bobSocket, dir, {
       files: asking(taken),
     });
-    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
-      downloads: join(dir, "bob-downloads"),
-      events: recorder([]),
-    });
-    alice.start();
-    bob.start();
     await Deno.writeFile(join(dir, "a.txt"), new Uint8Array(10));
     const offer = await bob.sendFile(join(dir, "a.txt"));
     await until("the offer", aliceSeen, (s) => s.some((e) => e[0] === "offer"));
@@ -1019,21 +993,10 @@ Deno.test("PeerConnection cut while an accepted offer starts leaves no partial f
 
 Deno.test("PeerConnection stops waiting for a file its sender withdrew after we accepted it: nothing kept, the quota given back, the connection open", async () => {
   await withPair(async (aliceSocket, bobSocket, dir) => {
-    const aliceSeen: Seen = [];
-    const bobSeen: Seen = [];
     const taken: FileOffer[] = [];
-    const downloads = join(dir, "alice-downloads");
-    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
-      downloads,
-      events: recorder(aliceSeen),
+    const { alice, bob, aliceSeen, bobSeen, downloads } = startBoth(aliceSocket, bobSocket, dir, {
       files: asking(taken),
     });
-    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
-      downloads: join(dir, "bob-downloads"),
-      events: recorder(bobSeen),
-    });
-    alice.start();
-    bob.start();
     await Deno.writeFile(join(dir, "a.txt"), new Uint8Array(10));
     const offer = await bob.sendFile(join(dir, "a.txt"), { room: "#team" });
     await until("the offer", aliceSeen, (s) => s.some((e) => e[0] === "offer"));
@@ -1172,6 +1135,186 @@ Deno.test("PeerConnection gives up an accepted file that gets no data while othe
   });
 });
 
+/**
+ * Alice's PeerConnection that takes every file at once, with a rate floor of `minBytes` per
+ * `windowMs`, and a raw bob that offers a file of `size` bytes and, once she accepts it, writes
+ * its one `bin` frame's payload `step` bytes every `everyMs`. Stops writing at `stop()`.
+ */
+async function trickledFile(
+  aliceSocket: tls.TLSSocket,
+  rawBob: tls.TLSSocket,
+  dir: string,
+  rate: { windowMs: number; minBytes: number; step: number; everyMs: number; size: number },
+) {
+  const aliceSeen: Seen = [];
+  const taken: FileOffer[] = [];
+  const downloads = join(dir, "alice-downloads");
+  const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+    downloads,
+    events: recorder(aliceSeen),
+    files: taking(taken),
+    receiveWindowMs: rate.windowMs,
+    receiveMinBytes: rate.minBytes,
+  });
+  alice.start();
+  const wire = wireReader(rawBob);
+  const body = new Uint8Array(rate.size).map((_, i) => i % 251);
+  rawBob.write(
+    encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }) +
+      encodeFrame({ type: "file", id: "f1", name: "a.bin", size: body.length }),
+  );
+  await until("the accept", [], () => wire.frames.some((f) => f.type === "accept"));
+  rawBob.write(encodeFrame({ type: "bin", id: "f1", size: body.length }));
+  let sent = 0;
+  const writer = setInterval(() => {
+    rawBob.write(body.subarray(sent, sent + rate.step));
+    sent = Math.min(sent + rate.step, body.length);
+    if (sent === body.length) {
+      clearInterval(writer);
+      rawBob.write(encodeFrame({ type: "end", id: "f1", sha256: sha256Hex(body) }));
+    }
+  }, rate.everyMs);
+  return {
+    alice,
+    aliceSeen,
+    taken,
+    downloads,
+    wire,
+    body,
+    sent: () => sent,
+    stop: () => clearInterval(writer),
+  };
+}
+
+Deno.test("PeerConnection gives up an accepted file its sender trickles a byte at a time (under receiveMinBytes in each receiveWindowMs): nothing kept, the quota given back, the sender told, the connection open", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    // A byte every 100 ms: never 5 s without data, so the stall rule alone never ends it.
+    const t = await trickledFile(aliceSocket, rawBob, dir, {
+      windowMs: 1_000,
+      minBytes: 512,
+      step: 1,
+      everyMs: 100,
+      size: 100_000,
+    });
+    try {
+      await until("the file given up", t.aliceSeen, (s) => s.some((e) => e[0] === "fileFailed"));
+    } finally {
+      t.stop();
+    }
+    assert.deepEqual(t.aliceSeen.find((e) => e[0] === "fileFailed"), [
+      "fileFailed",
+      "in",
+      'too slow: "bob" sent under 512 B in 1 s: given up',
+    ]);
+    assert.ok(t.sent() < 100, `given up only after ${t.sent()} bytes`);
+    assert.deepEqual(
+      await Array.fromAsync(Deno.readDir(t.downloads)),
+      [],
+      "a partial file was left",
+    );
+    assert.deepEqual(t.taken, [], "the quota it took was not given back");
+    await until("the decline", [], () => t.wire.frames.some((f) => f.type === "decline"));
+    assert.deepEqual(t.wire.frames.find((f) => f.type === "decline"), {
+      type: "decline",
+      id: "f1",
+      reason: "too slow: under 512 B in 1 s",
+    });
+    // The rest of it, on the way when the decline came, is skipped; talk goes on.
+    rawBob.write(t.body.subarray(t.sent()));
+    rawBob.write(
+      encodeFrame({ type: "end", id: "f1", sha256: sha256Hex(t.body) }) +
+        encodeFrame({ type: "msg", id: "last", text: "bye now" }),
+    );
+    await until("the last message", t.aliceSeen, (s) => s.some((e) => e[1] === "last"));
+    assert.ok(t.alice.open);
+    assert.ok(!t.wire.frames.some((f) => f.type === "error"), JSON.stringify(t.wire.frames));
+    assert.equal(t.aliceSeen.filter((e) => e[0] === "file").length, 0);
+    t.alice.close();
+  });
+});
+
+Deno.test("PeerConnection keeps a file whose sender is slow but above receiveMinBytes in each receiveWindowMs, however many windows it takes", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    // 256 B every 50 ms: about 2.5 KiB a window, five times the floor, over some 6 windows.
+    const t = await trickledFile(aliceSocket, rawBob, dir, {
+      windowMs: 500,
+      minBytes: 512,
+      step: 256,
+      everyMs: 50,
+      size: 16 * 1024,
+    });
+    try {
+      await until(
+        "the file",
+        t.aliceSeen,
+        (s) => s.some((e) => e[0] === "file" || e[0] === "fileFailed"),
+      );
+    } finally {
+      t.stop();
+    }
+    assert.deepEqual(t.aliceSeen.filter((e) => e[0] === "fileFailed"), [], "a slow link was cut");
+    const [, , bytes, , path] = t.aliceSeen.find((e) => e[0] === "file")!;
+    assert.equal(bytes, t.body.length);
+    assert.deepEqual(await Deno.readFile(path as string), t.body);
+    await until("the ack", [], () => t.wire.frames.some((f) => f.type === "ack"));
+    assert.ok(!t.wire.frames.some((f) => f.type === "decline"), JSON.stringify(t.wire.frames));
+    t.alice.close();
+  });
+});
+
+// A sender that reads nothing of what alice writes back (acks of its messages) has her wait on it,
+// not on her own disk: that must not pass for her own back-pressure and spare its trickle.
+for (const holds of [false, true]) {
+  const what = holds
+    ? "over 1 MiB of acks waits unsent, so she holds what it sends"
+    : "its acks wait unsent, more each turn";
+  Deno.test(`PeerConnection gives up a trickled file whose sender reads nothing of what it writes back (${what})`, async () => {
+    await withPair(async (aliceSocket, rawBob, dir) => {
+      const { alice, aliceSeen } = startAlice(aliceSocket, join(dir, "alice-downloads"), {
+        files: taking([]),
+        receiveWindowMs: 2_000,
+        receiveMinBytes: 8 * 1024, // what she holds unread counts whole: the messages too
+      });
+      rawBob.on("error", () => {});
+      // Bob does not list "offer": his data follows the file frame without waiting for an accept,
+      // so he need not read anything of alice's.
+      rawBob.write(encodeFrame({ type: "hello", v: 1, features: ["bin"] }));
+      pauseReading(rawBob);
+      let n = 0;
+      const message = () =>
+        encodeFrame({ type: "msg", id: String(n++).padStart(64, "0"), text: "x" });
+      // Messages until their acks fill what the kernel takes and wait in alice's process.
+      const flood = async (unsent: number, settleMs: number) => {
+        for (let i = 0; aliceSocket.writableLength < unsent; i++) {
+          assert.ok(i < 300, `${aliceSocket.writableLength} bytes unsent after ${n} messages`);
+          rawBob.write(Array.from({ length: 2_000 }, message).join(""));
+          await new Promise((r) => setTimeout(r, settleMs));
+        }
+      };
+      await flood(64 * 1024, 100);
+      rawBob.write(encodeFrame({ type: "file", id: "f1", name: "a.bin", size: 100_000 }));
+      if (holds) await flood(1024 * 1024 + 1, 10);
+      // A byte of the file and a message (one more ack to wait) every 100 ms: about 2.7 KiB in 2 s.
+      const trickle = setInterval(() => {
+        rawBob.write(encodeFrame({ type: "bin", id: "f1", size: 1 }));
+        rawBob.write(new Uint8Array(1));
+        rawBob.write(message());
+      }, 100);
+      try {
+        await until("the file given up", aliceSeen, (s) => s.some((e) => e[0] === "fileFailed"));
+      } finally {
+        clearInterval(trickle);
+      }
+      assert.deepEqual(aliceSeen.find((e) => e[0] === "fileFailed"), [
+        "fileFailed",
+        "in",
+        'too slow: "bob" sent under 8 KiB in 2 s: given up',
+      ]);
+      alice.close();
+    });
+  });
+}
+
 Deno.test("PeerConnection stops streaming a file its receiver declines midway (it gave up on it), without waiting for the send stall, and keeps the connection", async () => {
   await withPair(async (rawAlice, bobSocket, dir) => {
     const bobSeen: Seen = [];
@@ -1212,6 +1355,7 @@ Deno.test("PeerConnection does not give up a file while it has itself stopped re
       events: recorder(aliceSeen),
       files: taking(taken),
       receiveStallMs: 500,
+      receiveWindowMs: 500, // the rate floor too: no bytes at all while she does not read
     });
     alice.start();
     const wire = wireReader(rawBob);
