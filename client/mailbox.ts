@@ -359,6 +359,8 @@ export class MailboxClient {
     if (this.#stopped.signal.aborted) return;
     this.#stopped.abort();
     for (const t of this.#timers) clearTimeout(t);
+    // Its items' files wait for the next start, of this chat or another running on this home.
+    this.#store.close();
     const n = this.held;
     if (n) {
       this.#host.warning(
@@ -404,7 +406,8 @@ export class MailboxClient {
    * `held: true` when it waits, and `later` says how it ends. Items still held when
    * the chat stops are posted by its next start, and end in the `resume` of its host, with their
    * `note`. Arrives once all the same: the same sealed bytes are posted again, which the service
-   * keeps once (ca/mailbox.ts), and the recipient shows an item id once. Throws what
+   * keeps once while it remembers the first copy (ca/mailbox.ts RECENTLY_MS), and the recipient
+   * shows an item id once (a later copy is dropped as replayed). Throws what
    * {@linkcode post} throws otherwise, and `ERR_QUOTA` when no more can be held
    * (client/mailbox_unsent.ts).
    */
@@ -561,7 +564,8 @@ export class MailboxClient {
         ...(job.name === undefined ? {} : { name: job.name }),
       }, cert.pem);
       // On disk before the first post (write-ahead): should the chat die before the service's
-      // answer, a next start posts these bytes again (which the service keeps once), not a second
+      // answer, a next start posts these bytes again (which the service keeps once while it
+      // remembers the first copy; the recipient drops a later one as replayed), not a second
       // sealing of the item. Not synced (no fsync on a send's path): it outlives a crash, not a
       // power cut; once the item must wait, it is kept durably. Past the unsent limits, or with a
       // disk refusing it, a send the service answers still goes: it is kept, or refused, only

@@ -527,6 +527,9 @@ Deno.test("MailboxClient.send(): an item is on disk before its first post, so a 
   service.hangAnswers = 1;
   const { id } = newSend(alice, "lost", { note: { text: "lost" } });
   await waitUntil(() => service.posts.length === 2, "the post reached the service");
+  // Killed: the kernel lets go of its files (in this process, stop() does), which no running
+  // chat on this home may take up before.
+  alice.mailbox.stop();
   const again = await alice.restart();
   assert.deepEqual(again.resumed.map((i) => [i.id, i.to, i.note]), [
     [id, "bob", { text: "lost" }],
@@ -587,6 +590,7 @@ Deno.test("MailboxClient names the items a start leaves past the unsent limits w
       payload: text(`m${i}`),
     });
   }
+  store.close();
   const again = await alice.restart();
   again.mailbox.start();
   again.mailbox.stop();
@@ -666,4 +670,51 @@ Deno.test("MailboxClient.send(): a held item is not posted sealed to a key its r
   assert.equal(ended[0].code, "ERR_FORBIDDEN");
   assert.equal(ended[0].message, 'Not sent: the key of "dave" changed');
   assert.equal(dave.shown.length, 0, dave.warnings.join(" | "));
+});
+
+Deno.test("MailboxClient: a second chat on the same home neither resumes nor removes the items the first one holds or has under way; they are the next start's once both quit", async () => {
+  const { service, alice, bob } = await world();
+  service.loseAnswers = 1;
+  const held = await alice.mailbox.send("bob", "message", text("held"), { later: () => {} });
+  assert.equal(held.held, true);
+  // A web page opened on the same home meanwhile: alice's held item is not its own.
+  const web = await new Client("alice", service, alice.home.root).load();
+  assert.deepEqual(web.resumed, []);
+  service.hangAnswers = 1; // under way: its write-ahead copy is on disk, its answer not back
+  newSend(web, "under way");
+  await waitUntil(() => service.posts.length === 2, "the post reached the service");
+  assert.equal(unsentFiles(alice).length, 2);
+  // A third one takes up neither.
+  const third = await new Client("alice", service, alice.home.root).load();
+  assert.deepEqual(third.resumed, []);
+  third.mailbox.stop();
+  web.mailbox.stop();
+  alice.mailbox.stop();
+  const again = await alice.restart();
+  assert.equal(again.resumed.length, 2);
+  await again.mailbox.send("bob", "message", text("after"), { later: () => {} });
+  assert.equal(again.ended.length, 2);
+  assert.deepEqual(unsentFiles(alice), []);
+  await bob.mailbox.check();
+  assert.deepEqual(
+    bob.shown.map((i) => new TextDecoder().decode(i.payload)).sort(),
+    ["after", "held", "under way"],
+  );
+});
+
+Deno.test("MailboxClient names a mailbox item it cannot read once: it is moved into unreadable/, and the next start says nothing of it", async () => {
+  const { alice } = await world();
+  Deno.mkdirSync(alice.home.mailboxUnsent, { recursive: true });
+  Deno.writeTextFileSync(join(alice.home.mailboxUnsent, "0000000001.json"), ""); // after a power cut
+  const first = await alice.restart();
+  first.mailbox.start();
+  first.mailbox.stop();
+  const aside = join(alice.home.mailboxUnsent, "unreadable", "0000000001.json");
+  assert.deepEqual(first.warnings, [
+    `Cannot read a mailbox item that waits to be sent: "${aside}"`,
+  ]);
+  const second = await alice.restart();
+  second.mailbox.start();
+  second.mailbox.stop();
+  assert.deepEqual(second.warnings, []);
 });

@@ -11,13 +11,20 @@
  * under a key derived from history's, so the recipient's name, the id and the text are no more
  * readable than the conversation. The file name tells only the order.
  *
+ * Two chats may run on one home (a terminal and a web page): a new file is made under a number
+ * no file has (link(2), never replacing one: the next number when it is taken), and each file is
+ * held with an exclusive flock(2) by the store that wrote it, or that resumed it, while it is
+ * open (the kernel lets go when its process ends, however). A store opening resumes only the
+ * files nobody holds: what a chat that quit or crashed left, never another running chat's items
+ * nor its write-ahead copies. A file it cannot read is moved into `unreadable/` once named.
+ *
  * @module
  */
 import { Buffer } from "node:buffer";
 import { hkdfSync } from "node:crypto";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDir, readUpTo, syncDir, writeFileAtomic } from "../lib/fs.ts";
+import { ensurePrivateDir, readUpTo, syncDir } from "../lib/fs.ts";
 import { checkName } from "../lib/names.ts";
 import { openText, sealText } from "./history.ts";
 
@@ -85,8 +92,13 @@ export class UnsentStore {
   #maxItems: number;
   #maxBytes: number;
   #seq = 0;
-  // By item id; `durable` once it was synced with its name (a write-ahead copy is not).
-  #files = new Map<string, { file: string; bytes: number; durable: boolean }>();
+  #closed = false;
+  // By item id; `durable` once it was synced with its name (a write-ahead copy is not); `held`,
+  // the open file whose flock tells other stores it is ours.
+  #files = new Map<
+    string,
+    { file: string; bytes: number; durable: boolean; held?: Deno.FsFile }
+  >();
 
   private constructor(dir: string, parent: string, options: UnsentStoreOptions) {
     this.#dir = dir;
@@ -102,8 +114,11 @@ export class UnsentStore {
 
   /**
    * Opens the store in `dir` (created, inside `parent`, on the first {@linkcode keep}) and reads
-   * what it holds, oldest first. A file that cannot be read (torn, foreign, no regular file, larger
-   * than any item) is named in `unreadable`, one past the limits in `overLimit`; both are left.
+   * what it holds, oldest first: the files no other open store holds (another chat's, running on
+   * the same home), which it holds from now on. A file that cannot be read (torn, foreign, no
+   * regular file, larger than any item) is moved into `dir/unreadable/` and named there in
+   * `unreadable` (so a next start does not name it again); one past the limits is named in
+   * `overLimit` and left in place, not held.
    *
    * @example
    * ```ts
@@ -111,6 +126,7 @@ export class UnsentStore {
    * const { store, items } = await UnsentStore.open("/tmp/alice/mailbox/unsent", "/tmp/alice/mailbox");
    * await store.keep({ to: "bob", kind: "message", id: "1", at: new Date().toISOString(), payload: new Uint8Array([104, 105]) });
    * console.log(items.length, store.size); // 0 1
+   * store.close(); // its files wait for the next open
    * ```
    */
   static async open(
@@ -136,21 +152,30 @@ export class UnsentStore {
     for (const name of names) {
       const file = join(dir, name);
       store.#seq = Math.max(store.#seq, Number(name.slice(0, 10)));
-      const item = store.#decode(await readItemFile(file, store.#maxBytes));
+      const claimed = await claimItemFile(file, store.#maxBytes);
+      if (!claimed) continue; // another running chat's, or gone meanwhile
+      const item = store.#decode(claimed.text);
       if (!item || store.#files.has(item.id)) {
-        unreadable.push(file);
+        // Named once: a torn write-ahead copy (a power cut) would be named at every start.
+        unreadable.push(await moveAside(dir, name));
+        claimed.held?.close();
         continue;
       }
-      if (store.#files.size >= store.#maxItems) {
-        overLimit.push({ file, limit: "items" });
-        continue;
-      }
-      if (total + weight(item) > store.#maxBytes) {
-        overLimit.push({ file, limit: "bytes" });
+      if (store.#files.size >= store.#maxItems || total + weight(item) > store.#maxBytes) {
+        overLimit.push({
+          file,
+          limit: store.#files.size >= store.#maxItems ? "items" : "bytes",
+        });
+        claimed.held?.close(); // another chat on this home may take it
         continue;
       }
       total += weight(item);
-      store.#files.set(item.id, { file, bytes: weight(item), durable: true });
+      store.#files.set(item.id, {
+        file,
+        bytes: weight(item),
+        durable: true,
+        held: claimed.held,
+      });
       items.push(item);
     }
     return { store, items, unreadable, overLimit };
@@ -170,7 +195,8 @@ export class UnsentStore {
    * Keeps `item` (or replaces its earlier copy, in its place), durably: on disk, name and all,
    * before it resolves. Throws `ERR_QUOTA` when a new item would pass the limits. With
    * `durable: false` (a write-ahead copy, kept only while its post is on the way) it is written
-   * and named without fsync: it outlives a crash of this process, not a power cut.
+   * and named without fsync: it outlives a crash of this process, not a power cut. A new item
+   * gets a file of its own, never one another store (another chat on this home) made meanwhile.
    */
   async keep(item: UnsentItem, options: { durable?: boolean } = {}): Promise<void> {
     const durable = options.durable ?? true;
@@ -196,22 +222,38 @@ export class UnsentStore {
     }
     // An eleventh digit would name a file no start reads (a file restored or put there with the
     // last number): the item would be lost, silently, having been said to wait.
-    if (!before && this.#seq >= MAX_SEQ) {
-      throw new E2eError(
-        "ERR_FILE",
-        `Cannot keep a mailbox item in "${this.#dir}": its files are numbered up to ${MAX_SEQ}`,
-        { hint: `move the files of "${this.#dir}" that are not sent away` },
-      );
-    }
+    if (!before && this.#seq >= MAX_SEQ) throw this.#full();
     if (!this.#made) {
       // Made, durably and private, the first time an item is kept (not at every keep).
       await ensurePrivateDir(this.#parent, { durable: true });
       await ensurePrivateDir(this.#dir, { durable: true });
       this.#made = true;
     }
-    const file = before?.file ?? join(this.#dir, `${String(++this.#seq).padStart(10, "0")}.json`);
-    await writeFileAtomic(file, this.#encode(item), { mode: 0o600, durable, syncDir: durable });
-    this.#files.set(item.id, { file, bytes, durable });
+    const text = this.#encode(item);
+    let file = before?.file;
+    let held: Deno.FsFile;
+    if (file) {
+      held = await writeHeld(file, text, { durable, createNew: false });
+      before?.held?.close(); // the file it replaced
+    } else {
+      // The next number no file has: another chat on this home may have taken ours meanwhile.
+      for (;;) {
+        if (this.#seq >= MAX_SEQ) throw this.#full();
+        file = join(this.#dir, `${String(++this.#seq).padStart(10, "0")}.json`);
+        try {
+          held = await writeHeld(file, text, { durable, createNew: true });
+          break;
+        } catch (e) {
+          if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+        }
+      }
+    }
+    if (this.#closed) {
+      held.close(); // kept after close(): it waits for the next open
+      this.#files.set(item.id, { file, bytes, durable });
+    } else {
+      this.#files.set(item.id, { file, bytes, durable, held });
+    }
   }
 
   /** Forgets the item `id`, durably (a next start must not post it again). */
@@ -220,9 +262,32 @@ export class UnsentStore {
     if (!f) return;
     this.#files.delete(id);
     await Deno.remove(f.file).catch(() => {});
+    f.held?.close(); // once removed: no other store can take it up meanwhile
     // A copy that was never synced needs no synced removal: should it come back after a power
-    // cut, its post is made again, and the service keeps one.
+    // cut, its post is made again. The service stores those bytes once only while it remembers
+    // the first copy (until an hour after its recipient fetched it, ca/mailbox.ts RECENTLY_MS);
+    // past that, the recipient gets it again and drops it as replayed (its id is seen).
     if (f.durable) await syncDir(this.#dir).catch(() => {});
+  }
+
+  /**
+   * Lets go of its files (they wait for the next open, by this chat or another on this home);
+   * an item kept after it is written and let go at once. The store stays usable.
+   */
+  close(): void {
+    this.#closed = true;
+    for (const f of this.#files.values()) {
+      f.held?.close();
+      f.held = undefined;
+    }
+  }
+
+  #full(): E2eError {
+    return new E2eError(
+      "ERR_FILE",
+      `Cannot keep a mailbox item in "${this.#dir}": its files are numbered up to ${MAX_SEQ}`,
+      { hint: `move the files of "${this.#dir}" that are not sent away` },
+    );
   }
 
   #encode(item: UnsentItem): string {
@@ -278,21 +343,102 @@ export class UnsentStore {
   }
 }
 
-// The text of an item's file, or "" for one that is no regular file (a symbolic link, a FIFO that
-// would block the start, a device that never ends) or is larger than any item we write: a file
-// restored or planted there must neither hang nor exhaust the start. Base64 twice (sealed) is
-// 16/9 of the bytes; the rest is the item's fields and note.
-async function readItemFile(path: string, maxBytes: number): Promise<string> {
-  const cap = maxBytes * 2 + 1024 * 1024;
+// Writes `text` to `path` (a sibling temp file renamed, or with `createNew` linked, into place)
+// and returns it open, holding its flock: taken before it has its name, so that no other store
+// reads it as left by a chat that is gone.
+async function writeHeld(
+  path: string,
+  text: string,
+  options: { durable: boolean; createNew: boolean },
+): Promise<Deno.FsFile> {
+  const tmp = join(dirname(path), `.${crypto.randomUUID()}.tmp`);
+  const bytes = new TextEncoder().encode(text);
+  const file = await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 });
   try {
-    if (!(await Deno.lstat(path)).isFile) return "";
-    using file = await Deno.open(path);
-    const info = await file.stat();
-    if (!info.isFile || info.size > cap) return "";
-    const bytes = await readUpTo(file, info.size + 1);
-    return bytes.length > info.size ? "" : new TextDecoder().decode(bytes); // it grew meanwhile
+    await file.tryLock(true); // a name nobody else knows: taken at once
+    let written = 0;
+    while (written < bytes.length) written += await file.write(bytes.subarray(written));
+    if (options.durable) await file.sync();
+    if (options.createNew) {
+      await Deno.link(tmp, path); // fails when the name is taken: never replaces another's file
+      await Deno.remove(tmp);
+    } else {
+      await Deno.rename(tmp, path);
+    }
+    if (options.durable) await syncDir(dirname(path));
+    return file;
+  } catch (e) {
+    file.close();
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
+}
+
+// Takes an item's file up: its text, and the file held (its flock), or undefined when another
+// store holds it (another chat running on this home) or it went meanwhile. The text is "" for
+// one that is no regular file (a symbolic link, a FIFO that would block the start, a device that
+// never ends) or is larger than any item we write: a file restored or planted there must neither
+// hang nor exhaust the start. Base64 twice (sealed) is 16/9 of the bytes; the rest is the item's
+// fields and note.
+async function claimItemFile(
+  path: string,
+  maxBytes: number,
+): Promise<{ text: string; held?: Deno.FsFile } | undefined> {
+  const cap = maxBytes * 2 + 1024 * 1024;
+  // A file replaced or removed between our open and our lock is looked at again, by its name.
+  for (let tries = 0; tries < 3; tries++) {
+    let file: Deno.FsFile | undefined;
+    try {
+      const link = await Deno.lstat(path);
+      if (!link.isFile) return { text: "" };
+      file = await Deno.open(path);
+      if (!await file.tryLock(true)) {
+        file.close();
+        return undefined;
+      }
+      const info = await file.stat();
+      const now = await Deno.lstat(path);
+      if (info.ino !== now.ino || info.dev !== now.dev) {
+        file.close();
+        continue;
+      }
+      if (!info.isFile || info.size > cap) return { text: "", held: file };
+      const bytes = await readUpTo(file, info.size + 1);
+      // It grew meanwhile: not one of ours.
+      const text = bytes.length > info.size ? "" : new TextDecoder().decode(bytes);
+      return { text, held: file };
+    } catch (e) {
+      file?.close();
+      if (e instanceof Deno.errors.NotFound) {
+        if (file) continue;
+        return undefined;
+      }
+      return { text: "" };
+    }
+  }
+  return undefined;
+}
+
+// Moves the file `name` of `dir` that cannot be read into `dir/unreadable/` (0700), under a name
+// not taken there; returns where it is now (where it was, if it could not be moved).
+async function moveAside(dir: string, name: string): Promise<string> {
+  const from = join(dir, name);
+  const aside = join(dir, "unreadable");
+  try {
+    await ensurePrivateDir(aside);
+    for (let n = 0;; n++) {
+      const to = join(aside, n ? `${name}.${n}` : name);
+      try {
+        await Deno.lstat(to);
+        continue; // taken: one moved here earlier
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+      await Deno.rename(from, to);
+      return to;
+    }
   } catch {
-    return "";
+    return from;
   }
 }
 

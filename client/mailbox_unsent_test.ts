@@ -30,7 +30,13 @@ Deno.test("UnsentStore keeps items across an open, in the order kept, each as it
       await store.keep(sealed);
       await store.drop("three");
       assert.equal(store.size, 2);
-      const { items, unreadable } = await UnsentStore.open(dir, join(home, "mailbox"), options);
+      store.close();
+      const { store: again, items, unreadable } = await UnsentStore.open(
+        dir,
+        join(home, "mailbox"),
+        options,
+      );
+      again.close();
       assert.deepEqual(unreadable, []);
       const { payload: _, ...expected } = sealed;
       assert.deepEqual(items, [expected, two]);
@@ -66,12 +72,14 @@ Deno.test("UnsentStore refuses one more item past its count or its bytes with ER
     assert.equal([...Deno.readDirSync(dir)].length, 2);
     await store.drop("a");
     await store.keep(item("c", { payload: bytes(1) }));
-    const { items } = await UnsentStore.open(dir, home);
+    store.close();
+    const { store: again, items } = await UnsentStore.open(dir, home);
+    again.close();
     assert.deepEqual(items.map((i) => i.id), ["b", "c"]);
   });
 });
 
-Deno.test("UnsentStore names a file it cannot read (torn, foreign, sealed under another key, for no member name) and leaves it", async () => {
+Deno.test("UnsentStore names a file it cannot read (torn, foreign, sealed under another key, for no member name) once, and moves it into unreadable/", async () => {
   await withTempDir(async (home) => {
     const dir = join(home, "unsent");
     const { store } = await UnsentStore.open(dir, home, { key: bytes(32, 1) });
@@ -93,10 +101,21 @@ Deno.test("UnsentStore names a file it cannot read (torn, foreign, sealed under 
       join(dir, "0000000004.json"),
       JSON.stringify({ ...stranger, to: "Bob" }),
     );
+    store.close();
+    // A file already moved aside under the same name (an earlier start's) is not replaced.
+    Deno.mkdirSync(join(dir, "unreadable"));
+    Deno.writeTextFileSync(join(dir, "unreadable", "0000000002.json"), "earlier");
     const { items, unreadable } = await UnsentStore.open(dir, home, { key: bytes(32, 2) });
     assert.deepEqual(items, []);
-    assert.deepEqual(unreadable, [1, 2, 3, 4].map((n) => join(dir, `000000000${n}.json`)));
-    assert.equal([...Deno.readDirSync(dir)].length, 4);
+    const aside = (n: number) =>
+      join(dir, "unreadable", `000000000${n}.json${n === 2 ? ".1" : ""}`);
+    assert.deepEqual(unreadable, [1, 2, 3, 4].map(aside));
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["unreadable"]);
+    assert.equal(Deno.readTextFileSync(join(dir, "unreadable", "0000000002.json")), "earlier");
+    assert.equal(Deno.statSync(join(dir, "unreadable")).mode! & 0o777, 0o700);
+    // The next start (with the right key, even) says nothing more of them.
+    const again = await UnsentStore.open(dir, home, { key: bytes(32, 1) });
+    assert.deepEqual([again.items, again.unreadable], [[], []]);
   });
 });
 
@@ -116,6 +135,7 @@ Deno.test("UnsentStore.open() neither hangs nor reads without bound on a planted
     Deno.symlinkSync("/dev/zero", join(dir, "0000000006.json"));
     using huge = Deno.openSync(join(dir, "0000000007.json"), { write: true, create: true });
     huge.truncateSync(1024 ** 3);
+    store.close();
 
     let done = false;
     const opened = UnsentStore.open(dir, home, { maxItems: 3, maxBytes: 1024 }).finally(() =>
@@ -132,10 +152,14 @@ Deno.test("UnsentStore.open() neither hangs nor reads without bound on a planted
       Deno.removeSync(join(dir, "0000000007.json"));
       (await Deno.open(fifo, { write: true })).close();
     }
-    const { items, unreadable, overLimit } = await opened;
+    const { store: reopened, items, unreadable, overLimit } = await opened;
+    reopened.close();
     assert.ok(!hung, "UnsentStore.open() still waited after 3 s");
     assert.deepEqual(items.map((i) => i.id), ["a", "b", "c"]);
-    assert.deepEqual(unreadable, [5, 6, 7].map((n) => join(dir, `000000000${n}.json`)));
+    assert.deepEqual(
+      unreadable,
+      [5, 6, 7].map((n) => join(dir, "unreadable", `000000000${n}.json`)),
+    );
     assert.deepEqual(overLimit, [{ file: join(dir, "0000000004.json"), limit: "items" }]);
   });
 });
@@ -167,17 +191,61 @@ Deno.test("UnsentStore.open() tells the files past its count or its bytes from t
     await store.keep(item("c", { payload: bytes(10) }));
     await store.keep(item("d", { payload: bytes(10) }));
     Deno.writeTextFileSync(join(dir, "0000000005.json"), "torn");
-    const { items, unreadable, overLimit } = await UnsentStore.open(dir, home, {
+    store.close();
+    const { store: reopened, items, unreadable, overLimit } = await UnsentStore.open(dir, home, {
       maxItems: 2,
       maxBytes: 1000,
     });
+    reopened.close();
     const file = (n: number) => join(dir, `000000000${n}.json`);
     assert.deepEqual(items.map((i) => i.id), ["a", "c"]);
     assert.deepEqual(overLimit, [
       { file: file(2), limit: "bytes" },
       { file: file(4), limit: "items" },
     ]);
-    assert.deepEqual(unreadable, [file(5)]);
-    assert.equal([...Deno.readDirSync(dir)].length, 5);
+    assert.deepEqual(unreadable, [join(dir, "unreadable", "0000000005.json")]);
+    assert.equal([...Deno.readDirSync(dir)].length, 5); // 1-4 and unreadable/
+  });
+});
+
+Deno.test("UnsentStore: two chats on one home never replace nor drop each other's items (from an attacker's review)", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "mailbox", "unsent");
+    const a = (await UnsentStore.open(dir, join(home, "mailbox"))).store;
+    const b = (await UnsentStore.open(dir, join(home, "mailbox"))).store;
+    await a.keep(item("from-a", { payload: bytes(3) })); // held: the user was told it waits
+    await b.keep(item("from-b", { payload: bytes(3) }), { durable: false }); // write-ahead
+    await b.drop("from-b"); // its post answered
+    a.close(); // a quits
+    b.close();
+    const { store, items } = await UnsentStore.open(dir, join(home, "mailbox"));
+    store.close();
+    assert.deepEqual(items.map((i) => i.id), ["from-a"]);
+  });
+});
+
+Deno.test("UnsentStore.open() resumes only the items of a chat that is gone, not those of another chat running on the same home", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "mailbox", "unsent");
+    const a = (await UnsentStore.open(dir, join(home, "mailbox"))).store;
+    await a.keep(item("held", { payload: bytes(3) }));
+    await a.keep(item("ahead", { der: bytes(4), sealedTo: "ab".repeat(32) }), { durable: false });
+    // Sealed meanwhile: its file replaced in place stays a's.
+    await a.keep(item("held", { der: bytes(5), sealedTo: "ab".repeat(32) }));
+    const b = await UnsentStore.open(dir, join(home, "mailbox"));
+    assert.deepEqual([b.items, b.unreadable, b.overLimit], [[], [], []]);
+    await b.store.keep(item("from-b", { payload: bytes(3) }));
+    a.close(); // a quits (or crashes: the kernel lets go of its files the same)
+    const c = await UnsentStore.open(dir, join(home, "mailbox"));
+    assert.deepEqual(c.items.map((i) => i.id), ["held", "ahead"]);
+    assert.equal(c.store.size, 2);
+    // Taken up by c: a fourth start takes neither c's nor b's.
+    const d = await UnsentStore.open(dir, join(home, "mailbox"));
+    assert.deepEqual(d.items, []);
+    for (const id of ["held", "ahead"]) await c.store.drop(id);
+    b.store.close();
+    const e = await UnsentStore.open(dir, join(home, "mailbox"));
+    assert.deepEqual(e.items.map((i) => i.id), ["from-b"]);
+    for (const s of [c.store, d.store, e.store]) s.close();
   });
 });
