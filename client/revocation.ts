@@ -8,7 +8,12 @@
  * @module
  */
 import type { X509Certificate } from "node:crypto";
-import { CRL_REPUBLISH_MS, normalizeSerialHex, parseCrl } from "../lib/crl.ts";
+import {
+  CRL_REPUBLISH_MS,
+  normalizeSerialHex,
+  parseCrl,
+  SERVICE_CRL_WINDOW_MS as WINDOW_MS,
+} from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 
@@ -27,7 +32,7 @@ const RETRY_AFTER_FAILURE_MS = 5_000;
  * at most, not until that CRL's nextUpdate (7 days). Peers are checked against any current CRL:
  * a service that is down keeps no one from direct chats.
  */
-export const SERVICE_CRL_WINDOW_MS = 3 * CRL_REPUBLISH_MS;
+export const SERVICE_CRL_WINDOW_MS: number = WINDOW_MS;
 // A CRL without nextUpdate is taken as current for a week.
 const DEFAULT_VALIDITY_MS = 7 * 86_400_000;
 
