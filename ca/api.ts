@@ -7,7 +7,7 @@
  * @module
  */
 import { Buffer } from "node:buffer";
-import { CRL_REPUBLISH_MS } from "../lib/crl.ts";
+import { CRL_REPUBLISH_MS, parseCrl, SERVICE_CRL_WINDOW_MS } from "../lib/crl.ts";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { pemDecode } from "../lib/pem.ts";
 import { checkName } from "../lib/names.ts";
@@ -41,6 +41,8 @@ export interface ApiContext {
   mailbox?: Mailbox;
   /** The free-space floor of the CA's disk, for what members make it store. Default: none. */
   disk?: DiskFloor;
+  /** Where lines for the CA's admin go (the service's log). Default: nowhere. */
+  logLine?: (line: string) => void;
 }
 
 /** A request, as the handlers see it. */
@@ -238,22 +240,99 @@ function decodePathName(segment: string): string {
   }
 }
 
-const refreshing = new WeakMap<ApiContext, Promise<string>>();
+/** After a failed CRL signing, how long until the next try, in ms: doubled at each failure. */
+export const CRL_RETRY_MS = 10_000;
+/** The most the wait between CRL signings that keep failing grows to, in ms. */
+export const CRL_RETRY_MAX_MS = 300_000;
+
+// What the service knows of the CRL it hands out.
+interface CrlState {
+  /** crl.pem as last read, and its thisUpdate in ms (undefined: unreadable, or no CRL of ours). */
+  text?: string;
+  signedAt?: number;
+  /** The signing under way, shared by every request meanwhile. */
+  signing?: Promise<string>;
+  /** Signings failed in a row, the last one's error, and when the next may start. */
+  failures: number;
+  error?: unknown;
+  notBefore: number;
+}
+
+const crlStates = new WeakMap<ApiContext, CrlState>();
 
 async function crl(ctx: ApiContext): Promise<string> {
-  // crl.pem is rewritten on every revocation; signed again when an hour old, once for all the
-  // requests that ask meanwhile (anyone may ask; each signing uses the CA key): clients trust the
-  // service's own certificate only on a CRL a few hours old at most (client/revocation.ts).
-  const info = await Deno.stat(ctx.ca.paths.crl);
-  if (Date.now() - (info.mtime?.getTime() ?? 0) <= CRL_REPUBLISH_MS) {
-    return await Deno.readTextFile(ctx.ca.paths.crl);
+  // crl.pem is rewritten on every revocation; signed again once its thisUpdate is an hour old,
+  // once for all the requests that ask meanwhile (anyone may ask; each signing uses the CA key):
+  // clients trust the service's own certificate only on a CRL a few hours old at most
+  // (SERVICE_CRL_WINDOW_MS). Its thisUpdate, not crl.pem's mtime: a CA home copied without
+  // `cp -a` gives an old CRL a new mtime, and clients refuse it whatever the mtime.
+  const state = crlStates.get(ctx) ?? { failures: 0, notBefore: 0 };
+  crlStates.set(ctx, state);
+  const text = await Deno.readTextFile(ctx.ca.paths.crl).catch(() => undefined);
+  if (text !== state.text) {
+    state.text = text;
+    state.signedAt = thisUpdateOf(ctx, text);
   }
-  let pending = refreshing.get(ctx);
-  if (!pending) {
-    pending = ctx.ca.crl().finally(() => refreshing.delete(ctx));
-    refreshing.set(ctx, pending);
+  const usable = state.signedAt === undefined ? undefined : text;
+  if (usable !== undefined && Date.now() - state.signedAt! <= CRL_REPUBLISH_MS) return usable;
+  // A signing that failed (a broken openssl.cnf, a full disk) is tried again after 10, 20, 40 s
+  // … at most every 5 min, not by every request (each one ran openssl under the CA lock, where
+  // enrollments wait); meanwhile the last CRL is handed out: still current, and clearing the
+  // service for 2 h more (before, every GET /v1/crl answered 500, and joins failed at once).
+  if (!state.signing && Date.now() < state.notBefore) {
+    if (usable !== undefined) return usable;
+    throw state.error;
   }
-  return await pending;
+  state.signing ??= signCrl(ctx, state, usable).finally(() => (state.signing = undefined));
+  return await state.signing;
+}
+
+// Signs a new CRL; when that fails, hands out `last` (or throws), said once per run of failures.
+async function signCrl(ctx: ApiContext, state: CrlState, last?: string): Promise<string> {
+  try {
+    const text = await ctx.ca.crl();
+    if (state.failures > 0) {
+      const attempts = state.failures === 1
+        ? "1 failed attempt"
+        : `${state.failures} failed attempts`;
+      ctx.logLine?.(`e2e-chat-ca: signed a new CRL again, after ${attempts}`);
+    }
+    state.failures = 0;
+    state.notBefore = 0;
+    state.error = undefined;
+    return text;
+  } catch (e) {
+    const wait = Math.min(CRL_RETRY_MS * 2 ** state.failures++, CRL_RETRY_MAX_MS);
+    state.notBefore = Date.now() + wait;
+    state.error = e;
+    if (state.failures === 1) {
+      const signedAt = state.signedAt;
+      const handed = last === undefined || signedAt === undefined
+        ? "and crl.pem holds no CRL to hand out instead: GET /v1/crl fails"
+        : `handing out the last one, signed at ${new Date(signedAt).toISOString()}: members ` +
+          `refuse this service once it is over ${SERVICE_CRL_WINDOW_MS / 3_600_000} h old (at ${
+            new Date(signedAt + SERVICE_CRL_WINDOW_MS).toISOString()
+          })`;
+      ctx.logLine?.(
+        `e2e-chat-ca: cannot sign a new CRL: ${e instanceof Error ? e.message : e}; ${handed}; ` +
+          `trying again in ${wait / 1000} s, then less often (at most every ${
+            CRL_RETRY_MAX_MS / 60_000
+          } min)`,
+      );
+    }
+    if (last === undefined) throw e;
+    return last;
+  }
+}
+
+// The thisUpdate of `text` in ms, if it is a CRL signed by our CA.
+function thisUpdateOf(ctx: ApiContext, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  try {
+    return parseCrl(text, ctx.anchor.x509).thisUpdate.getTime();
+  } catch {
+    return undefined;
+  }
 }
 
 async function enroll(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {

@@ -10,11 +10,13 @@ import { pemDecode, pemEncode } from "../lib/pem.ts";
 import { trustAnchor } from "../lib/tls.ts";
 import { sha256Hex } from "../lib/x509.ts";
 import { makeCsr, PASSPHRASE, snapshot, withTempDir } from "../tests/_helpers.ts";
+import { crlSignedAt } from "../tests/_impostor.ts";
 import { e2eError } from "../lib/_test_util.ts";
 import {
   type ApiContext,
   type ApiRequest,
   checkBodyHeaders,
+  CRL_RETRY_MS,
   errorReply,
   handle,
   MAX_BODY_BYTES,
@@ -195,18 +197,56 @@ Deno.test("handle() serves the CA certificate and the current CRL as PEM to anyo
   });
 });
 
-Deno.test("handle() signs a new CRL once the one it hands out is over an hour old (CRL_REPUBLISH_MS), not before", async () => {
+Deno.test("handle() signs a new CRL once the one it hands out was signed over an hour ago (its thisUpdate, CRL_REPUBLISH_MS), not before, whatever crl.pem's mtime says", async () => {
   await withWorld(async ({ ctx, ca }) => {
-    const first = await call(ctx, "GET", "/v1/crl");
     const ago = (ms: number) => new Date(Date.now() - ms);
-    await Deno.utime(ca.paths.crl, ago(CRL_REPUBLISH_MS - 60_000), ago(CRL_REPUBLISH_MS - 60_000));
-    assert.equal((await call(ctx, "GET", "/v1/crl")).body, first.body);
-    await Deno.utime(ca.paths.crl, ago(CRL_REPUBLISH_MS + 60_000), ago(CRL_REPUBLISH_MS + 60_000));
+    // Recent, with an old mtime: handed out as it is.
+    const recent = await crlSignedAt(ca.paths, ago(CRL_REPUBLISH_MS - 60_000));
+    await Deno.writeTextFile(ca.paths.crl, recent);
+    await Deno.utime(ca.paths.crl, ago(2 * CRL_REPUBLISH_MS), ago(2 * CRL_REPUBLISH_MS));
+    assert.equal((await call(ctx, "GET", "/v1/crl")).body, recent);
+    // Old, with a fresh mtime (a CA home restored with `cp -r`): signed again.
+    const old = await crlSignedAt(ca.paths, ago(CRL_REPUBLISH_MS + 60_000));
+    await Deno.writeTextFile(ca.paths.crl, old);
     const next = await call(ctx, "GET", "/v1/crl");
-    const [before, after] = [first, next].map((r) => parseCrl(r.body, ca.certificate.x509));
+    const [before, after] = [old, next.body].map((pem) => parseCrl(pem, ca.certificate.x509));
     assert.ok(after.number! > before.number!, `CRL number ${after.number} after ${before.number}`);
     assert.ok(Date.now() - after.thisUpdate.getTime() < 60_000, `${after.thisUpdate}`);
     assert.equal(next.body, await Deno.readTextFile(ca.paths.crl));
+  });
+});
+
+Deno.test("handle() hands out the last CRL when signing a new one fails, says so once in the log, and tries again after 10 s (CRL_RETRY_MS), not at every request", async () => {
+  await withWorld(async ({ ctx, ca }) => {
+    const lines: string[] = [];
+    ctx.logLine = (line) => lines.push(line);
+    const signedAt = new Date(Date.now() - CRL_REPUBLISH_MS - 60_000);
+    const old = await crlSignedAt(ca.paths, signedAt);
+    await Deno.writeTextFile(ca.paths.crl, old);
+    await Deno.utime(ca.paths.crl, signedAt, signedAt);
+    const config = await Deno.readTextFile(ca.paths.config);
+    await Deno.writeTextFile(ca.paths.config, "[ ca\n"); // a broken CA folder: openssl ca fails
+    for (let i = 0; i < 2; i++) {
+      const reply = await call(ctx, "GET", "/v1/crl");
+      assert.equal(reply.status, 200, reply.body);
+      assert.equal(reply.body, old);
+    }
+    assert.equal(lines.length, 1, lines.join("\n"));
+    assert.match(lines[0], /^e2e-chat-ca: cannot sign a new CRL: /);
+    assert.ok(lines[0].includes(`the last one, signed at ${signedAt.toISOString().slice(0, 19)}`));
+    assert.match(
+      lines[0],
+      /members refuse this service once it is over 3 h old \(at .*\); trying again in 10 s/,
+    );
+    // Mended at once, but not tried again before 10 s.
+    await Deno.writeTextFile(ca.paths.config, config);
+    assert.equal((await call(ctx, "GET", "/v1/crl")).body, old);
+    await new Promise((r) => setTimeout(r, CRL_RETRY_MS));
+    const next = await call(ctx, "GET", "/v1/crl");
+    assert.equal(next.status, 200, next.body);
+    assert.ok(Date.now() - parseCrl(next.body, ca.certificate.x509).thisUpdate.getTime() < 60_000);
+    assert.equal(lines.length, 2, lines.join("\n"));
+    assert.equal(lines[1], "e2e-chat-ca: signed a new CRL again, after 1 failed attempt");
   });
 });
 

@@ -376,6 +376,7 @@ export class CaService {
       log: await ca.openLog(),
       mailbox: await Mailbox.open(ca.paths, options.mailbox),
       disk,
+      logLine: log,
     };
     const replies = new ReplyBudget(options.unreadBytes ?? DEFAULT_UNREAD_BYTES, {
       onClose: (socket, held) =>

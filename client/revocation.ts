@@ -8,7 +8,12 @@
  * @module
  */
 import type { X509Certificate } from "node:crypto";
-import { CRL_REPUBLISH_MS, normalizeSerialHex, parseCrl } from "../lib/crl.ts";
+import {
+  CRL_REPUBLISH_MS,
+  normalizeSerialHex,
+  parseCrl,
+  SERVICE_CRL_WINDOW_MS as WINDOW_MS,
+} from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 
@@ -27,7 +32,13 @@ const RETRY_AFTER_FAILURE_MS = 5_000;
  * at most, not until that CRL's nextUpdate (7 days). Peers are checked against any current CRL:
  * a service that is down keeps no one from direct chats.
  */
-export const SERVICE_CRL_WINDOW_MS = 3 * CRL_REPUBLISH_MS;
+export const SERVICE_CRL_WINDOW_MS: number = WINDOW_MS;
+/**
+ * How far ahead of this machine's clock a CRL's thisUpdate may be and still clear the CA
+ * service's certificate, ms: more means this clock is behind, which would let an old CRL (a
+ * replay) look recent for as much longer.
+ */
+export const CRL_CLOCK_SKEW_MS = 10 * 60_000;
 // A CRL without nextUpdate is taken as current for a week.
 const DEFAULT_VALIDITY_MS = 7 * 86_400_000;
 
@@ -99,22 +110,35 @@ export class Revocation {
 
   /**
    * Throws `ERR_PEER_REJECTED` unless the CRL held is current and signed within
-   * {@linkcode SERVICE_CRL_WINDOW_MS}: what the CA service's own certificate is checked against.
+   * {@linkcode SERVICE_CRL_WINDOW_MS}, and not over {@linkcode CRL_CLOCK_SKEW_MS} in the future:
+   * what the CA service's own certificate is checked against.
    */
   requireRecent(now: number = Date.now()): void {
     this.requireCurrent(now);
+    const signed = `the newest CRL it sent was signed at ${new Date(this.#signedAt).toISOString()}`;
+    const clock = `this machine's clock (now ${new Date(now).toISOString().slice(0, 19)}Z)`;
+    // Signed in the future: this clock is behind, and would let a replayed CRL look recent.
+    if (this.#signedAt - now > CRL_CLOCK_SKEW_MS) {
+      throw new E2eError(
+        "ERR_PEER_REJECTED",
+        `Cannot check the CA service's certificate: ${signed}, ${
+          Math.round((this.#signedAt - now) / 60_000)
+        } min ahead of ${clock}`,
+        { hint: "check this machine's clock (and time zone), or ask the admin to check the CA's" },
+      );
+    }
     if (now - this.#signedAt > SERVICE_CRL_WINDOW_MS) {
       throw new E2eError(
         "ERR_PEER_REJECTED",
-        `Cannot check the CA service's certificate: the newest CRL it sent was signed at ${
-          new Date(this.#signedAt).toISOString()
-        }, over ${SERVICE_CRL_WINDOW_MS / 3_600_000} h ago`,
+        `Cannot check the CA service's certificate: ${signed}, over ${
+          SERVICE_CRL_WINDOW_MS / 3_600_000
+        } h ago`,
         {
           hint:
-            `the service signs a new CRL every ${
+            `if ${clock} is right, the service signs a new CRL every ${
               CRL_REPUBLISH_MS / 60_000
             } minutes: try again in a moment; one that keeps sending an old CRL may be someone ` +
-            "who kept an old service key (tell the admin), or this machine's clock is wrong",
+            "who kept an old service key (tell the admin)",
         },
       );
     }

@@ -6,7 +6,7 @@ import { parseCrl } from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
 import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
 import { crlSignedAt } from "../tests/_impostor.ts";
-import { Revocation, SERVICE_CRL_WINDOW_MS } from "./revocation.ts";
+import { CRL_CLOCK_SKEW_MS, Revocation, SERVICE_CRL_WINDOW_MS } from "./revocation.ts";
 
 async function withCa(fn: (ca: CertificateAuthority) => Promise<void>): Promise<void> {
   await withTempDir(async (home) => {
@@ -201,6 +201,10 @@ Deno.test("Revocation clears the CA service only on a CRL signed within SERVICE_
           `${new Date(Math.floor(signedAt.getTime() / 1000) * 1000).toISOString()}, over 3 h ago`,
       );
       assert.match(e.hint ?? "", /signs a new CRL every 60 minutes/);
+      assert.match(
+        e.hint ?? "",
+        /^if this machine's clock \(now \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\) is right, /,
+      );
       return true;
     };
     await assert.rejects(revocation.ensureRecent(), stale);
@@ -213,5 +217,29 @@ Deno.test("Revocation clears the CA service only on a CRL signed within SERVICE_
     assert.equal(fetches, 2);
     // A recent CRL grows old too: past the window it clears the service no more.
     assert.throws(() => revocation.requireRecent(Date.now() + SERVICE_CRL_WINDOW_MS + 60_000));
+  });
+});
+
+Deno.test("Revocation refuses, for the CA service, a CRL signed over CRL_CLOCK_SKEW_MS (10 min) ahead of this machine's clock, and says to check the clock; peers are still checked against it", async () => {
+  await withCa(async (ca) => {
+    // This machine's clock 2 h behind: a CRL replayed 5 h after it was signed would look 3 h old,
+    // and the honest service's newest one looks signed in the future.
+    const ahead = await crlSignedAt(ca.paths, new Date(Date.now() + CRL_CLOCK_SKEW_MS + 60_000));
+    const revocation = new Revocation({ fetch: () => Promise.resolve(ahead), issuer: issuer(ca) });
+    await assert.rejects(revocation.ensureRecent(), (e) => {
+      assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
+      assert.equal(e.code, "ERR_PEER_REJECTED");
+      assert.match(
+        e.message,
+        /^Cannot check the CA service's certificate: the newest CRL it sent was signed at \S+Z, 11 min ahead of this machine's clock \(now \S+Z\)$/,
+      );
+      assert.match(e.hint ?? "", /^check this machine's clock/);
+      return true;
+    });
+    revocation.requireCurrent();
+    // Within the skew it clears the service.
+    const near = await crlSignedAt(ca.paths, new Date(Date.now() + CRL_CLOCK_SKEW_MS - 60_000));
+    const within = new Revocation({ fetch: () => Promise.resolve(near), issuer: issuer(ca) });
+    await within.ensureRecent();
   });
 });

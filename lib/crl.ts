@@ -22,6 +22,14 @@ export { normalizeSerialHex } from "./x509.ts";
  */
 export const CRL_REPUBLISH_MS = 3_600_000;
 
+/**
+ * How old a CRL (its thisUpdate) may be and still clear the CA service's own TLS certificate, ms
+ * (client/revocation.ts): three times the service's republishing ({@linkcode CRL_REPUBLISH_MS}),
+ * so a clock off by up to two hours, or a lost refresh, does not refuse an honest service. Here
+ * because the service says it too, when it cannot sign a new CRL (ca/api.ts).
+ */
+export const SERVICE_CRL_WINDOW_MS = 3 * CRL_REPUBLISH_MS;
+
 /** A verified CRL. */
 export interface RevocationList {
   /** Revoked serials, uppercase hex without leading zeros. */

@@ -9,7 +9,10 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { CaPaths } from "../ca/home.ts";
+import { CRL_REPUBLISH_MS } from "../lib/crl.ts";
 import { runCa } from "./_helpers.ts";
+import { crlSignedAt } from "./_impostor.ts";
 import { assertSuccess, enrollUser, withService } from "./_service_helpers.ts";
 
 async function verify(caFile: string, certFile: string): Promise<{ ok: boolean; text: string }> {
@@ -77,5 +80,26 @@ Deno.test("openssl verify -crl_check -crl_download finds the CRL through an issu
       assert.equal((await get(path)).status, 404, path);
     }
     assert.equal((await get("/crl.der", "POST")).status, 405);
+  });
+});
+
+Deno.test("when the CA cannot sign a new CRL, the CRL port still hands out the last one, which is current, and the service says so once in its log", async () => {
+  await withService(async (service) => {
+    const paths = new CaPaths(service.home);
+    const port = Number(
+      /:(\d+)\/crl\.der$/.exec((await Deno.readTextFile(paths.crlUrl)).trim())![1],
+    );
+    const signedAt = new Date(Date.now() - CRL_REPUBLISH_MS - 60_000);
+    const last = await crlSignedAt(paths, signedAt);
+    await Deno.writeTextFile(paths.crl, last);
+    await Deno.utime(paths.crl, signedAt, signedAt);
+    await Deno.writeTextFile(paths.config, "[ ca\n"); // a broken CA folder: openssl ca fails
+    for (let i = 0; i < 3; i++) {
+      const r = await fetch(`http://127.0.0.1:${port}/crl.pem`);
+      assert.equal(r.status, 200);
+      assert.equal(await r.text(), last);
+    }
+    await service.waitForLog(/cannot sign a new CRL: .*; trying again in 10 s/);
+    assert.equal(service.log.match(/cannot sign a new CRL/g)?.length, 1, service.log);
   });
 });
