@@ -26,8 +26,11 @@
  *     outbox.json       0600  what we posted and wait a receipt for
  *     seen.json         0600  item ids we received (replays are dropped)
  *     held/             0700  items held back after a key change (CMS, still sealed)
- *     unsent/           0700  items that wait for the CA service to answer, one 0600 file
- *                             each, sealed when the key is encrypted (client/mailbox_unsent.ts)
+ *     unsent/           0700  items that wait for the CA service to answer, and write-ahead
+ *                             copies of those being posted: one 0600 file each, sealed when
+ *                             the key is encrypted, flock'ed by the chat that holds it
+ *                             (client/mailbox_unsent.ts)
+ *       unreadable/     0700  files of unsent/ a start could not read, moved aside, never posted
  *   rooms/              0700  rooms we are in (client/rooms.ts), one ROOMID.json each (0600)
  * ```
  *
