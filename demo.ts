@@ -201,6 +201,8 @@ async function main(): Promise<void> {
       (e) => e.type === "connected" && e.peer === "carol",
       "connected to carol",
     );
+    // Each side says connected once the other's hello arrived: carol writes once she has.
+    await expect(carol, (e) => e.type === "connected" && e.peer === "alice", "connected to alice");
     say(
       `   connected via ${relayed.via}: the CA splices the bytes; inside, alice and carol run their own`,
     );
