@@ -227,6 +227,18 @@ export class Identity {
    * peers, only to the CA for the check itself. The next renewal finishes it (checks it again)
    * before it asks the CA for another.
    */
+  /**
+   * Whether a renewal's reply waits in `id/renewal.json` (its log check failed or was cut off):
+   * the CA superseded the certificate we hold, so the next start finishes it first.
+   */
+  async renewalPending(): Promise<boolean> {
+    try {
+      return (await Deno.lstat(new IdFolder(this.dir).renewal)).isFile;
+    } catch {
+      return false;
+    }
+  }
+
   async renew(options: RenewOptions = {}): Promise<Identity> {
     const { key } = this.credentials;
     const kept = new IdFolder(this.dir).renewal;

@@ -337,8 +337,10 @@ async function startChat(
     throw new E2eError("ERR_USAGE", "--no-listen needs the relay: not with --relay never");
   }
   let id = identity;
-  if (id.lifeLeft() < 1 / 3) {
-    // Renew with the same key before the certificate runs out (a third of its life left).
+  // A renewal whose log check did not finish left the CA's new certificate aside (the one we
+  // hold is superseded): finish it. Otherwise renew before it runs out (a third of its life left).
+  const pending = await id.renewalPending();
+  if (pending || id.lifeLeft() < 1 / 3) {
     try {
       id = await id.renew();
       emit({
@@ -347,6 +349,18 @@ async function startChat(
       });
     } catch (e) {
       if (id.lifeLeft() === 0) refusedCertificate(id)(e);
+      if (pending) {
+        throw new E2eError(
+          "ERR_FORBIDDEN",
+          `Cannot finish the renewal of your certificate: ${e instanceof Error ? e.message : e}`,
+          {
+            cause: e,
+            hint: "the CA replaced the certificate this client holds with the one kept in " +
+              "id/renewal.json, whose issuance-log check did not pass yet: run deno task client " +
+              "renew again once the CA service answers",
+          },
+        );
+      }
       emit({
         type: "warning",
         message: `Cannot renew your certificate yet: ${e instanceof Error ? e.message : e}`,

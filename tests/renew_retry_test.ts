@@ -90,3 +90,24 @@ Deno.test("a renewal whose log check fails keeps the new certificate aside, dura
     await assert.rejects(() => Deno.stat(join(home, "id", "renewal.json")), Deno.errors.NotFound);
   });
 });
+
+Deno.test("a chat started after a renewal whose log check failed finishes that renewal first, instead of stopping on its superseded certificate", async () => {
+  await withService(async (service, dir) => {
+    const home = join(dir, "alice");
+    assertSuccess(
+      await runClient(home, ["join", await makeInvite(service.home, "alice")]),
+      "join alice",
+    );
+    const id = await Identity.load(home);
+    const unreachable = new CaClient("https://127.0.0.1:1", id.anchor, id.credentials);
+    const log = await LogMonitor.open(new ClientHome(home).logState, id.anchor, unreachable);
+    await assert.rejects(() => id.renew({ ca: id.client(), log }));
+    const serials = await serialsOf(service, "alice");
+    // Most of its life left: only the kept reply makes the start renew (stdin closed: it quits).
+    const chat = await runClient(home, ["chat", "--json"]);
+    assertSuccess(chat, "chat after the failed check");
+    assert.match(chat.stdout, /Renewed your certificate/);
+    assert.equal((await Identity.load(home)).certificate.serial, serials[1]);
+    await assert.rejects(() => Deno.stat(join(home, "id", "renewal.json")), Deno.errors.NotFound);
+  });
+});
