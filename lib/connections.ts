@@ -137,7 +137,8 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
     refused = 0;
   };
   server.on("connection", (socket: Socket) => {
-    const address = (socket.remoteAddress ?? "?").replace(/^::ffff:/, "");
+    // A host may take any address of its IPv6 /64: its connections count together.
+    const address = addressKey(socket.remoteAddress ?? "?");
     if (open >= maxConnections) {
       return refuse(socket, `${open} connections open, at most ${maxConnections}`);
     }
@@ -199,4 +200,52 @@ export function deadline(socket: Socket, ms: number): () => void {
     clear();
     socket.off("close", clear);
   };
+}
+
+/**
+ * The key an address counts for (per-address caps, rate limits): an IPv6 address stands for its /64 (`2001:db8:1:2::/64`), an
+ * IPv4-mapped one (`::ffff:192.0.2.7`) for its IPv4 address, however either is written (case,
+ * leading zeros, `::`, a zone); any other key stands for itself.
+ *
+ * @example
+ * ```ts
+ * import { addressKey } from "./connections.ts";
+ * console.log(addressKey("2001:DB8:1:2:aaaa::1")); // "2001:db8:1:2::/64"
+ * console.log(addressKey("::ffff:192.0.2.7")); // "192.0.2.7"
+ * console.log(addressKey("alice")); // "alice"
+ * ```
+ */
+export function addressKey(key: string): string {
+  const groups = ipv6Groups(key);
+  if (!groups) return key;
+  if (groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff) {
+    return [groups[6] >> 8, groups[6] & 255, groups[7] >> 8, groups[7] & 255].join(".");
+  }
+  return groups.slice(0, 4).map((g) => g.toString(16)).join(":") + "::/64";
+}
+
+// The eight 16-bit groups of an IPv6 address, or undefined when `text` is not one.
+function ipv6Groups(text: string): number[] | undefined {
+  if (!text.includes(":")) return undefined;
+  let address = text.toLowerCase().replace(/%.*$/, "");
+  // A dotted IPv4 tail (::ffff:192.0.2.7) is two groups.
+  const dotted = /^(.*:)(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(address);
+  if (dotted) {
+    const o = dotted.slice(2).map(Number);
+    if (o.some((n) => n > 255)) return undefined;
+    address = `${dotted[1]}${((o[0] << 8) | o[1]).toString(16)}:${
+      ((o[2] << 8) | o[3]).toString(16)
+    }`;
+  }
+  const halves = address.split("::");
+  if (halves.length > 2) return undefined;
+  const split = (part: string) => (part === "" ? [] : part.split(":"));
+  const head = split(halves[0]);
+  const tail = halves.length === 2 ? split(halves[1]) : [];
+  // "::" stands for one group or more; without it there are eight.
+  const zeros = halves.length === 2 ? 8 - head.length - tail.length : 0;
+  if (halves.length === 2 ? zeros < 1 : head.length !== 8) return undefined;
+  const all = [...head, ...Array<string>(zeros).fill("0"), ...tail];
+  if (!all.every((g) => /^[0-9a-f]{1,4}$/.test(g))) return undefined;
+  return all.map((g) => parseInt(g, 16));
 }

@@ -4,6 +4,7 @@ import tls from "node:tls";
 import { join } from "node:path";
 import { withTempDir } from "../tests/_helpers.ts";
 import {
+  addressKey,
   connectionBudget,
   type ConnectionLimits,
   deadline,
@@ -246,4 +247,17 @@ Deno.test("deadline() destroys a socket at its time however busy it is, and not 
   } finally {
     await new Promise<void>((resolve) => server.close(() => resolve()));
   }
+});
+
+Deno.test("addressKey() counts an IPv6 address for its /64 and an IPv4-mapped one for its IPv4 address, as the per-address caps and the rate limits do", () => {
+  for (
+    const a of ["2001:db8:1:2::1", "2001:DB8:1:2:ffff:ffff:ffff:fffe", "2001:db8:1:2:0:0:0:7%eth0"]
+  ) {
+    assert.equal(addressKey(a), "2001:db8:1:2::/64", a);
+  }
+  assert.equal(addressKey("2001:db8:1:3::1"), "2001:db8:1:3::/64");
+  assert.equal(addressKey("::ffff:192.0.2.7"), "192.0.2.7");
+  assert.equal(addressKey("::FFFF:c000:0207"), "192.0.2.7");
+  assert.equal(addressKey("192.0.2.7"), "192.0.2.7");
+  assert.equal(addressKey("::1"), "0:0:0:0::/64");
 });
