@@ -9,7 +9,7 @@
 import { Buffer } from "node:buffer";
 import { CRL_REPUBLISH_MS, parseCrl, SERVICE_CRL_WINDOW_MS } from "../lib/crl.ts";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
-import { pemDecode } from "../lib/pem.ts";
+import { pemDecode, pemEncode } from "../lib/pem.ts";
 import { checkName } from "../lib/names.ts";
 import { checkPeer, type TrustAnchor } from "../lib/tls.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
@@ -664,6 +664,14 @@ async function logRoute(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> 
         Buffer.from(h).toString("base64")
       );
       return { ...json(200, { index, size: treeSize, hashes }), user };
+    }
+    case "/v1/log/crl": {
+      // The CRL members use: the newest one in the log, with its inclusion proof (one signed
+      // again when an hour old is logged before it is served). /v1/crl stays the plain file.
+      await crl(ctx);
+      const latest = await ctx.log.latestCrl();
+      if (!latest) throw new E2eError("ERR_NOT_FOUND", "The issuance log holds no CRL yet");
+      return { ...json(200, { crl: pemEncode(latest.der, "X509 CRL"), log: latest.log }), user };
     }
     case "/v1/log/consistency": {
       const second = within(q("second"), "second", 0, size);

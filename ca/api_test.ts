@@ -1239,7 +1239,9 @@ Deno.test("GET /v1/log/… serves the checkpoint, entries, inclusion and consist
     const alice = await member("alice");
     await member("bob");
     const key = new X509Certificate(logKeyPem).publicKey;
-    for (const path of ["checkpoint", "key", "entries?start=0&end=1", "proof?index=0&size=1"]) {
+    for (
+      const path of ["checkpoint", "key", "entries?start=0&end=1", "proof?index=0&size=1", "crl"]
+    ) {
       assertError(
         await call(ctx, "GET", `/v1/log/${path}`),
         401,
@@ -1250,34 +1252,40 @@ Deno.test("GET /v1/log/… serves the checkpoint, entries, inclusion and consist
     const cp = await call(ctx, "GET", "/v1/log/checkpoint", { peer: alice.der });
     assert.equal(cp.type, "text/plain; charset=utf-8");
     const checkpoint = openCheckpoint(cp.body, { name: cp.body.split("\n")[0], key });
-    // The log key's certificate, alice and bob.
-    assert.equal(checkpoint.size, 3);
+    // The log key's certificate, the CRL, alice and bob.
+    assert.equal(checkpoint.size, 4);
     const keyReply = await call(ctx, "GET", "/v1/log/key", { peer: alice.der });
     assert.equal(keyReply.body, logKeyPem);
 
-    const entries = await call(ctx, "GET", "/v1/log/entries?start=0&end=3", { peer: alice.der });
+    const entries = await call(ctx, "GET", "/v1/log/entries?start=0&end=4", { peer: alice.der });
     const ders = entries.json.entries.map((b: string) => new Uint8Array(Buffer.from(b, "base64")));
     const tree = new MerkleTree(ders.map(leafHash));
     assert.deepEqual(tree.root(), checkpoint.root);
-    assert.deepEqual(ders[1], alice.der);
+    assert.deepEqual(ders[2], alice.der);
 
-    const proof = await call(ctx, "GET", "/v1/log/proof?index=1&size=3", { peer: alice.der });
+    const proof = await call(ctx, "GET", "/v1/log/proof?index=2&size=4", { peer: alice.der });
     assert.deepEqual(Object.keys(proof.json), ["index", "size", "hashes"]);
     assert.ok(
-      verifyInclusion(1, 3, leafHash(alice.der), decodeHashes(proof.json.hashes), checkpoint.root),
+      verifyInclusion(2, 4, leafHash(alice.der), decodeHashes(proof.json.hashes), checkpoint.root),
     );
-    const cons = await call(ctx, "GET", "/v1/log/consistency?first=2&second=3", {
+    const cons = await call(ctx, "GET", "/v1/log/consistency?first=3&second=4", {
       peer: alice.der,
     });
-    assert.ok(verifyConsistency(2, 3, tree.root(2), tree.root(3), decodeHashes(cons.json.hashes)));
+    assert.ok(verifyConsistency(3, 4, tree.root(3), tree.root(4), decodeHashes(cons.json.hashes)));
+    // The newest CRL in the log, entry 1, with its proof: what crl.pem holds.
+    const crl = await call(ctx, "GET", "/v1/log/crl", { peer: alice.der });
+    assert.deepEqual(Object.keys(crl.json), ["crl", "log"]);
+    assert.equal(crl.json.crl, await Deno.readTextFile(ctx.ca.paths.crl));
+    assert.equal(verifyLogProof(ders[1], crl.json.log, { name: checkpoint.origin, key }).size, 4);
+    assert.deepEqual(ders[1], pemDecode(crl.json.crl, "X509 CRL"));
 
     const bad: Array<[string, RegExp]> = [
-      ["entries?start=2&end=1", /"end" must be from 2 to 3/],
-      ["entries?start=4&end=5", /"start" must be from 0 to 3/],
+      ["entries?start=2&end=1", /"end" must be from 2 to 4/],
+      ["entries?start=5&end=6", /"start" must be from 0 to 4/],
       ["entries?start=x&end=1", /"start" must be a whole number/],
-      ["proof?index=3&size=3", /"index" must be from 0 to 2/],
-      ["proof?index=0&size=4", /"size" must be from 1 to 3/],
-      ["consistency?first=3&second=2", /"first" must be from 0 to 2/],
+      ["proof?index=4&size=4", /"index" must be from 0 to 3/],
+      ["proof?index=0&size=5", /"size" must be from 1 to 4/],
+      ["consistency?first=4&second=3", /"first" must be from 0 to 3/],
     ];
     for (const [path, message] of bad) {
       assertError(

@@ -10,7 +10,11 @@
  * length and the certificate's DER, appended and never rewritten; `log/checkpoint`
  * the latest signed tree head. The database is the source of truth: after every
  * commit, still under the CA lock, {@linkcode IssuanceLog.sync} appends what the
- * database has and the log lacks, then signs a checkpoint. A crash anywhere
+ * database has and the log lacks, then the CA's current CRL (crl.pem) when it is
+ * newer than the last CRL logged, then signs a checkpoint. So every CRL the CA
+ * signs is in the log before it is served with its proof
+ * ({@linkcode IssuanceLog.latestCrl}), and a CA cannot show one member a CRL it
+ * hides from the others without forking the log. A crash anywhere
  * leaves at most a torn last record (cut off at the next sync, never published)
  * or a checkpoint behind the entries (signed again at the next sync); neither
  * can put a certificate in the log that the database does not hold.
@@ -31,6 +35,7 @@ import {
   openCheckpoint,
   signCheckpoint,
 } from "../lib/checkpoint.ts";
+import { crlNumberOf, looksLikeCrl } from "../lib/crl.ts";
 import { children, readDer, Tag } from "../lib/der.ts";
 import { E2eError } from "../lib/errors.ts";
 import {
@@ -49,8 +54,13 @@ import type { IndexEntry } from "./store.ts";
 
 /** Most entries one `GET /v1/log/entries` returns. */
 export const MAX_ENTRIES_PAGE = 256;
-/** Largest certificate a log record may hold. */
-const MAX_RECORD_BYTES = 64 * 1024;
+/**
+ * Largest certificate or CRL a log record may hold: a CRL grows with every revocation (and
+ * renewal), by about 40 bytes each, so 1 MiB is some 25,000 of them.
+ */
+const MAX_RECORD_BYTES = 1 << 20;
+/** Most bytes of entries one page holds (a page ends earlier when CRLs are large). */
+const MAX_PAGE_BYTES = 8 << 20;
 /** Appended bytes up to this size are read synchronously (see #read). */
 const SYNC_READ_BYTES = 1 << 20;
 
@@ -63,6 +73,8 @@ export interface LogReport {
   size: number;
   /** Entries in the database. */
   database: number;
+  /** Entries that are CRLs (the others are the database's certificates). */
+  crls: number;
   /** The root recomputed from every entry, hex. */
   root: string;
   /** The size of the signed checkpoint. */
@@ -79,11 +91,15 @@ export class IssuanceLog {
   #verifier: NoteKey;
   #tree = new MerkleTree();
   #offsets: number[] = [];
-  #serials: string[] = [];
+  #serials: Array<string | null> = []; // null: a CRL
+  #certs = 0; // entries that are certificates (the database's lines, in order)
+  #crls: Array<{ index: number; number: bigint }> = []; // the CRL entries, in log order
+  #crlFile?: string; // crl.pem as last looked at (inode, time, size), to read it only when new
   #byLeaf = new Map<string, number>();
   #loaded = 0; // bytes of whole records read so far
   #reading?: Promise<void>;
   #agreed = 0; // entries already found equal to the database's lines
+  #agreedLines = 0; // the database lines among them
   #signed?: { text: string; checkpoint: Checkpoint }; // the checkpoint file as last read
   #seen?: SeenFile; // the entries file as last read or written
   #changed?: E2eError; // the entries changed under this process: refused from then on
@@ -133,9 +149,24 @@ export class IssuanceLog {
     return this.#tree.root(size);
   }
 
-  /** The serial (normalized hex) of entry `index`. */
-  serial(index: number): string {
+  /** The serial (normalized hex) of entry `index`; null when that entry is a CRL. */
+  serial(index: number): string | null {
     return this.#serials[index];
+  }
+
+  /**
+   * The newest CRL in the log that the latest checkpoint covers, with its inclusion
+   * proof against that checkpoint; undefined when the log holds no CRL yet.
+   */
+  async latestCrl(): Promise<{ der: Uint8Array; log: LogProofJson } | undefined> {
+    const { text, checkpoint } = await this.checkpoint();
+    const last = this.#crls.findLast((c) => c.index < checkpoint.size);
+    if (!last) return undefined;
+    const [der] = await this.entries(last.index, last.index + 1);
+    return {
+      der,
+      log: logProofJson(last.index, this.#tree.inclusionProof(last.index, checkpoint.size), text),
+    };
   }
 
   /** The latest signed checkpoint, as written, and read (after reading entries it covers). */
@@ -172,12 +203,17 @@ export class IssuanceLog {
     return this.#tree.consistencyProof(first, second);
   }
 
-  /** The DER of entries `start` ≤ i < `end` (at most {@linkcode MAX_ENTRIES_PAGE}). */
+  /**
+   * The DER of entries `start` ≤ i < `end` (at most {@linkcode MAX_ENTRIES_PAGE}); fewer, but at
+   * least one, when they hold more than 8 MiB (large CRLs).
+   */
   async entries(start: number, end: number): Promise<Uint8Array[]> {
     if (end - start > MAX_ENTRIES_PAGE) throw new RangeError("Too many entries at once");
     if (start >= end) return [];
+    const offset = (i: number) => i < this.size ? this.#offsets[i] : this.#loaded;
+    while (end - start > 1 && offset(end) - offset(start) > MAX_PAGE_BYTES) end--;
     const from = this.#offsets[start];
-    const to = end < this.size ? this.#offsets[end] : this.#loaded;
+    const to = offset(end);
     // What the disk holds, changed or not: clients check it against the signed checkpoint, and
     // entries changed under the service are evidence for them to find.
     using file = await Deno.open(this.#paths.logEntries, { read: true });
@@ -219,7 +255,8 @@ export class IssuanceLog {
 
   /**
    * Brings the log level with the database — appends, in database order, every
-   * certificate it lacks — and signs a checkpoint of the result. Call it only
+   * certificate it lacks, then the CA's crl.pem when its CRL number is above that
+   * of every CRL logged — and signs a checkpoint of the result. Call it only
    * under the CA lock. Throws `ERR_LOG_INVALID`, appending nothing, when the log
    * holds what the database does not, or its entries changed under this process
    * (see {@linkcode IssuanceLog.checkUnchanged}).
@@ -227,8 +264,12 @@ export class IssuanceLog {
   async sync(database: IndexEntry[], signer: NoteKey): Promise<void> {
     await this.#freshRead();
     await this.#cutTornTail();
+    // The certificates among the entries are the database's lines, in order (CRLs between them).
+    let line = this.#agreedLines;
     for (let i = this.#agreed; i < this.size; i++) {
-      if (i >= database.length || normalizeSerialHex(database[i].serial) !== this.#serials[i]) {
+      const serial = this.#serials[i];
+      if (serial === null) continue;
+      if (line >= database.length || normalizeSerialHex(database[line++].serial) !== serial) {
         throw new E2eError(
           "ERR_LOG_INVALID",
           `The issuance log and the database differ at entry ${i}`,
@@ -239,6 +280,7 @@ export class IssuanceLog {
       }
     }
     this.#agreed = this.size;
+    this.#agreedLines = line;
     const current = await this.#readSigned().then((s) => s.checkpoint, () => undefined);
     // Never sign on top of entries that no longer hash to what was published.
     if (
@@ -251,7 +293,7 @@ export class IssuanceLog {
     // Synchronous calls for the few small local files of a commit (each asynchronous call costs
     // tens of µs of CPU); the fsync stays asynchronous.
     const added: Uint8Array[] = [];
-    for (const entry of database.slice(this.size)) {
+    for (const entry of database.slice(this.#certs)) {
       const der = pemDecode(
         Deno.readTextFileSync(this.#paths.certFile(entry.serial)),
         "CERTIFICATE",
@@ -259,6 +301,16 @@ export class IssuanceLog {
       if (!der) throw new E2eError("ERR_LOG_INVALID", `Cannot read certificate ${entry.serial}`);
       added.push(der);
     }
+    // A crl.pem that cannot be logged (unreadable, too large) keeps no certificate out of the
+    // log: they are logged and signed, then the CRL's error is thrown.
+    let crl: Uint8Array | undefined;
+    let crlError: unknown;
+    try {
+      crl = this.#newCrl();
+    } catch (e) {
+      crlError = e;
+    }
+    if (crl) added.push(crl);
     if (added.length) {
       if (this.size === 0) await ensurePrivateDir(this.#paths.logDir);
       using file = openEntries(this.#paths.logEntries);
@@ -281,6 +333,7 @@ export class IssuanceLog {
       writeFileAtomicSync(this.#paths.logCheckpoint, text, { mode: 0o644, durable: false });
       this.#signed = { text, checkpoint }; // signed here: no need to check its signature again
     }
+    if (crlError) throw crlError;
   }
 
   /**
@@ -294,6 +347,13 @@ export class IssuanceLog {
     const { records, rest } = splitRecords(bytes);
     if (rest) problems.push(`${rest} bytes of a torn last record (an append cut short)`);
     const tree = new MerkleTree(records.map(leafHash));
+    // The CRLs among the entries; the others are the database's certificates, in order.
+    const certs: Array<{ index: number; der: Uint8Array }> = [];
+    let crls = 0;
+    records.forEach((der, index) => {
+      if (looksLikeCrl(der)) crls++;
+      else certs.push({ index, der });
+    });
     let checkpointSize = 0;
     try {
       const checkpoint = openCheckpoint(
@@ -311,27 +371,30 @@ export class IssuanceLog {
     } catch (e) {
       problems.push(`the checkpoint: ${e instanceof Error ? e.message : e}`);
     }
-    for (let i = 0; i < Math.max(records.length, database.length); i++) {
+    for (let i = 0; i < Math.max(certs.length, database.length); i++) {
       const entry = database[i];
-      if (i >= records.length) {
+      if (i >= certs.length) {
         problems.push(`database entry ${i} (serial ${entry.serial}) is not in the log yet`);
         continue;
       }
       if (!entry) {
-        problems.push(`log entry ${i} is not in the database`);
+        problems.push(`log entry ${certs[i].index} is not in the database`);
         continue;
       }
       const der = await Deno.readTextFile(this.#paths.certFile(entry.serial)).then(
         (pem) => pemDecode(pem, "CERTIFICATE"),
         () => null,
       );
-      if (!der || hex(der) !== hex(records[i])) {
-        problems.push(`log entry ${i} is not the database's certificate ${entry.serial}`);
+      if (!der || hex(der) !== hex(certs[i].der)) {
+        problems.push(
+          `log entry ${certs[i].index} is not the database's certificate ${entry.serial}`,
+        );
       }
     }
     return {
       size: records.length,
       database: database.length,
+      crls,
       root: hex(tree.root()),
       checkpointSize,
       problems,
@@ -374,7 +437,13 @@ export class IssuanceLog {
       for (const der of splitRecords(bytes).records) {
         const index = this.#tree.append(leafHash(der));
         this.#offsets.push(this.#loaded + offset);
-        this.#serials.push(serialOf(der));
+        if (looksLikeCrl(der)) {
+          this.#serials.push(null);
+          this.#crls.push({ index, number: numberOf(der) });
+        } else {
+          this.#serials.push(serialOf(der));
+          this.#certs++;
+        }
         this.#byLeaf.set(hex(this.#tree.leaf(index)), index);
         offset += 4 + der.length;
       }
@@ -382,6 +451,36 @@ export class IssuanceLog {
     } finally {
       file.close();
     }
+  }
+
+  // The CA's crl.pem, when it is a CRL newer (by number) than every CRL logged: to be appended.
+  // One stat when it is the file looked at before (every commit that issues comes here).
+  #newCrl(): Uint8Array | undefined {
+    let info: Deno.FileInfo;
+    try {
+      info = Deno.statSync(this.#paths.crl);
+    } catch {
+      return undefined; // none yet
+    }
+    const seen = `${info.ino}/${info.mtime?.getTime()}/${info.size}`;
+    if (seen === this.#crlFile) return undefined;
+    const der = pemDecode(Deno.readTextFileSync(this.#paths.crl), "X509 CRL");
+    if (!der) throw new E2eError("ERR_LOG_INVALID", "Cannot read the CA's CRL (crl.pem)");
+    if (der.length > MAX_RECORD_BYTES) {
+      throw new E2eError(
+        "ERR_LOG_INVALID",
+        `The CA's CRL is ${der.length} bytes, more than a log entry holds (${MAX_RECORD_BYTES})`,
+      );
+    }
+    // Not one logged already, nor one older than the last logged (a crl.pem a power cut took
+    // back behind the log): the CRL served is always the newest. One to append is looked at
+    // again at the next sync (then as logged), so a failed append is tried again.
+    const last = this.#crls.at(-1);
+    if (last && numberOf(der) <= last.number) {
+      this.#crlFile = seen;
+      return undefined;
+    }
+    return der;
   }
 
   // A read that starts now, after whatever this process appended (a read already under way may
@@ -523,6 +622,15 @@ function serialOf(der: Uint8Array): string {
   const fields = children(tbs, Tag.SEQUENCE);
   const serial = fields[0].tag === Tag.CONTEXT_0 ? fields[1] : fields[0];
   return normalizeSerialHex(Buffer.from(serial.value).toString("hex"));
+}
+
+// The CRL number of a CRL entry (the CA's own, numbered by ca/authority.ts); -1 when it has none.
+function numberOf(der: Uint8Array): bigint {
+  try {
+    return crlNumberOf(der) ?? -1n;
+  } catch {
+    return -1n;
+  }
 }
 
 function hex(bytes: Uint8Array): string {

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import { openCheckpoint } from "../lib/checkpoint.ts";
+import { normalizeSerialHex, parseCrlDer } from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
 import { exists } from "../lib/fs.ts";
 import { type LogProofJson, verifyLogProof } from "../lib/log_proof.ts";
@@ -36,22 +37,58 @@ Deno.test("openLog() back-fills every certificate of the database, then logs eac
     const alice = await issue(ca, "alice");
     assert.equal(await ca.readLog(), undefined);
     const log = await ca.openLog();
-    // alice, then the log key's own certificate.
-    assert.equal(log.size, 2);
+    // alice, then the log key's own certificate, then the CA's current CRL.
+    assert.equal(log.size, 3);
     const key = logKeyOf(ca);
     const first = verifyLogProof(alice, await log.proofOf(alice), key);
-    assert.equal(first.size, 2);
+    assert.equal(first.size, 3);
     const bob = await issue(ca, "bob");
     const second = verifyLogProof(bob, await log.proofOf(bob), key);
-    assert.equal(second.size, 3);
-    assert.ok(verifyConsistency(2, 3, first.root, second.root, log.consistencyProof(2, 3)));
+    assert.equal(second.size, 4);
+    assert.ok(verifyConsistency(3, 4, first.root, second.root, log.consistencyProof(3, 4)));
+    const [a, logCert, crl, b] = await log.entries(0, 4);
     assert.deepEqual(
-      (await log.entries(0, 3)).map((der) => new X509Certificate(der).subject),
+      [a, logCert, b].map((der) => new X509Certificate(der).subject),
       ["CN=alice", "CN=e2e-chat log", "CN=bob"],
     );
+    assert.deepEqual([log.serial(2), crl], [null, (await log.latestCrl())!.der]);
     const report = await log.verify(await ca.database());
     assert.deepEqual(report.problems, []);
-    assert.equal(report.size, 3);
+    assert.deepEqual([report.size, report.crls], [4, 1]);
+  });
+});
+
+Deno.test("every CRL the CA signs goes into the log after what its commit issued (a revocation, `ca crl`, a replacement), latestCrl() proves the newest, and a crl.pem older than the last logged is not logged again", async () => {
+  await withCa(async (ca) => {
+    const log = await ca.openLog();
+    const key = logKeyOf(ca);
+    const latest = async () => {
+      const { der, log: proof } = (await log.latestCrl())!;
+      verifyLogProof(der, proof, key);
+      return parseCrlDer(der, ca.certificate.x509);
+    };
+    const first = (await latest()).number!;
+    const before = await Deno.readFile(ca.paths.crl);
+    await issue(ca, "alice");
+    const size = log.size;
+    assert.deepEqual([size, (await latest()).number], [3, first], "an enrollment signs none");
+    const alice = await ca.revoke("alice");
+    const revoked = await latest();
+    assert.ok(revoked.number! > first);
+    assert.ok(revoked.revoked.has(normalizeSerialHex(alice.serial)));
+    assert.deepEqual([log.size, log.serial(3)], [4, null]);
+    await ca.crl();
+    assert.ok((await latest()).number! > revoked.number!);
+    await issue(ca, "bob");
+    await ca.sign((await makeCsr("bob")).csr, "bob", { replace: true });
+    // The new certificate, then the CRL that lists the one it replaced.
+    assert.deepEqual([log.size, log.serial(6) === null, log.serial(7)], [8, false, null]);
+    // A crl.pem a power cut took back behind the log is not logged again.
+    await Deno.writeFile(ca.paths.crl, before);
+    await issue(ca, "carol");
+    assert.deepEqual([log.size, log.serial(8) === null], [9, false]);
+    const report = await log.verify(await ca.database());
+    assert.deepEqual([report.problems, report.crls, report.database], [[], 4, 5]);
   });
 });
 
@@ -62,7 +99,7 @@ Deno.test("a second process (another CertificateAuthority) appends to the same l
     const carol = await issue(other, "carol");
     await log.refresh();
     verifyLogProof(carol, await log.proofOf(carol), logKeyOf(ca));
-    assert.equal(log.size, 2);
+    assert.equal(log.size, 3);
   });
 });
 
@@ -90,7 +127,7 @@ Deno.test("an edited log is found by verify(), and no process logs on top of it"
     const fresh = await CertificateAuthority.open(ca.paths.home, { passphrase: PASSPHRASE });
     const problems = (await (await fresh.readLog())!.verify(await ca.database())).problems;
     assert.match(problems.join("\n"), /do not hash to the checkpoint's root/);
-    assert.match(problems.join("\n"), /log entry 1 is not the database's certificate/);
+    assert.match(problems.join("\n"), /log entry 2 is not the database's certificate/);
     await assert.rejects(
       issue(fresh, "frank"),
       (e) => e instanceof E2eError && e.code === "ERR_LOG_INVALID",
@@ -104,7 +141,7 @@ Deno.test("the checkpoint is a C2SP signed note by the CA-certified log key", as
     const text = await Deno.readTextFile(ca.paths.logCheckpoint);
     const checkpoint = openCheckpoint(text, logKeyOf(ca));
     assert.equal(checkpoint.origin, `e2e-chat/${ca.certificate.fingerprint}`);
-    assert.equal(checkpoint.size, 1);
+    assert.equal(checkpoint.size, 2); // the log key's certificate, and the CRL
     assert.throws(
       () =>
         checkLogKey(pemDecode(ca.certificate.pem, "CERTIFICATE"), trustAnchor(ca.certificate.pem)),
@@ -199,7 +236,7 @@ interface Changed {
   checkpoint: string;
 }
 
-// A CA with a log of two entries (alice, and the log key's certificate), whose entries file
+// A CA with a log of three entries (alice, the log key's certificate, the CRL), whose entries file
 // `change` then alters under it; `fn` gets what was there before.
 async function withChangedLog(
   change: (path: string) => Promise<void>,
@@ -323,12 +360,12 @@ Deno.test("a reader of the whole log refuses to read on once the entries changed
     await Deno.writeFile(ca.paths.logEntries, was.before);
     const fresh = await CertificateAuthority.open(ca.paths.home, { passphrase: PASSPHRASE });
     const other = (await fresh.readLog())!;
-    assert.equal(other.size, 2);
+    assert.equal(other.size, 3);
     await Deno.truncate(ca.paths.logEntries, 0);
     const refused = changedUnder(`${was.before.length} bytes expected, 0 found`);
     await assert.rejects(other.refresh(), refused);
     assert.throws(() => other.checkUnchanged(), refused);
-    assert.equal(other.size, 2, "nothing read from the new file");
+    assert.equal(other.size, 3, "nothing read from the new file");
     assert.deepEqual(await other.entries(0, 2), []);
   });
 });

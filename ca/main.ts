@@ -39,7 +39,8 @@ import { CaPaths } from "./home.ts";
 import { DEFAULT_MAILBOX_LIMITS } from "./mailbox.ts";
 import { Buffer } from "node:buffer";
 import { pemEncode } from "../lib/pem.ts";
-import { parseCertificate } from "../lib/x509.ts";
+import { parseCertificate, sha256Hex } from "../lib/x509.ts";
+import { crlNumberOf } from "../lib/crl.ts";
 
 const USAGE = `Usage: deno task ca [command] [options]
 
@@ -536,11 +537,12 @@ async function log(args: string[]): Promise<number> {
     if (values.json) await out(JSON.stringify(report) + "\n");
     else {
       await out(
-        `${report.size} entries, ${report.database} certificates in the database, ` +
-          `checkpoint at ${report.checkpointSize}\nroot ${report.root}\n` +
+        `${report.size} entries (${report.crls} of them CRLs), ${report.database} certificates ` +
+          `in the database, checkpoint at ${report.checkpointSize}\nroot ${report.root}\n` +
           (report.problems.length
             ? report.problems.map((p) => `PROBLEM: ${p}\n`).join("")
-            : "OK: every entry is the database's certificate and the checkpoint matches\n"),
+            : "OK: every certificate entry is the database's, in order, and the checkpoint " +
+              "matches\n"),
       );
     }
     return report.problems.length ? 1 : 0;
@@ -549,13 +551,19 @@ async function log(args: string[]): Promise<number> {
   const count = Math.min(intOption(values.entries, "--entries") ?? 10, checkpoint.size);
   const latest = await issuance.entries(checkpoint.size - count, checkpoint.size);
   const rows = latest.map((der, i) => {
+    const index = checkpoint.size - count + i;
+    // A CRL the CA signed, logged before it was served: its number where a serial goes.
+    if (issuance.serial(index) === null) {
+      const number = crlNumberOf(der);
+      return {
+        index,
+        name: "(CRL)",
+        serial: number === undefined ? "" : `number ${number.toString(16).toUpperCase()}`,
+        fingerprint: sha256Hex(der),
+      };
+    }
     const info = parseCertificate(pemEncode(der, "CERTIFICATE"));
-    return {
-      index: checkpoint.size - count + i,
-      name: info.commonName,
-      serial: info.serial,
-      fingerprint: info.fingerprint,
-    };
+    return { index, name: info.commonName, serial: info.serial, fingerprint: info.fingerprint };
   });
   const root = Buffer.from(checkpoint.root).toString("hex");
   if (values.json) {

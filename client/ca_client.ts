@@ -229,6 +229,47 @@ export class CaClient {
     return reply.body;
   }
 
+  /**
+   * GET /v1/log/crl: the newest CRL in the issuance log (PEM) and its inclusion proof, unchecked
+   * (client/transparency.ts `LogMonitor.loggedCrl` checks them). A service too old to log its
+   * CRLs has no such route: `ERR_PEER_REJECTED` saying so.
+   */
+  async loggedCrl(): Promise<{ crl: string; log: unknown }> {
+    const reply = await call(new URL("/v1/log/crl", this.#base), {
+      method: "GET",
+      accept: "application/json",
+    }, this.#tls());
+    if (reply.status === 404 && /No route/.test(reply.body)) {
+      throw new E2eError(
+        "ERR_PEER_REJECTED",
+        "The CA service does not put its CRLs in its issuance log (it has no GET /v1/log/crl): " +
+          "it runs an earlier e2e-chat than this client, which takes only a logged CRL",
+        {
+          hint: "ask the admin to update the CA service; until then this client checks no " +
+            "revocation, so it connects to no one",
+        },
+      );
+    }
+    if (reply.status !== 200) throw apiError(reply);
+    const body = parseJson(reply.body) as { crl?: unknown; log?: unknown };
+    if (typeof body?.crl !== "string") {
+      throw new E2eError("ERR_LOG_INVALID", "The CA sent no CRL with its log proof");
+    }
+    return { crl: body.crl, log: body.log };
+  }
+
+  /**
+   * A client of the same service, as the same member, that checks the service's certificate
+   * against `revocation` (a CRL being checked) instead of the CRL held, or against none: for
+   * fetching and checking the CRL itself, which would otherwise wait on itself (see
+   * {@linkcode checkServiceRevocation}).
+   */
+  forCrl(revocation?: ServiceRevocation): CaClient {
+    const client = new CaClient(this.#base, this.#anchor, this.#own);
+    if (revocation) client.checkServiceRevocation(revocation);
+    return client;
+  }
+
   /** GET /v1/log/key: the log key's certificate (PEM) */
   async logKey(): Promise<string> {
     return await this.#text("/v1/log/key");

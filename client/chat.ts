@@ -178,7 +178,7 @@ export class Chat {
       onWarning: warn,
     });
     this.#revocation = new Revocation({
-      fetch: () => this.#ca.crl(),
+      fetch: () => log.loggedCrl(), // the newest CRL in the issuance log, proved there
       issuer: id.anchor.x509,
       onUpdate: () => this.#dropRevoked(),
       onWarning: warn,
@@ -294,7 +294,7 @@ export class Chat {
     await chat.#revocation.refresh();
     // Our own certificate on the CRL (revoked, or replaced by another for our name): the CA
     // would refuse all we ask of it, so it is said now, not as warnings after `ready`.
-    if (chat.#revocation.isRevoked(id.certificate.serial)) {
+    if (chat.#revocation.isRevoked(id.certificate.serial) || chat.#revocation.refusedUs) {
       throw new E2eError("ERR_FORBIDDEN", "Your certificate is on the CA's revocation list");
     }
     if (!chat.#noListen) {
@@ -1273,9 +1273,7 @@ export class Chat {
   #watchLog(retry = 0): void {
     if (this.#watching) return;
     this.#watching = true;
-    this.#log.watch(this.#id.name, this.#id.certificate.keyFingerprint, {
-      isRevoked: (serial) => this.#revocation.isRevoked(serial),
-    }).catch((e) => {
+    this.#log.watch(this.#id.name, this.#id.certificate.keyFingerprint).catch((e) => {
       if (e instanceof E2eError && e.code === "ERR_LOG_ALARM") return; // reported as log_alarm
       if (retry === 0) {
         this.#emit({

@@ -68,6 +68,7 @@ export class Revocation {
   #signedAt = 0;
   #number?: bigint;
   #failedAt = 0;
+  #failure?: E2eError; // why the last fetch failed, when it says (its hint is the one to give)
   #fetching?: Promise<void>;
   #timer?: ReturnType<typeof setInterval>;
 
@@ -92,18 +93,32 @@ export class Revocation {
     this.#options = options;
   }
 
+  /**
+   * Whether the CA refused the last fetch because it holds our certificate revoked or
+   * superseded (`ERR_FORBIDDEN`): it then gives us no CRL, and refuses all else we ask.
+   */
+  get refusedUs(): boolean {
+    return this.#failure?.code === "ERR_FORBIDDEN";
+  }
+
   /** Whether `serial` (hex, any case, leading zeros or not) is on the CRL. */
   isRevoked(serial: string): boolean {
     return this.#revoked.has(normalizeSerialHex(serial));
   }
 
-  /** Throws `ERR_PEER_REJECTED` unless the CRL held is still current (fail closed). */
+  /**
+   * Throws `ERR_PEER_REJECTED` unless the CRL held is still current (fail closed); or, when
+   * the CA refused to give one because it no longer takes our certificate (revoked, replaced,
+   * expired: the CRL comes from the members-only issuance log), that refusal itself.
+   */
   requireCurrent(now: number = Date.now()): void {
     if (now >= this.#validUntil) {
+      const refused = this.#failure?.code;
+      if (refused === "ERR_FORBIDDEN" || refused === "ERR_UNAUTHENTICATED") throw this.#failure;
       throw new E2eError(
         "ERR_PEER_REJECTED",
         "Cannot check revocation: no current CRL from the CA",
-        { hint: "is the CA service reachable?" },
+        { hint: this.#failure?.hint ?? "is the CA service reachable?" },
       );
     }
   }
@@ -199,6 +214,7 @@ export class Revocation {
       if (held !== undefined && (crl.number === undefined || crl.number < held)) {
         throw new Error(`CRL number ${crl.number ?? "none"} is older than the one held`);
       }
+      this.#failure = undefined;
       this.#number = crl.number;
       this.#revoked = crl.revoked;
       this.#fetchedAt = Date.now();
@@ -219,6 +235,14 @@ export class Revocation {
       }
     } catch (e) {
       this.#failedAt = Date.now();
+      this.#failure = e instanceof E2eError ? e : undefined;
+      // The CA no longer taking our certificate is what every call then says (requireCurrent):
+      // not a warning about the CRL first.
+      if (
+        this.#failure?.code === "ERR_FORBIDDEN" || this.#failure?.code === "ERR_UNAUTHENTICATED"
+      ) {
+        return;
+      }
       this.#options.onWarning?.(`Cannot refresh the CRL: ${e instanceof Error ? e.message : e}`);
       return;
     }

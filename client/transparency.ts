@@ -10,7 +10,9 @@
  * - the log's entries, read as they come, make the checkpoint's root, and none
  *   is a certificate for our name with a key that is not ours (logged after the
  *   first of our key's, whatever the CRL says; before it, a previous enrollment
- *   is harmless once expired or revoked).
+ *   is harmless once expired, or while the newest CRL in the log lists it);
+ * - the CRL it uses is in the log too ({@linkcode LogMonitor.loggedCrl}): with an
+ *   inclusion proof, and not older than the newest CRL in the log it has seen.
  *
  * Cryptographic evidence against the CA is an alarm: kept in HOME/log.json so
  * it survives a restart, reported as `log_alarm`, and no new connection is made
@@ -21,16 +23,18 @@
  */
 import { Buffer } from "node:buffer";
 import { type Checkpoint, type NoteKey, openCheckpoint } from "../lib/checkpoint.ts";
+import { looksLikeCrl, normalizeSerialHex, parseCrlDer, type RevocationList } from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 import { withLock } from "../lib/lock.ts";
 import { MAX_CHECKPOINT_CHARS } from "../lib/frames.ts";
 import { decodeHashes, logOrigin, verifyLogProof } from "../lib/log_proof.ts";
-import { leafHash, TreeFrontier, verifyConsistency } from "../lib/merkle.ts";
+import { frontierBefore, leafHash, TreeFrontier, verifyConsistency } from "../lib/merkle.ts";
 import { pemDecode, pemEncode } from "../lib/pem.ts";
 import { checkLogKey, type TrustAnchor } from "../lib/tls.ts";
 import { parseCertificate, sha256Hex } from "../lib/x509.ts";
-import type { CaClient } from "./ca_client.ts";
+import type { CaClient, ServiceRevocation } from "./ca_client.ts";
+import { SERVICE_CRL_WINDOW_MS } from "./revocation.ts";
 
 /** Evidence that the CA misbehaved. */
 export interface LogAlarm {
@@ -63,13 +67,25 @@ interface LogState {
    * absent: not among them yet). Without it (a state an earlier version wrote, or one for
    * another key), the next look reads the log again from its first entry.
    */
-  own?: { name: string; key: string; index?: number };
+  own?: { name: string; key: string; index?: number; crls?: boolean };
   /** Standing alarms. */
   alarms: LogAlarm[];
   /** SHA-256 of the log key first seen (pinned: another one is an alarm). */
   logKey?: string;
   /** Peers' checkpoints that could not be checked yet (the CA was away), checked again later. */
   pending: Array<{ text: string; from: string }>;
+  /**
+   * The newest CRL in the log seen (read by a look, or proved with a CRL taken): its number
+   * (decimal), leaf index and leaf hash (base64). `{}`: none yet. Absent (a state an earlier
+   * version wrote): the next look reads the log from its first entry.
+   */
+  crl?: { number?: string; index?: number; hash?: string };
+  /**
+   * Certificates for our name with another key logged before our own key's first (previous
+   * enrollments), not expired: each must be on the newest CRL in the log, checked again at
+   * every newer one, until it expires.
+   */
+  previous: Array<{ index: number; serial: string; fingerprint: string; notAfter: number }>;
 }
 
 /** Entries asked for at once (the CA answers at most 256). */
@@ -83,12 +99,6 @@ const MAX_PENDING = 8;
  * each) or the alarms shown at every start without bound.
  */
 export const MAX_ALARMS = 64;
-
-/** Options of {@linkcode LogMonitor.watch} and {@linkcode LogMonitor.audit}. */
-export interface LookOptions {
-  /** Whether the CA's current CRL lists `serial`. Default: nothing is revoked. */
-  isRevoked?: (serial: string) => boolean;
-}
 
 /** Options of {@linkcode LogMonitor.open}. */
 export interface LogMonitorOptions {
@@ -140,7 +150,12 @@ export class LogMonitor {
     ca: CaClient,
     options: LogMonitorOptions = {},
   ): Promise<LogMonitor> {
-    let state: LogState = { audited: { size: 0, hashes: [] }, alarms: [], pending: [] };
+    let state: LogState = {
+      audited: { size: 0, hashes: [] },
+      alarms: [],
+      pending: [],
+      previous: [],
+    };
     try {
       const read = JSON.parse(await Deno.readTextFile(file));
       const audited = read.audited && Number.isSafeInteger(read.audited.size) &&
@@ -159,6 +174,8 @@ export class LogMonitor {
             typeof (p as { from?: unknown })?.from === "string"
           ).slice(-MAX_PENDING)
           : [],
+        crl: crlIn(read.crl),
+        previous: previousIn(read.previous),
       };
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) {
@@ -216,53 +233,165 @@ export class LogMonitor {
    * when larger. Inconsistency raises an alarm and throws `ERR_LOG_ALARM`.
    */
   observe(text: string, opened?: Checkpoint, from = "the CA"): Promise<void> {
-    return this.#serial(async () => {
-      const key = await this.#logKey();
-      const next = opened ?? openCheckpoint(text, key);
-      // Signed by the log key yet too long for a hello: it could not be gossiped, so gossip
-      // would be off without anyone noticing.
-      if (text.length > MAX_CHECKPOINT_CHARS) {
+    return this.#serial(() => this.#observe(text, opened, from, this.#ca));
+  }
+
+  /**
+   * The CA's CRL as members use it (PEM): the newest CRL in the issuance log,
+   * fetched with its inclusion proof (`GET /v1/log/crl`), and taken only as
+   * {@linkcode checkCrl} says. Asked without requiring a recent CRL first
+   * (`CaClient.forCrl`): this is how a client gets one. Throws `ERR_PEER_REJECTED`
+   * against a CA service too old to log its CRLs.
+   */
+  async loggedCrl(): Promise<string> {
+    const { crl, log } = await this.#ca.forCrl().loggedCrl();
+    await this.checkCrl(crl, log);
+    return crl;
+  }
+
+  /**
+   * Takes the CRL `pem` only when the CA signed it, it has a CRL number, `proof`
+   * shows it in the log at a checkpoint consistent with ours, and it is not older
+   * than the newest CRL in the log seen before (by a look through the entries, or
+   * with an earlier CRL), nor followed in that log by a later CRL: either is a
+   * rollback (`ERR_LOG_INVALID`; ask again). Evidence against the CA (a fork,
+   * entries that do not make the checkpoint) raises an alarm as elsewhere: what
+   * is asked of the service here is asked as every call asks it
+   * (client/ca_client.ts), against this CRL — the service's certificate not on
+   * it, and it signed recently. `ca` replaces that client (tests).
+   */
+  async checkCrl(pem: string, proof: unknown, ca?: CaClient): Promise<void> {
+    const der = typeof pem === "string" ? pemDecode(pem, "X509 CRL") : null;
+    if (!der) throw new E2eError("ERR_LOG_INVALID", "The CA sent no CRL with its log proof");
+    const crl = parseCrlDer(der, this.#anchor.x509);
+    if (crl.number === undefined) {
+      throw new E2eError("ERR_PEER_REJECTED", "The CRL was rejected", {
+        detail: "it has no CRL number",
+      });
+    }
+    const number = crl.number;
+    const asked = ca ?? this.#ca.forCrl(serviceCheck(crl));
+    await this.#serial(async () => {
+      const key = await this.#logKey(asked);
+      let checkpoint: Checkpoint;
+      try {
+        checkpoint = verifyLogProof(der, proof, key);
+      } catch (e) {
+        // Its words are a certificate's: this is a CRL.
+        if (!(e instanceof E2eError && e.code === "ERR_LOG_INVALID")) throw e;
+        throw new E2eError("ERR_LOG_INVALID", e.message.replace(/^The certificate/, "The CRL"), {
+          detail: e.detail,
+        });
+      }
+      const { index, checkpoint: text, hashes } = proof as {
+        index: number;
+        checkpoint: string;
+        hashes: unknown;
+      };
+      await this.#observe(text, checkpoint, "the CA", asked);
+      // The newest CRL of a log at least as large as any we hold: the entries after it, read,
+      // make that log's root with it and hold no later CRL. So the CA cannot serve us a CRL it
+      // has since replaced — not even one a client that never looked at the log would not know.
+      const held = openCheckpoint(this.#state.checkpoint!, key).size;
+      if (held > checkpoint.size) {
+        throw new E2eError(
+          "ERR_LOG_INVALID",
+          `The CA proved its CRL in a log of ${checkpoint.size} entries, smaller than the ` +
+            `${held} this client holds`,
+          { hint: "ask again: the CA must serve its newest CRL" },
+        );
+      }
+      const frontier = frontierBefore(index, checkpoint.size, decodeHashes(hashes));
+      frontier.append(leafHash(der));
+      let later: bigint | undefined;
+      while (frontier.size < checkpoint.size) {
+        const page = await asked.logEntries(frontier.size, checkpoint.size);
+        if (page.length === 0) throw new E2eError("ERR_LOG_INVALID", "The CA sent no log entries");
+        for (const b64 of page.slice(0, checkpoint.size - frontier.size)) {
+          const entry = new Uint8Array(Buffer.from(b64, "base64"));
+          frontier.append(leafHash(entry));
+          later ??= signedCrlOf(entry, this.#anchor)?.number;
+        }
+      }
+      if (!Buffer.from(frontier.root()).equals(Buffer.from(checkpoint.root))) {
         await this.#raise({
-          message: `the CA signed a checkpoint of ${text.length} characters, too long to share ` +
-            `with peers (at most ${MAX_CHECKPOINT_CHARS})`,
+          message: `the log's entries do not make its checkpoint of ${checkpoint.size} ` +
+            `entries: the CA serves entries other than those it signed`,
         });
         this.requireNoAlarm();
       }
-      const stored = this.#state.checkpoint
-        ? openCheckpoint(this.#state.checkpoint, key)
-        : undefined;
-      if (stored) {
-        const [small, big] = next.size < stored.size ? [next, stored] : [stored, next];
-        let consistent: boolean;
-        if (small.size === big.size) {
-          consistent = Buffer.from(small.root).equals(Buffer.from(big.root));
-        } else {
-          let proof: unknown;
-          try {
-            proof = await this.#ca.consistency(small.size, big.size);
-          } catch (e) {
-            // Both sizes are signed by the log key: a CA that says one is out of range (rather
-            // than being away) will not prove what it signed.
-            if (!(e instanceof E2eError && e.code === "ERR_BAD_REQUEST")) throw e;
-            proof = undefined;
-          }
-          consistent = proof !== undefined &&
-            verifyConsistency(small.size, big.size, small.root, big.root, decodeHashes(proof));
-        }
-        if (!consistent) {
-          await this.#raise({
-            message:
-              `${from} showed a log of ${next.size} entries that is not consistent with the ` +
-              `${stored.size} entries seen before: the CA shows different logs to different people, ` +
-              `or rewrote its log`,
-          });
-          this.requireNoAlarm();
-        }
-        if (next.size <= stored.size) return;
+      if (later !== undefined) {
+        throw new E2eError(
+          "ERR_LOG_INVALID",
+          `Refused the CA's CRL number ${number}: the issuance log holds a later one (number ` +
+            `${later}), so serving this one is a rollback`,
+          { hint: "ask again: the CA must serve its newest CRL" },
+        );
       }
-      this.#state.checkpoint = text;
-      await this.#save();
+      const newest = this.#state.crl?.number;
+      if (newest !== undefined && number < BigInt(newest)) {
+        throw new E2eError(
+          "ERR_LOG_INVALID",
+          `Refused the CA's CRL number ${number}: the issuance log holds a newer one (number ` +
+            `${newest}), so serving this one is a rollback`,
+          { hint: "ask again: the CA must serve its newest CRL" },
+        );
+      }
+      if (newest === undefined || number > BigInt(newest)) {
+        this.#state.crl = { number: String(number), index, hash: base64(leafHash(der)) };
+        await this.#save();
+      }
     });
+  }
+
+  async #observe(
+    text: string,
+    opened: Checkpoint | undefined,
+    from: string,
+    ca: CaClient,
+  ): Promise<void> {
+    const key = await this.#logKey(ca);
+    const next = opened ?? openCheckpoint(text, key);
+    // Signed by the log key yet too long for a hello: it could not be gossiped, so gossip
+    // would be off without anyone noticing.
+    if (text.length > MAX_CHECKPOINT_CHARS) {
+      await this.#raise({
+        message: `the CA signed a checkpoint of ${text.length} characters, too long to share ` +
+          `with peers (at most ${MAX_CHECKPOINT_CHARS})`,
+      });
+      this.requireNoAlarm();
+    }
+    const stored = this.#state.checkpoint ? openCheckpoint(this.#state.checkpoint, key) : undefined;
+    if (stored) {
+      const [small, big] = next.size < stored.size ? [next, stored] : [stored, next];
+      let consistent: boolean;
+      if (small.size === big.size) {
+        consistent = Buffer.from(small.root).equals(Buffer.from(big.root));
+      } else {
+        let proof: unknown;
+        try {
+          proof = await ca.consistency(small.size, big.size);
+        } catch (e) {
+          // Both sizes are signed by the log key: a CA that says one is out of range (rather
+          // than being away) will not prove what it signed.
+          if (!(e instanceof E2eError && e.code === "ERR_BAD_REQUEST")) throw e;
+          proof = undefined;
+        }
+        consistent = proof !== undefined &&
+          verifyConsistency(small.size, big.size, small.root, big.root, decodeHashes(proof));
+      }
+      if (!consistent) {
+        await this.#raise({
+          message: `${from} showed a log of ${next.size} entries that is not consistent with the ` +
+            `${stored.size} entries seen before: the CA shows different logs to different people, ` +
+            `or rewrote its log`,
+        });
+        this.requireNoAlarm();
+      }
+      if (next.size <= stored.size) return;
+    }
+    this.#state.checkpoint = text;
+    await this.#save();
   }
 
   /**
@@ -289,23 +418,19 @@ export class LogMonitor {
    * CA's latest checkpoint, and looks for certificates for `name` with a key
    * other than `keyFingerprint`, raising an alarm for each: for every one
    * logged after the first certificate of `keyFingerprint`, and for an earlier
-   * one (a previous enrollment) unless it expired or `isRevoked` says so.
+   * one (a previous enrollment) unless it expired, or the newest CRL in the log
+   * lists it (checked again at every newer CRL logged, until it expires).
    */
-  watch(name: string, keyFingerprint: string, options: LookOptions = {}): Promise<AuditResult> {
-    return this.#look(name, keyFingerprint, false, options);
+  watch(name: string, keyFingerprint: string): Promise<AuditResult> {
+    return this.#look(name, keyFingerprint, false);
   }
 
   /** Like {@linkcode watch}, but reads the whole log from its first entry and rebuilds the tree. */
-  audit(name: string, keyFingerprint: string, options: LookOptions = {}): Promise<AuditResult> {
-    return this.#look(name, keyFingerprint, true, options);
+  audit(name: string, keyFingerprint: string): Promise<AuditResult> {
+    return this.#look(name, keyFingerprint, true);
   }
 
-  async #look(
-    name: string,
-    keyFingerprint: string,
-    whole: boolean,
-    options: LookOptions,
-  ): Promise<AuditResult> {
+  async #look(name: string, keyFingerprint: string, whole: boolean): Promise<AuditResult> {
     const text = await this.#ca.checkpoint();
     const key = await this.#logKey();
     const checkpoint = openCheckpoint(text, key);
@@ -319,7 +444,8 @@ export class LogMonitor {
       const own = this.#state.own;
       // Where our key's first certificate is must be known for the entries read before: else
       // (a state an earlier version wrote, another key) they are read again.
-      const fromStart = whole || own?.name !== name || own.key !== keyFingerprint;
+      // So must the CRLs among them (`crls`: a state an earlier version wrote did not look).
+      const fromStart = whole || own?.name !== name || own.key !== keyFingerprint || !own.crls;
       const start = fromStart ? new TreeFrontier() : new TreeFrontier(
         this.#state.audited.size,
         this.#state.audited.hashes.map((h) => new Uint8Array(Buffer.from(h, "base64"))),
@@ -332,6 +458,9 @@ export class LogMonitor {
       const foreign: AuditResult["foreign"] = [];
       const now = Date.now();
       let read = 0;
+      // The newest CRL (by number) among the entries read, and the previous enrollments met.
+      let newest: { number: bigint; index: number; hash: string; revoked: Set<string> } | undefined;
+      const met: LogState["previous"] = [];
       while (frontier.size < checkpoint.size) {
         const end = Math.min(frontier.size + PAGE, checkpoint.size);
         const page = await this.#ca.logEntries(frontier.size, end);
@@ -345,7 +474,13 @@ export class LogMonitor {
           try {
             info = parseCertificate(pemEncode(der, "CERTIFICATE"));
           } catch {
-            continue; // not a certificate: still a leaf, and it must still hash to the root
+            // Not a certificate: a CRL the CA signed, or another leaf; it must still hash to the
+            // root either way.
+            const crl = signedCrlOf(der, this.#anchor);
+            if (crl && (!newest || crl.number > newest.number)) {
+              newest = { ...crl, index, hash: base64(leafHash(der)) };
+            }
+            continue;
           }
           if (info.commonName !== name) continue;
           if (info.keyFingerprint === keyFingerprint) {
@@ -353,14 +488,16 @@ export class LogMonitor {
             continue;
           }
           // Another key for our name, logged before our key's first certificate, is a previous
-          // enrollment (a lost key replaced by a new invite): harmless once it expired, or was
-          // revoked, as peers then refuse it. One logged after it is a misissuance whatever the
-          // CRL says: the CRL is the CA's word, not in the log, and a CA can list a certificate
-          // on the CRL it serves us alone while showing it to our peers as ours.
-          if (
-            ownFirst === undefined &&
-            (info.notAfter.getTime() <= now || options.isRevoked?.(info.serial))
-          ) continue;
+          // enrollment (a lost key replaced by a new invite): harmless once it expired, or while
+          // the newest CRL in the log lists it (checked below), as peers then refuse it. One
+          // logged after it is a misissuance whatever any CRL says.
+          if (ownFirst === undefined) {
+            const notAfter = info.notAfter.getTime();
+            if (notAfter > now) {
+              met.push({ index, serial: info.serial, fingerprint: info.fingerprint, notAfter });
+            }
+            continue;
+          }
           if (foreign.length < MAX_ALARMS) {
             foreign.push({ index, serial: info.serial, fingerprint: info.fingerprint });
           }
@@ -372,6 +509,29 @@ export class LogMonitor {
             `the CA serves entries other than those it signed`,
         });
         this.requireNoAlarm();
+      }
+      // Previous enrollments still valid must be on the newest CRL in the log: those met now, and
+      // those met before once a newer CRL is logged. (None logged yet: they wait for one; the
+      // client takes no CRL that is not logged, so it connects to no one meanwhile.)
+      const stored = fromStart ? undefined : this.#state.crl;
+      let previous = [...(fromStart ? [] : this.#state.previous), ...met]
+        .filter((p) => p.notAfter > now);
+      if (previous.length && (newest || met.length)) {
+        const listed = newest?.revoked ?? await this.#storedCrl(stored, checkpoint.size);
+        if (listed) {
+          const unlisted = previous.filter((p) => !listed.has(normalizeSerialHex(p.serial)));
+          previous = previous.filter((p) => !unlisted.includes(p));
+          for (const p of unlisted) {
+            if (foreign.length < MAX_ALARMS) {
+              foreign.push({ index: p.index, serial: p.serial, fingerprint: p.fingerprint });
+            }
+          }
+        }
+      }
+      for (const p of previous.splice(MAX_ALARMS)) {
+        if (foreign.length < MAX_ALARMS) {
+          foreign.push({ index: p.index, serial: p.serial, fingerprint: p.fingerprint });
+        }
       }
       for (const f of foreign) {
         await this.#raise({
@@ -385,15 +545,41 @@ export class LogMonitor {
         size: frontier.size,
         hashes: frontier.hashes.map((h) => Buffer.from(h).toString("base64")),
       };
-      this.#state.own = { name, key: keyFingerprint, index: ownFirst };
+      this.#state.own = { name, key: keyFingerprint, index: ownFirst, crls: true };
+      this.#state.previous = previous;
+      const known = this.#state.crl?.number;
+      if (newest && (known === undefined || newest.number > BigInt(known))) {
+        this.#state.crl = { number: String(newest.number), index: newest.index, hash: newest.hash };
+      }
       await this.#save();
       return { entries: read, size: checkpoint.size, foreign };
     });
   }
 
-  async #logKey(): Promise<NoteKey> {
+  // The revoked serials of the newest CRL in the log seen before (fetched again, and checked
+  // against the leaf hash kept), if there is one within the tree of `size` entries.
+  async #storedCrl(
+    stored: LogState["crl"],
+    size: number,
+  ): Promise<Set<string> | undefined> {
+    if (stored?.index === undefined || stored.hash === undefined || stored.index >= size) {
+      return undefined;
+    }
+    const [b64] = await this.#ca.logEntries(stored.index, stored.index + 1);
+    const der = new Uint8Array(Buffer.from(b64 ?? "", "base64"));
+    const crl = base64(leafHash(der)) === stored.hash ? signedCrlOf(der, this.#anchor) : undefined;
+    if (!crl) {
+      throw new E2eError(
+        "ERR_LOG_INVALID",
+        `The CA sent another entry ${stored.index} than before`,
+      );
+    }
+    return crl.revoked;
+  }
+
+  async #logKey(ca: CaClient = this.#ca): Promise<NoteKey> {
     if (!this.#key) {
-      const pem = await this.#ca.logKey();
+      const pem = await ca.logKey();
       const info = checkLogKey(pemDecode(pem, "CERTIFICATE"), this.#anchor);
       // Pinned on first use: a second CA-certified log key could sign a second log.
       if (this.#state.logKey && this.#state.logKey !== info.keyFingerprint) {
@@ -438,7 +624,9 @@ export class LogMonitor {
     // file too: one writer at a time, each merging what the others wrote since it read the file.
     // (A lock file of its own: a join holds the home folder's lock while it writes this file.)
     await withLock(`${this.#file}.lock`, async () => {
-      let onDisk: { alarms?: unknown; checkpoint?: unknown; logKey?: unknown } | null = null;
+      let onDisk:
+        | { alarms?: unknown; checkpoint?: unknown; logKey?: unknown; crl?: unknown }
+        | null = null;
       try {
         onDisk = JSON.parse(await Deno.readTextFile(this.#file));
       } catch {
@@ -454,6 +642,12 @@ export class LogMonitor {
       }
       if (typeof onDisk?.checkpoint === "string") this.#merge(onDisk.checkpoint);
       if (typeof onDisk?.logKey === "string") this.#state.logKey ??= onDisk.logKey;
+      // The newest CRL in the log seen never goes back either: a rollback check rests on it.
+      const theirs = crlIn((onDisk as { crl?: unknown } | null)?.crl);
+      const ours = this.#state.crl?.number;
+      if (theirs?.number && (ours === undefined || BigInt(theirs.number) > BigInt(ours))) {
+        this.#state.crl = theirs;
+      }
       // The folder too: a state rolled back by a power cut (a smaller checkpoint, an alarm gone,
       // no log key pinned) would let the CA show us a fork of the log undetected.
       await writeFileAtomic(this.#file, JSON.stringify(this.#state, null, 2) + "\n", {
@@ -501,12 +695,83 @@ export class LogMonitor {
 // Where a parsed HOME/log.json says our key's first certificate is among the `size` entries read,
 // if it says so soundly.
 function ownIn(own: unknown, size: number): LogState["own"] {
-  const { name, key, index } = (own ?? {}) as { name?: unknown; key?: unknown; index?: unknown };
+  const { name, key, index, crls } = (own ?? {}) as {
+    name?: unknown;
+    key?: unknown;
+    index?: unknown;
+    crls?: unknown;
+  };
   if (typeof name !== "string" || typeof key !== "string") return undefined;
-  if (index === undefined) return { name, key };
+  const looked = crls === true ? { crls: true } : {};
+  if (index === undefined) return { name, key, ...looked };
   return Number.isSafeInteger(index) && (index as number) >= 0 && (index as number) < size
-    ? { name, key, index: index as number }
+    ? { name, key, index: index as number, ...looked }
     : undefined;
+}
+
+// The newest CRL seen, as a parsed HOME/log.json keeps it, if sound.
+function crlIn(crl: unknown): LogState["crl"] {
+  const { number, index, hash } = (crl ?? {}) as {
+    number?: unknown;
+    index?: unknown;
+    hash?: unknown;
+  };
+  if (
+    typeof number !== "string" || !/^\d{1,49}$/.test(number) || !Number.isSafeInteger(index) ||
+    typeof hash !== "string"
+  ) return undefined;
+  return { number, index: index as number, hash };
+}
+
+// The previous enrollments a parsed HOME/log.json keeps, if sound.
+function previousIn(previous: unknown): LogState["previous"] {
+  if (!Array.isArray(previous)) return [];
+  return previous.filter((p) =>
+    Number.isSafeInteger(p?.index) && typeof p?.serial === "string" &&
+    typeof p?.fingerprint === "string" && Number.isFinite(p?.notAfter)
+  ).slice(0, MAX_ALARMS);
+}
+
+// What a call asks of the service's own certificate (client/ca_client.ts ServiceRevocation),
+// against the CRL `crl` about to be taken: not listed on it, and it signed recently.
+function serviceCheck(crl: RevocationList): ServiceRevocation {
+  return {
+    isRevoked: (serial) => crl.revoked.has(normalizeSerialHex(serial)),
+    ensureRecent: () => {
+      const now = Date.now();
+      if (
+        now - crl.thisUpdate.getTime() > SERVICE_CRL_WINDOW_MS ||
+        (crl.nextUpdate !== undefined && now >= crl.nextUpdate.getTime())
+      ) {
+        return Promise.reject(
+          new E2eError(
+            "ERR_PEER_REJECTED",
+            `Cannot check the CA service's certificate: the CRL it sent was signed at ` +
+              `${crl.thisUpdate.toISOString()}, over ${SERVICE_CRL_WINDOW_MS / 3_600_000} h ago`,
+          ),
+        );
+      }
+      return Promise.resolve();
+    },
+  };
+}
+
+// The CRL `der` if it is one the CA signed, with a number: its number and revoked serials.
+function signedCrlOf(
+  der: Uint8Array,
+  anchor: TrustAnchor,
+): { number: bigint; revoked: Set<string> } | undefined {
+  if (!looksLikeCrl(der)) return undefined;
+  try {
+    const crl = parseCrlDer(der, anchor.x509);
+    return crl.number === undefined ? undefined : { number: crl.number, revoked: crl.revoked };
+  } catch {
+    return undefined; // not signed by the CA: a leaf like any other
+  }
+}
+
+function base64(bytes: Uint8Array): string {
+  return Buffer.from(bytes).toString("base64");
 }
 
 // The well-formed alarms of a parsed HOME/log.json: a stray value must not hide the others.

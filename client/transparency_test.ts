@@ -14,7 +14,7 @@ import { E2eError } from "../lib/errors.ts";
 import { logOrigin, logProofJson } from "../lib/log_proof.ts";
 import { leafHash, MerkleTree } from "../lib/merkle.ts";
 import { openssl, PASSPHRASE_ARG } from "../lib/openssl.ts";
-import { pemDecode } from "../lib/pem.ts";
+import { pemDecode, pemEncode } from "../lib/pem.ts";
 import { trustAnchor } from "../lib/tls.ts";
 import { parseCertificate } from "../lib/x509.ts";
 import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
@@ -58,6 +58,7 @@ async function withViews(
     make: (leaves: Array<string | Uint8Array>) => ReturnType<typeof view>;
     signText: (body: string) => string;
     issue: (name: string, keyPem: string, options?: { expired?: boolean }) => Promise<Issued>;
+    crl: (revoked: Issued[]) => Promise<Uint8Array>;
   }) => Promise<void>,
 ): Promise<void> {
   await withTempDir(async (dir) => {
@@ -77,6 +78,7 @@ async function withViews(
       make: (leaves) => view(leaves, sign, logKeyPem),
       signText: (body) => signNote(body, { name: origin, key }),
       issue: (name, keyPem, options) => issue(ca.paths.dir, name, keyPem, options),
+      crl: (revoked) => signCrl(ca.paths.dir, revoked),
     });
   });
 }
@@ -116,6 +118,29 @@ async function issue(
     fingerprint: info.fingerprint,
     key: info.keyFingerprint,
   };
+}
+
+// A CRL the CA signs (each with a number above the last) listing exactly `revoked`, however it
+// would be served: to one member alone, say.
+async function signCrl(caDir: string, revoked: Issued[]): Promise<Uint8Array> {
+  const cnf = join(caDir, "openssl.cnf");
+  const index = join(caDir, "crl-index.txt");
+  const at = "250101000000Z";
+  await Deno.writeTextFile(
+    index,
+    revoked.map((c) => {
+      const serial = c.serial.length % 2 ? `0${c.serial}` : c.serial;
+      return `R\t991231235959Z\t${at}\t${serial}\tunknown\t/CN=x\n`;
+    }).join(""),
+  );
+  await Deno.writeTextFile(join(caDir, "crl-index.txt.attr"), "unique_subject = no\n");
+  const config = (await Deno.readTextFile(cnf)).replace(/^database\s*=.*$/m, `database = ${index}`);
+  await Deno.writeTextFile(join(caDir, "crl.cnf"), config);
+  await openssl([
+    ...["ca", "-config", "crl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt"],
+    ...["-passin", PASSPHRASE_ARG, "-gencrl", "-out", "t.crl"],
+  ], { cwd: caDir, passphrase: PASSPHRASE });
+  return pemDecode(await Deno.readTextFile(join(caDir, "t.crl")), "X509 CRL")!;
 }
 
 function alarmed(e: unknown): boolean {
@@ -375,18 +400,16 @@ Deno.test("a checkpoint another process of the home stored meanwhile that forks 
   });
 });
 
-Deno.test("watch() alarms on a certificate for our name with another key logged after our own first, even one the CA's CRL lists or that expired since", async () => {
-  await withViews(async ({ dir, anchor, make, issue }) => {
+Deno.test("watch() alarms on a certificate for our name with another key logged after our own first, even one a logged CRL lists or that expired since", async () => {
+  await withViews(async ({ dir, anchor, make, issue, crl }) => {
     const { key: ours } = await makeCsr("bob");
     const own = await issue("bob", ours);
     // The CA lists `hidden` on the CRL it serves bob only (nothing ties it to alice's CRL).
     const hidden = await issue("bob", (await makeCsr("bob")).key);
     const expired = await issue("bob", (await makeCsr("bob")).key, { expired: true });
-    const v = make(["a", own.der, hidden.der, expired.der]);
+    const v = make(["a", own.der, hidden.der, expired.der, await crl([hidden])]);
     const monitor = await LogMonitor.open(join(dir, "bob.json"), anchor, v.ca);
-    const found = await monitor.watch("bob", own.key, {
-      isRevoked: (serial) => serial === hidden.serial,
-    });
+    const found = await monitor.watch("bob", own.key);
     assert.deepEqual(found.foreign.map((f) => [f.index, f.fingerprint]), [
       [2, hidden.fingerprint],
       [3, expired.fingerprint],
@@ -399,40 +422,110 @@ Deno.test("watch() alarms on a certificate for our name with another key logged 
   });
 });
 
-Deno.test("a certificate for our name with another key logged before our own first (a lost key replaced) is excused once revoked or expired, not while it is neither", async () => {
-  await withViews(async ({ dir, anchor, make, issue }) => {
+Deno.test("a certificate for our name with another key logged before our own first (a lost key replaced) is excused once expired, or while the newest CRL in the log lists it", async () => {
+  await withViews(async ({ dir, anchor, make, issue, crl }) => {
     const lost = await issue("bob", (await makeCsr("bob")).key);
     const older = await issue("bob", (await makeCsr("bob")).key, { expired: true });
     const { key: ours } = await makeCsr("bob");
     const own = await issue("bob", ours);
     const renewed = await issue("bob", ours);
-    const v = make([older.der, lost.der, "a", own.der, renewed.der]);
-    const bob = await LogMonitor.open(join(dir, "bob.json"), anchor, v.ca);
-    const found = await bob.audit("bob", own.key, { isRevoked: (s) => s === lost.serial });
-    assert.deepEqual([found.entries, found.foreign, bob.alarms], [5, [], []]);
-    // Not revoked, it could still be shown to peers as bob's: an alarm.
-    const other = await LogMonitor.open(join(dir, "other.json"), anchor, v.ca);
+    const listing = await crl([lost]);
+    const leaves = [older.der, lost.der, "a", own.der, renewed.der, listing];
+    const bob = await LogMonitor.open(join(dir, "bob.json"), anchor, make(leaves).ca);
+    const found = await bob.watch("bob", own.key);
+    assert.deepEqual([found.entries, found.foreign, bob.alarms], [6, [], []]);
+    // A later CRL in the log that no longer lists it (the CA takes the revocation back): it
+    // could be shown to peers as bob's again, an alarm at the next look.
+    const later = await LogMonitor.open(
+      join(dir, "bob.json"),
+      anchor,
+      make([...leaves, "b", await crl([])]).ca,
+    );
+    const again = await later.watch("bob", own.key);
+    assert.deepEqual([again.entries, again.foreign.map((f) => f.serial)], [2, [lost.serial]]);
+    // On no CRL in the log (served to bob alone, say), it is not excused: an alarm.
+    const other = await LogMonitor.open(
+      join(dir, "other.json"),
+      anchor,
+      make([older.der, lost.der, "a", own.der, renewed.der, await crl([])]).ca,
+    );
     const seen = await other.audit("bob", own.key);
     assert.deepEqual(seen.foreign.map((f) => f.serial), [lost.serial]);
+    // No CRL logged yet: it waits for one (no alarm, and none is excused).
+    const none = await LogMonitor.open(join(dir, "none.json"), anchor, make(leaves.slice(0, 5)).ca);
+    assert.deepEqual([(await none.watch("bob", own.key)).foreign, none.alarms], [[], []]);
+    const logged = await LogMonitor.open(join(dir, "none.json"), anchor, make(leaves).ca);
+    assert.deepEqual([(await logged.watch("bob", own.key)).foreign, logged.alarms], [[], []]);
   });
 });
 
-Deno.test("watch() keeps where our key's first certificate is: a later look reading only new entries alarms on one the CRL lists, and a state written before it was kept reads the log again from the start", async () => {
-  await withViews(async ({ dir, anchor, make, issue }) => {
+Deno.test("checkCrl() takes a CRL only with a proof that it is the newest CRL of a log at least as large as the client holds: an older one is refused as a rollback, even by a client that never looked at the log", async () => {
+  await withViews(async ({ dir, anchor, make, crl }) => {
+    const old = await crl([]);
+    const next = await crl([]);
+    const before = make(["a", old]);
+    const after = make(["a", old, "b", next, "c"]);
+    const pem = (der: Uint8Array) => pemEncode(der, "X509 CRL");
+    const proof = (v: typeof after, index: number) =>
+      logProofJson(index, v.tree.inclusionProof(index, v.tree.size), v.checkpoint);
+    const refused = (message: RegExp) => (e: unknown) => {
+      assert.ok(e instanceof E2eError, String(e));
+      assert.equal(e.code, "ERR_LOG_INVALID");
+      assert.match(e.message, message);
+      return true;
+    };
+    const alice = await LogMonitor.open(join(dir, "alice.json"), anchor, after.ca);
+    await assert.rejects(
+      alice.checkCrl(pem(next), undefined, after.ca),
+      refused(/without a proof/),
+    );
+    await assert.rejects(
+      alice.checkCrl(pem(next), proof(after, 1), after.ca),
+      refused(/not in the CA/),
+    );
+    // The older one, though in the log with a valid proof: a later CRL follows it there.
+    await assert.rejects(
+      alice.checkCrl(pem(old), proof(after, 1), after.ca),
+      refused(/CRL number \d+: the issuance log holds a later one .* rollback/),
+    );
+    await alice.checkCrl(pem(next), proof(after, 3), after.ca);
+    // Proved in the log as it was before the later one: smaller than the log alice holds.
+    await assert.rejects(
+      alice.checkCrl(pem(old), proof(before, 1), after.ca),
+      refused(/a log of 2 entries, smaller than the 5 this client holds/),
+    );
+    // A client that held nothing takes the older one from the log as it was, then no longer.
+    const bob = await LogMonitor.open(join(dir, "bob.json"), anchor, before.ca);
+    await bob.checkCrl(pem(old), proof(before, 1), before.ca);
+    await bob.checkCrl(pem(next), proof(after, 3), after.ca);
+    await assert.rejects(bob.checkCrl(pem(old), proof(before, 1), after.ca), refused(/smaller/));
+    assert.deepEqual([alice.alarms, bob.alarms], [[], []]);
+    // Entries after the CRL that are not those of the signed checkpoint: evidence, as elsewhere.
+    const carol = await LogMonitor.open(join(dir, "carol.json"), anchor, after.ca);
+    const lying = { ...after.ca, logEntries: () => Promise.resolve(["YQ==", "Yg==", "Yw=="]) };
+    await assert.rejects(
+      carol.checkCrl(pem(next), proof(after, 3), lying as unknown as CaClient),
+      alarmed,
+    );
+    assert.match(carol.alarms[0].message, /entries do not make its checkpoint of 5 entries/);
+  });
+});
+
+Deno.test("watch() keeps where our key's first certificate is: a later look reading only new entries alarms on one a logged CRL lists, and a state written before it was kept reads the log again from the start", async () => {
+  await withViews(async ({ dir, anchor, make, issue, crl }) => {
     const { key: ours } = await makeCsr("bob");
     const own = await issue("bob", ours);
     const hidden = await issue("bob", (await makeCsr("bob")).key);
-    const revoked = { isRevoked: (serial: string) => serial === hidden.serial };
     const before = make(["a", own.der, "b"]);
-    const after = make(["a", own.der, "b", "c", hidden.der]);
+    const after = make(["a", own.der, "b", "c", hidden.der, await crl([hidden])]);
     const file = join(dir, "bob.json");
     assert.equal(
       (await (await LogMonitor.open(file, anchor, before.ca)).watch("bob", own.key)).entries,
       3,
     );
     const later = await LogMonitor.open(file, anchor, after.ca);
-    const found = await later.watch("bob", own.key, revoked);
-    assert.equal(found.entries, 2, "only the new entries are read");
+    const found = await later.watch("bob", own.key);
+    assert.equal(found.entries, 3, "only the new entries are read");
     assert.deepEqual(found.foreign.map((f) => f.fingerprint), [hidden.fingerprint]);
 
     // HOME/log.json as an earlier version wrote it: entries read, nothing of our own key's.
@@ -449,8 +542,8 @@ Deno.test("watch() keeps where our key's first certificate is: a later look read
       }),
     );
     const upgraded = await LogMonitor.open(old, anchor, after.ca);
-    const again = await upgraded.watch("bob", own.key, revoked);
-    assert.equal(again.entries, 5, "read again from the first entry");
+    const again = await upgraded.watch("bob", own.key);
+    assert.equal(again.entries, 6, "read again from the first entry");
     assert.deepEqual(again.foreign.map((f) => f.fingerprint), [hidden.fingerprint]);
   });
 });

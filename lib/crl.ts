@@ -57,10 +57,70 @@ export interface RevocationList {
 export function parseCrl(pem: string, issuer: X509Certificate): RevocationList {
   const der = pemDecode(pem, "X509 CRL");
   if (!der) throw rejected("not a PEM X509 CRL");
+  return parseCrlDer(der, issuer);
+}
+
+/**
+ * Like {@linkcode parseCrl}, for a CRL's DER (an entry of the issuance log, say).
+ *
+ * @example
+ * ```ts
+ * import { X509Certificate } from "node:crypto";
+ * import { parseCrlDer } from "./crl.ts";
+ * import { pemDecode } from "./pem.ts";
+ * const ca = new X509Certificate(await Deno.readTextFile("ca.crt"));
+ * const der = pemDecode(await Deno.readTextFile("crl.pem"), "X509 CRL")!;
+ * console.log(parseCrlDer(der, ca).number);
+ * ```
+ */
+export function parseCrlDer(der: Uint8Array, issuer: X509Certificate): RevocationList {
+  return readCrl(der, issuer);
+}
+
+/**
+ * The CRL number of the CRL `der` whose signature is NOT checked: for the CA's own
+ * crl.pem only. Undefined when it has none; throws `ERR_PEER_REJECTED` when it is no CRL.
+ *
+ * @example
+ * ```ts
+ * import { crlNumberOf } from "./crl.ts";
+ * import { pemDecode } from "./pem.ts";
+ * console.log(crlNumberOf(pemDecode(await Deno.readTextFile("crl.pem"), "X509 CRL")!));
+ * ```
+ */
+export function crlNumberOf(der: Uint8Array): bigint | undefined {
+  return readCrl(der, undefined).number;
+}
+
+/**
+ * Whether `der` has the shape of a CRL (a CertificateList: after its optional version, an
+ * algorithm, an issuer and then a time), not of a certificate, whose TBSCertificate has a
+ * serial and a validity SEQUENCE there. Nothing is verified.
+ *
+ * @example
+ * ```ts
+ * import { looksLikeCrl } from "./crl.ts";
+ * import { pemDecode } from "./pem.ts";
+ * console.log(looksLikeCrl(pemDecode(await Deno.readTextFile("crl.pem"), "X509 CRL")!)); // true
+ * ```
+ */
+export function looksLikeCrl(der: Uint8Array): boolean {
+  try {
+    const [tbs] = children(readDer(der), Tag.SEQUENCE);
+    const fields = children(tbs, Tag.SEQUENCE);
+    const i = fields[0]?.tag === Tag.INTEGER ? 1 : 0;
+    return fields[i]?.tag === Tag.SEQUENCE && fields[i + 1]?.tag === Tag.SEQUENCE &&
+      (fields[i + 2]?.tag === 0x17 || fields[i + 2]?.tag === 0x18);
+  } catch {
+    return false;
+  }
+}
+
+function readCrl(der: Uint8Array, issuer: X509Certificate | undefined): RevocationList {
   try {
     const [tbs, algorithm, signature] = children(readDer(der), Tag.SEQUENCE);
     if (!signature) throw new DerError("Missing signature");
-    if (verifySignature(tbs.raw, algorithm, signature, issuer.publicKey) !== "ok") {
+    if (issuer && verifySignature(tbs.raw, algorithm, signature, issuer.publicKey) !== "ok") {
       throw rejected("the CRL's signature does not verify with the CA key");
     }
     const fields = children(tbs, Tag.SEQUENCE);

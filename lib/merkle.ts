@@ -238,6 +238,49 @@ export class TreeFrontier {
   }
 }
 
+/**
+ * The frontier of the first `index` leaves of a tree of `size`, read from leaf `index`'s
+ * inclusion path (RFC 9162 §2.1.3.2: the hashes the path puts on the left). Appending leaf
+ * `index` and every later leaf to it must give the tree's root: so a client that holds a leaf's
+ * proof learns exactly which leaves follow it. Throws `RangeError` on a path of the wrong shape
+ * (it proves nothing then).
+ *
+ * @example
+ * ```ts
+ * import { frontierBefore, leafHash, MerkleTree } from "./merkle.ts";
+ * const leaves = [1, 2, 3].map((b) => leafHash(new Uint8Array([b])));
+ * const tree = new MerkleTree(leaves);
+ * const frontier = frontierBefore(1, 3, tree.inclusionProof(1, 3));
+ * frontier.append(leaves[1]);
+ * frontier.append(leaves[2]);
+ * console.log(frontier.root()); // tree.root()
+ * ```
+ */
+export function frontierBefore(index: number, size: number, path: Hash[]): TreeFrontier {
+  if (!Number.isSafeInteger(index) || index < 0 || index >= size) {
+    throw new RangeError("The leaf is not in the tree");
+  }
+  const left: Hash[] = [];
+  let fn = index;
+  let sn = size - 1;
+  for (const p of path) {
+    if (sn === 0) throw new RangeError("The path is too long");
+    if (fn % 2 === 1 || fn === sn) {
+      left.push(p);
+      if (fn % 2 === 0) {
+        while (fn % 2 === 0 && fn !== 0) {
+          fn = Math.floor(fn / 2);
+          sn = Math.floor(sn / 2);
+        }
+      }
+    }
+    fn = Math.floor(fn / 2);
+    sn = Math.floor(sn / 2);
+  }
+  if (sn !== 0) throw new RangeError("The path is too short");
+  return new TreeFrontier(index, left.reverse());
+}
+
 function equal(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }

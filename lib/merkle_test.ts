@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import {
   emptyRoot,
+  frontierBefore,
   type Hash,
   leafHash,
   MerkleTree,
@@ -219,4 +220,19 @@ Deno.test("TreeFrontier gives the same root as the whole tree at every size, and
     assert.equal(hex(f.root()), ROOTS[n]);
   }
   assert.throws(() => new TreeFrontier(3, [emptyRoot()]), RangeError);
+});
+
+Deno.test("frontierBefore() reads from a leaf's inclusion path the frontier that, with that leaf and the later ones, makes the root", () => {
+  for (let size = 1; size <= 40; size++) {
+    const leaves = Array.from({ length: size }, (_, i) => leafHash(new Uint8Array([i, size])));
+    const tree = new MerkleTree(leaves);
+    for (let index = 0; index < size; index++) {
+      const frontier = frontierBefore(index, size, tree.inclusionProof(index, size));
+      for (const leaf of leaves.slice(index)) frontier.append(leaf);
+      assert.deepEqual(frontier.root(), tree.root(), `leaf ${index} of ${size}`);
+    }
+  }
+  const tree = new MerkleTree([1, 2, 3].map((b) => leafHash(new Uint8Array([b]))));
+  assert.throws(() => frontierBefore(1, 3, tree.inclusionProof(1, 3).slice(1)), RangeError);
+  assert.throws(() => frontierBefore(3, 3, []), RangeError);
 });

@@ -21,8 +21,12 @@ import {
 } from "./_service_helpers.ts";
 import { openssl, PASSPHRASE_ARG } from "../lib/openssl.ts";
 import { commitSomething, signBehindTheirBacks } from "./_dishonest_ca.ts";
-import { keepServiceKey, poseAsService } from "./_impostor.ts";
+import { crlSignedAt, keepServiceKey, poseAsService } from "./_impostor.ts";
 import { parseCertificate } from "../lib/x509.ts";
+import { CertificateAuthority } from "../ca/authority.ts";
+import { parseCrlDer } from "../lib/crl.ts";
+import { logProofJson } from "../lib/log_proof.ts";
+import { pemDecode, pemEncode } from "../lib/pem.ts";
 
 async function audit(user: User): Promise<{ code: number; stdout: string; stderr: string }> {
   return await runTask("client", ["audit"], { env: { E2E_CHAT_HOME: user.home } });
@@ -185,12 +189,13 @@ Deno.test("a certificate made with the CA key outside the log is refused by peer
 /**
  * Runs `client lookup bob` as `alice` against a dishonest CA: one that answers with the service's
  * own TLS key, everything as the real service says it (asked with alice's certificate), but the
- * directory's answer for bob changed by `swap`.
+ * directory's answer for bob changed by `swap`, and what `answers` has for a path answered so.
  */
 async function lookupThroughDishonestCa(
   service: Service,
   alice: User,
   swap: (reply: Record<string, unknown>) => unknown,
+  answers: Record<string, { type: string; body: string }> = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const aliceCreds = {
     cert: await Deno.readTextFile(alice.certPath),
@@ -199,6 +204,12 @@ async function lookupThroughDishonestCa(
   const server = await poseAsService(
     await keepServiceKey(new CaPaths(service.home)),
     async (req, res) => {
+      const own = answers[req.url ?? ""];
+      if (own) {
+        res.writeHead(200, { "content-type": own.type });
+        res.end(own.body);
+        return;
+      }
       const real = await httpsRequest(service.url + req.url, {
         method: req.method,
         headers: { accept: req.headers.accept ?? "*/*" },
@@ -236,6 +247,107 @@ Deno.test("client lookup refuses a directory answer whose certificate is not in 
     assert.notEqual(result.code, 0, result.stdout);
     assert.ok(!result.stdout.includes(unlogged.trim()), "the unlogged certificate was shown");
     assert.match(result.stderr, /The certificate is not in the CA's issuance log/, result.stderr);
+  });
+});
+
+Deno.test("a CA that lists a certificate for bob on the CRL bob gets and serves alice a CRL without it, showing it to her as bob's, is refused: alice takes only the newest CRL in the log", async () => {
+  await withService(async (service, dir) => {
+    // Before bob's first enrollment, the CA issues a certificate for "bob" with a key of its own,
+    // and logs it (with a CRL that does not list it). bob's enrollment then supersedes it: the
+    // CRL bob is served lists it, and his client excuses it (a previous enrollment, revoked).
+    const { key: mallory } = await makeCsr("bob");
+    const evilPem = await signBehindTheirBacks(service, "bob", mallory);
+    const evil = parseCertificate(evilPem);
+    await commitSomething(service);
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    const alice = await joinUser(service, "alice", join(dir, "alice"));
+    const clean = await audit(bob);
+    assert.equal(clean.code, 0, clean.stdout + clean.stderr);
+
+    // What the CA shows alice: the certificate as bob's, with its valid proof of being in the
+    // log, and a CRL that does not list it — one signed for her alone, or an older one in the log.
+    const ca = await CertificateAuthority.open(service.home);
+    const log = (await ca.readLog())!;
+    const { text, checkpoint } = await log.checkpoint();
+    const evilProof = await log.proofOf(pemDecode(evilPem, "CERTIFICATE")!);
+    let older: { crl: string; log: unknown } | undefined;
+    let newest: unknown;
+    for (let i = 0; i < checkpoint.size; i++) {
+      if (log.serial(i) !== null) continue;
+      const [der] = await log.entries(i, i + 1);
+      const proof = logProofJson(i, log.inclusionProof(i, checkpoint.size), text);
+      newest = proof;
+      if (!parseCrlDer(der, ca.certificate.x509).revoked.has(evil.serial)) {
+        older = { crl: pemEncode(der, "X509 CRL"), log: proof };
+      }
+    }
+    assert.ok(older, "an older CRL in the log does not list it");
+    const forAlice = await crlSignedAt(new CaPaths(service.home), new Date());
+    const swap = (reply: Record<string, unknown>) => ({
+      ...reply,
+      certificate: evilPem,
+      log: evilProof,
+    });
+    const json = "application/json";
+    const attempts: Array<[Record<string, { type: string; body: string }>, RegExp]> = [
+      [{
+        "/v1/crl": { type: "application/x-pem-file", body: forAlice },
+        "/v1/log/crl": { type: json, body: JSON.stringify({ crl: forAlice, log: newest }) },
+      }, /Cannot refresh the CRL: The CRL is not in the CA's issuance log/],
+      [
+        { "/v1/log/crl": { type: json, body: JSON.stringify(older) } },
+        /Cannot refresh the CRL: Refused the CA's CRL number \d+: the issuance log holds a later one \(number \d+\), so serving this one is a rollback/,
+      ],
+    ];
+    for (const [answers, why] of attempts) {
+      const result = await lookupThroughDishonestCa(service, alice, swap, answers);
+      assert.equal(result.code, 1, result.stdout);
+      assert.ok(!result.stdout.includes(evil.fingerprint), "the CA's certificate was shown");
+      assert.match(result.stderr, why);
+      assert.match(result.stderr, /error: Cannot check revocation: no current CRL from the CA/);
+    }
+    // The honest answer: bob's own certificate, on the newest CRL in the log.
+    const honest = await runTask("client", ["lookup", "bob"], {
+      env: { E2E_CHAT_HOME: alice.home },
+    });
+    assert.equal(honest.code, 0, honest.stderr);
+    assert.ok(!honest.stdout.includes(evil.fingerprint));
+  });
+});
+
+Deno.test("the CRL members get from the log is the CA's crl.pem, and openssl crl reads it as it reads GET /v1/crl", async () => {
+  await withService(async (service, dir) => {
+    const alice = await joinUser(service, "alice", join(dir, "alice"));
+    const revoked = parseCertificate(await Deno.readTextFile(alice.certPath)).serial;
+    assertSuccess(
+      await runCa(service.home, ["revoke", "alice"], {
+        env: { E2E_CHAT_CA_PASSPHRASE: PASSPHRASE },
+      }),
+      "ca revoke",
+    );
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    const creds = {
+      ca: service.caPem,
+      cert: await Deno.readTextFile(bob.certPath),
+      key: await Deno.readTextFile(bob.keyPath),
+    };
+    const logged = await httpsRequest(`${service.url}/v1/log/crl`, creds);
+    assert.equal(logged.status, 200, logged.body);
+    const { crl, log } = logged.json() as { crl: string; log: { index: number } };
+    const plain = await httpsRequest(`${service.url}/v1/crl`, { ca: service.caPem });
+    assert.equal(crl, plain.body);
+    assert.equal(crl, await Deno.readTextFile(new CaPaths(service.home).crl));
+    assert.ok(Number.isSafeInteger(log.index));
+    const file = join(dir, "logged.crl");
+    await Deno.writeTextFile(file, crl);
+    const text = new TextDecoder().decode(
+      (await openssl(["crl", "-in", file, "-noout", "-text"])).stdout,
+    );
+    assert.match(text, /Certificate Revocation List \(CRL\):/);
+    assert.match(text, new RegExp(`Serial Number: 0*${revoked}`, "i"));
+    // Members only, like the rest of the log.
+    const anyone = await httpsRequest(`${service.url}/v1/log/crl`, { ca: service.caPem });
+    assert.equal(anyone.status, 401, anyone.body);
   });
 });
 
@@ -320,7 +432,7 @@ Deno.test("a log edited on disk is found by client audit and ca log verify; a tr
     const verify = () => runTask("ca", ["log", "verify"], { env: { E2E_CHAT_HOME: service.home } });
     const ok = await verify();
     assert.equal(ok.code, 0, ok.stdout + ok.stderr);
-    assert.match(ok.stdout, /OK: every entry is the database's certificate/);
+    assert.match(ok.stdout, /OK: every certificate entry is the database's, in order/);
 
     const original = await Deno.readFile(entries);
     const edited = original.slice();
@@ -409,7 +521,11 @@ Deno.test("client lookup and client audit refuse a CA service whose own TLS cert
     const env = { E2E_CHAT_HOME: alice.home };
     try {
       await Deno.writeTextFile(file, JSON.stringify({ ...JSON.parse(identity), caUrl: url }));
-      const said = `e2e-chat: error: The CA service at ${url} presents a revoked certificate\n` +
+      // The CRL it passes on lists it: what is asked to check that CRL against the log is
+      // refused, so the CRL is not taken, and the client says why.
+      const said = `e2e-chat: warning: Cannot refresh the CRL: The CA service at ${url} presents ` +
+        `a revoked certificate\n` +
+        `e2e-chat: error: Cannot check revocation: no current CRL from the CA\n` +
         `e2e-chat: hint: the service replaces a revoked certificate within seconds: try again ` +
         `in a moment; one that keeps presenting it may be someone who kept the old key (tell ` +
         `the admin)\n`;
