@@ -27,6 +27,7 @@ import { CertificateAuthority } from "../ca/authority.ts";
 import { parseCrlDer } from "../lib/crl.ts";
 import { logProofJson } from "../lib/log_proof.ts";
 import { pemDecode, pemEncode } from "../lib/pem.ts";
+import { encodeFrame, PROTOCOL_VERSION } from "../lib/frames.ts";
 
 async function audit(user: User): Promise<{ code: number; stdout: string; stderr: string }> {
   return await runTask("client", ["audit"], { env: { E2E_CHAT_HOME: user.home } });
@@ -173,8 +174,9 @@ Deno.test("a certificate made with the CA key outside the log is refused by peer
       assert.equal(impostor.lines.length, 0, "alice sent nothing to the unlogged certificate");
       await a.expectNone(mark, { type: "connected" });
 
-      // bob's logged certificate gets in on the same invitation.
+      // bob's logged certificate gets in on the same invitation (connected once its hello came).
       const real = RawPeer.connect(a.port, { cert: logged, key });
+      real.write(encodeFrame({ type: "hello", v: PROTOCOL_VERSION }));
       try {
         assert.equal((await a.expect({ type: "connected" })).peer, "bob");
       } finally {
@@ -303,7 +305,7 @@ Deno.test("a CA that lists a certificate for bob on the CRL bob gets and serves 
       const result = await lookupThroughDishonestCa(service, alice, swap, answers);
       assert.equal(result.code, 1, result.stdout);
       assert.ok(!result.stdout.includes(evil.fingerprint), "the CA's certificate was shown");
-      assert.match(result.stderr, why);
+      assert.match(result.stderr, why, result.stderr);
       assert.match(result.stderr, /error: Cannot check revocation: no current CRL from the CA/);
     }
     // The honest answer: bob's own certificate, on the newest CRL in the log.
