@@ -62,9 +62,10 @@ export interface ChatOptions {
   /**
    * The background renewal of our certificate (client/renewal.ts); its `clock` is for tests
    * only. Default: renew once a third of the life is left, retry with backoff from 30 s to
-   * 30 min, warn after 3 failures in a row or below a tenth of the life.
+   * 30 min, warn after 3 failures in a row or below a tenth of the life (at once for a renewal
+   * kept because its log check failed).
    */
-  renewal?: Omit<RenewalOptions, "onWarning">;
+  renewal?: Omit<RenewalOptions, "onWarning" | "tellAtOnce">;
   /** Auto-accept size and quotas of incoming files. Default: {@linkcode DEFAULT_FILE_LIMITS}. */
   files?: Partial<FileLimits>;
   /** How long a file we send may make no progress before it is aborted, ms. Default: 30000. */
@@ -135,6 +136,7 @@ export class Chat {
   #watching = false;
   #stopped = false;
   #renewal: Renewal;
+  #keptRenewals = new WeakSet<object>(); // failures that left a renewal kept: told at once
   #quota: FileQuota;
   #sendStallMs?: number;
   #mailbox!: MailboxClient;
@@ -176,6 +178,7 @@ export class Chat {
     this.#renewal = new Renewal(() => this.#id.certificate, () => this.#renew(), {
       ...options.renewal,
       onWarning: warn,
+      tellAtOnce: (e) => this.#keptRenewals.has(e as object),
     });
     this.#revocation = new Revocation({
       fetch: () => log.loggedCrl(), // the newest CRL in the issuance log, proved there
@@ -1143,9 +1146,27 @@ export class Chat {
 
   // A new certificate for our key, in the issuance log, presented from now on: by the listener
   // (new handshakes; connected peers keep their sessions), by new outgoing connections and to
-  // the CA. The key is the same, so peers' pins stay valid.
+  // the CA. The key is the same, so peers' pins stay valid. A renewal whose log check fails is
+  // kept (id/renewal.json) and our CA client is back on the certificate peers see, which the CA
+  // refuses now, superseded: said at once, and the next attempt (with backoff) checks the kept
+  // one again rather than asking for another.
   async #renew(): Promise<void> {
-    const id = await this.#id.renew({ ca: this.#ca, log: this.#log });
+    let id: Identity;
+    try {
+      id = await this.#id.renew({ ca: this.#ca, log: this.#log });
+    } catch (e) {
+      if (!(await this.#id.renewalPending())) throw e;
+      const kept = new E2eError(
+        e instanceof E2eError ? e.code : "ERR_NETWORK",
+        "the CA renewed it, but the new certificate is not proved yet to be in the CA's " +
+          `issuance log (${e instanceof Error ? e.message : e}): it is kept in id/renewal.json ` +
+          "and checked again at each next attempt; until then the CA refuses the certificate " +
+          "in use, which it superseded",
+        { cause: e },
+      );
+      this.#keptRenewals.add(kept);
+      throw kept;
+    }
     this.#id = id;
     this.#server.setSecureContext(this.#serverTls());
   }

@@ -217,17 +217,6 @@ export class Identity {
   }
 
   /**
-   * Gets a new certificate for the same key (so peers' pinned key fingerprints stay valid),
-   * checked to be in the CA's issuance log, and stores it; returns the renewed identity (the
-   * key stays unlocked).
-   *
-   * The CA's reply is kept in `id/renewal.json` (durably) before the log check: the CA
-   * superseded the old certificate when it answered, so a failed check or a kill must not lose
-   * the new one. Until the check passes it is not used: not in cert.pem, not presented to
-   * peers, only to the CA for the check itself. The next renewal finishes it (checks it again)
-   * before it asks the CA for another.
-   */
-  /**
    * Whether a renewal's reply waits in `id/renewal.json` (its log check failed or was cut off):
    * the CA superseded the certificate we hold, so the next start finishes it first.
    */
@@ -239,6 +228,18 @@ export class Identity {
     }
   }
 
+  /**
+   * Gets a new certificate for the same key (so peers' pinned key fingerprints stay valid),
+   * checked to be in the CA's issuance log, and stores it; returns the renewed identity (the
+   * key stays unlocked).
+   *
+   * The CA's reply is kept in `id/renewal.json` (durably) before the log check: the CA
+   * superseded the old certificate when it answered, so a failed check or a kill must not lose
+   * the new one. Until the check passes it is not used: not in cert.pem, not presented to
+   * peers, only to the CA for the check itself: when the check fails, `options.ca` presents
+   * cert.pem's certificate again (which the CA now refuses, superseded). The next renewal
+   * finishes it (checks it again) before it asks the CA for another.
+   */
   async renew(options: RenewOptions = {}): Promise<Identity> {
     const { key } = this.credentials;
     const kept = new IdFolder(this.dir).renewal;
@@ -256,7 +257,13 @@ export class Identity {
     // (asked with the new certificate: the old one was just superseded)
     if (options.ca && options.log) {
       options.ca.useCredentials({ key, cert });
-      await options.log.checkCertificate(pemDecode(cert, "CERTIFICATE")!, reply.log);
+      try {
+        await options.log.checkCertificate(pemDecode(cert, "CERTIFICATE")!, reply.log);
+      } catch (e) {
+        // Not proved logged, so not ours yet: the CA client presents what peers see, cert.pem's.
+        options.ca.useCredentials(this.credentials);
+        throw e;
+      }
     } else {
       const ca = new CaClient(this.caUrl, this.anchor, { key, cert });
       await checkLogged(this.home, this.anchor, ca, cert, reply);

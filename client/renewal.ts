@@ -35,6 +35,12 @@ export interface RenewalOptions {
    * every failure once less than a tenth of the life is left. Default: 3.
    */
   warnAfter?: number;
+  /**
+   * Whether a failure is told at once, the first of its kind in a row, however few failed before
+   * it (the chat: a renewal the CA answered whose log check failed, which leaves the CA refusing
+   * the certificate in use). Later ones follow `warnAfter`. Default: none is.
+   */
+  tellAtOnce?: (error: unknown) => boolean;
   /** Called with a message for the user when renewal keeps failing. Default: none. */
   onWarning?: (message: string) => void;
   /**
@@ -76,6 +82,7 @@ export class Renewal {
   #options: RenewalOptions;
   #timer?: ReturnType<typeof setTimeout>;
   #failures = 0;
+  #toldAtOnce = false; // since the last success
   #running = false;
   #stopped = false;
 
@@ -134,12 +141,15 @@ export class Renewal {
     try {
       await this.#renew();
       this.#failures = 0;
+      this.#toldAtOnce = false;
       this.#schedule(0); // looks at the new certificate's schedule
     } catch (e) {
       this.#failures++;
       const warnAfter = this.#options.warnAfter ?? 3;
       const leftNow = lifeLeft(this.#current(), this.#now());
-      if (this.#failures >= warnAfter || leftNow < URGENT) {
+      const atOnce = !this.#toldAtOnce && this.#options.tellAtOnce?.(e) === true;
+      if (atOnce) this.#toldAtOnce = true;
+      if (this.#failures >= warnAfter || leftNow < URGENT || atOnce) {
         const until = this.#current().notAfter.toISOString();
         this.#options.onWarning?.(
           `Cannot renew your certificate (${this.#failures} attempt${

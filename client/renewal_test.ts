@@ -101,3 +101,39 @@ Deno.test("Renewal reports the first failure at once when less than a tenth of t
     renewal.stop();
   }
 });
+
+Deno.test("Renewal tells a failure marked tellAtOnce at its first time in a row, once, then follows warnAfter; a success resets it", async () => {
+  let cert = week(Date.now() - 5 * DAY);
+  let failing = true;
+  const kept = new Error("kept aside: its log check failed");
+  const attempts: number[] = [];
+  const warnings: string[] = [];
+  const renewal = new Renewal(() => cert, () => {
+    attempts.push(Date.now());
+    if (failing) return Promise.reject(attempts.length === 1 ? new Error("unreachable") : kept);
+    cert = week(Date.now() - 5 * DAY); // renewed, and (on this clock) due again at once
+    failing = true;
+    return Promise.resolve();
+  }, {
+    retryMs: 40,
+    maxRetryMs: 1_000,
+    tellAtOnce: (e) => e === kept,
+    onWarning: (m) => warnings.push(m),
+  });
+  renewal.start();
+  try {
+    // 1: unreachable, not said; 2: kept, said at once; 3: kept, said (3 in a row); 4: renewed.
+    await until(() => attempts.length === 2);
+    await until(() => warnings.length === 1);
+    assert.match(warnings[0], /\(2 attempts failed; .*\): kept aside: its log check failed$/);
+    await until(() => attempts.length === 3);
+    assert.equal(warnings.length, 2, "said at the third failure in a row");
+    failing = false;
+    await until(() => attempts.length === 6);
+    // After the success: its first kept failure is said at once again.
+    assert.equal(warnings.length, 3, warnings.join("\n"));
+    assert.match(warnings[2], /\(1 attempt failed; .*\): kept aside/);
+  } finally {
+    renewal.stop();
+  }
+});

@@ -81,7 +81,10 @@ const MAX_REPORTS = 20;
  * one creator nor a few together keep the others' out, and none pushes out a fair share.
  */
 const MAX_ROOM_INVITES = 32;
-/** Invitations declined while their creator was not connected, remembered to tell it (oldest go). */
+/**
+ * Invitations declined while their creator was not connected, remembered to tell it, and all those
+ * declined, remembered to refuse a join of one (oldest go).
+ */
 const MAX_DECLINED = 64;
 /**
  * Members who went while we ran, remembered per room (the oldest forgotten first): a creator's
@@ -205,6 +208,12 @@ interface RoomInvite {
   key: string;
   /** Whether we answered it with `join`: only then may a list add us (our consent). */
   joined?: boolean;
+  /**
+   * The connection our `join` went on: while it is the creator's connection, the join is under
+   * way and a decline is refused (a decline after the join would tell the creator we declined
+   * while its list adds us). It ends with the room joined, or with that connection.
+   */
+  joining?: PeerConnection;
 }
 
 /** The rooms of one running chat. */
@@ -213,6 +222,7 @@ export class Rooms {
   #rooms = new Map<string, Room>(); // by room id
   #invites = new Map<string, RoomInvite>(); // by creator and room id (inviteKey)
   #declined = new Set<string>(); // invitations declined while their creator was away (inviteKey)
+  #declinedHere = new Map<string, { room: string; from: string }>(); // all we declined (inviteKey)
   #signing?: KeyObject;
   #seen = new WeakMap<PeerConnection, Set<string>>();
   #reports = new WeakMap<PeerConnection, number>();
@@ -362,7 +372,9 @@ export class Rooms {
 
   /**
    * Accepts the invitation to `room` (from `creator`, needed when invitations to two rooms of
-   * that name wait): the creator adds us, and `room_joined` follows.
+   * that name wait): the creator adds us, and `room_joined` follows. Until then (or until the
+   * connection to the creator ends) the join is under way, and {@linkcode decline} of the same
+   * invitation fails with `ERR_CONFLICT`, as a join of one declined does.
    */
   join(room: string, creator?: string): void {
     checkRoomName(room);
@@ -376,6 +388,7 @@ export class Rooms {
       });
     }
     invite.joined = true;
+    invite.joining = conn;
   }
 
   /**
@@ -393,8 +406,21 @@ export class Rooms {
     checkRoomName(room);
     if (creator !== undefined) checkName(creator);
     const invite = this.#pick(room, creator, "decline");
+    if (invite.joining && this.#host.peer(invite.from) === invite.joining) {
+      throw new E2eError(
+        "ERR_CONFLICT",
+        `A join of the invitation to ${room} from "${invite.from}" is under way`,
+        { hint: `once you are in ${room}, /room leave ${room}` },
+      );
+    }
     const key = inviteKey(invite.list.creator, invite.list.roomId);
     this.#invites.delete(key);
+    // Remembered, so that a join of it pressed meanwhile (another tab) says it was declined.
+    this.#declinedHere.delete(key);
+    this.#declinedHere.set(key, { room: invite.list.room, from: invite.from });
+    if (this.#declinedHere.size > MAX_DECLINED) {
+      this.#declinedHere.delete(this.#declinedHere.keys().next().value!);
+    }
     const told = this.#host.peer(invite.from)?.sendRoom({
       op: "leave",
       roomId: invite.list.roomId,
@@ -420,6 +446,15 @@ export class Rooms {
   #pick(room: string, creator: string | undefined, action: "join" | "decline"): RoomInvite {
     const all = this.#invitesTo(room);
     const invites = all.filter((i) => creator === undefined || i.from === creator);
+    const declined = [...this.#declinedHere.values()]
+      .findLast((d) => d.room === room && (creator === undefined || d.from === creator));
+    if (invites.length === 0 && action === "join" && declined) {
+      throw new E2eError(
+        "ERR_CONFLICT",
+        `You declined the invitation to ${room} from "${declined.from}"`,
+        { hint: `"${declined.from}" can invite you again` },
+      );
+    }
     if (invites.length === 0) {
       throw new E2eError(
         "ERR_NOT_FOUND",
@@ -772,6 +807,7 @@ export class Rooms {
       );
     }
     this.#invites.set(key, { list, from: conn.name, key: creatorKey });
+    this.#declinedHere.delete(key); // invited again
     this.#host.emit({ type: "room_invite", room: list.room, from: conn.name });
     const same = this.#invitesTo(list.room);
     if (same.length > 1) {

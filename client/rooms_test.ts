@@ -441,3 +441,76 @@ Deno.test("A member cannot put a re-invited member back into the room with an ol
     }
   });
 });
+
+Deno.test("A join and a decline of one room invitation exclude each other: the second fails with ERR_CONFLICT and sends nothing", async () => {
+  await withTempDir(async (dir) => {
+    const [carol, dave] = [keyPair(), keyPair()];
+    const ids = new Map(["#team", "#side"].map((room) => [room, roomIdFor("carol")]));
+    const list = (room: string, version: number, members: RoomMember[]) =>
+      signList(
+        { roomId: ids.get(room)!, room, creator: "carol", version, members },
+        carol.privateKey,
+      );
+    const c = { name: "carol", key: carol.spki, since: 1 };
+    const frames: string[] = [];
+    const conn = () =>
+      ({
+        name: "carol",
+        rooms: true,
+        sendRoom: (f: { op: string; roomId: string }) => {
+          if (f.op === "join" || f.op === "leave") frames.push(f.op);
+          return true;
+        },
+        certificate: { x509: { publicKey: createPublicKey(carol.privateKey) } },
+      }) as unknown as PeerConnection;
+    let connection = conn();
+    const events: CoreEvent[] = [];
+    const rooms = testRooms("dave", dave.pem, dir, () => connection, (e) => events.push(e));
+    await rooms.load();
+    const conflict = (message: string) => (e: unknown) => {
+      assert.equal((e as { code?: string }).code, "ERR_CONFLICT");
+      assert.equal((e as Error).message, message);
+      return true;
+    };
+    try {
+      const team = list("#team", 1, [c]);
+      rooms.receive(connection, { op: "invite", list: team });
+      // Join in one tab; Decline in another before carol's list adds us: refused, nothing sent.
+      rooms.join("#team", "carol");
+      assert.throws(
+        () => rooms.decline("#team", "carol"),
+        conflict('A join of the invitation to #team from "carol" is under way'),
+      );
+      assert.deepEqual(frames, ["join"]);
+      rooms.receive(connection, {
+        op: "list",
+        list: list("#team", 2, [c, { name: "dave", key: dave.spki, since: 2 }]),
+      });
+      assert.equal(rooms.has("#team"), true);
+
+      // A join whose connection ended is no longer under way: the invitation can be declined.
+      rooms.receive(connection, { op: "invite", list: list("#side", 1, [c]) });
+      rooms.join("#side", "carol");
+      connection = conn();
+      assert.equal(rooms.decline("#side", "carol").told, true);
+      assert.deepEqual(frames, ["join", "join", "leave"]);
+
+      // The other way round: a join of an invitation declined (in another tab) says so.
+      assert.throws(
+        () => rooms.join("#side", "carol"),
+        conflict('You declined the invitation to #side from "carol"'),
+      );
+      assert.throws(
+        () => rooms.join("#side"),
+        conflict('You declined the invitation to #side from "carol"'),
+      );
+      assert.deepEqual(frames, ["join", "join", "leave"]);
+      // Invited again (a new /room invite), it can be joined.
+      rooms.receive(connection, { op: "invite", list: list("#side", 2, [c]) });
+      rooms.join("#side", "carol");
+      assert.deepEqual(frames, ["join", "join", "leave", "join"]);
+    } finally {
+      await rooms.stop();
+    }
+  });
+});

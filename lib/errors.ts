@@ -53,6 +53,7 @@ export type ErrorCode =
   | "ERR_LOG_INVALID"
   | "ERR_LOG_ALARM"
   | "ERR_QUOTA"
+  | "ERR_CONFLICT"
   | "ERR_INTERNAL";
 
 /** Options of {@linkcode E2eError}. */

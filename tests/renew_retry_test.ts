@@ -11,9 +11,12 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { CaPaths } from "../ca/home.ts";
 import { CaClient } from "../client/ca_client.ts";
+import { Chat } from "../client/chat.ts";
+import type { CoreEvent } from "../client/events.ts";
 import { ClientHome } from "../client/home.ts";
 import { Identity } from "../client/identity.ts";
 import { LogMonitor } from "../client/transparency.ts";
+import { E2eError } from "../lib/errors.ts";
 import { parseCertificate } from "../lib/x509.ts";
 import {
   assertSuccess,
@@ -23,6 +26,9 @@ import {
   withService,
 } from "./_service_helpers.ts";
 import { TcpRelay } from "./_tcp_relay.ts";
+import { waitUntil } from "./_harness.ts";
+
+const FIVE_DAYS = 5 * 86_400_000;
 
 Deno.test("a renewal whose reply is lost after the CA committed is asked again with the old certificate and gets the same new one; nothing more is signed", async () => {
   await withService(async (service, dir) => {
@@ -62,7 +68,7 @@ Deno.test("a renewal whose reply is lost after the CA committed is asked again w
   });
 });
 
-Deno.test("a renewal whose log check fails keeps the new certificate aside, durably, and not in cert.pem; the next renewal finishes it without asking the CA for another", async () => {
+Deno.test("a renewal whose log check fails keeps the new certificate aside, durably, not in cert.pem nor presented to the CA; the next renewal finishes it without asking the CA for another", async () => {
   await withService(async (service, dir) => {
     const home = join(dir, "alice");
     assertSuccess(
@@ -82,6 +88,14 @@ Deno.test("a renewal whose log check fails keeps the new certificate aside, dura
     assert.equal((await Identity.load(home)).certificate.serial, first.serial);
     const kept = JSON.parse(await Deno.readTextFile(join(home, "id", "renewal.json")));
     assert.equal(parseCertificate(kept.certificate).serial, serials[1]);
+    // Nor presented to the CA after its check: the running client's CA client is back on
+    // cert.pem's certificate, which the CA refuses now, superseded.
+    await assert.rejects(
+      () => ca.lookup("alice"),
+      (e: unknown) =>
+        e instanceof E2eError && e.code === "ERR_FORBIDDEN" &&
+        e.message === "The CA refused: The client certificate is revoked or superseded",
+    );
 
     const renewed = await (await Identity.load(home)).renew();
     assert.equal(renewed.certificate.serial, serials[1], "the certificate kept aside");
@@ -109,5 +123,74 @@ Deno.test("a chat started after a renewal whose log check failed finishes that r
     assert.match(chat.stdout, /Renewed your certificate/);
     assert.equal((await Identity.load(home)).certificate.serial, serials[1]);
     await assert.rejects(() => Deno.stat(join(home, "id", "renewal.json")), Deno.errors.NotFound);
+  });
+});
+
+Deno.test("a running chat whose background renewal fails its log check says so at once in one warning and finishes the kept renewal at a later attempt, asking the CA for no other", async () => {
+  await withService(async (service, dir) => {
+    // Once armed, the relay cuts the CA's every reply as soon as the renewal's reply is kept:
+    // the log check after it cannot reach the CA.
+    const home = join(dir, "alice");
+    const kept = join(home, "id", "renewal.json");
+    let armed = false;
+    const isKept = () => {
+      try {
+        return Deno.statSync(kept).isFile;
+      } catch {
+        return false;
+      }
+    };
+    const cutter = await TcpRelay.start(service.port, {
+      mode: "drop",
+      after: () => armed && isKept(),
+    });
+    const events: CoreEvent[] = [];
+    let chat: Chat | undefined;
+    try {
+      const invite = await makeInvite(service.home, "alice", "--url", `127.0.0.1:${cutter.port}`);
+      assertSuccess(await runClient(home, ["join", invite]), "join alice");
+      const id = await Identity.load(home);
+      const first = id.certificate;
+      const aged = first.serial;
+      armed = true;
+      chat = await Chat.start(id, {
+        onEvent: (e) => events.push(e),
+        renewal: {
+          // Five of seven days gone, for the schedule and for the first certificate alone.
+          clock: () => Date.now() + (chat?.identity.certificate.serial === aged ? FIVE_DAYS : 0),
+          checkMs: 100,
+          retryMs: 300,
+          maxRetryMs: 600,
+        },
+      });
+      const cannot = () =>
+        events.flatMap((e) =>
+          e.type === "warning" && /^Cannot renew/.test(e.message) ? [e.message] : []
+        );
+      await waitUntil(() => cannot().length > 0, "no warning", 15_000);
+      assert.match(
+        cannot()[0],
+        /^Cannot renew your certificate \(1 attempt failed; it expires .*\): the CA renewed it, but the new certificate is not proved yet to be in the CA's issuance log \(.*\): it is kept in id\/renewal\.json and checked again at each next attempt; until then the CA refuses the certificate in use, which it superseded$/,
+      );
+      assert.equal(chat.identity.certificate.serial, first.serial, "not used before its check");
+      const serials = await serialsOf(service, "alice");
+      assert.equal(serials.length, 2);
+
+      // The CA answers again: a later attempt finishes the kept renewal, and asks for no other.
+      armed = false;
+      cutter.mode = "pass";
+      await waitUntil(
+        () => chat!.identity.certificate.serial === serials[1],
+        "the kept renewal was not finished",
+        15_000,
+      );
+      assert.equal(cannot().length, 1, cannot().join("\n"));
+      assert.equal((await Identity.load(home)).certificate.serial, serials[1]);
+      await assert.rejects(() => Deno.stat(kept), Deno.errors.NotFound);
+      assert.deepEqual(await serialsOf(service, "alice"), serials, "nothing more signed");
+    } finally {
+      await chat?.stop();
+      await cutter.close();
+    }
   });
 });

@@ -832,7 +832,7 @@ async function joinRefused(scene: Scene): Promise<void> {
   await failsBeside(
     page,
     joinTeam,
-    /Cannot join #team: No invitation to #team from "ben-jr"/,
+    /Cannot join #team: You declined the invitation to #team from "ben-jr"/,
     "invitations-error",
   );
   await page.locator("#notices")
@@ -861,6 +861,51 @@ async function joinRefused(scene: Scene): Promise<void> {
   );
   assert.equal(await side.getAttribute("aria-disabled"), null);
   assert.equal(await card(page, "#side").getByRole("button", { name: "Dismiss" }).count(), 0);
+}
+
+/**
+ * "Decline" pressed in one tab while the "Join" of the same invitation pressed in another is on
+ * its way (the creator has not answered yet): refused beside the button, nothing is told to the
+ * creator, and the room is joined once it answers.
+ */
+async function declineWhileJoining(scene: Scene): Promise<void> {
+  const [alice, ben] = await scene.join("alice-dj", "ben-dj");
+  const web = await scene.web(alice);
+  const benChat = await scene.json(ben);
+  const [page, other] = [await scene.page(web), await scene.page(web)];
+  const card = (p: Page) =>
+    p.getByRole("region", { name: "Invitations" }).getByRole("listitem")
+      .filter({ hasText: `${ben.name} invites you to #team` });
+  await benChat.send("/room create #team");
+  await benChat.expect({ type: "room_joined", room: "#team" });
+  await benChat.send(`/room invite #team ${alice.name}`);
+  await page.getByRole("listitem").filter({ hasText: `${ben.name} wants to chat` })
+    .getByRole("button", { name: "Accept", exact: true }).click();
+  for (const p of [page, other]) await card(p).waitFor();
+  await listen(page);
+  // Ben cannot answer the join until he goes on: it stays under way.
+  Deno.kill(benChat.pid, "SIGSTOP");
+  try {
+    await card(other).getByRole("button", { name: "Join", exact: true }).click();
+    // Its reply came (the tab opens the room's conversation): the join is under way.
+    await other.locator("#conversations").getByText("#team").waitFor();
+    const decline = card(page).getByRole("button", { name: "Decline", exact: true });
+    await decline.click();
+    await failsBeside(
+      page,
+      decline,
+      /Cannot decline #team: A join of the invitation to #team from "ben-dj" is under way/,
+      "invitations-error",
+    );
+  } finally {
+    Deno.kill(benChat.pid, "SIGCONT");
+  }
+  await benChat.expect({ type: "room_member", room: "#team", name: alice.name, change: "joined" });
+  for (const p of [page, other]) await card(p).waitFor({ state: "detached" });
+  assert.equal(
+    benChat.events.filter((e) => e.type === "warning" && /declined/.test(String(e.message))).length,
+    0,
+  );
 }
 
 /**
@@ -1174,6 +1219,10 @@ await webTest(
     [
       "Join on an invitation declined in another tab fails beside the button and its card stays until Dismiss; Join with the creator away fails beside it too",
       joinRefused,
+    ],
+    [
+      "Decline pressed while a Join of the same invitation in another tab is on its way fails beside Decline, the creator hears no decline and the room is joined",
+      declineWhileJoining,
     ],
     [
       "two tabs answering one file offer at once: the tab that lost says why beside its Accept file, in either order of the news",
