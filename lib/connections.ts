@@ -203,9 +203,10 @@ export function deadline(socket: Socket, ms: number): () => void {
 }
 
 /**
- * The key an address counts for (per-address caps, rate limits): an IPv6 address stands for its /64 (`2001:db8:1:2::/64`), an
- * IPv4-mapped one (`::ffff:192.0.2.7`) for its IPv4 address, however either is written (case,
- * leading zeros, `::`, a zone); any other key stands for itself.
+ * The key an address counts for (per-address caps, rate limits): an IPv6 address stands for its
+ * /64 (`2001:db8:1:2::/64`), an IPv4-mapped one (`::ffff:192.0.2.7`) or a NAT64 one
+ * (`64:ff9b::192.0.2.7`) for its IPv4 address, however either is written (case, leading zeros,
+ * `::`, a zone); any other key stands for itself.
  *
  * @example
  * ```ts
@@ -218,7 +219,11 @@ export function deadline(socket: Socket, ms: number): () => void {
 export function addressKey(key: string): string {
   const groups = ipv6Groups(key);
   if (!groups) return key;
-  if (groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff) {
+  // An IPv4 address in IPv6 clothes: IPv4-mapped (::ffff:0:0/96), or translated by NAT64 / SIIT
+  // (64:ff9b::/96, RFC 6052), where every IPv4 client shares one /64.
+  const mapped = groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff;
+  const nat64 = groups[0] === 0x64 && groups[1] === 0xff9b && groups.slice(2, 6).every((g) => !g);
+  if (mapped || nat64) {
     return [groups[6] >> 8, groups[6] & 255, groups[7] >> 8, groups[7] & 255].join(".");
   }
   return groups.slice(0, 4).map((g) => g.toString(16)).join(":") + "::/64";

@@ -249,7 +249,7 @@ Deno.test("deadline() destroys a socket at its time however busy it is, and not 
   }
 });
 
-Deno.test("addressKey() counts an IPv6 address for its /64 and an IPv4-mapped one for its IPv4 address, as the per-address caps and the rate limits do", () => {
+Deno.test("addressKey() counts an IPv6 address for its /64 and an IPv4-mapped or NAT64 one for its IPv4 address, as the per-address caps and the rate limits do", () => {
   for (
     const a of ["2001:db8:1:2::1", "2001:DB8:1:2:ffff:ffff:ffff:fffe", "2001:db8:1:2:0:0:0:7%eth0"]
   ) {
@@ -259,5 +259,8 @@ Deno.test("addressKey() counts an IPv6 address for its /64 and an IPv4-mapped on
   assert.equal(addressKey("::ffff:192.0.2.7"), "192.0.2.7");
   assert.equal(addressKey("::FFFF:c000:0207"), "192.0.2.7");
   assert.equal(addressKey("192.0.2.7"), "192.0.2.7");
+  // NAT64 / SIIT (RFC 6052): each IPv4 client on its own, not all of them in 64:ff9b::/64.
+  assert.equal(addressKey("64:ff9b::192.0.2.7"), "192.0.2.7");
+  assert.equal(addressKey("64:ff9b::c000:208"), "192.0.2.8");
   assert.equal(addressKey("::1"), "0:0:0:0::/64");
 });
