@@ -10,6 +10,7 @@
  *     cert.pem                our certificate
  *     renewal.json      0600  a renewal's reply (certificate, log proof) kept until its log
  *                             check passes (client/identity.ts); then it replaces cert.pem
+ *     renewal.lock      0600  held while a process of the home renews (empty)
  *     ca.crt                  the pinned CA certificate
  *     identity.json           name, CA URL, CA fingerprint, key type
  *   joining/            0700  a join not finished yet (client/identity.ts): key.pem and
@@ -61,6 +62,10 @@ export class IdFolder {
   /** A renewed certificate and its log proof, as the CA sent them, until the log check passes. */
   get renewal(): string {
     return join(this.dir, "renewal.json");
+  }
+  /** Held while a renewal runs: one at a time per home, across processes (empty, 0600). */
+  get renewalLock(): string {
+    return join(this.dir, "renewal.lock");
   }
   /** The pinned CA certificate. */
   get caCert(): string {

@@ -217,15 +217,15 @@ export class Identity {
   }
 
   /**
-   * Whether a renewal's reply waits in `id/renewal.json` (its log check failed or was cut off):
-   * the CA superseded the certificate we hold, so the next start finishes it first.
+   * Whether a renewal's reply waits in `id/renewal.json` to be finished (its log check failed or
+   * was cut off): a certificate from our CA for our name and key, newer than cert.pem's. The CA
+   * superseded the certificate we hold then, so the next start finishes it first. Any other
+   * reply (cert.pem took it up before a kill, or it is of no use) is removed.
    */
   async renewalPending(): Promise<boolean> {
-    try {
-      return (await Deno.lstat(new IdFolder(this.dir).renewal)).isFile;
-    } catch {
-      return false;
-    }
+    const folder = new IdFolder(this.dir);
+    const held = await this.#held(folder).catch(() => this.certificate);
+    return await this.#keptRenewal(folder, held, held.keyFingerprint) !== undefined;
   }
 
   /**
@@ -239,17 +239,39 @@ export class Identity {
    * peers, only to the CA for the check itself: when the check fails, `options.ca` presents
    * cert.pem's certificate again (which the CA now refuses, superseded). The next renewal
    * finishes it (checks it again) before it asks the CA for another.
+   *
+   * One renewal runs at a time in a home (a lock, `id/renewal.lock`, across processes); one that
+   * waited while another renewed returns the identity that one stored, and asks the CA nothing.
    */
   async renew(options: RenewOptions = {}): Promise<Identity> {
     const { key } = this.credentials;
-    const kept = new IdFolder(this.dir).renewal;
-    let reply = await this.#keptRenewal(kept, key);
+    const folder = new IdFolder(this.dir);
+    // One renewal at a time per home (two chats, or a chat and `client renew`): the second one
+    // would ask the CA again, and find renewal.json gone under it.
+    return await withLock(folder.renewalLock, () => this.#renewLocked(folder, key, options));
+  }
+
+  async #renewLocked(folder: IdFolder, key: string, options: RenewOptions): Promise<Identity> {
+    const held = await this.#held(folder);
+    if (
+      held.fingerprint !== this.certificate.fingerprint &&
+      held.notAfter >= this.certificate.notAfter
+    ) {
+      // Another renewal of this home finished while this one waited (its log check passed
+      // before it wrote cert.pem): take its certificate up, the CA superseded ours.
+      const renewed = await this.#reload();
+      options.ca?.useCredentials(renewed.credentials);
+      return renewed;
+    }
+    const ours = ownKeyFingerprint(key);
+    const kept = folder.renewal;
+    let reply = await this.#keptRenewal(folder, held, ours);
     const fresh = !reply;
     if (!reply) {
       const csr = await makeRequest(this.keyPath, this.name, { passphrase: this.#passphrase });
       reply = await (options.ca ?? this.client()).renew(csr);
     }
-    const cert = checkIssued(reply, this.anchor, this.name, key);
+    const cert = checkIssued(reply, this.anchor, this.name, ours);
     if (fresh) {
       await writeFileAtomic(kept, JSON.stringify(reply) + "\n", { mode: 0o600, syncDir: true });
     }
@@ -271,28 +293,54 @@ export class Identity {
     // The folder too: the CA has revoked the old certificate as superseded, so after a power
     // cut the file must not still be the old one.
     await writeFileAtomic(this.certPath, cert, { mode: 0o644, syncDir: true });
-    await Deno.remove(kept);
+    await dropKept(folder);
+    return await this.#reload();
+  }
+
+  // The certificate in cert.pem now (another process of the home may have renewed it).
+  async #held(folder: IdFolder): Promise<CertificateInfo> {
+    return parseCertificate(await Deno.readTextFile(folder.cert));
+  }
+
+  // This identity as it loads now, the key unlocked with the same passphrase.
+  #reload(): Promise<Identity> {
     const passphrase = this.#passphrase;
-    return await Identity.load(dirname(this.dir), {
+    return Identity.load(dirname(this.dir), {
       passphrase: passphrase === undefined ? undefined : () => Promise.resolve(passphrase),
     });
   }
 
   // The reply of a renewal whose log check failed or was cut off, when it is still one to
-  // finish: a valid certificate from our CA for our name and key, newer than ours (the CA may
-  // not give it again: our old certificate may have expired meanwhile). Anything else is
-  // dropped (cert.pem took it up already before a kill, or it is of no use).
-  async #keptRenewal(path: string, key: string): Promise<CertificateReply | undefined> {
+  // finish: a valid certificate from our CA for our name and key (`ours`, its fingerprint),
+  // other than `held`, cert.pem's, and not older (the CA may not give it again: our old
+  // certificate may have expired meanwhile). Anything else is removed (cert.pem took it up
+  // before a kill, or it is of no use): left, it would make each start renew, or fail while the
+  // CA is away.
+  async #keptRenewal(
+    folder: IdFolder,
+    held: CertificateInfo,
+    ours: string,
+  ): Promise<CertificateReply | undefined> {
     try {
-      const reply: CertificateReply = JSON.parse(await Deno.readTextFile(path));
-      const cert = parseCertificate(checkIssued(reply, this.anchor, this.name, key));
-      if (cert.notAfter > this.certificate.notAfter) return reply;
+      const reply: CertificateReply = JSON.parse(await Deno.readTextFile(folder.renewal));
+      const cert = parseCertificate(checkIssued(reply, this.anchor, this.name, ours));
+      // (Not older: one issued in the same second as cert.pem's has the same end of validity.)
+      if (cert.fingerprint !== held.fingerprint && cert.notAfter >= held.notAfter) return reply;
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) return undefined;
     }
-    await Deno.remove(path).catch(() => {});
+    await dropKept(folder);
     return undefined;
   }
+}
+
+// Removes id/renewal.json, durably: a reply cert.pem holds, or one of no use. Failures are let
+// go (another renewal removed it already, say): a reply left is dropped at the next look.
+async function dropKept(folder: IdFolder): Promise<void> {
+  try {
+    await Deno.remove(folder.renewal);
+    await syncDir(folder.dir);
+  } catch { /* see above */ }
 }
 
 /** Options of {@linkcode Identity.renew}. */
@@ -418,7 +466,7 @@ async function joinLocked(home: string, invite: Invite, options: JoinOptions): P
       refused = isRefusal(e);
       throw e;
     });
-    const cert = checkIssued(reply, anchor, invite.name, key);
+    const cert = checkIssued(reply, anchor, invite.name, ownKeyFingerprint(key));
     await checkLogged(new ClientHome(home), anchor, service({ key, cert }), cert, reply);
     // Durable before the rename makes them the identity (the key already is). Replaced, not
     // created: a join killed after writing them left them for this one.
@@ -566,14 +614,19 @@ async function checkLogged(
   await monitor.checkCertificate(pemDecode(cert, "CERTIFICATE")!, reply.log);
 }
 
-// What the CA sent must be ours: issued by the pinned CA, for our name, for our key.
+// SHA-256 of the public key of `keyPem`, a private key.
+function ownKeyFingerprint(keyPem: string): string {
+  return keyFingerprint(createPublicKey(createPrivateKey(keyPem)));
+}
+
+// What the CA sent must be ours: issued by the pinned CA, for our name, for our key (`ours`, its
+// fingerprint).
 function checkIssued(
   reply: CertificateReply,
   anchor: TrustAnchor,
   name: string,
-  keyPem: string,
+  ours: string,
 ): string {
-  const ours = keyFingerprint(createPublicKey(createPrivateKey(keyPem)));
   const der = typeof reply?.certificate === "string"
     ? pemDecode(reply.certificate, "CERTIFICATE")
     : null;

@@ -194,3 +194,67 @@ Deno.test("a running chat whose background renewal fails its log check says so a
     }
   });
 });
+
+Deno.test("two renewals of one home at once, in one process or in two, run one after the other: both end with the same new certificate, and the CA signs one", async () => {
+  await withService(async (service, dir) => {
+    const home = join(dir, "alice");
+    assertSuccess(
+      await runClient(home, ["join", await makeInvite(service.home, "alice")]),
+      "join alice",
+    );
+    // Two chats of one home whose renewals fall due together (before: the second one wrote
+    // cert.pem, then failed on "No such file or directory … renewal.json").
+    const [a, b] = [await Identity.load(home), await Identity.load(home)];
+    const [ra, rb] = await Promise.all([a.renew(), b.renew()]);
+    const serials = await serialsOf(service, "alice");
+    assert.equal(serials.length, 2, "one certificate signed");
+    assert.equal(ra.certificate.serial, serials[1]);
+    assert.equal(rb.certificate.serial, serials[1]);
+    assert.equal((await Identity.load(home)).certificate.serial, serials[1]);
+    await assert.rejects(() => Deno.stat(join(home, "id", "renewal.json")), Deno.errors.NotFound);
+
+    const [p, q] = await Promise.all([runClient(home, ["renew"]), runClient(home, ["renew"])]);
+    assertSuccess(p, "the first renew");
+    assertSuccess(q, "the second renew");
+    const after = await serialsOf(service, "alice");
+    assert.equal(after.length, 3, "one certificate signed");
+    assert.equal((await Identity.load(home)).certificate.serial, after[2]);
+    for (const run of [p, q]) assert.match(run.stdout, /^Renewed "alice": valid until /m);
+  });
+});
+
+Deno.test("a renewal.json that cert.pem already took up (a kill before its removal) is dropped at the next start, which neither stops when the CA is unreachable nor renews when it answers", async () => {
+  await withService(async (service, dir) => {
+    const home = join(dir, "alice");
+    assertSuccess(
+      await runClient(home, ["join", await makeInvite(service.home, "alice")]),
+      "join alice",
+    );
+    assertSuccess(await runClient(home, ["renew"]), "renew");
+    const kept = join(home, "id", "renewal.json");
+    // What a kill between cert.pem's write and renewal.json's removal leaves: the reply cert.pem holds.
+    const reply = await (await Identity.load(home)).client().lookup("alice");
+    const leave = () => Deno.writeTextFile(kept, JSON.stringify(reply) + "\n", { mode: 0o600 });
+    const serials = await serialsOf(service, "alice");
+
+    // The CA unreachable (before: "Cannot finish the renewal of your certificate: …").
+    const record = join(home, "id", "identity.json");
+    const saved = await Deno.readTextFile(record);
+    const away = { ...JSON.parse(saved), caUrl: "https://127.0.0.1:9" };
+    await Deno.writeTextFile(record, JSON.stringify(away));
+    await leave();
+    const offline = await runClient(home, ["chat", "--json"]);
+    assertSuccess(offline, "chat with the CA unreachable");
+    assert.doesNotMatch(offline.stdout, /renew/i);
+    await assert.rejects(() => Deno.stat(kept), Deno.errors.NotFound);
+
+    // The CA answers (before: a renewal, one of the day's few, for nothing).
+    await Deno.writeTextFile(record, saved);
+    await leave();
+    const online = await runClient(home, ["chat", "--json"]);
+    assertSuccess(online, "chat with the CA up");
+    assert.doesNotMatch(online.stdout, /renew/i);
+    assert.deepEqual(await serialsOf(service, "alice"), serials, "nothing signed");
+    await assert.rejects(() => Deno.stat(kept), Deno.errors.NotFound);
+  });
+});
