@@ -17,7 +17,9 @@
  * open (the kernel lets go when its process ends, however). A store opening resumes only the
  * files nobody holds: what a chat that quit or crashed left, never another running chat's items
  * nor its write-ahead copies. A file it read and cannot decode is moved into `unreadable/` once
- * named; one it cannot open now (out of file handles, say) stays, for the next start.
+ * named; one it cannot open now (out of file handles, say) stays, for the next start. Each held
+ * file keeps one handle open: up to {@linkcode MAX_UNSENT_ITEMS} per store (one lock per store
+ * would need the owner in each file's name, a change of layout not made yet).
  *
  * @module
  */
