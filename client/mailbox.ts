@@ -41,7 +41,7 @@ import {
 import { E2eError } from "../lib/errors.ts";
 import { MAX_TEXT_CHARS } from "../lib/frames.ts";
 import { ensurePrivateDir, writeFileAtomic } from "../lib/fs.ts";
-import { type OverLimit, type UnsentItem, UnsentStore } from "./mailbox_unsent.ts";
+import { type OverLimit, type Unopened, type UnsentItem, UnsentStore } from "./mailbox_unsent.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
 import type { CaClient, MailboxRecord } from "./ca_client.ts";
 import type { ClientHome } from "./home.ts";
@@ -204,6 +204,7 @@ export class MailboxClient {
   #store!: UnsentStore;
   #unreadable: string[] = []; // files of HOME/mailbox/unsent/ that could not be read
   #overLimit: OverLimit[] = []; // files of HOME/mailbox/unsent/ past its limits
+  #unopened: Unopened[] = []; // files of HOME/mailbox/unsent/ it could not open now
 
   private constructor(host: MailboxHost, home: ClientHome) {
     this.#host = host;
@@ -225,7 +226,7 @@ export class MailboxClient {
     m.#outbox = await readRecord(home.mailboxOutbox, "items");
     m.#seen = await readRecord(home.mailboxSeen, "seen");
     // What an earlier run could not post: it goes first, in order, once the CA service answers.
-    const { store, items, unreadable, overLimit } = await UnsentStore.open(
+    const { store, items, unreadable, overLimit, unopened } = await UnsentStore.open(
       home.mailboxUnsent,
       home.mailbox,
       host.unsentKey,
@@ -233,6 +234,7 @@ export class MailboxClient {
     m.#store = store;
     m.#unreadable = unreadable;
     m.#overLimit = overLimit;
+    m.#unopened = unopened;
     for (const item of items) {
       m.#unsent.push({
         ...item,
@@ -254,6 +256,17 @@ export class MailboxClient {
     this.#reportExpired();
     for (const file of this.#unreadable) {
       this.#host.warning(`Cannot read a mailbox item that waits to be sent: "${file}"`);
+    }
+    // Once, not for each: out of file handles, it may be most of them.
+    const [first, ...more] = this.#unopened;
+    if (first) {
+      this.#host.warning(
+        more.length
+          ? `Cannot open ${
+            more.length + 1
+          } mailbox items that wait to be sent: ${first.reason}; they stay in "${this.#home.mailboxUnsent}" and are tried at the next start`
+          : `Cannot open a mailbox item that waits to be sent: ${first.reason}; it stays in "${first.file}" and is tried at the next start`,
+      );
     }
     const { maxItems, maxBytes } = this.#store.limits;
     for (const { file, limit } of this.#overLimit) {

@@ -718,3 +718,46 @@ Deno.test("MailboxClient names a mailbox item it cannot read once: it is moved i
   second.mailbox.stop();
   assert.deepEqual(second.warnings, []);
 });
+
+Deno.test("MailboxClient out of file handles at its start leaves the items it cannot open in place, warns once, and the next start resumes them all (from an attacker's review)", async () => {
+  const { alice } = await world();
+  const { store } = await UnsentStore.open(alice.home.mailboxUnsent, alice.home.mailbox);
+  for (let i = 0; i < 30; i++) {
+    await store.keep({
+      to: "bob",
+      kind: "message",
+      id: `id${i}`,
+      at: new Date().toISOString(),
+      payload: text(`m${i}`),
+    });
+  }
+  store.close();
+  // This process runs out of file handles but for a few: each item resumed keeps one open.
+  const taken: Deno.FsFile[] = [];
+  let first;
+  try {
+    for (;;) taken.push(Deno.openSync("/dev/null"));
+  } catch {
+    for (const f of taken.splice(0, 12)) f.close();
+    try {
+      first = await alice.restart();
+    } finally {
+      for (const f of taken) f.close();
+    }
+  }
+  first!.mailbox.start();
+  first!.mailbox.stop();
+  const left = 30 - first!.resumed.length;
+  assert.ok(left > 1 && left < 30, `${left} left`);
+  assert.deepEqual(first!.warnings.filter((w) => !w.includes("not sent yet")), [
+    `Cannot open ${left} mailbox items that wait to be sent: Too many open files; they stay in "${alice.home.mailboxUnsent}" and are tried at the next start`,
+  ]);
+  assert.throws(() => Deno.lstatSync(join(alice.home.mailboxUnsent, "unreadable")));
+  const second = await alice.restart();
+  second.mailbox.start();
+  second.mailbox.stop();
+  const now = new Set(second.resumed.map((i) => i.id));
+  const before = new Set(first!.resumed.map((i) => i.id));
+  for (let i = 0; i < 30; i++) assert.ok(before.has(`id${i}`) || now.has(`id${i}`), `id${i}`);
+  assert.deepEqual(second.warnings.filter((w) => !w.includes("not sent yet")), []);
+});

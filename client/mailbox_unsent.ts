@@ -16,7 +16,10 @@
  * held with an exclusive flock(2) by the store that wrote it, or that resumed it, while it is
  * open (the kernel lets go when its process ends, however). A store opening resumes only the
  * files nobody holds: what a chat that quit or crashed left, never another running chat's items
- * nor its write-ahead copies. A file it cannot read is moved into `unreadable/` once named.
+ * nor its write-ahead copies. A file it read and cannot decode is moved into `unreadable/` once
+ * named; one it cannot open now (out of file handles, say) stays, for the next start. Each held
+ * file keeps one handle open: up to {@linkcode MAX_UNSENT_ITEMS} per store (one lock per store
+ * would need the owner in each file's name, a change of layout not made yet).
  *
  * @module
  */
@@ -76,7 +79,19 @@ export interface UnsentStoreOptions {
   maxItems?: number;
   /** Bytes at most. Default: {@linkcode MAX_UNSENT_BYTES}. */
   maxBytes?: number;
+  /** Makes a hard link (tests stand in a folder without them). Default: `Deno.link`. */
+  link?: Link;
 }
+
+/** A file {@linkcode UnsentStore.open} could not open (or lock, or read), left in place. */
+export interface Unopened {
+  /** The file. */
+  file: string;
+  /** The system's words, e.g. "Too many open files". */
+  reason: string;
+}
+
+type Link = (from: string, to: string) => Promise<void>;
 
 const AAD = "e2e-chat mailbox unsent v1";
 const NAME = /^\d{10}\.json$/;
@@ -91,6 +106,7 @@ export class UnsentStore {
   #seal: boolean;
   #maxItems: number;
   #maxBytes: number;
+  #link: Link;
   #seq = 0;
   #closed = false;
   // By item id; `durable` once it was synced with its name (a write-ahead copy is not); `held`,
@@ -110,6 +126,7 @@ export class UnsentStore {
     this.#seal = Boolean(this.#key) && (options.seal ?? true);
     this.#maxItems = options.maxItems ?? MAX_UNSENT_ITEMS;
     this.#maxBytes = options.maxBytes ?? MAX_UNSENT_BYTES;
+    this.#link = options.link ?? Deno.link;
   }
 
   /**
@@ -118,7 +135,9 @@ export class UnsentStore {
    * the same home), which it holds from now on. A file that cannot be read (torn, foreign, no
    * regular file, larger than any item) is moved into `dir/unreadable/` and named there in
    * `unreadable` (so a next start does not name it again); one past the limits is named in
-   * `overLimit` and left in place, not held.
+   * `overLimit` and left in place, not held; one it cannot open, lock or read now (out of file
+   * handles, no permission) is named in `unopened`, left in place and not resumed: only what it
+   * read and could not decode is unreadable.
    *
    * @example
    * ```ts
@@ -134,12 +153,19 @@ export class UnsentStore {
     parent: string,
     options: UnsentStoreOptions = {},
   ): Promise<
-    { store: UnsentStore; items: UnsentItem[]; unreadable: string[]; overLimit: OverLimit[] }
+    {
+      store: UnsentStore;
+      items: UnsentItem[];
+      unreadable: string[];
+      overLimit: OverLimit[];
+      unopened: Unopened[];
+    }
   > {
     const store = new UnsentStore(dir, parent, options);
     const items: UnsentItem[] = [];
     const unreadable: string[] = [];
     const overLimit: OverLimit[] = [];
+    const unopened: Unopened[] = [];
     let names: string[] = [];
     try {
       names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => NAME.test(n)).sort();
@@ -154,6 +180,10 @@ export class UnsentStore {
       store.#seq = Math.max(store.#seq, Number(name.slice(0, 10)));
       const claimed = await claimItemFile(file, store.#maxBytes);
       if (!claimed) continue; // another running chat's, or gone meanwhile
+      if ("error" in claimed) {
+        unopened.push({ file, reason: systemReason(claimed.error) });
+        continue; // not resumed now: tried again at the next start
+      }
       const item = store.#decode(claimed.text);
       if (!item || store.#files.has(item.id)) {
         // Named once: a torn write-ahead copy (a power cut) would be named at every start.
@@ -178,7 +208,7 @@ export class UnsentStore {
       });
       items.push(item);
     }
-    return { store, items, unreadable, overLimit };
+    return { store, items, unreadable, overLimit, unopened };
   }
 
   /** How many items it holds. */
@@ -241,7 +271,7 @@ export class UnsentStore {
         if (this.#seq >= MAX_SEQ) throw this.#full();
         file = join(this.#dir, `${String(++this.#seq).padStart(10, "0")}.json`);
         try {
-          held = await writeHeld(file, text, { durable, createNew: true });
+          held = await writeHeld(file, text, { durable, createNew: this.#link });
           break;
         } catch (e) {
           if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
@@ -349,7 +379,7 @@ export class UnsentStore {
 async function writeHeld(
   path: string,
   text: string,
-  options: { durable: boolean; createNew: boolean },
+  options: { durable: boolean; createNew: Link | false },
 ): Promise<Deno.FsFile> {
   const tmp = join(dirname(path), `.${crypto.randomUUID()}.tmp`);
   const bytes = new TextEncoder().encode(text);
@@ -360,8 +390,15 @@ async function writeHeld(
     while (written < bytes.length) written += await file.write(bytes.subarray(written));
     if (options.durable) await file.sync();
     if (options.createNew) {
-      await Deno.link(tmp, path); // fails when the name is taken: never replaces another's file
-      await Deno.remove(tmp);
+      try {
+        await options.createNew(tmp, path); // fails when the name is taken: never replaces another's
+        await Deno.remove(tmp);
+      } catch (e) {
+        if (!(e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotSupported)) {
+          throw e;
+        }
+        await renameOverPlaceholder(tmp, path);
+      }
     } else {
       await Deno.rename(tmp, path);
     }
@@ -374,8 +411,27 @@ async function writeHeld(
   }
 }
 
+// A file system without hard links (vfat, exFAT, some network shares) says EPERM or "not
+// supported" (client/files.ts placeNew): there the name `to` is first claimed with O_EXCL
+// (AlreadyExists when it is taken, as link(2) says), and held with a flock while it is empty, so
+// that no other store's start takes it for a torn file; then `from` is renamed over it.
+async function renameOverPlaceholder(from: string, to: string): Promise<void> {
+  const placeholder = await Deno.open(to, { write: true, createNew: true, mode: 0o600 });
+  try {
+    await placeholder.tryLock(true);
+    await Deno.rename(from, to);
+  } catch (e) {
+    await Deno.remove(to).catch(() => {});
+    throw e;
+  } finally {
+    placeholder.close();
+  }
+}
+
 // Takes an item's file up: its text, and the file held (its flock), or undefined when another
-// store holds it (another chat running on this home) or it went meanwhile. The text is "" for
+// store holds it (another chat running on this home) or it went meanwhile, or the error that kept
+// it from being opened, locked or read (out of file handles, a lock the file system refuses, no
+// permission): that file is not unreadable, only not now, and stays in place. The text is "" for
 // one that is no regular file (a symbolic link, a FIFO that would block the start, a device that
 // never ends) or is larger than any item we write: a file restored or planted there must neither
 // hang nor exhaust the start. Base64 twice (sealed) is 16/9 of the bytes; the rest is the item's
@@ -383,7 +439,7 @@ async function writeHeld(
 async function claimItemFile(
   path: string,
   maxBytes: number,
-): Promise<{ text: string; held?: Deno.FsFile } | undefined> {
+): Promise<{ text: string; held?: Deno.FsFile } | { error: unknown } | undefined> {
   const cap = maxBytes * 2 + 1024 * 1024;
   // A file replaced or removed between our open and our lock is looked at again, by its name.
   for (let tries = 0; tries < 3; tries++) {
@@ -413,7 +469,7 @@ async function claimItemFile(
         if (file) continue;
         return undefined;
       }
-      return { text: "" };
+      return { error: e };
     }
   }
   return undefined;
@@ -440,6 +496,12 @@ async function moveAside(dir: string, name: string): Promise<string> {
   } catch {
     return from;
   }
+}
+
+// The system's words for `e`, without the call and paths Deno adds ("Too many open files").
+function systemReason(e: unknown): string {
+  if (!(e instanceof Error)) return String(e);
+  return e.message.replace(/ \(os error \d+\)/, "").replace(/: \w+ '.*$/s, "");
 }
 
 // What an item counts against the byte limit.

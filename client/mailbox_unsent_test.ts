@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { e2eError } from "../lib/_test_util.ts";
 import { withTempDir } from "../tests/_helpers.ts";
+import { underUlimit } from "../tests/_harness.ts";
 import { type UnsentItem, UnsentStore } from "./mailbox_unsent.ts";
 
 const bytes = (n: number, fill = 7) => new Uint8Array(n).fill(fill);
@@ -247,5 +248,59 @@ Deno.test("UnsentStore.open() resumes only the items of a chat that is gone, not
     const e = await UnsentStore.open(dir, join(home, "mailbox"));
     assert.deepEqual(e.items.map((i) => i.id), ["from-b"]);
     for (const s of [c.store, d.store, e.store]) s.close();
+  });
+});
+
+Deno.test("UnsentStore.open() out of file handles leaves the items it cannot open in place, named in unopened and not as unreadable, and the next start resumes them all (from an attacker's review)", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "mailbox", "unsent");
+    const { store } = await UnsentStore.open(dir, join(home, "mailbox"));
+    for (let i = 0; i < 90; i++) await store.keep(item(`m${i}`, { payload: bytes(2) }));
+    store.close();
+    // A start with few file handles (`ulimit -n 64`): each item it resumes keeps one open.
+    const module = new URL("./mailbox_unsent.ts", import.meta.url).href;
+    const code = `const { UnsentStore } = await import(${JSON.stringify(module)});
+      const r = await UnsentStore.open(${JSON.stringify(dir)}, ${JSON.stringify(home)});
+      console.log(JSON.stringify({ items: r.items.length, unreadable: r.unreadable,
+        unopened: r.unopened.map((u) => u.reason) }));`;
+    const [command, args] = underUlimit(64, Deno.execPath(), ["eval", code]);
+    const out = await new Deno.Command(command, { args, stdout: "piped" }).output();
+    assert.equal(out.code, 0);
+    const child = JSON.parse(new TextDecoder().decode(out.stdout));
+    assert.deepEqual(child.unreadable, []);
+    assert.ok(child.unopened.length > 0 && child.items + child.unopened.length === 90, child);
+    assert.match(child.unopened[0], /^Too many open files$/);
+    assert.throws(() => Deno.lstatSync(join(dir, "unreadable")), Deno.errors.NotFound);
+    const again = await UnsentStore.open(dir, join(home, "mailbox"));
+    again.store.close();
+    assert.equal(again.items.length, 90);
+    assert.deepEqual([again.unreadable, again.unopened], [[], []]);
+  });
+});
+
+function noHardLinks(): Promise<void> {
+  return Promise.reject(new Deno.errors.PermissionDenied("Operation not permitted (os error 1)"));
+}
+
+Deno.test("UnsentStore on a file system without hard links (vfat, exFAT) keeps items under numbers of their own, never over another chat's, and leaves no temp file", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "mailbox", "unsent");
+    const a = (await UnsentStore.open(dir, join(home, "mailbox"), { link: noHardLinks })).store;
+    const b = (await UnsentStore.open(dir, join(home, "mailbox"), { link: noHardLinks })).store;
+    await a.keep(item("from-a", { payload: bytes(3) }));
+    await b.keep(item("from-b", { payload: bytes(3) })); // its first number is a's now
+    await a.keep(item("from-a", { der: bytes(4), sealedTo: "ab".repeat(32) })); // in its place
+    a.close();
+    b.close();
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name).sort(), [
+      "0000000001.json",
+      "0000000002.json",
+    ]);
+    const { store, items } = await UnsentStore.open(dir, join(home, "mailbox"));
+    store.close();
+    assert.deepEqual(items.map((i) => [i.id, i.der?.length]), [["from-a", 4], [
+      "from-b",
+      undefined,
+    ]]);
   });
 });
