@@ -442,8 +442,11 @@ export class Chat {
       }
       reason = this.#refusal(socket, name, expected.keyFingerprint);
       cert = this.#checkPeerSocket(socket, name, expected.keyFingerprint);
-      reason = "not-logged";
-      await this.#requireLogged(cert, expected.fingerprint);
+      reason = undefined; // a check that fails for want of the CA says nothing of the listener
+      if (!(await this.#isLogged(cert, expected.fingerprint))) {
+        reason = "not-logged";
+        throw new E2eError("ERR_PEER_REJECTED", NOT_LOGGED);
+      }
     } catch (e) {
       refuse(socket, reason);
       throw e;
@@ -1226,8 +1229,11 @@ export class Chat {
         : this.#refusal(socket, name) ?? "not-invited";
       if (!invited || reason) throw new E2eError("ERR_PEER_REJECTED", `not admitted: ${name}`);
       cert = this.#checkPeerSocket(socket, name, invited.keyFingerprint);
-      reason = "not-logged";
-      await this.#requireLogged(cert, invited.fingerprint);
+      reason = undefined; // a check that fails for want of the CA says nothing of the member
+      if (!(await this.#isLogged(cert, invited.fingerprint))) {
+        reason = "not-logged";
+        throw new E2eError("ERR_PEER_REJECTED", NOT_LOGGED);
+      }
     } catch {
       // Refused: nothing they sent is read or shown.
       refuse(socket, reason);
@@ -1273,20 +1279,16 @@ export class Chat {
     });
   }
 
-  // The certificate a peer presents must be in the log too: the one the directory proved, or
-  // (after a renewal) the directory's current one, proved again.
-  async #requireLogged(cert: CertificateInfo, proved: string): Promise<void> {
-    if (cert.fingerprint === proved) return;
+  // Whether the certificate a peer presents is in the log too: the one the directory proved, or
+  // (after a renewal) the directory's current one, proved again. Throws when that cannot be told
+  // (the CA does not answer, or its answer is not usable): that is no finding about the peer.
+  async #isLogged(cert: CertificateInfo, proved: string): Promise<boolean> {
+    if (cert.fingerprint === proved) return true;
     const current = await this.#checkDirectory(
       await this.#ca.lookup(cert.commonName),
       cert.commonName,
     );
-    if (current.fingerprint !== cert.fingerprint) {
-      throw new E2eError(
-        "ERR_PEER_REJECTED",
-        "The peer's certificate is not in the CA's issuance log",
-      );
-    }
+    return current.fingerprint === cert.fingerprint;
   }
 
   // New entries of the log, looking for certificates for our name that are not ours.
@@ -1566,8 +1568,10 @@ const REFUSALS: Record<Refusal, string> = {
   "revoked": "it finds our certificate revoked",
   "key-changed": "our key is not the one it expected of us",
   "name-mismatch": "it expected someone else at this address",
-  "not-logged": "it does not find our certificate in the CA's issuance log",
+  "not-logged": "the CA's directory and issuance log give it another certificate of ours",
 };
+
+const NOT_LOGGED = "The peer's certificate is not the one the CA's directory and issuance log give";
 
 // A refusal's code with what it means (a code we do not know, from a newer peer, as it is: the
 // frame allows only a-z, 0-9 and -).

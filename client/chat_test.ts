@@ -450,6 +450,29 @@ Deno.test("an invitation made for bob's old key is not shown to the client he jo
   });
 });
 
+Deno.test("a listener says not-logged only of a certificate the directory does not give: one it cannot check for want of the CA is refused with no code", async () => {
+  await withService(async (service, dir) => {
+    const alice = await startMember(service, dir, "alice");
+    const bob = await startMember(service, dir, "bob");
+    try {
+      await alice.chat.invite("bob"); // the directory proved bob's first certificate
+      // bob renews twice (same key): the directory gives the third; alice's CRL, fetched at
+      // her start, does not list the second yet.
+      const second = await bob.chat.identity.renew();
+      const third = await second.renew();
+      const superseded = await dialAs(second, alice.chat.listen, [ALPN_REFUSALS, ALPN]);
+      assert.equal(await readToClose(superseded), '{"type":"refused","reason":"not-logged"}\n');
+      // The CA away: whether the third is the directory's is not known, and nothing is said.
+      await service.stop();
+      const unchecked = await dialAs(third, alice.chat.listen, [ALPN_REFUSALS, ALPN]);
+      assert.equal(await readToClose(unchecked), "");
+      assert.deepEqual(eventsSince(alice, 0, (e) => e.type === "connected"), []);
+    } finally {
+      await Promise.all([alice.chat.stop(), bob.chat.stop()]);
+    }
+  });
+});
+
 // A TLS connection to `listen` (HOST:PORT) as `id`, saying nothing: a peer by hand.
 async function dialAs(id: Identity, listen: string, alpn = [ALPN]): Promise<TLSSocket> {
   const at = listen.lastIndexOf(":");
