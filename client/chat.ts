@@ -123,6 +123,9 @@ export class Chat {
     { keyFingerprint: string; fingerprint: string; expires: number; id: number; at: number }
   >();
   #inviting = new Map<string, Promise<void>>();
+  // Invitations we made again after a lapse (#lapsed): one per invitation of the user or a room,
+  // so a CA that says each lapsed cannot make us invite at network speed.
+  #remadeAfterLapse = new Set<string>();
   #invitations: Invitations;
   #revocation: Revocation;
   #peers = new Map<string, Connected>();
@@ -364,6 +367,12 @@ export class Chat {
    */
   async invite(name: string, options: { quiet?: boolean } = {}): Promise<{ fingerprint: string }> {
     checkName(name);
+    this.#remadeAfterLapse.delete(name);
+    return await this.#invite(name, options);
+  }
+
+  // invite(), also for an invitation made again by this client (after the CA was away, or a lapse).
+  async #invite(name: string, options: { quiet?: boolean }): Promise<{ fingerprint: string }> {
     this.#roomOnly.delete(name); // the user's own: it stays when rooms no longer need it
     if (name === this.#id.name) throw new E2eError("ERR_USAGE", "You cannot chat with yourself");
     this.#log.requireNoAlarm();
@@ -527,7 +536,7 @@ export class Chat {
       if (expires <= now || at >= since) continue;
       if (this.#peers.has(name) || this.#inviting.has(name)) continue;
       const roomOnly = this.#roomOnly.has(name); // invite() forgets it: a room's stays the room's
-      this.invite(name, { quiet: true }).then(
+      this.#invite(name, { quiet: true }).then(
         () =>
           roomOnly || this.#emit({
             type: "warning",
@@ -549,27 +558,50 @@ export class Chat {
   // Our invitation `invitation` of `name` lapsed at the CA: `name` joined again with a new key
   // since, which our listener would not admit, and the CA shows it to none of their clients. So
   // the one we hold is made again, for the key the directory gives now (it is a change: its
-  // connection says so, §4) — quietly for a room's, and with a warning for the user's own.
+  // connection says so, §4) — quietly for a room's, and with a warning for the user's own. Only
+  // when the directory does give another key, and once per invitation of the user's (or a
+  // room's): a CA that says so of each would otherwise have us invite at network speed.
   #lapsed(invitation: number, name: string): void {
-    if (this.#stopped || this.#invited.get(name)?.id !== invitation) return;
+    const lapsed = this.#invited.get(name);
+    if (this.#stopped || lapsed?.id !== invitation) return;
     this.#invited.delete(name);
     if (this.#inviting.has(name)) return; // a newer invitation is being made
     const roomOnly = this.#roomOnly.has(name); // invite() forgets it: a room's stays the room's
-    this.invite(name, { quiet: true }).then(
-      () =>
-        roomOnly || this.#emit({
+    const notAgain = (why: string) =>
+      this.#emit({
+        type: "warning",
+        message: `Your invitation of "${name}" lapsed ${why}: it is not made again; ` +
+          `invite "${name}" again if you still mean to`,
+      });
+    if (this.#remadeAfterLapse.has(name)) return notAgain("again at the CA");
+    this.#ca.lookup(name)
+      .then((reply) => this.#checkDirectory(reply, name))
+      .then(async (current) => {
+        // Invited anew meanwhile (by the user, or a room): that one stands.
+        if (this.#stopped || this.#invited.has(name) || this.#inviting.has(name)) return;
+        if (current.keyFingerprint === lapsed.keyFingerprint) {
+          return notAgain(
+            "at the CA, though the CA's directory still gives the key it was made for",
+          );
+        }
+        this.#remadeAfterLapse.add(name);
+        const again = this.#invite(name, { quiet: true });
+        if (roomOnly) this.#roomOnly.add(name);
+        await again;
+        if (roomOnly) return;
+        this.#emit({
           type: "warning",
           message: `Invited "${name}" again: "${name}" joined again with a new key since your ` +
             `invitation; compare the safety number once you are connected`,
-        }),
-      (e) =>
+        });
+      })
+      .catch((e) =>
         this.#emit({
           type: "warning",
           message: `Your invitation of "${name}" lapsed ("${name}" joined again with a new key), ` +
             `and inviting again failed: ${e instanceof Error ? e.message : e}`,
-        }),
-    );
-    if (roomOnly) this.#roomOnly.add(name);
+        })
+      );
   }
 
   // A peer we invited waits for us at the relay: we go there, and run the peer TLS inside as
