@@ -598,8 +598,9 @@ export class Chat {
       .catch((e) =>
         this.#emit({
           type: "warning",
-          message: `Your invitation of "${name}" lapsed ("${name}" joined again with a new key), ` +
-            `and inviting again failed: ${e instanceof Error ? e.message : e}`,
+          message: `Your invitation of "${name}" lapsed at the CA, and inviting again failed: ${
+            e instanceof Error ? e.message : e
+          }`,
         })
       );
   }
