@@ -123,6 +123,9 @@ export class Chat {
     { keyFingerprint: string; fingerprint: string; expires: number; id: number; at: number }
   >();
   #inviting = new Map<string, Promise<void>>();
+  // Invitations we made again after a lapse (#lapsed): one per invitation of the user or a room,
+  // so a CA that says each lapsed cannot make us invite at network speed.
+  #remadeAfterLapse = new Set<string>();
   #invitations: Invitations;
   #revocation: Revocation;
   #peers = new Map<string, Connected>();
@@ -364,6 +367,12 @@ export class Chat {
    */
   async invite(name: string, options: { quiet?: boolean } = {}): Promise<{ fingerprint: string }> {
     checkName(name);
+    this.#remadeAfterLapse.delete(name);
+    return await this.#invite(name, options);
+  }
+
+  // invite(), also for an invitation made again by this client (after the CA was away, or a lapse).
+  async #invite(name: string, options: { quiet?: boolean }): Promise<{ fingerprint: string }> {
     this.#roomOnly.delete(name); // the user's own: it stays when rooms no longer need it
     if (name === this.#id.name) throw new E2eError("ERR_USAGE", "You cannot chat with yourself");
     this.#log.requireNoAlarm();
@@ -442,8 +451,11 @@ export class Chat {
       }
       reason = this.#refusal(socket, name, expected.keyFingerprint);
       cert = this.#checkPeerSocket(socket, name, expected.keyFingerprint);
-      reason = "not-logged";
-      await this.#requireLogged(cert, expected.fingerprint);
+      reason = undefined; // a check that fails for want of the CA says nothing of the listener
+      if (!(await this.#isLogged(cert, expected.fingerprint))) {
+        reason = "not-logged";
+        throw new E2eError("ERR_PEER_REJECTED", NOT_LOGGED);
+      }
     } catch (e) {
       refuse(socket, reason);
       throw e;
@@ -524,7 +536,7 @@ export class Chat {
       if (expires <= now || at >= since) continue;
       if (this.#peers.has(name) || this.#inviting.has(name)) continue;
       const roomOnly = this.#roomOnly.has(name); // invite() forgets it: a room's stays the room's
-      this.invite(name, { quiet: true }).then(
+      this.#invite(name, { quiet: true }).then(
         () =>
           roomOnly || this.#emit({
             type: "warning",
@@ -546,27 +558,51 @@ export class Chat {
   // Our invitation `invitation` of `name` lapsed at the CA: `name` joined again with a new key
   // since, which our listener would not admit, and the CA shows it to none of their clients. So
   // the one we hold is made again, for the key the directory gives now (it is a change: its
-  // connection says so, §4) — quietly for a room's, and with a warning for the user's own.
+  // connection says so, §4) — quietly for a room's, and with a warning for the user's own. Only
+  // when the directory does give another key, and once per invitation of the user's (or a
+  // room's): a CA that says so of each would otherwise have us invite at network speed.
   #lapsed(invitation: number, name: string): void {
-    if (this.#stopped || this.#invited.get(name)?.id !== invitation) return;
+    const lapsed = this.#invited.get(name);
+    if (this.#stopped || lapsed?.id !== invitation) return;
     this.#invited.delete(name);
     if (this.#inviting.has(name)) return; // a newer invitation is being made
     const roomOnly = this.#roomOnly.has(name); // invite() forgets it: a room's stays the room's
-    this.invite(name, { quiet: true }).then(
-      () =>
-        roomOnly || this.#emit({
+    const notAgain = (why: string) =>
+      this.#emit({
+        type: "warning",
+        message: `Your invitation of "${name}" lapsed ${why}: it is not made again; ` +
+          `invite "${name}" again if you still mean to`,
+      });
+    if (this.#remadeAfterLapse.has(name)) return notAgain("again at the CA");
+    this.#ca.lookup(name)
+      .then((reply) => this.#checkDirectory(reply, name))
+      .then(async (current) => {
+        // Invited anew meanwhile (by the user, or a room): that one stands.
+        if (this.#stopped || this.#invited.has(name) || this.#inviting.has(name)) return;
+        if (current.keyFingerprint === lapsed.keyFingerprint) {
+          return notAgain(
+            "at the CA, though the CA's directory still gives the key it was made for",
+          );
+        }
+        this.#remadeAfterLapse.add(name);
+        const again = this.#invite(name, { quiet: true });
+        if (roomOnly) this.#roomOnly.add(name);
+        await again;
+        if (roomOnly) return;
+        this.#emit({
           type: "warning",
           message: `Invited "${name}" again: "${name}" joined again with a new key since your ` +
             `invitation; compare the safety number once you are connected`,
-        }),
-      (e) =>
+        });
+      })
+      .catch((e) =>
         this.#emit({
           type: "warning",
-          message: `Your invitation of "${name}" lapsed ("${name}" joined again with a new key), ` +
-            `and inviting again failed: ${e instanceof Error ? e.message : e}`,
-        }),
-    );
-    if (roomOnly) this.#roomOnly.add(name);
+          message: `Your invitation of "${name}" lapsed at the CA, and inviting again failed: ${
+            e instanceof Error ? e.message : e
+          }`,
+        })
+      );
   }
 
   // A peer we invited waits for us at the relay: we go there, and run the peer TLS inside as
@@ -1226,8 +1262,11 @@ export class Chat {
         : this.#refusal(socket, name) ?? "not-invited";
       if (!invited || reason) throw new E2eError("ERR_PEER_REJECTED", `not admitted: ${name}`);
       cert = this.#checkPeerSocket(socket, name, invited.keyFingerprint);
-      reason = "not-logged";
-      await this.#requireLogged(cert, invited.fingerprint);
+      reason = undefined; // a check that fails for want of the CA says nothing of the member
+      if (!(await this.#isLogged(cert, invited.fingerprint))) {
+        reason = "not-logged";
+        throw new E2eError("ERR_PEER_REJECTED", NOT_LOGGED);
+      }
     } catch {
       // Refused: nothing they sent is read or shown.
       refuse(socket, reason);
@@ -1273,20 +1312,16 @@ export class Chat {
     });
   }
 
-  // The certificate a peer presents must be in the log too: the one the directory proved, or
-  // (after a renewal) the directory's current one, proved again.
-  async #requireLogged(cert: CertificateInfo, proved: string): Promise<void> {
-    if (cert.fingerprint === proved) return;
+  // Whether the certificate a peer presents is in the log too: the one the directory proved, or
+  // (after a renewal) the directory's current one, proved again. Throws when that cannot be told
+  // (the CA does not answer, or its answer is not usable): that is no finding about the peer.
+  async #isLogged(cert: CertificateInfo, proved: string): Promise<boolean> {
+    if (cert.fingerprint === proved) return true;
     const current = await this.#checkDirectory(
       await this.#ca.lookup(cert.commonName),
       cert.commonName,
     );
-    if (current.fingerprint !== cert.fingerprint) {
-      throw new E2eError(
-        "ERR_PEER_REJECTED",
-        "The peer's certificate is not in the CA's issuance log",
-      );
-    }
+    return current.fingerprint === cert.fingerprint;
   }
 
   // New entries of the log, looking for certificates for our name that are not ours.
@@ -1566,8 +1601,10 @@ const REFUSALS: Record<Refusal, string> = {
   "revoked": "it finds our certificate revoked",
   "key-changed": "our key is not the one it expected of us",
   "name-mismatch": "it expected someone else at this address",
-  "not-logged": "it does not find our certificate in the CA's issuance log",
+  "not-logged": "the CA's directory and issuance log give it another certificate of ours",
 };
+
+const NOT_LOGGED = "The peer's certificate is not the one the CA's directory and issuance log give";
 
 // A refusal's code with what it means (a code we do not know, from a newer peer, as it is: the
 // frame allows only a-z, 0-9 and -).

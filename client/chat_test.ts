@@ -450,6 +450,106 @@ Deno.test("an invitation made for bob's old key is not shown to the client he jo
   });
 });
 
+Deno.test("a listener says not-logged only of a certificate the directory does not give: one it cannot check for want of the CA is refused with no code", async () => {
+  await withService(async (service, dir) => {
+    const alice = await startMember(service, dir, "alice");
+    const bob = await startMember(service, dir, "bob");
+    try {
+      await alice.chat.invite("bob"); // the directory proved bob's first certificate
+      // bob renews twice (same key): the directory gives the third; alice's CRL, fetched at
+      // her start, does not list the second yet.
+      const second = await bob.chat.identity.renew();
+      const third = await second.renew();
+      const superseded = await dialAs(second, alice.chat.listen, [ALPN_REFUSALS, ALPN]);
+      assert.equal(await readToClose(superseded), '{"type":"refused","reason":"not-logged"}\n');
+      // The CA away: whether the third is the directory's is not known, and nothing is said.
+      await service.stop();
+      const unchecked = await dialAs(third, alice.chat.listen, [ALPN_REFUSALS, ALPN]);
+      assert.equal(await readToClose(unchecked), "");
+      assert.deepEqual(eventsSince(alice, 0, (e) => e.type === "connected"), []);
+    } finally {
+      await Promise.all([alice.chat.stop(), bob.chat.stop()]);
+    }
+  });
+});
+
+Deno.test("a CA that says each invitation lapsed gets one invitation made again, and only for a key the directory changed", async () => {
+  await withService(async (service, dir) => {
+    // alice's CA client, in front of the real service, says each invitation she makes lapsed.
+    const id = await enroll(
+      join(dir, "alice"),
+      parseInvite(await makeInvite(service.home, "alice")),
+    );
+    const ca = id.client();
+    const offers: number[] = [];
+    const toLapse: number[] = [];
+    let stopped = false;
+    let lapseEach = true; // else only those given to lapse()
+    const lapse = (invitation: number) => toLapse.push(invitation);
+    const offer = ca.offer.bind(ca);
+    const pending = ca.pending.bind(ca);
+    ca.offer = async (...args) => {
+      const reply = await offer(...args);
+      offers.push(reply.id);
+      // Once alice's client recorded it (after its directory checks).
+      if (lapseEach) setTimeout(() => lapse(reply.id), 500);
+      return reply;
+    };
+    ca.pending = async (after = 0, waitSeconds = 0) => {
+      const until = Date.now() + waitSeconds * 1000;
+      while (!toLapse.length && !stopped && Date.now() < until) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      if (!toLapse.length) return await pending(after, 0);
+      const lapsed = toLapse.splice(0).map((invitation) => ({
+        id: invitation,
+        invitation,
+        to: "bob",
+        reason: "key",
+      }));
+      return { invitations: [], lapsed, cursor: after };
+    };
+    id.client = () => ca;
+    const alice = await startAgain(id);
+    const bob = await startMember(service, dir, "bob");
+    let again: Recorded | undefined;
+    const warnings = (since: number) =>
+      eventsSince(alice, since, (e) => e.type === "warning" && /"bob"/.test(e.message));
+    try {
+      // bob's key is the one invited: the lapse is told once, and nothing is asked again.
+      await alice.chat.invite("bob");
+      await alice.next("warning", (e) => /^Your invitation of "bob" lapsed/.test(e.message));
+      await new Promise((r) => setTimeout(r, 1_500));
+      assert.equal(offers.length, 1);
+      assert.equal(warnings(0).length, 1);
+      assert.match(
+        (warnings(0)[0] as { message: string }).message,
+        /the CA's directory still gives the key it was made for/,
+      );
+      // bob joins again with a new key after alice's next invitation: the CA's lapse of it makes
+      // it again once, for his new key; that one's lapse is told once.
+      lapseEach = false;
+      const mark = alice.events.length;
+      await alice.chat.invite("bob");
+      again = await startMember(service, join(dir, "again"), "bob");
+      lapseEach = true;
+      lapse(offers[1]);
+      await alice.next("warning", (e) => /^Invited "bob" again: .*new key/.test(e.message), mark);
+      await alice.next(
+        "warning",
+        (e) => /^Your invitation of "bob" lapsed again/.test(e.message),
+        mark,
+      );
+      await new Promise((r) => setTimeout(r, 1_500));
+      assert.equal(offers.length, 3);
+      assert.equal(warnings(mark).length, 2);
+    } finally {
+      stopped = true;
+      await Promise.all([alice.chat.stop(), bob.chat.stop(), again?.chat.stop()]);
+    }
+  });
+});
+
 // A TLS connection to `listen` (HOST:PORT) as `id`, saying nothing: a peer by hand.
 async function dialAs(id: Identity, listen: string, alpn = [ALPN]): Promise<TLSSocket> {
   const at = listen.lastIndexOf(":");
