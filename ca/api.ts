@@ -7,7 +7,12 @@
  * @module
  */
 import { Buffer } from "node:buffer";
-import { CRL_REPUBLISH_MS, parseCrl, SERVICE_CRL_WINDOW_MS } from "../lib/crl.ts";
+import {
+  CRL_CLOCK_SKEW_MS,
+  CRL_REPUBLISH_MS,
+  parseCrl,
+  SERVICE_CRL_WINDOW_MS,
+} from "../lib/crl.ts";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { pemDecode, pemEncode } from "../lib/pem.ts";
 import { checkName } from "../lib/names.ts";
@@ -274,14 +279,30 @@ async function crl(ctx: ApiContext): Promise<string> {
     state.signedAt = thisUpdateOf(ctx, text);
   }
   const usable = state.signedAt === undefined ? undefined : text;
-  if (usable !== undefined && Date.now() - state.signedAt! <= CRL_REPUBLISH_MS) return usable;
+  const now = Date.now();
+  // One dated ahead of this clock (signed before the clock was put back, e.g. by NTP after
+  // running fast) would be handed out until it is an hour old by this clock, while members
+  // with a right clock refuse it (CRL_CLOCK_SKEW_MS ahead): signed again at once, numbered
+  // above it all the same (ca/authority.ts: a CRL number never goes down).
+  const ahead = usable === undefined ? 0 : state.signedAt! - now;
+  const current = now - state.signedAt! <= CRL_REPUBLISH_MS && ahead <= CRL_CLOCK_SKEW_MS / 2;
+  if (usable !== undefined && current) return usable;
   // A signing that failed (a broken openssl.cnf, a full disk) is tried again after 10, 20, 40 s
   // … at most every 5 min, not by every request (each one ran openssl under the CA lock, where
   // enrollments wait); meanwhile the last CRL is handed out: still current, and clearing the
   // service for 2 h more (before, every GET /v1/crl answered 500, and joins failed at once).
-  if (!state.signing && Date.now() < state.notBefore) {
+  if (!state.signing && now < state.notBefore) {
     if (usable !== undefined) return usable;
     throw state.error;
+  }
+  if (!state.signing && ahead > CRL_CLOCK_SKEW_MS / 2 && state.failures === 0) {
+    ctx.logLine?.(
+      `e2e-chat-ca: the CRL in crl.pem is dated ${Math.round(ahead / 60_000)} min ahead of this ` +
+        `machine's clock (signed at ${new Date(state.signedAt!).toISOString()}): signing a new ` +
+        `one; was the clock put back? Members refuse a CRL over ${
+          CRL_CLOCK_SKEW_MS / 60_000
+        } min ahead of theirs`,
+    );
   }
   state.signing ??= signCrl(ctx, state, usable).finally(() => (state.signing = undefined));
   return await state.signing;

@@ -1436,3 +1436,46 @@ Deno.test("POST /v1/renew issues a member at most RENEWALS_PER_DAY certificates 
     assert.equal(other.status, 200, other.body);
   });
 });
+
+Deno.test("handle() signs a new CRL when the one it hands out is dated over 5 min ahead of the CA's clock (a clock put back), numbered above it, and says so in the log", async () => {
+  await withWorld(async ({ ctx, ca }) => {
+    const lines: string[] = [];
+    ctx.logLine = (line) => lines.push(line);
+    // Signed while the CA's clock ran 2 h ahead: openssl left the next number in crlnumber.
+    const signedAt = new Date(Date.now() + 2 * 3_600_000);
+    const ahead = await crlSignedAt(ca.paths, signedAt);
+    const aheadNumber = BigInt(signedAt.getTime());
+    await Deno.writeTextFile(ca.paths.crl, ahead);
+    await Deno.writeTextFile(
+      ca.paths.crlnumber,
+      `${(aheadNumber + 1n).toString(16).toUpperCase()}\n`,
+    );
+    const reply = await call(ctx, "GET", "/v1/crl");
+    assert.equal(reply.status, 200, reply.body);
+    const got = parseCrl(reply.body, ca.certificate.x509);
+    assert.ok(got.thisUpdate.getTime() <= Date.now(), `thisUpdate ${got.thisUpdate.toISOString()}`);
+    assert.ok(Date.now() - got.thisUpdate.getTime() < 60_000, `${got.thisUpdate.toISOString()}`);
+    // Not a rollback to the issuance log or to members that took the one ahead.
+    assert.ok(got.number! > aheadNumber, `CRL number ${got.number} after ${aheadNumber}`);
+    assert.equal(reply.body, await Deno.readTextFile(ca.paths.crl));
+    assert.equal(lines.length, 1, lines.join("\n"));
+    assert.match(
+      lines[0],
+      /^e2e-chat-ca: the CRL in crl\.pem is dated \d+ min ahead of this machine's clock \(signed at .*\): signing a new one/,
+    );
+    // Once: the new CRL is handed out as it is.
+    assert.equal((await call(ctx, "GET", "/v1/crl")).body, reply.body);
+    assert.equal(lines.length, 1, lines.join("\n"));
+  });
+});
+
+Deno.test("handle() hands out a CRL dated less than 5 min ahead of the CA's clock as it is", async () => {
+  await withWorld(async ({ ctx, ca }) => {
+    const lines: string[] = [];
+    ctx.logLine = (line) => lines.push(line);
+    const ahead = await crlSignedAt(ca.paths, new Date(Date.now() + 4 * 60_000));
+    await Deno.writeTextFile(ca.paths.crl, ahead);
+    assert.equal((await call(ctx, "GET", "/v1/crl")).body, ahead);
+    assert.deepEqual(lines, []);
+  });
+});

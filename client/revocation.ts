@@ -9,6 +9,7 @@
  */
 import type { X509Certificate } from "node:crypto";
 import {
+  CRL_CLOCK_SKEW_MS as SKEW_MS,
   CRL_REPUBLISH_MS,
   normalizeSerialHex,
   parseCrl,
@@ -38,7 +39,7 @@ export const SERVICE_CRL_WINDOW_MS: number = WINDOW_MS;
  * service's certificate, ms: more means this clock is behind, which would let an old CRL (a
  * replay) look recent for as much longer.
  */
-export const CRL_CLOCK_SKEW_MS = 10 * 60_000;
+export const CRL_CLOCK_SKEW_MS: number = SKEW_MS;
 // A CRL without nextUpdate is taken as current for a week.
 const DEFAULT_VALIDITY_MS = 7 * 86_400_000;
 

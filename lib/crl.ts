@@ -30,6 +30,14 @@ export const CRL_REPUBLISH_MS = 3_600_000;
  */
 export const SERVICE_CRL_WINDOW_MS = 3 * CRL_REPUBLISH_MS;
 
+/**
+ * How far ahead of a client's clock a CRL's thisUpdate may be and still clear the CA service's
+ * certificate, ms (client/revocation.ts): more means that clock is behind, which would let an old
+ * CRL (a replay) look recent for as much longer. Here because the service signs a new CRL when
+ * the one it holds is dated half of this ahead of its own clock (ca/api.ts: a clock put back).
+ */
+export const CRL_CLOCK_SKEW_MS = 10 * 60_000;
+
 /** A verified CRL. */
 export interface RevocationList {
   /** Revoked serials, uppercase hex without leading zeros. */
