@@ -398,10 +398,6 @@ async function renew(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   const body = object(await req.json());
   const csr = text(body.csr, "csr");
   if (!current) return await renewedBefore(ctx, caller, csr, notCurrent());
-  // Renewal keeps the key: a stolen certificate must not be able to swap in the thief's key.
-  // (A new key needs the admin: a new invite, or ca sign --replace.) And it is allowed by the
-  // caller's certificate only while that is valid: a revocation confirmed meanwhile (the body
-  // is read after the check) stops it.
   // Before: one member renewing in a loop got 18 a second, each one a CRL entry and a log entry.
   const issued = renewalsOf(ctx, user);
   if (issued.length >= RENEWALS_PER_DAY) {
@@ -414,6 +410,10 @@ async function renew(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   const written = ctx.disk?.reserve(SIGNING_BYTES);
   let certificate: CertificateInfo;
   try {
+    // Renewal keeps the key: a stolen certificate must not be able to swap in the thief's key.
+    // (A new key needs the admin: a new invite, or ca sign --replace.) And it is allowed by the
+    // caller's certificate only while that is valid (`renews`): a revocation confirmed meanwhile
+    // (the body is read after the check) stops it.
     ({ certificate } = await ctx.ca.sign(csr, user, {
       replace: false,
       renews: caller.serial,

@@ -139,6 +139,16 @@ async function call(
   }
 }
 
+/** POST /v1/renew of `csr` on a connection that presented the client certificate `peer`. */
+function renewAs(ctx: ApiContext, peer: Uint8Array, csr: string): Promise<Reply> {
+  return call(ctx, "POST", "/v1/renew", { json: { csr }, peer });
+}
+
+/** Asserts the 403 a caller gets whose client certificate is revoked or superseded. */
+function assertNotCurrent(reply: Reply, what = ""): void {
+  assertError(reply, 403, "ERR_FORBIDDEN", "The client certificate is revoked or superseded", what);
+}
+
 function assertError(
   reply: Reply,
   status: number,
@@ -748,11 +758,8 @@ Deno.test("auth routes refuse a revoked or superseded certificate with 403 at on
     await ca.sign((await makeCsr("carol")).csr, "carol", { replace: true });
     for (const [method, path, json] of AUTH_ROUTES) {
       for (const [who, peer] of [["revoked", alice.der], ["superseded", carolOld.der]] as const) {
-        assertError(
+        assertNotCurrent(
           await call(ctx, method, path, { json, peer }),
-          403,
-          "ERR_FORBIDDEN",
-          "The client certificate is revoked or superseded",
           `${method} ${path}, ${who}`,
         );
       }
@@ -819,7 +826,7 @@ Deno.test("POST /v1/renew issues a new certificate for the caller's key and supe
   await withWorld(async ({ ctx, ca, member }) => {
     const alice = await member("alice");
     const { csr } = await makeCsr("alice", { keyPem: alice.key });
-    const reply = await call(ctx, "POST", "/v1/renew", { json: { csr }, peer: alice.der });
+    const reply = await renewAs(ctx, alice.der, csr);
     assert.equal(reply.status, 200, reply.body);
     assert.equal(reply.user, "alice");
     assertCertificateJson(reply.json, "alice");
@@ -895,12 +902,12 @@ Deno.test("POST /v1/renew retried after a lost reply gets the current certificat
   await withWorld(async ({ ctx, ca, member }) => {
     const alice = await member("alice");
     const { csr } = await makeCsr("alice", { keyPem: alice.key });
-    const first = await call(ctx, "POST", "/v1/renew", { json: { csr }, peer: alice.der });
+    const first = await renewAs(ctx, alice.der, csr);
     assert.equal(first.status, 200, first.body);
     // The reply never reached alice: she still has only her old (now superseded) certificate.
     const issued = (await ca.list()).length;
     for (let i = 0; i < RENEWALS_PER_DAY + 1; i++) {
-      const again = await call(ctx, "POST", "/v1/renew", { json: { csr }, peer: alice.der });
+      const again = await renewAs(ctx, alice.der, csr);
       assert.equal(again.status, 200, again.body);
       assertCertificateJson(again.json, "alice");
       assert.equal(again.json.serial, first.json.serial);
@@ -908,19 +915,11 @@ Deno.test("POST /v1/renew retried after a lost reply gets the current certificat
     }
     assert.equal((await ca.list()).length, issued, "a retry signs nothing");
     // Nor does it count against the daily cap: the new certificate still renews.
-    const next = await call(ctx, "POST", "/v1/renew", {
-      json: { csr },
-      peer: pemDecode(first.json.certificate, "CERTIFICATE")!,
-    });
+    const next = await renewAs(ctx, pemDecode(first.json.certificate, "CERTIFICATE")!, csr);
     assert.equal(next.status, 200, next.body);
     assert.notEqual(next.json.serial, first.json.serial);
     // The old certificate is still refused everywhere else.
-    assertError(
-      await call(ctx, "GET", "/v1/certs/alice", { peer: alice.der }),
-      403,
-      "ERR_FORBIDDEN",
-      "The client certificate is revoked or superseded",
-    );
+    assertNotCurrent(await call(ctx, "GET", "/v1/certs/alice", { peer: alice.der }));
   });
 });
 
@@ -930,8 +929,8 @@ Deno.test("POST /v1/renew sent twice at once issues one certificate and answers 
     const { csr } = await makeCsr("alice", { keyPem: alice.key });
     const issued = (await ca.list()).length;
     const [a, b] = await Promise.all([
-      call(ctx, "POST", "/v1/renew", { json: { csr }, peer: alice.der }),
-      call(ctx, "POST", "/v1/renew", { json: { csr }, peer: alice.der }),
+      renewAs(ctx, alice.der, csr),
+      renewAs(ctx, alice.der, csr),
     ]);
     assert.equal(a.status, 200, a.body);
     assert.equal(b.status, 200, b.body);
@@ -944,33 +943,18 @@ Deno.test("POST /v1/renew retried after a lost reply for another key is still re
   await withWorld(async ({ ctx, ca, member }) => {
     const alice = await member("alice");
     const { csr } = await makeCsr("alice", { keyPem: alice.key });
-    const first = await call(ctx, "POST", "/v1/renew", { json: { csr }, peer: alice.der });
+    const first = await renewAs(ctx, alice.der, csr);
     assert.equal(first.status, 200, first.body);
     const other = await makeCsr("alice");
-    assertError(
-      await call(ctx, "POST", "/v1/renew", { json: { csr: other.csr }, peer: alice.der }),
-      403,
-      "ERR_FORBIDDEN",
-      "The client certificate is revoked or superseded",
-    );
+    assertNotCurrent(await renewAs(ctx, alice.der, other.csr));
     // Nor when the admin gave the name a new key, or revoked it for another reason.
     const replaced = await makeCsr("alice");
     await ca.sign(replaced.csr, "alice", { replace: true });
-    assertError(
-      await call(ctx, "POST", "/v1/renew", { json: { csr }, peer: alice.der }),
-      403,
-      "ERR_FORBIDDEN",
-      "The client certificate is revoked or superseded",
-    );
+    assertNotCurrent(await renewAs(ctx, alice.der, csr));
     const bob = await member("bob");
     const bobCsr = (await makeCsr("bob", { keyPem: bob.key })).csr;
     await ca.revoke("bob", { reason: "keyCompromise" });
-    assertError(
-      await call(ctx, "POST", "/v1/renew", { json: { csr: bobCsr }, peer: bob.der }),
-      403,
-      "ERR_FORBIDDEN",
-      "The client certificate is revoked or superseded",
-    );
+    assertNotCurrent(await renewAs(ctx, bob.der, bobCsr));
   });
 });
 
@@ -1418,12 +1402,12 @@ Deno.test("POST /v1/renew issues a member at most RENEWALS_PER_DAY certificates 
     const { csr } = await makeCsr("alice", { keyPem: alice.key });
     let peer = alice.der;
     for (let i = 0; i < RENEWALS_PER_DAY; i++) {
-      const reply = await call(ctx, "POST", "/v1/renew", { json: { csr }, peer });
+      const reply = await renewAs(ctx, peer, csr);
       assert.equal(reply.status, 200, `renewal ${i + 1}: ${reply.body}`);
       peer = pemDecode(reply.json.certificate as string, "CERTIFICATE")!;
     }
     const current = (await ca.current("alice"))!.serial;
-    const refused = await call(ctx, "POST", "/v1/renew", { json: { csr }, peer });
+    const refused = await renewAs(ctx, peer, csr);
     assertError(
       refused,
       429,
@@ -1432,7 +1416,7 @@ Deno.test("POST /v1/renew issues a member at most RENEWALS_PER_DAY certificates 
     );
     assert.equal((await ca.current("alice"))!.serial, current, "a refused renewal issued nothing");
     const { csr: bobCsr } = await makeCsr("bob", { keyPem: bob.key });
-    const other = await call(ctx, "POST", "/v1/renew", { json: { csr: bobCsr }, peer: bob.der });
+    const other = await renewAs(ctx, bob.der, bobCsr);
     assert.equal(other.status, 200, other.body);
   });
 });

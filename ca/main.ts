@@ -254,20 +254,11 @@ async function serve(args: string[]): Promise<number> {
   try {
     ca ??= await openIfAny(home); // made while this one waited for the claim
     if (ca) {
-      const passphrase = await readPassphrase({
-        file: values["passphrase-file"],
-        envVar: PASSPHRASE_ENV,
-        label: "CA passphrase",
-      });
+      const passphrase = await caPassphrase(values);
       await ca.unlock(passphrase); // a wrong passphrase fails now, not at the first enrollment
     } else {
       await err(`e2e-chat: no CA in ${home}; creating one\n`);
-      const passphrase = await readPassphrase({
-        file: values["passphrase-file"],
-        envVar: PASSPHRASE_ENV,
-        label: "New CA passphrase",
-        confirm: true,
-      });
+      const passphrase = await caPassphrase(values, { create: true });
       await err("e2e-chat: generating an RSA-4096 key (this can take a few seconds)\n");
       ca = await CertificateAuthority.init(home, passphrase);
     }
@@ -405,12 +396,7 @@ async function init(args: string[]): Promise<number> {
       hint: "use another --home, or remove that folder to start over",
     });
   }
-  const passphrase = await readPassphrase({
-    file: values["passphrase-file"],
-    envVar: PASSPHRASE_ENV,
-    label: "New CA passphrase",
-    confirm: true,
-  });
+  const passphrase = await caPassphrase(values, { create: true });
   if (keyType === "rsa-4096") {
     await err("e2e-chat: generating an RSA-4096 key (this can take a few seconds)\n");
   }
@@ -588,12 +574,22 @@ async function openWithPassphrase(
 ): Promise<CertificateAuthority> {
   const home = resolveHome(values.home);
   await openCa(values); // a missing CA is reported before asking for a passphrase
-  const passphrase = await readPassphrase({
+  const passphrase = await caPassphrase(values);
+  return await CertificateAuthority.open(home, { passphrase, lock: LOCK_NOTICE });
+}
+
+// The CA passphrase, from --passphrase-file, else E2E_CHAT_CA_PASSPHRASE, else asked for (a new
+// one twice).
+async function caPassphrase(
+  values: { "passphrase-file"?: string },
+  options: { create?: boolean } = {},
+): Promise<string> {
+  return await readPassphrase({
     file: values["passphrase-file"],
     envVar: PASSPHRASE_ENV,
-    label: "CA passphrase",
+    label: options.create ? "New CA passphrase" : "CA passphrase",
+    confirm: options.create,
   });
-  return await CertificateAuthority.open(home, { passphrase, lock: LOCK_NOTICE });
 }
 
 // The CA of `home`, or none there yet (a home that is not the user's alone is refused all the same).

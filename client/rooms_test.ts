@@ -29,6 +29,27 @@ function keyPair(): { privateKey: KeyObject; spki: string; pem: string } {
   };
 }
 
+/** A stand-in connection to `name`: a peer that speaks rooms and takes every frame. */
+function fakeConnection(name: string): PeerConnection {
+  return { name, rooms: true, sendRoom: () => true } as unknown as PeerConnection;
+}
+
+/**
+ * Writes the file of the room `list` is of into `dir`, as a Rooms core leaves it: its creator's
+ * key `creatorKey`, and `next`, the next number awaited of each author.
+ */
+async function writeRoom(
+  dir: string,
+  list: SignedList,
+  creatorKey: string,
+  next: Record<string, number>,
+): Promise<void> {
+  await Deno.writeTextFile(
+    join(dir, `${list.roomId}.json`),
+    JSON.stringify({ v: 1, list, creatorKey, seq: 0, next }),
+  );
+}
+
 interface HostileRoom {
   rooms: Rooms;
   /** The creator's connection. */
@@ -92,12 +113,9 @@ async function hostileRoom(
         { roomId, room: "#team", author, seq: 1, version, text: "late" },
         fake.privateKey,
       );
-    await Deno.writeTextFile(
-      join(dir, `${roomId}.json`),
-      JSON.stringify({ v: 1, list: list(1, []), creatorKey: carol.spki, seq: 0, next: {} }),
-    );
+    await writeRoom(dir, list(1, []), carol.spki, {});
     const events: CoreEvent[] = [];
-    const conn = { name: "carol", rooms: true, sendRoom: () => true } as unknown as PeerConnection;
+    const conn = fakeConnection("carol");
     const rooms = testRooms(
       "alice",
       alice.pem,
@@ -203,14 +221,9 @@ Deno.test("A member cannot pass a newcomer another author's messages from before
     }, carol.privateKey);
     const byBob = (seq: number, version: number, text: string) =>
       signMessage({ roomId, room: "#team", author: "bob", seq, version, text }, bob.privateKey);
-    await Deno.writeTextFile(
-      join(dir, `${roomId}.json`),
-      JSON.stringify({ v: 1, list, creatorKey: carol.spki, seq: 0, next: { alice: 1 } }),
-    );
+    await writeRoom(dir, list, carol.spki, { alice: 1 });
     const events: CoreEvent[] = [];
-    const conn = (name: string) =>
-      ({ name, rooms: true, sendRoom: () => true }) as unknown as PeerConnection;
-    const connections = new Map(["bob", "carol", "mallory"].map((n) => [n, conn(n)]));
+    const connections = new Map(["bob", "carol", "mallory"].map((n) => [n, fakeConnection(n)]));
     const rooms = testRooms(
       "alice",
       alice.pem,
@@ -268,16 +281,11 @@ Deno.test("A member who missed more than 256 of an author's messages reports the
         { roomId, room: "#team", author: "bob", seq, version: 1, text: `bob ${seq}` },
         bob.privateKey,
       );
-    await Deno.writeTextFile(
-      join(dir, `${roomId}.json`),
-      JSON.stringify({ v: 1, list, creatorKey: carol.spki, seq: 0, next: { alice: 1, bob: 100 } }),
-    );
+    await writeRoom(dir, list, carol.spki, { alice: 1, bob: 100 });
     const events: CoreEvent[] = [];
     let gap: () => void = () => {};
     const gapped = new Promise<void>((resolve) => gap = resolve);
-    const conn = (name: string) =>
-      ({ name, rooms: true, sendRoom: () => true }) as unknown as PeerConnection;
-    const connections = new Map(["bob", "carol"].map((n) => [n, conn(n)]));
+    const connections = new Map(["bob", "carol"].map((n) => [n, fakeConnection(n)]));
     const rooms = testRooms("alice", alice.pem, dir, (name) => connections.get(name), (e) => {
       events.push(e);
       if (e.type === "room_gap") gap();
@@ -351,10 +359,7 @@ Deno.test("A room whose held messages are at their bound does not count every he
       return m;
     };
     const next = Object.fromEntries(authors.map((a) => [a, 1]));
-    await Deno.writeTextFile(
-      join(dir, `${roomId}.json`),
-      JSON.stringify({ v: 1, list, creatorKey: carol.spki, seq: 0, next: { alice: 1, ...next } }),
-    );
+    await writeRoom(dir, list, carol.spki, { alice: 1, ...next });
     const held = MAX_HELD_CHARS / chars / 16;
     // Signed first: the gaps' wait (GAP_WAIT_MS) starts at the first message held.
     const filling = authors.slice(0, 16).flatMap((a) =>
@@ -362,7 +367,7 @@ Deno.test("A room whose held messages are at their bound does not count every he
     );
     const newcomer = signed(authors[16], 2);
     const events: CoreEvent[] = [];
-    const conn = { name: "carol", rooms: true, sendRoom: () => true } as unknown as PeerConnection;
+    const conn = fakeConnection("carol");
     const rooms = testRooms(
       "alice",
       alice.pem,

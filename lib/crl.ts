@@ -118,7 +118,7 @@ export function looksLikeCrl(der: Uint8Array): boolean {
     const fields = children(tbs, Tag.SEQUENCE);
     const i = fields[0]?.tag === Tag.INTEGER ? 1 : 0;
     return fields[i]?.tag === Tag.SEQUENCE && fields[i + 1]?.tag === Tag.SEQUENCE &&
-      (fields[i + 2]?.tag === 0x17 || fields[i + 2]?.tag === 0x18);
+      isTime(fields[i + 2]);
   } catch {
     return false;
   }
@@ -136,7 +136,7 @@ function readCrl(der: Uint8Array, issuer: X509Certificate | undefined): Revocati
     i += 2; // signature algorithm, issuer
     const thisUpdate = readTime(fields[i++]);
     let nextUpdate: Date | undefined;
-    if (fields[i] && (fields[i].tag === 0x17 || fields[i].tag === 0x18)) {
+    if (isTime(fields[i])) {
       nextUpdate = readTime(fields[i++]);
     }
     const revoked = new Set<string>();
@@ -202,15 +202,23 @@ function serialHex(node: DerNode): string {
   return normalizeSerialHex([...node.value].map((b) => b.toString(16).padStart(2, "0")).join(""));
 }
 
+// The two time types of RFC 5280 (thisUpdate, nextUpdate).
+const UTC_TIME = 0x17;
+const GENERALIZED_TIME = 0x18;
+
+function isTime(node: DerNode | undefined): boolean {
+  return node?.tag === UTC_TIME || node?.tag === GENERALIZED_TIME;
+}
+
 function readTime(node: DerNode | undefined): Date {
   if (!node) throw new DerError("Missing time");
   const text = String.fromCharCode(...node.value);
-  const m = node.tag === 0x17
+  const m = node.tag === UTC_TIME
     ? /^(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})Z$/.exec(text)
     : /^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})Z$/.exec(text);
   if (!m) throw new DerError("Bad time");
   let year = Number(m[1]);
-  if (node.tag === 0x17) year += year < 50 ? 2000 : 1900;
+  if (node.tag === UTC_TIME) year += year < 50 ? 2000 : 1900;
   return new Date(
     Date.UTC(year, Number(m[2]) - 1, Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6])),
   );

@@ -267,11 +267,9 @@ export function frontierBefore(index: number, size: number, path: Hash[]): TreeF
     if (sn === 0) throw new RangeError("The path is too long");
     if (fn % 2 === 1 || fn === sn) {
       left.push(p);
-      if (fn % 2 === 0) {
-        while (fn % 2 === 0 && fn !== 0) {
-          fn = Math.floor(fn / 2);
-          sn = Math.floor(sn / 2);
-        }
+      while (fn % 2 === 0 && fn !== 0) {
+        fn = Math.floor(fn / 2);
+        sn = Math.floor(sn / 2);
       }
     }
     fn = Math.floor(fn / 2);

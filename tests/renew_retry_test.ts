@@ -26,9 +26,20 @@ import {
   withService,
 } from "./_service_helpers.ts";
 import { TcpRelay } from "./_tcp_relay.ts";
+import { joinUser } from "./_chat_helpers.ts";
 import { waitUntil } from "./_harness.ts";
 
 const FIVE_DAYS = 5 * 86_400_000;
+
+/**
+ * A renewal of `id` (its home `home`, its CA client `ca`) that the CA issues and whose issuance-log
+ * check that follows cannot reach the CA: it fails, the new certificate kept in id/renewal.json.
+ */
+async function renewUntilTheLogCheck(id: Identity, home: string, ca = id.client()): Promise<void> {
+  const unreachable = new CaClient("https://127.0.0.1:1", id.anchor, id.credentials);
+  const log = await LogMonitor.open(new ClientHome(home).logState, id.anchor, unreachable);
+  await assert.rejects(() => id.renew({ ca, log }));
+}
 
 Deno.test("a renewal whose reply is lost after the CA committed is asked again with the old certificate and gets the same new one; nothing more is signed", async () => {
   await withService(async (service, dir) => {
@@ -71,17 +82,11 @@ Deno.test("a renewal whose reply is lost after the CA committed is asked again w
 Deno.test("a renewal whose log check fails keeps the new certificate aside, durably, not in cert.pem nor presented to the CA; the next renewal finishes it without asking the CA for another", async () => {
   await withService(async (service, dir) => {
     const home = join(dir, "alice");
-    assertSuccess(
-      await runClient(home, ["join", await makeInvite(service.home, "alice")]),
-      "join alice",
-    );
+    await joinUser(service, "alice", home);
     const id = await Identity.load(home);
     const first = id.certificate;
-    // The renewal gets through; the log check that follows cannot reach the CA.
     const ca = id.client();
-    const unreachable = new CaClient("https://127.0.0.1:1", id.anchor, id.credentials);
-    const log = await LogMonitor.open(new ClientHome(home).logState, id.anchor, unreachable);
-    await assert.rejects(() => id.renew({ ca, log }));
+    await renewUntilTheLogCheck(id, home, ca);
     const serials = await serialsOf(service, "alice");
     assert.equal(serials.length, 2, "the CA issued the renewal");
     // Not used before its check: cert.pem is still the old certificate, and so is what loads.
@@ -108,14 +113,8 @@ Deno.test("a renewal whose log check fails keeps the new certificate aside, dura
 Deno.test("a chat started after a renewal whose log check failed finishes that renewal first, instead of stopping on its superseded certificate", async () => {
   await withService(async (service, dir) => {
     const home = join(dir, "alice");
-    assertSuccess(
-      await runClient(home, ["join", await makeInvite(service.home, "alice")]),
-      "join alice",
-    );
-    const id = await Identity.load(home);
-    const unreachable = new CaClient("https://127.0.0.1:1", id.anchor, id.credentials);
-    const log = await LogMonitor.open(new ClientHome(home).logState, id.anchor, unreachable);
-    await assert.rejects(() => id.renew({ ca: id.client(), log }));
+    await joinUser(service, "alice", home);
+    await renewUntilTheLogCheck(await Identity.load(home), home);
     const serials = await serialsOf(service, "alice");
     // Most of its life left: only the kept reply makes the start renew (stdin closed: it quits).
     const chat = await runClient(home, ["chat", "--json"]);
@@ -198,10 +197,7 @@ Deno.test("a running chat whose background renewal fails its log check says so a
 Deno.test("two renewals of one home at once, in one process or in two, run one after the other: both end with the same new certificate, and the CA signs one", async () => {
   await withService(async (service, dir) => {
     const home = join(dir, "alice");
-    assertSuccess(
-      await runClient(home, ["join", await makeInvite(service.home, "alice")]),
-      "join alice",
-    );
+    await joinUser(service, "alice", home);
     // Two chats of one home whose renewals fall due together (before: the second one wrote
     // cert.pem, then failed on "No such file or directory … renewal.json").
     const [a, b] = [await Identity.load(home), await Identity.load(home)];
@@ -226,10 +222,7 @@ Deno.test("two renewals of one home at once, in one process or in two, run one a
 Deno.test("a renewal.json that cert.pem already took up (a kill before its removal) is dropped at the next start, which neither stops when the CA is unreachable nor renews when it answers", async () => {
   await withService(async (service, dir) => {
     const home = join(dir, "alice");
-    assertSuccess(
-      await runClient(home, ["join", await makeInvite(service.home, "alice")]),
-      "join alice",
-    );
+    await joinUser(service, "alice", home);
     assertSuccess(await runClient(home, ["renew"]), "renew");
     const kept = join(home, "id", "renewal.json");
     // What a kill between cert.pem's write and renewal.json's removal leaves: the reply cert.pem holds.
