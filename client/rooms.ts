@@ -103,7 +103,6 @@ const SEQ_SLOT = 512;
 const DIAL_FIRST_MS = 2_000;
 const DIAL_MAX_MS = 60_000;
 
-/** What rooms need of the chat core. */
 /**
  * What a face says when the user declined an invitation (`told` false: its creator was not
  * connected, and is told when it offers the room again): the terminal, the JSON face and the page
@@ -122,6 +121,7 @@ export function declinedText(room: string, from: string, told: boolean): string 
   }`;
 }
 
+/** What rooms need of the chat core. */
 export interface RoomHost {
   /** Our user name. */
   readonly self: string;
