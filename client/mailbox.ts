@@ -157,7 +157,7 @@ interface Unsent {
   sealedTo?: string;
   /** What the sender reports when it ends, kept with it. */
   note?: Record<string, unknown>;
-  /** When it was first kept, ISO 8601. */
+  /** When it was first kept, ISO 8601; "" for an item of post(), which is never kept. */
   at: string;
   /** It is on disk: durably, or (`"ahead"`) as a write-ahead copy, not synced. */
   kept?: boolean | "ahead";
