@@ -403,7 +403,7 @@ export interface ServiceRevocation {
   ensureRecent(): Promise<void>;
 }
 
-// What a call trusts: our CA only, a service certificate not on the CRL held (a current one),
+// What a call trusts: our CA only, a service certificate not on the CRL held (a recent one),
 // and our own certificate to show.
 interface Pinned {
   anchor: TrustAnchor;

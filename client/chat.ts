@@ -555,8 +555,8 @@ export class Chat {
     }
   }
 
-  // Our invitation `invitation` of `name` lapsed at the CA: `name` joined again with a new key
-  // since, which our listener would not admit, and the CA shows it to none of their clients. So
+  // Our invitation `invitation` of `name` lapsed at the CA, which says `name` joined again with a
+  // new key since, which our listener would not admit, and shows it to none of their clients. So
   // the one we hold is made again, for the key the directory gives now (it is a change: its
   // connection says so, §4) — quietly for a room's, and with a warning for the user's own. Only
   // when the directory does give another key, and once per invitation of the user's (or a

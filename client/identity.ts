@@ -346,8 +346,9 @@ async function dropKept(folder: IdFolder): Promise<void> {
 /** Options of {@linkcode Identity.renew}. */
 export interface RenewOptions {
   /**
-   * A running client's CA client: it asks for the renewal and moves to the new certificate at
-   * once (the CA refuses the old one from then on). Default: a new one.
+   * A running client's CA client: it asks for the renewal and moves to the new certificate for
+   * its log check (the CA refuses the old one from then on), and back to cert.pem's when that
+   * check fails. Default: a new one.
    */
   ca?: CaClient;
   /**

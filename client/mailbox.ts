@@ -41,6 +41,7 @@ import {
 import { E2eError } from "../lib/errors.ts";
 import { MAX_TEXT_CHARS } from "../lib/frames.ts";
 import { ensurePrivateDir, writeFileAtomic } from "../lib/fs.ts";
+import { formatSize } from "./files.ts";
 import { type OverLimit, type Unopened, type UnsentItem, UnsentStore } from "./mailbox_unsent.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
 import type { CaClient, MailboxRecord } from "./ca_client.ts";
@@ -156,7 +157,7 @@ interface Unsent {
   sealedTo?: string;
   /** What the sender reports when it ends, kept with it. */
   note?: Record<string, unknown>;
-  /** When it was first kept, ISO 8601. */
+  /** When it was first kept, ISO 8601; "" for an item of post(), which is never kept. */
   at: string;
   /** It is on disk: durably, or (`"ahead"`) as a write-ahead copy, not synced. */
   kept?: boolean | "ahead";
@@ -274,7 +275,7 @@ export class MailboxClient {
         limit === "items"
           ? `Not kept: too many unsent mailbox items (limit ${maxItems}), left in "${file}"`
           : `Not kept: the unsent mailbox items take too many bytes (limit ${
-            mib(maxBytes)
+            formatSize(maxBytes)
           }), left in "${file}"`,
       );
     }
@@ -940,11 +941,6 @@ export class MailboxClient {
       mode: 0o600,
     });
   }
-}
-
-// A limit in bytes as the user reads it: "32 MiB".
-function mib(bytes: number): string {
-  return bytes % 1_048_576 === 0 ? `${bytes / 1_048_576} MiB` : `${bytes} bytes`;
 }
 
 // The CA service did not answer (or could not be reached): it may later.

@@ -224,6 +224,26 @@ function newSend(client: Client, body: string, options: { note?: Record<string, 
   return { id, sent };
 }
 
+/**
+ * `count` messages to bob (ids `id0`…, texts `m0`…) left in `client`'s HOME/mailbox/unsent/ as by
+ * a chat that is gone: kept by a store of their own (past the default limits, if asked), let go.
+ */
+async function leaveUnsent(client: Client, count: number): Promise<void> {
+  const { store } = await UnsentStore.open(client.home.mailboxUnsent, client.home.mailbox, {
+    maxItems: Math.max(count, MAX_UNSENT_ITEMS),
+  });
+  for (let i = 0; i < count; i++) {
+    await store.keep({
+      to: "bob",
+      kind: "message",
+      id: `id${i}`,
+      at: new Date().toISOString(),
+      payload: text(`m${i}`),
+    });
+  }
+  store.close();
+}
+
 function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
@@ -578,19 +598,7 @@ Deno.test("MailboxClient.send(): two sends to one recipient racing as the servic
 
 Deno.test("MailboxClient names the items a start leaves past the unsent limits with their own wording, not as unreadable", async () => {
   const { alice } = await world();
-  const { store } = await UnsentStore.open(alice.home.mailboxUnsent, alice.home.mailbox, {
-    maxItems: MAX_UNSENT_ITEMS + 1,
-  });
-  for (let i = 0; i <= MAX_UNSENT_ITEMS; i++) {
-    await store.keep({
-      to: "bob",
-      kind: "message",
-      id: `id${i}`,
-      at: new Date().toISOString(),
-      payload: text(`m${i}`),
-    });
-  }
-  store.close();
+  await leaveUnsent(alice, MAX_UNSENT_ITEMS + 1);
   const again = await alice.restart();
   again.mailbox.start();
   again.mailbox.stop();
@@ -733,17 +741,7 @@ Deno.test({
   ignore: !(FILE_LIMIT <= 65536),
 }, async () => {
   const { alice } = await world();
-  const { store } = await UnsentStore.open(alice.home.mailboxUnsent, alice.home.mailbox);
-  for (let i = 0; i < 30; i++) {
-    await store.keep({
-      to: "bob",
-      kind: "message",
-      id: `id${i}`,
-      at: new Date().toISOString(),
-      payload: text(`m${i}`),
-    });
-  }
-  store.close();
+  await leaveUnsent(alice, 30);
   // This process runs out of file handles but for a few: each item resumed keeps one open.
   const taken: Deno.FsFile[] = [];
   let first;

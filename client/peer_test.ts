@@ -53,6 +53,19 @@ async function until(what: string, seen: Seen, test: (s: Seen) => boolean): Prom
   }
 }
 
+/**
+ * Waits until alice gives up an incoming file, then `stop`s what the sender does meanwhile (also
+ * when the wait times out); her fileFailed event.
+ */
+async function givenUp(seen: Seen, stop: () => void): Promise<Seen[number] | undefined> {
+  try {
+    await until("the file given up", seen, (s) => s.some((e) => e[0] === "fileFailed"));
+  } finally {
+    stop();
+  }
+  return seen.find((e) => e[0] === "fileFailed");
+}
+
 /** A TLS server socket (alice's end) and client socket (bob's end), connected. */
 async function tlsPair(dir: string): Promise<[tls.TLSSocket, tls.TLSSocket, () => void]> {
   const ca = await CertificateAuthority.init(join(dir, "ca"), PASSPHRASE, { keyType: "ec-p256" });
@@ -1102,12 +1115,7 @@ Deno.test("PeerConnection gives up an accepted file that gets no data while othe
       rawBob.write(encodeFrame({ type: "got", id: `x${n}`, bytes: 1 }));
       rawBob.write(encodeFrame({ type: "msg", id: `m${n++}`, text: "still here" }));
     }, 200);
-    try {
-      await until("the file given up", aliceSeen, (s) => s.some((e) => e[0] === "fileFailed"));
-    } finally {
-      clearInterval(chatter);
-    }
-    assert.deepEqual(aliceSeen.find((e) => e[0] === "fileFailed"), [
+    assert.deepEqual(await givenUp(aliceSeen, () => clearInterval(chatter)), [
       "fileFailed",
       "in",
       'no data from "bob" for 1 s: given up',
@@ -1196,12 +1204,7 @@ Deno.test("PeerConnection gives up an accepted file its sender trickles a byte a
       everyMs: 100,
       size: 100_000,
     });
-    try {
-      await until("the file given up", t.aliceSeen, (s) => s.some((e) => e[0] === "fileFailed"));
-    } finally {
-      t.stop();
-    }
-    assert.deepEqual(t.aliceSeen.find((e) => e[0] === "fileFailed"), [
+    assert.deepEqual(await givenUp(t.aliceSeen, t.stop), [
       "fileFailed",
       "in",
       'too slow: "bob" sent under 512 B in 1 s: given up',
@@ -1300,12 +1303,7 @@ for (const holds of [false, true]) {
         rawBob.write(new Uint8Array(1));
         rawBob.write(message());
       }, 100);
-      try {
-        await until("the file given up", aliceSeen, (s) => s.some((e) => e[0] === "fileFailed"));
-      } finally {
-        clearInterval(trickle);
-      }
-      assert.deepEqual(aliceSeen.find((e) => e[0] === "fileFailed"), [
+      assert.deepEqual(await givenUp(aliceSeen, () => clearInterval(trickle)), [
         "fileFailed",
         "in",
         'too slow: "bob" sent under 8 KiB in 2 s: given up',

@@ -103,7 +103,6 @@ const SEQ_SLOT = 512;
 const DIAL_FIRST_MS = 2_000;
 const DIAL_MAX_MS = 60_000;
 
-/** What rooms need of the chat core. */
 /**
  * What a face says when the user declined an invitation (`told` false: its creator was not
  * connected, and is told when it offers the room again): the terminal, the JSON face and the page
@@ -122,6 +121,7 @@ export function declinedText(room: string, from: string, told: boolean): string 
   }`;
 }
 
+/** What rooms need of the chat core. */
 export interface RoomHost {
   /** Our user name. */
   readonly self: string;
@@ -221,7 +221,7 @@ export class Rooms {
   #host: RoomHost;
   #rooms = new Map<string, Room>(); // by room id
   #invites = new Map<string, RoomInvite>(); // by creator and room id (inviteKey)
-  #declined = new Set<string>(); // invitations declined while their creator was away (inviteKey)
+  #declinesUntold = new Set<string>(); // declined, the creator away: to tell it (inviteKey)
   #declinedHere = new Map<string, { room: string; from: string }>(); // all we declined (inviteKey)
   #signing?: KeyObject;
   #seen = new WeakMap<PeerConnection, Set<string>>();
@@ -426,10 +426,10 @@ export class Rooms {
       roomId: invite.list.roomId,
     }) === true;
     if (!told) {
-      this.#declined.delete(key);
-      this.#declined.add(key);
-      if (this.#declined.size > MAX_DECLINED) {
-        this.#declined.delete(this.#declined.values().next().value!);
+      this.#declinesUntold.delete(key);
+      this.#declinesUntold.add(key);
+      if (this.#declinesUntold.size > MAX_DECLINED) {
+        this.#declinesUntold.delete(this.#declinesUntold.values().next().value!);
       }
     }
     return { from: invite.from, told };
@@ -767,8 +767,8 @@ export class Rooms {
     }
     const key = inviteKey(list.creator, list.roomId);
     // Declined while its creator was away: it is told now, and the offer is not shown again.
-    if (this.#declined.has(key) && conn.sendRoom({ op: "leave", roomId: list.roomId })) {
-      this.#declined.delete(key);
+    if (this.#declinesUntold.has(key) && conn.sendRoom({ op: "leave", roomId: list.roomId })) {
+      this.#declinesUntold.delete(key);
       return;
     }
     const had = this.#invites.get(key);

@@ -13,6 +13,7 @@ import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import {
   type BrowserContext,
+  type ChatClient,
   invitePeer,
   joinUser,
   type Locator,
@@ -514,6 +515,33 @@ async function cardErrorsTied(scene: Scene): Promise<void> {
   assert.equal(await page.locator("#offers-error").textContent(), "");
 }
 
+/** The card of `creator`'s invitation to `room` on page `p`. */
+function roomCard(p: Page, creator: string, room: string): Locator {
+  return p.getByRole("region", { name: "Invitations" }).getByRole("listitem")
+    .filter({ hasText: `${creator} invites you to ${room}` });
+}
+
+/**
+ * `creator` (a JSON face) makes each of `rooms` and invites `invitee` to it; the first of `pages`
+ * accepts its chat with the first invitation, and each of `pages` shows each invitation's card.
+ */
+async function inviteToRooms(
+  creator: ChatClient,
+  pages: Page[],
+  options: { invitee: string; rooms: string[] },
+): Promise<void> {
+  for (const [i, room] of options.rooms.entries()) {
+    await creator.send(`/room create ${room}`);
+    await creator.expect({ type: "room_joined", room });
+    await creator.send(`/room invite ${room} ${options.invitee}`);
+    if (i === 0) {
+      await pages[0].getByRole("listitem").filter({ hasText: `${creator.name} wants to chat` })
+        .getByRole("button", { name: "Accept", exact: true }).click();
+    }
+    for (const p of pages) await roomCard(p, creator.name, room).waitFor();
+  }
+}
+
 /**
  * An invitation that goes while its "Accept" has focus (taken in another tab) leaves focus on
  * the list's heading: the control now in its place is another sender's "Accept", which the next
@@ -559,19 +587,8 @@ async function roomInvitationGoes(scene: Scene): Promise<void> {
   const web = await scene.web(alice);
   const benChat = await scene.json(ben);
   const [page, other] = [await scene.page(web), await scene.page(web)];
-  const card = (p: Page, room: string) =>
-    p.getByRole("region", { name: "Invitations" }).getByRole("listitem")
-      .filter({ hasText: `${ben.name} invites you to ${room}` });
-  for (const room of ["#side", "#team"]) {
-    await benChat.send(`/room create ${room}`);
-    await benChat.expect({ type: "room_joined", room });
-    await benChat.send(`/room invite ${room} ${alice.name}`);
-    if (room === "#side") {
-      await page.getByRole("listitem").filter({ hasText: `${ben.name} wants to chat` })
-        .getByRole("button", { name: "Accept", exact: true }).click();
-    }
-    for (const p of [page, other]) await card(p, room).waitFor();
-  }
+  const card = (p: Page, room: string) => roomCard(p, ben.name, room);
+  await inviteToRooms(benChat, [page, other], { invitee: alice.name, rooms: ["#side", "#team"] });
   await card(page, "#side").getByRole("button", { name: "Decline", exact: true }).focus();
   await card(other, "#side").getByRole("button", { name: "Decline", exact: true }).click();
   await benChat.expect({
@@ -598,6 +615,22 @@ async function roomInvitationGoes(scene: Scene): Promise<void> {
   );
 }
 
+/** The card of the file offer of `name` on page `p`. */
+function offerCard(p: Page, name: string): Locator {
+  return p.getByRole("region", { name: "Files offered to you" }).getByRole("listitem")
+    .filter({ hasText: `offers ${name} (` });
+}
+
+/** `sender` (a JSON face) offers first.bin and second.bin, and each of `pages` shows both cards. */
+async function offerFiles(scene: Scene, sender: ChatClient, pages: Page[]): Promise<void> {
+  for (const name of ["first.bin", "second.bin"]) {
+    const path = join(scene.dir, name);
+    await Deno.writeFile(path, new Uint8Array(60));
+    await sender.send(`/file ${path}`);
+    for (const p of pages) await offerCard(p, name).waitFor();
+  }
+}
+
 /**
  * File offers follow the client in every tab: one declined in another tab while this tab's
  * "Accept file" of it has focus goes here too (focus on the list's heading), and so does one
@@ -610,24 +643,16 @@ async function offerGoes(scene: Scene): Promise<void> {
   const page = await scene.page(web);
   await startChat(page, alice, b);
   const other = await scene.page(web);
-  const card = (p: Page, name: string) =>
-    p.getByRole("region", { name: "Files offered to you" }).getByRole("listitem")
-      .filter({ hasText: `offers ${name} (` });
-  for (const name of ["first.bin", "second.bin"]) {
-    const path = join(scene.dir, name);
-    await Deno.writeFile(path, new Uint8Array(60));
-    await b.send(`/file ${path}`);
-    for (const p of [page, other]) await card(p, name).waitFor();
-  }
-  await card(page, "first.bin").getByRole("button", { name: "Accept file" }).focus();
-  await card(other, "first.bin").getByRole("button", { name: "Decline file" }).click();
+  await offerFiles(scene, b, [page, other]);
+  await offerCard(page, "first.bin").getByRole("button", { name: "Accept file" }).focus();
+  await offerCard(other, "first.bin").getByRole("button", { name: "Decline file" }).click();
   const failed = await b.expect({ type: "file_failed", direction: "out" });
   assert.match(String(failed.reason), /declined by the user/);
-  await card(page, "first.bin").waitFor({ state: "detached" });
+  await offerCard(page, "first.bin").waitFor({ state: "detached" });
   assert.equal(await focused(page), "h2: Files offered to you");
 
-  await card(other, "second.bin").getByRole("button", { name: "Accept file" }).click();
-  await card(page, "second.bin").waitFor({ state: "detached" });
+  await offerCard(other, "second.bin").getByRole("button", { name: "Accept file" }).click();
+  await offerCard(page, "second.bin").waitFor({ state: "detached" });
   await page.getByRole("region", { name: "Files offered to you" }).waitFor({ state: "hidden" });
   await timeline(page).getByText("second.bin").waitFor();
 }
@@ -804,19 +829,8 @@ async function joinRefused(scene: Scene): Promise<void> {
   const web = await scene.web(alice);
   const benChat = await scene.json(ben);
   const { page, hold, release } = await scene.gatedPage(web);
-  const card = (p: Page, room: string) =>
-    p.getByRole("region", { name: "Invitations" }).getByRole("listitem")
-      .filter({ hasText: `${ben.name} invites you to ${room}` });
-  for (const room of ["#team", "#side"]) {
-    await benChat.send(`/room create ${room}`);
-    await benChat.expect({ type: "room_joined", room });
-    await benChat.send(`/room invite ${room} ${alice.name}`);
-    if (room === "#team") {
-      await page.getByRole("listitem").filter({ hasText: `${ben.name} wants to chat` })
-        .getByRole("button", { name: "Accept", exact: true }).click();
-    }
-    await card(page, room).waitFor();
-  }
+  const card = (p: Page, room: string) => roomCard(p, ben.name, room);
+  await inviteToRooms(benChat, [page], { invitee: alice.name, rooms: ["#team", "#side"] });
   const other = await scene.page(web);
   await card(other, "#team").waitFor();
   await listen(page);
@@ -873,15 +887,8 @@ async function declineWhileJoining(scene: Scene): Promise<void> {
   const web = await scene.web(alice);
   const benChat = await scene.json(ben);
   const [page, other] = [await scene.page(web), await scene.page(web)];
-  const card = (p: Page) =>
-    p.getByRole("region", { name: "Invitations" }).getByRole("listitem")
-      .filter({ hasText: `${ben.name} invites you to #team` });
-  await benChat.send("/room create #team");
-  await benChat.expect({ type: "room_joined", room: "#team" });
-  await benChat.send(`/room invite #team ${alice.name}`);
-  await page.getByRole("listitem").filter({ hasText: `${ben.name} wants to chat` })
-    .getByRole("button", { name: "Accept", exact: true }).click();
-  for (const p of [page, other]) await card(p).waitFor();
+  const card = (p: Page) => roomCard(p, ben.name, "#team");
+  await inviteToRooms(benChat, [page, other], { invitee: alice.name, rooms: ["#team"] });
   await listen(page);
   // Ben cannot answer the join until he goes on: it stays under way.
   Deno.kill(benChat.pid, "SIGSTOP");
@@ -920,41 +927,33 @@ async function offerRace(scene: Scene): Promise<void> {
   const { page, hold, release } = await scene.gatedPage(web);
   await startChat(page, alice, b);
   const other = await scene.page(web);
-  const card = (p: Page, name: string) =>
-    p.getByRole("region", { name: "Files offered to you" }).getByRole("listitem")
-      .filter({ hasText: `offers ${name} (` });
-  for (const name of ["first.bin", "second.bin"]) {
-    const path = join(scene.dir, name);
-    await Deno.writeFile(path, new Uint8Array(60));
-    await b.send(`/file ${path}`);
-    for (const p of [page, other]) await card(p, name).waitFor();
-  }
+  await offerFiles(scene, b, [page, other]);
   await listen(page);
   await listen(other);
   const lost = (name: string) => new RegExp(`Cannot accept file ${name}: No file offer`);
 
   hold();
-  await card(other, "first.bin").getByRole("button", { name: "Accept file" }).click();
-  await card(other, "first.bin").waitFor({ state: "detached" });
-  const accept = card(page, "first.bin").getByRole("button", { name: "Accept file" });
+  await offerCard(other, "first.bin").getByRole("button", { name: "Accept file" }).click();
+  await offerCard(other, "first.bin").waitFor({ state: "detached" });
+  const accept = offerCard(page, "first.bin").getByRole("button", { name: "Accept file" });
   await accept.click();
   release();
   await failsBeside(page, accept, lost("first\\.bin"), "offers-error");
   await timeline(page).getByText("first.bin").waitFor();
-  await card(page, "first.bin").getByRole("button", { name: "Dismiss" }).click();
-  await card(page, "first.bin").waitFor({ state: "detached" });
+  await offerCard(page, "first.bin").getByRole("button", { name: "Dismiss" }).click();
+  await offerCard(page, "first.bin").waitFor({ state: "detached" });
 
   web.signal("SIGSTOP");
   try {
     for (const p of [page, other]) {
-      await card(p, "second.bin").getByRole("button", { name: "Accept file" }).click();
+      await offerCard(p, "second.bin").getByRole("button", { name: "Accept file" }).click();
     }
   } finally {
     web.signal("SIGCONT");
   }
   await timeline(page).getByText("second.bin").waitFor();
   const failed = async (p: Page) => {
-    const button = card(p, "second.bin").getByRole("button", { name: "Accept file" });
+    const button = offerCard(p, "second.bin").getByRole("button", { name: "Accept file" });
     return await button.count() > 0 &&
       lost("second\\.bin").test(await description(button).catch(() => ""));
   };
@@ -965,12 +964,12 @@ async function offerRace(scene: Scene): Promise<void> {
   const [loser, winner] = await failed(page) ? [page, other] : [other, page];
   await failsBeside(
     loser,
-    card(loser, "second.bin").getByRole("button", { name: "Accept file" }),
+    offerCard(loser, "second.bin").getByRole("button", { name: "Accept file" }),
     lost("second\\.bin"),
     "offers-error",
   );
-  await card(winner, "second.bin").waitFor({ state: "detached" });
-  await card(loser, "second.bin").getByRole("button", { name: "Dismiss" }).waitFor();
+  await offerCard(winner, "second.bin").waitFor({ state: "detached" });
+  await offerCard(loser, "second.bin").getByRole("button", { name: "Dismiss" }).waitFor();
 }
 
 // Relative luminance and contrast ratio (WCAG 2.2, 1.4.3 and 1.4.11).

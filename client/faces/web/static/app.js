@@ -931,20 +931,32 @@ function drawInvitationCards() {
     actions.className = "actions";
     actions.append(join, " ", decline);
     if (invite.gone) {
-      const dismiss = document.createElement("button");
-      dismiss.type = "button";
-      dismiss.textContent = "Dismiss";
-      dismiss.setAttribute("aria-describedby", what.id);
-      dismiss.dataset.key = `dismiss ${key}`;
-      dismiss.addEventListener("click", () => {
-        state.roomInvites.delete(key);
-        drawInvitations();
-      });
-      actions.append(" ", dismiss);
+      actions.append(
+        " ",
+        dismissButton(what.id, `dismiss ${key}`, () => {
+          state.roomInvites.delete(key);
+          drawInvitations();
+        }),
+      );
     }
     li.append(what, " ", actions);
     list.append(li);
   }
+}
+
+/**
+ * The "Dismiss" of a card whose answer failed and that the client no longer holds: `drop` takes
+ * the card away. Described by the card's text (`describedBy`, an id); `key` finds it again after
+ * a redraw.
+ */
+function dismissButton(describedBy, key, drop) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = "Dismiss";
+  b.setAttribute("aria-describedby", describedBy);
+  b.dataset.key = key;
+  b.addEventListener("click", drop);
+  return b;
 }
 
 /**
@@ -1283,16 +1295,10 @@ function drawOffers() {
     };
     actions.append(answer("Accept file", "acceptFile"), answer("Decline file", "declineFile"));
     if (o.failed) {
-      const dismiss = document.createElement("button");
-      dismiss.type = "button";
-      dismiss.textContent = "Dismiss";
-      dismiss.setAttribute("aria-describedby", what.id);
-      dismiss.dataset.key = `Dismiss ${o.from} ${o.id}`;
-      dismiss.addEventListener("click", () => {
+      actions.append(dismissButton(what.id, `Dismiss ${o.from} ${o.id}`, () => {
         state.offers.delete(`${o.from} ${o.id}`);
         drawOffers();
-      });
-      actions.append(dismiss);
+      }));
     }
     li.append(what, actions);
     return li;
