@@ -1193,7 +1193,7 @@ export class Chat {
     } catch (e) {
       if (!(await this.#id.renewalPending())) throw e;
       const kept = new E2eError(
-        e instanceof E2eError ? e.code : "ERR_NETWORK",
+        e instanceof E2eError ? e.code : "ERR_FILE", // not the CA's answer: our own files
         "the CA renewed it, but the new certificate is not proved yet to be in the CA's " +
           `issuance log (${e instanceof Error ? e.message : e}): it is kept in id/renewal.json ` +
           "and checked again at each next attempt; until then the CA refuses the certificate " +
@@ -1372,7 +1372,10 @@ export class Chat {
           ? new E2eError("ERR_PEER_REJECTED", `"${name}" did not admit us: ${why}`, {
             hint: `the invitation may be one "${name}" no longer holds: ask for a new one`,
           })
-          : new E2eError("ERR_NETWORK", `Not connected to "${name}": ${why}`),
+          : new E2eError(
+            conn.refusal === undefined ? "ERR_NETWORK" : "ERR_PEER_REJECTED",
+            `Not connected to "${name}": ${why}`,
+          ),
       );
     // A close we are not told of (the socket gone silent) ends the wait as well.
     const timer = setTimeout(() => {

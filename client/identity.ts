@@ -224,8 +224,12 @@ export class Identity {
    */
   async renewalPending(): Promise<boolean> {
     const folder = new IdFolder(this.dir);
-    const held = await this.#held(folder).catch(() => this.certificate);
-    return await this.#keptRenewal(folder, held, held.keyFingerprint) !== undefined;
+    // Under the renewal lock, as renew(): what it removes is never a reply another renewal of
+    // this home is about to finish.
+    return await withLock(folder.renewalLock, async () => {
+      const held = await this.#held(folder).catch(() => this.certificate);
+      return await this.#keptRenewal(folder, held, held.keyFingerprint) !== undefined;
+    });
   }
 
   /**

@@ -351,7 +351,7 @@ async function startChat(
       if (id.lifeLeft() === 0) refusedCertificate(id)(e);
       if (pending) {
         throw new E2eError(
-          "ERR_FORBIDDEN",
+          e instanceof E2eError ? e.code : "ERR_FILE", // the CA away, its refusal, our files
           `Cannot finish the renewal of your certificate: ${e instanceof Error ? e.message : e}`,
           {
             cause: e,
