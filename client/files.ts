@@ -7,7 +7,15 @@
 import { createHash, type Hash } from "node:crypto";
 import { basename, dirname, join, resolve } from "node:path";
 import { E2eError } from "../lib/errors.ts";
-import { freeBytes, othersMayRename, syncDir, writeFileAtomic } from "../lib/fs.ts";
+import {
+  freeBytes,
+  type Link,
+  othersMayRename,
+  placeNew,
+  syncDir,
+  systemReason,
+  writeFileAtomic,
+} from "../lib/fs.ts";
 
 /**
  * Makes an announced file name safe to create in the downloads folder: no path,
@@ -61,8 +69,6 @@ export async function hashFile(
   }
   return { sha256: hash.digest("hex"), size };
 }
-
-type Link = (from: string, to: string) => Promise<void>;
 
 /** Options of {@linkcode IncomingFile.start}. */
 export interface IncomingFileOptions {
@@ -223,7 +229,7 @@ export class IncomingFile {
     for (let i = 0; i < 10_000; i++) {
       const target = join(this.#dir, i === 0 ? name : `${stem} (${i})${ext}`);
       try {
-        if (!await placeNew(this.#partial, target, this.#link)) continue;
+        if (!await placeNew(this.#partial, target, { link: this.#link })) continue;
         // The sender hears "delivered" next: the name must survive a power cut too (left
         // as a partial file, it would be removed as stale at the next start).
         await syncDir(this.#dir);
@@ -297,46 +303,6 @@ async function openSyncer(partial: string, made: Deno.FileInfo): Promise<Deno.Fs
   } catch { /* synced at the end */ }
   syncer?.close();
   return undefined;
-}
-
-// Moves the checked file `from` to the name `to` unless something has that name (then false).
-// link() never overwrites. A file system without hard links (vfat, exFAT, some network shares)
-// says EPERM or "not supported": there the name is first claimed with O_EXCL, so nothing there
-// is replaced, and the file renamed over its own empty placeholder.
-async function placeNew(from: string, to: string, link: Link): Promise<boolean> {
-  let linked = true;
-  try {
-    await link(from, to);
-  } catch (e) {
-    if (e instanceof Deno.errors.AlreadyExists) return false;
-    if (!(e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotSupported)) {
-      throw e;
-    }
-    linked = false;
-  }
-  if (linked) {
-    await Deno.remove(from);
-    return true;
-  }
-  try {
-    (await Deno.open(to, { write: true, createNew: true, mode: 0o600 })).close();
-  } catch (e) {
-    if (e instanceof Deno.errors.AlreadyExists) return false;
-    throw e;
-  }
-  try {
-    await Deno.rename(from, to);
-  } catch (e) {
-    await Deno.remove(to).catch(() => {});
-    throw e;
-  }
-  return true;
-}
-
-// The system's words for `e`, without the call and paths Deno adds ("No such file or directory").
-function systemReason(e: unknown): string {
-  if (!(e instanceof Error)) return String(e);
-  return e.message.replace(/ \(os error \d+\)/, "").replace(/: \w+ '.*$/s, "");
 }
 
 const KEEP_HINT = "check that the downloads folder is still there, can be written to and has " +

@@ -27,7 +27,14 @@ import { Buffer } from "node:buffer";
 import { hkdfSync } from "node:crypto";
 import { dirname, join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDir, readUpTo, syncDir } from "../lib/fs.ts";
+import {
+  ensurePrivateDir,
+  type Link,
+  placeNew,
+  readUpTo,
+  syncDir,
+  systemReason,
+} from "../lib/fs.ts";
 import { checkName } from "../lib/names.ts";
 import { openText, sealText } from "./history.ts";
 
@@ -90,8 +97,6 @@ export interface Unopened {
   /** The system's words, e.g. "Too many open files". */
   reason: string;
 }
-
-type Link = (from: string, to: string) => Promise<void>;
 
 const AAD = "e2e-chat mailbox unsent v1";
 const NAME = /^\d{10}\.json$/;
@@ -390,14 +395,9 @@ async function writeHeld(
     while (written < bytes.length) written += await file.write(bytes.subarray(written));
     if (options.durable) await file.sync();
     if (options.createNew) {
-      try {
-        await options.createNew(tmp, path); // fails when the name is taken: never replaces another's
-        await Deno.remove(tmp);
-      } catch (e) {
-        if (!(e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotSupported)) {
-          throw e;
-        }
-        await renameOverPlaceholder(tmp, path);
+      // Never replaces another's: a name taken is AlreadyExists, as link(2) says.
+      if (!await placeNew(tmp, path, { link: options.createNew, lockPlaceholder: true })) {
+        throw new Deno.errors.AlreadyExists(path);
       }
     } else {
       await Deno.rename(tmp, path);
@@ -408,23 +408,6 @@ async function writeHeld(
     file.close();
     await Deno.remove(tmp).catch(() => {});
     throw e;
-  }
-}
-
-// A file system without hard links (vfat, exFAT, some network shares) says EPERM or "not
-// supported" (client/files.ts placeNew): there the name `to` is first claimed with O_EXCL
-// (AlreadyExists when it is taken, as link(2) says), and held with a flock while it is empty, so
-// that no other store's start takes it for a torn file; then `from` is renamed over it.
-async function renameOverPlaceholder(from: string, to: string): Promise<void> {
-  const placeholder = await Deno.open(to, { write: true, createNew: true, mode: 0o600 });
-  try {
-    await placeholder.tryLock(true);
-    await Deno.rename(from, to);
-  } catch (e) {
-    await Deno.remove(to).catch(() => {});
-    throw e;
-  } finally {
-    placeholder.close();
   }
 }
 
@@ -496,12 +479,6 @@ async function moveAside(dir: string, name: string): Promise<string> {
   } catch {
     return from;
   }
-}
-
-// The system's words for `e`, without the call and paths Deno adds ("Too many open files").
-function systemReason(e: unknown): string {
-  if (!(e instanceof Error)) return String(e);
-  return e.message.replace(/ \(os error \d+\)/, "").replace(/: \w+ '.*$/s, "");
 }
 
 // What an item counts against the byte limit.

@@ -346,3 +346,73 @@ export function othersMayRename(
   if (writers === 0 || (allow.sticky && (info.mode & 0o1000) !== 0)) return undefined;
   return "others";
 }
+
+/** Makes a hard link `to` of `from` (tests stand in a file system without them). */
+export type Link = (from: string, to: string) => Promise<void>;
+
+/** Options of {@linkcode placeNew}. */
+export interface PlaceNewOptions {
+  /** Makes the hard link. Default: `Deno.link`. */
+  link?: Link;
+  /** Holds the empty placeholder of the fallback with a flock until the rename (see there). */
+  lockPlaceholder?: boolean;
+}
+
+/**
+ * Moves the file `from` to the name `to` unless something has that name (then false, and `from`
+ * stays). A hard link never overwrites. A file system without them (vfat, exFAT, some network
+ * shares) says EPERM or "not supported": there the name is first claimed with O_EXCL, so nothing
+ * there is replaced, and `from` renamed over its own empty placeholder — held with a flock
+ * meanwhile with `lockPlaceholder`, so that whoever takes an unlocked empty file for a torn one
+ * does not take it.
+ *
+ * @example
+ * ```ts ignore
+ * if (!await placeNew(partial, "report.pdf")) console.log("taken: try another name");
+ * ```
+ */
+export async function placeNew(
+  from: string,
+  to: string,
+  options: PlaceNewOptions = {},
+): Promise<boolean> {
+  try {
+    await (options.link ?? Deno.link)(from, to);
+    await Deno.remove(from);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.AlreadyExists) return false;
+    if (!(e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotSupported)) {
+      throw e;
+    }
+  }
+  let placeholder: Deno.FsFile;
+  try {
+    placeholder = await Deno.open(to, { write: true, createNew: true, mode: 0o600 });
+  } catch (e) {
+    if (e instanceof Deno.errors.AlreadyExists) return false;
+    throw e;
+  }
+  try {
+    if (options.lockPlaceholder) await placeholder.tryLock(true);
+    else placeholder.close();
+    await Deno.rename(from, to);
+    return true;
+  } catch (e) {
+    await Deno.remove(to).catch(() => {});
+    throw e;
+  } finally {
+    try {
+      placeholder.close();
+    } catch { /* closed already */ }
+  }
+}
+
+/**
+ * The system's words for a file error `e`, without the call and the paths Deno adds: "No such
+ * file or directory", "Too many open files".
+ */
+export function systemReason(e: unknown): string {
+  if (!(e instanceof Error)) return String(e);
+  return e.message.replace(/ \(os error \d+\)/, "").replace(/: \w+ '.*$/s, "");
+}
