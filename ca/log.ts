@@ -10,8 +10,8 @@
  * length and the certificate's DER, appended and never rewritten; `log/checkpoint`
  * the latest signed tree head. The database is the source of truth: after every
  * commit, still under the CA lock, {@linkcode IssuanceLog.sync} appends what the
- * database has and the log lacks, then the CA's current CRL (crl.pem) when it is
- * newer than the last CRL logged, then signs a checkpoint. So every CRL the CA
+ * database has and the log lacks, then the CA's current CRL (crl.pem) when the CA
+ * key signed it and it is newer than the last such CRL logged, then signs a checkpoint. So every CRL the CA
  * signs is in the log before it is served with its proof
  * ({@linkcode IssuanceLog.latestCrl}), and a CA cannot show one member a CRL it
  * hides from the others without forking the log. A crash anywhere
@@ -29,13 +29,14 @@
  * @module
  */
 import { Buffer } from "node:buffer";
+import { X509Certificate } from "node:crypto";
 import {
   type Checkpoint,
   type NoteKey,
   openCheckpoint,
   signCheckpoint,
 } from "../lib/checkpoint.ts";
-import { crlNumberOf, looksLikeCrl } from "../lib/crl.ts";
+import { crlNumberOf, looksLikeCrl, parseCrlDer } from "../lib/crl.ts";
 import { children, readDer, Tag } from "../lib/der.ts";
 import { E2eError } from "../lib/errors.ts";
 import {
@@ -56,9 +57,11 @@ import type { IndexEntry } from "./store.ts";
 export const MAX_ENTRIES_PAGE = 256;
 /**
  * Largest certificate or CRL a log record may hold: a CRL grows with every revocation (and
- * renewal), by about 40 bytes each, so 1 MiB is some 25,000 of them.
+ * renewal), by about 40 bytes each, so 16 MiB is some 400,000 of them (1 MiB, some 25,000, made
+ * every enrollment fail after its commit once reached). Served whole, a page of entries or
+ * `GET /v1/log/crl` of it stays under a client's 64 MiB reply (client/ca_client.ts) in base64.
  */
-const MAX_RECORD_BYTES = 1 << 20;
+const MAX_RECORD_BYTES = 16 << 20;
 /** Most bytes of entries one page holds (a page ends earlier when CRLs are large). */
 const MAX_PAGE_BYTES = 8 << 20;
 /** Appended bytes up to this size are read synchronously (see #read). */
@@ -93,7 +96,12 @@ export class IssuanceLog {
   #offsets: number[] = [];
   #serials: Array<string | null> = []; // null: a CRL
   #certs = 0; // entries that are certificates (the database's lines, in order)
-  #crls: Array<{ index: number; number: bigint }> = []; // the CRL entries, in log order
+  // The CRL entries the CA key signed, numbered, each above the one before, in log order: what
+  // a crl.pem planted without the key (another CA's, numbered 2^127-1) would otherwise be
+  // served as, and stop every later CRL from being logged (their numbers below it).
+  #crls: Array<{ index: number; number: bigint }> = [];
+  #ca: X509Certificate;
+  #checkedCrl?: Uint8Array; // the CRL #newCrl checked last: not checked again when read back
   #crlFile?: string; // crl.pem as last looked at (inode, time, size), to read it only when new
   #byLeaf = new Map<string, number>();
   #loaded = 0; // bytes of whole records read so far
@@ -104,15 +112,17 @@ export class IssuanceLog {
   #seen?: SeenFile; // the entries file as last read or written
   #changed?: E2eError; // the entries changed under this process: refused from then on
 
-  private constructor(paths: CaPaths, origin: string, verifier: NoteKey) {
+  private constructor(paths: CaPaths, origin: string, verifier: NoteKey, ca: X509Certificate) {
     this.#paths = paths;
     this.origin = origin;
     this.#verifier = verifier;
+    this.#ca = ca;
   }
 
   /**
-   * Reads the log under `paths` (its entries, and its key from log.crt).
-   * Checkpoints are verified with `verifier` (the log key's public half).
+   * Reads the log under `paths` (its entries, and the CA certificate, whose key
+   * must have signed a CRL for it to count). Checkpoints are verified with
+   * `verifier` (the log key's public half).
    *
    * @example
    * ```ts
@@ -127,7 +137,8 @@ export class IssuanceLog {
    * ```
    */
   static async open(paths: CaPaths, verifier: NoteKey): Promise<IssuanceLog> {
-    const log = new IssuanceLog(paths, verifier.name, verifier);
+    const ca = new X509Certificate(await Deno.readTextFile(paths.cert));
+    const log = new IssuanceLog(paths, verifier.name, verifier, ca);
     await log.refresh();
     return log;
   }
@@ -155,8 +166,8 @@ export class IssuanceLog {
   }
 
   /**
-   * The newest CRL in the log that the latest checkpoint covers, with its inclusion
-   * proof against that checkpoint; undefined when the log holds no CRL yet.
+   * The newest CRL in the log that the latest checkpoint covers and the CA key signed, with its
+   * inclusion proof against that checkpoint; undefined when the log holds no such CRL yet.
    */
   async latestCrl(): Promise<{ der: Uint8Array; log: LogProofJson } | undefined> {
     const { text, checkpoint } = await this.checkpoint();
@@ -350,9 +361,21 @@ export class IssuanceLog {
     // The CRLs among the entries; the others are the database's certificates, in order.
     const certs: Array<{ index: number; der: Uint8Array }> = [];
     let crls = 0;
+    let last: bigint | undefined; // the number of the last CRL the CA key signed
     records.forEach((der, index) => {
-      if (looksLikeCrl(der)) crls++;
-      else certs.push({ index, der });
+      if (!looksLikeCrl(der)) return certs.push({ index, der });
+      crls++;
+      const number = this.#caCrlNumber(der);
+      if (typeof number === "string") {
+        problems.push(`log entry ${index} is a CRL the CA did not sign (${number})`);
+      } else if (number === undefined) {
+        problems.push(`log entry ${index} is a CRL without a CRL number`);
+      } else if (last !== undefined && number <= last) {
+        problems.push(
+          `log entry ${index} is CRL number ${hexNumber(number)}, not above the CRL logged ` +
+            `before it (number ${hexNumber(last)})`,
+        );
+      } else last = number;
     });
     let checkpointSize = 0;
     try {
@@ -439,7 +462,14 @@ export class IssuanceLog {
         this.#offsets.push(this.#loaded + offset);
         if (looksLikeCrl(der)) {
           this.#serials.push(null);
-          this.#crls.push({ index, number: numberOf(der) });
+          // Served and compared with only if the CA key signed it (one #newCrl just checked is
+          // not checked again: a signature costs ~0.1 ms, and each commit that revokes comes here).
+          const checked = this.#checkedCrl && Buffer.from(der).equals(this.#checkedCrl);
+          const number = checked ? crlNumberOf(der) : this.#caCrlNumber(der);
+          const last = this.#crls.at(-1);
+          if (typeof number === "bigint" && (!last || number > last.number)) {
+            this.#crls.push({ index, number });
+          }
         } else {
           this.#serials.push(serialOf(der));
           this.#certs++;
@@ -453,8 +483,10 @@ export class IssuanceLog {
     }
   }
 
-  // The CA's crl.pem, when it is a CRL newer (by number) than every CRL logged: to be appended.
-  // One stat when it is the file looked at before (every commit that issues comes here).
+  // The CA's crl.pem, when the CA key signed it and it is newer (by number) than every CRL the
+  // CA key signed in the log: to be appended. One stat when it is the file looked at before
+  // (every commit that issues comes here). One the key did not sign is refused, not skipped: it
+  // was put there by someone without the key (or the CA certificate is not the key's).
   #newCrl(): Uint8Array | undefined {
     let info: Deno.FileInfo;
     try {
@@ -472,15 +504,41 @@ export class IssuanceLog {
         `The CA's CRL is ${der.length} bytes, more than a log entry holds (${MAX_RECORD_BYTES})`,
       );
     }
+    const number = this.#caCrlNumber(der);
+    if (typeof number === "string") {
+      throw new E2eError(
+        "ERR_LOG_INVALID",
+        `The CA's CRL (crl.pem) is not one the CA key signed (${number}): it is not logged`,
+        { hint: "someone wrote HOME/ca/crl.pem without the CA key; `deno task ca crl` signs anew" },
+      );
+    }
+    if (number === undefined) {
+      throw new E2eError(
+        "ERR_LOG_INVALID",
+        "The CA's CRL (crl.pem) has no CRL number: it is not logged",
+        { hint: "`deno task ca crl` signs a new one" },
+      );
+    }
     // Not one logged already, nor one older than the last logged (a crl.pem a power cut took
     // back behind the log): the CRL served is always the newest. One to append is looked at
     // again at the next sync (then as logged), so a failed append is tried again.
     const last = this.#crls.at(-1);
-    if (last && numberOf(der) <= last.number) {
+    if (last && number <= last.number) {
       this.#crlFile = seen;
       return undefined;
     }
+    this.#checkedCrl = der;
     return der;
+  }
+
+  // The CRL number of `der` when the CA key signed it (undefined: it has none); why not, else.
+  #caCrlNumber(der: Uint8Array): bigint | undefined | string {
+    try {
+      return parseCrlDer(der, this.#ca).number;
+    } catch (e) {
+      // The reason is the error's detail (its message is one generic line, for peers).
+      return e instanceof E2eError && e.detail ? e.detail : e instanceof Error ? e.message : `${e}`;
+    }
   }
 
   // A read that starts now, after whatever this process appended (a read already under way may
@@ -624,13 +682,8 @@ function serialOf(der: Uint8Array): string {
   return normalizeSerialHex(Buffer.from(serial.value).toString("hex"));
 }
 
-// The CRL number of a CRL entry (the CA's own, numbered by ca/authority.ts); -1 when it has none.
-function numberOf(der: Uint8Array): bigint {
-  try {
-    return crlNumberOf(der) ?? -1n;
-  } catch {
-    return -1n;
-  }
+function hexNumber(n: bigint): string {
+  return n.toString(16).toUpperCase();
 }
 
 function hex(bytes: Uint8Array): string {

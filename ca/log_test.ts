@@ -6,7 +6,8 @@ import { E2eError } from "../lib/errors.ts";
 import { exists } from "../lib/fs.ts";
 import { type LogProofJson, verifyLogProof } from "../lib/log_proof.ts";
 import { verifyConsistency } from "../lib/merkle.ts";
-import { pemDecode } from "../lib/pem.ts";
+import { openssl, PASSPHRASE_ARG } from "../lib/openssl.ts";
+import { pemDecode, pemEncode } from "../lib/pem.ts";
 import { checkLogKey, trustAnchor } from "../lib/tls.ts";
 import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
 import { assertApiError, httpsRequest } from "../tests/_service_helpers.ts";
@@ -89,6 +90,106 @@ Deno.test("every CRL the CA signs goes into the log after what its commit issued
     assert.deepEqual([log.size, log.serial(8) === null], [9, false]);
     const report = await log.verify(await ca.database());
     assert.deepEqual([report.problems, report.crls, report.database], [[], 4, 5]);
+  });
+});
+
+Deno.test("a crl.pem the CA key did not sign is not logged, verify() names it, and the CA's next CRL is logged and served", async () => {
+  await withCa(async (ca) => {
+    await withTempDir(async (other) => {
+      const log = await ca.openLog();
+      const key = logKeyOf(ca);
+      // Another CA's CRL, numbered above any the CA will sign, put where the CA keeps its own by
+      // someone who can write HOME/ca but has no CA key.
+      const evil = await CertificateAuthority.init(other, PASSPHRASE, { keyType: "ec-p256" });
+      await Deno.writeTextFile(evil.paths.crlnumber, "7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF\n");
+      const planted = pemDecode(await evil.crl(), "X509 CRL")!;
+      await Deno.writeTextFile(ca.paths.crl, pemEncode(planted, "X509 CRL"));
+      const size = log.size;
+      await assert.rejects(issue(ca, "alice"), (e: E2eError) => {
+        assert.equal(e.code, "ERR_LOG_INVALID");
+        assert.match(e.message, /^The CA's CRL \(crl\.pem\) is not one the CA key signed \(/);
+        return true;
+      });
+      // alice is logged all the same, and no CRL after her.
+      assert.deepEqual([log.size, log.serial(size) === null], [size + 1, false]);
+      // A log an earlier version let it into: it is not served, nor compared with.
+      const entries = await Deno.open(ca.paths.logEntries, { append: true });
+      const length = new Uint8Array(4);
+      new DataView(length.buffer).setUint32(0, planted.length);
+      await entries.write(new Uint8Array([...length, ...planted]));
+      entries.close();
+      const revoked = await ca.revoke("alice");
+      assert.deepEqual([log.serial(size + 1), log.serial(size + 2)], [null, null]);
+      const { der, log: proof } = (await log.latestCrl())!;
+      verifyLogProof(der, proof, key);
+      const served = parseCrlDer(der, ca.certificate.x509);
+      assert.ok(served.revoked.has(normalizeSerialHex(revoked.serial)));
+      assert.deepEqual(der, pemDecode(await Deno.readTextFile(ca.paths.crl), "X509 CRL"));
+      const report = await log.verify(await ca.database());
+      assert.equal(report.crls, 3);
+      assert.deepEqual(report.problems, [
+        `log entry ${size + 1} is a CRL the CA did not sign ` +
+        "(the CRL's signature does not verify with the CA key)",
+      ]);
+    });
+  });
+});
+
+Deno.test("verify() names a logged CRL whose number is not above the CRL logged before it, and latestCrl() serves the highest", async () => {
+  await withCa(async (ca) => {
+    const log = await ca.openLog();
+    const first = (await log.latestCrl())!.der;
+    await ca.crl();
+    const second = (await log.latestCrl())!.der;
+    // The first CRL again, after the second (as no sync appends it).
+    const entries = await Deno.open(ca.paths.logEntries, { append: true });
+    const length = new Uint8Array(4);
+    new DataView(length.buffer).setUint32(0, first.length);
+    await entries.write(new Uint8Array([...length, ...first]));
+    entries.close();
+    await issue(ca, "alice");
+    assert.deepEqual((await log.latestCrl())!.der, second);
+    const number = parseCrlDer(first, ca.certificate.x509).number!.toString(16).toUpperCase();
+    const above = parseCrlDer(second, ca.certificate.x509).number!.toString(16).toUpperCase();
+    const report = await log.verify(await ca.database());
+    assert.deepEqual(report.problems, [
+      `log entry ${log.size - 2} is CRL number ${number}, not above the CRL logged before it ` +
+      `(number ${above})`,
+    ]);
+  });
+});
+
+Deno.test("a CRL over 1 MiB (some 25,000 revocations) is logged and served, and the enrollment beside it succeeds", async () => {
+  await withCa(async (ca) => {
+    await withTempDir(async (work) => {
+      const log = await ca.openLog();
+      // The CA key signs a CRL of 30,000 revocations in a copy of the database (openssl ca
+      // runs inside it: openssl.cnf's paths are relative), put in place as the CA's crl.pem.
+      for (const file of ["index.txt", "index.txt.attr", "crlnumber"]) {
+        await Deno.copyFile(`${ca.paths.dir}/${file}`, `${work}/${file}`);
+      }
+      const lines = Array.from(
+        { length: 30_000 },
+        (_, i) =>
+          `R\t351231235959Z\t250101000000Z\t${(0x7000000000000000n + BigInt(i)).toString(16)}` +
+          `0000000000000000000000\tunknown\t/CN=gone${i}\n`,
+      );
+      await Deno.writeTextFile(`${work}/index.txt`, lines.join(""), { append: true });
+      await Deno.writeTextFile(`${work}/crlnumber`, "7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF\n");
+      await openssl([
+        ...["ca", "-config", ca.paths.config, "-keyfile", ca.paths.key, "-cert", ca.paths.cert],
+        ...["-passin", PASSPHRASE_ARG, "-gencrl", "-out", "crl.pem"],
+      ], { cwd: work, passphrase: PASSPHRASE });
+      const big = pemDecode(await Deno.readTextFile(`${work}/crl.pem`), "X509 CRL")!;
+      assert.ok(big.length > 1 << 20, `${big.length} bytes`);
+      await Deno.copyFile(`${work}/crl.pem`, ca.paths.crl);
+      await issue(ca, "alice");
+      const { der, log: proof } = (await log.latestCrl())!;
+      verifyLogProof(der, proof, logKeyOf(ca));
+      assert.deepEqual(der, big);
+      assert.equal(parseCrlDer(der, ca.certificate.x509).revoked.size, 30_000);
+      assert.deepEqual((await log.verify(await ca.database())).problems, []);
+    });
   });
 });
 

@@ -98,8 +98,10 @@ Commands:
   list    [--json]  Every issued certificate with its status.
   log     [verify] [--entries N] [--json]
           The issuance log: its size, root and latest entries; "verify"
-          recomputes the tree, checks the signed checkpoint and cross-checks
-          every entry with the openssl database (exit 1 on any problem).
+          recomputes the tree, checks the signed checkpoint, cross-checks
+          every certificate entry with the openssl database and checks that
+          the CA key signed every CRL entry, numbered upward (exit 1 on any
+          problem).
 
 Options for every command:
   --home DIR               State folder (default: $E2E_CHAT_HOME, else ~/.e2e-chat)
@@ -527,8 +529,8 @@ async function log(args: string[]): Promise<number> {
           `in the database, checkpoint at ${report.checkpointSize}\nroot ${report.root}\n` +
           (report.problems.length
             ? report.problems.map((p) => `PROBLEM: ${p}\n`).join("")
-            : "OK: every certificate entry is the database's, in order, and the checkpoint " +
-              "matches\n"),
+            : "OK: every certificate entry is the database's, in order, every CRL entry the " +
+              "CA key's, numbered upward, and the checkpoint matches\n"),
       );
     }
     return report.problems.length ? 1 : 0;
