@@ -12,7 +12,8 @@
  *   first of our key's, whatever the CRL says; before it, a previous enrollment
  *   is harmless once expired, or while the newest CRL in the log lists it);
  * - the CRL it uses is in the log too ({@linkcode LogMonitor.loggedCrl}): with an
- *   inclusion proof, and not older than the newest CRL in the log it has seen.
+ *   inclusion proof, not older than the newest CRL in the log it has seen, and
+ *   signed within 70 min (the CA re-signs hourly).
  *
  * Cryptographic evidence against the CA is an alarm: kept in HOME/log.json so
  * it survives a restart, reported as `log_alarm`, and no new connection is made
@@ -23,7 +24,14 @@
  */
 import { Buffer } from "node:buffer";
 import { type Checkpoint, type NoteKey, openCheckpoint } from "../lib/checkpoint.ts";
-import { looksLikeCrl, normalizeSerialHex, parseCrlDer, type RevocationList } from "../lib/crl.ts";
+import {
+  CRL_CLOCK_SKEW_MS,
+  CRL_REPUBLISH_MS,
+  looksLikeCrl,
+  normalizeSerialHex,
+  parseCrlDer,
+  type RevocationList,
+} from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 import { withLock } from "../lib/lock.ts";
@@ -253,8 +261,9 @@ export class LogMonitor {
    * Takes the CRL `pem` only when the CA signed it, it has a CRL number, `proof`
    * shows it in the log at a checkpoint consistent with ours, and it is not older
    * than the newest CRL in the log seen before (by a look through the entries, or
-   * with an earlier CRL), nor followed in that log by a later CRL: either is a
-   * rollback (`ERR_LOG_INVALID`; ask again). Evidence against the CA (a fork,
+   * with an earlier CRL), nor followed in that log by a later CRL, nor signed over
+   * `CRL_REPUBLISH_MS` + `CRL_CLOCK_SKEW_MS` ago (lib/crl.ts): each is a rollback
+   * (`ERR_LOG_INVALID`, no alarm; the CRL held is kept, ask again). Evidence against the CA (a fork,
    * entries that do not make the checkpoint) raises an alarm as elsewhere: what
    * is asked of the service here is asked as every call asks it
    * (client/ca_client.ts), against this CRL — the service's certificate not on
@@ -299,6 +308,19 @@ export class LogMonitor {
           `The CA proved its CRL in a log of ${checkpoint.size} entries, smaller than the ` +
             `${held} this client holds`,
           { hint: "ask again: the CA must serve its newest CRL" },
+        );
+      }
+      // After the proof: one too old to clear the service is refused by what that asks of it,
+      // which says so. The CA signs its CRL again before it would answer with one an hour old
+      // (ca/api.ts): an older one is a CRL it has since replaced, proved in a prefix of its log
+      // that ends before the replacement (consistent with what we hold: nothing else tells).
+      const age = Date.now() - crl.thisUpdate.getTime();
+      if (age > CRL_REPUBLISH_MS + CRL_CLOCK_SKEW_MS) {
+        throw new E2eError(
+          "ERR_LOG_INVALID",
+          `Refused the CA's CRL number ${number}: signed ${Math.round(age / 60_000)} min ago, ` +
+            `and the CA signs a new one every ${CRL_REPUBLISH_MS / 60_000} min`,
+          { hint: "the CRL held is kept; ask again later: the CA must serve its newest CRL" },
         );
       }
       const frontier = frontierBefore(index, checkpoint.size, decodeHashes(hashes));
