@@ -596,3 +596,42 @@ Deno.test("checkCrl() refuses a CRL signed over CRL_REPUBLISH_MS + CRL_CLOCK_SKE
     await carol.checkCrl(pem(recent), proof(recentStale, 1), recentStale.ca);
   });
 });
+
+Deno.test("checkCrl() of the same CRL again reads only the log entries past those it read last time", async () => {
+  await withViews(async ({ dir, anchor, make, crl }) => {
+    const first = await crl([]);
+    const small = make(["a", first, "b", "c"]);
+    const grown = make(["a", first, "b", "c", "d", "e"]);
+    const pem = pemEncode(first, "X509 CRL");
+    const proof = (v: typeof grown) =>
+      logProofJson(1, v.tree.inclusionProof(1, v.tree.size), v.checkpoint);
+    const reads: Array<[number, number]> = [];
+    const counting = (v: typeof grown) =>
+      ({
+        ...v.ca,
+        logEntries: (s: number, e: number) => (reads.push([s, e]), v.ca.logEntries(s, e)),
+      }) as unknown as CaClient;
+    const alice = await LogMonitor.open(join(dir, "alice.json"), anchor, grown.ca);
+    await alice.checkCrl(pem, proof(small), counting(small));
+    await alice.checkCrl(pem, proof(small), counting(small));
+    await alice.checkCrl(pem, proof(grown), counting(grown));
+    assert.deepEqual(reads, [[2, 4], [4, 6]]);
+    // Entries past the last read that do not make the checkpoint: read again from the CRL, and
+    // an alarm as for a first read.
+    const longer = make(["a", first, "b", "c", "d", "e", "f"]);
+    const b64 = (t: string) => Buffer.from(t).toString("base64");
+    reads.length = 0;
+    await assert.rejects(
+      alice.checkCrl(pem, proof(longer), {
+        ...longer.ca,
+        logEntries: (s: number, e: number) => (
+          reads.push([s, e]),
+            Promise.resolve((s === 6 ? ["g"] : ["b", "c", "d", "e", "g"]).map(b64))
+        ),
+      } as unknown as CaClient),
+      alarmed,
+    );
+    assert.match(alice.alarms[0].message, /entries do not make its checkpoint of 7 entries/);
+    assert.deepEqual(reads, [[6, 7], [2, 7]]);
+  });
+});
