@@ -12,7 +12,8 @@
  *   first of our key's, whatever the CRL says; before it, a previous enrollment
  *   is harmless once expired, or while the newest CRL in the log lists it);
  * - the CRL it uses is in the log too ({@linkcode LogMonitor.loggedCrl}): with an
- *   inclusion proof, and not older than the newest CRL in the log it has seen.
+ *   inclusion proof, not older than the newest CRL in the log it has seen, and
+ *   signed within 70 min (the CA re-signs hourly).
  *
  * Cryptographic evidence against the CA is an alarm: kept in HOME/log.json so
  * it survives a restart, reported as `log_alarm`, and no new connection is made
@@ -23,7 +24,14 @@
  */
 import { Buffer } from "node:buffer";
 import { type Checkpoint, type NoteKey, openCheckpoint } from "../lib/checkpoint.ts";
-import { looksLikeCrl, normalizeSerialHex, parseCrlDer, type RevocationList } from "../lib/crl.ts";
+import {
+  CRL_CLOCK_SKEW_MS,
+  CRL_REPUBLISH_MS,
+  looksLikeCrl,
+  normalizeSerialHex,
+  parseCrlDer,
+  type RevocationList,
+} from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 import { withLock } from "../lib/lock.ts";
@@ -115,6 +123,11 @@ export class LogMonitor {
   #state: LogState;
   #key?: NoteKey;
   #queue: Promise<unknown> = Promise.resolve();
+  /**
+   * The CRL last taken (its leaf index and hash) and the frontier of the log read after it,
+   * which holds no later CRL: the next {@linkcode checkCrl} of the same CRL reads on from there.
+   */
+  #crlRead?: { index: number; hash: string; frontier: TreeFrontier };
 
   private constructor(
     file: string,
@@ -253,12 +266,16 @@ export class LogMonitor {
    * Takes the CRL `pem` only when the CA signed it, it has a CRL number, `proof`
    * shows it in the log at a checkpoint consistent with ours, and it is not older
    * than the newest CRL in the log seen before (by a look through the entries, or
-   * with an earlier CRL), nor followed in that log by a later CRL: either is a
-   * rollback (`ERR_LOG_INVALID`; ask again). Evidence against the CA (a fork,
-   * entries that do not make the checkpoint) raises an alarm as elsewhere: what
+   * with an earlier CRL), nor followed in that log by a later CRL, nor signed over
+   * `CRL_REPUBLISH_MS` + `CRL_CLOCK_SKEW_MS` ago (lib/crl.ts): each is a rollback
+   * (`ERR_LOG_INVALID`, no alarm; the CRL held is kept, ask again). Evidence
+   * against the CA (a fork, entries that do not make the checkpoint) raises an
+   * alarm as elsewhere: what
    * is asked of the service here is asked as every call asks it
    * (client/ca_client.ts), against this CRL — the service's certificate not on
-   * it, and it signed recently. `ca` replaces that client (tests).
+   * it, and it signed recently. The log's entries after the CRL are read outside
+   * the queue of the other checks; the same CRL again reads only those past the
+   * ones read last time. `ca` replaces that client (tests).
    */
   async checkCrl(pem: string, proof: unknown, ca?: CaClient): Promise<void> {
     const der = typeof pem === "string" ? pemDecode(pem, "X509 CRL") : null;
@@ -271,7 +288,9 @@ export class LogMonitor {
     }
     const number = crl.number;
     const asked = ca ?? this.#ca.forCrl(serviceCheck(crl));
-    await this.#serial(async () => {
+    const leaf = leafHash(der);
+    const hash = base64(leaf);
+    const { checkpoint, index, hashes } = await this.#serial(async () => {
       const key = await this.#logKey(asked);
       let checkpoint: Checkpoint;
       try {
@@ -291,7 +310,7 @@ export class LogMonitor {
       await this.#observe(text, checkpoint, "the CA", asked);
       // The newest CRL of a log at least as large as any we hold: the entries after it, read,
       // make that log's root with it and hold no later CRL. So the CA cannot serve us a CRL it
-      // has since replaced — not even one a client that never looked at the log would not know.
+      // has since replaced in a log we know of.
       const held = openCheckpoint(this.#state.checkpoint!, key).size;
       if (held > checkpoint.size) {
         throw new E2eError(
@@ -301,18 +320,44 @@ export class LogMonitor {
           { hint: "ask again: the CA must serve its newest CRL" },
         );
       }
-      const frontier = frontierBefore(index, checkpoint.size, decodeHashes(hashes));
-      frontier.append(leafHash(der));
-      let later: bigint | undefined;
-      while (frontier.size < checkpoint.size) {
-        const page = await asked.logEntries(frontier.size, checkpoint.size);
-        if (page.length === 0) throw new E2eError("ERR_LOG_INVALID", "The CA sent no log entries");
-        for (const b64 of page.slice(0, checkpoint.size - frontier.size)) {
-          const entry = new Uint8Array(Buffer.from(b64, "base64"));
-          frontier.append(leafHash(entry));
-          later ??= signedCrlOf(entry, this.#anchor)?.number;
-        }
-      }
+      return { checkpoint, index, hashes };
+    });
+    // After the proof: one too old to clear the service is refused by what that asks of it,
+    // which says so. The CA signs its CRL again before it would answer with one an hour old
+    // (ca/api.ts): an older one is a CRL it has since replaced, proved in a prefix of its log
+    // that ends before the replacement (consistent with what we hold: nothing else tells).
+    const age = Date.now() - crl.thisUpdate.getTime();
+    if (age > CRL_REPUBLISH_MS + CRL_CLOCK_SKEW_MS) {
+      throw new E2eError(
+        "ERR_LOG_INVALID",
+        `Refused the CA's CRL number ${number}: signed ${Math.round(age / 60_000)} min ago, ` +
+          `and the CA signs a new one every ${CRL_REPUBLISH_MS / 60_000} min`,
+        { hint: "the CRL held is kept; ask again later: the CA must serve its newest CRL" },
+      );
+    }
+    // Read outside #serial: certificate checks and gossip do not wait behind the CA's pages.
+    // The same CRL again (every minute, as a rule): only the entries past those read last time,
+    // from their frontier; the root then links the two logs (the one read is a prefix of this).
+    const known = this.#crlRead;
+    const resumed = known?.index === index && known.hash === hash &&
+      known.frontier.size <= checkpoint.size;
+    let read = await this.#readAfterCrl(
+      resumed
+        ? new TreeFrontier(known.frontier.size, known.frontier.hashes)
+        : this.#frontierOf(leaf, index, checkpoint.size, hashes),
+      checkpoint.size,
+      asked,
+    );
+    if (resumed && !Buffer.from(read.frontier.root()).equals(Buffer.from(checkpoint.root))) {
+      // Not an extension of what was read: judged as a first read would judge it.
+      read = await this.#readAfterCrl(
+        this.#frontierOf(leaf, index, checkpoint.size, hashes),
+        checkpoint.size,
+        asked,
+      );
+    }
+    const { frontier, later } = read;
+    await this.#serial(async () => {
       if (!Buffer.from(frontier.root()).equals(Buffer.from(checkpoint.root))) {
         await this.#raise({
           message: `the log's entries do not make its checkpoint of ${checkpoint.size} ` +
@@ -328,6 +373,7 @@ export class LogMonitor {
           { hint: "ask again: the CA must serve its newest CRL" },
         );
       }
+      this.#crlRead = { index, hash, frontier };
       const newest = this.#state.crl?.number;
       if (newest !== undefined && number < BigInt(newest)) {
         throw new E2eError(
@@ -338,10 +384,38 @@ export class LogMonitor {
         );
       }
       if (newest === undefined || number > BigInt(newest)) {
-        this.#state.crl = { number: String(number), index, hash: base64(leafHash(der)) };
+        this.#state.crl = { number: String(number), index, hash };
         await this.#save();
       }
     });
+  }
+
+  // The frontier of the log up to and including the CRL with leaf hash `leaf` at `index`, from
+  // its inclusion proof in a log of `size` entries.
+  #frontierOf(leaf: Uint8Array, index: number, size: number, hashes: unknown): TreeFrontier {
+    const frontier = frontierBefore(index, size, decodeHashes(hashes));
+    frontier.append(leaf);
+    return frontier;
+  }
+
+  // Appends the log's entries from `frontier.size` to `size` to `frontier`, noting the number
+  // of the first CRL the CA signed among them.
+  async #readAfterCrl(
+    frontier: TreeFrontier,
+    size: number,
+    ca: CaClient,
+  ): Promise<{ frontier: TreeFrontier; later?: bigint }> {
+    let later: bigint | undefined;
+    while (frontier.size < size) {
+      const page = await ca.logEntries(frontier.size, size);
+      if (page.length === 0) throw new E2eError("ERR_LOG_INVALID", "The CA sent no log entries");
+      for (const b64 of page.slice(0, size - frontier.size)) {
+        const entry = new Uint8Array(Buffer.from(b64, "base64"));
+        frontier.append(leafHash(entry));
+        later ??= signedCrlOf(entry, this.#anchor)?.number;
+      }
+    }
+    return { frontier, later };
   }
 
   async #observe(

@@ -19,9 +19,12 @@ import { trustAnchor } from "../lib/tls.ts";
 import { parseCertificate } from "../lib/x509.ts";
 import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
 import type { CaClient } from "./ca_client.ts";
+import { CRL_CLOCK_SKEW_MS, CRL_REPUBLISH_MS } from "../lib/crl.ts";
 import { LogMonitor, MAX_ALARMS } from "./transparency.ts";
 
 const encoder = new TextEncoder();
+/** The age past which checkCrl() refuses a CRL, in minutes. */
+const CRL_AGE_MIN = (CRL_REPUBLISH_MS + CRL_CLOCK_SKEW_MS) / 60_000;
 
 /** A CA whose log holds `leaves` (text, or a certificate's DER), as far as one client can see. */
 function view(
@@ -58,7 +61,7 @@ async function withViews(
     make: (leaves: Array<string | Uint8Array>) => ReturnType<typeof view>;
     signText: (body: string) => string;
     issue: (name: string, keyPem: string, options?: { expired?: boolean }) => Promise<Issued>;
-    crl: (revoked: Issued[]) => Promise<Uint8Array>;
+    crl: (revoked: Issued[], options?: { signedAt?: Date }) => Promise<Uint8Array>;
   }) => Promise<void>,
 ): Promise<void> {
   await withTempDir(async (dir) => {
@@ -78,7 +81,7 @@ async function withViews(
       make: (leaves) => view(leaves, sign, logKeyPem),
       signText: (body) => signNote(body, { name: origin, key }),
       issue: (name, keyPem, options) => issue(ca.paths.dir, name, keyPem, options),
-      crl: (revoked) => signCrl(ca.paths.dir, revoked),
+      crl: (revoked, options) => signCrl(ca.paths.dir, revoked, options),
     });
   });
 }
@@ -121,8 +124,12 @@ async function issue(
 }
 
 // A CRL the CA signs (each with a number above the last) listing exactly `revoked`, however it
-// would be served: to one member alone, say.
-async function signCrl(caDir: string, revoked: Issued[]): Promise<Uint8Array> {
+// would be served: to one member alone, say. Signed now, or dated `signedAt`.
+async function signCrl(
+  caDir: string,
+  revoked: Issued[],
+  options: { signedAt?: Date } = {},
+): Promise<Uint8Array> {
   const cnf = join(caDir, "openssl.cnf");
   const index = join(caDir, "crl-index.txt");
   const at = "250101000000Z";
@@ -139,8 +146,13 @@ async function signCrl(caDir: string, revoked: Issued[]): Promise<Uint8Array> {
   await openssl([
     ...["ca", "-config", "crl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt"],
     ...["-passin", PASSPHRASE_ARG, "-gencrl", "-out", "t.crl"],
+    ...(options.signedAt ? ["-crl_lastupdate", generalizedTime(options.signedAt)] : []),
   ], { cwd: caDir, passphrase: PASSPHRASE });
   return pemDecode(await Deno.readTextFile(join(caDir, "t.crl")), "X509 CRL")!;
+}
+
+function generalizedTime(d: Date): string {
+  return d.toISOString().replace(/[-:T]/g, "").replace(/\.\d+Z$/, "Z");
 }
 
 function alarmed(e: unknown): boolean {
@@ -545,5 +557,81 @@ Deno.test("watch() keeps where our key's first certificate is: a later look read
     const again = await upgraded.watch("bob", own.key);
     assert.equal(again.entries, 6, "read again from the first entry");
     assert.deepEqual(again.foreign.map((f) => f.fingerprint), [hidden.fingerprint]);
+  });
+});
+
+Deno.test("checkCrl() refuses a CRL signed over CRL_REPUBLISH_MS + CRL_CLOCK_SKEW_MS ago, served from a consistent prefix of the log that ends before the CRL that replaced it, and keeps the one it holds without an alarm", async () => {
+  await withViews(async ({ dir, anchor, make, issue, crl }) => {
+    // R, logged for "bob" before bob's own first certificate, revoked by the CRL of his enrollment.
+    const r = await issue("bob", (await makeCsr("bob")).key);
+    const ago = (min: number) => new Date(Date.now() - min * 60_000);
+    const old = await crl([], { signedAt: ago(CRL_AGE_MIN + 5) });
+    const revoking = await crl([r]);
+    const held = make(["a", old, r.der]); // alice last looked here: R in the log, unrevoked
+    const stale = make(["a", old, r.der, "x"]); // a prefix the CA signs now, for alice alone
+    const real = make(["a", old, r.der, "x", "bob's own", revoking]);
+    const pem = (der: Uint8Array) => pemEncode(der, "X509 CRL");
+    const proof = (v: typeof real, index: number) =>
+      logProofJson(index, v.tree.inclusionProof(index, v.tree.size), v.checkpoint);
+    const alice = await LogMonitor.open(join(dir, "alice.json"), anchor, real.ca);
+    await alice.observe(held.checkpoint);
+    await assert.rejects(alice.checkCrl(pem(old), proof(stale, 1), real.ca), (e) => {
+      assert.ok(e instanceof E2eError, String(e));
+      assert.equal(e.code, "ERR_LOG_INVALID");
+      assert.match(
+        e.message,
+        /CRL number \d+: signed 7\d min ago, and the CA signs a new one every 60 min/,
+      );
+      assert.match(e.hint ?? "", /the CRL held is kept/);
+      return true;
+    });
+    assert.deepEqual(alice.alarms, []);
+    await alice.checkCrl(pem(revoking), proof(real, 5), real.ca);
+    // Within the window the stale prefix still works (docs/TRANSPARENCY.md says so).
+    const recent = await crl([], { signedAt: ago(CRL_AGE_MIN - 5) });
+    const recentHeld = make(["a", recent, r.der]);
+    const recentStale = make(["a", recent, r.der, "x"]);
+    const carol = await LogMonitor.open(join(dir, "carol.json"), anchor, recentStale.ca);
+    await carol.observe(recentHeld.checkpoint);
+    await carol.checkCrl(pem(recent), proof(recentStale, 1), recentStale.ca);
+  });
+});
+
+Deno.test("checkCrl() of the same CRL again reads only the log entries past those it read last time", async () => {
+  await withViews(async ({ dir, anchor, make, crl }) => {
+    const first = await crl([]);
+    const small = make(["a", first, "b", "c"]);
+    const grown = make(["a", first, "b", "c", "d", "e"]);
+    const pem = pemEncode(first, "X509 CRL");
+    const proof = (v: typeof grown) =>
+      logProofJson(1, v.tree.inclusionProof(1, v.tree.size), v.checkpoint);
+    const reads: Array<[number, number]> = [];
+    const counting = (v: typeof grown) =>
+      ({
+        ...v.ca,
+        logEntries: (s: number, e: number) => (reads.push([s, e]), v.ca.logEntries(s, e)),
+      }) as unknown as CaClient;
+    const alice = await LogMonitor.open(join(dir, "alice.json"), anchor, grown.ca);
+    await alice.checkCrl(pem, proof(small), counting(small));
+    await alice.checkCrl(pem, proof(small), counting(small));
+    await alice.checkCrl(pem, proof(grown), counting(grown));
+    assert.deepEqual(reads, [[2, 4], [4, 6]]);
+    // Entries past the last read that do not make the checkpoint: read again from the CRL, and
+    // an alarm as for a first read.
+    const longer = make(["a", first, "b", "c", "d", "e", "f"]);
+    const b64 = (t: string) => Buffer.from(t).toString("base64");
+    reads.length = 0;
+    await assert.rejects(
+      alice.checkCrl(pem, proof(longer), {
+        ...longer.ca,
+        logEntries: (s: number, e: number) => (
+          reads.push([s, e]),
+            Promise.resolve((s === 6 ? ["g"] : ["b", "c", "d", "e", "g"]).map(b64))
+        ),
+      } as unknown as CaClient),
+      alarmed,
+    );
+    assert.match(alice.alarms[0].message, /entries do not make its checkpoint of 7 entries/);
+    assert.deepEqual(reads, [[6, 7], [2, 7]]);
   });
 });
