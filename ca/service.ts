@@ -33,6 +33,7 @@ import { writeFileAtomic } from "../lib/fs.ts";
 import { holdLock, isLocked } from "../lib/lock.ts";
 import { deadline, guardConnections } from "../lib/connections.ts";
 import { ReplyBudget } from "../lib/reply_budget.ts";
+import { Backoff } from "../lib/backoff.ts";
 import {
   type Credentials,
   pauseReading,
@@ -77,8 +78,6 @@ import { DEFAULT_FREE_FLOOR_BYTES, DiskFloor } from "./disk_floor.ts";
 export const DEFAULT_PORT = 65433;
 /** How often the service looks whether its own certificate was revoked (then replaced at once), ms. */
 const SERVICE_REVOCATION_CHECK_MS = 5_000;
-// The longest wait between two tries to replace a revoked service certificate that failed.
-const SERVICE_REPLACE_MAX_WAIT_MS = 300_000;
 
 /** The port of the plain-HTTP CRL listener when none is given (0 when the service's port is 0). */
 export const DEFAULT_CRL_PORT = 65434;
@@ -509,20 +508,15 @@ export class CaService {
     // again after 10, 20, 40 … s, at most every 5 min: not openssl runs and a log line every 5 s
     // for as long.
     let checking: Promise<void> | undefined;
-    let failures = 0;
+    const backoff = new Backoff();
     let notBefore = 0;
     const revoked = setInterval(() => {
       if (renewing || checking || Date.now() < notBefore) return;
       checking = (async () => {
         if (unretired || !await ca.isCurrent(own.serial).catch(() => true)) {
-          if (await renew()) failures = 0;
-          else {
-            const wait = Math.min(
-              SERVICE_REVOCATION_CHECK_MS * 2 ** ++failures,
-              SERVICE_REPLACE_MAX_WAIT_MS,
-            );
-            notBefore = Date.now() + wait - SERVICE_REVOCATION_CHECK_MS / 2;
-          }
+          if (await renew()) backoff.reset();
+          // Half a tick early: the tick after the wait tries, not the one after that.
+          else notBefore = Date.now() + backoff.next() - SERVICE_REVOCATION_CHECK_MS / 2;
         }
       })().finally(() => (checking = undefined));
     }, SERVICE_REVOCATION_CHECK_MS);
