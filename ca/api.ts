@@ -300,45 +300,52 @@ async function crl(ctx: ApiContext): Promise<string> {
         } min ahead of theirs`,
     );
   }
-  state.signing ??= signCrl(ctx, state, usable).finally(() => (state.signing = undefined));
+  state.signing ??= freshCrl(ctx, state, usable).finally(() => (state.signing = undefined));
   return await state.signing;
 }
 
-// Signs a new CRL; when that fails, hands out `last` (or throws), said once per run of failures.
-async function signCrl(ctx: ApiContext, state: CrlState, last?: string): Promise<string> {
+// Signs a new CRL, keeping the retry state; when that fails, hands out `last` (or throws). The
+// admin hears of it once per run of failures, and again when a signing works.
+async function freshCrl(ctx: ApiContext, state: CrlState, last?: string): Promise<string> {
   try {
     const text = await ctx.ca.crl();
     const failures = state.backoff.failures;
-    if (failures > 0) {
-      const attempts = failures === 1 ? "1 failed attempt" : `${failures} failed attempts`;
-      ctx.logLine?.(`e2e-chat-ca: signed a new CRL again, after ${attempts}`);
-    }
     state.backoff.reset();
     state.notBefore = 0;
     state.error = undefined;
+    if (failures > 0) ctx.logLine?.(crlSignedAgain(failures));
     return text;
   } catch (e) {
     const wait = state.backoff.next();
     state.notBefore = Date.now() + wait;
     state.error = e;
     if (state.backoff.failures === 1) {
-      const signedAt = state.signedAt;
-      const handed = last === undefined || signedAt === undefined
-        ? "and crl.pem holds no CRL to hand out instead: GET /v1/crl fails"
-        : `handing out the last one, signed at ${new Date(signedAt).toISOString()}: members ` +
-          `refuse this service once it is over ${SERVICE_CRL_WINDOW_MS / 3_600_000} h old (at ${
-            new Date(signedAt + SERVICE_CRL_WINDOW_MS).toISOString()
-          })`;
-      ctx.logLine?.(
-        `e2e-chat-ca: cannot sign a new CRL: ${e instanceof Error ? e.message : e}; ${handed}; ` +
-          `trying again in ${wait / 1000} s, then less often (at most every ${
-            BACKOFF_MAX_MS / 60_000
-          } min)`,
-      );
+      ctx.logLine?.(crlNotSigned(e, wait, last === undefined ? undefined : state.signedAt));
     }
     if (last === undefined) throw e;
     return last;
   }
+}
+
+// The log line of a CRL signed after `failures` failed signings.
+function crlSignedAgain(failures: number): string {
+  const attempts = failures === 1 ? "1 failed attempt" : `${failures} failed attempts`;
+  return `e2e-chat-ca: signed a new CRL again, after ${attempts}`;
+}
+
+// The log line of a first failed signing, tried again in `waitMs`; `signedAt`: the last CRL's
+// thisUpdate, handed out meanwhile (undefined: there is none to hand out).
+function crlNotSigned(error: unknown, waitMs: number, signedAt?: number): string {
+  const handed = signedAt === undefined
+    ? "and crl.pem holds no CRL to hand out instead: GET /v1/crl fails"
+    : `handing out the last one, signed at ${new Date(signedAt).toISOString()}: members ` +
+      `refuse this service once it is over ${SERVICE_CRL_WINDOW_MS / 3_600_000} h old (at ${
+        new Date(signedAt + SERVICE_CRL_WINDOW_MS).toISOString()
+      })`;
+  return `e2e-chat-ca: cannot sign a new CRL: ${error instanceof Error ? error.message : error}; ` +
+    `${handed}; trying again in ${waitMs / 1000} s, then less often (at most every ${
+      BACKOFF_MAX_MS / 60_000
+    } min)`;
 }
 
 // The thisUpdate of `text` in ms, if it is a CRL signed by our CA.
