@@ -149,9 +149,14 @@ export class IssuanceLog {
     return this.#tree.root(size);
   }
 
-  /** The serial (normalized hex) of entry `index`; null when that entry is a CRL. */
+  /** The serial (normalized hex) of entry `index`; null when that entry is a CRL (see isCrl). */
   serial(index: number): string | null {
     return this.#serials[index];
+  }
+
+  /** Whether entry `index` is a CRL the CA signed, not a certificate. */
+  isCrl(index: number): boolean {
+    return index >= 0 && index < this.#serials.length && this.#serials[index] === null;
   }
 
   /**
@@ -624,13 +629,28 @@ function serialOf(der: Uint8Array): string {
   return normalizeSerialHex(Buffer.from(serial.value).toString("hex"));
 }
 
-// The CRL number of a CRL entry (the CA's own, numbered by ca/authority.ts); -1 when it has none.
-function numberOf(der: Uint8Array): bigint {
+/**
+ * The CRL number of a CRL entry of the log (signed by the CA, numbered by ca/authority.ts, its
+ * signature not checked again); undefined when it has none or cannot be read.
+ *
+ * @example
+ * ```ts
+ * import { crlEntryNumber } from "./log.ts";
+ * import { pemDecode } from "../lib/pem.ts";
+ * console.log(crlEntryNumber(pemDecode(await Deno.readTextFile("crl.pem"), "X509 CRL")!));
+ * ```
+ */
+export function crlEntryNumber(der: Uint8Array): bigint | undefined {
   try {
-    return crlNumberOf(der) ?? -1n;
+    return crlNumberOf(der);
   } catch {
-    return -1n;
+    return undefined;
   }
+}
+
+// The CRL number of a CRL entry, -1 when it has none: below any, for the order of CRLs logged.
+function numberOf(der: Uint8Array): bigint {
+  return crlEntryNumber(der) ?? -1n;
 }
 
 function hex(bytes: Uint8Array): string {
