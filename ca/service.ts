@@ -204,11 +204,13 @@ export async function claimServiceHome(
     });
   } catch (e) {
     if (!(e instanceof E2eError) || e.code !== "ERR_LOCK_TIMEOUT") throw e;
-    const holder = await serviceHolder(paths);
-    const which = holder ? `: pid ${holder.pid}, ${holder.url ?? "still starting"}` : "";
+    const { pid, url } = await serviceStatus(paths);
+    const which = pid === undefined ? "" : `: pid ${pid}, ${url ?? "still starting"}`;
     throw new E2eError("ERR_LOCK_TIMEOUT", `Another CA service runs on ${paths.home}${which}`, {
       cause: e,
-      hint: `stop it first${holder ? ` (kill -TERM ${holder.pid})` : ""}, or serve another --home`,
+      hint: `stop it first${
+        pid === undefined ? "" : ` (kill -TERM ${pid})`
+      }, or serve another --home`,
     });
   }
   try {
@@ -226,15 +228,6 @@ export async function claimServiceHome(
       held = false;
     },
   };
-}
-
-/** The pid in the service lock, and the URL from service.json when that file is the same pid's. */
-async function serviceHolder(paths: CaPaths): Promise<{ pid: number; url?: string } | undefined> {
-  const pid = await lockPid(paths);
-  if (pid === undefined) return undefined;
-  // A service killed leaves its service.json behind: only the holder's own names it.
-  const info = await readServiceInfo(paths);
-  return info?.pid === pid ? { pid, url: info.url } : { pid };
 }
 
 // The pid a service wrote in the lock: the running one's, else the last one's.
@@ -265,6 +258,8 @@ export interface ServiceStatus {
   pid?: number;
   /** HOST:PORT members reach the running service at (its service.json), once it listens. */
   address?: string;
+  /** The running service's URL (its service.json), e.g. https://127.0.0.1:65433, once it listens. */
+  url?: string;
   /**
    * HOST:PORT of a service.json left behind by a service that no longer runs (killed: a service
    * stopped removes it), for a message only: nothing listens there now.
@@ -292,7 +287,10 @@ export async function serviceStatus(paths: CaPaths): Promise<ServiceStatus> {
   const status: ServiceStatus = { running };
   if (pid !== undefined) status.pid = pid;
   // Until a starting service writes its own, service.json may be a killed one's.
-  if (running && pid !== undefined && info?.pid === pid) status.address = info.address;
+  if (running && pid !== undefined && info?.pid === pid) {
+    status.address = info.address;
+    status.url = info.url;
+  }
   if (!running && info) status.lastAddress = info.address;
   return status;
 }
