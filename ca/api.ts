@@ -501,7 +501,9 @@ async function offer(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   }
   const certificate = await directory(ctx, to);
   // Made for the key the directory gives now: it lapses if `to` joins again with another.
-  const invitation = ctx.rendezvous.offer(user, to, host, port, {
+  const invitation = ctx.rendezvous.offer(user, to, {
+    host,
+    port,
     key: certificate.keyFingerprint,
   });
   return {
