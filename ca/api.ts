@@ -13,6 +13,7 @@ import {
   parseCrl,
   SERVICE_CRL_WINDOW_MS,
 } from "../lib/crl.ts";
+import { Backoff, BACKOFF_MAX_MS } from "../lib/backoff.ts";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { pemDecode, pemEncode } from "../lib/pem.ts";
 import { checkName } from "../lib/names.ts";
@@ -245,11 +246,6 @@ function decodePathName(segment: string): string {
   }
 }
 
-/** After a failed CRL signing, how long until the next try, in ms: doubled at each failure. */
-export const CRL_RETRY_MS = 10_000;
-/** The most the wait between CRL signings that keep failing grows to, in ms. */
-export const CRL_RETRY_MAX_MS = 300_000;
-
 // What the service knows of the CRL it hands out.
 interface CrlState {
   /** crl.pem as last read, and its thisUpdate in ms (undefined: unreadable, or no CRL of ours). */
@@ -258,7 +254,7 @@ interface CrlState {
   /** The signing under way, shared by every request meanwhile. */
   signing?: Promise<string>;
   /** Signings failed in a row, the last one's error, and when the next may start. */
-  failures: number;
+  backoff: Backoff;
   error?: unknown;
   notBefore: number;
 }
@@ -271,7 +267,7 @@ async function crl(ctx: ApiContext): Promise<string> {
   // clients trust the service's own certificate only on a CRL a few hours old at most
   // (SERVICE_CRL_WINDOW_MS). Its thisUpdate, not crl.pem's mtime: a CA home copied without
   // `cp -a` gives an old CRL a new mtime, and clients refuse it whatever the mtime.
-  const state = crlStates.get(ctx) ?? { failures: 0, notBefore: 0 };
+  const state = crlStates.get(ctx) ?? { backoff: new Backoff(), notBefore: 0 };
   crlStates.set(ctx, state);
   const text = await Deno.readTextFile(ctx.ca.paths.crl).catch(() => undefined);
   if (text !== state.text) {
@@ -295,7 +291,7 @@ async function crl(ctx: ApiContext): Promise<string> {
     if (usable !== undefined) return usable;
     throw state.error;
   }
-  if (!state.signing && ahead > CRL_CLOCK_SKEW_MS / 2 && state.failures === 0) {
+  if (!state.signing && ahead > CRL_CLOCK_SKEW_MS / 2 && state.backoff.failures === 0) {
     ctx.logLine?.(
       `e2e-chat-ca: the CRL in crl.pem is dated ${Math.round(ahead / 60_000)} min ahead of this ` +
         `machine's clock (signed at ${new Date(state.signedAt!).toISOString()}): signing a new ` +
@@ -304,46 +300,52 @@ async function crl(ctx: ApiContext): Promise<string> {
         } min ahead of theirs`,
     );
   }
-  state.signing ??= signCrl(ctx, state, usable).finally(() => (state.signing = undefined));
+  state.signing ??= freshCrl(ctx, state, usable).finally(() => (state.signing = undefined));
   return await state.signing;
 }
 
-// Signs a new CRL; when that fails, hands out `last` (or throws), said once per run of failures.
-async function signCrl(ctx: ApiContext, state: CrlState, last?: string): Promise<string> {
+// Signs a new CRL, keeping the retry state; when that fails, hands out `last` (or throws). The
+// admin hears of it once per run of failures, and again when a signing works.
+async function freshCrl(ctx: ApiContext, state: CrlState, last?: string): Promise<string> {
   try {
     const text = await ctx.ca.crl();
-    if (state.failures > 0) {
-      const attempts = state.failures === 1
-        ? "1 failed attempt"
-        : `${state.failures} failed attempts`;
-      ctx.logLine?.(`e2e-chat-ca: signed a new CRL again, after ${attempts}`);
-    }
-    state.failures = 0;
+    const failures = state.backoff.failures;
+    state.backoff.reset();
     state.notBefore = 0;
     state.error = undefined;
+    if (failures > 0) ctx.logLine?.(crlSignedAgain(failures));
     return text;
   } catch (e) {
-    const wait = Math.min(CRL_RETRY_MS * 2 ** state.failures++, CRL_RETRY_MAX_MS);
+    const wait = state.backoff.next();
     state.notBefore = Date.now() + wait;
     state.error = e;
-    if (state.failures === 1) {
-      const signedAt = state.signedAt;
-      const handed = last === undefined || signedAt === undefined
-        ? "and crl.pem holds no CRL to hand out instead: GET /v1/crl fails"
-        : `handing out the last one, signed at ${new Date(signedAt).toISOString()}: members ` +
-          `refuse this service once it is over ${SERVICE_CRL_WINDOW_MS / 3_600_000} h old (at ${
-            new Date(signedAt + SERVICE_CRL_WINDOW_MS).toISOString()
-          })`;
-      ctx.logLine?.(
-        `e2e-chat-ca: cannot sign a new CRL: ${e instanceof Error ? e.message : e}; ${handed}; ` +
-          `trying again in ${wait / 1000} s, then less often (at most every ${
-            CRL_RETRY_MAX_MS / 60_000
-          } min)`,
-      );
+    if (state.backoff.failures === 1) {
+      ctx.logLine?.(crlNotSigned(e, wait, last === undefined ? undefined : state.signedAt));
     }
     if (last === undefined) throw e;
     return last;
   }
+}
+
+// The log line of a CRL signed after `failures` failed signings.
+function crlSignedAgain(failures: number): string {
+  const attempts = failures === 1 ? "1 failed attempt" : `${failures} failed attempts`;
+  return `e2e-chat-ca: signed a new CRL again, after ${attempts}`;
+}
+
+// The log line of a first failed signing, tried again in `waitMs`; `signedAt`: the last CRL's
+// thisUpdate, handed out meanwhile (undefined: there is none to hand out).
+function crlNotSigned(error: unknown, waitMs: number, signedAt?: number): string {
+  const handed = signedAt === undefined
+    ? "and crl.pem holds no CRL to hand out instead: GET /v1/crl fails"
+    : `handing out the last one, signed at ${new Date(signedAt).toISOString()}: members ` +
+      `refuse this service once it is over ${SERVICE_CRL_WINDOW_MS / 3_600_000} h old (at ${
+        new Date(signedAt + SERVICE_CRL_WINDOW_MS).toISOString()
+      })`;
+  return `e2e-chat-ca: cannot sign a new CRL: ${error instanceof Error ? error.message : error}; ` +
+    `${handed}; trying again in ${waitMs / 1000} s, then less often (at most every ${
+      BACKOFF_MAX_MS / 60_000
+    } min)`;
 }
 
 // The thisUpdate of `text` in ms, if it is a CRL signed by our CA.
@@ -499,7 +501,9 @@ async function offer(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   }
   const certificate = await directory(ctx, to);
   // Made for the key the directory gives now: it lapses if `to` joins again with another.
-  const invitation = ctx.rendezvous.offer(user, to, host, port, {
+  const invitation = ctx.rendezvous.offer(user, to, {
+    host,
+    port,
     key: certificate.keyFingerprint,
   });
   return {

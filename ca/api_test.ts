@@ -5,6 +5,7 @@ import { openCheckpoint } from "../lib/checkpoint.ts";
 import { CRL_REPUBLISH_MS, parseCrl } from "../lib/crl.ts";
 import { decodeHashes, verifyLogProof } from "../lib/log_proof.ts";
 import { leafHash, MerkleTree, verifyConsistency, verifyInclusion } from "../lib/merkle.ts";
+import { BACKOFF_FIRST_MS } from "../lib/backoff.ts";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { pemDecode, pemEncode } from "../lib/pem.ts";
 import { trustAnchor } from "../lib/tls.ts";
@@ -16,7 +17,6 @@ import {
   type ApiContext,
   type ApiRequest,
   checkBodyHeaders,
-  CRL_RETRY_MS,
   errorReply,
   handle,
   MAX_BODY_BYTES,
@@ -226,7 +226,7 @@ Deno.test("handle() signs a new CRL once the one it hands out was signed over an
   });
 });
 
-Deno.test("handle() hands out the last CRL when signing a new one fails, says so once in the log, and tries again after 10 s (CRL_RETRY_MS), not at every request", async () => {
+Deno.test("handle() hands out the last CRL when signing a new one fails, says so once in the log, and tries again after 10 s (BACKOFF_FIRST_MS), not at every request", async () => {
   await withWorld(async ({ ctx, ca }) => {
     const lines: string[] = [];
     ctx.logLine = (line) => lines.push(line);
@@ -251,7 +251,7 @@ Deno.test("handle() hands out the last CRL when signing a new one fails, says so
     // Mended at once, but not tried again before 10 s.
     await Deno.writeTextFile(ca.paths.config, config);
     assert.equal((await call(ctx, "GET", "/v1/crl")).body, old);
-    await new Promise((r) => setTimeout(r, CRL_RETRY_MS));
+    await new Promise((r) => setTimeout(r, BACKOFF_FIRST_MS));
     const next = await call(ctx, "GET", "/v1/crl");
     assert.equal(next.status, 200, next.body);
     assert.ok(Date.now() - parseCrl(next.body, ca.certificate.x509).thisUpdate.getTime() < 60_000);

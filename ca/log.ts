@@ -160,9 +160,14 @@ export class IssuanceLog {
     return this.#tree.root(size);
   }
 
-  /** The serial (normalized hex) of entry `index`; null when that entry is a CRL. */
+  /** The serial (normalized hex) of entry `index`; null when that entry is a CRL (see isCrl). */
   serial(index: number): string | null {
     return this.#serials[index];
+  }
+
+  /** Whether entry `index` is a CRL, not a certificate (signed by the CA key or not: see verify()). */
+  isCrl(index: number): boolean {
+    return index >= 0 && index < this.#serials.length && this.#serials[index] === null;
   }
 
   /**
@@ -684,6 +689,25 @@ function serialOf(der: Uint8Array): string {
 
 function hexNumber(n: bigint): string {
   return n.toString(16).toUpperCase();
+}
+
+/**
+ * The CRL number of a CRL entry of the log (its signature not checked here: see verify());
+ * undefined when it has none or cannot be read.
+ *
+ * @example
+ * ```ts
+ * import { crlEntryNumber } from "./log.ts";
+ * import { pemDecode } from "../lib/pem.ts";
+ * console.log(crlEntryNumber(pemDecode(await Deno.readTextFile("crl.pem"), "X509 CRL")!));
+ * ```
+ */
+export function crlEntryNumber(der: Uint8Array): bigint | undefined {
+  try {
+    return crlNumberOf(der);
+  } catch {
+    return undefined;
+  }
 }
 
 function hex(bytes: Uint8Array): string {

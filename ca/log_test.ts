@@ -13,7 +13,7 @@ import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
 import { assertApiError, httpsRequest } from "../tests/_service_helpers.ts";
 import { CertificateAuthority } from "./authority.ts";
 import { InviteStore } from "./invites.ts";
-import { logOrigin } from "./log.ts";
+import { crlEntryNumber, logOrigin } from "./log.ts";
 import { CaService } from "./service.ts";
 
 async function withCa(fn: (ca: CertificateAuthority) => Promise<void>): Promise<void> {
@@ -52,7 +52,11 @@ Deno.test("openLog() back-fills every certificate of the database, then logs eac
       [a, logCert, b].map((der) => new X509Certificate(der).subject),
       ["CN=alice", "CN=e2e-chat log", "CN=bob"],
     );
-    assert.deepEqual([log.serial(2), crl], [null, (await log.latestCrl())!.der]);
+    assert.deepEqual([log.isCrl(2), crl], [true, (await log.latestCrl())!.der]);
+    assert.deepEqual([log.isCrl(0), log.isCrl(4)], [false, false]);
+    assert.equal(crlEntryNumber(crl), parseCrlDer(crl, ca.certificate.x509).number);
+    // `ca log` and the log's order of CRLs read one cut short alike: no number.
+    assert.equal(crlEntryNumber(crl.subarray(0, 40)), undefined);
     const report = await log.verify(await ca.database());
     assert.deepEqual(report.problems, []);
     assert.deepEqual([report.size, report.crls], [4, 1]);
@@ -77,17 +81,17 @@ Deno.test("every CRL the CA signs goes into the log after what its commit issued
     const revoked = await latest();
     assert.ok(revoked.number! > first);
     assert.ok(revoked.revoked.has(normalizeSerialHex(alice.serial)));
-    assert.deepEqual([log.size, log.serial(3)], [4, null]);
+    assert.deepEqual([log.size, log.isCrl(3)], [4, true]);
     await ca.crl();
     assert.ok((await latest()).number! > revoked.number!);
     await issue(ca, "bob");
     await ca.sign((await makeCsr("bob")).csr, "bob", { replace: true });
     // The new certificate, then the CRL that lists the one it replaced.
-    assert.deepEqual([log.size, log.serial(6) === null, log.serial(7)], [8, false, null]);
+    assert.deepEqual([log.size, log.isCrl(6), log.isCrl(7)], [8, false, true]);
     // A crl.pem a power cut took back behind the log is not logged again.
     await Deno.writeFile(ca.paths.crl, before);
     await issue(ca, "carol");
-    assert.deepEqual([log.size, log.serial(8) === null], [9, false]);
+    assert.deepEqual([log.size, log.isCrl(8)], [9, false]);
     const report = await log.verify(await ca.database());
     assert.deepEqual([report.problems, report.crls, report.database], [[], 4, 5]);
   });

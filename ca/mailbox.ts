@@ -72,15 +72,28 @@ export const DEFAULT_MAILBOX_LIMITS: Readonly<MailboxLimits> = {
 /**
  * How long the record of a fetched (deleted) item still answers a post of the same bytes, ms: a
  * sender retries when the service answers again, and its recipient may have fetched the first
- * copy in the meantime. In memory only; at most {@linkcode MAX_RECENT} records.
+ * copy in the meantime. In memory only; at most 10,000 records (the oldest of the sender who has
+ * most go first).
  */
 export const RECENTLY_MS = 60 * 60_000;
+// Records of fetched items kept for RECENTLY_MS, at most. Past it, the oldest of the sender who
+// has most go first: members posting to each other and fetching cannot push out another sender's
+// records (whose retry would then be stored twice, and shown as a replay).
+const MAX_RECENT = 10_000;
+
 /**
- * Records of fetched items kept for {@linkcode RECENTLY_MS}, at most. Past it, the oldest of the
- * sender who has most go first: members posting to each other and fetching cannot push out
- * another sender's records (whose retry would then be stored twice, and shown as a replay).
+ * Options of {@linkcode Mailbox.open}: its limits (each by default
+ * {@linkcode DEFAULT_MAILBOX_LIMITS}'s), its clock and a test's cap on recent records.
  */
-export const MAX_RECENT = 10_000;
+export interface MailboxOpenOptions extends Partial<MailboxLimits> {
+  /** The clock, ms since the epoch. Default: `Date.now`. */
+  now?: () => number;
+  /**
+   * For tests: records of fetched items kept at most (see {@linkcode RECENTLY_MS}), so a test
+   * fills them with a few posts. Default: 10,000.
+   */
+  maxRecent?: number;
+}
 
 /** How often expired items are swept at most, ms (half the time to live when that is shorter). */
 const SWEEP_MS = 60_000;
@@ -142,7 +155,7 @@ export class Mailbox {
    */
   static async open(
     paths: CaPaths,
-    options: Partial<MailboxLimits> & { now?: () => number; maxRecent?: number } = {},
+    options: MailboxOpenOptions = {},
   ): Promise<Mailbox> {
     const { now, maxRecent, ...limits } = options;
     const box = new Mailbox(

@@ -36,11 +36,11 @@ import {
   serviceStatus,
 } from "./service.ts";
 import { CaPaths } from "./home.ts";
+import { crlEntryNumber } from "./log.ts";
 import { DEFAULT_MAILBOX_LIMITS } from "./mailbox.ts";
 import { Buffer } from "node:buffer";
 import { pemEncode } from "../lib/pem.ts";
 import { parseCertificate, sha256Hex } from "../lib/x509.ts";
-import { crlNumberOf } from "../lib/crl.ts";
 
 const USAGE = `Usage: deno task ca [command] [options]
 
@@ -541,8 +541,8 @@ async function log(args: string[]): Promise<number> {
   const rows = latest.map((der, i) => {
     const index = checkpoint.size - count + i;
     // A CRL the CA signed, logged before it was served: its number where a serial goes.
-    if (issuance.serial(index) === null) {
-      const number = crlNumberOf(der);
+    if (issuance.isCrl(index)) {
+      const number = crlEntryNumber(der);
       return {
         index,
         name: "(CRL)",

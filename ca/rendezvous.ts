@@ -96,6 +96,13 @@ export interface Lapse {
 /** Options of {@linkcode Rendezvous.offer}. */
 export interface OfferOptions {
   /**
+   * Where `from` listens for `to`, host and port together. Default: neither (`from` does not
+   * listen, and is reached through the relay).
+   */
+  host?: string;
+  /** The port `from` listens on, with {@linkcode OfferOptions.host}. Default: none. */
+  port?: number;
+  /**
    * The key fingerprint of the recipient's certificate that the inviter was given: once the
    * recipient holds another key, the invitation lapses ({@linkcode Rendezvous.dropStale}).
    * Default: none (it never lapses so).
@@ -145,17 +152,12 @@ export class Rendezvous {
   }
 
   /**
-   * Records that `from` wants to talk to `to` at host:port (both undefined: `from`
-   * does not listen, and is reached through the relay), replacing an earlier
-   * offer between them; throws `ERR_RATE_LIMITED` past the per-pair or per-sender limit.
+   * Records that `from` wants to talk to `to` at `options.host`:`options.port` (neither: `from`
+   * does not listen, and is reached through the relay), replacing an earlier offer between
+   * them; throws `ERR_RATE_LIMITED` past the per-pair or per-sender limit.
    */
-  offer(
-    from: string,
-    to: string,
-    host?: string,
-    port?: number,
-    options: OfferOptions = {},
-  ): Invitation {
+  offer(from: string, to: string, options: OfferOptions = {}): Invitation {
+    const { host, port } = options;
     // Names cannot hold a space, so "from to" is one pair.
     const wait = Math.max(this.#perSender.hit(from), this.#perPair.hit(`${from} ${to}`));
     if (wait) {

@@ -33,6 +33,7 @@ import { writeFileAtomic } from "../lib/fs.ts";
 import { holdLock, isLocked } from "../lib/lock.ts";
 import { deadline, guardConnections } from "../lib/connections.ts";
 import { ReplyBudget } from "../lib/reply_budget.ts";
+import { Backoff } from "../lib/backoff.ts";
 import {
   type Credentials,
   pauseReading,
@@ -77,8 +78,6 @@ import { DEFAULT_FREE_FLOOR_BYTES, DiskFloor } from "./disk_floor.ts";
 export const DEFAULT_PORT = 65433;
 /** How often the service looks whether its own certificate was revoked (then replaced at once), ms. */
 const SERVICE_REVOCATION_CHECK_MS = 5_000;
-// The longest wait between two tries to replace a revoked service certificate that failed.
-const SERVICE_REPLACE_MAX_WAIT_MS = 300_000;
 
 /** The port of the plain-HTTP CRL listener when none is given (0 when the service's port is 0). */
 export const DEFAULT_CRL_PORT = 65434;
@@ -205,11 +204,13 @@ export async function claimServiceHome(
     });
   } catch (e) {
     if (!(e instanceof E2eError) || e.code !== "ERR_LOCK_TIMEOUT") throw e;
-    const holder = await serviceHolder(paths);
-    const which = holder ? `: pid ${holder.pid}, ${holder.url ?? "still starting"}` : "";
+    const { pid, url } = await serviceStatus(paths);
+    const which = pid === undefined ? "" : `: pid ${pid}, ${url ?? "still starting"}`;
     throw new E2eError("ERR_LOCK_TIMEOUT", `Another CA service runs on ${paths.home}${which}`, {
       cause: e,
-      hint: `stop it first${holder ? ` (kill -TERM ${holder.pid})` : ""}, or serve another --home`,
+      hint: `stop it first${
+        pid === undefined ? "" : ` (kill -TERM ${pid})`
+      }, or serve another --home`,
     });
   }
   try {
@@ -227,15 +228,6 @@ export async function claimServiceHome(
       held = false;
     },
   };
-}
-
-/** The pid in the service lock, and the URL from service.json when that file is the same pid's. */
-async function serviceHolder(paths: CaPaths): Promise<{ pid: number; url?: string } | undefined> {
-  const pid = await lockPid(paths);
-  if (pid === undefined) return undefined;
-  // A service killed leaves its service.json behind: only the holder's own names it.
-  const info = await readServiceInfo(paths);
-  return info?.pid === pid ? { pid, url: info.url } : { pid };
 }
 
 // The pid a service wrote in the lock: the running one's, else the last one's.
@@ -266,6 +258,8 @@ export interface ServiceStatus {
   pid?: number;
   /** HOST:PORT members reach the running service at (its service.json), once it listens. */
   address?: string;
+  /** The running service's URL (its service.json), e.g. https://127.0.0.1:65433, once it listens. */
+  url?: string;
   /**
    * HOST:PORT of a service.json left behind by a service that no longer runs (killed: a service
    * stopped removes it), for a message only: nothing listens there now.
@@ -293,7 +287,10 @@ export async function serviceStatus(paths: CaPaths): Promise<ServiceStatus> {
   const status: ServiceStatus = { running };
   if (pid !== undefined) status.pid = pid;
   // Until a starting service writes its own, service.json may be a killed one's.
-  if (running && pid !== undefined && info?.pid === pid) status.address = info.address;
+  if (running && pid !== undefined && info?.pid === pid) {
+    status.address = info.address;
+    status.url = info.url;
+  }
   if (!running && info) status.lastAddress = info.address;
   return status;
 }
@@ -509,20 +506,15 @@ export class CaService {
     // again after 10, 20, 40 … s, at most every 5 min: not openssl runs and a log line every 5 s
     // for as long.
     let checking: Promise<void> | undefined;
-    let failures = 0;
+    const backoff = new Backoff();
     let notBefore = 0;
     const revoked = setInterval(() => {
       if (renewing || checking || Date.now() < notBefore) return;
       checking = (async () => {
         if (unretired || !await ca.isCurrent(own.serial).catch(() => true)) {
-          if (await renew()) failures = 0;
-          else {
-            const wait = Math.min(
-              SERVICE_REVOCATION_CHECK_MS * 2 ** ++failures,
-              SERVICE_REPLACE_MAX_WAIT_MS,
-            );
-            notBefore = Date.now() + wait - SERVICE_REVOCATION_CHECK_MS / 2;
-          }
+          if (await renew()) backoff.reset();
+          // Half a tick early: the tick after the wait tries, not the one after that.
+          else notBefore = Date.now() + backoff.next() - SERVICE_REVOCATION_CHECK_MS / 2;
         }
       })().finally(() => (checking = undefined));
     }, SERVICE_REVOCATION_CHECK_MS);

@@ -406,6 +406,7 @@ Deno.test("serviceStatus() tells a running service from the service.json a kille
         running: true,
         pid: Deno.pid,
         address: `127.0.0.1:${service.port}`,
+        url: service.url,
       });
     } finally {
       await service.close();

@@ -15,26 +15,26 @@ import { normalizeSerialHex } from "./x509.ts";
 export { normalizeSerialHex } from "./x509.ts";
 
 /**
- * How old the CRL the CA service hands out may be before it signs a new one (ca/api.ts), ms:
- * a client trusts the service's own certificate only on a CRL a few of these old at most
- * (client/revocation.ts `SERVICE_CRL_WINDOW_MS`), which bounds how long whoever kept a revoked
+ * How old the CRL the CA service hands out may be before it signs a new one, ms: a client
+ * trusts the service's own certificate only on a CRL a few of these old at most
+ * ({@linkcode SERVICE_CRL_WINDOW_MS}), which bounds how long whoever kept a revoked
  * service key can replay the last CRL from before its revocation.
  */
 export const CRL_REPUBLISH_MS = 3_600_000;
 
 /**
- * How old a CRL (its thisUpdate) may be and still clear the CA service's own TLS certificate, ms
- * (client/revocation.ts): three times the service's republishing ({@linkcode CRL_REPUBLISH_MS}),
- * so a clock off by up to two hours, or a lost refresh, does not refuse an honest service. Here
- * because the service says it too, when it cannot sign a new CRL (ca/api.ts).
+ * How old a CRL (its thisUpdate) may be and still clear the CA service's own TLS certificate, ms:
+ * three times the service's republishing ({@linkcode CRL_REPUBLISH_MS}), so a clock off by up to
+ * two hours, or a lost refresh, does not refuse an honest service. Here, shared, because the
+ * service says it too, when it cannot sign a new CRL.
  */
 export const SERVICE_CRL_WINDOW_MS = 3 * CRL_REPUBLISH_MS;
 
 /**
  * How far ahead of a client's clock a CRL's thisUpdate may be and still clear the CA service's
- * certificate, ms (client/revocation.ts): more means that clock is behind, which would let an old
- * CRL (a replay) look recent for as much longer. Here because the service signs a new CRL when
- * the one it holds is dated half of this ahead of its own clock (ca/api.ts: a clock put back).
+ * certificate, ms: more means that clock is behind, which would let an old CRL (a replay) look
+ * recent for as much longer. Here, shared, because the service signs a new CRL when the one it
+ * holds is dated half of this ahead of its own clock (a clock put back).
  */
 export const CRL_CLOCK_SKEW_MS = 10 * 60_000;
 

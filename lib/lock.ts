@@ -113,9 +113,9 @@ async function acquire(path: string, options: LockOptions): Promise<Deno.FsFile>
 
 /**
  * Whether another holder has the lock on the file at `path` now (a missing file: no), without
- * waiting and without keeping it: a shared try-lock, let go at once. What `ca invite` asks of a
- * service's lock (ca/service.ts `serviceStatus`): a holder killed, SIGKILL included, holds it no
- * longer, whatever files it left.
+ * waiting and without keeping it: a shared try-lock, let go at once. So whether a process runs
+ * can be asked of the lock it holds: one killed, SIGKILL included, holds it no longer, whatever
+ * files it left.
  *
  * @example Is a service running?
  * ```ts

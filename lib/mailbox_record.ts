@@ -1,9 +1,8 @@
 /**
  * The record of a mailbox item (docs/API.md §mailbox): what the service knows
  * of an item it keeps for an offline member, and what it replies to a POST and
- * lists on a GET. One shape for both sides: the service (ca/mailbox.ts) writes
- * it, the client (client/ca_client.ts) reads it. The item itself is CMS
- * (lib/cms.ts); the service cannot read it.
+ * lists on a GET. One shape for both sides: the service writes it, the client
+ * reads it. The item itself is CMS (lib/cms.ts); the service cannot read it.
  *
  * @module
  */

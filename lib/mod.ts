@@ -18,6 +18,7 @@ export * from "./passphrase.ts";
 export * from "./tls.ts";
 export * from "./connections.ts";
 export * from "./reply_budget.ts";
+export * from "./backoff.ts";
 export * from "./keys.ts";
 export * from "./frames.ts";
 export * from "./crl.ts";

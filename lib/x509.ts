@@ -128,8 +128,8 @@ export type KeyUsage = typeof KEY_USAGES[number];
 /**
  * Why a member's key is not one the CA signs for, or undefined when it is: RSA 2048–4096 bits
  * with an odd exponent ≥ 65537, EC P-256 or P-384, or Ed25519 (not a point of small order, nor
- * y ≥ p: for such a key anyone can make a signature that verifies). The CA refuses such a request
- * (ca/policy.ts `checkKey`) and a member such a certificate (lib/tls.ts `checkPeer`).
+ * y ≥ p: for such a key anyone can make a signature that verifies). The CA refuses such a request,
+ * and a member such a certificate (lib/tls.ts `checkPeer`).
  *
  * @example
  * ```ts
