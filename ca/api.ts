@@ -339,7 +339,9 @@ function crlNotSigned(error: unknown, waitMs: number, signedAt?: number): string
   const handed = signedAt === undefined
     ? "and crl.pem holds no CRL to hand out instead: GET /v1/crl fails"
     : `handing out the last one, signed at ${new Date(signedAt).toISOString()}: members ` +
-      `refuse this service once it is over ${SERVICE_CRL_WINDOW_MS / 3_600_000} h old (at ${
+      `take no CRL over ${(CRL_REPUBLISH_MS + CRL_CLOCK_SKEW_MS) / 60_000} min old (a member ` +
+      `starting then has none, and connects to nobody), and refuse this service once it is ` +
+      `over ${SERVICE_CRL_WINDOW_MS / 3_600_000} h old (at ${
         new Date(signedAt + SERVICE_CRL_WINDOW_MS).toISOString()
       })`;
   return `e2e-chat-ca: cannot sign a new CRL: ${error instanceof Error ? error.message : error}; ` +

@@ -246,7 +246,7 @@ Deno.test("handle() hands out the last CRL when signing a new one fails, says so
     assert.ok(lines[0].includes(`the last one, signed at ${signedAt.toISOString().slice(0, 19)}`));
     assert.match(
       lines[0],
-      /members refuse this service once it is over 3 h old \(at .*\); trying again in 10 s/,
+      /members take no CRL over 70 min old .*, and refuse this service once it is over 3 h old \(at .*\); trying again in 10 s/,
     );
     // Mended at once, but not tried again before 10 s.
     await Deno.writeTextFile(ca.paths.config, config);

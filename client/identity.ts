@@ -220,16 +220,24 @@ export class Identity {
    * Whether a renewal's reply waits in `id/renewal.json` to be finished (its log check failed or
    * was cut off): a certificate from our CA for our name and key, newer than cert.pem's. The CA
    * superseded the certificate we hold then, so the next start finishes it first. Any other
-   * reply (cert.pem took it up before a kill, or it is of no use) is removed.
+   * reply (cert.pem took it up before a kill, or it is of no use) is removed, unless a renewal
+   * of this home is under way (then the next renewal removes it).
    */
   async renewalPending(): Promise<boolean> {
     const folder = new IdFolder(this.dir);
-    // Under the renewal lock, as renew(): what it removes is never a reply another renewal of
-    // this home is about to finish.
-    return await withLock(folder.renewalLock, async () => {
+    const look = async (drop: boolean) => {
       const held = await this.#held(folder).catch(() => this.certificate);
-      return await this.#keptRenewal(folder, held, held.keyFingerprint) !== undefined;
-    });
+      return await this.#keptRenewal(folder, held, held.keyFingerprint, drop) !== undefined;
+    };
+    // Under the renewal lock, which renew() holds, what is of no use is removed; a renewal under
+    // way may hold it for a minute (its CA calls, its log check): then only a look, which
+    // removes nothing that renewal may need.
+    try {
+      return await withLock(folder.renewalLock, () => look(true), { timeoutMs: 1_000 });
+    } catch (e) {
+      if (!(e instanceof E2eError && e.code === "ERR_LOCK_TIMEOUT")) throw e;
+      return await look(false);
+    }
   }
 
   /**
@@ -320,10 +328,13 @@ export class Identity {
   // certificate may have expired meanwhile). Anything else is removed (cert.pem took it up
   // before a kill, or it is of no use): left, it would make each start renew, or fail while the
   // CA is away.
+  // The kept reply, when it is one to finish; any other is removed, with `drop` (renew(), which
+  // holds the renewal lock: a look from outside it removes nothing another renewal may need).
   async #keptRenewal(
     folder: IdFolder,
     held: CertificateInfo,
     ours: string,
+    drop = true,
   ): Promise<CertificateReply | undefined> {
     try {
       const reply: CertificateReply = JSON.parse(await Deno.readTextFile(folder.renewal));
@@ -333,7 +344,7 @@ export class Identity {
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) return undefined;
     }
-    await dropKept(folder);
+    if (drop) await dropKept(folder);
     return undefined;
   }
 }

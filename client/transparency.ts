@@ -290,7 +290,7 @@ export class LogMonitor {
     const asked = ca ?? this.#ca.forCrl(serviceCheck(crl));
     const leaf = leafHash(der);
     const hash = base64(leaf);
-    const { checkpoint, index, hashes } = await this.#serial(async () => {
+    const { checkpoint, index, hashes, key } = await this.#serial(async () => {
       const key = await this.#logKey(asked);
       let checkpoint: Checkpoint;
       try {
@@ -308,19 +308,8 @@ export class LogMonitor {
         hashes: unknown;
       };
       await this.#observe(text, checkpoint, "the CA", asked);
-      // The newest CRL of a log at least as large as any we hold: the entries after it, read,
-      // make that log's root with it and hold no later CRL. So the CA cannot serve us a CRL it
-      // has since replaced in a log we know of.
-      const held = openCheckpoint(this.#state.checkpoint!, key).size;
-      if (held > checkpoint.size) {
-        throw new E2eError(
-          "ERR_LOG_INVALID",
-          `The CA proved its CRL in a log of ${checkpoint.size} entries, smaller than the ` +
-            `${held} this client holds`,
-          { hint: "ask again: the CA must serve its newest CRL" },
-        );
-      }
-      return { checkpoint, index, hashes };
+      this.#requireHeldAtMost(checkpoint.size, key);
+      return { checkpoint, index, hashes, key };
     });
     // After the proof: one too old to clear the service is refused by what that asks of it,
     // which says so. The CA signs its CRL again before it would answer with one an hour old
@@ -358,6 +347,8 @@ export class LogMonitor {
     }
     const { frontier, later } = read;
     await this.#serial(async () => {
+      // Again: a larger log may have come meanwhile (gossip, another answer of the CA's).
+      this.#requireHeldAtMost(checkpoint.size, key);
       if (!Buffer.from(frontier.root()).equals(Buffer.from(checkpoint.root))) {
         await this.#raise({
           message: `the log's entries do not make its checkpoint of ${checkpoint.size} ` +
@@ -685,6 +676,21 @@ export class LogMonitor {
     this.#state.alarms.push(alarm);
     await this.#save();
     this.#options.onAlarm?.(alarm);
+  }
+
+  // The newest CRL of a log at least as large as any we hold: the entries after it, read, make
+  // that log's root with it and hold no later CRL. So the CA cannot serve us a CRL it has since
+  // replaced in a log we know of.
+  #requireHeldAtMost(size: number, key: NoteKey): void {
+    const held = openCheckpoint(this.#state.checkpoint!, key).size;
+    if (held > size) {
+      throw new E2eError(
+        "ERR_LOG_INVALID",
+        `The CA proved its CRL in a log of ${size} entries, smaller than the ${held} this ` +
+          "client holds",
+        { hint: "ask again: the CA must serve its newest CRL" },
+      );
+    }
   }
 
   #serial<T>(fn: () => Promise<T>): Promise<T> {

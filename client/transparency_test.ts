@@ -635,3 +635,25 @@ Deno.test("checkCrl() of the same CRL again reads only the log entries past thos
     assert.deepEqual(reads, [[6, 7], [2, 7]]);
   });
 });
+
+Deno.test("checkCrl() refuses the CRL it was reading if a larger log came meanwhile (gossip), as it would have before the read", async () => {
+  await withViews(async ({ dir, anchor, make, crl }) => {
+    const first = await crl([]);
+    const small = make(["a", first, "b", "c"]);
+    const larger = make(["a", first, "b", "c", "d", "e"]);
+    const alice = await LogMonitor.open(join(dir, "alice.json"), anchor, larger.ca);
+    // While alice reads the entries after the CRL, a peer's hello brings the larger log.
+    const slow = {
+      ...small.ca,
+      logEntries: async (s: number, e: number) => {
+        await alice.observe(larger.checkpoint, undefined, '"bob"');
+        return await small.ca.logEntries(s, e);
+      },
+    } as unknown as CaClient;
+    const proof = logProofJson(1, small.tree.inclusionProof(1, small.tree.size), small.checkpoint);
+    await assert.rejects(
+      alice.checkCrl(pemEncode(first, "X509 CRL"), proof, slow),
+      /proved its CRL in a log of 4 entries, smaller than the 6 this client holds/,
+    );
+  });
+});

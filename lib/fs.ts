@@ -376,15 +376,19 @@ export async function placeNew(
   to: string,
   options: PlaceNewOptions = {},
 ): Promise<boolean> {
+  let linked = true;
   try {
     await (options.link ?? Deno.link)(from, to);
-    await Deno.remove(from);
-    return true;
   } catch (e) {
     if (e instanceof Deno.errors.AlreadyExists) return false;
     if (!(e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotSupported)) {
       throw e;
     }
+    linked = false;
+  }
+  if (linked) {
+    await Deno.remove(from); // its failure is said, not taken for a file system without links
+    return true;
   }
   let placeholder: Deno.FsFile;
   try {

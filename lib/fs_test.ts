@@ -6,6 +6,7 @@ import {
   exists,
   existsSync,
   othersMayRename,
+  placeNew,
   readUpTo,
   readUpToSync,
   withTempDir,
@@ -298,4 +299,23 @@ Deno.test("othersMayRename() names another owner, and writers besides the owner 
   } finally {
     await Deno.remove(dir);
   }
+});
+
+Deno.test("placeNew() that linked the file but cannot remove its old name says so, and does not take its own link for a name already taken", async () => {
+  await withScratch(async (dir) => {
+    const from = join(dir, "in", "part");
+    await Deno.mkdir(join(dir, "in"));
+    await Deno.writeTextFile(from, "data");
+    // An append-only folder: links may be made from it, names in it not removed (even by root).
+    const chattr = (flag: string) =>
+      new Deno.Command("chattr", { args: [flag, join(dir, "in")], stderr: "null" }).output()
+        .then((o) => o.success, () => false);
+    if (!await chattr("+a")) return; // a file system without it: nothing to show here
+    try {
+      await assert.rejects(() => placeNew(from, join(dir, "final")), Deno.errors.PermissionDenied);
+      assert.deepEqual(await names(dir), ["final", "in"]);
+    } finally {
+      await chattr("-a");
+    }
+  });
 });

@@ -17,6 +17,7 @@ import { ClientHome } from "../client/home.ts";
 import { Identity } from "../client/identity.ts";
 import { LogMonitor } from "../client/transparency.ts";
 import { E2eError } from "../lib/errors.ts";
+import { holdLock } from "../lib/lock.ts";
 import { parseCertificate } from "../lib/x509.ts";
 import {
   assertSuccess,
@@ -248,6 +249,21 @@ Deno.test("a renewal.json that cert.pem already took up (a kill before its remov
     assertSuccess(online, "chat with the CA up");
     assert.doesNotMatch(online.stdout, /renew/i);
     assert.deepEqual(await serialsOf(service, "alice"), serials, "nothing signed");
+    await assert.rejects(() => Deno.stat(kept), Deno.errors.NotFound);
+
+    // A renewal under way holds the renewal lock (a minute, at worst): a start does not wait for
+    // it, and removes nothing that renewal may need; the next look that gets the lock does.
+    await leave();
+    const release = await holdLock(join(home, "id", "renewal.lock"));
+    try {
+      const t0 = Date.now();
+      assert.equal(await (await Identity.load(home)).renewalPending(), false);
+      assert.ok(Date.now() - t0 < 10_000, `waited ${Date.now() - t0} ms for the lock`);
+      await Deno.stat(kept);
+    } finally {
+      release();
+    }
+    assert.equal(await (await Identity.load(home)).renewalPending(), false);
     await assert.rejects(() => Deno.stat(kept), Deno.errors.NotFound);
   });
 });
