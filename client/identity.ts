@@ -225,6 +225,11 @@ export class Identity {
    */
   async renewalPending(): Promise<boolean> {
     const folder = new IdFolder(this.dir);
+    try {
+      await Deno.lstat(folder.renewal);
+    } catch {
+      return false; // none (most starts): no lock taken, nothing written
+    }
     const look = async (drop: boolean) => {
       const held = await this.#held(folder).catch(() => this.certificate);
       return await this.#keptRenewal(folder, held, held.keyFingerprint, drop) !== undefined;
