@@ -1313,17 +1313,26 @@ for (const holds of [false, true]) {
   });
 }
 
+/**
+ * Bob's PeerConnection over `bobSocket`, started and past the hellos, facing a raw alice that
+ * takes binary files with consent, and what she receives (as frames).
+ */
+async function bobToRawAlice(rawAlice: tls.TLSSocket, bobSocket: tls.TLSSocket, dir: string) {
+  const bobSeen: Seen = [];
+  const bob = new PeerConnection(bobSocket, "alice", undefined!, {
+    downloads: join(dir, "bob-downloads"),
+    events: recorder(bobSeen),
+  });
+  const wire = wireReader(rawAlice);
+  rawAlice.write(encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }));
+  bob.start();
+  await until("bob's hello", [], () => wire.frames.some((f) => f.type === "hello"));
+  return { bob, bobSeen, wire };
+}
+
 Deno.test("PeerConnection stops streaming a file its receiver declines midway (it gave up on it), without waiting for the send stall, and keeps the connection", async () => {
   await withPair(async (rawAlice, bobSocket, dir) => {
-    const bobSeen: Seen = [];
-    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
-      downloads: join(dir, "bob-downloads"),
-      events: recorder(bobSeen),
-    });
-    const wire = wireReader(rawAlice);
-    rawAlice.write(encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }));
-    bob.start();
-    await until("bob's hello", [], () => wire.frames.some((f) => f.type === "hello"));
+    const { bob, bobSeen, wire } = await bobToRawAlice(rawAlice, bobSocket, dir);
     await Deno.writeFile(join(dir, "big.bin"), new Uint8Array(20 * 1024 * 1024));
     const offer = await bob.sendFile(join(dir, "big.bin"));
     rawAlice.write(encodeFrame({ type: "accept", id: offer.id }));
@@ -1428,15 +1437,7 @@ Deno.test("PeerConnection whose downloads folder is refused when a file starts t
 
 Deno.test("PeerConnection does not stream a file its receiver declined while it waited behind another (the receiver gave up on both): it fails, and none of its data goes", async () => {
   await withPair(async (rawAlice, bobSocket, dir) => {
-    const bobSeen: Seen = [];
-    const bob = new PeerConnection(bobSocket, "alice", undefined!, {
-      downloads: join(dir, "bob-downloads"),
-      events: recorder(bobSeen),
-    });
-    const wire = wireReader(rawAlice);
-    rawAlice.write(encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }));
-    bob.start();
-    await until("bob's hello", [], () => wire.frames.some((f) => f.type === "hello"));
+    const { bob, bobSeen, wire } = await bobToRawAlice(rawAlice, bobSocket, dir);
     await Deno.writeFile(join(dir, "big.bin"), new Uint8Array(20 * 1024 * 1024));
     await Deno.writeFile(join(dir, "next.bin"), new Uint8Array(4 * 1024 * 1024).fill(1));
     const big = await bob.sendFile(join(dir, "big.bin"));
