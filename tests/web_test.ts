@@ -333,6 +333,7 @@ async function logAlarm(scene: Scene): Promise<void> {
   // directory names, and the CA lists to alice only those made for hers.
   const b = await scene.json(bob);
   await b.send(`/chat ${alice.name}`);
+  await b.expect({ type: "invited", to: alice.name }); // at the CA, for alice's own key
   const { key } = await makeCsr("alice-alarm");
   await signBehindTheirBacks(scene.service, "alice-alarm", key);
   await commitSomething(scene.service);
