@@ -29,7 +29,8 @@
  *     held/             0700  items held back after a key change (CMS, still sealed)
  *     unsent/           0700  items that wait for the CA service to answer, and write-ahead
  *                             copies of those being posted: one 0600 file each, sealed when
- *                             the key is encrypted, flock'ed by the chat that holds it
+ *                             the key is encrypted, named by the chat that holds it, which
+ *                             flocks its OWNER.lock there while it runs
  *                             (client/mailbox_unsent.ts)
  *       unreadable/     0700  files of unsent/ a start could not read, moved aside, never posted
  *   rooms/              0700  rooms we are in (client/rooms.ts), one ROOMID.json each (0600)

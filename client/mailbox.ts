@@ -42,7 +42,7 @@ import { E2eError } from "../lib/errors.ts";
 import { MAX_TEXT_CHARS } from "../lib/frames.ts";
 import { ensurePrivateDir, writeFileAtomic } from "../lib/fs.ts";
 import { formatSize } from "./files.ts";
-import { type OverLimit, type Unopened, type UnsentItem, UnsentStore } from "./mailbox_unsent.ts";
+import { type TakenUp, type UnsentItem, UnsentStore } from "./mailbox_unsent.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
 import type { CaClient, MailboxRecord } from "./ca_client.ts";
 import type { ClientHome } from "./home.ts";
@@ -203,9 +203,8 @@ export class MailboxClient {
   #aways = 0; // posts the service did not answer, so far
   #flushing = false;
   #store!: UnsentStore;
-  #unreadable: string[] = []; // files of HOME/mailbox/unsent/ that could not be read
-  #overLimit: OverLimit[] = []; // files of HOME/mailbox/unsent/ past its limits
-  #unopened: Unopened[] = []; // files of HOME/mailbox/unsent/ it could not open now
+  #found?: TakenUp; // what the start found in HOME/mailbox/unsent/: said by start()
+  #said = new Set<string>(); // files of HOME/mailbox/unsent/ named in a warning, once each
 
   private constructor(host: MailboxHost, home: ClientHome) {
     this.#host = host;
@@ -227,39 +226,40 @@ export class MailboxClient {
     m.#outbox = await readRecord(home.mailboxOutbox, "items");
     m.#seen = await readRecord(home.mailboxSeen, "seen");
     // What an earlier run could not post: it goes first, in order, once the CA service answers.
-    const { store, items, unreadable, overLimit, unopened } = await UnsentStore.open(
+    const { store, ...found } = await UnsentStore.open(
       home.mailboxUnsent,
       home.mailbox,
       host.unsentKey,
     );
     m.#store = store;
-    m.#unreadable = unreadable;
-    m.#overLimit = overLimit;
-    m.#unopened = unopened;
-    for (const item of items) {
-      m.#unsent.push({
-        ...item,
-        kept: true,
-        told: true,
-        later: host.resume?.(item) ?? (() => {}),
-      });
-    }
+    m.#found = found;
+    m.#adopt(found.items);
     return m;
   }
 
-  /**
-   * Offers again the files that still wait for the user (from an earlier run), then fetches
-   * what waits now and long-polls until {@linkcode stop}; reports expired sends.
-   */
-  start(): void {
-    if (this.#running) return;
-    this.#running = true;
-    this.#reportExpired();
-    for (const file of this.#unreadable) {
+  // Items an earlier run (or another chat on this home, gone) kept for the CA service: held
+  // by this one from now on, posted in order once the service answers.
+  #adopt(items: UnsentItem[]): void {
+    for (const item of items) {
+      this.#unsent.push({
+        ...item,
+        kept: true,
+        told: true,
+        later: this.#host.resume?.(item) ?? (() => {}),
+      });
+    }
+  }
+
+  // Says what a take-up of HOME/mailbox/unsent/ found and did not take (a file left in place,
+  // tried again at each take-up, once), and ends the items that waited too long.
+  #tell(found: TakenUp): void {
+    const fresh = <T extends { file: string }>(list: T[]) =>
+      list.filter(({ file }) => !this.#said.has(file) && this.#said.add(file));
+    for (const file of found.unreadable) {
       this.#host.warning(`Cannot read a mailbox item that waits to be sent: "${file}"`);
     }
     // Once, not for each: out of file handles, it may be most of them.
-    const [first, ...more] = this.#unopened;
+    const [first, ...more] = fresh(found.unopened);
     if (first) {
       this.#host.warning(
         more.length
@@ -270,7 +270,7 @@ export class MailboxClient {
       );
     }
     const { maxItems, maxBytes } = this.#store.limits;
-    for (const { file, limit } of this.#overLimit) {
+    for (const { file, limit } of fresh(found.overLimit)) {
       this.#host.warning(
         limit === "items"
           ? `Not kept: too many unsent mailbox items (limit ${maxItems}), left in "${file}"`
@@ -281,7 +281,8 @@ export class MailboxClient {
     }
     // The recipient refuses an item sent more than MAX_ITEM_AGE_MS ago: one that waited a week
     // ends here, not there.
-    for (const job of [...this.#unsent]) {
+    const ids = new Set(found.items.map((i) => i.id));
+    for (const job of this.#unsent.filter((u) => ids.has(u.id))) {
       if (Date.now() - Date.parse(job.at) < MAX_ITEM_AGE_MS - 86_400_000) continue;
       this.#settle(
         job,
@@ -290,6 +291,32 @@ export class MailboxClient {
         }),
       ).catch(() => {});
     }
+  }
+
+  // Takes up, while this chat runs, the items another chat on this home left when it quit (or
+  // was killed): one look at the folder, and one try of each other chat's lock, at each answered
+  // look of the mailbox, so they need not wait for the next start.
+  async #takeUp(): Promise<void> {
+    let found: TakenUp;
+    try {
+      found = await this.#store.takeUp();
+    } catch {
+      return; // the folder cannot be read now: its items wait for the next look, or start
+    }
+    this.#adopt(found.items);
+    this.#tell(found);
+  }
+
+  /**
+   * Offers again the files that still wait for the user (from an earlier run), then fetches
+   * what waits now and long-polls until {@linkcode stop}; reports expired sends.
+   */
+  start(): void {
+    if (this.#running) return;
+    this.#running = true;
+    this.#reportExpired();
+    if (this.#found) this.#tell(this.#found);
+    this.#found = undefined;
     this.#offerHeld().catch((e) =>
       this.#host.warning(
         `Cannot read the files that wait for you: ${e instanceof Error ? e.message : e}`,
@@ -668,6 +695,7 @@ export class MailboxClient {
         wait = this.#nextWait();
         if (failures) this.#host.back?.();
         failures = 0;
+        await this.#takeUp();
         await this.#flush();
       } catch (e) {
         if (stopped.aborted) return;

@@ -203,14 +203,27 @@ async function world() {
 
 const text = (s: string) => new TextEncoder().encode(s);
 
-/** The files of `client`'s HOME/mailbox/unsent/ (none when it was never made). */
+/**
+ * The files of `client`'s HOME/mailbox/unsent/ (none when it was never made), but the lock file
+ * each running chat that holds an item has there.
+ */
 function unsentFiles(client: Client): string[] {
   try {
-    return [...Deno.readDirSync(client.home.mailboxUnsent)].map((e) => e.name);
+    return [...Deno.readDirSync(client.home.mailboxUnsent)].map((e) => e.name).filter((n) =>
+      !/^[0-9a-f]{16}\.lock$/.test(n)
+    );
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return [];
     throw e;
   }
+}
+
+/** The path of the item file numbered `n` in `client`'s HOME/mailbox/unsent/. */
+function unsentFile(client: Client, n: number): string {
+  const prefix = `${String(n).padStart(10, "0")}.`;
+  const names = unsentFiles(client).filter((name) => name.startsWith(prefix));
+  assert.equal(names.length, 1, `${prefix}: ${names}`);
+  return join(client.home.mailboxUnsent, names[0]);
 }
 
 /** A send of the message `body` from `client` to bob, not awaited; its id. */
@@ -505,12 +518,15 @@ Deno.test("MailboxClient.send(): an item still held when the mailbox stops stays
     note: { text: "kept" },
   });
   assert.equal(held, true);
-  // On disk before send() resolved: one 0600 file in a 0700 folder.
-  const files = [...Deno.readDirSync(alice.home.mailboxUnsent)].map((e) => e.name);
-  assert.deepEqual(files, ["0000000001.json"]);
+  // On disk before send() resolved: one 0600 file in a 0700 folder, named by its number and the
+  // chat that holds it (with its lock file).
+  const files = unsentFiles(alice);
+  assert.equal(files.length, 1);
+  assert.match(files[0], /^0000000001\.[0-9a-f]{16}\.json$/);
   assert.equal(Deno.statSync(alice.home.mailboxUnsent).mode! & 0o777, 0o700);
   assert.equal(Deno.statSync(join(alice.home.mailboxUnsent, files[0])).mode! & 0o777, 0o600);
   alice.mailbox.stop();
+  assert.deepEqual([...Deno.readDirSync(alice.home.mailboxUnsent)].map((e) => e.name), files);
   assert.deepEqual(ended, []); // not ended: the next start sends it
   assert.deepEqual(alice.warnings, [
     "1 mailbox item is not sent yet: the CA service did not answer. " +
@@ -526,7 +542,7 @@ Deno.test("MailboxClient.send(): an item still held when the mailbox stops stays
   assert.equal(next.held, false);
   assert.deepEqual(again.ended, [[id, undefined]]);
   assert.equal(again.mailbox.held, 0);
-  assert.deepEqual([...Deno.readDirSync(alice.home.mailboxUnsent)], []);
+  assert.deepEqual(unsentFiles(alice), []);
   const mine = service.posts.filter((p) => p.from === "alice");
   assert.equal(mine.length, 3);
   assert.deepEqual(mine[1].der, mine[0].der);
@@ -542,7 +558,7 @@ Deno.test("MailboxClient.send(): an item is on disk before its first post, so a 
   // The normal path: kept before the post, removed once the service answered.
   const first = await alice.mailbox.send("bob", "message", text("first"), { later: () => {} });
   assert.equal(first.held, false);
-  assert.deepEqual(unsentFiles(alice), []);
+  assert.deepEqual([...Deno.readDirSync(alice.home.mailboxUnsent)], []); // nor a lock file
   // Stored by the service, but its answer never comes: the chat is killed while it waits.
   service.hangAnswers = 1;
   const { id } = newSend(alice, "lost", { note: { text: "lost" } });
@@ -603,10 +619,7 @@ Deno.test("MailboxClient names the items a start leaves past the unsent limits w
   again.mailbox.start();
   again.mailbox.stop();
   assert.equal(again.resumed.length, MAX_UNSENT_ITEMS);
-  const last = join(
-    alice.home.mailboxUnsent,
-    `${String(MAX_UNSENT_ITEMS + 1).padStart(10, "0")}.json`,
-  );
+  const last = unsentFile(alice, MAX_UNSENT_ITEMS + 1);
   assert.deepEqual(again.warnings.filter((w) => !w.includes("not sent yet")), [
     `Not kept: too many unsent mailbox items (limit ${MAX_UNSENT_ITEMS}), left in "${last}"`,
   ]);
@@ -710,6 +723,34 @@ Deno.test("MailboxClient: a second chat on the same home neither resumes nor rem
   );
 });
 
+Deno.test("MailboxClient: a chat running on the same home takes up the items another one left when it quit at its next look, not before, posts them once and ends them through resume", async () => {
+  const { service, alice, bob } = await world();
+  service.loseAnswers = 1; // stored, but its answer lost: held by alice
+  const { id, held } = await alice.mailbox.send("bob", "message", text("left"), {
+    later: () => {},
+    note: { text: "left" },
+  });
+  assert.equal(held, true);
+  const web = await new Client("alice", service, alice.home.root).load();
+  web.mailbox.start();
+  try {
+    const looks = service.posts.length;
+    await new Promise((r) => setTimeout(r, 200)); // looks every 20 ms: alice runs, not taken
+    assert.deepEqual([web.resumed, service.posts.length], [[], looks]);
+    alice.mailbox.stop(); // quits while the service answers again
+    await waitUntil(() => web.ended.length === 1, "the item alice left, posted by the web page");
+    assert.deepEqual(web.resumed.map((i) => [i.id, i.note]), [[id, { text: "left" }]]);
+    assert.deepEqual(web.ended, [[id, undefined]]);
+    assert.deepEqual(unsentFiles(alice), []);
+    assert.deepEqual(web.warnings, []);
+  } finally {
+    web.mailbox.stop();
+  }
+  await bob.mailbox.check();
+  assert.deepEqual(bob.shown.map((i) => new TextDecoder().decode(i.payload)), ["left"]);
+  assert.deepEqual(bob.warnings, []);
+});
+
 Deno.test("MailboxClient names a mailbox item it cannot read once: it is moved into unreadable/, and the next start says nothing of it", async () => {
   const { alice } = await world();
   Deno.mkdirSync(alice.home.mailboxUnsent, { recursive: true });
@@ -742,15 +783,18 @@ Deno.test({
 }, async () => {
   const { alice } = await world();
   await leaveUnsent(alice, 30);
-  // This process runs out of file handles but for a few: each item resumed keeps one open.
+  // This process runs out of file handles, then frees them one by one until a start works at
+  // all: it has none to spare for an item (a chat holds one lock, whatever its items).
   const taken: Deno.FsFile[] = [];
-  let first;
+  let first: Client | undefined;
   try {
     for (;;) taken.push(Deno.openSync("/dev/null"));
   } catch {
-    for (const f of taken.splice(0, 12)) f.close();
     try {
-      first = await alice.restart();
+      while (!first && taken.length) {
+        taken.pop()!.close();
+        first = await alice.restart().catch(() => undefined);
+      }
     } finally {
       for (const f of taken) f.close();
     }
@@ -758,7 +802,7 @@ Deno.test({
   first!.mailbox.start();
   first!.mailbox.stop();
   const left = 30 - first!.resumed.length;
-  assert.ok(left > 1 && left < 30, `${left} left`);
+  assert.ok(left > 1, `${left} left`);
   assert.deepEqual(first!.warnings.filter((w) => !w.includes("not sent yet")), [
     `Cannot open ${left} mailbox items that wait to be sent: Too many open files; they stay in "${alice.home.mailboxUnsent}" and are tried at the next start`,
   ]);

@@ -1,7 +1,8 @@
 /**
  * Mailbox items that wait for the CA service to answer, on disk: HOME/mailbox/unsent/ (0700),
- * one 0600 file per item, named by a sequence number (`0000000001.json`), so that they survive
- * the chat's quit or crash and are posted, in order, by the next start (client/mailbox.ts).
+ * one 0600 file per item, named by a sequence number and the chat that holds it
+ * (`0000000001.3f2a9c0d1e4b5a67.json`), so that they survive the chat's quit or crash and are
+ * posted, in order, by the next start (client/mailbox.ts).
  *
  * A file is one JSON object: `{"v":1,"to":…,"kind":…,"id":…,"at":…}` with `der` (the sealed
  * item, base64: posted again as it is, the same bytes) once it was sealed, else `payload` (what
@@ -9,17 +10,23 @@
  * ends) when given. When the client's key is encrypted, the whole object is sealed as history's
  * lines are (client/history.ts): `{"v":1,"e":"<base64 nonce‖ciphertext‖tag>"}`, AES-256-GCM
  * under a key derived from history's, so the recipient's name, the id and the text are no more
- * readable than the conversation. The file name tells only the order.
+ * readable than the conversation. The file name tells only the order and the chat.
  *
- * Two chats may run on one home (a terminal and a web page): a new file is made under a number
- * no file has (link(2), never replacing one: the next number when it is taken), and each file is
- * held with an exclusive flock(2) by the store that wrote it, or that resumed it, while it is
- * open (the kernel lets go when its process ends, however). A store opening resumes only the
- * files nobody holds: what a chat that quit or crashed left, never another running chat's items
- * nor its write-ahead copies. A file it read and cannot decode is moved into `unreadable/` once
- * named; one it cannot open now (out of file handles, say) stays, for the next start. Each held
- * file keeps one handle open: up to {@linkcode MAX_UNSENT_ITEMS} per store (one lock per store
- * would need the owner in each file's name, a change of layout not made yet).
+ * Two chats may run on one home (a terminal and a web page). A store that holds items holds an
+ * exclusive flock(2) on `OWNER.lock` (OWNER: 16 random hex digits, in its files' names too; made
+ * under a temp name and locked before it has its name; removed and let go once it holds no item,
+ * or closes, the next one under a new OWNER; the kernel lets go when its process ends, however):
+ * one handle per chat, whatever the number of its items, and none with none. A new file is made
+ * under a number no file of ours has (link(2), never replacing one: the next number when it is
+ * taken). A store opening, or {@linkcode UnsentStore.takeUp} later, takes up only the files whose
+ * owner's lock nobody holds (what a chat that quit or crashed left; a lock file missing is made
+ * and locked first, so that two stores never take up the same files): each is renamed, in order,
+ * to the next number under its own name while it holds that owner's lock, then that lock file is
+ * removed. Never another running chat's items nor its write-ahead copies. Files of the layout
+ * before (`0000000001.json`, each held with its own flock by the chat that wrote it) are taken up
+ * the same when no flock holds them. A file it read and cannot decode is moved into
+ * `unreadable/` once named; one it cannot open now (out of file handles, say) stays, for the next
+ * start.
  *
  * @module
  */
@@ -99,8 +106,32 @@ export interface Unopened {
 }
 
 const AAD = "e2e-chat mailbox unsent v1";
-const NAME = /^\d{10}\.json$/;
+// An item's file: its number, and the owner id of the store that holds it.
+const ITEM = /^(\d{10})\.([0-9a-f]{16})\.json$/;
+// An item's file of the layout before: held with a flock of its own by the chat that wrote it.
+const OLD_ITEM = /^(\d{10})\.json$/;
+// The lock file of a store, by its owner id.
+const LOCK = /^([0-9a-f]{16})\.lock$/;
 const MAX_SEQ = 9_999_999_999;
+
+/** What a store found to take up: its items, and the files it named. */
+export interface TakenUp {
+  /** The items taken up, oldest first: held by this store from now on. */
+  items: UnsentItem[];
+  /** Files it read and could not decode, moved into `unreadable/`: where they are now. */
+  unreadable: string[];
+  /** Files past its limits, left in place, not taken up. */
+  overLimit: OverLimit[];
+  /** Files it could not open, lock or read now, left in place. */
+  unopened: Unopened[];
+}
+
+// A file of the folder that may be taken up: an item of another store, or of the layout before.
+interface Candidate {
+  name: string;
+  seq: number;
+  owner?: string; // none: the layout before
+}
 
 /** The unsent items of one home, in the order they were kept. */
 export class UnsentStore {
@@ -114,12 +145,14 @@ export class UnsentStore {
   #link: Link;
   #seq = 0;
   #closed = false;
-  // By item id; `durable` once it was synced with its name (a write-ahead copy is not); `held`,
-  // the open file whose flock tells other stores it is ours.
-  #files = new Map<
-    string,
-    { file: string; bytes: number; durable: boolean; held?: Deno.FsFile }
-  >();
+  // Its owner id: in the names of its files, and of the lock file it holds (#lock) while open.
+  #owner = newOwner();
+  #lock?: Deno.FsFile;
+  #locking?: Promise<void>;
+  #taking?: Promise<TakenUp>;
+  #busy = 0; // keeps under way
+  // By item id; `durable` once it was synced with its name (a write-ahead copy is not).
+  #files = new Map<string, { file: string; bytes: number; durable: boolean }>();
 
   private constructor(dir: string, parent: string, options: UnsentStoreOptions) {
     this.#dir = dir;
@@ -135,14 +168,9 @@ export class UnsentStore {
   }
 
   /**
-   * Opens the store in `dir` (created, inside `parent`, on the first {@linkcode keep}) and reads
-   * what it holds, oldest first: the files no other open store holds (another chat's, running on
-   * the same home), which it holds from now on. A file that cannot be read (torn, foreign, no
-   * regular file, larger than any item) is moved into `dir/unreadable/` and named there in
-   * `unreadable` (so a next start does not name it again); one past the limits is named in
-   * `overLimit` and left in place, not held; one it cannot open, lock or read now (out of file
-   * handles, no permission) is named in `unopened`, left in place and not resumed: only what it
-   * read and could not decode is unreadable.
+   * Opens the store in `dir` (created, inside `parent`, on the first {@linkcode keep}) and takes
+   * up what it holds, oldest first, as {@linkcode takeUp} does: the files of no running store
+   * (another chat's, running on the same home), which it holds from now on.
    *
    * @example
    * ```ts
@@ -157,63 +185,176 @@ export class UnsentStore {
     dir: string,
     parent: string,
     options: UnsentStoreOptions = {},
-  ): Promise<
-    {
-      store: UnsentStore;
-      items: UnsentItem[];
-      unreadable: string[];
-      overLimit: OverLimit[];
-      unopened: Unopened[];
-    }
-  > {
+  ): Promise<{ store: UnsentStore } & TakenUp> {
     const store = new UnsentStore(dir, parent, options);
-    const items: UnsentItem[] = [];
-    const unreadable: string[] = [];
-    const overLimit: OverLimit[] = [];
-    const unopened: Unopened[] = [];
-    let names: string[] = [];
+    return { store, ...await store.takeUp() };
+  }
+
+  /**
+   * Takes up the files of `dir` that no running store holds (left by a chat that quit or
+   * crashed, this one's excepted), oldest first, within its limits: each is renamed to a name of
+   * this store's, after its own, and held from now on. A file that cannot be read (torn, foreign,
+   * no regular file, larger than any item) is moved into `dir/unreadable/` and named there in
+   * `unreadable` (so a next start does not name it again); one past the limits is named in
+   * `overLimit` and left in place, not held; one it cannot open, lock or read now (out of file
+   * handles, no permission) is named in `unopened`, left in place and not taken up: only what it
+   * read and could not decode is unreadable. Does nothing once closed; one call at a time (a
+   * second while one runs gets its answer).
+   */
+  takeUp(): Promise<TakenUp> {
+    if (this.#closed) {
+      return Promise.resolve({ items: [], unreadable: [], overLimit: [], unopened: [] });
+    }
+    this.#taking ??= this.#takeUp().finally(() => {
+      this.#taking = undefined;
+      this.#letGoIfEmpty();
+    });
+    return this.#taking;
+  }
+
+  async #takeUp(): Promise<TakenUp> {
+    const dir = this.#dir;
+    const found: TakenUp = { items: [], unreadable: [], overLimit: [], unopened: [] };
+    const candidates: Candidate[] = [];
+    const locks = new Set<string>();
     try {
-      names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => NAME.test(n)).sort();
+      for (const { name } of Deno.readDirSync(dir)) {
+        const lock = LOCK.exec(name)?.[1];
+        if (lock && lock !== this.#owner) locks.add(lock);
+        const m = ITEM.exec(name) ?? OLD_ITEM.exec(name);
+        if (!m) continue;
+        const seq = Number(m[1]);
+        this.#seq = Math.max(this.#seq, seq); // ours go after every file seen
+        if (m[2] !== this.#owner) candidates.push({ name, seq, owner: m[2] });
+      }
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) {
         throw new E2eError("ERR_FILE", `Cannot read "${dir}"`, { cause: e });
       }
     }
-    let total = 0;
-    for (const name of names) {
-      const file = join(dir, name);
-      store.#seq = Math.max(store.#seq, Number(name.slice(0, 10)));
-      const claimed = await claimItemFile(file, store.#maxBytes);
-      if (!claimed) continue; // another running chat's, or gone meanwhile
-      if ("error" in claimed) {
-        unopened.push({ file, reason: systemReason(claimed.error) });
-        continue; // not resumed now: tried again at the next start
-      }
-      const item = store.#decode(claimed.text);
-      if (!item || store.#files.has(item.id)) {
-        // Named once: a torn write-ahead copy (a power cut) would be named at every start.
-        unreadable.push(await moveAside(dir, name));
-        claimed.held?.close();
-        continue;
-      }
-      if (store.#files.size >= store.#maxItems || total + weight(item) > store.#maxBytes) {
-        overLimit.push({
-          file,
-          limit: store.#files.size >= store.#maxItems ? "items" : "bytes",
-        });
-        claimed.held?.close(); // another chat on this home may take it
-        continue;
-      }
-      total += weight(item);
-      store.#files.set(item.id, {
-        file,
-        bytes: weight(item),
-        durable: true,
-        held: claimed.held,
-      });
-      items.push(item);
+    candidates.sort((a, b) => a.seq - b.seq || (a.owner ?? "").localeCompare(b.owner ?? ""));
+    // An owner's lock is held from its first file to its last (by number), then its lock file
+    // removed and let go (one it left in place, past our limits, makes a next taker lock it
+    // again): the handles held meanwhile are those of the owners whose numbers interleave.
+    const last = new Map<string, number>();
+    candidates.forEach((c, i) => c.owner && last.set(c.owner, i));
+    const owners = new Map<string, OwnerLockState>();
+    // The lock file of a chat killed with none of its items left on disk: removed.
+    for (const c of candidates) if (c.owner) locks.delete(c.owner);
+    for (const owner of locks) {
+      const lock = await lockOwner(dir, owner);
+      if (lock instanceof OwnerLock) await lock.release();
     }
-    return { store, items, unreadable, overLimit, unopened };
+    let total = 0;
+    for (const f of this.#files.values()) total += f.bytes;
+    try {
+      for (const [i, { name, owner }] of candidates.entries()) {
+        let lock = owner ? owners.get(owner) : undefined;
+        if (owner && !lock) owners.set(owner, lock = await lockOwner(dir, owner));
+        if (lock === "held") continue; // another running chat's
+        const file = join(dir, name);
+        const claimed = lock && "error" in lock
+          ? lock
+          : await claimItemFile(file, this.#maxBytes, { lock: !owner });
+        try {
+          total += await this.#claim(found, name, claimed, total);
+        } finally {
+          claimed && !("error" in claimed) && claimed.held?.close(); // ours by its name now
+          if (owner && lock instanceof OwnerLock && last.get(owner) === i) {
+            owners.delete(owner);
+            await lock.release();
+          }
+        }
+      }
+    } finally {
+      for (const lock of owners.values()) if (lock instanceof OwnerLock) await lock.release();
+    }
+    // The renames, durable: a power cut must not bring back a name another start takes up.
+    if (found.items.length) await syncDir(dir).catch(() => {});
+    return found;
+  }
+
+  // One file taken up, read as `claimed` (while no other store may take it): decoded, and
+  // renamed to our next number; or named unreadable, past the limits, or unopened. Returns the
+  // bytes it adds.
+  async #claim(
+    found: TakenUp,
+    name: string,
+    claimed: Claimed,
+    total: number,
+  ): Promise<number> {
+    const file = join(this.#dir, name);
+    if (!claimed) return 0; // another running chat's, or gone meanwhile
+    if ("error" in claimed) {
+      found.unopened.push({ file, reason: systemReason(claimed.error) });
+      return 0; // not taken up now: tried again at the next start
+    }
+    const item = this.#decode(claimed.text);
+    if (!item || this.#files.has(item.id)) {
+      // Named once: a torn write-ahead copy (a power cut) would be named at every start.
+      found.unreadable.push(await moveAside(this.#dir, name));
+      return 0;
+    }
+    if (this.#files.size >= this.#maxItems || total + weight(item) > this.#maxBytes) {
+      found.overLimit.push({
+        file,
+        limit: this.#files.size >= this.#maxItems ? "items" : "bytes",
+      });
+      return 0; // another chat on this home may take it
+    }
+    // Ours from now on: under our name (our lock held first), after every number seen.
+    if (this.#closed) return 0; // closed meanwhile: left for the next start
+    let mine: string;
+    try {
+      await this.#holdLock();
+      if (this.#seq >= MAX_SEQ) throw this.#full();
+      mine = join(this.#dir, this.#name(++this.#seq));
+      await Deno.rename(file, mine);
+    } catch (e) {
+      found.unopened.push({ file, reason: systemReason(e) });
+      return 0;
+    }
+    this.#files.set(item.id, { file: mine, bytes: weight(item), durable: true });
+    found.items.push(item);
+    return weight(item);
+  }
+
+  // The name of our file numbered `seq`.
+  #name(seq: number): string {
+    return `${String(seq).padStart(10, "0")}.${this.#owner}.json`;
+  }
+
+  // The folders, made durably and private the first time (not at every keep).
+  async #makeDirs(): Promise<void> {
+    if (this.#made) return;
+    await ensurePrivateDir(this.#parent, { durable: true });
+    await ensurePrivateDir(this.#dir, { durable: true });
+    this.#made = true;
+  }
+
+  // Holds our lock file (from our first file on, until close()): made under a temp name and
+  // locked before it has its name, so that no other store takes it for a chat that is gone.
+  // Once: two keeps at once wait for the same.
+  #holdLock(): Promise<void> {
+    if (this.#lock || this.#closed) return Promise.resolve();
+    this.#locking ??= this.#makeLock().finally(() => this.#locking = undefined);
+    return this.#locking;
+  }
+
+  async #makeLock(): Promise<void> {
+    await this.#makeDirs();
+    const tmp = join(this.#dir, `.${crypto.randomUUID()}.tmp`);
+    const file = await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 });
+    try {
+      await file.tryLock(true); // a name nobody else knows: taken at once
+      await Deno.rename(tmp, join(this.#dir, `${this.#owner}.lock`)); // our id: nobody else's
+    } catch (e) {
+      file.close();
+      await Deno.remove(tmp).catch(() => {});
+      throw e;
+    }
+    this.#lock = file;
+    if (this.#closed) this.#letGo(); // closed meanwhile: let go at once
   }
 
   /** How many items it holds. */
@@ -258,36 +399,32 @@ export class UnsentStore {
     // An eleventh digit would name a file no start reads (a file restored or put there with the
     // last number): the item would be lost, silently, having been said to wait.
     if (!before && this.#seq >= MAX_SEQ) throw this.#full();
-    if (!this.#made) {
-      // Made, durably and private, the first time an item is kept (not at every keep).
-      await ensurePrivateDir(this.#parent, { durable: true });
-      await ensurePrivateDir(this.#dir, { durable: true });
-      this.#made = true;
-    }
-    const text = this.#encode(item);
-    let file = before?.file;
-    let held: Deno.FsFile;
-    if (file) {
-      held = await writeHeld(file, text, { durable, createNew: false });
-      before?.held?.close(); // the file it replaced
-    } else {
-      // The next number no file has: another chat on this home may have taken ours meanwhile.
-      for (;;) {
-        if (this.#seq >= MAX_SEQ) throw this.#full();
-        file = join(this.#dir, `${String(++this.#seq).padStart(10, "0")}.json`);
-        try {
-          held = await writeHeld(file, text, { durable, createNew: this.#link });
-          break;
-        } catch (e) {
-          if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+    // In flight: our lock is not let go meanwhile (see #letGoIfEmpty).
+    this.#busy++;
+    try {
+      await this.#makeDirs();
+      await this.#holdLock(); // before the file has our name
+      const text = this.#encode(item);
+      let file = before?.file;
+      if (file) {
+        await writeItem(file, text, { durable, createNew: false });
+      } else {
+        // The next number no file of ours has (one restored there, say, is never replaced).
+        for (;;) {
+          if (this.#seq >= MAX_SEQ) throw this.#full();
+          file = join(this.#dir, this.#name(++this.#seq));
+          try {
+            await writeItem(file, text, { durable, createNew: this.#link });
+            break;
+          } catch (e) {
+            if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+          }
         }
       }
-    }
-    if (this.#closed) {
-      held.close(); // kept after close(): it waits for the next open
       this.#files.set(item.id, { file, bytes, durable });
-    } else {
-      this.#files.set(item.id, { file, bytes, durable, held });
+    } finally {
+      this.#busy--;
+      this.#letGoIfEmpty();
     }
   }
 
@@ -297,24 +434,44 @@ export class UnsentStore {
     if (!f) return;
     this.#files.delete(id);
     await Deno.remove(f.file).catch(() => {});
-    f.held?.close(); // once removed: no other store can take it up meanwhile
     // A copy that was never synced needs no synced removal: should it come back after a power
     // cut, its post is made again. The service stores those bytes once only while it remembers
     // the first copy (until an hour after its recipient fetched it, ca/mailbox.ts RECENTLY_MS);
     // past that, the recipient gets it again and drops it as replayed (its id is seen).
     if (f.durable) await syncDir(this.#dir).catch(() => {});
+    this.#letGoIfEmpty();
   }
 
   /**
-   * Lets go of its files (they wait for the next open, by this chat or another on this home);
-   * an item kept after it is written and let go at once. The store stays usable.
+   * Lets go of its files (they wait for the next open, or {@linkcode takeUp}, of this chat or
+   * another on this home): its lock file is removed and let go. An item kept after it is written
+   * and not held. The store stays usable.
    */
   close(): void {
     this.#closed = true;
-    for (const f of this.#files.values()) {
-      f.held?.close();
-      f.held = undefined;
-    }
+    this.#letGo();
+  }
+
+  // Lets go of our lock once we hold no file and none is under way (a keep, a take-up): a
+  // running chat with nothing waiting holds no handle and leaves nothing in the folder. The
+  // next lock is made under a new owner id: whoever made our old lock file again, to take up
+  // files of ours that are gone, removes that name, never our new one.
+  #letGoIfEmpty(): void {
+    if (this.#files.size || this.#busy || this.#taking || this.#locking) return;
+    this.#letGo();
+  }
+
+  #letGo(): void {
+    const lock = this.#lock;
+    this.#lock = undefined;
+    if (!lock) return;
+    // Removed first: whoever opened it meanwhile finds it held, then gone. A store that takes up
+    // our files makes it again.
+    try {
+      Deno.removeSync(join(this.#dir, `${this.#owner}.lock`));
+    } catch { /* gone: made again by whoever takes our files up */ }
+    lock.close();
+    this.#owner = newOwner();
   }
 
   #full(): E2eError {
@@ -378,51 +535,116 @@ export class UnsentStore {
   }
 }
 
-// Writes `text` to `path` (a sibling temp file renamed, or with `createNew` linked, into place)
-// and returns it open, holding its flock: taken before it has its name, so that no other store
-// reads it as left by a chat that is gone.
-async function writeHeld(
+// A new owner id: 16 hex digits, random.
+function newOwner(): string {
+  return Array.from(
+    crypto.getRandomValues(new Uint8Array(8)),
+    (b) => b.toString(16).padStart(2, "0"),
+  ).join("");
+}
+
+// Writes `text` to `path` (a sibling temp file renamed, or with `createNew` linked, into place).
+async function writeItem(
   path: string,
   text: string,
   options: { durable: boolean; createNew: Link | false },
-): Promise<Deno.FsFile> {
+): Promise<void> {
   const tmp = join(dirname(path), `.${crypto.randomUUID()}.tmp`);
   const bytes = new TextEncoder().encode(text);
-  const file = await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 });
   try {
-    await file.tryLock(true); // a name nobody else knows: taken at once
-    let written = 0;
-    while (written < bytes.length) written += await file.write(bytes.subarray(written));
-    if (options.durable) await file.sync();
+    {
+      using file = await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 });
+      let written = 0;
+      while (written < bytes.length) written += await file.write(bytes.subarray(written));
+      if (options.durable) await file.sync();
+    }
     if (options.createNew) {
       // Never replaces another's: a name taken is AlreadyExists, as link(2) says.
-      if (!await placeNew(tmp, path, { link: options.createNew, lockPlaceholder: true })) {
+      if (!await placeNew(tmp, path, { link: options.createNew })) {
         throw new Deno.errors.AlreadyExists(path);
       }
     } else {
       await Deno.rename(tmp, path);
     }
     if (options.durable) await syncDir(dirname(path));
-    return file;
   } catch (e) {
-    file.close();
     await Deno.remove(tmp).catch(() => {});
     throw e;
   }
 }
 
-// Takes an item's file up: its text, and the file held (its flock), or undefined when another
-// store holds it (another chat running on this home) or it went meanwhile, or the error that kept
-// it from being opened, locked or read (out of file handles, a lock the file system refuses, no
-// permission): that file is not unreadable, only not now, and stays in place. The text is "" for
-// one that is no regular file (a symbolic link, a FIFO that would block the start, a device that
-// never ends) or is larger than any item we write: a file restored or planted there must neither
-// hang nor exhaust the start. Base64 twice (sealed) is 16/9 of the bytes; the rest is the item's
-// fields and note.
+// The lock of another store, by its owner id: held by us now (its files are ours to take up),
+// held by a running store ("held"), or the error that kept us from opening or locking it.
+type OwnerLockState = OwnerLock | "held" | { error: unknown };
+
+// Another store's lock file, held by us while we take up its files.
+class OwnerLock {
+  #path: string;
+  #file: Deno.FsFile;
+
+  constructor(path: string, file: Deno.FsFile) {
+    this.#path = path;
+    this.#file = file;
+  }
+
+  // Removes the lock file (still ours: another store that opens it meanwhile finds it held, then
+  // gone, and makes it again) and lets go.
+  async release(): Promise<void> {
+    await Deno.remove(this.#path).catch(() => {});
+    this.#file.close();
+  }
+}
+
+// Takes the lock of the store `owner` in `dir`, if no running store holds it: its lock file,
+// made when missing (a store that quit removed it; so that two stores taking up its files
+// exclude each other all the same), and looked at again when replaced or removed between our
+// open and our lock.
+async function lockOwner(dir: string, owner: string): Promise<OwnerLockState> {
+  const path = join(dir, `${owner}.lock`);
+  for (let tries = 0; tries < 3; tries++) {
+    let file: Deno.FsFile | undefined;
+    try {
+      // Not a FIFO, a device or a link planted there: open(2) would follow it.
+      const link = await Deno.lstat(path).catch((e) => {
+        if (e instanceof Deno.errors.NotFound) return undefined;
+        throw e;
+      });
+      if (link && !link.isFile) return { error: new Error(`Not a regular file: "${path}"`) };
+      file = await Deno.open(path, { read: true, write: true, create: true, mode: 0o600 });
+      if (!await file.tryLock(true)) {
+        file.close();
+        return "held";
+      }
+      const info = await file.stat();
+      const now = await Deno.lstat(path);
+      if (info.ino === now.ino && info.dev === now.dev) return new OwnerLock(path, file);
+      file.close();
+    } catch (e) {
+      file?.close();
+      if (!(e instanceof Deno.errors.NotFound)) return { error: e };
+    }
+  }
+  return "held"; // replaced again and again: someone is at it
+}
+
+// A file read to be taken up: its text (and, of the layout before, the file held by its flock),
+// undefined when another store holds it or it went meanwhile, or the error that kept it from
+// being opened, locked or read.
+type Claimed = { text: string; held?: Deno.FsFile } | { error: unknown } | undefined;
+
+// Reads an item's file to take it up: with `lock` (the layout before, one flock per file) taking
+// its flock first, and held. Undefined when another store holds it (another chat running on this
+// home) or it went meanwhile, or the error that kept it from being opened, locked or read (out of
+// file handles, a lock the file system refuses, no permission): that file is not unreadable, only
+// not now, and stays in place. The text is "" for one that is no regular file (a symbolic link, a
+// FIFO that would block the start, a device that never ends) or is larger than any item we
+// write: a file restored or planted there must neither hang nor exhaust the start. Base64 twice
+// (sealed) is 16/9 of the bytes; the rest is the item's fields and note.
 async function claimItemFile(
   path: string,
   maxBytes: number,
-): Promise<{ text: string; held?: Deno.FsFile } | { error: unknown } | undefined> {
+  options: { lock: boolean },
+): Promise<Claimed> {
   const cap = maxBytes * 2 + 1024 * 1024;
   // A file replaced or removed between our open and our lock is looked at again, by its name.
   for (let tries = 0; tries < 3; tries++) {
@@ -431,7 +653,7 @@ async function claimItemFile(
       const link = await Deno.lstat(path);
       if (!link.isFile) return { text: "" };
       file = await Deno.open(path);
-      if (!await file.tryLock(true)) {
+      if (options.lock && !await file.tryLock(true)) {
         file.close();
         return undefined;
       }
@@ -441,11 +663,15 @@ async function claimItemFile(
         file.close();
         continue;
       }
-      if (!info.isFile || info.size > cap) return { text: "", held: file };
-      const bytes = await readUpTo(file, info.size + 1);
-      // It grew meanwhile: not one of ours.
-      const text = bytes.length > info.size ? "" : new TextDecoder().decode(bytes);
-      return { text, held: file };
+      let text = "";
+      if (info.isFile && info.size <= cap) {
+        const bytes = await readUpTo(file, info.size + 1);
+        // It grew meanwhile: not one of ours.
+        if (bytes.length <= info.size) text = new TextDecoder().decode(bytes);
+      }
+      if (options.lock) return { text, held: file };
+      file.close();
+      return { text };
     } catch (e) {
       file?.close();
       if (e instanceof Deno.errors.NotFound) {

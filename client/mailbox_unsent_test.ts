@@ -11,6 +11,14 @@ function item(id: string, more: Partial<UnsentItem> = {}): UnsentItem {
   return { to: "bob", kind: "message", id, at: "2026-01-02T03:04:05.000Z", ...more };
 }
 
+// The name of the item file numbered `n` in `dir` (named by the store that holds it).
+function numbered(dir: string, n: number): string {
+  const prefix = `${String(n).padStart(10, "0")}.`;
+  const names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((m) => m.startsWith(prefix));
+  assert.equal(names.length, 1, `${prefix}: ${names}`);
+  return names[0];
+}
+
 Deno.test("UnsentStore keeps items across an open, in the order kept, each as it was last kept, plain or sealed", async () => {
   for (const options of [{}, { key: bytes(32, 1) }]) {
     await withTempDir(async (home) => {
@@ -42,8 +50,9 @@ Deno.test("UnsentStore keeps items across an open, in the order kept, each as it
       const { payload: _, ...expected } = sealed;
       assert.deepEqual(items, [expected, two]);
       assert.equal(Deno.statSync(dir).mode! & 0o777, 0o700);
+      // Named by their number and the store that holds them; its lock file gone once closed.
       for (const e of Deno.readDirSync(dir)) {
-        assert.match(e.name, /^\d{10}\.json$/);
+        assert.match(e.name, /^\d{10}\.[0-9a-f]{16}\.json$/);
         assert.equal(Deno.statSync(join(dir, e.name)).mode! & 0o777, 0o600);
         const text = Deno.readTextFileSync(join(dir, e.name));
         assert.equal(text.includes("bob"), !("key" in options), text);
@@ -70,7 +79,7 @@ Deno.test("UnsentStore refuses one more item past its count or its bytes with ER
       store.keep(item("c", { payload: bytes(1) })),
       e2eError("ERR_QUOTA", "2 items already wait for the CA service to answer, at most 2"),
     );
-    assert.equal([...Deno.readDirSync(dir)].length, 2);
+    assert.equal([...Deno.readDirSync(dir)].filter((e) => e.name.endsWith(".json")).length, 2);
     await store.drop("a");
     await store.keep(item("c", { payload: bytes(1) }));
     store.close();
@@ -103,13 +112,14 @@ Deno.test("UnsentStore names a file it cannot read (torn, foreign, sealed under 
       JSON.stringify({ ...stranger, to: "Bob" }),
     );
     store.close();
+    const first = numbered(dir, 1);
     // A file already moved aside under the same name (an earlier start's) is not replaced.
     Deno.mkdirSync(join(dir, "unreadable"));
     Deno.writeTextFileSync(join(dir, "unreadable", "0000000002.json"), "earlier");
     const { items, unreadable } = await UnsentStore.open(dir, home, { key: bytes(32, 2) });
     assert.deepEqual(items, []);
     const aside = (n: number) =>
-      join(dir, "unreadable", `000000000${n}.json${n === 2 ? ".1" : ""}`);
+      join(dir, "unreadable", n === 1 ? first : `000000000${n}.json${n === 2 ? ".1" : ""}`);
     assert.deepEqual(unreadable, [1, 2, 3, 4].map(aside));
     assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["unreadable"]);
     assert.equal(Deno.readTextFileSync(join(dir, "unreadable", "0000000002.json")), "earlier");
@@ -193,19 +203,19 @@ Deno.test("UnsentStore.open() tells the files past its count or its bytes from t
     await store.keep(item("d", { payload: bytes(10) }));
     Deno.writeTextFileSync(join(dir, "0000000005.json"), "torn");
     store.close();
+    const [second, fourth] = [numbered(dir, 2), numbered(dir, 4)];
     const { store: reopened, items, unreadable, overLimit } = await UnsentStore.open(dir, home, {
       maxItems: 2,
       maxBytes: 1000,
     });
     reopened.close();
-    const file = (n: number) => join(dir, `000000000${n}.json`);
     assert.deepEqual(items.map((i) => i.id), ["a", "c"]);
     assert.deepEqual(overLimit, [
-      { file: file(2), limit: "bytes" },
-      { file: file(4), limit: "items" },
+      { file: join(dir, second), limit: "bytes" },
+      { file: join(dir, fourth), limit: "items" },
     ]);
     assert.deepEqual(unreadable, [join(dir, "unreadable", "0000000005.json")]);
-    assert.equal([...Deno.readDirSync(dir)].length, 5); // 1-4 and unreadable/
+    assert.equal([...Deno.readDirSync(dir)].length, 5); // the four items and unreadable/
   });
 });
 
@@ -257,9 +267,12 @@ Deno.test("UnsentStore.open() out of file handles leaves the items it cannot ope
     const { store } = await UnsentStore.open(dir, join(home, "mailbox"));
     for (let i = 0; i < 90; i++) await store.keep(item(`m${i}`, { payload: bytes(2) }));
     store.close();
-    // A start with few file handles (`ulimit -n 64`): each item it resumes keeps one open.
+    // A start with one file handle left (under `ulimit -n 64`, the rest taken first): enough to
+    // read the folder and lock the store that left them, none to open an item.
     const module = new URL("./mailbox_unsent.ts", import.meta.url).href;
     const code = `const { UnsentStore } = await import(${JSON.stringify(module)});
+      const taken = [];
+      try { for (;;) taken.push(Deno.openSync("/dev/null")); } catch { taken.pop().close(); }
       const r = await UnsentStore.open(${JSON.stringify(dir)}, ${JSON.stringify(home)});
       console.log(JSON.stringify({ items: r.items.length, unreadable: r.unreadable,
         unopened: r.unopened.map((u) => u.reason) }));`;
@@ -282,25 +295,251 @@ function noHardLinks(): Promise<void> {
   return Promise.reject(new Deno.errors.PermissionDenied("Operation not permitted (os error 1)"));
 }
 
-Deno.test("UnsentStore on a file system without hard links (vfat, exFAT) keeps items under numbers of their own, never over another chat's, and leaves no temp file", async () => {
+Deno.test("UnsentStore on a file system without hard links (vfat, exFAT) keeps items under names of their own, never over another chat's, and leaves no temp file", async () => {
   await withTempDir(async (home) => {
     const dir = join(home, "mailbox", "unsent");
     const a = (await UnsentStore.open(dir, join(home, "mailbox"), { link: noHardLinks })).store;
     const b = (await UnsentStore.open(dir, join(home, "mailbox"), { link: noHardLinks })).store;
     await a.keep(item("from-a", { payload: bytes(3) }));
-    await b.keep(item("from-b", { payload: bytes(3) })); // its first number is a's now
+    await b.keep(item("from-b", { payload: bytes(3) })); // the same number: b's own name
     await a.keep(item("from-a", { der: bytes(4), sealedTo: "ab".repeat(32) })); // in its place
     a.close();
     b.close();
-    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name).sort(), [
-      "0000000001.json",
-      "0000000002.json",
-    ]);
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name);
+    assert.equal(names.length, 2);
+    for (const name of names) assert.match(name, /^0000000001\.[0-9a-f]{16}\.json$/);
     const { store, items } = await UnsentStore.open(dir, join(home, "mailbox"));
     store.close();
-    assert.deepEqual(items.map((i) => [i.id, i.der?.length]), [["from-a", 4], [
-      "from-b",
-      undefined,
-    ]]);
+    assert.deepEqual(
+      items.map((i) => [i.id, i.der?.length]).sort(),
+      [["from-a", 4], ["from-b", undefined]],
+    );
+  });
+});
+
+Deno.test("UnsentStore holds one file handle, its lock, however many items it keeps or takes up, and none once it holds none, or is closed", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "mailbox", "unsent");
+    // Counted by a process of its own, in its /proc/self/fd: what it holds more than before.
+    const module = new URL("./mailbox_unsent.ts", import.meta.url).href;
+    const code = `const { UnsentStore } = await import(${JSON.stringify(module)});
+      const handles = () => [...Deno.readDirSync("/proc/self/fd")].length;
+      const dir = ${JSON.stringify(dir)}, parent = ${JSON.stringify(join(home, "mailbox"))};
+      const item = (id, more) => ({ to: "bob", kind: "message", id,
+        at: "2026-01-02T03:04:05.000Z", payload: new Uint8Array(2), ...more });
+      const before = handles();
+      const counts = [];
+      const { store } = await UnsentStore.open(dir, parent);
+      for (let i = 0; i < 100; i++) await store.keep(item("m" + i));
+      await store.keep(item("m0", { payload: undefined, der: new Uint8Array(3),
+        sealedTo: "ab".repeat(32) })); // in its place
+      counts.push(handles() - before);
+      store.close();
+      counts.push(handles() - before);
+      const again = await UnsentStore.open(dir, parent);
+      counts.push(again.items.length, handles() - before);
+      for (let i = 0; i < 50; i++) await again.store.drop("m" + i);
+      again.store.close();
+      counts.push(handles() - before);
+      // One more, kept and dropped by a store that runs on: its lock goes with its last item.
+      const third = await UnsentStore.open(dir, parent, { maxItems: 200 });
+      await third.store.keep(item("x"), { durable: false });
+      counts.push(third.items.length, handles() - before);
+      for (const i of [...third.items, item("x")]) await third.store.drop(i.id);
+      counts.push(handles() - before, [...Deno.readDirSync(dir)].length);
+      await third.store.keep(item("y"));
+      counts.push(handles() - before);
+      third.store.close();
+      console.log(JSON.stringify(counts));`;
+    const out = await new Deno.Command(Deno.execPath(), { args: ["eval", code], stdout: "piped" })
+      .output();
+    assert.equal(out.code, 0);
+    // Kept 100: one (its lock); closed: none; taken up 100: one; closed: none; taken up 50 and
+    // kept one: one; all dropped: none, and the folder empty; one kept again: one.
+    assert.deepEqual(
+      JSON.parse(new TextDecoder().decode(out.stdout)),
+      [1, 0, 100, 1, 0, 50, 1, 0, 0, 1],
+    );
+    // Its one item, and no lock file.
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name);
+    assert.equal(names.length, 1);
+    for (const name of names) assert.match(name, /^\d{10}\.[0-9a-f]{16}\.json$/);
+  });
+});
+
+// A chat in a process of its own: keeps `ids` (the last as a write-ahead copy) in `dir`, says
+// "ready" and runs until killed.
+async function chatProcess(home: string, ids: string[]): Promise<Deno.ChildProcess> {
+  const module = new URL("./mailbox_unsent.ts", import.meta.url).href;
+  const code = `const { UnsentStore } = await import(${JSON.stringify(module)});
+    const { store } = await UnsentStore.open(${JSON.stringify(join(home, "mailbox", "unsent"))},
+      ${JSON.stringify(join(home, "mailbox"))});
+    const ids = ${JSON.stringify(ids)};
+    for (const [i, id] of ids.entries()) {
+      await store.keep({ to: "bob", kind: "message", id, at: "2026-01-02T03:04:05.000Z",
+        payload: new Uint8Array([104, 105]) }, { durable: i < ids.length - 1 });
+    }
+    console.log("ready");
+    setInterval(() => {}, 1000);`;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", code],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.getReader();
+  let said = "";
+  while (!said.includes("ready\n")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`The chat process ended before it was ready: ${said}`);
+    said += new TextDecoder().decode(value);
+  }
+  reader.releaseLock();
+  return child;
+}
+
+Deno.test("UnsentStore: the items of a chat killed (SIGKILL) in another process are taken up by a chat that runs, at its next takeUp(), and not before; its lock file goes with them", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "mailbox", "unsent");
+    const child = await chatProcess(home, ["k1", "k2", "ahead"]);
+    try {
+      const running = await UnsentStore.open(dir, join(home, "mailbox"));
+      assert.deepEqual([running.items, running.unreadable, running.unopened], [[], [], []]);
+      await running.store.keep(item("mine", { payload: bytes(3) }));
+      assert.deepEqual((await running.store.takeUp()).items, []); // it runs
+      child.kill("SIGKILL");
+      await child.status;
+      await child.stdout.cancel();
+      const taken = await running.store.takeUp();
+      assert.deepEqual(taken.items.map((i) => i.id), ["k1", "k2", "ahead"]);
+      assert.deepEqual([taken.unreadable, taken.overLimit, taken.unopened], [[], [], []]);
+      assert.equal(running.store.size, 4);
+      // Its own and the taken ones: under its name now, one lock file (its own).
+      const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+      const owner = names.find((n) => n.endsWith(".lock"))!.slice(0, 16);
+      assert.deepEqual(names.filter((n) => !n.includes(owner)), []);
+      assert.equal(names.length, 5);
+      // A start meanwhile takes none of them; the next one after it quits, all.
+      const third = await UnsentStore.open(dir, join(home, "mailbox"));
+      assert.deepEqual(third.items, []);
+      third.store.close();
+      running.store.close();
+      const next = await UnsentStore.open(dir, join(home, "mailbox"));
+      next.store.close();
+      assert.deepEqual(next.items.map((i) => i.id), ["mine", "k1", "k2", "ahead"]);
+    } finally {
+      try {
+        child.kill("SIGKILL");
+        await child.status;
+      } catch { /* ended */ }
+    }
+  });
+});
+
+Deno.test("UnsentStore.takeUp() takes up the items of a chat that quit while this one runs, never another running chat's, and removes a lock file left with no items", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "mailbox", "unsent");
+    const parent = join(home, "mailbox");
+    const a = (await UnsentStore.open(dir, parent)).store;
+    const b = (await UnsentStore.open(dir, parent)).store;
+    const c = (await UnsentStore.open(dir, parent)).store;
+    await a.keep(item("from-a", { payload: bytes(3) }));
+    await b.keep(item("from-b", { payload: bytes(3) }));
+    await c.keep(item("from-c", { payload: bytes(3) }));
+    await c.drop("from-c");
+    a.close(); // a quits
+    const taken = await b.takeUp();
+    assert.deepEqual(taken.items.map((i) => i.id), ["from-a"]);
+    assert.equal(b.size, 2);
+    assert.deepEqual((await c.takeUp()).items, []);
+    // A lock file of a chat killed with no items left: removed by the next take-up.
+    Deno.writeTextFileSync(join(dir, "0123456789abcdef.lock"), "");
+    await c.takeUp();
+    assert.throws(() => Deno.lstatSync(join(dir, "0123456789abcdef.lock")), Deno.errors.NotFound);
+    // b's: c holds no item, and no lock.
+    assert.equal([...Deno.readDirSync(dir)].filter((e) => e.name.endsWith(".lock")).length, 1);
+    b.close();
+    c.close();
+    const next = await UnsentStore.open(dir, parent);
+    next.store.close();
+    assert.deepEqual(next.items.map((i) => i.id), ["from-b", "from-a"]);
+  });
+});
+
+Deno.test("UnsentStore: two starts at once take up the items of a chat that is gone once, each item by one of them", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "mailbox", "unsent");
+    const parent = join(home, "mailbox");
+    for (const quit of ["closed", "killed"]) {
+      const { store } = await UnsentStore.open(dir, parent);
+      for (let i = 0; i < 20; i++) await store.keep(item(`${quit}${i}`, { payload: bytes(2) }));
+      store.close(); // its lock file removed
+      if (quit === "killed") {
+        // Killed instead: its lock file left, held by nobody.
+        const owner = [...Deno.readDirSync(dir)][0].name.split(".")[1];
+        Deno.writeTextFileSync(join(dir, `${owner}.lock`), "");
+      }
+      const [x, y] = await Promise.all([
+        UnsentStore.open(dir, parent),
+        UnsentStore.open(dir, parent),
+      ]);
+      const ids = [...x.items, ...y.items].map((i) => i.id);
+      assert.equal(ids.length, 20, quit);
+      assert.equal(new Set(ids).size, 20, quit);
+      assert.deepEqual([x.unopened, y.unopened, x.unreadable, y.unreadable], [[], [], [], []]);
+      x.store.close();
+      y.store.close();
+      const next = await UnsentStore.open(dir, parent);
+      assert.equal(next.items.length, 20, quit);
+      for (const i of next.items) await next.store.drop(i.id);
+      next.store.close();
+    }
+  });
+});
+
+Deno.test("UnsentStore takes up the files of the layout before (one flock each) that no chat of that version holds, in order, and leaves the one it holds", async () => {
+  await withTempDir(async (home) => {
+    const dir = join(home, "mailbox", "unsent");
+    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    // As the version before writes them: one 0600 file per item, named by its number alone.
+    for (const n of [1, 2, 3]) {
+      Deno.writeTextFileSync(
+        join(dir, `000000000${n}.json`),
+        JSON.stringify({
+          v: 1,
+          to: "bob",
+          kind: "message",
+          id: `old${n}`,
+          at: "2026-01-02T03:04:05.000Z",
+          payload: "aGk=",
+          note: { text: "hi" },
+        }) + "\n",
+        { mode: 0o600 },
+      );
+    }
+    // A chat of that version still runs, holding the second with its flock.
+    const old = await Deno.open(join(dir, "0000000002.json"));
+    try {
+      assert.ok(await old.tryLock(true));
+      const { store, items } = await UnsentStore.open(dir, join(home, "mailbox"));
+      assert.deepEqual(items.map((i) => [i.id, i.note]), [["old1", { text: "hi" }], [
+        "old3",
+        { text: "hi" },
+      ]]);
+      assert.deepEqual(
+        [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => /^\d{10}\.json$/.test(n)),
+        ["0000000002.json"],
+      );
+      await store.keep(item("new", { payload: bytes(2) })); // after them
+      old.close(); // that chat quits
+      assert.deepEqual((await store.takeUp()).items.map((i) => i.id), ["old2"]);
+      store.close();
+      const next = await UnsentStore.open(dir, join(home, "mailbox"));
+      next.store.close();
+      assert.deepEqual(next.items.map((i) => i.id), ["old1", "old3", "new", "old2"]);
+    } finally {
+      try {
+        old.close();
+      } catch { /* closed */ }
+    }
   });
 });
