@@ -253,6 +253,7 @@ export class Chat {
       },
       history: this.#history,
       dir: id.home.rooms,
+      invitationsFile: id.home.roomInvitations,
     });
     this.#invitations = new Invitations(this.#ca, {
       onInvite: (i) => this.#rooms.invited(i.from) || this.#emit({ type: "invite", from: i.from }),

@@ -34,6 +34,8 @@
  *                             (client/mailbox_unsent.ts)
  *       unreadable/     0700  files of unsent/ a start could not read, moved aside, never posted
  *   rooms/              0700  rooms we are in (client/rooms.ts), one ROOMID.json each (0600)
+ *   room-invitations.json 0600 room invitations waiting for our answer and those we declined
+ *                             (client/rooms.ts): kept across restarts, bounded, 30 days at most
  * ```
  *
  * @module
@@ -129,6 +131,10 @@ export class ClientHome {
   /** Rooms we are in: member lists and sequence numbers, one file per room (0700). */
   get rooms(): string {
     return join(this.root, "rooms");
+  }
+  /** Room invitations that wait and those declined, kept across restarts (0600). */
+  get roomInvitations(): string {
+    return join(this.root, "room-invitations.json");
   }
   /** Conversation history, one file per conversation. */
   get history(): string {

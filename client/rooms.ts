@@ -18,17 +18,24 @@
  * messages were shown is written a moment later, not fsynced. The texts of
  * recent messages (for other members' gaps) stay in memory only.
  *
+ * The room invitations that wait for our answer, and those we declined, are kept in
+ * HOME/room-invitations.json (0600, written atomically and fsynced before the change is told),
+ * bounded in number and dropped after {@linkcode INVITATIONS_KEEP_MS}: a declined invitation does
+ * not come back after a restart, and a waiting one is not lost. One restored holds no signed list
+ * nor key: it is joined once its creator is connected again (see {@linkcode Rooms.join}).
+ *
  * @module
  */
 import { createHash, createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
 import { dirname, join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDirSync, syncDirSync, writeFileAtomicSync } from "../lib/fs.ts";
-import { checkName } from "../lib/names.ts";
+import { ensurePrivateDirSync, readUpToSync, syncDirSync, writeFileAtomicSync } from "../lib/fs.ts";
+import { checkName, isValidName } from "../lib/names.ts";
 import {
   checkRoomName,
   decodeRoomFrame,
   isRoomIdOf,
+  isRoomName,
   keyFingerprintOf,
   listHash,
   MAX_MEMBERS,
@@ -102,6 +109,23 @@ const SEQ_SLOT = 512;
 /** Re-invites of an unreachable co-member back off from this to {@linkcode DIAL_MAX_MS}. */
 const DIAL_FIRST_MS = 2_000;
 const DIAL_MAX_MS = 60_000;
+/**
+ * How long a `join` waits for the creator's list before it is no longer under way: a creator
+ * that refuses it (a room full, an invitation withdrawn) sends nothing back. After it, a warning
+ * says so and the invitation can be declined (or joined again); a list that comes later is still
+ * taken.
+ */
+export const JOIN_WAIT_MS = 10_000;
+/**
+ * How long an invitation kept in HOME/room-invitations.json is kept: a waiting one from when its
+ * creator last offered it, a declined one from when it was declined.
+ */
+export const INVITATIONS_KEEP_MS = 30 * 24 * 3600_000;
+/**
+ * HOME/room-invitations.json larger than this is not read (it holds at most 32 waiting and 128
+ * declined entries of a few hundred bytes each).
+ */
+const MAX_INVITATIONS_FILE_BYTES = 256 * 1024;
 
 /**
  * What a face says when the user declined an invitation (`told` false: its creator was not
@@ -155,6 +179,11 @@ export interface RoomHost {
   history: History;
   /** HOME/rooms. */
   dir: string;
+  /**
+   * HOME/room-invitations.json: the room invitations that wait and those declined, across
+   * restarts. Default: none (kept in memory only).
+   */
+  invitationsFile?: string;
 }
 
 /** A room as `/room members` shows it. */
@@ -203,17 +232,38 @@ interface Room {
 }
 
 interface RoomInvite {
-  list: SignedList;
+  /** `#name`, its id and its creator (who sent it). */
+  room: string;
+  roomId: string;
   from: string;
-  key: string;
+  /** The version of the list it came with: the list that adds us must be newer. */
+  version: number;
+  /** When its creator last offered it (ms since the epoch): kept INVITATIONS_KEEP_MS from it. */
+  at: number;
+  /**
+   * The creator's key (that of the connection it came on), when offered in this run; absent for
+   * one restored from HOME/room-invitations.json until offered again.
+   */
+  key?: string;
   /** Whether we answered it with `join`: only then may a list add us (our consent). */
   joined?: boolean;
   /**
-   * The connection our `join` went on: while it is the creator's connection, the join is under
-   * way and a decline is refused (a decline after the join would tell the creator we declined
-   * while its list adds us). It ends with the room joined, or with that connection.
+   * The connection our `join` went on: while it is the creator's connection, and for
+   * JOIN_WAIT_MS, the join is under way and a decline is refused (a decline after the join would
+   * tell the creator we declined while its list adds us). It ends with the room joined, with that
+   * connection, or when {@linkcode joinTimer} fires.
    */
   joining?: PeerConnection;
+  joinTimer?: ReturnType<typeof setTimeout>;
+}
+
+/** An invitation we declined, remembered (see `#declinedHere`, `#declinesUntold`). */
+interface Declined {
+  room: string;
+  roomId: string;
+  from: string;
+  /** When it was declined (ms since the epoch). */
+  at: number;
 }
 
 /** The rooms of one running chat. */
@@ -221,8 +271,8 @@ export class Rooms {
   #host: RoomHost;
   #rooms = new Map<string, Room>(); // by room id
   #invites = new Map<string, RoomInvite>(); // by creator and room id (inviteKey)
-  #declinesUntold = new Set<string>(); // declined, the creator away: to tell it (inviteKey)
-  #declinedHere = new Map<string, { room: string; from: string }>(); // all we declined (inviteKey)
+  #declinesUntold = new Map<string, Declined>(); // declined, the creator away: to tell it (inviteKey)
+  #declinedHere = new Map<string, Declined>(); // all we declined (inviteKey)
   #signing?: KeyObject;
   #seen = new WeakMap<PeerConnection, Set<string>>();
   #reports = new WeakMap<PeerConnection, number>();
@@ -234,6 +284,8 @@ export class Rooms {
   #unreachable = new Set<string>(); // co-members we failed to connect to (said once while they are)
   #mailboxSeen = new Set<string>(); // messages that came through the mailbox (bounded like a connection's)
   #saveTimer?: ReturnType<typeof setTimeout>; // writes #dirty a moment later
+  #invitationsDirty = false; // HOME/room-invitations.json is behind (only an invitation's age)
+  #restored: RoomInvite[] = []; // waiting invitations read at load, shown again by start()
   #stopped = false;
   #durable = new Map<string, string>(); // by room id: the membership last written durably
 
@@ -250,8 +302,16 @@ export class Rooms {
     this.#host = host;
   }
 
-  /** Reads the rooms kept in HOME/rooms; a file that does not check out is skipped with a warning. */
+  /**
+   * Reads the rooms kept in HOME/rooms, then the room invitations kept (waiting and declined);
+   * a file that does not check out is skipped with a warning.
+   */
   async load(): Promise<void> {
+    await this.#loadRooms();
+    this.#loadInvitations();
+  }
+
+  async #loadRooms(): Promise<void> {
     let entries: Deno.DirEntry[] = [];
     try {
       entries = await Array.fromAsync(Deno.readDir(this.#host.dir));
@@ -293,18 +353,28 @@ export class Rooms {
     }
   }
 
-  /** Connects to the members of every room we are in (the name that sorts first invites). */
+  /**
+   * Shows again (`room_invite`) each room invitation restored from the last run, and connects to
+   * the members of every room we are in (the name that sorts first invites).
+   */
   start(): void {
+    for (const i of this.#restored) {
+      if (this.#invites.get(inviteKey(i.from, i.roomId)) !== i) continue; // answered meanwhile
+      this.#host.emit({ type: "room_invite", room: i.room, from: i.from });
+    }
+    this.#restored = [];
     for (const r of this.#rooms.values()) this.#connectMembers(r);
   }
 
-  /** Stops re-invites and gap timers; writes what is unsaved. */
+  /** Stops re-invites, gap and join timers; writes what is unsaved. */
   // deno-lint-ignore require-await
   async stop(): Promise<void> {
     this.#stopped = true;
     for (const d of this.#dialing.values()) clearTimeout(d.timer);
     for (const r of this.#rooms.values()) for (const t of r.gaps.values()) clearTimeout(t);
+    for (const i of this.#invites.values()) clearTimeout(i.joinTimer);
     this.#flush();
+    if (this.#invitationsDirty) this.#saveInvitationsOrWarn();
   }
 
   // --- the commands
@@ -332,7 +402,7 @@ export class Rooms {
       this.#rooms.delete(list.roomId);
       throw e;
     }
-    this.#dropInvites(room);
+    if (this.#dropInvites(room)) this.#saveInvitationsOrWarn();
     this.#host.emit({ type: "room_joined", room, members: [self] });
     return this.members(room);
   }
@@ -373,29 +443,50 @@ export class Rooms {
   /**
    * Accepts the invitation to `room` (from `creator`, needed when invitations to two rooms of
    * that name wait): the creator adds us, and `room_joined` follows. Until then (or until the
-   * connection to the creator ends) the join is under way, and {@linkcode decline} of the same
-   * invitation fails with `ERR_CONFLICT`, as a join of one declined does.
+   * connection to the creator ends, or {@linkcode JOIN_WAIT_MS} pass without an answer: a warning
+   * says so) the join is under way, and {@linkcode decline} of the same invitation fails with
+   * `ERR_CONFLICT`, as a join of one declined does. The creator must be connected: an invitation
+   * restored after a restart is joined once its creator is connected again, and the list that
+   * answers is checked with the key of that connection (so a creator revoked or expired since
+   * cannot answer, and one that withdrew the invitation meanwhile does not).
    */
   join(room: string, creator?: string): void {
     checkRoomName(room);
     if (creator !== undefined) checkName(creator);
     if (this.#byName(room)) throw new E2eError("ERR_USAGE", `You are in ${room} already`);
     const invite = this.#pick(room, creator, "join");
-    const conn = this.#host.peer(invite.from);
-    if (!conn?.sendRoom({ op: "join", roomId: invite.list.roomId })) {
-      throw new E2eError("ERR_NOT_FOUND", `Not connected to "${invite.from}", who invited you`, {
-        hint: `accept an invitation from "${invite.from}" first`,
+    const from = invite.from;
+    const conn = this.#host.peer(from);
+    if (!conn?.sendRoom({ op: "join", roomId: invite.roomId })) {
+      throw new E2eError("ERR_NOT_FOUND", `Not connected to "${from}", who invited you`, {
+        hint: `connect to "${from}" first (/chat ${from}, or accept an invitation from "${from}")`,
       });
     }
     invite.joined = true;
     invite.joining = conn;
+    clearTimeout(invite.joinTimer);
+    // A creator that refuses a join says nothing: after a while the join is no longer under way.
+    invite.joinTimer = setTimeout(() => {
+      invite.joinTimer = undefined;
+      if (invite.joining !== conn) return;
+      invite.joining = undefined;
+      if (this.#invites.get(inviteKey(from, invite.roomId)) !== invite) return;
+      if (this.#host.peer(from) !== conn) return; // the connection ended: said by `disconnected`
+      this.#host.emit({
+        type: "warning",
+        message: `"${from}" did not answer your join of ${room} in ${JOIN_WAIT_MS / 1000} s ` +
+          `(the room may be full, or "${from}" withdrew the invitation): ` +
+          `/room join ${room} ${from} asks again, /room decline ${room} ${from} declines it`,
+      });
+    }, JOIN_WAIT_MS);
   }
 
   /**
    * Declines the invitation to `room` (from `creator`, needed when invitations to two rooms of
    * that name wait): it is dropped, and its creator is told with a `leave` for the room, on which
    * it stops offering it (until it invites us again). A creator not connected now is told when
-   * it next offers it, which is then not shown. `told`: whether the creator was told now.
+   * it next offers it, which is then not shown. `told`: whether the creator was told now. The
+   * decline is durable (HOME/room-invitations.json) before the creator is told or this returns.
    *
    * @example
    * ```ts ignore
@@ -410,27 +501,42 @@ export class Rooms {
       throw new E2eError(
         "ERR_CONFLICT",
         `A join of the invitation to ${room} from "${invite.from}" is under way`,
-        { hint: `once you are in ${room}, /room leave ${room}` },
+        {
+          hint: `once you are in ${room}, /room leave ${room}; with no answer from ` +
+            `"${invite.from}" in ${JOIN_WAIT_MS / 1000} s, it can be declined`,
+        },
       );
     }
-    const key = inviteKey(invite.list.creator, invite.list.roomId);
+    const key = inviteKey(invite.from, invite.roomId);
+    const declined: Declined = {
+      room: invite.room,
+      roomId: invite.roomId,
+      from: invite.from,
+      at: Date.now(),
+    };
+    // Durable before anyone is told (kept as not told until the creator is): back from a
+    // restart, the invitation its creator offers again is answered, not shown.
+    const before = [new Map(this.#invites), new Map(this.#declinedHere)] as const;
+    const untoldBefore = new Map(this.#declinesUntold);
     this.#invites.delete(key);
     // Remembered, so that a join of it pressed meanwhile (another tab) says it was declined.
-    this.#declinedHere.delete(key);
-    this.#declinedHere.set(key, { room: invite.list.room, from: invite.from });
-    if (this.#declinedHere.size > MAX_DECLINED) {
-      this.#declinedHere.delete(this.#declinedHere.keys().next().value!);
+    remember(this.#declinedHere, key, declined, MAX_DECLINED);
+    remember(this.#declinesUntold, key, declined, MAX_DECLINED);
+    try {
+      this.#saveInvitations();
+    } catch (e) {
+      [this.#invites, this.#declinedHere] = before;
+      this.#declinesUntold = untoldBefore;
+      throw e;
     }
+    clearTimeout(invite.joinTimer);
     const told = this.#host.peer(invite.from)?.sendRoom({
       op: "leave",
-      roomId: invite.list.roomId,
+      roomId: invite.roomId,
     }) === true;
-    if (!told) {
+    if (told) {
       this.#declinesUntold.delete(key);
-      this.#declinesUntold.add(key);
-      if (this.#declinesUntold.size > MAX_DECLINED) {
-        this.#declinesUntold.delete(this.#declinesUntold.values().next().value!);
-      }
+      this.#saveInvitationsOrWarn();
     }
     return { from: invite.from, told };
   }
@@ -438,7 +544,7 @@ export class Rooms {
   /** The room invitations that wait, each with its creator, by room name and then creator. */
   invitations(): Array<{ room: string; from: string }> {
     return [...this.#invites.values()]
-      .map((i) => ({ room: i.list.room, from: i.from }))
+      .map((i) => ({ room: i.room, from: i.from }))
       .sort((a, b) => a.room < b.room ? -1 : a.room > b.room ? 1 : a.from < b.from ? -1 : 1);
   }
 
@@ -556,7 +662,7 @@ export class Rooms {
         version: r.list.version,
       })).sort((a, b) => (a.room < b.room ? -1 : 1)),
       // Each name once: when several share it, /room join says whose they are.
-      invitations: [...new Set([...this.#invites.values()].map((i) => i.list.room))],
+      invitations: [...new Set([...this.#invites.values()].map((i) => i.room))],
     };
   }
 
@@ -769,33 +875,43 @@ export class Rooms {
     // Declined while its creator was away: it is told now, and the offer is not shown again.
     if (this.#declinesUntold.has(key) && conn.sendRoom({ op: "leave", roomId: list.roomId })) {
       this.#declinesUntold.delete(key);
+      this.#saveInvitationsOrWarn();
       return;
     }
     const had = this.#invites.get(key);
     if (had) {
-      if (list.version >= had.list.version) had.list = list;
-      return; // the same invitation again (sent at every hello)
+      // The same invitation again (sent at every hello), maybe one restored from the last run:
+      // the key of this connection now checks the list that answers a join.
+      if (list.version >= had.version) {
+        had.key = creatorKey;
+        had.version = list.version;
+      }
+      had.at = Date.now();
+      this.#invitationsDirty = true; // written with the next change (only its age moved)
+      return;
     }
     // Bounded per creator, by name: its own oldest goes (one of the same name first: it made
     // another room of that name since). When all are taken, the creator holding the most gives
     // up its oldest if it holds at least two more than this one (two members together could
     // otherwise hold all 32 and keep every other creator's out); else a new one is refused.
     const theirs = [...this.#invites].filter(([, i]) => i.from === conn.name);
-    const replaced = theirs.find(([, i]) => i.list.room === list.room) ??
+    const replaced = theirs.find(([, i]) => i.room === list.room) ??
       (theirs.length >= MAX_INVITES_PER_CREATOR ? theirs[0] : undefined);
     const most = replaced || this.#invites.size < MAX_ROOM_INVITES
       ? undefined
       : this.#oldestOfMost(theirs.length + 2);
     const gone = replaced?.[0] ?? most;
     if (gone !== undefined) {
-      const { list: old, from } = this.#invites.get(gone)!;
+      const old = this.#invites.get(gone)!;
+      const from = old.from;
+      clearTimeout(old.joinTimer);
       this.#invites.delete(gone);
       this.#host.emit({
         type: "room_invite_dropped",
         room: old.room,
         from,
         reason: replaced
-          ? (replaced[1].list.room === list.room
+          ? (replaced[1].room === list.room
             ? `"${from}" invites you to another room called ${list.room}`
             : `"${from}" has ${MAX_INVITES_PER_CREATOR} invitations waiting, the most one creator may`)
           : `${MAX_ROOM_INVITES} room invitations wait, and "${from}" holds the most`,
@@ -806,8 +922,17 @@ export class Rooms {
           `(join or decline some: /room join, /room decline)`,
       );
     }
-    this.#invites.set(key, { list, from: conn.name, key: creatorKey });
+    this.#invites.set(key, {
+      room: list.room,
+      roomId: list.roomId,
+      from: conn.name,
+      version: list.version,
+      at: Date.now(),
+      key: creatorKey,
+    });
     this.#declinedHere.delete(key); // invited again
+    // Durable before it is shown: back from a restart, it still waits.
+    this.#saveInvitationsOrWarn();
     this.#host.emit({ type: "room_invite", room: list.room, from: conn.name });
     const same = this.#invitesTo(list.room);
     if (same.length > 1) {
@@ -823,7 +948,12 @@ export class Rooms {
     if (!r || r.list.creator !== this.#host.self) {
       throw refused("a join for a room you did not create");
     }
-    if (this.#member(r, conn.name)) return;
+    if (this.#member(r, conn.name)) {
+      // In already (the list that answered its join was lost: it restarted, or its connection
+      // ended): the list again, as that answer.
+      if (this.#allow(conn)) conn.sendRoom({ op: "list", list: r.list }, { answer: true });
+      return;
+    }
     if (!r.invited[conn.name]) throw refused(`a join to ${r.list.room} without an invitation`);
     if (r.list.members.length >= MAX_MEMBERS) {
       throw refused(`a join to ${r.list.room}, which has ${MAX_MEMBERS} members`);
@@ -866,12 +996,20 @@ export class Rooms {
       // Our join answered: the invitation named this creator and pinned its key.
       const invite = this.#invites.get(inviteKey(list.creator, list.roomId));
       if (!invite) return; // a room we left, or never knew
-      if (list.creator !== invite.list.creator || !verifyList(list, publicKeyOf(invite.key))) {
+      // One restored from the last run and not offered again holds no key: the list that
+      // answers its join is taken from its creator's own connection, with that connection's key.
+      const key = invite.key ??
+        (conn.name === invite.from ? spkiOf(conn.certificate.x509.publicKey) : undefined);
+      if (key === undefined) return; // passed on by a member: the creator's own copy is taken
+      if (
+        list.creator !== invite.from || !verifyList(list, publicKeyOf(key)) ||
+        list.members.find((m) => m.name === list.creator)?.key !== key
+      ) {
         throw refused(`a member list of ${list.room} the creator did not sign`);
       }
       // The list that adds us follows the invitation's: an older one that had us (a member
       // removed and invited again) would put us back, unasked, among members since removed.
-      if (list.version <= invite.list.version) {
+      if (list.version <= invite.version) {
         throw refused(`a member list of ${list.room} no newer than the invitation to it`);
       }
       const me = list.members.find((m) => m.name === self);
@@ -884,14 +1022,16 @@ export class Rooms {
       if (me.key !== this.#ownKey()) {
         throw refused(`a member list of ${list.room} with another key for you`);
       }
-      const room = this.#newRoom(list, invite.key);
+      const room = this.#newRoom(list, key);
       this.#checkKeys(list, room);
       room.next[self] = 1;
       this.#rooms.set(list.roomId, room);
-      this.#dropInvites(list.room);
+      const dropped = this.#dropInvites(list.room);
       // Durable (with the creator's key) before anyone hears we are in: a client killed right
-      // after `room_joined` comes back in the room.
+      // after `room_joined` comes back in the room. (The invitation after: a restart in between
+      // finds both, and drops the invitation to a room it is in.)
       this.#saveDurableOrWarn(room);
+      if (dropped) this.#saveInvitationsOrWarn();
       this.#host.emit({
         type: "room_joined",
         room: list.room,
@@ -1350,12 +1490,20 @@ export class Rooms {
 
   // The invitations that wait to rooms called `room`, oldest first.
   #invitesTo(room: string): RoomInvite[] {
-    return [...this.#invites.values()].filter((i) => i.list.room === room);
+    return [...this.#invites.values()].filter((i) => i.room === room);
   }
 
   // In a room called `room` now: the invitations to others of that name cannot be taken up.
-  #dropInvites(room: string): void {
-    for (const [k, i] of this.#invites) if (i.list.room === room) this.#invites.delete(k);
+  // Whether any was dropped (the caller writes HOME/room-invitations.json).
+  #dropInvites(room: string): boolean {
+    let dropped = false;
+    for (const [k, i] of this.#invites) {
+      if (i.room !== room) continue;
+      clearTimeout(i.joinTimer);
+      this.#invites.delete(k);
+      dropped = true;
+    }
+    return dropped;
   }
 
   #byName(room: string): Room | undefined {
@@ -1587,6 +1735,124 @@ export class Rooms {
     });
     if (durable) this.#durable.set(id, membership);
   }
+
+  // --- invitations on disk (HOME/room-invitations.json)
+
+  // The invitations kept by the last run: waiting ones (without their lists: see join()), those
+  // declined, those declined and not told yet. Bounded as in memory, expired ones dropped; an
+  // entry that does not check out is skipped, a file that does not is skipped with a warning.
+  #loadInvitations(): void {
+    const file = this.#host.invitationsFile;
+    if (file === undefined) return;
+    let data: Record<string, unknown>;
+    try {
+      using f = Deno.openSync(file);
+      const bytes = readUpToSync(f, MAX_INVITATIONS_FILE_BYTES + 1);
+      if (bytes.length > MAX_INVITATIONS_FILE_BYTES) {
+        throw new Error(`larger than ${MAX_INVITATIONS_FILE_BYTES} bytes`);
+      }
+      data = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+      if (typeof data !== "object" || data === null) throw new Error("not an object");
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return;
+      return this.#warn(`Skipped the room invitations file "${file}"`, e);
+    }
+    const now = Date.now();
+    const entries = (value: unknown, max: number) => {
+      const out: Array<Declined & { version: number }> = [];
+      for (const x of Array.isArray(value) ? value.slice(-max) : []) {
+        const { room, roomId, from, at, version } = (x ?? {}) as Record<string, unknown>;
+        if (
+          typeof room !== "string" || !isRoomName(room) || typeof from !== "string" ||
+          !isValidName(from) || typeof roomId !== "string" || !isRoomIdOf(roomId, from) ||
+          typeof at !== "number" || !Number.isFinite(at) || now - at > INVITATIONS_KEEP_MS
+        ) continue;
+        // A clock set back since: its age counts from now.
+        out.push({ room, roomId, from, at: Math.min(at, now), version: safeCount(version) });
+      }
+      return out;
+    };
+    for (const { room, roomId, from, at } of entries(data.declined, MAX_DECLINED)) {
+      remember(
+        this.#declinedHere,
+        inviteKey(from, roomId),
+        { room, roomId, from, at },
+        MAX_DECLINED,
+      );
+    }
+    for (const { room, roomId, from, at } of entries(data.untold, MAX_DECLINED)) {
+      remember(
+        this.#declinesUntold,
+        inviteKey(from, roomId),
+        { room, roomId, from, at },
+        MAX_DECLINED,
+      );
+    }
+    for (const i of entries(data.waiting, MAX_ROOM_INVITES)) {
+      const key = inviteKey(i.from, i.roomId);
+      // One offered already (a connection came before the file was read) is newer.
+      if (this.#invites.has(key)) continue;
+      if (this.#declinedHere.has(key) || this.#declinesUntold.has(key)) continue;
+      if (this.#rooms.has(i.roomId) || this.#byName(i.room) || i.version < 1) continue;
+      // As #onInvite keeps them: one per creator and name, MAX_INVITES_PER_CREATOR per creator.
+      const same = [...this.#invites].find(([, o]) => o.from === i.from && o.room === i.room);
+      if (same && !this.#restored.includes(same[1])) continue;
+      if (same) {
+        this.#invites.delete(same[0]);
+        this.#restored = this.#restored.filter((o) => o !== same[1]);
+      }
+      const theirs = [...this.#invites.values()].filter((o) => o.from === i.from).length;
+      if (theirs >= MAX_INVITES_PER_CREATOR || this.#invites.size >= MAX_ROOM_INVITES) continue;
+      this.#invites.set(key, i);
+      this.#restored.push(i);
+    }
+  }
+
+  // Writes HOME/room-invitations.json durably (the file and its name), dropping expired
+  // declines; throws when it cannot.
+  #saveInvitations(): void {
+    this.#invitationsDirty = false;
+    const file = this.#host.invitationsFile;
+    if (file === undefined) return;
+    const now = Date.now();
+    const kept = (m: Map<string, Declined>) => {
+      for (const [k, d] of m) if (now - d.at > INVITATIONS_KEEP_MS) m.delete(k);
+      return [...m.values()].map(({ room, roomId, from, at }) => ({ room, roomId, from, at }));
+    };
+    const data = {
+      v: 1,
+      waiting: [...this.#invites.values()].map(({ room, roomId, from, version, at }) => ({
+        room,
+        roomId,
+        from,
+        version,
+        at,
+      })),
+      declined: kept(this.#declinedHere),
+      untold: kept(this.#declinesUntold),
+    };
+    writeFileAtomicSync(file, JSON.stringify(data) + "\n", {
+      mode: 0o600,
+      durable: true,
+      syncDir: true,
+    });
+  }
+
+  #saveInvitationsOrWarn(): void {
+    try {
+      this.#saveInvitations();
+    } catch (e) {
+      this.#invitationsDirty = true;
+      this.#warn("Cannot save the room invitations", e);
+    }
+  }
+}
+
+// `key` → `value` as the newest of `m`; its oldest goes past `max`.
+function remember<T>(m: Map<string, T>, key: string, value: T, max: number): void {
+  m.delete(key);
+  m.set(key, value);
+  if (m.size > max) m.delete(m.keys().next().value!);
 }
 
 function inviteKey(creator: string, roomId: string): string {

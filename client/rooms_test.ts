@@ -14,11 +14,12 @@ import {
   signMessage,
   spkiOf,
 } from "../lib/room.ts";
+import { e2eError } from "../lib/_test_util.ts";
 import { withTempDir } from "../tests/_helpers.ts";
 import type { CoreEvent } from "./events.ts";
 import type { History } from "./history.ts";
 import type { PeerConnection } from "./peer.ts";
-import { GAP_WAIT_MS, MAX_FORMER, MAX_HELD_CHARS, Rooms } from "./rooms.ts";
+import { GAP_WAIT_MS, INVITATIONS_KEEP_MS, MAX_FORMER, MAX_HELD_CHARS, Rooms } from "./rooms.ts";
 
 function keyPair(): { privateKey: KeyObject; spki: string; pem: string } {
   const { privateKey, publicKey } = generateKeyPairSync("ed25519");
@@ -68,7 +69,11 @@ function testRooms(
   dir: string,
   peer: (name: string) => PeerConnection | undefined,
   emit: (e: CoreEvent) => void,
-  options: { invitations?: () => string[]; accept?: (name: string) => Promise<unknown> } = {},
+  options: {
+    invitations?: () => string[];
+    accept?: (name: string) => Promise<unknown>;
+    invitationsFile?: string;
+  } = {},
 ): Rooms {
   return new Rooms({
     self,
@@ -81,6 +86,7 @@ function testRooms(
     emit,
     history: { roomMessage() {} } as unknown as History,
     dir,
+    invitationsFile: options.invitationsFile,
   });
 }
 
@@ -514,6 +520,138 @@ Deno.test("A join and a decline of one room invitation exclude each other: the s
       rooms.receive(connection, { op: "invite", list: list("#side", 2, [c]) });
       rooms.join("#side", "carol");
       assert.deepEqual(frames, ["join", "join", "leave", "join"]);
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
+
+Deno.test("Room invitations kept by the last run come back bounded (expired, malformed and excess entries dropped, a file over its bound skipped): a declined one stays declined, and a waiting one is joined over its creator's connection", async () => {
+  await withTempDir(async (dir) => {
+    const file = join(dir, "room-invitations.json");
+    const carol = keyPair();
+    const now = Date.now();
+    const waiting = (room: string, from: string, at = now) => ({
+      room,
+      roomId: roomIdFor(from),
+      from,
+      version: 1,
+      at,
+    });
+    const team = waiting("#team", "carol");
+    const side = waiting("#side", "carol");
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify({
+        v: 1,
+        waiting: [
+          team,
+          side,
+          waiting("#old", "carol", now - INVITATIONS_KEEP_MS - 60_000),
+          { ...waiting("#forged", "carol"), roomId: roomIdFor("mallory") },
+          { ...waiting("#bad", "carol"), room: "no-hash" },
+          // One creator may hold 16: a file that lists more brings back 16.
+          ...Array.from({ length: 20 }, (_, i) => waiting(`#m${i}`, "mallory")),
+        ],
+        declined: [],
+        untold: [],
+      }),
+    );
+    const events: CoreEvent[] = [];
+    const frames: string[] = [];
+    const conn = {
+      name: "carol",
+      rooms: true,
+      sendRoom: (f: { op: string }) => frames.push(f.op) > 0,
+      certificate: { x509: { publicKey: createPublicKey(carol.privateKey) } },
+    } as unknown as PeerConnection;
+    let connected = false;
+    const open = (pem: string) =>
+      testRooms("dave", pem, dir, () => connected ? conn : undefined, (e) => events.push(e), {
+        invitationsFile: file,
+      });
+    const dave = keyPair();
+    let rooms = open(dave.pem);
+    await rooms.load();
+    try {
+      rooms.start();
+      const kept = rooms.invitations();
+      assert.deepEqual(kept.filter((i) => i.from === "carol"), [
+        { room: "#side", from: "carol" },
+        { room: "#team", from: "carol" },
+      ]);
+      assert.equal(kept.filter((i) => i.from === "mallory").length, 16);
+      assert.equal(events.filter((e) => e.type === "room_invite").length, 18);
+      // Not joined while carol is not connected.
+      assert.throws(
+        () => rooms.join("#side"),
+        e2eError("ERR_NOT_FOUND", 'Not connected to "carol", who invited you'),
+      );
+      // Declined while carol is away: durable at once.
+      assert.deepEqual(rooms.decline("#team", "carol"), { from: "carol", told: false });
+    } finally {
+      await rooms.stop();
+    }
+    events.length = 0;
+    rooms = open(dave.pem);
+    await rooms.load();
+    try {
+      rooms.start();
+      assert.equal(rooms.invitations().some((i) => i.room === "#team"), false);
+      assert.throws(
+        () => rooms.join("#team"),
+        e2eError("ERR_CONFLICT", 'You declined the invitation to #team from "carol"'),
+      );
+      // carol offers it again at her hello: told now, and not shown.
+      connected = true;
+      const list = signList({
+        roomId: team.roomId,
+        room: "#team",
+        creator: "carol",
+        version: 1,
+        members: [{ name: "carol", key: carol.spki, since: 1 }],
+      }, carol.privateKey);
+      rooms.receive(conn, { op: "invite", list });
+      assert.deepEqual(frames, ["leave"]);
+      assert.deepEqual(events.filter((e) => e.type === "room_invite" && e.room === "#team"), []);
+
+      // #side, restored without its list, is joined over carol's connection: the list that
+      // answers is checked with that connection's key, and taken from carol alone.
+      rooms.join("#side", "carol");
+      assert.deepEqual(frames, ["leave", "join"]);
+      const adds = signList({
+        roomId: side.roomId,
+        room: "#side",
+        creator: "carol",
+        version: 2,
+        members: [
+          { name: "carol", key: carol.spki, since: 1 },
+          { name: "dave", key: dave.spki, since: 2 },
+        ],
+      }, carol.privateKey);
+      rooms.receive(fakeConnection("mallory"), { op: "list", list: adds });
+      assert.equal(rooms.has("#side"), false);
+      rooms.receive(conn, { op: "list", list: adds });
+      assert.equal(rooms.has("#side"), true);
+    } finally {
+      await rooms.stop();
+    }
+    const saved = JSON.parse(await Deno.readTextFile(file));
+    assert.deepEqual(saved.untold, []);
+    assert.deepEqual(saved.declined.map((d: { room: string }) => d.room), ["#team"]);
+    assert.equal((await Deno.stat(file)).mode! & 0o777, 0o600);
+
+    // A file past its bound is not read (a warning says so), and nothing is restored.
+    await Deno.writeTextFile(file, JSON.stringify({ v: 1, pad: "x".repeat(300_000) }));
+    events.length = 0;
+    rooms = open(dave.pem);
+    await rooms.load();
+    try {
+      assert.deepEqual(rooms.invitations(), []);
+      assert.match(
+        String(events.find((e) => e.type === "warning")?.message),
+        /^Skipped the room invitations file ".*": larger than 262144 bytes$/,
+      );
     } finally {
       await rooms.stop();
     }

@@ -1,6 +1,7 @@
 /**
  * Room state is durable before anyone is told of it (docs/PROTOCOL.md §9, "State"): a member
- * joined, a list applied or published, an invitation made or withdrawn, a room forgotten. The
+ * joined, a list applied or published, an invitation made or withdrawn, a room invitation received
+ * or declined, a room forgotten. The
  * first tests watch the real system calls (strace) of three real `Rooms` in one process, linked
  * by stand-in connections that leave a mark in the trace for each frame and event; the last runs
  * real `client chat --json` processes and kills one with SIGKILL right after `room_joined`.
@@ -26,9 +27,10 @@ if (!strace && !CI) {
 
 /**
  * alice creates #team; bob joins; carol is invited while not connected, withdrawn, invited
- * again and joins; bob is removed; carol leaves. Every frame sent and every event leaves a mark
- * file, MARKS/WHO-sends-OP-TO[-vVERSION] and MARKS/WHO-EVENT[-NAME[-CHANGE]], and the script
- * leaves MARKS/before-STEP and MARKS/answered-STEP around each command.
+ * again and joins; bob is removed; carol leaves; alice invites bob to #side, and he declines.
+ * Every frame sent and every event leaves a mark file, MARKS/WHO-sends-OP-TO[-vVERSION] and
+ * MARKS/WHO-EVENT[-NAME[-CHANGE]] (MARKS/WHO-room_invite-ROOM), and the script leaves
+ * MARKS/before-STEP and MARKS/answered-STEP around each command.
  */
 const SCRIPT = `
 import { createPublicKey, generateKeyPairSync } from "node:crypto";
@@ -73,11 +75,15 @@ for (const [self, p] of parties) {
     invitations: () => [],
     emit: (e) => {
       events.push({ self, ...e });
-      if (e.type === "warning") throw new Error(self + ": " + e.message);
-      mark([self, e.type, e.name, e.change].filter((x) => x).join("-"));
+      if (e.type === "warning" && e.message !== '"bob" declined the invitation to #side') {
+        throw new Error(self + ": " + e.message);
+      }
+      const room = e.type === "room_invite" ? e.room.slice(1) : undefined;
+      mark([self, e.type, e.name, e.change, room].filter((x) => x).join("-"));
     },
     history: { roomMessage() {} },
     dir: dir + "/" + self + "/rooms",
+    invitationsFile: dir + "/" + self + "/room-invitations.json",
   });
 }
 const rooms = (name) => parties.get(name).rooms;
@@ -113,6 +119,11 @@ await step("remove-bob", () => rooms("alice").remove("#team", "bob"));
 await until("bob removed", () => seen("bob", { type: "room_member", name: "bob" }));
 await step("leave-carol", () => rooms("carol").leave("#team"));
 await until("alice to see carol leave", () => seen("alice", { type: "room_member", name: "carol" }));
+await rooms("alice").create("#side");
+await step("invite-bob-side", () => rooms("alice").invite("#side", "bob"));
+await until("bob's room_invite to #side", () => seen("bob", { type: "room_invite", room: "#side" }));
+await step("decline-bob-side", () => rooms("bob").decline("#side"));
+await until("alice to hear it", () => events.some((e) => e.self === "alice" && e.type === "warning"));
 for (const p of parties.values()) await p.rooms.stop();
 `;
 
@@ -290,6 +301,27 @@ Deno.test({
           file("alice"),
         ),
         "alice's list v5 durable before she sent it and showed carol leave",
+      );
+      // 3. A room invitation received: kept before it is shown; declined: kept before the
+      // creator is told and before decline() answers (back from a restart, neither is lost).
+      const invitations = join(dir, "bob", "room-invitations.json");
+      assert.ok(
+        durableBetween(
+          calls,
+          at("before-invite-bob-side"),
+          at("bob-room_invite-side"),
+          invitations,
+        ),
+        "bob's invitation to #side durable before room_invite",
+      );
+      assert.ok(
+        durableBetween(
+          calls,
+          at("before-decline-bob-side"),
+          first("bob-sends-leave-alice", "answered-decline-bob-side"),
+          invitations,
+        ),
+        "bob's decline of #side durable before alice was told and before decline() answered",
       );
     });
   },

@@ -11,6 +11,7 @@ import { createPrivateKey, type KeyObject, sign } from "node:crypto";
 import { join } from "node:path";
 import { encodeFrame } from "../lib/frames.ts";
 import { type SignedList, type SignedMessage, signMessage } from "../lib/room.ts";
+import { JOIN_WAIT_MS } from "../client/rooms.ts";
 import { type ChatClient, ChatClient as Client, sleep, stopAll, waitUntil } from "./_harness.ts";
 import type { Service } from "./_service_helpers.ts";
 import { joinUser, RawPeer, runScenarios, type User } from "./_chat_helpers.ts";
@@ -580,6 +581,116 @@ async function declineInvitation(s: Scene): Promise<void> {
   await alice.expect({ type: "room_member", room: ROOM, name: "bob", change: "joined" });
 }
 
+/**
+ * fay is invited to dan's #team and to eli's #side; she declines #side while eli is away, and is
+ * killed. Back, dan's invitation still waits (joined once dan is connected again) and eli's
+ * declined one is answered when offered again, not shown.
+ */
+async function invitationsAfterRestart(s: Scene): Promise<void> {
+  const [danUser, eliUser, fayUser] = await s.join("dan", "eli", "fay");
+  const [dan, eli] = await Promise.all([s.start(danUser), s.start(eliUser)]);
+  let fay = await s.start(fayUser);
+  for (const [creator, room] of [[dan, ROOM], [eli, "#side"]] as const) {
+    await creator.send(`/room create ${room}`);
+    await creator.expect({ type: "room_joined", room });
+    await creator.send(`/room invite ${room} fay`);
+    await fay.expect({ type: "invite", from: creator.name });
+    await fay.send(`/accept ${creator.name}`);
+    await fay.expect({ type: "room_invite", room, from: creator.name });
+  }
+  await fay.send("/close eli");
+  await eli.expect({ type: "disconnected", peer: "fay" });
+  await fay.send("/room decline #side");
+  await fay.expect({
+    type: "warning",
+    message: `Declined the invitation to #side from "eli" ("eli" is not connected: told ` +
+      `when it offers it again)`,
+  });
+  // Durable once said: killed now, she comes back with both.
+  await fay.kill();
+  await dan.expect({ type: "disconnected", peer: "fay" });
+  fay = await s.start(fayUser);
+  await fay.expect({ type: "room_invite", room: ROOM, from: "dan" });
+  await fay.send("/rooms");
+  assert.deepEqual((await fay.expect({ type: "rooms" })).invitations, [ROOM]);
+  // Not joined while dan is not connected: the list that answers is checked with his connection.
+  await fay.send(`/room join ${ROOM}`);
+  assert.equal(
+    (await fay.expect({ type: "error" })).message,
+    `Not connected to "dan", who invited you: connect to "dan" first (/chat dan, or accept ` +
+      `an invitation from "dan")`,
+  );
+
+  // eli offers #side again at his hello: told, not shown.
+  await eli.send("/chat fay");
+  await fay.expect({ type: "invite", from: "eli" });
+  await fay.send("/accept eli");
+  await eli.expect({ type: "warning", message: `"fay" declined the invitation to #side` });
+  await fay.send("/room join #side");
+  assert.equal(
+    (await fay.expect({ type: "error" })).message,
+    `You declined the invitation to #side from "eli": "eli" can invite you again`,
+  );
+
+  // Connected to dan again, she joins #team (shown once: his offer at hello is the same one).
+  await fay.send("/chat dan");
+  await dan.expect({ type: "invite", from: "fay" });
+  await dan.send("/accept fay");
+  await fay.expect({ type: "connected", peer: "dan" });
+  await fay.send(`/room join ${ROOM}`);
+  await fay.expect({ type: "room_joined", room: ROOM }, ROOM_WAIT_MS);
+  await dan.expect({ type: "room_member", room: ROOM, name: "fay", change: "joined" });
+  assert.deepEqual(fay.events.filter((e) => e.type === "room_invite").map((e) => e.room), [ROOM]);
+  await fay.send("/rooms");
+  assert.deepEqual((await fay.expect({ type: "rooms" })).invitations, []);
+  const file = join(fayUser.home, "room-invitations.json");
+  assert.equal(Deno.statSync(file).mode! & 0o777, 0o600);
+}
+
+/**
+ * hal joins gus's #team, which gus withdrew meanwhile: gus refuses the join and sends nothing.
+ * Decline is refused while the join is under way, then free once it went unanswered.
+ */
+async function joinUnanswered(s: Scene): Promise<void> {
+  const [gus, hal] = await Promise.all((await s.join("gus", "hal")).map((u) => s.start(u)));
+  await gus.send(`/room create ${ROOM}`);
+  await gus.expect({ type: "room_joined", room: ROOM });
+  await gus.send(`/room invite ${ROOM} hal`);
+  await hal.expect({ type: "invite", from: "gus" });
+  await hal.send("/accept gus");
+  await hal.expect({ type: "room_invite", room: ROOM, from: "gus" });
+  await gus.send(`/room remove ${ROOM} hal`);
+  await gus.send("/rooms");
+  await gus.expect({ type: "rooms" }); // the withdrawal is done
+  const mark = hal.mark();
+  await hal.send(`/room join ${ROOM}`);
+  await gus.expect({
+    type: "warning",
+    message: `Refused a join to ${ROOM} without an invitation (from "hal")`,
+  });
+  await hal.send(`/room decline ${ROOM}`);
+  const conflict = await hal.expect({ type: "error" });
+  assert.match(
+    String(conflict.message),
+    new RegExp(`^A join of the invitation to ${ROOM} from "gus" is under way: `),
+  );
+  const unanswered = await hal.expect(
+    (e) => e.type === "warning" && String(e.message).startsWith(`"gus" did not answer`),
+    JOIN_WAIT_MS + ROOM_WAIT_MS,
+  );
+  assert.equal(
+    unanswered.message,
+    `"gus" did not answer your join of ${ROOM} in ${JOIN_WAIT_MS / 1000} s (the room may be ` +
+      `full, or "gus" withdrew the invitation): /room join ${ROOM} gus asks again, ` +
+      `/room decline ${ROOM} gus declines it`,
+  );
+  await hal.send(`/room decline ${ROOM}`);
+  await hal.expect({ type: "warning", message: `Declined the invitation to ${ROOM} from "gus"` });
+  await hal.send("/rooms");
+  assert.deepEqual((await hal.expect({ type: "rooms" })).invitations, []);
+  assert.deepEqual(hal.since(mark, { type: "room_joined" }), []);
+}
+
 const SCENARIOS: ReadonlyArray<readonly [string, (s: Scene) => Promise<void>]> = [
   [
     "five members in one room: every message reaches every other member once, in its author's order; who leaves or is removed gets nothing after, a late joiner gets what follows, and a killed member catches up after its restart",
@@ -607,11 +718,19 @@ Deno.test("rooms end to end: real CA service, real clients, signed messages over
   await runScenarios(t, SCENARIOS, (service, dir) => new Scene(service, dir));
 });
 
-Deno.test("rooms end to end: a room invitation is declined", async (t) => {
+Deno.test("rooms end to end: a room invitation is declined, kept across a restart, or joined without an answer", async (t) => {
   await runScenarios(t, [
     [
       "/room decline drops a room invitation and its creator is told; with two of the same name it names the creator; one declined while its creator is away is answered when offered again and not shown; an invitation sent after is shown",
       declineInvitation,
+    ],
+    [
+      "a declined room invitation stays declined, and one that waits still waits, across a restart of the invitee killed right after it declined; the one waiting is joined once its creator is connected again",
+      invitationsAfterRestart,
+    ],
+    [
+      "a join the creator does not answer keeps Decline refused only while it is under way: after JOIN_WAIT_MS a warning says so, and the invitation can be declined",
+      joinUnanswered,
     ],
   ], (service, dir) => new Scene(service, dir));
 });
