@@ -25,7 +25,13 @@ import {
   serverOptions,
 } from "../lib/tls.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
-import type { CaClient, CertificateReply, InvitationReply } from "./ca_client.ts";
+import {
+  type CaClient,
+  CertificateRefused,
+  type CertificateReply,
+  type InvitationReply,
+  ownCertificateWords,
+} from "./ca_client.ts";
 import { checkDirectoryAnswer } from "./directory.ts";
 import type { CoreEvent, PeerSummary, Via } from "./events.ts";
 import {
@@ -298,11 +304,10 @@ export class Chat {
     const unreadable = await chat.#quota.load();
     if (unreadable) chat.#emit({ type: "warning", message: unreadable });
     await chat.#revocation.refresh();
-    // Our own certificate on the CRL (revoked, or replaced by another for our name): the CA
-    // would refuse all we ask of it, so it is said now, not as warnings after `ready`.
-    if (chat.#revocation.isRevoked(id.certificate.serial) || chat.#revocation.refusedUs) {
-      throw new E2eError("ERR_FORBIDDEN", "Your certificate is on the CA's revocation list");
-    }
+    // Our own certificate no longer taken (revoked, superseded, expired): the CA would refuse
+    // all we ask of it, so it is said now, with why, not as warnings after `ready`.
+    const refused = ownCertificateRefused(id, chat.#revocation);
+    if (refused) throw refused;
     if (!chat.#noListen) {
       await chat.#listenOn(options.listenHost ?? "127.0.0.1", options.listenPort ?? 0);
     }
@@ -1594,6 +1599,32 @@ export class Chat {
   #emit(event: CoreEvent): void {
     for (const listener of this.#listeners) listener(event);
   }
+}
+
+// Why the CA no longer takes our certificate, with what to do; undefined while it does. The CA
+// says which (revoked, superseded, expired: lib/standing.ts); an older service only that it is
+// "revoked or superseded", and our own clock and CRL say the rest.
+function ownCertificateRefused(
+  id: Identity,
+  revocation: Revocation,
+  now: number = Date.now(),
+): E2eError | undefined {
+  const held = id.certificate;
+  const refusal = revocation.refusal;
+  let standing = refusal instanceof CertificateRefused ? refusal.standing : undefined;
+  if (standing?.status !== "expired" && held.notAfter.getTime() <= now) {
+    standing = { status: "expired", notAfter: held.notAfter };
+  }
+  if (!standing && revocation.isRevoked(held.serial)) standing = { status: "revoked" };
+  if (standing) {
+    const { message, hint } = ownCertificateWords(held, standing);
+    return new E2eError("ERR_FORBIDDEN", message, { hint, cause: refusal });
+  }
+  // An older service, which does not say which: both, as it said.
+  return refusal &&
+    new E2eError("ERR_FORBIDDEN", "The CA refuses your certificate: it was revoked or superseded", {
+      cause: refusal,
+    });
 }
 
 /** Why one side refuses the other, as its `refused` frame says it (docs/PROTOCOL.md §1). */

@@ -6,10 +6,15 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
-import { makeInvite, type Service, withService } from "../tests/_service_helpers.ts";
+import {
+  expiredCertificate,
+  makeInvite,
+  type Service,
+  withService,
+} from "../tests/_service_helpers.ts";
 import { Chat, type ChatOptions } from "./chat.ts";
 import type { CoreEvent } from "./events.ts";
-import { enroll, type Identity } from "./identity.ts";
+import { enroll, Identity } from "./identity.ts";
 import { parseInvite } from "../lib/invite.ts";
 import { ALPN, ALPN_OFFERED, ALPN_REFUSALS } from "../lib/frames.ts";
 import { clientOptions, connectTls, serverOptions } from "../lib/tls.ts";
@@ -470,6 +475,25 @@ Deno.test("a listener says not-logged only of a certificate the directory does n
     } finally {
       await Promise.all([alice.chat.stop(), bob.chat.stop()]);
     }
+  });
+});
+
+Deno.test("start() of a certificate that expired says when, and that only a new invite helps", async () => {
+  await withService(async (service, dir) => {
+    const home = join(dir, "bob");
+    await enroll(home, parseInvite(await makeInvite(service.home, "bob")));
+    const key = await Deno.readTextFile(join(home, "id", "key.pem"));
+    const { cert } = await expiredCertificate(service, join(dir, "ca-copy"), "bob", key);
+    await Deno.writeTextFile(join(home, "id", "cert.pem"), cert);
+    await assert.rejects(Chat.start(await Identity.load(home)), (e) => {
+      assertCode("ERR_FORBIDDEN", /^Your certificate expired on 2020-01-08T00:00:00\.000Z$/)(e);
+      assert.equal(
+        (e as E2eError).hint,
+        "an expired certificate cannot be renewed: ask your admin for a new invite " +
+          "(deno task ca invite bob) and join with it in another --home",
+      );
+      return true;
+    });
   });
 });
 
