@@ -457,10 +457,8 @@ export class Chat {
       reason = this.#refusal(socket, name, expected.keyFingerprint);
       cert = this.#checkPeerSocket(socket, name, expected.keyFingerprint);
       reason = undefined; // a check that fails for want of the CA says nothing of the listener
-      if (!(await this.#isLogged(cert, expected.fingerprint))) {
-        reason = "not-logged";
-        throw new E2eError("ERR_PEER_REJECTED", NOT_LOGGED);
-      }
+      reason = await this.#notLogged(cert, expected.fingerprint);
+      if (reason) throw new E2eError("ERR_PEER_REJECTED", NOT_LOGGED[reason]);
     } catch (e) {
       refuse(socket, reason);
       throw e;
@@ -1268,10 +1266,8 @@ export class Chat {
       if (!invited || reason) throw new E2eError("ERR_PEER_REJECTED", `not admitted: ${name}`);
       cert = this.#checkPeerSocket(socket, name, invited.keyFingerprint);
       reason = undefined; // a check that fails for want of the CA says nothing of the member
-      if (!(await this.#isLogged(cert, invited.fingerprint))) {
-        reason = "not-logged";
-        throw new E2eError("ERR_PEER_REJECTED", NOT_LOGGED);
-      }
+      reason = await this.#notLogged(cert, invited.fingerprint);
+      if (reason) throw new E2eError("ERR_PEER_REJECTED", NOT_LOGGED[reason]);
     } catch {
       // Refused: nothing they sent is read or shown.
       refuse(socket, reason);
@@ -1317,16 +1313,29 @@ export class Chat {
     });
   }
 
-  // Whether the certificate a peer presents is in the log too: the one the directory proved, or
-  // (after a renewal) the directory's current one, proved again. Throws when that cannot be told
-  // (the CA does not answer, or its answer is not usable): that is no finding about the peer.
-  async #isLogged(cert: CertificateInfo, proved: string): Promise<boolean> {
-    if (cert.fingerprint === proved) return true;
+  // Undefined when the certificate a peer presents is in the log too: the one the directory
+  // proved, or (after a renewal) the directory's current one, proved again. Else why not:
+  // `superseded` for one older than the directory's (the CA keeps one certificate a name: the
+  // peer renewed elsewhere, or joined again, and this one is not on our CRL yet), `not-logged`
+  // for a newer one (which the CA did not log). Older: a notAfter no later (it is the signing's
+  // time and its --days, to the second), or an earlier notBefore (one signed long before with
+  // more days); notBefore alone will not do: it is backdated from when the signing openssl
+  // started (ca/authority.ts), so signings a moment apart share it, or even swap it.
+  // Throws when that cannot be told (the CA does not answer, or its answer is not usable): that
+  // is no finding about the peer.
+  async #notLogged(
+    cert: CertificateInfo,
+    proved: string,
+  ): Promise<"superseded" | "not-logged" | undefined> {
+    if (cert.fingerprint === proved) return undefined;
     const current = await this.#checkDirectory(
       await this.#ca.lookup(cert.commonName),
       cert.commonName,
     );
-    return current.fingerprint === cert.fingerprint;
+    if (current.fingerprint === cert.fingerprint) return undefined;
+    const older = cert.notAfter.getTime() <= current.notAfter.getTime() ||
+      cert.notBefore.getTime() < current.notBefore.getTime();
+    return older ? "superseded" : "not-logged";
   }
 
   // New entries of the log, looking for certificates for our name that are not ours.
@@ -1628,7 +1637,13 @@ function ownCertificateRefused(
 }
 
 /** Why one side refuses the other, as its `refused` frame says it (docs/PROTOCOL.md §1). */
-type Refusal = "not-invited" | "revoked" | "key-changed" | "name-mismatch" | "not-logged";
+type Refusal =
+  | "not-invited"
+  | "revoked"
+  | "key-changed"
+  | "name-mismatch"
+  | "not-logged"
+  | "superseded";
 
 const REFUSALS: Record<Refusal, string> = {
   "not-invited": "it holds no current invitation of ours",
@@ -1636,9 +1651,15 @@ const REFUSALS: Record<Refusal, string> = {
   "key-changed": "our key is not the one it expected of us",
   "name-mismatch": "it expected someone else at this address",
   "not-logged": "the CA's directory and issuance log give it another certificate of ours",
+  "superseded": "the CA's directory and issuance log give it a newer certificate of ours, " +
+    "which superseded this one: we renewed, or joined again, elsewhere",
 };
 
-const NOT_LOGGED = "The peer's certificate is not the one the CA's directory and issuance log give";
+const NOT_LOGGED = {
+  "not-logged": "The peer's certificate is not the one the CA's directory and issuance log give",
+  "superseded": "The peer's certificate was superseded: the CA's directory and issuance log " +
+    "give a newer one",
+};
 
 // A refusal's code with what it means (a code we do not know, from a newer peer, as it is: the
 // frame allows only a-z, 0-9 and -).

@@ -12,6 +12,7 @@ import {
   type Service,
   withService,
 } from "../tests/_service_helpers.ts";
+import type { CertificateReply } from "./ca_client.ts";
 import { Chat, type ChatOptions } from "./chat.ts";
 import type { CoreEvent } from "./events.ts";
 import { enroll, Identity } from "./identity.ts";
@@ -455,18 +456,36 @@ Deno.test("an invitation made for bob's old key is not shown to the client he jo
   });
 });
 
-Deno.test("a listener says not-logged only of a certificate the directory does not give: one it cannot check for want of the CA is refused with no code", async () => {
+Deno.test("a listener says superseded of a certificate older than the directory's, not-logged of a newer one it does not give, and nothing of one it cannot check for want of the CA", async () => {
   await withService(async (service, dir) => {
-    const alice = await startMember(service, dir, "alice");
+    // alice's CA client, in front of the real service, gives the directory answer `stale` when set.
+    const id = await enroll(
+      join(dir, "alice"),
+      parseInvite(await makeInvite(service.home, "alice")),
+    );
+    const ca = id.client();
+    const lookup = ca.lookup.bind(ca);
+    let stale: CertificateReply | undefined;
+    ca.lookup = async (name) => stale ?? await lookup(name);
+    id.client = () => ca;
+    const alice = await startAgain(id);
     const bob = await startMember(service, dir, "bob");
     try {
       await alice.chat.invite("bob"); // the directory proved bob's first certificate
       // bob renews twice (same key): the directory gives the third; alice's CRL, fetched at
       // her start, does not list the second yet.
       const second = await bob.chat.identity.renew();
+      const directoryOfSecond = await lookup("bob");
+      await new Promise((r) => setTimeout(r, 1_100)); // the third's notAfter a second later
       const third = await second.renew();
       const superseded = await dialAs(second, alice.chat.listen, [ALPN_REFUSALS, ALPN]);
-      assert.equal(await readToClose(superseded), '{"type":"refused","reason":"not-logged"}\n');
+      // Before: not-logged, as for a certificate the CA did not log.
+      assert.equal(await readToClose(superseded), '{"type":"refused","reason":"superseded"}\n');
+      // A directory that still gives the second (as a CA that did not log the third would).
+      stale = directoryOfSecond;
+      const unlogged = await dialAs(third, alice.chat.listen, [ALPN_REFUSALS, ALPN]);
+      assert.equal(await readToClose(unlogged), '{"type":"refused","reason":"not-logged"}\n');
+      stale = undefined;
       // The CA away: whether the third is the directory's is not known, and nothing is said.
       await service.stop();
       const unchecked = await dialAs(third, alice.chat.listen, [ALPN_REFUSALS, ALPN]);
