@@ -10,12 +10,14 @@ import { Buffer } from "node:buffer";
 import {
   CRL_CLOCK_SKEW_MS,
   CRL_REPUBLISH_MS,
+  normalizeSerialHex,
   parseCrl,
   SERVICE_CRL_WINDOW_MS,
 } from "../lib/crl.ts";
 import { Backoff, BACKOFF_MAX_MS } from "../lib/backoff.ts";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { pemDecode, pemEncode } from "../lib/pem.ts";
+import { type Standing, standingJson } from "../lib/standing.ts";
 import { checkName } from "../lib/names.ts";
 import { checkPeer, type TrustAnchor } from "../lib/tls.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
@@ -159,8 +161,12 @@ export function errorReply(e: unknown): ErrorReply {
   const headers: Record<string, string> = {};
   if (error.code === "ERR_RATE_LIMITED") headers["retry-after"] = "60";
   if (error.code === "ERR_TOO_LARGE") headers["connection"] = "close";
+  // Why the caller's own certificate is refused, for its client to say (lib/standing.ts).
+  const standing = error instanceof NotCurrentError && error.standing
+    ? { standing: standingJson(error.standing) }
+    : {};
   return {
-    ...json(status, { error: { code, message } }),
+    ...json(status, { error: { code, message, ...standing } }),
     code: error.code,
     headers,
   };
@@ -397,11 +403,11 @@ async function renew(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   // whose reply was lost (below). Any other one is refused as on every route.
   const caller = clientCertificate(req, ctx.anchor);
   const current = await ctx.ca.isCurrent(caller.serial);
-  if (!current && !await ctx.ca.keyIsCurrent(caller.serial)) throw notCurrent();
+  if (!current && !await ctx.ca.keyIsCurrent(caller.serial)) throw await notCurrent(ctx, caller);
   const user = caller.commonName;
   const body = object(await req.json());
   const csr = text(body.csr, "csr");
-  if (!current) return await renewedBefore(ctx, caller, csr, notCurrent());
+  if (!current) return await renewedBefore(ctx, caller, csr, await notCurrent(ctx, caller));
   // Before: one member renewing in a loop got 18 a second, each one a CRL entry and a log entry.
   const issued = renewalsOf(ctx, user);
   if (issued.length >= RENEWALS_PER_DAY) {
@@ -619,12 +625,39 @@ async function authenticate(ctx: ApiContext, req: ApiRequest): Promise<string> {
 /** The caller's client certificate, checked as {@linkcode authenticate} says. */
 async function authenticated(ctx: ApiContext, req: ApiRequest): Promise<CertificateInfo> {
   const info = clientCertificate(req, ctx.anchor);
-  if (!await ctx.ca.isCurrent(info.serial)) throw notCurrent();
+  if (!await ctx.ca.isCurrent(info.serial)) throw await notCurrent(ctx, info);
   return info;
 }
 
-function notCurrent(): E2eError {
-  return new E2eError("ERR_FORBIDDEN", "The client certificate is revoked or superseded");
+// The caller's certificate is ours but no longer current: the message stays the one older clients
+// show; `standing` says which of the three it is, and for a superseded one the name's certificate
+// now (its serial and whether the key is the caller's: what the holder of that key may know, and
+// needs, to tell a renewal from another home from a new key for its name).
+class NotCurrentError extends E2eError {
+  readonly standing?: Standing;
+  constructor(standing?: Standing) {
+    super("ERR_FORBIDDEN", "The client certificate is revoked or superseded");
+    this.standing = standing;
+  }
+}
+
+async function notCurrent(ctx: ApiContext, caller: CertificateInfo): Promise<E2eError> {
+  const serial = normalizeSerialHex(caller.serial);
+  const entry = (await ctx.ca.database()).findLast((e) => normalizeSerialHex(e.serial) === serial);
+  if (!entry) return new NotCurrentError();
+  if (entry.status === "R" && entry.reason !== "superseded") {
+    return new NotCurrentError({ status: "revoked" });
+  }
+  if (entry.status === "R") {
+    const now = await ctx.ca.current(entry.name).catch(() => undefined);
+    return new NotCurrentError({
+      status: "superseded",
+      ...(now
+        ? { by: { serial: now.serial, sameKey: now.keyFingerprint === caller.keyFingerprint } }
+        : {}),
+    });
+  }
+  return new NotCurrentError({ status: "expired", notAfter: entry.expires });
 }
 
 /** The caller's client certificate: issued by us, unexpired, for a valid name (401 otherwise). */

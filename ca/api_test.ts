@@ -144,9 +144,17 @@ function renewAs(ctx: ApiContext, peer: Uint8Array, csr: string): Promise<Reply>
   return call(ctx, "POST", "/v1/renew", { json: { csr }, peer });
 }
 
-/** Asserts the 403 a caller gets whose client certificate is revoked or superseded. */
-function assertNotCurrent(reply: Reply, what = ""): void {
+/**
+ * Asserts the 403 a caller gets whose client certificate is revoked or superseded: the message
+ * older clients show, and the `standing` that says which (that one, when given).
+ */
+function assertNotCurrent(reply: Reply, what = "", standing?: Record<string, unknown>): void {
   assertError(reply, 403, "ERR_FORBIDDEN", "The client certificate is revoked or superseded", what);
+  assert.ok(
+    ["revoked", "superseded", "expired"].includes(reply.json.error.standing?.status),
+    `${what}: ${reply.body}`,
+  );
+  if (standing) assert.deepEqual(reply.json.error.standing, standing, what);
 }
 
 function assertError(
@@ -159,7 +167,11 @@ function assertError(
   assert.equal(reply.status, status, `${what}: ${reply.body}`);
   assert.equal(reply.type, "application/json", what);
   assert.deepEqual(Object.keys(reply.json), ["error"], what);
-  assert.deepEqual(Object.keys(reply.json.error), ["code", "message"], what);
+  // `standing` only on a refusal of the caller's own certificate (docs/API.md "Errors").
+  const keys = code === "ERR_FORBIDDEN" && status === 403 && reply.json.error.standing
+    ? ["code", "message", "standing"]
+    : ["code", "message"];
+  assert.deepEqual(Object.keys(reply.json.error), keys, what);
   assert.equal(reply.json.error.code, code, what);
   if (typeof message === "string") assert.equal(reply.json.error.message, message, what);
   else assert.match(reply.json.error.message, message, what);
@@ -747,7 +759,7 @@ Deno.test("auth routes refuse no certificate, garbage and another CA's certifica
   });
 });
 
-Deno.test("auth routes refuse a revoked or superseded certificate with 403 at once", async () => {
+Deno.test("auth routes refuse a revoked or superseded certificate with 403 at once, and say which in standing", async () => {
   await withWorld(async ({ ctx, ca, member }) => {
     const alice = await member("alice");
     const bob = await member("bob");
@@ -755,12 +767,23 @@ Deno.test("auth routes refuse a revoked or superseded certificate with 403 at on
     assert.equal((await call(ctx, "GET", "/v1/certs/bob", { peer: alice.der })).status, 200);
     await ca.revoke("alice");
     const carolOld = await member("carol");
-    await ca.sign((await makeCsr("carol")).csr, "carol", { replace: true });
+    const { certificate: carol } = await ca.sign((await makeCsr("carol")).csr, "carol", {
+      replace: true,
+    });
+    // Before: no standing; a chat start said "on the revocation list" of either.
+    const cases = [
+      ["revoked", alice.der, { status: "revoked" }],
+      ["superseded", carolOld.der, {
+        status: "superseded",
+        by: { serial: carol.serial, sameKey: false },
+      }],
+    ] as const;
     for (const [method, path, json] of AUTH_ROUTES) {
-      for (const [who, peer] of [["revoked", alice.der], ["superseded", carolOld.der]] as const) {
+      for (const [who, peer, standing] of cases) {
         assertNotCurrent(
           await call(ctx, method, path, { json, peer }),
           `${method} ${path}, ${who}`,
+          standing,
         );
       }
     }
@@ -833,6 +856,11 @@ Deno.test("POST /v1/renew issues a new certificate for the caller's key and supe
     assert.notEqual(reply.json.serial, alice.serial);
     assert.equal((await ca.current("alice"))!.serial, reply.json.serial);
     assert.equal(await ca.isCurrent(alice.serial), false);
+    // The old one is refused elsewhere, as superseded by one for its own key.
+    assertNotCurrent(await call(ctx, "GET", "/v1/rendezvous", { peer: alice.der }), "old", {
+      status: "superseded",
+      by: { serial: reply.json.serial, sameKey: true },
+    });
   });
 });
 

@@ -19,7 +19,8 @@ import {
   type TrustAnchor,
 } from "../lib/tls.ts";
 import { printable } from "../lib/printable.ts";
-import { sha256Hex } from "../lib/x509.ts";
+import { parseStanding, type Standing } from "../lib/standing.ts";
+import { type CertificateInfo, parseCertificate, sha256Hex } from "../lib/x509.ts";
 import { pemDecode } from "../lib/pem.ts";
 import type { LogProofJson } from "../lib/log_proof.ts";
 import type { MailboxRecord } from "../lib/mailbox_record.ts";
@@ -114,6 +115,89 @@ export async function fetchCrl(caUrl: string): Promise<string> {
   const reply = await call(new URL("/v1/crl", caUrl), { method: "GET" }, undefined);
   if (reply.status !== 200) throw apiError(reply);
   return reply.body;
+}
+
+/**
+ * The CA's refusal of our own certificate (403 `ERR_FORBIDDEN`) with why, when the service said
+ * (docs/API.md "Errors": `standing`); its hint says what to do ({@linkcode ownCertificateWords}).
+ * An older service's refusal is a plain {@linkcode E2eError}.
+ *
+ * @example
+ * ```ts
+ * import { CertificateRefused } from "./ca_client.ts";
+ * const e = new CertificateRefused("The CA refused: …", { status: "revoked" });
+ * console.log(e.code, e.standing.status); // ERR_FORBIDDEN revoked
+ * ```
+ */
+export class CertificateRefused extends E2eError {
+  /** Why the CA no longer takes our certificate. */
+  readonly standing: Standing;
+
+  /** The CA's refusal, `message` as the service's words are shown, with its `standing`. */
+  constructor(message: string, standing: Standing, options: { hint?: string } = {}) {
+    super("ERR_FORBIDDEN", message, options);
+    this.standing = standing;
+  }
+}
+
+/**
+ * Why the CA no longer takes `held`, our certificate, in a user's words, and what to do: a
+ * superseded one names the newer one, and tells a renewal from another home (the same key: `renew`
+ * fetches it) from a new key for our name (someone else may hold it now).
+ *
+ * @example
+ * ```ts
+ * import { ownCertificateWords } from "./ca_client.ts";
+ * const held = { commonName: "bob", serial: "1A" };
+ * const { message, hint } = ownCertificateWords(held, {
+ *   status: "superseded",
+ *   by: { serial: "2B", sameKey: false },
+ * });
+ * console.log(`${message}\n${hint}`);
+ * ```
+ */
+export function ownCertificateWords(
+  held: Pick<CertificateInfo, "commonName" | "serial">,
+  standing: Standing,
+): { message: string; hint: string } {
+  const name = held.commonName;
+  const newInvite = `ask your admin for a new invite (deno task ca invite ${name}) and join ` +
+    "with it in another --home";
+  switch (standing.status) {
+    case "expired":
+      return {
+        message: `Your certificate expired on ${standing.notAfter.toISOString()}`,
+        hint: `an expired certificate cannot be renewed: ${newInvite}`,
+      };
+    case "revoked":
+      return {
+        message: "Your certificate is on the CA's revocation list",
+        hint: `the admin revoked it: if you should still be a member, ${newInvite}`,
+      };
+    case "superseded": {
+      const by = standing.by;
+      if (!by) {
+        return {
+          message: `Your certificate (serial ${held.serial}) was superseded by another for ` +
+            `"${name}", which is no longer valid either`,
+          hint: newInvite,
+        };
+      }
+      const newer = `A newer certificate for "${name}" was issued (serial ${by.serial})`;
+      const older = `this home holds an older one (serial ${held.serial})`;
+      return by.sameKey
+        ? {
+          message: `${newer}, for this same key: ${older}`,
+          hint: "it was renewed from another home with a copy of this key: use that home, or " +
+            "fetch the newer certificate here with deno task client renew",
+        }
+        : {
+          message: `${newer}, for another key: ${older}`,
+          hint: `if you joined again from another home, use that one; if not, ${newInvite}, ` +
+            `and tell them: someone else may now hold "${name}"`,
+        };
+    }
+  }
 }
 
 /** A client of the CA API, pinned to our CA, optionally with our own certificate. */
@@ -225,7 +309,7 @@ export class CaClient {
       anchor: this.#anchor,
       own: this.#own,
     });
-    if (reply.status !== 200) throw apiError(reply);
+    if (reply.status !== 200) throw apiError(reply, this.#own);
     return reply.body;
   }
 
@@ -250,7 +334,7 @@ export class CaClient {
         },
       );
     }
-    if (reply.status !== 200) throw apiError(reply);
+    if (reply.status !== 200) throw apiError(reply, this.#own);
     const body = parseJson(reply.body) as { crl?: unknown; log?: unknown };
     if (typeof body?.crl !== "string") {
       throw new E2eError("ERR_LOG_INVALID", "The CA sent no CRL with its log proof");
@@ -306,7 +390,7 @@ export class CaClient {
       accept: "application/json",
       timeoutMs: MAILBOX_TIMEOUT_MS,
     }, this.#tls());
-    if (reply.status !== 200) throw apiError(reply);
+    if (reply.status !== 200) throw apiError(reply, this.#own);
     return parseJson(reply.body) as MailboxRecord;
   }
 
@@ -331,7 +415,7 @@ export class CaClient {
       { method: "GET", timeoutMs: MAILBOX_TIMEOUT_MS },
       this.#tls(),
     );
-    if (reply.status !== 200) throw apiError(reply);
+    if (reply.status !== 200) throw apiError(reply, this.#own);
     return reply.bytes;
   }
 
@@ -342,7 +426,7 @@ export class CaClient {
 
   async #text(path: string): Promise<string> {
     const reply = await call(new URL(path, this.#base), { method: "GET" }, this.#tls());
-    if (reply.status !== 200) throw apiError(reply);
+    if (reply.status !== 200) throw apiError(reply, this.#own);
     return reply.body;
   }
 
@@ -353,7 +437,7 @@ export class CaClient {
       accept: "application/json",
       timeoutMs,
     }, this.#tls());
-    if (reply.status !== 200) throw apiError(reply);
+    if (reply.status !== 200) throw apiError(reply, this.#own);
     return parseJson(reply.body);
   }
 
@@ -419,11 +503,15 @@ interface Reply {
   retryAfter?: number;
 }
 
-function apiError(reply: Reply): E2eError {
+// The service's refusal of a call as an E2eError; `own`, the certificate we called with, is the one
+// a refusal of our certificate speaks of.
+function apiError(reply: Reply, own?: Credentials): E2eError {
   let code: ErrorCode = "ERR_NETWORK";
   let message = `The CA service answered ${reply.status}`;
+  let standing: Standing | undefined;
   try {
     const e = JSON.parse(reply.body).error;
+    if (reply.status === 403 && e?.code === "ERR_FORBIDDEN") standing = parseStanding(e.standing);
     if (typeof e?.code === "string" && typeof e?.message === "string") {
       code = e.code as ErrorCode;
       // The service's words, shown on our terminal: printable, and not a page of them.
@@ -434,6 +522,13 @@ function apiError(reply: Reply): E2eError {
         : `The CA refused: ${words}`;
     }
   } catch { /* not JSON: keep the status */ }
+  if (standing) {
+    let hint: string | undefined;
+    try {
+      hint = own && ownCertificateWords(parseCertificate(own.cert), standing).hint;
+    } catch { /* our own certificate unreadable: the refusal without a hint */ }
+    return new CertificateRefused(message, standing, { hint });
+  }
   const wait = reply.retryAfter;
   return new E2eError(code, message, {
     hint: code === "ERR_RATE_LIMITED" && wait !== undefined

@@ -25,7 +25,13 @@ import {
   serverOptions,
 } from "../lib/tls.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
-import type { CaClient, CertificateReply, InvitationReply } from "./ca_client.ts";
+import {
+  type CaClient,
+  CertificateRefused,
+  type CertificateReply,
+  type InvitationReply,
+  ownCertificateWords,
+} from "./ca_client.ts";
 import { checkDirectoryAnswer } from "./directory.ts";
 import type { CoreEvent, PeerSummary, Via } from "./events.ts";
 import {
@@ -299,11 +305,10 @@ export class Chat {
     const unreadable = await chat.#quota.load();
     if (unreadable) chat.#emit({ type: "warning", message: unreadable });
     await chat.#revocation.refresh();
-    // Our own certificate on the CRL (revoked, or replaced by another for our name): the CA
-    // would refuse all we ask of it, so it is said now, not as warnings after `ready`.
-    if (chat.#revocation.isRevoked(id.certificate.serial) || chat.#revocation.refusedUs) {
-      throw new E2eError("ERR_FORBIDDEN", "Your certificate is on the CA's revocation list");
-    }
+    // Our own certificate no longer taken (revoked, superseded, expired): the CA would refuse
+    // all we ask of it, so it is said now, with why, not as warnings after `ready`.
+    const refused = ownCertificateRefused(id, chat.#revocation);
+    if (refused) throw refused;
     if (!chat.#noListen) {
       await chat.#listenOn(options.listenHost ?? "127.0.0.1", options.listenPort ?? 0);
     }
@@ -453,10 +458,8 @@ export class Chat {
       reason = this.#refusal(socket, name, expected.keyFingerprint);
       cert = this.#checkPeerSocket(socket, name, expected.keyFingerprint);
       reason = undefined; // a check that fails for want of the CA says nothing of the listener
-      if (!(await this.#isLogged(cert, expected.fingerprint))) {
-        reason = "not-logged";
-        throw new E2eError("ERR_PEER_REJECTED", NOT_LOGGED);
-      }
+      reason = await this.#notLogged(cert, expected.fingerprint);
+      if (reason) throw new E2eError("ERR_PEER_REJECTED", NOT_LOGGED[reason]);
     } catch (e) {
       refuse(socket, reason);
       throw e;
@@ -1264,10 +1267,8 @@ export class Chat {
       if (!invited || reason) throw new E2eError("ERR_PEER_REJECTED", `not admitted: ${name}`);
       cert = this.#checkPeerSocket(socket, name, invited.keyFingerprint);
       reason = undefined; // a check that fails for want of the CA says nothing of the member
-      if (!(await this.#isLogged(cert, invited.fingerprint))) {
-        reason = "not-logged";
-        throw new E2eError("ERR_PEER_REJECTED", NOT_LOGGED);
-      }
+      reason = await this.#notLogged(cert, invited.fingerprint);
+      if (reason) throw new E2eError("ERR_PEER_REJECTED", NOT_LOGGED[reason]);
     } catch {
       // Refused: nothing they sent is read or shown.
       refuse(socket, reason);
@@ -1313,16 +1314,29 @@ export class Chat {
     });
   }
 
-  // Whether the certificate a peer presents is in the log too: the one the directory proved, or
-  // (after a renewal) the directory's current one, proved again. Throws when that cannot be told
-  // (the CA does not answer, or its answer is not usable): that is no finding about the peer.
-  async #isLogged(cert: CertificateInfo, proved: string): Promise<boolean> {
-    if (cert.fingerprint === proved) return true;
+  // Undefined when the certificate a peer presents is in the log too: the one the directory
+  // proved, or (after a renewal) the directory's current one, proved again. Else why not:
+  // `superseded` for one older than the directory's (the CA keeps one certificate a name: the
+  // peer renewed elsewhere, or joined again, and this one is not on our CRL yet), `not-logged`
+  // for a newer one (which the CA did not log). Older: a notAfter no later (it is the signing's
+  // time and its --days, to the second), or an earlier notBefore (one signed long before with
+  // more days); notBefore alone will not do: it is backdated from when the signing openssl
+  // started (ca/authority.ts), so signings a moment apart share it, or even swap it.
+  // Throws when that cannot be told (the CA does not answer, or its answer is not usable): that
+  // is no finding about the peer.
+  async #notLogged(
+    cert: CertificateInfo,
+    proved: string,
+  ): Promise<"superseded" | "not-logged" | undefined> {
+    if (cert.fingerprint === proved) return undefined;
     const current = await this.#checkDirectory(
       await this.#ca.lookup(cert.commonName),
       cert.commonName,
     );
-    return current.fingerprint === cert.fingerprint;
+    if (current.fingerprint === cert.fingerprint) return undefined;
+    const older = cert.notAfter.getTime() <= current.notAfter.getTime() ||
+      cert.notBefore.getTime() < current.notBefore.getTime();
+    return older ? "superseded" : "not-logged";
   }
 
   // New entries of the log, looking for certificates for our name that are not ours.
@@ -1597,8 +1611,40 @@ export class Chat {
   }
 }
 
+// Why the CA no longer takes our certificate, with what to do; undefined while it does. The CA
+// says which (revoked, superseded, expired: lib/standing.ts); an older service only that it is
+// "revoked or superseded", and our own clock and CRL say the rest.
+function ownCertificateRefused(
+  id: Identity,
+  revocation: Revocation,
+  now: number = Date.now(),
+): E2eError | undefined {
+  const held = id.certificate;
+  const refusal = revocation.refusal;
+  let standing = refusal instanceof CertificateRefused ? refusal.standing : undefined;
+  if (standing?.status !== "expired" && held.notAfter.getTime() <= now) {
+    standing = { status: "expired", notAfter: held.notAfter };
+  }
+  if (!standing && revocation.isRevoked(held.serial)) standing = { status: "revoked" };
+  if (standing) {
+    const { message, hint } = ownCertificateWords(held, standing);
+    return new E2eError("ERR_FORBIDDEN", message, { hint, cause: refusal });
+  }
+  // An older service, which does not say which: both, as it said.
+  return refusal &&
+    new E2eError("ERR_FORBIDDEN", "The CA refuses your certificate: it was revoked or superseded", {
+      cause: refusal,
+    });
+}
+
 /** Why one side refuses the other, as its `refused` frame says it (docs/PROTOCOL.md §1). */
-type Refusal = "not-invited" | "revoked" | "key-changed" | "name-mismatch" | "not-logged";
+type Refusal =
+  | "not-invited"
+  | "revoked"
+  | "key-changed"
+  | "name-mismatch"
+  | "not-logged"
+  | "superseded";
 
 const REFUSALS: Record<Refusal, string> = {
   "not-invited": "it holds no current invitation of ours",
@@ -1606,9 +1652,15 @@ const REFUSALS: Record<Refusal, string> = {
   "key-changed": "our key is not the one it expected of us",
   "name-mismatch": "it expected someone else at this address",
   "not-logged": "the CA's directory and issuance log give it another certificate of ours",
+  "superseded": "the CA's directory and issuance log give it a newer certificate of ours, " +
+    "which superseded this one: we renewed, or joined again, elsewhere",
 };
 
-const NOT_LOGGED = "The peer's certificate is not the one the CA's directory and issuance log give";
+const NOT_LOGGED = {
+  "not-logged": "The peer's certificate is not the one the CA's directory and issuance log give",
+  "superseded": "The peer's certificate was superseded: the CA's directory and issuance log " +
+    "give a newer one",
+};
 
 // A refusal's code with what it means (a code we do not know, from a newer peer, as it is: the
 // frame allows only a-z, 0-9 and -).

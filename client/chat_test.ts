@@ -6,10 +6,16 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
-import { makeInvite, type Service, withService } from "../tests/_service_helpers.ts";
+import {
+  expiredCertificate,
+  makeInvite,
+  type Service,
+  withService,
+} from "../tests/_service_helpers.ts";
+import type { CertificateReply } from "./ca_client.ts";
 import { Chat, type ChatOptions } from "./chat.ts";
 import type { CoreEvent } from "./events.ts";
-import { enroll, type Identity } from "./identity.ts";
+import { enroll, Identity } from "./identity.ts";
 import { parseInvite } from "../lib/invite.ts";
 import { ALPN, ALPN_OFFERED, ALPN_REFUSALS } from "../lib/frames.ts";
 import { clientOptions, connectTls, serverOptions } from "../lib/tls.ts";
@@ -450,18 +456,36 @@ Deno.test("an invitation made for bob's old key is not shown to the client he jo
   });
 });
 
-Deno.test("a listener says not-logged only of a certificate the directory does not give: one it cannot check for want of the CA is refused with no code", async () => {
+Deno.test("a listener says superseded of a certificate older than the directory's, not-logged of a newer one it does not give, and nothing of one it cannot check for want of the CA", async () => {
   await withService(async (service, dir) => {
-    const alice = await startMember(service, dir, "alice");
+    // alice's CA client, in front of the real service, gives the directory answer `stale` when set.
+    const id = await enroll(
+      join(dir, "alice"),
+      parseInvite(await makeInvite(service.home, "alice")),
+    );
+    const ca = id.client();
+    const lookup = ca.lookup.bind(ca);
+    let stale: CertificateReply | undefined;
+    ca.lookup = async (name) => stale ?? await lookup(name);
+    id.client = () => ca;
+    const alice = await startAgain(id);
     const bob = await startMember(service, dir, "bob");
     try {
       await alice.chat.invite("bob"); // the directory proved bob's first certificate
       // bob renews twice (same key): the directory gives the third; alice's CRL, fetched at
       // her start, does not list the second yet.
       const second = await bob.chat.identity.renew();
+      const directoryOfSecond = await lookup("bob");
+      await new Promise((r) => setTimeout(r, 1_100)); // the third's notAfter a second later
       const third = await second.renew();
       const superseded = await dialAs(second, alice.chat.listen, [ALPN_REFUSALS, ALPN]);
-      assert.equal(await readToClose(superseded), '{"type":"refused","reason":"not-logged"}\n');
+      // Before: not-logged, as for a certificate the CA did not log.
+      assert.equal(await readToClose(superseded), '{"type":"refused","reason":"superseded"}\n');
+      // A directory that still gives the second (as a CA that did not log the third would).
+      stale = directoryOfSecond;
+      const unlogged = await dialAs(third, alice.chat.listen, [ALPN_REFUSALS, ALPN]);
+      assert.equal(await readToClose(unlogged), '{"type":"refused","reason":"not-logged"}\n');
+      stale = undefined;
       // The CA away: whether the third is the directory's is not known, and nothing is said.
       await service.stop();
       const unchecked = await dialAs(third, alice.chat.listen, [ALPN_REFUSALS, ALPN]);
@@ -470,6 +494,25 @@ Deno.test("a listener says not-logged only of a certificate the directory does n
     } finally {
       await Promise.all([alice.chat.stop(), bob.chat.stop()]);
     }
+  });
+});
+
+Deno.test("start() of a certificate that expired says when, and that only a new invite helps", async () => {
+  await withService(async (service, dir) => {
+    const home = join(dir, "bob");
+    await enroll(home, parseInvite(await makeInvite(service.home, "bob")));
+    const key = await Deno.readTextFile(join(home, "id", "key.pem"));
+    const { cert } = await expiredCertificate(service, join(dir, "ca-copy"), "bob", key);
+    await Deno.writeTextFile(join(home, "id", "cert.pem"), cert);
+    await assert.rejects(Chat.start(await Identity.load(home)), (e) => {
+      assertCode("ERR_FORBIDDEN", /^Your certificate expired on 2020-01-08T00:00:00\.000Z$/)(e);
+      assert.equal(
+        (e as E2eError).hint,
+        "an expired certificate cannot be renewed: ask your admin for a new invite " +
+          "(deno task ca invite bob) and join with it in another --home",
+      );
+      return true;
+    });
   });
 });
 

@@ -95,11 +95,20 @@ export class Revocation {
   }
 
   /**
-   * Whether the CA refused the last fetch because it holds our certificate revoked or
-   * superseded (`ERR_FORBIDDEN`): it then gives us no CRL, and refuses all else we ask.
+   * Whether the CA refused the last fetch because it no longer takes our certificate
+   * (`ERR_FORBIDDEN`: revoked, superseded or expired): it then gives us no CRL, and refuses all
+   * else we ask. {@linkcode refusal} says which, when the CA said.
    */
   get refusedUs(): boolean {
     return this.#failure?.code === "ERR_FORBIDDEN";
+  }
+
+  /**
+   * The CA's refusal of our certificate when {@linkcode refusedUs}: a `CertificateRefused`
+   * (client/ca_client.ts) carries its `standing`, when the service said why.
+   */
+  get refusal(): E2eError | undefined {
+    return this.refusedUs ? this.#failure : undefined;
   }
 
   /** Whether `serial` (hex, any case, leading zeros or not) is on the CRL. */

@@ -29,3 +29,4 @@ export * from "./checkpoint.ts";
 export * from "./invite.ts";
 export * from "./room.ts";
 export * from "./mailbox_record.ts";
+export * from "./standing.ts";

@@ -132,3 +132,13 @@ export async function flood(socket: Socket, total: number): Promise<number> {
   }
   return taken;
 }
+
+/** Copies the folder `from` to `to`, files and folders (new folders 0700). */
+export async function copyTree(from: string, to: string): Promise<void> {
+  await Deno.mkdir(to, { recursive: true, mode: 0o700 });
+  for await (const entry of Deno.readDir(from)) {
+    const [src, dst] = [join(from, entry.name), join(to, entry.name)];
+    if (entry.isDirectory) await copyTree(src, dst);
+    else await Deno.copyFile(src, dst);
+  }
+}

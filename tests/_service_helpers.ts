@@ -302,7 +302,7 @@ export function httpsRequest(url: string, options: HttpsRequestOptions = {}): Pr
 /**
  * Asserts a refusal as docs/API.md states it: `status`, a JSON content type and
  * exactly `{"error":{"code","message"}}` with that code (and that message, or one
- * matching it, when given).
+ * matching it, when given); a 403 `ERR_FORBIDDEN` may carry `standing` too.
  */
 export function assertApiError(
   reply: HttpsReply,
@@ -315,7 +315,14 @@ export function assertApiError(
   assert.match(String(reply.headers["content-type"]), /^application\/json\b/, context);
   const body = reply.json() as { error?: { code?: unknown; message?: unknown } };
   assert.deepEqual(Object.keys(body), ["error"], context);
-  assert.deepEqual(Object.keys(body.error ?? {}).sort(), ["code", "message"], context);
+  // `standing` only on a refusal of the caller's own certificate (docs/API.md "Errors").
+  const standing = status === 403 && code === "ERR_FORBIDDEN" &&
+    (body.error as { standing?: unknown } | undefined)?.standing !== undefined;
+  assert.deepEqual(
+    Object.keys(body.error ?? {}).sort(),
+    standing ? ["code", "message", "standing"] : ["code", "message"],
+    context,
+  );
   assert.equal(body.error?.code, code, context);
   assert.equal(typeof body.error?.message, "string", context);
   assert.ok((body.error?.message as string).length > 0, context);

@@ -16,8 +16,15 @@ import {
   withTempDir,
 } from "./_harness.ts";
 import { joinUser, type User } from "./_chat_helpers.ts";
-import { makeCsr, runCa } from "./_helpers.ts";
-import { expiredCertificate, makeInvite, type Service, withService } from "./_service_helpers.ts";
+import { copyTree, makeCsr, runCa } from "./_helpers.ts";
+import {
+  assertSuccess,
+  expiredCertificate,
+  makeInvite,
+  type Service,
+  withService,
+} from "./_service_helpers.ts";
+import { parseCertificate } from "../lib/x509.ts";
 
 /** The client run as `deno task client ARGS` in `cwd`, for the user whose home is `home`. */
 function client(home: string, args: string[], options: { stdin?: string; cwd?: string } = {}) {
@@ -36,6 +43,11 @@ async function expire(service: Service, user: User, copy: string): Promise<void>
     await Deno.readTextFile(user.keyPath),
   );
   await Deno.writeTextFile(user.certPath, cert);
+}
+
+/** The serial of the certificate in the home `home`. */
+async function serialOf(home: string): Promise<string> {
+  return parseCertificate(await Deno.readTextFile(join(home, "id", "cert.pem"))).serial;
 }
 
 /** A failure's one error line and its hint (exit 1). */
@@ -120,15 +132,18 @@ Deno.test("client chat --listen on a port in use says what to do", async () => {
   });
 });
 
-Deno.test("a member whose certificate the admin replaced is told what the CA's refusal can mean", async () => {
+Deno.test("a member whose certificate the admin replaced with another key is told so, with both serials, not that it is on the revocation list", async () => {
   await withService(async (service, dir) => {
     const bob = await joinUser(service, "bob", join(dir, "bob"));
+    const held = await serialOf(bob.home);
     const csr = join(dir, "other-bob.csr");
     await Deno.writeTextFile(csr, (await makeCsr("bob")).csr);
     const replaced = await runCa(service.home, ["sign", "--name", "bob", csr, "--replace"]);
     assert.equal(replaced.code, 0, replaced.stderr);
-    const hint = 'your certificate was revoked, or replaced by another for "bob"; if you did not ' +
-      "ask for that, tell your admin: someone else may now hold your name";
+    const newer = parseCertificate(replaced.stdout).serial;
+    const hint = "if you joined again from another home, use that one; if not, ask your admin " +
+      "for a new invite (deno task ca invite bob) and join with it in another --home, and tell " +
+      'them: someone else may now hold "bob"';
     for (const args of [["renew"], ["lookup", "bob"], ["audit"]]) {
       assertFailure(
         await client(bob.home, args),
@@ -136,12 +151,54 @@ Deno.test("a member whose certificate the admin replaced is told what the CA's r
         hint,
       );
     }
-    // A chat finds its own serial on the CRL before it listens or says it is ready.
+    // A chat says it before it listens or says it is ready. Before: "Your certificate is on the
+    // CA's revocation list", whatever the CA's reason.
     for (const args of [["chat", "--json"], ["chat"]]) {
       const result = await client(bob.home, args);
-      assertFailure(result, "Your certificate is on the CA's revocation list", hint);
+      assertFailure(
+        result,
+        `A newer certificate for "bob" was issued (serial ${newer}), for another key: this home ` +
+          `holds an older one (serial ${held})`,
+        hint,
+      );
       assert.ok(!result.stdout.includes("ready"), result.stdout);
     }
+  });
+});
+
+Deno.test("a member whose certificate the admin revoked is told at chat start that it is on the revocation list", async () => {
+  await withService(async (service, dir) => {
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    assertSuccess(await runCa(service.home, ["revoke", "bob"]), "ca revoke");
+    assertFailure(
+      await client(bob.home, ["chat"]),
+      "Your certificate is on the CA's revocation list",
+      "the admin revoked it: if you should still be a member, ask your admin for a new invite " +
+        "(deno task ca invite bob) and join with it in another --home",
+    );
+  });
+});
+
+Deno.test("a copy of a home that renewed elsewhere is told at chat start that a newer certificate for its key was issued, and client renew there fetches it", async () => {
+  await withService(async (service, dir) => {
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    const copy = join(dir, "bob-copy");
+    await copyTree(bob.home, copy);
+    const held = await serialOf(copy);
+    assertSuccess(await client(bob.home, ["renew"]), "client renew");
+    const newer = await serialOf(bob.home);
+    assert.notEqual(newer, held);
+    assertFailure(
+      await client(copy, ["chat"]),
+      `A newer certificate for "bob" was issued (serial ${newer}), for this same key: this home ` +
+        `holds an older one (serial ${held})`,
+      "it was renewed from another home with a copy of this key: use that home, or fetch the " +
+        "newer certificate here with deno task client renew",
+    );
+    assertSuccess(await client(copy, ["renew"]), "client renew in the copy");
+    assert.equal(await serialOf(copy), newer);
+    const chat = await client(copy, [], { stdin: "/quit\n" });
+    assert.equal(chat.code, 0, chat.stderr);
   });
 });
 

@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { CaPaths } from "../ca/home.ts";
 import { ChatClient, deadline, runTask } from "./_harness.ts";
-import { makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
+import { copyTree, makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
 import { joinUser, RawPeer, type User } from "./_chat_helpers.ts";
 import {
   assertSuccess,
@@ -459,15 +459,6 @@ Deno.test("a log edited on disk is found by client audit and ca log verify; a tr
     assert.match(cut.stdout, /PROBLEM: the checkpoint has \d+ entries, the log only/);
   });
 });
-
-async function copyTree(from: string, to: string): Promise<void> {
-  await Deno.mkdir(to, { recursive: true, mode: 0o700 });
-  for await (const entry of Deno.readDir(from)) {
-    const [src, dst] = [join(from, entry.name), join(to, entry.name)];
-    if (entry.isDirectory) await copyTree(src, dst);
-    else await Deno.copyFile(src, dst);
-  }
-}
 
 Deno.test("client lookup refuses a CRL older than the newest its home accepted, and says why", async () => {
   await withService(async (service, dir) => {
