@@ -1290,7 +1290,9 @@ export class Chat {
       return undefined;
     }
     if (presented.commonName !== name) return "name-mismatch";
-    if (this.#revocation.isRevoked(presented.serial)) return "revoked";
+    if (this.#revocation.isRevoked(presented.serial)) {
+      return this.#revocation.isSuperseded(presented.serial) ? "superseded" : "revoked";
+    }
     if (keyFingerprint !== undefined && presented.keyFingerprint !== keyFingerprint) {
       return "key-changed";
     }

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
+import { runCa } from "../tests/_helpers.ts";
 import {
   expiredCertificate,
   makeInvite,
@@ -493,6 +494,31 @@ Deno.test("a listener says superseded of a certificate older than the directory'
       assert.deepEqual(eventsSince(alice, 0, (e) => e.type === "connected"), []);
     } finally {
       await Promise.all([alice.chat.stop(), bob.chat.stop()]);
+    }
+  });
+});
+
+Deno.test("a listener says superseded of a certificate its CRL lists as superseded (a renewal), and revoked of one revoked for another reason", async () => {
+  await withService(async (service, dir) => {
+    const bob = await startMember(service, dir, "bob");
+    const carol = await startMember(service, dir, "carol");
+    const bobFirst = bob.chat.identity;
+    const carolFirst = carol.chat.identity;
+    await Promise.all([bob.chat.stop(), carol.chat.stop()]);
+    await bobFirst.renew(); // the first is revoked, reason superseded
+    const revoke = await runCa(service.home, ["revoke", "carol", "--reason", "keyCompromise"]);
+    assert.equal(revoke.code, 0, revoke.stderr);
+    // alice starts after both: her CRL lists bob's first certificate and carol's.
+    const alice = await startMember(service, dir, "alice");
+    try {
+      const old = await dialAs(bobFirst, alice.chat.listen, [ALPN_REFUSALS, ALPN]);
+      // Before: revoked, as if bob's key had been compromised.
+      assert.equal(await readToClose(old), '{"type":"refused","reason":"superseded"}\n');
+      const revoked = await dialAs(carolFirst, alice.chat.listen, [ALPN_REFUSALS, ALPN]);
+      assert.equal(await readToClose(revoked), '{"type":"refused","reason":"revoked"}\n');
+      assert.deepEqual(eventsSince(alice, 0, (e) => e.type === "connected"), []);
+    } finally {
+      await alice.chat.stop();
     }
   });
 });

@@ -64,6 +64,7 @@ export interface RevocationOptions {
 export class Revocation {
   #options: RevocationOptions;
   #revoked = new Set<string>();
+  #superseded = new Set<string>();
   #fetchedAt = 0;
   #validUntil = 0;
   #signedAt = 0;
@@ -109,6 +110,14 @@ export class Revocation {
    */
   get refusal(): E2eError | undefined {
     return this.refusedUs ? this.#failure : undefined;
+  }
+
+  /**
+   * Whether `serial` is on the CRL because another certificate replaced it (reason
+   * `superseded`: a renewal, or a new key for its name) rather than for a compromise.
+   */
+  isSuperseded(serial: string): boolean {
+    return this.#superseded.has(normalizeSerialHex(serial));
   }
 
   /** Whether `serial` (hex, any case, leading zeros or not) is on the CRL. */
@@ -227,6 +236,7 @@ export class Revocation {
       this.#failure = undefined;
       this.#number = crl.number;
       this.#revoked = crl.revoked;
+      this.#superseded = crl.superseded;
       this.#fetchedAt = Date.now();
       this.#signedAt = crl.thisUpdate.getTime();
       this.#validUntil = crl.nextUpdate?.getTime() ??

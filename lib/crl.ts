@@ -42,6 +42,12 @@ export const CRL_CLOCK_SKEW_MS = 10 * 60_000;
 export interface RevocationList {
   /** Revoked serials, uppercase hex without leading zeros. */
   revoked: Set<string>;
+  /**
+   * Those of them revoked because another certificate replaced them (reasonCode
+   * `superseded`, RFC 5280 §5.3.1: a renewal, or a new key for the name), not for a
+   * compromise: refused all the same, but worded as what happened.
+   */
+  superseded: Set<string>;
   /** When it was issued. */
   thisUpdate: Date;
   /** When the next one is due (undefined if the CRL does not say). */
@@ -140,16 +146,19 @@ function readCrl(der: Uint8Array, issuer: X509Certificate | undefined): Revocati
       nextUpdate = readTime(fields[i++]);
     }
     const revoked = new Set<string>();
+    const superseded = new Set<string>();
     if (fields[i]?.tag === Tag.SEQUENCE) {
       // A long-lived CA's CRL grows with every revocation and renewal: allow a million.
       for (const entry of children(fields[i++], Tag.SEQUENCE, 1_000_000)) {
-        const serial = children(entry, Tag.SEQUENCE)[0];
+        const [serial, , extensions] = children(entry, Tag.SEQUENCE);
         if (serial?.tag !== Tag.INTEGER) throw new DerError("Bad serial");
-        revoked.add(serialHex(serial));
+        const hex = serialHex(serial);
+        revoked.add(hex);
+        if (extensions && entryReason(extensions) === SUPERSEDED) superseded.add(hex);
       }
     }
     const number = fields[i]?.tag === 0xa0 ? crlNumber(fields[i]) : undefined;
-    return { revoked, thisUpdate, nextUpdate, number };
+    return { revoked, superseded, thisUpdate, nextUpdate, number };
   } catch (e) {
     if (e instanceof DerError) throw rejected(`malformed CRL: ${e.message}`);
     throw e;
@@ -161,6 +170,41 @@ const KNOWN_CRL_EXTENSIONS = new Set([
   "2.5.29.20", // cRLNumber
   "2.5.29.35", // authorityKeyIdentifier
 ]);
+
+// The CRL entry extensions a client understands (RFC 5280 §5.3); another marked critical (a
+// certificateIssuer, which makes the CRL indirect: its entries name another CA's serials) makes
+// the CRL unusable.
+const KNOWN_ENTRY_EXTENSIONS = new Set([
+  "2.5.29.21", // reasonCode
+  "2.5.29.24", // invalidityDate
+]);
+
+// reasonCode superseded (RFC 5280 §5.3.1), which `openssl ca -crl_reason superseded` writes.
+const SUPERSEDED = 4;
+const ENUMERATED = 0x0a;
+
+// An entry's reasonCode from its crlEntryExtensions, if it has one.
+function entryReason(list: DerNode): number | undefined {
+  let reason: number | undefined;
+  const seen = new Set<string>();
+  for (const extension of children(list, Tag.SEQUENCE)) {
+    const fields = children(extension, Tag.SEQUENCE);
+    const oid = decodeOid(fields[0]);
+    if (seen.has(oid)) throw new DerError(`CRL entry extension ${oid} appears twice`);
+    seen.add(oid);
+    const critical = fields[1]?.tag === 0x01 && fields[1].value[0] !== 0;
+    if (critical && !KNOWN_ENTRY_EXTENSIONS.has(oid)) {
+      throw new DerError(`unknown critical CRL entry extension ${oid}`);
+    }
+    if (oid !== "2.5.29.21") continue;
+    const value = fields[fields.length - 1];
+    if (value?.tag !== Tag.OCTET_STRING) throw new DerError("Bad reason code");
+    const code = readDer(value.value);
+    if (code.tag !== ENUMERATED || code.value.length !== 1) throw new DerError("Bad reason code");
+    reason = code.value[0];
+  }
+  return reason;
+}
 
 // The cRLNumber in crlExtensions ([0] EXPLICIT Extensions), if there is one.
 function crlNumber(wrapped: DerNode): bigint | undefined {

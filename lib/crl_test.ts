@@ -6,7 +6,7 @@ import { E2eError } from "./errors.ts";
 import { openssl } from "./openssl.ts";
 import { pemDecode, pemEncode } from "./pem.ts";
 import { tlv } from "./_der_builder.ts";
-import { signCrl } from "../tests/_impostor.ts";
+import { generalizedTime as timeOf, signCrl } from "../tests/_impostor.ts";
 
 const decoder = new TextDecoder();
 
@@ -120,7 +120,69 @@ for (const keyType of ["ec-p256", "ed25519"] as const) {
       assert.deepEqual(stored.revoked, crl.revoked);
     });
   });
+
+  Deno.test(`parseCrl() tells the serials ${LABEL[keyType]} CA revoked as superseded from those revoked for another reason, as openssl reads them`, async () => {
+    await withCa(keyType, async (ca) => {
+      await issue(ca, "alice");
+      const bob = await issue(ca, "bob");
+      const carol = await issue(ca, "carol");
+      await issue(ca, "dan");
+      await ca.revoke("alice", { reason: "keyCompromise" });
+      await ca.revoke(bob, { reason: "superseded" });
+      await ca.revoke(carol);
+      const pem = await ca.crl();
+      const crl = parseCrl(pem, ca.certificate.x509);
+
+      assert.deepEqual(crl.superseded, new Set([normalizeSerialHex(bob)]));
+      assert.equal(crl.revoked.size, 3);
+      const { stdout } = await openssl(["crl", "-noout", "-text"], { stdin: pem });
+      const text = decoder.decode(stdout);
+      const byOpenssl = new Set(
+        [...text.matchAll(
+          /Serial Number: ([0-9A-Fa-f:]+)\s+Revocation Date: .+\s+CRL entry extensions:\s+X509v3 CRL Reason Code:\s+Superseded/g,
+        )]
+          .map((m) => normalizeSerialHex(m[1])),
+      );
+      assert.deepEqual(crl.superseded, byOpenssl);
+    });
+  });
 }
+
+Deno.test("parseCrl() refuses a CRL with an entry extension it does not know marked critical (an indirect CRL's certificateIssuer), and reads one not critical", async () => {
+  await withCa("ec-p256", async (ca) => {
+    const signedAt = new Date(Date.now() - 60_000);
+    const extension = (oid: number, critical: boolean) =>
+      tlv(
+        0x30,
+        tlv(0x06, Uint8Array.of(0x55, 0x1d, oid)),
+        ...(critical ? [tlv(0x01, Uint8Array.of(0xff))] : []),
+        tlv(0x04, tlv(0x30, tlv(0xa4, tlv(0x30)))), // certificateIssuer: an empty directoryName
+      );
+    const crlWith = (entryExtension: Uint8Array) =>
+      signCrl(
+        ca.paths,
+        timeOf(signedAt),
+        timeOf(new Date(signedAt.getTime() + 86_400_000)),
+        tlv(
+          0x30,
+          tlv(
+            0x30,
+            tlv(0x02, Uint8Array.of(0x12, 0x34)),
+            timeOf(signedAt),
+            tlv(0x30, entryExtension),
+          ),
+        ),
+      );
+    const indirect = await crlWith(extension(29, true));
+    assert.throws(
+      () => parseCrl(indirect, ca.certificate.x509),
+      rejectedCrl(/unknown critical CRL entry extension 2\.5\.29\.29/),
+    );
+    const read = parseCrl(await crlWith(extension(29, false)), ca.certificate.x509);
+    assert.deepEqual(read.revoked, new Set(["1234"]));
+    assert.deepEqual(read.superseded, new Set());
+  });
+});
 
 Deno.test("parseCrl() refuses a CRL made by another CA", async () => {
   await withCa("ec-p256", async (ours) => {
