@@ -18,7 +18,19 @@
  * stored (history or downloads) and its id marked seen, durably; shown; a
  * receipt posted; acknowledged (deleted at the CA). A crash between any two
  * steps never shows an item twice: an id marked seen is only acknowledged (and
- * its receipt posted again) when it comes back.
+ * its receipt posted again) when it comes back. A receipt the service refuses
+ * for now (the sender's mailbox full, the service busy or its disk full) is
+ * owed: noted with the seen id, durably, the item acknowledged all the same, and
+ * the receipt posted later (one for all owed to a sender, less often after each
+ * refusal); the user is told once.
+ *
+ * One item's failure does not stop the others of a look: they are handled, and
+ * the look then fails with its error (so the poll backs off). Only the service
+ * not answering, or our key not opening, ends a look at once. An item is handled
+ * by one run at a time (by its id: a user trusting a key twice, a service
+ * listing an offer again while the user accepts it). A direct item from a sender
+ * who sent us a later one before is shown with a warning: the service may have
+ * reordered their items (it can also drop one unnoticed: docs/SECURITY.md).
  *
  * An item that fails a check is refused with a warning and acknowledged, so it
  * does not come back; a replay (an id seen before) is dropped.
@@ -34,6 +46,7 @@ import {
   type ItemKind,
   type KeyFile,
   type MailboxItem,
+  MAX_RECEIPT_IDS,
   newItemId,
   open,
   seal,
@@ -62,8 +75,18 @@ const OFFER = ".offer.cms";
 export const MAX_HELD_PER_SENDER = 16;
 /** Items held back in HOME/mailbox/held/ in all, at most. */
 export const MAX_HELD = 64;
-/** Failures of a receipt's post that are tried again at the next look. */
+/** Failures of a receipt's post that are tried again later (the receipt is owed meanwhile). */
 const RETRY_RECEIPT = new Set(["ERR_NETWORK", "ERR_QUOTA", "ERR_RATE_LIMITED", "ERR_INTERNAL"]);
+/**
+ * After a sender's receipts were refused `n` times in a row (not for the service being away),
+ * the next try waits 1, 2, 4… minutes, at most 30: a sender whose mailbox stays full costs us a
+ * sealing and a post that often, not at every look.
+ */
+function receiptRetryMs(n: number): number {
+  return Math.min(30 * 60_000, 60_000 * 2 ** Math.min(Math.max(n - 1, 0), 5));
+}
+/** Longest delay a timer takes (setTimeout fires at once past 2^31 - 1 ms). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 /** How long one long poll waits at the CA, in seconds. */
 const POLL_WAIT_SECONDS = 25;
 
@@ -180,8 +203,23 @@ export interface SendOutcome {
 /** An item id we received: when to forget it, and whether the CA was told we have it. */
 interface SeenEntry {
   from: string;
+  /** Its sending time plus {@linkcode MAX_ITEM_AGE_MS}. */
   until: number;
   acked: boolean;
+  /** Its receipt is still to be posted (refused for now). */
+  owed?: boolean;
+  /** A direct item (a message or a file): its time orders the sender's direct items. */
+  direct?: boolean;
+}
+
+/** A sender whose receipts the service refused lately (not for being away). */
+interface ReceiptRetry {
+  /** Refusals in a row. */
+  fails: number;
+  /** Not tried again before, ms since the epoch. */
+  next: number;
+  /** The user was told. */
+  told: boolean;
 }
 
 /** The mailbox of a running chat. */
@@ -191,6 +229,11 @@ export class MailboxClient {
   #outbox: Record<string, OutboxEntry> = Object.create(null);
   #seen: Record<string, SeenEntry> = Object.create(null);
   #busy = new Set<string>();
+  // Items being handled, by item id: a second run for the same id waits for the first.
+  #inflight = new Map<string, Promise<void>>();
+  // Offers being accepted: a copy listed by the CA meanwhile is a replay, as while it waited.
+  #accepting = new Set<string>();
+  #receiptRetry = new Map<string, ReceiptRetry>();
   // Files that wait for the user, each still sealed in HOME/mailbox/held/FROM.ID.offer.cms.
   #offers = new Map<string, MailboxOffer & { from: string; path: string; until: number }>();
   #stopped = new AbortController();
@@ -341,9 +384,14 @@ export class MailboxClient {
   async acceptOffer(id: string): Promise<void> {
     const offer = this.#offers.get(id);
     if (!offer) throw new E2eError("ERR_NOT_FOUND", `No file offer ${JSON.stringify(id)}`);
+    this.#accepting.add(id);
     this.#offers.delete(id);
-    const der = await Deno.readFile(offer.path);
-    await this.#process(der, { from: offer.from, release: offer.path, accepted: true });
+    try {
+      const der = await Deno.readFile(offer.path);
+      await this.#process(der, { from: offer.from, release: offer.path, accepted: true });
+    } finally {
+      this.#accepting.delete(id);
+    }
   }
 
   /** Declines the file `id` that waits for the user: it is removed, unread. */
@@ -642,14 +690,19 @@ export class MailboxClient {
       }
       throw e;
     }
-    if (this.#outbox[id]) {
-      this.#outbox[id].expiresAt = record.expiresAt;
+    const entry = this.#outbox[id];
+    if (entry) {
+      // The service's word, never past what the recipient accepts (a dishonest service that
+      // dropped the item would answer "2999" and the sender would never hear it was not
+      // delivered), nor unparseable.
+      const when = expiry({ ...entry, expiresAt: String(record.expiresAt) });
+      entry.expiresAt = Number.isFinite(when) ? new Date(when).toISOString() : undefined;
       await this.#saveOutbox();
       // Told when it expires unread, not only at the next poll.
       const timer = setTimeout(() => {
         this.#timers.delete(timer);
         this.#reportExpired();
-      }, Math.max(0, Date.parse(record.expiresAt) - Date.now()) + 500);
+      }, Math.min(MAX_TIMER_MS, Math.max(0, expiry(entry) - Date.now()) + 500));
       Deno.unrefTimer(timer);
       this.#timers.add(timer);
     }
@@ -666,23 +719,41 @@ export class MailboxClient {
     } catch { /* none held */ }
     for (const file of names.sort()) {
       const path = join(dir, file);
-      const der = await Deno.readFile(path);
-      await this.#process(der, { from: name, release: path });
+      // Gone: released meanwhile (the user trusted the key twice at once).
+      const der = await Deno.readFile(path).catch((e) => {
+        if (e instanceof Deno.errors.NotFound) return undefined;
+        throw e;
+      });
+      if (der) await this.#process(der, { from: name, release: path });
     }
   }
 
   /**
    * Fetches and handles what waits for us now, after at most `waitSeconds` of
-   * long poll (what {@linkcode start} does in a loop). Throws when the CA cannot
-   * be reached or refuses; an item that fails its checks is a warning instead.
+   * long poll (what {@linkcode start} does in a loop), then posts the receipts
+   * owed. Throws when the CA cannot be reached or refuses; an item that fails its
+   * checks is a warning instead. An item that cannot be handled now (its fetch
+   * refused, a disk error) stays at the CA and does not stop the others: they are
+   * handled first, then its error is thrown.
    */
   async check(waitSeconds = 0): Promise<void> {
     const items = await this.#host.ca.mailboxList(waitSeconds);
+    // Once for the look, not once for each item that would fail the same way.
+    if (items.length) await this.#host.fresh();
+    let failed: { error: unknown } | undefined;
     for (const record of items) {
       if (this.#stopped.signal.aborted) return;
-      await this.#fetch(record);
+      try {
+        await this.#fetch(record);
+      } catch (e) {
+        // The service away, or our key not opening: every item after it would fail alike.
+        if (away(e) || (e instanceof E2eError && e.code === "ERR_BAD_PASSPHRASE")) throw e;
+        failed ??= { error: e };
+      }
     }
+    await this.#payReceipts();
     this.#reportExpired();
+    if (failed) throw failed.error;
   }
 
   async #poll(): Promise<void> {
@@ -783,12 +854,41 @@ export class MailboxClient {
       await done();
       return;
     }
+    // One run at a time for an item: a second (the same held item released twice at once, a copy
+    // the CA lists again while the user accepts it) waits, then finds it seen.
+    let waited = false;
+    for (let run; (run = this.#inflight.get(item.id));) {
+      waited = true;
+      await run;
+    }
+    let finish = () => {};
+    this.#inflight.set(item.id, new Promise<void>((resolve) => finish = resolve));
+    try {
+      if (waited && at.release && !(await exists(at.release))) return; // the other one released it
+      await this.#handle(item, signer, der, at, done);
+    } finally {
+      this.#inflight.delete(item.id);
+      finish();
+    }
+  }
+
+  // #process() past the checks, for an item no other run handles.
+  async #handle(
+    item: MailboxItem,
+    signer: CertificateInfo,
+    der: Uint8Array,
+    at: { from: string; caId?: string; release?: string; accepted?: boolean },
+    done: () => Promise<void>,
+  ): Promise<void> {
+    const host = this.#host;
     const seen = this.#seen[item.id];
-    if (seen?.acked || (this.#offers.has(item.id) && !at.accepted)) {
+    const offered = this.#offers.has(item.id) || this.#accepting.has(item.id);
+    if (seen?.acked || (offered && !at.accepted)) {
       host.warning(`Dropped a replayed mailbox item from "${item.from}" (${item.id})`);
       await done();
       return;
     }
+    const direct = item.kind === "message" || item.kind === "file";
     if (!seen) {
       // The key must be the one we pinned; a changed key holds the item back, still sealed.
       const state = await host.observe(item.from, signer.keyFingerprint);
@@ -822,6 +922,9 @@ export class MailboxClient {
         if (at.caId) await host.ca.mailboxDelete(at.caId);
         return;
       }
+      // Direct items come in the order they were sent (the sender posts them one at a time);
+      // the service can reorder them, and this says so. Not an item the user let in late.
+      const later = direct && at.caId ? this.#sentLater(item) : undefined;
       let show = () => {};
       try {
         if (item.kind !== "receipt") {
@@ -852,29 +955,110 @@ export class MailboxClient {
         from: item.from,
         until: item.sent.getTime() + MAX_ITEM_AGE_MS,
         acked: false,
+        ...(direct ? { direct: true } : {}),
       };
       await this.#saveSeen();
       show();
-    }
-    // Stored (now or before a crash): the receipt, then the acknowledgement.
-    if (item.kind !== "receipt" && item.kind !== "room") {
-      try {
-        await this.#receipt(item.from, item.id);
-      } catch (e) {
-        // Passing trouble (the CA away or busy, their mailbox full): the item stays at the CA
-        // unacknowledged, so the next look sends the receipt again (it is seen: shown once).
-        if (e instanceof E2eError && RETRY_RECEIPT.has(e.code)) throw e;
+      if (later !== undefined) {
         host.warning(
-          `Cannot send a receipt to "${item.from}": ${e instanceof Error ? e.message : e}`,
+          `A mailbox ${item.kind} from "${item.from}" sent at ${item.sent.toISOString()} came ` +
+            `after one they sent later, at ${new Date(later).toISOString()}: ` +
+            `the CA service may have reordered or held back their items`,
         );
       }
     }
+    // Stored (now or before a crash): the receipt, then the acknowledgement. A receipt refused for
+    // now is owed, durably, before the CA's copy goes: posted later with the others owed to them.
+    const entry = this.#seen[item.id];
+    let awayError: unknown;
+    if (item.kind !== "receipt" && item.kind !== "room" && entry.owed !== false) {
+      entry.owed = true;
+      awayError = await this.#payReceipts(item.from, [item.id]);
+      if (entry.owed) await this.#saveSeen();
+    }
     await done();
-    this.#seen[item.id].acked = true;
+    entry.acked = true;
     await this.#saveSeen();
+    // The service did not answer: the look ends here (what follows would fail alike).
+    if (awayError !== undefined) throw awayError;
   }
 
-  async #receipt(to: string, id: string): Promise<void> {
+  // The latest sending time of a direct item from `item`'s sender seen before, if later than
+  // `item`'s.
+  #sentLater(item: MailboxItem): number | undefined {
+    let latest = -Infinity;
+    for (const e of Object.values(this.#seen)) {
+      if (e.direct && e.from === item.from) latest = Math.max(latest, e.until - MAX_ITEM_AGE_MS);
+    }
+    return latest > item.sent.getTime() ? latest : undefined;
+  }
+
+  /**
+   * Posts the receipts owed: to `to` for `ids` (an item just stored), else for every seen item
+   * whose receipt is owed and whose CA copy is gone, one receipt per sender (of up to
+   * MAX_RECEIPT_IDS ids). A sender whose receipts were refused lately waits its turn. A refusal
+   * for now leaves them owed and tells the user once; one for good is a warning, and they are no
+   * longer owed. Returns the error of a post the service did not answer (after which no other is
+   * tried); throws when the seen ids cannot be saved.
+   */
+  async #payReceipts(to?: string, ids?: string[]): Promise<unknown> {
+    const owed = new Map<string, string[]>();
+    if (to && ids) owed.set(to, ids);
+    else {
+      for (const [id, e] of Object.entries(this.#seen)) {
+        if (!e.owed || !e.acked) continue;
+        owed.set(e.from, [...owed.get(e.from) ?? [], id]);
+      }
+    }
+    const now = Date.now();
+    let changed = false;
+    try {
+      for (const [sender, all] of owed) {
+        const retry = this.#receiptRetry.get(sender);
+        if (retry && retry.next > now) continue;
+        let refused: E2eError | undefined;
+        for (let i = 0; i < all.length && !refused; i += MAX_RECEIPT_IDS) {
+          const batch = all.slice(i, i + MAX_RECEIPT_IDS);
+          try {
+            await this.#receipt(sender, batch);
+          } catch (e) {
+            if (away(e)) return e;
+            if (e instanceof E2eError && RETRY_RECEIPT.has(e.code)) {
+              refused = e;
+              continue;
+            }
+            this.#host.warning(
+              `Cannot send a receipt to "${sender}": ${e instanceof Error ? e.message : e}`,
+            );
+          }
+          // Posted, or refused for good: no longer owed.
+          for (const id of batch) if (this.#seen[id]) this.#seen[id].owed = false;
+          changed = true;
+        }
+        if (!refused) {
+          this.#receiptRetry.delete(sender);
+          continue;
+        }
+        const fails = (retry?.fails ?? 0) + 1;
+        this.#receiptRetry.set(sender, {
+          fails,
+          next: Date.now() + receiptRetryMs(fails),
+          told: true,
+        });
+        if (!retry?.told) {
+          this.#host.warning(
+            `Cannot send a receipt to "${sender}" now: ${refused.message}. What they sent you ` +
+              `is shown; the receipt is sent later, and until then they are not told it arrived`,
+          );
+        }
+      }
+    } finally {
+      if (changed && !ids) await this.#saveSeen();
+    }
+    return undefined;
+  }
+
+  async #receipt(to: string, ids: string[]): Promise<void> {
     const cert = await this.#host.directory(to);
     const der = await this.#seal({
       id: newItemId(),
@@ -883,7 +1067,7 @@ export class MailboxClient {
       kind: "receipt",
       sent: new Date(),
       payload: new Uint8Array(),
-      acks: [id],
+      acks: ids,
     }, cert.pem);
     await this.#host.ca.mailboxPost(to, der);
   }
@@ -927,7 +1111,7 @@ export class MailboxClient {
     let wait = POLL_WAIT_SECONDS;
     for (const e of Object.values(this.#outbox)) {
       if (!e.expiresAt) continue;
-      const s = Math.ceil((Date.parse(e.expiresAt) - Date.now()) / 1000) + 1;
+      const s = Math.ceil((expiry(e) - Date.now()) / 1000) + 1;
       wait = Math.max(1, Math.min(wait, s));
     }
     return wait;
@@ -937,10 +1121,7 @@ export class MailboxClient {
     const now = Date.now();
     let changed = false;
     for (const [id, e] of Object.entries(this.#outbox)) {
-      const expires = e.expiresAt
-        ? Date.parse(e.expiresAt)
-        : Date.parse(e.postedAt) + MAX_ITEM_AGE_MS;
-      if (expires > now) continue;
+      if (expiry(e) > now) continue;
       delete this.#outbox[id];
       changed = true;
       this.#host.warning(
@@ -968,6 +1149,26 @@ export class MailboxClient {
     await writeFileAtomic(this.#home.mailboxSeen, JSON.stringify({ seen: this.#seen }) + "\n", {
       mode: 0o600,
     });
+  }
+}
+
+/**
+ * When an item we posted expires unread: the service's `expiresAt`, but never later than the
+ * recipient accepts it (sent `MAX_ITEM_AGE_MS` ago), and that when the service's is unparseable.
+ */
+function expiry(e: OutboxEntry): number {
+  const latest = Date.parse(e.postedAt) + MAX_ITEM_AGE_MS;
+  const said = e.expiresAt === undefined ? NaN : Date.parse(e.expiresAt);
+  return Number.isFinite(said) && said < latest ? said : latest;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
   }
 }
 

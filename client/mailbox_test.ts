@@ -56,6 +56,14 @@ class MemoryService {
   stall?: Promise<void>;
   /** Every post that reached the service: sender, recipient and bytes. */
   posts: Array<{ from: string; to: string; der: Uint8Array }> = [];
+  /** Items waiting for one recipient, at most (ca/mailbox.ts's quota, and its refusal). */
+  maxItems = Infinity;
+  /** Its disk is below its floor: every post is refused (ca/api.ts, ca/disk_floor.ts). */
+  diskFull = false;
+  /** Item ids whose fetch fails (as a disk error at the service would). */
+  failFetches = new Set<string>();
+  /** A dishonest service: answers a post as stored, with this `expiresAt`, and drops it. */
+  dropWith?: string;
 
   as(user: string): MailboxHost["ca"] {
     return {
@@ -70,7 +78,22 @@ class MemoryService {
           this.failPosts--;
           throw new E2eError("ERR_NETWORK", "Cannot reach the CA service");
         }
+        if (this.diskFull) {
+          throw new E2eError("ERR_QUOTA", "The CA's disk is full: 60 MiB free, at least 64 MiB");
+        }
+        const waiting = [...this.items.values()].filter((i) => i.record.to === to).length;
+        if (waiting >= this.maxItems) {
+          throw new E2eError(
+            "ERR_QUOTA",
+            `The mailbox of "${to}" is full: ${waiting} items wait, at most ${this.maxItems}`,
+          );
+        }
         this.posts.push({ from: user, to, der });
+        if (this.dropWith !== undefined) {
+          const postedAt = new Date().toISOString();
+          const id = newItemId();
+          return { id, from: user, to, size: der.length, postedAt, expiresAt: this.dropWith };
+        }
         // As the service does (ca/mailbox.ts): the same bytes from the same sender, kept once.
         const same = [...this.items.values()].find((i) =>
           i.record.from === user && i.record.to === to && equalBytes(i.der, der)
@@ -101,7 +124,10 @@ class MemoryService {
         if ((wait ?? 0) > 0 && mine().length === 0) await new Promise((r) => setTimeout(r, 20));
         return mine();
       },
-      mailboxFetch: (id) => Promise.resolve(this.items.get(id)!.der),
+      mailboxFetch: (id) =>
+        this.failFetches.has(id)
+          ? Promise.reject(new E2eError("ERR_INTERNAL", "The CA service cannot read the item"))
+          : Promise.resolve(this.items.get(id)!.der),
       mailboxDelete: (id) => {
         if (this.failDeletes > 0) {
           this.failDeletes--;
@@ -131,6 +157,8 @@ class Client {
   unsentKey?: { key?: Uint8Array; seal?: boolean };
   /** The directory does not answer (the CA service down before the item could be sealed). */
   directoryDown = false;
+  /** How long storing an item takes, ms (history flushed, a file written to downloads). */
+  storeMs = 0;
   mailbox!: MailboxClient;
   readonly me: Member;
   readonly home: ClientHome;
@@ -165,9 +193,10 @@ class Client {
         if (!pinned) this.pins.set(name, key);
         return Promise.resolve(!pinned ? "new" : pinned === key ? "known" : "changed");
       },
-      store: (item) => {
+      store: async (item) => {
         this.stored.push(item);
-        return Promise.resolve(() => this.shown.push(item));
+        if (this.storeMs) await new Promise((r) => setTimeout(r, this.storeMs));
+        return () => this.shown.push(item);
       },
       delivered: (_to, id) => this.delivered.push(id),
       askFirst: (_from, _bytes, state) => this.askAll || state === "new",
@@ -415,13 +444,161 @@ Deno.test("MailboxClient: a receipt that cannot be posted now is posted at the n
   service.failPosts = 1; // bob's receipt
   await assert.rejects(bob.mailbox.check(), /Cannot reach the CA service/);
   assert.equal(bob.shown.length, 1);
-  // The item waits at the CA, unacknowledged; the next look sends the receipt only.
-  assert.deepEqual([...service.items.values()].map((i) => i.record.to), ["bob"]);
+  // The item is acknowledged at the CA all the same; bob owes the receipt, and sends it at the
+  // next look (the service away is not the sender's doing: no waiting, no warning).
+  assert.equal(service.items.size, 0);
   await bob.mailbox.check();
   assert.equal(bob.shown.length, 1);
   await alice.mailbox.check();
   assert.deepEqual(alice.delivered, [id]);
   assert.equal(service.items.size, 0);
+});
+
+Deno.test("MailboxClient: a sender whose own mailbox is full does not keep bob from reading what others sent him: his receipt to them is owed, told once, and sent once they have room; each item is shown once", async () => {
+  const { service, alice, bob } = await world();
+  const carol = await new Client("carol", service).load();
+  service.maxItems = 3;
+  // carol fills her own mailbox with bob's receipts, and never fetches them (or is away long).
+  for (let i = 0; i < 3; i++) await carol.mailbox.post("bob", "message", text(`m${i}`));
+  await bob.mailbox.check();
+  // While bob is offline: carol posts one more, first in his list, then alice writes.
+  const head = await carol.mailbox.post("bob", "message", text("head of the line"));
+  const hello = await alice.mailbox.post("bob", "message", text("hello bob"));
+  for (let i = 0; i < 3; i++) await bob.mailbox.check();
+  assert.deepEqual(bob.shown.map((i) => i.id).slice(3), [head, hello]);
+  assert.deepEqual(bob.warnings, [
+    `Cannot send a receipt to "carol" now: The mailbox of "carol" is full: 3 items wait, at most 3. What they sent you is shown; the receipt is sent later, and until then they are not told it arrived`,
+  ]);
+  // Both acknowledged: nothing waits for bob, and alice hears her message arrived.
+  assert.deepEqual([...service.items.values()].filter((i) => i.record.to === "bob"), []);
+  await alice.mailbox.check();
+  assert.deepEqual(alice.delivered, [hello]);
+  // carol fetches hers; bob's next try, a minute on, sends the receipt owed, once.
+  await carol.mailbox.check();
+  const realNow = Date.now;
+  Date.now = () => realNow() + 61_000;
+  try {
+    await bob.mailbox.check();
+    await bob.mailbox.check();
+  } finally {
+    Date.now = realNow;
+  }
+  await carol.mailbox.check();
+  assert.deepEqual(carol.delivered.slice(3), [head]);
+  assert.equal(bob.shown.length, 5);
+  assert.equal(bob.warnings.length, 1);
+  assert.equal(service.items.size, 0);
+});
+
+Deno.test("MailboxClient: while the service's disk refuses every post, received items are shown and acknowledged; their receipts are owed across a restart and go out together once it has room", async () => {
+  const { service, alice, bob } = await world();
+  const ids = [
+    await alice.mailbox.post("bob", "message", text("one")),
+    await alice.mailbox.post("bob", "message", text("two")),
+  ];
+  service.diskFull = true;
+  await bob.mailbox.check();
+  assert.deepEqual(bob.shown.map((i) => i.id), ids);
+  assert.equal(service.items.size, 0);
+  assert.deepEqual(bob.warnings, [
+    `Cannot send a receipt to "alice" now: The CA's disk is full: 60 MiB free, at least 64 MiB. What they sent you is shown; the receipt is sent later, and until then they are not told it arrived`,
+  ]);
+  service.diskFull = false;
+  const posts = service.posts.length;
+  const restarted = await bob.restart();
+  await restarted.mailbox.check();
+  assert.equal(service.posts.length, posts + 1, "one receipt for both");
+  await alice.mailbox.check();
+  assert.deepEqual(alice.delivered, ids);
+  assert.deepEqual([...restarted.shown, ...restarted.warnings], []);
+});
+
+Deno.test("MailboxClient: an item that cannot be fetched now does not stop the others of a look: they are shown, and the look then fails with its error", async () => {
+  const { service, alice, bob } = await world();
+  await alice.mailbox.post("bob", "message", text("first, unreadable for now"));
+  const [stuck] = service.items.keys();
+  const second = await alice.mailbox.post("bob", "message", text("second"));
+  service.failFetches.add(stuck);
+  await assert.rejects(bob.mailbox.check(), (e) => {
+    assert.ok(e instanceof E2eError);
+    assert.equal(e.code, "ERR_INTERNAL");
+    assert.equal(e.message, "The CA service cannot read the item");
+    return true;
+  });
+  assert.deepEqual(bob.shown.map((i) => i.id), [second]);
+  assert.deepEqual(
+    [...service.items.values()].filter((i) => i.record.to === "bob").map((i) => i.record.id),
+    [stuck],
+  );
+  service.failFetches.clear();
+  await bob.mailbox.check();
+  assert.equal(bob.shown.length, 2);
+});
+
+Deno.test("MailboxClient: a service that answers a post with an expiry far off (or none it can parse) and drops the item does not keep its sender from being told it was not delivered, 8 days on", async () => {
+  for (const expiresAt of ["2999-01-01T00:00:00.000Z", "not a date"]) {
+    const { service, alice } = await world();
+    service.dropWith = expiresAt;
+    const id = await alice.mailbox.post("bob", "message", text("hello"));
+    const realNow = Date.now;
+    try {
+      Date.now = () => realNow() + MAX_ITEM_AGE_MS - 3_600_000;
+      await alice.mailbox.check();
+      assert.deepEqual(alice.warnings, []);
+      Date.now = () => realNow() + MAX_ITEM_AGE_MS + 1_000;
+      await alice.mailbox.check();
+    } finally {
+      Date.now = realNow;
+    }
+    assert.deepEqual(alice.warnings, [
+      `Not delivered: the message ${id} to "bob" expired in the mailbox with no receipt`,
+    ]);
+    assert.deepEqual(alice.mailbox.pending(), []);
+  }
+});
+
+Deno.test("MailboxClient: an item held back for a key change is stored once when the user trusts the new key twice at once", async () => {
+  const { alice, bob } = await world();
+  bob.storeMs = 50;
+  bob.pins.set("alice", "an older key of alice's");
+  const id = await alice.mailbox.post("bob", "message", text("held back"));
+  await bob.mailbox.check();
+  assert.equal(bob.stored.length, 0);
+  bob.pins.delete("alice"); // trusted: client/chat.ts trust() pins the key, then releases
+  await Promise.all([bob.mailbox.release("alice"), bob.mailbox.release("alice")]);
+  assert.deepEqual(bob.shown.map((i) => i.id), [id]);
+  assert.equal(bob.warnings.length, 1); // the key change, and nothing about a replay
+  assert.deepEqual([...Deno.readDirSync(bob.home.mailboxHeld)], []);
+});
+
+Deno.test("MailboxClient: a file offer the service lists again while the user accepts it is stored once; the copy is dropped as a replay", async () => {
+  const { service, alice, bob } = await world();
+  bob.storeMs = 50;
+  const id = await alice.mailbox.post("bob", "file", text("file body"), "a.txt");
+  const [{ der }] = [...service.items.values()];
+  await bob.mailbox.check();
+  assert.deepEqual(bob.offers.map((o) => o.id), [id]);
+  await service.as("alice").mailboxPost("bob", der);
+  await Promise.all([bob.mailbox.acceptOffer(id), bob.mailbox.check()]);
+  assert.deepEqual(bob.shown.map((i) => i.id), [id]);
+  assert.deepEqual(bob.warnings, [`Dropped a replayed mailbox item from "alice" (${id})`]);
+  assert.equal(service.items.size, 1); // bob's receipt for alice
+});
+
+Deno.test("MailboxClient: direct messages the service hands over in an order other than they were sent are shown with a warning that says so", async () => {
+  const { service, alice, bob } = await world();
+  await alice.mailbox.post("bob", "message", text("first"));
+  await alice.mailbox.post("bob", "message", text("second"));
+  service.items = new Map([...service.items].reverse());
+  await bob.mailbox.check();
+  const [second, first] = bob.shown;
+  assert.deepEqual([second, first].map((i) => new TextDecoder().decode(i.payload)), [
+    "second",
+    "first",
+  ]);
+  assert.deepEqual(bob.warnings, [
+    `A mailbox message from "alice" sent at ${first.sent.toISOString()} came after one they sent later, at ${second.sent.toISOString()}: the CA service may have reordered or held back their items`,
+  ]);
 });
 
 Deno.test("MailboxClient: a declined file posted again by the CA is dropped as a replay, not offered again", async () => {
