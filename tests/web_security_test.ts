@@ -10,6 +10,8 @@
  * @module
  */
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { encodeFrame, PROTOCOL_VERSION } from "../lib/frames.ts";
 import { type Page, type Scenario, type Scene, sendFromPage, webTest } from "./_browser.ts";
@@ -78,8 +80,11 @@ async function bidiFileName(scene: Scene): Promise<void> {
 
 /**
  * Ids are chosen by the sender (docs/PROTOCOL.md §3), so a peer can reuse the id
- * of a message of ours it received: the page must not let its message take the
- * place of ours, in the live view or when the history is loaded again.
+ * of a message of ours it received, send a second message under the id of its
+ * first ("I agree to pay" becoming "I never agreed"), or a message under the id of
+ * its file: nothing may take the place of what was shown, in the live view or when
+ * the history is loaded again; each is shown beside the other, as the terminal and
+ * the history have them.
  */
 async function reusedIds(scene: Scene): Promise<void> {
   const [alice, bob] = await scene.join("alice-ids", "bob-ids");
@@ -90,7 +95,7 @@ async function reusedIds(scene: Scene): Promise<void> {
   await page.getByText(`Invited ${bob.name}`).waitFor();
   const peer = await scene.raw(listen, bob);
   await peer.expectFrame({ type: "hello", v: PROTOCOL_VERSION });
-  peer.write(encodeFrame({ type: "hello", v: PROTOCOL_VERSION }));
+  peer.write(encodeFrame({ type: "hello", v: PROTOCOL_VERSION, features: ["offer"] }));
   await messageBoxReady(page);
 
   await sendFromPage(page, "alice wrote this");
@@ -101,14 +106,54 @@ async function reusedIds(scene: Scene): Promise<void> {
     timeout: 2_000,
   });
 
-  // The same after the history is read again (another tab, or a reconnection).
+  peer.write(encodeFrame({ type: "msg", id: "m1", text: "I agree to pay 100 EUR" }));
+  await timeline(page).locator(".item.theirs", { hasText: "I agree to pay 100 EUR" }).waitFor();
+  peer.write(encodeFrame({ type: "msg", id: "m1", text: "I never agreed to pay anything" }));
+  await timeline(page).locator(".item.theirs", { hasText: "I never agreed" }).waitFor();
+  const bytes = new TextEncoder().encode("the contract");
+  peer.write(encodeFrame({
+    type: "file",
+    id: "f1",
+    name: "contract.txt",
+    size: bytes.length,
+    sha256: createHash("sha256").update(bytes).digest("hex"),
+  }));
+  await page.getByRole("listitem").filter({ hasText: "offers contract.txt" })
+    .getByRole("button", { name: "Accept file" }).click();
+  await peer.expectFrame({ type: "accept", id: "f1" });
+  peer.write(encodeFrame({ type: "chunk", id: "f1", data: Buffer.from(bytes).toString("base64") }));
+  peer.write(encodeFrame({ type: "end", id: "f1" }));
+  await page.getByRole("link", { name: "Download contract.txt" }).waitFor();
+  peer.write(encodeFrame({ type: "msg", id: "f1", text: "no file was ever sent" }));
+  await timeline(page).locator(".item.theirs", { hasText: "no file was ever sent" }).waitFor();
+
+  // Live, then after the history is read again (another tab, or a reconnection).
   const tab2 = await page.context().newPage();
   await tab2.goto(web.url);
   await tab2.getByRole("button", { name: new RegExp(`${bob.name} online`) }).click();
-  await timeline(tab2).locator(".item.theirs", { hasText: "bob wrote this" }).waitFor();
-  await timeline(tab2).locator(".item.mine", { hasText: "alice wrote this" }).waitFor({
-    timeout: 2_000,
-  });
+  await timeline(tab2).locator(".item.theirs", { hasText: "no file was ever sent" }).waitFor();
+  for (const shown of [page, tab2]) {
+    const items = await timeline(shown).locator(".item").allTextContents();
+    const expected = [
+      "alice wrote this",
+      "bob wrote this",
+      "I agree to pay 100 EUR",
+      "I never agreed to pay anything",
+      "contract.txt",
+      "no file was ever sent",
+    ];
+    assert.deepEqual(
+      expected.map((text) => items.filter((i) => i.includes(text)).length),
+      expected.map(() => 1),
+      `${shown === page ? "live" : "reloaded"}: ${JSON.stringify(items)}`,
+    );
+    const repeat = items.find((i) => i.includes("I never agreed")) ?? "";
+    assert.match(repeat, /same id as an earlier message from bob-ids/);
+    assert.equal(items.filter((i) => i.includes("same id as")).length, 1);
+    await timeline(shown).getByRole("link", { name: "Download contract.txt" }).waitFor({
+      timeout: 2_000,
+    });
+  }
   await tab2.close();
 }
 
@@ -247,7 +292,7 @@ const SCENARIOS: Scenario[] = [
     bidiFileName,
   ],
   [
-    "a peer that reuses the id of one of our messages does not replace ours on the page",
+    "a peer that reuses an id (of our message, of its own message or of its file) replaces nothing on the page, live or reloaded: both are shown, the later message marked",
     reusedIds,
   ],
   [

@@ -44,10 +44,18 @@ function shownName(name) {
 
 /**
  * The key of an item in its conversation: ids are chosen by their sender, so a peer's are
- * kept apart from ours and from other members' (a reused id must not replace another's item).
+ * kept apart from ours and from other members', and its messages from its files (a reused id
+ * must not replace another's item). Ours are unique (we chose them); a peer may send an id
+ * again, and that item is kept under the key and its count (addItem), beside the first.
  */
-function itemKey(from, id) {
-  return from === state.me ? id : `${from} ${id}`;
+function itemKey(from, id, kind) {
+  return from === state.me ? id : `${from} ${kind} ${id}`;
+}
+
+/** A peer's file under `id` still on its way (its latest, not one finished before). */
+function transfer(c, from, id) {
+  const item = c.items.get(c.latest.get(itemKey(from, id, "file"))?.key);
+  return item && !item.done ? item : undefined;
 }
 
 let ws;
@@ -66,6 +74,7 @@ function conv(name) {
       last: "",
       unread: 0,
       items: new Map(),
+      latest: new Map(), // a peer's itemKey → {key, n}: its latest item and how many so far
       status: "",
       safety: "",
       loaded: false,
@@ -271,16 +280,18 @@ function handle(e) {
       offerGone(e.from, e.id);
       const c = conv(e.room ?? e.from);
       // The transfer's item (from its progress) becomes the file: by its id when the event
-      // has one, else the unfinished transfer of that size.
-      let item = c.items.get(itemKey(e.from, e.id)) ??
+      // has one, else the unfinished transfer of that size. Never a finished item: a file sent
+      // again under an id is a new item.
+      const item = (e.id === undefined ? undefined : transfer(c, e.from, e.id)) ??
         [...c.items.values()].find((i) =>
           i.incoming && !i.done && i.from === e.from && i.progress?.total === e.bytes
-        );
-      if (!item) {
-        item = { id: e.id ?? `file-${Date.now()}-${Math.random()}`, from: e.from, kind: "file" };
-        addItem(c, { ...item, at: new Date().toISOString() });
-        item = c.items.get(itemKey(e.from, item.id));
-      }
+        ) ??
+        addItem(c, {
+          id: e.id ?? `file-${Date.now()}-${Math.random()}`,
+          from: e.from,
+          kind: "file",
+          at: new Date().toISOString(),
+        });
       Object.assign(item, {
         done: true,
         file: { name: e.name, bytes: e.bytes, sha256: e.sha256, path: e.path },
@@ -435,18 +446,39 @@ function arrived(c) {
   }
 }
 
+/**
+ * Adds `item` to conversation `c` (drawn at the end when `show` and open) and returns it. One of
+ * ours that is there already (the reply to our send after its `sent` event) is that item again,
+ * and only its status can move on. A peer's item is always a new one: one under an id it used
+ * before is kept beside the earlier one (marked `repeats`), never merged into it.
+ */
 function addItem(c, item, show = true) {
-  if (item.from === state.me && earlyDelivered.has(item.id)) {
+  const mine = item.from === state.me;
+  if (mine && earlyDelivered.has(item.id)) {
     item.state = "delivered";
     item.ms = earlyDelivered.get(item.id) ?? undefined;
     earlyDelivered.delete(item.id);
   }
-  const key = itemKey(item.from, item.id);
-  const old = c.items.get(key);
-  if (old) {
-    Object.assign(old, item, { node: old.node });
-    drawItem(old);
-    return;
+  const base = itemKey(item.from, item.id, item.kind);
+  let key = base;
+  if (mine) {
+    const old = c.items.get(key);
+    if (old) {
+      // Its status only moves on (sent, then delivered), whichever news came first.
+      if (!old.state || item.state === "delivered") {
+        old.state = item.state;
+        old.ms = item.ms ?? old.ms;
+      }
+      drawItem(old);
+      return old;
+    }
+  } else {
+    const n = (c.latest.get(base)?.n ?? 0) + 1;
+    if (n > 1) {
+      key = `${base} ${n}`;
+      item.repeats = true;
+    }
+    c.latest.set(base, { key, n });
   }
   item.conv = c.name;
   c.items.set(key, item);
@@ -455,6 +487,7 @@ function addItem(c, item, show = true) {
     $("timeline").append(drawItem(item));
     scrollDown();
   }
+  return item;
 }
 
 // A message that arrived (from a peer, or in a room) joins its conversation.
@@ -473,7 +506,7 @@ function progress(e) {
   const c = conv(e.room ?? e.peer);
   // A transfer of ours by its id; a peer's by its sender and id.
   let item = e.direction === "in"
-    ? c.items.get(itemKey(e.peer, e.id))
+    ? transfer(c, e.peer, e.id)
     : c.items.get(e.id) ?? [...c.items.values()].find((i) => i.transferId === e.id);
   if (!item && e.direction === "out") {
     // Our upload, now on its way to the peer: it takes the transfer's id.
@@ -481,7 +514,7 @@ function progress(e) {
     if (item) item.transferId = e.id;
   }
   if (!item && e.direction === "in") {
-    addItem(c, {
+    item = addItem(c, {
       id: e.id,
       from: e.peer,
       at: new Date().toISOString(),
@@ -489,7 +522,6 @@ function progress(e) {
       incoming: true,
       file: { name: "receiving a file…", bytes: e.total },
     });
-    item = c.items.get(itemKey(e.peer, e.id));
   }
   if (!item) return;
   item.progress = { bytes: e.bytes, total: e.total };
@@ -534,8 +566,17 @@ function select(name, { fresh = name !== state.selected } = {}) {
     c.loaded = true;
     operate("history", { name, limit: 50 }).then((r) => {
       let added = false;
+      // The nth entry of a key is shown when fewer than n items of that key are: a peer's
+      // items under an id it used again are each one entry, and each one item.
+      const count = new Map();
       for (const entry of r?.entries ?? []) {
-        if (!c.items.has(itemKey(entry.from, entry.id))) {
+        const key = itemKey(entry.from, entry.id, entry.kind);
+        const n = (count.get(key) ?? 0) + 1;
+        count.set(key, n);
+        const shown = entry.from === state.me
+          ? (c.items.has(key) ? 1 : 0)
+          : (c.latest.get(key)?.n ?? 0);
+        if (shown < n) {
           // Drawn by select() below, with the rest: old messages are not news to announce.
           addItem(c, { ...entry, done: true, incoming: entry.from !== state.me }, false);
           added = true;
@@ -1173,6 +1214,13 @@ function drawItem(item) {
     // As text, not a title: a title shows on hover only, to no keyboard or screen reader.
     if (typeof item.ms === "number") st.append(`, round trip ${item.ms.toFixed(1)} ms`);
     meta.append(" ", st);
+  }
+  if (item.repeats) {
+    // Shown beside the earlier one, as the terminal and the history have both.
+    const r = document.createElement("span");
+    r.className = "repeats";
+    r.textContent = `same id as an earlier ${item.kind} from ${item.from}`;
+    meta.append(" ", r);
   }
   const parts = [meta];
   if (item.kind === "message") {
