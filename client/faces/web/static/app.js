@@ -371,7 +371,7 @@ function handle(e) {
       break;
     }
     case "room_gap":
-      notice(`${e.room}: ${e.missing.length} message(s) from ${e.from} could not be recovered`);
+      notice(`${e.room}: ${e.count} message(s) from ${e.from} could not be recovered`);
       return;
     default:
       return;
@@ -534,10 +534,17 @@ function select(name, { fresh = name !== state.selected } = {}) {
     c.loaded = true;
     operate("history", { name, limit: 50 }).then((r) => {
       let added = false;
+      const times = new Map(); // item key → entries of this answer with it
       for (const entry of r?.entries ?? []) {
-        if (!c.items.has(itemKey(entry.from, entry.id))) {
+        // Room ids were AUTHOR.SEQ, the same again for a member who left and came back: in a
+        // room's history an id that comes twice is two messages.
+        const key = itemKey(entry.from, entry.id);
+        const n = (times.get(key) ?? 0) + 1;
+        times.set(key, n);
+        const id = n > 1 && isRoom(name) ? `${entry.id} (${n})` : entry.id;
+        if (!c.items.has(itemKey(entry.from, id))) {
           // Drawn by select() below, with the rest: old messages are not news to announce.
-          addItem(c, { ...entry, done: true, incoming: entry.from !== state.me }, false);
+          addItem(c, { ...entry, id, done: true, incoming: entry.from !== state.me }, false);
           added = true;
         }
       }
