@@ -90,7 +90,8 @@ export type CoreEvent =
   | { type: "room_joined"; room: string; members: string[] }
   | { type: "room_message"; room: string; from: string; text: string; id: string }
   | { type: "room_member"; room: string; name: string; change: "joined" | "left" | "removed" }
-  | { type: "room_gap"; room: string; from: string; missing: number[] }
+  // `missing`: the first 1,000 numbers at most; `count`: how many in all.
+  | { type: "room_gap"; room: string; from: string; missing: number[]; count: number }
   | { type: "warning"; message: string }
   // The CA service answers again after looks at it got no answer (warned), since `since` (ISO).
   | { type: "ca_back"; since: string; message: string }

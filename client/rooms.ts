@@ -64,6 +64,8 @@ export const ROOM_BUFFER = 512;
 const ROOM_BUFFER_CHARS = 8 * 1024 * 1024;
 /** How long a gap in an author's sequence waits to be filled before `room_gap`, ms. */
 export const GAP_WAIT_MS = 3_000;
+/** The most missing sequence numbers one `room_gap` lists (its `count` says how many in all). */
+const MAX_GAP_LISTED = 1000;
 /** Messages held back per author while an earlier one is missing. */
 const MAX_HELD = 256;
 /**
@@ -126,6 +128,22 @@ export const INVITATIONS_KEEP_MS = 30 * 24 * 3600_000;
  * declined entries of a few hundred bytes each).
  */
 const MAX_INVITATIONS_FILE_BYTES = 256 * 1024;
+
+/**
+ * The id of a room message, `ROOMID:AUTHOR@SINCE.SEQ`: unique to one membership of one room, since
+ * a member removed and added again (its `SINCE`, the list version that added it, is new) numbers
+ * its messages from 1 again, and rooms of the same name (one left, another joined) share a
+ * history. (Ids were `AUTHOR.SEQ` before; history lines keep theirs.)
+ *
+ * @example The third message of bob, added by version 2 of the list
+ * ```ts
+ * import { roomMessageId } from "./rooms.ts";
+ * roomMessageId("0".repeat(32), "bob", 2, 3); // "00000000000000000000000000000000:bob@2.3"
+ * ```
+ */
+export function roomMessageId(roomId: string, author: string, since: number, seq: number): string {
+  return `${roomId}:${author}@${since}.${seq}`;
+}
 
 /**
  * What a face says when the user declined an invitation (`told` false: its creator was not
@@ -336,7 +354,7 @@ export class Rooms {
         } catch { /* no seq file yet */ }
         const next: Record<string, number> = Object.create(null);
         for (const [k, v] of Object.entries(data.next ?? {})) {
-          if (list.members.some((x) => x.name === k)) next[k] = Math.max(1, safeCount(v));
+          if (list.members.some((x) => x.name === k)) next[k] = Math.max(1, nextCount(v));
         }
         const invited: Record<string, true> = Object.create(null);
         for (const k of Object.keys(data.invited ?? {})) invited[k] = true;
@@ -679,7 +697,7 @@ export class Rooms {
 
   /**
    * Sends `text` to `room`, signed, to every member connected now (the others
-   * get it from them); returns its id, `AUTHOR.SEQ`.
+   * get it from them); returns its id (see {@linkcode roomMessageId}).
    */
   send(room: string, text: string): string {
     const r = this.#joined(room);
@@ -702,7 +720,8 @@ export class Rooms {
     r.seq = seq;
     r.next[self] = seq + 1;
     this.#remember(r, m);
-    const id = `${self}.${seq}`;
+    const since = r.list.members.find((x) => x.name === self)!.since;
+    const id = roomMessageId(r.list.roomId, self, since, seq);
     const targets = this.#connectedMembers(r, [self]);
     const to = [self, ...targets.map((c) => c.name)];
     // It leaves at the end of this turn, once the number is durable: a restarted author never
@@ -1105,7 +1124,7 @@ export class Rooms {
     }
     if (m.author === this.#host.self) return; // ours, passed back
     // A member removed and added again starts again at 1: its `since` tells the two apart.
-    const key = `${m.roomId}:${m.author}@${author.since}.${m.seq}`;
+    const key = roomMessageId(m.roomId, m.author, author.since, m.seq);
     const seen = src.conn ? this.#seenOn(src.conn) : this.#mailboxSeen;
     const next = r.next[m.author];
     const duplicate = (next !== undefined && m.seq < next) || r.held.get(m.author)?.has(m.seq) ||
@@ -1189,9 +1208,10 @@ export class Rooms {
     const held = r.held.get(author);
     if (!held) return;
     let next = r.next[author];
+    const since = r.list.members.find((x) => x.name === author)?.since ?? 0;
     while (held.has(next)) {
       const m = unhold(r, author, next)!;
-      const id = `${author}.${m.seq}`;
+      const id = roomMessageId(r.list.roomId, author, since, m.seq);
       this.#host.history.roomMessage({ id, room: r.list.room, from: author, text: m.text });
       this.#host.emit({ type: "room_message", room: r.list.room, from: author, text: m.text, id });
       next++;
@@ -1217,12 +1237,16 @@ export class Rooms {
         const h = r.held.get(author);
         if (!h?.size || this.#rooms.get(r.list.roomId) !== r) return;
         const lowest = Math.min(...h.keys());
-        if (lowest > r.next[author]) {
+        const from = r.next[author];
+        if (lowest > from) {
+          // Counted, and listed up to a bound: a member may sign its next message as number
+          // 2^53 - 1, and an array of every number skipped took the client's memory.
           this.#host.emit({
             type: "room_gap",
             room: r.list.room,
             from: author,
-            missing: range(r.next[author], lowest).slice(0, 1000),
+            missing: range(from, Math.min(lowest, from + MAX_GAP_LISTED)),
+            count: lowest - from,
           });
           r.next[author] = lowest;
         }
@@ -1933,6 +1957,12 @@ function readSeq(bytes: Uint8Array): number {
 
 function writeAllSync(file: Deno.FsFile, bytes: Uint8Array): void {
   for (let n = 0; n < bytes.length;) n += file.writeSync(bytes.subarray(n));
+}
+
+// How far an author was shown, as written: past a message numbered 2^53 - 1 (the largest a frame
+// takes) it is 2^53, which is kept (read as 0, the author's messages would all be shown again).
+function nextCount(value: unknown): number {
+  return value === Number.MAX_SAFE_INTEGER + 1 ? value : safeCount(value);
 }
 
 function safeCount(value: unknown): number {

@@ -19,7 +19,14 @@ import { withTempDir } from "../tests/_helpers.ts";
 import type { CoreEvent } from "./events.ts";
 import type { History } from "./history.ts";
 import type { PeerConnection } from "./peer.ts";
-import { GAP_WAIT_MS, INVITATIONS_KEEP_MS, MAX_FORMER, MAX_HELD_CHARS, Rooms } from "./rooms.ts";
+import {
+  GAP_WAIT_MS,
+  INVITATIONS_KEEP_MS,
+  MAX_FORMER,
+  MAX_HELD_CHARS,
+  roomMessageId,
+  Rooms,
+} from "./rooms.ts";
 
 function keyPair(): { privateKey: KeyObject; spki: string; pem: string } {
   const { privateKey, publicKey } = generateKeyPairSync("ed25519");
@@ -151,7 +158,13 @@ Deno.test("A room saved by the version before, its id bound to no creator, still
     rooms.receive(carol, { op: "msg", m: message("dave", 2) });
     assert.deepEqual(events, [
       { type: "room_member", room: "#team", name: "dave", change: "joined" },
-      { type: "room_message", room: "#team", from: "dave", text: "late", id: "dave.1" },
+      {
+        type: "room_message",
+        room: "#team",
+        from: "dave",
+        text: "late",
+        id: roomMessageId(list(2, []).roomId, "dave", 2, 1),
+      },
     ]);
   });
 });
@@ -257,7 +270,7 @@ Deno.test("A member cannot pass a newcomer another author's messages from before
         room: "#team",
         from: "bob",
         text: "hello, alice",
-        id: "bob.400",
+        id: roomMessageId(roomId, "bob", 1, 400),
       }]);
     } finally {
       await rooms.stop();
@@ -322,11 +335,107 @@ Deno.test("A member who missed more than 256 of an author's messages reports the
           room: "#team",
           from: "bob",
           missing: Array.from({ length: 389 }, (_, i) => 100 + i),
+          count: 389,
         }],
       );
-      assert.deepEqual(shown, Array.from({ length: 313 }, (_, i) => `bob.${489 + i}`));
+      assert.deepEqual(
+        shown,
+        Array.from({ length: 313 }, (_, i) => roomMessageId(roomId, "bob", 1, 489 + i)),
+      );
     } finally {
       await rooms.stop();
+    }
+  });
+});
+
+/** Alice and bob in carol's room #team, alice's file saying `next` of bob; `fn` gets bob's messages. */
+async function bobInRoom(
+  next: number,
+  fn: (v: {
+    roomId: string;
+    rooms: () => Rooms;
+    byBob: (seq: number) => SignedMessage;
+    carol: PeerConnection;
+    events: CoreEvent[];
+  }) => Promise<void>,
+): Promise<void> {
+  await withTempDir(async (dir) => {
+    const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
+    const roomId = randomBytes(16).toString("hex");
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 1,
+      members: [
+        { name: "alice", key: alice.spki, since: 1 },
+        { name: "bob", key: bob.spki, since: 1 },
+        { name: "carol", key: carol.spki, since: 1 },
+      ],
+    }, carol.privateKey);
+    await writeRoom(dir, list, carol.spki, { alice: 1, bob: next });
+    const events: CoreEvent[] = [];
+    const conn = fakeConnection("carol");
+    await fn({
+      roomId,
+      rooms: () =>
+        testRooms("alice", alice.pem, dir, (n) => n === "carol" ? conn : undefined, (e) => {
+          events.push(e);
+        }),
+      byBob: (seq) =>
+        signMessage(
+          { roomId, room: "#team", author: "bob", seq, version: 1, text: `bob ${seq}` },
+          bob.privateKey,
+        ),
+      carol: conn,
+      events,
+    });
+  });
+}
+
+Deno.test("A message a million ahead in its author's sequence waits like any gap, reported as a count with the first 1,000 numbers", async () => {
+  await bobInRoom(2, async ({ roomId, rooms: make, byBob, carol, events }) => {
+    const rooms = make();
+    await rooms.load();
+    try {
+      rooms.receive(carol, { op: "msg", m: byBob(1_000_002), fill: true });
+      await new Promise((resolve) => setTimeout(resolve, GAP_WAIT_MS + 500));
+      assert.deepEqual(events.map((e) => e.type === "room_gap" ? { ...e, missing: [] } : e), [
+        { type: "room_gap", room: "#team", from: "bob", missing: [], count: 1_000_000 },
+        {
+          type: "room_message",
+          room: "#team",
+          from: "bob",
+          text: "bob 1000002",
+          id: roomMessageId(roomId, "bob", 1, 1_000_002),
+        },
+      ]);
+      const gap = events[0];
+      assert.deepEqual(
+        gap.type === "room_gap" && gap.missing,
+        Array.from({ length: 1000 }, (_, i) => 2 + i),
+      );
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
+
+Deno.test("After an author's message numbered 2^53 - 1, a restarted member does not show that author's earlier messages again", async () => {
+  await bobInRoom(Number.MAX_SAFE_INTEGER, async ({ rooms: make, byBob, carol, events }) => {
+    const rooms = make();
+    await rooms.load();
+    rooms.receive(carol, { op: "msg", m: byBob(Number.MAX_SAFE_INTEGER), fill: true });
+    await rooms.stop(); // where bob was shown is written: past 2^53 - 1
+    const again = make();
+    await again.load();
+    try {
+      again.receive(carol, { op: "msg", m: byBob(1), fill: true });
+      assert.deepEqual(events.map((e) => e.type === "room_message" && e.text), [
+        `bob ${Number.MAX_SAFE_INTEGER}`,
+      ]);
+    } finally {
+      await again.stop();
     }
   });
 });
@@ -393,7 +502,10 @@ Deno.test("A room whose held messages are at their bound does not count every he
       const shown = events.filter((e) => e.type === "room_message").map((e) =>
         e.type === "room_message" && e.id
       );
-      assert.deepEqual(shown, Array.from({ length: held }, (_, i) => `${authors[0]}.${1 + i}`));
+      assert.deepEqual(
+        shown,
+        Array.from({ length: held }, (_, i) => roomMessageId(roomId, authors[0], 1, 1 + i)),
+      );
     } finally {
       await rooms.stop();
     }

@@ -15,7 +15,7 @@ import { pathToFileURL } from "node:url";
 import { CertificateAuthority } from "../ca/authority.ts";
 import { CaPaths } from "../ca/home.ts";
 import type { History } from "../client/history.ts";
-import { Rooms } from "../client/rooms.ts";
+import { roomMessageId, Rooms } from "../client/rooms.ts";
 import { signCheckpoint } from "../lib/checkpoint.ts";
 import { logOrigin } from "../lib/log_proof.ts";
 import { leafHash, MerkleTree } from "../lib/merkle.ts";
@@ -347,7 +347,9 @@ test("Rooms: our sequence number is durable before each room message leaves, wit
     );
     const id = (await Deno.readTextFile(join(dir, "room"))).trim();
     const seq = join(dir, "home", "rooms", `${id}.seq`);
-    const sent = [1, 2, 3].map((n) => indexOfCall(calls, "openat", join(dir, `sent-alice.${n}`)));
+    const sent = [1, 2, 3].map((n) =>
+      indexOfCall(calls, "openat", join(dir, `sent-${roomMessageId(id, "alice", 1, n)}`))
+    );
     assert.ok(sent.every((i) => i >= 0), "three messages sent");
     // The first: the whole file, fsynced, renamed into place, and its folder fsynced.
     const renamed = indexOfCall(calls, "rename", seq, 1);
@@ -408,9 +410,9 @@ Deno.test("Rooms: a sequence-number write torn by a power cut leaves the number 
     await lose();
     const again = roomsIn(dir, key as string, sent);
     await again.load();
-    assert.equal(again.send("#team", "after a restart"), "alice.6");
+    assert.equal(again.send("#team", "after a restart"), roomMessageId(roomId, "alice", 1, 6));
     await nextTurn(); // each message its own turn: each number written on its own
-    assert.equal(again.send("#team", "and another"), "alice.7");
+    assert.equal(again.send("#team", "and another"), roomMessageId(roomId, "alice", 1, 7));
     await again.stop();
     // The write of 7 (its slot: the odd one) torn: 7 never left, 6 is what was durable.
     await lose();
@@ -419,9 +421,12 @@ Deno.test("Rooms: a sequence-number write torn by a power cut leaves the number 
     await file.write(new TextEncoder().encode("00000000000000000007 0000"));
     const torn = roomsIn(dir, key as string, sent);
     await torn.load();
-    assert.equal(torn.send("#team", "after a power cut"), "alice.7");
+    assert.equal(torn.send("#team", "after a power cut"), roomMessageId(roomId, "alice", 1, 7));
     await torn.stop();
-    assert.deepEqual(sent, [1, 2, 3, 4, 5, 6, 7, 7].map((n) => `alice.${n}`));
+    assert.deepEqual(
+      sent,
+      [1, 2, 3, 4, 5, 6, 7, 7].map((n) => roomMessageId(roomId, "alice", 1, n)),
+    );
   });
 });
 
@@ -454,7 +459,7 @@ Deno.test("Rooms: a torn sequence-number write after bursts leaves the number ma
     );
     const again = roomsIn(dir, key as string, sent);
     await again.load();
-    assert.equal(again.send("#team", "after a power cut"), "alice.4");
+    assert.equal(again.send("#team", "after a power cut"), roomMessageId(roomId, "alice", 1, 4));
     await again.stop();
   });
 });
@@ -468,9 +473,9 @@ Deno.test("Rooms: a sequence-number file from before the two slots is read, then
     await Deno.writeTextFile(join(dir, `${roomId}.seq`), "41");
     const again = roomsIn(dir, key as string, []);
     await again.load();
-    assert.equal(again.send("#team", "hello"), "alice.42");
+    assert.equal(again.send("#team", "hello"), roomMessageId(roomId, "alice", 1, 42));
     await nextTurn();
-    assert.equal(again.send("#team", "hello"), "alice.43");
+    assert.equal(again.send("#team", "hello"), roomMessageId(roomId, "alice", 1, 43));
     await again.stop();
     const bytes = await Deno.readFile(join(dir, `${roomId}.seq`));
     assert.match(new TextDecoder().decode(bytes.subarray(0, 21)), /^00000000000000000042 $/);
@@ -483,10 +488,10 @@ Deno.test("Rooms: a sequence-number file removed while the client runs is writte
     const key = generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" });
     const rooms = roomsIn(dir, key as string, []);
     const { roomId } = await rooms.create("#team");
-    assert.equal(rooms.send("#team", "one"), "alice.1");
+    assert.equal(rooms.send("#team", "one"), roomMessageId(roomId, "alice", 1, 1));
     await nextTurn();
     await Deno.remove(join(dir, `${roomId}.seq`));
-    assert.equal(rooms.send("#team", "two"), "alice.2");
+    assert.equal(rooms.send("#team", "two"), roomMessageId(roomId, "alice", 1, 2));
     await rooms.stop();
     const again = roomsIn(dir, key as string, []);
     await Deno.writeTextFile(
@@ -497,7 +502,7 @@ Deno.test("Rooms: a sequence-number file removed while the client runs is writte
       }),
     );
     await again.load();
-    assert.equal(again.send("#team", "three"), "alice.3");
+    assert.equal(again.send("#team", "three"), roomMessageId(roomId, "alice", 1, 3));
     await again.stop();
   });
 });

@@ -17,9 +17,9 @@ import {
 import { join } from "node:path";
 import { encodeFrame } from "../lib/frames.ts";
 import { roomIdFor, type SignedList, signList, signMessage, spkiOf } from "../lib/room.ts";
-import { ChatClient, sleep, stopAll, waitUntil } from "./_harness.ts";
+import { ChatClient, type ChatStartOptions, sleep, stopAll, waitUntil } from "./_harness.ts";
 import { MAX_ANSWER_BYTES } from "../client/peer.ts";
-import { MAX_HELD_CHARS } from "../client/rooms.ts";
+import { MAX_HELD_CHARS, roomMessageId } from "../client/rooms.ts";
 import { initCa, type Service, startService } from "./_service_helpers.ts";
 import { joinUser, RawPeer, type User, userAt } from "./_chat_helpers.ts";
 
@@ -81,6 +81,8 @@ async function withWorld(
   options: {
     /** Whether ann answers the invitation with `/room join` (default true); else `list` waits. */
     annJoins?: boolean;
+    /** How ann's client is started (default: as a user starts it). */
+    annStart?: ChatStartOptions;
   } = {},
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "e2e-chat-hostile-rooms-" });
@@ -94,7 +96,7 @@ async function withWorld(
     const [annUser, malloryUser] = await Promise.all(
       ["ann", "mallory"].map((n) => joinUser(service!, n, join(dir, n))),
     ) as [User, User];
-    let ann = await ChatClient.start(annUser);
+    let ann = await ChatClient.start(annUser, options.annStart);
     clients.push(ann);
     const connect = async (user: User, features = ["rooms"]) => {
       await ann.send(`/chat ${user.name}`);
@@ -157,7 +159,7 @@ async function withWorld(
       connect,
       restart: async () => {
         await stopAll([ann]);
-        ann = await ChatClient.start(annUser);
+        ann = await ChatClient.start(annUser, options.annStart);
         clients.push(ann);
         world.ann = ann;
       },
@@ -204,6 +206,40 @@ Deno.test("a member who re-sends 20 001 old sequence numbers of its own as fills
     await waitUntil(() => !mallory.isClosed, "mallory still connected");
     assert.deepEqual(ann.since(mark, { type: "room_message" }), []);
   });
+});
+
+Deno.test("a member whose next message is numbered 2^53 - 1 leaves a gap that is reported as a count, and the others' clients stay up", async () => {
+  // Under a 256 MB heap, so that a client that lists every number skipped dies soon (without a
+  // limit it grows to V8's default first), and the machine is spared.
+  const annStart = { denoFlags: ["--v8-flags=--max-old-space-size=256"] };
+  await withWorld(
+    async (w) => {
+      const m = (seq: number, text: string) =>
+        signMessage(
+          { roomId: ROOM_ID, room: ROOM, author: "mallory", seq, version: w.list.version, text },
+          w.malloryKey,
+        );
+      // ann knows where mallory's sequence is: at 2, after her first message.
+      w.mallory.write(roomFrame({ op: "msg", m: m(1, "hello") }));
+      await w.ann.expect({ type: "room_message", room: ROOM, from: "mallory", text: "hello" });
+      w.mallory.write(roomFrame({ op: "msg", m: m(Number.MAX_SAFE_INTEGER, "far ahead") }));
+      const ann = w.ann;
+      const exited = ann.status.then((s) =>
+        `ann's client exited (code ${s.code}): ${ann.stderr.slice(-300)}`
+      );
+      const reported = (async () => {
+        await ann.expect({ type: "room_gap", room: ROOM, from: "mallory" }, 20_000);
+        await ann.expect({ type: "room_message", room: ROOM, text: "far ahead" }, 5_000);
+        return "shown";
+      })();
+      assert.equal(await Promise.race([exited, reported]), "shown");
+      const gap = ann.events.findLast((e) => e.type === "room_gap")!;
+      assert.equal(gap.count, Number.MAX_SAFE_INTEGER - 2);
+      assert.deepEqual(gap.missing, Array.from({ length: 1000 }, (_, i) => 2 + i));
+    },
+    undefined,
+    { annStart },
+  );
 });
 
 Deno.test("a member whose key in the creator's list is not the one pinned stays silenced in the room after a restart", async () => {
@@ -427,7 +463,10 @@ Deno.test("a member that asks for gap fills and never reads what it is sent gets
     }
     mallory.write(lines.join(""));
     await waitUntil(
-      () => ann.events.some((e) => e.type === "room_message" && e.id === `mallory.${COUNT}`),
+      () =>
+        ann.events.some((e) =>
+          e.type === "room_message" && e.id === roomMessageId(ROOM_ID, "mallory", 1, COUNT)
+        ),
       "ann to show mallory's messages",
     );
     // mallory stops reading, then asks for 32 of them again and again, one request at a time

@@ -419,6 +419,78 @@ async function historyAfterRestart(scene: Scene): Promise<void> {
   await timeline(page2).getByText("and this reply too").waitFor();
 }
 
+/**
+ * A member who leaves a room and is invited back numbers its messages from 1 again: the page shows
+ * them beside those of before, live and from the history (room message ids were AUTHOR.SEQ; a
+ * history written then is shown whole too).
+ */
+async function memberComesBack(scene: Scene): Promise<void> {
+  const [alice, bob] = await scene.join("alice-back", "bob-back");
+  // And from a version whose room ids were AUTHOR.SEQ: bob in #old, twice "bob-back.1".
+  const history = join(alice.home, "history");
+  await Deno.mkdir(history, { mode: 0o700 });
+  await Deno.writeTextFile(
+    join(history, "%23old.jsonl"),
+    ["once", "and again"].map((text) =>
+      JSON.stringify({
+        t: "msg",
+        id: `${bob.name}.1`,
+        at: new Date().toISOString(),
+        from: bob.name,
+        to: "#old",
+        text,
+      }) + "\n"
+    ).join(""),
+    { mode: 0o600 },
+  );
+  const web = await scene.web(alice);
+  const bobChat = await scene.json(bob);
+  const page = await scene.page(web);
+  await page.getByRole("textbox", { name: "Chat with" }).fill("#team");
+  await page.getByRole("button", { name: "Start chat", exact: true }).click();
+  await page.getByRole("button", { name: /#team room/ }).waitFor();
+  const box = page.getByRole("textbox", { name: "Message", exact: true });
+  // The first time, bob accepts the connection; it stays (made by an invitation to a room).
+  const invite = async (first = false) => {
+    await box.fill(`/invite ${bob.name}`);
+    await box.press("Enter");
+    if (first) {
+      await bobChat.expect({ type: "invite", from: alice.name });
+      await bobChat.send(`/accept ${alice.name}`);
+    }
+    await bobChat.expect({ type: "room_invite", room: "#team", from: alice.name });
+    await bobChat.send("/room join #team");
+    await bobChat.expect({ type: "room_joined", room: "#team" });
+  };
+  await invite(true);
+  await bobChat.send("/msg #team before: the deal is off");
+  await timeline(page).getByText("before: the deal is off").waitFor();
+  await bobChat.send("/room leave #team");
+  await bobChat.expect({ type: "room_member", room: "#team", name: bob.name, change: "left" });
+  // Invited back, bob numbers his messages from 1 again.
+  await invite();
+  await bobChat.send("/msg #team after: I am back");
+  await timeline(page).getByText("after: I am back").waitFor();
+  const bobSaid = (p: Page) => timeline(p).locator(".item.theirs").allTextContents();
+  const live = await bobSaid(page);
+  assert.deepEqual(live.map((t) => /before|after/.exec(t)?.[0]), ["before", "after"]);
+
+  // A tab opened now shows both, from the history.
+  const tab = await page.context().newPage();
+  await tab.goto(web.url);
+  await tab.getByRole("button", { name: /#team room/ }).click();
+  await timeline(tab).getByText("after: I am back").waitFor();
+  const again = await bobSaid(tab);
+  assert.deepEqual(again.map((t) => /before|after/.exec(t)?.[0]), ["before", "after"]);
+  await tab.getByRole("button", { name: /#old/ }).click();
+  await timeline(tab).getByText("and again").waitFor();
+  assert.deepEqual(
+    (await bobSaid(tab)).map((t) => /once|and again/.exec(t)?.[0]),
+    ["once", "and again"],
+  );
+  await tab.close();
+}
+
 async function lostAndBack(scene: Scene): Promise<void> {
   const [alice] = await scene.join("alice-l");
   const web = await scene.web(alice);
@@ -788,6 +860,10 @@ const SCENARIOS: Scenario[] = [
 await webTest("web face in chromium: real CA service, real clients", [
   ...SCENARIOS,
   ["history is shown after a restart", historyAfterRestart],
+  [
+    "a member who leaves a room and comes back is shown beside its messages of before, live and in the room's history, not in place of them",
+    memberComesBack,
+  ],
   [
     "a log alarm shows as a banner that stays, and no chat starts: Start chat and an invitation's Accept fail, the latter described by its error",
     logAlarm,

@@ -178,7 +178,7 @@ function format(e: ChatEvent): string | undefined {
     case "room_gap":
       return styleText(
         "yellow",
-        `${e.room}: ${e.missing.length} message(s) from ${e.from} could not be recovered`,
+        `${e.room}: ${e.count} message(s) from ${e.from} could not be recovered`,
       );
     case "room_members":
       return `${e.room} (created by ${e.creator}), member list version ${e.version}, hash ${e.hash}\n` +

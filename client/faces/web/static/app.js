@@ -382,7 +382,7 @@ function handle(e) {
       break;
     }
     case "room_gap":
-      notice(`${e.room}: ${e.missing.length} message(s) from ${e.from} could not be recovered`);
+      notice(`${e.room}: ${e.count} message(s) from ${e.from} could not be recovered`);
       return;
     default:
       return;
