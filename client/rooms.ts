@@ -475,11 +475,18 @@ export class Rooms {
     const invite = this.#pick(room, creator, "join");
     const from = invite.from;
     const conn = this.#host.peer(from);
-    if (!conn?.sendRoom({ op: "join", roomId: invite.roomId })) {
+    if (!conn || !this.#sendJoin(invite, conn)) {
       throw new E2eError("ERR_NOT_FOUND", `Not connected to "${from}", who invited you`, {
         hint: `connect to "${from}" first (/chat ${from}, or accept an invitation from "${from}")`,
       });
     }
+  }
+
+  // Sends `join` for `invite` on `conn`, its creator's connection: under way from now until the
+  // list comes, the connection ends, or JOIN_WAIT_MS pass. Whether it was sent.
+  #sendJoin(invite: RoomInvite, conn: PeerConnection): boolean {
+    const { room, from } = invite;
+    if (!conn.sendRoom({ op: "join", roomId: invite.roomId })) return false;
     invite.joined = true;
     invite.joining = conn;
     clearTimeout(invite.joinTimer);
@@ -497,14 +504,18 @@ export class Rooms {
           `/room join ${room} ${from} asks again, /room decline ${room} ${from} declines it`,
       });
     }, JOIN_WAIT_MS);
+    return true;
   }
 
   /**
    * Declines the invitation to `room` (from `creator`, needed when invitations to two rooms of
    * that name wait): it is dropped, and its creator is told with a `leave` for the room, on which
-   * it stops offering it (until it invites us again). A creator not connected now is told when
-   * it next offers it, which is then not shown. `told`: whether the creator was told now. The
-   * decline is durable (HOME/room-invitations.json) before the creator is told or this returns.
+   * it stops offering it (until it invites us again). A creator not connected now is told at
+   * its next hello: when it offers the invitation again (not shown then), or, when it took a
+   * join of ours whose answering list was lost, when it sends us the room's state as to a member
+   * (it then removes us as one who leaves; so too when a leave told is lost with its connection).
+   * `told`: whether the creator was told now. The decline is durable
+   * (HOME/room-invitations.json) before the creator is told or this returns.
    *
    * @example
    * ```ts ignore
@@ -891,12 +902,9 @@ export class Rooms {
       throw refused(`an invitation to another room called ${list.room}, which you are in`);
     }
     const key = inviteKey(list.creator, list.roomId);
-    // Declined while its creator was away: it is told now, and the offer is not shown again.
-    if (this.#declinesUntold.has(key) && conn.sendRoom({ op: "leave", roomId: list.roomId })) {
-      this.#declinesUntold.delete(key);
-      this.#saveInvitationsOrWarn();
-      return;
-    }
+    // Declined while its creator was away: it is told now, and the offer is not shown again
+    // (nor when the leave cannot go now: it is told with the next offer).
+    if (this.#declinesUntold.has(key)) return this.#tellDecline(conn, key);
     const had = this.#invites.get(key);
     if (had) {
       // The same invitation again (sent at every hello), maybe one restored from the last run:
@@ -1014,7 +1022,10 @@ export class Rooms {
     if (!r) {
       // Our join answered: the invitation named this creator and pinned its key.
       const invite = this.#invites.get(inviteKey(list.creator, list.roomId));
-      if (!invite) return; // a room we left, or never knew
+      // A room we left, or never knew; or one we declined while its creator took our join.
+      if (!invite) {
+        return this.#notIn(conn, list.roomId, list.members.some((m) => m.name === self));
+      }
       // One restored from the last run and not offered again holds no key: the list that
       // answers its join is taken from its creator's own connection, with that connection's key.
       const key = invite.key ??
@@ -1177,7 +1188,8 @@ export class Rooms {
 
   #onState(conn: PeerConnection, f: Extract<RoomFrame, { op: "state" }>): void {
     const r = this.#rooms.get(f.roomId);
-    if (!r || !this.#member(r, conn.name) || !this.#allow(conn)) return;
+    if (!r) return this.#notIn(conn, f.roomId);
+    if (!this.#member(r, conn.name) || !this.#allow(conn)) return;
     // Lists first: messages are passed on only between members who hold the same list.
     if (f.version < r.list.version) {
       return void conn.sendRoom({ op: "list", list: r.list }, { answer: true });
@@ -1189,6 +1201,35 @@ export class Rooms {
       if (!this.#member(r, m.author)) continue;
       if (m.seq > (f.seen[m.author] ?? 0)) conn.sendRoom({ op: "msg", m, fill: true });
     }
+  }
+
+  // A `state` or `list` of room `roomId`, which we are not in, from `conn`. From its creator,
+  // a state (and a list that has us: `member`) counts us as a member: it took our join, and the
+  // list that answered it was lost (the connection ended, or we restarted). A decline not told
+  // yet is told now (the creator removes us, as one who leaves), and so is one told whose leave
+  // was lost; a join of this run not answered is sent again (the creator answers with its list).
+  // Keyed by the creator's name and a room id bound to it: a member cannot stand for the creator,
+  // and nothing but our own decline or join is sent, to the creator alone.
+  #notIn(conn: PeerConnection, roomId: string, member = true): void {
+    const key = inviteKey(conn.name, roomId);
+    if (this.#declinesUntold.has(key)) return this.#tellDecline(conn, key);
+    // Told, but the leave was lost with the connection (sent is not received): told again.
+    if (this.#declinedHere.has(key)) {
+      if (member && this.#allow(conn)) conn.sendRoom({ op: "leave", roomId });
+      return;
+    }
+    const invite = this.#invites.get(key);
+    if (!invite?.joined || invite.joining === conn || this.#host.peer(conn.name) !== conn) return;
+    if (this.#allow(conn)) this.#sendJoin(invite, conn);
+  }
+
+  // Tells the creator on `conn` of the decline `key` (not told yet) with a `leave`; forgotten
+  // as not told once sent.
+  #tellDecline(conn: PeerConnection, key: string): void {
+    const declined = this.#declinesUntold.get(key);
+    if (!declined || !conn.sendRoom({ op: "leave", roomId: declined.roomId })) return;
+    this.#declinesUntold.delete(key);
+    this.#saveInvitationsOrWarn();
   }
 
   #onWant(conn: PeerConnection, f: Extract<RoomFrame, { op: "want" }>): void {

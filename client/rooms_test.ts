@@ -769,3 +769,240 @@ Deno.test("Room invitations kept by the last run come back bounded (expired, mal
     }
   });
 });
+
+/** The two sides of one connection between carol and dave, as each side holds it. */
+interface Link {
+  /** dave's connection to carol. */
+  toCarol: PeerConnection;
+  /** carol's connection to dave. */
+  toDave: PeerConnection;
+}
+
+/**
+ * carol, creator of #team (erin in it), and dave, two Rooms cores over connections that pass
+ * each frame to the other side: `connect()` makes a new connection (both hellos), `disconnect()`
+ * ends it, `lose(NAME)` loses what NAME sends meanwhile (`lose()`: none), `restartDave()` starts dave again from his
+ * home. `sent` lists the ops dave sent carol.
+ */
+async function carolAndDave(
+  fn: (v: {
+    carol: Rooms;
+    dave: () => Rooms;
+    roomId: string;
+    connect(): Promise<Link>;
+    disconnect(): void;
+    lose(sender?: "carol" | "dave"): void;
+    restartDave(): Promise<void>;
+    sent: string[];
+    events: { carol: CoreEvent[]; dave: CoreEvent[] };
+  }) => Promise<void>,
+): Promise<void> {
+  await withTempDir(async (dir) => {
+    const [carolKeys, daveKeys, erinKeys] = [keyPair(), keyPair(), keyPair()];
+    let link: Link | undefined;
+    let lost: "carol" | "dave" | undefined;
+    const sent: string[] = [];
+    const events = { carol: [] as CoreEvent[], dave: [] as CoreEvent[] };
+    const erin = {
+      name: "erin",
+      rooms: true,
+      sendRoom: () => true,
+      certificate: { x509: { publicKey: createPublicKey(erinKeys.privateKey) } },
+    } as unknown as PeerConnection;
+    const open = async (self: "carol" | "dave", pem: string) => {
+      await Deno.mkdir(join(dir, self, "rooms"), { recursive: true });
+      const rooms = testRooms(
+        self,
+        pem,
+        join(dir, self, "rooms"),
+        (name) =>
+          self === "carol"
+            ? (name === "erin" ? erin : name === "dave" ? link?.toDave : undefined)
+            : (name === "carol" ? link?.toCarol : undefined),
+        (e) => events[self].push(e),
+        { invitationsFile: join(dir, self, "room-invitations.json") },
+      );
+      await rooms.load();
+      rooms.start();
+      return rooms;
+    };
+    const carol = await open("carol", carolKeys.pem);
+    let dave = await open("dave", daveKeys.pem);
+    const settle = () => new Promise((r) => setTimeout(r, 20));
+    const connect = async () => {
+      const side = (name: string, key: KeyObject, deliver: (body: never) => void) =>
+        ({
+          name,
+          rooms: true,
+          certificate: { x509: { publicKey: key } },
+          sendRoom(body: { op: string }) {
+            if (link !== made) return false;
+            if (name === "carol") sent.push(body.op);
+            if (lost !== (name === "carol" ? "dave" : "carol")) {
+              queueMicrotask(() => deliver(body as never));
+            }
+            return true;
+          },
+        }) as unknown as PeerConnection;
+      const made: Link = {
+        toCarol: side("carol", createPublicKey(carolKeys.privateKey), (b) => {
+          if (link === made) carol.receive(made.toDave, b);
+        }),
+        toDave: side("dave", createPublicKey(daveKeys.privateKey), (b) => {
+          if (link === made) dave.receive(made.toCarol, b);
+        }),
+      };
+      link = made;
+      carol.hello(made.toDave);
+      dave.hello(made.toCarol);
+      await settle();
+      await settle();
+      return made;
+    };
+    try {
+      const { roomId } = await carol.create("#team");
+      await carol.invite("#team", "erin");
+      carol.receive(erin, { op: "join", roomId });
+      await connect();
+      await carol.invite("#team", "dave");
+      await settle();
+      assert.deepEqual(dave.invitations(), [{ room: "#team", from: "carol" }]);
+      await fn({
+        carol,
+        dave: () => dave,
+        roomId,
+        connect,
+        disconnect: () => void (link = undefined),
+        lose: (sender) => void (lost = sender),
+        restartDave: async () => {
+          await dave.stop();
+          dave = await open("dave", daveKeys.pem);
+        },
+        sent,
+        events,
+      });
+    } finally {
+      await carol.stop();
+      await dave.stop();
+    }
+  });
+}
+
+const membersOf = (rooms: Rooms, room: string) => rooms.members(room).members.map((m) => m.name);
+
+for (const meanwhile of ["the connection ends", "dave restarts"]) {
+  Deno.test(`A room invitation declined while its creator is away reaches her at her next hello even when she took the join whose list was lost (${meanwhile}): she removes the decliner, and him alone, as one who left`, async () => {
+    await carolAndDave(async (v) => {
+      // dave joins; carol takes it, and her list is lost with the connection.
+      v.lose("carol");
+      v.dave().join("#team", "carol");
+      await new Promise((r) => setTimeout(r, 20));
+      v.disconnect();
+      v.lose();
+      assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "dave", "erin"]);
+      if (meanwhile === "dave restarts") await v.restartDave();
+      assert.deepEqual(v.dave().decline("#team", "carol"), { from: "carol", told: false });
+      // Only from its creator: a member's state of carol's room does not draw the decline out.
+      const mallory: string[] = [];
+      v.dave().receive(
+        {
+          name: "mallory",
+          rooms: true,
+          sendRoom: (f: { op: string }) => mallory.push(f.op) > 0,
+        } as unknown as PeerConnection,
+        { op: "state", roomId: v.roomId, version: 3, seen: {} },
+      );
+      assert.deepEqual(mallory, []);
+      v.sent.length = 0;
+      // carol is back: at her hello she sends dave, a member to her, the room's state; dave
+      // answers with the decline, and she removes him as one who left.
+      await v.connect();
+      assert.deepEqual(v.sent, ["leave"]);
+      assert.equal(v.dave().has("#team"), false);
+      assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "erin"]);
+      assert.deepEqual(
+        v.events.carol.filter((e) => e.type === "room_member" && e.name === "dave").map((e) =>
+          e.type === "room_member" && e.change
+        ),
+        ["joined", "left"],
+      );
+      // Told once: the next connection sends nothing, and the decline is kept as told.
+      v.sent.length = 0;
+      v.disconnect();
+      await v.connect();
+      assert.deepEqual(v.sent, []);
+      await v.restartDave();
+      assert.deepEqual(v.dave().invitations(), []);
+      await v.connect();
+      assert.deepEqual(v.sent, []);
+    });
+  });
+}
+
+Deno.test("A room invitation declined to its creator, who took the join whose list was lost, is told again when the leave is lost too: at her next hello she counts the decliner a member no longer", async () => {
+  await carolAndDave(async (v) => {
+    v.lose("carol");
+    v.dave().join("#team", "carol");
+    await new Promise((r) => setTimeout(r, 20));
+    v.disconnect();
+    v.lose();
+    await v.connect();
+    assert.equal(v.dave().has("#team"), true);
+    await v.dave().leave("#team");
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "erin"]);
+    // Invited again; the join is taken and its list lost, then the decline, sent on the
+    // connection, is lost with it.
+    await v.carol.invite("#team", "dave");
+    await new Promise((r) => setTimeout(r, 20));
+    v.lose("carol");
+    v.dave().join("#team", "carol");
+    await new Promise((r) => setTimeout(r, 20));
+    v.disconnect();
+    await v.connect();
+    v.lose("dave");
+    assert.deepEqual(v.dave().decline("#team", "carol"), { from: "carol", told: true });
+    v.disconnect();
+    v.lose();
+    assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "dave", "erin"]);
+    v.sent.length = 0;
+    await v.connect();
+    assert.deepEqual(v.sent, ["leave"]);
+    assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "erin"]);
+    assert.equal(v.dave().has("#team"), false);
+  });
+});
+
+Deno.test("A join its creator took, whose list was lost with the connection, is asked again at her next hello and puts the joiner in the room; after a restart the invitation waits again", async () => {
+  await carolAndDave(async (v) => {
+    v.lose("carol");
+    v.dave().join("#team", "carol");
+    await new Promise((r) => setTimeout(r, 20));
+    v.disconnect();
+    v.lose();
+    v.sent.length = 0;
+    await v.connect();
+    assert.deepEqual(v.sent.slice(0, 1), ["join"]);
+    assert.equal(v.dave().has("#team"), true);
+    assert.deepEqual(membersOf(v.dave(), "#team"), ["carol", "dave", "erin"]);
+    assert.deepEqual(v.dave().invitations(), []);
+  });
+  // A join sent before a restart is not remembered (docs/PROTOCOL.md §9): the invitation is
+  // shown again and waits for an answer, and /room join then puts him in.
+  await carolAndDave(async (v) => {
+    v.lose("carol");
+    v.dave().join("#team", "carol");
+    await new Promise((r) => setTimeout(r, 20));
+    v.disconnect();
+    v.lose();
+    await v.restartDave();
+    v.sent.length = 0;
+    await v.connect();
+    assert.deepEqual(v.sent, []);
+    assert.equal(v.dave().has("#team"), false);
+    assert.deepEqual(v.dave().invitations(), [{ room: "#team", from: "carol" }]);
+    v.dave().join("#team", "carol");
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(v.dave().has("#team"), true);
+  });
+});
