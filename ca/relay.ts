@@ -8,10 +8,11 @@
  *
  * Caps and deadlines (docs/SECURITY.md §1, `ca serve --relay-…` flags): at most
  * {@linkcode RELAY_PAIRS_PER_MEMBER} sessions that a member is part of (one it
- * waits in, or a spliced one), and a total ({@linkcode relayPairBudget}: a quarter of the
- * service's connection cap, so relayed pairs can take at most half of its
- * connections); the first side waits at most {@linkcode RELAY_WAIT_MS} for the
- * other; a spliced pair idle for {@linkcode RELAY_IDLE_MS} is closed; and every
+ * waits in, or a spliced one), of which {@linkcode RELAY_PAIRS_PER_PEER} with any one
+ * other member (a newer one takes the place of their oldest), and a total
+ * ({@linkcode relayPairBudget}: a quarter of the service's connection cap, so
+ * relayed pairs can take at most half of its connections); the first side
+ * waits at most {@linkcode RELAY_WAIT_MS} for the other; a spliced pair idle for {@linkcode RELAY_IDLE_MS} is closed; and every
  * byte spliced counts against {@linkcode RELAY_BYTES_PER_DAY} of each of the
  * two members (a UTC day); {@linkcode RELAY_EARLY_BYTES} from a side before its 101
  * (Deno's sockets read on while paused: nothing else would bound them). Opening and
@@ -37,6 +38,14 @@ import { pauseReading, resumeReading } from "../lib/tls.ts";
 
 /** Relay sessions one member may be part of at once (waiting in them, or spliced). */
 export const RELAY_PAIRS_PER_MEMBER = 8;
+/**
+ * Relay sessions two members may have together at once (waiting or spliced): a newer one takes
+ * the place of their oldest. Why: a spliced session counts against both members, and the one
+ * who waits chooses when; without it a member another invited could fill that member's
+ * {@linkcode RELAY_PAIRS_PER_MEMBER} by waiting again and again, each wait bringing them to
+ * the relay. Two, not one: both may accept the other's invitation at once.
+ */
+export const RELAY_PAIRS_PER_PEER = 2;
 /** A spliced pair with no byte either way for this long is closed, in ms. */
 export const RELAY_IDLE_MS = 5 * 60_000;
 /** Bytes the relay carries for one member per UTC day (both directions). */
@@ -104,6 +113,11 @@ export function relayPairBudget(maxConnections: number): number {
 export interface RelayOptions {
   /** Sessions one member may be part of at once. Default: {@linkcode RELAY_PAIRS_PER_MEMBER}. */
   pairsPerMember?: number;
+  /**
+   * Sessions two members may have together at once; a newer one ends their oldest. Default:
+   * {@linkcode RELAY_PAIRS_PER_PEER}.
+   */
+  pairsPerPeer?: number;
   /** Sessions at once in total. Default: 256. */
   maxPairs?: number;
   /** Idle time after which a spliced pair is closed, ms. Default: {@linkcode RELAY_IDLE_MS}. */
@@ -169,11 +183,13 @@ export interface RelayRefusal {
 }
 
 interface Waiting extends RelaySide {
+  seq: number; // the order in which sessions began
   timer: ReturnType<typeof setTimeout>;
   onClose: () => void;
 }
 
 interface Spliced {
+  seq: number; // that of the wait it came from
   invitation: number;
   a: RelaySide;
   b: RelaySide;
@@ -211,6 +227,7 @@ const SWITCHING =
 /** Pairs members at the relay and splices their connections, within its caps. */
 export class Relay {
   readonly pairsPerMember: number;
+  readonly pairsPerPeer: number;
   readonly maxPairs: number;
   readonly idleMs: number;
   readonly bytesPerDay: number;
@@ -222,6 +239,7 @@ export class Relay {
   #log: (line: string) => void;
   #tap?: (chunk: Uint8Array, from: string) => void;
   #waiting = new Map<number, Waiting>();
+  #seq = 0;
   #spliced = new Set<Spliced>();
   #used = new Map<string, { day: string; bytes: number }>();
   #revocations?: ReturnType<typeof setInterval>;
@@ -238,6 +256,7 @@ export class Relay {
    */
   constructor(options: RelayOptions = {}) {
     this.pairsPerMember = options.pairsPerMember ?? RELAY_PAIRS_PER_MEMBER;
+    this.pairsPerPeer = options.pairsPerPeer ?? RELAY_PAIRS_PER_PEER;
     this.maxPairs = options.maxPairs ?? 256;
     this.idleMs = options.idleMs ?? RELAY_IDLE_MS;
     this.bytesPerDay = options.bytesPerDay ?? RELAY_BYTES_PER_DAY;
@@ -284,7 +303,9 @@ export class Relay {
    * 504 reply after `waitMs`), the second is spliced to it (both get a 101).
    * Returns "waiting" or "spliced", "gone" for a connection that closed before
    * it came here (it is not held), or a refusal (nothing written: the caller
-   * replies) when a cap or the byte budget says no.
+   * replies) when a cap or the byte budget says no. A side that would wait while
+   * its two members already have {@linkcode Relay.pairsPerPeer} sessions together
+   * ends the oldest of them (its connections are closed) and takes its place.
    */
   join(side: RelaySide): "waiting" | "spliced" | "gone" | RelayRefusal {
     // Closed while the service authorized it: its "close" has passed, and would never end a wait.
@@ -299,17 +320,24 @@ export class Relay {
       this.#splice(other, side);
       return "spliced";
     }
-    const refused = this.#refusal(side.name) ?? this.#refusal(side.peer);
+    // The pair's oldest session, when it has all it may: it gives up its place to this one, so
+    // the caps below count without it.
+    const ours = this.#sessionsOf(side.name, side.peer);
+    const oldest = ours.length >= this.pairsPerPeer ? ours[0] : undefined;
+    const refused = this.#refusal(side.name, oldest) ?? this.#refusal(side.peer, oldest);
     if (refused) return refused;
-    if (this.pairs >= this.maxPairs) {
+    const pairs = this.pairs - (oldest ? 1 : 0);
+    if (pairs >= this.maxPairs) {
       return {
         status: 503,
         code: "ERR_RATE_LIMITED",
-        message: `The relay is full: ${this.pairs} sessions, at most ${this.maxPairs}`,
+        message: `The relay is full: ${pairs} sessions, at most ${this.maxPairs}`,
       };
     }
+    if (oldest) this.#replace(oldest);
     const waiting: Waiting = {
       ...side,
+      seq: this.#seq++,
       timer: setTimeout(() => {
         this.#unwait(waiting);
         relayError(
@@ -386,7 +414,35 @@ export class Relay {
     for (const s of [...this.#spliced]) this.#end(s, "the service stops");
   }
 
-  #refusal(name: string): RelayRefusal | undefined {
+  // The sessions, waiting or spliced, of members `a` and `b` together, the oldest first.
+  #sessionsOf(a: string, b: string): Array<Waiting | Spliced> {
+    const of = (x: string, y: string) => (x === a && y === b) || (x === b && y === a);
+    const sessions: Array<Waiting | Spliced> = [];
+    for (const w of this.#waiting.values()) if (of(w.name, w.peer)) sessions.push(w);
+    for (const s of this.#spliced) if (of(s.a.name, s.b.name)) sessions.push(s);
+    return sessions.sort((x, y) => x.seq - y.seq);
+  }
+
+  // Ends `session` to make room for a newer one of the same two members.
+  #replace(session: Waiting | Spliced): void {
+    if ("ways" in session) return this.#end(session, "a newer session of the two took its place");
+    this.#unwait(session);
+    relayError(
+      session.socket,
+      429,
+      "ERR_RATE_LIMITED",
+      `"${session.name}" and "${session.peer}" have at most ${this.pairsPerPeer} relay sessions ` +
+        "together: a newer one took the place of this one",
+    );
+    this.#log(
+      `e2e-chat-ca: relay wait of ${session.name} ended, invitation ${session.invitation}: ` +
+        "a newer session of the two took its place",
+    );
+  }
+
+  // Why `name` may not be part of one more session; `leaving` is a session that gives up its
+  // place to it, not counted.
+  #refusal(name: string, leaving?: Waiting | Spliced): RelayRefusal | undefined {
     if (this.usedToday(name) >= this.bytesPerDay) {
       return {
         status: 429,
@@ -397,8 +453,10 @@ export class Relay {
     let mine = 0;
     // A wait is the waiter's only: were it also its peer's, any member could lock another out
     // of the relay by waiting on invitations to them that they never take up.
-    for (const w of this.#waiting.values()) if (w.name === name) mine++;
-    for (const s of this.#spliced) if (s.a.name === name || s.b.name === name) mine++;
+    for (const w of this.#waiting.values()) if (w.name === name && w !== leaving) mine++;
+    for (const s of this.#spliced) {
+      if ((s.a.name === name || s.b.name === name) && s !== leaving) mine++;
+    }
     if (mine >= this.pairsPerMember) {
       return {
         status: 429,
@@ -415,8 +473,9 @@ export class Relay {
     if (this.#waiting.get(w.invitation) === w) this.#waiting.delete(w.invitation);
   }
 
-  #splice(first: RelaySide, second: RelaySide): void {
+  #splice(first: Waiting, second: RelaySide): void {
     const s: Spliced = {
+      seq: first.seq,
       invitation: first.invitation,
       a: first,
       b: second,

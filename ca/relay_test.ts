@@ -149,6 +149,52 @@ Deno.test("Relay.join() counts a waiting session for the member who waits only: 
   });
 });
 
+Deno.test("Relay.join() lets two members have at most 2 sessions together, a newer one ending their oldest, so a member bob invited cannot fill bob's cap by waiting again and again", async () => {
+  await withSockets(async (pair) => {
+    const logs: string[] = [];
+    const relay = new Relay({ pairsPerMember: 3, log: (l) => logs.push(l) });
+    // mallory waits on bob's invitation 1 three times over, and bob comes each time.
+    const bobs: Client[] = [];
+    for (let i = 0; i < 3; i++) {
+      assert.equal(relay.join(side((await pair())[0], 1, "mallory", "bob")), "waiting");
+      const [b, bob] = await pair();
+      assert.equal(relay.join(side(b, 1, "bob", "mallory")), "spliced");
+      bobs.push(bob);
+    }
+    // The third took the place of the first: two of bob's three places are hers, no more.
+    assert.equal(relay.pairs, 2);
+    await bobs[0].closed;
+    assert.match(
+      logs.join("\n"),
+      /relay closed mallory<->bob invitation 1: .*\(a newer session of the two took its place\)/,
+    );
+    // So alice still waits for bob, and bob for carol.
+    assert.equal(relay.join(side((await pair())[0], 2, "alice", "bob")), "waiting");
+    assert.equal(relay.join(side((await pair())[0], 3, "bob", "carol")), "waiting");
+    assert.equal(relay.pairs, 4);
+    // The other way (bob waits on mallory's invitation 4): it counts for the two as well, and
+    // takes the place of their oldest.
+    assert.equal(relay.join(side((await pair())[0], 4, "bob", "mallory")), "waiting");
+    await bobs[1].closed;
+    // A wait that gives up its place is told why.
+    const [m, mallory] = await pair();
+    assert.equal(relay.join(side(m, 5, "mallory", "bob")), "waiting");
+    assert.equal(relay.join(side((await pair())[0], 6, "mallory", "bob")), "waiting");
+    await bobs[2].closed;
+    const [m2, later] = await pair();
+    assert.equal(relay.join(side(m2, 7, "mallory", "bob")), "waiting");
+    await mallory.closed;
+    assert.match(mallory.received(), /^HTTP\/1\.1 429 Too Many Requests\r\n/);
+    assert.match(
+      mallory.received(),
+      /"\\"mallory\\" and \\"bob\\" have at most 2 relay sessions together: a newer one took the place of this one"/,
+    );
+    assert.equal(later.received(), "", "the newest waits");
+    assert.equal(relay.pairs, 4);
+    relay.close();
+  });
+});
+
 Deno.test("Relay.join() holds no connection that closed before it came, and splices none to it", async () => {
   await withSockets(async (pair) => {
     const relay = new Relay();

@@ -129,6 +129,9 @@ export class Chat {
     { keyFingerprint: string; fingerprint: string; expires: number; id: number; at: number }
   >();
   #inviting = new Map<string, Promise<void>>();
+  // Our meeting at the relay under way with a peer, one at a time: its `again` is the invitation
+  // of a request that came meanwhile, met once it ends (#meetAtRelay).
+  #meeting = new Map<string, { again?: number }>();
   // Invitations we made again after a lapse (#lapsed): one per invitation of the user or a room,
   // so a CA that says each lapsed cannot make us invite at network speed.
   #remadeAfterLapse = new Set<string>();
@@ -621,6 +624,13 @@ export class Chat {
       return;
     }
     if (!invited || invited.id !== invitation || this.#relay === "never" || this.#stopped) return;
+    // One meeting with a peer at a time: a spliced session counts against our relay sessions
+    // until its handshake ends, so a peer that waits again and again without a word of TLS would
+    // otherwise hold them all (ca/relay.ts). A request meanwhile is met once this one ends.
+    const under = this.#meeting.get(name);
+    if (under) return void (under.again = invitation);
+    const meeting: { again?: number } = {};
+    this.#meeting.set(name, meeting);
     let outer: tls.TLSSocket | undefined;
     this.#ca.relay(invitation).then(async (socket) => {
       outer = socket;
@@ -651,6 +661,9 @@ export class Chat {
         type: "warning",
         message: `Cannot meet "${name}" at the relay: ${e instanceof Error ? e.message : e}`,
       });
+    }).finally(() => {
+      this.#meeting.delete(name);
+      if (meeting.again !== undefined) this.#meetAtRelay(meeting.again, name);
     });
   }
 

@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { Buffer } from "node:buffer";
+import type tls from "node:tls";
 import { CertificateAuthority } from "../ca/authority.ts";
 import { CaService, type ServeOptions } from "../ca/service.ts";
 import { CaClient } from "../client/ca_client.ts";
@@ -333,6 +334,47 @@ Deno.test("what crosses the relay for a relayed chat is TLS records between the 
       assert.ok(!logs.some((l) => l.includes(secret) || l.includes(reply)));
     } finally {
       await Promise.all([alice.stop(), bob.stop()]);
+    }
+  });
+});
+
+Deno.test("a member bob invited cannot lock bob out of the relay by waiting on his invitation again and again: bob meets her one at a time, and alice's relay session with bob goes through", async () => {
+  await withTappedService(async ({ ca, service, dir, logs }) => {
+    const anchor = trustAnchor(ca.certificate.pem);
+    const id = await enroll(join(dir, "bob"), parseInvite(await makeInvite(ca.paths.home, "bob")));
+    const bob = await Chat.start(id, { onEvent: () => {} });
+    const held: tls.TLSSocket[] = [];
+    try {
+      const [mallory, alice] = await Promise.all([member(ca, "mallory"), member(ca, "alice")]);
+      await bob.invite("mallory");
+      const { invitations } = await new CaClient(service.url, anchor, mallory).pending();
+      const invitation = invitations.find((i) => i.from === "bob")!.id;
+
+      // mallory waits on it 8 times in a row (each wait brings bob's client to the relay), and
+      // never says a word of the peer TLS: bob's side of each meeting waits 10 s for it.
+      for (let i = 0; i < 8; i++) {
+        await dialRelay(service.url, anchor, invitation, { own: mallory, timeoutMs: 1_000 })
+          .then((s) => held.push(s), () => {});
+      }
+      let open = 0;
+      let most = 0;
+      for (const line of logs) {
+        if (/relay opened (bob<->mallory|mallory<->bob) /.test(line)) most = Math.max(most, ++open);
+        if (/relay closed (bob<->mallory|mallory<->bob) /.test(line)) open--;
+      }
+      assert.equal(most, 1, "bob's client meets mallory at the relay one at a time");
+
+      // alice's invitation to bob still gets its relay session: bob is not at his cap.
+      const { id: hers } = await new CaClient(service.url, anchor, alice).offer("bob");
+      held.push(
+        ...await Promise.all([
+          dialRelay(service.url, anchor, hers, { own: alice, timeoutMs: 5_000 }),
+          dialRelay(service.url, anchor, hers, { own: id.credentials, timeoutMs: 5_000 }),
+        ]),
+      );
+    } finally {
+      for (const s of held) s.destroy();
+      await bob.stop();
     }
   });
 });
