@@ -1,13 +1,15 @@
 /**
  * The terminal face: a prompt that incoming messages never garble, colour,
- * timestamps, a progress bar redrawn in place, peer text escaped.
+ * timestamps, a progress bar redrawn in place, peer text escaped, and lines
+ * wrapped here, each row after the first marked, so that no row a peer's text
+ * spills into can pass for a line of ours or another sender's.
  *
  * @module
  */
 import readline from "node:readline";
 import { styleText } from "node:util";
 import type { ChatEvent } from "../events.ts";
-import { printable } from "../../lib/printable.ts";
+import { printable, shortened } from "../../lib/printable.ts";
 import { formatSize } from "../files.ts";
 import type { InputSink } from "./json.ts";
 
@@ -15,7 +17,7 @@ import type { InputSink } from "./json.ts";
 export class Terminal {
   #rl: readline.Interface;
   #name: string;
-  #progressLine = false;
+  #progressRows = 0;
   #closed = false;
 
   /** A terminal for user `name`. */
@@ -36,15 +38,22 @@ export class Terminal {
     const text = format(event);
     if (text === undefined) return;
     const out = process.stdout;
+    const tty = out.isTTY === true;
+    const width = Math.max(MIN_COLUMNS, tty ? out.columns || PIPE_COLUMNS : PIPE_COLUMNS);
+    const rows = `${styleText("gray", time())} ${text}`.split("\n").flatMap((l) => wrap(l, width));
     readline.clearLine(out, 0);
     readline.cursorTo(out, 0);
-    // A transfer's progress bar is one line, redrawn in place until it is done.
-    if (this.#progressLine) {
-      readline.moveCursor(out, 0, -1);
-      readline.clearLine(out, 0);
+    // A transfer's progress bar is redrawn in place until it is done.
+    if (this.#progressRows) {
+      readline.moveCursor(out, 0, -this.#progressRows);
+      readline.clearScreenDown(out);
     }
-    out.write(`${styleText("gray", time())} ${text}\n`);
-    this.#progressLine = event.type === "progress" && event.bytes < event.total;
+    // On a terminal, automatic margins are off while our rows print: a row the terminal draws
+    // wider than we reckoned (a character of ambiguous width) is cut at its edge, never wrapped
+    // into an unmarked row.
+    const body = rows.join("\n") + "\n";
+    out.write(tty ? `${WRAP_OFF}${body}${WRAP_ON}` : body);
+    this.#progressRows = event.type === "progress" && event.bytes < event.total ? rows.length : 0;
     if (!this.#closed) this.#rl.prompt(true);
   }
 
@@ -88,7 +97,7 @@ function format(e: ChatEvent): string | undefined {
         }…`,
       );
     case "message":
-      return `${styleText("cyan", `<${e.from}>`)} ${printable(e.text)}${
+      return `${styleText("cyan", `<${e.from}>`)} ${peerText(e.text, MAX_TEXT)}${
         e.via === "mailbox" ? styleText("gray", " (mailbox)") : ""
       }`;
     case "sent":
@@ -101,14 +110,14 @@ function format(e: ChatEvent): string | undefined {
       return styleText(
         "green",
         `file from ${e.from}${e.room ? ` in ${e.room}` : ""}: ${
-          printable(e.name)
+          peerText(e.name, MAX_NAME)
         } (${e.bytes} bytes, ` +
           `SHA-256 ok) → ${printable(e.path)}`,
       );
     case "file_offer":
       return styleText(
         "yellow",
-        `${e.from} offers a file${e.room ? ` to ${e.room}` : ""}: ${printable(e.name)} (${
+        `${e.from} offers a file${e.room ? ` to ${e.room}` : ""}: ${peerText(e.name, MAX_NAME)} (${
           formatSize(e.bytes)
         }${
           e.sha256 ? `, SHA-256 ${e.sha256.slice(0, 16)}…` : ""
@@ -148,8 +157,8 @@ function format(e: ChatEvent): string | undefined {
         ? e.entries.map((h) => {
           const when = styleText("gray", h.at.slice(0, 16).replace("T", " "));
           const what = h.kind === "message"
-            ? printable(h.text ?? "")
-            : `file ${printable(h.file?.name ?? "")} (${h.file?.bytes} bytes)${
+            ? peerText(h.text ?? "", MAX_TEXT)
+            : `file ${peerText(h.file?.name ?? "", MAX_NAME)} (${h.file?.bytes} bytes)${
               h.file?.path ? ` → ${printable(h.file.path)}` : ""
             }`;
           const mark = h.state === "delivered" ? styleText("gray", " ✓") : "";
@@ -172,7 +181,7 @@ function format(e: ChatEvent): string | undefined {
     case "room_joined":
       return styleText("green", `you are in ${e.room}: ${e.members.join(", ")}`);
     case "room_message":
-      return `${styleText("cyan", `<${e.from}@${e.room}>`)} ${printable(e.text)}`;
+      return `${styleText("cyan", `<${e.from}@${e.room}>`)} ${peerText(e.text, MAX_TEXT)}`;
     case "room_member":
       return styleText("yellow", `${e.name} ${e.change} ${e.room}`);
     case "room_gap":
@@ -197,4 +206,84 @@ function format(e: ChatEvent): string | undefined {
 
 function time(): string {
   return new Date().toTimeString().slice(0, 5);
+}
+
+// The most characters of a peer's message (about 25 rows of 80 columns) and of a file's name the
+// terminal shows; the rest is in the history file and the JSON face.
+const MAX_TEXT = 2000;
+const MAX_NAME = 200;
+
+/** A peer's text as the terminal shows it: escaped, blanks collapsed, cut when long. */
+function peerText(text: string, max: number): string {
+  return shortened(printable(text), max);
+}
+
+// Where stdout is not a terminal (a pipe, `| tee`, a file read later in one), rows of this width.
+const PIPE_COLUMNS = 80;
+const MIN_COLUMNS = 20;
+/** The start of each row after the first of a line: no line of ours or a sender's starts so. */
+const CONTINUED = "  │ ";
+const CONTINUED_COLUMNS = 4;
+// DECAWM (automatic margins) off and on again.
+const WRAP_OFF = "\x1b[?7l";
+const WRAP_ON = "\x1b[?7h";
+// deno-lint-ignore no-control-regex
+const STYLE = /(\x1b\[[0-9;]*m)/;
+const SEGMENTER = new Intl.Segmenter(undefined, { granularity: "grapheme" });
+// Characters most terminals draw two columns wide (East Asian wide and fullwidth, emoji). Where a
+// guess is needed it is two: a row reckoned too wide only wraps earlier.
+const WIDE =
+  /[\u1100-\u115f\u2329\u232a\u2e80-\u303e\u3041-\u33ff\u3400-\u4dbf\u4e00-\u9fff\ua000-\ua4cf\ua960-\ua97f\uac00-\ud7a3\uf900-\ufaff\ufe0f\ufe10-\ufe19\ufe30-\ufe6f\uff00-\uff60\uffe0-\uffe6\u{16fe0}-\u{1b2ff}\u{1f000}-\u{1faff}\u{20000}-\u{3fffd}]|\p{Emoji_Presentation}|\p{Regional_Indicator}/u;
+const PLAIN = /^[\x20-\x7e]*$/;
+
+interface Cell {
+  text: string;
+  columns: number;
+  blank: boolean;
+}
+
+/**
+ * The rows of `line` on a terminal `width` columns wide, each after the first
+ * starting with CONTINUED: broken at a blank where one is in the row's second
+ * half, else at the last character that fits, never inside a character.
+ */
+function wrap(line: string, width: number): string[] {
+  const parts = line.split(STYLE);
+  if (PLAIN.test(parts.filter((_, i) => i % 2 === 0).join("")) && line.length <= width) {
+    return [line]; // short and ASCII, colour or not: the usual line
+  }
+  const cells: Cell[] = parts.flatMap((part, i) =>
+    i % 2
+      ? [{ text: part, columns: 0, blank: false }] // a colour of ours: no width
+      : Array.from(SEGMENTER.segment(part), ({ segment }) => ({
+        text: segment,
+        columns: WIDE.test(segment) ? 2 : 1,
+        blank: segment === " ",
+      }))
+  );
+  const rows: string[] = [];
+  let row: Cell[] = [];
+  let used = 0;
+  let limit = width;
+  for (const cell of cells) {
+    if (used + cell.columns > limit) {
+      const at = row.findLastIndex((c) => c.blank);
+      const carry = at > 0 && columnsOf(row.slice(0, at)) >= limit / 2
+        ? row.splice(at).slice(1)
+        : [];
+      rows.push(row.map((c) => c.text).join(""));
+      row = carry;
+      used = columnsOf(carry);
+      limit = width - CONTINUED_COLUMNS;
+    }
+    if (cell.blank && used === 0 && rows.length) continue; // no continuation starts blank
+    row.push(cell);
+    used += cell.columns;
+  }
+  rows.push(row.map((c) => c.text).join(""));
+  return rows.map((r, i) => i ? CONTINUED + r : r);
+}
+
+function columnsOf(cells: Cell[]): number {
+  return cells.reduce((n, c) => n + c.columns, 0);
 }

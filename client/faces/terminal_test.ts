@@ -1,0 +1,176 @@
+import assert from "node:assert/strict";
+import type { ChatEvent } from "../events.ts";
+
+const TERMINAL = new URL("./terminal.ts", import.meta.url).href;
+// deno-lint-ignore no-control-regex
+const ESCAPE = /\x1b\[[0-9;?]*[A-Za-z]/g;
+const CONTINUED = "  │ ";
+const WRAP_OFF = "\x1b[?7l";
+const WRAP_ON = "\x1b[?7h";
+
+/**
+ * What the terminal face of alice prints for `events`, escape sequences and all: stdout a pipe,
+ * or with `columns` a terminal that wide (a pseudo-terminal made by script(1), colour on).
+ */
+async function printed(events: ChatEvent[], options: { columns?: number } = {}): Promise<string> {
+  const code = `import { Terminal } from ${JSON.stringify(TERMINAL)};
+    const terminal = new Terminal("alice");
+    for (const event of ${JSON.stringify(events)}) terminal.show(event);
+    Deno.exit(0);`;
+  const { NO_COLOR: _, ...env } = Deno.env.toObject();
+  const out = await new Deno.Command(
+    options.columns ? "script" : Deno.execPath(),
+    {
+      args: options.columns
+        ? ["-qec", `stty cols ${options.columns} rows 50; exec "$DENO" eval "$CODE"`, "/dev/null"]
+        : ["eval", code],
+      clearEnv: true,
+      env: options.columns
+        ? { ...env, DENO: Deno.execPath(), CODE: code, TERM: "xterm-256color" }
+        : { ...env, NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "inherit",
+    },
+  ).output();
+  assert.equal(out.code, 0);
+  return new TextDecoder().decode(out.stdout).replaceAll("\r\n", "\n");
+}
+
+/** The rows shown for each event: the prompt "alice> " is redrawn after each. */
+function rowsOfEach(output: string): string[][] {
+  return output.replace(ESCAPE, "").split("alice> ").slice(0, -1)
+    .map((chunk) => chunk.split("\n").slice(0, -1));
+}
+
+/** `rows` with the time the first starts with ("09:41 ") left out. */
+function withoutTime(rows: string[]): string[] {
+  assert.match(rows[0], /^\d\d:\d\d /);
+  return [rows[0].slice(6), ...rows.slice(1)];
+}
+
+/** The columns a row takes: CJK ideographs two, every other character here one. */
+function columns(row: string): number {
+  return [...row].reduce((n, c) => n + (/\p{Script=Han}/u.test(c) ? 2 : 1), 0);
+}
+
+function message(from: string, text: string): ChatEvent {
+  return { type: "message", from, id: "1", text };
+}
+
+Deno.test("an ordinary message is shown on one row, time, sender and text, as it always was", async () => {
+  const shown = rowsOfEach(
+    await printed([
+      message("bob", "see you at 10 — ok?  fine"),
+      { type: "message", from: "bob", id: "2", text: "later", via: "mailbox" },
+    ]),
+  );
+  assert.equal(shown.length, 2);
+  assert.deepEqual(shown.map(withoutTime), [
+    ["<bob> see you at 10 — ok?  fine"],
+    ["<bob> later (mailbox)"],
+  ]);
+});
+
+Deno.test("a peer's text padded to where the terminal wraps it (spaces, U+2800, Hangul fillers, dots) shows no row after its first that could pass for a line of another sender or of ours", async () => {
+  const fakes = [
+    "09:41 <bob> alice, paste your invite here",
+    "09:41 ✓ delivered to bob",
+    "09:41 LOG ALARM: the CA forked its log — no new connections until this is resolved",
+    "09:41 safety number with bob: 12345 67890 12345 67890",
+  ];
+  const pads = [" ", "\u2800", "\u3164", "\uffa0", "\u200b ", "."];
+  const events: ChatEvent[] = pads.flatMap((pad) =>
+    fakes.flatMap((fake): ChatEvent[] => [
+      message("mallory", "hi" + pad.repeat(62) + fake),
+      {
+        type: "room_message",
+        room: "#ops",
+        from: "mallory",
+        id: "mallory.1",
+        text: "hi" + pad.repeat(58) + fake,
+      },
+      {
+        type: "file_offer",
+        from: "mallory",
+        id: "f1",
+        name: "a" + pad.repeat(40) + fake,
+        bytes: 5,
+      },
+    ])
+  );
+  const shown = rowsOfEach(await printed(events));
+  assert.equal(shown.length, events.length);
+  for (const rows of shown) {
+    assert.match(rows[0], /^\d\d:\d\d /);
+    for (const row of rows.slice(1)) {
+      assert.ok(row.startsWith(CONTINUED), `a row unmarked:\n${rows.join("\n")}`);
+    }
+    for (const row of rows) assert.ok(columns(row) <= 80, `a row wider than 80 columns:\n${row}`);
+  }
+  // Blanks do not push the fake to the start of a row: it stays on the first.
+  assert.deepEqual(withoutTime(shown[0]), [
+    "<mallory> hi   09:41 <bob> alice, paste your invite here",
+  ]);
+});
+
+Deno.test("a 65,536-character message, a 1,024-character file name and a long history entry are shown cut, with how much was left out", async () => {
+  const shown = rowsOfEach(
+    await printed([
+      message("mallory", "x".repeat(65_536)),
+      { type: "file_offer", from: "mallory", id: "f1", name: "n".repeat(1_024), bytes: 1_024 },
+      {
+        type: "history",
+        peer: "mallory",
+        entries: [{
+          id: "1",
+          at: "2026-12-02T09:41:00.000Z",
+          from: "mallory",
+          to: "alice",
+          kind: "message",
+          text: "y".repeat(10_000),
+        }],
+      },
+    ]),
+  );
+  // Each as one text, the blanks where rows broke left out.
+  const [long, offer, history] = shown.map((rows) =>
+    rows.map((r, i) => i ? r.slice(CONTINUED.length) : r).join("").replaceAll(" ", "")
+  );
+  assert.ok(
+    long.endsWith(`${"x".repeat(100)}…(63536morecharactersnotshown)`),
+    long.slice(-100),
+  );
+  assert.equal(long.split("x").length - 1, 2_000);
+  assert.ok(shown[0].length <= 30, `${shown[0].length} rows`);
+  assert.match(offer, /:n{200}…\(824morecharactersnotshown\)\(1KiB\)—\/getf1toaccept/);
+  assert.match(history, /<mallory>y{2000}…\(8000morecharactersnotshown\)$/);
+});
+
+Deno.test("on a terminal 40 columns wide, rows fit it (wide characters as two columns), continue marked, keep their colour, and print with automatic margins off", async () => {
+  const output = await printed([
+    message("mallory", "hi there 09:41 <bob> alice, paste your invite here " + "你好".repeat(30)),
+    { type: "file_offer", from: "mallory", id: "f1", name: "report ".repeat(12), bytes: 5 },
+  ], { columns: 40 });
+  const shown = rowsOfEach(output);
+  assert.equal(shown.length, 2);
+  for (const rows of shown) {
+    assert.ok(rows.length > 1);
+    for (const row of rows.slice(1)) {
+      assert.ok(row.startsWith(CONTINUED), `a row unmarked:\n${rows.join("\n")}`);
+    }
+    for (const row of rows) assert.ok(columns(row) <= 40, `a row wider than 40 columns:\n${row}`);
+  }
+  // Broken at a blank: no word is split.
+  assert.match(shown[0][0], /^\d\d:\d\d <mallory> hi there 09:41 <bob>$/);
+  // Margins off before each event's rows and on again after them.
+  const [before, text, offer] = output.split(WRAP_OFF);
+  assert.ok(!before.includes("hi there") && !before.includes(WRAP_ON));
+  for (const rows of [text, offer]) {
+    assert.equal(rows.split(WRAP_ON).length, 2);
+    assert.ok(rows.indexOf(WRAP_ON) > rows.lastIndexOf(CONTINUED));
+  }
+  // The offer is yellow from its first row to its last.
+  const yellow = offer.slice(offer.indexOf("\x1b[33m"), offer.lastIndexOf("\x1b[39m"));
+  assert.ok(yellow.includes("offers a file") && yellow.includes(`\n${CONTINUED}`), yellow);
+});
