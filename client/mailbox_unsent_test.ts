@@ -323,7 +323,14 @@ Deno.test("UnsentStore holds one file handle, its lock, however many items it ke
     // Counted by a process of its own, in its /proc/self/fd: what it holds more than before.
     const module = new URL("./mailbox_unsent.ts", import.meta.url).href;
     const code = `const { UnsentStore } = await import(${JSON.stringify(module)});
-      const handles = () => [...Deno.readDirSync("/proc/self/fd")].length;
+      // Sockets left out: Deno's runtime makes a socket pair of its own at times (under load).
+      const handles = () => [...Deno.readDirSync("/proc/self/fd")].filter((e) => {
+        try {
+          return !Deno.readLinkSync("/proc/self/fd/" + e.name).startsWith("socket:");
+        } catch {
+          return false; // the folder's own handle, closed since
+        }
+      }).length;
       const dir = ${JSON.stringify(dir)}, parent = ${JSON.stringify(join(home, "mailbox"))};
       const item = (id, more) => ({ to: "bob", kind: "message", id,
         at: "2026-01-02T03:04:05.000Z", payload: new Uint8Array(2), ...more });
