@@ -307,7 +307,12 @@ export class CertificateAuthority {
         for (const leftover of [staged.crlnumber, staged.index, staged.indexAttr]) {
           await Deno.remove(`${leftover}.old`).catch(() => {});
         }
-        await Deno.chmod(staged.crlnumber, 0o600);
+        // openssl creates its files with the umask's mode (0666 under umask 000): set ours,
+        // public files readable by all, the database for us alone (docs/SECURITY.md, "Files").
+        for (const file of [staged.cert, staged.crl]) await Deno.chmod(file, 0o644);
+        for (const file of [staged.crlnumber, staged.index, staged.indexAttr]) {
+          await Deno.chmod(file, 0o600);
+        }
         // On disk before the CA exists by name, and its name after: openssl and the key's writer
         // do not fsync, and a CA reported created must not come back from a power cut keyless.
         await syncTree(stage);

@@ -175,7 +175,12 @@ export class Transaction {
     // points at nothing. Moved first, so that the fsyncs of the files and of the folder, and what
     // beforeIndex() makes durable, go at once; a certificate in certs/ that no index line names
     // counts for nothing (as one a killed process leaves), and a failed commit takes them back.
-    for (const [from, to] of moves) Deno.renameSync(from, to);
+    for (const [from, to] of moves) {
+      // openssl made it with the umask's mode (0666 under umask 000): a certificate is public,
+      // and only we may change it.
+      Deno.chmodSync(from, 0o644);
+      Deno.renameSync(from, to);
+    }
     const takeBack = (all: boolean) => {
       for (const [, to, folder] of moves) {
         if (!all && folder.keep) continue;

@@ -143,7 +143,8 @@ export class CertificateRefused extends E2eError {
 /**
  * Why the CA no longer takes `held`, our certificate, in a user's words, and what to do: a
  * superseded one names the newer one, and tells a renewal from another home (the same key: `renew`
- * fetches it) from a new key for our name (someone else may hold it now).
+ * fetches it; one the user did not make means someone else holds the key) from a new key for our
+ * name (someone else may hold it now).
  *
  * @example
  * ```ts
@@ -188,8 +189,13 @@ export function ownCertificateWords(
       return by.sameKey
         ? {
           message: `${newer}, for this same key: ${older}`,
-          hint: "it was renewed from another home with a copy of this key: use that home, or " +
-            "fetch the newer certificate here with deno task client renew",
+          // A renewal needs nothing but the key and certificate, so one we did not make is a
+          // thief's: the hint must not only steer toward adopting it.
+          hint: "if you renewed it from another home, use that home, or fetch the newer " +
+            "certificate here with deno task client renew; if you did not, your key is in " +
+            `someone else's hands: tell your admin to revoke it (deno task ca revoke ${name} ` +
+            `--reason keyCompromise) and give you a new invite (deno task ca invite ${name}), ` +
+            "and join with it in another --home",
         }
         : {
           message: `${newer}, for another key: ${older}`,

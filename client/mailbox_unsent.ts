@@ -20,13 +20,15 @@
  * under a number no file of ours has (link(2), never replacing one: the next number when it is
  * taken). A store opening, or {@linkcode UnsentStore.takeUp} later, takes up only the files whose
  * owner's lock nobody holds (what a chat that quit or crashed left; a lock file missing is made
- * and locked first, so that two stores never take up the same files): each is renamed, in order,
- * to the next number under its own name while it holds that owner's lock, then that lock file is
- * removed. Never another running chat's items nor its write-ahead copies. Files of the layout
- * before (`0000000001.json`, each held with its own flock by the chat that wrote it) are taken up
- * the same when no flock holds them. A file it read and cannot decode is moved into
- * `unreadable/` once named; one it cannot open now (out of file handles, say) stays, for the next
- * start.
+ * and locked first, so that two stores never take up the same files): each is read and given the
+ * next number under its own name, in order, while it holds that owner's lock; then they are
+ * renamed to those names, the last first, and the owners' lock files removed. A start killed
+ * partway so leaves the files it renamed after those it did not, and the next one posts them all
+ * in the order they were kept. Never another running chat's items nor its write-ahead copies.
+ * Files of the layout before (`0000000001.json`, each held with its own flock by the chat that
+ * wrote it) are taken up the same when no flock holds them. A file it read and cannot decode is
+ * moved into `unreadable/` once named; one it cannot open now (out of file handles, say) stays,
+ * for the next start.
  *
  * @module
  */
@@ -124,6 +126,13 @@ export interface TakenUp {
   overLimit: OverLimit[];
   /** Files it could not open, lock or read now, left in place. */
   unopened: Unopened[];
+}
+
+// A file being taken up: its item, where it is, and the name of ours it is renamed to.
+interface Taking {
+  item: UnsentItem;
+  from: string;
+  to: string;
 }
 
 // A file of the folder that may be taken up: an item of another store, or of the layout before.
@@ -233,11 +242,6 @@ export class UnsentStore {
       }
     }
     candidates.sort((a, b) => a.seq - b.seq || (a.owner ?? "").localeCompare(b.owner ?? ""));
-    // An owner's lock is held from its first file to its last (by number), then its lock file
-    // removed and let go (one it left in place, past our limits, makes a next taker lock it
-    // again): the handles held meanwhile are those of the owners whose numbers interleave.
-    const last = new Map<string, number>();
-    candidates.forEach((c, i) => c.owner && last.set(c.owner, i));
     const owners = new Map<string, OwnerLockState>();
     // The lock file of a chat killed with none of its items left on disk: removed.
     for (const c of candidates) if (c.owner) locks.delete(c.owner);
@@ -247,26 +251,45 @@ export class UnsentStore {
     }
     let total = 0;
     for (const f of this.#files.values()) total += f.bytes;
+    // Two steps, so that a start killed at any point leaves every recipient's items in order:
+    // each file is read and given our next number, in order; then they are renamed, the last
+    // first. Killed partway, it leaves those it renamed (numbered after every file it saw) after
+    // those it did not, in the order they were kept. The owners' locks (and the flocks of the
+    // layout before) are held from a file's reading to the end, so that no other store takes up
+    // a file that is to be ours.
+    const held: Deno.FsFile[] = [];
+    const taking: Taking[] = [];
     try {
-      for (const [i, { name, owner }] of candidates.entries()) {
+      for (const { name, owner } of candidates) {
         let lock = owner ? owners.get(owner) : undefined;
         if (owner && !lock) owners.set(owner, lock = await lockOwner(dir, owner));
         if (lock === "held") continue; // another running chat's
-        const file = join(dir, name);
         const claimed = lock && "error" in lock
           ? lock
-          : await claimItemFile(file, this.#maxBytes, { lock: !owner });
-        try {
-          total += await this.#claim(found, name, claimed, total);
-        } finally {
-          claimed && !("error" in claimed) && claimed.held?.close(); // ours by its name now
-          if (owner && lock instanceof OwnerLock && last.get(owner) === i) {
-            owners.delete(owner);
-            await lock.release();
-          }
+          : await claimItemFile(join(dir, name), this.#maxBytes, { lock: !owner });
+        if (claimed && "held" in claimed && claimed.held) held.push(claimed.held);
+        const next = await this.#claim(found, name, claimed, total, taking);
+        if (next) {
+          taking.push(next);
+          total += weight(next.item);
         }
       }
+      const renamed: Taking[] = [];
+      for (const t of taking.toReversed()) {
+        if (this.#closed) break; // closed meanwhile: the rest is left for the next start
+        try {
+          await Deno.rename(t.from, t.to);
+          renamed.unshift(t);
+        } catch (e) {
+          found.unopened.push({ file: t.from, reason: systemReason(e) });
+        }
+      }
+      for (const { item, to } of renamed) {
+        this.#files.set(item.id, { file: to, bytes: weight(item), durable: true });
+        found.items.push(item);
+      }
     } finally {
+      for (const file of held) file.close(); // ours by their names now
       for (const lock of owners.values()) if (lock instanceof OwnerLock) await lock.release();
     }
     // The renames, durable: a power cut must not bring back a name another start takes up.
@@ -274,49 +297,43 @@ export class UnsentStore {
     return found;
   }
 
-  // One file taken up, read as `claimed` (while no other store may take it): decoded, and
-  // renamed to our next number; or named unreadable, past the limits, or unopened. Returns the
-  // bytes it adds.
+  // One file to take up, read as `claimed` (while no other store may take it), after those in
+  // `taking`: decoded, and given our next number (renamed to it by #takeUp); or named
+  // unreadable, past the limits, or unopened.
   async #claim(
     found: TakenUp,
     name: string,
     claimed: Claimed,
     total: number,
-  ): Promise<number> {
+    taking: Taking[],
+  ): Promise<Taking | undefined> {
     const file = join(this.#dir, name);
-    if (!claimed) return 0; // another running chat's, or gone meanwhile
+    if (!claimed) return undefined; // another running chat's, or gone meanwhile
     if ("error" in claimed) {
       found.unopened.push({ file, reason: systemReason(claimed.error) });
-      return 0; // not taken up now: tried again at the next start
+      return undefined; // not taken up now: tried again at the next start
     }
     const item = this.#decode(claimed.text);
-    if (!item || this.#files.has(item.id)) {
+    if (!item || this.#files.has(item.id) || taking.some((t) => t.item.id === item.id)) {
       // Named once: a torn write-ahead copy (a power cut) would be named at every start.
       found.unreadable.push(await moveAside(this.#dir, name));
-      return 0;
+      return undefined;
     }
-    if (this.#files.size >= this.#maxItems || total + weight(item) > this.#maxBytes) {
-      found.overLimit.push({
-        file,
-        limit: this.#files.size >= this.#maxItems ? "items" : "bytes",
-      });
-      return 0; // another chat on this home may take it
+    const count = this.#files.size + taking.length;
+    if (count >= this.#maxItems || total + weight(item) > this.#maxBytes) {
+      found.overLimit.push({ file, limit: count >= this.#maxItems ? "items" : "bytes" });
+      return undefined; // another chat on this home may take it
     }
     // Ours from now on: under our name (our lock held first), after every number seen.
-    if (this.#closed) return 0; // closed meanwhile: left for the next start
-    let mine: string;
+    if (this.#closed) return undefined; // closed meanwhile: left for the next start
     try {
       await this.#holdLock();
       if (this.#seq >= MAX_SEQ) throw this.#full();
-      mine = join(this.#dir, this.#name(++this.#seq));
-      await Deno.rename(file, mine);
     } catch (e) {
       found.unopened.push({ file, reason: systemReason(e) });
-      return 0;
+      return undefined;
     }
-    this.#files.set(item.id, { file: mine, bytes: weight(item), durable: true });
-    found.items.push(item);
-    return weight(item);
+    return { item, from: file, to: join(this.#dir, this.#name(++this.#seq)) };
   }
 
   // The name of our file numbered `seq`.

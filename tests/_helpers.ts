@@ -79,6 +79,8 @@ export interface RunOptions {
   stdin?: string;
   /** Working directory of the process (also INIT_CWD). Default: the repository root. */
   cwd?: string;
+  /** The process's umask. Default: ours. */
+  umask?: number;
 }
 
 /** Runs `deno run <task permissions> <entry> ...args` as a real process. */

@@ -5,14 +5,15 @@
  * they hold, which the passphrase check takes like ours — or swap its index and invites. And run
  * outside the project folder (a compiled binary, `deno run` from elsewhere), it resolves relative
  * paths from its own folder, not from an INIT_CWD inherited from an outer `npm run`. ca/main.ts
- * run as a process with the task's permissions.
+ * run as a process with the task's permissions. And whatever the umask, the files it makes (openssl's
+ * too) are readable by all when public and ours alone otherwise, writable by no one else.
  *
  * @module
  */
 import assert from "node:assert/strict";
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import { exists } from "../lib/fs.ts";
-import { PASSPHRASE, runCa, runCli, withTempDir } from "./_helpers.ts";
+import { makeCsr, PASSPHRASE, runCa, runCli, withTempDir } from "./_helpers.ts";
 
 const HINT = "a CA home must be yours alone: check what changed in it, then chown it to yourself " +
   "and chmod 700";
@@ -92,5 +93,46 @@ Deno.test("ca run from a folder of its own takes a relative --home and --passphr
     assert.equal(result.code, 0, result.stderr);
     assert.ok(await exists(join(here, "rel", "ca", "ca.crt")), "no CA in the folder it ran in");
     assert.deepEqual([...Deno.readDirSync(stale)], [], "it wrote in the inherited INIT_CWD");
+  });
+});
+
+/** The mode (octal) of every file and folder under `dir`, by path relative to `dir`. */
+async function modesUnder(dir: string, root = dir, out: Record<string, string> = {}) {
+  for await (const entry of Deno.readDir(dir)) {
+    const path = join(dir, entry.name);
+    out[relative(root, path)] = ((await Deno.lstat(path)).mode! & 0o777).toString(8);
+    if (entry.isDirectory) await modesUnder(path, root, out);
+  }
+  return out;
+}
+
+Deno.test("ca init, sign and revoke under umask 000 make public files 0644 and the rest 0600, none that others may write", async () => {
+  await withTempDir(async (dir) => {
+    const home = join(dir, "home");
+    const csr = join(dir, "alice.csr");
+    await Deno.writeTextFile(csr, (await makeCsr("alice")).csr);
+    const steps = [
+      ["init", "--key-type", "ec-p256"],
+      ["sign", "--name", "alice", csr],
+      ["revoke", "alice"],
+    ];
+    for (const args of steps) {
+      const result = await runCa(home, args, { umask: 0o000 });
+      assert.equal(result.code, 0, `${args[0]}: ${result.stderr}`);
+      const modes = await modesUnder(home);
+      // Before: ca.crt, crl.pem (made by init) and the issued certificate were 0666, openssl's
+      // files with the umask's mode; only the 0700 folders kept others out.
+      const writable = Object.entries(modes).filter(([, m]) => parseInt(m, 8) & 0o022);
+      assert.deepEqual(writable, [], `after ${args[0]}: files others may write`);
+      for (const file of ["ca/ca.crt", "ca/crl.pem", "ca/openssl.cnf"]) {
+        assert.equal(modes[file], "644", `after ${args[0]}: ${file}`);
+      }
+      for (const file of ["ca/ca.key", "ca/index.txt", "ca/index.txt.attr", "ca/crlnumber"]) {
+        assert.equal(modes[file], "600", `after ${args[0]}: ${file}`);
+      }
+      const issued = Object.keys(modes).filter((p) => /^ca\/certs\/.+\.pem$/.test(p));
+      assert.equal(issued.length, args[0] === "init" ? 0 : 1, `after ${args[0]}: ${issued}`);
+      for (const file of issued) assert.equal(modes[file], "644", `after ${args[0]}: ${file}`);
+    }
   });
 });

@@ -179,6 +179,15 @@ Deno.test("a member whose certificate the admin revoked is told at chat start th
   });
 });
 
+/**
+ * The hint for a home whose certificate was renewed elsewhere: by its user from another home, or
+ * by someone holding a copy of the key (a renewal needs nothing more).
+ */
+const sameKeyHint = "if you renewed it from another home, use that home, or fetch the newer " +
+  "certificate here with deno task client renew; if you did not, your key is in someone else's " +
+  "hands: tell your admin to revoke it (deno task ca revoke bob --reason keyCompromise) and give " +
+  "you a new invite (deno task ca invite bob), and join with it in another --home";
+
 Deno.test("a copy of a home that renewed elsewhere is told at chat start that a newer certificate for its key was issued, and client renew there fetches it", async () => {
   await withService(async (service, dir) => {
     const bob = await joinUser(service, "bob", join(dir, "bob"));
@@ -192,8 +201,7 @@ Deno.test("a copy of a home that renewed elsewhere is told at chat start that a 
       await client(copy, ["chat"]),
       `A newer certificate for "bob" was issued (serial ${newer}), for this same key: this home ` +
         `holds an older one (serial ${held})`,
-      "it was renewed from another home with a copy of this key: use that home, or fetch the " +
-        "newer certificate here with deno task client renew",
+      sameKeyHint,
     );
     assertSuccess(await client(copy, ["renew"]), "client renew in the copy");
     assert.equal(await serialOf(copy), newer);
@@ -202,6 +210,34 @@ Deno.test("a copy of a home that renewed elsewhere is told at chat start that a 
   });
 });
 
+Deno.test("a member whose key someone else renewed is told that, if it was not them, their key is in someone else's hands and the admin should revoke it", async () => {
+  await withService(async (service, dir) => {
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    const held = await serialOf(bob.home);
+    // mallory holds a copy of bob's home (key and certificate) and renews with it.
+    const stolen = join(dir, "mallory-has-bob");
+    await copyTree(bob.home, stolen);
+    assertSuccess(await client(stolen, ["renew"]), "client renew with the stolen key");
+    const newer = await serialOf(stolen);
+    // Before: only "it was renewed from another home with a copy of this key: use that home, or
+    // fetch the newer certificate here", as if the renewal could only be bob's own.
+    for (const args of [["chat"], ["chat", "--json"]]) {
+      assertFailure(
+        await client(bob.home, args),
+        `A newer certificate for "bob" was issued (serial ${newer}), for this same key: this home ` +
+          `holds an older one (serial ${held})`,
+        sameKeyHint,
+      );
+    }
+    for (const args of [["lookup", "bob"], ["audit"]]) {
+      assertFailure(
+        await client(bob.home, args),
+        "The CA refused: The client certificate is revoked or superseded",
+        sameKeyHint,
+      );
+    }
+  });
+});
 Deno.test("client web --open without a working browser opener says to open the address by hand", async () => {
   await withService(async (service, dir) => {
     const bob = await joinUser(service, "bob", join(dir, "bob"));

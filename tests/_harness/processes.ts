@@ -61,6 +61,8 @@ export interface TaskOptions {
   onLine?: (line: string) => void;
   /** Run it under `ulimit -n` of this many open files (flood tests). Default: the inherited limit. */
   ulimitFiles?: number;
+  /** Run it under this umask (`0o000`: files made with no mode of ours are 0666). Default: ours. */
+  umask?: number;
   /** `deno run` flags after the task's own (`--deny-net=…` for an unreachable peer). Default: none. */
   denoFlags?: string[];
 }
@@ -97,14 +99,17 @@ export class TaskProcess {
   /** Starts `task`'s entry point with `args`. */
   static async start(task: Task, args: string[], options: TaskOptions = {}): Promise<TaskProcess> {
     const cwd = options.cwd ?? ROOT;
-    const [command, argv] = underUlimit(options.ulimitFiles, Deno.execPath(), [
-      "run",
-      "--quiet",
-      ...await taskFlags(task),
-      ...options.denoFlags ?? [],
-      join(ROOT, task, "main.ts"),
-      ...args,
-    ]);
+    const [command, argv] = underUmask(
+      options.umask,
+      ...underUlimit(options.ulimitFiles, Deno.execPath(), [
+        "run",
+        "--quiet",
+        ...await taskFlags(task),
+        ...options.denoFlags ?? [],
+        join(ROOT, task, "main.ts"),
+        ...args,
+      ]),
+    );
     const child = new Deno.Command(command, {
       args: argv,
       cwd,
@@ -336,6 +341,13 @@ export function underUlimit(
 ): [string, string[]] {
   if (files === undefined) return [command, args];
   return ["sh", ["-c", `ulimit -n ${files} && exec "$0" "$@"`, command, ...args]];
+}
+
+// `command args`, or, with `mask`, the same run by sh under `umask mask`.
+function underUmask(mask: number | undefined, command: string, args: string[]): [string, string[]] {
+  if (mask === undefined) return [command, args];
+  const octal = mask.toString(8).padStart(3, "0");
+  return ["sh", ["-c", `umask ${octal} && exec "$0" "$@"`, command, ...args]];
 }
 
 /** A free port on 127.0.0.1 for a listener (taken back at once: a tiny race, as with any). */
