@@ -20,6 +20,7 @@ import { Buffer } from "node:buffer";
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { ensurePrivateDir } from "../lib/fs.ts";
+import { jsonLine } from "../lib/lines.ts";
 
 /** One message or file of a conversation, as the faces show it. */
 export interface HistoryEntry {
@@ -265,7 +266,7 @@ export class History {
 
   // Records of one turn of the event loop leave in one write per conversation (sealed together).
   #append(peer: string, record: HistoryRecord): void {
-    const json = JSON.stringify(record);
+    const json = jsonLine(record); // one line for any reader of the file, whatever a peer sent
     const lines = this.#pending.get(peer);
     if (lines) lines.push(json);
     else this.#pending.set(peer, [json]);

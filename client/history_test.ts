@@ -282,3 +282,20 @@ Deno.test("History skips a torn sealed last line with a warning, and the next se
     assert.deepEqual((await second.read("bob")).map((e) => e.text), ["kept", "after the crash"]);
   });
 });
+
+Deno.test("History writes a peer's text with Unicode line breaks, C1 controls and a lone surrogate as one JSON line for any reader, and reads it back", async () => {
+  await withTempDir(async (dir) => {
+    const history = new History(join(dir, "history"), { self: "alice" });
+    const text = "one\u2028two\u2029three\u0085four\u009b5m \ud800 end \\ud800";
+    history.message({ id: "b-1", from: "bob", to: "alice", text });
+    history.message({ id: "b-2", from: "bob", to: "alice", text: "next" });
+    const entries = await history.read("bob");
+    assert.deepEqual(entries.map((e) => e.text), [text.replace("\ud800", "\ufffd"), "next"]);
+    // Split as Python's str.splitlines() and other Unicode-aware readers split: still two lines.
+    const raw = await Deno.readTextFile(join(dir, "history", "bob.jsonl"));
+    const lines = raw.split(/\r\n|[\n\r\v\f\u0085\u2028\u2029]/).filter((l) => l);
+    assert.equal(lines.length, 2, raw);
+    for (const line of lines) assert.ok(JSON.parse(line));
+    assert.doesNotMatch(raw, /[\u007f-\u009f]/);
+  });
+});

@@ -51,3 +51,35 @@ export async function* readLineBatches(
   pending += decoder.decode();
   if (pending) yield [pending];
 }
+
+// What JSON.stringify leaves in a line that some readers take apart: U+2028, U+2029 and U+0085 (line
+// breaks to Python's str.splitlines() and other Unicode-aware readers), the other C1 controls (a
+// terminal the line is shown on may obey them), and a lone surrogate's escape ("\ud800": strict
+// parsers refuse the whole line; with an odd run of backslashes before it, it is an escape).
+const UNSAFE = /[\u007f-\u009f\u2028\u2029]|\\ud[89a-f]/;
+const UNSAFE_ALL = /[\u007f-\u009f\u2028\u2029]|(\\+)(ud[89a-f][0-9a-f]{2})/g;
+
+/**
+ * `value` as one JSON line for every reader (the JSON face's events, history.jsonl): line
+ * separators and C1 controls as \u escapes, each lone surrogate as U+FFFD (a paired one
+ * JSON.stringify writes as the character itself). Without any of them, JSON.stringify's text.
+ *
+ * @example
+ * ```ts
+ * import { jsonLine } from "./lines.ts";
+ * console.log(jsonLine({ text: "a\u2028b" })); // {"text":"a\u2028b"}, escaped
+ * ```
+ */
+export function jsonLine(value: unknown): string {
+  const line = JSON.stringify(value);
+  if (!UNSAFE.test(line)) return line; // the usual line, checked in one pass
+  return line.replace(
+    UNSAFE_ALL,
+    (m, slashes?: string) =>
+      slashes === undefined
+        ? `\\u${m.charCodeAt(0).toString(16).padStart(4, "0")}`
+        : slashes.length % 2
+        ? `${slashes.slice(1)}\\ufffd`
+        : m,
+  );
+}

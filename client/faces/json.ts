@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { readLineBatches } from "../../lib/lines.ts";
+import { jsonLine, readLineBatches } from "../../lib/lines.ts";
 import type { ChatEvent } from "../events.ts";
 
 /** Something that takes input lines; false from `input` means quit. */
@@ -32,31 +32,6 @@ export function jsonEvent(event: ChatEvent): void {
     ? { ...event, text: undefined }
     : event;
   pending += jsonLine(out) + "\n";
-}
-
-// What JSON.stringify leaves in a line that some readers take apart: U+2028, U+2029 and U+0085 (line
-// breaks to Python's str.splitlines() and other Unicode-aware readers), the other C1 controls (a
-// terminal the line is shown on may obey them), and a lone surrogate's escape ("\ud800": strict
-// parsers refuse the whole line; with an odd run of backslashes before it, it is an escape).
-const UNSAFE = /[\u007f-\u009f\u2028\u2029]|\\ud[89a-f]/;
-const UNSAFE_ALL = /[\u007f-\u009f\u2028\u2029]|(\\+)(ud[89a-f][0-9a-f]{2})/g;
-
-/**
- * One event as one line for every reader: separators and C1 controls as \u escapes, each lone
- * surrogate as U+FFFD (a paired one JSON.stringify writes as the character itself).
- */
-function jsonLine(event: unknown): string {
-  const line = JSON.stringify(event);
-  if (!UNSAFE.test(line)) return line; // the usual line, checked in one pass
-  return line.replace(
-    UNSAFE_ALL,
-    (m, slashes?: string) =>
-      slashes === undefined
-        ? `\\u${m.charCodeAt(0).toString(16).padStart(4, "0")}`
-        : slashes.length % 2
-        ? `${slashes.slice(1)}\\ufffd`
-        : m,
-  );
 }
 
 /** Writes out events still waiting (before the process exits). */
