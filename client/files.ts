@@ -17,27 +17,41 @@ import {
   writeFileAtomic,
 } from "../lib/fs.ts";
 
+// Drawn as blanks: braille blank, Hangul fillers (also default-ignorable, but some fonts draw them).
+const BLANK_FILLERS = /[\u2800\u3164\u115f\u1160\uffa0]/g;
+// deno-lint-ignore no-control-regex
+const INVISIBLE = /[\u0000-\u001f\u007f-\u009f]|\p{Default_Ignorable_Code_Point}/gu;
+
 /**
- * Makes an announced file name safe to create in the downloads folder: no path,
- * no `..`, no NUL or control characters, no leading dot, at most 200 bytes.
+ * Makes an announced file name safe to create in the downloads folder, and to show: no path, no
+ * `..`, no NUL, control, bidi or invisible character, no lone surrogate (U+FFFD instead: the name
+ * it gets on disk), one space for a run of spaces or blank fillers, no leading dot, no trailing
+ * dot or space, at most 200 bytes. Idempotent.
  *
  * @example
  * ```ts
  * import { safeFileName } from "./files.ts";
  * safeFileName("../../etc/passwd"); // "passwd"
+ * safeFileName("invoice.pdf" + "\u2800".repeat(60) + ".sh"); // "invoice.pdf .sh"
  * ```
  */
 export function safeFileName(name: string): string {
-  // deno-lint-ignore no-control-regex
-  let safe = name.replace(/[\u0000-\u001f\u007f-\u009f]/g, "")
-    .replace(/[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]/g, "") // bidi: "exe.txt" shown as "txt.exe"
+  // The file system stores a lone surrogate as U+FFFD: the name reported must be the one on disk.
+  let safe = name.toWellFormed()
+    // Characters drawn as blanks (braille blank, Hangul fillers) count as spaces: a run of them
+    // could push the real extension off screen, as in "invoice.pdf⠀⠀⠀…⠀.sh".
+    .replace(BLANK_FILLERS, " ")
+    // Controls; bidi controls ("exe.txt" shown as "txt.exe") and other characters drawn as
+    // nothing (zero-width space and joiners, word joiner, BOM, soft hyphen, tags…).
+    .replace(INVISIBLE, "")
+    .replace(/\s+/g, " ")
     .replace(/\\/g, "/");
   safe = safe.split("/").filter((p) => p && p !== "." && p !== "..").pop() ?? "";
-  safe = safe.replace(/^[.\s]+/, "").replace(/[\s.]+$/, "");
-  // Cut whole characters, never half a surrogate pair.
+  safe = safe.replace(/^[.\s]+/, "");
+  // Cut whole characters (never half a surrogate pair), then trim: a cut may end in a space or dot.
   const chars = [...safe];
   while (new TextEncoder().encode(chars.join("")).length > 200) chars.pop();
-  safe = chars.join("");
+  safe = chars.join("").replace(/[\s.]+$/, "");
   return safe || "file";
 }
 
@@ -137,8 +151,7 @@ export class IncomingFile {
     // The folder a symbolic link points to now, used from here on: whoever may change the link
     // could otherwise point the path we present elsewhere after the check.
     const real = await Deno.realPath(dir);
-    const partial = join(real, `.partial-${crypto.randomUUID()}`);
-    const file = await Deno.open(partial, { write: true, createNew: true, mode: 0o600 });
+    const { partial, file } = await makePartial(dir, real);
     let syncer: Deno.FsFile | undefined;
     try {
       const info = await file.stat();
@@ -146,8 +159,8 @@ export class IncomingFile {
       await checkOwnFolder(dir, real, info.uid);
       syncer = await openSyncer(partial, info);
     } catch (e) {
-      file.close();
       await Deno.remove(partial).catch(() => {});
+      file.close();
       throw e;
     }
     return new IncomingFile(
@@ -212,7 +225,8 @@ export class IncomingFile {
         { hint: KEEP_HINT, cause: e },
       );
     }
-    this.#file.close();
+    // The file stays open, and so locked, until it is in place or removed (makePartial).
+    using _closed = { [Symbol.dispose]: () => this.#close() };
     const digest = this.#hash.digest("hex");
     if (this.received !== this.size || digest !== this.sha256) {
       await Deno.remove(this.#partial).catch(() => {});
@@ -247,13 +261,17 @@ export class IncomingFile {
     throw new E2eError("ERR_FILE", `No free name for "${name}" in "${this.#dir}"`);
   }
 
-  /** Gives up: closes and deletes the partial file. */
+  /** Gives up: deletes and closes the partial file. */
   async abort(): Promise<void> {
     await this.#stopSyncing();
+    await Deno.remove(this.#partial).catch(() => {});
+    this.#close();
+  }
+
+  #close(): void {
     try {
       this.#file.close();
     } catch { /* already closed */ }
-    await Deno.remove(this.#partial).catch(() => {});
   }
 }
 
@@ -311,15 +329,89 @@ const KEEP_HINT = "check that the downloads folder is still there, can be writte
 const HINT = "choose a folder of your own that only you can write in (--downloads DIR), " +
   "or leave --downloads out";
 
-/** Deletes partial files a killed client left in `dir`. */
-export async function removeStalePartials(dir: string): Promise<void> {
-  try {
-    for await (const entry of Deno.readDir(dir)) {
-      if (entry.isFile && entry.name.startsWith(".partial-")) {
-        await Deno.remove(join(dir, entry.name)).catch(() => {});
+// The names of partial files: exactly those IncomingFile makes (crypto.randomUUID()), so a file of
+// the user's own in a --downloads folder (".partial-draft.md") is never taken for one.
+const PARTIAL_NAME =
+  /^\.partial-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+
+// Makes a partial file in `real` and holds it with a flock (released when it is closed, or its
+// client dies) until it is in place or removed, so that another client using the folder leaves
+// it alone (removeStalePartials). That client removes a file only while holding its lock: if it
+// took the lock between our making the file and locking it, the file is gone or going once we
+// hold the lock, and we make another.
+async function makePartial(
+  dir: string,
+  real: string,
+): Promise<{ partial: string; file: Deno.FsFile }> {
+  for (let tries = 0; tries < 5; tries++) {
+    const partial = join(real, `.partial-${crypto.randomUUID()}`);
+    const file = await Deno.open(partial, { write: true, createNew: true, mode: 0o600 });
+    try {
+      // A file system without locks: received as before, unheld (removeStalePartials leaves it).
+      const held = await file.tryLock(true).catch(() => true);
+      if (held && sameFile(await file.stat(), await Deno.lstat(partial))) {
+        return { partial, file };
+      }
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) {
+        await Deno.remove(partial).catch(() => {});
+        file.close();
+        throw e;
       }
     }
-  } catch { /* no folder yet */ }
+    await Deno.remove(partial).catch(() => {});
+    file.close();
+  }
+  throw new E2eError(
+    "ERR_FILE",
+    `Cannot receive files into "${dir}": its partial files keep being removed`,
+    { hint: KEEP_HINT },
+  );
+}
+
+function sameFile(a: Deno.FileInfo, b: Deno.FileInfo): boolean {
+  return a.ino !== null && a.dev === b.dev && a.ino === b.ino;
+}
+
+/**
+ * Deletes the partial files that clients killed while receiving left in `dir`: only files named
+ * as a client names them (`.partial-` and a UUID), and none that a running client holds (each
+ * holds its own with a flock while it receives), so clients may share a downloads folder.
+ *
+ * @example
+ * ```ts ignore
+ * await removeStalePartials(downloads); // before this client receives into it
+ * ```
+ */
+export async function removeStalePartials(dir: string): Promise<void> {
+  let entries: Deno.DirEntry[];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(dir));
+  } catch {
+    return; // no folder yet
+  }
+  for (const entry of entries) {
+    if (!entry.isFile || !PARTIAL_NAME.test(entry.name)) continue;
+    const path = join(dir, entry.name);
+    let file: Deno.FsFile;
+    try {
+      // Read and write: opening a FIFO put in its place (in a shared sticky folder) cannot block.
+      file = await Deno.open(path, { read: true, write: true });
+    } catch {
+      continue; // gone, or another user's
+    }
+    try {
+      // Removed while we hold it (never on a file system without locks), and only the file we
+      // opened (not a link put in its place).
+      if (await file.tryLock(true) && sameFile(await file.stat(), await Deno.lstat(path))) {
+        await Deno.remove(path);
+      }
+    } catch {
+      /* gone already */
+    } finally {
+      file.close();
+    }
+  }
 }
 
 /** The name announced for a local path. */

@@ -527,7 +527,24 @@ const otherProperties: FuzzProperty[] = [
       fc.oneof(
         fc.string({ unit: "binary", maxLength: 300 }),
         fc.array(
-          fc.constantFrom("..", ".", "/", "\\", "\u0000", "\u202e", " ", "a", "é", "😀", "CON"),
+          fc.constantFrom(
+            "..",
+            ".",
+            "/",
+            "\\",
+            "\u0000",
+            "\u202e",
+            " ",
+            "a",
+            "é",
+            "😀",
+            "CON",
+            "x".repeat(60), // moves the 200-byte cut
+            "\u2800", // blank fillers and invisible characters
+            "\u3164",
+            "\u200b",
+            "\ud800", // a lone surrogate
+          ),
           {
             maxLength: 40,
           },
