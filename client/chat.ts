@@ -42,6 +42,7 @@ import {
   formatSize,
   IncomingFile,
   removeStalePartials,
+  safeFileName,
 } from "./files.ts";
 import { History, type HistoryEntry } from "./history.ts";
 import type { Identity } from "./identity.ts";
@@ -1159,7 +1160,14 @@ export class Chat {
       // for the whole of its first connection (a message first must not pin it for the file).
       askFirst: (from, bytes, state) =>
         state === "new" || this.#firstSeen.has(from) || bytes > this.#quota.limits.autoAccept,
-      offer: (from, offer) => this.#emit({ type: "file_offer", from, ...offer, via: "mailbox" }),
+      offer: (from, offer) =>
+        this.#emit({
+          type: "file_offer",
+          from,
+          ...offer,
+          name: safeFileName(offer.name), // the name it is saved under, shown before consent
+          via: "mailbox",
+        }),
       warning: (message) => this.#emit({ type: "warning", message }),
       away: (e) => this.#caAway(e),
       back: () => this.#caBack(),
@@ -1539,7 +1547,10 @@ export class Chat {
             info.direction === "in" ? "from" : "to"
           } "${p.name}" failed: ${info.reason}`,
         }),
-      offer: (p, offer) => this.#emit({ type: "file_offer", from: p.name, ...offer }),
+      // The name it would be saved under, not the one announced: what the user consents to is
+      // what lands (a name padded with blanks or invisible characters shows its extension).
+      offer: (p, offer) =>
+        this.#emit({ type: "file_offer", from: p.name, ...offer, name: safeFileName(offer.name) }),
       fileSent: (p, info) => {
         // A room's file went into the room's history once, when it was offered.
         if (info.room === undefined) {

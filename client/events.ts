@@ -67,6 +67,7 @@ export type CoreEvent =
     type: "file_offer";
     from: string;
     id: string;
+    /** The name the file is saved under (safeFileName of the one announced), before a "(1)". */
     name: string;
     bytes: number;
     /** Only when the offer carried it (an older peer, the mailbox); the `file` event always does. */

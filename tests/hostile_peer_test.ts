@@ -298,7 +298,7 @@ Deno.test("a chat listener under attack keeps serving its invited peer, and writ
     await concurrentSteps(t, steps);
 
     await t.step(
-      "as invited bob: 50 empty files named ../../../etc/passwd and 3 of 700 MB get an answer each, at most 8 are received at once, the large ones wait for consent, and nothing is left on disk",
+      "as invited bob: 50 empty files named ../../../etc/passwd and 3 of 700 MB get an answer each, at most 8 are received at once, the large ones wait for consent offered under the names they would be saved under, and nothing is left on disk",
       async () => {
         const mark = alice.mark();
         const peer = await invitedBob(OFFER_HELLO);
@@ -315,7 +315,8 @@ Deno.test("a chat listener under attack keeps serving its invited peer, and writ
           peer.write(frame({
             type: "file",
             id: `h${i}`,
-            name: `huge${i}.iso`,
+            // The first with its extension pushed out of sight by 60 Braille blanks.
+            name: i === 0 ? `invoice.pdf${"\u2800".repeat(60)}.sh` : `huge${i}.iso`,
             size: 700_000_000,
             sha256: "0".repeat(64),
           }));
@@ -323,6 +324,11 @@ Deno.test("a chat listener under attack keeps serving its invited peer, and writ
         await waitUntil(
           () => alice.since(mark, { type: "file_offer" }).length === 3,
           "the three offers of 700 MB",
+        );
+        // Offered under the name it would be saved under, its extension in sight.
+        assert.deepEqual(
+          alice.since(mark, { type: "file_offer" }).map((e) => e.name),
+          ["invoice.pdf .sh", "huge1.iso", "huge2.iso"],
         );
         await waitUntil(
           () =>
