@@ -25,15 +25,19 @@
  * refusal); the user is told once.
  *
  * One item's failure does not stop the others of a look: they are handled, and
- * the look then fails with its error (so the poll backs off). Only the service
- * not answering, or our key not opening, ends a look at once. An item is handled
+ * the look then fails with its error (so the poll backs off; what waits to be sent is
+ * posted all the same). Only the service not answering, or our key not unlocking, ends a look at
+ * once. An item is handled
  * by one run at a time (by its id: a user trusting a key twice, a service
  * listing an offer again while the user accepts it). A direct item from a sender
  * who sent us a later one before is shown with a warning: the service may have
- * reordered their items (it can also drop one unnoticed: docs/SECURITY.md).
+ * reordered their items (it can also drop one unnoticed: docs/SECURITY.md); not one this run
+ * failed to handle at an earlier look (our own retry).
  *
- * An item that fails a check is refused with a warning and acknowledged, so it
- * does not come back; a replay (an id seen before) is dropped.
+ * An item that fails a check (one that does not decrypt included: lib/cms.ts tells it apart from
+ * our key not unlocking) is refused with a warning and acknowledged, so it does not come back; a
+ * replay (an id seen before) is dropped. One that cannot be stored now (a disk error, not a
+ * quota's refusal) stays at the CA.
  *
  * @module
  */
@@ -233,6 +237,9 @@ export class MailboxClient {
   #inflight = new Map<string, Promise<void>>();
   // Offers being accepted: a copy listed by the CA meanwhile is a replay, as while it waited.
   #accepting = new Set<string>();
+  // The CA's ids of items listed to this run that failed to be handled (kept while listed): when
+  // one comes after a later item of its sender, it is our own retry, not the service reordering.
+  #retried = new Set<string>();
   #receiptRetry = new Map<string, ReceiptRetry>();
   // Files that wait for the user, each still sealed in HOME/mailbox/held/FROM.ID.offer.cms.
   #offers = new Map<string, MailboxOffer & { from: string; path: string; until: number }>();
@@ -389,6 +396,13 @@ export class MailboxClient {
     try {
       const der = await Deno.readFile(offer.path);
       await this.#process(der, { from: offer.from, release: offer.path, accepted: true });
+    } catch (e) {
+      // Not taken for now (no answer from the service, a disk error): it still waits, unless it
+      // was refused (its file removed) or taken meanwhile.
+      if (!this.#offers.has(id) && !this.#seen[id] && await exists(offer.path)) {
+        this.#offers.set(id, offer);
+      }
+      throw e;
     } finally {
       this.#accepting.delete(id);
     }
@@ -737,23 +751,32 @@ export class MailboxClient {
    * handled first, then its error is thrown.
    */
   async check(waitSeconds = 0): Promise<void> {
+    const failed = await this.#look(waitSeconds);
+    if (failed) throw failed.error;
+  }
+
+  // check(), but an item's failure (the service answered) is returned once the look is done.
+  async #look(waitSeconds: number): Promise<{ error: unknown } | undefined> {
     const items = await this.#host.ca.mailboxList(waitSeconds);
+    const listed = new Set(items.map((r) => r.id));
+    for (const id of this.#retried) if (!listed.has(id)) this.#retried.delete(id);
     // Once for the look, not once for each item that would fail the same way.
     if (items.length) await this.#host.fresh();
     let failed: { error: unknown } | undefined;
     for (const record of items) {
-      if (this.#stopped.signal.aborted) return;
+      if (this.#stopped.signal.aborted) return undefined;
       try {
         await this.#fetch(record);
       } catch (e) {
-        // The service away, or our key not opening: every item after it would fail alike.
+        this.#retried.add(record.id);
+        // The service away, or our key not unlocking: every item after it would fail alike.
         if (away(e) || (e instanceof E2eError && e.code === "ERR_BAD_PASSPHRASE")) throw e;
         failed ??= { error: e };
       }
     }
     await this.#payReceipts();
     this.#reportExpired();
-    if (failed) throw failed.error;
+    return failed;
   }
 
   async #poll(): Promise<void> {
@@ -762,12 +785,17 @@ export class MailboxClient {
     let wait = 0; // the first look returns at once: what waited while we were away
     while (!stopped.aborted) {
       try {
-        await this.check(wait);
-        wait = this.#nextWait();
-        if (failures) this.#host.back?.();
-        failures = 0;
+        const failed = await this.#look(wait);
+        if (!failed) {
+          wait = this.#nextWait();
+          if (failures) this.#host.back?.();
+          failures = 0;
+        }
+        // The service answered: what waits to be sent goes, even when an item of ours failed
+        // (one the service cannot read now must not hold back our own sends).
         await this.#takeUp();
         await this.#flush();
+        if (failed) throw failed.error;
       } catch (e) {
         if (stopped.aborted) return;
         // The next look returns at once: the CA is known to be back then, not a long poll later.
@@ -923,8 +951,11 @@ export class MailboxClient {
         return;
       }
       // Direct items come in the order they were sent (the sender posts them one at a time);
-      // the service can reorder them, and this says so. Not an item the user let in late.
-      const later = direct && at.caId ? this.#sentLater(item) : undefined;
+      // the service can reorder them, and this says so. Not an item the user let in late, nor
+      // one this run failed to handle earlier (listed in order, then tried again).
+      const later = direct && at.caId && !this.#retried.has(at.caId)
+        ? this.#sentLater(item)
+        : undefined;
       let show = () => {};
       try {
         if (item.kind !== "receipt") {
@@ -941,6 +972,8 @@ export class MailboxClient {
           await this.#saveOutbox();
         }
       } catch (e) {
+        // Not a refusal (a disk error, say): the item stays at the CA (or held) and is tried again.
+        if (!(e instanceof E2eError && e.code === "ERR_FORBIDDEN")) throw e;
         await done();
         // The user accepting a file hears why it was refused as the answer.
         if (at.accepted && e instanceof E2eError) {
@@ -995,7 +1028,7 @@ export class MailboxClient {
 
   /**
    * Posts the receipts owed: to `to` for `ids` (an item just stored), else for every seen item
-   * whose receipt is owed and whose CA copy is gone, one receipt per sender (of up to
+   * whose receipt is owed, one receipt per sender (of up to
    * MAX_RECEIPT_IDS ids). A sender whose receipts were refused lately waits its turn. A refusal
    * for now leaves them owed and tells the user once; one for good is a warning, and they are no
    * longer owed. Returns the error of a post the service did not answer (after which no other is
@@ -1005,8 +1038,11 @@ export class MailboxClient {
     const owed = new Map<string, string[]>();
     if (to && ids) owed.set(to, ids);
     else {
+      // Acknowledged or not: an acknowledgement whose answer was lost leaves the item unlisted
+      // though not marked acknowledged, and its receipt must go all the same. Not one being
+      // handled now: that run posts it.
       for (const [id, e] of Object.entries(this.#seen)) {
-        if (!e.owed || !e.acked) continue;
+        if (!e.owed || this.#inflight.has(id)) continue;
         owed.set(e.from, [...owed.get(e.from) ?? [], id]);
       }
     }

@@ -10,6 +10,7 @@ import type { MailboxRecord } from "./ca_client.ts";
 import { ClientHome } from "./home.ts";
 import { waitUntil } from "../tests/_harness.ts";
 import { E2eError } from "../lib/errors.ts";
+import { openssl } from "../lib/openssl.ts";
 import {
   MailboxClient,
   type MailboxHost,
@@ -47,6 +48,8 @@ for (const name of ["alice", "bob", "carol"]) members.set(name, await member(nam
 class MemoryService {
   items = new Map<string, { record: MailboxRecord; der: Uint8Array }>();
   failDeletes = 0;
+  /** Deletes done, whose answer is then lost (the connection dropped). */
+  loseDeleteAnswers = 0;
   failPosts = 0;
   /** Posts stored, whose answer is then lost (the service killed before it answered). */
   loseAnswers = 0;
@@ -134,6 +137,10 @@ class MemoryService {
           return Promise.reject(new Error("the service was killed"));
         }
         this.items.delete(id);
+        if (this.loseDeleteAnswers > 0) {
+          this.loseDeleteAnswers--;
+          return Promise.reject(new E2eError("ERR_NETWORK", "The CA service did not answer"));
+        }
         return Promise.resolve();
       },
     };
@@ -159,6 +166,10 @@ class Client {
   directoryDown = false;
   /** How long storing an item takes, ms (history flushed, a file written to downloads). */
   storeMs = 0;
+  /** What storing an item throws, if it fails (a full disk, a quota's refusal). */
+  storeError?: Error;
+  /** The revocation list cannot be made fresh (the CA service does not answer). */
+  freshDown = false;
   mailbox!: MailboxClient;
   readonly me: Member;
   readonly home: ClientHome;
@@ -187,13 +198,17 @@ class Client {
           : Promise.resolve(parseCertificate(members.get(name)!.cert)),
       checkSigner: (pem, name) =>
         Promise.resolve(checkPeer(pemDecode(pem, "CERTIFICATE"), anchor, { name })),
-      fresh: () => Promise.resolve(),
+      fresh: () =>
+        this.freshDown
+          ? Promise.reject(new E2eError("ERR_NETWORK", "Cannot reach the CA service"))
+          : Promise.resolve(),
       observe: (name, key): Promise<KeyState> => {
         const pinned = this.pins.get(name);
         if (!pinned) this.pins.set(name, key);
         return Promise.resolve(!pinned ? "new" : pinned === key ? "known" : "changed");
       },
       store: async (item) => {
+        if (this.storeError) throw this.storeError;
         this.stored.push(item);
         if (this.storeMs) await new Promise((r) => setTimeout(r, this.storeMs));
         return () => this.shown.push(item);
@@ -285,6 +300,24 @@ async function leaveUnsent(client: Client, count: number): Promise<void> {
   }
   store.close();
 }
+
+/**
+ * An envelope for `to`'s real certificate as `openssl cms -encrypt` makes it with AES-256-CBC (not
+ * as seal() does), whose last byte is flipped: its padding fails, and openssl says "bad decrypt",
+ * the words it has for a wrong passphrase.
+ */
+async function badPadding(to: Member): Promise<Uint8Array> {
+  const cert = join(dir, `${to.name}-${crypto.randomUUID()}.crt`);
+  await Deno.writeTextFile(cert, to.cert);
+  const { stdout } = await openssl(
+    ["cms", "-encrypt", "-binary", "-aes-256-cbc", "-outform", "DER", cert],
+    { stdin: "anything at all" },
+  );
+  stdout[stdout.length - 1] ^= 1;
+  return stdout;
+}
+
+const read = (items: MailboxItem[]) => items.map((i) => new TextDecoder().decode(i.payload));
 
 function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
@@ -991,4 +1024,106 @@ Deno.test({
   const before = new Set(first!.resumed.map((i) => i.id));
   for (let i = 0; i < 30; i++) assert.ok(before.has(`id${i}`) || now.has(`id${i}`), `id${i}`);
   assert.deepEqual(second.warnings.filter((w) => !w.includes("not sent yet")), []);
+});
+
+Deno.test("MailboxClient: an item from another member that does not decrypt with bob's key (\"bad decrypt\", a broken AES-CBC envelope) is refused with a warning and acknowledged, not taken for bob's wrong passphrase; what follows it is shown (from an attacker's review)", async () => {
+  const { service, alice, bob } = await world();
+  await service.as("carol").mailboxPost("bob", await badPadding(members.get("bob")!));
+  await alice.mailbox.post("bob", "message", text("from alice"));
+  for (let look = 0; look < 3; look++) await bob.mailbox.check();
+  assert.deepEqual(read(bob.shown), ["from alice"]);
+  assert.deepEqual(bob.warnings, [
+    `Refused a mailbox item said to be from "carol": The mailbox item does not open with your key (altered, or not for you)`,
+  ]);
+  assert.deepEqual([...service.items.values()].filter((i) => i.record.to === "bob"), []);
+});
+
+Deno.test("MailboxClient: an item the service could not read at one look, read at the next after a later one, is not blamed on the service as a reorder (from an attacker's review)", async () => {
+  const { service, alice, bob } = await world();
+  await alice.mailbox.post("bob", "message", text("first"));
+  const [stuck] = service.items.keys();
+  await alice.mailbox.post("bob", "message", text("second"));
+  service.failFetches.add(stuck);
+  await assert.rejects(bob.mailbox.check(), /cannot read the item/);
+  service.failFetches.clear();
+  await bob.mailbox.check();
+  assert.deepEqual(read(bob.shown), ["second", "first"]);
+  assert.deepEqual(bob.warnings, []);
+});
+
+Deno.test("MailboxClient: a receipt owed when the answer to the item's acknowledgement was lost is still sent, after a restart, once the service has room (from an attacker's review)", async () => {
+  const { service, alice, bob } = await world();
+  const id = await alice.mailbox.post("bob", "message", text("hello"));
+  service.diskFull = true; // bob's receipt is owed
+  service.loseDeleteAnswers = 1; // the service deletes bob's copy, and its answer is lost
+  await assert.rejects(bob.mailbox.check(), /did not answer/);
+  assert.deepEqual(bob.shown.map((i) => i.id), [id]);
+  assert.deepEqual([...service.items.values()], []);
+  service.diskFull = false;
+  bob.mailbox.stop();
+  const again = await bob.restart();
+  await again.mailbox.check();
+  await alice.mailbox.check();
+  assert.deepEqual(alice.delivered, [id]);
+  assert.deepEqual(again.shown, []);
+});
+
+Deno.test("MailboxClient: an item whose storing fails on a disk error stays at the CA and is shown at a later look, once; one a quota refuses is refused with a warning and acknowledged", async () => {
+  const { service, alice, bob } = await world();
+  const id = await alice.mailbox.post("bob", "message", text("kept at the CA"));
+  bob.storeError = new E2eError("ERR_FILE", "Cannot write the history: No space left on device");
+  await assert.rejects(bob.mailbox.check(), /No space left on device/);
+  assert.equal(bob.shown.length, 0);
+  assert.deepEqual([...service.items.values()].map((i) => i.record.to), ["bob"]);
+  bob.storeError = undefined;
+  await bob.mailbox.check();
+  assert.deepEqual(bob.shown.map((i) => i.id), [id]);
+  await alice.mailbox.check();
+  assert.deepEqual(alice.delivered, [id]);
+  await alice.mailbox.post("bob", "file", text("too big"), "big.bin");
+  bob.storeError = new E2eError("ERR_FORBIDDEN", "the downloads quota is used up");
+  bob.pins.set("alice", bob.pins.get("alice")!); // a key known before: no offer
+  await bob.mailbox.check();
+  assert.deepEqual(bob.warnings, [
+    `Refused a mailbox item from "alice": the downloads quota is used up`,
+  ]);
+  assert.deepEqual([...service.items.values()].filter((i) => i.record.to === "bob"), []);
+});
+
+Deno.test("MailboxClient: a file offer whose accepting fails for now (the CA service does not answer) still waits for the user, and is taken once accepted again", async () => {
+  const { alice, bob } = await world();
+  const id = await alice.mailbox.post("bob", "file", text("file body"), "a.txt");
+  await bob.mailbox.check();
+  assert.deepEqual(bob.offers.map((o) => o.id), [id]);
+  bob.freshDown = true;
+  await assert.rejects(bob.mailbox.acceptOffer(id), /Cannot reach the CA service/);
+  assert.deepEqual(bob.mailbox.offers().map((o) => o.id), [id]);
+  bob.freshDown = false;
+  await bob.mailbox.acceptOffer(id);
+  assert.deepEqual(bob.shown.map((i) => i.id), [id]);
+  assert.deepEqual(bob.mailbox.offers(), []);
+});
+
+Deno.test("MailboxClient: an item of ours the service cannot read does not hold back what we send: the poll still posts the held items", async () => {
+  const { service, alice, bob } = await world();
+  const carol = await new Client("carol", service).load();
+  await carol.mailbox.post("alice", "message", text("unreadable for now"));
+  const [stuck] = service.items.keys();
+  service.failFetches.add(stuck);
+  service.failPosts = 1;
+  const ended: unknown[] = [];
+  const sent = await alice.mailbox.send("bob", "message", text("held"), {
+    later: (e) => ended.push(e),
+  });
+  assert.equal(sent.held, true);
+  alice.mailbox.start();
+  try {
+    await waitUntil(() => ended.length === 1, "the held item was posted");
+  } finally {
+    alice.mailbox.stop();
+  }
+  assert.deepEqual(ended, [undefined]);
+  await bob.mailbox.check();
+  assert.deepEqual(read(bob.shown), ["held"]);
+  assert.match(alice.warnings[0], /^Cannot check the mailbox: The CA service cannot read the item/);
 });

@@ -23,6 +23,7 @@
  */
 import { X509Certificate } from "node:crypto";
 import { join } from "node:path";
+import { children, decodeOid, readDer, Tag } from "./der.ts";
 import { E2eError } from "./errors.ts";
 import { checkName } from "./names.ts";
 import { openssl, OpensslError, PASSPHRASE_ARG } from "./openssl.ts";
@@ -35,6 +36,10 @@ export const ITEM_VERSION = 1;
 const MAX_HEADER_BYTES = 8 * 1024;
 /** Most item ids one receipt acknowledges. */
 export const MAX_RECEIPT_IDS = 100;
+/** id-ct-authEnvelopedData (RFC 5083): the only content type an item has. */
+const AUTH_ENVELOPED_DATA = "1.2.840.113549.1.9.16.1.23";
+/** id-aes256-GCM: the only content encryption an item has. */
+const AES_256_GCM = "2.16.840.1.101.3.4.1.46";
 
 /** What an item carries. */
 export type ItemKind = "message" | "file" | "receipt" | "room";
@@ -339,7 +344,9 @@ export async function seal(content: Uint8Array, options: SealOptions): Promise<U
 /**
  * Opens an item sealed for us: decrypts it (the GCM tag refuses any change) and
  * verifies the signature and the signer's chain to our CA. Throws
- * `ERR_PEER_REJECTED` for an item that does not open or verify.
+ * `ERR_PEER_REJECTED` for an item that does not open or verify, or is not
+ * AES-256-GCM AuthEnvelopedData as {@linkcode seal} makes it, and
+ * `ERR_BAD_PASSPHRASE` only when our key itself does not unlock.
  *
  * @example
  * ```ts ignore
@@ -353,6 +360,14 @@ export async function seal(content: Uint8Array, options: SealOptions): Promise<U
  */
 export async function open(der: Uint8Array, options: OpenOptions): Promise<Opened> {
   checkCmsKey(options.recipientCert, "your key");
+  // Only what seal() makes: openssl would also decrypt AES-CBC EnvelopedData, whose padding
+  // check fails as "bad decrypt", the words of a wrong passphrase, and answers a padding oracle.
+  const sealing = sealedAs(der);
+  if (sealing) {
+    throw new E2eError("ERR_PEER_REJECTED", NOT_OPENING, {
+      detail: `not AES-256-GCM AuthEnvelopedData: ${sealing}`,
+    });
+  }
   return await withCwd(async (cwd) => {
     await Deno.writeTextFile(join(cwd, "recipient.pem"), options.recipientCert);
     await Deno.writeTextFile(join(cwd, "ca.pem"), options.caCert);
@@ -372,6 +387,7 @@ export async function open(der: Uint8Array, options: OpenOptions): Promise<Opene
       ],
       { cwd, stdin: der, passphrase },
       "decrypt",
+      options.key,
     );
     // -purpose any: our certificates are for TLS (no S/MIME usage); the chain to our CA is
     // checked, and the name, key and revocation by the caller.
@@ -407,16 +423,44 @@ async function withCwd<T>(fn: (cwd: string) => Promise<T>): Promise<T> {
   }
 }
 
+const NOT_OPENING = "The mailbox item does not open with your key (altered, or not for you)";
+
+// Why `der` is not sealed as seal() seals (AuthEnvelopedData, AES-256-GCM), if it is not.
+function sealedAs(der: Uint8Array): string | undefined {
+  try {
+    const [type, content] = children(readDer(der), Tag.SEQUENCE);
+    const contentType = decodeOid(type);
+    if (contentType !== AUTH_ENVELOPED_DATA) return `content type ${contentType}`;
+    if (content?.tag !== Tag.CONTEXT_0) return "no content";
+    const [inner] = children(content);
+    // AuthEnvelopedData: version, [0] originatorInfo OPTIONAL, recipientInfos SET, then
+    // authEncryptedContentInfo: contentType, contentEncryptionAlgorithm, ...
+    const fields = children(inner, Tag.SEQUENCE);
+    const info = fields[fields[1]?.tag === Tag.CONTEXT_0 ? 3 : 2];
+    if (!info) return "no encrypted content";
+    const [, algorithm] = children(info, Tag.SEQUENCE);
+    const cipher = decodeOid(algorithm && children(algorithm, Tag.SEQUENCE)[0]);
+    return cipher === AES_256_GCM ? undefined : `content encryption ${cipher}`;
+  } catch (e) {
+    return e instanceof Error ? e.message : String(e);
+  }
+}
+
 async function run(
   args: string[],
   options: { cwd: string; stdin: Uint8Array; passphrase?: string },
   step: "sign" | "encrypt" | "decrypt" | "verify",
+  key?: KeyFile,
 ): Promise<Uint8Array> {
   try {
     return (await openssl(args, options)).stdout;
   } catch (e) {
     if (!(e instanceof OpensslError)) throw e;
-    if (e.badPassphrase && (step === "sign" || step === "decrypt")) {
+    // openssl's words for a key it cannot unlock ("bad decrypt") are also those of an item that
+    // does not decrypt: when decrypting, our key alone says which one failed.
+    if (
+      e.badPassphrase && (step === "sign" || (step === "decrypt" && !(await unlocks(key!))))
+    ) {
       throw new E2eError("ERR_BAD_PASSPHRASE", "Cannot unlock your key for the mailbox", {
         cause: e,
       });
@@ -426,7 +470,7 @@ async function run(
       throw new E2eError(
         "ERR_PEER_REJECTED",
         step === "decrypt"
-          ? "The mailbox item does not open with your key (altered, or not for you)"
+          ? NOT_OPENING
           : "The mailbox item's signature does not verify against our CA",
         { cause: e, detail: e.stderr },
       );
@@ -435,5 +479,26 @@ async function run(
       cause: e,
       detail: e.stderr,
     });
+  }
+}
+
+// Whether openssl reads the private key of `key` (with its passphrase).
+async function unlocks(key: KeyFile): Promise<boolean> {
+  const { path, passphrase } = key;
+  try {
+    await openssl(
+      [
+        "pkey",
+        "-in",
+        path,
+        ...(passphrase === undefined ? [] : ["-passin", PASSPHRASE_ARG]),
+        "-noout",
+      ],
+      { passphrase },
+    );
+    return true;
+  } catch (e) {
+    if (e instanceof OpensslError) return false;
+    throw e;
   }
 }

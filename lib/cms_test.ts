@@ -220,3 +220,58 @@ Deno.test("seal() with a wrong passphrase is ERR_BAD_PASSPHRASE and never shows 
     }),
   );
 });
+
+// An envelope for `to` as `openssl cms -encrypt` makes it with `cipher` (not as seal() does).
+async function envelope(to: Member, cipher: string, content: Uint8Array): Promise<Uint8Array> {
+  const cert = join(dir, `recipient-${crypto.randomUUID()}.pem`);
+  await Deno.writeTextFile(cert, to.cert);
+  const { stdout } = await openssl(
+    ["cms", "-encrypt", "-binary", cipher, "-outform", "DER", cert],
+    {
+      stdin: content,
+    },
+  );
+  return stdout;
+}
+
+Deno.test("open() refuses an AES-CBC item whose padding does not decrypt as not opening, not as a wrong passphrase", async () => {
+  const broken = await envelope(bob, "-aes-256-cbc", encodeItem(item()));
+  broken[broken.length - 1] ^= 0x01; // openssl says "bad decrypt", as for a wrong passphrase
+  await assert.rejects(
+    openAs(bob, broken),
+    e2eError(
+      "ERR_PEER_REJECTED",
+      "The mailbox item does not open with your key (altered, or not for you)",
+    ),
+  );
+});
+
+Deno.test("open() refuses what seal() never makes: AES-256-CBC EnvelopedData and AES-128-GCM, intact", async () => {
+  await Deno.writeTextFile(join(dir, "alice.pem"), alice.cert);
+  const { stdout: signed } = await openssl(
+    ["cms", "-sign", "-binary", "-nodetach", "-md", "sha256", "-signer", "alice.pem"]
+      .concat(["-inkey", alice.keyPath, "-outform", "DER"]),
+    { cwd: dir, stdin: encodeItem(item()) },
+  );
+  for (const cipher of ["-aes-256-cbc", "-aes-128-gcm"]) {
+    await assert.rejects(
+      openAs(alice, await envelope(alice, cipher, signed)),
+      (e) =>
+        e2eError(
+          "ERR_PEER_REJECTED",
+          "The mailbox item does not open with your key (altered, or not for you)",
+        )(e) && /not AES-256-GCM AuthEnvelopedData/.test((e as { detail: string }).detail),
+      cipher,
+    );
+  }
+});
+
+Deno.test("open() with a wrong passphrase for our key is ERR_BAD_PASSPHRASE and never shows it", async () => {
+  const der = await sealFor(alice, bob, encodeItem(item()));
+  await assert.rejects(
+    openAs({ ...bob, passphrase: "wrong passphrase 99" }, der),
+    e2eError("ERR_BAD_PASSPHRASE", "Cannot unlock your key for the mailbox", {
+      never: ["wrong passphrase 99"],
+    }),
+  );
+});
