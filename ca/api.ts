@@ -21,7 +21,7 @@ import { type Standing, standingJson } from "../lib/standing.ts";
 import { checkName } from "../lib/names.ts";
 import { checkPeer, type TrustAnchor } from "../lib/tls.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
-import type { CertificateAuthority } from "./authority.ts";
+import { type CertificateAuthority, issuedAt } from "./authority.ts";
 import { issuedBefore } from "./enroll_retry.ts";
 import type { InviteStore } from "./invites.ts";
 import { type IssuanceLog, MAX_ENTRIES_PAGE } from "./log.ts";
@@ -455,7 +455,10 @@ async function renewedBefore(
   if (!current || current.keyFingerprint !== caller.keyFingerprint) throw refusal;
   const { request } = await ctx.ca.checkRequest(csr, user);
   if (request.keyFingerprint !== current.keyFingerprint) throw refusal;
-  return { ...json(200, await logged(ctx, current)), user, note: "again" };
+  // Said, with when: a client that did not ask for it (its key copied and renewed elsewhere)
+  // tells its user, while one whose reply was lost knows it asked.
+  const issuedEarlier = issuedAt(current).toISOString();
+  return { ...json(200, { ...await logged(ctx, current), issuedEarlier }), user, note: "again" };
 }
 
 const DAY_MS = 86_400_000;

@@ -926,18 +926,26 @@ Deno.test("POST /v1/renew refuses (403) a caller whose certificate is revoked wh
   });
 });
 
-Deno.test("POST /v1/renew retried after a lost reply gets the current certificate again", async () => {
+Deno.test("POST /v1/renew retried after a lost reply gets the current certificate again, saying when it was issued (issuedEarlier)", async () => {
   await withWorld(async ({ ctx, ca, member }) => {
     const alice = await member("alice");
     const { csr } = await makeCsr("alice", { keyPem: alice.key });
+    const t0 = Date.now();
     const first = await renewAs(ctx, alice.der, csr);
     assert.equal(first.status, 200, first.body);
+    // A new certificate: signed now, so no issuedEarlier.
+    assert.equal(first.json.issuedEarlier, undefined);
     // The reply never reached alice: she still has only her old (now superseded) certificate.
     const issued = (await ca.list()).length;
     for (let i = 0; i < RENEWALS_PER_DAY + 1; i++) {
       const again = await renewAs(ctx, alice.der, csr);
       assert.equal(again.status, 200, again.body);
-      assertCertificateJson(again.json, "alice");
+      // Issued before this request: when, so that a client that did not ask can say so.
+      const { issuedEarlier, ...certificate } = again.json;
+      assertCertificateJson(certificate, "alice");
+      const at = Date.parse(issuedEarlier);
+      assert.ok(at >= t0 - 1_000 && at <= Date.now(), `issuedEarlier ${issuedEarlier}`);
+      assert.equal(issuedEarlier, new Date(at).toISOString());
       assert.equal(again.json.serial, first.json.serial);
       assert.equal(again.json.certificate, first.json.certificate);
     }

@@ -1198,8 +1198,26 @@ function signArgs(days: number): string[] {
   ];
 }
 
+/** How far back the CA dates a certificate's notBefore from when it signs it, ms (clock drift). */
+export const BACKDATE_MS = 5 * 60_000;
+
+/**
+ * When the CA signed `certificate`, to the second: its notBefore plus {@linkcode BACKDATE_MS}
+ * (what `POST /v1/renew` says of a certificate issued before the request, docs/API.md).
+ *
+ * @example
+ * ```ts
+ * import { issuedAt } from "./authority.ts";
+ * const at = issuedAt({ notBefore: new Date("2026-12-02T09:36:07Z") });
+ * console.log(at.toISOString()); // 2026-12-02T09:41:07.000Z
+ * ```
+ */
+export function issuedAt(certificate: Pick<CertificateInfo, "notBefore">): Date {
+  return new Date(certificate.notBefore.getTime() + BACKDATE_MS);
+}
+
 function backdated(): string {
-  const d = new Date(Date.now() - 5 * 60_000);
+  const d = new Date(Date.now() - BACKDATE_MS);
   return d.toISOString().replace(/[-:T]/g, "").slice(0, 14) + "Z";
 }
 

@@ -38,6 +38,12 @@ export interface CertificateReply {
   logIndex?: number;
   /** Its inclusion proof in the CA's issuance log (lib/log_proof.ts). */
   log?: LogProofJson;
+  /**
+   * `POST /v1/renew` only: when the CA issued this certificate, ISO 8601, when that was before
+   * the request (nothing signed for it: a retry, or a renewal from another home with our key).
+   * Older services never send it.
+   */
+  issuedEarlier?: string;
 }
 
 /** An invitation to talk, as the API returns it. */
@@ -204,6 +210,32 @@ export function ownCertificateWords(
         };
     }
   }
+}
+
+/**
+ * What to tell a member whose renewal got a certificate for its key that a renewal this home did
+ * not make was issued (`name`, its name; `issuedAt`, when): it is taken, as it is for our key,
+ * but a renewal needs nothing but the key and certificate, so one we did not make may be a
+ * thief's (docs/SECURITY.md).
+ *
+ * @example
+ * ```ts
+ * import { unaskedRenewalWords } from "./ca_client.ts";
+ * const { message, hint } = unaskedRenewalWords("bob", new Date("2026-12-02T09:41:07Z"));
+ * console.log(`${message}\n${hint}`);
+ * ```
+ */
+export function unaskedRenewalWords(
+  name: string,
+  issuedAt: Date,
+): { message: string; hint: string } {
+  return {
+    message: `A certificate for your key was issued at ${issuedAt.toISOString()} by a renewal ` +
+      "this home did not make; this home uses it now",
+    hint: "if you did not renew from another home, your key is in someone else's hands: have " +
+      `your admin revoke it (deno task ca revoke ${name} --reason keyCompromise) and give you a ` +
+      `new invite (deno task ca invite ${name}), and join with it in another --home`,
+  };
 }
 
 /** A client of the CA API, pinned to our CA, optionally with our own certificate. */

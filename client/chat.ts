@@ -31,6 +31,7 @@ import {
   type CertificateReply,
   type InvitationReply,
   ownCertificateWords,
+  unaskedRenewalWords,
 } from "./ca_client.ts";
 import { checkDirectoryAnswer } from "./directory.ts";
 import type { CoreEvent, PeerSummary, Via } from "./events.ts";
@@ -1214,7 +1215,17 @@ export class Chat {
   async #renew(): Promise<void> {
     let id: Identity;
     try {
-      id = await this.#id.renew({ ca: this.#ca, log: this.#log });
+      id = await this.#id.renew({
+        ca: this.#ca,
+        log: this.#log,
+        // Taken (it is for our key), but a renewal needs only the key and certificate: one this
+        // home did not make may be a thief's, and the user must hear of it.
+        onEarlier: ({ issuedAt, asked }) => {
+          if (asked) return; // a lost reply of ours, given again
+          const { message, hint } = unaskedRenewalWords(this.#id.name, issuedAt);
+          this.#emit({ type: "warning", message: `${message}: ${hint}` });
+        },
+      });
     } catch (e) {
       if (!(await this.#id.renewalPending())) throw e;
       const kept = new E2eError(

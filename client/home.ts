@@ -11,6 +11,8 @@
  *     renewal.json      0600  a renewal's reply (certificate, log proof) kept until its log
  *                             check passes (client/identity.ts); then it replaces cert.pem
  *     renewal.lock      0600  held while a process of the home renews (empty)
+ *     renewal-asked.json 0600 a renewal asked for with cert.pem's certificate, not finished
+ *                             yet: its serial and when (client/identity.ts)
  *     ca.crt                  the pinned CA certificate
  *     identity.json           name, CA URL, CA fingerprint, key type
  *   joining/            0700  a join not finished yet (client/identity.ts): key.pem and
@@ -65,6 +67,14 @@ export class IdFolder {
   /** A renewed certificate and its log proof, as the CA sent them, until the log check passes. */
   get renewal(): string {
     return join(this.dir, "renewal.json");
+  }
+  /**
+   * A renewal this home asked for with cert.pem's certificate and has not finished: that
+   * certificate's serial and when it was first asked (0600), so a reply that was lost, given again,
+   * is known for ours.
+   */
+  get renewalAsked(): string {
+    return join(this.dir, "renewal-asked.json");
   }
   /** Held while a renewal runs: one at a time per home, across processes (empty, 0600). */
   get renewalLock(): string {

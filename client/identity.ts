@@ -284,12 +284,27 @@ export class Identity {
     const kept = folder.renewal;
     let reply = await this.#keptRenewal(folder, held, ours);
     const fresh = !reply;
+    let asked: AskedRecord | undefined;
+    let sentAt = 0;
     if (!reply) {
       const csr = await makeRequest(this.keyPath, this.name, { passphrase: this.#passphrase });
+      // Recorded (durably) before it is sent, unless an earlier request with this certificate
+      // was: a reply lost, then given again, is then known for the answer to ours.
+      asked = await askedWith(folder, held);
+      sentAt = Date.now();
+      if (!asked) {
+        const record: AskedRecord = { serial: held.serial, at: new Date(sentAt).toISOString() };
+        await writeFileAtomic(folder.renewalAsked, JSON.stringify(record) + "\n", {
+          mode: 0o600,
+          syncDir: true,
+        });
+      }
       reply = await (options.ca ?? this.client()).renew(csr);
     }
     const cert = checkIssued(reply, this.anchor, this.name, ours);
     if (fresh) {
+      const earlier = earlierOf(reply, parseCertificate(cert), asked, sentAt);
+      reply = { ...reply, earlier };
       await writeFileAtomic(kept, JSON.stringify(reply) + "\n", { mode: 0o600, syncDir: true });
     }
     // Our own certificate too is accepted only once it is in the CA's issuance log.
@@ -311,7 +326,11 @@ export class Identity {
     // cut the file must not still be the old one.
     await writeFileAtomic(this.certPath, cert, { mode: 0o644, syncDir: true });
     await dropKept(folder);
-    return await this.#reload();
+    await dropFile(folder.renewalAsked, folder.dir);
+    const earlier = keptEarlier(reply);
+    const renewed = await this.#reload();
+    if (earlier) options.onEarlier?.(earlier);
+    return renewed;
   }
 
   // The certificate in cert.pem now (another process of the home may have renewed it).
@@ -340,9 +359,9 @@ export class Identity {
     held: CertificateInfo,
     ours: string,
     drop = true,
-  ): Promise<CertificateReply | undefined> {
+  ): Promise<KeptReply | undefined> {
     try {
-      const reply: CertificateReply = JSON.parse(await Deno.readTextFile(folder.renewal));
+      const reply: KeptReply = JSON.parse(await Deno.readTextFile(folder.renewal));
       const cert = parseCertificate(checkIssued(reply, this.anchor, this.name, ours));
       // (Not older: one issued in the same second as cert.pem's has the same end of validity.)
       if (cert.fingerprint !== held.fingerprint && cert.notAfter >= held.notAfter) return reply;
@@ -356,11 +375,87 @@ export class Identity {
 
 // Removes id/renewal.json, durably: a reply cert.pem holds, or one of no use. Failures are let
 // go (another renewal removed it already, say): a reply left is dropped at the next look.
-async function dropKept(folder: IdFolder): Promise<void> {
+function dropKept(folder: IdFolder): Promise<void> {
+  return dropFile(folder.renewal, folder.dir);
+}
+
+async function dropFile(file: string, dir: string): Promise<void> {
   try {
-    await Deno.remove(folder.renewal);
-    await syncDir(folder.dir);
-  } catch { /* see above */ }
+    await Deno.remove(file);
+    await syncDir(dir);
+  } catch { /* see dropKept */ }
+}
+
+/** What id/renewal-asked.json holds: a renewal asked for with cert.pem's certificate. */
+interface AskedRecord {
+  /** The serial of the certificate it was asked with. */
+  serial: string;
+  /** When it was first asked, ISO 8601. */
+  at: string;
+}
+
+/** A renewal's reply as id/renewal.json keeps it: with what it was found to be when it came. */
+type KeptReply = CertificateReply & { earlier?: { issuedAt: string; asked: boolean } };
+
+/**
+ * A certificate a renewal got that the CA issued before the request (docs/API.md "POST
+ * /v1/renew"): signed for an earlier request with our key, ours or someone else's.
+ */
+export interface EarlierCertificate {
+  /** When the CA issued it. */
+  issuedAt: Date;
+  /**
+   * Whether this home had asked for a renewal with the same certificate about then, and had no
+   * answer (a reply lost): false means a renewal this home did not make (docs/SECURITY.md).
+   */
+  asked: boolean;
+}
+
+// How far apart the CA's issuance and this home's unanswered request may be, for the one to be
+// the answer to the other: a request takes seconds; the rest is for the clocks' drift.
+const ASKED_WINDOW_MS = 10 * 60_000;
+// An older service does not say a certificate was issued before the request: one valid from
+// over an hour before it was sent was (the CA backdates its certificates by five minutes).
+const OLD_SERVICE_MS = 60 * 60_000;
+
+// The unanswered renewal this home asked for with `held`, when there is one.
+async function askedWith(
+  folder: IdFolder,
+  held: CertificateInfo,
+): Promise<AskedRecord | undefined> {
+  try {
+    const record = JSON.parse(await Deno.readTextFile(folder.renewalAsked)) as AskedRecord;
+    const valid = record?.serial === held.serial && !Number.isNaN(Date.parse(record.at));
+    return valid ? record : undefined;
+  } catch {
+    return undefined; // none, or unreadable: as if none (then written anew)
+  }
+}
+
+// Whether `reply`, for our key, was issued before its request (sent at `sentAt`, ms), and, if so,
+// whether it answers one this home asked before (`asked`).
+function earlierOf(
+  reply: CertificateReply,
+  cert: CertificateInfo,
+  asked: AskedRecord | undefined,
+  sentAt: number,
+): KeptReply["earlier"] {
+  let issuedAt: number | undefined;
+  if (typeof reply.issuedEarlier === "string" && !Number.isNaN(Date.parse(reply.issuedEarlier))) {
+    issuedAt = Date.parse(reply.issuedEarlier);
+  } else if (cert.notBefore.getTime() < sentAt - OLD_SERVICE_MS) {
+    issuedAt = cert.notBefore.getTime();
+  }
+  if (issuedAt === undefined) return undefined;
+  const ours = asked !== undefined && Math.abs(issuedAt - Date.parse(asked.at)) <= ASKED_WINDOW_MS;
+  return { issuedAt: new Date(issuedAt).toISOString(), asked: ours };
+}
+
+// What the kept reply was found to be when it came.
+function keptEarlier(reply: KeptReply): EarlierCertificate | undefined {
+  const earlier = reply.earlier;
+  if (!earlier || Number.isNaN(Date.parse(earlier.issuedAt))) return undefined;
+  return { issuedAt: new Date(earlier.issuedAt), asked: earlier.asked === true };
 }
 
 /** Options of {@linkcode Identity.renew}. */
@@ -377,6 +472,12 @@ export interface RenewOptions {
    * opened afresh.
    */
   log?: LogMonitor;
+  /**
+   * Called, once the certificate is stored, when the CA answered with one it had issued before
+   * the request: a lost reply given again (`asked`), or a renewal this home did not make, which
+   * the user must hear of (client/ca_client.ts unaskedRenewalWords). Default: none.
+   */
+  onEarlier?: (earlier: EarlierCertificate) => void;
 }
 
 /** Options of {@linkcode enroll}. */

@@ -26,7 +26,7 @@ import type { WebServer } from "./faces/web/server.ts";
 import { ClientHome } from "./home.ts";
 import { checkName } from "../lib/names.ts";
 import { parseCaAddress, parseInvite } from "../lib/invite.ts";
-import type { Identity, PassphraseSource } from "./identity.ts";
+import type { EarlierCertificate, Identity, PassphraseSource } from "./identity.ts";
 import type { ClientKeyType } from "./keys.ts";
 
 // Each command imports the modules it uses (TLS, keys, the chat core, the faces, the page's
@@ -342,11 +342,16 @@ async function startChat(
   const pending = await id.renewalPending();
   if (pending || id.lifeLeft() < 1 / 3) {
     try {
-      id = await id.renew();
+      const earlier: EarlierCertificate[] = [];
+      id = await id.renew({ onEarlier: (e) => earlier.push(e) });
       emit({
         type: "warning",
         message: `Renewed your certificate: valid until ${id.certificate.notAfter.toISOString()}`,
       });
+      for (const e of earlier.filter((e) => !e.asked)) {
+        const { message, hint } = await unaskedWords(id.name, e.issuedAt);
+        emit({ type: "warning", message: `${message}: ${hint}` });
+      }
     } catch (e) {
       if (id.lifeLeft() === 0) refusedCertificate(id)(e);
       if (pending) {
@@ -555,12 +560,32 @@ async function renew(args: string[]): Promise<number> {
   if (values.help) return await help();
   noPositionals(positionals);
   const loaded = await loadIdentity(values);
-  const id = await loaded.renew().catch(refusedCertificate(loaded));
+  const earlier: EarlierCertificate[] = [];
+  const id = await loaded.renew({ onEarlier: (e) => earlier.push(e) })
+    .catch(refusedCertificate(loaded));
+  const [lost] = earlier.filter((e) => e.asked);
   await out(
     `Renewed "${id.name}": valid until ${id.certificate.notAfter.toISOString()}\n` +
-      `  certificate fingerprint: ${id.certificate.fingerprint}\n`,
+      `  certificate fingerprint: ${id.certificate.fingerprint}\n` +
+      (lost
+        ? `  issued at ${lost.issuedAt.toISOString()} to an earlier renewal from this home, ` +
+          "whose reply was lost\n"
+        : ""),
   );
+  for (const e of earlier.filter((e) => !e.asked)) {
+    const { message, hint } = await unaskedWords(id.name, e.issuedAt);
+    await err(`e2e-chat: warning: ${message}\ne2e-chat: hint: ${hint}\n`);
+  }
   return 0;
+}
+
+// What to tell a member whose renewal got a certificate a renewal of another home made.
+async function unaskedWords(
+  name: string,
+  issuedAt: Date,
+): Promise<{ message: string; hint: string }> {
+  const { unaskedRenewalWords } = await import("./ca_client.ts");
+  return unaskedRenewalWords(name, issuedAt);
 }
 
 async function moveCa(args: string[]): Promise<number> {

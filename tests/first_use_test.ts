@@ -238,6 +238,34 @@ Deno.test("a member whose key someone else renewed is told that, if it was not t
     }
   });
 });
+Deno.test("a member whose key someone else renewed, renewing, takes the newer certificate but is told it was issued by a renewal this home did not make, and that the admin should revoke the key", async () => {
+  await withService(async (service, dir) => {
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    const stolen = join(dir, "mallory-has-bob");
+    await copyTree(bob.home, stolen);
+    assertSuccess(await client(stolen, ["renew"]), "client renew with the stolen key");
+    const newer = parseCertificate(await Deno.readTextFile(join(stolen, "id", "cert.pem")));
+    // Issued when mallory renewed: five minutes after its notBefore (the CA backdates).
+    const at = new Date(newer.notBefore.getTime() + 5 * 60_000).toISOString();
+    // Before: "Renewed "bob": valid until …", and nothing else, as if bob had asked for it.
+    const renew = await client(bob.home, ["renew"]);
+    assert.equal(renew.code, 0, renew.stderr);
+    assert.match(renew.stdout, /^Renewed "bob": valid until /);
+    assert.equal(
+      renew.stderr,
+      `e2e-chat: warning: A certificate for your key was issued at ${at} by a renewal this home ` +
+        "did not make; this home uses it now\n" +
+        "e2e-chat: hint: if you did not renew from another home, your key is in someone else's " +
+        "hands: have your admin revoke it (deno task ca revoke bob --reason keyCompromise) and " +
+        "give you a new invite (deno task ca invite bob), and join with it in another --home\n",
+    );
+    assert.equal(await serialOf(bob.home), newer.serial, "the certificate for our key, taken");
+    // Told once: the next renewal is bob's own.
+    const next = await client(bob.home, ["renew"]);
+    assertSuccess(next, "the next renew");
+    assert.equal(next.stderr, "");
+  });
+});
 Deno.test("client web --open without a working browser opener says to open the address by hand", async () => {
   await withService(async (service, dir) => {
     const bob = await joinUser(service, "bob", join(dir, "bob"));

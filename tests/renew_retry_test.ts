@@ -27,6 +27,7 @@ import {
   withService,
 } from "./_service_helpers.ts";
 import { TcpRelay } from "./_tcp_relay.ts";
+import { copyTree } from "./_helpers.ts";
 import { joinUser } from "./_chat_helpers.ts";
 import { waitUntil } from "./_harness.ts";
 
@@ -70,6 +71,13 @@ Deno.test("a renewal whose reply is lost after the CA committed is asked again w
       cutter.mode = "pass";
       const again = await runClient(home, ["renew"]);
       assertSuccess(again, "renew again");
+      // This home asked for it (id/renewal-asked.json): a note, not the warning of a renewal
+      // made elsewhere with a copy of the key.
+      assert.equal(again.stderr, "");
+      assert.match(
+        again.stdout,
+        /^ {2}issued at \S+ to an earlier renewal from this home, whose reply was lost$/m,
+      );
       const now = parseCertificate(await Deno.readTextFile(certPath));
       assert.equal(now.serial, serials[1], "the certificate the lost reply carried");
       assert.equal(now.keyFingerprint, first.keyFingerprint);
@@ -265,5 +273,81 @@ Deno.test("a renewal.json that cert.pem already took up (a kill before its remov
     }
     assert.equal(await (await Identity.load(home)).renewalPending(), false);
     await assert.rejects(() => Deno.stat(kept), Deno.errors.NotFound);
+  });
+});
+
+Deno.test("a running chat whose background renewal gets a certificate someone else's renewal made for its key takes it and says so at once in a warning: revoke the key unless it was renewed from another home", async () => {
+  await withService(async (service, dir) => {
+    const home = join(dir, "alice");
+    await joinUser(service, "alice", home);
+    const id = await Identity.load(home);
+    const first = id.certificate;
+    const events: CoreEvent[] = [];
+    let due = false;
+    const chat = await Chat.start(id, {
+      onEvent: (e) => events.push(e),
+      renewal: {
+        // Five of seven days gone once mallory has renewed, for the first certificate alone.
+        clock: () =>
+          Date.now() + (due && chat?.identity.certificate.serial === first.serial ? FIVE_DAYS : 0),
+        checkMs: 100,
+        retryMs: 300,
+        maxRetryMs: 600,
+      },
+    });
+    try {
+      // mallory holds a copy of alice's home and renews with it.
+      const stolen = join(dir, "mallory-has-alice");
+      await copyTree(home, stolen);
+      assertSuccess(await runClient(stolen, ["renew"]), "client renew with the stolen key");
+      const newer = (await Identity.load(stolen)).certificate;
+      const at = new Date(newer.notBefore.getTime() + 5 * 60_000).toISOString();
+      due = true;
+      await waitUntil(
+        () => chat.identity.certificate.serial === newer.serial,
+        "the renewal did not take the certificate for our key",
+        15_000,
+      );
+      const told = events.flatMap((e) =>
+        e.type === "warning" && /did not make/.test(e.message) ? [e.message] : []
+      );
+      // Before: taken up in silence.
+      assert.deepEqual(told, [
+        `A certificate for your key was issued at ${at} by a renewal this home did not make; ` +
+        "this home uses it now: if you did not renew from another home, your key is in someone " +
+        "else's hands: have your admin revoke it (deno task ca revoke alice --reason " +
+        "keyCompromise) and give you a new invite (deno task ca invite alice), and join with it " +
+        "in another --home",
+      ]);
+      assert.equal((await Identity.load(home)).certificate.serial, newer.serial);
+    } finally {
+      await chat.stop();
+    }
+  });
+});
+
+Deno.test("a certificate someone else's renewal made, given to a renewal whose log check then fails, is still told of when the kept renewal is finished", async () => {
+  await withService(async (service, dir) => {
+    const home = join(dir, "alice");
+    await joinUser(service, "alice", home);
+    const stolen = join(dir, "mallory-has-alice");
+    await copyTree(home, stolen);
+    assertSuccess(await runClient(stolen, ["renew"]), "client renew with the stolen key");
+    const newer = (await Identity.load(stolen)).certificate;
+    const at = new Date(newer.notBefore.getTime() + 5 * 60_000).toISOString();
+    const held = (await Identity.load(home)).certificate.serial;
+    await renewUntilTheLogCheck(await Identity.load(home), home);
+    assert.equal((await Identity.load(home)).certificate.serial, held, "not used before its check");
+    const finish = await runClient(home, ["renew"]);
+    assertSuccess(finish, "client renew, which finishes the kept renewal");
+    assert.equal((await Identity.load(home)).certificate.serial, newer.serial);
+    assert.match(
+      finish.stderr,
+      new RegExp(
+        `^e2e-chat: warning: A certificate for your key was issued at ${at} by a renewal this ` +
+          "home did not make; this home uses it now\ne2e-chat: hint: if you did not renew from " +
+          "another home, your key is in someone else's hands: have your admin revoke it",
+      ),
+    );
   });
 });
