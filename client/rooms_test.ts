@@ -79,6 +79,7 @@ function testRooms(
   options: {
     invitations?: () => string[];
     accept?: (name: string) => Promise<unknown>;
+    invite?: (name: string) => Promise<unknown>;
     invitationsFile?: string;
   } = {},
 ): Rooms {
@@ -87,7 +88,7 @@ function testRooms(
     privateKey: () => pem,
     peer,
     pinned: () => undefined,
-    invite: () => Promise.resolve(),
+    invite: options.invite ?? (() => Promise.resolve()),
     accept: options.accept ?? (() => Promise.resolve()),
     invitations: options.invitations ?? (() => []),
     emit,
@@ -1130,6 +1131,66 @@ Deno.test("A member who left a room, is invited again and joins, whose list is l
     assert.deepEqual(v.sent.slice(0, 1), ["join"]);
     assert.equal(v.dave().has("#team"), true);
     assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "dave", "erin"]);
+  });
+});
+
+Deno.test("A member whose name sorts before the creator's, who left while she was away, invites her (after a restart too) until the leave has gone", async () => {
+  await withTempDir(async (dir) => {
+    const alice = keyPair();
+    const carol = keyPair();
+    const roomId = roomIdFor("carol");
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 2,
+      members: [
+        { name: "alice", key: alice.spki, since: 2 },
+        { name: "carol", key: carol.spki, since: 1 },
+      ],
+    }, carol.privateKey);
+    await Deno.mkdir(join(dir, "rooms"));
+    await writeRoom(join(dir, "rooms"), list, carol.spki, {});
+    const invited: string[] = [];
+    let conn: PeerConnection | undefined;
+    const open = async () => {
+      const rooms = testRooms("alice", alice.pem, join(dir, "rooms"), () => conn, () => {}, {
+        invite: (name) => Promise.resolve(invited.push(name)),
+        invitationsFile: join(dir, "room-invitations.json"),
+      });
+      await rooms.load();
+      rooms.start();
+      return rooms;
+    };
+    let rooms = await open();
+    try {
+      assert.deepEqual(invited, ["carol"]); // a co-member
+      await rooms.leave("#team");
+      invited.length = 0;
+      // Invited again as the dial backs off (2 s), as a co-member would be.
+      await new Promise((r) => setTimeout(r, 2_100));
+      assert.deepEqual(invited, ["carol"]);
+      await rooms.stop();
+      invited.length = 0;
+      rooms = await open();
+      assert.deepEqual(invited, ["carol"]);
+      // Connected: her state draws the leave, and she is invited no more.
+      const sent: string[] = [];
+      conn = {
+        name: "carol",
+        rooms: true,
+        sendRoom: (f: { op: string }) => sent.push(f.op) > 0,
+      } as unknown as PeerConnection;
+      rooms.receive(conn, { op: "state", roomId, version: 2, seen: {} });
+      assert.deepEqual(sent, ["leave"]);
+      await rooms.stop();
+      conn = undefined;
+      invited.length = 0;
+      rooms = await open();
+      assert.deepEqual(invited, []);
+    } finally {
+      await rooms.stop();
+    }
   });
 });
 
