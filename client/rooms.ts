@@ -22,7 +22,8 @@
  * HOME/room-invitations.json (0600, written atomically and fsynced before the change is told),
  * bounded in number and dropped after {@linkcode INVITATIONS_KEEP_MS}: a declined invitation does
  * not come back after a restart, and a waiting one is not lost. One restored holds no signed list
- * nor key: it is joined once its creator is connected again (see {@linkcode Rooms.join}).
+ * nor key: it is joined once its creator is connected again (see {@linkcode Rooms.join}). The
+ * rooms we left are kept there too, to tell their creator again while it counts us in.
  *
  * @module
  */
@@ -95,6 +96,11 @@ const MAX_ROOM_INVITES = 32;
  * declined, remembered to refuse a join of one (oldest go).
  */
 const MAX_DECLINED = 64;
+/**
+ * Rooms we left, remembered to tell their creator (at its next `state` of the room: a leave sent
+ * may be lost with its connection, and one not sent waits for the creator); the oldest go.
+ */
+const MAX_LEFT = 64;
 /**
  * Members who went while we ran, remembered per room (the oldest forgotten first): a creator's
  * lists may add and remove names without end. A late message of one forgotten is refused with a
@@ -284,6 +290,14 @@ interface Declined {
   at: number;
 }
 
+/**
+ * A room we left (not ours), remembered to tell its creator (`from`) while it counts us in: `at`
+ * is when we left or last told it; `told`, whether a `leave` went since we left.
+ */
+interface Left extends Declined {
+  told: boolean;
+}
+
 /** The rooms of one running chat. */
 export class Rooms {
   #host: RoomHost;
@@ -291,6 +305,8 @@ export class Rooms {
   #invites = new Map<string, RoomInvite>(); // by creator and room id (inviteKey)
   #declinesUntold = new Map<string, Declined>(); // declined, the creator away: to tell it (inviteKey)
   #declinedHere = new Map<string, Declined>(); // all we declined (inviteKey)
+  #left = new Map<string, Left>(); // rooms we left, to tell their creator (inviteKey)
+  #roomFiles = new Set<string>(); // room ids with a file in HOME/rooms at load (read or skipped)
   #signing?: KeyObject;
   #seen = new WeakMap<PeerConnection, Set<string>>();
   #reports = new WeakMap<PeerConnection, number>();
@@ -340,6 +356,7 @@ export class Rooms {
     for (const entry of entries) {
       const m = /^([0-9a-f]{32})\.json$/.exec(entry.name);
       if (!entry.isFile || !m) continue;
+      this.#roomFiles.add(m[1]);
       try {
         const data = JSON.parse(await Deno.readTextFile(join(this.#host.dir, entry.name)));
         const body = decodeRoomFrame({ op: "list", list: data.list });
@@ -382,6 +399,10 @@ export class Rooms {
     }
     this.#restored = [];
     for (const r of this.#rooms.values()) this.#connectMembers(r);
+    const self = this.#host.self;
+    for (const l of this.#left.values()) {
+      if (!l.told && self < l.from && !this.#host.peer(l.from)) this.#dial(l.from);
+    }
   }
 
   /** Stops re-invites, gap and join timers; writes what is unsaved. */
@@ -486,7 +507,23 @@ export class Rooms {
   // list comes, the connection ends, or JOIN_WAIT_MS pass. Whether it was sent.
   #sendJoin(invite: RoomInvite, conn: PeerConnection): boolean {
     const { room, from } = invite;
-    if (!conn.sendRoom({ op: "join", roomId: invite.roomId })) return false;
+    // Kept before it goes (HOME/room-invitations.json): a creator that takes it counts us in,
+    // and sends us the room's state, not the invitation, from then on; back from a restart, we
+    // answer that state with the join again (#notIn), as our consent was given.
+    // (A leave of the room kept from before is not told any more: this join is newer.)
+    const had = invite.joined === true;
+    const wasLeft = this.#left.delete(inviteKey(from, invite.roomId));
+    if (!had || wasLeft) {
+      invite.joined = true;
+      this.#saveInvitationsOrWarn();
+    }
+    if (!conn.sendRoom({ op: "join", roomId: invite.roomId })) {
+      if (!had && invite.joined) {
+        invite.joined = undefined;
+        this.#invitationsDirty = true;
+      }
+      return false;
+    }
     invite.joined = true;
     invite.joining = conn;
     clearTimeout(invite.joinTimer);
@@ -607,7 +644,11 @@ export class Rooms {
     return invites[0];
   }
 
-  /** Leaves `room`: the creator is told (and publishes the new list); we keep nothing of it. */
+  /**
+   * Leaves `room`: the creator is told (and publishes the new list); we keep nothing of it but
+   * the leave itself (HOME/room-invitations.json), told again when the creator, away now or the
+   * leave lost, next sends the room's state.
+   */
   // deno-lint-ignore require-await
   async leave(room: string): Promise<void> {
     const r = this.#joined(room);
@@ -616,20 +657,48 @@ export class Rooms {
       throw new E2eError("ERR_USAGE", `You created ${room}: remove the others before you leave`);
     }
     const former = r.list.members.map((m) => m.name);
+    const { creator, roomId } = r.list;
+    const key = inviteKey(creator, roomId);
+    // Kept durably before the room is forgotten, to tell the creator while it counts us in: a
+    // leave sent may be lost with its connection, and a creator away is told when next connected
+    // (its `state` of the room, #notIn). Only a leave kept so is ever sent for a room we do not
+    // hold: a room file skipped at load never makes us leave. (A kill in between leaves both; the
+    // room's file wins at load.)
+    if (creator !== self) {
+      const before = new Map(this.#left);
+      remember(
+        this.#left,
+        key,
+        { room, roomId, from: creator, at: Date.now(), told: false },
+        MAX_LEFT,
+      );
+      try {
+        this.#saveInvitations();
+      } catch (e) {
+        this.#left = before;
+        throw e;
+      }
+    }
     // Forgotten durably before the creator is told: back from a power cut, we would take
     // ourselves for a member of a room whose creator removed us.
     this.#forget(r);
-    const told = r.list.creator === self ||
-      this.#host.peer(r.list.creator)?.sendRoom({ op: "leave", roomId: r.list.roomId });
+    const told = creator === self || this.#host.peer(creator)?.sendRoom({ op: "leave", roomId });
+    const left = this.#left.get(key);
+    if (told && left) {
+      // Kept as told (a restart would otherwise connect to the creator again to tell it).
+      left.told = true;
+      this.#saveInvitationsOrWarn();
+    }
     this.#host.gone?.(room, former.filter((n) => n !== self));
     this.#release(former);
     if (!told) {
       this.#host.emit({
         type: "warning",
-        message:
-          `"${r.list.creator}", who created ${room}, is not connected: the others keep you ` +
-          `in its member list until "${r.list.creator}" removes you (you get nothing of it)`,
+        message: `"${creator}", who created ${room}, is not connected: "${creator}" is told ` +
+          `you left when you are next connected (until then the others keep you in its member ` +
+          `list; you get nothing of it)`,
       });
+      if (self < creator) this.#dial(creator);
     }
     this.#host.emit({ type: "room_member", room, name: self, change: "left" });
   }
@@ -802,7 +871,7 @@ export class Rooms {
   /** `name` disconnected: the member whose name sorts first invites again. */
   disconnected(name: string): void {
     if (this.#stopped) return;
-    if (this.#coMember(name) && this.#host.self < name) this.#dial(name);
+    if (this.#wanted(name) && this.#host.self < name) this.#dial(name);
   }
 
   /**
@@ -810,11 +879,11 @@ export class Rooms {
    * of a room we are in (the signed list is our consent). Returns whether it was.
    */
   invited(name: string): boolean {
-    if (!this.#coMember(name) || this.#host.peer(name)) return false;
+    if (!this.#wanted(name) || this.#host.peer(name)) return false;
     this.#host.accept(name).catch((e) => {
       // Said once until a connection works, or they share no room with us any more (so this
       // holds co-members only, however many names a creator's lists bring and take away).
-      if (this.#unreachable.has(name) || !this.#coMember(name)) return;
+      if (this.#unreachable.has(name) || !this.#wanted(name)) return;
       this.#unreachable.add(name);
       this.#warn(`Cannot connect to "${name}", a room member`, e);
     });
@@ -902,6 +971,8 @@ export class Rooms {
       throw refused(`an invitation to another room called ${list.room}, which you are in`);
     }
     const key = inviteKey(list.creator, list.roomId);
+    // Offered again: the creator does not count us in, so a leave of it kept has nothing to tell.
+    if (this.#left.delete(key)) this.#invitationsDirty = true;
     // Declined while its creator was away: it is told now, and the offer is not shown again
     // (nor when the leave cannot go now: it is told with the next offer).
     if (this.#declinesUntold.has(key)) return this.#tellDecline(conn, key);
@@ -1057,11 +1128,14 @@ export class Rooms {
       room.next[self] = 1;
       this.#rooms.set(list.roomId, room);
       const dropped = this.#dropInvites(list.room);
+      // In it again: a leave of before is not told any more.
+      const wasLeft = this.#left.delete(inviteKey(list.creator, list.roomId));
       // Durable (with the creator's key) before anyone hears we are in: a client killed right
       // after `room_joined` comes back in the room. (The invitation after: a restart in between
-      // finds both, and drops the invitation to a room it is in.)
+      // finds both, and drops the invitation to a room it is in, and the leave of a room whose
+      // file it has.)
       this.#saveDurableOrWarn(room);
-      if (dropped) this.#saveInvitationsOrWarn();
+      if (dropped || wasLeft) this.#saveInvitationsOrWarn();
       this.#host.emit({
         type: "room_joined",
         room: list.room,
@@ -1204,14 +1278,28 @@ export class Rooms {
   }
 
   // A `state` or `list` of room `roomId`, which we are not in, from `conn`. From its creator,
-  // a state (and a list that has us: `member`) counts us as a member: it took our join, and the
-  // list that answered it was lost (the connection ended, or we restarted). A decline not told
-  // yet is told now (the creator removes us, as one who leaves), and so is one told whose leave
-  // was lost; a join of this run not answered is sent again (the creator answers with its list).
+  // a state (and a list that has us: `member`) counts us as a member. A room we left (kept in
+  // #left) is told again with a `leave`: the creator was away when we left, or the leave was
+  // lost. Else it took our join, and the list that answered it was lost (the connection ended,
+  // or we restarted). A decline not told yet is told now (the creator removes us, as one who
+  // leaves), and so is one told whose leave was lost; a join kept, not answered, is sent again
+  // (the creator answers with its list), and a waiting invitation's clock starts again.
   // Keyed by the creator's name and a room id bound to it: a member cannot stand for the creator,
   // and nothing but our own decline or join is sent, to the creator alone.
   #notIn(conn: PeerConnection, roomId: string, member = true): void {
     const key = inviteKey(conn.name, roomId);
+    // A room we left: the creator still counts us in (away when we left, or the leave was lost).
+    const left = this.#left.get(key);
+    if (left) {
+      if (!member || this.#host.peer(conn.name) !== conn || !this.#allow(conn)) return;
+      if (!conn.sendRoom({ op: "leave", roomId })) return;
+      const first = !left.told;
+      left.told = true;
+      left.at = Date.now(); // kept while the creator counts us in
+      if (first) this.#saveInvitationsOrWarn();
+      else this.#invitationsDirty = true;
+      return;
+    }
     if (this.#declinesUntold.has(key)) return this.#tellDecline(conn, key);
     // Told, but the leave was lost with the connection (sent is not received): told again.
     if (this.#declinedHere.has(key)) {
@@ -1219,7 +1307,12 @@ export class Rooms {
       return;
     }
     const invite = this.#invites.get(key);
-    if (!invite?.joined || invite.joining === conn || this.#host.peer(conn.name) !== conn) return;
+    if (!invite || !member || this.#host.peer(conn.name) !== conn) return;
+    // The creator counts us in: as good as an offer of the invitation, which it will not send
+    // again (its 30 days count from now).
+    invite.at = Date.now();
+    this.#invitationsDirty = true;
+    if (!invite.joined || invite.joining === conn) return;
     if (this.#allow(conn)) this.#sendJoin(invite, conn);
   }
 
@@ -1476,7 +1569,7 @@ export class Rooms {
     };
     this.#dialing.set(name, state);
     const attempt = () => {
-      if (this.#stopped || this.#host.peer(name) || !this.#coMember(name)) {
+      if (this.#stopped || this.#host.peer(name) || !this.#wanted(name)) {
         this.#dialing.delete(name);
         return;
       }
@@ -1489,6 +1582,16 @@ export class Rooms {
 
   #coMember(name: string): boolean {
     for (const r of this.#rooms.values()) if (this.#member(r, name)) return true;
+    return false;
+  }
+
+  // Whether we connect to `name` of ourselves (its automatic invitation accepted at once, or ours
+  // sent): a co-member, or the creator of a room we left and have not told yet (a connection
+  // brings its `state` of the room, which our `leave` answers; the creator then removes us and
+  // closes the connection, made for rooms only).
+  #wanted(name: string): boolean {
+    if (this.#coMember(name)) return true;
+    for (const l of this.#left.values()) if (l.from === name && !l.told) return true;
     return false;
   }
 
@@ -1823,20 +1926,39 @@ export class Rooms {
       return this.#warn(`Skipped the room invitations file "${file}"`, e);
     }
     const now = Date.now();
-    const entries = (value: unknown, max: number) => {
-      const out: Array<Declined & { version: number }> = [];
+    // `bound`: its room id must be bound to its creator (a room we left may be one of before).
+    const entries = (value: unknown, max: number, bound = true) => {
+      const out: Array<Declined & { version: number; told: boolean; joined: boolean }> = [];
       for (const x of Array.isArray(value) ? value.slice(-max) : []) {
-        const { room, roomId, from, at, version } = (x ?? {}) as Record<string, unknown>;
+        const { room, roomId, from, at, version, told, joined } = (x ?? {}) as Record<
+          string,
+          unknown
+        >;
         if (
           typeof room !== "string" || !isRoomName(room) || typeof from !== "string" ||
-          !isValidName(from) || typeof roomId !== "string" || !isRoomIdOf(roomId, from) ||
+          !isValidName(from) || typeof roomId !== "string" ||
+          !(bound ? isRoomIdOf(roomId, from) : /^[0-9a-f]{32}$/.test(roomId)) ||
           typeof at !== "number" || !Number.isFinite(at) || now - at > INVITATIONS_KEEP_MS
         ) continue;
         // A clock set back since: its age counts from now.
-        out.push({ room, roomId, from, at: Math.min(at, now), version: safeCount(version) });
+        out.push({
+          room,
+          roomId,
+          from,
+          at: Math.min(at, now),
+          version: safeCount(version),
+          told: told === true,
+          joined: joined === true,
+        });
       }
       return out;
     };
+    for (const { room, roomId, from, at, told } of entries(data.left, MAX_LEFT, false)) {
+      // A room whose file is here (read, or skipped after an error) we did not leave: killed
+      // between keeping the leave and forgetting the room, or in it again since.
+      if (this.#roomFiles.has(roomId) || from === this.#host.self) continue;
+      remember(this.#left, inviteKey(from, roomId), { room, roomId, from, at, told }, MAX_LEFT);
+    }
     for (const { room, roomId, from, at } of entries(data.declined, MAX_DECLINED)) {
       remember(
         this.#declinedHere,
@@ -1853,7 +1975,12 @@ export class Rooms {
         MAX_DECLINED,
       );
     }
-    for (const i of entries(data.waiting, MAX_ROOM_INVITES)) {
+    for (
+      const { room, roomId, from, at, version, joined } of entries(data.waiting, MAX_ROOM_INVITES)
+    ) {
+      // Joined before the restart: its join is sent again when the creator, which took it,
+      // sends the room's state (#notIn).
+      const i: RoomInvite = { room, roomId, from, at, version, ...(joined ? { joined } : {}) };
       const key = inviteKey(i.from, i.roomId);
       // One offered already (a connection came before the file was read) is newer.
       if (this.#invites.has(key)) continue;
@@ -1886,15 +2013,21 @@ export class Rooms {
     };
     const data = {
       v: 1,
-      waiting: [...this.#invites.values()].map(({ room, roomId, from, version, at }) => ({
+      waiting: [...this.#invites.values()].map(({ room, roomId, from, version, at, joined }) => ({
         room,
         roomId,
         from,
         version,
         at,
+        ...(joined ? { joined } : {}),
       })),
       declined: kept(this.#declinedHere),
       untold: kept(this.#declinesUntold),
+      left: [...this.#left].flatMap(([k, { room, roomId, from, at, told }]) => {
+        if (now - at <= INVITATIONS_KEEP_MS) return [{ room, roomId, from, at, told }];
+        this.#left.delete(k);
+        return [];
+      }),
     };
     writeFileAtomicSync(file, JSON.stringify(data) + "\n", {
       mode: 0o600,

@@ -221,6 +221,16 @@ Deno.test({
         ),
         "the withdrawal durable before remove() answered",
       );
+      // A join kept before it goes: back from a restart, it answers the creator's state.
+      assert.ok(
+        durableBetween(
+          calls,
+          at("before-join-bob"),
+          at("bob-sends-join-alice"),
+          join(dir, "bob", "room-invitations.json"),
+        ),
+        "bob's join kept, durably, before it went to alice",
+      );
       // 2. A room joined through a list: before room_joined, and before our state frames.
       const joined = at("bob-room_joined");
       assert.ok(
@@ -292,6 +302,22 @@ Deno.test({
           file("carol"),
         ),
         "carol's room file removed, durably, before she told alice",
+      );
+      // The leave kept (to tell a creator away, or tell again one whose leave was lost) before
+      // the room's files go: a leave that was never kept is never sent.
+      const carolRemoves = calls.findIndex((c, k) =>
+        k > at("before-leave-carol") && c.ok && c.call === "unlink" &&
+        c.paths.at(-1) === file("carol")
+      );
+      assert.ok(
+        carolRemoves > 0 &&
+          durableBetween(
+            calls,
+            at("before-leave-carol"),
+            carolRemoves,
+            join(dir, "carol", "room-invitations.json"),
+          ),
+        "carol's leave kept, durably, before her room file was removed and alice told",
       );
       assert.ok(
         durableBetween(
