@@ -230,8 +230,16 @@ interface Room {
   list: SignedList;
   creatorKey: string;
   seq: number;
-  /** Per author: the next sequence number to show (absent: not known yet, we joined later). */
+  /**
+   * Per author: the next sequence number to show (absent: not known yet, we joined later; their
+   * messages wait in `held` until {@linkcode GAP_WAIT_MS} after the first, see `#takeUp`).
+   */
   next: Record<string, number>;
+  /**
+   * Per author we joined after, taken up later than their message 1: the lowest number shown or
+   * reported here (in this run). A message of our membership below it, come late, is shown.
+   */
+  floor: Map<string, number>;
   /** The creator's invitations that wait for a join. */
   invited: Record<string, true>;
   keys: Map<string, KeyObject>;
@@ -1212,8 +1220,13 @@ export class Rooms {
     const key = roomMessageId(m.roomId, m.author, author.since, m.seq);
     const seen = src.conn ? this.#seenOn(src.conn) : this.#mailboxSeen;
     const next = r.next[m.author];
-    const duplicate = (next !== undefined && m.seq < next) || r.held.get(m.author)?.has(m.seq) ||
-      r.buffer.has(`${m.author}.${m.seq}`);
+    // Below where we took the author up: never shown (and of our membership, checked above).
+    const floor = r.floor.get(m.author);
+    const belowFloor = floor !== undefined && m.seq < floor;
+    const duplicate = !belowFloor && (
+      (next !== undefined && m.seq < next) || r.held.get(m.author)?.has(m.seq) ||
+      r.buffer.has(`${m.author}.${m.seq}`)
+    );
     if (duplicate) {
       // Passed on by several members is normal; the same message twice on one connection is not.
       if (!fill && seen.has(key)) {
@@ -1233,7 +1246,7 @@ export class Rooms {
     }
     // One that must wait (not the next one) fits in the room's characters held, or the highest of
     // the author holding most makes room: that may be this one, refused then.
-    if (next !== undefined && m.seq > next && !this.#makeRoomToHold(r, m)) {
+    if ((next === undefined || m.seq > next) && !belowFloor && !this.#makeRoomToHold(r, m)) {
       throw refused(
         `message ${m.seq} by "${m.author}" in ${r.list.room}: more than ${MAX_HELD_CHARS} ` +
           `characters of messages there wait for earlier ones, most of them by "${m.author}"`,
@@ -1255,8 +1268,10 @@ export class Rooms {
         .slice(0, MAX_MEMBERS);
       for (const c of targets) c.sendRoom({ op: "msg", m, to: hint });
     }
+    if (belowFloor) return this.#showLate(r, m, floor);
     if (hold(r, m) > MAX_HELD) this.#dropHighest(r, m.author);
-    if (next === undefined) r.next[m.author] = m.seq; // joined after them: start where we came in
+    // Joined after them: where we take them up waits for the earlier messages of our membership.
+    if (next === undefined) return this.#takeUp(r, m.author);
     this.#drain(r, m.author);
   }
 
@@ -1344,10 +1359,7 @@ export class Rooms {
     let next = r.next[author];
     const since = r.list.members.find((x) => x.name === author)?.since ?? 0;
     while (held.has(next)) {
-      const m = unhold(r, author, next)!;
-      const id = roomMessageId(r.list.roomId, author, since, m.seq);
-      this.#host.history.roomMessage({ id, room: r.list.room, from: author, text: m.text });
-      this.#host.emit({ type: "room_message", room: r.list.room, from: author, text: m.text, id });
+      this.#show(r, unhold(r, author, next)!, since);
       next++;
     }
     r.next[author] = next;
@@ -1387,6 +1399,67 @@ export class Rooms {
         this.#drain(r, author);
       }, GAP_WAIT_MS),
     );
+  }
+
+  #show(r: Room, m: SignedMessage, since: number): void {
+    const id = roomMessageId(r.list.roomId, m.author, since, m.seq);
+    this.#host.history.roomMessage({ id, room: r.list.room, from: m.author, text: m.text });
+    this.#host.emit({ type: "room_message", room: r.list.room, from: m.author, text: m.text, id });
+  }
+
+  // An author we joined after (`next` unknown), whose messages are held: the first of our
+  // membership we get is not where their messages of our membership start (a member may pass
+  // on a later one first, or reach us before the author's own copies of the earlier ones do).
+  // The numbers below the lowest held are asked for (members answer with those of our
+  // membership only), and the author is taken up GAP_WAIT_MS after their first message came,
+  // from the lowest held then; at once from their message 1.
+  #takeUp(r: Room, author: string): void {
+    const held = r.held.get(author);
+    if (!held?.size) return;
+    const lowest = Math.min(...held.keys());
+    if (lowest === 1) {
+      clearTimeout(r.gaps.get(author));
+      r.gaps.delete(author);
+      r.next[author] = 1;
+      return this.#drain(r, author);
+    }
+    if (r.gaps.has(author)) return;
+    const seqs = range(Math.max(1, lowest - MAX_WANT), lowest);
+    for (const c of this.#connectedMembers(r, [this.#host.self])) {
+      c.sendRoom({ op: "want", roomId: r.list.roomId, author, seqs });
+    }
+    r.gaps.set(
+      author,
+      setTimeout(() => {
+        r.gaps.delete(author);
+        const h = r.held.get(author);
+        if (!h?.size || this.#rooms.get(r.list.roomId) !== r || author in r.next) return;
+        const from = Math.min(...h.keys());
+        r.next[author] = from;
+        if (from > 1) r.floor.set(author, from);
+        this.#drain(r, author);
+      }, GAP_WAIT_MS),
+    );
+  }
+
+  // A message of our membership below where we took its author up, come after we did: shown now
+  // (out of order: later ones were shown), and those between it and the floor, not come yet, are
+  // reported missing. It is the floor from now on: the numbers above it are shown or reported.
+  #showLate(r: Room, m: SignedMessage, floor: number): void {
+    const since = r.list.members.find((x) => x.name === m.author)?.since ?? 0;
+    this.#show(r, m, since);
+    const from = m.seq + 1;
+    if (from < floor) {
+      this.#host.emit({
+        type: "room_gap",
+        room: r.list.room,
+        from: m.author,
+        missing: range(from, Math.min(floor, from + MAX_GAP_LISTED)),
+        count: floor - from,
+      });
+    }
+    if (m.seq > 1) r.floor.set(m.author, m.seq);
+    else r.floor.delete(m.author);
   }
 
   // The highest held message of `author` is let go; out of the buffer too, so that it is taken
@@ -1473,6 +1546,7 @@ export class Rooms {
       if (now && now.since === old.since && now.key === old.key) continue;
       // Gone (or gone and added again): nothing more is taken under the old membership.
       delete r.next[name];
+      r.floor.delete(name);
       r.heldChars -= r.heldCharsBy.get(name) ?? 0;
       r.held.delete(name);
       r.heldCharsBy.delete(name);
@@ -1607,6 +1681,7 @@ export class Rooms {
       creatorKey,
       seq: kept.seq ?? 0,
       next: kept.next ?? Object.create(null),
+      floor: new Map(),
       invited: kept.invited ?? Object.create(null),
       keys: new Map(),
       fingerprints: new Map(),

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { createPublicKey, generateKeyPairSync, type KeyObject, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import {
+  type RoomFrame,
   roomIdFor,
   type RoomMember,
   type SignedList,
@@ -263,9 +264,11 @@ Deno.test("A member cannot pass a newcomer another author's messages from before
         type: "warning",
         message: 'Refused a message in #team by "bob" from before you joined (from "mallory")',
       }]);
-      // Bob's next message reaches alice, and is shown.
+      // Bob's next message reaches alice, and is shown (once no earlier one of her membership
+      // came in the wait).
       events.length = 0;
       rooms.receive(connections.get("bob")!, { op: "msg", m: byBob(400, 5, "hello, alice") });
+      await new Promise((resolve) => setTimeout(resolve, GAP_WAIT_MS + 500));
       assert.deepEqual(events, [{
         type: "room_message",
         room: "#team",
@@ -276,6 +279,147 @@ Deno.test("A member cannot pass a newcomer another author's messages from before
     } finally {
       await rooms.stop();
     }
+  });
+});
+
+/**
+ * Alice, who joined carol's room #team at version 2 (bob and carol in it since 1) and has seen
+ * nothing of bob's; `byBob(seq)` is bob's message `seq` signed under version 2, after she joined.
+ */
+async function newcomer(
+  fn: (v: {
+    rooms: Rooms;
+    roomId: string;
+    byBob: (seq: number) => SignedMessage;
+    bob: PeerConnection;
+    carol: PeerConnection;
+    events: CoreEvent[];
+    /** The `want` frames alice sent. */
+    wants: Array<{ to: string; author: string; seqs: number[] }>;
+  }) => Promise<void>,
+): Promise<void> {
+  await withTempDir(async (dir) => {
+    const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
+    const roomId = randomBytes(16).toString("hex");
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 2,
+      members: [
+        { name: "alice", key: alice.spki, since: 2 },
+        { name: "bob", key: bob.spki, since: 1 },
+        { name: "carol", key: carol.spki, since: 1 },
+      ],
+    }, carol.privateKey);
+    await writeRoom(dir, list, carol.spki, { alice: 1 });
+    const events: CoreEvent[] = [];
+    const wants: Array<{ to: string; author: string; seqs: number[] }> = [];
+    const connection = (name: string) =>
+      ({
+        name,
+        rooms: true,
+        sendRoom: (body: RoomFrame) => {
+          if (body.op === "want") wants.push({ to: name, author: body.author, seqs: body.seqs });
+          return true;
+        },
+      }) as unknown as PeerConnection;
+    const connections = new Map(["bob", "carol"].map((n) => [n, connection(n)]));
+    const rooms = testRooms(
+      "alice",
+      alice.pem,
+      dir,
+      (n) => connections.get(n),
+      (e) => events.push(e),
+    );
+    await rooms.load();
+    try {
+      await fn({
+        rooms,
+        roomId,
+        byBob: (seq) =>
+          signMessage(
+            { roomId, room: "#team", author: "bob", seq, version: 2, text: `bob ${seq}` },
+            bob.privateKey,
+          ),
+        bob: connections.get("bob")!,
+        carol: connections.get("carol")!,
+        events,
+        wants,
+      });
+    } finally {
+      await rooms.stop();
+    }
+  });
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+for (
+  const [how, first, rest] of [
+    ["a member passes on his 12th before his 10th and 11th", "carol", "carol"],
+    ["his own 12th reaches her before a member's fills of his 10th and 11th", "bob", "carol"],
+  ] as const
+) {
+  Deno.test(`A newcomer shows all of an author's messages written since she joined, in order, when ${how}`, async () => {
+    await newcomer(async ({ roomId, byBob, rooms, events, wants, ...connections }) => {
+      rooms.receive(connections[first], { op: "msg", m: byBob(12), to: ["bob", first] });
+      // Not shown yet: where bob's messages of her membership start is not known from the first.
+      const below = Array.from({ length: 11 }, (_, i) => 1 + i);
+      assert.deepEqual(events, []);
+      assert.deepEqual(
+        wants.map((w) => w.seqs),
+        [below, below],
+        "the numbers below are asked of every member",
+      );
+      for (const seq of [10, 11]) {
+        rooms.receive(connections[rest], { op: "msg", m: byBob(seq), fill: rest !== first });
+      }
+      await sleep(GAP_WAIT_MS + 500);
+      rooms.receive(connections.bob, { op: "msg", m: byBob(13) });
+      assert.deepEqual(
+        events,
+        [10, 11, 12, 13].map((seq) => ({
+          type: "room_message",
+          room: "#team",
+          from: "bob",
+          text: `bob ${seq}`,
+          id: roomMessageId(roomId, "bob", 1, seq),
+        })),
+      );
+    });
+  });
+}
+
+Deno.test("A newcomer shows an author's message 1 at once: nothing of theirs comes before it", async () => {
+  await newcomer(({ byBob, rooms, events, bob }) => {
+    rooms.receive(bob, { op: "msg", m: byBob(1) });
+    rooms.receive(bob, { op: "msg", m: byBob(2) });
+    assert.deepEqual(events.map((e) => e.type === "room_message" && e.text), ["bob 1", "bob 2"]);
+    return Promise.resolve();
+  });
+});
+
+Deno.test("A message written since the newcomer joined that a member withholds past the wait is shown late, and those still missing before the ones shown are reported as a gap", async () => {
+  await newcomer(async ({ byBob, rooms, events, carol }) => {
+    rooms.receive(carol, { op: "msg", m: byBob(12), to: ["bob", "carol"] });
+    await sleep(GAP_WAIT_MS + 500);
+    assert.deepEqual(events.map((e) => e.type === "room_message" && e.text), ["bob 12"]);
+    events.length = 0;
+    // 10 comes late: shown; 11, not come, is reported; then 11 (reported) is not shown.
+    rooms.receive(carol, { op: "msg", m: byBob(10), fill: true });
+    rooms.receive(carol, { op: "msg", m: byBob(11), fill: true });
+    rooms.receive(carol, { op: "msg", m: byBob(9), fill: true });
+    assert.deepEqual(
+      events.map((e) => e.type === "room_message" ? e.text : e),
+      [
+        "bob 10",
+        { type: "room_gap", room: "#team", from: "bob", missing: [11], count: 1 },
+        "bob 9",
+      ],
+    );
   });
 });
 

@@ -180,11 +180,14 @@ Deno.test("a member who re-sends 20 001 old sequence numbers of its own as fills
         { roomId: ROOM_ID, room: ROOM, author: "mallory", seq, version: list.version, text },
         malloryKey,
       );
-    // ann joined after mallory: mallory's first message sets where her sequence starts.
+    // ann joined after mallory: mallory's first message is where ann takes her up, once no
+    // earlier one came in the wait (GAP_WAIT_MS).
     mallory.write(roomFrame({ op: "msg", m: m(100_000, "hello") }));
     await ann.expect({ type: "room_message", room: ROOM, from: "mallory", text: "hello" });
-    // Every number below 100 000 is one ann "has": each comes back as a fill (passed on
-    // again, not a replay), and each used to be remembered for ever.
+    // Every number below 100 000 comes back as a fill: 1, signed since ann joined and never
+    // shown, is shown late, and 2 to 99 999 are reported missing (room_gap); each of the others
+    // is then one ann "has" (passed on again, not a replay), and each used to be remembered for
+    // ever.
     const N = 20_001;
     const batch: string[] = [];
     for (let seq = 1; seq <= N; seq++) {
@@ -194,6 +197,8 @@ Deno.test("a member who re-sends 20 001 old sequence numbers of its own as fills
         batch.length = 0;
       }
     }
+    await ann.expect({ type: "room_message", room: ROOM, from: "mallory", text: "m1" });
+    await ann.expect({ type: "room_gap", room: ROOM, from: "mallory", count: 99_998 });
     const mark = ann.mark();
     // Then, as replays (not fills): the oldest of them, and the newest.
     mallory.write(roomFrame({ op: "msg", m: m(1) }) + roomFrame({ op: "msg", m: m(N) }));
