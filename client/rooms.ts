@@ -1253,8 +1253,20 @@ export class Rooms {
     while (held.has(next)) {
       const m = unhold(r, author, next)!;
       const id = roomMessageId(r.list.roomId, author, since, m.seq);
-      this.#host.history.roomMessage({ id, room: r.list.room, from: author, text: m.text });
-      this.#host.emit({ type: "room_message", room: r.list.room, from: author, text: m.text, id });
+      const ref = this.#host.history.roomMessage({
+        id,
+        room: r.list.room,
+        from: author,
+        text: m.text,
+      });
+      this.#host.emit({
+        type: "room_message",
+        room: r.list.room,
+        from: author,
+        text: m.text,
+        id,
+        ...(ref === undefined ? {} : { ref }),
+      });
       next++;
     }
     r.next[author] = next;
