@@ -1121,10 +1121,23 @@ export class Chat {
         }
         if (item.kind === "message") {
           const text = new TextDecoder().decode(item.payload);
-          this.#history.message({ id: item.id, from: item.from, to: this.#id.name, text, at });
+          const ref = this.#history.message({
+            id: item.id,
+            from: item.from,
+            to: this.#id.name,
+            text,
+            at,
+          });
           await this.#history.flush();
           return () =>
-            this.#emit({ type: "message", from: item.from, text, id: item.id, via: "mailbox" });
+            this.#emit({
+              type: "message",
+              from: item.from,
+              text,
+              id: item.id,
+              via: "mailbox",
+              ref,
+            });
         }
         const size = item.payload.length;
         // Files that need consent came as offers first (askFirst); here only the quotas decide.
@@ -1148,9 +1161,9 @@ export class Chat {
         }
         await this.#quota.stored(item.from, path, size);
         const file = { id: item.id, name: item.name!, path, bytes: size, sha256 };
-        this.#history.file({ from: item.from, to: this.#id.name, ...file, at });
+        const ref = this.#history.file({ from: item.from, to: this.#id.name, ...file, at });
         await this.#history.flush();
-        return () => this.#emit({ type: "file", from: item.from, ...file, via: "mailbox" });
+        return () => this.#emit({ type: "file", from: item.from, ...file, via: "mailbox", ref });
       },
       delivered: (to, id) => {
         this.#history.delivered(to, id);
@@ -1521,8 +1534,8 @@ export class Chat {
   #peerEvents(): PeerEvents {
     return {
       message: (p, id, text) => {
-        this.#history.message({ id, from: p.name, to: this.#id.name, text });
-        this.#emit({ type: "message", from: p.name, text, id });
+        const ref = this.#history.message({ id, from: p.name, to: this.#id.name, text });
+        this.#emit({ type: "message", from: p.name, text, id, ref });
       },
       delivered: (p, id, ms) => {
         const rounded = ms === undefined ? undefined : Math.round(ms * 1000) / 1000;
@@ -1543,8 +1556,8 @@ export class Chat {
             }`,
           })
         );
-        this.#history.file({ from: p.name, to: f.room ?? this.#id.name, ...f });
-        this.#emit({ type: "file", from: p.name, ...f });
+        const ref = this.#history.file({ from: p.name, to: f.room ?? this.#id.name, ...f });
+        this.#emit({ type: "file", from: p.name, ...f, ref });
       },
       progress: (p, info) => this.#emit({ type: "progress", peer: p.name, ...info }),
       fileFailed: (p, info) =>

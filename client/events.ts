@@ -39,7 +39,8 @@ export type CoreEvent =
     trust: KeyState;
     via: Via;
   }
-  | { type: "message"; from: string; text: string; id: string; via?: "mailbox" }
+  // `ref`: this client's name for a received item, the same in its history entry (§7).
+  | { type: "message"; from: string; text: string; id: string; via?: "mailbox"; ref?: string }
   | { type: "sent"; to: string; id: string; text?: string; file?: string; room?: string }
   | { type: "queued"; to: string; id: string; text?: string; file?: string }
   | { type: "delivered"; to: string; id: string; ms?: number }
@@ -53,6 +54,7 @@ export type CoreEvent =
     sha256: string;
     via?: "mailbox";
     room?: string;
+    ref?: string;
   }
   | {
     type: "progress";
@@ -89,7 +91,7 @@ export type CoreEvent =
   // A waiting invitation given up to bound them (docs/PROTOCOL.md §9): it cannot be joined now.
   | { type: "room_invite_dropped"; room: string; from: string; reason: string }
   | { type: "room_joined"; room: string; members: string[] }
-  | { type: "room_message"; room: string; from: string; text: string; id: string }
+  | { type: "room_message"; room: string; from: string; text: string; id: string; ref?: string }
   | { type: "room_member"; room: string; name: string; change: "joined" | "left" | "removed" }
   // `missing`: the first 1,000 numbers at most; `count`: how many in all.
   | { type: "room_gap"; room: string; from: string; missing: number[]; count: number }

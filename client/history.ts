@@ -42,6 +42,11 @@ export interface HistoryEntry {
   state?: "sent" | "delivered";
   /** The round trip of a delivered message, in milliseconds. */
   ms?: number;
+  /**
+   * What this client calls a received item: unique among its items, the same in the event that
+   * showed it live (docs/PROTOCOL.md §6, §7). None for ours, nor in lines of earlier versions.
+   */
+  ref?: string;
 }
 
 /** A file sent or received, as a history line records it. */
@@ -57,8 +62,8 @@ interface FileFields {
 
 /** A line of a history file. */
 type HistoryRecord =
-  | { t: "msg"; id: string; at: string; from: string; to: string; text: string }
-  | FileFields & { t: "file"; at: string }
+  | { t: "msg"; id: string; at: string; from: string; to: string; text: string; ref?: string }
+  | FileFields & { t: "file"; at: string; ref?: string }
   | { t: "ack"; id: string; at: string; ms?: number }
   | { t: "acks"; ids: string[]; at: string; ms?: Array<number | null> };
 
@@ -125,8 +130,14 @@ export class History {
     this.#options = options;
   }
 
-  /** Records a text message we sent or received (written soon, in order). */
-  message(m: { id: string; from: string; to: string; text: string; at?: Date }): void {
+  /**
+   * Records a text message we sent or received (written soon, in order). Returns the ref of a
+   * received one (its event carries it too: {@linkcode HistoryEntry.ref}).
+   */
+  message(
+    m: { id: string; from: string; to: string; text: string; at?: Date },
+  ): string | undefined {
+    const ref = this.#ref(m.from);
     this.#append(this.#peerOf(m), {
       t: "msg",
       id: m.id,
@@ -134,11 +145,19 @@ export class History {
       from: m.from,
       to: m.to,
       text: m.text,
+      ...(ref === undefined ? {} : { ref }),
     });
+    return ref;
   }
 
-  /** Records a message of a room (conversation `room`, `#name`) we wrote or received. */
-  roomMessage(m: { id: string; room: string; from: string; text: string; at?: Date }): void {
+  /**
+   * Records a message of a room (conversation `room`, `#name`) we wrote or received. Returns the
+   * ref of a received one.
+   */
+  roomMessage(
+    m: { id: string; room: string; from: string; text: string; at?: Date },
+  ): string | undefined {
+    const ref = this.#ref(m.from);
     this.#append(m.room, {
       t: "msg",
       id: m.id,
@@ -146,11 +165,14 @@ export class History {
       from: m.from,
       to: m.room,
       text: m.text,
+      ...(ref === undefined ? {} : { ref }),
     });
+    return ref;
   }
 
-  /** Records a file we sent or received. */
-  file(f: FileFields & { at?: Date }): void {
+  /** Records a file we sent or received. Returns the ref of a received one. */
+  file(f: FileFields & { at?: Date }): string | undefined {
+    const ref = this.#ref(f.from);
     this.#append(this.#peerOf(f), {
       t: "file",
       id: f.id,
@@ -161,7 +183,15 @@ export class History {
       ...(f.path === undefined ? {} : { path: f.path }),
       bytes: f.bytes,
       ...(f.sha256 === undefined ? {} : { sha256: f.sha256 }),
+      ...(ref === undefined ? {} : { ref }),
     });
+    return ref;
+  }
+
+  // A received item's ref: 64 random bits, so that no two of this client's items share one
+  // (a peer's ids may repeat; the page tells its live items from history entries by this).
+  #ref(from: string): string | undefined {
+    return from === this.#options.self ? undefined : randomBytes(8).toString("base64url");
   }
 
   /**
@@ -217,6 +247,7 @@ export class History {
               sha256: record.sha256,
             },
           };
+        if (typeof record.ref === "string") entry.ref = record.ref;
         if (record.from === this.#options.self) {
           entry.state = "sent";
           ours.set(record.id, entry);

@@ -299,3 +299,39 @@ Deno.test("History writes a peer's text with Unicode line breaks, C1 controls an
     assert.doesNotMatch(raw, /[\u007f-\u009f]/);
   });
 });
+
+Deno.test("History gives each received message and file a ref of its own, the same when read back; ours get none, nor do an earlier version's lines", async () => {
+  await withTempDir(async (dir) => {
+    const folder = join(dir, "history");
+    await Deno.mkdir(folder, { mode: 0o700 });
+    // Written by an earlier version: no ref.
+    await Deno.writeTextFile(
+      join(folder, "bob.jsonl"),
+      '{"t":"msg","id":"m1","at":"2026-01-01T00:00:00.000Z","from":"bob","to":"alice","text":"old"}\n',
+    );
+    const history = new History(folder, { self: "alice" });
+    const refs = [
+      history.message({ id: "m1", from: "bob", to: "alice", text: "I agree" }),
+      history.message({ id: "m1", from: "bob", to: "alice", text: "I never agreed" }),
+      history.file({ id: "m1", from: "bob", to: "alice", name: "x.txt", bytes: 1 }),
+      history.message({ id: "a-1", from: "alice", to: "bob", text: "mine" }),
+      history.roomMessage({ id: "r:carol@1.1", room: "#team", from: "carol", text: "room" }),
+      history.roomMessage({ id: "r:alice@1.1", room: "#team", from: "alice", text: "ours" }),
+    ];
+    assert.equal(refs[3], undefined);
+    assert.equal(refs[5], undefined);
+    const given = [refs[0], refs[1], refs[2], refs[4]];
+    for (const ref of given) assert.match(ref ?? "", /^[A-Za-z0-9_-]{11}$/);
+    assert.equal(new Set(given).size, 4, "each received item has its own ref");
+    await history.flush();
+    const read = await new History(folder, { self: "alice" }).read("bob");
+    assert.deepEqual(read.map((e) => [e.text ?? e.file?.name, e.ref]), [
+      ["old", undefined],
+      ["I agree", refs[0]],
+      ["I never agreed", refs[1]],
+      ["x.txt", refs[2]],
+      ["mine", undefined],
+    ]);
+    assert.deepEqual((await history.read("#team")).map((e) => e.ref), [refs[4], undefined]);
+  });
+});

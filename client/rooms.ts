@@ -1403,8 +1403,20 @@ export class Rooms {
 
   #show(r: Room, m: SignedMessage, since: number): void {
     const id = roomMessageId(r.list.roomId, m.author, since, m.seq);
-    this.#host.history.roomMessage({ id, room: r.list.room, from: m.author, text: m.text });
-    this.#host.emit({ type: "room_message", room: r.list.room, from: m.author, text: m.text, id });
+    const ref = this.#host.history.roomMessage({
+      id,
+      room: r.list.room,
+      from: m.author,
+      text: m.text,
+    });
+    this.#host.emit({
+      type: "room_message",
+      room: r.list.room,
+      from: m.author,
+      text: m.text,
+      id,
+      ...(ref === undefined ? {} : { ref }),
+    });
   }
 
   // An author we joined after (`next` unknown), whose messages are held: the first of our

@@ -14,7 +14,14 @@ import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { encodeFrame, PROTOCOL_VERSION } from "../lib/frames.ts";
-import { type Page, type Scenario, type Scene, sendFromPage, webTest } from "./_browser.ts";
+import {
+  type Page,
+  type Scenario,
+  type Scene,
+  sendFromPage,
+  startChat,
+  webTest,
+} from "./_browser.ts";
 import { freePort } from "./_harness.ts";
 
 /** Bidi controls and C0/C1 controls: none may reach the page from a peer's file name. */
@@ -158,6 +165,151 @@ async function reusedIds(scene: Scene): Promise<void> {
 }
 
 /**
+ * The same, when the page reads the history after the items came: a peer's items that arrive
+ * while its conversation is not open, or before a tab opened it, are in the page's memory and
+ * the last entries of the history, so an entry is the item with its `ref` (docs/PROTOCOL.md
+ * §6), never "the nth item of an id" — that showed bob's second "m1" twice and hid his first.
+ * Lines an earlier version wrote (no ref, an id repeated) are each shown once too.
+ */
+async function reusedIdsWhileAway(scene: Scene): Promise<void> {
+  const [alice, bob, carol] = await scene.join("alice-away", "bob-away", "carol-away");
+  const folder = join(alice.home, "history");
+  await Deno.mkdir(folder, { mode: 0o700 });
+  const old = (id: string, from: string, to: string, s: number, text: string) =>
+    JSON.stringify({ t: "msg", id, at: `2026-01-01T00:00:0${s}.000Z`, from, to, text }) + "\n";
+  await Deno.writeTextFile(
+    join(folder, `${bob.name}.jsonl`),
+    old("m0", bob.name, alice.name, 1, "old line: I owe you 5 EUR") +
+      old("m0", bob.name, alice.name, 2, "old line: I owe you nothing") +
+      old("a0", alice.name, bob.name, 3, "old line of mine"),
+    { mode: 0o600 },
+  );
+  const listen = freePort();
+  const web = await scene.web(alice, ["--port", "0", "--listen", `127.0.0.1:${listen}`]);
+  const page = await scene.page(web);
+  await invite(page, bob.name);
+  await page.getByText(`Invited ${bob.name}`).waitFor();
+  const peer = await scene.raw(listen, bob);
+  await peer.expectFrame({ type: "hello", v: PROTOCOL_VERSION });
+  peer.write(encodeFrame({ type: "hello", v: PROTOCOL_VERSION, features: ["offer"] }));
+  await messageBoxReady(page);
+  await sendFromPage(page, "hello bob");
+  peer.write(encodeFrame({ type: "msg", id: "m1", text: "I agree to pay 100 EUR" }));
+  await timeline(page).locator(".item.theirs", { hasText: "I agree to pay 100 EUR" }).waitFor();
+
+  // alice chats with carol; a second tab opens on carol's conversation, the most recent.
+  await startChat(page, alice, await scene.json(carol));
+  await sendFromPage(page, "hi carol");
+  const tab2 = await page.context().newPage();
+  await tab2.goto(web.url);
+  await timeline(tab2).locator(".item", { hasText: "hi carol" }).waitFor();
+
+  // While no tab shows bob: m1 again, a new m2, a file f1 and a message f1.
+  peer.write(encodeFrame({ type: "msg", id: "m1", text: "I never agreed to pay anything" }));
+  peer.write(encodeFrame({ type: "msg", id: "m2", text: "sent while away" }));
+  const bytes = new TextEncoder().encode("the contract");
+  peer.write(encodeFrame({
+    type: "file",
+    id: "f1",
+    name: "contract.txt",
+    size: bytes.length,
+    sha256: createHash("sha256").update(bytes).digest("hex"),
+  }));
+  await page.getByRole("listitem").filter({ hasText: "offers contract.txt" })
+    .getByRole("button", { name: "Accept file" }).click();
+  await peer.expectFrame({ type: "accept", id: "f1" });
+  peer.write(encodeFrame({ type: "chunk", id: "f1", data: Buffer.from(bytes).toString("base64") }));
+  peer.write(encodeFrame({ type: "end", id: "f1" }));
+  peer.write(encodeFrame({ type: "msg", id: "f1", text: "no file was ever sent" }));
+  const bobButton = (shown: Page, unread = "") =>
+    shown.getByRole("button", { name: new RegExp(`^${bob.name} online${unread}`) });
+  await bobButton(tab2, ".*4 unread").waitFor();
+  // The first tab goes back to bob (its history was read) and sends; the second tab has that
+  // send of ours live, and reads the history when it opens bob.
+  await bobButton(page).click();
+  await sendFromPage(page, "sent from the first tab");
+  await timeline(tab2).locator(".item", { hasText: "hi carol" }).waitFor();
+  await bobButton(tab2).click();
+  await timeline(tab2).locator(".item", { hasText: "old line: I owe you 5 EUR" }).waitFor();
+  // Now m2 again, to two tabs that show bob.
+  peer.write(encodeFrame({ type: "msg", id: "m2", text: "sent while open" }));
+  for (const shown of [page, tab2]) {
+    await timeline(shown).locator(".item", { hasText: "sent while open" }).waitFor();
+  }
+  // And a tab opened last, which has it all from the history.
+  const tab3 = await page.context().newPage();
+  await tab3.goto(web.url);
+  await bobButton(tab3).click();
+  await timeline(tab3).locator(".item", { hasText: "sent while open" }).waitFor();
+
+  const expected = [
+    "old line: I owe you 5 EUR",
+    "old line: I owe you nothing",
+    "old line of mine",
+    "hello bob",
+    "I agree to pay 100 EUR",
+    "I never agreed to pay anything",
+    "sent while away",
+    "contract.txt",
+    "no file was ever sent",
+    "sent from the first tab",
+    "sent while open",
+  ];
+  const repeats = [
+    "old line: I owe you nothing",
+    "I never agreed to pay anything",
+    "sent while open",
+  ];
+  for (
+    const [shown, what] of [[page, "live"], [tab2, "opened later"], [tab3, "reloaded"]] as const
+  ) {
+    const items = await timeline(shown).locator(".item").allTextContents();
+    assert.deepEqual(
+      expected.map((text) => items.filter((i) => i.includes(text)).length),
+      expected.map(() => 1),
+      `${what}: ${JSON.stringify(items)}`,
+    );
+    assert.deepEqual(
+      items.filter((i) => i.includes("same id as an earlier message from bob-away")),
+      items.filter((i) => repeats.some((text) => i.includes(text))),
+      `${what}: only the later of each repeated id is marked`,
+    );
+    assert.equal(items.filter((i) => i.includes("same id as")).length, repeats.length, what);
+    await timeline(shown).getByRole("link", { name: "Download contract.txt" }).waitFor({
+      timeout: 2_000,
+    });
+  }
+  await tab2.close();
+  await tab3.close();
+}
+
+/** A peer that floods a conversation: the page keeps its last 1,000 items, not every one. */
+async function floodBounded(scene: Scene): Promise<void> {
+  const [alice, bob] = await scene.join("alice-flood", "bob-flood");
+  const listen = freePort();
+  const web = await scene.web(alice, ["--port", "0", "--listen", `127.0.0.1:${listen}`]);
+  const page = await scene.page(web);
+  await invite(page, bob.name);
+  await page.getByText(`Invited ${bob.name}`).waitFor();
+  const peer = await scene.raw(listen, bob);
+  await peer.expectFrame({ type: "hello", v: PROTOCOL_VERSION });
+  peer.write(encodeFrame({ type: "hello", v: PROTOCOL_VERSION, features: ["offer"] }));
+  await messageBoxReady(page);
+  const count = 1_500;
+  peer.write(
+    Array.from(
+      { length: count },
+      (_, i) => encodeFrame({ type: "msg", id: `n${i}`, text: `#${i}.` }),
+    )
+      .join(""),
+  );
+  await timeline(page).locator(".item", { hasText: `#${count - 1}.` }).waitFor({ timeout: 30_000 });
+  const shown = await timeline(page).locator(".item").count();
+  assert.ok(shown >= 1_000 && shown <= 1_100, `the page shows ${shown} items`);
+  assert.equal(await timeline(page).locator(".item", { hasText: "#0." }).count(), 0);
+}
+
+/**
  * Cookies are not isolated by port: two `client web` runs (two identities on one machine) open
  * in one browser must not log each other's pages out, since each page's uploads and downloads
  * carry its cookie.
@@ -294,6 +446,14 @@ const SCENARIOS: Scenario[] = [
   [
     "a peer that reuses an id (of our message, of its own message or of its file) replaces nothing on the page, live or reloaded: both are shown, the later message marked",
     reusedIds,
+  ],
+  [
+    "a peer's items that came while its conversation was not open are each shown once when it is opened, and the history of an earlier version too: a repeated id, a file's id on a message, our own",
+    reusedIdsWhileAway,
+  ],
+  [
+    "a peer that floods a conversation does not grow the page without end: it keeps the last 1,000 items",
+    floodBounded,
   ],
   [
     "two clients' pages in one browser keep their own sessions (cookies are shared across ports)",

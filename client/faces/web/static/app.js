@@ -9,6 +9,8 @@
 const $ = (id) => document.getElementById(id);
 const STALE_MS = 6_000; // no word from the client for this long: it is lost
 const OPEN_TIMEOUT_MS = 5_000;
+// A conversation keeps its last 1,000 items, so a page left open does not grow without end.
+const MAX_ITEMS = 1_000;
 
 /** The page's whole state; the DOM is drawn from it. */
 const state = {
@@ -75,6 +77,7 @@ function conv(name) {
       unread: 0,
       items: new Map(),
       latest: new Map(), // a peer's itemKey → {key, n}: its latest item and how many so far
+      refs: new Map(), // ref → a peer's item (its ref the core's, or made for an old line)
       status: "",
       safety: "",
       loaded: false,
@@ -292,8 +295,10 @@ function handle(e) {
           kind: "file",
           at: new Date().toISOString(),
         });
+      if (e.ref !== undefined) c.refs.set(e.ref, item);
       Object.assign(item, {
         done: true,
+        ref: e.ref,
         file: { name: e.name, bytes: e.bytes, sha256: e.sha256, path: e.path },
         download: e.download,
         progress: { bytes: e.bytes, total: e.bytes },
@@ -473,15 +478,19 @@ function addItem(c, item, show = true) {
       return old;
     }
   } else {
-    const n = (c.latest.get(base)?.n ?? 0) + 1;
+    const latest = c.latest.get(base);
+    const n = (latest?.n ?? 0) + 1;
     if (n > 1) {
       key = `${base} ${n}`;
       item.repeats = true;
     }
-    c.latest.set(base, { key, n });
+    // An entry of the history is older than what came live: the latest stays the live one.
+    c.latest.set(base, { key: show || !latest ? key : latest.key, n });
+    if (item.ref !== undefined) c.refs.set(item.ref, item);
   }
   item.conv = c.name;
   c.items.set(key, item);
+  if (c.items.size > MAX_ITEMS + MAX_ITEMS / 10) forgetOldest(c);
   touch(c, item.at);
   if (show && c.name === state.selected) {
     $("timeline").append(drawItem(item));
@@ -498,6 +507,7 @@ function received(c, e) {
     at: new Date().toISOString(),
     kind: "message",
     text: e.text,
+    ref: e.ref,
   });
   arrived(c);
 }
@@ -566,26 +576,70 @@ function select(name, { fresh = name !== state.selected } = {}) {
     c.loaded = true;
     operate("history", { name, limit: 50 }).then((r) => {
       let added = false;
-      // The nth entry of a key is shown when fewer than n items of that key are: a peer's
-      // items under an id it used again are each one entry, and each one item.
-      const count = new Map();
+      const legacy = new Map(); // an old line's made-up ref → how many such so far
       for (const entry of r?.entries ?? []) {
-        const key = itemKey(entry.from, entry.id, entry.kind);
-        const n = (count.get(key) ?? 0) + 1;
-        count.set(key, n);
-        const shown = entry.from === state.me
-          ? (c.items.has(key) ? 1 : 0)
-          : (c.latest.get(key)?.n ?? 0);
-        if (shown < n) {
-          // Drawn by select() below, with the rest: old messages are not news to announce.
-          addItem(c, { ...entry, done: true, incoming: entry.from !== state.me }, false);
-          added = true;
+        if (entry.from === state.me) {
+          // Ours: by its id, which we chose unique.
+          if (c.items.has(itemKey(entry.from, entry.id, entry.kind))) continue;
+        } else {
+          // A peer's (whose ids may repeat): by the ref the core gave it, the same in the event
+          // that showed it live. A line of an earlier version has none and never came live to
+          // this page: its ref is made of what it says, its nth twin's the nth.
+          let ref = entry.ref;
+          if (typeof ref !== "string") {
+            const what = `${entry.from} ${entry.kind} ${entry.id} ${entry.at}`;
+            const n = (legacy.get(what) ?? 0) + 1;
+            legacy.set(what, n);
+            ref = `old ${what} ${n}`;
+          }
+          const live = c.refs.get(ref);
+          if (live) {
+            // The core's time, as the entries around it have, orders it among them.
+            live.at = entry.at;
+            continue;
+          }
+          entry.ref = ref;
         }
+        // Drawn by select() below, with the rest: old messages are not news to announce.
+        addItem(c, { ...entry, done: true, incoming: entry.from !== state.me }, false);
+        added = true;
       }
+      markRepeats(c);
       if (state.selected === name) select(name, { fresh: added });
     }, () => c.loaded = false);
   }
   if (!isRoom(name) && (state.peers.has(name) || !c.safety)) fetchSafety(name);
+}
+
+/**
+ * Forgets the oldest items (by time) of a conversation past MAX_ITEMS, from the log too; the
+ * history file keeps them.
+ */
+function forgetOldest(c) {
+  const old = [...c.items.entries()].sort(([, a], [, b]) => a.at.localeCompare(b.at))
+    .slice(0, c.items.size - MAX_ITEMS);
+  for (const [key, item] of old) {
+    c.items.delete(key);
+    if (item.ref !== undefined) c.refs.delete(item.ref);
+    item.node?.remove();
+  }
+  // A peer's id none of the kept items has: its count goes too.
+  const kept = new Set([...c.items.values()].map((i) => itemKey(i.from, i.id, i.kind)));
+  for (const base of c.latest.keys()) if (!kept.has(base)) c.latest.delete(base);
+}
+
+/**
+ * Marks each of a peer's items that has an earlier one under its id and kind (by time: an entry
+ * of the history may join after a later item that came live).
+ */
+function markRepeats(c) {
+  const seen = new Set();
+  const peers = [...c.items.values()].filter((i) => i.from !== state.me);
+  for (const item of peers.sort((a, b) => a.at.localeCompare(b.at))) {
+    const base = itemKey(item.from, item.id, item.kind);
+    item.repeats = seen.has(base);
+    seen.add(base);
+  }
 }
 
 function fetchSafety(name) {
