@@ -57,7 +57,7 @@ import {
 } from "../lib/cms.ts";
 import { E2eError } from "../lib/errors.ts";
 import { MAX_TEXT_CHARS } from "../lib/frames.ts";
-import { ensurePrivateDir, writeFileAtomic } from "../lib/fs.ts";
+import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
 import { formatSize } from "./files.ts";
 import { type TakenUp, type UnsentItem, UnsentStore } from "./mailbox_unsent.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
@@ -1196,16 +1196,6 @@ function expiry(e: OutboxEntry): number {
   const latest = Date.parse(e.postedAt) + MAX_ITEM_AGE_MS;
   const said = e.expiresAt === undefined ? NaN : Date.parse(e.expiresAt);
   return Number.isFinite(said) && said < latest ? said : latest;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }
 
 // The CA service did not answer (or could not be reached): it may later.
