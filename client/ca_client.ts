@@ -579,6 +579,30 @@ function apiError(reply: Reply, own?: Credentials): E2eError {
 
 function ignore(): void {}
 
+// Errors of calls that failed before any byte of the request was written (below).
+const unsentErrors = new WeakSet<object>();
+
+function unsent<T>(error: T): T {
+  if (typeof error === "object" && error !== null) unsentErrors.add(error);
+  return error;
+}
+
+/**
+ * Whether `error`, thrown by a {@linkcode CaClient} call, came before any of the request was sent:
+ * no connection (refused, no route, no TLS handshake) or the service's certificate refused. The
+ * service then cannot have acted on it. False for anything else, a reply lost included.
+ *
+ * @example
+ * ```ts
+ * import { CaClient, requestUnsent } from "./ca_client.ts";
+ * declare const ca: CaClient;
+ * await ca.renew("csr").catch((e) => console.log(requestUnsent(e))); // true: nothing listens
+ * ```
+ */
+export function requestUnsent(error: unknown): boolean {
+  return typeof error === "object" && error !== null && unsentErrors.has(error);
+}
+
 async function call(
   url: URL,
   request: {
@@ -600,11 +624,13 @@ async function call(
   try {
     socket = await connectTls({ ...options, host, port }, TIMEOUT_MS);
   } catch (e) {
-    throw new E2eError("ERR_NETWORK", `Cannot reach the CA service at ${url.origin}`, {
-      cause: e,
-      detail: e instanceof Error ? e.message : String(e),
-      hint: pinned ? UNREACHABLE_HINT : UNREACHABLE_JOIN_HINT,
-    });
+    throw unsent(
+      new E2eError("ERR_NETWORK", `Cannot reach the CA service at ${url.origin}`, {
+        cause: e,
+        detail: e instanceof Error ? e.message : String(e),
+        hint: pinned ? UNREACHABLE_HINT : UNREACHABLE_JOIN_HINT,
+      }),
+    );
   }
   if (pinned) {
     const revocation = pinned.revocation;
@@ -626,7 +652,7 @@ async function call(
       }
     } catch (e) {
       socket.destroy();
-      throw e;
+      throw unsent(e);
     }
   }
   return await new Promise<Reply>((resolve, reject) => {

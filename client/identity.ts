@@ -27,7 +27,13 @@ import {
 import { pemDecode } from "../lib/pem.ts";
 import { checkPeer, type Credentials, type TrustAnchor, trustAnchor } from "../lib/tls.ts";
 import { type CertificateInfo, keyFingerprint, parseCertificate } from "../lib/x509.ts";
-import { CaClient, type CertificateReply, fetchCaCertificate, fetchCrl } from "./ca_client.ts";
+import {
+  CaClient,
+  type CertificateReply,
+  fetchCaCertificate,
+  fetchCrl,
+  requestUnsent,
+} from "./ca_client.ts";
 import type { Invite } from "../lib/invite.ts";
 import { CLIENT_KEY_TYPES, type ClientKeyType } from "./keys.ts";
 import { ClientHome, IdFolder } from "./home.ts";
@@ -284,25 +290,31 @@ export class Identity {
     const kept = folder.renewal;
     let reply = await this.#keptRenewal(folder, held, ours);
     const fresh = !reply;
-    let asked: AskedRecord | undefined;
+    let asked: AskedAttempt[] = [];
     let sentAt = 0;
     if (!reply) {
       const csr = await makeRequest(this.keyPath, this.name, { passphrase: this.#passphrase });
-      // Recorded (durably) before it is sent, unless an earlier request with this certificate
-      // was: a reply lost, then given again, is then known for the answer to ours.
+      // Each attempt is recorded (durably) before it is sent, with the earlier unanswered ones
+      // with this certificate: a reply lost, then given again, is then known for the answer to
+      // one of ours by when it was issued (earlierOf).
       asked = await askedWith(folder, held);
       sentAt = Date.now();
-      if (!asked) {
-        const record: AskedRecord = { serial: held.serial, at: new Date(sentAt).toISOString() };
-        await writeFileAtomic(folder.renewalAsked, JSON.stringify(record) + "\n", {
-          mode: 0o600,
-          syncDir: true,
-        });
+      const at = new Date(sentAt).toISOString();
+      await writeAsked(folder, held.serial, [...asked, { at }]);
+      try {
+        reply = await (options.ca ?? this.client()).renew(csr);
+      } catch (e) {
+        // One that never reached the CA answers nothing: left, it would cover a thief's renewal
+        // made about then. One that may have reached it ends now.
+        const end = new Date().toISOString();
+        await writeAsked(folder, held.serial, requestUnsent(e) ? asked : [...asked, { at, end }])
+          .catch(() => {}); // kept as written before the request: it then ends ATTEMPT_MS later
+        throw e;
       }
-      reply = await (options.ca ?? this.client()).renew(csr);
     }
     const cert = checkIssued(reply, this.anchor, this.name, ours);
     if (fresh) {
+      // (Not the attempt just answered: what it got was issued before it was sent.)
       const earlier = earlierOf(reply, parseCertificate(cert), asked, sentAt);
       reply = { ...reply, earlier };
       await writeFileAtomic(kept, JSON.stringify(reply) + "\n", { mode: 0o600, syncDir: true });
@@ -386,12 +398,22 @@ async function dropFile(file: string, dir: string): Promise<void> {
   } catch { /* see dropKept */ }
 }
 
-/** What id/renewal-asked.json holds: a renewal asked for with cert.pem's certificate. */
+/**
+ * What id/renewal-asked.json holds: the renewals asked for with cert.pem's certificate (its
+ * serial) that got no answer yet, the last {@linkcode MAX_ASKED} of them, oldest first.
+ */
 interface AskedRecord {
-  /** The serial of the certificate it was asked with. */
+  /** The serial of the certificate they were asked with. */
   serial: string;
-  /** When it was first asked, ISO 8601. */
+  attempts: AskedAttempt[];
+}
+
+/** One request for a renewal, by this home's clock. */
+interface AskedAttempt {
+  /** When it was sent (recorded just before), ISO 8601. */
   at: string;
+  /** When it failed, ISO 8601; none while it is under way, or when the process was killed. */
+  end?: string;
 }
 
 /** A renewal's reply as id/renewal.json keeps it: with what it was found to be when it came. */
@@ -405,49 +427,81 @@ export interface EarlierCertificate {
   /** When the CA issued it. */
   issuedAt: Date;
   /**
-   * Whether this home had asked for a renewal with the same certificate about then, and had no
-   * answer (a reply lost): false means a renewal this home did not make (docs/SECURITY.md).
+   * Whether this home had asked for a renewal with the same certificate then (while one of its
+   * requests that may have reached the CA was under way), and had no answer (a reply lost):
+   * false means a renewal this home did not make (docs/SECURITY.md).
    */
   asked: boolean;
 }
 
-// How far apart the CA's issuance and this home's unanswered request may be, for the one to be
-// the answer to the other: a request takes seconds; the rest is for the clocks' drift.
-const ASKED_WINDOW_MS = 10 * 60_000;
+// How far the CA's clock (its issuance time) may be from this home's (the record's) for a
+// certificate it issued to still count as the answer to a request of ours: issued from the
+// request's sending to its end, give or take this much. Wider, a thief's renewal made about then
+// goes untold; narrower, a member whose clock is that far off is told of its own lost reply as of
+// a theft (docs/SECURITY.md "Renewal by someone else").
+const CLOCK_ALLOWANCE_MS = 2 * 60_000;
+// How long a request whose end was not recorded (a kill) may have been under way: connection,
+// the CRL fetch it may need, and the request, each with its 15 s timeout, and some more.
+const ATTEMPT_MS = 60_000;
+// How many unanswered attempts are kept (a chat retries with a backoff of up to 30 minutes).
+const MAX_ASKED = 8;
 // An older service does not say a certificate was issued before the request: one valid from
 // over an hour before it was sent was (the CA backdates its certificates by five minutes).
 const OLD_SERVICE_MS = 60 * 60_000;
+const BACKDATE_MS = 5 * 60_000;
 
-// The unanswered renewal this home asked for with `held`, when there is one.
-async function askedWith(
-  folder: IdFolder,
-  held: CertificateInfo,
-): Promise<AskedRecord | undefined> {
+// The unanswered renewals this home asked for with `held` (none when the record is of another).
+async function askedWith(folder: IdFolder, held: CertificateInfo): Promise<AskedAttempt[]> {
+  let record: Partial<AskedRecord> & { at?: unknown };
   try {
-    const record = JSON.parse(await Deno.readTextFile(folder.renewalAsked)) as AskedRecord;
-    const valid = record?.serial === held.serial && !Number.isNaN(Date.parse(record.at));
-    return valid ? record : undefined;
+    record = JSON.parse(await Deno.readTextFile(folder.renewalAsked));
   } catch {
-    return undefined; // none, or unreadable: as if none (then written anew)
+    return []; // none, or unreadable: as if none (then written anew)
   }
+  if (record?.serial !== held.serial) return [];
+  // (An earlier version kept only the first attempt's time, as `at`.)
+  const attempts: unknown[] = Array.isArray(record.attempts)
+    ? record.attempts
+    : [{ at: record.at }];
+  return attempts.filter((a): a is AskedAttempt => {
+    const { at, end } = (a ?? {}) as Record<string, unknown>;
+    return typeof at === "string" && !Number.isNaN(Date.parse(at)) &&
+      (end === undefined || (typeof end === "string" && !Number.isNaN(Date.parse(end))));
+  }).slice(-MAX_ASKED);
+}
+
+// Writes id/renewal-asked.json, durably; with no attempts, removes it.
+async function writeAsked(folder: IdFolder, serial: string, attempts: AskedAttempt[]) {
+  if (attempts.length === 0) return await dropFile(folder.renewalAsked, folder.dir);
+  const record: AskedRecord = { serial, attempts: attempts.slice(-MAX_ASKED) };
+  await writeFileAtomic(folder.renewalAsked, JSON.stringify(record) + "\n", {
+    mode: 0o600,
+    syncDir: true,
+  });
 }
 
 // Whether `reply`, for our key, was issued before its request (sent at `sentAt`, ms), and, if so,
-// whether it answers one this home asked before (`asked`).
+// whether it answers one of this home's earlier unanswered requests (`asked`): issued while one
+// was under way, give or take the clocks' difference. Never one issued before any was sent: that
+// cannot be the answer to a request of ours.
 function earlierOf(
   reply: CertificateReply,
   cert: CertificateInfo,
-  asked: AskedRecord | undefined,
+  asked: AskedAttempt[],
   sentAt: number,
 ): KeptReply["earlier"] {
   let issuedAt: number | undefined;
   if (typeof reply.issuedEarlier === "string" && !Number.isNaN(Date.parse(reply.issuedEarlier))) {
     issuedAt = Date.parse(reply.issuedEarlier);
   } else if (cert.notBefore.getTime() < sentAt - OLD_SERVICE_MS) {
-    issuedAt = cert.notBefore.getTime();
+    issuedAt = cert.notBefore.getTime() + BACKDATE_MS;
   }
   if (issuedAt === undefined) return undefined;
-  const ours = asked !== undefined && Math.abs(issuedAt - Date.parse(asked.at)) <= ASKED_WINDOW_MS;
+  const ours = asked.some(({ at, end }) => {
+    const from = Date.parse(at);
+    const to = end === undefined ? from + ATTEMPT_MS : Date.parse(end);
+    return issuedAt >= from - CLOCK_ALLOWANCE_MS && issuedAt <= to + CLOCK_ALLOWANCE_MS;
+  });
   return { issuedAt: new Date(issuedAt).toISOString(), asked: ours };
 }
 

@@ -29,7 +29,7 @@ import {
 import { TcpRelay } from "./_tcp_relay.ts";
 import { copyTree } from "./_helpers.ts";
 import { joinUser } from "./_chat_helpers.ts";
-import { waitUntil } from "./_harness.ts";
+import { TaskProcess, waitUntil } from "./_harness.ts";
 
 const FIVE_DAYS = 5 * 86_400_000;
 
@@ -349,5 +349,108 @@ Deno.test("a certificate someone else's renewal made, given to a renewal whose l
           "another home, your key is in someone else's hands: have your admin revoke it",
       ),
     );
+  });
+});
+
+/** Moves every time id/renewal-asked.json records `ms` earlier: a stand-in for a long backoff. */
+async function backdateAsked(home: string, ms: number): Promise<void> {
+  const file = join(home, "id", "renewal-asked.json");
+  const shift = (v: unknown): unknown =>
+    typeof v === "string" && /^\d{4}-\d\d-\d\dT/.test(v)
+      ? new Date(Date.parse(v) - ms).toISOString()
+      : Array.isArray(v)
+      ? v.map(shift)
+      : typeof v === "object" && v !== null
+      ? Object.fromEntries(Object.entries(v).map(([k, x]) => [k, shift(x)]))
+      : v;
+  await Deno.writeTextFile(file, JSON.stringify(shift(JSON.parse(await Deno.readTextFile(file)))));
+}
+
+for (const order of ["after", "before"] as const) {
+  Deno.test(`a thief's renewal made just ${order} a renewal of ours that never reached the CA (connection refused) is still told as one this home did not make`, async () => {
+    await withService(async (service, dir) => {
+      const home = join(dir, "alice");
+      await joinUser(service, "alice", home);
+      const stolen = join(dir, "mallory-has-alice");
+      await copyTree(home, stolen);
+      const thief = async () =>
+        assertSuccess(await runClient(stolen, ["renew"]), "client renew with the stolen key");
+      // "before": issued just before alice asked at all, it cannot be the answer to her request.
+      if (order === "before") await thief();
+      // alice's renewal while her network is down: refused, nothing reached the CA.
+      const id = await Identity.load(home);
+      const unreachable = new CaClient("https://127.0.0.1:1", id.anchor, id.credentials);
+      await assert.rejects(() => id.renew({ ca: unreachable }));
+      if (order === "after") await thief();
+      const newer = (await Identity.load(stolen)).certificate;
+      const renew = await runClient(home, ["renew"]);
+      assertSuccess(renew, "alice's client renew, back online");
+      const taken = (await Identity.load(home)).certificate;
+      assert.equal(taken.serial, newer.serial, "mallory's certificate taken");
+      assert.match(
+        renew.stderr,
+        /by a renewal this home did not make/,
+        `stdout: ${renew.stdout}\nstderr: ${renew.stderr}`,
+      );
+    });
+  });
+}
+
+Deno.test("a renewal whose reply is lost, retried 15 minutes after earlier attempts (one refused, one killed while it waited), is told as this home's own lost reply, not as a renewal it did not make", async () => {
+  await withService(async (service, dir) => {
+    let stage: "hold" | "cut" | "pass" = "hold";
+    const index = new CaPaths(service.home).index;
+    const renewed = () => Deno.readTextFileSync(index).match(/\t\/CN=alice$/gm)?.length === 2;
+    const cutter = await TcpRelay.start(service.port, {
+      after: () => stage === "hold" || (stage === "cut" && renewed()),
+    });
+    try {
+      const home = join(dir, "alice");
+      const invite = await makeInvite(service.home, "alice", "--url", `127.0.0.1:${cutter.port}`);
+      assertSuccess(await runClient(home, ["join", invite]), "join alice");
+      // 1. An attempt while the network is down: refused, nothing reaches the CA.
+      const id = await Identity.load(home);
+      const unreachable = new CaClient("https://127.0.0.1:1", id.anchor, id.credentials);
+      await assert.rejects(() => id.renew({ ca: unreachable }));
+      // 2. An attempt killed while it waits for the CA (which it may have reached, for all this
+      //    home knows).
+      cutter.mode = "hold";
+      const asked = join(home, "id", "renewal-asked.json");
+      const killed = await TaskProcess.start("client", ["renew"], { env: { E2E_CHAT_HOME: home } });
+      try {
+        await waitUntil(
+          async () => {
+            try {
+              return cutter.connections > 0 && (await Deno.readTextFile(asked)).length > 0;
+            } catch {
+              return false;
+            }
+          },
+          "the attempt to be recorded and under way",
+          30_000,
+        );
+      } finally {
+        killed.kill("SIGKILL");
+      }
+      await killed.status;
+      // 3. 15 minutes of backoff later, a retry reaches the CA, which issues; its reply is lost.
+      await backdateAsked(home, 15 * 60_000);
+      stage = "cut";
+      cutter.mode = "drop";
+      const lost = await runClient(home, ["renew"]);
+      assert.notEqual(lost.code, 0, "the retry whose reply was cut succeeded");
+      // 4. The next retry is answered with that retry's certificate, issued earlier: ours.
+      stage = "pass";
+      cutter.mode = "pass";
+      const again = await runClient(home, ["renew"]);
+      assertSuccess(again, "alice's next retry");
+      assert.equal(again.stderr, "");
+      assert.match(
+        again.stdout,
+        /^ {2}issued at \S+ to an earlier renewal from this home, whose reply was lost$/m,
+      );
+    } finally {
+      await cutter.close();
+    }
   });
 });
