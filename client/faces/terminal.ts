@@ -4,6 +4,23 @@
  * wrapped here, each row after the first marked, so that no row a peer's text
  * spills into can pass for a line of ours or another sender's.
  *
+ * Terminals disagree on how wide a character is: one that joins emoji
+ * sequences draws a family (four emoji and three joiners) two columns wide,
+ * xterm, tmux and the Linux console draw each emoji apart (eight), a terminal
+ * set for CJK draws "—", "é" or Cyrillic two wide, and one that does not know
+ * a joiner may show it as a blank. A row reckoned too narrow would either wrap
+ * unmarked (automatic margins on: a peer's words pass for a line of ours) or
+ * be cut at the edge (margins off: a peer pads "ok" with emoji so that "but I
+ * do NOT agree" is never shown). So rows are reckoned at the widest any
+ * terminal can draw them: an ASCII character one column, every other code
+ * point two (no terminal moves its cursor further for one), a grapheme the sum
+ * of its code points. A row is then never wider on screen than reckoned, only
+ * narrower where a terminal joins or draws narrow: it just wraps earlier.
+ * Automatic margins stay off while rows print: should the terminal still be
+ * narrower than it said (resized as we print), a row is cut at the edge, as
+ * the terminal cuts the rows already shown, never wrapped into a row that
+ * could pass for another sender's.
+ *
  * @module
  */
 import readline from "node:readline";
@@ -48,9 +65,9 @@ export class Terminal {
       readline.moveCursor(out, 0, -this.#progressRows);
       readline.clearScreenDown(out);
     }
-    // On a terminal, automatic margins are off while our rows print: a row the terminal draws
-    // wider than we reckoned (a character of ambiguous width) is cut at its edge, never wrapped
-    // into an unmarked row.
+    // On a terminal, automatic margins are off while our rows print (see the module doc): rows
+    // are reckoned never narrower than drawn, and one drawn wider all the same (the terminal
+    // resized as we print) is cut at the edge, never wrapped into an unmarked row.
     const body = rows.join("\n") + "\n";
     out.write(tty ? `${WRAP_OFF}${body}${WRAP_ON}` : body);
     this.#progressRows = event.type === "progress" && event.bytes < event.total ? rows.length : 0;
@@ -223,18 +240,26 @@ const PIPE_COLUMNS = 80;
 const MIN_COLUMNS = 20;
 /** The start of each row after the first of a line: no line of ours or a sender's starts so. */
 const CONTINUED = "  │ ";
-const CONTINUED_COLUMNS = 4;
 // DECAWM (automatic margins) off and on again.
 const WRAP_OFF = "\x1b[?7l";
 const WRAP_ON = "\x1b[?7h";
 // deno-lint-ignore no-control-regex
 const STYLE = /(\x1b\[[0-9;]*m)/;
 const SEGMENTER = new Intl.Segmenter(undefined, { granularity: "grapheme" });
-// Characters most terminals draw two columns wide (East Asian wide and fullwidth, emoji). Where a
-// guess is needed it is two: a row reckoned too wide only wraps earlier.
-const WIDE =
-  /[\u1100-\u115f\u2329\u232a\u2e80-\u303e\u3041-\u33ff\u3400-\u4dbf\u4e00-\u9fff\ua000-\ua4cf\ua960-\ua97f\uac00-\ud7a3\uf900-\ufaff\ufe0f\ufe10-\ufe19\ufe30-\ufe6f\uff00-\uff60\uffe0-\uffe6\u{16fe0}-\u{1b2ff}\u{1f000}-\u{1faff}\u{20000}-\u{3fffd}]|\p{Emoji_Presentation}|\p{Regional_Indicator}/u;
 const PLAIN = /^[\x20-\x7e]*$/;
+
+/**
+ * The most columns any terminal draws `text` in: an ASCII character one, every other code point
+ * two, whether the terminal draws it wide (CJK, emoji, an ambiguous character set wide for CJK),
+ * apart from the emoji it is joined to, as a blank, or not at all.
+ */
+function widest(text: string): number {
+  let columns = 0;
+  for (const c of text) columns += c <= "\x7e" ? 1 : 2;
+  return columns;
+}
+
+const CONTINUED_COLUMNS = widest(CONTINUED);
 
 interface Cell {
   text: string;
@@ -242,10 +267,22 @@ interface Cell {
   blank: boolean;
 }
 
+/** The cells of `text`: its graphemes, but the code points of one too wide for a row. */
+function cellsOf(text: string, width: number): Cell[] {
+  return Array.from(SEGMENTER.segment(text), ({ segment }): Cell[] => {
+    const columns = widest(segment);
+    return columns <= width - CONTINUED_COLUMNS
+      ? [{ text: segment, columns, blank: segment === " " }]
+      : Array.from(segment, (c) => ({ text: c, columns: widest(c), blank: false }));
+  }).flat();
+}
+
 /**
  * The rows of `line` on a terminal `width` columns wide, each after the first
- * starting with CONTINUED: broken at a blank where one is in the row's second
- * half, else at the last character that fits, never inside a character.
+ * starting with CONTINUED and none drawn wider than `width` by any terminal:
+ * broken at a blank where one is in the row's second half, else at the last
+ * character that fits, never inside a character (but one too wide for a row,
+ * such as a letter under a hundred accents).
  */
 function wrap(line: string, width: number): string[] {
   const parts = line.split(STYLE);
@@ -255,11 +292,7 @@ function wrap(line: string, width: number): string[] {
   const cells: Cell[] = parts.flatMap((part, i) =>
     i % 2
       ? [{ text: part, columns: 0, blank: false }] // a colour of ours: no width
-      : Array.from(SEGMENTER.segment(part), ({ segment }) => ({
-        text: segment,
-        columns: WIDE.test(segment) ? 2 : 1,
-        blank: segment === " ",
-      }))
+      : cellsOf(part, width)
   );
   const rows: string[] = [];
   let row: Cell[] = [];

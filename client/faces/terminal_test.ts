@@ -174,3 +174,48 @@ Deno.test("on a terminal 40 columns wide, rows fit it (wide characters as two co
   const yellow = offer.slice(offer.indexOf("\x1b[33m"), offer.lastIndexOf("\x1b[39m"));
   assert.ok(yellow.includes("offers a file") && yellow.includes(`\n${CONTINUED}`), yellow);
 });
+
+/**
+ * The columns a terminal that draws each code point apart (xterm, tmux, the Linux console:
+ * wcwidth() per code point) takes for `row`: emoji and CJK ideographs two, joiners and variation
+ * selectors none, every other character (an accent too, where it is not joined) one.
+ */
+function drawnApart(row: string): number {
+  return [...row].reduce(
+    (n, c) =>
+      n + (/[\u200d\ufe0f]/.test(c) ? 0 : /\p{Emoji_Presentation}|\p{Script=Han}/u.test(c) ? 2 : 1),
+    0,
+  );
+}
+
+/**
+ * The columns a terminal set for CJK takes for `row`: every character outside ASCII two (Cyrillic,
+ * "é", "—" and "│" too: East Asian ambiguous width), joiners and accents none.
+ */
+function drawnForCjk(row: string): number {
+  return [...row].reduce(
+    (n, c) => n + (/[\u200d\ufe0f]|\p{Mn}/u.test(c) ? 0 : c > "\x7e" ? 2 : 1),
+    0,
+  );
+}
+
+Deno.test("a peer's text padded with emoji sequences, stacked accents or Cyrillic still shows its last words on a terminal that draws emoji apart or one set for CJK: no row is wider there than the terminal", async () => {
+  const pads = [
+    "\u{1f468}\u200d\u{1f469}\u200d\u{1f467}\u200d\u{1f466}", // a family: four emoji, three joiners
+    "\u{1f44d}\u{1f3fd}", // thumbs up, medium skin tone
+    "a" + "\u0301".repeat(8),
+    "a" + "\u0301".repeat(100), // too wide for a row on its own
+    "\u0451".repeat(3), // Cyrillic yo, two columns wide where set for CJK
+  ];
+  for (const pad of pads) {
+    const text = `ok ${pad.repeat(12)} but I do NOT agree to pay`;
+    const [rows] = rowsOfEach(await printed([message("bob", text)], { columns: 80 }));
+    for (const row of rows) {
+      assert.ok(drawnApart(row) <= 80, `a row ${drawnApart(row)} columns wide, cut:\n${row}`);
+      assert.ok(drawnForCjk(row) <= 80, `a row ${drawnForCjk(row)} columns wide, cut:\n${row}`);
+    }
+    for (const row of rows.slice(1)) assert.ok(row.startsWith(CONTINUED), rows.join("\n"));
+    const shown = rows.map((r, i) => i ? r.slice(CONTINUED.length) : r).join("");
+    assert.ok(shown.replaceAll(" ", "").endsWith("butIdoNOTagreetopay"), shown);
+  }
+});
