@@ -18,6 +18,13 @@ const BLANK = /[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000\u2800\u3164\u115f\u1
 // typing, sixty are padding meant to push text to where the terminal wraps it.
 const MAX_BLANKS = 3;
 const BLANK_RUN = new RegExp(` {${MAX_BLANKS + 1},}`, "g");
+// Combining marks on one character: Vietnamese puts two on a letter, pointed Hebrew three; more
+// than this many are stacked (Zalgo text) to spill over the rows above and below, or to widen a row
+// on a terminal that draws marks apart. A run of marks (the joiners and format characters between
+// them included) keeps its first four.
+const MAX_MARKS = 4;
+const MARK_RUN = /\p{M}[\p{M}\p{Cf}]*/gu;
+const MARK = /\p{M}/u;
 // Joiners (emoji sequences, Persian and Indic writing) are kept, one at a time.
 const JOINER_RUN = /([\u200c\u200d])[\u200c\u200d]+/g;
 // Control characters (newlines included), and the line and paragraph separators.
@@ -27,20 +34,27 @@ const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
 /**
  * `text` with control characters (newlines included) shown escaped, the bidi
  * controls that could reorder what is shown and the invisible characters of no
- * width dropped, every blank (Unicode spaces, U+2800, the Hangul fillers) shown
- * as a space and a run of more than three of them as three.
+ * width dropped, at most four combining marks kept on a character, every blank
+ * (Unicode spaces, U+2800, the Hangul fillers) shown as a space and a run of
+ * more than three of them as three.
  *
  * @example Escaped and collapsed
  * ```ts
  * import { printable } from "./printable.ts";
  * printable("hi\u001b[2J\nthere"); // "hi\\x1b[2J\\nthere"
  * printable("hi" + "\u2800".repeat(60) + "you"); // "hi   you"
+ * printable("a" + "\u0301".repeat(100)); // "a" + "\u0301".repeat(4)
  * ```
  */
 export function printable(text: string): string {
   return text
     .replace(BIDI, "")
     .replace(INVISIBLE, "")
+    .replace(MARK_RUN, (run) => {
+      let marks = 0;
+      return run.length <= MAX_MARKS ? run : Array.from(run)
+        .filter((c) => !MARK.test(c) || ++marks <= MAX_MARKS).join("");
+    })
     .replace(BLANK, " ")
     .replace(BLANK_RUN, " ".repeat(MAX_BLANKS))
     .replace(JOINER_RUN, "$1")

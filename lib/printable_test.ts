@@ -39,6 +39,31 @@ Deno.test("printable() drops the invisible characters of no width and keeps one 
   assert.equal(printable(`x${"\u200c\u200d".repeat(50)}y`), "x\u200cy");
 });
 
+Deno.test("printable() keeps at most four combining marks on a character (Vietnamese, pointed Hebrew, Hindi and emoji keep theirs) and drops the rest of a stack", () => {
+  for (
+    const text of [
+      "Tiếng Việt",
+      "e\u0323\u0302",
+      "שָׁלוֹם",
+      "בְּרֵאשִׁית",
+      "हिन्दी क्षत्रिय",
+      "1\ufe0f\u20e3 👁️‍🗨️",
+    ]
+  ) {
+    assert.equal(printable(text), text);
+  }
+  assert.equal(printable("a" + "\u0301".repeat(100) + "b"), "a" + "\u0301".repeat(4) + "b");
+  assert.equal(
+    printable("Z" + "\u0336\u0337\u0338\u0489".repeat(30) + "algo"),
+    "Z\u0336\u0337\u0338\u0489algo",
+  );
+  // Joiners between the marks do not split the stack; the ones left become one joiner.
+  assert.equal(
+    printable("a" + "\u0301\u200d".repeat(50) + "b"),
+    "a" + "\u0301\u200d".repeat(4) + "b",
+  );
+});
+
 Deno.test("shortened() keeps a text no longer than the limit, and cuts a longer one at whole characters with a note of how many were left out", () => {
   assert.equal(shortened("abcd", 4), "abcd");
   assert.equal(shortened("😀".repeat(4), 4), "😀".repeat(4)); // 8 UTF-16 units, 4 characters

@@ -11,11 +11,18 @@
  * a joiner may show it as a blank. A row reckoned too narrow would either wrap
  * unmarked (automatic margins on: a peer's words pass for a line of ours) or
  * be cut at the edge (margins off: a peer pads "ok" with emoji so that "but I
- * do NOT agree" is never shown). So rows are reckoned at the widest any
- * terminal can draw them: an ASCII character one column, every other code
- * point two (no terminal moves its cursor further for one), a grapheme the sum
- * of its code points. A row is then never wider on screen than reckoned, only
- * narrower where a terminal joins or draws narrow: it just wraps earlier.
+ * do NOT agree" is never shown). So rows are reckoned at the widest a terminal
+ * in its usual setting can draw them: one column for an ASCII character and
+ * for an assigned code point of the narrow scripts every such terminal draws
+ * one wide (Latin, Greek, Cyrillic, Armenian, Hebrew, Arabic, Georgian, their
+ * combining marks, general punctuation, currency signs: see NARROW), two for
+ * every other code point (emoji, East Asian wide, unknown: no terminal moves
+ * its cursor further for one), a grapheme the sum of its code points. A row
+ * is then never wider on screen than reckoned, only narrower where a terminal
+ * joins or draws narrow: it just wraps earlier. lib/printable.ts keeps at most
+ * four combining marks on a character, so accents cannot make a row tall or
+ * wide. One limit stays, in docs/SECURITY.md: a terminal set for CJK draws many
+ * letters of the narrow scripts two wide, and a row of them may be cut there.
  * Automatic margins stay off while rows print: should the terminal still be
  * narrower than it said (resized as we print), a row is cut at the edge, as
  * the terminal cuts the rows already shown, never wrapped into a row that
@@ -249,13 +256,38 @@ const SEGMENTER = new Intl.Segmenter(undefined, { granularity: "grapheme" });
 const PLAIN = /^[\x20-\x7e]*$/;
 
 /**
- * The most columns any terminal draws `text` in: an ASCII character one, every other code point
- * two, whether the terminal draws it wide (CJK, emoji, an ambiguous character set wide for CJK),
- * apart from the emoji it is joined to, as a blank, or not at all.
+ * The code points of the narrow scripts: those every terminal draws one column wide (or none, for
+ * a mark) unless set for CJK, where the East Asian ambiguous ones among them are drawn two. Only
+ * assigned ones (an unknown code point may be drawn wide) and no emoji (©, ®, ‼, ⁉ and ™ are drawn
+ * wide by some terminals, and two wide by those that give them an emoji's presentation).
+ */
+const NARROW = new RegExp(
+  "(?![\\p{Cn}\\p{Extended_Pictographic}])[" +
+    [
+      "\\u00a0-\\u02ff", // Latin-1, Latin Extended-A and -B, IPA, spacing modifiers
+      "\\u0300-\\u036f", // combining diacritical marks
+      "\\u0370-\\u052f", // Greek, Cyrillic
+      "\\u0530-\\u06ff", // Armenian, Hebrew, Arabic
+      "\\u0750-\\u077f", // Arabic Supplement
+      "\\u10a0-\\u10ff\\u1c90-\\u1cbf", // Georgian
+      "\\u1ab0-\\u1aff\\u1dc0-\\u1dff", // combining marks
+      "\\u1e00-\\u1fff", // Latin Extended Additional (Vietnamese), Greek Extended
+      "\\u2000-\\u206f", // general punctuation
+      "\\u20a0-\\u20ff", // currency signs, combining marks for symbols
+      "\\u2c60-\\u2c7f\\u2de0-\\u2dff\\ua640-\\ua69f\\ua720-\\ua7ff\\uab30-\\uab6f", // more Latin, Cyrillic
+      "\\ufe20-\\ufe2f", // combining half marks
+    ].join("") + "]",
+  "u",
+);
+
+/**
+ * The most columns a terminal in its usual setting draws `text` in: an ASCII character or one of
+ * the NARROW code points one, every other code point two, whether the terminal draws it wide (CJK,
+ * emoji, an unknown one), apart from the emoji it is joined to, as a blank, or not at all.
  */
 function widest(text: string): number {
   let columns = 0;
-  for (const c of text) columns += c <= "\x7e" ? 1 : 2;
+  for (const c of text) columns += c <= "\x7e" || NARROW.test(c) ? 1 : 2;
   return columns;
 }
 
@@ -279,10 +311,10 @@ function cellsOf(text: string, width: number): Cell[] {
 
 /**
  * The rows of `line` on a terminal `width` columns wide, each after the first
- * starting with CONTINUED and none drawn wider than `width` by any terminal:
- * broken at a blank where one is in the row's second half, else at the last
- * character that fits, never inside a character (but one too wide for a row,
- * such as a letter under a hundred accents).
+ * starting with CONTINUED and none drawn wider than `width` by a terminal in
+ * its usual setting: broken at a blank where one is in the row's second half,
+ * else at the last character that fits, never inside a character (but one too
+ * wide for a row, such as an emoji followed by a hundred skin tones).
  */
 function wrap(line: string, width: number): string[] {
   const parts = line.split(STYLE);

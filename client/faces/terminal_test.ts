@@ -188,24 +188,33 @@ function drawnApart(row: string): number {
   );
 }
 
+// The narrow scripts terminal.ts reckons one column wide (with ASCII): a terminal set for CJK draws
+// their ambiguous letters two wide, a limit docs/SECURITY.md states.
+const NARROW_SCRIPTS = /\p{Script=Latin}|\p{Script=Greek}|\p{Script=Cyrillic}|\p{Script=Hebrew}/u;
+
 /**
- * The columns a terminal set for CJK takes for `row`: every character outside ASCII two (Cyrillic,
- * "é", "—" and "│" too: East Asian ambiguous width), joiners and accents none.
+ * The columns a terminal set for CJK takes for `row`: every character outside ASCII two ("│" and
+ * "①" too: East Asian ambiguous width), but the narrow scripts one (the documented limit),
+ * joiners and accents none.
  */
 function drawnForCjk(row: string): number {
   return [...row].reduce(
-    (n, c) => n + (/[\u200d\ufe0f]|\p{Mn}/u.test(c) ? 0 : c > "\x7e" ? 2 : 1),
+    (n, c) =>
+      n +
+      (/[\u200d\ufe0f]|\p{Mn}/u.test(c) ? 0 : c <= "\x7e" || NARROW_SCRIPTS.test(c) ? 1 : 2),
     0,
   );
 }
 
-Deno.test("a peer's text padded with emoji sequences, stacked accents or Cyrillic still shows its last words on a terminal that draws emoji apart or one set for CJK: no row is wider there than the terminal", async () => {
+Deno.test("a peer's text padded with emoji sequences, stacked accents, Cyrillic or circled digits still shows its last words on a terminal that draws emoji apart or one set for CJK: no row is wider there than the terminal", async () => {
   const pads = [
     "\u{1f468}\u200d\u{1f469}\u200d\u{1f467}\u200d\u{1f466}", // a family: four emoji, three joiners
     "\u{1f44d}\u{1f3fd}", // thumbs up, medium skin tone
     "a" + "\u0301".repeat(8),
-    "a" + "\u0301".repeat(100), // too wide for a row on its own
-    "\u0451".repeat(3), // Cyrillic yo, two columns wide where set for CJK
+    "a" + "\u0301".repeat(100), // Zalgo: printable() keeps four accents
+    "\u{1f44d}" + "\u{1f3fd}".repeat(100), // one grapheme too wide for a row: split
+    "\u0451".repeat(3), // Cyrillic yo: one column, but two where set for CJK (a stated limit)
+    "\u2460".repeat(3), // circled digit one, two columns wide where set for CJK
   ];
   for (const pad of pads) {
     const text = `ok ${pad.repeat(12)} but I do NOT agree to pay`;
@@ -218,4 +227,15 @@ Deno.test("a peer's text padded with emoji sequences, stacked accents or Cyrilli
     const shown = rows.map((r, i) => i ? r.slice(CONTINUED.length) : r).join("");
     assert.ok(shown.replaceAll(" ", "").endsWith("butIdoNOTagreetopay"), shown);
   }
+});
+
+Deno.test("a line of Russian, Greek or accented Latin that fills 80 columns is shown on one row, as wide as it is", async () => {
+  const texts = [
+    "Привет, Алиса! Встретимся завтра в десять у входа, возьми ключи, ок?",
+    "Καλημέρα Αλίκη! Τα λέμε αύριο στις δέκα στην είσοδο, φέρε τα κλειδιά",
+    "Tiếng Việt hẹn gặp lại ngày mai lúc mười giờ ở cổng nhé, được không?",
+  ];
+  const shown = rowsOfEach(await printed(texts.map((text) => message("bob", text))));
+  assert.deepEqual(shown.map(withoutTime), texts.map((text) => [`<bob> ${text}`]));
+  for (const [row] of shown) assert.equal(drawnApart(row), 80, row);
 });
