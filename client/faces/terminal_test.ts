@@ -174,3 +174,19 @@ Deno.test("on a terminal 40 columns wide, rows fit it (wide characters as two co
   const yellow = offer.slice(offer.indexOf("\x1b[33m"), offer.lastIndexOf("\x1b[39m"));
   assert.ok(yellow.includes("offers a file") && yellow.includes(`\n${CONTINUED}`), yellow);
 });
+
+Deno.test("A room message shown after later ones of its author says (late); others say nothing of it", async () => {
+  const out = await printed([
+    { type: "room_message", room: "#ops", from: "bob", id: "r:bob@1.12", text: "twelve" },
+    {
+      type: "room_message",
+      room: "#ops",
+      from: "bob",
+      id: "r:bob@1.11",
+      text: "eleven",
+      late: true,
+    },
+  ]);
+  assert.ok(out.includes("<bob@#ops> twelve"), out);
+  assert.ok(out.includes("<bob@#ops> (late) eleven"), out);
+});
