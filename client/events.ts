@@ -91,7 +91,16 @@ export type CoreEvent =
   // A waiting invitation given up to bound them (docs/PROTOCOL.md §9): it cannot be joined now.
   | { type: "room_invite_dropped"; room: string; from: string; reason: string }
   | { type: "room_joined"; room: string; members: string[] }
-  | { type: "room_message"; room: string; from: string; text: string; id: string; ref?: string }
+  // `late`: shown after later messages of its author (one a member withheld, §9).
+  | {
+    type: "room_message";
+    room: string;
+    from: string;
+    text: string;
+    id: string;
+    ref?: string;
+    late?: true;
+  }
   | { type: "room_member"; room: string; name: string; change: "joined" | "left" | "removed" }
   // `missing`: the first 1,000 numbers at most; `count`: how many in all.
   | { type: "room_gap"; room: string; from: string; missing: number[]; count: number }

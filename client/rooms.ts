@@ -124,6 +124,18 @@ const DIAL_MAX_MS = 60_000;
  * taken.
  */
 export const JOIN_WAIT_MS = 10_000;
+
+/**
+ * How many times we invite the creator of a room we left, only to tell it (2 s, 4 s, … apart:
+ * about two minutes), before waiting for the next connection with it.
+ */
+export const LEFT_DIAL_TRIES = 6;
+
+/**
+ * How long a join sent stays our consent to be put in the room by its creator's answer (7 days):
+ * a creator's `state` draws it again (once per connection) only within it.
+ */
+export const JOIN_KEEP_MS = 7 * 24 * 3600_000;
 /**
  * How long an invitation kept in HOME/room-invitations.json is kept: a waiting one from when its
  * creator last offered it, a declined one from when it was declined.
@@ -279,6 +291,10 @@ interface RoomInvite {
   key?: string;
   /** Whether we answered it with `join`: only then may a list add us (our consent). */
   joined?: boolean;
+  /** When our `join` went (ms since the epoch): it is our consent for JOIN_KEEP_MS from then. */
+  joinedAt?: number;
+  /** The connection a join went on again at the creator's state (once per connection). */
+  resentOn?: PeerConnection;
   /**
    * The connection our `join` went on: while it is the creator's connection, and for
    * JOIN_WAIT_MS, the join is under way and a decline is refused (a decline after the join would
@@ -381,9 +397,15 @@ export class Rooms {
         for (const [k, v] of Object.entries(data.next ?? {})) {
           if (list.members.some((x) => x.name === k)) next[k] = Math.max(1, nextCount(v));
         }
+        // Where an author we joined after was taken up (absent in files of before: none).
+        const floor = new Map<string, number>();
+        for (const [k, v] of Object.entries(data.floor ?? {})) {
+          const f = nextCount(v);
+          if (k in next && f > 1 && f <= next[k]) floor.set(k, f);
+        }
         const invited: Record<string, true> = Object.create(null);
         for (const k of Object.keys(data.invited ?? {})) invited[k] = true;
-        const room = this.#newRoom(list, data.creatorKey, { seq, next, invited });
+        const room = this.#newRoom(list, data.creatorKey, { seq, next, floor, invited });
         // Checked again at each start: which members are silenced is not kept on disk.
         this.#checkKeys(list, room);
         this.#rooms.set(list.roomId, room);
@@ -523,11 +545,13 @@ export class Rooms {
     const wasLeft = this.#left.delete(inviteKey(from, invite.roomId));
     if (!had || wasLeft) {
       invite.joined = true;
+      invite.joinedAt = Date.now();
       this.#saveInvitationsOrWarn();
     }
     if (!conn.sendRoom({ op: "join", roomId: invite.roomId })) {
       if (!had && invite.joined) {
         invite.joined = undefined;
+        invite.joinedAt = undefined;
         this.#invitationsDirty = true;
       }
       return false;
@@ -868,6 +892,17 @@ export class Rooms {
   hello(conn: PeerConnection): void {
     this.#unreachable.delete(conn.name);
     if (!conn.rooms) return;
+    // The creator of a room we left, connected: its `state` of the room (sent at its hello while
+    // it counts us in) is answered with the leave (#notIn). Whether or not it comes, there is
+    // nothing more to connect for: a creator that removed us, deleted the room or is hostile
+    // never sends one, and would otherwise be invited (and accepted) for 30 days.
+    let moot = false;
+    for (const l of this.#left.values()) {
+      if (l.from !== conn.name || l.told) continue;
+      l.told = true;
+      moot = true;
+    }
+    if (moot) this.#saveInvitationsOrWarn();
     for (const r of this.#rooms.values()) {
       if (this.#member(r, conn.name)) this.#sendState(r, conn);
       else if (r.invited[conn.name] && r.list.creator === this.#host.self) {
@@ -1125,7 +1160,7 @@ export class Rooms {
       if (!me) return;
       // Only the answer to our join: a list sent unasked would put us in the room, and connect
       // us to its members, without our consent.
-      if (!invite.joined) {
+      if (!this.#joinKept(invite)) {
         throw refused(`a member list of ${list.room} that adds you before you joined`);
       }
       if (me.key !== this.#ownKey()) {
@@ -1174,6 +1209,17 @@ export class Rooms {
     const me = list.members.find((m) => m.name === self);
     if (me && me.key !== this.#ownKey()) {
       throw refused(`a member list of ${list.room} with another key for you`);
+    }
+    // A member added (or added again) since our list came in a later version: one back with
+    // the `since` of a membership that ended would bring its messages of then back as new
+    // (same ids), replayable by anyone who kept them.
+    const had = new Map(r.list.members.map((m) => [m.name, m.since]));
+    const back = list.members.find((m) => had.get(m.name) !== m.since && m.since <= r.list.version);
+    if (back) {
+      throw refused(
+        `a member list of ${list.room} that adds "${back.name}" as of version ${back.since}, ` +
+          `not newer than your version ${r.list.version} (old messages would come back as new)`,
+      );
     }
     this.#apply(r, list);
   }
@@ -1327,8 +1373,24 @@ export class Rooms {
     // again (its 30 days count from now).
     invite.at = Date.now();
     this.#invitationsDirty = true;
-    if (!invite.joined || invite.joining === conn) return;
-    if (this.#allow(conn)) this.#sendJoin(invite, conn);
+    // Our join's consent is kept JOIN_KEEP_MS from when it went, not refreshed by her state: a
+    // creator cannot pull us in whenever she likes. Sent again once per connection, and not
+    // "under way" then: a creator that never answers cannot keep Decline refused with states.
+    if (!this.#joinKept(invite) || invite.joining === conn || invite.resentOn === conn) return;
+    if (!this.#allow(conn)) return;
+    invite.resentOn = conn;
+    conn.sendRoom({ op: "join", roomId: invite.roomId });
+  }
+
+  // Whether our join of `invite` is still our consent (JOIN_KEEP_MS from when it went); one
+  // older is forgotten (the invitation waits to be joined again or declined).
+  #joinKept(invite: RoomInvite): boolean {
+    if (invite.joined && Date.now() - (invite.joinedAt ?? invite.at) > JOIN_KEEP_MS) {
+      invite.joined = undefined;
+      invite.joinedAt = undefined;
+      this.#invitationsDirty = true;
+    }
+    return invite.joined === true;
   }
 
   // Tells the creator on `conn` of the decline `key` (not told yet) with a `leave`; forgotten
@@ -1401,7 +1463,7 @@ export class Rooms {
     );
   }
 
-  #show(r: Room, m: SignedMessage, since: number): void {
+  #show(r: Room, m: SignedMessage, since: number, late = false): void {
     const id = roomMessageId(r.list.roomId, m.author, since, m.seq);
     const ref = this.#host.history.roomMessage({
       id,
@@ -1416,6 +1478,7 @@ export class Rooms {
       text: m.text,
       id,
       ...(ref === undefined ? {} : { ref }),
+      ...(late ? { late } : {}),
     });
   }
 
@@ -1450,6 +1513,7 @@ export class Rooms {
         r.next[author] = from;
         if (from > 1) r.floor.set(author, from);
         this.#drain(r, author);
+        this.#save(r);
       }, GAP_WAIT_MS),
     );
   }
@@ -1459,7 +1523,8 @@ export class Rooms {
   // reported missing. It is the floor from now on: the numbers above it are shown or reported.
   #showLate(r: Room, m: SignedMessage, floor: number): void {
     const since = r.list.members.find((x) => x.name === m.author)?.since ?? 0;
-    this.#show(r, m, since);
+    // Marked (not a warning): later messages of its author were shown before it.
+    this.#show(r, m, since, true);
     const from = m.seq + 1;
     if (from < floor) {
       this.#host.emit({
@@ -1472,6 +1537,7 @@ export class Rooms {
     }
     if (m.seq > 1) r.floor.set(m.author, m.seq);
     else r.floor.delete(m.author);
+    this.#save(r);
   }
 
   // The highest held message of `author` is let go; out of the buffer too, so that it is taken
@@ -1654,9 +1720,20 @@ export class Rooms {
       delay: DIAL_FIRST_MS,
     };
     this.#dialing.set(name, state);
+    let tries = 0;
     const attempt = () => {
       if (this.#stopped || this.#host.peer(name) || !this.#wanted(name)) {
         this.#dialing.delete(name);
+        return;
+      }
+      // Only to tell a leave: a few tries, then its creator is told when next connected.
+      if (!this.#coMember(name) && ++tries > LEFT_DIAL_TRIES) {
+        this.#dialing.delete(name);
+        this.#host.emit({
+          type: "warning",
+          message: `"${name}" did not connect after ${LEFT_DIAL_TRIES} invitations: stopped ` +
+            `inviting "${name}" to say you left; "${name}" is told when you are next connected`,
+        });
         return;
       }
       this.#host.invite(name, true).catch(() => {/* the CA away: tried again below */});
@@ -1686,14 +1763,19 @@ export class Rooms {
   #newRoom(
     list: SignedList,
     creatorKey: string,
-    kept: { seq?: number; next?: Record<string, number>; invited?: Record<string, true> } = {},
+    kept: {
+      seq?: number;
+      next?: Record<string, number>;
+      floor?: Map<string, number>;
+      invited?: Record<string, true>;
+    } = {},
   ): Room {
     return {
       list,
       creatorKey,
       seq: kept.seq ?? 0,
       next: kept.next ?? Object.create(null),
-      floor: new Map(),
+      floor: kept.floor ?? new Map(),
       invited: kept.invited ?? Object.create(null),
       keys: new Map(),
       fingerprints: new Map(),
@@ -1981,6 +2063,8 @@ export class Rooms {
       creatorKey: r.creatorKey,
       seq: r.seq,
       next: r.next,
+      // Kept so that a message withheld past the take-up is shown late after a restart too.
+      ...(r.floor.size ? { floor: Object.fromEntries(r.floor) } : {}),
       invited: r.invited,
     };
     writeFileAtomicSync(this.#file(id), JSON.stringify(data) + "\n", {
@@ -2015,9 +2099,11 @@ export class Rooms {
     const now = Date.now();
     // `bound`: its room id must be bound to its creator (a room we left may be one of before).
     const entries = (value: unknown, max: number, bound = true) => {
-      const out: Array<Declined & { version: number; told: boolean; joined: boolean }> = [];
+      const out: Array<
+        Declined & { version: number; told: boolean; joined: boolean; joinedAt?: number }
+      > = [];
       for (const x of Array.isArray(value) ? value.slice(-max) : []) {
-        const { room, roomId, from, at, version, told, joined } = (x ?? {}) as Record<
+        const { room, roomId, from, at, version, told, joined, joinedAt } = (x ?? {}) as Record<
           string,
           unknown
         >;
@@ -2036,6 +2122,10 @@ export class Rooms {
           version: safeCount(version),
           told: told === true,
           joined: joined === true,
+          // One kept by the version before (no joinedAt): its consent counts from its offer.
+          ...(typeof joinedAt === "number" && Number.isFinite(joinedAt)
+            ? { joinedAt: Math.min(joinedAt, now) }
+            : {}),
         });
       }
       return out;
@@ -2063,11 +2153,21 @@ export class Rooms {
       );
     }
     for (
-      const { room, roomId, from, at, version, joined } of entries(data.waiting, MAX_ROOM_INVITES)
+      const { room, roomId, from, at, version, joined, joinedAt } of entries(
+        data.waiting,
+        MAX_ROOM_INVITES,
+      )
     ) {
       // Joined before the restart: its join is sent again when the creator, which took it,
-      // sends the room's state (#notIn).
-      const i: RoomInvite = { room, roomId, from, at, version, ...(joined ? { joined } : {}) };
+      // sends the room's state (#notIn), within JOIN_KEEP_MS of when it went.
+      const i: RoomInvite = {
+        room,
+        roomId,
+        from,
+        at,
+        version,
+        ...(joined ? { joined, joinedAt: joinedAt ?? at } : {}),
+      };
       const key = inviteKey(i.from, i.roomId);
       // One offered already (a connection came before the file was read) is newer.
       if (this.#invites.has(key)) continue;
@@ -2100,13 +2200,15 @@ export class Rooms {
     };
     const data = {
       v: 1,
-      waiting: [...this.#invites.values()].map(({ room, roomId, from, version, at, joined }) => ({
+      waiting: [...this.#invites.values()].map((
+        { room, roomId, from, version, at, joined, joinedAt },
+      ) => ({
         room,
         roomId,
         from,
         version,
         at,
-        ...(joined ? { joined } : {}),
+        ...(joined ? { joined, joinedAt } : {}),
       })),
       declined: kept(this.#declinedHere),
       untold: kept(this.#declinesUntold),

@@ -23,6 +23,8 @@ import type { PeerConnection } from "./peer.ts";
 import {
   GAP_WAIT_MS,
   INVITATIONS_KEEP_MS,
+  JOIN_KEEP_MS,
+  JOIN_WAIT_MS,
   MAX_FORMER,
   MAX_HELD_CHARS,
   roomMessageId,
@@ -1382,5 +1384,359 @@ Deno.test("Only a leave kept is told: a room file skipped at start, or one back 
     await v.connect();
     assert.deepEqual(v.sent, []);
     assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "dave", "erin"]);
+  });
+});
+
+Deno.test("A member list that adds a removed member back with the since of his old membership is refused, so his old messages never come back as new", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, bob, carol] = [0, 1, 2].map(() => generateKeyPairSync("ed25519"));
+    const roomId = randomBytes(16).toString("hex");
+    const members = (withBob: boolean): RoomMember[] => [
+      { name: "alice", key: spkiOf(alice.publicKey), since: 1 },
+      ...(withBob ? [{ name: "bob", key: spkiOf(bob.publicKey), since: 2 }] : []),
+      { name: "carol", key: spkiOf(carol.publicKey), since: 1 },
+    ];
+    const list = (version: number, withBob: boolean) =>
+      signList(
+        { roomId, room: "#team", creator: "carol", version, members: members(withBob) },
+        carol.privateKey,
+      );
+    await Deno.writeTextFile(
+      join(dir, `${roomId}.json`),
+      JSON.stringify({
+        v: 1,
+        list: list(2, true),
+        creatorKey: spkiOf(carol.publicKey),
+        seq: 0,
+        next: { bob: 1 },
+      }),
+    );
+    const events: CoreEvent[] = [];
+    const conns: Record<string, PeerConnection> = Object.fromEntries(
+      ["bob", "carol"].map((
+        n,
+      ) => [n, { name: n, rooms: true, sendRoom: () => true } as unknown as PeerConnection]),
+    );
+    const rooms = new Rooms({
+      self: "alice",
+      privateKey: () => alice.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
+      peer: (n: string) => conns[n],
+      pinned: () => undefined,
+      invite: () => Promise.resolve(),
+      accept: () => Promise.resolve(),
+      invitations: () => [],
+      emit: (e: CoreEvent) => events.push(e),
+      history: { roomMessage() {} } as unknown as History,
+      dir,
+    } as never);
+    await rooms.load();
+    try {
+      const old = signMessage(
+        {
+          roomId,
+          room: "#team",
+          author: "bob",
+          seq: 1,
+          version: 2,
+          text: "I agree to pay 100 EUR",
+        },
+        bob.privateKey,
+      );
+      rooms.receive(conns.bob, { op: "msg", m: old });
+      // Carol removes bob (v3), then adds him back (v4) with his old since, 2.
+      rooms.receive(conns.carol, { op: "list", list: list(3, false) });
+      rooms.receive(conns.carol, { op: "list", list: list(4, true) });
+      // Carol (or any member who kept it) passes on bob's old message.
+      rooms.receive(conns.carol, { op: "msg", m: old });
+      const shown = events.filter((e) => e.type === "room_message");
+      assert.equal(shown.length, 1, `shown again as new: ${JSON.stringify(shown)}`);
+      assert.ok(
+        events.some((e) =>
+          e.type === "warning" &&
+          e.message.includes(
+            `a member list of #team that adds "bob" as of version 2, not newer than your ` +
+              `version 3`,
+          )
+        ),
+        JSON.stringify(events),
+      );
+      assert.deepEqual(membersOf(rooms, "#team"), ["alice", "carol"]);
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
+
+Deno.test("A creator who never answers a join cannot keep Decline refused by sending the room's state after each wait: the join goes again once, not under way, and Decline wins", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, carol] = [0, 1].map(() => generateKeyPairSync("ed25519"));
+    const roomId = roomIdFor("carol");
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 1,
+      members: [{ name: "carol", key: spkiOf(carol.publicKey), since: 1 }],
+    }, carol.privateKey);
+    const sent: string[] = [];
+    const conn = {
+      name: "carol",
+      rooms: true,
+      certificate: { x509: { publicKey: carol.publicKey } },
+      sendRoom: (f: { op: string }) => sent.push(f.op) > 0,
+    } as unknown as PeerConnection;
+    const events: CoreEvent[] = [];
+    const rooms = new Rooms({
+      self: "alice",
+      privateKey: () => alice.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
+      peer: (n: string) => n === "carol" ? conn : undefined,
+      pinned: () => undefined,
+      invite: () => Promise.resolve(),
+      accept: () => Promise.resolve(),
+      invitations: () => [],
+      emit: (e: CoreEvent) => events.push(e),
+      history: { roomMessage() {} } as unknown as History,
+      dir: join(dir, "rooms"),
+      invitationsFile: join(dir, "room-invitations.json"),
+    } as never);
+    await rooms.load();
+    rooms.start();
+    try {
+      rooms.receive(conn, { op: "invite", list });
+      rooms.join("#team", "carol");
+      // Carol never answers; after JOIN_WAIT_MS the warning says Decline works now...
+      await new Promise((r) => setTimeout(r, JOIN_WAIT_MS + 200));
+      assert.ok(events.some((e) => e.type === "warning" && /did not answer/.test(e.message)));
+      // ...but carol sends the room's state (as to a member) just before alice presses Decline.
+      rooms.receive(conn, { op: "state", roomId, version: 1, seen: {} });
+      assert.deepEqual(sent, ["join", "join"], "the join went again, unanswered");
+      // Once per connection: her next state draws no join.
+      rooms.receive(conn, { op: "state", roomId, version: 1, seen: {} });
+      assert.deepEqual(sent, ["join", "join"]);
+      assert.deepEqual(rooms.decline("#team", "carol"), { from: "carol", told: true });
+      assert.deepEqual(sent, ["join", "join", "leave"]);
+      // Declined: her next state draws the leave again, never a join.
+      rooms.receive(conn, { op: "state", roomId, version: 1, seen: {} });
+      assert.deepEqual(sent, ["join", "join", "leave", "leave"]);
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
+
+Deno.test("A member who left while the creator was away stops inviting her, and accepting her invitations, once connected to her, though she never sends the room's state (she removed him, or is hostile)", async () => {
+  await withTempDir(async (dir) => {
+    const alice = generateKeyPairSync("ed25519");
+    const carol = generateKeyPairSync("ed25519");
+    const roomId = roomIdFor("carol");
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 2,
+      members: [
+        { name: "alice", key: spkiOf(alice.publicKey), since: 2 },
+        { name: "carol", key: spkiOf(carol.publicKey), since: 1 },
+      ],
+    }, carol.privateKey);
+    await Deno.mkdir(join(dir, "rooms"));
+    await Deno.writeTextFile(
+      join(dir, "rooms", `${roomId}.json`),
+      JSON.stringify({ v: 1, list, creatorKey: spkiOf(carol.publicKey), seq: 0, next: {} }),
+    );
+    const invited: string[] = [];
+    let conn: PeerConnection | undefined;
+    const rooms = new Rooms({
+      self: "alice",
+      privateKey: () => alice.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
+      peer: () => conn,
+      pinned: () => undefined,
+      invite: (name: string) => Promise.resolve(invited.push(name)),
+      accept: () => Promise.resolve(),
+      invitations: () => [],
+      emit: () => {},
+      history: { roomMessage() {} } as unknown as History,
+      dir: join(dir, "rooms"),
+      invitationsFile: join(dir, "room-invitations.json"),
+    } as never);
+    await rooms.load();
+    rooms.start();
+    try {
+      await rooms.leave("#team"); // carol away: the leave is kept, "told when next connected"
+      // Carol (who meanwhile removed alice, or simply never answers) connects: her hello
+      // brings no state of #team, since alice is not a member on her side.
+      conn = { name: "carol", rooms: true, sendRoom: () => true } as unknown as PeerConnection;
+      rooms.hello(conn);
+      await new Promise((r) => setTimeout(r, 100));
+      conn = undefined;
+      rooms.disconnected("carol");
+      invited.length = 0;
+      // Dialled again and again (2 s, 4 s, ... 60 s, for 30 days, across restarts).
+      await new Promise((r) => setTimeout(r, 2_200));
+      assert.deepEqual(invited, [], "alice keeps inviting carol about a room she left");
+      assert.equal(rooms.invited("carol"), false, "carol's invitations accepted unasked");
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
+
+Deno.test("A message written since the newcomer joined, withheld past the take-up and a restart, is shown late and the gap before it reported, not dropped without a word", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, bob, carol] = [0, 1, 2].map(() => generateKeyPairSync("ed25519"));
+    const roomId = randomBytes(16).toString("hex");
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 2,
+      members: [
+        { name: "alice", key: spkiOf(alice.publicKey), since: 2 },
+        { name: "bob", key: spkiOf(bob.publicKey), since: 1 },
+        { name: "carol", key: spkiOf(carol.publicKey), since: 1 },
+      ],
+    }, carol.privateKey);
+    await Deno.writeTextFile(
+      join(dir, `${roomId}.json`),
+      JSON.stringify({ v: 1, list, creatorKey: spkiOf(carol.publicKey), seq: 0, next: {} }),
+    );
+    const events: CoreEvent[] = [];
+    const carolConn = {
+      name: "carol",
+      rooms: true,
+      sendRoom: () => true,
+    } as unknown as PeerConnection;
+    const open = async () => {
+      const rooms = new Rooms({
+        self: "alice",
+        privateKey: () => alice.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
+        peer: (n: string) => n === "carol" ? carolConn : undefined,
+        pinned: () => undefined,
+        invite: () => Promise.resolve(),
+        accept: () => Promise.resolve(),
+        invitations: () => [],
+        emit: (e: CoreEvent) => events.push(e),
+        history: { roomMessage() {} } as unknown as History,
+        dir,
+      } as never);
+      await rooms.load();
+      return rooms;
+    };
+    const msg = (seq: number) =>
+      signMessage(
+        { roomId, room: "#team", author: "bob", seq, version: 2, text: `bob ${seq}` },
+        bob.privateKey,
+      );
+    let rooms = await open();
+    try {
+      rooms.receive(carolConn, { op: "msg", m: msg(12) }); // carol withholds 10 and 11
+      await new Promise((r) => setTimeout(r, GAP_WAIT_MS + 200));
+      assert.deepEqual(events.filter((e) => e.type === "room_message").map((e) => e.text), [
+        "bob 12",
+      ]);
+      await rooms.stop();
+      rooms = await open();
+      events.length = 0;
+      rooms.receive(carolConn, { op: "msg", m: msg(10) }); // signed since alice joined
+      assert.deepEqual(
+        events.map((e) =>
+          e.type === "room_message"
+            ? [e.text, e.late]
+            : e.type === "room_gap"
+            ? [e.missing, e.count]
+            : e.type
+        ),
+        [["bob 10", true], [[11], 1]],
+      );
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
+
+Deno.test("A message shown just below where its author was taken up (after his later one) is marked late", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, bob, carol] = [0, 1, 2].map(() => generateKeyPairSync("ed25519"));
+    const roomId = randomBytes(16).toString("hex");
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 2,
+      members: [
+        { name: "alice", key: spkiOf(alice.publicKey), since: 2 },
+        { name: "bob", key: spkiOf(bob.publicKey), since: 1 },
+        { name: "carol", key: spkiOf(carol.publicKey), since: 1 },
+      ],
+    }, carol.privateKey);
+    await Deno.writeTextFile(
+      join(dir, `${roomId}.json`),
+      JSON.stringify({ v: 1, list, creatorKey: spkiOf(carol.publicKey), seq: 0, next: {} }),
+    );
+    const events: CoreEvent[] = [];
+    const carolConn = {
+      name: "carol",
+      rooms: true,
+      sendRoom: () => true,
+    } as unknown as PeerConnection;
+    const open = async () => {
+      const rooms = new Rooms({
+        self: "alice",
+        privateKey: () => alice.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
+        peer: (n: string) => n === "carol" ? carolConn : undefined,
+        pinned: () => undefined,
+        invite: () => Promise.resolve(),
+        accept: () => Promise.resolve(),
+        invitations: () => [],
+        emit: (e: CoreEvent) => events.push(e),
+        history: { roomMessage() {} } as unknown as History,
+        dir,
+      } as never);
+      await rooms.load();
+      return rooms;
+    };
+    const msg = (seq: number) =>
+      signMessage(
+        { roomId, room: "#team", author: "bob", seq, version: 2, text: `bob ${seq}` },
+        bob.privateKey,
+      );
+    const rooms = await open();
+    try {
+      rooms.receive(carolConn, { op: "msg", m: msg(12) }); // carol withholds 11
+      await new Promise((r) => setTimeout(r, GAP_WAIT_MS + 200));
+      events.length = 0;
+      rooms.receive(carolConn, { op: "msg", m: msg(11) });
+      const shown = events.find((e) => e.type === "room_message");
+      assert.ok(shown?.type === "room_message");
+      assert.equal(shown.text, "bob 11");
+      assert.equal(shown.late, true, `11 shown after 12 unmarked: ${JSON.stringify(events)}`);
+      assert.deepEqual(events.map((e) => e.type), ["room_message"], "one signal, not more");
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
+
+Deno.test("A join its creator took is her to answer for JOIN_KEEP_MS only: her state later does not put the joiner in the room, and the invitation waits to be joined again or declined", async () => {
+  await carolAndDave(async (v) => {
+    v.lose("carol");
+    v.dave().join("#team", "carol");
+    await new Promise((r) => setTimeout(r, 20));
+    v.disconnect();
+    v.lose();
+    await v.dave().stop();
+    const file = join(v.daveHome, "room-invitations.json");
+    const kept = JSON.parse(await Deno.readTextFile(file));
+    assert.equal(kept.waiting[0].joined, true);
+    kept.waiting[0].joinedAt = Date.now() - JOIN_KEEP_MS - 60_000;
+    await Deno.writeTextFile(file, JSON.stringify(kept));
+    await v.restartDave();
+    v.sent.length = 0;
+    await v.connect();
+    assert.deepEqual(v.sent, [], "an old join was sent again at her state");
+    assert.equal(v.dave().has("#team"), false);
+    assert.deepEqual(v.dave().invitations(), [{ room: "#team", from: "carol" }]);
+    assert.deepEqual(v.dave().decline("#team", "carol"), { from: "carol", told: true });
+    assert.deepEqual(v.sent, ["leave"]);
   });
 });

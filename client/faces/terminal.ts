@@ -205,7 +205,9 @@ function format(e: ChatEvent): string | undefined {
     case "room_joined":
       return styleText("green", `you are in ${e.room}: ${e.members.join(", ")}`);
     case "room_message":
-      return `${styleText("cyan", `<${e.from}@${e.room}>`)} ${peerText(e.text, MAX_TEXT)}`;
+      return `${styleText("cyan", `<${e.from}@${e.room}>`)}${
+        e.late ? styleText("yellow", " (late)") : ""
+      } ${peerText(e.text, MAX_TEXT)}`;
     case "room_member":
       return styleText("yellow", `${e.name} ${e.change} ${e.room}`);
     case "room_gap":

@@ -239,3 +239,19 @@ Deno.test("a line of Russian, Greek or accented Latin that fills 80 columns is s
   assert.deepEqual(shown.map(withoutTime), texts.map((text) => [`<bob> ${text}`]));
   for (const [row] of shown) assert.equal(drawnApart(row), 80, row);
 });
+
+Deno.test("A room message shown after later ones of its author says (late); others say nothing of it", async () => {
+  const out = await printed([
+    { type: "room_message", room: "#ops", from: "bob", id: "r:bob@1.12", text: "twelve" },
+    {
+      type: "room_message",
+      room: "#ops",
+      from: "bob",
+      id: "r:bob@1.11",
+      text: "eleven",
+      late: true,
+    },
+  ]);
+  assert.ok(out.includes("<bob@#ops> twelve"), out);
+  assert.ok(out.includes("<bob@#ops> (late) eleven"), out);
+});

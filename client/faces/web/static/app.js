@@ -508,6 +508,7 @@ function received(c, e) {
     kind: "message",
     text: e.text,
     ref: e.ref,
+    late: e.late === true,
   });
   arrived(c);
 }
@@ -1268,6 +1269,13 @@ function drawItem(item) {
     // As text, not a title: a title shows on hover only, to no keyboard or screen reader.
     if (typeof item.ms === "number") st.append(`, round trip ${item.ms.toFixed(1)} ms`);
     meta.append(" ", st);
+  }
+  if (item.late) {
+    // Its author's later messages were shown before it (a member withheld it).
+    const l = document.createElement("span");
+    l.className = "late";
+    l.textContent = "(late)";
+    meta.append(" ", l);
   }
   if (item.repeats) {
     // Shown beside the earlier one, as the terminal and the history have both.
