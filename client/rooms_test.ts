@@ -1581,52 +1581,62 @@ Deno.test("A member who left while the creator was away stops inviting her, and 
   });
 });
 
+/**
+ * alice, a newcomer (since version 2) in carol's #team where bob is a member from the start, her
+ * room file in `dir`; `open()` starts her Rooms (again after a stop), `msg(n)` is bob's n-th
+ * message, signed under version 2 (after alice joined), and `events` what she emitted.
+ */
+async function newcomerAlice(dir: string) {
+  const [alice, bob, carol] = [0, 1, 2].map(() => generateKeyPairSync("ed25519"));
+  const roomId = randomBytes(16).toString("hex");
+  const list = signList({
+    roomId,
+    room: "#team",
+    creator: "carol",
+    version: 2,
+    members: [
+      { name: "alice", key: spkiOf(alice.publicKey), since: 2 },
+      { name: "bob", key: spkiOf(bob.publicKey), since: 1 },
+      { name: "carol", key: spkiOf(carol.publicKey), since: 1 },
+    ],
+  }, carol.privateKey);
+  await Deno.writeTextFile(
+    join(dir, `${roomId}.json`),
+    JSON.stringify({ v: 1, list, creatorKey: spkiOf(carol.publicKey), seq: 0, next: {} }),
+  );
+  const events: CoreEvent[] = [];
+  const carolConn = {
+    name: "carol",
+    rooms: true,
+    sendRoom: () => true,
+  } as unknown as PeerConnection;
+  const open = async () => {
+    const rooms = new Rooms({
+      self: "alice",
+      privateKey: () => alice.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
+      peer: (n: string) => n === "carol" ? carolConn : undefined,
+      pinned: () => undefined,
+      invite: () => Promise.resolve(),
+      accept: () => Promise.resolve(),
+      invitations: () => [],
+      emit: (e: CoreEvent) => events.push(e),
+      history: { roomMessage() {} } as unknown as History,
+      dir,
+    } as never);
+    await rooms.load();
+    return rooms;
+  };
+  const msg = (seq: number) =>
+    signMessage(
+      { roomId, room: "#team", author: "bob", seq, version: 2, text: `bob ${seq}` },
+      bob.privateKey,
+    );
+  return { events, carolConn, open, msg };
+}
+
 Deno.test("A message written since the newcomer joined, withheld past the take-up and a restart, is shown late and the gap before it reported, not dropped without a word", async () => {
   await withTempDir(async (dir) => {
-    const [alice, bob, carol] = [0, 1, 2].map(() => generateKeyPairSync("ed25519"));
-    const roomId = randomBytes(16).toString("hex");
-    const list = signList({
-      roomId,
-      room: "#team",
-      creator: "carol",
-      version: 2,
-      members: [
-        { name: "alice", key: spkiOf(alice.publicKey), since: 2 },
-        { name: "bob", key: spkiOf(bob.publicKey), since: 1 },
-        { name: "carol", key: spkiOf(carol.publicKey), since: 1 },
-      ],
-    }, carol.privateKey);
-    await Deno.writeTextFile(
-      join(dir, `${roomId}.json`),
-      JSON.stringify({ v: 1, list, creatorKey: spkiOf(carol.publicKey), seq: 0, next: {} }),
-    );
-    const events: CoreEvent[] = [];
-    const carolConn = {
-      name: "carol",
-      rooms: true,
-      sendRoom: () => true,
-    } as unknown as PeerConnection;
-    const open = async () => {
-      const rooms = new Rooms({
-        self: "alice",
-        privateKey: () => alice.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
-        peer: (n: string) => n === "carol" ? carolConn : undefined,
-        pinned: () => undefined,
-        invite: () => Promise.resolve(),
-        accept: () => Promise.resolve(),
-        invitations: () => [],
-        emit: (e: CoreEvent) => events.push(e),
-        history: { roomMessage() {} } as unknown as History,
-        dir,
-      } as never);
-      await rooms.load();
-      return rooms;
-    };
-    const msg = (seq: number) =>
-      signMessage(
-        { roomId, room: "#team", author: "bob", seq, version: 2, text: `bob ${seq}` },
-        bob.privateKey,
-      );
+    const { events, carolConn, open, msg } = await newcomerAlice(dir);
     let rooms = await open();
     try {
       rooms.receive(carolConn, { op: "msg", m: msg(12) }); // carol withholds 10 and 11
@@ -1656,50 +1666,7 @@ Deno.test("A message written since the newcomer joined, withheld past the take-u
 
 Deno.test("A message shown just below where its author was taken up (after his later one) is marked late", async () => {
   await withTempDir(async (dir) => {
-    const [alice, bob, carol] = [0, 1, 2].map(() => generateKeyPairSync("ed25519"));
-    const roomId = randomBytes(16).toString("hex");
-    const list = signList({
-      roomId,
-      room: "#team",
-      creator: "carol",
-      version: 2,
-      members: [
-        { name: "alice", key: spkiOf(alice.publicKey), since: 2 },
-        { name: "bob", key: spkiOf(bob.publicKey), since: 1 },
-        { name: "carol", key: spkiOf(carol.publicKey), since: 1 },
-      ],
-    }, carol.privateKey);
-    await Deno.writeTextFile(
-      join(dir, `${roomId}.json`),
-      JSON.stringify({ v: 1, list, creatorKey: spkiOf(carol.publicKey), seq: 0, next: {} }),
-    );
-    const events: CoreEvent[] = [];
-    const carolConn = {
-      name: "carol",
-      rooms: true,
-      sendRoom: () => true,
-    } as unknown as PeerConnection;
-    const open = async () => {
-      const rooms = new Rooms({
-        self: "alice",
-        privateKey: () => alice.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
-        peer: (n: string) => n === "carol" ? carolConn : undefined,
-        pinned: () => undefined,
-        invite: () => Promise.resolve(),
-        accept: () => Promise.resolve(),
-        invitations: () => [],
-        emit: (e: CoreEvent) => events.push(e),
-        history: { roomMessage() {} } as unknown as History,
-        dir,
-      } as never);
-      await rooms.load();
-      return rooms;
-    };
-    const msg = (seq: number) =>
-      signMessage(
-        { roomId, room: "#team", author: "bob", seq, version: 2, text: `bob ${seq}` },
-        bob.privateKey,
-      );
+    const { events, carolConn, open, msg } = await newcomerAlice(dir);
     const rooms = await open();
     try {
       rooms.receive(carolConn, { op: "msg", m: msg(12) }); // carol withholds 11
