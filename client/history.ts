@@ -188,10 +188,10 @@ export class History {
     return ref;
   }
 
-  // A received item's ref: 64 random bits, so that no two of this client's items share one
-  // (a peer's ids may repeat; the page tells its live items from history entries by this).
+  // A received item's ref, so that no two of this client's items share one (a peer's ids may
+  // repeat; the page tells its live items from history entries by this).
   #ref(from: string): string | undefined {
-    return from === this.#options.self ? undefined : randomBytes(8).toString("base64url");
+    return from === this.#options.self ? undefined : nextRef();
   }
 
   /**
@@ -528,4 +528,14 @@ function parseRecord(line: string): HistoryRecord | undefined {
   }
   if (r.t === "ack") return r as HistoryRecord;
   return undefined;
+}
+
+// A received item's ref: this process's 64 random bits, then a count (so no two items of a
+// client share one, across its runs too); a randomBytes() call per message cost more than the
+// rest of a received message's history record (about 0.7 µs against 0.2).
+const REF_PREFIX = randomBytes(8).toString("base64url");
+let refCount = 0;
+
+function nextRef(): string {
+  return REF_PREFIX + (refCount++).toString(36);
 }

@@ -321,7 +321,7 @@ Deno.test("History gives each received message and file a ref of its own, the sa
     assert.equal(refs[3], undefined);
     assert.equal(refs[5], undefined);
     const given = [refs[0], refs[1], refs[2], refs[4]];
-    for (const ref of given) assert.match(ref ?? "", /^[A-Za-z0-9_-]{11}$/);
+    for (const ref of given) assert.match(ref ?? "", /^[A-Za-z0-9_-]{11}[0-9a-z]+$/);
     assert.equal(new Set(given).size, 4, "each received item has its own ref");
     await history.flush();
     const read = await new History(folder, { self: "alice" }).read("bob");

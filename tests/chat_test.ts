@@ -111,7 +111,7 @@ function sha256(bytes: Uint8Array): string {
 /** A received item's event without its `ref` (this client's name for it), checked first. */
 function withoutRef(event: Record<string, unknown> | undefined): Record<string, unknown> {
   const { ref, ...rest } = event ?? {};
-  assert.match(String(ref), /^[A-Za-z0-9_-]{11}$/, `no ref in ${JSON.stringify(event)}`);
+  assert.match(String(ref), /^[A-Za-z0-9_-]{11}[0-9a-z]+$/, `no ref in ${JSON.stringify(event)}`);
   return rest;
 }
 
