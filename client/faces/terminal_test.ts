@@ -17,7 +17,10 @@ async function printed(events: ChatEvent[], options: { columns?: number } = {}):
     const terminal = new Terminal("alice");
     for (const event of ${JSON.stringify(events)}) terminal.show(event);
     Deno.exit(0);`;
-  const { NO_COLOR: _, ...env } = Deno.env.toObject();
+  // A user's terminal: none of the variables that turn node's colours off (CI=true does, as
+  // .ci/run sets it) or on.
+  const { NO_COLOR: _, CI: _ci, FORCE_COLOR: _f, NODE_DISABLE_COLORS: _n, ...env } = Deno.env
+    .toObject();
   const out = await new Deno.Command(
     options.columns ? "script" : Deno.execPath(),
     {
