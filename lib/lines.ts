@@ -56,7 +56,7 @@ export async function* readLineBatches(
 // breaks to Python's str.splitlines() and other Unicode-aware readers), the other C1 controls (a
 // terminal the line is shown on may obey them), and a lone surrogate's escape ("\ud800": strict
 // parsers refuse the whole line; with an odd run of backslashes before it, it is an escape).
-const UNSAFE = /[\u007f-\u009f\u2028\u2029]|\\ud[89a-f]/;
+const UNSAFE_CHAR = /[\u007f-\u009f\u2028\u2029]/;
 const UNSAFE_ALL = /[\u007f-\u009f\u2028\u2029]|(\\+)(ud[89a-f][0-9a-f]{2})/g;
 
 /**
@@ -72,7 +72,8 @@ const UNSAFE_ALL = /[\u007f-\u009f\u2028\u2029]|(\\+)(ud[89a-f][0-9a-f]{2})/g;
  */
 export function jsonLine(value: unknown): string {
   const line = JSON.stringify(value);
-  if (!UNSAFE.test(line)) return line; // the usual line, checked in one pass
+  // The usual line, checked in one pass and a search (faster than one regex for both).
+  if (!UNSAFE_CHAR.test(line) && !line.includes("\\ud")) return line;
   return line.replace(
     UNSAFE_ALL,
     (m, slashes?: string) =>
