@@ -2136,21 +2136,15 @@ export class Rooms {
       if (this.#roomFiles.has(roomId) || from === this.#host.self) continue;
       remember(this.#left, inviteKey(from, roomId), { room, roomId, from, at, told }, MAX_LEFT);
     }
-    for (const { room, roomId, from, at } of entries(data.declined, MAX_DECLINED)) {
-      remember(
-        this.#declinedHere,
-        inviteKey(from, roomId),
-        { room, roomId, from, at },
-        MAX_DECLINED,
-      );
-    }
-    for (const { room, roomId, from, at } of entries(data.untold, MAX_DECLINED)) {
-      remember(
+    for (
+      const [kept, into] of [[data.declined, this.#declinedHere], [
+        data.untold,
         this.#declinesUntold,
-        inviteKey(from, roomId),
-        { room, roomId, from, at },
-        MAX_DECLINED,
-      );
+      ]] as const
+    ) {
+      for (const { room, roomId, from, at } of entries(kept, MAX_DECLINED)) {
+        remember(into, inviteKey(from, roomId), { room, roomId, from, at }, MAX_DECLINED);
+      }
     }
     for (
       const { room, roomId, from, at, version, joined, joinedAt } of entries(

@@ -93,6 +93,26 @@ async function bidiFileName(scene: Scene): Promise<void> {
  * the history is loaded again; each is shown beside the other, as the terminal and
  * the history have them.
  */
+/** bob (a raw peer) offers "contract.txt" as f1, alice accepts it on the page, and he sends it. */
+async function sendContract(
+  page: Page,
+  peer: Awaited<ReturnType<Scene["raw"]>>,
+): Promise<void> {
+  const bytes = new TextEncoder().encode("the contract");
+  peer.write(encodeFrame({
+    type: "file",
+    id: "f1",
+    name: "contract.txt",
+    size: bytes.length,
+    sha256: createHash("sha256").update(bytes).digest("hex"),
+  }));
+  await page.getByRole("listitem").filter({ hasText: "offers contract.txt" })
+    .getByRole("button", { name: "Accept file" }).click();
+  await peer.expectFrame({ type: "accept", id: "f1" });
+  peer.write(encodeFrame({ type: "chunk", id: "f1", data: Buffer.from(bytes).toString("base64") }));
+  peer.write(encodeFrame({ type: "end", id: "f1" }));
+}
+
 async function reusedIds(scene: Scene): Promise<void> {
   const [alice, bob] = await scene.join("alice-ids", "bob-ids");
   const listen = freePort();
@@ -117,19 +137,7 @@ async function reusedIds(scene: Scene): Promise<void> {
   await timeline(page).locator(".item.theirs", { hasText: "I agree to pay 100 EUR" }).waitFor();
   peer.write(encodeFrame({ type: "msg", id: "m1", text: "I never agreed to pay anything" }));
   await timeline(page).locator(".item.theirs", { hasText: "I never agreed" }).waitFor();
-  const bytes = new TextEncoder().encode("the contract");
-  peer.write(encodeFrame({
-    type: "file",
-    id: "f1",
-    name: "contract.txt",
-    size: bytes.length,
-    sha256: createHash("sha256").update(bytes).digest("hex"),
-  }));
-  await page.getByRole("listitem").filter({ hasText: "offers contract.txt" })
-    .getByRole("button", { name: "Accept file" }).click();
-  await peer.expectFrame({ type: "accept", id: "f1" });
-  peer.write(encodeFrame({ type: "chunk", id: "f1", data: Buffer.from(bytes).toString("base64") }));
-  peer.write(encodeFrame({ type: "end", id: "f1" }));
+  await sendContract(page, peer);
   await page.getByRole("link", { name: "Download contract.txt" }).waitFor();
   peer.write(encodeFrame({ type: "msg", id: "f1", text: "no file was ever sent" }));
   await timeline(page).locator(".item.theirs", { hasText: "no file was ever sent" }).waitFor();
@@ -207,19 +215,7 @@ async function reusedIdsWhileAway(scene: Scene): Promise<void> {
   // While no tab shows bob: m1 again, a new m2, a file f1 and a message f1.
   peer.write(encodeFrame({ type: "msg", id: "m1", text: "I never agreed to pay anything" }));
   peer.write(encodeFrame({ type: "msg", id: "m2", text: "sent while away" }));
-  const bytes = new TextEncoder().encode("the contract");
-  peer.write(encodeFrame({
-    type: "file",
-    id: "f1",
-    name: "contract.txt",
-    size: bytes.length,
-    sha256: createHash("sha256").update(bytes).digest("hex"),
-  }));
-  await page.getByRole("listitem").filter({ hasText: "offers contract.txt" })
-    .getByRole("button", { name: "Accept file" }).click();
-  await peer.expectFrame({ type: "accept", id: "f1" });
-  peer.write(encodeFrame({ type: "chunk", id: "f1", data: Buffer.from(bytes).toString("base64") }));
-  peer.write(encodeFrame({ type: "end", id: "f1" }));
+  await sendContract(page, peer);
   peer.write(encodeFrame({ type: "msg", id: "f1", text: "no file was ever sent" }));
   const bobButton = (shown: Page, unread = "") =>
     shown.getByRole("button", { name: new RegExp(`^${bob.name} online${unread}`) });
