@@ -88,7 +88,8 @@ const MAX_REPORTS = 20;
 /**
  * Room invitations held at once, all creators together: past it the creator holding the most
  * gives up its oldest to one holding at least two fewer, else a new one is refused — so neither
- * one creator nor a few together keep the others' out, and none pushes out a fair share.
+ * one creator nor a few together keep the others' out, and none pushes out a fair share. Only a
+ * plain waiting invitation is given up (or counted in "the most"): never one we joined.
  */
 const MAX_ROOM_INVITES = 32;
 /**
@@ -1035,12 +1036,27 @@ export class Rooms {
     // another room of that name since). When all are taken, the creator holding the most gives
     // up its oldest if it holds at least two more than this one (two members together could
     // otherwise hold all 32 and keep every other creator's out); else a new one is refused.
+    // Only a plain waiting one ever goes: one we joined (the join under way, or kept as our
+    // consent) is ours to decline, and a flood of invitations must not lose it.
     const theirs = [...this.#invites].filter(([, i]) => i.from === conn.name);
-    const replaced = theirs.find(([, i]) => i.room === list.room) ??
-      (theirs.length >= MAX_INVITES_PER_CREATOR ? theirs[0] : undefined);
+    const sameName = theirs.find(([, i]) => i.room === list.room);
+    if (sameName?.[1].joined) {
+      throw refused(
+        `an invitation to another room called ${list.room}, whose invitation from ` +
+          `"${conn.name}" you joined (/room decline ${list.room} ${conn.name} declines that one)`,
+      );
+    }
+    const replaced = sameName ??
+      (theirs.length >= MAX_INVITES_PER_CREATOR ? theirs.find(([, i]) => !i.joined) : undefined);
+    if (!replaced && theirs.length >= MAX_INVITES_PER_CREATOR) {
+      throw refused(
+        `an invitation to ${list.room}: "${conn.name}" has ${MAX_INVITES_PER_CREATOR} ` +
+          `invitations you joined or that wait, the most one creator may`,
+      );
+    }
     const most = replaced || this.#invites.size < MAX_ROOM_INVITES
       ? undefined
-      : this.#oldestOfMost(theirs.length + 2);
+      : this.#oldestOfMost(theirs.filter(([, i]) => !i.joined).length + 2);
     const gone = replaced?.[0] ?? most;
     if (gone !== undefined) {
       const old = this.#invites.get(gone)!;
@@ -1816,12 +1832,15 @@ export class Rooms {
   // The key of the oldest invitation of the creator holding the most (the first to reach that
   // count on ties), when it holds at least `atLeast`.
   #oldestOfMost(atLeast: number): string | undefined {
+    // Plain waiting invitations only: one we joined is never given up, nor counted.
     const count = new Map<string, number>();
-    for (const i of this.#invites.values()) count.set(i.from, (count.get(i.from) ?? 0) + 1);
+    for (const i of this.#invites.values()) {
+      if (!i.joined) count.set(i.from, (count.get(i.from) ?? 0) + 1);
+    }
     let from: string | undefined;
     for (const [name, n] of count) if (n >= atLeast && n > (count.get(from!) ?? 0)) from = name;
     if (from === undefined) return undefined;
-    for (const [key, i] of this.#invites) if (i.from === from) return key;
+    for (const [key, i] of this.#invites) if (i.from === from && !i.joined) return key;
     return undefined;
   }
 

@@ -1707,3 +1707,160 @@ Deno.test("A join its creator took is her to answer for JOIN_KEEP_MS only: her s
     assert.deepEqual(v.sent, ["leave"]);
   });
 });
+
+/** A creator of rooms for alice's invitations: its key, its rooms' lists and its connections. */
+function creator(name: string) {
+  const keys = keyPair();
+  let conn: PeerConnection | undefined;
+  const frames: string[] = [];
+  return {
+    name,
+    frames,
+    /** A new connection (each takes 16 invitations at most): the one `peer()` finds now. */
+    connect(): PeerConnection {
+      conn = {
+        name,
+        rooms: true,
+        certificate: { x509: { publicKey: createPublicKey(keys.privateKey) } },
+        sendRoom: (body: RoomFrame) => frames.push(body.op) > 0,
+      } as unknown as PeerConnection;
+      return conn;
+    },
+    get conn() {
+      return conn;
+    },
+    disconnect: () => void (conn = undefined),
+    /** The list of `room` (`roomId`), at `version`, with `members` besides the creator. */
+    list(room: string, roomId: string, version: number, members: string[] = []): SignedList {
+      return signList({
+        roomId,
+        room,
+        creator: name,
+        version,
+        members: [
+          { name, key: keys.spki, since: 1 },
+          ...members.map((m) => ({ name: m, key: aliceKeys.spki, since: version })),
+        ].sort((a, b) => a.name < b.name ? -1 : 1),
+      }, keys.privateKey);
+    },
+  };
+}
+const aliceKeys = keyPair();
+
+Deno.test("An invitation joined (its join under way or kept as our consent), a decline not told yet and a leave to tell are never pushed out by new invitations: only plain waiting ones go, the oldest first", async () => {
+  await withTempDir(async (dir) => {
+    const events: CoreEvent[] = [];
+    const [ben, dave, mallory, trent, carol] = ["ben", "dave", "mallory", "trent", "carol"].map(
+      creator,
+    );
+    const everyone = [ben, dave, mallory, trent, carol];
+    const rooms = testRooms(
+      "alice",
+      aliceKeys.pem,
+      join(dir, "rooms"),
+      (name) => everyone.find((c) => c.name === name)?.conn,
+      (e) => events.push(e),
+      { invitationsFile: join(dir, "room-invitations.json") },
+    );
+    await rooms.load();
+    rooms.start();
+    const invite = (c: ReturnType<typeof creator>, room: string, roomId = roomIdFor(c.name)) => {
+      rooms.receive(c.conn!, { op: "invite", list: c.list(room, roomId, 1) });
+      return roomId;
+    };
+    try {
+      // alice joins ben's #team (under way), and declines dave's #dd while dave is away.
+      ben.connect();
+      const team = invite(ben, "#team");
+      rooms.join("#team", "ben");
+      dave.connect();
+      const dd = invite(dave, "#dd");
+      dave.disconnect();
+      assert.deepEqual(rooms.decline("#dd", "dave"), { from: "dave", told: false });
+      // ben fills his 16 and more (on a new connection: 16 a connection), and offers another
+      // room called #team; mallory and trent fill the 32, and carol comes after.
+      for (let i = 1; i <= 15; i++) invite(ben, `#b${i}`);
+      ben.connect();
+      invite(ben, "#b16");
+      invite(ben, "#team"); // another room of that name: refused, the joined one stays
+      mallory.connect();
+      for (let i = 1; i <= 16; i++) invite(mallory, `#m${i}`);
+      trent.connect();
+      for (let i = 1; i <= 16; i++) invite(trent, `#t${i}`);
+      carol.connect();
+      invite(carol, "#c1");
+      const waiting = rooms.invitations();
+      assert.ok(waiting.some((i) => i.room === "#team" && i.from === "ben"), "the joined one");
+      assert.equal(waiting.length, 32);
+      // Only plain waiting ones went: ben's oldest (#b1) for his #b16, then the oldest of the
+      // creator holding the most.
+      const dropped = events.flatMap((e) => e.type === "room_invite_dropped" ? [e.room] : []);
+      assert.ok(dropped.length > 0 && !dropped.includes("#team"), JSON.stringify(dropped));
+      assert.equal(dropped[0], "#b1");
+      // The join is still alice's consent: ben's list that adds her is taken, and she is in.
+      rooms.receive(ben.conn!, { op: "list", list: ben.list("#team", team, 2, ["alice"]) });
+      assert.ok(rooms.has("#team"), JSON.stringify(events.filter((e) => e.type === "warning")));
+      // dave, back, offers #dd again: told of the decline, not shown.
+      dave.connect();
+      events.length = 0;
+      invite(dave, "#dd", dd);
+      assert.deepEqual(dave.frames, ["leave"]);
+      assert.equal(events.some((e) => e.type === "room_invite"), false);
+      // alice leaves #team while ben is away; a new flood of invitations comes; ben, back, sends
+      // the room's state as to a member: he is told she left.
+      ben.disconnect();
+      await rooms.leave("#team");
+      for (let i = 17; i <= 32; i++) {
+        if (i % 16 === 1) carol.connect();
+        invite(carol, `#c${i}`);
+      }
+      ben.connect();
+      ben.frames.length = 0;
+      rooms.receive(ben.conn!, { op: "state", roomId: team, version: 2, seen: {} });
+      assert.deepEqual(ben.frames, ["leave"]);
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
+
+Deno.test("A join under way is not pushed out when 32 invitations wait and its creator holds the most", async () => {
+  await withTempDir(async (dir) => {
+    const events: CoreEvent[] = [];
+    const [ben, mallory, trent] = ["ben", "mallory", "trent"].map(creator);
+    const rooms = testRooms(
+      "alice",
+      aliceKeys.pem,
+      join(dir, "rooms"),
+      (name) => [ben, mallory, trent].find((c) => c.name === name)?.conn,
+      (e) => events.push(e),
+      { invitationsFile: join(dir, "room-invitations.json") },
+    );
+    await rooms.load();
+    try {
+      const team = roomIdFor("ben");
+      ben.connect();
+      rooms.receive(ben.conn!, { op: "invite", list: ben.list("#team", team, 1) });
+      rooms.join("#team", "ben");
+      for (let i = 1; i <= 15; i++) {
+        rooms.receive(ben.conn!, { op: "invite", list: ben.list(`#b${i}`, roomIdFor("ben"), 1) });
+      }
+      mallory.connect();
+      for (let i = 1; i <= 16; i++) {
+        rooms.receive(mallory.conn!, {
+          op: "invite",
+          list: mallory.list(`#m${i}`, roomIdFor("mallory"), 1),
+        });
+      }
+      trent.connect();
+      rooms.receive(trent.conn!, { op: "invite", list: trent.list("#t1", roomIdFor("trent"), 1) });
+      const dropped = events.flatMap((e) => e.type === "room_invite_dropped" ? [e.room] : []);
+      assert.deepEqual(dropped, ["#m1"]);
+      assert.throws(() => rooms.decline("#team", "ben"), e2eError("ERR_CONFLICT", /under way/));
+      rooms.receive(ben.conn!, { op: "list", list: ben.list("#team", team, 2, ["alice"]) });
+      assert.ok(rooms.has("#team"));
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
