@@ -42,6 +42,8 @@ export interface HistoryEntry {
   state?: "sent" | "delivered";
   /** The round trip of a delivered message, in milliseconds. */
   ms?: number;
+  /** A room message shown after later ones of its author (one a member withheld): "(late)". */
+  late?: true;
   /**
    * What this client calls a received item: unique among its items, the same in the event that
    * showed it live (docs/PROTOCOL.md §6, §7). None for ours, nor in lines of earlier versions.
@@ -62,7 +64,16 @@ interface FileFields {
 
 /** A line of a history file. */
 type HistoryRecord =
-  | { t: "msg"; id: string; at: string; from: string; to: string; text: string; ref?: string }
+  | {
+    t: "msg";
+    id: string;
+    at: string;
+    from: string;
+    to: string;
+    text: string;
+    ref?: string;
+    late?: true;
+  }
   | FileFields & { t: "file"; at: string; ref?: string }
   | { t: "ack"; id: string; at: string; ms?: number }
   | { t: "acks"; ids: string[]; at: string; ms?: Array<number | null> };
@@ -151,11 +162,11 @@ export class History {
   }
 
   /**
-   * Records a message of a room (conversation `room`, `#name`) we wrote or received. Returns the
-   * ref of a received one.
+   * Records a message of a room (conversation `room`, `#name`) we wrote or received; `late`:
+   * shown after later ones of its author. Returns the ref of a received one.
    */
   roomMessage(
-    m: { id: string; room: string; from: string; text: string; at?: Date },
+    m: { id: string; room: string; from: string; text: string; at?: Date; late?: boolean },
   ): string | undefined {
     const ref = this.#ref(m.from);
     this.#append(m.room, {
@@ -166,6 +177,7 @@ export class History {
       to: m.room,
       text: m.text,
       ...(ref === undefined ? {} : { ref }),
+      ...(m.late ? { late: true } : {}),
     });
     return ref;
   }
@@ -248,6 +260,7 @@ export class History {
             },
           };
         if (typeof record.ref === "string") entry.ref = record.ref;
+        if (record.t === "msg" && record.late === true) entry.late = true;
         if (record.from === this.#options.self) {
           entry.state = "sent";
           ours.set(record.id, entry);

@@ -335,3 +335,19 @@ Deno.test("History gives each received message and file a ref of its own, the sa
     assert.deepEqual((await history.read("#team")).map((e) => e.ref), [refs[4], undefined]);
   });
 });
+
+Deno.test("History keeps the (late) mark of a room message shown after later ones of its author, and gives it back when read", async () => {
+  await withTempDir(async (dir) => {
+    const folder = join(dir, "history");
+    const history = new History(folder, { self: "alice" });
+    const id = (seq: number) => `${"a".repeat(32)}:bob@1.${seq}`;
+    history.roomMessage({ id: id(12), room: "#ops", from: "bob", text: "twelve" });
+    history.roomMessage({ id: id(11), room: "#ops", from: "bob", text: "eleven", late: true });
+    await history.flush();
+    const read = await new History(folder, { self: "alice" }).read("#ops");
+    assert.deepEqual(read.map((e) => [e.text, e.late]), [["twelve", undefined], [
+      "eleven",
+      true,
+    ]]);
+  });
+});

@@ -1486,6 +1486,7 @@ export class Rooms {
       room: r.list.room,
       from: m.author,
       text: m.text,
+      late,
     });
     this.#host.emit({
       type: "room_message",

@@ -84,6 +84,7 @@ function testRooms(
     accept?: (name: string) => Promise<unknown>;
     invite?: (name: string) => Promise<unknown>;
     invitationsFile?: string;
+    history?: History;
   } = {},
 ): Rooms {
   return new Rooms({
@@ -95,7 +96,7 @@ function testRooms(
     accept: options.accept ?? (() => Promise.resolve()),
     invitations: options.invitations ?? (() => []),
     emit,
-    history: { roomMessage() {} } as unknown as History,
+    history: options.history ?? { roomMessage() {} } as unknown as History,
     dir,
     invitationsFile: options.invitationsFile,
   });
@@ -299,6 +300,7 @@ async function newcomer(
     /** The `want` frames alice sent. */
     wants: Array<{ to: string; author: string; seqs: number[] }>;
   }) => Promise<void>,
+  options: { history?: History } = {},
 ): Promise<void> {
   await withTempDir(async (dir) => {
     const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
@@ -333,6 +335,7 @@ async function newcomer(
       dir,
       (n) => connections.get(n),
       (e) => events.push(e),
+      options,
     );
     await rooms.load();
     try {
@@ -423,6 +426,24 @@ Deno.test("A message written since the newcomer joined that a member withholds p
       ],
     );
   });
+});
+
+Deno.test("A message shown late is kept late in the history", async () => {
+  const recorded: Array<{ text: string; late?: boolean }> = [];
+  const history = {
+    roomMessage: (m: { text: string; late?: boolean }) => {
+      recorded.push({ text: m.text, ...(m.late ? { late: m.late } : {}) });
+    },
+  } as unknown as History;
+  await newcomer(async ({ byBob, rooms, carol }) => {
+    rooms.receive(carol, { op: "msg", m: byBob(12), to: ["bob", "carol"] });
+    await sleep(GAP_WAIT_MS + 500);
+    rooms.receive(carol, { op: "msg", m: byBob(11), fill: true });
+    assert.deepEqual(recorded, [
+      { text: "bob 12" },
+      { text: "bob 11", late: true },
+    ]);
+  }, { history });
 });
 
 Deno.test("A member who missed more than 256 of an author's messages reports the gap and hears that author again", async () => {

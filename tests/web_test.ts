@@ -491,6 +491,46 @@ async function memberComesBack(scene: Scene): Promise<void> {
   await tab.close();
 }
 
+/** A room message kept as shown late says "(late)" when the history is read again. */
+async function roomHistoryKeepsLate(scene: Scene): Promise<void> {
+  const [alice, bob] = await scene.join("alice-own", "bob-own");
+  // A history of before, kept by the room's name: bob's 11 was withheld and shown after his 12.
+  const history = join(alice.home, "history");
+  await Deno.mkdir(history, { mode: 0o700 });
+  const line = (seq: number, text: string, late?: true) =>
+    JSON.stringify({
+      t: "msg",
+      id: `${"c".repeat(32)}:${bob.name}@1.${seq}`,
+      at: new Date(Date.now() - 60_000 + seq).toISOString(),
+      from: bob.name,
+      to: "#ops",
+      text,
+      ...(late ? { late } : {}),
+    }) + "\n";
+  await Deno.writeTextFile(
+    join(history, "%23ops.jsonl"),
+    line(12, "twelve, shown first") + line(11, "eleven, withheld", true),
+    { mode: 0o600 },
+  );
+  const web = await scene.web(alice);
+  const page = await scene.page(web);
+  await page.getByRole("button", { name: /^#ops room/ }).waitFor();
+
+  // A tab opened now reads it from the history.
+  const tab = await page.context().newPage();
+  await tab.goto(web.url);
+  await tab.getByRole("button", { name: /^#ops room/ }).click();
+  await timeline(tab).locator(".item", { hasText: "eleven, withheld" }).locator(".late", {
+    hasText: "(late)",
+  }).waitFor();
+  assert.equal(
+    await timeline(tab).locator(".item", { hasText: "twelve, shown first" }).locator(".late")
+      .count(),
+    0,
+  );
+  await tab.close();
+}
+
 async function lostAndBack(scene: Scene): Promise<void> {
   const [alice] = await scene.join("alice-l");
   const web = await scene.web(alice);
@@ -863,6 +903,10 @@ await webTest("web face in chromium: real CA service, real clients", [
   [
     "a member who leaves a room and comes back is shown beside its messages of before, live and in the room's history, not in place of them",
     memberComesBack,
+  ],
+  [
+    "a room message kept as shown late says (late) when the history is read again",
+    roomHistoryKeepsLate,
   ],
   [
     "a log alarm shows as a banner that stays, and no chat starts: Start chat and an invitation's Accept fail, the latter described by its error",

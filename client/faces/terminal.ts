@@ -186,7 +186,9 @@ function format(e: ChatEvent): string | undefined {
               h.file?.path ? ` → ${printable(h.file.path)}` : ""
             }`;
           const mark = h.state === "delivered" ? styleText("gray", " ✓") : "";
-          return `${when} ${styleText("cyan", `<${h.from}>`)} ${what}${mark}`;
+          // As the room message said it when it was shown (docs/PROTOCOL.md §6).
+          const late = h.late ? styleText("yellow", " (late)") : "";
+          return `${when} ${styleText("cyan", `<${h.from}>`)}${late} ${what}${mark}`;
         }).join("\n")
         : `no history with ${e.peer}`;
     case "room_invite":

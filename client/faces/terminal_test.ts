@@ -258,3 +258,21 @@ Deno.test("A room message shown after later ones of its author says (late); othe
   assert.ok(out.includes("<bob@#ops> twelve"), out);
   assert.ok(out.includes("<bob@#ops> (late) eleven"), out);
 });
+
+Deno.test("A room message kept as shown late says (late) in /history too; the others say nothing of it", async () => {
+  const entry = (id: string, text: string) => ({
+    id,
+    at: "2026-01-01T10:00:00.000Z",
+    from: "bob",
+    to: "#ops",
+    kind: "message" as const,
+    text,
+  });
+  const out = await printed([{
+    type: "history",
+    peer: "#ops",
+    entries: [entry("r:bob@1.12", "twelve"), { ...entry("r:bob@1.11", "eleven"), late: true }],
+  }]);
+  assert.ok(out.includes("<bob> twelve"), out);
+  assert.ok(out.includes("<bob> (late) eleven"), out);
+});
