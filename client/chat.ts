@@ -207,6 +207,7 @@ export class Chat {
       onWarning: warn,
       key: id.historyKey(),
       seal: id.keyEncrypted,
+      roomId: (room) => this.#rooms.idOf(room), // a room's history is kept by its id
     });
     // A room member's invitation is accepted by the rooms (the signed list is the consent).
     this.#rooms = new Rooms({

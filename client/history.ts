@@ -1,9 +1,14 @@
 /**
  * Conversation history: one append-only file of JSON lines per conversation
  * under HOME/history/ (0700 folder, 0600 files), so a restarted client (terminal
- * or page) shows the last messages. Files are rotated at a bounded size (one
- * older file is kept); a torn last line (a crash in the middle of a write) is
- * skipped with a warning, never fatal. docs/PROTOCOL.md §7 is the format.
+ * or page) shows the last messages. A room's conversation is kept by its name
+ * and its room id (`#team@ROOMID`), so two rooms of one name (a room left and
+ * another joined, two creators' #team) never share one; a file of before, kept
+ * by the name alone, is still read (never written) for a room of that name,
+ * without the lines whose ids name another room. Files are rotated at a
+ * bounded size (one older file is kept); a torn last line (a crash in the
+ * middle of a write) is skipped with a warning, never fatal. docs/PROTOCOL.md
+ * §7 is the format.
  *
  * When the client's key is encrypted, the lines of each write (everything
  * recorded in one turn of the event loop) are sealed together with
@@ -94,6 +99,13 @@ export interface HistoryOptions {
   key?: Uint8Array;
   /** Seal new lines with `key`. Default: true (when there is a key). */
   seal?: boolean;
+  /**
+   * The id of the room called `room` (`#name`) that we are in now, if any: a room's history is
+   * kept by its id (a file sent in it, `/history #name`). Default: none — a file or message
+   * addressed to a room is kept by the room's name alone, and a room is read as when we are in
+   * no room of its name (the one of that name written last).
+   */
+  roomId?: (room: string) => string | undefined;
 }
 
 const DEFAULT_MAX_BYTES = 4 * 1024 * 1024;
@@ -162,14 +174,22 @@ export class History {
   }
 
   /**
-   * Records a message of a room (conversation `room`, `#name`) we wrote or received; `late`:
-   * shown after later ones of its author. Returns the ref of a received one.
+   * Records a message of a room (`room`, `#name`, whose id is `roomId`) we wrote or received;
+   * `late`: shown after later ones of its author. Returns the ref of a received one.
    */
   roomMessage(
-    m: { id: string; room: string; from: string; text: string; at?: Date; late?: boolean },
+    m: {
+      id: string;
+      room: string;
+      roomId: string;
+      from: string;
+      text: string;
+      at?: Date;
+      late?: boolean;
+    },
   ): string | undefined {
     const ref = this.#ref(m.from);
-    this.#append(m.room, {
+    this.#append(roomKey(m.room, m.roomId), {
       t: "msg",
       id: m.id,
       at: m.at ? m.at.toISOString() : isoNow(),
@@ -219,13 +239,29 @@ export class History {
     this.#schedule(false);
   }
 
-  /** The last `limit` entries of the conversation with `peer`, oldest first. */
+  /**
+   * The last `limit` entries of the conversation with `peer`, oldest first. For a room
+   * (`#name`): the room of that name we are in now, else the one of that name written last.
+   */
   async read(peer: string, limit = 50): Promise<HistoryEntry[]> {
     await this.flush();
     const entries: HistoryEntry[] = [];
     const ours = new Map<string, HistoryEntry>(); // our latest entry of each id, for acks
-    for (const file of [this.#file(peer, 1), this.#file(peer, 0)]) {
-      for (const record of await this.#records(file, peer)) {
+    const key = await this.#readKey(peer);
+    const roomId = key === peer ? undefined : key.slice(peer.length + 1);
+    // A room's file of before (kept by its name) first, then its own: lines of before ids named
+    // their room can be told from no other room's, and are read too.
+    const sources: Array<[string, string]> = roomId === undefined ? [] : [
+      [this.#file(peer, 1), peer],
+      [this.#file(peer, 0), peer],
+    ];
+    sources.push([this.#file(key, 1), key], [this.#file(key, 0), key]);
+    for (const [file, aad] of sources) {
+      for (const record of await this.#records(file, aad)) {
+        if (
+          aad !== key && record.t !== "ack" && record.t !== "acks" &&
+          ROOM_ID_PREFIX.test(record.id) && !record.id.startsWith(`${roomId}:`)
+        ) continue; // another room of that name
         if (record.t === "ack" || record.t === "acks") {
           const ids = record.t === "ack" ? [record.id] : record.ids;
           for (const [i, id] of ids.entries()) {
@@ -279,15 +315,42 @@ export class History {
       for await (const entry of Deno.readDir(this.#dir)) {
         const m = /^(.+)\.jsonl$/.exec(entry.name);
         if (!entry.isFile || !m) continue;
-        const name = decodedName(m[1]);
-        if (name === undefined) continue; // not a name #file() makes
+        const decoded = decodedName(m[1]);
+        if (decoded === undefined) continue; // not a name #file() makes
+        const name = roomOfKey(decoded) ?? decoded;
         const info = await Deno.stat(join(this.#dir, entry.name));
-        out.push({ name, last: (info.mtime ?? new Date(0)).toISOString() });
+        const last = (info.mtime ?? new Date(0)).toISOString();
+        // A room's files of before and of other rooms of its name: one conversation, `#name`.
+        const seen = out.find((c) => c.name === name);
+        if (!seen) out.push({ name, last });
+        else if (last > seen.last) seen.last = last;
       }
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
     return out.sort((a, b) => b.last.localeCompare(a.last));
+  }
+
+  // Where `peer`'s conversation is read from: a room's by its id (the room of that name we are
+  // in, else the one of that name written last); a peer's, or a room with no file of its id (only
+  // one of before), by its name.
+  async #readKey(peer: string): Promise<string> {
+    if (!peer.startsWith("#")) return peer;
+    const id = this.#options.roomId?.(peer);
+    if (id !== undefined) return roomKey(peer, id);
+    let last: { key: string; at: number } | undefined;
+    try {
+      for await (const entry of Deno.readDir(this.#dir)) {
+        const m = /^(.+)\.jsonl$/.exec(entry.name);
+        const key = m ? decodedName(m[1]) : undefined;
+        if (!entry.isFile || key === undefined || roomOfKey(key) !== peer) continue;
+        const at = (await Deno.stat(join(this.#dir, entry.name))).mtime?.getTime() ?? 0;
+        if (!last || at > last.at) last = { key, at };
+      }
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    return last?.key ?? peer;
   }
 
   /** Resolves once everything recorded so far is written. */
@@ -296,14 +359,18 @@ export class History {
     await this.#queue;
   }
 
-  // The conversation: the other party, or the room (its name starts with "#").
+  // The conversation: the other party, or the room (its name starts with "#"; by its id).
   #peerOf(m: { from: string; to: string }): string {
-    if (m.to.startsWith("#")) return m.to;
+    if (m.to.startsWith("#")) {
+      const id = this.#options.roomId?.(m.to);
+      return id === undefined ? m.to : roomKey(m.to, id);
+    }
     return m.from === this.#options.self ? m.to : m.from;
   }
 
   #file(peer: string, generation: 0 | 1): string {
-    // Names are [a-z0-9._-] (and '#' for rooms); encoding keeps any name inside the folder.
+    // Names are [a-z0-9._-] (and '#', '@' and a room id for rooms); encoding keeps any name
+    // inside the folder.
     const base = encodeURIComponent(peer).replace(/^\./, "%2E");
     return join(this.#dir, generation === 0 ? `${base}.jsonl` : `${base}.jsonl.1`);
   }
@@ -506,6 +573,19 @@ async function endsWithNewline(file: string, size: number): Promise<boolean> {
     handle.close();
   }
 }
+
+/** A room's conversation: `#name@ROOMID` (both checked by lib/room.ts; '@' is in neither). */
+function roomKey(room: string, roomId: string): string {
+  return `${room}@${roomId}`;
+}
+
+/** The room name of a conversation {@linkcode roomKey} made, else undefined. */
+function roomOfKey(key: string): string | undefined {
+  return /^(#[^@]+)@[0-9a-f]{32}$/.exec(key)?.[1];
+}
+
+// The id of a room message (`ROOMID:AUTHOR@SINCE.SEQ`) names its room; one of before does not.
+const ROOM_ID_PREFIX = /^[0-9a-f]{32}:/;
 
 function decodedName(encoded: string): string | undefined {
   try {

@@ -3,6 +3,9 @@ import { join } from "node:path";
 import { withTempDir } from "../tests/_helpers.ts";
 import { History } from "./history.ts";
 
+const ROOM_A = "a".repeat(32);
+const ROOM_B = "b".repeat(32);
+
 function mode(info: Deno.FileInfo): number {
   return (info.mode ?? 0) & 0o777;
 }
@@ -315,8 +318,20 @@ Deno.test("History gives each received message and file a ref of its own, the sa
       history.message({ id: "m1", from: "bob", to: "alice", text: "I never agreed" }),
       history.file({ id: "m1", from: "bob", to: "alice", name: "x.txt", bytes: 1 }),
       history.message({ id: "a-1", from: "alice", to: "bob", text: "mine" }),
-      history.roomMessage({ id: "r:carol@1.1", room: "#team", from: "carol", text: "room" }),
-      history.roomMessage({ id: "r:alice@1.1", room: "#team", from: "alice", text: "ours" }),
+      history.roomMessage({
+        id: "r:carol@1.1",
+        room: "#team",
+        roomId: ROOM_A,
+        from: "carol",
+        text: "room",
+      }),
+      history.roomMessage({
+        id: "r:alice@1.1",
+        room: "#team",
+        roomId: ROOM_A,
+        from: "alice",
+        text: "ours",
+      }),
     ];
     assert.equal(refs[3], undefined);
     assert.equal(refs[5], undefined);
@@ -339,15 +354,94 @@ Deno.test("History gives each received message and file a ref of its own, the sa
 Deno.test("History keeps the (late) mark of a room message shown after later ones of its author, and gives it back when read", async () => {
   await withTempDir(async (dir) => {
     const folder = join(dir, "history");
-    const history = new History(folder, { self: "alice" });
-    const id = (seq: number) => `${"a".repeat(32)}:bob@1.${seq}`;
-    history.roomMessage({ id: id(12), room: "#ops", from: "bob", text: "twelve" });
-    history.roomMessage({ id: id(11), room: "#ops", from: "bob", text: "eleven", late: true });
+    const history = new History(folder, { self: "alice", roomId: () => ROOM_A });
+    const id = (seq: number) => `${ROOM_A}:bob@1.${seq}`;
+    history.roomMessage({ id: id(12), room: "#ops", roomId: ROOM_A, from: "bob", text: "twelve" });
+    history.roomMessage({
+      id: id(11),
+      room: "#ops",
+      roomId: ROOM_A,
+      from: "bob",
+      text: "eleven",
+      late: true,
+    });
     await history.flush();
-    const read = await new History(folder, { self: "alice" }).read("#ops");
+    const read = await new History(folder, { self: "alice", roomId: () => ROOM_A }).read("#ops");
     assert.deepEqual(read.map((e) => [e.text, e.late]), [["twelve", undefined], [
       "eleven",
       true,
     ]]);
+  });
+});
+
+Deno.test("Two rooms of one name keep histories of their own, kept by room id under names inside the folder; not in one, the one written last is read", async () => {
+  await withTempDir(async (dir) => {
+    const folder = join(dir, "history");
+    let current: string | undefined = ROOM_A;
+    const history = new History(folder, { self: "alice", roomId: () => current });
+    const say = (roomId: string, from: string, text: string) =>
+      history.roomMessage({ id: `${roomId}:${from}@1.1`, room: "#team", roomId, from, text });
+    say(ROOM_A, "bob", "in ben's #team");
+    // A file sent in the room: kept by the id of the room of that name we are in.
+    history.file({ id: "f1", from: "bob", to: "#team", name: "plan.txt", bytes: 4 });
+    await history.flush();
+    await new Promise((r) => setTimeout(r, 20));
+    current = ROOM_B; // left ben's #team, joined mallory's
+    say(ROOM_B, "mallory", "in mallory's #team");
+    assert.deepEqual((await history.read("#team")).map((e) => e.text), ["in mallory's #team"]);
+    current = ROOM_A;
+    assert.deepEqual((await history.read("#team")).map((e) => e.text ?? e.file?.name), [
+      "in ben's #team",
+      "plan.txt",
+    ]);
+    current = undefined;
+    assert.deepEqual((await history.read("#team")).map((e) => e.text), ["in mallory's #team"]);
+    assert.deepEqual((await history.conversations()).map((c) => c.name), ["#team"]);
+    const names = [...Deno.readDirSync(folder)].map((e) => e.name).sort();
+    assert.deepEqual(names, [`%23team%40${ROOM_A}.jsonl`, `%23team%40${ROOM_B}.jsonl`]);
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["history"]);
+  });
+});
+
+Deno.test("A room's history file of before (kept by its name) is still read for the room, sealed lines too, without the lines of another room of that name, and never written again", async () => {
+  await withTempDir(async (dir) => {
+    const folder = join(dir, "history");
+    const key = new Uint8Array(32).fill(7);
+    // An earlier version: one file for every room called #team, sealed with the name as its AD.
+    const before = new History(folder, { self: "alice", key });
+    const at = new Date("2026-01-01T00:00:00Z");
+    for (
+      const [id, text] of [
+        ["bob.3", "of before room ids"],
+        [`${ROOM_A}:bob@1.1`, "ben's room"],
+        [`${ROOM_B}:mallory@1.1`, "mallory's room"],
+      ]
+    ) {
+      before.message({
+        id,
+        from: id.includes("mallory") ? "mallory" : "bob",
+        to: "#team",
+        text,
+        at,
+      });
+    }
+    await before.flush();
+    const file = join(folder, "%23team.jsonl");
+    const old = await Deno.readTextFile(file);
+    const history = new History(folder, { self: "alice", key, roomId: () => ROOM_A });
+    history.roomMessage({
+      id: `${ROOM_A}:bob@1.2`,
+      room: "#team",
+      roomId: ROOM_A,
+      from: "bob",
+      text: "now",
+    });
+    assert.deepEqual((await history.read("#team")).map((e) => e.text), [
+      "of before room ids",
+      "ben's room",
+      "now",
+    ]);
+    assert.equal(await Deno.readTextFile(file), old);
+    assert.deepEqual((await history.conversations()).map((c) => c.name), ["#team"]);
   });
 });

@@ -152,7 +152,8 @@ const MAX_INVITATIONS_FILE_BYTES = 256 * 1024;
  * The id of a room message, `ROOMID:AUTHOR@SINCE.SEQ`: unique to one membership of one room, since
  * a member removed and added again (its `SINCE`, the list version that added it, is new) numbers
  * its messages from 1 again, and rooms of the same name (one left, another joined) share a
- * history. (Ids were `AUTHOR.SEQ` before; history lines keep theirs.)
+ * history file of before (client/history.ts keeps each room's by its id now). (Ids were
+ * `AUTHOR.SEQ` before; history lines keep theirs.)
  *
  * @example The third message of bob, added by version 2 of the list
  * ```ts
@@ -212,7 +213,7 @@ export interface RoomHost {
    * for it and not accepted yet are withdrawn. Default: none.
    */
   gone?(room: string, names: string[]): void;
-  /** Where room messages are recorded (conversation `#name`). */
+  /** Where room messages are recorded (conversation `#name`, kept by the room's id). */
   history: History;
   /** HOME/rooms. */
   dir: string;
@@ -797,6 +798,11 @@ export class Rooms {
     };
   }
 
+  /** The id of the room called `room` that we are in, if any (its history is kept by it). */
+  idOf(room: string): string | undefined {
+    return this.#byName(room)?.list.roomId;
+  }
+
   /** Whether we are in `room`. */
   has(room: string): boolean {
     return this.#byName(room) !== undefined;
@@ -840,7 +846,7 @@ export class Rooms {
     // It leaves at the end of this turn, once the number is durable: a restarted author never
     // reuses a sequence number.
     this.#queueSend(r, id, () => {
-      this.#host.history.roomMessage({ id, room, from: self, text });
+      this.#host.history.roomMessage({ id, room, roomId: r.list.roomId, from: self, text });
       this.#host.emit({ type: "sent", to: room, id, text });
       for (const conn of targets) conn.sendRoom({ op: "msg", m, to });
       // Members not connected now get it through the mailbox (they drop what also comes otherwise).
@@ -1484,6 +1490,7 @@ export class Rooms {
     const ref = this.#host.history.roomMessage({
       id,
       room: r.list.room,
+      roomId: r.list.roomId,
       from: m.author,
       text: m.text,
       late,

@@ -428,20 +428,20 @@ Deno.test("A message written since the newcomer joined that a member withholds p
   });
 });
 
-Deno.test("A message shown late is kept late in the history", async () => {
-  const recorded: Array<{ text: string; late?: boolean }> = [];
+Deno.test("A message shown late is kept late in the history, by its room's id", async () => {
+  const recorded: Array<{ text: string; roomId: string; late?: boolean }> = [];
   const history = {
-    roomMessage: (m: { text: string; late?: boolean }) => {
-      recorded.push({ text: m.text, ...(m.late ? { late: m.late } : {}) });
+    roomMessage: (m: { text: string; roomId: string; late?: boolean }) => {
+      recorded.push({ text: m.text, roomId: m.roomId, ...(m.late ? { late: m.late } : {}) });
     },
   } as unknown as History;
-  await newcomer(async ({ byBob, rooms, carol }) => {
+  await newcomer(async ({ byBob, rooms, carol, roomId }) => {
     rooms.receive(carol, { op: "msg", m: byBob(12), to: ["bob", "carol"] });
     await sleep(GAP_WAIT_MS + 500);
     rooms.receive(carol, { op: "msg", m: byBob(11), fill: true });
     assert.deepEqual(recorded, [
-      { text: "bob 12" },
-      { text: "bob 11", late: true },
+      { text: "bob 12", roomId },
+      { text: "bob 11", roomId, late: true },
     ]);
   }, { history });
 });

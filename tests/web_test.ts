@@ -491,8 +491,12 @@ async function memberComesBack(scene: Scene): Promise<void> {
   await tab.close();
 }
 
-/** A room message kept as shown late says "(late)" when the history is read again. */
-async function roomHistoryKeepsLate(scene: Scene): Promise<void> {
+/**
+ * A room's history is its own: a #team re-created (another room, another id) shows only its own
+ * messages when the history is read again, not those of the #team before it; and a room message
+ * kept as shown late says "(late)" there too.
+ */
+async function roomHistoryIsItsOwn(scene: Scene): Promise<void> {
   const [alice, bob] = await scene.join("alice-own", "bob-own");
   // A history of before, kept by the room's name: bob's 11 was withheld and shown after his 12.
   const history = join(alice.home, "history");
@@ -513,12 +517,44 @@ async function roomHistoryKeepsLate(scene: Scene): Promise<void> {
     { mode: 0o600 },
   );
   const web = await scene.web(alice);
+  const bobChat = await scene.json(bob);
   const page = await scene.page(web);
-  await page.getByRole("button", { name: /^#ops room/ }).waitFor();
+  const box = page.getByRole("textbox", { name: "Message", exact: true });
+  const say = async (text: string) => {
+    await box.fill(text);
+    await box.press("Enter");
+    await waitUntil(async () => await box.inputValue() === "", `"${text}" sent`);
+  };
+  const team = async (first = false) => {
+    await page.getByRole("textbox", { name: "Chat with" }).fill("#team");
+    await page.getByRole("button", { name: "Start chat", exact: true }).click();
+    await page.getByRole("button", { name: "#team room", exact: true }).waitFor();
+    await say(`/invite ${bob.name}`);
+    if (first) {
+      await bobChat.expect({ type: "invite", from: alice.name });
+      await bobChat.send(`/accept ${alice.name}`);
+    }
+    await bobChat.expect({ type: "room_invite", room: "#team", from: alice.name });
+    await bobChat.send("/room join #team");
+    await bobChat.expect({ type: "room_joined", room: "#team" });
+  };
+  await team(true);
+  await bobChat.send("/msg #team in the first #team");
+  await timeline(page).getByText("in the first #team").waitFor();
+  await say(`/remove ${bob.name}`);
+  await bobChat.expect({ type: "room_member", room: "#team", name: bob.name, change: "removed" });
+  await say("/leave");
+  await page.getByRole("button", { name: "#team room, left", exact: true }).waitFor();
+  await team(); // created again: another room called #team
+  await bobChat.send("/msg #team in the second #team");
+  await timeline(page).getByText("in the second #team").waitFor();
 
-  // A tab opened now reads it from the history.
+  // A tab opened now reads each from the history.
   const tab = await page.context().newPage();
   await tab.goto(web.url);
+  await tab.getByRole("button", { name: /^#team room/ }).click();
+  await timeline(tab).getByText("in the second #team").waitFor();
+  assert.equal(await timeline(tab).getByText("in the first #team").count(), 0);
   await tab.getByRole("button", { name: /^#ops room/ }).click();
   await timeline(tab).locator(".item", { hasText: "eleven, withheld" }).locator(".late", {
     hasText: "(late)",
@@ -905,8 +941,8 @@ await webTest("web face in chromium: real CA service, real clients", [
     memberComesBack,
   ],
   [
-    "a room message kept as shown late says (late) when the history is read again",
-    roomHistoryKeepsLate,
+    "a room's history is its own: a #team created again shows none of the #team before it after a reload, and a message kept as shown late says (late)",
+    roomHistoryIsItsOwn,
   ],
   [
     "a log alarm shows as a banner that stays, and no chat starts: Start chat and an invitation's Accept fail, the latter described by its error",
