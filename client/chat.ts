@@ -1128,7 +1128,8 @@ export class Chat {
             text,
             at,
           });
-          await this.#history.flush();
+          // Its only copy once the CA's is deleted: on disk, synced, or it stays at the CA.
+          await this.#history.persist(item.from);
           return () =>
             this.#emit({
               type: "message",
