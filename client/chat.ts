@@ -191,7 +191,7 @@ export class Chat {
     const warn = (message: string) => this.#emit({ type: "warning", message });
     this.#renewal = new Renewal(() => this.#id.certificate, () => this.#renew(), {
       ...options.renewal,
-      onWarning: warn,
+      onWarning: (message) => this.#emit({ type: "warning", message, about: "identity" }),
       tellAtOnce: (e) => this.#keptRenewals.has(e as object),
     });
     this.#revocation = new Revocation({
@@ -1129,7 +1129,8 @@ export class Chat {
             text,
             at,
           });
-          await this.#history.flush();
+          // Its only copy once the CA's is deleted: on disk, synced, or it stays at the CA.
+          await this.#history.persist(item.from);
           return () =>
             this.#emit({
               type: "message",
@@ -1237,7 +1238,7 @@ export class Chat {
         onEarlier: ({ issuedAt, asked }) => {
           if (asked) return; // a lost reply of ours, given again
           const { message, hint } = unaskedRenewalWords(this.#id.name, issuedAt);
-          this.#emit({ type: "warning", message: `${message}: ${hint}` });
+          this.#emit({ type: "warning", message: `${message}: ${hint}`, about: "identity" });
         },
       });
     } catch (e) {

@@ -104,7 +104,9 @@ export type CoreEvent =
   | { type: "room_member"; room: string; name: string; change: "joined" | "left" | "removed" }
   // `missing`: the first 1,000 numbers at most; `count`: how many in all.
   | { type: "room_gap"; room: string; from: string; missing: number[]; count: number }
-  | { type: "warning"; message: string }
+  // `about: "identity"`: about our own certificate (its renewal, or one this home did not make),
+  // which a face keeps in view apart from what peers cause (the page: docs/WEB.md).
+  | { type: "warning"; message: string; about?: "identity" }
   // The CA service answers again after looks at it got no answer (warned), since `since` (ISO).
   | { type: "ca_back"; since: string; message: string }
   | { type: "log_alarm"; message: string; serial?: string; fingerprint?: string };

@@ -24,7 +24,8 @@
 import { Buffer } from "node:buffer";
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import { join } from "node:path";
-import { ensurePrivateDir } from "../lib/fs.ts";
+import { E2eError } from "../lib/errors.ts";
+import { ensurePrivateDir, syncDir, systemReason } from "../lib/fs.ts";
 import { jsonLine } from "../lib/lines.ts";
 
 /** One message or file of a conversation, as the faces show it. */
@@ -135,6 +136,10 @@ export class History {
   #sizes = new Map<string, number>();
   #handles = new Map<string, Deno.FsFile>(); // open for appending, per conversation
   #dirReady = false;
+  #failures = new Map<string, number>(); // writes that failed, per conversation
+  #lastError = new Map<string, unknown>(); // the error of each conversation's last failed write
+  #persisting = new Map<string, number>(); // persist() calls under way, per conversation
+  #named = new Set<string>(); // conversations whose file's name persist() made durable
 
   /**
    * The history under `dir` (created 0700 on the first write).
@@ -359,6 +364,51 @@ export class History {
     await this.#queue;
   }
 
+  /**
+   * Writes everything recorded so far, then syncs the file of `conversation` (and its name) to
+   * disk: for a record whose loss would lose what it holds (a mailbox item, deleted at the CA
+   * once stored). Throws `ERR_FILE` when a record of `conversation` could not be written since
+   * the call, or synced; those records are not kept (recording them again tries again), and the
+   * caller tells the user, not a history warning.
+   */
+  async persist(conversation: string): Promise<void> {
+    const failures = this.#failures.get(conversation) ?? 0;
+    const failed = () => (this.#failures.get(conversation) ?? 0) !== failures;
+    this.#persisting.set(conversation, (this.#persisting.get(conversation) ?? 0) + 1);
+    try {
+      if (this.#pending.size || this.#acks.size) this.#schedule(true);
+      const synced = this.#queue.then(() => failed() ? undefined : this.#sync(conversation));
+      this.#queue = synced.catch(() => {});
+      let error: unknown = await synced.then(() => undefined, (e) => e ?? "failed");
+      if (failed()) error = this.#lastError.get(conversation);
+      if (error === undefined) return;
+      throw new E2eError(
+        "ERR_FILE",
+        `Cannot write the history of "${conversation}" in "${this.#dir}": ${systemReason(error)}`,
+        { cause: error },
+      );
+    } finally {
+      const n = this.#persisting.get(conversation)!;
+      if (n > 1) this.#persisting.set(conversation, n - 1);
+      else this.#persisting.delete(conversation);
+    }
+  }
+
+  // fsync of a conversation's file, and once of its name in the folder (and the folder's).
+  async #sync(peer: string): Promise<void> {
+    const open = this.#handles.get(peer);
+    if (open) await open.sync();
+    else {
+      using file = await Deno.open(this.#file(peer, 0), { read: true });
+      await file.sync();
+    }
+    if (!this.#named.has(peer)) {
+      await ensurePrivateDir(this.#dir, { durable: true });
+      await syncDir(this.#dir);
+      this.#named.add(peer);
+    }
+  }
+
   // The conversation: the other party, or the room (its name starts with "#"; by its id).
   #peerOf(m: { from: string; to: string }): string {
     if (m.to.startsWith("#")) {
@@ -414,7 +464,19 @@ export class History {
       this.#acks.clear();
       const batch = [...this.#pending];
       this.#pending.clear();
-      for (const [peer, records] of batch) await this.#write(peer, this.#lines(peer, records));
+      // Each conversation's write on its own: one that fails does not lose the others'.
+      let warning: unknown;
+      for (const [peer, records] of batch) {
+        try {
+          await this.#write(peer, this.#lines(peer, records));
+        } catch (e) {
+          this.#failures.set(peer, (this.#failures.get(peer) ?? 0) + 1);
+          this.#lastError.set(peer, e);
+          // A persist() waiting for this conversation throws it: its caller tells the user.
+          if (!this.#persisting.has(peer)) warning ??= e;
+        }
+      }
+      if (warning !== undefined) throw warning;
     };
     this.#queue = this.#queue.then(
       now ? write : () => new Promise<void>((r) => setTimeout(r, 0)).then(write),

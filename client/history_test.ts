@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { withTempDir } from "../tests/_helpers.ts";
+import type { E2eError } from "../lib/errors.ts";
 import { History } from "./history.ts";
 
 const ROOM_A = "a".repeat(32);
@@ -443,5 +444,28 @@ Deno.test("A room's history file of before (kept by its name) is still read for 
     ]);
     assert.equal(await Deno.readTextFile(file), old);
     assert.deepEqual((await history.conversations()).map((c) => c.name), ["#team"]);
+  });
+});
+
+Deno.test("History.persist() throws ERR_FILE, with no warning, when the conversation's records cannot be written, and writes what is recorded again once they can; other conversations' records still land", async () => {
+  await withTempDir(async (dir) => {
+    const warnings: string[] = [];
+    const history = new History(dir, { self: "bob", onWarning: (m) => warnings.push(m) });
+    await Deno.mkdir(join(dir, "alice.jsonl"), { recursive: true });
+    history.message({ id: "1", from: "alice", to: "bob", text: "lost" });
+    history.message({ id: "2", from: "carol", to: "bob", text: "kept" });
+    await assert.rejects(history.persist("alice"), (e: E2eError) => {
+      assert.equal(e.code, "ERR_FILE");
+      assert.match(e.message, /^Cannot write the history of "alice" in ".*": Is a directory$/);
+      return true;
+    });
+    assert.deepEqual(warnings, []);
+    assert.deepEqual((await history.read("carol")).map((e) => e.text), ["kept"]);
+
+    await Deno.remove(join(dir, "alice.jsonl"));
+    history.message({ id: "1", from: "alice", to: "bob", text: "written" });
+    await history.persist("alice");
+    assert.deepEqual((await history.read("alice")).map((e) => e.text), ["written"]);
+    history.close();
   });
 });

@@ -37,7 +37,8 @@
  * An item that fails a check (one that does not decrypt included: lib/cms.ts tells it apart from
  * our key not unlocking) is refused with a warning and acknowledged, so it does not come back; a
  * replay (an id seen before) is dropped. One that cannot be stored now (a disk error, not a
- * quota's refusal) stays at the CA.
+ * quota's refusal; a message whose history line cannot be written and synced) is neither shown nor
+ * acknowledged: it stays at the CA and is tried again, and the user is told once for it.
  *
  * @module
  */
@@ -241,6 +242,10 @@ export class MailboxClient {
   // one comes after a later item of its sender, it is our own retry, not the service reordering.
   #retried = new Set<string>();
   #receiptRetry = new Map<string, ReceiptRetry>();
+  // Ids of items that could not be stored now (a disk error), said once each until one is.
+  #unstored = new Set<string>();
+  // Failures said already: the look they end is not said again.
+  #toldErrors = new WeakSet<object>();
   // Files that wait for the user, each still sealed in HOME/mailbox/held/FROM.ID.offer.cms.
   #offers = new Map<string, MailboxOffer & { from: string; path: string; until: number }>();
   #stopped = new AbortController();
@@ -802,9 +807,12 @@ export class MailboxClient {
         wait = 0;
         if (failures++ === 0) {
           this.#host.away?.(e);
-          this.#host.warning(
-            `Cannot check the mailbox: ${e instanceof Error ? e.message : e}`,
-          );
+          // An item not stored was said for itself.
+          if (!(e instanceof Object && this.#toldErrors.has(e))) {
+            this.#host.warning(
+              `Cannot check the mailbox: ${e instanceof Error ? e.message : e}`,
+            );
+          }
         }
         await pause(backoffMs(failures), stopped);
       }
@@ -972,8 +980,12 @@ export class MailboxClient {
           await this.#saveOutbox();
         }
       } catch (e) {
-        // Not a refusal (a disk error, say): the item stays at the CA (or held) and is tried again.
-        if (!(e instanceof E2eError && e.code === "ERR_FORBIDDEN")) throw e;
+        // Not a refusal (a disk error, say): not stored, so neither shown nor acknowledged; the
+        // item stays at the CA (or held) and is tried again at the next look. Said once for it.
+        if (!(e instanceof E2eError && e.code === "ERR_FORBIDDEN")) {
+          if (direct && !at.accepted) this.#unstoredWarning(item, at.caId !== undefined, e);
+          throw e;
+        }
         await done();
         // The user accepting a file hears why it was refused as the answer.
         if (at.accepted && e instanceof E2eError) {
@@ -984,6 +996,7 @@ export class MailboxClient {
         );
         return;
       }
+      this.#unstored.delete(item.id);
       this.#seen[item.id] = {
         from: item.from,
         until: item.sent.getTime() + MAX_ITEM_AGE_MS,
@@ -1014,6 +1027,19 @@ export class MailboxClient {
     await this.#saveSeen();
     // The service did not answer: the look ends here (what follows would fail alike).
     if (awayError !== undefined) throw awayError;
+  }
+
+  // Tells the user, once for the item, that it is not shown yet for `e`, and where it waits.
+  #unstoredWarning(item: MailboxItem, atCa: boolean, e: unknown): void {
+    if (e instanceof Object) this.#toldErrors.add(e);
+    if (this.#unstored.has(item.id)) return;
+    this.#unstored.add(item.id);
+    this.#host.warning(
+      `${e instanceof Error ? e.message : e}. The mailbox ${item.kind} from "${item.from}" ` +
+        `is not shown yet: it stays ${
+          atCa ? "at the CA service" : "held"
+        } and is tried again until it can be stored`,
+    );
   }
 
   // The latest sending time of a direct item from `item`'s sender seen before, if later than

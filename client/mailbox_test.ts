@@ -1073,8 +1073,14 @@ Deno.test("MailboxClient: an item whose storing fails on a disk error stays at t
   const id = await alice.mailbox.post("bob", "message", text("kept at the CA"));
   bob.storeError = new E2eError("ERR_FILE", "Cannot write the history: No space left on device");
   await assert.rejects(bob.mailbox.check(), /No space left on device/);
+  // Told once for the item, not at each look that fails alike.
+  await assert.rejects(bob.mailbox.check(), /No space left on device/);
   assert.equal(bob.shown.length, 0);
   assert.deepEqual([...service.items.values()].map((i) => i.record.to), ["bob"]);
+  assert.deepEqual(bob.warnings.splice(0), [
+    `Cannot write the history: No space left on device. The mailbox message from "alice" is not ` +
+    `shown yet: it stays at the CA service and is tried again until it can be stored`,
+  ]);
   bob.storeError = undefined;
   await bob.mailbox.check();
   assert.deepEqual(bob.shown.map((i) => i.id), [id]);

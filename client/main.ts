@@ -292,7 +292,10 @@ async function web(args: string[]): Promise<number> {
     server = await page.WebServer.start(session, {
       port,
       uploads: id.home.uploads,
-      notices: early.flatMap((e) => e.type === "warning" ? [e.message] : []),
+      notices: early.flatMap((e) => e.type === "warning" && !e.about ? [e.message] : []),
+      identityNotices: early.flatMap((e) =>
+        e.type === "warning" && e.about === "identity" ? [e.message] : []
+      ),
     });
   } catch (e) {
     await session.stop();
@@ -347,10 +350,11 @@ async function startChat(
       emit({
         type: "warning",
         message: `Renewed your certificate: valid until ${id.certificate.notAfter.toISOString()}`,
+        about: "identity",
       });
       for (const e of earlier.filter((e) => !e.asked)) {
         const { message, hint } = await unaskedWords(id.name, e.issuedAt);
-        emit({ type: "warning", message: `${message}: ${hint}` });
+        emit({ type: "warning", message: `${message}: ${hint}`, about: "identity" });
       }
     } catch (e) {
       if (id.lifeLeft() === 0) refusedCertificate(id)(e);
@@ -369,6 +373,7 @@ async function startChat(
       emit({
         type: "warning",
         message: `Cannot renew your certificate yet: ${e instanceof Error ? e.message : e}`,
+        about: "identity",
       });
     }
   }

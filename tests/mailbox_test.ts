@@ -13,7 +13,7 @@ import { encodeItem, newItemId, seal } from "../lib/cms.ts";
 import { openssl } from "../lib/openssl.ts";
 import { signBehindTheirBacks } from "./_dishonest_ca.ts";
 import { makeCsr, runCa, withTempDir } from "./_helpers.ts";
-import { ChatClient, runTask, stopAll, waitUntil } from "./_harness.ts";
+import { ChatClient, runTask, sleep, stopAll, waitUntil } from "./_harness.ts";
 import { joinUser, type User, userAt } from "./_chat_helpers.ts";
 import {
   assertSuccess,
@@ -347,6 +347,54 @@ Deno.test("the mailbox refuses with clear errors for the sender: a full quota, a
     const bob = await world.chat(bobUser);
     await bob.expectNone(bob.mark(), { type: "message" }, 2_000);
   }, ["--mailbox-items", "2", "--mailbox-ttl", "4s"]);
+});
+
+Deno.test("a mailbox message whose history cannot be written is not shown nor acknowledged: it stays at the CA, the user is told once, and it is shown once when a later look can write it", async () => {
+  await withWorld(async (world) => {
+    const aliceUser = await world.join("alice");
+    const bobUser = await world.join("bob");
+    const alice = await world.chat(aliceUser);
+    await alice.send("/msg bob kept until it is written");
+    const queued = await alice.expect({ type: "queued", to: "bob" });
+    assert.equal((await world.stored("bob")).length, 1);
+
+    // bob's history of alice cannot be written: a folder where its file goes (as root too).
+    const blocked = join(bobUser.home, "history", "alice.jsonl");
+    await Deno.mkdir(blocked, { recursive: true, mode: 0o700 });
+    await Deno.chmod(join(bobUser.home, "history"), 0o700);
+    const bob = await world.chat(bobUser);
+    const unstored = (e: { type: string; message?: unknown }) =>
+      e.type === "warning" &&
+      /^Cannot write the history of "alice" in ".*": Is a directory\. The mailbox message from "alice" is not shown yet: it stays at the CA service and is tried again until it can be stored$/
+        .test(String(e.message));
+    await bob.expect(unstored, MAILBOX_MS);
+    // Looks 2 s and 6 s after the first (the backoff) fail alike, and say nothing more.
+    await sleep(7_000);
+    assert.equal(bob.count("message"), 0, bob.describe());
+    assert.equal(bob.since(0, unstored).length, 1, bob.describe());
+    assert.deepEqual(
+      bob.warnings.filter((w) => /history|mailbox/i.test(w)).length,
+      1,
+      bob.describe(),
+    );
+    assert.equal((await world.stored("bob")).length, 1, "still at the CA");
+    assert.equal(alice.count("delivered"), 0);
+
+    // The disk is fixed: the next look (14 s after the first) stores, shows and acknowledges it.
+    await Deno.remove(blocked);
+    const shown = await bob.expect({ type: "message", from: "alice" }, MAILBOX_MS);
+    assert.equal(shown.text, "kept until it is written");
+    assert.equal(shown.via, "mailbox");
+    await alice.expect({ type: "delivered", to: "bob", id: queued.id }, MAILBOX_MS);
+    await waitUntil(async () => (await world.stored("bob")).length === 0, "acknowledged");
+    await bob.send("/history alice");
+    const history = await bob.expect({ type: "history", peer: "alice" });
+    const entries = history.entries as Array<{ text?: string }>;
+    assert.deepEqual(entries.map((e) => e.text), ["kept until it is written"]);
+    await sleep(1_000);
+    assert.equal(bob.count("message"), 1, bob.describe());
+    assert.equal(bob.since(0, unstored).length, 1, bob.describe());
+  });
 });
 
 Deno.test("an item from a member whose key changed is held back until the user trusts the new key", async () => {

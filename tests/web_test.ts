@@ -15,10 +15,15 @@ import { join } from "node:path";
 import { makeCsr } from "./_helpers.ts";
 import { encodeFrame, PROTOCOL_VERSION } from "../lib/frames.ts";
 import { commitSomething, signBehindTheirBacks } from "./_dishonest_ca.ts";
+import { Chat } from "../client/chat.ts";
+import { WebServer } from "../client/faces/web/server.ts";
+import { Identity } from "../client/identity.ts";
 import {
-  type ChatClient,
+  ChatClient,
+  chromiumPath,
   invitePeer,
   joinUser,
+  launchBrowser,
   type Page,
   revoke,
   type Scenario,
@@ -32,6 +37,7 @@ import {
   WebClient,
   webTest,
   whoami,
+  withWebWorld,
 } from "./_browser.ts";
 import { freePort } from "./_harness.ts";
 
@@ -949,3 +955,90 @@ await webTest("web face in chromium: real CA service, real clients", [
     logAlarm,
   ],
 ]);
+
+// The certificate looks 6.5 days into its 7: a renewal that fails is said at once (client/renewal.ts).
+const NEAR_ITS_END_MS = 6.5 * 86_400_000;
+const CHROMIUM = await chromiumPath();
+
+Deno.test({
+  name:
+    "a warning about the page's own certificate stays in view, apart from the notices: a peer's file offers do not push it out, and a new tab shows it",
+  ignore: !CHROMIUM && Deno.env.get("CI") !== "true",
+  async fn() {
+    assert.ok(CHROMIUM, "CI=true and chromium is not on PATH: the web tests cannot run");
+    const browser = await launchBrowser(CHROMIUM);
+    try {
+      await withWebWorld(async (service, dir) => {
+        const [alice, bob] = await Promise.all(
+          ["alice-cert", "bob-cert"].map((n) => joinUser(service, n, join(dir, n))),
+        );
+        const b = await ChatClient.start(bob);
+        // alice's core runs here, for the renewal's test-only clock (tests/renewal_test.ts).
+        let aged = false;
+        const chat = await Chat.start(await Identity.load(alice.home), {
+          renewal: {
+            clock: () => Date.now() + (aged ? NEAR_ITS_END_MS : 0),
+            checkMs: 100,
+            retryMs: 600_000, // one attempt in this test, one warning
+          },
+        });
+        let web: WebServer | undefined;
+        try {
+          web = await WebServer.start(chat, { uploads: join(dir, "uploads") });
+          const open = async () => {
+            const page = await (await browser.newContext()).newPage();
+            page.setDefaultTimeout(20_000);
+            await page.goto(web!.url);
+            await page.getByRole("heading", { name: alice.name, exact: true, level: 1 }).waitFor();
+            return page;
+          };
+          const page = await open();
+          await chat.invite(bob.name);
+          await b.expect({ type: "invite", from: alice.name });
+          await b.send(`/accept ${alice.name}`);
+          await b.expect({ type: "connected", peer: alice.name });
+          await waitUntil(() => chat.isConnected(bob.name), "alice connected to bob");
+
+          // The CA goes away as the certificate nears its end: the renewal fails, said at once.
+          await service.stop();
+          aged = true;
+          const renewal = /^Cannot renew your certificate \(1 attempt failed; it expires /;
+          await page.getByText(renewal).waitFor();
+
+          // bob offers six files: six notices, more than the five the page shows.
+          for (let i = 1; i <= 6; i++) {
+            const path = join(dir, `offer-${i}.txt`);
+            await Deno.writeTextFile(path, `file ${i}`);
+            await b.send(`/file ${alice.name} ${path}`);
+          }
+          const notices = page.getByRole("region", { name: "Notices", exact: true });
+          await notices.getByText(`${bob.name} offers a file: offer-6.txt`).waitFor();
+          assert.equal(await notices.getByText(/offers a file/).count(), 5);
+          assert.ok(await page.getByText(renewal).isVisible(), "the renewal warning is in view");
+          assert.equal(await notices.getByText(renewal).count(), 0, "not a notice");
+          // In a status region of its own, read as it comes, as the notices are.
+          const certificate = page.getByRole("region", { name: "Your certificate", exact: true });
+          assert.equal(await certificate.getByText(renewal).count(), 1);
+          const list = page.locator("#identity-notices");
+          assert.equal(await list.getAttribute("role"), "status");
+          assert.equal(await list.getAttribute("aria-atomic"), "false");
+
+          // A tab opened now shows it too (from its snapshot), apart from the notices.
+          const again = await open();
+          await again.getByRole("region", { name: "Your certificate", exact: true })
+            .getByText(renewal).waitFor();
+          assert.equal(
+            await again.getByRole("region", { name: "Notices" }).getByText(renewal).count(),
+            0,
+          );
+        } finally {
+          await web?.stop();
+          await chat.stop();
+          await b.stop();
+        }
+      });
+    } finally {
+      await browser.close();
+    }
+  },
+});

@@ -106,6 +106,9 @@ const SECURITY_HEADERS: Record<string, string> = {
   "cross-origin-resource-policy": "same-origin",
 };
 
+/** Notices (and, apart, warnings about our certificate) kept for the snapshot of a page. */
+const MAX_KEPT_NOTICES = 20;
+
 const STATIC: Record<string, { file: string; type: string }> = {
   "/": { file: "index.html", type: "text/html; charset=utf-8" },
   "/app.js": { file: "app.js", type: "text/javascript; charset=utf-8" },
@@ -134,8 +137,13 @@ export interface WebServerOptions {
   port?: number;
   /** Where uploads wait (0700) until they are sent. Default: HOME/uploads. */
   uploads?: string;
-  /** Notices from before the server started (a renewal), shown on every page. Default: none. */
+  /** Notices from before the server started, shown on every page. Default: none. */
   notices?: string[];
+  /**
+   * Warnings about our own certificate from before the server started (a renewal at start), shown
+   * on every page apart from the notices. Default: none.
+   */
+  identityNotices?: string[];
 }
 
 /** The web face's server. */
@@ -154,6 +162,7 @@ export class WebServer {
   #uploads = 0;
   #uploadDir: string;
   #notices: string[];
+  #identityNotices: string[]; // warnings about our certificate: apart, so peers cannot push them out
   #static: Map<string, Uint8Array>;
   #heartbeat: ReturnType<typeof setInterval>;
   #unsubscribe: () => void;
@@ -169,6 +178,7 @@ export class WebServer {
     this.#uploadDir = files.uploads;
     this.#static = files.assets;
     this.#notices = (options.notices ?? []).map(printable);
+    this.#identityNotices = (options.identityNotices ?? []).map(printable);
     this.#wss = new WebSocketServer({
       noServer: true,
       maxPayload: MAX_WS_MESSAGE_BYTES,
@@ -201,7 +211,10 @@ export class WebServer {
       const out = this.#outgoing(e);
       // A page that connects later still sees the recent warnings (in its snapshot), and that
       // the CA service answers again after them (else a page opened then shows only the outage).
-      if (out.type === "warning" || out.type === "ca_back") this.#keepNotice(out.message);
+      if (out.type === "warning" && out.about === "identity") {
+        this.#identityNotices.push(out.message);
+        if (this.#identityNotices.length > MAX_KEPT_NOTICES) this.#identityNotices.shift();
+      } else if (out.type === "warning" || out.type === "ca_back") this.#keepNotice(out.message);
       this.#broadcast(out);
     });
     this.#heartbeat = setInterval(() => this.#broadcast({ type: "alive" }), HEARTBEAT_MS);
@@ -493,6 +506,7 @@ export class WebServer {
       offers: chat.offers(),
       conversations,
       notices: this.#notices,
+      identityNotices: this.#identityNotices,
       alarms: chat.logAlarms().map((a) => ({ ...a, message: printable(a.message) })),
       history: true,
     });
@@ -604,7 +618,7 @@ export class WebServer {
 
   #keepNotice(message: string): void {
     this.#notices.push(message);
-    if (this.#notices.length > 20) this.#notices.shift();
+    if (this.#notices.length > MAX_KEPT_NOTICES) this.#notices.shift();
   }
 
   // The words of a notice, an alarm or a reason, which may quote a peer (a reason it gave, the

@@ -336,6 +336,11 @@ function handle(e) {
       logAlarm(e);
       break;
     case "warning":
+      // About our own certificate: apart, where what peers cause cannot push it out of view.
+      if (e.about === "identity") {
+        identityNotice(e.message);
+        return;
+      }
       notice(e.message, "warning");
       for (const [, name] of e.message.matchAll(/"([^"]+)"/g)) {
         const c = state.convs.get(name);
@@ -421,6 +426,9 @@ function snapshot(s) {
   const notices = $("notices").cloneNode(false);
   for (const n of s.notices) notice(n, "warning", notices);
   $("notices").replaceWith(notices);
+  const identityNotices = $("identity-notices").cloneNode(false);
+  for (const n of s.identityNotices ?? []) identityNotice(n, identityNotices);
+  $("identity-notices").replaceWith(identityNotices);
   for (const a of s.alarms ?? []) logAlarm(a);
   setLink(true);
   drawInvitations();
@@ -1426,6 +1434,15 @@ function logAlarm(alarm) {
   if ([...banner.children].some((p) => p.textContent === line.textContent)) return;
   banner.append(line);
   banner.hidden = false;
+}
+
+// A warning about our own certificate: the last few stay in view, whatever peers cause.
+function identityNotice(message, list = $("identity-notices")) {
+  const li = document.createElement("li");
+  li.setAttribute("role", "none"); // a line of a status region, as a notice is
+  li.textContent = message;
+  list.append(li);
+  while (list.children.length > 3) list.firstElementChild.remove();
 }
 
 function notice(message, kind = "info", list = $("notices")) {
