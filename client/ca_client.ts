@@ -124,9 +124,10 @@ export async function fetchCrl(caUrl: string): Promise<string> {
 }
 
 /**
- * The CA's refusal of our own certificate (403 `ERR_FORBIDDEN`) with why, when the service said
- * (docs/API.md "Errors": `standing`); its hint says what to do ({@linkcode ownCertificateWords}).
- * An older service's refusal is a plain {@linkcode E2eError}.
+ * The CA's refusal of our own certificate (403 `ERR_FORBIDDEN`, or 401 `ERR_UNAUTHENTICATED` for
+ * an expired one) with why, when the service said (docs/API.md "Errors": `standing`); its hint
+ * says what to do ({@linkcode ownCertificateWords}). An older service's refusal is a plain
+ * {@linkcode E2eError}.
  *
  * @example
  * ```ts
@@ -139,9 +140,16 @@ export class CertificateRefused extends E2eError {
   /** Why the CA no longer takes our certificate. */
   readonly standing: Standing;
 
-  /** The CA's refusal, `message` as the service's words are shown, with its `standing`. */
-  constructor(message: string, standing: Standing, options: { hint?: string } = {}) {
-    super("ERR_FORBIDDEN", message, options);
+  /**
+   * The CA's refusal, `message` as the service's words are shown, with its `standing`; `code` is
+   * the service's (default `ERR_FORBIDDEN`; `ERR_UNAUTHENTICATED` for an expired certificate).
+   */
+  constructor(
+    message: string,
+    standing: Standing,
+    options: { hint?: string; code?: "ERR_FORBIDDEN" | "ERR_UNAUTHENTICATED" } = {},
+  ) {
+    super(options.code ?? "ERR_FORBIDDEN", message, { hint: options.hint });
     this.standing = standing;
   }
 }
@@ -550,6 +558,11 @@ function apiError(reply: Reply, own?: Credentials): E2eError {
   try {
     const e = JSON.parse(reply.body).error;
     if (reply.status === 403 && e?.code === "ERR_FORBIDDEN") standing = parseStanding(e.standing);
+    // An expired certificate is refused before anything is looked up, with 401 (docs/API.md).
+    if (reply.status === 401 && e?.code === "ERR_UNAUTHENTICATED") {
+      const expired = parseStanding(e.standing);
+      if (expired?.status === "expired") standing = expired;
+    }
     if (typeof e?.code === "string" && typeof e?.message === "string") {
       code = e.code as ErrorCode;
       // The service's words, shown on our terminal: printable, and not a page of them.
@@ -561,11 +574,18 @@ function apiError(reply: Reply, own?: Credentials): E2eError {
     }
   } catch { /* not JSON: keep the status */ }
   if (standing) {
-    let hint: string | undefined;
+    let words: { message: string; hint: string } | undefined;
     try {
-      hint = own && ownCertificateWords(parseCertificate(own.cert), standing).hint;
+      words = own && ownCertificateWords(parseCertificate(own.cert), standing);
     } catch { /* our own certificate unreadable: the refusal without a hint */ }
-    return new CertificateRefused(message, standing, { hint });
+    if (standing.status === "expired") {
+      // The service's words ("was not accepted") say less than ours: it expired, and when.
+      return new CertificateRefused(words?.message ?? message, standing, {
+        hint: words?.hint,
+        code: "ERR_UNAUTHENTICATED",
+      });
+    }
+    return new CertificateRefused(message, standing, { hint: words?.hint });
   }
   const wait = reply.retryAfter;
   return new E2eError(code, message, {
