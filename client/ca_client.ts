@@ -550,8 +550,14 @@ interface Reply {
 }
 
 // The service's refusal of a call as an E2eError; `own`, the certificate we called with, is the one
-// a refusal of our certificate speaks of.
+// a refusal of our certificate speaks of. A 4xx is marked (requestRefused).
 function apiError(reply: Reply, own?: Credentials): E2eError {
+  const error = describeError(reply, own);
+  if (reply.status >= 400 && reply.status < 500) refusedErrors.add(error);
+  return error;
+}
+
+function describeError(reply: Reply, own?: Credentials): E2eError {
   let code: ErrorCode = "ERR_NETWORK";
   let message = `The CA service answered ${reply.status}`;
   let standing: Standing | undefined;
@@ -601,6 +607,24 @@ function ignore(): void {}
 
 // Errors of calls that failed before any byte of the request was written (below).
 const unsentErrors = new WeakSet<object>();
+// Errors of calls the service answered with a 4xx (apiError).
+const refusedErrors = new WeakSet<object>();
+
+/**
+ * Whether `error`, thrown by a {@linkcode CaClient} call, is the service's refusal of it: a 4xx,
+ * which changes nothing (docs/API.md "Errors"), so the request did not issue anything. False for
+ * anything else: a 5xx (it may have failed after it acted), a reply lost, no connection.
+ *
+ * @example
+ * ```ts
+ * import { CaClient, requestRefused } from "./ca_client.ts";
+ * declare const ca: CaClient;
+ * await ca.renew("csr").catch((e) => console.log(requestRefused(e))); // true: 400 ERR_CSR_INVALID
+ * ```
+ */
+export function requestRefused(error: unknown): boolean {
+  return typeof error === "object" && error !== null && refusedErrors.has(error);
+}
 
 function unsent<T>(error: T): T {
   if (typeof error === "object" && error !== null) unsentErrors.add(error);

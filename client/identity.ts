@@ -32,6 +32,7 @@ import {
   type CertificateReply,
   fetchCaCertificate,
   fetchCrl,
+  requestRefused,
   requestUnsent,
 } from "./ca_client.ts";
 import type { Invite } from "../lib/invite.ts";
@@ -304,10 +305,12 @@ export class Identity {
       try {
         reply = await (options.ca ?? this.client()).renew(csr);
       } catch (e) {
-        // One that never reached the CA answers nothing: left, it would cover a thief's renewal
-        // made about then. One that may have reached it ends now.
+        // One that never reached the CA answers nothing, nor does one it refused (a 4xx: it
+        // issued nothing for it): left, it would cover a thief's renewal made about then. One
+        // that may have reached it ends now.
         const end = new Date().toISOString();
-        await writeAsked(folder, held.serial, requestUnsent(e) ? asked : [...asked, { at, end }])
+        const answered = requestUnsent(e) || requestRefused(e);
+        await writeAsked(folder, held.serial, answered ? asked : [...asked, { at, end }])
           .catch(() => {}); // kept as written before the request: it then ends ATTEMPT_MS later
         throw e;
       }
