@@ -282,9 +282,19 @@ export class CaClient {
     return await this.#json("POST", "/v1/enroll", { token, csr }) as CertificateReply;
   }
 
-  /** POST /v1/renew */
-  async renew(csr: string): Promise<CertificateReply> {
-    return await this.#json("POST", "/v1/renew", { csr }) as CertificateReply;
+  /**
+   * POST /v1/renew. `options.onServiceDate` is given the service's clock when it answered (its
+   * HTTP `Date` header, ms, to the second), when the reply, a refusal included, carries one: a
+   * renewal compares the issuance times the CA gives with its own attempts' in the CA's time.
+   */
+  async renew(csr: string, options: RenewCallOptions = {}): Promise<CertificateReply> {
+    return await this.#json(
+      "POST",
+      "/v1/renew",
+      { csr },
+      undefined,
+      options.onServiceDate,
+    ) as CertificateReply;
   }
 
   /** GET /v1/certs/{name} */
@@ -476,13 +486,20 @@ export class CaClient {
     return reply.body;
   }
 
-  async #json(method: string, path: string, body?: unknown, timeoutMs?: number): Promise<unknown> {
+  async #json(
+    method: string,
+    path: string,
+    body?: unknown,
+    timeoutMs?: number,
+    onServiceDate?: (ms: number) => void,
+  ): Promise<unknown> {
     const reply = await call(new URL(path, this.#base), {
       method,
       body: body === undefined ? undefined : JSON.stringify(body),
       accept: "application/json",
       timeoutMs,
     }, this.#tls());
+    if (reply.date !== undefined) onServiceDate?.(reply.date);
     if (reply.status !== 200) throw apiError(reply, this.#own);
     return parseJson(reply.body);
   }
@@ -490,6 +507,12 @@ export class CaClient {
   #tls(): Pinned {
     return { anchor: this.#anchor, own: this.#own, revocation: this.#revocation };
   }
+}
+
+/** Options of {@linkcode CaClient.renew}. */
+export interface RenewCallOptions {
+  /** Given the service's `Date` header (ms) when its reply has one. Default: none. */
+  onServiceDate?: (ms: number) => void;
 }
 
 /** A mailbox item as the service describes it (docs/API.md §mailbox; lib/mailbox_record.ts). */
@@ -547,6 +570,8 @@ interface Reply {
   bytes: Uint8Array;
   /** Seconds, from a 429's retry-after. */
   retryAfter?: number;
+  /** The service's clock when it answered (its `Date` header, ms), when it sent one. */
+  date?: number;
 }
 
 // The service's refusal of a call as an E2eError; `own`, the certificate we called with, is the one
@@ -735,7 +760,9 @@ async function call(
           o += c.length;
         }
         const retryAfter = Number(res.headers["retry-after"]);
+        const date = Date.parse(String(res.headers.date ?? ""));
         resolve({
+          ...(Number.isFinite(date) ? { date } : {}),
           status: res.statusCode ?? 0,
           body: new TextDecoder().decode(all),
           bytes: all,

@@ -15,7 +15,7 @@ import { CaClient } from "../client/ca_client.ts";
 import { Chat } from "../client/chat.ts";
 import type { CoreEvent } from "../client/events.ts";
 import { ClientHome } from "../client/home.ts";
-import { Identity } from "../client/identity.ts";
+import { type EarlierCertificate, Identity } from "../client/identity.ts";
 import { LogMonitor } from "../client/transparency.ts";
 import { E2eError } from "../lib/errors.ts";
 import { holdLock } from "../lib/lock.ts";
@@ -456,6 +456,42 @@ Deno.test("a renewal whose reply is lost, retried 15 minutes after earlier attem
     }
   });
 });
+
+for (const [skew, words] of [[10, "ahead of"], [-10, "behind"]] as const) {
+  Deno.test(`a renewal whose reply is lost, retried by a member whose clock is 10 minutes ${words} the CA's, is told as this home's own lost reply, not as a renewal it did not make`, async () => {
+    await withService(async (service, dir) => {
+      let armed = false;
+      const index = new CaPaths(service.home).index;
+      const renewed = () => Deno.readTextFileSync(index).match(/\t\/CN=alice$/gm)?.length === 2;
+      const cutter = await TcpRelay.start(service.port, { after: () => armed && renewed() });
+      try {
+        const home = join(dir, "alice");
+        const invite = await makeInvite(service.home, "alice", "--url", `127.0.0.1:${cutter.port}`);
+        assertSuccess(await runClient(home, ["join", invite]), "join alice");
+        // This home's clock, set off the CA's (the service's clock is the machine's).
+        const clock = () => Date.now() + skew * 60_000;
+        armed = true;
+        cutter.mode = "drop";
+        await assert.rejects(() => Identity.load(home).then((id) => id.renew({ clock })));
+        const serials = await serialsOf(service, "alice");
+        assert.equal(serials.length, 2, "the CA committed before the reply was cut");
+
+        cutter.mode = "pass";
+        const earlier: EarlierCertificate[] = [];
+        const id = await (await Identity.load(home)).renew({
+          clock,
+          onEarlier: (e) => earlier.push(e),
+        });
+        assert.equal(id.certificate.serial, serials[1], "the certificate the lost reply carried");
+        // Before: compared in this home's time, issued 10 minutes off the attempt: "a renewal
+        // this home did not make", and the advice to have the key revoked.
+        assert.deepEqual(earlier.map((e) => e.asked), [true]);
+      } finally {
+        await cutter.close();
+      }
+    });
+  });
+}
 
 Deno.test("a thief's renewal made just after a renewal of ours that the CA refused (429, too many in a day) is still told as one this home did not make", async () => {
   await withService(async (service, dir) => {
