@@ -20,7 +20,7 @@ import { pemDecode, pemEncode } from "../lib/pem.ts";
 import { type Standing, standingJson } from "../lib/standing.ts";
 import { checkName } from "../lib/names.ts";
 import { checkPeer, type TrustAnchor } from "../lib/tls.ts";
-import type { CertificateInfo } from "../lib/x509.ts";
+import { type CertificateInfo, parseCertificate } from "../lib/x509.ts";
 import { type CertificateAuthority, issuedAt } from "./authority.ts";
 import { issuedBefore } from "./enroll_retry.ts";
 import type { InviteStore } from "./invites.ts";
@@ -635,11 +635,16 @@ async function authenticated(ctx: ApiContext, req: ApiRequest): Promise<Certific
 // The caller's certificate is ours but no longer current: the message stays the one older clients
 // show; `standing` says which of the three it is, and for a superseded one the name's certificate
 // now (its serial and whether the key is the caller's: what the holder of that key may know, and
-// needs, to tell a renewal from another home from a new key for its name).
+// needs, to tell a renewal from another home from a new key for its name). An expired one is
+// refused earlier, with 401 and its own message (clientCertificate).
 class NotCurrentError extends E2eError {
   readonly standing?: Standing;
-  constructor(standing?: Standing) {
-    super("ERR_FORBIDDEN", "The client certificate is revoked or superseded");
+  constructor(
+    standing?: Standing,
+    code: ErrorCode = "ERR_FORBIDDEN",
+    message = "The client certificate is revoked or superseded",
+  ) {
+    super(code, message);
     this.standing = standing;
   }
 }
@@ -675,9 +680,27 @@ function clientCertificate(req: ApiRequest, anchor: TrustAnchor): CertificateInf
     checkName(info.commonName);
     return info;
   } catch (e) {
-    throw new E2eError("ERR_UNAUTHENTICATED", "The client certificate was not accepted", {
-      cause: e,
-    });
+    throw expiredMember(req.peerDer, anchor) ??
+      new E2eError("ERR_UNAUTHENTICATED", "The client certificate was not accepted", { cause: e });
+  }
+}
+
+// The 401 for a member's certificate of ours that is refused only because it expired: it says so
+// in `standing`, so that its holder is told to ask for a new invite. The same 401 and message as
+// before, for older clients; nothing the caller does not know (its notAfter is in the certificate,
+// and the handshake proved it holds the key), and nothing is looked up.
+function expiredMember(der: Uint8Array, anchor: TrustAnchor): NotCurrentError | undefined {
+  try {
+    const { notAfter } = parseCertificate(pemEncode(der, "CERTIFICATE"));
+    if (notAfter.getTime() >= Date.now()) return undefined;
+    checkName(checkPeer(der, anchor, { now: notAfter }).commonName);
+    return new NotCurrentError(
+      { status: "expired", notAfter },
+      "ERR_UNAUTHENTICATED",
+      "The client certificate was not accepted",
+    );
+  } catch {
+    return undefined; // not one of our members' certificates, expired or not
   }
 }
 

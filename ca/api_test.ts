@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { createPrivateKey, createPublicKey, X509Certificate } from "node:crypto";
 import { Buffer } from "node:buffer";
+import { join } from "node:path";
 import { openCheckpoint } from "../lib/checkpoint.ts";
 import { CRL_REPUBLISH_MS, parseCrl } from "../lib/crl.ts";
 import { decodeHashes, verifyLogProof } from "../lib/log_proof.ts";
@@ -11,6 +12,7 @@ import { pemDecode, pemEncode } from "../lib/pem.ts";
 import { trustAnchor } from "../lib/tls.ts";
 import { sha256Hex } from "../lib/x509.ts";
 import { makeCsr, PASSPHRASE, snapshot, withTempDir } from "../tests/_helpers.ts";
+import { expiredCertificate } from "../tests/_service_helpers.ts";
 import { crlSignedAt } from "../tests/_impostor.ts";
 import { e2eError } from "../lib/_test_util.ts";
 import {
@@ -167,8 +169,10 @@ function assertError(
   assert.equal(reply.status, status, `${what}: ${reply.body}`);
   assert.equal(reply.type, "application/json", what);
   assert.deepEqual(Object.keys(reply.json), ["error"], what);
-  // `standing` only on a refusal of the caller's own certificate (docs/API.md "Errors").
-  const keys = code === "ERR_FORBIDDEN" && status === 403 && reply.json.error.standing
+  // `standing` only on a refusal of the caller's own certificate (docs/API.md "Errors"): revoked
+  // or superseded (403), or expired (401).
+  const keys = (code === "ERR_FORBIDDEN" && status === 403 ||
+      code === "ERR_UNAUTHENTICATED" && status === 401) && reply.json.error.standing
     ? ["code", "message", "standing"]
     : ["code", "message"];
   assert.deepEqual(Object.keys(reply.json.error), keys, what);
@@ -788,6 +792,47 @@ Deno.test("auth routes refuse a revoked or superseded certificate with 403 at on
       }
     }
     assert.equal((await call(ctx, "GET", "/v1/certs/carol", { peer: bob.der })).status, 200);
+  });
+});
+
+Deno.test("auth routes refuse an expired certificate of ours with 401 and say in standing that it expired, and when; another CA's expired one gets no standing", async () => {
+  await withWorld(async ({ ctx, ca, home }) => {
+    const expired = await expiredCertificate({ caDir: ca.paths.dir }, join(home, "copy"), "carol");
+    const der = pemDecode(expired.cert, "CERTIFICATE")!;
+    const foreign = await withTempDir(async (other) => {
+      const ca2 = await CertificateAuthority.init(other, PASSPHRASE, { keyType: "ec-p256" });
+      const copy = join(other, "copy");
+      return pemDecode(
+        (await expiredCertificate({ caDir: ca2.paths.dir }, copy, "carol")).cert,
+        "CERTIFICATE",
+      )!;
+    });
+    for (const [method, path, json] of AUTH_ROUTES) {
+      const what = `${method} ${path}`;
+      const reply = await call(ctx, method, path, { json, peer: der });
+      // Before: the same 401 and message, without standing: a client whose clock was behind
+      // could not tell its user why.
+      assertError(
+        reply,
+        401,
+        "ERR_UNAUTHENTICATED",
+        "The client certificate was not accepted",
+        what,
+      );
+      assert.deepEqual(reply.json.error.standing, {
+        status: "expired",
+        notAfter: "2020-01-08T00:00:00.000Z",
+      }, what);
+      const other = await call(ctx, method, path, { json, peer: foreign });
+      assertError(
+        other,
+        401,
+        "ERR_UNAUTHENTICATED",
+        "The client certificate was not accepted",
+        what,
+      );
+      assert.equal(other.json.error.standing, undefined, `${what}, another CA's`);
+    }
   });
 });
 

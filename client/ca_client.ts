@@ -124,9 +124,10 @@ export async function fetchCrl(caUrl: string): Promise<string> {
 }
 
 /**
- * The CA's refusal of our own certificate (403 `ERR_FORBIDDEN`) with why, when the service said
- * (docs/API.md "Errors": `standing`); its hint says what to do ({@linkcode ownCertificateWords}).
- * An older service's refusal is a plain {@linkcode E2eError}.
+ * The CA's refusal of our own certificate (403 `ERR_FORBIDDEN`, or 401 `ERR_UNAUTHENTICATED` for
+ * an expired one) with why, when the service said (docs/API.md "Errors": `standing`); its hint
+ * says what to do ({@linkcode ownCertificateWords}). An older service's refusal is a plain
+ * {@linkcode E2eError}.
  *
  * @example
  * ```ts
@@ -139,9 +140,16 @@ export class CertificateRefused extends E2eError {
   /** Why the CA no longer takes our certificate. */
   readonly standing: Standing;
 
-  /** The CA's refusal, `message` as the service's words are shown, with its `standing`. */
-  constructor(message: string, standing: Standing, options: { hint?: string } = {}) {
-    super("ERR_FORBIDDEN", message, options);
+  /**
+   * The CA's refusal, `message` as the service's words are shown, with its `standing`; `code` is
+   * the service's (default `ERR_FORBIDDEN`; `ERR_UNAUTHENTICATED` for an expired certificate).
+   */
+  constructor(
+    message: string,
+    standing: Standing,
+    options: { hint?: string; code?: "ERR_FORBIDDEN" | "ERR_UNAUTHENTICATED" } = {},
+  ) {
+    super(options.code ?? "ERR_FORBIDDEN", message, { hint: options.hint });
     this.standing = standing;
   }
 }
@@ -274,9 +282,19 @@ export class CaClient {
     return await this.#json("POST", "/v1/enroll", { token, csr }) as CertificateReply;
   }
 
-  /** POST /v1/renew */
-  async renew(csr: string): Promise<CertificateReply> {
-    return await this.#json("POST", "/v1/renew", { csr }) as CertificateReply;
+  /**
+   * POST /v1/renew. `options.onServiceDate` is given the service's clock when it answered (its
+   * HTTP `Date` header, ms, to the second), when the reply, a refusal included, carries one: a
+   * renewal compares the issuance times the CA gives with its own attempts' in the CA's time.
+   */
+  async renew(csr: string, options: RenewCallOptions = {}): Promise<CertificateReply> {
+    return await this.#json(
+      "POST",
+      "/v1/renew",
+      { csr },
+      undefined,
+      options.onServiceDate,
+    ) as CertificateReply;
   }
 
   /** GET /v1/certs/{name} */
@@ -468,13 +486,20 @@ export class CaClient {
     return reply.body;
   }
 
-  async #json(method: string, path: string, body?: unknown, timeoutMs?: number): Promise<unknown> {
+  async #json(
+    method: string,
+    path: string,
+    body?: unknown,
+    timeoutMs?: number,
+    onServiceDate?: (ms: number) => void,
+  ): Promise<unknown> {
     const reply = await call(new URL(path, this.#base), {
       method,
       body: body === undefined ? undefined : JSON.stringify(body),
       accept: "application/json",
       timeoutMs,
     }, this.#tls());
+    if (reply.date !== undefined) onServiceDate?.(reply.date);
     if (reply.status !== 200) throw apiError(reply, this.#own);
     return parseJson(reply.body);
   }
@@ -482,6 +507,12 @@ export class CaClient {
   #tls(): Pinned {
     return { anchor: this.#anchor, own: this.#own, revocation: this.#revocation };
   }
+}
+
+/** Options of {@linkcode CaClient.renew}. */
+export interface RenewCallOptions {
+  /** Given the service's `Date` header (ms) when its reply has one. Default: none. */
+  onServiceDate?: (ms: number) => void;
 }
 
 /** A mailbox item as the service describes it (docs/API.md §mailbox; lib/mailbox_record.ts). */
@@ -539,17 +570,30 @@ interface Reply {
   bytes: Uint8Array;
   /** Seconds, from a 429's retry-after. */
   retryAfter?: number;
+  /** The service's clock when it answered (its `Date` header, ms), when it sent one. */
+  date?: number;
 }
 
 // The service's refusal of a call as an E2eError; `own`, the certificate we called with, is the one
-// a refusal of our certificate speaks of.
+// a refusal of our certificate speaks of. A 4xx is marked (requestRefused).
 function apiError(reply: Reply, own?: Credentials): E2eError {
+  const error = describeError(reply, own);
+  if (reply.status >= 400 && reply.status < 500) refusedErrors.add(error);
+  return error;
+}
+
+function describeError(reply: Reply, own?: Credentials): E2eError {
   let code: ErrorCode = "ERR_NETWORK";
   let message = `The CA service answered ${reply.status}`;
   let standing: Standing | undefined;
   try {
     const e = JSON.parse(reply.body).error;
     if (reply.status === 403 && e?.code === "ERR_FORBIDDEN") standing = parseStanding(e.standing);
+    // An expired certificate is refused before anything is looked up, with 401 (docs/API.md).
+    if (reply.status === 401 && e?.code === "ERR_UNAUTHENTICATED") {
+      const expired = parseStanding(e.standing);
+      if (expired?.status === "expired") standing = expired;
+    }
     if (typeof e?.code === "string" && typeof e?.message === "string") {
       code = e.code as ErrorCode;
       // The service's words, shown on our terminal: printable, and not a page of them.
@@ -561,11 +605,18 @@ function apiError(reply: Reply, own?: Credentials): E2eError {
     }
   } catch { /* not JSON: keep the status */ }
   if (standing) {
-    let hint: string | undefined;
+    let words: { message: string; hint: string } | undefined;
     try {
-      hint = own && ownCertificateWords(parseCertificate(own.cert), standing).hint;
+      words = own && ownCertificateWords(parseCertificate(own.cert), standing);
     } catch { /* our own certificate unreadable: the refusal without a hint */ }
-    return new CertificateRefused(message, standing, { hint });
+    if (standing.status === "expired") {
+      // The service's words ("was not accepted") say less than ours: it expired, and when.
+      return new CertificateRefused(words?.message ?? message, standing, {
+        hint: words?.hint,
+        code: "ERR_UNAUTHENTICATED",
+      });
+    }
+    return new CertificateRefused(message, standing, { hint: words?.hint });
   }
   const wait = reply.retryAfter;
   return new E2eError(code, message, {
@@ -581,6 +632,24 @@ function ignore(): void {}
 
 // Errors of calls that failed before any byte of the request was written (below).
 const unsentErrors = new WeakSet<object>();
+// Errors of calls the service answered with a 4xx (apiError).
+const refusedErrors = new WeakSet<object>();
+
+/**
+ * Whether `error`, thrown by a {@linkcode CaClient} call, is the service's refusal of it: a 4xx,
+ * which changes nothing (docs/API.md "Errors"), so the request did not issue anything. False for
+ * anything else: a 5xx (it may have failed after it acted), a reply lost, no connection.
+ *
+ * @example
+ * ```ts
+ * import { CaClient, requestRefused } from "./ca_client.ts";
+ * declare const ca: CaClient;
+ * await ca.renew("csr").catch((e) => console.log(requestRefused(e))); // true: 400 ERR_CSR_INVALID
+ * ```
+ */
+export function requestRefused(error: unknown): boolean {
+  return typeof error === "object" && error !== null && refusedErrors.has(error);
+}
 
 function unsent<T>(error: T): T {
   if (typeof error === "object" && error !== null) unsentErrors.add(error);
@@ -691,7 +760,9 @@ async function call(
           o += c.length;
         }
         const retryAfter = Number(res.headers["retry-after"]);
+        const date = Date.parse(String(res.headers.date ?? ""));
         resolve({
+          ...(Number.isFinite(date) ? { date } : {}),
           status: res.statusCode ?? 0,
           body: new TextDecoder().decode(all),
           bytes: all,

@@ -12,7 +12,8 @@
  *                             check passes (client/identity.ts); then it replaces cert.pem
  *     renewal.lock      0600  held while a process of the home renews (empty)
  *     renewal-asked.json 0600 the renewals asked for with cert.pem's certificate, not finished
- *                             yet: its serial, when each was sent and ended (client/identity.ts)
+ *                             yet: its serial, when each was sent and ended, this home's clock;
+ *                             none the CA refused or never got (client/identity.ts)
  *     ca.crt                  the pinned CA certificate
  *     identity.json           name, CA URL, CA fingerprint, key type
  *   joining/            0700  a join not finished yet (client/identity.ts): key.pem and

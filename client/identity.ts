@@ -32,6 +32,7 @@ import {
   type CertificateReply,
   fetchCaCertificate,
   fetchCrl,
+  requestRefused,
   requestUnsent,
 } from "./ca_client.ts";
 import type { Invite } from "../lib/invite.ts";
@@ -292,30 +293,38 @@ export class Identity {
     const fresh = !reply;
     let asked: AskedAttempt[] = [];
     let sentAt = 0;
+    let skew: Skew | undefined;
     if (!reply) {
+      const clock = options.clock ?? Date.now;
       const csr = await makeRequest(this.keyPath, this.name, { passphrase: this.#passphrase });
       // Each attempt is recorded (durably) before it is sent, with the earlier unanswered ones
       // with this certificate: a reply lost, then given again, is then known for the answer to
       // one of ours by when it was issued (earlierOf).
       asked = await askedWith(folder, held);
-      sentAt = Date.now();
+      sentAt = clock();
       const at = new Date(sentAt).toISOString();
       await writeAsked(folder, held.serial, [...asked, { at }]);
+      let serviceDate: number | undefined;
       try {
-        reply = await (options.ca ?? this.client()).renew(csr);
+        reply = await (options.ca ?? this.client()).renew(csr, {
+          onServiceDate: (ms) => serviceDate = ms,
+        });
       } catch (e) {
-        // One that never reached the CA answers nothing: left, it would cover a thief's renewal
-        // made about then. One that may have reached it ends now.
-        const end = new Date().toISOString();
-        await writeAsked(folder, held.serial, requestUnsent(e) ? asked : [...asked, { at, end }])
+        // One that never reached the CA answers nothing, nor does one it refused (a 4xx: it
+        // issued nothing for it): left, it would cover a thief's renewal made about then. One
+        // that may have reached it ends now.
+        const end = new Date(clock()).toISOString();
+        const answered = requestUnsent(e) || requestRefused(e);
+        await writeAsked(folder, held.serial, answered ? asked : [...asked, { at, end }])
           .catch(() => {}); // kept as written before the request: it then ends ATTEMPT_MS later
         throw e;
       }
+      if (serviceDate !== undefined) skew = skewOf(serviceDate, sentAt, clock());
     }
     const cert = checkIssued(reply, this.anchor, this.name, ours);
     if (fresh) {
       // (Not the attempt just answered: what it got was issued before it was sent.)
-      const earlier = earlierOf(reply, parseCertificate(cert), asked, sentAt);
+      const earlier = earlierOf(reply, parseCertificate(cert), asked, sentAt, skew);
       reply = { ...reply, earlier };
       await writeFileAtomic(kept, JSON.stringify(reply) + "\n", { mode: 0o600, syncDir: true });
     }
@@ -438,8 +447,15 @@ export interface EarlierCertificate {
 // certificate it issued to still count as the answer to a request of ours: issued from the
 // request's sending to its end, give or take this much. Wider, a thief's renewal made about then
 // goes untold; narrower, a member whose clock is that far off is told of its own lost reply as of
-// a theft (docs/SECURITY.md "Renewal by someone else").
+// a theft (docs/SECURITY.md "Renewal by someone else"). This much when the service's reply had no
+// Date header (the clocks' difference unknown: a service that sends none is not ours).
 const CLOCK_ALLOWANCE_MS = 2 * 60_000;
+// The same once the difference is measured on the reply (its Date header: skewOf): what is left
+// is this home's clock drifting or being set between an attempt and the reply, and the seconds
+// the CA's times are rounded to.
+const MEASURED_ALLOWANCE_MS = 30_000;
+// The longest renewal request whose reply measures the clocks' difference (skewOf).
+const MAX_ROUND_TRIP_MS = 20_000;
 // How long a request whose end was not recorded (a kill) may have been under way: connection,
 // the CRL fetch it may need, and the request, each with its 15 s timeout, and some more.
 const ATTEMPT_MS = 60_000;
@@ -480,27 +496,51 @@ async function writeAsked(folder: IdFolder, serial: string, attempts: AskedAttem
   });
 }
 
+/**
+ * The CA's clock minus this home's, ms, as measured on one reply: at least `min`, at most `max`
+ * (the reply's Date was read somewhere between the request's sending and its reply's arrival).
+ */
+interface Skew {
+  min: number;
+  max: number;
+}
+
+// The skew a reply dated `serviceDate` (the service's Date header, to the second) shows, for a
+// request sent at `sentAt` whose reply came at `receivedAt` (this home's clock, ms); none when the
+// round trip took over MAX_ROUND_TRIP_MS: whoever slowed it (a thief on the path, say) would widen
+// the window it measures (then the clocks' difference is unknown, as with no Date at all).
+function skewOf(serviceDate: number, sentAt: number, receivedAt: number): Skew | undefined {
+  if (receivedAt - sentAt > MAX_ROUND_TRIP_MS) return undefined;
+  return { min: serviceDate - receivedAt, max: serviceDate + 1_000 - sentAt };
+}
+
 // Whether `reply`, for our key, was issued before its request (sent at `sentAt`, ms), and, if so,
 // whether it answers one of this home's earlier unanswered requests (`asked`): issued while one
-// was under way, give or take the clocks' difference. Never one issued before any was sent: that
-// cannot be the answer to a request of ours.
+// was under way, compared in the CA's time (`skew`, measured on the reply: none when it had no
+// Date header), give or take what is left of the clocks' difference. Never one issued before any
+// was sent: that cannot be the answer to a request of ours.
 function earlierOf(
   reply: CertificateReply,
   cert: CertificateInfo,
   asked: AskedAttempt[],
   sentAt: number,
+  skew: Skew | undefined,
 ): KeptReply["earlier"] {
+  const { min, max } = skew ?? { min: 0, max: 0 };
+  const allowance = skew ? MEASURED_ALLOWANCE_MS : CLOCK_ALLOWANCE_MS;
   let issuedAt: number | undefined;
   if (typeof reply.issuedEarlier === "string" && !Number.isNaN(Date.parse(reply.issuedEarlier))) {
     issuedAt = Date.parse(reply.issuedEarlier);
-  } else if (cert.notBefore.getTime() < sentAt - OLD_SERVICE_MS) {
+  } else if (cert.notBefore.getTime() < sentAt + min - OLD_SERVICE_MS) {
     issuedAt = cert.notBefore.getTime() + BACKDATE_MS;
   }
   if (issuedAt === undefined) return undefined;
+  // Each attempt as the CA's clock had it: no wider than its length, the reply's round trip and
+  // the allowance. (The CA's Date moves it only as the CA's issuedEarlier could: see SECURITY.md.)
   const ours = asked.some(({ at, end }) => {
     const from = Date.parse(at);
     const to = end === undefined ? from + ATTEMPT_MS : Date.parse(end);
-    return issuedAt >= from - CLOCK_ALLOWANCE_MS && issuedAt <= to + CLOCK_ALLOWANCE_MS;
+    return issuedAt >= from + min - allowance && issuedAt <= to + max + allowance;
   });
   return { issuedAt: new Date(issuedAt).toISOString(), asked: ours };
 }
@@ -532,6 +572,11 @@ export interface RenewOptions {
    * the user must hear of (client/ca_client.ts unaskedRenewalWords). Default: none.
    */
   onEarlier?: (earlier: EarlierCertificate) => void;
+  /**
+   * This home's clock, ms, for the times of its renewal attempts (id/renewal-asked.json) and for
+   * measuring how far the CA's clock is from it. Tests set one off the CA's. Default: `Date.now`.
+   */
+  clock?: () => number;
 }
 
 /** Options of {@linkcode enroll}. */

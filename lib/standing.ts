@@ -1,9 +1,9 @@
 /**
- * Why the CA service refuses a member's own certificate (403 `ERR_FORBIDDEN`, docs/API.md
- * "Errors"): the `standing` field of its error reply, written by the service and read by the
- * client here, so that a member is told the true reason (revoked, superseded, expired) and what
- * to do. A reply without it (an older service), or with one this version does not read, says
- * only "revoked or superseded".
+ * Why the CA service refuses a member's own certificate (403 `ERR_FORBIDDEN`, or 401
+ * `ERR_UNAUTHENTICATED` for an expired one, docs/API.md "Errors"): the `standing` field of its
+ * error reply, written by the service and read by the client here, so that a member is told the
+ * true reason (revoked, superseded, expired) and what to do. A reply without it (an older
+ * service), or with one this version does not read, says only what its code says.
  *
  * @module
  */

@@ -302,7 +302,8 @@ export function httpsRequest(url: string, options: HttpsRequestOptions = {}): Pr
 /**
  * Asserts a refusal as docs/API.md states it: `status`, a JSON content type and
  * exactly `{"error":{"code","message"}}` with that code (and that message, or one
- * matching it, when given); a 403 `ERR_FORBIDDEN` may carry `standing` too.
+ * matching it, when given); a 403 `ERR_FORBIDDEN` or 401 `ERR_UNAUTHENTICATED` may carry
+ * `standing` too.
  */
 export function assertApiError(
   reply: HttpsReply,
@@ -315,8 +316,10 @@ export function assertApiError(
   assert.match(String(reply.headers["content-type"]), /^application\/json\b/, context);
   const body = reply.json() as { error?: { code?: unknown; message?: unknown } };
   assert.deepEqual(Object.keys(body), ["error"], context);
-  // `standing` only on a refusal of the caller's own certificate (docs/API.md "Errors").
-  const standing = status === 403 && code === "ERR_FORBIDDEN" &&
+  // `standing` only on a refusal of the caller's own certificate (docs/API.md "Errors"): revoked
+  // or superseded (403), or expired (401).
+  const standing = (status === 403 && code === "ERR_FORBIDDEN" ||
+    status === 401 && code === "ERR_UNAUTHENTICATED") &&
     (body.error as { standing?: unknown } | undefined)?.standing !== undefined;
   assert.deepEqual(
     Object.keys(body.error ?? {}).sort(),
@@ -367,7 +370,7 @@ export function committedFor(service: Service, name: string): () => boolean {
  * database never hears of it. For `keyPem`'s key when given, else a new one.
  */
 export async function expiredCertificate(
-  service: Service,
+  service: Pick<Service, "caDir">,
   copy: string,
   name: string,
   keyPem?: string,

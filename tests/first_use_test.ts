@@ -25,6 +25,8 @@ import {
   withService,
 } from "./_service_helpers.ts";
 import { parseCertificate } from "../lib/x509.ts";
+import { CertificateRefused } from "../client/ca_client.ts";
+import { Identity } from "../client/identity.ts";
 
 /** The client run as `deno task client ARGS` in `cwd`, for the user whose home is `home`. */
 function client(home: string, args: string[], options: { stdin?: string; cwd?: string } = {}) {
@@ -351,10 +353,37 @@ Deno.test("a member whose certificate expired is told that it cannot be renewed 
     for (const args of [["renew"], ["lookup", "bob"], ["chat"]]) {
       assertFailure(
         await client(bob.home, args),
-        "The CA refused: The client certificate was not accepted",
-        "your certificate expired on 2020-01-08T00:00:00.000Z, and an expired one cannot be " +
-          "renewed: ask your admin for a new invite (deno task ca invite bob) and join with it " +
-          "in another --home",
+        "Your certificate expired on 2020-01-08T00:00:00.000Z",
+        "an expired certificate cannot be renewed: ask your admin for a new invite " +
+          "(deno task ca invite bob) and join with it in another --home",
+      );
+    }
+  });
+});
+
+Deno.test("the CA's refusal of an expired certificate tells its member that it expired, when, and to ask for a new invite, whatever the member's clock says", async () => {
+  await withService(async (service, dir) => {
+    const bob = await joinUser(service, "bob", join(dir, "bob"));
+    await expire(service, bob, join(dir, "ca-copy"));
+    // The CA client reads why from the CA's 401 (its standing), not from this machine's clock:
+    // a member whose clock is behind, for which the certificate is still valid, is told too.
+    const ca = (await Identity.load(bob.home)).client();
+    for (
+      const call of [() => ca.lookup("bob"), () => ca.renew("not a request"), () => ca.pending()]
+    ) {
+      const e = await call().then(() => undefined, (e: unknown) => e);
+      // Before: "The CA refused: The client certificate was not accepted", and no hint.
+      assert.ok(e instanceof CertificateRefused, String(e));
+      assert.equal(e.code, "ERR_UNAUTHENTICATED");
+      assert.deepEqual(e.standing, {
+        status: "expired",
+        notAfter: new Date("2020-01-08T00:00:00.000Z"),
+      });
+      assert.equal(e.message, "Your certificate expired on 2020-01-08T00:00:00.000Z");
+      assert.equal(
+        e.hint,
+        "an expired certificate cannot be renewed: ask your admin for a new invite " +
+          "(deno task ca invite bob) and join with it in another --home",
       );
     }
   });

@@ -9,12 +9,13 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { RENEWALS_PER_DAY } from "../ca/api.ts";
 import { CaPaths } from "../ca/home.ts";
 import { CaClient } from "../client/ca_client.ts";
 import { Chat } from "../client/chat.ts";
 import type { CoreEvent } from "../client/events.ts";
 import { ClientHome } from "../client/home.ts";
-import { Identity } from "../client/identity.ts";
+import { type EarlierCertificate, Identity } from "../client/identity.ts";
 import { LogMonitor } from "../client/transparency.ts";
 import { E2eError } from "../lib/errors.ts";
 import { holdLock } from "../lib/lock.ts";
@@ -24,6 +25,7 @@ import {
   makeInvite,
   runClient,
   serialsOf,
+  startService,
   withService,
 } from "./_service_helpers.ts";
 import { TcpRelay } from "./_tcp_relay.ts";
@@ -451,6 +453,79 @@ Deno.test("a renewal whose reply is lost, retried 15 minutes after earlier attem
       );
     } finally {
       await cutter.close();
+    }
+  });
+});
+
+for (const [skew, words] of [[10, "ahead of"], [-10, "behind"]] as const) {
+  Deno.test(`a renewal whose reply is lost, retried by a member whose clock is 10 minutes ${words} the CA's, is told as this home's own lost reply, not as a renewal it did not make`, async () => {
+    await withService(async (service, dir) => {
+      let armed = false;
+      const index = new CaPaths(service.home).index;
+      const renewed = () => Deno.readTextFileSync(index).match(/\t\/CN=alice$/gm)?.length === 2;
+      const cutter = await TcpRelay.start(service.port, { after: () => armed && renewed() });
+      try {
+        const home = join(dir, "alice");
+        const invite = await makeInvite(service.home, "alice", "--url", `127.0.0.1:${cutter.port}`);
+        assertSuccess(await runClient(home, ["join", invite]), "join alice");
+        // This home's clock, set off the CA's (the service's clock is the machine's).
+        const clock = () => Date.now() + skew * 60_000;
+        armed = true;
+        cutter.mode = "drop";
+        await assert.rejects(() => Identity.load(home).then((id) => id.renew({ clock })));
+        const serials = await serialsOf(service, "alice");
+        assert.equal(serials.length, 2, "the CA committed before the reply was cut");
+
+        cutter.mode = "pass";
+        const earlier: EarlierCertificate[] = [];
+        const id = await (await Identity.load(home)).renew({
+          clock,
+          onEarlier: (e) => earlier.push(e),
+        });
+        assert.equal(id.certificate.serial, serials[1], "the certificate the lost reply carried");
+        // Before: compared in this home's time, issued 10 minutes off the attempt: "a renewal
+        // this home did not make", and the advice to have the key revoked.
+        assert.deepEqual(earlier.map((e) => e.asked), [true]);
+      } finally {
+        await cutter.close();
+      }
+    });
+  });
+}
+
+Deno.test("a thief's renewal made just after a renewal of ours that the CA refused (429, too many in a day) is still told as one this home did not make", async () => {
+  await withService(async (service, dir) => {
+    const home = join(dir, "alice");
+    await joinUser(service, "alice", home);
+    let id = await Identity.load(home);
+    for (let i = 0; i < RENEWALS_PER_DAY; i++) id = await id.renew();
+    // alice's renewal the CA refuses: a definite answer, nothing was issued for it.
+    await assert.rejects(
+      () => id.renew(),
+      (e: unknown) => e instanceof E2eError && e.code === "ERR_RATE_LIMITED",
+    );
+    // The CA's count of the day goes with a restart (at another port, where alice follows it);
+    // mallory, with a copy of alice's home, renews with her key just after her refused attempt.
+    await service.stop();
+    const next = await startService(service.home);
+    try {
+      await id.moveCa(next.url);
+      const stolen = join(dir, "mallory-has-alice");
+      await copyTree(home, stolen);
+      assertSuccess(await runClient(stolen, ["renew"]), "client renew with the stolen key");
+      const newer = (await Identity.load(stolen)).certificate;
+      const renew = await runClient(home, ["renew"]);
+      assertSuccess(renew, "alice's client renew");
+      assert.equal((await Identity.load(home)).certificate.serial, newer.serial);
+      // Before: the refused attempt counted as one the CA may have answered, and mallory's
+      // renewal, issued within minutes of it, was taken for alice's own lost reply.
+      assert.match(
+        renew.stderr,
+        /by a renewal this home did not make/,
+        `stdout: ${renew.stdout}\nstderr: ${renew.stderr}`,
+      );
+    } finally {
+      await next.stop();
     }
   });
 });
