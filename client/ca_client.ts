@@ -18,6 +18,7 @@ import {
   peerCertificateDer,
   type TrustAnchor,
 } from "../lib/tls.ts";
+import { isValidName } from "../lib/names.ts";
 import { printable } from "../lib/printable.ts";
 import { parseStanding, type Standing } from "../lib/standing.ts";
 import { type CertificateInfo, parseCertificate, sha256Hex } from "../lib/x509.ts";
@@ -461,6 +462,17 @@ export class CaClient {
     if (!Array.isArray(reply?.items)) {
       throw new E2eError("ERR_NETWORK", "The CA sent a mailbox list that is not a list");
     }
+    // What the mailbox reads of a record (its id and sender), checked here: a hostile or broken
+    // service's `null` must not become a TypeError in every look.
+    reply.items.forEach((record: unknown, i) => {
+      const why = recordProblem(record);
+      if (why) {
+        throw new E2eError(
+          "ERR_NETWORK",
+          `The CA sent a mailbox list whose record ${i + 1} is not one: ${why}`,
+        );
+      }
+    });
     return reply.items as MailboxRecord[];
   }
 
@@ -517,6 +529,17 @@ export interface RenewCallOptions {
 
 /** A mailbox item as the service describes it (docs/API.md §mailbox; lib/mailbox_record.ts). */
 export type { MailboxRecord };
+
+// Why `record`, listed by the service, is not a mailbox record, if it is not.
+function recordProblem(record: unknown): string | undefined {
+  if (typeof record !== "object" || record === null || Array.isArray(record)) {
+    return record === null ? "null" : Array.isArray(record) ? "a list" : typeof record;
+  }
+  const { id, from } = record as Record<string, unknown>;
+  if (typeof id !== "string" || !/^[0-9a-f]{32}$/.test(id)) return "its id is not 32 hex digits";
+  if (typeof from !== "string" || !isValidName(from)) return "its sender is not a user name";
+  return undefined;
+}
 
 /**
  * What to do when the service cannot be reached. Most often it is restarting or stopped for a

@@ -66,3 +66,52 @@ Deno.test("CaClient turns a 429 with retry-after into a hint that says when to r
     }
   });
 });
+
+Deno.test("CaClient.mailboxList() refuses a list whose records are not records (null, no id, no sender) with ERR_NETWORK naming the CA's answer, not a TypeError later", async () => {
+  await withTempDir(async (home) => {
+    const ca = await CertificateAuthority.init(home, PASSPHRASE, { keyType: "ec-p256" });
+    const own = await ca.issueServiceCertificate(["127.0.0.1"]);
+    const anchor = trustAnchor(ca.certificate.pem);
+    const good = {
+      id: "0123456789abcdef0123456789abcdef",
+      from: "alice",
+      to: "bob",
+      size: 1,
+      postedAt: "2026-12-02T00:00:00.000Z",
+      expiresAt: "2026-12-09T00:00:00.000Z",
+    };
+    let items: unknown[] = [];
+    const server = https.createServer(serverOptions(own, anchor), (_req, res) => {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ items }));
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (server.address() as { port: number }).port;
+      const client = new CaClient(`https://127.0.0.1:${port}`, anchor);
+      items = [good];
+      assert.deepEqual(await client.mailboxList(), [good]);
+      for (
+        const [list, why] of [
+          [[null], "record 1 is not one: null"],
+          [[good, 7], "record 2 is not one: number"],
+          [
+            [good, good, { ...good, id: "../crl" }],
+            "record 3 is not one: its id is not 32 hex digits",
+          ],
+          [[{ ...good, from: "\u001b[2J" }], "record 1 is not one: its sender is not a user name"],
+        ] as const
+      ) {
+        items = [...list];
+        await assert.rejects(client.mailboxList(), (e) => {
+          assert.ok(e instanceof E2eError);
+          assert.equal(e.code, "ERR_NETWORK");
+          assert.equal(e.message, `The CA sent a mailbox list whose ${why}`);
+          return true;
+        });
+      }
+    } finally {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+});

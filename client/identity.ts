@@ -409,7 +409,8 @@ async function dropFile(file: string, dir: string): Promise<void> {
 
 /**
  * What id/renewal-asked.json holds: the renewals asked for with cert.pem's certificate (its
- * serial) that got no answer yet, the last {@linkcode MAX_ASKED} of them, oldest first.
+ * serial) that got no answer yet, the first and the last {@linkcode MAX_ASKED} of them, oldest
+ * first.
  */
 interface AskedRecord {
   /** The serial of the certificate they were asked with. */
@@ -459,7 +460,10 @@ const MAX_ROUND_TRIP_MS = 20_000;
 // How long a request whose end was not recorded (a kill) may have been under way: connection,
 // the CRL fetch it may need, and the request, each with its 15 s timeout, and some more.
 const ATTEMPT_MS = 60_000;
-// How many unanswered attempts are kept (a chat retries with a backoff of up to 30 minutes).
+// How many unanswered attempts are kept at each end (a chat retries with a backoff of up to 30
+// minutes): the first ones, since the CA issues one certificate for the first request of ours that
+// reaches it and answers every later one with that (its reply may have been lost hours of
+// attempts ago), and the last ones, under way or just failed.
 const MAX_ASKED = 8;
 // An older service does not say a certificate was issued before the request: one valid from
 // over an hour before it was sent was (the CA backdates its certificates by five minutes).
@@ -479,17 +483,23 @@ async function askedWith(folder: IdFolder, held: CertificateInfo): Promise<Asked
   const attempts: unknown[] = Array.isArray(record.attempts)
     ? record.attempts
     : [{ at: record.at }];
-  return attempts.filter((a): a is AskedAttempt => {
+  return keptAttempts(attempts.filter((a): a is AskedAttempt => {
     const { at, end } = (a ?? {}) as Record<string, unknown>;
     return typeof at === "string" && !Number.isNaN(Date.parse(at)) &&
       (end === undefined || (typeof end === "string" && !Number.isNaN(Date.parse(end))));
-  }).slice(-MAX_ASKED);
+  }));
+}
+
+// The attempts kept of `attempts` (oldest first): the first and the last MAX_ASKED.
+function keptAttempts(attempts: AskedAttempt[]): AskedAttempt[] {
+  if (attempts.length <= 2 * MAX_ASKED) return attempts;
+  return [...attempts.slice(0, MAX_ASKED), ...attempts.slice(-MAX_ASKED)];
 }
 
 // Writes id/renewal-asked.json, durably; with no attempts, removes it.
 async function writeAsked(folder: IdFolder, serial: string, attempts: AskedAttempt[]) {
   if (attempts.length === 0) return await dropFile(folder.renewalAsked, folder.dir);
-  const record: AskedRecord = { serial, attempts: attempts.slice(-MAX_ASKED) };
+  const record: AskedRecord = { serial, attempts: keptAttempts(attempts) };
   await writeFileAtomic(folder.renewalAsked, JSON.stringify(record) + "\n", {
     mode: 0o600,
     syncDir: true,

@@ -31,14 +31,17 @@
  * by one run at a time (by its id: a user trusting a key twice, a service
  * listing an offer again while the user accepts it). A direct item from a sender
  * who sent us a later one before is shown with a warning: the service may have
- * reordered their items (it can also drop one unnoticed: docs/SECURITY.md); not one this run
- * failed to handle at an earlier look (our own retry).
+ * reordered their items (it can also drop one unnoticed: docs/SECURITY.md); one this run failed to
+ * handle at an earlier look is said to be held back. An item dated ahead of our clock counts as
+ * sent when it arrived, with a warning about its sender's clock.
  *
  * An item that fails a check (one that does not decrypt included: lib/cms.ts tells it apart from
  * our key not unlocking) is refused with a warning and acknowledged, so it does not come back; a
- * replay (an id seen before) is dropped. One that cannot be stored now (a disk error, not a
- * quota's refusal; a message whose history line cannot be written and synced) is neither shown nor
- * acknowledged: it stays at the CA and is tried again, and the user is told once for it.
+ * replay (an id seen before) is dropped. Only a verdict on the item refuses it: one that cannot be
+ * opened now for a cause of ours (openssl killed, no temporary folder), whose signer cannot be
+ * checked now (the CA failing), or that cannot be stored now (a disk error, not a quota's refusal;
+ * a message whose history line cannot be written and synced) is neither shown nor acknowledged: it
+ * stays at the CA and is tried again, and the user is told once for it.
  *
  * @module
  */
@@ -80,6 +83,8 @@ const OFFER = ".offer.cms";
 export const MAX_HELD_PER_SENDER = 16;
 /** Items held back in HOME/mailbox/held/ in all, at most. */
 export const MAX_HELD = 64;
+/** A signer check's failures that are a verdict on the signer, which refuse its item. */
+const REFUSES_SIGNER = new Set(["ERR_PEER_REJECTED", "ERR_NOT_FOUND"]);
 /** Failures of a receipt's post that are tried again later (the receipt is owed meanwhile). */
 const RETRY_RECEIPT = new Set(["ERR_NETWORK", "ERR_QUOTA", "ERR_RATE_LIMITED", "ERR_INTERNAL"]);
 /**
@@ -90,6 +95,11 @@ const RETRY_RECEIPT = new Set(["ERR_NETWORK", "ERR_QUOTA", "ERR_RATE_LIMITED", "
 function receiptRetryMs(n: number): number {
   return Math.min(30 * 60_000, 60_000 * 2 ** Math.min(Math.max(n - 1, 0), 5));
 }
+/**
+ * A direct item dated more than this ahead of our clock has its sender told of their clock (the
+ * item is taken up to a day ahead): two clocks minutes apart are common, hours are not.
+ */
+const CLOCK_AHEAD_MS = 10 * 60_000;
 /** Longest delay a timer takes (setTimeout fires at once past 2^31 - 1 ms). */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** How long one long poll waits at the CA, in seconds. */
@@ -215,6 +225,12 @@ interface SeenEntry {
   owed?: boolean;
   /** A direct item (a message or a file): its time orders the sender's direct items. */
   direct?: boolean;
+  /**
+   * With `direct`: its time for that order, ms since the epoch: its sending time, or its arrival
+   * when dated ahead (a sender's clock ahead must not make their next items look reordered).
+   * Absent from entries of earlier versions: the sending time (`until` less the max age).
+   */
+  at?: number;
 }
 
 /** A sender whose receipts the service refused lately (not for being away). */
@@ -239,7 +255,7 @@ export class MailboxClient {
   // Offers being accepted: a copy listed by the CA meanwhile is a replay, as while it waited.
   #accepting = new Set<string>();
   // The CA's ids of items listed to this run that failed to be handled (kept while listed): when
-  // one comes after a later item of its sender, it is our own retry, not the service reordering.
+  // one comes after a later item of its sender, it was held back (by the service, or our failure).
   #retried = new Set<string>();
   #receiptRetry = new Map<string, ReceiptRetry>();
   // Ids of items that could not be stored now (a disk error), said once each until one is.
@@ -852,12 +868,20 @@ export class MailboxClient {
         recipientCert: host.certificate(),
         caCert: host.caCertificate,
       });
-      item = decodeItem(opened.content);
+      try {
+        item = decodeItem(opened.content);
+      } catch (e) {
+        // Our own parser's verdict on the item's bytes.
+        if (e instanceof E2eError) throw new E2eError("ERR_PEER_REJECTED", e.message);
+        throw e;
+      }
       try {
         signer = await host.checkSigner(opened.signerCert, item.from);
       } catch (e) {
-        if (e instanceof E2eError && e.code === "ERR_NETWORK") throw e;
-        const why = e instanceof E2eError ? e.detail ?? e.message : String(e);
+        // Refused only on a verdict on the signer (its certificate refused, or no member of that
+        // name): the CA busy or failing, or our log check, say nothing of the item.
+        if (!(e instanceof E2eError && REFUSES_SIGNER.has(e.code))) throw e;
+        const why = e.detail ?? e.message;
         throw new E2eError("ERR_PEER_REJECTED", `its signer's certificate is refused: ${why}`);
       }
       if (item.to !== host.self) {
@@ -878,9 +902,18 @@ export class MailboxClient {
         throw new E2eError("ERR_PEER_REJECTED", `it was sent at ${item.sent.toISOString()}`);
       }
     } catch (e) {
-      // Not the item's fault: it stays at the CA and is tried again.
+      // Not the item's fault: it stays at the CA and is tried again. Only a verdict on the item
+      // refuses (and deletes) it: openssl's (lib/cms.ts), our parser's, or our checks'.
       if (e instanceof E2eError && (e.code === "ERR_BAD_PASSPHRASE" || e.code === "ERR_NETWORK")) {
         throw e;
+      }
+      if (!(e instanceof E2eError && e.code === "ERR_PEER_REJECTED")) {
+        throw new E2eError(
+          e instanceof E2eError ? e.code : "ERR_INTERNAL",
+          `${e instanceof Error ? e.message : e}; the mailbox item said to be from ` +
+            `"${at.from}" stays ${at.release ? "held" : "at the CA"} and is tried again`,
+          { cause: e, hint: e instanceof E2eError ? e.hint : undefined },
+        );
       }
       host.warning(
         `Refused a mailbox item said to be from "${at.from}": ${
@@ -959,11 +992,12 @@ export class MailboxClient {
         return;
       }
       // Direct items come in the order they were sent (the sender posts them one at a time);
-      // the service can reorder them, and this says so. Not an item the user let in late, nor
-      // one this run failed to handle earlier (listed in order, then tried again).
-      const later = direct && at.caId && !this.#retried.has(at.caId)
-        ? this.#sentLater(item)
-        : undefined;
+      // the service can reorder them, and this says so. Not an item the user let in late. One
+      // this run failed to handle at an earlier look is said to be held back: the service can
+      // fail its fetch on purpose as well as by accident.
+      const later = direct && at.caId ? this.#sentLater(item) : undefined;
+      const retried = at.caId !== undefined && this.#retried.has(at.caId);
+      const ahead = item.sent.getTime() - Date.now();
       let show = () => {};
       try {
         if (item.kind !== "receipt") {
@@ -1001,15 +1035,26 @@ export class MailboxClient {
         from: item.from,
         until: item.sent.getTime() + MAX_ITEM_AGE_MS,
         acked: false,
-        ...(direct ? { direct: true } : {}),
+        ...(direct ? { direct: true, at: Math.min(item.sent.getTime(), Date.now()) } : {}),
       };
       await this.#saveSeen();
       show();
+      if (direct && ahead > CLOCK_AHEAD_MS) {
+        host.warning(
+          `A mailbox ${item.kind} from "${item.from}" is dated ${item.sent.toISOString()}, ` +
+            `${formatAhead(ahead)} ahead of this machine's clock: their clock (or this one) is off`,
+        );
+      }
       if (later !== undefined) {
         host.warning(
-          `A mailbox ${item.kind} from "${item.from}" sent at ${item.sent.toISOString()} came ` +
-            `after one they sent later, at ${new Date(later).toISOString()}: ` +
-            `the CA service may have reordered or held back their items`,
+          retried
+            ? `A mailbox ${item.kind} from "${item.from}" sent at ${item.sent.toISOString()} ` +
+              `was held back: it failed at an earlier look (said then), and one they sent ` +
+              `later, at ${new Date(later).toISOString()}, came first: ` +
+              `the CA service may have reordered or held back their items`
+            : `A mailbox ${item.kind} from "${item.from}" sent at ${item.sent.toISOString()} came ` +
+              `after one they sent later, at ${new Date(later).toISOString()}: ` +
+              `the CA service may have reordered or held back their items`,
         );
       }
     }
@@ -1042,12 +1087,14 @@ export class MailboxClient {
     );
   }
 
-  // The latest sending time of a direct item from `item`'s sender seen before, if later than
-  // `item`'s.
+  // The latest time of a direct item from `item`'s sender seen before (its sending time, or its
+  // arrival when dated ahead), if later than `item`'s sending time.
   #sentLater(item: MailboxItem): number | undefined {
     let latest = -Infinity;
     for (const e of Object.values(this.#seen)) {
-      if (e.direct && e.from === item.from) latest = Math.max(latest, e.until - MAX_ITEM_AGE_MS);
+      if (e.direct && e.from === item.from) {
+        latest = Math.max(latest, e.at ?? e.until - MAX_ITEM_AGE_MS);
+      }
     }
     return latest > item.sent.getTime() ? latest : undefined;
   }
@@ -1222,6 +1269,11 @@ function expiry(e: OutboxEntry): number {
   const latest = Date.parse(e.postedAt) + MAX_ITEM_AGE_MS;
   const said = e.expiresAt === undefined ? NaN : Date.parse(e.expiresAt);
   return Number.isFinite(said) && said < latest ? said : latest;
+}
+
+// `ms` ahead, in words: "12 h", "25 min".
+function formatAhead(ms: number): string {
+  return ms >= 3_600_000 ? `${Math.round(ms / 360_000) / 10} h` : `${Math.round(ms / 60_000)} min`;
 }
 
 // The CA service did not answer (or could not be reached): it may later.

@@ -345,8 +345,11 @@ export async function seal(content: Uint8Array, options: SealOptions): Promise<U
  * Opens an item sealed for us: decrypts it (the GCM tag refuses any change) and
  * verifies the signature and the signer's chain to our CA. Throws
  * `ERR_PEER_REJECTED` for an item that does not open or verify, or is not
- * AES-256-GCM AuthEnvelopedData as {@linkcode seal} makes it, and
- * `ERR_BAD_PASSPHRASE` only when our key itself does not unlock.
+ * AES-256-GCM AuthEnvelopedData as {@linkcode seal} makes it (a verdict on the
+ * item), `ERR_BAD_PASSPHRASE` only when our key itself does not unlock, and
+ * another code when our side failed (openssl killed, not started or timed out:
+ * `ERR_OPENSSL…`; no temporary folder, a full disk: `ERR_FILE`), which says
+ * nothing of the item.
  *
  * @example
  * ```ts ignore
@@ -413,13 +416,27 @@ export async function open(der: Uint8Array, options: OpenOptions): Promise<Opene
   });
 }
 
+// Runs `fn` in a private temporary folder. A file system error in it (no temp folder, a full
+// disk) is `ERR_FILE`, which names our side, never the item.
 async function withCwd<T>(fn: (cwd: string) => Promise<T>): Promise<T> {
-  const cwd = await Deno.makeTempDir({ prefix: "e2e-chat-cms-" });
+  let cwd: string | undefined;
   try {
+    cwd = await Deno.makeTempDir({ prefix: "e2e-chat-cms-" });
     await Deno.chmod(cwd, 0o700);
     return await fn(cwd);
+  } catch (e) {
+    if (Object.values(Deno.errors).some((c) => e instanceof c)) {
+      throw new E2eError(
+        "ERR_FILE",
+        cwd === undefined
+          ? `Cannot make a temporary folder for openssl: ${(e as Error).message}`
+          : `Cannot use openssl's temporary folder "${cwd}": ${(e as Error).message}`,
+        { cause: e },
+      );
+    }
+    throw e;
   } finally {
-    await Deno.remove(cwd, { recursive: true }).catch(() => {});
+    if (cwd !== undefined) await Deno.remove(cwd, { recursive: true }).catch(() => {});
   }
 }
 
@@ -465,7 +482,7 @@ async function run(
         cause: e,
       });
     }
-    if (step === "decrypt" || step === "verify") {
+    if ((step === "decrypt" || step === "verify") && aboutTheItem(e)) {
       // One generic refusal: which check failed is in the detail, not the message.
       throw new E2eError(
         "ERR_PEER_REJECTED",
@@ -475,11 +492,25 @@ async function run(
         { cause: e, detail: e.stderr },
       );
     }
-    throw new E2eError("ERR_OPENSSL", `Cannot ${step} the mailbox item`, {
+    // Our side failed (openssl killed, a file of ours it could not read, a disk error): no word
+    // on the item, which a caller must not refuse for it.
+    throw new E2eError("ERR_OPENSSL", `Cannot ${step} the mailbox item here: ${e.message}`, {
       cause: e,
       detail: e.stderr,
     });
   }
+}
+
+/**
+ * Whether openssl's failure is its verdict on the item's bytes: `openssl cms` exits 4 when it
+ * cannot decrypt or verify them, and 2 "Error reading SMIME Content Info" when they are no CMS
+ * (stdin is the item; it says other words for a file of ours it cannot read). Any other end —
+ * killed, out of memory, an argument or file of ours — says nothing of the item.
+ */
+function aboutTheItem(e: OpensslError): boolean {
+  if (e.signal) return false;
+  return (e.exitCode === 4 && /^(Error decrypting CMS|CMS Verification failure)/.test(e.stderr)) ||
+    (e.exitCode === 2 && /^Error reading SMIME Content Info/.test(e.stderr));
 }
 
 // Whether openssl reads the private key of `key` (with its passphrase).

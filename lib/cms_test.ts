@@ -275,3 +275,88 @@ Deno.test("open() with a wrong passphrase for our key is ERR_BAD_PASSPHRASE and 
     }),
   );
 });
+
+Deno.test("open() refuses an item with a byte changed anywhere, for an EC or an RSA key, and one whose signed content is no CMS, as a verdict on the item (ERR_PEER_REJECTED)", async () => {
+  for (const to of [bob, carol]) {
+    const der = await sealFor(alice, to, encodeItem(item({ to: to === bob ? "bob" : "carol" })));
+    for (let at = 0; at < der.length; at += 97) {
+      const altered = der.slice();
+      altered[at] ^= 0x01;
+      await assert.rejects(openAs(to, altered), e2eError("ERR_PEER_REJECTED", /mailbox item/));
+    }
+  }
+  // Sealed for bob as seal() seals, but what is inside is not signed: the bytes are no CMS.
+  const unsigned = (await openssl(
+    [
+      "cms",
+      "-encrypt",
+      "-binary",
+      "-aes-256-gcm",
+      "-recip",
+      "recipient.pem",
+      "-keyopt",
+      "ecdh_kdf_md:sha256",
+      "-outform",
+      "DER",
+    ],
+    { cwd: await writeCert(bob), stdin: encodeItem(item()) },
+  )).stdout;
+  await assert.rejects(
+    openAs(bob, unsigned),
+    e2eError("ERR_PEER_REJECTED", "The mailbox item's signature does not verify against our CA"),
+  );
+});
+
+Deno.test("open() whose openssl is killed, or finds no temporary folder, fails with a code of our side (ERR_OPENSSL, ERR_FILE), not as a refusal of the item", async () => {
+  await withTempDir(async (tmp) => {
+    const der = await sealFor(alice, bob, encodeItem(item()));
+    const wrapper = join(tmp, "openssl");
+    for (const step of ["decrypt", "verify"]) {
+      await Deno.writeTextFile(
+        wrapper,
+        `#!/bin/sh\ncase "$*" in *-${step}*) kill -9 $$;; esac\nexec openssl "$@"\n`,
+        { mode: 0o755 },
+      );
+      await withEnv("E2E_CHAT_OPENSSL", wrapper, async () => {
+        await assert.rejects(
+          openAs(bob, der),
+          e2eError(
+            "ERR_OPENSSL",
+            `Cannot ${step} the mailbox item here: openssl cms was killed (SIGKILL)`,
+          ),
+        );
+      });
+    }
+    await withEnv("TMPDIR", join(tmp, "gone"), async () => {
+      await assert.rejects(
+        openAs(bob, der),
+        e2eError(
+          "ERR_FILE",
+          /^Cannot make a temporary folder for openssl: No such file or directory/,
+        ),
+      );
+    });
+    assert.equal(
+      new TextDecoder().decode(decodeItem((await openAs(bob, der)).content).payload),
+      "hello bob",
+    );
+  });
+});
+
+// A folder holding `m`'s certificate as recipient.pem, for a plain openssl command.
+async function writeCert(m: Member): Promise<string> {
+  const folder = await Deno.makeTempDir({ dir });
+  await Deno.writeTextFile(join(folder, "recipient.pem"), m.cert);
+  return folder;
+}
+
+async function withEnv(name: string, value: string, fn: () => Promise<void>): Promise<void> {
+  const before = Deno.env.get(name);
+  Deno.env.set(name, value);
+  try {
+    await fn();
+  } finally {
+    if (before === undefined) Deno.env.delete(name);
+    else Deno.env.set(name, before);
+  }
+}

@@ -44,14 +44,24 @@ export class OpensslError extends E2eError {
   readonly exitCode: number;
   /** What the child printed on stderr. */
   readonly stderr: string;
+  /** The signal that ended the child (say, `"SIGKILL"` from the OOM killer), if one did. */
+  readonly signal?: string;
 
-  /** Makes the error for a run of `openssl <command>` that exited with `exitCode`. */
-  constructor(command: string, exitCode: number, stderr: string) {
-    super("ERR_OPENSSL", `openssl ${command} failed with exit code ${exitCode}`, {
-      detail: stderr,
-    });
+  /**
+   * Makes the error for a run of `openssl <command>` that exited with `exitCode`, or was ended by
+   * `signal`.
+   */
+  constructor(command: string, exitCode: number, stderr: string, signal?: string) {
+    super(
+      "ERR_OPENSSL",
+      signal
+        ? `openssl ${command} was killed (${signal})`
+        : `openssl ${command} failed with exit code ${exitCode}`,
+      { detail: stderr },
+    );
     this.exitCode = exitCode;
     this.stderr = stderr;
+    this.signal = signal;
   }
 
   /** Whether openssl failed because it could not decrypt a private key. */
@@ -175,7 +185,9 @@ export function startOpenssl(
           detail: stderr,
         });
       }
-      if (!out.success) throw new OpensslError(args[0] ?? "", out.code, stderr);
+      if (!out.success) {
+        throw new OpensslError(args[0] ?? "", out.code, stderr, out.signal ?? undefined);
+      }
       return { stdout: out.stdout, stderr };
     },
     async cancel() {

@@ -529,3 +529,82 @@ Deno.test("a thief's renewal made just after a renewal of ours that the CA refus
     }
   });
 });
+
+// The attempt whose reply was lost fell out of id/renewal-asked.json (only the last 8 were kept)
+// after eight more attempts that may have reached the CA (here: killed while they wait for the
+// CA, as a chat is killed; a lost reply or a timeout after sending counts the same): the answer
+// that finally came was told as a renewal this home did not make, with the advice to have the key
+// revoked (from an attacker's review). Now the first attempts are kept as well as the last: 20
+// more attempts here, past both.
+const RETRIES = 20;
+
+// Moves the last attempt of id/renewal-asked.json `ms` later: it was made that much later (a
+// chat's backoff between attempts).
+async function dateLastAsked(home: string, ms: number): Promise<void> {
+  const file = join(home, "id", "renewal-asked.json");
+  const record = JSON.parse(await Deno.readTextFile(file));
+  const last = record.attempts[record.attempts.length - 1];
+  for (const k of ["at", "end"]) {
+    if (last[k]) last[k] = new Date(Date.parse(last[k]) + ms).toISOString();
+  }
+  await Deno.writeTextFile(file, JSON.stringify(record));
+}
+
+Deno.test("a renewal whose reply is lost, then twenty more attempts over hours that may have reached the CA, is told as this home's own lost reply, not as a renewal it did not make (from an attacker's review)", async () => {
+  await withService(async (service, dir) => {
+    let stage: "pass" | "cut" | "hold" = "pass";
+    const index = new CaPaths(service.home).index;
+    const renewed = () => Deno.readTextFileSync(index).match(/\t\/CN=alice$/gm)?.length === 2;
+    const cutter = await TcpRelay.start(service.port, {
+      after: () => stage === "hold" || (stage === "cut" && renewed()),
+    });
+    try {
+      const home = join(dir, "alice");
+      const invite = await makeInvite(service.home, "alice", "--url", `127.0.0.1:${cutter.port}`);
+      assertSuccess(await runClient(home, ["join", invite]), "join alice");
+      const asked = join(home, "id", "renewal-asked.json");
+      // When the last attempt recorded was sent ("" for none).
+      const lastAsked = async () => {
+        try {
+          return JSON.parse(await Deno.readTextFile(asked)).attempts.at(-1).at as string;
+        } catch {
+          return "";
+        }
+      };
+      stage = "cut";
+      cutter.mode = "drop";
+      assert.notEqual((await runClient(home, ["renew"])).code, 0, "the first reply was cut");
+      assert.equal((await serialsOf(service, "alice")).length, 2, "the CA issued");
+      stage = "hold";
+      cutter.mode = "hold";
+      for (let k = 1; k <= RETRIES; k++) {
+        const before = await lastAsked();
+        const connections = cutter.connections;
+        const killed = await TaskProcess.start("client", ["renew"], {
+          env: { E2E_CHAT_HOME: home },
+        });
+        try {
+          await waitUntil(
+            async () => cutter.connections > connections && (await lastAsked()) !== before,
+            "the attempt to be recorded and under way",
+            30_000,
+          );
+        } finally {
+          killed.kill("SIGKILL");
+        }
+        await killed.status;
+        await dateLastAsked(home, k * 20 * 60_000);
+      }
+      const kept = JSON.parse(await Deno.readTextFile(asked)).attempts.length;
+      assert.equal(kept, 16, "the file is bounded: the first 8 attempts and the last 8");
+      stage = "pass";
+      cutter.mode = "pass";
+      const again = await runClient(home, ["renew"]);
+      assertSuccess(again, "the attempt that gets its answer");
+      assert.equal((await serialsOf(service, "alice")).length, 2, "nothing more signed");
+      assert.doesNotMatch(again.stderr, /did not make/, again.stderr);
+    } finally {
+      await cutter.close();
+    }
+  });
+});
