@@ -42,6 +42,7 @@ import {
   FileQuota,
   formatSize,
   IncomingFile,
+  receivedName,
   removeStalePartials,
   safeFileName,
 } from "./files.ts";
@@ -608,6 +609,7 @@ export class Chat {
       .catch((e) =>
         this.#emit({
           type: "warning",
+          peer: name,
           message: `Your invitation of "${name}" lapsed at the CA, and inviting again failed: ${
             e instanceof Error ? e.message : e
           }`,
@@ -812,12 +814,15 @@ export class Chat {
     return offer.id;
   }
 
-  /** The files connected peers offered that wait for an answer. */
+  /**
+   * The files connected peers offered that wait for an answer, each under the name it would be
+   * saved under (as the `file_offer` event names it), not the one announced.
+   */
   offers(): Array<FileOffer & { from: string }> {
     return [
       ...[...this.#peers].flatMap(([from, p]) => p.conn.offers.map((o) => ({ from, ...o }))),
       ...this.#mailbox.offers(),
-    ];
+    ].map((o) => ({ ...o, name: safeFileName(o.name) }));
   }
 
   /**
@@ -1114,7 +1119,10 @@ export class Chat {
         return state;
       },
       store: async (item) => {
-        const at = item.sent;
+        // Kept in the order it arrived, with the time it arrived (what the history and the page
+        // order by): the sending time is the sender's claim (up to a day ahead, 8 days back),
+        // and a peer could place its item anywhere among ours with it. Kept apart, as `sent`.
+        const sent = item.sent;
         // A room's message: the room checks its author's signature and shows it in order.
         if (item.kind === "room") {
           this.#rooms.fromMailbox(item.from, new TextDecoder().decode(item.payload));
@@ -1127,7 +1135,7 @@ export class Chat {
             from: item.from,
             to: this.#id.name,
             text,
-            at,
+            sent,
           });
           // Its only copy once the CA's is deleted: on disk, synced, or it stays at the CA.
           await this.#history.persist(item.from);
@@ -1162,8 +1170,8 @@ export class Chat {
           throw e;
         }
         await this.#quota.stored(item.from, path, size);
-        const file = { id: item.id, name: item.name!, path, bytes: size, sha256 };
-        const ref = this.#history.file({ from: item.from, to: this.#id.name, ...file, at });
+        const file = { id: item.id, ...receivedName(item.name!, path), path, bytes: size, sha256 };
+        const ref = this.#history.file({ from: item.from, to: this.#id.name, ...file, sent });
         await this.#history.flush();
         return () => this.#emit({ type: "file", from: item.from, ...file, via: "mailbox", ref });
       },
@@ -1653,7 +1661,11 @@ export class Chat {
     for (const [name, p] of this.#peers) {
       if (this.#revocation.isRevoked(p.conn.certificate.serial)) {
         p.conn.close("its certificate was revoked");
-        this.#emit({ type: "warning", message: `"${name}" was revoked by the CA: disconnected` });
+        this.#emit({
+          type: "warning",
+          peer: name,
+          message: `"${name}" was revoked by the CA: disconnected`,
+        });
       }
     }
   }

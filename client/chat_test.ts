@@ -224,6 +224,39 @@ Deno.test("the chat core, in-process, over real mutual TLS with a real CA servic
         },
       );
 
+      await t.step(
+        "offers(), the file event and the history name a file by the name it is saved under, the announced one kept apart",
+        async () => {
+          // 70 braille blanks push ".sh" out of sight; it is saved as "invoice.pdf .sh".
+          const announced = "invoice.pdf" + "\u2800".repeat(70) + ".sh";
+          await Deno.mkdir(join(dir, "padded"));
+          const path = join(dir, "padded", announced);
+          await Deno.writeTextFile(path, "#!/bin/sh\n");
+          const id = await bob.chat.sendFile("alice", path);
+          // An offer when bob's key is not pinned yet (else it is taken at once).
+          let first: CoreEvent | undefined;
+          for (let tries = 0; !first && tries < 300; tries++) {
+            if (tries) await new Promise((r) => setTimeout(r, 50));
+            first = alice.events.find((e) =>
+              (e.type === "file" || e.type === "file_offer") && e.id === id
+            );
+          }
+          assert.ok(first, "neither a file nor an offer");
+          if (first.type === "file_offer") {
+            assert.equal(first.name, "invoice.pdf .sh");
+            assert.deepEqual(alice.chat.offers().map((o) => o.name), ["invoice.pdf .sh"]);
+            await alice.chat.acceptFile("bob", id);
+          }
+          const file = await alice.next("file", (e) => e.id === id);
+          assert.equal(file.name, "invoice.pdf .sh");
+          assert.equal(file.announced, announced);
+          assert.equal(file.path, join(alice.chat.downloads, "invoice.pdf .sh"));
+          const entry = (await alice.chat.history("bob")).find((e) => e.id === id);
+          assert.equal(entry?.file?.name, "invoice.pdf .sh");
+          assert.equal(entry?.file?.announced, announced);
+        },
+      );
+
       await t.step("close() disconnects both sides", async () => {
         alice.chat.close("bob");
         await alice.next("disconnected", (e) => e.peer === "bob");

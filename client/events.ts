@@ -48,7 +48,10 @@ export type CoreEvent =
     type: "file";
     from: string;
     id: string;
+    /** The name the file was saved under (`path`'s, a "(1)" included). */
     name: string;
+    /** The name its sender announced, only when it differs from `name` (unsafe: sanitize). */
+    announced?: string;
     path: string;
     bytes: number;
     sha256: string;
@@ -105,8 +108,10 @@ export type CoreEvent =
   // `missing`: the first 1,000 numbers at most; `count`: how many in all.
   | { type: "room_gap"; room: string; from: string; missing: number[]; count: number }
   // `about: "identity"`: about our own certificate (its renewal, or one this home did not make),
-  // which a face keeps in view apart from what peers cause (the page: docs/WEB.md).
-  | { type: "warning"; message: string; about?: "identity" }
+  // which a face keeps in view apart from what peers cause (the page: docs/WEB.md). `peer`: the
+  // member whose connection or invitation it is about, when it is one (a face shows it on that
+  // conversation; a name quoted in `message` may be anyone's, quoted by anyone).
+  | { type: "warning"; message: string; about?: "identity"; peer?: string }
   // The CA service answers again after looks at it got no answer (warned), since `since` (ISO).
   | { type: "ca_back"; since: string; message: string }
   | { type: "log_alarm"; message: string; serial?: string; fingerprint?: string };

@@ -419,6 +419,27 @@ export function announcedName(path: string): string {
   return basename(path);
 }
 
+/**
+ * How a received file is named to the user: `name`, the name it was saved under (`path`'s, a
+ * "(1)" included), and `announced`, the name its sender gave, only when that differs (unsafe: for
+ * display through a sanitizer only). A name padded with blanks or invisible characters must not
+ * be what the user reads or downloads under.
+ *
+ * @example
+ * ```ts
+ * import { receivedName } from "./files.ts";
+ * receivedName("a\u2800\u2800.sh", "/home/bob/downloads/a .sh"); // { name: "a .sh", announced: "a\u2800\u2800.sh" }
+ * receivedName("notes.txt", "/home/bob/downloads/notes.txt"); // { name: "notes.txt" }
+ * ```
+ */
+export function receivedName(
+  announced: string,
+  path: string,
+): { name: string; announced?: string } {
+  const name = basename(path);
+  return name === announced ? { name } : { name, announced };
+}
+
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 /** A received file is synced to disk every this many bytes as it comes, not all at its end. */

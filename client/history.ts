@@ -27,13 +27,19 @@ import { join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, syncDir, systemReason } from "../lib/fs.ts";
 import { jsonLine } from "../lib/lines.ts";
+import { receivedName } from "./files.ts";
 
 /** One message or file of a conversation, as the faces show it. */
 export interface HistoryEntry {
   /** The id the sender gave it (ids are unique per sender, not across senders). */
   id: string;
-  /** When it was sent or received, ISO 8601. */
+  /**
+   * When it was sent (ours) or received, ISO 8601: what the faces order by. Lines of earlier
+   * versions gave a mailbox item its sender's claimed time here.
+   */
   at: string;
+  /** A mailbox item's sending time as its sender claims it, ISO 8601 (not checked beyond ±days). */
+  sent?: string;
   /** Who wrote it. */
   from: string;
   /** Who it went to. */
@@ -42,8 +48,12 @@ export interface HistoryEntry {
   kind: "message" | "file";
   /** The text of a message. */
   text?: string;
-  /** A file: its name, where it is stored (received) or was read from (sent), size, digest. */
-  file?: { name: string; path?: string; bytes: number; sha256?: string };
+  /**
+   * A file: its name (a received one's: the name it was saved under, its path's), the name its
+   * sender announced when that differs (unsafe: sanitize), where it is stored (received) or was
+   * read from (sent), size, digest.
+   */
+  file?: { name: string; announced?: string; path?: string; bytes: number; sha256?: string };
   /** For what we sent: "sent", then "delivered" once acknowledged. */
   state?: "sent" | "delivered";
   /** The round trip of a delivered message, in milliseconds. */
@@ -63,6 +73,7 @@ interface FileFields {
   from: string;
   to: string;
   name: string;
+  announced?: string;
   path?: string;
   bytes: number;
   sha256?: string;
@@ -74,13 +85,14 @@ type HistoryRecord =
     t: "msg";
     id: string;
     at: string;
+    sent?: string;
     from: string;
     to: string;
     text: string;
     ref?: string;
     late?: true;
   }
-  | FileFields & { t: "file"; at: string; ref?: string }
+  | FileFields & { t: "file"; at: string; sent?: string; ref?: string }
   | { t: "ack"; id: string; at: string; ms?: number }
   | { t: "acks"; ids: string[]; at: string; ms?: Array<number | null> };
 
@@ -159,17 +171,19 @@ export class History {
   }
 
   /**
-   * Records a text message we sent or received (written soon, in order). Returns the ref of a
+   * Records a text message we sent or received (written soon, in order, at the time it is
+   * recorded; `sent`: a mailbox item's claimed sending time, kept apart). Returns the ref of a
    * received one (its event carries it too: {@linkcode HistoryEntry.ref}).
    */
   message(
-    m: { id: string; from: string; to: string; text: string; at?: Date },
+    m: { id: string; from: string; to: string; text: string; sent?: Date },
   ): string | undefined {
     const ref = this.#ref(m.from);
     this.#append(this.#peerOf(m), {
       t: "msg",
       id: m.id,
-      at: m.at ? m.at.toISOString() : isoNow(),
+      at: isoNow(),
+      ...(m.sent ? { sent: m.sent.toISOString() } : {}),
       from: m.from,
       to: m.to,
       text: m.text,
@@ -207,16 +221,21 @@ export class History {
     return ref;
   }
 
-  /** Records a file we sent or received. Returns the ref of a received one. */
-  file(f: FileFields & { at?: Date }): string | undefined {
+  /**
+   * Records a file we sent or received (at the time it is recorded; `sent`: a mailbox item's
+   * claimed sending time, kept apart). Returns the ref of a received one.
+   */
+  file(f: FileFields & { sent?: Date }): string | undefined {
     const ref = this.#ref(f.from);
     this.#append(this.#peerOf(f), {
       t: "file",
       id: f.id,
-      at: f.at ? f.at.toISOString() : isoNow(),
+      at: isoNow(),
+      ...(f.sent ? { sent: f.sent.toISOString() } : {}),
       from: f.from,
       to: f.to,
       name: f.name,
+      ...(f.announced === undefined ? {} : { announced: f.announced }),
       ...(f.path === undefined ? {} : { path: f.path }),
       bytes: f.bytes,
       ...(f.sha256 === undefined ? {} : { sha256: f.sha256 }),
@@ -294,12 +313,17 @@ export class History {
             to: record.to,
             kind: "file",
             file: {
-              name: record.name,
+              // A received file by the name it was saved under, in lines of earlier versions
+              // too (they kept the announced one as its name).
+              ...(record.from !== this.#options.self && record.path !== undefined
+                ? receivedName(record.announced ?? record.name, record.path)
+                : { name: record.name }),
               path: record.path,
               bytes: record.bytes,
               sha256: record.sha256,
             },
           };
+        if (typeof record.sent === "string") entry.sent = record.sent;
         if (typeof record.ref === "string") entry.ref = record.ref;
         if (record.t === "msg" && record.late === true) entry.late = true;
         if (record.from === this.#options.self) {
@@ -677,7 +701,7 @@ function parseRecord(line: string): HistoryRecord | undefined {
   const maybe = (k: string) => r[k] === undefined || str(k);
   if (
     r.t === "file" && str("from") && str("to") && str("name") && typeof r.bytes === "number" &&
-    maybe("path") && maybe("sha256")
+    maybe("path") && maybe("sha256") && maybe("announced")
   ) {
     return r as HistoryRecord;
   }

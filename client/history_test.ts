@@ -200,7 +200,14 @@ Deno.test("History with a key seals every write (AES-256-GCM): nothing readable 
     const history = new History(folder, { self: "alice", key: KEY });
     // Two records in one turn are sealed together as one line; the third is a write of its own.
     history.message({ id: "a-1", from: "alice", to: "bob", text: "the ledger is under the mill" });
-    history.file({ id: "b-1", from: "bob", to: "alice", name: "plan.pdf", path: "/d/p", bytes: 9 });
+    history.file({
+      id: "b-1",
+      from: "bob",
+      to: "alice",
+      name: "plan.pdf",
+      path: "/d/plan.pdf",
+      bytes: 9,
+    });
     await history.flush();
     history.delivered("bob", "a-1", 2);
     await history.flush();
@@ -410,7 +417,6 @@ Deno.test("A room's history file of before (kept by its name) is still read for 
     const key = new Uint8Array(32).fill(7);
     // An earlier version: one file for every room called #team, sealed with the name as its AD.
     const before = new History(folder, { self: "alice", key });
-    const at = new Date("2026-01-01T00:00:00Z");
     for (
       const [id, text] of [
         ["bob.3", "of before room ids"],
@@ -423,7 +429,6 @@ Deno.test("A room's history file of before (kept by its name) is still read for 
         from: id.includes("mallory") ? "mallory" : "bob",
         to: "#team",
         text,
-        at,
       });
     }
     await before.flush();
@@ -467,5 +472,71 @@ Deno.test("History.persist() throws ERR_FILE, with no warning, when the conversa
     await history.persist("alice");
     assert.deepEqual((await history.read("alice")).map((e) => e.text), ["written"]);
     history.close();
+  });
+});
+
+Deno.test("History records a received mailbox item at the time it arrives, with the sending time its sender claims kept apart as sent", async () => {
+  await withTempDir(async (dir) => {
+    const history = new History(join(dir, "history"), { self: "alice" });
+    const claimed = new Date(Date.now() + 86_000_000);
+    const before = new Date().toISOString();
+    history.message({ id: "b-1", from: "bob", to: "alice", text: "Yes, I accept.", sent: claimed });
+    history.file({ id: "b-2", from: "bob", to: "alice", name: "x", bytes: 0, sent: claimed });
+    history.message({ id: "a-1", from: "alice", to: "bob", text: "So you will NOT pay?" });
+    const entries = await history.read("bob");
+    const after = new Date().toISOString();
+    assert.deepEqual(entries.map((e) => e.id), ["b-1", "b-2", "a-1"]);
+    for (const e of entries) assert.ok(e.at >= before && e.at <= after, `${e.id} at ${e.at}`);
+    assert.deepEqual(entries.map((e) => e.sent), [
+      claimed.toISOString(),
+      claimed.toISOString(),
+      undefined,
+    ]);
+  });
+});
+
+Deno.test("History names a received file by the name it was saved under and keeps the announced one apart, for an earlier version's lines too", async () => {
+  await withTempDir(async (dir) => {
+    const history = new History(join(dir, "history"), { self: "alice" });
+    const announced = "invoice.pdf" + "\u2800".repeat(70) + ".sh";
+    history.file({
+      id: "b-1",
+      from: "bob",
+      to: "alice",
+      name: "invoice.pdf .sh",
+      announced,
+      path: "/d/invoice.pdf .sh",
+      bytes: 1,
+    });
+    history.file({
+      id: "a-1",
+      from: "alice",
+      to: "bob",
+      name: "mine.txt",
+      path: "/x/mine.txt",
+      bytes: 1,
+    });
+    await history.flush();
+    // An earlier version wrote the announced name as the name.
+    await Deno.writeTextFile(
+      join(dir, "history", "bob.jsonl"),
+      JSON.stringify({
+        t: "file",
+        id: "b-2",
+        at: new Date().toISOString(),
+        from: "bob",
+        to: "alice",
+        name: announced,
+        path: "/d/invoice.pdf .sh",
+        bytes: 1,
+      }) + "\n",
+      { append: true },
+    );
+    const files = (await history.read("bob")).map((e) => [e.id, e.file?.name, e.file?.announced]);
+    assert.deepEqual(files, [
+      ["b-1", "invoice.pdf .sh", announced],
+      ["a-1", "mine.txt", undefined],
+      ["b-2", "invoice.pdf .sh", announced],
+    ]);
   });
 });

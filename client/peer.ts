@@ -26,7 +26,7 @@ import {
 import { FEATURE_ROOMS, type RoomFrame } from "../lib/room.ts";
 import { pauseReading, resumeReading } from "../lib/tls.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
-import { announcedName, formatSize, hashFile, IncomingFile } from "./files.ts";
+import { announcedName, formatSize, hashFile, IncomingFile, receivedName } from "./files.ts";
 
 /** A file a peer offers (or, from an older peer, announces). */
 export interface FileOffer {
@@ -65,10 +65,21 @@ export interface PeerEvents {
   message(peer: PeerConnection, id: string, text: string): void;
   /** A message or file we sent was acknowledged. */
   delivered(peer: PeerConnection, id: string, ms?: number): void;
-  /** A file arrived and matched its SHA-256. */
+  /**
+   * A file arrived and matched its SHA-256: `name` is the one it was saved under, `announced` the
+   * sender's when that differs.
+   */
   file(
     peer: PeerConnection,
-    info: { id: string; name: string; path: string; bytes: number; sha256: string; room?: string },
+    info: {
+      id: string;
+      name: string;
+      announced?: string;
+      path: string;
+      bytes: number;
+      sha256: string;
+      room?: string;
+    },
   ): void;
   /** Progress of a file transfer. */
   progress(
@@ -1111,7 +1122,8 @@ export class PeerConnection {
           const path = await file.finish(frame.sha256);
           events.file(this, {
             id: frame.id,
-            name: file.announced,
+            // The name it was saved under is the one shown and downloaded under.
+            ...receivedName(file.announced, path),
             path,
             bytes: file.size,
             sha256: file.sha256!,

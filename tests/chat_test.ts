@@ -393,7 +393,8 @@ async function files(scene: Scene): Promise<void> {
       type: "file_offer",
       from: from.name,
       id: file.id,
-      name: file.name,
+      // The offer's name is the one it would be saved under, before a "(1)"; the file's, with it.
+      name: file.announced ?? file.name,
       bytes: file.bytes,
     });
     const sent = await from.expect({ type: "sent", to: to.name });
@@ -425,6 +426,9 @@ async function files(scene: Scene): Promise<void> {
   // The same name again never overwrites: "report (1).pdf".
   const second = await sendFile(alice, bob, `/file ${bigPath}`);
   assert.equal(second.file.path, join(downloads(bobUser), "report (1).pdf"));
+  // Named by the name it was saved under; the announced one comes apart.
+  assert.equal(second.file.name, "report (1).pdf");
+  assert.equal(second.file.announced, "report.pdf");
   assert.ok(Buffer.from(big).equals(await Deno.readFile(String(second.file.path))));
   assert.ok(Buffer.from(big).equals(await Deno.readFile(String(first.file.path))));
 

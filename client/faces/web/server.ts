@@ -122,7 +122,7 @@ const UNAUTHORIZED_PAGE = `<!doctype html>
 
 /** An operation from the page: `{id, op, …}`; the answer is `{type:"reply", re:id, …}`. */
 type Operation =
-  | { op: "invite" | "accept" | "close" | "safety"; name: string }
+  | { op: "invite" | "accept" | "close" | "safety" | "dismissKeyChange"; name: string }
   // `number`: the safety number the page showed, which the key must still have.
   | { op: "verify" | "trust"; name: string; number: string }
   | { op: "send"; name: string; text: string }
@@ -163,6 +163,10 @@ export class WebServer {
   #uploadDir: string;
   #notices: string[];
   #identityNotices: string[]; // warnings about our certificate: apart, so peers cannot push them out
+  // Peer → when a connection as them last presented a key other than the pinned one: shown on
+  // their conversation until the user trusts a new key or dismisses it, not only while that
+  // connection lasts, so whoever made it cannot take the warning away by leaving.
+  #keyChanges = new Map<string, string>();
   #static: Map<string, Uint8Array>;
   #heartbeat: ReturnType<typeof setInterval>;
   #unsubscribe: () => void;
@@ -208,6 +212,9 @@ export class WebServer {
       headerDeadlines.set(socket, deadline(socket, WEB_HEADERS_MS));
     });
     this.#unsubscribe = chat.on((e) => {
+      if (e.type === "connected" && e.trust === "changed") {
+        this.#keyChanges.set(e.peer, new Date().toISOString());
+      }
       const out = this.#outgoing(e);
       // A page that connects later still sees the recent warnings (in its snapshot), and that
       // the CA service answers again after them (else a page opened then shows only the outage).
@@ -507,6 +514,7 @@ export class WebServer {
       conversations,
       notices: this.#notices,
       identityNotices: this.#identityNotices,
+      keyChanges: [...this.#keyChanges].map(([peer, at]) => ({ peer, at })),
       alarms: chat.logAlarms().map((a) => ({ ...a, message: printable(a.message) })),
       history: true,
     });
@@ -547,7 +555,12 @@ export class WebServer {
       case "trust":
         // Checked in the same turn as trust() takes the connection's key: nothing comes between.
         this.#sameKey(op);
-        return await chat.trust(op.name);
+        await chat.trust(op.name);
+        this.#keyChanges.delete(op.name);
+        return;
+      case "dismissKeyChange":
+        this.#keyChanges.delete(op.name);
+        return;
       case "close":
         return chat.close(op.name);
       case "safety":
@@ -757,6 +770,7 @@ function parseOperation(value: unknown): Operation {
     case "accept":
     case "close":
     case "safety":
+    case "dismissKeyChange":
       return { op: v.op, name };
     case "verify":
     case "trust":
@@ -808,6 +822,8 @@ function answered(op: Operation, result: unknown): Answered | undefined {
       return { type: "trusted", peer: op.name, trust: "verified" };
     case "trust":
       return { type: "trusted", peer: op.name, trust: "known" };
+    case "dismissKeyChange":
+      return { type: "key_change_dismissed", peer: op.name };
     case "room": {
       if (op.action !== "decline") return undefined;
       const { from, told } = result as { from: string; told: boolean };
@@ -829,6 +845,7 @@ function answered(op: Operation, result: unknown): Answered | undefined {
 type Answered =
   | { type: "offer_answered"; from: string; id: string; accepted: boolean }
   | { type: "trusted"; peer: string; trust: "verified" | "known" }
+  | { type: "key_change_dismissed"; peer: string }
   | { type: "room_declined"; room: string; from: string; told: boolean; message: string };
 
 function errorReply(e: unknown): { code: string; message: string; hint?: string } {

@@ -24,6 +24,9 @@ const state = {
   rooms: new Set(), // rooms we are in (#name)
   roomInvites: new Map(), // "creator #name" → {room, from}: two creators may name rooms alike
   cardErrors: new Map(), // list id → {key, text}: the failed button of a card, and why
+  // name → when a connection as them presented a key other than the one we trust (ISO): shown
+  // until a new key is trusted or the user dismisses it, not only while that connection lasts.
+  keyChanges: new Map(),
 };
 
 /** Whether a conversation is a room (room names start with #). */
@@ -230,6 +233,7 @@ function handle(e) {
         keyFingerprint: e.keyFingerprint,
       });
       state.invitations.delete(e.peer);
+      if (e.trust === "changed") state.keyChanges.set(e.peer, new Date().toISOString());
       const c = conv(e.peer);
       c.status = e.trust === "changed"
         ? "Key changed: nothing is sent or shown until you trust the new key"
@@ -332,21 +336,26 @@ function handle(e) {
       // Mark verified or Trust new key, here or in another tab.
       keyTrusted(e.peer, e.trust);
       return;
+    case "key_change_dismissed":
+      // Dismissed here or in another tab.
+      if (!state.keyChanges.delete(e.peer)) return;
+      break;
     case "log_alarm":
       logAlarm(e);
       break;
-    case "warning":
+    case "warning": {
       // About our own certificate: apart, where what peers cause cannot push it out of view.
       if (e.about === "identity") {
         identityNotice(e.message);
         return;
       }
       notice(e.message, "warning");
-      for (const [, name] of e.message.matchAll(/"([^"]+)"/g)) {
-        const c = state.convs.get(name);
-        if (c && /revoked|refused|rejected|failed/i.test(e.message)) c.status = e.message;
-      }
+      // On the conversation the core says it is about: a name quoted in the text may be anyone's
+      // (a member's refused mailbox item "addressed to \"bob\"" is not about bob).
+      const c = typeof e.peer === "string" ? state.convs.get(e.peer) : undefined;
+      if (c) c.status = e.message;
       break;
+    }
     case "error":
       notice(e.message, "error");
       return;
@@ -416,6 +425,8 @@ function snapshot(s) {
   );
   for (const room of state.rooms) touch(conv(room));
   state.offers = new Map((s.offers ?? []).map((o) => [`${o.from} ${o.id}`, o]));
+  state.keyChanges = new Map((s.keyChanges ?? []).map((k) => [k.peer, k.at]));
+  for (const name of state.keyChanges.keys()) conv(name);
   for (const { name, last } of s.conversations) {
     const c = conv(name);
     if (last > c.last) c.last = last;
@@ -893,6 +904,16 @@ $("trust").addEventListener("click", () => {
   });
 });
 
+// The user read the warning of a key change seen before: it goes, in every tab (the server says).
+$("dismiss-key-change").addEventListener("click", () => {
+  const name = state.selected;
+  operate("dismissKeyChange", { name }).then(() => {
+    if (!state.keyChanges.delete(name)) return;
+    drawList();
+    drawConversation();
+  }, (e) => notice(errorText(e), "error"));
+});
+
 /**
  * A key marked verified or trusted (after a key change), in this tab or another (the server
  * tells every tab): the peer's state, its status and the buttons follow. A button that had focus
@@ -902,12 +923,14 @@ function keyTrusted(name, trust) {
   const p = state.peers.get(name);
   const was = p?.trust;
   if (p) p.trust = trust;
+  const wasChanged = trust === "known" && state.keyChanges.delete(name);
+  if (wasChanged) drawList();
   const c = conv(name);
   const status = trust === "verified"
     ? "Connected: safety number verified"
     : "Connected: new key trusted";
   // Once: the acting tab hears its reply, then the same news from the server.
-  if (was === trust && c.status === status) return;
+  if (was === trust && c.status === status && !wasChanged) return;
   c.status = status;
   // What the buttons said of the key before (it had changed: trust it first) is past.
   if (name === state.selected) {
@@ -1108,6 +1131,12 @@ function drawList() {
     online.className = on ? "dot on" : "dot";
     online.textContent = isRoom(c.name) ? (on ? "room" : "room, left") : on ? "online" : "offline";
     b.append(name, " ", online);
+    if (state.keyChanges.has(c.name)) {
+      const k = document.createElement("span");
+      k.className = "key-changed";
+      k.textContent = "key changed";
+      b.append(" ", k);
+    }
     if (c.unread) {
       const badge = document.createElement("span");
       badge.className = "unread";
@@ -1184,8 +1213,20 @@ function drawConversation() {
   // Set only when it changes: the status and the warning are live regions, read at each change.
   setText($("peer-status"), c?.status ?? "");
   const changed = p?.trust === "changed";
-  $("key-change").hidden = !changed;
+  // A key change seen before (its connection gone, or the pinned key back): said until the user
+  // trusts a new key or dismisses it.
+  const past = !changed && !!name && state.keyChanges.has(name);
+  $("key-change").hidden = !changed && !past;
+  $("key-change-now").hidden = !changed;
+  $("key-change-past").hidden = !past;
+  $("trust").hidden = !changed;
+  $("dismiss-key-change").hidden = !past;
   setText($("key-change-name"), name);
+  setText($("key-change-past-name"), name);
+  setText(
+    $("key-change-at"),
+    past ? new Date(state.keyChanges.get(name)).toLocaleString() : "",
+  );
   $("safety").hidden = !c?.safety;
   setText($("safety-number"), c?.safety ?? "");
   setText($("safety-name"), name);
