@@ -1707,3 +1707,121 @@ Deno.test("A join its creator took is her to answer for JOIN_KEEP_MS only: her s
     assert.deepEqual(v.sent, ["leave"]);
   });
 });
+
+// r113 repro: several messages withheld past a newcomer's take-up and filled later in their
+// natural (ascending) order — as #onState and #onWant send them — are each shown late; today
+// only the lowest is, and the others are reported as a gap and dropped though they came.
+Deno.test("r113: messages filled in order after a newcomer's take-up are all shown late, none reported missing", async () => {
+  await newcomer(async ({ byBob, rooms, events, carol }) => {
+    rooms.receive(carol, { op: "msg", m: byBob(12), to: ["bob", "carol"] });
+    await sleep(GAP_WAIT_MS + 500);
+    events.length = 0;
+    // Carol connects later; her fills of 9, 10 and 11 go in her buffer's order.
+    for (const seq of [9, 10, 11]) rooms.receive(carol, { op: "msg", m: byBob(seq), fill: true });
+    assert.deepEqual(
+      events.map((e) => e.type === "room_message" ? [e.text, e.late] : e),
+      [["bob 9", true], ["bob 10", true], ["bob 11", true]],
+    );
+  });
+});
+
+// r113 repro: a member who shares more than 20 rooms with a peer has the states of the 21st
+// and later rooms dropped at hello (REQUESTS_PER_SECOND counts them with wants, per
+// connection): bob, back with version 1 of alice's 21st room, is never sent version 2, which
+// removed dave, so bob's next message there still goes to dave.
+Deno.test("r113: a creator answers the state of each of 21 rooms a member sends at hello with the newer list", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, bob] = [keyPair(), keyPair()];
+    const v2: SignedList[] = [];
+    for (let i = 0; i < 21; i++) {
+      const list = signList({
+        roomId: roomIdFor("alice"),
+        room: `#room${i}`,
+        creator: "alice",
+        version: 3,
+        members: [
+          { name: "alice", key: alice.spki, since: 1 },
+          { name: "bob", key: bob.spki, since: 1 },
+        ],
+        change: { name: "dave", change: "removed" },
+      }, alice.privateKey);
+      v2.push(list);
+      await writeRoom(dir, list, alice.spki, { alice: 1, bob: 1 });
+    }
+    const lists: string[] = [];
+    const bobConn = {
+      name: "bob",
+      rooms: true,
+      sendRoom: (body: RoomFrame) => {
+        if (body.op === "list") lists.push(body.list.room);
+        return true;
+      },
+    } as unknown as PeerConnection;
+    const events: CoreEvent[] = [];
+    const rooms = testRooms(
+      "alice",
+      alice.pem,
+      dir,
+      (n) => n === "bob" ? bobConn : undefined,
+      (e) => events.push(e),
+    );
+    await rooms.load();
+    try {
+      // Bob's hello: the state of each room he holds, at version 2 (dave still in).
+      for (const l of v2) {
+        rooms.receive(bobConn, { op: "state", roomId: l.roomId, version: 2, seen: {} });
+      }
+      assert.equal(lists.length, 21, `lists sent for ${lists.length} of 21 rooms`);
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
+
+// r113 repro: a room message goes to whatever connection holds a member's name, whatever its
+// key: a dishonest CA that issues (and logs) a certificate for "dave" with mallory's key, or a
+// key the creator's signed list does not give dave, reads every message alice writes there.
+Deno.test("r113: a room message is not sent to a connection whose key is not the member's key in the signed list", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, carol, dave, mallory] = [keyPair(), keyPair(), keyPair(), keyPair()];
+    const list = signList({
+      roomId: roomIdFor("carol"),
+      room: "#team",
+      creator: "carol",
+      version: 2,
+      members: [
+        { name: "alice", key: alice.spki, since: 1 },
+        { name: "carol", key: carol.spki, since: 1 },
+        { name: "dave", key: dave.spki, since: 2 },
+      ],
+    }, carol.privateKey);
+    await writeRoom(dir, list, carol.spki, { alice: 1, carol: 1, dave: 1 });
+    const got: string[] = [];
+    // "dave" as the CA certified him to mallory: her key.
+    const fakeDave = {
+      name: "dave",
+      rooms: true,
+      certificate: { x509: { publicKey: createPublicKey(mallory.pem) } },
+      sendRoom: (body: RoomFrame) => {
+        if (body.op === "msg") got.push(body.m.text);
+        return true;
+      },
+    } as unknown as PeerConnection;
+    const events: CoreEvent[] = [];
+    const rooms = testRooms(
+      "alice",
+      alice.pem,
+      dir,
+      (n) => n === "dave" ? fakeDave : undefined,
+      (e) => events.push(e),
+    );
+    await rooms.load();
+    try {
+      rooms.send("#team", "the launch code is 1234");
+      await new Promise((r) => setTimeout(r, 50));
+      assert.deepEqual(got, [], "sent to a key the creator's list does not give dave");
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
