@@ -1825,3 +1825,62 @@ Deno.test("r113: a room message is not sent to a connection whose key is not the
     }
   });
 });
+
+// r113 repro: a member removed and added again while away (he gets only the list that adds him
+// back, with a new since) goes on numbering from his old sequence: the others, who take him up
+// from 1 under his new since, hold his next message 3 s and report all his old numbers missing.
+Deno.test("r113: a member added back with a new since numbers his messages from 1 again", async () => {
+  await withTempDir(async (dir) => {
+    const [bob, carol] = [keyPair(), keyPair()];
+    const roomId = roomIdFor("carol");
+    const listAt = (version: number, bobSince: number) =>
+      signList({
+        roomId,
+        room: "#team",
+        creator: "carol",
+        version,
+        members: [
+          { name: "bob", key: bob.spki, since: bobSince },
+          { name: "carol", key: carol.spki, since: 1 },
+        ],
+      }, carol.privateKey);
+    await Deno.writeTextFile(
+      join(dir, `${roomId}.json`),
+      JSON.stringify({
+        v: 1,
+        list: listAt(1, 1),
+        creatorKey: carol.spki,
+        seq: 50,
+        next: { bob: 51, carol: 1 },
+      }),
+    );
+    const sent: number[] = [];
+    const carolConn = {
+      name: "carol",
+      rooms: true,
+      certificate: { x509: { publicKey: createPublicKey(carol.pem) } },
+      sendRoom: (body: RoomFrame) => {
+        if (body.op === "msg") sent.push(body.m.seq);
+        return true;
+      },
+    } as unknown as PeerConnection;
+    const events: CoreEvent[] = [];
+    const rooms = testRooms(
+      "bob",
+      bob.pem,
+      dir,
+      (n) => n === "carol" ? carolConn : undefined,
+      (e) => events.push(e),
+    );
+    await rooms.load();
+    try {
+      // Removed at version 2 and added back at 3 while away: bob gets version 3 only.
+      rooms.receive(carolConn, { op: "list", list: listAt(3, 3) });
+      rooms.send("#team", "back");
+      await new Promise((r) => setTimeout(r, 50));
+      assert.deepEqual(sent, [1], "his first message under the new since is not number 1");
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
