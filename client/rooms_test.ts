@@ -1884,3 +1884,60 @@ Deno.test("r113: a member added back with a new since numbers his messages from 
     }
   });
 });
+
+// r113 repro: an author who signs two different texts under one number (to alice "pay 10", to
+// carol "pay 1000") has each member show its own under the same message id, and the copy of
+// the other, passed on, dropped as a duplicate without a word: members silently hold
+// different histories of one id.
+Deno.test("r113: two different messages signed under one author's number are told, not silently dropped as a copy", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
+    const roomId = roomIdFor("carol");
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 1,
+      members: [
+        { name: "alice", key: alice.spki, since: 1 },
+        { name: "bob", key: bob.spki, since: 1 },
+        { name: "carol", key: carol.spki, since: 1 },
+      ],
+    }, carol.privateKey);
+    await writeRoom(dir, list, carol.spki, { alice: 1, bob: 1, carol: 1 });
+    const byBob = (text: string) =>
+      signMessage(
+        { roomId, room: "#team", author: "bob", seq: 1, version: 1, text },
+        bob.privateKey,
+      );
+    const connections = new Map(["bob", "carol"].map((n) => [n, fakeConnection(n)]));
+    const events: CoreEvent[] = [];
+    const rooms = testRooms(
+      "alice",
+      alice.pem,
+      dir,
+      (n) => connections.get(n),
+      (e) => events.push(e),
+    );
+    await rooms.load();
+    try {
+      rooms.receive(connections.get("bob")!, {
+        op: "msg",
+        m: byBob("pay 10"),
+        to: ["alice", "bob"],
+      });
+      // Carol passes on what bob sent her under the same number.
+      rooms.receive(connections.get("carol")!, {
+        op: "msg",
+        m: byBob("pay 1000"),
+        to: ["bob", "carol"],
+      });
+      assert.ok(
+        events.some((e) => e.type === "warning" && /bob/.test(e.message)),
+        `nothing told: ${JSON.stringify(events.map((e) => e.type))}`,
+      );
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
