@@ -1941,3 +1941,97 @@ Deno.test("r113: two different messages signed under one author's number are tol
     }
   });
 });
+
+// r113 repro: a newcomer who took an author up at his message 12 (no member she was connected to
+// had 10 and 11: bob restarted, their mailbox items withheld) tells every member she meets later
+// that she has seen bob's messages up to 12: carol, who holds 10 and 11 of alice's membership,
+// fills nothing, and alice never shows them nor reports them missing.
+Deno.test("r113: a member met after a newcomer's take-up fills the author's messages below it, or they are reported missing", async () => {
+  await withTempDir(async (root) => {
+    const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
+    const roomId = roomIdFor("carol");
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 2,
+      members: [
+        { name: "alice", key: alice.spki, since: 2 },
+        { name: "bob", key: bob.spki, since: 1 },
+        { name: "carol", key: carol.spki, since: 1 },
+      ],
+    }, carol.privateKey);
+    const byBob = (seq: number) =>
+      signMessage(
+        { roomId, room: "#team", author: "bob", seq, version: 2, text: `bob ${seq}` },
+        bob.privateKey,
+      );
+    const [aliceDir, carolDir] = [join(root, "a"), join(root, "c")];
+    await Deno.mkdir(aliceDir);
+    await Deno.mkdir(carolDir);
+    await writeRoom(aliceDir, list, carol.spki, { alice: 1 });
+    await writeRoom(carolDir, list, carol.spki, { alice: 1, bob: 10, carol: 1 });
+    let linked = false;
+    const parts: { alice?: Rooms; carol?: Rooms } = {};
+    // Connections as seen from each side, stable objects.
+    const carolAtAlice = {
+      name: "carol",
+      rooms: true,
+      sendRoom: (body: RoomFrame) => {
+        queueMicrotask(() => parts.carol!.receive(aliceAtCarol, body));
+        return true;
+      },
+    } as unknown as PeerConnection;
+    const aliceAtCarol = {
+      name: "alice",
+      rooms: true,
+      sendRoom: (body: RoomFrame) => {
+        queueMicrotask(() => parts.alice!.receive(carolAtAlice, body));
+        return true;
+      },
+    } as unknown as PeerConnection;
+    const bobAtAlice = fakeConnection("bob");
+    const bobAtCarol = fakeConnection("bob");
+    const events: CoreEvent[] = [];
+    parts.alice = testRooms(
+      "alice",
+      alice.pem,
+      aliceDir,
+      (n) => n === "bob" ? bobAtAlice : n === "carol" && linked ? carolAtAlice : undefined,
+      (e) => events.push(e),
+    );
+    parts.carol = testRooms(
+      "carol",
+      carol.pem,
+      carolDir,
+      (n) => n === "bob" ? bobAtCarol : n === "alice" && linked ? aliceAtCarol : undefined,
+      () => {},
+    );
+    await parts.alice.load();
+    await parts.carol.load();
+    try {
+      // Bob wrote 10 and 11 since alice joined; carol has them, alice (away) does not.
+      parts.carol.receive(bobAtCarol, { op: "msg", m: byBob(10) });
+      parts.carol.receive(bobAtCarol, { op: "msg", m: byBob(11) });
+      // Alice, connected to bob alone, gets his 12 and takes him up there.
+      parts.alice.receive(bobAtAlice, { op: "msg", m: byBob(12) });
+      await new Promise((r) => setTimeout(r, GAP_WAIT_MS + 500));
+      // Now alice and carol connect: each sends the other the room's state.
+      linked = true;
+      parts.alice.hello(carolAtAlice);
+      parts.carol.hello(aliceAtCarol);
+      await new Promise((r) => setTimeout(r, GAP_WAIT_MS + 500));
+      const told = events.filter((e) =>
+        (e.type === "room_message" && /bob 1[01]/.test(e.text)) ||
+        (e.type === "room_gap" && e.missing.includes(10))
+      );
+      assert.ok(
+        told.length > 0,
+        `bob 10 and 11 neither shown nor reported: ${JSON.stringify(events)}`,
+      );
+    } finally {
+      await parts.alice.stop();
+      await parts.carol.stop();
+    }
+  });
+});
