@@ -336,6 +336,8 @@ export class Rooms {
   #reports = new WeakMap<PeerConnection, number>();
   #invitesFrom = new WeakMap<PeerConnection, number>();
   #requests = new WeakMap<PeerConnection, { second: number; count: number }>();
+  #connKeys = new WeakMap<PeerConnection, string>(); // the key of each connection's certificate
+  #otherKey = new WeakMap<PeerConnection, Set<string>>(); // rooms whose list gives it another key
   #dialing = new Map<string, { timer?: ReturnType<typeof setTimeout>; delay: number }>();
   #dirty = new Set<string>();
   #outbox: Array<{ r: Room; id: string; leave(): void }> = []; // room messages of this turn
@@ -904,8 +906,9 @@ export class Rooms {
     }
     if (moot) this.#saveInvitationsOrWarn();
     for (const r of this.#rooms.values()) {
-      if (this.#member(r, conn.name)) this.#sendState(r, conn);
-      else if (r.invited[conn.name] && r.list.creator === this.#host.self) {
+      if (this.#member(r, conn.name)) {
+        if (this.#listed(r, conn)) this.#sendState(r, conn);
+      } else if (r.invited[conn.name] && r.list.creator === this.#host.self) {
         conn.sendRoom({ op: "invite", list: r.list });
       }
     }
@@ -1113,6 +1116,7 @@ export class Rooms {
     const r = this.#rooms.get(roomId);
     if (!r || r.list.creator !== this.#host.self) return; // not ours to change
     if (conn.name === this.#host.self) return;
+    if (this.#member(r, conn.name) && !this.#listed(r, conn)) return;
     if (!this.#member(r, conn.name)) {
       // From one we invited: the invitation is declined, and not offered again at each hello.
       if (!r.invited[conn.name]) return;
@@ -1235,6 +1239,7 @@ export class Rooms {
     const r = this.#rooms.get(m.roomId);
     if (!r) return; // a room we left: nothing of it is shown
     if (!this.#member(r, conn.name)) throw refused(`a message of ${r.list.room} from a non-member`);
+    if (src.conn && !this.#listed(r, src.conn)) return; // said once, by #listed
     const author = r.list.members.find((x) => x.name === m.author);
     // Passed on before the sender had the list without them: not the sender's fault.
     const late = r.former.has(m.author) && (!author || m.version < author.since);
@@ -1324,7 +1329,7 @@ export class Rooms {
   #onState(conn: PeerConnection, f: Extract<RoomFrame, { op: "state" }>): void {
     const r = this.#rooms.get(f.roomId);
     if (!r) return this.#notIn(conn, f.roomId);
-    if (!this.#member(r, conn.name) || !this.#allow(conn)) return;
+    if (!this.#member(r, conn.name) || !this.#listed(r, conn) || !this.#allow(conn)) return;
     // Lists first: messages are passed on only between members who hold the same list.
     if (f.version < r.list.version) {
       return void conn.sendRoom({ op: "list", list: r.list }, { answer: true });
@@ -1404,7 +1409,7 @@ export class Rooms {
 
   #onWant(conn: PeerConnection, f: Extract<RoomFrame, { op: "want" }>): void {
     const r = this.#rooms.get(f.roomId);
-    if (!r || !this.#member(r, conn.name) || !this.#allow(conn)) return;
+    if (!r || !this.#member(r, conn.name) || !this.#listed(r, conn) || !this.#allow(conn)) return;
     const member = r.list.members.find((x) => x.name === conn.name)!;
     for (const seq of f.seqs) {
       const m = r.buffer.get(`${f.author}.${seq}`);
@@ -1879,15 +1884,40 @@ export class Rooms {
     return pinned !== fingerprint;
   }
 
-  // Open connections, taking rooms, to members other than `except`.
+  // Open connections, taking rooms, to members other than `except`: each with the key the
+  // creator's list gives that member.
   #connectedMembers(r: Room, except: string[]): PeerConnection[] {
     const out: PeerConnection[] = [];
     for (const m of r.list.members) {
       if (except.includes(m.name)) continue;
       const c = this.#host.peer(m.name);
-      if (c?.rooms) out.push(c);
+      if (c?.rooms && this.#listed(r, c, m)) out.push(c);
     }
     return out;
+  }
+
+  // Whether `conn`'s certificate carries the key the creator's signed list gives its member
+  // (`m`, found by name when not given). A CA may certify a name twice, with another key: the
+  // room's text goes only to the key its creator listed, and nothing of the room is taken from
+  // another. Said once per connection and room.
+  #listed(r: Room, conn: PeerConnection, m?: RoomMember): boolean {
+    const member = m ?? r.list.members.find((x) => x.name === conn.name);
+    if (!member) return false;
+    let key = this.#connKeys.get(conn);
+    if (key === undefined) this.#connKeys.set(conn, key = spkiOf(conn.certificate.x509.publicKey));
+    if (key === member.key) return true;
+    let told = this.#otherKey.get(conn);
+    if (!told) this.#otherKey.set(conn, told = new Set());
+    if (!told.has(r.list.roomId)) {
+      told.add(r.list.roomId);
+      this.#host.emit({
+        type: "warning",
+        message: `The connection to "${conn.name}" has another key than the member list of ` +
+          `${r.list.room} gives "${conn.name}": nothing of ${r.list.room} goes to it or is ` +
+          `taken from it (/room members ${r.list.room} shows the listed key's fingerprint)`,
+      });
+    }
+    return false;
   }
 
   #sendState(r: Room, conn: PeerConnection, answer = false): void {

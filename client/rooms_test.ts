@@ -40,9 +40,21 @@ function keyPair(): { privateKey: KeyObject; spki: string; pem: string } {
   };
 }
 
-/** A stand-in connection to `name`: a peer that speaks rooms and takes every frame. */
-function fakeConnection(name: string): PeerConnection {
-  return { name, rooms: true, sendRoom: () => true } as unknown as PeerConnection;
+/**
+ * A stand-in connection to `name`, whose certificate carries `key` (a private key's public half):
+ * a peer that speaks rooms and takes every frame (`sendRoom`).
+ */
+function fakeConnection(
+  name: string,
+  key: KeyObject,
+  sendRoom: (body: RoomFrame) => boolean = () => true,
+): PeerConnection {
+  return {
+    name,
+    rooms: true,
+    certificate: { x509: { publicKey: createPublicKey(key) } },
+    sendRoom,
+  } as unknown as PeerConnection;
 }
 
 /**
@@ -132,7 +144,7 @@ async function hostileRoom(
       );
     await writeRoom(dir, list(1, []), carol.spki, {});
     const events: CoreEvent[] = [];
-    const conn = fakeConnection("carol");
+    const conn = fakeConnection("carol", carol.privateKey);
     const rooms = testRooms(
       "alice",
       alice.pem,
@@ -246,7 +258,11 @@ Deno.test("A member cannot pass a newcomer another author's messages from before
       signMessage({ roomId, room: "#team", author: "bob", seq, version, text }, bob.privateKey);
     await writeRoom(dir, list, carol.spki, { alice: 1 });
     const events: CoreEvent[] = [];
-    const connections = new Map(["bob", "carol", "mallory"].map((n) => [n, fakeConnection(n)]));
+    const connections = new Map<string, PeerConnection>([
+      ["bob", fakeConnection("bob", bob.privateKey)],
+      ["carol", fakeConnection("carol", carol.privateKey)],
+      ["mallory", fakeConnection("mallory", mallory.privateKey)],
+    ]);
     const rooms = testRooms(
       "alice",
       alice.pem,
@@ -317,16 +333,15 @@ async function newcomer(
     await writeRoom(dir, list, carol.spki, { alice: 1 });
     const events: CoreEvent[] = [];
     const wants: Array<{ to: string; author: string; seqs: number[] }> = [];
-    const connection = (name: string) =>
-      ({
-        name,
-        rooms: true,
-        sendRoom: (body: RoomFrame) => {
-          if (body.op === "want") wants.push({ to: name, author: body.author, seqs: body.seqs });
-          return true;
-        },
-      }) as unknown as PeerConnection;
-    const connections = new Map(["bob", "carol"].map((n) => [n, connection(n)]));
+    const connection = (name: string, key: KeyObject) =>
+      fakeConnection(name, key, (body) => {
+        if (body.op === "want") wants.push({ to: name, author: body.author, seqs: body.seqs });
+        return true;
+      });
+    const connections = new Map([
+      ["bob", connection("bob", bob.privateKey)],
+      ["carol", connection("carol", carol.privateKey)],
+    ]);
     const rooms = testRooms(
       "alice",
       alice.pem,
@@ -451,7 +466,10 @@ Deno.test("A member who missed more than 256 of an author's messages reports the
     const events: CoreEvent[] = [];
     let gap: () => void = () => {};
     const gapped = new Promise<void>((resolve) => gap = resolve);
-    const connections = new Map(["bob", "carol"].map((n) => [n, fakeConnection(n)]));
+    const connections = new Map([
+      ["bob", fakeConnection("bob", bob.privateKey)],
+      ["carol", fakeConnection("carol", carol.privateKey)],
+    ]);
     const rooms = testRooms("alice", alice.pem, dir, (name) => connections.get(name), (e) => {
       events.push(e);
       if (e.type === "room_gap") gap();
@@ -522,7 +540,7 @@ async function bobInRoom(
     }, carol.privateKey);
     await writeRoom(dir, list, carol.spki, { alice: 1, bob: next });
     const events: CoreEvent[] = [];
-    const conn = fakeConnection("carol");
+    const conn = fakeConnection("carol", carol.privateKey);
     await fn({
       roomId,
       rooms: () =>
@@ -629,7 +647,7 @@ Deno.test("A room whose held messages are at their bound does not count every he
     );
     const newcomer = signed(authors[16], 2);
     const events: CoreEvent[] = [];
-    const conn = fakeConnection("carol");
+    const conn = fakeConnection("carol", carol.privateKey);
     const rooms = testRooms(
       "alice",
       alice.pem,
@@ -888,7 +906,10 @@ Deno.test("Room invitations kept by the last run come back bounded (expired, mal
           { name: "dave", key: dave.spki, since: 2 },
         ],
       }, carol.privateKey);
-      rooms.receive(fakeConnection("mallory"), { op: "list", list: adds });
+      rooms.receive(fakeConnection("mallory", generateKeyPairSync("ed25519").privateKey), {
+        op: "list",
+        list: adds,
+      });
       assert.equal(rooms.has("#side"), false);
       rooms.receive(conn, { op: "list", list: adds });
       assert.equal(rooms.has("#side"), true);
@@ -1412,11 +1433,10 @@ Deno.test("A member list that adds a removed member back with the since of his o
       }),
     );
     const events: CoreEvent[] = [];
-    const conns: Record<string, PeerConnection> = Object.fromEntries(
-      ["bob", "carol"].map((
-        n,
-      ) => [n, { name: n, rooms: true, sendRoom: () => true } as unknown as PeerConnection]),
-    );
+    const conns: Record<string, PeerConnection> = {
+      bob: fakeConnection("bob", bob.privateKey),
+      carol: fakeConnection("carol", carol.privateKey),
+    };
     const rooms = new Rooms({
       self: "alice",
       privateKey: () => alice.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
@@ -1605,11 +1625,7 @@ async function newcomerAlice(dir: string) {
     JSON.stringify({ v: 1, list, creatorKey: spkiOf(carol.publicKey), seq: 0, next: {} }),
   );
   const events: CoreEvent[] = [];
-  const carolConn = {
-    name: "carol",
-    rooms: true,
-    sendRoom: () => true,
-  } as unknown as PeerConnection;
+  const carolConn = fakeConnection("carol", carol.privateKey);
   const open = async () => {
     const rooms = new Rooms({
       self: "alice",
@@ -1749,14 +1765,10 @@ Deno.test("r113: a creator answers the state of each of 21 rooms a member sends 
       await writeRoom(dir, list, alice.spki, { alice: 1, bob: 1 });
     }
     const lists: string[] = [];
-    const bobConn = {
-      name: "bob",
-      rooms: true,
-      sendRoom: (body: RoomFrame) => {
-        if (body.op === "list") lists.push(body.list.room);
-        return true;
-      },
-    } as unknown as PeerConnection;
+    const bobConn = fakeConnection("bob", bob.privateKey, (body) => {
+      if (body.op === "list") lists.push(body.list.room);
+      return true;
+    });
     const events: CoreEvent[] = [];
     const rooms = testRooms(
       "alice",
@@ -1778,10 +1790,9 @@ Deno.test("r113: a creator answers the state of each of 21 rooms a member sends 
   });
 });
 
-// r113 repro: a room message goes to whatever connection holds a member's name, whatever its
-// key: a dishonest CA that issues (and logs) a certificate for "dave" with mallory's key, or a
-// key the creator's signed list does not give dave, reads every message alice writes there.
-Deno.test("r113: a room message is not sent to a connection whose key is not the member's key in the signed list", async () => {
+// A dishonest CA that issues (and logs) a certificate for "dave" with mallory's key, a key the
+// creator's signed list does not give dave, would read every message alice writes in the room.
+Deno.test("A room message is not sent to a connection whose key is not the member's key in the creator's list, and alice is told so once", async () => {
   await withTempDir(async (dir) => {
     const [alice, carol, dave, mallory] = [keyPair(), keyPair(), keyPair(), keyPair()];
     const list = signList({
@@ -1818,8 +1829,19 @@ Deno.test("r113: a room message is not sent to a connection whose key is not the
     await rooms.load();
     try {
       rooms.send("#team", "the launch code is 1234");
+      rooms.send("#team", "and the door code is 5678");
       await new Promise((r) => setTimeout(r, 50));
       assert.deepEqual(got, [], "sent to a key the creator's list does not give dave");
+      // Nor does it answer her state or want.
+      rooms.receive(fakeDave, { op: "state", roomId: list.roomId, version: 2, seen: {} });
+      rooms.receive(fakeDave, { op: "want", roomId: list.roomId, author: "alice", seqs: [1, 2] });
+      assert.deepEqual(got, []);
+      assert.deepEqual(events.filter((e) => e.type === "warning"), [{
+        type: "warning",
+        message: 'The connection to "dave" has another key than the member list of #team gives ' +
+          '"dave": nothing of #team goes to it or is taken from it (/room members #team shows ' +
+          "the listed key's fingerprint)",
+      }]);
     } finally {
       await rooms.stop();
     }
@@ -1910,7 +1932,10 @@ Deno.test("r113: two different messages signed under one author's number are tol
         { roomId, room: "#team", author: "bob", seq: 1, version: 1, text },
         bob.privateKey,
       );
-    const connections = new Map(["bob", "carol"].map((n) => [n, fakeConnection(n)]));
+    const connections = new Map([
+      ["bob", fakeConnection("bob", bob.privateKey)],
+      ["carol", fakeConnection("carol", carol.privateKey)],
+    ]);
     const events: CoreEvent[] = [];
     const rooms = testRooms(
       "alice",
@@ -1974,24 +1999,16 @@ Deno.test("r113: a member met after a newcomer's take-up fills the author's mess
     let linked = false;
     const parts: { alice?: Rooms; carol?: Rooms } = {};
     // Connections as seen from each side, stable objects.
-    const carolAtAlice = {
-      name: "carol",
-      rooms: true,
-      sendRoom: (body: RoomFrame) => {
-        queueMicrotask(() => parts.carol!.receive(aliceAtCarol, body));
-        return true;
-      },
-    } as unknown as PeerConnection;
-    const aliceAtCarol = {
-      name: "alice",
-      rooms: true,
-      sendRoom: (body: RoomFrame) => {
-        queueMicrotask(() => parts.alice!.receive(carolAtAlice, body));
-        return true;
-      },
-    } as unknown as PeerConnection;
-    const bobAtAlice = fakeConnection("bob");
-    const bobAtCarol = fakeConnection("bob");
+    const carolAtAlice: PeerConnection = fakeConnection("carol", carol.privateKey, (body) => {
+      queueMicrotask(() => parts.carol!.receive(aliceAtCarol, body));
+      return true;
+    });
+    const aliceAtCarol: PeerConnection = fakeConnection("alice", alice.privateKey, (body) => {
+      queueMicrotask(() => parts.alice!.receive(carolAtAlice, body));
+      return true;
+    });
+    const bobAtAlice = fakeConnection("bob", bob.privateKey);
+    const bobAtCarol = fakeConnection("bob", bob.privateKey);
     const events: CoreEvent[] = [];
     parts.alice = testRooms(
       "alice",
