@@ -70,6 +70,11 @@ const MAX_GAP_LISTED = 1000;
 /** Messages held back per author while an earlier one is missing. */
 const MAX_HELD = 256;
 /**
+ * Late messages shown below where an author was taken up, apart from it (not right below it or
+ * one shown so), remembered per author (more are refused).
+ */
+const MAX_LATE_SHOWN = 256;
+/**
  * …and at most this many characters of them per room, all authors together: a creator may list
  * up to 50 members of its own making and sign as each (256 × 50 texts of 65,536 characters).
  */
@@ -248,10 +253,17 @@ interface Room {
    */
   next: Record<string, number>;
   /**
-   * Per author we joined after, taken up later than their message 1: the lowest number shown or
-   * reported here (in this run). A message of our membership below it, come late, is shown.
+   * Per author we joined after, taken up later than their message 1: where they were taken up,
+   * come down over the late messages shown right below it. A message of our membership below it,
+   * come late, is shown (once: see `lateShown`).
    */
   floor: Map<string, number>;
+  /** Per author with a floor: the numbers below it shown late, not right below it. */
+  lateShown: Map<string, Set<number>>;
+  /** Per author with a floor: the lowest number below which missing ones were not reported yet. */
+  lateReported: Map<string, number>;
+  /** Per author: the wait before the numbers missing among those shown late are reported. */
+  lateTimers: Map<string, ReturnType<typeof setTimeout>>;
   /** The creator's invitations that wait for a join. */
   invited: Record<string, true>;
   keys: Map<string, KeyObject>;
@@ -405,9 +417,22 @@ export class Rooms {
           const f = nextCount(v);
           if (k in next && f > 1 && f <= next[k]) floor.set(k, f);
         }
+        // The numbers below it shown late (absent in files of before: none).
+        const lateShown = new Map<string, Set<number>>();
+        for (const [k, v] of Object.entries(data.lateShown ?? {})) {
+          const f = floor.get(k);
+          if (f === undefined || !Array.isArray(v)) continue;
+          const shown = new Set(
+            v.slice(0, MAX_LATE_SHOWN).filter((n) => {
+              const c = safeCount(n);
+              return c >= 1 && c < f - 1;
+            }),
+          );
+          if (shown.size) lateShown.set(k, shown);
+        }
         const invited: Record<string, true> = Object.create(null);
         for (const k of Object.keys(data.invited ?? {})) invited[k] = true;
-        const room = this.#newRoom(list, data.creatorKey, { seq, next, floor, invited });
+        const room = this.#newRoom(list, data.creatorKey, { seq, next, floor, lateShown, invited });
         // Checked again at each start: which members are silenced is not kept on disk.
         this.#checkKeys(list, room);
         this.#rooms.set(list.roomId, room);
@@ -442,7 +467,9 @@ export class Rooms {
   async stop(): Promise<void> {
     this.#stopped = true;
     for (const d of this.#dialing.values()) clearTimeout(d.timer);
-    for (const r of this.#rooms.values()) for (const t of r.gaps.values()) clearTimeout(t);
+    for (const r of this.#rooms.values()) {
+      for (const t of [...r.gaps.values(), ...r.lateTimers.values()]) clearTimeout(t);
+    }
     for (const i of this.#invites.values()) clearTimeout(i.joinTimer);
     this.#flush();
     if (this.#invitationsDirty) this.#saveInvitationsOrWarn();
@@ -1271,9 +1298,10 @@ export class Rooms {
     const key = roomMessageId(m.roomId, m.author, author.since, m.seq);
     const seen = src.conn ? this.#seenOn(src.conn) : this.#mailboxSeen;
     const next = r.next[m.author];
-    // Below where we took the author up: never shown (and of our membership, checked above).
+    // Below where we took the author up, not shown yet (and of our membership, checked above).
     const floor = r.floor.get(m.author);
-    const belowFloor = floor !== undefined && m.seq < floor;
+    const belowFloor = floor !== undefined && m.seq < floor &&
+      !r.lateShown.get(m.author)?.has(m.seq);
     const duplicate = !belowFloor && (
       (next !== undefined && m.seq < next) || r.held.get(m.author)?.has(m.seq) ||
       r.buffer.has(`${m.author}.${m.seq}`)
@@ -1297,6 +1325,14 @@ export class Rooms {
     }
     // One that must wait (not the next one) fits in the room's characters held, or the highest of
     // the author holding most makes room: that may be this one, refused then.
+    if (
+      belowFloor && m.seq < floor - 1 && (r.lateShown.get(m.author)?.size ?? 0) >= MAX_LATE_SHOWN
+    ) {
+      throw refused(
+        `message ${m.seq} by "${m.author}" in ${r.list.room}: ${MAX_LATE_SHOWN} of their ` +
+          `messages were shown late, apart from the others, already`,
+      );
+    }
     if ((next === undefined || m.seq > next) && !belowFloor && !this.#makeRoomToHold(r, m)) {
       throw refused(
         `message ${m.seq} by "${m.author}" in ${r.list.room}: more than ${MAX_HELD_CHARS} ` +
@@ -1523,26 +1559,49 @@ export class Rooms {
     );
   }
 
-  // A message of our membership below where we took its author up, come after we did: shown now
-  // (out of order: later ones were shown), and those between it and the floor, not come yet, are
-  // reported missing. It is the floor from now on: the numbers above it are shown or reported.
+  // A message of our membership below where we took its author up, not shown yet, come after we
+  // did: shown now (out of order: later ones were shown). The floor comes down over the numbers
+  // shown right below it; the others shown are remembered (fills come in any order, the lowest
+  // first from a member's buffer), and those missing between them and the floor are reported
+  // GAP_WAIT_MS after the first shown apart, unless they came meanwhile. One reported and come
+  // later still is shown too.
   #showLate(r: Room, m: SignedMessage, floor: number): void {
-    const since = r.list.members.find((x) => x.name === m.author)?.since ?? 0;
+    const author = m.author;
+    const since = r.list.members.find((x) => x.name === author)?.since ?? 0;
     // Marked (not a warning): later messages of its author were shown before it.
     this.#show(r, m, since, true);
-    const from = m.seq + 1;
-    if (from < floor) {
-      this.#host.emit({
-        type: "room_gap",
-        room: r.list.room,
-        from: m.author,
-        missing: range(from, Math.min(floor, from + MAX_GAP_LISTED)),
-        count: floor - from,
-      });
+    const shown = r.lateShown.get(author) ?? new Set<number>();
+    shown.add(m.seq);
+    let f = floor;
+    while (shown.has(f - 1)) shown.delete(--f);
+    if (f > 1) r.floor.set(author, f);
+    else r.floor.delete(author);
+    if (shown.size) r.lateShown.set(author, shown);
+    else r.lateShown.delete(author);
+    if (shown.size && !r.lateTimers.has(author)) {
+      r.lateTimers.set(author, setTimeout(() => this.#reportLate(r, author), GAP_WAIT_MS));
     }
-    if (m.seq > 1) r.floor.set(m.author, m.seq);
-    else r.floor.delete(m.author);
     this.#save(r);
+  }
+
+  // Reports the numbers missing between the lowest of `author`'s shown late and the floor (those
+  // not reported before).
+  #reportLate(r: Room, author: string): void {
+    r.lateTimers.delete(author);
+    const floor = r.floor.get(author);
+    const shown = r.lateShown.get(author);
+    if (this.#rooms.get(r.list.roomId) !== r || floor === undefined || !shown?.size) return;
+    const lowest = Math.min(...shown);
+    const upTo = Math.min(floor, r.lateReported.get(author) ?? floor);
+    r.lateReported.set(author, Math.min(lowest, upTo));
+    let count = upTo - lowest - 1;
+    for (const n of shown) if (n > lowest && n < upTo) count--;
+    if (count <= 0) return;
+    const missing: number[] = [];
+    for (let n = lowest + 1; n < upTo && missing.length < MAX_GAP_LISTED; n++) {
+      if (!shown.has(n)) missing.push(n);
+    }
+    this.#host.emit({ type: "room_gap", room: r.list.room, from: author, missing, count });
   }
 
   // The highest held message of `author` is let go; out of the buffer too, so that it is taken
@@ -1630,6 +1689,10 @@ export class Rooms {
       // Gone (or gone and added again): nothing more is taken under the old membership.
       delete r.next[name];
       r.floor.delete(name);
+      r.lateShown.delete(name);
+      r.lateReported.delete(name);
+      clearTimeout(r.lateTimers.get(name));
+      r.lateTimers.delete(name);
       r.heldChars -= r.heldCharsBy.get(name) ?? 0;
       r.held.delete(name);
       r.heldCharsBy.delete(name);
@@ -1689,7 +1752,7 @@ export class Rooms {
   // Synchronous, so that nothing tells of it before it is durable.
   #forget(r: Room): void {
     this.#rooms.delete(r.list.roomId);
-    for (const t of r.gaps.values()) clearTimeout(t);
+    for (const t of [...r.gaps.values(), ...r.lateTimers.values()]) clearTimeout(t);
     this.#dirty.delete(r.list.roomId);
     for (const file of [this.#file(r.list.roomId), this.#seqFile(r.list.roomId)]) {
       try {
@@ -1772,6 +1835,7 @@ export class Rooms {
       seq?: number;
       next?: Record<string, number>;
       floor?: Map<string, number>;
+      lateShown?: Map<string, Set<number>>;
       invited?: Record<string, true>;
     } = {},
   ): Room {
@@ -1781,6 +1845,9 @@ export class Rooms {
       seq: kept.seq ?? 0,
       next: kept.next ?? Object.create(null),
       floor: kept.floor ?? new Map(),
+      lateShown: kept.lateShown ?? new Map(),
+      lateReported: new Map(),
+      lateTimers: new Map(),
       invited: kept.invited ?? Object.create(null),
       keys: new Map(),
       fingerprints: new Map(),
@@ -1922,7 +1989,12 @@ export class Rooms {
 
   #sendState(r: Room, conn: PeerConnection, answer = false): void {
     const seen: Record<string, number> = {};
-    for (const [author, next] of Object.entries(r.next)) seen[author] = next - 1;
+    // Below an author's take-up floor, what they wrote since we joined may still come: asked
+    // for as none seen (members fill only what is of our membership; what we have is dropped as
+    // a copy). Else no member met after the take-up would fill it, nor would we report it.
+    for (const [author, next] of Object.entries(r.next)) {
+      seen[author] = r.floor.has(author) ? 0 : next - 1;
+    }
     seen[this.#host.self] = r.seq;
     conn.sendRoom({ op: "state", roomId: r.list.roomId, version: r.list.version, seen }, {
       answer,
@@ -2095,6 +2167,9 @@ export class Rooms {
       next: r.next,
       // Kept so that a message withheld past the take-up is shown late after a restart too.
       ...(r.floor.size ? { floor: Object.fromEntries(r.floor) } : {}),
+      ...(r.lateShown.size
+        ? { lateShown: Object.fromEntries([...r.lateShown].map(([k, v]) => [k, [...v]])) }
+        : {}),
       invited: r.invited,
     };
     writeFileAtomicSync(this.#file(id), JSON.stringify(data) + "\n", {
