@@ -348,6 +348,7 @@ export class Rooms {
   #reports = new WeakMap<PeerConnection, number>();
   #invitesFrom = new WeakMap<PeerConnection, number>();
   #requests = new WeakMap<PeerConnection, { second: number; count: number }>();
+  #hellos = new WeakMap<PeerConnection, Set<string>>(); // rooms whose first state came on it
   #connKeys = new WeakMap<PeerConnection, string>(); // the key of each connection's certificate
   #otherKey = new WeakMap<PeerConnection, Set<string>>(); // rooms whose list gives it another key
   #dialing = new Map<string, { timer?: ReturnType<typeof setTimeout>; delay: number }>();
@@ -1365,7 +1366,15 @@ export class Rooms {
   #onState(conn: PeerConnection, f: Extract<RoomFrame, { op: "state" }>): void {
     const r = this.#rooms.get(f.roomId);
     if (!r) return this.#notIn(conn, f.roomId);
-    if (!this.#member(r, conn.name) || !this.#listed(r, conn) || !this.#allow(conn)) return;
+    if (!this.#member(r, conn.name) || !this.#listed(r, conn)) return;
+    // The first state of each room on a connection (its hello sends one per room we share) is not
+    // counted against the flood budget: a member sharing more than 20 rooms with us had the
+    // states of the others dropped for good. Bounded by the rooms we share.
+    let hello = this.#hellos.get(conn);
+    if (!hello) this.#hellos.set(conn, hello = new Set());
+    const first = !hello.has(r.list.roomId);
+    hello.add(r.list.roomId);
+    if (!first && !this.#allow(conn)) return;
     // Lists first: messages are passed on only between members who hold the same list.
     if (f.version < r.list.version) {
       return void conn.sendRoom({ op: "list", list: r.list }, { answer: true });
