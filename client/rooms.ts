@@ -349,6 +349,7 @@ export class Rooms {
   #invitesFrom = new WeakMap<PeerConnection, number>();
   #requests = new WeakMap<PeerConnection, { second: number; count: number }>();
   #hellos = new WeakMap<PeerConnection, Set<string>>(); // rooms whose first state came on it
+  #equivocated = new Map<string, true>(); // authors told of as signing two texts under one number
   #connKeys = new WeakMap<PeerConnection, string>(); // the key of each connection's certificate
   #otherKey = new WeakMap<PeerConnection, Set<string>>(); // rooms whose list gives it another key
   #dialing = new Map<string, { timer?: ReturnType<typeof setTimeout>; delay: number }>();
@@ -1308,6 +1309,21 @@ export class Rooms {
       r.buffer.has(`${m.author}.${m.seq}`)
     );
     if (duplicate) {
+      // Another text (or version) signed under a number we hold: the author equivocates (members
+      // would show different texts under one id). The first here stays; said once per author.
+      const had = r.buffer.get(`${m.author}.${m.seq}`) ?? r.held.get(m.author)?.get(m.seq);
+      if (had && had.sig !== m.sig && (had.text !== m.text || had.version !== m.version)) {
+        const who = `${r.list.roomId} ${m.author}@${author.since}`;
+        if (!this.#equivocated.has(who)) {
+          remember(this.#equivocated, who, true, MAX_FORMER);
+          this.#host.emit({
+            type: "warning",
+            message: `"${m.author}" signed two different messages as number ${m.seq} in ` +
+              `${r.list.room} (one came from "${conn.name}"): members may show either under ` +
+              `one id; the first you got is the one shown`,
+          });
+        }
+      }
       // Passed on by several members is normal; the same message twice on one connection is not.
       if (!fill && seen.has(key)) {
         throw refused(`a replay of message ${m.seq} by "${m.author}" in ${r.list.room}`);
