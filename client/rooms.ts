@@ -1735,13 +1735,27 @@ export class Rooms {
       r.gaps.delete(name);
       if (!now) events.push({ type: "room_member", room, name, change: changeOf(name, "removed") });
     }
+    let renumber = false;
     for (const [name, m] of after) {
       const old = before.get(name);
       if (old && old.since === m.since && old.key === m.key) continue;
       r.next[name] = 1; // we were there before they came: from their first message
+      // Us, added back (removed and added again while away): our messages are numbered from 1
+      // again, as the others take us up (the id's SINCE tells the two memberships apart).
+      if (name === self) [r.seq, renumber] = [0, true];
       events.push({ type: "room_member", room, name, change: "joined" });
     }
-    this.#saveDurableOrWarn(r);
+    try {
+      this.#saveDurable(r);
+      // Our number, made durable after the list that renews it (a power cut in between leaves
+      // the old, higher one: a gap at the others, never a number used twice), before any send.
+      if (renumber) {
+        r.seqSlot = undefined; // both slots: the file holds the larger of the two
+        this.#saveSeq(r);
+      }
+    } catch (e) {
+      this.#warn("Cannot save the rooms", e);
+    }
     announce?.();
     for (const e of events) this.#host.emit(e);
     this.#host.gone?.(room, [...before.keys()].filter((n) => !after.has(n)));

@@ -1872,10 +1872,10 @@ Deno.test("A room message is not sent to a connection whose key is not the membe
   });
 });
 
-// r113 repro: a member removed and added again while away (he gets only the list that adds him
-// back, with a new since) goes on numbering from his old sequence: the others, who take him up
-// from 1 under his new since, hold his next message 3 s and report all his old numbers missing.
-Deno.test("r113: a member added back with a new since numbers his messages from 1 again", async () => {
+// A member removed and added again while away (he gets only the list that adds him back, with a
+// new since) went on numbering from his old sequence: the others, who take him up from 1 under
+// his new since, held his next message 3 s and reported all his old numbers missing (r113).
+Deno.test("A member added back with a new since numbers his messages from 1 again, after a restart before he sends too", async () => {
   await withTempDir(async (dir) => {
     const [bob, carol] = [keyPair(), keyPair()];
     const roomId = roomIdFor("carol");
@@ -1900,31 +1900,39 @@ Deno.test("r113: a member added back with a new since numbers his messages from 
         next: { bob: 51, carol: 1 },
       }),
     );
+    // ROOMID.seq as the version before wrote it (a plain number).
+    await Deno.writeTextFile(join(dir, `${roomId}.seq`), "50");
     const sent: number[] = [];
-    const carolConn = {
-      name: "carol",
-      rooms: true,
-      certificate: { x509: { publicKey: createPublicKey(carol.pem) } },
-      sendRoom: (body: RoomFrame) => {
-        if (body.op === "msg") sent.push(body.m.seq);
-        return true;
-      },
-    } as unknown as PeerConnection;
-    const events: CoreEvent[] = [];
-    const rooms = testRooms(
-      "bob",
-      bob.pem,
-      dir,
-      (n) => n === "carol" ? carolConn : undefined,
-      (e) => events.push(e),
-    );
-    await rooms.load();
+    const carolConn = fakeConnection("carol", carol.privateKey, (body) => {
+      if (body.op === "msg") sent.push(body.m.seq);
+      return true;
+    });
+    const open = async () => {
+      const rooms = testRooms(
+        "bob",
+        bob.pem,
+        dir,
+        (n) => n === "carol" ? carolConn : undefined,
+        () => {},
+      );
+      await rooms.load();
+      return rooms;
+    };
+    let rooms = await open();
     try {
       // Removed at version 2 and added back at 3 while away: bob gets version 3 only.
       rooms.receive(carolConn, { op: "list", list: listAt(3, 3) });
       rooms.send("#team", "back");
-      await new Promise((r) => setTimeout(r, 50));
+      await sleep(50);
       assert.deepEqual(sent, [1], "his first message under the new since is not number 1");
+      // Added back again (version 5, removed at 4), then restarted before he sends: from 1.
+      rooms.receive(carolConn, { op: "list", list: listAt(5, 5) });
+      await rooms.stop();
+      rooms = await open();
+      rooms.send("#team", "back again");
+      rooms.send("#team", "still here");
+      await sleep(50);
+      assert.deepEqual(sent, [1, 1, 2]);
     } finally {
       await rooms.stop();
     }
