@@ -1872,6 +1872,37 @@ Deno.test("A room message is not sent to a connection whose key is not the membe
   });
 });
 
+Deno.test("A creator does not take a member's leave from a connection whose key is not the one her list gives that member", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, dave, mallory] = [keyPair(), keyPair(), keyPair()];
+    const list = signList({
+      roomId: roomIdFor("alice"),
+      room: "#team",
+      creator: "alice",
+      version: 2,
+      members: [
+        { name: "alice", key: alice.spki, since: 1 },
+        { name: "dave", key: dave.spki, since: 2 },
+      ],
+    }, alice.privateKey);
+    await writeRoom(dir, list, alice.spki, { alice: 1, dave: 1 });
+    const fakeDave = fakeConnection("dave", mallory.privateKey);
+    const events: CoreEvent[] = [];
+    const rooms = testRooms("alice", alice.pem, dir, () => undefined, (e) => events.push(e));
+    await rooms.load();
+    try {
+      rooms.receive(fakeDave, { op: "leave", roomId: list.roomId });
+      assert.equal(rooms.isMember("#team", "dave"), true);
+      assert.deepEqual(events.map((e) => e.type), ["warning"]);
+      // dave himself may leave.
+      rooms.receive(fakeConnection("dave", dave.privateKey), { op: "leave", roomId: list.roomId });
+      assert.equal(rooms.isMember("#team", "dave"), false);
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
+
 // A member removed and added again while away (he gets only the list that adds him back, with a
 // new since) went on numbering from his old sequence: the others, who take him up from 1 under
 // his new since, held his next message 3 s and reported all his old numbers missing (r113).
