@@ -71,7 +71,7 @@ const MAX_GAP_LISTED = 1000;
 const MAX_HELD = 256;
 /**
  * Late messages shown below where an author was taken up, apart from it (not right below it or
- * one shown so), remembered per author (more are refused).
+ * one shown so), remembered per author (more are not shown, with a warning).
  */
 const MAX_LATE_SHOWN = 256;
 /**
@@ -1304,10 +1304,15 @@ export class Rooms {
     const floor = r.floor.get(m.author);
     const belowFloor = floor !== undefined && m.seq < floor &&
       !r.lateShown.get(m.author)?.has(m.seq);
-    const duplicate = !belowFloor && (
-      (next !== undefined && m.seq < next) || r.held.get(m.author)?.has(m.seq) ||
-      r.buffer.has(`${m.author}.${m.seq}`)
-    );
+    // Past MAX_LATE_SHOWN shown apart (said by #showLate), one more is not shown: a bound on
+    // what is kept of them (in ROOMID.json too), which an author signing every number below the
+    // floor would otherwise grow without end.
+    const lateFull = belowFloor && m.seq < floor - 1 &&
+      (r.lateShown.get(m.author)?.size ?? 0) >= MAX_LATE_SHOWN;
+    const duplicate = lateFull || !belowFloor && (
+          (next !== undefined && m.seq < next) || r.held.get(m.author)?.has(m.seq) ||
+          r.buffer.has(`${m.author}.${m.seq}`)
+        );
     if (duplicate) {
       // Another text (or version) signed under a number we hold: the author equivocates (members
       // would show different texts under one id). The first here stays; said once per author.
@@ -1342,14 +1347,6 @@ export class Rooms {
     }
     // One that must wait (not the next one) fits in the room's characters held, or the highest of
     // the author holding most makes room: that may be this one, refused then.
-    if (
-      belowFloor && m.seq < floor - 1 && (r.lateShown.get(m.author)?.size ?? 0) >= MAX_LATE_SHOWN
-    ) {
-      throw refused(
-        `message ${m.seq} by "${m.author}" in ${r.list.room}: ${MAX_LATE_SHOWN} of their ` +
-          `messages were shown late, apart from the others, already`,
-      );
-    }
     if ((next === undefined || m.seq > next) && !belowFloor && !this.#makeRoomToHold(r, m)) {
       throw refused(
         `message ${m.seq} by "${m.author}" in ${r.list.room}: more than ${MAX_HELD_CHARS} ` +
@@ -1603,6 +1600,13 @@ export class Rooms {
     else r.floor.delete(author);
     if (shown.size) r.lateShown.set(author, shown);
     else r.lateShown.delete(author);
+    if (shown.size === MAX_LATE_SHOWN) {
+      this.#host.emit({
+        type: "warning",
+        message: `${MAX_LATE_SHOWN} messages of "${author}" in ${r.list.room} came late, apart ` +
+          `from the others: more that come so are not shown`,
+      });
+    }
     if (shown.size && !r.lateTimers.has(author)) {
       r.lateTimers.set(author, setTimeout(() => this.#reportLate(r, author), GAP_WAIT_MS));
     }
