@@ -873,9 +873,13 @@ export class Rooms {
       this.#host.history.roomMessage({ id, room, from: self, text });
       this.#host.emit({ type: "sent", to: room, id, text });
       for (const conn of targets) conn.sendRoom({ op: "msg", m, to });
-      // Members not connected now get it through the mailbox (they drop what also comes otherwise).
+      // Members not connected now get it through the mailbox (they drop what also comes otherwise):
+      // those whose pinned key is the listed one. The mailbox seals to the key the CA's directory
+      // gives for the name, held to the pin: one never met would be pinned to whatever key a
+      // dishonest CA gives (they get it from the others when connected).
       for (const member of r.list.members) {
-        if (!to.includes(member.name)) this.#host.mailbox?.(member.name, { op: "msg", m, to });
+        if (to.includes(member.name) || !this.#pinnedAsListed(r, member)) continue;
+        this.#host.mailbox?.(member.name, { op: "msg", m, to });
       }
     });
     this.#save(r);
@@ -1992,6 +1996,17 @@ export class Rooms {
       r.fingerprints.set(m.name, fingerprint = keyFingerprintOf(m.key));
     }
     return pinned !== fingerprint;
+  }
+
+  // Whether the key pinned for `m` is the key the list gives `m`.
+  #pinnedAsListed(r: Room, m: RoomMember): boolean {
+    const pinned = this.#host.pinned(m.name);
+    if (pinned === undefined) return false;
+    let fingerprint = r.fingerprints.get(m.name);
+    if (fingerprint === undefined) {
+      r.fingerprints.set(m.name, fingerprint = keyFingerprintOf(m.key));
+    }
+    return pinned === fingerprint;
   }
 
   // Open connections, taking rooms, to members other than `except`: each with the key the

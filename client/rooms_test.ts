@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { createPublicKey, generateKeyPairSync, type KeyObject, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import {
+  keyFingerprintOf,
   type RoomFrame,
   roomIdFor,
   type RoomMember,
@@ -1866,6 +1867,53 @@ Deno.test("A room message is not sent to a connection whose key is not the membe
           '"dave": nothing of #team goes to it or is taken from it (/room members #team shows ' +
           "the listed key's fingerprint)",
       }]);
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
+
+Deno.test("A room message goes through the mailbox only to members whose pinned key is the one the creator's list gives them", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, bob, carol, dave, erin] = [keyPair(), keyPair(), keyPair(), keyPair(), keyPair()];
+    const list = signList({
+      roomId: roomIdFor("carol"),
+      room: "#team",
+      creator: "carol",
+      version: 2,
+      members: [
+        { name: "alice", key: alice.spki, since: 1 },
+        { name: "bob", key: bob.spki, since: 1 },
+        { name: "carol", key: carol.spki, since: 1 },
+        { name: "dave", key: dave.spki, since: 2 },
+      ],
+    }, carol.privateKey);
+    await writeRoom(dir, list, carol.spki, { alice: 1, bob: 1, carol: 1, dave: 1 });
+    // bob and carol met (pinned as listed); dave never: the mailbox would pin whatever key the
+    // CA gives for "dave". erin's key is pinned for carol (the CA's, not the list's).
+    const pins: Record<string, string> = {
+      bob: keyFingerprintOf(bob.spki),
+      carol: keyFingerprintOf(erin.spki),
+    };
+    const mailed: string[] = [];
+    const rooms = new Rooms({
+      self: "alice",
+      privateKey: () => alice.pem,
+      peer: () => undefined,
+      pinned: (n) => pins[n],
+      invite: () => Promise.resolve(),
+      accept: () => Promise.resolve(),
+      invitations: () => [],
+      emit: () => {},
+      mailbox: (name) => mailed.push(name),
+      history: { roomMessage() {} } as unknown as History,
+      dir,
+    });
+    await rooms.load();
+    try {
+      rooms.send("#team", "for the ones we know");
+      await sleep(50);
+      assert.deepEqual(mailed, ["bob"]);
     } finally {
       await rooms.stop();
     }
