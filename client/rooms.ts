@@ -70,6 +70,11 @@ const MAX_GAP_LISTED = 1000;
 /** Messages held back per author while an earlier one is missing. */
 const MAX_HELD = 256;
 /**
+ * Late messages shown below where an author was taken up, apart from it (not right below it or
+ * one shown so), remembered per author (more are not shown, with a warning).
+ */
+const MAX_LATE_SHOWN = 256;
+/**
  * …and at most this many characters of them per room, all authors together: a creator may list
  * up to 50 members of its own making and sign as each (256 × 50 texts of 65,536 characters).
  */
@@ -250,10 +255,17 @@ interface Room {
    */
   next: Record<string, number>;
   /**
-   * Per author we joined after, taken up later than their message 1: the lowest number shown or
-   * reported here (in this run). A message of our membership below it, come late, is shown.
+   * Per author we joined after, taken up later than their message 1: where they were taken up,
+   * come down over the late messages shown right below it. A message of our membership below it,
+   * come late, is shown (once: see `lateShown`).
    */
   floor: Map<string, number>;
+  /** Per author with a floor: the numbers below it shown late, not right below it. */
+  lateShown: Map<string, Set<number>>;
+  /** Per author with a floor: the lowest number below which missing ones were not reported yet. */
+  lateReported: Map<string, number>;
+  /** Per author: the wait before the numbers missing among those shown late are reported. */
+  lateTimers: Map<string, ReturnType<typeof setTimeout>>;
   /** The creator's invitations that wait for a join. */
   invited: Record<string, true>;
   keys: Map<string, KeyObject>;
@@ -338,6 +350,10 @@ export class Rooms {
   #reports = new WeakMap<PeerConnection, number>();
   #invitesFrom = new WeakMap<PeerConnection, number>();
   #requests = new WeakMap<PeerConnection, { second: number; count: number }>();
+  #hellos = new WeakMap<PeerConnection, Set<string>>(); // rooms whose first state came on it
+  #equivocated = new Map<string, true>(); // authors told of as signing two texts under one number
+  #connKeys = new WeakMap<PeerConnection, string>(); // the key of each connection's certificate
+  #otherKey = new WeakMap<PeerConnection, Set<string>>(); // rooms whose list gives it another key
   #dialing = new Map<string, { timer?: ReturnType<typeof setTimeout>; delay: number }>();
   #dirty = new Set<string>();
   #outbox: Array<{ r: Room; id: string; leave(): void }> = []; // room messages of this turn
@@ -405,9 +421,22 @@ export class Rooms {
           const f = nextCount(v);
           if (k in next && f > 1 && f <= next[k]) floor.set(k, f);
         }
+        // The numbers below it shown late (absent in files of before: none).
+        const lateShown = new Map<string, Set<number>>();
+        for (const [k, v] of Object.entries(data.lateShown ?? {})) {
+          const f = floor.get(k);
+          if (f === undefined || !Array.isArray(v)) continue;
+          const shown = new Set(
+            v.slice(0, MAX_LATE_SHOWN).filter((n) => {
+              const c = safeCount(n);
+              return c >= 1 && c < f - 1;
+            }),
+          );
+          if (shown.size) lateShown.set(k, shown);
+        }
         const invited: Record<string, true> = Object.create(null);
         for (const k of Object.keys(data.invited ?? {})) invited[k] = true;
-        const room = this.#newRoom(list, data.creatorKey, { seq, next, floor, invited });
+        const room = this.#newRoom(list, data.creatorKey, { seq, next, floor, lateShown, invited });
         // Checked again at each start: which members are silenced is not kept on disk.
         this.#checkKeys(list, room);
         this.#rooms.set(list.roomId, room);
@@ -442,7 +471,9 @@ export class Rooms {
   async stop(): Promise<void> {
     this.#stopped = true;
     for (const d of this.#dialing.values()) clearTimeout(d.timer);
-    for (const r of this.#rooms.values()) for (const t of r.gaps.values()) clearTimeout(t);
+    for (const r of this.#rooms.values()) {
+      for (const t of [...r.gaps.values(), ...r.lateTimers.values()]) clearTimeout(t);
+    }
     for (const i of this.#invites.values()) clearTimeout(i.joinTimer);
     this.#flush();
     if (this.#invitationsDirty) this.#saveInvitationsOrWarn();
@@ -849,9 +880,13 @@ export class Rooms {
       this.#host.history.roomMessage({ id, room, roomId: r.list.roomId, from: self, text });
       this.#host.emit({ type: "sent", to: room, id, text });
       for (const conn of targets) conn.sendRoom({ op: "msg", m, to });
-      // Members not connected now get it through the mailbox (they drop what also comes otherwise).
+      // Members not connected now get it through the mailbox (they drop what also comes otherwise):
+      // those whose pinned key is the listed one. The mailbox seals to the key the CA's directory
+      // gives for the name, held to the pin: one never met would be pinned to whatever key a
+      // dishonest CA gives (they get it from the others when connected).
       for (const member of r.list.members) {
-        if (!to.includes(member.name)) this.#host.mailbox?.(member.name, { op: "msg", m, to });
+        if (to.includes(member.name) || !this.#pinnedAsListed(r, member)) continue;
+        this.#host.mailbox?.(member.name, { op: "msg", m, to });
       }
     });
     this.#save(r);
@@ -911,8 +946,9 @@ export class Rooms {
     }
     if (moot) this.#saveInvitationsOrWarn();
     for (const r of this.#rooms.values()) {
-      if (this.#member(r, conn.name)) this.#sendState(r, conn);
-      else if (r.invited[conn.name] && r.list.creator === this.#host.self) {
+      if (this.#member(r, conn.name)) {
+        if (this.#listed(r, conn)) this.#sendState(r, conn);
+      } else if (r.invited[conn.name] && r.list.creator === this.#host.self) {
         conn.sendRoom({ op: "invite", list: r.list });
       }
     }
@@ -1135,6 +1171,7 @@ export class Rooms {
     const r = this.#rooms.get(roomId);
     if (!r || r.list.creator !== this.#host.self) return; // not ours to change
     if (conn.name === this.#host.self) return;
+    if (this.#member(r, conn.name) && !this.#listed(r, conn)) return;
     if (!this.#member(r, conn.name)) {
       // From one we invited: the invitation is declined, and not offered again at each hello.
       if (!r.invited[conn.name]) return;
@@ -1257,6 +1294,7 @@ export class Rooms {
     const r = this.#rooms.get(m.roomId);
     if (!r) return; // a room we left: nothing of it is shown
     if (!this.#member(r, conn.name)) throw refused(`a message of ${r.list.room} from a non-member`);
+    if (src.conn && !this.#listed(r, src.conn)) return; // said once, by #listed
     const author = r.list.members.find((x) => x.name === m.author);
     // Passed on before the sender had the list without them: not the sender's fault.
     const late = r.former.has(m.author) && (!author || m.version < author.since);
@@ -1288,14 +1326,35 @@ export class Rooms {
     const key = roomMessageId(m.roomId, m.author, author.since, m.seq);
     const seen = src.conn ? this.#seenOn(src.conn) : this.#mailboxSeen;
     const next = r.next[m.author];
-    // Below where we took the author up: never shown (and of our membership, checked above).
+    // Below where we took the author up, not shown yet (and of our membership, checked above).
     const floor = r.floor.get(m.author);
-    const belowFloor = floor !== undefined && m.seq < floor;
-    const duplicate = !belowFloor && (
-      (next !== undefined && m.seq < next) || r.held.get(m.author)?.has(m.seq) ||
-      r.buffer.has(`${m.author}.${m.seq}`)
-    );
+    const belowFloor = floor !== undefined && m.seq < floor &&
+      !r.lateShown.get(m.author)?.has(m.seq);
+    // Past MAX_LATE_SHOWN shown apart (said by #showLate), one more is not shown: a bound on
+    // what is kept of them (in ROOMID.json too), which an author signing every number below the
+    // floor would otherwise grow without end.
+    const lateFull = belowFloor && m.seq < floor - 1 &&
+      (r.lateShown.get(m.author)?.size ?? 0) >= MAX_LATE_SHOWN;
+    const duplicate = lateFull || !belowFloor && (
+          (next !== undefined && m.seq < next) || r.held.get(m.author)?.has(m.seq) ||
+          r.buffer.has(`${m.author}.${m.seq}`)
+        );
     if (duplicate) {
+      // Another text (or version) signed under a number we hold: the author equivocates (members
+      // would show different texts under one id). The first here stays; said once per author.
+      const had = r.buffer.get(`${m.author}.${m.seq}`) ?? r.held.get(m.author)?.get(m.seq);
+      if (had && had.sig !== m.sig && (had.text !== m.text || had.version !== m.version)) {
+        const who = `${r.list.roomId} ${m.author}@${author.since}`;
+        if (!this.#equivocated.has(who)) {
+          remember(this.#equivocated, who, true, MAX_FORMER);
+          this.#host.emit({
+            type: "warning",
+            message: `"${m.author}" signed two different messages as number ${m.seq} in ` +
+              `${r.list.room} (one came from "${conn.name}"): members may show either under ` +
+              `one id; the first you got is the one shown`,
+          });
+        }
+      }
       // Passed on by several members is normal; the same message twice on one connection is not.
       if (!fill && seen.has(key)) {
         throw refused(`a replay of message ${m.seq} by "${m.author}" in ${r.list.room}`);
@@ -1346,7 +1405,15 @@ export class Rooms {
   #onState(conn: PeerConnection, f: Extract<RoomFrame, { op: "state" }>): void {
     const r = this.#rooms.get(f.roomId);
     if (!r) return this.#notIn(conn, f.roomId);
-    if (!this.#member(r, conn.name) || !this.#allow(conn)) return;
+    if (!this.#member(r, conn.name) || !this.#listed(r, conn)) return;
+    // The first state of each room on a connection (its hello sends one per room we share) is not
+    // counted against the flood budget: a member sharing more than 20 rooms with us had the
+    // states of the others dropped for good. Bounded by the rooms we share.
+    let hello = this.#hellos.get(conn);
+    if (!hello) this.#hellos.set(conn, hello = new Set());
+    const first = !hello.has(r.list.roomId);
+    hello.add(r.list.roomId);
+    if (!first && !this.#allow(conn)) return;
     // Lists first: messages are passed on only between members who hold the same list.
     if (f.version < r.list.version) {
       return void conn.sendRoom({ op: "list", list: r.list }, { answer: true });
@@ -1426,7 +1493,7 @@ export class Rooms {
 
   #onWant(conn: PeerConnection, f: Extract<RoomFrame, { op: "want" }>): void {
     const r = this.#rooms.get(f.roomId);
-    if (!r || !this.#member(r, conn.name) || !this.#allow(conn)) return;
+    if (!r || !this.#member(r, conn.name) || !this.#listed(r, conn) || !this.#allow(conn)) return;
     const member = r.list.members.find((x) => x.name === conn.name)!;
     for (const seq of f.seqs) {
       const m = r.buffer.get(`${f.author}.${seq}`);
@@ -1542,26 +1609,56 @@ export class Rooms {
     );
   }
 
-  // A message of our membership below where we took its author up, come after we did: shown now
-  // (out of order: later ones were shown), and those between it and the floor, not come yet, are
-  // reported missing. It is the floor from now on: the numbers above it are shown or reported.
+  // A message of our membership below where we took its author up, not shown yet, come after we
+  // did: shown now (out of order: later ones were shown). The floor comes down over the numbers
+  // shown right below it; the others shown are remembered (fills come in any order, the lowest
+  // first from a member's buffer), and those missing between them and the floor are reported
+  // GAP_WAIT_MS after the first shown apart, unless they came meanwhile. One reported and come
+  // later still is shown too.
   #showLate(r: Room, m: SignedMessage, floor: number): void {
-    const since = r.list.members.find((x) => x.name === m.author)?.since ?? 0;
+    const author = m.author;
+    const since = r.list.members.find((x) => x.name === author)?.since ?? 0;
     // Marked (not a warning): later messages of its author were shown before it.
     this.#show(r, m, since, true);
-    const from = m.seq + 1;
-    if (from < floor) {
+    const shown = r.lateShown.get(author) ?? new Set<number>();
+    shown.add(m.seq);
+    let f = floor;
+    while (shown.has(f - 1)) shown.delete(--f);
+    if (f > 1) r.floor.set(author, f);
+    else r.floor.delete(author);
+    if (shown.size) r.lateShown.set(author, shown);
+    else r.lateShown.delete(author);
+    if (shown.size === MAX_LATE_SHOWN) {
       this.#host.emit({
-        type: "room_gap",
-        room: r.list.room,
-        from: m.author,
-        missing: range(from, Math.min(floor, from + MAX_GAP_LISTED)),
-        count: floor - from,
+        type: "warning",
+        message: `${MAX_LATE_SHOWN} messages of "${author}" in ${r.list.room} came late, apart ` +
+          `from the others: more that come so are not shown`,
       });
     }
-    if (m.seq > 1) r.floor.set(m.author, m.seq);
-    else r.floor.delete(m.author);
+    if (shown.size && !r.lateTimers.has(author)) {
+      r.lateTimers.set(author, setTimeout(() => this.#reportLate(r, author), GAP_WAIT_MS));
+    }
     this.#save(r);
+  }
+
+  // Reports the numbers missing between the lowest of `author`'s shown late and the floor (those
+  // not reported before).
+  #reportLate(r: Room, author: string): void {
+    r.lateTimers.delete(author);
+    const floor = r.floor.get(author);
+    const shown = r.lateShown.get(author);
+    if (this.#rooms.get(r.list.roomId) !== r || floor === undefined || !shown?.size) return;
+    const lowest = Math.min(...shown);
+    const upTo = Math.min(floor, r.lateReported.get(author) ?? floor);
+    r.lateReported.set(author, Math.min(lowest, upTo));
+    let count = upTo - lowest - 1;
+    for (const n of shown) if (n > lowest && n < upTo) count--;
+    if (count <= 0) return;
+    const missing: number[] = [];
+    for (let n = lowest + 1; n < upTo && missing.length < MAX_GAP_LISTED; n++) {
+      if (!shown.has(n)) missing.push(n);
+    }
+    this.#host.emit({ type: "room_gap", room: r.list.room, from: author, missing, count });
   }
 
   // The highest held message of `author` is let go; out of the buffer too, so that it is taken
@@ -1649,6 +1746,10 @@ export class Rooms {
       // Gone (or gone and added again): nothing more is taken under the old membership.
       delete r.next[name];
       r.floor.delete(name);
+      r.lateShown.delete(name);
+      r.lateReported.delete(name);
+      clearTimeout(r.lateTimers.get(name));
+      r.lateTimers.delete(name);
       r.heldChars -= r.heldCharsBy.get(name) ?? 0;
       r.held.delete(name);
       r.heldCharsBy.delete(name);
@@ -1666,13 +1767,27 @@ export class Rooms {
       r.gaps.delete(name);
       if (!now) events.push({ type: "room_member", room, name, change: changeOf(name, "removed") });
     }
+    let renumber = false;
     for (const [name, m] of after) {
       const old = before.get(name);
       if (old && old.since === m.since && old.key === m.key) continue;
       r.next[name] = 1; // we were there before they came: from their first message
+      // Us, added back (removed and added again while away): our messages are numbered from 1
+      // again, as the others take us up (the id's SINCE tells the two memberships apart).
+      if (name === self) [r.seq, renumber] = [0, true];
       events.push({ type: "room_member", room, name, change: "joined" });
     }
-    this.#saveDurableOrWarn(r);
+    try {
+      this.#saveDurable(r);
+      // Our number, made durable after the list that renews it (a power cut in between leaves
+      // the old, higher one: a gap at the others, never a number used twice), before any send.
+      if (renumber) {
+        r.seqSlot = undefined; // both slots: the file holds the larger of the two
+        this.#saveSeq(r);
+      }
+    } catch (e) {
+      this.#warn("Cannot save the rooms", e);
+    }
     announce?.();
     for (const e of events) this.#host.emit(e);
     this.#host.gone?.(room, [...before.keys()].filter((n) => !after.has(n)));
@@ -1708,7 +1823,7 @@ export class Rooms {
   // Synchronous, so that nothing tells of it before it is durable.
   #forget(r: Room): void {
     this.#rooms.delete(r.list.roomId);
-    for (const t of r.gaps.values()) clearTimeout(t);
+    for (const t of [...r.gaps.values(), ...r.lateTimers.values()]) clearTimeout(t);
     this.#dirty.delete(r.list.roomId);
     for (const file of [this.#file(r.list.roomId), this.#seqFile(r.list.roomId)]) {
       try {
@@ -1791,6 +1906,7 @@ export class Rooms {
       seq?: number;
       next?: Record<string, number>;
       floor?: Map<string, number>;
+      lateShown?: Map<string, Set<number>>;
       invited?: Record<string, true>;
     } = {},
   ): Room {
@@ -1800,6 +1916,9 @@ export class Rooms {
       seq: kept.seq ?? 0,
       next: kept.next ?? Object.create(null),
       floor: kept.floor ?? new Map(),
+      lateShown: kept.lateShown ?? new Map(),
+      lateReported: new Map(),
+      lateTimers: new Map(),
       invited: kept.invited ?? Object.create(null),
       keys: new Map(),
       fingerprints: new Map(),
@@ -1906,20 +2025,61 @@ export class Rooms {
     return pinned !== fingerprint;
   }
 
-  // Open connections, taking rooms, to members other than `except`.
+  // Whether the key pinned for `m` is the key the list gives `m`.
+  #pinnedAsListed(r: Room, m: RoomMember): boolean {
+    const pinned = this.#host.pinned(m.name);
+    if (pinned === undefined) return false;
+    let fingerprint = r.fingerprints.get(m.name);
+    if (fingerprint === undefined) {
+      r.fingerprints.set(m.name, fingerprint = keyFingerprintOf(m.key));
+    }
+    return pinned === fingerprint;
+  }
+
+  // Open connections, taking rooms, to members other than `except`: each with the key the
+  // creator's list gives that member.
   #connectedMembers(r: Room, except: string[]): PeerConnection[] {
     const out: PeerConnection[] = [];
     for (const m of r.list.members) {
       if (except.includes(m.name)) continue;
       const c = this.#host.peer(m.name);
-      if (c?.rooms) out.push(c);
+      if (c?.rooms && this.#listed(r, c, m)) out.push(c);
     }
     return out;
   }
 
+  // Whether `conn`'s certificate carries the key the creator's signed list gives its member
+  // (`m`, found by name when not given). A CA may certify a name twice, with another key: the
+  // room's text goes only to the key its creator listed, and nothing of the room is taken from
+  // another. Said once per connection and room.
+  #listed(r: Room, conn: PeerConnection, m?: RoomMember): boolean {
+    const member = m ?? r.list.members.find((x) => x.name === conn.name);
+    if (!member) return false;
+    let key = this.#connKeys.get(conn);
+    if (key === undefined) this.#connKeys.set(conn, key = spkiOf(conn.certificate.x509.publicKey));
+    if (key === member.key) return true;
+    let told = this.#otherKey.get(conn);
+    if (!told) this.#otherKey.set(conn, told = new Set());
+    if (!told.has(r.list.roomId)) {
+      told.add(r.list.roomId);
+      this.#host.emit({
+        type: "warning",
+        message: `The connection to "${conn.name}" has another key than the member list of ` +
+          `${r.list.room} gives "${conn.name}": nothing of ${r.list.room} goes to it or is ` +
+          `taken from it (/room members ${r.list.room} shows the listed key's fingerprint)`,
+      });
+    }
+    return false;
+  }
+
   #sendState(r: Room, conn: PeerConnection, answer = false): void {
     const seen: Record<string, number> = {};
-    for (const [author, next] of Object.entries(r.next)) seen[author] = next - 1;
+    // Below an author's take-up floor, what they wrote since we joined may still come: asked
+    // for as none seen (members fill only what is of our membership; what we have is dropped as
+    // a copy). Else no member met after the take-up would fill it, nor would we report it.
+    for (const [author, next] of Object.entries(r.next)) {
+      seen[author] = r.floor.has(author) ? 0 : next - 1;
+    }
     seen[this.#host.self] = r.seq;
     conn.sendRoom({ op: "state", roomId: r.list.roomId, version: r.list.version, seen }, {
       answer,
@@ -2092,6 +2252,9 @@ export class Rooms {
       next: r.next,
       // Kept so that a message withheld past the take-up is shown late after a restart too.
       ...(r.floor.size ? { floor: Object.fromEntries(r.floor) } : {}),
+      ...(r.lateShown.size
+        ? { lateShown: Object.fromEntries([...r.lateShown].map(([k, v]) => [k, [...v]])) }
+        : {}),
       invited: r.invited,
     };
     writeFileAtomicSync(this.#file(id), JSON.stringify(data) + "\n", {
