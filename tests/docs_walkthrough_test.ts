@@ -1,0 +1,70 @@
+/**
+ * README.md followed literally by a new user, where the docs and the
+ * commands disagree: each test runs the documented commands as processes
+ * (`deno task client …`, `deno task ca …`) against a real service.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { runTask } from "./_harness.ts";
+import { runCa } from "./_helpers.ts";
+import { assertSuccess, makeInvite, withService } from "./_service_helpers.ts";
+
+/** The client run as `deno task client ARGS`, for the user whose home is `home`. */
+function client(home: string, args: string[], stdin?: string) {
+  return runTask("client", args, { env: { E2E_CHAT_HOME: home }, timeoutMs: 60_000, stdin });
+}
+
+Deno.test(
+  "a member who made a key with `client csr` (README, the CA in five commands) and is told to " +
+    "join is not then refused by join for having that key",
+  async () => {
+    await withService(async (service, dir) => {
+      const home = join(dir, "alice");
+      assertSuccess(await client(home, ["csr", "alice"]), "client csr alice");
+      const csr = join(home, "id", "request.csr");
+      assertSuccess(
+        await runCa(service.home, [
+          "sign",
+          "--name",
+          "alice",
+          csr,
+          "--out",
+          join(dir, "alice.crt"),
+        ]),
+        "ca sign",
+      );
+
+      // What the member tries next: chat (README: `deno task client` = chat), then whoami.
+      const whoami = await client(home, ["whoami"]);
+      assert.equal(whoami.code, 1, `whoami: ${whoami.stderr}`);
+      const hint = whoami.stderr.match(/^e2e-chat: hint: (.*)$/m)?.[1] ?? "";
+      if (!/client join/.test(hint)) return; // the hint sends the member elsewhere: no dead end
+
+      // The hint says to join; the admin gives an invite for the name; the member joins here.
+      const invite = await makeInvite(service.home, "alice");
+      const joined = await client(home, ["join", "-"], `${invite}\n`);
+      assert.equal(
+        joined.code,
+        0,
+        `whoami's hint was "${hint}", and join then said:\n${joined.stderr}`,
+      );
+    });
+  },
+);
+
+Deno.test(
+  "`deno task client` in a home that has not joined is an error with a hint, as `client chat` is, " +
+    "not the usage text and exit 0 (README: `deno task client` = `deno task client chat`)",
+  async () => {
+    await withService(async (_service, dir) => {
+      const home = join(dir, "nobody");
+      const chat = await client(home, ["chat"], "");
+      const bare = await client(home, [], "");
+      assert.equal(chat.code, 1, `client chat: ${chat.stderr}`);
+      assert.equal(bare.code, chat.code, `client (no command) printed:\n${bare.stdout}`);
+      assert.equal(bare.stderr, chat.stderr);
+    });
+  },
+);
