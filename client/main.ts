@@ -18,7 +18,6 @@ import {
 import { E2eError } from "../lib/errors.ts";
 import { resolveHome, resolveUserPath } from "../lib/home.ts";
 import { readPassphrase } from "../lib/passphrase.ts";
-import { exists } from "../lib/fs.ts";
 import type { Chat } from "./chat.ts";
 import type { ChatEvent } from "./events.ts";
 import type { FileFlagValues } from "./faces/file_options.ts";
@@ -37,7 +36,7 @@ const USAGE = `Usage: deno task client [command] [options]
 Commands:
   chat [--listen HOST:PORT | --no-listen] [--relay auto|always|never] [--downloads DIR]
        [--json] [FILE OPTIONS]
-        Chat peer to peer (the default command once joined). Type /help inside.
+        Chat peer to peer (the default command: "deno task client" alone). Type /help inside.
   web [--port N] [--open] [--listen HOST:PORT | --no-listen] [--relay auto|always|never]
       [--downloads DIR] [FILE OPTIONS]
         Chat from a web page: serves it on 127.0.0.1 (port 0 picks one) and
@@ -161,13 +160,8 @@ async function main(args: string[]): Promise<number> {
       audit,
       passwd,
     },
-    fallback: async (rest) => {
-      if (rest.length || await exists(new ClientHome(resolveHome(undefined)).id.record)) {
-        return await chat(rest);
-      }
-      await out(await usage());
-      return 0;
-    },
+    // No command is `chat` (README), in a home that has not joined too: its error and hint.
+    fallback: chat,
   });
 }
 
