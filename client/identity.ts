@@ -7,7 +7,9 @@
  * request (a lost reply, a killed process) keeps its key there, and the next
  * join with the same invite goes on with that key, so a CA that did commit
  * answers with the same certificate (docs/API.md "POST /v1/enroll"); a join of
- * the same name at the same CA with another invite gives that key up. An
+ * the same name at the same CA with another invite gives that key up. A key
+ * `client csr` made in `HOME/id` (no identity there yet) is taken up by a join
+ * the same way: copied to `HOME/joining` with the join's record. An
  * encrypted key is decrypted in memory only, for TLS and renewal.
  *
  * @module
@@ -158,7 +160,10 @@ export class Identity {
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) {
         throw new E2eError("ERR_NOT_ENROLLED", `No identity in "${dir}"`, {
-          hint: "join first: deno task client join (it asks for the invite your admin gave you)",
+          hint: await exists(id.key)
+            ? `this home has a key (made by csr) but no identity yet: join with an invite for ` +
+              `it, deno task client join, and the join uses that key`
+            : "join first: deno task client join (it asks for the invite your admin gave you)",
         });
       }
       throw new E2eError("ERR_FILE", `Cannot read "${id.record}"`, { cause: e });
@@ -650,13 +655,23 @@ const JOIN_LOCK_WAIT_MS = 1_000;
 async function joinLocked(home: string, invite: Invite, options: JoinOptions): Promise<void> {
   const { id, joining: staged } = new ClientHome(home);
   const dir = id.dir;
-  if (await exists(dir)) {
+  const { passphrase } = options;
+  // A key `client csr` made here (README, "The CA in five commands"): the join goes on with it.
+  const byHand = await isCsrKey(id);
+  if (!byHand && await exists(dir)) {
     throw new E2eError("ERR_FILE", `"${dir}" already exists: this home has an identity or a key`, {
       hint: "use another --home (or E2E_CHAT_HOME) for another identity",
     });
   }
-  const { passphrase } = options;
-  const pending = await pendingJoin(staged, invite);
+  const pending = await pendingJoin(staged, invite) ??
+    (byHand ? await takeCsrKey(id, staged, invite, passphrase) : undefined);
+  if (byHand && await Deno.readTextFile(staged.key) !== await Deno.readTextFile(id.key)) {
+    throw new E2eError(
+      "ERR_FILE",
+      `"${staged.dir}" holds the key of an unfinished join, and "${id.key}" another key`,
+      { hint: `finish that join with its invite, or remove "${staged.dir}" to give it up` },
+    );
+  }
   const record: IdentityRecord = {
     name: invite.name,
     caUrl: invite.caUrl,
@@ -712,13 +727,16 @@ async function joinLocked(home: string, invite: Invite, options: JoinOptions): P
     ]);
     await Deno.chmod(staged.dir, 0o700);
     await syncDir(staged.dir);
+    // The key `csr` made is in the staged folder too, durably: its folder makes way for the identity.
+    if (byHand) await Deno.remove(dir, { recursive: true });
     await Deno.rename(staged.dir, dir);
     await syncDir(home);
   } catch (e) {
     await made.catch(() => {});
     // A key is kept once a request with it may have been signed: the retry needs the same key.
     // Only a new key that went nowhere, or whose one request the CA refused, is dropped.
-    if (!pending && (!sent || refused)) {
+    // (A copy of the key `csr` made goes too: the key is still in HOME/id.)
+    if ((!pending || byHand) && (!sent || refused)) {
       await Deno.remove(staged.dir, { recursive: true }).catch(() => {});
     }
     throw e;
@@ -779,6 +797,56 @@ async function newKey(
     generateKeyAndRequest(folder.key, record.name, { type: record.keyType, passphrase }),
   ]);
   return { ...made, encrypted: passphrase !== undefined };
+}
+
+// Whether `folder` holds only what `client csr` made: a key (and its request), no identity.
+async function isCsrKey(folder: IdFolder): Promise<boolean> {
+  return await exists(folder.key) && !await exists(folder.record) && !await exists(folder.cert);
+}
+
+// The key `client csr` made in `id`, copied (with the record binding it to `invite`, both durable)
+// into `staged` as an unfinished join's: the join then goes on with it as with its own. The copy
+// in `id` stays until the identity takes its place, so the key has a copy on disk throughout.
+async function takeCsrKey(
+  id: IdFolder,
+  staged: IdFolder,
+  invite: Invite,
+  passphrase: string | undefined,
+): Promise<IdentityRecord> {
+  let key: string;
+  try {
+    key = await unlockKey(id.key, { passphrase, what: `the key "${id.key}" that csr made` });
+  } catch (e) {
+    if (!(e instanceof E2eError) || e.code !== "ERR_PASSPHRASE_REQUIRED") throw e;
+    throw new E2eError(e.code, e.message, {
+      cause: e,
+      hint: "join with the passphrase you gave csr (--encrypt-key, --passphrase-file FILE or " +
+        "E2E_CHAT_PASSPHRASE)",
+    });
+  }
+  const keyType = clientKeyType(createPrivateKey(key));
+  const record: IdentityRecord = {
+    name: invite.name,
+    caUrl: invite.caUrl,
+    caFingerprint: invite.fingerprint,
+    keyType,
+    invite: inviteHash(invite),
+  };
+  await ensurePrivateDir(staged.dir, { durable: true });
+  await writeFileAtomic(staged.key, await Deno.readTextFile(id.key), { mode: 0o600 });
+  await writeFileAtomic(staged.record, JSON.stringify(record, null, 2) + "\n", { syncDir: true });
+  return record;
+}
+
+// The client key type of `key`; throws for a key `client csr` does not make.
+function clientKeyType(key: ReturnType<typeof createPrivateKey>): ClientKeyType {
+  const details = key.asymmetricKeyDetails ?? {};
+  if (key.asymmetricKeyType === "ed25519") return "ed25519";
+  if (key.asymmetricKeyType === "ec" && details.namedCurve === "prime256v1") return "ec-p256";
+  if (key.asymmetricKeyType === "rsa" && details.modulusLength === 2048) return "rsa-2048";
+  throw new E2eError("ERR_KEY_REJECTED", "The key in this home is not one a client makes", {
+    hint: `clients use ${CLIENT_KEY_TYPES.join(", ")} keys; join in another --home`,
+  });
 }
 
 function inviteHash(invite: Invite): string {

@@ -54,8 +54,9 @@ Commands:
         asked for (not echoed); "-" reads it from stdin. (On the command line it
         works too, but other local users can see it in the process list.)
         Checks the CA's fingerprint first, makes your key here (it never
-        leaves HOME/id). The key is encrypted under a passphrase with
-        --encrypt-key (asked for), --passphrase-file FILE or $E2E_CHAT_PASSPHRASE.
+        leaves HOME/id; a key "csr" made there is used instead). The key is
+        encrypted under a passphrase with --encrypt-key (asked for),
+        --passphrase-file FILE or $E2E_CHAT_PASSPHRASE.
         A join cut off after it sent its request: run it again with the same
         invite; it goes on with the key it made (kept in HOME/joining).
   whoami [--json]
@@ -79,6 +80,7 @@ Commands:
   csr NAME [--key-type ec-p256|rsa-2048|ed25519] [--encrypt-key] [--passphrase-file FILE]
         Only make a key and a request, for an admin to sign by hand with
         deno task ca sign --name NAME HOME/id/request.csr
+        To chat from this home, join with an invite: join uses this key.
 
 Options:
   --home DIR              State folder (default: $E2E_CHAT_HOME, else ~/.e2e-chat)

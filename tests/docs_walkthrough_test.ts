@@ -7,6 +7,8 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { exists } from "../lib/fs.ts";
+import { parseCsr } from "../lib/csr.ts";
 import { runTask } from "./_harness.ts";
 import { runCa } from "./_helpers.ts";
 import { assertSuccess, makeInvite, withService } from "./_service_helpers.ts";
@@ -65,6 +67,35 @@ Deno.test(
       assert.equal(chat.code, 1, `client chat: ${chat.stderr}`);
       assert.equal(bare.code, chat.code, `client (no command) printed:\n${bare.stdout}`);
       assert.equal(bare.stderr, chat.stderr);
+    });
+  },
+);
+
+Deno.test(
+  "join in a home where `client csr` made an encrypted key uses that key, under its passphrase, " +
+    "and makes the home one that chats: whoami shows that key's fingerprint",
+  async () => {
+    await withService(async (service, dir) => {
+      const home = join(dir, "carol");
+      const passphraseFile = join(dir, "passphrase.txt");
+      await Deno.writeTextFile(passphraseFile, "carol's long passphrase\n", { mode: 0o600 });
+      const withPassphrase = ["--passphrase-file", passphraseFile];
+      assertSuccess(await client(home, ["csr", "carol", ...withPassphrase]), "client csr");
+      const csr = parseCsr(await Deno.readTextFile(join(home, "id", "request.csr")));
+
+      const invite = await makeInvite(service.home, "carol");
+      const without = await client(home, ["join", "-"], `${invite}\n`);
+      assert.equal(without.code, 1, without.stderr);
+      assert.match(without.stderr, /it is encrypted\ne2e-chat: hint: join with the passphrase/);
+
+      assertSuccess(await client(home, ["join", "-", ...withPassphrase], `${invite}\n`), "join");
+      const whoami = await client(home, ["whoami", "--json"]);
+      assertSuccess(whoami, "whoami");
+      const info = JSON.parse(whoami.stdout);
+      assert.equal(info.name, "carol");
+      assert.equal(info.keyFingerprint, csr.keyFingerprint);
+      assert.equal(info.keyEncrypted, true);
+      assert.equal(await exists(join(home, "joining")), false);
     });
   },
 );
