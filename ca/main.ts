@@ -588,6 +588,7 @@ async function caPassphrase(
 ): Promise<string> {
   return await readPassphrase({
     file: values["passphrase-file"],
+    onWarning: (message) => err(`e2e-chat: warning: ${message}\n`),
     envVar: PASSPHRASE_ENV,
     label: options.create ? "New CA passphrase" : "CA passphrase",
     confirm: options.create,

@@ -102,6 +102,11 @@ const COMMON = {
   "passphrase-file": { type: "string" },
 } as const;
 
+/** Prints a warning (of a passphrase file others can read, say) and goes on. */
+function warn(message: string): Promise<void> {
+  return err(`e2e-chat: warning: ${message}\n`);
+}
+
 /** The environment variable holding the passphrase of the client's key. */
 const PASSPHRASE_ENV = "E2E_CHAT_PASSPHRASE";
 /** The environment variable holding the new passphrase for `passwd`. */
@@ -111,6 +116,7 @@ const NEW_PASSPHRASE_ENV = "E2E_CHAT_NEW_PASSPHRASE";
 function keyPassphrase(file: string | undefined): PassphraseSource {
   return () =>
     readPassphrase({
+      onWarning: warn,
       file,
       envVar: PASSPHRASE_ENV,
       label: "Passphrase of your key",
@@ -136,6 +142,7 @@ async function newKeyPassphrase(
     return undefined;
   }
   return await readPassphrase({
+    onWarning: warn,
     file,
     envVar: PASSPHRASE_ENV,
     label: "New passphrase for your key",
@@ -181,6 +188,7 @@ async function joinCommand(args: string[]): Promise<number> {
   const given = positionals[0];
   const invite = parseInvite(unquote(
     given === "-" ? await readStdinLine() : given ?? await readPassphrase({
+      onWarning: warn,
       file: values["invite-file"],
       label: "Invite (the e2e-chat://… line)",
       hint: 'give the invite, "-" to read it from stdin, or --invite-file FILE',
@@ -667,6 +675,7 @@ async function passwd(args: string[]): Promise<number> {
   // The current passphrase is checked before a new one is asked for.
   await unlockKey(keyPath, { passphrase, what: `your key "${keyPath}"` });
   const newPassphrase = values.remove ? undefined : await readPassphrase({
+    onWarning: warn,
     file: values["new-passphrase-file"],
     envVar: NEW_PASSPHRASE_ENV,
     label: "New passphrase for your key",

@@ -24,6 +24,11 @@ export interface PassphraseOptions {
   hint?: string;
   /** What `file` holds, for the error when it cannot be read. Default: "passphrase file". */
   fileLabel?: string;
+  /**
+   * Told when `file` can be read by other users (its mode allows group or other access); it is
+   * used all the same. One they can write to is refused. Default: none.
+   */
+  onWarning?: (message: string) => void | Promise<void>;
 }
 
 /**
@@ -53,6 +58,7 @@ export async function readPassphrase(options: PassphraseOptions = {}): Promise<s
           : undefined,
       });
     }
+    await checkFileMode(path, options);
     passphrase = text.split(/\r?\n/, 1)[0];
   } else if (options.envVar && Deno.env.get(options.envVar)) {
     passphrase = Deno.env.get(options.envVar);
@@ -75,6 +81,27 @@ export async function readPassphrase(options: PassphraseOptions = {}): Promise<s
     );
   }
   return passphrase;
+}
+
+// A secret's file others may write to could hold their passphrase (as ssh refuses such a key
+// file); one they may read is warned of, and used: refusing it would stop scripts that work today.
+async function checkFileMode(path: string, options: PassphraseOptions): Promise<void> {
+  const { mode } = await Deno.stat(path);
+  if (mode === null) return; // (Windows: no mode bits)
+  const what = options.fileLabel ?? "passphrase file";
+  const octal = `0${(mode & 0o777).toString(8)}`;
+  if (mode & 0o022) {
+    throw new E2eError(
+      "ERR_FILE",
+      `Cannot use the ${what} "${path}": other users can write to it (mode ${octal})`,
+      { hint: `chmod 600 "${path}"` },
+    );
+  }
+  if (mode & 0o044) {
+    await options.onWarning?.(
+      `The ${what} "${path}" can be read by other users (mode ${octal}): chmod 600 it`,
+    );
+  }
 }
 
 async function prompt(question: string): Promise<string> {

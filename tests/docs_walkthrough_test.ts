@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { exists } from "../lib/fs.ts";
 import { parseCsr } from "../lib/csr.ts";
 import { runTask } from "./_harness.ts";
-import { runCa } from "./_helpers.ts";
+import { PASSPHRASE, runCa } from "./_helpers.ts";
 import { assertSuccess, makeInvite, withService } from "./_service_helpers.ts";
 
 /** The client run as `deno task client ARGS`, for the user whose home is `home`. */
@@ -96,6 +96,34 @@ Deno.test(
       assert.equal(info.keyFingerprint, csr.keyFingerprint);
       assert.equal(info.keyEncrypted, true);
       assert.equal(await exists(join(home, "joining")), false);
+    });
+  },
+);
+
+Deno.test(
+  "a passphrase file other users can read is used with a warning, by the client and the CA; " +
+    "one they can write to is refused",
+  async () => {
+    await withService(async (service, dir) => {
+      const file = join(dir, "passphrase.txt");
+      await Deno.writeTextFile(file, "a long passphrase\n");
+      await Deno.chmod(file, 0o644);
+      const made = await client(join(dir, "dan"), ["csr", "dan", "--passphrase-file", file]);
+      assertSuccess(made, "client csr");
+      assert.match(
+        made.stderr,
+        /^e2e-chat: warning: The passphrase file ".*" can be read by other users \(mode 0644\): chmod 600 it\n$/,
+      );
+      await Deno.chmod(file, 0o664);
+      const refused = await client(join(dir, "erin"), ["csr", "erin", "--passphrase-file", file]);
+      assert.equal(refused.code, 1, refused.stderr);
+      assert.match(refused.stderr, /other users can write to it \(mode 0664\)\n.*hint: chmod 600/);
+
+      await Deno.writeTextFile(file, `${PASSPHRASE}\n`);
+      await Deno.chmod(file, 0o640);
+      const list = await runCa(service.home, ["crl", "--passphrase-file", file]);
+      assertSuccess(list, "ca crl");
+      assert.match(list.stderr, /warning: The passphrase file ".*" can be read by other users/);
     });
   },
 );

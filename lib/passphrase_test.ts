@@ -1,0 +1,57 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { E2eError } from "./errors.ts";
+import { readPassphrase } from "./passphrase.ts";
+
+async function withFile(mode: number, fn: (file: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir();
+  try {
+    const file = join(dir, "passphrase.txt");
+    await Deno.writeTextFile(file, "a long passphrase\n");
+    await Deno.chmod(file, mode);
+    await fn(file);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("readPassphrase() reads a 0600 passphrase file without a warning", async () => {
+  await withFile(0o600, async (file) => {
+    const warnings: string[] = [];
+    const passphrase = await readPassphrase({ file, onWarning: (m) => void warnings.push(m) });
+    assert.equal(passphrase, "a long passphrase");
+    assert.deepEqual(warnings, []);
+  });
+});
+
+Deno.test("readPassphrase() warns of a passphrase file other users can read, and uses it", async () => {
+  for (const mode of [0o640, 0o604, 0o644]) {
+    await withFile(mode, async (file) => {
+      const warnings: string[] = [];
+      const passphrase = await readPassphrase({ file, onWarning: (m) => void warnings.push(m) });
+      assert.equal(passphrase, "a long passphrase");
+      assert.deepEqual(warnings, [
+        `The passphrase file "${file}" can be read by other users (mode 0${
+          mode.toString(8)
+        }): chmod 600 it`,
+      ]);
+    });
+  }
+});
+
+Deno.test("readPassphrase() refuses a passphrase file other users can write to", async () => {
+  for (const mode of [0o620, 0o602, 0o666]) {
+    await withFile(mode, async (file) => {
+      await assert.rejects(
+        readPassphrase({ file, onWarning: () => {} }),
+        (e: unknown) =>
+          e instanceof E2eError && e.code === "ERR_FILE" &&
+          e.message ===
+            `Cannot use the passphrase file "${file}": other users can write to it (mode 0${
+              mode.toString(8)
+            })` &&
+          e.hint === `chmod 600 "${file}"`,
+      );
+    });
+  }
+});
