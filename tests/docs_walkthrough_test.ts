@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { exists } from "../lib/fs.ts";
 import { parseCsr } from "../lib/csr.ts";
-import { runTask } from "./_harness.ts";
+import { childEnv, ROOT, runTask } from "./_harness.ts";
 import { PASSPHRASE, runCa } from "./_helpers.ts";
 import { assertSuccess, makeInvite, withService } from "./_service_helpers.ts";
 
@@ -124,6 +124,40 @@ Deno.test(
       const list = await runCa(service.home, ["crl", "--passphrase-file", file]);
       assertSuccess(list, "ca crl");
       assert.match(list.stderr, /warning: The passphrase file ".*" can be read by other users/);
+    });
+  },
+);
+
+Deno.test(
+  "docs/CA.md's loop for enrolling the class runs as written, in a folder without invites/, and " +
+    "leaves each token readable by its admin alone",
+  async () => {
+    const doc = await Deno.readTextFile(join(ROOT, "docs", "CA.md"));
+    const loop = /\*\*Enrolling the class\.\*\*[^`]*`([^`]+)`/.exec(doc)?.[1];
+    assert.ok(loop, 'no command after "Enrolling the class" in docs/CA.md');
+    await withService(async (service, dir) => {
+      const work = join(dir, "work");
+      await Deno.mkdir(work);
+      await Deno.writeTextFile(join(work, "names.txt"), "amy\nben\n");
+      // `deno task` as the admin types it, from a folder outside the repository.
+      const shell = `deno() { shift; command deno task --config "$ROOT/deno.json" "$@"; }\n` +
+        `umask 022\n${loop}\n`;
+      const run = await new Deno.Command("sh", {
+        args: ["-c", shell],
+        cwd: work,
+        env: childEnv({ ROOT, E2E_CHAT_HOME: service.home }),
+        clearEnv: true,
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const stderr = new TextDecoder().decode(run.stderr);
+      assert.equal(run.code, 0, stderr);
+      assert.equal((await Deno.stat(join(work, "invites"))).mode! & 0o777, 0o700);
+      for (const name of ["amy", "ben"]) {
+        const file = join(work, "invites", name);
+        assert.equal((await Deno.stat(file)).mode! & 0o777, 0o600, file);
+        assert.match(await Deno.readTextFile(file), /^e2e-chat:\/\/\S+\n$/);
+      }
     });
   },
 );
