@@ -462,8 +462,7 @@ async function revoke(args: string[]): Promise<number> {
   if (values.help) return await help();
   if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "revoke needs one NAME or SERIAL");
   const reason = oneOf(values.reason ?? "unspecified", REVOKE_REASONS, {
-    what: "revocation reason",
-    code: "ERR_REASON_INVALID",
+    what: "revocation reason", // a usage mistake: exit 2 (README)
   });
   const ca = await openWithPassphrase(values);
   const entry = await ca.revoke(positionals[0], { reason });

@@ -455,7 +455,7 @@ async function lookup(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, { ...COMMON, json: { type: "boolean" } });
   if (values.help) return await help();
   if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "lookup needs exactly one NAME");
-  const name = checkName(positionals[0]);
+  const name = nameArgument(positionals[0]);
   const [{ checkDirectoryAnswer }, { LogMonitor }, { Revocation }] = await Promise.all([
     import("./directory.ts"),
     import("./transparency.ts"),
@@ -633,8 +633,9 @@ async function csr(args: string[]): Promise<number> {
   });
   if (values.help) return await help();
   if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "csr needs exactly one NAME");
+  const name = nameArgument(positionals[0]);
   const { makeKeyAndCsr } = await import("./keys.ts");
-  const { csrPath } = await makeKeyAndCsr(resolveHome(values.home), positionals[0], {
+  const { csrPath } = await makeKeyAndCsr(resolveHome(values.home), name, {
     keyType: await keyType(values["key-type"]),
     passphrase: await newKeyPassphrase(values),
   });
@@ -716,6 +717,16 @@ function expiredHint(id: Identity): string {
   return `your certificate expired on ${id.certificate.notAfter.toISOString()}, and an expired ` +
     `one cannot be renewed: ask your admin for a new invite (deno task ca invite ${id.name}) ` +
     "and join with it in another --home";
+}
+
+// A NAME on the command line that no member can have is a usage mistake (README: exit 2).
+function nameArgument(text: string): string {
+  try {
+    return checkName(text);
+  } catch (e) {
+    if (!(e instanceof E2eError)) throw e;
+    throw new E2eError("ERR_USAGE", e.message, { cause: e, hint: e.hint });
+  }
 }
 
 async function keyType(value: string | undefined): Promise<ClientKeyType> {

@@ -919,8 +919,13 @@ Deno.test("ca revoke refuses an unknown name, a second revocation and an unknown
       hint: "see `deno task ca list` for names and serials",
     });
     await assertRefused(home, () => runCa(home, ["revoke", "nobody"]), notFound("nobody"));
+    // A usage mistake (README: exit 2), as for `compromised`, a word people try.
+    await assertRefused(home, () => runCa(home, ["revoke", "bob", "--reason", "compromised"]), {
+      code: 2,
+      error: 'Unknown revocation reason "compromised"',
+    });
     await assertRefused(home, () => runCa(home, ["revoke", "bob", "--reason", "bogus"]), {
-      code: 1,
+      code: 2,
       error: 'Unknown revocation reason "bogus"',
     });
     assertSuccess(await runCa(home, ["revoke", "bob"]));

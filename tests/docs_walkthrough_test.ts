@@ -161,3 +161,16 @@ Deno.test(
     });
   },
 );
+
+Deno.test(
+  "usage mistakes exit 2 (README): `client lookup` and `client csr` with a name no member can have",
+  async () => {
+    await withService(async (_service, dir) => {
+      for (const command of ["lookup", "csr"]) {
+        const run = await client(join(dir, "nobody"), [command, "Bad"]);
+        assert.equal(run.code, 2, `${command}: ${run.stderr}`);
+        assert.match(run.stderr, /^e2e-chat: error: Invalid name "Bad"\ne2e-chat: hint: use 1-63/);
+      }
+    });
+  },
+);
