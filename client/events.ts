@@ -118,6 +118,8 @@ export type CoreEvent =
 
 /** What a face adds: answers to commands, errors, and leaving. */
 export type FaceEvent =
+  // `/room invite` went: the invitation is on its way to `to` (over a connection to them).
+  | { type: "room_invited"; room: string; to: string }
   | { type: "safety"; peer: string; number: string }
   | { type: "peers"; peers: Array<{ name: string; trust: KeyState; current: boolean }> }
   | { type: "error"; message: string }

@@ -9,7 +9,8 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { exists } from "../lib/fs.ts";
 import { parseCsr } from "../lib/csr.ts";
-import { childEnv, ROOT, runTask } from "./_harness.ts";
+import { ChatClient, childEnv, ROOT, runTask, stopAll } from "./_harness.ts";
+import { joinUser } from "./_chat_helpers.ts";
 import { PASSPHRASE, runCa } from "./_helpers.ts";
 import { assertSuccess, makeInvite, withService } from "./_service_helpers.ts";
 
@@ -170,6 +171,30 @@ Deno.test(
         const run = await client(join(dir, "nobody"), [command, "Bad"]);
         assert.equal(run.code, 2, `${command}: ${run.stderr}`);
         assert.match(run.stderr, /^e2e-chat: error: Invalid name "Bad"\ne2e-chat: hint: use 1-63/);
+      }
+    });
+  },
+);
+
+Deno.test(
+  "in --json, a room invitation sent is the event `room_invited` (docs/PROTOCOL.md §6), not a " +
+    "warning",
+  async () => {
+    await withService(async (service, dir) => {
+      const [alice] = await Promise.all([
+        joinUser(service, "alice", join(dir, "alice")),
+        joinUser(service, "bob", join(dir, "bob")),
+      ]);
+      const chat = await ChatClient.start(alice);
+      try {
+        await chat.send("/room create #team");
+        await chat.expect({ type: "room_joined", room: "#team" });
+        const mark = chat.mark();
+        await chat.send("/room invite #team bob");
+        await chat.expect({ type: "room_invited", room: "#team", to: "bob" }, 30_000);
+        assert.deepEqual(chat.since(mark, { type: "warning" }), []);
+      } finally {
+        await stopAll([chat]);
       }
     });
   },

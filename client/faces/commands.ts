@@ -470,7 +470,7 @@ async function runRoom(
       return;
     case "invite":
       await rooms.invite(room, name!);
-      emit({ type: "warning", message: `Invited "${name}" to ${room}` });
+      emit({ type: "room_invited", room, to: name! });
       return;
     case "join":
       rooms.join(room, name);

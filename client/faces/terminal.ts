@@ -206,6 +206,8 @@ function format(e: ChatEvent): string | undefined {
       );
     case "room_joined":
       return styleText("green", `you are in ${e.room}: ${e.members.join(", ")}`);
+    case "room_invited":
+      return `Invited "${e.to}" to ${e.room}`;
     case "room_message":
       return `${styleText("cyan", `<${e.from}@${e.room}>`)}${
         e.late ? styleText("yellow", " (late)") : ""
