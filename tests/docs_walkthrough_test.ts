@@ -199,3 +199,23 @@ Deno.test(
     });
   },
 );
+
+Deno.test(
+  "the terminal chat whose output is not a terminal, with NO_COLOR set, writes no escape codes " +
+    "and no prompts: only its lines",
+  async () => {
+    await withService(async (service, dir) => {
+      const bob = await joinUser(service, "bob", join(dir, "bob"));
+      const run = await runTask("client", [], {
+        env: { E2E_CHAT_HOME: bob.home, NO_COLOR: "1" },
+        stdin: "/help\n/quit\n",
+        timeoutMs: 60_000,
+      });
+      assertSuccess(run, "client");
+      assert.ok(!run.stdout.includes("\x1b"), JSON.stringify(run.stdout.slice(0, 300)));
+      assert.doesNotMatch(run.stdout, /bob> /);
+      assert.match(run.stdout, /^\d\d:\d\d listening on 127\.0\.0\.1:\d+ as bob/);
+      assert.match(run.stdout, /\n\d\d:\d\d bye\n$/);
+    });
+  },
+);

@@ -43,6 +43,8 @@ export class Terminal {
   #name: string;
   #progressRows = 0;
   #closed = false;
+  // Output to a pipe or a file gets the lines alone: no prompt, no echo, no cursor codes.
+  #tty = process.stdout.isTTY === true;
 
   /** A terminal for user `name`. */
   constructor(name: string) {
@@ -50,7 +52,7 @@ export class Terminal {
     this.#rl = readline.createInterface({
       input: process.stdin,
       output: process.stdout,
-      terminal: true,
+      terminal: this.#tty,
     });
     this.#rl.setPrompt(styleText("bold", `${name}> `));
     // After /quit, Ctrl-D or Ctrl-C the last lines (bye) still print, with no prompt to redraw.
@@ -62,13 +64,15 @@ export class Terminal {
     const text = format(event);
     if (text === undefined) return;
     const out = process.stdout;
-    const tty = out.isTTY === true;
+    const tty = this.#tty;
     const width = Math.max(MIN_COLUMNS, tty ? out.columns || PIPE_COLUMNS : PIPE_COLUMNS);
     const rows = `${styleText("gray", time())} ${text}`.split("\n").flatMap((l) => wrap(l, width));
-    readline.clearLine(out, 0);
-    readline.cursorTo(out, 0);
-    // A transfer's progress bar is redrawn in place until it is done.
-    if (this.#progressRows) {
+    if (tty) {
+      readline.clearLine(out, 0);
+      readline.cursorTo(out, 0);
+    }
+    // A transfer's progress bar is redrawn in place until it is done (on a terminal).
+    if (tty && this.#progressRows) {
       readline.moveCursor(out, 0, -this.#progressRows);
       readline.clearScreenDown(out);
     }
@@ -78,16 +82,20 @@ export class Terminal {
     const body = rows.join("\n") + "\n";
     out.write(tty ? `${WRAP_OFF}${body}${WRAP_ON}` : body);
     this.#progressRows = event.type === "progress" && event.bytes < event.total ? rows.length : 0;
-    if (!this.#closed) this.#rl.prompt(true);
+    if (!this.#closed) this.#prompt(true);
+  }
+
+  #prompt(preserveCursor?: boolean): void {
+    if (this.#tty) this.#rl.prompt(preserveCursor);
   }
 
   /** Reads lines into `sink` until /quit or end of input. */
   async run(sink: InputSink): Promise<void> {
     if (this.#closed) return; // the input ended while the chat started
-    this.#rl.prompt();
+    this.#prompt();
     for await (const line of this.#rl) {
       if (!await sink.input(line) || this.#closed) break;
-      this.#rl.prompt();
+      this.#prompt();
     }
     this.#rl.close();
   }

@@ -40,11 +40,23 @@ async function printed(events: ChatEvent[], options: { columns?: number } = {}):
   return new TextDecoder().decode(out.stdout).replaceAll("\r\n", "\n");
 }
 
-/** The rows shown for each event: the prompt "alice> " is redrawn after each. */
+/**
+ * The rows shown for each event: each starts at a row with its time, the rows after it marked
+ * (on a terminal the prompt "alice> " is redrawn after each; to a pipe there is none).
+ */
 function rowsOfEach(output: string): string[][] {
-  return output.replace(ESCAPE, "").split("alice> ").slice(0, -1)
-    .map((chunk) => chunk.split("\n").slice(0, -1));
+  const shown: string[][] = [];
+  for (const row of output.replace(ESCAPE, "").replaceAll("alice> ", "").split("\n").slice(0, -1)) {
+    if (/^\d\d:\d\d /.test(row)) shown.push([row]);
+    else shown.at(-1)!.push(row);
+  }
+  return shown;
 }
+
+Deno.test("to a pipe the terminal face prints its rows alone: no prompt, no escape codes", async () => {
+  const output = await printed([message("bob", "hi"), message("carol", "hello")]);
+  assert.match(output, /^\d\d:\d\d <bob> hi\n\d\d:\d\d <carol> hello\n$/);
+});
 
 /** `rows` with the time the first starts with ("09:41 ") left out. */
 function withoutTime(rows: string[]): string[] {
