@@ -9,9 +9,11 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { encodeItem, newItemId, seal } from "../lib/cms.ts";
 import {
+  invitePeer,
   joinUser,
   type Scenario,
   type Scene,
+  sendFromPage,
   startChat,
   type User,
   waitUntil,
@@ -98,11 +100,50 @@ async function mailboxKeyChange(scene: Scene): Promise<void> {
   );
 }
 
+/**
+ * Someone with a new key for bob calls alice and leaves: the page marks bob's conversation
+ * "key changed" until alice trusts a new key or dismisses it. A restart of alice's client (she
+ * closes it for the night) takes the mark away without either: the key change is kept in the
+ * page server's memory only, and nothing else on disk says it happened.
+ */
+async function keyChangeAfterRestart(scene: Scene): Promise<void> {
+  const [alice, bobOld] = await scene.join("alice-kr", "bob-kr");
+  const web = await scene.web(alice);
+  const page = await scene.page(web);
+  const bob1 = await scene.json(bobOld);
+  await startChat(page, alice, bob1);
+  await sendFromPage(page, "see you tomorrow"); // the conversation is in the history
+  await bob1.stop();
+  await page.getByRole("button", { name: /bob-kr offline/ }).waitFor();
+  const bobNew = await joinUser(scene.service, "bob-kr", join(scene.dir, "bob-kr-new"));
+  const bob2 = await scene.json(bobNew);
+  await invitePeer(page, alice, bob2);
+  await page.getByRole("alert").filter({ hasText: "key of bob-kr changed" }).waitFor();
+  await bob2.stop();
+  await page.getByRole("button", { name: /bob-kr offline key changed/ }).waitFor();
+  // alice's client stops and starts again; she opens her page.
+  await page.context().close();
+  await web.stop();
+  const again = await scene.web(alice);
+  const page2 = await scene.page(again);
+  await page2.getByRole("heading", { name: alice.name, exact: true, level: 1 }).waitFor();
+  await page2.getByRole("button", { name: /bob-kr offline/ }).waitFor();
+  assert.equal(
+    await page2.getByRole("button", { name: /bob-kr offline key changed/ }).count(),
+    1,
+    "bob-kr's key change, neither trusted nor dismissed, is gone after a restart of the client",
+  );
+}
+
 const SCENARIOS: Scenario[] = [
+  [
+    "r123: a key change neither trusted nor dismissed is still on the peer's conversation after the client restarts",
+    keyChangeAfterRestart,
+  ],
   [
     "r123: a key change seen on a mailbox item stays on the peer's conversation, like one seen on a connection, after five other warnings and a reload",
     mailboxKeyChange,
   ],
 ];
 
-await webTest("r123: web face against a peer's new key in the mailbox", SCENARIOS);
+await webTest("r123: web face against a peer's new key (mailbox, restart)", SCENARIOS);
