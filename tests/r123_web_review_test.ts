@@ -200,4 +200,7 @@ const SCENARIOS: Scenario[] = [
   ],
 ];
 
-await webTest("r123: web face against a peer's new key (mailbox, restart)", SCENARIOS);
+await webTest(
+  "r123: web face: a peer's key change (mailbox, restart) and two rooms of one name",
+  SCENARIOS,
+);
