@@ -238,12 +238,14 @@ export class Chat {
         }
       },
       // A file offered to a member for a room they are no longer in is not sent if they accept;
-      // one they offered for it is refused, not left for the user to accept.
+      // one they offered for it is refused, not left for the user to accept, and one they are
+      // sending for it is given up (not kept as a file of another room of that name).
       gone: (room, names) => {
         for (const name of names) {
           const conn = this.#peers.get(name)?.conn;
           conn?.withdrawOffers(room, `"${name}" is not in ${room} any more`);
           conn?.refuseOffers(room, `"${name}" is not in ${room} any more`);
+          conn?.abortRoomFiles(room, `"${name}" is not in ${room} any more`).catch(() => {});
         }
       },
       invitations: () => this.#invitations.names(),
@@ -1538,6 +1540,7 @@ export class Chat {
         const refused = this.#quota.refusal(peer.name, offer.bytes);
         return refused ? { refuse: refused } : this.#quota.take(peer.name, offer.bytes);
       },
+      roomId: (room) => this.#rooms.idOf(room),
     };
   }
 
@@ -1566,8 +1569,13 @@ export class Chat {
             }`,
           })
         );
-        const ref = this.#history.file({ from: p.name, to: f.room ?? this.#id.name, ...f });
-        this.#emit({ type: "file", from: p.name, ...f, ref });
+        // A room's file is kept in the history of the room it was accepted for (by its id).
+        // (None noted: we were in no room of that name as it was accepted; it is kept nowhere.)
+        const { roomId, ...shown } = f;
+        const ref = f.room !== undefined && roomId === undefined
+          ? undefined
+          : this.#history.file({ from: p.name, to: f.room ?? this.#id.name, ...f });
+        this.#emit({ type: "file", from: p.name, ...shown, ref });
       },
       progress: (p, info) => this.#emit({ type: "progress", peer: p.name, ...info }),
       fileFailed: (p, info) =>
