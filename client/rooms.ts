@@ -1810,6 +1810,11 @@ export class Rooms {
       if (m.name === this.#host.self) continue;
       const pinned = this.#host.pinned(m.name);
       if (pinned && pinned !== keyFingerprintOf(m.key)) {
+        if (!r.untrusted.has(m.name)) {
+          const keyFingerprint = keyFingerprintOf(m.key);
+          const room = list.room;
+          this.#host.emit({ type: "key_changed", peer: m.name, keyFingerprint, via: "room", room });
+        }
         r.untrusted.add(m.name);
         this.#host.emit({
           type: "warning",
