@@ -104,7 +104,8 @@ export type CoreEvent =
   | { type: "room_invite"; room: string; from: string }
   // A waiting invitation given up to bound them (docs/PROTOCOL.md §9): it cannot be joined now.
   | { type: "room_invite_dropped"; room: string; from: string; reason: string }
-  | { type: "room_joined"; room: string; members: string[] }
+  // `roomId`: which room of that name (one left and another joined may share it).
+  | { type: "room_joined"; room: string; roomId: string; members: string[] }
   // `late`: shown after later messages of its author (one a member withheld, §9).
   | {
     type: "room_message";

@@ -505,7 +505,7 @@ export class Rooms {
       throw e;
     }
     if (this.#dropInvites(room)) this.#saveInvitationsOrWarn();
-    this.#host.emit({ type: "room_joined", room, members: [self] });
+    this.#host.emit({ type: "room_joined", room, roomId: list.roomId, members: [self] });
     return this.members(room);
   }
 
@@ -1241,6 +1241,7 @@ export class Rooms {
       this.#host.emit({
         type: "room_joined",
         room: list.room,
+        roomId: list.roomId,
         members: list.members.map((m) => m.name),
       });
       for (const c of this.#connectedMembers(room, [self])) this.#sendState(room, c);

@@ -392,6 +392,14 @@ function handle(e) {
       notice(e.message);
       return;
     case "room_joined": {
+      // Another room of a name we left (or one we were never in this run): a fresh conversation,
+      // its history read again (the core's, of the room we are in now). Never the left room's
+      // messages shown as said in this one.
+      const had = state.convs.get(e.room);
+      if (had && (!state.rooms.has(e.room) || (had.roomId && had.roomId !== e.roomId))) {
+        freshConversation(had);
+      }
+      conv(e.room).roomId = e.roomId;
       state.rooms.add(e.room);
       // In a room of that name now: the client dropped every invitation to one.
       for (const [k, i] of state.roomInvites) if (i.room === e.room) invitationGone(k);
@@ -468,6 +476,16 @@ function snapshot(s) {
     conv(state.selected).loaded = false;
     select(state.selected);
   }
+}
+
+// Empties a conversation for another of its name: its items go, and its history is read again.
+function freshConversation(c) {
+  c.items.clear();
+  c.latest.clear();
+  c.refs.clear();
+  c.unread = 0;
+  c.loaded = false;
+  if (state.selected === c.name) select(c.name, { fresh: true });
 }
 
 function touch(c, at = new Date().toISOString()) {
