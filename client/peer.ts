@@ -1311,6 +1311,8 @@ export class PeerConnection {
       return why;
     }
     const release = taken as () => void;
+    // The room's id as it is now, when it is accepted: the file goes to that room's history.
+    const roomId = offer.room === undefined ? undefined : this.#options.files?.roomId?.(offer.room);
     this.#starting.add(offer.id);
     try {
       const file = await IncomingFile.start(
@@ -1332,7 +1334,6 @@ export class PeerConnection {
       this.#releases.set(offer.id, release);
       if (offer.room !== undefined) {
         this.#incomingRooms.set(offer.id, offer.room);
-        const roomId = this.#options.files?.roomId?.(offer.room);
         if (roomId !== undefined) this.#incomingRoomIds.set(offer.id, roomId);
       }
     } catch (e) {
