@@ -13,6 +13,7 @@ import tls from "node:tls";
 import { newItemId } from "../lib/cms.ts";
 import { deadline, guardConnections } from "../lib/connections.ts";
 import { E2eError } from "../lib/errors.ts";
+import { systemReason } from "../lib/fs.ts";
 import { ALPN_OFFERED, ALPN_REFUSALS, encodeFrame, MAX_TEXT_CHARS } from "../lib/frames.ts";
 import { checkName } from "../lib/names.ts";
 import { isRoomName } from "../lib/room.ts";
@@ -49,6 +50,7 @@ import {
 import { History, type HistoryEntry } from "./history.ts";
 import type { Identity } from "./identity.ts";
 import { Invitations } from "./invitations.ts";
+import { type KeyChange, KeyChanges } from "./key_changes.ts";
 import { MailboxClient, type MailboxHost, MAX_MAILBOX_FILE_BYTES } from "./mailbox.ts";
 import { type FileOffer, type FilePolicy, PeerConnection, type PeerEvents } from "./peer.ts";
 import { Renewal, type RenewalOptions } from "./renewal.ts";
@@ -124,6 +126,7 @@ export class Chat {
   #ca: CaClient;
   #downloads: string;
   #trust: TrustStore;
+  #keyChanges: KeyChanges;
   #server: tls.Server;
   #listen = "";
   #listeners = new Set<ChatListener>();
@@ -166,9 +169,10 @@ export class Chat {
   private constructor(
     id: Identity,
     options: ChatOptions,
-    state: { trust: TrustStore; log: LogMonitor; ca: CaClient },
+    state: { trust: TrustStore; log: LogMonitor; ca: CaClient; keyChanges: KeyChanges },
   ) {
     const { trust, log } = state;
+    this.#keyChanges = state.keyChanges;
     this.#id = id;
     // One CA client for everything (log, CRL, invitations), so a renewal moves them all at once.
     this.#ca = state.ca;
@@ -238,12 +242,14 @@ export class Chat {
         }
       },
       // A file offered to a member for a room they are no longer in is not sent if they accept;
-      // one they offered for it is refused, not left for the user to accept.
+      // one they offered for it is refused, not left for the user to accept, and one they are
+      // sending for it is given up (not kept as a file of another room of that name).
       gone: (room, names) => {
         for (const name of names) {
           const conn = this.#peers.get(name)?.conn;
           conn?.withdrawOffers(room, `"${name}" is not in ${room} any more`);
           conn?.refuseOffers(room, `"${name}" is not in ${room} any more`);
+          conn?.abortRoomFiles(room, `"${name}" is not in ${room} any more`).catch(() => {});
         }
       },
       invitations: () => this.#invitations.names(),
@@ -304,7 +310,12 @@ export class Chat {
     const log = await LogMonitor.open(id.home.logState, id.anchor, ca, {
       onAlarm: (alarm) => emit(alarm),
     });
-    const chat = new Chat(id, options, { trust: await TrustStore.load(id.home.root), log, ca });
+    const chat = new Chat(id, options, {
+      trust: await TrustStore.load(id.home.root),
+      keyChanges: await KeyChanges.load(id.home.keyChanges),
+      log,
+      ca,
+    });
     emit = (alarm) => chat.#emit({ type: "log_alarm", ...alarm });
     // A CA service whose TLS certificate is on the CRL we hold is refused (lib/tls.ts).
     ca.checkServiceRevocation(chat.#revocation);
@@ -879,14 +890,39 @@ export class Chat {
       if (current.keyFingerprint !== pinned.keyFingerprint) {
         await this.#trust.trust(name, current.keyFingerprint);
       }
+      await this.#keyChanges.clear(name, current.keyFingerprint);
       await this.#mailbox.release(name);
       return;
     }
     await this.#trust.trust(name, p.conn.certificate.keyFingerprint);
+    // That key's change only: another key seen for them (an impostor's) stays said.
+    await this.#keyChanges.clear(name, p.conn.certificate.keyFingerprint);
     p.blocked = false;
     p.conn.quarantined = false;
     p.trust = "known";
     await this.#mailbox.release(name);
+  }
+
+  /**
+   * The key changes seen and neither trusted nor dismissed yet (of `name` only, when given),
+   * oldest first: kept across restarts (client/key_changes.ts).
+   */
+  keyChanges(name?: string): KeyChange[] {
+    return this.#keyChanges.list(name);
+  }
+
+  /**
+   * Dismisses the key change of `name` to the key `keyFingerprint` (the user read the warning):
+   * it is no longer kept. Throws ERR_NOT_FOUND when there is none such.
+   */
+  async dismissKeyChange(name: string, keyFingerprint: string): Promise<void> {
+    checkName(name);
+    if (!(await this.#keyChanges.clear(name, keyFingerprint))) {
+      throw new E2eError(
+        "ERR_NOT_FOUND",
+        `No key change of "${name}" to the key ${JSON.stringify(keyFingerprint.slice(0, 64))}`,
+      );
+    }
   }
 
   /** Closes the connection to `name`. */
@@ -1116,6 +1152,9 @@ export class Chat {
       observe: async (name, key) => {
         const state = await this.#trust.observe(name, key);
         if (state === "new") this.#firstSeen.add(name);
+        if (state === "changed") {
+          this.#emit({ type: "key_changed", peer: name, keyFingerprint: key, via: "mailbox" });
+        }
         return state;
       },
       store: async (item) => {
@@ -1437,6 +1476,14 @@ export class Chat {
       sendStallMs: this.#sendStallMs,
     });
     conn.quarantined = trust === "changed";
+    if (trust === "changed") {
+      this.#emit({
+        type: "key_changed",
+        peer: name,
+        keyFingerprint: cert.keyFingerprint,
+        via: "connection",
+      });
+    }
     const admitted = Promise.withResolvers<PeerSummary>();
     const refused = (why: string) =>
       admitted.reject(
@@ -1538,6 +1585,7 @@ export class Chat {
         const refused = this.#quota.refusal(peer.name, offer.bytes);
         return refused ? { refuse: refused } : this.#quota.take(peer.name, offer.bytes);
       },
+      roomId: (room) => this.#rooms.idOf(room),
     };
   }
 
@@ -1566,8 +1614,13 @@ export class Chat {
             }`,
           })
         );
-        const ref = this.#history.file({ from: p.name, to: f.room ?? this.#id.name, ...f });
-        this.#emit({ type: "file", from: p.name, ...f, ref });
+        // A room's file is kept in the history of the room it was accepted for (by its id).
+        // (None noted: we were in no room of that name as it was accepted; it is kept nowhere.)
+        const { roomId, ...shown } = f;
+        const ref = f.room !== undefined && roomId === undefined
+          ? undefined
+          : this.#history.file({ from: p.name, to: f.room ?? this.#id.name, ...f });
+        this.#emit({ type: "file", from: p.name, ...shown, ref });
       },
       progress: (p, info) => this.#emit({ type: "progress", peer: p.name, ...info }),
       fileFailed: (p, info) =>
@@ -1671,6 +1724,17 @@ export class Chat {
   }
 
   #emit(event: CoreEvent): void {
+    // Kept before anyone hears of it: a face that asks for the key changes then finds this one.
+    if (event.type === "key_changed") {
+      const { peer, keyFingerprint, via } = event;
+      this.#keyChanges.record({ peer, keyFingerprint, via }).catch((e) =>
+        this.#emit({
+          type: "warning",
+          message: `Cannot keep the key change of "${peer}": ${systemReason(e)}`,
+          peer,
+        })
+      );
+    }
     for (const listener of this.#listeners) listener(event);
   }
 }

@@ -7,6 +7,7 @@
  * @module
  */
 import type { HistoryEntry } from "./history.ts";
+import type { KeyChangeVia } from "./key_changes.ts";
 import type { KeyState } from "./trust.ts";
 
 /** A peer as the core reports it. */
@@ -89,11 +90,22 @@ export type CoreEvent =
     message: string;
   }
   | { type: "disconnected"; peer: string; reason: string }
+  // A key other than the one pinned for `peer` was presented: on a connection (with `connected`
+  // trust "changed"), a mailbox item (held back) or a room's member list (`room`; its member
+  // silenced). Kept (client/key_changes.ts) until that key is trusted or the change dismissed.
+  | {
+    type: "key_changed";
+    peer: string;
+    keyFingerprint: string;
+    via: KeyChangeVia;
+    room?: string;
+  }
   // Rooms (docs/PROTOCOL.md §9).
   | { type: "room_invite"; room: string; from: string }
   // A waiting invitation given up to bound them (docs/PROTOCOL.md §9): it cannot be joined now.
   | { type: "room_invite_dropped"; room: string; from: string; reason: string }
-  | { type: "room_joined"; room: string; members: string[] }
+  // `roomId`: which room of that name (one left and another joined may share it).
+  | { type: "room_joined"; room: string; roomId: string; members: string[] }
   // `late`: shown after later messages of its author (one a member withheld, §9).
   | {
     type: "room_message";

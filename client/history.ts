@@ -225,7 +225,7 @@ export class History {
    * Records a file we sent or received (at the time it is recorded; `sent`: a mailbox item's
    * claimed sending time, kept apart). Returns the ref of a received one.
    */
-  file(f: FileFields & { sent?: Date }): string | undefined {
+  file(f: FileFields & { sent?: Date; roomId?: string }): string | undefined {
     const ref = this.#ref(f.from);
     this.#append(this.#peerOf(f), {
       t: "file",
@@ -433,11 +433,13 @@ export class History {
     }
   }
 
-  // The conversation: the other party, or the room (its name starts with "#"; by its id).
-  #peerOf(m: { from: string; to: string }): string {
+  // The conversation: the other party, or the room (its name starts with "#"; by its id: the
+  // one given, else that of the room of that name we are in). A room's with no id is recorded
+  // nowhere: the history file of before, by the name alone, is read but never written again.
+  #peerOf(m: { from: string; to: string; roomId?: string }): string | undefined {
     if (m.to.startsWith("#")) {
-      const id = this.#options.roomId?.(m.to);
-      return id === undefined ? m.to : roomKey(m.to, id);
+      const id = m.roomId ?? this.#options.roomId?.(m.to);
+      return id === undefined ? undefined : roomKey(m.to, id);
     }
     return m.from === this.#options.self ? m.to : m.from;
   }
@@ -450,7 +452,8 @@ export class History {
   }
 
   // Records of one turn of the event loop leave in one write per conversation (sealed together).
-  #append(peer: string, record: HistoryRecord): void {
+  #append(peer: string | undefined, record: HistoryRecord): void {
+    if (peer === undefined) return; // see #peerOf
     const json = jsonLine(record); // one line for any reader of the file, whatever a peer sent
     const lines = this.#pending.get(peer);
     if (lines) lines.push(json);

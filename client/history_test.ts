@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { withTempDir } from "../tests/_helpers.ts";
 import type { E2eError } from "../lib/errors.ts";
-import { History } from "./history.ts";
+import { History, sealText } from "./history.ts";
 
 const ROOM_A = "a".repeat(32);
 const ROOM_B = "b".repeat(32);
@@ -411,28 +411,53 @@ Deno.test("Two rooms of one name keep histories of their own, kept by room id un
   });
 });
 
+Deno.test("A room's file is kept in the history of the room id it names, whatever room of that name we are in; with no id and in no room of that name, nothing is written, the history file of before least of all", async () => {
+  await withTempDir(async (dir) => {
+    const folder = join(dir, "history");
+    let current: string | undefined = ROOM_B; // left ben's #team, joined mallory's
+    const history = new History(folder, { self: "alice", roomId: () => current });
+    const file = { from: "bob", to: "#team", name: "plan.txt", bytes: 4 };
+    history.file({ id: "f1", ...file, roomId: ROOM_A }); // accepted in ben's #team
+    current = undefined;
+    history.file({ id: "f2", ...file });
+    history.roomMessage({ id: "m", room: "#team", roomId: ROOM_A, from: "bob", text: "hi" });
+    history.message({ id: "m2", from: "bob", to: "#team", text: "by name only" });
+    await history.flush();
+    const names = [...Deno.readDirSync(folder)].map((e) => e.name).sort();
+    assert.deepEqual(names, [`%23team%40${ROOM_A}.jsonl`]);
+    current = ROOM_A;
+    assert.deepEqual((await history.read("#team")).map((e) => e.file?.name ?? e.text), [
+      "plan.txt",
+      "hi",
+    ]);
+    current = ROOM_B;
+    assert.deepEqual(await history.read("#team"), []);
+  });
+});
+
 Deno.test("A room's history file of before (kept by its name) is still read for the room, sealed lines too, without the lines of another room of that name, and never written again", async () => {
   await withTempDir(async (dir) => {
     const folder = join(dir, "history");
     const key = new Uint8Array(32).fill(7);
     // An earlier version: one file for every room called #team, sealed with the name as its AD.
-    const before = new History(folder, { self: "alice", key });
-    for (
-      const [id, text] of [
-        ["bob.3", "of before room ids"],
-        [`${ROOM_A}:bob@1.1`, "ben's room"],
-        [`${ROOM_B}:mallory@1.1`, "mallory's room"],
-      ]
-    ) {
-      before.message({
+    const records = [
+      ["bob.3", "of before room ids"],
+      [`${ROOM_A}:bob@1.1`, "ben's room"],
+      [`${ROOM_B}:mallory@1.1`, "mallory's room"],
+    ].map(([id, text]) =>
+      JSON.stringify({
+        t: "msg",
         id,
+        at: new Date().toISOString(),
         from: id.includes("mallory") ? "mallory" : "bob",
         to: "#team",
         text,
-      });
-    }
-    await before.flush();
+      })
+    );
+    await Deno.mkdir(folder, { recursive: true });
     const file = join(folder, "%23team.jsonl");
+    const sealed = sealText(key, "e2e-chat history v1\n#team", records.join("\n"));
+    await Deno.writeTextFile(file, JSON.stringify({ e: sealed }) + "\n");
     const old = await Deno.readTextFile(file);
     const history = new History(folder, { self: "alice", key, roomId: () => ROOM_A });
     history.roomMessage({

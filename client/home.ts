@@ -19,6 +19,8 @@
  *   joining/            0700  a join not finished yet (client/identity.ts): key.pem and
  *                             identity.json as in id/, kept for a retry; renamed to id/ when done
  *   peers.json          0600  trust on first use (client/trust.ts)
+ *   key-changes.json    0600  key changes seen, not trusted nor dismissed yet, per peer: the
+ *                             key's fingerprint, when and where seen (client/key_changes.ts)
  *   log.json            0600  the issuance log as we last saw it (client/transparency.ts)
  *   log.json.lock       0600  held while a process of the home writes log.json (empty)
  *   crl-number          0600  the newest CRL number accepted (client/revocation.ts)
@@ -118,6 +120,10 @@ export class ClientHome {
   /** The trust store (TOFU pins and verified marks), 0600. */
   get peers(): string {
     return join(this.root, "peers.json");
+  }
+  /** Key changes neither trusted nor dismissed yet (client/key_changes.ts), 0600. */
+  get keyChanges(): string {
+    return join(this.root, "key-changes.json");
   }
   /** Where received files go unless `--downloads` says otherwise. */
   get downloads(): string {

@@ -57,6 +57,12 @@ export interface FilePolicy {
   decide(peer: PeerConnection, offer: FileOffer, canAsk: boolean): FileVerdict;
   /** Counts an accepted file against the quotas: returns how to give it back, or why not. */
   take(peer: PeerConnection, offer: FileOffer): (() => void) | { refuse: string };
+  /**
+   * The id of the room called `room` that we are in, noted with a room's file as it is accepted:
+   * the `file` event names it, so that the file is kept in that room's history whatever room of
+   * that name we are in when it ends.
+   */
+  roomId?(room: string): string | undefined;
 }
 
 /** What a connection reports to its owner. */
@@ -79,6 +85,8 @@ export interface PeerEvents {
       bytes: number;
       sha256: string;
       room?: string;
+      /** The id of the room `room` as it was when the file was accepted (see FilePolicy). */
+      roomId?: string;
     },
   ): void;
   /** Progress of a file transfer. */
@@ -275,6 +283,7 @@ export class PeerConnection {
   #lastUnsent = 0;
   #dropped = new Map<string, number>(); // files given up: the bytes of each that may still come
   #incomingRooms = new Map<string, string>(); // the room of a file being received
+  #incomingRoomIds = new Map<string, string>(); // and that room's id when it was accepted
   #sendingRoom?: string; // the room of the file being sent (one at a time)
   #outgoing = new Map<string, Outgoing>(); // offered by us, waiting for an accept
   #withdrawn = new Map<string, string>(); // offers we withdrew, and why: an accept gets a decline
@@ -529,6 +538,19 @@ export class PeerConnection {
       this.#offers.delete(offer.id);
       this.#refuse(offer, reason);
     }
+  }
+
+  /**
+   * Gives up the files this peer sends us for `room` that are under way (it is no longer a
+   * member, or we are not): nothing of them is kept, `fileFailed` says why, and the peer gets a
+   * `decline` so that it stops; what it already sent of them is skipped.
+   */
+  abortRoomFiles(room: string, reason: string): Promise<void> {
+    return this.#giveUpFiles(
+      reason,
+      `given up: ${reason}`,
+      (id) => this.#incomingRooms.get(id) === room,
+    );
   }
 
   /** Accepts the file `id` this peer offered: counts it, answers `accept`, receives it. */
@@ -1108,6 +1130,7 @@ export class PeerConnection {
         if (!file && this.#dropped.delete(frame.id)) return;
         if (!file) throw malformed("an end for a file never announced");
         const room = this.#incomingRooms.get(frame.id);
+        const roomId = this.#incomingRoomIds.get(frame.id);
         const release = this.#takeIncoming(frame.id);
         try {
           // The SHA-256 comes once: with the file frame (as before), or (sha256-at-end) here.
@@ -1128,6 +1151,7 @@ export class PeerConnection {
             bytes: file.size,
             sha256: file.sha256!,
             ...(room === undefined ? {} : { room }),
+            ...(roomId === undefined ? {} : { roomId }),
           });
           this.#write({ type: "ack", id: frame.id });
         } catch (e) {
@@ -1287,6 +1311,8 @@ export class PeerConnection {
       return why;
     }
     const release = taken as () => void;
+    // The room's id as it is now, when it is accepted: the file goes to that room's history.
+    const roomId = offer.room === undefined ? undefined : this.#options.files?.roomId?.(offer.room);
     this.#starting.add(offer.id);
     try {
       const file = await IncomingFile.start(
@@ -1306,7 +1332,10 @@ export class PeerConnection {
       }
       this.#incoming.set(offer.id, file);
       this.#releases.set(offer.id, release);
-      if (offer.room !== undefined) this.#incomingRooms.set(offer.id, offer.room);
+      if (offer.room !== undefined) {
+        this.#incomingRooms.set(offer.id, offer.room);
+        if (roomId !== undefined) this.#incomingRoomIds.set(offer.id, roomId);
+      }
     } catch (e) {
       release();
       throw e;
@@ -1333,6 +1362,7 @@ export class PeerConnection {
   #takeIncoming(id: string): (() => void) | undefined {
     this.#incoming.delete(id);
     this.#incomingRooms.delete(id);
+    this.#incomingRoomIds.delete(id);
     this.#reported.delete(id);
     const release = this.#releases.get(id);
     this.#releases.delete(id);
@@ -1437,8 +1467,12 @@ export class PeerConnection {
   // Gives up the incoming files (they stalled, or trickled): nothing kept, the quota given back,
   // our user told (`why`), and the sender told with a decline (`reason`) so that it stops. What
   // it already sent of them is skipped; the connection stays.
-  async #giveUpFiles(reason: string, why: string): Promise<void> {
-    const files = [...this.#incoming];
+  async #giveUpFiles(
+    reason: string,
+    why: string,
+    which: (id: string) => boolean = () => true,
+  ): Promise<void> {
+    const files = [...this.#incoming].filter(([id]) => which(id));
     // All at once, before the first await: data of any of them handled meanwhile is skipped.
     const releases = files.map(([id, file]) => {
       this.#dropped.set(id, file.size - file.received);

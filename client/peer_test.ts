@@ -1143,6 +1143,74 @@ Deno.test("PeerConnection gives up an accepted file that gets no data while othe
   });
 });
 
+Deno.test("PeerConnection gives up the files of a room under way with abortRoomFiles() and keeps the others; a room's file names the room id noted when it was accepted", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const files: Array<{ name: string; room?: string; roomId?: string }> = [];
+    const taken: FileOffer[] = [];
+    const downloads = join(dir, "alice-downloads");
+    let roomId = "id-of-bens-team";
+    const events = recorder(aliceSeen);
+    const alice = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads,
+      events: { ...events, file: (p, info) => (files.push(info), events.file(p, info)) },
+      files: { ...taking(taken), roomId: () => roomId },
+    });
+    alice.start();
+    const wire = wireReader(rawBob);
+    const body = new Uint8Array(20).fill(7);
+    const offer = (id: string, room?: string) =>
+      encodeFrame({
+        type: "file",
+        id,
+        name: `${id}.bin`,
+        size: 20,
+        sha256: sha256Hex(body),
+        ...(room ? { room } : {}),
+      });
+    rawBob.write(
+      encodeFrame({ type: "hello", v: 1, features: ["rooms", "offer"] }) +
+        offer("t1", "#team") + offer("o1", "#other") + offer("d1"),
+    );
+    await until(
+      "the accepts",
+      [],
+      () => wire.frames.filter((f) => f.type === "accept").length === 3,
+    );
+    const chunk = (id: string, b: Uint8Array) =>
+      encodeFrame({ type: "chunk", id, data: Buffer.from(b).toString("base64") });
+    rawBob.write(chunk("t1", body.subarray(0, 5)) + chunk("o1", body.subarray(0, 5)));
+    await until("the data", [], () => taken.length === 3);
+    roomId = "id-of-another-team"; // another #other joined meanwhile: o1 stays ben's
+    await alice.abortRoomFiles("#team", '"bob" is not in #team any more');
+    assert.deepEqual(aliceSeen.find((e) => e[0] === "fileFailed"), [
+      "fileFailed",
+      "in",
+      'given up: "bob" is not in #team any more',
+    ]);
+    await until("the decline", [], () => wire.frames.some((f) => f.type === "decline"));
+    assert.deepEqual(wire.frames.find((f) => f.type === "decline"), {
+      type: "decline",
+      id: "t1",
+      reason: '"bob" is not in #team any more',
+    });
+    // The rest of it is skipped; the others land.
+    rawBob.write(
+      chunk("t1", body.subarray(5)) + encodeFrame({ type: "end", id: "t1" }) +
+        chunk("o1", body.subarray(5)) + encodeFrame({ type: "end", id: "o1" }) +
+        chunk("d1", body) + encodeFrame({ type: "end", id: "d1" }),
+    );
+    await until("the files", aliceSeen, (s) => s.filter((e) => e[0] === "file").length === 2);
+    assert.deepEqual(files.map((f) => [f.name, f.room, f.roomId]), [
+      ["o1.bin", "#other", "id-of-bens-team"],
+      ["d1.bin", undefined, undefined],
+    ]);
+    assert.ok(!wire.frames.some((f) => f.type === "error"), JSON.stringify(wire.frames));
+    assert.equal(taken.length, 2, "the quota of the file given up was not given back");
+    alice.close();
+  });
+});
+
 /**
  * Alice's PeerConnection that takes every file at once, with a rate floor of `minBytes` per
  * `windowMs`, and a raw bob that offers a file of `size` bytes and, once she accepts it, writes

@@ -505,7 +505,7 @@ export class Rooms {
       throw e;
     }
     if (this.#dropInvites(room)) this.#saveInvitationsOrWarn();
-    this.#host.emit({ type: "room_joined", room, members: [self] });
+    this.#host.emit({ type: "room_joined", room, roomId: list.roomId, members: [self] });
     return this.members(room);
   }
 
@@ -1241,6 +1241,7 @@ export class Rooms {
       this.#host.emit({
         type: "room_joined",
         room: list.room,
+        roomId: list.roomId,
         members: list.members.map((m) => m.name),
       });
       for (const c of this.#connectedMembers(room, [self])) this.#sendState(room, c);
@@ -1810,6 +1811,11 @@ export class Rooms {
       if (m.name === this.#host.self) continue;
       const pinned = this.#host.pinned(m.name);
       if (pinned && pinned !== keyFingerprintOf(m.key)) {
+        if (!r.untrusted.has(m.name)) {
+          const keyFingerprint = keyFingerprintOf(m.key);
+          const room = list.room;
+          this.#host.emit({ type: "key_changed", peer: m.name, keyFingerprint, via: "room", room });
+        }
         r.untrusted.add(m.name);
         this.#host.emit({
           type: "warning",

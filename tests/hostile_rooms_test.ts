@@ -8,7 +8,9 @@
  * @module
  */
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
 import {
+  createHash,
   createPrivateKey,
   createPublicKey,
   generateKeyPairSync,
@@ -780,4 +782,126 @@ Deno.test("a second certificate the CA issues for a member's name, with another 
       return [{ name: "dave", key: await keyOf(dave) }];
     },
   );
+});
+
+/** `creator` (raw) makes its own #team, invites ann, and answers her join with the list. */
+async function joinRoomOf(
+  ann: ChatClient,
+  annUser: User,
+  creator: RawPeer,
+  creatorUser: User,
+): Promise<string> {
+  const roomId = roomIdFor(creatorUser.name);
+  const key = createPrivateKey(await Deno.readTextFile(creatorUser.keyPath));
+  const me = { name: creatorUser.name, key: await keyOf(creatorUser), since: 1 };
+  const base = { roomId, room: ROOM, creator: creatorUser.name };
+  const first = signList({ ...base, version: 1, members: [me] }, key);
+  creator.write(roomFrame({ op: "invite", list: first }));
+  await ann.expect({ type: "room_invite", room: ROOM, from: creatorUser.name });
+  await ann.send(`/room join ${ROOM} ${creatorUser.name}`);
+  await waitUntil(
+    () =>
+      creator.frames.some((f) =>
+        f.type === "room" && JSON.stringify(f.body) === JSON.stringify({ op: "join", roomId })
+      ),
+    `ann's join of ${creatorUser.name}'s ${ROOM}`,
+  );
+  const members = [{ name: "ann", key: await keyOf(annUser), since: 2 }, me]
+    .sort((a, b) => (a.name < b.name ? -1 : 1));
+  const list = signList({
+    ...base,
+    version: 2,
+    members,
+    change: { name: "ann", change: "joined" },
+  }, key);
+  creator.write(roomFrame({ op: "list", list }));
+  await ann.expect({ type: "room_joined", room: ROOM });
+  return roomId;
+}
+
+Deno.test("a file a member is sending to a room when we leave it is given up, not kept as a file of the next room of that name we join, nor written to the history file of before", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "e2e-chat-r123-" });
+  let service: Service | undefined;
+  const clients: ChatClient[] = [];
+  const raws: RawPeer[] = [];
+  try {
+    const home = join(dir, "ca-home");
+    await initCa(home);
+    service = await startService(home, { args: ["--enroll-rate", "1000"] });
+    const [annUser, malloryUser, benUser] = await Promise.all(
+      ["ann", "mallory", "ben"].map((n) => joinUser(service!, n, join(dir, n))),
+    ) as [User, User, User];
+    const ann = await ChatClient.start(annUser);
+    clients.push(ann);
+    const connect = async (user: User) => {
+      await ann.send(`/chat ${user.name}`);
+      await ann.expect({ type: "invited", to: user.name });
+      const peer = RawPeer.connect(ann.port, {
+        cert: await Deno.readTextFile(user.certPath),
+        key: await Deno.readTextFile(user.keyPath),
+      });
+      raws.push(peer);
+      peer.write(encodeFrame({ type: "hello", v: 1, features: ["rooms", "offer"] }));
+      await ann.expect({ type: "connected", peer: user.name });
+      return peer;
+    };
+    const mallory = await connect(malloryUser);
+    const ben = await connect(benUser);
+    await joinRoomOf(ann, annUser, mallory, malloryUser);
+
+    // mallory offers a small file to her #team: ann takes it without asking (pinned key, under
+    // the auto-accept size); mallory sends half of it, and keeps the transfer alive.
+    const bytes = new TextEncoder().encode("mallory's minutes, for mallory's #team only\n");
+    const sha256 = createHash("sha256").update(bytes).digest("hex");
+    mallory.write(encodeFrame({
+      type: "file",
+      id: "m1",
+      name: "minutes.txt",
+      size: bytes.length,
+      sha256,
+      room: ROOM,
+    }));
+    // A key first seen on this run asks first: ann takes it.
+    await ann.expect({ type: "file_offer", from: "mallory", id: "m1", room: ROOM });
+    await ann.send("/get mallory m1");
+    await mallory.expectFrame({ type: "accept", id: "m1" });
+    const chunk = (b: Uint8Array) =>
+      mallory.write(
+        encodeFrame({ type: "chunk", id: "m1", data: Buffer.from(b).toString("base64") }),
+      );
+    chunk(bytes.subarray(0, 10));
+
+    // ann leaves mallory's #team while the file is on its way.
+    await ann.send(`/room leave ${ROOM}`);
+    await waitUntil(
+      () =>
+        mallory.frames.some((f) => f.type === "room" && (f.body as { op?: string }).op === "leave"),
+      "ann's leave",
+    );
+    // The file under way for the room she left is given up, and mallory is told to stop.
+    await ann.expect({ type: "file_failed", peer: "mallory", id: "m1", direction: "in" });
+    await mallory.expectFrame({ type: "decline", id: "m1" });
+    chunk(bytes.subarray(10));
+    mallory.write(encodeFrame({ type: "end", id: "m1" }));
+
+    // ben, who never was in mallory's room, makes his own #team; ann joins it. Its history
+    // must hold none of mallory's room: she is no member of it.
+    await joinRoomOf(ann, annUser, ben, benUser);
+    await ann.send(`/history ${ROOM}`);
+    const shown = await ann.expect({ type: "history", peer: ROOM });
+    const entries = shown.entries as Array<{ from: string; kind: string; file?: { name: string } }>;
+    assert.deepEqual(
+      entries.filter((e) => e.from === "mallory"),
+      [],
+      `ben's ${ROOM} shows mallory's file as one of its own: ${JSON.stringify(entries)}`,
+    );
+    // Nor is the history file of before (kept by the room's name alone) written again.
+    const legacy = join(annUser.home, "history", "%23team.jsonl");
+    assert.equal(await Deno.readTextFile(legacy).catch(() => ""), "", `${legacy} was written`);
+  } finally {
+    for (const r of raws) r.destroy();
+    await stopAll(clients);
+    await service?.stop();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
 });

@@ -41,6 +41,7 @@ import type { Chat } from "../../chat.ts";
 import type { ChatEvent, CoreEvent } from "../../events.ts";
 import { safeFileName } from "../../files.ts";
 import type { HistoryEntry } from "../../history.ts";
+import type { KeyChange } from "../../key_changes.ts";
 import { declinedText } from "../../rooms.ts";
 import { ROOM_ACTIONS, type RoomAction } from "../commands.ts";
 
@@ -122,7 +123,9 @@ const UNAUTHORIZED_PAGE = `<!doctype html>
 
 /** An operation from the page: `{id, op, …}`; the answer is `{type:"reply", re:id, …}`. */
 type Operation =
-  | { op: "invite" | "accept" | "close" | "safety" | "dismissKeyChange"; name: string }
+  | { op: "invite" | "accept" | "close" | "safety"; name: string }
+  // `keyFingerprint`: the key whose change the user dismisses (another key's change stays).
+  | { op: "dismissKeyChange"; name: string; keyFingerprint: string }
   // `number`: the safety number the page showed, which the key must still have.
   | { op: "verify" | "trust"; name: string; number: string }
   | { op: "send"; name: string; text: string }
@@ -163,10 +166,6 @@ export class WebServer {
   #uploadDir: string;
   #notices: string[];
   #identityNotices: string[]; // warnings about our certificate: apart, so peers cannot push them out
-  // Peer → when a connection as them last presented a key other than the pinned one: shown on
-  // their conversation until the user trusts a new key or dismisses it, not only while that
-  // connection lasts, so whoever made it cannot take the warning away by leaving.
-  #keyChanges = new Map<string, string>();
   #static: Map<string, Uint8Array>;
   #heartbeat: ReturnType<typeof setInterval>;
   #unsubscribe: () => void;
@@ -212,9 +211,6 @@ export class WebServer {
       headerDeadlines.set(socket, deadline(socket, WEB_HEADERS_MS));
     });
     this.#unsubscribe = chat.on((e) => {
-      if (e.type === "connected" && e.trust === "changed") {
-        this.#keyChanges.set(e.peer, new Date().toISOString());
-      }
       const out = this.#outgoing(e);
       // A page that connects later still sees the recent warnings (in its snapshot), and that
       // the CA service answers again after them (else a page opened then shows only the outage).
@@ -514,7 +510,10 @@ export class WebServer {
       conversations,
       notices: this.#notices,
       identityNotices: this.#identityNotices,
-      keyChanges: [...this.#keyChanges].map(([peer, at]) => ({ peer, at })),
+      // Each key change (a connection's, a mailbox item's, a room list's) until the user trusts
+      // that key or dismisses it, kept by the core across restarts: whoever presented the key
+      // cannot take the warning away by leaving.
+      keyChanges: chat.keyChanges(),
       alarms: chat.logAlarms().map((a) => ({ ...a, message: printable(a.message) })),
       history: true,
     });
@@ -556,11 +555,10 @@ export class WebServer {
         // Checked in the same turn as trust() takes the connection's key: nothing comes between.
         this.#sameKey(op);
         await chat.trust(op.name);
-        this.#keyChanges.delete(op.name);
-        return;
+        return { keyChanges: chat.keyChanges(op.name) }; // another key's change stays
       case "dismissKeyChange":
-        this.#keyChanges.delete(op.name);
-        return;
+        await chat.dismissKeyChange(op.name, op.keyFingerprint);
+        return { keyChanges: chat.keyChanges(op.name) };
       case "close":
         return chat.close(op.name);
       case "safety":
@@ -770,8 +768,12 @@ function parseOperation(value: unknown): Operation {
     case "accept":
     case "close":
     case "safety":
-    case "dismissKeyChange":
       return { op: v.op, name };
+    case "dismissKeyChange":
+      if (typeof v.keyFingerprint !== "string" || !/^[0-9a-f]{64}$/.test(v.keyFingerprint)) {
+        throw new E2eError("ERR_BAD_REQUEST", "Not a key fingerprint");
+      }
+      return { op: v.op, name, keyFingerprint: v.keyFingerprint };
     case "verify":
     case "trust":
       // Without the number the user compared, the core would take whatever key it holds now.
@@ -821,9 +823,14 @@ function answered(op: Operation, result: unknown): Answered | undefined {
     case "verify":
       return { type: "trusted", peer: op.name, trust: "verified" };
     case "trust":
-      return { type: "trusted", peer: op.name, trust: "known" };
+      return { type: "trusted", peer: op.name, trust: "known", ...(result as KeyChangesLeft) };
     case "dismissKeyChange":
-      return { type: "key_change_dismissed", peer: op.name };
+      return {
+        type: "key_change_dismissed",
+        peer: op.name,
+        keyFingerprint: op.keyFingerprint,
+        ...(result as KeyChangesLeft),
+      };
     case "room": {
       if (op.action !== "decline") return undefined;
       const { from, told } = result as { from: string; told: boolean };
@@ -842,10 +849,13 @@ function answered(op: Operation, result: unknown): Answered | undefined {
 }
 
 /** The page's own events, from {@linkcode answered} (docs/WEB.md, "WebSocket messages"). */
+// The key changes of a peer still kept after a trust or a dismissal (those of other keys).
+type KeyChangesLeft = { keyChanges: KeyChange[] };
+
 type Answered =
   | { type: "offer_answered"; from: string; id: string; accepted: boolean }
-  | { type: "trusted"; peer: string; trust: "verified" | "known" }
-  | { type: "key_change_dismissed"; peer: string }
+  | { type: "trusted"; peer: string; trust: "verified" | "known"; keyChanges?: KeyChange[] }
+  | { type: "key_change_dismissed"; peer: string; keyFingerprint: string; keyChanges: KeyChange[] }
   | { type: "room_declined"; room: string; from: string; told: boolean; message: string };
 
 function errorReply(e: unknown): { code: string; message: string; hint?: string } {

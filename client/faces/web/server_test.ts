@@ -31,6 +31,9 @@ function fakeChat(root: string, downloads: string) {
     verify: (name: string) => Promise.resolve(verified.push(name)),
     trust: (name: string) => Promise.resolve(verified.push(`trust ${name}`)),
     offers: () => [],
+    keyChanges: () => [],
+    dismissKeyChange: (name: string, key: string) =>
+      Promise.resolve(verified.push(`dismiss ${name} ${key}`)),
     logAlarms: () => [],
     conversations: () => Promise.resolve([]),
     rooms: {
@@ -231,6 +234,28 @@ Deno.test("Mark verified and Trust new key are refused when the key's safety num
       assert.equal((await operate(web, s, { op, name: "bob", number: "11111 22222" })).ok, true);
     }
     assert.deepEqual(verified, ["bob", "trust bob"]);
+  });
+});
+
+Deno.test("dismissKeyChange names the key whose change it dismisses: without a key fingerprint it is refused", async () => {
+  await withServer(async (web, { verified }) => {
+    const s = await session(web);
+    for (const keyFingerprint of [undefined, "AB".repeat(32), "ab"]) {
+      const refused = await operate(web, s, {
+        op: "dismissKeyChange",
+        name: "bob",
+        keyFingerprint,
+      });
+      assert.equal((refused.error as { code: string }).code, "ERR_BAD_REQUEST");
+    }
+    const key = "ab".repeat(32);
+    const dismissed = await operate(web, s, {
+      op: "dismissKeyChange",
+      name: "bob",
+      keyFingerprint: key,
+    });
+    assert.deepEqual(dismissed.result, { keyChanges: [] });
+    assert.deepEqual(verified, [`dismiss bob ${key}`]);
   });
 });
 

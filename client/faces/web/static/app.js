@@ -24,8 +24,10 @@ const state = {
   rooms: new Set(), // rooms we are in (#name)
   roomInvites: new Map(), // "creator #name" → {room, from}: two creators may name rooms alike
   cardErrors: new Map(), // list id → {key, text}: the failed button of a card, and why
-  // name → when a connection as them presented a key other than the one we trust (ISO): shown
-  // until a new key is trusted or the user dismisses it, not only while that connection lasts.
+  // name → the key changes seen for them, oldest first ({keyFingerprint, at, via}): a key other
+  // than the one we trust, on a connection, a mailbox item or a room's list. Shown until that key
+  // is trusted or the user dismisses it (the client keeps them across restarts), not only while
+  // that connection lasts. Only names with one or more.
   keyChanges: new Map(),
 };
 
@@ -233,7 +235,6 @@ function handle(e) {
         keyFingerprint: e.keyFingerprint,
       });
       state.invitations.delete(e.peer);
-      if (e.trust === "changed") state.keyChanges.set(e.peer, new Date().toISOString());
       const c = conv(e.peer);
       c.status = e.trust === "changed"
         ? "Key changed: nothing is sent or shown until you trust the new key"
@@ -334,11 +335,23 @@ function handle(e) {
       return;
     case "trusted":
       // Mark verified or Trust new key, here or in another tab.
-      keyTrusted(e.peer, e.trust);
+      keyTrusted(e.peer, e.trust, e.keyChanges);
       return;
+    case "key_changed": {
+      // Seen on a connection, a mailbox item or a room's list: on the peer's conversation.
+      const left = (state.keyChanges.get(e.peer) ?? [])
+        .filter((k) => k.keyFingerprint !== e.keyFingerprint);
+      setKeyChanges(e.peer, [...left, {
+        keyFingerprint: e.keyFingerprint,
+        at: new Date().toISOString(),
+        via: e.via,
+      }]);
+      touch(conv(e.peer));
+      break;
+    }
     case "key_change_dismissed":
-      // Dismissed here or in another tab.
-      if (!state.keyChanges.delete(e.peer)) return;
+      // Dismissed here or in another tab: those of other keys stay.
+      if (!setKeyChanges(e.peer, e.keyChanges)) return;
       break;
     case "log_alarm":
       logAlarm(e);
@@ -379,6 +392,14 @@ function handle(e) {
       notice(e.message);
       return;
     case "room_joined": {
+      // Another room of a name we left (or one we were never in this run): a fresh conversation,
+      // its history read again (the core's, of the room we are in now). Never the left room's
+      // messages shown as said in this one.
+      const had = state.convs.get(e.room);
+      if (had && (!state.rooms.has(e.room) || (had.roomId && had.roomId !== e.roomId))) {
+        freshConversation(had);
+      }
+      conv(e.room).roomId = e.roomId;
       state.rooms.add(e.room);
       // In a room of that name now: the client dropped every invitation to one.
       for (const [k, i] of state.roomInvites) if (i.room === e.room) invitationGone(k);
@@ -425,7 +446,10 @@ function snapshot(s) {
   );
   for (const room of state.rooms) touch(conv(room));
   state.offers = new Map((s.offers ?? []).map((o) => [`${o.from} ${o.id}`, o]));
-  state.keyChanges = new Map((s.keyChanges ?? []).map((k) => [k.peer, k.at]));
+  state.keyChanges = new Map();
+  for (const k of s.keyChanges ?? []) {
+    state.keyChanges.set(k.peer, [...(state.keyChanges.get(k.peer) ?? []), k]);
+  }
   for (const name of state.keyChanges.keys()) conv(name);
   for (const { name, last } of s.conversations) {
     const c = conv(name);
@@ -452,6 +476,16 @@ function snapshot(s) {
     conv(state.selected).loaded = false;
     select(state.selected);
   }
+}
+
+// Empties a conversation for another of its name: its items go, and its history is read again.
+function freshConversation(c) {
+  c.items.clear();
+  c.latest.clear();
+  c.refs.clear();
+  c.unread = 0;
+  c.loaded = false;
+  if (state.selected === c.name) select(c.name, { fresh: true });
 }
 
 function touch(c, at = new Date().toISOString()) {
@@ -895,8 +929,8 @@ $("verify").addEventListener("click", () => {
 $("trust").addEventListener("click", () => {
   const name = state.selected;
   fieldError($("trust"), "");
-  operate("trust", { name, number: conv(name).safety }).then(() => {
-    keyTrusted(name, "known");
+  operate("trust", { name, number: conv(name).safety }).then((result) => {
+    keyTrusted(name, "known", result?.keyChanges);
     if (state.selected === name) $("message").focus();
   }, (e) => {
     fieldError($("trust"), errorText(e));
@@ -907,23 +941,36 @@ $("trust").addEventListener("click", () => {
 // The user read the warning of a key change seen before: it goes, in every tab (the server says).
 $("dismiss-key-change").addEventListener("click", () => {
   const name = state.selected;
-  operate("dismissKeyChange", { name }).then(() => {
-    if (!state.keyChanges.delete(name)) return;
+  const shown = state.keyChanges.get(name)?.at(-1);
+  if (!shown) return;
+  // The change shown is named: one of another key seen meanwhile is not dismissed unseen.
+  operate("dismissKeyChange", { name, keyFingerprint: shown.keyFingerprint }).then((result) => {
+    if (!setKeyChanges(name, result?.keyChanges ?? [])) return;
     drawList();
     drawConversation();
   }, (e) => notice(errorText(e), "error"));
 });
+
+/** Sets the key changes of `name` still kept (the client's list); says whether that changed. */
+function setKeyChanges(name, changes) {
+  const before = JSON.stringify(state.keyChanges.get(name) ?? []);
+  const now = Array.isArray(changes) ? changes : [];
+  if (now.length) state.keyChanges.set(name, now);
+  else state.keyChanges.delete(name);
+  return JSON.stringify(now) !== before;
+}
 
 /**
  * A key marked verified or trusted (after a key change), in this tab or another (the server
  * tells every tab): the peer's state, its status and the buttons follow. A button that had focus
  * and goes hands it to the message box (drawConversation), never to another's action.
  */
-function keyTrusted(name, trust) {
+function keyTrusted(name, trust, left) {
   const p = state.peers.get(name);
   const was = p?.trust;
   if (p) p.trust = trust;
-  const wasChanged = trust === "known" && state.keyChanges.delete(name);
+  // The trusted key's change goes; another key's (an impostor's) stays.
+  const wasChanged = trust === "known" && setKeyChanges(name, left ?? []);
   if (wasChanged) drawList();
   const c = conv(name);
   const status = trust === "verified"
@@ -1223,9 +1270,14 @@ function drawConversation() {
   $("dismiss-key-change").hidden = !past;
   setText($("key-change-name"), name);
   setText($("key-change-past-name"), name);
+  const via = past ? state.keyChanges.get(name).at(-1).via : "";
+  setText(
+    $("key-change-via"),
+    via === "mailbox" ? "a mailbox item" : via === "room" ? "a room's member list" : "a connection",
+  );
   setText(
     $("key-change-at"),
-    past ? new Date(state.keyChanges.get(name)).toLocaleString() : "",
+    past ? new Date(state.keyChanges.get(name).at(-1).at).toLocaleString() : "",
   );
   $("safety").hidden = !c?.safety;
   setText($("safety-number"), c?.safety ?? "");
