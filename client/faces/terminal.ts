@@ -40,6 +40,8 @@ import type { InputSink } from "./json.ts";
 /** A terminal interface: prompt, colour, timestamps. */
 export class Terminal {
   #rl: readline.Interface;
+  // The lines read, from the start: those typed or piped in while the chat starts wait here.
+  #lines: AsyncIterator<string>;
   #name: string;
   #progressRows = 0;
   #closed = false;
@@ -54,6 +56,7 @@ export class Terminal {
       output: process.stdout,
       terminal: this.#tty,
     });
+    this.#lines = this.#rl[Symbol.asyncIterator]();
     this.#rl.setPrompt(styleText("bold", `${name}> `));
     // After /quit, Ctrl-D or Ctrl-C the last lines (bye) still print, with no prompt to redraw.
     this.#rl.on("close", () => this.#closed = true);
@@ -89,13 +92,15 @@ export class Terminal {
     if (this.#tty) this.#rl.prompt(preserveCursor);
   }
 
-  /** Reads lines into `sink` until /quit or end of input. */
+  /**
+   * Reads lines into `sink` until /quit or end of input; those that came while the chat started
+   * (typed ahead, or piped in whole) run first, in order.
+   */
   async run(sink: InputSink): Promise<void> {
-    if (this.#closed) return; // the input ended while the chat started
     this.#prompt();
-    for await (const line of this.#rl) {
-      if (!await sink.input(line) || this.#closed) break;
-      this.#prompt();
+    for (let next = await this.#lines.next(); !next.done; next = await this.#lines.next()) {
+      if (!await sink.input(next.value)) break;
+      if (!this.#closed) this.#prompt();
     }
     this.#rl.close();
   }

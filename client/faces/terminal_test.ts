@@ -288,3 +288,39 @@ Deno.test("A room message kept as shown late says (late) in /history too; the ot
   assert.ok(out.includes("<bob> twelve"), out);
   assert.ok(out.includes("<bob> (late) eleven"), out);
 });
+
+/**
+ * What a terminal face run on `input`, piped in whole (its end included) while the chat starts,
+ * hands its sink: "ran LINE" for each line, then "ended"; the sink quits at /quit.
+ */
+async function ranFromPipe(input: string): Promise<string> {
+  // The chat starts (its identity, the CA, its listener) while the lines are already there and
+  // the input has ended.
+  const code = `import { Terminal } from ${JSON.stringify(TERMINAL)};
+    const terminal = new Terminal("alice");
+    await new Promise((r) => setTimeout(r, 300));
+    await terminal.run({ input: (line) => (console.log("ran " + line), line !== "/quit") });
+    console.log("ended");`;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", code],
+    env: { NO_COLOR: "1" },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(input));
+  await writer.close();
+  const out = await child.output();
+  assert.equal(out.code, 0);
+  return new TextDecoder().decode(out.stdout);
+}
+
+Deno.test("lines piped in before the chat is ready to read them are all run, in order, then the input's end quits", async () => {
+  // Before, they were read while the chat started and lost: none ran.
+  assert.equal(await ranFromPipe("/help\nhello bob\n"), "ran /help\nran hello bob\nended\n");
+});
+
+Deno.test("a /quit piped in among other lines stops there: the lines after it are not run", async () => {
+  assert.equal(await ranFromPipe("one\n/quit\ntwo\n"), "ran one\nran /quit\nended\n");
+});
