@@ -1098,17 +1098,24 @@ export class Chat {
       directory: async (name) => await this.#checkDirectory(await this.#ca.lookup(name), name),
       fresh: () => this.#revocation.ensureFresh(),
       checkSigner: async (pem, name) => {
+        // Revoked only as superseded is no verdict on its key: the sender renewed since (the
+        // key check below takes it only when its key is still the name's). Any other reason
+        // (a compromise) refuses, whatever key the name has now.
         const cert = checkPeer(pemDecode(pem, "CERTIFICATE"), this.#id.anchor, {
           name,
-          isRevoked: (s) => this.#revocation.isRevoked(s),
+          isRevoked: (s) => this.#revocation.isRevoked(s) && !this.#revocation.isSuperseded(s),
         });
         // Like a peer's certificate, it must be in the issuance log: the directory's current one
-        // (proved), or an earlier one for the same key (renewed since it was signed).
+        // (proved), or an earlier one for the same key (renewed since it was signed). One
+        // superseded by a certificate for another key is refused: a key replaced (after a theft,
+        // say) must not vouch for what was signed with it.
         const current = await this.#checkDirectory(await this.#ca.lookup(name), name);
         if (current.keyFingerprint !== cert.keyFingerprint) {
           throw new E2eError(
             "ERR_PEER_REJECTED",
-            `the key is not the one the directory names for "${name}"`,
+            this.#revocation.isRevoked(cert.serial)
+              ? `serial ${cert.serial} was superseded by a certificate for another key`
+              : `the key is not the one the directory names for "${name}"`,
           );
         }
         return cert;

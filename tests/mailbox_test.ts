@@ -19,6 +19,7 @@ import {
   assertSuccess,
   initCa,
   makeInvite,
+  runClient,
   type Service,
   startService,
 } from "./_service_helpers.ts";
@@ -521,6 +522,56 @@ Deno.test("the mailbox routes: members only, application/cms, a member recipient
     await refused(world.service.request(path, bob), 404, "ERR_NOT_FOUND", notYours);
     // The log names the route, status, names and size, never content.
     await world.service.waitForLog(/POST \/v1\/mailbox\/bob 200 alice to bob 5 bytes/);
+  });
+});
+
+Deno.test("a mailbox message alice sealed before she renewed her certificate is still shown to bob: her old certificate is revoked only as superseded, and its key is still hers", async () => {
+  await withWorld(async (world) => {
+    const aliceUser = await world.join("alice");
+    const bobUser = await world.join("bob");
+    const alice = await world.chat(aliceUser);
+    await alice.send("/msg bob sent before my renewal");
+    await alice.expect({ type: "queued", to: "bob" });
+    await waitUntil(async () => (await world.stored("bob")).length === 1, "the item at the CA");
+    await alice.stop();
+    // alice renews (same key; the CA revokes her old certificate as superseded), as her chat
+    // does by itself near her certificate's end.
+    assertSuccess(await runClient(aliceUser.home, ["renew"]), "client renew (alice)");
+
+    const bob = await world.chat(bobUser);
+    const shown = await bob.expect({ type: "message", from: "alice" }, MAILBOX_MS);
+    assert.equal(shown.text, "sent before my renewal");
+    assert.deepEqual(bob.warnings.filter((w) => /Refused a mailbox item/.test(w)), []);
+    await waitUntil(async () => (await world.stored("bob")).length === 0, "acknowledged");
+  });
+});
+
+Deno.test("a mailbox item signed with a certificate superseded by one for another key (alice joined again with a new key) is refused", async () => {
+  await withWorld(async (world) => {
+    const aliceUser = await world.join("alice");
+    const bobUser = await world.join("bob");
+    const alice = await world.chat(aliceUser);
+    await alice.send("/msg bob signed with a key she no longer has");
+    await alice.expect({ type: "queued", to: "bob" });
+    await waitUntil(async () => (await world.stored("bob")).length === 1, "the item at the CA");
+    await alice.stop();
+    // A new invite for alice: a new key, and her old certificate revoked as superseded (what
+    // she does after her key was stolen, say: the thief's items must not be taken).
+    await joinUser(world.service, "alice", join(world.dir, "alice-again"));
+
+    const bob = await world.chat(bobUser);
+    await bob.expect(
+      (e) =>
+        e.type === "warning" &&
+        /Refused a mailbox item said to be from "alice": its signer's certificate is refused: serial [0-9A-F]+ was superseded by a certificate for another key/
+          .test(String(e.message)),
+      MAILBOX_MS,
+    );
+    assert.equal(bob.count("message"), 0, bob.describe());
+    await waitUntil(
+      async () => (await world.stored("bob")).length === 0,
+      "the refused item deleted",
+    );
   });
 });
 
