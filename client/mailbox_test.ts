@@ -1300,3 +1300,36 @@ Deno.test("MailboxClient: one item from a sender whose clock was ahead comes wit
     `back their items`,
   ]);
 });
+
+Deno.test("MailboxClient: two items of a sender whose clock is 5 minutes ahead (no clock warning) that the service hands over in the reverse order are told as reordered (from an attacker's review)", async () => {
+  const { service, alice, bob } = await world();
+  const item = async (payload: string, sent: Date) =>
+    await seal(
+      encodeItem({
+        id: newItemId(),
+        from: "alice",
+        to: "bob",
+        kind: "message",
+        sent,
+        payload: text(payload),
+      }),
+      {
+        key: { path: alice.me.keyPath },
+        signerCert: alice.me.cert,
+        recipientCert: members.get("bob")!.cert,
+      },
+    );
+  const firstSent = new Date(Date.now() + 5 * 60_000);
+  const secondSent = new Date(firstSent.getTime() + 30_000);
+  const first = await item("first", firstSent);
+  const second = await item("second", secondSent);
+  await service.as("alice").mailboxPost("bob", second);
+  await service.as("alice").mailboxPost("bob", first);
+  await bob.mailbox.check();
+  assert.deepEqual(read(bob.shown), ["second", "first"]);
+  assert.deepEqual(bob.warnings, [
+    `A mailbox message from "alice" sent at ${firstSent.toISOString()} came after one they ` +
+    `sent later, at ${secondSent.toISOString()}: the CA service may have reordered or held ` +
+    `back their items`,
+  ]);
+});
