@@ -194,7 +194,8 @@ export class History {
 
   /**
    * Records a message of a room (`room`, `#name`, whose id is `roomId`) we wrote or received;
-   * `late`: shown after later ones of its author. Returns the ref of a received one.
+   * `late`: shown after later ones of its author; `ref`: the ref of the same message recorded
+   * before (a line whose persist() failed, recorded again). Returns the ref of a received one.
    */
   roomMessage(
     m: {
@@ -205,9 +206,10 @@ export class History {
       text: string;
       at?: Date;
       late?: boolean;
+      ref?: string;
     },
   ): string | undefined {
-    const ref = this.#ref(m.from);
+    const ref = m.ref ?? this.#ref(m.from); // given: a line recorded again keeps its event's
     this.#append(roomKey(m.room, m.roomId), {
       t: "msg",
       id: m.id,
@@ -416,6 +418,11 @@ export class History {
       if (n > 1) this.#persisting.set(conversation, n - 1);
       else this.#persisting.delete(conversation);
     }
+  }
+
+  /** {@linkcode persist} for the history of the room `room` whose id is `roomId`. */
+  async persistRoom(room: string, roomId: string): Promise<void> {
+    await this.persist(roomKey(room, roomId));
   }
 
   // fsync of a conversation's file, and once of its name in the folder (and the folder's).
