@@ -268,6 +268,7 @@ export class History {
   /**
    * The last `limit` entries of the conversation with `peer`, oldest first. For a room
    * (`#name`): the room of that name we are in now, else the one of that name written last.
+   * A mailbox item recorded twice (a crash before its id was marked seen) is read once.
    */
   async read(peer: string, limit = 50): Promise<HistoryEntry[]> {
     await this.flush();
@@ -335,7 +336,19 @@ export class History {
         entries.push(entry);
       }
     }
-    return entries.slice(Math.max(0, entries.length - limit));
+    // A mailbox item (its `sent` kept) stored again after a crash between its synced line and
+    // its id marked seen has two lines: the last is kept (the one shown, whose ref its event
+    // carried). Its sender's ids are random (lib/cms.ts newItemId) and a copy of one is refused
+    // as a replay, so two such lines from one sender with one id are the same item.
+    const kept = new Set<string>();
+    const once = entries.reverse().filter((e) => {
+      if (e.sent === undefined || e.from === this.#options.self) return true;
+      const key = `${e.kind} ${e.from} ${e.id}`;
+      if (kept.has(key)) return false;
+      kept.add(key);
+      return true;
+    }).reverse();
+    return once.slice(Math.max(0, once.length - limit));
   }
 
   /** The conversations on disk, the most recent first, with the time of their last write. */

@@ -1039,7 +1039,15 @@ export class MailboxClient {
         acked: false,
         ...(direct ? { direct: true, at: Math.min(item.sent.getTime(), Date.now()) } : {}),
       };
-      await this.#saveSeen();
+      try {
+        await this.#saveSeen();
+      } catch (e) {
+        // Not seen, neither shown nor acknowledged: the next look stores it again (the history
+        // keeps one line of a mailbox item: client/history.ts read()) and shows it. Left in
+        // memory, the next look took it for stored before and acknowledged it, never shown.
+        delete this.#seen[item.id];
+        throw e;
+      }
       show();
       if (direct && ahead > CLOCK_AHEAD_MS) {
         host.warning(

@@ -523,6 +523,75 @@ Deno.test("a room message through the mailbox is not acknowledged while its hist
   });
 });
 
+/** Sets or clears the immutable attribute of `path` (what even root cannot replace). */
+async function immutable(path: string, on: boolean): Promise<boolean> {
+  const { success } = await new Deno.Command("chattr", {
+    args: [on ? "+i" : "-i", path],
+    stdout: "null",
+    stderr: "null",
+  }).output().catch(() => ({ success: false }));
+  return success;
+}
+
+Deno.test("a chat that dies after a mailbox message's history line is synced but before its id is marked seen shows the message once in the history after its restart, not twice", async () => {
+  await withWorld(async (world) => {
+    const aliceUser = await world.join("alice");
+    const bobUser = await world.join("bob");
+    const alice = await world.chat(aliceUser);
+    await alice.send("/msg bob written once, shown once");
+    await alice.expect({ type: "queued", to: "bob" });
+    await waitUntil(
+      async () => (await world.stored("bob")).length === 1,
+      "the item at the CA",
+      MAILBOX_MS,
+    );
+
+    // bob's seen ids cannot be replaced (immutable, as root too): his chat stores the message
+    // (History.persist() syncs its line), then fails to mark it seen, and dies (a crash or a
+    // power cut there leaves the same on disk).
+    const seen = join(bobUser.home, "mailbox", "seen.json");
+    await Deno.mkdir(join(bobUser.home, "mailbox"), { recursive: true, mode: 0o700 });
+    await Deno.writeTextFile(seen, '{"seen":{}}\n', { mode: 0o600 });
+    if (!(await immutable(seen, true))) {
+      // chattr +i needs root (CAP_LINUX_IMMUTABLE) and a file system that has the attribute.
+      assert.notEqual(Deno.env.get("CI"), "true", "chattr +i does not work here");
+      // deno-lint-ignore no-console
+      console.log("mailbox_test.ts: skipping the seen write failure: chattr +i does not work here");
+      return;
+    }
+    try {
+      const first = await world.chat(bobUser);
+      await waitUntil(
+        () => first.warnings.some((w) => /seen\.json|Operation not permitted/.test(w)),
+        "the seen write to fail",
+        MAILBOX_MS,
+      );
+      assert.equal(first.count("message"), 0, first.describe());
+      await first.kill("SIGKILL");
+    } finally {
+      await immutable(seen, false);
+    }
+    const lines = (await Deno.readTextFile(join(bobUser.home, "history", "alice.jsonl")))
+      .split("\n").filter((l) => l.includes("written once"));
+    assert.equal(lines.length, 1, "the history line was synced before the seen write");
+    assert.equal((await world.stored("bob")).length, 1, "not acknowledged: still at the CA");
+
+    // bob starts again: the item is stored, shown and acknowledged.
+    const bob = await world.chat(bobUser);
+    const shown = await bob.expect({ type: "message", from: "alice" }, MAILBOX_MS);
+    assert.equal(shown.text, "written once, shown once");
+    await waitUntil(
+      async () => (await world.stored("bob")).length === 0,
+      "acknowledged",
+      MAILBOX_MS,
+    );
+    await bob.send("/history alice");
+    const read = await bob.expect({ type: "history", peer: "alice" });
+    const texts = (read.entries as Array<{ text?: string }>).map((e) => e.text);
+    assert.deepEqual(texts, ["written once, shown once"], "the history shows it twice");
+  });
+});
+
 Deno.test("an item from a member whose key changed is held back until the user trusts the new key", async () => {
   await withWorld(async (world) => {
     const aliceUser = await world.join("alice");
