@@ -549,6 +549,7 @@ export class History {
       this.#handles.get(peer)?.close();
       this.#handles.delete(peer);
       await Deno.rename(file, this.#file(peer, 1));
+      this.#named.delete(peer); // two names changed: the next persist() syncs the folder again
       size = 0;
       out = bytes;
     }
