@@ -229,7 +229,6 @@ export interface RoomHost {
   invitationsFile?: string;
 }
 
-/** A room as `/room members` shows it. */
 /** A room message's history line, as {@linkcode Rooms.fromMailbox} recorded it (with its ref). */
 export interface RoomHistoryRecord {
   /** The message id (its room's id, author, membership and number). */
@@ -248,6 +247,7 @@ export interface RoomHistoryRecord {
   ref?: string;
 }
 
+/** A room as `/room members` shows it. */
 export interface RoomInfo {
   /** `#name`. */
   room: string;
