@@ -401,7 +401,7 @@ async function enroll(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
 async function renew(ctx: ApiContext, req: ApiRequest): Promise<ApiResponse> {
   // A caller whose certificate a renewal for its own key superseded may ask again: a renewal
   // whose reply was lost (below). Any other one is refused as on every route.
-  const caller = clientCertificate(req, ctx.anchor);
+  const caller = await clientCertificate(ctx, req, { superseded: true });
   const current = await ctx.ca.isCurrent(caller.serial);
   if (!current && !await ctx.ca.keyIsCurrent(caller.serial)) throw await notCurrent(ctx, caller);
   const user = caller.commonName;
@@ -627,7 +627,7 @@ async function authenticate(ctx: ApiContext, req: ApiRequest): Promise<string> {
 
 /** The caller's client certificate, checked as {@linkcode authenticate} says. */
 async function authenticated(ctx: ApiContext, req: ApiRequest): Promise<CertificateInfo> {
-  const info = clientCertificate(req, ctx.anchor);
+  const info = await clientCertificate(ctx, req);
   if (!await ctx.ca.isCurrent(info.serial)) throw await notCurrent(ctx, info);
   return info;
 }
@@ -636,7 +636,8 @@ async function authenticated(ctx: ApiContext, req: ApiRequest): Promise<Certific
 // show; `standing` says which of the three it is, and for a superseded one the name's certificate
 // now (its serial and whether the key is the caller's: what the holder of that key may know, and
 // needs, to tell a renewal from another home from a new key for its name). An expired one is
-// refused earlier, with 401 and its own message (clientCertificate).
+// refused with 401 and its own message (clientCertificate), unless it was revoked or superseded
+// before it expired: then it is refused as here.
 class NotCurrentError extends E2eError {
   readonly standing?: Standing;
   constructor(
@@ -668,37 +669,58 @@ async function notCurrent(ctx: ApiContext, caller: CertificateInfo): Promise<E2e
   return new NotCurrentError({ status: "expired", notAfter: entry.expires });
 }
 
-/** The caller's client certificate: issued by us, unexpired, for a valid name (401 otherwise). */
-function clientCertificate(req: ApiRequest, anchor: TrustAnchor): CertificateInfo {
+/**
+ * The caller's client certificate: issued by us, unexpired, for a valid name (401 otherwise).
+ * An expired one of ours that was revoked or superseded before it expired is refused as an
+ * unexpired one would be (403, its standing: revoked, or superseded and by what), not as
+ * expired; with `superseded`, one superseded is returned instead (renew's retry decides).
+ */
+async function clientCertificate(
+  ctx: ApiContext,
+  req: ApiRequest,
+  options: { superseded?: boolean } = {},
+): Promise<CertificateInfo> {
   if (!req.peerDer) {
     throw new E2eError("ERR_UNAUTHENTICATED", "This route needs a client certificate", {
       hint: "enroll first: deno task client join INVITE",
     });
   }
+  let expired: CertificateInfo | undefined;
   try {
-    const info = checkPeer(req.peerDer, anchor);
+    const info = checkPeer(req.peerDer, ctx.anchor);
     checkName(info.commonName);
     return info;
   } catch (e) {
-    throw expiredMember(req.peerDer, anchor) ??
-      new E2eError("ERR_UNAUTHENTICATED", "The client certificate was not accepted", { cause: e });
+    expired = expiredMember(req.peerDer, ctx.anchor);
+    if (!expired) {
+      throw new E2eError("ERR_UNAUTHENTICATED", "The client certificate was not accepted", {
+        cause: e,
+      });
+    }
   }
+  // "Expired" would have its holder ask for a new invite: wrong for one a renewal elsewhere (or
+  // a lost renewal's reply) superseded, or one revoked.
+  const refusal = await notCurrent(ctx, expired);
+  const standing = refusal instanceof NotCurrentError ? refusal.standing : undefined;
+  if (standing?.status === "superseded" && options.superseded) return expired;
+  if (standing?.status === "superseded" || standing?.status === "revoked") throw refusal;
+  throw new NotCurrentError(
+    { status: "expired", notAfter: expired.notAfter },
+    "ERR_UNAUTHENTICATED",
+    "The client certificate was not accepted",
+  );
 }
 
-// The 401 for a member's certificate of ours that is refused only because it expired: it says so
-// in `standing`, so that its holder is told to ask for a new invite. The same 401 and message as
-// before, for older clients; nothing the caller does not know (its notAfter is in the certificate,
-// and the handshake proved it holds the key), and nothing is looked up.
-function expiredMember(der: Uint8Array, anchor: TrustAnchor): NotCurrentError | undefined {
+// A member's certificate of ours that is refused only because it expired, parsed: its 401 says so
+// in `standing` (unless the index says it was revoked or superseded before), so that its holder
+// is told to ask for a new invite. The same 401 and message as before, for older clients.
+function expiredMember(der: Uint8Array, anchor: TrustAnchor): CertificateInfo | undefined {
   try {
     const { notAfter } = parseCertificate(pemEncode(der, "CERTIFICATE"));
     if (notAfter.getTime() >= Date.now()) return undefined;
-    checkName(checkPeer(der, anchor, { now: notAfter }).commonName);
-    return new NotCurrentError(
-      { status: "expired", notAfter },
-      "ERR_UNAUTHENTICATED",
-      "The client certificate was not accepted",
-    );
+    const info = checkPeer(der, anchor, { now: notAfter });
+    checkName(info.commonName);
+    return info;
   } catch {
     return undefined; // not one of our members' certificates, expired or not
   }

@@ -836,6 +836,74 @@ Deno.test("auth routes refuse an expired certificate of ours with 401 and say in
   });
 });
 
+/**
+ * A certificate of ours for `name` (and `key`, else a new one), valid only in 2020, and in the live
+ * index as revoked for `reason` before it expired (as a renewal, a new invite or `ca revoke` would
+ * have left it): its line appended, its file where the CA keeps them.
+ */
+async function expiredAndRevoked(
+  ca: CertificateAuthority,
+  home: string,
+  name: string,
+  reason: string,
+  key?: string,
+): Promise<{ der: Uint8Array; key: string }> {
+  const copy = join(home, `copy-${name}`);
+  const expired = await expiredCertificate({ caDir: ca.paths.dir }, copy, name, key);
+  const lines = (await Deno.readTextFile(join(copy, "index.txt"))).trim().split("\n");
+  const [, expires, , serial, file, subject] = lines.at(-1)!.split("\t");
+  await Deno.writeTextFile(
+    ca.paths.index,
+    `R\t${expires}\t200105000000Z,${reason}\t${serial}\t${file}\t${subject}\n`,
+    { append: true },
+  );
+  await Deno.writeTextFile(ca.paths.certFile(serial), expired.cert);
+  return { der: pemDecode(expired.cert, "CERTIFICATE")!, key: expired.key };
+}
+
+Deno.test("an expired certificate that was superseded or revoked before it expired is refused as one that has not expired (403 and its standing), not told to ask for a new invite; a renewal's retry with one superseded for its own key gets the current certificate", async () => {
+  await withWorld(async ({ ctx, ca, home, member }) => {
+    const bob = await member("bob");
+    // carol renewed (the same key) from another home, or her renewal's reply was lost; her
+    // certificate of before has expired since.
+    const carolOld = await expiredAndRevoked(ca, home, "carol", "superseded");
+    const { certificate: carol } = await ca.sign(
+      (await makeCsr("carol", { keyPem: carolOld.key })).csr,
+      "carol",
+    );
+    // dave's was revoked (stolen, say), then expired.
+    const daveOld = await expiredAndRevoked(ca, home, "dave", "keyCompromise");
+    for (const [method, path, json] of AUTH_ROUTES) {
+      const what = `${method} ${path}`;
+      assertNotCurrent(await call(ctx, method, path, { json, peer: daveOld.der }), what, {
+        status: "revoked",
+      });
+      if (path === "/v1/renew") continue; // below
+      // Before: 401 with standing expired (its holder told to ask for a new invite).
+      assertNotCurrent(await call(ctx, method, path, { json, peer: carolOld.der }), what, {
+        status: "superseded",
+        by: { serial: carol.serial, sameKey: true },
+      });
+    }
+    // The renewal's retry: the name's certificate now, for the caller's key; nothing signed.
+    const { csr } = await makeCsr("carol", { keyPem: carolOld.key });
+    const again = await renewAs(ctx, carolOld.der, csr);
+    assert.equal(again.status, 200, again.body);
+    assert.equal(typeof again.json.issuedEarlier, "string", again.body);
+    assert.equal(again.json.serial, carol.serial);
+    assert.equal((await ca.current("carol"))!.serial, carol.serial);
+    // A certificate superseded by one for another key gets no retry.
+    const { certificate: bobNow } = await ca.sign((await makeCsr("bob")).csr, "bob", {
+      replace: true,
+    });
+    const bobsKey = (await makeCsr("bob")).csr;
+    assertNotCurrent(await renewAs(ctx, bob.der, bobsKey), "bob", {
+      status: "superseded",
+      by: { serial: bobNow.serial, sameKey: false },
+    });
+  });
+});
+
 // ---------------------------------------------------------------------------
 // GET /v1/certs/{name}
 

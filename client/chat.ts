@@ -55,7 +55,7 @@ import { MailboxClient, type MailboxHost, MAX_MAILBOX_FILE_BYTES } from "./mailb
 import { type FileOffer, type FilePolicy, PeerConnection, type PeerEvents } from "./peer.ts";
 import { Renewal, type RenewalOptions } from "./renewal.ts";
 import { Revocation } from "./revocation.ts";
-import { Rooms } from "./rooms.ts";
+import { type RoomHistoryRecord, Rooms } from "./rooms.ts";
 import { LogMonitor } from "./transparency.ts";
 import type { RelayMode } from "./relay.ts";
 import { type KeyState, safetyNumber, TrustStore } from "./trust.ts";
@@ -112,6 +112,8 @@ const LOG_RETRY_MS = 5_000;
 const LOG_RETRIES = 4;
 /** Connections the listener holds at once from one address (the total: a quarter of the open-file limit). */
 const MAX_CONNECTIONS_PER_ADDRESS = 128;
+/** Room messages from the mailbox whose history lines wait to be recorded again, at most. */
+const MAX_UNSYNCED_ROOM_ITEMS = 256;
 
 interface Connected {
   conn: PeerConnection;
@@ -148,6 +150,10 @@ export class Chat {
   #admitting = new Map<PeerConnection, { hello(): void; closed(reason: string): void }>();
   #history: History;
   #roomPosts = new Map<string, Promise<unknown>>(); // per member: the last room post to the mailbox
+  // Room messages from the mailbox that the room showed but whose history lines could not be
+  // made durable, by item id: recorded again when the item is tried again (the room takes it
+  // for a copy then). At most MAX_UNSYNCED_ROOM_ITEMS, the oldest forgotten first.
+  #roomUnsynced = new Map<string, RoomHistoryRecord[]>();
   #log: LogMonitor;
   #watchTimer?: ReturnType<typeof setInterval>;
   #retryTimer?: ReturnType<typeof setTimeout>;
@@ -1134,17 +1140,24 @@ export class Chat {
       directory: async (name) => await this.#checkDirectory(await this.#ca.lookup(name), name),
       fresh: () => this.#revocation.ensureFresh(),
       checkSigner: async (pem, name) => {
+        // Revoked only as superseded is no verdict on its key: the sender renewed since (the
+        // key check below takes it only when its key is still the name's). Any other reason
+        // (a compromise) refuses, whatever key the name has now.
         const cert = checkPeer(pemDecode(pem, "CERTIFICATE"), this.#id.anchor, {
           name,
-          isRevoked: (s) => this.#revocation.isRevoked(s),
+          isRevoked: (s) => this.#revocation.isRevoked(s) && !this.#revocation.isSuperseded(s),
         });
         // Like a peer's certificate, it must be in the issuance log: the directory's current one
-        // (proved), or an earlier one for the same key (renewed since it was signed).
+        // (proved), or an earlier one for the same key (renewed since it was signed). One
+        // superseded by a certificate for another key is refused: a key replaced (after a theft,
+        // say) must not vouch for what was signed with it.
         const current = await this.#checkDirectory(await this.#ca.lookup(name), name);
         if (current.keyFingerprint !== cert.keyFingerprint) {
           throw new E2eError(
             "ERR_PEER_REJECTED",
-            `the key is not the one the directory names for "${name}"`,
+            this.#revocation.isRevoked(cert.serial)
+              ? `serial ${cert.serial} was superseded by a certificate for another key`
+              : `the key is not the one the directory names for "${name}"`,
           );
         }
         return cert;
@@ -1164,7 +1177,23 @@ export class Chat {
         const sent = item.sent;
         // A room's message: the room checks its author's signature and shows it in order.
         if (item.kind === "room") {
-          this.#rooms.fromMailbox(item.from, new TextDecoder().decode(item.payload));
+          // Its history lines are its only copy once the CA's is deleted: on disk, synced, or it
+          // stays at the CA. The room has shown it by then: tried again, it is recorded again.
+          let records = this.#roomUnsynced.get(item.id);
+          if (records) { for (const r of records) this.#history.roomMessage(r); }
+          else records = this.#rooms.fromMailbox(item.from, new TextDecoder().decode(item.payload));
+          try {
+            const rooms = new Map(records.map((r) => [r.roomId, r.room]));
+            for (const [roomId, room] of rooms) await this.#history.persistRoom(room, roomId);
+          } catch (e) {
+            this.#roomUnsynced.delete(item.id);
+            this.#roomUnsynced.set(item.id, records);
+            if (this.#roomUnsynced.size > MAX_UNSYNCED_ROOM_ITEMS) {
+              this.#roomUnsynced.delete(this.#roomUnsynced.keys().next().value!);
+            }
+            throw e;
+          }
+          this.#roomUnsynced.delete(item.id);
           return () => {};
         }
         if (item.kind === "message") {
@@ -1211,7 +1240,14 @@ export class Chat {
         await this.#quota.stored(item.from, path, size);
         const file = { id: item.id, ...receivedName(item.name!, path), path, bytes: size, sha256 };
         const ref = this.#history.file({ from: item.from, to: this.#id.name, ...file, sent });
-        await this.#history.flush();
+        try {
+          // As a message's: its line synced, or the item stays at the CA (and the file goes:
+          // stored again when it is tried again).
+          await this.#history.persist(item.from);
+        } catch (e) {
+          await Deno.remove(path).catch(() => {});
+          throw e;
+        }
         return () => this.#emit({ type: "file", from: item.from, ...file, via: "mailbox", ref });
       },
       delivered: (to, id) => {

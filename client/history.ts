@@ -194,7 +194,8 @@ export class History {
 
   /**
    * Records a message of a room (`room`, `#name`, whose id is `roomId`) we wrote or received;
-   * `late`: shown after later ones of its author. Returns the ref of a received one.
+   * `late`: shown after later ones of its author; `ref`: the ref of the same message recorded
+   * before (a line whose persist() failed, recorded again). Returns the ref of a received one.
    */
   roomMessage(
     m: {
@@ -205,9 +206,10 @@ export class History {
       text: string;
       at?: Date;
       late?: boolean;
+      ref?: string;
     },
   ): string | undefined {
-    const ref = this.#ref(m.from);
+    const ref = m.ref ?? this.#ref(m.from); // given: a line recorded again keeps its event's
     this.#append(roomKey(m.room, m.roomId), {
       t: "msg",
       id: m.id,
@@ -266,6 +268,7 @@ export class History {
   /**
    * The last `limit` entries of the conversation with `peer`, oldest first. For a room
    * (`#name`): the room of that name we are in now, else the one of that name written last.
+   * A mailbox item recorded twice (a crash before its id was marked seen) is read once.
    */
   async read(peer: string, limit = 50): Promise<HistoryEntry[]> {
     await this.flush();
@@ -333,7 +336,19 @@ export class History {
         entries.push(entry);
       }
     }
-    return entries.slice(Math.max(0, entries.length - limit));
+    // A mailbox item (its `sent` kept) stored again after a crash between its synced line and
+    // its id marked seen has two lines: the last is kept (the one shown, whose ref its event
+    // carried). Its sender's ids are random (lib/cms.ts newItemId) and a copy of one is refused
+    // as a replay, so two such lines from one sender with one id are the same item.
+    const kept = new Set<string>();
+    const once = entries.reverse().filter((e) => {
+      if (e.sent === undefined || e.from === this.#options.self) return true;
+      const key = `${e.kind} ${e.from} ${e.id}`;
+      if (kept.has(key)) return false;
+      kept.add(key);
+      return true;
+    }).reverse();
+    return once.slice(Math.max(0, once.length - limit));
   }
 
   /** The conversations on disk, the most recent first, with the time of their last write. */
@@ -416,6 +431,11 @@ export class History {
       if (n > 1) this.#persisting.set(conversation, n - 1);
       else this.#persisting.delete(conversation);
     }
+  }
+
+  /** {@linkcode persist} for the history of the room `room` whose id is `roomId`. */
+  async persistRoom(room: string, roomId: string): Promise<void> {
+    await this.persist(roomKey(room, roomId));
   }
 
   // fsync of a conversation's file, and once of its name in the folder (and the folder's).
@@ -532,6 +552,7 @@ export class History {
       this.#handles.get(peer)?.close();
       this.#handles.delete(peer);
       await Deno.rename(file, this.#file(peer, 1));
+      this.#named.delete(peer); // two names changed: the next persist() syncs the folder again
       size = 0;
       out = bytes;
     }

@@ -44,6 +44,34 @@ Deno.test("History keeps both sides of a conversation in order, with acks merged
   });
 });
 
+Deno.test("History.read() shows a mailbox item recorded twice (a crash before its id was marked seen) once, the last, and still shows a peer's direct messages that share an id", async () => {
+  await withTempDir(async (dir) => {
+    const history = new History(join(dir, "history"), { self: "alice" });
+    const sent = new Date(Date.now() - 60_000);
+    const id = "0123456789abcdef0123456789abcdef";
+    history.message({ id, from: "bob", to: "alice", text: "by the mailbox", sent });
+    await history.persist("bob");
+    history.message({ id: "b-1", from: "bob", to: "alice", text: "direct" });
+    history.message({ id: "b-1", from: "bob", to: "alice", text: "direct, same id" });
+    // The chat restarted and stored it again: its event carries this line's ref.
+    const ref = history.message({ id, from: "bob", to: "alice", text: "by the mailbox", sent });
+    history.message({ id, from: "alice", to: "bob", text: "ours, sharing the id" });
+    const entries = await history.read("bob");
+    assert.deepEqual(entries.map((e) => [e.from, e.text]), [
+      ["bob", "direct"],
+      ["bob", "direct, same id"],
+      ["bob", "by the mailbox"],
+      ["alice", "ours, sharing the id"],
+    ]);
+    assert.equal(entries[2].ref, ref);
+    assert.equal(
+      (await Deno.readTextFile(join(dir, "history", "bob.jsonl"))).split("\n")
+        .filter((l) => l.includes("by the mailbox")).length,
+      2,
+    );
+  });
+});
+
 Deno.test("History files are 0600 in a 0700 folder, one per conversation, listed most recent first", async () => {
   await withTempDir(async (dir) => {
     const folder = join(dir, "history");

@@ -228,7 +228,9 @@ interface SeenEntry {
   /**
    * With `direct`: its time for that order, ms since the epoch: its sending time, or its arrival
    * when dated ahead (a sender's clock ahead must not make their next items look reordered).
-   * Absent from entries of earlier versions: the sending time (`until` less the max age).
+   * Absent from entries of earlier versions: the sending time (`until` less the max age). Its
+   * sending time is kept too (`until` less the max age): a next item that is itself dated ahead
+   * is compared with it.
    */
   at?: number;
 }
@@ -1037,7 +1039,15 @@ export class MailboxClient {
         acked: false,
         ...(direct ? { direct: true, at: Math.min(item.sent.getTime(), Date.now()) } : {}),
       };
-      await this.#saveSeen();
+      try {
+        await this.#saveSeen();
+      } catch (e) {
+        // Not seen, neither shown nor acknowledged: the next look stores it again (the history
+        // keeps one line of a mailbox item: client/history.ts read()) and shows it. Left in
+        // memory, the next look took it for stored before and acknowledged it, never shown.
+        delete this.#seen[item.id];
+        throw e;
+      }
       show();
       if (direct && ahead > CLOCK_AHEAD_MS) {
         host.warning(
@@ -1087,13 +1097,18 @@ export class MailboxClient {
     );
   }
 
-  // The latest time of a direct item from `item`'s sender seen before (its sending time, or its
-  // arrival when dated ahead), if later than `item`'s sending time.
+  // The latest time of a direct item from `item`'s sender seen before, if later than `item`'s
+  // sending time. An item dated ahead of our clock is compared by claimed sending times (its
+  // sender's clock is ahead now: their earlier items were dated by it too); any other by `at`
+  // (the sending time, or the arrival of one dated ahead), so one item dated ahead does not make
+  // its sender's next items, dated right, look reordered.
   #sentLater(item: MailboxItem): number | undefined {
+    const ahead = item.sent.getTime() > Date.now();
     let latest = -Infinity;
     for (const e of Object.values(this.#seen)) {
       if (e.direct && e.from === item.from) {
-        latest = Math.max(latest, e.at ?? e.until - MAX_ITEM_AGE_MS);
+        const sent = e.until - MAX_ITEM_AGE_MS; // `until` is always the sending time plus it
+        latest = Math.max(latest, ahead ? sent : e.at ?? sent);
       }
     }
     return latest > item.sent.getTime() ? latest : undefined;

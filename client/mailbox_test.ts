@@ -1255,6 +1255,27 @@ Deno.test("MailboxClient: an item whose signer cannot be checked now (the CA bus
 // to a day ahead is taken) made every honest item of theirs for the next 12 hours come with a
 // warning that the CA service may have reordered or held back their items: a false alarm against
 // the service, which did nothing (from an attacker's review).
+Deno.test("MailboxClient: an item whose seen id cannot be written is neither shown nor acknowledged, and a later look of the same run stores and shows it, then acknowledges it (from an attacker's review)", async () => {
+  const { service, alice, bob } = await world();
+  const forBob = () => [...service.items.values()].filter((i) => i.record.to === "bob").length;
+  await alice.mailbox.post("bob", "message", text("shown before it goes"));
+  // seen.json cannot be replaced: a folder where it goes.
+  await Deno.mkdir(bob.home.mailboxSeen, { recursive: true });
+  await assert.rejects(bob.mailbox.check());
+  assert.equal(bob.stored.length, 1);
+  assert.deepEqual(bob.shown, []);
+  assert.equal(forBob(), 1, "acknowledged though not shown");
+  // Still not writable: the next look fails alike, and shows nothing.
+  await assert.rejects(bob.mailbox.check());
+  assert.deepEqual(bob.shown, []);
+  assert.equal(forBob(), 1);
+  await Deno.remove(bob.home.mailboxSeen);
+  await bob.mailbox.check();
+  assert.deepEqual(read(bob.shown), ["shown before it goes"]);
+  assert.equal(forBob(), 0);
+  assert.equal(bob.stored.length, 3);
+});
+
 Deno.test("MailboxClient: one item from a sender whose clock was ahead comes with a warning about their clock, and does not have their next items blamed on the CA service as reordered; a reorder of those is still told (from an attacker's review)", async () => {
   const { service, alice, bob } = await world();
   const sent = new Date(Date.now() + 12 * 3_600_000);
@@ -1297,6 +1318,39 @@ Deno.test("MailboxClient: one item from a sender whose clock was ahead comes wit
   assert.deepEqual(bob.warnings.slice(1), [
     `A mailbox message from "alice" sent at ${third.sent.toISOString()} came after one they ` +
     `sent later, at ${fourth.sent.toISOString()}: the CA service may have reordered or held ` +
+    `back their items`,
+  ]);
+});
+
+Deno.test("MailboxClient: two items of a sender whose clock is 5 minutes ahead (no clock warning) that the service hands over in the reverse order are told as reordered (from an attacker's review)", async () => {
+  const { service, alice, bob } = await world();
+  const item = async (payload: string, sent: Date) =>
+    await seal(
+      encodeItem({
+        id: newItemId(),
+        from: "alice",
+        to: "bob",
+        kind: "message",
+        sent,
+        payload: text(payload),
+      }),
+      {
+        key: { path: alice.me.keyPath },
+        signerCert: alice.me.cert,
+        recipientCert: members.get("bob")!.cert,
+      },
+    );
+  const firstSent = new Date(Date.now() + 5 * 60_000);
+  const secondSent = new Date(firstSent.getTime() + 30_000);
+  const first = await item("first", firstSent);
+  const second = await item("second", secondSent);
+  await service.as("alice").mailboxPost("bob", second);
+  await service.as("alice").mailboxPost("bob", first);
+  await bob.mailbox.check();
+  assert.deepEqual(read(bob.shown), ["second", "first"]);
+  assert.deepEqual(bob.warnings, [
+    `A mailbox message from "alice" sent at ${firstSent.toISOString()} came after one they ` +
+    `sent later, at ${secondSent.toISOString()}: the CA service may have reordered or held ` +
     `back their items`,
   ]);
 });

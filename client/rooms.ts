@@ -229,6 +229,24 @@ export interface RoomHost {
   invitationsFile?: string;
 }
 
+/** A room message's history line, as {@linkcode Rooms.fromMailbox} recorded it (with its ref). */
+export interface RoomHistoryRecord {
+  /** The message id (its room's id, author, membership and number). */
+  id: string;
+  /** The room's name. */
+  room: string;
+  /** The room's id, which names its history file. */
+  roomId: string;
+  /** Its author. */
+  from: string;
+  /** Its text. */
+  text: string;
+  /** Shown after later ones of its author. */
+  late?: boolean;
+  /** The ref its `room_message` event carried. */
+  ref?: string;
+}
+
 /** A room as `/room members` shows it. */
 export interface RoomInfo {
   /** `#name`. */
@@ -359,6 +377,7 @@ export class Rooms {
   #outbox: Array<{ r: Room; id: string; leave(): void }> = []; // room messages of this turn
   #unreachable = new Set<string>(); // co-members we failed to connect to (said once while they are)
   #mailboxSeen = new Set<string>(); // messages that came through the mailbox (bounded like a connection's)
+  #recorded?: RoomHistoryRecord[]; // the history lines #show() writes, while fromMailbox() runs
   #saveTimer?: ReturnType<typeof setTimeout>; // writes #dirty a moment later
   #invitationsDirty = false; // HOME/room-invitations.json is behind (only an invitation's age)
   #restored: RoomInvite[] = []; // waiting invitations read at load, shown again by start()
@@ -979,16 +998,22 @@ export class Rooms {
   /**
    * A room message `from` left for us in the CA's mailbox (the mailbox checked that `from`
    * signed the item; the room checks the author's own signature, the membership and the order).
-   * Anything else, or a refusal, is a warning.
+   * Anything else, or a refusal, is a warning. Returns the history lines it recorded (this
+   * message's and the held ones it let through, none when it waits or is a copy): the caller
+   * makes them durable before the CA's copy is deleted, and records them again if that fails.
    */
-  fromMailbox(from: string, payload: string): void {
+  fromMailbox(from: string, payload: string): RoomHistoryRecord[] {
+    const recorded: RoomHistoryRecord[] = this.#recorded = [];
     try {
       const body = decodeRoomFrame(JSON.parse(payload));
       if (body.op !== "msg") throw refused(`a room frame "${body.op}" through the mailbox`);
       this.#onMessage({ name: from }, body.m, body.to ?? [], true);
     } catch (e) {
       this.#warn(`Refused a room message from "${from}" through the mailbox`, e);
+    } finally {
+      this.#recorded = undefined;
     }
+    return recorded;
   }
 
   /** A `room` frame from a connected peer. Refusals are reported as warnings and change nothing. */
@@ -1555,14 +1580,16 @@ export class Rooms {
 
   #show(r: Room, m: SignedMessage, since: number, late = false): void {
     const id = roomMessageId(r.list.roomId, m.author, since, m.seq);
-    const ref = this.#host.history.roomMessage({
+    const record = {
       id,
       room: r.list.room,
       roomId: r.list.roomId,
       from: m.author,
       text: m.text,
-      late,
-    });
+      ...(late ? { late } : {}),
+    };
+    const ref = this.#host.history.roomMessage(record);
+    this.#recorded?.push({ ...record, ...(ref === undefined ? {} : { ref }) });
     this.#host.emit({
       type: "room_message",
       room: r.list.room,

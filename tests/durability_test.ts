@@ -123,6 +123,27 @@ test("client csr: the new key's name and its new folders are durable before the 
   });
 });
 
+test("History.persist() makes a conversation's file name durable again after the file rotated (the new file, and the old one's new name)", async (strace) => {
+  await withTempDir(async (dir) => {
+    const calls = await traceScript(
+      strace,
+      dir,
+      `import { History } from "ROOT/client/history.ts";
+       const history = new History(Deno.args[0] + "/history", { self: "alice", maxBytes: 300 });
+       history.message({ id: "1", from: "bob", to: "alice", text: "x".repeat(100) });
+       await history.persist("bob");
+       history.message({ id: "2", from: "bob", to: "alice", text: "y".repeat(250) });
+       await history.persist("bob");
+       history.close();`,
+      [dir],
+    );
+    const file = join(dir, "history", "bob.jsonl");
+    const rotated = indexOfCall(calls, "rename", `${file}.1`, 1);
+    assert.ok(rotated >= 0, "the file rotated");
+    assert.ok(folderSyncedAfter(calls, rotated, file), "the folder is not fsynced after rotation");
+  });
+});
+
 test("A received file's final name is durable before the sender can hear it arrived", async (strace) => {
   await withTempDir(async (dir) => {
     const bytes = new TextEncoder().encode("hello, durable world\n");
