@@ -2345,3 +2345,173 @@ Deno.test("A join under way is not pushed out when 32 invitations wait and its c
     }
   });
 });
+
+// r125: a newcomer takes an author up above his message 1 whenever he wrote before she joined
+// (his earlier messages carry an older list version, which no member ever fills her). Her floor
+// then never comes down, and every state she sends (each hello, each list change) says she saw
+// none of his: every member she meets sends her again every message of his it keeps (up to 512
+// and 8 MiB per room), all dropped as copies.
+Deno.test("A newcomer who showed all of an author's messages of her membership is not sent them all again at each later state", async () => {
+  await withTempDir(async (root) => {
+    const [alice, bob, carol, dave] = [keyPair(), keyPair(), keyPair(), keyPair()];
+    const roomId = roomIdFor("carol");
+    const listAt = (version: number, withDave: boolean) =>
+      signList({
+        roomId,
+        room: "#team",
+        creator: "carol",
+        version,
+        members: [
+          { name: "alice", key: alice.spki, since: 2 },
+          { name: "bob", key: bob.spki, since: 1 },
+          { name: "carol", key: carol.spki, since: 1 },
+          ...(withDave ? [{ name: "dave", key: dave.spki, since: 2 }] : []),
+        ],
+      }, carol.privateKey);
+    // Bob's 1 to 4 before alice joined (version 1); 5 on, since (version 2).
+    const byBob = (seq: number) =>
+      signMessage(
+        { roomId, room: "#team", author: "bob", seq, version: seq < 5 ? 1 : 2, text: `bob ${seq}` },
+        bob.privateKey,
+      );
+    const [aliceDir, carolDir] = [join(root, "a"), join(root, "c")];
+    await Deno.mkdir(aliceDir);
+    await Deno.mkdir(carolDir);
+    await writeRoom(aliceDir, listAt(2, true), carol.spki, { alice: 1 });
+    await writeRoom(carolDir, listAt(2, true), carol.spki, { alice: 1, bob: 1, carol: 1, dave: 1 });
+    let linked = false;
+    let fills = 0;
+    const parts: { alice?: Rooms; carol?: Rooms } = {};
+    const carolAtAlice: PeerConnection = fakeConnection("carol", carol.privateKey, (body) => {
+      queueMicrotask(() => parts.carol!.receive(aliceAtCarol, body));
+      return true;
+    });
+    const aliceAtCarol: PeerConnection = fakeConnection("alice", alice.privateKey, (body) => {
+      if (body.op === "msg" && body.fill) fills++;
+      queueMicrotask(() => parts.alice!.receive(carolAtAlice, body));
+      return true;
+    });
+    const bobAtAlice = fakeConnection("bob", bob.privateKey);
+    const bobAtCarol = fakeConnection("bob", bob.privateKey);
+    const events: CoreEvent[] = [];
+    parts.alice = testRooms(
+      "alice",
+      alice.pem,
+      aliceDir,
+      (n) => n === "bob" ? bobAtAlice : n === "carol" && linked ? carolAtAlice : undefined,
+      (e) => events.push(e),
+    );
+    parts.carol = testRooms(
+      "carol",
+      carol.pem,
+      carolDir,
+      (n) => n === "bob" ? bobAtCarol : n === "alice" && linked ? aliceAtCarol : undefined,
+      () => {},
+    );
+    await parts.alice.load();
+    await parts.carol.load();
+    try {
+      for (let seq = 1; seq <= 40; seq++) {
+        parts.carol.receive(bobAtCarol, { op: "msg", m: byBob(seq) });
+      }
+      parts.alice.receive(bobAtAlice, { op: "msg", m: byBob(41) });
+      await sleep(GAP_WAIT_MS + 500);
+      linked = true;
+      parts.alice.hello(carolAtAlice);
+      parts.carol.hello(aliceAtCarol);
+      await sleep(GAP_WAIT_MS + 500);
+      const shown = events.filter((e) => e.type === "room_message").length;
+      assert.equal(shown, 37, "bob 5 to 41, each once");
+      assert.equal(fills, 36, "carol filled 5 to 40 once");
+      // Carol removes dave: alice applies the list and sends her state again.
+      await parts.carol.remove("#team", "dave");
+      await sleep(200);
+      assert.equal(
+        events.filter((e) => e.type === "room_message").length,
+        shown,
+        "nothing new to show",
+      );
+      assert.equal(fills - 36, 0, "carol sent alice again every message of bob's she keeps");
+    } finally {
+      await parts.alice.stop();
+      await parts.carol.stop();
+    }
+  });
+});
+
+// r125: a member removed and added back while alice was away numbers his messages from 1 again
+// (b2dfbc3). His new messages reach alice before the list that re-adds him (the mailbox is read
+// before the creator is connected; or a co-member passes them on first): alice takes them under
+// his old membership. The numbers she had shown are dropped as copies, with a warning that
+// honest bob "signed two different messages"; the numbers past his old ones are shown under his
+// old membership's ids, then shown again once the new list comes and they are filled.
+Deno.test("A member added back whose renumbered messages come before the list that re-adds him is not accused of signing two texts under one number, and none of his messages is shown twice", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
+    const roomId = roomIdFor("carol");
+    const listAt = (version: number, bobSince: number) =>
+      signList({
+        roomId,
+        room: "#team",
+        creator: "carol",
+        version,
+        members: [
+          { name: "alice", key: alice.spki, since: 1 },
+          { name: "bob", key: bob.spki, since: bobSince },
+          { name: "carol", key: carol.spki, since: 1 },
+        ],
+      }, carol.privateKey);
+    await writeRoom(dir, listAt(1, 1), carol.spki, { alice: 1, bob: 1, carol: 1 });
+    const byBob = (seq: number, version: number, text: string) =>
+      signMessage({ roomId, room: "#team", author: "bob", seq, version, text }, bob.privateKey);
+    const connections = new Map([
+      ["bob", fakeConnection("bob", bob.privateKey)],
+      ["carol", fakeConnection("carol", carol.privateKey)],
+    ]);
+    const events: CoreEvent[] = [];
+    const rooms = testRooms(
+      "alice",
+      alice.pem,
+      dir,
+      (n) => connections.get(n),
+      (e) => events.push(e),
+    );
+    await rooms.load();
+    try {
+      for (let seq = 1; seq <= 3; seq++) {
+        rooms.receive(connections.get("bob")!, { op: "msg", m: byBob(seq, 1, `old ${seq}`) });
+      }
+      // Removed at 2, added back at 3 (since 3) while alice was away; he wrote 1 to 5 since,
+      // left for her in the mailbox, read before carol's list reaches her.
+      const renumbered = [1, 2, 3, 4, 5].map((seq) => byBob(seq, 3, `new ${seq}`));
+      for (const m of renumbered) {
+        rooms.fromMailbox("bob", JSON.stringify({ op: "msg", m, to: ["alice", "bob", "carol"] }));
+      }
+      rooms.receive(connections.get("carol")!, { op: "list", list: listAt(3, 3) });
+      // Her state after the list says she saw none of his new membership: carol fills them.
+      for (const m of renumbered) {
+        rooms.receive(connections.get("carol")!, { op: "msg", m, fill: true });
+      }
+      await sleep(100);
+      const texts = events.flatMap((e) => e.type === "room_message" ? [e.text] : []);
+      const warnings = events.flatMap((e) => e.type === "warning" ? [e.message] : []);
+      assert.deepEqual(
+        warnings.filter((w) => w.includes("signed two different messages")),
+        [],
+        "honest bob is accused of equivocating",
+      );
+      assert.deepEqual(texts, [
+        "old 1",
+        "old 2",
+        "old 3",
+        "new 1",
+        "new 2",
+        "new 3",
+        "new 4",
+        "new 5",
+      ]);
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
