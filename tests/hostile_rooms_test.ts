@@ -16,6 +16,7 @@ import {
 } from "node:crypto";
 import { join } from "node:path";
 import { encodeFrame } from "../lib/frames.ts";
+import { encodeItem, newItemId, seal } from "../lib/cms.ts";
 import { roomIdFor, type SignedList, signList, signMessage, spkiOf } from "../lib/room.ts";
 import { ChatClient, type ChatStartOptions, sleep, stopAll, waitUntil } from "./_harness.ts";
 import { MAX_ANSWER_BYTES } from "../client/peer.ts";
@@ -778,6 +779,76 @@ Deno.test("a second certificate the CA issues for a member's name, with another 
       // dave, listed with his own key; ann has never met him (nothing pinned).
       const dave = await joinUser(service, "dave", join(dir, "dave"));
       return [{ name: "dave", key: await keyOf(dave) }];
+    },
+  );
+});
+
+// r125: a dishonest CA certifies "dave" again, with a key of its own (logged), and leaves ann,
+// who never met dave, one mailbox item as that "dave". Ann pins the CA's key for dave on first
+// contact, though the creator's signed list (whose creator she did meet) gives dave another key:
+// from then on every message of the real dave is refused in the room, for good, and the real dave
+// cannot connect to her (a changed key). The CA keeps a member out of a room he is listed in.
+Deno.test("a mailbox item from a second certificate the CA issues for a member's name does not pin that key over the one the creator's list gives him, silencing the real member in the room", async () => {
+  let daveUser: User | undefined;
+  await withWorld(
+    async (w) => {
+      const { key } = await makeCsr("dave");
+      const cert = await signBehindTheirBacks(w.service, "dave", key);
+      await commitSomething(w.service);
+      const keyPath = join(w.dir, "fake-dave.key");
+      await Deno.writeTextFile(keyPath, key, { mode: 0o600 });
+      const der = await seal(
+        encodeItem({
+          id: newItemId(),
+          from: "dave",
+          to: "ann",
+          kind: "message",
+          sent: new Date(),
+          payload: new TextEncoder().encode("hi ann, dave here"),
+        }),
+        {
+          key: { path: keyPath },
+          signerCert: cert,
+          recipientCert: await Deno.readTextFile(w.annUser.certPath),
+        },
+      );
+      const posted = await w.service.request("/v1/mailbox/ann", {
+        method: "POST",
+        body: der,
+        headers: { "content-type": "application/cms" },
+        cert,
+        key,
+      });
+      assert.equal(posted.status, 200, posted.body);
+      await w.ann.expect({ type: "message", from: "dave", text: "hi ann, dave here" }, 30_000);
+      // The real dave, listed with his own key, writes in the room; mallory passes it on.
+      const daveKey = createPrivateKey(await Deno.readTextFile(daveUser!.keyPath));
+      const m = signMessage(
+        {
+          roomId: ROOM_ID,
+          room: ROOM,
+          author: "dave",
+          seq: 1,
+          version: w.list.version,
+          text: "real dave",
+        },
+        daveKey,
+      );
+      w.mallory.write(roomFrame({ op: "msg", m, to: ["dave", "mallory"] }));
+      await sleep(1_000);
+      assert.deepEqual(
+        w.ann.events.filter((e) => e.type === "warning").map((e) => e.message),
+        [],
+        "the real dave, listed by the creator, is refused",
+      );
+      assert.ok(
+        w.ann.events.some((e) => e.type === "room_message" && e.text === "real dave"),
+        w.ann.describe(),
+      );
+    },
+    async ({ service, dir }) => {
+      daveUser = await joinUser(service, "dave", join(dir, "dave"));
+      return [{ name: "dave", key: await keyOf(daveUser) }];
     },
   );
 });
