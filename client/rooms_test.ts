@@ -2515,3 +2515,22 @@ Deno.test("A member added back whose renumbered messages come before the list th
     }
   });
 });
+
+// r125: fills come lowest first (a member's buffer, in the order it got them). A newcomer who took
+// an author up at his 400th (bob restarted: none she met kept the earlier ones) and is then filled
+// 50 to 399 by a member met later shows 50 to 305 and 399, drops 306 to 398 (the bound of 256
+// "shown apart" counts every one of an ascending run) and reports them missing though they came.
+Deno.test("A newcomer filled, lowest first, with more than 256 of an author's messages withheld below the take-up shows them all and reports none missing", async () => {
+  await newcomer(async ({ byBob, rooms, events, bob, carol }) => {
+    rooms.receive(bob, { op: "msg", m: byBob(400) });
+    await sleep(GAP_WAIT_MS + 500);
+    events.length = 0;
+    for (let seq = 50; seq <= 399; seq++) {
+      rooms.receive(carol, { op: "msg", m: byBob(seq), fill: true });
+    }
+    await sleep(GAP_WAIT_MS + 500);
+    const shown = events.flatMap((e) => e.type === "room_message" ? [e.text] : []);
+    assert.deepEqual(events.filter((e) => e.type === "room_gap"), [], "came, yet reported missing");
+    assert.equal(shown.length, 350, "honest fills dropped");
+  });
+});
