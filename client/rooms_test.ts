@@ -2534,3 +2534,53 @@ Deno.test("A newcomer filled, lowest first, with more than 256 of an author's me
     assert.equal(shown.length, 350, "honest fills dropped");
   });
 });
+
+// r125: b2dfbc3 resets a re-added member's number in #apply, writes ROOMID.json (the new list,
+// seq 0) durably, then ROOMID.seq. A power cut between the two leaves this on disk: the new since
+// with the old number in ROOMID.seq, and load takes the larger. Bob then numbers his messages on
+// from 51 under his new since, and every member reports 1 to 50 missing (the bug b2dfbc3 fixed).
+// Written the other way round (ROOMID.seq first), the cut would leave the old list with its old
+// number: nothing wrong either way.
+Deno.test("A member added back and cut off between saving the new list and saving his reset number numbers his messages from 1 after the restart", async () => {
+  await withTempDir(async (dir) => {
+    const [bob, carol] = [keyPair(), keyPair()];
+    const roomId = roomIdFor("carol");
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 3,
+      members: [
+        { name: "bob", key: bob.spki, since: 3 },
+        { name: "carol", key: carol.spki, since: 1 },
+      ],
+    }, carol.privateKey);
+    // What #apply made durable before the cut: the list that adds him back, with seq 0 …
+    await Deno.writeTextFile(
+      join(dir, `${roomId}.json`),
+      JSON.stringify({ v: 1, list, creatorKey: carol.spki, seq: 0, next: { bob: 1, carol: 1 } }),
+    );
+    // … and ROOMID.seq as his old membership left it.
+    await Deno.writeTextFile(join(dir, `${roomId}.seq`), "50");
+    const sent: number[] = [];
+    const carolConn = fakeConnection("carol", carol.privateKey, (body) => {
+      if (body.op === "msg") sent.push(body.m.seq);
+      return true;
+    });
+    const rooms = testRooms(
+      "bob",
+      bob.pem,
+      dir,
+      (n) => n === "carol" ? carolConn : undefined,
+      () => {},
+    );
+    await rooms.load();
+    try {
+      rooms.send("#team", "back");
+      await sleep(50);
+      assert.deepEqual(sent, [1], "numbered on from his old membership under the new since");
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
