@@ -351,6 +351,9 @@ export class Rooms {
   #invitesFrom = new WeakMap<PeerConnection, number>();
   #requests = new WeakMap<PeerConnection, { second: number; count: number }>();
   #hellos = new WeakMap<PeerConnection, Set<string>>(); // rooms whose first state came on it
+  // Per connection, by `ROOMID AUTHOR@SINCE`: the lowest number asked below an author's take-up
+  // floor (asked once, and again only once the floor came down to it: see #askBelowFloor).
+  #askedBelow = new WeakMap<PeerConnection, Map<string, number>>();
   #equivocated = new Map<string, true>(); // authors told of as signing two texts under one number
   #connKeys = new WeakMap<PeerConnection, string>(); // the key of each connection's certificate
   #otherKey = new WeakMap<PeerConnection, Set<string>>(); // rooms whose list gives it another key
@@ -1418,6 +1421,8 @@ export class Rooms {
     if (f.version < r.list.version) {
       return void conn.sendRoom({ op: "list", list: r.list }, { answer: true });
     }
+    // It holds our list or a newer one (which has us, or it would not send us its state).
+    this.#askBelowFloor(r, conn);
     if (f.version > r.list.version) return this.#sendState(r, conn, true);
     const member = r.list.members.find((x) => x.name === conn.name)!;
     for (const m of r.buffer.values()) {
@@ -1592,7 +1597,9 @@ export class Rooms {
     if (r.gaps.has(author)) return;
     const seqs = range(Math.max(1, lowest - MAX_WANT), lowest);
     for (const c of this.#connectedMembers(r, [this.#host.self])) {
-      c.sendRoom({ op: "want", roomId: r.list.roomId, author, seqs });
+      if (c.sendRoom({ op: "want", roomId: r.list.roomId, author, seqs })) {
+        this.#askedOn(c).set(this.#belowKey(r, author), seqs[0]);
+      }
     }
     r.gaps.set(
       author,
@@ -1605,6 +1612,7 @@ export class Rooms {
         if (from > 1) r.floor.set(author, from);
         this.#drain(r, author);
         this.#save(r);
+        if (from > 1) this.#askAllBelowFloor(r, author);
       }, GAP_WAIT_MS),
     );
   }
@@ -1628,6 +1636,7 @@ export class Rooms {
     else r.floor.delete(author);
     if (shown.size) r.lateShown.set(author, shown);
     else r.lateShown.delete(author);
+    if (f > 1 && f < floor) this.#askAllBelowFloor(r, author);
     if (shown.size === MAX_LATE_SHOWN) {
       this.#host.emit({
         type: "warning",
@@ -2074,16 +2083,50 @@ export class Rooms {
 
   #sendState(r: Room, conn: PeerConnection, answer = false): void {
     const seen: Record<string, number> = {};
-    // Below an author's take-up floor, what they wrote since we joined may still come: asked
-    // for as none seen (members fill only what is of our membership; what we have is dropped as
-    // a copy). Else no member met after the take-up would fill it, nor would we report it.
-    for (const [author, next] of Object.entries(r.next)) {
-      seen[author] = r.floor.has(author) ? 0 : next - 1;
-    }
+    // The last shown, a take-up floor or not: what is below a floor is asked with `want`
+    // (#askBelowFloor). Giving 0 for it had every member resend all it kept of the author at
+    // each state, for good when the author wrote before we joined (the floor never comes down).
+    for (const [author, next] of Object.entries(r.next)) seen[author] = next - 1;
     seen[this.#host.self] = r.seq;
     conn.sendRoom({ op: "state", roomId: r.list.roomId, version: r.list.version, seen }, {
       answer,
     });
+  }
+
+  // What an author wrote since we joined, below where we took them up, may still come: the 64
+  // numbers under the floor (less those shown late) are asked of `conn`, once; again (the next 64)
+  // only once fills of ours brought the floor down to the lowest asked. Members answer only with
+  // what is of our membership; what we have is dropped as a copy; what is missing between those
+  // shown late and the floor is reported (#reportLate). Bounded: one `want` per connection and
+  // author, and one more per 64 messages shown.
+  #askBelowFloor(r: Room, conn: PeerConnection, only?: string): void {
+    for (const [author, floor] of r.floor) {
+      if (only !== undefined && author !== only) continue;
+      const asked = this.#askedOn(conn);
+      const key = this.#belowKey(r, author);
+      const lowest = asked.get(key);
+      if (lowest !== undefined && floor > lowest) continue;
+      const shown = r.lateShown.get(author);
+      const seqs = range(Math.max(1, floor - MAX_WANT), floor).filter((n) => !shown?.has(n));
+      if (seqs.length === 0) continue;
+      if (!conn.sendRoom({ op: "want", roomId: r.list.roomId, author, seqs })) continue;
+      asked.set(key, seqs[0]);
+    }
+  }
+
+  #askAllBelowFloor(r: Room, author: string): void {
+    for (const c of this.#connectedMembers(r, [this.#host.self])) this.#askBelowFloor(r, c, author);
+  }
+
+  #askedOn(conn: PeerConnection): Map<string, number> {
+    let asked = this.#askedBelow.get(conn);
+    if (!asked) this.#askedBelow.set(conn, asked = new Map());
+    return asked;
+  }
+
+  #belowKey(r: Room, author: string): string {
+    const since = r.list.members.find((x) => x.name === author)?.since ?? 0;
+    return `${r.list.roomId} ${author}@${since}`;
   }
 
   #remember(r: Room, m: SignedMessage): void {

@@ -2346,11 +2346,11 @@ Deno.test("A join under way is not pushed out when 32 invitations wait and its c
   });
 });
 
-// r125: a newcomer takes an author up above his message 1 whenever he wrote before she joined
-// (his earlier messages carry an older list version, which no member ever fills her). Her floor
-// then never comes down, and every state she sends (each hello, each list change) says she saw
-// none of his: every member she meets sends her again every message of his it keeps (up to 512
-// and 8 MiB per room), all dropped as copies.
+// A newcomer takes an author up above his message 1 whenever he wrote before she joined (his
+// earlier messages carry an older list version, which no member ever fills her). Her floor then
+// never comes down; her state said she saw none of his (seen 0) at each hello and list change,
+// so every member she met sent her again every message of his it kept (up to 512 and 8 MiB per
+// room), all dropped as copies (r125). What is below the floor is asked with one `want` instead.
 Deno.test("A newcomer who showed all of an author's messages of her membership is not sent them all again at each later state", async () => {
   await withTempDir(async (root) => {
     const [alice, bob, carol, dave] = [keyPair(), keyPair(), keyPair(), keyPair()];
