@@ -842,6 +842,26 @@ export class Rooms {
     return this.#byName(room) !== undefined;
   }
 
+  /**
+   * The key fingerprints the member lists of our rooms give `name`, with each room: a first
+   * contact with `name` through the mailbox must carry them (a dishonest CA may certify the name
+   * again with a key of its own, which pinned would silence the listed member in the room).
+   *
+   * @example
+   * ```ts ignore
+   * chat.rooms.listedKeys("dave"); // [{ room: "#team", keyFingerprint: "…" }]
+   * ```
+   */
+  listedKeys(name: string): Array<{ room: string; keyFingerprint: string }> {
+    const out: Array<{ room: string; keyFingerprint: string }> = [];
+    if (name === this.#host.self) return out;
+    for (const r of this.#rooms.values()) {
+      const m = r.list.members.find((x) => x.name === name);
+      if (m) out.push({ room: r.list.room, keyFingerprint: keyFingerprintOf(m.key) });
+    }
+    return out;
+  }
+
   /** Whether `name` is in the member list we hold for `room` (false when we are not in it). */
   isMember(room: string, name: string): boolean {
     const r = this.#byName(room);

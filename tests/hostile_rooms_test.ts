@@ -783,12 +783,13 @@ Deno.test("a second certificate the CA issues for a member's name, with another 
   );
 });
 
-// r125: a dishonest CA certifies "dave" again, with a key of its own (logged), and leaves ann,
-// who never met dave, one mailbox item as that "dave". Ann pins the CA's key for dave on first
+// A dishonest CA certifies "dave" again, with a key of its own (logged), and leaves ann, who
+// never met dave, one mailbox item as that "dave". Ann pinned the CA's key for dave on first
 // contact, though the creator's signed list (whose creator she did meet) gives dave another key:
-// from then on every message of the real dave is refused in the room, for good, and the real dave
-// cannot connect to her (a changed key). The CA keeps a member out of a room he is listed in.
-Deno.test("a mailbox item from a second certificate the CA issues for a member's name does not pin that key over the one the creator's list gives him, silencing the real member in the room", async () => {
+// from then on every message of the real dave was refused in the room, for good, and the real
+// dave could not connect to her (a changed key): the CA kept a member out of a room he is listed
+// in (r125). The item is refused now, and nothing is pinned.
+Deno.test("a mailbox item from a second certificate the CA issues for a member's name is refused and does not pin that key over the one the creator's list gives him", async () => {
   let daveUser: User | undefined;
   await withWorld(
     async (w) => {
@@ -820,7 +821,9 @@ Deno.test("a mailbox item from a second certificate the CA issues for a member's
         key,
       });
       assert.equal(posted.status, 200, posted.body);
-      await w.ann.expect({ type: "message", from: "dave", text: "hi ann, dave here" }, 30_000);
+      const refusal = 'Refused a mailbox item said to be from "dave": its signer\'s certificate ' +
+        `is refused: the key is not the one the member list of ${ROOM} gives "dave"`;
+      await w.ann.expect({ type: "warning", message: refusal }, 30_000);
       // The real dave, listed with his own key, writes in the room; mallory passes it on.
       const daveKey = createPrivateKey(await Deno.readTextFile(daveUser!.keyPath));
       const m = signMessage(
@@ -838,9 +841,10 @@ Deno.test("a mailbox item from a second certificate the CA issues for a member's
       await sleep(1_000);
       assert.deepEqual(
         w.ann.events.filter((e) => e.type === "warning").map((e) => e.message),
-        [],
+        [refusal],
         "the real dave, listed by the creator, is refused",
       );
+      assert.ok(!w.ann.events.some((e) => e.type === "message" && e.from === "dave"));
       assert.ok(
         w.ann.events.some((e) => e.type === "room_message" && e.text === "real dave"),
         w.ann.describe(),
