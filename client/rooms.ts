@@ -117,7 +117,9 @@ export const MAX_FORMER = 256;
 const MAX_SEEN_PER_CONNECTION = 20_000;
 /**
  * ROOMID.seq holds our sequence number twice, in two slots this far apart (two disk sectors), each
- * `SEQ` (20 digits), a space, the first 16 hex of SEQ's SHA-256 and a newline.
+ * `SEQ` (20 digits), a space, the first 16 hex of SEQ's SHA-256 and a newline; then the `since` of
+ * the membership it counts for (20 digits), a space, the first 16 hex of the SHA-256 of
+ * `SEQ SINCE` and a newline (a slot without it, as written before, counts for any).
  */
 const SEQ_SLOT = 512;
 /** Re-invites of an unreachable co-member back off from this to {@linkcode DIAL_MAX_MS}. */
@@ -411,8 +413,11 @@ export class Rooms {
         if (!verifyList(list, publicKeyOf(data.creatorKey))) throw new Error("bad signature");
         if (!list.members.some((x) => x.name === this.#host.self)) throw new Error("not a member");
         let seq = safeCount(data.seq);
+        // Not the number of another membership of ours: added back, ROOMID.json (the new since,
+        // seq 0) is durable before ROOMID.seq is, and a power cut between them left the old one.
+        const since = list.members.find((x) => x.name === this.#host.self)!.since;
         try {
-          seq = Math.max(seq, readSeq(Deno.readFileSync(this.#seqFile(list.roomId))));
+          seq = Math.max(seq, readSeq(Deno.readFileSync(this.#seqFile(list.roomId)), since));
         } catch { /* no seq file yet */ }
         const next: Record<string, number> = Object.create(null);
         for (const [k, v] of Object.entries(data.next ?? {})) {
@@ -2228,7 +2233,7 @@ export class Rooms {
         using f = Deno.openSync(file, { write: true });
         const slot = r.seqSlot === 0 ? 1 : 0;
         f.seekSync(slot * SEQ_SLOT, Deno.SeekMode.Start);
-        writeAllSync(f, seqSlot(r.seq));
+        writeAllSync(f, seqSlot(r.seq, this.#ownSince(r)));
         f.syncDataSync();
         r.seqSlot = slot;
         return;
@@ -2237,9 +2242,10 @@ export class Rooms {
       }
     }
     // Whole: a temp file with both slots, fsynced, renamed, and its folder fsynced.
-    const bytes = new Uint8Array(SEQ_SLOT + seqSlot(r.seq).length);
-    bytes.set(seqSlot(r.seq), 0);
-    bytes.set(seqSlot(r.seq), SEQ_SLOT);
+    const one = seqSlot(r.seq, this.#ownSince(r));
+    const bytes = new Uint8Array(SEQ_SLOT + one.length);
+    bytes.set(one, 0);
+    bytes.set(one, SEQ_SLOT);
     const tmp = `${file}.tmp`;
     const write = () => {
       using f = Deno.openSync(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
@@ -2257,6 +2263,11 @@ export class Rooms {
     Deno.renameSync(tmp, file);
     syncDirSync(this.#host.dir);
     r.seqSlot = 0; // both hold it: the next write takes slot 1
+  }
+
+  // The version of the list that added us (the membership our sequence number counts for).
+  #ownSince(r: Room): number {
+    return r.list.members.find((x) => x.name === this.#host.self)?.since ?? 0;
   }
 
   // How far messages were shown: written a moment later (one write for a burst), not fsynced.
@@ -2542,25 +2553,34 @@ function range(from: number, to: number): number[] {
   return out;
 }
 
-// One slot of ROOMID.seq (see SEQ_SLOT).
-function seqSlot(seq: number): Uint8Array {
+// One slot of ROOMID.seq (see SEQ_SLOT). Its first line alone is what was written before (and
+// what a client of before reads), so that going back a version never reuses a number.
+function seqSlot(seq: number, since: number): Uint8Array {
   const digits = String(seq).padStart(20, "0");
   const check = createHash("sha256").update(digits).digest("hex").slice(0, 16);
-  return new TextEncoder().encode(`${digits} ${check}\n`);
+  const of = String(since).padStart(20, "0");
+  const tag = createHash("sha256").update(`${digits} ${of}`).digest("hex").slice(0, 16);
+  return new TextEncoder().encode(`${digits} ${check}\n${of} ${tag}\n`);
 }
 
-// The number ROOMID.seq holds: the larger of its two slots that check out, or the plain number
-// written before the slots; 0 when none does.
-function readSeq(bytes: Uint8Array): number {
+// The number ROOMID.seq holds for our membership `since`: the larger of its two slots that check
+// out and count for it (a slot of another membership is left out; one without the `since` line, as
+// written before, or whose line a power cut tore, counts), or the plain number written before the
+// slots; 0 when none does.
+function readSeq(bytes: Uint8Array, since: number): number {
   const text = new TextDecoder().decode(bytes);
   if (/^\d{1,16}$/.test(text)) return safeCount(Number(text));
   let seq = 0;
   for (const at of [0, SEQ_SLOT]) {
-    const slot = new TextDecoder().decode(bytes.subarray(at, at + 38));
-    const m = /^(\d{20}) [0-9a-f]{16}\n$/.exec(slot);
-    if (m && new TextDecoder().decode(seqSlot(Number(m[1]))) === slot) {
-      seq = Math.max(seq, safeCount(Number(m[1])));
-    }
+    const slot = new TextDecoder().decode(bytes.subarray(at, at + 76));
+    const m = /^(\d{20}) [0-9a-f]{16}\n/.exec(slot);
+    if (!m) continue;
+    const whole = new TextDecoder().decode(seqSlot(Number(m[1]), since));
+    if (whole.slice(0, 38) !== m[0]) continue;
+    const tag = /^(\d{20}) [0-9a-f]{16}\n$/.exec(slot.slice(38));
+    const of = tag ? new TextDecoder().decode(seqSlot(Number(m[1]), Number(tag[1]))) : undefined;
+    if (of === slot && Number(tag![1]) !== since) continue; // another membership's
+    seq = Math.max(seq, safeCount(Number(m[1])));
   }
   return seq;
 }

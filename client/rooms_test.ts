@@ -2535,52 +2535,68 @@ Deno.test("A newcomer filled, lowest first, with more than 256 of an author's me
   });
 });
 
-// r125: b2dfbc3 resets a re-added member's number in #apply, writes ROOMID.json (the new list,
-// seq 0) durably, then ROOMID.seq. A power cut between the two leaves this on disk: the new since
-// with the old number in ROOMID.seq, and load takes the larger. Bob then numbers his messages on
-// from 51 under his new since, and every member reports 1 to 50 missing (the bug b2dfbc3 fixed).
-// Written the other way round (ROOMID.seq first), the cut would leave the old list with its old
-// number: nothing wrong either way.
+// b2dfbc3 resets a re-added member's number in #apply, writes ROOMID.json (the new list, seq 0)
+// durably, then ROOMID.seq. A power cut between the two left the new since with the old number in
+// ROOMID.seq, and load took the larger: bob numbered his messages on from there under his new
+// since, and every member reported the numbers before missing (the bug b2dfbc3 fixed) (r125).
+// ROOMID.seq now says which membership its number counts for.
 Deno.test("A member added back and cut off between saving the new list and saving his reset number numbers his messages from 1 after the restart", async () => {
   await withTempDir(async (dir) => {
     const [bob, carol] = [keyPair(), keyPair()];
     const roomId = roomIdFor("carol");
-    const list = signList({
-      roomId,
-      room: "#team",
-      creator: "carol",
-      version: 3,
-      members: [
-        { name: "bob", key: bob.spki, since: 3 },
-        { name: "carol", key: carol.spki, since: 1 },
-      ],
-    }, carol.privateKey);
-    // What #apply made durable before the cut: the list that adds him back, with seq 0 …
-    await Deno.writeTextFile(
-      join(dir, `${roomId}.json`),
-      JSON.stringify({ v: 1, list, creatorKey: carol.spki, seq: 0, next: { bob: 1, carol: 1 } }),
-    );
-    // … and ROOMID.seq as his old membership left it.
-    await Deno.writeTextFile(join(dir, `${roomId}.seq`), "50");
+    const listAt = (version: number, bobSince: number) =>
+      signList({
+        roomId,
+        room: "#team",
+        creator: "carol",
+        version,
+        members: [
+          { name: "bob", key: bob.spki, since: bobSince },
+          { name: "carol", key: carol.spki, since: 1 },
+        ],
+      }, carol.privateKey);
     const sent: number[] = [];
     const carolConn = fakeConnection("carol", carol.privateKey, (body) => {
       if (body.op === "msg") sent.push(body.m.seq);
       return true;
     });
-    const rooms = testRooms(
-      "bob",
-      bob.pem,
-      dir,
-      (n) => n === "carol" ? carolConn : undefined,
-      () => {},
-    );
-    await rooms.load();
-    try {
+    const run = async (fn: (rooms: Rooms) => Promise<void>) => {
+      const rooms = testRooms(
+        "bob",
+        bob.pem,
+        dir,
+        (n) => n === "carol" ? carolConn : undefined,
+        () => {},
+      );
+      await rooms.load();
+      try {
+        await fn(rooms);
+      } finally {
+        await rooms.stop();
+      }
+    };
+    // His first membership (since 1): he wrote 1 to 3, made durable in ROOMID.seq.
+    await writeRoom(dir, listAt(1, 1), carol.spki, { bob: 1, carol: 1 });
+    await run(async (rooms) => {
+      for (let i = 1; i <= 3; i++) rooms.send("#team", `old ${i}`);
+      await sleep(50);
+    });
+    assert.deepEqual(sent, [1, 2, 3]);
+    sent.length = 0;
+    // What #apply made durable before the cut: the list that adds him back (since 3), seq 0;
+    // ROOMID.seq as his old membership left it.
+    await writeRoom(dir, listAt(3, 3), carol.spki, { bob: 1, carol: 1 });
+    await run(async (rooms) => {
       rooms.send("#team", "back");
       await sleep(50);
-      assert.deepEqual(sent, [1], "numbered on from his old membership under the new since");
-    } finally {
-      await rooms.stop();
-    }
+    });
+    assert.deepEqual(sent, [1], "numbered on from his old membership under the new since");
+    // The same membership again: its number counts (never a number used twice).
+    sent.length = 0;
+    await run(async (rooms) => {
+      rooms.send("#team", "again");
+      await sleep(50);
+    });
+    assert.deepEqual(sent, [2]);
   });
 });
