@@ -70,8 +70,10 @@ const MAX_GAP_LISTED = 1000;
 /** Messages held back per author while an earlier one is missing. */
 const MAX_HELD = 256;
 /**
- * Late messages shown below where an author was taken up, apart from it (not right below it or
- * one shown so), remembered per author (more are not shown, with a warning).
+ * Runs of late messages shown below where an author was taken up, apart from it (not right below
+ * it or one shown so), remembered per author as ranges of numbers: one that would start another
+ * run past these is not shown (with a warning). Counted in runs, not messages: fills come lowest
+ * first, and an honest run of more than 256 was cut short and reported missing though it came.
  */
 const MAX_LATE_SHOWN = 256;
 /**
@@ -262,8 +264,8 @@ interface Room {
    * come late, is shown (once: see `lateShown`).
    */
   floor: Map<string, number>;
-  /** Per author with a floor: the numbers below it shown late, not right below it. */
-  lateShown: Map<string, Set<number>>;
+  /** Per author with a floor: the numbers below it shown late, not right below it (ranges). */
+  lateShown: Map<string, Ranges>;
   /** Per author with a floor: the lowest number below which missing ones were not reported yet. */
   lateReported: Map<string, number>;
   /** Per author: the wait before the numbers missing among those shown late are reported. */
@@ -430,17 +432,19 @@ export class Rooms {
           if (k in next && f > 1 && f <= next[k]) floor.set(k, f);
         }
         // The numbers below it shown late (absent in files of before: none).
-        const lateShown = new Map<string, Set<number>>();
+        // Ranges [LO, HI]; plain numbers, as written before, are read as ranges of one.
+        const lateShown = new Map<string, Ranges>();
         for (const [k, v] of Object.entries(data.lateShown ?? {})) {
           const f = floor.get(k);
           if (f === undefined || !Array.isArray(v)) continue;
-          const shown = new Set(
-            v.slice(0, MAX_LATE_SHOWN).filter((n) => {
-              const c = safeCount(n);
-              return c >= 1 && c < f - 1;
-            }),
-          );
-          if (shown.size) lateShown.set(k, shown);
+          const shown: Ranges = [];
+          for (const x of v.slice(0, MAX_LATE_SHOWN * 2)) {
+            const [lo, hi] = Array.isArray(x) ? [x[0], x[1]].map(safeCount) : [x, x].map(safeCount);
+            if (lo < 1 || hi < lo || hi >= f - 1) continue;
+            if (shown.length <= MAX_LATE_SHOWN) addRange(shown, lo, hi);
+          }
+          shown.splice(MAX_LATE_SHOWN);
+          if (shown.length) lateShown.set(k, shown);
         }
         const invited: Record<string, true> = Object.create(null);
         for (const k of Object.keys(data.invited ?? {})) invited[k] = true;
@@ -1357,12 +1361,13 @@ export class Rooms {
     // Below where we took the author up, not shown yet (and of our membership, checked above).
     const floor = r.floor.get(m.author);
     const belowFloor = floor !== undefined && m.seq < floor &&
-      !r.lateShown.get(m.author)?.has(m.seq);
-    // Past MAX_LATE_SHOWN shown apart (said by #showLate), one more is not shown: a bound on
-    // what is kept of them (in ROOMID.json too), which an author signing every number below the
-    // floor would otherwise grow without end.
+      !inRanges(r.lateShown.get(m.author), m.seq);
+    // Past MAX_LATE_SHOWN runs shown apart (said by #showLate), one that starts another is not
+    // shown: a bound on what is kept of them (in ROOMID.json too), which an author signing every
+    // other number below the floor would otherwise grow without end.
     const lateFull = belowFloor && m.seq < floor - 1 &&
-      (r.lateShown.get(m.author)?.size ?? 0) >= MAX_LATE_SHOWN;
+      !extendsRange(r.lateShown.get(m.author), m.seq) &&
+      (r.lateShown.get(m.author)?.length ?? 0) >= MAX_LATE_SHOWN;
     const duplicate = lateFull || !belowFloor && (
           (next !== undefined && m.seq < next) || r.held.get(m.author)?.has(m.seq) ||
           r.buffer.has(`${m.author}.${m.seq}`)
@@ -1653,23 +1658,25 @@ export class Rooms {
     const since = r.list.members.find((x) => x.name === author)?.since ?? 0;
     // Marked (not a warning): later messages of its author were shown before it.
     this.#show(r, m, since, true);
-    const shown = r.lateShown.get(author) ?? new Set<number>();
-    shown.add(m.seq);
+    const shown = r.lateShown.get(author) ?? [];
+    const runs = shown.length;
+    addRange(shown, m.seq, m.seq);
     let f = floor;
-    while (shown.has(f - 1)) shown.delete(--f);
+    const last = shown.at(-1);
+    if (last && last[1] === f - 1) [f] = shown.pop()!;
     if (f > 1) r.floor.set(author, f);
     else r.floor.delete(author);
-    if (shown.size) r.lateShown.set(author, shown);
+    if (shown.length) r.lateShown.set(author, shown);
     else r.lateShown.delete(author);
     if (f > 1 && f < floor) this.#askAllBelowFloor(r, author);
-    if (shown.size === MAX_LATE_SHOWN) {
+    if (shown.length === MAX_LATE_SHOWN && runs < MAX_LATE_SHOWN) {
       this.#host.emit({
         type: "warning",
-        message: `${MAX_LATE_SHOWN} messages of "${author}" in ${r.list.room} came late, apart ` +
-          `from the others: more that come so are not shown`,
+        message: `Messages of "${author}" in ${r.list.room} came late in ${MAX_LATE_SHOWN} runs ` +
+          `apart from the others: more that come apart so are not shown`,
       });
     }
-    if (shown.size && !r.lateTimers.has(author)) {
+    if (shown.length && !r.lateTimers.has(author)) {
       r.lateTimers.set(author, setTimeout(() => this.#reportLate(r, author), GAP_WAIT_MS));
     }
     this.#save(r);
@@ -1681,16 +1688,19 @@ export class Rooms {
     r.lateTimers.delete(author);
     const floor = r.floor.get(author);
     const shown = r.lateShown.get(author);
-    if (this.#rooms.get(r.list.roomId) !== r || floor === undefined || !shown?.size) return;
-    const lowest = Math.min(...shown);
+    if (this.#rooms.get(r.list.roomId) !== r || floor === undefined || !shown?.length) return;
+    const lowest = shown[0][0];
     const upTo = Math.min(floor, r.lateReported.get(author) ?? floor);
     r.lateReported.set(author, Math.min(lowest, upTo));
-    let count = upTo - lowest - 1;
-    for (const n of shown) if (n > lowest && n < upTo) count--;
-    if (count <= 0) return;
+    // The numbers between the ranges (and above the last), below upTo.
+    let count = 0;
     const missing: number[] = [];
-    for (let n = lowest + 1; n < upTo && missing.length < MAX_GAP_LISTED; n++) {
-      if (!shown.has(n)) missing.push(n);
+    for (let i = 0; i < shown.length; i++) {
+      const from = shown[i][1] + 1;
+      const to = Math.min(upTo, i + 1 < shown.length ? shown[i + 1][0] : upTo);
+      if (to <= from) continue;
+      count += to - from;
+      for (let n = from; n < to && missing.length < MAX_GAP_LISTED; n++) missing.push(n);
     }
     this.#host.emit({ type: "room_gap", room: r.list.room, from: author, missing, count });
   }
@@ -1940,7 +1950,7 @@ export class Rooms {
       seq?: number;
       next?: Record<string, number>;
       floor?: Map<string, number>;
-      lateShown?: Map<string, Set<number>>;
+      lateShown?: Map<string, Ranges>;
       invited?: Record<string, true>;
     } = {},
   ): Room {
@@ -2132,7 +2142,7 @@ export class Rooms {
       const lowest = asked.get(key);
       if (lowest !== undefined && floor > lowest) continue;
       const shown = r.lateShown.get(author);
-      const seqs = range(Math.max(1, floor - MAX_WANT), floor).filter((n) => !shown?.has(n));
+      const seqs = range(Math.max(1, floor - MAX_WANT), floor).filter((n) => !inRanges(shown, n));
       if (seqs.length === 0) continue;
       if (!conn.sendRoom({ op: "want", roomId: r.list.roomId, author, seqs })) continue;
       asked.set(key, seqs[0]);
@@ -2327,7 +2337,7 @@ export class Rooms {
       // Kept so that a message withheld past the take-up is shown late after a restart too.
       ...(r.floor.size ? { floor: Object.fromEntries(r.floor) } : {}),
       ...(r.lateShown.size
-        ? { lateShown: Object.fromEntries([...r.lateShown].map(([k, v]) => [k, [...v]])) }
+        ? { lateShown: Object.fromEntries([...r.lateShown].map(([k, v]) => [k, v])) }
         : {}),
       invited: r.invited,
     };
@@ -2541,6 +2551,32 @@ function unhold(r: Room, author: string, seq: number): SignedMessage | undefined
   if (held.size) r.heldCharsBy.set(author, left);
   else r.heldCharsBy.delete(author);
   return m;
+}
+
+/** Numbers as sorted ranges `[LO, HI]`, disjoint and not adjacent. */
+type Ranges = Array<[number, number]>;
+
+// Whether `n` is in one of `rs`.
+function inRanges(rs: Ranges | undefined, n: number): boolean {
+  return rs?.some(([lo, hi]) => lo <= n && n <= hi) === true;
+}
+
+// Whether `n` is in or right beside one of `rs` (taking it starts no new range).
+function extendsRange(rs: Ranges | undefined, n: number): boolean {
+  return rs?.some(([lo, hi]) => lo - 1 <= n && n <= hi + 1) === true;
+}
+
+// Adds `lo`…`hi` to `rs`, merging the ranges it touches.
+function addRange(rs: Ranges, lo: number, hi: number): void {
+  let i = 0;
+  while (i < rs.length && rs[i][1] < lo - 1) i++;
+  let j = i;
+  while (j < rs.length && rs[j][0] <= hi + 1) {
+    lo = Math.min(lo, rs[j][0]);
+    hi = Math.max(hi, rs[j][1]);
+    j++;
+  }
+  rs.splice(i, j - i, [lo, hi]);
 }
 
 function refused(why: string): E2eError {

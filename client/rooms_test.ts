@@ -2516,10 +2516,11 @@ Deno.test("A member added back whose renumbered messages come before the list th
   });
 });
 
-// r125: fills come lowest first (a member's buffer, in the order it got them). A newcomer who took
-// an author up at his 400th (bob restarted: none she met kept the earlier ones) and is then filled
-// 50 to 399 by a member met later shows 50 to 305 and 399, drops 306 to 398 (the bound of 256
-// "shown apart" counts every one of an ascending run) and reports them missing though they came.
+// Fills come lowest first (a member's buffer, in the order it got them). A newcomer who took an
+// author up at his 400th (bob restarted: none she met kept the earlier ones) and was then filled
+// 50 to 399 by a member met later showed 50 to 305 and 399, dropped 306 to 398 (the bound of 256
+// "shown apart" counted every one of an ascending run) and reported them missing though they came
+// (r125). The bound counts runs now.
 Deno.test("A newcomer filled, lowest first, with more than 256 of an author's messages withheld below the take-up shows them all and reports none missing", async () => {
   await newcomer(async ({ byBob, rooms, events, bob, carol }) => {
     rooms.receive(bob, { op: "msg", m: byBob(400) });
@@ -2598,5 +2599,30 @@ Deno.test("A member added back and cut off between saving the new list and savin
       await sleep(50);
     });
     assert.deepEqual(sent, [2]);
+  });
+});
+
+Deno.test("Of an author's messages come late apart from where a newcomer took him up, at most 256 runs are shown, and one that would start another is not, with a warning", async () => {
+  await newcomer(async ({ byBob, rooms, events, carol }) => {
+    rooms.receive(carol, { op: "msg", m: byBob(1000), fill: true });
+    await sleep(GAP_WAIT_MS + 500);
+    events.length = 0;
+    // Every other number from 2: each its own run.
+    for (let seq = 2; seq <= 2 * 257; seq += 2) {
+      rooms.receive(carol, { op: "msg", m: byBob(seq), fill: true });
+    }
+    // Right beside a run: no new run, shown.
+    rooms.receive(carol, { op: "msg", m: byBob(3), fill: true });
+    const shown = events.flatMap((e) => e.type === "room_message" ? [e.text] : []);
+    assert.equal(shown.length, 257);
+    assert.equal(shown.at(-1), "bob 3");
+    assert.ok(!shown.includes(`bob ${2 * 257}`));
+    assert.deepEqual(
+      events.filter((e) => e.type === "warning").map((e) => e.type === "warning" && e.message),
+      [
+        'Messages of "bob" in #team came late in 256 runs apart from the others: more that come ' +
+        "apart so are not shown",
+      ],
+    );
   });
 });
