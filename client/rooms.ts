@@ -81,6 +81,12 @@ const MAX_LATE_SHOWN = 256;
  * up to 50 members of its own making and sign as each (256 × 50 texts of 65,536 characters).
  */
 export const MAX_HELD_CHARS = 8 * 1024 * 1024;
+/**
+ * Messages signed under a list newer than ours, held apart until it is here, per room (the
+ * oldest go first), and at most this many characters of them.
+ */
+const MAX_PROVISIONAL = 256;
+const MAX_PROVISIONAL_CHARS = 8 * 1024 * 1024;
 /** Room invitations one connection may send us (more are refused). */
 const MAX_INVITES_PER_CONNECTION = 16;
 /**
@@ -282,6 +288,14 @@ interface Room {
   heldCharsBy: Map<string, number>;
   buffer: Map<string, SignedMessage>;
   bufferChars: number;
+  /**
+   * Messages signed under a list version newer than ours, with where they came from: taken once
+   * that list is here (their author's membership may be another than the one we hold).
+   */
+  provisional: Provisional[];
+  provisionalChars: number;
+  /** The highest list version asked for because of them (0: none). */
+  askedVersion: number;
   gaps: Map<string, ReturnType<typeof setTimeout>>;
   untrusted: Set<string>;
   /** Members who went (or went and came back) while we ran: their late messages are dropped. */
@@ -321,6 +335,14 @@ interface RoomInvite {
    */
   joining?: PeerConnection;
   joinTimer?: ReturnType<typeof setTimeout>;
+}
+
+/** A message held until the list it was signed under is here (see `Room.provisional`). */
+interface Provisional {
+  src: { name: string; conn?: PeerConnection };
+  m: SignedMessage;
+  to: string[];
+  fill: boolean;
 }
 
 /** An invitation we declined, remembered (see `#declinedHere`, `#declinesUntold`). */
@@ -1327,6 +1349,11 @@ export class Rooms {
     if (!r) return; // a room we left: nothing of it is shown
     if (!this.#member(r, conn.name)) throw refused(`a message of ${r.list.room} from a non-member`);
     if (src.conn && !this.#listed(r, src.conn)) return; // said once, by #listed
+    // Signed under a list newer than ours: the author's membership in it may not be the one we
+    // hold (removed and added back, numbering from 1 again), and taken now its numbers would be
+    // copies (or "two different messages") of the old membership's, or shown under its ids. Held
+    // apart until that list is here; it is asked for.
+    if (m.version > r.list.version) return this.#holdProvisional(r, { src, m, to, fill });
     const author = r.list.members.find((x) => x.name === m.author);
     // Passed on before the sender had the list without them: not the sender's fault.
     const late = r.former.has(m.author) && (!author || m.version < author.since);
@@ -1414,8 +1441,6 @@ export class Rooms {
     }
     seen.add(key);
     if (seen.size > MAX_SEEN_PER_CONNECTION) seen.delete(seen.values().next().value!);
-    // They have a newer list: ask for it.
-    if (m.version > r.list.version && src.conn) this.#sendState(r, src.conn);
     this.#remember(r, m);
     // Passed on to the members the sender did not reach.
     const reached = new Set([...to, m.author, conn.name, this.#host.self]);
@@ -1433,6 +1458,43 @@ export class Rooms {
     // Joined after them: where we take them up waits for the earlier messages of our membership.
     if (next === undefined) return this.#takeUp(r, m.author);
     this.#drain(r, m.author);
+  }
+
+  // Holds `p` until the list of its version is here (bounded: the oldest go, and come again as
+  // fills once the list is here, or are reported as a gap), and asks for that list: of the
+  // member it came from, or (through the mailbox) of the creator, once per version.
+  #holdProvisional(r: Room, p: Provisional): void {
+    const { m } = p;
+    if (r.provisional.some((x) => x.m.sig === p.m.sig)) return;
+    r.provisional.push(p);
+    r.provisionalChars += m.text.length;
+    while (
+      r.provisional.length > MAX_PROVISIONAL || r.provisionalChars > MAX_PROVISIONAL_CHARS
+    ) {
+      r.provisionalChars -= r.provisional.shift()!.m.text.length;
+    }
+    if (m.version <= r.askedVersion) return;
+    r.askedVersion = m.version;
+    const conn = p.src.conn ?? this.#host.peer(r.list.creator);
+    if (conn && conn.name !== this.#host.self && this.#listed(r, conn)) this.#sendState(r, conn);
+  }
+
+  // The held messages whose list is here now, taken as if they came now (in the order they came).
+  #takeProvisional(r: Room): void {
+    const ready = r.provisional.filter((p) => p.m.version <= r.list.version);
+    if (ready.length === 0) return;
+    r.provisional = r.provisional.filter((p) => p.m.version > r.list.version);
+    r.provisionalChars = r.provisional.reduce((n, p) => n + p.m.text.length, 0);
+    if (r.askedVersion <= r.list.version) r.askedVersion = 0;
+    for (const { src, m, to, fill } of ready) {
+      if (this.#rooms.get(r.list.roomId) !== r) return;
+      try {
+        this.#onMessage(src, m, to, fill);
+      } catch (e) {
+        if (src.conn) this.#refuse(src.conn, e);
+        else this.#warn(`Refused a room message from "${src.name}" through the mailbox`, e);
+      }
+    }
   }
 
   #onState(conn: PeerConnection, f: Extract<RoomFrame, { op: "state" }>): void {
@@ -1836,6 +1898,8 @@ export class Rooms {
     for (const e of events) this.#host.emit(e);
     this.#host.gone?.(room, [...before.keys()].filter((n) => !after.has(n)));
     this.#checkKeys(list, r);
+    // Before our state: what they would fill of those is then a copy here.
+    this.#takeProvisional(r);
     for (const c of this.#connectedMembers(r, [self])) this.#sendState(r, c);
     this.#connectMembers(r);
     this.#release([...before.keys()].filter((n) => !after.has(n)));
@@ -1971,6 +2035,9 @@ export class Rooms {
       heldCharsBy: new Map(),
       buffer: new Map(),
       bufferChars: 0,
+      provisional: [],
+      provisionalChars: 0,
+      askedVersion: 0,
       gaps: new Map(),
       untrusted: new Set(),
       former: new Set(),

@@ -2439,12 +2439,13 @@ Deno.test("A newcomer who showed all of an author's messages of her membership i
   });
 });
 
-// r125: a member removed and added back while alice was away numbers his messages from 1 again
+// A member removed and added back while alice was away numbers his messages from 1 again
 // (b2dfbc3). His new messages reach alice before the list that re-adds him (the mailbox is read
-// before the creator is connected; or a co-member passes them on first): alice takes them under
-// his old membership. The numbers she had shown are dropped as copies, with a warning that
-// honest bob "signed two different messages"; the numbers past his old ones are shown under his
-// old membership's ids, then shown again once the new list comes and they are filled.
+// before the creator is connected; or a co-member passes them on first): alice took them under
+// his old membership. The numbers she had shown were dropped as copies, with a warning that
+// honest bob "signed two different messages"; the numbers past his old ones were shown under his
+// old membership's ids, then shown again once the new list came and they were filled (r125).
+// Signed under a newer list, they are held apart until it is here.
 Deno.test("A member added back whose renumbered messages come before the list that re-adds him is not accused of signing two texts under one number, and none of his messages is shown twice", async () => {
   await withTempDir(async (dir) => {
     const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
