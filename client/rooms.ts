@@ -1203,8 +1203,10 @@ export class Rooms {
     }
     if (this.#member(r, conn.name)) {
       // In already (the list that answered its join was lost: it restarted, or its connection
-      // ended): the list again, as that answer.
-      if (this.#allow(conn)) conn.sendRoom({ op: "list", list: r.list }, { answer: true });
+      // ended): the list again, as that answer; not to another key than the listed one.
+      if (this.#listed(r, conn) && this.#allow(conn)) {
+        conn.sendRoom({ op: "list", list: r.list }, { answer: true });
+      }
       return;
     }
     if (!r.invited[conn.name]) throw refused(`a join to ${r.list.room} without an invitation`);
@@ -1814,12 +1816,20 @@ export class Rooms {
       members,
       change,
     }, this.#key());
-    const to = new Set([...r.list.members.map((m) => m.name), ...members.map((m) => m.name)]);
-    to.delete(this.#host.self);
+    // To each name of the old list or the new one, on a connection with a key one of them gives
+    // it (the one removed, the one who joined): not to a second certificate the CA made for it.
+    const keys = new Map<string, Set<string>>();
+    for (const m of [...r.list.members, ...members]) {
+      if (m.name === this.#host.self) continue;
+      keys.set(m.name, (keys.get(m.name) ?? new Set()).add(m.key));
+    }
     // Sent once durable here (back from a power cut, we would sign another list as this
     // version, which members refuse), and before our state frames, which then meet it.
     this.#apply(r, list, () => {
-      for (const name of to) this.#host.peer(name)?.sendRoom({ op: "list", list });
+      for (const [name, listed] of keys) {
+        const conn = this.#host.peer(name);
+        if (conn && listed.has(this.#keyOf(conn))) conn.sendRoom({ op: "list", list });
+      }
     });
   }
 
@@ -2166,9 +2176,7 @@ export class Rooms {
   #listed(r: Room, conn: PeerConnection, m?: RoomMember): boolean {
     const member = m ?? r.list.members.find((x) => x.name === conn.name);
     if (!member) return false;
-    let key = this.#connKeys.get(conn);
-    if (key === undefined) this.#connKeys.set(conn, key = spkiOf(conn.certificate.x509.publicKey));
-    if (key === member.key) return true;
+    if (this.#keyOf(conn) === member.key) return true;
     let told = this.#otherKey.get(conn);
     if (!told) this.#otherKey.set(conn, told = new Set());
     if (!told.has(r.list.roomId)) {
@@ -2181,6 +2189,13 @@ export class Rooms {
       });
     }
     return false;
+  }
+
+  // The key of `conn`'s certificate (SPKI, base64), worked out once per connection.
+  #keyOf(conn: PeerConnection): string {
+    let key = this.#connKeys.get(conn);
+    if (key === undefined) this.#connKeys.set(conn, key = spkiOf(conn.certificate.x509.publicKey));
+    return key;
   }
 
   #sendState(r: Room, conn: PeerConnection, answer = false): void {

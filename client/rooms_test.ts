@@ -1972,6 +1972,51 @@ Deno.test("A creator does not take a member's leave from a connection whose key 
   });
 });
 
+Deno.test("A creator sends her member list only to a connection whose key is one her lists give that name", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, bob, dave, mallory] = [keyPair(), keyPair(), keyPair(), keyPair()];
+    const list = signList({
+      roomId: roomIdFor("alice"),
+      room: "#team",
+      creator: "alice",
+      version: 2,
+      members: [
+        { name: "alice", key: alice.spki, since: 1 },
+        { name: "bob", key: bob.spki, since: 1 },
+        { name: "dave", key: dave.spki, since: 2 },
+      ],
+    }, alice.privateKey);
+    await writeRoom(dir, list, alice.spki, { alice: 1, bob: 1, dave: 1 });
+    const lists: string[] = [];
+    const connection = (name: string, key: KeyObject, as: string) =>
+      fakeConnection(name, key, (body) => {
+        if (body.op === "list") lists.push(as);
+        return true;
+      });
+    // A dishonest CA's second "dave" certificate, with mallory's key, is the connection for dave.
+    const connections = new Map([
+      ["bob", connection("bob", bob.privateKey, "bob")],
+      ["dave", connection("dave", mallory.privateKey, "mallory as dave")],
+    ]);
+    const rooms = testRooms("alice", alice.pem, dir, (n) => connections.get(n), () => {});
+    await rooms.load();
+    try {
+      // Its join, as a member's whose answering list was lost: no list.
+      rooms.receive(connections.get("dave")!, { op: "join", roomId: list.roomId });
+      // A new list (bob removed): to bob, the one removed, not to the other key.
+      await rooms.remove("#team", "bob");
+      assert.deepEqual(lists, ["bob"]);
+      // The real dave gets the list again at his join.
+      const realDave = connection("dave", dave.privateKey, "dave");
+      connections.set("dave", realDave);
+      rooms.receive(realDave, { op: "join", roomId: list.roomId });
+      assert.deepEqual(lists, ["bob", "dave"]);
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
+
 // A member removed and added again while away (he gets only the list that adds him back, with a
 // new since) went on numbering from his old sequence: the others, who take him up from 1 under
 // his new since, held his next message 3 s and reported all his old numbers missing (r113).
