@@ -468,9 +468,24 @@ export class Rooms {
           shown.splice(MAX_LATE_SHOWN);
           if (shown.length) lateShown.set(k, shown);
         }
+        // Below which missing ones were reported (absent in files of before: none, reported
+        // again).
+        const lateReported = new Map<string, number>();
+        for (const [k, v] of Object.entries(data.lateReported ?? {})) {
+          const f = floor.get(k);
+          const n = safeCount(v);
+          if (f !== undefined && n >= 1 && n <= f) lateReported.set(k, n);
+        }
         const invited: Record<string, true> = Object.create(null);
         for (const k of Object.keys(data.invited ?? {})) invited[k] = true;
-        const room = this.#newRoom(list, data.creatorKey, { seq, next, floor, lateShown, invited });
+        const room = this.#newRoom(list, data.creatorKey, {
+          seq,
+          next,
+          floor,
+          lateShown,
+          lateReported,
+          invited,
+        });
         // Checked again at each start: which members are silenced is not kept on disk.
         this.#checkKeys(list, room);
         this.#rooms.set(list.roomId, room);
@@ -1756,6 +1771,7 @@ export class Rooms {
     const lowest = shown[0][0];
     const upTo = Math.min(floor, r.lateReported.get(author) ?? floor);
     r.lateReported.set(author, Math.min(lowest, upTo));
+    this.#save(r); // kept: a restart does not report them again
     // The numbers between the ranges (and above the last), below upTo.
     let count = 0;
     const missing: number[] = [];
@@ -2025,6 +2041,7 @@ export class Rooms {
       next?: Record<string, number>;
       floor?: Map<string, number>;
       lateShown?: Map<string, Ranges>;
+      lateReported?: Map<string, number>;
       invited?: Record<string, true>;
     } = {},
   ): Room {
@@ -2035,7 +2052,7 @@ export class Rooms {
       next: kept.next ?? Object.create(null),
       floor: kept.floor ?? new Map(),
       lateShown: kept.lateShown ?? new Map(),
-      lateReported: new Map(),
+      lateReported: kept.lateReported ?? new Map(),
       lateTimers: new Map(),
       invited: kept.invited ?? Object.create(null),
       keys: new Map(),
@@ -2421,6 +2438,7 @@ export class Rooms {
       ...(r.lateShown.size
         ? { lateShown: Object.fromEntries([...r.lateShown].map(([k, v]) => [k, v])) }
         : {}),
+      ...(r.lateReported.size ? { lateReported: Object.fromEntries(r.lateReported) } : {}),
       invited: r.invited,
     };
     writeFileAtomicSync(this.#file(id), JSON.stringify(data) + "\n", {

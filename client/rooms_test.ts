@@ -2672,3 +2672,60 @@ Deno.test("Of an author's messages come late apart from where a newcomer took hi
     );
   });
 });
+
+Deno.test("A newcomer restarted after a gap below an author's take-up was reported does not report it again", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
+    const list = signList({
+      roomId: roomIdFor("carol"),
+      room: "#team",
+      creator: "carol",
+      version: 2,
+      members: [
+        { name: "alice", key: alice.spki, since: 2 },
+        { name: "bob", key: bob.spki, since: 1 },
+        { name: "carol", key: carol.spki, since: 1 },
+      ],
+    }, carol.privateKey);
+    await writeRoom(dir, list, carol.spki, { alice: 1 });
+    const byBob = (seq: number) =>
+      signMessage(
+        { roomId: list.roomId, room: "#team", author: "bob", seq, version: 2, text: `bob ${seq}` },
+        bob.privateKey,
+      );
+    const carolConn = fakeConnection("carol", carol.privateKey);
+    const events: CoreEvent[] = [];
+    const run = async (fn: (rooms: Rooms) => Promise<void>) => {
+      const rooms = testRooms(
+        "alice",
+        alice.pem,
+        dir,
+        (n) => n === "carol" ? carolConn : undefined,
+        (e) => events.push(e),
+      );
+      await rooms.load();
+      try {
+        await fn(rooms);
+      } finally {
+        await rooms.stop();
+      }
+    };
+    const gaps = () => events.flatMap((e) => e.type === "room_gap" ? [e.missing] : []);
+    await run(async (rooms) => {
+      rooms.receive(carolConn, { op: "msg", m: byBob(20), fill: true });
+      await sleep(GAP_WAIT_MS + 500);
+      rooms.receive(carolConn, { op: "msg", m: byBob(10), fill: true });
+      await sleep(GAP_WAIT_MS + 500);
+    });
+    assert.deepEqual(gaps(), [[11, 12, 13, 14, 15, 16, 17, 18, 19]]);
+    await run(async (rooms) => {
+      rooms.receive(fakeConnection("carol", carol.privateKey), {
+        op: "msg",
+        m: byBob(5),
+        fill: true,
+      });
+      await sleep(GAP_WAIT_MS + 500);
+    });
+    assert.deepEqual(gaps(), [[11, 12, 13, 14, 15, 16, 17, 18, 19], [6, 7, 8, 9]]);
+  });
+});
