@@ -1129,6 +1129,21 @@ export class Chat {
     return id;
   }
 
+  // A first contact with `name` through the mailbox (no key pinned): when a room we are in lists
+  // `name`, the key must be the one its creator's signed list gives. Else a dishonest CA's second
+  // certificate for the name, pinned on first contact, would silence the listed member in the room.
+  #requireListedKey(name: string, keyFingerprint: string): void {
+    if (this.#trust.get(name)) return; // pinned: the pin decides
+    const other = this.#rooms.listedKeys(name).find((l) => l.keyFingerprint !== keyFingerprint);
+    if (other) {
+      throw new E2eError(
+        "ERR_PEER_REJECTED",
+        `the key is not the one the member list of ${other.room} gives "${name}"`,
+        { hint: `/room members ${other.room} shows the listed key's fingerprint` },
+      );
+    }
+  }
+
   // What the mailbox needs of the chat: keys, the directory, our checks, and its news.
   #mailboxHost(): MailboxHost {
     return {
@@ -1137,7 +1152,11 @@ export class Chat {
       key: () => this.#id.keyFile(),
       certificate: () => this.#id.certificate.pem,
       caCertificate: this.#id.anchor.pem,
-      directory: async (name) => await this.#checkDirectory(await this.#ca.lookup(name), name),
+      directory: async (name) => {
+        const cert = await this.#checkDirectory(await this.#ca.lookup(name), name);
+        this.#requireListedKey(name, cert.keyFingerprint);
+        return cert;
+      },
       fresh: () => this.#revocation.ensureFresh(),
       checkSigner: async (pem, name) => {
         // Revoked only as superseded is no verdict on its key: the sender renewed since (the
@@ -1160,6 +1179,7 @@ export class Chat {
               : `the key is not the one the directory names for "${name}"`,
           );
         }
+        this.#requireListedKey(name, cert.keyFingerprint);
         return cert;
       },
       observe: async (name, key) => {

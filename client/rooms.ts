@@ -70,8 +70,10 @@ const MAX_GAP_LISTED = 1000;
 /** Messages held back per author while an earlier one is missing. */
 const MAX_HELD = 256;
 /**
- * Late messages shown below where an author was taken up, apart from it (not right below it or
- * one shown so), remembered per author (more are not shown, with a warning).
+ * Runs of late messages shown below where an author was taken up, apart from it (not right below
+ * it or one shown so), remembered per author as ranges of numbers: one that would start another
+ * run past these is not shown (with a warning). Counted in runs, not messages: fills come lowest
+ * first, and an honest run of more than 256 was cut short and reported missing though it came.
  */
 const MAX_LATE_SHOWN = 256;
 /**
@@ -79,6 +81,12 @@ const MAX_LATE_SHOWN = 256;
  * up to 50 members of its own making and sign as each (256 × 50 texts of 65,536 characters).
  */
 export const MAX_HELD_CHARS = 8 * 1024 * 1024;
+/**
+ * Messages signed under a list newer than ours, held apart until it is here, per room (the
+ * oldest go first), and at most this many characters of them.
+ */
+const MAX_PROVISIONAL = 256;
+const MAX_PROVISIONAL_CHARS = 8 * 1024 * 1024;
 /** Room invitations one connection may send us (more are refused). */
 const MAX_INVITES_PER_CONNECTION = 16;
 /**
@@ -117,7 +125,9 @@ export const MAX_FORMER = 256;
 const MAX_SEEN_PER_CONNECTION = 20_000;
 /**
  * ROOMID.seq holds our sequence number twice, in two slots this far apart (two disk sectors), each
- * `SEQ` (20 digits), a space, the first 16 hex of SEQ's SHA-256 and a newline.
+ * `SEQ` (20 digits), a space, the first 16 hex of SEQ's SHA-256 and a newline; then the `since` of
+ * the membership it counts for (20 digits), a space, the first 16 hex of the SHA-256 of
+ * `SEQ SINCE` and a newline (a slot without it, as written before, counts for any).
  */
 const SEQ_SLOT = 512;
 /** Re-invites of an unreachable co-member back off from this to {@linkcode DIAL_MAX_MS}. */
@@ -278,8 +288,8 @@ interface Room {
    * come late, is shown (once: see `lateShown`).
    */
   floor: Map<string, number>;
-  /** Per author with a floor: the numbers below it shown late, not right below it. */
-  lateShown: Map<string, Set<number>>;
+  /** Per author with a floor: the numbers below it shown late, not right below it (ranges). */
+  lateShown: Map<string, Ranges>;
   /** Per author with a floor: the lowest number below which missing ones were not reported yet. */
   lateReported: Map<string, number>;
   /** Per author: the wait before the numbers missing among those shown late are reported. */
@@ -296,6 +306,14 @@ interface Room {
   heldCharsBy: Map<string, number>;
   buffer: Map<string, SignedMessage>;
   bufferChars: number;
+  /**
+   * Messages signed under a list version newer than ours, with where they came from: taken once
+   * that list is here (their author's membership may be another than the one we hold).
+   */
+  provisional: Provisional[];
+  provisionalChars: number;
+  /** The highest list version asked for because of them (0: none). */
+  askedVersion: number;
   gaps: Map<string, ReturnType<typeof setTimeout>>;
   untrusted: Set<string>;
   /** Members who went (or went and came back) while we ran: their late messages are dropped. */
@@ -337,6 +355,14 @@ interface RoomInvite {
   joinTimer?: ReturnType<typeof setTimeout>;
 }
 
+/** A message held until the list it was signed under is here (see `Room.provisional`). */
+interface Provisional {
+  src: { name: string; conn?: PeerConnection };
+  m: SignedMessage;
+  to: string[];
+  fill: boolean;
+}
+
 /** An invitation we declined, remembered (see `#declinedHere`, `#declinesUntold`). */
 interface Declined {
   room: string;
@@ -369,6 +395,9 @@ export class Rooms {
   #invitesFrom = new WeakMap<PeerConnection, number>();
   #requests = new WeakMap<PeerConnection, { second: number; count: number }>();
   #hellos = new WeakMap<PeerConnection, Set<string>>(); // rooms whose first state came on it
+  // Per connection, by `ROOMID AUTHOR@SINCE`: the lowest number asked below an author's take-up
+  // floor (asked once, and again only once the floor came down to it: see #askBelowFloor).
+  #askedBelow = new WeakMap<PeerConnection, Map<string, number>>();
   #equivocated = new Map<string, true>(); // authors told of as signing two texts under one number
   #connKeys = new WeakMap<PeerConnection, string>(); // the key of each connection's certificate
   #otherKey = new WeakMap<PeerConnection, Set<string>>(); // rooms whose list gives it another key
@@ -427,8 +456,11 @@ export class Rooms {
         if (!verifyList(list, publicKeyOf(data.creatorKey))) throw new Error("bad signature");
         if (!list.members.some((x) => x.name === this.#host.self)) throw new Error("not a member");
         let seq = safeCount(data.seq);
+        // Not the number of another membership of ours: added back, ROOMID.json (the new since,
+        // seq 0) is durable before ROOMID.seq is, and a power cut between them left the old one.
+        const since = list.members.find((x) => x.name === this.#host.self)!.since;
         try {
-          seq = Math.max(seq, readSeq(Deno.readFileSync(this.#seqFile(list.roomId))));
+          seq = Math.max(seq, readSeq(Deno.readFileSync(this.#seqFile(list.roomId)), since));
         } catch { /* no seq file yet */ }
         const next: Record<string, number> = Object.create(null);
         for (const [k, v] of Object.entries(data.next ?? {})) {
@@ -441,21 +473,38 @@ export class Rooms {
           if (k in next && f > 1 && f <= next[k]) floor.set(k, f);
         }
         // The numbers below it shown late (absent in files of before: none).
-        const lateShown = new Map<string, Set<number>>();
+        // Ranges [LO, HI]; plain numbers, as written before, are read as ranges of one.
+        const lateShown = new Map<string, Ranges>();
         for (const [k, v] of Object.entries(data.lateShown ?? {})) {
           const f = floor.get(k);
           if (f === undefined || !Array.isArray(v)) continue;
-          const shown = new Set(
-            v.slice(0, MAX_LATE_SHOWN).filter((n) => {
-              const c = safeCount(n);
-              return c >= 1 && c < f - 1;
-            }),
-          );
-          if (shown.size) lateShown.set(k, shown);
+          const shown: Ranges = [];
+          for (const x of v.slice(0, MAX_LATE_SHOWN * 2)) {
+            const [lo, hi] = Array.isArray(x) ? [x[0], x[1]].map(safeCount) : [x, x].map(safeCount);
+            if (lo < 1 || hi < lo || hi >= f - 1) continue;
+            if (shown.length <= MAX_LATE_SHOWN) addRange(shown, lo, hi);
+          }
+          shown.splice(MAX_LATE_SHOWN);
+          if (shown.length) lateShown.set(k, shown);
+        }
+        // Below which missing ones were reported (absent in files of before: none, reported
+        // again).
+        const lateReported = new Map<string, number>();
+        for (const [k, v] of Object.entries(data.lateReported ?? {})) {
+          const f = floor.get(k);
+          const n = safeCount(v);
+          if (f !== undefined && n >= 1 && n <= f) lateReported.set(k, n);
         }
         const invited: Record<string, true> = Object.create(null);
         for (const k of Object.keys(data.invited ?? {})) invited[k] = true;
-        const room = this.#newRoom(list, data.creatorKey, { seq, next, floor, lateShown, invited });
+        const room = this.#newRoom(list, data.creatorKey, {
+          seq,
+          next,
+          floor,
+          lateShown,
+          lateReported,
+          invited,
+        });
         // Checked again at each start: which members are silenced is not kept on disk.
         this.#checkKeys(list, room);
         this.#rooms.set(list.roomId, room);
@@ -858,6 +907,26 @@ export class Rooms {
     return this.#byName(room) !== undefined;
   }
 
+  /**
+   * The key fingerprints the member lists of our rooms give `name`, with each room: a first
+   * contact with `name` through the mailbox must carry them (a dishonest CA may certify the name
+   * again with a key of its own, which pinned would silence the listed member in the room).
+   *
+   * @example
+   * ```ts ignore
+   * chat.rooms.listedKeys("dave"); // [{ room: "#team", keyFingerprint: "…" }]
+   * ```
+   */
+  listedKeys(name: string): Array<{ room: string; keyFingerprint: string }> {
+    const out: Array<{ room: string; keyFingerprint: string }> = [];
+    if (name === this.#host.self) return out;
+    for (const r of this.#rooms.values()) {
+      const m = r.list.members.find((x) => x.name === name);
+      if (m) out.push({ room: r.list.room, keyFingerprint: keyFingerprintOf(m.key) });
+    }
+    return out;
+  }
+
   /** Whether `name` is in the member list we hold for `room` (false when we are not in it). */
   isMember(room: string, name: string): boolean {
     const r = this.#byName(room);
@@ -1174,8 +1243,10 @@ export class Rooms {
     }
     if (this.#member(r, conn.name)) {
       // In already (the list that answered its join was lost: it restarted, or its connection
-      // ended): the list again, as that answer.
-      if (this.#allow(conn)) conn.sendRoom({ op: "list", list: r.list }, { answer: true });
+      // ended): the list again, as that answer; not to another key than the listed one.
+      if (this.#listed(r, conn) && this.#allow(conn)) {
+        conn.sendRoom({ op: "list", list: r.list }, { answer: true });
+      }
       return;
     }
     if (!r.invited[conn.name]) throw refused(`a join to ${r.list.room} without an invitation`);
@@ -1321,6 +1392,11 @@ export class Rooms {
     if (!r) return; // a room we left: nothing of it is shown
     if (!this.#member(r, conn.name)) throw refused(`a message of ${r.list.room} from a non-member`);
     if (src.conn && !this.#listed(r, src.conn)) return; // said once, by #listed
+    // Signed under a list newer than ours: the author's membership in it may not be the one we
+    // hold (removed and added back, numbering from 1 again), and taken now its numbers would be
+    // copies (or "two different messages") of the old membership's, or shown under its ids. Held
+    // apart until that list is here; it is asked for.
+    if (m.version > r.list.version) return this.#holdProvisional(r, { src, m, to, fill });
     const author = r.list.members.find((x) => x.name === m.author);
     // Passed on before the sender had the list without them: not the sender's fault.
     const late = r.former.has(m.author) && (!author || m.version < author.since);
@@ -1355,12 +1431,13 @@ export class Rooms {
     // Below where we took the author up, not shown yet (and of our membership, checked above).
     const floor = r.floor.get(m.author);
     const belowFloor = floor !== undefined && m.seq < floor &&
-      !r.lateShown.get(m.author)?.has(m.seq);
-    // Past MAX_LATE_SHOWN shown apart (said by #showLate), one more is not shown: a bound on
-    // what is kept of them (in ROOMID.json too), which an author signing every number below the
-    // floor would otherwise grow without end.
+      !inRanges(r.lateShown.get(m.author), m.seq);
+    // Past MAX_LATE_SHOWN runs shown apart (said by #showLate), one that starts another is not
+    // shown: a bound on what is kept of them (in ROOMID.json too), which an author signing every
+    // other number below the floor would otherwise grow without end.
     const lateFull = belowFloor && m.seq < floor - 1 &&
-      (r.lateShown.get(m.author)?.size ?? 0) >= MAX_LATE_SHOWN;
+      !extendsRange(r.lateShown.get(m.author), m.seq) &&
+      (r.lateShown.get(m.author)?.length ?? 0) >= MAX_LATE_SHOWN;
     const duplicate = lateFull || !belowFloor && (
           (next !== undefined && m.seq < next) || r.held.get(m.author)?.has(m.seq) ||
           r.buffer.has(`${m.author}.${m.seq}`)
@@ -1407,8 +1484,6 @@ export class Rooms {
     }
     seen.add(key);
     if (seen.size > MAX_SEEN_PER_CONNECTION) seen.delete(seen.values().next().value!);
-    // They have a newer list: ask for it.
-    if (m.version > r.list.version && src.conn) this.#sendState(r, src.conn);
     this.#remember(r, m);
     // Passed on to the members the sender did not reach.
     const reached = new Set([...to, m.author, conn.name, this.#host.self]);
@@ -1428,6 +1503,43 @@ export class Rooms {
     this.#drain(r, m.author);
   }
 
+  // Holds `p` until the list of its version is here (bounded: the oldest go, and come again as
+  // fills once the list is here, or are reported as a gap), and asks for that list: of the
+  // member it came from, or (through the mailbox) of the creator, once per version.
+  #holdProvisional(r: Room, p: Provisional): void {
+    const { m } = p;
+    if (r.provisional.some((x) => x.m.sig === p.m.sig)) return;
+    r.provisional.push(p);
+    r.provisionalChars += m.text.length;
+    while (
+      r.provisional.length > MAX_PROVISIONAL || r.provisionalChars > MAX_PROVISIONAL_CHARS
+    ) {
+      r.provisionalChars -= r.provisional.shift()!.m.text.length;
+    }
+    if (m.version <= r.askedVersion) return;
+    r.askedVersion = m.version;
+    const conn = p.src.conn ?? this.#host.peer(r.list.creator);
+    if (conn && conn.name !== this.#host.self && this.#listed(r, conn)) this.#sendState(r, conn);
+  }
+
+  // The held messages whose list is here now, taken as if they came now (in the order they came).
+  #takeProvisional(r: Room): void {
+    const ready = r.provisional.filter((p) => p.m.version <= r.list.version);
+    if (ready.length === 0) return;
+    r.provisional = r.provisional.filter((p) => p.m.version > r.list.version);
+    r.provisionalChars = r.provisional.reduce((n, p) => n + p.m.text.length, 0);
+    if (r.askedVersion <= r.list.version) r.askedVersion = 0;
+    for (const { src, m, to, fill } of ready) {
+      if (this.#rooms.get(r.list.roomId) !== r) return;
+      try {
+        this.#onMessage(src, m, to, fill);
+      } catch (e) {
+        if (src.conn) this.#refuse(src.conn, e);
+        else this.#warn(`Refused a room message from "${src.name}" through the mailbox`, e);
+      }
+    }
+  }
+
   #onState(conn: PeerConnection, f: Extract<RoomFrame, { op: "state" }>): void {
     const r = this.#rooms.get(f.roomId);
     if (!r) return this.#notIn(conn, f.roomId);
@@ -1444,6 +1556,8 @@ export class Rooms {
     if (f.version < r.list.version) {
       return void conn.sendRoom({ op: "list", list: r.list }, { answer: true });
     }
+    // It holds our list or a newer one (which has us, or it would not send us its state).
+    this.#askBelowFloor(r, conn);
     if (f.version > r.list.version) return this.#sendState(r, conn, true);
     const member = r.list.members.find((x) => x.name === conn.name)!;
     for (const m of r.buffer.values()) {
@@ -1620,7 +1734,9 @@ export class Rooms {
     if (r.gaps.has(author)) return;
     const seqs = range(Math.max(1, lowest - MAX_WANT), lowest);
     for (const c of this.#connectedMembers(r, [this.#host.self])) {
-      c.sendRoom({ op: "want", roomId: r.list.roomId, author, seqs });
+      if (c.sendRoom({ op: "want", roomId: r.list.roomId, author, seqs })) {
+        this.#askedOn(c).set(this.#belowKey(r, author), seqs[0]);
+      }
     }
     r.gaps.set(
       author,
@@ -1633,6 +1749,7 @@ export class Rooms {
         if (from > 1) r.floor.set(author, from);
         this.#drain(r, author);
         this.#save(r);
+        if (from > 1) this.#askAllBelowFloor(r, author);
       }, GAP_WAIT_MS),
     );
   }
@@ -1648,22 +1765,25 @@ export class Rooms {
     const since = r.list.members.find((x) => x.name === author)?.since ?? 0;
     // Marked (not a warning): later messages of its author were shown before it.
     this.#show(r, m, since, true);
-    const shown = r.lateShown.get(author) ?? new Set<number>();
-    shown.add(m.seq);
+    const shown = r.lateShown.get(author) ?? [];
+    const runs = shown.length;
+    addRange(shown, m.seq, m.seq);
     let f = floor;
-    while (shown.has(f - 1)) shown.delete(--f);
+    const last = shown.at(-1);
+    if (last && last[1] === f - 1) [f] = shown.pop()!;
     if (f > 1) r.floor.set(author, f);
     else r.floor.delete(author);
-    if (shown.size) r.lateShown.set(author, shown);
+    if (shown.length) r.lateShown.set(author, shown);
     else r.lateShown.delete(author);
-    if (shown.size === MAX_LATE_SHOWN) {
+    if (f > 1 && f < floor) this.#askAllBelowFloor(r, author);
+    if (shown.length === MAX_LATE_SHOWN && runs < MAX_LATE_SHOWN) {
       this.#host.emit({
         type: "warning",
-        message: `${MAX_LATE_SHOWN} messages of "${author}" in ${r.list.room} came late, apart ` +
-          `from the others: more that come so are not shown`,
+        message: `Messages of "${author}" in ${r.list.room} came late in ${MAX_LATE_SHOWN} runs ` +
+          `apart from the others: more that come apart so are not shown`,
       });
     }
-    if (shown.size && !r.lateTimers.has(author)) {
+    if (shown.length && !r.lateTimers.has(author)) {
       r.lateTimers.set(author, setTimeout(() => this.#reportLate(r, author), GAP_WAIT_MS));
     }
     this.#save(r);
@@ -1675,16 +1795,20 @@ export class Rooms {
     r.lateTimers.delete(author);
     const floor = r.floor.get(author);
     const shown = r.lateShown.get(author);
-    if (this.#rooms.get(r.list.roomId) !== r || floor === undefined || !shown?.size) return;
-    const lowest = Math.min(...shown);
+    if (this.#rooms.get(r.list.roomId) !== r || floor === undefined || !shown?.length) return;
+    const lowest = shown[0][0];
     const upTo = Math.min(floor, r.lateReported.get(author) ?? floor);
     r.lateReported.set(author, Math.min(lowest, upTo));
-    let count = upTo - lowest - 1;
-    for (const n of shown) if (n > lowest && n < upTo) count--;
-    if (count <= 0) return;
+    this.#save(r); // kept: a restart does not report them again
+    // The numbers between the ranges (and above the last), below upTo.
+    let count = 0;
     const missing: number[] = [];
-    for (let n = lowest + 1; n < upTo && missing.length < MAX_GAP_LISTED; n++) {
-      if (!shown.has(n)) missing.push(n);
+    for (let i = 0; i < shown.length; i++) {
+      const from = shown[i][1] + 1;
+      const to = Math.min(upTo, i + 1 < shown.length ? shown[i + 1][0] : upTo);
+      if (to <= from) continue;
+      count += to - from;
+      for (let n = from; n < to && missing.length < MAX_GAP_LISTED; n++) missing.push(n);
     }
     this.#host.emit({ type: "room_gap", room: r.list.room, from: author, missing, count });
   }
@@ -1736,12 +1860,20 @@ export class Rooms {
       members,
       change,
     }, this.#key());
-    const to = new Set([...r.list.members.map((m) => m.name), ...members.map((m) => m.name)]);
-    to.delete(this.#host.self);
+    // To each name of the old list or the new one, on a connection with a key one of them gives
+    // it (the one removed, the one who joined): not to a second certificate the CA made for it.
+    const keys = new Map<string, Set<string>>();
+    for (const m of [...r.list.members, ...members]) {
+      if (m.name === this.#host.self) continue;
+      keys.set(m.name, (keys.get(m.name) ?? new Set()).add(m.key));
+    }
     // Sent once durable here (back from a power cut, we would sign another list as this
     // version, which members refuse), and before our state frames, which then meet it.
     this.#apply(r, list, () => {
-      for (const name of to) this.#host.peer(name)?.sendRoom({ op: "list", list });
+      for (const [name, listed] of keys) {
+        const conn = this.#host.peer(name);
+        if (conn && listed.has(this.#keyOf(conn))) conn.sendRoom({ op: "list", list });
+      }
     });
   }
 
@@ -1820,6 +1952,8 @@ export class Rooms {
     for (const e of events) this.#host.emit(e);
     this.#host.gone?.(room, [...before.keys()].filter((n) => !after.has(n)));
     this.#checkKeys(list, r);
+    // Before our state: what they would fill of those is then a copy here.
+    this.#takeProvisional(r);
     for (const c of this.#connectedMembers(r, [self])) this.#sendState(r, c);
     this.#connectMembers(r);
     this.#release([...before.keys()].filter((n) => !after.has(n)));
@@ -1939,7 +2073,8 @@ export class Rooms {
       seq?: number;
       next?: Record<string, number>;
       floor?: Map<string, number>;
-      lateShown?: Map<string, Set<number>>;
+      lateShown?: Map<string, Ranges>;
+      lateReported?: Map<string, number>;
       invited?: Record<string, true>;
     } = {},
   ): Room {
@@ -1950,7 +2085,7 @@ export class Rooms {
       next: kept.next ?? Object.create(null),
       floor: kept.floor ?? new Map(),
       lateShown: kept.lateShown ?? new Map(),
-      lateReported: new Map(),
+      lateReported: kept.lateReported ?? new Map(),
       lateTimers: new Map(),
       invited: kept.invited ?? Object.create(null),
       keys: new Map(),
@@ -1960,6 +2095,9 @@ export class Rooms {
       heldCharsBy: new Map(),
       buffer: new Map(),
       bufferChars: 0,
+      provisional: [],
+      provisionalChars: 0,
+      askedVersion: 0,
       gaps: new Map(),
       untrusted: new Set(),
       former: new Set(),
@@ -2088,9 +2226,7 @@ export class Rooms {
   #listed(r: Room, conn: PeerConnection, m?: RoomMember): boolean {
     const member = m ?? r.list.members.find((x) => x.name === conn.name);
     if (!member) return false;
-    let key = this.#connKeys.get(conn);
-    if (key === undefined) this.#connKeys.set(conn, key = spkiOf(conn.certificate.x509.publicKey));
-    if (key === member.key) return true;
+    if (this.#keyOf(conn) === member.key) return true;
     let told = this.#otherKey.get(conn);
     if (!told) this.#otherKey.set(conn, told = new Set());
     if (!told.has(r.list.roomId)) {
@@ -2105,18 +2241,59 @@ export class Rooms {
     return false;
   }
 
+  // The key of `conn`'s certificate (SPKI, base64), worked out once per connection.
+  #keyOf(conn: PeerConnection): string {
+    let key = this.#connKeys.get(conn);
+    if (key === undefined) this.#connKeys.set(conn, key = spkiOf(conn.certificate.x509.publicKey));
+    return key;
+  }
+
   #sendState(r: Room, conn: PeerConnection, answer = false): void {
     const seen: Record<string, number> = {};
-    // Below an author's take-up floor, what they wrote since we joined may still come: asked
-    // for as none seen (members fill only what is of our membership; what we have is dropped as
-    // a copy). Else no member met after the take-up would fill it, nor would we report it.
-    for (const [author, next] of Object.entries(r.next)) {
-      seen[author] = r.floor.has(author) ? 0 : next - 1;
-    }
+    // The last shown, a take-up floor or not: what is below a floor is asked with `want`
+    // (#askBelowFloor). Giving 0 for it had every member resend all it kept of the author at
+    // each state, for good when the author wrote before we joined (the floor never comes down).
+    for (const [author, next] of Object.entries(r.next)) seen[author] = next - 1;
     seen[this.#host.self] = r.seq;
     conn.sendRoom({ op: "state", roomId: r.list.roomId, version: r.list.version, seen }, {
       answer,
     });
+  }
+
+  // What an author wrote since we joined, below where we took them up, may still come: the 64
+  // numbers under the floor (less those shown late) are asked of `conn`, once; again (the next 64)
+  // only once fills of ours brought the floor down to the lowest asked. Members answer only with
+  // what is of our membership; what we have is dropped as a copy; what is missing between those
+  // shown late and the floor is reported (#reportLate). Bounded: one `want` per connection and
+  // author, and one more per 64 messages shown.
+  #askBelowFloor(r: Room, conn: PeerConnection, only?: string): void {
+    for (const [author, floor] of r.floor) {
+      if (only !== undefined && author !== only) continue;
+      const asked = this.#askedOn(conn);
+      const key = this.#belowKey(r, author);
+      const lowest = asked.get(key);
+      if (lowest !== undefined && floor > lowest) continue;
+      const shown = r.lateShown.get(author);
+      const seqs = range(Math.max(1, floor - MAX_WANT), floor).filter((n) => !inRanges(shown, n));
+      if (seqs.length === 0) continue;
+      if (!conn.sendRoom({ op: "want", roomId: r.list.roomId, author, seqs })) continue;
+      asked.set(key, seqs[0]);
+    }
+  }
+
+  #askAllBelowFloor(r: Room, author: string): void {
+    for (const c of this.#connectedMembers(r, [this.#host.self])) this.#askBelowFloor(r, c, author);
+  }
+
+  #askedOn(conn: PeerConnection): Map<string, number> {
+    let asked = this.#askedBelow.get(conn);
+    if (!asked) this.#askedBelow.set(conn, asked = new Map());
+    return asked;
+  }
+
+  #belowKey(r: Room, author: string): string {
+    const since = r.list.members.find((x) => x.name === author)?.since ?? 0;
+    return `${r.list.roomId} ${author}@${since}`;
   }
 
   #remember(r: Room, m: SignedMessage): void {
@@ -2198,7 +2375,7 @@ export class Rooms {
         using f = Deno.openSync(file, { write: true });
         const slot = r.seqSlot === 0 ? 1 : 0;
         f.seekSync(slot * SEQ_SLOT, Deno.SeekMode.Start);
-        writeAllSync(f, seqSlot(r.seq));
+        writeAllSync(f, seqSlot(r.seq, this.#ownSince(r)));
         f.syncDataSync();
         r.seqSlot = slot;
         return;
@@ -2207,9 +2384,10 @@ export class Rooms {
       }
     }
     // Whole: a temp file with both slots, fsynced, renamed, and its folder fsynced.
-    const bytes = new Uint8Array(SEQ_SLOT + seqSlot(r.seq).length);
-    bytes.set(seqSlot(r.seq), 0);
-    bytes.set(seqSlot(r.seq), SEQ_SLOT);
+    const one = seqSlot(r.seq, this.#ownSince(r));
+    const bytes = new Uint8Array(SEQ_SLOT + one.length);
+    bytes.set(one, 0);
+    bytes.set(one, SEQ_SLOT);
     const tmp = `${file}.tmp`;
     const write = () => {
       using f = Deno.openSync(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
@@ -2227,6 +2405,11 @@ export class Rooms {
     Deno.renameSync(tmp, file);
     syncDirSync(this.#host.dir);
     r.seqSlot = 0; // both hold it: the next write takes slot 1
+  }
+
+  // The version of the list that added us (the membership our sequence number counts for).
+  #ownSince(r: Room): number {
+    return r.list.members.find((x) => x.name === this.#host.self)?.since ?? 0;
   }
 
   // How far messages were shown: written a moment later (one write for a burst), not fsynced.
@@ -2286,8 +2469,9 @@ export class Rooms {
       // Kept so that a message withheld past the take-up is shown late after a restart too.
       ...(r.floor.size ? { floor: Object.fromEntries(r.floor) } : {}),
       ...(r.lateShown.size
-        ? { lateShown: Object.fromEntries([...r.lateShown].map(([k, v]) => [k, [...v]])) }
+        ? { lateShown: Object.fromEntries([...r.lateShown].map(([k, v]) => [k, v])) }
         : {}),
+      ...(r.lateReported.size ? { lateReported: Object.fromEntries(r.lateReported) } : {}),
       invited: r.invited,
     };
     writeFileAtomicSync(this.#file(id), JSON.stringify(data) + "\n", {
@@ -2502,6 +2686,32 @@ function unhold(r: Room, author: string, seq: number): SignedMessage | undefined
   return m;
 }
 
+/** Numbers as sorted ranges `[LO, HI]`, disjoint and not adjacent. */
+type Ranges = Array<[number, number]>;
+
+// Whether `n` is in one of `rs`.
+function inRanges(rs: Ranges | undefined, n: number): boolean {
+  return rs?.some(([lo, hi]) => lo <= n && n <= hi) === true;
+}
+
+// Whether `n` is in or right beside one of `rs` (taking it starts no new range).
+function extendsRange(rs: Ranges | undefined, n: number): boolean {
+  return rs?.some(([lo, hi]) => lo - 1 <= n && n <= hi + 1) === true;
+}
+
+// Adds `lo`…`hi` to `rs`, merging the ranges it touches.
+function addRange(rs: Ranges, lo: number, hi: number): void {
+  let i = 0;
+  while (i < rs.length && rs[i][1] < lo - 1) i++;
+  let j = i;
+  while (j < rs.length && rs[j][0] <= hi + 1) {
+    lo = Math.min(lo, rs[j][0]);
+    hi = Math.max(hi, rs[j][1]);
+    j++;
+  }
+  rs.splice(i, j - i, [lo, hi]);
+}
+
 function refused(why: string): E2eError {
   return new E2eError("ERR_FORBIDDEN", `Refused ${why}`);
 }
@@ -2512,25 +2722,34 @@ function range(from: number, to: number): number[] {
   return out;
 }
 
-// One slot of ROOMID.seq (see SEQ_SLOT).
-function seqSlot(seq: number): Uint8Array {
+// One slot of ROOMID.seq (see SEQ_SLOT). Its first line alone is what was written before (and
+// what a client of before reads), so that going back a version never reuses a number.
+function seqSlot(seq: number, since: number): Uint8Array {
   const digits = String(seq).padStart(20, "0");
   const check = createHash("sha256").update(digits).digest("hex").slice(0, 16);
-  return new TextEncoder().encode(`${digits} ${check}\n`);
+  const of = String(since).padStart(20, "0");
+  const tag = createHash("sha256").update(`${digits} ${of}`).digest("hex").slice(0, 16);
+  return new TextEncoder().encode(`${digits} ${check}\n${of} ${tag}\n`);
 }
 
-// The number ROOMID.seq holds: the larger of its two slots that check out, or the plain number
-// written before the slots; 0 when none does.
-function readSeq(bytes: Uint8Array): number {
+// The number ROOMID.seq holds for our membership `since`: the larger of its two slots that check
+// out and count for it (a slot of another membership is left out; one without the `since` line, as
+// written before, or whose line a power cut tore, counts), or the plain number written before the
+// slots; 0 when none does.
+function readSeq(bytes: Uint8Array, since: number): number {
   const text = new TextDecoder().decode(bytes);
   if (/^\d{1,16}$/.test(text)) return safeCount(Number(text));
   let seq = 0;
   for (const at of [0, SEQ_SLOT]) {
-    const slot = new TextDecoder().decode(bytes.subarray(at, at + 38));
-    const m = /^(\d{20}) [0-9a-f]{16}\n$/.exec(slot);
-    if (m && new TextDecoder().decode(seqSlot(Number(m[1]))) === slot) {
-      seq = Math.max(seq, safeCount(Number(m[1])));
-    }
+    const slot = new TextDecoder().decode(bytes.subarray(at, at + 76));
+    const m = /^(\d{20}) [0-9a-f]{16}\n/.exec(slot);
+    if (!m) continue;
+    const whole = new TextDecoder().decode(seqSlot(Number(m[1]), since));
+    if (whole.slice(0, 38) !== m[0]) continue;
+    const tag = /^(\d{20}) [0-9a-f]{16}\n$/.exec(slot.slice(38));
+    const of = tag ? new TextDecoder().decode(seqSlot(Number(m[1]), Number(tag[1]))) : undefined;
+    if (of === slot && Number(tag![1]) !== since) continue; // another membership's
+    seq = Math.max(seq, safeCount(Number(m[1])));
   }
   return seq;
 }
