@@ -1,0 +1,86 @@
+/**
+ * r132 (attacker's review, repros only): `client join` taking up the key `client csr` made, and
+ * passphrase files. Each test fails on main as of 6da6fc1.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { parseCsr } from "../lib/csr.ts";
+import { readPassphrase } from "../lib/passphrase.ts";
+import { runTask, withTempDir } from "./_harness.ts";
+import { runCa } from "./_helpers.ts";
+import { assertSuccess, makeInvite, withService } from "./_service_helpers.ts";
+
+function client(home: string, args: string[], stdin?: string) {
+  return runTask("client", args, { env: { E2E_CHAT_HOME: home }, timeoutMs: 60_000, stdin });
+}
+
+Deno.test(
+  "r132: a key csr made, hand-signed and then revoked as keyCompromise (README's five commands) " +
+    "is not certified again when the member joins that home with the invite that replaces it",
+  async () => {
+    await withService(async (service, dir) => {
+      const home = join(dir, "alice");
+      assertSuccess(await client(home, ["csr", "alice"]), "client csr alice");
+      const csrPath = join(home, "id", "request.csr");
+      const compromised = parseCsr(await Deno.readTextFile(csrPath)).keyFingerprint;
+      assertSuccess(
+        await runCa(service.home, [
+          "sign",
+          "--name",
+          "alice",
+          csrPath,
+          "--out",
+          join(dir, "a.crt"),
+        ]),
+        "ca sign",
+      );
+      assertSuccess(
+        await runCa(service.home, ["revoke", "alice", "--reason", "keyCompromise"]),
+        "ca revoke",
+      );
+      // The admin replaces the stolen key: a new invite (SECURITY.md: a key revoked as
+      // compromised is never certified again by the invite that replaces it).
+      const invite = await makeInvite(service.home, "alice");
+      const joined = await client(home, ["join", "-"], `${invite}\n`);
+      if (joined.code !== 0) return; // refused: fine
+      const whoami = await client(home, ["whoami", "--json"]);
+      assertSuccess(whoami, "whoami");
+      assert.notEqual(
+        JSON.parse(whoami.stdout).keyFingerprint,
+        compromised,
+        "the CA issued a valid certificate (public in the directory) for the key revoked as " +
+          "compromised: whoever stole it is alice again",
+      );
+    });
+  },
+);
+
+Deno.test(
+  "r132: a passphrase file owned by another user is not used as if it were ours: that user can " +
+    "write to it (mode 0644 or not)",
+  async () => {
+    if (Deno.uid() !== 0) return; // needs chown (runs as root here)
+    await withTempDir(async (dir) => {
+      const file = join(dir, "invite.txt");
+      await Deno.writeTextFile(file, "e2e-chat://attacker\n", { mode: 0o644 });
+      await Deno.chmod(file, 0o644);
+      await Deno.chown(file, 65534, 65534); // nobody: may chmod/write it at will
+      const warnings: string[] = [];
+      let read: string | undefined;
+      try {
+        read = await readPassphrase({
+          file,
+          fileLabel: "invite file",
+          onWarning: (m) => {
+            warnings.push(m);
+          },
+        });
+      } catch {
+        return; // refused: fine
+      }
+      assert.fail(`used ${JSON.stringify(read)} from a file another user owns; told: ${warnings}`);
+    });
+  },
+);
