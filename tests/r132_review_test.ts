@@ -199,3 +199,38 @@ Deno.test(
     });
   },
 );
+
+Deno.test(
+  "r132: a key csr made (and the CA signed) for alice is not certified for bob too by a join " +
+    "with bob's invite in alice's home: one key, two names",
+  async () => {
+    await withService(async (service, dir) => {
+      const home = join(dir, "alice");
+      assertSuccess(await client(home, ["csr", "alice"]), "client csr alice");
+      const csrPath = join(home, "id", "request.csr");
+      const aliceKey = parseCsr(await Deno.readTextFile(csrPath)).keyFingerprint;
+      assertSuccess(
+        await runCa(service.home, [
+          "sign",
+          "--name",
+          "alice",
+          csrPath,
+          "--out",
+          join(dir, "a.crt"),
+        ]),
+        "ca sign",
+      );
+      // The admin hands alice the wrong invite (bob's), or alice pastes the wrong one.
+      const invite = await makeInvite(service.home, "bob");
+      const joined = await client(home, ["join", "-"], `${invite}\n`);
+      if (joined.code !== 0) return; // refused: fine
+      const whoami = JSON.parse((await client(home, ["whoami", "--json"])).stdout);
+      assert.notEqual(
+        whoami.keyFingerprint,
+        aliceKey,
+        `alice's home is now ${whoami.name}, with the key the CA certified for alice: ` +
+          "nothing said the key was made for another name",
+      );
+    });
+  },
+);
