@@ -100,6 +100,18 @@ export interface SignOptions {
    * commits, so a renewal never outlives a revocation. Default: none.
    */
   renews?: string;
+  /**
+   * Sign even when a certificate for the request's key was revoked as `keyCompromise` (`ca sign
+   * --allow-compromised-key`): by default such a key is refused (`ERR_KEY_REJECTED`), whatever
+   * the name. Default: false.
+   */
+  allowCompromisedKey?: boolean;
+}
+
+/** Options of {@linkcode CertificateAuthority.checkRequest}. */
+export interface CheckRequestOptions {
+  /** Accept a key a certificate of which was revoked as `keyCompromise`. Default: false. */
+  allowCompromisedKey?: boolean;
 }
 
 /** Options of {@linkcode CertificateAuthority.revoke}. */
@@ -240,6 +252,8 @@ export class CertificateAuthority {
   #logSigner?: NoteKey;
   #signingKey?: Promise<string>;
   #checked = new Map<string, { request: CertificateRequest; kind: KeyKind }>();
+  // The key fingerprint of each certificate revoked as keyCompromise, by serial (never changes).
+  #compromisedKeys = new Map<string, string>();
   #lock: LockOptions;
   #keepWarm = false;
   #warm: WarmSigner[] = [];
@@ -366,7 +380,9 @@ export class CertificateAuthority {
    * one is revoked as superseded, which needs `replace` when the key changes.
    */
   async sign(csr: Uint8Array | string, name: string, options: SignOptions = {}): Promise<Issued> {
-    const { request, kind } = await this.checkRequest(csr, name);
+    const { request, kind } = await this.checkRequest(csr, name, {
+      allowCompromisedKey: options.allowCompromisedKey,
+    });
     // Near the CA's own end a certificate gets what the CA has left, not a refusal.
     const days = checkDays(
       options.days ?? Math.min(DEFAULT_CERT_DAYS, this.#maxDays()),
@@ -396,9 +412,53 @@ export class CertificateAuthority {
 
   /**
    * Checks a request against the policy for `name` without signing it: what
-   * {@linkcode CertificateAuthority.sign} refuses, this refuses the same way.
+   * {@linkcode CertificateAuthority.sign} refuses, this refuses the same way, including a key
+   * a certificate of which was revoked as `keyCompromise` (unless `options` allow it).
    */
   async checkRequest(
+    csr: Uint8Array | string,
+    name: string,
+    options: CheckRequestOptions = {},
+  ): Promise<{ request: CertificateRequest; kind: KeyKind }> {
+    const checked = await this.#checkRequestCached(csr, name);
+    if (!options.allowCompromisedKey) {
+      const serial = await this.compromisedSerial(checked.request.keyFingerprint);
+      if (serial !== undefined) {
+        throw new E2eError(
+          "ERR_KEY_REJECTED",
+          `Cannot sign request: its key's certificate (serial ${serial}) was revoked as ` +
+            "keyCompromise: that key is never certified again",
+          { hint: "make a new key (a join in another home makes one) and sign a request from it" },
+        );
+      }
+    }
+    return checked;
+  }
+
+  /**
+   * The serial of a certificate for the key `keyFingerprint` (SHA-256 of its SPKI, as
+   * {@linkcode CertificateInfo.keyFingerprint}) that was revoked as `keyCompromise`, or undefined.
+   * Reads the committed database; each revoked certificate's file is read once.
+   */
+  async compromisedSerial(keyFingerprint: string): Promise<string | undefined> {
+    for (const entry of await this.#index.entries()) {
+      if (entry.status !== "R" || entry.reason !== "keyCompromise") continue;
+      let key = this.#compromisedKeys.get(entry.serial);
+      if (key === undefined) {
+        try {
+          const pem = await Deno.readTextFile(this.paths.certFile(entry.serial));
+          key = parseCertificate(pem).keyFingerprint;
+        } catch {
+          continue; // a missing file: nothing to compare
+        }
+        this.#compromisedKeys.set(entry.serial, key);
+      }
+      if (key === keyFingerprint) return entry.serial;
+    }
+    return undefined;
+  }
+
+  async #checkRequestCached(
     csr: Uint8Array | string,
     name: string,
   ): Promise<{ request: CertificateRequest; kind: KeyKind }> {

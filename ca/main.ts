@@ -89,7 +89,10 @@ Commands:
   init    [--key-type rsa-4096|ec-p256|ed25519] [--days N] [--cn NAME]
           Create the CA: an encrypted key and a self-signed certificate.
   sign    --name NAME CSR_FILE [--out FILE] [--days N] [--replace]
+          [--allow-compromised-key]
           Sign a certificate request (use - for stdin); prints the certificate.
+          A key a certificate of which was revoked as keyCompromise is refused
+          (as by invites), unless --allow-compromised-key.
   revoke  NAME|SERIAL [--reason R]
           Revoke a certificate and publish a new CRL. R: unspecified (the
           default), keyCompromise, CACompromise, affiliationChanged,
@@ -424,6 +427,7 @@ async function sign(args: string[]): Promise<number> {
     out: { type: "string" },
     days: { type: "string" },
     replace: { type: "boolean" },
+    "allow-compromised-key": { type: "boolean" },
   });
   if (values.help) return await help();
   if (!values.name) throw new E2eError("ERR_USAGE", "sign needs --name NAME");
@@ -436,6 +440,7 @@ async function sign(args: string[]): Promise<number> {
   const { certificate, superseded } = await ca.sign(csr, values.name, {
     days,
     replace: values.replace,
+    allowCompromisedKey: values["allow-compromised-key"],
   });
   for (const serial of superseded) await err(`e2e-chat: revoked serial ${serial} (superseded)\n`);
   if (values.out) {

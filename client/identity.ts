@@ -739,6 +739,21 @@ async function joinLocked(home: string, invite: Invite, options: JoinOptions): P
     if ((!pending || byHand) && (!sent || refused)) {
       await Deno.remove(staged.dir, { recursive: true }).catch(() => {});
     }
+    // The key was here before this join (csr made it, or an earlier join): the CA refuses it
+    // when a certificate for it was revoked as compromised (ca/authority.ts checkRequest).
+    if (refused && pending && e instanceof E2eError && /keyCompromise/.test(e.message)) {
+      const old = byHand ? dir : staged.dir;
+      throw new E2eError(
+        "ERR_KEY_REJECTED",
+        `The CA refuses the key in "${old}": a certificate for it was revoked as compromised, ` +
+          "and it is never certified again",
+        {
+          cause: e,
+          hint: "join with a new key: use another --home (or E2E_CHAT_HOME), or remove " +
+            `"${old}" (the old key) and run this join again with the same invite`,
+        },
+      );
+    }
     throw e;
   }
 }

@@ -846,6 +846,34 @@ Deno.test("ca sign with the same key supersedes the old certificate without --re
   });
 });
 
+Deno.test("ca sign refuses a key a certificate of which was revoked as keyCompromise, unless --allow-compromised-key", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home);
+    await sign(home, "alice", fixture("alice-ec.csr"));
+    const [old] = await readIndexChecked(home);
+    assertSuccess(await runCa(home, ["revoke", "alice", "--reason", "keyCompromise"]));
+    await assertRefused(
+      home,
+      () => runCa(home, ["sign", "--name", "alice", fixture("alice-ec.csr")]),
+      {
+        code: 1,
+        error: `Cannot sign request: its key's certificate (serial ${old.serial}) was revoked as ` +
+          "keyCompromise: that key is never certified again",
+        hint: "make a new key (a join in another home makes one) and sign a request from it",
+      },
+    );
+    const forced = await runCa(home, [
+      "sign",
+      "--name",
+      "alice",
+      fixture("alice-ec.csr"),
+      "--allow-compromised-key",
+    ]);
+    assertSuccess(forced);
+    assert.deepEqual((await readIndexChecked(home)).map((e) => e.status), ["R", "V"]);
+  });
+});
+
 // ---------------------------------------------------------------------------
 // revoke and crl
 

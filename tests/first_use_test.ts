@@ -398,3 +398,45 @@ Deno.test("a command run in a home with no identity says to join, without the in
     );
   });
 });
+
+Deno.test(
+  "a key csr made, hand-signed and then revoked as keyCompromise is not certified again when " +
+    "the member joins that home with the invite that replaces it: the join says why and how to " +
+    "go on, and a join with a new key in another home works with the same invite",
+  async () => {
+    await withService(async (service, dir) => {
+      const home = join(dir, "alice");
+      assertSuccess(await client(home, ["csr", "alice"]), "client csr alice");
+      const csrPath = join(home, "id", "request.csr");
+      assertSuccess(
+        await runCa(service.home, [
+          "sign",
+          "--name",
+          "alice",
+          csrPath,
+          "--out",
+          join(dir, "a.crt"),
+        ]),
+        "ca sign",
+      );
+      assertSuccess(
+        await runCa(service.home, ["revoke", "alice", "--reason", "keyCompromise"]),
+        "ca revoke",
+      );
+      const invite = await makeInvite(service.home, "alice");
+      const joined = await client(home, ["join", "-"], { stdin: `${invite}\n` });
+      const idDir = join(home, "id");
+      assertFailure(
+        joined,
+        `The CA refuses the key in "${idDir}": a certificate for it was revoked as compromised, ` +
+          "and it is never certified again",
+        "join with a new key: use another --home (or E2E_CHAT_HOME), or remove " +
+          `"${idDir}" (the old key) and run this join again with the same invite`,
+      );
+      // The invite was not spent on it.
+      const fresh = join(dir, "alice2");
+      assertSuccess(await client(fresh, ["join", "-"], { stdin: `${invite}\n` }), "join anew");
+      assertSuccess(await client(fresh, ["whoami"]), "whoami");
+    });
+  },
+);

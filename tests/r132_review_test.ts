@@ -17,47 +17,6 @@ function client(home: string, args: string[], stdin?: string) {
 }
 
 Deno.test(
-  "r132: a key csr made, hand-signed and then revoked as keyCompromise (README's five commands) " +
-    "is not certified again when the member joins that home with the invite that replaces it",
-  async () => {
-    await withService(async (service, dir) => {
-      const home = join(dir, "alice");
-      assertSuccess(await client(home, ["csr", "alice"]), "client csr alice");
-      const csrPath = join(home, "id", "request.csr");
-      const compromised = parseCsr(await Deno.readTextFile(csrPath)).keyFingerprint;
-      assertSuccess(
-        await runCa(service.home, [
-          "sign",
-          "--name",
-          "alice",
-          csrPath,
-          "--out",
-          join(dir, "a.crt"),
-        ]),
-        "ca sign",
-      );
-      assertSuccess(
-        await runCa(service.home, ["revoke", "alice", "--reason", "keyCompromise"]),
-        "ca revoke",
-      );
-      // The admin replaces the stolen key: a new invite (SECURITY.md: a key revoked as
-      // compromised is never certified again by the invite that replaces it).
-      const invite = await makeInvite(service.home, "alice");
-      const joined = await client(home, ["join", "-"], `${invite}\n`);
-      if (joined.code !== 0) return; // refused: fine
-      const whoami = await client(home, ["whoami", "--json"]);
-      assertSuccess(whoami, "whoami");
-      assert.notEqual(
-        JSON.parse(whoami.stdout).keyFingerprint,
-        compromised,
-        "the CA issued a valid certificate (public in the directory) for the key revoked as " +
-          "compromised: whoever stole it is alice again",
-      );
-    });
-  },
-);
-
-Deno.test(
   "r132: a passphrase file owned by another user is not used as if it were ours: that user can " +
     "write to it (mode 0644 or not)",
   async () => {
