@@ -26,7 +26,8 @@ export interface PassphraseOptions {
   fileLabel?: string;
   /**
    * Told when `file` can be read by other users (its mode allows group or other access); it is
-   * used all the same. One they can write to is refused. Default: none.
+   * used all the same. One they can write to, or that another user (not root) owns, is refused
+   * (the owner needs `--allow-sys=uid` to be checked). Default: none.
    */
   onWarning?: (message: string) => void | Promise<void>;
 }
@@ -46,19 +47,30 @@ export async function readPassphrase(options: PassphraseOptions = {}): Promise<s
   let passphrase: string | undefined;
   if (options.file !== undefined) {
     const path = resolveUserPath(options.file);
-    let text: string;
-    try {
-      text = await Deno.readTextFile(path);
-    } catch (e) {
-      const what = options.fileLabel ?? "passphrase file";
-      throw new E2eError("ERR_FILE", `Cannot read the ${what} "${path}"`, {
+    const what = options.fileLabel ?? "passphrase file";
+    const cannotRead = (e: unknown) =>
+      new E2eError("ERR_FILE", `Cannot read the ${what} "${path}"`, {
         cause: e,
         hint: e instanceof Deno.errors.NotFound
           ? "there is no such file: a relative path starts in the folder the command ran in"
           : undefined,
       });
+    let file: Deno.FsFile;
+    try {
+      file = await Deno.open(path, { read: true });
+    } catch (e) {
+      throw cannotRead(e);
     }
-    await checkFileMode(path, options);
+    let text: string;
+    try {
+      // The file opened is the one checked (its owner and mode) and read: no path looked up twice.
+      await checkFile(await file.stat(), path, options);
+      text = new TextDecoder().decode(await readAll(file));
+    } catch (e) {
+      throw e instanceof E2eError ? e : cannotRead(e);
+    } finally {
+      file.close();
+    }
     passphrase = text.split(/\r?\n/, 1)[0];
   } else if (options.envVar && Deno.env.get(options.envVar)) {
     passphrase = Deno.env.get(options.envVar);
@@ -83,12 +95,41 @@ export async function readPassphrase(options: PassphraseOptions = {}): Promise<s
   return passphrase;
 }
 
+async function readAll(file: Deno.FsFile): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  const buffer = new Uint8Array(16 * 1024);
+  for (let n = await file.read(buffer); n !== null; n = await file.read(buffer)) {
+    chunks.push(buffer.slice(0, n));
+  }
+  const out = new Uint8Array(chunks.reduce((sum, c) => sum + c.length, 0));
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}
+
 // A secret's file others may write to could hold their passphrase (as ssh refuses such a key
-// file); one they may read is warned of, and used: refusing it would stop scripts that work today.
-async function checkFileMode(path: string, options: PassphraseOptions): Promise<void> {
-  const { mode } = await Deno.stat(path);
+// file), and so could one another user owns (its owner may rewrite it, or chmod it, at will):
+// both are refused. One others may read is warned of, and used: refusing it would stop scripts
+// that work today. `info` is the open file's (fstat), not a second look-up of its path.
+async function checkFile(
+  info: Deno.FileInfo,
+  path: string,
+  options: PassphraseOptions,
+): Promise<void> {
+  const { mode } = info;
   if (mode === null) return; // (Windows: no mode bits)
   const what = options.fileLabel ?? "passphrase file";
+  const uid = currentUid();
+  if (uid !== undefined && info.uid !== null && info.uid !== uid && info.uid !== 0) {
+    throw new E2eError(
+      "ERR_FILE",
+      `Cannot use the ${what} "${path}": another user owns it (uid ${info.uid})`,
+      { hint: `use a file of your own (chmod 600), not "${path}"` },
+    );
+  }
   const octal = `0${(mode & 0o777).toString(8)}`;
   if (mode & 0o022) {
     throw new E2eError(
@@ -101,6 +142,15 @@ async function checkFileMode(path: string, options: PassphraseOptions): Promise<
     await options.onWarning?.(
       `The ${what} "${path}" can be read by other users (mode ${octal}): chmod 600 it`,
     );
+  }
+}
+
+// This process's user id; undefined where it cannot be known (Windows, or no --allow-sys=uid).
+function currentUid(): number | undefined {
+  try {
+    return Deno.uid() ?? undefined;
+  } catch {
+    return undefined;
   }
 }
 

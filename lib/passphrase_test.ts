@@ -55,3 +55,35 @@ Deno.test("readPassphrase() refuses a passphrase file other users can write to",
     });
   }
 });
+
+Deno.test(
+  "readPassphrase() refuses a passphrase or invite file another user owns, whatever its mode: " +
+    "that user may rewrite or chmod it at will",
+  async () => {
+    if (Deno.uid() !== 0) return; // needs chown (the test machine runs as root)
+    for (const mode of [0o600, 0o644]) {
+      await withFile(mode, async (file) => {
+        await Deno.chown(file, 65534, 65534); // nobody
+        const warnings: string[] = [];
+        await assert.rejects(
+          readPassphrase({
+            file,
+            fileLabel: "invite file",
+            onWarning: (m) => void warnings.push(m),
+          }),
+          (e: unknown) =>
+            e instanceof E2eError && e.code === "ERR_FILE" &&
+            e.message ===
+              `Cannot use the invite file "${file}": another user owns it (uid 65534)` &&
+            e.hint === `use a file of your own (chmod 600), not "${file}"`,
+        );
+        assert.deepEqual(warnings, []);
+      });
+    }
+    // One root owns is ours to trust (root may rewrite any file anyway).
+    await withFile(0o600, async (file) => {
+      await Deno.chown(file, 0, 0);
+      assert.equal(await readPassphrase({ file }), "a long passphrase");
+    });
+  },
+);
