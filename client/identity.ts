@@ -9,13 +9,16 @@
  * answers with the same certificate (docs/API.md "POST /v1/enroll"); a join of
  * the same name at the same CA with another invite gives that key up. A key
  * `client csr` made in `HOME/id` (no identity there yet) is taken up by a join
- * the same way: copied to `HOME/joining` with the join's record. An
+ * the same way: copied to `HOME/joining` with the join's record; once certified,
+ * `HOME/id` is emptied (the key first) and the identity renamed onto it. A join
+ * killed in between leaves an `HOME/id` with no key and no record next to the
+ * finished `HOME/joining`: the next join finishes it (whoami and chat say so). An
  * encrypted key is decrypted in memory only, for TLS and renewal.
  *
  * @module
  */
 import { createHash, createPrivateKey, createPublicKey, hkdfSync } from "node:crypto";
-import { dirname } from "node:path";
+import { dirname, join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, syncDir, writeFileAtomic } from "../lib/fs.ts";
 import { withLock } from "../lib/lock.ts";
@@ -160,7 +163,10 @@ export class Identity {
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) {
         throw new E2eError("ERR_NOT_ENROLLED", `No identity in "${dir}"`, {
-          hint: await exists(id.key)
+          hint: await isCutJoin(new ClientHome(home))
+            ? "a join was cut off while it put the identity in place: run the join again " +
+              "(deno task client join, with the same invite) and it finishes"
+            : await exists(id.key)
             ? `this home has a key (made by csr) but no identity yet: join with an invite for ` +
               `it, deno task client join, and the join uses that key`
             : "join first: deno task client join (it asks for the invite your admin gave you)",
@@ -656,6 +662,7 @@ async function joinLocked(home: string, invite: Invite, options: JoinOptions): P
   const { id, joining: staged } = new ClientHome(home);
   const dir = id.dir;
   const { passphrase } = options;
+  if (await finishCutJoin(home, invite)) return;
   // A key `client csr` made here (README, "The CA in five commands"): the join goes on with it.
   const byHand = await isCsrKey(id);
   if (!byHand && await exists(dir)) {
@@ -727,8 +734,10 @@ async function joinLocked(home: string, invite: Invite, options: JoinOptions): P
     ]);
     await Deno.chmod(staged.dir, 0o700);
     await syncDir(staged.dir);
-    // The key `csr` made is in the staged folder too, durably: its folder makes way for the identity.
-    if (byHand) await Deno.remove(dir, { recursive: true });
+    // The key `csr` made is in the staged folder too, durably: its folder is emptied (the key
+    // first) and the identity renamed onto it. A join killed meanwhile leaves an id/ with no key
+    // and no record next to the finished joining/, which the next join finishes (finishCutJoin).
+    if (byHand) await emptyFolder(id);
     await Deno.rename(staged.dir, dir);
     await syncDir(home);
   } catch (e) {
@@ -812,6 +821,53 @@ async function newKey(
     generateKeyAndRequest(folder.key, record.name, { type: record.keyType, passphrase }),
   ]);
   return { ...made, encrypted: passphrase !== undefined };
+}
+
+// Whether `folder` is what a join killed while it emptied the folder of the key `client csr` made
+// left: the folder is there, with no key and no record (perhaps the request), and HOME/joining
+// next to it.
+async function isCutJoin(home: ClientHome): Promise<boolean> {
+  const { id, joining } = home;
+  return await exists(id.dir) && await exists(joining.dir) && !await exists(id.key) &&
+    !await exists(id.record);
+}
+
+// Finishes a join killed while it put the identity in place (isCutJoin): what is left in id/ goes;
+// a finished identity in joining/ for this invite's name and CA is renamed onto it (true), else the
+// join goes on from joining/ as from any unfinished join (false).
+async function finishCutJoin(root: string, invite: Invite): Promise<boolean> {
+  const home = new ClientHome(root);
+  if (!await isCutJoin(home)) return false;
+  const { id, joining } = home;
+  let record: Partial<IdentityRecord> | undefined;
+  try {
+    record = JSON.parse(await Deno.readTextFile(joining.record));
+  } catch { /* no record: not finished */ }
+  const finished = record?.name === invite.name && record.caFingerprint === invite.fingerprint &&
+    await exists(joining.key) && await exists(joining.cert) && await exists(joining.caCert);
+  await emptyFolder(id);
+  if (!finished) {
+    await Deno.remove(id.dir);
+    await syncDir(root);
+    return false;
+  }
+  await Deno.rename(joining.dir, id.dir);
+  await syncDir(root);
+  return true;
+}
+
+// Removes what `folder` holds, its key first, leaving the folder itself (empty). Synchronous:
+// a few small files, removed in this order (tests/join_retry_test.ts kills a join between two).
+async function emptyFolder(folder: IdFolder): Promise<void> {
+  try {
+    Deno.removeSync(folder.key);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  for (const entry of Deno.readDirSync(folder.dir)) {
+    Deno.removeSync(join(folder.dir, entry.name), { recursive: true });
+  }
+  await syncDir(folder.dir);
 }
 
 // Whether `folder` holds only what `client csr` made: a key (and its request), no identity.

@@ -195,3 +195,57 @@ Deno.test("a retried join whose certificate was revoked (as compromised) meanwhi
     assert.deepEqual(await serialsOf(service, "alice"), [revoked, cert.serial]);
   });
 });
+
+Deno.test(
+  "a join of a csr home killed while it empties HOME/id (to put the identity there) leaves a " +
+    "home that whoami explains and a second join finishes, with the certificate already issued",
+  async () => {
+    const { stracePath } = await import("./_syscalls.ts");
+    const { childEnv, ROOT, runTask, taskFlags } = await import("./_harness.ts");
+    const strace = await stracePath();
+    if (!strace) return;
+    const client = (home: string, args: string[], stdin?: string) =>
+      runTask("client", args, { env: { E2E_CHAT_HOME: home }, timeoutMs: 60_000, stdin });
+    await withService(async (service, dir) => {
+      const home = join(dir, "alice");
+      assertSuccess(await client(home, ["csr", "alice"]), "client csr alice");
+      const invite = await makeInvite(service.home, "alice");
+      // A real kill -9 of the join at its second call that unlinks in HOME/id: key.pem is gone,
+      // request.csr (and the rename of HOME/joining after it) is not.
+      const idDir = join(home, "id");
+      const killed = new Deno.Command(strace, {
+        args: [
+          ...["-f", "-qq", "-o", "/dev/null", "-P", idDir, "-P", join(idDir, "key.pem")],
+          ...["-P", join(idDir, "request.csr"), "-e", "trace=unlinkat,unlink,rmdir"],
+          ...["-e", "inject=unlinkat,unlink,rmdir:signal=SIGKILL:when=2"],
+          ...[Deno.execPath(), "run", ...await taskFlags("client"), "client/main.ts", "join", "-"],
+        ],
+        cwd: ROOT,
+        env: childEnv({ E2E_CHAT_HOME: home }),
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const writer = killed.stdin.getWriter();
+      await writer.write(new TextEncoder().encode(`${invite}\n`));
+      await writer.close();
+      const out = await killed.output();
+      assert.notEqual(out.code, 0, "the join was not killed");
+      assert.deepEqual([...Deno.readDirSync(idDir)].map((e) => e.name), ["request.csr"]);
+      const serial = (await serialsOf(service, "alice")).at(-1);
+
+      const whoami = await client(home, ["whoami"]);
+      assert.equal(whoami.code, 1, whoami.stderr);
+      assert.match(
+        whoami.stderr,
+        /a join was cut off while it put the identity in place: run the join again/,
+      );
+      // README: a join cut off: run it again with the same invite.
+      assertSuccess(await client(home, ["join", "-"], `${invite}\n`), "the join run again");
+      const me = await client(home, ["whoami", "--json"]);
+      assertSuccess(me, "whoami");
+      assert.equal(JSON.parse(me.stdout).serial, serial, "the certificate issued before the kill");
+      assert.deepEqual([...Deno.readDirSync(home)].map((e) => e.name).includes("joining"), false);
+    });
+  },
+);

@@ -16,56 +16,6 @@ function client(home: string, args: string[], stdin?: string) {
 }
 
 Deno.test(
-  "r132: a join of a csr home killed while it removes HOME/id (to put the identity there) " +
-    "leaves a home that a second join, or the chat, can go on from",
-  async () => {
-    const { stracePath } = await import("./_syscalls.ts");
-    const { childEnv, ROOT, taskFlags } = await import("./_harness.ts");
-    const strace = await stracePath();
-    if (!strace) return;
-    await withService(async (service, dir) => {
-      const home = join(dir, "alice");
-      assertSuccess(await client(home, ["csr", "alice"]), "client csr alice");
-      const invite = await makeInvite(service.home, "alice");
-      // A real kill -9 of the join at its third call that unlinks in HOME/id: key.pem and
-      // request.csr are gone, the rmdir of HOME/id itself (and the rename after it) never runs.
-      const idDir = join(home, "id");
-      const killed = new Deno.Command(strace, {
-        args: [
-          ...["-f", "-qq", "-o", "/dev/null", "-P", idDir, "-e", "trace=unlinkat,unlink,rmdir"],
-          ...["-e", "inject=unlinkat,unlink,rmdir:signal=SIGKILL:when=3"],
-          ...[Deno.execPath(), "run", ...await taskFlags("client"), "client/main.ts", "join", "-"],
-        ],
-        cwd: ROOT,
-        env: childEnv({ E2E_CHAT_HOME: home }),
-        stdin: "piped",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-      const writer = killed.stdin.getWriter();
-      await writer.write(new TextEncoder().encode(`${invite}\n`));
-      await writer.close();
-      const out = await killed.output();
-      assert.notEqual(out.code, 0, "the join was not killed");
-      const left = [...Deno.readDirSync(home)].map((e) => e.name).sort();
-
-      // The member runs the join again (README: a join cut off: run it again with the same
-      // invite), then chats.
-      const again = await client(home, ["join", "-"], `${invite}\n`);
-      assert.equal(
-        again.code,
-        0,
-        `home left with ${left.join(", ")} (id: ${
-          [...Deno.readDirSync(idDir)].map((e) => e.name)
-        });` +
-          ` the join run again said:\n${again.stderr}`,
-      );
-      assertSuccess(await client(home, ["whoami"]), "whoami");
-    });
-  },
-);
-
-Deno.test(
   "r132: Ctrl-C at the terminal chat stops it there: the lines typed ahead of it (queued while " +
     "a command ran) are not run after it",
   async () => {
