@@ -16,59 +16,6 @@ function client(home: string, args: string[], stdin?: string) {
 }
 
 Deno.test(
-  "r132: Ctrl-C at the terminal chat stops it there: the lines typed ahead of it (queued while " +
-    "a command ran) are not run after it",
-  async () => {
-    const { childEnv, ROOT, taskFlags, waitUntil } = await import("./_harness.ts");
-    await withService(async (service, dir) => {
-      const home = join(dir, "alice");
-      const invite = await makeInvite(service.home, "alice");
-      assertSuccess(await client(home, ["join", "-"], `${invite}\n`), "join");
-      const deno = [Deno.execPath(), "run", ...await taskFlags("client"), "client/main.ts"];
-      // A real terminal (a pty, through script(1)), as the member at the keyboard has.
-      const quote = (w: string) => `'${w.replaceAll("'", "'\\''")}'`;
-      const chat = new Deno.Command("script", {
-        args: ["-qfec", [...deno, "chat", "--no-listen"].map(quote).join(" "), "/dev/null"],
-        cwd: ROOT,
-        env: childEnv({ E2E_CHAT_HOME: home, TERM: "xterm" }),
-        stdin: "piped",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-      let out = "";
-      const reading = (async () => {
-        const decoder = new TextDecoder();
-        for await (const chunk of chat.stdout) out += decoder.decode(chunk, { stream: true });
-      })();
-      const writer = chat.stdin.getWriter();
-      try {
-        await waitUntil(() => out.includes("alice> "), "the prompt", 30_000);
-        // One keystroke burst: a command, a second one typed ahead, then Ctrl-C (raw mode: a byte
-        // readline reads, which closes the chat's input).
-        await writer.write(new TextEncoder().encode("/rooms\n/room create #r132\n\x03"));
-        await waitUntil(() => /bye|Bye|left|quit/i.test(out), "the chat to end", 30_000).catch(
-          () => {},
-        );
-        await new Promise((r) => setTimeout(r, 1_000));
-      } finally {
-        await writer.close().catch(() => {});
-        try {
-          chat.kill("SIGKILL");
-        } catch { /* ended */ }
-        await chat.status;
-        await reading.catch(() => {});
-        await chat.stderr.cancel().catch(() => {});
-      }
-      assert.doesNotMatch(
-        out,
-        /you are in #r132/,
-        `the room typed ahead of Ctrl-C was made after it:\n${JSON.stringify(out)}`,
-      );
-    });
-  },
-);
-
-Deno.test(
   "r132: usage mistakes exit 2 (README) in the CA too: `ca invite Bad`, a name no member can " +
     "have, as `client lookup Bad` and `client csr Bad` do now",
   async () => {

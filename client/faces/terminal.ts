@@ -45,6 +45,8 @@ export class Terminal {
   #name: string;
   #progressRows = 0;
   #closed = false;
+  // Ctrl-C was typed: the chat stops there, and the lines typed ahead of it are not run.
+  #interrupted = false;
   // Output to a pipe or a file gets the lines alone: no prompt, no echo, no cursor codes.
   #tty = process.stdout.isTTY === true;
 
@@ -60,6 +62,13 @@ export class Terminal {
     this.#rl.setPrompt(styleText("bold", `${name}> `));
     // After /quit, Ctrl-D or Ctrl-C the last lines (bye) still print, with no prompt to redraw.
     this.#rl.on("close", () => this.#closed = true);
+    // Ctrl-C on a terminal (readline reads it in raw mode) stops the chat at once: the lines
+    // already typed and waiting in #lines are dropped, not run after it. (Piped input that simply
+    // ends still runs every line it holds.)
+    this.#rl.on("SIGINT", () => {
+      this.#interrupted = true;
+      this.#rl.close();
+    });
   }
 
   /** Prints an event above the prompt, then redraws the prompt with what was typed. */
@@ -93,13 +102,15 @@ export class Terminal {
   }
 
   /**
-   * Reads lines into `sink` until /quit or end of input; those that came while the chat started
-   * (typed ahead, or piped in whole) run first, in order.
+   * Reads lines into `sink` until /quit, Ctrl-C or end of input; those that came while the chat
+   * started (typed ahead, or piped in whole) run first, in order, except after a Ctrl-C: it stops
+   * the chat there, and lines typed ahead of it are not run.
    */
   async run(sink: InputSink): Promise<void> {
     this.#prompt();
     for (let next = await this.#lines.next(); !next.done; next = await this.#lines.next()) {
-      if (!await sink.input(next.value)) break;
+      if (this.#interrupted || !await sink.input(next.value)) break;
+      if (this.#interrupted) break;
       if (!this.#closed) this.#prompt();
     }
     this.#rl.close();

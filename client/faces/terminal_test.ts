@@ -324,3 +324,56 @@ Deno.test("lines piped in before the chat is ready to read them are all run, in 
 Deno.test("a /quit piped in among other lines stops there: the lines after it are not run", async () => {
   assert.equal(await ranFromPipe("one\n/quit\ntwo\n"), "ran one\nran /quit\nended\n");
 });
+
+Deno.test("Ctrl-C at the terminal stops the chat there: lines typed ahead of it, queued while a command ran, are not run after it", async () => {
+  // A real terminal (a pty, through script(1)): readline reads Ctrl-C as a byte in raw mode.
+  const code = `import { Terminal } from ${JSON.stringify(TERMINAL)};
+    const terminal = new Terminal("alice");
+    await terminal.run({
+      input: async (line) => {
+        console.log("ran " + line);
+        await new Promise((r) => setTimeout(r, 500)); // a command that takes a while
+        return true;
+      },
+    });
+    console.log("ended");`;
+  const quote = (w: string) => `'${w.replaceAll("'", "'\\''")}'`;
+  const child = new Deno.Command("script", {
+    args: ["-qfec", [Deno.execPath(), "eval", code].map(quote).join(" "), "/dev/null"],
+    env: { NO_COLOR: "1", TERM: "xterm" },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  let out = "";
+  const reading = (async () => {
+    const decoder = new TextDecoder();
+    for await (const chunk of child.stdout) out += decoder.decode(chunk, { stream: true });
+  })();
+  const writer = child.stdin.getWriter();
+  try {
+    for (let i = 0; i < 300 && !out.includes("alice> "); i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.ok(out.includes("alice> "), `no prompt: ${JSON.stringify(out)}`);
+    // A line; while it runs, one more typed ahead, then Ctrl-C.
+    await writer.write(new TextEncoder().encode("one\n"));
+    for (let i = 0; i < 100 && !out.includes("ran one"); i++) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await writer.write(new TextEncoder().encode("two\n\x03"));
+    for (let i = 0; i < 100 && !out.includes("ended"); i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  } finally {
+    await writer.close().catch(() => {});
+    try {
+      child.kill("SIGKILL");
+    } catch { /* ended */ }
+    await child.status;
+    await reading.catch(() => {});
+  }
+  assert.match(out, /ran one/);
+  assert.match(out, /ended/, JSON.stringify(out));
+  assert.doesNotMatch(out, /ran two/, `the line typed ahead of Ctrl-C ran: ${JSON.stringify(out)}`);
+});
