@@ -19,6 +19,7 @@
  */
 import { createHash, createPrivateKey, createPublicKey, hkdfSync } from "node:crypto";
 import { dirname, join } from "node:path";
+import { parseCsr } from "../lib/csr.ts";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, syncDir, writeFileAtomic } from "../lib/fs.ts";
 import { withLock } from "../lib/lock.ts";
@@ -884,6 +885,20 @@ async function takeCsrKey(
   invite: Invite,
   passphrase: string | undefined,
 ): Promise<IdentityRecord> {
+  // The key was made for the name in its request (`client csr NAME`), and the CA may have signed
+  // it for that name already: it is not certified for another one too.
+  const made = await csrName(id);
+  if (made !== undefined && made !== invite.name) {
+    throw new E2eError(
+      "ERR_CSR_NAME_MISMATCH",
+      `The key in "${id.dir}" was made for ${JSON.stringify(made)} (client csr), ` +
+        `not for "${invite.name}", whose invite this is`,
+      {
+        hint: `join as "${invite.name}" in another --home (or E2E_CHAT_HOME): that makes a new ` +
+          `key; this home's key stays ${JSON.stringify(made)}'s`,
+      },
+    );
+  }
   let key: string;
   try {
     key = await unlockKey(id.key, { passphrase, what: `the key "${id.key}" that csr made` });
@@ -907,6 +922,24 @@ async function takeCsrKey(
   await writeFileAtomic(staged.key, await Deno.readTextFile(id.key), { mode: 0o600 });
   await writeFileAtomic(staged.record, JSON.stringify(record, null, 2) + "\n", { syncDir: true });
   return record;
+}
+
+// The name `client csr` made the key in `id` for (the request's one common name), or undefined
+// when there is no request there to say (or it names none, or several).
+async function csrName(id: IdFolder): Promise<string | undefined> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(id.csr);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return undefined;
+    throw e;
+  }
+  try {
+    const names = parseCsr(text).commonNames;
+    return names.length === 1 ? names[0] : undefined;
+  } catch {
+    return undefined; // not a request we can read: the CA checks what it signs
+  }
 }
 
 // The client key type of `key`; throws for a key `client csr` does not make.

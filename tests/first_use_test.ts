@@ -440,3 +440,40 @@ Deno.test(
     });
   },
 );
+
+Deno.test(
+  "a key csr made (and the CA signed) for alice is not certified for bob too by a join with " +
+    "bob's invite in alice's home: the join says so and to use another home, where it works",
+  async () => {
+    await withService(async (service, dir) => {
+      const home = join(dir, "alice");
+      assertSuccess(await client(home, ["csr", "alice"]), "client csr alice");
+      const csrPath = join(home, "id", "request.csr");
+      assertSuccess(
+        await runCa(service.home, [
+          "sign",
+          "--name",
+          "alice",
+          csrPath,
+          "--out",
+          join(dir, "a.crt"),
+        ]),
+        "ca sign",
+      );
+      // The admin hands alice the wrong invite (bob's), or alice pastes the wrong one.
+      const invite = await makeInvite(service.home, "bob");
+      const joined = await client(home, ["join", "-"], { stdin: `${invite}\n` });
+      assertFailure(
+        joined,
+        `The key in "${join(home, "id")}" was made for "alice" (client csr), not for "bob", ` +
+          "whose invite this is",
+        'join as "bob" in another --home (or E2E_CHAT_HOME): that makes a new key; this ' +
+          `home's key stays "alice"'s`,
+      );
+      assert.deepEqual([...Deno.readDirSync(home)].map((e) => e.name).sort(), ["id"]);
+      // The invite was not spent: bob joins with it in a home of his own.
+      const bob = join(dir, "bob");
+      assertSuccess(await client(bob, ["join", "-"], { stdin: `${invite}\n` }), "bob joins");
+    });
+  },
+);
