@@ -292,6 +292,17 @@ async function serveUntilStopped(ca: CertificateAuthority, options: ServeOptions
   return 0;
 }
 
+// A NAME on the command line that no member can have is a usage mistake (README: exit 2), as in
+// the client.
+function nameArgument(text: string): string {
+  try {
+    return checkName(text);
+  } catch (e) {
+    if (!(e instanceof E2eError)) throw e;
+    throw new E2eError("ERR_USAGE", e.message, { cause: e, hint: e.hint });
+  }
+}
+
 async function invite(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, {
     ...COMMON,
@@ -300,7 +311,7 @@ async function invite(args: string[]): Promise<number> {
   });
   if (values.help) return await help();
   if (positionals.length !== 1) throw new E2eError("ERR_USAGE", "invite needs exactly one NAME");
-  const name = checkName(positionals[0]);
+  const name = nameArgument(positionals[0]);
   const ttl = parseDuration(values.ttl ?? "24h");
   const ca = await openCa(values);
   // The lock says whether the service runs; a service.json a killed one left is not where it is.
@@ -431,6 +442,7 @@ async function sign(args: string[]): Promise<number> {
   });
   if (values.help) return await help();
   if (!values.name) throw new E2eError("ERR_USAGE", "sign needs --name NAME");
+  nameArgument(values.name);
   if (positionals.length !== 1) {
     throw new E2eError("ERR_USAGE", "sign needs exactly one CSR_FILE (or - for stdin)");
   }

@@ -709,7 +709,7 @@ Deno.test("ca sign refuses bad input with one error line and leaves the CA uncha
     for (const bad of ["ålice", "../evil", "A B", "-x", ""]) {
       await t.step(`the invalid name ${JSON.stringify(bad)}`, async () => {
         await refuse([`--name=${bad}`, fixture("alice-ec.csr")], {
-          code: bad === "" ? 2 : 1,
+          code: 2, // a usage mistake (README), as in the client
           error: bad === "" ? "sign needs --name NAME" : `Invalid name ${JSON.stringify(bad)}`,
           ...(bad === "" ? {} : { hint: NAME_HINT }),
         });
@@ -871,6 +871,14 @@ Deno.test("ca sign refuses a key a certificate of which was revoked as keyCompro
     ]);
     assertSuccess(forced);
     assert.deepEqual((await readIndexChecked(home)).map((e) => e.status), ["R", "V"]);
+  });
+});
+
+Deno.test("ca invite with a name no member can have is a usage mistake: exit 2 (README), as in the client", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home);
+    const run = await runCa(home, ["invite", "Bad"]);
+    assertFailure(run, { code: 2, error: 'Invalid name "Bad"', hint: NAME_HINT });
   });
 });
 
