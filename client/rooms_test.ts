@@ -2729,3 +2729,77 @@ Deno.test("A newcomer restarted after a gap below an author's take-up was report
     assert.deepEqual(gaps(), [[11, 12, 13, 14, 15, 16, 17, 18, 19], [6, 7, 8, 9]]);
   });
 });
+
+// r131 (attack review). A message signed under a list newer than ours is held apart and that
+// list is asked for "once per version": the ask records the highest version asked, and is
+// checked before the held message is. A member who sends one message claiming a version far
+// ahead (not even signed: nothing is checked before it is held) has alice record that version,
+// and no later honest message under the list she really missed draws a `state` from her again:
+// the list is never asked for, and the honest messages wait until some other event brings it.
+Deno.test("A member who signs one message under a version far ahead does not stop alice asking for the list she missed when honest messages come under it", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
+    const roomId = roomIdFor("carol");
+    const listAt = (version: number) =>
+      signList({
+        roomId,
+        room: "#team",
+        creator: "carol",
+        version,
+        members: [
+          { name: "alice", key: alice.spki, since: 1 },
+          { name: "bob", key: bob.spki, since: 1 },
+          { name: "carol", key: carol.spki, since: 1 },
+        ],
+      }, carol.privateKey);
+    await writeRoom(dir, listAt(1), carol.spki, { alice: 1, bob: 1, carol: 1 });
+    const sentTo: Array<{ to: string; body: RoomFrame }> = [];
+    const connections = new Map(
+      [["bob", bob], ["carol", carol]].map(([name, k]) => [
+        name as string,
+        fakeConnection(name as string, (k as { privateKey: KeyObject }).privateKey, (body) => {
+          sentTo.push({ to: name as string, body });
+          return true;
+        }),
+      ]),
+    );
+    const events: CoreEvent[] = [];
+    const rooms = testRooms(
+      "alice",
+      alice.pem,
+      dir,
+      (n) => connections.get(n),
+      (e) => events.push(e),
+    );
+    await rooms.load();
+    try {
+      // Hostile bob: one message claiming list version 2^53 - 1 (his own key; it is never checked).
+      const far = signMessage(
+        {
+          roomId,
+          room: "#team",
+          author: "bob",
+          seq: 1,
+          version: Number.MAX_SAFE_INTEGER,
+          text: "x",
+        },
+        bob.privateKey,
+      );
+      rooms.receive(connections.get("bob")!, { op: "msg", m: far });
+      // Carol signed list 2 (alice missed it) and writes under it: alice should ask carol for it.
+      const byCarol = signMessage(
+        { roomId, room: "#team", author: "carol", seq: 1, version: 2, text: "hello" },
+        carol.privateKey,
+      );
+      sentTo.length = 0;
+      rooms.receive(connections.get("carol")!, { op: "msg", m: byCarol });
+      await sleep(50);
+      assert.ok(
+        sentTo.some(({ to, body }) => to === "carol" && body.op === "state"),
+        "alice never asks carol for list 2: bob's far-ahead version stands for it",
+      );
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
