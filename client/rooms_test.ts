@@ -2803,3 +2803,99 @@ Deno.test("A member who signs one message under a version far ahead does not sto
     }
   });
 });
+
+// r131 (attack review). Below an author's take-up floor a newcomer asks each connection once (one
+// `want` per author), and her `state` no longer gives 0 for that author, so the want is the only
+// way those messages come. At a hello she sends one want per author with a floor in one burst;
+// the member answering counts them against REQUESTS_PER_SECOND (20) and drops the rest without a
+// word, while the newcomer has marked them asked on that connection and never asks again. With
+// more than 20 authors taken up above their message 1 (every author who wrote before she joined
+// keeps a floor for good), the later authors' messages withheld below the floor never come and
+// are never reported (nothing was shown late, so #reportLate has nothing to report).
+Deno.test("A newcomer with more than 20 authors taken up above their message 1 is filled below the floor of each of them at a hello", async () => {
+  await withTempDir(async (root) => {
+    const [alice, carol, fake] = [keyPair(), keyPair(), keyPair()];
+    const roomId = roomIdFor("carol");
+    const authors = Array.from({ length: 25 }, (_, i) => `a${String(i + 1).padStart(2, "0")}`);
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 1,
+      members: [
+        { name: "alice", key: alice.spki, since: 1 },
+        { name: "carol", key: carol.spki, since: 1 },
+        ...authors.map((name) => ({ name, key: fake.spki, since: 1 })),
+      ].sort((a, b) => a.name < b.name ? -1 : 1),
+    }, carol.privateKey);
+    const [aliceDir, carolDir] = [join(root, "a"), join(root, "c")];
+    await Deno.mkdir(aliceDir);
+    await Deno.mkdir(carolDir);
+    // Alice took every author up at their message 11 (restarted since); she never got 10 of a25.
+    const at = (n: number) => Object.fromEntries(authors.map((a) => [a, n]));
+    await Deno.writeTextFile(
+      join(aliceDir, `${roomId}.json`),
+      JSON.stringify({
+        v: 1,
+        list,
+        creatorKey: carol.spki,
+        seq: 0,
+        next: { alice: 1, carol: 1, ...at(11) },
+        floor: at(11),
+      }),
+    );
+    await writeRoom(carolDir, list, carol.spki, { alice: 1, carol: 1, ...at(10) });
+    const last = authors.at(-1)!;
+    const withheld = signMessage(
+      { roomId, room: "#team", author: last, seq: 10, version: 1, text: "withheld" },
+      fake.privateKey,
+    );
+    let linked = false;
+    const parts: { alice?: Rooms; carol?: Rooms } = {};
+    const carolAtAlice: PeerConnection = fakeConnection("carol", carol.privateKey, (body) => {
+      queueMicrotask(() => parts.carol!.receive(aliceAtCarol, body));
+      return true;
+    });
+    const aliceAtCarol: PeerConnection = fakeConnection("alice", alice.privateKey, (body) => {
+      queueMicrotask(() => parts.alice!.receive(carolAtAlice, body));
+      return true;
+    });
+    const lastAtCarol = fakeConnection(last, fake.privateKey);
+    const events: CoreEvent[] = [];
+    parts.alice = testRooms(
+      "alice",
+      alice.pem,
+      aliceDir,
+      (n) => n === "carol" && linked ? carolAtAlice : undefined,
+      (e) => events.push(e),
+    );
+    parts.carol = testRooms(
+      "carol",
+      carol.pem,
+      carolDir,
+      (n) => n === "alice" && linked ? aliceAtCarol : n === last ? lastAtCarol : undefined,
+      () => {},
+    );
+    await parts.alice.load();
+    await parts.carol.load();
+    try {
+      parts.carol.receive(lastAtCarol, { op: "msg", m: withheld });
+      // Early in a second, so that the burst is counted in one.
+      await sleep(1000 - (Date.now() % 1000) + 10);
+      linked = true;
+      parts.alice.hello(carolAtAlice);
+      parts.carol.hello(aliceAtCarol);
+      await sleep(GAP_WAIT_MS + 500);
+      const texts = events.flatMap((e) => e.type === "room_message" ? [e.text] : []);
+      const gaps = events.filter((e) => e.type === "room_gap");
+      assert.deepEqual(
+        { texts, gaps: gaps.length },
+        { texts: ["withheld"], gaps: 0 },
+        `${last} 10, which carol keeps, is neither shown nor reported missing`,
+      );
+    } finally {
+      await parts.alice.stop();
+      await parts.carol.stop();
+    }
+  });
+});
