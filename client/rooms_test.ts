@@ -2899,3 +2899,97 @@ Deno.test("A newcomer with more than 20 authors taken up above their message 1 i
     }
   });
 });
+
+// r131 (attack review). The next 64 below a take-up floor are asked only once fills brought the
+// floor down to the lowest asked. One number of the first 64 that no member has (the author
+// skipped it, or every member lost it: carol reported it missing herself) stops the floor above
+// it for good: the messages of the newcomer's membership below those 64, which carol keeps and
+// would have sent at the newcomer's state while it gave 0, are never asked, shown nor reported.
+Deno.test("A newcomer taken up at an author's 200th, filled by a member who keeps 100 to 199 but 150, shows them all and reports only 150 missing", async () => {
+  await withTempDir(async (root) => {
+    const [alice, carol, bob] = [keyPair(), keyPair(), keyPair()];
+    const roomId = roomIdFor("carol");
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 1,
+      members: [
+        { name: "alice", key: alice.spki, since: 1 },
+        { name: "bob", key: bob.spki, since: 1 },
+        { name: "carol", key: carol.spki, since: 1 },
+      ],
+    }, carol.privateKey);
+    const [aliceDir, carolDir] = [join(root, "a"), join(root, "c")];
+    await Deno.mkdir(aliceDir);
+    await Deno.mkdir(carolDir);
+    await Deno.writeTextFile(
+      join(aliceDir, `${roomId}.json`),
+      JSON.stringify({
+        v: 1,
+        list,
+        creatorKey: carol.spki,
+        seq: 0,
+        next: { alice: 1, carol: 1, bob: 200 },
+        floor: { bob: 200 },
+      }),
+    );
+    await writeRoom(carolDir, list, carol.spki, { alice: 1, carol: 1, bob: 100 });
+    const byBob = (seq: number) =>
+      signMessage(
+        { roomId, room: "#team", author: "bob", seq, version: 1, text: `bob ${seq}` },
+        bob.privateKey,
+      );
+    let linked = false;
+    const parts: { alice?: Rooms; carol?: Rooms } = {};
+    const carolAtAlice: PeerConnection = fakeConnection("carol", carol.privateKey, (body) => {
+      queueMicrotask(() => parts.carol!.receive(aliceAtCarol, body));
+      return true;
+    });
+    const aliceAtCarol: PeerConnection = fakeConnection("alice", alice.privateKey, (body) => {
+      queueMicrotask(() => parts.alice!.receive(carolAtAlice, body));
+      return true;
+    });
+    const bobAtCarol = fakeConnection("bob", bob.privateKey);
+    const events: CoreEvent[] = [];
+    parts.alice = testRooms(
+      "alice",
+      alice.pem,
+      aliceDir,
+      (n) => n === "carol" && linked ? carolAtAlice : undefined,
+      (e) => events.push(e),
+    );
+    parts.carol = testRooms(
+      "carol",
+      carol.pem,
+      carolDir,
+      (n) => n === "alice" && linked ? aliceAtCarol : n === "bob" ? bobAtCarol : undefined,
+      () => {},
+    );
+    await parts.alice.load();
+    await parts.carol.load();
+    try {
+      for (let seq = 100; seq < 200; seq++) {
+        if (seq !== 150) parts.carol.receive(bobAtCarol, { op: "msg", m: byBob(seq) });
+      }
+      linked = true;
+      parts.alice.hello(carolAtAlice);
+      parts.carol.hello(aliceAtCarol);
+      await sleep(GAP_WAIT_MS + 1000);
+      const shown = events.flatMap((e) => e.type === "room_message" ? [e.text] : []);
+      const missing = events.flatMap((e) => e.type === "room_gap" ? e.missing : []);
+      assert.deepEqual(
+        {
+          shown: shown.length,
+          first: shown.map((t) => Number(t.slice(4))).sort((a, b) => a - b)[0],
+          missing,
+        },
+        { shown: 99, first: 100, missing: [150] },
+        "bob 100 to 135, which carol keeps, are neither asked for, shown nor reported",
+      );
+    } finally {
+      await parts.alice.stop();
+      await parts.carol.stop();
+    }
+  });
+});
