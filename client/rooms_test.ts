@@ -2993,3 +2993,69 @@ Deno.test("A newcomer taken up at an author's 200th, filled by a member who keep
     }
   });
 });
+
+// r131 (attack review). What is held apart under a newer list is checked only once that list is
+// here: the sender need only be a member. Hostile bob sends 256 made-up messages "by dave" under
+// version 2 (no valid signature) and pushes out dave's real one, which came through the mailbox
+// (its CA copy acknowledged: fromMailbox recorded no line) while dave is away: once list 2 comes
+// bob's are refused, and dave's is gone (nobody connected keeps it).
+Deno.test("A member's made-up messages under a newer list do not push out a real one held apart from the mailbox", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, bob, carol, dave, erin] = [keyPair(), keyPair(), keyPair(), keyPair(), keyPair()];
+    const roomId = roomIdFor("carol");
+    const listAt = (version: number) =>
+      signList({
+        roomId,
+        room: "#team",
+        creator: "carol",
+        version,
+        members: [
+          { name: "alice", key: alice.spki, since: 1 },
+          { name: "bob", key: bob.spki, since: 1 },
+          { name: "carol", key: carol.spki, since: 1 },
+          { name: "dave", key: dave.spki, since: 1 },
+          ...(version >= 2 ? [{ name: "erin", key: erin.spki, since: 2 }] : []),
+        ],
+      }, carol.privateKey);
+    await writeRoom(dir, listAt(1), carol.spki, { alice: 1, bob: 1, carol: 1, dave: 1 });
+    const connections = new Map([
+      ["bob", fakeConnection("bob", bob.privateKey)],
+      ["carol", fakeConnection("carol", carol.privateKey)],
+    ]);
+    const events: CoreEvent[] = [];
+    const rooms = testRooms(
+      "alice",
+      alice.pem,
+      dir,
+      (n) => connections.get(n),
+      (e) => events.push(e),
+    );
+    await rooms.load();
+    try {
+      const real = signMessage(
+        { roomId, room: "#team", author: "dave", seq: 1, version: 2, text: "from dave" },
+        dave.privateKey,
+      );
+      const lines = rooms.fromMailbox(
+        "dave",
+        JSON.stringify({ op: "msg", m: real, to: ["alice"] }),
+      );
+      assert.deepEqual(lines, [], "held apart: no line, so the CA's copy goes");
+      for (let i = 0; i < 256; i++) {
+        const junk = {
+          ...real,
+          seq: 1000 + i,
+          text: `junk ${i}`,
+          sig: btoa(`made up ${i}`),
+        };
+        rooms.receive(connections.get("bob")!, { op: "msg", m: junk, fill: true });
+      }
+      rooms.receive(connections.get("carol")!, { op: "list", list: listAt(2) });
+      await sleep(100);
+      const texts = events.flatMap((e) => e.type === "room_message" ? [e.text] : []);
+      assert.deepEqual(texts, ["from dave"], "dave's message was pushed out by bob's made-up ones");
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
