@@ -3059,3 +3059,58 @@ Deno.test("A member's made-up messages under a newer list do not push out a real
     }
   });
 });
+
+// r131 (attack review). The list is asked "once per version", and the version counts as asked even
+// when nobody was: a mailbox item under list 2 while the creator is away asks nobody (it would ask
+// her), yet marks 2 asked, so bob's message under list 2, on his connection, asks bob nothing.
+Deno.test("A message under a newer list from a connected member asks him for that list though a mailbox item under it came while the creator was away", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, bob, carol, dave] = [keyPair(), keyPair(), keyPair(), keyPair()];
+    const roomId = roomIdFor("carol");
+    const list = signList({
+      roomId,
+      room: "#team",
+      creator: "carol",
+      version: 1,
+      members: [
+        { name: "alice", key: alice.spki, since: 1 },
+        { name: "bob", key: bob.spki, since: 1 },
+        { name: "carol", key: carol.spki, since: 1 },
+        { name: "dave", key: dave.spki, since: 1 },
+      ],
+    }, carol.privateKey);
+    await writeRoom(dir, list, carol.spki, { alice: 1, bob: 1, carol: 1, dave: 1 });
+    const toBob: RoomFrame[] = [];
+    const bobConn = fakeConnection("bob", bob.privateKey, (body) => {
+      toBob.push(body);
+      return true;
+    });
+    const rooms = testRooms(
+      "alice",
+      alice.pem,
+      dir,
+      (n) => n === "bob" ? bobConn : undefined,
+      () => {},
+    );
+    await rooms.load();
+    try {
+      const byDave = signMessage(
+        { roomId, room: "#team", author: "dave", seq: 1, version: 2, text: "from dave" },
+        dave.privateKey,
+      );
+      rooms.fromMailbox("dave", JSON.stringify({ op: "msg", m: byDave, to: ["alice"] }));
+      const byBob = signMessage(
+        { roomId, room: "#team", author: "bob", seq: 1, version: 2, text: "from bob" },
+        bob.privateKey,
+      );
+      rooms.receive(bobConn, { op: "msg", m: byBob });
+      await sleep(50);
+      assert.ok(
+        toBob.some((f) => f.op === "state"),
+        "alice never asks bob for list 2: the version counts as asked though nobody was",
+      );
+    } finally {
+      await rooms.stop();
+    }
+  });
+});
