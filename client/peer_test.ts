@@ -1541,3 +1541,62 @@ Deno.test("PeerConnection does not stream a file its receiver declined while it 
     bob.close();
   });
 });
+
+// r131 (attack review). A room file accepted is not in the files under way until its partial file
+// is made (an await): a leave of the room, or the sender's removal, in that window gives up
+// nothing (abortRoomFiles sees only #incoming), and the file lands as one of a room we are no
+// longer in (or from a member who is not in it any more). #onClose handles that window; this
+// does not.
+Deno.test("PeerConnection gives up a room file whose partial file is still being made when abortRoomFiles() comes", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const files: Array<{ name: string; room?: string }> = [];
+    const taken: FileOffer[] = [];
+    const downloads = join(dir, "alice-downloads");
+    let aborted: Promise<void> | undefined;
+    const events = recorder(aliceSeen);
+    const alice: PeerConnection = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads,
+      events: { ...events, file: (p, info) => (files.push(info), events.file(p, info)) },
+      files: {
+        ...taking(taken),
+        // Noted as it is accepted; the leave comes while its partial file is made.
+        roomId: () => {
+          queueMicrotask(() => {
+            aborted = alice.abortRoomFiles("#team", '"bob" is not in #team any more');
+          });
+          return "id-of-team";
+        },
+      },
+    });
+    alice.start();
+    const wire = wireReader(rawBob);
+    const body = new Uint8Array(20).fill(7);
+    rawBob.write(
+      encodeFrame({ type: "hello", v: 1, features: ["rooms", "offer"] }) +
+        encodeFrame({
+          type: "file",
+          id: "t1",
+          name: "t1.bin",
+          size: 20,
+          sha256: sha256Hex(body),
+          room: "#team",
+        }),
+    );
+    await until("the accept", [], () => wire.frames.some((f) => f.type === "accept"));
+    assert.ok(aborted, "abortRoomFiles was called while the partial file was made");
+    await aborted;
+    rawBob.write(
+      encodeFrame({ type: "chunk", id: "t1", data: Buffer.from(body).toString("base64") }) +
+        encodeFrame({ type: "end", id: "t1" }) +
+        encodeFrame({ type: "msg", id: "last", text: "bye now" }),
+    );
+    await until("the last message", aliceSeen, (s) => s.some((e) => e[1] === "last"));
+    assert.deepEqual(
+      files.map((f) => [f.name, f.room]),
+      [],
+      "a file of #team landed after #team's files were given up",
+    );
+    alice.close();
+  });
+});
