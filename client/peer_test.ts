@@ -1106,7 +1106,11 @@ Deno.test("PeerConnection gives up an accepted file that gets no data while othe
       encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }) +
         encodeFrame({ type: "file", id: "f1", name: "a.bin", size: 100, sha256: sha256Hex(body) }),
     );
-    await until("the accept", [], () => wire.frames.some((f) => f.type === "accept"));
+    await until(
+      "the answer",
+      [],
+      () => wire.frames.some((f) => f.type === "accept" || f.type === "decline"),
+    );
     rawBob.write(encodeFrame({ type: "bin", id: "f1", size: 10 }));
     rawBob.write(body.subarray(0, 10));
     // Then anything but the file's data, often: "got" for ids never sent, and messages.
@@ -1439,7 +1443,11 @@ Deno.test("PeerConnection does not give up a file while it has itself stopped re
       encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }) +
         encodeFrame({ type: "file", id: "f1", name: "a.bin", size: 100, sha256: sha256Hex(body) }),
     );
-    await until("the accept", [], () => wire.frames.some((f) => f.type === "accept"));
+    await until(
+      "the answer",
+      [],
+      () => wire.frames.some((f) => f.type === "accept" || f.type === "decline"),
+    );
     // Alice stops reading, as when her queue is full (a slow disk): bob's data waits for her.
     pauseReading(aliceSocket);
     rawBob.write(encodeFrame({ type: "bin", id: "f1", size: 100 }));
@@ -1464,7 +1472,11 @@ Deno.test("PeerConnection whose downloads folder is gone when a file ends tells 
       encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }) +
         encodeFrame({ type: "file", id: "f1", name: "a.bin", size: 100, sha256: sha256Hex(body) }),
     );
-    await until("the accept", [], () => wire.frames.some((f) => f.type === "accept"));
+    await until(
+      "the answer",
+      [],
+      () => wire.frames.some((f) => f.type === "accept" || f.type === "decline"),
+    );
     await Deno.remove(downloads, { recursive: true });
     rawBob.write(encodeFrame({ type: "bin", id: "f1", size: 100 }));
     rawBob.write(body);
@@ -1542,7 +1554,7 @@ Deno.test("PeerConnection does not stream a file its receiver declined while it 
   });
 });
 
-// r131 (attack review). A room file accepted is not in the files under way until its partial file
+// A room file accepted is not in the files under way until its partial file
 // is made (an await): a leave of the room, or the sender's removal, in that window gives up
 // nothing (abortRoomFiles sees only #incoming), and the file lands as one of a room we are no
 // longer in (or from a member who is not in it any more). #onClose handles that window; this
@@ -1583,7 +1595,11 @@ Deno.test("PeerConnection gives up a room file whose partial file is still being
           room: "#team",
         }),
     );
-    await until("the accept", [], () => wire.frames.some((f) => f.type === "accept"));
+    await until(
+      "the answer",
+      [],
+      () => wire.frames.some((f) => f.type === "accept" || f.type === "decline"),
+    );
     assert.ok(aborted, "abortRoomFiles was called while the partial file was made");
     await aborted;
     rawBob.write(
