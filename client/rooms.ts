@@ -398,6 +398,8 @@ export class Rooms {
   // Per connection, by `ROOMID AUTHOR@SINCE`: the lowest number asked below an author's take-up
   // floor (asked once, and again only once the floor came down to it: see #askBelowFloor).
   #askedBelow = new WeakMap<PeerConnection, Map<string, number>>();
+  // Per connection, by `ROOMID AUTHOR`: the authors whose first `want` it sent us (see #firstWant).
+  #firstWants = new WeakMap<PeerConnection, Set<string>>();
   #equivocated = new Map<string, true>(); // authors told of as signing two texts under one number
   #connKeys = new WeakMap<PeerConnection, string>(); // the key of each connection's certificate
   #otherKey = new WeakMap<PeerConnection, Set<string>>(); // rooms whose list gives it another key
@@ -1633,7 +1635,8 @@ export class Rooms {
 
   #onWant(conn: PeerConnection, f: Extract<RoomFrame, { op: "want" }>): void {
     const r = this.#rooms.get(f.roomId);
-    if (!r || !this.#member(r, conn.name) || !this.#listed(r, conn) || !this.#allow(conn)) return;
+    if (!r || !this.#member(r, conn.name) || !this.#listed(r, conn)) return;
+    if (!this.#firstWant(r, conn, f.author) && !this.#allow(conn)) return;
     const member = r.list.members.find((x) => x.name === conn.name)!;
     for (const seq of f.seqs) {
       const m = r.buffer.get(`${f.author}.${seq}`);
@@ -2312,6 +2315,20 @@ export class Rooms {
     let seen = this.#seen.get(conn);
     if (!seen) this.#seen.set(conn, seen = new Set());
     return seen;
+  }
+
+  // Whether this is `conn`'s first `want` of a listed author in `r`: taken outside the rate
+  // (#allow). A newcomer asks below every author's take-up floor at once at a hello, one `want`
+  // each; past the rate the rest were dropped while she counted them asked. Bounded: one per
+  // author and room shared, per connection.
+  #firstWant(r: Room, conn: PeerConnection, author: string): boolean {
+    if (!r.list.members.some((x) => x.name === author)) return false;
+    let firsts = this.#firstWants.get(conn);
+    if (!firsts) this.#firstWants.set(conn, firsts = new Set());
+    const key = `${r.list.roomId} ${author}`;
+    if (firsts.has(key)) return false;
+    firsts.add(key);
+    return true;
   }
 
   // Whether a connection's `want` or `state` is taken now (a bounded rate per connection).

@@ -2804,8 +2804,8 @@ Deno.test("A member who signs one message under a version far ahead does not sto
   });
 });
 
-// r131 (attack review). Below an author's take-up floor a newcomer asks each connection once (one
-// `want` per author), and her `state` no longer gives 0 for that author, so the want is the only
+// Below an author's take-up floor a newcomer asks each connection once (one `want` per author),
+// and her `state` no longer gives 0 for that author, so the want is the only
 // way those messages come. At a hello she sends one want per author with a floor in one burst;
 // the member answering counts them against REQUESTS_PER_SECOND (20) and drops the rest without a
 // word, while the newcomer has marked them asked on that connection and never asks again. With
