@@ -87,6 +87,8 @@ export const MAX_HELD_CHARS = 8 * 1024 * 1024;
  */
 const MAX_PROVISIONAL = 256;
 const MAX_PROVISIONAL_CHARS = 8 * 1024 * 1024;
+/** Asks for a newer list remembered per room (by connection and version; the oldest go). */
+const MAX_ASKED_VERSIONS = 8;
 /** Room invitations one connection may send us (more are refused). */
 const MAX_INVITES_PER_CONNECTION = 16;
 /**
@@ -312,8 +314,11 @@ interface Room {
    */
   provisional: Provisional[];
   provisionalChars: number;
-  /** The highest list version asked for because of them (0: none). */
-  askedVersion: number;
+  /**
+   * The newer list versions asked for because of them: of which connection, and when (the last
+   * MAX_ASKED_VERSIONS; only asks that went out).
+   */
+  askedVersions: Array<{ conn: PeerConnection; version: number; at: number }>;
   gaps: Map<string, ReturnType<typeof setTimeout>>;
   untrusted: Set<string>;
   /** Members who went (or went and came back) while we ran: their late messages are dropped. */
@@ -1518,10 +1523,19 @@ export class Rooms {
     ) {
       r.provisionalChars -= r.provisional.shift()!.m.text.length;
     }
-    if (m.version <= r.askedVersion) return;
-    r.askedVersion = m.version;
     const conn = p.src.conn ?? this.#host.peer(r.list.creator);
-    if (conn && conn.name !== this.#host.self && this.#listed(r, conn)) this.#sendState(r, conn);
+    if (!conn || conn.name === this.#host.self || !this.#listed(r, conn)) return;
+    // Once per connection and version (one that claims a version far ahead answers for its own
+    // asks only: the highest ever asked, of anyone, had every other ask of a list we missed
+    // wait), and again of it after GAP_WAIT_MS without the list.
+    const now = Date.now();
+    const asked = r.askedVersions.some((a) =>
+      a.conn === conn && a.version >= m.version && now - a.at < GAP_WAIT_MS
+    );
+    if (asked || !this.#sendState(r, conn)) return;
+    r.askedVersions = r.askedVersions.filter((a) => a.conn !== conn || a.version > m.version);
+    r.askedVersions.push({ conn, version: m.version, at: now });
+    if (r.askedVersions.length > MAX_ASKED_VERSIONS) r.askedVersions.shift();
   }
 
   // The held messages whose list is here now, taken as if they came now (in the order they came).
@@ -1530,7 +1544,7 @@ export class Rooms {
     if (ready.length === 0) return;
     r.provisional = r.provisional.filter((p) => p.m.version > r.list.version);
     r.provisionalChars = r.provisional.reduce((n, p) => n + p.m.text.length, 0);
-    if (r.askedVersion <= r.list.version) r.askedVersion = 0;
+    r.askedVersions = r.askedVersions.filter((a) => a.version > r.list.version);
     for (const { src, m, to, fill } of ready) {
       if (this.#rooms.get(r.list.roomId) !== r) return;
       try {
@@ -1560,7 +1574,7 @@ export class Rooms {
     }
     // It holds our list or a newer one (which has us, or it would not send us its state).
     this.#askBelowFloor(r, conn);
-    if (f.version > r.list.version) return this.#sendState(r, conn, true);
+    if (f.version > r.list.version) return void this.#sendState(r, conn, true);
     const member = r.list.members.find((x) => x.name === conn.name)!;
     for (const m of r.buffer.values()) {
       if (m.author === conn.name || m.version < member.since) continue;
@@ -2100,7 +2114,7 @@ export class Rooms {
       bufferChars: 0,
       provisional: [],
       provisionalChars: 0,
-      askedVersion: 0,
+      askedVersions: [],
       gaps: new Map(),
       untrusted: new Set(),
       former: new Set(),
@@ -2251,14 +2265,15 @@ export class Rooms {
     return key;
   }
 
-  #sendState(r: Room, conn: PeerConnection, answer = false): void {
+  // Whether it went out.
+  #sendState(r: Room, conn: PeerConnection, answer = false): boolean {
     const seen: Record<string, number> = {};
     // The last shown, a take-up floor or not: what is below a floor is asked with `want`
     // (#askBelowFloor). Giving 0 for it had every member resend all it kept of the author at
     // each state, for good when the author wrote before we joined (the floor never comes down).
     for (const [author, next] of Object.entries(r.next)) seen[author] = next - 1;
     seen[this.#host.self] = r.seq;
-    conn.sendRoom({ op: "state", roomId: r.list.roomId, version: r.list.version, seen }, {
+    return conn.sendRoom({ op: "state", roomId: r.list.roomId, version: r.list.version, seen }, {
       answer,
     });
   }

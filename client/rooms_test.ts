@@ -2730,7 +2730,7 @@ Deno.test("A newcomer restarted after a gap below an author's take-up was report
   });
 });
 
-// r131 (attack review). A message signed under a list newer than ours is held apart and that
+// A message signed under a list newer than ours is held apart and that
 // list is asked for "once per version": the ask records the highest version asked, and is
 // checked before the held message is. A member who sends one message claiming a version far
 // ahead (not even signed: nothing is checked before it is held) has alice record that version,
@@ -3060,7 +3060,7 @@ Deno.test("A member's made-up messages under a newer list do not push out a real
   });
 });
 
-// r131 (attack review). The list is asked "once per version", and the version counts as asked even
+// The list was asked "once per version", and the version counts as asked even
 // when nobody was: a mailbox item under list 2 while the creator is away asks nobody (it would ask
 // her), yet marks 2 asked, so bob's message under list 2, on his connection, asks bob nothing.
 Deno.test("A message under a newer list from a connected member asks him for that list though a mailbox item under it came while the creator was away", async () => {
