@@ -87,6 +87,8 @@ export const MAX_HELD_CHARS = 8 * 1024 * 1024;
  */
 const MAX_PROVISIONAL = 256;
 const MAX_PROVISIONAL_CHARS = 8 * 1024 * 1024;
+/** Asked below an author's take-up floor of one connection: the lowest number, and the top of that window. */
+type AskedBelow = { lowest: number; top: number };
 /** Asks for a newer list remembered per room (by connection and version; the oldest go). */
 const MAX_ASKED_VERSIONS = 8;
 /** Room invitations one connection may send us (more are refused). */
@@ -402,7 +404,7 @@ export class Rooms {
   #hellos = new WeakMap<PeerConnection, Set<string>>(); // rooms whose first state came on it
   // Per connection, by `ROOMID AUTHOR@SINCE`: the lowest number asked below an author's take-up
   // floor (asked once, and again only once the floor came down to it: see #askBelowFloor).
-  #askedBelow = new WeakMap<PeerConnection, Map<string, number>>();
+  #askedBelow = new WeakMap<PeerConnection, Map<string, AskedBelow>>();
   // Per connection, by `ROOMID AUTHOR`: the authors whose first `want` it sent us (see #firstWant).
   #firstWants = new WeakMap<PeerConnection, Set<string>>();
   #equivocated = new Map<string, true>(); // authors told of as signing two texts under one number
@@ -1752,7 +1754,7 @@ export class Rooms {
     const seqs = range(Math.max(1, lowest - MAX_WANT), lowest);
     for (const c of this.#connectedMembers(r, [this.#host.self])) {
       if (c.sendRoom({ op: "want", roomId: r.list.roomId, author, seqs })) {
-        this.#askedOn(c).set(this.#belowKey(r, author), seqs[0]);
+        this.#askedOn(c).set(this.#belowKey(r, author), { lowest: seqs[0], top: lowest });
       }
     }
     r.gaps.set(
@@ -1792,7 +1794,7 @@ export class Rooms {
     else r.floor.delete(author);
     if (shown.length) r.lateShown.set(author, shown);
     else r.lateShown.delete(author);
-    if (f > 1 && f < floor) this.#askAllBelowFloor(r, author);
+    if (f > 1) this.#askAllBelowFloor(r, author);
     if (shown.length === MAX_LATE_SHOWN && runs < MAX_LATE_SHOWN) {
       this.#host.emit({
         type: "warning",
@@ -1813,6 +1815,7 @@ export class Rooms {
     const floor = r.floor.get(author);
     const shown = r.lateShown.get(author);
     if (this.#rooms.get(r.list.roomId) !== r || floor === undefined || !shown?.length) return;
+    this.#askAllBelowFloor(r, author, true);
     const lowest = shown[0][0];
     const upTo = Math.min(floor, r.lateReported.get(author) ?? floor);
     r.lateReported.set(author, Math.min(lowest, upTo));
@@ -2279,31 +2282,43 @@ export class Rooms {
   }
 
   // What an author wrote since we joined, below where we took them up, may still come: the 64
-  // numbers under the floor (less those shown late) are asked of `conn`, once; again (the next 64)
-  // only once fills of ours brought the floor down to the lowest asked. Members answer only with
-  // what is of our membership; what we have is dropped as a copy; what is missing between those
-  // shown late and the floor is reported (#reportLate). Bounded: one `want` per connection and
-  // author, and one more per 64 messages shown.
-  #askBelowFloor(r: Room, conn: PeerConnection, only?: string): void {
+  // numbers under the floor (less those shown late) are asked of `conn`, once; the next 64 (below
+  // the lowest asked) once fills of ours brought the floor down to the lowest asked, or those shown
+  // late reach it, or (`timed`: GAP_WAIT_MS after fills began, #reportLate) some of the last 64
+  // came: one number no member has no longer stops those below it being asked. Members answer only
+  // with what is of our membership; what we have is dropped as a copy; what is missing between
+  // those shown late and the floor is reported (#reportLate). Bounded: one `want` per connection
+  // and author, and one more per window of 64 of which something was shown.
+  #askBelowFloor(r: Room, conn: PeerConnection, only?: string, timed = false): void {
     for (const [author, floor] of r.floor) {
       if (only !== undefined && author !== only) continue;
       const asked = this.#askedOn(conn);
       const key = this.#belowKey(r, author);
-      const lowest = asked.get(key);
-      if (lowest !== undefined && floor > lowest) continue;
+      const last = asked.get(key);
       const shown = r.lateShown.get(author);
-      const seqs = range(Math.max(1, floor - MAX_WANT), floor).filter((n) => !inRanges(shown, n));
+      const shownLowest = shown?.[0]?.[0] ?? floor;
+      let top = floor;
+      if (last !== undefined && floor > last.lowest) {
+        if (last.lowest <= 1) continue;
+        const reached = shownLowest <= last.lowest;
+        const some = timed && shownLowest < last.top;
+        if (!reached && !some) continue;
+        top = last.lowest;
+      }
+      const seqs = range(Math.max(1, top - MAX_WANT), top).filter((n) => !inRanges(shown, n));
       if (seqs.length === 0) continue;
       if (!conn.sendRoom({ op: "want", roomId: r.list.roomId, author, seqs })) continue;
-      asked.set(key, seqs[0]);
+      asked.set(key, { lowest: seqs[0], top });
     }
   }
 
-  #askAllBelowFloor(r: Room, author: string): void {
-    for (const c of this.#connectedMembers(r, [this.#host.self])) this.#askBelowFloor(r, c, author);
+  #askAllBelowFloor(r: Room, author: string, timed = false): void {
+    for (const c of this.#connectedMembers(r, [this.#host.self])) {
+      this.#askBelowFloor(r, c, author, timed);
+    }
   }
 
-  #askedOn(conn: PeerConnection): Map<string, number> {
+  #askedOn(conn: PeerConnection): Map<string, AskedBelow> {
     let asked = this.#askedBelow.get(conn);
     if (!asked) this.#askedBelow.set(conn, asked = new Map());
     return asked;

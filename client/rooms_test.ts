@@ -2900,7 +2900,7 @@ Deno.test("A newcomer with more than 20 authors taken up above their message 1 i
   });
 });
 
-// r131 (attack review). The next 64 below a take-up floor are asked only once fills brought the
+// The next 64 below a take-up floor were asked only once fills brought the
 // floor down to the lowest asked. One number of the first 64 that no member has (the author
 // skipped it, or every member lost it: carol reported it missing herself) stops the floor above
 // it for good: the messages of the newcomer's membership below those 64, which carol keeps and
