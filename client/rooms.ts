@@ -89,6 +89,8 @@ const MAX_PROVISIONAL = 256;
 const MAX_PROVISIONAL_CHARS = 8 * 1024 * 1024;
 /** Asked below an author's take-up floor of one connection: the lowest number, and the top of that window. */
 type AskedBelow = { lowest: number; top: number };
+/** Messages held apart under a newer list from one sender (its oldest go). */
+const MAX_PROVISIONAL_PER_SENDER = 32;
 /** Asks for a newer list remembered per room (by connection and version; the oldest go). */
 const MAX_ASKED_VERSIONS = 8;
 /** Room invitations one connection may send us (more are refused). */
@@ -1405,7 +1407,15 @@ export class Rooms {
     // hold (removed and added back, numbering from 1 again), and taken now its numbers would be
     // copies (or "two different messages") of the old membership's, or shown under its ids. Held
     // apart until that list is here; it is asked for.
-    if (m.version > r.list.version) return this.#holdProvisional(r, { src, m, to, fill });
+    if (m.version > r.list.version) {
+      // Checked against the author's key in our list when they are listed: a member's made-up
+      // messages held unchecked pushed out real ones (through the mailbox, the CA's copy gone).
+      const listed = r.list.members.find((x) => x.name === m.author);
+      if (listed && !verifyMessage(m, this.#memberKey(r, listed))) {
+        throw refused(`a message in ${r.list.room} by "${m.author}" with a bad signature`);
+      }
+      return this.#holdProvisional(r, { src, m, to, fill });
+    }
     const author = r.list.members.find((x) => x.name === m.author);
     // Passed on before the sender had the list without them: not the sender's fault.
     const late = r.former.has(m.author) && (!author || m.version < author.since);
@@ -1520,10 +1530,19 @@ export class Rooms {
     if (r.provisional.some((x) => x.m.sig === p.m.sig)) return;
     r.provisional.push(p);
     r.provisionalChars += m.text.length;
+    // Past the bounds the oldest of the sender holding the most goes (its own past
+    // MAX_PROVISIONAL_PER_SENDER): one member's cannot push out the others'.
+    const count = (name: string) => r.provisional.filter((x) => x.src.name === name).length;
     while (
-      r.provisional.length > MAX_PROVISIONAL || r.provisionalChars > MAX_PROVISIONAL_CHARS
+      r.provisional.length > MAX_PROVISIONAL || r.provisionalChars > MAX_PROVISIONAL_CHARS ||
+      count(p.src.name) > MAX_PROVISIONAL_PER_SENDER
     ) {
-      r.provisionalChars -= r.provisional.shift()!.m.text.length;
+      const counts = new Map<string, number>();
+      for (const x of r.provisional) counts.set(x.src.name, (counts.get(x.src.name) ?? 0) + 1);
+      let [most, mostN] = [p.src.name, counts.get(p.src.name) ?? 0];
+      for (const [name, n] of counts) if (n > mostN) [most, mostN] = [name, n];
+      const i = r.provisional.findIndex((x) => x.src.name === most);
+      r.provisionalChars -= r.provisional.splice(i, 1)[0].m.text.length;
     }
     const conn = p.src.conn ?? this.#host.peer(r.list.creator);
     if (!conn || conn.name === this.#host.self || !this.#listed(r, conn)) return;

@@ -2994,7 +2994,7 @@ Deno.test("A newcomer taken up at an author's 200th, filled by a member who keep
   });
 });
 
-// r131 (attack review). What is held apart under a newer list is checked only once that list is
+// What is held apart under a newer list was checked only once that list is
 // here: the sender need only be a member. Hostile bob sends 256 made-up messages "by dave" under
 // version 2 (no valid signature) and pushes out dave's real one, which came through the mailbox
 // (its CA copy acknowledged: fromMailbox recorded no line) while dave is away: once list 2 comes
