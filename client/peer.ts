@@ -267,6 +267,8 @@ export class PeerConnection {
   #releases = new Map<string, () => void>(); // quota given back if an incoming file fails
   #offers = new Map<string, FileOffer>(); // offered to us, waiting for the user
   #starting = new Set<string>(); // accepted, its partial file being made (not in #incoming yet)
+  #startingRooms = new Map<string, string>(); // and the room of one of those, for a room
+  #startingGivenUp = new Map<string, string>(); // and those given up meanwhile: why (abortRoomFiles)
   // When data of an incoming file last moved (read, or written out), the file data read and not
   // written yet, and the check that gives up files that get none, or too little (#fileTick).
   #fileDataAt = 0;
@@ -546,6 +548,10 @@ export class PeerConnection {
    * `decline` so that it stops; what it already sent of them is skipped.
    */
   abortRoomFiles(room: string, reason: string): Promise<void> {
+    // Accepted, their partial files still being made: given up once they are (#take).
+    for (const [id, of] of this.#startingRooms) {
+      if (of === room) this.#startingGivenUp.set(id, reason);
+    }
     return this.#giveUpFiles(
       reason,
       `given up: ${reason}`,
@@ -1314,6 +1320,7 @@ export class PeerConnection {
     // The room's id as it is now, when it is accepted: the file goes to that room's history.
     const roomId = offer.room === undefined ? undefined : this.#options.files?.roomId?.(offer.room);
     this.#starting.add(offer.id);
+    if (offer.room !== undefined) this.#startingRooms.set(offer.id, offer.room);
     try {
       const file = await IncomingFile.start(
         this.#options.downloads,
@@ -1321,6 +1328,21 @@ export class PeerConnection {
         offer.bytes,
         offer.sha256,
       );
+      // Its room's files given up (abortRoomFiles) while the partial file was made: given up too,
+      // as those under way were (the sender told to stop, what it sends of it skipped).
+      const givenUp = this.#startingGivenUp.get(offer.id);
+      if (givenUp !== undefined && !this.#closed) {
+        this.#dropped.set(offer.id, offer.bytes);
+        if (this.#dropped.size > MAX_DROPPED) {
+          this.#dropped.delete(this.#dropped.keys().next().value!);
+        }
+        this.#write({ type: "decline", id: offer.id, reason: givenUp });
+        await file.abort();
+        release();
+        const reason = `given up: ${givenUp}`;
+        this.#options.events.fileFailed(this, { id: offer.id, reason, direction: "in" });
+        return reason;
+      }
       // Closed while the partial file was made: #onClose aborted what it found, not this one.
       if (this.#closed) {
         await file.abort();
@@ -1341,6 +1363,8 @@ export class PeerConnection {
       throw e;
     } finally {
       this.#starting.delete(offer.id);
+      this.#startingRooms.delete(offer.id);
+      this.#startingGivenUp.delete(offer.id);
     }
     if (offering) this.#write({ type: "accept", id: offer.id });
     this.#watch();

@@ -1106,7 +1106,11 @@ Deno.test("PeerConnection gives up an accepted file that gets no data while othe
       encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }) +
         encodeFrame({ type: "file", id: "f1", name: "a.bin", size: 100, sha256: sha256Hex(body) }),
     );
-    await until("the accept", [], () => wire.frames.some((f) => f.type === "accept"));
+    await until(
+      "the answer",
+      [],
+      () => wire.frames.some((f) => f.type === "accept" || f.type === "decline"),
+    );
     rawBob.write(encodeFrame({ type: "bin", id: "f1", size: 10 }));
     rawBob.write(body.subarray(0, 10));
     // Then anything but the file's data, often: "got" for ids never sent, and messages.
@@ -1439,7 +1443,11 @@ Deno.test("PeerConnection does not give up a file while it has itself stopped re
       encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }) +
         encodeFrame({ type: "file", id: "f1", name: "a.bin", size: 100, sha256: sha256Hex(body) }),
     );
-    await until("the accept", [], () => wire.frames.some((f) => f.type === "accept"));
+    await until(
+      "the answer",
+      [],
+      () => wire.frames.some((f) => f.type === "accept" || f.type === "decline"),
+    );
     // Alice stops reading, as when her queue is full (a slow disk): bob's data waits for her.
     pauseReading(aliceSocket);
     rawBob.write(encodeFrame({ type: "bin", id: "f1", size: 100 }));
@@ -1464,7 +1472,11 @@ Deno.test("PeerConnection whose downloads folder is gone when a file ends tells 
       encodeFrame({ type: "hello", v: 1, features: ["bin", "offer"] }) +
         encodeFrame({ type: "file", id: "f1", name: "a.bin", size: 100, sha256: sha256Hex(body) }),
     );
-    await until("the accept", [], () => wire.frames.some((f) => f.type === "accept"));
+    await until(
+      "the answer",
+      [],
+      () => wire.frames.some((f) => f.type === "accept" || f.type === "decline"),
+    );
     await Deno.remove(downloads, { recursive: true });
     rawBob.write(encodeFrame({ type: "bin", id: "f1", size: 100 }));
     rawBob.write(body);
@@ -1539,5 +1551,68 @@ Deno.test("PeerConnection does not stream a file its receiver declined while it 
     assert.ok(!bobSeen.some((e) => e[0] === "fileSent"), "a declined file said sent");
     assert.ok(bob.open);
     bob.close();
+  });
+});
+
+// A room file accepted is not in the files under way until its partial file
+// is made (an await): a leave of the room, or the sender's removal, in that window gives up
+// nothing (abortRoomFiles sees only #incoming), and the file lands as one of a room we are no
+// longer in (or from a member who is not in it any more). #onClose handles that window; this
+// does not.
+Deno.test("PeerConnection gives up a room file whose partial file is still being made when abortRoomFiles() comes", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const aliceSeen: Seen = [];
+    const files: Array<{ name: string; room?: string }> = [];
+    const taken: FileOffer[] = [];
+    const downloads = join(dir, "alice-downloads");
+    let aborted: Promise<void> | undefined;
+    const events = recorder(aliceSeen);
+    const alice: PeerConnection = new PeerConnection(aliceSocket, "bob", undefined!, {
+      downloads,
+      events: { ...events, file: (p, info) => (files.push(info), events.file(p, info)) },
+      files: {
+        ...taking(taken),
+        // Noted as it is accepted; the leave comes while its partial file is made.
+        roomId: () => {
+          queueMicrotask(() => {
+            aborted = alice.abortRoomFiles("#team", '"bob" is not in #team any more');
+          });
+          return "id-of-team";
+        },
+      },
+    });
+    alice.start();
+    const wire = wireReader(rawBob);
+    const body = new Uint8Array(20).fill(7);
+    rawBob.write(
+      encodeFrame({ type: "hello", v: 1, features: ["rooms", "offer"] }) +
+        encodeFrame({
+          type: "file",
+          id: "t1",
+          name: "t1.bin",
+          size: 20,
+          sha256: sha256Hex(body),
+          room: "#team",
+        }),
+    );
+    await until(
+      "the answer",
+      [],
+      () => wire.frames.some((f) => f.type === "accept" || f.type === "decline"),
+    );
+    assert.ok(aborted, "abortRoomFiles was called while the partial file was made");
+    await aborted;
+    rawBob.write(
+      encodeFrame({ type: "chunk", id: "t1", data: Buffer.from(body).toString("base64") }) +
+        encodeFrame({ type: "end", id: "t1" }) +
+        encodeFrame({ type: "msg", id: "last", text: "bye now" }),
+    );
+    await until("the last message", aliceSeen, (s) => s.some((e) => e[1] === "last"));
+    assert.deepEqual(
+      files.map((f) => [f.name, f.room]),
+      [],
+      "a file of #team landed after #team's files were given up",
+    );
+    alice.close();
   });
 });

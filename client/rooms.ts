@@ -87,6 +87,12 @@ export const MAX_HELD_CHARS = 8 * 1024 * 1024;
  */
 const MAX_PROVISIONAL = 256;
 const MAX_PROVISIONAL_CHARS = 8 * 1024 * 1024;
+/** Asked below an author's take-up floor of one connection: the lowest number, and the top of that window. */
+type AskedBelow = { lowest: number; top: number };
+/** Messages held apart under a newer list from one sender (its oldest go). */
+const MAX_PROVISIONAL_PER_SENDER = 32;
+/** Asks for a newer list remembered per room (by connection and version; the oldest go). */
+const MAX_ASKED_VERSIONS = 8;
 /** Room invitations one connection may send us (more are refused). */
 const MAX_INVITES_PER_CONNECTION = 16;
 /**
@@ -312,8 +318,11 @@ interface Room {
    */
   provisional: Provisional[];
   provisionalChars: number;
-  /** The highest list version asked for because of them (0: none). */
-  askedVersion: number;
+  /**
+   * The newer list versions asked for because of them: of which connection, and when (the last
+   * MAX_ASKED_VERSIONS; only asks that went out).
+   */
+  askedVersions: Array<{ conn: PeerConnection; version: number; at: number }>;
   gaps: Map<string, ReturnType<typeof setTimeout>>;
   untrusted: Set<string>;
   /** Members who went (or went and came back) while we ran: their late messages are dropped. */
@@ -397,7 +406,9 @@ export class Rooms {
   #hellos = new WeakMap<PeerConnection, Set<string>>(); // rooms whose first state came on it
   // Per connection, by `ROOMID AUTHOR@SINCE`: the lowest number asked below an author's take-up
   // floor (asked once, and again only once the floor came down to it: see #askBelowFloor).
-  #askedBelow = new WeakMap<PeerConnection, Map<string, number>>();
+  #askedBelow = new WeakMap<PeerConnection, Map<string, AskedBelow>>();
+  // Per connection, by `ROOMID AUTHOR`: the authors whose first `want` it sent us (see #firstWant).
+  #firstWants = new WeakMap<PeerConnection, Set<string>>();
   #equivocated = new Map<string, true>(); // authors told of as signing two texts under one number
   #connKeys = new WeakMap<PeerConnection, string>(); // the key of each connection's certificate
   #otherKey = new WeakMap<PeerConnection, Set<string>>(); // rooms whose list gives it another key
@@ -1396,7 +1407,15 @@ export class Rooms {
     // hold (removed and added back, numbering from 1 again), and taken now its numbers would be
     // copies (or "two different messages") of the old membership's, or shown under its ids. Held
     // apart until that list is here; it is asked for.
-    if (m.version > r.list.version) return this.#holdProvisional(r, { src, m, to, fill });
+    if (m.version > r.list.version) {
+      // Checked against the author's key in our list when they are listed: a member's made-up
+      // messages held unchecked pushed out real ones (through the mailbox, the CA's copy gone).
+      const listed = r.list.members.find((x) => x.name === m.author);
+      if (listed && !verifyMessage(m, this.#memberKey(r, listed))) {
+        throw refused(`a message in ${r.list.room} by "${m.author}" with a bad signature`);
+      }
+      return this.#holdProvisional(r, { src, m, to, fill });
+    }
     const author = r.list.members.find((x) => x.name === m.author);
     // Passed on before the sender had the list without them: not the sender's fault.
     const late = r.former.has(m.author) && (!author || m.version < author.since);
@@ -1511,15 +1530,33 @@ export class Rooms {
     if (r.provisional.some((x) => x.m.sig === p.m.sig)) return;
     r.provisional.push(p);
     r.provisionalChars += m.text.length;
+    // Past the bounds the oldest of the sender holding the most goes (its own past
+    // MAX_PROVISIONAL_PER_SENDER): one member's cannot push out the others'.
+    const count = (name: string) => r.provisional.filter((x) => x.src.name === name).length;
     while (
-      r.provisional.length > MAX_PROVISIONAL || r.provisionalChars > MAX_PROVISIONAL_CHARS
+      r.provisional.length > MAX_PROVISIONAL || r.provisionalChars > MAX_PROVISIONAL_CHARS ||
+      count(p.src.name) > MAX_PROVISIONAL_PER_SENDER
     ) {
-      r.provisionalChars -= r.provisional.shift()!.m.text.length;
+      const counts = new Map<string, number>();
+      for (const x of r.provisional) counts.set(x.src.name, (counts.get(x.src.name) ?? 0) + 1);
+      let [most, mostN] = [p.src.name, counts.get(p.src.name) ?? 0];
+      for (const [name, n] of counts) if (n > mostN) [most, mostN] = [name, n];
+      const i = r.provisional.findIndex((x) => x.src.name === most);
+      r.provisionalChars -= r.provisional.splice(i, 1)[0].m.text.length;
     }
-    if (m.version <= r.askedVersion) return;
-    r.askedVersion = m.version;
     const conn = p.src.conn ?? this.#host.peer(r.list.creator);
-    if (conn && conn.name !== this.#host.self && this.#listed(r, conn)) this.#sendState(r, conn);
+    if (!conn || conn.name === this.#host.self || !this.#listed(r, conn)) return;
+    // Once per connection and version (one that claims a version far ahead answers for its own
+    // asks only: the highest ever asked, of anyone, had every other ask of a list we missed
+    // wait), and again of it after GAP_WAIT_MS without the list.
+    const now = Date.now();
+    const asked = r.askedVersions.some((a) =>
+      a.conn === conn && a.version >= m.version && now - a.at < GAP_WAIT_MS
+    );
+    if (asked || !this.#sendState(r, conn)) return;
+    r.askedVersions = r.askedVersions.filter((a) => a.conn !== conn || a.version > m.version);
+    r.askedVersions.push({ conn, version: m.version, at: now });
+    if (r.askedVersions.length > MAX_ASKED_VERSIONS) r.askedVersions.shift();
   }
 
   // The held messages whose list is here now, taken as if they came now (in the order they came).
@@ -1528,7 +1565,7 @@ export class Rooms {
     if (ready.length === 0) return;
     r.provisional = r.provisional.filter((p) => p.m.version > r.list.version);
     r.provisionalChars = r.provisional.reduce((n, p) => n + p.m.text.length, 0);
-    if (r.askedVersion <= r.list.version) r.askedVersion = 0;
+    r.askedVersions = r.askedVersions.filter((a) => a.version > r.list.version);
     for (const { src, m, to, fill } of ready) {
       if (this.#rooms.get(r.list.roomId) !== r) return;
       try {
@@ -1558,7 +1595,7 @@ export class Rooms {
     }
     // It holds our list or a newer one (which has us, or it would not send us its state).
     this.#askBelowFloor(r, conn);
-    if (f.version > r.list.version) return this.#sendState(r, conn, true);
+    if (f.version > r.list.version) return void this.#sendState(r, conn, true);
     const member = r.list.members.find((x) => x.name === conn.name)!;
     for (const m of r.buffer.values()) {
       if (m.author === conn.name || m.version < member.since) continue;
@@ -1633,7 +1670,8 @@ export class Rooms {
 
   #onWant(conn: PeerConnection, f: Extract<RoomFrame, { op: "want" }>): void {
     const r = this.#rooms.get(f.roomId);
-    if (!r || !this.#member(r, conn.name) || !this.#listed(r, conn) || !this.#allow(conn)) return;
+    if (!r || !this.#member(r, conn.name) || !this.#listed(r, conn)) return;
+    if (!this.#firstWant(r, conn, f.author) && !this.#allow(conn)) return;
     const member = r.list.members.find((x) => x.name === conn.name)!;
     for (const seq of f.seqs) {
       const m = r.buffer.get(`${f.author}.${seq}`);
@@ -1735,7 +1773,7 @@ export class Rooms {
     const seqs = range(Math.max(1, lowest - MAX_WANT), lowest);
     for (const c of this.#connectedMembers(r, [this.#host.self])) {
       if (c.sendRoom({ op: "want", roomId: r.list.roomId, author, seqs })) {
-        this.#askedOn(c).set(this.#belowKey(r, author), seqs[0]);
+        this.#askedOn(c).set(this.#belowKey(r, author), { lowest: seqs[0], top: lowest });
       }
     }
     r.gaps.set(
@@ -1775,7 +1813,7 @@ export class Rooms {
     else r.floor.delete(author);
     if (shown.length) r.lateShown.set(author, shown);
     else r.lateShown.delete(author);
-    if (f > 1 && f < floor) this.#askAllBelowFloor(r, author);
+    if (f > 1) this.#askAllBelowFloor(r, author);
     if (shown.length === MAX_LATE_SHOWN && runs < MAX_LATE_SHOWN) {
       this.#host.emit({
         type: "warning",
@@ -1796,6 +1834,7 @@ export class Rooms {
     const floor = r.floor.get(author);
     const shown = r.lateShown.get(author);
     if (this.#rooms.get(r.list.roomId) !== r || floor === undefined || !shown?.length) return;
+    this.#askAllBelowFloor(r, author, true);
     const lowest = shown[0][0];
     const upTo = Math.min(floor, r.lateReported.get(author) ?? floor);
     r.lateReported.set(author, Math.min(lowest, upTo));
@@ -2097,7 +2136,7 @@ export class Rooms {
       bufferChars: 0,
       provisional: [],
       provisionalChars: 0,
-      askedVersion: 0,
+      askedVersions: [],
       gaps: new Map(),
       untrusted: new Set(),
       former: new Set(),
@@ -2248,44 +2287,57 @@ export class Rooms {
     return key;
   }
 
-  #sendState(r: Room, conn: PeerConnection, answer = false): void {
+  // Whether it went out.
+  #sendState(r: Room, conn: PeerConnection, answer = false): boolean {
     const seen: Record<string, number> = {};
     // The last shown, a take-up floor or not: what is below a floor is asked with `want`
     // (#askBelowFloor). Giving 0 for it had every member resend all it kept of the author at
     // each state, for good when the author wrote before we joined (the floor never comes down).
     for (const [author, next] of Object.entries(r.next)) seen[author] = next - 1;
     seen[this.#host.self] = r.seq;
-    conn.sendRoom({ op: "state", roomId: r.list.roomId, version: r.list.version, seen }, {
+    return conn.sendRoom({ op: "state", roomId: r.list.roomId, version: r.list.version, seen }, {
       answer,
     });
   }
 
   // What an author wrote since we joined, below where we took them up, may still come: the 64
-  // numbers under the floor (less those shown late) are asked of `conn`, once; again (the next 64)
-  // only once fills of ours brought the floor down to the lowest asked. Members answer only with
-  // what is of our membership; what we have is dropped as a copy; what is missing between those
-  // shown late and the floor is reported (#reportLate). Bounded: one `want` per connection and
-  // author, and one more per 64 messages shown.
-  #askBelowFloor(r: Room, conn: PeerConnection, only?: string): void {
+  // numbers under the floor (less those shown late) are asked of `conn`, once; the next 64 (below
+  // the lowest asked) once fills of ours brought the floor down to the lowest asked, or those shown
+  // late reach it, or (`timed`: GAP_WAIT_MS after fills began, #reportLate) some of the last 64
+  // came: one number no member has no longer stops those below it being asked. Members answer only
+  // with what is of our membership; what we have is dropped as a copy; what is missing between
+  // those shown late and the floor is reported (#reportLate). Bounded: one `want` per connection
+  // and author, and one more per window of 64 of which something was shown.
+  #askBelowFloor(r: Room, conn: PeerConnection, only?: string, timed = false): void {
     for (const [author, floor] of r.floor) {
       if (only !== undefined && author !== only) continue;
       const asked = this.#askedOn(conn);
       const key = this.#belowKey(r, author);
-      const lowest = asked.get(key);
-      if (lowest !== undefined && floor > lowest) continue;
+      const last = asked.get(key);
       const shown = r.lateShown.get(author);
-      const seqs = range(Math.max(1, floor - MAX_WANT), floor).filter((n) => !inRanges(shown, n));
+      const shownLowest = shown?.[0]?.[0] ?? floor;
+      let top = floor;
+      if (last !== undefined && floor > last.lowest) {
+        if (last.lowest <= 1) continue;
+        const reached = shownLowest <= last.lowest;
+        const some = timed && shownLowest < last.top;
+        if (!reached && !some) continue;
+        top = last.lowest;
+      }
+      const seqs = range(Math.max(1, top - MAX_WANT), top).filter((n) => !inRanges(shown, n));
       if (seqs.length === 0) continue;
       if (!conn.sendRoom({ op: "want", roomId: r.list.roomId, author, seqs })) continue;
-      asked.set(key, seqs[0]);
+      asked.set(key, { lowest: seqs[0], top });
     }
   }
 
-  #askAllBelowFloor(r: Room, author: string): void {
-    for (const c of this.#connectedMembers(r, [this.#host.self])) this.#askBelowFloor(r, c, author);
+  #askAllBelowFloor(r: Room, author: string, timed = false): void {
+    for (const c of this.#connectedMembers(r, [this.#host.self])) {
+      this.#askBelowFloor(r, c, author, timed);
+    }
   }
 
-  #askedOn(conn: PeerConnection): Map<string, number> {
+  #askedOn(conn: PeerConnection): Map<string, AskedBelow> {
     let asked = this.#askedBelow.get(conn);
     if (!asked) this.#askedBelow.set(conn, asked = new Map());
     return asked;
@@ -2312,6 +2364,20 @@ export class Rooms {
     let seen = this.#seen.get(conn);
     if (!seen) this.#seen.set(conn, seen = new Set());
     return seen;
+  }
+
+  // Whether this is `conn`'s first `want` of a listed author in `r`: taken outside the rate
+  // (#allow). A newcomer asks below every author's take-up floor at once at a hello, one `want`
+  // each; past the rate the rest were dropped while she counted them asked. Bounded: one per
+  // author and room shared, per connection.
+  #firstWant(r: Room, conn: PeerConnection, author: string): boolean {
+    if (!r.list.members.some((x) => x.name === author)) return false;
+    let firsts = this.#firstWants.get(conn);
+    if (!firsts) this.#firstWants.set(conn, firsts = new Set());
+    const key = `${r.list.roomId} ${author}`;
+    if (firsts.has(key)) return false;
+    firsts.add(key);
+    return true;
   }
 
   // Whether a connection's `want` or `state` is taken now (a bounded rate per connection).
