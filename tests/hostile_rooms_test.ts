@@ -989,3 +989,57 @@ Deno.test("a mailbox item from a second certificate the CA issues for a member's
     },
   );
 });
+
+// r130 review (repro only): any member may create a room, invite ann, and sign a list that gives
+// a third member's name ("dave") a key of her own choosing. #requireListedKey then refuses, and
+// deletes at the CA, every mailbox item the real dave sends ann on first contact, for as long as
+// ann stays in that room: a hostile member silences (and destroys the mail of) someone else.
+Deno.test("r130: a room's creator who lists another member's name with a made-up key does not have ann refuse and delete that member's honest mailbox items", async () => {
+  let daveUser: User | undefined;
+  await withWorld(
+    async (w) => {
+      const text = "hi ann, the real dave here";
+      const der = await seal(
+        encodeItem({
+          id: newItemId(),
+          from: "dave",
+          to: "ann",
+          kind: "message",
+          sent: new Date(),
+          payload: new TextEncoder().encode(text),
+        }),
+        {
+          key: { path: daveUser!.keyPath },
+          signerCert: await Deno.readTextFile(daveUser!.certPath),
+          recipientCert: await Deno.readTextFile(w.annUser.certPath),
+        },
+      );
+      const posted = await w.service.request("/v1/mailbox/ann", {
+        method: "POST",
+        body: der,
+        headers: { "content-type": "application/cms" },
+        cert: await Deno.readTextFile(daveUser!.certPath),
+        key: await Deno.readTextFile(daveUser!.keyPath),
+      });
+      assert.equal(posted.status, 200, posted.body);
+      await waitUntil(
+        () =>
+          w.ann.events.some((e) =>
+            (e.type === "message" && e.from === "dave") ||
+            (e.type === "warning" && String(e.message).includes('said to be from "dave"'))
+          ),
+        "ann's verdict on dave's item",
+        30_000,
+      );
+      assert.ok(
+        w.ann.events.some((e) => e.type === "message" && e.from === "dave" && e.text === text),
+        `dave's honest item was refused (and deleted at the CA): ${w.ann.describe()}`,
+      );
+    },
+    async ({ service, dir }) => {
+      daveUser = await joinUser(service, "dave", join(dir, "dave"));
+      // mallory's list gives "dave" a key nobody's certificate holds.
+      return [{ name: "dave", key: spkiOf(generateKeyPairSync("ed25519").publicKey) }];
+    },
+  );
+});
