@@ -839,3 +839,55 @@ Deno.test("ca serve refuses mailbox caps of 0 or not numbers, --mailbox-total in
     assert.equal(await Deno.stat(home).then(() => true, () => false), false, "no CA was made");
   });
 });
+
+// r130 review (repro only): History.read() keeps one line per (kind, sender, id) among lines that
+// carry `sent`, taking any two as the same item. But a sender chooses its ids, and bob forgets a
+// seen id once its item's age runs out (until = sent + MAX_ITEM_AGE_MS), while the history keeps
+// the line for good. alice dates an item near the age limit, waits until its id is forgotten,
+// and sends another item with the same id: bob shows it, and /history alice no longer has the
+// first message: a sender rewrites what she said in bob's history, after the fact.
+Deno.test("r130: a sender who reuses her own item id once bob forgot it does not make /history hide her earlier message", async () => {
+  await withWorld(async (world) => {
+    const aliceUser = await world.join("alice");
+    const bobUser = await world.join("bob");
+    const bob = await world.chat(bobUser);
+    const cert = await Deno.readTextFile(aliceUser.certPath);
+    const key = await Deno.readTextFile(aliceUser.keyPath);
+    const post = async (id: string, text: string, sent: Date) => {
+      const der = await seal(
+        encodeItem({
+          id,
+          from: "alice",
+          to: "bob",
+          kind: "message",
+          sent,
+          payload: encoder.encode(text),
+        }),
+        {
+          key: { path: aliceUser.keyPath },
+          signerCert: cert,
+          recipientCert: await Deno.readTextFile(bobUser.certPath),
+        },
+      );
+      const posted = await world.service.request("/v1/mailbox/bob", {
+        method: "POST",
+        body: der,
+        headers: { "content-type": "application/cms" },
+        cert,
+        key,
+      });
+      assert.equal(posted.status, 200, posted.body);
+      await bob.expect({ type: "message", from: "alice", text }, MAILBOX_MS);
+    };
+    const id = newItemId();
+    const eightDays = 8 * 86_400_000; // MAX_ITEM_AGE_MS
+    await post(id, "I owe you 100", new Date(Date.now() - eightDays + 10_000));
+    await sleep(11_000); // bob's seen entry for `id` is past its until
+    await post(newItemId(), "ping", new Date()); // its seen write drops the expired entry
+    await post(id, "I owe you nothing", new Date());
+    await bob.send("/history alice");
+    const history = await bob.expect({ type: "history", peer: "alice" });
+    const texts = (history.entries as Array<{ text?: string }>).map((e) => e.text);
+    assert.deepEqual(texts, ["I owe you 100", "ping", "I owe you nothing"]);
+  });
+});
