@@ -1043,3 +1043,89 @@ Deno.test("r130: a room's creator who lists another member's name with a made-up
     },
   );
 });
+
+// r130 review (repro only): key-changes.json keeps 4 keys a peer, the oldest going first, and a
+// room's creator may give a member any key in her signed lists. dave's real new key, seen on his
+// connection, is pushed out by 4 made-up keys mallory's lists give "dave" (each list alternating
+// with his pinned key so that each made-up key is a key change again): the record of the key
+// change that mattered is gone (and with it, after a restart, the mark it leaves).
+Deno.test("r130: a room's creator who gives a pinned member four made-up keys in turn does not push the record of his real key change out of key-changes.json", async () => {
+  let daveUser: User | undefined;
+  let daveKey = "";
+  await withWorld(
+    async (w) => {
+      // dave joins again (a new key, as after a theft) and connects to ann: a real key change.
+      const again = await joinUser(w.service, "dave", join(w.dir, "dave-again"));
+      const der = await seal(
+        encodeItem({
+          id: newItemId(),
+          from: "dave",
+          to: "ann",
+          kind: "message",
+          sent: new Date(),
+          payload: new TextEncoder().encode("dave, with his new key"),
+        }),
+        {
+          key: { path: again.keyPath },
+          signerCert: await Deno.readTextFile(again.certPath),
+          recipientCert: await Deno.readTextFile(w.annUser.certPath),
+        },
+      );
+      const posted = await w.service.request("/v1/mailbox/ann", {
+        method: "POST",
+        body: der,
+        headers: { "content-type": "application/cms" },
+        cert: await Deno.readTextFile(again.certPath),
+        key: await Deno.readTextFile(again.keyPath),
+      });
+      assert.equal(posted.status, 200, posted.body);
+      {
+        const real = createHash("sha256").update(
+          Buffer.from(await keyOf(again), "base64"),
+        ).digest("hex");
+        await waitUntil(
+          () =>
+            w.ann.events.some((e) =>
+              e.type === "key_changed" && e.peer === "dave" && e.keyFingerprint === real
+            ),
+          "the key change of dave's real new key",
+          30_000,
+        );
+        const file = join(w.annUser.home, "key-changes.json");
+        const kept = async () =>
+          (JSON.parse(await Deno.readTextFile(file)).changes as Array<
+            { peer: string; keyFingerprint: string }
+          >)
+            .filter((c) => c.peer === "dave").map((c) => c.keyFingerprint);
+        await waitUntil(async () => (await kept()).includes(real), "its record on disk");
+        // mallory's lists: dave with a made-up key, then his pinned key again, four times.
+        let version = w.list.version;
+        for (let i = 0; i < 4; i++) {
+          for (const key of [spkiOf(generateKeyPairSync("ed25519").publicKey), daveKey]) {
+            const list = signList({
+              roomId: ROOM_ID,
+              room: ROOM,
+              creator: "mallory",
+              version: ++version,
+              members: w.list.members.map((m) => m.name === "dave" ? { ...m, key } : m),
+            }, w.malloryKey);
+            w.mallory.write(roomFrame({ op: "list", list }));
+          }
+        }
+        await waitUntil(
+          () =>
+            w.ann.events.filter((e) => e.type === "key_changed" && e.via === "room").length >= 4,
+          "ann's key changes of the room",
+        );
+        await sleep(500);
+        assert.ok((await kept()).includes(real), `kept for dave: ${(await kept()).join(", ")}`);
+      }
+    },
+    async ({ service, dir, connect }) => {
+      daveUser = await joinUser(service, "dave", join(dir, "dave"));
+      (await connect(daveUser)).destroy(); // ann pins dave's key
+      daveKey = await keyOf(daveUser);
+      return [{ name: "dave", key: daveKey }];
+    },
+  );
+});
