@@ -890,10 +890,19 @@ export class Chat {
     const p = this.#peers.get(name);
     if (!p) {
       const pinned = this.#trust.get(name);
-      if (!pinned) throw new E2eError("ERR_NOT_FOUND", `No key known for "${name}"`);
+      // Never pinned: a first contact held back (its key not the one a room's list gives them)
+      // is let in once the key said changed is the directory's.
+      const said = !pinned && this.#keyChanges.list(name).length > 0;
+      if (!pinned && !said) throw new E2eError("ERR_NOT_FOUND", `No key known for "${name}"`);
       const current = await this.#checkDirectory(await this.#ca.lookup(name), name);
+      if (
+        !pinned &&
+        !this.#keyChanges.list(name).some((c) => c.keyFingerprint === current.keyFingerprint)
+      ) {
+        throw new E2eError("ERR_NOT_FOUND", `No key change of "${name}" to their current key`);
+      }
       // The same key: nothing to accept (and its verified mark stays).
-      if (current.keyFingerprint !== pinned.keyFingerprint) {
+      if (current.keyFingerprint !== pinned?.keyFingerprint) {
         await this.#trust.trust(name, current.keyFingerprint);
       }
       await this.#keyChanges.clear(name, current.keyFingerprint);
@@ -1130,18 +1139,13 @@ export class Chat {
   }
 
   // A first contact with `name` through the mailbox (no key pinned): when a room we are in lists
-  // `name`, the key must be the one its creator's signed list gives. Else a dishonest CA's second
-  // certificate for the name, pinned on first contact, would silence the listed member in the room.
-  #requireListedKey(name: string, keyFingerprint: string): void {
-    if (this.#trust.get(name)) return; // pinned: the pin decides
-    const other = this.#rooms.listedKeys(name).find((l) => l.keyFingerprint !== keyFingerprint);
-    if (other) {
-      throw new E2eError(
-        "ERR_PEER_REJECTED",
-        `the key is not the one the member list of ${other.room} gives "${name}"`,
-        { hint: `/room members ${other.room} shows the listed key's fingerprint` },
-      );
-    }
+  // `name` with another key than `keyFingerprint`, the room's list and the CA disagree. Either may
+  // be the dishonest one (a CA's second certificate for the name, or a creator who lists a key
+  // nobody holds), so it is no verdict on the item: it is a changed key (held back, still sealed,
+  // until `/trust NAME`), and nothing is pinned meanwhile. Returns the room whose list disagrees.
+  #listedElsewhere(name: string, keyFingerprint: string): string | undefined {
+    if (this.#trust.get(name)) return undefined; // pinned: the pin decides
+    return this.#rooms.listedKeys(name).find((l) => l.keyFingerprint !== keyFingerprint)?.room;
   }
 
   // What the mailbox needs of the chat: keys, the directory, our checks, and its news.
@@ -1153,9 +1157,7 @@ export class Chat {
       certificate: () => this.#id.certificate.pem,
       caCertificate: this.#id.anchor.pem,
       directory: async (name) => {
-        const cert = await this.#checkDirectory(await this.#ca.lookup(name), name);
-        this.#requireListedKey(name, cert.keyFingerprint);
-        return cert;
+        return await this.#checkDirectory(await this.#ca.lookup(name), name);
       },
       fresh: () => this.#revocation.ensureFresh(),
       checkSigner: async (pem, name) => {
@@ -1179,11 +1181,19 @@ export class Chat {
               : `the key is not the one the directory names for "${name}"`,
           );
         }
-        this.#requireListedKey(name, cert.keyFingerprint);
         return cert;
       },
       observe: async (name, key) => {
-        const state = await this.#trust.observe(name, key);
+        const listed = this.#listedElsewhere(name, key);
+        const state = listed === undefined ? await this.#trust.observe(name, key) : "changed";
+        if (listed !== undefined) {
+          this.#emit({
+            type: "warning",
+            peer: name,
+            message: `The key of "${name}" is not the one the member list of ${listed} gives ` +
+              `them (/room members ${listed} shows it)`,
+          });
+        }
         if (state === "new") this.#firstSeen.add(name);
         if (state === "changed") {
           this.#emit({ type: "key_changed", peer: name, keyFingerprint: key, via: "mailbox" });
