@@ -840,13 +840,14 @@ Deno.test("ca serve refuses mailbox caps of 0 or not numbers, --mailbox-total in
   });
 });
 
-// r130 review (repro only): History.read() keeps one line per (kind, sender, id) among lines that
-// carry `sent`, taking any two as the same item. But a sender chooses its ids, and bob forgets a
+// History.read() kept one line per (kind, sender, id) among lines that carry `sent`, taking any
+// two as the same item (r130). But a sender chooses its ids, and bob forgets a
 // seen id once its item's age runs out (until = sent + MAX_ITEM_AGE_MS), while the history keeps
 // the line for good. alice dates an item near the age limit, waits until its id is forgotten,
 // and sends another item with the same id: bob shows it, and /history alice no longer has the
-// first message: a sender rewrites what she said in bob's history, after the fact.
-Deno.test("r130: a sender who reuses her own item id once bob forgot it does not make /history hide her earlier message", async () => {
+// first message: a sender rewrote what she said in bob's history, after the fact. Only lines of
+// the same item (same time sent, same text) are one now.
+Deno.test("a sender who reuses her own item id once bob forgot it does not make /history hide her earlier message", async () => {
   await withWorld(async (world) => {
     const aliceUser = await world.join("alice");
     const bobUser = await world.join("bob");
