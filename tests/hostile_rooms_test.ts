@@ -1061,12 +1061,13 @@ Deno.test("a room's creator who lists another member's name with a made-up key h
   );
 });
 
-// r130 review (repro only): key-changes.json keeps 4 keys a peer, the oldest going first, and a
-// room's creator may give a member any key in her signed lists. dave's real new key, seen on his
+// key-changes.json kept 4 keys a peer, the oldest going first, and a room's creator may give a
+// member any key in her signed lists (r130). dave's real new key, seen on his
 // connection, is pushed out by 4 made-up keys mallory's lists give "dave" (each list alternating
 // with his pinned key so that each made-up key is a key change again): the record of the key
-// change that mattered is gone (and with it, after a restart, the mark it leaves).
-Deno.test("r130: a room's creator who gives a pinned member four made-up keys in turn does not push the record of his real key change out of key-changes.json", async () => {
+// change that mattered was gone (and with it, after a restart, the mark it leaves). Keys of rooms'
+// lists are bounded apart now, and never push out the others.
+Deno.test("a room's creator who gives a pinned member four made-up keys in turn does not push the record of his real key change out of key-changes.json", async () => {
   let daveUser: User | undefined;
   let daveKey = "";
   await withWorld(
