@@ -893,11 +893,11 @@ Deno.test("a sender who reuses her own item id once bob forgot it does not make 
   });
 });
 
-// r130 review (repro only): the lines of a room message whose history write failed are kept
-// only in memory (Chat #roomUnsynced) while ROOMID.json already says the room showed it: rb
-// restarted before the disk is fixed takes the item for a copy, records nothing, and
-// acknowledges it: the CA deletes the only copy and the message is in no history.
-Deno.test("r130: a room message through the mailbox whose history line could not be written is in the room's history after rb restarts once the disk is fixed", async () => {
+// The lines of a room message whose history write failed were kept only in memory while
+// ROOMID.json already said the room showed it (r130): rb restarted before the disk was fixed took
+// the item for a copy, recorded nothing, and acknowledged it: the CA deleted the only copy and
+// the message was in no history. They are owed on disk first now (client/room_owed.ts).
+Deno.test("a room message through the mailbox whose history line could not be written is in the room's history after rb restarts once the disk is fixed", async () => {
   await withWorld(async (world) => {
     const raUser = await world.join("ra");
     const rbUser = await world.join("rb");
