@@ -55,7 +55,8 @@ import { MailboxClient, type MailboxHost, MAX_MAILBOX_FILE_BYTES } from "./mailb
 import { type FileOffer, type FilePolicy, PeerConnection, type PeerEvents } from "./peer.ts";
 import { Renewal, type RenewalOptions } from "./renewal.ts";
 import { Revocation } from "./revocation.ts";
-import { type RoomHistoryRecord, Rooms } from "./rooms.ts";
+import { Rooms } from "./rooms.ts";
+import { RoomOwed } from "./room_owed.ts";
 import { LogMonitor } from "./transparency.ts";
 import type { RelayMode } from "./relay.ts";
 import { type KeyState, safetyNumber, TrustStore } from "./trust.ts";
@@ -112,8 +113,6 @@ const LOG_RETRY_MS = 5_000;
 const LOG_RETRIES = 4;
 /** Connections the listener holds at once from one address (the total: a quarter of the open-file limit). */
 const MAX_CONNECTIONS_PER_ADDRESS = 128;
-/** Room messages from the mailbox whose history lines wait to be recorded again, at most. */
-const MAX_UNSYNCED_ROOM_ITEMS = 256;
 
 interface Connected {
   conn: PeerConnection;
@@ -150,10 +149,11 @@ export class Chat {
   #admitting = new Map<PeerConnection, { hello(): void; closed(reason: string): void }>();
   #history: History;
   #roomPosts = new Map<string, Promise<unknown>>(); // per member: the last room post to the mailbox
-  // Room messages from the mailbox that the room showed but whose history lines could not be
-  // made durable, by item id: recorded again when the item is tried again (the room takes it
-  // for a copy then). At most MAX_UNSYNCED_ROOM_ITEMS, the oldest forgotten first.
-  #roomUnsynced = new Map<string, RoomHistoryRecord[]>();
+  // Room messages from the mailbox that the room showed but whose history lines are not synced
+  // yet, by item id, kept on disk before the room's state says shown (client/room_owed.ts):
+  // recorded again when the item is tried again (the room takes it for a copy then), after a
+  // restart too.
+  #roomOwed: RoomOwed;
   #log: LogMonitor;
   #watchTimer?: ReturnType<typeof setInterval>;
   #retryTimer?: ReturnType<typeof setTimeout>;
@@ -213,6 +213,10 @@ export class Chat {
       numberFile: id.home.crlNumber,
     });
     // Sealed when the key is encrypted; a key decrypted later still reads what was sealed.
+    this.#roomOwed = new RoomOwed(id.home.mailboxRoomOwed, {
+      key: id.historyKey(),
+      seal: id.keyEncrypted,
+    });
     this.#history = new History(id.home.history, {
       self: id.name,
       onWarning: warn,
@@ -890,10 +894,19 @@ export class Chat {
     const p = this.#peers.get(name);
     if (!p) {
       const pinned = this.#trust.get(name);
-      if (!pinned) throw new E2eError("ERR_NOT_FOUND", `No key known for "${name}"`);
+      // Never pinned: a first contact held back (its key not the one a room's list gives them)
+      // is let in once the key said changed is the directory's.
+      const said = !pinned && this.#keyChanges.list(name).length > 0;
+      if (!pinned && !said) throw new E2eError("ERR_NOT_FOUND", `No key known for "${name}"`);
       const current = await this.#checkDirectory(await this.#ca.lookup(name), name);
+      if (
+        !pinned &&
+        !this.#keyChanges.list(name).some((c) => c.keyFingerprint === current.keyFingerprint)
+      ) {
+        throw new E2eError("ERR_NOT_FOUND", `No key change of "${name}" to their current key`);
+      }
       // The same key: nothing to accept (and its verified mark stays).
-      if (current.keyFingerprint !== pinned.keyFingerprint) {
+      if (current.keyFingerprint !== pinned?.keyFingerprint) {
         await this.#trust.trust(name, current.keyFingerprint);
       }
       await this.#keyChanges.clear(name, current.keyFingerprint);
@@ -1130,18 +1143,13 @@ export class Chat {
   }
 
   // A first contact with `name` through the mailbox (no key pinned): when a room we are in lists
-  // `name`, the key must be the one its creator's signed list gives. Else a dishonest CA's second
-  // certificate for the name, pinned on first contact, would silence the listed member in the room.
-  #requireListedKey(name: string, keyFingerprint: string): void {
-    if (this.#trust.get(name)) return; // pinned: the pin decides
-    const other = this.#rooms.listedKeys(name).find((l) => l.keyFingerprint !== keyFingerprint);
-    if (other) {
-      throw new E2eError(
-        "ERR_PEER_REJECTED",
-        `the key is not the one the member list of ${other.room} gives "${name}"`,
-        { hint: `/room members ${other.room} shows the listed key's fingerprint` },
-      );
-    }
+  // `name` with another key than `keyFingerprint`, the room's list and the CA disagree. Either may
+  // be the dishonest one (a CA's second certificate for the name, or a creator who lists a key
+  // nobody holds), so it is no verdict on the item: it is a changed key (held back, still sealed,
+  // until `/trust NAME`), and nothing is pinned meanwhile. Returns the room whose list disagrees.
+  #listedElsewhere(name: string, keyFingerprint: string): string | undefined {
+    if (this.#trust.get(name)) return undefined; // pinned: the pin decides
+    return this.#rooms.listedKeys(name).find((l) => l.keyFingerprint !== keyFingerprint)?.room;
   }
 
   // What the mailbox needs of the chat: keys, the directory, our checks, and its news.
@@ -1153,9 +1161,7 @@ export class Chat {
       certificate: () => this.#id.certificate.pem,
       caCertificate: this.#id.anchor.pem,
       directory: async (name) => {
-        const cert = await this.#checkDirectory(await this.#ca.lookup(name), name);
-        this.#requireListedKey(name, cert.keyFingerprint);
-        return cert;
+        return await this.#checkDirectory(await this.#ca.lookup(name), name);
       },
       fresh: () => this.#revocation.ensureFresh(),
       checkSigner: async (pem, name) => {
@@ -1179,11 +1185,19 @@ export class Chat {
               : `the key is not the one the directory names for "${name}"`,
           );
         }
-        this.#requireListedKey(name, cert.keyFingerprint);
         return cert;
       },
       observe: async (name, key) => {
-        const state = await this.#trust.observe(name, key);
+        const listed = this.#listedElsewhere(name, key);
+        const state = listed === undefined ? await this.#trust.observe(name, key) : "changed";
+        if (listed !== undefined) {
+          this.#emit({
+            type: "warning",
+            peer: name,
+            message: `The key of "${name}" is not the one the member list of ${listed} gives ` +
+              `them (/room members ${listed} shows it)`,
+          });
+        }
         if (state === "new") this.#firstSeen.add(name);
         if (state === "changed") {
           this.#emit({ type: "key_changed", peer: name, keyFingerprint: key, via: "mailbox" });
@@ -1199,21 +1213,18 @@ export class Chat {
         if (item.kind === "room") {
           // Its history lines are its only copy once the CA's is deleted: on disk, synced, or it
           // stays at the CA. The room has shown it by then: tried again, it is recorded again.
-          let records = this.#roomUnsynced.get(item.id);
+          let records = this.#roomOwed.get(item.id);
           if (records) { for (const r of records) this.#history.roomMessage(r); }
-          else records = this.#rooms.fromMailbox(item.from, new TextDecoder().decode(item.payload));
-          try {
-            const rooms = new Map(records.map((r) => [r.roomId, r.room]));
-            for (const [roomId, room] of rooms) await this.#history.persistRoom(room, roomId);
-          } catch (e) {
-            this.#roomUnsynced.delete(item.id);
-            this.#roomUnsynced.set(item.id, records);
-            if (this.#roomUnsynced.size > MAX_UNSYNCED_ROOM_ITEMS) {
-              this.#roomUnsynced.delete(this.#roomUnsynced.keys().next().value!);
-            }
-            throw e;
+          else {
+            records = this.#rooms.fromMailbox(item.from, new TextDecoder().decode(item.payload));
+            // Owed on disk before the room's state (written a moment later) says it was shown:
+            // a restart before its lines are synced must not take it for a copy and record
+            // nothing. When that write fails too, they are owed in memory.
+            if (records.length) this.#roomOwed.put(item.id, records);
           }
-          this.#roomUnsynced.delete(item.id);
+          const rooms = new Map(records.map((r) => [r.roomId, r.room]));
+          for (const [roomId, room] of rooms) await this.#history.persistRoom(room, roomId);
+          this.#roomOwed.drop(item.id);
           return () => {};
         }
         if (item.kind === "message") {

@@ -338,12 +338,14 @@ export class History {
     }
     // A mailbox item (its `sent` kept) stored again after a crash between its synced line and
     // its id marked seen has two lines: the last is kept (the one shown, whose ref its event
-    // carried). Its sender's ids are random (lib/cms.ts newItemId) and a copy of one is refused
-    // as a replay, so two such lines from one sender with one id are the same item.
+    // carried). Only lines of the same item: the same sender, id, time sent, and text (or file
+    // digest). A sender chooses its ids, and one seen is forgotten once its item is too old to
+    // be taken (8 days), while its line stays: an id used again then is another item, and must
+    // not hide the first one's line (r130).
     const kept = new Set<string>();
     const once = entries.reverse().filter((e) => {
       if (e.sent === undefined || e.from === this.#options.self) return true;
-      const key = `${e.kind} ${e.from} ${e.id}`;
+      const key = JSON.stringify([e.kind, e.from, e.id, e.sent, e.text ?? e.file?.sha256 ?? null]);
       if (kept.has(key)) return false;
       kept.add(key);
       return true;

@@ -31,6 +31,8 @@
  *   mailbox/            0700  the mailbox (client/mailbox.ts)
  *     outbox.json       0600  what we posted and wait a receipt for
  *     seen.json         0600  item ids we received (replays are dropped)
+ *     room-owed.json    0600  history lines owed for room messages from the mailbox, until
+ *                             synced (client/room_owed.ts; sealed when the key is encrypted)
  *     held/             0700  items held back after a key change (CMS, still sealed)
  *     unsent/           0700  items that wait for the CA service to answer, and write-ahead
  *                             copies of those being posted: one 0600 file each, sealed when
@@ -168,6 +170,10 @@ export class ClientHome {
   /** Ids of items we received, kept past their time to live, 0600. */
   get mailboxSeen(): string {
     return join(this.mailbox, "seen.json");
+  }
+  /** History lines owed for room messages from the mailbox (client/room_owed.ts), 0600. */
+  get mailboxRoomOwed(): string {
+    return join(this.mailbox, "room-owed.json");
   }
   /** Items held back after a key change, still sealed, 0700. */
   get mailboxHeld(): string {

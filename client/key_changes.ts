@@ -25,9 +25,17 @@ export interface KeyChange {
   via: KeyChangeVia;
 }
 
-/** Keys kept per peer: the oldest goes first. */
+/** Keys seen on a connection or a mailbox item kept per peer: the oldest goes first. */
 export const MAX_KEY_CHANGES_PER_PEER = 4;
-/** Key changes kept in all: the oldest goes first (each needs a certificate of the CA). */
+/**
+ * Keys a room's member list gave a peer kept per peer, apart: the oldest goes first. A room's
+ * creator may list any key (no certificate needed), so these never push out the others.
+ */
+export const MAX_ROOM_KEY_CHANGES_PER_PEER = 4;
+/**
+ * Key changes kept in all: the oldest of a room's lists goes first, then the oldest (each of
+ * the others needs a certificate of the CA).
+ */
 export const MAX_KEY_CHANGES = 256;
 
 const VIAS: readonly string[] = ["connection", "mailbox", "room"];
@@ -98,17 +106,24 @@ export class KeyChanges {
    * says when); the promise settles once it is on disk.
    */
   record(change: Omit<KeyChange, "at"> & { at?: Date }): Promise<void> {
-    const { peer, keyFingerprint, via } = change;
-    this.#changes = this.#changes.filter((c) =>
-      c.peer !== peer || c.keyFingerprint !== keyFingerprint
+    const { peer, keyFingerprint } = change;
+    const before = this.#changes.find((c) =>
+      c.peer === peer && c.keyFingerprint === keyFingerprint
     );
+    // A key seen on a connection or a mailbox item stays such when a room's list gives it later:
+    // else a creator could make it one of the records that go first.
+    const via = before && before.via !== "room" ? before.via : change.via;
+    this.#changes = this.#changes.filter((c) => c !== before);
     this.#changes.push({ peer, keyFingerprint, via, at: (change.at ?? new Date()).toISOString() });
-    const ofPeer = this.#changes.filter((c) => c.peer === peer);
-    if (ofPeer.length > MAX_KEY_CHANGES_PER_PEER) {
-      const oldest = ofPeer[0];
-      this.#changes = this.#changes.filter((c) => c !== oldest);
+    const room = via === "room";
+    const alike = this.#changes.filter((c) => c.peer === peer && (c.via === "room") === room);
+    if (alike.length > (room ? MAX_ROOM_KEY_CHANGES_PER_PEER : MAX_KEY_CHANGES_PER_PEER)) {
+      this.#changes = this.#changes.filter((c) => c !== alike[0]);
     }
-    if (this.#changes.length > MAX_KEY_CHANGES) this.#changes.shift();
+    if (this.#changes.length > MAX_KEY_CHANGES) {
+      const first = this.#changes.find((c) => c.via === "room") ?? this.#changes[0];
+      this.#changes = this.#changes.filter((c) => c !== first);
+    }
     return this.#save();
   }
 

@@ -1,7 +1,12 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { withTempDir } from "../tests/_helpers.ts";
-import { KeyChanges, MAX_KEY_CHANGES, MAX_KEY_CHANGES_PER_PEER } from "./key_changes.ts";
+import {
+  KeyChanges,
+  MAX_KEY_CHANGES,
+  MAX_KEY_CHANGES_PER_PEER,
+  MAX_ROOM_KEY_CHANGES_PER_PEER,
+} from "./key_changes.ts";
 
 const IMPOSTOR = "aa".repeat(32);
 const REAL = "bb".repeat(32);
@@ -52,5 +57,25 @@ Deno.test("KeyChanges keeps a few keys per peer and a bounded number in all, the
     assert.equal(again.list().length, MAX_KEY_CHANGES);
     assert.deepEqual(again.list("x"), []);
     assert.deepEqual(await KeyChanges.load(join(dir, "none.json")).then((c) => c.list()), []);
+  });
+});
+
+Deno.test("KeyChanges keeps a key seen on a connection or mailbox item however many keys rooms' lists give the peer after, and the global bound drops a room's first", async () => {
+  await withTempDir(async (dir) => {
+    const changes = await KeyChanges.load(join(dir, "key-changes.json"));
+    await changes.record({ peer: "bob", keyFingerprint: REAL, via: "mailbox" });
+    // A list giving the same key later does not make it a room's record.
+    await changes.record({ peer: "bob", keyFingerprint: REAL, via: "room" });
+    for (let i = 0; i < MAX_ROOM_KEY_CHANGES_PER_PEER + 3; i++) {
+      await changes.record({ peer: "bob", keyFingerprint: String(i).repeat(64), via: "room" });
+    }
+    const bob = changes.list("bob");
+    assert.deepEqual(bob.filter((c) => c.via !== "room").map((c) => c.keyFingerprint), [REAL]);
+    assert.equal(bob.filter((c) => c.via === "room").length, MAX_ROOM_KEY_CHANGES_PER_PEER);
+    for (let i = 0; i < MAX_KEY_CHANGES - 1; i++) {
+      await changes.record({ peer: `p${i}`, keyFingerprint: IMPOSTOR, via: "connection" });
+    }
+    assert.equal(changes.list().length, MAX_KEY_CHANGES);
+    assert.deepEqual(changes.list("bob").map((c) => c.keyFingerprint), [REAL]);
   });
 });

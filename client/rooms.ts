@@ -920,8 +920,9 @@ export class Rooms {
 
   /**
    * The key fingerprints the member lists of our rooms give `name`, with each room: a first
-   * contact with `name` through the mailbox must carry them (a dishonest CA may certify the name
-   * again with a key of its own, which pinned would silence the listed member in the room).
+   * contact with `name` through the mailbox with another key is held back as a changed key, and
+   * pins nothing (a dishonest CA may certify the name again with a key of its own, which pinned
+   * would silence the listed member in the room; a creator may list a key nobody holds).
    *
    * @example
    * ```ts ignore
