@@ -450,78 +450,100 @@ Deno.test("a mailbox file whose history line cannot be written is not taken: it 
 
 Deno.test("a room message through the mailbox is not acknowledged while its history line cannot be written, and is in the room's history once it can be", async () => {
   await withWorld(async (world) => {
-    const raUser = await world.join("ra");
-    const rbUser = await world.join("rb");
-    const ra = await world.chat(raUser);
-    let rb = await world.chat(rbUser);
-    await ra.send("/room create #team");
-    await ra.expect({ type: "room_joined", room: "#team" });
-    await ra.send("/room invite #team rb");
-    await rb.expect({ type: "invite", from: "ra" });
-    await rb.send("/accept ra");
-    await rb.expect({ type: "room_invite", room: "#team", from: "ra" });
-    await rb.send("/room join #team");
-    await rb.expect({ type: "room_joined", room: "#team" }, MAILBOX_MS);
-    await ra.expect({ type: "room_member", room: "#team", name: "rb", change: "joined" });
-    await ra.send("/msg #team while rb is here");
-    await rb.expect({ type: "room_message", room: "#team", text: "while rb is here" }, MAILBOX_MS);
-    const historyDir = join(rbUser.home, "history");
-    const roomFile = () => {
-      try {
-        return roomFileIn();
-      } catch {
-        return undefined;
-      }
-    };
-    const roomFileIn = () =>
-      [...Deno.readDirSync(historyDir)].map((e) => e.name).find((n) =>
-        n.startsWith("%23team%40") && n.endsWith(".jsonl")
-      );
-    await waitUntil(() => roomFile() !== undefined, "rb's history of the room", MAILBOX_MS);
-    const file = join(historyDir, roomFile()!);
-    await rb.stop();
-    await ra.expect({ type: "disconnected", peer: "rb" }, MAILBOX_MS);
-
-    await ra.send("/msg #team while rb is away");
-    await waitUntil(
-      async () => (await world.stored("rb")).length === 1,
-      "the room message at the CA",
-      MAILBOX_MS,
-    );
-    await ra.stop();
-
-    // rb's history of the room cannot be written now: a folder where its file goes.
-    await Deno.rename(file, `${file}.aside`);
-    await Deno.mkdir(file, { mode: 0o700 });
-    rb = await world.chat(rbUser);
-    await waitUntil(
-      () =>
-        rb.count("room_message") > 0 ||
-        rb.warnings.some((w) => /history/i.test(w)),
-      "rb to handle the room message",
-      MAILBOX_MS,
-    );
-    await sleep(2_000);
-    assert.equal(
-      (await world.stored("rb")).length,
-      1,
-      `acknowledged (deleted at the CA) though its history line was not written\n${rb.describe()}`,
-    );
+    const { rb, file } = await roomMessageRbCannotWrite(world);
 
     // The disk is fixed: the message is in the room's history.
-    await Deno.remove(file);
-    await Deno.rename(`${file}.aside`, file);
-    await waitUntil(
-      async () => (await world.stored("rb")).length === 0,
-      "acknowledged once stored",
-      MAILBOX_MS,
-    );
-    await rb.send("/history #team");
-    const read = await rb.expect({ type: "history" });
-    const texts = (read.entries as Array<{ text?: string }>).map((e) => e.text);
-    assert.equal(texts.filter((t) => t === "while rb is away").length, 1, JSON.stringify(texts));
+    await putBack(file);
+    await assertInRoomHistoryOnce(world, rb);
   });
 });
+
+/**
+ * ra creates #team and rb joins it; rb stops, ra sends "while rb is away" through the mailbox and
+ * stops; rb's history file of the room is made unwritable (a folder in its place, the file set
+ * aside) and rb starts again. Asserts the message is still at the CA (not acknowledged).
+ */
+async function roomMessageRbCannotWrite(
+  world: World,
+): Promise<{ rb: ChatClient; rbUser: User; file: string }> {
+  const raUser = await world.join("ra");
+  const rbUser = await world.join("rb");
+  const ra = await world.chat(raUser);
+  let rb = await world.chat(rbUser);
+  await ra.send("/room create #team");
+  await ra.expect({ type: "room_joined", room: "#team" });
+  await ra.send("/room invite #team rb");
+  await rb.expect({ type: "invite", from: "ra" });
+  await rb.send("/accept ra");
+  await rb.expect({ type: "room_invite", room: "#team", from: "ra" });
+  await rb.send("/room join #team");
+  await rb.expect({ type: "room_joined", room: "#team" }, MAILBOX_MS);
+  await ra.expect({ type: "room_member", room: "#team", name: "rb", change: "joined" });
+  await ra.send("/msg #team while rb is here");
+  await rb.expect({ type: "room_message", room: "#team", text: "while rb is here" }, MAILBOX_MS);
+  const historyDir = join(rbUser.home, "history");
+  const roomFile = () => {
+    try {
+      return roomFileIn();
+    } catch {
+      return undefined;
+    }
+  };
+  const roomFileIn = () =>
+    [...Deno.readDirSync(historyDir)].map((e) => e.name).find((n) =>
+      n.startsWith("%23team%40") && n.endsWith(".jsonl")
+    );
+  await waitUntil(() => roomFile() !== undefined, "rb's history of the room", MAILBOX_MS);
+  const file = join(historyDir, roomFile()!);
+  await rb.stop();
+  await ra.expect({ type: "disconnected", peer: "rb" }, MAILBOX_MS);
+
+  await ra.send("/msg #team while rb is away");
+  await waitUntil(
+    async () => (await world.stored("rb")).length === 1,
+    "the room message at the CA",
+    MAILBOX_MS,
+  );
+  await ra.stop();
+
+  // rb's history of the room cannot be written now: a folder where its file goes.
+  await Deno.rename(file, `${file}.aside`);
+  await Deno.mkdir(file, { mode: 0o700 });
+  rb = await world.chat(rbUser);
+  await waitUntil(
+    () =>
+      rb.count("room_message") > 0 ||
+      rb.warnings.some((w) => /history/i.test(w)),
+    "rb to handle the room message",
+    MAILBOX_MS,
+  );
+  await sleep(2_000);
+  assert.equal(
+    (await world.stored("rb")).length,
+    1,
+    `acknowledged (deleted at the CA) though its history line was not written\n${rb.describe()}`,
+  );
+  return { rb, rbUser, file };
+}
+
+/** Puts rb's history file of the room back where the folder stood (the disk is fixed). */
+async function putBack(file: string): Promise<void> {
+  await Deno.remove(file);
+  await Deno.rename(`${file}.aside`, file);
+}
+
+/** The room message is acknowledged (gone from the CA) and once in rb's history of #team. */
+async function assertInRoomHistoryOnce(world: World, rb: ChatClient): Promise<void> {
+  await waitUntil(
+    async () => (await world.stored("rb")).length === 0,
+    "acknowledged once stored",
+    MAILBOX_MS,
+  );
+  await rb.send("/history #team");
+  const read = await rb.expect({ type: "history" });
+  const texts = (read.entries as Array<{ text?: string }>).map((e) => e.text);
+  assert.equal(texts.filter((t) => t === "while rb is away").length, 1, JSON.stringify(texts));
+}
 
 /** Sets or clears the immutable attribute of `path` (what even root cannot replace). */
 async function immutable(path: string, on: boolean): Promise<boolean> {
@@ -899,77 +921,12 @@ Deno.test("a sender who reuses her own item id once bob forgot it does not make 
 // the message was in no history. They are owed on disk first now (client/room_owed.ts).
 Deno.test("a room message through the mailbox whose history line could not be written is in the room's history after rb restarts once the disk is fixed", async () => {
   await withWorld(async (world) => {
-    const raUser = await world.join("ra");
-    const rbUser = await world.join("rb");
-    const ra = await world.chat(raUser);
-    let rb = await world.chat(rbUser);
-    await ra.send("/room create #team");
-    await ra.expect({ type: "room_joined", room: "#team" });
-    await ra.send("/room invite #team rb");
-    await rb.expect({ type: "invite", from: "ra" });
-    await rb.send("/accept ra");
-    await rb.expect({ type: "room_invite", room: "#team", from: "ra" });
-    await rb.send("/room join #team");
-    await rb.expect({ type: "room_joined", room: "#team" }, MAILBOX_MS);
-    await ra.expect({ type: "room_member", room: "#team", name: "rb", change: "joined" });
-    await ra.send("/msg #team while rb is here");
-    await rb.expect({ type: "room_message", room: "#team", text: "while rb is here" }, MAILBOX_MS);
-    const historyDir = join(rbUser.home, "history");
-    const roomFile = () => {
-      try {
-        return roomFileIn();
-      } catch {
-        return undefined;
-      }
-    };
-    const roomFileIn = () =>
-      [...Deno.readDirSync(historyDir)].map((e) => e.name).find((n) =>
-        n.startsWith("%23team%40") && n.endsWith(".jsonl")
-      );
-    await waitUntil(() => roomFile() !== undefined, "rb's history of the room", MAILBOX_MS);
-    const file = join(historyDir, roomFile()!);
-    await rb.stop();
-    await ra.expect({ type: "disconnected", peer: "rb" }, MAILBOX_MS);
-
-    await ra.send("/msg #team while rb is away");
-    await waitUntil(
-      async () => (await world.stored("rb")).length === 1,
-      "the room message at the CA",
-      MAILBOX_MS,
-    );
-    await ra.stop();
-
-    // rb's history of the room cannot be written now: a folder where its file goes.
-    await Deno.rename(file, `${file}.aside`);
-    await Deno.mkdir(file, { mode: 0o700 });
-    rb = await world.chat(rbUser);
-    await waitUntil(
-      () =>
-        rb.count("room_message") > 0 ||
-        rb.warnings.some((w) => /history/i.test(w)),
-      "rb to handle the room message",
-      MAILBOX_MS,
-    );
-    await sleep(2_000);
-    assert.equal(
-      (await world.stored("rb")).length,
-      1,
-      `acknowledged (deleted at the CA) though its history line was not written\n${rb.describe()}`,
-    );
+    let { rb, rbUser, file } = await roomMessageRbCannotWrite(world);
 
     // rb stops (or crashes) before the disk is fixed; it is fixed; rb starts again.
     await rb.stop();
-    await Deno.remove(file);
-    await Deno.rename(`${file}.aside`, file);
+    await putBack(file);
     rb = await world.chat(rbUser);
-    await waitUntil(
-      async () => (await world.stored("rb")).length === 0,
-      "acknowledged once stored",
-      MAILBOX_MS,
-    );
-    await rb.send("/history #team");
-    const read = await rb.expect({ type: "history" });
-    const texts = (read.entries as Array<{ text?: string }>).map((e) => e.text);
-    assert.equal(texts.filter((t) => t === "while rb is away").length, 1, JSON.stringify(texts));
+    await assertInRoomHistoryOnce(world, rb);
   });
 });
