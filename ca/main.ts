@@ -25,7 +25,7 @@ import { CA_KEY_TYPES, checkDays, REVOKE_REASONS } from "./policy.ts";
 import { MAX_CSR_BYTES } from "../lib/csr.ts";
 import { exists } from "../lib/fs.ts";
 import { formatInvite } from "../lib/invite.ts";
-import { checkName } from "../lib/names.ts";
+import { nameArgument } from "../lib/names.ts";
 import { InviteStore, type ListedInvite, parseDuration } from "./invites.ts";
 import {
   CaService,
@@ -290,17 +290,6 @@ async function serveUntilStopped(ca: CertificateAuthority, options: ServeOptions
   await service.close();
   await err("e2e-chat: CA service stopped\n");
   return 0;
-}
-
-// A NAME on the command line that no member can have is a usage mistake (README: exit 2), as in
-// the client.
-function nameArgument(text: string): string {
-  try {
-    return checkName(text);
-  } catch (e) {
-    if (!(e instanceof E2eError)) throw e;
-    throw new E2eError("ERR_USAGE", e.message, { cause: e, hint: e.hint });
-  }
 }
 
 async function invite(args: string[]): Promise<number> {

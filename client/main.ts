@@ -23,7 +23,7 @@ import type { ChatEvent } from "./events.ts";
 import type { FileFlagValues } from "./faces/file_options.ts";
 import type { WebServer } from "./faces/web/server.ts";
 import { ClientHome } from "./home.ts";
-import { checkName } from "../lib/names.ts";
+import { nameArgument } from "../lib/names.ts";
 import { parseCaAddress, parseInvite } from "../lib/invite.ts";
 import type { EarlierCertificate, Identity, PassphraseSource } from "./identity.ts";
 import type { ClientKeyType } from "./keys.ts";
@@ -717,16 +717,6 @@ function expiredHint(id: Identity): string {
   return `your certificate expired on ${id.certificate.notAfter.toISOString()}, and an expired ` +
     `one cannot be renewed: ask your admin for a new invite (deno task ca invite ${id.name}) ` +
     "and join with it in another --home";
-}
-
-// A NAME on the command line that no member can have is a usage mistake (README: exit 2).
-function nameArgument(text: string): string {
-  try {
-    return checkName(text);
-  } catch (e) {
-    if (!(e instanceof E2eError)) throw e;
-    throw new E2eError("ERR_USAGE", e.message, { cause: e, hint: e.hint });
-  }
 }
 
 async function keyType(value: string | undefined): Promise<ClientKeyType> {

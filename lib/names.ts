@@ -85,3 +85,16 @@ export function checkName(name: string): string {
   }
   return name;
 }
+
+/**
+ * A NAME given on the command line (ca and client): one that no member can have is a usage
+ * mistake (ERR_USAGE, README: exit 2), with checkName's message and hint.
+ */
+export function nameArgument(text: string): string {
+  try {
+    return checkName(text);
+  } catch (e) {
+    if (!(e instanceof E2eError)) throw e;
+    throw new E2eError("ERR_USAGE", e.message, { cause: e, hint: e.hint });
+  }
+}
