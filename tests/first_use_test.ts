@@ -405,20 +405,7 @@ Deno.test(
     "go on, and a join with a new key in another home works with the same invite",
   async () => {
     await withService(async (service, dir) => {
-      const home = join(dir, "alice");
-      assertSuccess(await client(home, ["csr", "alice"]), "client csr alice");
-      const csrPath = join(home, "id", "request.csr");
-      assertSuccess(
-        await runCa(service.home, [
-          "sign",
-          "--name",
-          "alice",
-          csrPath,
-          "--out",
-          join(dir, "a.crt"),
-        ]),
-        "ca sign",
-      );
+      const home = await aliceCsrSignedByTheCa(service, dir);
       assertSuccess(
         await runCa(service.home, ["revoke", "alice", "--reason", "keyCompromise"]),
         "ca revoke",
@@ -446,20 +433,7 @@ Deno.test(
     "bob's invite in alice's home: the join says so and to use another home, where it works",
   async () => {
     await withService(async (service, dir) => {
-      const home = join(dir, "alice");
-      assertSuccess(await client(home, ["csr", "alice"]), "client csr alice");
-      const csrPath = join(home, "id", "request.csr");
-      assertSuccess(
-        await runCa(service.home, [
-          "sign",
-          "--name",
-          "alice",
-          csrPath,
-          "--out",
-          join(dir, "a.crt"),
-        ]),
-        "ca sign",
-      );
+      const home = await aliceCsrSignedByTheCa(service, dir);
       // The admin hands alice the wrong invite (bob's), or alice pastes the wrong one.
       const invite = await makeInvite(service.home, "bob");
       const joined = await client(home, ["join", "-"], { stdin: `${invite}\n` });
@@ -477,3 +451,22 @@ Deno.test(
     });
   },
 );
+
+/** alice makes a key and csr in `dir`/alice (`client csr alice`) and the admin signs it by hand. */
+async function aliceCsrSignedByTheCa(service: Service, dir: string): Promise<string> {
+  const home = join(dir, "alice");
+  assertSuccess(await client(home, ["csr", "alice"]), "client csr alice");
+  const csrPath = join(home, "id", "request.csr");
+  assertSuccess(
+    await runCa(service.home, [
+      "sign",
+      "--name",
+      "alice",
+      csrPath,
+      "--out",
+      join(dir, "a.crt"),
+    ]),
+    "ca sign",
+  );
+  return home;
+}
