@@ -4,12 +4,15 @@
  *
  * @module
  */
+import assert from "node:assert/strict";
 import { join } from "node:path";
+import { encodeItem, newItemId, seal } from "../lib/cms.ts";
 import { CaPaths } from "../ca/home.ts";
 import { withLock } from "../lib/lock.ts";
 import { openssl, PASSPHRASE_ARG } from "../lib/openssl.ts";
 import { makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
 import { assertSuccess, type Service } from "./_service_helpers.ts";
+import type { User } from "./_chat_helpers.ts";
 
 const CA_ENV = { E2E_CHAT_CA_PASSPHRASE: PASSPHRASE };
 
@@ -64,4 +67,48 @@ export async function signBehindTheirBacks(
 /** Any commit makes the CA bring its log level with its database. */
 export async function commitSomething(service: Service): Promise<void> {
   assertSuccess(await runCa(service.home, ["crl"], { env: CA_ENV }), "ca crl");
+}
+
+/**
+ * A mailbox message item to `to` that says it is from `from`, sealed (signed) with the key at
+ * `signer.keyPath` and its certificate `signer.cert`, e.g. one the CA signed behind their backs.
+ */
+export async function sealedMessageAs(
+  from: string,
+  signer: { keyPath: string; cert: string },
+  to: User,
+  text: string,
+): Promise<Uint8Array> {
+  return await seal(
+    encodeItem({
+      id: newItemId(),
+      from,
+      to: to.name,
+      kind: "message",
+      sent: new Date(),
+      payload: new TextEncoder().encode(text),
+    }),
+    {
+      key: { path: signer.keyPath },
+      signerCert: signer.cert,
+      recipientCert: await Deno.readTextFile(to.certPath),
+    },
+  );
+}
+
+/** POSTs the sealed item `der` to `to`'s mailbox as the holder of `client`; the CA takes it (200). */
+export async function postItem(
+  service: Service,
+  to: string,
+  der: Uint8Array,
+  client: { cert: string; key: string },
+): Promise<void> {
+  const posted = await service.request(`/v1/mailbox/${to}`, {
+    method: "POST",
+    body: der,
+    headers: { "content-type": "application/cms" },
+    cert: client.cert,
+    key: client.key,
+  });
+  assert.equal(posted.status, 200, posted.body);
 }

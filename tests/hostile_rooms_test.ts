@@ -24,7 +24,12 @@ import { ChatClient, type ChatStartOptions, sleep, stopAll, waitUntil } from "./
 import { MAX_ANSWER_BYTES } from "../client/peer.ts";
 import { MAX_HELD_CHARS, roomMessageId } from "../client/rooms.ts";
 import { initCa, type Service, startService } from "./_service_helpers.ts";
-import { commitSomething, signBehindTheirBacks } from "./_dishonest_ca.ts";
+import {
+  commitSomething,
+  postItem,
+  sealedMessageAs,
+  signBehindTheirBacks,
+} from "./_dishonest_ca.ts";
 import { makeCsr } from "./_helpers.ts";
 import { joinUser, RawPeer, type User, userAt } from "./_chat_helpers.ts";
 
@@ -931,29 +936,8 @@ Deno.test("a mailbox item from a second certificate the CA issues for a member's
       await commitSomething(w.service);
       const keyPath = join(w.dir, "fake-dave.key");
       await Deno.writeTextFile(keyPath, key, { mode: 0o600 });
-      const der = await seal(
-        encodeItem({
-          id: newItemId(),
-          from: "dave",
-          to: "ann",
-          kind: "message",
-          sent: new Date(),
-          payload: new TextEncoder().encode("hi ann, dave here"),
-        }),
-        {
-          key: { path: keyPath },
-          signerCert: cert,
-          recipientCert: await Deno.readTextFile(w.annUser.certPath),
-        },
-      );
-      const posted = await w.service.request("/v1/mailbox/ann", {
-        method: "POST",
-        body: der,
-        headers: { "content-type": "application/cms" },
-        cert,
-        key,
-      });
-      assert.equal(posted.status, 200, posted.body);
+      const der = await sealedMessageAs("dave", { keyPath, cert }, w.annUser, "hi ann, dave here");
+      await postItem(w.service, "ann", der, { cert, key });
       const refusal = 'Held back a mailbox item from "dave": its key changed. ' +
         "Compare the safety number, then trust the new key to read it.";
       await w.ann.expect({ type: "warning", message: refusal }, 30_000);

@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { encodeItem, newItemId, seal } from "../lib/cms.ts";
 import { openssl } from "../lib/openssl.ts";
-import { signBehindTheirBacks } from "./_dishonest_ca.ts";
+import { postItem, sealedMessageAs, signBehindTheirBacks } from "./_dishonest_ca.ts";
 import { makeCsr, runCa, withTempDir } from "./_helpers.ts";
 import { ChatClient, runTask, sleep, stopAll, waitUntil } from "./_harness.ts";
 import { joinUser, type User, userAt } from "./_chat_helpers.ts";
@@ -801,30 +801,9 @@ Deno.test("a dishonest CA cannot forge an item: one signed by a certificate it i
     const cert = await signBehindTheirBacks(world.service, "alice", key);
     const keyPath = join(world.dir, "evil.key");
     await Deno.writeTextFile(keyPath, key, { mode: 0o600 });
-    const der = await seal(
-      encodeItem({
-        id: newItemId(),
-        from: "alice",
-        to: "bob",
-        kind: "message",
-        sent: new Date(),
-        payload: encoder.encode("trust me, I am alice"),
-      }),
-      {
-        key: { path: keyPath },
-        signerCert: cert,
-        recipientCert: await Deno.readTextFile(bobUser.certPath),
-      },
-    );
+    const der = await sealedMessageAs("alice", { keyPath, cert }, bobUser, "trust me, I am alice");
     const mark = bob.mark();
-    const posted = await world.service.request("/v1/mailbox/bob", {
-      method: "POST",
-      body: der,
-      headers: { "content-type": "application/cms" },
-      cert,
-      key,
-    });
-    assert.equal(posted.status, 200, posted.body);
+    await postItem(world.service, "bob", der, { cert, key });
     const warning = await bob.expect(
       (e) =>
         e.type === "warning" &&
