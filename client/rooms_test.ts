@@ -41,6 +41,44 @@ function keyPair(): { privateKey: KeyObject; spki: string; pem: string } {
   };
 }
 
+/** `name` in a room's member list: the public half of `keys`, a member since list `since`. */
+function member(name: string, keys: { spki: string }, since = 1): RoomMember {
+  return { name, key: keys.spki, since };
+}
+
+/**
+ * The member list of #team (`roomId`) at `version`, signed with `keys` by its creator (carol
+ * unless `creator` says).
+ */
+function teamList(
+  keys: { privateKey: KeyObject },
+  options: { roomId: string; version: number; members: RoomMember[]; creator?: string },
+): SignedList {
+  const { roomId, version, members, creator = "carol" } = options;
+  return signList({ roomId, room: "#team", creator, version, members }, keys.privateKey);
+}
+
+/**
+ * `author`'s message `seq` in #team (`roomId`) under list `version`, signed with `keys`; its text
+ * is "AUTHOR SEQ" unless `text` says.
+ */
+function teamMessage(
+  keys: { privateKey: KeyObject },
+  options: { roomId: string; author: string; seq: number; version: number; text?: string },
+): SignedMessage {
+  const { roomId, author, seq, version, text = `${author} ${seq}` } = options;
+  return signMessage({ roomId, room: "#team", author, seq, version, text }, keys.privateKey);
+}
+
+/** Stand-in connections (`fakeConnection`) to each of `peers`, by name, with the keys given. */
+function connectionsTo(
+  peers: Record<string, { privateKey: KeyObject }>,
+): Map<string, PeerConnection> {
+  return new Map(
+    Object.entries(peers).map(([name, keys]) => [name, fakeConnection(name, keys.privateKey)]),
+  );
+}
+
 /**
  * A stand-in connection to `name`, whose certificate carries `key` (a private key's public half):
  * a peer that speaks rooms and takes every frame (`sendRoom`).
@@ -60,17 +98,20 @@ function fakeConnection(
 
 /**
  * Writes the file of the room `list` is of into `dir`, as a Rooms core leaves it: its creator's
- * key `creatorKey`, and `next`, the next number awaited of each author.
+ * key `creatorKey`, `next`, the next number awaited of each author, our own last number `seq`
+ * (default 0) and, if given, `floor`, where each author was taken up.
  */
 async function writeRoom(
   dir: string,
   list: SignedList,
   creatorKey: string,
   next: Record<string, number>,
+  options: { seq?: number; floor?: Record<string, number> } = {},
 ): Promise<void> {
+  const { seq = 0, floor } = options;
   await Deno.writeTextFile(
     join(dir, `${list.roomId}.json`),
-    JSON.stringify({ v: 1, list, creatorKey, seq: 0, next }),
+    JSON.stringify({ v: 1, list, creatorKey, seq, next, ...(floor ? { floor } : {}) }),
   );
 }
 
@@ -85,6 +126,17 @@ interface HostileRoom {
   events: CoreEvent[];
 }
 
+/** What the chat core does for a Rooms core under test, where a test says; the rest do nothing. */
+interface TestRoomsOptions {
+  invitations?: () => string[];
+  accept?: (name: string) => Promise<unknown>;
+  invite?: (name: string) => Promise<unknown>;
+  invitationsFile?: string;
+  history?: History;
+  pinned?: (name: string) => string | undefined;
+  mailbox?: (name: string) => void;
+}
+
 /** A Rooms core for `self` (its key `pem`) in `dir`, over the fake connections `peer` finds. */
 function testRooms(
   self: string,
@@ -92,19 +144,13 @@ function testRooms(
   dir: string,
   peer: (name: string) => PeerConnection | undefined,
   emit: (e: CoreEvent) => void,
-  options: {
-    invitations?: () => string[];
-    accept?: (name: string) => Promise<unknown>;
-    invite?: (name: string) => Promise<unknown>;
-    invitationsFile?: string;
-    history?: History;
-  } = {},
+  options: TestRoomsOptions = {},
 ): Rooms {
   return new Rooms({
     self,
     privateKey: () => pem,
     peer,
-    pinned: () => undefined,
+    pinned: options.pinned ?? (() => undefined),
     invite: options.invite ?? (() => Promise.resolve()),
     accept: options.accept ?? (() => Promise.resolve()),
     invitations: options.invitations ?? (() => []),
@@ -112,7 +158,127 @@ function testRooms(
     history: options.history ?? { roomMessage() {} } as unknown as History,
     dir,
     invitationsFile: options.invitationsFile,
+    mailbox: options.mailbox,
   });
+}
+
+/**
+ * Runs `fn` with `self`'s Rooms core (its keys `keys`) in `dir` over the connections `peer`
+ * finds, loaded, and the events it emits; stops it after, whatever `fn` does.
+ */
+async function withRooms(
+  core: {
+    self: string;
+    keys: { pem: string };
+    dir: string;
+    peer: (name: string) => PeerConnection | undefined;
+  } & TestRoomsOptions,
+  fn: (rooms: Rooms, events: CoreEvent[]) => Promise<void> | void,
+): Promise<void> {
+  const { self, keys, dir, peer, ...options } = core;
+  const events: CoreEvent[] = [];
+  const rooms = testRooms(self, keys.pem, dir, peer, (e) => events.push(e), options);
+  await rooms.load();
+  try {
+    await fn(rooms, events);
+  } finally {
+    await rooms.stop();
+  }
+}
+
+/** What `rooms` sends back to `name` (a connection with no certificate) for `roomId`'s state. */
+function answersToState(rooms: Rooms, name: string, roomId: string): string[] {
+  const ops: string[] = [];
+  rooms.receive(
+    {
+      name,
+      rooms: true,
+      sendRoom: (f: { op: string }) => ops.push(f.op) > 0,
+    } as unknown as PeerConnection,
+    { op: "state", roomId, version: 3, seen: {} },
+  );
+  return ops;
+}
+
+/** The changes of `name`'s membership among `events`, in order ("joined", "left"). */
+function memberChanges(events: CoreEvent[], name: string): string[] {
+  return events.flatMap((e) => e.type === "room_member" && e.name === name ? [e.change] : []);
+}
+
+/** Alice's and carol's homes under `root`: the folders their Rooms cores keep rooms in. */
+async function twoHomes(root: string): Promise<{ aliceDir: string; carolDir: string }> {
+  const [aliceDir, carolDir] = [join(root, "a"), join(root, "c")];
+  await Deno.mkdir(aliceDir);
+  await Deno.mkdir(carolDir);
+  return { aliceDir, carolDir };
+}
+
+/**
+ * Runs `fn` with alice's Rooms core in `aliceDir` and carol's in `carolDir` (their keys `alice`
+ * and `carol`), loaded and not connected to each other: `link()` connects them (each finds the
+ * other from then on and says hello, alice first), and each frame then goes to the other side.
+ * Each finds the connections in `atAlice` / `atCarol` by name too; `toAlice` sees each frame
+ * carol sends alice; `events` is what alice emits. Stops both after.
+ */
+async function aliceAndCarol(
+  setup: {
+    alice: { privateKey: KeyObject; pem: string };
+    carol: { privateKey: KeyObject; pem: string };
+    aliceDir: string;
+    carolDir: string;
+    atAlice?: PeerConnection[];
+    atCarol?: PeerConnection[];
+    toAlice?: (body: RoomFrame) => void;
+  },
+  fn: (v: { alice: Rooms; carol: Rooms; link(): void; events: CoreEvent[] }) => Promise<void>,
+): Promise<void> {
+  const { atAlice = [], atCarol = [] } = setup;
+  let linked = false;
+  const parts: { alice?: Rooms; carol?: Rooms } = {};
+  // Connections as seen from each side, stable objects.
+  const carolAtAlice: PeerConnection = fakeConnection("carol", setup.carol.privateKey, (body) => {
+    queueMicrotask(() => parts.carol!.receive(aliceAtCarol, body));
+    return true;
+  });
+  const aliceAtCarol: PeerConnection = fakeConnection("alice", setup.alice.privateKey, (body) => {
+    setup.toAlice?.(body);
+    queueMicrotask(() => parts.alice!.receive(carolAtAlice, body));
+    return true;
+  });
+  const events: CoreEvent[] = [];
+  const alice = testRooms(
+    "alice",
+    setup.alice.pem,
+    setup.aliceDir,
+    (n) => n === "carol" && linked ? carolAtAlice : atAlice.find((c) => c.name === n),
+    (e) => events.push(e),
+  );
+  const carol = testRooms(
+    "carol",
+    setup.carol.pem,
+    setup.carolDir,
+    (n) => n === "alice" && linked ? aliceAtCarol : atCarol.find((c) => c.name === n),
+    () => {},
+  );
+  parts.alice = alice;
+  parts.carol = carol;
+  await alice.load();
+  await carol.load();
+  try {
+    await fn({
+      alice,
+      carol,
+      link: () => {
+        linked = true;
+        alice.hello(carolAtAlice);
+        carol.hello(aliceAtCarol);
+      },
+      events,
+    });
+  } finally {
+    await alice.stop();
+    await carol.stop();
+  }
 }
 
 /**
@@ -130,8 +296,8 @@ async function hostileRoom(
     const roomId = randomBytes(16).toString("hex");
     const list = (version: number, extra: string[]): SignedList => {
       const members: RoomMember[] = [
-        { name: "alice", key: alice.spki, since: 1 },
-        { name: "carol", key: carol.spki, since: 1 },
+        member("alice", alice),
+        member("carol", carol),
         ...extra.map((name) => ({ name, key: fake.spki, since: version })),
       ].sort((a, b) => a.name < b.name ? -1 : 1);
       return signList(
@@ -140,10 +306,7 @@ async function hostileRoom(
       );
     };
     const message = (author: string, version: number) =>
-      signMessage(
-        { roomId, room: "#team", author, seq: 1, version, text: "late" },
-        fake.privateKey,
-      );
+      teamMessage(fake, { roomId, author, seq: 1, version, text: "late" });
     await writeRoom(dir, list(1, []), carol.spki, {});
     const events: CoreEvent[] = [];
     const conn = fakeConnection("carol", carol.privateKey);
@@ -244,36 +407,26 @@ Deno.test("A member cannot pass a newcomer another author's messages from before
     const [alice, bob, carol, mallory] = [keyPair(), keyPair(), keyPair(), keyPair()];
     const roomId = randomBytes(16).toString("hex");
     // Alice joined carol's room at version 5, after bob had written 399 messages in it.
-    const list = signList({
+    const list = teamList(carol, {
       roomId,
-      room: "#team",
-      creator: "carol",
       version: 5,
       members: [
-        { name: "alice", key: alice.spki, since: 5 },
-        { name: "bob", key: bob.spki, since: 1 },
-        { name: "carol", key: carol.spki, since: 1 },
-        { name: "mallory", key: mallory.spki, since: 1 },
+        member("alice", alice, 5),
+        member("bob", bob),
+        member("carol", carol),
+        member("mallory", mallory),
       ],
-    }, carol.privateKey);
+    });
     const byBob = (seq: number, version: number, text: string) =>
-      signMessage({ roomId, room: "#team", author: "bob", seq, version, text }, bob.privateKey);
+      teamMessage(bob, { roomId, author: "bob", seq, version, text });
     await writeRoom(dir, list, carol.spki, { alice: 1 });
-    const events: CoreEvent[] = [];
-    const connections = new Map<string, PeerConnection>([
-      ["bob", fakeConnection("bob", bob.privateKey)],
-      ["carol", fakeConnection("carol", carol.privateKey)],
-      ["mallory", fakeConnection("mallory", mallory.privateKey)],
-    ]);
-    const rooms = testRooms(
-      "alice",
-      alice.pem,
+    const connections = connectionsTo({ bob, carol, mallory });
+    await withRooms({
+      self: "alice",
+      keys: alice,
       dir,
-      (name) => connections.get(name),
-      (e) => events.push(e),
-    );
-    await rooms.load();
-    try {
+      peer: (name) => connections.get(name),
+    }, async (rooms, events) => {
       // Mallory kept bob's message 3, written under version 2, long before alice was in.
       rooms.receive(connections.get("mallory")!, {
         op: "msg",
@@ -288,7 +441,7 @@ Deno.test("A member cannot pass a newcomer another author's messages from before
       // came in the wait).
       events.length = 0;
       rooms.receive(connections.get("bob")!, { op: "msg", m: byBob(400, 5, "hello, alice") });
-      await new Promise((resolve) => setTimeout(resolve, GAP_WAIT_MS + 500));
+      await sleep(GAP_WAIT_MS + 500);
       assert.deepEqual(events, [{
         type: "room_message",
         room: "#team",
@@ -296,9 +449,7 @@ Deno.test("A member cannot pass a newcomer another author's messages from before
         text: "hello, alice",
         id: roomMessageId(roomId, "bob", 1, 400),
       }]);
-    } finally {
-      await rooms.stop();
-    }
+    });
   });
 });
 
@@ -322,17 +473,11 @@ async function newcomer(
   await withTempDir(async (dir) => {
     const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
     const roomId = randomBytes(16).toString("hex");
-    const list = signList({
+    const list = teamList(carol, {
       roomId,
-      room: "#team",
-      creator: "carol",
       version: 2,
-      members: [
-        { name: "alice", key: alice.spki, since: 2 },
-        { name: "bob", key: bob.spki, since: 1 },
-        { name: "carol", key: carol.spki, since: 1 },
-      ],
-    }, carol.privateKey);
+      members: [member("alice", alice, 2), member("bob", bob), member("carol", carol)],
+    });
     await writeRoom(dir, list, carol.spki, { alice: 1 });
     const events: CoreEvent[] = [];
     const wants: Array<{ to: string; author: string; seqs: number[] }> = [];
@@ -358,11 +503,7 @@ async function newcomer(
       await fn({
         rooms,
         roomId,
-        byBob: (seq) =>
-          signMessage(
-            { roomId, room: "#team", author: "bob", seq, version: 2, text: `bob ${seq}` },
-            bob.privateKey,
-          ),
+        byBob: (seq) => teamMessage(bob, { roomId, author: "bob", seq, version: 2 }),
         bob: connections.get("bob")!,
         carol: connections.get("carol")!,
         events,
@@ -474,30 +615,17 @@ Deno.test("A member who missed more than 256 of an author's messages reports the
   await withTempDir(async (dir) => {
     const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
     const roomId = randomBytes(16).toString("hex");
-    const list = signList({
+    const list = teamList(carol, {
       roomId,
-      room: "#team",
-      creator: "carol",
       version: 1,
-      members: [
-        { name: "alice", key: alice.spki, since: 1 },
-        { name: "bob", key: bob.spki, since: 1 },
-        { name: "carol", key: carol.spki, since: 1 },
-      ],
-    }, carol.privateKey);
-    const byBob = (seq: number) =>
-      signMessage(
-        { roomId, room: "#team", author: "bob", seq, version: 1, text: `bob ${seq}` },
-        bob.privateKey,
-      );
+      members: [member("alice", alice), member("bob", bob), member("carol", carol)],
+    });
+    const byBob = (seq: number) => teamMessage(bob, { roomId, author: "bob", seq, version: 1 });
     await writeRoom(dir, list, carol.spki, { alice: 1, bob: 100 });
     const events: CoreEvent[] = [];
     let gap: () => void = () => {};
     const gapped = new Promise<void>((resolve) => gap = resolve);
-    const connections = new Map([
-      ["bob", fakeConnection("bob", bob.privateKey)],
-      ["carol", fakeConnection("carol", carol.privateKey)],
-    ]);
+    const connections = connectionsTo({ bob, carol });
     const rooms = testRooms("alice", alice.pem, dir, (name) => connections.get(name), (e) => {
       events.push(e);
       if (e.type === "room_gap") gap();
@@ -555,17 +683,11 @@ async function bobInRoom(
   await withTempDir(async (dir) => {
     const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
     const roomId = randomBytes(16).toString("hex");
-    const list = signList({
+    const list = teamList(carol, {
       roomId,
-      room: "#team",
-      creator: "carol",
       version: 1,
-      members: [
-        { name: "alice", key: alice.spki, since: 1 },
-        { name: "bob", key: bob.spki, since: 1 },
-        { name: "carol", key: carol.spki, since: 1 },
-      ],
-    }, carol.privateKey);
+      members: [member("alice", alice), member("bob", bob), member("carol", carol)],
+    });
     await writeRoom(dir, list, carol.spki, { alice: 1, bob: next });
     const events: CoreEvent[] = [];
     const conn = fakeConnection("carol", carol.privateKey);
@@ -575,11 +697,7 @@ async function bobInRoom(
         testRooms("alice", alice.pem, dir, (n) => n === "carol" ? conn : undefined, (e) => {
           events.push(e);
         }),
-      byBob: (seq) =>
-        signMessage(
-          { roomId, room: "#team", author: "bob", seq, version: 1, text: `bob ${seq}` },
-          bob.privateKey,
-        ),
+      byBob: (seq) => teamMessage(bob, { roomId, author: "bob", seq, version: 1 }),
       carol: conn,
       events,
     });
@@ -592,7 +710,7 @@ Deno.test("A message a million ahead in its author's sequence waits like any gap
     await rooms.load();
     try {
       rooms.receive(carol, { op: "msg", m: byBob(1_000_002), fill: true });
-      await new Promise((resolve) => setTimeout(resolve, GAP_WAIT_MS + 500));
+      await sleep(GAP_WAIT_MS + 500);
       assert.deepEqual(events.map((e) => e.type === "room_gap" ? { ...e, missing: [] } : e), [
         { type: "room_gap", room: "#team", from: "bob", missing: [], count: 1_000_000 },
         {
@@ -641,24 +759,25 @@ Deno.test("A room whose held messages are at their bound does not count every he
     const [alice, carol, fake] = [keyPair(), keyPair(), keyPair()];
     const roomId = randomBytes(16).toString("hex");
     const authors = Array.from({ length: 17 }, (_, i) => `author-${String(i).padStart(2, "0")}`);
-    const list = signList({
+    const list = teamList(carol, {
       roomId,
-      room: "#team",
-      creator: "carol",
       version: 1,
       members: [
-        { name: "alice", key: alice.spki, since: 1 },
-        { name: "carol", key: carol.spki, since: 1 },
+        member("alice", alice),
+        member("carol", carol),
         ...authors.map((name) => ({ name, key: fake.spki, since: 1 })),
       ].sort((a, b) => a.name < b.name ? -1 : 1),
-    }, carol.privateKey);
+    });
     const chars = 8192;
     let reads = 0;
     const signed = (author: string, seq: number) => {
-      const m = signMessage(
-        { roomId, room: "#team", author, seq, version: 1, text: `${author} ${seq} `.padEnd(chars) },
-        fake.privateKey,
-      );
+      const m = teamMessage(fake, {
+        roomId,
+        author,
+        seq,
+        version: 1,
+        text: `${author} ${seq} `.padEnd(chars),
+      });
       const text = m.text;
       Object.defineProperty(m, "text", {
         enumerable: true,
@@ -674,17 +793,13 @@ Deno.test("A room whose held messages are at their bound does not count every he
       Array.from({ length: held }, (_, i) => signed(a, 2 + i))
     );
     const newcomer = signed(authors[16], 2);
-    const events: CoreEvent[] = [];
     const conn = fakeConnection("carol", carol.privateKey);
-    const rooms = testRooms(
-      "alice",
-      alice.pem,
+    await withRooms({
+      self: "alice",
+      keys: alice,
       dir,
-      (n) => n === "carol" ? conn : undefined,
-      (e) => events.push(e),
-    );
-    await rooms.load();
-    try {
+      peer: (n) => n === "carol" ? conn : undefined,
+    }, (rooms, events) => {
       for (const m of filling) rooms.receive(conn, { op: "msg", m, fill: true });
       reads = 0;
       rooms.receive(conn, { op: "msg", m: newcomer, fill: true });
@@ -699,9 +814,7 @@ Deno.test("A room whose held messages are at their bound does not count every he
         shown,
         Array.from({ length: held }, (_, i) => roomMessageId(roomId, authors[0], 1, 1 + i)),
       );
-    } finally {
-      await rooms.stop();
-    }
+    });
   });
 });
 
@@ -711,15 +824,14 @@ Deno.test("A member cannot put a re-invited member back into the room with an ol
     const roomId = roomIdFor("carol");
     const list = (version: number, members: RoomMember[]) =>
       signList({ roomId, room: "#team", creator: "carol", version, members }, carol.privateKey);
-    const c = { name: "carol", key: carol.spki, since: 1 };
+    const c = member("carol", carol);
     // Version 3 had dave and eve; carol removed both since, and now invites dave again.
-    const old = list(3, [c, { name: "dave", key: dave.spki, since: 2 }, {
+    const old = list(3, [c, member("dave", dave, 2), {
       name: "eve",
       key: eve.spki,
       since: 3,
     }]);
-    const current = list(7, [c, { name: "mallory", key: mallory.spki, since: 6 }]);
-    const events: CoreEvent[] = [];
+    const current = list(7, [c, member("mallory", mallory, 6)]);
     const conn = (name: string, publicKey?: KeyObject) =>
       ({
         name,
@@ -731,15 +843,12 @@ Deno.test("A member cannot put a re-invited member back into the room with an ol
       ["carol", conn("carol", createPublicKey(carol.privateKey))],
       ["mallory", conn("mallory")],
     ]);
-    const rooms = testRooms(
-      "dave",
-      dave.pem,
+    await withRooms({
+      self: "dave",
+      keys: dave,
       dir,
-      (name) => connections.get(name),
-      (e) => events.push(e),
-    );
-    await rooms.load();
-    try {
+      peer: (name) => connections.get(name),
+    }, (rooms, events) => {
       rooms.receive(connections.get("carol")!, { op: "invite", list: current });
       assert.deepEqual(events, [{ type: "room_invite", room: "#team", from: "carol" }]);
       events.length = 0;
@@ -752,9 +861,7 @@ Deno.test("A member cannot put a re-invited member back into the room with an ol
       }]);
       assert.equal(rooms.has("#team"), false);
       assert.deepEqual(rooms.list().invitations, ["#team"]);
-    } finally {
-      await rooms.stop();
-    }
+    });
   });
 });
 
@@ -767,7 +874,7 @@ Deno.test("A join and a decline of one room invitation exclude each other: the s
         { roomId: ids.get(room)!, room, creator: "carol", version, members },
         carol.privateKey,
       );
-    const c = { name: "carol", key: carol.spki, since: 1 };
+    const c = member("carol", carol);
     const frames: string[] = [];
     const conn = () =>
       ({
@@ -800,7 +907,7 @@ Deno.test("A join and a decline of one room invitation exclude each other: the s
       assert.deepEqual(frames, ["join"]);
       rooms.receive(connection, {
         op: "list",
-        list: list("#team", 2, [c, { name: "dave", key: dave.spki, since: 2 }]),
+        list: list("#team", 2, [c, member("dave", dave, 2)]),
       });
       assert.equal(rooms.has("#team"), true);
 
@@ -909,13 +1016,11 @@ Deno.test("Room invitations kept by the last run come back bounded (expired, mal
       );
       // carol offers it again at her hello: told now, and not shown.
       connected = true;
-      const list = signList({
+      const list = teamList(carol, {
         roomId: team.roomId,
-        room: "#team",
-        creator: "carol",
         version: 1,
-        members: [{ name: "carol", key: carol.spki, since: 1 }],
-      }, carol.privateKey);
+        members: [member("carol", carol)],
+      });
       rooms.receive(conn, { op: "invite", list });
       assert.deepEqual(frames, ["leave"]);
       assert.deepEqual(events.filter((e) => e.type === "room_invite" && e.room === "#team"), []);
@@ -929,10 +1034,7 @@ Deno.test("Room invitations kept by the last run come back bounded (expired, mal
         room: "#side",
         creator: "carol",
         version: 2,
-        members: [
-          { name: "carol", key: carol.spki, since: 1 },
-          { name: "dave", key: dave.spki, since: 2 },
-        ],
+        members: [member("carol", carol), member("dave", dave, 2)],
       }, carol.privateKey);
       rooms.receive(fakeConnection("mallory", generateKeyPairSync("ed25519").privateKey), {
         op: "list",
@@ -978,7 +1080,8 @@ interface Link {
  * carol, creator of #team (erin in it), and dave, two Rooms cores over connections that pass
  * each frame to the other side: `connect()` makes a new connection (both hellos), `disconnect()`
  * ends it, `lose(NAME)` loses what NAME sends meanwhile (`lose()`: none), `restartDave()` starts dave again from his
- * home (`daveHome`). `sent` lists the ops dave sent carol.
+ * home (`daveHome`), `joinWhoseListIsLost()` has dave join with carol's answer lost. `sent` lists
+ * the ops dave sent carol.
  */
 async function carolAndDave(
   fn: (v: {
@@ -989,6 +1092,8 @@ async function carolAndDave(
     disconnect(): void;
     lose(sender?: "carol" | "dave"): void;
     restartDave(): Promise<void>;
+    /** dave joins #team; carol takes it, and her list is lost with the connection. */
+    joinWhoseListIsLost(): Promise<void>;
     daveHome: string;
     sent: string[];
     events: { carol: CoreEvent[]; dave: CoreEvent[] };
@@ -1075,6 +1180,13 @@ async function carolAndDave(
           await dave.stop();
           dave = await open("dave", daveKeys.pem);
         },
+        joinWhoseListIsLost: async () => {
+          lost = "carol";
+          dave.join("#team", "carol");
+          await settle();
+          link = undefined;
+          lost = undefined;
+        },
         daveHome: join(dir, "dave"),
         sent,
         events,
@@ -1092,25 +1204,12 @@ for (const meanwhile of ["the connection ends", "dave restarts"]) {
   Deno.test(`A room invitation declined while its creator is away reaches her at her next hello even when she took the join whose list was lost (${meanwhile}): she removes the decliner, and him alone, as one who left`, async () => {
     await carolAndDave(async (v) => {
       // dave joins; carol takes it, and her list is lost with the connection.
-      v.lose("carol");
-      v.dave().join("#team", "carol");
-      await new Promise((r) => setTimeout(r, 20));
-      v.disconnect();
-      v.lose();
+      await v.joinWhoseListIsLost();
       assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "dave", "erin"]);
       if (meanwhile === "dave restarts") await v.restartDave();
       assert.deepEqual(v.dave().decline("#team", "carol"), { from: "carol", told: false });
       // Only from its creator: a member's state of carol's room does not draw the decline out.
-      const mallory: string[] = [];
-      v.dave().receive(
-        {
-          name: "mallory",
-          rooms: true,
-          sendRoom: (f: { op: string }) => mallory.push(f.op) > 0,
-        } as unknown as PeerConnection,
-        { op: "state", roomId: v.roomId, version: 3, seen: {} },
-      );
-      assert.deepEqual(mallory, []);
+      assert.deepEqual(answersToState(v.dave(), "mallory", v.roomId), []);
       v.sent.length = 0;
       // carol is back: at her hello she sends dave, a member to her, the room's state; dave
       // answers with the decline, and she removes him as one who left.
@@ -1118,12 +1217,7 @@ for (const meanwhile of ["the connection ends", "dave restarts"]) {
       assert.deepEqual(v.sent, ["leave"]);
       assert.equal(v.dave().has("#team"), false);
       assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "erin"]);
-      assert.deepEqual(
-        v.events.carol.filter((e) => e.type === "room_member" && e.name === "dave").map((e) =>
-          e.type === "room_member" && e.change
-        ),
-        ["joined", "left"],
-      );
+      assert.deepEqual(memberChanges(v.events.carol, "dave"), ["joined", "left"]);
       // Told once: the next connection sends nothing, and the decline is kept as told.
       v.sent.length = 0;
       v.disconnect();
@@ -1139,23 +1233,19 @@ for (const meanwhile of ["the connection ends", "dave restarts"]) {
 
 Deno.test("A room invitation declined to its creator, who took the join whose list was lost, is told again when the leave is lost too: at her next hello she counts the decliner a member no longer", async () => {
   await carolAndDave(async (v) => {
-    v.lose("carol");
-    v.dave().join("#team", "carol");
-    await new Promise((r) => setTimeout(r, 20));
-    v.disconnect();
-    v.lose();
+    await v.joinWhoseListIsLost();
     await v.connect();
     assert.equal(v.dave().has("#team"), true);
     await v.dave().leave("#team");
-    await new Promise((r) => setTimeout(r, 20));
+    await sleep(20);
     assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "erin"]);
     // Invited again; the join is taken and its list lost, then the decline, sent on the
     // connection, is lost with it.
     await v.carol.invite("#team", "dave");
-    await new Promise((r) => setTimeout(r, 20));
+    await sleep(20);
     v.lose("carol");
     v.dave().join("#team", "carol");
-    await new Promise((r) => setTimeout(r, 20));
+    await sleep(20);
     v.disconnect();
     await v.connect();
     v.lose("dave");
@@ -1173,11 +1263,7 @@ Deno.test("A room invitation declined to its creator, who took the join whose li
 
 Deno.test("A join its creator took, whose list was lost with the connection, is asked again at her next hello and puts the joiner in the room", async () => {
   await carolAndDave(async (v) => {
-    v.lose("carol");
-    v.dave().join("#team", "carol");
-    await new Promise((r) => setTimeout(r, 20));
-    v.disconnect();
-    v.lose();
+    await v.joinWhoseListIsLost();
     v.sent.length = 0;
     await v.connect();
     assert.deepEqual(v.sent.slice(0, 1), ["join"]);
@@ -1189,11 +1275,7 @@ Deno.test("A join its creator took, whose list was lost with the connection, is 
 
 Deno.test("A join its creator took, whose list was lost, is asked again at her next hello after the joiner restarts too: he is in the room, not left with an invitation that expires while she counts him in", async () => {
   await carolAndDave(async (v) => {
-    v.lose("carol");
-    v.dave().join("#team", "carol");
-    await new Promise((r) => setTimeout(r, 20));
-    v.disconnect();
-    v.lose();
+    await v.joinWhoseListIsLost();
     assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "dave", "erin"]);
     await v.restartDave();
     // Restored and shown again; carol's state at her hello draws the join kept out again.
@@ -1211,11 +1293,7 @@ Deno.test("A waiting invitation whose join its creator took, kept by the version
   // Nearly 30 days old, and no `joined`: her state resets its clock, and it still waits to be
   // joined or declined (no join sent: nothing says he joined it).
   await carolAndDave(async (v) => {
-    v.lose("carol");
-    v.dave().join("#team", "carol");
-    await new Promise((r) => setTimeout(r, 20));
-    v.disconnect();
-    v.lose();
+    await v.joinWhoseListIsLost();
     await v.dave().stop();
     const file = join(v.daveHome, "room-invitations.json");
     const kept = JSON.parse(await Deno.readTextFile(file));
@@ -1238,7 +1316,7 @@ Deno.test("A waiting invitation whose join its creator took, kept by the version
     const link = await v.connect();
     v.sent.length = 0;
     v.dave().receive(link.toCarol, { op: "state", roomId: v.roomId, version: 3, seen: {} });
-    await new Promise((r) => setTimeout(r, 20));
+    await sleep(20);
     assert.deepEqual(v.sent, []);
     assert.equal(v.dave().has("#team"), false);
   });
@@ -1248,7 +1326,7 @@ for (const how of ["carol is away", "the leave is lost with the connection", "da
   Deno.test(`A member who leaves a room when ${how} is told to its creator at her next hello: she removes him, and him alone, as one who left`, async () => {
     await carolAndDave(async (v) => {
       v.dave().join("#team", "carol");
-      await new Promise((r) => setTimeout(r, 20));
+      await sleep(20);
       assert.deepEqual(membersOf(v.dave(), "#team"), ["carol", "dave", "erin"]);
       if (how === "the leave is lost with the connection") v.lose("dave");
       else v.disconnect();
@@ -1273,26 +1351,12 @@ for (const how of ["carol is away", "the leave is lost with the connection", "da
       // Not told yet: carol's automatic invitation (hers sorts first) is accepted at once.
       assert.equal(v.dave().invited("carol"), how !== "the leave is lost with the connection");
       // Only to its creator: a member's state of carol's room does not draw the leave out.
-      const mallory: string[] = [];
-      v.dave().receive(
-        {
-          name: "mallory",
-          rooms: true,
-          sendRoom: (f: { op: string }) => mallory.push(f.op) > 0,
-        } as unknown as PeerConnection,
-        { op: "state", roomId: v.roomId, version: 3, seen: {} },
-      );
-      assert.deepEqual(mallory, []);
+      assert.deepEqual(answersToState(v.dave(), "mallory", v.roomId), []);
       v.sent.length = 0;
       await v.connect();
       assert.deepEqual(v.sent, ["leave"]);
       assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "erin"]);
-      assert.deepEqual(
-        v.events.carol.filter((e) => e.type === "room_member" && e.name === "dave").map((e) =>
-          e.type === "room_member" && e.change
-        ),
-        ["joined", "left"],
-      );
+      assert.deepEqual(memberChanges(v.events.carol, "dave"), ["joined", "left"]);
       assert.equal(v.dave().invited("carol"), false);
       // Told once: she counts him out, and the next connection, after a restart too, sends nothing.
       v.disconnect();
@@ -1308,18 +1372,14 @@ for (const how of ["carol is away", "the leave is lost with the connection", "da
 Deno.test("A member who left a room, is invited again and joins, whose list is lost, is asked in again at the creator's next hello: the leave of before is not told", async () => {
   await carolAndDave(async (v) => {
     v.dave().join("#team", "carol");
-    await new Promise((r) => setTimeout(r, 20));
+    await sleep(20);
     v.disconnect();
     await v.dave().leave("#team");
     await v.connect();
     assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "erin"]);
     await v.carol.invite("#team", "dave");
-    await new Promise((r) => setTimeout(r, 20));
-    v.lose("carol");
-    v.dave().join("#team", "carol");
-    await new Promise((r) => setTimeout(r, 20));
-    v.disconnect();
-    v.lose();
+    await sleep(20);
+    await v.joinWhoseListIsLost();
     await v.restartDave();
     v.sent.length = 0;
     await v.connect();
@@ -1334,16 +1394,11 @@ Deno.test("A member whose name sorts before the creator's, who left while she wa
     const alice = keyPair();
     const carol = keyPair();
     const roomId = roomIdFor("carol");
-    const list = signList({
+    const list = teamList(carol, {
       roomId,
-      room: "#team",
-      creator: "carol",
       version: 2,
-      members: [
-        { name: "alice", key: alice.spki, since: 2 },
-        { name: "carol", key: carol.spki, since: 1 },
-      ],
-    }, carol.privateKey);
+      members: [member("alice", alice, 2), member("carol", carol)],
+    });
     await Deno.mkdir(join(dir, "rooms"));
     await writeRoom(join(dir, "rooms"), list, carol.spki, {});
     const invited: string[] = [];
@@ -1363,7 +1418,7 @@ Deno.test("A member whose name sorts before the creator's, who left while she wa
       await rooms.leave("#team");
       invited.length = 0;
       // Invited again as the dial backs off (2 s), as a co-member would be.
-      await new Promise((r) => setTimeout(r, 2_100));
+      await sleep(2_100);
       assert.deepEqual(invited, ["carol"]);
       await rooms.stop();
       invited.length = 0;
@@ -1392,7 +1447,7 @@ Deno.test("A member whose name sorts before the creator's, who left while she wa
 Deno.test("Only a leave kept is told: a room file skipped at start, or one back because the client was killed before it was forgotten, sends no leave, and joining again drops the leave kept", async () => {
   await carolAndDave(async (v) => {
     v.dave().join("#team", "carol");
-    await new Promise((r) => setTimeout(r, 20));
+    await sleep(20);
     v.disconnect();
     const file = join(v.daveHome, "rooms", `${v.roomId}.json`);
     const saved = await Deno.readTextFile(file);
@@ -1418,12 +1473,12 @@ Deno.test("Only a leave kept is told: a room file skipped at start, or one back 
     assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "dave", "erin"]);
     // Left and told, invited and in again: a later skipped file does not tell the old leave.
     await v.dave().leave("#team");
-    await new Promise((r) => setTimeout(r, 20));
+    await sleep(20);
     assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "erin"]);
     await v.carol.invite("#team", "dave");
-    await new Promise((r) => setTimeout(r, 20));
+    await sleep(20);
     v.dave().join("#team", "carol");
-    await new Promise((r) => setTimeout(r, 20));
+    await sleep(20);
     assert.equal(v.dave().has("#team"), true);
     v.disconnect();
     await v.dave().stop();
@@ -1438,58 +1493,33 @@ Deno.test("Only a leave kept is told: a room file skipped at start, or one back 
 
 Deno.test("A member list that adds a removed member back with the since of his old membership is refused, so his old messages never come back as new", async () => {
   await withTempDir(async (dir) => {
-    const [alice, bob, carol] = [0, 1, 2].map(() => generateKeyPairSync("ed25519"));
+    const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
     const roomId = randomBytes(16).toString("hex");
     const members = (withBob: boolean): RoomMember[] => [
-      { name: "alice", key: spkiOf(alice.publicKey), since: 1 },
-      ...(withBob ? [{ name: "bob", key: spkiOf(bob.publicKey), since: 2 }] : []),
-      { name: "carol", key: spkiOf(carol.publicKey), since: 1 },
+      member("alice", alice),
+      ...(withBob ? [member("bob", bob, 2)] : []),
+      member("carol", carol),
     ];
     const list = (version: number, withBob: boolean) =>
-      signList(
-        { roomId, room: "#team", creator: "carol", version, members: members(withBob) },
-        carol.privateKey,
-      );
-    await Deno.writeTextFile(
-      join(dir, `${roomId}.json`),
-      JSON.stringify({
-        v: 1,
-        list: list(2, true),
-        creatorKey: spkiOf(carol.publicKey),
-        seq: 0,
-        next: { bob: 1 },
-      }),
-    );
-    const events: CoreEvent[] = [];
+      teamList(carol, { roomId, version, members: members(withBob) });
+    await writeRoom(dir, list(2, true), carol.spki, { bob: 1 });
     const conns: Record<string, PeerConnection> = {
       bob: fakeConnection("bob", bob.privateKey),
       carol: fakeConnection("carol", carol.privateKey),
     };
-    const rooms = new Rooms({
+    await withRooms({
       self: "alice",
-      privateKey: () => alice.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
-      peer: (n: string) => conns[n],
-      pinned: () => undefined,
-      invite: () => Promise.resolve(),
-      accept: () => Promise.resolve(),
-      invitations: () => [],
-      emit: (e: CoreEvent) => events.push(e),
-      history: { roomMessage() {} } as unknown as History,
+      keys: alice,
       dir,
-    } as never);
-    await rooms.load();
-    try {
-      const old = signMessage(
-        {
-          roomId,
-          room: "#team",
-          author: "bob",
-          seq: 1,
-          version: 2,
-          text: "I agree to pay 100 EUR",
-        },
-        bob.privateKey,
-      );
+      peer: (n: string) => conns[n],
+    }, (rooms, events) => {
+      const old = teamMessage(bob, {
+        roomId,
+        author: "bob",
+        seq: 1,
+        version: 2,
+        text: "I agree to pay 100 EUR",
+      });
       rooms.receive(conns.bob, { op: "msg", m: old });
       // Carol removes bob (v3), then adds him back (v4) with his old since, 2.
       rooms.receive(conns.carol, { op: "list", list: list(3, false) });
@@ -1509,51 +1539,33 @@ Deno.test("A member list that adds a removed member back with the since of his o
         JSON.stringify(events),
       );
       assert.deepEqual(membersOf(rooms, "#team"), ["alice", "carol"]);
-    } finally {
-      await rooms.stop();
-    }
+    });
   });
 });
 
 Deno.test("A creator who never answers a join cannot keep Decline refused by sending the room's state after each wait: the join goes again once, not under way, and Decline wins", async () => {
   await withTempDir(async (dir) => {
-    const [alice, carol] = [0, 1].map(() => generateKeyPairSync("ed25519"));
+    const [alice, carol] = [keyPair(), keyPair()];
     const roomId = roomIdFor("carol");
-    const list = signList({
-      roomId,
-      room: "#team",
-      creator: "carol",
-      version: 1,
-      members: [{ name: "carol", key: spkiOf(carol.publicKey), since: 1 }],
-    }, carol.privateKey);
+    const list = teamList(carol, { roomId, version: 1, members: [member("carol", carol)] });
     const sent: string[] = [];
-    const conn = {
-      name: "carol",
-      rooms: true,
-      certificate: { x509: { publicKey: carol.publicKey } },
-      sendRoom: (f: { op: string }) => sent.push(f.op) > 0,
-    } as unknown as PeerConnection;
+    const conn = fakeConnection("carol", carol.privateKey, (f) => sent.push(f.op) > 0);
     const events: CoreEvent[] = [];
-    const rooms = new Rooms({
-      self: "alice",
-      privateKey: () => alice.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
-      peer: (n: string) => n === "carol" ? conn : undefined,
-      pinned: () => undefined,
-      invite: () => Promise.resolve(),
-      accept: () => Promise.resolve(),
-      invitations: () => [],
-      emit: (e: CoreEvent) => events.push(e),
-      history: { roomMessage() {} } as unknown as History,
-      dir: join(dir, "rooms"),
-      invitationsFile: join(dir, "room-invitations.json"),
-    } as never);
+    const rooms = testRooms(
+      "alice",
+      alice.pem,
+      join(dir, "rooms"),
+      (n) => n === "carol" ? conn : undefined,
+      (e) => events.push(e),
+      { invitationsFile: join(dir, "room-invitations.json") },
+    );
     await rooms.load();
     rooms.start();
     try {
       rooms.receive(conn, { op: "invite", list });
       rooms.join("#team", "carol");
       // Carol never answers; after JOIN_WAIT_MS the warning says Decline works now...
-      await new Promise((r) => setTimeout(r, JOIN_WAIT_MS + 200));
+      await sleep(JOIN_WAIT_MS + 200);
       assert.ok(events.some((e) => e.type === "warning" && /did not answer/.test(e.message)));
       // ...but carol sends the room's state (as to a member) just before alice presses Decline.
       rooms.receive(conn, { op: "state", roomId, version: 1, seen: {} });
@@ -1574,39 +1586,22 @@ Deno.test("A creator who never answers a join cannot keep Decline refused by sen
 
 Deno.test("A member who left while the creator was away stops inviting her, and accepting her invitations, once connected to her, though she never sends the room's state (she removed him, or is hostile)", async () => {
   await withTempDir(async (dir) => {
-    const alice = generateKeyPairSync("ed25519");
-    const carol = generateKeyPairSync("ed25519");
+    const alice = keyPair();
+    const carol = keyPair();
     const roomId = roomIdFor("carol");
-    const list = signList({
+    const list = teamList(carol, {
       roomId,
-      room: "#team",
-      creator: "carol",
       version: 2,
-      members: [
-        { name: "alice", key: spkiOf(alice.publicKey), since: 2 },
-        { name: "carol", key: spkiOf(carol.publicKey), since: 1 },
-      ],
-    }, carol.privateKey);
+      members: [member("alice", alice, 2), member("carol", carol)],
+    });
     await Deno.mkdir(join(dir, "rooms"));
-    await Deno.writeTextFile(
-      join(dir, "rooms", `${roomId}.json`),
-      JSON.stringify({ v: 1, list, creatorKey: spkiOf(carol.publicKey), seq: 0, next: {} }),
-    );
+    await writeRoom(join(dir, "rooms"), list, carol.spki, {});
     const invited: string[] = [];
     let conn: PeerConnection | undefined;
-    const rooms = new Rooms({
-      self: "alice",
-      privateKey: () => alice.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
-      peer: () => conn,
-      pinned: () => undefined,
-      invite: (name: string) => Promise.resolve(invited.push(name)),
-      accept: () => Promise.resolve(),
-      invitations: () => [],
-      emit: () => {},
-      history: { roomMessage() {} } as unknown as History,
-      dir: join(dir, "rooms"),
+    const rooms = testRooms("alice", alice.pem, join(dir, "rooms"), () => conn, () => {}, {
+      invite: (name) => Promise.resolve(invited.push(name)),
       invitationsFile: join(dir, "room-invitations.json"),
-    } as never);
+    });
     await rooms.load();
     rooms.start();
     try {
@@ -1615,12 +1610,12 @@ Deno.test("A member who left while the creator was away stops inviting her, and 
       // brings no state of #team, since alice is not a member on her side.
       conn = { name: "carol", rooms: true, sendRoom: () => true } as unknown as PeerConnection;
       rooms.hello(conn);
-      await new Promise((r) => setTimeout(r, 100));
+      await sleep(100);
       conn = undefined;
       rooms.disconnected("carol");
       invited.length = 0;
       // Dialled again and again (2 s, 4 s, ... 60 s, for 30 days, across restarts).
-      await new Promise((r) => setTimeout(r, 2_200));
+      await sleep(2_200);
       assert.deepEqual(invited, [], "alice keeps inviting carol about a room she left");
       assert.equal(rooms.invited("carol"), false, "carol's invitations accepted unasked");
     } finally {
@@ -1635,46 +1630,28 @@ Deno.test("A member who left while the creator was away stops inviting her, and 
  * message, signed under version 2 (after alice joined), and `events` what she emitted.
  */
 async function newcomerAlice(dir: string) {
-  const [alice, bob, carol] = [0, 1, 2].map(() => generateKeyPairSync("ed25519"));
+  const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
   const roomId = randomBytes(16).toString("hex");
-  const list = signList({
+  const list = teamList(carol, {
     roomId,
-    room: "#team",
-    creator: "carol",
     version: 2,
-    members: [
-      { name: "alice", key: spkiOf(alice.publicKey), since: 2 },
-      { name: "bob", key: spkiOf(bob.publicKey), since: 1 },
-      { name: "carol", key: spkiOf(carol.publicKey), since: 1 },
-    ],
-  }, carol.privateKey);
-  await Deno.writeTextFile(
-    join(dir, `${roomId}.json`),
-    JSON.stringify({ v: 1, list, creatorKey: spkiOf(carol.publicKey), seq: 0, next: {} }),
-  );
+    members: [member("alice", alice, 2), member("bob", bob), member("carol", carol)],
+  });
+  await writeRoom(dir, list, carol.spki, {});
   const events: CoreEvent[] = [];
   const carolConn = fakeConnection("carol", carol.privateKey);
   const open = async () => {
-    const rooms = new Rooms({
-      self: "alice",
-      privateKey: () => alice.privateKey.export({ type: "pkcs8", format: "pem" }) as string,
-      peer: (n: string) => n === "carol" ? carolConn : undefined,
-      pinned: () => undefined,
-      invite: () => Promise.resolve(),
-      accept: () => Promise.resolve(),
-      invitations: () => [],
-      emit: (e: CoreEvent) => events.push(e),
-      history: { roomMessage() {} } as unknown as History,
+    const rooms = testRooms(
+      "alice",
+      alice.pem,
       dir,
-    } as never);
+      (n) => n === "carol" ? carolConn : undefined,
+      (e) => events.push(e),
+    );
     await rooms.load();
     return rooms;
   };
-  const msg = (seq: number) =>
-    signMessage(
-      { roomId, room: "#team", author: "bob", seq, version: 2, text: `bob ${seq}` },
-      bob.privateKey,
-    );
+  const msg = (seq: number) => teamMessage(bob, { roomId, author: "bob", seq, version: 2 });
   return { events, carolConn, open, msg };
 }
 
@@ -1684,7 +1661,7 @@ Deno.test("A message written since the newcomer joined, withheld past the take-u
     let rooms = await open();
     try {
       rooms.receive(carolConn, { op: "msg", m: msg(12) }); // carol withholds 10 and 11
-      await new Promise((r) => setTimeout(r, GAP_WAIT_MS + 200));
+      await sleep(GAP_WAIT_MS + 200);
       assert.deepEqual(events.filter((e) => e.type === "room_message").map((e) => e.text), [
         "bob 12",
       ]);
@@ -1692,7 +1669,7 @@ Deno.test("A message written since the newcomer joined, withheld past the take-u
       rooms = await open();
       events.length = 0;
       rooms.receive(carolConn, { op: "msg", m: msg(10) }); // signed since alice joined
-      await new Promise((r) => setTimeout(r, GAP_WAIT_MS + 200));
+      await sleep(GAP_WAIT_MS + 200);
       assert.deepEqual(
         events.map((e) =>
           e.type === "room_message"
@@ -1724,7 +1701,7 @@ Deno.test("A message shown just below where its author was taken up (after his l
     const rooms = await open();
     try {
       rooms.receive(carolConn, { op: "msg", m: msg(12) }); // carol withholds 11
-      await new Promise((r) => setTimeout(r, GAP_WAIT_MS + 200));
+      await sleep(GAP_WAIT_MS + 200);
       events.length = 0;
       rooms.receive(carolConn, { op: "msg", m: msg(11) });
       const shown = events.find((e) => e.type === "room_message");
@@ -1740,11 +1717,7 @@ Deno.test("A message shown just below where its author was taken up (after his l
 
 Deno.test("A join its creator took is her to answer for JOIN_KEEP_MS only: her state later does not put the joiner in the room, and the invitation waits to be joined again or declined", async () => {
   await carolAndDave(async (v) => {
-    v.lose("carol");
-    v.dave().join("#team", "carol");
-    await new Promise((r) => setTimeout(r, 20));
-    v.disconnect();
-    v.lose();
+    await v.joinWhoseListIsLost();
     await v.dave().stop();
     const file = join(v.daveHome, "room-invitations.json");
     const kept = JSON.parse(await Deno.readTextFile(file));
@@ -1794,10 +1767,7 @@ Deno.test("A creator answers the state of each of 21 rooms a member sends at hel
         room: `#room${i}`,
         creator: "alice",
         version: 3,
-        members: [
-          { name: "alice", key: alice.spki, since: 1 },
-          { name: "bob", key: bob.spki, since: 1 },
-        ],
+        members: [member("alice", alice), member("bob", bob)],
         change: { name: "dave", change: "removed" },
       }, alice.privateKey);
       v2.push(list);
@@ -1808,16 +1778,12 @@ Deno.test("A creator answers the state of each of 21 rooms a member sends at hel
       if (body.op === "list") lists.push(body.list.room);
       return true;
     });
-    const events: CoreEvent[] = [];
-    const rooms = testRooms(
-      "alice",
-      alice.pem,
+    await withRooms({
+      self: "alice",
+      keys: alice,
       dir,
-      (n) => n === "bob" ? bobConn : undefined,
-      (e) => events.push(e),
-    );
-    await rooms.load();
-    try {
+      peer: (n) => n === "bob" ? bobConn : undefined,
+    }, async (rooms) => {
       // Bob's hello: the state of each room he holds, at version 2 (dave still in).
       for (const l of v2) {
         rooms.receive(bobConn, { op: "state", roomId: l.roomId, version: 2, seen: {} });
@@ -1830,9 +1796,7 @@ Deno.test("A creator answers the state of each of 21 rooms a member sends at hel
         rooms.receive(bobConn, { op: "state", roomId: v2[0].roomId, version: 2, seen: {} });
       }
       assert.equal(lists.length, 20);
-    } finally {
-      await rooms.stop();
-    }
+    });
   });
 });
 
@@ -1841,17 +1805,11 @@ Deno.test("A creator answers the state of each of 21 rooms a member sends at hel
 Deno.test("A room message is not sent to a connection whose key is not the member's key in the creator's list, and alice is told so once", async () => {
   await withTempDir(async (dir) => {
     const [alice, carol, dave, mallory] = [keyPair(), keyPair(), keyPair(), keyPair()];
-    const list = signList({
+    const list = teamList(carol, {
       roomId: roomIdFor("carol"),
-      room: "#team",
-      creator: "carol",
       version: 2,
-      members: [
-        { name: "alice", key: alice.spki, since: 1 },
-        { name: "carol", key: carol.spki, since: 1 },
-        { name: "dave", key: dave.spki, since: 2 },
-      ],
-    }, carol.privateKey);
+      members: [member("alice", alice), member("carol", carol), member("dave", dave, 2)],
+    });
     await writeRoom(dir, list, carol.spki, { alice: 1, carol: 1, dave: 1 });
     const got: string[] = [];
     // "dave" as the CA certified him to mallory: her key.
@@ -1864,19 +1822,15 @@ Deno.test("A room message is not sent to a connection whose key is not the membe
         return true;
       },
     } as unknown as PeerConnection;
-    const events: CoreEvent[] = [];
-    const rooms = testRooms(
-      "alice",
-      alice.pem,
+    await withRooms({
+      self: "alice",
+      keys: alice,
       dir,
-      (n) => n === "dave" ? fakeDave : undefined,
-      (e) => events.push(e),
-    );
-    await rooms.load();
-    try {
+      peer: (n) => n === "dave" ? fakeDave : undefined,
+    }, async (rooms, events) => {
       rooms.send("#team", "the launch code is 1234");
       rooms.send("#team", "and the door code is 5678");
-      await new Promise((r) => setTimeout(r, 50));
+      await sleep(50);
       assert.deepEqual(got, [], "sent to a key the creator's list does not give dave");
       // Nor does it answer her state or want.
       rooms.receive(fakeDave, { op: "state", roomId: list.roomId, version: 2, seen: {} });
@@ -1888,27 +1842,23 @@ Deno.test("A room message is not sent to a connection whose key is not the membe
           '"dave": nothing of #team goes to it or is taken from it (/room members #team shows ' +
           "the listed key's fingerprint)",
       }]);
-    } finally {
-      await rooms.stop();
-    }
+    });
   });
 });
 
 Deno.test("A room message goes through the mailbox only to members whose pinned key is the one the creator's list gives them", async () => {
   await withTempDir(async (dir) => {
     const [alice, bob, carol, dave, erin] = [keyPair(), keyPair(), keyPair(), keyPair(), keyPair()];
-    const list = signList({
+    const list = teamList(carol, {
       roomId: roomIdFor("carol"),
-      room: "#team",
-      creator: "carol",
       version: 2,
       members: [
-        { name: "alice", key: alice.spki, since: 1 },
-        { name: "bob", key: bob.spki, since: 1 },
-        { name: "carol", key: carol.spki, since: 1 },
-        { name: "dave", key: dave.spki, since: 2 },
+        member("alice", alice),
+        member("bob", bob),
+        member("carol", carol),
+        member("dave", dave, 2),
       ],
-    }, carol.privateKey);
+    });
     await writeRoom(dir, list, carol.spki, { alice: 1, bob: 1, carol: 1, dave: 1 });
     // bob and carol met (pinned as listed); dave never: the mailbox would pin whatever key the
     // CA gives for "dave". erin's key is pinned for carol (the CA's, not the list's).
@@ -1917,75 +1867,57 @@ Deno.test("A room message goes through the mailbox only to members whose pinned 
       carol: keyFingerprintOf(erin.spki),
     };
     const mailed: string[] = [];
-    const rooms = new Rooms({
+    await withRooms({
       self: "alice",
-      privateKey: () => alice.pem,
+      keys: alice,
+      dir,
       peer: () => undefined,
       pinned: (n) => pins[n],
-      invite: () => Promise.resolve(),
-      accept: () => Promise.resolve(),
-      invitations: () => [],
-      emit: () => {},
       mailbox: (name) => mailed.push(name),
-      history: { roomMessage() {} } as unknown as History,
-      dir,
-    });
-    await rooms.load();
-    try {
+    }, async (rooms) => {
       rooms.send("#team", "for the ones we know");
       await sleep(50);
       assert.deepEqual(mailed, ["bob"]);
-    } finally {
-      await rooms.stop();
-    }
+    });
   });
 });
 
 Deno.test("A creator does not take a member's leave from a connection whose key is not the one her list gives that member", async () => {
   await withTempDir(async (dir) => {
     const [alice, dave, mallory] = [keyPair(), keyPair(), keyPair()];
-    const list = signList({
+    const list = teamList(alice, {
       roomId: roomIdFor("alice"),
-      room: "#team",
-      creator: "alice",
       version: 2,
-      members: [
-        { name: "alice", key: alice.spki, since: 1 },
-        { name: "dave", key: dave.spki, since: 2 },
-      ],
-    }, alice.privateKey);
+      creator: "alice",
+      members: [member("alice", alice), member("dave", dave, 2)],
+    });
     await writeRoom(dir, list, alice.spki, { alice: 1, dave: 1 });
     const fakeDave = fakeConnection("dave", mallory.privateKey);
-    const events: CoreEvent[] = [];
-    const rooms = testRooms("alice", alice.pem, dir, () => undefined, (e) => events.push(e));
-    await rooms.load();
-    try {
+    await withRooms({
+      self: "alice",
+      keys: alice,
+      dir,
+      peer: () => undefined,
+    }, (rooms, events) => {
       rooms.receive(fakeDave, { op: "leave", roomId: list.roomId });
       assert.equal(rooms.isMember("#team", "dave"), true);
       assert.deepEqual(events.map((e) => e.type), ["warning"]);
       // dave himself may leave.
       rooms.receive(fakeConnection("dave", dave.privateKey), { op: "leave", roomId: list.roomId });
       assert.equal(rooms.isMember("#team", "dave"), false);
-    } finally {
-      await rooms.stop();
-    }
+    });
   });
 });
 
 Deno.test("A creator sends her member list only to a connection whose key is one her lists give that name", async () => {
   await withTempDir(async (dir) => {
     const [alice, bob, dave, mallory] = [keyPair(), keyPair(), keyPair(), keyPair()];
-    const list = signList({
+    const list = teamList(alice, {
       roomId: roomIdFor("alice"),
-      room: "#team",
-      creator: "alice",
       version: 2,
-      members: [
-        { name: "alice", key: alice.spki, since: 1 },
-        { name: "bob", key: bob.spki, since: 1 },
-        { name: "dave", key: dave.spki, since: 2 },
-      ],
-    }, alice.privateKey);
+      creator: "alice",
+      members: [member("alice", alice), member("bob", bob), member("dave", dave, 2)],
+    });
     await writeRoom(dir, list, alice.spki, { alice: 1, bob: 1, dave: 1 });
     const lists: string[] = [];
     const connection = (name: string, key: KeyObject, as: string) =>
@@ -1998,9 +1930,12 @@ Deno.test("A creator sends her member list only to a connection whose key is one
       ["bob", connection("bob", bob.privateKey, "bob")],
       ["dave", connection("dave", mallory.privateKey, "mallory as dave")],
     ]);
-    const rooms = testRooms("alice", alice.pem, dir, (n) => connections.get(n), () => {});
-    await rooms.load();
-    try {
+    await withRooms({
+      self: "alice",
+      keys: alice,
+      dir,
+      peer: (n) => connections.get(n),
+    }, async (rooms) => {
       // Its join, as a member's whose answering list was lost: no list.
       rooms.receive(connections.get("dave")!, { op: "join", roomId: list.roomId });
       // A new list (bob removed): to bob, the one removed, not to the other key.
@@ -2011,9 +1946,7 @@ Deno.test("A creator sends her member list only to a connection whose key is one
       connections.set("dave", realDave);
       rooms.receive(realDave, { op: "join", roomId: list.roomId });
       assert.deepEqual(lists, ["bob", "dave"]);
-    } finally {
-      await rooms.stop();
-    }
+    });
   });
 });
 
@@ -2025,16 +1958,11 @@ Deno.test("A member added back with a new since numbers his messages from 1 agai
     const [bob, carol] = [keyPair(), keyPair()];
     const roomId = roomIdFor("carol");
     const listAt = (version: number, bobSince: number) =>
-      signList({
+      teamList(carol, {
         roomId,
-        room: "#team",
-        creator: "carol",
         version,
-        members: [
-          { name: "bob", key: bob.spki, since: bobSince },
-          { name: "carol", key: carol.spki, since: 1 },
-        ],
-      }, carol.privateKey);
+        members: [member("bob", bob, bobSince), member("carol", carol)],
+      });
     await Deno.writeTextFile(
       join(dir, `${roomId}.json`),
       JSON.stringify({
@@ -2092,37 +2020,21 @@ Deno.test("Two different messages signed under one author's number are told once
   await withTempDir(async (dir) => {
     const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
     const roomId = roomIdFor("carol");
-    const list = signList({
+    const list = teamList(carol, {
       roomId,
-      room: "#team",
-      creator: "carol",
       version: 1,
-      members: [
-        { name: "alice", key: alice.spki, since: 1 },
-        { name: "bob", key: bob.spki, since: 1 },
-        { name: "carol", key: carol.spki, since: 1 },
-      ],
-    }, carol.privateKey);
+      members: [member("alice", alice), member("bob", bob), member("carol", carol)],
+    });
     await writeRoom(dir, list, carol.spki, { alice: 1, bob: 1, carol: 1 });
     const byBob = (text: string) =>
-      signMessage(
-        { roomId, room: "#team", author: "bob", seq: 1, version: 1, text },
-        bob.privateKey,
-      );
-    const connections = new Map([
-      ["bob", fakeConnection("bob", bob.privateKey)],
-      ["carol", fakeConnection("carol", carol.privateKey)],
-    ]);
-    const events: CoreEvent[] = [];
-    const rooms = testRooms(
-      "alice",
-      alice.pem,
+      teamMessage(bob, { roomId, author: "bob", seq: 1, version: 1, text });
+    const connections = connectionsTo({ bob, carol });
+    await withRooms({
+      self: "alice",
+      keys: alice,
       dir,
-      (n) => connections.get(n),
-      (e) => events.push(e),
-    );
-    await rooms.load();
-    try {
+      peer: (n) => connections.get(n),
+    }, (rooms, events) => {
       rooms.receive(connections.get("bob")!, {
         op: "msg",
         m: byBob("pay 10"),
@@ -2145,9 +2057,7 @@ Deno.test("Two different messages signed under one author's number are told once
             '"carol"): members may show either under one id; the first you got is the one shown',
         },
       ]);
-    } finally {
-      await rooms.stop();
-    }
+    });
   });
 });
 
@@ -2159,78 +2069,40 @@ Deno.test("A member met after a newcomer's take-up fills the author's messages b
   await withTempDir(async (root) => {
     const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
     const roomId = roomIdFor("carol");
-    const list = signList({
+    const list = teamList(carol, {
       roomId,
-      room: "#team",
-      creator: "carol",
       version: 2,
-      members: [
-        { name: "alice", key: alice.spki, since: 2 },
-        { name: "bob", key: bob.spki, since: 1 },
-        { name: "carol", key: carol.spki, since: 1 },
-      ],
-    }, carol.privateKey);
-    const byBob = (seq: number) =>
-      signMessage(
-        { roomId, room: "#team", author: "bob", seq, version: 2, text: `bob ${seq}` },
-        bob.privateKey,
-      );
-    const [aliceDir, carolDir] = [join(root, "a"), join(root, "c")];
-    await Deno.mkdir(aliceDir);
-    await Deno.mkdir(carolDir);
+      members: [member("alice", alice, 2), member("bob", bob), member("carol", carol)],
+    });
+    const byBob = (seq: number) => teamMessage(bob, { roomId, author: "bob", seq, version: 2 });
+    const { aliceDir, carolDir } = await twoHomes(root);
     await writeRoom(aliceDir, list, carol.spki, { alice: 1 });
     await writeRoom(carolDir, list, carol.spki, { alice: 1, bob: 10, carol: 1 });
-    let linked = false;
-    const parts: { alice?: Rooms; carol?: Rooms } = {};
-    // Connections as seen from each side, stable objects.
-    const carolAtAlice: PeerConnection = fakeConnection("carol", carol.privateKey, (body) => {
-      queueMicrotask(() => parts.carol!.receive(aliceAtCarol, body));
-      return true;
-    });
-    const aliceAtCarol: PeerConnection = fakeConnection("alice", alice.privateKey, (body) => {
-      queueMicrotask(() => parts.alice!.receive(carolAtAlice, body));
-      return true;
-    });
     const bobAtAlice = fakeConnection("bob", bob.privateKey);
     const bobAtCarol = fakeConnection("bob", bob.privateKey);
-    const events: CoreEvent[] = [];
-    parts.alice = testRooms(
-      "alice",
-      alice.pem,
+    await aliceAndCarol({
+      alice,
+      carol,
       aliceDir,
-      (n) => n === "bob" ? bobAtAlice : n === "carol" && linked ? carolAtAlice : undefined,
-      (e) => events.push(e),
-    );
-    parts.carol = testRooms(
-      "carol",
-      carol.pem,
       carolDir,
-      (n) => n === "bob" ? bobAtCarol : n === "alice" && linked ? aliceAtCarol : undefined,
-      () => {},
-    );
-    await parts.alice.load();
-    await parts.carol.load();
-    try {
+      atAlice: [bobAtAlice],
+      atCarol: [bobAtCarol],
+    }, async ({ link, events, ...parts }) => {
       // Bob wrote 10 and 11 since alice joined; carol has them, alice (away) does not.
       parts.carol.receive(bobAtCarol, { op: "msg", m: byBob(10) });
       parts.carol.receive(bobAtCarol, { op: "msg", m: byBob(11) });
       // Alice, connected to bob alone, gets his 12 and takes him up there.
       parts.alice.receive(bobAtAlice, { op: "msg", m: byBob(12) });
-      await new Promise((r) => setTimeout(r, GAP_WAIT_MS + 500));
+      await sleep(GAP_WAIT_MS + 500);
       // Now alice and carol connect: each sends the other the room's state.
-      linked = true;
-      parts.alice.hello(carolAtAlice);
-      parts.carol.hello(aliceAtCarol);
-      await new Promise((r) => setTimeout(r, GAP_WAIT_MS + 500));
+      link();
+      await sleep(GAP_WAIT_MS + 500);
       assert.deepEqual(
         events.filter((e) => e.type === "room_message" || e.type === "room_gap")
           .map((e) => e.type === "room_message" ? [e.text, e.late] : e),
         [["bob 12", undefined], ["bob 10", true], ["bob 11", true]],
       );
-    } finally {
-      await parts.alice.stop();
-      await parts.carol.stop();
-    }
+    });
   });
 });
 
@@ -2401,69 +2273,42 @@ Deno.test("A newcomer who showed all of an author's messages of her membership i
     const [alice, bob, carol, dave] = [keyPair(), keyPair(), keyPair(), keyPair()];
     const roomId = roomIdFor("carol");
     const listAt = (version: number, withDave: boolean) =>
-      signList({
+      teamList(carol, {
         roomId,
-        room: "#team",
-        creator: "carol",
         version,
         members: [
-          { name: "alice", key: alice.spki, since: 2 },
-          { name: "bob", key: bob.spki, since: 1 },
-          { name: "carol", key: carol.spki, since: 1 },
-          ...(withDave ? [{ name: "dave", key: dave.spki, since: 2 }] : []),
+          member("alice", alice, 2),
+          member("bob", bob),
+          member("carol", carol),
+          ...(withDave ? [member("dave", dave, 2)] : []),
         ],
-      }, carol.privateKey);
+      });
     // Bob's 1 to 4 before alice joined (version 1); 5 on, since (version 2).
     const byBob = (seq: number) =>
-      signMessage(
-        { roomId, room: "#team", author: "bob", seq, version: seq < 5 ? 1 : 2, text: `bob ${seq}` },
-        bob.privateKey,
-      );
-    const [aliceDir, carolDir] = [join(root, "a"), join(root, "c")];
-    await Deno.mkdir(aliceDir);
-    await Deno.mkdir(carolDir);
+      teamMessage(bob, { roomId, author: "bob", seq, version: seq < 5 ? 1 : 2 });
+    const { aliceDir, carolDir } = await twoHomes(root);
     await writeRoom(aliceDir, listAt(2, true), carol.spki, { alice: 1 });
     await writeRoom(carolDir, listAt(2, true), carol.spki, { alice: 1, bob: 1, carol: 1, dave: 1 });
-    let linked = false;
     let fills = 0;
-    const parts: { alice?: Rooms; carol?: Rooms } = {};
-    const carolAtAlice: PeerConnection = fakeConnection("carol", carol.privateKey, (body) => {
-      queueMicrotask(() => parts.carol!.receive(aliceAtCarol, body));
-      return true;
-    });
-    const aliceAtCarol: PeerConnection = fakeConnection("alice", alice.privateKey, (body) => {
-      if (body.op === "msg" && body.fill) fills++;
-      queueMicrotask(() => parts.alice!.receive(carolAtAlice, body));
-      return true;
-    });
     const bobAtAlice = fakeConnection("bob", bob.privateKey);
     const bobAtCarol = fakeConnection("bob", bob.privateKey);
-    const events: CoreEvent[] = [];
-    parts.alice = testRooms(
-      "alice",
-      alice.pem,
+    await aliceAndCarol({
+      alice,
+      carol,
       aliceDir,
-      (n) => n === "bob" ? bobAtAlice : n === "carol" && linked ? carolAtAlice : undefined,
-      (e) => events.push(e),
-    );
-    parts.carol = testRooms(
-      "carol",
-      carol.pem,
       carolDir,
-      (n) => n === "bob" ? bobAtCarol : n === "alice" && linked ? aliceAtCarol : undefined,
-      () => {},
-    );
-    await parts.alice.load();
-    await parts.carol.load();
-    try {
+      atAlice: [bobAtAlice],
+      atCarol: [bobAtCarol],
+      toAlice: (body) => {
+        if (body.op === "msg" && body.fill) fills++;
+      },
+    }, async ({ link, events, ...parts }) => {
       for (let seq = 1; seq <= 40; seq++) {
         parts.carol.receive(bobAtCarol, { op: "msg", m: byBob(seq) });
       }
       parts.alice.receive(bobAtAlice, { op: "msg", m: byBob(41) });
       await sleep(GAP_WAIT_MS + 500);
-      linked = true;
-      parts.alice.hello(carolAtAlice);
-      parts.carol.hello(aliceAtCarol);
+      link();
       await sleep(GAP_WAIT_MS + 500);
       const shown = events.filter((e) => e.type === "room_message").length;
       assert.equal(shown, 37, "bob 5 to 41, each once");
@@ -2477,10 +2322,7 @@ Deno.test("A newcomer who showed all of an author's messages of her membership i
         "nothing new to show",
       );
       assert.equal(fills - 36, 0, "carol sent alice again every message of bob's she keeps");
-    } finally {
-      await parts.alice.stop();
-      await parts.carol.stop();
-    }
+    });
   });
 });
 
@@ -2496,34 +2338,21 @@ Deno.test("A member added back whose renumbered messages come before the list th
     const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
     const roomId = roomIdFor("carol");
     const listAt = (version: number, bobSince: number) =>
-      signList({
+      teamList(carol, {
         roomId,
-        room: "#team",
-        creator: "carol",
         version,
-        members: [
-          { name: "alice", key: alice.spki, since: 1 },
-          { name: "bob", key: bob.spki, since: bobSince },
-          { name: "carol", key: carol.spki, since: 1 },
-        ],
-      }, carol.privateKey);
+        members: [member("alice", alice), member("bob", bob, bobSince), member("carol", carol)],
+      });
     await writeRoom(dir, listAt(1, 1), carol.spki, { alice: 1, bob: 1, carol: 1 });
     const byBob = (seq: number, version: number, text: string) =>
-      signMessage({ roomId, room: "#team", author: "bob", seq, version, text }, bob.privateKey);
-    const connections = new Map([
-      ["bob", fakeConnection("bob", bob.privateKey)],
-      ["carol", fakeConnection("carol", carol.privateKey)],
-    ]);
-    const events: CoreEvent[] = [];
-    const rooms = testRooms(
-      "alice",
-      alice.pem,
+      teamMessage(bob, { roomId, author: "bob", seq, version, text });
+    const connections = connectionsTo({ bob, carol });
+    await withRooms({
+      self: "alice",
+      keys: alice,
       dir,
-      (n) => connections.get(n),
-      (e) => events.push(e),
-    );
-    await rooms.load();
-    try {
+      peer: (n) => connections.get(n),
+    }, async (rooms, events) => {
       for (let seq = 1; seq <= 3; seq++) {
         rooms.receive(connections.get("bob")!, { op: "msg", m: byBob(seq, 1, `old ${seq}`) });
       }
@@ -2556,9 +2385,7 @@ Deno.test("A member added back whose renumbered messages come before the list th
         "new 4",
         "new 5",
       ]);
-    } finally {
-      await rooms.stop();
-    }
+    });
   });
 });
 
@@ -2592,16 +2419,11 @@ Deno.test("A member added back and cut off between saving the new list and savin
     const [bob, carol] = [keyPair(), keyPair()];
     const roomId = roomIdFor("carol");
     const listAt = (version: number, bobSince: number) =>
-      signList({
+      teamList(carol, {
         roomId,
-        room: "#team",
-        creator: "carol",
         version,
-        members: [
-          { name: "bob", key: bob.spki, since: bobSince },
-          { name: "carol", key: carol.spki, since: 1 },
-        ],
-      }, carol.privateKey);
+        members: [member("bob", bob, bobSince), member("carol", carol)],
+      });
     const sent: number[] = [];
     const carolConn = fakeConnection("carol", carol.privateKey, (body) => {
       if (body.op === "msg") sent.push(body.m.seq);
@@ -2676,23 +2498,14 @@ Deno.test("Of an author's messages come late apart from where a newcomer took hi
 Deno.test("A newcomer restarted after a gap below an author's take-up was reported does not report it again", async () => {
   await withTempDir(async (dir) => {
     const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
-    const list = signList({
+    const list = teamList(carol, {
       roomId: roomIdFor("carol"),
-      room: "#team",
-      creator: "carol",
       version: 2,
-      members: [
-        { name: "alice", key: alice.spki, since: 2 },
-        { name: "bob", key: bob.spki, since: 1 },
-        { name: "carol", key: carol.spki, since: 1 },
-      ],
-    }, carol.privateKey);
+      members: [member("alice", alice, 2), member("bob", bob), member("carol", carol)],
+    });
     await writeRoom(dir, list, carol.spki, { alice: 1 });
     const byBob = (seq: number) =>
-      signMessage(
-        { roomId: list.roomId, room: "#team", author: "bob", seq, version: 2, text: `bob ${seq}` },
-        bob.privateKey,
-      );
+      teamMessage(bob, { roomId: list.roomId, author: "bob", seq, version: 2 });
     const carolConn = fakeConnection("carol", carol.privateKey);
     const events: CoreEvent[] = [];
     const run = async (fn: (rooms: Rooms) => Promise<void>) => {
@@ -2741,17 +2554,11 @@ Deno.test("A member who signs one message under a version far ahead does not sto
     const [alice, bob, carol] = [keyPair(), keyPair(), keyPair()];
     const roomId = roomIdFor("carol");
     const listAt = (version: number) =>
-      signList({
+      teamList(carol, {
         roomId,
-        room: "#team",
-        creator: "carol",
         version,
-        members: [
-          { name: "alice", key: alice.spki, since: 1 },
-          { name: "bob", key: bob.spki, since: 1 },
-          { name: "carol", key: carol.spki, since: 1 },
-        ],
-      }, carol.privateKey);
+        members: [member("alice", alice), member("bob", bob), member("carol", carol)],
+      });
     await writeRoom(dir, listAt(1), carol.spki, { alice: 1, bob: 1, carol: 1 });
     const sentTo: Array<{ to: string; body: RoomFrame }> = [];
     const connections = new Map(
@@ -2763,34 +2570,29 @@ Deno.test("A member who signs one message under a version far ahead does not sto
         }),
       ]),
     );
-    const events: CoreEvent[] = [];
-    const rooms = testRooms(
-      "alice",
-      alice.pem,
+    await withRooms({
+      self: "alice",
+      keys: alice,
       dir,
-      (n) => connections.get(n),
-      (e) => events.push(e),
-    );
-    await rooms.load();
-    try {
+      peer: (n) => connections.get(n),
+    }, async (rooms) => {
       // Hostile bob: one message claiming list version 2^53 - 1 (his own key; it is never checked).
-      const far = signMessage(
-        {
-          roomId,
-          room: "#team",
-          author: "bob",
-          seq: 1,
-          version: Number.MAX_SAFE_INTEGER,
-          text: "x",
-        },
-        bob.privateKey,
-      );
+      const far = teamMessage(bob, {
+        roomId,
+        author: "bob",
+        seq: 1,
+        version: Number.MAX_SAFE_INTEGER,
+        text: "x",
+      });
       rooms.receive(connections.get("bob")!, { op: "msg", m: far });
       // Carol signed list 2 (alice missed it) and writes under it: alice should ask carol for it.
-      const byCarol = signMessage(
-        { roomId, room: "#team", author: "carol", seq: 1, version: 2, text: "hello" },
-        carol.privateKey,
-      );
+      const byCarol = teamMessage(carol, {
+        roomId,
+        author: "carol",
+        seq: 1,
+        version: 2,
+        text: "hello",
+      });
       sentTo.length = 0;
       rooms.receive(connections.get("carol")!, { op: "msg", m: byCarol });
       await sleep(50);
@@ -2798,9 +2600,7 @@ Deno.test("A member who signs one message under a version far ahead does not sto
         sentTo.some(({ to, body }) => to === "carol" && body.op === "state"),
         "alice never asks carol for list 2: bob's far-ahead version stands for it",
       );
-    } finally {
-      await rooms.stop();
-    }
+    });
   });
 });
 
@@ -2817,20 +2617,16 @@ Deno.test("A newcomer with more than 20 authors taken up above their message 1 i
     const [alice, carol, fake] = [keyPair(), keyPair(), keyPair()];
     const roomId = roomIdFor("carol");
     const authors = Array.from({ length: 25 }, (_, i) => `a${String(i + 1).padStart(2, "0")}`);
-    const list = signList({
+    const list = teamList(carol, {
       roomId,
-      room: "#team",
-      creator: "carol",
       version: 1,
       members: [
-        { name: "alice", key: alice.spki, since: 1 },
-        { name: "carol", key: carol.spki, since: 1 },
+        member("alice", alice),
+        member("carol", carol),
         ...authors.map((name) => ({ name, key: fake.spki, since: 1 })),
       ].sort((a, b) => a.name < b.name ? -1 : 1),
-    }, carol.privateKey);
-    const [aliceDir, carolDir] = [join(root, "a"), join(root, "c")];
-    await Deno.mkdir(aliceDir);
-    await Deno.mkdir(carolDir);
+    });
+    const { aliceDir, carolDir } = await twoHomes(root);
     // Alice took every author up at their message 11 (restarted since); she never got 10 of a25.
     const at = (n: number) => Object.fromEntries(authors.map((a) => [a, n]));
     await Deno.writeTextFile(
@@ -2846,45 +2642,25 @@ Deno.test("A newcomer with more than 20 authors taken up above their message 1 i
     );
     await writeRoom(carolDir, list, carol.spki, { alice: 1, carol: 1, ...at(10) });
     const last = authors.at(-1)!;
-    const withheld = signMessage(
-      { roomId, room: "#team", author: last, seq: 10, version: 1, text: "withheld" },
-      fake.privateKey,
-    );
-    let linked = false;
-    const parts: { alice?: Rooms; carol?: Rooms } = {};
-    const carolAtAlice: PeerConnection = fakeConnection("carol", carol.privateKey, (body) => {
-      queueMicrotask(() => parts.carol!.receive(aliceAtCarol, body));
-      return true;
-    });
-    const aliceAtCarol: PeerConnection = fakeConnection("alice", alice.privateKey, (body) => {
-      queueMicrotask(() => parts.alice!.receive(carolAtAlice, body));
-      return true;
+    const withheld = teamMessage(fake, {
+      roomId,
+      author: last,
+      seq: 10,
+      version: 1,
+      text: "withheld",
     });
     const lastAtCarol = fakeConnection(last, fake.privateKey);
-    const events: CoreEvent[] = [];
-    parts.alice = testRooms(
-      "alice",
-      alice.pem,
+    await aliceAndCarol({
+      alice,
+      carol,
       aliceDir,
-      (n) => n === "carol" && linked ? carolAtAlice : undefined,
-      (e) => events.push(e),
-    );
-    parts.carol = testRooms(
-      "carol",
-      carol.pem,
       carolDir,
-      (n) => n === "alice" && linked ? aliceAtCarol : n === last ? lastAtCarol : undefined,
-      () => {},
-    );
-    await parts.alice.load();
-    await parts.carol.load();
-    try {
+      atCarol: [lastAtCarol],
+    }, async ({ link, events, ...parts }) => {
       parts.carol.receive(lastAtCarol, { op: "msg", m: withheld });
       // Early in a second, so that the burst is counted in one.
       await sleep(1000 - (Date.now() % 1000) + 10);
-      linked = true;
-      parts.alice.hello(carolAtAlice);
-      parts.carol.hello(aliceAtCarol);
+      link();
       await sleep(GAP_WAIT_MS + 500);
       const texts = events.flatMap((e) => e.type === "room_message" ? [e.text] : []);
       const gaps = events.filter((e) => e.type === "room_gap");
@@ -2893,10 +2669,7 @@ Deno.test("A newcomer with more than 20 authors taken up above their message 1 i
         { texts: ["withheld"], gaps: 0 },
         `${last} 10, which carol keeps, is neither shown nor reported missing`,
       );
-    } finally {
-      await parts.alice.stop();
-      await parts.carol.stop();
-    }
+    });
   });
 });
 
@@ -2909,20 +2682,12 @@ Deno.test("A newcomer taken up at an author's 200th, filled by a member who keep
   await withTempDir(async (root) => {
     const [alice, carol, bob] = [keyPair(), keyPair(), keyPair()];
     const roomId = roomIdFor("carol");
-    const list = signList({
+    const list = teamList(carol, {
       roomId,
-      room: "#team",
-      creator: "carol",
       version: 1,
-      members: [
-        { name: "alice", key: alice.spki, since: 1 },
-        { name: "bob", key: bob.spki, since: 1 },
-        { name: "carol", key: carol.spki, since: 1 },
-      ],
-    }, carol.privateKey);
-    const [aliceDir, carolDir] = [join(root, "a"), join(root, "c")];
-    await Deno.mkdir(aliceDir);
-    await Deno.mkdir(carolDir);
+      members: [member("alice", alice), member("bob", bob), member("carol", carol)],
+    });
+    const { aliceDir, carolDir } = await twoHomes(root);
     await Deno.writeTextFile(
       join(aliceDir, `${roomId}.json`),
       JSON.stringify({
@@ -2935,46 +2700,19 @@ Deno.test("A newcomer taken up at an author's 200th, filled by a member who keep
       }),
     );
     await writeRoom(carolDir, list, carol.spki, { alice: 1, carol: 1, bob: 100 });
-    const byBob = (seq: number) =>
-      signMessage(
-        { roomId, room: "#team", author: "bob", seq, version: 1, text: `bob ${seq}` },
-        bob.privateKey,
-      );
-    let linked = false;
-    const parts: { alice?: Rooms; carol?: Rooms } = {};
-    const carolAtAlice: PeerConnection = fakeConnection("carol", carol.privateKey, (body) => {
-      queueMicrotask(() => parts.carol!.receive(aliceAtCarol, body));
-      return true;
-    });
-    const aliceAtCarol: PeerConnection = fakeConnection("alice", alice.privateKey, (body) => {
-      queueMicrotask(() => parts.alice!.receive(carolAtAlice, body));
-      return true;
-    });
+    const byBob = (seq: number) => teamMessage(bob, { roomId, author: "bob", seq, version: 1 });
     const bobAtCarol = fakeConnection("bob", bob.privateKey);
-    const events: CoreEvent[] = [];
-    parts.alice = testRooms(
-      "alice",
-      alice.pem,
+    await aliceAndCarol({
+      alice,
+      carol,
       aliceDir,
-      (n) => n === "carol" && linked ? carolAtAlice : undefined,
-      (e) => events.push(e),
-    );
-    parts.carol = testRooms(
-      "carol",
-      carol.pem,
       carolDir,
-      (n) => n === "alice" && linked ? aliceAtCarol : n === "bob" ? bobAtCarol : undefined,
-      () => {},
-    );
-    await parts.alice.load();
-    await parts.carol.load();
-    try {
+      atCarol: [bobAtCarol],
+    }, async ({ link, events, ...parts }) => {
       for (let seq = 100; seq < 200; seq++) {
         if (seq !== 150) parts.carol.receive(bobAtCarol, { op: "msg", m: byBob(seq) });
       }
-      linked = true;
-      parts.alice.hello(carolAtAlice);
-      parts.carol.hello(aliceAtCarol);
+      link();
       await sleep(GAP_WAIT_MS + 1000);
       const shown = events.flatMap((e) => e.type === "room_message" ? [e.text] : []);
       const missing = events.flatMap((e) => e.type === "room_gap" ? e.missing : []);
@@ -2987,10 +2725,7 @@ Deno.test("A newcomer taken up at an author's 200th, filled by a member who keep
         { shown: 99, first: 100, missing: [150] },
         "bob 100 to 135, which carol keeps, are neither asked for, shown nor reported",
       );
-    } finally {
-      await parts.alice.stop();
-      await parts.carol.stop();
-    }
+    });
   });
 });
 
@@ -3004,38 +2739,32 @@ Deno.test("A member's made-up messages under a newer list do not push out a real
     const [alice, bob, carol, dave, erin] = [keyPair(), keyPair(), keyPair(), keyPair(), keyPair()];
     const roomId = roomIdFor("carol");
     const listAt = (version: number) =>
-      signList({
+      teamList(carol, {
         roomId,
-        room: "#team",
-        creator: "carol",
         version,
         members: [
-          { name: "alice", key: alice.spki, since: 1 },
-          { name: "bob", key: bob.spki, since: 1 },
-          { name: "carol", key: carol.spki, since: 1 },
-          { name: "dave", key: dave.spki, since: 1 },
-          ...(version >= 2 ? [{ name: "erin", key: erin.spki, since: 2 }] : []),
+          member("alice", alice),
+          member("bob", bob),
+          member("carol", carol),
+          member("dave", dave),
+          ...(version >= 2 ? [member("erin", erin, 2)] : []),
         ],
-      }, carol.privateKey);
+      });
     await writeRoom(dir, listAt(1), carol.spki, { alice: 1, bob: 1, carol: 1, dave: 1 });
-    const connections = new Map([
-      ["bob", fakeConnection("bob", bob.privateKey)],
-      ["carol", fakeConnection("carol", carol.privateKey)],
-    ]);
-    const events: CoreEvent[] = [];
-    const rooms = testRooms(
-      "alice",
-      alice.pem,
+    const connections = connectionsTo({ bob, carol });
+    await withRooms({
+      self: "alice",
+      keys: alice,
       dir,
-      (n) => connections.get(n),
-      (e) => events.push(e),
-    );
-    await rooms.load();
-    try {
-      const real = signMessage(
-        { roomId, room: "#team", author: "dave", seq: 1, version: 2, text: "from dave" },
-        dave.privateKey,
-      );
+      peer: (n) => connections.get(n),
+    }, async (rooms, events) => {
+      const real = teamMessage(dave, {
+        roomId,
+        author: "dave",
+        seq: 1,
+        version: 2,
+        text: "from dave",
+      });
       const lines = rooms.fromMailbox(
         "dave",
         JSON.stringify({ op: "msg", m: real, to: ["alice"] }),
@@ -3054,9 +2783,7 @@ Deno.test("A member's made-up messages under a newer list do not push out a real
       await sleep(100);
       const texts = events.flatMap((e) => e.type === "room_message" ? [e.text] : []);
       assert.deepEqual(texts, ["from dave"], "dave's message was pushed out by bob's made-up ones");
-    } finally {
-      await rooms.stop();
-    }
+    });
   });
 });
 
@@ -3067,50 +2794,49 @@ Deno.test("A message under a newer list from a connected member asks him for tha
   await withTempDir(async (dir) => {
     const [alice, bob, carol, dave] = [keyPair(), keyPair(), keyPair(), keyPair()];
     const roomId = roomIdFor("carol");
-    const list = signList({
+    const list = teamList(carol, {
       roomId,
-      room: "#team",
-      creator: "carol",
       version: 1,
       members: [
-        { name: "alice", key: alice.spki, since: 1 },
-        { name: "bob", key: bob.spki, since: 1 },
-        { name: "carol", key: carol.spki, since: 1 },
-        { name: "dave", key: dave.spki, since: 1 },
+        member("alice", alice),
+        member("bob", bob),
+        member("carol", carol),
+        member("dave", dave),
       ],
-    }, carol.privateKey);
+    });
     await writeRoom(dir, list, carol.spki, { alice: 1, bob: 1, carol: 1, dave: 1 });
     const toBob: RoomFrame[] = [];
     const bobConn = fakeConnection("bob", bob.privateKey, (body) => {
       toBob.push(body);
       return true;
     });
-    const rooms = testRooms(
-      "alice",
-      alice.pem,
+    await withRooms({
+      self: "alice",
+      keys: alice,
       dir,
-      (n) => n === "bob" ? bobConn : undefined,
-      () => {},
-    );
-    await rooms.load();
-    try {
-      const byDave = signMessage(
-        { roomId, room: "#team", author: "dave", seq: 1, version: 2, text: "from dave" },
-        dave.privateKey,
-      );
+      peer: (n) => n === "bob" ? bobConn : undefined,
+    }, async (rooms) => {
+      const byDave = teamMessage(dave, {
+        roomId,
+        author: "dave",
+        seq: 1,
+        version: 2,
+        text: "from dave",
+      });
       rooms.fromMailbox("dave", JSON.stringify({ op: "msg", m: byDave, to: ["alice"] }));
-      const byBob = signMessage(
-        { roomId, room: "#team", author: "bob", seq: 1, version: 2, text: "from bob" },
-        bob.privateKey,
-      );
+      const byBob = teamMessage(bob, {
+        roomId,
+        author: "bob",
+        seq: 1,
+        version: 2,
+        text: "from bob",
+      });
       rooms.receive(bobConn, { op: "msg", m: byBob });
       await sleep(50);
       assert.ok(
         toBob.some((f) => f.op === "state"),
         "alice never asks bob for list 2: the version counts as asked though nobody was",
       );
-    } finally {
-      await rooms.stop();
-    }
+    });
   });
 });
