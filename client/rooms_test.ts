@@ -46,6 +46,11 @@ function member(name: string, keys: { spki: string }, since = 1): RoomMember {
   return { name, key: keys.spki, since };
 }
 
+/** `members` in the order of their names, as a creator lists them. */
+function byName(members: RoomMember[]): RoomMember[] {
+  return members.sort((a, b) => a.name < b.name ? -1 : 1);
+}
+
 /**
  * The member list of #team (`roomId`) at `version`, signed with `keys` by its creator (carol
  * unless `creator` says).
@@ -205,6 +210,35 @@ function memberChanges(events: CoreEvent[], name: string): string[] {
   return events.flatMap((e) => e.type === "room_member" && e.name === name ? [e.change] : []);
 }
 
+/**
+ * alice, in carol's #team since version 2, her home in `dir` (rooms in ROOMS, invitations kept):
+ * `open()` loads and starts her Rooms core (again after a stop), which finds carol at `peer()`;
+ * `invited` lists whom it invited.
+ */
+async function aliceInCarolsRoom(dir: string, peer: () => PeerConnection | undefined) {
+  const alice = keyPair();
+  const carol = keyPair();
+  const roomId = roomIdFor("carol");
+  const list = teamList(carol, {
+    roomId,
+    version: 2,
+    members: [member("alice", alice, 2), member("carol", carol)],
+  });
+  await Deno.mkdir(join(dir, "rooms"));
+  await writeRoom(join(dir, "rooms"), list, carol.spki, {});
+  const invited: string[] = [];
+  const open = async () => {
+    const rooms = testRooms("alice", alice.pem, join(dir, "rooms"), peer, () => {}, {
+      invite: (name) => Promise.resolve(invited.push(name)),
+      invitationsFile: join(dir, "room-invitations.json"),
+    });
+    await rooms.load();
+    rooms.start();
+    return rooms;
+  };
+  return { roomId, invited, open };
+}
+
 /** Alice's and carol's homes under `root`: the folders their Rooms cores keep rooms in. */
 async function twoHomes(root: string): Promise<{ aliceDir: string; carolDir: string }> {
   const [aliceDir, carolDir] = [join(root, "a"), join(root, "c")];
@@ -294,17 +328,16 @@ async function hostileRoom(
     const carol = keyPair();
     const fake = keyPair();
     const roomId = randomBytes(16).toString("hex");
-    const list = (version: number, extra: string[]): SignedList => {
-      const members: RoomMember[] = [
-        member("alice", alice),
-        member("carol", carol),
-        ...extra.map((name) => ({ name, key: fake.spki, since: version })),
-      ].sort((a, b) => a.name < b.name ? -1 : 1);
-      return signList(
-        { roomId, room: "#team", creator: "carol", version, members },
-        carol.privateKey,
-      );
-    };
+    const list = (version: number, extra: string[]): SignedList =>
+      teamList(carol, {
+        roomId,
+        version,
+        members: byName([
+          member("alice", alice),
+          member("carol", carol),
+          ...extra.map((name) => member(name, fake, version)),
+        ]),
+      });
     const message = (author: string, version: number) =>
       teamMessage(fake, { roomId, author, seq: 1, version, text: "late" });
     await writeRoom(dir, list(1, []), carol.spki, {});
@@ -762,11 +795,11 @@ Deno.test("A room whose held messages are at their bound does not count every he
     const list = teamList(carol, {
       roomId,
       version: 1,
-      members: [
+      members: byName([
         member("alice", alice),
         member("carol", carol),
-        ...authors.map((name) => ({ name, key: fake.spki, since: 1 })),
-      ].sort((a, b) => a.name < b.name ? -1 : 1),
+        ...authors.map((name) => member(name, fake)),
+      ]),
     });
     const chars = 8192;
     let reads = 0;
@@ -1089,6 +1122,8 @@ async function carolAndDave(
     dave: () => Rooms;
     roomId: string;
     connect(): Promise<Link>;
+    /** `connect()` with `sent` emptied first: it lists what dave sends on the new connection. */
+    reconnect(): Promise<Link>;
     disconnect(): void;
     lose(sender?: "carol" | "dave"): void;
     restartDave(): Promise<void>;
@@ -1174,6 +1209,10 @@ async function carolAndDave(
         dave: () => dave,
         roomId,
         connect,
+        reconnect: () => {
+          sent.length = 0;
+          return connect();
+        },
         disconnect: () => void (link = undefined),
         lose: (sender) => void (lost = sender),
         restartDave: async () => {
@@ -1253,8 +1292,7 @@ Deno.test("A room invitation declined to its creator, who took the join whose li
     v.disconnect();
     v.lose();
     assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "dave", "erin"]);
-    v.sent.length = 0;
-    await v.connect();
+    await v.reconnect();
     assert.deepEqual(v.sent, ["leave"]);
     assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "erin"]);
     assert.equal(v.dave().has("#team"), false);
@@ -1264,8 +1302,7 @@ Deno.test("A room invitation declined to its creator, who took the join whose li
 Deno.test("A join its creator took, whose list was lost with the connection, is asked again at her next hello and puts the joiner in the room", async () => {
   await carolAndDave(async (v) => {
     await v.joinWhoseListIsLost();
-    v.sent.length = 0;
-    await v.connect();
+    await v.reconnect();
     assert.deepEqual(v.sent.slice(0, 1), ["join"]);
     assert.equal(v.dave().has("#team"), true);
     assert.deepEqual(membersOf(v.dave(), "#team"), ["carol", "dave", "erin"]);
@@ -1280,8 +1317,7 @@ Deno.test("A join its creator took, whose list was lost, is asked again at her n
     await v.restartDave();
     // Restored and shown again; carol's state at her hello draws the join kept out again.
     assert.deepEqual(v.dave().invitations(), [{ room: "#team", from: "carol" }]);
-    v.sent.length = 0;
-    await v.connect();
+    await v.reconnect();
     assert.deepEqual(v.sent.slice(0, 1), ["join"]);
     assert.equal(v.dave().has("#team"), true);
     assert.deepEqual(membersOf(v.dave(), "#team"), ["carol", "dave", "erin"]);
@@ -1303,8 +1339,7 @@ Deno.test("A waiting invitation whose join its creator took, kept by the version
     }
     await Deno.writeTextFile(file, JSON.stringify(kept));
     await v.restartDave();
-    v.sent.length = 0;
-    await v.connect();
+    await v.reconnect();
     assert.deepEqual(v.sent, []);
     await v.restartDave();
     const [waiting] = JSON.parse(await Deno.readTextFile(file)).waiting;
@@ -1352,8 +1387,7 @@ for (const how of ["carol is away", "the leave is lost with the connection", "da
       assert.equal(v.dave().invited("carol"), how !== "the leave is lost with the connection");
       // Only to its creator: a member's state of carol's room does not draw the leave out.
       assert.deepEqual(answersToState(v.dave(), "mallory", v.roomId), []);
-      v.sent.length = 0;
-      await v.connect();
+      await v.reconnect();
       assert.deepEqual(v.sent, ["leave"]);
       assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "erin"]);
       assert.deepEqual(memberChanges(v.events.carol, "dave"), ["joined", "left"]);
@@ -1361,8 +1395,7 @@ for (const how of ["carol is away", "the leave is lost with the connection", "da
       // Told once: she counts him out, and the next connection, after a restart too, sends nothing.
       v.disconnect();
       await v.restartDave();
-      v.sent.length = 0;
-      await v.connect();
+      await v.reconnect();
       assert.deepEqual(v.sent, []);
       assert.equal(v.dave().has("#team"), false);
     });
@@ -1381,8 +1414,7 @@ Deno.test("A member who left a room, is invited again and joins, whose list is l
     await sleep(20);
     await v.joinWhoseListIsLost();
     await v.restartDave();
-    v.sent.length = 0;
-    await v.connect();
+    await v.reconnect();
     assert.deepEqual(v.sent.slice(0, 1), ["join"]);
     assert.equal(v.dave().has("#team"), true);
     assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "dave", "erin"]);
@@ -1391,27 +1423,8 @@ Deno.test("A member who left a room, is invited again and joins, whose list is l
 
 Deno.test("A member whose name sorts before the creator's, who left while she was away, invites her (after a restart too) until the leave has gone", async () => {
   await withTempDir(async (dir) => {
-    const alice = keyPair();
-    const carol = keyPair();
-    const roomId = roomIdFor("carol");
-    const list = teamList(carol, {
-      roomId,
-      version: 2,
-      members: [member("alice", alice, 2), member("carol", carol)],
-    });
-    await Deno.mkdir(join(dir, "rooms"));
-    await writeRoom(join(dir, "rooms"), list, carol.spki, {});
-    const invited: string[] = [];
     let conn: PeerConnection | undefined;
-    const open = async () => {
-      const rooms = testRooms("alice", alice.pem, join(dir, "rooms"), () => conn, () => {}, {
-        invite: (name) => Promise.resolve(invited.push(name)),
-        invitationsFile: join(dir, "room-invitations.json"),
-      });
-      await rooms.load();
-      rooms.start();
-      return rooms;
-    };
+    const { roomId, invited, open } = await aliceInCarolsRoom(dir, () => conn);
     let rooms = await open();
     try {
       assert.deepEqual(invited, ["carol"]); // a co-member
@@ -1455,8 +1468,7 @@ Deno.test("Only a leave kept is told: a room file skipped at start, or one back 
     await Deno.writeTextFile(file, "{");
     await v.restartDave();
     assert.equal(v.dave().has("#team"), false);
-    v.sent.length = 0;
-    await v.connect();
+    await v.reconnect();
     assert.deepEqual(v.sent, []);
     v.disconnect();
     await Deno.writeTextFile(file, saved);
@@ -1467,8 +1479,7 @@ Deno.test("Only a leave kept is told: a room file skipped at start, or one back 
     await Deno.writeTextFile(file, saved);
     await v.restartDave();
     assert.equal(v.dave().has("#team"), true);
-    v.sent.length = 0;
-    await v.connect();
+    await v.reconnect();
     assert.deepEqual(v.sent.filter((op: string) => op === "leave"), []);
     assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "dave", "erin"]);
     // Left and told, invited and in again: a later skipped file does not tell the old leave.
@@ -1484,8 +1495,7 @@ Deno.test("Only a leave kept is told: a room file skipped at start, or one back 
     await v.dave().stop();
     await Deno.writeTextFile(file, "{");
     await v.restartDave();
-    v.sent.length = 0;
-    await v.connect();
+    await v.reconnect();
     assert.deepEqual(v.sent, []);
     assert.deepEqual(membersOf(v.carol, "#team"), ["carol", "dave", "erin"]);
   });
@@ -1586,24 +1596,9 @@ Deno.test("A creator who never answers a join cannot keep Decline refused by sen
 
 Deno.test("A member who left while the creator was away stops inviting her, and accepting her invitations, once connected to her, though she never sends the room's state (she removed him, or is hostile)", async () => {
   await withTempDir(async (dir) => {
-    const alice = keyPair();
-    const carol = keyPair();
-    const roomId = roomIdFor("carol");
-    const list = teamList(carol, {
-      roomId,
-      version: 2,
-      members: [member("alice", alice, 2), member("carol", carol)],
-    });
-    await Deno.mkdir(join(dir, "rooms"));
-    await writeRoom(join(dir, "rooms"), list, carol.spki, {});
-    const invited: string[] = [];
     let conn: PeerConnection | undefined;
-    const rooms = testRooms("alice", alice.pem, join(dir, "rooms"), () => conn, () => {}, {
-      invite: (name) => Promise.resolve(invited.push(name)),
-      invitationsFile: join(dir, "room-invitations.json"),
-    });
-    await rooms.load();
-    rooms.start();
+    const { invited, open } = await aliceInCarolsRoom(dir, () => conn);
+    const rooms = await open();
     try {
       await rooms.leave("#team"); // carol away: the leave is kept, "told when next connected"
       // Carol (who meanwhile removed alice, or simply never answers) connects: her hello
@@ -1725,8 +1720,7 @@ Deno.test("A join its creator took is her to answer for JOIN_KEEP_MS only: her s
     kept.waiting[0].joinedAt = Date.now() - JOIN_KEEP_MS - 60_000;
     await Deno.writeTextFile(file, JSON.stringify(kept));
     await v.restartDave();
-    v.sent.length = 0;
-    await v.connect();
+    await v.reconnect();
     assert.deepEqual(v.sent, [], "an old join was sent again at her state");
     assert.equal(v.dave().has("#team"), false);
     assert.deepEqual(v.dave().invitations(), [{ room: "#team", from: "carol" }]);
@@ -1963,16 +1957,7 @@ Deno.test("A member added back with a new since numbers his messages from 1 agai
         version,
         members: [member("bob", bob, bobSince), member("carol", carol)],
       });
-    await Deno.writeTextFile(
-      join(dir, `${roomId}.json`),
-      JSON.stringify({
-        v: 1,
-        list: listAt(1, 1),
-        creatorKey: carol.spki,
-        seq: 50,
-        next: { bob: 51, carol: 1 },
-      }),
-    );
+    await writeRoom(dir, listAt(1, 1), carol.spki, { bob: 51, carol: 1 }, { seq: 50 });
     // ROOMID.seq as the version before wrote it (a plain number).
     await Deno.writeTextFile(join(dir, `${roomId}.seq`), "50");
     const sent: number[] = [];
@@ -2135,10 +2120,10 @@ function creator(name: string) {
         room,
         creator: name,
         version,
-        members: [
-          { name, key: keys.spki, since: 1 },
-          ...members.map((m) => ({ name: m, key: aliceKeys.spki, since: version })),
-        ].sort((a, b) => a.name < b.name ? -1 : 1),
+        members: byName([
+          member(name, keys),
+          ...members.map((m) => member(m, aliceKeys, version)),
+        ]),
       }, keys.privateKey);
     },
   };
@@ -2620,26 +2605,18 @@ Deno.test("A newcomer with more than 20 authors taken up above their message 1 i
     const list = teamList(carol, {
       roomId,
       version: 1,
-      members: [
+      members: byName([
         member("alice", alice),
         member("carol", carol),
-        ...authors.map((name) => ({ name, key: fake.spki, since: 1 })),
-      ].sort((a, b) => a.name < b.name ? -1 : 1),
+        ...authors.map((name) => member(name, fake)),
+      ]),
     });
     const { aliceDir, carolDir } = await twoHomes(root);
     // Alice took every author up at their message 11 (restarted since); she never got 10 of a25.
     const at = (n: number) => Object.fromEntries(authors.map((a) => [a, n]));
-    await Deno.writeTextFile(
-      join(aliceDir, `${roomId}.json`),
-      JSON.stringify({
-        v: 1,
-        list,
-        creatorKey: carol.spki,
-        seq: 0,
-        next: { alice: 1, carol: 1, ...at(11) },
-        floor: at(11),
-      }),
-    );
+    await writeRoom(aliceDir, list, carol.spki, { alice: 1, carol: 1, ...at(11) }, {
+      floor: at(11),
+    });
     await writeRoom(carolDir, list, carol.spki, { alice: 1, carol: 1, ...at(10) });
     const last = authors.at(-1)!;
     const withheld = teamMessage(fake, {
@@ -2688,17 +2665,9 @@ Deno.test("A newcomer taken up at an author's 200th, filled by a member who keep
       members: [member("alice", alice), member("bob", bob), member("carol", carol)],
     });
     const { aliceDir, carolDir } = await twoHomes(root);
-    await Deno.writeTextFile(
-      join(aliceDir, `${roomId}.json`),
-      JSON.stringify({
-        v: 1,
-        list,
-        creatorKey: carol.spki,
-        seq: 0,
-        next: { alice: 1, carol: 1, bob: 200 },
-        floor: { bob: 200 },
-      }),
-    );
+    await writeRoom(aliceDir, list, carol.spki, { alice: 1, carol: 1, bob: 200 }, {
+      floor: { bob: 200 },
+    });
     await writeRoom(carolDir, list, carol.spki, { alice: 1, carol: 1, bob: 100 });
     const byBob = (seq: number) => teamMessage(bob, { roomId, author: "bob", seq, version: 1 });
     const bobAtCarol = fakeConnection("bob", bob.privateKey);
