@@ -26,6 +26,7 @@ import {
 import { FEATURE_ROOMS, type RoomFrame } from "../lib/room.ts";
 import { pauseReading, resumeReading } from "../lib/tls.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
+import type { CoreEvent } from "./events.ts";
 import { announcedName, formatSize, hashFile, IncomingFile, receivedName } from "./files.ts";
 
 /** A file a peer offers (or, from an older peer, announces). */
@@ -65,6 +66,9 @@ export interface FilePolicy {
   roomId?(room: string): string | undefined;
 }
 
+/** The core's event of type `T`: a connection reports a file event with the same fields. */
+type EventOf<T extends CoreEvent["type"]> = Extract<CoreEvent, { type: T }>;
+
 /** What a connection reports to its owner. */
 export interface PeerEvents {
   /** A message arrived. */
@@ -77,27 +81,17 @@ export interface PeerEvents {
    */
   file(
     peer: PeerConnection,
-    info: {
-      id: string;
-      name: string;
-      announced?: string;
-      path: string;
-      bytes: number;
-      sha256: string;
-      room?: string;
+    info: Omit<EventOf<"file">, "type" | "from" | "via" | "ref"> & {
       /** The id of the room `room` as it was when the file was accepted (see FilePolicy). */
       roomId?: string;
     },
   ): void;
   /** Progress of a file transfer. */
-  progress(
-    peer: PeerConnection,
-    info: { id: string; bytes: number; total: number; direction: "in" | "out"; room?: string },
-  ): void;
+  progress(peer: PeerConnection, info: Omit<EventOf<"progress">, "type" | "peer">): void;
   /** A file transfer failed. */
   fileFailed(
     peer: PeerConnection,
-    info: { id: string; reason: string; direction: "in" | "out" },
+    info: Pick<EventOf<"file_failed">, "id" | "reason" | "direction">,
   ): void;
   /** The connection closed. */
   closed(peer: PeerConnection, reason: string): void;
