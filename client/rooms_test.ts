@@ -211,7 +211,7 @@ function memberChanges(events: CoreEvent[], name: string): string[] {
 }
 
 /**
- * alice, in carol's #team since version 2, her home in `dir` (rooms in ROOMS, invitations kept):
+ * alice, in carol's #team since version 2, her home in `dir` (`dir`/rooms, invitations kept):
  * `open()` loads and starts her Rooms core (again after a stop), which finds carol at `peer()`;
  * `invited` lists whom it invited.
  */
@@ -268,15 +268,14 @@ async function aliceAndCarol(
 ): Promise<void> {
   const { atAlice = [], atCarol = [] } = setup;
   let linked = false;
-  const parts: { alice?: Rooms; carol?: Rooms } = {};
   // Connections as seen from each side, stable objects.
   const carolAtAlice: PeerConnection = fakeConnection("carol", setup.carol.privateKey, (body) => {
-    queueMicrotask(() => parts.carol!.receive(aliceAtCarol, body));
+    queueMicrotask(() => carol.receive(aliceAtCarol, body));
     return true;
   });
   const aliceAtCarol: PeerConnection = fakeConnection("alice", setup.alice.privateKey, (body) => {
     setup.toAlice?.(body);
-    queueMicrotask(() => parts.alice!.receive(carolAtAlice, body));
+    queueMicrotask(() => alice.receive(carolAtAlice, body));
     return true;
   });
   const events: CoreEvent[] = [];
@@ -294,8 +293,6 @@ async function aliceAndCarol(
     (n) => n === "alice" && linked ? aliceAtCarol : atCarol.find((c) => c.name === n),
     () => {},
   );
-  parts.alice = alice;
-  parts.carol = carol;
   await alice.load();
   await carol.load();
   try {
