@@ -156,6 +156,11 @@ interface IssueSpec {
   renews?: string;
   /** The name's valid certificates stay valid: the caller supersedes them later. */
   keep?: boolean;
+  /**
+   * The request's key (SHA-256 of its SPKI), refused at the commit, under the lock, when a
+   * certificate for it was revoked as keyCompromise meanwhile. Default: not looked at.
+   */
+  refuseCompromised?: string;
 }
 
 /** A signing waiting in the queue. */
@@ -394,6 +399,8 @@ export class CertificateAuthority {
       days,
       beforeCommit: options.beforeCommit,
       renews: options.renews,
+      // Checked again at the commit: a revocation as keyCompromise may land while it is signed.
+      refuseCompromised: options.allowCompromisedKey ? undefined : request.keyFingerprint,
       supersede: async (entry) => {
         const old = parseCertificate(await Deno.readTextFile(this.paths.certFile(entry.serial)));
         if (old.keyFingerprint !== request.keyFingerprint && !options.replace) {
@@ -423,14 +430,7 @@ export class CertificateAuthority {
     const checked = await this.#checkRequestCached(csr, name);
     if (!options.allowCompromisedKey) {
       const serial = await this.compromisedSerial(checked.request.keyFingerprint);
-      if (serial !== undefined) {
-        throw new E2eError(
-          "ERR_KEY_REJECTED",
-          `Cannot sign request: its key's certificate (serial ${serial}) was revoked as ` +
-            "keyCompromise: that key is never certified again",
-          { hint: "make a new key (a join in another home makes one) and sign a request from it" },
-        );
-      }
+      if (serial !== undefined) throw compromisedKey(serial);
     }
     return checked;
   }
@@ -441,7 +441,15 @@ export class CertificateAuthority {
    * Reads the committed database; each revoked certificate's file is read once.
    */
   async compromisedSerial(keyFingerprint: string): Promise<string | undefined> {
-    for (const entry of await this.#index.entries()) {
+    return await this.#compromisedIn(await this.#index.entries(), keyFingerprint);
+  }
+
+  // The serial of an entry of `entries` revoked as keyCompromise whose key is `keyFingerprint`.
+  async #compromisedIn(
+    entries: IndexEntry[],
+    keyFingerprint: string,
+  ): Promise<string | undefined> {
+    for (const entry of entries) {
       if (entry.status !== "R" || entry.reason !== "keyCompromise") continue;
       let key = this.#compromisedKeys.get(entry.serial);
       if (key === undefined) {
@@ -861,6 +869,11 @@ export class CertificateAuthority {
         let revoked = false;
         for (const r of batch) {
           try {
+            const key = r.job.spec.refuseCompromised;
+            const compromised = key === undefined
+              ? undefined
+              : await this.#compromisedIn(entries, key);
+            if (compromised !== undefined) throw compromisedKey(compromised);
             const current = r.job.spec.keep ? [] : validFor(entries, r.job.spec.subject);
             checkRenewal(r.job.spec, current);
             for (const entry of current) {
@@ -1246,6 +1259,16 @@ function escapeDn(value: string): string {
 // A serial as given on the command line (hex, colons allowed), or "" when it is not one.
 function serialOf(text: string): string {
   return /^[0-9A-Fa-f]{1,64}$/.test(text.replace(/:/g, "")) ? normalizeSerialHex(text) : "";
+}
+
+// The refusal of a request whose key's certificate `serial` was revoked as keyCompromise.
+function compromisedKey(serial: string): E2eError {
+  return new E2eError(
+    "ERR_KEY_REJECTED",
+    `Cannot sign request: its key's certificate (serial ${serial}) was revoked as ` +
+      "keyCompromise: that key is never certified again",
+    { hint: "make a new key (a join in another home makes one) and sign a request from it" },
+  );
 }
 
 // Clocks drift: a certificate valid from five minutes ago works on a peer whose clock is behind.

@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { parseCsr } from "../lib/csr.ts";
 import { tlv } from "../lib/_der_builder.ts";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
+import { withLock } from "../lib/lock.ts";
 import { openssl } from "../lib/openssl.ts";
 import { pemDecode, pemEncode } from "../lib/pem.ts";
 import { sha256Hex } from "../lib/x509.ts";
@@ -416,6 +417,52 @@ Deno.test("sign() refuses a renewal whose certificate is revoked before its comm
     ]);
   });
 });
+
+Deno.test("sign() refuses a key revoked as keyCompromise after its request was checked and before its commit", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice");
+    const first = await ca.sign(csr, "alice");
+    // The CA's lock held here: the signing is checked (alice's key is fine) and signed, and the
+    // revocation, asked for after it started, takes the lock before the signing's commit.
+    const gate = Promise.withResolvers<void>();
+    const held = withLock(ca.paths.lock, () => gate.promise);
+    const signing = ca.sign(csr, "alice");
+    signing.catch(() => {});
+    const revoking = ca.revoke("alice", { reason: "keyCompromise" });
+    await waitForSigned(ca.paths.signing);
+    gate.resolve();
+    await held;
+    assert.equal((await revoking).reason, "keyCompromise");
+    await assert.rejects(
+      signing,
+      e2eError(
+        "ERR_KEY_REJECTED",
+        `Cannot sign request: its key's certificate (serial ${first.certificate.serial}) was ` +
+          "revoked as keyCompromise: that key is never certified again",
+      ),
+    );
+    assert.deepEqual((await ca.list()).map((c) => [c.serial, c.status, c.reason]), [
+      [first.certificate.serial, "revoked", "keyCompromise"],
+    ]);
+    assert.deepEqual([...Deno.readDirSync(ca.paths.signing)], [], "a signing folder was left");
+  });
+});
+
+/** Waits until a signing folder under `dir` holds the certificate openssl signed there. */
+async function waitForSigned(dir: string): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    try {
+      for (const entry of Deno.readDirSync(dir)) {
+        try {
+          if (Deno.statSync(join(dir, entry.name, "issued.pem")).size > 0) return;
+        } catch { /* not signed yet */ }
+      }
+    } catch { /* no folder yet */ }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error("no signing finished within 20 s");
+}
 
 Deno.test("sign() refuses a different key for a name that holds a valid certificate", async () => {
   await withCa(async (ca) => {

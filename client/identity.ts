@@ -666,7 +666,7 @@ async function joinLocked(home: string, invite: Invite, options: JoinOptions): P
   if (await finishCutJoin(home, invite)) return;
   // A key `client csr` made here (README, "The CA in five commands"): the join goes on with it.
   const byHand = await isCsrKey(id);
-  if (!byHand && await exists(dir)) {
+  if (!byHand && await exists(dir) && !await removedIfEmpty(dir)) {
     throw new E2eError("ERR_FILE", `"${dir}" already exists: this home has an identity or a key`, {
       hint: "use another --home (or E2E_CHAT_HOME) for another identity",
     });
@@ -854,6 +854,20 @@ async function finishCutJoin(root: string, invite: Invite): Promise<boolean> {
   }
   await Deno.rename(joining.dir, id.dir);
   await syncDir(root);
+  return true;
+}
+
+// Removes `dir` when it is an empty folder (made by hand, or left by a crash before anything was
+// written in it): no identity. True when it went; false when it holds something (or is no folder),
+// which the caller refuses. One rmdir: nothing written in it meanwhile is lost.
+async function removedIfEmpty(dir: string): Promise<boolean> {
+  if (!(await Deno.lstat(dir)).isDirectory) return false;
+  try {
+    await Deno.remove(dir);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return true;
+    return false;
+  }
   return true;
 }
 

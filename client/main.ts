@@ -259,6 +259,8 @@ async function chat(args: string[]): Promise<number> {
   const terminal = show ? undefined : new Terminal(id.name);
   const emit = show ?? ((e: ChatEvent) => terminal!.show(e));
   const session = await startChat(id, values, emit);
+  // The key changes kept from earlier runs are said at start, like the page shows them.
+  terminal?.keyChanges((peer) => session.keyChanges(peer));
   const commands = new CommandRunner(session, emit);
   await Promise.race([terminal ? terminal.run(commands) : runJsonInput(commands), stopSignal()]);
   emit({ type: "bye" });

@@ -27,7 +27,9 @@ export interface PassphraseOptions {
   /**
    * Told when `file` can be read by other users (its mode allows group or other access); it is
    * used all the same. One they can write to, or that another user (not root) owns, is refused
-   * (the owner needs `--allow-sys=uid` to be checked). Default: none.
+   * (the owner needs `--allow-sys=uid` to be checked); group-writable passes when the group is
+   * the owner's private one (/etc/passwd and /etc/group, read with `--allow-read`, say no one
+   * else is in it), as OpenSSH allows. Default: none.
    */
   onWarning?: (message: string) => void | Promise<void>;
 }
@@ -131,10 +133,14 @@ async function checkFile(
     );
   }
   const octal = `0${(mode & 0o777).toString(8)}`;
-  if (mode & 0o022) {
+  // Group-writable is fine when the group is the owner's private one (Debian's user private
+  // groups), as OpenSSH allows: no one else is in it.
+  if ((mode & 0o002) || ((mode & 0o020) && !await isPrivateGroup(info.uid, info.gid))) {
     throw new E2eError(
       "ERR_FILE",
-      `Cannot use the ${what} "${path}": other users can write to it (mode ${octal})`,
+      `Cannot use the ${what} "${path}": other users can write to it (mode ${octal}${
+        mode & 0o002 ? "" : `; its group, gid ${info.gid}, is not the owner's private group`
+      })`,
       { hint: `chmod 600 "${path}"` },
     );
   }
@@ -143,6 +149,61 @@ async function checkFile(
       `The ${what} "${path}" can be read by other users (mode ${octal}): chmod 600 it`,
     );
   }
+}
+
+// Whether `gid` is the private group of the user `uid`, as /etc/passwd and /etc/group say; false
+// when they cannot be read (no --allow-read for them, no such files: users from a directory
+// service are not looked up).
+async function isPrivateGroup(uid: number | null, gid: number | null): Promise<boolean> {
+  if (uid === null || gid === null) return false;
+  let passwd: string, group: string;
+  try {
+    [passwd, group] = await Promise.all([
+      Deno.readTextFile("/etc/passwd"),
+      Deno.readTextFile("/etc/group"),
+    ]);
+  } catch {
+    return false;
+  }
+  return privateGroup(uid, gid, passwd, group);
+}
+
+/**
+ * Whether `gid` is the private group of the user `uid`, given the text of `/etc/passwd` and
+ * `/etc/group`: it is that user's primary group, no other user has it as primary group, and it
+ * lists no member but that user.
+ *
+ * @example
+ * ```ts
+ * import { privateGroup } from "./passphrase.ts";
+ * const passwd = "alice:x:1000:1000::/home/alice:/bin/sh\n";
+ * console.log(privateGroup(1000, 1000, passwd, "alice:x:1000:\n")); // true
+ * console.log(privateGroup(1000, 1000, passwd, "alice:x:1000:bob\n")); // false
+ * ```
+ */
+export function privateGroup(uid: number, gid: number, passwd: string, group: string): boolean {
+  const users = fields(passwd, 7).map(([name, , u, g]) => ({ name, uid: id(u), gid: id(g) }));
+  const owner = users.filter((u) => u.uid === uid);
+  if (owner.length !== 1 || owner[0].gid !== gid) return false;
+  if (users.some((u) => u.gid === gid && u.uid !== uid)) return false;
+  const groups = fields(group, 4).filter(([, , g]) => id(g) === gid);
+  return groups.length > 0 &&
+    groups.every(([, , , members]) =>
+      members.split(",").every((m) => m === "" || m === owner[0].name)
+    );
+}
+
+// The lines of a colon-separated file with at least `count` fields (others are skipped: "+" lines
+// of NIS, comments, blanks).
+function fields(text: string, count: number): string[][] {
+  return text.split("\n").map((line) => line.split(":")).filter((f) =>
+    f.length >= count && !f[0].startsWith("#") && !f[0].startsWith("+") && !f[0].startsWith("-")
+  );
+}
+
+// A user or group id field: NaN (equal to none) unless it is digits.
+function id(field: string): number {
+  return /^\d{1,10}$/.test(field) ? Number(field) : NaN;
 }
 
 // This process's user id; undefined where it cannot be known (Windows, or no --allow-sys=uid).

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { E2eError } from "./errors.ts";
-import { readPassphrase } from "./passphrase.ts";
+import { privateGroup, readPassphrase } from "./passphrase.ts";
 
 async function withFile(mode: number, fn: (file: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir();
@@ -40,7 +40,7 @@ Deno.test("readPassphrase() warns of a passphrase file other users can read, and
 });
 
 Deno.test("readPassphrase() refuses a passphrase file other users can write to", async () => {
-  for (const mode of [0o620, 0o602, 0o666]) {
+  for (const mode of [0o602, 0o666]) {
     await withFile(mode, async (file) => {
       await assert.rejects(
         readPassphrase({ file, onWarning: () => {} }),
@@ -54,6 +54,65 @@ Deno.test("readPassphrase() refuses a passphrase file other users can write to",
       );
     });
   }
+});
+
+Deno.test("readPassphrase() refuses a group-writable passphrase file whose group is not the owner's private group", async () => {
+  if (Deno.uid() !== 0) return; // needs chgrp to a group of others (the test machine runs as root)
+  for (const mode of [0o620, 0o660]) {
+    await withFile(mode, async (file) => {
+      await Deno.chown(file, null, 65534); // nogroup: not root's primary group
+      await assert.rejects(
+        readPassphrase({ file, onWarning: () => {} }),
+        (e: unknown) =>
+          e instanceof E2eError && e.code === "ERR_FILE" &&
+          e.message ===
+            `Cannot use the passphrase file "${file}": other users can write to it (mode 0${
+              mode.toString(8)
+            }; its group, gid 65534, is not the owner's private group)` &&
+          e.hint === `chmod 600 "${file}"`,
+      );
+    });
+  }
+});
+
+Deno.test("readPassphrase() uses a group-writable passphrase file whose group is the owner's private group (user private groups), as OpenSSH does", async () => {
+  // root's group 0 lists no member and is no one else's primary group (the test machine runs as
+  // root); a user's own private group is the same case.
+  if (Deno.uid() !== 0) return;
+  await withFile(0o620, async (file) => {
+    await Deno.chown(file, 0, 0);
+    assert.equal(await readPassphrase({ file, onWarning: () => {} }), "a long passphrase");
+  });
+});
+
+Deno.test("privateGroup() is true only for the owner's primary group that no one else has or is listed in", () => {
+  const passwd = [
+    "root:x:0:0:root:/root:/bin/bash",
+    "alice:x:1000:1000:Alice:/home/alice:/bin/bash",
+    "bob:x:1001:1001::/home/bob:/bin/sh",
+    "carol:x:1002:100::/home/carol:/bin/sh",
+    "dave:x:1003:100::/home/dave:/bin/sh",
+    "+nis", // skipped
+    "",
+  ].join("\n");
+  const group = [
+    "root:x:0:",
+    "users:x:100:",
+    "alice:x:1000:alice",
+    "bob:x:1001:eve",
+    "staff:x:50:alice",
+  ].join("\n");
+  assert.equal(privateGroup(1000, 1000, passwd, group), true, "alice's own, listing only her");
+  assert.equal(privateGroup(0, 0, passwd, group), true, "root's");
+  assert.equal(privateGroup(1001, 1001, passwd, group), false, "bob's lists eve");
+  assert.equal(privateGroup(1002, 100, passwd, group), false, "dave's primary group too");
+  assert.equal(privateGroup(1000, 50, passwd, group), false, "not alice's primary group");
+  assert.equal(privateGroup(1000, 1000, passwd, ""), false, "no such group line");
+  assert.equal(privateGroup(4242, 4242, passwd, "x:x:4242:\n"), false, "no such user");
+  const twice = passwd + "\nalice2:x:1000:1000::/:/bin/sh";
+  assert.equal(privateGroup(1000, 1000, twice, group), false, "two users with uid 1000");
+  // A line with an empty uid is nobody's, not root's.
+  assert.equal(privateGroup(0, 0, ":x::5::/:/bin/sh\n" + passwd, group), true, "an empty uid");
 });
 
 Deno.test(

@@ -324,6 +324,45 @@ Deno.test("a message from a peer whose key changed is not shown, and the warning
   });
 });
 
+Deno.test("the terminal chat says a key change kept from an earlier run at start, once: the peer, the new key and /trust", async () => {
+  await withService(async (service, dir) => {
+    const aliceUser = await joinUser(service, "alice", join(dir, "alice"));
+    const alice = await ChatClient.start(aliceUser);
+    let bob: ChatClient | undefined;
+    let newKey = "";
+    try {
+      bob = await ChatClient.start(await joinUser(service, "bob", join(dir, "bob")));
+      await connect(alice, bob);
+      await bob.stop();
+      await alice.expect({ type: "disconnected", peer: "bob" });
+      // bob lost his key and joined again with a new invite: alice sees the change.
+      bob = await ChatClient.start(await joinUser(service, "bob", join(dir, "bob-new")));
+      const changed = await connect(alice, bob);
+      assert.equal(changed.atFrom.trust, "changed");
+      newKey = String(changed.atFrom.keyFingerprint);
+      await alice.expect({ type: "key_changed", peer: "bob", keyFingerprint: newKey });
+    } finally {
+      await bob?.stop();
+      await alice.stop();
+    }
+    // The next run, in the terminal: nothing trusted nor dismissed, so it is said at start.
+    const run = await client(aliceUser.home, ["chat"], { stdin: "/quit\n" });
+    assertSuccess(run, "client chat");
+    // (Rows of 80 columns to a pipe: a continued row starts "  │ ".)
+    const said = run.stdout.replaceAll("\n  │ ", " ").split("\n").filter((l) =>
+      l.includes("key changed")
+    );
+    assert.equal(said.length, 1, run.stdout);
+    assert.match(
+      said[0],
+      new RegExp(
+        `^\\d\\d:\\d\\d WARNING: bob's key changed \\(key ${newKey.slice(0, 16)}… on a ` +
+          "connection\\) — it may be someone else: /fingerprint bob to compare, /trust bob to accept$",
+      ),
+    );
+  });
+});
+
 Deno.test("/file to a name never talked with says how to start", async () => {
   await withService(async (service, dir) => {
     const alice = await ChatClient.start(await joinUser(service, "alice", join(dir, "alice")));

@@ -143,3 +143,38 @@ Deno.test("a key an unfinished join left without its record (no request can have
     ]);
   });
 });
+
+Deno.test("an empty HOME/id (made by hand, or left by a crash before anything was written in it) is no identity: the join enrolls; one that holds anything is still refused as existing", async () => {
+  await withService(async (service, dir) => {
+    const home = join(dir, "alice");
+    await Deno.mkdir(join(home, "id"), { recursive: true, mode: 0o755 });
+    assertSuccess(
+      await runClient(home, ["join", await makeInvite(service.home, "alice")]),
+      "client join into an empty id/",
+    );
+    assert.deepEqual(await tree(join(home, "id")), [
+      "ca.crt",
+      "cert.pem",
+      "identity.json",
+      "key.pem",
+    ]);
+    assert.equal((await Deno.stat(join(home, "id"))).mode! & 0o777, 0o700);
+
+    // Something in id/, even a stray file: refused as before, and left as it was.
+    const other = join(dir, "bob");
+    await Deno.mkdir(join(other, "id"), { recursive: true, mode: 0o700 });
+    await Deno.writeTextFile(join(other, "id", "notes.txt"), "mine\n");
+    const refused = await runClient(other, ["join", await makeInvite(service.home, "bob")]);
+    assert.notEqual(refused.code, 0, "the join into a non-empty id/ succeeded");
+    assert.ok(
+      refused.stderr.includes(
+        `e2e-chat: error: "${
+          join(other, "id")
+        }" already exists: this home has an identity or a key`,
+      ),
+      refused.stderr,
+    );
+    assert.deepEqual(await tree(join(other, "id")), ["notes.txt"]);
+    assert.deepEqual(await serialsOf(service, "bob"), []);
+  });
+});

@@ -33,6 +33,7 @@
 import readline from "node:readline";
 import { styleText } from "node:util";
 import type { ChatEvent } from "../events.ts";
+import type { KeyChange } from "../key_changes.ts";
 import { printable, shortened } from "../../lib/printable.ts";
 import { formatSize } from "../files.ts";
 import type { InputSink } from "./json.ts";
@@ -49,6 +50,10 @@ export class Terminal {
   #interrupted = false;
   // Output to a pipe or a file gets the lines alone: no prompt, no echo, no cursor codes.
   #tty = process.stdout.isTTY === true;
+  // Key changes said ("peer key"): each once, not again at every reconnection or mailbox fetch
+  // that presents the key; again only once it is no longer kept (trusted, dismissed) and is back.
+  #keysSaid = new Set<string>();
+  #kept?: (peer: string) => KeyChange[];
 
   /** A terminal for user `name`. */
   constructor(name: string) {
@@ -71,8 +76,28 @@ export class Terminal {
     });
   }
 
+  /**
+   * Says the key changes `kept` holds (seen in an earlier run, neither trusted nor dismissed) that
+   * were not said yet; from then on a key change already said is said again only after it left
+   * `kept` (the chat's `keyChanges()`).
+   */
+  keyChanges(kept: (peer?: string) => KeyChange[]): void {
+    this.#kept = kept;
+    for (const { peer, keyFingerprint, via } of kept()) {
+      this.show({ type: "key_changed", peer, keyFingerprint, via });
+    }
+  }
+
   /** Prints an event above the prompt, then redraws the prompt with what was typed. */
   show(event: ChatEvent): void {
+    if (event.type === "key_changed") {
+      const said = `${event.peer} ${event.keyFingerprint}`;
+      if (this.#keysSaid.has(said)) return;
+      this.#keysSaid.add(said);
+    } else if (this.#kept && this.#keysSaid.size) {
+      // (Not at a key_changed: the chat keeps a change before it tells of it.)
+      this.#forgetSettled(this.#kept);
+    }
     const text = format(event);
     if (text === undefined) return;
     const out = process.stdout;
@@ -95,6 +120,14 @@ export class Terminal {
     out.write(tty ? `${WRAP_OFF}${body}${WRAP_ON}` : body);
     this.#progressRows = event.type === "progress" && event.bytes < event.total ? rows.length : 0;
     if (!this.#closed) this.#prompt(true);
+  }
+
+  // Forgets the key changes said that are no longer kept: seen again, they are said again.
+  #forgetSettled(kept: (peer: string) => KeyChange[]): void {
+    for (const said of this.#keysSaid) {
+      const [peer, key] = said.split(" ");
+      if (!kept(peer).some((c) => c.keyFingerprint === key)) this.#keysSaid.delete(said);
+    }
   }
 
   #prompt(preserveCursor?: boolean): void {
@@ -188,6 +221,19 @@ function format(e: ChatEvent): string | undefined {
         : "no peers connected";
     case "disconnected":
       return styleText("yellow", `${e.peer} disconnected (${printable(e.reason)})`);
+    case "key_changed": {
+      const peer = printable(e.peer);
+      const where = e.via === "mailbox"
+        ? "a mailbox item"
+        : e.via === "room"
+        ? `the member list of ${printable(e.room ?? "a room")}`
+        : "a connection";
+      return styleText(
+        ["bold", "yellow"],
+        `WARNING: ${peer}'s key changed (key ${e.keyFingerprint.slice(0, 16)}… on ${where}) — ` +
+          `it may be someone else: /fingerprint ${peer} to compare, /trust ${peer} to accept`,
+      );
+    }
     case "log_alarm":
       return styleText(
         ["bold", "red"],

@@ -1,5 +1,8 @@
 import assert from "node:assert/strict";
+import { join } from "node:path";
+import { withTempDir } from "../../lib/_test_util.ts";
 import type { ChatEvent } from "../events.ts";
+import { KeyChanges } from "../key_changes.ts";
 
 const TERMINAL = new URL("./terminal.ts", import.meta.url).href;
 // deno-lint-ignore no-control-regex
@@ -13,9 +16,17 @@ const WRAP_ON = "\x1b[?7h";
  * or with `columns` a terminal that wide (a pseudo-terminal made by script(1), colour on).
  */
 async function printed(events: ChatEvent[], options: { columns?: number } = {}): Promise<string> {
+  return await printedBy(
+    `const terminal = new Terminal("alice");
+    for (const event of ${JSON.stringify(events)}) terminal.show(event);`,
+    options,
+  );
+}
+
+/** What `steps` (code that makes and uses a Terminal, imported as such) prints, as printed(). */
+async function printedBy(steps: string, options: { columns?: number } = {}): Promise<string> {
   const code = `import { Terminal } from ${JSON.stringify(TERMINAL)};
-    const terminal = new Terminal("alice");
-    for (const event of ${JSON.stringify(events)}) terminal.show(event);
+    ${steps}
     Deno.exit(0);`;
   // A user's terminal: none of the variables that turn node's colours off (CI=true does, as
   // .ci/run sets it) or on.
@@ -376,4 +387,86 @@ Deno.test("Ctrl-C at the terminal stops the chat there: lines typed ahead of it,
   assert.match(out, /ran one/);
   assert.match(out, /ended/, JSON.stringify(out));
   assert.doesNotMatch(out, /ran two/, `the line typed ahead of Ctrl-C ran: ${JSON.stringify(out)}`);
+});
+
+const KEY_CHANGES = new URL("../key_changes.ts", import.meta.url).href;
+const KEY_0 = "0a".repeat(32);
+const KEY_1 = "1b".repeat(32);
+
+function keyChanged(
+  peer: string,
+  keyFingerprint: string,
+  via: "connection" | "mailbox",
+): ChatEvent {
+  return { type: "key_changed", peer, keyFingerprint, via };
+}
+
+/** Each event's rows as one line again: the time left out, continued rows joined at a blank. */
+function lines(output: string): string[] {
+  return rowsOfEach(output).map((rows) =>
+    withoutTime(rows).map((r, i) => i ? r.slice(CONTINUED.length) : r).join(" ")
+  );
+}
+
+function warning(peer: string, key: string, where: string): string {
+  return `WARNING: ${peer}'s key changed (key ${key.slice(0, 16)}… on ${where}) — it may be ` +
+    `someone else: /fingerprint ${peer} to compare, /trust ${peer} to accept`;
+}
+
+Deno.test("a key change is said in one line naming the peer, the new key and /trust, once per key: not again when the peer reconnects with it", async () => {
+  const output = await printed([
+    keyChanged("bob", KEY_1, "connection"),
+    keyChanged("bob", KEY_1, "connection"), // bob reconnects, with that key again
+    keyChanged("bob", KEY_1, "mailbox"),
+    { type: "key_changed", peer: "carol", keyFingerprint: KEY_1, via: "room", room: "#ops" },
+    keyChanged("bob", KEY_0, "mailbox"),
+  ]);
+  assert.deepEqual(lines(output), [
+    warning("bob", KEY_1, "a connection"),
+    warning("carol", KEY_1, "the member list of #ops"),
+    warning("bob", KEY_0, "a mailbox item"),
+  ]);
+});
+
+Deno.test("the key changes kept from an earlier run are said at start; one trusted (no longer kept) is said again when it is back, one still kept is not", async () => {
+  await withTempDir(async (dir) => {
+    const file = join(dir, "key-changes.json");
+    // The real store of a home: bob's key 0 was seen in an earlier run, neither trusted nor
+    // dismissed.
+    await (await KeyChanges.load(file)).record({
+      peer: "bob",
+      keyFingerprint: KEY_0,
+      via: "mailbox",
+    });
+    // As the chat does: kept first, then told (client/chat.ts); /trust clears the key's change,
+    // then the command's answer is shown (client/faces/commands.ts).
+    const output = await printedBy(`
+      const { KeyChanges } = await import(${JSON.stringify(KEY_CHANGES)});
+      const kept = await KeyChanges.load(${JSON.stringify(file)});
+      const terminal = new Terminal("alice");
+      terminal.keyChanges((peer) => kept.list(peer));
+      const seen = async (keyFingerprint) => {
+        await kept.record({ peer: "bob", keyFingerprint, via: "connection" });
+        terminal.show({ type: "key_changed", peer: "bob", keyFingerprint, via: "connection" });
+      };
+      const trust = async (keyFingerprint) => {
+        await kept.clear("bob", keyFingerprint);
+        terminal.show({ type: "warning", message: "Now trusting the new key of bob" });
+      };
+      await seen(${JSON.stringify(KEY_0)}); // said at start already
+      await seen(${JSON.stringify(KEY_1)});
+      await seen(${JSON.stringify(KEY_1)});
+      await trust(${JSON.stringify(KEY_1)});
+      await seen(${JSON.stringify(KEY_0)}); // still kept: said already
+      await trust(${JSON.stringify(KEY_0)});
+      await seen(${JSON.stringify(KEY_1)}); // trusted once, now a change again
+    `);
+    assert.deepEqual(lines(output), [
+      warning("bob", KEY_0, "a mailbox item"),
+      warning("bob", KEY_1, "a connection"),
+      "Now trusting the new key of bob",
+      "Now trusting the new key of bob",
+      warning("bob", KEY_1, "a connection"),
+    ]);
+  });
 });
