@@ -175,6 +175,10 @@ export class ClientHome {
   get mailboxRoomOwed(): string {
     return join(this.mailbox, "room-owed.json");
   }
+  /** Room messages held apart until their member list is here (client/room_held.ts), 0700. */
+  get mailboxRoomHeld(): string {
+    return join(this.mailbox, "room-held");
+  }
   /** Items held back after a key change, still sealed, 0700. */
   get mailboxHeld(): string {
     return join(this.mailbox, "held");
