@@ -179,6 +179,10 @@ export class ClientHome {
   get mailboxRoomHeld(): string {
     return join(this.mailbox, "room-held");
   }
+  /** Items openssl failed on, tried again less often (client/mailbox.ts), 0600. */
+  get mailboxRetry(): string {
+    return join(this.mailbox, "retry.json");
+  }
   /** Items held back after a key change, still sealed, 0700. */
   get mailboxHeld(): string {
     return join(this.mailbox, "held");
