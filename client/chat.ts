@@ -55,8 +55,9 @@ import { MailboxClient, type MailboxHost, MAX_MAILBOX_FILE_BYTES } from "./mailb
 import { type FileOffer, type FilePolicy, PeerConnection, type PeerEvents } from "./peer.ts";
 import { Renewal, type RenewalOptions } from "./renewal.ts";
 import { Revocation } from "./revocation.ts";
-import { Rooms } from "./rooms.ts";
+import { type RoomHistoryRecord, Rooms } from "./rooms.ts";
 import { RoomOwed } from "./room_owed.ts";
+import { RoomHeld } from "./room_held.ts";
 import { LogMonitor } from "./transparency.ts";
 import type { RelayMode } from "./relay.ts";
 import { type KeyState, safetyNumber, TrustStore } from "./trust.ts";
@@ -154,6 +155,7 @@ export class Chat {
   // recorded again when the item is tried again (the room takes it for a copy then), after a
   // restart too.
   #roomOwed: RoomOwed;
+  #roomHeld: RoomHeld;
   #log: LogMonitor;
   #watchTimer?: ReturnType<typeof setInterval>;
   #retryTimer?: ReturnType<typeof setTimeout>;
@@ -214,6 +216,10 @@ export class Chat {
     });
     // Sealed when the key is encrypted; a key decrypted later still reads what was sealed.
     this.#roomOwed = new RoomOwed(id.home.mailboxRoomOwed, {
+      key: id.historyKey(),
+      seal: id.keyEncrypted,
+    });
+    this.#roomHeld = new RoomHeld(id.home.mailboxRoomHeld, {
       key: id.historyKey(),
       seal: id.keyEncrypted,
     });
@@ -280,6 +286,7 @@ export class Chat {
           if (this.#roomPosts.get(name) === posted) this.#roomPosts.delete(name);
         });
       },
+      mailboxHeldGone: (id, records) => this.#roomHeldGone(id, records),
       history: this.#history,
       dir: id.home.rooms,
       invitationsFile: id.home.roomInvitations,
@@ -355,10 +362,41 @@ export class Chat {
     chat.#watchLog();
     chat.#watchTimer = setInterval(() => chat.#watchLog(), LOG_WATCH_MS);
     chat.#renewal.start();
+    chat.#takeUpRoomHeld();
     // After `ready`: what waited in the mailbox comes now, then as it arrives.
     chat.#mailbox.start();
     chat.#rooms.start();
     return chat;
+  }
+
+  // The room messages from the mailbox an earlier run held apart (client/room_held.ts): given to
+  // the rooms again, as if they came now. Ones taken before it stopped are copies, let go; ones
+  // whose lines were owed have them recorded.
+  #takeUpRoomHeld(): void {
+    for (const held of this.#roomHeld.items()) {
+      const owed = this.#roomOwed.get(held.id);
+      if (owed) {
+        for (const r of owed) this.#history.roomMessage(r);
+        this.#roomHeldGone(held.id, owed);
+        continue;
+      }
+      const records = this.#rooms.fromMailbox(held.from, held.payload, { id: held.id });
+      if (!this.#rooms.holds(held.id)) this.#roomHeldGone(held.id, records);
+    }
+  }
+
+  // A room message held apart is no longer: its lines (if it was shown) are owed on disk until
+  // synced in the history, then its copy in HOME/mailbox/room-held/ goes. Not synced now (a disk
+  // error): both stay, and the next start records the lines.
+  #roomHeldGone(id: string, records: RoomHistoryRecord[]): void {
+    if (records.length === 0) return this.#roomHeld.drop(id);
+    if (!this.#roomOwed.put(id, records)) return;
+    const rooms = new Map(records.map((r) => [r.roomId, r.room]));
+    Promise.all([...rooms].map(([roomId, room]) => this.#history.persistRoom(room, roomId)))
+      .then(() => {
+        this.#roomHeld.drop(id);
+        this.#roomOwed.drop(id);
+      }, () => {});
   }
 
   /** Our user name. */
@@ -1216,7 +1254,23 @@ export class Chat {
           let records = this.#roomOwed.get(item.id);
           if (records) { for (const r of records) this.#history.roomMessage(r); }
           else {
-            records = this.#rooms.fromMailbox(item.from, new TextDecoder().decode(item.payload));
+            const payload = new TextDecoder().decode(item.payload);
+            records = this.#rooms.fromMailbox(item.from, payload, { id: item.id });
+            // Held apart until its member list is here: on disk, synced, before the CA's copy
+            // goes, or it stays at the CA (a stop while it is held must not lose it).
+            if (this.#rooms.holds(item.id)) {
+              try {
+                this.#roomHeld.put({ id: item.id, from: item.from, payload });
+              } catch (e) {
+                throw new E2eError(
+                  "ERR_FILE",
+                  `Cannot keep a room message from "${item.from}" that waits for its member ` +
+                    `list in "${this.#id.home.mailboxRoomHeld}": ${systemReason(e)}`,
+                  { cause: e },
+                );
+              }
+              return () => {};
+            }
             // Owed on disk before the room's state (written a moment later) says it was shown:
             // a restart before its lines are synced must not take it for a copy and record
             // nothing. When that write fails too, they are owed in memory.

@@ -175,6 +175,14 @@ export class ClientHome {
   get mailboxRoomOwed(): string {
     return join(this.mailbox, "room-owed.json");
   }
+  /** Room messages held apart until their member list is here (client/room_held.ts), 0700. */
+  get mailboxRoomHeld(): string {
+    return join(this.mailbox, "room-held");
+  }
+  /** Items openssl failed on, tried again less often (client/mailbox.ts), 0600. */
+  get mailboxRetry(): string {
+    return join(this.mailbox, "retry.json");
+  }
   /** Items held back after a key change, still sealed, 0700. */
   get mailboxHeld(): string {
     return join(this.mailbox, "held");

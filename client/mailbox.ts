@@ -41,7 +41,9 @@
  * opened now for a cause of ours (openssl killed, no temporary folder), whose signer cannot be
  * checked now (the CA failing), or that cannot be stored now (a disk error, not a quota's refusal;
  * a message whose history line cannot be written and synced) is neither shown nor acknowledged: it
- * stays at the CA and is tried again, and the user is told once for it.
+ * stays at the CA and is tried again, and the user is told once for it. One openssl fails on
+ * (killed, crashed, timed out: it may be what makes it so) is tried again after 1 min, then 2, 4…
+ * (at most hourly), not at every look (HOME/mailbox/retry.json, by the CA's id).
  *
  * @module
  */
@@ -100,6 +102,21 @@ function receiptRetryMs(n: number): number {
  * item is taken up to a day ahead): two clocks minutes apart are common, hours are not.
  */
 const CLOCK_AHEAD_MS = 10 * 60_000;
+/**
+ * Failures of an item's opening that are openssl's (it crashed, was killed, or hung until its
+ * timeout) and not a verdict: the item stays at the CA, and is tried again after a while.
+ */
+const BACKS_OFF = new Set(["ERR_OPENSSL", "ERR_OPENSSL_TIMEOUT"]);
+/**
+ * After an item's opening failed `n` times so, the next try waits 1, 2, 4… minutes, at most an
+ * hour: an item that makes openssl crash or hang (until its timeout) would otherwise cost that at
+ * every look until the CA expires it, 7 days later.
+ */
+export function itemRetryMs(n: number): number {
+  return Math.min(3_600_000, 60_000 * 2 ** Math.min(Math.max(n - 1, 0), 6));
+}
+/** Items whose tries are spaced out (HOME/mailbox/retry.json), at most (the CA lists 200). */
+export const MAX_ITEM_RETRIES = 256;
 /** Longest delay a timer takes (setTimeout fires at once past 2^31 - 1 ms). */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** How long one long poll waits at the CA, in seconds. */
@@ -150,6 +167,8 @@ export interface MailboxHost {
    * history's key, and whether new files are sealed with it. Default: plain files.
    */
   unsentKey?: { key?: Uint8Array; seal?: boolean };
+  /** The clock that spaces out the tries of an item openssl fails on, ms. Default: `Date.now`. */
+  clock?: () => number;
   /**
    * An item an earlier run kept for the CA service (it quit or crashed first): what hears how
    * it ends, as `later` of {@linkcode MailboxClient.send} did. Default: nothing hears.
@@ -235,6 +254,14 @@ interface SeenEntry {
   at?: number;
 }
 
+/** An item whose opening failed without a verdict (openssl's failure): tried again at `next`. */
+interface ItemRetry {
+  /** Failures in a row. */
+  fails: number;
+  /** Not tried again before, ms since the epoch (the host's clock). */
+  next: number;
+}
+
 /** A sender whose receipts the service refused lately (not for being away). */
 interface ReceiptRetry {
   /** Refusals in a row. */
@@ -260,6 +287,8 @@ export class MailboxClient {
   // one comes after a later item of its sender, it was held back (by the service, or our failure).
   #retried = new Set<string>();
   #receiptRetry = new Map<string, ReceiptRetry>();
+  // By the CA's id: items openssl failed on, tried again less often (HOME/mailbox/retry.json).
+  #itemRetry = new Map<string, ItemRetry>();
   // Ids of items that could not be stored now (a disk error), said once each until one is.
   #unstored = new Set<string>();
   // Failures said already: the look they end is not said again.
@@ -298,6 +327,13 @@ export class MailboxClient {
     const m = new MailboxClient(host, home);
     m.#outbox = await readRecord(home.mailboxOutbox, "items");
     m.#seen = await readRecord(home.mailboxSeen, "seen");
+    // A look at the CA's list drops those no longer there; a broken file only spaces out nothing.
+    const retries = await readRecord<ItemRetry>(home.mailboxRetry, "items").catch(() => ({}));
+    for (const [id, r] of Object.entries(retries).slice(-MAX_ITEM_RETRIES)) {
+      if (Number.isSafeInteger(r?.fails) && Number.isFinite(r?.next)) {
+        m.#itemRetry.set(id, { fails: r.fails, next: r.next });
+      }
+    }
     // What an earlier run could not post: it goes first, in order, once the CA service answers.
     const { store, ...found } = await UnsentStore.open(
       home.mailboxUnsent,
@@ -774,32 +810,83 @@ export class MailboxClient {
    * handled first, then its error is thrown.
    */
   async check(waitSeconds = 0): Promise<void> {
-    const failed = await this.#look(waitSeconds);
+    const { failed } = await this.#look(waitSeconds);
     if (failed) throw failed.error;
   }
 
-  // check(), but an item's failure (the service answered) is returned once the look is done.
-  async #look(waitSeconds: number): Promise<{ error: unknown } | undefined> {
+  // check(), but an item's failure (the service answered) is returned once the look is done, and
+  // `later` says in how many ms the first item whose try was put off is due.
+  async #look(waitSeconds: number): Promise<{ failed?: { error: unknown }; later?: number }> {
     const items = await this.#host.ca.mailboxList(waitSeconds);
     const listed = new Set(items.map((r) => r.id));
     for (const id of this.#retried) if (!listed.has(id)) this.#retried.delete(id);
+    let retriesChanged = false;
+    for (const id of this.#itemRetry.keys()) {
+      if (!listed.has(id)) retriesChanged = this.#itemRetry.delete(id);
+    }
+    const now = this.#now();
+    const due = items.filter((r) => (this.#itemRetry.get(r.id)?.next ?? 0) <= now);
+    let later: number | undefined;
+    for (const r of items) {
+      const next = this.#itemRetry.get(r.id)?.next ?? 0;
+      if (next > now) later = Math.min(later ?? Infinity, next - now);
+    }
     // Once for the look, not once for each item that would fail the same way.
-    if (items.length) await this.#host.fresh();
+    if (due.length) await this.#host.fresh();
     let failed: { error: unknown } | undefined;
-    for (const record of items) {
-      if (this.#stopped.signal.aborted) return undefined;
-      try {
-        await this.#fetch(record);
-      } catch (e) {
-        this.#retried.add(record.id);
-        // The service away, or our key not unlocking: every item after it would fail alike.
-        if (away(e) || (e instanceof E2eError && e.code === "ERR_BAD_PASSPHRASE")) throw e;
-        failed ??= { error: e };
+    try {
+      for (const record of due) {
+        if (this.#stopped.signal.aborted) return {};
+        try {
+          await this.#fetch(record);
+          if (this.#itemRetry.delete(record.id)) retriesChanged = true;
+        } catch (e) {
+          this.#retried.add(record.id);
+          // The service away, or our key not unlocking: every item after it would fail alike.
+          if (away(e) || (e instanceof E2eError && e.code === "ERR_BAD_PASSPHRASE")) throw e;
+          if (e instanceof E2eError && BACKS_OFF.has(e.code)) {
+            this.#putOff(record, e);
+            retriesChanged = true;
+          } else if (this.#itemRetry.delete(record.id)) retriesChanged = true;
+          failed ??= { error: e };
+        }
       }
+    } finally {
+      if (retriesChanged) await this.#saveRetries().catch(() => {});
     }
     await this.#payReceipts();
     this.#reportExpired();
-    return failed;
+    return { failed, later };
+  }
+
+  #now(): number {
+    return this.#host.clock?.() ?? Date.now();
+  }
+
+  // The item `record` openssl failed on (`e`) is tried again later, less often after each
+  // failure; the user is told once for it, with when.
+  #putOff(record: MailboxRecord, e: E2eError): void {
+    const fails = (this.#itemRetry.get(record.id)?.fails ?? 0) + 1;
+    this.#itemRetry.delete(record.id);
+    this.#itemRetry.set(record.id, { fails, next: this.#now() + itemRetryMs(fails) });
+    if (this.#itemRetry.size > MAX_ITEM_RETRIES) {
+      this.#itemRetry.delete(this.#itemRetry.keys().next().value!);
+    }
+    this.#toldErrors.add(e);
+    if (fails > 1) return;
+    this.#host.warning(
+      `${e.message} in ${itemRetryMs(1) / 60_000} min, then less often (at most hourly) ` +
+        `while the CA service keeps it`,
+    );
+  }
+
+  async #saveRetries(): Promise<void> {
+    await ensurePrivateDir(this.#home.mailbox);
+    await writeFileAtomic(
+      this.#home.mailboxRetry,
+      JSON.stringify({ items: Object.fromEntries(this.#itemRetry) }) + "\n",
+      { mode: 0o600 },
+    );
   }
 
   async #poll(): Promise<void> {
@@ -808,7 +895,7 @@ export class MailboxClient {
     let wait = 0; // the first look returns at once: what waited while we were away
     while (!stopped.aborted) {
       try {
-        const failed = await this.#look(wait);
+        const { failed, later } = await this.#look(wait);
         if (!failed) {
           wait = this.#nextWait();
           if (failures) this.#host.back?.();
@@ -819,6 +906,12 @@ export class MailboxClient {
         await this.#takeUp();
         await this.#flush();
         if (failed) throw failed.error;
+        // An item put off is still listed, so the service answers the long poll at once: the
+        // next look comes when it is due, or after a long poll's time for what else comes.
+        if (later !== undefined) {
+          await pause(Math.min(later, wait * 1000), stopped);
+          wait = 0;
+        }
       } catch (e) {
         if (stopped.aborted) return;
         // The next look returns at once: the CA is known to be back then, not a long poll later.

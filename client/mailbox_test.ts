@@ -67,6 +67,8 @@ class MemoryService {
   failFetches = new Set<string>();
   /** A dishonest service: answers a post as stored, with this `expiresAt`, and drops it. */
   dropWith?: string;
+  /** Lists asked for (looks). */
+  lists = 0;
 
   as(user: string): MailboxHost["ca"] {
     return {
@@ -121,6 +123,7 @@ class MemoryService {
         return record;
       },
       mailboxList: async (wait) => {
+        this.lists++;
         const mine = () =>
           [...this.items.values()].filter((i) => i.record.to === user).map((i) => i.record);
         // A long poll with nothing to give waits a little (the real service: up to `wait` s).
@@ -172,6 +175,8 @@ class Client {
   freshDown = false;
   /** What checking a signer throws, when it fails (the CA busy, its directory's answer refused). */
   signerError?: Error;
+  /** How far this client's clock is ahead of the machine's, ms (an item's tries spaced out). */
+  ahead = 0;
   mailbox!: MailboxClient;
   readonly me: Member;
   readonly home: ClientHome;
@@ -222,6 +227,7 @@ class Client {
       offer: (from, offer) => this.offers.push({ from, ...offer }),
       warning: (message) => this.warnings.push(message),
       unsentKey: this.unsentKey,
+      clock: () => Date.now() + this.ahead,
       resume: (item) => {
         this.resumed.push(item);
         return (e) => this.ended.push([item.id, e]);
@@ -236,6 +242,7 @@ class Client {
     const next = new Client(this.me.name, this.service, this.home.root);
     next.pins = this.pins;
     next.unsentKey = this.unsentKey;
+    next.ahead = this.ahead;
     return await next.load();
   }
 }
@@ -1201,13 +1208,114 @@ Deno.test("MailboxClient: an item whose opening fails on our side (openssl kille
         lost.push(`${what}: the item was deleted at the CA; ${bob.warnings}`);
         continue;
       }
-      assert.deepEqual(bob.warnings, [], what);
+      // openssl's failure is told, once, with when it is tried again; another isn't put off.
+      assert.deepEqual(
+        bob.warnings,
+        code === "ERR_OPENSSL"
+          ? [`${message} in 1 min, then less often (at most hourly) while the CA service keeps it`]
+          : [],
+        what,
+      );
+      bob.ahead += 60_000;
       await bob.mailbox.check();
       assert.deepEqual(read(bob.shown), [`hello (${what})`], what);
       assert.equal(forBob(service), 0, what);
     }
     assert.deepEqual(lost, []);
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+// An item that makes openssl crash (or hang until its timeout) is no verdict, so it stays at the
+// CA: it was opened again at every look until the CA expired it (7 days), each look paying for it
+// (up to openssl's 2-minute timeout), and the poll said so again after each look that went well.
+Deno.test("MailboxClient: an item openssl fails on is tried again after 1 min, then 2, 4… (at most hourly, across a restart), not at every look, the user told once; it is shown once openssl opens it", async () => {
+  const dir = await Deno.makeTempDir();
+  const wrapper = join(dir, "openssl");
+  const runs = join(dir, "decrypts");
+  await Deno.writeTextFile(
+    wrapper,
+    `#!/bin/sh\ncase "$*" in *-decrypt*) echo x >> "${runs}"; kill -9 $$;; esac\n` +
+      `exec openssl "$@"\n`,
+    { mode: 0o755 },
+  );
+  const decrypts = () => Deno.readTextFile(runs).then((t) => t.length / 2, () => 0);
+  const before = Deno.env.get("E2E_CHAT_OPENSSL");
+  Deno.env.set("E2E_CHAT_OPENSSL", wrapper);
+  try {
+    const w = await world();
+    const { service, alice } = w;
+    let bob = w.bob;
+    await alice.mailbox.post("bob", "message", text("opened at last"));
+    await assert.rejects(bob.mailbox.check(), /openssl cms was killed/);
+    assert.equal(await decrypts(), 1);
+    // Due again after 1 min, then 2, then 4: looks before that leave it be.
+    for (const [wait, n] of [[60_000, 2], [120_000, 3], [240_000, 4]]) {
+      await bob.mailbox.check();
+      bob.ahead += wait - 1_000;
+      await bob.mailbox.check();
+      assert.equal(await decrypts(), n - 1, `not tried before ${wait / 60_000} min`);
+      bob.ahead += 1_000;
+      await assert.rejects(bob.mailbox.check(), /openssl cms was killed/);
+      assert.equal(await decrypts(), n, `tried after ${wait / 60_000} min`);
+    }
+    assert.equal(bob.warnings.length, 1, bob.warnings.join("\n"));
+    assert.match(bob.warnings[0], /in 1 min, then less often \(at most hourly\)/);
+    assert.equal(forBob(service), 1, "still at the CA");
+    // A restart keeps the spacing (8 min now), and the user is not told again.
+    bob = await bob.restart();
+    bob.ahead += 7 * 60_000;
+    await bob.mailbox.check();
+    assert.equal(await decrypts(), 4);
+    assert.deepEqual(bob.warnings, []);
+    // openssl works again: once due, the item is shown, once, and its spacing forgotten.
+    Deno.env.delete("E2E_CHAT_OPENSSL");
+    bob.ahead += 3_600_000;
+    await bob.mailbox.check();
+    await bob.mailbox.check();
+    assert.deepEqual(read(bob.shown), ["opened at last"]);
+    assert.equal(forBob(service), 0);
+    assert.deepEqual(JSON.parse(await Deno.readTextFile(bob.home.mailboxRetry)), { items: {} });
+  } finally {
+    if (before === undefined) Deno.env.delete("E2E_CHAT_OPENSSL");
+    else Deno.env.set("E2E_CHAT_OPENSSL", before);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+// The service answers a long poll at once while an item is listed: one put off must not have the
+// poll ask again and again until it is due.
+Deno.test("MailboxClient: the poll does not spin while an item openssl failed on is put off: it looks again within a long poll's time", async () => {
+  const dir = await Deno.makeTempDir();
+  const wrapper = join(dir, "openssl");
+  await Deno.writeTextFile(
+    wrapper,
+    `#!/bin/sh\ncase "$*" in *-decrypt*) kill -9 $$;; esac\nexec openssl "$@"\n`,
+    { mode: 0o755 },
+  );
+  const before = Deno.env.get("E2E_CHAT_OPENSSL");
+  try {
+    const { service, alice, bob } = await world();
+    await alice.mailbox.post("bob", "message", text("put off"));
+    Deno.env.set("E2E_CHAT_OPENSSL", wrapper);
+    bob.mailbox.start();
+    try {
+      await waitUntil(() => bob.warnings.length === 1, "the item put off");
+      Deno.env.delete("E2E_CHAT_OPENSSL");
+      // The failed look's pause (2 s), then one look, which puts off to a long poll's end.
+      await new Promise((r) => setTimeout(r, 3_000));
+      const lists = service.lists;
+      await new Promise((r) => setTimeout(r, 1_500));
+      assert.ok(service.lists - lists <= 1, `${service.lists - lists} looks in 1.5 s`);
+      assert.deepEqual(read(bob.shown), []);
+    } finally {
+      bob.mailbox.stop();
+    }
+    assert.equal(forBob(service), 1);
+  } finally {
+    if (before === undefined) Deno.env.delete("E2E_CHAT_OPENSSL");
+    else Deno.env.set("E2E_CHAT_OPENSSL", before);
     await Deno.remove(dir, { recursive: true });
   }
 });

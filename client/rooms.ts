@@ -234,6 +234,13 @@ export interface RoomHost {
    * for it and not accepted yet are withdrawn. Default: none.
    */
   gone?(room: string, names: string[]): void;
+  /**
+   * A message {@linkcode Rooms.fromMailbox} held apart under a newer list (see
+   * {@linkcode Rooms.holds}) is no longer held: taken, with the history lines that recorded
+   * (this message's and those it let through; none when refused or a copy), or let go (none).
+   * Default: none.
+   */
+  mailboxHeldGone?(id: string, records: RoomHistoryRecord[]): void;
   /** Where room messages are recorded (conversation `#name`, kept by the room's id). */
   history: History;
   /** HOME/rooms. */
@@ -370,6 +377,8 @@ interface Provisional {
   m: SignedMessage;
   to: string[];
   fill: boolean;
+  /** The mailbox item it came in (kept on disk by the host until it is taken or let go). */
+  mailboxId?: string;
 }
 
 /** An invitation we declined, remembered (see `#declinedHere`, `#declinesUntold`). */
@@ -1082,19 +1091,33 @@ export class Rooms {
    * Anything else, or a refusal, is a warning. Returns the history lines it recorded (this
    * message's and the held ones it let through, none when it waits or is a copy): the caller
    * makes them durable before the CA's copy is deleted, and records them again if that fails.
+   * `options.id` is the item's id: one held apart under a newer list is named by it in
+   * {@linkcode holds} and the host's `mailboxHeldGone`.
    */
-  fromMailbox(from: string, payload: string): RoomHistoryRecord[] {
+  fromMailbox(from: string, payload: string, options: { id?: string } = {}): RoomHistoryRecord[] {
     const recorded: RoomHistoryRecord[] = this.#recorded = [];
     try {
       const body = decodeRoomFrame(JSON.parse(payload));
       if (body.op !== "msg") throw refused(`a room frame "${body.op}" through the mailbox`);
-      this.#onMessage({ name: from }, body.m, body.to ?? [], true);
+      this.#onMessage({ name: from }, body.m, body.to ?? [], true, options.id);
     } catch (e) {
       this.#warn(`Refused a room message from "${from}" through the mailbox`, e);
     } finally {
       this.#recorded = undefined;
     }
     return recorded;
+  }
+
+  /**
+   * Whether the mailbox item `id` (given to {@linkcode fromMailbox}) is held apart, until the
+   * list it was signed under is here: the caller keeps it on disk before the CA's copy goes, and
+   * hears of it again through `mailboxHeldGone`.
+   */
+  holds(id: string): boolean {
+    for (const r of this.#rooms.values()) {
+      if (r.provisional.some((p) => p.mailboxId === id)) return true;
+    }
+    return false;
   }
 
   /** A `room` frame from a connected peer. Refusals are reported as warnings and change nothing. */
@@ -1398,6 +1421,7 @@ export class Rooms {
     m: SignedMessage,
     to: string[],
     fill: boolean,
+    mailboxId?: string,
   ): void {
     const conn = src;
     const r = this.#rooms.get(m.roomId);
@@ -1415,7 +1439,7 @@ export class Rooms {
       if (listed && !verifyMessage(m, this.#memberKey(r, listed))) {
         throw refused(`a message in ${r.list.room} by "${m.author}" with a bad signature`);
       }
-      return this.#holdProvisional(r, { src, m, to, fill });
+      return this.#holdProvisional(r, { src, m, to, fill, mailboxId });
     }
     const author = r.list.members.find((x) => x.name === m.author);
     // Passed on before the sender had the list without them: not the sender's fault.
@@ -1543,7 +1567,9 @@ export class Rooms {
       let [most, mostN] = [p.src.name, counts.get(p.src.name) ?? 0];
       for (const [name, n] of counts) if (n > mostN) [most, mostN] = [name, n];
       const i = r.provisional.findIndex((x) => x.src.name === most);
-      r.provisionalChars -= r.provisional.splice(i, 1)[0].m.text.length;
+      const gone = r.provisional.splice(i, 1)[0];
+      r.provisionalChars -= gone.m.text.length;
+      if (gone.mailboxId) this.#host.mailboxHeldGone?.(gone.mailboxId, []);
     }
     const conn = p.src.conn ?? this.#host.peer(r.list.creator);
     if (!conn || conn.name === this.#host.self || !this.#listed(r, conn)) return;
@@ -1567,13 +1593,23 @@ export class Rooms {
     r.provisional = r.provisional.filter((p) => p.m.version > r.list.version);
     r.provisionalChars = r.provisional.reduce((n, p) => n + p.m.text.length, 0);
     r.askedVersions = r.askedVersions.filter((a) => a.version > r.list.version);
-    for (const { src, m, to, fill } of ready) {
-      if (this.#rooms.get(r.list.roomId) !== r) return;
+    for (const { src, m, to, fill, mailboxId } of ready) {
+      // The lines it records are handed to the host with its item: the disk's copy of it goes
+      // once they are synced.
+      const outer = this.#recorded;
+      const recorded: RoomHistoryRecord[] = [];
+      if (mailboxId) this.#recorded = recorded;
       try {
-        this.#onMessage(src, m, to, fill);
+        if (this.#rooms.get(r.list.roomId) === r) this.#onMessage(src, m, to, fill);
       } catch (e) {
         if (src.conn) this.#refuse(src.conn, e);
         else this.#warn(`Refused a room message from "${src.name}" through the mailbox`, e);
+      } finally {
+        if (mailboxId) {
+          this.#recorded = outer;
+          outer?.push(...recorded);
+          this.#host.mailboxHeldGone?.(mailboxId, recorded);
+        }
       }
     }
   }

@@ -28,6 +28,7 @@ import {
   JOIN_WAIT_MS,
   MAX_FORMER,
   MAX_HELD_CHARS,
+  type RoomHistoryRecord,
   roomMessageId,
   Rooms,
 } from "./rooms.ts";
@@ -140,6 +141,7 @@ interface TestRoomsOptions {
   history?: History;
   pinned?: (name: string) => string | undefined;
   mailbox?: (name: string) => void;
+  mailboxHeldGone?: (id: string, records: RoomHistoryRecord[]) => void;
 }
 
 /** A Rooms core for `self` (its key `pem`) in `dir`, over the fake connections `peer` finds. */
@@ -164,6 +166,7 @@ function testRooms(
     dir,
     invitationsFile: options.invitationsFile,
     mailbox: options.mailbox,
+    mailboxHeldGone: options.mailboxHeldGone,
   });
 }
 
@@ -2750,6 +2753,59 @@ Deno.test("A member's made-up messages under a newer list do not push out a real
       const texts = events.flatMap((e) => e.type === "room_message" ? [e.text] : []);
       assert.deepEqual(texts, ["from dave"], "dave's message was pushed out by bob's made-up ones");
     });
+  });
+});
+
+// Mailbox items held apart under a newer list are kept on disk by the chat (client/room_held.ts)
+// until the room says they are gone: the room's bound per sender must say so of those it lets go,
+// and hand over the lines of those it takes, or the disk would keep what a flood pushed out.
+Deno.test("Mailbox room messages held apart say when they go: those a sender's flood pushes out at once, with no lines, the others once the list is here", async () => {
+  await withTempDir(async (dir) => {
+    const [alice, carol, dave, erin] = [keyPair(), keyPair(), keyPair(), keyPair()];
+    const roomId = roomIdFor("carol");
+    const listAt = (version: number) =>
+      signList({
+        roomId,
+        room: "#team",
+        creator: "carol",
+        version,
+        members: [
+          { name: "alice", key: alice.spki, since: 1 },
+          { name: "carol", key: carol.spki, since: 1 },
+          { name: "dave", key: dave.spki, since: 1 },
+          ...(version >= 2 ? [{ name: "erin", key: erin.spki, since: 2 }] : []),
+        ],
+      }, carol.privateKey);
+    await writeRoom(dir, listAt(1), carol.spki, { alice: 1, carol: 1, dave: 1 });
+    const connections = new Map([["carol", fakeConnection("carol", carol.privateKey)]]);
+    const gone: Array<[string, string[]]> = [];
+    const rooms = testRooms("alice", alice.pem, dir, (n) => connections.get(n), () => {}, {
+      mailboxHeldGone: (id, records) => gone.push([id, records.map((r) => r.text)]),
+    });
+    await rooms.load();
+    try {
+      for (let seq = 1; seq <= 40; seq++) {
+        const m = signMessage(
+          { roomId, room: "#team", author: "dave", seq, version: 2, text: `dave ${seq}` },
+          dave.privateKey,
+        );
+        rooms.fromMailbox("dave", JSON.stringify({ op: "msg", m, to: ["alice"] }), {
+          id: `item-${seq}`,
+        });
+        assert.equal(rooms.holds(`item-${seq}`), true);
+      }
+      const pushedOut = Array.from({ length: 8 }, (_, i) => [`item-${i + 1}`, []]);
+      assert.deepEqual(gone, pushedOut);
+      assert.equal(rooms.holds("item-1"), false);
+      rooms.receive(connections.get("carol")!, { op: "list", list: listAt(2) });
+      await sleep(100);
+      assert.equal(rooms.holds("item-40"), false);
+      assert.equal(gone.length, 40);
+      const taken = Array.from({ length: 32 }, (_, i) => `item-${i + 9}`);
+      assert.deepEqual(gone.slice(8).map(([id]) => id), taken, "taken, in the order they came");
+    } finally {
+      await rooms.stop();
+    }
   });
 });
 
