@@ -657,3 +657,88 @@ Deno.test("checkCrl() refuses the CRL it was reading if a larger log came meanwh
     );
   });
 });
+
+Deno.test("a split view is caught when the CA answers the consistency check of a peer's checkpoint with another refusal than a 400, or with a proof that is not hashes", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const forAlice = make(["a", "b", "c"]);
+    const forBob = make(["a", "b", "d", "e"]);
+    const answers: Array<[string, () => Promise<unknown>]> = [
+      // The service's code is the CA's word: a 404 (or any code) comes back as it says.
+      [
+        "a 404",
+        () => Promise.reject(new E2eError("ERR_NOT_FOUND", "The CA refused: no such size")),
+      ],
+      ["hashes that are not base64", () => Promise.resolve(["not a hash"])],
+      ["hashes that are not a list", () => Promise.resolve("x")],
+    ];
+    for (const [what, consistency] of answers) {
+      const dishonest = { ...forAlice.ca, consistency } as unknown as CaClient;
+      const alice = await LogMonitor.open(join(dir, `${what}.json`), anchor, dishonest);
+      await alice.observe(forAlice.checkpoint);
+      // Both checkpoints are signed by the log key: a CA that does not prove them consistent
+      // (rather than being away) is evidence, as an out-of-range 400 is.
+      await assert.rejects(alice.observePeer(forBob.checkpoint, "bob"), alarmed, what);
+      assert.match(alice.alarms[0]?.message ?? "", /"bob" showed a log of 4 entries/, what);
+    }
+  });
+});
+
+Deno.test("a peer's checkpoint the CA still cannot prove at the next look is kept for the look after, not forgotten", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const forAlice = make(["a", "b", "c"]);
+    const forBob = make(["a", "x", "c", "d"]);
+    // Away for the one question that would show the fork, answering everything else.
+    const away = {
+      ...forAlice.ca,
+      consistency: () => Promise.reject(new E2eError("ERR_NETWORK", "Cannot reach the CA service")),
+    } as unknown as CaClient;
+    const file = join(dir, "alice.json");
+    const alice = await LogMonitor.open(file, anchor, away);
+    await alice.observe(forAlice.checkpoint);
+    await assert.rejects(
+      alice.observePeer(forBob.checkpoint, "bob"),
+      (e) => e instanceof E2eError && e.code === "ERR_NETWORK",
+    );
+    // The next look: the CA is still "away" for that question alone.
+    const stillAway = await LogMonitor.open(file, anchor, away);
+    await stillAway.watch("alice", "00").catch(() => {});
+    assert.deepEqual(stillAway.alarms, []);
+    // Back, the CA serves proofs of alice's view; bob's checkpoint is not consistent with it.
+    const back = await LogMonitor.open(file, anchor, forAlice.ca);
+    await assert.rejects(back.watch("alice", "00"), alarmed);
+    assert.match(back.alarms[0].message, /"bob" showed a log of 4 entries/);
+  });
+});
+
+Deno.test("checkCrl() refuses an older CRL the CA logs again after the newer one that revoked a certificate: it is not the newest CRL in the log", async () => {
+  await withViews(async ({ dir, anchor, make, issue, crl }) => {
+    const stolen = await issue("bob", (await makeCsr("bob")).key);
+    const old = await crl([]);
+    const revoking = await crl([stolen]);
+    // The CA appends the older CRL (a genuine one, its signature good) once more.
+    const log = make(["a", old, revoking, old]);
+    const proof = logProofJson(3, log.tree.inclusionProof(3, 4), log.checkpoint);
+    const carol = await LogMonitor.open(join(dir, "carol.json"), anchor, log.ca);
+    await assert.rejects(
+      carol.checkCrl(pemEncode(old, "X509 CRL"), proof, log.ca),
+      (e) => e instanceof E2eError && e.code === "ERR_LOG_INVALID" && /rollback/.test(e.message),
+    );
+  });
+});
+
+Deno.test("watch() alarms when the CA logs again, after the CRL that revoked a previous enrollment of our name, an older CRL without it", async () => {
+  await withViews(async ({ dir, anchor, make, issue, crl }) => {
+    const { key: ours } = await makeCsr("bob");
+    const stolen = await issue("bob", (await makeCsr("bob")).key);
+    const own = await issue("bob", ours);
+    const old = await crl([]);
+    const revoking = await crl([stolen]);
+    const log = make([stolen.der, own.der, old, revoking]);
+    const bob = await LogMonitor.open(join(dir, "bob.json"), anchor, log.ca);
+    assert.deepEqual((await bob.watch("bob", own.key)).foreign, []);
+    // Appended again: the CRL members now take (the last one logged) no longer lists it.
+    const relogged = make([stolen.der, own.der, old, revoking, old]);
+    const later = await LogMonitor.open(join(dir, "bob.json"), anchor, relogged.ca);
+    await assert.rejects(later.watch("bob", own.key), alarmed);
+  });
+});
