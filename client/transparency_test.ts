@@ -742,3 +742,39 @@ Deno.test("watch() alarms when the CA logs again, after the CRL that revoked a p
     await assert.rejects(later.watch("bob", own.key), alarmed);
   });
 });
+
+Deno.test("a CRL logged after the one that revoked a previous enrollment of bob's, with the same number and without it, is refused by alice and raises bob's alarm", async () => {
+  await withViews(async ({ dir, anchor, make, issue, crl }) => {
+    const { key: ours } = await makeCsr("bob");
+    // The CA's own key for bob's name, before bob's first: revoked, so bob's watcher excuses it.
+    const planted = await issue("bob", (await makeCsr("bob")).key);
+    const own = await issue("bob", ours);
+    const crlnumber = join(dir, "ca", "ca", "crlnumber");
+    const number = await Deno.readTextFile(crlnumber);
+    const revoking = await crl([planted]);
+    // The same number again (the CA sets its counter back), listing nothing.
+    await Deno.writeTextFile(crlnumber, number);
+    const twin = await crl([]);
+    const before = make([planted.der, own.der, revoking]);
+    const log = make([planted.der, own.der, revoking, twin]);
+    const pem = (der: Uint8Array) => pemEncode(der, "X509 CRL");
+    // Alice took the revoking CRL; the CA then serves her the twin, the last CRL in its log.
+    const alice = await LogMonitor.open(join(dir, "alice.json"), anchor, before.ca);
+    await alice.checkCrl(
+      pem(revoking),
+      logProofJson(2, before.tree.inclusionProof(2, 3), before.checkpoint),
+      before.ca,
+    );
+    await assert.rejects(
+      alice.checkCrl(
+        pem(twin),
+        logProofJson(3, log.tree.inclusionProof(3, 4), log.checkpoint),
+        log.ca,
+      ),
+      (e) => e instanceof E2eError && /ERR_LOG_(INVALID|ALARM)/.test(e.code),
+    );
+    // Bob's watcher: the CRL members now take does not list the planted certificate.
+    const bob = await LogMonitor.open(join(dir, "bob.json"), anchor, log.ca);
+    await assert.rejects(bob.watch("bob", own.key), alarmed);
+  });
+});
