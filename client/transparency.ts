@@ -13,12 +13,15 @@
  *   is harmless once expired, or while the newest CRL in the log lists it);
  * - the CRL it uses is in the log too ({@linkcode LogMonitor.loggedCrl}): with an
  *   inclusion proof, not older than the newest CRL in the log it has seen, and
- *   signed within 70 min (the CA re-signs hourly).
+ *   signed within 70 min (the CA re-signs hourly);
+ * - CRL numbers in the log increase: a CRL logged after one numbered as high is
+ *   evidence (it can take a revocation back from those who take the last CRL).
  *
  * Cryptographic evidence against the CA is an alarm: kept in HOME/log.json so
  * it survives a restart, reported as `log_alarm`, and no new connection is made
- * while it stands. A CA that cannot be reached is not evidence: checks fail
- * closed but raise no alarm.
+ * while it stands. A CA that cannot be reached (or is busy, or failing) is not
+ * evidence: checks fail closed but raise no alarm. A CA that answers, but not
+ * with a proof of what its log key signed, is.
  *
  * @module
  */
@@ -32,7 +35,7 @@ import {
   parseCrlDer,
   type RevocationList,
 } from "../lib/crl.ts";
-import { E2eError } from "../lib/errors.ts";
+import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 import { withLock } from "../lib/lock.ts";
 import { MAX_CHECKPOINT_CHARS } from "../lib/frames.ts";
@@ -41,7 +44,7 @@ import { frontierBefore, leafHash, TreeFrontier, verifyConsistency } from "../li
 import { pemDecode, pemEncode } from "../lib/pem.ts";
 import { checkLogKey, type TrustAnchor } from "../lib/tls.ts";
 import { parseCertificate, sha256Hex } from "../lib/x509.ts";
-import type { CaClient, ServiceRevocation } from "./ca_client.ts";
+import { type CaClient, requestUnsent, type ServiceRevocation } from "./ca_client.ts";
 import { SERVICE_CRL_WINDOW_MS } from "./revocation.ts";
 
 /** Evidence that the CA misbehaved. */
@@ -100,6 +103,8 @@ interface LogState {
 const PAGE = 256;
 /** Peers' checkpoints kept for a later check. */
 const MAX_PENDING = 8;
+/** Waiting checkpoints checked, remembered: another process's copy of the list brings none back. */
+const MAX_CHECKED = 8 * MAX_PENDING;
 /**
  * Alarms kept, and certificates listed in one look's {@linkcode AuditResult.foreign}. One is
  * enough to stop new connections; past this, one more alarm says that others were not kept, so
@@ -123,11 +128,13 @@ export class LogMonitor {
   #state: LogState;
   #key?: NoteKey;
   #queue: Promise<unknown> = Promise.resolve();
+  /** Waiting checkpoints checked here (the last MAX_CHECKED), not taken back from the file. */
+  #checked: string[] = [];
   /**
    * The CRL last taken (its leaf index and hash) and the frontier of the log read after it,
    * which holds no later CRL: the next {@linkcode checkCrl} of the same CRL reads on from there.
    */
-  #crlRead?: { index: number; hash: string; frontier: TreeFrontier };
+  #crlRead?: { index: number; hash: string; number: bigint; frontier: TreeFrontier };
 
   private constructor(
     file: string,
@@ -181,12 +188,7 @@ export class LogMonitor {
         own: ownIn(read.own, audited.size),
         alarms: alarmsIn(read),
         logKey: typeof read.logKey === "string" ? read.logKey : undefined,
-        pending: Array.isArray(read.pending)
-          ? read.pending.filter((p: unknown) =>
-            typeof (p as { text?: unknown })?.text === "string" &&
-            typeof (p as { from?: unknown })?.from === "string"
-          ).slice(-MAX_PENDING)
-          : [],
+        pending: pendingIn(read.pending),
         crl: crlIn(read.crl),
         previous: previousIn(read.previous),
       };
@@ -270,10 +272,12 @@ export class LogMonitor {
    * `CRL_REPUBLISH_MS` + `CRL_CLOCK_SKEW_MS` ago (lib/crl.ts): each is a rollback
    * (`ERR_LOG_INVALID`, no alarm; the CRL held is kept, ask again). Evidence
    * against the CA (a fork, entries that do not make the checkpoint) raises an
-   * alarm as elsewhere: what
+   * alarm as elsewhere; so does a CRL whose number is not above that of every
+   * CRL logged before it (read here too, unless a look or an earlier check read
+   * them), which is refused as a rollback (`ERR_LOG_INVALID`). What
    * is asked of the service here is asked as every call asks it
    * (client/ca_client.ts), against this CRL — the service's certificate not on
-   * it, and it signed recently. The log's entries after the CRL are read outside
+   * it, and it signed recently. The log's entries are read outside
    * the queue of the other checks; the same CRL again reads only those past the
    * ones read last time. `ca` replaces that client (tests).
    */
@@ -330,22 +334,19 @@ export class LogMonitor {
     const known = this.#crlRead;
     const resumed = known?.index === index && known.hash === hash &&
       known.frontier.size <= checkpoint.size;
-    let read = await this.#readAfterCrl(
-      resumed
-        ? new TreeFrontier(known.frontier.size, known.frontier.hashes)
-        : this.#frontierOf(leaf, index, checkpoint.size, hashes),
-      checkpoint.size,
-      asked,
-    );
-    if (resumed && !Buffer.from(read.frontier.root()).equals(Buffer.from(checkpoint.root))) {
-      // Not an extension of what was read: judged as a first read would judge it.
-      read = await this.#readAfterCrl(
-        this.#frontierOf(leaf, index, checkpoint.size, hashes),
+    let read = resumed
+      ? await this.#readCrls(
+        new TreeFrontier(known.frontier.size, known.frontier.hashes),
         checkpoint.size,
         asked,
-      );
+        { highest: { number, index }, after: index },
+      )
+      : await this.#readAround({ leaf, index, number }, checkpoint.size, hashes, asked);
+    if (resumed && !Buffer.from(read.frontier.root()).equals(Buffer.from(checkpoint.root))) {
+      // Not an extension of what was read: judged as a first read would judge it.
+      read = await this.#readAround({ leaf, index, number }, checkpoint.size, hashes, asked);
     }
-    const { frontier, later } = read;
+    const { frontier, order } = read;
     await this.#serial(async () => {
       // Again: a larger log may have come meanwhile (gossip, another answer of the CA's).
       this.#requireHeldAtMost(checkpoint.size, key);
@@ -356,15 +357,34 @@ export class LogMonitor {
         });
         this.requireNoAlarm();
       }
-      if (later !== undefined) {
+      // The entries make the signed checkpoint: CRLs out of order among them are the CA's own
+      // evidence. So is this CRL logged after one taken or looked at before (in a log consistent
+      // with this one) whose number is not lower: the same number with another list, say.
+      const stored = this.#state.crl;
+      if (
+        stored?.number !== undefined && stored.index !== undefined && stored.index < index &&
+        number <= BigInt(stored.number)
+      ) {
+        order.disorder ??= { index, number, after: BigInt(stored.number) };
+      }
+      if (order.disorder) await this.#raise({ message: crlDisorder(order.disorder) });
+      if (order.disorder?.index === index) {
+        throw new E2eError(
+          "ERR_LOG_INVALID",
+          `Refused the CA's CRL number ${number}: the issuance log holds one logged before it ` +
+            `with number ${order.disorder.after}, so serving this one is a rollback`,
+          { hint: "the CA's issuance log raised an alarm" },
+        );
+      }
+      if (order.later !== undefined) {
         throw new E2eError(
           "ERR_LOG_INVALID",
           `Refused the CA's CRL number ${number}: the issuance log holds a later one (number ` +
-            `${later}), so serving this one is a rollback`,
+            `${order.later}), so serving this one is a rollback`,
           { hint: "ask again: the CA must serve its newest CRL" },
         );
       }
-      this.#crlRead = { index, hash, frontier };
+      this.#crlRead = { index, hash, number, frontier };
       const newest = this.#state.crl?.number;
       if (newest !== undefined && number < BigInt(newest)) {
         throw new E2eError(
@@ -381,6 +401,43 @@ export class LogMonitor {
     });
   }
 
+  // The log read around the CRL `crl` (leaf hash, index, number) in a log of `size` entries: the
+  // entries before it that no look nor CRL check read yet (a client that judged none reads them
+  // all, once), the CRL, and the entries after it. Where a look or the last CRL's check read past
+  // `index`, they judged the CRLs before it: the read starts after it, from its inclusion proof.
+  async #readAround(
+    crl: { leaf: Uint8Array; index: number; number: bigint },
+    size: number,
+    hashes: unknown,
+    ca: CaClient,
+  ): Promise<{ frontier: TreeFrontier; order: CrlOrder }> {
+    const { leaf, index, number } = crl;
+    const audited = this.#state.own?.crls ? this.#state.audited : { size: 0, hashes: [] };
+    const last = this.#crlRead;
+    if (audited.size > index || (last && last.frontier.size > index)) {
+      return await this.#readCrls(this.#frontierOf(leaf, index, size, hashes), size, ca, {
+        highest: { number, index },
+        after: index,
+      });
+    }
+    // From the larger of the two prefixes read; the CRL the last check took is the highest of its.
+    const start = last && last.frontier.size >= audited.size
+      ? { frontier: last.frontier, highest: { number: last.number, index: last.index } }
+      : {
+        frontier: new TreeFrontier(
+          audited.size,
+          audited.hashes.map((h) => new Uint8Array(Buffer.from(h, "base64"))),
+        ),
+        highest: undefined,
+      };
+    return await this.#readCrls(
+      new TreeFrontier(start.frontier.size, start.frontier.hashes),
+      size,
+      ca,
+      { highest: start.highest, after: index },
+    );
+  }
+
   // The frontier of the log up to and including the CRL with leaf hash `leaf` at `index`, from
   // its inclusion proof in a log of `size` entries.
   #frontierOf(leaf: Uint8Array, index: number, size: number, hashes: unknown): TreeFrontier {
@@ -389,24 +446,26 @@ export class LogMonitor {
     return frontier;
   }
 
-  // Appends the log's entries from `frontier.size` to `size` to `frontier`, noting the number
-  // of the first CRL the CA signed among them.
-  async #readAfterCrl(
+  // Appends the log's entries from `frontier.size` to `size` to `frontier`, noting in `order` the
+  // CRLs the CA signed among them.
+  async #readCrls(
     frontier: TreeFrontier,
     size: number,
     ca: CaClient,
-  ): Promise<{ frontier: TreeFrontier; later?: bigint }> {
-    let later: bigint | undefined;
+    order: CrlOrder,
+  ): Promise<{ frontier: TreeFrontier; order: CrlOrder }> {
     while (frontier.size < size) {
       const page = await ca.logEntries(frontier.size, size);
       if (page.length === 0) throw new E2eError("ERR_LOG_INVALID", "The CA sent no log entries");
       for (const b64 of page.slice(0, size - frontier.size)) {
         const entry = new Uint8Array(Buffer.from(b64, "base64"));
+        const index = frontier.size;
         frontier.append(leafHash(entry));
-        later ??= signedCrlOf(entry, this.#anchor)?.number;
+        const crl = signedCrlOf(entry, this.#anchor);
+        if (crl) noteCrl(order, crl.number, index);
       }
     }
-    return { frontier, later };
+    return { frontier, order };
   }
 
   async #observe(
@@ -433,17 +492,18 @@ export class LogMonitor {
       if (small.size === big.size) {
         consistent = Buffer.from(small.root).equals(Buffer.from(big.root));
       } else {
-        let proof: unknown;
+        let hashes: Uint8Array[] | undefined;
         try {
-          proof = await ca.consistency(small.size, big.size);
+          hashes = decodeHashes(await ca.consistency(small.size, big.size));
         } catch (e) {
-          // Both sizes are signed by the log key: a CA that says one is out of range (rather
-          // than being away) will not prove what it signed.
-          if (!(e instanceof E2eError && e.code === "ERR_BAD_REQUEST")) throw e;
-          proof = undefined;
+          // Both sizes are signed by the log key: a CA that answers without a proof of them (a
+          // refusal of any code, hashes that are not hashes) will not prove what it signed. Only
+          // a CA that did not answer (unanswered) leaves the question open.
+          if (!(e instanceof E2eError) || unanswered(e)) throw e;
+          hashes = undefined;
         }
-        consistent = proof !== undefined &&
-          verifyConsistency(small.size, big.size, small.root, big.root, decodeHashes(proof));
+        consistent = hashes !== undefined &&
+          verifyConsistency(small.size, big.size, small.root, big.root, hashes);
       }
       if (!consistent) {
         await this.#raise({
@@ -461,16 +521,16 @@ export class LogMonitor {
 
   /**
    * Takes a peer's checkpoint (from its hello). One that cannot be checked now
-   * because the CA is away is kept and checked at the next {@linkcode watch}.
+   * because the CA does not answer (away, busy, failing) is kept and checked at
+   * the next {@linkcode watch}, and at each one after until the CA answers.
    */
   async observePeer(text: string, peer: string): Promise<void> {
     try {
       await this.observe(text, undefined, `"${peer}"`);
     } catch (e) {
-      if (e instanceof E2eError && e.code === "ERR_NETWORK") {
+      if (unanswered(e)) {
         await this.#serial(async () => {
-          this.#state.pending = [...this.#state.pending, { text, from: `"${peer}"` }]
-            .slice(-MAX_PENDING);
+          this.#state.pending = withPending(this.#state.pending, [{ text, from: `"${peer}"` }]);
           await this.#save();
         });
       }
@@ -484,7 +544,8 @@ export class LogMonitor {
    * other than `keyFingerprint`, raising an alarm for each: for every one
    * logged after the first certificate of `keyFingerprint`, and for an earlier
    * one (a previous enrollment) unless it expired, or the newest CRL in the log
-   * lists it (checked again at every newer CRL logged, until it expires).
+   * lists it (checked again at every newer CRL logged, until it expires). A CRL
+   * logged out of number order raises an alarm and throws `ERR_LOG_ALARM`.
    */
   watch(name: string, keyFingerprint: string): Promise<AuditResult> {
     return this.#look(name, keyFingerprint, false);
@@ -495,16 +556,37 @@ export class LogMonitor {
     return this.#look(name, keyFingerprint, true);
   }
 
+  // The checkpoints waiting (peers', or one another process of this home stored): checked
+  // against the one stored, and forgotten once checked. One the CA still did not answer for
+  // goes on waiting, for the look after; one that is no checkpoint of the log key is dropped.
+  async #checkPending(): Promise<void> {
+    const waiting = [...this.#state.pending];
+    if (!waiting.length) return;
+    const checked = new Set<string>();
+    for (const p of waiting) {
+      try {
+        await this.observe(p.text, undefined, p.from);
+      } catch (e) {
+        if (e instanceof E2eError && e.code === "ERR_LOG_ALARM") throw e;
+        if (unanswered(e)) continue;
+      }
+      checked.add(p.text);
+    }
+    await this.#serial(async () => {
+      // Those added meanwhile (a hello, another process) stay.
+      this.#state.pending = this.#state.pending.filter((p) => !checked.has(p.text));
+      this.#checked = [...this.#checked.filter((t) => !checked.has(t)), ...checked]
+        .slice(-MAX_CHECKED);
+      await this.#save();
+    });
+  }
+
   async #look(name: string, keyFingerprint: string, whole: boolean): Promise<AuditResult> {
     const text = await this.#ca.checkpoint();
     const key = await this.#logKey();
     const checkpoint = openCheckpoint(text, key);
     await this.observe(text, checkpoint);
-    for (const p of this.#state.pending.splice(0)) {
-      await this.observe(p.text, undefined, p.from).catch((e) => {
-        if (e instanceof E2eError && e.code === "ERR_LOG_ALARM") throw e;
-      });
-    }
+    await this.#checkPending();
     return await this.#serial(async () => {
       const own = this.#state.own;
       // Where our key's first certificate is must be known for the entries read before: else
@@ -523,9 +605,12 @@ export class LogMonitor {
       const foreign: AuditResult["foreign"] = [];
       const now = Date.now();
       let read = 0;
-      // The newest CRL (by number) among the entries read, and the previous enrollments met.
+      // The last CRL among the entries read (the one members take), and the previous enrollments
+      // met. CRLs out of order are noted in `order`: it starts from the newest seen before.
       let newest: { number: bigint; index: number; hash: string; revoked: Set<string> } | undefined;
       const met: LogState["previous"] = [];
+      const before = fromStart ? undefined : this.#state.crl;
+      const order: CrlOrder = {};
       while (frontier.size < checkpoint.size) {
         const end = Math.min(frontier.size + PAGE, checkpoint.size);
         const page = await this.#ca.logEntries(frontier.size, end);
@@ -542,7 +627,17 @@ export class LogMonitor {
             // Not a certificate: a CRL the CA signed, or another leaf; it must still hash to the
             // root either way.
             const crl = signedCrlOf(der, this.#anchor);
-            if (crl && (!newest || crl.number > newest.number)) {
+            if (crl) {
+              // One seen before (taken with its proof, or read by another look) comes first when
+              // it was logged before this one.
+              const seen = before?.number !== undefined && before.index !== undefined &&
+                  before.index < index
+                ? { number: BigInt(before.number), index: before.index }
+                : undefined;
+              if (seen && !(order.highest && order.highest.number >= seen.number)) {
+                order.highest = seen;
+              }
+              noteCrl(order, crl.number, index);
               newest = { ...crl, index, hash: base64(leafHash(der)) };
             }
             continue;
@@ -558,10 +653,13 @@ export class LogMonitor {
           // logged after it is a misissuance whatever any CRL says.
           if (ownFirst === undefined) {
             const notAfter = info.notAfter.getTime();
-            if (notAfter > now) {
+            // Past MAX_ALARMS still valid, they are alarms at once (as below): a CA that logs a
+            // flood of them does not grow this list.
+            if (notAfter > now && met.length < MAX_ALARMS) {
               met.push({ index, serial: info.serial, fingerprint: info.fingerprint, notAfter });
+              continue;
             }
-            continue;
+            if (notAfter <= now) continue;
           }
           if (foreign.length < MAX_ALARMS) {
             foreign.push({ index, serial: info.serial, fingerprint: info.fingerprint });
@@ -575,6 +673,9 @@ export class LogMonitor {
         });
         this.requireNoAlarm();
       }
+      // The entries make the signed checkpoint: a CRL among them out of order is the CA's own
+      // evidence (thrown below, once what was read is kept).
+      if (order.disorder) await this.#raise({ message: crlDisorder(order.disorder) });
       // Previous enrollments still valid must be on the newest CRL in the log: those met now, and
       // those met before once a newer CRL is logged. (None logged yet: they wait for one; the
       // client takes no CRL that is not logged, so it connects to no one meanwhile.)
@@ -617,6 +718,7 @@ export class LogMonitor {
         this.#state.crl = { number: String(newest.number), index: newest.index, hash: newest.hash };
       }
       await this.#save();
+      if (order.disorder) this.requireNoAlarm();
       return { entries: read, size: checkpoint.size, foreign };
     });
   }
@@ -721,6 +823,10 @@ export class LogMonitor {
         }
       }
       if (typeof onDisk?.checkpoint === "string") this.#merge(onDisk.checkpoint);
+      // Checkpoints another process keeps waiting wait here too, unless this one checked them.
+      const theirsPending = pendingIn((onDisk as { pending?: unknown } | null)?.pending)
+        .filter((p) => !this.#checked.includes(p.text));
+      this.#state.pending = withPending(theirsPending, this.#state.pending);
       if (typeof onDisk?.logKey === "string") this.#state.logKey ??= onDisk.logKey;
       // The newest CRL in the log seen never goes back either: a rollback check rests on it.
       const theirs = crlIn((onDisk as { crl?: unknown } | null)?.crl);
@@ -765,10 +871,7 @@ export class LogMonitor {
     }
     const other = size > kept ? ours : theirs;
     if (size > kept) this.#state.checkpoint = theirs;
-    if (!this.#state.pending.some((p) => p.text === other)) {
-      this.#state.pending = [...this.#state.pending, { text: other, from: "the CA" }]
-        .slice(-MAX_PENDING);
-    }
+    this.#state.pending = withPending(this.#state.pending, [{ text: other, from: "the CA" }]);
   }
 }
 
@@ -787,6 +890,80 @@ function ownIn(own: unknown, size: number): LogState["own"] {
   return Number.isSafeInteger(index) && (index as number) >= 0 && (index as number) < size
     ? { name, key, index: index as number, ...looked }
     : undefined;
+}
+
+/** The CRLs the CA signed among log entries read in order, as CRL numbers must go. */
+interface CrlOrder {
+  /** The highest numbered of those read so far, or known to come before them. */
+  highest?: { number: bigint; index: number };
+  /** The first whose number is not above every earlier one's (`after`): the CA's evidence. */
+  disorder?: { index: number; number: bigint; after: bigint };
+  /** Entries past this index are after the CRL served: the first CRL among them is `later`. */
+  after?: number;
+  /** The number of the first CRL read past `after`. */
+  later?: bigint;
+}
+
+// Notes in `order` the CRL numbered `number` at entry `index`, the next read.
+function noteCrl(order: CrlOrder, number: bigint, index: number): void {
+  if (order.after !== undefined && index > order.after) order.later ??= number;
+  // ca/log.ts logs a CRL only above every one logged: one that is not (the same number with
+  // another list, an older CRL again) can take a revocation back from those who take the last.
+  if (order.highest && number <= order.highest.number) {
+    order.disorder ??= { index, number, after: order.highest.number };
+  } else {
+    order.highest = { number, index };
+  }
+}
+
+// The alarm for a CRL logged out of order.
+function crlDisorder(d: { index: number; number: bigint; after: bigint }): string {
+  return `the CA logged CRL number ${d.number} (entry ${d.index}) after one numbered ` +
+    `${d.after}: CRL numbers in its log must increase, and a CRL that does not can take a ` +
+    `revocation back`;
+}
+
+// The checkpoints waiting, as a parsed HOME/log.json keeps them, if sound.
+function pendingIn(pending: unknown): LogState["pending"] {
+  if (!Array.isArray(pending)) return [];
+  return withPending(
+    [],
+    pending.filter((p: unknown) =>
+      typeof (p as { text?: unknown })?.text === "string" &&
+      typeof (p as { from?: unknown })?.from === "string"
+    ),
+  );
+}
+
+// `pending` with `added` after it, each checkpoint once, the last MAX_PENDING.
+function withPending(
+  pending: LogState["pending"],
+  added: LogState["pending"],
+): LogState["pending"] {
+  const all = [...pending, ...added];
+  return all.filter((p, i) => all.findIndex((q) => q.text === p.text) === i).slice(-MAX_PENDING);
+}
+
+/** Codes of a call's failure that tell nothing of the CA's log (see unanswered). */
+const UNANSWERED: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  // No reply, one cut short or not JSON, or a status without the JSON body every refusal of the
+  // service has (docs/API.md "Errors"): a busy or restarting service's 502/503, say.
+  "ERR_NETWORK",
+  "ERR_RATE_LIMITED", // 429: busy
+  "ERR_INTERNAL", // 500: the service failing
+  "ERR_QUOTA", // 507: out of room
+  "ERR_UNAUTHENTICATED", // 401, 403: our own certificate refused, not the question
+  "ERR_FORBIDDEN",
+  "ERR_PEER_REJECTED", // the service's certificate refused by us before asking
+  "ERR_LOCK_TIMEOUT", // HOME/log.json busy here
+  "ERR_FILE",
+]);
+
+// Whether `error`, thrown while a checkpoint was being checked, means the CA did not answer the
+// question (or could not be asked), rather than answering without a proof: then the checkpoint
+// waits, with no alarm. Any other refusal, in the service's words, is its answer.
+function unanswered(error: unknown): boolean {
+  return error instanceof E2eError && (requestUnsent(error) || UNANSWERED.has(error.code));
 }
 
 // The newest CRL seen, as a parsed HOME/log.json keeps it, if sound.

@@ -615,7 +615,9 @@ Deno.test("checkCrl() of the same CRL again reads only the log entries past thos
     await alice.checkCrl(pem, proof(small), counting(small));
     await alice.checkCrl(pem, proof(small), counting(small));
     await alice.checkCrl(pem, proof(grown), counting(grown));
-    assert.deepEqual(reads, [[2, 4], [4, 6]]);
+    // The first read takes the entries before the CRL too (alice judged no CRL logged before it,
+    // nor looked at the log): CRL numbers must increase there as well. Then only the new ones.
+    assert.deepEqual(reads, [[0, 4], [4, 6]]);
     // Entries past the last read that do not make the checkpoint: read again from the CRL, and
     // an alarm as for a first read.
     const longer = make(["a", first, "b", "c", "d", "e", "f"]);
@@ -655,5 +657,206 @@ Deno.test("checkCrl() refuses the CRL it was reading if a larger log came meanwh
       alice.checkCrl(pemEncode(first, "X509 CRL"), proof, slow),
       /proved its CRL in a log of 4 entries, smaller than the 6 this client holds/,
     );
+  });
+});
+
+Deno.test("a split view is caught when the CA answers the consistency check of a peer's checkpoint with another refusal than a 400, or with a proof that is not hashes", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const forAlice = make(["a", "b", "c"]);
+    const forBob = make(["a", "b", "d", "e"]);
+    const answers: Array<[string, () => Promise<unknown>]> = [
+      // The service's code is the CA's word: a 404 (or any code) comes back as it says.
+      [
+        "a 404",
+        () => Promise.reject(new E2eError("ERR_NOT_FOUND", "The CA refused: no such size")),
+      ],
+      ["hashes that are not base64", () => Promise.resolve(["not a hash"])],
+      ["hashes that are not a list", () => Promise.resolve("x")],
+    ];
+    for (const [what, consistency] of answers) {
+      const dishonest = { ...forAlice.ca, consistency } as unknown as CaClient;
+      const alice = await LogMonitor.open(join(dir, `${what}.json`), anchor, dishonest);
+      await alice.observe(forAlice.checkpoint);
+      // Both checkpoints are signed by the log key: a CA that does not prove them consistent
+      // (rather than being away) is evidence, as an out-of-range 400 is.
+      await assert.rejects(alice.observePeer(forBob.checkpoint, "bob"), alarmed, what);
+      assert.match(alice.alarms[0]?.message ?? "", /"bob" showed a log of 4 entries/, what);
+    }
+  });
+});
+
+Deno.test("a peer's checkpoint the CA still cannot prove at the next look is kept for the look after, not forgotten", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const forAlice = make(["a", "b", "c"]);
+    const forBob = make(["a", "x", "c", "d"]);
+    // Away for the one question that would show the fork, answering everything else.
+    const away = {
+      ...forAlice.ca,
+      consistency: () => Promise.reject(new E2eError("ERR_NETWORK", "Cannot reach the CA service")),
+    } as unknown as CaClient;
+    const file = join(dir, "alice.json");
+    const alice = await LogMonitor.open(file, anchor, away);
+    await alice.observe(forAlice.checkpoint);
+    await assert.rejects(
+      alice.observePeer(forBob.checkpoint, "bob"),
+      (e) => e instanceof E2eError && e.code === "ERR_NETWORK",
+    );
+    // The next look: the CA is still "away" for that question alone.
+    const stillAway = await LogMonitor.open(file, anchor, away);
+    await stillAway.watch("alice", "00").catch(() => {});
+    assert.deepEqual(stillAway.alarms, []);
+    // Back, the CA serves proofs of alice's view; bob's checkpoint is not consistent with it.
+    const back = await LogMonitor.open(file, anchor, forAlice.ca);
+    await assert.rejects(back.watch("alice", "00"), alarmed);
+    assert.match(back.alarms[0].message, /"bob" showed a log of 4 entries/);
+  });
+});
+
+Deno.test("checkCrl() refuses an older CRL the CA logs again after the newer one that revoked a certificate: it is not the newest CRL in the log", async () => {
+  await withViews(async ({ dir, anchor, make, issue, crl }) => {
+    const stolen = await issue("bob", (await makeCsr("bob")).key);
+    const old = await crl([]);
+    const revoking = await crl([stolen]);
+    // The CA appends the older CRL (a genuine one, its signature good) once more.
+    const log = make(["a", old, revoking, old]);
+    const proof = logProofJson(3, log.tree.inclusionProof(3, 4), log.checkpoint);
+    const carol = await LogMonitor.open(join(dir, "carol.json"), anchor, log.ca);
+    await assert.rejects(
+      carol.checkCrl(pemEncode(old, "X509 CRL"), proof, log.ca),
+      (e) => e instanceof E2eError && e.code === "ERR_LOG_INVALID" && /rollback/.test(e.message),
+    );
+  });
+});
+
+Deno.test("watch() alarms when the CA logs again, after the CRL that revoked a previous enrollment of our name, an older CRL without it", async () => {
+  await withViews(async ({ dir, anchor, make, issue, crl }) => {
+    const { key: ours } = await makeCsr("bob");
+    const stolen = await issue("bob", (await makeCsr("bob")).key);
+    const own = await issue("bob", ours);
+    const old = await crl([]);
+    const revoking = await crl([stolen]);
+    const log = make([stolen.der, own.der, old, revoking]);
+    const bob = await LogMonitor.open(join(dir, "bob.json"), anchor, log.ca);
+    assert.deepEqual((await bob.watch("bob", own.key)).foreign, []);
+    // Appended again: the CRL members now take (the last one logged) no longer lists it.
+    const relogged = make([stolen.der, own.der, old, revoking, old]);
+    const later = await LogMonitor.open(join(dir, "bob.json"), anchor, relogged.ca);
+    await assert.rejects(later.watch("bob", own.key), alarmed);
+  });
+});
+
+Deno.test("a CRL logged after the one that revoked a previous enrollment of bob's, with the same number and without it, is refused by alice and raises bob's alarm", async () => {
+  await withViews(async ({ dir, anchor, make, issue, crl }) => {
+    const { key: ours } = await makeCsr("bob");
+    // The CA's own key for bob's name, before bob's first: revoked, so bob's watcher excuses it.
+    const planted = await issue("bob", (await makeCsr("bob")).key);
+    const own = await issue("bob", ours);
+    const crlnumber = join(dir, "ca", "ca", "crlnumber");
+    const number = await Deno.readTextFile(crlnumber);
+    const revoking = await crl([planted]);
+    // The same number again (the CA sets its counter back), listing nothing.
+    await Deno.writeTextFile(crlnumber, number);
+    const twin = await crl([]);
+    const before = make([planted.der, own.der, revoking]);
+    const log = make([planted.der, own.der, revoking, twin]);
+    const pem = (der: Uint8Array) => pemEncode(der, "X509 CRL");
+    // Alice took the revoking CRL; the CA then serves her the twin, the last CRL in its log.
+    const alice = await LogMonitor.open(join(dir, "alice.json"), anchor, before.ca);
+    await alice.checkCrl(
+      pem(revoking),
+      logProofJson(2, before.tree.inclusionProof(2, 3), before.checkpoint),
+      before.ca,
+    );
+    await assert.rejects(
+      alice.checkCrl(
+        pem(twin),
+        logProofJson(3, log.tree.inclusionProof(3, 4), log.checkpoint),
+        log.ca,
+      ),
+      (e) => e instanceof E2eError && /ERR_LOG_(INVALID|ALARM)/.test(e.code),
+    );
+    // Bob's watcher: the CRL members now take does not list the planted certificate.
+    const bob = await LogMonitor.open(join(dir, "bob.json"), anchor, log.ca);
+    await assert.rejects(bob.watch("bob", own.key), alarmed);
+  });
+});
+
+Deno.test("a peer's checkpoint waits, with no alarm, when the CA is busy or failing (429, 500, a 503 without the JSON body of a refusal) or refuses our own certificate", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const forAlice = make(["a", "b", "c"]);
+    const forBob = make(["a", "b", "d", "e"]);
+    // As client/ca_client.ts reports each: what the service's reply says, or its status.
+    const failures = [
+      new E2eError("ERR_RATE_LIMITED", "The CA refused: too many requests"),
+      new E2eError("ERR_INTERNAL", "The CA service failed (500): Internal error"),
+      new E2eError("ERR_NETWORK", "The CA service answered 503"),
+      new E2eError("ERR_FORBIDDEN", "The CA refused: the client certificate is revoked"),
+    ];
+    for (const failure of failures) {
+      const busy = { ...forAlice.ca, consistency: () => Promise.reject(failure) };
+      const file = join(dir, `${failure.code}.json`);
+      const alice = await LogMonitor.open(file, anchor, busy as unknown as CaClient);
+      await alice.observe(forAlice.checkpoint);
+      await assert.rejects(alice.observePeer(forBob.checkpoint, "bob"), (e) => e === failure);
+      const saved = JSON.parse(await Deno.readTextFile(file));
+      assert.deepEqual(
+        [saved.alarms, saved.pending],
+        [[], [{ text: forBob.checkpoint, from: '"bob"' }]],
+        failure.code,
+      );
+    }
+  });
+});
+
+Deno.test("a peer's checkpoint another process of the home keeps waiting is not written over when this one saves (client lookup beside a chat)", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const small = make(["a", "b"]);
+    const forAlice = make(["a", "b", "c"]);
+    const forBob = make(["a", "x", "c", "d"]);
+    const file = join(dir, "alice.json");
+    await (await LogMonitor.open(file, anchor, small.ca)).observe(small.checkpoint);
+    const lookup = await LogMonitor.open(file, anchor, forAlice.ca);
+    // The chat of the same home keeps bob's checkpoint waiting: the CA did not answer.
+    const away = {
+      ...forAlice.ca,
+      consistency: () => Promise.reject(new E2eError("ERR_NETWORK", "Cannot reach the CA service")),
+    } as unknown as CaClient;
+    const chat = await LogMonitor.open(file, anchor, away);
+    await assert.rejects(chat.observePeer(forBob.checkpoint, "bob"), /Cannot reach/);
+    // The lookup, which read the file before, then saves a checkpoint of its own.
+    await lookup.observe(forAlice.checkpoint);
+    const saved = JSON.parse(await Deno.readTextFile(file));
+    assert.ok(saved.pending.some((p: { text: string }) => p.text === forBob.checkpoint));
+    // Checked at the next look: the fork is caught, then no longer waits.
+    const next = await LogMonitor.open(file, anchor, forAlice.ca);
+    await assert.rejects(next.watch("alice", "00"), alarmed);
+    assert.match(next.alarms[0].message, /"bob" showed a log of 4 entries/);
+  });
+});
+
+Deno.test("checkCrl() raises an alarm for a CRL logged after one it took with the same number, and for an older CRL logged again after a newer one", async () => {
+  await withViews(async ({ dir, anchor, make, crl }) => {
+    const crlnumber = join(dir, "ca", "ca", "crlnumber");
+    const number = await Deno.readTextFile(crlnumber);
+    const first = await crl([]);
+    await Deno.writeTextFile(crlnumber, number);
+    const twin = await crl([]);
+    const next = await crl([]);
+    const pem = (der: Uint8Array) => pemEncode(der, "X509 CRL");
+    const proof = (v: ReturnType<typeof make>, index: number) =>
+      logProofJson(index, v.tree.inclusionProof(index, v.tree.size), v.checkpoint);
+    const before = make(["a", first]);
+    const after = make(["a", first, "b", twin]);
+    const alice = await LogMonitor.open(join(dir, "alice.json"), anchor, after.ca);
+    await alice.checkCrl(pem(first), proof(before, 1), before.ca);
+    await assert.rejects(alice.checkCrl(pem(twin), proof(after, 3), after.ca), /rollback/);
+    const n = BigInt(`0x${number.trim()}`);
+    assert.match(alice.alarms[0]?.message ?? "", new RegExp(`CRL number ${n} \\(entry 3\\)`));
+    // A client that judged no CRL yet reads the entries before the one served: the same.
+    const relogged = make(["a", first, next, "b", first]);
+    const carol = await LogMonitor.open(join(dir, "carol.json"), anchor, relogged.ca);
+    await assert.rejects(carol.checkCrl(pem(first), proof(relogged, 4), relogged.ca), /rollback/);
+    assert.match(carol.alarms[0]?.message ?? "", /\(entry 4\) after one numbered/);
+    assert.throws(() => carol.requireNoAlarm(), alarmed);
   });
 });
