@@ -933,13 +933,16 @@ export class Chat {
     if (!p) {
       const pinned = this.#trust.get(name);
       // Never pinned: a first contact held back (its key not the one a room's list gives them)
-      // is let in once the key said changed is the directory's.
-      const said = !pinned && this.#keyChanges.list(name).length > 0;
+      // is let in once the key said changed is the directory's, or (that warning dismissed) the
+      // key an item still held back from them is signed with: else that item is stranded.
+      const said = !pinned &&
+        (this.#keyChanges.list(name).length > 0 || this.#mailbox.heldFrom(name) > 0);
       if (!pinned && !said) throw new E2eError("ERR_NOT_FOUND", `No key known for "${name}"`);
       const current = await this.#checkDirectory(await this.#ca.lookup(name), name);
       if (
         !pinned &&
-        !this.#keyChanges.list(name).some((c) => c.keyFingerprint === current.keyFingerprint)
+        !this.#keyChanges.list(name).some((c) => c.keyFingerprint === current.keyFingerprint) &&
+        !(await this.#mailbox.holdsKey(name, current.keyFingerprint))
       ) {
         throw new E2eError("ERR_NOT_FOUND", `No key change of "${name}" to their current key`);
       }
@@ -970,7 +973,8 @@ export class Chat {
 
   /**
    * Dismisses the key change of `name` to the key `keyFingerprint` (the user read the warning):
-   * it is no longer kept. Throws ERR_NOT_FOUND when there is none such.
+   * it is no longer kept. Mailbox items held back from `name` stay held, and a `warning` says so
+   * (`trust` still reads them). Throws ERR_NOT_FOUND when there is none such.
    */
   async dismissKeyChange(name: string, keyFingerprint: string): Promise<void> {
     checkName(name);
@@ -979,6 +983,17 @@ export class Chat {
         "ERR_NOT_FOUND",
         `No key change of "${name}" to the key ${JSON.stringify(keyFingerprint.slice(0, 64))}`,
       );
+    }
+    const held = this.#mailbox.heldFrom(name);
+    if (held) {
+      const one = held === 1;
+      this.#emit({
+        type: "warning",
+        peer: name,
+        message: `${one ? "A mailbox item" : `${held} mailbox items`} from "${name}" ` +
+          `${one ? "is" : "are"} still held back: ${one ? "its" : "their"} key changed. ` +
+          `Compare the safety number, then trust the new key to read ${one ? "it" : "them"}.`,
+      });
     }
   }
 
@@ -1274,7 +1289,15 @@ export class Chat {
             // Owed on disk before the room's state (written a moment later) says it was shown:
             // a restart before its lines are synced must not take it for a copy and record
             // nothing. When that write fails too, they are owed in memory.
-            if (records.length) this.#roomOwed.put(item.id, records);
+            if (records.length && !this.#roomOwed.put(item.id, records)) {
+              this.#emit({
+                type: "warning",
+                peer: item.from,
+                message: `Cannot keep the history lines of a room message from "${item.from}" in ` +
+                  `"${this.#id.home.mailboxRoomOwed}": they are owed in memory only until the ` +
+                  `history is written, and lost if the client stops before`,
+              });
+            }
           }
           const rooms = new Map(records.map((r) => [r.roomId, r.room]));
           for (const [roomId, room] of rooms) await this.#history.persistRoom(room, roomId);

@@ -8,7 +8,8 @@
  *
  * @module
  */
-import { writeFileAtomic } from "../lib/fs.ts";
+import { E2eError } from "../lib/errors.ts";
+import { systemReason, writeFileAtomic } from "../lib/fs.ts";
 
 /** Where a key change was seen. */
 export type KeyChangeVia = "connection" | "mailbox" | "room";
@@ -63,7 +64,11 @@ export class KeyChanges {
     this.#file = file;
   }
 
-  /** Loads the key changes kept in `file` (none when it is missing; malformed ones skipped). */
+  /**
+   * Loads the key changes kept in `file` (none when it is missing; malformed records skipped).
+   * Throws `ERR_FILE` when the file cannot be read or is not JSON: taken for none, the next
+   * change written would overwrite the warnings it keeps.
+   */
   static async load(file: string): Promise<KeyChanges> {
     const store = new KeyChanges(file);
     let data: unknown;
@@ -71,7 +76,16 @@ export class KeyChanges {
       data = JSON.parse(await Deno.readTextFile(file));
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) return store;
-      if (!(e instanceof SyntaxError)) throw e;
+      // Never the parser's message, nor as the cause: it quotes the file's text.
+      const syntax = e instanceof SyntaxError;
+      throw new E2eError(
+        "ERR_FILE",
+        `Cannot read "${file}": ${syntax ? "it is not JSON" : systemReason(e)}`,
+        {
+          cause: syntax ? undefined : e,
+          hint: `repair it, or move it aside to forget the key changes it keeps`,
+        },
+      );
     }
     const changes = (data as { changes?: unknown } | undefined)?.changes;
     if (Array.isArray(changes)) {

@@ -783,6 +783,58 @@ export class MailboxClient {
 
   /** Opens the items held back from `name` again (after the user trusted their new key). */
   async release(name: string): Promise<void> {
+    for (const path of this.#heldPaths(name)) {
+      // Gone: released meanwhile (the user trusted the key twice at once).
+      const der = await readIfThere(path);
+      if (der) await this.#process(der, { from: name, release: path });
+    }
+  }
+
+  /** How many items from `name` are held back for a changed key (files that wait not counted). */
+  heldFrom(name: string): number {
+    return this.#heldPaths(name).length;
+  }
+
+  /**
+   * Whether an item held back from `name` for a changed key is signed with the key
+   * `keyFingerprint` by a certificate that passes the signer check (so that key is the one the
+   * directory gives `name` now): a key the user may trust to read it once the warning of its
+   * change was dismissed, or that item would be stranded.
+   */
+  async holdsKey(name: string, keyFingerprint: string): Promise<boolean> {
+    const paths = this.#heldPaths(name);
+    if (paths.length) await this.#host.fresh();
+    for (const path of paths) {
+      const der = await readIfThere(path);
+      if (!der) continue;
+      let signer: CertificateInfo;
+      try {
+        const opened = await open(der, {
+          key: this.#host.key(),
+          recipientCert: this.#host.certificate(),
+          caCert: this.#host.caCertificate,
+        });
+        let item: MailboxItem;
+        try {
+          item = decodeItem(opened.content);
+        } catch {
+          continue; // our parser's verdict on its bytes
+        }
+        if (item.from !== name || item.to !== this.#host.self) continue;
+        signer = await this.#host.checkSigner(opened.signerCert, name);
+      } catch (e) {
+        // A verdict on the item or its signer (refused when let in) vouches for no key; our key
+        // not unlocking, or the CA not answering, is said.
+        if (e instanceof E2eError && REFUSES_SIGNER.has(e.code)) continue;
+        throw e;
+      }
+      if (signer.keyFingerprint === keyFingerprint) return true;
+    }
+    return false;
+  }
+
+  // The items held back from `name` for a changed key, oldest id first.
+  #heldPaths(name: string): string[] {
     const dir = this.#home.mailboxHeld;
     let names: string[] = [];
     try {
@@ -790,15 +842,7 @@ export class MailboxClient {
         n.startsWith(`${name}.`) && n.endsWith(".cms") && !n.endsWith(OFFER)
       );
     } catch { /* none held */ }
-    for (const file of names.sort()) {
-      const path = join(dir, file);
-      // Gone: released meanwhile (the user trusted the key twice at once).
-      const der = await Deno.readFile(path).catch((e) => {
-        if (e instanceof Deno.errors.NotFound) return undefined;
-        throw e;
-      });
-      if (der) await this.#process(der, { from: name, release: path });
-    }
+    return names.sort().map((n) => join(dir, n));
   }
 
   /**
@@ -1387,6 +1431,14 @@ function formatAhead(ms: number): string {
 // The CA service did not answer (or could not be reached): it may later.
 function away(e: unknown): boolean {
   return e instanceof E2eError && e.code === "ERR_NETWORK";
+}
+
+// A held item's bytes; undefined when it is gone (let in or refused meanwhile).
+async function readIfThere(path: string): Promise<Uint8Array | undefined> {
+  return await Deno.readFile(path).catch((e) => {
+    if (e instanceof Deno.errors.NotFound) return undefined;
+    throw e;
+  });
 }
 
 async function readRecord<T>(path: string, field: string): Promise<Record<string, T>> {

@@ -10,7 +10,8 @@
  */
 import { hkdfSync } from "node:crypto";
 import { dirname } from "node:path";
-import { ensurePrivateDirSync, writeFileAtomicSync } from "../lib/fs.ts";
+import { E2eError } from "../lib/errors.ts";
+import { ensurePrivateDirSync, systemReason, writeFileAtomicSync } from "../lib/fs.ts";
 import { openText, sealText } from "./history.ts";
 import type { RoomHistoryRecord } from "./rooms.ts";
 
@@ -37,20 +38,40 @@ export class RoomOwed {
   #seal: boolean;
   #items = new Map<string, RoomHistoryRecord[]>();
 
-  /** Reads `file` (none when missing or unreadable); `key` is history's, `seal` whether to seal. */
+  /**
+   * Reads `file` (none when it is missing); `key` is history's, `seal` whether to seal. Throws
+   * `ERR_FILE` when it cannot be read, is not JSON or does not open with `key`: taken for none,
+   * the next line owed would overwrite the lines it keeps (their only copy).
+   */
   constructor(file: string, options: { key?: Uint8Array; seal?: boolean } = {}) {
     this.#file = file;
     // Its own key: history's key never seals anything but history.
     this.#key = options.key &&
       new Uint8Array(hkdfSync("sha256", options.key, new Uint8Array(0), AAD, 32));
     this.#seal = Boolean(this.#key) && (options.seal ?? true);
+    // Never the parser's message, nor as the cause: it quotes the file's text.
+    const unreadable = (why: string, cause?: unknown) =>
+      new E2eError("ERR_FILE", `Cannot read "${file}": ${why}`, {
+        cause,
+        hint: "repair it, or move it aside to give up the history lines of room messages it keeps",
+      });
     let data: unknown;
     try {
       data = JSON.parse(Deno.readTextFileSync(file));
-      const e = (data as { e?: unknown })?.e;
-      if (typeof e === "string" && this.#key) data = JSON.parse(openText(this.#key, AAD, e));
-    } catch {
-      return; // none, or not ours to read
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return;
+      throw e instanceof SyntaxError
+        ? unreadable("it is not JSON")
+        : unreadable(systemReason(e), e);
+    }
+    const sealed = (data as { e?: unknown })?.e;
+    if (typeof sealed === "string") {
+      if (!this.#key) throw unreadable("it is sealed, and no key was given to open it");
+      try {
+        data = JSON.parse(openText(this.#key, AAD, sealed));
+      } catch {
+        throw unreadable("it does not open with this key");
+      }
     }
     const items = (data as { items?: unknown })?.items;
     if (!Array.isArray(items)) return;
