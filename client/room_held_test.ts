@@ -3,7 +3,11 @@ import { join } from "node:path";
 import { withTempDir } from "../tests/_helpers.ts";
 import { MAX_ROOM_HELD_PER_SENDER, RoomHeld } from "./room_held.ts";
 
-const ITEM = { id: "0123456789abcdef0123456789abcdef", from: "ann", payload: '{"text":"hi"}' };
+const ITEM = {
+  id: "0123456789abcdef0123456789abcdef",
+  from: "ann",
+  payload: '{"text":"held words no one else may read"}',
+};
 
 Deno.test("RoomHeld keeps a held room message across a restart, sealed when asked (no text in the clear, 0600), and forgets it once dropped", async () => {
   await withTempDir(async (dir) => {
@@ -12,7 +16,7 @@ Deno.test("RoomHeld keeps a held room message across a restart, sealed when aske
     const held = new RoomHeld(folder, { key, seal: true });
     held.put(ITEM);
     const [file] = [...Deno.readDirSync(folder)].map((e) => join(folder, e.name));
-    assert.ok(!(await Deno.readTextFile(file)).includes("hi"));
+    assert.ok(!(await Deno.readTextFile(file)).includes("no one else may read"));
     assert.equal((await Deno.stat(file)).mode! & 0o777, 0o600);
     assert.equal((await Deno.stat(folder)).mode! & 0o777, 0o700);
     assert.deepEqual(new RoomHeld(folder, { key, seal: true }).items(), [ITEM]);

@@ -4,7 +4,14 @@ import { E2eError } from "../lib/errors.ts";
 import { withTempDir } from "../tests/_helpers.ts";
 import { RoomOwed } from "./room_owed.ts";
 
-const RECORD = { id: "r:ann:1:1", room: "#team", roomId: "r", from: "ann", text: "hi", late: true };
+const RECORD = {
+  id: "r:ann:1:1",
+  room: "#team",
+  roomId: "r",
+  from: "ann",
+  text: "owed words no one else may read",
+  late: true,
+};
 
 Deno.test("RoomOwed keeps owed lines across a restart, sealed when asked (no text in the clear), and forgets them once dropped", async () => {
   await withTempDir(async (dir) => {
@@ -12,7 +19,7 @@ Deno.test("RoomOwed keeps owed lines across a restart, sealed when asked (no tex
     const key = new Uint8Array(32).fill(7);
     const owed = new RoomOwed(file, { key, seal: true });
     assert.equal(owed.put("item-1", [RECORD]), true);
-    assert.ok(!(await Deno.readTextFile(file)).includes("hi"));
+    assert.ok(!(await Deno.readTextFile(file)).includes("no one else may read"));
     assert.equal((await Deno.stat(file)).mode! & 0o777, 0o600);
     assert.deepEqual(new RoomOwed(file, { key, seal: true }).get("item-1"), [RECORD]);
     // Not ours to read: said, not taken for none (the next line owed would overwrite it).
