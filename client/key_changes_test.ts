@@ -79,3 +79,31 @@ Deno.test("KeyChanges keeps a key seen on a connection or mailbox item however m
     assert.deepEqual(changes.list("bob").map((c) => c.keyFingerprint), [REAL]);
   });
 });
+
+Deno.test("KeyChanges.load() refuses a key-changes.json that is not JSON with an error naming it, and the next record does not overwrite the key changes it held", async () => {
+  await withTempDir(async (dir) => {
+    const file = join(dir, "key-changes.json");
+    const changes = await KeyChanges.load(file);
+    await changes.record({ peer: "bob", keyFingerprint: IMPOSTOR, via: "mailbox" });
+    // Cut short (a copy of the home made while it was written, a disk error): not JSON.
+    const held = (await Deno.readTextFile(file)).slice(0, 60);
+    await Deno.writeTextFile(file, held);
+    let loaded: KeyChanges | undefined;
+    try {
+      loaded = await KeyChanges.load(file);
+    } catch (e) {
+      assert.ok(e instanceof Error && e.message.includes(file), String(e));
+      assert.equal(await Deno.readTextFile(file), held);
+      return;
+    }
+    // Taken for none: bob's key change, never trusted nor dismissed, is no longer said…
+    assert.deepEqual(loaded.list("bob"), [], "loaded");
+    // …and the next one seen overwrites the file that held it, with nothing said.
+    await loaded.record({ peer: "carol", keyFingerprint: REAL, via: "connection" });
+    assert.equal(
+      await Deno.readTextFile(file),
+      held,
+      "key-changes.json that could not be read was overwritten: bob's key change is gone",
+    );
+  });
+});

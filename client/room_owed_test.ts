@@ -19,3 +19,28 @@ Deno.test("RoomOwed keeps owed lines across a restart, sealed when asked (no tex
     assert.equal(new RoomOwed(file, { key }).get("item-1"), undefined);
   });
 });
+
+Deno.test("RoomOwed given a room-owed.json it cannot read says so, and does not overwrite the lines owed in it", async () => {
+  await withTempDir(async (dir) => {
+    const file = join(dir, "mailbox", "room-owed.json");
+    assert.equal(new RoomOwed(file).put("item-1", [RECORD]), true);
+    // Cut short (a copy of the home made while it was written, a disk error): not JSON.
+    const held = (await Deno.readTextFile(file)).slice(0, 40);
+    await Deno.writeTextFile(file, held);
+    let owed: RoomOwed;
+    try {
+      owed = new RoomOwed(file);
+    } catch (e) {
+      assert.ok(e instanceof Error && e.message.includes(file), String(e));
+      assert.equal(await Deno.readTextFile(file), held);
+      return;
+    }
+    // Taken for none, with nothing said; the next room message owed overwrites item-1's lines.
+    owed.put("item-2", [{ ...RECORD, id: "r:ann:1:2", text: "later" }]);
+    assert.equal(
+      await Deno.readTextFile(file),
+      held,
+      "room-owed.json that could not be read was overwritten: the lines owed for item-1 are gone",
+    );
+  });
+});

@@ -874,6 +874,36 @@ Deno.test("ca sign refuses a key a certificate of which was revoked as keyCompro
   });
 });
 
+Deno.test("ca sign refuses a key revoked as compromised by hand with openssl ca -crl_compromise: the CRL says keyCompromise, index.txt keyTime", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home);
+    await sign(home, "alice", fixture("alice-ec.csr"));
+    const [old] = await readIndexChecked(home);
+    // A learner revokes with openssl alone, in the CA's folder (docs/CA.md): with the date the
+    // key was compromised, which openssl records as "keyTime" and lists as keyCompromise.
+    await openssl([
+      ...["ca", "-config", "openssl.cnf", "-revoke", join("certs", `${old.serial}.pem`)],
+      ...["-crl_compromise", "20260101000000Z", "-cert", "ca.crt", "-keyfile", "ca.key"],
+      ...["-passin", PASSPHRASE_ARG],
+    ], { passphrase: PASSPHRASE, cwd: caDir(home) });
+    assertSuccess(await runCa(home, ["crl"]));
+    const crl = await openssl(["crl", "-noout", "-text"], {
+      stdin: await Deno.readTextFile(join(caDir(home), "crl.pem")),
+    });
+    assert.match(new TextDecoder().decode(crl.stdout), /Key Compromise/);
+    await assertRefused(
+      home,
+      () => runCa(home, ["sign", "--name", "alice", fixture("alice-ec.csr")]),
+      {
+        code: 1,
+        error: `Cannot sign request: its key's certificate (serial ${old.serial}) was revoked as ` +
+          "keyCompromise: that key is never certified again",
+        hint: "make a new key (a join in another home makes one) and sign a request from it",
+      },
+    );
+  });
+});
+
 Deno.test("ca invite with a name no member can have is a usage mistake: exit 2 (README), as in the client", async () => {
   await withTempDir(async (home) => {
     await initCa(home);

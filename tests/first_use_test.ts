@@ -491,6 +491,33 @@ Deno.test(
   },
 );
 
+Deno.test(
+  "a key csr made (and the CA signed) for alice is not certified for bob too once alice moved " +
+    "her request.csr out of id/ to hand it to the admin",
+  async () => {
+    await withService(async (service, dir) => {
+      const home = await aliceCsrSignedByTheCa(service, dir);
+      // alice moved the request out to mail it to the admin (nothing says it must stay).
+      await Deno.rename(join(home, "id", "request.csr"), join(dir, "alice.csr"));
+      const aliceKey = parseCertificate(await Deno.readTextFile(join(dir, "a.crt")))
+        .keyFingerprint;
+      const invite = await makeInvite(service.home, "bob");
+      const joined = await client(home, ["join", "-"], { stdin: `${invite}\n` });
+      // Whatever refuses it (the join, or the CA), no certificate names bob with alice's key.
+      const certs = join(service.home, "ca", "certs");
+      const both = [...Deno.readDirSync(certs)]
+        .map((e) => parseCertificate(Deno.readTextFileSync(join(certs, e.name))))
+        .filter((c) => c.commonName === "bob" && c.keyFingerprint === aliceKey);
+      assert.deepEqual(
+        both.map((c) => c.serial),
+        [],
+        `alice's key certified for bob too (join exit ${joined.code}): one key, two names`,
+      );
+      assert.notEqual(joined.code, 0, "the join with bob's invite in alice's home");
+    });
+  },
+);
+
 /** alice makes a key and csr in `dir`/alice (`client csr alice`) and the admin signs it by hand. */
 async function aliceCsrSignedByTheCa(service: Service, dir: string): Promise<string> {
   const home = join(dir, "alice");
