@@ -146,3 +146,36 @@ Deno.test(
     });
   },
 );
+
+Deno.test(
+  "readPassphrase() refuses at once an invite file another user made a named pipe of: it does " +
+    "not wait for that user to write into it",
+  async () => {
+    if (Deno.uid() !== 0) return; // needs chown (the test machine runs as root)
+    const dir = await Deno.makeTempDir();
+    try {
+      const file = join(dir, "invite");
+      const made = await new Deno.Command("mkfifo", { args: [file] }).output();
+      assert.ok(made.success, "mkfifo");
+      await Deno.chown(file, 65534, 65534); // nobody
+      const read = readPassphrase({ file, fileLabel: "invite file" });
+      read.catch(() => {});
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const waited = await Promise.race([
+        read.then(() => false, () => false),
+        new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(true), 2_000)),
+      ]);
+      clearTimeout(timer);
+      // That user writes (here: opens and closes it) whenever they like; then it goes on.
+      if (waited) (await Deno.open(file, { write: true })).close();
+      await assert.rejects(
+        read,
+        (e: unknown) =>
+          e instanceof E2eError && e.code === "ERR_FILE" && /another user owns it/.test(e.message),
+      );
+      assert.equal(waited, false, "join waited on another user's named pipe, saying nothing");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);

@@ -8,7 +8,8 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
+import { createHash, createPrivateKey } from "node:crypto";
+import { Buffer } from "node:buffer";
 import { join } from "node:path";
 import { openssl, OpensslError, PASSPHRASE_ARG } from "../lib/openssl.ts";
 import { pemDecode } from "../lib/pem.ts";
@@ -903,6 +904,57 @@ Deno.test("ca sign refuses a key revoked as compromised by hand with openssl ca 
     );
   });
 });
+
+Deno.test("ca sign refuses an RSA key revoked as keyCompromise offered again with another public exponent: the same modulus, whose factors the thief holds", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home);
+    const genpkey = ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
+    const stolen = new TextDecoder().decode((await openssl(genpkey)).stdout);
+    const csrOf = async (key: string, file: string) => {
+      await Deno.writeTextFile(`${file}.key`, key);
+      const req = ["req", "-new", "-key", `${file}.key`, "-subj", "/CN=alice"];
+      await Deno.writeFile(file, (await openssl(req)).stdout);
+      return file;
+    };
+    await sign(home, "alice", await csrOf(stolen, join(home, "alice.csr")));
+    const [old] = await readIndexChecked(home);
+    assertSuccess(await runCa(home, ["revoke", "alice", "--reason", "keyCompromise"]));
+    // The same n (p and q known to whoever holds the key), e = 65539 instead of 65537.
+    const other = await csrOf(withExponent(stolen, 65539n), join(home, "other.csr"));
+    await assertRefused(home, () => runCa(home, ["sign", "--name", "alice", other]), {
+      code: 1,
+      error: `Cannot sign request: its key's certificate (serial ${old.serial}) was revoked as ` +
+        "keyCompromise: that key is never certified again",
+      hint: "make a new key (a join in another home makes one) and sign a request from it",
+    });
+  });
+});
+
+/** The RSA private key `pem` with public exponent `e` instead of its own: same n, p and q. */
+function withExponent(pem: string, e: bigint): string {
+  const jwk = createPrivateKey(pem).export({ format: "jwk" });
+  const big = (s?: string) => BigInt(`0x${Buffer.from(s!, "base64url").toString("hex")}`);
+  const b64 = (n: bigint) => {
+    const hex = n.toString(16);
+    return Buffer.from(hex.length % 2 ? `0${hex}` : hex, "hex").toString("base64url");
+  };
+  const [p, q] = [big(jwk.p), big(jwk.q)];
+  const phi = (p - 1n) * (q - 1n);
+  const inverse = (a: bigint, m: bigint) => {
+    let [r0, r1, s0, s1] = [a % m, m, 1n, 0n];
+    while (r1) {
+      const t = r0 / r1;
+      [r0, r1, s0, s1] = [r1, r0 - t * r1, s1, s0 - t * s1];
+    }
+    if (r0 !== 1n) throw new RangeError("the exponent is not coprime with phi(n)");
+    return ((s0 % m) + m) % m;
+  };
+  const d = inverse(e, phi);
+  return createPrivateKey({
+    key: { ...jwk, e: b64(e), d: b64(d), dp: b64(d % (p - 1n)), dq: b64(d % (q - 1n)) },
+    format: "jwk",
+  }).export({ type: "pkcs8", format: "pem" }) as string;
+}
 
 Deno.test("ca invite with a name no member can have is a usage mistake: exit 2 (README), as in the client", async () => {
   await withTempDir(async (home) => {
