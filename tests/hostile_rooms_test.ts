@@ -31,6 +31,8 @@ import {
   signBehindTheirBacks,
 } from "./_dishonest_ca.ts";
 import { makeCsr } from "./_helpers.ts";
+import { KeyChanges } from "../client/key_changes.ts";
+import { ClientHome } from "../client/home.ts";
 import { joinUser, RawPeer, type User, userAt } from "./_chat_helpers.ts";
 
 const ROOM = "#team";
@@ -1035,6 +1037,72 @@ Deno.test("a room's creator who lists another member's name with a made-up key h
       assert.ok(
         w.ann.events.some((e) => e.type === "message" && e.from === "dave" && e.text === text),
         `dave's honest item was refused (and deleted at the CA): ${w.ann.describe()}`,
+      );
+    },
+    async ({ service, dir }) => {
+      daveUser = await joinUser(service, "dave", join(dir, "dave"));
+      // mallory's list gives "dave" a key nobody's certificate holds.
+      return [{ name: "dave", key: spkiOf(generateKeyPairSync("ed25519").publicKey) }];
+    },
+  );
+});
+
+Deno.test("a member's first mailbox item held back as a changed key (a room's list gives his name another key) is still let in by /trust once ann dismissed the warning of that key change", async () => {
+  let daveUser: User | undefined;
+  await withWorld(
+    async (w) => {
+      const text = "hi ann, the real dave here";
+      const der = await seal(
+        encodeItem({
+          id: newItemId(),
+          from: "dave",
+          to: "ann",
+          kind: "message",
+          sent: new Date(),
+          payload: new TextEncoder().encode(text),
+        }),
+        {
+          key: { path: daveUser!.keyPath },
+          signerCert: await Deno.readTextFile(daveUser!.certPath),
+          recipientCert: await Deno.readTextFile(w.annUser.certPath),
+        },
+      );
+      const posted = await w.service.request("/v1/mailbox/ann", {
+        method: "POST",
+        body: der,
+        headers: { "content-type": "application/cms" },
+        cert: await Deno.readTextFile(daveUser!.certPath),
+        key: await Deno.readTextFile(daveUser!.keyPath),
+      });
+      assert.equal(posted.status, 200, posted.body);
+      const real = createHash("sha256").update(Buffer.from(await keyOf(daveUser!), "base64"))
+        .digest("hex");
+      await w.ann.expect(
+        { type: "key_changed", peer: "dave", keyFingerprint: real, via: "mailbox" },
+        30_000,
+      );
+      await w.ann.expect({
+        type: "warning",
+        message: 'Held back a mailbox item from "dave": its key changed. ' +
+          "Compare the safety number, then trust the new key to read it.",
+      });
+      // ann reads the warning in the page and dismisses it ("Dismiss warning": the core's
+      // dismissKeyChange, KeyChanges.clear of that key), then opens the page again later.
+      const changes = await KeyChanges.load(new ClientHome(w.annUser.home).keyChanges);
+      assert.equal(await changes.clear("dave", real), true);
+      await w.restart();
+      // The item still waits in ann's home; the CA's copy is gone. /trust is the way to read it.
+      await w.ann.send("/trust dave");
+      await waitUntil(
+        () =>
+          w.ann.events.some((e) => e.type === "message" && e.from === "dave") ||
+          w.ann.events.some((e) => e.type === "error"),
+        "dave's item let in, or /trust refused",
+        30_000,
+      );
+      assert.ok(
+        w.ann.events.some((e) => e.type === "message" && e.from === "dave" && e.text === text),
+        `dave's held item can no longer be let in once the warning was dismissed: ${w.ann.describe()}`,
       );
     },
     async ({ service, dir }) => {
