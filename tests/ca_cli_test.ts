@@ -956,6 +956,30 @@ function withExponent(pem: string, e: bigint): string {
   }).export({ type: "pkcs8", format: "pem" }) as string;
 }
 
+Deno.test("ca revoke SERIAL --reason keyCompromise of a certificate a renewal for the same key superseded leaves no valid certificate for that key, and the key is refused from then on", async () => {
+  await withTempDir(async (home) => {
+    await initCa(home);
+    await sign(home, "alice", fixture("alice-ec.csr"));
+    // Renewed for the same key (what POST /v1/renew does): the first one is superseded.
+    await sign(home, "alice", fixture("alice-ec.csr"));
+    const [first, renewed] = await readIndexChecked(home);
+    assert.deepEqual([first.status, first.reason, renewed.status], ["R", "superseded", "V"]);
+    // The incident report names the serial the thief used: the first one.
+    const revoked = await runCa(home, ["revoke", first.serial, "--reason", "keyCompromise"]);
+    const after = await readIndexChecked(home);
+    const signed = await runCa(home, ["sign", "--name", "alice", fixture("alice-ec.csr")]);
+    assert.deepEqual(
+      {
+        valid: after.filter((e) => e.status === "V").map((e) => e.serial),
+        signedAgain: signed.code === 0,
+      },
+      { valid: [], signedAgain: false },
+      `the compromised key keeps serial ${renewed.serial} valid and is certified again ` +
+        `(ca revoke said: ${JSON.stringify(revoked.stderr.trim())})`,
+    );
+  });
+});
+
 Deno.test("ca invite with a name no member can have is a usage mistake: exit 2 (README), as in the client", async () => {
   await withTempDir(async (home) => {
     await initCa(home);
