@@ -11,7 +11,7 @@ import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { pemDecode, pemEncode } from "../lib/pem.ts";
 import { trustAnchor } from "../lib/tls.ts";
 import { sha256Hex } from "../lib/x509.ts";
-import { makeCsr, PASSPHRASE, snapshot, withTempDir } from "../tests/_helpers.ts";
+import { makeCsr, newKeyPem, PASSPHRASE, snapshot, withTempDir } from "../tests/_helpers.ts";
 import { expiredCertificate } from "../tests/_service_helpers.ts";
 import { crlSignedAt } from "../tests/_impostor.ts";
 import { e2eError } from "../lib/_test_util.ts";
@@ -1448,13 +1448,13 @@ Deno.test("GET /v1/log/… serves the checkpoint, entries, inclusion and consist
 Deno.test("GET /v1/log/entries returns at most 256 entries at once", async () => {
   await withWorld(async ({ ctx, member, ca }) => {
     const alice = await member("alice");
-    // 260 more certificates (one key, many names), signed in batches as concurrent enrollments are.
-    const { key } = await makeCsr("many");
+    // 260 more certificates (a key for each name: one key, one name), signed in batches as
+    // concurrent enrollments are.
     const names = Array.from({ length: 260 }, (_, i) => `many-${i}`);
     for (let i = 0; i < names.length; i += 26) {
       await Promise.all(
         names.slice(i, i + 26).map(async (name) => {
-          await ca.sign((await makeCsr(name, { keyPem: key })).csr, name);
+          await ca.sign((await makeCsr(name, { keyPem: newKeyPem() })).csr, name);
         }),
       );
     }

@@ -4,7 +4,8 @@
  *
  * @module
  */
-import { createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
+import { createPrivateKey, type KeyObject, randomBytes, X509Certificate } from "node:crypto";
+import { Buffer } from "node:buffer";
 import { join } from "node:path";
 import type { NoteKey } from "../lib/checkpoint.ts";
 import {
@@ -30,6 +31,7 @@ import { pemDecode } from "../lib/pem.ts";
 import { type Credentials, LOG_CN, SERVICE_CN } from "../lib/tls.ts";
 import {
   type CertificateInfo,
+  keyFingerprint,
   normalizeSerialHex,
   parseCertificate,
   sha256Hex,
@@ -51,6 +53,7 @@ import {
 import { CaPaths } from "./home.ts";
 import { IssuanceLog, logOrigin } from "./log.ts";
 import {
+  changeReason,
   IndexCache,
   type IndexEntry,
   locked,
@@ -114,10 +117,31 @@ export interface CheckRequestOptions {
   allowCompromisedKey?: boolean;
 }
 
+/** A request that passed {@linkcode CertificateAuthority.checkRequest}. */
+export interface CheckedRequest {
+  /** The request. */
+  request: CertificateRequest;
+  /** Its key's kind. */
+  kind: KeyKind;
+  /** What identifies its key in the CA's refusals (see keyIdentity). */
+  keyId: string;
+}
+
 /** Options of {@linkcode CertificateAuthority.revoke}. */
 export interface RevokeOptions {
   /** The reason recorded in the CRL. Default: "unspecified". */
   reason?: RevokeReason;
+}
+
+/** What {@linkcode CertificateAuthority.revoke} did: the certificate's entry as it is now. */
+export interface Revocation extends IndexEntry {
+  /**
+   * The reason it had, when it was revoked already (superseded, say) and a revocation as
+   * `keyCompromise` changed that reason. Default: none (revoked now).
+   */
+  formerReason?: string;
+  /** The other unexpired certificates for its key, revoked with it (as `keyCompromise`). */
+  sameKey: IndexEntry[];
 }
 
 /** The result of a signing. */
@@ -157,10 +181,11 @@ interface IssueSpec {
   /** The name's valid certificates stay valid: the caller supersedes them later. */
   keep?: boolean;
   /**
-   * The request's key (SHA-256 of its SPKI), refused at the commit, under the lock, when a
-   * certificate for it was revoked as keyCompromise meanwhile. Default: not looked at.
+   * The request's key (its keyIdentity), refused at the commit, under the lock, when a
+   * certificate for it was revoked as keyCompromise meanwhile (unless `allowCompromised`), or
+   * another name got a valid certificate for it meanwhile. Default: not looked at.
    */
-  refuseCompromised?: string;
+  key?: { id: string; allowCompromised: boolean };
 }
 
 /** A signing waiting in the queue. */
@@ -256,9 +281,9 @@ export class CertificateAuthority {
   #log?: IssuanceLog;
   #logSigner?: NoteKey;
   #signingKey?: Promise<string>;
-  #checked = new Map<string, { request: CertificateRequest; kind: KeyKind }>();
-  // The key fingerprint of each certificate revoked as keyCompromise, by serial (never changes).
-  #compromisedKeys = new Map<string, string>();
+  #checked = new Map<string, CheckedRequest>();
+  // The key identity of certificates looked at, by normalized serial (never changes).
+  #keyIds = new Map<string, string>();
   #lock: LockOptions;
   #keepWarm = false;
   #warm: WarmSigner[] = [];
@@ -385,7 +410,7 @@ export class CertificateAuthority {
    * one is revoked as superseded, which needs `replace` when the key changes.
    */
   async sign(csr: Uint8Array | string, name: string, options: SignOptions = {}): Promise<Issued> {
-    const { request, kind } = await this.checkRequest(csr, name, {
+    const { request, kind, keyId } = await this.checkRequest(csr, name, {
       allowCompromisedKey: options.allowCompromisedKey,
     });
     // Near the CA's own end a certificate gets what the CA has left, not a refusal.
@@ -399,8 +424,9 @@ export class CertificateAuthority {
       days,
       beforeCommit: options.beforeCommit,
       renews: options.renews,
-      // Checked again at the commit: a revocation as keyCompromise may land while it is signed.
-      refuseCompromised: options.allowCompromisedKey ? undefined : request.keyFingerprint,
+      // Checked again at the commit: a revocation as keyCompromise, or another name's
+      // certificate for the key, may land while it is signed.
+      key: { id: keyId, allowCompromised: options.allowCompromisedKey ?? false },
       supersede: async (entry) => {
         const old = parseCertificate(await Deno.readTextFile(this.paths.certFile(entry.serial)));
         if (old.keyFingerprint !== request.keyFingerprint && !options.replace) {
@@ -420,56 +446,80 @@ export class CertificateAuthority {
   /**
    * Checks a request against the policy for `name` without signing it: what
    * {@linkcode CertificateAuthority.sign} refuses, this refuses the same way, including a key
-   * a certificate of which was revoked as `keyCompromise` (unless `options` allow it).
+   * a certificate of which was revoked as `keyCompromise` (unless `options` allow it) and a key
+   * another name holds a valid certificate for (one key, one name at a time).
    */
   async checkRequest(
     csr: Uint8Array | string,
     name: string,
     options: CheckRequestOptions = {},
-  ): Promise<{ request: CertificateRequest; kind: KeyKind }> {
+  ): Promise<CheckedRequest> {
     const checked = await this.#checkRequestCached(csr, name);
-    if (!options.allowCompromisedKey) {
-      const serial = await this.compromisedSerial(checked.request.keyFingerprint);
-      if (serial !== undefined) throw compromisedKey(serial);
-    }
+    const refusal = await this.#keyRefusal(await this.#index.entries(), checked.keyId, name, {
+      allowCompromised: options.allowCompromisedKey ?? false,
+    });
+    if (refusal) throw refusal.error;
     return checked;
   }
 
   /**
-   * The serial of a certificate for the key `keyFingerprint` (SHA-256 of its SPKI, as
-   * {@linkcode CertificateInfo.keyFingerprint}) that was revoked as `keyCompromise`, or undefined.
-   * Reads the committed database; each revoked certificate's file is read once.
+   * The serial of a certificate for the key `publicKey` that was revoked as `keyCompromise`
+   * (for RSA: a certificate for its modulus, whatever the exponent), or undefined. Reads the
+   * committed database; each certificate's file is read once.
    */
-  async compromisedSerial(keyFingerprint: string): Promise<string | undefined> {
-    return await this.#compromisedIn(await this.#index.entries(), keyFingerprint);
+  async compromisedSerial(publicKey: KeyObject): Promise<string | undefined> {
+    const entries = await this.#index.entries();
+    const refusal = await this.#keyRefusal(entries, keyIdentity(publicKey), "", {
+      allowCompromised: false,
+      compromisedOnly: true,
+    });
+    return refusal?.serial;
   }
 
-  // The serial of an entry of `entries` revoked as keyCompromise whose key is `keyFingerprint`.
-  async #compromisedIn(
+  // Why `entries` forbid a certificate for the key `keyId` to `name`: a certificate for the key
+  // revoked as keyCompromise (unless allowed), or an unexpired valid one of another name (one key
+  // is one member's: it must not sign as two). Undefined when nothing does.
+  async #keyRefusal(
     entries: IndexEntry[],
-    keyFingerprint: string,
-  ): Promise<string | undefined> {
+    keyId: string,
+    name: string,
+    options: { allowCompromised: boolean; compromisedOnly?: boolean },
+  ): Promise<{ error: E2eError; serial: string } | undefined> {
+    const now = Date.now();
+    let other: IndexEntry | undefined;
     for (const entry of entries) {
-      if (entry.status !== "R" || entry.reason !== "keyCompromise") continue;
-      let key = this.#compromisedKeys.get(entry.serial);
-      if (key === undefined) {
-        try {
-          const pem = await Deno.readTextFile(this.paths.certFile(entry.serial));
-          key = parseCertificate(pem).keyFingerprint;
-        } catch {
-          continue; // a missing file: nothing to compare
-        }
-        this.#compromisedKeys.set(entry.serial, key);
+      if (entry.status === "R" && entry.reason === "keyCompromise") {
+        if (options.allowCompromised || await this.#keyIdOf(entry.serial) !== keyId) continue;
+        return { error: compromisedKey(entry.serial), serial: entry.serial };
       }
-      if (key === keyFingerprint) return entry.serial;
+      if (options.compromisedOnly || other || entry.status !== "V") continue;
+      if (entry.name === name || entry.expires.getTime() <= now) continue;
+      if (await this.#keyIdOf(entry.serial) === keyId) other = entry;
     }
-    return undefined;
+    return other && { error: keyOfAnotherName(other), serial: other.serial };
+  }
+
+  // The key identity of the certificate `serial`, or undefined when its file cannot be read
+  // (nothing to compare).
+  async #keyIdOf(serial: string): Promise<string | undefined> {
+    const at = normalizeSerialHex(serial);
+    let id = this.#keyIds.get(at);
+    if (id === undefined) {
+      try {
+        const pem = await Deno.readTextFile(this.paths.certFile(serial));
+        id = keyIdentity(parseCertificate(pem).x509.publicKey);
+      } catch {
+        return undefined;
+      }
+      this.#keyIds.set(at, id);
+    }
+    return id;
   }
 
   async #checkRequestCached(
     csr: Uint8Array | string,
     name: string,
-  ): Promise<{ request: CertificateRequest; kind: KeyKind }> {
+  ): Promise<CheckedRequest> {
     checkName(name);
     // The service checks a request before it reserves the invite, and sign() checks it again:
     // the second time is a lookup (parsing and verifying an EC request costs ~0.4 ms of CPU).
@@ -489,7 +539,7 @@ export class CertificateAuthority {
   async #checkRequest(
     csr: Uint8Array | string,
     name: string,
-  ): Promise<{ request: CertificateRequest; kind: KeyKind }> {
+  ): Promise<CheckedRequest> {
     let kind: KeyKind = "ec";
     // The signature is checked off this thread (WebCrypto, for ECDSA): the service's event loop
     // goes on meanwhile.
@@ -504,7 +554,7 @@ export class CertificateAuthority {
         `Cannot sign request: it has ${found}, not "${name}"`,
       );
     }
-    return { request, kind };
+    return { request, kind, keyId: keyIdentity(request.publicKey) };
   }
 
   /** The CRL URL new certificates carry (`ca serve` records it), or undefined when none is recorded. */
@@ -581,9 +631,16 @@ export class CertificateAuthority {
     });
   }
 
-  /** Revokes the valid certificate of a name, or a certificate by serial. Regenerates the CRL. */
-  async revoke(nameOrSerial: string, options: RevokeOptions = {}): Promise<IndexEntry> {
+  /**
+   * Revokes the valid certificate of a name, or a certificate by serial. Regenerates the CRL.
+   * As `keyCompromise`, it also revokes every other unexpired valid certificate for the same key
+   * (`sameKey`), and takes a certificate revoked already for another reason (superseded by a
+   * renewal, say): its reason becomes `keyCompromise` (`formerReason` says what it was), so the
+   * CRL says so and the key is never certified again.
+   */
+  async revoke(nameOrSerial: string, options: RevokeOptions = {}): Promise<Revocation> {
     const passphrase = this.#requirePassphrase();
+    const reason = options.reason ?? "unspecified";
     let refusal: E2eError | undefined;
     const revoked = await this.#transaction(async (tx) => {
       const entries = await this.#index.entries();
@@ -596,7 +653,9 @@ export class CertificateAuthority {
           `Cannot revoke: no valid certificate for ${JSON.stringify(nameOrSerial)}`,
           { hint: "see `deno task ca list` for names and serials" },
         );
-      } else if (target.status === "R") {
+      } else if (
+        target.status === "R" && (reason !== "keyCompromise" || target.reason === "keyCompromise")
+      ) {
         refusal = new E2eError(
           "ERR_ALREADY_REVOKED",
           `Cannot revoke: serial ${target.serial} is already revoked`,
@@ -609,13 +668,39 @@ export class CertificateAuthority {
         return undefined;
       }
       const work = await tx.fullCopy();
-      await this.#revokeIn(work, target.serial, options.reason ?? "unspecified", passphrase);
-      const after = (await readIndexAt(work)).find((e) => e.serial === target.serial);
-      if (after?.status !== "R") {
+      if (target.status === "R") {
+        // openssl ca revokes a certificate once: the reason of its index line changes instead
+        // (its revocation date stays), which its CRLs list and checkRequest() reads.
+        const index = join(work, "index.txt");
+        await Deno.writeTextFile(
+          index,
+          changeReason(await Deno.readTextFile(index), target.serial, "keyCompromise"),
+        );
+      } else {
+        await this.#revokeIn(work, target.serial, reason, passphrase);
+      }
+      // A compromised key is compromised in every certificate for it (a renewal's, another
+      // name's from before one key had one name): none of them stays valid.
+      const sameKey: string[] = [];
+      const keyId = reason === "keyCompromise" ? await this.#keyIdOf(target.serial) : undefined;
+      const now = Date.now();
+      for (const e of keyId === undefined ? [] : entries) {
+        if (e.status !== "V" || e.expires.getTime() <= now || e.serial === target.serial) continue;
+        if (await this.#keyIdOf(e.serial) !== keyId) continue;
+        await this.#revokeIn(work, e.serial, "keyCompromise", passphrase);
+        sameKey.push(e.serial);
+      }
+      const index = await readIndexAt(work);
+      const after = index.find((e) => e.serial === target.serial);
+      if (after?.status !== "R" || after.reason !== reason) {
         throw new E2eError("ERR_OPENSSL", "openssl ca did not record the revocation");
       }
       await this.#gencrl(work, passphrase);
-      return after;
+      return {
+        ...after,
+        ...(target.status === "R" ? { formerReason: target.reason } : {}),
+        sameKey: index.filter((e) => sameKey.includes(e.serial)),
+      };
     });
     if (!revoked) throw refusal;
     return revoked;
@@ -836,6 +921,11 @@ export class CertificateAuthority {
         folder = await signingFolder(this.paths);
         certificate = await this.#signIn(folder, job);
       }
+      // Its key's identity, known now: a later check need not read its file.
+      this.#keyIds.set(
+        normalizeSerialHex(certificate.serial),
+        keyIdentity(certificate.x509.publicKey),
+      );
       this.#signed.push({ job, folder: folder!, current, certificate });
       this.#commitAll();
     } catch (error) {
@@ -867,13 +957,19 @@ export class CertificateAuthority {
         // Only a successful signing supersedes: revoke the old certificates, then one CRL.
         // A revocation that fails costs only its own job.
         let revoked = false;
+        // The keys of this commit's signings so far: another name's is refused as well.
+        const keys = new Map<string, { name: string; serial: string }>();
         for (const r of batch) {
           try {
-            const key = r.job.spec.refuseCompromised;
-            const compromised = key === undefined
-              ? undefined
-              : await this.#compromisedIn(entries, key);
-            if (compromised !== undefined) throw compromisedKey(compromised);
+            const key = r.job.spec.key;
+            if (key) {
+              const refusal = await this.#keyRefusal(entries, key.id, r.job.spec.subject, {
+                allowCompromised: key.allowCompromised,
+              });
+              if (refusal) throw refusal.error;
+              const twin = keys.get(key.id);
+              if (twin && twin.name !== r.job.spec.subject) throw keyOfAnotherName(twin);
+            }
             const current = r.job.spec.keep ? [] : validFor(entries, r.job.spec.subject);
             checkRenewal(r.job.spec, current);
             for (const entry of current) {
@@ -911,6 +1007,7 @@ export class CertificateAuthority {
             outcome.set(r, {
               issued: { certificate: r.certificate, superseded: current.map((e) => e.serial) },
             });
+            if (key) keys.set(key.id, { name: r.job.spec.subject, serial: r.certificate.serial });
           } catch (error) {
             outcome.set(r, { error });
           }
@@ -1269,6 +1366,34 @@ function compromisedKey(serial: string): E2eError {
       "keyCompromise: that key is never certified again",
     { hint: "make a new key (a join in another home makes one) and sign a request from it" },
   );
+}
+
+// The refusal of a request whose key the valid certificate `other` certifies for another name.
+function keyOfAnotherName(other: { name: string; serial: string }): E2eError {
+  return new E2eError(
+    "ERR_KEY_REJECTED",
+    `Cannot sign request: its key has a valid certificate for ${JSON.stringify(other.name)} ` +
+      `(serial ${other.serial}): a key is certified for one name at a time`,
+    {
+      hint: "make a new key (a join in another home makes one) and sign a request from it",
+    },
+  );
+}
+
+/**
+ * What identifies a public key in the CA's refusals (a key revoked as compromised, a key of
+ * another name): the SHA-256 of its SPKI, as {@linkcode CertificateInfo.keyFingerprint}; for RSA
+ * that of its modulus alone, since whoever knows the factors of n holds the private key for any
+ * public exponent.
+ */
+function keyIdentity(key: KeyObject): string {
+  if (key.asymmetricKeyType === "rsa" || key.asymmetricKeyType === "rsa-pss") {
+    try {
+      const n = key.export({ format: "jwk" }).n;
+      if (n) return `rsa-n:${sha256Hex(new Uint8Array(Buffer.from(n, "base64url")))}`;
+    } catch { /* no JWK form (RSA-PSS on some runtimes): the SPKI then */ }
+  }
+  return keyFingerprint(key);
 }
 
 // Clocks drift: a certificate valid from five minutes ago works on a peer whose clock is behind.

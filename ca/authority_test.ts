@@ -855,6 +855,108 @@ Deno.test("revoke() retried after a revocation killed before its CRL was written
   });
 });
 
+Deno.test("revoke() as keyCompromise of a serial a same-key renewal superseded records it as keyCompromise and revokes the renewal: the CRL and openssl verify -crl_check say so", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice");
+    const first = (await ca.sign(csr, "alice")).certificate;
+    const renewed = (await ca.sign(csr, "alice")).certificate;
+    const entry = await ca.revoke(first.serial, { reason: "keyCompromise" });
+    assert.deepEqual(
+      [entry.serial, entry.reason, entry.formerReason, entry.sameKey.map((e) => e.serial)],
+      [first.serial, "keyCompromise", "superseded", [renewed.serial]],
+    );
+    assert.deepEqual(
+      (await readIndex(ca.paths)).map((e) => [e.serial, e.status, e.reason]),
+      [[first.serial, "R", "keyCompromise"], [renewed.serial, "R", "keyCompromise"]],
+    );
+    const crl = await Deno.readTextFile(ca.paths.crl);
+    const text = await crlText(ca, crl);
+    for (const serial of [first.serial, renewed.serial]) {
+      assert.match(text, new RegExp(`Serial Number: ${serial}[\\s\\S]*?Key Compromise`));
+    }
+    await withTempDir(async (dir) => {
+      await Deno.writeTextFile(join(dir, "chain.pem"), `${ca.certificate.pem}${crl}`);
+      await Deno.writeTextFile(join(dir, "renewed.pem"), renewed.pem);
+      const verify = await new Deno.Command("openssl", {
+        args: ["verify", "-crl_check", "-CAfile", "chain.pem", "renewed.pem"],
+        cwd: dir,
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.equal(verify.success, false);
+      assert.match(decoder.decode(verify.stdout) + decoder.decode(verify.stderr), /revoked/);
+    });
+    // Once more: that serial is revoked as keyCompromise already.
+    await assert.rejects(
+      () => ca.revoke(first.serial, { reason: "keyCompromise" }),
+      e2eError("ERR_ALREADY_REVOKED", `Cannot revoke: serial ${first.serial} is already revoked`),
+    );
+    await assert.rejects(
+      () => ca.sign(csr, "alice"),
+      e2eError("ERR_KEY_REJECTED", /keyCompromise/),
+    );
+  });
+});
+
+Deno.test("revoke() of a superseded serial for any reason but keyCompromise is refused as already revoked", async () => {
+  await withCa(async (ca) => {
+    const { csr } = await makeCsr("alice");
+    const first = (await ca.sign(csr, "alice")).certificate;
+    await ca.sign(csr, "alice");
+    await assert.rejects(
+      () => ca.revoke(first.serial, { reason: "affiliationChanged" }),
+      e2eError("ERR_ALREADY_REVOKED", `Cannot revoke: serial ${first.serial} is already revoked`),
+    );
+  });
+});
+
+Deno.test("sign() refuses a key another name holds a valid certificate for; the name's own renewal goes on, and once that certificate is revoked the key may have the other name", async () => {
+  await withCa(async (ca) => {
+    const { key, csr } = await makeCsr("alice");
+    const alice = (await ca.sign(csr, "alice")).certificate;
+    const forBob = (await makeCsr("bob", { keyPem: key })).csr;
+    const refused = e2eError(
+      "ERR_KEY_REJECTED",
+      `Cannot sign request: its key has a valid certificate for "alice" (serial ${alice.serial}): ` +
+        "a key is certified for one name at a time",
+    );
+    await assert.rejects(() => ca.sign(forBob, "bob"), refused);
+    await assert.rejects(() => ca.checkRequest(forBob, "bob"), refused);
+    const renewed = (await ca.sign(csr, "alice")).certificate;
+    assert.equal(renewed.keyFingerprint, alice.keyFingerprint);
+    await ca.revoke("alice", { reason: "cessationOfOperation" });
+    const bob = (await ca.sign(forBob, "bob")).certificate;
+    assert.equal(bob.keyFingerprint, alice.keyFingerprint);
+  });
+});
+
+Deno.test("sign() of one key for two names at once certifies it for one of them only", async () => {
+  await withCa(async (ca) => {
+    const { key, csr } = await makeCsr("alice");
+    const forBob = (await makeCsr("bob", { keyPem: key })).csr;
+    const results = await Promise.allSettled([ca.sign(csr, "alice"), ca.sign(forBob, "bob")]);
+    assert.deepEqual(results.map((r) => r.status).sort(), ["fulfilled", "rejected"]);
+    const valid = (await readIndex(ca.paths)).filter((e) => e.status === "V");
+    assert.equal(valid.length, 1);
+  });
+});
+
+Deno.test("revoke() as keyCompromise also revokes the valid certificates of other names for the same key", async () => {
+  await withCa(async (ca) => {
+    const { key, csr } = await makeCsr("alice");
+    const alice = (await ca.sign(csr, "alice")).certificate;
+    // From before one key had one name (or ca sign in an old version).
+    await ca.revoke("alice", { reason: "superseded" });
+    const bob = (await ca.sign((await makeCsr("bob", { keyPem: key })).csr, "bob")).certificate;
+    const carol = (await ca.sign((await makeCsr("carol")).csr, "carol")).certificate;
+    const entry = await ca.revoke(alice.serial, { reason: "keyCompromise" });
+    assert.deepEqual(entry.sameKey.map((e) => [e.serial, e.name, e.reason]), [
+      [bob.serial, "bob", "keyCompromise"],
+    ]);
+    assert.ok(await ca.isCurrent(carol.serial));
+  });
+});
+
 Deno.test("revoke() of an unknown name or serial fails with ERR_NOT_FOUND", async () => {
   await withCa(async (ca) => {
     await ca.sign((await makeCsr("alice")).csr, "alice");

@@ -96,7 +96,9 @@ Commands:
   revoke  NAME|SERIAL [--reason R]
           Revoke a certificate and publish a new CRL. R: unspecified (the
           default), keyCompromise, CACompromise, affiliationChanged,
-          superseded or cessationOfOperation.
+          superseded or cessationOfOperation. keyCompromise also revokes
+          every other valid certificate for the same key, and takes a serial
+          revoked already (superseded, say): its reason becomes keyCompromise.
   crl     Print a fresh CRL (PEM); the service serves it from then on.
   list    [--json]  Every issued certificate with its status.
   log     [verify] [--entries N] [--json]
@@ -472,9 +474,16 @@ async function revoke(args: string[]): Promise<number> {
   });
   const ca = await openWithPassphrase(values);
   const entry = await ca.revoke(positionals[0], { reason });
-  await out(
-    `Revoked serial ${entry.serial} of "${entry.name}" (${entry.reason}); the CRL is updated\n`,
-  );
+  const lines = [
+    entry.formerReason === undefined
+      ? `Revoked serial ${entry.serial} of "${entry.name}" (${entry.reason})`
+      : `Serial ${entry.serial} of "${entry.name}", revoked already (${entry.formerReason}), ` +
+        `is now revoked as ${entry.reason}`,
+    ...entry.sameKey.map((e) =>
+      `Revoked serial ${e.serial} of "${e.name}" (${e.reason}): a certificate for the same key`
+    ),
+  ];
+  await out(`${lines.join("\n")}; the CRL is updated\n`);
   return 0;
 }
 

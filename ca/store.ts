@@ -467,12 +467,48 @@ export function parseIndex(text: string): IndexEntry[] {
       status,
       expires: parseTime(expires),
       revokedAt: revokedAt ? parseTime(revokedAt) : undefined,
-      reason: revokedAt ? (reason || "unspecified") : undefined,
+      reason: revokedAt ? (TIMED_REASONS[reason] ?? (reason || "unspecified")) : undefined,
       serial: serial.toUpperCase(),
       name: cn ? cn[1] : "",
     });
   }
   return entries;
+}
+
+// `openssl ca -revoke -crl_compromise TIME` (and -crl_CA_compromise) records the reason as
+// "keyTime,TIME" ("CAkeyTime,TIME"), which its CRLs list as keyCompromise (CACompromise).
+const TIMED_REASONS: Record<string, string> = {
+  keyTime: "keyCompromise",
+  CAkeyTime: "CACompromise",
+};
+
+/**
+ * `text`, an index.txt, with the revocation reason of the revoked `serial` changed to `reason`
+ * (its revocation date kept): for a certificate revoked already (superseded, say) whose key turns
+ * out compromised, which `openssl ca -revoke` refuses to revoke again. Throws `RangeError` when
+ * `serial` is not a revoked entry of `text`.
+ *
+ * @example
+ * ```ts
+ * import { changeReason, parseIndex } from "./store.ts";
+ * const text = changeReason("R\t261202204302Z\t261201000000Z,superseded\t35BE\tunknown\t/CN=alice\n", "35BE", "keyCompromise");
+ * console.log(parseIndex(text)[0].reason); // "keyCompromise"
+ * ```
+ */
+export function changeReason(text: string, serial: string, reason: string): string {
+  const wanted = normalizeSerialHex(serial);
+  let found = false;
+  const lines = text.split("\n").map((line) => {
+    const fields = line.split("\t");
+    if (fields[0] !== "R" || fields.length < 6 || normalizeSerialHex(fields[3]) !== wanted) {
+      return line;
+    }
+    found = true;
+    fields[2] = `${fields[2].split(",")[0]},${reason}`;
+    return fields.join("\t");
+  });
+  if (!found) throw new RangeError(`Serial ${serial} is not a revoked entry of the index`);
+  return lines.join("\n");
 }
 
 /** Reads and parses the committed index. */

@@ -1,7 +1,15 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { CaPaths } from "./home.ts";
-import { IndexCache, locked, parseIndex, readIndex, signingFolder, transaction } from "./store.ts";
+import {
+  changeReason,
+  IndexCache,
+  locked,
+  parseIndex,
+  readIndex,
+  signingFolder,
+  transaction,
+} from "./store.ts";
 import { stracePath, traceFileCalls } from "../tests/_syscalls.ts";
 
 const INDEX = "V\t261202204302Z\t\t35BE\tunknown\t/CN=alice\n";
@@ -40,6 +48,27 @@ Deno.test("parseIndex() reads a valid entry with a UTCTime expiry", () => {
     serial: "35BE",
     name: "alice",
   }]);
+});
+
+Deno.test("parseIndex() reads the reasons openssl ca -crl_compromise and -crl_CA_compromise write (keyTime, CAkeyTime) as keyCompromise and CACompromise", () => {
+  const entries = parseIndex(
+    "R\t261202204302Z\t261201000000Z,keyTime,20260101000000Z\t35BE\tunknown\t/CN=alice\n" +
+      "R\t261202204302Z\t261201000000Z,CAkeyTime,20260101000000Z\t35BF\tunknown\t/CN=bob\n" +
+      "R\t261202204302Z\t261201000000Z\t35C0\tunknown\t/CN=carol\n",
+  );
+  assert.deepEqual(entries.map((e) => e.reason), ["keyCompromise", "CACompromise", "unspecified"]);
+});
+
+Deno.test("changeReason() changes the reason of one revoked entry, its revocation date kept, and refuses a serial that is not a revoked one", () => {
+  const text = "R\t261202204302Z\t261201000000Z,superseded\t35BE\tunknown\t/CN=alice\n" + INDEX;
+  const changed = changeReason(text, "35be", "keyCompromise");
+  assert.equal(
+    changed,
+    "R\t261202204302Z\t261201000000Z,keyCompromise\t35BE\tunknown\t/CN=alice\n" + INDEX,
+  );
+  assert.deepEqual(parseIndex(changed)[0].revokedAt, parseIndex(text)[0].revokedAt);
+  assert.throws(() => changeReason(INDEX, "35BE", "keyCompromise"), RangeError);
+  assert.throws(() => changeReason(text, "AA", "keyCompromise"), RangeError);
 });
 
 Deno.test("parseIndex() reads GeneralizedTime, used from 2050 on", () => {

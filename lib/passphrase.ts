@@ -57,6 +57,15 @@ export async function readPassphrase(options: PassphraseOptions = {}): Promise<s
           ? "there is no such file: a relative path starts in the folder the command ran in"
           : undefined,
       });
+    // Looked at before it is opened: opening a named pipe waits for a writer, and another user's
+    // would have us wait on them. (A pipe of our own, as `--passphrase-file <(…)` makes, is fine.)
+    let seen: Deno.FileInfo;
+    try {
+      seen = await Deno.stat(path);
+    } catch (e) {
+      throw cannotRead(e);
+    }
+    await checkFile(seen, path, options, { warn: false });
     let file: Deno.FsFile;
     try {
       file = await Deno.open(path, { read: true });
@@ -66,7 +75,18 @@ export async function readPassphrase(options: PassphraseOptions = {}): Promise<s
     let text: string;
     try {
       // The file opened is the one checked (its owner and mode) and read: no path looked up twice.
-      await checkFile(await file.stat(), path, options);
+      const opened = await file.stat();
+      if (opened.dev !== seen.dev || opened.ino !== seen.ino) {
+        throw new E2eError(
+          "ERR_FILE",
+          `Cannot use the ${what} "${path}": it changed as it was opened`,
+          {
+            hint:
+              "something replaced it meanwhile: check who may write in its folder, and try again",
+          },
+        );
+      }
+      await checkFile(opened, path, options);
       text = new TextDecoder().decode(await readAll(file));
     } catch (e) {
       throw e instanceof E2eError ? e : cannotRead(e);
@@ -115,11 +135,13 @@ async function readAll(file: Deno.FsFile): Promise<Uint8Array> {
 // A secret's file others may write to could hold their passphrase (as ssh refuses such a key
 // file), and so could one another user owns (its owner may rewrite it, or chmod it, at will):
 // both are refused. One others may read is warned of, and used: refusing it would stop scripts
-// that work today. `info` is the open file's (fstat), not a second look-up of its path.
+// that work today. `info` is the open file's (fstat), not a second look-up of its path; or, with
+// `warn` false, what its path named just before it was opened (no warning then: it comes after).
 async function checkFile(
   info: Deno.FileInfo,
   path: string,
   options: PassphraseOptions,
+  { warn = true }: { warn?: boolean } = {},
 ): Promise<void> {
   const { mode } = info;
   if (mode === null) return; // (Windows: no mode bits)
@@ -144,7 +166,7 @@ async function checkFile(
       { hint: `chmod 600 "${path}"` },
     );
   }
-  if (mode & 0o044) {
+  if (warn && (mode & 0o044)) {
     await options.onWarning?.(
       `The ${what} "${path}" can be read by other users (mode ${octal}): chmod 600 it`,
     );

@@ -179,3 +179,22 @@ Deno.test(
     }
   },
 );
+
+Deno.test(
+  "readPassphrase() still reads a named pipe of our own, as --passphrase-file <(…) makes",
+  async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      const file = join(dir, "pipe");
+      const made = await new Deno.Command("mkfifo", { args: ["-m", "600", file] }).output();
+      assert.ok(made.success, "mkfifo");
+      const read = readPassphrase({ file });
+      const writer = await Deno.open(file, { write: true });
+      await writer.write(new TextEncoder().encode("a long passphrase\n"));
+      writer.close();
+      assert.equal(await read, "a long passphrase");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);

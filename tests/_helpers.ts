@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { generateKeyPairSync } from "node:crypto";
 import type { Socket } from "node:net";
 import { join } from "node:path";
 import { openssl } from "../lib/openssl.ts";
@@ -45,6 +46,15 @@ export interface CsrOptions {
   addext?: string[];
   /** Reuse this private key (PEM) instead of making one. Default: a new key. */
   keyPem?: string;
+}
+
+/**
+ * A new EC P-256 private key (PKCS#8 PEM), made in-process: for many requests at once, each with a
+ * key of its own (the CA certifies a key for one name at a time), without an openssl run each.
+ */
+export function newKeyPem(): string {
+  const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+  return privateKey.export({ type: "pkcs8", format: "pem" }) as string;
 }
 
 /** Makes a real key and CSR with openssl; returns both as PEM. */

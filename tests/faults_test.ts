@@ -22,7 +22,7 @@ import { CaPaths, type IndexEntry } from "../ca/store.ts";
 import { readIndexChecked } from "./_ca_files.ts";
 import { openssl } from "../lib/openssl.ts";
 import { runTask, sleep } from "./_harness.ts";
-import { makeCsr, PASSPHRASE, runCa } from "./_helpers.ts";
+import { makeCsr, newKeyPem, PASSPHRASE, runCa } from "./_helpers.ts";
 import { assertSuccess, type HttpsReply, initCa, Service } from "./_service_helpers.ts";
 import { assertCliError, pool } from "./_hostile_helpers.ts";
 
@@ -61,9 +61,13 @@ Deno.test("a CA service killed with SIGKILL in the middle of 16 parallel enrollm
     const names = [...delays.keys(), "later"].flatMap((round) =>
       Array.from({ length: 16 }, (_, i) => `r${round}-u${i}`)
     );
-    const { key } = await makeCsr("keygen");
+    // A key of each name's own: the CA certifies a key for one name at a time.
     const csrs = new Map(
-      await pool(names, 8, async (n) => [n, (await makeCsr(n, { keyPem: key })).csr] as const),
+      await pool(
+        names,
+        8,
+        async (n) => [n, (await makeCsr(n, { keyPem: newKeyPem() })).csr] as const,
+      ),
     );
     const invites = new InviteStore(new CaPaths(home));
     const tokens = new Map<string, string>();
@@ -215,9 +219,12 @@ Deno.test("a CA service keeps every invite of an old invites.json and of a journ
     const paths = new CaPaths(home);
     await initCa(home);
     const names = ["alice", "bob", "carol", "dave"];
-    const { key } = await makeCsr("keygen");
     const csrs = new Map(
-      await pool(names, 4, async (n) => [n, (await makeCsr(n, { keyPem: key })).csr] as const),
+      await pool(
+        names,
+        4,
+        async (n) => [n, (await makeCsr(n, { keyPem: newKeyPem() })).csr] as const,
+      ),
     );
     const enroll = (name: string, token: string) =>
       service!.request("/v1/enroll", {
@@ -317,11 +324,10 @@ Deno.test({
       const home = join(mnt, "home");
       const caDir = join(home, "ca");
       await initCa(home);
-      const { key } = await makeCsr("keygen");
       const csrFiles: string[] = [];
       for (let i = 0; i < 16; i++) {
         const path = join(dir, `u${i}.csr`);
-        await Deno.writeTextFile(path, (await makeCsr(`u${i}`, { keyPem: key })).csr);
+        await Deno.writeTextFile(path, (await makeCsr(`u${i}`, { keyPem: newKeyPem() })).csr);
         csrFiles.push(path);
       }
       const filler = join(mnt, "filler");
