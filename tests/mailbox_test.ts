@@ -614,6 +614,62 @@ Deno.test("a chat that dies after a mailbox message's history line is synced but
   });
 });
 
+Deno.test("a chat that dies after a mailbox file is saved but before its id is marked seen keeps one copy of the file in its downloads after its restart, not two", async () => {
+  await withWorld(async (world) => {
+    const aliceUser = await world.join("alice");
+    const bobUser = await world.join("bob");
+    const alice = await world.chat(aliceUser);
+    // bob pins alice's key in an earlier run: her file is then taken without asking.
+    await alice.send("/msg bob a file follows");
+    await alice.expect({ type: "queued", to: "bob" });
+    let bob = await world.chat(bobUser);
+    await bob.expect({ type: "message", from: "alice" }, MAILBOX_MS);
+    await waitUntil(async () => (await world.stored("bob")).length === 0, "acknowledged");
+    await bob.stop();
+    const filePath = join(world.dir, "notes.txt");
+    await Deno.writeTextFile(filePath, "saved once");
+    await alice.send(`/file bob ${filePath}`);
+    await alice.expect({ type: "queued", to: "bob", file: "notes.txt" });
+    await waitUntil(async () => (await world.stored("bob")).length === 1, "the item at the CA");
+
+    // As in the test above: the file is saved and its history line synced, then the seen write
+    // fails and the chat dies (a crash or a power cut there leaves the same on disk).
+    const seen = join(bobUser.home, "mailbox", "seen.json");
+    if (!(await immutable(seen, true))) {
+      assert.notEqual(Deno.env.get("CI"), "true", "chattr +i does not work here");
+      // deno-lint-ignore no-console
+      console.log("mailbox_test.ts: skipping the seen write failure: chattr +i does not work here");
+      return;
+    }
+    const downloads = join(bobUser.home, "downloads");
+    const saved = () => {
+      try {
+        return [...Deno.readDirSync(downloads)].map((e) => e.name).sort();
+      } catch {
+        return [];
+      }
+    };
+    try {
+      bob = await world.chat(bobUser);
+      await waitUntil(
+        () => bob.warnings.some((w) => /seen\.json|Operation not permitted/.test(w)),
+        "the seen write to fail",
+        MAILBOX_MS,
+      );
+      await bob.kill("SIGKILL");
+    } finally {
+      await immutable(seen, false);
+    }
+    assert.equal((await world.stored("bob")).length, 1, "not acknowledged: still at the CA");
+    assert.ok(saved().includes("notes.txt"), "the file was saved before the seen write");
+
+    bob = await world.chat(bobUser);
+    const got = await bob.expect({ type: "file", from: "alice" }, MAILBOX_MS);
+    await waitUntil(async () => (await world.stored("bob")).length === 0, "acknowledged");
+    assert.deepEqual(saved(), ["notes.txt"], `a copy per try: shown as ${got.path}`);
+  });
+});
+
 Deno.test("an item from a member whose key changed is held back until the user trusts the new key", async () => {
   await withWorld(async (world) => {
     const aliceUser = await world.join("alice");
