@@ -118,6 +118,27 @@ Deno.test("History skips a torn last line with a warning, and the next record st
   });
 });
 
+Deno.test("History: a line torn by a crash is not taken for a damaged line at every read after the next record", async () => {
+  await withTempDir(async (dir) => {
+    const folder = join(dir, "history");
+    const first = new History(folder, { self: "alice" });
+    first.message({ id: "1", from: "alice", to: "bob", text: "kept" });
+    await first.flush();
+    // A crash in the middle of a write leaves half a line; the next run writes after it.
+    await Deno.writeTextFile(join(folder, "bob.jsonl"), '{"t":"msg","id":"2","at":"20', {
+      append: true,
+    });
+    const second = new History(folder, { self: "alice" });
+    second.message({ id: "3", from: "bob", to: "alice", text: "after the crash" });
+    await second.flush();
+    // Every later run: the half line is what a crash leaves, not damage to warn of each time.
+    const warnings: string[] = [];
+    const third = new History(folder, { self: "alice", onWarning: (m) => warnings.push(m) });
+    assert.deepEqual((await third.read("bob")).map((e) => e.text), ["kept", "after the crash"]);
+    assert.deepEqual(warnings.filter((w) => /unreadable/.test(w)), []);
+  });
+});
+
 Deno.test("History skips a line whose fields have the wrong types with a warning, so no face is handed a non-string path or digest", async () => {
   await withTempDir(async (dir) => {
     const folder = join(dir, "history");
