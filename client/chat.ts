@@ -13,7 +13,7 @@ import tls from "node:tls";
 import { newItemId } from "../lib/cms.ts";
 import { deadline, guardConnections } from "../lib/connections.ts";
 import { E2eError } from "../lib/errors.ts";
-import { systemReason } from "../lib/fs.ts";
+import { removeStaleTemps, systemReason } from "../lib/fs.ts";
 import { ALPN_OFFERED, ALPN_REFUSALS, encodeFrame, MAX_TEXT_CHARS } from "../lib/frames.ts";
 import { checkName } from "../lib/names.ts";
 import { isRoomName } from "../lib/room.ts";
@@ -337,6 +337,14 @@ export class Chat {
     // A CA service whose TLS certificate is on the CRL we hold is refused (lib/tls.ts).
     ca.checkServiceRevocation(chat.#revocation);
     await removeStalePartials(chat.#downloads);
+    // And the temporary files of writes killed before their rename: they would pile up there, and
+    // count as held items (client/mailbox.ts). Only those older than this process's start (less a
+    // minute): another chat on this home may be writing one now (lib/fs.ts removeStaleTemps).
+    const home = id.home;
+    const dirs = [home.root, home.id.dir, home.mailbox, home.mailboxHeld, home.mailboxRoomHeld];
+    for (const dir of [...dirs, home.rooms]) {
+      await removeStaleTemps(dir).catch(() => {}); // litter only: never a reason not to start
+    }
     const unreadable = await chat.#quota.load();
     if (unreadable) chat.#emit({ type: "warning", message: unreadable });
     await chat.#revocation.refresh();

@@ -10,6 +10,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { encodeItem, newItemId, seal } from "../lib/cms.ts";
+import { exists } from "../lib/fs.ts";
 import { openssl } from "../lib/openssl.ts";
 import { postItem, sealedMessageAs, signBehindTheirBacks } from "./_dishonest_ca.ts";
 import { makeCsr, runCa, withTempDir } from "./_helpers.ts";
@@ -667,6 +668,37 @@ Deno.test("a chat that dies after a mailbox file is saved but before its id is m
     const got = await bob.expect({ type: "file", from: "alice" }, MAILBOX_MS);
     await waitUntil(async () => (await world.stored("bob")).length === 0, "acknowledged");
     assert.deepEqual(saved(), ["notes.txt"], `a copy per try: shown as ${got.path}`);
+  });
+});
+
+Deno.test("a chat's start removes the temporary files that writes killed before their rename left in its home, held items' too, and no file of anyone's nor one another chat may be writing now", async () => {
+  await withWorld(async (world) => {
+    const bobUser = await world.join("bob");
+    const home = bobUser.home;
+    const held = join(home, "mailbox", "held");
+    await Deno.mkdir(held, { recursive: true, mode: 0o700 });
+    const old = new Date(Date.now() - 3_600_000);
+    const put = async (path: string, at?: Date) => {
+      await Deno.writeTextFile(path, "left", { mode: 0o600 });
+      if (at) await Deno.utime(path, at, at);
+      return path;
+    };
+    // What lib/fs.ts writeFileAtomic leaves when killed between its write and its rename.
+    const stale = [
+      await put(join(home, `.${crypto.randomUUID()}.tmp`), old),
+      await put(join(home, "id", `.${crypto.randomUUID()}.tmp`), old),
+      await put(join(home, "mailbox", `.${crypto.randomUUID()}.tmp`), old),
+      await put(join(held, `.${crypto.randomUUID()}.tmp`), old),
+    ];
+    const kept = [
+      await put(join(held, `.${crypto.randomUUID()}.tmp`)), // another chat may be writing it
+      await put(join(home, "notes.tmp"), old), // someone's, merely ending in .tmp
+    ];
+    const bob = await world.chat(bobUser);
+    await bob.send("/history alice");
+    await bob.expect({ type: "history", peer: "alice" });
+    for (const path of stale) assert.ok(!(await exists(path)), `left: ${path}`);
+    for (const path of kept) assert.ok(await exists(path), `removed: ${path}`);
   });
 });
 
