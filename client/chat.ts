@@ -13,7 +13,7 @@ import tls from "node:tls";
 import { newItemId } from "../lib/cms.ts";
 import { deadline, guardConnections } from "../lib/connections.ts";
 import { E2eError } from "../lib/errors.ts";
-import { systemReason } from "../lib/fs.ts";
+import { readUpTo, removeStaleTemps, systemReason } from "../lib/fs.ts";
 import { ALPN_OFFERED, ALPN_REFUSALS, encodeFrame, MAX_TEXT_CHARS } from "../lib/frames.ts";
 import { checkName } from "../lib/names.ts";
 import { isRoomName } from "../lib/room.ts";
@@ -337,6 +337,14 @@ export class Chat {
     // A CA service whose TLS certificate is on the CRL we hold is refused (lib/tls.ts).
     ca.checkServiceRevocation(chat.#revocation);
     await removeStalePartials(chat.#downloads);
+    // And the temporary files of writes killed before their rename: they would pile up there, and
+    // count as held items (client/mailbox.ts). Only those older than this process's start (less a
+    // minute): another chat on this home may be writing one now (lib/fs.ts removeStaleTemps).
+    const home = id.home;
+    const dirs = [home.root, home.id.dir, home.mailbox, home.mailboxHeld, home.mailboxRoomHeld];
+    for (const dir of [...dirs, home.rooms]) {
+      await removeStaleTemps(dir).catch(() => {}); // litter only: never a reason not to start
+    }
     const unreadable = await chat.#quota.load();
     if (unreadable) chat.#emit({ type: "warning", message: unreadable });
     await chat.#revocation.refresh();
@@ -1326,11 +1334,26 @@ export class Chat {
             });
         }
         const size = item.payload.length;
+        const sha256 = createHash("sha256").update(item.payload).digest("hex");
+        // Stored before a crash (or a failed write) that came before its id was marked seen: its
+        // file is kept and its line synced already. That copy is the one shown, not a second one.
+        const kept = await this.#savedMailboxFile(item.from, { id: item.id, sent, sha256, size });
+        if (kept) {
+          const file = { id: item.id, ...receivedName(item.name!, kept.path), ...kept };
+          return () =>
+            this.#emit({
+              type: "file",
+              from: item.from,
+              ...file,
+              bytes: size,
+              sha256,
+              via: "mailbox",
+            });
+        }
         // Files that need consent came as offers first (askFirst); here only the quotas decide.
         const refused = this.#quota.refusal(item.from, size);
         if (refused) throw new E2eError("ERR_FORBIDDEN", `file ${item.id} refused: ${refused}`);
         const giveBack = this.#quota.take(item.from, size);
-        const sha256 = createHash("sha256").update(item.payload).digest("hex");
         let path: string;
         try {
           const incoming = await IncomingFile.start(this.#downloads, item.name!, size, sha256);
@@ -1383,6 +1406,30 @@ export class Chat {
       unsentKey: { key: this.#id.historyKey(), seal: this.#id.keyEncrypted },
       resume: (item) => this.#mailboxOutcome(item),
     };
+  }
+
+  // The file of a mailbox item that an earlier try stored and recorded (same sender, id, sending
+  // time and digest), if it is still where its history line says, with that digest: its path and
+  // that line's ref. Undefined when there is none to take: then it is stored as a new one.
+  async #savedMailboxFile(
+    from: string,
+    item: { id: string; sent?: Date; sha256: string; size: number },
+  ): Promise<{ path: string; ref?: string } | undefined> {
+    // A history that cannot be read keeps no copy we could find: stored as a new one, whose line's
+    // write then says what is wrong.
+    const saved = await this.#history.savedFile(from, item).catch(() => undefined);
+    if (!saved) return undefined;
+    try {
+      if (!(await Deno.lstat(saved.path)).isFile) return undefined; // no link followed
+      // Read and write: a FIFO put in its place meanwhile (a shared folder) cannot block the open.
+      using file = await Deno.open(saved.path, { read: true, write: true });
+      const info = await file.stat();
+      if (!info.isFile || info.size !== item.size) return undefined;
+      const bytes = await readUpTo(file, item.size);
+      return createHash("sha256").update(bytes).digest("hex") === item.sha256 ? saved : undefined;
+    } catch {
+      return undefined; // gone, moved, unreadable: stored again
+    }
   }
 
   // A look at the CA service (invitations, mailbox) got no answer: the user was warned, and is

@@ -25,7 +25,7 @@ import { Buffer } from "node:buffer";
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDir, syncDir, systemReason } from "../lib/fs.ts";
+import { ensurePrivateDir, readUpTo, syncDir, systemReason } from "../lib/fs.ts";
 import { jsonLine } from "../lib/lines.ts";
 import { receivedName } from "./files.ts";
 
@@ -152,6 +152,8 @@ export class History {
   #lastError = new Map<string, unknown>(); // the error of each conversation's last failed write
   #persisting = new Map<string, number>(); // persist() calls under way, per conversation
   #named = new Set<string>(); // conversations whose file's name persist() made durable
+  // When this History began: a torn tail written since is no earlier run's (see #write).
+  #since = Date.now();
 
   /**
    * The history under `dir` (created 0700 on the first write).
@@ -353,6 +355,30 @@ export class History {
     return once.slice(Math.max(0, once.length - limit));
   }
 
+  /**
+   * Where a file `from` sent as the mailbox item `item.id` (sent at `item.sent`, whose digest is
+   * `item.sha256`) was saved, by the last history line of that item, and that line's ref;
+   * undefined when none records it. A mailbox item stored before a crash that came before its id
+   * was marked seen is taken again: its file is there already (the caller checks it still is).
+   */
+  async savedFile(
+    from: string,
+    item: { id: string; sent?: Date; sha256: string },
+  ): Promise<{ path: string; ref?: string } | undefined> {
+    await this.flush();
+    const sent = item.sent?.toISOString();
+    let found: { path: string; ref?: string } | undefined;
+    for (const file of [this.#file(from, 1), this.#file(from, 0)]) {
+      for (const r of await this.#records(file, from, { quiet: true })) {
+        if (
+          r.t === "file" && r.id === item.id && r.from === from && r.sent === sent &&
+          r.sha256 === item.sha256 && r.path !== undefined
+        ) found = { path: r.path, ...(r.ref === undefined ? {} : { ref: r.ref }) };
+      }
+    }
+    return found;
+  }
+
   /** The conversations on disk, the most recent first, with the time of their last write. */
   async conversations(): Promise<Array<{ name: string; last: string }>> {
     await this.flush();
@@ -547,8 +573,15 @@ export class History {
     let out = bytes;
     if (size === undefined) {
       size = await Deno.stat(file).then((i) => i.size, () => 0);
-      // After a crash mid-write the file may end in a torn line: start on a line of our own.
-      if (size > 0 && !(await endsWithNewline(file, size))) out = encoder.encode("\n" + text);
+      if (size > 0 && !(await endsWithNewline(file, size))) {
+        // A crash mid-write left a torn line: cut off (synced), or every read after our next
+        // record would take it for a damaged line. One written since this History began is no
+        // earlier run's (another chat on this home, writing it now): ours goes on a line of its
+        // own after it.
+        const whole = await cutTornTail(file, this.#since);
+        if (whole === undefined) out = encoder.encode("\n" + text);
+        else size = whole;
+      }
     }
     if (size > 0 && size + out.length > (this.#options.maxBytes ?? DEFAULT_MAX_BYTES)) {
       this.#handles.get(peer)?.close();
@@ -583,7 +616,12 @@ export class History {
     this.#sizes.set(peer, size + out.length);
   }
 
-  async #records(file: string, peer: string): Promise<HistoryRecord[]> {
+  async #records(
+    file: string,
+    peer: string,
+    options: { quiet?: boolean } = {},
+  ): Promise<HistoryRecord[]> {
+    const warn = options.quiet ? undefined : this.#options.onWarning;
     let text: string;
     try {
       text = await Deno.readTextFile(file);
@@ -607,12 +645,12 @@ export class History {
       if (records?.every((r) => r !== undefined)) out.push(...records as HistoryRecord[]);
       else if (opened === null) sealed++;
       else if (i === lines.length - 1) {
-        this.#options.onWarning?.(`Skipped a torn last line in "${file}" (a write cut short)`);
+        warn?.(`Skipped a torn last line in "${file}" (a write cut short)`);
       } else bad++;
     }
-    if (bad) this.#options.onWarning?.(`Skipped ${bad} unreadable line(s) in "${file}"`);
+    if (bad) warn?.(`Skipped ${bad} unreadable line(s) in "${file}"`);
     if (sealed) {
-      this.#options.onWarning?.(
+      warn?.(
         `Skipped ${sealed} encrypted line(s) in "${file}" that this key cannot open`,
       );
     }
@@ -689,6 +727,29 @@ async function endsWithNewline(file: string, size: number): Promise<boolean> {
 /** A room's conversation: `#name@ROOMID` (both checked by lib/room.ts; '@' is in neither). */
 function roomKey(room: string, roomId: string): string {
   return `${room}@${roomId}`;
+}
+
+// Cuts the torn line at the end of `file` off, back to its last newline, and syncs it; returns
+// the size left. Undefined, leaving it, when the file was written since `since` (ms).
+async function cutTornTail(file: string, since: number): Promise<number | undefined> {
+  using handle = await Deno.open(file, { read: true, write: true });
+  const info = await handle.stat();
+  if ((info.mtime?.getTime() ?? Infinity) > since) return undefined;
+  let end = info.size;
+  while (end > 0) {
+    const start = Math.max(0, end - 64 * 1024);
+    await handle.seek(start, Deno.SeekMode.Start);
+    const part = await readUpTo(handle, end - start);
+    const nl = part.lastIndexOf(0x0a);
+    if (nl >= 0) {
+      end = start + nl + 1;
+      break;
+    }
+    end = start;
+  }
+  await handle.truncate(end);
+  await handle.sync();
+  return end;
 }
 
 /** The room name of a conversation {@linkcode roomKey} made, else undefined. */

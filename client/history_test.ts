@@ -118,6 +118,64 @@ Deno.test("History skips a torn last line with a warning, and the next record st
   });
 });
 
+Deno.test("History: a line torn by a crash is not taken for a damaged line at every read after the next record", async () => {
+  await withTempDir(async (dir) => {
+    const folder = join(dir, "history");
+    const first = new History(folder, { self: "alice" });
+    first.message({ id: "1", from: "alice", to: "bob", text: "kept" });
+    await first.flush();
+    // A crash in the middle of a write leaves half a line; the next run writes after it.
+    await Deno.writeTextFile(join(folder, "bob.jsonl"), '{"t":"msg","id":"2","at":"20', {
+      append: true,
+    });
+    const second = new History(folder, { self: "alice" });
+    second.message({ id: "3", from: "bob", to: "alice", text: "after the crash" });
+    await second.flush();
+    // Every later run: the half line is what a crash leaves, not damage to warn of each time.
+    const warnings: string[] = [];
+    const third = new History(folder, { self: "alice", onWarning: (m) => warnings.push(m) });
+    assert.deepEqual((await third.read("bob")).map((e) => e.text), ["kept", "after the crash"]);
+    assert.deepEqual(warnings.filter((w) => /unreadable/.test(w)), []);
+  });
+});
+
+Deno.test("History leaves a torn line written since it began (another chat on the home writing it now) and starts its own on a new line", async () => {
+  await withTempDir(async (dir) => {
+    const folder = join(dir, "history");
+    const first = new History(folder, { self: "alice" });
+    first.message({ id: "1", from: "alice", to: "bob", text: "kept" });
+    await first.flush();
+    const second = new History(folder, { self: "alice" });
+    const torn = '{"t":"msg","id":"2","at":"20';
+    await Deno.writeTextFile(join(folder, "bob.jsonl"), torn, { append: true });
+    const later = new Date(Date.now() + 1_000); // written after `second` began, whatever the clock
+    await Deno.utime(join(folder, "bob.jsonl"), later, later);
+    second.message({ id: "3", from: "bob", to: "alice", text: "after" });
+    await second.flush();
+    const lines = (await Deno.readTextFile(join(folder, "bob.jsonl"))).split("\n");
+    assert.equal(lines[1], torn);
+    assert.deepEqual((await second.read("bob")).map((e) => e.text), ["kept", "after"]);
+  });
+});
+
+Deno.test("History.savedFile() finds where a mailbox file was saved by its line (sender, id, sending time, digest), and nothing for another item", async () => {
+  await withTempDir(async (dir) => {
+    const history = new History(join(dir, "history"), { self: "alice" });
+    const sent = new Date("2026-01-02T03:04:05.000Z");
+    const sha256 = "ab".repeat(32);
+    const file = { from: "bob", to: "alice", name: "notes.txt", bytes: 4, sent };
+    const ref = history.file({ ...file, id: "7", path: "/d/notes.txt", sha256 });
+    history.file({ ...file, id: "7", path: "/d/other.txt", sha256: "cd".repeat(32) });
+    assert.deepEqual(await history.savedFile("bob", { id: "7", sent, sha256 }), {
+      path: "/d/notes.txt",
+      ref,
+    });
+    assert.equal(await history.savedFile("bob", { id: "8", sent, sha256 }), undefined);
+    assert.equal(await history.savedFile("bob", { id: "7", sha256 }), undefined, "not sent then");
+    assert.equal(await history.savedFile("carol", { id: "7", sent, sha256 }), undefined);
+  });
+});
+
 Deno.test("History skips a line whose fields have the wrong types with a warning, so no face is handed a non-string path or digest", async () => {
   await withTempDir(async (dir) => {
     const folder = join(dir, "history");

@@ -21,7 +21,7 @@ import { createHash, createPrivateKey, createPublicKey, hkdfSync } from "node:cr
 import { dirname, join } from "node:path";
 import { parseCsr } from "../lib/csr.ts";
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDir, exists, syncDir, writeFileAtomic } from "../lib/fs.ts";
+import { ensurePrivateDir, exists, isAtomicTemp, syncDir, writeFileAtomic } from "../lib/fs.ts";
 import { withLock } from "../lib/lock.ts";
 import {
   encryptKey,
@@ -858,10 +858,25 @@ async function finishCutJoin(root: string, invite: Invite): Promise<boolean> {
 }
 
 // Removes `dir` when it is an empty folder (made by hand, or left by a crash before anything was
-// written in it): no identity. True when it went; false when it holds something (or is no folder),
-// which the caller refuses. One rmdir: nothing written in it meanwhile is lost.
+// written in it): no identity. What a write cut short leaves (writeFileAtomic's temporary file,
+// generateKey's scratch folder: a client csr killed before its key's link) is no identity either,
+// and goes first. True when it went; false when it holds something else (or is no folder), which
+// the caller refuses. One rmdir: nothing written in it meanwhile is lost.
 async function removedIfEmpty(dir: string): Promise<boolean> {
   if (!(await Deno.lstat(dir)).isDirectory) return false;
+  const left: Array<{ path: string; folder: boolean }> = [];
+  for await (const entry of Deno.readDir(dir)) {
+    if (entry.isFile && isAtomicTemp(entry.name)) {
+      left.push({ path: join(dir, entry.name), folder: false });
+    } else if (entry.isDirectory && KEYGEN_SCRATCH.test(entry.name)) {
+      left.push({ path: join(dir, entry.name), folder: true });
+    } else return false;
+  }
+  for (const { path, folder } of left) {
+    await Deno.remove(path, { recursive: folder }).catch((e) => {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    });
+  }
   try {
     await Deno.remove(dir);
   } catch (e) {
@@ -870,6 +885,9 @@ async function removedIfEmpty(dir: string): Promise<boolean> {
   }
   return true;
 }
+
+// The scratch folder lib/keys.ts generateKey makes beside a key (Deno.makeTempDir's suffix).
+const KEYGEN_SCRATCH = /^\.keygen-[0-9a-zA-Z]+$/;
 
 // Removes what `folder` holds, its key first, leaving the folder itself (empty). Synchronous:
 // a few small files, removed in this order (tests/join_retry_test.ts kills a join between two).

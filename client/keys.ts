@@ -6,9 +6,9 @@
  * @module
  */
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
+import { ensurePrivateDir, exists, removeStaleTemps, writeFileAtomic } from "../lib/fs.ts";
 import { checkName } from "../lib/names.ts";
-import { encryptKey, generateKeyAndRequest, unlockKey } from "../lib/keys.ts";
+import { encryptKey, generateKeyAndRequest, makeRequest, unlockKey } from "../lib/keys.ts";
 import { ClientHome } from "./home.ts";
 
 /** Key types a client can make. */
@@ -26,7 +26,8 @@ export interface KeyOptions {
 
 /**
  * Makes a new private key and a certificate request for `name` under `home`;
- * refuses to replace an existing key.
+ * refuses to replace an existing key. A key alone (a run killed between its key and its
+ * request: no request, no identity) gets its request for `name` made again instead.
  *
  * @example
  * ```ts
@@ -44,7 +45,20 @@ export async function makeKeyAndCsr(
   // Durable folders: the key in them is the only copy.
   await ensurePrivateDir(home, { durable: true });
   await ensurePrivateDir(paths.dir, { durable: true });
+  // The temporary files of writes killed before their rename (an earlier csr's key, cut short).
+  await removeStaleTemps(paths.dir);
   if (await exists(paths.key)) {
+    // A csr killed between its key and its request left the key alone, no identity: its request
+    // is made again (the key was never handed on, so any name may have it).
+    if (!await exists(paths.csr) && !await exists(paths.record) && !await exists(paths.cert)) {
+      await unlockKey(paths.key, {
+        passphrase: options.passphrase,
+        what: `the key "${paths.key}"`,
+      });
+      const csr = await makeRequest(paths.key, name, { passphrase: options.passphrase });
+      await writeFileAtomic(paths.csr, csr, { mode: 0o644, syncDir: true });
+      return { keyPath: paths.key, csrPath: paths.csr, csr };
+    }
     throw new E2eError("ERR_FILE", `A key already exists at "${paths.key}"`, {
       hint: "use another --home for another identity",
     });
@@ -53,7 +67,8 @@ export async function makeKeyAndCsr(
     type: options.keyType ?? "ec-p256",
     passphrase: options.passphrase,
   });
-  await writeFileAtomic(paths.csr, csr, { mode: 0o644 });
+  // Durable with its name, as the key is: it is what the user hands on next.
+  await writeFileAtomic(paths.csr, csr, { mode: 0o644, syncDir: true });
   return { keyPath: paths.key, csrPath: paths.csr, csr };
 }
 

@@ -88,6 +88,27 @@ Deno.test("makeKeyAndCsr() refuses to replace an existing key", async () => {
   });
 });
 
+Deno.test("makeKeyAndCsr() with an encrypted key left alone (killed before its request) asks its passphrase, then makes its request again", async () => {
+  await withTempDir(async (home) => {
+    const passphrase = "a csr passphrase 17";
+    const first = await makeKeyAndCsr(home, "alice", { passphrase });
+    await Deno.remove(first.csrPath);
+    await assert.rejects(() => makeKeyAndCsr(home, "alice"), (e) => {
+      assert.ok(e instanceof E2eError);
+      assert.equal(e.code, "ERR_PASSPHRASE_REQUIRED");
+      return true;
+    });
+    assert.ok(!(await names(new ClientHome(home).id.dir)).includes("request.csr"));
+    const again = await makeKeyAndCsr(home, "alice", { passphrase });
+    const key = createPrivateKey({ key: await Deno.readTextFile(first.keyPath), passphrase });
+    assert.equal(
+      parseCsr(again.csr).keyFingerprint,
+      keyFingerprint(createPublicKey(key)),
+    );
+    assert.equal(await Deno.readTextFile(again.csrPath), again.csr);
+  });
+});
+
 Deno.test("makeKeyAndCsr() refuses an invalid name before writing anything", async () => {
   await withTempDir(async (dir) => {
     const home = join(dir, "home");

@@ -63,7 +63,7 @@ import {
 } from "../lib/cms.ts";
 import { E2eError } from "../lib/errors.ts";
 import { MAX_TEXT_CHARS } from "../lib/frames.ts";
-import { ensurePrivateDir, exists, writeFileAtomic } from "../lib/fs.ts";
+import { ensurePrivateDir, exists, isAtomicTemp, writeFileAtomic } from "../lib/fs.ts";
 import { formatSize } from "./files.ts";
 import { type TakenUp, type UnsentItem, UnsentStore } from "./mailbox_unsent.ts";
 import type { CertificateInfo } from "../lib/x509.ts";
@@ -1345,7 +1345,9 @@ export class MailboxClient {
   #heldFull(from: string): string | undefined {
     let names: string[] = [];
     try {
-      names = [...Deno.readDirSync(this.#home.mailboxHeld)].map((e) => e.name);
+      // Not the temporary file of a write cut short (a held item's, killed before its rename).
+      names = [...Deno.readDirSync(this.#home.mailboxHeld)].map((e) => e.name)
+        .filter((n) => !isAtomicTemp(n));
     } catch { /* none held */ }
     const theirs = names.filter((n) => n.startsWith(`${from}.`)).length;
     if (theirs >= MAX_HELD_PER_SENDER) {

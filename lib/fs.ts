@@ -119,6 +119,67 @@ export function writeFileAtomicSync(
   if (options.syncDir) syncDirSync(dirname(path));
 }
 
+// The names writeFileAtomic gives its temporary files (crypto.randomUUID()), exactly: a file of
+// someone else's that merely ends in `.tmp` is never taken for one.
+const ATOMIC_TEMP = /^\.[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\.tmp$/;
+
+/**
+ * Whether `name` is one {@linkcode writeFileAtomic} gives its temporary file: what a write killed
+ * between its write and its rename (or link) leaves, never a file of anyone's.
+ *
+ * @example
+ * ```ts
+ * import { isAtomicTemp } from "./fs.ts";
+ * isAtomicTemp(".0b5e2f4c-3f2a-4d7e-9c1b-5a6f7e8d9c0b.tmp"); // true
+ * isAtomicTemp("notes.tmp"); // false
+ * ```
+ */
+export function isAtomicTemp(name: string): boolean {
+  return ATOMIC_TEMP.test(name);
+}
+
+/** Options of {@linkcode removeStaleTemps}. */
+export interface StaleTempOptions {
+  /**
+   * Only files last modified before this time, ms since the epoch. Default: a minute before this
+   * process started — a temporary file lives for one write and fsync; the writers hold no lock,
+   * so one of another process of the same home, still being written, is younger.
+   */
+  before?: number;
+}
+
+/**
+ * Removes the temporary files {@linkcode writeFileAtomic} left in `dir` when killed between its
+ * write and its rename: only regular files named exactly as it names them
+ * ({@linkcode isAtomicTemp}) and older than `options.before`. Returns how many it removed; a
+ * missing folder holds none.
+ *
+ * @example At a start, before the files of a folder are counted
+ * ```ts
+ * import { removeStaleTemps } from "./fs.ts";
+ * await removeStaleTemps("/tmp/alice/mailbox");
+ * ```
+ */
+export async function removeStaleTemps(
+  dir: string,
+  options: StaleTempOptions = {},
+): Promise<number> {
+  const before = options.before ?? performance.timeOrigin - 60_000;
+  let removed = 0;
+  try {
+    for await (const entry of Deno.readDir(dir)) {
+      if (!entry.isFile || !isAtomicTemp(entry.name)) continue;
+      const path = join(dir, entry.name);
+      const info = await Deno.lstat(path).catch(() => undefined);
+      if (!info?.isFile || (info.mtime?.getTime() ?? Infinity) >= before) continue;
+      await Deno.remove(path).then(() => removed++, () => {});
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory)) throw e;
+  }
+  return removed;
+}
+
 /** Options of {@linkcode ensurePrivateDir}. */
 export interface PrivateDirOptions {
   /**

@@ -5,10 +5,12 @@ import {
   ensurePrivateDirSync,
   exists,
   existsSync,
+  isAtomicTemp,
   othersMayRename,
   placeNew,
   readUpTo,
   readUpToSync,
+  removeStaleTemps,
   withTempDir,
   writeFileAtomic,
   writeFileAtomicSync,
@@ -317,5 +319,51 @@ Deno.test("placeNew() that linked the file but cannot remove its old name says s
     } finally {
       await chattr("-a");
     }
+  });
+});
+
+Deno.test("isAtomicTemp() takes the names writeFileAtomic gives its temporary files, and no other", () => {
+  assert.ok(isAtomicTemp(`.${crypto.randomUUID()}.tmp`));
+  assert.ok(!isAtomicTemp(`${crypto.randomUUID()}.tmp`));
+  assert.ok(!isAtomicTemp(".notes.tmp"));
+  assert.ok(!isAtomicTemp(`.${crypto.randomUUID().toUpperCase()}.tmp`));
+  assert.ok(!isAtomicTemp(`.${crypto.randomUUID()}.tmp.txt`));
+});
+
+Deno.test("removeStaleTemps() removes the temporary files writes killed before their rename left, and only those older than the given time", async () => {
+  await withScratch(async (dir) => {
+    const old = new Date(Date.now() - 3_600_000);
+    const made = async (name: string, at?: Date) => {
+      await Deno.writeTextFile(join(dir, name), "x");
+      if (at) await Deno.utime(join(dir, name), at, at);
+    };
+    const stale = `.${crypto.randomUUID()}.tmp`;
+    const fresh = `.${crypto.randomUUID()}.tmp`; // another process may be writing it now
+    await made(stale, old);
+    await made(fresh);
+    await made("notes.tmp", old); // a file of someone's that merely ends in .tmp
+    await made("state.json", old);
+    await Deno.mkdir(join(dir, `.${crypto.randomUUID()}.tmp`)); // no file: not one it makes
+    await Deno.symlink(join(dir, "state.json"), join(dir, `.${crypto.randomUUID()}.tmp`));
+    const removed = await removeStaleTemps(dir, { before: Date.now() - 60_000 });
+    assert.equal(removed, 1);
+    const left = await names(dir);
+    assert.ok(!left.includes(stale));
+    assert.ok(left.includes(fresh));
+    assert.ok(left.includes("notes.tmp") && left.includes("state.json"));
+    assert.equal(left.length, 5);
+    assert.equal(await removeStaleTemps(join(dir, "missing")), 0, "a missing folder holds none");
+  });
+});
+
+Deno.test("removeStaleTemps() by default leaves a temporary file made since this process started", async () => {
+  await withScratch(async (dir) => {
+    const name = `.${crypto.randomUUID()}.tmp`;
+    await Deno.writeTextFile(join(dir, name), "x");
+    assert.equal(await removeStaleTemps(dir), 0);
+    const before = new Date(performance.timeOrigin - 120_000);
+    await Deno.utime(join(dir, name), before, before);
+    assert.equal(await removeStaleTemps(dir), 1);
+    assert.deepEqual(await names(dir), []);
   });
 });

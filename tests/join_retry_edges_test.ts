@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { createPrivateKey, createPublicKey, generateKeyPairSync } from "node:crypto";
 import { join } from "node:path";
+import { parseCsr } from "../lib/csr.ts";
 import { keyFingerprint, parseCertificate } from "../lib/x509.ts";
 import { CaPaths } from "../ca/home.ts";
 import { commitSomething } from "./_dishonest_ca.ts";
@@ -177,4 +178,47 @@ Deno.test("an empty HOME/id (made by hand, or left by a crash before anything wa
     assert.deepEqual(await tree(join(other, "id")), ["notes.txt"]);
     assert.deepEqual(await serialsOf(service, "bob"), []);
   });
+});
+
+Deno.test("a HOME/id that holds only the temporary file of a key write cut short (client csr killed before its link) is no identity: the join enrolls", async () => {
+  await withService(async (service, dir) => {
+    const home = join(dir, "alice");
+    // What lib/fs.ts writeFileAtomic leaves when killed between its write and its link: the
+    // key's bytes under `.UUID.tmp`, no key.pem, no request.
+    await Deno.mkdir(join(home, "id"), { recursive: true, mode: 0o700 });
+    const left = generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
+    await Deno.writeTextFile(
+      join(home, "id", `.${crypto.randomUUID()}.tmp`),
+      left.export({ type: "pkcs8", format: "pem" }) as string,
+      { mode: 0o600 },
+    );
+    const joined = await runClient(home, ["join", await makeInvite(service.home, "alice")]);
+    assertSuccess(joined, "client join into an id/ a killed client csr left");
+    const cert = parseCertificate(await Deno.readTextFile(join(home, "id", "cert.pem")));
+    assert.notEqual(cert.keyFingerprint, keyFingerprint(createPublicKey(left)));
+    assert.deepEqual(await tree(join(home, "id")), [
+      "ca.crt",
+      "cert.pem",
+      "identity.json",
+      "key.pem",
+    ]);
+  });
+});
+
+Deno.test("client csr killed after its key was written but before its request was gives the request for that key when run again", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "e2e-chat-csr-" });
+  try {
+    const home = join(dir, "alice");
+    assertSuccess(await runClient(home, ["csr", "alice"]), "client csr");
+    const key = await Deno.readTextFile(join(home, "id", "key.pem"));
+    // A kill between the key's write and the request's leaves the key alone.
+    await Deno.remove(join(home, "id", "request.csr"));
+    const again = await runClient(home, ["csr", "alice"]);
+    assertSuccess(again, "client csr run again");
+    assert.equal(await Deno.readTextFile(join(home, "id", "key.pem")), key, "the same key");
+    const request = parseCsr(await Deno.readFile(join(home, "id", "request.csr")));
+    assert.equal(request.keyFingerprint, keyFingerprint(createPublicKey(createPrivateKey(key))));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
