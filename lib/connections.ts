@@ -5,16 +5,22 @@
  * useful.
  *
  * Why: once a process runs out of file descriptors, the accept loop of Deno's
- * node:net stops for good — no error, the process stays up, and it never
- * accepts again. A total cap well below the descriptor limit keeps that from
- * happening (connections past it are closed at once, so the descriptor comes
- * back), a per-address cap keeps one client from taking every slot, and
- * deadlines that count from a fixed start (not inactivity timers, which a
- * client resets with one byte every few seconds) bound how long a slot stays
- * taken.
+ * node:net stops for good — no error, no event, the process stays up, and it
+ * never accepts again (Deno 2.9: the listener's accept error is dropped and
+ * nothing polls it again). A total cap well below the descriptor limit keeps
+ * that from happening, a per-address cap keeps one client from taking every
+ * slot, and deadlines that count from a fixed start (not inactivity timers,
+ * which a client resets with one byte every few seconds) bound how long a slot
+ * stays taken. A server listened through its guard ({@linkcode ConnectionGuard}
+ * `listen`) also stops listening at its cap rather than accept and close what
+ * comes (a closed connection keeps its descriptor until a turn of the event
+ * loop later, so how many are pending would depend on the client's speed), and
+ * takes a fresh listening socket once a burst of refusals is over, in case one
+ * went quiet anyway.
  *
  * @module
  */
+import net from "node:net";
 import type { Server as NetServer, Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 
@@ -90,6 +96,12 @@ export interface ConnectionLimits {
   idleMs?: number;
   /** Told, at most every {@linkcode REFUSAL_LOG_INTERVAL_MS}, that a cap refused connections. Default: none. */
   onRefused?: (message: string) => void;
+  /**
+   * The listeners of the same process: once a burst of refusals at any of them is over, every
+   * one listened through its guard takes a fresh listening socket (one may have gone quiet
+   * when another took the last descriptors). Default: a group of this server alone.
+   */
+  group?: ListenerGroup;
 }
 
 /** What {@linkcode guardConnections} applied, for the server's start-up line and tests. */
@@ -100,32 +112,101 @@ export interface ConnectionGuard {
   readonly maxPerAddress: number;
   /** Connections open now. */
   readonly open: number;
+  /** Whether the server stopped listening at its cap (it listens again below it). */
+  readonly paused: boolean;
+  /**
+   * Listens on host:port (0 picks a port) with a backlog of at most `maxConnections`, and from
+   * then on stops listening at the cap and listens again on the same port below it. Rejects
+   * with the listen error (EADDRINUSE, say).
+   */
+  listen(port: number, host: string): Promise<void>;
+  /** Stops listening again: call it before the server's own close(). */
+  stop(): void;
+}
+
+/** How long after a server fell below its cap it listens again, in ms (refused connections' descriptors come back meanwhile). */
+export const RESUME_DELAY_MS = 100;
+/** How long a burst of refusals must be over before a group's listeners take fresh sockets, in ms. */
+export const REFRESH_AFTER_MS = 1_000;
+const RELISTEN_RETRY_MAX_MS = 5_000;
+
+/**
+ * The servers of one process that share its file descriptors: once refusals at any of them
+ * stop for {@linkcode REFRESH_AFTER_MS}, each listens again on a fresh socket (Deno's accept
+ * loop of one may have died silently when another's burst took the last descriptor).
+ *
+ * @example
+ * ```ts
+ * import http from "node:http";
+ * import { guardConnections, ListenerGroup } from "./connections.ts";
+ * const group = new ListenerGroup();
+ * const a = guardConnections(http.createServer(), { maxPerAddress: 8, handshakeMs: 0, group });
+ * const b = guardConnections(http.createServer(), { maxPerAddress: 8, handshakeMs: 0, group });
+ * ```
+ */
+export class ListenerGroup {
+  #refreshers = new Set<() => void>();
+  #timer?: ReturnType<typeof setTimeout>;
+
+  /** Adds a listener's refresh; returns the function that takes it out again. */
+  add(refresh: () => void): () => void {
+    this.#refreshers.add(refresh);
+    return () => {
+      this.#refreshers.delete(refresh);
+      if (!this.#refreshers.size) clearTimeout(this.#timer);
+    };
+  }
+
+  /** A connection was refused (or a listener stopped at its cap): the burst goes on. */
+  refused(): void {
+    if (!this.#refreshers.size) return;
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      for (const refresh of this.#refreshers) refresh();
+    }, REFRESH_AFTER_MS);
+  }
 }
 
 /**
  * Caps the connections of `server` (in total and per address) and cuts off
  * each whose TLS handshake is not done `handshakeMs` after it was accepted.
  * A connection over a cap is closed before a byte is read, and `onRefused`
- * hears of it (the first refusal at once, then a count every 10 s).
+ * hears of it (the first refusal at once, then a count every 10 s). A server
+ * listened through the returned guard's `listen` stops listening at its total
+ * cap (clients are refused by the kernel, holding no descriptor here) and
+ * listens again {@linkcode RESUME_DELAY_MS} after it fell below it; once a burst
+ * of refusals is over it takes a fresh listening socket on the same port, so a
+ * listener that went quiet for want of descriptors accepts again.
  *
  * @example
  * ```ts
  * import tls from "node:tls";
  * import { guardConnections } from "./connections.ts";
  * const server = tls.createServer({});
- * guardConnections(server, { maxPerAddress: 64, handshakeMs: 10_000 });
+ * const guard = guardConnections(server, { maxPerAddress: 64, handshakeMs: 10_000 });
+ * await guard.listen(0, "127.0.0.1");
+ * guard.stop();
+ * server.close();
  * ```
  */
 export function guardConnections(server: NetServer, limits: ConnectionLimits): ConnectionGuard {
   const maxConnections = limits.maxConnections ?? connectionBudget(freeDescriptors());
   const maxPerAddress = Math.min(limits.maxPerAddress, maxConnections);
+  const group = limits.group ?? new ListenerGroup();
   const perAddress = new Map<string, number>();
   let open = 0;
   let refused = 0;
   let lastReport = -Infinity;
-  const refuse = (socket: Socket, why: string) => {
-    socket.destroy();
-    refused++;
+  // Where the server listens, once it listened through the guard: it may stop and listen again.
+  let where: { port: number; host: string } | undefined;
+  let paused = false;
+  let stopped = false;
+  let leaveGroup = () => {};
+  let relistening = false;
+  let retryMs = 0;
+  let resumeTimer: ReturnType<typeof setTimeout> | undefined;
+  const report = (why: string) => {
+    group.refused();
     const now = Date.now();
     if (now - lastReport < REFUSAL_LOG_INTERVAL_MS) return;
     lastReport = now;
@@ -135,6 +216,54 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
       } since the last report`,
     );
     refused = 0;
+  };
+  const refuse = (socket: Socket, why: string) => {
+    socket.destroy();
+    refused++;
+    report(why);
+  };
+  const backlog = () => Math.max(1, Math.min(511, maxConnections));
+  // Listens on `where` now, or tries again later (the port may not be free yet, or no
+  // descriptor): the server must not stay deaf.
+  const relisten = () => {
+    if (stopped || !where || relistening) return;
+    relistening = true;
+    // net's own close: http's would also close members' idle connections.
+    if (server.listening) net.Server.prototype.close.call(server);
+    const onError = (e: Error) => {
+      server.off("listening", onListening);
+      relistening = false;
+      retryMs = Math.min(RELISTEN_RETRY_MAX_MS, retryMs ? retryMs * 2 : 100);
+      limits.onRefused?.(`cannot listen again on port ${where?.port}: ${e.message}`);
+      clearTimeout(resumeTimer);
+      resumeTimer = setTimeout(relisten, retryMs);
+    };
+    const onListening = () => {
+      server.off("error", onError);
+      relistening = false;
+      retryMs = 0;
+      // Stopped, or at the cap again, while it was getting its socket.
+      if (stopped || paused) net.Server.prototype.close.call(server);
+    };
+    server.once("error", onError);
+    server.once("listening", onListening);
+    server.listen({ port: where.port, host: where.host, backlog: backlog() });
+  };
+  const pause = () => {
+    if (!where || paused || stopped) return;
+    paused = true;
+    clearTimeout(resumeTimer);
+    if (server.listening) net.Server.prototype.close.call(server);
+    report(`${open} connections open, at most ${maxConnections}; not listening until fewer are`);
+  };
+  const resumeSoon = () => {
+    if (!paused || stopped || open >= maxConnections) return;
+    clearTimeout(resumeTimer);
+    resumeTimer = setTimeout(() => {
+      if (stopped || open >= maxConnections) return;
+      paused = false;
+      relisten();
+    }, RESUME_DELAY_MS);
   };
   server.on("connection", (socket: Socket) => {
     // A host may take any address of its IPv6 /64: its connections count together.
@@ -148,6 +277,7 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
     }
     open++;
     perAddress.set(address, mine + 1);
+    if (open >= maxConnections) pause();
     const handshake = limits.handshakeMs > 0
       ? setTimeout(() => socket.destroy(), limits.handshakeMs)
       : undefined;
@@ -158,6 +288,7 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
       const left = (perAddress.get(address) ?? 1) - 1;
       if (left > 0) perAddress.set(address, left);
       else perAddress.delete(address);
+      resumeSoon();
     });
   });
   server.on("secureConnection", (socket: TLSSocket) => {
@@ -173,6 +304,30 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
     maxPerAddress,
     get open() {
       return open;
+    },
+    get paused() {
+      return paused;
+    },
+    listen(port: number, host: string): Promise<void> {
+      return new Promise<void>((resolve, reject) => {
+        const onError = (e: Error) => reject(e);
+        server.once("error", onError);
+        server.listen({ port, host, backlog: backlog() }, () => {
+          server.off("error", onError);
+          // The port it took (0 picks one), on the address it listens on.
+          const address = server.address() as { port: number; address: string };
+          where = { port: address.port, host: address.address };
+          leaveGroup = group.add(() => {
+            if (!paused) relisten();
+          });
+          resolve();
+        });
+      });
+    },
+    stop() {
+      stopped = true;
+      clearTimeout(resumeTimer);
+      leaveGroup();
     },
   };
 }

@@ -169,6 +169,53 @@ Deno.test("guardConnections() closes connections past the total and the per-addr
   });
 });
 
+Deno.test("guardConnections() on a server listened through its guard stops listening at its cap, so the kernel refuses what comes and no descriptor is taken, and listens again on the same port once one closes", async () => {
+  const server = net.createServer((s) => s.on("error", () => {}));
+  const reports: string[] = [];
+  const guard = guardConnections(server, {
+    maxConnections: 2,
+    maxPerAddress: 100,
+    handshakeMs: 0,
+    onRefused: (m) => reports.push(m),
+  });
+  await guard.listen(0, "127.0.0.1");
+  const port = (server.address() as net.AddressInfo).port;
+  const conns: Array<ReturnType<typeof rawFrom>> = [];
+  const open = async () => {
+    const c = rawFrom(port);
+    conns.push(c);
+    await c.connected;
+    return c;
+  };
+  try {
+    const kept = [await open(), await open()];
+    while (guard.open < 2) await sleep(10);
+    assert.equal(guard.paused, true);
+    assert.match(
+      reports.join("\n"),
+      /^connection cap reached: 2 connections open, at most 2; not listening until fewer are/,
+    );
+    const third = rawFrom(port);
+    conns.push(third);
+    const refused = await new Promise<string>((resolve) => {
+      third.socket.once("error", (e: Error & { code?: string }) => resolve(e.code ?? e.message));
+      third.socket.once("connect", () => resolve("connected"));
+    });
+    assert.equal(refused, "ECONNREFUSED");
+    kept[0].socket.destroy();
+    while (guard.paused) await sleep(20);
+    assert.equal((server.address() as net.AddressInfo).port, port, "the same port");
+    const again = await open();
+    await sleep(300);
+    assert.equal(again.isClosed(), false, "not accepted after a slot was freed");
+    assert.equal(guard.open, 2);
+  } finally {
+    for (const c of conns) c.socket.destroy();
+    guard.stop();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+});
+
 Deno.test("guardConnections() cuts off a TLS handshake trickled a byte at a time at its deadline, and keeps a finished one", async () => {
   await withTempDir(async (dir) => {
     const own = await selfSigned(dir);
