@@ -14,9 +14,11 @@
  * stays taken. A server listened through its guard ({@linkcode ConnectionGuard}
  * `listen`) also stops listening at its cap rather than accept and close what
  * comes (a closed connection keeps its descriptor until a turn of the event
- * loop later, so how many are pending would depend on the client's speed), and
+ * loop later, so how many are pending would depend on the client's speed),
  * takes a fresh listening socket once a burst of refusals is over, in case one
- * went quiet anyway.
+ * went quiet anyway, and after a minute without a connection checks that it
+ * still accepts by connecting to itself (the descriptors may have run out for
+ * other reasons: files, child processes).
  *
  * @module
  */
@@ -102,6 +104,13 @@ export interface ConnectionLimits {
    * when another took the last descriptors). Default: a group of this server alone.
    */
   group?: ListenerGroup;
+  /**
+   * After this long without a connection, a server listened through its guard connects to
+   * itself, and takes a fresh listening socket if that connection is not accepted within
+   * {@linkcode PROBE_MS} (its accept loop died when something else took the last descriptor),
+   * in ms. Default: {@linkcode QUIET_PROBE_MS}.
+   */
+  quietMs?: number;
 }
 
 /** What {@linkcode guardConnections} applied, for the server's start-up line and tests. */
@@ -128,6 +137,10 @@ export interface ConnectionGuard {
 export const RESUME_DELAY_MS = 100;
 /** How long a burst of refusals must be over before a group's listeners take fresh sockets, in ms. */
 export const REFRESH_AFTER_MS = 1_000;
+/** How long a server listened through its guard may go without a connection before it checks that it still accepts, in ms. */
+export const QUIET_PROBE_MS = 60_000;
+/** How long that check waits for its own connection to be accepted, in ms. */
+export const PROBE_MS = 2_000;
 const RELISTEN_RETRY_MAX_MS = 5_000;
 
 /**
@@ -175,7 +188,8 @@ export class ListenerGroup {
  * listened through the returned guard's `listen` stops listening at its total
  * cap (clients are refused by the kernel, holding no descriptor here) and
  * listens again {@linkcode RESUME_DELAY_MS} after it fell below it; once a burst
- * of refusals is over it takes a fresh listening socket on the same port, so a
+ * of refusals is over, or when a connection to itself after `quietMs` without
+ * one is not accepted, it takes a fresh listening socket on the same port, so a
  * listener that went quiet for want of descriptors accepts again.
  *
  * @example
@@ -197,6 +211,11 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
   let open = 0;
   let refused = 0;
   let lastReport = -Infinity;
+  let lastConnection = Date.now();
+  let watchdog: ReturnType<typeof setInterval> | undefined;
+  let probing = false;
+  let cancelProbe = () => {};
+  const quietMs = limits.quietMs ?? QUIET_PROBE_MS;
   // Where the server listens, once it listened through the guard: it may stop and listen again.
   let where: { port: number; host: string } | undefined;
   let paused = false;
@@ -249,6 +268,43 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
     server.once("listening", onListening);
     server.listen({ port: where.port, host: where.host, backlog: backlog() });
   };
+  // Connects to the server itself: accepted, it still accepts; not within PROBE_MS (or not
+  // even connected), it takes a fresh listening socket. Connections queued for the dead one go.
+  const probe = () => {
+    if (probing || stopped || paused || relistening || !where) return;
+    if (Date.now() - lastConnection < quietMs) return;
+    probing = true;
+    const host = where.host === "0.0.0.0" ? "127.0.0.1" : where.host === "::" ? "::1" : where.host;
+    const own = net.connect({ port: where.port, host });
+    own.on("error", () => {});
+    // The ports of connections accepted meanwhile: its own local port may be known only later.
+    const ports = new Set<number | undefined>();
+    const end = () => {
+      server.off("connection", seen);
+      clearTimeout(timer);
+      own.destroy();
+      probing = false;
+      lastConnection = Date.now();
+      cancelProbe = () => {};
+    };
+    const check = () => {
+      if (own.localPort === undefined || !ports.has(own.localPort)) return;
+      end();
+    };
+    const seen = (socket: Socket) => {
+      ports.add(socket.remotePort);
+      check();
+    };
+    own.once("connect", check);
+    server.on("connection", seen);
+    const timer = setTimeout(() => {
+      end();
+      if (stopped || paused) return;
+      limits.onRefused?.(`the listener on port ${where?.port} stopped accepting; listening again`);
+      relisten();
+    }, PROBE_MS);
+    cancelProbe = end;
+  };
   const pause = () => {
     if (!where || paused || stopped) return;
     paused = true;
@@ -266,6 +322,7 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
     }, RESUME_DELAY_MS);
   };
   server.on("connection", (socket: Socket) => {
+    lastConnection = Date.now();
     // A host may take any address of its IPv6 /64: its connections count together.
     const address = addressKey(socket.remoteAddress ?? "?");
     if (open >= maxConnections) {
@@ -317,6 +374,9 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
           // The port it took (0 picks one), on the address it listens on.
           const address = server.address() as { port: number; address: string };
           where = { port: address.port, host: address.address };
+          lastConnection = Date.now();
+          watchdog = setInterval(probe, Math.max(100, Math.min(quietMs, PROBE_MS)));
+          Deno.unrefTimer(watchdog);
           leaveGroup = group.add(() => {
             if (!paused) relisten();
           });
@@ -326,6 +386,8 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
     },
     stop() {
       stopped = true;
+      clearInterval(watchdog);
+      cancelProbe();
       clearTimeout(resumeTimer);
       leaveGroup();
     },
