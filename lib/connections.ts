@@ -215,6 +215,7 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
   let watchdog: ReturnType<typeof setInterval> | undefined;
   let probing = false;
   let cancelProbe = () => {};
+  let afterError: ReturnType<typeof setTimeout> | undefined;
   const quietMs = limits.quietMs ?? QUIET_PROBE_MS;
   // Where the server listens, once it listened through the guard: it may stop and listen again.
   let where: { port: number; host: string } | undefined;
@@ -380,6 +381,14 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
           leaveGroup = group.add(() => {
             if (!paused) relisten();
           });
+          // An accept that fails (EMFILE) is an "error" on node's server, which Deno 2.9.6 never
+          // emits; should it, the listener takes a fresh socket rather than the process dying.
+          server.on("error", (e: Error) => {
+            if (relistening || stopped) return; // relisten() handles its own
+            limits.onRefused?.(`the listener on port ${where?.port} failed: ${e.message}`);
+            clearTimeout(afterError);
+            afterError = setTimeout(() => paused || relisten(), RESUME_DELAY_MS);
+          });
           resolve();
         });
       });
@@ -387,6 +396,7 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
     stop() {
       stopped = true;
       clearInterval(watchdog);
+      clearTimeout(afterError);
       cancelProbe();
       clearTimeout(resumeTimer);
       leaveGroup();
