@@ -8,27 +8,60 @@
  *
  * It answers `GET /crl.der` (DER, `application/pkix-crl`) and `GET /crl.pem`
  * and nothing else, one request per connection. Caps and deadlines: at most
- * {@linkcode CRL_MAX_CONNECTIONS} connections, {@linkcode CRL_MAX_PER_ADDRESS}
- * from one address, and each connection is closed
- * {@linkcode CRL_CONNECTION_MS} after it was accepted, whatever it sends.
+ * the share of the process's descriptor budget it is given (see
+ * {@linkcode crlConnections}: at most {@linkcode CRL_MAX_CONNECTIONS}),
+ * {@linkcode CRL_MAX_PER_ADDRESS} from one address, and each connection is
+ * closed {@linkcode CRL_CONNECTION_MS} after it was accepted, whatever it
+ * sends. At its cap it stops listening, and listens again below it
+ * (lib/connections.ts).
  *
  * @module
  */
 import http from "node:http";
 import type { Socket } from "node:net";
-import { deadline, guardConnections } from "../lib/connections.ts";
+import {
+  deadline,
+  guardConnections,
+  type ListenerGroup,
+  MIN_CONNECTIONS,
+} from "../lib/connections.ts";
 import { E2eError } from "../lib/errors.ts";
 import { pemDecode } from "../lib/pem.ts";
 import type { ReplyBudget } from "../lib/reply_budget.ts";
 import { type ApiContext, handle } from "./api.ts";
 import { CRL_URL_PATH } from "./policy.ts";
 
-/** Connections the CRL listener holds at once. */
+/** Connections the CRL listener holds at once, at most (it may get fewer: {@linkcode crlConnections}). */
 export const CRL_MAX_CONNECTIONS = 64;
 /** Connections it holds at once from one address. */
 export const CRL_MAX_PER_ADDRESS = 8;
 /** From accept to the end of the reply, in ms: the whole exchange. */
 export const CRL_CONNECTION_MS = 10_000;
+
+/**
+ * The CRL listener's share of `budget`, the connections the whole service may hold (one budget
+ * for the process's descriptors, lib/connections.ts `connectionBudget`): a quarter of it,
+ * between `MIN_CONNECTIONS` (8) and {@linkcode CRL_MAX_CONNECTIONS}. The HTTPS API gets the rest.
+ *
+ * @example
+ * ```ts
+ * import { crlConnections } from "./crl_listener.ts";
+ * console.log(crlConnections(57)); // 14
+ * ```
+ */
+export function crlConnections(budget: number): number {
+  return Math.max(MIN_CONNECTIONS, Math.min(CRL_MAX_CONNECTIONS, Math.floor(budget / 4)));
+}
+
+/** Options of {@linkcode startCrlListener}. */
+export interface CrlListenerOptions {
+  /** The service's budget for unread replies, which the CRL's replies count against. Default: none. */
+  replies?: ReplyBudget;
+  /** Connections it holds at once. Default: {@linkcode CRL_MAX_CONNECTIONS}. */
+  maxConnections?: number;
+  /** The other listeners of the process (lib/connections.ts). Default: none. */
+  group?: ListenerGroup;
+}
 
 /** A running CRL listener. */
 export interface CrlListener {
@@ -40,8 +73,7 @@ export interface CrlListener {
 
 /**
  * Starts the CRL listener on host:port (0 picks a port). The CRL comes from
- * the API's `GET /v1/crl`, which signs it again when an hour old. Its replies count
- * against `replies`, the service's budget for unread replies, when given.
+ * the API's `GET /v1/crl`, which signs it again when an hour old.
  *
  * @example
  * ```ts
@@ -54,8 +86,9 @@ export async function startCrlListener(
   host: string,
   port: number,
   log: (line: string) => void,
-  replies?: ReplyBudget,
+  options: CrlListenerOptions = {},
 ): Promise<CrlListener> {
+  const replies = options.replies;
   const stopping = new AbortController();
   const sockets = new Set<Socket>();
   // One request per connection: the reply says "connection: close", but the server would still
@@ -66,31 +99,30 @@ export async function startCrlListener(
     answered.add(req.socket);
     serveCrl(ctx, stopping.signal, req, res, log, replies).catch(() => res.destroy());
   });
-  guardConnections(server, {
-    maxConnections: CRL_MAX_CONNECTIONS,
+  const guard = guardConnections(server, {
+    maxConnections: options.maxConnections ?? CRL_MAX_CONNECTIONS,
     maxPerAddress: CRL_MAX_PER_ADDRESS,
     handshakeMs: 0,
     onRefused: (message) => log(`e2e-chat-ca: CRL listener: ${message}`),
+    group: options.group,
   });
   server.on("connection", (socket: Socket) => {
     deadline(socket, CRL_CONNECTION_MS);
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", (e) =>
-      reject(
-        new E2eError("ERR_NETWORK", `Cannot listen on ${host}:${port} for the CRL`, {
-          cause: e,
-          hint: listenHint(e, "--crl-port"),
-        }),
-      ));
-    server.listen(port, host, () => resolve());
+  await guard.listen(port, host).catch((e) => {
+    guard.stop();
+    throw new E2eError("ERR_NETWORK", `Cannot listen on ${host}:${port} for the CRL`, {
+      cause: e,
+      hint: listenHint(e, "--crl-port"),
+    });
   });
   return {
     port: (server.address() as { port: number }).port,
     close: async () => {
       stopping.abort();
+      guard.stop();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       for (const socket of sockets) socket.destroy();
       await closed;

@@ -303,7 +303,8 @@ export class Relay {
    * 504 reply after `waitMs`), the second is spliced to it (both get a 101).
    * Returns "waiting" or "spliced", "gone" for a connection that closed before
    * it came here (it is not held), or a refusal (nothing written: the caller
-   * replies) when a cap or the byte budget says no. A side that would wait while
+   * replies) when a cap or the byte budget of this side says no (the peer's are
+   * checked when the peer comes, and the refusal goes to it). A side that would wait while
    * its two members already have {@linkcode Relay.pairsPerPeer} sessions together
    * ends the oldest of them (its connections are closed) and takes its place.
    */
@@ -316,6 +317,10 @@ export class Relay {
       this.#unwait(other);
       other.socket.destroy();
     } else if (other && other.name === side.peer && other.peer === side.name) {
+      // The side that comes is checked against its own caps now, and told about itself only;
+      // the one waiting waits on, and times out as if its peer never came.
+      const refused = this.#refusal(side.name);
+      if (refused) return refused;
       this.#unwait(other);
       this.#splice(other, side);
       return "spliced";
@@ -324,7 +329,10 @@ export class Relay {
     // the caps below count without it.
     const ours = this.#sessionsOf(side.name, side.peer);
     const oldest = ours.length >= this.pairsPerPeer ? ours[0] : undefined;
-    const refused = this.#refusal(side.name, oldest) ?? this.#refusal(side.peer, oldest);
+    // Its own caps only: a refusal about the peer would tell any member who invites them (they
+    // need not agree) whether they relay with others now, or spent their bytes for the day.
+    // The peer's are checked when the peer comes (above).
+    const refused = this.#refusal(side.name, oldest);
     if (refused) return refused;
     const pairs = this.pairs - (oldest ? 1 : 0);
     if (pairs >= this.maxPairs) {

@@ -127,7 +127,7 @@ Deno.test("Relay.join() refuses a member past its cap of sessions, and anyone on
   });
 });
 
-Deno.test("Relay.join() counts a waiting session for the member who waits only: waits naming a member do not lock it out, its spliced sessions do", async () => {
+Deno.test("Relay.join() counts a waiting session for the member who waits only: waits naming a member do not lock it out, its spliced sessions do, and it alone hears of its cap", async () => {
   await withSockets(async (pair) => {
     const relay = new Relay({ pairsPerMember: 2 });
     // mallory waits, twice, on invitations to alice that alice never takes up.
@@ -139,12 +139,16 @@ Deno.test("Relay.join() counts a waiting session for the member who waits only: 
     assert.equal(relay.join(side((await pair())[0], 4, "dave", "alice")), "waiting");
     assert.equal(relay.join(side((await pair())[0], 3, "carol", "alice")), "spliced");
     assert.equal(relay.join(side((await pair())[0], 4, "alice", "dave")), "spliced");
-    // Spliced, both sessions are alice's: a third naming her is refused.
-    assert.deepEqual(relay.join(side((await pair())[0], 5, "erin", "alice")), {
+    // Spliced, both sessions are alice's: erin, who invited her, waits as for anyone (a
+    // refusal would tell erin that alice relays with others), and alice is refused when she
+    // comes for a third.
+    assert.equal(relay.join(side((await pair())[0], 5, "erin", "alice")), "waiting");
+    assert.deepEqual(relay.join(side((await pair())[0], 5, "alice", "erin")), {
       status: 429,
       code: "ERR_RATE_LIMITED",
       message: '"alice" has 2 relay sessions, at most 2',
     });
+    assert.equal(relay.pairs, 5, "erin still waits (and mallory twice, and two spliced)");
     relay.close();
   });
 });
@@ -238,7 +242,7 @@ Deno.test("Relay.join() lets a member's newer connection take the place of its w
   });
 });
 
-Deno.test("the relay closes a pair once a member's byte budget for the day is spent, and refuses that member afterwards", async () => {
+Deno.test("the relay closes a pair once a member's byte budget for the day is spent, and refuses that member afterwards, when it waits or comes, never the member who invited it", async () => {
   await withSockets(async (pair) => {
     const logs: string[] = [];
     const relay = new Relay({ bytesPerDay: 1000, log: (l) => logs.push(l) });
@@ -252,12 +256,22 @@ Deno.test("the relay closes a pair once a member's byte budget for the day is sp
     await alice.closed;
     assert.match(logs.at(-1)!, /\(byte budget spent\)$/);
     assert.ok(relay.usedToday("bob") > 1000);
+    // carol, who invited bob, waits as for anyone; bob is refused when he comes.
     const [c] = await pair();
-    assert.deepEqual(relay.join(side(c, 2, "carol", "bob")), {
+    assert.equal(relay.join(side(c, 2, "carol", "bob")), "waiting");
+    const [b2] = await pair();
+    assert.deepEqual(relay.join(side(b2, 2, "bob", "carol")), {
       status: 429,
       code: "ERR_RATE_LIMITED",
       message: `The relay's byte budget of "bob" for today is spent`,
     });
+    const [b3] = await pair();
+    assert.deepEqual(relay.join(side(b3, 3, "bob", "dave")), {
+      status: 429,
+      code: "ERR_RATE_LIMITED",
+      message: `The relay's byte budget of "bob" for today is spent`,
+    });
+    relay.close();
   });
 });
 

@@ -4,9 +4,12 @@
  * layer (the API decides per route), bounded bodies, timeouts, and a log line
  * per request that never holds a secret.
  *
- * Caps and deadlines (docs/SECURITY.md §1): at most `connectionBudget(descriptor
- * limit)` connections at once (a quarter of the open-file limit, at most 1,024) and
- * {@linkcode MAX_CONNECTIONS_PER_ADDRESS} from one address; the TLS handshake
+ * Caps and deadlines (docs/SECURITY.md §1): one budget of connections for the
+ * process, `connectionBudget(freeDescriptors())` (a quarter of the files it can
+ * still open at start, at most 1,024), split between the CRL listener
+ * (`crlConnections`) and the API, which stop listening at their caps and listen
+ * again below them (lib/connections.ts); {@linkcode MAX_CONNECTIONS_PER_ADDRESS}
+ * from one address; the TLS handshake
  * within {@linkcode HANDSHAKE_MS} of accept, a request's headers within
  * {@linkcode HEADERS_MS} of the handshake or of the previous reply, its body
  * within {@linkcode BODY_MS} of its headers — deadlines, which a client cannot
@@ -31,7 +34,14 @@ import type { TLSSocket } from "node:tls";
 import { E2eError } from "../lib/errors.ts";
 import { writeFileAtomic } from "../lib/fs.ts";
 import { holdLock, isLocked } from "../lib/lock.ts";
-import { deadline, guardConnections } from "../lib/connections.ts";
+import {
+  connectionBudget,
+  type ConnectionGuard,
+  deadline,
+  freeDescriptors,
+  guardConnections,
+  ListenerGroup,
+} from "../lib/connections.ts";
 import { ReplyBudget } from "../lib/reply_budget.ts";
 import { Backoff } from "../lib/backoff.ts";
 import {
@@ -57,7 +67,7 @@ import {
 } from "./api.ts";
 import type { CertificateAuthority } from "./authority.ts";
 import type { CaPaths } from "./home.ts";
-import { type CrlListener, listenHint, startCrlListener } from "./crl_listener.ts";
+import { crlConnections, type CrlListener, listenHint, startCrlListener } from "./crl_listener.ts";
 import { InviteStore } from "./invites.ts";
 import { CRL_URL_PATH } from "./policy.ts";
 import { RateLimiter } from "./rate_limit.ts";
@@ -129,7 +139,10 @@ export interface ServeOptions {
   log?: (line: string) => void;
   /** Inactivity allowed while a request is served, in ms. Default: {@linkcode IDLE_MS} (long polls excepted). */
   idleTimeoutMs?: number;
-  /** Connections open at once. Default: a quarter of the open-file limit, at most 1,024. */
+  /**
+   * Connections open at once on the API's port. Default: the service's budget (a quarter of the
+   * files it can still open at start, at most 1,024) less the CRL listener's share of it.
+   */
   maxConnections?: number;
   /** Port of the plain-HTTP CRL listener; 0 picks one. Default: {@linkcode DEFAULT_CRL_PORT}, or 0 when `port` is 0. */
   crlPort?: number;
@@ -312,6 +325,7 @@ export class CaService {
   #relay?: Relay;
   #replies?: ReplyBudget;
   #claim?: ServiceClaim;
+  #guard?: ConnectionGuard;
 
   private constructor(
     server: https.Server,
@@ -382,13 +396,19 @@ export class CaService {
             `${replies.maxBytes} bytes, and it held ${held}`,
         ),
     });
+    // One budget for the process's descriptors, counted once: the CRL listener's share and the
+    // HTTPS API's come out of it, and the other three quarters of what is free stay for files,
+    // openssl's pipes, the listening backlogs and connections refused at a cap.
+    const budget = connectionBudget(freeDescriptors());
+    const crlShare = crlConnections(budget);
+    const listeners = new ListenerGroup();
     // The CRL listener first: its URL goes into every certificate issued from now on.
     const crl = await startCrlListener(
       ctx,
       host,
       options.crlPort ?? (options.port === 0 ? 0 : DEFAULT_CRL_PORT),
       log,
-      replies,
+      { replies, maxConnections: crlShare, group: listeners },
     );
     let own: Credentials & { serial: string };
     let crlUrl: string;
@@ -435,11 +455,12 @@ export class CaService {
     });
     // Slow or idle clients are cut off; a long poll raises the limit while it waits.
     const guard = guardConnections(server, {
-      maxConnections: options.maxConnections,
+      maxConnections: options.maxConnections ?? Math.max(crlShare, budget - crlShare),
       maxPerAddress: MAX_CONNECTIONS_PER_ADDRESS,
       handshakeMs: HANDSHAKE_MS,
       idleMs: idle,
       onRefused: (message) => log(`e2e-chat-ca: ${message}`),
+      group: listeners,
     });
     server.on("secureConnection", (socket: TLSSocket) => {
       pausesStopReads(socket);
@@ -460,18 +481,17 @@ export class CaService {
       sockets.add(socket);
       socket.once("close", () => sockets.delete(socket));
     });
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", (e) =>
-        reject(
-          new E2eError("ERR_NETWORK", `Cannot listen on ${host}:${options.port ?? DEFAULT_PORT}`, {
-            cause: e,
-            hint: listenHint(e, "--port"),
-          }),
-        ));
-      server.listen(options.port ?? DEFAULT_PORT, host, () => resolve());
-    }).catch(async (e) => {
+    await guard.listen(options.port ?? DEFAULT_PORT, host).catch(async (e) => {
+      guard.stop();
       await crl.close();
-      throw e;
+      throw new E2eError(
+        "ERR_NETWORK",
+        `Cannot listen on ${host}:${options.port ?? DEFAULT_PORT}`,
+        {
+          cause: e,
+          hint: listenHint(e, "--port"),
+        },
+      );
     });
     const port = (server.address() as { port: number }).port;
     const url = `https://${urlHost(host === "0.0.0.0" ? "127.0.0.1" : host)}:${port}`;
@@ -528,6 +548,7 @@ export class CaService {
       },
     };
     const service = new CaService(server, ctx, url, port, timer, stopping, sockets);
+    service.#guard = guard;
     service.#relay = relay;
     service.#replies = replies;
     service.crlUrl = crlUrl;
@@ -572,6 +593,7 @@ export class CaService {
       this.#ctx.rendezvous.wakeAll();
       this.#ctx.mailbox?.close();
       this.#relay?.close();
+      this.#guard?.stop();
       const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
       for (const socket of this.#sockets) socket.destroy();
       await closed;

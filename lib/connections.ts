@@ -5,16 +5,24 @@
  * useful.
  *
  * Why: once a process runs out of file descriptors, the accept loop of Deno's
- * node:net stops for good — no error, the process stays up, and it never
- * accepts again. A total cap well below the descriptor limit keeps that from
- * happening (connections past it are closed at once, so the descriptor comes
- * back), a per-address cap keeps one client from taking every slot, and
- * deadlines that count from a fixed start (not inactivity timers, which a
- * client resets with one byte every few seconds) bound how long a slot stays
- * taken.
+ * node:net stops for good — no error, no event, the process stays up, and it
+ * never accepts again (Deno 2.9: the listener's accept error is dropped and
+ * nothing polls it again). A total cap well below the descriptor limit keeps
+ * that from happening, a per-address cap keeps one client from taking every
+ * slot, and deadlines that count from a fixed start (not inactivity timers,
+ * which a client resets with one byte every few seconds) bound how long a slot
+ * stays taken. A server listened through its guard ({@linkcode ConnectionGuard}
+ * `listen`) also stops listening at its cap rather than accept and close what
+ * comes (a closed connection keeps its descriptor until a turn of the event
+ * loop later, so how many are pending would depend on the client's speed),
+ * takes a fresh listening socket once a burst of refusals is over, in case one
+ * went quiet anyway, and after a minute without a connection checks that it
+ * still accepts by connecting to itself (the descriptors may have run out for
+ * other reasons: files, child processes).
  *
  * @module
  */
+import net from "node:net";
 import type { Server as NetServer, Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 
@@ -90,6 +98,19 @@ export interface ConnectionLimits {
   idleMs?: number;
   /** Told, at most every {@linkcode REFUSAL_LOG_INTERVAL_MS}, that a cap refused connections. Default: none. */
   onRefused?: (message: string) => void;
+  /**
+   * The listeners of the same process: once a burst of refusals at any of them is over, every
+   * one listened through its guard takes a fresh listening socket (one may have gone quiet
+   * when another took the last descriptors). Default: a group of this server alone.
+   */
+  group?: ListenerGroup;
+  /**
+   * After this long without a connection, a server listened through its guard connects to
+   * itself, and takes a fresh listening socket if that connection is not accepted within
+   * {@linkcode PROBE_MS} (its accept loop died when something else took the last descriptor),
+   * in ms. Default: {@linkcode QUIET_PROBE_MS}.
+   */
+  quietMs?: number;
 }
 
 /** What {@linkcode guardConnections} applied, for the server's start-up line and tests. */
@@ -100,32 +121,112 @@ export interface ConnectionGuard {
   readonly maxPerAddress: number;
   /** Connections open now. */
   readonly open: number;
+  /** Whether the server stopped listening at its cap (it listens again below it). */
+  readonly paused: boolean;
+  /**
+   * Listens on host:port (0 picks a port) with a backlog of at most `maxConnections`, and from
+   * then on stops listening at the cap and listens again on the same port below it. Rejects
+   * with the listen error (EADDRINUSE, say).
+   */
+  listen(port: number, host: string): Promise<void>;
+  /** Stops listening again: call it before the server's own close(). */
+  stop(): void;
+}
+
+/** How long after a server fell below its cap it listens again, in ms (refused connections' descriptors come back meanwhile). */
+export const RESUME_DELAY_MS = 100;
+/** How long a burst of refusals must be over before a group's listeners take fresh sockets, in ms. */
+export const REFRESH_AFTER_MS = 1_000;
+/** How long a server listened through its guard may go without a connection before it checks that it still accepts, in ms. */
+export const QUIET_PROBE_MS = 60_000;
+/** How long that check waits for its own connection to be accepted, in ms. */
+export const PROBE_MS = 2_000;
+const RELISTEN_RETRY_MAX_MS = 5_000;
+
+/**
+ * The servers of one process that share its file descriptors: once refusals at any of them
+ * stop for {@linkcode REFRESH_AFTER_MS}, each listens again on a fresh socket (Deno's accept
+ * loop of one may have died silently when another's burst took the last descriptor).
+ *
+ * @example
+ * ```ts
+ * import http from "node:http";
+ * import { guardConnections, ListenerGroup } from "./connections.ts";
+ * const group = new ListenerGroup();
+ * const a = guardConnections(http.createServer(), { maxPerAddress: 8, handshakeMs: 0, group });
+ * const b = guardConnections(http.createServer(), { maxPerAddress: 8, handshakeMs: 0, group });
+ * ```
+ */
+export class ListenerGroup {
+  #refreshers = new Set<() => void>();
+  #timer?: ReturnType<typeof setTimeout>;
+
+  /** Adds a listener's refresh; returns the function that takes it out again. */
+  add(refresh: () => void): () => void {
+    this.#refreshers.add(refresh);
+    return () => {
+      this.#refreshers.delete(refresh);
+      if (!this.#refreshers.size) clearTimeout(this.#timer);
+    };
+  }
+
+  /** A connection was refused (or a listener stopped at its cap): the burst goes on. */
+  refused(): void {
+    if (!this.#refreshers.size) return;
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      for (const refresh of this.#refreshers) refresh();
+    }, REFRESH_AFTER_MS);
+  }
 }
 
 /**
  * Caps the connections of `server` (in total and per address) and cuts off
  * each whose TLS handshake is not done `handshakeMs` after it was accepted.
  * A connection over a cap is closed before a byte is read, and `onRefused`
- * hears of it (the first refusal at once, then a count every 10 s).
+ * hears of it (the first refusal at once, then a count every 10 s). A server
+ * listened through the returned guard's `listen` stops listening at its total
+ * cap (clients are refused by the kernel, holding no descriptor here) and
+ * listens again {@linkcode RESUME_DELAY_MS} after it fell below it; once a burst
+ * of refusals is over, or when a connection to itself after `quietMs` without
+ * one is not accepted, it takes a fresh listening socket on the same port, so a
+ * listener that went quiet for want of descriptors accepts again.
  *
  * @example
  * ```ts
  * import tls from "node:tls";
  * import { guardConnections } from "./connections.ts";
  * const server = tls.createServer({});
- * guardConnections(server, { maxPerAddress: 64, handshakeMs: 10_000 });
+ * const guard = guardConnections(server, { maxPerAddress: 64, handshakeMs: 10_000 });
+ * await guard.listen(0, "127.0.0.1");
+ * guard.stop();
+ * server.close();
  * ```
  */
 export function guardConnections(server: NetServer, limits: ConnectionLimits): ConnectionGuard {
   const maxConnections = limits.maxConnections ?? connectionBudget(freeDescriptors());
   const maxPerAddress = Math.min(limits.maxPerAddress, maxConnections);
+  const group = limits.group ?? new ListenerGroup();
   const perAddress = new Map<string, number>();
   let open = 0;
   let refused = 0;
   let lastReport = -Infinity;
-  const refuse = (socket: Socket, why: string) => {
-    socket.destroy();
-    refused++;
+  let lastConnection = Date.now();
+  let watchdog: ReturnType<typeof setInterval> | undefined;
+  let probing = false;
+  let cancelProbe = () => {};
+  let afterError: ReturnType<typeof setTimeout> | undefined;
+  const quietMs = limits.quietMs ?? QUIET_PROBE_MS;
+  // Where the server listens, once it listened through the guard: it may stop and listen again.
+  let where: { port: number; host: string } | undefined;
+  let paused = false;
+  let stopped = false;
+  let leaveGroup = () => {};
+  let relistening = false;
+  let retryMs = 0;
+  let resumeTimer: ReturnType<typeof setTimeout> | undefined;
+  const report = (why: string) => {
+    group.refused();
     const now = Date.now();
     if (now - lastReport < REFUSAL_LOG_INTERVAL_MS) return;
     lastReport = now;
@@ -136,7 +237,93 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
     );
     refused = 0;
   };
+  const refuse = (socket: Socket, why: string) => {
+    socket.destroy();
+    refused++;
+    report(why);
+  };
+  const backlog = () => Math.max(1, Math.min(511, maxConnections));
+  // Listens on `where` now, or tries again later (the port may not be free yet, or no
+  // descriptor): the server must not stay deaf.
+  const relisten = () => {
+    if (stopped || !where || relistening) return;
+    relistening = true;
+    // net's own close: http's would also close members' idle connections.
+    if (server.listening) net.Server.prototype.close.call(server);
+    const onError = (e: Error) => {
+      server.off("listening", onListening);
+      relistening = false;
+      retryMs = Math.min(RELISTEN_RETRY_MAX_MS, retryMs ? retryMs * 2 : 100);
+      limits.onRefused?.(`cannot listen again on port ${where?.port}: ${e.message}`);
+      clearTimeout(resumeTimer);
+      resumeTimer = setTimeout(relisten, retryMs);
+    };
+    const onListening = () => {
+      server.off("error", onError);
+      relistening = false;
+      retryMs = 0;
+      // Stopped, or at the cap again, while it was getting its socket.
+      if (stopped || paused) net.Server.prototype.close.call(server);
+    };
+    server.once("error", onError);
+    server.once("listening", onListening);
+    server.listen({ port: where.port, host: where.host, backlog: backlog() });
+  };
+  // Connects to the server itself: accepted, it still accepts; not within PROBE_MS (or not
+  // even connected), it takes a fresh listening socket. Connections queued for the dead one go.
+  const probe = () => {
+    if (probing || stopped || paused || relistening || !where) return;
+    if (Date.now() - lastConnection < quietMs) return;
+    probing = true;
+    const host = where.host === "0.0.0.0" ? "127.0.0.1" : where.host === "::" ? "::1" : where.host;
+    const own = net.connect({ port: where.port, host });
+    own.on("error", () => {});
+    // The ports of connections accepted meanwhile: its own local port may be known only later.
+    const ports = new Set<number | undefined>();
+    const end = () => {
+      server.off("connection", seen);
+      clearTimeout(timer);
+      own.destroy();
+      probing = false;
+      lastConnection = Date.now();
+      cancelProbe = () => {};
+    };
+    const check = () => {
+      if (own.localPort === undefined || !ports.has(own.localPort)) return;
+      end();
+    };
+    const seen = (socket: Socket) => {
+      ports.add(socket.remotePort);
+      check();
+    };
+    own.once("connect", check);
+    server.on("connection", seen);
+    const timer = setTimeout(() => {
+      end();
+      if (stopped || paused) return;
+      limits.onRefused?.(`the listener on port ${where?.port} stopped accepting; listening again`);
+      relisten();
+    }, PROBE_MS);
+    cancelProbe = end;
+  };
+  const pause = () => {
+    if (!where || paused || stopped) return;
+    paused = true;
+    clearTimeout(resumeTimer);
+    if (server.listening) net.Server.prototype.close.call(server);
+    report(`${open} connections open, at most ${maxConnections}; not listening until fewer are`);
+  };
+  const resumeSoon = () => {
+    if (!paused || stopped || open >= maxConnections) return;
+    clearTimeout(resumeTimer);
+    resumeTimer = setTimeout(() => {
+      if (stopped || open >= maxConnections) return;
+      paused = false;
+      relisten();
+    }, RESUME_DELAY_MS);
+  };
   server.on("connection", (socket: Socket) => {
+    lastConnection = Date.now();
     // A host may take any address of its IPv6 /64: its connections count together.
     const address = addressKey(socket.remoteAddress ?? "?");
     if (open >= maxConnections) {
@@ -148,6 +335,7 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
     }
     open++;
     perAddress.set(address, mine + 1);
+    if (open >= maxConnections) pause();
     const handshake = limits.handshakeMs > 0
       ? setTimeout(() => socket.destroy(), limits.handshakeMs)
       : undefined;
@@ -158,6 +346,7 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
       const left = (perAddress.get(address) ?? 1) - 1;
       if (left > 0) perAddress.set(address, left);
       else perAddress.delete(address);
+      resumeSoon();
     });
   });
   server.on("secureConnection", (socket: TLSSocket) => {
@@ -173,6 +362,44 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
     maxPerAddress,
     get open() {
       return open;
+    },
+    get paused() {
+      return paused;
+    },
+    listen(port: number, host: string): Promise<void> {
+      return new Promise<void>((resolve, reject) => {
+        const onError = (e: Error) => reject(e);
+        server.once("error", onError);
+        server.listen({ port, host, backlog: backlog() }, () => {
+          server.off("error", onError);
+          // The port it took (0 picks one), on the address it listens on.
+          const address = server.address() as { port: number; address: string };
+          where = { port: address.port, host: address.address };
+          lastConnection = Date.now();
+          watchdog = setInterval(probe, Math.max(100, Math.min(quietMs, PROBE_MS)));
+          Deno.unrefTimer(watchdog);
+          leaveGroup = group.add(() => {
+            if (!paused) relisten();
+          });
+          // An accept that fails (EMFILE) is an "error" on node's server, which Deno 2.9.6 never
+          // emits; should it, the listener takes a fresh socket rather than the process dying.
+          server.on("error", (e: Error) => {
+            if (relistening || stopped) return; // relisten() handles its own
+            limits.onRefused?.(`the listener on port ${where?.port} failed: ${e.message}`);
+            clearTimeout(afterError);
+            afterError = setTimeout(() => paused || relisten(), RESUME_DELAY_MS);
+          });
+          resolve();
+        });
+      });
+    },
+    stop() {
+      stopped = true;
+      clearInterval(watchdog);
+      clearTimeout(afterError);
+      cancelProbe();
+      clearTimeout(resumeTimer);
+      leaveGroup();
     },
   };
 }

@@ -169,6 +169,139 @@ Deno.test("guardConnections() closes connections past the total and the per-addr
   });
 });
 
+Deno.test("guardConnections() on a server listened through its guard stops listening at its cap, so the kernel refuses what comes and no descriptor is taken, and listens again on the same port once one closes", async () => {
+  const server = net.createServer((s) => s.on("error", () => {}));
+  const reports: string[] = [];
+  const guard = guardConnections(server, {
+    maxConnections: 2,
+    maxPerAddress: 100,
+    handshakeMs: 0,
+    onRefused: (m) => reports.push(m),
+  });
+  await guard.listen(0, "127.0.0.1");
+  const port = (server.address() as net.AddressInfo).port;
+  const conns: Array<ReturnType<typeof rawFrom>> = [];
+  const open = async () => {
+    const c = rawFrom(port);
+    conns.push(c);
+    await c.connected;
+    return c;
+  };
+  try {
+    const kept = [await open(), await open()];
+    while (guard.open < 2) await sleep(10);
+    assert.equal(guard.paused, true);
+    assert.match(
+      reports.join("\n"),
+      /^connection cap reached: 2 connections open, at most 2; not listening until fewer are/,
+    );
+    const third = rawFrom(port);
+    conns.push(third);
+    const refused = await new Promise<string>((resolve) => {
+      third.socket.once("error", (e: Error & { code?: string }) => resolve(e.code ?? e.message));
+      third.socket.once("connect", () => resolve("connected"));
+    });
+    assert.equal(refused, "ECONNREFUSED");
+    kept[0].socket.destroy();
+    while (guard.paused) await sleep(20);
+    assert.equal((server.address() as net.AddressInfo).port, port, "the same port");
+    const again = await open();
+    await sleep(300);
+    assert.equal(again.isClosed(), false, "not accepted after a slot was freed");
+    assert.equal(guard.open, 2);
+  } finally {
+    for (const c of conns) c.socket.destroy();
+    guard.stop();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+});
+
+Deno.test("guardConnections() on a server listened through its guard finds, once quiet, that its accept loop died when something else took every descriptor, and listens again on the same port", async () => {
+  // In a child under `ulimit -n 64`: it listens, opens files until none is left, and lets them go
+  // 800 ms later (before it would check: Deno itself may panic out of descriptors); a connection
+  // that comes meanwhile kills Deno's accept loop, silently, for good.
+  const script = `
+    import net from "node:net";
+    import { guardConnections } from ${
+    JSON.stringify(new URL("./connections.ts", import.meta.url).href)
+  };
+    const server = net.createServer((s) => s.on("error", () => {}));
+    server.on("connection", (s) => console.log("accepted " + s.remotePort));
+    const guard = guardConnections(server, {
+      maxConnections: 8, maxPerAddress: 8, handshakeMs: 0, quietMs: 1_500,
+      onRefused: (m) => console.log(m),
+    });
+    await guard.listen(0, "127.0.0.1");
+    // Deno starts its signal thread on first need, and panics when it cannot: start it now.
+    const hup = () => {};
+    Deno.addSignalListener("SIGHUP", hup);
+    Deno.removeSignalListener("SIGHUP", hup);
+    const files = [];
+    try { for (;;) files.push(Deno.openSync("/dev/null")); } catch { /* none left */ }
+    console.log("full " + server.address().port);
+    await new Promise((r) => setTimeout(r, 800));
+    for (const f of files) f.close();
+    console.log("freed");
+    await new Promise((r) => setTimeout(r, 8_000));
+    guard.stop();
+    server.close();
+  `;
+  const child = new Deno.Command("bash", {
+    args: ["-c", 'ulimit -n 64 && exec "$0" eval --quiet "$1"', Deno.execPath(), script],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const lines: string[] = [];
+  const reading = (async () => {
+    let rest = "";
+    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+      rest += chunk;
+      const parts = rest.split("\n");
+      rest = parts.pop()!;
+      lines.push(...parts);
+    }
+  })();
+  let stderr = "";
+  const readingErrors = (async () => {
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) stderr += chunk;
+  })();
+  const conns: Deno.TcpConn[] = [];
+  try {
+    const until = async (re: RegExp, ms: number) => {
+      const end = Date.now() + ms;
+      while (!lines.some((l) => re.test(l))) {
+        assert.ok(Date.now() < end, `no ${re} in:\n${lines.join("\n")}\n${stderr}`);
+        await sleep(20);
+      }
+      return lines.find((l) => re.test(l))!;
+    };
+    const port = Number((await until(/^full \d+$/, 10_000)).split(" ")[1]);
+    // Taken by the kernel, handed to nobody: the accept fails for want of a descriptor.
+    conns.push(await Deno.connect({ hostname: "127.0.0.1", port }));
+    await until(/^freed$/, 5_000);
+    await sleep(300);
+    assert.ok(!lines.some((l) => l.startsWith("accepted")), "accepted while out of descriptors");
+    // Once quiet for 1.5 s, and the probe's 2 s, a new connection is accepted.
+    const end = Date.now() + 8_000;
+    while (!lines.some((l) => /^accepted \d+$/.test(l))) {
+      assert.ok(Date.now() < end, `never accepted again:\n${lines.join("\n")}\n${stderr}`);
+      conns.push(await Deno.connect({ hostname: "127.0.0.1", port }));
+      await sleep(500);
+    }
+    assert.ok(
+      lines.some((l) => l === `the listener on port ${port} stopped accepting; listening again`),
+      lines.join("\n"),
+    );
+  } finally {
+    for (const c of conns) c.close();
+    try {
+      child.kill();
+    } catch { /* it ended: its stderr says why */ }
+    await child.status;
+    await Promise.all([reading, readingErrors]);
+  }
+});
+
 Deno.test("guardConnections() cuts off a TLS handshake trickled a byte at a time at its deadline, and keeps a finished one", async () => {
   await withTempDir(async (dir) => {
     const own = await selfSigned(dir);

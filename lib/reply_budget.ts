@@ -16,8 +16,9 @@
  * held is released when it closes. Bytes the kernel took (a few MiB per
  * loopback connection) are the kernel's, and not counted.
  *
- * Over the budget, the connection holding the most unread bytes is closed
- * (see {@linkcode ReplyBudget.admit} for why not refuse the new reply instead).
+ * Over the budget, the connection holding the most unread bytes is closed, one
+ * at a time until the reply fits (see {@linkcode ReplyBudget.admit} for why not
+ * refuse the new reply instead, and for what that costs a reading client).
  *
  * @module
  */
@@ -95,10 +96,18 @@ export class ReplyBudget {
    *
    * Why close the biggest holders rather than refuse the new reply: a client
    * that reads holds next to nothing (its replies go to the kernel at once),
-   * so the bytes held are the non-readers'. Refusing new replies would let a
-   * few of them, holding the budget, have every reading client refused for as
-   * long as they like; closing them frees it, and costs a reading client only
-   * a reply larger than everything the non-readers hold.
+   * so the bytes held are mostly the non-readers'. Refusing new replies would
+   * let a few of them, holding the budget, have every reading client refused
+   * for as long as they like; closing them frees it.
+   *
+   * What it compares is each connection's bytes, not the non-readers' total:
+   * connections are closed one at a time, the one holding the most first, and
+   * `socket` itself as soon as it holds the most of those left while the reply
+   * still does not fit. So a reading client is refused only a reply that does
+   * not fit once every connection holding more than it is closed — but one
+   * that holds more than each non-reader (a large mailbox item still on its way
+   * to it, say) is closed before many smaller non-readers that together hold
+   * far more.
    */
   admit(socket: Socket, res: ServerResponse, bodyBytes: number): boolean {
     if (socket.destroyed) return false;

@@ -101,6 +101,90 @@ Deno.test({
 
 Deno.test({
   name:
+    "the CA service under ulimit -n 128 survives a flood of 400 connections from one address without a certificate: it answers again within seconds of the flood ending",
+  fn: () =>
+    withService(async (service) => {
+      await flood(service.port, 2_000);
+      await service.waitForLog(/connection cap reached: \d+ connections open, at most \d+/);
+      const started = Date.now();
+      let last = "";
+      while (true) {
+        const reply = await service.request("/v1/ca", { timeoutMs: 2_000 }).catch((e) =>
+          e as Error
+        );
+        if (!(reply instanceof Error) && reply.status === 200) break;
+        last = reply instanceof Error ? reply.message : `${reply.status}`;
+        assert.ok(
+          Date.now() - started < 8_000,
+          `no answer 8 s after the flood (its listener stopped accepting for good): ${last}\n${
+            service.log.slice(-2000)
+          }`,
+        );
+        await sleep(250);
+      }
+    }, { ulimitFiles: FILES / 2 }),
+});
+
+/**
+ * Opens `FLOOD` connections to each of `ports` from 16 loopback addresses (127.0.0.2–17), holds
+ * them `holdMs`, closes them. In a child process: the tests may reach 127.0.0.1 only.
+ */
+async function floodFromMany(ports: number[], holdMs: number): Promise<void> {
+  const script = `
+    import net from "node:net";
+    const [ports, n, holdMs] = JSON.parse(Deno.args[0]);
+    const open = (port, i) => new Promise((resolve) => {
+      const s = net.connect({ port, host: "127.0.0.1", localAddress: "127.0.0." + (2 + (i % 16)) });
+      s.on("error", () => resolve(undefined));
+      s.on("data", () => {});
+      s.once("connect", () => resolve(s));
+    });
+    const all = [];
+    for (const port of ports) for (let i = 0; i < n; i += 100) {
+      all.push(...await Promise.all(Array.from({ length: 100 }, (_, j) => open(port, i + j))));
+    }
+    await new Promise((r) => setTimeout(r, holdMs));
+    for (const s of all) s?.destroy();
+  `;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--quiet", "--allow-net", script, JSON.stringify([ports, FLOOD, holdMs])],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assert.ok(out.success, new TextDecoder().decode(out.stderr));
+}
+
+Deno.test({
+  name:
+    "the CA service under ulimit -n 256 survives a flood of 400 connections on each of its ports (HTTPS and CRL) at once, from 16 addresses: the API answers again within seconds of the flood ending",
+  fn: () =>
+    withService(async (service) => {
+      const crlUrl = (await Deno.readTextFile(join(service.caDir, "crl-url.txt"))).trim();
+      await Promise.all([
+        floodFromMany([service.port, Number(new URL(crlUrl).port)], 2_000),
+        service.waitForLog(/CRL listener: connection cap reached: \d+ connections open, at most/),
+      ]);
+      const started = Date.now();
+      let last = "";
+      while (true) {
+        const reply = await service.request("/v1/ca", { timeoutMs: 2_000 }).catch((e) =>
+          e as Error
+        );
+        if (!(reply instanceof Error) && reply.status === 200) break;
+        last = reply instanceof Error ? reply.message : `${reply.status}`;
+        assert.ok(
+          Date.now() - started < 8_000,
+          `no answer 8 s after the flood (its listener stopped accepting for good): ${last}\n${
+            service.log.slice(-2000)
+          }`,
+        );
+        await sleep(250);
+      }
+    }, { ulimitFiles: FILES }),
+});
+
+Deno.test({
+  name:
     "the CA service cuts off, at their deadlines, a handshake, request headers and a request body each trickled a little every second",
   fn: () =>
     withService(async (service) => {

@@ -746,3 +746,49 @@ Deno.test("a member joining through someone on the path who holds the CA service
     assert.equal(id.name, "alice");
   });
 });
+
+Deno.test("a member who invites bob learns nothing of bob's relay sessions with others at the relay: not how many he has, nor that he has any", async () => {
+  await withServiceWorld(async ({ service, ca, logs, member }) => {
+    const [alice, bob, mallory] = await Promise.all([
+      member("alice"),
+      member("bob"),
+      member("mallory"),
+    ]);
+    const anchor = ca.certificate.pem;
+    const invite = async (from: Member, to: string) =>
+      (JSON.parse(
+        (await request(service.port, anchor, from, "POST", "/v1/rendezvous", { to }))
+          .split("\r\n\r\n")[1],
+      ) as { id: number }).id;
+    const upgrade = (id: number) =>
+      `GET /v1/relay?invitation=${id} HTTP/1.1\r\nHost: ca\r\n` +
+      `Connection: Upgrade\r\nUpgrade: e2e-chat-relay/1\r\n\r\n`;
+    // alice and bob talk through the relay.
+    const withBob = await invite(alice, "bob");
+    const a = await connectTls(service.port, anchor, alice);
+    const b = await connectTls(service.port, anchor, bob);
+    // mallory invites bob (he need not agree) and asks the relay to join them.
+    const m = await connectTls(service.port, anchor, mallory);
+    try {
+      a.socket.write(upgrade(withBob));
+      await waitUntil(() => logs.some((l) => / 101 alice .*\(waiting\)$/.test(l)), "no wait");
+      b.socket.write(upgrade(withBob));
+      await waitUntil(() => logs.some((l) => / 101 bob .*\(spliced\)$/.test(l)), "no splice");
+      const heard = m.listen();
+      m.socket.write(upgrade(await invite(mallory, "bob")));
+      await waitUntil(
+        () => logs.some((l) => / GET \/v1\/relay \d+ .*mallory/.test(l)),
+        "no answer to mallory",
+      );
+      await within(heard.closed, 1_000, false);
+      // As when bob has no session: she waits (a refusal at all says that he has them).
+      assert.equal(
+        heard.text(),
+        "",
+        `the relay told mallory about bob's sessions with others:\n${heard.text()}`,
+      );
+    } finally {
+      for (const c of [a, b, m]) c.socket.destroy();
+    }
+  }, { relay: { pairsPerMember: 1 } });
+});
