@@ -712,6 +712,33 @@ Deno.test("a peer's checkpoint the CA still cannot prove at the next look is kep
   });
 });
 
+// A CA that answers every look (its checkpoint, its entries, under our certificate) but says it
+// is failing, busy, or refuses our certificate for the one question that would show the fork: the
+// peer's checkpoint waits for ever and no alarm ever comes, while the client goes on using the CA.
+Deno.test("a split view is caught when the CA answers every look but fails, is busy or refuses our certificate for the one consistency question that would show it, look after look", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const forAlice = make(["a", "b", "c"]);
+    const forBob = make(["a", "x", "c", "d"]);
+    for (const code of ["ERR_INTERNAL", "ERR_RATE_LIMITED", "ERR_FORBIDDEN"] as const) {
+      const selective = {
+        ...forAlice.ca,
+        consistency: () => Promise.reject(new E2eError(code, "The CA refused")),
+      } as unknown as CaClient;
+      const file = join(dir, `${code}.json`);
+      const alice = await LogMonitor.open(file, anchor, selective);
+      await alice.observe(forAlice.checkpoint);
+      await alice.observePeer(forBob.checkpoint, "bob").catch(() => {});
+      let alarms = alice.alarms;
+      for (let look = 0; look < 20 && alarms.length === 0; look++) {
+        const again = await LogMonitor.open(file, anchor, selective);
+        await again.watch("alice", "00").catch(() => {});
+        alarms = again.alarms;
+      }
+      assert.match(alarms[0]?.message ?? "", /"bob" showed a log of 4 entries/, code);
+    }
+  });
+});
+
 Deno.test("checkCrl() refuses an older CRL the CA logs again after the newer one that revoked a certificate: it is not the newest CRL in the log", async () => {
   await withViews(async ({ dir, anchor, make, issue, crl }) => {
     const stolen = await issue("bob", (await makeCsr("bob")).key);
