@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { withTempDir } from "../tests/_helpers.ts";
-import { MAX_ROOM_HELD_PER_SENDER, RoomHeld } from "./room_held.ts";
+import { MAX_ROOM_HELD, MAX_ROOM_HELD_PER_SENDER, RoomHeld } from "./room_held.ts";
 
 const ITEM = {
   id: "0123456789abcdef0123456789abcdef",
@@ -65,5 +65,6 @@ Deno.test("RoomHeld keeps an honest sender's one item when others, each within t
       new RoomHeld(folder).items().some((i) => i.from === "bob"),
       "bob's item is still held after a restart",
     );
+    assert.equal((await Array.fromAsync(Deno.readDir(folder))).length, MAX_ROOM_HELD);
   });
 });
