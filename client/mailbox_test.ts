@@ -1359,6 +1359,43 @@ Deno.test("MailboxClient: the poll does not spin while an item openssl failed on
   }
 });
 
+// The pause that keeps the poll from spinning while an item is put off also keeps it from looking
+// at all: for the 7 days the CA keeps that item, every other message comes up to 25 s late (before
+// the pause, a look came every 2 s or so).
+Deno.test("MailboxClient: while an item openssl failed on is put off, a new message still comes within a few seconds, not a long poll's 25 s later", async () => {
+  const dir = await Deno.makeTempDir();
+  const wrapper = join(dir, "openssl");
+  await Deno.writeTextFile(
+    wrapper,
+    `#!/bin/sh\ncase "$*" in *-decrypt*) kill -9 $$;; esac\nexec openssl "$@"\n`,
+    { mode: 0o755 },
+  );
+  const before = Deno.env.get("E2E_CHAT_OPENSSL");
+  try {
+    const { alice, bob } = await world();
+    await alice.mailbox.post("bob", "message", text("put off"));
+    Deno.env.set("E2E_CHAT_OPENSSL", wrapper);
+    bob.mailbox.start();
+    try {
+      await waitUntil(() => bob.warnings.length === 1, "the item put off");
+      Deno.env.delete("E2E_CHAT_OPENSSL");
+      // The failed look's pause (2 s), then the look that puts the poll to sleep.
+      await new Promise((r) => setTimeout(r, 3_500));
+      await alice.mailbox.post("bob", "message", text("prompt"));
+      const posted = Date.now();
+      await waitUntil(() => read(bob.shown).includes("prompt"), "the new message", 24_000);
+      const late = Date.now() - posted;
+      assert.ok(late < 8_000, `the new message came ${late} ms after it was posted`);
+    } finally {
+      bob.mailbox.stop();
+    }
+  } finally {
+    if (before === undefined) Deno.env.delete("E2E_CHAT_OPENSSL");
+    else Deno.env.set("E2E_CHAT_OPENSSL", before);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("MailboxClient: an item whose signer cannot be checked now (the CA busy or failing) stays at the CA and is shown at the next look; one whose signer the CA says is no member is refused", async () => {
   const { service, alice, bob } = await world();
   await alice.mailbox.post("bob", "message", text("hello"));
