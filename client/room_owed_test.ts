@@ -56,3 +56,30 @@ Deno.test("RoomOwed given a room-owed.json it cannot read says so, and does not 
     );
   });
 });
+
+// README ("The CA in five commands", step 4): a key revoked as keyCompromise, alice removes
+// HOME/id and joins with a new key in the same home. The history's key is derived from the private
+// key, so a room-owed.json left sealed under the old one (a run killed before its lines were
+// synced) opens with no key there will ever be: the chat then refuses to start, and its hint
+// ("repair it") cannot be followed. History and the unsent items skip what the key does not open.
+Deno.test("RoomOwed sealed under the key a home had before it joined again with a new key does not stop the client: what it held is set aside, not overwritten", async () => {
+  await withTempDir(async (dir) => {
+    const file = join(dir, "mailbox", "room-owed.json");
+    const oldKey = new Uint8Array(32).fill(7);
+    assert.equal(new RoomOwed(file, { key: oldKey, seal: true }).put("item-1", [RECORD]), true);
+    const left = await Deno.readTextFile(file);
+    const newKey = new Uint8Array(32).fill(9);
+    let owed: RoomOwed | undefined;
+    try {
+      owed = new RoomOwed(file, { key: newKey, seal: true });
+    } catch (e) {
+      assert.fail(`the client cannot start after joining again with a new key: ${e}`);
+    }
+    owed.put("item-2", [{ ...RECORD, id: "r:ann:1:2", text: "later" }]);
+    const kept = await Array.fromAsync(Deno.readDir(join(dir, "mailbox")));
+    const texts = await Promise.all(
+      kept.map((e) => Deno.readTextFile(join(dir, "mailbox", e.name))),
+    );
+    assert.ok(texts.includes(left), "the old key's room-owed.json is kept aside");
+  });
+});
