@@ -334,6 +334,7 @@ export class MailboxClient {
         m.#itemRetry.set(id, { fails: r.fails, next: r.next });
       }
     }
+    m.#boundRetries(m.#now());
     // What an earlier run could not post: it goes first, in order, once the CA service answers.
     const { store, ...found } = await UnsentStore.open(
       home.mailboxUnsent,
@@ -869,6 +870,7 @@ export class MailboxClient {
       if (!listed.has(id)) retriesChanged = this.#itemRetry.delete(id);
     }
     const now = this.#now();
+    if (this.#boundRetries(now)) retriesChanged = true;
     const due = items.filter((r) => (this.#itemRetry.get(r.id)?.next ?? 0) <= now);
     let later: number | undefined;
     for (const r of items) {
@@ -905,6 +907,21 @@ export class MailboxClient {
 
   #now(): number {
     return this.#host.clock?.() ?? Date.now();
+  }
+
+  // No try is put off further than its spacing from `now`: a `next` written while the clock ran
+  // ahead (or edited in retry.json) would otherwise hide its item until the CA drops it. Returns
+  // whether any was brought nearer.
+  #boundRetries(now: number): boolean {
+    let changed = false;
+    for (const [id, r] of this.#itemRetry) {
+      const latest = now + itemRetryMs(r.fails);
+      if (r.next > latest) {
+        this.#itemRetry.set(id, { fails: r.fails, next: latest });
+        changed = true;
+      }
+    }
+    return changed;
   }
 
   // The item `record` openssl failed on (`e`) is tried again later, less often after each
