@@ -121,6 +121,11 @@ export const MAX_ITEM_RETRIES = 256;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** How long one long poll waits at the CA, in seconds. */
 const POLL_WAIT_SECONDS = 25;
+/**
+ * Between looks while an item is put off (the service then answers each long poll at once, as it
+ * lists that item): new items still come within seconds, and the poll does not spin.
+ */
+const PUT_OFF_LOOK_MS = 3_000;
 
 /** What the mailbox needs of the chat: keys, checks, and where its news goes. */
 export interface MailboxHost {
@@ -968,9 +973,10 @@ export class MailboxClient {
         await this.#flush();
         if (failed) throw failed.error;
         // An item put off is still listed, so the service answers the long poll at once: the
-        // next look comes when it is due, or after a long poll's time for what else comes.
+        // next look comes when it is due, or after a short pause for what else comes (a long
+        // poll's time would have every new item wait up to 25 s while one is put off, for days).
         if (later !== undefined) {
-          await pause(Math.min(later, wait * 1000), stopped);
+          await pause(Math.min(later, PUT_OFF_LOOK_MS, wait * 1000), stopped);
           wait = 0;
         }
       } catch (e) {
