@@ -20,7 +20,7 @@ import { parseCertificate } from "../lib/x509.ts";
 import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
 import type { CaClient } from "./ca_client.ts";
 import { CRL_CLOCK_SKEW_MS, CRL_REPUBLISH_MS } from "../lib/crl.ts";
-import { LogMonitor, MAX_ALARMS } from "./transparency.ts";
+import { LogMonitor, MAX_ALARMS, MAX_DODGED_LOOKS } from "./transparency.ts";
 
 const encoder = new TextEncoder();
 /** The age past which checkCrl() refuses a CRL, in minutes. */
@@ -735,6 +735,45 @@ Deno.test("a split view is caught when the CA answers every look but fails, is b
         alarms = again.alarms;
       }
       assert.match(alarms[0]?.message ?? "", /"bob" showed a log of 4 entries/, code);
+    }
+  });
+});
+
+Deno.test("a look the CA answers but not the consistency question for a waiting checkpoint (500, 429, a 503) raises no alarm yet: it is counted in log.json with the checkpoint, and the alarm comes at the third", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const forAlice = make(["a", "b", "c"]);
+    const forBob = make(["a", "x", "c", "d"]);
+    for (
+      const failure of [
+        new E2eError("ERR_INTERNAL", "The CA service failed (500): Internal error"),
+        new E2eError("ERR_RATE_LIMITED", "The CA refused: too many requests"),
+        new E2eError("ERR_NETWORK", "The CA service answered 503"),
+      ]
+    ) {
+      const busy = {
+        ...forAlice.ca,
+        consistency: () => Promise.reject(failure),
+      } as unknown as CaClient;
+      const file = join(dir, `${failure.code}.json`);
+      const alice = await LogMonitor.open(file, anchor, busy);
+      await alice.observe(forAlice.checkpoint);
+      await alice.observePeer(forBob.checkpoint, "bob").catch(() => {});
+      for (let look = 1; look < MAX_DODGED_LOOKS; look++) {
+        const again = await LogMonitor.open(file, anchor, busy);
+        await again.watch("alice", "00");
+        const saved = JSON.parse(await Deno.readTextFile(file));
+        assert.deepEqual(
+          [saved.alarms, saved.pending],
+          [[], [{ text: forBob.checkpoint, from: '"bob"', dodged: look }]],
+          failure.code,
+        );
+      }
+      const last = await LogMonitor.open(file, anchor, busy);
+      await assert.rejects(last.watch("alice", "00"), (e) => {
+        assert.ok(e instanceof E2eError && e.code === "ERR_LOG_ALARM", failure.code);
+        return true;
+      });
+      assert.match(last.alarms[0].message, /"bob" showed a log of 4 entries .* 3 looks in a row/);
     }
   });
 });
