@@ -218,6 +218,7 @@ export class Chat {
     this.#roomOwed = new RoomOwed(id.home.mailboxRoomOwed, {
       key: id.historyKey(),
       seal: id.keyEncrypted,
+      onWarning: warn, // one it cannot read is moved aside, and said
     });
     this.#roomHeld = new RoomHeld(id.home.mailboxRoomHeld, {
       key: id.historyKey(),

@@ -576,23 +576,41 @@ Deno.test("start() of a certificate that expired says when, and that only a new 
   });
 });
 
-Deno.test("start() of a home whose key-changes.json or room-owed.json cannot be read refuses with an error naming the file, and leaves it as it was", async () => {
+Deno.test("start() of a home whose key-changes.json cannot be read refuses with an error naming the file, and leaves it as it was; one whose room-owed.json cannot be read starts, says so, and moves it aside intact", async () => {
   await withService(async (service, dir) => {
     const home = join(dir, "bob");
     const id = await enroll(home, parseInvite(await makeInvite(service.home, "bob")));
-    for (const file of [id.home.keyChanges, id.home.mailboxRoomOwed]) {
-      await Deno.mkdir(join(file, ".."), { recursive: true, mode: 0o700 });
-      // Cut short (a copy of the home made while it was written, a disk error): not JSON.
-      const torn = '{"v":1,"changes":[{"peer":"carol","keyFing';
-      await Deno.writeTextFile(file, torn, { mode: 0o600 });
-      await assert.rejects(Chat.start(await Identity.load(home)), (e) => {
-        assertCode("ERR_FILE")(e);
-        assert.equal((e as E2eError).message, `Cannot read "${file}": it is not JSON`);
-        assert.match((e as E2eError).hint ?? "", /^repair it, or move it aside/);
-        return true;
-      });
-      assert.equal(await Deno.readTextFile(file), torn);
-      await Deno.remove(file);
+    // Cut short (a copy of the home made while it was written, a disk error): not JSON.
+    const torn = '{"v":1,"changes":[{"peer":"carol","keyFing';
+    const file = id.home.keyChanges;
+    await Deno.mkdir(join(file, ".."), { recursive: true, mode: 0o700 });
+    await Deno.writeTextFile(file, torn, { mode: 0o600 });
+    await assert.rejects(Chat.start(await Identity.load(home)), (e) => {
+      assertCode("ERR_FILE")(e);
+      assert.equal((e as E2eError).message, `Cannot read "${file}": it is not JSON`);
+      assert.match((e as E2eError).hint ?? "", /^repair it, or move it aside/);
+      return true;
+    });
+    assert.equal(await Deno.readTextFile(file), torn);
+    await Deno.remove(file);
+    // room-owed.json is sealed under history's key, which a home joined again with a new key
+    // never has again: set aside, not a stop for good.
+    const owed = id.home.mailboxRoomOwed;
+    await Deno.mkdir(join(owed, ".."), { recursive: true, mode: 0o700 });
+    await Deno.writeTextFile(owed, torn, { mode: 0o600 });
+    const bob = await startAgain(await Identity.load(home));
+    try {
+      const [warning] = eventsSince(
+        bob,
+        0,
+        (e) => e.type === "warning" && e.message.startsWith(`Cannot read "${owed}"`),
+      ) as Array<{ message: string }>;
+      const aside = /moved aside to "([^"]+)"/.exec(warning?.message ?? "")?.[1] ?? "";
+      assert.ok(aside.startsWith(`${owed}.unreadable-`), warning?.message);
+      assert.equal(await Deno.readTextFile(aside), torn);
+      await assert.rejects(Deno.stat(owed), Deno.errors.NotFound);
+    } finally {
+      await bob.chat.stop();
     }
   });
 });
