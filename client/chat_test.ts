@@ -615,6 +615,47 @@ Deno.test("start() of a home whose key-changes.json cannot be read refuses with 
   });
 });
 
+// /trust of a name already pinned, with no live connection, took whatever key the directory gives
+// at that moment: the CA could give one key for the warning the user read, another for /trust.
+Deno.test("trust() of a pinned name with no connection refuses a directory key the user was never shown, naming both, and pins nothing", async () => {
+  await withService(async (service, dir) => {
+    const alice = await startMember(service, dir, "alice");
+    const bob = await startMember(service, dir, "bob");
+    let bobAgain: Recorded | undefined;
+    let bobThird: Recorded | undefined;
+    try {
+      await bob.chat.sendToMailbox("alice", "from bob's first key");
+      await alice.next("message", (e) => e.text === "from bob's first key");
+      await bob.chat.stop();
+      // bob joins again with a new key: alice is shown that key on his mailbox item.
+      bobAgain = await startMember(service, dir, "bob-again", {}, "bob");
+      const shown = bobAgain.chat.identity.certificate.keyFingerprint;
+      await bobAgain.chat.sendToMailbox("alice", "from bob's new key");
+      await alice.next("key_changed", (e) => e.peer === "bob" && e.keyFingerprint === shown);
+      await bobAgain.chat.stop();
+      // Before alice trusts it, the directory gives yet another key for bob, never shown to her.
+      bobThird = await startMember(service, dir, "bob-third", {}, "bob");
+      const swapped = bobThird.chat.identity.certificate.keyFingerprint;
+      const before = alice.chat.safetyNumber("bob");
+      await assert.rejects(
+        alice.chat.trust("bob"),
+        assertCode(
+          "ERR_FINGERPRINT_MISMATCH",
+          new RegExp(
+            `^Cannot trust "bob": the directory gives the key "${swapped.slice(0, 16)}", but ` +
+              `the key you were shown is "${shown.slice(0, 16)}"$`,
+          ),
+        ),
+      );
+      assert.equal(alice.chat.safetyNumber("bob"), before, "the pinned key did not change");
+      assert.deepEqual(alice.chat.keyChanges("bob").map((c) => c.keyFingerprint), [shown]);
+      assert.ok(!alice.events.some((e) => e.type === "message" && e.text === "from bob's new key"));
+    } finally {
+      await Promise.all([alice, bob, bobAgain, bobThird].map((r) => r?.chat.stop()));
+    }
+  });
+});
+
 // A mailbox item from a changed key waits in HOME/mailbox/held/, its only copy (the CA's is
 // deleted). r137: once the warning of that key change was dismissed nothing said so, and a first
 // contact's item could no longer be let in (tests/hostile_rooms_test.ts).
