@@ -218,6 +218,7 @@ export class Chat {
     this.#roomOwed = new RoomOwed(id.home.mailboxRoomOwed, {
       key: id.historyKey(),
       seal: id.keyEncrypted,
+      onWarning: warn, // one it cannot read is moved aside, and said
     });
     this.#roomHeld = new RoomHeld(id.home.mailboxRoomHeld, {
       key: id.historyKey(),
@@ -933,7 +934,9 @@ export class Chat {
 
   /**
    * Accepts the new key of `name` after a key change: the connected peer's key,
-   * else the directory's current one. Mailbox items held back from them are read then.
+   * else the directory's current one, only when it is a key the user was shown (a key
+   * change kept for them, or the signer of a mailbox item held back from them): else
+   * `ERR_FINGERPRINT_MISMATCH`, naming both. Mailbox items held back from them are read then.
    */
   async trust(name: string): Promise<void> {
     checkName(name);
@@ -947,12 +950,28 @@ export class Chat {
         (this.#keyChanges.list(name).length > 0 || this.#mailbox.heldFrom(name) > 0);
       if (!pinned && !said) throw new E2eError("ERR_NOT_FOUND", `No key known for "${name}"`);
       const current = await this.#checkDirectory(await this.#ca.lookup(name), name);
-      if (
-        !pinned &&
-        !this.#keyChanges.list(name).some((c) => c.keyFingerprint === current.keyFingerprint) &&
-        !(await this.#mailbox.holdsKey(name, current.keyFingerprint))
-      ) {
+      const shownKeys = this.#keyChanges.list(name).map((c) => c.keyFingerprint);
+      const shown = shownKeys.includes(current.keyFingerprint) ||
+        await this.#mailbox.holdsKey(name, current.keyFingerprint);
+      if (!pinned && !shown) {
         throw new E2eError("ERR_NOT_FOUND", `No key change of "${name}" to their current key`);
+      }
+      // Pinned already: only a key the user was shown is pinned, never whatever the directory
+      // gives now (a dishonest CA could swap it between the warning and this /trust).
+      if (pinned && current.keyFingerprint !== pinned.keyFingerprint && !shown) {
+        const hex = (fp: string) => JSON.stringify(fp.slice(0, 16));
+        const was = shownKeys.length
+          ? `the key you were shown is ${shownKeys.map(hex).join(", then ")}`
+          : `no key change of theirs was shown to you (the key pinned is ${
+            hex(pinned.keyFingerprint)
+          })`;
+        throw new E2eError(
+          "ERR_FINGERPRINT_MISMATCH",
+          `Cannot trust "${name}": the directory gives the key ${
+            hex(current.keyFingerprint)
+          }, but ${was}`,
+          { hint: `compare the safety number with "${name}" when they connect, then trust again` },
+        );
       }
       // The same key: nothing to accept (and its verified mark stays).
       if (current.keyFingerprint !== pinned?.keyFingerprint) {

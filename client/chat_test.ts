@@ -576,23 +576,82 @@ Deno.test("start() of a certificate that expired says when, and that only a new 
   });
 });
 
-Deno.test("start() of a home whose key-changes.json or room-owed.json cannot be read refuses with an error naming the file, and leaves it as it was", async () => {
+Deno.test("start() of a home whose key-changes.json cannot be read refuses with an error naming the file, and leaves it as it was; one whose room-owed.json cannot be read starts, says so, and moves it aside intact", async () => {
   await withService(async (service, dir) => {
     const home = join(dir, "bob");
     const id = await enroll(home, parseInvite(await makeInvite(service.home, "bob")));
-    for (const file of [id.home.keyChanges, id.home.mailboxRoomOwed]) {
-      await Deno.mkdir(join(file, ".."), { recursive: true, mode: 0o700 });
-      // Cut short (a copy of the home made while it was written, a disk error): not JSON.
-      const torn = '{"v":1,"changes":[{"peer":"carol","keyFing';
-      await Deno.writeTextFile(file, torn, { mode: 0o600 });
-      await assert.rejects(Chat.start(await Identity.load(home)), (e) => {
-        assertCode("ERR_FILE")(e);
-        assert.equal((e as E2eError).message, `Cannot read "${file}": it is not JSON`);
-        assert.match((e as E2eError).hint ?? "", /^repair it, or move it aside/);
-        return true;
-      });
-      assert.equal(await Deno.readTextFile(file), torn);
-      await Deno.remove(file);
+    // Cut short (a copy of the home made while it was written, a disk error): not JSON.
+    const torn = '{"v":1,"changes":[{"peer":"carol","keyFing';
+    const file = id.home.keyChanges;
+    await Deno.mkdir(join(file, ".."), { recursive: true, mode: 0o700 });
+    await Deno.writeTextFile(file, torn, { mode: 0o600 });
+    await assert.rejects(Chat.start(await Identity.load(home)), (e) => {
+      assertCode("ERR_FILE")(e);
+      assert.equal((e as E2eError).message, `Cannot read "${file}": it is not JSON`);
+      assert.match((e as E2eError).hint ?? "", /^repair it, or move it aside/);
+      return true;
+    });
+    assert.equal(await Deno.readTextFile(file), torn);
+    await Deno.remove(file);
+    // room-owed.json is sealed under history's key, which a home joined again with a new key
+    // never has again: set aside, not a stop for good.
+    const owed = id.home.mailboxRoomOwed;
+    await Deno.mkdir(join(owed, ".."), { recursive: true, mode: 0o700 });
+    await Deno.writeTextFile(owed, torn, { mode: 0o600 });
+    const bob = await startAgain(await Identity.load(home));
+    try {
+      const [warning] = eventsSince(
+        bob,
+        0,
+        (e) => e.type === "warning" && e.message.startsWith(`Cannot read "${owed}"`),
+      ) as Array<{ message: string }>;
+      const aside = /moved aside to "([^"]+)"/.exec(warning?.message ?? "")?.[1] ?? "";
+      assert.ok(aside.startsWith(`${owed}.unreadable-`), warning?.message);
+      assert.equal(await Deno.readTextFile(aside), torn);
+      await assert.rejects(Deno.stat(owed), Deno.errors.NotFound);
+    } finally {
+      await bob.chat.stop();
+    }
+  });
+});
+
+// /trust of a name already pinned, with no live connection, took whatever key the directory gives
+// at that moment: the CA could give one key for the warning the user read, another for /trust.
+Deno.test("trust() of a pinned name with no connection refuses a directory key the user was never shown, naming both, and pins nothing", async () => {
+  await withService(async (service, dir) => {
+    const alice = await startMember(service, dir, "alice");
+    const bob = await startMember(service, dir, "bob");
+    let bobAgain: Recorded | undefined;
+    let bobThird: Recorded | undefined;
+    try {
+      await bob.chat.sendToMailbox("alice", "from bob's first key");
+      await alice.next("message", (e) => e.text === "from bob's first key");
+      await bob.chat.stop();
+      // bob joins again with a new key: alice is shown that key on his mailbox item.
+      bobAgain = await startMember(service, dir, "bob-again", {}, "bob");
+      const shown = bobAgain.chat.identity.certificate.keyFingerprint;
+      await bobAgain.chat.sendToMailbox("alice", "from bob's new key");
+      await alice.next("key_changed", (e) => e.peer === "bob" && e.keyFingerprint === shown);
+      await bobAgain.chat.stop();
+      // Before alice trusts it, the directory gives yet another key for bob, never shown to her.
+      bobThird = await startMember(service, dir, "bob-third", {}, "bob");
+      const swapped = bobThird.chat.identity.certificate.keyFingerprint;
+      const before = alice.chat.safetyNumber("bob");
+      await assert.rejects(
+        alice.chat.trust("bob"),
+        assertCode(
+          "ERR_FINGERPRINT_MISMATCH",
+          new RegExp(
+            `^Cannot trust "bob": the directory gives the key "${swapped.slice(0, 16)}", but ` +
+              `the key you were shown is "${shown.slice(0, 16)}"$`,
+          ),
+        ),
+      );
+      assert.equal(alice.chat.safetyNumber("bob"), before, "the pinned key did not change");
+      assert.deepEqual(alice.chat.keyChanges("bob").map((c) => c.keyFingerprint), [shown]);
+      assert.ok(!alice.events.some((e) => e.type === "message" && e.text === "from bob's new key"));
+    } finally {
+      await Promise.all([alice, bob, bobAgain, bobThird].map((r) => r?.chat.stop()));
     }
   });
 });

@@ -121,6 +121,11 @@ export const MAX_ITEM_RETRIES = 256;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** How long one long poll waits at the CA, in seconds. */
 const POLL_WAIT_SECONDS = 25;
+/**
+ * Between looks while an item is put off (the service then answers each long poll at once, as it
+ * lists that item): new items still come within seconds, and the poll does not spin.
+ */
+const PUT_OFF_LOOK_MS = 3_000;
 
 /** What the mailbox needs of the chat: keys, checks, and where its news goes. */
 export interface MailboxHost {
@@ -334,6 +339,7 @@ export class MailboxClient {
         m.#itemRetry.set(id, { fails: r.fails, next: r.next });
       }
     }
+    m.#boundRetries(m.#now());
     // What an earlier run could not post: it goes first, in order, once the CA service answers.
     const { store, ...found } = await UnsentStore.open(
       home.mailboxUnsent,
@@ -869,6 +875,7 @@ export class MailboxClient {
       if (!listed.has(id)) retriesChanged = this.#itemRetry.delete(id);
     }
     const now = this.#now();
+    if (this.#boundRetries(now)) retriesChanged = true;
     const due = items.filter((r) => (this.#itemRetry.get(r.id)?.next ?? 0) <= now);
     let later: number | undefined;
     for (const r of items) {
@@ -905,6 +912,21 @@ export class MailboxClient {
 
   #now(): number {
     return this.#host.clock?.() ?? Date.now();
+  }
+
+  // No try is put off further than its spacing from `now`: a `next` written while the clock ran
+  // ahead (or edited in retry.json) would otherwise hide its item until the CA drops it. Returns
+  // whether any was brought nearer.
+  #boundRetries(now: number): boolean {
+    let changed = false;
+    for (const [id, r] of this.#itemRetry) {
+      const latest = now + itemRetryMs(r.fails);
+      if (r.next > latest) {
+        this.#itemRetry.set(id, { fails: r.fails, next: latest });
+        changed = true;
+      }
+    }
+    return changed;
   }
 
   // The item `record` openssl failed on (`e`) is tried again later, less often after each
@@ -951,9 +973,10 @@ export class MailboxClient {
         await this.#flush();
         if (failed) throw failed.error;
         // An item put off is still listed, so the service answers the long poll at once: the
-        // next look comes when it is due, or after a long poll's time for what else comes.
+        // next look comes when it is due, or after a short pause for what else comes (a long
+        // poll's time would have every new item wait up to 25 s while one is put off, for days).
         if (later !== undefined) {
-          await pause(Math.min(later, wait * 1000), stopped);
+          await pause(Math.min(later, PUT_OFF_LOOK_MS, wait * 1000), stopped);
           wait = 0;
         }
       } catch (e) {

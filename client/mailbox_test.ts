@@ -1284,6 +1284,45 @@ Deno.test("MailboxClient: an item openssl fails on is tried again after 1 min, t
   }
 });
 
+// A clock set a month ahead (a dead RTC battery, a bad NTP answer) when openssl failed on an item,
+// then put right: the item's next try, kept in HOME/mailbox/retry.json, is a month away, past the
+// 7 days the CA keeps it, where the spacing promises at most an hour.
+Deno.test("MailboxClient: an item put off while the clock was a month ahead is tried again within an hour of the clock being put right, not hidden until the CA drops it", async () => {
+  const dir = await Deno.makeTempDir();
+  const wrapper = join(dir, "openssl");
+  const runs = join(dir, "decrypts");
+  await Deno.writeTextFile(
+    wrapper,
+    `#!/bin/sh\ncase "$*" in *-decrypt*) echo x >> "${runs}"; kill -9 $$;; esac\n` +
+      `exec openssl "$@"\n`,
+    { mode: 0o755 },
+  );
+  const decrypts = () => Deno.readTextFile(runs).then((t) => t.length / 2, () => 0);
+  const before = Deno.env.get("E2E_CHAT_OPENSSL");
+  Deno.env.set("E2E_CHAT_OPENSSL", wrapper);
+  try {
+    const w = await world();
+    const { service, alice } = w;
+    let bob = w.bob;
+    await alice.mailbox.post("bob", "message", text("a month late"));
+    bob.ahead = 30 * 86_400_000;
+    await assert.rejects(bob.mailbox.check(), /openssl cms was killed/);
+    assert.equal(await decrypts(), 1);
+    // The clock put right, the chat started again; openssl works again.
+    Deno.env.delete("E2E_CHAT_OPENSSL");
+    bob.ahead = 0;
+    bob = await bob.restart();
+    bob.ahead = 61 * 60_000;
+    await bob.mailbox.check();
+    assert.deepEqual(read(bob.shown), ["a month late"], "tried again within the hourly bound");
+    assert.equal(forBob(service), 0);
+  } finally {
+    if (before === undefined) Deno.env.delete("E2E_CHAT_OPENSSL");
+    else Deno.env.set("E2E_CHAT_OPENSSL", before);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 // The service answers a long poll at once while an item is listed: one put off must not have the
 // poll ask again and again until it is due.
 Deno.test("MailboxClient: the poll does not spin while an item openssl failed on is put off: it looks again within a long poll's time", async () => {
@@ -1313,6 +1352,43 @@ Deno.test("MailboxClient: the poll does not spin while an item openssl failed on
       bob.mailbox.stop();
     }
     assert.equal(forBob(service), 1);
+  } finally {
+    if (before === undefined) Deno.env.delete("E2E_CHAT_OPENSSL");
+    else Deno.env.set("E2E_CHAT_OPENSSL", before);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+// The pause that keeps the poll from spinning while an item is put off also keeps it from looking
+// at all: for the 7 days the CA keeps that item, every other message comes up to 25 s late (before
+// the pause, a look came every 2 s or so).
+Deno.test("MailboxClient: while an item openssl failed on is put off, a new message still comes within a few seconds, not a long poll's 25 s later", async () => {
+  const dir = await Deno.makeTempDir();
+  const wrapper = join(dir, "openssl");
+  await Deno.writeTextFile(
+    wrapper,
+    `#!/bin/sh\ncase "$*" in *-decrypt*) kill -9 $$;; esac\nexec openssl "$@"\n`,
+    { mode: 0o755 },
+  );
+  const before = Deno.env.get("E2E_CHAT_OPENSSL");
+  try {
+    const { alice, bob } = await world();
+    await alice.mailbox.post("bob", "message", text("put off"));
+    Deno.env.set("E2E_CHAT_OPENSSL", wrapper);
+    bob.mailbox.start();
+    try {
+      await waitUntil(() => bob.warnings.length === 1, "the item put off");
+      Deno.env.delete("E2E_CHAT_OPENSSL");
+      // The failed look's pause (2 s), then the look that puts the poll to sleep.
+      await new Promise((r) => setTimeout(r, 3_500));
+      await alice.mailbox.post("bob", "message", text("prompt"));
+      const posted = Date.now();
+      await waitUntil(() => read(bob.shown).includes("prompt"), "the new message", 24_000);
+      const late = Date.now() - posted;
+      assert.ok(late < 8_000, `the new message came ${late} ms after it was posted`);
+    } finally {
+      bob.mailbox.stop();
+    }
   } finally {
     if (before === undefined) Deno.env.delete("E2E_CHAT_OPENSSL");
     else Deno.env.set("E2E_CHAT_OPENSSL", before);

@@ -19,7 +19,7 @@ import { openText, sealText } from "./history.ts";
 
 /** Items kept from one sender, at most (the room holds 32 per sender and room): the oldest go. */
 export const MAX_ROOM_HELD_PER_SENDER = 64;
-/** Items kept in all, at most: the oldest go. */
+/** Items kept in all, at most: the oldest of the sender holding the most go. */
 export const MAX_ROOM_HELD = 256;
 
 const AAD = "e2e-chat room held v1";
@@ -78,7 +78,7 @@ export class RoomHeld {
 
   /**
    * Keeps `item`, synced, folder and all (throws when it cannot: the CA's copy must stay). Past
-   * the bounds, the oldest of its sender (or of all) is forgotten.
+   * the bounds, the oldest of its sender (or of the sender holding the most) is forgotten.
    */
   put(item: RoomHeldItem): void {
     const plain = JSON.stringify({ v: 1, ...item, at: Date.now() });
@@ -95,7 +95,16 @@ export class RoomHeld {
     this.#items.set(item.id, item);
     const theirs = this.items().filter((i) => i.from === item.from);
     if (theirs.length > MAX_ROOM_HELD_PER_SENDER) this.drop(theirs[0].id);
-    if (this.#items.size > MAX_ROOM_HELD) this.drop(this.#items.keys().next().value!);
+    // As the room does in memory (client/rooms.ts #holdProvisional): the oldest of the sender
+    // holding the most goes, so others' floods, each within the room's bound, cannot push out
+    // an honest sender's item the room still holds (a restart would lose it).
+    while (this.#items.size > MAX_ROOM_HELD) {
+      const counts = new Map<string, number>();
+      for (const i of this.#items.values()) counts.set(i.from, (counts.get(i.from) ?? 0) + 1);
+      let [most, mostN] = [item.from, counts.get(item.from) ?? 0];
+      for (const [name, n] of counts) if (n > mostN) [most, mostN] = [name, n];
+      this.drop(this.items().find((i) => i.from === most)!.id);
+    }
   }
 
   /** Item `id` is no longer held (taken, its lines synced, or let go). */

@@ -11,7 +11,7 @@
 import { hkdfSync } from "node:crypto";
 import { dirname } from "node:path";
 import { E2eError } from "../lib/errors.ts";
-import { ensurePrivateDirSync, systemReason, writeFileAtomicSync } from "../lib/fs.ts";
+import { ensurePrivateDirSync, syncDirSync, systemReason, writeFileAtomicSync } from "../lib/fs.ts";
 import { openText, sealText } from "./history.ts";
 import type { RoomHistoryRecord } from "./rooms.ts";
 
@@ -37,44 +37,71 @@ export class RoomOwed {
   #key?: Uint8Array;
   #seal: boolean;
   #items = new Map<string, RoomHistoryRecord[]>();
+  /** Where a `file` that could not be read was moved aside by the constructor, if it was. */
+  readonly setAside?: string;
 
   /**
-   * Reads `file` (none when it is missing); `key` is history's, `seal` whether to seal. Throws
-   * `ERR_FILE` when it cannot be read, is not JSON or does not open with `key`: taken for none,
-   * the next line owed would overwrite the lines it keeps (their only copy).
+   * Reads `file` (none when it is missing); `key` is history's, `seal` whether to seal. One that
+   * cannot be read, is not JSON or does not open with `key` (a home joined again with a new key:
+   * history's key comes from the private key, so none will ever open it) is moved aside to
+   * `FILE.unreadable-TIME`, never overwritten nor deleted, and `onWarning` says where
+   * ({@linkcode setAside}); throws `ERR_FILE` only when it cannot be moved: taken for none, the
+   * next line owed would overwrite the lines it keeps (their only copy).
    */
-  constructor(file: string, options: { key?: Uint8Array; seal?: boolean } = {}) {
+  constructor(
+    file: string,
+    options: { key?: Uint8Array; seal?: boolean; onWarning?: (message: string) => void } = {},
+  ) {
     this.#file = file;
     // Its own key: history's key never seals anything but history.
     this.#key = options.key &&
       new Uint8Array(hkdfSync("sha256", options.key, new Uint8Array(0), AAD, 32));
     this.#seal = Boolean(this.#key) && (options.seal ?? true);
     // Never the parser's message, nor as the cause: it quotes the file's text.
-    const unreadable = (why: string, cause?: unknown) =>
-      new E2eError("ERR_FILE", `Cannot read "${file}": ${why}`, {
-        cause,
-        hint: "repair it, or move it aside to give up the history lines of room messages it keeps",
-      });
+    const why = this.#unreadable();
+    if (why === undefined) return;
+    let aside: string;
+    try {
+      aside = moveAside(file);
+    } catch (e) {
+      throw new E2eError(
+        "ERR_FILE",
+        `Cannot read "${file}": ${why}, and cannot move it aside: ${systemReason(e)}`,
+        {
+          cause: e,
+          hint:
+            "repair it, or move it aside to give up the history lines of room messages it keeps",
+        },
+      );
+    }
+    this.setAside = aside;
+    options.onWarning?.(
+      `Cannot read "${file}": ${why}; it was moved aside to "${aside}", with the history lines ` +
+        `of room messages it kept, and the chat goes on without them`,
+    );
+  }
+
+  // Takes up `file`'s items; returns why it cannot (missing: none, and undefined).
+  #unreadable(): string | undefined {
     let data: unknown;
     try {
-      data = JSON.parse(Deno.readTextFileSync(file));
+      data = JSON.parse(Deno.readTextFileSync(this.#file));
     } catch (e) {
-      if (e instanceof Deno.errors.NotFound) return;
-      throw e instanceof SyntaxError
-        ? unreadable("it is not JSON")
-        : unreadable(systemReason(e), e);
+      if (e instanceof Deno.errors.NotFound) return undefined;
+      // Never the parser's message: it quotes the file's text.
+      return e instanceof SyntaxError ? "it is not JSON" : systemReason(e);
     }
     const sealed = (data as { e?: unknown })?.e;
     if (typeof sealed === "string") {
-      if (!this.#key) throw unreadable("it is sealed, and no key was given to open it");
+      if (!this.#key) return "it is sealed, and no key was given to open it";
       try {
         data = JSON.parse(openText(this.#key, AAD, sealed));
       } catch {
-        throw unreadable("it does not open with this key");
+        return "it does not open with this key";
       }
     }
     const items = (data as { items?: unknown })?.items;
-    if (!Array.isArray(items)) return;
+    if (!Array.isArray(items)) return undefined;
     for (const it of items.slice(-MAX_ROOM_OWED_ITEMS)) {
       if (typeof it?.id !== "string" || !Array.isArray(it.records)) continue;
       const records = (it.records as Array<Record<string, unknown>>).filter((r) =>
@@ -84,6 +111,7 @@ export class RoomOwed {
       ) as unknown as RoomHistoryRecord[];
       if (records.length) this.#items.set(it.id, records);
     }
+    return undefined;
   }
 
   /** The lines owed for mailbox item `id`, if any. */
@@ -130,4 +158,42 @@ export class RoomOwed {
     ensurePrivateDirSync(dirname(this.#file), { durable });
     writeFileAtomicSync(this.#file, text + "\n", { mode: 0o600, durable, syncDir: durable });
   }
+}
+
+// Moves `file` to a new name beside it, `FILE.unreadable-TIME`, synced: a hard link never
+// overwrites; without links (vfat, some shares) the name is claimed first with O_EXCL.
+function moveAside(file: string): string {
+  const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+  for (let n = 0; n < 100; n++) {
+    const to = `${file}.unreadable-${stamp}${n ? `-${n}` : ""}`;
+    let linked = true;
+    try {
+      Deno.linkSync(file, to);
+    } catch (e) {
+      if (e instanceof Deno.errors.AlreadyExists) continue;
+      if (!(e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotSupported)) {
+        throw e;
+      }
+      linked = false;
+    }
+    if (linked) {
+      Deno.removeSync(file);
+    } else {
+      try {
+        Deno.openSync(to, { write: true, createNew: true, mode: 0o600 }).close();
+      } catch (e) {
+        if (e instanceof Deno.errors.AlreadyExists) continue;
+        throw e;
+      }
+      try {
+        Deno.renameSync(file, to);
+      } catch (e) {
+        Deno.removeSync(to); // the name claimed, empty
+        throw e;
+      }
+    }
+    syncDirSync(dirname(file));
+    return to;
+  }
+  throw new Deno.errors.AlreadyExists(`names "${file}.unreadable-${stamp}…" are taken`);
 }

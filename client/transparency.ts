@@ -21,7 +21,8 @@
  * it survives a restart, reported as `log_alarm`, and no new connection is made
  * while it stands. A CA that cannot be reached (or is busy, or failing) is not
  * evidence: checks fail closed but raise no alarm. A CA that answers, but not
- * with a proof of what its log key signed, is.
+ * with a proof of what its log key signed, is; so is one that answers our looks
+ * but, look after look, not the one question that would show a fork.
  *
  * @module
  */
@@ -83,8 +84,12 @@ interface LogState {
   alarms: LogAlarm[];
   /** SHA-256 of the log key first seen (pinned: another one is an alarm). */
   logKey?: string;
-  /** Peers' checkpoints that could not be checked yet (the CA was away), checked again later. */
-  pending: Array<{ text: string; from: string }>;
+  /**
+   * Peers' checkpoints that could not be checked yet (the CA was away), checked again later;
+   * `dodged`: the looks in which the CA answered (its checkpoint, its entries) but not the
+   * consistency question for this one (absent: none).
+   */
+  pending: Array<{ text: string; from: string; dodged?: number }>;
   /**
    * The newest CRL in the log seen (read by a look, or proved with a CRL taken): its number
    * (decimal), leaf index and leaf hash (base64). `{}`: none yet. Absent (a state an earlier
@@ -103,6 +108,12 @@ interface LogState {
 const PAGE = 256;
 /** Peers' checkpoints kept for a later check. */
 const MAX_PENDING = 8;
+/**
+ * Looks in which the CA answers (its checkpoint, its entries, under our certificate) but not the
+ * consistency question for a waiting checkpoint, before that is an alarm: a CA that fails, is busy
+ * or refuses our certificate for that one question, look after look, hides a fork for ever.
+ */
+export const MAX_DODGED_LOOKS = 3;
 /** Waiting checkpoints checked, remembered: another process's copy of the list brings none back. */
 const MAX_CHECKED = 8 * MAX_PENDING;
 /**
@@ -522,7 +533,8 @@ export class LogMonitor {
   /**
    * Takes a peer's checkpoint (from its hello). One that cannot be checked now
    * because the CA does not answer (away, busy, failing) is kept and checked at
-   * the next {@linkcode watch}, and at each one after until the CA answers.
+   * the next {@linkcode watch}, and at each one after until the CA answers (an
+   * alarm after {@linkcode MAX_DODGED_LOOKS} looks the CA answered but not that).
    */
   async observePeer(text: string, peer: string): Promise<void> {
     try {
@@ -559,16 +571,23 @@ export class LogMonitor {
   // The checkpoints waiting (peers', or one another process of this home stored): checked
   // against the one stored, and forgotten once checked. One the CA still did not answer for
   // goes on waiting, for the look after; one that is no checkpoint of the log key is dropped.
-  async #checkPending(): Promise<void> {
+  // Returns those the CA did not answer for though it was asked (see #dodged), with its code.
+  async #checkPending(): Promise<Array<{ text: string; code: ErrorCode }>> {
     const waiting = [...this.#state.pending];
-    if (!waiting.length) return;
+    const dodged: Array<{ text: string; code: ErrorCode }> = [];
+    if (!waiting.length) return dodged;
     const checked = new Set<string>();
     for (const p of waiting) {
       try {
         await this.observe(p.text, undefined, p.from);
       } catch (e) {
         if (e instanceof E2eError && e.code === "ERR_LOG_ALARM") throw e;
-        if (unanswered(e)) continue;
+        if (unanswered(e)) {
+          if (e instanceof E2eError && !requestUnsent(e) && !LOCAL.has(e.code)) {
+            dodged.push({ text: p.text, code: e.code });
+          }
+          continue;
+        }
       }
       checked.add(p.text);
     }
@@ -579,6 +598,49 @@ export class LogMonitor {
         .slice(-MAX_CHECKED);
       await this.#save();
     });
+    return dodged;
+  }
+
+  // The waiting checkpoints the CA did not answer for in a look it otherwise answered (`dodged`,
+  // from #checkPending, once the look's entries were read): counted with each, kept in
+  // HOME/log.json so a restart does not start again from none. Past MAX_DODGED_LOOKS, or at once
+  // when it refused our certificate (401, 403) that it had just taken for the look's other
+  // questions, it is an alarm: an honest CA answers that question as it answers the others.
+  async #dodged(dodged: Array<{ text: string; code: ErrorCode }>): Promise<void> {
+    if (!dodged.length) return;
+    await this.#serial(async () => {
+      const key = await this.#logKey();
+      const stored = this.#state.checkpoint
+        ? openCheckpoint(this.#state.checkpoint, key)
+        : undefined;
+      const raised = new Set<string>();
+      for (const { text, code } of dodged) {
+        const p = this.#state.pending.find((q) => q.text === text);
+        if (!p) continue; // checked meanwhile (another process, a hello)
+        p.dodged = (p.dodged ?? 0) + 1;
+        const refused = code === "ERR_UNAUTHENTICATED" || code === "ERR_FORBIDDEN";
+        if (p.dodged < MAX_DODGED_LOOKS && !refused) continue;
+        let size: number | string = "unknown";
+        try {
+          size = openCheckpoint(text, key).size;
+        } catch { /* kept only if it opened; said as is */ }
+        raised.add(text);
+        await this.#raise({
+          message: `${p.from} showed a log of ${size} entries that the CA would not prove ` +
+            `consistent with the ${stored?.size ?? 0} entries seen before: it answered the ` +
+            (refused
+              ? `look under your certificate but refused that certificate (${code}) for this ` +
+                `one question`
+              : `look but not this one question (${code}), ${p.dodged} looks in a row`) +
+            `; the CA may show different logs to different people`,
+        });
+      }
+      this.#state.pending = this.#state.pending.filter((p) => !raised.has(p.text));
+      this.#checked = [...this.#checked.filter((t) => !raised.has(t)), ...raised]
+        .slice(-MAX_CHECKED);
+      await this.#save();
+    });
+    this.requireNoAlarm();
   }
 
   async #look(name: string, keyFingerprint: string, whole: boolean): Promise<AuditResult> {
@@ -586,7 +648,19 @@ export class LogMonitor {
     const key = await this.#logKey();
     const checkpoint = openCheckpoint(text, key);
     await this.observe(text, checkpoint);
-    await this.#checkPending();
+    const dodged = await this.#checkPending();
+    const result = await this.#read(name, keyFingerprint, whole, checkpoint);
+    await this.#dodged(dodged);
+    return result;
+  }
+
+  // The look's entries read, checked and kept (#look).
+  async #read(
+    name: string,
+    keyFingerprint: string,
+    whole: boolean,
+    checkpoint: Checkpoint,
+  ): Promise<AuditResult> {
     return await this.#serial(async () => {
       const own = this.#state.own;
       // Where our key's first certificate is must be known for the entries read before: else
@@ -931,7 +1005,12 @@ function pendingIn(pending: unknown): LogState["pending"] {
     pending.filter((p: unknown) =>
       typeof (p as { text?: unknown })?.text === "string" &&
       typeof (p as { from?: unknown })?.from === "string"
-    ),
+    ).map((p: { text: string; from: string; dodged?: unknown }) => {
+      const { text, from, dodged } = p;
+      return Number.isSafeInteger(dodged) && (dodged as number) > 0
+        ? { text, from, dodged: dodged as number }
+        : { text, from };
+    }),
   );
 }
 
@@ -941,7 +1020,11 @@ function withPending(
   added: LogState["pending"],
 ): LogState["pending"] {
   const all = [...pending, ...added];
-  return all.filter((p, i) => all.findIndex((q) => q.text === p.text) === i).slice(-MAX_PENDING);
+  return all.filter((p, i) => all.findIndex((q) => q.text === p.text) === i).map((p) => {
+    // The looks counted by this process or another of the home: the most of them.
+    const dodged = Math.max(0, ...all.filter((q) => q.text === p.text).map((q) => q.dodged ?? 0));
+    return dodged > 0 ? { ...p, dodged } : p;
+  }).slice(-MAX_PENDING);
 }
 
 /** Codes of a call's failure that tell nothing of the CA's log (see unanswered). */
@@ -956,6 +1039,13 @@ const UNANSWERED: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   "ERR_FORBIDDEN",
   "ERR_PEER_REJECTED", // the service's certificate refused by us before asking
   "ERR_LOCK_TIMEOUT", // HOME/log.json busy here
+  "ERR_FILE",
+]);
+
+/** Of those, the failures on our side: never counted against the CA (see #dodged). */
+const LOCAL: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  "ERR_PEER_REJECTED",
+  "ERR_LOCK_TIMEOUT",
   "ERR_FILE",
 ]);
 

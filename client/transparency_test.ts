@@ -20,7 +20,7 @@ import { parseCertificate } from "../lib/x509.ts";
 import { makeCsr, PASSPHRASE, withTempDir } from "../tests/_helpers.ts";
 import type { CaClient } from "./ca_client.ts";
 import { CRL_CLOCK_SKEW_MS, CRL_REPUBLISH_MS } from "../lib/crl.ts";
-import { LogMonitor, MAX_ALARMS } from "./transparency.ts";
+import { LogMonitor, MAX_ALARMS, MAX_DODGED_LOOKS } from "./transparency.ts";
 
 const encoder = new TextEncoder();
 /** The age past which checkCrl() refuses a CRL, in minutes. */
@@ -709,6 +709,72 @@ Deno.test("a peer's checkpoint the CA still cannot prove at the next look is kep
     const back = await LogMonitor.open(file, anchor, forAlice.ca);
     await assert.rejects(back.watch("alice", "00"), alarmed);
     assert.match(back.alarms[0].message, /"bob" showed a log of 4 entries/);
+  });
+});
+
+// A CA that answers every look (its checkpoint, its entries, under our certificate) but says it
+// is failing, busy, or refuses our certificate for the one question that would show the fork: the
+// peer's checkpoint waits for ever and no alarm ever comes, while the client goes on using the CA.
+Deno.test("a split view is caught when the CA answers every look but fails, is busy or refuses our certificate for the one consistency question that would show it, look after look", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const forAlice = make(["a", "b", "c"]);
+    const forBob = make(["a", "x", "c", "d"]);
+    for (const code of ["ERR_INTERNAL", "ERR_RATE_LIMITED", "ERR_FORBIDDEN"] as const) {
+      const selective = {
+        ...forAlice.ca,
+        consistency: () => Promise.reject(new E2eError(code, "The CA refused")),
+      } as unknown as CaClient;
+      const file = join(dir, `${code}.json`);
+      const alice = await LogMonitor.open(file, anchor, selective);
+      await alice.observe(forAlice.checkpoint);
+      await alice.observePeer(forBob.checkpoint, "bob").catch(() => {});
+      let alarms = alice.alarms;
+      for (let look = 0; look < 20 && alarms.length === 0; look++) {
+        const again = await LogMonitor.open(file, anchor, selective);
+        await again.watch("alice", "00").catch(() => {});
+        alarms = again.alarms;
+      }
+      assert.match(alarms[0]?.message ?? "", /"bob" showed a log of 4 entries/, code);
+    }
+  });
+});
+
+Deno.test("a look the CA answers but not the consistency question for a waiting checkpoint (500, 429, a 503) raises no alarm yet: it is counted in log.json with the checkpoint, and the alarm comes at the third", async () => {
+  await withViews(async ({ dir, anchor, make }) => {
+    const forAlice = make(["a", "b", "c"]);
+    const forBob = make(["a", "x", "c", "d"]);
+    for (
+      const failure of [
+        new E2eError("ERR_INTERNAL", "The CA service failed (500): Internal error"),
+        new E2eError("ERR_RATE_LIMITED", "The CA refused: too many requests"),
+        new E2eError("ERR_NETWORK", "The CA service answered 503"),
+      ]
+    ) {
+      const busy = {
+        ...forAlice.ca,
+        consistency: () => Promise.reject(failure),
+      } as unknown as CaClient;
+      const file = join(dir, `${failure.code}.json`);
+      const alice = await LogMonitor.open(file, anchor, busy);
+      await alice.observe(forAlice.checkpoint);
+      await alice.observePeer(forBob.checkpoint, "bob").catch(() => {});
+      for (let look = 1; look < MAX_DODGED_LOOKS; look++) {
+        const again = await LogMonitor.open(file, anchor, busy);
+        await again.watch("alice", "00");
+        const saved = JSON.parse(await Deno.readTextFile(file));
+        assert.deepEqual(
+          [saved.alarms, saved.pending],
+          [[], [{ text: forBob.checkpoint, from: '"bob"', dodged: look }]],
+          failure.code,
+        );
+      }
+      const last = await LogMonitor.open(file, anchor, busy);
+      await assert.rejects(last.watch("alice", "00"), (e) => {
+        assert.ok(e instanceof E2eError && e.code === "ERR_LOG_ALARM", failure.code);
+        return true;
+      });
+      assert.match(last.alarms[0].message, /"bob" showed a log of 4 entries .* 3 looks in a row/);
+    }
   });
 });
 
