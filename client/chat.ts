@@ -11,7 +11,14 @@
 import { createHash } from "node:crypto";
 import tls from "node:tls";
 import { newItemId } from "../lib/cms.ts";
-import { deadline, guardConnections } from "../lib/connections.ts";
+import {
+  connectionBudget,
+  type ConnectionGuard,
+  deadline,
+  freeDescriptors,
+  guardConnections,
+  ListenerGroup,
+} from "../lib/connections.ts";
 import { E2eError } from "../lib/errors.ts";
 import { readUpTo, removeStaleTemps, systemReason } from "../lib/fs.ts";
 import { ALPN_OFFERED, ALPN_REFUSALS, encodeFrame, MAX_TEXT_CHARS } from "../lib/frames.ts";
@@ -112,8 +119,23 @@ export const LOG_WATCH_MS = 5 * 60_000;
 /** After a failed look: tries again after 5, 10, 20 and 40 s. */
 const LOG_RETRY_MS = 5_000;
 const LOG_RETRIES = 4;
-/** Connections the listener holds at once from one address (the total: a quarter of the open-file limit). */
+/** Connections the listener holds at once from one address (the total: {@linkcode ListenerBudget}). */
 const MAX_CONNECTIONS_PER_ADDRESS = 128;
+
+/**
+ * The connections this process's listeners (the chat's, and a face's server: the web page's)
+ * may hold together: a quarter of the descriptors free at the chat's start, counted once
+ * (lib/connections.ts `connectionBudget`); the other three quarters stay for files being
+ * received, the history, openssl's pipes for the mailbox, the CA client's connections and
+ * connections refused at a cap. The chat's listener takes three quarters of it (at least 8),
+ * a face's server the rest.
+ */
+export interface ListenerBudget {
+  /** Connections in all. */
+  readonly connections: number;
+  /** The listeners of this process: once a burst of refusals at one is over, all listen again. */
+  readonly group: ListenerGroup;
+}
 
 interface Connected {
   conn: PeerConnection;
@@ -130,6 +152,8 @@ export class Chat {
   #trust: TrustStore;
   #keyChanges: KeyChanges;
   #server: tls.Server;
+  #guard?: ConnectionGuard;
+  #budget: ListenerBudget;
   #listen = "";
   #listeners = new Set<ChatListener>();
   #invited = new Map<
@@ -201,6 +225,7 @@ export class Chat {
     }
     if (options.onEvent) this.#listeners.add(options.onEvent);
     this.#server = tls.createServer(this.#serverTls());
+    this.#budget = { connections: connectionBudget(freeDescriptors()), group: new ListenerGroup() };
     const warn = (message: string) => this.#emit({ type: "warning", message });
     this.#renewal = new Renewal(() => this.#id.certificate, () => this.#renew(), {
       ...options.renewal,
@@ -416,6 +441,11 @@ export class Chat {
   /** Our identity (certificate, CA). */
   get identity(): Identity {
     return this.#id;
+  }
+
+  /** The connections this process's listeners share, and their group (a face's server takes its part). */
+  get listenerBudget(): ListenerBudget {
+    return this.#budget;
   }
 
   /** Where we listen, HOST:PORT ("" when we do not listen). */
@@ -1117,6 +1147,7 @@ export class Chat {
     await this.#rooms.stop();
     const open = [...this.#admitting.keys(), ...[...this.#peers.values()].map((p) => p.conn)];
     for (const conn of open) conn.close("we quit");
+    this.#guard?.stop(); // else it would listen again after the close
     // Give peers a moment to read our bye, and the CA to hear of invitations we took up; then
     // stop waiting for them.
     await Promise.race([
@@ -1516,11 +1547,20 @@ export class Chat {
   }
 
   async #listenOn(host: string, port: number): Promise<void> {
-    guardConnections(this.#server, {
+    // It stops listening at its cap (the kernel refuses what comes, holding no descriptor here)
+    // rather than accept and close: a burst of those ran the process out of descriptors, and
+    // Deno's accept loop then stops for good.
+    const guard = guardConnections(this.#server, {
+      maxConnections: Math.max(
+        8,
+        this.#budget.connections - Math.floor(this.#budget.connections / 4),
+      ),
       maxPerAddress: MAX_CONNECTIONS_PER_ADDRESS,
       handshakeMs: HANDSHAKE_TIMEOUT_MS,
       onRefused: (message) => this.#emit({ type: "warning", message: `Listener: ${message}` }),
+      group: this.#budget.group,
     });
+    this.#guard = guard;
     this.#server.on("secureConnection", (socket: tls.TLSSocket) => {
       this.#admit(socket).catch((e) => {
         socket.destroy();
@@ -1530,19 +1570,13 @@ export class Chat {
         }
       });
     });
-    await new Promise<void>((resolve, reject) => {
-      this.#server.once(
-        "error",
-        (e) =>
-          reject(
-            new E2eError("ERR_NETWORK", `Cannot listen on ${host}:${port}`, {
-              cause: e,
-              hint: "is that port in use, or the address not this machine's? " +
-                "leave --listen out to take a free port on 127.0.0.1",
-            }),
-          ),
-      );
-      this.#server.listen(port, host, () => resolve());
+    await guard.listen(port, host).catch((e) => {
+      guard.stop();
+      throw new E2eError("ERR_NETWORK", `Cannot listen on ${host}:${port}`, {
+        cause: e,
+        hint: "is that port in use, or the address not this machine's? " +
+          "leave --listen out to take a free port on 127.0.0.1",
+      });
     });
     const address = this.#server.address() as { address: string; port: number };
     this.#listen = `${host}:${address.port}`;

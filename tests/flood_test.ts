@@ -12,7 +12,7 @@ import assert from "node:assert/strict";
 import tls from "node:tls";
 import { join } from "node:path";
 import { initCa, type Service, startService, withService } from "./_service_helpers.ts";
-import { ChatClient, connect, sleep, within } from "./_harness.ts";
+import { ChatClient, connect, sleep, waitUntil, within } from "./_harness.ts";
 import { joinUser } from "./_chat_helpers.ts";
 import { pool } from "./_hostile_helpers.ts";
 import { captureClientHello, holdTcp } from "./_tls_by_hand.ts";
@@ -287,6 +287,85 @@ Deno.test({
           assert.ok(
             Date.now() - started < 5_000,
             `no answer 5 s after the flood: ${status}\n${web.stderr}`,
+          );
+          await sleep(250);
+        }
+      } finally {
+        await web.stop();
+      }
+    }),
+});
+
+Deno.test({
+  name:
+    "a chat listener under ulimit -n 128 survives a flood of 400 plain connections from one address: it listens again within seconds, and bob's mutual-TLS connection straight to it is accepted",
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "e2e-chat-flood-peer-" });
+    let service: Service | undefined;
+    const clients: ChatClient[] = [];
+    try {
+      const home = join(dir, "ca-home");
+      await initCa(home);
+      service = await startService(home);
+      const [aliceUser, bobUser] = await Promise.all(
+        ["alice", "bob"].map((n) => joinUser(service!, n, join(dir, n))),
+      );
+      const alice = await ChatClient.start(aliceUser, { ulimitFiles: FILES / 2 });
+      clients.push(alice);
+      // Straight to alice's listener or not at all: the relay would hide a deaf listener.
+      const bob = await ChatClient.start(bobUser, { args: ["--relay", "never"] });
+      clients.push(bob);
+      await flood(alice.port, 2_000);
+      // At its cap it does not listen (the kernel refuses): it listens again once the flood's
+      // connections are gone. A listening socket proves nothing more: a dead accept loop's
+      // backlog takes connections too; bob's handshake must be answered.
+      await waitUntil(
+        () => holdTcp(alice.port).then((c) => (c.close(), true), () => false),
+        "alice listening again within 5 s of the flood",
+        5_000,
+      );
+      await alice.expect((e) =>
+        e.type === "warning" && /connection cap reached/.test(String(e.message))
+      );
+      const connected = await within(connect(alice, bob), 12_000, undefined);
+      assert.ok(
+        connected,
+        `bob could not connect to alice after the flood\n${alice.stderr}\n${
+          JSON.stringify(bob.events)
+        }`,
+      );
+      assert.equal(connected.atTo.via, "direct");
+      await alice.send("after the flood");
+      await bob.expect({ type: "message", from: "alice", text: "after the flood" });
+    } finally {
+      for (const c of clients) await c.stop();
+      await service?.stop();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "the web page's server under ulimit -n 128 survives a flood of 400 plain connections from one address: a real HTTP request is answered within seconds of the flood ending",
+  fn: () =>
+    withWebWorld(async (service, dir) => {
+      const alice = await joinUser(service, "alice-web", join(dir, "alice-web"));
+      const web = await WebClient.start(alice, { ulimitFiles: FILES / 2 });
+      try {
+        await flood(web.port, 2_000);
+        const started = Date.now();
+        while (true) {
+          assert.ok(!web.exited, `client web ended under the flood\n${web.stderr}`);
+          const status = await fetch(web.url, {
+            redirect: "manual",
+            signal: AbortSignal.timeout(2_000),
+          })
+            .then(async (r) => (await r.body?.cancel(), r.status), (e) => String(e));
+          if (status === 303) break;
+          assert.ok(
+            Date.now() - started < 8_000,
+            `no answer 8 s after the flood (its listener stopped accepting for good): ${status}\n${web.stderr}`,
           );
           await sleep(250);
         }

@@ -8,8 +8,10 @@
  * Caps and deadlines (it is bound to loopback, so only local processes reach it —
  * but any local user's process can, so a flood must not take the client down):
  * - {@linkcode MAX_WEB_CONNECTIONS} connections at once (fewer when few file
- *   descriptors are free: never more than an eighth of them), refused beyond
- *   before a byte is read, and {@linkcode WEB_IDLE_MS} of inactivity at most
+ *   descriptors are free: a quarter of the chat's listener budget, at least 8,
+ *   `Chat.listenerBudget`); at the cap it stops listening, so the kernel refuses
+ *   what comes, and listens again below it (lib/connections.ts), and
+ *   {@linkcode WEB_IDLE_MS} of inactivity at most
  *   (the heartbeat keeps a page's WebSocket busy). node:http, not Deno.serve:
  *   Deno.serve's accept loop throws an uncaught error when the process runs out
  *   of descriptors (denoland/deno#10148), which ended the whole client;
@@ -32,7 +34,7 @@ import { Readable } from "node:stream";
 import type { Socket } from "node:net";
 import { basename, join } from "node:path";
 import { WebSocketServer } from "ws";
-import { deadline, freeDescriptors, guardConnections } from "../../../lib/connections.ts";
+import { type ConnectionGuard, deadline, guardConnections } from "../../../lib/connections.ts";
 import { E2eError } from "../../../lib/errors.ts";
 import { checkName } from "../../../lib/names.ts";
 import { printable } from "../../../lib/printable.ts";
@@ -154,6 +156,7 @@ export class WebServer {
   #chat: Chat;
   #server: http.Server;
   #wss: WebSocketServer;
+  #guard: ConnectionGuard;
   #connections = new Set<Socket>();
   #token: Uint8Array;
   // Session id (the cookie) → page key (from the URL fragment, kept in the tab's sessionStorage).
@@ -196,13 +199,18 @@ export class WebServer {
     this.#server.on("upgrade", (req: http.IncomingMessage, socket: Duplex, head: Uint8Array) => {
       this.#upgrade(req, socket as Socket, head).catch(() => socket.destroy());
     });
-    guardConnections(this.#server, {
-      // A few for the page; never more than an eighth of the free descriptors, which the chat
-      // listener, openssl and files share.
-      maxConnections: Math.max(8, Math.min(MAX_WEB_CONNECTIONS, Math.floor(freeDescriptors() / 8))),
+    // A few for the page: a quarter of the connections the chat's listeners share (the chat's
+    // listener takes the rest), in the same group, so a burst at either makes both listen anew.
+    const budget = chat.listenerBudget;
+    this.#guard = guardConnections(this.#server, {
+      maxConnections: Math.max(
+        8,
+        Math.min(MAX_WEB_CONNECTIONS, Math.floor(budget.connections / 4)),
+      ),
       maxPerAddress: MAX_WEB_CONNECTIONS,
       handshakeMs: 0,
       onRefused: (message) => this.#keepNotice(`The page's server: ${message}`),
+      group: budget.group,
     });
     this.#server.on("connection", (socket: Socket) => {
       this.#connections.add(socket);
@@ -246,10 +254,7 @@ export class WebServer {
     await Deno.chmod(uploads, 0o700);
     const web = new WebServer(chat, options, { uploads, assets });
     try {
-      await new Promise<void>((resolve, reject) => {
-        web.#server.once("error", reject);
-        web.#server.listen(options.port ?? 0, "127.0.0.1", () => resolve());
-      });
+      await web.#guard.listen(options.port ?? 0, "127.0.0.1");
     } catch (e) {
       await web.stop();
       throw new E2eError("ERR_NETWORK", `Cannot serve the page on 127.0.0.1:${options.port ?? 0}`, {
@@ -282,6 +287,7 @@ export class WebServer {
     clearInterval(this.#heartbeat);
     this.#unsubscribe();
     for (const ws of this.#sockets) ws.close(1001, "the client is stopping");
+    this.#guard.stop(); // else it would listen again after the close
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     // Give the close frames a moment to leave; then every connection goes.
     await new Promise((resolve) => setTimeout(resolve, 50));

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import WsClient from "ws";
+import { ListenerGroup } from "../../../lib/connections.ts";
 import type { Chat } from "../../chat.ts";
 import { WebServer } from "./server.ts";
 
@@ -12,6 +13,7 @@ function fakeChat(root: string, downloads: string) {
   const chat = {
     name: "alice",
     listen: "127.0.0.1:1",
+    listenerBudget: { connections: 64, group: new ListenerGroup() },
     downloads,
     identity: {
       name: "alice",
