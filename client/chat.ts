@@ -1796,7 +1796,10 @@ export class Chat {
           ...(rounded === undefined ? {} : { ms: rounded }),
         });
       },
-      file: (p, f) => {
+      // The peer acknowledges the file once this resolves: its history line is synced, so a
+      // crash after the sender hears it arrived does not lose it. If it cannot be, the file is
+      // not kept (the peer removes it, the sender hears no ack), as a mailbox file.
+      file: async (p, f) => {
         this.#quota.stored(p.name, f.path, f.bytes).catch((e) =>
           this.#emit({
             type: "warning",
@@ -1808,9 +1811,19 @@ export class Chat {
         // A room's file is kept in the history of the room it was accepted for (by its id).
         // (None noted: we were in no room of that name as it was accepted; it is kept nowhere.)
         const { roomId, ...shown } = f;
-        const ref = f.room !== undefined && roomId === undefined
-          ? undefined
-          : this.#history.file({ from: p.name, to: f.room ?? this.#id.name, ...f });
+        let ref: string | undefined;
+        try {
+          if (f.room === undefined) {
+            ref = this.#history.file({ from: p.name, to: this.#id.name, ...f });
+            await this.#history.persist(p.name);
+          } else if (roomId !== undefined) {
+            ref = this.#history.file({ from: p.name, to: f.room, ...f });
+            await this.#history.persistRoom(f.room, roomId);
+          }
+        } catch (e) {
+          this.#quota.unstored(p.name, f.path, f.bytes);
+          throw e;
+        }
         this.#emit({ type: "file", from: p.name, ...shown, ref });
       },
       progress: (p, info) => this.#emit({ type: "progress", peer: p.name, ...info }),

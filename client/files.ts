@@ -624,6 +624,21 @@ export class FileQuota {
     return this.#save();
   }
 
+  /**
+   * Undoes {@linkcode FileQuota.stored} for a file that is not kept after all (its history line
+   * could not be written): it is being received again until `take`'s give-back is called.
+   */
+  unstored(peer: string, path: string, bytes: number): void {
+    const i = this.#received.findLastIndex((r) =>
+      r.peer === peer && r.path === path && r.bytes === bytes
+    );
+    if (i < 0) return;
+    this.#received.splice(i, 1);
+    this.#receiving.push({ peer, bytes });
+    this.#receivingBytes += bytes;
+    this.#save().catch(() => {});
+  }
+
   /** Resolves once the ledger writes started so far are done. */
   async flush(): Promise<void> {
     await this.#saving.catch(() => {});
