@@ -867,6 +867,22 @@ Deno.test("FileQuota.unstored() undoes stored() for a file not kept after all: i
   });
 });
 
+Deno.test("FileQuota.stored() fails with ERR_FILE, naming the file and the ledger, when the ledger cannot be written", async () => {
+  await withTempDir(async (dir) => {
+    const ledger = join(dir, "received.json");
+    await Deno.mkdir(ledger); // a folder where the ledger goes: its rename fails, as root too
+    const quota = new FileQuota(dir, DEFAULT_FILE_LIMITS, { ledger, free: () => 1e12 });
+    quota.take("bob", 5);
+    await assert.rejects(
+      quota.stored("bob", join(dir, "a.bin"), 5),
+      e2eError(
+        "ERR_FILE",
+        `Cannot record "a.bin" for the file quotas in "${ledger}": Is a directory`,
+      ),
+    );
+  });
+});
+
 Deno.test("FileQuota with a ledger counts the files of earlier runs that are still there, and frees what the user removed", async () => {
   await withTempDir(async (dir) => {
     const ledger = join(dir, "received.json");

@@ -148,10 +148,58 @@ async function historyLineBeforeAck(scene: Scene): Promise<void> {
   assert.deepEqual(await listDir(downloads), ["notes.txt"]);
 }
 
+/**
+ * bob's quota ledger cannot be written (a folder in place of received.json): before the fix the
+ * file was acknowledged and the ledger written after, in the background, so a crash there let
+ * the file go uncounted by the quotas of the next run. Now alice hears no ack, bob keeps nothing;
+ * once it can be written, a file acknowledged counts after a SIGKILL that follows the ack at once.
+ */
+async function ledgerBeforeAck(scene: Scene): Promise<void> {
+  const [aliceUser, bobUser] = await scene.join("alice-q", "bob-q");
+  const quota = ["--peer-files", "1"];
+  let bob = await scene.start(bobUser, quota);
+  await pin(scene, bob, aliceUser);
+  const downloads = join(bobUser.home, "downloads");
+  const ledger = join(bobUser.home, "received.json");
+  await Deno.mkdir(ledger, { mode: 0o700 });
+
+  let peer = await scene.connectRaw(bob, aliceUser);
+  await sendFile(peer, "f1", "a.txt", "counted before it is acknowledged\n");
+  await assertNotAcknowledged(peer, "f1");
+  const failed = await bob.expect({ type: "file_failed", id: "f1", direction: "in" });
+  assert.match(
+    String(failed.reason),
+    /^Cannot record "a\.txt" for the file quotas in ".*received\.json": Is a directory$/,
+  );
+  assert.equal(bob.count("file"), 0, bob.describe());
+  assert.deepEqual(await listDir(downloads), [], "a file kept that the quotas do not count");
+  assert.deepEqual(await fileEntries(bob, "alice-q"), [], "a history line for a file not kept");
+
+  // The quota was given back: with the ledger fixed, the one file allowed is taken; a SIGKILL
+  // right after its ack does not free its share.
+  await Deno.remove(ledger);
+  peer = await scene.connectRaw(bob, aliceUser);
+  await sendFile(peer, "f2", "a.txt", "counted before it is acknowledged\n");
+  await peer.expectFrame({ type: "ack", id: "f2" });
+  await bob.kill("SIGKILL");
+  bob = await scene.start(bobUser, quota);
+  peer = await scene.connectRaw(bob, aliceUser);
+  peer.write(
+    encodeFrame({ type: "file", id: "f3", name: "b.txt", size: 1, sha256: "0".repeat(64) }),
+  );
+  const refused = await peer.expectFrame({ type: "decline", id: "f3" });
+  assert.equal(refused.reason, 'refused: the quota of 1 files from "alice-q" is used up');
+  assert.deepEqual(await listDir(downloads), ["a.txt"]);
+}
+
 const SCENARIOS: Array<[string, (scene: Scene) => Promise<void>]> = [
   [
     "a direct file whose history line cannot be written is not acknowledged nor kept, and is recorded once when sent again after the receiver is killed and started again",
     historyLineBeforeAck,
+  ],
+  [
+    "a direct file whose quota record cannot be written is not acknowledged nor kept, and one acknowledged still counts after the receiver is killed right after its ack",
+    ledgerBeforeAck,
   ],
 ];
 
