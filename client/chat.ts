@@ -1849,21 +1849,28 @@ export class Chat {
           ...(rounded === undefined ? {} : { ms: rounded }),
         });
       },
-      file: (p, f) => {
-        this.#quota.stored(p.name, f.path, f.bytes).catch((e) =>
-          this.#emit({
-            type: "warning",
-            message: `Cannot record the received file for the quotas: ${
-              e instanceof Error ? e.message : e
-            }`,
-          })
-        );
+      // The peer acknowledges the file once this resolves: the file counts for the quotas and
+      // has its history line, both synced, so a crash after the sender hears it arrived loses
+      // neither. Either failing, the file is not kept (the peer removes it, the sender hears no
+      // ack), as a mailbox file whose line cannot be written.
+      file: async (p, f) => {
         // A room's file is kept in the history of the room it was accepted for (by its id).
         // (None noted: we were in no room of that name as it was accepted; it is kept nowhere.)
         const { roomId, ...shown } = f;
-        const ref = f.room !== undefined && roomId === undefined
-          ? undefined
-          : this.#history.file({ from: p.name, to: f.room ?? this.#id.name, ...f });
+        let ref: string | undefined;
+        try {
+          await this.#quota.stored(p.name, f.path, f.bytes);
+          if (f.room === undefined) {
+            ref = this.#history.file({ from: p.name, to: this.#id.name, ...f });
+            await this.#history.persist(p.name);
+          } else if (roomId !== undefined) {
+            ref = this.#history.file({ from: p.name, to: f.room, ...f });
+            await this.#history.persistRoom(f.room, roomId);
+          }
+        } catch (e) {
+          this.#quota.unstored(p.name, f.path, f.bytes);
+          throw e;
+        }
         this.#emit({ type: "file", from: p.name, ...shown, ref });
       },
       progress: (p, info) => this.#emit({ type: "progress", peer: p.name, ...info }),

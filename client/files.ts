@@ -615,13 +615,41 @@ export class FileQuota {
   }
 
   /**
-   * Records that the file `take` counted arrived at `path`, so it counts in later runs
-   * too. Writes the ledger in the background, in order.
+   * Records that the file `take` counted arrived at `path`, so it counts in later runs too:
+   * resolves once the ledger (in order with its other writes) is on disk, its name too, so that
+   * a crash after the sender hears the file arrived cannot leave it uncounted. Throws `ERR_FILE`
+   * when the ledger cannot be written; {@linkcode FileQuota.unstored} then undoes the record.
    */
-  stored(peer: string, path: string, bytes: number): Promise<void> {
+  async stored(peer: string, path: string, bytes: number): Promise<void> {
     this.#arrived(this.#receiving.find((r) => r.peer === peer && r.bytes === bytes));
     this.#received.push({ peer, path, bytes });
-    return this.#save();
+    try {
+      await this.#save();
+    } catch (e) {
+      throw new E2eError(
+        "ERR_FILE",
+        `Cannot record "${basename(path)}" for the file quotas in "${this.#ledger}": ${
+          systemReason(e)
+        }`,
+        { cause: e },
+      );
+    }
+  }
+
+  /**
+   * Undoes {@linkcode FileQuota.stored} for a file that is not kept after all (its ledger entry
+   * or history line could not be written): it is being received again until `take`'s give-back
+   * is called.
+   */
+  unstored(peer: string, path: string, bytes: number): void {
+    const i = this.#received.findLastIndex((r) =>
+      r.peer === peer && r.path === path && r.bytes === bytes
+    );
+    if (i < 0) return;
+    this.#received.splice(i, 1);
+    this.#receiving.push({ peer, bytes });
+    this.#receivingBytes += bytes;
+    this.#save().catch(() => {});
   }
 
   /** Resolves once the ledger writes started so far are done. */
@@ -706,7 +734,7 @@ export class FileQuota {
     if (!ledger) return Promise.resolve();
     // In order, and each write has the list as it is when it starts.
     this.#saving = this.#saving.catch(() => {}).then(() =>
-      writeFileAtomic(ledger, JSON.stringify(this.#received) + "\n", { mode: 0o600 })
+      writeFileAtomic(ledger, JSON.stringify(this.#received) + "\n", { mode: 0o600, syncDir: true })
     );
     return this.#saving;
   }

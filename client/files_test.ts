@@ -847,6 +847,42 @@ Deno.test("FileQuota counts the files being received against the free-space floo
   assert.equal(quota.refusal("dave", 1000), undefined);
 });
 
+Deno.test("FileQuota.unstored() undoes stored() for a file not kept after all: it counts as being received until its take is given back, then not at all, and the ledger does not name it", async () => {
+  await withTempDir(async (dir) => {
+    const ledger = join(dir, "received.json");
+    const limits = { ...DEFAULT_FILE_LIMITS, peerFiles: 1, freeFloor: 1000 };
+    const quota = new FileQuota(dir, limits, { ledger, free: () => 2_000 });
+    const path = join(dir, "a.bin");
+    await Deno.writeTextFile(path, "x".repeat(600));
+    const giveBack = quota.take("bob", 600);
+    await quota.stored("bob", path, 600);
+    quota.unstored("bob", path, 600);
+    assert.equal(quota.refusal("bob", 1), 'the quota of 1 files from "bob" is used up');
+    assert.match(quota.refusal("carol", 600)!, /600 B of it promised to files being received/);
+    giveBack();
+    assert.equal(quota.refusal("bob", 1), undefined);
+    assert.equal(quota.refusal("carol", 1000), undefined);
+    await quota.flush();
+    assert.deepEqual(JSON.parse(await Deno.readTextFile(ledger)), []);
+  });
+});
+
+Deno.test("FileQuota.stored() fails with ERR_FILE, naming the file and the ledger, when the ledger cannot be written", async () => {
+  await withTempDir(async (dir) => {
+    const ledger = join(dir, "received.json");
+    await Deno.mkdir(ledger); // a folder where the ledger goes: its rename fails, as root too
+    const quota = new FileQuota(dir, DEFAULT_FILE_LIMITS, { ledger, free: () => 1e12 });
+    quota.take("bob", 5);
+    await assert.rejects(
+      quota.stored("bob", join(dir, "a.bin"), 5),
+      e2eError(
+        "ERR_FILE",
+        `Cannot record "a.bin" for the file quotas in "${ledger}": Is a directory`,
+      ),
+    );
+  });
+});
+
 Deno.test("FileQuota with a ledger counts the files of earlier runs that are still there, and frees what the user removed", async () => {
   await withTempDir(async (dir) => {
     const ledger = join(dir, "received.json");

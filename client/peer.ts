@@ -77,7 +77,9 @@ export interface PeerEvents {
   delivered(peer: PeerConnection, id: string, ms?: number): void;
   /**
    * A file arrived and matched its SHA-256: `name` is the one it was saved under, `announced` the
-   * sender's when that differs.
+   * sender's when that differs. The sender hears it arrived (`ack`) once what this returns
+   * resolves (the owner's records of it, on disk); if it rejects, the file is removed, the
+   * sender gets no `ack` and the connection closes as for a file that could not be kept.
    */
   file(
     peer: PeerConnection,
@@ -85,7 +87,7 @@ export interface PeerEvents {
       /** The id of the room `room` as it was when the file was accepted (see FilePolicy). */
       roomId?: string;
     },
-  ): void;
+  ): void | Promise<void>;
   /** Progress of a file transfer. */
   progress(peer: PeerConnection, info: Omit<EventOf<"progress">, "type" | "peer">): void;
   /** A file transfer failed. */
@@ -1143,16 +1145,23 @@ export class PeerConnection {
             );
           }
           const path = await file.finish(frame.sha256);
-          events.file(this, {
-            id: frame.id,
-            // The name it was saved under is the one shown and downloaded under.
-            ...receivedName(file.announced, path),
-            path,
-            bytes: file.size,
-            sha256: file.sha256!,
-            ...(room === undefined ? {} : { room }),
-            ...(roomId === undefined ? {} : { roomId }),
-          });
+          try {
+            // As a message from the mailbox: acknowledged only once its owner's records of it
+            // (quota ledger, history line) are on disk, or a crash after the ack loses them.
+            await events.file(this, {
+              id: frame.id,
+              // The name it was saved under is the one shown and downloaded under.
+              ...receivedName(file.announced, path),
+              path,
+              bytes: file.size,
+              sha256: file.sha256!,
+              ...(room === undefined ? {} : { room }),
+              ...(roomId === undefined ? {} : { roomId }),
+            });
+          } catch (e) {
+            await Deno.remove(path).catch(() => {}); // not kept: the sender hears no ack
+            throw e;
+          }
           this.#write({ type: "ack", id: frame.id });
         } catch (e) {
           release?.();

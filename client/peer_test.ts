@@ -35,7 +35,7 @@ function recorder(seen: Seen): PeerEvents {
   return {
     message: (_p, id, text) => seen.push(["message", id, text]),
     delivered: (_p, id) => seen.push(["delivered", id]),
-    file: (_p, info) => seen.push(["file", info.name, info.bytes, info.sha256, info.path]),
+    file: (_p, info) => void seen.push(["file", info.name, info.bytes, info.sha256, info.path]),
     progress: () => {},
     fileFailed: (_p, info) => seen.push(["fileFailed", info.direction, info.reason]),
     offer: (_p, offer) => seen.push(["offer", offer]),
@@ -756,6 +756,67 @@ for (const atEnd of [true, false]) {
     });
   });
 }
+
+Deno.test("PeerConnection acknowledges a received file only once what its file event returned resolves (the owner's records of it on disk)", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const seen: Seen = [];
+    let recorded!: () => void;
+    const onDisk = new Promise<void>((resolve) => recorded = resolve);
+    const { alice } = startAlice(aliceSocket, join(dir, "downloads"), {
+      events: {
+        ...recorder(seen),
+        file: async (_p, info) => {
+          seen.push(["file", info.name]);
+          await onDisk;
+        },
+      },
+    });
+    const frames = await rawSend(rawBob, new Uint8Array(1_000).fill(1), { atEnd: true });
+    await until("the file event", seen, (s) => s.some((e) => e[0] === "file"));
+    await new Promise((r) => setTimeout(r, 200));
+    assert.ok(!frames.some((f) => f.type === "ack"), "acknowledged before its records were kept");
+    recorded();
+    await until("the ack", [], () => frames.some((f) => f.type === "ack" && f.id === "f1"));
+    alice.close();
+  });
+});
+
+Deno.test("PeerConnection whose file event fails (its history line cannot be written) keeps nothing of the file: no ack, the file removed, the quota given back, error frame", async () => {
+  await withPair(async (aliceSocket, rawBob, dir) => {
+    const downloads = join(dir, "downloads");
+    const seen: Seen = [];
+    const taken: FileOffer[] = [];
+    const reason = 'Cannot write the history of "bob" in "/home/alice/history": Is a directory';
+    startAlice(aliceSocket, downloads, {
+      files: {
+        decide: () => "accept",
+        take: (_p, offer) => {
+          taken.push(offer);
+          return () => taken.splice(taken.indexOf(offer), 1);
+        },
+      },
+      events: {
+        ...recorder(seen),
+        file: (_p, info) => {
+          seen.push(["file", info.name]);
+          assert.deepEqual([...Deno.readDirSync(downloads)].map((e) => e.name), ["sent.bin"]);
+          return Promise.reject(new E2eError("ERR_FILE", reason));
+        },
+      },
+    });
+    const frames = await rawSend(rawBob, new Uint8Array(1_000).fill(2), { atEnd: true });
+    await until("closed", seen, (s) => s.some((e) => e[0] === "closed"));
+    assert.deepEqual(seen.find((e) => e[0] === "fileFailed"), ["fileFailed", "in", reason]);
+    await until("the error frame", [], () => frames.some((f) => f.type === "error"));
+    assert.equal(
+      frames.find((f) => f.type === "error")!.message,
+      "The receiver could not keep the file",
+    );
+    assert.ok(!frames.some((f) => f.type === "ack"), "acknowledged");
+    assert.deepEqual([...Deno.readDirSync(downloads)], [], "the file was kept");
+    assert.deepEqual(taken, [], "the quota it took was not given back");
+  });
+});
 
 for (
   const [what, options, reason] of [

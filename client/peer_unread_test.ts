@@ -26,7 +26,7 @@ function recorder(seen: Seen): PeerEvents {
   return {
     message: (_p, id, text) => seen.push(["message", id, text]),
     delivered: (_p, id) => seen.push(["delivered", id]),
-    file: (_p, info) => seen.push(["file", info.name]),
+    file: (_p, info) => void seen.push(["file", info.name]),
     progress: () => {},
     fileFailed: (_p, info) => seen.push(["fileFailed", info.direction, info.reason]),
     held: () => seen.push(["held"]),

@@ -162,6 +162,30 @@ test("A received file's final name is durable before the sender can hear it arri
   });
 });
 
+test("FileQuota.stored(): the ledger of received files, its name too, is durable before it resolves (the sender hears the file arrived next)", async (strace) => {
+  await withTempDir(async (dir) => {
+    const calls = await traceScript(
+      strace,
+      dir,
+      `import { DEFAULT_FILE_LIMITS, FileQuota } from "ROOT/client/files.ts";
+       const ledger = Deno.args[0] + "/received.json";
+       const quota = new FileQuota(Deno.args[0], DEFAULT_FILE_LIMITS, { ledger, free: () => 1e12 });
+       quota.take("bob", 5);
+       await quota.stored("bob", Deno.args[0] + "/a.bin", 5);
+       await Deno.writeTextFile(Deno.args[0] + "/answered", "");`,
+      [dir],
+    );
+    const answered = indexOfCall(calls, "openat", join(dir, "answered"));
+    const ledger = join(dir, "received.json");
+    const renamed = indexOfCall(calls, "rename", ledger, 1);
+    assert.ok(renamed >= 0, "received.json renamed into place");
+    assert.ok(
+      folderSyncedAfter(calls.slice(0, answered), renamed, ledger),
+      "received.json durable",
+    );
+  });
+});
+
 test("The CA's mailbox makes an item's two names durable before post() answers", async (strace) => {
   await withTempDir(async (dir) => {
     const calls = await traceScript(
