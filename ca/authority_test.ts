@@ -1157,3 +1157,26 @@ Deno.test({
     });
   },
 });
+
+Deno.test("revoke() as keyCompromise of a superseded serial, retried after a run killed before its CRL was written, brings the CRL's reason level with the index", async () => {
+  await withCa(async (ca) => {
+    // Alice lost her laptop and joined again with a new key; later her old key turns up stolen.
+    const old = (await ca.sign((await makeCsr("alice")).csr, "alice")).certificate;
+    await ca.sign((await makeCsr("alice")).csr, "alice", { replace: true });
+    const crl = await Deno.readTextFile(ca.paths.crl);
+    const crlnumber = await Deno.readTextFile(ca.paths.crlnumber);
+    await ca.revoke(old.serial, { reason: "keyCompromise" });
+    // What a kill between the index's rename and crlnumber's leaves: the reason changed in the
+    // index, the CRL as before (listing the serial as superseded).
+    await Deno.writeTextFile(ca.paths.crl, crl);
+    await Deno.writeTextFile(ca.paths.crlnumber, crlnumber);
+    // The admin, who saw no confirmation, tries again.
+    await assert.rejects(
+      () => ca.revoke(old.serial, { reason: "keyCompromise" }),
+      e2eError("ERR_ALREADY_REVOKED", `Cannot revoke: serial ${old.serial} is already revoked`),
+    );
+    const text = await crlText(ca, await Deno.readTextFile(ca.paths.crl));
+    const listed = text.match(new RegExp(`Serial Number: ${old.serial}[\\s\\S]*?Code: \\s*(.+)`));
+    assert.equal(listed?.[1], "Key Compromise", "the CRL members get still says superseded");
+  });
+});
