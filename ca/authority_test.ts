@@ -4,9 +4,9 @@ import { parseCsr } from "../lib/csr.ts";
 import { tlv } from "../lib/_der_builder.ts";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { withLock } from "../lib/lock.ts";
-import { openssl } from "../lib/openssl.ts";
+import { openssl, PASSPHRASE_ARG } from "../lib/openssl.ts";
 import { pemDecode, pemEncode } from "../lib/pem.ts";
-import { sha256Hex } from "../lib/x509.ts";
+import { parseCertificate, sha256Hex } from "../lib/x509.ts";
 import { e2eError as sharedE2eError, withTempDir } from "../lib/_test_util.ts";
 import { makeCsr, PASSPHRASE, snapshot } from "../tests/_helpers.ts";
 import { stracePath, traceFileCalls } from "../tests/_syscalls.ts";
@@ -1178,5 +1178,47 @@ Deno.test("revoke() as keyCompromise of a superseded serial, retried after a run
     const text = await crlText(ca, await Deno.readTextFile(ca.paths.crl));
     const listed = text.match(new RegExp(`Serial Number: ${old.serial}[\\s\\S]*?Code: \\s*(.+)`));
     assert.equal(listed?.[1], "Key Compromise", "the CRL members get still says superseded");
+  });
+});
+
+Deno.test("revoke() as keyCompromise, retried on a serial revoked so before one key had one name, still revokes another name's valid certificate for the key", async () => {
+  await withCa(async (ca) => {
+    const { key, csr } = await makeCsr("alice");
+    const alice = (await ca.sign(csr, "alice")).certificate;
+    // A CA from before one key had one name certified that key for bob too (made here as it
+    // did, with openssl ca), and revoked alice's certificate as keyCompromise without looking
+    // for other certificates of the key (here with openssl alone, as docs/CA.md allows).
+    const bobCsr = join(ca.paths.dir, "tmp", "bob.csr");
+    await Deno.writeTextFile(bobCsr, (await makeCsr("bob", { keyPem: key })).csr);
+    const ext = join(ca.paths.dir, "tmp", "bob.ext");
+    await Deno.writeTextFile(ext, "[leaf]\nbasicConstraints = critical, CA:FALSE\n");
+    const hand = ["-config", "openssl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt"];
+    await openssl(
+      ["ca", ...hand, "-passin", PASSPHRASE_ARG, "-batch", "-notext", "-days", "7"].concat(
+        ["-extfile", ext, "-extensions", "leaf", "-in", bobCsr],
+      ),
+      { cwd: ca.paths.dir, passphrase: PASSPHRASE },
+    );
+    await Deno.remove(ext);
+    await Deno.remove(bobCsr);
+    const bob = (await readIndex(ca.paths)).find((e) => e.name === "bob");
+    assert.equal(bob?.status, "V", "the legacy certificate for bob was made");
+    const bobCert = parseCertificate(await Deno.readTextFile(ca.paths.certFile(bob!.serial)));
+    assert.equal(bobCert.keyFingerprint, alice.keyFingerprint);
+    await openssl(
+      ["ca", ...hand, "-passin", PASSPHRASE_ARG, "-revoke", ca.paths.certFile(alice.serial)].concat(
+        ["-crl_reason", "keyCompromise"],
+      ),
+      { cwd: ca.paths.dir, passphrase: PASSPHRASE },
+    );
+    // After the upgrade, the admin revokes that serial as keyCompromise again, so that every
+    // certificate of the key goes (today: ERR_ALREADY_REVOKED, and nothing else happens).
+    await ca.revoke(alice.serial, { reason: "keyCompromise" }).catch(() => undefined);
+    const after = (await readIndex(ca.paths)).find((e) => e.serial === bob!.serial);
+    assert.equal(
+      after?.status,
+      "R",
+      "bob's certificate for the compromised key stays valid, and no command revokes it by the key",
+    );
   });
 });
