@@ -14,7 +14,7 @@ import {
   parseCsrAsync,
   subjectIsCommonName,
 } from "../lib/csr.ts";
-import { parseCrl } from "../lib/crl.ts";
+import { CRL_REASON_CODES, parseCrl } from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, othersMayRename, syncDir, writeFileAtomic } from "../lib/fs.ts";
 import { generateKey, makeRequest } from "../lib/keys.ts";
@@ -706,13 +706,19 @@ export class CertificateAuthority {
     return revoked;
   }
 
-  // Whether crl.pem misses a revocation the index holds (or cannot be read).
+  // Whether crl.pem misses a revocation the index holds, or lists one with another reason than
+  // the index's (a reason changed to keyCompromise, killed before its CRL), or cannot be read.
   #crlBehind(entries: IndexEntry[]): boolean {
     try {
       const crl = parseCrl(Deno.readTextFileSync(this.paths.crl), this.certificate.x509);
-      return entries.some((e) =>
-        e.status === "R" && !crl.revoked.has(normalizeSerialHex(e.serial))
-      );
+      return entries.some((e) => {
+        if (e.status !== "R") return false;
+        const serial = normalizeSerialHex(e.serial);
+        if (!crl.revoked.has(serial)) return true;
+        // An entry without a reasonCode says unspecified (RFC 5280 §5.3.1).
+        const expected = CRL_REASON_CODES[e.reason ?? "unspecified"];
+        return expected !== undefined && (crl.reasons.get(serial) ?? 0) !== expected;
+      });
     } catch {
       return true;
     }

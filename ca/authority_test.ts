@@ -1,16 +1,18 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { CRL_REASON_CODES, parseCrl } from "../lib/crl.ts";
 import { parseCsr } from "../lib/csr.ts";
 import { tlv } from "../lib/_der_builder.ts";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { withLock } from "../lib/lock.ts";
 import { openssl, PASSPHRASE_ARG } from "../lib/openssl.ts";
 import { pemDecode, pemEncode } from "../lib/pem.ts";
-import { parseCertificate, sha256Hex } from "../lib/x509.ts";
+import { normalizeSerialHex, parseCertificate, sha256Hex } from "../lib/x509.ts";
 import { e2eError as sharedE2eError, withTempDir } from "../lib/_test_util.ts";
 import { makeCsr, PASSPHRASE, snapshot } from "../tests/_helpers.ts";
 import { stracePath, traceFileCalls } from "../tests/_syscalls.ts";
 import { CertificateAuthority } from "./authority.ts";
+import { REVOKE_REASONS } from "./policy.ts";
 import { readIndex } from "./store.ts";
 
 const DAY_MS = 86_400_000;
@@ -1220,5 +1222,21 @@ Deno.test("revoke() as keyCompromise, retried on a serial revoked so before one 
       "R",
       "bob's certificate for the compromised key stays valid, and no command revokes it by the key",
     );
+  });
+});
+
+Deno.test("the CRL the CA signs lists every revocation with the reason code its index line names", async () => {
+  await withCa(async (ca) => {
+    for (const [i, reason] of REVOKE_REASONS.entries()) {
+      const name = `member${i}`;
+      await ca.sign((await makeCsr(name)).csr, name);
+      await ca.revoke(name, { reason });
+    }
+    const crl = parseCrl(await Deno.readTextFile(ca.paths.crl), ca.certificate.x509);
+    const listed = (await readIndex(ca.paths)).map((e) => [
+      e.reason,
+      crl.reasons.get(normalizeSerialHex(e.serial)) ?? 0, // none: unspecified (RFC 5280 §5.3.1)
+    ]);
+    assert.deepEqual(listed, REVOKE_REASONS.map((r) => [r, CRL_REASON_CODES[r]]));
   });
 });
