@@ -140,6 +140,12 @@ export interface Revocation extends IndexEntry {
    * `keyCompromise` changed that reason. Default: none (revoked now).
    */
   formerReason?: string;
+  /**
+   * True when it was revoked as `keyCompromise` already (by hand, or by a CA from before the
+   * cascade): only the others for its key (`sameKey`, never empty then) were revoked now.
+   * Default: false.
+   */
+  already?: boolean;
   /** The other unexpired certificates for its key, revoked with it (as `keyCompromise`). */
   sameKey: IndexEntry[];
 }
@@ -636,7 +642,9 @@ export class CertificateAuthority {
    * As `keyCompromise`, it also revokes every other unexpired valid certificate for the same key
    * (`sameKey`), and takes a certificate revoked already for another reason (superseded by a
    * renewal, say): its reason becomes `keyCompromise` (`formerReason` says what it was), so the
-   * CRL says so and the key is never certified again.
+   * CRL says so and the key is never certified again. A certificate revoked as `keyCompromise`
+   * already is taken again for the others for its key (`already`), and refused only when none
+   * is left valid.
    */
   async revoke(nameOrSerial: string, options: RevokeOptions = {}): Promise<Revocation> {
     const passphrase = this.#requirePassphrase();
@@ -653,14 +661,23 @@ export class CertificateAuthority {
           `Cannot revoke: no valid certificate for ${JSON.stringify(nameOrSerial)}`,
           { hint: "see `deno task ca list` for names and serials" },
         );
-      } else if (
-        target.status === "R" && (reason !== "keyCompromise" || target.reason === "keyCompromise")
-      ) {
-        refusal = new E2eError(
-          "ERR_ALREADY_REVOKED",
-          `Cannot revoke: serial ${target.serial} is already revoked`,
-        );
+      } else if (target.status === "R" && reason !== "keyCompromise") {
+        refusal = alreadyRevoked(target.serial);
       }
+      // A compromised key is compromised in every certificate for it (a renewal's, another
+      // name's from before one key had one name): none of them stays valid. Looked for again
+      // when the target is keyCompromise already (revoked so by hand, or by an older CA).
+      const keyId = target && !refusal && reason === "keyCompromise"
+        ? await this.#keyIdOf(target.serial)
+        : undefined;
+      const sameKey: IndexEntry[] = [];
+      const now = Date.now();
+      for (const e of keyId === undefined ? [] : entries) {
+        if (e.status !== "V" || e.expires.getTime() <= now || e.serial === target!.serial) continue;
+        if (await this.#keyIdOf(e.serial) === keyId) sameKey.push(e);
+      }
+      const again = target?.status === "R" && target.reason === "keyCompromise";
+      if (target && again && !sameKey.length) refusal = alreadyRevoked(target.serial);
       if (!target || refusal) {
         // A revocation killed after its index and before its CRL left crl.pem behind, and its
         // retry lands here: bring the CRL level (committed, though the retry is refused).
@@ -668,7 +685,9 @@ export class CertificateAuthority {
         return undefined;
       }
       const work = await tx.fullCopy();
-      if (target.status === "R") {
+      // Revoked as keyCompromise already (`again`), its index line stays: only the other
+      // certificates for its key are revoked.
+      if (target.status === "R" && !again) {
         // openssl ca revokes a certificate once: the reason of its index line changes instead
         // (its revocation date stays), which its CRLs list and checkRequest() reads.
         const index = join(work, "index.txt");
@@ -676,20 +695,10 @@ export class CertificateAuthority {
           index,
           changeReason(await Deno.readTextFile(index), target.serial, "keyCompromise"),
         );
-      } else {
+      } else if (target.status !== "R") {
         await this.#revokeIn(work, target.serial, reason, passphrase);
       }
-      // A compromised key is compromised in every certificate for it (a renewal's, another
-      // name's from before one key had one name): none of them stays valid.
-      const sameKey: string[] = [];
-      const keyId = reason === "keyCompromise" ? await this.#keyIdOf(target.serial) : undefined;
-      const now = Date.now();
-      for (const e of keyId === undefined ? [] : entries) {
-        if (e.status !== "V" || e.expires.getTime() <= now || e.serial === target.serial) continue;
-        if (await this.#keyIdOf(e.serial) !== keyId) continue;
-        await this.#revokeIn(work, e.serial, "keyCompromise", passphrase);
-        sameKey.push(e.serial);
-      }
+      for (const e of sameKey) await this.#revokeIn(work, e.serial, "keyCompromise", passphrase);
       const index = await readIndexAt(work);
       const after = index.find((e) => e.serial === target.serial);
       if (after?.status !== "R" || after.reason !== reason) {
@@ -698,8 +707,9 @@ export class CertificateAuthority {
       await this.#gencrl(work, passphrase);
       return {
         ...after,
-        ...(target.status === "R" ? { formerReason: target.reason } : {}),
-        sameKey: index.filter((e) => sameKey.includes(e.serial)),
+        ...(target.status === "R" && !again ? { formerReason: target.reason } : {}),
+        ...(again ? { already: true } : {}),
+        sameKey: index.filter((e) => sameKey.some((s) => s.serial === e.serial)),
       };
     });
     if (!revoked) throw refusal;
@@ -1365,6 +1375,10 @@ function serialOf(text: string): string {
 }
 
 // The refusal of a request whose key's certificate `serial` was revoked as keyCompromise.
+function alreadyRevoked(serial: string): E2eError {
+  return new E2eError("ERR_ALREADY_REVOKED", `Cannot revoke: serial ${serial} is already revoked`);
+}
+
 function compromisedKey(serial: string): E2eError {
   return new E2eError(
     "ERR_KEY_REJECTED",

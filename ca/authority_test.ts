@@ -1215,7 +1215,17 @@ Deno.test("revoke() as keyCompromise, retried on a serial revoked so before one 
     );
     // After the upgrade, the admin revokes that serial as keyCompromise again, so that every
     // certificate of the key goes (today: ERR_ALREADY_REVOKED, and nothing else happens).
-    await ca.revoke(alice.serial, { reason: "keyCompromise" }).catch(() => undefined);
+    const again = await ca.revoke(alice.serial, { reason: "keyCompromise" });
+    assert.deepEqual(
+      [again.serial, again.reason, again.already, again.formerReason],
+      [alice.serial, "keyCompromise", true, undefined],
+    );
+    assert.deepEqual(again.sameKey.map((e) => [e.serial, e.name]), [[bob!.serial, "bob"]]);
+    // With nothing left valid for the key, once more is refused.
+    await assert.rejects(
+      () => ca.revoke(alice.serial, { reason: "keyCompromise" }),
+      e2eError("ERR_ALREADY_REVOKED", `Cannot revoke: serial ${alice.serial} is already revoked`),
+    );
     const after = (await readIndex(ca.paths)).find((e) => e.serial === bob!.serial);
     assert.equal(
       after?.status,
