@@ -59,9 +59,11 @@ import {
   locked,
   parseIndex,
   readIndex,
+  readKeyIds,
   signingFolder,
   type Transaction,
   transaction,
+  writeKeyIds,
 } from "./store.ts";
 
 /** Options of {@linkcode CertificateAuthority.init}. */
@@ -288,8 +290,12 @@ export class CertificateAuthority {
   #logSigner?: NoteKey;
   #signingKey?: Promise<string>;
   #checked = new Map<string, CheckedRequest>();
-  // The key identity of certificates looked at, by normalized serial (never changes).
+  // The key identity of certificates looked at, by normalized serial (never changes): read from
+  // their files here, or known at their signing.
   #keyIds = new Map<string, string>();
+  // Those of the key-ids file (read once), and whether #keyIds holds some that it lacks.
+  #savedKeyIds?: Promise<Map<string, string>>;
+  #keyIdsUnsaved = false;
   #lock: LockOptions;
   #keepWarm = false;
   #warm: WarmSigner[] = [];
@@ -424,7 +430,7 @@ export class CertificateAuthority {
       options.days ?? Math.min(DEFAULT_CERT_DAYS, this.#maxDays()),
       this.#maxDays(),
     );
-    return await this.#issue(request.der, {
+    const issued = await this.#issue(request.der, {
       subject: name,
       extensions: leafExtensions(name, kind, await this.crlUrl()),
       days,
@@ -447,6 +453,10 @@ export class CertificateAuthority {
         }
       },
     });
+    // After the commit, outside the lock, and only when something was issued (a refusal changes
+    // no file): the key ids this process had to read from certificates.
+    await this.#saveKeyIds();
+    return issued;
   }
 
   /**
@@ -495,7 +505,8 @@ export class CertificateAuthority {
     let other: IndexEntry | undefined;
     for (const entry of entries) {
       if (entry.status === "R" && entry.reason === "keyCompromise") {
-        if (options.allowCompromised || await this.#keyIdOf(entry.serial) !== keyId) continue;
+        if (options.allowCompromised) continue;
+        if (await this.#keyIdOf(entry.serial, { fresh: true }) !== keyId) continue;
         return { error: compromisedKey(entry.serial), serial: entry.serial };
       }
       if (options.compromisedOnly || other || entry.status !== "V") continue;
@@ -506,20 +517,38 @@ export class CertificateAuthority {
   }
 
   // The key identity of the certificate `serial`, or undefined when its file cannot be read
-  // (nothing to compare).
-  async #keyIdOf(serial: string): Promise<string | undefined> {
+  // (nothing to compare). From the key-ids file when it has it (parsing every certificate in each
+  // process costs ~0.1 ms apiece), unless `fresh`: a key revoked as keyCompromise is always read
+  // from its certificate, so that no entry of that file (damaged, or written by hand) can get a
+  // compromised key certified again, nor keep a certificate for it valid.
+  async #keyIdOf(serial: string, options: { fresh?: boolean } = {}): Promise<string | undefined> {
     const at = normalizeSerialHex(serial);
-    let id = this.#keyIds.get(at);
-    if (id === undefined) {
-      try {
-        const pem = await Deno.readTextFile(this.paths.certFile(serial));
-        id = keyIdentity(parseCertificate(pem).x509.publicKey);
-      } catch {
-        return undefined;
-      }
-      this.#keyIds.set(at, id);
+    const known = this.#keyIds.get(at);
+    if (known !== undefined) return known;
+    const saved = await (this.#savedKeyIds ??= readKeyIds(this.paths));
+    const listed = saved.get(at);
+    if (listed !== undefined && !options.fresh) return listed;
+    let id: string;
+    try {
+      const pem = await Deno.readTextFile(this.paths.certFile(serial));
+      id = keyIdentity(parseCertificate(pem).x509.publicKey);
+    } catch {
+      return undefined;
     }
+    this.#keyIds.set(at, id);
+    // Those read `fresh` are never taken from the file: no need to write it for them.
+    if (!options.fresh) this.#keyIdsUnsaved = true;
     return id;
+  }
+
+  // Writes the key-ids file anew when this process read key ids it lacks; a failure only costs
+  // the next process the same reading.
+  async #saveKeyIds(): Promise<void> {
+    if (!this.#keyIdsUnsaved || !this.#savedKeyIds) return;
+    this.#keyIdsUnsaved = false;
+    const saved = await this.#savedKeyIds;
+    for (const [serial, id] of this.#keyIds) saved.set(serial, id);
+    await writeKeyIds(this.paths, saved).catch(() => {});
   }
 
   async #checkRequestCached(
@@ -668,13 +697,13 @@ export class CertificateAuthority {
       // name's from before one key had one name): none of them stays valid. Looked for again
       // when the target is keyCompromise already (revoked so by hand, or by an older CA).
       const keyId = target && !refusal && reason === "keyCompromise"
-        ? await this.#keyIdOf(target.serial)
+        ? await this.#keyIdOf(target.serial, { fresh: true })
         : undefined;
       const sameKey: IndexEntry[] = [];
       const now = Date.now();
       for (const e of keyId === undefined ? [] : entries) {
         if (e.status !== "V" || e.expires.getTime() <= now || e.serial === target!.serial) continue;
-        if (await this.#keyIdOf(e.serial) === keyId) sameKey.push(e);
+        if (await this.#keyIdOf(e.serial, { fresh: true }) === keyId) sameKey.push(e);
       }
       const again = target?.status === "R" && target.reason === "keyCompromise";
       if (target && again && !sameKey.length) refusal = alreadyRevoked(target.serial);

@@ -13,7 +13,7 @@ import { makeCsr, PASSPHRASE, snapshot } from "../tests/_helpers.ts";
 import { stracePath, traceFileCalls } from "../tests/_syscalls.ts";
 import { CertificateAuthority } from "./authority.ts";
 import { REVOKE_REASONS } from "./policy.ts";
-import { readIndex } from "./store.ts";
+import { formatKeyIds, parseKeyIds, readIndex } from "./store.ts";
 
 const DAY_MS = 86_400_000;
 const decoder = new TextDecoder();
@@ -1248,5 +1248,65 @@ Deno.test("the CRL the CA signs lists every revocation with the reason code its 
       crl.reasons.get(normalizeSerialHex(e.serial)) ?? 0, // none: unspecified (RFC 5280 §5.3.1)
     ]);
     assert.deepEqual(listed, REVOKE_REASONS.map((r) => [r, CRL_REASON_CODES[r]]));
+  });
+});
+
+Deno.test("checkRequest() in a fresh process takes key ids from the key-ids file a signing wrote, and one damaged is rebuilt without any decision changing", async () => {
+  await withCa(async (ca, home) => {
+    const alice = await makeCsr("alice");
+    const aliceCert = (await ca.sign(alice.csr, "alice")).certificate;
+    const mallory = await makeCsr("mallory");
+    const malloryCert = (await ca.sign(mallory.csr, "mallory")).certificate;
+    await ca.revoke("mallory", { reason: "keyCompromise" });
+    const requests: [string, string][] = [
+      [(await makeCsr("carol", { keyPem: alice.key })).csr, "carol"], // alice's key
+      [(await makeCsr("dave", { keyPem: mallory.key })).csr, "dave"], // a compromised key
+      [(await makeCsr("erin")).csr, "erin"],
+    ];
+    // What a CA opened anew (as by each `ca sign`) decides for each request; then it signs one
+    // for a new member, which writes the key ids it had to read (a refusal writes nothing).
+    let joined = 0;
+    const decisions = async () => {
+      const fresh = await CertificateAuthority.open(home, { passphrase: PASSPHRASE });
+      const out: string[] = [];
+      for (const [csr, name] of requests) {
+        out.push(
+          await fresh.checkRequest(csr, name).then(() => "ok", (e) => (e as E2eError).message),
+        );
+      }
+      const name = `member${joined++}`;
+      await fresh.sign((await makeCsr(name)).csr, name);
+      return out;
+    };
+    const keyIds = async () => {
+      const ids = parseKeyIds(await Deno.readTextFile(ca.paths.keyIds));
+      return [aliceCert, malloryCert].map((c) => ids?.get(normalizeSerialHex(c.serial)));
+    };
+    const rebuilt = [aliceCert.keyFingerprint, malloryCert.keyFingerprint];
+    const expected = await decisions();
+    assert.match(expected[0], /another name|"alice"/);
+    assert.match(expected[1], new RegExp(`serial ${malloryCert.serial}\\) was revoked`));
+    assert.equal(expected[2], "ok");
+    assert.deepEqual(await keyIds(), rebuilt);
+
+    // Used: with alice's certificate file gone, her key is still known to be hers.
+    const aside = join(ca.paths.tmp, "aside.pem");
+    await Deno.rename(ca.paths.certFile(aliceCert.serial), aside);
+    assert.deepEqual(await decisions(), expected);
+    await Deno.rename(aside, ca.paths.certFile(aliceCert.serial));
+
+    const full = await Deno.readTextFile(ca.paths.keyIds);
+    for (
+      const damaged of [
+        "not a key-ids file\n",
+        full.slice(0, full.length - 20), // cut short
+        // A compromised key's serial said to have another key: never believed.
+        formatKeyIds(new Map([[normalizeSerialHex(malloryCert.serial), "ab".repeat(32)]])),
+      ]
+    ) {
+      await Deno.writeTextFile(ca.paths.keyIds, damaged);
+      assert.deepEqual(await decisions(), expected);
+      assert.deepEqual(await keyIds(), rebuilt);
+    }
   });
 });
