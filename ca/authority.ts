@@ -14,7 +14,7 @@ import {
   parseCsrAsync,
   subjectIsCommonName,
 } from "../lib/csr.ts";
-import { parseCrl } from "../lib/crl.ts";
+import { CRL_REASON_CODES, parseCrl } from "../lib/crl.ts";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, othersMayRename, syncDir, writeFileAtomic } from "../lib/fs.ts";
 import { generateKey, makeRequest } from "../lib/keys.ts";
@@ -59,9 +59,11 @@ import {
   locked,
   parseIndex,
   readIndex,
+  readKeyIds,
   signingFolder,
   type Transaction,
   transaction,
+  writeKeyIds,
 } from "./store.ts";
 
 /** Options of {@linkcode CertificateAuthority.init}. */
@@ -140,6 +142,12 @@ export interface Revocation extends IndexEntry {
    * `keyCompromise` changed that reason. Default: none (revoked now).
    */
   formerReason?: string;
+  /**
+   * True when it was revoked as `keyCompromise` already (by hand, or by a CA from before the
+   * cascade): only the others for its key (`sameKey`, never empty then) were revoked now.
+   * Default: false.
+   */
+  already?: boolean;
   /** The other unexpired certificates for its key, revoked with it (as `keyCompromise`). */
   sameKey: IndexEntry[];
 }
@@ -282,8 +290,12 @@ export class CertificateAuthority {
   #logSigner?: NoteKey;
   #signingKey?: Promise<string>;
   #checked = new Map<string, CheckedRequest>();
-  // The key identity of certificates looked at, by normalized serial (never changes).
+  // The key identity of certificates looked at, by normalized serial (never changes): read from
+  // their files here, or known at their signing.
   #keyIds = new Map<string, string>();
+  // Those of the key-ids file (read once), and whether #keyIds holds some that it lacks.
+  #savedKeyIds?: Promise<Map<string, string>>;
+  #keyIdsUnsaved = false;
   #lock: LockOptions;
   #keepWarm = false;
   #warm: WarmSigner[] = [];
@@ -418,7 +430,7 @@ export class CertificateAuthority {
       options.days ?? Math.min(DEFAULT_CERT_DAYS, this.#maxDays()),
       this.#maxDays(),
     );
-    return await this.#issue(request.der, {
+    const issued = await this.#issue(request.der, {
       subject: name,
       extensions: leafExtensions(name, kind, await this.crlUrl()),
       days,
@@ -441,6 +453,10 @@ export class CertificateAuthority {
         }
       },
     });
+    // After the commit, outside the lock, and only when something was issued (a refusal changes
+    // no file): the key ids this process had to read from certificates.
+    await this.#saveKeyIds();
+    return issued;
   }
 
   /**
@@ -489,7 +505,8 @@ export class CertificateAuthority {
     let other: IndexEntry | undefined;
     for (const entry of entries) {
       if (entry.status === "R" && entry.reason === "keyCompromise") {
-        if (options.allowCompromised || await this.#keyIdOf(entry.serial) !== keyId) continue;
+        if (options.allowCompromised) continue;
+        if (await this.#keyIdOf(entry.serial, { fresh: true }) !== keyId) continue;
         return { error: compromisedKey(entry.serial), serial: entry.serial };
       }
       if (options.compromisedOnly || other || entry.status !== "V") continue;
@@ -500,20 +517,38 @@ export class CertificateAuthority {
   }
 
   // The key identity of the certificate `serial`, or undefined when its file cannot be read
-  // (nothing to compare).
-  async #keyIdOf(serial: string): Promise<string | undefined> {
+  // (nothing to compare). From the key-ids file when it has it (parsing every certificate in each
+  // process costs ~0.1 ms apiece), unless `fresh`: a key revoked as keyCompromise is always read
+  // from its certificate, so that no entry of that file (damaged, or written by hand) can get a
+  // compromised key certified again, nor keep a certificate for it valid.
+  async #keyIdOf(serial: string, options: { fresh?: boolean } = {}): Promise<string | undefined> {
     const at = normalizeSerialHex(serial);
-    let id = this.#keyIds.get(at);
-    if (id === undefined) {
-      try {
-        const pem = await Deno.readTextFile(this.paths.certFile(serial));
-        id = keyIdentity(parseCertificate(pem).x509.publicKey);
-      } catch {
-        return undefined;
-      }
-      this.#keyIds.set(at, id);
+    const known = this.#keyIds.get(at);
+    if (known !== undefined) return known;
+    const saved = await (this.#savedKeyIds ??= readKeyIds(this.paths));
+    const listed = saved.get(at);
+    if (listed !== undefined && !options.fresh) return listed;
+    let id: string;
+    try {
+      const pem = await Deno.readTextFile(this.paths.certFile(serial));
+      id = keyIdentity(parseCertificate(pem).x509.publicKey);
+    } catch {
+      return undefined;
     }
+    this.#keyIds.set(at, id);
+    // Those read `fresh` are never taken from the file: no need to write it for them.
+    if (!options.fresh) this.#keyIdsUnsaved = true;
     return id;
+  }
+
+  // Writes the key-ids file anew when this process read key ids it lacks; a failure only costs
+  // the next process the same reading.
+  async #saveKeyIds(): Promise<void> {
+    if (!this.#keyIdsUnsaved || !this.#savedKeyIds) return;
+    this.#keyIdsUnsaved = false;
+    const saved = await this.#savedKeyIds;
+    for (const [serial, id] of this.#keyIds) saved.set(serial, id);
+    await writeKeyIds(this.paths, saved).catch(() => {});
   }
 
   async #checkRequestCached(
@@ -636,7 +671,9 @@ export class CertificateAuthority {
    * As `keyCompromise`, it also revokes every other unexpired valid certificate for the same key
    * (`sameKey`), and takes a certificate revoked already for another reason (superseded by a
    * renewal, say): its reason becomes `keyCompromise` (`formerReason` says what it was), so the
-   * CRL says so and the key is never certified again.
+   * CRL says so and the key is never certified again. A certificate revoked as `keyCompromise`
+   * already is taken again for the others for its key (`already`), and refused only when none
+   * is left valid.
    */
   async revoke(nameOrSerial: string, options: RevokeOptions = {}): Promise<Revocation> {
     const passphrase = this.#requirePassphrase();
@@ -653,14 +690,23 @@ export class CertificateAuthority {
           `Cannot revoke: no valid certificate for ${JSON.stringify(nameOrSerial)}`,
           { hint: "see `deno task ca list` for names and serials" },
         );
-      } else if (
-        target.status === "R" && (reason !== "keyCompromise" || target.reason === "keyCompromise")
-      ) {
-        refusal = new E2eError(
-          "ERR_ALREADY_REVOKED",
-          `Cannot revoke: serial ${target.serial} is already revoked`,
-        );
+      } else if (target.status === "R" && reason !== "keyCompromise") {
+        refusal = alreadyRevoked(target.serial);
       }
+      // A compromised key is compromised in every certificate for it (a renewal's, another
+      // name's from before one key had one name): none of them stays valid. Looked for again
+      // when the target is keyCompromise already (revoked so by hand, or by an older CA).
+      const keyId = target && !refusal && reason === "keyCompromise"
+        ? await this.#keyIdOf(target.serial, { fresh: true })
+        : undefined;
+      const sameKey: IndexEntry[] = [];
+      const now = Date.now();
+      for (const e of keyId === undefined ? [] : entries) {
+        if (e.status !== "V" || e.expires.getTime() <= now || e.serial === target!.serial) continue;
+        if (await this.#keyIdOf(e.serial, { fresh: true }) === keyId) sameKey.push(e);
+      }
+      const again = target?.status === "R" && target.reason === "keyCompromise";
+      if (target && again && !sameKey.length) refusal = alreadyRevoked(target.serial);
       if (!target || refusal) {
         // A revocation killed after its index and before its CRL left crl.pem behind, and its
         // retry lands here: bring the CRL level (committed, though the retry is refused).
@@ -668,7 +714,9 @@ export class CertificateAuthority {
         return undefined;
       }
       const work = await tx.fullCopy();
-      if (target.status === "R") {
+      // Revoked as keyCompromise already (`again`), its index line stays: only the other
+      // certificates for its key are revoked.
+      if (target.status === "R" && !again) {
         // openssl ca revokes a certificate once: the reason of its index line changes instead
         // (its revocation date stays), which its CRLs list and checkRequest() reads.
         const index = join(work, "index.txt");
@@ -676,20 +724,10 @@ export class CertificateAuthority {
           index,
           changeReason(await Deno.readTextFile(index), target.serial, "keyCompromise"),
         );
-      } else {
+      } else if (target.status !== "R") {
         await this.#revokeIn(work, target.serial, reason, passphrase);
       }
-      // A compromised key is compromised in every certificate for it (a renewal's, another
-      // name's from before one key had one name): none of them stays valid.
-      const sameKey: string[] = [];
-      const keyId = reason === "keyCompromise" ? await this.#keyIdOf(target.serial) : undefined;
-      const now = Date.now();
-      for (const e of keyId === undefined ? [] : entries) {
-        if (e.status !== "V" || e.expires.getTime() <= now || e.serial === target.serial) continue;
-        if (await this.#keyIdOf(e.serial) !== keyId) continue;
-        await this.#revokeIn(work, e.serial, "keyCompromise", passphrase);
-        sameKey.push(e.serial);
-      }
+      for (const e of sameKey) await this.#revokeIn(work, e.serial, "keyCompromise", passphrase);
       const index = await readIndexAt(work);
       const after = index.find((e) => e.serial === target.serial);
       if (after?.status !== "R" || after.reason !== reason) {
@@ -698,21 +736,28 @@ export class CertificateAuthority {
       await this.#gencrl(work, passphrase);
       return {
         ...after,
-        ...(target.status === "R" ? { formerReason: target.reason } : {}),
-        sameKey: index.filter((e) => sameKey.includes(e.serial)),
+        ...(target.status === "R" && !again ? { formerReason: target.reason } : {}),
+        ...(again ? { already: true } : {}),
+        sameKey: index.filter((e) => sameKey.some((s) => s.serial === e.serial)),
       };
     });
     if (!revoked) throw refusal;
     return revoked;
   }
 
-  // Whether crl.pem misses a revocation the index holds (or cannot be read).
+  // Whether crl.pem misses a revocation the index holds, or lists one with another reason than
+  // the index's (a reason changed to keyCompromise, killed before its CRL), or cannot be read.
   #crlBehind(entries: IndexEntry[]): boolean {
     try {
       const crl = parseCrl(Deno.readTextFileSync(this.paths.crl), this.certificate.x509);
-      return entries.some((e) =>
-        e.status === "R" && !crl.revoked.has(normalizeSerialHex(e.serial))
-      );
+      return entries.some((e) => {
+        if (e.status !== "R") return false;
+        const serial = normalizeSerialHex(e.serial);
+        if (!crl.revoked.has(serial)) return true;
+        // An entry without a reasonCode says unspecified (RFC 5280 §5.3.1).
+        const expected = CRL_REASON_CODES[e.reason ?? "unspecified"];
+        return expected !== undefined && (crl.reasons.get(serial) ?? 0) !== expected;
+      });
     } catch {
       return true;
     }
@@ -1359,6 +1404,10 @@ function serialOf(text: string): string {
 }
 
 // The refusal of a request whose key's certificate `serial` was revoked as keyCompromise.
+function alreadyRevoked(serial: string): E2eError {
+  return new E2eError("ERR_ALREADY_REVOKED", `Cannot revoke: serial ${serial} is already revoked`);
+}
+
 function compromisedKey(serial: string): E2eError {
   return new E2eError(
     "ERR_KEY_REJECTED",

@@ -1,17 +1,19 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { CRL_REASON_CODES, parseCrl } from "../lib/crl.ts";
 import { parseCsr } from "../lib/csr.ts";
 import { tlv } from "../lib/_der_builder.ts";
 import { E2eError, type ErrorCode } from "../lib/errors.ts";
 import { withLock } from "../lib/lock.ts";
-import { openssl } from "../lib/openssl.ts";
+import { openssl, PASSPHRASE_ARG } from "../lib/openssl.ts";
 import { pemDecode, pemEncode } from "../lib/pem.ts";
-import { sha256Hex } from "../lib/x509.ts";
+import { normalizeSerialHex, parseCertificate, sha256Hex } from "../lib/x509.ts";
 import { e2eError as sharedE2eError, withTempDir } from "../lib/_test_util.ts";
 import { makeCsr, PASSPHRASE, snapshot } from "../tests/_helpers.ts";
 import { stracePath, traceFileCalls } from "../tests/_syscalls.ts";
 import { CertificateAuthority } from "./authority.ts";
-import { readIndex } from "./store.ts";
+import { REVOKE_REASONS } from "./policy.ts";
+import { formatKeyIds, parseKeyIds, readIndex } from "./store.ts";
 
 const DAY_MS = 86_400_000;
 const decoder = new TextDecoder();
@@ -1156,4 +1158,155 @@ Deno.test({
       );
     });
   },
+});
+
+Deno.test("revoke() as keyCompromise of a superseded serial, retried after a run killed before its CRL was written, brings the CRL's reason level with the index", async () => {
+  await withCa(async (ca) => {
+    // Alice lost her laptop and joined again with a new key; later her old key turns up stolen.
+    const old = (await ca.sign((await makeCsr("alice")).csr, "alice")).certificate;
+    await ca.sign((await makeCsr("alice")).csr, "alice", { replace: true });
+    const crl = await Deno.readTextFile(ca.paths.crl);
+    const crlnumber = await Deno.readTextFile(ca.paths.crlnumber);
+    await ca.revoke(old.serial, { reason: "keyCompromise" });
+    // What a kill between the index's rename and crlnumber's leaves: the reason changed in the
+    // index, the CRL as before (listing the serial as superseded).
+    await Deno.writeTextFile(ca.paths.crl, crl);
+    await Deno.writeTextFile(ca.paths.crlnumber, crlnumber);
+    // The admin, who saw no confirmation, tries again.
+    await assert.rejects(
+      () => ca.revoke(old.serial, { reason: "keyCompromise" }),
+      e2eError("ERR_ALREADY_REVOKED", `Cannot revoke: serial ${old.serial} is already revoked`),
+    );
+    const text = await crlText(ca, await Deno.readTextFile(ca.paths.crl));
+    const listed = text.match(new RegExp(`Serial Number: ${old.serial}[\\s\\S]*?Code: \\s*(.+)`));
+    assert.equal(listed?.[1], "Key Compromise", "the CRL members get still says superseded");
+  });
+});
+
+Deno.test("revoke() as keyCompromise, retried on a serial revoked so before one key had one name, still revokes another name's valid certificate for the key", async () => {
+  await withCa(async (ca) => {
+    const { key, csr } = await makeCsr("alice");
+    const alice = (await ca.sign(csr, "alice")).certificate;
+    // A CA from before one key had one name certified that key for bob too (made here as it
+    // did, with openssl ca), and revoked alice's certificate as keyCompromise without looking
+    // for other certificates of the key (here with openssl alone, as docs/CA.md allows).
+    const bobCsr = join(ca.paths.dir, "tmp", "bob.csr");
+    await Deno.writeTextFile(bobCsr, (await makeCsr("bob", { keyPem: key })).csr);
+    const ext = join(ca.paths.dir, "tmp", "bob.ext");
+    await Deno.writeTextFile(ext, "[leaf]\nbasicConstraints = critical, CA:FALSE\n");
+    const hand = ["-config", "openssl.cnf", "-keyfile", "ca.key", "-cert", "ca.crt"];
+    await openssl(
+      ["ca", ...hand, "-passin", PASSPHRASE_ARG, "-batch", "-notext", "-days", "7"].concat(
+        ["-extfile", ext, "-extensions", "leaf", "-in", bobCsr],
+      ),
+      { cwd: ca.paths.dir, passphrase: PASSPHRASE },
+    );
+    await Deno.remove(ext);
+    await Deno.remove(bobCsr);
+    const bob = (await readIndex(ca.paths)).find((e) => e.name === "bob");
+    assert.equal(bob?.status, "V", "the legacy certificate for bob was made");
+    const bobCert = parseCertificate(await Deno.readTextFile(ca.paths.certFile(bob!.serial)));
+    assert.equal(bobCert.keyFingerprint, alice.keyFingerprint);
+    await openssl(
+      ["ca", ...hand, "-passin", PASSPHRASE_ARG, "-revoke", ca.paths.certFile(alice.serial)].concat(
+        ["-crl_reason", "keyCompromise"],
+      ),
+      { cwd: ca.paths.dir, passphrase: PASSPHRASE },
+    );
+    // After the upgrade, the admin revokes that serial as keyCompromise again, so that every
+    // certificate of the key goes (today: ERR_ALREADY_REVOKED, and nothing else happens).
+    const again = await ca.revoke(alice.serial, { reason: "keyCompromise" });
+    assert.deepEqual(
+      [again.serial, again.reason, again.already, again.formerReason],
+      [alice.serial, "keyCompromise", true, undefined],
+    );
+    assert.deepEqual(again.sameKey.map((e) => [e.serial, e.name]), [[bob!.serial, "bob"]]);
+    // With nothing left valid for the key, once more is refused.
+    await assert.rejects(
+      () => ca.revoke(alice.serial, { reason: "keyCompromise" }),
+      e2eError("ERR_ALREADY_REVOKED", `Cannot revoke: serial ${alice.serial} is already revoked`),
+    );
+    const after = (await readIndex(ca.paths)).find((e) => e.serial === bob!.serial);
+    assert.equal(
+      after?.status,
+      "R",
+      "bob's certificate for the compromised key stays valid, and no command revokes it by the key",
+    );
+  });
+});
+
+Deno.test("the CRL the CA signs lists every revocation with the reason code its index line names", async () => {
+  await withCa(async (ca) => {
+    for (const [i, reason] of REVOKE_REASONS.entries()) {
+      const name = `member${i}`;
+      await ca.sign((await makeCsr(name)).csr, name);
+      await ca.revoke(name, { reason });
+    }
+    const crl = parseCrl(await Deno.readTextFile(ca.paths.crl), ca.certificate.x509);
+    const listed = (await readIndex(ca.paths)).map((e) => [
+      e.reason,
+      crl.reasons.get(normalizeSerialHex(e.serial)) ?? 0, // none: unspecified (RFC 5280 §5.3.1)
+    ]);
+    assert.deepEqual(listed, REVOKE_REASONS.map((r) => [r, CRL_REASON_CODES[r]]));
+  });
+});
+
+Deno.test("checkRequest() in a fresh process takes key ids from the key-ids file a signing wrote, and one damaged is rebuilt without any decision changing", async () => {
+  await withCa(async (ca, home) => {
+    const alice = await makeCsr("alice");
+    const aliceCert = (await ca.sign(alice.csr, "alice")).certificate;
+    const mallory = await makeCsr("mallory");
+    const malloryCert = (await ca.sign(mallory.csr, "mallory")).certificate;
+    await ca.revoke("mallory", { reason: "keyCompromise" });
+    const requests: [string, string][] = [
+      [(await makeCsr("carol", { keyPem: alice.key })).csr, "carol"], // alice's key
+      [(await makeCsr("dave", { keyPem: mallory.key })).csr, "dave"], // a compromised key
+      [(await makeCsr("erin")).csr, "erin"],
+    ];
+    // What a CA opened anew (as by each `ca sign`) decides for each request; then it signs one
+    // for a new member, which writes the key ids it had to read (a refusal writes nothing).
+    let joined = 0;
+    const decisions = async () => {
+      const fresh = await CertificateAuthority.open(home, { passphrase: PASSPHRASE });
+      const out: string[] = [];
+      for (const [csr, name] of requests) {
+        out.push(
+          await fresh.checkRequest(csr, name).then(() => "ok", (e) => (e as E2eError).message),
+        );
+      }
+      const name = `member${joined++}`;
+      await fresh.sign((await makeCsr(name)).csr, name);
+      return out;
+    };
+    const keyIds = async () => {
+      const ids = parseKeyIds(await Deno.readTextFile(ca.paths.keyIds));
+      return [aliceCert, malloryCert].map((c) => ids?.get(normalizeSerialHex(c.serial)));
+    };
+    const rebuilt = [aliceCert.keyFingerprint, malloryCert.keyFingerprint];
+    const expected = await decisions();
+    assert.match(expected[0], /another name|"alice"/);
+    assert.match(expected[1], new RegExp(`serial ${malloryCert.serial}\\) was revoked`));
+    assert.equal(expected[2], "ok");
+    assert.deepEqual(await keyIds(), rebuilt);
+
+    // Used: with alice's certificate file gone, her key is still known to be hers.
+    const aside = join(ca.paths.tmp, "aside.pem");
+    await Deno.rename(ca.paths.certFile(aliceCert.serial), aside);
+    assert.deepEqual(await decisions(), expected);
+    await Deno.rename(aside, ca.paths.certFile(aliceCert.serial));
+
+    const full = await Deno.readTextFile(ca.paths.keyIds);
+    for (
+      const damaged of [
+        "not a key-ids file\n",
+        full.slice(0, full.length - 20), // cut short
+        // A compromised key's serial said to have another key: never believed.
+        formatKeyIds(new Map([[normalizeSerialHex(malloryCert.serial), "ab".repeat(32)]])),
+      ]
+    ) {
+      await Deno.writeTextFile(ca.paths.keyIds, damaged);
+      assert.deepEqual(await decisions(), expected);
+      assert.deepEqual(await keyIds(), rebuilt);
+    }
+  });
 });

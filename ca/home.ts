@@ -56,6 +56,13 @@ export class CaPaths {
   get crlnumber(): string {
     return join(this.dir, "crlnumber");
   }
+  /**
+   * The key identity of each issued serial (ca/store.ts `readKeyIds`): derived from certs/, so
+   * that a process need not parse every certificate; rebuilt when missing or damaged.
+   */
+  get keyIds(): string {
+    return join(this.dir, "key-ids");
+  }
   /** Issued certificates, one SERIAL.pem each. */
   get certs(): string {
     return join(this.dir, "certs");

@@ -475,7 +475,9 @@ async function revoke(args: string[]): Promise<number> {
   const ca = await openWithPassphrase(values);
   const entry = await ca.revoke(positionals[0], { reason });
   const lines = [
-    entry.formerReason === undefined
+    entry.already
+      ? `Serial ${entry.serial} of "${entry.name}" was revoked as ${entry.reason} already`
+      : entry.formerReason === undefined
       ? `Revoked serial ${entry.serial} of "${entry.name}" (${entry.reason})`
       : `Serial ${entry.serial} of "${entry.name}", revoked already (${entry.formerReason}), ` +
         `is now revoked as ${entry.reason}`,

@@ -511,6 +511,69 @@ export function changeReason(text: string, serial: string, reason: string): stri
   return lines.join("\n");
 }
 
+// The key-ids file: a first line naming the format, then "SERIAL KEYID" lines (serial as
+// normalizeSerialHex gives it, key id as the authority's keyIdentity: hex SHA-256, "rsa-n:" first
+// for an RSA modulus).
+const KEY_IDS_HEADER = "e2e-chat key-ids 1";
+const KEY_IDS_LINE = /^((?:[1-9A-F][0-9A-F]*)|0) ((?:rsa-n:)?[0-9a-f]{64})$/;
+
+/**
+ * The text of a key-ids file (CaPaths.keyIds) holding `ids`, key identities by serial.
+ *
+ * @example
+ * ```ts
+ * import { formatKeyIds, parseKeyIds } from "./store.ts";
+ * const text = formatKeyIds(new Map([["35BE", "ab".repeat(32)]]));
+ * console.log(parseKeyIds(text)?.get("35BE")); // "abab…"
+ * ```
+ */
+export function formatKeyIds(ids: Map<string, string>): string {
+  let text = `${KEY_IDS_HEADER}\n`;
+  for (const [serial, id] of ids) text += `${serial} ${id}\n`;
+  return text;
+}
+
+/**
+ * The key identities by serial a key-ids file's `text` holds, or undefined when it is damaged
+ * (another format, a line that is not one, a serial twice, no final newline): then none of it
+ * is used.
+ *
+ * @example
+ * ```ts
+ * import { parseKeyIds } from "./store.ts";
+ * console.log(parseKeyIds("e2e-chat key-ids 1\n35BE oops\n")); // undefined
+ * ```
+ */
+export function parseKeyIds(text: string): Map<string, string> | undefined {
+  if (!text.endsWith("\n")) return undefined;
+  const lines = text.slice(0, -1).split("\n");
+  if (lines[0] !== KEY_IDS_HEADER) return undefined;
+  const ids = new Map<string, string>();
+  for (const line of lines.slice(1)) {
+    const m = KEY_IDS_LINE.exec(line);
+    if (!m || ids.has(m[1])) return undefined;
+    ids.set(m[1], m[2]);
+  }
+  return ids;
+}
+
+/** The key identities of the key-ids file (empty when it is missing or damaged). */
+export async function readKeyIds(paths: CaPaths): Promise<Map<string, string>> {
+  try {
+    return parseKeyIds(await Deno.readTextFile(paths.keyIds)) ?? new Map();
+  } catch {
+    return new Map();
+  }
+}
+
+/**
+ * Replaces the key-ids file with `ids`, atomically (readers see the old file or the new one) and
+ * without an fsync: it is derived, and a lost or damaged one is rebuilt from certs/.
+ */
+export async function writeKeyIds(paths: CaPaths, ids: Map<string, string>): Promise<void> {
+  await writeFileAtomic(paths.keyIds, formatKeyIds(ids), { durable: false });
+}
+
 /** Reads and parses the committed index. */
 export async function readIndex(paths: CaPaths): Promise<IndexEntry[]> {
   return parseIndex(await Deno.readTextFile(paths.index));

@@ -3,9 +3,11 @@ import { join } from "node:path";
 import { CaPaths } from "./home.ts";
 import {
   changeReason,
+  formatKeyIds,
   IndexCache,
   locked,
   parseIndex,
+  parseKeyIds,
   readIndex,
   signingFolder,
   transaction,
@@ -633,4 +635,24 @@ Deno.test({
       assert.deepEqual(syncs(1, 2), [], `nothing committed:\n${events.join("\n")}`);
     });
   },
+});
+
+Deno.test("formatKeyIds() and parseKeyIds() round-trip key ids by serial, and a damaged text is no key ids at all", () => {
+  const ids = new Map([["35BE", "ab".repeat(32)], ["1", `rsa-n:${"0f".repeat(32)}`]]);
+  const text = formatKeyIds(ids);
+  assert.deepEqual(parseKeyIds(text), ids);
+  assert.deepEqual(parseKeyIds(formatKeyIds(new Map())), new Map());
+  for (
+    const damaged of [
+      "",
+      text.slice(0, -1), // cut short
+      text.replace("e2e-chat key-ids 1", "e2e-chat key-ids 2"),
+      `${text}35BE ${"cd".repeat(32)}\n`, // a serial twice
+      `${text}035BF ${"cd".repeat(32)}\n`, // a serial not in its one form
+      `${text}35BF ${"CD".repeat(32)}\n`,
+      `${text}35BF\n`,
+    ]
+  ) {
+    assert.equal(parseKeyIds(damaged), undefined, JSON.stringify(damaged));
+  }
 });

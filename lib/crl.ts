@@ -48,6 +48,11 @@ export interface RevocationList {
    * compromise: refused all the same, but worded as what happened.
    */
   superseded: Set<string>;
+  /**
+   * The reasonCode (RFC 5280 §5.3.1: 1 keyCompromise, 4 superseded, …) of each revoked serial
+   * whose entry has one; see {@linkcode CRL_REASON_CODES}.
+   */
+  reasons: Map<string, number>;
   /** When it was issued. */
   thisUpdate: Date;
   /** When the next one is due (undefined if the CRL does not say). */
@@ -55,6 +60,27 @@ export interface RevocationList {
   /** Its CRL number (RFC 5280 §5.2.3), greater in every later CRL; undefined if it has none. */
   number?: bigint;
 }
+
+/**
+ * The reasonCode (RFC 5280 §5.3.1) a CRL entry carries for each revocation reason as openssl
+ * names it (index.txt, `openssl ca -crl_reason`).
+ *
+ * @example
+ * ```ts
+ * import { CRL_REASON_CODES } from "./crl.ts";
+ * console.log(CRL_REASON_CODES.keyCompromise); // 1
+ * ```
+ */
+export const CRL_REASON_CODES: Readonly<Record<string, number>> = {
+  unspecified: 0,
+  keyCompromise: 1,
+  CACompromise: 2,
+  affiliationChanged: 3,
+  superseded: 4,
+  cessationOfOperation: 5,
+  certificateHold: 6,
+  removeFromCRL: 8,
+};
 
 /**
  * Parses a PEM CRL and verifies it was signed by `issuer`; throws `ERR_PEER_REJECTED` otherwise.
@@ -147,6 +173,7 @@ function readCrl(der: Uint8Array, issuer: X509Certificate | undefined): Revocati
     }
     const revoked = new Set<string>();
     const superseded = new Set<string>();
+    const reasons = new Map<string, number>();
     if (fields[i]?.tag === Tag.SEQUENCE) {
       // A long-lived CA's CRL grows with every revocation and renewal: allow a million.
       for (const entry of children(fields[i++], Tag.SEQUENCE, 1_000_000)) {
@@ -154,11 +181,13 @@ function readCrl(der: Uint8Array, issuer: X509Certificate | undefined): Revocati
         if (serial?.tag !== Tag.INTEGER) throw new DerError("Bad serial");
         const hex = serialHex(serial);
         revoked.add(hex);
-        if (extensions && entryReason(extensions) === SUPERSEDED) superseded.add(hex);
+        const reason = extensions && entryReason(extensions);
+        if (reason !== undefined) reasons.set(hex, reason);
+        if (reason === SUPERSEDED) superseded.add(hex);
       }
     }
     const number = fields[i]?.tag === 0xa0 ? crlNumber(fields[i]) : undefined;
-    return { revoked, superseded, thisUpdate, nextUpdate, number };
+    return { revoked, superseded, reasons, thisUpdate, nextUpdate, number };
   } catch (e) {
     if (e instanceof DerError) throw rejected(`malformed CRL: ${e.message}`);
     throw e;

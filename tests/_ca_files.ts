@@ -61,7 +61,7 @@ export async function readIndexChecked(
   return parseIndex(content);
 }
 
-/** The names HOME/ca holds once a CA exists, sorted. */
+/** The names HOME/ca holds once a CA exists (key-ids once a signing wrote it), sorted. */
 export function caFileNames(home: string): string[] {
   const paths = new CaPaths(home);
   return [
@@ -73,6 +73,7 @@ export function caFileNames(home: string): string[] {
     paths.generation,
     paths.index,
     paths.index + ".attr",
+    paths.keyIds,
     paths.config,
     paths.tmp,
   ].map((path) => basename(path)).sort();
