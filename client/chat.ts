@@ -1427,15 +1427,19 @@ export class Chat {
           giveBack();
           throw e;
         }
-        await this.#quota.stored(item.from, path, size);
         const file = { id: item.id, ...receivedName(item.name!, path), path, bytes: size, sha256 };
-        const ref = this.#history.file({ from: item.from, to: this.#id.name, ...file, sent });
+        let ref: string | undefined;
         try {
-          // As a message's: its line synced, or the item stays at the CA (and the file goes:
-          // stored again when it is tried again).
+          // As a message's: counted for the quotas and its line synced, or the item stays at the
+          // CA (and the file goes, its share of the quotas given back: stored again when it is
+          // tried again). As a direct file's (#peerEvents).
+          await this.#quota.stored(item.from, path, size);
+          ref = this.#history.file({ from: item.from, to: this.#id.name, ...file, sent });
           await this.#history.persist(item.from);
         } catch (e) {
+          this.#quota.unstored(item.from, path, size);
           await Deno.remove(path).catch(() => {});
+          giveBack();
           throw e;
         }
         return () => this.#emit({ type: "file", from: item.from, ...file, via: "mailbox", ref });
