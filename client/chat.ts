@@ -331,7 +331,8 @@ export class Chat {
   }
 
   /**
-   * Fetches the CRL, starts listening and polling the CA for invitations; emits `ready`.
+   * Fetches the CRL, starts listening and polling the CA for invitations; emits `ready`. A start
+   * that fails lets go of what it started (the port, timers) and throws the error that stopped it.
    *
    * @example Two lines of a chat
    * ```ts
@@ -360,46 +361,54 @@ export class Chat {
       ca,
     });
     emit = (alarm) => chat.#emit({ type: "log_alarm", ...alarm });
-    // A CA service whose TLS certificate is on the CRL we hold is refused (lib/tls.ts).
-    ca.checkServiceRevocation(chat.#revocation);
-    await removeStalePartials(chat.#downloads);
-    // And the temporary files of writes killed before their rename: they would pile up there, and
-    // count as held items (client/mailbox.ts). Only those older than this process's start (less a
-    // minute): another chat on this home may be writing one now (lib/fs.ts removeStaleTemps).
-    const home = id.home;
-    const dirs = [home.root, home.id.dir, home.mailbox, home.mailboxHeld, home.mailboxRoomHeld];
-    for (const dir of [...dirs, home.rooms]) {
-      await removeStaleTemps(dir).catch(() => {}); // litter only: never a reason not to start
+    try {
+      // A CA service whose TLS certificate is on the CRL we hold is refused (lib/tls.ts).
+      ca.checkServiceRevocation(chat.#revocation);
+      await removeStalePartials(chat.#downloads);
+      // And the temporary files of writes killed before their rename: they would pile up there,
+      // and count as held items (client/mailbox.ts). Only those older than this process's start
+      // (less a minute): another chat on this home may be writing one now (lib/fs.ts
+      // removeStaleTemps).
+      const home = id.home;
+      const dirs = [home.root, home.id.dir, home.mailbox, home.mailboxHeld, home.mailboxRoomHeld];
+      for (const dir of [...dirs, home.rooms]) {
+        await removeStaleTemps(dir).catch(() => {}); // litter only: never a reason not to start
+      }
+      const unreadable = await chat.#quota.load();
+      if (unreadable) chat.#emit({ type: "warning", message: unreadable });
+      await chat.#revocation.refresh();
+      // Our own certificate no longer taken (revoked, superseded, expired): the CA would refuse
+      // all we ask of it, so it is said now, with why, not as warnings after `ready`.
+      const refused = ownCertificateRefused(id, chat.#revocation);
+      if (refused) throw refused;
+      if (!chat.#noListen) {
+        await chat.#listenOn(options.listenHost ?? "127.0.0.1", options.listenPort ?? 0);
+      }
+      chat.#mailbox = await MailboxClient.load(chat.#mailboxHost(), id.home);
+      chat.#revocation.start();
+      await chat.#rooms.load();
+      chat.#invitations.start();
+      chat.#emit({
+        type: "ready",
+        name: id.name,
+        listen: chat.#listen,
+        fingerprint: id.certificate.fingerprint,
+      });
+      // Standing alarms are shown again at every start: nobody can miss them.
+      for (const alarm of log.alarms) emit(alarm);
+      chat.#watchLog();
+      chat.#watchTimer = setInterval(() => chat.#watchLog(), LOG_WATCH_MS);
+      chat.#renewal.start();
+      chat.#takeUpRoomHeld();
+      // After `ready`: what waited in the mailbox comes now, then as it arrives.
+      chat.#mailbox.start();
+      chat.#rooms.start();
+    } catch (e) {
+      // What it started (the listener, its guard, timers, the mailbox's lock) is let go: else
+      // the port stays taken and the process cannot exit. The error that stopped it is said.
+      await chat.stop().catch(() => {});
+      throw e;
     }
-    const unreadable = await chat.#quota.load();
-    if (unreadable) chat.#emit({ type: "warning", message: unreadable });
-    await chat.#revocation.refresh();
-    // Our own certificate no longer taken (revoked, superseded, expired): the CA would refuse
-    // all we ask of it, so it is said now, with why, not as warnings after `ready`.
-    const refused = ownCertificateRefused(id, chat.#revocation);
-    if (refused) throw refused;
-    if (!chat.#noListen) {
-      await chat.#listenOn(options.listenHost ?? "127.0.0.1", options.listenPort ?? 0);
-    }
-    chat.#mailbox = await MailboxClient.load(chat.#mailboxHost(), id.home);
-    chat.#revocation.start();
-    await chat.#rooms.load();
-    chat.#invitations.start();
-    chat.#emit({
-      type: "ready",
-      name: id.name,
-      listen: chat.#listen,
-      fingerprint: id.certificate.fingerprint,
-    });
-    // Standing alarms are shown again at every start: nobody can miss them.
-    for (const alarm of log.alarms) emit(alarm);
-    chat.#watchLog();
-    chat.#watchTimer = setInterval(() => chat.#watchLog(), LOG_WATCH_MS);
-    chat.#renewal.start();
-    chat.#takeUpRoomHeld();
-    // After `ready`: what waited in the mailbox comes now, then as it arrives.
-    chat.#mailbox.start();
-    chat.#rooms.start();
     return chat;
   }
 
@@ -1418,15 +1427,19 @@ export class Chat {
           giveBack();
           throw e;
         }
-        await this.#quota.stored(item.from, path, size);
         const file = { id: item.id, ...receivedName(item.name!, path), path, bytes: size, sha256 };
-        const ref = this.#history.file({ from: item.from, to: this.#id.name, ...file, sent });
+        let ref: string | undefined;
         try {
-          // As a message's: its line synced, or the item stays at the CA (and the file goes:
-          // stored again when it is tried again).
+          // As a message's: counted for the quotas and its line synced, or the item stays at the
+          // CA (and the file goes, its share of the quotas given back: stored again when it is
+          // tried again). As a direct file's (#peerEvents).
+          await this.#quota.stored(item.from, path, size);
+          ref = this.#history.file({ from: item.from, to: this.#id.name, ...file, sent });
           await this.#history.persist(item.from);
         } catch (e) {
+          this.#quota.unstored(item.from, path, size);
           await Deno.remove(path).catch(() => {});
+          giveBack();
           throw e;
         }
         return () => this.#emit({ type: "file", from: item.from, ...file, via: "mailbox", ref });

@@ -615,6 +615,46 @@ Deno.test("start() of a home whose key-changes.json cannot be read refuses with 
   });
 });
 
+// A start that failed after its listener was up kept the port (and its timers): the process
+// could neither start again on it nor exit.
+Deno.test("start() that fails after it began to listen lets go of the port and its timers, and throws the error that stopped it", async () => {
+  await withService(async (service, dir) => {
+    const home = join(dir, "bob");
+    const id = await enroll(home, parseInvite(await makeInvite(service.home, "bob")));
+    const free = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (free.addr as Deno.NetAddr).port;
+    free.close();
+    const portIsFree = () => Deno.listen({ hostname: "127.0.0.1", port }).close();
+
+    // The mailbox's outbox.json, read after the listener is up, cut short: not JSON.
+    const outbox = id.home.mailboxOutbox;
+    await Deno.mkdir(join(outbox, ".."), { recursive: true, mode: 0o700 });
+    await Deno.writeTextFile(outbox, '{"items":{"a', { mode: 0o600 });
+    await assert.rejects(
+      Chat.start(await Identity.load(home), { listenPort: port }),
+      assertCode("ERR_FILE", new RegExp(`^Cannot read "${outbox}"$`)),
+    );
+    portIsFree();
+    await Deno.remove(outbox);
+
+    // The rooms' folder a file: read later still, once the CRL refresh runs.
+    await Deno.writeTextFile(id.home.rooms, "", { mode: 0o600 });
+    await assert.rejects(
+      Chat.start(await Identity.load(home), { listenPort: port }),
+      Deno.errors.NotADirectory,
+    );
+    portIsFree();
+    await Deno.remove(id.home.rooms);
+
+    const bob = await startAgain(await Identity.load(home), { listenPort: port });
+    try {
+      assert.equal(bob.chat.listen, `127.0.0.1:${port}`);
+    } finally {
+      await bob.chat.stop();
+    }
+  });
+});
+
 // /trust of a name already pinned, with no live connection, took whatever key the directory gives
 // at that moment: the CA could give one key for the warning the user read, another for /trust.
 Deno.test("trust() of a pinned name with no connection refuses a directory key the user was never shown, naming both, and pins nothing", async () => {
