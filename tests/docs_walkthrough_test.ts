@@ -115,10 +115,10 @@ Deno.test(
         made.stderr,
         /^e2e-chat: warning: The passphrase file ".*" can be read by other users \(mode 0644\): chmod 600 it\n$/,
       );
-      await Deno.chmod(file, 0o664);
+      await Deno.chmod(file, 0o646);
       const refused = await client(join(dir, "erin"), ["csr", "erin", "--passphrase-file", file]);
       assert.equal(refused.code, 1, refused.stderr);
-      assert.match(refused.stderr, /other users can write to it \(mode 0664\)\n.*hint: chmod 600/);
+      assert.match(refused.stderr, /other users can write to it \(mode 0646\)\n.*hint: chmod 600/);
 
       await Deno.writeTextFile(file, `${PASSPHRASE}\n`);
       await Deno.chmod(file, 0o640);
