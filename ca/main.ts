@@ -92,13 +92,16 @@ Commands:
           [--allow-compromised-key]
           Sign a certificate request (use - for stdin); prints the certificate.
           A key a certificate of which was revoked as keyCompromise is refused
-          (as by invites), unless --allow-compromised-key.
+          (as by invites), unless --allow-compromised-key; so is a key another
+          name holds a valid certificate for.
   revoke  NAME|SERIAL [--reason R]
           Revoke a certificate and publish a new CRL. R: unspecified (the
           default), keyCompromise, CACompromise, affiliationChanged,
           superseded or cessationOfOperation. keyCompromise also revokes
           every other valid certificate for the same key, and takes a serial
           revoked already (superseded, say): its reason becomes keyCompromise.
+          One revoked as keyCompromise already is refused only when no other
+          valid certificate for its key is left.
   crl     Print a fresh CRL (PEM); the service serves it from then on.
   list    [--json]  Every issued certificate with its status.
   log     [verify] [--entries N] [--json]

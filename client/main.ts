@@ -59,6 +59,8 @@ Commands:
         --passphrase-file FILE or $E2E_CHAT_PASSPHRASE.
         A join cut off after it sent its request: run it again with the same
         invite; it goes on with the key it made (kept in HOME/joining).
+        A HOME/id holding anything but what a cut-off key write leaves is
+        refused as existing.
   whoami [--json]
         Your name, certificate fingerprint and validity, and where things are.
   lookup NAME [--json]
@@ -81,6 +83,8 @@ Commands:
         Only make a key and a request, for an admin to sign by hand with
         deno task ca sign --name NAME HOME/id/request.csr
         To chat from this home, join with an invite: join uses this key.
+        Cut off after the key was written, run it again: it makes that key's
+        request.
 
 Options:
   --home DIR              State folder (default: $E2E_CHAT_HOME, else ~/.e2e-chat)
