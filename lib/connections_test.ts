@@ -397,3 +397,43 @@ Deno.test("addressKey() counts an IPv6 address for its /64 and an IPv4-mapped or
   assert.equal(addressKey("64:ff9b::c000:208"), "192.0.2.8");
   assert.equal(addressKey("::1"), "0:0:0:0::/64");
 });
+
+Deno.test("guardConnections() on a server at its cap keeps its port, so no other local process can take it while members wait", async () => {
+  const server = net.createServer((s) => s.on("error", () => {}));
+  const reports: string[] = [];
+  const guard = guardConnections(server, {
+    maxConnections: 2,
+    maxPerAddress: 100,
+    handshakeMs: 0,
+    onRefused: (m) => reports.push(m),
+  });
+  await guard.listen(0, "127.0.0.1");
+  const port = (server.address() as net.AddressInfo).port;
+  const conns = [rawFrom(port), rawFrom(port)];
+  let impostor: Deno.TcpListener | undefined;
+  try {
+    await Promise.all(conns.map((c) => c.connected));
+    while (guard.open < 2) await sleep(10);
+    assert.equal(guard.paused, true);
+    // Anyone on the host (an unprivileged user, another service) tries the port now.
+    try {
+      impostor = Deno.listen({ hostname: "127.0.0.1", port });
+    } catch (e) {
+      assert.ok(e instanceof Deno.errors.AddrInUse, String(e));
+    }
+    conns[0].socket.destroy();
+    await sleep(600);
+    assert.equal(
+      impostor,
+      undefined,
+      `another process took port ${port} while the server was at its cap; the server says:\n${
+        reports.join("\n")
+      }`,
+    );
+  } finally {
+    impostor?.close();
+    for (const c of conns) c.socket.destroy();
+    guard.stop();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+});
