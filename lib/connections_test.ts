@@ -10,6 +10,7 @@ import {
   deadline,
   freeDescriptors,
   guardConnections,
+  ListenerGroup,
   MAX_CONNECTIONS_CEILING,
   MIN_CONNECTIONS,
 } from "./connections.ts";
@@ -435,5 +436,68 @@ Deno.test("guardConnections() on a server at its cap keeps its port, so no other
     for (const c of conns) c.socket.destroy();
     guard.stop();
     await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+});
+
+Deno.test("guardConnections() keeps a server's port while anyone, with no certificate, sets off refusals at another listener of its group: no local process can take it meanwhile", async () => {
+  const group = new ListenerGroup();
+  const api = net.createServer((s) => s.on("error", () => {}));
+  const crl = net.createServer((s) => s.on("error", () => {}));
+  const reports: string[] = [];
+  const apiGuard = guardConnections(api, {
+    maxConnections: 100,
+    maxPerAddress: 8,
+    handshakeMs: 0,
+    group,
+    onRefused: (m) => reports.push(`api: ${m}`),
+  });
+  const crlGuard = guardConnections(crl, {
+    maxConnections: 100,
+    maxPerAddress: 2,
+    handshakeMs: 0,
+    group,
+    onRefused: (m) => reports.push(`crl: ${m}`),
+  });
+  await apiGuard.listen(0, "127.0.0.1");
+  await crlGuard.listen(0, "127.0.0.1");
+  const port = (api.address() as net.AddressInfo).port;
+  const crlPort = (crl.address() as net.AddressInfo).port;
+  // Another process on the host tries to take the API's port, again and again, for 9 s.
+  const thief = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const end = Date.now() + 9_000;
+       while (Date.now() < end) {
+         try {
+           const l = Deno.listen({ hostname: "127.0.0.1", port: ${port} });
+           console.log("taken");
+           await new Promise((r) => setTimeout(r, 300));
+           l.close();
+           break;
+         } catch { /* in use */ }
+       }`,
+    ],
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  try {
+    // Meanwhile one client over the CRL's per-address cap, once a second: no certificate needed.
+    for (let round = 0; round < 7; round++) {
+      const over = [0, 1, 2].map(() => rawFrom(crlPort));
+      await sleep(50);
+      for (const c of over) c.socket.destroy();
+      await sleep(1_150);
+    }
+    const out = new TextDecoder().decode((await thief).stdout);
+    assert.equal(
+      out.trim(),
+      "",
+      `another process took the API's port ${port}; the server says:\n${reports.join("\n")}`,
+    );
+  } finally {
+    await thief;
+    apiGuard.stop();
+    crlGuard.stop();
+    await Promise.all([api, crl].map((s) => new Promise<void>((r) => s.close(() => r()))));
   }
 });
