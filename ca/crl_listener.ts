@@ -12,7 +12,7 @@
  * {@linkcode crlConnections}: at most {@linkcode CRL_MAX_CONNECTIONS}),
  * {@linkcode CRL_MAX_PER_ADDRESS} from one address, and each connection is
  * closed {@linkcode CRL_CONNECTION_MS} after it was accepted, whatever it
- * sends. At its cap it stops listening, and listens again below it
+ * sends. At its cap it keeps its port and closes what comes at once
  * (lib/connections.ts).
  *
  * @module

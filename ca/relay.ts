@@ -352,7 +352,7 @@ export class Relay {
           side.socket,
           504,
           "ERR_NETWORK",
-          `"${side.peer}" did not come to the relay in time`,
+          `"${side.peer}" did not join the relay in time`,
         );
       }, this.waitMs),
       onClose: () => this.#unwait(waiting),

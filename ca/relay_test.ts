@@ -223,7 +223,7 @@ Deno.test("Relay.join() gives up on a side whose peer does not come in time with
     assert.match(bob.received(), /^HTTP\/1\.1 504 Gateway Timeout\r\n/);
     assert.match(
       bob.received(),
-      /\{"error":\{"code":"ERR_NETWORK","message":"\\"alice\\" did not come to the relay in time"\}\}\n$/,
+      /\{"error":\{"code":"ERR_NETWORK","message":"\\"alice\\" did not join the relay in time"\}\}\n$/,
     );
     assert.equal(relay.pairs, 0);
   });

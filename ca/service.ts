@@ -7,8 +7,8 @@
  * Caps and deadlines (docs/SECURITY.md §1): one budget of connections for the
  * process, `connectionBudget(freeDescriptors())` (a quarter of the files it can
  * still open at start, at most 1,024), split between the CRL listener
- * (`crlConnections`) and the API, which stop listening at their caps and listen
- * again below them (lib/connections.ts); {@linkcode MAX_CONNECTIONS_PER_ADDRESS}
+ * (`crlConnections`) and the API, which keep their ports at their caps and
+ * accept and close what comes past them (lib/connections.ts); {@linkcode MAX_CONNECTIONS_PER_ADDRESS}
  * from one address; the TLS handshake
  * within {@linkcode HANDSHAKE_MS} of accept, a request's headers within
  * {@linkcode HEADERS_MS} of the handshake or of the previous reply, its body
@@ -397,8 +397,9 @@ export class CaService {
         ),
     });
     // One budget for the process's descriptors, counted once: the CRL listener's share and the
-    // HTTPS API's come out of it, and the other three quarters of what is free stay for files,
-    // openssl's pipes, the listening backlogs and connections refused at a cap.
+    // HTTPS API's come out of it; the connections closed past a cap take about as many again
+    // (lib/connections.ts listenBacklog), and the other half of what is free stays for files and
+    // openssl's pipes.
     const budget = connectionBudget(freeDescriptors());
     const crlShare = crlConnections(budget);
     const listeners = new ListenerGroup();

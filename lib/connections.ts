@@ -12,13 +12,17 @@
  * slot, and deadlines that count from a fixed start (not inactivity timers,
  * which a client resets with one byte every few seconds) bound how long a slot
  * stays taken. A server listened through its guard ({@linkcode ConnectionGuard}
- * `listen`) also stops listening at its cap rather than accept and close what
- * comes (a closed connection keeps its descriptor until a turn of the event
- * loop later, so how many are pending would depend on the client's speed),
- * takes a fresh listening socket once a burst of refusals is over, in case one
- * went quiet anyway, and after a minute without a connection checks that it
- * still accepts by connecting to itself (the descriptors may have run out for
- * other reasons: files, child processes).
+ * `listen`) keeps its listening socket at its cap too: closing it would free
+ * the port for any local process to take (neither node:net nor Deno offers
+ * SO_REUSEPORT, and Deno 2.9's listener has no way to stop accepting short of
+ * closing). What comes past the cap is accepted and closed at once; a listen
+ * backlog of half the cap ({@linkcode listenBacklog}) bounds how many come in
+ * one turn, so the descriptors held stay within twice the cap, which
+ * {@linkcode connectionBudget} leaves room for. After a minute without a
+ * connection it checks that it still accepts by connecting to itself (the
+ * descriptors may have run out for other reasons: files, child processes); if
+ * not, it wakes its accept loop on the same socket, and only if that does not
+ * help takes a fresh listening socket on the same port.
  *
  * @module
  */
@@ -70,11 +74,10 @@ export function freeDescriptors(): number {
  * The most connections one server may hold with `descriptors` free: a quarter
  * of them, between {@linkcode MIN_CONNECTIONS} and
  * {@linkcode MAX_CONNECTIONS_CEILING}. The rest is for files, openssl's
- * pipes, outgoing connections, a second listener — and the connections
- * refused at the cap, whose descriptors Deno releases only a turn of the event
- * loop later: under `ulimit -n 256` a burst of 400 left about 100 of them
- * pending at once, so a cap of half the limit (128) still ran out and a
- * quarter (64) held against 1,000.
+ * pipes, outgoing connections — and the connections closed at the cap, whose
+ * descriptors Deno releases only a turn of the event loop later: at most two
+ * listen backlogs of them ({@linkcode listenBacklog}, half the cap each), so a
+ * server at its cap holds about twice the cap, half of what is free.
  *
  * @example
  * ```ts
@@ -99,16 +102,17 @@ export interface ConnectionLimits {
   /** Told, at most every {@linkcode REFUSAL_LOG_INTERVAL_MS}, that a cap refused connections. Default: none. */
   onRefused?: (message: string) => void;
   /**
-   * The listeners of the same process: once a burst of refusals at any of them is over, every
-   * one listened through its guard takes a fresh listening socket (one may have gone quiet
-   * when another took the last descriptors). Default: a group of this server alone.
+   * The listeners of the same process: once one of them finds its accept loop dead (below), every
+   * one listened through its guard checks its own at once, the same way (whatever took the last
+   * descriptor may have killed theirs too). Default: a group of this server alone.
    */
   group?: ListenerGroup;
   /**
    * After this long without a connection, a server listened through its guard connects to
-   * itself, and takes a fresh listening socket if that connection is not accepted within
-   * {@linkcode PROBE_MS} (its accept loop died when something else took the last descriptor),
-   * in ms. Default: {@linkcode QUIET_PROBE_MS}.
+   * itself; if that connection is not accepted within {@linkcode PROBE_MS} (its accept loop died
+   * when something else took the last descriptor), it wakes the loop on the same socket and
+   * checks again, and takes a fresh listening socket only if that fails too, in ms.
+   * Default: {@linkcode QUIET_PROBE_MS}.
    */
   quietMs?: number;
 }
@@ -121,22 +125,22 @@ export interface ConnectionGuard {
   readonly maxPerAddress: number;
   /** Connections open now. */
   readonly open: number;
-  /** Whether the server stopped listening at its cap (it listens again below it). */
+  /** Whether the server is at its total cap: what comes meanwhile is accepted and closed at once. */
   readonly paused: boolean;
   /**
-   * Listens on host:port (0 picks a port) with a backlog of at most `maxConnections`, and from
-   * then on stops listening at the cap and listens again on the same port below it. Rejects
-   * with the listen error (EADDRINUSE, say).
+   * Listens on host:port (0 picks a port) with a backlog of {@linkcode listenBacklog}`(maxConnections)`,
+   * and keeps that socket, at its cap too (closing it would free the port for any local process);
+   * it takes a fresh one on the same port only when its accept loop is proven dead and cannot be
+   * woken on that one. Rejects with
+   * the listen error (EADDRINUSE, say).
    */
   listen(port: number, host: string): Promise<void>;
-  /** Stops listening again: call it before the server's own close(). */
+  /** Stops the guard's checks: call it before the server's own close(). */
   stop(): void;
 }
 
-/** How long after a server fell below its cap it listens again, in ms (refused connections' descriptors come back meanwhile). */
+/** How long after a listener error a server listened through its guard takes a fresh socket, in ms. */
 export const RESUME_DELAY_MS = 100;
-/** How long a burst of refusals must be over before a group's listeners take fresh sockets, in ms. */
-export const REFRESH_AFTER_MS = 1_000;
 /** How long a server listened through its guard may go without a connection before it checks that it still accepts, in ms. */
 export const QUIET_PROBE_MS = 60_000;
 /** How long that check waits for its own connection to be accepted, in ms. */
@@ -144,9 +148,29 @@ export const PROBE_MS = 2_000;
 const RELISTEN_RETRY_MAX_MS = 5_000;
 
 /**
- * The servers of one process that share its file descriptors: once refusals at any of them
- * stop for {@linkcode REFRESH_AFTER_MS}, each listens again on a fresh socket (Deno's accept
- * loop of one may have died silently when another's burst took the last descriptor).
+ * The listen backlog of a server listened through its guard with a cap of `maxConnections`: half
+ * of it, between 1 and 511. Deno accepts, in one turn of its event loop, every connection the
+ * kernel queued (at most backlog + 1, and a few that come meanwhile) before any JavaScript runs,
+ * so the backlog bounds a burst; and what comes past the cap is closed at once but gives its
+ * descriptor back only a turn later, so a server holds at most about
+ * `maxConnections + 2 × backlog` descriptors: twice its cap, which
+ * {@linkcode connectionBudget} leaves room for.
+ *
+ * @example
+ * ```ts
+ * import { listenBacklog } from "./connections.ts";
+ * console.log(listenBacklog(64)); // 32
+ * ```
+ */
+export function listenBacklog(maxConnections: number): number {
+  return Math.max(1, Math.min(511, Math.ceil(maxConnections / 2)));
+}
+
+/**
+ * The servers of one process that share its file descriptors: once one finds its accept loop
+ * dead (Deno's accept loop dies silently when something takes the last descriptor), each checks
+ * its own at once by connecting to itself, as it would after a quiet minute. Refusals at a cap
+ * change nothing here: anyone can set those off.
  *
  * @example
  * ```ts
@@ -158,25 +182,17 @@ const RELISTEN_RETRY_MAX_MS = 5_000;
  * ```
  */
 export class ListenerGroup {
-  #refreshers = new Set<() => void>();
-  #timer?: ReturnType<typeof setTimeout>;
+  #checks = new Set<() => void>();
 
-  /** Adds a listener's refresh; returns the function that takes it out again. */
-  add(refresh: () => void): () => void {
-    this.#refreshers.add(refresh);
-    return () => {
-      this.#refreshers.delete(refresh);
-      if (!this.#refreshers.size) clearTimeout(this.#timer);
-    };
+  /** Adds a listener's self-check; returns the function that takes it out again. */
+  add(check: () => void): () => void {
+    this.#checks.add(check);
+    return () => void this.#checks.delete(check);
   }
 
-  /** A connection was refused (or a listener stopped at its cap): the burst goes on. */
-  refused(): void {
-    if (!this.#refreshers.size) return;
-    clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => {
-      for (const refresh of this.#refreshers) refresh();
-    }, REFRESH_AFTER_MS);
+  /** A listener of the group found its accept loop dead: every one checks its own now. */
+  died(): void {
+    for (const check of this.#checks) check();
   }
 }
 
@@ -185,12 +201,13 @@ export class ListenerGroup {
  * each whose TLS handshake is not done `handshakeMs` after it was accepted.
  * A connection over a cap is closed before a byte is read, and `onRefused`
  * hears of it (the first refusal at once, then a count every 10 s). A server
- * listened through the returned guard's `listen` stops listening at its total
- * cap (clients are refused by the kernel, holding no descriptor here) and
- * listens again {@linkcode RESUME_DELAY_MS} after it fell below it; once a burst
- * of refusals is over, or when a connection to itself after `quietMs` without
- * one is not accepted, it takes a fresh listening socket on the same port, so a
- * listener that went quiet for want of descriptors accepts again.
+ * listened through the returned guard's `listen` keeps its listening socket
+ * at its cap too (closing it would let any local process take the port), with
+ * a backlog of {@linkcode listenBacklog} that bounds how many come at once;
+ * when a connection to itself after `quietMs` without one is not accepted (its
+ * accept loop died for want of descriptors), it wakes that loop on the same
+ * socket, and takes a fresh listening socket on the same port only if a second
+ * check fails too, or the server reports a listener error.
  *
  * @example
  * ```ts
@@ -213,20 +230,34 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
   let lastReport = -Infinity;
   let lastConnection = Date.now();
   let watchdog: ReturnType<typeof setInterval> | undefined;
-  let probing = false;
+  // While a self-check is under way: the refusals it cannot yet tell from its own connection.
+  let probing: Array<{ port?: number; why: string }> | undefined;
   let cancelProbe = () => {};
   let afterError: ReturnType<typeof setTimeout> | undefined;
   const quietMs = limits.quietMs ?? QUIET_PROBE_MS;
-  // Where the server listens, once it listened through the guard: it may stop and listen again.
+  // Where the server listens, once it listened through the guard: it may need a fresh socket.
   let where: { port: number; host: string } | undefined;
-  let paused = false;
   let stopped = false;
   let leaveGroup = () => {};
   let relistening = false;
   let retryMs = 0;
-  let resumeTimer: ReturnType<typeof setTimeout> | undefined;
+  let retryTimer: ReturnType<typeof setTimeout> | undefined;
+  // Whether the last self-check failed and the listener was woken on its socket since.
+  let woken = false;
+  // Tells Deno's listening handle to poll its socket again (the accept loop that an EMFILE left
+  // for dead takes what the kernel queued), without letting go of the port; false where the
+  // handle has no such call.
+  const wake = (): boolean => {
+    const handle = (server as unknown as { _handle?: { listen?: (backlog: number) => number } })
+      ._handle;
+    try {
+      return typeof handle?.listen === "function" && handle.listen(backlog) === 0;
+    } catch {
+      return false;
+    }
+  };
   const report = (why: string) => {
-    group.refused();
+    refused++;
     const now = Date.now();
     if (now - lastReport < REFUSAL_LOG_INTERVAL_MS) return;
     lastReport = now;
@@ -238,13 +269,16 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
     refused = 0;
   };
   const refuse = (socket: Socket, why: string) => {
+    const port = socket.remotePort;
     socket.destroy();
-    refused++;
+    // During a self-check its own connection may be this one (its port may be known only
+    // later): that is no refusal, and is told apart when the check ends.
+    if (probing) return void probing.push({ port, why });
     report(why);
   };
-  const backlog = () => Math.max(1, Math.min(511, maxConnections));
-  // Listens on `where` now, or tries again later (the port may not be free yet, or no
-  // descriptor): the server must not stay deaf.
+  const backlog = listenBacklog(maxConnections);
+  // Takes a fresh listening socket on `where` now, or tries again later (the port may not be
+  // free yet, or no descriptor): only for a listener proven dead or failed, never at a cap.
   const relisten = () => {
     if (stopped || !where || relistening) return;
     relistening = true;
@@ -255,72 +289,78 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
       relistening = false;
       retryMs = Math.min(RELISTEN_RETRY_MAX_MS, retryMs ? retryMs * 2 : 100);
       limits.onRefused?.(`cannot listen again on port ${where?.port}: ${e.message}`);
-      clearTimeout(resumeTimer);
-      resumeTimer = setTimeout(relisten, retryMs);
+      clearTimeout(retryTimer);
+      retryTimer = setTimeout(relisten, retryMs);
     };
     const onListening = () => {
       server.off("error", onError);
       relistening = false;
       retryMs = 0;
-      // Stopped, or at the cap again, while it was getting its socket.
-      if (stopped || paused) net.Server.prototype.close.call(server);
+      if (stopped) net.Server.prototype.close.call(server);
     };
     server.once("error", onError);
     server.once("listening", onListening);
-    server.listen({ port: where.port, host: where.host, backlog: backlog() });
+    server.listen({ port: where.port, host: where.host, backlog });
   };
-  // Connects to the server itself: accepted, it still accepts; not within PROBE_MS (or not
-  // even connected), it takes a fresh listening socket. Connections queued for the dead one go.
-  const probe = () => {
-    if (probing || stopped || paused || relistening || !where) return;
-    if (Date.now() - lastConnection < quietMs) return;
-    probing = true;
+  // Connects to the server itself: accepted (or refused at a cap: it was accepted first), it
+  // still accepts; not within PROBE_MS, its accept loop is dead: it is woken on its socket and
+  // checked again, and takes a fresh listening socket only if still dead; the group's other
+  // listeners check theirs. `force`: check whether it has been quiet or not.
+  const probe = (force = false) => {
+    if (probing || stopped || relistening || !where) return;
+    if (!force && Date.now() - lastConnection < quietMs) return;
     const host = where.host === "0.0.0.0" ? "127.0.0.1" : where.host === "::" ? "::1" : where.host;
     const own = net.connect({ port: where.port, host });
     own.on("error", () => {});
+    const held: Array<{ port?: number; why: string }> = [];
+    probing = held;
     // The ports of connections accepted meanwhile: its own local port may be known only later.
     const ports = new Set<number | undefined>();
     const end = () => {
+      const mine = own.localPort;
       server.off("connection", seen);
       clearTimeout(timer);
       own.destroy();
-      probing = false;
+      probing = undefined;
       lastConnection = Date.now();
       cancelProbe = () => {};
+      for (const r of held) {
+        if (r.port === undefined || r.port !== mine) report(r.why);
+      }
     };
-    const check = () => {
+    const accepted = () => {
       if (own.localPort === undefined || !ports.has(own.localPort)) return;
+      woken = false;
       end();
     };
     const seen = (socket: Socket) => {
       ports.add(socket.remotePort);
-      check();
+      accepted();
     };
-    own.once("connect", check);
+    own.once("connect", accepted);
     server.on("connection", seen);
     const timer = setTimeout(() => {
       end();
-      if (stopped || paused) return;
-      limits.onRefused?.(`the listener on port ${where?.port} stopped accepting; listening again`);
-      relisten();
+      if (stopped) return;
+      // First on the same socket, which keeps the port: Deno 2.9's handle polls its listener
+      // again when told to listen once more. Only if that did not help, a fresh socket.
+      if (!woken && wake()) {
+        woken = true;
+        limits.onRefused?.(
+          `the listener on port ${where?.port} stopped accepting; woke it on the same socket`,
+        );
+        probe(true);
+      } else {
+        woken = false;
+        limits.onRefused?.(
+          `the listener on port ${where?.port} stopped accepting; listening again`,
+        );
+        relisten();
+      }
+      // Whatever took the last descriptor may have killed the others' too (this one is busy).
+      group.died();
     }, PROBE_MS);
     cancelProbe = end;
-  };
-  const pause = () => {
-    if (!where || paused || stopped) return;
-    paused = true;
-    clearTimeout(resumeTimer);
-    if (server.listening) net.Server.prototype.close.call(server);
-    report(`${open} connections open, at most ${maxConnections}; not listening until fewer are`);
-  };
-  const resumeSoon = () => {
-    if (!paused || stopped || open >= maxConnections) return;
-    clearTimeout(resumeTimer);
-    resumeTimer = setTimeout(() => {
-      if (stopped || open >= maxConnections) return;
-      paused = false;
-      relisten();
-    }, RESUME_DELAY_MS);
   };
   server.on("connection", (socket: Socket) => {
     lastConnection = Date.now();
@@ -335,7 +375,6 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
     }
     open++;
     perAddress.set(address, mine + 1);
-    if (open >= maxConnections) pause();
     const handshake = limits.handshakeMs > 0
       ? setTimeout(() => socket.destroy(), limits.handshakeMs)
       : undefined;
@@ -346,7 +385,6 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
       const left = (perAddress.get(address) ?? 1) - 1;
       if (left > 0) perAddress.set(address, left);
       else perAddress.delete(address);
-      resumeSoon();
     });
   });
   server.on("secureConnection", (socket: TLSSocket) => {
@@ -364,13 +402,13 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
       return open;
     },
     get paused() {
-      return paused;
+      return open >= maxConnections;
     },
     listen(port: number, host: string): Promise<void> {
       return new Promise<void>((resolve, reject) => {
         const onError = (e: Error) => reject(e);
         server.once("error", onError);
-        server.listen({ port, host, backlog: backlog() }, () => {
+        server.listen({ port, host, backlog }, () => {
           server.off("error", onError);
           // The port it took (0 picks one), on the address it listens on.
           const address = server.address() as { port: number; address: string };
@@ -378,16 +416,14 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
           lastConnection = Date.now();
           watchdog = setInterval(probe, Math.max(100, Math.min(quietMs, PROBE_MS)));
           Deno.unrefTimer(watchdog);
-          leaveGroup = group.add(() => {
-            if (!paused) relisten();
-          });
+          leaveGroup = group.add(() => probe(true));
           // An accept that fails (EMFILE) is an "error" on node's server, which Deno 2.9.6 never
           // emits; should it, the listener takes a fresh socket rather than the process dying.
           server.on("error", (e: Error) => {
             if (relistening || stopped) return; // relisten() handles its own
             limits.onRefused?.(`the listener on port ${where?.port} failed: ${e.message}`);
             clearTimeout(afterError);
-            afterError = setTimeout(() => paused || relisten(), RESUME_DELAY_MS);
+            afterError = setTimeout(relisten, RESUME_DELAY_MS);
           });
           resolve();
         });
@@ -398,7 +434,7 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
       clearInterval(watchdog);
       clearTimeout(afterError);
       cancelProbe();
-      clearTimeout(resumeTimer);
+      clearTimeout(retryTimer);
       leaveGroup();
     },
   };

@@ -10,9 +10,9 @@ import tls from "node:tls";
 
 /**
  * The bytes of a real TLS ClientHello (what node:tls sends first, ALPN
- * e2e-chat/1 offered), captured by a plain TCP server of our own.
+ * `alpn` offered: e2e-chat/1 unless told), captured by a plain TCP server of our own.
  */
-export function captureClientHello(): Promise<Uint8Array> {
+export function captureClientHello(alpn: string[] = ["e2e-chat/1"]): Promise<Uint8Array> {
   return new Promise((resolve, reject) => {
     const server = net.createServer((socket) => {
       socket.once("data", (bytes: Uint8Array) => {
@@ -27,7 +27,7 @@ export function captureClientHello(): Promise<Uint8Array> {
         host: "127.0.0.1",
         port: (server.address() as net.AddressInfo).port,
         rejectUnauthorized: false,
-        ALPNProtocols: ["e2e-chat/1"],
+        ALPNProtocols: alpn,
       });
       client.on("error", () => {});
     });
@@ -42,6 +42,8 @@ export interface HeldConnection {
   closed: Promise<number>;
   /** Whether the other side closed it. */
   isClosed(): boolean;
+  /** Whether the other side sent a byte: a server that took it from the kernel's queue. */
+  replied(): boolean;
   /** Closes our side. */
   close(): void;
 }
@@ -51,10 +53,11 @@ export async function holdTcp(port: number, bytes?: Uint8Array): Promise<HeldCon
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   if (bytes?.length) await conn.write(bytes).catch(() => 0);
   let done = false;
+  let replied = false;
   const closed = (async () => {
     const buffer = new Uint8Array(16 * 1024);
     try {
-      while (await conn.read(buffer) !== null) { /* drain whatever it says */ }
+      while (await conn.read(buffer) !== null) replied = true; // drain whatever it says
     } catch { /* reset */ }
     done = true;
     return Date.now();
@@ -63,6 +66,7 @@ export async function holdTcp(port: number, bytes?: Uint8Array): Promise<HeldCon
     conn,
     closed,
     isClosed: () => done,
+    replied: () => replied,
     close: () => {
       try {
         conn.close();
