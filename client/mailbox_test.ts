@@ -1323,9 +1323,11 @@ Deno.test("MailboxClient: an item put off while the clock was a month ahead is t
   }
 });
 
-// The service answers a long poll at once while an item is listed: one put off must not have the
-// poll ask again and again until it is due.
-Deno.test("MailboxClient: the poll does not spin while an item openssl failed on is put off: it looks again within a long poll's time", async () => {
+/**
+ * Runs `fn` with `wrapper`, an openssl that is killed whenever it decrypts, and puts
+ * E2E_CHAT_OPENSSL back as it was afterwards (`fn` sets it when it wants the wrapper used).
+ */
+async function withOpensslKilledAtDecrypt(fn: (wrapper: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir();
   const wrapper = join(dir, "openssl");
   await Deno.writeTextFile(
@@ -1335,6 +1337,18 @@ Deno.test("MailboxClient: the poll does not spin while an item openssl failed on
   );
   const before = Deno.env.get("E2E_CHAT_OPENSSL");
   try {
+    await fn(wrapper);
+  } finally {
+    if (before === undefined) Deno.env.delete("E2E_CHAT_OPENSSL");
+    else Deno.env.set("E2E_CHAT_OPENSSL", before);
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+// The service answers a long poll at once while an item is listed: one put off must not have the
+// poll ask again and again until it is due.
+Deno.test("MailboxClient: the poll does not spin while an item openssl failed on is put off: it looks again within a long poll's time", async () => {
+  await withOpensslKilledAtDecrypt(async (wrapper) => {
     const { service, alice, bob } = await world();
     await alice.mailbox.post("bob", "message", text("put off"));
     Deno.env.set("E2E_CHAT_OPENSSL", wrapper);
@@ -1352,26 +1366,14 @@ Deno.test("MailboxClient: the poll does not spin while an item openssl failed on
       bob.mailbox.stop();
     }
     assert.equal(forBob(service), 1);
-  } finally {
-    if (before === undefined) Deno.env.delete("E2E_CHAT_OPENSSL");
-    else Deno.env.set("E2E_CHAT_OPENSSL", before);
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 // The pause that keeps the poll from spinning while an item is put off also keeps it from looking
 // at all: for the 7 days the CA keeps that item, every other message comes up to 25 s late (before
 // the pause, a look came every 2 s or so).
 Deno.test("MailboxClient: while an item openssl failed on is put off, a new message still comes within a few seconds, not a long poll's 25 s later", async () => {
-  const dir = await Deno.makeTempDir();
-  const wrapper = join(dir, "openssl");
-  await Deno.writeTextFile(
-    wrapper,
-    `#!/bin/sh\ncase "$*" in *-decrypt*) kill -9 $$;; esac\nexec openssl "$@"\n`,
-    { mode: 0o755 },
-  );
-  const before = Deno.env.get("E2E_CHAT_OPENSSL");
-  try {
+  await withOpensslKilledAtDecrypt(async (wrapper) => {
     const { alice, bob } = await world();
     await alice.mailbox.post("bob", "message", text("put off"));
     Deno.env.set("E2E_CHAT_OPENSSL", wrapper);
@@ -1389,11 +1391,7 @@ Deno.test("MailboxClient: while an item openssl failed on is put off, a new mess
     } finally {
       bob.mailbox.stop();
     }
-  } finally {
-    if (before === undefined) Deno.env.delete("E2E_CHAT_OPENSSL");
-    else Deno.env.set("E2E_CHAT_OPENSSL", before);
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("MailboxClient: an item whose signer cannot be checked now (the CA busy or failing) stays at the CA and is shown at the next look; one whose signer the CA says is no member is refused", async () => {

@@ -194,6 +194,16 @@ async function withRooms(
   }
 }
 
+/** withRooms() for alice (keys `alice`, in `dir`), whose peers are the `connections` by name. */
+function withAlicesRooms(
+  alice: { pem: string },
+  dir: string,
+  connections: Map<string, PeerConnection>,
+  fn: (rooms: Rooms, events: CoreEvent[]) => Promise<void> | void,
+): Promise<void> {
+  return withRooms({ self: "alice", keys: alice, dir, peer: (n) => connections.get(n) }, fn);
+}
+
 /** What `rooms` sends back to `name` (a connection with no certificate) for `roomId`'s state. */
 function answersToState(rooms: Rooms, name: string, roomId: string): string[] {
   const ops: string[] = [];
@@ -1924,12 +1934,7 @@ Deno.test("A creator sends her member list only to a connection whose key is one
       ["bob", connection("bob", bob.privateKey, "bob")],
       ["dave", connection("dave", mallory.privateKey, "mallory as dave")],
     ]);
-    await withRooms({
-      self: "alice",
-      keys: alice,
-      dir,
-      peer: (n) => connections.get(n),
-    }, async (rooms) => {
+    await withAlicesRooms(alice, dir, connections, async (rooms) => {
       // Its join, as a member's whose answering list was lost: no list.
       rooms.receive(connections.get("dave")!, { op: "join", roomId: list.roomId });
       // A new list (bob removed): to bob, the one removed, not to the other key.
@@ -2014,12 +2019,7 @@ Deno.test("Two different messages signed under one author's number are told once
     const byBob = (text: string) =>
       teamMessage(bob, { roomId, author: "bob", seq: 1, version: 1, text });
     const connections = connectionsTo({ bob, carol });
-    await withRooms({
-      self: "alice",
-      keys: alice,
-      dir,
-      peer: (n) => connections.get(n),
-    }, (rooms, events) => {
+    await withAlicesRooms(alice, dir, connections, (rooms, events) => {
       rooms.receive(connections.get("bob")!, {
         op: "msg",
         m: byBob("pay 10"),
@@ -2332,12 +2332,7 @@ Deno.test("A member added back whose renumbered messages come before the list th
     const byBob = (seq: number, version: number, text: string) =>
       teamMessage(bob, { roomId, author: "bob", seq, version, text });
     const connections = connectionsTo({ bob, carol });
-    await withRooms({
-      self: "alice",
-      keys: alice,
-      dir,
-      peer: (n) => connections.get(n),
-    }, async (rooms, events) => {
+    await withAlicesRooms(alice, dir, connections, async (rooms, events) => {
       for (let seq = 1; seq <= 3; seq++) {
         rooms.receive(connections.get("bob")!, { op: "msg", m: byBob(seq, 1, `old ${seq}`) });
       }
@@ -2555,12 +2550,7 @@ Deno.test("A member who signs one message under a version far ahead does not sto
         }),
       ]),
     );
-    await withRooms({
-      self: "alice",
-      keys: alice,
-      dir,
-      peer: (n) => connections.get(n),
-    }, async (rooms) => {
+    await withAlicesRooms(alice, dir, connections, async (rooms) => {
       // Hostile bob: one message claiming list version 2^53 - 1 (his own key; it is never checked).
       const far = teamMessage(bob, {
         roomId,
@@ -2721,12 +2711,7 @@ Deno.test("A member's made-up messages under a newer list do not push out a real
       });
     await writeRoom(dir, listAt(1), carol.spki, { alice: 1, bob: 1, carol: 1, dave: 1 });
     const connections = connectionsTo({ bob, carol });
-    await withRooms({
-      self: "alice",
-      keys: alice,
-      dir,
-      peer: (n) => connections.get(n),
-    }, async (rooms, events) => {
+    await withAlicesRooms(alice, dir, connections, async (rooms, events) => {
       const real = teamMessage(dave, {
         roomId,
         author: "dave",

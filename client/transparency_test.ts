@@ -155,6 +155,19 @@ function generalizedTime(d: Date): string {
   return d.toISOString().replace(/[-:T]/g, "").replace(/\.\d+Z$/, "Z");
 }
 
+/** `ca`, but away (ERR_NETWORK) for the one question that would show a fork: consistency. */
+function awayForConsistency(ca: CaClient): CaClient {
+  return {
+    ...ca,
+    consistency: () => Promise.reject(new E2eError("ERR_NETWORK", "Cannot reach the CA service")),
+  } as unknown as CaClient;
+}
+
+/** Whether `e` says the CA could not be reached. */
+function unreachable(e: unknown): boolean {
+  return e instanceof E2eError && e.code === "ERR_NETWORK";
+}
+
 function alarmed(e: unknown): boolean {
   assert.ok(e instanceof E2eError, `expected an E2eError, got ${e}`);
   assert.equal(e.code, "ERR_LOG_ALARM");
@@ -259,17 +272,11 @@ Deno.test("a peer's checkpoint that cannot be checked while the CA is away is ch
   await withViews(async ({ dir, anchor, make }) => {
     const forAlice = make(["a", "b", "c"]);
     const forBob = make(["a", "x", "c", "d"]);
-    const away = {
-      ...forAlice.ca,
-      consistency: () => Promise.reject(new E2eError("ERR_NETWORK", "Cannot reach the CA service")),
-    } as unknown as CaClient;
+    const away = awayForConsistency(forAlice.ca);
     const file = join(dir, "alice.json");
     const alice = await LogMonitor.open(file, anchor, away);
     await alice.observe(forAlice.checkpoint);
-    await assert.rejects(
-      alice.observePeer(forBob.checkpoint, "bob"),
-      (e) => e instanceof E2eError && e.code === "ERR_NETWORK",
-    );
+    await assert.rejects(alice.observePeer(forBob.checkpoint, "bob"), unreachable);
     assert.deepEqual(alice.alarms, []);
     // Back, the CA serves proofs of alice's view; bob's checkpoint is not consistent with it.
     const back = await LogMonitor.open(file, anchor, forAlice.ca);
@@ -690,17 +697,11 @@ Deno.test("a peer's checkpoint the CA still cannot prove at the next look is kep
     const forAlice = make(["a", "b", "c"]);
     const forBob = make(["a", "x", "c", "d"]);
     // Away for the one question that would show the fork, answering everything else.
-    const away = {
-      ...forAlice.ca,
-      consistency: () => Promise.reject(new E2eError("ERR_NETWORK", "Cannot reach the CA service")),
-    } as unknown as CaClient;
+    const away = awayForConsistency(forAlice.ca);
     const file = join(dir, "alice.json");
     const alice = await LogMonitor.open(file, anchor, away);
     await alice.observe(forAlice.checkpoint);
-    await assert.rejects(
-      alice.observePeer(forBob.checkpoint, "bob"),
-      (e) => e instanceof E2eError && e.code === "ERR_NETWORK",
-    );
+    await assert.rejects(alice.observePeer(forBob.checkpoint, "bob"), unreachable);
     // The next look: the CA is still "away" for that question alone.
     const stillAway = await LogMonitor.open(file, anchor, away);
     await stillAway.watch("alice", "00").catch(() => {});
@@ -883,10 +884,7 @@ Deno.test("a peer's checkpoint another process of the home keeps waiting is not 
     await (await LogMonitor.open(file, anchor, small.ca)).observe(small.checkpoint);
     const lookup = await LogMonitor.open(file, anchor, forAlice.ca);
     // The chat of the same home keeps bob's checkpoint waiting: the CA did not answer.
-    const away = {
-      ...forAlice.ca,
-      consistency: () => Promise.reject(new E2eError("ERR_NETWORK", "Cannot reach the CA service")),
-    } as unknown as CaClient;
+    const away = awayForConsistency(forAlice.ca);
     const chat = await LogMonitor.open(file, anchor, away);
     await assert.rejects(chat.observePeer(forBob.checkpoint, "bob"), /Cannot reach/);
     // The lookup, which read the file before, then saves a checkpoint of its own.

@@ -39,19 +39,28 @@ Deno.test("readPassphrase() warns of a passphrase file other users can read, and
   }
 });
 
+/** Asserts readPassphrase() refuses `file` (mode `mode`) because other users can write to it. */
+async function assertRefusedAsWritableByOthers(
+  file: string,
+  mode: number,
+  why = "",
+): Promise<void> {
+  await assert.rejects(
+    readPassphrase({ file, onWarning: () => {} }),
+    (e: unknown) =>
+      e instanceof E2eError && e.code === "ERR_FILE" &&
+      e.message ===
+        `Cannot use the passphrase file "${file}": other users can write to it (mode 0${
+          mode.toString(8)
+        }${why})` &&
+      e.hint === `chmod 600 "${file}"`,
+  );
+}
+
 Deno.test("readPassphrase() refuses a passphrase file other users can write to", async () => {
   for (const mode of [0o602, 0o666]) {
     await withFile(mode, async (file) => {
-      await assert.rejects(
-        readPassphrase({ file, onWarning: () => {} }),
-        (e: unknown) =>
-          e instanceof E2eError && e.code === "ERR_FILE" &&
-          e.message ===
-            `Cannot use the passphrase file "${file}": other users can write to it (mode 0${
-              mode.toString(8)
-            })` &&
-          e.hint === `chmod 600 "${file}"`,
-      );
+      await assertRefusedAsWritableByOthers(file, mode);
     });
   }
 });
@@ -61,15 +70,10 @@ Deno.test("readPassphrase() refuses a group-writable passphrase file whose group
   for (const mode of [0o620, 0o660]) {
     await withFile(mode, async (file) => {
       await Deno.chown(file, null, 65534); // nogroup: not root's primary group
-      await assert.rejects(
-        readPassphrase({ file, onWarning: () => {} }),
-        (e: unknown) =>
-          e instanceof E2eError && e.code === "ERR_FILE" &&
-          e.message ===
-            `Cannot use the passphrase file "${file}": other users can write to it (mode 0${
-              mode.toString(8)
-            }; its group, gid 65534, is not the owner's private group)` &&
-          e.hint === `chmod 600 "${file}"`,
+      await assertRefusedAsWritableByOthers(
+        file,
+        mode,
+        "; its group, gid 65534, is not the owner's private group",
       );
     });
   }

@@ -847,22 +847,31 @@ Deno.test("ca sign with the same key supersedes the old certificate without --re
   });
 });
 
+/** Asserts `ca sign` refuses alice's request `csr`: its key's certificate `serial` was revoked as keyCompromise. */
+async function assertSigningRefusedAsCompromised(
+  home: string,
+  csr: string,
+  serial: string,
+): Promise<void> {
+  await assertRefused(
+    home,
+    () => runCa(home, ["sign", "--name", "alice", csr]),
+    {
+      code: 1,
+      error: `Cannot sign request: its key's certificate (serial ${serial}) was revoked as ` +
+        "keyCompromise: that key is never certified again",
+      hint: "make a new key (a join in another home makes one) and sign a request from it",
+    },
+  );
+}
+
 Deno.test("ca sign refuses a key a certificate of which was revoked as keyCompromise, unless --allow-compromised-key", async () => {
   await withTempDir(async (home) => {
     await initCa(home);
     await sign(home, "alice", fixture("alice-ec.csr"));
     const [old] = await readIndexChecked(home);
     assertSuccess(await runCa(home, ["revoke", "alice", "--reason", "keyCompromise"]));
-    await assertRefused(
-      home,
-      () => runCa(home, ["sign", "--name", "alice", fixture("alice-ec.csr")]),
-      {
-        code: 1,
-        error: `Cannot sign request: its key's certificate (serial ${old.serial}) was revoked as ` +
-          "keyCompromise: that key is never certified again",
-        hint: "make a new key (a join in another home makes one) and sign a request from it",
-      },
-    );
+    await assertSigningRefusedAsCompromised(home, fixture("alice-ec.csr"), old.serial);
     const forced = await runCa(home, [
       "sign",
       "--name",
@@ -892,16 +901,7 @@ Deno.test("ca sign refuses a key revoked as compromised by hand with openssl ca 
       stdin: await Deno.readTextFile(join(caDir(home), "crl.pem")),
     });
     assert.match(new TextDecoder().decode(crl.stdout), /Key Compromise/);
-    await assertRefused(
-      home,
-      () => runCa(home, ["sign", "--name", "alice", fixture("alice-ec.csr")]),
-      {
-        code: 1,
-        error: `Cannot sign request: its key's certificate (serial ${old.serial}) was revoked as ` +
-          "keyCompromise: that key is never certified again",
-        hint: "make a new key (a join in another home makes one) and sign a request from it",
-      },
-    );
+    await assertSigningRefusedAsCompromised(home, fixture("alice-ec.csr"), old.serial);
   });
 });
 
@@ -921,12 +921,7 @@ Deno.test("ca sign refuses an RSA key revoked as keyCompromise offered again wit
     assertSuccess(await runCa(home, ["revoke", "alice", "--reason", "keyCompromise"]));
     // The same n (p and q known to whoever holds the key), e = 65539 instead of 65537.
     const other = await csrOf(withExponent(stolen, 65539n), join(home, "other.csr"));
-    await assertRefused(home, () => runCa(home, ["sign", "--name", "alice", other]), {
-      code: 1,
-      error: `Cannot sign request: its key's certificate (serial ${old.serial}) was revoked as ` +
-        "keyCompromise: that key is never certified again",
-      hint: "make a new key (a join in another home makes one) and sign a request from it",
-    });
+    await assertSigningRefusedAsCompromised(home, other, old.serial);
   });
 });
 

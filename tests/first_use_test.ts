@@ -292,17 +292,29 @@ Deno.test("client web --open without a working browser opener says to open the a
   });
 });
 
+/**
+ * bob, connected to alice, stops; he lost his key and joins again with a new invite (in
+ * `dir`/bob-new). Returns the new bob, started and not yet connected.
+ */
+async function bobLosesHisKeyAndJoinsAgain(
+  service: Parameters<typeof joinUser>[0],
+  dir: string,
+  alice: ChatClient,
+  bob: ChatClient,
+): Promise<ChatClient> {
+  await connect(alice, bob);
+  await bob.stop();
+  await alice.expect({ type: "disconnected", peer: "bob" });
+  return await ChatClient.start(await joinUser(service, "bob", join(dir, "bob-new")));
+}
+
 Deno.test("a message from a peer whose key changed is not shown, and the warning says it is not kept", async () => {
   await withService(async (service, dir) => {
     const alice = await ChatClient.start(await joinUser(service, "alice", join(dir, "alice")));
     let bob: ChatClient | undefined;
     try {
       bob = await ChatClient.start(await joinUser(service, "bob", join(dir, "bob")));
-      await connect(alice, bob);
-      await bob.stop();
-      await alice.expect({ type: "disconnected", peer: "bob" });
-      // bob lost his key and joined again with a new invite.
-      bob = await ChatClient.start(await joinUser(service, "bob", join(dir, "bob-new")));
+      bob = await bobLosesHisKeyAndJoinsAgain(service, dir, alice, bob);
       const mark = alice.mark();
       assert.equal((await connect(alice, bob)).atFrom.trust, "changed");
       await bob.send("sent from the new key");
@@ -332,11 +344,8 @@ Deno.test("the terminal chat says a key change kept from an earlier run at start
     let newKey = "";
     try {
       bob = await ChatClient.start(await joinUser(service, "bob", join(dir, "bob")));
-      await connect(alice, bob);
-      await bob.stop();
-      await alice.expect({ type: "disconnected", peer: "bob" });
-      // bob lost his key and joined again with a new invite: alice sees the change.
-      bob = await ChatClient.start(await joinUser(service, "bob", join(dir, "bob-new")));
+      // alice sees the change.
+      bob = await bobLosesHisKeyAndJoinsAgain(service, dir, alice, bob);
       const changed = await connect(alice, bob);
       assert.equal(changed.atFrom.trust, "changed");
       newKey = String(changed.atFrom.keyFingerprint);

@@ -980,6 +980,52 @@ Deno.test("a mailbox item from a second certificate the CA issues for a member's
   );
 });
 
+/**
+ * dave mails ann `text` on first contact; ann holds it back as a changed key and warns. Returns
+ * the fingerprint of dave's real key.
+ */
+async function daveMailsAnnAndSheHoldsItBack(
+  w: World,
+  dave: User,
+  text: string,
+): Promise<string> {
+  const der = await seal(
+    encodeItem({
+      id: newItemId(),
+      from: "dave",
+      to: "ann",
+      kind: "message",
+      sent: new Date(),
+      payload: new TextEncoder().encode(text),
+    }),
+    {
+      key: { path: dave.keyPath },
+      signerCert: await Deno.readTextFile(dave.certPath),
+      recipientCert: await Deno.readTextFile(w.annUser.certPath),
+    },
+  );
+  const posted = await w.service.request("/v1/mailbox/ann", {
+    method: "POST",
+    body: der,
+    headers: { "content-type": "application/cms" },
+    cert: await Deno.readTextFile(dave.certPath),
+    key: await Deno.readTextFile(dave.keyPath),
+  });
+  assert.equal(posted.status, 200, posted.body);
+  const real = createHash("sha256").update(Buffer.from(await keyOf(dave), "base64"))
+    .digest("hex");
+  await w.ann.expect(
+    { type: "key_changed", peer: "dave", keyFingerprint: real, via: "mailbox" },
+    30_000,
+  );
+  await w.ann.expect({
+    type: "warning",
+    message: 'Held back a mailbox item from "dave": its key changed. ' +
+      "Compare the safety number, then trust the new key to read it.",
+  });
+  return real;
+}
+
 // Any member may create a room, invite ann, and sign a list that gives a third member's name
 // ("dave") a key of her own choosing. ann refused, and deleted at the CA, every mailbox item the
 // real dave sent her on first contact, for as long as she stayed in that room (r130): a hostile
@@ -990,40 +1036,7 @@ Deno.test("a room's creator who lists another member's name with a made-up key h
   await withWorld(
     async (w) => {
       const text = "hi ann, the real dave here";
-      const der = await seal(
-        encodeItem({
-          id: newItemId(),
-          from: "dave",
-          to: "ann",
-          kind: "message",
-          sent: new Date(),
-          payload: new TextEncoder().encode(text),
-        }),
-        {
-          key: { path: daveUser!.keyPath },
-          signerCert: await Deno.readTextFile(daveUser!.certPath),
-          recipientCert: await Deno.readTextFile(w.annUser.certPath),
-        },
-      );
-      const posted = await w.service.request("/v1/mailbox/ann", {
-        method: "POST",
-        body: der,
-        headers: { "content-type": "application/cms" },
-        cert: await Deno.readTextFile(daveUser!.certPath),
-        key: await Deno.readTextFile(daveUser!.keyPath),
-      });
-      assert.equal(posted.status, 200, posted.body);
-      const real = createHash("sha256").update(Buffer.from(await keyOf(daveUser!), "base64"))
-        .digest("hex");
-      await w.ann.expect(
-        { type: "key_changed", peer: "dave", keyFingerprint: real, via: "mailbox" },
-        30_000,
-      );
-      await w.ann.expect({
-        type: "warning",
-        message: 'Held back a mailbox item from "dave": its key changed. ' +
-          "Compare the safety number, then trust the new key to read it.",
-      });
+      await daveMailsAnnAndSheHoldsItBack(w, daveUser!, text);
       assert.ok(
         !w.ann.events.some((e) => e.type === "warning" && /Refused/.test(String(e.message))),
         w.ann.describe(),
@@ -1052,40 +1065,7 @@ Deno.test("a member's first mailbox item held back as a changed key (a room's li
   await withWorld(
     async (w) => {
       const text = "hi ann, the real dave here";
-      const der = await seal(
-        encodeItem({
-          id: newItemId(),
-          from: "dave",
-          to: "ann",
-          kind: "message",
-          sent: new Date(),
-          payload: new TextEncoder().encode(text),
-        }),
-        {
-          key: { path: daveUser!.keyPath },
-          signerCert: await Deno.readTextFile(daveUser!.certPath),
-          recipientCert: await Deno.readTextFile(w.annUser.certPath),
-        },
-      );
-      const posted = await w.service.request("/v1/mailbox/ann", {
-        method: "POST",
-        body: der,
-        headers: { "content-type": "application/cms" },
-        cert: await Deno.readTextFile(daveUser!.certPath),
-        key: await Deno.readTextFile(daveUser!.keyPath),
-      });
-      assert.equal(posted.status, 200, posted.body);
-      const real = createHash("sha256").update(Buffer.from(await keyOf(daveUser!), "base64"))
-        .digest("hex");
-      await w.ann.expect(
-        { type: "key_changed", peer: "dave", keyFingerprint: real, via: "mailbox" },
-        30_000,
-      );
-      await w.ann.expect({
-        type: "warning",
-        message: 'Held back a mailbox item from "dave": its key changed. ' +
-          "Compare the safety number, then trust the new key to read it.",
-      });
+      const real = await daveMailsAnnAndSheHoldsItBack(w, daveUser!, text);
       // ann reads the warning in the page and dismisses it ("Dismiss warning": the core's
       // dismissKeyChange, KeyChanges.clear of that key), then opens the page again later.
       const changes = await KeyChanges.load(new ClientHome(w.annUser.home).keyChanges);
