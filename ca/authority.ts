@@ -135,6 +135,15 @@ export interface RevokeOptions {
   reason?: RevokeReason;
 }
 
+// The index's entries by key (Authority's #keyIndex): built from the entries array `of`, `done`
+// of them so far; the valid ones by key id, and those revoked as keyCompromise.
+interface KeyIndex {
+  of?: IndexEntry[];
+  done: number;
+  valid: Map<string, IndexEntry[]>;
+  compromised: IndexEntry[];
+}
+
 /** What {@linkcode CertificateAuthority.revoke} did: the certificate's entry as it is now. */
 export interface Revocation extends IndexEntry {
   /**
@@ -296,6 +305,13 @@ export class CertificateAuthority {
   // Those of the key-ids file (read once), and whether #keyIds holds some that it lacks.
   #savedKeyIds?: Promise<Map<string, string>>;
   #keyIdsUnsaved = false;
+  // Certificates whose file has no key to read (missing, or not a certificate): never read again.
+  #noKeyId = new Set<string>();
+  // The index's entries by key, kept in step with the entries array of #index (which only grows
+  // until a revocation replaces it): the valid ones by key id, and those revoked as keyCompromise.
+  // A check then looks at the few entries of its key instead of every certificate issued.
+  #keyIndex: KeyIndex = { done: 0, valid: new Map(), compromised: [] };
+  #keyIndexing: Promise<unknown> = Promise.resolve();
   #lock: LockOptions;
   #keepWarm = false;
   #warm: WarmSigner[] = [];
@@ -501,19 +517,47 @@ export class CertificateAuthority {
     name: string,
     options: { allowCompromised: boolean; compromisedOnly?: boolean },
   ): Promise<{ error: E2eError; serial: string } | undefined> {
-    const now = Date.now();
-    let other: IndexEntry | undefined;
-    for (const entry of entries) {
-      if (entry.status === "R" && entry.reason === "keyCompromise") {
-        if (options.allowCompromised) continue;
+    const index = await this.#keyIndexOf(entries);
+    if (!options.allowCompromised) {
+      for (const entry of index.compromised) {
         if (await this.#keyIdOf(entry.serial, { fresh: true }) !== keyId) continue;
         return { error: compromisedKey(entry.serial), serial: entry.serial };
       }
-      if (options.compromisedOnly || other || entry.status !== "V") continue;
-      if (entry.name === name || entry.expires.getTime() <= now) continue;
-      if (await this.#keyIdOf(entry.serial) === keyId) other = entry;
     }
+    if (options.compromisedOnly) return undefined;
+    const now = Date.now();
+    const other = (index.valid.get(keyId) ?? []).find((entry) =>
+      entry.name !== name && entry.expires.getTime() > now
+    );
     return other && { error: keyOfAnotherName(other), serial: other.serial };
+  }
+
+  // #keyIndex brought up to `entries` (the array of #index: the same one while it only grows),
+  // one update at a time: the entries added since are indexed, all of them when it was replaced.
+  #keyIndexOf(entries: IndexEntry[]): Promise<KeyIndex> {
+    const next = this.#keyIndexing.catch(() => {}).then(async () => {
+      let index = this.#keyIndex;
+      if (index.of !== entries || index.done > entries.length) {
+        index = this.#keyIndex = { of: entries, done: 0, valid: new Map(), compromised: [] };
+      }
+      while (index.done < entries.length) {
+        const entry = entries[index.done];
+        if (entry.status === "R" && entry.reason === "keyCompromise") {
+          index.compromised.push(entry);
+        } else if (entry.status === "V") {
+          const id = await this.#keyIdOf(entry.serial);
+          if (id !== undefined) {
+            const list = index.valid.get(id);
+            if (list) list.push(entry);
+            else index.valid.set(id, [entry]);
+          }
+        }
+        index.done++;
+      }
+      return index;
+    });
+    this.#keyIndexing = next;
+    return next;
   }
 
   // The key identity of the certificate `serial`, or undefined when its file cannot be read
@@ -525,6 +569,7 @@ export class CertificateAuthority {
     const at = normalizeSerialHex(serial);
     const known = this.#keyIds.get(at);
     if (known !== undefined) return known;
+    if (this.#noKeyId.has(at)) return undefined;
     const saved = await (this.#savedKeyIds ??= readKeyIds(this.paths));
     const listed = saved.get(at);
     if (listed !== undefined && !options.fresh) return listed;
@@ -533,6 +578,8 @@ export class CertificateAuthority {
       const pem = await Deno.readTextFile(this.paths.certFile(serial));
       id = keyIdentity(parseCertificate(pem).x509.publicKey);
     } catch {
+      // A certificate's file never changes once its serial is committed.
+      this.#noKeyId.add(at);
       return undefined;
     }
     this.#keyIds.set(at, id);
