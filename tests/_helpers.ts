@@ -113,20 +113,44 @@ export function runCa(home: string, args: string[], options: RunOptions = {}): P
 /**
  * A snapshot of every file under `dir` (path → content), to prove nothing changed. It leaves out
  * a CA's `tmp/signing/`: the openssl runs a CA service keeps started ahead come and go there on
- * their own (ca/authority.ts `keepOpensslWarm`).
+ * their own (ca/authority.ts `keepOpensslWarm`). A process may still be finishing a write (an
+ * atomic write's temporary file comes and goes): the tree is read until two reads 50 ms apart
+ * agree (for at most 5 s), so a snapshot shows a settled tree, not one caught mid-write.
  */
 export async function snapshot(dir: string): Promise<Map<string, string>> {
+  let last = await readTree(dir);
+  for (const deadline = Date.now() + 5_000; Date.now() < deadline;) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const next = await readTree(dir);
+    if (sameFiles(last, next)) return next;
+    last = next;
+  }
+  return last;
+}
+
+async function readTree(dir: string): Promise<Map<string, string>> {
   const files = new Map<string, string>();
   async function walk(d: string) {
     for await (const entry of Deno.readDir(d)) {
       const path = join(d, entry.name);
       if (entry.isDirectory && path.endsWith(join("tmp", "signing"))) continue;
-      if (entry.isDirectory) await walk(path);
-      else if (entry.isFile) files.set(path, await Deno.readTextFile(path));
+      try {
+        if (entry.isDirectory) await walk(path);
+        else if (entry.isFile) files.set(path, await Deno.readTextFile(path));
+      } catch (error) {
+        // Gone between the listing and the read: a write in progress, which the next read settles.
+        if (!(error instanceof Deno.errors.NotFound)) throw error;
+      }
     }
   }
   await walk(dir);
   return files;
+}
+
+function sameFiles(a: Map<string, string>, b: Map<string, string>): boolean {
+  if (a.size !== b.size) return false;
+  for (const [path, content] of a) if (b.get(path) !== content) return false;
+  return true;
 }
 
 /**
