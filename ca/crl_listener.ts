@@ -23,7 +23,7 @@ import {
   deadline,
   guardConnections,
   type ListenerGroup,
-  MIN_CONNECTIONS,
+  listenerShare,
 } from "../lib/connections.ts";
 import { E2eError } from "../lib/errors.ts";
 import { pemDecode } from "../lib/pem.ts";
@@ -50,7 +50,7 @@ export const CRL_CONNECTION_MS = 10_000;
  * ```
  */
 export function crlConnections(budget: number): number {
-  return Math.max(MIN_CONNECTIONS, Math.min(CRL_MAX_CONNECTIONS, Math.floor(budget / 4)));
+  return listenerShare(budget, CRL_MAX_CONNECTIONS);
 }
 
 /** Options of {@linkcode startCrlListener}. */

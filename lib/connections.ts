@@ -86,7 +86,23 @@ export function freeDescriptors(): number {
  * ```
  */
 export function connectionBudget(descriptors: number): number {
-  return Math.max(MIN_CONNECTIONS, Math.min(MAX_CONNECTIONS_CEILING, Math.floor(descriptors / 4)));
+  return listenerShare(descriptors, MAX_CONNECTIONS_CEILING);
+}
+
+/**
+ * A listener's share of `budget`, the connections a process's listeners share
+ * ({@linkcode connectionBudget}): a quarter of it, between {@linkcode MIN_CONNECTIONS} and `max`.
+ * The CA's CRL port (ca/crl_listener.ts) and the page's server (client/faces/web/server.ts) take
+ * it; the main listener of each process takes the rest.
+ *
+ * @example
+ * ```ts
+ * import { listenerShare } from "./connections.ts";
+ * console.log(listenerShare(57, 64)); // 14
+ * ```
+ */
+export function listenerShare(budget: number, max: number): number {
+  return Math.max(MIN_CONNECTIONS, Math.min(max, Math.floor(budget / 4)));
 }
 
 /** Limits of {@linkcode guardConnections}. */

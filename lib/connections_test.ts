@@ -11,6 +11,7 @@ import {
   freeDescriptors,
   guardConnections,
   ListenerGroup,
+  listenerShare,
   MAX_CONNECTIONS_CEILING,
   MIN_CONNECTIONS,
 } from "./connections.ts";
@@ -111,6 +112,15 @@ Deno.test("freeDescriptors() counts the files this process can still open, and c
   assert.equal(connectionBudget(10), MIN_CONNECTIONS);
   assert.equal(connectionBudget(4 * 1_048_576), MAX_CONNECTIONS_CEILING);
   assert.equal(connectionBudget(Number.MAX_SAFE_INTEGER), MAX_CONNECTIONS_CEILING);
+});
+
+Deno.test("a listener's share is a quarter of the budget, never below 8 nor above its own cap", () => {
+  assert.equal(listenerShare(57, 64), 14);
+  assert.equal(listenerShare(256, 64), 64);
+  assert.equal(listenerShare(1024, 64), 64);
+  assert.equal(listenerShare(1024, 32), 32);
+  assert.equal(listenerShare(20, 64), MIN_CONNECTIONS);
+  assert.equal(listenerShare(0, 64), MIN_CONNECTIONS);
 });
 
 Deno.test("guardConnections() closes connections past the total and the per-address cap at once, reports it, and accepts again once one closes", async () => {

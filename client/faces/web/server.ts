@@ -34,7 +34,12 @@ import { Readable } from "node:stream";
 import type { Socket } from "node:net";
 import { basename, join } from "node:path";
 import { WebSocketServer } from "ws";
-import { type ConnectionGuard, deadline, guardConnections } from "../../../lib/connections.ts";
+import {
+  type ConnectionGuard,
+  deadline,
+  guardConnections,
+  listenerShare,
+} from "../../../lib/connections.ts";
 import { E2eError } from "../../../lib/errors.ts";
 import { checkName } from "../../../lib/names.ts";
 import { printable } from "../../../lib/printable.ts";
@@ -203,10 +208,7 @@ export class WebServer {
     // listener takes the rest), in the same group, so a burst at either makes both listen anew.
     const budget = chat.listenerBudget;
     this.#guard = guardConnections(this.#server, {
-      maxConnections: Math.max(
-        8,
-        Math.min(MAX_WEB_CONNECTIONS, Math.floor(budget.connections / 4)),
-      ),
+      maxConnections: listenerShare(budget.connections, MAX_WEB_CONNECTIONS),
       maxPerAddress: MAX_WEB_CONNECTIONS,
       handshakeMs: 0,
       onRefused: (message) => this.#keepNotice(`The page's server: ${message}`),
