@@ -42,7 +42,7 @@ import {
   requestUnsent,
 } from "./ca_client.ts";
 import type { Invite } from "../lib/invite.ts";
-import { CLIENT_KEY_TYPES, type ClientKeyType } from "./keys.ts";
+import { CLIENT_KEY_TYPES, type ClientKeyType, clientKeyType } from "./keys.ts";
 import { ClientHome, IdFolder } from "./home.ts";
 import { Revocation } from "./revocation.ts";
 import { LogMonitor } from "./transparency.ts";
@@ -975,16 +975,6 @@ async function csrName(id: IdFolder): Promise<string | undefined> {
 }
 
 // The client key type of `key`; throws for a key `client csr` does not make.
-function clientKeyType(key: ReturnType<typeof createPrivateKey>): ClientKeyType {
-  const details = key.asymmetricKeyDetails ?? {};
-  if (key.asymmetricKeyType === "ed25519") return "ed25519";
-  if (key.asymmetricKeyType === "ec" && details.namedCurve === "prime256v1") return "ec-p256";
-  if (key.asymmetricKeyType === "rsa" && details.modulusLength === 2048) return "rsa-2048";
-  throw new E2eError("ERR_KEY_REJECTED", "The key in this home is not one a client makes", {
-    hint: `clients use ${CLIENT_KEY_TYPES.join(", ")} keys; join in another --home`,
-  });
-}
-
 function inviteHash(invite: Invite): string {
   return createHash("sha256").update(invite.token).digest("hex");
 }

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { createPrivateKey, type KeyObject } from "node:crypto";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, removeStaleTemps, writeFileAtomic } from "../lib/fs.ts";
 import { checkName } from "../lib/names.ts";
@@ -16,9 +17,33 @@ export const CLIENT_KEY_TYPES = ["ec-p256", "rsa-2048", "ed25519"] as const;
 /** A key type of a client. */
 export type ClientKeyType = typeof CLIENT_KEY_TYPES[number];
 
+/**
+ * The client key type of `key`; throws `ERR_KEY_REJECTED` for a key no client makes.
+ *
+ * @example
+ * ```ts
+ * import { createPrivateKey, generateKeyPairSync } from "node:crypto";
+ * import { clientKeyType } from "./keys.ts";
+ * const { privateKey } = generateKeyPairSync("ed25519");
+ * console.log(clientKeyType(privateKey)); // "ed25519"
+ * ```
+ */
+export function clientKeyType(key: KeyObject): ClientKeyType {
+  const details = key.asymmetricKeyDetails ?? {};
+  if (key.asymmetricKeyType === "ed25519") return "ed25519";
+  if (key.asymmetricKeyType === "ec" && details.namedCurve === "prime256v1") return "ec-p256";
+  if (key.asymmetricKeyType === "rsa" && details.modulusLength === 2048) return "rsa-2048";
+  throw new E2eError("ERR_KEY_REJECTED", "The key in this home is not one a client makes", {
+    hint: `clients use ${CLIENT_KEY_TYPES.join(", ")} keys; join in another --home`,
+  });
+}
+
 /** Options of {@linkcode makeKeyAndCsr}. */
 export interface KeyOptions {
-  /** Key type. Default: "ec-p256". */
+  /**
+   * Key type. Default: "ec-p256" for a new key; for a key alone that an earlier run left, its own
+   * type (a type given that is not the key's is refused: the key is not replaced).
+   */
   keyType?: ClientKeyType;
   /** Encrypt the key under this passphrase (scrypt, AES-256; lib/keys.ts). Default: unencrypted. */
   passphrase?: string;
@@ -51,10 +76,22 @@ export async function makeKeyAndCsr(
     // A csr killed between its key and its request left the key alone, no identity: its request
     // is made again (the key was never handed on, so any name may have it).
     if (!await exists(paths.csr) && !await exists(paths.record) && !await exists(paths.cert)) {
-      await unlockKey(paths.key, {
+      const pem = await unlockKey(paths.key, {
         passphrase: options.passphrase,
         what: `the key "${paths.key}"`,
       });
+      const have = clientKeyType(createPrivateKey(pem));
+      if (options.keyType !== undefined && options.keyType !== have) {
+        // Not replaced: a key is the one thing here that cannot be made again.
+        throw new E2eError(
+          "ERR_USAGE",
+          `"${paths.key}" is the ${have} key an earlier csr left without its request, not ${options.keyType}`,
+          {
+            hint: `run csr again with --key-type ${have} (or without --key-type) to make its ` +
+              `request, or remove "${paths.key}" to make a new ${options.keyType} key`,
+          },
+        );
+      }
       const csr = await makeRequest(paths.key, name, { passphrase: options.passphrase });
       await writeFileAtomic(paths.csr, csr, { mode: 0o644, syncDir: true });
       return { keyPath: paths.key, csrPath: paths.csr, csr };

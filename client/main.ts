@@ -84,7 +84,7 @@ Commands:
         deno task ca sign --name NAME HOME/id/request.csr
         To chat from this home, join with an invite: join uses this key.
         Cut off after the key was written, run it again: it makes that key's
-        request.
+        request (another --key-type than that key's is refused).
 
 Options:
   --home DIR              State folder (default: $E2E_CHAT_HOME, else ~/.e2e-chat)
@@ -642,7 +642,8 @@ async function csr(args: string[]): Promise<number> {
   const name = nameArgument(positionals[0]);
   const { makeKeyAndCsr } = await import("./keys.ts");
   const { csrPath } = await makeKeyAndCsr(resolveHome(values.home), name, {
-    keyType: await keyType(values["key-type"]),
+    // Not given: the default for a new key, the key's own type for a key an earlier run left.
+    keyType: values["key-type"] === undefined ? undefined : await keyType(values["key-type"]),
     passphrase: await newKeyPassphrase(values),
   });
   await out(`${csrPath}\n`);

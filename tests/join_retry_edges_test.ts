@@ -222,3 +222,24 @@ Deno.test("client csr killed after its key was written but before its request wa
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("client csr run again with another --key-type than the key an earlier run left alone refuses, naming both, and keeps the key; without --key-type it makes that key's request", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "e2e-chat-csr-" });
+  try {
+    const home = join(dir, "alice");
+    assertSuccess(await runClient(home, ["csr", "alice", "--key-type", "rsa-2048"]), "client csr");
+    const key = await Deno.readTextFile(join(home, "id", "key.pem"));
+    await Deno.remove(join(home, "id", "request.csr")); // killed before its request
+    const other = await runClient(home, ["csr", "alice", "--key-type", "ed25519"]);
+    assert.notEqual(other.code, 0, "a csr for another key type than the key left");
+    assert.match(other.stderr, /rsa-2048 key .* not ed25519/);
+    assert.match(other.stderr, /--key-type rsa-2048/);
+    assert.equal(await Deno.readTextFile(join(home, "id", "key.pem")), key, "the key is kept");
+    await assert.rejects(Deno.stat(join(home, "id", "request.csr")), Deno.errors.NotFound);
+    assertSuccess(await runClient(home, ["csr", "alice"]), "client csr without --key-type");
+    const request = parseCsr(await Deno.readFile(join(home, "id", "request.csr")));
+    assert.equal(request.keyFingerprint, keyFingerprint(createPublicKey(createPrivateKey(key))));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
