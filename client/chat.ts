@@ -23,6 +23,7 @@ import { E2eError } from "../lib/errors.ts";
 import { readUpTo, removeStaleTemps, systemReason } from "../lib/fs.ts";
 import { ALPN_OFFERED, ALPN_REFUSALS, encodeFrame, MAX_TEXT_CHARS } from "../lib/frames.ts";
 import { checkName } from "../lib/names.ts";
+import { removeStaleKeygens } from "../lib/keys.ts";
 import { isRoomName } from "../lib/room.ts";
 import { pemDecode } from "../lib/pem.ts";
 import {
@@ -374,6 +375,8 @@ export class Chat {
       for (const dir of [...dirs, home.rooms]) {
         await removeStaleTemps(dir).catch(() => {}); // litter only: never a reason not to start
       }
+      // A key generation killed before its key's link leaves a folder (lib/keys.ts generateKey).
+      await removeStaleKeygens(home.id.dir).catch(() => {});
       const unreadable = await chat.#quota.load();
       if (unreadable) chat.#emit({ type: "warning", message: unreadable });
       await chat.#revocation.refresh();

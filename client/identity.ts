@@ -27,6 +27,7 @@ import {
   encryptKey,
   generateKeyAndRequest,
   isEncryptedKey,
+  isKeygenScratch,
   makeRequest,
   unlockKey,
 } from "../lib/keys.ts";
@@ -868,7 +869,7 @@ async function removedIfEmpty(dir: string): Promise<boolean> {
   for await (const entry of Deno.readDir(dir)) {
     if (entry.isFile && isAtomicTemp(entry.name)) {
       left.push({ path: join(dir, entry.name), folder: false });
-    } else if (entry.isDirectory && KEYGEN_SCRATCH.test(entry.name)) {
+    } else if (entry.isDirectory && isKeygenScratch(entry.name)) {
       left.push({ path: join(dir, entry.name), folder: true });
     } else return false;
   }
@@ -885,9 +886,6 @@ async function removedIfEmpty(dir: string): Promise<boolean> {
   }
   return true;
 }
-
-// The scratch folder lib/keys.ts generateKey makes beside a key (Deno.makeTempDir's suffix).
-const KEYGEN_SCRATCH = /^\.keygen-[0-9a-zA-Z]+$/;
 
 // Removes what `folder` holds, its key first, leaving the folder itself (empty). Synchronous:
 // a few small files, removed in this order (tests/join_retry_test.ts kills a join between two).

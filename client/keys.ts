@@ -9,7 +9,13 @@ import { createPrivateKey, type KeyObject } from "node:crypto";
 import { E2eError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, removeStaleTemps, writeFileAtomic } from "../lib/fs.ts";
 import { checkName } from "../lib/names.ts";
-import { encryptKey, generateKeyAndRequest, makeRequest, unlockKey } from "../lib/keys.ts";
+import {
+  encryptKey,
+  generateKeyAndRequest,
+  makeRequest,
+  removeStaleKeygens,
+  unlockKey,
+} from "../lib/keys.ts";
 import { ClientHome } from "./home.ts";
 
 /** Key types a client can make. */
@@ -70,8 +76,10 @@ export async function makeKeyAndCsr(
   // Durable folders: the key in them is the only copy.
   await ensurePrivateDir(home, { durable: true });
   await ensurePrivateDir(paths.dir, { durable: true });
-  // The temporary files of writes killed before their rename (an earlier csr's key, cut short).
+  // The temporary files of writes killed before their rename (an earlier csr's key, cut short),
+  // and the scratch folders of key generations killed before their key's link.
   await removeStaleTemps(paths.dir);
+  await removeStaleKeygens(paths.dir);
   if (await exists(paths.key)) {
     // A csr killed between its key and its request left the key alone, no identity: its request
     // is made again (the key was never handed on, so any name may have it).

@@ -109,6 +109,21 @@ Deno.test("makeKeyAndCsr() with an encrypted key left alone (killed before its r
   });
 });
 
+Deno.test("makeKeyAndCsr() removes the scratch folder of a key generation an earlier run was killed in, and makes the key", async () => {
+  await withTempDir(async (home) => {
+    const dir = new ClientHome(home).id.dir;
+    const scratch = join(dir, ".keygen-a1B2c3");
+    await Deno.mkdir(scratch, { recursive: true, mode: 0o700 });
+    await Deno.writeTextFile(join(scratch, "key.pem"), "a key that was never linked", {
+      mode: 0o600,
+    });
+    const old = new Date(Date.now() - 3_600_000);
+    await Deno.utime(scratch, old, old);
+    await makeKeyAndCsr(home, "alice");
+    assert.deepEqual((await names(dir)).sort(), ["key.pem", "request.csr"]);
+  });
+});
+
 Deno.test("makeKeyAndCsr() refuses an invalid name before writing anything", async () => {
   await withTempDir(async (dir) => {
     const home = join(dir, "home");

@@ -7,7 +7,7 @@
 import { createPrivateKey } from "node:crypto";
 import { dirname, join } from "node:path";
 import { E2eError } from "./errors.ts";
-import { syncDir, writeFileAtomic } from "./fs.ts";
+import { type StaleTempOptions, syncDir, writeFileAtomic } from "./fs.ts";
 import { openssl, PASSPHRASE_ARG } from "./openssl.ts";
 
 /** Every key type e2e-chat makes. */
@@ -48,7 +48,7 @@ export async function generateKey(
   if (options.passphrase !== undefined && !scrypt) {
     args.push("-aes-256-cbc", "-pass", PASSPHRASE_ARG);
   }
-  const scratch = await Deno.makeTempDir({ dir: dirname(path), prefix: ".keygen-" });
+  const scratch = await Deno.makeTempDir({ dir: dirname(path), prefix: KEYGEN_PREFIX });
   try {
     if (scrypt) {
       // The plain key goes from one openssl to the other through memory, never a file.
@@ -72,6 +72,58 @@ export async function generateKey(
     await Deno.remove(scratch, { recursive: true }).catch(() => {});
   }
   await syncDir(dirname(path));
+}
+
+// The scratch folder generateKey makes beside a key: Deno.makeTempDir's name with this prefix.
+const KEYGEN_PREFIX = ".keygen-";
+const KEYGEN_SCRATCH = /^\.keygen-[0-9a-zA-Z]+$/;
+
+/**
+ * Whether `name` is one {@linkcode generateKey} gives its scratch folder: what a key generation
+ * killed before its key's link leaves beside the key, never a folder of anyone's.
+ *
+ * @example
+ * ```ts
+ * import { isKeygenScratch } from "./keys.ts";
+ * isKeygenScratch(".keygen-a1B2c3"); // true
+ * isKeygenScratch("keygen"); // false
+ * ```
+ */
+export function isKeygenScratch(name: string): boolean {
+  return KEYGEN_SCRATCH.test(name);
+}
+
+/**
+ * Removes the scratch folders {@linkcode generateKey} left in `dir` when killed before its key's
+ * link (a key in one is no one's: its link never came): only folders named as it names them
+ * ({@linkcode isKeygenScratch}) and last modified before `options.before` (default: a minute
+ * before this process started; another process may be making a key now). Returns how many it
+ * removed; a missing folder holds none.
+ *
+ * @example At a start, beside removeStaleTemps
+ * ```ts
+ * import { removeStaleKeygens } from "./keys.ts";
+ * await removeStaleKeygens("/tmp/alice/id");
+ * ```
+ */
+export async function removeStaleKeygens(
+  dir: string,
+  options: StaleTempOptions = {},
+): Promise<number> {
+  const before = options.before ?? performance.timeOrigin - 60_000;
+  let removed = 0;
+  try {
+    for await (const entry of Deno.readDir(dir)) {
+      if (!entry.isDirectory || !isKeygenScratch(entry.name)) continue;
+      const path = join(dir, entry.name);
+      const info = await Deno.lstat(path).catch(() => undefined);
+      if (!info?.isDirectory || (info.mtime?.getTime() ?? Infinity) >= before) continue;
+      await Deno.remove(path, { recursive: true }).then(() => removed++, () => {});
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory)) throw e;
+  }
+  return removed;
 }
 
 /**

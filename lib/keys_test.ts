@@ -7,7 +7,9 @@ import {
   generateKey,
   generateKeyAndRequest,
   isEncryptedKey,
+  isKeygenScratch,
   makeRequest,
+  removeStaleKeygens,
   unlockKey,
 } from "./keys.ts";
 import { openssl } from "./openssl.ts";
@@ -129,4 +131,31 @@ Deno.test("isEncryptedKey() knows PKCS#8 and traditional encrypted keys from pla
   );
   assert.ok(!isEncryptedKey("-----BEGIN PRIVATE KEY-----\nMII…"));
   assert.ok(!isEncryptedKey("-----BEGIN EC PRIVATE KEY-----\nMHcC…"));
+});
+
+Deno.test("removeStaleKeygens() removes the scratch folders key generations killed before their key's link left, older than the given time, and nothing else", async () => {
+  await withTempDir(async (dir) => {
+    const old = new Date(Date.now() - 3_600_000);
+    const folder = async (name: string, at?: Date) => {
+      const path = join(dir, name);
+      await Deno.mkdir(path);
+      await Deno.writeTextFile(join(path, "key.pem"), "left");
+      if (at) await Deno.utime(path, at, at);
+      return path;
+    };
+    const stale = await folder(".keygen-a1B2c3", old);
+    const young = await folder(".keygen-d4E5f6"); // another process may be making a key now
+    const someones = await folder(".keygen-x.y", old); // not a name generateKey gives
+    await Deno.writeTextFile(join(dir, ".keygen-f1le"), "a file, not a folder");
+    const removed = await removeStaleKeygens(dir, { before: Date.now() - 60_000 });
+    assert.equal(removed, 1);
+    const left = new Set<string>();
+    for await (const entry of Deno.readDir(dir)) left.add(join(dir, entry.name));
+    assert.ok(!left.has(stale), "the stale scratch folder is gone");
+    for (const path of [young, someones, join(dir, ".keygen-f1le")]) {
+      assert.ok(left.has(path), `removed: ${path}`);
+    }
+    assert.equal(await removeStaleKeygens(join(dir, "missing")), 0, "a missing folder holds none");
+    assert.ok(isKeygenScratch(".keygen-a1B2c3") && !isKeygenScratch(".keygen-x.y"));
+  });
 });

@@ -739,7 +739,7 @@ Deno.test("a chat that dies after a mailbox file is saved but before its id is m
   });
 });
 
-Deno.test("a chat's start removes the temporary files that writes killed before their rename left in its home, held items' too, and no file of anyone's nor one another chat may be writing now", async () => {
+Deno.test("a chat's start removes the temporary files that writes killed before their rename left in its home, held items' too, and a key generation's scratch folder, and no file of anyone's nor one another chat may be writing now", async () => {
   await withWorld(async (world) => {
     const bobUser = await world.join("bob");
     const home = bobUser.home;
@@ -758,6 +758,12 @@ Deno.test("a chat's start removes the temporary files that writes killed before 
       await put(join(home, "mailbox", `.${crypto.randomUUID()}.tmp`), old),
       await put(join(held, `.${crypto.randomUUID()}.tmp`), old),
     ];
+    // What lib/keys.ts generateKey leaves when killed before its key's link: a scratch folder.
+    const scratch = join(home, "id", ".keygen-a1B2c3");
+    await Deno.mkdir(scratch, { mode: 0o700 });
+    await put(join(scratch, "key.pem"), old);
+    await Deno.utime(scratch, old, old);
+    stale.push(scratch);
     const kept = [
       await put(join(held, `.${crypto.randomUUID()}.tmp`)), // another chat may be writing it
       await put(join(home, "notes.tmp"), old), // someone's, merely ending in .tmp
