@@ -326,6 +326,11 @@ interface Room {
   provisional: Provisional[];
   provisionalChars: number;
   /**
+   * Of the messages in `held` that came through the mailbox, their item ids by `AUTHOR.SEQ`: the
+   * chat keeps those on disk (the CA's copy is gone) until the host hears they went.
+   */
+  heldMailbox: Map<string, string>;
+  /**
    * The newer list versions asked for because of them: of which connection, and when (the last
    * MAX_ASKED_VERSIONS; only asks that went out).
    */
@@ -1110,12 +1115,14 @@ export class Rooms {
 
   /**
    * Whether the mailbox item `id` (given to {@linkcode fromMailbox}) is held apart, until the
-   * list it was signed under is here: the caller keeps it on disk before the CA's copy goes, and
-   * hears of it again through `mailboxHeldGone`.
+   * list it was signed under is here or until its author's earlier messages are (a gap): the
+   * caller keeps it on disk before the CA's copy goes, and hears of it again through
+   * `mailboxHeldGone`.
    */
   holds(id: string): boolean {
     for (const r of this.#rooms.values()) {
       if (r.provisional.some((p) => p.mailboxId === id)) return true;
+      for (const held of r.heldMailbox.values()) if (held === id) return true;
     }
     return false;
   }
@@ -1543,8 +1550,21 @@ export class Rooms {
     if (belowFloor) return this.#showLate(r, m, floor);
     if (hold(r, m) > MAX_HELD) this.#dropHighest(r, m.author);
     // Joined after them: where we take them up waits for the earlier messages of our membership.
-    if (next === undefined) return this.#takeUp(r, m.author);
-    this.#drain(r, m.author);
+    if (next === undefined) this.#takeUp(r, m.author);
+    else this.#drain(r, m.author);
+    // Still waiting for earlier ones, and the CA's copy goes: the host keeps it on disk (holds).
+    if (mailboxId && r.held.get(m.author)?.get(m.seq) === m) {
+      r.heldMailbox.set(`${m.author}.${m.seq}`, mailboxId);
+    }
+  }
+
+  // The held message `seq` of `author` went (`record`: shown, with that history line; none: let
+  // go): when it came through the mailbox, the host hears it, so its copy on disk can go.
+  #heldGone(r: Room, author: string, seq: number, record?: RoomHistoryRecord): void {
+    const id = r.heldMailbox.get(`${author}.${seq}`);
+    if (id === undefined) return;
+    r.heldMailbox.delete(`${author}.${seq}`);
+    this.#host.mailboxHeldGone?.(id, record ? [record] : []);
   }
 
   // Holds `p` until the list of its version is here (bounded: the oldest go, and come again as
@@ -1600,7 +1620,7 @@ export class Rooms {
       const recorded: RoomHistoryRecord[] = [];
       if (mailboxId) this.#recorded = recorded;
       try {
-        if (this.#rooms.get(r.list.roomId) === r) this.#onMessage(src, m, to, fill);
+        if (this.#rooms.get(r.list.roomId) === r) this.#onMessage(src, m, to, fill, mailboxId);
       } catch (e) {
         if (src.conn) this.#refuse(src.conn, e);
         else this.#warn(`Refused a room message from "${src.name}" through the mailbox`, e);
@@ -1608,7 +1628,8 @@ export class Rooms {
         if (mailboxId) {
           this.#recorded = outer;
           outer?.push(...recorded);
-          this.#host.mailboxHeldGone?.(mailboxId, recorded);
+          // Held again for a gap in its author's messages: the host hears of it when that ends.
+          if (!this.holds(mailboxId)) this.#host.mailboxHeldGone?.(mailboxId, recorded);
         }
       }
     }
@@ -1725,7 +1746,7 @@ export class Rooms {
     let next = r.next[author];
     const since = r.list.members.find((x) => x.name === author)?.since ?? 0;
     while (held.has(next)) {
-      this.#show(r, unhold(r, author, next)!, since);
+      this.#heldGone(r, author, next, this.#show(r, unhold(r, author, next)!, since));
       next++;
     }
     r.next[author] = next;
@@ -1767,7 +1788,7 @@ export class Rooms {
     );
   }
 
-  #show(r: Room, m: SignedMessage, since: number, late = false): void {
+  #show(r: Room, m: SignedMessage, since: number, late = false): RoomHistoryRecord {
     const id = roomMessageId(r.list.roomId, m.author, since, m.seq);
     const record = {
       id,
@@ -1778,7 +1799,8 @@ export class Rooms {
       ...(late ? { late } : {}),
     };
     const ref = this.#host.history.roomMessage(record);
-    this.#recorded?.push({ ...record, ...(ref === undefined ? {} : { ref }) });
+    const recorded = { ...record, ...(ref === undefined ? {} : { ref }) };
+    this.#recorded?.push(recorded);
     this.#host.emit({
       type: "room_message",
       room: r.list.room,
@@ -1788,6 +1810,7 @@ export class Rooms {
       ...(ref === undefined ? {} : { ref }),
       ...(late ? { late } : {}),
     });
+    return recorded;
   }
 
   // An author we joined after (`next` unknown), whose messages are held: the first of our
@@ -1896,6 +1919,7 @@ export class Rooms {
     if (!held?.size) return;
     const highest = Math.max(...held.keys());
     unhold(r, author, highest);
+    this.#heldGone(r, author, highest);
     const dropped = r.buffer.get(`${author}.${highest}`);
     if (dropped) {
       r.buffer.delete(`${author}.${highest}`);
@@ -1987,6 +2011,7 @@ export class Rooms {
       clearTimeout(r.lateTimers.get(name));
       r.lateTimers.delete(name);
       r.heldChars -= r.heldCharsBy.get(name) ?? 0;
+      for (const seq of r.held.get(name)?.keys() ?? []) this.#heldGone(r, name, seq);
       r.held.delete(name);
       r.heldCharsBy.delete(name);
       for (const [k, m] of r.buffer) {
@@ -2173,6 +2198,7 @@ export class Rooms {
       bufferChars: 0,
       provisional: [],
       provisionalChars: 0,
+      heldMailbox: new Map(),
       askedVersions: [],
       gaps: new Map(),
       untrusted: new Set(),
