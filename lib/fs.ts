@@ -160,19 +160,50 @@ export interface StaleTempOptions {
  * await removeStaleTemps("/tmp/alice/mailbox");
  * ```
  */
-export async function removeStaleTemps(
+export function removeStaleTemps(
   dir: string,
   options: StaleTempOptions = {},
 ): Promise<number> {
+  return removeStaleEntries(dir, { named: isAtomicTemp }, options);
+}
+
+/** Which entries {@linkcode removeStaleEntries} removes. */
+export interface StaleEntries {
+  /** Whether a name is one the writer gives what it leaves behind. */
+  named: (name: string) => boolean;
+  /** Folders (removed whole) instead of regular files. Default: false, files. */
+  folders?: boolean;
+}
+
+/**
+ * Removes from `dir` what a writer killed half-way left: the entries `which` names (regular files,
+ * or folders with all they hold), last modified before `options.before` (default: a minute
+ * before this process started: another process of the same home may be writing one now).
+ * Returns how many it removed; a missing folder holds none. {@linkcode removeStaleTemps} and
+ * lib/keys.ts `removeStaleKeygens` are this for their own names.
+ *
+ * @example
+ * ```ts
+ * import { removeStaleEntries } from "./fs.ts";
+ * await removeStaleEntries("/tmp/alice", { named: (n) => n.startsWith(".partial-") });
+ * ```
+ */
+export async function removeStaleEntries(
+  dir: string,
+  which: StaleEntries,
+  options: StaleTempOptions = {},
+): Promise<number> {
   const before = options.before ?? performance.timeOrigin - 60_000;
+  const kind = (e: { isFile: boolean; isDirectory: boolean }) =>
+    which.folders ? e.isDirectory : e.isFile;
   let removed = 0;
   try {
     for await (const entry of Deno.readDir(dir)) {
-      if (!entry.isFile || !isAtomicTemp(entry.name)) continue;
+      if (!kind(entry) || !which.named(entry.name)) continue;
       const path = join(dir, entry.name);
       const info = await Deno.lstat(path).catch(() => undefined);
-      if (!info?.isFile || (info.mtime?.getTime() ?? Infinity) >= before) continue;
-      await Deno.remove(path).then(() => removed++, () => {});
+      if (!info || !kind(info) || (info.mtime?.getTime() ?? Infinity) >= before) continue;
+      await Deno.remove(path, { recursive: which.folders }).then(() => removed++, () => {});
     }
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory)) throw e;

@@ -7,7 +7,7 @@
 import { createPrivateKey } from "node:crypto";
 import { dirname, join } from "node:path";
 import { E2eError } from "./errors.ts";
-import { type StaleTempOptions, syncDir, writeFileAtomic } from "./fs.ts";
+import { removeStaleEntries, type StaleTempOptions, syncDir, writeFileAtomic } from "./fs.ts";
 import { openssl, PASSPHRASE_ARG } from "./openssl.ts";
 
 /** Every key type e2e-chat makes. */
@@ -106,24 +106,11 @@ export function isKeygenScratch(name: string): boolean {
  * await removeStaleKeygens("/tmp/alice/id");
  * ```
  */
-export async function removeStaleKeygens(
+export function removeStaleKeygens(
   dir: string,
   options: StaleTempOptions = {},
 ): Promise<number> {
-  const before = options.before ?? performance.timeOrigin - 60_000;
-  let removed = 0;
-  try {
-    for await (const entry of Deno.readDir(dir)) {
-      if (!entry.isDirectory || !isKeygenScratch(entry.name)) continue;
-      const path = join(dir, entry.name);
-      const info = await Deno.lstat(path).catch(() => undefined);
-      if (!info?.isDirectory || (info.mtime?.getTime() ?? Infinity) >= before) continue;
-      await Deno.remove(path, { recursive: true }).then(() => removed++, () => {});
-    }
-  } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory)) throw e;
-  }
-  return removed;
+  return removeStaleEntries(dir, { named: isKeygenScratch, folders: true }, options);
 }
 
 /**
