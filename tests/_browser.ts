@@ -348,8 +348,14 @@ export class Scene {
 }
 
 /**
- * Runs each scenario as a test step, all at once, each in a Scene of its own
- * under `dir`: each finishes and cleans up even when another fails.
+ * Scenes that run at once, at most. Each starts two or three client processes and a page: fifteen
+ * at once on two cores kept a chat's start from saying `ready` within its 15 s (a CI failure).
+ */
+export const SCENES_AT_ONCE = 5;
+
+/**
+ * Runs each scenario as a test step, {@linkcode SCENES_AT_ONCE} at a time, each in a Scene of
+ * its own under `dir`: each finishes and cleans up even when another fails.
  */
 export async function runScenes(
   t: Deno.TestContext,
@@ -369,6 +375,7 @@ export async function runScenes(
         await scene.close();
       }
     }]),
+    { atOnce: SCENES_AT_ONCE },
   );
 }
 
