@@ -27,3 +27,19 @@ Deno.test("readLineBatches() yields the complete lines of each chunk together, t
   for await (const lines of readLineBatches(streamOf("a\nb\nc", "d\n", "e"))) batches.push(lines);
   assert.deepEqual(batches, [["a", "b"], ["cd"], ["e"]]);
 });
+
+Deno.test("readLineBatches() of a reader (a file, as Deno.stdin is read) gives the same lines, a character split between two reads of its one buffer included", async () => {
+  // "é" (two bytes) straddles the 64 KiB a read takes; later reads reuse the same buffer.
+  const first = "x".repeat(64 * 1024 - 1) + "é\n";
+  const text = first + "a\nb\n" + "y".repeat(100_000) + "\nlast";
+  const file = await Deno.makeTempFile();
+  try {
+    await Deno.writeTextFile(file, text);
+    using reader = await Deno.open(file);
+    const lines: string[] = [];
+    for await (const batch of readLineBatches(reader)) lines.push(...batch);
+    assert.deepEqual(lines, text.split("\n"));
+  } finally {
+    await Deno.remove(file);
+  }
+});

@@ -50,7 +50,7 @@ export function flushEvents(): void {
  * wait (a mailbox post, /quit) lets the events so far out first.
  */
 export async function runJsonInput(sink: InputSink): Promise<void> {
-  for await (const lines of readLineBatches(Deno.stdin.readable)) {
+  for await (const lines of readLineBatches(Deno.stdin)) {
     held = true;
     try {
       for (const line of lines) {
