@@ -1,8 +1,8 @@
 /**
- * Room messages from the mailbox held apart until the member list they were signed under is here
- * (client/rooms.ts `holds`): the CA's copy is deleted once the item is here, synced, so that a
- * chat that stops (or is killed) while one is held takes it up again at its next start instead of
- * losing it. One file per mailbox item in `HOME/mailbox/room-held/` (0600, the folder 0700; sealed
+ * Room messages from the mailbox held apart until the member list they were signed under is here,
+ * or until their author's earlier messages are (client/rooms.ts `holds`): the CA's copy is deleted
+ * once the item is here, synced, so that a chat that stops (or is killed) while one is held takes
+ * it up again at its next start instead of losing it. One file per mailbox item in `HOME/mailbox/room-held/` (0600, the folder 0700; sealed
  * like the history when the client's key is encrypted), removed once the room took the message
  * (its history lines synced) or let it go.
  *
@@ -16,11 +16,19 @@ import { createHash, hkdfSync } from "node:crypto";
 import { join } from "node:path";
 import { ensurePrivateDirSync, writeFileAtomicSync } from "../lib/fs.ts";
 import { openText, sealText } from "./history.ts";
+import { MAX_HELD, MAX_HELD_CHARS, MAX_PROVISIONAL_PER_SENDER } from "./rooms.ts";
 
-/** Items kept from one sender, at most (the room holds 32 per sender and room): the oldest go. */
-export const MAX_ROOM_HELD_PER_SENDER = 64;
-/** Items kept in all, at most: the oldest of the sender holding the most go. */
-export const MAX_ROOM_HELD = 256;
+/**
+ * Items kept from one sender, at most: as many as a room holds of one author, those waiting for
+ * the author's earlier ones ({@linkcode MAX_HELD}) and those under a newer list
+ * ({@linkcode MAX_PROVISIONAL_PER_SENDER}); the oldest go. Fewer, and a copy the room still held
+ * would go from disk, so that a restart lost it.
+ */
+export const MAX_ROOM_HELD_PER_SENDER = MAX_HELD + MAX_PROVISIONAL_PER_SENDER;
+/** Items kept in all, at most (two senders' whole backlogs): the oldest of the sender holding the most go. */
+export const MAX_ROOM_HELD = 512;
+/** Characters of the items' room frames kept in all, at most (two rooms' worth of held messages): the same go. */
+export const MAX_ROOM_HELD_CHARS = 2 * MAX_HELD_CHARS;
 
 const AAD = "e2e-chat room held v1";
 
@@ -98,13 +106,19 @@ export class RoomHeld {
     // As the room does in memory (client/rooms.ts #holdProvisional): the oldest of the sender
     // holding the most goes, so others' floods, each within the room's bound, cannot push out
     // an honest sender's item the room still holds (a restart would lose it).
-    while (this.#items.size > MAX_ROOM_HELD) {
+    while (this.#items.size > MAX_ROOM_HELD || this.#chars() > MAX_ROOM_HELD_CHARS) {
       const counts = new Map<string, number>();
       for (const i of this.#items.values()) counts.set(i.from, (counts.get(i.from) ?? 0) + 1);
       let [most, mostN] = [item.from, counts.get(item.from) ?? 0];
       for (const [name, n] of counts) if (n > mostN) [most, mostN] = [name, n];
       this.drop(this.items().find((i) => i.from === most)!.id);
     }
+  }
+
+  #chars(): number {
+    let n = 0;
+    for (const i of this.#items.values()) n += i.payload.length;
+    return n;
   }
 
   /** Item `id` is no longer held (taken, its lines synced, or let go). */

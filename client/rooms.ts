@@ -68,7 +68,7 @@ export const GAP_WAIT_MS = 3_000;
 /** The most missing sequence numbers one `room_gap` lists (its `count` says how many in all). */
 const MAX_GAP_LISTED = 1000;
 /** Messages held back per author while an earlier one is missing. */
-const MAX_HELD = 256;
+export const MAX_HELD = 256;
 /**
  * Runs of late messages shown below where an author was taken up, apart from it (not right below
  * it or one shown so), remembered per author as ranges of numbers: one that would start another
@@ -90,7 +90,7 @@ const MAX_PROVISIONAL_CHARS = 8 * 1024 * 1024;
 /** Asked below an author's take-up floor of one connection: the lowest number, and the top of that window. */
 type AskedBelow = { lowest: number; top: number };
 /** Messages held apart under a newer list from one sender (its oldest go). */
-const MAX_PROVISIONAL_PER_SENDER = 32;
+export const MAX_PROVISIONAL_PER_SENDER = 32;
 /** Asks for a newer list remembered per room (by connection and version; the oldest go). */
 const MAX_ASKED_VERSIONS = 8;
 /** Room invitations one connection may send us (more are refused). */
