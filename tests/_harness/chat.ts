@@ -12,6 +12,12 @@ import { TaskProcess } from "./processes.ts";
 
 /** How long a test waits for an event it expects. */
 export const EVENT_TIMEOUT_MS = 15_000;
+/**
+ * How long a chat client's start may take before `ready`, ms. Longer than other waits: a file's
+ * scenarios start all their clients at once on two cores, where one start took over 15 s (a CI
+ * run with other tests beside it). A client that exits instead fails the wait at once.
+ */
+export const READY_TIMEOUT_MS = 45_000;
 const STOP_TIMEOUT_MS = 5_000;
 
 /** One JSON event of `client chat --json` (docs/PROTOCOL.md §6). */
@@ -34,7 +40,7 @@ export interface ChatStartOptions {
   args?: string[];
   /** Variables added to the child environment. Default: none. */
   env?: Record<string, string>;
-  /** How long to wait for `ready`, ms. Default: 15000. */
+  /** How long to wait for `ready`, ms. Default: {@linkcode READY_TIMEOUT_MS}. */
   readyMs?: number;
   /** Make every wait fail at once after an `error` event (bench, demo). Default: false. */
   failOnError?: boolean;
@@ -122,7 +128,7 @@ export class ChatClient<U extends ChatUser = ChatUser> {
       client.#wake.notify();
     });
     try {
-      client.ready = await client.expect({ type: "ready" }, options.readyMs);
+      client.ready = await client.expect({ type: "ready" }, options.readyMs ?? READY_TIMEOUT_MS);
     } catch (e) {
       await client.stop();
       throw e;
