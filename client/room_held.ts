@@ -2,9 +2,9 @@
  * Room messages from the mailbox held apart until the member list they were signed under is here,
  * or until their author's earlier messages are (client/rooms.ts `holds`): the CA's copy is deleted
  * once the item is here, synced, so that a chat that stops (or is killed) while one is held takes
- * it up again at its next start instead of losing it. One file per mailbox item in `HOME/mailbox/room-held/` (0600, the folder 0700; sealed
- * like the history when the client's key is encrypted), removed once the room took the message
- * (its history lines synced) or let it go.
+ * it up again at its next start instead of losing it. One file per mailbox item in
+ * `HOME/mailbox/room-held/` (0600, the folder 0700; sealed like the history when the client's key
+ * is encrypted), removed once the room took the message (its history lines synced) or let it go.
  *
  * Why on disk and not left at the CA until shown: left there, it would be fetched and opened again
  * at every look (and keep the long poll from waiting), count against its sender's quota in our
@@ -25,9 +25,11 @@ import { MAX_HELD, MAX_HELD_CHARS, MAX_PROVISIONAL_PER_SENDER } from "./rooms.ts
  * would go from disk, so that a restart lost it.
  */
 export const MAX_ROOM_HELD_PER_SENDER = MAX_HELD + MAX_PROVISIONAL_PER_SENDER;
-/** Items kept in all, at most (two senders' whole backlogs): the oldest of the sender holding the most go. */
+/** Items kept in all, at most (two senders' whole backlogs): the oldest of the sender holding the
+ * most go. */
 export const MAX_ROOM_HELD = 512;
-/** Characters of the items' room frames kept in all, at most (two rooms' worth of held messages): the same go. */
+/** Characters of the items' room frames kept in all, at most (two rooms' worth of held
+ * messages): the same go. */
 export const MAX_ROOM_HELD_CHARS = 2 * MAX_HELD_CHARS;
 
 const AAD = "e2e-chat room held v1";
