@@ -19,10 +19,12 @@
  * backlog of half the cap ({@linkcode listenBacklog}) bounds how many come in
  * one turn, so the descriptors held stay within twice the cap, which
  * {@linkcode connectionBudget} leaves room for. After a minute without a
- * connection it checks that it still accepts by connecting to itself (the
- * descriptors may have run out for other reasons: files, child processes); if
- * not, it wakes its accept loop on the same socket, and only if that does not
- * help takes a fresh listening socket on the same port.
+ * connection, or a second after connections refused at a cap stop coming, it
+ * checks that it still accepts by connecting to itself (the descriptors may
+ * have run out for other reasons: files, child processes, a flood's burst);
+ * if not, it wakes its accept loop on the same socket, and only if that does
+ * not help (and not after a flood) takes a fresh listening socket on the same
+ * port.
  *
  * @module
  */
@@ -124,10 +126,11 @@ export interface ConnectionLimits {
    */
   group?: ListenerGroup;
   /**
-   * After this long without a connection, a server listened through its guard connects to
-   * itself; if that connection is not accepted within {@linkcode PROBE_MS} (its accept loop died
-   * when something else took the last descriptor), it wakes the loop on the same socket and
-   * checks again, and takes a fresh listening socket only if that fails too, in ms.
+   * After this long without a connection (or {@linkcode AFTER_FLOOD_MS} after refusals at a
+   * cap stop), a server listened through its guard connects to itself; if that connection is
+   * not accepted within {@linkcode PROBE_MS} (its accept loop died when something else took the
+   * last descriptor), it wakes the loop on the same socket and checks again, and takes a fresh
+   * listening socket only if that fails too (not after a flood), in ms.
    * Default: {@linkcode QUIET_PROBE_MS}.
    */
   quietMs?: number;
@@ -161,6 +164,12 @@ export const RESUME_DELAY_MS = 100;
 export const QUIET_PROBE_MS = 60_000;
 /** How long that check waits for its own connection to be accepted, in ms. */
 export const PROBE_MS = 2_000;
+/**
+ * How long a server listened through its guard waits, once connections stop coming after it
+ * refused some at a cap, before it checks that it still accepts, in ms: a flood is when its
+ * descriptors may run out, and it must not stay deaf for {@linkcode QUIET_PROBE_MS} after one.
+ */
+export const AFTER_FLOOD_MS = 1_000;
 const RELISTEN_RETRY_MAX_MS = 5_000;
 
 /**
@@ -260,6 +269,8 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
   // Whether the last self-check failed and the listener was woken on its socket since.
   let woken = false;
+  // Whether a cap refused connections since the last self-check: one is due once they stop.
+  let flooded = false;
   // Tells Deno's listening handle to poll its socket again (the accept loop that an EMFILE left
   // for dead takes what the kernel queued), without letting go of the port; false where the
   // handle has no such call.
@@ -290,6 +301,7 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
     // During a self-check its own connection may be this one (its port may be known only
     // later): that is no refusal, and is told apart when the check ends.
     if (probing) return void probing.push({ port, why });
+    flooded = true;
     report(why);
   };
   const backlog = listenBacklog(maxConnections);
@@ -320,11 +332,17 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
   };
   // Connects to the server itself: accepted (or refused at a cap: it was accepted first), it
   // still accepts; not within PROBE_MS, its accept loop is dead: it is woken on its socket and
-  // checked again, and takes a fresh listening socket only if still dead; the group's other
+  // checked again, and takes a fresh listening socket only if still dead (not after a flood:
+  // anyone can set one off, and a fresh socket frees the port for a moment); the group's other
   // listeners check theirs. `force`: check whether it has been quiet or not.
-  const probe = (force = false) => {
+  const probe = (force = false, mayRelisten = true) => {
     if (probing || stopped || relistening || !where) return;
-    if (!force && Date.now() - lastConnection < quietMs) return;
+    const quiet = Date.now() - lastConnection;
+    if (!force) {
+      if (flooded && quiet >= AFTER_FLOOD_MS) return probe(true, false);
+      if (quiet < quietMs) return;
+    }
+    flooded = false;
     const host = where.host === "0.0.0.0" ? "127.0.0.1" : where.host === "::" ? "::1" : where.host;
     const own = net.connect({ port: where.port, host });
     own.on("error", () => {});
@@ -341,7 +359,9 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
       lastConnection = Date.now();
       cancelProbe = () => {};
       for (const r of held) {
-        if (r.port === undefined || r.port !== mine) report(r.why);
+        if (r.port !== undefined && r.port === mine) continue;
+        flooded = true;
+        report(r.why);
       }
     };
     const accepted = () => {
@@ -365,7 +385,12 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
         limits.onRefused?.(
           `the listener on port ${where?.port} stopped accepting; woke it on the same socket`,
         );
-        probe(true);
+        probe(true, mayRelisten);
+      } else if (!mayRelisten) {
+        woken = false;
+        limits.onRefused?.(
+          `the listener on port ${where?.port} stopped accepting after a flood; checks again after a quiet minute`,
+        );
       } else {
         woken = false;
         limits.onRefused?.(
@@ -430,7 +455,10 @@ export function guardConnections(server: NetServer, limits: ConnectionLimits): C
           const address = server.address() as { port: number; address: string };
           where = { port: address.port, host: address.address };
           lastConnection = Date.now();
-          watchdog = setInterval(probe, Math.max(100, Math.min(quietMs, PROBE_MS)));
+          watchdog = setInterval(
+            () => probe(),
+            Math.max(100, Math.min(quietMs, AFTER_FLOOD_MS)),
+          );
           Deno.unrefTimer(watchdog);
           leaveGroup = group.add(() => probe(true));
           // An accept that fails (EMFILE) is an "error" on node's server, which Deno 2.9.6 never

@@ -222,33 +222,55 @@ Deno.test("guardConnections() on a server listened through its guard keeps liste
   }
 });
 
-Deno.test("guardConnections() on a server listened through its guard finds, once quiet, that its accept loop died when something else took every descriptor, and accepts again on the same port", async () => {
-  // In a child under `ulimit -n 64`: it listens, opens files until none is left, and lets them go
-  // 800 ms later (before it would check: Deno itself may panic out of descriptors); a connection
-  // that comes meanwhile kills Deno's accept loop, silently, for good.
+/**
+ * In a child under `ulimit -n 64`: a server listened through its guard with `limits` (after
+ * `flood`, connections to itself past its cap of 2, closed again), then files opened until none
+ * is left and let go 800 ms later (before it would check: Deno itself may panic out of
+ * descriptors); a connection that comes meanwhile kills Deno's accept loop, silently, for good.
+ * Resolves with the child's lines once a connection is accepted again, within `withinMs` of the
+ * files' release.
+ */
+async function killAcceptLoop(
+  limits: string,
+  flood: boolean,
+  withinMs: number,
+): Promise<{ port: number; lines: string[] }> {
   const script = `
     import net from "node:net";
     import { guardConnections } from ${
     JSON.stringify(new URL("./connections.ts", import.meta.url).href)
   };
+    let full = false;
     const server = net.createServer((s) => s.on("error", () => {}));
-    server.on("connection", (s) => console.log("accepted " + s.remotePort));
+    server.on("connection", (s) => full && console.log("accepted " + s.remotePort));
     const guard = guardConnections(server, {
-      maxConnections: 8, maxPerAddress: 8, handshakeMs: 0, quietMs: 1_500,
+      maxConnections: 2, maxPerAddress: 2, handshakeMs: 0, ...${limits},
       onRefused: (m) => console.log(m),
     });
     await guard.listen(0, "127.0.0.1");
+    const port = server.address().port;
     // Deno starts its signal thread on first need, and panics when it cannot: start it now.
     const hup = () => {};
     Deno.addSignalListener("SIGHUP", hup);
     Deno.removeSignalListener("SIGHUP", hup);
+    if (${flood}) {
+      const own = await Promise.all([0, 1, 2].map(() => new Promise((resolve) => {
+        const s = net.connect({ port, host: "127.0.0.1" });
+        s.on("error", () => resolve(s));
+        s.once("connect", () => resolve(s));
+      })));
+      await new Promise((r) => setTimeout(r, 200));
+      for (const s of own) s.destroy();
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    full = true;
     const files = [];
     try { for (;;) files.push(Deno.openSync("/dev/null")); } catch { /* none left */ }
-    console.log("full " + server.address().port);
+    console.log("full " + port);
     await new Promise((r) => setTimeout(r, 800));
     for (const f of files) f.close();
     console.log("freed");
-    await new Promise((r) => setTimeout(r, 8_000));
+    await new Promise((r) => setTimeout(r, 10_000));
     guard.stop();
     server.close();
   `;
@@ -287,21 +309,13 @@ Deno.test("guardConnections() on a server listened through its guard finds, once
     await until(/^freed$/, 5_000);
     await sleep(300);
     assert.ok(!lines.some((l) => l.startsWith("accepted")), "accepted while out of descriptors");
-    // Once quiet for 1.5 s, and the probe's 2 s, a new connection is accepted.
-    const end = Date.now() + 8_000;
+    const end = Date.now() + withinMs;
     while (!lines.some((l) => /^accepted \d+$/.test(l))) {
       assert.ok(Date.now() < end, `never accepted again:\n${lines.join("\n")}\n${stderr}`);
       conns.push(await Deno.connect({ hostname: "127.0.0.1", port }));
       await sleep(500);
     }
-    // Woken on the same socket (Deno 2.9.6), or, where that cannot be done, a fresh one.
-    assert.ok(
-      lines.some((l) =>
-        l === `the listener on port ${port} stopped accepting; woke it on the same socket` ||
-        l === `the listener on port ${port} stopped accepting; listening again`
-      ),
-      lines.join("\n"),
-    );
+    return { port, lines };
   } finally {
     for (const c of conns) c.close();
     try {
@@ -310,6 +324,29 @@ Deno.test("guardConnections() on a server listened through its guard finds, once
     await child.status;
     await Promise.all([reading, readingErrors]);
   }
+}
+
+Deno.test("guardConnections() on a server listened through its guard finds, once quiet, that its accept loop died when something else took every descriptor, and accepts again on the same port", async () => {
+  // Once quiet for 1.5 s, and the probe's 2 s, a new connection is accepted.
+  const { port, lines } = await killAcceptLoop(`{ quietMs: 1_500 }`, false, 8_000);
+  // Woken on the same socket (Deno 2.9.6), or, where that cannot be done, a fresh one.
+  assert.ok(
+    lines.some((l) =>
+      l === `the listener on port ${port} stopped accepting; woke it on the same socket` ||
+      l === `the listener on port ${port} stopped accepting; listening again`
+    ),
+    lines.join("\n"),
+  );
+});
+
+Deno.test("guardConnections() on a server that refused connections at its cap checks a second after they stop, not after a quiet minute, that its accept loop lives, and wakes it on the same socket", async () => {
+  // A flood is when the descriptors run out: a second after it, and the probe's 2 s.
+  const { port, lines } = await killAcceptLoop(`{}`, true, 6_000);
+  assert.ok(lines.some((l) => /^connection cap reached: /.test(l)), lines.join("\n"));
+  assert.ok(
+    lines.includes(`the listener on port ${port} stopped accepting; woke it on the same socket`),
+    lines.join("\n"),
+  );
 });
 
 Deno.test("guardConnections() cuts off a TLS handshake trickled a byte at a time at its deadline, and keeps a finished one", async () => {
